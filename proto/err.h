@@ -1,0 +1,67 @@
+/*
+ * keel error codes.
+ *
+ * Every keel function that can fail returns 0 or one negative KEEL_E* code. Codes above
+ * KEEL_E_INTERNAL_BASE are the wire error codes (keel.proto ErrorCode) negated, so a
+ * request-level failure travels to the client unchanged; codes at or below it are local
+ * failures (I/O, memory, corruption) that reach the wire as INTERNAL.
+ */
+#ifndef KEEL_ERR_H
+#define KEEL_ERR_H
+
+/* X(name, number, message). number is positive; the code is its negation. */
+#define KEEL_ERRNO_MAP(X)                                                                          \
+    X(INVAL, 1, "invalid argument")                                                                \
+    X(NOTLEADER, 2, "not the leader")                                                              \
+    X(COMPACTED, 3, "requested revision has been compacted")                                       \
+    X(FUTUREREV, 4, "requested revision is a future revision")                                     \
+    X(KEYTOOLONG, 5, "key is longer than 511 bytes")                                               \
+    X(TOOLARGE, 6, "request is too large")                                                         \
+    X(NOSPACE, 7, "database space exceeded")                                                       \
+    X(LEASENOTFOUND, 8, "requested lease not found")                                               \
+    X(LEASEEXISTS, 9, "lease already exists")                                                      \
+    X(KEYNOTFOUND, 10, "key not found")                                                            \
+    X(TOOMANYOPS, 11, "too many operations in txn request")                                        \
+    X(DUPKEY, 12, "duplicate key given in txn request")                                            \
+    X(UNAVAILABLE, 13, "no quorum or member not ready")                                            \
+    X(TIMEOUT, 14, "request timed out")                                                            \
+    X(UNKNOWN, 15, "leadership lost: the outcome of the write is unknown")                         \
+    X(UNAUTHENTICATED, 16, "not authenticated")                                                    \
+    X(PERMDENIED, 17, "permission denied")                                                         \
+    X(MEMBERNOTFOUND, 18, "member not found")                                                      \
+    X(MEMBEREXISTS, 19, "member already exists")                                                   \
+    X(TOOMANYREQUESTS, 20, "too many requests")                                                    \
+    X(UNSUPPORTED, 21, "unsupported request")                                                      \
+    X(INTERNAL, 22, "internal error")                                                              \
+    X(FRAMETOOLARGE, 23, "frame exceeds the maximum frame size")                                   \
+    X(BADFRAME, 24, "frame does not decode")                                                       \
+    X(CANCELED, 25, "canceled")                                                                    \
+    X(NOMEM, 100, "out of memory")                                                                 \
+    X(IO, 101, "input/output error")                                                               \
+    X(CORRUPT, 102, "stored data is corrupt")                                                      \
+    X(MAPFULL, 103, "storage map is full")                                                         \
+    X(NOTFOUND, 104, "not found")                                                                  \
+    X(CLOSED, 105, "closed")
+
+enum keel_errno {
+    KEEL_OK = 0,
+#define KEEL_ERR_ENUM_(name, n, msg) KEEL_E##name = -(n),
+    KEEL_ERRNO_MAP(KEEL_ERR_ENUM_)
+#undef KEEL_ERR_ENUM_
+};
+
+#define KEEL_E_INTERNAL_BASE (-100)
+
+/* A static message for a KEEL_E* code (or "unknown error"). Never NULL. */
+const char *keel_strerror(int err);
+
+/* The code's name without the prefix, e.g. "COMPACTED". Never NULL. */
+const char *keel_err_name(int err);
+
+/* The keel.proto ErrorCode value a KEEL_E* code travels as (OK for 0, INTERNAL for local). */
+int keel_err_to_wire(int err);
+
+/* The KEEL_E* code for a keel.proto ErrorCode value. */
+int keel_err_from_wire(int code);
+
+#endif

@@ -1,0 +1,198 @@
+/*
+ * keel storage: the MVCC key space on LMDB.
+ *
+ * The store is what every replica's state machine applies committed commands to. It knows
+ * nothing of raft or sockets: it is handed keel.proto Commands with the raft index they were
+ * committed at, and it answers reads at the current or a past revision.
+ *
+ * Semantics are etcd v3's: a cluster-wide revision grows by one per write transaction (a Put,
+ * a DeleteRange that deleted something, a Txn with at least one change, a lease revoke that
+ * deleted keys); each key carries create_revision, mod_revision, version and lease.
+ *
+ * Layout (one LMDB environment, named databases):
+ *   meta        "m" -> struct meta: applied index, revision, compacted revision, logical size
+ *   revs        (revision, sub) big-endian -> record {PUT|DELETE, create, version, lease, key,
+ *               value}: the full history, in revision order
+ *   keys        user key -> sorted (revision, sub, tombstone) entries (DUPSORT|DUPFIXED): the
+ *               last is the key's current state, the greatest <= R its state at revision R
+ *   leases      lease id -> granted TTL
+ *   lease_keys  lease id -> attached user keys (DUPSORT)
+ *
+ * Determinism: applying the same commands to the same state yields the same state and the same
+ * results on every replica. Nothing in apply reads a clock, a random source or local
+ * configuration except the quota, which must be equal on every member. The quota is checked
+ * against a logical size kept in meta, not against LMDB's page use, which differs between
+ * replicas.
+ *
+ * Idempotence: the applied index is written in the same LMDB transaction as the data, and a
+ * command whose index is <= the applied index is skipped. Replaying a log after a crash is safe.
+ *
+ * Threads: one thread at a time may hold a write (keel_store_write_*); any number of threads may
+ * read concurrently with it. keel_store_restore excludes readers for the time of the swap.
+ * Memory returned by reads and applies lives in the caller's arena.
+ */
+#ifndef KEEL_STORE_H
+#define KEEL_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "err.h"
+#include "keel.pb-c.h"
+
+#define KEEL_MAX_KEY_BYTES 511 /* LMDB's key limit: one key must fit a B-tree node */
+
+struct keel_store;
+struct keel_store_write;
+
+struct keel_store_options {
+    const char *path;     /* environment directory; created when missing */
+    uint64_t quota_bytes; /* logical-size quota; 0: 2 GiB. Must be equal on every replica */
+    uint64_t map_size;    /* LMDB map size; 0: 4 x quota, at least 1 GiB */
+    int no_sync;          /* tests only: no data sync per commit (an OS crash may corrupt) */
+};
+
+/* The committed state, as of the last commit. */
+struct keel_store_stat {
+    uint64_t applied_index;   /* raft index of the last applied command */
+    int64_t revision;         /* current revision (0: nothing written yet) */
+    int64_t compact_revision; /* revisions below this are compacted away (0: none) */
+    uint64_t logical_size;    /* bytes the quota is checked against */
+    uint64_t quota_bytes;
+    uint64_t db_size;         /* bytes of the LMDB data file in use (pages x page size) */
+};
+
+/*
+ * Open (creating when missing) the store at opts->path. Completes or discards a restore that a
+ * crash interrupted. 0 and *out set, or a KEEL_E* code (KEEL_EIO with errno-level causes,
+ * KEEL_ECORRUPT when the files are not a keel store).
+ */
+int keel_store_open(const struct keel_store_options *opts, struct keel_store **out);
+
+/* Close the store. No write or read may be in progress. */
+void keel_store_close(struct keel_store *s);
+
+/* Copy the committed state into *st. Safe from any thread. */
+void keel_store_stat(struct keel_store *s, struct keel_store_stat *st);
+
+/* ---------------------------------------------------------------------------------------
+ * Applying commands
+ */
+
+/* What applying one command did. Everything it points to lives in the arena given to apply. */
+struct keel_apply_result {
+    int skipped;      /* the index was <= the applied index: nothing changed, nothing below set */
+    int err;          /* request-level outcome: 0 or a KEEL_E* code (NOSPACE, COMPACTED, ...) */
+    const char *msg;  /* when err: what was wrong, for the client (static or arena memory) */
+    int64_t revision; /* the store's revision after this command */
+    /* The response body for the command's op, when err == 0: response->body_case says which.
+     * The caller fills in id and header. */
+    Keel__Response *response;
+    /* Events of this command, in (revision, sub) order, each with prev_kv when the key had a
+     * previous live version. All at `revision`. */
+    Keel__Event **events;
+    size_t n_events;
+};
+
+/* Begin the write transaction (one at a time). 0 or KEEL_E*. */
+int keel_store_write_begin(struct keel_store *s, struct keel_store_write **out);
+
+/*
+ * Apply cmd, committed at raft index `index`, inside the write transaction. The result's memory
+ * comes from arena. Returns 0 when the command was applied, skipped, or failed at request level
+ * (see result->err); a negative code only for a failure of the store itself (KEEL_EMAPFULL,
+ * KEEL_EIO, KEEL_ENOMEM), after which the write must be aborted.
+ */
+int keel_store_write_apply(struct keel_store_write *w, uint64_t index, const Keel__Command *cmd,
+                           struct keel_arena *arena, struct keel_apply_result *result);
+
+/* Commit everything applied since begin and free w. 0 or KEEL_E* (w is freed either way). */
+int keel_store_write_commit(struct keel_store_write *w);
+
+/* Discard everything applied since begin and free w. */
+void keel_store_write_abort(struct keel_store_write *w);
+
+/* begin + apply + commit of one command. */
+int keel_store_apply(struct keel_store *s, uint64_t index, const Keel__Command *cmd,
+                     struct keel_arena *arena, struct keel_apply_result *result);
+
+/* ---------------------------------------------------------------------------------------
+ * Validation shared by the server's intake and apply
+ */
+
+struct keel_limits {
+    size_t max_txn_ops;     /* operations per txn (each branch); 0: 128 */
+    size_t max_value_bytes; /* 0: no limit beyond the request size */
+};
+
+/*
+ * Check a write against the limits before it is proposed: keys present and <= 511 bytes,
+ * range ends valid, txn sizes and nesting, no key written twice in one txn branch. 0, or a
+ * KEEL_E* code with *msg naming what was wrong (static string).
+ */
+int keel_store_validate(const Keel__Command *cmd, const struct keel_limits *limits,
+                        const char **msg);
+
+/* ---------------------------------------------------------------------------------------
+ * Reads
+ */
+
+/*
+ * Serve a RangeRequest from the committed state: at req->revision (<= 0: current). *out and its
+ * key-values live in arena; *revision gets the store's current revision. 0, KEEL_ECOMPACTED,
+ * KEEL_EFUTUREREV, KEEL_EINVAL, KEEL_EKEYTOOLONG, or a store failure.
+ */
+int keel_store_range(struct keel_store *s, const Keel__RangeRequest *req, struct keel_arena *arena,
+                     Keel__RangeResponse **out, int64_t *revision);
+
+/* One bounded piece of history. */
+struct keel_history {
+    Keel__Event **events; /* in (revision, sub) order, each with prev_kv when there was one */
+    size_t n_events;
+    int64_t next_revision; /* continue from here; > `revision` when done */
+    int64_t revision;      /* the store's current revision when this chunk was read */
+};
+
+/*
+ * Events of keys in [key, range_end) (etcd range conventions; range_end NULL or empty: key only)
+ * from start_revision up to the current revision. Stops at the first revision boundary after
+ * max_events events (a single revision is never split), so a chunk may hold more than
+ * max_events. 0, KEEL_ECOMPACTED when start_revision < the compacted revision, or KEEL_E*.
+ */
+int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
+                       const uint8_t *range_end, size_t range_end_len, int64_t start_revision,
+                       size_t max_events, struct keel_arena *arena, struct keel_history *out);
+
+/* A lease as stored. */
+struct keel_lease_info {
+    int64_t id;
+    int64_t ttl; /* granted TTL in seconds */
+};
+
+/* Every lease, in id order, in arena. 0 or KEEL_E*. */
+int keel_store_lease_list(struct keel_store *s, struct keel_arena *arena,
+                          struct keel_lease_info **leases, size_t *n);
+
+/* One lease and its attached keys (in key order, in arena; keys may be NULL when not wanted).
+ * 0, KEEL_ELEASENOTFOUND or KEEL_E*. */
+int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *arena,
+                         struct keel_lease_info *info, ProtobufCBinaryData **keys, size_t *n_keys);
+
+/* ---------------------------------------------------------------------------------------
+ * Snapshots
+ */
+
+/* Write a compacted copy of the committed state to fd (a file or a socket). 0 or KEEL_E*. */
+int keel_store_snapshot(struct keel_store *s, int fd);
+
+/*
+ * Replace the whole state with a copy written by keel_store_snapshot, read from fd to its end.
+ * The copy is written beside the store, synced, checked, and swapped in by rename, so a crash at
+ * any point leaves either the old or the new state. s stays valid. Waits for reads to finish;
+ * no write may be in progress. 0, KEEL_ECORRUPT when the copy is not a keel store, or KEEL_E*
+ * (the old state is kept).
+ */
+int keel_store_restore(struct keel_store *s, int fd);
+
+#endif

@@ -1,0 +1,68 @@
+/*
+ * Helpers shared by keel's tests: scratch directories and Command builders.
+ *
+ * Builders allocate everything from the arena they are given, so a test frees a whole batch of
+ * commands with one keel_arena_reset. Keys and values are C strings for brevity; use the _n
+ * forms for arbitrary bytes.
+ */
+#ifndef KEEL_TESTUTIL_H
+#define KEEL_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "keel.pb-c.h"
+#include "store.h"
+
+/* A fresh directory under $TMPDIR (or /tmp) named after tag; aborts on failure. Caller frees
+ * the string and removes the directory with tu_rmdir. */
+char *tu_mkdtemp(const char *tag);
+
+/* rm -rf path (no symlinks followed). */
+void tu_rmdir(const char *path);
+
+/* Open a store at dir/state with no per-commit sync (tests only); aborts on failure. */
+struct keel_store *tu_store_open(const char *dir, uint64_t quota_bytes);
+
+/* The seed from $KEEL_SEED, or one from the clock; printed either way so a run can be replayed. */
+uint64_t tu_seed(const char *test_name);
+
+/* splitmix64: a small, fast, seedable generator. */
+uint64_t tu_rand(uint64_t *state);
+
+ProtobufCBinaryData tu_bytes(struct keel_arena *a, const void *p, size_t n);
+ProtobufCBinaryData tu_str(struct keel_arena *a, const char *s);
+
+Keel__PutRequest *tu_put_req(struct keel_arena *a, const char *key, const char *value);
+Keel__DeleteRangeRequest *tu_del_req(struct keel_arena *a, const char *key, const char *end);
+Keel__RangeRequest *tu_range_req(struct keel_arena *a, const char *key, const char *end);
+
+Keel__Command *tu_cmd_put(struct keel_arena *a, const char *key, const char *value);
+Keel__Command *tu_cmd_put_lease(struct keel_arena *a, const char *key, const char *value,
+                                int64_t lease);
+Keel__Command *tu_cmd_del(struct keel_arena *a, const char *key, const char *end);
+Keel__Command *tu_cmd_txn(struct keel_arena *a, Keel__TxnRequest *txn);
+Keel__Command *tu_cmd_compact(struct keel_arena *a, int64_t revision);
+Keel__Command *tu_cmd_lease_grant(struct keel_arena *a, int64_t id, int64_t ttl);
+Keel__Command *tu_cmd_lease_revoke(struct keel_arena *a, int64_t id);
+
+Keel__TxnRequest *tu_txn(struct keel_arena *a);
+/* Append to a txn; each returns the appended element for further settings. */
+Keel__Compare *tu_txn_compare(struct keel_arena *a, Keel__TxnRequest *t, const char *key,
+                              Keel__Compare__CompareTarget target,
+                              Keel__Compare__CompareResult result);
+Keel__RequestOp *tu_txn_op(struct keel_arena *a, Keel__TxnRequest *t, int success);
+void tu_op_put(Keel__RequestOp *op, Keel__PutRequest *put);
+void tu_op_del(Keel__RequestOp *op, Keel__DeleteRangeRequest *del);
+void tu_op_range(Keel__RequestOp *op, Keel__RangeRequest *range);
+
+/* Apply one command at index with a fresh write; aborts on a store failure. */
+void tu_apply(struct keel_store *s, uint64_t index, const Keel__Command *cmd,
+              struct keel_arena *a, struct keel_apply_result *res);
+
+/* Range over [key, end) at revision (0: current); aborts on store failure, returns the code. */
+int tu_range(struct keel_store *s, struct keel_arena *a, const char *key, const char *end,
+             int64_t revision, Keel__RangeResponse **out);
+
+#endif
