@@ -1,5 +1,6 @@
 #include "frame.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,7 +38,12 @@ int keel_frame_decoder_space(struct keel_frame_decoder *d, size_t want, uint8_t 
         d->end -= d->start;
         d->start = 0;
     }
-    if (d->cap - d->end < want) {
+    /* A NULL buffer is grown even for want 0: callers do pointer arithmetic and memcpy on the
+     * result, both undefined on NULL. */
+    if (d->buf == NULL || d->cap - d->end < want) {
+        /* Past this no power-of-two capacity fits, and doubling would wrap cap to 0 and spin. */
+        if (want > SIZE_MAX / 2 - d->end)
+            return KEEL_ENOMEM;
         size_t cap = d->cap ? d->cap : DECODER_MIN_CAP;
         while (cap - d->end < want)
             cap *= 2;
@@ -61,6 +67,8 @@ int keel_frame_decoder_feed(struct keel_frame_decoder *d, const void *data, size
 {
     uint8_t *space;
     size_t len;
+    if (n == 0)
+        return d->error;
     int rv = keel_frame_decoder_space(d, n, &space, &len);
     if (rv != 0)
         return rv;

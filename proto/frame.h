@@ -46,7 +46,7 @@ int keel_frame_decoder_space(struct keel_frame_decoder *d, size_t want, uint8_t 
 void keel_frame_decoder_commit(struct keel_frame_decoder *d, size_t n);
 
 /*
- * The next whole frame: 1 and *payload/*len set (valid until the next call on the decoder),
+ * The next whole frame: 1 with *payload and *len set (valid until the next call on the decoder),
  * 0 when more bytes are needed, KEEL_EFRAMETOOLARGE when the announced length is over the
  * limit (sticky).
  */

@@ -158,7 +158,8 @@ struct keel_history {
  * Events of keys in [key, range_end) (etcd range conventions; range_end NULL or empty: key only)
  * from start_revision up to the current revision. Stops at the first revision boundary after
  * max_events events (a single revision is never split), so a chunk may hold more than
- * max_events. 0, KEEL_ECOMPACTED when start_revision < the compacted revision, or KEEL_E*.
+ * max_events; it also stops at a revision boundary after scanning 64 x max_events records of
+ * other keys, so a chunk may hold fewer, even none: continue from next_revision. 0, KEEL_ECOMPACTED when start_revision < the compacted revision, or KEEL_E*.
  */
 int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
                        const uint8_t *range_end, size_t range_end_len, int64_t start_revision,

@@ -1,0 +1,130 @@
+/* On-disk encodings of the store: revision keys, key entries and history records. */
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+
+void be64_put(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+uint64_t be64_get(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void be32_put(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t be32_get(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+void revkey_encode(uint8_t out[REVKEY_LEN], int64_t rev, uint32_t sub)
+{
+    be64_put(out, (uint64_t)rev);
+    be32_put(out + 8, sub);
+}
+
+struct revkey revkey_decode(const MDB_val *v)
+{
+    const uint8_t *p = v->mv_data;
+    struct revkey rk = {(int64_t)be64_get(p), be32_get(p + 8)};
+    return rk;
+}
+
+void keyrev_encode(uint8_t out[KEYREV_LEN], int64_t rev, uint32_t sub, bool tombstone)
+{
+    revkey_encode(out, rev, sub);
+    out[12] = tombstone ? 1 : 0;
+}
+
+struct keyrev keyrev_decode(const MDB_val *v)
+{
+    const uint8_t *p = v->mv_data;
+    struct keyrev kr = {(int64_t)be64_get(p), be32_get(p + 8), p[12] != 0};
+    return kr;
+}
+
+/*
+ * Record layout: type u8, 3 bytes zero, key length u32, create_revision i64, version i64,
+ * lease i64 (all native order), then the key, then the value.
+ */
+size_t record_size(size_t key_len, size_t value_len)
+{
+    return RECORD_HEADER + key_len + value_len;
+}
+
+void record_encode(uint8_t *out, const struct record *r)
+{
+    uint32_t klen = (uint32_t)r->key.mv_size;
+    memset(out, 0, 4);
+    out[0] = (uint8_t)r->type;
+    memcpy(out + 4, &klen, 4);
+    memcpy(out + 8, &r->create_revision, 8);
+    memcpy(out + 16, &r->version, 8);
+    memcpy(out + 24, &r->lease, 8);
+    memcpy(out + RECORD_HEADER, r->key.mv_data, r->key.mv_size);
+    if (r->value.mv_size > 0)
+        memcpy(out + RECORD_HEADER + r->key.mv_size, r->value.mv_data, r->value.mv_size);
+}
+
+int record_decode(const MDB_val *v, struct record *r)
+{
+    const uint8_t *p = v->mv_data;
+    uint32_t klen;
+    if (v->mv_size < RECORD_HEADER || p[0] > REC_DELETE)
+        return KEEL_ECORRUPT;
+    memcpy(&klen, p + 4, 4);
+    if (klen > v->mv_size - RECORD_HEADER)
+        return KEEL_ECORRUPT;
+    r->type = (enum rec_type)p[0];
+    memcpy(&r->create_revision, p + 8, 8);
+    memcpy(&r->version, p + 16, 8);
+    memcpy(&r->lease, p + 24, 8);
+    r->key.mv_data = (void *)(p + RECORD_HEADER);
+    r->key.mv_size = klen;
+    r->value.mv_data = (void *)(p + RECORD_HEADER + klen);
+    r->value.mv_size = v->mv_size - RECORD_HEADER - klen;
+    return 0;
+}
+
+int store_mdb_err(int rc)
+{
+    switch (rc) {
+    case MDB_SUCCESS:
+        return 0;
+    case MDB_NOTFOUND:
+        return KEEL_ENOTFOUND;
+    case MDB_MAP_FULL:
+    case MDB_TXN_FULL:
+    case MDB_CURSOR_FULL:
+    case MDB_PAGE_FULL:
+        return KEEL_EMAPFULL;
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+    case MDB_INCOMPATIBLE:
+        return KEEL_ECORRUPT;
+    case ENOMEM:
+        return KEEL_ENOMEM;
+    case MDB_BAD_VALSIZE:
+        return KEEL_EINVAL;
+    default:
+        return KEEL_EIO;
+    }
+}

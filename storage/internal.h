@@ -1,0 +1,212 @@
+/*
+ * Internals of the store, shared by its files. Not part of the public interface.
+ *
+ * File map: store.c (environment, meta, write transactions), codec.c (on-disk encodings),
+ * mvcc.c (put, delete, txn), read.c (range and key state), history.c (event scans),
+ * lease.c, compact.c, snapshot.c (copy and restore), validate.c.
+ */
+#ifndef KEEL_STORE_INTERNAL_H
+#define KEEL_STORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <lmdb.h>
+
+#include "store.h"
+
+#define STORE_FORMAT 1
+
+/* The meta record, written once per write transaction. Native byte order: an LMDB file is not
+ * portable between architectures anyway. */
+struct meta {
+    uint64_t format;
+    uint64_t applied_index;
+    int64_t revision;
+    int64_t compact_revision;
+    uint64_t logical_size;
+    int64_t next_lease_id;
+};
+
+struct keel_store {
+    char *path;
+    MDB_env *env;
+    MDB_dbi dbi_meta, dbi_revs, dbi_keys, dbi_leases, dbi_lease_keys;
+    uint64_t quota;
+    uint64_t map_size;
+    int no_sync;
+    /* Readers hold it shared for the life of a read transaction; restore holds it exclusive
+     * while it swaps the environment. */
+    pthread_rwlock_t swap_lock;
+    pthread_mutex_t stat_lock;
+    struct meta committed; /* under stat_lock */
+};
+
+/* One LMDB transaction (read or write) with its cursors, opened lazily. */
+struct tctx {
+    struct keel_store *s;
+    MDB_txn *txn;
+    MDB_cursor *keys;
+    MDB_cursor *revs;
+    MDB_cursor *aux; /* a second keys cursor for lookups during a keys scan */
+};
+
+struct keel_store_write {
+    struct tctx t;
+    struct meta m; /* working copy, stored at commit */
+};
+
+/* ---- codec.c: on-disk encodings ---- */
+
+/* revs key: revision and sub, big-endian, so LMDB's byte order is revision order. */
+#define REVKEY_LEN 12
+/* keys dup entry: revkey then a tombstone flag byte. */
+#define KEYREV_LEN 13
+
+enum rec_type { REC_PUT = 0, REC_DELETE = 1 };
+
+struct revkey {
+    int64_t rev;
+    uint32_t sub;
+};
+
+struct keyrev {
+    int64_t rev;
+    uint32_t sub;
+    bool tombstone;
+};
+
+/* A record of revs, decoded in place (key and value point into LMDB memory). */
+struct record {
+    enum rec_type type;
+    int64_t create_revision;
+    int64_t version;
+    int64_t lease;
+    MDB_val key;
+    MDB_val value;
+};
+
+#define RECORD_HEADER 32
+
+void revkey_encode(uint8_t out[REVKEY_LEN], int64_t rev, uint32_t sub);
+struct revkey revkey_decode(const MDB_val *v);
+void keyrev_encode(uint8_t out[KEYREV_LEN], int64_t rev, uint32_t sub, bool tombstone);
+struct keyrev keyrev_decode(const MDB_val *v);
+/* Bytes of the encoded record. */
+size_t record_size(size_t key_len, size_t value_len);
+void record_encode(uint8_t *out, const struct record *r);
+/* 0 or KEEL_ECORRUPT. */
+int record_decode(const MDB_val *v, struct record *r);
+void be64_put(uint8_t *p, uint64_t v);
+uint64_t be64_get(const uint8_t *p);
+
+/* LMDB code to KEEL_E*. */
+int store_mdb_err(int rc);
+
+/* ---- store.c ---- */
+int tctx_begin(struct tctx *t, struct keel_store *s, MDB_txn *parent, unsigned flags);
+/* Open the cursors of t (idempotent). */
+int tctx_cursors(struct tctx *t);
+void tctx_close_cursors(struct tctx *t);
+
+/* Begin a read: takes the swap lock shared and a read transaction; *m gets its meta. */
+int store_read_begin(struct keel_store *s, struct tctx *t, struct meta *m);
+void store_read_end(struct tctx *t);
+int meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m);
+
+/* ---- read.c ---- */
+
+/* A key's state at a revision. */
+struct kstate {
+    bool exists;          /* a live version at that revision */
+    struct keyrev at;     /* the entry found (valid when found) */
+    bool found;           /* any entry <= revision, tombstone or not */
+    struct record rec;    /* when exists */
+};
+
+/* State of key at revision rev (0: latest) in t. 0 or KEEL_E*. */
+int key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
+              struct kstate *out);
+
+/* Fill a KeyValue in arena from a live record. keys_only leaves the value empty. */
+Keel__KeyValue *kv_from_record(struct keel_arena *a, const struct record *r, int64_t mod_rev,
+                               bool keys_only);
+
+/* Range inside t: the shared implementation of keel_store_range and txn range ops. */
+int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
+             struct keel_arena *a, Keel__RangeResponse **out);
+
+/* Range membership with etcd's conventions. */
+enum range_kind { RANGE_ONE, RANGE_FROM, RANGE_SPAN };
+struct krange {
+    enum range_kind kind;
+    MDB_val key;
+    MDB_val end;
+};
+/* 0 or KEEL_EINVAL / KEEL_EKEYTOOLONG (with *msg). */
+int krange_make(struct krange *r, const ProtobufCBinaryData *key, const ProtobufCBinaryData *end,
+                const char **msg);
+bool krange_contains(const struct krange *r, const MDB_val *k);
+/* k is past every key of the range (in key order). */
+bool krange_past(const struct krange *r, const MDB_val *k);
+int mdb_val_cmp(const MDB_val *a, const MDB_val *b);
+
+/* A growable array of pointers in an arena. */
+struct pvec {
+    void **v;
+    size_t n;
+    size_t cap;
+};
+int pvec_push(struct keel_arena *a, struct pvec *pv, void *p);
+
+/* ---- history.c ---- */
+/* The event for the revs entry at rk (record r), with prev_kv; in arena. */
+int event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk,
+                const struct record *r, Keel__Event **out);
+
+/* ---- mvcc.c ---- */
+
+/* The state of one command being applied. */
+struct wctx {
+    struct tctx *t;       /* the transaction written: the batch's, or a nested one for a Txn */
+    struct meta *m;       /* working meta of the batch */
+    struct keel_arena *a; /* the caller's arena: results and events */
+    bool changed;         /* the command has taken a new revision (m->revision) */
+    uint32_t sub;         /* next sub-revision */
+    struct pvec events;
+};
+
+int mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct keel_arena *a,
+               struct keel_apply_result *res);
+/* The revision this command writes at: taken (current + 1) on first use. */
+int64_t wctx_rev(struct wctx *c);
+
+/* ---- lease.c ---- */
+void lease_key(uint8_t out[8], int64_t id);
+int lease_exists(struct tctx *t, int64_t id, bool *exists);
+int lease_attach(struct wctx *c, int64_t id, const MDB_val *key);
+int lease_detach(struct wctx *c, int64_t id, const MDB_val *key);
+int lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req, Keel__LeaseGrantResponse **out);
+/* Remove the lease record and its attachment list (keys must be deleted by the caller). */
+int lease_drop(struct wctx *c, int64_t id);
+/* Attached keys of a lease, in key order, copied into arena. */
+int lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBinaryData **keys,
+               size_t *n);
+
+/* ---- compact.c ---- */
+/* Compact history below rev; request-level errors as KEEL_ECOMPACTED / KEEL_EFUTUREREV. */
+int compact_apply(struct wctx *c, int64_t rev);
+
+/* ---- snapshot.c ---- */
+/* Finish or discard a restore interrupted by a crash (before the environment is opened). */
+int restore_recover(const char *path);
+
+/* ---- store.c: environment lifecycle, used by open and restore ---- */
+int env_open(struct keel_store *s);
+void env_close(struct keel_store *s);
+
+/* ---- validate.c ---- */
+int validate_command(const Keel__Command *cmd, const struct keel_limits *limits, const char **msg);
+
+#endif

@@ -1,0 +1,233 @@
+/* Lease records and the keys attached to them. */
+#include <string.h>
+
+#include "internal.h"
+
+#define LEASE_RECORD 16 /* logical bytes of one lease: id and TTL */
+
+void lease_key(uint8_t out[8], int64_t id)
+{
+    be64_put(out, (uint64_t)id);
+}
+
+int lease_exists(struct tctx *t, int64_t id, bool *exists)
+{
+    *exists = false;
+    if (id <= 0)
+        return 0;
+    uint8_t lk[8];
+    lease_key(lk, id);
+    MDB_val k = {8, lk}, v;
+    int rc = mdb_get(t->txn, t->s->dbi_leases, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc != 0)
+        return store_mdb_err(rc);
+    *exists = true;
+    return 0;
+}
+
+int lease_attach(struct wctx *c, int64_t id, const MDB_val *key)
+{
+    uint8_t lk[8];
+    lease_key(lk, id);
+    MDB_val k = {8, lk}, v = *key;
+    int rc = mdb_put(c->t->txn, c->t->s->dbi_lease_keys, &k, &v, MDB_NODUPDATA);
+    if (rc == MDB_KEYEXIST)
+        return 0;
+    if (rc != 0)
+        return store_mdb_err(rc);
+    c->m->logical_size += 8 + key->mv_size;
+    return 0;
+}
+
+int lease_detach(struct wctx *c, int64_t id, const MDB_val *key)
+{
+    uint8_t lk[8];
+    lease_key(lk, id);
+    MDB_val k = {8, lk}, v = *key;
+    int rc = mdb_del(c->t->txn, c->t->s->dbi_lease_keys, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc != 0)
+        return store_mdb_err(rc);
+    c->m->logical_size -= 8 + key->mv_size;
+    return 0;
+}
+
+int lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req, Keel__LeaseGrantResponse **out)
+{
+    struct tctx *t = c->t;
+    int err;
+    bool found;
+    if (req->ttl <= 0 || req->id < 0)
+        return KEEL_EINVAL;
+    if (c->m->logical_size + LEASE_RECORD > t->s->quota)
+        return KEEL_ENOSPACE;
+    int64_t id = req->id;
+    if (id == 0) {
+        /* Picked from a counter in meta: every replica picks the same id. */
+        for (int tries = 0;; tries++) {
+            if (c->m->next_lease_id <= 0)
+                c->m->next_lease_id = 1;
+            id = c->m->next_lease_id++;
+            if ((err = lease_exists(t, id, &found)) != 0)
+                return err;
+            if (!found)
+                break;
+            if (tries > 1000000)
+                return KEEL_ENOSPACE;
+        }
+    } else {
+        if ((err = lease_exists(t, id, &found)) != 0)
+            return err;
+        if (found)
+            return KEEL_ELEASEEXISTS;
+    }
+    uint8_t lk[8];
+    lease_key(lk, id);
+    MDB_val k = {8, lk}, v = {sizeof(int64_t), (void *)&req->ttl};
+    int rc = mdb_put(t->txn, t->s->dbi_leases, &k, &v, 0);
+    if (rc != 0)
+        return store_mdb_err(rc);
+    c->m->logical_size += LEASE_RECORD;
+    Keel__LeaseGrantResponse *resp = keel_arena_alloc(c->a, sizeof(*resp));
+    if (resp == NULL)
+        return KEEL_ENOMEM;
+    keel__lease_grant_response__init(resp);
+    resp->id = id;
+    resp->ttl = req->ttl;
+    *out = resp;
+    return 0;
+}
+
+int lease_drop(struct wctx *c, int64_t id)
+{
+    uint8_t lk[8];
+    lease_key(lk, id);
+    MDB_val k = {8, lk};
+    int rc = mdb_del(c->t->txn, c->t->s->dbi_lease_keys, &k, NULL);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return store_mdb_err(rc);
+    rc = mdb_del(c->t->txn, c->t->s->dbi_leases, &k, NULL);
+    if (rc != 0)
+        return store_mdb_err(rc);
+    c->m->logical_size -= LEASE_RECORD;
+    return 0;
+}
+
+int lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBinaryData **keys,
+               size_t *n)
+{
+    *keys = NULL;
+    *n = 0;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(t->txn, t->s->dbi_lease_keys, &cur);
+    if (rc != 0)
+        return store_mdb_err(rc);
+    uint8_t lk[8];
+    lease_key(lk, id);
+    MDB_val k = {8, lk}, v;
+    size_t count = 0;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
+    if (rc == 0)
+        rc = mdb_cursor_count(cur, &count);
+    int err = 0;
+    if (rc == 0 && count > 0) {
+        ProtobufCBinaryData *out = keel_arena_alloc(a, count * sizeof(*out));
+        if (out == NULL)
+            err = KEEL_ENOMEM;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST_DUP);
+        for (size_t i = 0; err == 0 && rc == 0 && i < count; i++) {
+            out[i].len = v.mv_size;
+            out[i].data = keel_arena_memdup(a, v.mv_data, v.mv_size);
+            if (out[i].data == NULL)
+                err = KEEL_ENOMEM;
+            *n = i + 1;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP);
+        }
+        *keys = out;
+    }
+    mdb_cursor_close(cur);
+    if (err != 0)
+        return err;
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return store_mdb_err(rc);
+    return 0;
+}
+
+int keel_store_lease_list(struct keel_store *s, struct keel_arena *arena,
+                          struct keel_lease_info **leases, size_t *n)
+{
+    struct tctx t;
+    struct meta m;
+    int err = store_read_begin(s, &t, &m);
+    if (err != 0)
+        return err;
+    *leases = NULL;
+    *n = 0;
+    MDB_stat st;
+    MDB_cursor *cur = NULL;
+    int rc = mdb_stat(t.txn, s->dbi_leases, &st);
+    if (rc == 0 && st.ms_entries > 0) {
+        struct keel_lease_info *out = keel_arena_alloc(arena, st.ms_entries * sizeof(*out));
+        if (out == NULL) {
+            err = KEEL_ENOMEM;
+            goto done;
+        }
+        rc = mdb_cursor_open(t.txn, s->dbi_leases, &cur);
+        MDB_val k, v;
+        if (rc == 0)
+            rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+        while (rc == 0 && *n < st.ms_entries) {
+            if (k.mv_size != 8 || v.mv_size != sizeof(int64_t)) {
+                err = KEEL_ECORRUPT;
+                goto done;
+            }
+            out[*n].id = (int64_t)be64_get(k.mv_data);
+            memcpy(&out[*n].ttl, v.mv_data, sizeof(int64_t));
+            (*n)++;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+        *leases = out;
+    }
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        err = store_mdb_err(rc);
+done:
+    if (cur != NULL)
+        mdb_cursor_close(cur);
+    store_read_end(&t);
+    return err;
+}
+
+int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *arena,
+                         struct keel_lease_info *info, ProtobufCBinaryData **keys, size_t *n_keys)
+{
+    struct tctx t;
+    struct meta m;
+    int err = store_read_begin(s, &t, &m);
+    if (err != 0)
+        return err;
+    if (keys != NULL) {
+        *keys = NULL;
+        *n_keys = 0;
+    }
+    uint8_t lk[8];
+    lease_key(lk, id);
+    MDB_val k = {8, lk}, v;
+    int rc = id > 0 ? mdb_get(t.txn, s->dbi_leases, &k, &v) : MDB_NOTFOUND;
+    if (rc == MDB_NOTFOUND) {
+        err = KEEL_ELEASENOTFOUND;
+    } else if (rc != 0) {
+        err = store_mdb_err(rc);
+    } else if (v.mv_size != sizeof(int64_t)) {
+        err = KEEL_ECORRUPT;
+    } else {
+        info->id = id;
+        memcpy(&info->ttl, v.mv_data, sizeof(int64_t));
+        if (keys != NULL)
+            err = lease_keys(&t, id, arena, keys, n_keys);
+    }
+    store_read_end(&t);
+    return err;
+}

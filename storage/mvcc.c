@@ -1,0 +1,495 @@
+/*
+ * Applying write commands: Put, DeleteRange, Txn, lease grant and revoke, compaction.
+ *
+ * Every request-level check of a single operation happens before it changes anything, so a
+ * failed Put or revoke leaves no trace. A Txn runs in a nested LMDB transaction: an operation
+ * failing halfway aborts the nested transaction and the working meta is put back, so the
+ * whole Txn leaves no trace either, while earlier commands of the batch stay applied.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+/* Commands are validated at apply too (a log entry is data from the network); these limits only
+ * guard the store itself, the server's intake applies the configured ones. */
+#define APPLY_MAX_TXN_OPS ((size_t)1 << 20)
+
+static bool is_request_error(int err)
+{
+    return err < 0 && err > KEEL_E_INTERNAL_BASE;
+}
+
+int64_t wctx_rev(struct wctx *c)
+{
+    if (!c->changed) {
+        c->changed = true;
+        c->m->revision++;
+    }
+    return c->m->revision;
+}
+
+static void *alloc_msg(struct keel_arena *a, size_t size, void (*init)(void *))
+{
+    void *p = keel_arena_alloc(a, size);
+    if (p != NULL)
+        init(p);
+    return p;
+}
+
+#define NEW_MSG(a, type, init) ((type *)alloc_msg((a), sizeof(type), (void (*)(void *))(init)))
+
+static int push_event(struct wctx *c, Keel__Event__EventType type, Keel__KeyValue *kv,
+                      Keel__KeyValue *prev)
+{
+    Keel__Event *ev = NEW_MSG(c->a, Keel__Event, keel__event__init);
+    if (ev == NULL)
+        return KEEL_ENOMEM;
+    ev->type = type;
+    ev->kv = kv;
+    ev->prev_kv = prev;
+    return pvec_push(c->a, &c->events, ev);
+}
+
+static bool over_quota(struct wctx *c, uint64_t add)
+{
+    return c->m->logical_size + add > c->t->s->quota;
+}
+
+static int check_key(const ProtobufCBinaryData *key)
+{
+    if (key->len == 0)
+        return KEEL_EINVAL;
+    if (key->len > KEEL_MAX_KEY_BYTES)
+        return KEEL_EKEYTOOLONG;
+    return 0;
+}
+
+/* Write one history record and the key's entry for it. */
+static int write_version(struct wctx *c, const struct record *r, bool tombstone, bool key_known)
+{
+    struct tctx *t = c->t;
+    int64_t rev = wctx_rev(c);
+    uint32_t sub = c->sub++;
+    uint8_t rk[REVKEY_LEN];
+    revkey_encode(rk, rev, sub);
+    size_t size = record_size(r->key.mv_size, r->value.mv_size);
+    MDB_val k = {REVKEY_LEN, rk}, v = {size, NULL};
+    /* Revisions only grow, so every record goes to the end of the tree. */
+    int rc = mdb_cursor_put(t->revs, &k, &v, MDB_RESERVE | MDB_APPEND);
+    if (rc == MDB_KEYEXIST)
+        return KEEL_ECORRUPT;
+    if (rc != 0)
+        return store_mdb_err(rc);
+    record_encode(v.mv_data, r);
+
+    uint8_t kr[KEYREV_LEN];
+    keyrev_encode(kr, rev, sub, tombstone);
+    MDB_val key = r->key, entry = {KEYREV_LEN, kr};
+    rc = mdb_cursor_put(t->keys, &key, &entry, 0);
+    if (rc != 0)
+        return store_mdb_err(rc);
+    c->m->logical_size += REVKEY_LEN + size + KEYREV_LEN + (key_known ? 0 : r->key.mv_size);
+    return 0;
+}
+
+static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse **out)
+{
+    struct tctx *t = c->t;
+    int err = check_key(&req->key);
+    if (err != 0)
+        return err;
+    MDB_val key = {req->key.len, req->key.data};
+    struct kstate st;
+    if ((err = key_state(t, t->keys, &key, 0, &st)) != 0)
+        return err;
+    if ((req->ignore_value || req->ignore_lease) && !st.exists)
+        return KEEL_EKEYNOTFOUND;
+    int64_t lease = req->ignore_lease ? st.rec.lease : req->lease;
+    if (lease < 0)
+        return KEEL_ELEASENOTFOUND;
+    if (lease != 0 && !req->ignore_lease) {
+        bool found;
+        if ((err = lease_exists(t, lease, &found)) != 0)
+            return err;
+        if (!found)
+            return KEEL_ELEASENOTFOUND;
+    }
+
+    /* st.rec points into pages the writes below may move: copy what is needed first. */
+    Keel__KeyValue *prev = NULL;
+    if (st.exists && (prev = kv_from_record(c->a, &st.rec, st.at.rev, false)) == NULL)
+        return KEEL_ENOMEM;
+    struct record r = {.type = REC_PUT, .lease = lease};
+    r.key.mv_data = key.mv_data;
+    r.key.mv_size = key.mv_size;
+    if (req->ignore_value) {
+        r.value.mv_data = prev->value.data;
+        r.value.mv_size = prev->value.len;
+    } else {
+        r.value.mv_data = req->value.data;
+        r.value.mv_size = req->value.len;
+    }
+    uint64_t add = REVKEY_LEN + record_size(r.key.mv_size, r.value.mv_size) + KEYREV_LEN +
+                   r.key.mv_size;
+    if (over_quota(c, add))
+        return KEEL_ENOSPACE;
+
+    int64_t rev = wctx_rev(c);
+    r.create_revision = st.exists ? prev->create_revision : rev;
+    r.version = st.exists ? prev->version + 1 : 1;
+    if ((err = write_version(c, &r, false, st.found)) != 0)
+        return err;
+    int64_t old_lease = st.exists ? prev->lease : 0;
+    if (old_lease != lease) {
+        if (old_lease != 0 && (err = lease_detach(c, old_lease, &key)) != 0)
+            return err;
+        if (lease != 0 && (err = lease_attach(c, lease, &key)) != 0)
+            return err;
+    }
+
+    Keel__KeyValue *kv = kv_from_record(c->a, &r, rev, false);
+    if (kv == NULL || (err = push_event(c, KEEL__EVENT__EVENT_TYPE__PUT, kv, prev)) != 0)
+        return err ? err : KEEL_ENOMEM;
+    if (out != NULL) {
+        Keel__PutResponse *resp = NEW_MSG(c->a, Keel__PutResponse, keel__put_response__init);
+        if (resp == NULL)
+            return KEEL_ENOMEM;
+        if (req->prev_kv)
+            resp->prev_kv = prev;
+        *out = resp;
+    }
+    return 0;
+}
+
+/* Delete one live key whose current state is prev (already copied to the arena). */
+static int delete_key(struct wctx *c, Keel__KeyValue *prev)
+{
+    struct record r = {.type = REC_DELETE};
+    r.key.mv_data = prev->key.data;
+    r.key.mv_size = prev->key.len;
+    int err = write_version(c, &r, true, true);
+    if (err == 0 && prev->lease != 0)
+        err = lease_detach(c, prev->lease, &r.key);
+    if (err != 0)
+        return err;
+    Keel__KeyValue *kv = NEW_MSG(c->a, Keel__KeyValue, keel__key_value__init);
+    if (kv == NULL)
+        return KEEL_ENOMEM;
+    kv->key = prev->key;
+    kv->mod_revision = c->m->revision;
+    return push_event(c, KEEL__EVENT__EVENT_TYPE__DELETE, kv, prev);
+}
+
+/* The live key-values of a range, latest state, copied into the arena (key order). */
+static int live_in_range(struct wctx *c, const struct krange *kr, struct pvec *out)
+{
+    struct tctx *t = c->t;
+    MDB_cursor *cur = t->keys;
+    MDB_val k = kr->key, d;
+    int rc;
+    if (kr->kind == RANGE_ONE)
+        rc = mdb_cursor_get(cur, &k, &d, MDB_SET);
+    else if (k.mv_size == 0)
+        rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
+    else
+        rc = mdb_cursor_get(cur, &k, &d, MDB_SET_RANGE);
+    while (rc == 0 && !krange_past(kr, &k)) {
+        struct kstate st;
+        MDB_val key = k;
+        int err = key_state(t, cur, &key, 0, &st);
+        if (err != 0)
+            return err;
+        if (st.exists) {
+            Keel__KeyValue *kv = kv_from_record(c->a, &st.rec, st.at.rev, false);
+            if (kv == NULL)
+                return KEEL_ENOMEM;
+            if ((err = pvec_push(c->a, out, kv)) != 0)
+                return err;
+        }
+        if (kr->kind == RANGE_ONE)
+            break;
+        rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT_NODUP);
+    }
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return store_mdb_err(rc);
+    return 0;
+}
+
+static int do_delete_range(struct wctx *c, const Keel__DeleteRangeRequest *req,
+                           Keel__DeleteRangeResponse **out)
+{
+    const char *msg;
+    struct krange kr;
+    int err = krange_make(&kr, &req->key, &req->range_end, &msg);
+    if (err != 0)
+        return err;
+    struct pvec live = {0};
+    if ((err = live_in_range(c, &kr, &live)) != 0)
+        return err;
+    for (size_t i = 0; i < live.n; i++) {
+        if ((err = delete_key(c, live.v[i])) != 0)
+            return err;
+    }
+    if (out != NULL) {
+        Keel__DeleteRangeResponse *resp =
+            NEW_MSG(c->a, Keel__DeleteRangeResponse, keel__delete_range_response__init);
+        if (resp == NULL)
+            return KEEL_ENOMEM;
+        resp->deleted = (int64_t)live.n;
+        if (req->prev_kv) {
+            resp->n_prev_kvs = live.n;
+            resp->prev_kvs = (Keel__KeyValue **)live.v;
+        }
+        *out = resp;
+    }
+    return 0;
+}
+
+static int cmp_i64(int64_t a, int64_t b)
+{
+    return a < b ? -1 : a > b;
+}
+
+static bool compare_kv(const Keel__Compare *cmp, const Keel__KeyValue *kv)
+{
+    int r;
+    switch (cmp->target) {
+    case KEEL__COMPARE__COMPARE_TARGET__VERSION:
+        r = cmp_i64(kv->version, cmp->version);
+        break;
+    case KEEL__COMPARE__COMPARE_TARGET__CREATE:
+        r = cmp_i64(kv->create_revision, cmp->create_revision);
+        break;
+    case KEEL__COMPARE__COMPARE_TARGET__MOD:
+        r = cmp_i64(kv->mod_revision, cmp->mod_revision);
+        break;
+    case KEEL__COMPARE__COMPARE_TARGET__LEASE:
+        r = cmp_i64(kv->lease, cmp->lease);
+        break;
+    case KEEL__COMPARE__COMPARE_TARGET__VALUE: {
+        MDB_val a = {kv->value.len, kv->value.data}, b = {cmp->value.len, cmp->value.data};
+        r = mdb_val_cmp(&a, &b);
+        break;
+    }
+    default:
+        return false;
+    }
+    switch (cmp->result) {
+    case KEEL__COMPARE__COMPARE_RESULT__EQUAL:
+        return r == 0;
+    case KEEL__COMPARE__COMPARE_RESULT__GREATER:
+        return r > 0;
+    case KEEL__COMPARE__COMPARE_RESULT__LESS:
+        return r < 0;
+    case KEEL__COMPARE__COMPARE_RESULT__NOT_EQUAL:
+        return r != 0;
+    default:
+        return false;
+    }
+}
+
+/* etcd's rule: with no key in range a VALUE compare fails; any other target compares 0. */
+static int eval_compare(struct wctx *c, const Keel__Compare *cmp, bool *ok)
+{
+    const char *msg;
+    struct krange kr;
+    int err = krange_make(&kr, &cmp->key, &cmp->range_end, &msg);
+    if (err != 0)
+        return err;
+    struct pvec live = {0};
+    if ((err = live_in_range(c, &kr, &live)) != 0)
+        return err;
+    if (live.n == 0) {
+        Keel__KeyValue zero = KEEL__KEY_VALUE__INIT;
+        *ok = cmp->target != KEEL__COMPARE__COMPARE_TARGET__VALUE && compare_kv(cmp, &zero);
+        return 0;
+    }
+    *ok = true;
+    for (size_t i = 0; i < live.n && *ok; i++)
+        *ok = compare_kv(cmp, live.v[i]);
+    return 0;
+}
+
+static int run_txn(struct wctx *c, const Keel__TxnRequest *req, Keel__TxnResponse **out);
+
+static int run_op(struct wctx *c, const Keel__RequestOp *op, Keel__ResponseOp *rop)
+{
+    int err;
+    switch (op->request_case) {
+    case KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE:
+        rop->response_case = KEEL__RESPONSE_OP__RESPONSE_RESPONSE_RANGE;
+        return range_in(c->t, c->m, op->request_range, c->a, &rop->response_range);
+    case KEEL__REQUEST_OP__REQUEST_REQUEST_PUT:
+        rop->response_case = KEEL__RESPONSE_OP__RESPONSE_RESPONSE_PUT;
+        return do_put(c, op->request_put, &rop->response_put);
+    case KEEL__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE:
+        rop->response_case = KEEL__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE;
+        return do_delete_range(c, op->request_delete_range, &rop->response_delete_range);
+    case KEEL__REQUEST_OP__REQUEST_REQUEST_TXN:
+        rop->response_case = KEEL__RESPONSE_OP__RESPONSE_RESPONSE_TXN;
+        err = run_txn(c, op->request_txn, &rop->response_txn);
+        return err;
+    default:
+        return KEEL_EINVAL;
+    }
+}
+
+static int run_txn(struct wctx *c, const Keel__TxnRequest *req, Keel__TxnResponse **out)
+{
+    bool ok = true;
+    int err;
+    for (size_t i = 0; i < req->n_compare && ok; i++) {
+        if ((err = eval_compare(c, req->compare[i], &ok)) != 0)
+            return err;
+    }
+    Keel__RequestOp **ops = ok ? req->success : req->failure;
+    size_t n = ok ? req->n_success : req->n_failure;
+    Keel__TxnResponse *resp = NEW_MSG(c->a, Keel__TxnResponse, keel__txn_response__init);
+    if (resp == NULL)
+        return KEEL_ENOMEM;
+    resp->succeeded = ok;
+    if (n > 0) {
+        resp->responses = keel_arena_alloc(c->a, n * sizeof(*resp->responses));
+        if (resp->responses == NULL)
+            return KEEL_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        Keel__ResponseOp *rop = NEW_MSG(c->a, Keel__ResponseOp, keel__response_op__init);
+        if (rop == NULL)
+            return KEEL_ENOMEM;
+        if ((err = run_op(c, ops[i], rop)) != 0)
+            return err;
+        resp->responses[resp->n_responses++] = rop;
+    }
+    *out = resp;
+    return 0;
+}
+
+/* A Txn in a nested LMDB transaction, so a failure halfway leaves nothing behind. */
+static int apply_txn(struct keel_store_write *w, struct wctx *c, const Keel__TxnRequest *req,
+                     Keel__TxnResponse **out)
+{
+    struct tctx child;
+    int err = tctx_begin(&child, w->t.s, w->t.txn, 0);
+    if (err == 0)
+        err = tctx_cursors(&child);
+    if (err != 0) {
+        if (child.txn != NULL) {
+            tctx_close_cursors(&child);
+            mdb_txn_abort(child.txn);
+        }
+        return err;
+    }
+    struct meta saved = w->m;
+    c->t = &child;
+    err = run_txn(c, req, out);
+    c->t = &w->t;
+    tctx_close_cursors(&child);
+    if (err != 0) {
+        mdb_txn_abort(child.txn);
+        w->m = saved;
+        c->changed = false;
+        c->sub = 0;
+        c->events.n = 0;
+        return err;
+    }
+    return store_mdb_err(mdb_txn_commit(child.txn));
+}
+
+static int do_lease_revoke(struct wctx *c, const Keel__LeaseRevokeRequest *req,
+                           Keel__LeaseRevokeResponse **out)
+{
+    bool found;
+    int err = lease_exists(c->t, req->id, &found);
+    if (err != 0)
+        return err;
+    if (!found)
+        return KEEL_ELEASENOTFOUND;
+    ProtobufCBinaryData *keys;
+    size_t n;
+    if ((err = lease_keys(c->t, req->id, c->a, &keys, &n)) != 0)
+        return err;
+    for (size_t i = 0; i < n; i++) {
+        MDB_val key = {keys[i].len, keys[i].data};
+        struct kstate st;
+        if ((err = key_state(c->t, c->t->keys, &key, 0, &st)) != 0)
+            return err;
+        if (!st.exists || st.rec.lease != req->id)
+            return KEEL_ECORRUPT; /* attachments follow every put and delete */
+        Keel__KeyValue *prev = kv_from_record(c->a, &st.rec, st.at.rev, false);
+        if (prev == NULL)
+            return KEEL_ENOMEM;
+        if ((err = delete_key(c, prev)) != 0)
+            return err;
+    }
+    if ((err = lease_drop(c, req->id)) != 0)
+        return err;
+    *out = NEW_MSG(c->a, Keel__LeaseRevokeResponse, keel__lease_revoke_response__init);
+    return *out ? 0 : KEEL_ENOMEM;
+}
+
+static int dispatch(struct keel_store_write *w, struct wctx *c, const Keel__Command *cmd,
+                    Keel__Response *resp)
+{
+    int err;
+    switch (cmd->op_case) {
+    case KEEL__COMMAND__OP_PUT:
+        resp->body_case = KEEL__RESPONSE__BODY_PUT;
+        return do_put(c, cmd->put, &resp->put);
+    case KEEL__COMMAND__OP_DELETE_RANGE:
+        resp->body_case = KEEL__RESPONSE__BODY_DELETE_RANGE;
+        return do_delete_range(c, cmd->delete_range, &resp->delete_range);
+    case KEEL__COMMAND__OP_TXN:
+        resp->body_case = KEEL__RESPONSE__BODY_TXN;
+        return apply_txn(w, c, cmd->txn, &resp->txn);
+    case KEEL__COMMAND__OP_COMPACTION:
+        resp->body_case = KEEL__RESPONSE__BODY_COMPACTION;
+        err = compact_apply(c, cmd->compaction->revision);
+        if (err == 0) {
+            resp->compaction =
+                NEW_MSG(c->a, Keel__CompactionResponse, keel__compaction_response__init);
+            err = resp->compaction ? 0 : KEEL_ENOMEM;
+        }
+        return err;
+    case KEEL__COMMAND__OP_LEASE_GRANT:
+        resp->body_case = KEEL__RESPONSE__BODY_LEASE_GRANT;
+        return lease_grant(c, cmd->lease_grant, &resp->lease_grant);
+    case KEEL__COMMAND__OP_LEASE_REVOKE:
+        resp->body_case = KEEL__RESPONSE__BODY_LEASE_REVOKE;
+        return do_lease_revoke(c, cmd->lease_revoke, &resp->lease_revoke);
+    default:
+        return KEEL_EUNSUPPORTED;
+    }
+}
+
+int mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct keel_arena *a,
+               struct keel_apply_result *res)
+{
+    struct keel_limits limits = {.max_txn_ops = APPLY_MAX_TXN_OPS};
+    const char *msg = NULL;
+    int err = validate_command(cmd, &limits, &msg);
+    if (err != 0) {
+        res->err = err;
+        res->msg = msg;
+        return 0;
+    }
+    Keel__Response *resp = NEW_MSG(a, Keel__Response, keel__response__init);
+    if (resp == NULL)
+        return KEEL_ENOMEM;
+    struct wctx c = {.t = &w->t, .m = &w->m, .a = a};
+    struct meta saved = w->m;
+    err = dispatch(w, &c, cmd, resp);
+    if (is_request_error(err)) {
+        /* Single operations check before they write, so nothing was changed. */
+        w->m = saved;
+        res->err = err;
+        res->msg = keel_strerror(err);
+        return 0;
+    }
+    if (err != 0)
+        return err;
+    res->response = resp;
+    res->events = (Keel__Event **)c.events.v;
+    res->n_events = c.events.n;
+    return 0;
+}

@@ -1,0 +1,328 @@
+/* Reads: a key's state at a revision, and Range with etcd's options. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+int mdb_val_cmp(const MDB_val *a, const MDB_val *b)
+{
+    size_t n = a->mv_size < b->mv_size ? a->mv_size : b->mv_size;
+    int c = n ? memcmp(a->mv_data, b->mv_data, n) : 0;
+    if (c != 0)
+        return c;
+    return a->mv_size < b->mv_size ? -1 : a->mv_size > b->mv_size;
+}
+
+int krange_make(struct krange *r, const ProtobufCBinaryData *key, const ProtobufCBinaryData *end,
+                const char **msg)
+{
+    r->key.mv_data = key->data;
+    r->key.mv_size = key->len;
+    r->end.mv_data = end->data;
+    r->end.mv_size = end->len;
+    if (end->len == 0) {
+        r->kind = RANGE_ONE;
+        if (key->len == 0) {
+            *msg = "key is not provided";
+            return KEEL_EINVAL;
+        }
+    } else if (end->len == 1 && end->data[0] == 0) {
+        r->kind = RANGE_FROM;
+    } else {
+        r->kind = RANGE_SPAN;
+    }
+    if (key->len > KEEL_MAX_KEY_BYTES) {
+        *msg = "key is longer than 511 bytes";
+        return KEEL_EKEYTOOLONG;
+    }
+    return 0;
+}
+
+bool krange_contains(const struct krange *r, const MDB_val *k)
+{
+    int c = mdb_val_cmp(k, &r->key);
+    switch (r->kind) {
+    case RANGE_ONE:
+        return c == 0;
+    case RANGE_FROM:
+        return c >= 0;
+    case RANGE_SPAN:
+        return c >= 0 && mdb_val_cmp(k, &r->end) < 0;
+    }
+    return false;
+}
+
+bool krange_past(const struct krange *r, const MDB_val *k)
+{
+    switch (r->kind) {
+    case RANGE_ONE:
+        return mdb_val_cmp(k, &r->key) > 0;
+    case RANGE_FROM:
+        return false;
+    case RANGE_SPAN:
+        return mdb_val_cmp(k, &r->end) >= 0;
+    }
+    return true;
+}
+
+int pvec_push(struct keel_arena *a, struct pvec *pv, void *p)
+{
+    if (pv->n == pv->cap) {
+        size_t cap = pv->cap ? pv->cap * 2 : 8;
+        void **nv = keel_arena_alloc(a, cap * sizeof(void *));
+        if (nv == NULL)
+            return KEEL_ENOMEM;
+        if (pv->n)
+            memcpy(nv, pv->v, pv->n * sizeof(void *));
+        pv->v = nv;
+        pv->cap = cap;
+    }
+    pv->v[pv->n++] = p;
+    return 0;
+}
+
+static int fetch_record(struct tctx *t, const struct keyrev *at, struct record *rec)
+{
+    uint8_t rk[REVKEY_LEN];
+    revkey_encode(rk, at->rev, at->sub);
+    MDB_val k = {REVKEY_LEN, rk}, v;
+    int rc = mdb_get(t->txn, t->s->dbi_revs, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return KEEL_ECORRUPT; /* a key entry without its record */
+    if (rc != 0)
+        return store_mdb_err(rc);
+    return record_decode(&v, rec);
+}
+
+/* Position c on the key's greatest entry <= rev (0: its last). 0, KEEL_ENOTFOUND, KEEL_E*. */
+static int seek_at(MDB_cursor *c, const MDB_val *key, int64_t rev, MDB_val *entry)
+{
+    MDB_val k = *key;
+    int rc = mdb_cursor_get(c, &k, entry, MDB_SET);
+    if (rc != 0)
+        return store_mdb_err(rc);
+    if (rev <= 0)
+        return store_mdb_err(mdb_cursor_get(c, &k, entry, MDB_LAST_DUP));
+    uint8_t probe[KEYREV_LEN];
+    keyrev_encode(probe, rev + 1, 0, false);
+    MDB_val d = {KEYREV_LEN, probe};
+    rc = mdb_cursor_get(c, &k, &d, MDB_GET_BOTH_RANGE);
+    if (rc == 0) {
+        /* d is the first entry after rev: the one before it is the answer. */
+        return store_mdb_err(mdb_cursor_get(c, &k, entry, MDB_PREV_DUP));
+    }
+    if (rc != MDB_NOTFOUND)
+        return store_mdb_err(rc);
+    /* Every entry is <= rev. A failed GET_BOTH_RANGE may leave c unpositioned: seek again. */
+    k = *key;
+    rc = mdb_cursor_get(c, &k, entry, MDB_SET);
+    if (rc == 0)
+        rc = mdb_cursor_get(c, &k, entry, MDB_LAST_DUP);
+    return store_mdb_err(rc);
+}
+
+static int key_state_opt(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
+                         bool need_record, struct kstate *out)
+{
+    memset(out, 0, sizeof(*out));
+    MDB_val entry;
+    int err = seek_at(keys, key, rev, &entry);
+    if (err == KEEL_ENOTFOUND)
+        return 0;
+    if (err != 0)
+        return err;
+    if (entry.mv_size != KEYREV_LEN)
+        return KEEL_ECORRUPT;
+    out->found = true;
+    out->at = keyrev_decode(&entry);
+    out->exists = !out->at.tombstone;
+    if (out->exists && need_record)
+        return fetch_record(t, &out->at, &out->rec);
+    return 0;
+}
+
+int key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
+              struct kstate *out)
+{
+    return key_state_opt(t, keys, key, rev, true, out);
+}
+
+Keel__KeyValue *kv_from_record(struct keel_arena *a, const struct record *r, int64_t mod_rev,
+                               bool keys_only)
+{
+    Keel__KeyValue *kv = keel_arena_alloc(a, sizeof(*kv));
+    if (kv == NULL)
+        return NULL;
+    keel__key_value__init(kv);
+    kv->key.data = keel_arena_memdup(a, r->key.mv_data, r->key.mv_size);
+    kv->key.len = r->key.mv_size;
+    if (kv->key.data == NULL)
+        return NULL;
+    kv->create_revision = r->create_revision;
+    kv->mod_revision = mod_rev;
+    kv->version = r->version;
+    kv->lease = r->lease;
+    if (!keys_only && r->value.mv_size > 0) {
+        kv->value.data = keel_arena_memdup(a, r->value.mv_data, r->value.mv_size);
+        if (kv->value.data == NULL)
+            return NULL;
+        kv->value.len = r->value.mv_size;
+    }
+    return kv;
+}
+
+struct sort_spec {
+    Keel__RangeRequest__SortTarget target;
+    bool descend;
+};
+
+static int cmp_i64(int64_t a, int64_t b)
+{
+    return a < b ? -1 : a > b;
+}
+
+static int kv_cmp(const void *pa, const void *pb, void *arg)
+{
+    const struct sort_spec *sp = arg;
+    const Keel__KeyValue *a = *(Keel__KeyValue *const *)pa;
+    const Keel__KeyValue *b = *(Keel__KeyValue *const *)pb;
+    MDB_val ka = {a->key.len, a->key.data}, kb = {b->key.len, b->key.data};
+    MDB_val va = {a->value.len, a->value.data}, vb = {b->value.len, b->value.data};
+    int c = 0;
+    switch (sp->target) {
+    case KEEL__RANGE_REQUEST__SORT_TARGET__VERSION:
+        c = cmp_i64(a->version, b->version);
+        break;
+    case KEEL__RANGE_REQUEST__SORT_TARGET__CREATE:
+        c = cmp_i64(a->create_revision, b->create_revision);
+        break;
+    case KEEL__RANGE_REQUEST__SORT_TARGET__MOD:
+        c = cmp_i64(a->mod_revision, b->mod_revision);
+        break;
+    case KEEL__RANGE_REQUEST__SORT_TARGET__VALUE:
+        c = mdb_val_cmp(&va, &vb);
+        break;
+    default:
+        break;
+    }
+    if (sp->descend)
+        c = -c;
+    if (c == 0) {
+        /* Ties keep key order, so the answer does not depend on the sort algorithm. */
+        c = mdb_val_cmp(&ka, &kb);
+        if (sp->descend && sp->target == KEEL__RANGE_REQUEST__SORT_TARGET__KEY)
+            c = -c;
+    }
+    return c;
+}
+
+static bool passes_filters(const Keel__RangeRequest *req, const Keel__KeyValue *kv)
+{
+    if (req->min_mod_revision > 0 && kv->mod_revision < req->min_mod_revision)
+        return false;
+    if (req->max_mod_revision > 0 && kv->mod_revision > req->max_mod_revision)
+        return false;
+    if (req->min_create_revision > 0 && kv->create_revision < req->min_create_revision)
+        return false;
+    if (req->max_create_revision > 0 && kv->create_revision > req->max_create_revision)
+        return false;
+    return true;
+}
+
+int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
+             struct keel_arena *a, Keel__RangeResponse **out)
+{
+    const char *msg;
+    struct krange kr;
+    int err = krange_make(&kr, &req->key, &req->range_end, &msg);
+    if (err != 0)
+        return err;
+    if (req->revision > m->revision)
+        return KEEL_EFUTUREREV;
+    if (req->revision > 0 && req->revision < m->compact_revision)
+        return KEEL_ECOMPACTED;
+    if (req->limit < 0)
+        return KEEL_EINVAL;
+    int64_t rev = req->revision > 0 ? req->revision : 0;
+
+    struct sort_spec sp = {req->sort_target, req->sort_order == KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND};
+    bool key_order = req->sort_target == KEEL__RANGE_REQUEST__SORT_TARGET__KEY &&
+                     req->sort_order != KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND;
+    bool filters = req->min_mod_revision > 0 || req->max_mod_revision > 0 ||
+                   req->min_create_revision > 0 || req->max_create_revision > 0;
+    /* Without sorting or filtering the first `limit` keys are the answer and the rest only
+     * need counting; otherwise every key is materialised, then sorted, then cut. */
+    bool collect_all = !key_order || filters;
+    size_t limit = req->limit > 0 ? (size_t)req->limit : SIZE_MAX;
+
+    Keel__RangeResponse *resp = keel_arena_alloc(a, sizeof(*resp));
+    if (resp == NULL)
+        return KEEL_ENOMEM;
+    keel__range_response__init(resp);
+    struct pvec kvs = {0};
+    int64_t count = 0;
+
+    MDB_cursor *c = t->keys;
+    MDB_val k = kr.key, d;
+    int rc;
+    if (kr.kind == RANGE_ONE)
+        rc = mdb_cursor_get(c, &k, &d, MDB_SET);
+    else if (k.mv_size == 0)
+        rc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
+    else
+        rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    while (rc == 0) {
+        if (krange_past(&kr, &k))
+            break;
+        bool want = !req->count_only && (collect_all || kvs.n < limit);
+        struct kstate st;
+        MDB_val key = k;
+        err = key_state_opt(t, c, &key, rev, want, &st);
+        if (err != 0)
+            return err;
+        if (st.exists) {
+            count++;
+            if (want) {
+                Keel__KeyValue *kv = kv_from_record(a, &st.rec, st.at.rev, req->keys_only);
+                if (kv == NULL)
+                    return KEEL_ENOMEM;
+                if (!filters || passes_filters(req, kv)) {
+                    if ((err = pvec_push(a, &kvs, kv)) != 0)
+                        return err;
+                }
+            }
+        }
+        if (kr.kind == RANGE_ONE)
+            break;
+        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT_NODUP);
+    }
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return store_mdb_err(rc);
+
+    if (collect_all) {
+        if (!key_order && kvs.n > 1)
+            qsort_r(kvs.v, kvs.n, sizeof(void *), kv_cmp, &sp);
+        resp->more = kvs.n > limit;
+    } else {
+        resp->more = (size_t)count > kvs.n;
+    }
+    resp->n_kvs = kvs.n < limit ? kvs.n : limit;
+    resp->kvs = (Keel__KeyValue **)kvs.v;
+    resp->count = count;
+    *out = resp;
+    return 0;
+}
+
+int keel_store_range(struct keel_store *s, const Keel__RangeRequest *req, struct keel_arena *arena,
+                     Keel__RangeResponse **out, int64_t *revision)
+{
+    struct tctx t;
+    struct meta m;
+    int err = store_read_begin(s, &t, &m);
+    if (err != 0)
+        return err;
+    err = range_in(&t, &m, req, arena, out);
+    *revision = m.revision;
+    store_read_end(&t);
+    return err;
+}

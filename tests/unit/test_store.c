@@ -1,0 +1,867 @@
+/*
+ * Storage operations, one ctest entry per group: `test_store <group>`.
+ *
+ * Each test gets a fresh store in a scratch directory. Commands go through the public apply
+ * path with raft indexes, and every effect is checked through the public read path.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "testutil.h"
+
+struct fx {
+    char *dir;
+    struct keel_store *s;
+    struct keel_arena a;
+    uint64_t index;
+};
+
+static int fx_setup_quota(void **state, uint64_t quota)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+    f->dir = tu_mkdtemp("store");
+    f->s = tu_store_open(f->dir, quota);
+    keel_arena_init(&f->a, 0);
+    *state = f;
+    return 0;
+}
+
+static int fx_setup(void **state)
+{
+    return fx_setup_quota(state, 0);
+}
+
+static int fx_teardown(void **state)
+{
+    struct fx *f = *state;
+    keel_store_close(f->s);
+    keel_arena_close(&f->a);
+    tu_rmdir(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
+}
+
+/* Apply cmd at the next index and return the result. */
+static struct keel_apply_result ap(struct fx *f, const Keel__Command *cmd)
+{
+    struct keel_apply_result r;
+    tu_apply(f->s, ++f->index, cmd, &f->a, &r);
+    assert_false(r.skipped);
+    return r;
+}
+
+static int64_t rev_of(struct fx *f)
+{
+    struct keel_store_stat st;
+    keel_store_stat(f->s, &st);
+    return st.revision;
+}
+
+/* The single key at revision rev (0: current), or NULL when absent. */
+static Keel__KeyValue *get(struct fx *f, const char *key, int64_t rev)
+{
+    Keel__RangeResponse *r;
+    assert_int_equal(tu_range(f->s, &f->a, key, NULL, rev, &r), 0);
+    assert_true(r->n_kvs <= 1);
+    return r->n_kvs ? r->kvs[0] : NULL;
+}
+
+static void assert_kv(const Keel__KeyValue *kv, const char *key, const char *value, int64_t create,
+                      int64_t mod, int64_t version)
+{
+    assert_non_null(kv);
+    assert_int_equal(kv->key.len, strlen(key));
+    assert_memory_equal(kv->key.data, key, kv->key.len);
+    assert_int_equal(kv->value.len, strlen(value));
+    if (kv->value.len)
+        assert_memory_equal(kv->value.data, value, kv->value.len);
+    assert_int_equal(kv->create_revision, create);
+    assert_int_equal(kv->mod_revision, mod);
+    assert_int_equal(kv->version, version);
+}
+
+/* ---- put ---- */
+
+static void put_creates_and_updates(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(rev_of(f), 0);
+    struct keel_apply_result r = ap(f, tu_cmd_put(&f->a, "a", "1"));
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.revision, 1);
+    assert_int_equal(r.response->body_case, KEEL__RESPONSE__BODY_PUT);
+    assert_null(r.response->put->prev_kv);
+    assert_int_equal(r.n_events, 1);
+    assert_int_equal(r.events[0]->type, KEEL__EVENT__EVENT_TYPE__PUT);
+    assert_kv(r.events[0]->kv, "a", "1", 1, 1, 1);
+    assert_null(r.events[0]->prev_kv);
+
+    Keel__Command *c = tu_cmd_put(&f->a, "a", "22");
+    c->put->prev_kv = 1;
+    r = ap(f, c);
+    assert_int_equal(r.revision, 2);
+    assert_kv(r.response->put->prev_kv, "a", "1", 1, 1, 1);
+    assert_kv(r.events[0]->kv, "a", "22", 1, 2, 2);
+    assert_kv(r.events[0]->prev_kv, "a", "1", 1, 1, 1);
+    assert_kv(get(f, "a", 0), "a", "22", 1, 2, 2);
+    assert_kv(get(f, "a", 1), "a", "1", 1, 1, 1);
+}
+
+static void put_after_delete_resets_version(void **state)
+{
+    struct fx *f = *state;
+    ap(f, tu_cmd_put(&f->a, "k", "v1"));
+    ap(f, tu_cmd_put(&f->a, "k", "v2"));
+    ap(f, tu_cmd_del(&f->a, "k", NULL));
+    assert_null(get(f, "k", 0));
+    ap(f, tu_cmd_put(&f->a, "k", "v3"));
+    assert_kv(get(f, "k", 0), "k", "v3", 4, 4, 1);
+    assert_null(get(f, "k", 3));
+    assert_kv(get(f, "k", 2), "k", "v2", 1, 2, 2);
+}
+
+static void put_ignore_value_and_lease(void **state)
+{
+    struct fx *f = *state;
+    Keel__Command *c = tu_cmd_put(&f->a, "nokey", NULL);
+    c->put->ignore_value = 1;
+    struct keel_apply_result r = ap(f, c);
+    assert_int_equal(r.err, KEEL_EKEYNOTFOUND);
+    assert_int_equal(rev_of(f), 0);
+
+    ap(f, tu_cmd_lease_grant(&f->a, 7, 60));
+    ap(f, tu_cmd_put_lease(&f->a, "k", "v", 7));
+    c = tu_cmd_put(&f->a, "k", NULL);
+    c->put->ignore_value = 1;
+    c->put->ignore_lease = 1;
+    r = ap(f, c);
+    assert_int_equal(r.err, 0);
+    Keel__KeyValue *kv = get(f, "k", 0);
+    assert_kv(kv, "k", "v", 1, 2, 2);
+    assert_int_equal(kv->lease, 7);
+}
+
+static void put_rejects_bad_keys(void **state)
+{
+    struct fx *f = *state;
+    struct keel_apply_result r = ap(f, tu_cmd_put(&f->a, "", "v"));
+    assert_int_equal(r.err, KEEL_EINVAL);
+    assert_non_null(r.msg);
+    char big[600];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    r = ap(f, tu_cmd_put(&f->a, big, "v"));
+    assert_int_equal(r.err, KEEL_EKEYTOOLONG);
+    big[KEEL_MAX_KEY_BYTES] = '\0';
+    r = ap(f, tu_cmd_put(&f->a, big, "v"));
+    assert_int_equal(r.err, 0);
+    r = ap(f, tu_cmd_put_lease(&f->a, "k", "v", 99));
+    assert_int_equal(r.err, KEEL_ELEASENOTFOUND);
+    assert_int_equal(rev_of(f), 1);
+}
+
+static void put_skips_applied_index(void **state)
+{
+    struct fx *f = *state;
+    struct keel_apply_result r;
+    tu_apply(f->s, 5, tu_cmd_put(&f->a, "a", "1"), &f->a, &r);
+    assert_false(r.skipped);
+    tu_apply(f->s, 5, tu_cmd_put(&f->a, "a", "2"), &f->a, &r);
+    assert_true(r.skipped);
+    tu_apply(f->s, 3, tu_cmd_put(&f->a, "a", "3"), &f->a, &r);
+    assert_true(r.skipped);
+    assert_kv(get(f, "a", 0), "a", "1", 1, 1, 1);
+    struct keel_store_stat st;
+    keel_store_stat(f->s, &st);
+    assert_int_equal(st.applied_index, 5);
+    assert_int_equal(st.revision, 1);
+}
+
+/* ---- delete_range ---- */
+
+static void delete_range_conventions(void **state)
+{
+    struct fx *f = *state;
+    const char *keys[] = {"a", "b", "b1", "b2", "c", "d"};
+    for (size_t i = 0; i < 6; i++)
+        ap(f, tu_cmd_put(&f->a, keys[i], "v"));
+    /* prefix b: [b, c) */
+    Keel__Command *c = tu_cmd_del(&f->a, "b", "c");
+    c->delete_range->prev_kv = 1;
+    struct keel_apply_result r = ap(f, c);
+    assert_int_equal(r.response->delete_range->deleted, 3);
+    assert_int_equal(r.response->delete_range->n_prev_kvs, 3);
+    assert_kv(r.response->delete_range->prev_kvs[1], "b1", "v", 3, 3, 1);
+    assert_int_equal(r.revision, 7);
+    assert_int_equal(r.n_events, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(r.events[i]->type, KEEL__EVENT__EVENT_TYPE__DELETE);
+        assert_int_equal(r.events[i]->kv->mod_revision, 7);
+        assert_non_null(r.events[i]->prev_kv);
+    }
+    /* deleting nothing takes no revision */
+    r = ap(f, tu_cmd_del(&f->a, "b", "c"));
+    assert_int_equal(r.response->delete_range->deleted, 0);
+    assert_int_equal(r.revision, 7);
+    /* "\0" end: every key >= c */
+    Keel__Command *all = tu_cmd_del(&f->a, "c", NULL);
+    all->delete_range->range_end = tu_bytes(&f->a, "\0", 1);
+    r = ap(f, all);
+    assert_int_equal(r.response->delete_range->deleted, 2);
+    Keel__RangeResponse *rr;
+    assert_int_equal(tu_range(f->s, &f->a, "a", NULL, 0, &rr), 0);
+    assert_int_equal(rr->count, 1);
+}
+
+static void delete_single_key(void **state)
+{
+    struct fx *f = *state;
+    ap(f, tu_cmd_put(&f->a, "x", "1"));
+    struct keel_apply_result r = ap(f, tu_cmd_del(&f->a, "x", NULL));
+    assert_int_equal(r.response->delete_range->deleted, 1);
+    assert_null(r.response->delete_range->prev_kvs);
+    assert_null(get(f, "x", 0));
+    assert_kv(get(f, "x", 1), "x", "1", 1, 1, 1);
+}
+
+/* ---- txn ---- */
+
+static void txn_compare_branches(void **state)
+{
+    struct fx *f = *state;
+    ap(f, tu_cmd_put(&f->a, "k", "v1"));
+    Keel__TxnRequest *t = tu_txn(&f->a);
+    Keel__Compare *cmp = tu_txn_compare(&f->a, t, "k", KEEL__COMPARE__COMPARE_TARGET__VALUE,
+                                        KEEL__COMPARE__COMPARE_RESULT__EQUAL);
+    cmp->target_union_case = KEEL__COMPARE__TARGET_UNION_VALUE;
+    cmp->value = tu_str(&f->a, "v1");
+    tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "k", "v2"));
+    tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "other", "o"));
+    tu_op_range(tu_txn_op(&f->a, t, 1), tu_range_req(&f->a, "k", NULL));
+    tu_op_put(tu_txn_op(&f->a, t, 0), tu_put_req(&f->a, "failed", "f"));
+    struct keel_apply_result r = ap(f, tu_cmd_txn(&f->a, t));
+    assert_int_equal(r.err, 0);
+    Keel__TxnResponse *tr = r.response->txn;
+    assert_true(tr->succeeded);
+    assert_int_equal(tr->n_responses, 3);
+    /* one revision for the whole txn, subs in order */
+    assert_int_equal(r.revision, 2);
+    assert_int_equal(r.n_events, 2);
+    /* the range inside the txn sees the txn's own write */
+    assert_kv(tr->responses[2]->response_range->kvs[0], "k", "v2", 1, 2, 2);
+    assert_kv(get(f, "other", 0), "other", "o", 2, 2, 1);
+
+    /* same txn again: compare fails, failure branch runs */
+    r = ap(f, tu_cmd_txn(&f->a, t));
+    assert_false(r.response->txn->succeeded);
+    assert_int_equal(r.revision, 3);
+    assert_kv(get(f, "failed", 0), "failed", "f", 3, 3, 1);
+}
+
+static void txn_compare_targets(void **state)
+{
+    struct fx *f = *state;
+    ap(f, tu_cmd_lease_grant(&f->a, 5, 10));
+    ap(f, tu_cmd_put_lease(&f->a, "k", "v", 5)); /* rev 1 */
+    ap(f, tu_cmd_put_lease(&f->a, "k", "v", 5)); /* rev 2, version 2 */
+    struct {
+        Keel__Compare__CompareTarget target;
+        Keel__Compare__CompareResult result;
+        int64_t value;
+        bool expect;
+    } cases[] = {
+        {KEEL__COMPARE__COMPARE_TARGET__VERSION, KEEL__COMPARE__COMPARE_RESULT__EQUAL, 2, true},
+        {KEEL__COMPARE__COMPARE_TARGET__VERSION, KEEL__COMPARE__COMPARE_RESULT__GREATER, 2, false},
+        {KEEL__COMPARE__COMPARE_TARGET__CREATE, KEEL__COMPARE__COMPARE_RESULT__EQUAL, 1, true},
+        {KEEL__COMPARE__COMPARE_TARGET__MOD, KEEL__COMPARE__COMPARE_RESULT__LESS, 3, true},
+        {KEEL__COMPARE__COMPARE_TARGET__MOD, KEEL__COMPARE__COMPARE_RESULT__NOT_EQUAL, 2, false},
+        {KEEL__COMPARE__COMPARE_TARGET__LEASE, KEEL__COMPARE__COMPARE_RESULT__EQUAL, 5, true},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        Keel__TxnRequest *t = tu_txn(&f->a);
+        Keel__Compare *c = tu_txn_compare(&f->a, t, "k", cases[i].target, cases[i].result);
+        c->version = c->create_revision = c->mod_revision = c->lease = cases[i].value;
+        c->target_union_case = (Keel__Compare__TargetUnionCase)(4 + cases[i].target);
+        struct keel_apply_result r = ap(f, tu_cmd_txn(&f->a, t));
+        assert_int_equal(r.response->txn->succeeded, cases[i].expect);
+        assert_int_equal(r.revision, 2); /* no ops: no revision */
+    }
+    /* a missing key: VALUE compare is false; version compares as 0 */
+    Keel__TxnRequest *t = tu_txn(&f->a);
+    Keel__Compare *c = tu_txn_compare(&f->a, t, "missing", KEEL__COMPARE__COMPARE_TARGET__VALUE,
+                                      KEEL__COMPARE__COMPARE_RESULT__NOT_EQUAL);
+    c->value = tu_str(&f->a, "x");
+    assert_false(ap(f, tu_cmd_txn(&f->a, t)).response->txn->succeeded);
+    t = tu_txn(&f->a);
+    tu_txn_compare(&f->a, t, "missing", KEEL__COMPARE__COMPARE_TARGET__VERSION,
+                   KEEL__COMPARE__COMPARE_RESULT__EQUAL);
+    assert_true(ap(f, tu_cmd_txn(&f->a, t)).response->txn->succeeded);
+}
+
+static void txn_failure_leaves_nothing(void **state)
+{
+    struct fx *f = *state;
+    ap(f, tu_cmd_put(&f->a, "a", "1"));
+    Keel__TxnRequest *t = tu_txn(&f->a);
+    tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "a", "2"));
+    tu_op_del(tu_txn_op(&f->a, t, 1), tu_del_req(&f->a, "a", NULL));
+    Keel__PutRequest *bad = tu_put_req(&f->a, "b", "x");
+    bad->lease = 1234;
+    tu_op_put(tu_txn_op(&f->a, t, 1), bad);
+    struct keel_apply_result r = ap(f, tu_cmd_txn(&f->a, t));
+    assert_int_equal(r.err, KEEL_ELEASENOTFOUND);
+    assert_int_equal(rev_of(f), 1);
+    assert_kv(get(f, "a", 0), "a", "1", 1, 1, 1);
+    assert_null(get(f, "b", 0));
+    /* and the store keeps working afterwards in the same way */
+    r = ap(f, tu_cmd_put(&f->a, "a", "3"));
+    assert_int_equal(r.revision, 2);
+}
+
+static void txn_nested(void **state)
+{
+    struct fx *f = *state;
+    Keel__TxnRequest *inner = tu_txn(&f->a);
+    tu_op_put(tu_txn_op(&f->a, inner, 1), tu_put_req(&f->a, "inner", "i"));
+    Keel__TxnRequest *outer = tu_txn(&f->a);
+    tu_op_put(tu_txn_op(&f->a, outer, 1), tu_put_req(&f->a, "outer", "o"));
+    Keel__RequestOp *op = tu_txn_op(&f->a, outer, 1);
+    op->request_case = KEEL__REQUEST_OP__REQUEST_REQUEST_TXN;
+    op->request_txn = inner;
+    struct keel_apply_result r = ap(f, tu_cmd_txn(&f->a, outer));
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.revision, 1);
+    assert_int_equal(r.n_events, 2);
+    assert_true(r.response->txn->responses[1]->response_txn->succeeded);
+    assert_kv(get(f, "inner", 0), "inner", "i", 1, 1, 1);
+}
+
+/* ---- range ---- */
+
+static void range_options(void **state)
+{
+    struct fx *f = *state;
+    /* keys k0..k9 with values in reverse order */
+    for (int i = 0; i < 10; i++) {
+        char k[8], v[8];
+        snprintf(k, sizeof(k), "k%d", i);
+        snprintf(v, sizeof(v), "v%d", 9 - i);
+        ap(f, tu_cmd_put(&f->a, k, v));
+    }
+    ap(f, tu_cmd_put(&f->a, "k3", "again"));
+    Keel__RangeRequest *q = tu_range_req(&f->a, "k", "l");
+    q->limit = 3;
+    Keel__RangeResponse *r;
+    int64_t rev;
+    assert_int_equal(keel_store_range(f->s, q, &f->a, &r, &rev), 0);
+    assert_int_equal(rev, 11);
+    assert_int_equal(r->n_kvs, 3);
+    assert_int_equal(r->count, 10);
+    assert_true(r->more);
+    assert_kv(r->kvs[2], "k2", "v7", 3, 3, 1);
+
+    q->limit = 0;
+    q->count_only = 1;
+    assert_int_equal(keel_store_range(f->s, q, &f->a, &r, &rev), 0);
+    assert_int_equal(r->n_kvs, 0);
+    assert_int_equal(r->count, 10);
+
+    q->count_only = 0;
+    q->keys_only = 1;
+    q->sort_order = KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND;
+    q->limit = 2;
+    assert_int_equal(keel_store_range(f->s, q, &f->a, &r, &rev), 0);
+    assert_int_equal(r->n_kvs, 2);
+    assert_memory_equal(r->kvs[0]->key.data, "k9", 2);
+    assert_int_equal(r->kvs[0]->value.len, 0);
+    assert_true(r->more);
+
+    q->keys_only = 0;
+    q->sort_order = KEEL__RANGE_REQUEST__SORT_ORDER__ASCEND;
+    q->sort_target = KEEL__RANGE_REQUEST__SORT_TARGET__VALUE;
+    q->limit = 1;
+    assert_int_equal(keel_store_range(f->s, q, &f->a, &r, &rev), 0);
+    assert_kv(r->kvs[0], "k3", "again", 4, 11, 2);
+
+    q->sort_target = KEEL__RANGE_REQUEST__SORT_TARGET__MOD;
+    q->sort_order = KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND;
+    assert_int_equal(keel_store_range(f->s, q, &f->a, &r, &rev), 0);
+    assert_memory_equal(r->kvs[0]->key.data, "k3", 2);
+
+    q->sort_order = KEEL__RANGE_REQUEST__SORT_ORDER__NONE;
+    q->sort_target = KEEL__RANGE_REQUEST__SORT_TARGET__KEY;
+    q->limit = 0;
+    q->min_mod_revision = 5;
+    q->max_mod_revision = 8;
+    assert_int_equal(keel_store_range(f->s, q, &f->a, &r, &rev), 0);
+    assert_int_equal(r->n_kvs, 4); /* k4..k7 */
+    assert_memory_equal(r->kvs[0]->key.data, "k4", 2);
+}
+
+static void range_past_revisions(void **state)
+{
+    struct fx *f = *state;
+    ap(f, tu_cmd_put(&f->a, "a", "1"));
+    ap(f, tu_cmd_put(&f->a, "b", "1"));
+    ap(f, tu_cmd_del(&f->a, "a", NULL));
+    ap(f, tu_cmd_put(&f->a, "b", "2"));
+    Keel__RangeResponse *r;
+    Keel__RangeRequest *q = tu_range_req(&f->a, "", NULL);
+    q->range_end = tu_bytes(&f->a, "\0", 1);
+    int64_t rev;
+    int64_t expect_count[] = {0, 1, 2, 1, 1};
+    for (int64_t at = 1; at <= 4; at++) {
+        q->revision = at;
+        assert_int_equal(keel_store_range(f->s, q, &f->a, &r, &rev), 0);
+        assert_int_equal(r->count, expect_count[at]);
+    }
+    q->revision = 5;
+    assert_int_equal(keel_store_range(f->s, q, &f->a, &r, &rev), KEEL_EFUTUREREV);
+    assert_int_equal(tu_range(f->s, &f->a, "", NULL, 0, &r), KEEL_EINVAL);
+}
+
+/* ---- history ---- */
+
+static void history_chunks_and_prev(void **state)
+{
+    struct fx *f = *state;
+    for (int i = 0; i < 20; i++) {
+        char v[8];
+        snprintf(v, sizeof(v), "%d", i);
+        ap(f, tu_cmd_put(&f->a, i % 2 ? "w/odd" : "w/even", v));
+        ap(f, tu_cmd_put(&f->a, "other", v));
+    }
+    ap(f, tu_cmd_del(&f->a, "w/", "w0")); /* rev 41, two deletes */
+    int64_t from = 1;
+    size_t total = 0;
+    int64_t last_rev = 0;
+    for (int guard = 0; guard < 100; guard++) {
+        struct keel_history h;
+        assert_int_equal(keel_store_history(f->s, (const uint8_t *)"w/", 2, (const uint8_t *)"w0",
+                                            2, from, 3, &f->a, &h),
+                         0);
+        for (size_t i = 0; i < h.n_events; i++) {
+            Keel__Event *e = h.events[i];
+            assert_true(e->kv->mod_revision >= last_rev);
+            last_rev = e->kv->mod_revision;
+            assert_memory_equal(e->kv->key.data, "w/", 2);
+            if (e->kv->mod_revision <= 4)
+                assert_null(e->prev_kv);
+            else
+                assert_non_null(e->prev_kv);
+        }
+        total += h.n_events;
+        from = h.next_revision;
+        if (from > h.revision)
+            break;
+    }
+    assert_int_equal(total, 22);
+    assert_int_equal(last_rev, 41);
+}
+
+static void history_compacted(void **state)
+{
+    struct fx *f = *state;
+    for (int i = 0; i < 5; i++)
+        ap(f, tu_cmd_put(&f->a, "k", "v"));
+    ap(f, tu_cmd_compact(&f->a, 3));
+    struct keel_history h;
+    assert_int_equal(keel_store_history(f->s, (const uint8_t *)"k", 1, NULL, 0, 2, 10, &f->a, &h),
+                     KEEL_ECOMPACTED);
+    assert_int_equal(keel_store_history(f->s, (const uint8_t *)"k", 1, NULL, 0, 3, 10, &f->a, &h),
+                     0);
+    assert_int_equal(h.n_events, 3);
+    assert_int_equal(h.events[0]->kv->mod_revision, 3);
+}
+
+/* ---- compaction ---- */
+
+static void compaction_keeps_state_at_revision(void **state)
+{
+    struct fx *f = *state;
+    ap(f, tu_cmd_put(&f->a, "live", "1"));  /* 1 */
+    ap(f, tu_cmd_put(&f->a, "gone", "1"));  /* 2 */
+    ap(f, tu_cmd_put(&f->a, "live", "2"));  /* 3 */
+    ap(f, tu_cmd_del(&f->a, "gone", NULL)); /* 4 */
+    ap(f, tu_cmd_put(&f->a, "later", "1")); /* 5 */
+    struct keel_store_stat before;
+    keel_store_stat(f->s, &before);
+    struct keel_apply_result r = ap(f, tu_cmd_compact(&f->a, 4));
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.revision, 5);
+    struct keel_store_stat st;
+    keel_store_stat(f->s, &st);
+    assert_int_equal(st.compact_revision, 4);
+    assert_true(st.logical_size < before.logical_size);
+    Keel__RangeResponse *rr;
+    assert_int_equal(tu_range(f->s, &f->a, "live", NULL, 3, &rr), KEEL_ECOMPACTED);
+    assert_kv(get(f, "live", 4), "live", "2", 1, 3, 2);
+    assert_null(get(f, "gone", 4));
+    assert_kv(get(f, "later", 0), "later", "1", 5, 5, 1);
+    /* compacting again at or below, or into the future, is refused */
+    assert_int_equal(ap(f, tu_cmd_compact(&f->a, 4)).err, KEEL_ECOMPACTED);
+    assert_int_equal(ap(f, tu_cmd_compact(&f->a, 6)).err, KEEL_EFUTUREREV);
+    /* history from the compacted revision still holds the delete at 4 */
+    struct keel_history h;
+    assert_int_equal(
+        keel_store_history(f->s, (const uint8_t *)"gone", 4, NULL, 0, 4, 10, &f->a, &h), 0);
+    assert_int_equal(h.n_events, 1);
+    assert_int_equal(h.events[0]->type, KEEL__EVENT__EVENT_TYPE__DELETE);
+    /* compacting past the tombstone drops the key entirely */
+    ap(f, tu_cmd_compact(&f->a, 5));
+    assert_int_equal(
+        keel_store_history(f->s, (const uint8_t *)"gone", 4, NULL, 0, 5, 10, &f->a, &h), 0);
+    assert_int_equal(h.n_events, 0);
+    assert_kv(get(f, "live", 5), "live", "2", 1, 3, 2);
+}
+
+static void compaction_of_many_versions(void **state)
+{
+    struct fx *f = *state;
+    for (int i = 0; i < 500; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "key%d", i % 50);
+        ap(f, tu_cmd_put(&f->a, k, "value"));
+        if (i % 7 == 0)
+            ap(f, tu_cmd_del(&f->a, k, NULL));
+    }
+    int64_t rev = rev_of(f);
+    Keel__RangeResponse *before;
+    assert_int_equal(tu_range(f->s, &f->a, "key", "kez", 0, &before), 0);
+    ap(f, tu_cmd_compact(&f->a, rev / 2));
+    ap(f, tu_cmd_compact(&f->a, rev));
+    Keel__RangeResponse *after;
+    assert_int_equal(tu_range(f->s, &f->a, "key", "kez", rev, &after), 0);
+    assert_int_equal(before->count, after->count);
+    for (size_t i = 0; i < before->n_kvs; i++) {
+        assert_int_equal(before->kvs[i]->mod_revision, after->kvs[i]->mod_revision);
+        assert_int_equal(before->kvs[i]->version, after->kvs[i]->version);
+    }
+    /* only live keys' last versions remain in the history */
+    struct keel_history h;
+    assert_int_equal(keel_store_history(f->s, (const uint8_t *)"key", 3, (const uint8_t *)"kez", 3,
+                                        rev, 10000, &f->a, &h),
+                     0);
+    assert_true(h.n_events <= 1);
+}
+
+/* ---- lease ---- */
+
+static void lease_grant_revoke(void **state)
+{
+    struct fx *f = *state;
+    struct keel_apply_result r = ap(f, tu_cmd_lease_grant(&f->a, 0, 30));
+    assert_int_equal(r.err, 0);
+    int64_t id = r.response->lease_grant->id;
+    assert_true(id > 0);
+    assert_int_equal(r.response->lease_grant->ttl, 30);
+    assert_int_equal(ap(f, tu_cmd_lease_grant(&f->a, id, 30)).err, KEEL_ELEASEEXISTS);
+    assert_int_equal(ap(f, tu_cmd_lease_grant(&f->a, 0, 0)).err, KEEL_EINVAL);
+    ap(f, tu_cmd_lease_grant(&f->a, 100, 5));
+
+    ap(f, tu_cmd_put_lease(&f->a, "a", "1", id));
+    ap(f, tu_cmd_put_lease(&f->a, "b", "1", id));
+    ap(f, tu_cmd_put_lease(&f->a, "c", "1", id));
+    ap(f, tu_cmd_put(&f->a, "c", "detached")); /* a put without lease detaches */
+    ap(f, tu_cmd_put_lease(&f->a, "d", "1", 100));
+
+    struct keel_lease_info info;
+    ProtobufCBinaryData *keys;
+    size_t n;
+    assert_int_equal(keel_store_lease_get(f->s, id, &f->a, &info, &keys, &n), 0);
+    assert_int_equal(info.ttl, 30);
+    assert_int_equal(n, 2);
+    assert_memory_equal(keys[0].data, "a", 1);
+    assert_memory_equal(keys[1].data, "b", 1);
+
+    struct keel_lease_info *all;
+    assert_int_equal(keel_store_lease_list(f->s, &f->a, &all, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(all[0].id < all[1].id, 1);
+
+    int64_t rev = rev_of(f);
+    r = ap(f, tu_cmd_lease_revoke(&f->a, id));
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.revision, rev + 1);
+    assert_int_equal(r.n_events, 2);
+    assert_int_equal(r.events[0]->type, KEEL__EVENT__EVENT_TYPE__DELETE);
+    assert_int_equal(r.events[1]->kv->mod_revision, rev + 1);
+    assert_null(get(f, "a", 0));
+    assert_null(get(f, "b", 0));
+    assert_kv(get(f, "c", 0), "c", "detached", 3, 4, 2);
+    assert_int_equal(keel_store_lease_get(f->s, id, &f->a, &info, NULL, NULL),
+                     KEEL_ELEASENOTFOUND);
+    assert_int_equal(ap(f, tu_cmd_lease_revoke(&f->a, id)).err, KEEL_ELEASENOTFOUND);
+
+    /* revoking a lease without keys takes no revision */
+    ap(f, tu_cmd_del(&f->a, "d", NULL));
+    rev = rev_of(f);
+    assert_int_equal(ap(f, tu_cmd_lease_revoke(&f->a, 100)).revision, rev);
+}
+
+/* ---- quota ---- */
+
+static int fx_setup_small(void **state)
+{
+    return fx_setup_quota(state, 64 * 1024);
+}
+
+static void quota_refuses_puts_allows_deletes(void **state)
+{
+    struct fx *f = *state;
+    char value[1024];
+    memset(value, 'v', sizeof(value) - 1);
+    value[sizeof(value) - 1] = '\0';
+    int nospace = 0;
+    int i;
+    for (i = 0; i < 200 && !nospace; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "k%03d", i);
+        struct keel_apply_result r = ap(f, tu_cmd_put(&f->a, k, value));
+        if (r.err == KEEL_ENOSPACE)
+            nospace = 1;
+        else
+            assert_int_equal(r.err, 0);
+    }
+    assert_true(nospace);
+    assert_true(i > 40); /* about 64 KiB of 1 KiB values fit */
+    struct keel_store_stat st;
+    keel_store_stat(f->s, &st);
+    assert_true(st.logical_size <= 64 * 1024);
+    int64_t rev = st.revision;
+    /* a delete and a compaction still work and free logical space */
+    struct keel_apply_result r = ap(f, tu_cmd_del(&f->a, "k", "l"));
+    assert_int_equal(r.err, 0);
+    ap(f, tu_cmd_compact(&f->a, rev + 1));
+    r = ap(f, tu_cmd_put(&f->a, "again", value));
+    assert_int_equal(r.err, 0);
+    /* lease grants count too */
+    assert_int_equal(ap(f, tu_cmd_lease_grant(&f->a, 1, 10)).err, 0);
+}
+
+/* ---- validate ---- */
+
+static void validate_limits(void **state)
+{
+    struct fx *f = *state;
+    struct keel_limits lim = {.max_txn_ops = 2, .max_value_bytes = 4};
+    const char *msg = NULL;
+    assert_int_equal(keel_store_validate(tu_cmd_put(&f->a, "k", "12345"), &lim, &msg),
+                     KEEL_ETOOLARGE);
+    assert_non_null(msg);
+    Keel__TxnRequest *t = tu_txn(&f->a);
+    for (int i = 0; i < 3; i++)
+        tu_op_del(tu_txn_op(&f->a, t, 1), tu_del_req(&f->a, "a", NULL));
+    assert_int_equal(keel_store_validate(tu_cmd_txn(&f->a, t), &lim, &msg), KEEL_ETOOMANYOPS);
+    t = tu_txn(&f->a);
+    tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "dup", "1"));
+    tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "dup", "2"));
+    assert_int_equal(keel_store_validate(tu_cmd_txn(&f->a, t), &lim, &msg), KEEL_EDUPKEY);
+    /* the same txn is refused at apply with the same code */
+    assert_int_equal(ap(f, tu_cmd_txn(&f->a, t)).err, KEEL_EDUPKEY);
+    Keel__Command empty = KEEL__COMMAND__INIT;
+    assert_int_equal(keel_store_validate(&empty, &lim, &msg), KEEL_EINVAL);
+    assert_int_equal(ap(f, &empty).err, KEEL_EINVAL);
+    assert_int_equal(keel_store_validate(tu_cmd_compact(&f->a, 0), &lim, &msg), KEEL_EINVAL);
+    assert_int_equal(rev_of(f), 0);
+}
+
+/* ---- snapshot_restore ---- */
+
+static void snapshot_restore_roundtrip(void **state)
+{
+    struct fx *f = *state;
+    for (int i = 0; i < 300; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "key%03d", i);
+        ap(f, tu_cmd_put(&f->a, k, "value"));
+    }
+    ap(f, tu_cmd_lease_grant(&f->a, 9, 60));
+    ap(f, tu_cmd_put_lease(&f->a, "leased", "x", 9));
+    struct keel_store_stat src;
+    keel_store_stat(f->s, &src);
+
+    char *file = NULL;
+    assert_true(asprintf(&file, "%s/snap", f->dir) > 0);
+    FILE *fp = fopen(file, "w+");
+    assert_non_null(fp);
+    assert_int_equal(keel_store_snapshot(f->s, fileno(fp)), 0);
+
+    /* a second store, diverged, gets the copy */
+    char *dir2 = tu_mkdtemp("restore");
+    struct keel_store *s2 = tu_store_open(dir2, 0);
+    struct keel_apply_result r;
+    tu_apply(s2, 1, tu_cmd_put(&f->a, "stale", "s"), &f->a, &r);
+    rewind(fp);
+    assert_int_equal(keel_store_restore(s2, fileno(fp)), 0);
+    struct keel_store_stat dst;
+    keel_store_stat(s2, &dst);
+    assert_int_equal(dst.applied_index, src.applied_index);
+    assert_int_equal(dst.revision, src.revision);
+    assert_int_equal(dst.logical_size, src.logical_size);
+    Keel__RangeResponse *rr;
+    assert_int_equal(tu_range(s2, &f->a, "stale", NULL, 0, &rr), 0);
+    assert_int_equal(rr->count, 0);
+    assert_int_equal(tu_range(s2, &f->a, "key", "kez", 0, &rr), 0);
+    assert_int_equal(rr->count, 300);
+    struct keel_lease_info info;
+    assert_int_equal(keel_store_lease_get(s2, 9, &f->a, &info, NULL, NULL), 0);
+    /* the restored store takes writes and survives reopening */
+    tu_apply(s2, src.applied_index + 1, tu_cmd_put(&f->a, "after", "a"), &f->a, &r);
+    assert_int_equal(r.revision, src.revision + 1);
+    keel_store_close(s2);
+    s2 = tu_store_open(dir2, 0);
+    keel_store_stat(s2, &dst);
+    assert_int_equal(dst.revision, src.revision + 1);
+
+    /* garbage is refused and the old state kept */
+    rewind(fp);
+    assert_int_equal(ftruncate(fileno(fp), 0), 0);
+    fputs("this is not an LMDB file", fp);
+    fflush(fp);
+    rewind(fp);
+    assert_int_equal(keel_store_restore(s2, fileno(fp)), KEEL_ECORRUPT);
+    keel_store_stat(s2, &dst);
+    assert_int_equal(dst.revision, src.revision + 1);
+    assert_int_equal(tu_range(s2, &f->a, "after", NULL, 0, &rr), 0);
+    assert_int_equal(rr->count, 1);
+
+    fclose(fp);
+    keel_store_close(s2);
+    tu_rmdir(dir2);
+    free(dir2);
+    free(file);
+}
+
+static void restore_interrupted_swap_completes(void **state)
+{
+    struct fx *f = *state;
+    ap(f, tu_cmd_put(&f->a, "k", "new"));
+    char *snap = NULL;
+    assert_true(asprintf(&snap, "%s/snap", f->dir) > 0);
+    FILE *fp = fopen(snap, "w");
+    assert_int_equal(keel_store_snapshot(f->s, fileno(fp)), 0);
+    fclose(fp);
+
+    /* Simulate a crash after the copy became ready and the old store was moved aside. */
+    char *dir2 = tu_mkdtemp("swap");
+    char *state2 = NULL, *ready = NULL, *old = NULL, *cmd = NULL;
+    assert_true(asprintf(&state2, "%s/state", dir2) > 0);
+    assert_true(asprintf(&ready, "%s/state.ready", dir2) > 0);
+    assert_true(asprintf(&old, "%s/state.old", dir2) > 0);
+    struct keel_store *s2 = tu_store_open(dir2, 0);
+    keel_store_close(s2);
+    assert_int_equal(rename(state2, old), 0);
+    assert_true(asprintf(&cmd, "mkdir -p %s && cp %s %s/data.mdb", ready, snap, ready) > 0);
+    assert_int_equal(system(cmd), 0);
+    s2 = tu_store_open(dir2, 0);
+    Keel__RangeResponse *rr;
+    assert_int_equal(tu_range(s2, &f->a, "k", NULL, 0, &rr), 0);
+    assert_int_equal(rr->n_kvs, 1);
+    assert_memory_equal(rr->kvs[0]->value.data, "new", 3);
+    assert_int_equal(access(old, F_OK), -1);
+    assert_int_equal(access(ready, F_OK), -1);
+    keel_store_close(s2);
+    tu_rmdir(dir2);
+    free(dir2);
+    free(state2);
+    free(ready);
+    free(old);
+    free(cmd);
+    free(snap);
+}
+
+/* ---- write_batch ---- */
+
+static void write_batch_one_transaction(void **state)
+{
+    struct fx *f = *state;
+    struct keel_store_write *w;
+    assert_int_equal(keel_store_write_begin(f->s, &w), 0);
+    struct keel_apply_result r;
+    for (uint64_t i = 1; i <= 64; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "b%02d", (int)(i % 10));
+        /* gaps in indexes, as barrier entries leave them */
+        assert_int_equal(keel_store_write_apply(w, i * 2, tu_cmd_put(&f->a, k, "v"), &f->a, &r), 0);
+        assert_int_equal(r.revision, (int64_t)i);
+    }
+    /* not visible before commit */
+    assert_int_equal(rev_of(f), 0);
+    assert_int_equal(keel_store_write_commit(w), 0);
+    struct keel_store_stat st;
+    keel_store_stat(f->s, &st);
+    assert_int_equal(st.revision, 64);
+    assert_int_equal(st.applied_index, 128);
+
+    /* an aborted batch leaves nothing */
+    assert_int_equal(keel_store_write_begin(f->s, &w), 0);
+    assert_int_equal(keel_store_write_apply(w, 200, tu_cmd_put(&f->a, "zz", "v"), &f->a, &r), 0);
+    keel_store_write_abort(w);
+    keel_store_stat(f->s, &st);
+    assert_int_equal(st.applied_index, 128);
+    assert_null(get(f, "zz", 0));
+
+    /* reopen: state persisted */
+    keel_store_close(f->s);
+    f->s = tu_store_open(f->dir, 0);
+    keel_store_stat(f->s, &st);
+    assert_int_equal(st.revision, 64);
+    assert_kv(get(f, "b03", 0), "b03", "v", 3, 63, 7);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest put[] = {T(put_creates_and_updates), T(put_after_delete_resets_version),
+                                     T(put_ignore_value_and_lease), T(put_rejects_bad_keys),
+                                     T(put_skips_applied_index)};
+    const struct CMUnitTest delete_range[] = {T(delete_range_conventions), T(delete_single_key)};
+    const struct CMUnitTest txn[] = {T(txn_compare_branches), T(txn_compare_targets),
+                                     T(txn_failure_leaves_nothing), T(txn_nested)};
+    const struct CMUnitTest range[] = {T(range_options), T(range_past_revisions)};
+    const struct CMUnitTest history[] = {T(history_chunks_and_prev), T(history_compacted)};
+    const struct CMUnitTest compaction[] = {T(compaction_keeps_state_at_revision),
+                                            T(compaction_of_many_versions)};
+    const struct CMUnitTest lease[] = {T(lease_grant_revoke)};
+    const struct CMUnitTest quota[] = {cmocka_unit_test_setup_teardown(
+        quota_refuses_puts_allows_deletes, fx_setup_small, fx_teardown)};
+    const struct CMUnitTest validate[] = {T(validate_limits)};
+    const struct CMUnitTest snapshot_restore[] = {T(snapshot_restore_roundtrip),
+                                                  T(restore_interrupted_swap_completes)};
+    const struct CMUnitTest write_batch[] = {T(write_batch_one_transaction)};
+#define GROUP(name)                                                                                \
+    if (all || strcmp(argv[1], #name) == 0) {                                                      \
+        matched = 1;                                                                               \
+        failed |= _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL); \
+    }
+    int all = argc < 2;
+    int matched = 0, failed = 0;
+    GROUP(put)
+    GROUP(delete_range)
+    GROUP(txn)
+    GROUP(range)
+    GROUP(history)
+    GROUP(compaction)
+    GROUP(lease)
+    GROUP(quota)
+    GROUP(validate)
+    GROUP(snapshot_restore)
+    GROUP(write_batch)
+    if (!matched) {
+        fprintf(stderr, "test_store: no group named %s\n", argv[1]);
+        return 2;
+    }
+    return failed ? 1 : 0;
+}
