@@ -33,7 +33,7 @@ const char *keel_err_name(int err)
         KEEL_ERRNO_MAP(KEEL_ERR_NAME_)
 #undef KEEL_ERR_NAME_
     }
-    return "UNKNOWN";
+    return "UNRECOGNIZED";
 }
 
 int keel_err_to_wire(int err)
@@ -47,8 +47,10 @@ int keel_err_to_wire(int err)
 
 int keel_err_from_wire(int code)
 {
-    if (code <= 0)
+    if (code == 0)
         return 0;
+    if (code < 0)
+        return KEEL_EINTERNAL;
     if (code <= -KEEL_ECANCELED)
         return -code;
     return KEEL_EINTERNAL;

@@ -152,6 +152,14 @@ void keel_store_close(struct keel_store *s)
     free(s);
 }
 
+int keel_store_sync(struct keel_store *s)
+{
+    pthread_rwlock_rdlock(&s->swap_lock);
+    int rc = mdb_env_sync(s->env, 1);
+    pthread_rwlock_unlock(&s->swap_lock);
+    return rc == 0 ? 0 : KEEL_EIO;
+}
+
 void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
 {
     pthread_mutex_lock(&s->stat_lock);
@@ -253,18 +261,34 @@ int keel_store_write_begin(struct keel_store *s, struct keel_store_write **out)
 int keel_store_write_apply(struct keel_store_write *w, uint64_t index, const Keel__Command *cmd,
                            struct keel_arena *arena, struct keel_apply_result *result)
 {
-    memset(result, 0, sizeof(*result));
-    if (index <= w->m.applied_index) {
-        result->skipped = 1;
-        result->revision = w->m.revision;
-        return 0;
+    return keel_store_write_apply_entry(w, index, &cmd, 1, arena, result);
+}
+
+int keel_store_write_apply_entry(struct keel_store_write *w, uint64_t index,
+                                 const Keel__Command *const *cmds, size_t n, struct keel_arena *arena,
+                                 struct keel_apply_result *results)
+{
+    bool skip = index <= w->m.applied_index;
+    for (size_t i = 0; i < n; i++) {
+        struct keel_apply_result *r = &results[i];
+        memset(r, 0, sizeof(*r));
+        if (skip) {
+            r->skipped = 1;
+        } else {
+            int err = mvcc_apply(w, cmds[i], arena, r);
+            if (err != 0)
+                return err;
+        }
+        r->revision = w->m.revision;
     }
-    int err = mvcc_apply(w, cmd, arena, result);
-    if (err != 0)
-        return err;
-    w->m.applied_index = index;
-    result->revision = w->m.revision;
+    if (!skip)
+        w->m.applied_index = index;
     return 0;
+}
+
+uint64_t keel_store_write_applied_index(const struct keel_store_write *w)
+{
+    return w->m.applied_index;
 }
 
 int keel_store_write_commit(struct keel_store_write *w)

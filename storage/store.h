@@ -73,6 +73,10 @@ int keel_store_open(const struct keel_store_options *opts, struct keel_store **o
 /* Close the store. No write or read may be in progress. */
 void keel_store_close(struct keel_store *s);
 
+/* Force everything committed to disk, meta page included (commits sync data pages only).
+ * 0 or KEEL_EIO. */
+int keel_store_sync(struct keel_store *s);
+
 /* Copy the committed state into *st. Safe from any thread. */
 void keel_store_stat(struct keel_store *s, struct keel_store_stat *st);
 
@@ -106,6 +110,18 @@ int keel_store_write_begin(struct keel_store *s, struct keel_store_write **out);
  */
 int keel_store_write_apply(struct keel_store_write *w, uint64_t index, const Keel__Command *cmd,
                            struct keel_arena *arena, struct keel_apply_result *result);
+
+/*
+ * Apply the n commands of one raft entry, committed at `index`, in order: the entry is skipped
+ * as a whole when index <= the applied index (results[i].skipped set). results has n elements.
+ * Returns like keel_store_write_apply.
+ */
+int keel_store_write_apply_entry(struct keel_store_write *w, uint64_t index,
+                                 const Keel__Command *const *cmds, size_t n, struct keel_arena *arena,
+                                 struct keel_apply_result *results);
+
+/* The applied index as seen inside the write (including what it applied so far). */
+uint64_t keel_store_write_applied_index(const struct keel_store_write *w);
 
 /* Commit everything applied since begin and free w. 0 or KEEL_E* (w is freed either way). */
 int keel_store_write_commit(struct keel_store_write *w);

@@ -1,0 +1,365 @@
+/*
+ * One TCP connection to one member: dial, handshake, batched writes, framed reads.
+ *
+ * What happens to requests when a connection ends is decided in client.c (kc_conn_lost); this
+ * file only moves bytes and reports events.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Frames handed to one uv_write: large enough to amortise the syscall, small enough that one
+ * connection's backlog does not hold a huge buffer. */
+#define KC_WRITE_BATCH (1u << 20)
+#define KC_READ_CHUNK  (64u * 1024)
+#define KC_ARENA_CHUNK (64u * 1024)
+
+int kc_parse_addr(const char *in, size_t len, char *out, struct sockaddr_in *sa)
+{
+    /* Members advertise client URLs; accept them with or without a scheme and a trailing slash. */
+    static const char *const schemes[] = {"http://", "https://", "tcp://"};
+    for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
+        size_t n = strlen(schemes[i]);
+        if (len >= n && strncmp(in, schemes[i], n) == 0) {
+            in += n;
+            len -= n;
+            break;
+        }
+    }
+    while (len > 0 && (in[len - 1] == '/' || in[len - 1] == ' '))
+        len--;
+    while (len > 0 && *in == ' ') {
+        in++;
+        len--;
+    }
+    const char *colon = NULL;
+    for (size_t i = 0; i < len; i++)
+        if (in[i] == ':')
+            colon = in + i;
+    if (colon == NULL || colon == in)
+        return KEEL_EINVAL;
+    size_t hlen = (size_t)(colon - in);
+    const char *port = colon + 1;
+    size_t plen = len - hlen - 1;
+    if (plen == 0 || plen > 5 || hlen >= 16)
+        return KEEL_EINVAL;
+    unsigned long p = 0;
+    for (size_t i = 0; i < plen; i++) {
+        if (port[i] < '0' || port[i] > '9')
+            return KEEL_EINVAL;
+        p = p * 10 + (unsigned long)(port[i] - '0');
+    }
+    if (p == 0 || p > 65535)
+        return KEEL_EINVAL;
+    char host[16];
+    memcpy(host, in, hlen);
+    host[hlen] = '\0';
+    if (strcmp(host, "localhost") == 0)
+        strcpy(host, "127.0.0.1");
+    struct sockaddr_in tmp;
+    if (uv_ip4_addr(host, (int)p, &tmp) != 0)
+        return KEEL_EINVAL;
+    /* uv_ip4_addr accepts what inet_pton accepts: a strict dotted quad, so the text is canonical
+     * already except for "localhost". */
+    if (out)
+        snprintf(out, KC_ADDR_MAX, "%s:%lu", host, p);
+    if (sa)
+        *sa = tmp;
+    return 0;
+}
+
+static void conn_handle_closed(uv_handle_t *h)
+{
+    struct kc_conn *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    struct keel_aclient *ac = c->ac;
+    keel_frame_decoder_close(&c->dec);
+    keel_arena_close(&c->arena);
+    free(c->wbuf);
+    free(c);
+    kc_conn_freed(ac);
+}
+
+void kc_conn_close(struct kc_conn *c)
+{
+    if (uv_is_closing((uv_handle_t *)&c->tcp))
+        return;
+    c->state = KC_CLOSED;
+    uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+}
+
+static int wbuf_reserve(struct kc_conn *c, size_t n)
+{
+    if (c->wcap >= n)
+        return 0;
+    size_t cap = c->wcap ? c->wcap : 4096;
+    while (cap < n)
+        cap *= 2;
+    uint8_t *b = realloc(c->wbuf, cap);
+    if (b == NULL)
+        return KEEL_ENOMEM;
+    c->wbuf = b;
+    c->wcap = cap;
+    return 0;
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct kc_conn *c = req->data;
+    c->writing = false;
+    if (c->state == KC_CLOSED)
+        return;
+    if (status < 0) {
+        char msg[KC_MSG_MAX];
+        snprintf(msg, sizeof(msg), "write to %s: %s", c->ac->peers[c->peer].addr,
+                 uv_strerror(status));
+        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        return;
+    }
+    /* Whatever queued up while this write was out goes now, as one more batch. */
+    if (c->state == KC_READY && c->pending.n > 0)
+        kc_conn_flush(c);
+}
+
+void kc_conn_flush(struct kc_conn *c)
+{
+    if (c->state != KC_READY || c->writing || c->pending.n == 0)
+        return;
+    struct keel_aclient *ac = c->ac;
+    size_t total = 0, count = 0;
+    for (struct kc_op *op = c->pending.head; op; op = op->next) {
+        if (count > 0 && total + op->frame_len > KC_WRITE_BATCH)
+            break;
+        total += op->frame_len;
+        count++;
+    }
+    if (wbuf_reserve(c, total) != 0) {
+        kc_conn_lost(c, KEEL_ENOMEM, "out of memory for the write buffer");
+        return;
+    }
+    /* Copy rather than point at the ops' frames: an op may time out and be freed while the write
+     * that carries it is still in the kernel's hands. */
+    size_t off = 0;
+    struct kc_op *op = c->pending.head;
+    for (size_t i = 0; i < count; i++, op = op->next) {
+        memcpy(c->wbuf + off, op->frame, op->frame_len);
+        off += op->frame_len;
+    }
+    uv_buf_t buf = uv_buf_init((char *)c->wbuf, (unsigned)total);
+    c->write_req.data = c;
+    int rv = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
+    if (rv != 0) {
+        char msg[KC_MSG_MAX];
+        snprintf(msg, sizeof(msg), "write to %s: %s", ac->peers[c->peer].addr, uv_strerror(rv));
+        /* Nothing was handed over: the ops are still pending, hence safe to retry. */
+        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        return;
+    }
+    c->writing = true;
+    ac->stats.writes++;
+    ac->stats.frames_out += count;
+    for (size_t i = 0; i < count; i++) {
+        op = c->pending.head;
+        kc_list_remove(&c->pending, op);
+        if (op->sent)
+            ac->stats.retries++;
+        op->sent = true;
+        op->where = KC_INFLIGHT;
+        kc_list_push(&c->inflight, op);
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    struct kc_conn *c = h->data;
+    uint8_t *p;
+    size_t len;
+    /* Read straight into the decoder: no copy between the socket and the frame parser. */
+    if (keel_frame_decoder_space(&c->dec, KC_READ_CHUNK, &p, &len) != 0) {
+        buf->base = NULL;
+        buf->len = 0; /* read_cb gets UV_ENOBUFS */
+        return;
+    }
+    buf->base = (char *)p;
+    buf->len = len;
+}
+
+static void process_frames(struct kc_conn *c)
+{
+    struct keel_aclient *ac = c->ac;
+    const char *addr = ac->peers[c->peer].addr;
+    char msg[KC_MSG_MAX];
+    for (;;) {
+        const uint8_t *p;
+        size_t n;
+        int rc = keel_frame_decoder_next(&c->dec, &p, &n);
+        if (rc == 0)
+            return;
+        if (rc < 0) {
+            snprintf(msg, sizeof(msg), "frame from %s exceeds the %zu-byte limit", addr,
+                     c->dec.max_frame);
+            kc_conn_lost(c, rc, msg);
+            return;
+        }
+        if (c->state == KC_HELLO) {
+            Keel__HelloResponse *hr = keel__hello_response__unpack(NULL, n, p);
+            if (hr == NULL) {
+                snprintf(msg, sizeof(msg), "handshake with %s: reply does not decode", addr);
+                kc_conn_lost(c, KEEL_EBADFRAME, msg);
+                return;
+            }
+            kc_conn_ready(c, hr);
+            keel__hello_response__free_unpacked(hr, NULL);
+        } else {
+            Keel__Response *r = keel__response__unpack(keel_arena_pb(&c->arena), n, p);
+            if (r == NULL) {
+                keel_arena_reset(&c->arena);
+                snprintf(msg, sizeof(msg), "reply from %s does not decode", addr);
+                kc_conn_lost(c, KEEL_EBADFRAME, msg);
+                return;
+            }
+            kc_handle_response(c, r);
+            keel_arena_reset(&c->arena);
+        }
+        /* A callback may have closed the client, or the handshake may have been refused. */
+        if (c->state != KC_READY)
+            return;
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    struct kc_conn *c = s->data;
+    if (c->state == KC_CLOSED)
+        return;
+    if (nread < 0) {
+        char msg[KC_MSG_MAX];
+        const char *addr = c->ac->peers[c->peer].addr;
+        if (nread == UV_EOF)
+            snprintf(msg, sizeof(msg), "connection to %s closed by the server", addr);
+        else
+            snprintf(msg, sizeof(msg), "read from %s: %s", addr, uv_strerror((int)nread));
+        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        return;
+    }
+    if (nread == 0)
+        return;
+    keel_frame_decoder_commit(&c->dec, (size_t)nread);
+    process_frames(c);
+}
+
+static void send_hello(struct kc_conn *c)
+{
+    struct keel_aclient *ac = c->ac;
+    Keel__Hello hello = KEEL__HELLO__INIT;
+    hello.protocol_version = KEEL_PROTOCOL_VERSION;
+    hello.client_name = ac->client_name;
+    if (ac->token)
+        hello.token = ac->token;
+    size_t n = keel_frame_size(&hello.base);
+    if (wbuf_reserve(c, n) != 0) {
+        kc_conn_lost(c, KEEL_ENOMEM, "out of memory for the handshake");
+        return;
+    }
+    keel_frame_pack(&hello.base, c->wbuf);
+    uv_buf_t buf = uv_buf_init((char *)c->wbuf, (unsigned)n);
+    c->write_req.data = c;
+    int rv = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
+    if (rv != 0) {
+        char msg[KC_MSG_MAX];
+        snprintf(msg, sizeof(msg), "handshake with %s: %s", ac->peers[c->peer].addr,
+                 uv_strerror(rv));
+        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        return;
+    }
+    c->writing = true;
+    c->state = KC_HELLO;
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct kc_conn *c = req->data;
+    if (c->state == KC_CLOSED)
+        return;
+    const char *addr = c->ac->peers[c->peer].addr;
+    char msg[KC_MSG_MAX];
+    if (status < 0) {
+        snprintf(msg, sizeof(msg), "dial %s: %s", addr, uv_strerror(status));
+        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    int rv = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rv != 0) {
+        snprintf(msg, sizeof(msg), "read from %s: %s", addr, uv_strerror(rv));
+        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        return;
+    }
+    send_hello(c);
+}
+
+static void on_dial_timeout(uv_timer_t *t)
+{
+    struct kc_conn *c = t->data;
+    if (c->state == KC_CLOSED || c->state == KC_READY)
+        return;
+    char msg[KC_MSG_MAX];
+    snprintf(msg, sizeof(msg), "%s %s: timed out after %u ms",
+             c->state == KC_CONNECTING ? "dial" : "handshake with", c->ac->peers[c->peer].addr,
+             c->ac->dial_timeout_ms);
+    kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+}
+
+struct kc_conn *kc_conn_start(struct keel_aclient *ac, int peer)
+{
+    struct kc_peer *p = &ac->peers[peer];
+    char msg[KC_MSG_MAX];
+    struct kc_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        kc_peer_failed(ac, peer, true, "out of memory for a connection");
+        return NULL;
+    }
+    c->ac = ac;
+    c->peer = peer;
+    c->state = KC_CONNECTING;
+    keel_frame_decoder_init(&c->dec, ac->max_frame);
+    keel_arena_init(&c->arena, KC_ARENA_CHUNK);
+    int rv = uv_tcp_init(ac->loop, &c->tcp);
+    if (rv != 0) {
+        keel_frame_decoder_close(&c->dec);
+        free(c);
+        snprintf(msg, sizeof(msg), "dial %s: %s", p->addr, uv_strerror(rv));
+        kc_peer_failed(ac, peer, true, msg);
+        return NULL;
+    }
+    uv_timer_init(ac->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->connect_req.data = c;
+    c->open_handles = 2;
+    ac->nconns++;
+    ac->stats.dials++;
+    if (ac->have_source) {
+        rv = uv_tcp_bind(&c->tcp, (const struct sockaddr *)&ac->source, 0);
+        if (rv != 0)
+            goto fail;
+    }
+    rv = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&p->sa, on_connect);
+    if (rv != 0)
+        goto fail;
+    uv_timer_start(&c->timer, on_dial_timeout, ac->dial_timeout_ms, 0);
+    p->conn = c;
+    return c;
+
+fail:
+    snprintf(msg, sizeof(msg), "dial %s: %s", p->addr, uv_strerror(rv));
+    kc_conn_close(c);
+    kc_peer_failed(ac, peer, true, msg);
+    return NULL;
+}

@@ -1,0 +1,276 @@
+/*
+ * libkeel: the keel client library.
+ *
+ * Two layers share one implementation:
+ *
+ * - The asynchronous core (keel_aclient_*) runs on a libuv loop the caller owns. It keeps at most
+ *   one connection per member, multiplexes any number of requests over each (matched by id,
+ *   answered in any order), writes every frame queued during one loop turn with one uv_write, and
+ *   decodes replies into a per-connection arena, so a request costs no malloc in steady state.
+ *   Every function of this layer must be called on the loop's thread.
+ *
+ * - The synchronous API (keel_open, keel_put, keel_get, ...) runs an asynchronous client on a
+ *   private loop thread and blocks the calling thread until the answer arrives.
+ *
+ * Routing. The client learns the members, their zones and the leader from each connection's
+ * HelloResponse. Writes (put, delete, txn, compaction, lease grant/revoke/keep-alive, member
+ * changes) and linearizable reads go to the leader, connecting lazily once its client address is
+ * known; serializable reads, status and member list go to a member of options.zone when one is
+ * known, else to any member. A NOT_LEADER answer is followed to the leader it names (or, when it
+ * names none, retried after a backoff through another member); a lost connection is replaced by
+ * one to another member, round-robin over the endpoints and the members learned, with a bounded
+ * per-member backoff.
+ *
+ * Retries. A request is sent again (at most options.max_retries times, never past its deadline)
+ * only when that is safe: it was never written to a socket, or the server answered NOT_LEADER or
+ * UNAVAILABLE (the server did nothing), or it is idempotent (range, read-only txn, status, member
+ * list, lease time-to-live/leases/keep-alive) and its connection dropped. A write whose
+ * connection dropped after it was written fails with KEEL_EUNKNOWN: it may or may not have been
+ * applied, and only the caller can decide what to do. KEEL_EUNKNOWN also comes from the server
+ * (OUTCOME_UNKNOWN, leadership lost after the write was proposed) and is never retried.
+ *
+ * Errors. Every function returns 0 or a negative KEEL_E* code from err.h. Codes of the wire band
+ * (KEEL_ENOTLEADER .. KEEL_ECANCELED) mean what the server means by them; local ones: KEEL_ETIMEOUT
+ * (the request's deadline passed), KEEL_EUNAVAILABLE (no member could be reached, or every retry
+ * was answered UNAVAILABLE), KEEL_EUNKNOWN (see above), KEEL_ECANCELED (the client was closed),
+ * KEEL_ECLOSED (called after close began), KEEL_ENOMEM, KEEL_EINVAL, KEEL_EUNSUPPORTED (a request
+ * type this client does not carry: watch and snapshot streams). Every failure also has a message:
+ * the server's own, or one composed locally ("dial 127.0.0.1:2379: connection refused").
+ *
+ * Ownership. Callers own everything they pass in; the library copies what it keeps. Messages the
+ * synchronous API returns through out-parameters belong to the caller and are freed with
+ * keel_free().
+ */
+#ifndef KEEL_KEEL_H
+#define KEEL_KEEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "err.h"
+#include "keel.pb-c.h"
+
+#define KEEL_DEFAULT_ENDPOINT           "127.0.0.1:2379"
+#define KEEL_DEFAULT_DIAL_TIMEOUT_MS    2000
+#define KEEL_DEFAULT_REQUEST_TIMEOUT_MS 5000
+#define KEEL_DEFAULT_MAX_RETRIES        10
+#define KEEL_PROTOCOL_VERSION           1
+
+/* Client options. A zeroed struct selects every default. Strings are copied by *_init/open. */
+struct keel_options {
+    /* Comma-separated "host:port" client addresses (IPv4 literals; an "http://" prefix is
+     * ignored). NULL or "": KEEL_DEFAULT_ENDPOINT. */
+    const char *endpoints;
+    /* Serializable reads prefer members of this zone. NULL or "": no preference. */
+    const char *zone;
+    /* Bind every outgoing connection to this IPv4 address (port chosen by the kernel), so that a
+     * zone-bound client's traffic carries its zone's source address. NULL: the kernel's choice. */
+    const char *source_address;
+    const char *client_name; /* sent in Hello; NULL: "libkeel" */
+    const char *token;       /* sent in Hello; NULL: none */
+    uint32_t dial_timeout_ms;    /* TCP connect plus handshake; 0: KEEL_DEFAULT_DIAL_TIMEOUT_MS */
+    uint32_t request_timeout_ms; /* default per-request deadline; 0: KEEL_DEFAULT_REQUEST_TIMEOUT_MS */
+    int max_retries;             /* 0: KEEL_DEFAULT_MAX_RETRIES; negative: never retry */
+    uint32_t max_frame;          /* largest frame accepted from a server; 0: KEEL_FRAME_DEFAULT_MAX */
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Asynchronous core
+ */
+
+struct keel_aclient;
+
+/*
+ * Called exactly once per accepted request, on the loop thread, never from within the
+ * keel_aclient_request call that submitted it.
+ *
+ * status is 0 or a KEEL_E* code. resp is never NULL and is valid only during the call (it lives
+ * in a buffer reused for the next reply): on success it is the server's Response with its body;
+ * on failure resp->error is set and resp->error->message explains (the server's message, or a
+ * local one, in which case resp->header is NULL and resp->error->code is the wire form of status,
+ * INTERNAL for local-only codes: test `status`, not the code). Server answers that carry an error
+ * (e.g. COMPACTED) arrive with their header.
+ *
+ * The callback may submit new requests and may call keel_aclient_close.
+ */
+typedef void (*keel_response_cb)(int status, const Keel__Response *resp, void *data);
+
+/* Called once when keel_aclient_close has released everything. */
+typedef void (*keel_close_cb)(void *data);
+
+/* Per-request options for keel_aclient_request_ex. A zeroed struct selects every default. */
+struct keel_call_opts {
+    uint32_t timeout_ms; /* 0: options.request_timeout_ms */
+    /* Send to this member ("host:port") instead of routing: no redirect, no failover, no retry.
+     * NOT_LEADER comes back as an error. For per-endpoint status. NULL: route. */
+    const char *endpoint;
+};
+
+/* Counters, for tests and the benchmark. All monotonic. */
+struct keel_aclient_stats {
+    uint64_t requests;  /* accepted by keel_aclient_request */
+    uint64_t completed; /* callbacks delivered */
+    uint64_t retries;   /* sends after the first, for any reason */
+    uint64_t redirects; /* NOT_LEADER answers followed */
+    uint64_t dials;     /* connections attempted */
+    uint64_t dial_failures; /* connections that failed before their handshake completed */
+    uint64_t conn_lost;     /* established connections that dropped */
+    uint64_t writes;        /* uv_write calls (each carries one or more frames) */
+    uint64_t frames_out;    /* request frames written */
+    uint32_t in_flight;     /* requests accepted and not yet completed */
+    uint32_t connections;   /* connections open or opening */
+};
+
+/*
+ * Create a client on loop. Nothing is connected until the first request. opts may be NULL (all
+ * defaults). 0, KEEL_EINVAL (an endpoint or source address that does not parse), KEEL_ENOMEM.
+ * Release with keel_aclient_close, then keep running the loop until the close callback.
+ */
+int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct keel_options *opts);
+
+/*
+ * Submit req. The library assigns req's id (the caller's value is ignored and req is not
+ * modified); req is packed before this returns, so the caller may free it at once. timeout_ms 0
+ * uses the client's default. Returns 0 when accepted (cb will be called exactly once), or, with
+ * cb never called: KEEL_EINVAL (no body), KEEL_EUNSUPPORTED (watch or snapshot), KEEL_ETOOLARGE
+ * (the frame exceeds the frame limit), KEEL_ECLOSED (close has begun), KEEL_ENOMEM.
+ */
+int keel_aclient_request(struct keel_aclient *ac, const Keel__Request *req, uint32_t timeout_ms,
+                         keel_response_cb cb, void *data);
+
+/* keel_aclient_request with per-request options (opts may be NULL). Also KEEL_EINVAL for an
+ * endpoint that does not parse. */
+int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
+                            const struct keel_call_opts *opts, keel_response_cb cb, void *data);
+
+/*
+ * Begin closing: every request not yet answered completes with KEEL_ECANCELED (possibly from
+ * within this call), connections are closed, and once every handle is released cb(data) is called
+ * (from the loop) and ac is freed. cb may be NULL. Calling it twice is a bug.
+ */
+void keel_aclient_close(struct keel_aclient *ac, keel_close_cb cb, void *data);
+
+/* Copy the client's counters into *out. */
+void keel_aclient_stats(const struct keel_aclient *ac, struct keel_aclient_stats *out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Synchronous API
+ *
+ * One handle may be used from any number of threads at once: each call blocks only its own thread
+ * and the calls share the handle's connections. The only exception is keel_close, which must not
+ * race with other calls on the same handle. Error messages are per thread (see keel_errmsg).
+ */
+
+struct keel;
+
+/*
+ * Start a client with its own loop thread. Connects lazily: an unreachable cluster shows up on
+ * the first call, not here. 0, KEEL_EINVAL, KEEL_ENOMEM, KEEL_EIO (the thread could not start).
+ * Release with keel_close.
+ */
+int keel_open(struct keel **out, const struct keel_options *opts);
+
+/* Cancel whatever is still pending, stop the loop thread and free k. k may be NULL. */
+void keel_close(struct keel *k);
+
+/*
+ * The message of the last failed keel_* call made by the calling thread (thread-local, like
+ * errno): the server's message for a server error, else a local explanation. Never NULL; valid
+ * until this thread's next failing call. Successful calls leave it unchanged.
+ */
+const char *keel_errmsg(void);
+
+/* Free a message returned by the synchronous API (any Keel__* type). NULL is allowed. */
+void keel_free(void *msg);
+
+struct keel_put_opts {
+    int64_t lease;     /* attach this lease; 0: none */
+    bool prev_kv;      /* return the previous key-value in the response */
+    bool ignore_value; /* keep the current value (the key must exist) */
+    bool ignore_lease; /* keep the current lease (the key must exist) */
+};
+
+/*
+ * Put key = val. opts may be NULL. On success, if out is not NULL, *out receives the response
+ * (free with keel_free). Use keel_do to get the response header (revision).
+ */
+int keel_put(struct keel *k, const void *key, size_t klen, const void *val, size_t vlen,
+             const struct keel_put_opts *opts, Keel__PutResponse **out);
+
+struct keel_get_opts {
+    /* [key, range_end): NULL/0 for the single key; "\0" (length 1) for every key >= key; see
+     * keel_prefix_end for a prefix. */
+    const void *range_end;
+    size_t range_end_len;
+    int64_t limit;    /* 0: no limit */
+    int64_t revision; /* <= 0: current */
+    bool serializable;
+    bool keys_only;
+    bool count_only;
+    Keel__RangeRequest__SortOrder sort_order;   /* 0: NONE */
+    Keel__RangeRequest__SortTarget sort_target; /* 0: KEY */
+};
+
+/* Range read. opts may be NULL (linearizable single-key get). *out as for keel_put, but not
+ * optional: out must not be NULL. */
+int keel_get(struct keel *k, const void *key, size_t klen, const struct keel_get_opts *opts,
+             Keel__RangeResponse **out);
+
+struct keel_delete_opts {
+    const void *range_end; /* as in keel_get_opts */
+    size_t range_end_len;
+    bool prev_kv;
+};
+
+/* Delete key or [key, range_end). opts and out may be NULL. */
+int keel_delete(struct keel *k, const void *key, size_t klen, const struct keel_delete_opts *opts,
+                Keel__DeleteRangeResponse **out);
+
+/* Run a transaction (the caller builds txn; it is not modified). out may be NULL. */
+int keel_txn(struct keel *k, const Keel__TxnRequest *txn, Keel__TxnResponse **out);
+
+/* Compact history below rev (physical: returns once applied). */
+int keel_compact(struct keel *k, int64_t rev);
+
+/* Status of the member at endpoint ("host:port"), or of whichever member answers when endpoint
+ * is NULL. out must not be NULL. */
+int keel_status(struct keel *k, const char *endpoint, Keel__StatusResponse **out);
+
+/* The cluster's members. out must not be NULL. */
+int keel_member_list(struct keel *k, Keel__MemberListResponse **out);
+
+/* Grant a lease of ttl seconds (id 0: the cluster picks one). out may be NULL. */
+int keel_lease_grant(struct keel *k, int64_t ttl, int64_t id, Keel__LeaseGrantResponse **out);
+
+/* Revoke a lease, deleting its keys. */
+int keel_lease_revoke(struct keel *k, int64_t id);
+
+/* Remaining time of a lease (and its keys when keys is true). out must not be NULL. */
+int keel_lease_time_to_live(struct keel *k, int64_t id, bool keys,
+                            Keel__LeaseTimeToLiveResponse **out);
+
+/* Any request; the whole Response (header and body) on success. out may be NULL. */
+int keel_do(struct keel *k, const Keel__Request *req, Keel__Response **out);
+
+/* keel_do with per-request options (opts may be NULL). */
+int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
+               Keel__Response **out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Helpers
+ */
+
+/*
+ * The range end selecting every key that starts with key (etcd's prefix end): key with its last
+ * byte below 0xff incremented and what follows dropped. Writes it to out (klen bytes, or 1) and
+ * returns its length. A key that is empty or all 0xff bytes gives "\0": every key.
+ */
+size_t keel_prefix_end(const void *key, size_t klen, uint8_t *out);
+
+/* Whether a request may be sent twice without changing the outcome (used by the retry policy). */
+bool keel_request_is_idempotent(const Keel__Request *req);
+
+#endif

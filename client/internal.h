@@ -1,0 +1,190 @@
+/*
+ * libkeel internals shared by client.c (requests, routing, retries, timers) and conn.c (sockets).
+ *
+ * Every request is a keel_op holding its packed frame, so it can be resent unchanged to another
+ * member: the id inside the frame is unique for the whole client, hence for every connection.
+ * An op is always on exactly one list, which says where it stands:
+ *
+ *   waiting        no connection can take it yet (none ready, or a retry backoff runs)
+ *   conn->pending  assigned to a connection, not yet handed to uv_write (never sent)
+ *   conn->inflight written (or being written): the server may have seen it
+ *   done           finished with a local failure; its callback runs at the next safe point
+ *
+ * Callbacks for server answers run at once, from the read callback (the reply lives in the
+ * connection's arena only until the next frame); local failures are queued on `done` and
+ * delivered from ac_drain, so internal state is never changed underneath user code.
+ */
+#ifndef KEEL_CLIENT_INTERNAL_H
+#define KEEL_CLIENT_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "arena.h"
+#include "frame.h"
+#include "keel/keel.h"
+
+#define KC_ADDR_MAX  64  /* "255.255.255.255:65535" fits many times over */
+#define KC_ZONE_MAX  64
+#define KC_MSG_MAX   512
+#define KC_MAX_PEERS 64  /* endpoints plus members learned; more are ignored */
+#define KC_NCLASS    7   /* op pool classes: frames up to 256 << 6 = 16 KiB are recycled */
+#define KC_POOL_KEEP 1024 /* ops kept per pool class */
+
+enum kc_route {
+    KC_ROUTE_LEADER, /* writes, linearizable reads */
+    KC_ROUTE_ANY,    /* serializable reads, status, member list: same zone first */
+    KC_ROUTE_PINNED, /* keel_call_opts.endpoint */
+};
+
+enum kc_where { KC_NOWHERE, KC_WAITING, KC_PENDING, KC_INFLIGHT, KC_DONE };
+
+struct kc_conn;
+
+struct kc_op {
+    struct kc_op *prev, *next;
+    struct kc_conn *conn; /* KC_PENDING / KC_INFLIGHT */
+    uint64_t id;
+    uint64_t deadline;   /* loop time, ms */
+    uint64_t retry_at;   /* not before this loop time (retry backoff) */
+    uint32_t wait_mark;  /* ac->dial_failures when it began waiting for a connection */
+    bool wait_marked;
+    size_t heap_idx;
+    keel_response_cb cb;
+    void *data;
+    int peer;            /* KC_ROUTE_PINNED: its peer */
+    uint8_t where;
+    uint8_t route;
+    uint8_t cls;         /* pool class, or KC_NCLASS when malloc'd to size */
+    bool idempotent;
+    bool sent;           /* handed to uv_write at least once */
+    uint16_t attempts;   /* retries so far */
+    int last_err;        /* why the last attempt failed, for the timeout message */
+    int status;          /* KC_DONE: the failure */
+    char *msg;           /* KC_DONE: its message (malloc'd), or NULL for keel_strerror */
+    uint32_t timeout_ms;
+    size_t frame_len;
+    uint8_t frame[];
+};
+
+struct kc_list {
+    struct kc_op *head, *tail;
+    size_t n;
+};
+
+enum kc_conn_state { KC_CONNECTING, KC_HELLO, KC_READY, KC_CLOSED };
+
+struct kc_conn {
+    struct keel_aclient *ac;
+    uv_tcp_t tcp;
+    uv_timer_t timer; /* dial + handshake deadline */
+    uv_connect_t connect_req;
+    uv_write_t write_req;
+    int state;
+    int peer;
+    int open_handles;
+    bool writing;
+    uint64_t member_id;
+    struct kc_list pending;
+    struct kc_list inflight;
+    struct keel_frame_decoder dec;
+    struct keel_arena arena;
+    uint8_t *wbuf;
+    size_t wcap;
+};
+
+struct kc_peer {
+    char addr[KC_ADDR_MAX];
+    struct sockaddr_in sa;
+    char zone[KC_ZONE_MAX];
+    uint64_t member_id;
+    bool from_endpoints; /* listed in options.endpoints */
+    bool in_cluster;     /* named by the last HelloResponse's member list */
+    bool learner;
+    uint32_t fails;      /* consecutive failures; 0 after a handshake */
+    uint64_t next_try;   /* loop time before which it is not dialled again for routing */
+    struct kc_conn *conn; /* live connection (not closed), at most one */
+};
+
+struct keel_aclient {
+    uv_loop_t *loop;
+    uv_timer_t timer;
+    uv_prepare_t prepare;
+    int open_handles; /* ac's own handles not yet closed */
+    int nconns;       /* kc_conn allocated and not yet freed */
+    bool closing;
+    bool kicked;      /* work queued for the prepare callback */
+    bool need_route;  /* waiting ops should be looked at */
+    bool draining;
+    keel_close_cb close_cb;
+    void *close_data;
+
+    /* options */
+    char zone[KC_ZONE_MAX];
+    char *client_name;
+    char *token;
+    bool have_source;
+    struct sockaddr_in source;
+    uint32_t dial_timeout_ms;
+    uint32_t request_timeout_ms;
+    int max_retries;
+    uint32_t max_frame;
+
+    /* cluster knowledge */
+    struct kc_peer peers[KC_MAX_PEERS];
+    int npeers;
+    int rr;      /* round-robin cursor over peers */
+    int leader;  /* peer index, -1 unknown */
+    uint64_t cluster_id;
+    uint32_t dial_failures;
+    char last_dial_err[KC_MSG_MAX];
+
+    /* requests */
+    struct kc_list waiting;
+    struct kc_list done;
+    struct kc_op **slots; /* id low 32 bits -> op */
+    uint32_t nslots;
+    uint32_t *free_slots;
+    uint32_t nfree;
+    uint32_t seq;
+    struct kc_op **heap; /* min-heap on deadline */
+    size_t nheap, heapcap;
+    uint64_t timer_due; /* when the timer fires, UINT64_MAX when stopped */
+    struct kc_op *pool[KC_NCLASS];
+    uint32_t pool_n[KC_NCLASS];
+    uint64_t rng;
+
+    struct keel_aclient_stats stats;
+
+    /* the Response handed to callbacks for local failures */
+    Keel__Response synth;
+    Keel__Error synth_err;
+};
+
+/* lists (client.c) */
+void kc_list_push(struct kc_list *l, struct kc_op *op);
+void kc_list_remove(struct kc_list *l, struct kc_op *op);
+
+/* client.c, for conn.c */
+void kc_kick(struct keel_aclient *ac);
+void kc_conn_ready(struct kc_conn *c, const Keel__HelloResponse *hr);
+void kc_conn_lost(struct kc_conn *c, int status, const char *msg);
+void kc_handle_response(struct kc_conn *c, const Keel__Response *resp);
+void kc_conn_freed(struct keel_aclient *ac);
+/* Record that dialling (dial true) or talking to a peer failed: backoff, last dial error. */
+void kc_peer_failed(struct keel_aclient *ac, int peer, bool dial, const char *msg);
+uint64_t kc_backoff(struct keel_aclient *ac, uint32_t n, uint64_t base, uint64_t cap);
+
+/* conn.c */
+struct kc_conn *kc_conn_start(struct keel_aclient *ac, int peer);
+void kc_conn_flush(struct kc_conn *c);
+void kc_conn_close(struct kc_conn *c);
+
+/* "host:port" (optionally "http://host:port/") to a canonical form and a sockaddr. 0 or
+ * KEEL_EINVAL. */
+int kc_parse_addr(const char *in, size_t len, char *out, struct sockaddr_in *sa);
+
+#endif

@@ -1,0 +1,442 @@
+/*
+ * The synchronous API: an asynchronous client on a private loop thread.
+ *
+ * A call puts a descriptor on the handle's queue, wakes the loop with uv_async_send and sleeps on
+ * its own condition variable. The loop thread submits everything queued, and each completion
+ * copies what the caller needs out of the reply (the reply itself lives only for the callback):
+ * the message on failure, the packed Response on success when the caller wants it. The caller
+ * unpacks on its own thread, so the loop thread never waits for it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define KEEL_ERRMSG_MAX 1024
+
+struct sync_call {
+    struct sync_call *next;
+    struct keel *k;
+    const Keel__Request *req;
+    struct keel_call_opts opts;
+    bool want_resp;
+    bool done;
+    int status;
+    uint8_t *buf; /* packed Response */
+    size_t len;
+    char msg[KEEL_ERRMSG_MAX];
+    uv_cond_t cond;
+};
+
+struct keel {
+    uv_loop_t loop;
+    uv_async_t async;
+    uv_thread_t thread;
+    uv_mutex_t mu;
+    struct keel_aclient *ac;
+    struct sync_call *head, *tail; /* under mu */
+    bool closing;                  /* under mu */
+    bool ac_closing;               /* loop thread only */
+};
+
+static _Thread_local char tls_errmsg[KEEL_ERRMSG_MAX];
+
+const char *keel_errmsg(void)
+{
+    return tls_errmsg;
+}
+
+static void set_errmsg(const char *msg)
+{
+    snprintf(tls_errmsg, sizeof(tls_errmsg), "%s", msg);
+}
+
+void keel_free(void *msg)
+{
+    if (msg)
+        protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+/* Runs on the loop thread. After the signal the caller may return and its stack frame (the call)
+ * is gone: nothing touches call after the unlock. */
+static void call_finish(struct keel *k, struct sync_call *call, int status)
+{
+    uv_mutex_lock(&k->mu);
+    call->status = status;
+    call->done = true;
+    uv_cond_signal(&call->cond);
+    uv_mutex_unlock(&k->mu);
+}
+
+static void on_response(int status, const Keel__Response *resp, void *data)
+{
+    struct sync_call *call = data;
+    if (status != 0) {
+        snprintf(call->msg, sizeof(call->msg), "%s",
+                 resp->error && resp->error->message && resp->error->message[0]
+                     ? resp->error->message
+                     : keel_strerror(status));
+    } else if (call->want_resp) {
+        size_t n = keel__response__get_packed_size(resp);
+        call->buf = malloc(n ? n : 1);
+        if (call->buf == NULL) {
+            status = KEEL_ENOMEM;
+            snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(status));
+        } else {
+            call->len = keel__response__pack(resp, call->buf);
+        }
+    }
+    call_finish(call->k, call, status);
+}
+
+static void on_ac_closed(void *data)
+{
+    struct keel *k = data;
+    uv_close((uv_handle_t *)&k->async, NULL);
+}
+
+static void on_async(uv_async_t *h)
+{
+    struct keel *k = h->data;
+    uv_mutex_lock(&k->mu);
+    struct sync_call *list = k->head;
+    k->head = k->tail = NULL;
+    bool closing = k->closing;
+    uv_mutex_unlock(&k->mu);
+    while (list) {
+        struct sync_call *call = list;
+        list = call->next;
+        int rv = keel_aclient_request_ex(k->ac, call->req, &call->opts, on_response, call);
+        if (rv != 0) {
+            snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
+            call_finish(k, call, rv);
+        }
+    }
+    if (closing && !k->ac_closing) {
+        k->ac_closing = true;
+        keel_aclient_close(k->ac, on_ac_closed, k);
+    }
+}
+
+static void loop_thread(void *arg)
+{
+    struct keel *k = arg;
+    uv_run(&k->loop, UV_RUN_DEFAULT);
+}
+
+int keel_open(struct keel **out, const struct keel_options *opts)
+{
+    if (out == NULL)
+        return KEEL_EINVAL;
+    struct keel *k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return KEEL_ENOMEM;
+    int rv = KEEL_EIO;
+    if (uv_loop_init(&k->loop) != 0)
+        goto fail_loop;
+    rv = keel_aclient_init(&k->ac, &k->loop, opts);
+    if (rv != 0)
+        goto fail_ac;
+    if (uv_mutex_init(&k->mu) != 0) {
+        rv = KEEL_ENOMEM;
+        goto fail_mutex;
+    }
+    uv_async_init(&k->loop, &k->async, on_async);
+    k->async.data = k;
+    if (uv_thread_create(&k->thread, loop_thread, k) != 0) {
+        rv = KEEL_EIO;
+        goto fail_thread;
+    }
+    *out = k;
+    return 0;
+
+fail_thread:
+    /* Unwind on this thread: the loop never ran. */
+    keel_aclient_close(k->ac, NULL, NULL);
+    uv_close((uv_handle_t *)&k->async, NULL);
+    uv_run(&k->loop, UV_RUN_DEFAULT);
+    uv_mutex_destroy(&k->mu);
+    uv_loop_close(&k->loop);
+    free(k);
+    return rv;
+fail_mutex:
+    keel_aclient_close(k->ac, NULL, NULL);
+    uv_run(&k->loop, UV_RUN_DEFAULT);
+fail_ac:
+    uv_loop_close(&k->loop);
+fail_loop:
+    free(k);
+    return rv;
+}
+
+void keel_close(struct keel *k)
+{
+    if (k == NULL)
+        return;
+    uv_mutex_lock(&k->mu);
+    k->closing = true;
+    uv_mutex_unlock(&k->mu);
+    uv_async_send(&k->async);
+    uv_thread_join(&k->thread);
+    /* Every handle is closed once the loop returns; one more pass covers a close callback the
+     * loop had not yet run. */
+    while (uv_loop_close(&k->loop) == UV_EBUSY)
+        uv_run(&k->loop, UV_RUN_NOWAIT);
+    uv_mutex_destroy(&k->mu);
+    free(k);
+}
+
+int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
+               Keel__Response **out)
+{
+    if (out)
+        *out = NULL;
+    if (k == NULL || req == NULL) {
+        set_errmsg(keel_strerror(KEEL_EINVAL));
+        return KEEL_EINVAL;
+    }
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.k = k;
+    call.req = req;
+    if (opts)
+        call.opts = *opts;
+    call.want_resp = out != NULL;
+    if (uv_cond_init(&call.cond) != 0) {
+        set_errmsg(keel_strerror(KEEL_ENOMEM));
+        return KEEL_ENOMEM;
+    }
+    uv_mutex_lock(&k->mu);
+    if (k->closing) {
+        uv_mutex_unlock(&k->mu);
+        uv_cond_destroy(&call.cond);
+        set_errmsg("client closed");
+        return KEEL_ECLOSED;
+    }
+    if (k->tail)
+        k->tail->next = &call;
+    else
+        k->head = &call;
+    k->tail = &call;
+    uv_mutex_unlock(&k->mu);
+    uv_async_send(&k->async);
+
+    uv_mutex_lock(&k->mu);
+    while (!call.done)
+        uv_cond_wait(&call.cond, &k->mu);
+    uv_mutex_unlock(&k->mu);
+    uv_cond_destroy(&call.cond);
+
+    if (call.status != 0) {
+        free(call.buf);
+        set_errmsg(call.msg);
+        return call.status;
+    }
+    if (out) {
+        *out = keel__response__unpack(NULL, call.len, call.buf);
+        free(call.buf);
+        if (*out == NULL) {
+            set_errmsg(keel_strerror(KEEL_ENOMEM));
+            return KEEL_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+int keel_do(struct keel *k, const Keel__Request *req, Keel__Response **out)
+{
+    return keel_do_ex(k, req, NULL, out);
+}
+
+/* Run req and hand the caller the body of the expected kind, detached from its envelope. */
+static int do_body(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
+                   Keel__Response__BodyCase want, void **out)
+{
+    if (out == NULL)
+        return keel_do_ex(k, req, opts, NULL);
+    *out = NULL;
+    Keel__Response *resp;
+    int rv = keel_do_ex(k, req, opts, &resp);
+    if (rv != 0)
+        return rv;
+    if (resp->body_case != want || resp->range == NULL) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "unexpected reply: body %d for a request expecting %d",
+                 (int)resp->body_case, (int)want);
+        keel_free(resp);
+        set_errmsg(msg);
+        return KEEL_EINTERNAL;
+    }
+    /* Every body member is a pointer in one union: detach it through any of them. */
+    *out = resp->range;
+    resp->range = NULL;
+    resp->body_case = KEEL__RESPONSE__BODY__NOT_SET;
+    keel_free(resp);
+    return 0;
+}
+
+static ProtobufCBinaryData bytes_of(const void *p, size_t n)
+{
+    ProtobufCBinaryData b = {n, (uint8_t *)(uintptr_t)p};
+    return b;
+}
+
+int keel_put(struct keel *k, const void *key, size_t klen, const void *val, size_t vlen,
+             const struct keel_put_opts *opts, Keel__PutResponse **out)
+{
+    Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
+    put.key = bytes_of(key, klen);
+    put.value = bytes_of(val, vlen);
+    if (opts) {
+        put.lease = opts->lease;
+        put.prev_kv = opts->prev_kv;
+        put.ignore_value = opts->ignore_value;
+        put.ignore_lease = opts->ignore_lease;
+    }
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_PUT;
+    req.put = &put;
+    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_PUT, (void **)out);
+}
+
+int keel_get(struct keel *k, const void *key, size_t klen, const struct keel_get_opts *opts,
+             Keel__RangeResponse **out)
+{
+    if (out == NULL) {
+        set_errmsg("keel_get: out is NULL");
+        return KEEL_EINVAL;
+    }
+    Keel__RangeRequest range = KEEL__RANGE_REQUEST__INIT;
+    range.key = bytes_of(key, klen);
+    if (opts) {
+        range.range_end = bytes_of(opts->range_end, opts->range_end ? opts->range_end_len : 0);
+        range.limit = opts->limit;
+        range.revision = opts->revision;
+        range.serializable = opts->serializable;
+        range.keys_only = opts->keys_only;
+        range.count_only = opts->count_only;
+        range.sort_order = opts->sort_order;
+        range.sort_target = opts->sort_target;
+    }
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_RANGE;
+    req.range = &range;
+    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_RANGE, (void **)out);
+}
+
+int keel_delete(struct keel *k, const void *key, size_t klen, const struct keel_delete_opts *opts,
+                Keel__DeleteRangeResponse **out)
+{
+    Keel__DeleteRangeRequest del = KEEL__DELETE_RANGE_REQUEST__INIT;
+    del.key = bytes_of(key, klen);
+    if (opts) {
+        del.range_end = bytes_of(opts->range_end, opts->range_end ? opts->range_end_len : 0);
+        del.prev_kv = opts->prev_kv;
+    }
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_DELETE_RANGE;
+    req.delete_range = &del;
+    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_DELETE_RANGE, (void **)out);
+}
+
+int keel_txn(struct keel *k, const Keel__TxnRequest *txn, Keel__TxnResponse **out)
+{
+    if (txn == NULL) {
+        set_errmsg("keel_txn: txn is NULL");
+        return KEEL_EINVAL;
+    }
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_TXN;
+    req.txn = (Keel__TxnRequest *)(uintptr_t)txn;
+    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_TXN, (void **)out);
+}
+
+int keel_compact(struct keel *k, int64_t rev)
+{
+    Keel__CompactionRequest c = KEEL__COMPACTION_REQUEST__INIT;
+    c.revision = rev;
+    c.physical = true;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_COMPACTION;
+    req.compaction = &c;
+    return keel_do(k, &req, NULL);
+}
+
+int keel_status(struct keel *k, const char *endpoint, Keel__StatusResponse **out)
+{
+    if (out == NULL) {
+        set_errmsg("keel_status: out is NULL");
+        return KEEL_EINVAL;
+    }
+    Keel__StatusRequest s = KEEL__STATUS_REQUEST__INIT;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_STATUS;
+    req.status = &s;
+    struct keel_call_opts opts = {.endpoint = endpoint};
+    return do_body(k, &req, &opts, KEEL__RESPONSE__BODY_STATUS, (void **)out);
+}
+
+int keel_member_list(struct keel *k, Keel__MemberListResponse **out)
+{
+    if (out == NULL) {
+        set_errmsg("keel_member_list: out is NULL");
+        return KEEL_EINVAL;
+    }
+    Keel__MemberListRequest m = KEEL__MEMBER_LIST_REQUEST__INIT;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_MEMBER_LIST;
+    req.member_list = &m;
+    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_MEMBER_LIST, (void **)out);
+}
+
+int keel_lease_grant(struct keel *k, int64_t ttl, int64_t id, Keel__LeaseGrantResponse **out)
+{
+    Keel__LeaseGrantRequest g = KEEL__LEASE_GRANT_REQUEST__INIT;
+    g.ttl = ttl;
+    g.id = id;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_GRANT;
+    req.lease_grant = &g;
+    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_LEASE_GRANT, (void **)out);
+}
+
+int keel_lease_revoke(struct keel *k, int64_t id)
+{
+    Keel__LeaseRevokeRequest r = KEEL__LEASE_REVOKE_REQUEST__INIT;
+    r.id = id;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_REVOKE;
+    req.lease_revoke = &r;
+    return keel_do(k, &req, NULL);
+}
+
+int keel_lease_time_to_live(struct keel *k, int64_t id, bool keys,
+                            Keel__LeaseTimeToLiveResponse **out)
+{
+    if (out == NULL) {
+        set_errmsg("keel_lease_time_to_live: out is NULL");
+        return KEEL_EINVAL;
+    }
+    Keel__LeaseTimeToLiveRequest t = KEEL__LEASE_TIME_TO_LIVE_REQUEST__INIT;
+    t.id = id;
+    t.keys = keys;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_TIME_TO_LIVE;
+    req.lease_time_to_live = &t;
+    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_LEASE_TIME_TO_LIVE, (void **)out);
+}
+
+size_t keel_prefix_end(const void *key, size_t klen, uint8_t *out)
+{
+    const uint8_t *k = key;
+    for (size_t i = klen; i > 0; i--) {
+        if (k[i - 1] < 0xff) {
+            memcpy(out, k, i - 1);
+            out[i - 1] = (uint8_t)(k[i - 1] + 1);
+            return i;
+        }
+    }
+    out[0] = 0;
+    return 1;
+}

@@ -1,0 +1,356 @@
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+static const char usage[] =
+    "usage: keeld --name NAME --data-dir DIR --listen-client HOST:PORT --listen-peer HOST:PORT\n"
+    "             --initial-cluster NAME=HOST:PORT[@ZONE],... [options]\n"
+    "\n"
+    "  --name NAME                 this member's name, one of --initial-cluster\n"
+    "  --data-dir DIR              raft log under DIR/raft, key-value state under DIR/state\n"
+    "  --listen-client HOST:PORT   client address (IPv4 literal)\n"
+    "  --listen-peer HOST:PORT     peer address; must equal this member's --initial-cluster entry\n"
+    "  --initial-cluster LIST      every member as NAME=HOST:PORT[@ZONE], the same on every member\n"
+    "  --zone ZONE                 this member's zone (default: its --initial-cluster zone)\n"
+    "  --heartbeat-ms N            raft heartbeat interval (default 100)\n"
+    "  --election-ms N             raft election timeout (default 1000)\n"
+    "  --snapshot-threshold N      raft entries between snapshots (default 65536)\n"
+    "  --snapshot-trailing N       raft entries kept behind a snapshot (default 65536)\n"
+    "  --quota-bytes N             logical size quota of the store (default 2 GiB)\n"
+    "  --max-request-bytes N       largest request accepted (default 1.5 MiB)\n"
+    "  --max-txn-ops N             operations per txn branch (default 128)\n"
+    "  --max-inflight N            requests in flight per connection (default 1024)\n"
+    "  --log-level debug|info|warn|error (default info)\n"
+    "  --help                      this text\n";
+
+int keel_mkdir_p(const char *path)
+{
+    char buf[600];
+    if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    return mkdir(buf, 0700) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+uint64_t keel_hash64(const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h ? h : 1;
+}
+
+int keel_addr_split(const char *addr, char *host, size_t hostlen, int *port)
+{
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || colon == addr || (size_t)(colon - addr) >= hostlen)
+        return -1;
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+    struct in_addr in;
+    if (inet_pton(AF_INET, host, &in) != 1)
+        return -1;
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || colon[1] == '\0' || p <= 0 || p > 65535)
+        return -1;
+    *port = (int)p;
+    return 0;
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int copy_arg(char *dst, size_t cap, const char *src, const char *flag, char *err,
+                    size_t errlen)
+{
+    if (strlen(src) >= cap)
+        return fail(err, errlen, "%s is too long (at most %zu bytes)", flag, cap - 1);
+    if (src[0] == '\0')
+        return fail(err, errlen, "%s is empty", flag);
+    strcpy(dst, src);
+    return 0;
+}
+
+static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out, const char *flag,
+                     char *err, size_t errlen)
+{
+    char *end;
+    if (s[0] == '-' || s[0] == '\0')
+        return fail(err, errlen, "%s: '%s' is not a positive number", flag, s);
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end != '\0')
+        return fail(err, errlen, "%s: '%s' is not a number", flag, s);
+    if (v < min || v > max)
+        return fail(err, errlen, "%s: %llu is out of range [%llu, %llu]", flag, v,
+                    (unsigned long long)min, (unsigned long long)max);
+    *out = v;
+    return 0;
+}
+
+static int check_addr(const char *addr, const char *what, char *err, size_t errlen)
+{
+    char host[KEEL_ADDR_MAX];
+    int port;
+    if (keel_addr_split(addr, host, sizeof(host), &port) != 0)
+        return fail(err, errlen, "%s '%s' is not an IPv4 address with a port (a.b.c.d:port)", what,
+                    addr);
+    return 0;
+}
+
+static int parse_cluster(struct keel_config *c, const char *list, char *err, size_t errlen)
+{
+    char *copy = strdup(list);
+    if (copy == NULL)
+        return fail(err, errlen, "out of memory");
+    int rv = 0;
+    size_t cap = 0;
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item != NULL && rv == 0;
+         item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (eq == NULL || eq == item) {
+            rv = fail(err, errlen, "--initial-cluster entry '%s' is not NAME=HOST:PORT[@ZONE]",
+                      item);
+            break;
+        }
+        *eq = '\0';
+        char *addr = eq + 1;
+        char *at = strchr(addr, '@');
+        if (at != NULL)
+            *at = '\0';
+        if (c->n_members == cap) {
+            cap = cap ? cap * 2 : 8;
+            struct keel_member_conf *nm = realloc(c->members, cap * sizeof(*nm));
+            if (nm == NULL) {
+                rv = fail(err, errlen, "out of memory");
+                break;
+            }
+            c->members = nm;
+        }
+        struct keel_member_conf *m = &c->members[c->n_members];
+        memset(m, 0, sizeof(*m));
+        if ((rv = copy_arg(m->name, sizeof(m->name), item, "member name", err, errlen)) != 0 ||
+            (rv = copy_arg(m->peer, sizeof(m->peer), addr, "member peer address", err, errlen)) !=
+                0 ||
+            (rv = check_addr(m->peer, "--initial-cluster address", err, errlen)) != 0)
+            break;
+        if (at != NULL && (rv = copy_arg(m->zone, sizeof(m->zone), at + 1, "member zone", err,
+                                         errlen)) != 0)
+            break;
+        m->id = keel_hash64(m->name, strlen(m->name));
+        for (size_t i = 0; i < c->n_members; i++) {
+            if (strcmp(c->members[i].name, m->name) == 0)
+                rv = fail(err, errlen, "--initial-cluster names member '%s' twice", m->name);
+            else if (strcmp(c->members[i].peer, m->peer) == 0)
+                rv = fail(err, errlen, "--initial-cluster gives address %s to two members",
+                          m->peer);
+        }
+        c->n_members++;
+    }
+    free(copy);
+    if (rv == 0 && c->n_members == 0)
+        rv = fail(err, errlen, "--initial-cluster lists no member");
+    return rv;
+}
+
+int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof(*c));
+    c->heartbeat_ms = 100;
+    c->election_ms = 1000;
+    c->snapshot_threshold = 65536;
+    c->snapshot_trailing = 65536;
+    c->quota_bytes = 2ull << 30;
+    c->max_request_bytes = 1536 * 1024;
+    c->max_txn_ops = 128;
+    c->max_inflight = 1024;
+    c->max_connections = 4096;
+    c->log_level = KEEL_LOG_INFO;
+
+    enum {
+        O_NAME = 256, O_DATA, O_LCLIENT, O_LPEER, O_CLUSTER, O_ZONE, O_HB, O_ET, O_SNAP, O_TRAIL,
+        O_QUOTA, O_MAXREQ, O_MAXOPS, O_INFLIGHT, O_LOG, O_HELP
+    };
+    static const struct option opts[] = {
+        {"name", required_argument, NULL, O_NAME},
+        {"data-dir", required_argument, NULL, O_DATA},
+        {"listen-client", required_argument, NULL, O_LCLIENT},
+        {"listen-peer", required_argument, NULL, O_LPEER},
+        {"initial-cluster", required_argument, NULL, O_CLUSTER},
+        {"zone", required_argument, NULL, O_ZONE},
+        {"heartbeat-ms", required_argument, NULL, O_HB},
+        {"election-ms", required_argument, NULL, O_ET},
+        {"snapshot-threshold", required_argument, NULL, O_SNAP},
+        {"snapshot-trailing", required_argument, NULL, O_TRAIL},
+        {"quota-bytes", required_argument, NULL, O_QUOTA},
+        {"max-request-bytes", required_argument, NULL, O_MAXREQ},
+        {"max-txn-ops", required_argument, NULL, O_MAXOPS},
+        {"max-inflight", required_argument, NULL, O_INFLIGHT},
+        {"log-level", required_argument, NULL, O_LOG},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    const char *cluster = NULL;
+    uint64_t v;
+    int rv = 0;
+    int opt;
+    optind = 1;
+    opterr = 0;
+    while (rv == 0 && (opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case O_NAME:
+            rv = copy_arg(c->name, sizeof(c->name), optarg, "--name", err, errlen);
+            break;
+        case O_DATA:
+            rv = copy_arg(c->data_dir, sizeof(c->data_dir), optarg, "--data-dir", err, errlen);
+            break;
+        case O_LCLIENT:
+            rv = copy_arg(c->listen_client, sizeof(c->listen_client), optarg, "--listen-client",
+                          err, errlen);
+            break;
+        case O_LPEER:
+            rv = copy_arg(c->listen_peer, sizeof(c->listen_peer), optarg, "--listen-peer", err,
+                          errlen);
+            break;
+        case O_CLUSTER:
+            cluster = optarg;
+            break;
+        case O_ZONE:
+            rv = copy_arg(c->zone, sizeof(c->zone), optarg, "--zone", err, errlen);
+            break;
+        case O_HB:
+            rv = parse_u64(optarg, 1, 60000, &v, "--heartbeat-ms", err, errlen);
+            c->heartbeat_ms = (unsigned)v;
+            break;
+        case O_ET:
+            rv = parse_u64(optarg, 2, 600000, &v, "--election-ms", err, errlen);
+            c->election_ms = (unsigned)v;
+            break;
+        case O_SNAP:
+            rv = parse_u64(optarg, 4, 1u << 30, &v, "--snapshot-threshold", err, errlen);
+            c->snapshot_threshold = (unsigned)v;
+            break;
+        case O_TRAIL:
+            rv = parse_u64(optarg, 4, 1u << 30, &v, "--snapshot-trailing", err, errlen);
+            c->snapshot_trailing = (unsigned)v;
+            break;
+        case O_QUOTA:
+            rv = parse_u64(optarg, 1 << 20, 1ull << 44, &c->quota_bytes, "--quota-bytes", err,
+                           errlen);
+            break;
+        case O_MAXREQ:
+            rv = parse_u64(optarg, 1024, 64u << 20, &v, "--max-request-bytes", err, errlen);
+            c->max_request_bytes = v;
+            break;
+        case O_MAXOPS:
+            rv = parse_u64(optarg, 1, 100000, &v, "--max-txn-ops", err, errlen);
+            c->max_txn_ops = v;
+            break;
+        case O_INFLIGHT:
+            rv = parse_u64(optarg, 1, 1 << 20, &v, "--max-inflight", err, errlen);
+            c->max_inflight = v;
+            break;
+        case O_LOG:
+            c->log_level = keel_log_parse_level(optarg);
+            if (c->log_level < 0)
+                rv = fail(err, errlen, "--log-level '%s' is not debug, info, warn or error",
+                          optarg);
+            break;
+        case O_HELP:
+            fputs(usage, stdout);
+            return 1;
+        default:
+            if (optopt != 0)
+                rv = fail(err, errlen, "option '%s' needs a value", argv[optind - 1]);
+            else
+                rv = fail(err, errlen, "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (rv != 0)
+        return rv;
+    if (optind < argc)
+        return fail(err, errlen, "unexpected argument '%s'", argv[optind]);
+    if (c->name[0] == '\0')
+        return fail(err, errlen, "--name is required");
+    if (c->data_dir[0] == '\0')
+        return fail(err, errlen, "--data-dir is required");
+    if (c->listen_client[0] == '\0')
+        return fail(err, errlen, "--listen-client is required");
+    if (c->listen_peer[0] == '\0')
+        return fail(err, errlen, "--listen-peer is required");
+    if (cluster == NULL)
+        return fail(err, errlen, "--initial-cluster is required");
+    if ((rv = check_addr(c->listen_client, "--listen-client", err, errlen)) != 0 ||
+        (rv = check_addr(c->listen_peer, "--listen-peer", err, errlen)) != 0 ||
+        (rv = parse_cluster(c, cluster, err, errlen)) != 0)
+        return rv;
+    if (c->heartbeat_ms >= c->election_ms)
+        return fail(err, errlen, "--heartbeat-ms (%u) must be below --election-ms (%u)",
+                    c->heartbeat_ms, c->election_ms);
+    if (strcmp(c->listen_client, c->listen_peer) == 0)
+        return fail(err, errlen, "--listen-client and --listen-peer are the same address");
+    const struct keel_member_conf *self = NULL;
+    for (size_t i = 0; i < c->n_members; i++)
+        if (strcmp(c->members[i].name, c->name) == 0)
+            self = &c->members[i];
+    if (self == NULL)
+        return fail(err, errlen, "--name '%s' is not in --initial-cluster", c->name);
+    if (strcmp(self->peer, c->listen_peer) != 0)
+        return fail(err, errlen,
+                    "--listen-peer %s differs from this member's --initial-cluster address %s",
+                    c->listen_peer, self->peer);
+    if (c->zone[0] == '\0')
+        strcpy(c->zone, self->zone);
+    else if (self->zone[0] != '\0' && strcmp(self->zone, c->zone) != 0)
+        return fail(err, errlen, "--zone %s differs from this member's --initial-cluster zone %s",
+                    c->zone, self->zone);
+    c->member_id = self->id;
+    c->cluster_id = keel_hash64(cluster, strlen(cluster));
+    return 0;
+}
+
+void keel_config_close(struct keel_config *c)
+{
+    free(c->members);
+    c->members = NULL;
+    c->n_members = 0;
+}
+
+const struct keel_member_conf *keel_config_member(const struct keel_config *c, uint64_t id)
+{
+    for (size_t i = 0; i < c->n_members; i++)
+        if (c->members[i].id == id)
+            return &c->members[i];
+    return NULL;
+}

@@ -1,0 +1,62 @@
+/*
+ * keeld's configuration: command-line flags, checked for consistency before anything starts.
+ */
+#ifndef KEEL_CONFIG_H
+#define KEEL_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KEEL_NAME_MAX 64
+#define KEEL_ADDR_MAX 64
+
+struct keel_member_conf {
+    uint64_t id; /* stable: derived from the name */
+    char name[KEEL_NAME_MAX];
+    char peer[KEEL_ADDR_MAX]; /* "a.b.c.d:port" */
+    char zone[KEEL_NAME_MAX];
+};
+
+struct keel_config {
+    char name[KEEL_NAME_MAX];
+    char data_dir[512];
+    char listen_client[KEEL_ADDR_MAX];
+    char listen_peer[KEEL_ADDR_MAX];
+    char zone[KEEL_NAME_MAX];
+    struct keel_member_conf *members; /* from --initial-cluster, in the order given */
+    size_t n_members;
+    uint64_t cluster_id; /* derived from the initial cluster */
+    uint64_t member_id;
+    unsigned heartbeat_ms;
+    unsigned election_ms;
+    unsigned snapshot_threshold;
+    unsigned snapshot_trailing;
+    uint64_t quota_bytes;
+    size_t max_request_bytes;
+    size_t max_txn_ops;
+    size_t max_inflight;    /* requests in flight per connection before reading pauses */
+    size_t max_connections;
+    int log_level;
+};
+
+/*
+ * Parse argv into c (which this initialises). 0 on success; 1 when --help was printed; -1 with
+ * a message naming what was wrong in err. keel_config_close releases c in every case.
+ */
+int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, size_t errlen);
+
+void keel_config_close(struct keel_config *c);
+
+/* The member entry with this id, or NULL. */
+const struct keel_member_conf *keel_config_member(const struct keel_config *c, uint64_t id);
+
+/* Split "a.b.c.d:port" into host and port; 0 or -1 when it is not an IPv4 literal and port. */
+int keel_addr_split(const char *addr, char *host, size_t hostlen, int *port);
+
+/* mkdir -p; 0 or -1 with errno. */
+int keel_mkdir_p(const char *path);
+
+/* 64-bit FNV-1a, never 0: member and cluster ids. */
+uint64_t keel_hash64(const void *data, size_t n);
+
+#endif

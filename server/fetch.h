@@ -1,0 +1,18 @@
+/*
+ * Checkpoint fetch: the client side of the Snapshot request, with blocking sockets, for the
+ * storage writer thread of a member whose state is behind a raft snapshot token.
+ */
+#ifndef KEEL_FETCH_H
+#define KEEL_FETCH_H
+
+#include <stddef.h>
+
+/*
+ * Connect to the member at addr ("a.b.c.d:port") from bind_host (NULL: any), ask for a
+ * checkpoint and write it to out_fd. Every socket operation is bounded by timeout_ms.
+ * 0, or a KEEL_E* code with a message in err.
+ */
+int keel_fetch_checkpoint(const char *addr, const char *bind_host, int out_fd, int timeout_ms,
+                          char *err, size_t errlen);
+
+#endif

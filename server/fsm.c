@@ -1,0 +1,503 @@
+#include "fsm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "entry.h"
+#include "fetch.h"
+#include "log.h"
+#include "node.h"
+
+#define TOKEN_MAGIC     0x4e454b4f544c454bull /* "KELTOKEN" */
+#define TOKEN_FORMAT    1
+#define TOKEN_LEN       32
+#define MAX_JOBS_PER_TX 4096
+#define SYNC_WAIT_MS    5000
+#define FETCH_TIMEOUT   10000
+
+enum job_kind { JOB_APPLY, JOB_FETCH, JOB_SYNC };
+
+struct job {
+    struct job *next;
+    enum job_kind kind;
+    uint64_t index; /* APPLY: entry index; FETCH: token index; SYNC: sequence number */
+    size_t len;
+    uint8_t data[];
+};
+
+struct keel_fsm {
+    struct raft_fsm raft_fsm;
+    struct keel_fsm_options o;
+    struct keel_node *node;
+    uint64_t queued_index;    /* loop */
+    uint64_t committed_index; /* loop */
+
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;      /* jobs queued, leader known, stopping */
+    pthread_cond_t sync_cond; /* a SYNC finished */
+    struct job *head, *tail;  /* under mu */
+    struct keel_fsm_batch *done_head, *done_tail; /* under mu */
+    uint64_t sync_seq;        /* under mu: last SYNC requested */
+    uint64_t sync_done;       /* under mu: last SYNC finished */
+    char leader[64];          /* under mu */
+    int stopping;             /* under mu */
+    int thread_running;
+
+    uv_async_t async;
+    void (*stop_cb)(struct keel_fsm *f, void *data);
+    void *stop_data;
+};
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void enqueue(struct keel_fsm *f, struct job *j)
+{
+    pthread_mutex_lock(&f->mu);
+    j->next = NULL;
+    if (f->tail)
+        f->tail->next = j;
+    else
+        f->head = j;
+    f->tail = j;
+    pthread_cond_signal(&f->cond);
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* ---- writer thread ---- */
+
+static struct keel_fsm_batch *batch_new(void)
+{
+    struct keel_fsm_batch *b = calloc(1, sizeof(*b));
+    if (b == NULL) {
+        KLOG_ERROR("storage writer: out of memory");
+        abort();
+    }
+    keel_arena_init(&b->arena, 0);
+    return b;
+}
+
+static void batch_free(struct keel_fsm_batch *b)
+{
+    keel_arena_close(&b->arena);
+    free(b);
+}
+
+static void fatal(const char *what, int err)
+{
+    /* The store could not take a committed entry: stopping is the only safe answer. The
+     * node replays from its raft log on restart; carrying on would let replicas diverge. */
+    KLOG_ERROR("storage writer: %s: %s; aborting", what, keel_strerror(err));
+    abort();
+}
+
+static struct keel_fsm_result *batch_reserve(struct keel_fsm_batch *b, size_t n)
+{
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 64;
+        while (cap < b->n + n)
+            cap *= 2;
+        struct keel_fsm_result *nr = keel_arena_alloc(&b->arena, cap * sizeof(*nr));
+        if (nr == NULL)
+            fatal("result array", KEEL_ENOMEM);
+        if (b->n)
+            memcpy(nr, b->results, b->n * sizeof(*nr));
+        b->results = nr;
+        b->cap = cap;
+    }
+    return &b->results[b->n];
+}
+
+static void apply_job(struct keel_store_write *w, struct keel_fsm_batch *b, struct job *j)
+{
+    Keel__CommandBatch *cb = (Keel__CommandBatch *)protobuf_c_message_unpack(
+        &keel__command_batch__descriptor, keel_arena_pb(&b->arena), j->len, j->data);
+    if (cb == NULL)
+        fatal("a committed entry does not decode", KEEL_ECORRUPT);
+    struct keel_apply_result *tmp = keel_arena_alloc(&b->arena, (cb->n_commands + 1) * sizeof(*tmp));
+    if (tmp == NULL)
+        fatal("results", KEEL_ENOMEM);
+    int err = keel_store_write_apply_entry(w, j->index, (const Keel__Command *const *)cb->commands,
+                                           cb->n_commands, &b->arena, tmp);
+    if (err != 0)
+        fatal("apply", err);
+    struct keel_fsm_result *res = batch_reserve(b, cb->n_commands);
+    for (size_t i = 0; i < cb->n_commands; i++) {
+        res[i].index = j->index;
+        res[i].origin = cb->commands[i]->origin;
+        res[i].request_id = cb->commands[i]->request_id;
+        res[i].r = tmp[i];
+    }
+    b->n += cb->n_commands;
+}
+
+static void publish(struct keel_fsm *f, struct keel_fsm_batch *b)
+{
+    struct keel_store_stat st;
+    keel_store_stat(f->o.store, &st);
+    b->applied_index = st.applied_index;
+    pthread_mutex_lock(&f->mu);
+    b->next = NULL;
+    if (f->done_tail)
+        f->done_tail->next = b;
+    else
+        f->done_head = b;
+    f->done_tail = b;
+    pthread_mutex_unlock(&f->mu);
+    uv_async_send(&f->async);
+}
+
+static void do_fetch(struct keel_fsm *f, uint64_t token_index)
+{
+    for (unsigned attempt = 0;; attempt++) {
+        struct keel_store_stat st;
+        keel_store_stat(f->o.store, &st);
+        if (st.applied_index >= token_index)
+            return;
+        char leader[64];
+        pthread_mutex_lock(&f->mu);
+        while (f->leader[0] == '\0' && !f->stopping) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&f->cond, &f->mu, &ts);
+        }
+        int stopping = f->stopping;
+        snprintf(leader, sizeof(leader), "%s", f->leader);
+        pthread_mutex_unlock(&f->mu);
+        if (stopping) {
+            KLOG_WARN("checkpoint fetch abandoned: stopping");
+            return;
+        }
+        KLOG_INFO("state at index %llu is behind the snapshot at %llu: fetching a checkpoint "
+                  "from %s",
+                  (unsigned long long)st.applied_index, (unsigned long long)token_index, leader);
+        char path[] = "/tmp/keel-checkpoint-XXXXXX";
+        int fd = mkstemp(path);
+        if (fd < 0)
+            fatal("temporary file for the checkpoint", KEEL_EIO);
+        unlink(path);
+        char err[256] = "";
+        int rv = keel_fetch_checkpoint(leader, f->o.bind_host, fd, FETCH_TIMEOUT, err, sizeof(err));
+        if (rv == 0 && lseek(fd, 0, SEEK_SET) != 0)
+            rv = KEEL_EIO;
+        if (rv == 0) {
+            rv = keel_store_restore(f->o.store, fd);
+            if (rv != 0)
+                snprintf(err, sizeof(err), "restore: %s", keel_strerror(rv));
+        }
+        close(fd);
+        if (rv == 0) {
+            keel_store_stat(f->o.store, &st);
+            KLOG_INFO("checkpoint restored: applied index %llu, revision %lld",
+                      (unsigned long long)st.applied_index, (long long)st.revision);
+            continue; /* loop re-checks the index */
+        }
+        KLOG_WARN("checkpoint fetch from %s failed: %s; retrying", leader, err);
+        struct timespec pause = {0, 200 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    struct keel_fsm *f = arg;
+    for (;;) {
+        pthread_mutex_lock(&f->mu);
+        while (f->head == NULL && !f->stopping)
+            pthread_cond_wait(&f->cond, &f->mu);
+        if (f->head == NULL && f->stopping) {
+            pthread_mutex_unlock(&f->mu);
+            break;
+        }
+        /* Take up to MAX_JOBS_PER_TX jobs: one LMDB transaction for all of them. */
+        struct job *jobs = f->head;
+        struct job *last = jobs;
+        for (int n = 1; n < MAX_JOBS_PER_TX && last->next != NULL; n++)
+            last = last->next;
+        f->head = last->next;
+        if (f->head == NULL)
+            f->tail = NULL;
+        last->next = NULL;
+        pthread_mutex_unlock(&f->mu);
+
+        struct keel_store_write *w = NULL;
+        struct keel_fsm_batch *b = NULL;
+        while (jobs != NULL) {
+            struct job *j = jobs;
+            jobs = j->next;
+            if (j->kind == JOB_APPLY) {
+                if (w == NULL) {
+                    int err = keel_store_write_begin(f->o.store, &w);
+                    if (err != 0)
+                        fatal("begin", err);
+                    b = batch_new();
+                }
+                apply_job(w, b, j);
+            } else {
+                /* Fetch and sync see everything before them committed. */
+                if (w != NULL) {
+                    int err = keel_store_write_commit(w);
+                    if (err != 0)
+                        fatal("commit", err);
+                    publish(f, b);
+                    w = NULL;
+                    b = NULL;
+                }
+                if (j->kind == JOB_FETCH) {
+                    do_fetch(f, j->index);
+                    publish(f, batch_new()); /* tell the loop the new applied index */
+                } else {
+                    int err = keel_store_sync(f->o.store);
+                    if (err != 0)
+                        fatal("sync", err);
+                    pthread_mutex_lock(&f->mu);
+                    f->sync_done = j->index;
+                    pthread_cond_broadcast(&f->sync_cond);
+                    pthread_mutex_unlock(&f->mu);
+                }
+            }
+            free(j);
+        }
+        if (w != NULL) {
+            int err = keel_store_write_commit(w);
+            if (err != 0)
+                fatal("commit", err);
+            publish(f, b);
+        }
+    }
+    return NULL;
+}
+
+/* ---- loop side ---- */
+
+static void on_async(uv_async_t *a)
+{
+    struct keel_fsm *f = a->data;
+    pthread_mutex_lock(&f->mu);
+    struct keel_fsm_batch *b = f->done_head;
+    f->done_head = f->done_tail = NULL;
+    pthread_mutex_unlock(&f->mu);
+    while (b != NULL) {
+        struct keel_fsm_batch *next = b->next;
+        if (b->applied_index > f->committed_index)
+            f->committed_index = b->applied_index;
+        f->o.done(f->o.data, b);
+        batch_free(b);
+        b = next;
+    }
+}
+
+static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result)
+{
+    struct keel_fsm *f = rf->data;
+    uint64_t index = keel_node_applying_index(f->node);
+    const uint8_t *payload;
+    size_t len;
+    *result = NULL;
+    if (keel_entry_decode(buf, &payload, &len) != 0)
+        fatal("a committed entry is not a keel entry", KEEL_ECORRUPT);
+    struct job *j = malloc(sizeof(*j) + len);
+    if (j == NULL)
+        fatal("queue an entry", KEEL_ENOMEM);
+    j->kind = JOB_APPLY;
+    j->index = index;
+    j->len = len;
+    memcpy(j->data, payload, len);
+    f->queued_index = index;
+    enqueue(f, j);
+    /* Never an error: request-level failures travel in the results (research/raft.md trap 7). */
+    return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct keel_fsm *f = rf->data;
+    uint64_t index = f->queued_index;
+    /* The token promises the store holds everything up to index, durably: wait for the writer
+     * to commit and sync that far. Bounded, because a writer waiting for a checkpoint cannot
+     * get there; raft then simply tries again at the next threshold. */
+    struct job *j = malloc(sizeof(*j));
+    if (j == NULL)
+        return RAFT_NOMEM;
+    pthread_mutex_lock(&f->mu);
+    uint64_t seq = ++f->sync_seq;
+    pthread_mutex_unlock(&f->mu);
+    j->kind = JOB_SYNC;
+    j->index = seq;
+    j->len = 0;
+    enqueue(f, j);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += SYNC_WAIT_MS / 1000;
+    pthread_mutex_lock(&f->mu);
+    int rc = 0;
+    while (f->sync_done < seq && rc == 0)
+        rc = pthread_cond_timedwait(&f->sync_cond, &f->mu, &deadline);
+    int ok = f->sync_done >= seq;
+    pthread_mutex_unlock(&f->mu);
+    struct keel_store_stat st;
+    keel_store_stat(f->o.store, &st);
+    if (!ok || st.applied_index < index) {
+        KLOG_WARN("snapshot at %llu skipped: the store is at %llu", (unsigned long long)index,
+                  (unsigned long long)st.applied_index);
+        return RAFT_BUSY;
+    }
+    struct raft_buffer *b = raft_malloc(sizeof(*b));
+    uint8_t *token = raft_malloc(TOKEN_LEN);
+    if (b == NULL || token == NULL) {
+        raft_free(b);
+        raft_free(token);
+        return RAFT_NOMEM;
+    }
+    put_u64(token, TOKEN_MAGIC);
+    put_u64(token + 8, TOKEN_FORMAT);
+    put_u64(token + 16, index);
+    put_u64(token + 24, f->o.cluster_id);
+    b->base = token;
+    b->len = TOKEN_LEN;
+    *bufs = b;
+    *n_bufs = 1;
+    KLOG_DEBUG("snapshot token at index %llu", (unsigned long long)index);
+    return 0;
+}
+
+static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
+{
+    struct keel_fsm *f = rf->data;
+    if (buf->len != TOKEN_LEN || get_u64(buf->base) != TOKEN_MAGIC ||
+        get_u64((uint8_t *)buf->base + 8) != TOKEN_FORMAT ||
+        get_u64((uint8_t *)buf->base + 24) != f->o.cluster_id) {
+        KLOG_ERROR("raft snapshot is not a keel token of this cluster");
+        return RAFT_CORRUPT;
+    }
+    uint64_t index = get_u64((uint8_t *)buf->base + 16);
+    raft_free(buf->base);
+    struct keel_store_stat st;
+    keel_store_stat(f->o.store, &st);
+    if (index > f->queued_index)
+        f->queued_index = index;
+    if (index <= st.applied_index)
+        return 0; /* the normal restart: the store is already there */
+    struct job *j = malloc(sizeof(*j));
+    if (j == NULL)
+        return RAFT_NOMEM;
+    j->kind = JOB_FETCH;
+    j->index = index;
+    j->len = 0;
+    enqueue(f, j);
+    return 0;
+}
+
+int keel_fsm_init(struct keel_fsm **out, const struct keel_fsm_options *o)
+{
+    struct keel_fsm *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return KEEL_ENOMEM;
+    f->o = *o;
+    f->raft_fsm.version = 1;
+    f->raft_fsm.data = f;
+    f->raft_fsm.apply = fsm_apply;
+    f->raft_fsm.snapshot = fsm_snapshot;
+    f->raft_fsm.restore = fsm_restore;
+    struct keel_store_stat st;
+    keel_store_stat(o->store, &st);
+    f->queued_index = f->committed_index = st.applied_index;
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cond, NULL);
+    pthread_cond_init(&f->sync_cond, NULL);
+    uv_async_init(o->loop, &f->async, on_async);
+    f->async.data = f;
+    if (pthread_create(&f->thread, NULL, writer_main, f) != 0) {
+        uv_close((uv_handle_t *)&f->async, NULL);
+        return KEEL_ENOMEM;
+    }
+    f->thread_running = 1;
+    *out = f;
+    return 0;
+}
+
+struct raft_fsm *keel_fsm_raft(struct keel_fsm *f)
+{
+    return &f->raft_fsm;
+}
+
+void keel_fsm_bind(struct keel_fsm *f, struct keel_node *node)
+{
+    f->node = node;
+}
+
+uint64_t keel_fsm_queued_index(struct keel_fsm *f)
+{
+    return f->queued_index;
+}
+
+uint64_t keel_fsm_committed_index(struct keel_fsm *f)
+{
+    return f->committed_index;
+}
+
+void keel_fsm_set_leader(struct keel_fsm *f, const char *client_addr)
+{
+    pthread_mutex_lock(&f->mu);
+    snprintf(f->leader, sizeof(f->leader), "%s", client_addr ? client_addr : "");
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void async_closed(uv_handle_t *h)
+{
+    struct keel_fsm *f = h->data;
+    if (f->stop_cb)
+        f->stop_cb(f, f->stop_data);
+}
+
+void keel_fsm_stop(struct keel_fsm *f, void (*cb)(struct keel_fsm *f, void *data), void *data)
+{
+    pthread_mutex_lock(&f->mu);
+    f->stopping = 1;
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->mu);
+    if (f->thread_running) {
+        pthread_join(f->thread, NULL);
+        f->thread_running = 0;
+    }
+    on_async(&f->async); /* deliver what the writer finished last */
+    f->stop_cb = cb;
+    f->stop_data = data;
+    uv_close((uv_handle_t *)&f->async, async_closed);
+}
+
+void keel_fsm_free(struct keel_fsm *f)
+{
+    if (f == NULL)
+        return;
+    struct job *j = f->head;
+    while (j) {
+        struct job *next = j->next;
+        free(j);
+        j = next;
+    }
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cond);
+    pthread_cond_destroy(&f->sync_cond);
+    free(f);
+}

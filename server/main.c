@@ -1,0 +1,240 @@
+/*
+ * keeld: parse the configuration, wire the modules together, run the loop. No logic of its own
+ * beyond the order of start-up and shutdown.
+ *
+ * Shutdown (SIGTERM/SIGINT): a leader first hands leadership to an up-to-date voter; then the
+ * service stops taking work, raft closes (writes still pending are answered "outcome
+ * unknown"), the storage writer finishes what raft handed it, and the sessions close.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "config.h"
+#include "fsm.h"
+#include "log.h"
+#include "members.h"
+#include "node.h"
+#include "service.h"
+#include "session.h"
+#include "store.h"
+
+struct keeld {
+    uv_loop_t loop;
+    struct keel_config cfg;
+    struct keel_members members;
+    struct keel_store *store;
+    struct keel_fsm *fsm;
+    struct keel_service *svc;
+    struct keel_node node;
+    int node_ready;
+    struct keel_sessions *sessions;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t stop_timer;
+    int stopping;
+};
+
+static void on_applied(void *data, struct keel_fsm_batch *b)
+{
+    struct keeld *k = data;
+    keel_service_applied(k->svc, b);
+}
+
+static void on_change(void *data, bool is_leader, uint64_t leader)
+{
+    struct keeld *k = data;
+    keel_service_leader_changed(k->svc, is_leader, leader);
+}
+
+static void on_peer(void *data, uint64_t id, const char *client, const char *zone)
+{
+    struct keeld *k = data;
+    keel_members_learn(&k->members, id, client, zone);
+    /* A follower may learn the leader's client address only now. */
+    if (k->svc != NULL && k->node_ready && id == keel_node_leader(&k->node))
+        keel_service_leader_changed(k->svc, keel_node_is_leader(&k->node), id);
+}
+
+static void sessions_closed(void *data)
+{
+    struct keeld *k = data;
+    uv_close((uv_handle_t *)&k->sigterm, NULL);
+    uv_close((uv_handle_t *)&k->sigint, NULL);
+    uv_close((uv_handle_t *)&k->stop_timer, NULL);
+}
+
+static void fsm_stopped(struct keel_fsm *f, void *data)
+{
+    struct keeld *k = data;
+    (void)f;
+    keel_sessions_close(k->sessions, sessions_closed, k);
+}
+
+static void node_closed(struct keel_node *n)
+{
+    struct keeld *k = n->data;
+    keel_fsm_stop(k->fsm, fsm_stopped, k);
+}
+
+static void stop_now(struct keeld *k)
+{
+    if (k->stopping > 1)
+        return;
+    k->stopping = 2;
+    uv_timer_stop(&k->stop_timer);
+    KLOG_INFO("stopping");
+    keel_service_stop(k->svc);
+    keel_node_close(&k->node, node_closed);
+}
+
+static void transfer_done(struct keel_node *n)
+{
+    struct keeld *k = n->data;
+    KLOG_INFO("leadership handed to %llu", (unsigned long long)keel_node_leader(n));
+    stop_now(k);
+}
+
+static void stop_timeout(uv_timer_t *t)
+{
+    stop_now(t->data);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct keeld *k = h->data;
+    if (k->stopping) {
+        if (signum == SIGINT)
+            stop_now(k);
+        return;
+    }
+    k->stopping = 1;
+    KLOG_INFO("signal %d: shutting down", signum);
+    /* Bounded either way: the transfer callback fires within an election timeout. */
+    uv_timer_start(&k->stop_timer, stop_timeout, k->cfg.election_ms * 2, 0);
+    if (keel_node_is_leader(&k->node) && k->cfg.n_members > 1 &&
+        keel_node_transfer(&k->node, transfer_done) == 0)
+        return;
+    stop_now(k);
+}
+
+int main(int argc, char **argv)
+{
+    /* A peer closing its socket must not kill the leader (research/raft.md trap 2). */
+    signal(SIGPIPE, SIG_IGN);
+    /* raft_uv's disk work and checkpoint copies share libuv's pool. */
+    setenv("UV_THREADPOOL_SIZE", "8", 0);
+
+    static struct keeld k;
+    char err[512];
+    int rv = keel_config_parse(&k.cfg, argc, argv, err, sizeof(err));
+    if (rv != 0) {
+        keel_config_close(&k.cfg);
+        if (rv > 0)
+            return 0;
+        fprintf(stderr, "keeld: %s (see keeld --help)\n", err);
+        return 2;
+    }
+    keel_log_setup(k.cfg.log_level, k.cfg.name);
+    int status = 1;
+    if (keel_mkdir_p(k.cfg.data_dir) != 0) {
+        KLOG_ERROR("cannot create data dir %s", k.cfg.data_dir);
+        goto out_config;
+    }
+    if (keel_members_init(&k.members, &k.cfg) != 0)
+        goto out_config;
+    uv_loop_init(&k.loop);
+
+    char path[600];
+    snprintf(path, sizeof(path), "%s/state", k.cfg.data_dir);
+    struct keel_store_options so = {.path = path, .quota_bytes = k.cfg.quota_bytes};
+    if ((rv = keel_store_open(&so, &k.store)) != 0) {
+        KLOG_ERROR("cannot open the store at %s: %s", path, keel_strerror(rv));
+        goto out_loop;
+    }
+    struct keel_store_stat st;
+    keel_store_stat(k.store, &st);
+    KLOG_INFO("store at %s: applied index %llu, revision %lld", path,
+              (unsigned long long)st.applied_index, (long long)st.revision);
+
+    char host[KEEL_ADDR_MAX];
+    int port;
+    keel_addr_split(k.cfg.listen_peer, host, sizeof(host), &port);
+    struct keel_fsm_options fo = {.loop = &k.loop,
+                                  .store = k.store,
+                                  .cluster_id = k.cfg.cluster_id,
+                                  .bind_host = host,
+                                  .done = on_applied,
+                                  .data = &k};
+    if ((rv = keel_fsm_init(&k.fsm, &fo)) != 0) {
+        KLOG_ERROR("cannot start the storage writer: %s", keel_strerror(rv));
+        goto out_store;
+    }
+    struct keel_service_options svo = {.loop = &k.loop,
+                                       .cfg = &k.cfg,
+                                       .store = k.store,
+                                       .node = &k.node,
+                                       .fsm = k.fsm,
+                                       .members = &k.members};
+    if (keel_service_init(&k.svc, &svo) != 0)
+        goto out_fsm;
+    if (keel_node_init(&k.node, &k.loop, &k.cfg, keel_fsm_raft(k.fsm), on_change, &k, on_peer,
+                       err, sizeof(err)) != 0) {
+        KLOG_ERROR("%s", err);
+        goto out_service;
+    }
+    keel_fsm_bind(k.fsm, &k.node);
+    if (keel_node_start(&k.node, err, sizeof(err)) != 0) {
+        KLOG_ERROR("%s", err);
+        goto out_service;
+    }
+    k.node_ready = 1;
+    if (keel_sessions_init(&k.sessions, &k.loop, &k.cfg, k.svc, err, sizeof(err)) != 0) {
+        KLOG_ERROR("%s", err);
+        /* Unwind through the normal shutdown so raft closes its files. */
+        k.stopping = 1;
+    }
+    keel_service_set_sessions(k.svc, k.sessions);
+    uv_signal_init(&k.loop, &k.sigterm);
+    uv_signal_init(&k.loop, &k.sigint);
+    uv_timer_init(&k.loop, &k.stop_timer);
+    k.sigterm.data = k.sigint.data = k.stop_timer.data = &k;
+    uv_signal_start(&k.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&k.sigint, on_signal, SIGINT);
+    if (k.stopping)
+        stop_now(&k);
+    else
+        KLOG_INFO("serving clients on %s, peers on %s, zone %s, cluster %016llx",
+                  k.cfg.listen_client, k.cfg.listen_peer, k.cfg.zone,
+                  (unsigned long long)k.cfg.cluster_id);
+    uv_run(&k.loop, UV_RUN_DEFAULT);
+    status = k.sessions != NULL && k.stopping == 2 ? 0 : 1;
+    if (uv_loop_close(&k.loop) != 0)
+        KLOG_WARN("handles left open at exit");
+    keel_node_free(&k.node);
+    keel_sessions_free(k.sessions);
+    keel_service_free(k.svc);
+    keel_fsm_free(k.fsm);
+    keel_store_close(k.store);
+    keel_members_close(&k.members);
+    keel_config_close(&k.cfg);
+    KLOG_INFO("stopped");
+    return status;
+
+out_service:
+    keel_service_free(k.svc);
+out_fsm:
+    keel_fsm_stop(k.fsm, NULL, NULL);
+    uv_run(&k.loop, UV_RUN_DEFAULT);
+    keel_fsm_free(k.fsm);
+out_store:
+    keel_store_close(k.store);
+out_loop:
+    uv_loop_close(&k.loop);
+    keel_members_close(&k.members);
+out_config:
+    keel_config_close(&k.cfg);
+    return status;
+}

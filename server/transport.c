@@ -1,0 +1,388 @@
+/*
+ * The raft peer transport. Lifetimes follow raft_uv's rules: a stream handed to raft was
+ * allocated with raft_malloc and raft closes and frees it; until then it is ours, and every
+ * handle we close is freed in its close callback. close() waits for all of them.
+ */
+#include "transport.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define HELLO_MAGIC   0x4b45454c50454552ull /* "KEELPEER" */
+#define HELLO_VERSION 1
+#define HELLO_LEN     (8 + 8 + 8 + 4 * 64)
+#define HELLO_TIMEOUT 5000 /* ms an incoming connection has to send its handshake */
+
+struct pending {
+    struct pending *next, *prev;
+    struct tport *t;
+    uv_tcp_t *tcp; /* raft_malloc'd: it may go to raft */
+    /* outgoing */
+    struct raft_uv_connect *req;
+    raft_uv_connect_cb cb;
+    uv_connect_t connect;
+    uv_write_t write;
+    int canceled;
+    /* incoming */
+    uint64_t started; /* uv_now at accept: the sweep drops slow handshakes */
+    size_t got;
+    uint8_t hello[HELLO_LEN];
+};
+
+struct tport {
+    uv_loop_t *loop;
+    raft_id id;
+    char address[KEEL_ADDR_MAX];
+    char host[KEEL_ADDR_MAX];
+    struct keel_transport_self self;
+    keel_transport_peer_cb peer_cb;
+    void *peer_data;
+    uv_tcp_t listener;
+    int listening;
+    uv_timer_t sweep;
+    int sweeping;
+    raft_uv_accept_cb accept_cb;
+    struct pending list; /* sentinel of pending connects and accepts */
+    int closing;
+    int handles; /* handles of ours still to be closed during shutdown */
+    raft_uv_transport_close_cb close_cb;
+    struct raft_uv_transport *base;
+};
+
+static void list_add(struct tport *t, struct pending *p)
+{
+    p->next = t->list.next;
+    p->prev = &t->list;
+    t->list.next->prev = p;
+    t->list.next = p;
+}
+
+static void list_del(struct pending *p)
+{
+    p->prev->next = p->next;
+    p->next->prev = p->prev;
+    p->next = p->prev = p;
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void put_str(uint8_t *p, const char *s)
+{
+    memset(p, 0, 64);
+    strncpy((char *)p, s, 63);
+}
+
+static void get_str(char *dst, const uint8_t *p)
+{
+    memcpy(dst, p, 63);
+    dst[63] = '\0';
+}
+
+static void maybe_closed(struct tport *t)
+{
+    if (t->closing && t->handles == 0 && t->list.next == &t->list && t->close_cb != NULL) {
+        raft_uv_transport_close_cb cb = t->close_cb;
+        t->close_cb = NULL;
+        cb(t->base);
+    }
+}
+
+/* ---- outgoing ---- */
+
+static void connect_done_close(uv_handle_t *h)
+{
+    struct pending *p = h->data;
+    struct tport *t = p->t;
+    raft_free(p->tcp);
+    list_del(p);
+    p->cb(p->req, NULL, p->canceled ? RAFT_CANCELED : RAFT_NOCONNECTION);
+    free(p);
+    maybe_closed(t);
+}
+
+static void connect_fail(struct pending *p)
+{
+    if (!uv_is_closing((uv_handle_t *)p->tcp))
+        uv_close((uv_handle_t *)p->tcp, connect_done_close);
+}
+
+static void on_hello_written(uv_write_t *w, int status)
+{
+    struct pending *p = w->data;
+    if (status != 0 || p->canceled) {
+        connect_fail(p);
+        return;
+    }
+    list_del(p);
+    p->cb(p->req, (uv_stream_t *)p->tcp, 0);
+    free(p);
+}
+
+static void on_connect(uv_connect_t *c, int status)
+{
+    struct pending *p = c->data;
+    if (status != 0 || p->canceled) {
+        connect_fail(p);
+        return;
+    }
+    uv_tcp_nodelay(p->tcp, 1);
+    struct tport *t = p->t;
+    put_u64(p->hello, HELLO_MAGIC);
+    put_u64(p->hello + 8, HELLO_VERSION);
+    put_u64(p->hello + 16, t->id);
+    put_str(p->hello + 24, t->address);
+    put_str(p->hello + 88, t->self.client);
+    put_str(p->hello + 152, t->self.name);
+    put_str(p->hello + 216, t->self.zone);
+    uv_buf_t buf = uv_buf_init((char *)p->hello, HELLO_LEN);
+    p->write.data = p;
+    if (uv_write(&p->write, (uv_stream_t *)p->tcp, &buf, 1, on_hello_written) != 0)
+        connect_fail(p);
+}
+
+static int t_connect(struct raft_uv_transport *base, struct raft_uv_connect *req, raft_id id,
+                     const char *address, raft_uv_connect_cb cb)
+{
+    struct tport *t = base->impl;
+    (void)id;
+    char host[KEEL_ADDR_MAX];
+    int port;
+    struct sockaddr_in dst, src;
+    if (keel_addr_split(address, host, sizeof(host), &port) != 0 ||
+        uv_ip4_addr(host, port, &dst) != 0)
+        return RAFT_NOCONNECTION;
+    if (uv_ip4_addr(t->host, 0, &src) != 0)
+        return RAFT_NOCONNECTION;
+    struct pending *p = calloc(1, sizeof(*p));
+    uv_tcp_t *tcp = raft_malloc(sizeof(*tcp));
+    if (p == NULL || tcp == NULL) {
+        free(p);
+        raft_free(tcp);
+        return RAFT_NOMEM;
+    }
+    p->t = t;
+    p->tcp = tcp;
+    p->req = req;
+    p->cb = cb;
+    uv_tcp_init(t->loop, tcp);
+    tcp->data = p;
+    p->connect.data = p;
+    list_add(t, p);
+    /* The point of this transport: the source address is the member's own. */
+    int rv = uv_tcp_bind(tcp, (const struct sockaddr *)&src, 0);
+    if (rv == 0)
+        rv = uv_tcp_connect(&p->connect, tcp, (const struct sockaddr *)&dst, on_connect);
+    if (rv != 0) {
+        /* Report through the callback, as for any failed attempt: raft retries later. */
+        connect_fail(p);
+    }
+    return 0;
+}
+
+/* ---- incoming ---- */
+
+static void accept_closed(uv_handle_t *h)
+{
+    struct pending *p = h->data;
+    struct tport *t = p->t;
+    raft_free(p->tcp);
+    list_del(p);
+    free(p);
+    maybe_closed(t);
+}
+
+static void accept_drop(struct pending *p)
+{
+    if (!uv_is_closing((uv_handle_t *)p->tcp))
+        uv_close((uv_handle_t *)p->tcp, accept_closed);
+}
+
+static void hello_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct pending *p = h->data;
+    (void)suggested;
+    /* Never read past the handshake: what follows is raft's. */
+    *buf = uv_buf_init((char *)p->hello + p->got, (unsigned)(HELLO_LEN - p->got));
+}
+
+static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    struct pending *p = s->data;
+    struct tport *t = p->t;
+    (void)buf;
+    if (n < 0) {
+        accept_drop(p);
+        return;
+    }
+    p->got += (size_t)n;
+    if (p->got < HELLO_LEN)
+        return;
+    uv_read_stop(s);
+    uint64_t id = get_u64(p->hello + 16);
+    if (get_u64(p->hello) != HELLO_MAGIC || get_u64(p->hello + 8) != HELLO_VERSION || id == 0) {
+        KLOG_WARN("peer connection with a bad handshake dropped");
+        accept_drop(p);
+        return;
+    }
+    char addr[64], client[64], zone[64];
+    get_str(addr, p->hello + 24);
+    get_str(client, p->hello + 88);
+    get_str(zone, p->hello + 216);
+    uv_tcp_t *tcp = p->tcp;
+    list_del(p);
+    free(p);
+    if (t->peer_cb != NULL)
+        t->peer_cb(t->peer_data, id, client, zone);
+    t->accept_cb(t->base, id, addr, (uv_stream_t *)tcp);
+}
+
+static void sweep(uv_timer_t *timer)
+{
+    struct tport *t = timer->data;
+    uint64_t now = uv_now(t->loop);
+    for (struct pending *p = t->list.next; p != &t->list; p = p->next)
+        if (p->req == NULL && now - p->started > HELLO_TIMEOUT)
+            accept_drop(p);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct tport *t = server->data;
+    if (status != 0 || t->closing)
+        return;
+    struct pending *p = calloc(1, sizeof(*p));
+    uv_tcp_t *tcp = raft_malloc(sizeof(*tcp));
+    if (p == NULL || tcp == NULL) {
+        free(p);
+        raft_free(tcp);
+        return;
+    }
+    p->t = t;
+    p->tcp = tcp;
+    p->started = uv_now(t->loop);
+    uv_tcp_init(t->loop, tcp);
+    tcp->data = p;
+    list_add(t, p);
+    if (uv_accept(server, (uv_stream_t *)tcp) != 0) {
+        accept_drop(p);
+        return;
+    }
+    uv_tcp_nodelay(tcp, 1);
+    uv_read_start((uv_stream_t *)tcp, hello_alloc, hello_read);
+}
+
+static int t_listen(struct raft_uv_transport *base, raft_uv_accept_cb cb)
+{
+    struct tport *t = base->impl;
+    char host[KEEL_ADDR_MAX];
+    int port;
+    struct sockaddr_in addr;
+    if (keel_addr_split(t->address, host, sizeof(host), &port) != 0 ||
+        uv_ip4_addr(host, port, &addr) != 0)
+        return RAFT_INVALID;
+    t->accept_cb = cb;
+    uv_tcp_init(t->loop, &t->listener);
+    t->listener.data = t;
+    t->listening = 1;
+    int rv = uv_tcp_bind(&t->listener, (const struct sockaddr *)&addr, 0);
+    if (rv == 0)
+        rv = uv_listen((uv_stream_t *)&t->listener, 128, on_connection);
+    if (rv == 0) {
+        uv_timer_init(t->loop, &t->sweep);
+        t->sweep.data = t;
+        t->sweeping = 1;
+        uv_timer_start(&t->sweep, sweep, 1000, 1000);
+    }
+    if (rv != 0) {
+        snprintf(base->errmsg, sizeof(base->errmsg), "listen on %s: %s", t->address,
+                 uv_strerror(rv));
+        return RAFT_IOERR;
+    }
+    return 0;
+}
+
+static int t_init(struct raft_uv_transport *base, raft_id id, const char *address)
+{
+    struct tport *t = base->impl;
+    int port;
+    t->id = id;
+    snprintf(t->address, sizeof(t->address), "%s", address);
+    if (keel_addr_split(address, t->host, sizeof(t->host), &port) != 0) {
+        snprintf(base->errmsg, sizeof(base->errmsg), "bad peer address %s", address);
+        return RAFT_INVALID;
+    }
+    return 0;
+}
+
+static void listener_closed(uv_handle_t *h)
+{
+    struct tport *t = h->data;
+    t->handles--;
+    maybe_closed(t);
+}
+
+static void t_close(struct raft_uv_transport *base, raft_uv_transport_close_cb cb)
+{
+    struct tport *t = base->impl;
+    t->closing = 1;
+    t->close_cb = cb;
+    if (t->listening) {
+        t->handles++;
+        uv_close((uv_handle_t *)&t->listener, listener_closed);
+    }
+    if (t->sweeping) {
+        t->handles++;
+        uv_close((uv_handle_t *)&t->sweep, listener_closed);
+    }
+    for (struct pending *p = t->list.next; p != &t->list; p = p->next) {
+        if (p->req != NULL) {
+            p->canceled = 1;
+            connect_fail(p);
+        } else {
+            accept_drop(p);
+        }
+    }
+    maybe_closed(t);
+}
+
+int keel_transport_init(struct raft_uv_transport *base, uv_loop_t *loop,
+                        const struct keel_transport_self *self, keel_transport_peer_cb peer_cb,
+                        void *peer_data)
+{
+    struct tport *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return RAFT_NOMEM;
+    t->loop = loop;
+    t->self = *self;
+    t->peer_cb = peer_cb;
+    t->peer_data = peer_data;
+    t->list.next = t->list.prev = &t->list;
+    t->base = base;
+    memset(base, 0, sizeof(*base));
+    base->impl = t;
+    base->init = t_init;
+    base->listen = t_listen;
+    base->connect = t_connect;
+    base->close = t_close;
+    return 0;
+}
+
+void keel_transport_close(struct raft_uv_transport *base)
+{
+    free(base->impl);
+    base->impl = NULL;
+}

@@ -1,0 +1,556 @@
+/*
+ * Cluster behaviour through real keeld processes and libkeel: `test_cluster <group>`, one ctest
+ * entry per group. Members run with a 50 ms heartbeat and a 500 ms election timeout so that
+ * failover fits a test; every wait is bounded.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "cluster.h"
+#include "keel/keel.h"
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static struct keel *open_client(const struct tc_cluster *c, int member)
+{
+    char eps[512];
+    tc_endpoints(c, member, eps, sizeof(eps));
+    struct keel_options o = {.endpoints = eps, .request_timeout_ms = 4000, .dial_timeout_ms = 500};
+    struct keel *k = NULL;
+    assert_int_equal(keel_open(&k, &o), 0);
+    return k;
+}
+
+/* The index of the member that says it leads, waiting up to timeout_ms; 0 when none. Members in
+ * `skip` (bit i) are not asked. */
+static int find_leader(struct tc_cluster *c, struct keel *k, unsigned skip, int timeout_ms)
+{
+    long long deadline = tc_now_ms() + timeout_ms;
+    while (tc_now_ms() < deadline) {
+        for (int i = 1; i <= c->n; i++) {
+            if (c->m[i].pid == 0 || (skip & (1u << i)))
+                continue;
+            Keel__StatusResponse *st = NULL;
+            if (keel_status(k, c->m[i].client, &st) != 0)
+                continue;
+            uint64_t leader = st->leader;
+            keel_free(st);
+            if (leader == 0)
+                continue;
+            /* Which member is `leader`? Ask for the member list. */
+            Keel__MemberListResponse *ml = NULL;
+            if (keel_member_list(k, &ml) != 0)
+                continue;
+            int found = 0;
+            for (size_t j = 0; j < ml->n_members; j++)
+                if (ml->members[j]->id == leader)
+                    for (int x = 1; x <= c->n; x++)
+                        if (strcmp(ml->members[j]->name, c->m[x].name) == 0)
+                            found = x;
+            keel_free(ml);
+            if (found && c->m[found].pid != 0 && !(skip & (1u << found)))
+                return found;
+        }
+        sleep_ms(20);
+    }
+    return 0;
+}
+
+static void put_str(struct keel *k, const char *key, const char *val)
+{
+    int rv = keel_put(k, key, strlen(key), val, strlen(val), NULL, NULL);
+    if (rv != 0)
+        fail_msg("put %s: %s (%s)", key, keel_strerror(rv), keel_errmsg());
+}
+
+/* Value of key read from member i alone (serializable), or NULL; caller frees. */
+static char *get_from(struct tc_cluster *c, int i, const char *key, int64_t *mod_revision)
+{
+    struct keel *k = open_client(c, i);
+    struct keel_get_opts o = {.serializable = true};
+    Keel__RangeResponse *r = NULL;
+    int rv = keel_get(k, key, strlen(key), &o, &r);
+    char *val = NULL;
+    if (rv == 0 && r->n_kvs == 1) {
+        val = strndup((char *)r->kvs[0]->value.data, r->kvs[0]->value.len);
+        if (mod_revision)
+            *mod_revision = r->kvs[0]->mod_revision;
+    }
+    keel_free(r);
+    keel_close(k);
+    return val;
+}
+
+/* Wait until member i serves key with value (bounded). */
+static bool wait_value(struct tc_cluster *c, int i, const char *key, const char *val,
+                       int timeout_ms)
+{
+    long long deadline = tc_now_ms() + timeout_ms;
+    do {
+        char *got = get_from(c, i, key, NULL);
+        bool ok = got != NULL && strcmp(got, val) == 0;
+        free(got);
+        if (ok)
+            return true;
+        sleep_ms(50);
+    } while (tc_now_ms() < deadline);
+    return false;
+}
+
+/* Every key of prefix "k/" on member i, serializable: count and (key, mod_revision, version)
+ * digest, so members can be compared. */
+struct digest {
+    int64_t count;
+    uint64_t hash;
+    int64_t revision;
+};
+
+static struct digest digest_of(struct tc_cluster *c, int i)
+{
+    struct digest d = {0};
+    struct keel *k = open_client(c, i);
+    uint8_t end[8];
+    size_t elen = keel_prefix_end("k/", 2, end);
+    struct keel_get_opts o = {.serializable = true, .range_end = end, .range_end_len = elen};
+    Keel__Request req = KEEL__REQUEST__INIT;
+    Keel__RangeRequest rr = KEEL__RANGE_REQUEST__INIT;
+    rr.key.data = (uint8_t *)"k/";
+    rr.key.len = 2;
+    rr.range_end.data = end;
+    rr.range_end.len = elen;
+    rr.serializable = true;
+    req.body_case = KEEL__REQUEST__BODY_RANGE;
+    req.range = &rr;
+    (void)o;
+    Keel__Response *resp = NULL;
+    if (keel_do(k, &req, &resp) == 0 && resp->range != NULL) {
+        d.count = resp->range->count;
+        d.revision = resp->header ? resp->header->revision : 0;
+        uint64_t h = 1469598103934665603ull;
+        for (size_t j = 0; j < resp->range->n_kvs; j++) {
+            Keel__KeyValue *kv = resp->range->kvs[j];
+            for (size_t b = 0; b < kv->key.len; b++)
+                h = (h ^ kv->key.data[b]) * 1099511628211ull;
+            h = (h ^ (uint64_t)kv->mod_revision) * 1099511628211ull;
+            h = (h ^ (uint64_t)kv->version) * 1099511628211ull;
+            h = (h ^ (uint64_t)kv->create_revision) * 1099511628211ull;
+        }
+        d.hash = h;
+    }
+    keel_free(resp);
+    keel_close(k);
+    return d;
+}
+
+/* Wait until every running member has the same digest as member ref (bounded). */
+static struct digest wait_converged(struct tc_cluster *c, int ref, int timeout_ms)
+{
+    long long deadline = tc_now_ms() + timeout_ms;
+    struct digest want;
+    for (;;) {
+        want = digest_of(c, ref);
+        bool same = true;
+        for (int i = 1; i <= c->n && same; i++) {
+            if (c->m[i].pid == 0 || i == ref)
+                continue;
+            struct digest d = digest_of(c, i);
+            same = d.count == want.count && d.hash == want.hash && d.revision == want.revision;
+        }
+        if (same)
+            return want;
+        if (tc_now_ms() > deadline)
+            fail_msg("members did not converge within %d ms", timeout_ms);
+        sleep_ms(50);
+    }
+}
+
+/* ---- a continuous writer ---- */
+
+struct writer {
+    struct tc_cluster *c;
+    pthread_t thread;
+    volatile int stop;
+    int n;              /* keys attempted */
+    unsigned char *acked; /* acked[i]: put k/<i> acknowledged */
+    int failures;
+    int unknown;
+    int cap;
+};
+
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    struct keel *k = open_client(w->c, 0);
+    while (!w->stop && w->n < w->cap) {
+        char key[32], val[32];
+        snprintf(key, sizeof(key), "k/%06d", w->n);
+        snprintf(val, sizeof(val), "v%d", w->n);
+        int rv = keel_put(k, key, strlen(key), val, strlen(val), NULL, NULL);
+        if (rv == 0)
+            w->acked[w->n] = 1;
+        else if (rv == KEEL_EUNKNOWN)
+            w->unknown++;
+        else
+            w->failures++;
+        w->n++;
+    }
+    keel_close(k);
+    return NULL;
+}
+
+static void writer_start(struct writer *w, struct tc_cluster *c, int cap)
+{
+    memset(w, 0, sizeof(*w));
+    w->c = c;
+    w->cap = cap;
+    w->acked = calloc((size_t)cap, 1);
+    assert_int_equal(pthread_create(&w->thread, NULL, writer_main, w), 0);
+}
+
+static void writer_stop(struct writer *w)
+{
+    w->stop = 1;
+    pthread_join(w->thread, NULL);
+}
+
+static int acked_count(const struct writer *w)
+{
+    int n = 0;
+    for (int i = 0; i < w->n; i++)
+        n += w->acked[i];
+    return n;
+}
+
+/* Every acknowledged key is on member i. */
+static void assert_acked_on(struct tc_cluster *c, int i, const struct writer *w)
+{
+    struct keel *k = open_client(c, i);
+    uint8_t end[8];
+    size_t elen = keel_prefix_end("k/", 2, end);
+    struct keel_get_opts o = {.serializable = true, .range_end = end, .range_end_len = elen,
+                              .keys_only = true};
+    Keel__RangeResponse *r = NULL;
+    assert_int_equal(keel_get(k, "k/", 2, &o, &r), 0);
+    unsigned char *present = calloc((size_t)w->cap + 1, 1);
+    for (size_t j = 0; j < r->n_kvs; j++) {
+        char kb[32];
+        size_t kl = r->kvs[j]->key.len < sizeof(kb) - 1 ? r->kvs[j]->key.len : sizeof(kb) - 1;
+        memcpy(kb, r->kvs[j]->key.data, kl);
+        kb[kl] = '\0';
+        int idx = atoi(kb + 2);
+        if (idx >= 0 && idx < w->cap)
+            present[idx] = 1;
+    }
+    int missing = 0;
+    for (int x = 0; x < w->n; x++)
+        if (w->acked[x] && !present[x])
+            missing++;
+    free(present);
+    keel_free(r);
+    keel_close(k);
+    if (missing)
+        fail_msg("member %d misses %d acknowledged writes", i, missing);
+}
+
+/* ---- groups ---- */
+
+static void three_members_read_write(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "basic");
+    tc_start_all(&c);
+    struct keel *all = open_client(&c, 0);
+    assert_true(find_leader(&c, all, 0, 10000) > 0);
+    /* Writes through a client that knows only one member: followers redirect. */
+    for (int i = 1; i <= 3; i++) {
+        struct keel *one = open_client(&c, i);
+        char key[16], val[16];
+        snprintf(key, sizeof(key), "k/via%d", i);
+        snprintf(val, sizeof(val), "from%d", i);
+        put_str(one, key, val);
+        /* A linearizable read right after sees it, through the same member. */
+        Keel__RangeResponse *r = NULL;
+        assert_int_equal(keel_get(one, key, strlen(key), NULL, &r), 0);
+        assert_int_equal(r->n_kvs, 1);
+        assert_memory_equal(r->kvs[0]->value.data, val, strlen(val));
+        keel_free(r);
+        keel_close(one);
+    }
+    /* Serializable reads on each member converge to the same state. */
+    for (int i = 1; i <= 3; i++)
+        assert_true(wait_value(&c, i, "k/via3", "from3", 5000));
+    struct digest d = wait_converged(&c, 1, 5000);
+    assert_int_equal(d.count, 3);
+    assert_int_equal(d.revision, 3);
+
+    /* Txn and delete through the cluster. */
+    Keel__TxnRequest t = KEEL__TXN_REQUEST__INIT;
+    Keel__Compare cmp = KEEL__COMPARE__INIT;
+    Keel__Compare *cmps[] = {&cmp};
+    cmp.key.data = (uint8_t *)"k/via1";
+    cmp.key.len = 6;
+    cmp.target = KEEL__COMPARE__COMPARE_TARGET__VALUE;
+    cmp.result = KEEL__COMPARE__COMPARE_RESULT__EQUAL;
+    cmp.target_union_case = KEEL__COMPARE__TARGET_UNION_VALUE;
+    cmp.value.data = (uint8_t *)"from1";
+    cmp.value.len = 5;
+    Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
+    put.key.data = (uint8_t *)"k/txn";
+    put.key.len = 5;
+    put.value.data = (uint8_t *)"yes";
+    put.value.len = 3;
+    Keel__RequestOp op = KEEL__REQUEST_OP__INIT;
+    Keel__RequestOp *ops[] = {&op};
+    op.request_case = KEEL__REQUEST_OP__REQUEST_REQUEST_PUT;
+    op.request_put = &put;
+    t.compare = cmps;
+    t.n_compare = 1;
+    t.success = ops;
+    t.n_success = 1;
+    Keel__TxnResponse *tr = NULL;
+    assert_int_equal(keel_txn(all, &t, &tr), 0);
+    assert_true(tr->succeeded);
+    keel_free(tr);
+    Keel__DeleteRangeResponse *dr = NULL;
+    assert_int_equal(keel_delete(all, "k/via2", 6, NULL, &dr), 0);
+    assert_int_equal(dr->deleted, 1);
+    keel_free(dr);
+    /* Errors come back with the server's message. */
+    char big[600];
+    memset(big, 'x', sizeof(big));
+    assert_int_equal(keel_put(all, big, sizeof(big), "v", 1, NULL, NULL), KEEL_EKEYTOOLONG);
+    assert_non_null(strstr(keel_errmsg(), "511"));
+    d = wait_converged(&c, 2, 5000);
+    assert_int_equal(d.count, 3);
+    keel_close(all);
+    for (int i = 1; i <= 3; i++) {
+        int st = tc_stop(&c, i, SIGTERM);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    tc_cluster_close(&c);
+}
+
+static void leader_killed_while_writing(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "failover");
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    int leader = find_leader(&c, k, 0, 10000);
+    assert_true(leader > 0);
+    struct writer w;
+    writer_start(&w, &c, 200000);
+    /* Let it write for a while, then kill the leader. */
+    long long until = tc_now_ms() + 3000;
+    while (acked_count(&w) < 200 && tc_now_ms() < until)
+        sleep_ms(10);
+    assert_true(acked_count(&w) >= 1);
+    int before_kill = w.n;
+    long long killed_at = tc_now_ms();
+    tc_stop(&c, leader, SIGKILL);
+    int next = find_leader(&c, k, 1u << leader, 15000);
+    long long elected_ms = tc_now_ms() - killed_at;
+    assert_true(next > 0 && next != leader);
+    printf("new leader m%d %lld ms after the kill (election timeout %u ms)\n", next, elected_ms,
+           c.election_ms);
+    /* The writer carries on by itself: more acknowledged writes after the new leader. */
+    int acked_then = acked_count(&w);
+    until = tc_now_ms() + 10000;
+    while (acked_count(&w) < acked_then + 200 && tc_now_ms() < until)
+        sleep_ms(20);
+    writer_stop(&w);
+    printf("writes: %d attempted (%d before the kill), %d acknowledged, %d outcome unknown, %d "
+           "failed\n",
+           w.n, before_kill, acked_count(&w), w.unknown, w.failures);
+    assert_true(acked_count(&w) >= acked_then + 200);
+    wait_converged(&c, next, 10000);
+    for (int i = 1; i <= 3; i++)
+        if (c.m[i].pid != 0)
+            assert_acked_on(&c, i, &w);
+
+    /* The killed member restarts, catches up from the log, and holds every acknowledged write. */
+    assert_int_equal(tc_start(&c, leader), 0);
+    wait_converged(&c, next, 20000);
+    assert_acked_on(&c, leader, &w);
+    free(w.acked);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+static void catch_up_through_checkpoint(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "checkpoint");
+    c.snapshot_threshold = 64;
+    c.snapshot_trailing = 32;
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    int leader = find_leader(&c, k, 0, 10000);
+    assert_true(leader > 0);
+    int victim = leader == 3 ? 2 : 3;
+    put_str(k, "k/before", "1");
+    assert_true(wait_value(&c, victim, "k/before", "1", 5000));
+    tc_stop(&c, victim, SIGKILL);
+    /* Far more than threshold + trailing entries while it is down. */
+    for (int i = 0; i < 400; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "k/%04d", i);
+        put_str(k, key, "while-down");
+    }
+    put_str(k, "k/last", "done");
+    assert_int_equal(tc_start(&c, victim), 0);
+    assert_true(wait_value(&c, victim, "k/last", "done", 30000));
+    wait_converged(&c, leader, 10000);
+    /* It got there through a checkpoint, not the log: its log says so. */
+    char cmd[1200];
+    snprintf(cmd, sizeof(cmd), "grep -q 'checkpoint restored' %s", c.m[victim].log);
+    assert_int_equal(system(cmd), 0);
+    /* And it keeps applying the log after the checkpoint. */
+    put_str(k, "k/after", "2");
+    assert_true(wait_value(&c, victim, "k/after", "2", 5000));
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+static void clean_restart_applies_nothing_twice(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "restart");
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    assert_true(find_leader(&c, k, 0, 10000) > 0);
+    for (int i = 0; i < 50; i++)
+        put_str(k, "k/counter", "x"); /* version 50 */
+    put_str(k, "k/other", "y");
+    struct digest before = wait_converged(&c, 1, 5000);
+    int64_t mod_before = 0;
+    free(get_from(&c, 2, "k/counter", &mod_before));
+    int st = tc_stop(&c, 2, SIGTERM);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(tc_start(&c, 2), 0);
+    /* Let it rejoin and replay what raft re-delivers. */
+    sleep_ms(1500);
+    struct digest after = wait_converged(&c, 1, 10000);
+    assert_int_equal(after.count, before.count);
+    assert_int_equal(after.hash, before.hash);
+    assert_int_equal(after.revision, before.revision);
+    int64_t mod_after = 0;
+    free(get_from(&c, 2, "k/counter", &mod_after));
+    assert_int_equal(mod_after, mod_before);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+static void whole_cluster_restart(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "fullrestart");
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    assert_true(find_leader(&c, k, 0, 10000) > 0);
+    for (int i = 0; i < 100; i++) {
+        char key[32], val[32];
+        snprintf(key, sizeof(key), "k/%03d", i);
+        snprintf(val, sizeof(val), "v%d", i);
+        put_str(k, key, val);
+    }
+    assert_int_equal(keel_delete(k, "k/050", 5, NULL, NULL), 0);
+    struct digest before = wait_converged(&c, 1, 5000);
+    keel_close(k);
+    for (int i = 1; i <= 3; i++)
+        tc_stop(&c, i, SIGTERM);
+    tc_start_all(&c);
+    k = open_client(&c, 0);
+    assert_true(find_leader(&c, k, 0, 15000) > 0);
+    struct digest after = wait_converged(&c, 1, 10000);
+    assert_int_equal(after.count, 99);
+    assert_int_equal(after.hash, before.hash);
+    assert_int_equal(after.revision, before.revision);
+    /* and it takes writes again, at the next revision */
+    Keel__Request req = KEEL__REQUEST__INIT;
+    Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
+    put.key.data = (uint8_t *)"k/new";
+    put.key.len = 5;
+    req.body_case = KEEL__REQUEST__BODY_PUT;
+    req.put = &put;
+    Keel__Response *resp = NULL;
+    assert_int_equal(keel_do(k, &req, &resp), 0);
+    assert_int_equal(resp->header->revision, before.revision + 1);
+    keel_free(resp);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+static void five_members_survive_two_down(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 5, "five");
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    int leader = find_leader(&c, k, 0, 10000);
+    assert_true(leader > 0);
+    put_str(k, "k/one", "1");
+    /* Take down the leader and one follower. */
+    int other = leader == 1 ? 2 : 1;
+    tc_stop(&c, leader, SIGKILL);
+    tc_stop(&c, other, SIGKILL);
+    int next = find_leader(&c, k, (1u << leader) | (1u << other), 15000);
+    assert_true(next > 0);
+    for (int i = 0; i < 20; i++)
+        put_str(k, "k/two", "2");
+    for (int i = 1; i <= 5; i++)
+        if (c.m[i].pid != 0)
+            assert_true(wait_value(&c, i, "k/two", "2", 5000));
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest basic[] = {cmocka_unit_test(three_members_read_write)};
+    const struct CMUnitTest failover[] = {cmocka_unit_test(leader_killed_while_writing)};
+    const struct CMUnitTest checkpoint[] = {cmocka_unit_test(catch_up_through_checkpoint)};
+    const struct CMUnitTest restart[] = {cmocka_unit_test(clean_restart_applies_nothing_twice)};
+    const struct CMUnitTest full_restart[] = {cmocka_unit_test(whole_cluster_restart)};
+    const struct CMUnitTest five[] = {cmocka_unit_test(five_members_survive_two_down)};
+    int all = argc < 2, matched = 0, failed = 0;
+#define GROUP(name)                                                                                \
+    if (all || strcmp(argv[1], #name) == 0) {                                                      \
+        matched = 1;                                                                               \
+        failed |= _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL); \
+    }
+    GROUP(basic)
+    GROUP(failover)
+    GROUP(checkpoint)
+    GROUP(restart)
+    GROUP(full_restart)
+    GROUP(five)
+    if (!matched) {
+        fprintf(stderr, "test_cluster: no group named %s\n", argv[1]);
+        return 2;
+    }
+    return failed ? 1 : 0;
+}

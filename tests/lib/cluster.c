@@ -1,0 +1,182 @@
+#include "cluster.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#ifndef KEEL_KEELD_PATH
+#error "KEEL_KEELD_PATH must name the keeld binary"
+#endif
+
+long long tc_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A port free on host now (the kernel picks it; keeld binds it a moment later). */
+static int free_port(const char *host)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    inet_pton(AF_INET, host, &a.sin_addr);
+    socklen_t len = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        perror("free_port");
+        abort();
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+void tc_cluster_init(struct tc_cluster *c, int n, const char *tag)
+{
+    memset(c, 0, sizeof(*c));
+    if (n < 1 || n > TC_MAX)
+        abort();
+    c->n = n;
+    c->root = tu_mkdtemp(tag);
+    c->heartbeat_ms = 50;
+    c->election_ms = 500;
+    size_t off = 0;
+    for (int i = 1; i <= n; i++) {
+        struct tc_member *m = &c->m[i];
+        char host[16];
+        snprintf(host, sizeof(host), "127.0.%d.1", i);
+        char name[16];
+        snprintf(name, sizeof(name), "m%d", i);
+        snprintf(m->name, sizeof(m->name), "%s", name);
+        snprintf(m->zone, sizeof(m->zone), "z%d", i);
+        snprintf(m->client, sizeof(m->client), "%s:%d", host, free_port(host));
+        snprintf(m->peer, sizeof(m->peer), "%s:%d", host, free_port(host));
+        snprintf(m->dir, sizeof(m->dir), "%s/%s", c->root, name);
+        snprintf(m->log, sizeof(m->log), "%s/%s.log", c->root, name);
+        off += (size_t)snprintf(c->initial + off, sizeof(c->initial) - off, "%s%s=%s@%s",
+                                i > 1 ? "," : "", m->name, m->peer, m->zone);
+    }
+}
+
+int tc_start(struct tc_cluster *c, int i)
+{
+    struct tc_member *m = &c->m[i];
+    if (m->pid != 0)
+        return -1;
+    char hb[16], et[16], th[16], tr[16];
+    snprintf(hb, sizeof(hb), "%u", c->heartbeat_ms);
+    snprintf(et, sizeof(et), "%u", c->election_ms);
+    snprintf(th, sizeof(th), "%u", c->snapshot_threshold);
+    snprintf(tr, sizeof(tr), "%u", c->snapshot_trailing);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = open(m->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        char *argv[40];
+        int a = 0;
+        argv[a++] = KEEL_KEELD_PATH;
+        argv[a++] = "--name";
+        argv[a++] = m->name;
+        argv[a++] = "--data-dir";
+        argv[a++] = m->dir;
+        argv[a++] = "--listen-client";
+        argv[a++] = m->client;
+        argv[a++] = "--listen-peer";
+        argv[a++] = m->peer;
+        argv[a++] = "--initial-cluster";
+        argv[a++] = c->initial;
+        argv[a++] = "--heartbeat-ms";
+        argv[a++] = hb;
+        argv[a++] = "--election-ms";
+        argv[a++] = et;
+        if (c->snapshot_threshold) {
+            argv[a++] = "--snapshot-threshold";
+            argv[a++] = th;
+        }
+        if (c->snapshot_trailing) {
+            argv[a++] = "--snapshot-trailing";
+            argv[a++] = tr;
+        }
+        char extra[256];
+        snprintf(extra, sizeof(extra), "%s", c->extra);
+        char *save = NULL;
+        for (char *tok = strtok_r(extra, " ", &save); tok && a < 38; tok = strtok_r(NULL, " ", &save))
+            argv[a++] = tok;
+        argv[a] = NULL;
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    m->pid = pid;
+    return 0;
+}
+
+void tc_start_all(struct tc_cluster *c)
+{
+    for (int i = 1; i <= c->n; i++)
+        if (c->m[i].pid == 0 && tc_start(c, i) != 0)
+            abort();
+}
+
+int tc_stop(struct tc_cluster *c, int i, int sig)
+{
+    struct tc_member *m = &c->m[i];
+    if (m->pid == 0)
+        return 0;
+    kill(m->pid, sig);
+    long long deadline = tc_now_ms() + 15000;
+    int status = 0;
+    while (tc_now_ms() < deadline) {
+        pid_t r = waitpid(m->pid, &status, WNOHANG);
+        if (r == m->pid) {
+            m->pid = 0;
+            return status;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return -1;
+}
+
+void tc_endpoints(const struct tc_cluster *c, int i, char *buf, size_t len)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    for (int j = 1; j <= c->n; j++) {
+        if (i > 0 && j != i)
+            continue;
+        off += (size_t)snprintf(buf + off, len - off, "%s%s", off ? "," : "", c->m[j].client);
+        if (off >= len)
+            break;
+    }
+}
+
+void tc_cluster_close(struct tc_cluster *c)
+{
+    for (int i = 1; i <= c->n; i++) {
+        if (c->m[i].pid != 0 && tc_stop(c, i, SIGKILL) == -1)
+            fprintf(stderr, "member %d (pid %d) did not exit\n", i, (int)c->m[i].pid);
+    }
+    if (getenv("KEEL_KEEP_TEST_DATA") == NULL)
+        tu_rmdir(c->root);
+    else
+        fprintf(stderr, "test data kept in %s\n", c->root);
+    free(c->root);
+    c->root = NULL;
+}

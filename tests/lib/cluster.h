@@ -1,0 +1,55 @@
+/*
+ * Real keeld processes for cluster tests: member i (1-based) listens on 127.0.i.1, in zone
+ * "z<i>", with ports picked free at set-up, data under a scratch directory. Only processes this
+ * harness started are ever signalled, by PID; tc_cluster_close kills what is left and removes
+ * the directories.
+ */
+#ifndef KEEL_TEST_CLUSTER_H
+#define KEEL_TEST_CLUSTER_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#define TC_MAX 7
+
+struct tc_member {
+    char name[16];
+    char client[32];
+    char peer[32];
+    char zone[8];
+    char dir[512];
+    char log[512];
+    pid_t pid; /* 0 when not running */
+};
+
+struct tc_cluster {
+    int n;
+    struct tc_member m[TC_MAX + 1]; /* 1-based */
+    char *root;
+    char initial[1024];
+    unsigned heartbeat_ms, election_ms;
+    unsigned snapshot_threshold, snapshot_trailing; /* 0: keeld's defaults */
+    char extra[256]; /* more flags for every member */
+};
+
+/* Lay out n members (not started). Aborts on failure. */
+void tc_cluster_init(struct tc_cluster *c, int n, const char *tag);
+
+/* Start member i; 0 or -1. */
+int tc_start(struct tc_cluster *c, int i);
+void tc_start_all(struct tc_cluster *c);
+
+/* Send sig to member i and, for SIGKILL/SIGTERM, wait (bounded) for it to exit. Returns the
+ * exit status as from waitpid, or -1 when it did not exit in time. */
+int tc_stop(struct tc_cluster *c, int i, int sig);
+
+/* "a,b,c": the client addresses of every member (or of member i only when i > 0). */
+void tc_endpoints(const struct tc_cluster *c, int i, char *buf, size_t len);
+
+/* Kill what is still running, remove the data. */
+void tc_cluster_close(struct tc_cluster *c);
+
+/* Milliseconds of monotonic time. */
+long long tc_now_ms(void);
+
+#endif

@@ -1,0 +1,179 @@
+/*
+ * keeld's pure pieces: the raft entry format (odd lengths never reach raft), flag parsing, and
+ * the id map.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "entry.h"
+#include "err.h"
+#include "u64map.h"
+
+static void entries_are_padded_to_8(void **state)
+{
+    (void)state;
+    /* Every payload size from 0 to 300 bytes: the entry is always a multiple of 8. */
+    for (size_t vlen = 0; vlen < 300; vlen++) {
+        char *value = malloc(vlen + 1);
+        memset(value, 'v', vlen);
+        Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
+        put.key.data = (uint8_t *)"k";
+        put.key.len = 1;
+        put.value.data = (uint8_t *)value;
+        put.value.len = vlen;
+        Keel__Command cmd = KEEL__COMMAND__INIT;
+        cmd.op_case = KEEL__COMMAND__OP_PUT;
+        cmd.put = &put;
+        Keel__Command *cmds[] = {&cmd};
+        Keel__CommandBatch batch = KEEL__COMMAND_BATCH__INIT;
+        batch.commands = cmds;
+        batch.n_commands = 1;
+        struct raft_buffer buf;
+        assert_int_equal(keel_entry_encode(&batch, &buf), 0);
+        assert_int_equal(buf.len % 8, 0);
+        assert_int_equal(keel_entry_check(&buf), 0);
+        const uint8_t *payload;
+        size_t len;
+        assert_int_equal(keel_entry_decode(&buf, &payload, &len), 0);
+        Keel__CommandBatch *back = keel__command_batch__unpack(NULL, len, payload);
+        assert_non_null(back);
+        assert_int_equal(back->commands[0]->put->value.len, vlen);
+        keel__command_batch__free_unpacked(back, NULL);
+        raft_free(buf.base);
+        free(value);
+    }
+}
+
+static void odd_lengths_are_refused(void **state)
+{
+    (void)state;
+    uint8_t raw[64] = {0x4b, 0x45, 0x45, 0x4c, 4, 0, 0, 0};
+    for (size_t len = 0; len < sizeof(raw); len++) {
+        struct raft_buffer buf = {raw, len};
+        int want = (len >= 16 && len % 8 == 0) ? 0 : KEEL_EINVAL;
+        /* len 8 holds a header announcing 4 payload bytes that are not there */
+        assert_int_equal(keel_entry_check(&buf), want);
+    }
+    /* a payload length beyond the buffer */
+    uint8_t bad[16] = {0x4b, 0x45, 0x45, 0x4c, 200, 0, 0, 0};
+    struct raft_buffer b = {bad, sizeof(bad)};
+    assert_int_equal(keel_entry_check(&b), KEEL_EINVAL);
+}
+
+static int parse(const char *line, struct keel_config *c, char *err, size_t errlen)
+{
+    char *copy = strdup(line);
+    char *argv[32];
+    int argc = 0;
+    argv[argc++] = "keeld";
+    for (char *tok = strtok(copy, " "); tok && argc < 31; tok = strtok(NULL, " "))
+        argv[argc++] = tok;
+    argv[argc] = NULL;
+    int rv = keel_config_parse(c, argc, argv, err, errlen);
+    free(copy);
+    return rv;
+}
+
+#define GOOD                                                                                       \
+    "--name a --data-dir /tmp/x --listen-client 127.0.1.1:2379 --listen-peer 127.0.1.1:2380 "     \
+    "--initial-cluster a=127.0.1.1:2380@z1,b=127.0.2.1:2380@z2,c=127.0.3.1:2380@z3"
+
+static void config_accepts_good_flags(void **state)
+{
+    (void)state;
+    struct keel_config c;
+    char err[256] = "";
+    assert_int_equal(parse(GOOD " --heartbeat-ms 50 --election-ms 500", &c, err, sizeof(err)), 0);
+    assert_int_equal(c.n_members, 3);
+    assert_string_equal(c.zone, "z1");
+    assert_int_equal(c.heartbeat_ms, 50);
+    assert_int_equal(c.member_id, c.members[0].id);
+    assert_true(c.members[0].id != c.members[1].id);
+    uint64_t cluster = c.cluster_id;
+    keel_config_close(&c);
+    /* the same list on another member gives the same cluster id */
+    assert_int_equal(parse("--name b --data-dir /tmp/y --listen-client 127.0.2.1:2379 "
+                           "--listen-peer 127.0.2.1:2380 --initial-cluster "
+                           "a=127.0.1.1:2380@z1,b=127.0.2.1:2380@z2,c=127.0.3.1:2380@z3",
+                           &c, err, sizeof(err)),
+                     0);
+    assert_int_equal(c.cluster_id, cluster);
+    keel_config_close(&c);
+}
+
+static void config_rejects_bad_flags(void **state)
+{
+    (void)state;
+    struct {
+        const char *line;
+        const char *needle; /* the message must name what was wrong */
+    } cases[] = {
+        {GOOD " --bogus 1", "unknown option"},
+        {GOOD " --heartbeat-ms", "needs a value"},
+        {GOOD " --heartbeat-ms 2000", "must be below"},
+        {GOOD " --election-ms abc", "not a number"},
+        {GOOD " --quota-bytes -5", "--quota-bytes"},
+        {GOOD " --zone z9", "--zone"},
+        {"--name a --data-dir /tmp/x --listen-client 127.0.1.1:2379 --listen-peer 127.0.1.1:2380",
+         "--initial-cluster is required"},
+        {"--name q --data-dir /tmp/x --listen-client 127.0.1.1:2379 --listen-peer 127.0.1.1:2380 "
+         "--initial-cluster a=127.0.1.1:2380",
+         "not in --initial-cluster"},
+        {"--name a --data-dir /tmp/x --listen-client 127.0.1.1:2379 --listen-peer 127.0.1.1:2381 "
+         "--initial-cluster a=127.0.1.1:2380",
+         "differs"},
+        {"--name a --data-dir /tmp/x --listen-client localhost:2379 --listen-peer 127.0.1.1:2380 "
+         "--initial-cluster a=127.0.1.1:2380",
+         "--listen-client"},
+        {"--name a --data-dir /tmp/x --listen-client 127.0.1.1:2379 --listen-peer 127.0.1.1:2380 "
+         "--initial-cluster a=127.0.1.1:2380,a=127.0.2.1:2380",
+         "twice"},
+        {"--name a --data-dir /tmp/x --listen-client 127.0.1.1:2379 --listen-peer 127.0.1.1:2380 "
+         "--initial-cluster a=127.0.1.1:99999",
+         "port"},
+        {GOOD " extra", "unexpected argument"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct keel_config c;
+        char err[256] = "";
+        int rv = parse(cases[i].line, &c, err, sizeof(err));
+        keel_config_close(&c);
+        if (rv != -1 || strstr(err, cases[i].needle) == NULL)
+            fail_msg("case %zu: rv %d, message '%s', expected it to mention '%s'", i, rv, err,
+                     cases[i].needle);
+    }
+}
+
+static void u64map_put_get_del(void **state)
+{
+    (void)state;
+    struct u64map m;
+    u64map_init(&m);
+    static int vals[5000];
+    for (uint64_t k = 1; k <= 5000; k++)
+        assert_int_equal(u64map_put(&m, k * 7919, &vals[k - 1]), 0);
+    assert_int_equal(m.n, 5000);
+    for (uint64_t k = 1; k <= 5000; k += 2)
+        assert_ptr_equal(u64map_del(&m, k * 7919), &vals[k - 1]);
+    for (uint64_t k = 1; k <= 5000; k++)
+        assert_ptr_equal(u64map_get(&m, k * 7919), k % 2 ? NULL : &vals[k - 1]);
+    assert_null(u64map_del(&m, 12345));
+    assert_int_equal(m.n, 2500);
+    u64map_close(&m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(entries_are_padded_to_8), cmocka_unit_test(odd_lengths_are_refused),
+        cmocka_unit_test(config_accepts_good_flags), cmocka_unit_test(config_rejects_bad_flags),
+        cmocka_unit_test(u64map_put_get_del)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
