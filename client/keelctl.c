@@ -1,1 +1,1349 @@
-int main(void){return 0;}
+/*
+ * keelctl: keel's command-line client, following etcdctl's commands, flags and output formats
+ * (simple, json, table) so that an etcd user's habits and scripts carry over.
+ *
+ * Key-value commands use the synchronous API; `endpoint health` checks every endpoint at once
+ * with one asynchronous client per endpoint on a single loop, as etcdctl does with goroutines.
+ *
+ * Exit status: 0 success, 1 failure ("Error: <message>" on stderr), 2 bad usage.
+ */
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "ctl_parse.h"
+#include "keel/keel.h"
+
+#define EXIT_USAGE 2
+
+enum out_fmt { OUT_SIMPLE, OUT_JSON, OUT_TABLE };
+
+struct ctl {
+    /* global flags */
+    const char *endpoints;
+    const char *zone;
+    const char *source;
+    const char *timeout;
+    const char *command_timeout;
+    const char *dial_timeout;
+    const char *write_out;
+    bool help;
+
+    enum out_fmt fmt;
+    uint64_t timeout_ms;
+    uint64_t dial_timeout_ms;
+    struct keel_arena arena;
+    struct keel *k;
+    const char *usage; /* of the running command */
+};
+
+static struct ctl g_ctl;
+
+static const char *const usage_text =
+    "Usage: keelctl [global flags] COMMAND [flags] [args]\n"
+    "\n"
+    "Commands:\n"
+    "  put [--lease ID] [--prev-kv] [--ignore-value] [--ignore-lease] KEY [VALUE]\n"
+    "  get [--prefix|--from-key] [--rev N] [--limit N] [--keys-only|--count-only]\n"
+    "      [--print-value-only] [--consistency l|s] [--order ASCEND|DESCEND]\n"
+    "      [--sort-by KEY|VERSION|CREATE|MODIFY|VALUE] KEY [RANGE_END]\n"
+    "  del [--prefix|--from-key] [--prev-kv] KEY [RANGE_END]\n"
+    "  txn [-i] [--compare C]... [--then OP]... [--else OP]...   (else read from stdin)\n"
+    "  compaction REV\n"
+    "  member list\n"
+    "  endpoint status | endpoint health\n"
+    "  lease grant TTL | lease revoke ID | lease timetolive ID [--keys] | lease list\n"
+    "  lease keep-alive [--once] ID\n"
+    "  version\n"
+    "\n"
+    "Global flags:\n"
+    "  --endpoints a:p,b:p   client addresses (default $KEEL_ENDPOINTS, else 127.0.0.1:2379)\n"
+    "  --zone Z              prefer members of zone Z for serializable reads\n"
+    "  --source-address IP   bind connections to this local IPv4 address\n"
+    "  --timeout D           per-command timeout, e.g. 5s (default), 500ms, 2 (seconds)\n"
+    "  --dial-timeout D      connect timeout (default 2s)\n"
+    "  -w, --write-out F     simple (default), json or table\n";
+
+/* ---------------------------------------------------------------------------------------------
+ * Exits
+ */
+
+static void ctl_cleanup(void)
+{
+    if (g_ctl.k) {
+        keel_close(g_ctl.k);
+        g_ctl.k = NULL;
+    }
+    keel_arena_close(&g_ctl.arena);
+}
+
+static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+
+static void die(int code, const char *fmt, ...)
+{
+    fflush(stdout);
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("Error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    if (code == EXIT_USAGE && g_ctl.usage)
+        fprintf(stderr, "Usage: keelctl %s\n", g_ctl.usage);
+    ctl_cleanup();
+    exit(code);
+}
+
+static void die_keel(int rv)
+{
+    const char *msg = keel_errmsg();
+    die(1, "%s", msg && msg[0] ? msg : keel_strerror(rv));
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Flags and connection
+ */
+
+static size_t global_flags(struct ctl *c, struct ctl_flag *t)
+{
+    struct ctl_flag f[] = {
+        {"endpoints", 0, CTL_STR, &c->endpoints, false},
+        {"zone", 0, CTL_STR, &c->zone, false},
+        {"source-address", 0, CTL_STR, &c->source, false},
+        {"timeout", 0, CTL_STR, &c->timeout, false},
+        {"command-timeout", 0, CTL_STR, &c->command_timeout, false},
+        {"dial-timeout", 0, CTL_STR, &c->dial_timeout, false},
+        {"write-out", 'w', CTL_STR, &c->write_out, false},
+        {"help", 'h', CTL_BOOL, &c->help, false},
+    };
+    memcpy(t, f, sizeof(f));
+    return sizeof(f) / sizeof(f[0]);
+}
+
+/* Parse a command's arguments: its own flags plus the global ones, which may follow it. */
+static void parse_args(struct ctl *c, const struct ctl_flag *cmd_flags, int argc, char **argv,
+                       struct ctl_args *pos)
+{
+    struct ctl_flag table[40];
+    size_t n = 0;
+    if (cmd_flags)
+        for (; cmd_flags[n].name; n++)
+            table[n] = cmd_flags[n];
+    size_t cmd_n = n;
+    n += global_flags(c, table + n);
+    table[n].name = NULL;
+
+    size_t *lens = keel_arena_alloc(&c->arena, (size_t)(argc + 1) * sizeof(*lens));
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    struct ctl_args in = {argc, argv, lens};
+    char err[CTL_ERR_MAX];
+    if (ctl_flags_parse(table, &in, &c->arena, pos, err) != 0)
+        die(EXIT_USAGE, "%s", err);
+    /* Copy back whether each command flag was seen (the table is a copy). */
+    if (cmd_flags)
+        for (size_t i = 0; i < cmd_n; i++)
+            ((struct ctl_flag *)cmd_flags)[i].seen = table[i].seen;
+    if (c->help) {
+        printf("Usage: keelctl %s\n", c->usage);
+        ctl_cleanup();
+        exit(0);
+    }
+}
+
+static void apply_globals(struct ctl *c)
+{
+    const char *w = c->write_out ? c->write_out : "simple";
+    if (strcmp(w, "simple") == 0)
+        c->fmt = OUT_SIMPLE;
+    else if (strcmp(w, "json") == 0)
+        c->fmt = OUT_JSON;
+    else if (strcmp(w, "table") == 0)
+        c->fmt = OUT_TABLE;
+    else
+        die(EXIT_USAGE, "unsupported output format \"%s\" (use simple, json or table)", w);
+    const char *t = c->timeout ? c->timeout : c->command_timeout ? c->command_timeout : "5s";
+    if (ctl_parse_duration_ms(t, &c->timeout_ms) != 0 || c->timeout_ms == 0 ||
+        c->timeout_ms > UINT32_MAX)
+        die(EXIT_USAGE, "invalid --timeout \"%s\"", t);
+    const char *d = c->dial_timeout ? c->dial_timeout : "2s";
+    if (ctl_parse_duration_ms(d, &c->dial_timeout_ms) != 0 || c->dial_timeout_ms == 0 ||
+        c->dial_timeout_ms > UINT32_MAX)
+        die(EXIT_USAGE, "invalid --dial-timeout \"%s\"", d);
+    if (c->endpoints == NULL || c->endpoints[0] == '\0') {
+        const char *env = getenv("KEEL_ENDPOINTS");
+        c->endpoints = env && env[0] ? env : KEEL_DEFAULT_ENDPOINT;
+    }
+    if (c->zone == NULL)
+        c->zone = getenv("KEEL_ZONE");
+}
+
+static void fill_options(const struct ctl *c, struct keel_options *o, const char *endpoints)
+{
+    memset(o, 0, sizeof(*o));
+    o->endpoints = endpoints;
+    o->zone = c->zone;
+    o->source_address = c->source;
+    o->client_name = "keelctl";
+    o->dial_timeout_ms = (uint32_t)c->dial_timeout_ms;
+    o->request_timeout_ms = (uint32_t)c->timeout_ms;
+}
+
+static struct keel *client(struct ctl *c)
+{
+    if (c->k)
+        return c->k;
+    struct keel_options o;
+    fill_options(c, &o, c->endpoints);
+    int rv = keel_open(&c->k, &o);
+    if (rv == KEEL_EINVAL)
+        die(EXIT_USAGE, "invalid --endpoints \"%s\" or --source-address (want host:port with an "
+                        "IPv4 address)",
+            c->endpoints);
+    if (rv != 0)
+        die(1, "%s", keel_strerror(rv));
+    return c->k;
+}
+
+static Keel__Response *run(struct ctl *c, Keel__Request *req)
+{
+    Keel__Response *resp;
+    int rv = keel_do(client(c), req, &resp);
+    if (rv != 0)
+        die_keel(rv);
+    return resp;
+}
+
+static void no_table(const struct ctl *c)
+{
+    if (c->fmt == OUT_TABLE)
+        die(EXIT_USAGE, "table is not supported as output format for this command");
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Output helpers
+ */
+
+static void put_bytes(const ProtobufCBinaryData *b)
+{
+    if (b->len)
+        fwrite(b->data, 1, b->len, stdout);
+    fputc('\n', stdout);
+}
+
+static void print_kv(const Keel__KeyValue *kv, bool value_only)
+{
+    if (!value_only)
+        put_bytes(&kv->key);
+    put_bytes(&kv->value);
+}
+
+static json_object *j_b64(const ProtobufCBinaryData *b)
+{
+    char *s = malloc(4 * ((b->len + 2) / 3) + 1);
+    if (s == NULL)
+        die(1, "out of memory");
+    ctl_base64(b->data, b->len, s);
+    json_object *o = json_object_new_string(s);
+    free(s);
+    return o;
+}
+
+/* Go's encoding/json with omitempty, as etcdctl prints: zero fields are left out. */
+static void j_i64(json_object *o, const char *k, int64_t v)
+{
+    if (v)
+        json_object_object_add(o, k, json_object_new_int64(v));
+}
+
+static void j_u64(json_object *o, const char *k, uint64_t v)
+{
+    if (v)
+        json_object_object_add(o, k, json_object_new_uint64(v));
+}
+
+static void j_bool(json_object *o, const char *k, bool v)
+{
+    if (v)
+        json_object_object_add(o, k, json_object_new_boolean(1));
+}
+
+static void j_str(json_object *o, const char *k, const char *v)
+{
+    if (v && v[0])
+        json_object_object_add(o, k, json_object_new_string(v));
+}
+
+static json_object *j_header(const Keel__ResponseHeader *h)
+{
+    json_object *o = json_object_new_object();
+    if (h) {
+        j_u64(o, "cluster_id", h->cluster_id);
+        j_u64(o, "member_id", h->member_id);
+        j_i64(o, "revision", h->revision);
+        j_u64(o, "raft_term", h->raft_term);
+    }
+    return o;
+}
+
+static json_object *j_kv(const Keel__KeyValue *kv)
+{
+    json_object *o = json_object_new_object();
+    if (kv->key.len)
+        json_object_object_add(o, "key", j_b64(&kv->key));
+    j_i64(o, "create_revision", kv->create_revision);
+    j_i64(o, "mod_revision", kv->mod_revision);
+    j_i64(o, "version", kv->version);
+    if (kv->value.len)
+        json_object_object_add(o, "value", j_b64(&kv->value));
+    j_i64(o, "lease", kv->lease);
+    return o;
+}
+
+static json_object *j_kvs(Keel__KeyValue **kvs, size_t n)
+{
+    json_object *a = json_object_new_array();
+    for (size_t i = 0; i < n; i++)
+        json_object_array_add(a, j_kv(kvs[i]));
+    return a;
+}
+
+static void j_print(json_object *o)
+{
+    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(o);
+}
+
+static json_object *j_range(const Keel__RangeResponse *r, const Keel__ResponseHeader *h)
+{
+    json_object *o = json_object_new_object();
+    if (h)
+        json_object_object_add(o, "header", j_header(h));
+    if (r->n_kvs)
+        json_object_object_add(o, "kvs", j_kvs(r->kvs, r->n_kvs));
+    j_bool(o, "more", r->more);
+    j_i64(o, "count", r->count);
+    return o;
+}
+
+static json_object *j_put(const Keel__PutResponse *r, const Keel__ResponseHeader *h)
+{
+    json_object *o = json_object_new_object();
+    if (h)
+        json_object_object_add(o, "header", j_header(h));
+    if (r->prev_kv)
+        json_object_object_add(o, "prev_kv", j_kv(r->prev_kv));
+    return o;
+}
+
+static json_object *j_del(const Keel__DeleteRangeResponse *r, const Keel__ResponseHeader *h)
+{
+    json_object *o = json_object_new_object();
+    if (h)
+        json_object_object_add(o, "header", j_header(h));
+    j_i64(o, "deleted", r->deleted);
+    if (r->n_prev_kvs)
+        json_object_object_add(o, "prev_kvs", j_kvs(r->prev_kvs, r->n_prev_kvs));
+    return o;
+}
+
+static json_object *j_txn(const Keel__TxnResponse *r, const Keel__ResponseHeader *h)
+{
+    json_object *o = json_object_new_object();
+    if (h)
+        json_object_object_add(o, "header", j_header(h));
+    j_bool(o, "succeeded", r->succeeded);
+    if (r->n_responses) {
+        json_object *a = json_object_new_array();
+        for (size_t i = 0; i < r->n_responses; i++) {
+            const Keel__ResponseOp *op = r->responses[i];
+            json_object *inner = json_object_new_object();
+            switch (op->response_case) {
+            case KEEL__RESPONSE_OP__RESPONSE_RESPONSE_RANGE:
+                json_object_object_add(inner, "response_range", j_range(op->response_range, NULL));
+                break;
+            case KEEL__RESPONSE_OP__RESPONSE_RESPONSE_PUT:
+                json_object_object_add(inner, "response_put", j_put(op->response_put, NULL));
+                break;
+            case KEEL__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE:
+                json_object_object_add(inner, "response_delete_range",
+                                       j_del(op->response_delete_range, NULL));
+                break;
+            case KEEL__RESPONSE_OP__RESPONSE_RESPONSE_TXN:
+                json_object_object_add(inner, "response_txn", j_txn(op->response_txn, NULL));
+                break;
+            default:
+                break;
+            }
+            /* etcd's JSON wraps the oneof in "Response", the Go field holding it. */
+            json_object *w = json_object_new_object();
+            json_object_object_add(w, "Response", inner);
+            json_object_array_add(a, w);
+        }
+        json_object_object_add(o, "responses", a);
+    }
+    return o;
+}
+
+static void print_range(const Keel__RangeResponse *r, bool value_only, bool count_only)
+{
+    if (count_only) {
+        printf("%" PRId64 "\n", r->count);
+        return;
+    }
+    for (size_t i = 0; i < r->n_kvs; i++)
+        print_kv(r->kvs[i], value_only);
+}
+
+static void print_put(const Keel__PutResponse *r)
+{
+    puts("OK");
+    if (r && r->prev_kv)
+        print_kv(r->prev_kv, false);
+}
+
+static void print_del(const Keel__DeleteRangeResponse *r)
+{
+    printf("%" PRId64 "\n", r->deleted);
+    for (size_t i = 0; i < r->n_prev_kvs; i++)
+        print_kv(r->prev_kvs[i], false);
+}
+
+static void print_txn(const Keel__TxnResponse *r)
+{
+    puts(r->succeeded ? "SUCCESS" : "FAILURE");
+    for (size_t i = 0; i < r->n_responses; i++) {
+        const Keel__ResponseOp *op = r->responses[i];
+        putchar('\n');
+        switch (op->response_case) {
+        case KEEL__RESPONSE_OP__RESPONSE_RESPONSE_RANGE:
+            print_range(op->response_range, false, false);
+            break;
+        case KEEL__RESPONSE_OP__RESPONSE_RESPONSE_PUT:
+            print_put(op->response_put);
+            break;
+        case KEEL__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE:
+            print_del(op->response_delete_range);
+            break;
+        case KEEL__RESPONSE_OP__RESPONSE_RESPONSE_TXN:
+            print_txn(op->response_txn);
+            break;
+        default:
+            puts("unexpected response");
+            break;
+        }
+    }
+}
+
+/* tablewriter's look, as etcdctl -w table: upper-case centred headers, right-aligned cells. */
+static void print_table(const char *const *hdr, size_t ncol, char ***rows, size_t nrows)
+{
+    size_t w[16] = {0};
+    for (size_t j = 0; j < ncol; j++) {
+        w[j] = strlen(hdr[j]);
+        for (size_t i = 0; i < nrows; i++) {
+            size_t l = strlen(rows[i][j]);
+            if (l > w[j])
+                w[j] = l;
+        }
+    }
+    for (int pass = 0; pass < 3; pass++) {
+        if (pass != 1) {
+            for (size_t j = 0; j < ncol; j++) {
+                putchar('+');
+                for (size_t k = 0; k < w[j] + 2; k++)
+                    putchar('-');
+            }
+            puts("+");
+        }
+        if (pass == 0) {
+            for (size_t j = 0; j < ncol; j++) {
+                size_t l = strlen(hdr[j]), gap = w[j] - l, left = gap / 2;
+                printf("| %*s", (int)left, "");
+                for (const char *s = hdr[j]; *s; s++)
+                    putchar(*s >= 'a' && *s <= 'z' ? *s - 'a' + 'A' : *s);
+                printf("%*s ", (int)(gap - left), "");
+            }
+            puts("|");
+        } else if (pass == 1) {
+            for (size_t i = 0; i < nrows; i++) {
+                for (size_t j = 0; j < ncol; j++)
+                    printf("| %*s ", (int)w[j], rows[i][j]);
+                puts("|");
+            }
+        }
+    }
+}
+
+static char *fmt_cell(struct ctl *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static char *fmt_cell(struct ctl *c, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    char *s = keel_arena_memdup(&c->arena, buf, strlen(buf) + 1);
+    if (s == NULL)
+        die(1, "out of memory");
+    return s;
+}
+
+static char *join(struct ctl *c, char **items, size_t n, const char *sep)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(items[i]) + strlen(sep);
+    char *s = keel_arena_alloc(&c->arena, len);
+    if (s == NULL)
+        die(1, "out of memory");
+    s[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            strcat(s, sep);
+        strcat(s, items[i]);
+    }
+    return s;
+}
+
+static void print_rows_simple(char ***rows, size_t nrows, size_t ncol)
+{
+    for (size_t i = 0; i < nrows; i++) {
+        for (size_t j = 0; j < ncol; j++)
+            printf("%s%s", j ? ", " : "", rows[i][j]);
+        putchar('\n');
+    }
+}
+
+static char ***alloc_rows(struct ctl *c, size_t nrows, size_t ncol)
+{
+    char ***rows = keel_arena_alloc(&c->arena, (nrows ? nrows : 1) * sizeof(*rows));
+    for (size_t i = 0; rows && i < nrows; i++)
+        rows[i] = keel_arena_alloc(&c->arena, ncol * sizeof(**rows));
+    if (rows == NULL || (nrows && rows[nrows - 1] == NULL))
+        die(1, "out of memory");
+    return rows;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Key-value commands
+ */
+
+static void read_stdin_value(struct ctl *c, struct ctl_args *pos)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    if (buf == NULL)
+        die(1, "out of memory");
+    size_t r;
+    while ((r = fread(buf + n, 1, cap - n, stdin)) > 0) {
+        n += r;
+        if (n == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (nb == NULL) {
+                free(buf);
+                die(1, "out of memory");
+            }
+            buf = nb;
+        }
+    }
+    if (n == 0) {
+        free(buf);
+        return;
+    }
+    char **argv = keel_arena_alloc(&c->arena, 2 * sizeof(*argv));
+    size_t *lens = keel_arena_alloc(&c->arena, 2 * sizeof(*lens));
+    char *v = keel_arena_memdup(&c->arena, buf, n + 1);
+    free(buf);
+    if (argv == NULL || lens == NULL || v == NULL)
+        die(1, "out of memory");
+    v[n] = '\0';
+    argv[0] = pos->argv[0];
+    lens[0] = pos->lens[0];
+    argv[1] = v;
+    lens[1] = n;
+    pos->argv = argv;
+    pos->lens = lens;
+    pos->argc = 2;
+}
+
+static int cmd_put(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "put [options] <key> <value>  (value from stdin when omitted)";
+    struct ctl_put_flags f = {0};
+    struct ctl_flag t[16];
+    ctl_put_flag_table(&f, t);
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    if (pos.argc == 1 && !f.ignore_value)
+        read_stdin_value(c, &pos);
+    Keel__PutRequest *put;
+    char err[CTL_ERR_MAX];
+    if (ctl_build_put(&f, &pos, &c->arena, &put, err) != 0)
+        die(EXIT_USAGE, "%s", err);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_PUT;
+    req.put = put;
+    Keel__Response *resp = run(c, &req);
+    if (resp->body_case != KEEL__RESPONSE__BODY_PUT)
+        die(1, "unexpected reply to put");
+    if (c->fmt == OUT_JSON)
+        j_print(j_put(resp->put, resp->header));
+    else
+        print_put(resp->put);
+    keel_free(resp);
+    return 0;
+}
+
+static int cmd_get(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "get [options] <key> [range_end]";
+    struct ctl_get_flags f = {0};
+    struct ctl_flag t[16];
+    ctl_get_flag_table(&f, t);
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    if (f.print_value_only && c->fmt != OUT_SIMPLE)
+        die(EXIT_USAGE, "print-value-only is only for `--write-out=simple`");
+    Keel__RangeRequest *range;
+    char err[CTL_ERR_MAX];
+    if (ctl_build_get(&f, &pos, &c->arena, &range, err) != 0)
+        die(EXIT_USAGE, "%s", err);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_RANGE;
+    req.range = range;
+    Keel__Response *resp = run(c, &req);
+    if (resp->body_case != KEEL__RESPONSE__BODY_RANGE)
+        die(1, "unexpected reply to get");
+    if (c->fmt == OUT_JSON)
+        j_print(j_range(resp->range, resp->header));
+    else
+        print_range(resp->range, f.print_value_only, f.count_only);
+    keel_free(resp);
+    return 0;
+}
+
+static int cmd_del(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "del [options] <key> [range_end]";
+    struct ctl_del_flags f = {0};
+    struct ctl_flag t[16];
+    ctl_del_flag_table(&f, t);
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    Keel__DeleteRangeRequest *del;
+    char err[CTL_ERR_MAX];
+    if (ctl_build_del(&f, &pos, &c->arena, &del, err) != 0)
+        die(EXIT_USAGE, "%s", err);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_DELETE_RANGE;
+    req.delete_range = del;
+    Keel__Response *resp = run(c, &req);
+    if (resp->body_case != KEEL__RESPONSE__BODY_DELETE_RANGE)
+        die(1, "unexpected reply to del");
+    if (c->fmt == OUT_JSON)
+        j_print(j_del(resp->delete_range, resp->header));
+    else
+        print_del(resp->delete_range);
+    keel_free(resp);
+    return 0;
+}
+
+static int cmd_txn(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "txn [-i|--interactive] [--compare C]... [--then OP]... [--else OP]...";
+    bool interactive = false;
+    struct ctl_strlist cmp = {0}, then = {0}, els = {0};
+    struct ctl_flag t[] = {
+        {"interactive", 'i', CTL_BOOL, &interactive, false},
+        {"compare", 0, CTL_STRLIST, &cmp, false},
+        {"then", 0, CTL_STRLIST, &then, false},
+        {"else", 0, CTL_STRLIST, &els, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    if (pos.argc != 0)
+        die(EXIT_USAGE, "txn command does not accept argument");
+    Keel__TxnRequest txn = KEEL__TXN_REQUEST__INIT;
+    char err[CTL_ERR_MAX];
+    if (cmp.n || then.n || els.n) {
+        for (size_t i = 0; i < cmp.n; i++) {
+            Keel__Compare *x;
+            if (ctl_parse_compare(cmp.items[i], &c->arena, &x, err) != 0 ||
+                ctl_txn_add_compare(&c->arena, &txn, x) != 0)
+                die(EXIT_USAGE, "%s", err);
+        }
+        for (int s = 1; s >= 0; s--) {
+            const struct ctl_strlist *l = s ? &then : &els;
+            for (size_t i = 0; i < l->n; i++) {
+                Keel__RequestOp *op;
+                if (ctl_parse_op(l->items[i], &c->arena, &op, err) != 0 ||
+                    ctl_txn_add_op(&c->arena, &txn, s, op) != 0)
+                    die(EXIT_USAGE, "%s", err);
+            }
+        }
+    } else if (ctl_txn_read(stdin, interactive, stdout, &c->arena, &txn, err) != 0) {
+        die(EXIT_USAGE, "%s", err);
+    }
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_TXN;
+    req.txn = &txn;
+    Keel__Response *resp = run(c, &req);
+    if (resp->body_case != KEEL__RESPONSE__BODY_TXN)
+        die(1, "unexpected reply to txn");
+    if (c->fmt == OUT_JSON)
+        j_print(j_txn(resp->txn, resp->header));
+    else
+        print_txn(resp->txn);
+    keel_free(resp);
+    return 0;
+}
+
+static int cmd_compaction(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "compaction <revision>";
+    bool physical = false;
+    struct ctl_flag t[] = {
+        {"physical", 0, CTL_BOOL, &physical, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    if (pos.argc != 1)
+        die(EXIT_USAGE, "compaction command needs 1 argument");
+    char *end;
+    long long rev = strtoll(pos.argv[0], &end, 10);
+    if (*end != '\0' || end == pos.argv[0] || rev <= 0)
+        die(EXIT_USAGE, "bad revision \"%s\"", pos.argv[0]);
+    Keel__CompactionRequest comp = KEEL__COMPACTION_REQUEST__INIT;
+    comp.revision = rev;
+    comp.physical = true; /* keel always compacts physically */
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_COMPACTION;
+    req.compaction = &comp;
+    Keel__Response *resp = run(c, &req);
+    if (c->fmt == OUT_JSON) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "header", j_header(resp->header));
+        j_print(o);
+    } else {
+        printf("compacted revision %lld\n", rev);
+    }
+    keel_free(resp);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Cluster commands
+ */
+
+static int cmd_member_list(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "member list [--consistency l|s]";
+    const char *cons = NULL;
+    struct ctl_flag t[] = {
+        {"consistency", 0, CTL_STR, &cons, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    if (pos.argc != 0)
+        die(EXIT_USAGE, "member list does not accept arguments");
+    Keel__MemberListRequest ml = KEEL__MEMBER_LIST_REQUEST__INIT;
+    if (cons && strcmp(cons, "l") == 0)
+        ml.linearizable = true;
+    else if (cons && strcmp(cons, "s") != 0)
+        die(EXIT_USAGE, "unknown consistency flag \"%s\"", cons);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_MEMBER_LIST;
+    req.member_list = &ml;
+    Keel__Response *resp = run(c, &req);
+    if (resp->body_case != KEEL__RESPONSE__BODY_MEMBER_LIST)
+        die(1, "unexpected reply to member list");
+    const Keel__MemberListResponse *r = resp->member_list;
+    if (c->fmt == OUT_JSON) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "header", j_header(resp->header));
+        json_object *a = json_object_new_array();
+        for (size_t i = 0; i < r->n_members; i++) {
+            const Keel__Member *m = r->members[i];
+            json_object *jm = json_object_new_object();
+            j_u64(jm, "ID", m->id);
+            j_str(jm, "name", m->name);
+            json_object *p = json_object_new_array();
+            for (size_t u = 0; u < m->n_peerurls; u++)
+                json_object_array_add(p, json_object_new_string(m->peerurls[u]));
+            json_object_object_add(jm, "peerURLs", p);
+            json_object *cl = json_object_new_array();
+            for (size_t u = 0; u < m->n_clienturls; u++)
+                json_object_array_add(cl, json_object_new_string(m->clienturls[u]));
+            json_object_object_add(jm, "clientURLs", cl);
+            j_bool(jm, "isLearner", m->islearner);
+            j_str(jm, "zone", m->zone);
+            json_object_array_add(a, jm);
+        }
+        json_object_object_add(o, "members", a);
+        j_print(o);
+        keel_free(resp);
+        return 0;
+    }
+    static const char *const hdr[] = {"ID",           "Status",     "Name", "Peer Addrs",
+                                      "Client Addrs", "Is Learner", "Zone"};
+    char ***rows = alloc_rows(c, r->n_members, 7);
+    for (size_t i = 0; i < r->n_members; i++) {
+        const Keel__Member *m = r->members[i];
+        rows[i][0] = fmt_cell(c, "%" PRIx64, m->id);
+        rows[i][1] = m->name && m->name[0] ? "started" : "unstarted";
+        rows[i][2] = m->name;
+        rows[i][3] = join(c, m->peerurls, m->n_peerurls, ",");
+        rows[i][4] = join(c, m->clienturls, m->n_clienturls, ",");
+        rows[i][5] = m->islearner ? "true" : "false";
+        rows[i][6] = m->zone;
+    }
+    if (c->fmt == OUT_TABLE)
+        print_table(hdr, 7, rows, r->n_members);
+    else
+        print_rows_simple(rows, r->n_members, 7);
+    keel_free(resp);
+    return 0;
+}
+
+/* The --endpoints list, split. */
+static char **split_endpoints(struct ctl *c, size_t *n)
+{
+    size_t cap = 1;
+    for (const char *s = c->endpoints; *s; s++)
+        cap += *s == ',';
+    char **eps = keel_arena_alloc(&c->arena, cap * sizeof(*eps));
+    if (eps == NULL)
+        die(1, "out of memory");
+    *n = 0;
+    for (const char *s = c->endpoints; *s;) {
+        const char *e = strchr(s, ',');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        if (len)
+            eps[(*n)++] = fmt_cell(c, "%.*s", (int)len, s);
+        s += len + (e != NULL);
+    }
+    return eps;
+}
+
+static int cmd_endpoint_status(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "endpoint status";
+    struct ctl_args pos;
+    parse_args(c, NULL, argc, argv, &pos);
+    apply_globals(c);
+    if (pos.argc != 0)
+        die(EXIT_USAGE, "endpoint status does not accept arguments");
+    size_t n;
+    char **eps = split_endpoints(c, &n);
+    struct keel *k = client(c);
+    Keel__Response **resps = keel_arena_alloc(&c->arena, (n ? n : 1) * sizeof(*resps));
+    const char **ok_eps = keel_arena_alloc(&c->arena, (n ? n : 1) * sizeof(*ok_eps));
+    if (resps == NULL || ok_eps == NULL)
+        die(1, "out of memory");
+    size_t nok = 0;
+    bool failed = false;
+    for (size_t i = 0; i < n; i++) {
+        Keel__StatusRequest st = KEEL__STATUS_REQUEST__INIT;
+        Keel__Request req = KEEL__REQUEST__INIT;
+        req.body_case = KEEL__REQUEST__BODY_STATUS;
+        req.status = &st;
+        struct keel_call_opts opts = {.endpoint = eps[i]};
+        Keel__Response *resp;
+        int rv = keel_do_ex(k, &req, &opts, &resp);
+        if (rv == 0 && resp->body_case != KEEL__RESPONSE__BODY_STATUS) {
+            keel_free(resp);
+            rv = KEEL_EINTERNAL;
+        }
+        if (rv != 0) {
+            fprintf(stderr, "Failed to get the status of endpoint %s (%s)\n", eps[i],
+                    rv == KEEL_EINVAL ? "invalid endpoint" : keel_errmsg());
+            failed = true;
+            continue;
+        }
+        ok_eps[nok] = eps[i];
+        resps[nok++] = resp;
+    }
+    if (c->fmt == OUT_JSON) {
+        json_object *a = json_object_new_array();
+        for (size_t i = 0; i < nok; i++) {
+            const Keel__StatusResponse *s = resps[i]->status;
+            json_object *st = json_object_new_object();
+            json_object_object_add(st, "header", j_header(resps[i]->header));
+            j_str(st, "version", s->version);
+            j_i64(st, "dbSize", s->dbsize);
+            j_u64(st, "leader", s->leader);
+            j_u64(st, "raftIndex", s->raftindex);
+            j_u64(st, "raftTerm", s->raftterm);
+            j_u64(st, "raftAppliedIndex", s->raftappliedindex);
+            if (s->n_errors) {
+                json_object *e = json_object_new_array();
+                for (size_t j = 0; j < s->n_errors; j++)
+                    json_object_array_add(e, json_object_new_string(s->errors[j]));
+                json_object_object_add(st, "errors", e);
+            }
+            j_i64(st, "dbSizeInUse", s->dbsizeinuse);
+            j_bool(st, "isLearner", s->islearner);
+            j_str(st, "zone", s->zone);
+            j_str(st, "name", s->name);
+            j_i64(st, "compactRevision", s->compactrevision);
+            j_i64(st, "quotaBytes", s->quotabytes);
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "Endpoint", json_object_new_string(ok_eps[i]));
+            json_object_object_add(o, "Status", st);
+            json_object_array_add(a, o);
+        }
+        j_print(a);
+    } else {
+        static const char *const hdr[] = {
+            "endpoint",  "ID",         "version",            "db size", "is leader", "is learner",
+            "raft term", "raft index", "raft applied index", "errors",  "zone"};
+        char ***rows = alloc_rows(c, nok, 11);
+        for (size_t i = 0; i < nok; i++) {
+            const Keel__StatusResponse *s = resps[i]->status;
+            uint64_t id = resps[i]->header ? resps[i]->header->member_id : 0;
+            char size[32];
+            ctl_format_bytes(s->dbsize > 0 ? (uint64_t)s->dbsize : 0, size, sizeof(size));
+            rows[i][0] = (char *)ok_eps[i];
+            rows[i][1] = fmt_cell(c, "%" PRIx64, id);
+            rows[i][2] = s->version;
+            rows[i][3] = fmt_cell(c, "%s", size);
+            rows[i][4] = s->leader != 0 && s->leader == id ? "true" : "false";
+            rows[i][5] = s->islearner ? "true" : "false";
+            rows[i][6] = fmt_cell(c, "%" PRIu64, s->raftterm);
+            rows[i][7] = fmt_cell(c, "%" PRIu64, s->raftindex);
+            rows[i][8] = fmt_cell(c, "%" PRIu64, s->raftappliedindex);
+            rows[i][9] = join(c, s->errors, s->n_errors, ", ");
+            rows[i][10] = s->zone;
+        }
+        if (c->fmt == OUT_TABLE)
+            print_table(hdr, 11, rows, nok);
+        else
+            print_rows_simple(rows, nok, 11);
+    }
+    for (size_t i = 0; i < nok; i++)
+        keel_free(resps[i]);
+    if (failed) {
+        fflush(stdout);
+        ctl_cleanup();
+        exit(1);
+    }
+    return 0;
+}
+
+struct health {
+    const char *ep;
+    struct keel_aclient *ac;
+    uint64_t start;
+    uint64_t took_ns;
+    int status;
+    bool done;
+    char err[512];
+};
+
+static void on_health(int status, const Keel__Response *resp, void *data)
+{
+    struct health *h = data;
+    h->took_ns = uv_hrtime() - h->start;
+    /* As etcdctl: a permission error still proves the proposal went through consensus. */
+    h->status = status == KEEL_EPERMDENIED ? 0 : status;
+    h->done = true;
+    if (h->status)
+        snprintf(h->err, sizeof(h->err), "%s", resp->error->message);
+    keel_aclient_close(h->ac, NULL, NULL);
+}
+
+static int cmd_endpoint_health(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "endpoint health";
+    struct ctl_args pos;
+    parse_args(c, NULL, argc, argv, &pos);
+    apply_globals(c);
+    if (pos.argc != 0)
+        die(EXIT_USAGE, "endpoint health does not accept arguments");
+    size_t n;
+    char **eps = split_endpoints(c, &n);
+    struct health *hs = keel_arena_alloc(&c->arena, (n ? n : 1) * sizeof(*hs));
+    if (hs == NULL)
+        die(1, "out of memory");
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0)
+        die(1, "cannot create an event loop");
+    /* One client per endpoint, all on one loop: each check runs concurrently and is bound to
+     * its endpoint for discovery (the read itself follows the leader, which is the point). */
+    for (size_t i = 0; i < n; i++) {
+        struct health *h = &hs[i];
+        memset(h, 0, sizeof(*h));
+        h->ep = eps[i];
+        struct keel_options o;
+        fill_options(c, &o, eps[i]);
+        o.max_retries = 3;
+        int rv = keel_aclient_init(&h->ac, &loop, &o);
+        if (rv != 0) {
+            h->done = true;
+            h->status = rv;
+            snprintf(h->err, sizeof(h->err), "%s",
+                     rv == KEEL_EINVAL ? "invalid endpoint" : keel_strerror(rv));
+            continue;
+        }
+        Keel__RangeRequest range = KEEL__RANGE_REQUEST__INIT;
+        range.key.data = (uint8_t *)"health";
+        range.key.len = 6;
+        Keel__Request req = KEEL__REQUEST__INIT;
+        req.body_case = KEEL__REQUEST__BODY_RANGE;
+        req.range = &range;
+        h->start = uv_hrtime();
+        rv = keel_aclient_request(h->ac, &req, 0, on_health, h);
+        if (rv != 0) {
+            h->done = true;
+            h->status = rv;
+            snprintf(h->err, sizeof(h->err), "%s", keel_strerror(rv));
+            keel_aclient_close(h->ac, NULL, NULL);
+        }
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+
+    bool unhealthy = false;
+    char ***rows = alloc_rows(c, n, 4);
+    json_object *a = c->fmt == OUT_JSON ? json_object_new_array() : NULL;
+    for (size_t i = 0; i < n; i++) {
+        struct health *h = &hs[i];
+        char took[64];
+        ctl_format_duration(h->took_ns, took, sizeof(took));
+        unhealthy |= h->status != 0;
+        if (c->fmt == OUT_SIMPLE) {
+            if (h->status == 0)
+                printf("%s is healthy: successfully committed proposal: took = %s\n", h->ep, took);
+            else
+                fprintf(stderr, "%s is unhealthy: failed to commit proposal: %s\n", h->ep, h->err);
+        } else if (a) {
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "endpoint", json_object_new_string(h->ep));
+            json_object_object_add(o, "health", json_object_new_boolean(h->status == 0));
+            json_object_object_add(o, "took", json_object_new_string(took));
+            j_str(o, "error", h->status ? h->err : NULL);
+            json_object_array_add(a, o);
+        } else {
+            rows[i][0] = (char *)h->ep;
+            rows[i][1] = h->status == 0 ? "true" : "false";
+            rows[i][2] = fmt_cell(c, "%s", took);
+            rows[i][3] = h->status ? fmt_cell(c, "%s", h->err) : "";
+        }
+    }
+    if (a)
+        j_print(a);
+    else if (c->fmt == OUT_TABLE) {
+        static const char *const hdr[] = {"endpoint", "health", "took", "error"};
+        print_table(hdr, 4, rows, n);
+    }
+    if (unhealthy)
+        die(1, "unhealthy cluster");
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Leases
+ */
+
+static int64_t parse_lease_id(const char *s)
+{
+    const char *p = s;
+    if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X'))
+        p += 2;
+    char *end;
+    unsigned long long v = strtoull(p, &end, 16);
+    if (*p == '\0' || *end != '\0')
+        die(EXIT_USAGE, "bad lease ID arg (%s), expecting ID in Hex", s);
+    return (int64_t)v;
+}
+
+static Keel__Response *lease_call(struct ctl *c, Keel__Request *req, Keel__Response__BodyCase want)
+{
+    Keel__Response *resp = run(c, req);
+    if (resp->body_case != want)
+        die(1, "unexpected reply");
+    return resp;
+}
+
+static void lease_json(Keel__Response *resp, int64_t id, int64_t ttl)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "header", j_header(resp->header));
+    j_i64(o, "ID", id);
+    j_i64(o, "TTL", ttl);
+    j_print(o);
+}
+
+static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
+{
+    bool keys = false, once = false;
+    struct ctl_flag t[] = {
+        {"keys", 0, CTL_BOOL, &keys, false},
+        {"once", 0, CTL_BOOL, &once, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    c->usage = "lease grant <ttl> | revoke <id> | timetolive <id> [--keys] | list | "
+               "keep-alive [--once] <id>";
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    if (strcmp(sub, "grant") == 0) {
+        if (pos.argc != 1)
+            die(EXIT_USAGE, "lease grant command needs TTL argument");
+        char *end;
+        long long ttl = strtoll(pos.argv[0], &end, 10);
+        if (*end || end == pos.argv[0] || ttl <= 0)
+            die(EXIT_USAGE, "bad TTL (%s)", pos.argv[0]);
+        Keel__LeaseGrantRequest g = KEEL__LEASE_GRANT_REQUEST__INIT;
+        g.ttl = ttl;
+        req.body_case = KEEL__REQUEST__BODY_LEASE_GRANT;
+        req.lease_grant = &g;
+        Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_GRANT);
+        if (resp->lease_grant->error && resp->lease_grant->error[0])
+            die(1, "%s", resp->lease_grant->error);
+        if (c->fmt == OUT_JSON)
+            lease_json(resp, resp->lease_grant->id, resp->lease_grant->ttl);
+        else
+            printf("lease %016" PRIx64 " granted with TTL(%" PRId64 "s)\n",
+                   (uint64_t)resp->lease_grant->id, resp->lease_grant->ttl);
+        keel_free(resp);
+    } else if (strcmp(sub, "revoke") == 0) {
+        if (pos.argc != 1)
+            die(EXIT_USAGE, "lease revoke command needs 1 argument");
+        Keel__LeaseRevokeRequest r = KEEL__LEASE_REVOKE_REQUEST__INIT;
+        r.id = parse_lease_id(pos.argv[0]);
+        req.body_case = KEEL__REQUEST__BODY_LEASE_REVOKE;
+        req.lease_revoke = &r;
+        Keel__Response *resp = run(c, &req);
+        if (c->fmt == OUT_JSON)
+            lease_json(resp, 0, 0);
+        else
+            printf("lease %016" PRIx64 " revoked\n", (uint64_t)r.id);
+        keel_free(resp);
+    } else if (strcmp(sub, "timetolive") == 0) {
+        if (pos.argc != 1)
+            die(EXIT_USAGE, "lease timetolive command needs lease ID as argument");
+        Keel__LeaseTimeToLiveRequest r = KEEL__LEASE_TIME_TO_LIVE_REQUEST__INIT;
+        r.id = parse_lease_id(pos.argv[0]);
+        r.keys = keys;
+        req.body_case = KEEL__REQUEST__BODY_LEASE_TIME_TO_LIVE;
+        req.lease_time_to_live = &r;
+        Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_TIME_TO_LIVE);
+        const Keel__LeaseTimeToLiveResponse *l = resp->lease_time_to_live;
+        if (c->fmt == OUT_JSON) {
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "header", j_header(resp->header));
+            j_i64(o, "ID", l->id);
+            j_i64(o, "TTL", l->ttl);
+            j_i64(o, "grantedTTL", l->grantedttl);
+            if (l->n_keys) {
+                json_object *ka = json_object_new_array();
+                for (size_t i = 0; i < l->n_keys; i++)
+                    json_object_array_add(ka, j_b64(&l->keys[i]));
+                json_object_object_add(o, "keys", ka);
+            }
+            j_print(o);
+        } else if (l->grantedttl == 0 && l->ttl == -1) {
+            printf("lease %016" PRIx64 " already expired\n", (uint64_t)r.id);
+        } else {
+            printf("lease %016" PRIx64 " granted with TTL(%" PRId64 "s), remaining(%" PRId64 "s)",
+                   (uint64_t)l->id, l->grantedttl, l->ttl);
+            if (keys) {
+                fputs(", attached keys([", stdout);
+                for (size_t i = 0; i < l->n_keys; i++) {
+                    if (i)
+                        putchar(' ');
+                    fwrite(l->keys[i].data, 1, l->keys[i].len, stdout);
+                }
+                fputs("])", stdout);
+            }
+            putchar('\n');
+        }
+        keel_free(resp);
+    } else if (strcmp(sub, "list") == 0) {
+        Keel__LeaseLeasesRequest r = KEEL__LEASE_LEASES_REQUEST__INIT;
+        req.body_case = KEEL__REQUEST__BODY_LEASE_LEASES;
+        req.lease_leases = &r;
+        Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_LEASES);
+        const Keel__LeaseLeasesResponse *l = resp->lease_leases;
+        if (c->fmt == OUT_JSON) {
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "header", j_header(resp->header));
+            json_object *la = json_object_new_array();
+            for (size_t i = 0; i < l->n_leases; i++) {
+                json_object *x = json_object_new_object();
+                j_i64(x, "ID", l->leases[i]->id);
+                json_object_array_add(la, x);
+            }
+            json_object_object_add(o, "leases", la);
+            j_print(o);
+        } else {
+            printf("found %zu leases\n", l->n_leases);
+            for (size_t i = 0; i < l->n_leases; i++)
+                printf("%016" PRIx64 "\n", (uint64_t)l->leases[i]->id);
+        }
+        keel_free(resp);
+    } else if (strcmp(sub, "keep-alive") == 0) {
+        if (pos.argc != 1)
+            die(EXIT_USAGE, "lease keep-alive command needs lease ID as argument");
+        Keel__LeaseKeepAliveRequest r = KEEL__LEASE_KEEP_ALIVE_REQUEST__INIT;
+        r.id = parse_lease_id(pos.argv[0]);
+        req.body_case = KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE;
+        req.lease_keep_alive = &r;
+        for (;;) {
+            Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_KEEP_ALIVE);
+            int64_t ttl = resp->lease_keep_alive->ttl;
+            if (c->fmt == OUT_JSON)
+                lease_json(resp, resp->lease_keep_alive->id, ttl);
+            else if (ttl <= 0)
+                printf("lease %016" PRIx64 " expired or revoked.\n", (uint64_t)r.id);
+            else
+                printf("lease %016" PRIx64 " keepalived with TTL(%" PRId64 ")\n",
+                       (uint64_t)resp->lease_keep_alive->id, ttl);
+            fflush(stdout);
+            keel_free(resp);
+            if (once || ttl <= 0)
+                break;
+            /* etcd's client renews at a third of the TTL. */
+            struct timespec ts = {ttl / 3 > 0 ? ttl / 3 : 0, ttl / 3 > 0 ? 0 : 500000000};
+            nanosleep(&ts, NULL);
+        }
+    } else {
+        die(EXIT_USAGE, "unknown lease command \"%s\"", sub);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * main
+ */
+
+static bool is_global_with_value(const char *arg)
+{
+    static const char *const names[] = {"--endpoints", "--zone", "--source-address", "--timeout",
+                                        "--command-timeout", "--dial-timeout", "--write-out",
+                                        "-w"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(arg, names[i]) == 0)
+            return true;
+    return false;
+}
+
+static bool is_global_inline(const char *arg)
+{
+    static const char *const prefixes[] = {"--endpoints=",      "--zone=",
+                                           "--source-address=", "--timeout=",
+                                           "--command-timeout=", "--dial-timeout=",
+                                           "--write-out=",      "-w="};
+    for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
+        if (strncmp(arg, prefixes[i], strlen(prefixes[i])) == 0)
+            return true;
+    return strncmp(arg, "-w", 2) == 0 && arg[2] != '\0';
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    struct ctl *c = &g_ctl;
+    keel_arena_init(&c->arena, 0);
+
+    /* Global flags may precede the command: skip them (with their values) to find it; they are
+     * parsed for real together with the command's own flags. */
+    int ci = 1;
+    while (ci < argc) {
+        const char *a = argv[ci];
+        if (is_global_with_value(a)) {
+            ci += 2;
+        } else if (is_global_inline(a)) {
+            ci++;
+        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "Error: unknown flag: %s\n%s", a, usage_text);
+            return EXIT_USAGE;
+        } else {
+            break;
+        }
+    }
+    if (ci >= argc) {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[ci];
+    /* Everything but the command word(s) is parsed as arguments and flags. */
+    char **rest = keel_arena_alloc(&c->arena, (size_t)argc * sizeof(*rest));
+    int nrest = 0;
+    for (int i = 1; i < ci; i++)
+        rest[nrest++] = argv[i];
+    bool two_words = !strcmp(cmd, "member") || !strcmp(cmd, "endpoint") || !strcmp(cmd, "lease");
+    const char *sub = NULL;
+    if (two_words) {
+        if (ci + 1 >= argc || argv[ci + 1][0] == '-') {
+            fprintf(stderr, "Error: \"%s\" needs a subcommand\n%s", cmd, usage_text);
+            return EXIT_USAGE;
+        }
+        sub = argv[ci + 1];
+    }
+    for (int i = ci + 1 + (two_words ? 1 : 0); i < argc; i++)
+        rest[nrest++] = argv[i];
+
+    int rv;
+    if (!strcmp(cmd, "put"))
+        rv = cmd_put(c, nrest, rest);
+    else if (!strcmp(cmd, "get"))
+        rv = cmd_get(c, nrest, rest);
+    else if (!strcmp(cmd, "del") || !strcmp(cmd, "delete"))
+        rv = cmd_del(c, nrest, rest);
+    else if (!strcmp(cmd, "txn"))
+        rv = cmd_txn(c, nrest, rest);
+    else if (!strcmp(cmd, "compaction") || !strcmp(cmd, "compact"))
+        rv = cmd_compaction(c, nrest, rest);
+    else if (!strcmp(cmd, "member") && !strcmp(sub, "list"))
+        rv = cmd_member_list(c, nrest, rest);
+    else if (!strcmp(cmd, "endpoint") && !strcmp(sub, "status"))
+        rv = cmd_endpoint_status(c, nrest, rest);
+    else if (!strcmp(cmd, "endpoint") && !strcmp(sub, "health"))
+        rv = cmd_endpoint_health(c, nrest, rest);
+    else if (!strcmp(cmd, "lease"))
+        rv = cmd_lease(c, sub, nrest, rest);
+    else if (!strcmp(cmd, "version")) {
+        printf("keelctl version: %s\nAPI version: %d\n", KEEL_VERSION, KEEL_PROTOCOL_VERSION);
+        rv = 0;
+    } else if (!strcmp(cmd, "help")) {
+        fputs(usage_text, stdout);
+        rv = 0;
+    } else {
+        fprintf(stderr, "Error: unknown command \"%s%s%s\"\n%s", cmd, sub ? " " : "",
+                sub ? sub : "", usage_text);
+        rv = EXIT_USAGE;
+    }
+    fflush(stdout);
+    ctl_cleanup();
+    return rv;
+}

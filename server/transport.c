@@ -83,7 +83,7 @@ static uint64_t get_u64(const uint8_t *p)
 static void put_str(uint8_t *p, const char *s)
 {
     memset(p, 0, 64);
-    strncpy((char *)p, s, 63);
+    memcpy(p, s, strnlen(s, 63));
 }
 
 static void get_str(char *dst, const uint8_t *p)

@@ -1,0 +1,590 @@
+/*
+ * keel-bench: load generator after etcd's benchmark tool.
+ *
+ *   keel-bench [flags] put | range | txn-put | txn-mixed | mixed
+ *
+ * One libuv loop drives --conns asynchronous clients (each with its own connections) and
+ * --clients logical clients, each keeping one request in flight (closed loop) unless --rate
+ * paces them. Every latency sample is kept, so percentiles are exact.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+#include <uv.h>
+
+#include "keel/keel.h"
+#include "stats.h"
+
+#ifndef KEEL_GIT_REV
+#define KEEL_GIT_REV "unknown"
+#endif
+
+enum workload { W_PUT, W_RANGE, W_TXN_PUT, W_TXN_MIXED, W_MIXED };
+static const char *workload_names[] = {"put", "range", "txn-put", "txn-mixed", "mixed"};
+
+struct config {
+    enum workload workload;
+    const char *endpoints;
+    int conns;
+    int clients;
+    uint64_t total;
+    double duration; /* seconds; 0: use total */
+    double rate;     /* requests/s over all clients; 0: unlimited */
+    int key_size;
+    int val_size;
+    uint64_t key_space;
+    int sequential;
+    const char *zone;
+    int serializable;
+    double read_ratio;
+    uint64_t seed;
+    int json;
+    uint32_t timeout_ms;
+};
+
+#define MAX_ZONES 16
+
+struct zone_stats {
+    char zone[64];
+    struct keel_stats stats;
+};
+
+struct bench;
+
+struct client {
+    struct bench *b;
+    int idx;
+    uint64_t t0;
+    struct client *next_idle; /* waiting for a rate token */
+};
+
+struct bench {
+    struct config cfg;
+    uv_loop_t loop;
+    struct keel_aclient **acs;
+    struct client *clients;
+    uv_timer_t pacer;
+    uv_timer_t progress;
+    int progress_on;
+    struct client *idle; /* paced clients waiting */
+    double tokens;
+    uint64_t issued, completed, succeeded;
+    uint64_t start_ns, end_ns;
+    uint64_t seq_key;
+    uint64_t rng;
+    int active;
+    uint8_t *value;
+    struct keel_stats stats;
+    /* per target zone: member id -> zone */
+    uint64_t member_ids[64];
+    char member_zone[64][64];
+    int n_members;
+    struct zone_stats zones[MAX_ZONES];
+    int n_zones;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t rnd(struct bench *b)
+{
+    uint64_t z = (b->rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* A key of cfg.key_size bytes for index i: big-endian digits padded with zeros, as etcd does. */
+static void make_key(struct bench *b, uint8_t *out)
+{
+    uint64_t i = b->cfg.sequential ? b->seq_key++ % b->cfg.key_space : rnd(b) % b->cfg.key_space;
+    int n = b->cfg.key_size;
+    memset(out, 0, (size_t)n);
+    for (int p = n - 1; p >= 0 && i > 0; p--) {
+        out[p] = (uint8_t)i;
+        i >>= 8;
+    }
+}
+
+static bool finished(struct bench *b)
+{
+    if (b->cfg.duration > 0)
+        return (double)(now_ns() - b->start_ns) / 1e9 >= b->cfg.duration;
+    return b->issued >= b->cfg.total;
+}
+
+static struct zone_stats *zone_for(struct bench *b, uint64_t member)
+{
+    const char *z = "?";
+    for (int i = 0; i < b->n_members; i++)
+        if (b->member_ids[i] == member)
+            z = b->member_zone[i];
+    for (int i = 0; i < b->n_zones; i++)
+        if (strcmp(b->zones[i].zone, z) == 0)
+            return &b->zones[i];
+    if (b->n_zones == MAX_ZONES)
+        return NULL;
+    struct zone_stats *zs = &b->zones[b->n_zones++];
+    snprintf(zs->zone, sizeof(zs->zone), "%s", z);
+    keel_stats_init(&zs->stats);
+    return zs;
+}
+
+static void issue(struct client *c);
+static void progress(uv_timer_t *t);
+
+static void on_response(int status, const Keel__Response *resp, void *data)
+{
+    struct client *c = data;
+    struct bench *b = c->b;
+    double lat = (double)(now_ns() - c->t0) / 1e9;
+    b->completed++;
+    if (status == 0) {
+        b->succeeded++;
+        keel_stats_add(&b->stats, lat);
+        if (resp->header != NULL && b->cfg.zone != NULL) {
+            struct zone_stats *zs = zone_for(b, resp->header->member_id);
+            if (zs)
+                keel_stats_add(&zs->stats, lat);
+        }
+    } else {
+        keel_stats_error(&b->stats, resp->error ? (int)resp->error->code : 63);
+    }
+    issue(c);
+}
+
+static void closed(void *data)
+{
+    (void)data;
+}
+
+/* The last client finished: release every handle so uv_run returns. */
+static void client_done(struct bench *b)
+{
+    if (--b->active > 0)
+        return;
+    b->end_ns = now_ns();
+    if (b->progress_on) {
+        progress(&b->progress);
+        fputc('\n', stderr);
+    }
+    uv_close((uv_handle_t *)&b->pacer, NULL);
+    uv_close((uv_handle_t *)&b->progress, NULL);
+    for (int i = 0; i < b->cfg.conns; i++)
+        keel_aclient_close(b->acs[i], closed, NULL);
+}
+
+static void send_one(struct client *c)
+{
+    struct bench *b = c->b;
+    uint8_t key[256];
+    make_key(b, key);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
+    Keel__RangeRequest range = KEEL__RANGE_REQUEST__INIT;
+    Keel__TxnRequest txn = KEEL__TXN_REQUEST__INIT;
+    Keel__Compare cmp = KEEL__COMPARE__INIT;
+    Keel__Compare *cmps[1] = {&cmp};
+    Keel__RequestOp op = KEEL__REQUEST_OP__INIT;
+    Keel__RequestOp *ops[1] = {&op};
+    put.key.data = key;
+    put.key.len = (size_t)b->cfg.key_size;
+    put.value.data = b->value;
+    put.value.len = (size_t)b->cfg.val_size;
+    range.key = put.key;
+    range.serializable = b->cfg.serializable;
+    bool read = (double)(rnd(b) % 1000000) / 1e6 < b->cfg.read_ratio;
+    switch (b->cfg.workload) {
+    case W_PUT:
+        req.body_case = KEEL__REQUEST__BODY_PUT;
+        req.put = &put;
+        break;
+    case W_RANGE:
+        req.body_case = KEEL__REQUEST__BODY_RANGE;
+        req.range = &range;
+        break;
+    case W_MIXED:
+        if (read) {
+            req.body_case = KEEL__REQUEST__BODY_RANGE;
+            req.range = &range;
+        } else {
+            req.body_case = KEEL__REQUEST__BODY_PUT;
+            req.put = &put;
+        }
+        break;
+    case W_TXN_PUT:
+    case W_TXN_MIXED:
+        /* A compare on the key's mod_revision that holds, then the operation: the compare is
+         * evaluated for real on every request. */
+        cmp.key = put.key;
+        cmp.target = KEEL__COMPARE__COMPARE_TARGET__MOD;
+        cmp.result = KEEL__COMPARE__COMPARE_RESULT__LESS;
+        cmp.target_union_case = KEEL__COMPARE__TARGET_UNION_MOD_REVISION;
+        cmp.mod_revision = INT64_MAX;
+        txn.compare = cmps;
+        txn.n_compare = 1;
+        txn.success = ops;
+        txn.n_success = 1;
+        if (b->cfg.workload == W_TXN_MIXED && read) {
+            op.request_case = KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE;
+            op.request_range = &range;
+        } else {
+            op.request_case = KEEL__REQUEST_OP__REQUEST_REQUEST_PUT;
+            op.request_put = &put;
+        }
+        req.body_case = KEEL__REQUEST__BODY_TXN;
+        req.txn = &txn;
+        break;
+    }
+    b->issued++;
+    c->t0 = now_ns();
+    struct keel_aclient *ac = b->acs[c->idx % b->cfg.conns];
+    int rv = keel_aclient_request(ac, &req, b->cfg.timeout_ms, on_response, c);
+    if (rv != 0) {
+        fprintf(stderr, "keel-bench: request refused: %s\n", keel_strerror(rv));
+        b->completed++;
+        keel_stats_error(&b->stats, 63);
+        client_done(b);
+    }
+}
+
+static void issue(struct client *c)
+{
+    struct bench *b = c->b;
+    if (finished(b)) {
+        client_done(b);
+        return;
+    }
+    if (b->cfg.rate > 0) {
+        if (b->tokens < 1) {
+            c->next_idle = b->idle;
+            b->idle = c;
+            return;
+        }
+        b->tokens -= 1;
+    }
+    send_one(c);
+}
+
+static void pace(uv_timer_t *t)
+{
+    struct bench *b = t->data;
+    b->tokens += b->cfg.rate / 1000.0;
+    if (b->tokens > b->cfg.rate / 100.0 + 1)
+        b->tokens = b->cfg.rate / 100.0 + 1; /* at most 10 ms of burst */
+    while (b->idle != NULL && b->tokens >= 1) {
+        struct client *c = b->idle;
+        b->idle = c->next_idle;
+        if (finished(b)) {
+            client_done(b);
+            continue;
+        }
+        b->tokens -= 1;
+        send_one(c);
+    }
+    if (finished(b)) {
+        while (b->idle != NULL) {
+            b->idle = b->idle->next_idle;
+            client_done(b);
+        }
+    }
+}
+
+static void progress(uv_timer_t *t)
+{
+    struct bench *b = t->data;
+    double frac = b->cfg.duration > 0 ? (double)(now_ns() - b->start_ns) / 1e9 / b->cfg.duration
+                                      : (double)b->completed / (double)b->cfg.total;
+    if (frac > 1)
+        frac = 1;
+    int bars = (int)(frac * 40);
+    fprintf(stderr, "\r %3d%% [", (int)(frac * 100));
+    for (int i = 0; i < 40; i++)
+        fputc(i < bars ? '#' : ' ', stderr);
+    fprintf(stderr, "] %" PRIu64 " done", b->completed);
+}
+
+/* Learn which member is in which zone, for the per-zone report. */
+static void learn_members(struct bench *b)
+{
+    struct keel_options o = {.endpoints = b->cfg.endpoints};
+    struct keel *k;
+    if (keel_open(&k, &o) != 0)
+        return;
+    Keel__MemberListResponse *ml = NULL;
+    if (keel_member_list(k, &ml) == 0) {
+        for (size_t i = 0; i < ml->n_members && b->n_members < 64; i++) {
+            b->member_ids[b->n_members] = ml->members[i]->id;
+            snprintf(b->member_zone[b->n_members], 64, "%s",
+                     ml->members[i]->zone ? ml->members[i]->zone : "?");
+            b->n_members++;
+        }
+        keel_free(ml);
+    }
+    keel_close(k);
+}
+
+/* Zone "z3" or "3" lives in 127.0.3.0/24; the bench takes .250 there. */
+static int zone_source(const char *zone, char *out, size_t len)
+{
+    const char *p = zone;
+    if (*p == 'z' || *p == 'Z')
+        p++;
+    char *end;
+    long n = strtol(p, &end, 10);
+    if (*p == '\0' || *end != '\0' || n < 1 || n > 254)
+        return -1;
+    snprintf(out, len, "127.0.%ld.250", n);
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: keel-bench [flags] put|range|txn-put|txn-mixed|mixed\n"
+            "  --endpoints LIST      client addresses (default $KEEL_ENDPOINTS or 127.0.0.1:2379)\n"
+            "  --conns N             client connections sets (default 1)\n"
+            "  --clients N           requests kept in flight (default 1)\n"
+            "  --total N             requests in all (default 10000)\n"
+            "  --duration S          run for S seconds instead of --total\n"
+            "  --rate R              requests per second over all clients (default unlimited)\n"
+            "  --key-size B          (default 8)   --val-size B (default 256)\n"
+            "  --key-space-size N    distinct keys (default 1)   --sequential-keys\n"
+            "  --consistency l|s     for reads (default l)   --read-ratio F (mixed; default 0.5)\n"
+            "  --zone Z              live in zone Z: source address 127.0.Z.250, same-zone reads\n"
+            "  --seed N  --timeout-ms N  --json\n");
+}
+
+static int parse(struct config *c, int argc, char **argv)
+{
+    memset(c, 0, sizeof(*c));
+    c->endpoints = getenv("KEEL_ENDPOINTS") ? getenv("KEEL_ENDPOINTS") : "127.0.0.1:2379";
+    c->conns = 1;
+    c->clients = 1;
+    c->total = 10000;
+    c->key_size = 8;
+    c->val_size = 256;
+    c->key_space = 1;
+    c->read_ratio = 0.5;
+    c->seed = 1;
+    c->timeout_ms = 10000;
+    static const struct option opts[] = {
+        {"endpoints", required_argument, NULL, 'e'}, {"conns", required_argument, NULL, 'C'},
+        {"clients", required_argument, NULL, 'c'},   {"total", required_argument, NULL, 'n'},
+        {"duration", required_argument, NULL, 'd'},  {"rate", required_argument, NULL, 'r'},
+        {"key-size", required_argument, NULL, 'k'},  {"val-size", required_argument, NULL, 'v'},
+        {"key-space-size", required_argument, NULL, 's'},
+        {"sequential-keys", no_argument, NULL, 'S'}, {"zone", required_argument, NULL, 'z'},
+        {"consistency", required_argument, NULL, 'L'},
+        {"read-ratio", required_argument, NULL, 'R'}, {"seed", required_argument, NULL, 'x'},
+        {"json", no_argument, NULL, 'j'},            {"timeout-ms", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+    int opt;
+    char *end;
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'e': c->endpoints = optarg; break;
+        case 'C': c->conns = atoi(optarg); break;
+        case 'c': c->clients = atoi(optarg); break;
+        case 'n': c->total = strtoull(optarg, &end, 10); break;
+        case 'd': c->duration = strtod(optarg, &end); break;
+        case 'r': c->rate = strtod(optarg, &end); break;
+        case 'k': c->key_size = atoi(optarg); break;
+        case 'v': c->val_size = atoi(optarg); break;
+        case 's': c->key_space = strtoull(optarg, &end, 10); break;
+        case 'S': c->sequential = 1; break;
+        case 'z': c->zone = optarg; break;
+        case 'L':
+            if (strcmp(optarg, "s") != 0 && strcmp(optarg, "l") != 0) {
+                fprintf(stderr, "keel-bench: --consistency must be l or s\n");
+                return -1;
+            }
+            c->serializable = optarg[0] == 's';
+            break;
+        case 'R': c->read_ratio = strtod(optarg, &end); break;
+        case 'x': c->seed = strtoull(optarg, &end, 10); break;
+        case 'j': c->json = 1; break;
+        case 't': c->timeout_ms = (uint32_t)atoi(optarg); break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+    }
+    if (optind != argc - 1) {
+        usage(stderr);
+        return -1;
+    }
+    int found = 0;
+    for (int i = 0; i < 5; i++)
+        if (strcmp(argv[optind], workload_names[i]) == 0) {
+            c->workload = (enum workload)i;
+            found = 1;
+        }
+    if (!found) {
+        fprintf(stderr, "keel-bench: unknown workload '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (c->conns < 1 || c->conns > 1024 || c->clients < 1 || c->clients > 100000 ||
+        c->key_size < 1 || c->key_size > 255 || c->val_size < 0 || c->val_size > (1 << 20) ||
+        c->key_space < 1 || c->read_ratio < 0 || c->read_ratio > 1 || c->rate < 0 ||
+        (c->total == 0 && c->duration <= 0)) {
+        fprintf(stderr, "keel-bench: a flag is out of range (see --help)\n");
+        return -1;
+    }
+    return 0;
+}
+
+static json_object *summary_json(const struct keel_stats_summary *s)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "requests", json_object_new_int64((int64_t)s->n));
+    json_object_object_add(o, "total_s", json_object_new_double(s->total_s));
+    json_object_object_add(o, "rps", json_object_new_double(s->rps));
+    json_object_object_add(o, "average_ms", json_object_new_double(s->average * 1e3));
+    json_object_object_add(o, "stddev_ms", json_object_new_double(s->stddev * 1e3));
+    json_object_object_add(o, "fastest_ms", json_object_new_double(s->fastest * 1e3));
+    json_object_object_add(o, "slowest_ms", json_object_new_double(s->slowest * 1e3));
+    static const char *names[] = {"p10_ms", "p25_ms", "p50_ms",  "p75_ms",
+                                  "p90_ms", "p95_ms", "p99_ms", "p99.9_ms"};
+    for (int i = 0; i < 8; i++)
+        json_object_object_add(o, names[i], json_object_new_double(s->p[i] * 1e3));
+    return o;
+}
+
+static void report(struct bench *b)
+{
+    struct keel_stats_summary sum;
+    double total = (double)(b->end_ns - b->start_ns) / 1e9;
+    keel_stats_summarize(&b->stats, total, &sum);
+    if (!b->cfg.json) {
+        keel_stats_print(&b->stats, &sum, stdout);
+        for (int i = 0; i < b->n_zones; i++) {
+            struct keel_stats_summary zs;
+            keel_stats_summarize(&b->zones[i].stats, total, &zs);
+            printf("\nTarget zone %s: %zu requests, p50 %.4f p99 %.4f secs.\n", b->zones[i].zone,
+                   zs.n, zs.p[2], zs.p[6]);
+        }
+        return;
+    }
+    json_object *o = json_object_new_object();
+    json_object *cfg = json_object_new_object();
+    json_object_object_add(cfg, "workload",
+                           json_object_new_string(workload_names[b->cfg.workload]));
+    json_object_object_add(cfg, "endpoints", json_object_new_string(b->cfg.endpoints));
+    json_object_object_add(cfg, "conns", json_object_new_int(b->cfg.conns));
+    json_object_object_add(cfg, "clients", json_object_new_int(b->cfg.clients));
+    json_object_object_add(cfg, "total", json_object_new_int64((int64_t)b->cfg.total));
+    json_object_object_add(cfg, "duration_s", json_object_new_double(b->cfg.duration));
+    json_object_object_add(cfg, "rate", json_object_new_double(b->cfg.rate));
+    json_object_object_add(cfg, "key_size", json_object_new_int(b->cfg.key_size));
+    json_object_object_add(cfg, "val_size", json_object_new_int(b->cfg.val_size));
+    json_object_object_add(cfg, "key_space_size", json_object_new_int64((int64_t)b->cfg.key_space));
+    json_object_object_add(cfg, "sequential_keys", json_object_new_boolean(b->cfg.sequential));
+    json_object_object_add(cfg, "consistency",
+                           json_object_new_string(b->cfg.serializable ? "s" : "l"));
+    json_object_object_add(cfg, "read_ratio", json_object_new_double(b->cfg.read_ratio));
+    json_object_object_add(cfg, "zone", json_object_new_string(b->cfg.zone ? b->cfg.zone : ""));
+    json_object_object_add(cfg, "seed", json_object_new_int64((int64_t)b->cfg.seed));
+    json_object_object_add(o, "tool", json_object_new_string("keel-bench"));
+    json_object_object_add(o, "config", cfg);
+    json_object_object_add(o, "git_revision", json_object_new_string(KEEL_GIT_REV));
+    json_object *machine = json_object_new_object();
+    struct utsname u;
+    if (uname(&u) == 0) {
+        json_object_object_add(machine, "kernel", json_object_new_string(u.release));
+        json_object_object_add(machine, "arch", json_object_new_string(u.machine));
+    }
+    json_object_object_add(machine, "cpus", json_object_new_int((int)sysconf(_SC_NPROCESSORS_ONLN)));
+    json_object_object_add(o, "machine", machine);
+    json_object_object_add(o, "summary", summary_json(&sum));
+    json_object *errs = json_object_new_object();
+    for (int c = 0; c < 64; c++) {
+        if (b->stats.errors[c] == 0)
+            continue;
+        const ProtobufCEnumValue *ev =
+            protobuf_c_enum_descriptor_get_value(&keel__error_code__descriptor, c);
+        json_object_object_add(errs, ev ? ev->name : "OTHER",
+                               json_object_new_int64((int64_t)b->stats.errors[c]));
+    }
+    json_object_object_add(o, "errors", errs);
+    json_object *zones = json_object_new_object();
+    for (int i = 0; i < b->n_zones; i++) {
+        struct keel_stats_summary zs;
+        keel_stats_summarize(&b->zones[i].stats, total, &zs);
+        json_object_object_add(zones, b->zones[i].zone, summary_json(&zs));
+    }
+    json_object_object_add(o, "by_target_zone", zones);
+    printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+}
+
+int main(int argc, char **argv)
+{
+    static struct bench b;
+    if (parse(&b.cfg, argc, argv) != 0)
+        return 2;
+    b.rng = b.cfg.seed;
+    b.value = malloc((size_t)b.cfg.val_size + 1);
+    for (int i = 0; i < b.cfg.val_size; i++)
+        b.value[i] = (uint8_t)('a' + rnd(&b) % 26);
+    keel_stats_init(&b.stats);
+    char source[32] = "";
+    if (b.cfg.zone != NULL && zone_source(b.cfg.zone, source, sizeof(source)) != 0) {
+        fprintf(stderr, "keel-bench: --zone '%s' is not zN or N (1..254)\n", b.cfg.zone);
+        return 2;
+    }
+    if (b.cfg.zone != NULL)
+        learn_members(&b);
+    uv_loop_init(&b.loop);
+    b.acs = calloc((size_t)b.cfg.conns, sizeof(*b.acs));
+    struct keel_options o = {.endpoints = b.cfg.endpoints,
+                             .zone = b.cfg.zone,
+                             .source_address = source[0] ? source : NULL,
+                             .client_name = "keel-bench"};
+    for (int i = 0; i < b.cfg.conns; i++) {
+        int rv = keel_aclient_init(&b.acs[i], &b.loop, &o);
+        if (rv != 0) {
+            fprintf(stderr, "keel-bench: %s\n", keel_strerror(rv));
+            return 1;
+        }
+    }
+    b.clients = calloc((size_t)b.cfg.clients, sizeof(*b.clients));
+    uv_timer_init(&b.loop, &b.pacer);
+    uv_timer_init(&b.loop, &b.progress);
+    b.pacer.data = b.progress.data = &b;
+    if (b.cfg.rate > 0)
+        uv_timer_start(&b.pacer, pace, 1, 1);
+    if (isatty(2) && !b.cfg.json) {
+        b.progress_on = 1;
+        uv_timer_start(&b.progress, progress, 200, 200);
+    }
+    b.start_ns = now_ns();
+    b.active = b.cfg.clients;
+    for (int i = 0; i < b.cfg.clients; i++) {
+        b.clients[i].b = &b;
+        b.clients[i].idx = i;
+        issue(&b.clients[i]);
+    }
+    uv_run(&b.loop, UV_RUN_DEFAULT); /* until the last client closed everything */
+    uv_loop_close(&b.loop);
+    report(&b);
+    int failed = b.succeeded == 0;
+    keel_stats_close(&b.stats);
+    for (int i = 0; i < b.n_zones; i++)
+        keel_stats_close(&b.zones[i].stats);
+    free(b.clients);
+    free(b.acs);
+    free(b.value);
+    return failed ? 1 : 0;
+}
