@@ -442,6 +442,16 @@ static void print_txn(const Keel__TxnResponse *r)
     }
 }
 
+static void print_rule(const size_t *w, size_t ncol)
+{
+    for (size_t j = 0; j < ncol; j++) {
+        putchar('+');
+        for (size_t k = 0; k < w[j] + 2; k++)
+            putchar('-');
+    }
+    puts("+");
+}
+
 /* tablewriter's look, as etcdctl -w table: upper-case centred headers, right-aligned cells. */
 static void print_table(const char *const *hdr, size_t ncol, char ***rows, size_t nrows)
 {
@@ -454,32 +464,22 @@ static void print_table(const char *const *hdr, size_t ncol, char ***rows, size_
                 w[j] = l;
         }
     }
-    for (int pass = 0; pass < 3; pass++) {
-        if (pass != 1) {
-            for (size_t j = 0; j < ncol; j++) {
-                putchar('+');
-                for (size_t k = 0; k < w[j] + 2; k++)
-                    putchar('-');
-            }
-            puts("+");
-        }
-        if (pass == 0) {
-            for (size_t j = 0; j < ncol; j++) {
-                size_t l = strlen(hdr[j]), gap = w[j] - l, left = gap / 2;
-                printf("| %*s", (int)left, "");
-                for (const char *s = hdr[j]; *s; s++)
-                    putchar(*s >= 'a' && *s <= 'z' ? *s - 'a' + 'A' : *s);
-                printf("%*s ", (int)(gap - left), "");
-            }
-            puts("|");
-        } else if (pass == 1) {
-            for (size_t i = 0; i < nrows; i++) {
-                for (size_t j = 0; j < ncol; j++)
-                    printf("| %*s ", (int)w[j], rows[i][j]);
-                puts("|");
-            }
-        }
+    print_rule(w, ncol);
+    for (size_t j = 0; j < ncol; j++) {
+        size_t l = strlen(hdr[j]), gap = w[j] - l, left = gap / 2;
+        printf("| %*s", (int)left, "");
+        for (const char *s = hdr[j]; *s; s++)
+            putchar(*s >= 'a' && *s <= 'z' ? *s - 'a' + 'A' : *s);
+        printf("%*s ", (int)(gap - left), "");
     }
+    puts("|");
+    print_rule(w, ncol);
+    for (size_t i = 0; i < nrows; i++) {
+        for (size_t j = 0; j < ncol; j++)
+            printf("| %*s ", (int)w[j], rows[i][j]);
+        puts("|");
+    }
+    print_rule(w, ncol);
 }
 
 static char *fmt_cell(struct ctl *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

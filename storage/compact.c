@@ -1,8 +1,9 @@
 /*
  * Compaction: drop the history below a revision C while keeping every key's state at C.
  *
- * For each key, the entries older than its newest entry <= C go, and that newest entry goes
- * too when it is a deletion older than C (a deleted key has no state to keep). Only keys that
+ * For each key, the entries below C that are older than its newest entry <= C go, and that
+ * newest entry goes too when it is a deletion older than C (a deleted key has no state to keep).
+ * Entries at C itself all stay, so history from C is whole. Only keys that
  * changed since the previous compaction can have anything to drop, so the scan covers the
  * records in [previous C, C], not the whole history.
  */
@@ -48,7 +49,8 @@ static int prune_key(struct wctx *c, const MDB_val *key, int64_t crev)
         uint8_t first[KEYREV_LEN];
         memcpy(first, d.mv_data, KEYREV_LEN);
         struct keyrev d0 = keyrev_decode(&d);
-        if (d0.rev > crev)
+        /* Entries at C stay: a watch may start at the compacted revision itself. */
+        if (d0.rev >= crev)
             return 0;
         rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT_DUP);
         if (rc != 0 && rc != MDB_NOTFOUND)

@@ -254,6 +254,7 @@ int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req
      * need counting; otherwise every key is materialised, then sorted, then cut. */
     bool collect_all = !key_order || filters;
     size_t limit = req->limit > 0 ? (size_t)req->limit : SIZE_MAX;
+    bool value_sort = !key_order && req->sort_target == KEEL__RANGE_REQUEST__SORT_TARGET__VALUE;
 
     Keel__RangeResponse *resp = keel_arena_alloc(a, sizeof(*resp));
     if (resp == NULL)
@@ -283,7 +284,9 @@ int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req
         if (st.exists) {
             count++;
             if (want) {
-                Keel__KeyValue *kv = kv_from_record(a, &st.rec, st.at.rev, req->keys_only);
+                /* A value sort needs the values even when only keys are returned. */
+                Keel__KeyValue *kv = kv_from_record(a, &st.rec, st.at.rev,
+                                                    req->keys_only && !value_sort);
                 if (kv == NULL)
                     return KEEL_ENOMEM;
                 if (!filters || passes_filters(req, kv)) {
@@ -304,9 +307,18 @@ int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req
             qsort_r(kvs.v, kvs.n, sizeof(void *), kv_cmp, &sp);
         resp->more = kvs.n > limit;
     } else {
-        resp->more = (size_t)count > kvs.n;
+        resp->more = req->limit > 0 && (size_t)count > limit;
     }
+    if (req->count_only)
+        resp->more = false;
     resp->n_kvs = kvs.n < limit ? kvs.n : limit;
+    if (value_sort && req->keys_only) {
+        for (size_t i = 0; i < resp->n_kvs; i++) {
+            Keel__KeyValue *kv = kvs.v[i];
+            kv->value.data = NULL;
+            kv->value.len = 0;
+        }
+    }
     resp->kvs = (Keel__KeyValue **)kvs.v;
     resp->count = count;
     *out = resp;

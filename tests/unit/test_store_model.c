@@ -396,7 +396,9 @@ static void read_history(struct run *r)
         }
         if (h.next_revision > h.revision)
             break;
-        if (++calls > want.n_events + (size_t)(rev - start) + 2 || n > want.n_events) {
+        /* Each call moves next_revision forward: at most one call per revision. */
+        if (++calls > want.n_events + (size_t)(rev >= start ? rev - start : 0) + 2 ||
+            n > want.n_events) {
             free(all);
             history_fail(r, "chained history does not finish", key, end, from, max, &h);
         }
