@@ -201,6 +201,7 @@ static struct kc_op *op_alloc(struct keel_aclient *ac, size_t frame_len)
     op->cls = cls;
     op->heap_idx = SIZE_MAX;
     op->peer = -1;
+    op->avoid_peer = -1;
     return op;
 }
 
@@ -357,8 +358,9 @@ static void on_timer(uv_timer_t *t)
                     "request timed out after %u ms (%u retries; last error: %s)", op->timeout_ms,
                     op->attempts, keel_strerror(op->last_err));
         else if (op->where == KC_WAITING && ac->last_dial_err[0])
-            op_fail(ac, op, KEEL_ETIMEOUT, "request timed out after %u ms waiting for a member (%s)",
-                    op->timeout_ms, ac->last_dial_err);
+            op_fail(ac, op, KEEL_ETIMEOUT,
+                    "request timed out after %u ms waiting for a member (%s)", op->timeout_ms,
+                    ac->last_dial_err);
         else
             op_fail(ac, op, KEEL_ETIMEOUT, "request timed out after %u ms", op->timeout_ms);
     }
@@ -460,21 +462,36 @@ static struct kc_conn *dial(struct keel_aclient *ac, int i)
     return kc_conn_start(ac, i);
 }
 
-static struct kc_conn *discover(struct keel_aclient *ac, uint64_t *wake)
+/* Whether c is the member op should stay away from, having just been told "no leader" there. */
+static bool avoided(const struct kc_op *op, const struct kc_conn *c)
+{
+    return c->peer == op->avoid_peer || (op->avoid_member != 0 && c->member_id == op->avoid_member);
+}
+
+/*
+ * Any member will do (to serve the request or to tell who leads): a ready connection, else a dial.
+ * The member op is avoiding is the last resort, so a member cut off from the rest (it answers
+ * UNAVAILABLE or NOT_LEADER without a leader) cannot hold a request while others could serve it.
+ */
+static struct kc_conn *discover(struct keel_aclient *ac, const struct kc_op *op, uint64_t *wake)
 {
     if (ac->leader >= 0) {
         struct kc_conn *c = peer_conn(ac, ac->leader);
-        if (c && c->state == KC_READY)
+        if (c && c->state == KC_READY && !avoided(op, c))
             return c;
     }
     bool dialling = false;
+    struct kc_conn *fallback = NULL;
     for (int i = 0; i < ac->npeers; i++) {
         struct kc_conn *c = ac->peers[i].conn;
         if (c == NULL || !peer_eligible(&ac->peers[i]))
             continue;
-        if (c->state == KC_READY)
+        if (c->state != KC_READY)
+            dialling = true;
+        else if (avoided(op, c))
+            fallback = c;
+        else
             return c;
-        dialling = true;
     }
     if (dialling)
         return NULL;
@@ -482,7 +499,8 @@ static struct kc_conn *discover(struct keel_aclient *ac, uint64_t *wake)
     for (int k = 0; k < ac->npeers; k++) {
         int i = (ac->rr + k) % ac->npeers;
         struct kc_peer *p = &ac->peers[i];
-        if (!peer_eligible(p) || p->conn)
+        if (!peer_eligible(p) || p->conn ||
+            (fallback && p->member_id == fallback->member_id && p->member_id != 0))
             continue;
         if (p->next_try > now) {
             if (p->next_try < *wake)
@@ -493,10 +511,10 @@ static struct kc_conn *discover(struct keel_aclient *ac, uint64_t *wake)
         if (dial(ac, i))
             return NULL;
     }
-    return NULL;
+    return fallback;
 }
 
-static struct kc_conn *pick_leader(struct keel_aclient *ac, uint64_t *wake)
+static struct kc_conn *pick_leader(struct keel_aclient *ac, const struct kc_op *op, uint64_t *wake)
 {
     if (ac->leader >= 0) {
         struct kc_conn *c = peer_conn(ac, ac->leader);
@@ -507,7 +525,7 @@ static struct kc_conn *pick_leader(struct keel_aclient *ac, uint64_t *wake)
         if (p->next_try <= now_ms(ac) && dial(ac, ac->leader))
             return NULL;
     }
-    return discover(ac, wake);
+    return discover(ac, op, wake);
 }
 
 static bool zone_match(const struct keel_aclient *ac, const struct kc_peer *p)
@@ -515,12 +533,13 @@ static bool zone_match(const struct keel_aclient *ac, const struct kc_peer *p)
     return peer_eligible(p) && p->zone[0] && strcmp(p->zone, ac->zone) == 0;
 }
 
-static struct kc_conn *pick_any(struct keel_aclient *ac, uint64_t *wake)
+static struct kc_conn *pick_any(struct keel_aclient *ac, const struct kc_op *op, uint64_t *wake)
 {
     if (ac->zone[0]) {
         for (int i = 0; i < ac->npeers; i++) {
             struct kc_conn *c;
-            if (zone_match(ac, &ac->peers[i]) && (c = peer_conn(ac, i)) && c->state == KC_READY)
+            if (zone_match(ac, &ac->peers[i]) && (c = peer_conn(ac, i)) && c->state == KC_READY &&
+                !avoided(op, c))
                 return c;
         }
         for (int i = 0; i < ac->npeers; i++)
@@ -529,12 +548,12 @@ static struct kc_conn *pick_any(struct keel_aclient *ac, uint64_t *wake)
         uint64_t now = now_ms(ac);
         for (int i = 0; i < ac->npeers; i++) {
             struct kc_peer *p = &ac->peers[i];
-            if (zone_match(ac, p) && p->next_try <= now && dial(ac, i))
+            if (zone_match(ac, p) && p->next_try <= now && !p->conn && dial(ac, i))
                 return NULL;
         }
         /* No member of our zone can be reached now: any member will do. */
     }
-    return discover(ac, wake);
+    return discover(ac, op, wake);
 }
 
 static void op_assign(struct keel_aclient *ac, struct kc_op *op, struct kc_conn *c)
@@ -551,7 +570,7 @@ static void op_assign(struct keel_aclient *ac, struct kc_op *op, struct kc_conn 
 static void route_op(struct keel_aclient *ac, struct kc_op *op, uint64_t *wake)
 {
     struct kc_conn *c =
-        op->route == KC_ROUTE_LEADER ? pick_leader(ac, wake) : pick_any(ac, wake);
+        op->route == KC_ROUTE_LEADER ? pick_leader(ac, op, wake) : pick_any(ac, op, wake);
     if (c) {
         op_assign(ac, op, c);
         return;
@@ -726,12 +745,12 @@ void kc_conn_lost(struct kc_conn *c, int status, const char *msg)
     }
     while ((op = c->inflight.head) != NULL) {
         if (!op->idempotent)
-            op_fail(ac, op, KEEL_EUNKNOWN,
-                    "%s after the request was sent: its outcome is unknown", msg);
+            op_fail(ac, op, KEEL_EUNKNOWN, "%s after the request was sent: its outcome is unknown",
+                    msg);
         else if (op->route == KC_ROUTE_PINNED)
             op_fail(ac, op, status, "%s", msg);
-        else if (!op_retry(ac, op, kc_backoff(ac, op->attempts + 1, KC_RETRY_BASE_MS,
-                                              KC_RETRY_CAP_MS),
+        else if (!op_retry(ac, op,
+                           kc_backoff(ac, op->attempts + 1, KC_RETRY_BASE_MS, KC_RETRY_CAP_MS),
                            status))
             op_fail(ac, op, KEEL_EUNAVAILABLE, "%s (after %u retries)", msg, op->attempts);
     }
@@ -772,6 +791,8 @@ void kc_handle_response(struct kc_conn *c, const Keel__Response *resp)
         } else {
             if (ac->leader >= 0 && same_member(ac, ac->leader, c))
                 ac->leader = -1;
+            op->avoid_peer = c->peer;
+            op->avoid_member = c->member_id;
             delay = kc_backoff(ac, op->attempts + 1, KC_RETRY_BASE_MS, KC_RETRY_CAP_MS);
         }
         if (op_retry(ac, op, delay, status)) {
@@ -779,6 +800,10 @@ void kc_handle_response(struct kc_conn *c, const Keel__Response *resp)
             return;
         }
     } else if (op->route != KC_ROUTE_PINNED && status == KEEL_EUNAVAILABLE) {
+        /* The leader saying "not ready yet" is retried there (pick_leader); anyone else may be
+         * cut off, so the retry looks elsewhere first. */
+        op->avoid_peer = c->peer;
+        op->avoid_member = c->member_id;
         if (op_retry(ac, op, kc_backoff(ac, op->attempts + 1, KC_RETRY_BASE_MS, KC_RETRY_CAP_MS),
                      status))
             return;
@@ -844,11 +869,13 @@ int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct k
     ac->loop = loop;
     ac->leader = -1;
     ac->timer_due = UINT64_MAX;
-    ac->dial_timeout_ms = opts->dial_timeout_ms ? opts->dial_timeout_ms
-                                                : KEEL_DEFAULT_DIAL_TIMEOUT_MS;
-    ac->request_timeout_ms = opts->request_timeout_ms ? opts->request_timeout_ms
-                                                      : KEEL_DEFAULT_REQUEST_TIMEOUT_MS;
+    ac->dial_timeout_ms =
+        opts->dial_timeout_ms ? opts->dial_timeout_ms : KEEL_DEFAULT_DIAL_TIMEOUT_MS;
+    ac->request_timeout_ms =
+        opts->request_timeout_ms ? opts->request_timeout_ms : KEEL_DEFAULT_REQUEST_TIMEOUT_MS;
     ac->max_retries = opts->max_retries ? opts->max_retries : KEEL_DEFAULT_MAX_RETRIES;
+    if (ac->max_retries > UINT16_MAX) /* op->attempts is 16 bits */
+        ac->max_retries = UINT16_MAX;
     ac->max_frame = opts->max_frame ? opts->max_frame : KEEL_FRAME_DEFAULT_MAX;
     ac->rng = (uint64_t)(uintptr_t)ac ^ uv_hrtime() ^ 0x9e3779b97f4a7c15ull;
     if (ac->rng == 0)

@@ -256,15 +256,33 @@ int ctl_unquote(const char **pp, struct keel_arena *a, char **out, size_t *len, 
         }
         c = *s++;
         switch (c) {
-        case 'a': buf[n++] = '\a'; break;
-        case 'b': buf[n++] = '\b'; break;
-        case 'f': buf[n++] = '\f'; break;
-        case 'n': buf[n++] = '\n'; break;
-        case 'r': buf[n++] = '\r'; break;
-        case 't': buf[n++] = '\t'; break;
-        case 'v': buf[n++] = '\v'; break;
-        case '\\': buf[n++] = '\\'; break;
-        case '"': buf[n++] = '"'; break;
+        case 'a':
+            buf[n++] = '\a';
+            break;
+        case 'b':
+            buf[n++] = '\b';
+            break;
+        case 'f':
+            buf[n++] = '\f';
+            break;
+        case 'n':
+            buf[n++] = '\n';
+            break;
+        case 'r':
+            buf[n++] = '\r';
+            break;
+        case 't':
+            buf[n++] = '\t';
+            break;
+        case 'v':
+            buf[n++] = '\v';
+            break;
+        case '\\':
+            buf[n++] = '\\';
+            break;
+        case '"':
+            buf[n++] = '"';
+            break;
         case 'x': {
             int h = hexval(s[0]), l = h < 0 ? -1 : hexval(s[1]);
             if (h < 0 || l < 0)
@@ -289,7 +307,14 @@ int ctl_unquote(const char **pp, struct keel_arena *a, char **out, size_t *len, 
             n += utf8_put(cp, buf + n);
             break;
         }
-        case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': {
+        case '0':
+        case '1':
+        case '2':
+        case '3':
+        case '4':
+        case '5':
+        case '6':
+        case '7': {
             if (s[0] < '0' || s[0] > '7' || s[1] < '0' || s[1] > '7')
                 return fail(err, "invalid octal escape in %s", p);
             int v = (c - '0') << 6 | (s[0] - '0') << 3 | (s[1] - '0');
@@ -406,8 +431,8 @@ static bool ieq(const char *a, const char *b)
 }
 
 /* key and range_end for [pos0, pos1), --prefix or --from-key, as clientv3 sets them. */
-static int key_range(const struct ctl_args *pos, bool prefix, bool from_key, struct keel_arena *a, ProtobufCBinaryData *key, ProtobufCBinaryData *end,
-                     char *err)
+static int key_range(const struct ctl_args *pos, bool prefix, bool from_key, struct keel_arena *a,
+                     ProtobufCBinaryData *key, ProtobufCBinaryData *end, char *err)
 {
     if (prefix && from_key)
         return fail(err, "`--prefix` and `--from-key` cannot be set at the same time, choose one");
@@ -754,8 +779,8 @@ static char *read_line(FILE *in, struct keel_arena *a)
 int ctl_txn_read(FILE *in, bool interactive, FILE *prompt_out, struct keel_arena *a,
                  Keel__TxnRequest *txn, char *err)
 {
-    static const char *const prompts[] = {"compares:", "success requests (get, put, del):",
-                                          "failure requests (get, put, del):"};
+    static const char *const prompts[] = {
+        "compares:", "success requests (get, put, del):", "failure requests (get, put, del):"};
     bool eof = false;
     for (int part = 0; part < 3 && !eof; part++) {
         if (interactive && prompt_out) {

@@ -27,11 +27,11 @@
 #include "frame.h"
 #include "keel/keel.h"
 
-#define KC_ADDR_MAX  64  /* "255.255.255.255:65535" fits many times over */
+#define KC_ADDR_MAX  64 /* "255.255.255.255:65535" fits many times over */
 #define KC_ZONE_MAX  64
 #define KC_MSG_MAX   512
-#define KC_MAX_PEERS 64  /* endpoints plus members learned; more are ignored */
-#define KC_NCLASS    7   /* op pool classes: frames up to 256 << 6 = 16 KiB are recycled */
+#define KC_MAX_PEERS 64   /* endpoints plus members learned; more are ignored */
+#define KC_NCLASS    7    /* op pool classes: frames up to 256 << 6 = 16 KiB are recycled */
 #define KC_POOL_KEEP 1024 /* ops kept per pool class */
 
 enum kc_route {
@@ -48,23 +48,25 @@ struct kc_op {
     struct kc_op *prev, *next;
     struct kc_conn *conn; /* KC_PENDING / KC_INFLIGHT */
     uint64_t id;
-    uint64_t deadline;   /* loop time, ms */
-    uint64_t retry_at;   /* not before this loop time (retry backoff) */
-    uint32_t wait_mark;  /* ac->dial_failures when it began waiting for a connection */
+    uint64_t deadline;  /* loop time, ms */
+    uint64_t retry_at;  /* not before this loop time (retry backoff) */
+    uint32_t wait_mark; /* ac->dial_failures when it began waiting for a connection */
     bool wait_marked;
     size_t heap_idx;
     keel_response_cb cb;
     void *data;
-    int peer;            /* KC_ROUTE_PINNED: its peer */
+    int peer;              /* KC_ROUTE_PINNED: its peer */
+    int avoid_peer;        /* retry elsewhere than this peer (-1: none) ... */
+    uint64_t avoid_member; /* ... or this member: it answered without knowing a leader */
     uint8_t where;
     uint8_t route;
-    uint8_t cls;         /* pool class, or KC_NCLASS when malloc'd to size */
+    uint8_t cls; /* pool class, or KC_NCLASS when malloc'd to size */
     bool idempotent;
-    bool sent;           /* handed to uv_write at least once */
-    uint16_t attempts;   /* retries so far */
-    int last_err;        /* why the last attempt failed, for the timeout message */
-    int status;          /* KC_DONE: the failure */
-    char *msg;           /* KC_DONE: its message (malloc'd), or NULL for keel_strerror */
+    bool sent;         /* handed to uv_write at least once */
+    uint16_t attempts; /* retries so far */
+    int last_err;      /* why the last attempt failed, for the timeout message */
+    int status;        /* KC_DONE: the failure */
+    char *msg;         /* KC_DONE: its message (malloc'd), or NULL for keel_strerror */
     uint32_t timeout_ms;
     size_t frame_len;
     uint8_t frame[];
@@ -104,8 +106,8 @@ struct kc_peer {
     bool from_endpoints; /* listed in options.endpoints */
     bool in_cluster;     /* named by the last HelloResponse's member list */
     bool learner;
-    uint32_t fails;      /* consecutive failures; 0 after a handshake */
-    uint64_t next_try;   /* loop time before which it is not dialled again for routing */
+    uint32_t fails;       /* consecutive failures; 0 after a handshake */
+    uint64_t next_try;    /* loop time before which it is not dialled again for routing */
     struct kc_conn *conn; /* live connection (not closed), at most one */
 };
 
@@ -116,8 +118,8 @@ struct keel_aclient {
     int open_handles; /* ac's own handles not yet closed */
     int nconns;       /* kc_conn allocated and not yet freed */
     bool closing;
-    bool kicked;      /* work queued for the prepare callback */
-    bool need_route;  /* waiting ops should be looked at */
+    bool kicked;     /* work queued for the prepare callback */
+    bool need_route; /* waiting ops should be looked at */
     bool draining;
     keel_close_cb close_cb;
     void *close_data;
@@ -136,8 +138,8 @@ struct keel_aclient {
     /* cluster knowledge */
     struct kc_peer peers[KC_MAX_PEERS];
     int npeers;
-    int rr;      /* round-robin cursor over peers */
-    int leader;  /* peer index, -1 unknown */
+    int rr;     /* round-robin cursor over peers */
+    int leader; /* peer index, -1 unknown */
     uint64_t cluster_id;
     uint32_t dial_failures;
     char last_dial_err[KC_MSG_MAX];

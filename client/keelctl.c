@@ -65,7 +65,7 @@ static const char *const usage_text =
     "\n"
     "Global flags:\n"
     "  --endpoints a:p,b:p   client addresses (default $KEEL_ENDPOINTS, else 127.0.0.1:2379)\n"
-    "  --zone Z              prefer members of zone Z for serializable reads\n"
+    "  --zone Z              prefer members of zone Z for serializable reads (default $KEEL_ZONE)\n"
     "  --source-address IP   bind connections to this local IPv4 address\n"
     "  --timeout D           per-command timeout, e.g. 5s (default), 500ms, 2 (seconds)\n"
     "  --dial-timeout D      connect timeout (default 2s)\n"
@@ -204,8 +204,9 @@ static struct keel *client(struct ctl *c)
     fill_options(c, &o, c->endpoints);
     int rv = keel_open(&c->k, &o);
     if (rv == KEEL_EINVAL)
-        die(EXIT_USAGE, "invalid --endpoints \"%s\" or --source-address (want host:port with an "
-                        "IPv4 address)",
+        die(EXIT_USAGE,
+            "invalid --endpoints \"%s\" or --source-address (want host:port with an "
+            "IPv4 address)",
             c->endpoints);
     if (rv != 0)
         die(1, "%s", keel_strerror(rv));
@@ -317,7 +318,8 @@ static json_object *j_kvs(Keel__KeyValue **kvs, size_t n)
 
 static void j_print(json_object *o)
 {
-    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+    puts(
+        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(o);
 }
 
@@ -917,9 +919,10 @@ static int cmd_endpoint_status(struct ctl *c, int argc, char **argv)
         }
         j_print(a);
     } else {
-        static const char *const hdr[] = {
-            "endpoint",  "ID",         "version",            "db size", "is leader", "is learner",
-            "raft term", "raft index", "raft applied index", "errors",  "zone"};
+        static const char *const hdr[] = {"endpoint",  "ID",         "version",
+                                          "db size",   "is leader",  "is learner",
+                                          "raft term", "raft index", "raft applied index",
+                                          "errors",    "zone"};
         char ***rows = alloc_rows(c, nok, 11);
         for (size_t i = 0; i < nok; i++) {
             const Keel__StatusResponse *s = resps[i]->status;
@@ -1245,9 +1248,9 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
 
 static bool is_global_with_value(const char *arg)
 {
-    static const char *const names[] = {"--endpoints", "--zone", "--source-address", "--timeout",
-                                        "--command-timeout", "--dial-timeout", "--write-out",
-                                        "-w"};
+    static const char *const names[] = {
+        "--endpoints",       "--zone",         "--source-address", "--timeout",
+        "--command-timeout", "--dial-timeout", "--write-out",      "-w"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(arg, names[i]) == 0)
             return true;
@@ -1256,10 +1259,9 @@ static bool is_global_with_value(const char *arg)
 
 static bool is_global_inline(const char *arg)
 {
-    static const char *const prefixes[] = {"--endpoints=",      "--zone=",
-                                           "--source-address=", "--timeout=",
-                                           "--command-timeout=", "--dial-timeout=",
-                                           "--write-out=",      "-w="};
+    static const char *const prefixes[] = {
+        "--endpoints=",       "--zone=",         "--source-address=", "--timeout=",
+        "--command-timeout=", "--dial-timeout=", "--write-out=",      "-w="};
     for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
         if (strncmp(arg, prefixes[i], strlen(prefixes[i])) == 0)
             return true;

@@ -29,6 +29,8 @@ static const char usage[] =
     "  --max-request-bytes N       largest request accepted (default 1.5 MiB)\n"
     "  --max-txn-ops N             operations per txn branch (default 128)\n"
     "  --max-inflight N            requests in flight per connection (default 1024)\n"
+    "  --max-watches N             watches per connection (default 100000)\n"
+    "  --watch-progress-ms N       progress notification interval (default 600000)\n"
     "  --log-level debug|info|warn|error (default info)\n"
     "  --help                      this text\n";
 
@@ -196,11 +198,13 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->max_txn_ops = 128;
     c->max_inflight = 1024;
     c->max_connections = 4096;
+    c->max_watches = 100000;
+    c->watch_progress_ms = 600000;
     c->log_level = KEEL_LOG_INFO;
 
     enum {
         O_NAME = 256, O_DATA, O_LCLIENT, O_LPEER, O_CLUSTER, O_ZONE, O_HB, O_ET, O_SNAP, O_TRAIL,
-        O_QUOTA, O_MAXREQ, O_MAXOPS, O_INFLIGHT, O_LOG, O_HELP
+        O_QUOTA, O_MAXREQ, O_MAXOPS, O_INFLIGHT, O_LOG, O_HELP, O_MAXWATCH, O_PROGRESS
     };
     static const struct option opts[] = {
         {"name", required_argument, NULL, O_NAME},
@@ -218,6 +222,8 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"max-txn-ops", required_argument, NULL, O_MAXOPS},
         {"max-inflight", required_argument, NULL, O_INFLIGHT},
         {"log-level", required_argument, NULL, O_LOG},
+        {"max-watches", required_argument, NULL, O_MAXWATCH},
+        {"watch-progress-ms", required_argument, NULL, O_PROGRESS},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -280,6 +286,14 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         case O_INFLIGHT:
             rv = parse_u64(optarg, 1, 1 << 20, &v, "--max-inflight", err, errlen);
             c->max_inflight = v;
+            break;
+        case O_MAXWATCH:
+            rv = parse_u64(optarg, 1, 10000000, &v, "--max-watches", err, errlen);
+            c->max_watches = v;
+            break;
+        case O_PROGRESS:
+            rv = parse_u64(optarg, 10, 86400000, &v, "--watch-progress-ms", err, errlen);
+            c->watch_progress_ms = (unsigned)v;
             break;
         case O_LOG:
             c->log_level = keel_log_parse_level(optarg);

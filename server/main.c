@@ -21,6 +21,7 @@
 #include "service.h"
 #include "session.h"
 #include "store.h"
+#include "watch.h"
 
 struct keeld {
     uv_loop_t loop;
@@ -29,6 +30,7 @@ struct keeld {
     struct keel_store *store;
     struct keel_fsm *fsm;
     struct keel_service *svc;
+    struct keel_watch_hub *watch;
     struct keel_node node;
     int node_ready;
     struct keel_sessions *sessions;
@@ -56,6 +58,18 @@ static void on_peer(void *data, uint64_t id, const char *client, const char *zon
     /* A follower may learn the leader's client address only now. */
     if (k->svc != NULL && k->node_ready && id == keel_node_leader(&k->node))
         keel_service_leader_changed(k->svc, keel_node_is_leader(&k->node), id);
+}
+
+static uint64_t current_term(void *data)
+{
+    struct keeld *k = data;
+    return keel_node_term(&k->node);
+}
+
+static void session_gone(void *data, uint64_t id)
+{
+    struct keeld *k = data;
+    keel_watch_session_closed(k->watch, id);
 }
 
 static void sessions_closed(void *data)
@@ -87,6 +101,7 @@ static void stop_now(struct keeld *k)
     uv_timer_stop(&k->stop_timer);
     KLOG_INFO("stopping");
     keel_service_stop(k->svc);
+    keel_watch_stop(k->watch);
     keel_node_close(&k->node, node_closed);
 }
 
@@ -172,7 +187,19 @@ int main(int argc, char **argv)
         KLOG_ERROR("cannot start the storage writer: %s", keel_strerror(rv));
         goto out_store;
     }
+    struct keel_watch_options wo = {.loop = &k.loop,
+                                    .store = k.store,
+                                    .cluster_id = k.cfg.cluster_id,
+                                    .member_id = k.cfg.member_id,
+                                    .max_per_session = k.cfg.max_watches,
+                                    .session_out_cap = 8u << 20,
+                                    .progress_ms = k.cfg.watch_progress_ms,
+                                    .term = current_term,
+                                    .term_data = &k};
+    if (keel_watch_init(&k.watch, &wo) != 0)
+        goto out_fsm;
     struct keel_service_options svo = {.loop = &k.loop,
+                                       .watch = k.watch,
                                        .cfg = &k.cfg,
                                        .store = k.store,
                                        .node = &k.node,
@@ -197,6 +224,9 @@ int main(int argc, char **argv)
         k.stopping = 1;
     }
     keel_service_set_sessions(k.svc, k.sessions);
+    keel_watch_set_sessions(k.watch, k.sessions);
+    if (k.sessions != NULL)
+        keel_sessions_on_close(k.sessions, session_gone, &k);
     uv_signal_init(&k.loop, &k.sigterm);
     uv_signal_init(&k.loop, &k.sigint);
     uv_timer_init(&k.loop, &k.stop_timer);
@@ -216,6 +246,7 @@ int main(int argc, char **argv)
     keel_node_free(&k.node);
     keel_sessions_free(k.sessions);
     keel_service_free(k.svc);
+    keel_watch_free(k.watch);
     keel_fsm_free(k.fsm);
     keel_store_close(k.store);
     keel_members_close(&k.members);
@@ -225,6 +256,11 @@ int main(int argc, char **argv)
 
 out_service:
     keel_service_free(k.svc);
+    if (k.watch != NULL) {
+        keel_watch_stop(k.watch);
+        uv_run(&k.loop, UV_RUN_DEFAULT);
+        keel_watch_free(k.watch);
+    }
 out_fsm:
     keel_fsm_stop(k.fsm, NULL, NULL);
     uv_run(&k.loop, UV_RUN_DEFAULT);

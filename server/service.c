@@ -703,6 +703,11 @@ void keel_service_request(struct keel_service *svc, struct keel_session *s, Keel
     case KEEL__REQUEST__BODY_SNAPSHOT:
         serve_snapshot(svc, s, req);
         break;
+    case KEEL__REQUEST__BODY_WATCH_CREATE:
+    case KEEL__REQUEST__BODY_WATCH_CANCEL:
+    case KEEL__REQUEST__BODY_WATCH_PROGRESS:
+        keel_watch_request(svc->o.watch, s, req);
+        break;
     case KEEL__REQUEST__BODY__NOT_SET:
         reply_error(svc, s, req->id, KEEL_EINVAL, "request carries no body");
         break;
@@ -735,6 +740,7 @@ void keel_service_applied(struct keel_service *svc, struct keel_fsm_batch *b)
             reply(svc, s, r->r.response, r->r.revision);
         }
     }
+    keel_watch_applied(svc->o.watch, b);
     serve_ready(svc);
 }
 

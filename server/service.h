@@ -18,6 +18,7 @@
 #include "members.h"
 #include "node.h"
 #include "store.h"
+#include "watch.h"
 
 struct keel_service;
 struct keel_session;
@@ -30,6 +31,7 @@ struct keel_service_options {
     struct keel_node *node;
     struct keel_fsm *fsm;
     struct keel_members *members;
+    struct keel_watch_hub *watch;
 };
 
 int keel_service_init(struct keel_service **out, const struct keel_service_options *o);

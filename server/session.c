@@ -53,6 +53,8 @@ struct keel_sessions {
     int open_handles;
     void (*close_cb)(void *data);
     void *close_data;
+    void (*on_close)(void *data, uint64_t id);
+    void *on_close_data;
 };
 
 static void start_write(struct keel_session *s);
@@ -140,6 +142,18 @@ uint64_t keel_session_id(const struct keel_session *s)
     return s->id;
 }
 
+size_t keel_session_out_bytes(const struct keel_session *s)
+{
+    return s->out.len + s->writing.len;
+}
+
+void keel_sessions_on_close(struct keel_sessions *ss, void (*cb)(void *data, uint64_t id),
+                            void *data)
+{
+    ss->on_close = cb;
+    ss->on_close_data = data;
+}
+
 struct keel_session *keel_sessions_find(struct keel_sessions *ss, uint64_t id)
 {
     return u64map_get(&ss->live, id);
@@ -182,6 +196,8 @@ static void session_close(struct keel_session *s)
         return;
     s->closing = 1;
     u64map_del(&s->ss->live, s->id);
+    if (s->ss->on_close != NULL)
+        s->ss->on_close(s->ss->on_close_data, s->id);
     if (s->drain_cb != NULL) {
         keel_session_drain_cb cb = s->drain_cb;
         s->drain_cb = NULL;

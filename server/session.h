@@ -37,6 +37,13 @@ struct keel_session *keel_sessions_find(struct keel_sessions *ss, uint64_t id);
 
 uint64_t keel_session_id(const struct keel_session *s);
 
+/* Bytes queued and not yet written to the socket: how far the client is behind. */
+size_t keel_session_out_bytes(const struct keel_session *s);
+
+/* Called with the id of every session that closes (the service drops what it holds for it). */
+void keel_sessions_on_close(struct keel_sessions *ss, void (*cb)(void *data, uint64_t id),
+                            void *data);
+
 /* Queue msg, framed, for this loop turn's write. */
 void keel_session_send(struct keel_session *s, const ProtobufCMessage *msg);
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -83,6 +84,8 @@ int tc_start(struct tc_cluster *c, int i)
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        /* A test that dies (an assertion, ASan) must not leave members running. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(m->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);

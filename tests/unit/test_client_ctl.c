@@ -65,7 +65,10 @@ static void test_unquote(void **state)
     const char *p = "\"a\\tb\\\"c\\x00d\\u00e9\\101\" rest";
     assert_int_equal(ctl_unquote(&p, &f->a, &out, &len, f->err), 0);
     assert_int_equal(len, 10);
-    assert_memory_equal(out, "a\tb\"c\0d\xc3\xa9" "A", 10);
+    assert_memory_equal(out,
+                        "a\tb\"c\0d\xc3\xa9"
+                        "A",
+                        10);
     assert_string_equal(p, " rest");
     p = "`raw \\n`";
     assert_int_equal(ctl_unquote(&p, &f->a, &out, &len, f->err), 0);
@@ -83,9 +86,8 @@ static void test_argify(void **state)
 {
     struct fx *f = *state;
     struct ctl_args v;
-    assert_int_equal(ctl_argify("  put key1 \"over wrote\"  'sin gle' --lease=1f ", &f->a, &v,
-                                f->err),
-                     0);
+    assert_int_equal(
+        ctl_argify("  put key1 \"over wrote\"  'sin gle' --lease=1f ", &f->a, &v, f->err), 0);
     assert_int_equal(v.argc, 5);
     assert_string_equal(v.argv[0], "put");
     assert_string_equal(v.argv[1], "key1");
@@ -157,9 +159,8 @@ static void test_ops(void **state)
 {
     struct fx *f = *state;
     Keel__RequestOp *op;
-    assert_int_equal(ctl_parse_op("put key1 \"overwrote-key1\" --lease=1f --prev-kv", &f->a, &op,
-                                  f->err),
-                     0);
+    assert_int_equal(
+        ctl_parse_op("put key1 \"overwrote-key1\" --lease=1f --prev-kv", &f->a, &op, f->err), 0);
     assert_int_equal(op->request_case, KEEL__REQUEST_OP__REQUEST_REQUEST_PUT);
     assert_bin(op->request_put->key, "key1", 4);
     assert_bin(op->request_put->value, "overwrote-key1", 14);

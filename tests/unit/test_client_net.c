@@ -34,8 +34,8 @@
 #include "frame.h"
 #include "keel/keel.h"
 
-#define MAX_KV       256
-#define MAX_MEMBERS  4
+#define MAX_KV        256
+#define MAX_MEMBERS   4
 #define LOOP_BOUND_MS 10000
 
 /* ---------------------------------------------------------------------------------------------
@@ -71,14 +71,14 @@ struct fake {
     struct fake_member_info members[MAX_MEMBERS];
     int nmembers;
     /* behaviour */
-    bool not_leader;    /* answer writes and linearizable reads with NOT_LEADER */
-    char redirect[64];  /* ... naming this leader address ("" for none) */
-    int unavailable_n;  /* answer the next n requests with UNAVAILABLE */
-    int unknown_n;      /* answer the next n writes with OUTCOME_UNKNOWN */
-    bool silent;        /* never answer requests */
-    int drop_on;        /* Request body case that makes us drop the connection, once */
-    bool reverse;       /* answer each read's batch in reverse order */
-    int64_t compacted;  /* ranges at a revision below this fail with COMPACTED */
+    bool not_leader;   /* answer writes and linearizable reads with NOT_LEADER */
+    char redirect[64]; /* ... naming this leader address ("" for none) */
+    int unavailable_n; /* answer the next n requests with UNAVAILABLE */
+    int unknown_n;     /* answer the next n writes with OUTCOME_UNKNOWN */
+    bool silent;       /* never answer requests */
+    int drop_on;       /* Request body case that makes us drop the connection, once */
+    bool reverse;      /* answer each read's batch in reverse order */
+    int64_t compacted; /* ranges at a revision below this fail with COMPACTED */
     /* state */
     struct fake_kv kv[MAX_KV];
     int nkv;
@@ -359,8 +359,8 @@ static bool fake_answer(struct fake *f, struct keel_arena *a, const Keel__Reques
     h->member_id = f->member_id;
     h->raft_term = 2;
     resp->header = h;
-    bool leader_only = is_write(req) ||
-                       (req->body_case == KEEL__REQUEST__BODY_RANGE && !req->range->serializable);
+    bool leader_only =
+        is_write(req) || (req->body_case == KEEL__REQUEST__BODY_RANGE && !req->range->serializable);
     if (f->not_leader && leader_only) {
         set_error(a, resp, KEEL__ERROR_CODE__NOT_LEADER, "not the leader", f->redirect);
         return true;
@@ -383,8 +383,8 @@ static bool fake_answer(struct fake *f, struct keel_arena *a, const Keel__Reques
         break;
     case KEEL__REQUEST__BODY_RANGE:
         if (req->range->revision > 0 && req->range->revision < f->compacted) {
-            set_error(a, resp, KEEL__ERROR_CODE__COMPACTED,
-                      "required revision has been compacted", NULL);
+            set_error(a, resp, KEEL__ERROR_CODE__COMPACTED, "required revision has been compacted",
+                      NULL);
             break;
         }
         resp->body_case = KEEL__RESPONSE__BODY_RANGE;
@@ -696,7 +696,7 @@ struct result {
     Keel__Response__BodyCase body;
     uint64_t member; /* header.member_id */
     char msg[256];
-    char key[64];   /* first kv key of a range */
+    char key[64]; /* first kv key of a range */
     int64_t count;
 };
 
@@ -985,6 +985,34 @@ static void test_not_leader_exhausts_retries(void **state)
     assert_string_equal(r.msg, "not the leader");
     assert_int_equal(fol->puts, 4); /* first try + 3 retries, all refused without effect */
     env_free(e);
+}
+
+/* A member cut off from the rest keeps answering "no leader" (NOT_LEADER without an address, or
+ * UNAVAILABLE): retries must look elsewhere rather than spend themselves on it. */
+static void test_cut_off_member_avoided(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 2; variant++) {
+        struct env *e = env_new(2);
+        struct fake *cut = &e->f[0], *lead = &e->f[1];
+        if (variant == 0)
+            cut->not_leader = true; /* and no redirect */
+        else
+            cut->unavailable_n = 1000000;
+        fake_set_leader(lead, lead);
+        char eps[160];
+        snprintf(eps, sizeof(eps), "%s,%s", cut->addr, lead->addr);
+        env_client(e, eps, NULL, 0);
+        struct result r;
+        do_put(e, "a", "1", &r);
+        assert_int_equal(r.status, 0);
+        assert_int_equal(r.member, lead->member_id);
+        assert_int_equal(cut->puts, 1);
+        /* Serializable reads too. */
+        do_range(e, "a", true, &r);
+        assert_int_equal(r.status, 0);
+        env_free(e);
+    }
 }
 
 static void test_unavailable_retried(void **state)
@@ -1656,7 +1684,8 @@ static void test_keelctl(void **state)
     bg_go(b);
     char eps[200], out[8192], err[4096];
     snprintf(eps, sizeof(eps), "%s,%s", f->addr, l->addr);
-#define CTL(in, ...) ctl(in, out, sizeof(out), err, sizeof(err), "--endpoints", eps, __VA_ARGS__, NULL)
+#define CTL(in, ...)                                                                               \
+    ctl(in, out, sizeof(out), err, sizeof(err), "--endpoints", eps, __VA_ARGS__, NULL)
 
     assert_int_equal(CTL(NULL, "put", "foo", "bar"), 0);
     assert_string_equal(out, "OK\n");
@@ -1681,7 +1710,7 @@ static void test_keelctl(void **state)
     assert_contains(out, "\"member_id\":513");
     assert_int_equal(CTL(NULL, "-w", "json", "get", "foo"), 0);
     assert_contains(out, "\"kvs\":[{\"key\":\"Zm9v\",\"create_revision\":1,"
-                                "\"mod_revision\":3,\"version\":2,\"value\":\"YmFyMg==\"}]");
+                         "\"mod_revision\":3,\"version\":2,\"value\":\"YmFyMg==\"}]");
     assert_contains(out, "\"count\":1");
     assert_contains(out, "\"header\":{\"cluster_id\":193,");
 
@@ -1695,8 +1724,8 @@ static void test_keelctl(void **state)
                       "\n";
     assert_int_equal(CTL(txn, "txn"), 0);
     assert_string_equal(out, "SUCCESS\n\nOK\n\nfop\nbaz\n");
-    assert_int_equal(CTL(NULL, "txn", "--compare", "version(\"foo\") = \"9\"", "--then",
-                         "del foo", "--else", "get foo"),
+    assert_int_equal(CTL(NULL, "txn", "--compare", "version(\"foo\") = \"9\"", "--then", "del foo",
+                         "--else", "get foo"),
                      0);
     assert_string_equal(out, "FAILURE\n\nfoo\nnew value\n");
 
@@ -1728,8 +1757,8 @@ static void test_keelctl(void **state)
     assert_contains(out, "|    ENDPOINT     | ID  |  VERSION   | DB SIZE | IS LEADER |");
     assert_contains(out, "| RAFT APPLIED INDEX |");
     assert_int_equal(CTL(NULL, "endpoint", "health"), 0);
-    snprintf(line, sizeof(line), "%s is healthy: successfully committed proposal: took = ",
-             l->addr);
+    snprintf(line, sizeof(line),
+             "%s is healthy: successfully committed proposal: took = ", l->addr);
     assert_contains(out, line);
 
     /* Usage errors: exit 2 with a message. */
@@ -1745,14 +1774,14 @@ static void test_keelctl(void **state)
     /* An unreachable endpoint. */
     char dead[64];
     dead_addr(dead, sizeof(dead));
-    assert_int_equal(ctl(NULL, out, sizeof(out), err, sizeof(err), "--endpoints", dead,
-                         "endpoint", "health", NULL),
+    assert_int_equal(ctl(NULL, out, sizeof(out), err, sizeof(err), "--endpoints", dead, "endpoint",
+                         "health", NULL),
                      1);
     assert_contains(err, "is unhealthy: failed to commit proposal");
     assert_contains(err, "Error: unhealthy cluster");
-    assert_int_equal(ctl(NULL, out, sizeof(out), err, sizeof(err), "--endpoints", dead, "put",
-                         "a", "b", NULL),
-                     1);
+    assert_int_equal(
+        ctl(NULL, out, sizeof(out), err, sizeof(err), "--endpoints", dead, "put", "a", "b", NULL),
+        1);
     assert_contains(err, "connection refused");
 #undef CTL
     bg_free(b);
@@ -1766,6 +1795,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_hello_names_leader),
         cmocka_unit_test(test_not_leader_redirect),
         cmocka_unit_test(test_not_leader_exhausts_retries),
+        cmocka_unit_test(test_cut_off_member_avoided),
         cmocka_unit_test(test_unavailable_retried),
         cmocka_unit_test(test_outcome_unknown_not_retried),
         cmocka_unit_test(test_drop_after_write_is_unknown),

@@ -56,7 +56,7 @@
 #define KEEL_DEFAULT_ENDPOINT           "127.0.0.1:2379"
 #define KEEL_DEFAULT_DIAL_TIMEOUT_MS    2000
 #define KEEL_DEFAULT_REQUEST_TIMEOUT_MS 5000
-#define KEEL_DEFAULT_MAX_RETRIES        10
+#define KEEL_DEFAULT_MAX_RETRIES        30
 #define KEEL_PROTOCOL_VERSION           1
 
 /* Client options. A zeroed struct selects every default. Strings are copied by *_init/open. */
@@ -69,12 +69,13 @@ struct keel_options {
     /* Bind every outgoing connection to this IPv4 address (port chosen by the kernel), so that a
      * zone-bound client's traffic carries its zone's source address. NULL: the kernel's choice. */
     const char *source_address;
-    const char *client_name; /* sent in Hello; NULL: "libkeel" */
-    const char *token;       /* sent in Hello; NULL: none */
-    uint32_t dial_timeout_ms;    /* TCP connect plus handshake; 0: KEEL_DEFAULT_DIAL_TIMEOUT_MS */
-    uint32_t request_timeout_ms; /* default per-request deadline; 0: KEEL_DEFAULT_REQUEST_TIMEOUT_MS */
-    int max_retries;             /* 0: KEEL_DEFAULT_MAX_RETRIES; negative: never retry */
-    uint32_t max_frame;          /* largest frame accepted from a server; 0: KEEL_FRAME_DEFAULT_MAX */
+    const char *client_name;  /* sent in Hello; NULL: "libkeel" */
+    const char *token;        /* sent in Hello; NULL: none */
+    uint32_t dial_timeout_ms; /* TCP connect plus handshake; 0: KEEL_DEFAULT_DIAL_TIMEOUT_MS */
+    uint32_t
+        request_timeout_ms; /* default per-request deadline; 0: KEEL_DEFAULT_REQUEST_TIMEOUT_MS */
+    int max_retries;        /* 0: KEEL_DEFAULT_MAX_RETRIES; negative: never retry */
+    uint32_t max_frame;     /* largest frame accepted from a server; 0: KEEL_FRAME_DEFAULT_MAX */
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -111,11 +112,11 @@ struct keel_call_opts {
 
 /* Counters, for tests and the benchmark. All monotonic. */
 struct keel_aclient_stats {
-    uint64_t requests;  /* accepted by keel_aclient_request */
-    uint64_t completed; /* callbacks delivered */
-    uint64_t retries;   /* sends after the first, for any reason */
-    uint64_t redirects; /* NOT_LEADER answers followed */
-    uint64_t dials;     /* connections attempted */
+    uint64_t requests;      /* accepted by keel_aclient_request */
+    uint64_t completed;     /* callbacks delivered */
+    uint64_t retries;       /* sends after the first, for any reason */
+    uint64_t redirects;     /* NOT_LEADER answers followed */
+    uint64_t dials;         /* connections attempted */
     uint64_t dial_failures; /* connections that failed before their handshake completed */
     uint64_t conn_lost;     /* established connections that dropped */
     uint64_t writes;        /* uv_write calls (each carries one or more frames) */

@@ -1,0 +1,634 @@
+#include "watch.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "err.h"
+#include "itree.h"
+#include "log.h"
+#include "session.h"
+#include "u64map.h"
+
+#define CATCHUP_EVENTS   512 /* events per history chunk */
+#define CATCHUP_WATCHERS 16  /* watchers advanced per loop turn */
+
+struct watcher {
+    struct itree_node node; /* in the tree while synced */
+    struct watcher *sess_next, *sess_prev;
+    struct watcher *unsync_next, *unsync_prev;
+    struct watcher *touched_next;
+    struct session_watches *sw;
+    int64_t id;
+    uint64_t create_id; /* the client's WatchCreate request id: events carry it */
+    uint8_t *key;
+    size_t key_len;
+    uint8_t *end; /* NULL: every key >= key */
+    size_t end_len;
+    int64_t next_rev; /* first revision not yet sent */
+    bool synced;
+    bool prev_kv, noput, nodelete, progress_notify;
+    Keel__Event **pend;
+    size_t n_pend, cap_pend;
+};
+
+struct session_watches {
+    uint64_t session_id;
+    struct watcher *head;
+    size_t n;
+    int64_t next_id;
+};
+
+struct keel_watch_hub {
+    struct keel_watch_options o;
+    struct keel_sessions *sessions;
+    struct itree tree;
+    struct u64map by_session; /* session id -> struct session_watches */
+    struct watcher *unsync;   /* circular list of watchers catching up */
+    size_t n_unsync;
+    size_t n_watchers;
+    int64_t delivered_rev; /* last revision fanned out */
+    uv_idle_t idle;
+    uv_timer_t retry;    /* catch-up blocked by slow sessions: look again soon */
+    uv_timer_t progress;
+    int idle_on;
+    struct keel_arena scratch;
+    struct watcher *touched;
+};
+
+/* ---- helpers ---- */
+
+static struct keel_session *session_of(struct keel_watch_hub *h, uint64_t id)
+{
+    return h->sessions ? keel_sessions_find(h->sessions, id) : NULL;
+}
+
+static void send_watch(struct keel_watch_hub *h, struct keel_session *s, uint64_t req_id,
+                       Keel__WatchResponse *wr, int64_t revision, bool reply)
+{
+    Keel__ResponseHeader hdr = KEEL__RESPONSE_HEADER__INIT;
+    hdr.cluster_id = h->o.cluster_id;
+    hdr.member_id = h->o.member_id;
+    hdr.revision = revision;
+    hdr.raft_term = h->o.term ? h->o.term(h->o.term_data) : 0;
+    Keel__Response resp = KEEL__RESPONSE__INIT;
+    resp.id = req_id;
+    resp.header = &hdr;
+    resp.body_case = KEEL__RESPONSE__BODY_WATCH;
+    resp.watch = wr;
+    if (reply)
+        keel_session_reply(s, &resp.base);
+    else
+        keel_session_send(s, &resp.base);
+}
+
+static void reply_error(struct keel_watch_hub *h, struct keel_session *s, uint64_t req_id, int err,
+                        const char *msg)
+{
+    Keel__Response resp = KEEL__RESPONSE__INIT;
+    Keel__Error e = KEEL__ERROR__INIT;
+    Keel__ResponseHeader hdr = KEEL__RESPONSE_HEADER__INIT;
+    hdr.cluster_id = h->o.cluster_id;
+    hdr.member_id = h->o.member_id;
+    hdr.revision = h->delivered_rev;
+    e.code = keel_err_to_wire(err);
+    e.message = (char *)msg;
+    resp.id = req_id;
+    resp.header = &hdr;
+    resp.error = &e;
+    keel_session_reply(s, &resp.base);
+}
+
+static bool over_cap(struct keel_session *s, size_t cap)
+{
+    return keel_session_out_bytes(s) > cap;
+}
+
+static void catch_up_turn(uv_idle_t *idle);
+
+static void unsync_add(struct keel_watch_hub *h, struct watcher *w)
+{
+    w->synced = false;
+    if (h->unsync == NULL) {
+        w->unsync_next = w->unsync_prev = w;
+        h->unsync = w;
+    } else {
+        w->unsync_next = h->unsync;
+        w->unsync_prev = h->unsync->unsync_prev;
+        w->unsync_prev->unsync_next = w;
+        h->unsync->unsync_prev = w;
+    }
+    h->n_unsync++;
+    if (!h->idle_on) {
+        uv_idle_start(&h->idle, catch_up_turn);
+        h->idle_on = 1;
+    }
+}
+
+static void unsync_remove(struct keel_watch_hub *h, struct watcher *w)
+{
+    if (w->unsync_next == w) {
+        h->unsync = NULL;
+    } else {
+        w->unsync_prev->unsync_next = w->unsync_next;
+        w->unsync_next->unsync_prev = w->unsync_prev;
+        if (h->unsync == w)
+            h->unsync = w->unsync_next;
+    }
+    w->unsync_next = w->unsync_prev = NULL;
+    h->n_unsync--;
+}
+
+static void sync_add(struct keel_watch_hub *h, struct watcher *w)
+{
+    w->synced = true;
+    w->node.start = w->key;
+    w->node.start_len = w->key_len;
+    w->node.end = w->end;
+    w->node.end_len = w->end_len;
+    itree_insert(&h->tree, &w->node);
+}
+
+static void watcher_free(struct keel_watch_hub *h, struct watcher *w)
+{
+    if (w->synced)
+        itree_remove(&h->tree, &w->node);
+    else
+        unsync_remove(h, w);
+    struct session_watches *sw = w->sw;
+    if (w->sess_prev)
+        w->sess_prev->sess_next = w->sess_next;
+    else
+        sw->head = w->sess_next;
+    if (w->sess_next)
+        w->sess_next->sess_prev = w->sess_prev;
+    sw->n--;
+    h->n_watchers--;
+    free(w->key);
+    free(w->end);
+    free(w->pend);
+    free(w);
+}
+
+/* Events of list for w: filtered, prev_kv stripped when not asked, in the scratch arena. */
+static Keel__Event **filter_events(struct keel_watch_hub *h, struct watcher *w, Keel__Event **evs,
+                                   size_t n, size_t *out_n)
+{
+    Keel__Event **out = keel_arena_alloc(&h->scratch, (n + 1) * sizeof(*out));
+    *out_n = 0;
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        Keel__Event *e = evs[i];
+        if ((e->type == KEEL__EVENT__EVENT_TYPE__PUT && w->noput) ||
+            (e->type == KEEL__EVENT__EVENT_TYPE__DELETE && w->nodelete))
+            continue;
+        if (!w->prev_kv && e->prev_kv != NULL) {
+            Keel__Event *c = keel_arena_alloc(&h->scratch, sizeof(*c));
+            if (c == NULL)
+                return NULL;
+            *c = *e;
+            c->prev_kv = NULL;
+            e = c;
+        }
+        out[(*out_n)++] = e;
+    }
+    return out;
+}
+
+static void send_events(struct keel_watch_hub *h, struct keel_session *s, struct watcher *w,
+                        Keel__Event **evs, size_t n, int64_t revision)
+{
+    Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
+    wr.watch_id = w->id;
+    wr.events = evs;
+    wr.n_events = n;
+    send_watch(h, s, w->create_id, &wr, revision, false);
+}
+
+/* ---- catch-up ---- */
+
+static void cancel_compacted(struct keel_watch_hub *h, struct keel_session *s, struct watcher *w,
+                             int64_t compact_rev)
+{
+    Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
+    wr.watch_id = w->id;
+    wr.canceled = 1;
+    wr.compact_revision = compact_rev;
+    wr.cancel_reason = "required revision has been compacted";
+    send_watch(h, s, w->create_id, &wr, h->delivered_rev, false);
+    watcher_free(h, w);
+}
+
+/* One history chunk for w. Returns false when w was freed. */
+static bool catch_up(struct keel_watch_hub *h, struct watcher *w)
+{
+    struct keel_session *s = session_of(h, w->sw->session_id);
+    if (s == NULL)
+        return true;
+    struct keel_history hist;
+    keel_arena_reset(&h->scratch);
+    int err = keel_store_history(h->o.store, w->key, w->key_len, w->end ? w->end : (uint8_t *)"",
+                                 w->end ? w->end_len : 1, w->next_rev, CATCHUP_EVENTS,
+                                 &h->scratch, &hist);
+    if (err == KEEL_ECOMPACTED) {
+        struct keel_store_stat st;
+        keel_store_stat(h->o.store, &st);
+        cancel_compacted(h, s, w, st.compact_revision);
+        return false;
+    }
+    if (err != 0) {
+        KLOG_WARN("watch %lld: history read failed: %s", (long long)w->id, keel_strerror(err));
+        return true;
+    }
+    size_t n = 0;
+    Keel__Event **evs = filter_events(h, w, hist.events, hist.n_events, &n);
+    if (evs != NULL && n > 0)
+        send_events(h, s, w, evs, n, hist.revision);
+    w->next_rev = hist.next_revision;
+    if (hist.next_revision > hist.revision) {
+        /* Caught up with what the store had committed. Batches the loop has not seen yet hold
+         * only revisions <= hist.revision, and fan-out skips those for this watcher. */
+        unsync_remove(h, w);
+        sync_add(h, w);
+    }
+    keel_arena_reset(&h->scratch);
+    return true;
+}
+
+static void retry_catch_up(uv_timer_t *t);
+
+static void catch_up_turn(uv_idle_t *idle)
+{
+    struct keel_watch_hub *h = idle->data;
+    size_t budget = CATCHUP_WATCHERS;
+    size_t visited = 0, n = h->n_unsync;
+    bool progressed = false;
+    while (h->unsync != NULL && budget > 0 && visited < n) {
+        struct watcher *w = h->unsync;
+        h->unsync = w->unsync_next; /* round robin */
+        visited++;
+        struct keel_session *s = session_of(h, w->sw->session_id);
+        if (s == NULL || over_cap(s, h->o.session_out_cap / 2))
+            continue; /* wait for the consumer to read */
+        catch_up(h, w);
+        budget--;
+        progressed = true;
+    }
+    if (h->unsync == NULL || !progressed) {
+        uv_idle_stop(&h->idle);
+        h->idle_on = 0;
+        /* Blocked watchers are looked at again shortly instead of spinning the loop. */
+        if (h->unsync != NULL)
+            uv_timer_start(&h->retry, retry_catch_up, 5, 0);
+    }
+}
+
+static void retry_catch_up(uv_timer_t *t)
+{
+    struct keel_watch_hub *h = t->data;
+    if (h->unsync != NULL && !h->idle_on) {
+        uv_idle_start(&h->idle, catch_up_turn);
+        h->idle_on = 1;
+    }
+}
+
+/* ---- live fan-out ---- */
+
+struct stab_ctx {
+    struct keel_watch_hub *h;
+    Keel__Event *e;
+};
+
+static void collect(struct itree_node *n, void *data)
+{
+    struct stab_ctx *c = data;
+    struct watcher *w = (struct watcher *)n; /* node is the first member */
+    if (c->e->kv->mod_revision < w->next_rev)
+        return; /* sent already, through catch-up */
+    if (w->n_pend == w->cap_pend) {
+        size_t cap = w->cap_pend ? w->cap_pend * 2 : 8;
+        Keel__Event **np = realloc(w->pend, cap * sizeof(*np));
+        if (np == NULL)
+            return;
+        w->pend = np;
+        w->cap_pend = cap;
+    }
+    if (w->n_pend == 0) {
+        w->touched_next = c->h->touched;
+        c->h->touched = w;
+    }
+    w->pend[w->n_pend++] = c->e;
+}
+
+void keel_watch_applied(struct keel_watch_hub *h, struct keel_fsm_batch *b)
+{
+    int64_t last = h->delivered_rev;
+    h->touched = NULL;
+    for (size_t i = 0; i < b->n; i++) {
+        struct keel_apply_result *r = &b->results[i].r;
+        if (r->skipped || r->err != 0)
+            continue;
+        if (r->revision > last)
+            last = r->revision;
+        for (size_t j = 0; j < r->n_events; j++) {
+            struct stab_ctx c = {h, r->events[j]};
+            Keel__KeyValue *kv = r->events[j]->kv;
+            itree_stab(&h->tree, kv->key.data, kv->key.len, collect, &c);
+        }
+    }
+    h->delivered_rev = last;
+    keel_arena_reset(&h->scratch);
+    for (struct watcher *w = h->touched; w != NULL;) {
+        struct watcher *next = w->touched_next;
+        struct keel_session *s = session_of(h, w->sw->session_id);
+        if (s != NULL && w->n_pend > 0) {
+            if (over_cap(s, h->o.session_out_cap)) {
+                /* A slow consumer: resume from the first event it was not sent. */
+                w->next_rev = w->pend[0]->kv->mod_revision;
+                itree_remove(&h->tree, &w->node);
+                unsync_add(h, w);
+            } else {
+                size_t n = 0;
+                Keel__Event **evs = filter_events(h, w, w->pend, w->n_pend, &n);
+                if (evs != NULL && n > 0)
+                    send_events(h, s, w, evs, n, last);
+                w->next_rev = w->pend[w->n_pend - 1]->kv->mod_revision + 1;
+            }
+        }
+        w->n_pend = 0;
+        w = next;
+    }
+    h->touched = NULL;
+    keel_arena_reset(&h->scratch);
+}
+
+/* ---- requests ---- */
+
+static struct session_watches *session_watches(struct keel_watch_hub *h, uint64_t session_id,
+                                               bool create)
+{
+    struct session_watches *sw = u64map_get(&h->by_session, session_id);
+    if (sw == NULL && create) {
+        sw = calloc(1, sizeof(*sw));
+        if (sw == NULL || u64map_put(&h->by_session, session_id, sw) != 0) {
+            free(sw);
+            return NULL;
+        }
+        sw->session_id = session_id;
+    }
+    return sw;
+}
+
+static struct watcher *find(struct session_watches *sw, int64_t id)
+{
+    for (struct watcher *w = sw ? sw->head : NULL; w != NULL; w = w->sess_next)
+        if (w->id == id)
+            return w;
+    return NULL;
+}
+
+static void create(struct keel_watch_hub *h, struct keel_session *s, const Keel__Request *req)
+{
+    const Keel__WatchCreateRequest *wc = req->watch_create;
+    if (wc->key.len == 0 && wc->range_end.len == 0) {
+        reply_error(h, s, req->id, KEEL_EINVAL, "watch key is not provided");
+        return;
+    }
+    if (wc->key.len > KEEL_MAX_KEY_BYTES || wc->range_end.len > KEEL_MAX_KEY_BYTES) {
+        reply_error(h, s, req->id, KEEL_EKEYTOOLONG, "watch key is longer than 511 bytes");
+        return;
+    }
+    struct session_watches *sw = session_watches(h, keel_session_id(s), true);
+    if (sw == NULL) {
+        reply_error(h, s, req->id, KEEL_ENOMEM, "out of memory");
+        return;
+    }
+    if (sw->n >= h->o.max_per_session) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "too many watches on this connection (limit %zu)",
+                 h->o.max_per_session);
+        reply_error(h, s, req->id, KEEL_ETOOMANYREQUESTS, msg);
+        return;
+    }
+    int64_t id = wc->watch_id;
+    if (id > 0 && find(sw, id) != NULL) {
+        reply_error(h, s, req->id, KEEL_EINVAL, "watch id is already in use on this connection");
+        return;
+    }
+    if (id <= 0) {
+        do
+            id = ++sw->next_id;
+        while (find(sw, id) != NULL);
+    }
+    struct keel_store_stat st;
+    keel_store_stat(h->o.store, &st);
+    int64_t start = wc->start_revision;
+    if (start > 0 && start < st.compact_revision) {
+        /* etcd's answer: created, then canceled with the compacted revision. */
+        Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
+        wr.watch_id = id;
+        wr.created = 1;
+        send_watch(h, s, req->id, &wr, st.revision, true);
+        Keel__WatchResponse cr = KEEL__WATCH_RESPONSE__INIT;
+        cr.watch_id = id;
+        cr.canceled = 1;
+        cr.compact_revision = st.compact_revision;
+        cr.cancel_reason = "required revision has been compacted";
+        send_watch(h, s, req->id, &cr, st.revision, false);
+        return;
+    }
+    struct watcher *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        reply_error(h, s, req->id, KEEL_ENOMEM, "out of memory");
+        return;
+    }
+    w->sw = sw;
+    w->id = id;
+    w->create_id = req->id;
+    w->prev_kv = wc->prev_kv;
+    w->progress_notify = wc->progress_notify;
+    for (size_t i = 0; i < wc->n_filters; i++) {
+        if (wc->filters[i] == KEEL__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT)
+            w->noput = true;
+        else if (wc->filters[i] == KEEL__WATCH_CREATE_REQUEST__FILTER_TYPE__NODELETE)
+            w->nodelete = true;
+    }
+    /* The range as [key, end): a single key ends at key + "\0"; "\0" means no end. */
+    w->key = malloc(wc->key.len + 1);
+    w->key_len = wc->key.len;
+    if (w->key != NULL && wc->key.len)
+        memcpy(w->key, wc->key.data, wc->key.len);
+    if (wc->range_end.len == 0) {
+        w->end = malloc(wc->key.len + 1);
+        if (w->end != NULL) {
+            memcpy(w->end, wc->key.data, wc->key.len);
+            w->end[wc->key.len] = 0;
+            w->end_len = wc->key.len + 1;
+        }
+    } else if (!(wc->range_end.len == 1 && wc->range_end.data[0] == 0)) {
+        w->end = malloc(wc->range_end.len);
+        if (w->end != NULL) {
+            memcpy(w->end, wc->range_end.data, wc->range_end.len);
+            w->end_len = wc->range_end.len;
+        }
+        if (w->end == NULL) {
+            free(w->key);
+            free(w);
+            reply_error(h, s, req->id, KEEL_ENOMEM, "out of memory");
+            return;
+        }
+    }
+    if (w->key == NULL || (wc->range_end.len == 0 && w->end == NULL)) {
+        free(w->key);
+        free(w->end);
+        free(w);
+        reply_error(h, s, req->id, KEEL_ENOMEM, "out of memory");
+        return;
+    }
+    w->sess_next = sw->head;
+    if (sw->head)
+        sw->head->sess_prev = w;
+    sw->head = w;
+    sw->n++;
+    h->n_watchers++;
+
+    Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
+    wr.watch_id = id;
+    wr.created = 1;
+    send_watch(h, s, req->id, &wr, st.revision, true);
+    if (start <= 0 || start > st.revision) {
+        w->next_rev = start <= 0 ? st.revision + 1 : start;
+        sync_add(h, w);
+    } else {
+        w->next_rev = start;
+        unsync_add(h, w);
+    }
+}
+
+static void cancel(struct keel_watch_hub *h, struct keel_session *s, const Keel__Request *req)
+{
+    struct session_watches *sw = session_watches(h, keel_session_id(s), false);
+    struct watcher *w = find(sw, req->watch_cancel->watch_id);
+    if (w == NULL) {
+        reply_error(h, s, req->id, KEEL_EINVAL, "no such watch id on this connection");
+        return;
+    }
+    Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
+    wr.watch_id = w->id;
+    wr.canceled = 1;
+    wr.cancel_reason = "canceled by the client";
+    watcher_free(h, w);
+    send_watch(h, s, req->id, &wr, h->delivered_rev, true);
+}
+
+void keel_watch_request(struct keel_watch_hub *h, struct keel_session *s, const Keel__Request *req)
+{
+    switch (req->body_case) {
+    case KEEL__REQUEST__BODY_WATCH_CREATE:
+        create(h, s, req);
+        break;
+    case KEEL__REQUEST__BODY_WATCH_CANCEL:
+        cancel(h, s, req);
+        break;
+    case KEEL__REQUEST__BODY_WATCH_PROGRESS: {
+        Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
+        wr.watch_id = -1;
+        send_watch(h, s, req->id, &wr, h->delivered_rev, true);
+        break;
+    }
+    default:
+        reply_error(h, s, req->id, KEEL_EINVAL, "not a watch request");
+    }
+}
+
+void keel_watch_session_closed(struct keel_watch_hub *h, uint64_t session_id)
+{
+    struct session_watches *sw = u64map_del(&h->by_session, session_id);
+    if (sw == NULL)
+        return;
+    while (sw->head != NULL)
+        watcher_free(h, sw->head);
+    free(sw);
+}
+
+static void progress_tick(uv_timer_t *t)
+{
+    struct keel_watch_hub *h = t->data;
+    for (size_t i = 0; i < h->by_session.cap; i++) {
+        if (h->by_session.keys[i] == 0)
+            continue;
+        struct session_watches *sw = h->by_session.vals[i];
+        struct keel_session *s = session_of(h, sw->session_id);
+        if (s == NULL)
+            continue;
+        for (struct watcher *w = sw->head; w != NULL; w = w->sess_next) {
+            if (!w->progress_notify || !w->synced)
+                continue;
+            Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
+            wr.watch_id = w->id;
+            send_watch(h, s, w->create_id, &wr, h->delivered_rev, false);
+        }
+    }
+}
+
+size_t keel_watch_count(const struct keel_watch_hub *h)
+{
+    return h->n_watchers;
+}
+
+int keel_watch_init(struct keel_watch_hub **out, const struct keel_watch_options *o)
+{
+    struct keel_watch_hub *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return KEEL_ENOMEM;
+    h->o = *o;
+    itree_init(&h->tree);
+    u64map_init(&h->by_session);
+    keel_arena_init(&h->scratch, 0);
+    struct keel_store_stat st;
+    keel_store_stat(o->store, &st);
+    h->delivered_rev = st.revision;
+    uv_idle_init(o->loop, &h->idle);
+    uv_timer_init(o->loop, &h->retry);
+    uv_timer_init(o->loop, &h->progress);
+    h->idle.data = h->retry.data = h->progress.data = h;
+    uv_idle_start(&h->idle, catch_up_turn);
+    uv_idle_stop(&h->idle);
+    if (o->progress_ms > 0)
+        uv_timer_start(&h->progress, progress_tick, o->progress_ms, o->progress_ms);
+    *out = h;
+    return 0;
+}
+
+void keel_watch_set_sessions(struct keel_watch_hub *h, struct keel_sessions *ss)
+{
+    h->sessions = ss;
+}
+
+void keel_watch_stop(struct keel_watch_hub *h)
+{
+    uv_idle_stop(&h->idle);
+    uv_close((uv_handle_t *)&h->idle, NULL);
+    uv_close((uv_handle_t *)&h->retry, NULL);
+    uv_close((uv_handle_t *)&h->progress, NULL);
+}
+
+void keel_watch_free(struct keel_watch_hub *h)
+{
+    if (h == NULL)
+        return;
+    for (size_t i = 0; i < h->by_session.cap; i++) {
+        if (h->by_session.keys[i] == 0)
+            continue;
+        struct session_watches *sw = h->by_session.vals[i];
+        while (sw->head != NULL)
+            watcher_free(h, sw->head);
+        free(sw);
+    }
+    u64map_close(&h->by_session);
+    keel_arena_close(&h->scratch);
+    free(h);
+}
