@@ -7,6 +7,7 @@ packages=(
   cmake gcc make pkg-config
   libraft-dev libuv1-dev liblmdb-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
   libcmocka-dev libjson-c-dev
+  libnetfilter-queue-dev iptables nftables
 )
 
 missing=()

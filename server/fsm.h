@@ -32,6 +32,7 @@ struct keel_fsm_result {
     uint64_t index;      /* raft index of its entry */
     uint64_t origin;     /* member that proposed it */
     uint64_t request_id; /* its id on that member */
+    int op;              /* its Keel__Command op_case */
     struct keel_apply_result r;
 };
 

@@ -55,6 +55,8 @@ static void on_peer(void *data, uint64_t id, const char *client, const char *zon
 {
     struct keeld *k = data;
     keel_members_learn(&k->members, id, client, zone);
+    if (k->svc != NULL && k->node_ready)
+        keel_service_member_learned(k->svc);
     /* A follower may learn the leader's client address only now. */
     if (k->svc != NULL && k->node_ready && id == keel_node_leader(&k->node))
         keel_service_leader_changed(k->svc, keel_node_is_leader(&k->node), id);
@@ -169,6 +171,7 @@ int main(int argc, char **argv)
         KLOG_ERROR("cannot open the store at %s: %s", path, keel_strerror(rv));
         goto out_loop;
     }
+    keel_members_load(&k.members, k.store);
     struct keel_store_stat st;
     keel_store_stat(k.store, &st);
     KLOG_INFO("store at %s: applied index %llu, revision %lld", path,

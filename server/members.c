@@ -49,3 +49,29 @@ void keel_members_learn(struct keel_members *m, uint64_t id, const char *client,
     if (zone[0] != '\0')
         snprintf(mi->zone, sizeof(mi->zone), "%s", zone);
 }
+
+int keel_members_load(struct keel_members *m, struct keel_store *store)
+{
+    struct keel_arena a;
+    keel_arena_init(&a, 0);
+    Keel__Member **v = NULL;
+    size_t n = 0;
+    int err = keel_store_members(store, &a, &v, &n);
+    for (size_t i = 0; err == 0 && i < n; i++) {
+        struct keel_member_info *mi = keel_members_get(m, v[i]->id);
+        if (mi == NULL)
+            continue;
+        const char *client = v[i]->n_clienturls > 0 ? v[i]->clienturls[0] : "";
+        const char *zone = v[i]->zone ? v[i]->zone : "";
+        snprintf(mi->stored_client, sizeof(mi->stored_client), "%s", client);
+        snprintf(mi->stored_zone, sizeof(mi->stored_zone), "%s", zone);
+        mi->publishing = 0;
+        /* A peer's own handshake is fresher than the log for the address we dial now. */
+        if (mi->client[0] == '\0')
+            snprintf(mi->client, sizeof(mi->client), "%s", client);
+        if (mi->zone[0] == '\0')
+            snprintf(mi->zone, sizeof(mi->zone), "%s", zone);
+    }
+    keel_arena_close(&a);
+    return err;
+}

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "store.h"
 
 struct keel_member_info {
     uint64_t id;
@@ -18,6 +19,11 @@ struct keel_member_info {
     char peer[KEEL_ADDR_MAX];
     char client[KEEL_ADDR_MAX]; /* "" until learned */
     char zone[KEEL_NAME_MAX];
+    /* What the replicated state says (member_attrs commands): the leader publishes a member's
+     * attributes when they differ from these. */
+    char stored_client[KEEL_ADDR_MAX];
+    char stored_zone[KEEL_NAME_MAX];
+    int publishing; /* a member_attrs for it is in flight */
 };
 
 struct keel_members {
@@ -29,6 +35,10 @@ struct keel_members {
 int keel_members_init(struct keel_members *m, const struct keel_config *c);
 void keel_members_close(struct keel_members *m);
 struct keel_member_info *keel_members_get(struct keel_members *m, uint64_t id);
+/* Take the attributes stored in the replicated state: they survive restarts, and every member
+ * gets every other member's client address through them. 0 or KEEL_E*. */
+int keel_members_load(struct keel_members *m, struct keel_store *store);
+
 /* Record what a peer said about itself; unknown ids are ignored. */
 void keel_members_learn(struct keel_members *m, uint64_t id, const char *client, const char *zone);
 

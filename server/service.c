@@ -68,7 +68,8 @@ struct keel_service {
     /* the entry being built this loop turn */
     Keel__Command *cmds;
     Keel__Command **cmd_ptrs;
-    Keel__Request **owners; /* requests whose bodies the commands point into */
+    Keel__Request **owners; /* requests whose bodies the commands point into (or NULL) */
+    Keel__Member **owned_members; /* member_attrs commands of our own (or NULL) */
     size_t n_cmds, cap_cmds;
     uv_check_t flush;
 
@@ -163,8 +164,14 @@ static void proposal_done(struct raft_apply *req, int status, void *result)
 
 static void release_batch(struct keel_service *svc)
 {
-    for (size_t i = 0; i < svc->n_cmds; i++)
-        keel__request__free_unpacked(svc->owners[i], NULL);
+    for (size_t i = 0; i < svc->n_cmds; i++) {
+        if (svc->owners[i] != NULL)
+            keel__request__free_unpacked(svc->owners[i], NULL);
+        if (svc->owned_members[i] != NULL) {
+            free(svc->owned_members[i]->clienturls);
+            free(svc->owned_members[i]);
+        }
+    }
     svc->n_cmds = 0;
 }
 
@@ -222,6 +229,10 @@ static int grow_batch(struct keel_service *svc)
     if (o == NULL)
         return -1;
     svc->owners = o;
+    Keel__Member **om = realloc(svc->owned_members, cap * sizeof(*om));
+    if (om == NULL)
+        return -1;
+    svc->owned_members = om;
     svc->cap_cmds = cap;
     return 0;
 }
@@ -288,7 +299,52 @@ static void propose(struct keel_service *svc, struct keel_session *s, Keel__Requ
         keel__request__free_unpacked(req, NULL);
         return;
     }
+    svc->owned_members[svc->n_cmds] = NULL;
     svc->owners[svc->n_cmds++] = req;
+}
+
+/* Leader only: put a member's attributes into the log when the replicated state lacks them,
+ * so every member can name every client address (NOT_LEADER answers, member lists, zones). */
+static void publish_members(struct keel_service *svc)
+{
+    if (!keel_node_is_leader(svc->o.node))
+        return;
+    struct keel_members *ms = svc->o.members;
+    for (size_t i = 0; i < ms->n; i++) {
+        struct keel_member_info *mi = &ms->v[i];
+        if (mi->publishing || mi->client[0] == '\0' ||
+            (strcmp(mi->client, mi->stored_client) == 0 && strcmp(mi->zone, mi->stored_zone) == 0))
+            continue;
+        Keel__Member *m = calloc(1, sizeof(*m));
+        char **urls = calloc(1, sizeof(char *));
+        if (m == NULL || urls == NULL || grow_batch(svc) != 0) {
+            free(m);
+            free(urls);
+            return;
+        }
+        keel__member__init(m);
+        m->id = mi->id;
+        m->name = mi->name;
+        m->zone = mi->zone;
+        urls[0] = mi->client;
+        m->clienturls = urls;
+        m->n_clienturls = 1;
+        m->peerurls = NULL;
+        Keel__Command *c = &svc->cmds[svc->n_cmds];
+        keel__command__init(c);
+        c->request_id = ++svc->next_request_id;
+        c->origin = svc->o.cfg->member_id;
+        c->op_case = KEEL__COMMAND__OP_MEMBER_ATTRS;
+        c->member_attrs = m;
+        svc->owners[svc->n_cmds] = NULL;
+        svc->owned_members[svc->n_cmds++] = m;
+        mi->publishing = 1;
+    }
+}
+
+void keel_service_member_learned(struct keel_service *svc)
+{
+    publish_members(svc);
 }
 
 /* ---- reads ---- */
@@ -721,8 +777,11 @@ void keel_service_request(struct keel_service *svc, struct keel_session *s, Keel
 void keel_service_applied(struct keel_service *svc, struct keel_fsm_batch *b)
 {
     uint64_t self = svc->o.cfg->member_id;
+    int members_changed = 0;
     for (size_t i = 0; i < b->n; i++) {
         struct keel_fsm_result *r = &b->results[i];
+        if (r->op == KEEL__COMMAND__OP_MEMBER_ATTRS)
+            members_changed = 1;
         if (r->origin != self || r->r.skipped)
             continue;
         struct pending *p = u64map_del(&svc->pending, r->request_id);
@@ -739,6 +798,10 @@ void keel_service_applied(struct keel_service *svc, struct keel_fsm_batch *b)
             r->r.response->id = client_id;
             reply(svc, s, r->r.response, r->r.revision);
         }
+    }
+    if (members_changed) {
+        keel_members_load(svc->o.members, svc->o.store);
+        publish_members(svc); /* a member whose address changed meanwhile */
     }
     keel_watch_applied(svc->o.watch, b);
     serve_ready(svc);
@@ -764,6 +827,9 @@ void keel_service_leader_changed(struct keel_service *svc, bool is_leader, uint6
          * new term (narrowing its Figure-8 bug) and brings the fsm up to date. */
         svc->leader_barrier.data = svc;
         keel_node_barrier(svc->o.node, &svc->leader_barrier, leader_barrier_done);
+        for (size_t i = 0; i < svc->o.members->n; i++)
+            svc->o.members->v[i].publishing = 0;
+        publish_members(svc);
     }
     if (!is_leader && was) {
         fail_reads(svc, &svc->waiting, KEEL_ENOTLEADER);
@@ -819,6 +885,7 @@ void keel_service_free(struct keel_service *svc)
     free(svc->cmds);
     free(svc->cmd_ptrs);
     free(svc->owners);
+    free(svc->owned_members);
     keel_arena_close(&svc->arena);
     free(svc);
 }

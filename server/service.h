@@ -51,6 +51,9 @@ void keel_service_applied(struct keel_service *svc, struct keel_fsm_batch *b);
 /* From the node: leadership changed. */
 void keel_service_leader_changed(struct keel_service *svc, bool is_leader, uint64_t leader_id);
 
+/* A peer told us its attributes (client address, zone): the leader publishes new ones. */
+void keel_service_member_learned(struct keel_service *svc);
+
 /* Answer everything still waiting (the member is stopping) and stop the flush handle. */
 void keel_service_stop(struct keel_service *svc);
 

@@ -32,7 +32,7 @@ struct meta {
 struct keel_store {
     char *path;
     MDB_env *env;
-    MDB_dbi dbi_meta, dbi_revs, dbi_keys, dbi_leases, dbi_lease_keys;
+    MDB_dbi dbi_meta, dbi_revs, dbi_keys, dbi_leases, dbi_lease_keys, dbi_members;
     uint64_t quota;
     uint64_t map_size;
     int no_sync;

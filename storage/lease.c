@@ -1,4 +1,5 @@
 /* Lease records and the keys attached to them. */
+#include <errno.h>
 #include <string.h>
 
 #include "internal.h"
@@ -228,6 +229,44 @@ int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *ar
         if (keys != NULL)
             err = lease_keys(&t, id, arena, keys, n_keys);
     }
+    store_read_end(&t);
+    return err;
+}
+
+int keel_store_members(struct keel_store *s, struct keel_arena *arena, Keel__Member ***members,
+                       size_t *n)
+{
+    struct tctx t;
+    struct meta m;
+    int err = store_read_begin(s, &t, &m);
+    if (err != 0)
+        return err;
+    *members = NULL;
+    *n = 0;
+    MDB_stat st;
+    MDB_cursor *cur = NULL;
+    int rc = mdb_stat(t.txn, s->dbi_members, &st);
+    if (rc == 0 && st.ms_entries > 0) {
+        Keel__Member **out = keel_arena_alloc(arena, st.ms_entries * sizeof(*out));
+        rc = out == NULL ? ENOMEM : mdb_cursor_open(t.txn, s->dbi_members, &cur);
+        MDB_val k, v;
+        if (rc == 0)
+            rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+        while (rc == 0 && *n < st.ms_entries) {
+            out[*n] = keel__member__unpack(keel_arena_pb(arena), v.mv_size, v.mv_data);
+            if (out[*n] == NULL) {
+                err = KEEL_ECORRUPT;
+                break;
+            }
+            (*n)++;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+        *members = out;
+    }
+    if (err == 0 && rc != 0 && rc != MDB_NOTFOUND)
+        err = store_mdb_err(rc);
+    if (cur != NULL)
+        mdb_cursor_close(cur);
     store_read_end(&t);
     return err;
 }

@@ -428,6 +428,20 @@ static int do_lease_revoke(struct wctx *c, const Keel__LeaseRevokeRequest *req,
     return *out ? 0 : KEEL_ENOMEM;
 }
 
+/* Member attributes are cluster metadata: no revision, no event. */
+static int do_member_attrs(struct wctx *c, const Keel__Member *m)
+{
+    size_t n = keel__member__get_packed_size(m);
+    uint8_t key[8];
+    be64_put(key, m->id);
+    MDB_val k = {8, key}, v = {n, NULL};
+    int rc = mdb_put(c->t->txn, c->t->s->dbi_members, &k, &v, MDB_RESERVE);
+    if (rc != 0)
+        return store_mdb_err(rc);
+    keel__member__pack(m, v.mv_data);
+    return 0;
+}
+
 static int dispatch(struct keel_store_write *w, struct wctx *c, const Keel__Command *cmd,
                     Keel__Response *resp)
 {
@@ -457,6 +471,8 @@ static int dispatch(struct keel_store_write *w, struct wctx *c, const Keel__Comm
     case KEEL__COMMAND__OP_LEASE_REVOKE:
         resp->body_case = KEEL__RESPONSE__BODY_LEASE_REVOKE;
         return do_lease_revoke(c, cmd->lease_revoke, &resp->lease_revoke);
+    case KEEL__COMMAND__OP_MEMBER_ATTRS:
+        return do_member_attrs(c, cmd->member_attrs);
     default:
         return KEEL_EUNSUPPORTED;
     }

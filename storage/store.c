@@ -53,7 +53,9 @@ static int open_dbis(struct keel_store *s, MDB_txn *txn)
         (rc = mdb_dbi_open(txn, "keys", MDB_CREATE | MDB_DUPSORT | MDB_DUPFIXED, &s->dbi_keys)) !=
             0 ||
         (rc = mdb_dbi_open(txn, "leases", MDB_CREATE, &s->dbi_leases)) != 0 ||
-        (rc = mdb_dbi_open(txn, "lease_keys", MDB_CREATE | MDB_DUPSORT, &s->dbi_lease_keys)) != 0)
+        (rc = mdb_dbi_open(txn, "lease_keys", MDB_CREATE | MDB_DUPSORT, &s->dbi_lease_keys)) !=
+            0 ||
+        (rc = mdb_dbi_open(txn, "members", MDB_CREATE, &s->dbi_members)) != 0)
         return store_mdb_err(rc);
     return 0;
 }

@@ -17,6 +17,7 @@
  *               last is the key's current state, the greatest <= R its state at revision R
  *   leases      lease id -> granted TTL
  *   lease_keys  lease id -> attached user keys (DUPSORT)
+ *   members     member id -> packed Member (name, client address, zone)
  *
  * Determinism: applying the same commands to the same state yields the same state and the same
  * results on every replica. Nothing in apply reads a clock, a random source or local
@@ -195,6 +196,10 @@ int keel_store_lease_list(struct keel_store *s, struct keel_arena *arena,
  * 0, KEEL_ELEASENOTFOUND or KEEL_E*. */
 int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *arena,
                          struct keel_lease_info *info, ProtobufCBinaryData **keys, size_t *n_keys);
+
+/* The member attributes applied through member_attrs commands (id order, in arena). */
+int keel_store_members(struct keel_store *s, struct keel_arena *arena, Keel__Member ***members,
+                       size_t *n);
 
 /* ---------------------------------------------------------------------------------------
  * Snapshots

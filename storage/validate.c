@@ -141,6 +141,10 @@ int validate_command(const Keel__Command *cmd, const struct keel_limits *limits,
     case KEEL__COMMAND__OP_MEMBER_ADD:
     case KEEL__COMMAND__OP_MEMBER_REMOVE:
         return 0;
+    case KEEL__COMMAND__OP_MEMBER_ATTRS:
+        if (cmd->member_attrs->id == 0)
+            return fail(&v, KEEL_EINVAL, "member id is 0");
+        return 0;
     default:
         return fail(&v, KEEL_EINVAL, "command carries no operation");
     }
