@@ -89,7 +89,10 @@ static char *get_from(struct tc_cluster *c, int i, const char *key, int64_t *mod
     int rv = keel_get(k, key, strlen(key), &o, &r);
     char *val = NULL;
     if (rv == 0 && r->n_kvs == 1) {
-        val = strndup((char *)r->kvs[0]->value.data, r->kvs[0]->value.len);
+        /* Values are bytes, not C strings (strndup may read past them). */
+        val = calloc(1, r->kvs[0]->value.len + 1);
+        if (r->kvs[0]->value.len)
+            memcpy(val, r->kvs[0]->value.data, r->kvs[0]->value.len);
         if (mod_revision)
             *mod_revision = r->kvs[0]->mod_revision;
     }
