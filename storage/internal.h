@@ -173,6 +173,9 @@ struct wctx {
     struct meta *m;       /* working meta of the batch */
     struct keel_arena *a; /* the caller's arena: results and events */
     bool changed;         /* the command has taken a new revision (m->revision) */
+    bool planned;         /* a txn whose request-level checks all passed before it wrote */
+    bool *plan;           /* its compare outcomes, in the order its txns are reached */
+    size_t plan_n, plan_pos;
     uint32_t sub;         /* next sub-revision */
     struct pvec events;
 };

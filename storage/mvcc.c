@@ -1,10 +1,13 @@
 /*
  * Applying write commands: Put, DeleteRange, Txn, lease grant and revoke, compaction.
  *
- * Every request-level check of a single operation happens before it changes anything, so a
- * failed Put or revoke leaves no trace. A Txn runs in a nested LMDB transaction: an operation
- * failing halfway aborts the nested transaction and the working meta is put back, so the
- * whole Txn leaves no trace either, while earlier commands of the batch stay applied.
+ * Every request-level check happens before anything is written, so a failed command leaves no
+ * trace while earlier commands of the batch stay applied. A Txn is applied in two passes, as
+ * etcd does: the first evaluates every compare (nested ones too) against the state before the
+ * txn, follows the chosen branches and checks what could fail there (leases, keys that must
+ * exist, read revisions, quota); the second writes. Validation has already refused txns whose
+ * puts and deletes overlap, so nothing the second pass does can fail at request level: if it
+ * does, the store is inconsistent and the error is fatal.
  */
 #include <string.h>
 
@@ -131,8 +134,8 @@ static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse
     }
     uint64_t add = REVKEY_LEN + record_size(r.key.mv_size, r.value.mv_size) + KEYREV_LEN +
                    r.key.mv_size;
-    if (over_quota(c, add))
-        return KEEL_ENOSPACE;
+    if (!c->planned && over_quota(c, add))
+        return KEEL_ENOSPACE; /* a planned txn checked its quota as a whole */
 
     int64_t rev = wctx_rev(c);
     r.create_revision = st.exists ? prev->create_revision : rev;
@@ -336,12 +339,10 @@ static int run_op(struct wctx *c, const Keel__RequestOp *op, Keel__ResponseOp *r
 
 static int run_txn(struct wctx *c, const Keel__TxnRequest *req, Keel__TxnResponse **out)
 {
-    bool ok = true;
     int err;
-    for (size_t i = 0; i < req->n_compare && ok; i++) {
-        if ((err = eval_compare(c, req->compare[i], &ok)) != 0)
-            return err;
-    }
+    if (c->plan_pos >= c->plan_n)
+        return KEEL_ECORRUPT;
+    bool ok = c->plan[c->plan_pos++];
     Keel__RequestOp **ops = ok ? req->success : req->failure;
     size_t n = ok ? req->n_success : req->n_failure;
     Keel__TxnResponse *resp = NEW_MSG(c->a, Keel__TxnResponse, keel__txn_response__init);
@@ -365,35 +366,87 @@ static int run_txn(struct wctx *c, const Keel__TxnRequest *req, Keel__TxnRespons
     return 0;
 }
 
-/* A Txn in a nested LMDB transaction, so a failure halfway leaves nothing behind. */
-static int apply_txn(struct keel_store_write *w, struct wctx *c, const Keel__TxnRequest *req,
-                     Keel__TxnResponse **out)
+/* Pass one of a txn: decide every branch and check every operation on the way. */
+static int plan_txn(struct wctx *c, const Keel__TxnRequest *req, struct pvec *plan,
+                    uint64_t *quota_add)
 {
-    struct tctx child;
-    int err = tctx_begin(&child, w->t.s, w->t.txn, 0);
-    if (err == 0)
-        err = tctx_cursors(&child);
-    if (err != 0) {
-        if (child.txn != NULL) {
-            tctx_close_cursors(&child);
-            mdb_txn_abort(child.txn);
+    bool ok = true;
+    int err;
+    for (size_t i = 0; i < req->n_compare && ok; i++) {
+        if ((err = eval_compare(c, req->compare[i], &ok)) != 0)
+            return err;
+    }
+    if ((err = pvec_push(c->a, plan, ok ? (void *)1 : NULL)) != 0)
+        return err;
+    Keel__RequestOp **ops = ok ? req->success : req->failure;
+    size_t n = ok ? req->n_success : req->n_failure;
+    for (size_t i = 0; i < n; i++) {
+        const Keel__RequestOp *op = ops[i];
+        switch (op->request_case) {
+        case KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE: {
+            const Keel__RangeRequest *r = op->request_range;
+            if (r->revision > c->m->revision)
+                return KEEL_EFUTUREREV;
+            if (r->revision > 0 && r->revision < c->m->compact_revision)
+                return KEEL_ECOMPACTED;
+            if (r->limit < 0)
+                return KEEL_EINVAL;
+            break;
         }
-        return err;
+        case KEEL__REQUEST_OP__REQUEST_REQUEST_PUT: {
+            const Keel__PutRequest *p = op->request_put;
+            MDB_val key = {p->key.len, p->key.data};
+            struct kstate st;
+            if ((err = key_state(c->t, c->t->keys, &key, 0, &st)) != 0)
+                return err;
+            if ((p->ignore_value || p->ignore_lease) && !st.exists)
+                return KEEL_EKEYNOTFOUND;
+            if (p->lease != 0 && !p->ignore_lease) {
+                bool found;
+                if ((err = lease_exists(c->t, p->lease, &found)) != 0)
+                    return err;
+                if (!found)
+                    return KEEL_ELEASENOTFOUND;
+            }
+            size_t vlen = p->ignore_value ? st.rec.value.mv_size : p->value.len;
+            *quota_add += REVKEY_LEN + record_size(p->key.len, vlen) + KEYREV_LEN + p->key.len;
+            break;
+        }
+        case KEEL__REQUEST_OP__REQUEST_REQUEST_TXN:
+            if ((err = plan_txn(c, op->request_txn, plan, quota_add)) != 0)
+                return err;
+            break;
+        default:
+            break;
+        }
     }
-    struct meta saved = w->m;
-    c->t = &child;
+    return 0;
+}
+
+static int apply_txn(struct wctx *c, const Keel__TxnRequest *req, Keel__TxnResponse **out)
+{
+    struct pvec plan = {0};
+    uint64_t quota_add = 0;
+    int err = plan_txn(c, req, &plan, &quota_add);
+    if (err != 0)
+        return err;
+    if (quota_add > 0 && over_quota(c, quota_add))
+        return KEEL_ENOSPACE;
+    bool *decided = keel_arena_alloc(c->a, plan.n + 1);
+    if (decided == NULL)
+        return KEEL_ENOMEM;
+    for (size_t i = 0; i < plan.n; i++)
+        decided[i] = plan.v[i] != NULL;
+    c->planned = true;
+    c->plan = decided;
+    c->plan_n = plan.n;
+    c->plan_pos = 0;
     err = run_txn(c, req, out);
-    c->t = &w->t;
-    tctx_close_cursors(&child);
-    if (err != 0) {
-        mdb_txn_abort(child.txn);
-        w->m = saved;
-        c->changed = false;
-        c->sub = 0;
-        c->events.n = 0;
-        return err;
-    }
-    return store_mdb_err(mdb_txn_commit(child.txn));
+    c->planned = false;
+    /* Everything that can fail was checked: a failure now means the store is inconsistent. */
+    if (err < 0 && err > KEEL_E_INTERNAL_BASE)
+        err = KEEL_ECORRUPT;
+    return err;
 }
 
 static int do_lease_revoke(struct wctx *c, const Keel__LeaseRevokeRequest *req,
@@ -442,7 +495,7 @@ static int do_member_attrs(struct wctx *c, const Keel__Member *m)
     return 0;
 }
 
-static int dispatch(struct keel_store_write *w, struct wctx *c, const Keel__Command *cmd,
+static int dispatch(struct wctx *c, const Keel__Command *cmd,
                     Keel__Response *resp)
 {
     int err;
@@ -455,7 +508,7 @@ static int dispatch(struct keel_store_write *w, struct wctx *c, const Keel__Comm
         return do_delete_range(c, cmd->delete_range, &resp->delete_range);
     case KEEL__COMMAND__OP_TXN:
         resp->body_case = KEEL__RESPONSE__BODY_TXN;
-        return apply_txn(w, c, cmd->txn, &resp->txn);
+        return apply_txn(c, cmd->txn, &resp->txn);
     case KEEL__COMMAND__OP_COMPACTION:
         resp->body_case = KEEL__RESPONSE__BODY_COMPACTION;
         err = compact_apply(c, cmd->compaction->revision);
@@ -494,7 +547,7 @@ int mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct keel
         return KEEL_ENOMEM;
     struct wctx c = {.t = &w->t, .m = &w->m, .a = a};
     struct meta saved = w->m;
-    err = dispatch(w, &c, cmd, resp);
+    err = dispatch(&c, cmd, resp);
     if (is_request_error(err)) {
         /* Single operations check before they write, so nothing was changed. */
         w->m = saved;

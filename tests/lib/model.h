@@ -119,12 +119,12 @@ void model_dump_events(FILE *f, int indent, Keel__Event *const *ev, size_t n);
  * then avoids requests whose outcome depends on state it cannot see in ambiguous ways (LeaseGrant
  * with ID 0, ranges at past revisions inside txns).
  *
- * A txn branch, nested txns included, never puts one key twice (validate rejects that in one
- * branch; etcd across nesting too). Without overlap, every write of a branch covers keys
- * disjoint from the others and a nested txn's compares avoid keys written earlier in the branch,
- * so no result depends on ops seeing the txn's earlier writes. With overlap, deletes may cover
- * keys written earlier in the txn, puts may follow a delete of their key, and nested compares may
- * read earlier writes: the sequential semantics the store promises.
+ * A txn branch, nested txns included, never puts one key twice. Without overlap, every write of a
+ * branch covers keys disjoint from the others and a nested txn's compares avoid keys written
+ * earlier in the branch, so no result depends on ops seeing the txn's earlier writes: that is
+ * what the store accepts (like etcd it refuses a put inside a range the same txn deletes, and
+ * evaluates nested compares before the txn writes). With overlap, deletes may cover keys written
+ * earlier in the txn; the store refuses such txns, so the tests run without it.
  */
 
 struct model_gen {

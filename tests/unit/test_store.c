@@ -314,7 +314,7 @@ static void txn_failure_leaves_nothing(void **state)
     ap(f, tu_cmd_put(&f->a, "a", "1"));
     Keel__TxnRequest *t = tu_txn(&f->a);
     tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "a", "2"));
-    tu_op_del(tu_txn_op(&f->a, t, 1), tu_del_req(&f->a, "a", NULL));
+    tu_op_del(tu_txn_op(&f->a, t, 1), tu_del_req(&f->a, "c", NULL));
     Keel__PutRequest *bad = tu_put_req(&f->a, "b", "x");
     bad->lease = 1234;
     tu_op_put(tu_txn_op(&f->a, t, 1), bad);
@@ -326,6 +326,59 @@ static void txn_failure_leaves_nothing(void **state)
     /* and the store keeps working afterwards in the same way */
     r = ap(f, tu_cmd_put(&f->a, "a", "3"));
     assert_int_equal(r.revision, 2);
+}
+
+static void txn_overlapping_writes_refused(void **state)
+{
+    struct fx *f = *state;
+    ap(f, tu_cmd_put(&f->a, "a", "1"));
+    /* etcd's rule: a put inside a range the same branch deletes, nested levels included */
+    Keel__TxnRequest *t = tu_txn(&f->a);
+    tu_op_del(tu_txn_op(&f->a, t, 1), tu_del_req(&f->a, "a", "b"));
+    tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "a1", "x"));
+    const char *msg = NULL;
+    assert_int_equal(keel_store_validate(tu_cmd_txn(&f->a, t), NULL, &msg), KEEL_EDUPKEY);
+    assert_int_equal(ap(f, tu_cmd_txn(&f->a, t)).err, KEEL_EDUPKEY);
+    Keel__TxnRequest *inner = tu_txn(&f->a);
+    tu_op_put(tu_txn_op(&f->a, inner, 0), tu_put_req(&f->a, "a", "y"));
+    t = tu_txn(&f->a);
+    tu_op_del(tu_txn_op(&f->a, t, 1), tu_del_req(&f->a, "a", NULL));
+    Keel__RequestOp *op = tu_txn_op(&f->a, t, 1);
+    op->request_case = KEEL__REQUEST_OP__REQUEST_REQUEST_TXN;
+    op->request_txn = inner;
+    assert_int_equal(keel_store_validate(tu_cmd_txn(&f->a, t), NULL, &msg), KEEL_EDUPKEY);
+    /* the two branches of a nested txn may put the same key: only one runs */
+    inner = tu_txn(&f->a);
+    tu_op_put(tu_txn_op(&f->a, inner, 1), tu_put_req(&f->a, "z", "then"));
+    tu_op_put(tu_txn_op(&f->a, inner, 0), tu_put_req(&f->a, "z", "else"));
+    t = tu_txn(&f->a);
+    op = tu_txn_op(&f->a, t, 1);
+    op->request_case = KEEL__REQUEST_OP__REQUEST_REQUEST_TXN;
+    op->request_txn = inner;
+    assert_int_equal(keel_store_validate(tu_cmd_txn(&f->a, t), NULL, &msg), 0);
+    assert_int_equal(rev_of(f), 1);
+}
+
+static void txn_nested_compares_see_the_state_before(void **state)
+{
+    struct fx *f = *state;
+    /* etcd evaluates every compare, nested ones too, before the txn writes */
+    Keel__TxnRequest *inner = tu_txn(&f->a);
+    Keel__Compare *c = tu_txn_compare(&f->a, inner, "k", KEEL__COMPARE__COMPARE_TARGET__VERSION,
+                                      KEEL__COMPARE__COMPARE_RESULT__EQUAL);
+    c->target_union_case = KEEL__COMPARE__TARGET_UNION_VERSION;
+    c->version = 0;
+    tu_op_put(tu_txn_op(&f->a, inner, 1), tu_put_req(&f->a, "seen", "before"));
+    tu_op_put(tu_txn_op(&f->a, inner, 0), tu_put_req(&f->a, "seen", "after"));
+    Keel__TxnRequest *outer = tu_txn(&f->a);
+    tu_op_put(tu_txn_op(&f->a, outer, 1), tu_put_req(&f->a, "k", "v"));
+    Keel__RequestOp *op = tu_txn_op(&f->a, outer, 1);
+    op->request_case = KEEL__REQUEST_OP__REQUEST_REQUEST_TXN;
+    op->request_txn = inner;
+    struct keel_apply_result r = ap(f, tu_cmd_txn(&f->a, outer));
+    assert_int_equal(r.err, 0);
+    assert_true(r.response->txn->responses[1]->response_txn->succeeded);
+    assert_kv(get(f, "seen", 0), "seen", "before", 1, 1, 1);
 }
 
 static void txn_nested(void **state)
@@ -829,7 +882,9 @@ int main(int argc, char **argv)
                                      T(put_skips_applied_index)};
     const struct CMUnitTest delete_range[] = {T(delete_range_conventions), T(delete_single_key)};
     const struct CMUnitTest txn[] = {T(txn_compare_branches), T(txn_compare_targets),
-                                     T(txn_failure_leaves_nothing), T(txn_nested)};
+                                     T(txn_failure_leaves_nothing), T(txn_nested),
+                                     T(txn_overlapping_writes_refused),
+                                     T(txn_nested_compares_see_the_state_before)};
     const struct CMUnitTest range[] = {T(range_options), T(range_past_revisions)};
     const struct CMUnitTest history[] = {T(history_chunks_and_prev), T(history_compacted)};
     const struct CMUnitTest compaction[] = {T(compaction_keeps_state_at_revision),
