@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bytes.h"
 #include "err.h"
 
 #define DECODER_MIN_CAP 4096
@@ -19,11 +20,6 @@ void keel_frame_decoder_close(struct keel_frame_decoder *d)
     free(d->buf);
     d->buf = NULL;
     d->start = d->end = d->cap = 0;
-}
-
-static uint32_t load_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
 int keel_frame_decoder_space(struct keel_frame_decoder *d, size_t want, uint8_t **buf,
@@ -84,7 +80,7 @@ int keel_frame_decoder_next(struct keel_frame_decoder *d, const uint8_t **payloa
     size_t avail = d->end - d->start;
     if (avail < KEEL_FRAME_HEADER)
         return 0;
-    uint32_t n = load_be32(d->buf + d->start);
+    uint32_t n = keel_get_be32(d->buf + d->start);
     if (n > d->max_frame) {
         d->error = KEEL_EFRAMETOOLARGE;
         return d->error;
@@ -110,10 +106,7 @@ size_t keel_frame_size(const ProtobufCMessage *msg)
 size_t keel_frame_pack(const ProtobufCMessage *msg, uint8_t *out)
 {
     size_t n = protobuf_c_message_pack(msg, out + KEEL_FRAME_HEADER);
-    out[0] = (uint8_t)(n >> 24);
-    out[1] = (uint8_t)(n >> 16);
-    out[2] = (uint8_t)(n >> 8);
-    out[3] = (uint8_t)n;
+    keel_put_be32(out, (uint32_t)n);
     return KEEL_FRAME_HEADER + n;
 }
 

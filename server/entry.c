@@ -2,18 +2,8 @@
 
 #include <string.h>
 
+#include "bytes.h"
 #include "err.h"
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 int keel_entry_encode(const Keel__CommandBatch *batch, struct raft_buffer *out)
 {
@@ -24,8 +14,8 @@ int keel_entry_encode(const Keel__CommandBatch *batch, struct raft_buffer *out)
     uint8_t *p = raft_malloc(total);
     if (p == NULL)
         return KEEL_ENOMEM;
-    put_u32(p, KEEL_ENTRY_MAGIC);
-    put_u32(p + 4, (uint32_t)n);
+    keel_put_le32(p, KEEL_ENTRY_MAGIC);
+    keel_put_le32(p + 4, (uint32_t)n);
     keel__command_batch__pack(batch, p + KEEL_ENTRY_HEADER);
     memset(p + KEEL_ENTRY_HEADER + n, 0, total - KEEL_ENTRY_HEADER - n);
     out->base = p;
@@ -38,7 +28,7 @@ int keel_entry_check(const struct raft_buffer *buf)
     if (buf->len < KEEL_ENTRY_HEADER || buf->len % 8 != 0)
         return KEEL_EINVAL;
     const uint8_t *p = buf->base;
-    if (get_u32(p) != KEEL_ENTRY_MAGIC || get_u32(p + 4) > buf->len - KEEL_ENTRY_HEADER)
+    if (keel_get_le32(p) != KEEL_ENTRY_MAGIC || keel_get_le32(p + 4) > buf->len - KEEL_ENTRY_HEADER)
         return KEEL_EINVAL;
     return 0;
 }
@@ -49,6 +39,6 @@ int keel_entry_decode(const struct raft_buffer *buf, const uint8_t **payload, si
         return KEEL_ECORRUPT;
     const uint8_t *p = buf->base;
     *payload = p + KEEL_ENTRY_HEADER;
-    *len = get_u32(p + 4);
+    *len = keel_get_le32(p + 4);
     return 0;
 }

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "entry.h"
 #include "fetch.h"
 #include "log.h"
@@ -54,20 +55,6 @@ struct keel_fsm {
     void (*stop_cb)(struct keel_fsm *f, void *data);
     void *stop_data;
 };
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
 
 static void enqueue(struct keel_fsm *f, struct job *j)
 {
@@ -369,10 +356,10 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
         raft_free(token);
         return RAFT_NOMEM;
     }
-    put_u64(token, TOKEN_MAGIC);
-    put_u64(token + 8, TOKEN_FORMAT);
-    put_u64(token + 16, index);
-    put_u64(token + 24, f->o.cluster_id);
+    keel_put_le64(token, TOKEN_MAGIC);
+    keel_put_le64(token + 8, TOKEN_FORMAT);
+    keel_put_le64(token + 16, index);
+    keel_put_le64(token + 24, f->o.cluster_id);
     b->base = token;
     b->len = TOKEN_LEN;
     *bufs = b;
@@ -384,13 +371,13 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
 static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
 {
     struct keel_fsm *f = rf->data;
-    if (buf->len != TOKEN_LEN || get_u64(buf->base) != TOKEN_MAGIC ||
-        get_u64((uint8_t *)buf->base + 8) != TOKEN_FORMAT ||
-        get_u64((uint8_t *)buf->base + 24) != f->o.cluster_id) {
+    if (buf->len != TOKEN_LEN || keel_get_le64(buf->base) != TOKEN_MAGIC ||
+        keel_get_le64((uint8_t *)buf->base + 8) != TOKEN_FORMAT ||
+        keel_get_le64((uint8_t *)buf->base + 24) != f->o.cluster_id) {
         KLOG_ERROR("raft snapshot is not a keel token of this cluster");
         return RAFT_CORRUPT;
     }
-    uint64_t index = get_u64((uint8_t *)buf->base + 16);
+    uint64_t index = keel_get_le64((uint8_t *)buf->base + 16);
     raft_free(buf->base);
     struct keel_store_stat st;
     keel_store_stat(f->o.store, &st);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bytes.h"
 #include "log.h"
 
 #define HELLO_MAGIC   0x4b45454c50454552ull /* "KEELPEER" */
@@ -64,20 +65,6 @@ static void list_del(struct pending *p)
     p->prev->next = p->next;
     p->next->prev = p->prev;
     p->next = p->prev = p;
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
 }
 
 static void put_str(uint8_t *p, const char *s)
@@ -141,9 +128,9 @@ static void on_connect(uv_connect_t *c, int status)
     }
     uv_tcp_nodelay(p->tcp, 1);
     struct tport *t = p->t;
-    put_u64(p->hello, HELLO_MAGIC);
-    put_u64(p->hello + 8, HELLO_VERSION);
-    put_u64(p->hello + 16, t->id);
+    keel_put_le64(p->hello, HELLO_MAGIC);
+    keel_put_le64(p->hello + 8, HELLO_VERSION);
+    keel_put_le64(p->hello + 16, t->id);
     put_str(p->hello + 24, t->address);
     put_str(p->hello + 88, t->self.client);
     put_str(p->hello + 152, t->self.name);
@@ -232,8 +219,8 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (p->got < HELLO_LEN)
         return;
     uv_read_stop(s);
-    uint64_t id = get_u64(p->hello + 16);
-    if (get_u64(p->hello) != HELLO_MAGIC || get_u64(p->hello + 8) != HELLO_VERSION || id == 0) {
+    uint64_t id = keel_get_le64(p->hello + 16);
+    if (keel_get_le64(p->hello) != HELLO_MAGIC || keel_get_le64(p->hello + 8) != HELLO_VERSION || id == 0) {
         KLOG_WARN("peer connection with a bad handshake dropped");
         accept_drop(p);
         return;

@@ -4,45 +4,16 @@
 
 #include "internal.h"
 
-void be64_put(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
-
-uint64_t be64_get(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static void be32_put(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static uint32_t be32_get(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
 void revkey_encode(uint8_t out[REVKEY_LEN], int64_t rev, uint32_t sub)
 {
-    be64_put(out, (uint64_t)rev);
-    be32_put(out + 8, sub);
+    keel_put_be64(out, (uint64_t)rev);
+    keel_put_be32(out + 8, sub);
 }
 
 struct revkey revkey_decode(const MDB_val *v)
 {
     const uint8_t *p = v->mv_data;
-    struct revkey rk = {(int64_t)be64_get(p), be32_get(p + 8)};
+    struct revkey rk = {(int64_t)keel_get_be64(p), keel_get_be32(p + 8)};
     return rk;
 }
 
@@ -55,7 +26,7 @@ void keyrev_encode(uint8_t out[KEYREV_LEN], int64_t rev, uint32_t sub, bool tomb
 struct keyrev keyrev_decode(const MDB_val *v)
 {
     const uint8_t *p = v->mv_data;
-    struct keyrev kr = {(int64_t)be64_get(p), be32_get(p + 8), p[12] != 0};
+    struct keyrev kr = {(int64_t)keel_get_be64(p), keel_get_be32(p + 8), p[12] != 0};
     return kr;
 }
 

@@ -14,6 +14,7 @@
 
 #include <lmdb.h>
 
+#include "bytes.h"
 #include "store.h"
 
 #define STORE_FORMAT 1
@@ -98,8 +99,6 @@ size_t record_size(size_t key_len, size_t value_len);
 void record_encode(uint8_t *out, const struct record *r);
 /* 0 or KEEL_ECORRUPT. */
 int record_decode(const MDB_val *v, struct record *r);
-void be64_put(uint8_t *p, uint64_t v);
-uint64_t be64_get(const uint8_t *p);
 
 /* LMDB code to KEEL_E*. */
 int store_mdb_err(int rc);

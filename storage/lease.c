@@ -8,7 +8,7 @@
 
 void lease_key(uint8_t out[8], int64_t id)
 {
-    be64_put(out, (uint64_t)id);
+    keel_put_be64(out, (uint64_t)id);
 }
 
 int lease_exists(struct tctx *t, int64_t id, bool *exists)
@@ -157,48 +157,63 @@ int lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBinary
     return 0;
 }
 
-int keel_store_lease_list(struct keel_store *s, struct keel_arena *arena,
-                          struct keel_lease_info **leases, size_t *n)
+/*
+ * Read every record of a small table into an arena array: each(k, v, slot) fills one element of
+ * `size` bytes. The shared shape of the lease and member listings.
+ */
+static int scan_table(struct keel_store *s, MDB_dbi dbi, struct keel_arena *arena, size_t size,
+                      int (*each)(const MDB_val *k, const MDB_val *v, void *slot,
+                                  struct keel_arena *a),
+                      void **out, size_t *n)
 {
     struct tctx t;
     struct meta m;
     int err = store_read_begin(s, &t, &m);
     if (err != 0)
         return err;
-    *leases = NULL;
+    *out = NULL;
     *n = 0;
     MDB_stat st;
     MDB_cursor *cur = NULL;
-    int rc = mdb_stat(t.txn, s->dbi_leases, &st);
+    int rc = mdb_stat(t.txn, dbi, &st);
     if (rc == 0 && st.ms_entries > 0) {
-        struct keel_lease_info *out = keel_arena_alloc(arena, st.ms_entries * sizeof(*out));
-        if (out == NULL) {
-            err = KEEL_ENOMEM;
-            goto done;
-        }
-        rc = mdb_cursor_open(t.txn, s->dbi_leases, &cur);
-        MDB_val k, v;
+        uint8_t *v = keel_arena_alloc(arena, st.ms_entries * size);
+        rc = v == NULL ? ENOMEM : mdb_cursor_open(t.txn, dbi, &cur);
+        MDB_val k, d;
         if (rc == 0)
-            rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-        while (rc == 0 && *n < st.ms_entries) {
-            if (k.mv_size != 8 || v.mv_size != sizeof(int64_t)) {
-                err = KEEL_ECORRUPT;
-                goto done;
-            }
-            out[*n].id = (int64_t)be64_get(k.mv_data);
-            memcpy(&out[*n].ttl, v.mv_data, sizeof(int64_t));
-            (*n)++;
-            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+            rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
+        while (rc == 0 && err == 0 && *n < st.ms_entries) {
+            err = each(&k, &d, v + *n * size, arena);
+            if (err == 0)
+                (*n)++;
+            rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT);
         }
-        *leases = out;
+        *out = v;
     }
-    if (rc != 0 && rc != MDB_NOTFOUND)
+    if (err == 0 && rc != 0 && rc != MDB_NOTFOUND)
         err = store_mdb_err(rc);
-done:
     if (cur != NULL)
         mdb_cursor_close(cur);
     store_read_end(&t);
     return err;
+}
+
+static int lease_record(const MDB_val *k, const MDB_val *v, void *slot, struct keel_arena *a)
+{
+    struct keel_lease_info *li = slot;
+    (void)a;
+    if (k->mv_size != 8 || v->mv_size != sizeof(int64_t))
+        return KEEL_ECORRUPT;
+    li->id = (int64_t)keel_get_be64(k->mv_data);
+    memcpy(&li->ttl, v->mv_data, sizeof(int64_t));
+    return 0;
+}
+
+int keel_store_lease_list(struct keel_store *s, struct keel_arena *arena,
+                          struct keel_lease_info **leases, size_t *n)
+{
+    return scan_table(s, s->dbi_leases, arena, sizeof(**leases), lease_record, (void **)leases,
+                      n);
 }
 
 int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *arena,
@@ -233,40 +248,17 @@ int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *ar
     return err;
 }
 
+static int member_record(const MDB_val *k, const MDB_val *v, void *slot, struct keel_arena *a)
+{
+    (void)k;
+    Keel__Member **m = slot;
+    *m = keel__member__unpack(keel_arena_pb(a), v->mv_size, v->mv_data);
+    return *m != NULL ? 0 : KEEL_ECORRUPT;
+}
+
 int keel_store_members(struct keel_store *s, struct keel_arena *arena, Keel__Member ***members,
                        size_t *n)
 {
-    struct tctx t;
-    struct meta m;
-    int err = store_read_begin(s, &t, &m);
-    if (err != 0)
-        return err;
-    *members = NULL;
-    *n = 0;
-    MDB_stat st;
-    MDB_cursor *cur = NULL;
-    int rc = mdb_stat(t.txn, s->dbi_members, &st);
-    if (rc == 0 && st.ms_entries > 0) {
-        Keel__Member **out = keel_arena_alloc(arena, st.ms_entries * sizeof(*out));
-        rc = out == NULL ? ENOMEM : mdb_cursor_open(t.txn, s->dbi_members, &cur);
-        MDB_val k, v;
-        if (rc == 0)
-            rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-        while (rc == 0 && *n < st.ms_entries) {
-            out[*n] = keel__member__unpack(keel_arena_pb(arena), v.mv_size, v.mv_data);
-            if (out[*n] == NULL) {
-                err = KEEL_ECORRUPT;
-                break;
-            }
-            (*n)++;
-            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-        }
-        *members = out;
-    }
-    if (err == 0 && rc != 0 && rc != MDB_NOTFOUND)
-        err = store_mdb_err(rc);
-    if (cur != NULL)
-        mdb_cursor_close(cur);
-    store_read_end(&t);
-    return err;
+    return scan_table(s, s->dbi_members, arena, sizeof(**members), member_record,
+                      (void **)members, n);
 }

@@ -486,7 +486,7 @@ static int do_member_attrs(struct wctx *c, const Keel__Member *m)
 {
     size_t n = keel__member__get_packed_size(m);
     uint8_t key[8];
-    be64_put(key, m->id);
+    keel_put_be64(key, m->id);
     MDB_val k = {8, key}, v = {n, NULL};
     int rc = mdb_put(c->t->txn, c->t->s->dbi_members, &k, &v, MDB_RESERVE);
     if (rc != 0)
