@@ -19,6 +19,7 @@
 #define TOKEN_FORMAT    1
 #define TOKEN_LEN       32
 #define MAX_JOBS_PER_TX 4096
+#define MAX_BYTES_PER_TX (8u << 20) /* bounds a batch's memory when the writer falls behind */
 #define SYNC_WAIT_MS    5000
 #define FETCH_TIMEOUT   10000
 
@@ -216,11 +217,16 @@ static void *writer_main(void *arg)
             pthread_mutex_unlock(&f->mu);
             break;
         }
-        /* Take up to MAX_JOBS_PER_TX jobs: one LMDB transaction for all of them. */
+        /* Take what is queued, up to a bound: one LMDB transaction for all of it. */
         struct job *jobs = f->head;
         struct job *last = jobs;
-        for (int n = 1; n < MAX_JOBS_PER_TX && last->next != NULL; n++)
+        size_t bytes = jobs->len;
+        for (int n = 1; n < MAX_JOBS_PER_TX && last->next != NULL &&
+                        bytes + last->next->len <= MAX_BYTES_PER_TX;
+             n++) {
             last = last->next;
+            bytes += last->len;
+        }
         f->head = last->next;
         if (f->head == NULL)
             f->tail = NULL;
