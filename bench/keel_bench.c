@@ -1,7 +1,12 @@
 /*
  * keel-bench: load generator after etcd's benchmark tool.
  *
- *   keel-bench [flags] put | range | txn-put | txn-mixed | mixed
+ *   keel-bench [flags] put | range | txn-put | txn-mixed | mixed | watch | watch-latency
+ *
+ * watch: --watchers W watches over the whole key space (spread over the --conns clients), while
+ * the --clients writers put --total keys (at --rate); reports events delivered per second.
+ * watch-latency: the same, each value carrying its put's send time; reports put -> event
+ * latency percentiles, measured on this process's clock.
  *
  * One libuv loop drives --conns asynchronous clients (each with its own connections) and
  * --clients logical clients, each keeping one request in flight (closed loop) unless --rate
@@ -27,8 +32,10 @@
 #define KEEL_GIT_REV "unknown"
 #endif
 
-enum workload { W_PUT, W_RANGE, W_TXN_PUT, W_TXN_MIXED, W_MIXED };
-static const char *workload_names[] = {"put", "range", "txn-put", "txn-mixed", "mixed"};
+enum workload { W_PUT, W_RANGE, W_TXN_PUT, W_TXN_MIXED, W_MIXED, W_WATCH, W_WATCH_LATENCY };
+static const char *workload_names[] = {"put",   "range", "txn-put",      "txn-mixed",
+                                       "mixed", "watch", "watch-latency"};
+#define N_WORKLOADS 7
 
 struct config {
     enum workload workload;
@@ -48,6 +55,7 @@ struct config {
     uint64_t seed;
     int json;
     uint32_t timeout_ms;
+    int watchers;
 };
 
 #define MAX_ZONES 16
@@ -89,6 +97,15 @@ struct bench {
     int n_members;
     struct zone_stats zones[MAX_ZONES];
     int n_zones;
+    /* watch workloads */
+    struct keel_watch **watches;
+    int watches_created;
+    uint64_t events;          /* events delivered to all watchers */
+    uint64_t events_expected; /* watchers x successful puts, once the writers are done */
+    struct keel_stats event_lat;
+    uv_timer_t settle;        /* bounds the wait for the last events */
+    int writers_done;
+    int closing;
 };
 
 static uint64_t now_ns(void)
@@ -170,11 +187,45 @@ static void closed(void *data)
     (void)data;
 }
 
+static void shut_down(struct bench *b);
+
+static bool watching(const struct bench *b)
+{
+    return b->cfg.workload == W_WATCH || b->cfg.workload == W_WATCH_LATENCY;
+}
+
+static void settle_timeout(uv_timer_t *t)
+{
+    struct bench *b = t->data;
+    fprintf(stderr, "keel-bench: %" PRIu64 " of %" PRIu64 " events arrived before the timeout\n",
+            b->events, b->events_expected);
+    shut_down(b);
+}
+
 /* The last client finished: release every handle so uv_run returns. */
 static void client_done(struct bench *b)
 {
     if (--b->active > 0)
         return;
+    if (watching(b)) {
+        /* Writers are done; the run ends when every watcher has seen every write. */
+        b->writers_done = 1;
+        b->events_expected = b->succeeded * (uint64_t)b->cfg.watchers;
+        if (b->events >= b->events_expected) {
+            shut_down(b);
+            return;
+        }
+        uv_timer_start(&b->settle, settle_timeout, 30000, 0);
+        return;
+    }
+    shut_down(b);
+}
+
+static void shut_down(struct bench *b)
+{
+    if (b->closing)
+        return;
+    b->closing = 1;
     b->end_ns = now_ns();
     if (b->progress_on) {
         progress(&b->progress);
@@ -182,8 +233,44 @@ static void client_done(struct bench *b)
     }
     uv_close((uv_handle_t *)&b->pacer, NULL);
     uv_close((uv_handle_t *)&b->progress, NULL);
+    uv_close((uv_handle_t *)&b->settle, NULL);
+    /* Closing a client ends its watches (final callbacks with KEEL_ECANCELED). */
     for (int i = 0; i < b->cfg.conns; i++)
         keel_aclient_close(b->acs[i], closed, NULL);
+}
+
+static void start_writers(struct bench *b);
+
+static void on_watch(struct keel_watch *w, int status, const Keel__Event *const *events,
+                     size_t n, int64_t revision, void *data)
+{
+    struct bench *b = data;
+    (void)w;
+    (void)revision;
+    if (status != 0) {
+        if (status != KEEL_ECANCELED)
+            fprintf(stderr, "keel-bench: a watch ended: %s\n", keel_strerror(status));
+        return;
+    }
+    if (n == 0 && !b->closing && b->watches_created < b->cfg.watchers) {
+        /* created notice */
+        if (++b->watches_created == b->cfg.watchers)
+            start_writers(b);
+        return;
+    }
+    uint64_t now = now_ns();
+    for (size_t i = 0; i < n; i++) {
+        if (events[i]->type != KEEL__EVENT__EVENT_TYPE__PUT)
+            continue;
+        b->events++;
+        if (b->cfg.workload == W_WATCH_LATENCY && events[i]->kv->value.len >= sizeof(uint64_t)) {
+            uint64_t sent;
+            memcpy(&sent, events[i]->kv->value.data, sizeof(sent));
+            keel_stats_add(&b->event_lat, (double)(now - sent) / 1e9);
+        }
+    }
+    if (b->writers_done && b->events >= b->events_expected)
+        shut_down(b);
 }
 
 static void send_one(struct client *c)
@@ -203,11 +290,24 @@ static void send_one(struct client *c)
     put.key.len = (size_t)b->cfg.key_size;
     put.value.data = b->value;
     put.value.len = (size_t)b->cfg.val_size;
+    uint8_t stamped[1 << 16];
+    if (b->cfg.workload == W_WATCH_LATENCY) {
+        /* The send time rides in the value, so the watcher measures put -> event. */
+        uint64_t t = now_ns();
+        size_t n = (size_t)b->cfg.val_size < sizeof(stamped) ? (size_t)b->cfg.val_size
+                                                             : sizeof(stamped);
+        memcpy(stamped, b->value, n);
+        memcpy(stamped, &t, sizeof(t));
+        put.value.data = stamped;
+        put.value.len = n;
+    }
     range.key = put.key;
     range.serializable = b->cfg.serializable;
     bool read = (double)(rnd(b) % 1000000) / 1e6 < b->cfg.read_ratio;
     switch (b->cfg.workload) {
     case W_PUT:
+    case W_WATCH:
+    case W_WATCH_LATENCY:
         req.body_case = KEEL__REQUEST__BODY_PUT;
         req.put = &put;
         break;
@@ -353,7 +453,7 @@ static int zone_source(const char *zone, char *out, size_t len)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: keel-bench [flags] put|range|txn-put|txn-mixed|mixed\n"
+            "usage: keel-bench [flags] put|range|txn-put|txn-mixed|mixed|watch|watch-latency\n"
             "  --endpoints LIST      client addresses (default $KEEL_ENDPOINTS or 127.0.0.1:2379)\n"
             "  --conns N             client connections sets (default 1)\n"
             "  --clients N           requests kept in flight (default 1)\n"
@@ -364,6 +464,7 @@ static void usage(FILE *f)
             "  --key-space-size N    distinct keys (default 1)   --sequential-keys\n"
             "  --consistency l|s     for reads (default l)   --read-ratio F (mixed; default 0.5)\n"
             "  --zone Z              live in zone Z: source address 127.0.Z.250, same-zone reads\n"
+            "  --watchers W          watch workloads: watchers over the key space (default 100)\n"
             "  --seed N  --timeout-ms N  --json\n");
 }
 
@@ -380,6 +481,7 @@ static int parse(struct config *c, int argc, char **argv)
     c->read_ratio = 0.5;
     c->seed = 1;
     c->timeout_ms = 10000;
+    c->watchers = 100;
     static const struct option opts[] = {
         {"endpoints", required_argument, NULL, 'e'}, {"conns", required_argument, NULL, 'C'},
         {"clients", required_argument, NULL, 'c'},   {"total", required_argument, NULL, 'n'},
@@ -390,6 +492,7 @@ static int parse(struct config *c, int argc, char **argv)
         {"consistency", required_argument, NULL, 'L'},
         {"read-ratio", required_argument, NULL, 'R'}, {"seed", required_argument, NULL, 'x'},
         {"json", no_argument, NULL, 'j'},            {"timeout-ms", required_argument, NULL, 't'},
+        {"watchers", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
     int opt;
     char *end;
@@ -417,6 +520,7 @@ static int parse(struct config *c, int argc, char **argv)
         case 'x': c->seed = strtoull(optarg, &end, 10); break;
         case 'j': c->json = 1; break;
         case 't': c->timeout_ms = (uint32_t)atoi(optarg); break;
+        case 'w': c->watchers = atoi(optarg); break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -426,7 +530,7 @@ static int parse(struct config *c, int argc, char **argv)
         return -1;
     }
     int found = 0;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < N_WORKLOADS; i++)
         if (strcmp(argv[optind], workload_names[i]) == 0) {
             c->workload = (enum workload)i;
             found = 1;
@@ -437,12 +541,23 @@ static int parse(struct config *c, int argc, char **argv)
     }
     if (c->conns < 1 || c->conns > 1024 || c->clients < 1 || c->clients > 100000 ||
         c->key_size < 1 || c->key_size > 255 || c->val_size < 0 || c->val_size > (1 << 20) ||
-        c->key_space < 1 || c->read_ratio < 0 || c->read_ratio > 1 || c->rate < 0 ||
+        c->key_space < 1 || c->watchers < 1 || c->watchers > 1000000 || c->read_ratio < 0 || c->read_ratio > 1 || c->rate < 0 ||
         (c->total == 0 && c->duration <= 0)) {
         fprintf(stderr, "keel-bench: a flag is out of range (see --help)\n");
         return -1;
     }
     return 0;
+}
+
+static void start_writers(struct bench *b)
+{
+    b->start_ns = now_ns();
+    b->active = b->cfg.clients;
+    for (int i = 0; i < b->cfg.clients; i++) {
+        b->clients[i].b = b;
+        b->clients[i].idx = i;
+        issue(&b->clients[i]);
+    }
 }
 
 static json_object *summary_json(const struct keel_stats_summary *s)
@@ -467,8 +582,20 @@ static void report(struct bench *b)
     struct keel_stats_summary sum;
     double total = (double)(b->end_ns - b->start_ns) / 1e9;
     keel_stats_summarize(&b->stats, total, &sum);
+    struct keel_stats_summary ev;
+    keel_stats_summarize(&b->event_lat, total, &ev);
+    double events_per_s = total > 0 ? (double)b->events / total : 0;
     if (!b->cfg.json) {
         keel_stats_print(&b->stats, &sum, stdout);
+        if (watching(b)) {
+            printf("\nWatch: %d watchers, %" PRIu64 " events delivered (%" PRIu64
+                   " expected), %.1f events/sec\n",
+                   b->cfg.watchers, b->events, b->events_expected, events_per_s);
+            if (b->cfg.workload == W_WATCH_LATENCY)
+                printf("Put -> event latency: p50 %.4f p90 %.4f p99 %.4f p99.9 %.4f secs. (%zu "
+                       "samples)\n",
+                       ev.p[2], ev.p[4], ev.p[6], ev.p[7], ev.n);
+        }
         for (int i = 0; i < b->n_zones; i++) {
             struct keel_stats_summary zs;
             keel_stats_summarize(&b->zones[i].stats, total, &zs);
@@ -512,9 +639,9 @@ static void report(struct bench *b)
     for (int c = 0; c < 64; c++) {
         if (b->stats.errors[c] == 0)
             continue;
-        const ProtobufCEnumValue *ev =
+        const ProtobufCEnumValue *name =
             protobuf_c_enum_descriptor_get_value(&keel__error_code__descriptor, c);
-        json_object_object_add(errs, ev ? ev->name : "OTHER",
+        json_object_object_add(errs, name ? name->name : "OTHER",
                                json_object_new_int64((int64_t)b->stats.errors[c]));
     }
     json_object_object_add(o, "errors", errs);
@@ -525,6 +652,17 @@ static void report(struct bench *b)
         json_object_object_add(zones, b->zones[i].zone, summary_json(&zs));
     }
     json_object_object_add(o, "by_target_zone", zones);
+    if (watching(b)) {
+        json_object *wj = json_object_new_object();
+        json_object_object_add(wj, "watchers", json_object_new_int(b->cfg.watchers));
+        json_object_object_add(wj, "events", json_object_new_int64((int64_t)b->events));
+        json_object_object_add(wj, "events_expected",
+                               json_object_new_int64((int64_t)b->events_expected));
+        json_object_object_add(wj, "events_per_sec", json_object_new_double(events_per_s));
+        if (b->cfg.workload == W_WATCH_LATENCY)
+            json_object_object_add(wj, "event_latency", summary_json(&ev));
+        json_object_object_add(o, "watch", wj);
+    }
     printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
     json_object_put(o);
 }
@@ -569,18 +707,32 @@ int main(int argc, char **argv)
         b.progress_on = 1;
         uv_timer_start(&b.progress, progress, 200, 200);
     }
-    b.start_ns = now_ns();
-    b.active = b.cfg.clients;
-    for (int i = 0; i < b.cfg.clients; i++) {
-        b.clients[i].b = &b;
-        b.clients[i].idx = i;
-        issue(&b.clients[i]);
+    uv_timer_init(&b.loop, &b.settle);
+    b.settle.data = &b;
+    keel_stats_init(&b.event_lat);
+    if (watching(&b)) {
+        /* Every watcher covers the whole key space: "\0" and up. */
+        b.watches = calloc((size_t)b.cfg.watchers, sizeof(*b.watches));
+        struct keel_watch_opts wo = {.range_end = "\0", .range_end_len = 1,
+                                     .created_notify = true};
+        for (int i = 0; i < b.cfg.watchers; i++) {
+            int rv = keel_aclient_watch(b.acs[i % b.cfg.conns], "\0", 1, &wo, on_watch, &b,
+                                        &b.watches[i]);
+            if (rv != 0) {
+                fprintf(stderr, "keel-bench: watch: %s\n", keel_strerror(rv));
+                return 1;
+            }
+        }
+    } else {
+        start_writers(&b);
     }
     uv_run(&b.loop, UV_RUN_DEFAULT); /* until the last client closed everything */
     uv_loop_close(&b.loop);
     report(&b);
     int failed = b.succeeded == 0;
     keel_stats_close(&b.stats);
+    keel_stats_close(&b.event_lat);
+    free(b.watches);
     for (int i = 0; i < b.n_zones; i++)
         keel_stats_close(&b.zones[i].stats);
     free(b.clients);

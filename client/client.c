@@ -249,7 +249,7 @@ void kc_kick(struct keel_aclient *ac)
         uv_prepare_start(&ac->prepare, on_prepare);
 }
 
-/* Finish op with a local failure; its callback runs from ac_drain. */
+/* Finish op with a local failure; its callback runs from kc_drain. */
 static void op_fail(struct keel_aclient *ac, struct kc_op *op, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -272,6 +272,36 @@ static void op_fail(struct keel_aclient *ac, struct kc_op *op, int status, const
     kc_kick(ac);
 }
 
+/* A one-way op leaves no trace: no callback, no counters. */
+static void op_discard(struct keel_aclient *ac, struct kc_op *op)
+{
+    op_unlink(ac, op);
+    op_free(ac, op);
+}
+
+void kc_op_written(struct keel_aclient *ac, struct kc_op *op)
+{
+    op_free(ac, op);
+}
+
+int kc_send_oneway(struct keel_aclient *ac, struct kc_conn *c, const Keel__Request *req)
+{
+    size_t len = keel_frame_size(&req->base);
+    if (len - KEEL_FRAME_HEADER > ac->max_frame)
+        return KEEL_ETOOLARGE;
+    struct kc_op *op = op_alloc(ac, len);
+    if (op == NULL)
+        return KEEL_ENOMEM;
+    op->id = req->id;
+    op->frame_len = keel_frame_pack(&req->base, op->frame);
+    op->oneway = true;
+    op->where = KC_PENDING;
+    op->conn = c;
+    kc_list_push(&c->pending, op);
+    kc_kick(ac);
+    return 0;
+}
+
 /* Deliver a server answer now: resp lives in the connection's arena only until the next frame. */
 static void op_answer(struct keel_aclient *ac, struct kc_op *op, int status,
                       const Keel__Response *resp)
@@ -285,7 +315,7 @@ static void op_answer(struct keel_aclient *ac, struct kc_op *op, int status,
     op_free(ac, op);
 }
 
-static void ac_drain(struct keel_aclient *ac)
+void kc_drain(struct keel_aclient *ac)
 {
     if (ac->draining)
         return;
@@ -305,6 +335,7 @@ static void ac_drain(struct keel_aclient *ac)
         op->cb(op->status, &resp, op->data);
         op_free(ac, op);
     }
+    kc_watch_drain(ac);
     ac->draining = false;
 }
 
@@ -332,7 +363,7 @@ static bool op_retry(struct keel_aclient *ac, struct kc_op *op, uint64_t delay, 
 
 static void on_timer(uv_timer_t *t);
 
-static void ac_schedule(struct keel_aclient *ac, uint64_t when)
+void kc_schedule(struct keel_aclient *ac, uint64_t when)
 {
     if (when == UINT64_MAX || when >= ac->timer_due || ac->closing)
         return;
@@ -368,7 +399,7 @@ static void on_timer(uv_timer_t *t)
     ac->need_route = true;
     kc_kick(ac);
     if (ac->nheap > 0)
-        ac_schedule(ac, ac->heap[0]->deadline);
+        kc_schedule(ac, ac->heap[0]->deadline);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -405,7 +436,7 @@ static bool peer_eligible(const struct kc_peer *p)
     return p->from_endpoints || p->in_cluster;
 }
 
-static int eligible_count(const struct keel_aclient *ac)
+int kc_eligible_count(const struct keel_aclient *ac)
 {
     int n = 0;
     for (int i = 0; i < ac->npeers; i++)
@@ -462,10 +493,22 @@ static struct kc_conn *dial(struct keel_aclient *ac, int i)
     return kc_conn_start(ac, i);
 }
 
-/* Whether c is the member op should stay away from, having just been told "no leader" there. */
-static bool avoided(const struct kc_op *op, const struct kc_conn *c)
+/* Whether c is the member a request (or watch) should stay away from, having just been told "no
+ * leader" there, or lost it. */
+struct kc_avoid {
+    int peer;
+    uint64_t member;
+};
+
+static bool avoided(const struct kc_avoid *av, const struct kc_conn *c)
 {
-    return c->peer == op->avoid_peer || (op->avoid_member != 0 && c->member_id == op->avoid_member);
+    return c->peer == av->peer || (av->member != 0 && c->member_id == av->member);
+}
+
+static struct kc_avoid avoid_of(const struct kc_op *op)
+{
+    struct kc_avoid av = {op->avoid_peer, op->avoid_member};
+    return av;
 }
 
 /*
@@ -473,11 +516,11 @@ static bool avoided(const struct kc_op *op, const struct kc_conn *c)
  * The member op is avoiding is the last resort, so a member cut off from the rest (it answers
  * UNAVAILABLE or NOT_LEADER without a leader) cannot hold a request while others could serve it.
  */
-static struct kc_conn *discover(struct keel_aclient *ac, const struct kc_op *op, uint64_t *wake)
+static struct kc_conn *discover(struct keel_aclient *ac, const struct kc_avoid *av, uint64_t *wake)
 {
     if (ac->leader >= 0) {
         struct kc_conn *c = peer_conn(ac, ac->leader);
-        if (c && c->state == KC_READY && !avoided(op, c))
+        if (c && c->state == KC_READY && !avoided(av, c))
             return c;
     }
     bool dialling = false;
@@ -488,7 +531,7 @@ static struct kc_conn *discover(struct keel_aclient *ac, const struct kc_op *op,
             continue;
         if (c->state != KC_READY)
             dialling = true;
-        else if (avoided(op, c))
+        else if (avoided(av, c))
             fallback = c;
         else
             return c;
@@ -514,7 +557,8 @@ static struct kc_conn *discover(struct keel_aclient *ac, const struct kc_op *op,
     return fallback;
 }
 
-static struct kc_conn *pick_leader(struct keel_aclient *ac, const struct kc_op *op, uint64_t *wake)
+static struct kc_conn *pick_leader(struct keel_aclient *ac, const struct kc_avoid *av,
+                                   uint64_t *wake)
 {
     if (ac->leader >= 0) {
         struct kc_conn *c = peer_conn(ac, ac->leader);
@@ -525,7 +569,7 @@ static struct kc_conn *pick_leader(struct keel_aclient *ac, const struct kc_op *
         if (p->next_try <= now_ms(ac) && dial(ac, ac->leader))
             return NULL;
     }
-    return discover(ac, op, wake);
+    return discover(ac, av, wake);
 }
 
 static bool zone_match(const struct keel_aclient *ac, const struct kc_peer *p)
@@ -533,13 +577,13 @@ static bool zone_match(const struct keel_aclient *ac, const struct kc_peer *p)
     return peer_eligible(p) && p->zone[0] && strcmp(p->zone, ac->zone) == 0;
 }
 
-static struct kc_conn *pick_any(struct keel_aclient *ac, const struct kc_op *op, uint64_t *wake)
+static struct kc_conn *pick_any(struct keel_aclient *ac, const struct kc_avoid *av, uint64_t *wake)
 {
     if (ac->zone[0]) {
         for (int i = 0; i < ac->npeers; i++) {
             struct kc_conn *c;
             if (zone_match(ac, &ac->peers[i]) && (c = peer_conn(ac, i)) && c->state == KC_READY &&
-                !avoided(op, c))
+                !avoided(av, c))
                 return c;
         }
         for (int i = 0; i < ac->npeers; i++)
@@ -553,7 +597,14 @@ static struct kc_conn *pick_any(struct keel_aclient *ac, const struct kc_op *op,
         }
         /* No member of our zone can be reached now: any member will do. */
     }
-    return discover(ac, op, wake);
+    return discover(ac, av, wake);
+}
+
+struct kc_conn *kc_pick_any(struct keel_aclient *ac, int avoid_peer, uint64_t avoid_member,
+                            uint64_t *wake)
+{
+    struct kc_avoid av = {avoid_peer, avoid_member};
+    return pick_any(ac, &av, wake);
 }
 
 static void op_assign(struct keel_aclient *ac, struct kc_op *op, struct kc_conn *c)
@@ -569,8 +620,9 @@ static void op_assign(struct keel_aclient *ac, struct kc_op *op, struct kc_conn 
 /* Route a request that is not on a connection: assign it, or leave it waiting. */
 static void route_op(struct keel_aclient *ac, struct kc_op *op, uint64_t *wake)
 {
+    struct kc_avoid av = avoid_of(op);
     struct kc_conn *c =
-        op->route == KC_ROUTE_LEADER ? pick_leader(ac, op, wake) : pick_any(ac, op, wake);
+        op->route == KC_ROUTE_LEADER ? pick_leader(ac, &av, wake) : pick_any(ac, &av, wake);
     if (c) {
         op_assign(ac, op, c);
         return;
@@ -583,7 +635,8 @@ static void route_op(struct keel_aclient *ac, struct kc_op *op, uint64_t *wake)
         op->wait_marked = true;
         op->wait_mark = ac->dial_failures;
     } else if (ac->dial_failures - op->wait_mark >=
-               (uint32_t)(KC_DIAL_ROUNDS * (eligible_count(ac) > 0 ? eligible_count(ac) : 1))) {
+               (uint32_t)(KC_DIAL_ROUNDS *
+                          (kc_eligible_count(ac) > 0 ? kc_eligible_count(ac) : 1))) {
         op_fail(ac, op, KEEL_EUNAVAILABLE, "no member reachable: %s", ac->last_dial_err);
     }
 }
@@ -620,7 +673,7 @@ static void route_waiting(struct keel_aclient *ac)
         /* route_op may dial, and a dial that fails at once moves nothing but `next` stays on
          * the waiting list: iteration remains valid. */
     }
-    ac_schedule(ac, wake);
+    kc_schedule(ac, wake);
 }
 
 static void flush_all(struct keel_aclient *ac)
@@ -638,10 +691,12 @@ static void on_prepare(uv_prepare_t *h)
     /* Bounded: callbacks that keep submitting get the next loop turn. */
     for (int round = 0; round < 8 && ac->kicked; round++) {
         ac->kicked = false;
-        if (ac->need_route && !ac->closing)
+        if (ac->need_route && !ac->closing) {
             route_waiting(ac);
+            kc_watch_route(ac);
+        }
         flush_all(ac);
-        ac_drain(ac);
+        kc_drain(ac);
     }
     if (!ac->kicked && !uv_is_closing((uv_handle_t *)h))
         uv_prepare_stop(h);
@@ -738,7 +793,9 @@ void kc_conn_lost(struct kc_conn *c, int status, const char *msg)
     struct kc_op *op;
     while ((op = c->pending.head) != NULL) {
         /* Never written: safe to send elsewhere. */
-        if (op->route == KC_ROUTE_PINNED)
+        if (op->oneway)
+            op_discard(ac, op); /* its watch is re-created as a whole, below */
+        else if (op->route == KC_ROUTE_PINNED)
             op_fail(ac, op, status, "%s", msg);
         else if (!op_retry(ac, op, 0, status))
             op_fail(ac, op, KEEL_EUNAVAILABLE, "%s (after %u retries)", msg, op->attempts);
@@ -754,6 +811,7 @@ void kc_conn_lost(struct kc_conn *c, int status, const char *msg)
                            status))
             op_fail(ac, op, KEEL_EUNAVAILABLE, "%s (after %u retries)", msg, op->attempts);
     }
+    kc_watch_conn_lost(c);
     ac->need_route = true;
     kc_kick(ac);
 }
@@ -761,6 +819,10 @@ void kc_conn_lost(struct kc_conn *c, int status, const char *msg)
 void kc_handle_response(struct kc_conn *c, const Keel__Response *resp)
 {
     struct keel_aclient *ac = c->ac;
+    if (resp->id & KC_WATCH_BIT) {
+        kc_watch_response(c, resp);
+        return;
+    }
     uint32_t slot = (uint32_t)resp->id;
     if (slot >= ac->nslots)
         return;
@@ -824,6 +886,7 @@ static void ac_free(struct keel_aclient *ac)
             free(op);
         }
     }
+    kc_watch_table_free(ac);
     free(ac->slots);
     free(ac->free_slots);
     free(ac->heap);
@@ -1018,7 +1081,9 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
     uint32_t slot;
     if (slot_alloc(ac, &slot) != 0)
         return KEEL_ENOMEM;
-    if (++ac->seq == 0)
+    /* 31 bits: KC_WATCH_BIT marks watch streams. */
+    ac->seq = (ac->seq + 1) & 0x7fffffffu;
+    if (ac->seq == 0)
         ac->seq = 1;
     Keel__Request copy = *req;
     copy.id = (uint64_t)ac->seq << 32 | slot;
@@ -1049,13 +1114,13 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
     ac->slots[slot] = op;
     ac->stats.requests++;
     ac->stats.in_flight++;
-    ac_schedule(ac, op->deadline);
+    kc_schedule(ac, op->deadline);
     if (route == KC_ROUTE_PINNED) {
         route_pinned(ac, op);
     } else {
         uint64_t wake = UINT64_MAX;
         route_op(ac, op, &wake);
-        ac_schedule(ac, wake);
+        kc_schedule(ac, wake);
     }
     return 0;
 }
@@ -1081,14 +1146,19 @@ void keel_aclient_close(struct keel_aclient *ac, keel_close_cb cb, void *data)
         struct kc_conn *c = ac->peers[i].conn;
         if (c == NULL)
             continue;
-        while ((op = c->pending.head) != NULL)
-            op_fail(ac, op, KEEL_ECANCELED, "client closed");
+        while ((op = c->pending.head) != NULL) {
+            if (op->oneway)
+                op_discard(ac, op);
+            else
+                op_fail(ac, op, KEEL_ECANCELED, "client closed");
+        }
         while ((op = c->inflight.head) != NULL)
             op_fail(ac, op, KEEL_ECANCELED, "client closed");
         ac->peers[i].conn = NULL;
         kc_conn_close(c);
     }
-    ac_drain(ac);
+    kc_watch_close_all(ac);
+    kc_drain(ac);
     uv_timer_stop(&ac->timer);
     uv_close((uv_handle_t *)&ac->timer, ac_handle_closed);
     uv_close((uv_handle_t *)&ac->prepare, ac_handle_closed);
@@ -1098,4 +1168,5 @@ void keel_aclient_stats(const struct keel_aclient *ac, struct keel_aclient_stats
 {
     *out = ac->stats;
     out->connections = (uint32_t)ac->nconns;
+    out->watches = (uint32_t)(ac->watches.n + ac->wsettling.n);
 }

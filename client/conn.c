@@ -8,6 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include "internal.h"
 
 /* Frames handed to one uv_write: large enough to amortise the syscall, small enough that one
@@ -15,6 +19,11 @@
 #define KC_WRITE_BATCH (1u << 20)
 #define KC_READ_CHUNK  (64u * 1024)
 #define KC_ARENA_CHUNK (64u * 1024)
+/* A watch connection may stay idle for hours: without probes, a member whose host vanished
+ * (no FIN, no RST) would hold its watches forever. Idle 10 s, then 3 probes 3 s apart. */
+#define KC_KEEPALIVE_IDLE_S  10
+#define KC_KEEPALIVE_INTVL_S 3
+#define KC_KEEPALIVE_CNT     3
 
 int kc_parse_addr(const char *in, size_t len, char *out, struct sockaddr_in *sa)
 {
@@ -165,6 +174,12 @@ void kc_conn_flush(struct kc_conn *c)
     for (size_t i = 0; i < count; i++) {
         op = c->pending.head;
         kc_list_remove(&c->pending, op);
+        if (op->oneway) {
+            op->where = KC_NOWHERE;
+            op->conn = NULL;
+            kc_op_written(ac, op);
+            continue;
+        }
         if (op->sent)
             ac->stats.retries++;
         op->sent = true;
@@ -295,6 +310,14 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    uv_tcp_keepalive(&c->tcp, 1, KC_KEEPALIVE_IDLE_S);
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+        /* libuv sets the idle time only; the kernel's default probing would take 11 minutes. */
+        int intvl = KC_KEEPALIVE_INTVL_S, cnt = KC_KEEPALIVE_CNT;
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    }
     int rv = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rv != 0) {
         snprintf(msg, sizeof(msg), "read from %s: %s", addr, uv_strerror(rv));

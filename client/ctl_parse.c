@@ -425,6 +425,19 @@ void ctl_del_flag_table(struct ctl_del_flags *d, struct ctl_flag *t)
     memcpy(t, f, sizeof(f));
 }
 
+void ctl_watch_flag_table(struct ctl_watch_flags *w, struct ctl_flag *t)
+{
+    struct ctl_flag f[] = {
+        {"prefix", 0, CTL_BOOL, &w->prefix, false},
+        {"rev", 0, CTL_INT64, &w->rev, false},
+        {"prev-kv", 0, CTL_BOOL, &w->prev_kv, false},
+        {"progress-notify", 0, CTL_BOOL, &w->progress_notify, false},
+        {"count", 0, CTL_INT64, &w->count, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    memcpy(t, f, sizeof(f));
+}
+
 static bool ieq(const char *a, const char *b)
 {
     return strcasecmp(a, b) == 0;
@@ -525,6 +538,32 @@ int ctl_build_get(const struct ctl_get_flags *g, const struct ctl_args *pos, str
         order = KEEL__RANGE_REQUEST__SORT_ORDER__ASCEND;
     r->sort_order = order;
     r->sort_target = target;
+    *out = r;
+    return 0;
+}
+
+int ctl_build_watch(const struct ctl_watch_flags *w, const struct ctl_args *pos,
+                    struct keel_arena *a, Keel__WatchCreateRequest **out, char *err)
+{
+    if (pos->argc < 1 || pos->argc > 2)
+        return fail(err, "bad number of arguments");
+    if (pos->argc == 2 && w->prefix)
+        return fail(err, "`range_end` and `--prefix` are mutually exclusive");
+    if (w->rev < 0)
+        return fail(err, "--rev must not be negative");
+    if (w->count < 0)
+        return fail(err, "--count must not be negative");
+    Keel__WatchCreateRequest *r = keel_arena_alloc(a, sizeof(*r));
+    if (r == NULL)
+        return fail(err, "out of memory");
+    keel__watch_create_request__init(r);
+    if (key_range(pos, w->prefix, false, a, &r->key, &r->range_end, err) != 0)
+        return -1;
+    if (r->key.len == 0 && r->range_end.len == 0)
+        return fail(err, "key is not provided");
+    r->start_revision = w->rev;
+    r->prev_kv = w->prev_kv;
+    r->progress_notify = w->progress_notify;
     *out = r;
     return 0;
 }

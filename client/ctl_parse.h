@@ -94,10 +94,17 @@ struct ctl_del_flags {
     bool prefix, from_key, prev_kv;
 };
 
+/* Flags of watch (etcdctl's, without -i; count is keelctl's: exit after that many events). */
+struct ctl_watch_flags {
+    bool prefix, prev_kv, progress_notify;
+    int64_t rev, count;
+};
+
 /* Flag tables pointing into the structs above (NULL-name-terminated, at most 16 entries). */
 void ctl_get_flag_table(struct ctl_get_flags *g, struct ctl_flag *t);
 void ctl_put_flag_table(struct ctl_put_flags *p, struct ctl_flag *t);
 void ctl_del_flag_table(struct ctl_del_flags *d, struct ctl_flag *t);
+void ctl_watch_flag_table(struct ctl_watch_flags *w, struct ctl_flag *t);
 
 /* Requests from positional arguments and flags, with etcdctl's rules and messages. For put,
  * pos must hold the key and (unless ignore_value) the value. */
@@ -107,6 +114,11 @@ int ctl_build_put(const struct ctl_put_flags *p, const struct ctl_args *pos, str
                   Keel__PutRequest **out, char *err);
 int ctl_build_del(const struct ctl_del_flags *d, const struct ctl_args *pos, struct keel_arena *a,
                   Keel__DeleteRangeRequest **out, char *err);
+
+/* The WatchCreateRequest of `watch KEY [RANGE_END]` (key, range_end, start_revision, prev_kv,
+ * progress_notify) with etcdctl's rules and messages. */
+int ctl_build_watch(const struct ctl_watch_flags *w, const struct ctl_args *pos,
+                    struct keel_arena *a, Keel__WatchCreateRequest **out, char *err);
 
 /* "5", "5s", "500ms", "1m30s", "1.5s" to milliseconds (a bare number is seconds). */
 int ctl_parse_duration_ms(const char *s, uint64_t *ms);

@@ -3,7 +3,9 @@
  * (simple, json, table) so that an etcd user's habits and scripts carry over.
  *
  * Key-value commands use the synchronous API; `endpoint health` checks every endpoint at once
- * with one asynchronous client per endpoint on a single loop, as etcdctl does with goroutines.
+ * with one asynchronous client per endpoint on a single loop, as etcdctl does with goroutines, and
+ * `watch` runs an asynchronous client on the main thread's loop, with SIGINT/SIGTERM as handles
+ * of that loop, so output and shutdown need no locking.
  *
  * Exit status: 0 success, 1 failure ("Error: <message>" on stderr), 2 bad usage.
  */
@@ -55,6 +57,8 @@ static const char *const usage_text =
     "      [--print-value-only] [--consistency l|s] [--order ASCEND|DESCEND]\n"
     "      [--sort-by KEY|VERSION|CREATE|MODIFY|VALUE] KEY [RANGE_END]\n"
     "  del [--prefix|--from-key] [--prev-kv] KEY [RANGE_END]\n"
+    "  watch [--prefix] [--rev N] [--prev-kv] [--progress-notify] KEY [RANGE_END]\n"
+    "      (until SIGINT/SIGTERM; --count N: exit after N events)\n"
     "  txn [-i] [--compare C]... [--then OP]... [--else OP]...   (else read from stdin)\n"
     "  compaction REV\n"
     "  member list\n"
@@ -662,6 +666,183 @@ static int cmd_del(struct ctl *c, int argc, char **argv)
     else
         print_del(resp->delete_range);
     keel_free(resp);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * watch
+ */
+
+struct watch_ctx {
+    struct ctl *c;
+    struct keel_aclient *ac;
+    uv_signal_t sigint, sigterm;
+    int64_t count, seen;
+    bool stopping;
+    int status;
+    int64_t compact_rev;
+    char err[512];
+};
+
+static void print_event(const Keel__Event *e)
+{
+    puts(e->type == KEEL__EVENT__EVENT_TYPE__DELETE ? "DELETE" : "PUT");
+    if (e->prev_kv)
+        print_kv(e->prev_kv, false);
+    if (e->kv)
+        print_kv(e->kv, false);
+}
+
+static json_object *j_event(const Keel__Event *e)
+{
+    json_object *o = json_object_new_object();
+    j_i64(o, "type", e->type);
+    if (e->kv)
+        json_object_object_add(o, "kv", j_kv(e->kv));
+    if (e->prev_kv)
+        json_object_object_add(o, "prev_kv", j_kv(e->prev_kv));
+    return o;
+}
+
+/* etcdctl prints clientv3.WatchResponse, whose fields have no JSON tags: capitalised names, and
+ * no omitempty at that level. */
+static void print_watch_json(const Keel__ResponseHeader *h, const Keel__Event *const *events,
+                             size_t n, int64_t compact_rev, bool canceled)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "Header", j_header(h));
+    json_object *a = NULL;
+    if (n) {
+        a = json_object_new_array();
+        for (size_t i = 0; i < n; i++)
+            json_object_array_add(a, j_event(events[i]));
+    }
+    json_object_object_add(o, "Events", a);
+    json_object_object_add(o, "CompactRevision", json_object_new_int64(compact_rev));
+    json_object_object_add(o, "Canceled", json_object_new_boolean(canceled));
+    json_object_object_add(o, "Created", json_object_new_boolean(0));
+    j_print(o);
+}
+
+static void watch_stop(struct watch_ctx *x)
+{
+    if (x->stopping)
+        return;
+    x->stopping = true;
+    uv_close((uv_handle_t *)&x->sigint, NULL);
+    uv_close((uv_handle_t *)&x->sigterm, NULL);
+    keel_aclient_close(x->ac, NULL, NULL);
+}
+
+static void on_watch_signal(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    watch_stop(h->data);
+}
+
+static void on_watch(struct keel_watch *w, int status, const Keel__Event *const *events,
+                     size_t n_events, int64_t revision, void *data)
+{
+    struct watch_ctx *x = data;
+    if (status != 0) {
+        /* After our own stop this is the KEEL_ECANCELED it causes. */
+        if (!x->stopping) {
+            x->status = status;
+            snprintf(x->err, sizeof(x->err), "%s", keel_watch_error(w));
+            x->compact_rev = keel_watch_compact_revision(w);
+            watch_stop(x);
+        }
+        return;
+    }
+    if (x->stopping)
+        return;
+    bool json = x->c->fmt == OUT_JSON;
+    if (n_events == 0) {
+        /* Only progress notifications come without events here (no created notice asked). */
+        printf("progress notify: %" PRId64 "\n", revision);
+        if (json)
+            print_watch_json(keel_watch_header(w), NULL, 0, 0, false);
+        fflush(stdout);
+        return;
+    }
+    size_t n = n_events;
+    if (x->count > 0 && (int64_t)n > x->count - x->seen)
+        n = (size_t)(x->count - x->seen);
+    if (json) {
+        print_watch_json(keel_watch_header(w), events, n, 0, false);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            print_event(events[i]);
+    }
+    fflush(stdout);
+    x->seen += (int64_t)n;
+    if (x->count > 0 && x->seen >= x->count)
+        watch_stop(x);
+}
+
+static int cmd_watch(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "watch [options] <key or prefix> [range_end]  (options: --prefix, --rev N, "
+               "--prev-kv, --progress-notify, --count N)";
+    struct ctl_watch_flags f = {0};
+    struct ctl_flag t[16];
+    ctl_watch_flag_table(&f, t);
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    Keel__WatchCreateRequest *wc;
+    char err[CTL_ERR_MAX];
+    if (ctl_build_watch(&f, &pos, &c->arena, &wc, err) != 0)
+        die(EXIT_USAGE, "%s", err);
+
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0)
+        die(1, "cannot create an event loop");
+    struct watch_ctx x;
+    memset(&x, 0, sizeof(x));
+    x.c = c;
+    x.count = f.count;
+    struct keel_options o;
+    fill_options(c, &o, c->endpoints);
+    int rv = keel_aclient_init(&x.ac, &loop, &o);
+    if (rv == KEEL_EINVAL)
+        die(EXIT_USAGE,
+            "invalid --endpoints \"%s\" or --source-address (want host:port with an "
+            "IPv4 address)",
+            c->endpoints);
+    if (rv != 0)
+        die(1, "%s", keel_strerror(rv));
+    uv_signal_init(&loop, &x.sigint);
+    uv_signal_init(&loop, &x.sigterm);
+    x.sigint.data = x.sigterm.data = &x;
+    uv_signal_start(&x.sigint, on_watch_signal, SIGINT);
+    uv_signal_start(&x.sigterm, on_watch_signal, SIGTERM);
+    struct keel_watch_opts wo = {0};
+    wo.range_end = wc->range_end.data;
+    wo.range_end_len = wc->range_end.len;
+    wo.start_revision = wc->start_revision;
+    wo.prev_kv = wc->prev_kv;
+    wo.progress_notify = wc->progress_notify;
+    struct keel_watch *w;
+    rv = keel_aclient_watch(x.ac, wc->key.data, wc->key.len, &wo, on_watch, &x, &w);
+    if (rv != 0) {
+        x.status = rv;
+        snprintf(x.err, sizeof(x.err), "%s", keel_strerror(rv));
+        watch_stop(&x);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    fflush(stdout);
+    if (x.status == KEEL_ECOMPACTED || x.status == KEEL_ECANCELED) {
+        if (c->fmt == OUT_JSON)
+            print_watch_json(NULL, NULL, 0, x.compact_rev, true);
+        fflush(stdout);
+        fprintf(stderr, "watch was canceled (%s)\n", x.err);
+        die(1, "watch is canceled by the server");
+    }
+    if (x.status != 0)
+        die(1, "%s", x.err);
     return 0;
 }
 
@@ -1324,6 +1505,8 @@ int main(int argc, char **argv)
         rv = cmd_del(c, nrest, rest);
     else if (!strcmp(cmd, "txn"))
         rv = cmd_txn(c, nrest, rest);
+    else if (!strcmp(cmd, "watch"))
+        rv = cmd_watch(c, nrest, rest);
     else if (!strcmp(cmd, "compaction") || !strcmp(cmd, "compact"))
         rv = cmd_compaction(c, nrest, rest);
     else if (!strcmp(cmd, "member") && !strcmp(sub, "list"))

@@ -6,6 +6,11 @@
  * copies what the caller needs out of the reply (the reply itself lives only for the callback):
  * the message on failure, the packed Response on success when the caller wants it. The caller
  * unpacks on its own thread, so the loop thread never waits for it.
+ *
+ * Watches go through the same queue. Their callbacks run on the loop thread; a sync_watch wraps
+ * the caller's callback to learn when the watch is acknowledged (keel_watch_open returns then)
+ * and when it ends. The handle is held (not freed by the core after its final callback) until
+ * keel_watch_close, so the caller never holds a dangling pointer.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,9 +20,12 @@
 
 #define KEEL_ERRMSG_MAX 1024
 
+enum call_kind { CALL_REQUEST, CALL_WATCH_OPEN, CALL_WATCH_CLOSE, CALL_WATCH_PROGRESS };
+
 struct sync_call {
     struct sync_call *next;
     struct keel *k;
+    int kind;
     const Keel__Request *req;
     struct keel_call_opts opts;
     bool want_resp;
@@ -27,6 +35,27 @@ struct sync_call {
     size_t len;
     char msg[KEEL_ERRMSG_MAX];
     uv_cond_t cond;
+    /* watch calls */
+    const void *key;
+    size_t klen;
+    const struct keel_watch_opts *wopts;
+    keel_watch_cb wcb;
+    void *wdata;
+    struct keel_watch *w;
+};
+
+/* Loop thread only. */
+struct sync_watch {
+    struct sync_watch *prev, *next; /* k->watches */
+    struct keel *k;
+    struct keel_watch *w;
+    keel_watch_cb cb;
+    void *data;
+    bool user_created_notify;
+    bool created;
+    bool ended;
+    struct sync_call *opening; /* keel_watch_open waiting for the acknowledgement */
+    struct sync_call *closing; /* keel_watch_close waiting for the final callback */
 };
 
 struct keel {
@@ -38,6 +67,7 @@ struct keel {
     struct sync_call *head, *tail; /* under mu */
     bool closing;                  /* under mu */
     bool ac_closing;               /* loop thread only */
+    struct sync_watch *watches;    /* loop thread only */
 };
 
 static _Thread_local char tls_errmsg[KEEL_ERRMSG_MAX];
@@ -90,6 +120,115 @@ static void on_response(int status, const Keel__Response *resp, void *data)
     call_finish(call->k, call, status);
 }
 
+static bool on_loop_thread(struct keel *k)
+{
+    uv_thread_t self = uv_thread_self();
+    return uv_thread_equal(&self, &k->thread);
+}
+
+static void sw_unlink(struct sync_watch *sw)
+{
+    struct keel *k = sw->k;
+    if (sw->prev)
+        sw->prev->next = sw->next;
+    else
+        k->watches = sw->next;
+    if (sw->next)
+        sw->next->prev = sw->prev;
+    sw->prev = sw->next = NULL;
+}
+
+/* Forget sw; the core frees its watch when the callback running now returns. */
+static void sw_release_in_cb(struct sync_watch *sw)
+{
+    sw->w->held = false;
+    sw_unlink(sw);
+    free(sw);
+}
+
+static void on_watch(struct keel_watch *w, int status, const Keel__Event *const *events,
+                     size_t n_events, int64_t revision, void *data)
+{
+    struct sync_watch *sw = data;
+    struct keel *k = sw->k;
+    if (!sw->created) {
+        struct sync_call *call = sw->opening;
+        sw->opening = NULL;
+        if (status == 0) {
+            /* The acknowledgement (created_notify is forced on): keel_watch_open returns. */
+            sw->created = true;
+            call->w = w;
+            call_finish(k, call, 0);
+            if (sw->user_created_notify)
+                sw->cb(w, status, events, n_events, revision, sw->data);
+            return;
+        }
+        /* Never acknowledged: the caller gets the error and no handle. */
+        snprintf(call->msg, sizeof(call->msg), "%s", keel_watch_error(w));
+        call_finish(k, call, status);
+        sw_release_in_cb(sw);
+        return;
+    }
+    sw->cb(w, status, events, n_events, revision, sw->data);
+    if (status == 0)
+        return;
+    sw->ended = true;
+    if (sw->closing) {
+        call_finish(k, sw->closing, 0);
+        sw_release_in_cb(sw);
+    } else if (k->ac_closing) {
+        sw_release_in_cb(sw); /* keel_close: nobody will call keel_watch_close */
+    }
+}
+
+static void watch_open(struct keel *k, struct sync_call *call)
+{
+    struct sync_watch *sw = calloc(1, sizeof(*sw));
+    if (sw == NULL) {
+        snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(KEEL_ENOMEM));
+        call_finish(k, call, KEEL_ENOMEM);
+        return;
+    }
+    struct keel_watch_opts o = {0};
+    if (call->wopts)
+        o = *call->wopts;
+    sw->k = k;
+    sw->cb = call->wcb;
+    sw->data = call->wdata;
+    sw->user_created_notify = o.created_notify;
+    o.created_notify = true;
+    struct keel_watch *w;
+    int rv = keel_aclient_watch(k->ac, call->key, call->klen, &o, on_watch, sw, &w);
+    if (rv != 0) {
+        free(sw);
+        snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
+        call_finish(k, call, rv);
+        return;
+    }
+    w->held = true;
+    sw->w = w;
+    sw->opening = call;
+    sw->next = k->watches;
+    if (k->watches)
+        k->watches->prev = sw;
+    k->watches = sw;
+}
+
+static void watch_close(struct keel *k, struct sync_call *call)
+{
+    struct sync_watch *sw = call->w->data;
+    if (sw->ended) {
+        sw_unlink(sw);
+        kc_watch_free(sw->w);
+        free(sw);
+        call_finish(k, call, 0);
+        return;
+    }
+    /* Finished by on_watch once the final callback has returned. */
+    sw->closing = call;
+    keel_watch_cancel(sw->w);
+}
+
 static void on_ac_closed(void *data)
 {
     struct keel *k = data;
@@ -107,7 +246,23 @@ static void on_async(uv_async_t *h)
     while (list) {
         struct sync_call *call = list;
         list = call->next;
-        int rv = keel_aclient_request_ex(k->ac, call->req, &call->opts, on_response, call);
+        int rv = 0;
+        switch (call->kind) {
+        case CALL_WATCH_OPEN:
+            watch_open(k, call);
+            continue;
+        case CALL_WATCH_CLOSE:
+            watch_close(k, call);
+            continue;
+        case CALL_WATCH_PROGRESS:
+            rv = keel_watch_progress(call->w);
+            snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
+            call_finish(k, call, rv);
+            continue;
+        default:
+            rv = keel_aclient_request_ex(k->ac, call->req, &call->opts, on_response, call);
+            break;
+        }
         if (rv != 0) {
             snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
             call_finish(k, call, rv);
@@ -115,6 +270,18 @@ static void on_async(uv_async_t *h)
     }
     if (closing && !k->ac_closing) {
         k->ac_closing = true;
+        /* Watches that ended on their own and were never closed: nobody will now. The live ones
+         * end in keel_aclient_close, and on_watch lets them go. */
+        struct sync_watch *sw = k->watches;
+        while (sw) {
+            struct sync_watch *next = sw->next;
+            if (sw->ended) {
+                sw_unlink(sw);
+                kc_watch_free(sw->w);
+                free(sw);
+            }
+            sw = next;
+        }
         keel_aclient_close(k->ac, on_ac_closed, k);
     }
 }
@@ -187,6 +354,43 @@ void keel_close(struct keel *k)
     free(k);
 }
 
+/* Hand call to the loop thread and wait until it is finished. 0 or the reason it could not be
+ * submitted (the message set); the call's own outcome is in call->status. */
+static int submit(struct keel *k, struct sync_call *call)
+{
+    if (on_loop_thread(k)) {
+        set_errmsg("called from a callback, on the client's own loop thread: it would wait for "
+                   "itself");
+        return KEEL_EINVAL;
+    }
+    call->k = k;
+    if (uv_cond_init(&call->cond) != 0) {
+        set_errmsg(keel_strerror(KEEL_ENOMEM));
+        return KEEL_ENOMEM;
+    }
+    uv_mutex_lock(&k->mu);
+    if (k->closing) {
+        uv_mutex_unlock(&k->mu);
+        uv_cond_destroy(&call->cond);
+        set_errmsg("client closed");
+        return KEEL_ECLOSED;
+    }
+    if (k->tail)
+        k->tail->next = call;
+    else
+        k->head = call;
+    k->tail = call;
+    uv_mutex_unlock(&k->mu);
+    uv_async_send(&k->async);
+
+    uv_mutex_lock(&k->mu);
+    while (!call->done)
+        uv_cond_wait(&call->cond, &k->mu);
+    uv_mutex_unlock(&k->mu);
+    uv_cond_destroy(&call->cond);
+    return 0;
+}
+
 int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
                Keel__Response **out)
 {
@@ -198,35 +402,14 @@ int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_
     }
     struct sync_call call;
     memset(&call, 0, sizeof(call));
-    call.k = k;
+    call.kind = CALL_REQUEST;
     call.req = req;
     if (opts)
         call.opts = *opts;
     call.want_resp = out != NULL;
-    if (uv_cond_init(&call.cond) != 0) {
-        set_errmsg(keel_strerror(KEEL_ENOMEM));
-        return KEEL_ENOMEM;
-    }
-    uv_mutex_lock(&k->mu);
-    if (k->closing) {
-        uv_mutex_unlock(&k->mu);
-        uv_cond_destroy(&call.cond);
-        set_errmsg("client closed");
-        return KEEL_ECLOSED;
-    }
-    if (k->tail)
-        k->tail->next = &call;
-    else
-        k->head = &call;
-    k->tail = &call;
-    uv_mutex_unlock(&k->mu);
-    uv_async_send(&k->async);
-
-    uv_mutex_lock(&k->mu);
-    while (!call.done)
-        uv_cond_wait(&call.cond, &k->mu);
-    uv_mutex_unlock(&k->mu);
-    uv_cond_destroy(&call.cond);
+    int rv = submit(k, &call);
+    if (rv != 0)
+        return rv;
 
     if (call.status != 0) {
         free(call.buf);
@@ -425,6 +608,66 @@ int keel_lease_time_to_live(struct keel *k, int64_t id, bool keys,
     req.body_case = KEEL__REQUEST__BODY_LEASE_TIME_TO_LIVE;
     req.lease_time_to_live = &t;
     return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_LEASE_TIME_TO_LIVE, (void **)out);
+}
+
+int keel_watch_open(struct keel *k, const void *key, size_t klen,
+                    const struct keel_watch_opts *opts, keel_watch_cb cb, void *data,
+                    struct keel_watch **out)
+{
+    if (out)
+        *out = NULL;
+    if (k == NULL || cb == NULL || out == NULL) {
+        set_errmsg(keel_strerror(KEEL_EINVAL));
+        return KEEL_EINVAL;
+    }
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.kind = CALL_WATCH_OPEN;
+    call.key = key;
+    call.klen = klen;
+    call.wopts = opts;
+    call.wcb = cb;
+    call.wdata = data;
+    int rv = submit(k, &call);
+    if (rv != 0)
+        return rv;
+    if (call.status != 0) {
+        set_errmsg(call.msg);
+        return call.status;
+    }
+    *out = call.w;
+    return 0;
+}
+
+int keel_watch_close(struct keel *k, struct keel_watch *w)
+{
+    if (k == NULL || w == NULL) {
+        set_errmsg(keel_strerror(KEEL_EINVAL));
+        return KEEL_EINVAL;
+    }
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.kind = CALL_WATCH_CLOSE;
+    call.w = w;
+    return submit(k, &call);
+}
+
+int keel_watch_request_progress(struct keel *k, struct keel_watch *w)
+{
+    if (k == NULL || w == NULL) {
+        set_errmsg(keel_strerror(KEEL_EINVAL));
+        return KEEL_EINVAL;
+    }
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.kind = CALL_WATCH_PROGRESS;
+    call.w = w;
+    int rv = submit(k, &call);
+    if (rv != 0)
+        return rv;
+    if (call.status != 0)
+        set_errmsg(call.msg);
+    return call.status;
 }
 
 size_t keel_prefix_end(const void *key, size_t klen, uint8_t *out)

@@ -534,9 +534,16 @@ void keel_watch_request(struct keel_watch_hub *h, struct keel_session *s, const 
         cancel(h, s, req);
         break;
     case KEEL__REQUEST__BODY_WATCH_PROGRESS: {
+        /* A progress revision promises every event up to it was sent, to every watcher of the
+         * connection: those still catching up hold it back to just below their position. */
+        int64_t rev = h->delivered_rev;
+        struct session_watches *sw = session_watches(h, keel_session_id(s), false);
+        for (struct watcher *w = sw ? sw->head : NULL; w != NULL; w = w->sess_next)
+            if (!w->synced && w->next_rev - 1 < rev)
+                rev = w->next_rev - 1;
         Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
         wr.watch_id = -1;
-        send_watch(h, s, req->id, &wr, h->delivered_rev, true);
+        send_watch(h, s, req->id, &wr, rev, true);
         break;
     }
     default:

@@ -256,6 +256,59 @@ static void test_get_rules(void **state)
     assert_bin(del->range_end, "b", 1);
 }
 
+static void test_watch_rules(void **state)
+{
+    struct fx *f = *state;
+    Keel__WatchCreateRequest *w;
+    struct ctl_watch_flags wf = {.prefix = true, .rev = 7, .prev_kv = true};
+    struct ctl_args k = args_of(&f->a, 1, "fo");
+    assert_int_equal(ctl_build_watch(&wf, &k, &f->a, &w, f->err), 0);
+    assert_bin(w->key, "fo", 2);
+    assert_bin(w->range_end, "fp", 2);
+    assert_int_equal(w->start_revision, 7);
+    assert_true(w->prev_kv);
+    assert_false(w->progress_notify);
+    /* An empty prefix: every key. */
+    struct ctl_args empty = args_of(&f->a, 1, "");
+    assert_int_equal(ctl_build_watch(&wf, &empty, &f->a, &w, f->err), 0);
+    assert_bin(w->key, "\0", 1);
+    assert_bin(w->range_end, "\0", 1);
+    /* An empty key alone names nothing. */
+    wf = (struct ctl_watch_flags){0};
+    assert_int_equal(ctl_build_watch(&wf, &empty, &f->a, &w, f->err), -1);
+    assert_string_equal(f->err, "key is not provided");
+    struct ctl_args two = args_of(&f->a, 2, "a", "c");
+    wf = (struct ctl_watch_flags){.progress_notify = true};
+    assert_int_equal(ctl_build_watch(&wf, &two, &f->a, &w, f->err), 0);
+    assert_bin(w->range_end, "c", 1);
+    assert_true(w->progress_notify);
+    wf.prefix = true;
+    assert_int_equal(ctl_build_watch(&wf, &two, &f->a, &w, f->err), -1);
+    assert_string_equal(f->err, "`range_end` and `--prefix` are mutually exclusive");
+    struct ctl_args none = {0}, three = args_of(&f->a, 3, "a", "b", "c");
+    wf = (struct ctl_watch_flags){0};
+    assert_int_equal(ctl_build_watch(&wf, &none, &f->a, &w, f->err), -1);
+    assert_string_equal(f->err, "bad number of arguments");
+    assert_int_equal(ctl_build_watch(&wf, &three, &f->a, &w, f->err), -1);
+    wf = (struct ctl_watch_flags){.rev = -1};
+    assert_int_equal(ctl_build_watch(&wf, &k, &f->a, &w, f->err), -1);
+    wf = (struct ctl_watch_flags){.count = -1};
+    assert_int_equal(ctl_build_watch(&wf, &k, &f->a, &w, f->err), -1);
+
+    /* The flag table: etcdctl's flags plus --count. */
+    struct ctl_flag t[16];
+    wf = (struct ctl_watch_flags){0};
+    ctl_watch_flag_table(&wf, t);
+    struct ctl_args in =
+        args_of(&f->a, 6, "k", "--rev=3", "--prefix", "--count", "5", "--progress-notify");
+    struct ctl_args pos;
+    assert_int_equal(ctl_flags_parse(t, &in, &f->a, &pos, f->err), 0);
+    assert_int_equal(pos.argc, 1);
+    assert_int_equal(wf.rev, 3);
+    assert_int_equal(wf.count, 5);
+    assert_true(wf.prefix && wf.progress_notify && !wf.prev_kv);
+}
+
 static void test_flags(void **state)
 {
     struct fx *f = *state;
@@ -406,6 +459,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_compare, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_get_rules, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_watch_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_txn_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_formatting, setup, teardown),

@@ -4,13 +4,16 @@
  * A fake member is a small libuv server on 127.0.0.1 (ephemeral port) speaking the real protocol
  * (frames, Hello, Request/Response) with a toy key-value store, and scripted misbehaviour: answer
  * NOT_LEADER with a redirect, UNAVAILABLE a few times, OUTCOME_UNKNOWN, never answer, drop the
- * connection on a given request, answer a batch in reverse order, refuse the handshake. The
+ * connection on a given request, answer a batch in reverse order, refuse the handshake. Fakes
+ * also serve watches from a toy history of every event (start_revision replay, compaction, cancel,
+ * progress), and can stall their watches, drop a watching connection after some events or replay
+ * more history than asked, to exercise the client's resumption. The
  * asynchronous tests run client and fakes on one loop, so every step is deterministic; the
  * synchronous and keelctl tests run the fakes on a thread of their own.
  *
  * Every loop is bounded in time and iterations; traffic stays on 127.0.0.0/8.
  *
- * Usage: test_client_net [async|sync|keelctl] (no argument: all groups).
+ * Usage: test_client_net [async|sync|keelctl|watch] (no argument: all groups).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -50,6 +53,14 @@ struct fake_kv {
     int64_t create, mod, version, lease;
 };
 
+struct fake_event {
+    int64_t rev;
+    int type; /* Keel__Event__EventType */
+    struct fake_kv kv;
+    bool has_prev;
+    struct fake_kv prev;
+};
+
 struct fake_member_info {
     uint64_t id;
     char name[32];
@@ -79,15 +90,36 @@ struct fake {
     int drop_on;       /* Request body case that makes us drop the connection, once */
     bool reverse;      /* answer each read's batch in reverse order */
     int64_t compacted; /* ranges at a revision below this fail with COMPACTED */
+    /* watch behaviour */
+    bool watch_silent;      /* accept watches but never send them events */
+    int watch_drop_after;   /* close a watching connection after this many event responses */
+    int64_t replay_back;    /* replay history from this many revisions before the start asked */
+    int max_watches;        /* per connection (0: no limit): TOO_MANY_REQUESTS beyond */
+    bool watch_unavailable; /* answer watch creates with UNAVAILABLE */
     /* state */
     struct fake_kv kv[MAX_KV];
     int nkv;
     int64_t rev;
+    struct fake_event *hist; /* every event, in revision order (freed by fake_stop) */
+    int nhist, caphist;
+    /* watch counters */
+    int watch_creates, watch_cancels, watch_progress, watch_event_resps, nwatchers;
+    int64_t last_start; /* start_revision of the last create */
     /* counters */
     int conns, hellos, requests, puts, ranges, serializable_ranges, reads;
     uint64_t max_batch;
     /* sessions, to close them all */
     struct fake_session *sessions;
+};
+
+struct fake_watcher {
+    struct fake_watcher *next;
+    int64_t id;
+    uint64_t req_id;
+    uint8_t key[64], end[64];
+    size_t klen, elen;
+    bool prev_kv, noput, nodelete, progress;
+    int64_t next_rev;
 };
 
 struct fake_session {
@@ -97,6 +129,10 @@ struct fake_session {
     struct keel_frame_decoder dec;
     bool hello_done;
     bool closing;
+    bool shutting;
+    uv_shutdown_t shutdown;
+    struct fake_watcher *watchers;
+    int64_t next_wid;
 };
 
 static void fs_closed(uv_handle_t *h)
@@ -110,6 +146,12 @@ static void fs_closed(uv_handle_t *h)
         }
     }
     keel_frame_decoder_close(&s->dec);
+    while (s->watchers) {
+        struct fake_watcher *w = s->watchers;
+        s->watchers = w->next;
+        f->nwatchers--;
+        free(w);
+    }
     free(s);
 }
 
@@ -119,6 +161,23 @@ static void fs_close(struct fake_session *s)
         return;
     s->closing = true;
     uv_close((uv_handle_t *)&s->tcp, fs_closed);
+}
+
+static void fs_shutdown_done(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    fs_close(req->data);
+}
+
+/* Close once everything queued has been written: the client reads it all, then EOF. */
+static void fs_close_after_flush(struct fake_session *s)
+{
+    if (s->closing || s->shutting)
+        return;
+    s->shutting = true;
+    s->shutdown.data = s;
+    if (uv_shutdown(&s->shutdown, (uv_stream_t *)&s->tcp, fs_shutdown_done) != 0)
+        fs_close(s);
 }
 
 static void fs_write_done(uv_write_t *w, int status)
@@ -211,6 +270,18 @@ static Keel__RangeResponse *fake_range(struct fake *f, struct keel_arena *a,
     return out;
 }
 
+static struct fake_event *hist_add(struct fake *f)
+{
+    if (f->nhist == f->caphist) {
+        f->caphist = f->caphist ? 2 * f->caphist : 64;
+        f->hist = realloc(f->hist, (size_t)f->caphist * sizeof(*f->hist));
+        assert_non_null(f->hist);
+    }
+    struct fake_event *ev = &f->hist[f->nhist++];
+    memset(ev, 0, sizeof(*ev));
+    return ev;
+}
+
 static Keel__PutResponse *fake_put(struct fake *f, struct keel_arena *a, const Keel__PutRequest *p,
                                    int64_t rev)
 {
@@ -222,6 +293,13 @@ static Keel__PutResponse *fake_put(struct fake *f, struct keel_arena *a, const K
     bool exists = i < f->nkv && kv_cmp(&f->kv[i], p->key.data, p->key.len) == 0;
     if (exists && p->prev_kv)
         out->prev_kv = kv_msg(a, &f->kv[i], false);
+    struct fake_event *ev = hist_add(f);
+    ev->rev = rev;
+    ev->type = KEEL__EVENT__EVENT_TYPE__PUT;
+    if (exists) {
+        ev->has_prev = true;
+        ev->prev = f->kv[i];
+    }
     if (!exists) {
         assert_true(f->nkv < MAX_KV);
         memmove(&f->kv[i + 1], &f->kv[i], (size_t)(f->nkv - i) * sizeof(f->kv[0]));
@@ -242,6 +320,7 @@ static Keel__PutResponse *fake_put(struct fake *f, struct keel_arena *a, const K
         kv->lease = p->lease;
     kv->mod = rev;
     kv->version++;
+    ev->kv = *kv;
     return out;
 }
 
@@ -258,6 +337,15 @@ static Keel__DeleteRangeResponse *fake_del(struct fake *f, struct keel_arena *a,
         }
         if (d->prev_kv)
             out->prev_kvs[out->n_prev_kvs++] = kv_msg(a, &f->kv[i], false);
+        /* The delete's revision: callers bump f->rev once something was deleted. */
+        struct fake_event *ev = hist_add(f);
+        ev->rev = f->rev + 1;
+        ev->type = KEEL__EVENT__EVENT_TYPE__DELETE;
+        memcpy(ev->kv.key, f->kv[i].key, f->kv[i].klen);
+        ev->kv.klen = f->kv[i].klen;
+        ev->kv.mod = ev->rev;
+        ev->has_prev = true;
+        ev->prev = f->kv[i];
         memmove(&f->kv[i], &f->kv[i + 1], (size_t)(f->nkv - i - 1) * sizeof(f->kv[0]));
         f->nkv--;
         out->deleted++;
@@ -489,6 +577,260 @@ static bool fake_answer(struct fake *f, struct keel_arena *a, const Keel__Reques
     return true;
 }
 
+/* ---- watches ---- */
+
+static Keel__ResponseHeader *fake_header(struct fake *f, struct keel_arena *a)
+{
+    Keel__ResponseHeader *h = keel_arena_alloc(a, sizeof(*h));
+    keel__response_header__init(h);
+    h->cluster_id = 0xc1;
+    h->member_id = f->member_id;
+    h->raft_term = 2;
+    h->revision = f->rev;
+    return h;
+}
+
+static void add_frame(uint8_t **frames, size_t *lens, size_t *n, const Keel__Response *resp)
+{
+    assert_true(*n < 4096);
+    frames[*n] = frame_of(&resp->base, &lens[*n]);
+    (*n)++;
+}
+
+static bool ev_matches(const struct fake_watcher *w, const struct fake_event *ev)
+{
+    if ((ev->type == KEEL__EVENT__EVENT_TYPE__PUT && w->noput) ||
+        (ev->type == KEEL__EVENT__EVENT_TYPE__DELETE && w->nodelete))
+        return false;
+    ProtobufCBinaryData key = {w->klen, (uint8_t *)w->key}, end = {w->elen, (uint8_t *)w->end};
+    return kv_in_range(&ev->kv, key, end);
+}
+
+static Keel__Event *ev_msg(struct keel_arena *a, const struct fake_event *ev, bool prev_kv)
+{
+    Keel__Event *m = keel_arena_alloc(a, sizeof(*m));
+    keel__event__init(m);
+    m->type = ev->type;
+    m->kv = kv_msg(a, &ev->kv, false);
+    if (prev_kv && ev->has_prev)
+        m->prev_kv = kv_msg(a, &ev->prev, false);
+    return m;
+}
+
+/* Fill resp with w's events from w->next_rev through f->rev (one response: a revision is never
+ * split). False when there are none. */
+static bool watch_events(struct fake *f, struct keel_arena *a, struct fake_watcher *w,
+                         Keel__Response *resp)
+{
+    Keel__WatchResponse *wr = keel_arena_alloc(a, sizeof(*wr));
+    keel__watch_response__init(wr);
+    wr->watch_id = w->id;
+    wr->events = keel_arena_alloc(a, (size_t)(f->nhist + 1) * sizeof(*wr->events));
+    for (int i = 0; i < f->nhist; i++)
+        if (f->hist[i].rev >= w->next_rev && ev_matches(w, &f->hist[i]))
+            wr->events[wr->n_events++] = ev_msg(a, &f->hist[i], w->prev_kv);
+    w->next_rev = f->rev + 1;
+    if (wr->n_events == 0)
+        return false;
+    keel__response__init(resp);
+    resp->id = w->req_id;
+    resp->header = fake_header(f, a);
+    resp->body_case = KEEL__RESPONSE__BODY_WATCH;
+    resp->watch = wr;
+    return true;
+}
+
+static void fake_watch_request(struct fake_session *s, struct keel_arena *a,
+                               const Keel__Request *req, uint8_t **frames, size_t *lens,
+                               size_t *nframes)
+{
+    struct fake *f = s->f;
+    f->requests++;
+    Keel__Response resp = KEEL__RESPONSE__INIT;
+    resp.id = req->id;
+    resp.header = fake_header(f, a);
+    Keel__WatchResponse *wr = keel_arena_alloc(a, sizeof(*wr));
+    keel__watch_response__init(wr);
+    switch (req->body_case) {
+    case KEEL__REQUEST__BODY_WATCH_CREATE: {
+        const Keel__WatchCreateRequest *wc = req->watch_create;
+        f->watch_creates++;
+        f->last_start = wc->start_revision;
+        if (f->silent)
+            return;
+        if (f->watch_unavailable) {
+            set_error(a, &resp, KEEL__ERROR_CODE__UNAVAILABLE, "not ready", NULL);
+            add_frame(frames, lens, nframes, &resp);
+            return;
+        }
+        int n = 0;
+        for (struct fake_watcher *w = s->watchers; w; w = w->next)
+            n++;
+        if (f->max_watches && n >= f->max_watches) {
+            set_error(a, &resp, KEEL__ERROR_CODE__TOO_MANY_REQUESTS, "too many watches", NULL);
+            add_frame(frames, lens, nframes, &resp);
+            return;
+        }
+        int64_t id = wc->watch_id > 0 ? wc->watch_id : ++s->next_wid;
+        wr->watch_id = id;
+        wr->created = 1;
+        resp.body_case = KEEL__RESPONSE__BODY_WATCH;
+        resp.watch = wr;
+        add_frame(frames, lens, nframes, &resp);
+        int64_t start = wc->start_revision;
+        if (start > 0 && start < f->compacted) {
+            Keel__WatchResponse *cr = keel_arena_alloc(a, sizeof(*cr));
+            keel__watch_response__init(cr);
+            cr->watch_id = id;
+            cr->canceled = 1;
+            cr->compact_revision = f->compacted;
+            cr->cancel_reason = "required revision has been compacted";
+            resp.watch = cr;
+            add_frame(frames, lens, nframes, &resp);
+            return;
+        }
+        struct fake_watcher *w = calloc(1, sizeof(*w));
+        assert_non_null(w);
+        w->id = id;
+        w->req_id = req->id;
+        assert_true(wc->key.len <= sizeof(w->key) && wc->range_end.len <= sizeof(w->end));
+        if (wc->key.len)
+            memcpy(w->key, wc->key.data, wc->key.len);
+        w->klen = wc->key.len;
+        if (wc->range_end.len)
+            memcpy(w->end, wc->range_end.data, wc->range_end.len);
+        w->elen = wc->range_end.len;
+        w->prev_kv = wc->prev_kv;
+        w->progress = wc->progress_notify;
+        for (size_t i = 0; i < wc->n_filters; i++) {
+            if (wc->filters[i] == KEEL__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT)
+                w->noput = true;
+            else
+                w->nodelete = true;
+        }
+        w->next_rev = start > 0 ? start - f->replay_back : f->rev + 1;
+        if (w->next_rev < 1)
+            w->next_rev = 1;
+        w->next = s->watchers;
+        s->watchers = w;
+        f->nwatchers++;
+        Keel__Response ev;
+        if (!f->watch_silent && watch_events(f, a, w, &ev))
+            add_frame(frames, lens, nframes, &ev);
+        return;
+    }
+    case KEEL__REQUEST__BODY_WATCH_CANCEL: {
+        struct fake_watcher **pp = &s->watchers;
+        while (*pp && (*pp)->id != req->watch_cancel->watch_id)
+            pp = &(*pp)->next;
+        if (*pp == NULL) {
+            set_error(a, &resp, KEEL__ERROR_CODE__INVALID_ARGUMENT, "no such watch", NULL);
+        } else {
+            struct fake_watcher *w = *pp;
+            *pp = w->next;
+            f->nwatchers--;
+            f->watch_cancels++;
+            wr->watch_id = w->id;
+            wr->canceled = 1;
+            free(w);
+            resp.body_case = KEEL__RESPONSE__BODY_WATCH;
+            resp.watch = wr;
+        }
+        break;
+    }
+    default:
+        f->watch_progress++;
+        wr->watch_id = -1;
+        resp.body_case = KEEL__RESPONSE__BODY_WATCH;
+        resp.watch = wr;
+        break;
+    }
+    if (!f->silent)
+        add_frame(frames, lens, nframes, &resp);
+}
+
+/* Send every watcher of f its new events (as a member does after applying a batch). */
+static void fake_notify(struct fake *f)
+{
+    if (f->watch_silent)
+        return;
+    for (struct fake_session *s = f->sessions; s; s = s->next) {
+        if (s->closing || s->shutting)
+            continue;
+        for (struct fake_watcher *w = s->watchers; w; w = w->next) {
+            struct keel_arena a;
+            keel_arena_init(&a, 0);
+            Keel__Response resp;
+            if (watch_events(f, &a, w, &resp)) {
+                size_t len;
+                uint8_t *b = frame_of(&resp.base, &len);
+                fs_send(s, b, len);
+                f->watch_event_resps++;
+            }
+            keel_arena_close(&a);
+            if (f->watch_drop_after && f->watch_event_resps >= f->watch_drop_after) {
+                f->watch_drop_after = 0;
+                fs_close_after_flush(s);
+                break;
+            }
+        }
+    }
+}
+
+/* A progress notification to every watcher that asked for them. */
+static void fake_progress(struct fake *f)
+{
+    for (struct fake_session *s = f->sessions; s; s = s->next) {
+        if (s->closing || s->shutting)
+            continue;
+        for (struct fake_watcher *w = s->watchers; w; w = w->next) {
+            if (!w->progress)
+                continue;
+            struct keel_arena a;
+            keel_arena_init(&a, 0);
+            Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
+            wr.watch_id = w->id;
+            Keel__Response resp = KEEL__RESPONSE__INIT;
+            resp.id = w->req_id;
+            resp.header = fake_header(f, &a);
+            resp.body_case = KEEL__RESPONSE__BODY_WATCH;
+            resp.watch = &wr;
+            size_t len;
+            uint8_t *b = frame_of(&resp.base, &len);
+            fs_send(s, b, len);
+            keel_arena_close(&a);
+        }
+    }
+}
+
+/* Writes made on the member directly (as if another client had), watchers notified. */
+static void fake_write(struct fake *f, const char *k, const char *v)
+{
+    struct keel_arena a;
+    keel_arena_init(&a, 0);
+    Keel__PutRequest p = KEEL__PUT_REQUEST__INIT;
+    p.key.data = (uint8_t *)k;
+    p.key.len = strlen(k);
+    p.value.data = (uint8_t *)v;
+    p.value.len = strlen(v);
+    fake_put(f, &a, &p, ++f->rev);
+    keel_arena_close(&a);
+    fake_notify(f);
+}
+
+static void fake_delete(struct fake *f, const char *k)
+{
+    struct keel_arena a;
+    keel_arena_init(&a, 0);
+    Keel__DeleteRangeRequest d = KEEL__DELETE_RANGE_REQUEST__INIT;
+    d.key.data = (uint8_t *)k;
+    d.key.len = strlen(k);
+    if (fake_del(f, &a, &d)->deleted)
+        f->rev++;
+    keel_arena_close(&a);
+    fake_notify(f);
+}
+
 static void fake_hello(struct fake_session *s, const uint8_t *p, size_t n)
 {
     struct fake *f = s->f;
@@ -571,6 +913,12 @@ static void fs_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         }
         Keel__Request *req = keel__request__unpack(keel_arena_pb(&arena), n, p);
         assert_non_null(req);
+        if (req->body_case == KEEL__REQUEST__BODY_WATCH_CREATE ||
+            req->body_case == KEEL__REQUEST__BODY_WATCH_CANCEL ||
+            req->body_case == KEEL__REQUEST__BODY_WATCH_PROGRESS) {
+            fake_watch_request(s, &arena, req, frames, lens, &nframes);
+            continue;
+        }
         Keel__Response resp = KEEL__RESPONSE__INIT;
         if (!fake_answer(f, &arena, req, &resp)) {
             drop = true;
@@ -600,6 +948,8 @@ static void fs_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     keel_arena_close(&arena);
     if (drop)
         fs_close(s);
+    /* After this read's answers: a watch created in it acknowledges before its first event. */
+    fake_notify(f);
 }
 
 static void fake_on_conn(uv_stream_t *server, int status)
@@ -654,6 +1004,9 @@ static void fake_stop(struct fake *f)
     }
     for (struct fake_session *s = f->sessions; s; s = s->next)
         fs_close(s);
+    free(f->hist);
+    f->hist = NULL;
+    f->nhist = f->caphist = 0;
 }
 
 static void fake_add_member(struct fake *f, const struct fake *m)
@@ -1431,6 +1784,761 @@ static void test_idempotency_rules(void **state)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Watches (asynchronous)
+ */
+
+#define WMAX 256
+
+/* What a watch callback saw, and what it should do. */
+struct wres {
+    int calls;   /* callbacks with status 0 */
+    int notices; /* ... of which carried no event */
+    int finals;
+    int status;
+    int64_t compact;
+    char err[256];
+    int nev;
+    int64_t revs[WMAX];
+    int types[WMAX];
+    char keys[WMAX][16];
+    char vals[WMAX][16];
+    char prevs[WMAX][16];  /* "" when no prev_kv */
+    int64_t last_rev;      /* revision argument of the last call */
+    int64_t notice_rev;    /* ... of the last call without events */
+    uint64_t member;       /* header member of the last call with a header */
+    bool created;          /* a call came (the created notice, when asked, is the first) */
+    bool cancel_in_cb;     /* cancel the watch from its first event batch */
+    struct env *close_env; /* close this env's client from the first event batch */
+};
+
+static void copy_bytes(char *out, size_t cap, const ProtobufCBinaryData *b)
+{
+    size_t n = b->len < cap - 1 ? b->len : cap - 1;
+    if (n)
+        memcpy(out, b->data, n);
+    out[n] = '\0';
+}
+
+static void on_wev(struct keel_watch *w, int status, const Keel__Event *const *events,
+                   size_t n_events, int64_t revision, void *data)
+{
+    struct wres *r = data;
+    assert_int_equal(r->finals, 0); /* nothing after the final call */
+    if (status != 0) {
+        assert_int_equal(n_events, 0);
+        r->finals++;
+        r->status = status;
+        r->compact = keel_watch_compact_revision(w);
+        snprintf(r->err, sizeof(r->err), "%s", keel_watch_error(w));
+        assert_null(keel_watch_header(w));
+        return;
+    }
+    assert_true(revision >= r->last_rev); /* never decreases */
+    r->last_rev = revision;
+    r->calls++;
+    r->created = true;
+    const Keel__ResponseHeader *h = keel_watch_header(w);
+    if (h)
+        r->member = h->member_id;
+    if (n_events == 0) {
+        r->notices++;
+        r->notice_rev = revision;
+        return;
+    }
+    for (size_t i = 0; i < n_events; i++) {
+        const Keel__Event *e = events[i];
+        assert_true(r->nev < WMAX);
+        int j = r->nev++;
+        r->revs[j] = e->kv->mod_revision;
+        /* In order, across calls too. */
+        if (j > 0)
+            assert_true(r->revs[j] >= r->revs[j - 1]);
+        r->types[j] = e->type;
+        copy_bytes(r->keys[j], sizeof(r->keys[j]), &e->kv->key);
+        copy_bytes(r->vals[j], sizeof(r->vals[j]), &e->kv->value);
+        r->prevs[j][0] = '\0';
+        if (e->prev_kv)
+            copy_bytes(r->prevs[j], sizeof(r->prevs[j]), &e->prev_kv->value);
+    }
+    if (r->cancel_in_cb) {
+        r->cancel_in_cb = false;
+        assert_int_equal(keel_watch_cancel(w), 0);
+        assert_int_equal(r->finals, 0); /* later, not from within */
+    }
+    if (r->close_env) {
+        struct env *e = r->close_env;
+        r->close_env = NULL;
+        keel_aclient_close(e->ac, on_closed, &e->closed);
+    }
+}
+
+static void tick_cb2(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Run the loop until r has n events (or its final call, when final), within the bound. */
+static bool wrun(uv_loop_t *loop, const struct wres *r, int n, bool final)
+{
+    uv_timer_t tick;
+    uv_timer_init(loop, &tick);
+    uv_timer_start(&tick, tick_cb2, 5, 5);
+    uint64_t end = uv_hrtime() + LOOP_BOUND_MS * 1000000ull;
+    for (int i = 0; i < 1000000 && uv_hrtime() < end; i++) {
+        if (final ? r->finals > 0 : (r->nev >= n || r->finals > 0))
+            break;
+        uv_run(loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return final ? r->finals > 0 : r->nev >= n;
+}
+
+/* Run the loop for about ms (to see that nothing more arrives). */
+static void run_ms(uv_loop_t *loop, unsigned ms)
+{
+    uv_timer_t tick;
+    uv_timer_init(loop, &tick);
+    uv_timer_start(&tick, tick_cb2, 5, 5);
+    uint64_t end = uv_hrtime() + ms * 1000000ull;
+    for (int i = 0; i < 100000 && uv_hrtime() < end; i++)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static bool wrun_created(uv_loop_t *loop, const struct wres *r)
+{
+    uv_timer_t tick;
+    uv_timer_init(loop, &tick);
+    uv_timer_start(&tick, tick_cb2, 5, 5);
+    uint64_t end = uv_hrtime() + LOOP_BOUND_MS * 1000000ull;
+    for (int i = 0; i < 1000000 && !r->created && r->finals == 0 && uv_hrtime() < end; i++)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return r->created;
+}
+
+static struct keel_watch *watch_prefix(struct env *e, const char *prefix, struct keel_watch_opts *o,
+                                       struct wres *r)
+{
+    uint8_t end[16];
+    o->range_end = end;
+    o->range_end_len = keel_prefix_end(prefix, strlen(prefix), end);
+    struct keel_watch *w = NULL;
+    assert_int_equal(keel_aclient_watch(e->ac, prefix, strlen(prefix), o, on_wev, r, &w), 0);
+    assert_non_null(w);
+    return w;
+}
+
+static void assert_revs(const struct wres *r, int64_t from, int64_t to)
+{
+    assert_int_equal(r->nev, (int)(to - from + 1));
+    for (int i = 0; i < r->nev; i++)
+        assert_int_equal(r->revs[i], from + i);
+}
+
+/* Two members with the same history, each listing both; the client knows only the first. */
+static struct env *env_pair(void)
+{
+    struct env *e = env_new(2);
+    for (int i = 0; i < 2; i++) {
+        fake_set_leader(&e->f[i], &e->f[0]);
+        for (int j = 0; j < 2; j++)
+            fake_add_member(&e->f[i], &e->f[j]);
+    }
+    env_client(e, e->f[0].addr, NULL, 0);
+    return e;
+}
+
+static void write_both(struct env *e, const char *k, const char *v)
+{
+    fake_write(&e->f[0], k, v);
+    fake_write(&e->f[1], k, v);
+}
+
+/* Events in order, with prev_kv, from live writes of this client and of others. */
+static void test_watch_events(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    f->leader_id = f->member_id;
+    env_client(e, f->addr, NULL, 0);
+    struct wres r = {0};
+    struct keel_watch_opts o = {.created_notify = true, .prev_kv = true};
+    struct keel_watch *w = watch_prefix(e, "k", &o, &r);
+    assert_int_equal(r.calls, 0); /* never from within */
+    assert_int_equal(keel_watch_next_revision(w), 0);
+    assert_true(wrun_created(&e->loop, &r));
+    assert_int_equal(r.notices, 1);
+    assert_int_equal(r.notice_rev, 0);
+    assert_int_equal(keel_watch_next_revision(w), 1);
+    struct result pr;
+    do_put(e, "k1", "a", &pr);
+    do_put(e, "x", "b", &pr);
+    do_put(e, "k2", "c", &pr);
+    do_put(e, "k1", "d", &pr);
+    assert_true(wrun(&e->loop, &r, 3, false));
+    fake_delete(f, "k2");
+    assert_true(wrun(&e->loop, &r, 4, false));
+    assert_int_equal(r.revs[0], 1);
+    assert_int_equal(r.revs[1], 3);
+    assert_int_equal(r.revs[2], 4);
+    assert_int_equal(r.revs[3], 5);
+    assert_string_equal(r.keys[0], "k1");
+    assert_string_equal(r.keys[1], "k2");
+    assert_string_equal(r.vals[2], "d");
+    assert_string_equal(r.prevs[0], "");
+    assert_string_equal(r.prevs[2], "a");
+    assert_int_equal(r.types[3], KEEL__EVENT__EVENT_TYPE__DELETE);
+    assert_string_equal(r.keys[3], "k2");
+    assert_string_equal(r.prevs[3], "c");
+    assert_int_equal(r.last_rev, 5);
+    assert_int_equal(r.member, f->member_id);
+    assert_int_equal(keel_watch_next_revision(w), 6);
+    assert_string_equal(keel_watch_error(w), "");
+    struct keel_aclient_stats st;
+    keel_aclient_stats(e->ac, &st);
+    assert_int_equal(st.watch_creates, 1);
+    assert_int_equal(st.watch_resumes, 0);
+    assert_int_equal(st.watches, 1);
+    assert_int_equal(st.in_flight, 0);
+    env_free(e);
+    assert_int_equal(r.finals, 1);
+    assert_int_equal(r.status, KEEL_ECANCELED);
+    assert_string_equal(r.err, "client closed");
+}
+
+/* start_revision replays history (one batch), then live events follow; filters. */
+static void test_watch_history_filters(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    fake_write(f, "a", "1");
+    fake_write(f, "b", "2");
+    fake_write(f, "a", "3");
+    fake_delete(f, "a");
+    fake_write(f, "a", "5");
+    env_client(e, f->addr, NULL, 0);
+    struct wres r1 = {0}, r2 = {0}, r3 = {0};
+    struct keel_watch *w;
+    struct keel_watch_opts o1 = {.start_revision = 2};
+    assert_int_equal(keel_aclient_watch(e->ac, "a", 1, &o1, on_wev, &r1, &w), 0);
+    struct keel_watch_opts o2 = {.start_revision = 1, .nodelete = true};
+    assert_int_equal(keel_aclient_watch(e->ac, "a", 1, &o2, on_wev, &r2, &w), 0);
+    /* Every key: "" to "\0". */
+    struct keel_watch_opts o3 = {
+        .start_revision = 1, .noput = true, .range_end = "\0", .range_end_len = 1};
+    assert_int_equal(keel_aclient_watch(e->ac, "", 0, &o3, on_wev, &r3, &w), 0);
+    assert_true(wrun(&e->loop, &r1, 3, false));
+    assert_true(wrun(&e->loop, &r2, 3, false));
+    assert_true(wrun(&e->loop, &r3, 1, false));
+    assert_int_equal(r1.calls, 1); /* one batch */
+    assert_int_equal(r1.revs[0], 3);
+    assert_int_equal(r1.types[1], KEEL__EVENT__EVENT_TYPE__DELETE);
+    assert_int_equal(r1.revs[2], 5);
+    assert_int_equal(r2.revs[0], 1);
+    assert_int_equal(r2.revs[1], 3);
+    assert_int_equal(r2.revs[2], 5);
+    assert_int_equal(r3.revs[0], 4);
+    fake_write(f, "a", "6");
+    assert_true(wrun(&e->loop, &r1, 4, false));
+    assert_true(wrun(&e->loop, &r2, 4, false));
+    assert_int_equal(r1.revs[3], 6);
+    assert_int_equal(r2.revs[3], 6);
+    run_ms(&e->loop, 30);
+    assert_int_equal(r3.nev, 1);
+    assert_int_equal(f->watch_creates, 3);
+    env_free(e);
+    assert_int_equal(r1.finals + r2.finals + r3.finals, 3);
+}
+
+static void test_watch_cancel(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    env_client(e, f->addr, NULL, 0);
+    struct wres r = {0};
+    struct keel_watch_opts o = {.created_notify = true};
+    struct keel_watch *w;
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o, on_wev, &r, &w), 0);
+    assert_true(wrun_created(&e->loop, &r));
+    fake_write(f, "k", "1");
+    assert_true(wrun(&e->loop, &r, 1, false));
+    assert_int_equal(keel_watch_cancel(w), 0);
+    assert_int_equal(r.finals, 0); /* later, from the loop */
+    assert_true(wrun(&e->loop, &r, 0, true));
+    assert_int_equal(r.status, KEEL_ECANCELED);
+    for (int i = 0; i < 200 && f->watch_cancels == 0; i++)
+        run_ms(&e->loop, 5);
+    assert_int_equal(f->watch_cancels, 1);
+    assert_int_equal(f->nwatchers, 0);
+    fake_write(f, "k", "2");
+    run_ms(&e->loop, 30);
+    assert_int_equal(r.nev, 1);
+
+    /* From its own callback: one batch, then only the final call. */
+    struct wres r2 = {.cancel_in_cb = true};
+    struct keel_watch_opts o2 = {.start_revision = 1};
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o2, on_wev, &r2, &w), 0);
+    assert_true(wrun(&e->loop, &r2, 0, true));
+    assert_int_equal(r2.calls, 1);
+    assert_int_equal(r2.nev, 2);
+    assert_int_equal(r2.status, KEEL_ECANCELED);
+    fake_write(f, "k", "3");
+    run_ms(&e->loop, 30);
+    assert_int_equal(r2.nev, 2);
+
+    /* Before it was ever sent. */
+    struct wres r3 = {0};
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, NULL, on_wev, &r3, &w), 0);
+    assert_int_equal(keel_watch_cancel(w), 0);
+    assert_int_equal(r3.finals, 0);
+    assert_true(wrun(&e->loop, &r3, 0, true));
+    assert_int_equal(r3.status, KEEL_ECANCELED);
+    assert_int_equal(r3.calls, 0);
+    for (int i = 0; i < 200 && f->nwatchers > 0; i++)
+        run_ms(&e->loop, 5);
+    assert_int_equal(f->nwatchers, 0);
+    struct keel_aclient_stats st;
+    keel_aclient_stats(e->ac, &st);
+    assert_int_equal(st.watches, 0);
+    env_free(e);
+}
+
+static void test_watch_compacted(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    for (int i = 0; i < 4; i++)
+        fake_write(f, "k", "v");
+    f->compacted = 3;
+    env_client(e, f->addr, NULL, 0);
+    struct wres r = {0};
+    struct keel_watch_opts o = {.start_revision = 2, .created_notify = true};
+    struct keel_watch *w;
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o, on_wev, &r, &w), 0);
+    assert_true(wrun(&e->loop, &r, 0, true));
+    assert_int_equal(r.notices, 1); /* created, then canceled: as etcd */
+    assert_int_equal(r.nev, 0);
+    assert_int_equal(r.status, KEEL_ECOMPACTED);
+    assert_int_equal(r.compact, 3);
+    assert_string_equal(r.err, "required revision has been compacted");
+    /* At the compacted revision itself: fine. */
+    struct wres r2 = {0};
+    struct keel_watch_opts o2 = {.start_revision = 3};
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o2, on_wev, &r2, &w), 0);
+    assert_true(wrun(&e->loop, &r2, 2, false));
+    assert_int_equal(r2.revs[0], 3);
+    env_free(e);
+}
+
+/* The serving member stalls, then dies: the watch moves to the other member and resumes from the
+ * first revision it did not deliver. */
+static void test_watch_resume(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 2; variant++) {
+        struct env *e = env_pair();
+        struct fake *a = &e->f[0], *b = &e->f[1];
+        if (variant == 1)
+            b->replay_back = 2; /* b sends two revisions too many */
+        struct wres r = {0};
+        struct keel_watch_opts o = {.created_notify = true};
+        watch_prefix(e, "k", &o, &r);
+        assert_true(wrun_created(&e->loop, &r));
+        assert_int_equal(a->nwatchers, 1);
+        write_both(e, "k1", "1");
+        write_both(e, "x", "-");
+        write_both(e, "k2", "3");
+        assert_true(wrun(&e->loop, &r, 2, false));
+        a->watch_silent = true;
+        write_both(e, "k3", "4");
+        write_both(e, "k1", "5");
+        run_ms(&e->loop, 20);
+        assert_int_equal(r.nev, 2);
+        fake_stop(a);
+        assert_true(wrun(&e->loop, &r, 4, false));
+        assert_int_equal(b->watch_creates, 1);
+        assert_int_equal(b->last_start, 4);
+        fake_write(b, "k9", "6");
+        assert_true(wrun(&e->loop, &r, 5, false));
+        run_ms(&e->loop, 20);
+        int64_t want[] = {1, 3, 4, 5, 6};
+        assert_int_equal(r.nev, 5);
+        for (int i = 0; i < 5; i++)
+            assert_int_equal(r.revs[i], want[i]);
+        assert_string_equal(r.keys[3], "k1");
+        assert_string_equal(r.vals[3], "5");
+        assert_int_equal(r.notices, 1); /* the created notice is not repeated */
+        assert_int_equal(r.member, b->member_id);
+        struct keel_aclient_stats st;
+        keel_aclient_stats(e->ac, &st);
+        assert_int_equal(st.watch_resumes, 1);
+        assert_int_equal(st.watch_dups, variant == 1 ? 1 : 0); /* rev 3; rev 2 matched nothing */
+        env_free(e);
+        assert_int_equal(r.finals, 1);
+    }
+}
+
+/* Resumes before any event: from the revision after creation (start 0), or from the start
+ * revision asked, whose history the first member never sent. */
+static void test_watch_resume_before_events(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 2; variant++) {
+        struct env *e = env_pair();
+        struct fake *a = &e->f[0], *b = &e->f[1];
+        write_both(e, "k", "1");
+        write_both(e, "k", "2");
+        write_both(e, "k", "3");
+        a->watch_silent = true;
+        struct wres r = {0};
+        struct keel_watch_opts o = {.created_notify = true, .start_revision = variant ? 2 : 0};
+        struct keel_watch *w;
+        assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o, on_wev, &r, &w), 0);
+        assert_true(wrun_created(&e->loop, &r));
+        assert_int_equal(r.notice_rev, 3);
+        assert_int_equal(keel_watch_next_revision(w), variant ? 2 : 4);
+        write_both(e, "k", "4");
+        fake_stop(a);
+        assert_true(wrun(&e->loop, &r, variant ? 3 : 1, false));
+        assert_int_equal(b->last_start, variant ? 2 : 4);
+        if (variant)
+            assert_revs(&r, 2, 4);
+        else
+            assert_revs(&r, 4, 4);
+        env_free(e);
+    }
+}
+
+/* The history a resume needs was compacted on the new member: the watch ends. */
+static void test_watch_resume_compacted(void **state)
+{
+    (void)state;
+    struct env *e = env_pair();
+    struct fake *a = &e->f[0], *b = &e->f[1];
+    struct wres r = {0};
+    struct keel_watch *w;
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, NULL, on_wev, &r, &w), 0);
+    for (int i = 0; i < 200 && a->nwatchers == 0; i++)
+        run_ms(&e->loop, 5);
+    write_both(e, "k", "1");
+    assert_true(wrun(&e->loop, &r, 1, false));
+    a->watch_silent = true;
+    write_both(e, "k", "2");
+    write_both(e, "k", "3");
+    b->compacted = 3;
+    fake_stop(a);
+    assert_true(wrun(&e->loop, &r, 0, true));
+    assert_int_equal(r.status, KEEL_ECOMPACTED);
+    assert_int_equal(r.compact, 3);
+    assert_int_equal(r.nev, 1);
+    env_free(e);
+}
+
+/* The only member drops the connection mid-stream and stays up: the watch comes back to it, no
+ * gap, no duplicate, and never gives up while it cannot connect. */
+static void test_watch_reconnect(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    env_client(e, f->addr, NULL, 0);
+    f->watch_drop_after = 2;
+    struct wres r = {0};
+    struct keel_watch_opts o = {.created_notify = true};
+    watch_prefix(e, "k", &o, &r);
+    assert_true(wrun_created(&e->loop, &r));
+    fake_write(f, "k1", "1");
+    fake_write(f, "k2", "2");
+    assert_true(wrun(&e->loop, &r, 2, false));
+    /* Meanwhile the connection is closing: these are replayed from history. */
+    fake_write(f, "k3", "3");
+    fake_write(f, "k4", "4");
+    assert_true(wrun(&e->loop, &r, 4, false));
+    assert_int_equal(f->watch_creates, 2);
+    assert_int_equal(f->last_start, 3);
+    fake_write(f, "k5", "5");
+    assert_true(wrun(&e->loop, &r, 5, false));
+    assert_revs(&r, 1, 5);
+    assert_int_equal(r.finals, 0);
+    env_free(e);
+}
+
+/* A member that cannot be reached for a while: the watch keeps trying (bounded backoff) and
+ * resumes when the member is back under the same address. */
+static void test_watch_outlives_outage(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    env_client(e, f->addr, NULL, 300); /* much shorter than the outage */
+    struct wres r = {0};
+    struct keel_watch_opts o = {.created_notify = true};
+    struct keel_watch *w;
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o, on_wev, &r, &w), 0);
+    assert_true(wrun_created(&e->loop, &r));
+    fake_write(f, "k", "1");
+    assert_true(wrun(&e->loop, &r, 1, false));
+    /* Stop it and bring a member up again on the same port, with the history so far. */
+    char addr[64];
+    snprintf(addr, sizeof(addr), "%s", f->addr);
+    fake_stop(f);
+    run_ms(&e->loop, 1500);
+    assert_int_equal(r.finals, 0);
+    struct fake *g = &e->f[1];
+    memset(g, 0, sizeof(*g));
+    g->loop = &e->loop;
+    g->member_id = f->member_id;
+    struct sockaddr_in sa;
+    int port = atoi(strchr(addr, ':') + 1);
+    uv_ip4_addr("127.0.0.1", port, &sa);
+    assert_int_equal(uv_tcp_init(&e->loop, &g->listener), 0);
+    g->listener.data = g;
+    assert_int_equal(uv_tcp_bind(&g->listener, (const struct sockaddr *)&sa, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&g->listener, 128, fake_on_conn), 0);
+    snprintf(g->addr, sizeof(g->addr), "%s", addr);
+    g->listening = true;
+    e->nf = 2;
+    fake_write(g, "k", "1");
+    fake_write(g, "k", "2");
+    assert_true(wrun(&e->loop, &r, 2, false));
+    assert_revs(&r, 1, 2);
+    assert_int_equal(g->last_start, 2);
+    env_free(e);
+}
+
+/* A watch goes to a member of the client's zone; when it goes away, to any member. */
+static void test_watch_zone(void **state)
+{
+    (void)state;
+    struct env *e = env_new(3);
+    snprintf(e->f[0].zone, sizeof(e->f[0].zone), "a");
+    snprintf(e->f[1].zone, sizeof(e->f[1].zone), "a");
+    snprintf(e->f[2].zone, sizeof(e->f[2].zone), "b");
+    for (int i = 0; i < 3; i++) {
+        fake_set_leader(&e->f[i], &e->f[0]);
+        for (int j = 0; j < 3; j++)
+            fake_add_member(&e->f[i], &e->f[j]);
+    }
+    env_client(e, e->f[0].addr, "b", 0);
+    struct wres r = {0};
+    struct keel_watch_opts o = {.created_notify = true};
+    struct keel_watch *w;
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o, on_wev, &r, &w), 0);
+    assert_true(wrun_created(&e->loop, &r));
+    assert_int_equal(r.member, e->f[2].member_id);
+    assert_int_equal(e->f[2].watch_creates, 1);
+    assert_int_equal(e->f[0].watch_creates + e->f[1].watch_creates, 0);
+    for (int i = 0; i < 3; i++)
+        fake_write(&e->f[i], "k", "1");
+    assert_true(wrun(&e->loop, &r, 1, false));
+    fake_stop(&e->f[2]);
+    for (int i = 0; i < 2; i++)
+        fake_write(&e->f[i], "k", "2");
+    assert_true(wrun(&e->loop, &r, 2, false));
+    assert_revs(&r, 1, 2);
+    assert_int_equal(e->f[0].watch_creates + e->f[1].watch_creates, 1);
+    env_free(e);
+}
+
+static void test_watch_progress(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    env_client(e, f->addr, NULL, 0);
+    struct wres r = {0};
+    struct keel_watch_opts o = {.progress_notify = true};
+    struct keel_watch *w;
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o, on_wev, &r, &w), 0);
+    /* Asked before the acknowledgement: sent once it comes. */
+    assert_int_equal(keel_watch_progress(w), 0);
+    assert_true(wrun_created(&e->loop, &r));
+    assert_int_equal(r.notices, 1);
+    assert_int_equal(f->watch_progress, 1);
+    fake_write(f, "x", "1");
+    fake_write(f, "x", "2");
+    assert_int_equal(keel_watch_progress(w), 0);
+    for (int i = 0; i < 400 && r.notices < 2; i++)
+        run_ms(&e->loop, 5);
+    assert_int_equal(r.notices, 2);
+    assert_int_equal(r.notice_rev, 2);
+    /* An answer to a request says nothing about this watch alone: the resume point stays. */
+    assert_int_equal(keel_watch_next_revision(w), 1);
+    fake_write(f, "x", "3");
+    fake_progress(f);
+    for (int i = 0; i < 400 && r.notices < 3; i++)
+        run_ms(&e->loop, 5);
+    assert_int_equal(r.notices, 3);
+    assert_int_equal(r.notice_rev, 3);
+    assert_int_equal(keel_watch_next_revision(w), 4);
+    assert_int_equal(r.nev, 0);
+    env_free(e);
+}
+
+/* Closing the client ends every watch (final calls from within the close, like requests), also
+ * when the close comes from a watch callback. */
+static void test_watch_close(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    env_client(e, f->addr, NULL, 0);
+    struct wres r1 = {0}, r2 = {0};
+    struct keel_watch_opts o = {.created_notify = true};
+    struct keel_watch *w;
+    assert_int_equal(keel_aclient_watch(e->ac, "a", 1, &o, on_wev, &r1, &w), 0);
+    assert_int_equal(keel_aclient_watch(e->ac, "b", 1, &o, on_wev, &r2, &w), 0);
+    assert_true(wrun_created(&e->loop, &r1));
+    keel_aclient_close(e->ac, on_closed, &e->closed);
+    assert_int_equal(r1.finals, 1);
+    assert_int_equal(r2.finals, 1);
+    assert_int_equal(r1.status, KEEL_ECANCELED);
+    struct wres r3 = {0};
+    assert_int_equal(keel_aclient_watch(e->ac, "c", 1, NULL, on_wev, &r3, &w), KEEL_ECLOSED);
+    assert_null(w);
+    assert_true(run_until(&e->loop, &e->closed, LOOP_BOUND_MS));
+    e->ac = NULL;
+    env_free(e);
+
+    e = env_new(1);
+    f = &e->f[0];
+    env_client(e, f->addr, NULL, 0);
+    struct wres r4 = {.close_env = e}, r5 = {0};
+    assert_int_equal(keel_aclient_watch(e->ac, "a", 1, &o, on_wev, &r5, &w), 0);
+    assert_int_equal(keel_aclient_watch(e->ac, "a", 1, NULL, on_wev, &r4, &w), 0);
+    for (int i = 0; i < 400 && f->nwatchers < 2; i++)
+        run_ms(&e->loop, 5);
+    fake_write(f, "a", "1");
+    assert_true(run_until(&e->loop, &e->closed, LOOP_BOUND_MS));
+    assert_int_equal(r4.nev, 1);
+    assert_int_equal(r4.finals, 1);
+    assert_int_equal(r5.finals, 1);
+    assert_int_equal(r5.status, KEEL_ECANCELED);
+    e->ac = NULL;
+    env_free(e);
+}
+
+/* A first creation that fails is reported; one a member refuses for now goes elsewhere. */
+static void test_watch_create_errors(void **state)
+{
+    (void)state;
+    struct env *e = env_new(2);
+    struct fake *f = &e->f[0], *g = &e->f[1];
+    char eps[160];
+    snprintf(eps, sizeof(eps), "%s,%s", f->addr, g->addr);
+    env_client(e, eps, NULL, 400);
+    struct wres r = {0};
+    struct keel_watch *w = (struct keel_watch *)1;
+    assert_int_equal(keel_aclient_watch(e->ac, "", 0, NULL, on_wev, &r, &w), KEEL_EINVAL);
+    assert_null(w);
+    struct keel_watch_opts neg = {.start_revision = -1};
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &neg, on_wev, &r, &w), KEEL_EINVAL);
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, NULL, NULL, &r, &w), KEEL_EINVAL);
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, NULL, on_wev, &r, NULL), KEEL_EINVAL);
+
+    /* The per-connection limit: the second is refused and reported. */
+    f->max_watches = g->max_watches = 1;
+    struct keel_watch_opts o = {.created_notify = true};
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o, on_wev, &r, &w), 0);
+    assert_true(wrun_created(&e->loop, &r));
+    struct wres r2 = {0};
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o, on_wev, &r2, &w), 0);
+    assert_true(wrun(&e->loop, &r2, 0, true));
+    assert_int_equal(r2.status, KEEL_ETOOMANYREQUESTS);
+    assert_string_equal(r2.err, "too many watches");
+    assert_int_equal(r2.calls, 0);
+    f->max_watches = g->max_watches = 0;
+
+    /* UNAVAILABLE from the member serving: the other one takes it. */
+    uint64_t serving = r.member;
+    struct fake *busy = serving == f->member_id ? f : g, *other = busy == f ? g : f;
+    busy->watch_unavailable = true;
+    struct wres r3 = {0};
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o, on_wev, &r3, &w), 0);
+    assert_true(wrun_created(&e->loop, &r3));
+    assert_int_equal(r3.member, other->member_id);
+    busy->watch_unavailable = false;
+
+    /* Nobody answers: the request timeout. */
+    f->silent = g->silent = true;
+    struct wres r4 = {0};
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, &o, on_wev, &r4, &w), 0);
+    assert_true(wrun(&e->loop, &r4, 0, true));
+    assert_int_equal(r4.status, KEEL_ETIMEOUT);
+    assert_int_equal(r4.calls, 0);
+    assert_non_null(strstr(r4.err, "not acknowledged within 400 ms"));
+    env_free(e);
+
+    /* Nothing to connect to: fails fast (well before the 3 s timeout). */
+    char dead[64];
+    dead_addr(dead, sizeof(dead));
+    e = env_new(0);
+    env_client(e, dead, NULL, 3000);
+    struct wres r5 = {0};
+    uint64_t t0 = uv_hrtime();
+    assert_int_equal(keel_aclient_watch(e->ac, "k", 1, NULL, on_wev, &r5, &w), 0);
+    assert_true(wrun(&e->loop, &r5, 0, true));
+    assert_true(uv_hrtime() - t0 < 2500 * 1000000ull);
+    assert_int_equal(r5.status, KEEL_EUNAVAILABLE);
+    assert_non_null(strstr(r5.err, "connection refused"));
+    env_free(e);
+}
+
+/* Many watches over one connection, some canceled, with writes interleaved: each gets exactly its
+ * own events. */
+static void test_watch_many(void **state)
+{
+    (void)state;
+    enum { N = 40 };
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    env_client(e, f->addr, NULL, 0);
+    struct wres *r = calloc(N, sizeof(*r));
+    struct keel_watch *w[N];
+    assert_non_null(r);
+    char key[N][8];
+    for (int i = 0; i < N; i++) {
+        snprintf(key[i], sizeof(key[i]), "k%02d", i);
+        struct keel_watch_opts o = {.created_notify = true};
+        assert_int_equal(
+            keel_aclient_watch(e->ac, key[i], strlen(key[i]), &o, on_wev, &r[i], &w[i]), 0);
+    }
+    for (int i = 0; i < N; i++)
+        assert_true(wrun_created(&e->loop, &r[i]));
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++)
+            fake_write(f, key[i], "v");
+        if (round == 0)
+            for (int i = 0; i < N; i += 2)
+                keel_watch_cancel(w[i]);
+    }
+    for (int i = 1; i < N; i += 2)
+        assert_true(wrun(&e->loop, &r[i], 3, false));
+    run_ms(&e->loop, 20);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(r[i].nev, i % 2 ? 3 : 0);
+        if (i % 2)
+            for (int j = 0; j < 3; j++)
+                assert_string_equal(r[i].keys[j], key[i]);
+        assert_int_equal(r[i].finals, i % 2 ? 0 : 1);
+    }
+    struct keel_aclient_stats st;
+    keel_aclient_stats(e->ac, &st);
+    assert_int_equal(st.watches, N / 2);
+    assert_int_equal(st.dials, 1);
+    env_free(e);
+    free(r);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Fakes on a thread, for the synchronous API and keelctl
  */
 
@@ -1787,6 +2895,270 @@ static void test_keelctl(void **state)
     bg_free(b);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Watches: synchronous API and keelctl
+ */
+
+struct swres {
+    uv_mutex_t mu;
+    struct keel *k;
+    int nev;
+    int64_t revs[64];
+    int notices;
+    int finals;
+    int status;
+    int64_t compact;
+    int rc_in_cb; /* a synchronous call from the callback */
+};
+
+static void on_swev(struct keel_watch *w, int status, const Keel__Event *const *events,
+                    size_t n_events, int64_t revision, void *data)
+{
+    (void)revision;
+    struct swres *r = data;
+    uv_mutex_lock(&r->mu);
+    if (status != 0) {
+        r->finals++;
+        r->status = status;
+        r->compact = keel_watch_compact_revision(w);
+    } else if (n_events == 0) {
+        r->notices++;
+    }
+    for (size_t i = 0; i < n_events && r->nev < 64; i++)
+        r->revs[r->nev++] = events[i]->kv->mod_revision;
+    uv_mutex_unlock(&r->mu);
+    if (n_events > 0 && r->k)
+        r->rc_in_cb = keel_put(r->k, "z", 1, "z", 1, NULL, NULL);
+}
+
+/* Wait (bounded) until r has n events, or a final call when n < 0. */
+static bool swait(struct swres *r, int n)
+{
+    for (int i = 0; i < 1000; i++) {
+        uv_mutex_lock(&r->mu);
+        bool ok = n < 0 ? r->finals > 0 : r->nev >= n;
+        uv_mutex_unlock(&r->mu);
+        if (ok)
+            return true;
+        usleep(10000);
+    }
+    return false;
+}
+
+static void test_sync_watch(void **state)
+{
+    (void)state;
+    struct bg *b = bg_new(1);
+    b->f[0].leader_id = b->f[0].member_id;
+    b->f[0].compacted = 2;
+    bg_go(b);
+    struct keel *k;
+    struct keel_options o = {.endpoints = b->f[0].addr, .request_timeout_ms = 3000};
+    assert_int_equal(keel_open(&k, &o), 0);
+    struct swres r = {.k = k};
+    assert_int_equal(uv_mutex_init(&r.mu), 0);
+    struct keel_watch *w;
+    uint8_t end[4];
+    struct keel_watch_opts wo = {.range_end = end, .range_end_len = keel_prefix_end("s", 1, end)};
+    assert_int_equal(keel_watch_open(k, "s", 1, &wo, on_swev, &r, &w), 0);
+    assert_non_null(w);
+    /* Acknowledged when open returns: writes from now on are all seen. */
+    assert_int_equal(keel_put(k, "s1", 2, "1", 1, NULL, NULL), 0);
+    assert_int_equal(keel_put(k, "s2", 2, "2", 1, NULL, NULL), 0);
+    assert_int_equal(keel_put(k, "s1", 2, "3", 1, NULL, NULL), 0);
+    assert_true(swait(&r, 3));
+    assert_int_equal(keel_watch_request_progress(k, w), 0);
+    assert_int_equal(keel_watch_close(k, w), 0);
+    /* The final call has returned by now, and nothing follows it. */
+    uv_mutex_lock(&r.mu);
+    assert_int_equal(r.finals, 1);
+    assert_int_equal(r.status, KEEL_ECANCELED);
+    assert_int_equal(r.nev, 3);
+    assert_int_equal(r.revs[0], 1);
+    assert_int_equal(r.revs[2], 3);
+    assert_true(r.notices <= 1); /* the progress answer, if it beat the close; no created notice */
+    uv_mutex_unlock(&r.mu);
+    /* keel_put from the loop thread would wait for itself. */
+    assert_int_equal(r.rc_in_cb, KEEL_EINVAL);
+
+    /* Ended on its own (compacted start): the handle stays valid until closed. */
+    struct swres r2 = {0};
+    assert_int_equal(uv_mutex_init(&r2.mu), 0);
+    struct keel_watch_opts old = {.start_revision = 1, .created_notify = true};
+    assert_int_equal(keel_watch_open(k, "s1", 2, &old, on_swev, &r2, &w), 0);
+    assert_true(swait(&r2, -1));
+    assert_int_equal(r2.status, KEEL_ECOMPACTED);
+    assert_int_equal(r2.compact, 2);
+    assert_int_equal(r2.notices, 1);
+    assert_int_equal(keel_watch_compact_revision(w), 2);
+    assert_int_equal(keel_watch_close(k, w), 0);
+
+    /* Refused at creation: an error and no handle. */
+    assert_int_equal(keel_watch_open(k, "", 0, NULL, on_swev, &r2, &w), KEEL_EINVAL);
+    assert_null(w);
+
+    /* Left open: keel_close ends and frees it. */
+    struct swres r3 = {0};
+    assert_int_equal(uv_mutex_init(&r3.mu), 0);
+    assert_int_equal(keel_watch_open(k, "s", 1, NULL, on_swev, &r3, &w), 0);
+    keel_close(k);
+    assert_int_equal(r3.finals, 1);
+    assert_int_equal(r3.status, KEEL_ECANCELED);
+    uv_mutex_destroy(&r.mu);
+    uv_mutex_destroy(&r2.mu);
+    uv_mutex_destroy(&r3.mu);
+
+    /* Nobody to connect to. */
+    char dead[64];
+    dead_addr(dead, sizeof(dead));
+    struct keel_options od = {.endpoints = dead};
+    assert_int_equal(keel_open(&k, &od), 0);
+    assert_int_equal(keel_watch_open(k, "s", 1, NULL, on_swev, &r2, &w), KEEL_EUNAVAILABLE);
+    assert_non_null(strstr(keel_errmsg(), "connection refused"));
+    keel_close(k);
+    bg_free(b);
+}
+
+/* keelctl watch in the background: started, read, stopped with a signal. */
+struct ctl_bg {
+    pid_t pid;
+    char out[64], err[64];
+};
+
+static void ctl_bg_start(struct ctl_bg *p, ...)
+{
+    char *argv[32];
+    int argc = 0;
+    argv[argc++] = KEELCTL_PATH;
+    va_list ap;
+    va_start(ap, p);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && argc < 31)
+        argv[argc++] = (char *)a;
+    va_end(ap);
+    argv[argc] = NULL;
+    snprintf(p->out, sizeof(p->out), "/tmp/keelctl-wout-XXXXXX");
+    snprintf(p->err, sizeof(p->err), "/tmp/keelctl-werr-XXXXXX");
+    int fout = mkstemp(p->out), ferr = mkstemp(p->err);
+    assert_true(fout >= 0 && ferr >= 0);
+    p->pid = fork();
+    assert_true(p->pid >= 0);
+    if (p->pid == 0) {
+        dup2(fout, 1);
+        dup2(ferr, 2);
+        unsetenv("KEEL_ENDPOINTS");
+        execv(KEELCTL_PATH, argv);
+        _exit(127);
+    }
+    close(fout);
+    close(ferr);
+}
+
+static void ctl_bg_read(const struct ctl_bg *p, char *out, size_t len)
+{
+    FILE *f = fopen(p->out, "r");
+    assert_non_null(f);
+    size_t n = fread(out, 1, len - 1, f);
+    out[n] = '\0';
+    fclose(f);
+}
+
+/* Wait (bounded) for the output to contain want. */
+static bool ctl_bg_wait_for(const struct ctl_bg *p, const char *want)
+{
+    char buf[4096];
+    for (int i = 0; i < 500; i++) {
+        ctl_bg_read(p, buf, sizeof(buf));
+        if (strstr(buf, want))
+            return true;
+        usleep(10000);
+    }
+    return false;
+}
+
+/* Signal it (0: none) and return its exit status (128 + signal when killed). */
+static int ctl_bg_stop(struct ctl_bg *p, int sig)
+{
+    if (sig)
+        kill(p->pid, sig);
+    int st = 0;
+    for (int i = 0; i < 1000; i++) {
+        if (waitpid(p->pid, &st, WNOHANG) == p->pid)
+            break;
+        usleep(10000);
+        if (i == 999) {
+            kill(p->pid, SIGKILL);
+            waitpid(p->pid, &st, 0);
+        }
+    }
+    unlink(p->out);
+    unlink(p->err);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+static void test_keelctl_watch(void **state)
+{
+    (void)state;
+    struct bg *b = bg_new(2);
+    struct fake *l = &b->f[0], *c = &b->f[1];
+    for (int i = 0; i < 2; i++) {
+        fake_set_leader(&b->f[i], &b->f[i]);
+        fake_write(&b->f[i], "foo", "bar");
+        fake_write(&b->f[i], "foo", "baz");
+        fake_write(&b->f[i], "fop", "x");
+        fake_delete(&b->f[i], "foo");
+    }
+    c->compacted = 3;
+    bg_go(b);
+    char out[8192], err[4096];
+#define CTL(...)                                                                                   \
+    ctl(NULL, out, sizeof(out), err, sizeof(err), "--endpoints", l->addr, __VA_ARGS__, NULL)
+
+    assert_int_equal(CTL("watch", "foo", "--rev", "1", "--count", "3"), 0);
+    assert_string_equal(out, "PUT\nfoo\nbar\nPUT\nfoo\nbaz\nDELETE\nfoo\n\n");
+    assert_int_equal(CTL("watch", "fo", "--prefix", "--rev", "1", "--count", "4", "--prev-kv"), 0);
+    assert_string_equal(out, "PUT\nfoo\nbar\n"
+                             "PUT\nfoo\nbar\nfoo\nbaz\n"
+                             "PUT\nfop\nx\n"
+                             "DELETE\nfoo\nbaz\nfoo\n\n");
+    /* A range, and --count cutting a batch short. */
+    assert_int_equal(CTL("watch", "foo", "fop", "--rev", "2", "--count", "1"), 0);
+    assert_string_equal(out, "PUT\nfoo\nbaz\n");
+    assert_int_equal(CTL("-w", "json", "watch", "foo", "--rev", "2", "--count", "2"), 0);
+    assert_string_equal(out, "{\"Header\":{\"cluster_id\":193,\"member_id\":512,\"revision\":4,"
+                             "\"raft_term\":2},\"Events\":[{\"kv\":{\"key\":\"Zm9v\","
+                             "\"create_revision\":1,\"mod_revision\":2,\"version\":2,"
+                             "\"value\":\"YmF6\"}},{\"type\":1,\"kv\":{\"key\":\"Zm9v\","
+                             "\"mod_revision\":4}}],\"CompactRevision\":0,\"Canceled\":false,"
+                             "\"Created\":false}\n");
+
+    /* Usage errors. */
+    assert_int_equal(CTL("watch"), 2);
+    assert_contains(err, "bad number of arguments");
+    assert_int_equal(CTL("watch", "a", "b", "--prefix"), 2);
+    assert_contains(err, "`range_end` and `--prefix` are mutually exclusive");
+    assert_int_equal(CTL("watch", "a", "-w", "table"), 2);
+
+    /* Compacted: canceled by the server, exit 1. */
+    assert_int_equal(ctl(NULL, out, sizeof(out), err, sizeof(err), "--endpoints", c->addr, "watch",
+                         "foo", "--rev", "1", NULL),
+                     1);
+    assert_string_equal(err, "watch was canceled (required revision has been compacted)\n"
+                             "Error: watch is canceled by the server\n");
+
+    /* Runs until a signal, then exits 0: from revision 5 on, so the put below is seen whether it
+     * lands before or after the watch is created. */
+    for (int sig = 0; sig < 2; sig++) {
+        struct ctl_bg p;
+        ctl_bg_start(&p, "--endpoints", l->addr, "watch", "foo", "--rev", sig ? "6" : "5", NULL);
+        assert_int_equal(CTL("put", "foo", sig ? "again" : "new"), 0);
+        assert_true(ctl_bg_wait_for(&p, sig ? "PUT\nfoo\nagain\n" : "PUT\nfoo\nnew\n"));
+        assert_int_equal(ctl_bg_stop(&p, sig ? SIGTERM : SIGINT), 0);
+    }
+#undef CTL
+    bg_free(b);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest async_tests[] = {
@@ -1820,6 +3192,24 @@ int main(int argc, char **argv)
     const struct CMUnitTest ctl_tests[] = {
         cmocka_unit_test(test_keelctl),
     };
+    const struct CMUnitTest watch_tests[] = {
+        cmocka_unit_test(test_watch_events),
+        cmocka_unit_test(test_watch_history_filters),
+        cmocka_unit_test(test_watch_cancel),
+        cmocka_unit_test(test_watch_compacted),
+        cmocka_unit_test(test_watch_resume),
+        cmocka_unit_test(test_watch_resume_before_events),
+        cmocka_unit_test(test_watch_resume_compacted),
+        cmocka_unit_test(test_watch_reconnect),
+        cmocka_unit_test(test_watch_outlives_outage),
+        cmocka_unit_test(test_watch_zone),
+        cmocka_unit_test(test_watch_progress),
+        cmocka_unit_test(test_watch_close),
+        cmocka_unit_test(test_watch_create_errors),
+        cmocka_unit_test(test_watch_many),
+        cmocka_unit_test(test_sync_watch),
+        cmocka_unit_test(test_keelctl_watch),
+    };
     signal(SIGPIPE, SIG_IGN);
     const char *g = argc > 1 ? argv[1] : NULL;
     int fails = 0;
@@ -1829,5 +3219,7 @@ int main(int argc, char **argv)
         fails += cmocka_run_group_tests_name("client_sync", sync_tests, NULL, NULL);
     if (!g || !strcmp(g, "keelctl"))
         fails += cmocka_run_group_tests_name("client_keelctl", ctl_tests, NULL, NULL);
+    if (!g || !strcmp(g, "watch"))
+        fails += cmocka_run_group_tests_name("client_watch", watch_tests, NULL, NULL);
     return fails ? 1 : 0;
 }

@@ -15,11 +15,11 @@
  * Routing. The client learns the members, their zones and the leader from each connection's
  * HelloResponse. Writes (put, delete, txn, compaction, lease grant/revoke/keep-alive, member
  * changes) and linearizable reads go to the leader, connecting lazily once its client address is
- * known; serializable reads, status and member list go to a member of options.zone when one is
- * known, else to any member. A NOT_LEADER answer is followed to the leader it names (or, when it
- * names none, retried after a backoff through another member); a lost connection is replaced by
- * one to another member, round-robin over the endpoints and the members learned, with a bounded
- * per-member backoff.
+ * known; serializable reads, status, member list and watches go to a member of options.zone when
+ * one is known, else to any member. A NOT_LEADER answer is followed to the leader it names (or,
+ * when it names none, retried after a backoff through another member); a lost connection is
+ * replaced by one to another member, round-robin over the endpoints and the members learned, with a
+ * bounded per-member backoff.
  *
  * Retries. A request is sent again (at most options.max_retries times, never past its deadline)
  * only when that is safe: it was never written to a socket, or the server answered NOT_LEADER or
@@ -34,7 +34,8 @@
  * (the request's deadline passed), KEEL_EUNAVAILABLE (no member could be reached, or every retry
  * was answered UNAVAILABLE), KEEL_EUNKNOWN (see above), KEEL_ECANCELED (the client was closed),
  * KEEL_ECLOSED (called after close began), KEEL_ENOMEM, KEEL_EINVAL, KEEL_EUNSUPPORTED (a request
- * type this client does not carry: watch and snapshot streams). Every failure also has a message:
+ * type keel_aclient_request does not carry: snapshot streams, and watch requests, which have their
+ * own API below). Every failure also has a message:
  * the server's own, or one composed locally ("dial 127.0.0.1:2379: connection refused").
  *
  * Ownership. Callers own everything they pass in; the library copies what it keeps. Messages the
@@ -123,6 +124,10 @@ struct keel_aclient_stats {
     uint64_t frames_out;    /* request frames written */
     uint32_t in_flight;     /* requests accepted and not yet completed */
     uint32_t connections;   /* connections open or opening */
+    uint64_t watch_creates; /* WatchCreate frames sent (first creations and resumes) */
+    uint64_t watch_resumes; /* ... of which resumes, after a lost connection or a refusal */
+    uint64_t watch_dups;    /* events dropped as already delivered (resume overlap) */
+    uint32_t watches;       /* watches not yet ended */
 };
 
 /*
@@ -148,14 +153,114 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
                             const struct keel_call_opts *opts, keel_response_cb cb, void *data);
 
 /*
- * Begin closing: every request not yet answered completes with KEEL_ECANCELED (possibly from
- * within this call), connections are closed, and once every handle is released cb(data) is called
- * (from the loop) and ac is freed. cb may be NULL. Calling it twice is a bug.
+ * Begin closing: every request not yet answered completes with KEEL_ECANCELED and every watch
+ * ends with a final KEEL_ECANCELED call (possibly from within this call), connections are closed,
+ * and once every handle is released cb(data) is called (from the loop) and ac is freed. cb may be
+ * NULL. Calling it twice is a bug.
  */
 void keel_aclient_close(struct keel_aclient *ac, keel_close_cb cb, void *data);
 
 /* Copy the client's counters into *out. */
 void keel_aclient_stats(const struct keel_aclient *ac, struct keel_aclient_stats *out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Watches
+ *
+ * A watch delivers, in revision order, every change to a key or range from its start revision on:
+ * each revision exactly once, with no gap, for as long as it runs. It is served by one member at
+ * a time (one of options.zone when known, else any member: watches do not need the leader). When
+ * that connection drops or the member refuses it, the library re-creates it on another member
+ * from the first revision not yet delivered, after a bounded backoff, as often as needed while
+ * the client is open; events already delivered that come again are dropped. The only ends are
+ * KEEL_ECOMPACTED (the revision it had to resume from, or its start revision, was compacted away),
+ * KEEL_ECANCELED (keel_watch_cancel, or the client closed) and an error the member gave the first
+ * creation that no other member would answer differently (KEEL_EINVAL, KEEL_EKEYTOOLONG,
+ * KEEL_ETOOMANYREQUESTS, ...); a first creation that no member acknowledges within the request
+ * timeout ends with KEEL_ETIMEOUT, or KEEL_EUNAVAILABLE once every member failed to connect twice.
+ */
+
+struct keel_watch;
+
+/* A zeroed struct (or NULL) watches one key from the next revision on. */
+struct keel_watch_opts {
+    /* As keel_get_opts.range_end: NULL/0 for the key alone, "\0" (length 1) for every key >= key,
+     * else [key, range_end); keel_prefix_end gives a prefix's end. */
+    const void *range_end;
+    size_t range_end_len;
+    /* First revision to deliver (history from there on, then live changes); 0: the revision after
+     * the member's current one when the watch is created. Negative: KEEL_EINVAL. */
+    int64_t start_revision;
+    bool prev_kv;         /* events carry the key's previous state */
+    bool noput, nodelete; /* leave out PUT, DELETE events */
+    /* Ask the member for periodic progress notifications: callbacks with no events whose
+     * revision says every event up to it has been delivered. */
+    bool progress_notify;
+    /* Call back once (status 0, no events) when the watch is first acknowledged, before any
+     * event, with revision = the member's revision then: every write that completes after this
+     * callback is seen (etcd's WithCreatedNotify). keel_watch_open always waits for it. */
+    bool created_notify;
+};
+
+/*
+ * Called on the loop thread (for the synchronous API, the client's own loop thread) with each
+ * batch of events, never from within the call that created or canceled the watch.
+ *
+ * status 0: events[0..n_events) in revision order (a revision's events always arrive together),
+ * or no events for a created notice or a progress notification. revision is the serving member's
+ * revision when it sent the batch (the response header's), never lower than in an earlier call.
+ * The events and their memory are valid only during the call; keel_watch_header gives the
+ * response's header.
+ *
+ * status != 0: called exactly once, last, with no events: the watch has ended (see above;
+ * keel_watch_error says why, keel_watch_compact_revision gives the compacted revision). For a
+ * watch of the asynchronous API the handle is freed when this call returns.
+ *
+ * The callback may cancel any watch (its own included: it then gets its final KEEL_ECANCELED
+ * call later), create watches, submit requests and call keel_aclient_close.
+ */
+typedef void (*keel_watch_cb)(struct keel_watch *w, int status, const Keel__Event *const *events,
+                              size_t n_events, int64_t revision, void *data);
+
+/*
+ * Start watching key (klen bytes; may be empty only with a range_end). opts may be NULL. The
+ * library copies key and range end. On 0, *out is the handle and cb will be called until, and
+ * including, its final call; otherwise (KEEL_EINVAL, KEEL_ETOOLARGE, KEEL_ECLOSED, KEEL_ENOMEM)
+ * cb is never called. Loop thread only.
+ */
+int keel_aclient_watch(struct keel_aclient *ac, const void *key, size_t klen,
+                       const struct keel_watch_opts *opts, keel_watch_cb cb, void *data,
+                       struct keel_watch **out);
+
+/*
+ * Stop a watch: no event is delivered after this returns; the callback is called once more, later,
+ * with KEEL_ECANCELED (or with the end already pending, e.g. KEEL_ECOMPACTED) and the member is
+ * told to drop it. 0; a watch already ended is left alone. Loop thread only; w must not have had
+ * its final callback yet (then it is freed), except for handles of the synchronous API.
+ */
+int keel_watch_cancel(struct keel_watch *w);
+
+/*
+ * Ask the serving member for a progress notification: a callback with no events and its current
+ * revision (sent once the watch is acknowledged, if it is being re-created). 0, KEEL_ECANCELED
+ * (the watch has ended), KEEL_ENOMEM. Loop thread only.
+ *
+ * Note: keeld answers for the whole connection; while this watch is still replaying history the
+ * revision may be ahead of the events delivered so far.
+ */
+int keel_watch_progress(struct keel_watch *w);
+
+/* The compacted revision that ended the watch with KEEL_ECOMPACTED (0 otherwise). */
+int64_t keel_watch_compact_revision(const struct keel_watch *w);
+
+/* Why the watch ended (the member's message or a local one); "" while it runs. */
+const char *keel_watch_error(const struct keel_watch *w);
+
+/* During a callback with status 0: the header of the response being delivered (member, term,
+ * revision); NULL otherwise. */
+const Keel__ResponseHeader *keel_watch_header(const struct keel_watch *w);
+
+/* The first revision not delivered yet: where the watch would resume (0 before its creation). */
+int64_t keel_watch_next_revision(const struct keel_watch *w);
 
 /* ---------------------------------------------------------------------------------------------
  * Synchronous API
@@ -259,6 +364,36 @@ int keel_do(struct keel *k, const Keel__Request *req, Keel__Response **out);
 /* keel_do with per-request options (opts may be NULL). */
 int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
                Keel__Response **out);
+
+/*
+ * Watch key (see "Watches" above) with callbacks on the client's loop thread. Returns once the
+ * watch is acknowledged by a member, so that every write completing afterwards is delivered (a
+ * created notice reaches cb only with opts->created_notify); or fails, cb never called, with
+ * KEEL_EINVAL, KEEL_ETIMEOUT / KEEL_EUNAVAILABLE (no member acknowledged it within the request
+ * timeout), a member's refusal (KEEL_ETOOMANYREQUESTS, ...), KEEL_ECLOSED, KEEL_ENOMEM.
+ *
+ * Callbacks run on the loop thread, one at a time, and must not call the synchronous API of the
+ * same handle (it would wait for that very thread: such calls fail with KEEL_EINVAL); they may
+ * call keel_watch_cancel on any watch of this handle. They should return quickly: while one runs,
+ * no other reply of this handle is processed.
+ *
+ * Every handle returned must be released with keel_watch_close, also after the watch ended on
+ * its own (the handle stays valid until then), except when keel_close came first.
+ */
+int keel_watch_open(struct keel *k, const void *key, size_t klen,
+                    const struct keel_watch_opts *opts, keel_watch_cb cb, void *data,
+                    struct keel_watch **out);
+
+/*
+ * Cancel w if it still runs, wait until its callback has returned for the last time (with
+ * KEEL_ECANCELED, or the end it had already reached) and free it. When this returns the callback
+ * is never called again. 0, or KEEL_EINVAL (NULL arguments, or called from a callback). Not after
+ * keel_close, which ends and frees every watch of the handle (final callbacks KEEL_ECANCELED).
+ */
+int keel_watch_close(struct keel *k, struct keel_watch *w);
+
+/* keel_watch_progress from any thread. */
+int keel_watch_request_progress(struct keel *k, struct keel_watch *w);
 
 /* ---------------------------------------------------------------------------------------------
  * Helpers
