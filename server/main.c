@@ -86,7 +86,10 @@ static void fsm_stopped(struct keel_fsm *f, void *data)
 {
     struct keeld *k = data;
     (void)f;
-    keel_sessions_close(k->sessions, sessions_closed, k);
+    if (k->sessions != NULL)
+        keel_sessions_close(k->sessions, sessions_closed, k);
+    else
+        sessions_closed(k);
 }
 
 static void node_closed(struct keel_node *n)
@@ -216,16 +219,20 @@ int main(int argc, char **argv)
         goto out_service;
     }
     keel_fsm_bind(k.fsm, &k.node);
+    int failed = 0;
     if (keel_node_start(&k.node, err, sizeof(err)) != 0) {
         KLOG_ERROR("%s", err);
-        goto out_service;
+        failed = 1;
+    } else {
+        k.node_ready = 1;
+        if (keel_sessions_init(&k.sessions, &k.loop, &k.cfg, k.svc, err, sizeof(err)) != 0) {
+            KLOG_ERROR("%s", err);
+            failed = 1;
+        }
     }
-    k.node_ready = 1;
-    if (keel_sessions_init(&k.sessions, &k.loop, &k.cfg, k.svc, err, sizeof(err)) != 0) {
-        KLOG_ERROR("%s", err);
-        /* Unwind through the normal shutdown so raft closes its files. */
+    /* A failed start unwinds through the normal shutdown, so raft closes its files. */
+    if (failed)
         k.stopping = 1;
-    }
     keel_service_set_sessions(k.svc, k.sessions);
     keel_watch_set_sessions(k.watch, k.sessions);
     if (k.sessions != NULL)
@@ -237,13 +244,13 @@ int main(int argc, char **argv)
     uv_signal_start(&k.sigterm, on_signal, SIGTERM);
     uv_signal_start(&k.sigint, on_signal, SIGINT);
     if (k.stopping)
-        stop_now(&k);
+        stop_now(&k); /* after a failed start */
     else
         KLOG_INFO("serving clients on %s, peers on %s, zone %s, cluster %016llx",
                   k.cfg.listen_client, k.cfg.listen_peer, k.cfg.zone,
                   (unsigned long long)k.cfg.cluster_id);
     uv_run(&k.loop, UV_RUN_DEFAULT);
-    status = k.sessions != NULL && k.stopping == 2 ? 0 : 1;
+    status = failed ? 1 : 0;
     if (uv_loop_close(&k.loop) != 0)
         KLOG_WARN("handles left open at exit");
     keel_node_free(&k.node);

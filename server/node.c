@@ -96,7 +96,11 @@ int keel_node_start(struct keel_node *n, char *err, size_t errlen)
 {
     int rv = raft_start(&n->raft);
     if (rv != 0) {
-        snprintf(err, errlen, "raft_start: %s (%s)", raft_strerror(rv), raft_errmsg(&n->raft));
+        const char *why = raft_errmsg(&n->raft);
+        /* raft 0.15 leaves the message empty when its listener cannot bind. */
+        if (why[0] == '\0' && rv == RAFT_IOERR)
+            why = "the peer address may be in use, or the raft directory unusable";
+        snprintf(err, errlen, "raft_start: %s (%s)", raft_strerror(rv), why);
         return rv;
     }
     n->started = 1;
