@@ -1,0 +1,586 @@
+#!/usr/bin/env bash
+# keel and etcd side by side: the same workloads against a fresh 3-member cluster of each, in
+# turn (keel, etcd, keel, etcd, ...), with and without simulated zone latency; prints the
+# medians of the rounds with the keel/etcd ratios and writes them as JSON, text and a PNG chart.
+#
+#   bench/compare-etcd.sh [--rounds N] [--quick] [--no-zones] [--duration S] [--out PREFIX]
+#                         [--no-build] [--keel-ports C,P]
+#
+#   --rounds N     rounds of (keel, etcd) (default 3)
+#   --quick        smoke test: 2 s runs, 1 round, results under build/compare-etcd/
+#   --no-zones     skip the runs with zone latency
+#   --duration S   seconds per run (default 10; 2 with --quick)
+#   --out PREFIX   results go to PREFIX.json, PREFIX.txt, PREFIX.png
+#                  (default bench/results/compare-latest; build/compare-etcd/compare-quick)
+#   --no-build     use build/release's keeld and keel-bench as they are (default: bring them up
+#                  to date with an incremental build first)
+#   --keel-ports C,P  start keel's members directly on client port C and peer port P instead of
+#                  through scripts/cluster.sh (2379/2380), e.g. when another cluster holds those
+#
+# Member i of each cluster lives in zone z<i> on 127.0.i.1: keel on ports 2379/2380 (through
+# scripts/cluster.sh), etcd (Debian's etcd-server, 3.4) on 12379/12380 with heartbeat 100 ms,
+# election 1000 ms and fsync on (the defaults). The load comes from build/release/bench/keel-bench
+# for keel and from bench/etcd-driver (Go, clientv3; same flags, same JSON) for etcd; both route
+# writes and linearizable reads to the leader. Needs root (or password-less sudo) only to install
+# missing Debian packages and for scripts/zones.sh. Only loopback traffic; everything it starts
+# it stops (by PID), and it removes its temporary directory, also when interrupted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+rounds=3
+quick=0
+zones_wanted=1
+duration=
+out=
+build=1
+keel_ports=
+while [ $# -gt 0 ]; do
+  case "$1" in
+  --rounds) rounds=${2:-}; shift 2 || usage ;;
+  --quick) quick=1; shift ;;
+  --no-zones) zones_wanted=0; shift ;;
+  --duration) duration=${2:-}; shift 2 || usage ;;
+  --out) out=${2:-}; shift 2 || usage ;;
+  --no-build) build=0; shift ;;
+  --keel-ports) keel_ports=${2:-}; shift 2 || usage ;;
+  -h | --help) usage ;;
+  *) echo "compare-etcd: unknown option '$1'" >&2; usage ;;
+  esac
+done
+if [ $quick -eq 1 ]; then
+  rounds=1
+  duration=${duration:-2}
+  out=${out:-build/compare-etcd/compare-quick}
+fi
+duration=${duration:-10}
+out=${out:-bench/results/compare-latest}
+[[ "$rounds" =~ ^[1-9][0-9]?$ ]] || { echo "compare-etcd: --rounds must be 1..99" >&2; exit 2; }
+if [ -n "$keel_ports" ]; then
+  [[ "$keel_ports" =~ ^([0-9]+),([0-9]+)$ ]] || { echo "compare-etcd: --keel-ports CLIENT,PEER" >&2; exit 2; }
+  keel_cport=${BASH_REMATCH[1]} keel_pport=${BASH_REMATCH[2]}
+else
+  keel_cport=2379 keel_pport=2380
+fi
+[[ "$duration" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "compare-etcd: bad --duration" >&2; exit 2; }
+
+log() { printf '%s compare-etcd: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+# --- what it needs ----------------------------------------------------------------------------
+
+need_packages() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo=(sudo -n)
+    else
+      die "missing packages: ${missing[*]}; not root and no password-less sudo: sudo apt-get install -y ${missing[*]}"
+    fi
+  fi
+  # The package's service must not grab the ports: nothing is started on install here (no
+  # systemd in containers); where there is one, etcd's unit listens on 127.0.0.1:2379 only.
+  if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"; then
+    "${sudo[@]}" apt-get update
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+}
+
+need_packages etcd-server golang-go golang-etcd-server-dev gnuplot-nox jq iproute2
+scripts/deps.sh
+# The zone simulation (scripts/zones.sh) needs iptables and keel-netsim, built on libnetfilter-queue.
+if [ $zones_wanted -eq 1 ] && [ "$(id -u)" -eq 0 ]; then
+  need_packages iptables libnetfilter-queue-dev
+fi
+
+keel_bench=$root/build/release/bench/keel-bench
+keeld=$root/build/release/server/keeld
+netsim=$root/build/release/bench/keel-netsim
+targets=(keeld keel-bench)
+[ $zones_wanted -eq 1 ] && targets+=(keel-netsim)
+if [ ! -x "$keel_bench" ] || [ ! -x "$keeld" ] || [ $build -eq 1 ]; then
+  log "building keel (build/release: ${targets[*]})"
+  mkdir -p build/compare-etcd
+  blog=build/compare-etcd/build.log
+  if [ ! -f build/release/CMakeCache.txt ] || { [ $zones_wanted -eq 1 ] && [ ! -x "$netsim" ]; }; then
+    cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >"$blog" 2>&1 ||
+      { cat "$blog" >&2; die "cmake failed"; }
+  fi
+  for t in "${targets[@]}"; do
+    if ! cmake --build build/release -j2 --target "$t" >"$blog" 2>&1; then
+      if [ "$t" = keel-netsim ]; then
+        log "keel-netsim did not build (libnetfilter-queue-dev?); zone runs will be skipped"
+      elif [ -x "$keel_bench" ] && [ -x "$keeld" ]; then
+        log "building $t failed (the tree is changing?); using the binaries already built:"
+        tail -5 "$blog" >&2
+      else
+        tail -20 "$blog" >&2
+        die "building $t failed"
+      fi
+    fi
+  done
+fi
+
+driver_dir=$root/build/etcd-driver
+driver=$driver_dir/etcd-driver
+git_rev=$(git describe --always --dirty 2>/dev/null || echo unknown)
+if [ ! -x "$driver" ] || [ -n "$(find bench/etcd-driver -name '*.go' -newer "$driver")" ]; then
+  log "building bench/etcd-driver"
+  mkdir -p "$driver_dir"
+  # GOPATH mode, offline, against Debian's clientv3 under /usr/share/gocode.
+  GO111MODULE=off GOPROXY=off GOFLAGS='' GOPATH=/usr/share/gocode:$driver_dir/gopath \
+    GOCACHE=$driver_dir/cache go build -ldflags "-X main.gitRevision=$git_rev" \
+    -o "$driver" ./bench/etcd-driver
+fi
+etcd_version=$(etcd --version | sed -n 's/^etcd Version: //p')
+
+# --- state and cleanup ------------------------------------------------------------------------
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/keel-compare.XXXXXX")
+bench_pid=
+etcd_pids=()
+keel_dir=
+zones_active=0
+runs=$work/runs.jsonl
+: >"$runs"
+failures=0
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$bench_pid" ] && kill -0 "$bench_pid" 2>/dev/null; then
+    kill -TERM "$bench_pid" 2>/dev/null || true
+    wait "$bench_pid" 2>/dev/null || true
+  fi
+  [ $zones_active -eq 1 ] && zones_off
+  [ -n "$keel_dir" ] && keel_stop
+  [ ${#etcd_pids[@]} -gt 0 ] && etcd_stop
+  rm -rf "$work"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# --- CPU accounting (builtins only, so that no child is reaped between the readings) ----------
+
+clk_tck=$(getconf CLK_TCK)
+ncpu=$(nproc)
+machine_busy() { # -> REPLY: busy ticks of the whole machine since boot
+  local _cpu u n s i w q sq st _rest
+  read -r _cpu u n s i w q sq st _rest </proc/stat
+  REPLY=$((u + n + s + q + sq + st))
+}
+procs_ticks() { # PID... -> TICKS: user+system ticks of each of those processes
+  local p f
+  TICKS=()
+  for p in "$@"; do
+    if [ -r "/proc/$p/stat" ] && read -r -a f <"/proc/$p/stat" 2>/dev/null; then
+      TICKS+=($((f[13] + f[14])))
+    else
+      TICKS+=(0)
+    fi
+  done
+}
+children_ms() { # -> REPLY: user+system ms of this shell's reaped children, from `times`
+  local line ms=0 v
+  { read -r _; read -r line; } <"$work/times"
+  for v in $line; do # like 0m1.234s
+    [[ $v =~ ^([0-9]+)m([0-9]+)[.]([0-9]{3}) ]] || continue
+    ms=$((ms + (10#${BASH_REMATCH[1]} * 60 + 10#${BASH_REMATCH[2]}) * 1000 + 10#${BASH_REMATCH[3]}))
+  done
+  REPLY=$ms
+}
+
+# --- ports and clusters -----------------------------------------------------------------------
+
+port_busy() { # ADDR:PORT -> 0 when something listens there
+  ss -Hltn "sport = :${1##*:}" 2>/dev/null | awk -v a="$1" '$4 == a {f = 1} END {exit !f}'
+}
+port_owner() { # ADDR:PORT -> the pid listening there
+  ss -Hltnp "sport = :${1##*:}" 2>/dev/null | awk -v a="$1" '$4 == a' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2
+}
+wait_ports_free() { # ADDR:PORT...
+  local a i
+  for i in $(seq 1 240); do
+    local busy=
+    for a in "$@"; do port_busy "$a" && busy+=" $a(pid $(port_owner "$a"))"; done
+    [ -z "$busy" ] && return 0
+    [ "$i" -eq 1 ] && log "waiting (at most 120 s) for ports in use by others:$busy"
+    sleep 0.5
+  done
+  log "ports still in use:$busy; stop that cluster first (this script ends only what it started)"
+  return 1
+}
+check_owners() { # "PID..." ADDR:PORT... -> every address is served by one of PIDs
+  local pids=" $1 " a o
+  shift
+  for a in "$@"; do
+    o=$(port_owner "$a")
+    [[ -n "$o" && "$pids" == *" $o "* ]] || { log "$a is served by pid '${o:-none}', not by ours"; return 1; }
+  done
+}
+
+members=3
+keel_eps=""; etcd_eps=""; keel_addrs=(); etcd_addrs=(); etcd_initial=""; keel_initial=""
+for i in $(seq 1 $members); do
+  keel_eps+="${keel_eps:+,}127.0.$i.1:$keel_cport"
+  etcd_eps+="${etcd_eps:+,}127.0.$i.1:12379"
+  keel_addrs+=("127.0.$i.1:$keel_cport" "127.0.$i.1:$keel_pport")
+  keel_initial+="${keel_initial:+,}m$i=127.0.$i.1:$keel_pport@z$i"
+  etcd_addrs+=("127.0.$i.1:12379" "127.0.$i.1:12380")
+  etcd_initial+="${etcd_initial:+,}m$i=http://127.0.$i.1:12380"
+done
+
+keel_pids() {
+  local f p=()
+  for f in "$keel_dir"/m*.pid; do [ -f "$f" ] && p+=("$(cat "$f")"); done
+  echo "${p[*]}"
+}
+
+wait_healthy() { # BENCH ENDPOINTS -> 0 once a put is acknowledged (at most 20 s)
+  local i
+  for i in $(seq 1 40); do
+    "$1" --endpoints "$2" --total 1 --timeout-ms 1000 --key-space-size 1 put >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
+keel_start() {
+  wait_ports_free "${keel_addrs[@]}" || return 1
+  keel_dir=$work/keel
+  if [ -z "$keel_ports" ]; then
+    KEEL_CLUSTER_DIR=$keel_dir KEELD=$keeld scripts/cluster.sh start --nodes $members >"$work/cluster.out" 2>&1 ||
+      { cat "$work/cluster.out" >&2; return 1; }
+  else
+    # As scripts/cluster.sh does it, on other ports.
+    local i
+    mkdir -p "$keel_dir"
+    for i in $(seq 1 $members); do
+      "$keeld" --name "m$i" --data-dir "$keel_dir/m$i" --listen-client "127.0.$i.1:$keel_cport" \
+        --listen-peer "127.0.$i.1:$keel_pport" --initial-cluster "$keel_initial" >>"$keel_dir/m$i.log" 2>&1 &
+      echo $! >"$keel_dir/m$i.pid"
+    done
+  fi
+  wait_healthy "$keel_bench" "$keel_eps" || { log "keel cluster never acknowledged a put"; tail -3 "$keel_dir"/m*.log >&2; return 1; }
+  check_owners "$(keel_pids)" "${keel_addrs[@]}" || { tail -3 "$keel_dir"/m*.log >&2; return 1; }
+}
+keel_stop() {
+  [ -n "$keel_dir" ] || return 0 # never let cluster.sh fall back to its default directory
+  if [ -z "$keel_ports" ]; then
+    KEEL_CLUSTER_DIR=$keel_dir scripts/cluster.sh stop >/dev/null 2>&1 || true
+  else
+    local pids p i alive
+    read -r -a pids <<<"$(keel_pids)"
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for i in $(seq 1 100); do
+      alive=0
+      for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+      [ $alive -eq 0 ] && break
+      sleep 0.1
+    done
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  fi
+  rm -rf "$keel_dir"
+  keel_dir=
+}
+
+etcd_start() {
+  wait_ports_free "${etcd_addrs[@]}" || return 1
+  local i
+  mkdir -p "$work/etcd"
+  for i in $(seq 1 $members); do
+    etcd --name "m$i" --data-dir "$work/etcd/m$i" \
+      --listen-client-urls "http://127.0.$i.1:12379" --advertise-client-urls "http://127.0.$i.1:12379" \
+      --listen-peer-urls "http://127.0.$i.1:12380" --initial-advertise-peer-urls "http://127.0.$i.1:12380" \
+      --initial-cluster "$etcd_initial" --initial-cluster-state new --initial-cluster-token keel-compare \
+      --heartbeat-interval 100 --election-timeout 1000 --logger zap --log-level warn \
+      >>"$work/etcd/m$i.log" 2>&1 &
+    etcd_pids+=($!)
+  done
+  wait_healthy "$driver" "$etcd_eps" || { log "etcd cluster never acknowledged a put"; tail -3 "$work"/etcd/m*.log >&2; return 1; }
+  check_owners "${etcd_pids[*]}" "${etcd_addrs[@]}"
+}
+etcd_stop() {
+  local p i alive
+  for p in "${etcd_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for i in $(seq 1 100); do
+    alive=0
+    for p in "${etcd_pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive -eq 0 ] && break
+    sleep 0.1
+  done
+  for p in "${etcd_pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  etcd_pids=()
+  rm -rf "$work/etcd"
+}
+
+# --- zones ------------------------------------------------------------------------------------
+
+zones_note=""
+zones_ok=0
+zones_delay=1ms
+if [ $zones_wanted -eq 0 ]; then
+  zones_note="skipped (--no-zones)"
+elif [ ! -x scripts/zones.sh ]; then
+  zones_note="skipped: scripts/zones.sh is absent"
+elif [ "$(id -u)" -ne 0 ]; then
+  zones_note="skipped: scripts/zones.sh needs root"
+elif ! zones_help=$(scripts/zones.sh --help 2>&1) || ! grep -q -- '--ports' <<<"$zones_help"; then
+  zones_note="skipped: this scripts/zones.sh cannot classify etcd's traffic by port (--ports)"
+elif [ ! -x "$netsim" ]; then
+  zones_note="skipped: no keel-netsim (build/release/bench/keel-netsim)"
+else
+  zones_ok=1
+  zones_note="$zones_delay one way between zones z1..z$members on the peer links (keel: by zone address; etcd: by peer port 12380)"
+fi
+log "zone latency: $zones_note"
+
+# keel members bind their zone addresses, so zones.sh sees their zones; etcd's packets all come
+# from 127.0.0.1, so its peer port marks them instead. Either way exactly the peer traffic is
+# delayed; the load generators run from 127.0.0.1, outside every zone, undelayed.
+zones_on() { # SYSTEM -> 0 when the delay is in place
+  local args=(on --delay "$zones_delay" --zones "1-$members" --netsim "$netsim")
+  [ "$1" = etcd ] && args+=(--ports 12380)
+  local i
+  for i in $(seq 1 60); do
+    scripts/zones.sh status >/dev/null 2>&1 || break
+    [ "$i" -eq 1 ] && log "the zone simulation is on, and not by us (scripts/zones.sh status): waiting at most 30 s"
+    if [ "$i" -eq 60 ]; then
+      log "still on: this round's zone runs of $1 are skipped"
+      return 1
+    fi
+    sleep 0.5
+  done
+  zones_active=1
+  if ! scripts/zones.sh "${args[@]}" >>"$work/zones.log" 2>&1; then
+    log "scripts/zones.sh ${args[*]} refused; zone runs skipped from now on:"
+    tail -5 "$work/zones.log" >&2
+    zones_off
+    zones_ok=0
+    zones_note="skipped: scripts/zones.sh ${args[*]} refused"
+    return 1
+  fi
+}
+# zones_intact SYSTEM -> 0 when zones.sh still runs our setup; ZDELAYED: keel-netsim's count of
+# delayed packets (empty when zones.sh does not say).
+zones_intact() {
+  local st
+  ZDELAYED=
+  st=$(scripts/zones.sh status 2>/dev/null) || true
+  grep -q "zones: 1\.\.$members\b" <<<"$st" && grep -q "delay ${zones_delay%ms}000us.*(running)" <<<"$st" || return 1
+  if [ "$1" = etcd ]; then grep -q 'etcd ports: 12380$' <<<"$st" || return 1; fi
+  if [ "$1" = keel ] && grep -q 'etcd ports:' <<<"$st"; then return 1; fi
+  ZDELAYED=$(grep -o 'delayed=[0-9]*' <<<"$st" | head -1 | cut -d= -f2)
+  return 0
+}
+zones_off() {
+  scripts/zones.sh off >>"$work/zones.log" 2>&1 || log "scripts/zones.sh off failed; check scripts/zones.sh status"
+  zones_active=0
+}
+
+# --- workloads --------------------------------------------------------------------------------
+
+common=(--key-size 8 --val-size 256 --key-space-size 100000 --duration "$duration")
+# name | label | zone latency? | bench flags
+workloads=(
+  "put-c1|put, 1 client|0|put --conns 1 --clients 1"
+  "put-c64|put, 64 clients / 8 conns|0|put --conns 8 --clients 64"
+  "put-c256|put, 256 clients / 16 conns|0|put --conns 16 --clients 256"
+  "range-l-c64|range linearizable, 64 / 8|0|range --consistency l --conns 8 --clients 64"
+  "range-s-c64|range serializable, 64 / 8|0|range --consistency s --conns 8 --clients 64"
+  "txn-put-c64|txn-put, 64 / 8|0|txn-put --conns 8 --clients 64"
+  "zone-put-c64|put, 64 / 8, 1 ms zones|1|put --conns 8 --clients 64"
+  "zone-put-c1|put, 1 client, 1 ms zones|1|put --conns 1 --clients 1"
+)
+
+# run_one ROUND SYSTEM NAME FLAGS... : one bench run, recorded as a line of $runs
+run_one() {
+  local round=$1 sys=$2 name=$3
+  shift 3
+  local bin eps srv out=$work/run.json
+  if [ "$sys" = keel ]; then bin=$keel_bench eps=$keel_eps srv=$(keel_pids); else bin=$driver eps=$etcd_eps srv=${etcd_pids[*]}; fi
+  local m0 m1 s0 s1 c0 c1 t0 t1 rc=0 i
+  # shellcheck disable=SC2086
+  procs_ticks $srv; s0=("${TICKS[@]}")
+  machine_busy; m0=$REPLY
+  times >"$work/times"; children_ms; c0=$REPLY
+  t0=$EPOCHREALTIME
+  "$bin" --endpoints "$eps" "$@" --seed "$round" --json >"$out" 2>"$work/run.err" &
+  bench_pid=$!
+  wait "$bench_pid" || rc=$?
+  t1=$EPOCHREALTIME
+  times >"$work/times"; children_ms; c1=$REPLY
+  machine_busy; m1=$REPLY
+  # shellcheck disable=SC2086
+  procs_ticks $srv; s1=("${TICKS[@]}")
+  bench_pid=
+  local srv_sum=0 srv_max=0 d
+  for i in "${!s1[@]}"; do
+    d=$((s1[i] - s0[i]))
+    srv_sum=$((srv_sum + d))
+    [ $d -gt $srv_max ] && srv_max=$d
+  done
+  local wall
+  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
+  if [ $rc -ne 0 ] || ! jq -e .summary "$out" >/dev/null 2>&1; then
+    log "  $sys $name failed (exit $rc): $(tail -c 300 "$work/run.err" | tr '\n' ' ')"
+    failures=$((failures + 1))
+    jq -nc --argjson r "$round" --arg s "$sys" --arg w "$name" --argjson rc "$rc" \
+      '{round: $r, system: $s, workload: $w, ok: false, exit: $rc}' >>"$runs"
+    return 0
+  fi
+  jq -c --argjson r "$round" --arg s "$sys" --arg w "$name" --argjson wall "$wall" \
+    --argjson srv "$srv_sum" --argjson srvmax "$srv_max" --argjson drv "$((c1 - c0))" --argjson busy "$((m1 - m0))" \
+    --argjson hz "$clk_tck" --argjson ncpu "$ncpu" '
+    def r2: . * 100 | round / 100;
+    {round: $r, system: $s, workload: $w, ok: true,
+     requests: .summary.requests, rps: (.summary.rps | round),
+     p50_ms: (.summary.p50_ms * 1000 | round / 1000), p99_ms: (.summary.p99_ms * 1000 | round / 1000),
+     p99_9_ms: (.summary["p99.9_ms"] * 1000 | round / 1000),
+     errors: ([.errors[]] | add // 0),
+     cpu_cores: {servers: ($srv / $hz / $wall | r2), busiest_member: ($srvmax / $hz / $wall | r2), driver: ($drv / 1000 / $wall | r2),
+                 machine: ($busy / $hz / $wall | r2), of: $ncpu}}' "$out" >>"$runs"
+  tail -n 1 "$runs" | jq -r '"  \(.system) \(.workload): \(.rps) req/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member)), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)"' >&2
+}
+
+# run_system ROUND SYSTEM: a fresh cluster, the preload, every workload, then stop it.
+run_system() {
+  local round=$1 sys=$2 bin eps w name label zoned flags
+  if [ "$sys" = keel ]; then bin=$keel_bench eps=$keel_eps; else bin=$driver eps=$etcd_eps; fi
+  log "round $round: $sys: starting a fresh 3-member cluster"
+  if ! "${sys}_start"; then
+    log "round $round: $sys cluster did not start; its runs are missing from this round"
+    failures=$((failures + 1))
+    "${sys}_stop"
+    return 0
+  fi
+  # Preload: every key of the space, so that ranges hit existing keys.
+  if ! "$bin" --endpoints "$eps" put --sequential-keys --total 100000 --conns 8 --clients 64 \
+    --key-size 8 --val-size 256 --key-space-size 100000 --json >"$work/preload.json" 2>"$work/run.err"; then
+    log "round $round: $sys preload failed: $(tail -c 300 "$work/run.err")"
+    failures=$((failures + 1))
+  else
+    log "  $sys preload: 100000 keys at $(jq '.summary.rps | round' "$work/preload.json") req/s"
+  fi
+  for w in "${workloads[@]}"; do
+    IFS='|' read -r name label zoned flags <<<"$w"
+    [ "$zoned" = 1 ] && continue
+    # shellcheck disable=SC2086
+    run_one "$round" "$sys" "$name" $flags "${common[@]}"
+  done
+  if [ $zones_ok -eq 1 ] && zones_on "$sys"; then
+    local d0
+    for w in "${workloads[@]}"; do
+      IFS='|' read -r name label zoned flags <<<"$w"
+      [ "$zoned" = 1 ] || continue
+      zones_intact "$sys" || { log "  $sys $name skipped: the zone simulation is not as we set it"; break; }
+      d0=$ZDELAYED
+      # shellcheck disable=SC2086
+      run_one "$round" "$sys" "$name" $flags "${common[@]}"
+      # zones.sh is machine-wide: someone else's `zones.sh off|on` during the run voids it.
+      if ! zones_intact "$sys" || { [ -n "$d0" ] && [ -n "$ZDELAYED" ] && [ "$ZDELAYED" -le "$d0" ]; }; then
+        log "  $sys $name discarded: the zone simulation changed or delayed nothing during the run"
+        sed -i '$d' "$runs"
+        jq -nc --argjson r "$round" --arg s "$sys" --arg w "$name" \
+          '{round: $r, system: $s, workload: $w, ok: false, reason: "zone simulation changed during the run"}' >>"$runs"
+        failures=$((failures + 1))
+        break
+      fi
+    done
+    zones_off
+  fi
+  "${sys}_stop"
+}
+
+# --- main -------------------------------------------------------------------------------------
+
+fsync_ms=$(dd if=/dev/zero of="$work/fsync.test" bs=4096 count=200 oflag=dsync 2>&1 |
+  awk '/copied/ {for (i = 1; i <= NF; i++) if ($i == "s," || $i == "s") {printf "%.3f", $(i-1) / 200 * 1000; exit}}')
+rm -f "$work/fsync.test"
+log "keel $git_rev vs etcd $etcd_version; $rounds round(s) of ${duration}s runs; fsync (4 KiB O_DSYNC write) ${fsync_ms:-?} ms; $ncpu cpus"
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+for round in $(seq 1 "$rounds"); do
+  run_system "$round" keel
+  run_system "$round" etcd
+done
+
+# --- report -----------------------------------------------------------------------------------
+
+mkdir -p "$(dirname "$out")"
+wl_json=$(for w in "${workloads[@]}"; do
+  IFS='|' read -r name label zoned flags <<<"$w"
+  jq -nc --arg n "$name" --arg l "$label" --argjson z "$zoned" --arg f "$flags ${common[*]}" \
+    '{name: $n, label: $l, zones: ($z == 1), flags: $f}'
+done | jq -sc .)
+jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --arg ev "$etcd_version" \
+  --argjson rounds "$rounds" --argjson quick "$quick" --arg dur "$duration" --arg zn "$zones_note" \
+  --arg fsync "${fsync_ms:-}" --argjson ncpu "$ncpu" --arg kernel "$(uname -r)" '
+  def median: sort | length as $n | if $n == 0 then null
+    elif $n % 2 == 1 then .[($n - 1) / 2] else (.[$n / 2 - 1] + .[$n / 2]) / 2 end;
+  def ratio($a; $b): if $a == null or $b == null or $b == 0 then null else ($a / $b * 100 | round / 100) end;
+  . as $runs
+  | {tool: "compare-etcd", started: $started, git_revision: $rev, etcd_version: $ev,
+     machine: {cpus: $ncpu, kernel: $kernel, fsync_ms: ($fsync | tonumber? // null)},
+     rounds: $rounds, quick: ($quick == 1), duration_s: ($dur | tonumber), zones: $zn,
+     workloads: [$wl[] | . as $w
+       | ([$runs[] | select(.workload == $w.name and .ok)]) as $mine
+       | def agg($s): ([$mine[] | select(.system == $s)]) as $r
+           | if ($r | length) == 0 then null else
+             {rps: ([$r[].rps] | median | round), p50_ms: ([$r[].p50_ms] | median),
+              p99_ms: ([$r[].p99_ms] | median), rounds: ($r | length),
+              cpu_cores: {servers: ([$r[].cpu_cores.servers] | median),
+                           busiest_member: ([$r[].cpu_cores.busiest_member] | median),
+                           driver: ([$r[].cpu_cores.driver] | median),
+                           machine: ([$r[].cpu_cores.machine] | median)},
+              runs: [$r[] | {round, rps, p50_ms, p99_ms, p99_9_ms, errors}]} end;
+         $w + {keel: agg("keel"), etcd: agg("etcd")}
+       | . + {ratio: {rps: ratio(.keel.rps; .etcd.rps), p50: ratio(.keel.p50_ms; .etcd.p50_ms),
+                      p99: ratio(.keel.p99_ms; .etcd.p99_ms)}}
+       | select(.keel != null or .etcd != null)],
+     failed_runs: [$runs[] | select(.ok | not)]}' "$runs" >"$out.json"
+
+# The table: medians of the rounds; ratio = keel / etcd (req/s: higher is better for keel;
+# latencies: lower is better for keel).
+{
+  echo "keel $git_rev vs etcd $etcd_version, $rounds round(s), ${duration}s per run, medians; zone latency: $zones_note"
+  echo
+  printf '%-32s %9s %9s %6s | %8s %8s %6s | %8s %8s %6s\n' workload "keel r/s" "etcd r/s" ratio \
+    "keel p50" "etcd p50" ratio "keel p99" "etcd p99" ratio
+  printf '%s\n' "$(printf '%.0s-' $(seq 1 112))"
+  jq -r '.workloads[] | [.label, .keel.rps, .etcd.rps, .ratio.rps, .keel.p50_ms, .etcd.p50_ms,
+    .ratio.p50, .keel.p99_ms, .etcd.p99_ms, .ratio.p99] | map(. // "-") | @tsv' "$out.json" |
+    while IFS=$'\t' read -r l kr er rr k5 e5 r5 k9 e9 r9; do
+      printf '%-32s %9s %9s %6s | %8s %8s %6s | %8s %8s %6s\n' "$l" "$kr" "$er" "$rr" "$k5" "$e5" "$r5" "$k9" "$e9" "$r9"
+    done
+  echo
+  echo "latencies in ms; ratio = keel/etcd (req/s: >1 keel faster; latency: <1 keel faster)"
+  echo "cores busy (medians): members = the 3 servers (busiest one), driver = load generator, machine = all"
+  printf '%-32s | %-30s | %-30s\n' "" "keel members/driver/machine" "etcd members/driver/machine"
+  jq -r 'def c($x): if $x == null then "-" else "\($x.servers) (\($x.busiest_member)) / \($x.driver) / \($x.machine)" end;
+    .workloads[] | [.label, c(.keel.cpu_cores), c(.etcd.cpu_cores)] | @tsv' "$out.json" |
+    while IFS=$'\t' read -r l k e; do printf '%-32s | %-30s | %-30s\n' "$l" "$k" "$e"; done
+} | tee "$out.txt"
+
+# The chart.
+jq -r '.workloads[] | [.label, .keel.rps, .etcd.rps, .keel.p50_ms, .etcd.p50_ms,
+  .keel.p99_ms, .etcd.p99_ms] | map(. // "-") | @tsv' "$out.json" >"$work/plot.dat"
+if gnuplot -e "datafile='$work/plot.dat'; outfile='$out.png'; subtitle='keel $git_rev vs etcd $etcd_version, $ncpu cpus, medians of $rounds round(s) of ${duration}s'" \
+  bench/plot.gp 2>"$work/gnuplot.err"; then
+  log "wrote $out.json, $out.txt and $out.png"
+else
+  log "gnuplot failed: $(cat "$work/gnuplot.err")"
+  failures=$((failures + 1))
+fi
+if [ $failures -gt 0 ]; then
+  log "$failures run(s) or step(s) failed; see above"
+  exit 1
+fi
