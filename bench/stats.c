@@ -57,7 +57,9 @@ double keel_stats_percentile(struct keel_stats *s, double q)
         return 0;
     sort_samples(s);
     /* Nearest rank: the smallest sample with at least q% of the samples at or below it. */
-    double rank = ceil(q / 100.0 * (double)s->n);
+    /* q / 100 * n is inexact (99.9 / 100 * 1000 is 999.0000000000001): a small tolerance keeps
+     * the rank where exact arithmetic puts it. */
+    double rank = ceil(q * (double)s->n / 100.0 - 1e-9);
     size_t i = rank < 1 ? 0 : (size_t)rank - 1;
     if (i >= s->n)
         i = s->n - 1;

@@ -316,7 +316,7 @@ func percentile(sorted []float64, q float64) float64 {
 	if n == 0 {
 		return 0
 	}
-	rank := math.Ceil(q / 100 * float64(n))
+	rank := math.Ceil(q*float64(n)/100 - 1e-9) // as in stats.c: tolerate inexact products
 	i := 0
 	if rank >= 1 {
 		i = int(rank) - 1
