@@ -4,7 +4,7 @@
 # medians of the rounds with the keel/etcd ratios and writes them as JSON, text and a PNG chart.
 #
 #   bench/compare-etcd.sh [--rounds N] [--quick] [--no-zones] [--duration S] [--out PREFIX]
-#                         [--no-build] [--keel-ports C,P]
+#                         [--no-build] [--keel-ports C,P] [--only LIST]
 #
 #   --rounds N     rounds of (keel, etcd) (default 3)
 #   --quick        smoke test: 2 s runs, 1 round, results under build/compare-etcd/
@@ -16,12 +16,21 @@
 #                  to date with an incremental build first)
 #   --keel-ports C,P  start keel's members directly on client port C and peer port P instead of
 #                  through scripts/cluster.sh (2379/2380), e.g. when another cluster holds those
+#   --only LIST    run only the workloads named in LIST (comma-separated names or name prefixes,
+#                  e.g. --only watch, --only put-c1,range); the preload is always done
 #
 # Member i of each cluster lives in zone z<i> on 127.0.i.1: keel on ports 2379/2380 (through
 # scripts/cluster.sh), etcd (Debian's etcd-server, 3.4) on 12379/12380 with heartbeat 100 ms,
 # election 1000 ms and fsync on (the defaults). The load comes from build/release/bench/keel-bench
 # for keel and from bench/etcd-driver (Go, clientv3; same flags, same JSON) for etcd; both route
-# writes and linearizable reads to the leader. Needs root (or password-less sudo) only to install
+# writes and linearizable reads to the leader. The watch rows create their watchers (over the
+# whole key space) first, then put; their r/s is watch events delivered per second over all
+# watchers, and watch-latency's p50/p99 is put -> event latency (the put's send time rides in
+# its value; both ends on the load generator's clock). For them both load generators are given
+# the leader alone (etcd-driver routes there anyway), so that the leader serves the watches on
+# both systems: keel's client would create them on whichever member it reached first, and a
+# follower's watch sees each commit one round of appends later and can start behind the last
+# acknowledged write. Needs root (or password-less sudo) only to install
 # missing Debian packages and for scripts/zones.sh. Only loopback traffic; everything it starts
 # it stops (by PID), and it removes its temporary directory, also when interrupted.
 set -euo pipefail
@@ -37,6 +46,7 @@ duration=
 out=
 build=1
 keel_ports=
+only=
 while [ $# -gt 0 ]; do
   case "$1" in
   --rounds) rounds=${2:-}; shift 2 || usage ;;
@@ -46,6 +56,7 @@ while [ $# -gt 0 ]; do
   --out) out=${2:-}; shift 2 || usage ;;
   --no-build) build=0; shift ;;
   --keel-ports) keel_ports=${2:-}; shift 2 || usage ;;
+  --only) only=${2:-}; shift 2 || usage ;;
   -h | --help) usage ;;
   *) echo "compare-etcd: unknown option '$1'" >&2; usage ;;
   esac
@@ -65,6 +76,7 @@ else
   keel_cport=2379 keel_pport=2380
 fi
 [[ "$duration" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "compare-etcd: bad --duration" >&2; exit 2; }
+[[ -z "$only" || "$only" =~ ^[a-z0-9-]+(,[a-z0-9-]+)*$ ]] || { echo "compare-etcd: --only NAME[,NAME...]" >&2; exit 2; }
 
 log() { printf '%s compare-etcd: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -104,7 +116,8 @@ fi
 keel_bench=$root/build/release/bench/keel-bench
 keeld=$root/build/release/server/keeld
 netsim=$root/build/release/bench/keel-netsim
-targets=(keeld keel-bench)
+keelctl=$root/build/release/client/keelctl
+targets=(keeld keel-bench keelctl)
 [ $zones_wanted -eq 1 ] && targets+=(keel-netsim)
 if [ ! -x "$keel_bench" ] || [ ! -x "$keeld" ] || [ $build -eq 1 ]; then
   log "building keel (build/release: ${targets[*]})"
@@ -398,16 +411,33 @@ workloads=(
   "range-l-c64|range linearizable, 64 / 8|0|range --consistency l --conns 8 --clients 64"
   "range-s-c64|range serializable, 64 / 8|0|range --consistency s --conns 8 --clients 64"
   "txn-put-c64|txn-put, 64 / 8|0|txn-put --conns 8 --clients 64"
+  "watch-lat-w100|watch-latency 100 w, 500 puts/s|0|watch-latency --watchers 100 --conns 1 --clients 1 --rate 500"
+  "watch-w1000|watch 1000 w, 16 / 4 (events/s)|0|watch --watchers 1000 --conns 4 --clients 16"
   "zone-put-c64|put, 64 / 8, 1 ms zones|1|put --conns 8 --clients 64"
   "zone-put-c1|put, 1 client, 1 ms zones|1|put --conns 1 --clients 1"
 )
 
-# run_one ROUND SYSTEM NAME FLAGS... : one bench run, recorded as a line of $runs
+selected() { # NAME -> 0 when --only is empty or names it (or a prefix of it)
+  [ -z "$only" ] && return 0
+  local o
+  for o in ${only//,/ }; do [[ "$1" == "$o"* ]] && return 0; done
+  return 1
+}
+if [ -n "$only" ]; then
+  n_sel=0
+  for w in "${workloads[@]}"; do selected "${w%%|*}" && n_sel=$((n_sel + 1)); done
+  [ $n_sel -gt 0 ] || { echo "compare-etcd: --only '$only' selects no workload" >&2; exit 2; }
+fi
+
+# run_one ROUND SYSTEM NAME FLAGS... : one bench run, recorded as a line of $runs. For the watch
+# workloads rps is watch events delivered per second (all watchers), p50/p99 put -> event latency
+# (watch-latency; null for watch), and the writers' own put figures go under "puts".
 run_one() {
   local round=$1 sys=$2 name=$3
   shift 3
   local bin eps srv out=$work/run.json
   if [ "$sys" = keel ]; then bin=$keel_bench eps=$keel_eps srv=$(keel_pids); else bin=$driver eps=$etcd_eps srv=${etcd_pids[*]}; fi
+  [ -n "$run_eps" ] && eps=$run_eps
   local m0 m1 s0 s1 c0 c1 t0 t1 rc=0 i
   # shellcheck disable=SC2086
   procs_ticks $srv; s0=("${TICKS[@]}")
@@ -431,7 +461,8 @@ run_one() {
   done
   local wall
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
-  if [ $rc -ne 0 ] || ! jq -e .summary "$out" >/dev/null 2>&1; then
+  if [ $rc -ne 0 ] || ! jq -e .summary "$out" >/dev/null 2>&1 ||
+    { [[ "$name" == watch* ]] && ! jq -e .watch "$out" >/dev/null 2>&1; }; then
     log "  $sys $name failed (exit $rc): $(tail -c 300 "$work/run.err" | tr '\n' ' ')"
     failures=$((failures + 1))
     jq -nc --argjson r "$round" --arg s "$sys" --arg w "$name" --argjson rc "$rc" \
@@ -442,15 +473,56 @@ run_one() {
     --argjson srv "$srv_sum" --argjson srvmax "$srv_max" --argjson drv "$((c1 - c0))" --argjson busy "$((m1 - m0))" \
     --argjson hz "$clk_tck" --argjson ncpu "$ncpu" '
     def r2: . * 100 | round / 100;
+    def ms: if . == null then null else . * 1000 | round / 1000 end;
     {round: $r, system: $s, workload: $w, ok: true,
      requests: .summary.requests, rps: (.summary.rps | round),
-     p50_ms: (.summary.p50_ms * 1000 | round / 1000), p99_ms: (.summary.p99_ms * 1000 | round / 1000),
-     p99_9_ms: (.summary["p99.9_ms"] * 1000 | round / 1000),
+     p50_ms: (.summary.p50_ms | ms), p99_ms: (.summary.p99_ms | ms),
+     p99_9_ms: (.summary["p99.9_ms"] | ms),
      errors: ([.errors[]] | add // 0),
      cpu_cores: {servers: ($srv / $hz / $wall | r2), busiest_member: ($srvmax / $hz / $wall | r2), driver: ($drv / 1000 / $wall | r2),
-                 machine: ($busy / $hz / $wall | r2), of: $ncpu}}' "$out" >>"$runs"
-  tail -n 1 "$runs" | jq -r '"  \(.system) \(.workload): \(.rps) req/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member)), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)"' >&2
+                 machine: ($busy / $hz / $wall | r2), of: $ncpu}}
+    + if .watch == null then {} else
+        {rps: (.watch.events_per_sec | round), p50_ms: (.watch.event_latency.p50_ms | ms),
+         p99_ms: (.watch.event_latency.p99_ms | ms), p99_9_ms: (.watch.event_latency["p99.9_ms"] | ms),
+         watch: {endpoints: .config.endpoints, watchers: .watch.watchers, events: .watch.events,
+                 events_expected: .watch.events_expected,
+                 complete: (.watch.events >= .watch.events_expected and .watch.events_expected > 0),
+                 latency_samples: .watch.event_latency.requests},
+         puts: {requests: .summary.requests, rps: (.summary.rps | round), p50_ms: (.summary.p50_ms | ms),
+                p99_ms: (.summary.p99_ms | ms)}} end' "$out" >>"$runs"
+  tail -n 1 "$runs" | jq -r 'if .watch == null then
+    "  \(.system) \(.workload): \(.rps) req/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member)), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)"
+    else
+    "  \(.system) \(.workload): \(.watch.watchers) watchers, \(.rps) events/s (\(.watch.events) of \(.watch.events_expected) events)" +
+    (if .p50_ms == null then "" else ", put -> event p50 \(.p50_ms) ms, p99 \(.p99_ms) ms" end) +
+    "; puts \(.puts.rps) req/s, p50 \(.puts.p50_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member)), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)" end' >&2
+  if jq -e '.watch != null and (.watch.complete | not)' <<<"$(tail -n 1 "$runs")" >/dev/null; then
+    log "  $sys $name: not every event arrived within 30 s of the last put (counted as delivered so far)"
+  fi
+  if jq -e '.watch != null and .watch.events > .watch.events_expected' <<<"$(tail -n 1 "$runs")" >/dev/null; then
+    log "  $sys $name: more events than puts x watchers: the watches started behind the last write before the run"
+  fi
 }
+
+# leader_eps SYSTEM -> REPLY: the endpoints for the watch rows: the leader's alone (see the top).
+leader_eps() {
+  if [ "$1" = etcd ]; then
+    REPLY=$etcd_eps # etcd-driver --target auto: every connection to the leader
+    return 0
+  fi
+  local l=
+  if [ -x "$keelctl" ]; then
+    l=$("$keelctl" --endpoints "$keel_eps" endpoint status 2>/dev/null | awk -F', ' '$5 == "true" && !f {print $1; f = 1}') || l=
+  fi
+  if [ -z "$l" ]; then
+    log "  keel's leader not found (keelctl endpoint status): the watch rows get every endpoint"
+    REPLY=$keel_eps
+  else
+    REPLY=$l
+  fi
+}
+
+run_eps= # when set: run_one's endpoints instead of the system's
 
 # run_system ROUND SYSTEM: a fresh cluster, the preload, every workload, then stop it.
 run_system() {
@@ -474,14 +546,24 @@ run_system() {
   for w in "${workloads[@]}"; do
     IFS='|' read -r name label zoned flags <<<"$w"
     [ "$zoned" = 1 ] && continue
+    selected "$name" || continue
+    run_eps=
+    if [[ "$name" == watch* ]]; then leader_eps "$sys"; run_eps=$REPLY; fi
     # shellcheck disable=SC2086
     run_one "$round" "$sys" "$name" $flags "${common[@]}"
+    run_eps=
   done
-  if [ $zones_ok -eq 1 ] && zones_on "$sys"; then
+  local any_zoned=0
+  for w in "${workloads[@]}"; do
+    IFS='|' read -r name label zoned flags <<<"$w"
+    [ "$zoned" = 1 ] && selected "$name" && any_zoned=1
+  done
+  if [ $zones_ok -eq 1 ] && [ $any_zoned -eq 1 ] && zones_on "$sys"; then
     local d0
     for w in "${workloads[@]}"; do
       IFS='|' read -r name label zoned flags <<<"$w"
       [ "$zoned" = 1 ] || continue
+      selected "$name" || continue
       zones_intact "$sys" || { log "  $sys $name skipped: the zone simulation is not as we set it"; break; }
       d0=$ZDELAYED
       # shellcheck disable=SC2086
@@ -519,7 +601,8 @@ mkdir -p "$(dirname "$out")"
 wl_json=$(for w in "${workloads[@]}"; do
   IFS='|' read -r name label zoned flags <<<"$w"
   jq -nc --arg n "$name" --arg l "$label" --argjson z "$zoned" --arg f "$flags ${common[*]}" \
-    '{name: $n, label: $l, zones: ($z == 1), flags: $f}'
+    '{name: $n, label: $l, zones: ($z == 1), flags: $f}
+     + if ($n | startswith("watch")) then {measures: "rps: watch events delivered per second over all watchers; p50/p99: put -> event latency (watch-latency only); writer puts: under runs[].puts"} else {} end'
 done | jq -sc .)
 jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --arg ev "$etcd_version" \
   --argjson rounds "$rounds" --argjson quick "$quick" --arg dur "$duration" --arg zn "$zones_note" \
@@ -535,13 +618,14 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
        | ([$runs[] | select(.workload == $w.name and .ok)]) as $mine
        | def agg($s): ([$mine[] | select(.system == $s)]) as $r
            | if ($r | length) == 0 then null else
-             {rps: ([$r[].rps] | median | round), p50_ms: ([$r[].p50_ms] | median),
-              p99_ms: ([$r[].p99_ms] | median), rounds: ($r | length),
+             {rps: ([$r[].rps] | median | round), p50_ms: ([$r[].p50_ms | values] | median),
+              p99_ms: ([$r[].p99_ms | values] | median), rounds: ($r | length),
               cpu_cores: {servers: ([$r[].cpu_cores.servers] | median),
                            busiest_member: ([$r[].cpu_cores.busiest_member] | median),
                            driver: ([$r[].cpu_cores.driver] | median),
                            machine: ([$r[].cpu_cores.machine] | median)},
-              runs: [$r[] | {round, rps, p50_ms, p99_ms, p99_9_ms, errors}]} end;
+              runs: [$r[] | {round, rps, p50_ms, p99_ms, p99_9_ms, errors}
+                     + if .watch == null then {} else {watch, puts} end]} end;
          $w + {keel: agg("keel"), etcd: agg("etcd")}
        | . + {ratio: {rps: ratio(.keel.rps; .etcd.rps), p50: ratio(.keel.p50_ms; .etcd.p50_ms),
                       p99: ratio(.keel.p99_ms; .etcd.p99_ms)}}
@@ -563,6 +647,12 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
     done
   echo
   echo "latencies in ms; ratio = keel/etcd (req/s: >1 keel faster; latency: <1 keel faster)"
+  if jq -e '[.workloads[].name | startswith("watch")] | any' "$out.json" >/dev/null; then
+    echo "watch rows: r/s = watch events delivered per second over all watchers (w); p50/p99 = put -> event latency"
+    jq -r '.workloads[] | select(.name | startswith("watch")) | .label as $l | . as $w | ("keel", "etcd") as $s
+      | ($w[$s] // {runs: []}).runs[] | select(.watch.complete | not)
+      | "  \($l): \($s) round \(.round): only \(.watch.events) of \(.watch.events_expected) events arrived within 30 s of the last put"' "$out.json"
+  fi
   echo "cores busy (medians): members = the 3 servers (busiest one), driver = load generator, machine = all"
   printf '%-32s | %-30s | %-30s\n' "" "keel members/driver/machine" "etcd members/driver/machine"
   jq -r 'def c($x): if $x == null then "-" else "\($x.servers) (\($x.busiest_member)) / \($x.driver) / \($x.machine)" end;

@@ -161,6 +161,11 @@ static struct zone_stats *zone_for(struct bench *b, uint64_t member)
 
 static void issue(struct client *c);
 static void progress(uv_timer_t *t);
+static bool watching(const struct bench *b);
+
+#define STAMP_MARK     "kbench\x01\x02"
+#define STAMP_MARK_LEN 8
+#define STAMP_LEN      (STAMP_MARK_LEN + 8)
 
 static void on_response(int status, const Keel__Response *resp, void *data)
 {
@@ -260,12 +265,14 @@ static void on_watch(struct keel_watch *w, int status, const Keel__Event *const 
     }
     uint64_t now = now_ns();
     for (size_t i = 0; i < n; i++) {
-        if (events[i]->type != KEEL__EVENT__EVENT_TYPE__PUT)
-            continue;
+        const ProtobufCBinaryData *v = &events[i]->kv->value;
+        if (events[i]->type != KEEL__EVENT__EVENT_TYPE__PUT || v->len < STAMP_LEN ||
+            memcmp(v->data, STAMP_MARK, STAMP_MARK_LEN) != 0)
+            continue; /* not a put of this run */
         b->events++;
-        if (b->cfg.workload == W_WATCH_LATENCY && events[i]->kv->value.len >= sizeof(uint64_t)) {
+        if (b->cfg.workload == W_WATCH_LATENCY) {
             uint64_t sent;
-            memcpy(&sent, events[i]->kv->value.data, sizeof(sent));
+            memcpy(&sent, v->data + STAMP_MARK_LEN, sizeof(sent));
             keel_stats_add(&b->event_lat, (double)(now - sent) / 1e9);
         }
     }
@@ -291,13 +298,15 @@ static void send_one(struct client *c)
     put.value.data = b->value;
     put.value.len = (size_t)b->cfg.val_size;
     uint8_t stamped[1 << 16];
-    if (b->cfg.workload == W_WATCH_LATENCY) {
-        /* The send time rides in the value, so the watcher measures put -> event. */
+    if (watching(b)) {
+        /* A mark and the send time ride in the value: the watcher counts only this run's puts
+         * (a watch on a follower may start behind earlier writes) and measures put -> event. */
         uint64_t t = now_ns();
         size_t n = (size_t)b->cfg.val_size < sizeof(stamped) ? (size_t)b->cfg.val_size
                                                              : sizeof(stamped);
         memcpy(stamped, b->value, n);
-        memcpy(stamped, &t, sizeof(t));
+        memcpy(stamped, STAMP_MARK, STAMP_MARK_LEN);
+        memcpy(stamped + STAMP_MARK_LEN, &t, sizeof(t));
         put.value.data = stamped;
         put.value.len = n;
     }
@@ -537,6 +546,10 @@ static int parse(struct config *c, int argc, char **argv)
         }
     if (!found) {
         fprintf(stderr, "keel-bench: unknown workload '%s'\n", argv[optind]);
+        return -1;
+    }
+    if ((c->workload == W_WATCH || c->workload == W_WATCH_LATENCY) && c->val_size < 16) {
+        fprintf(stderr, "keel-bench: watch workloads need --val-size of at least 16 (the stamp)\n");
         return -1;
     }
     if (c->conns < 1 || c->conns > 1024 || c->clients < 1 || c->clients > 100000 ||

@@ -1,12 +1,21 @@
 // etcd-driver: the keel-bench workloads against etcd's gRPC API, for bench/compare-etcd.sh.
 //
-//	etcd-driver [flags] put | range | txn-put | txn-mixed | mixed
+//	etcd-driver [flags] put | range | txn-put | txn-mixed | mixed | watch | watch-latency
 //
 // It takes keel-bench's flags and prints keel-bench's report (text, or one JSON object with
 // --json) so that the two can be compared line by line. --conns N opens N clientv3 clients
 // (N gRPC client connections); --clients C goroutines each keep one request in flight (closed
 // loop, unless --rate paces them), goroutine c using client c % N. Every latency sample is
 // kept, so percentiles are exact (nearest rank, as bench/stats.c).
+//
+// watch: --watchers W clientv3 watches over the whole key space ("\x00" and up: WithFromKey),
+// spread over the --conns clients (watcher i on client i % N, sharing its gRPC watch stream),
+// each created (WithCreatedNotify, waited for) before the --clients writers put --total keys
+// (at --rate); reports events delivered per second. The run ends when every watcher has seen
+// every acknowledged put (or 30 s after the writers finish). watch-latency: the same, the
+// first 8 bytes of each value carrying its put's send time (host-endian uint64 nanoseconds of
+// this process's monotonic clock, as Go's time.Since measures it); reports put -> event
+// latency percentiles. Both as keel-bench's.
 //
 // Routing follows keel's client by default (--target auto): writes and linearizable reads go
 // to the leader, serializable reads to the member of --zone when one is given (else to the
@@ -20,6 +29,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -36,6 +46,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"go.etcd.io/etcd/clientv3"
 	"go.etcd.io/etcd/clientv3/balancer/resolver/endpoint"
@@ -49,7 +60,7 @@ import (
 // gitRevision is set by the build (-ldflags "-X main.gitRevision=...").
 var gitRevision = "unknown"
 
-var workloadNames = []string{"put", "range", "txn-put", "txn-mixed", "mixed"}
+var workloadNames = []string{"put", "range", "txn-put", "txn-mixed", "mixed", "watch", "watch-latency"}
 
 type config struct {
 	workload     string
@@ -71,9 +82,12 @@ type config struct {
 	timeoutMs    int
 	target       string
 	serializable bool
+	watchers     int
 }
 
-const usageText = `usage: etcd-driver [flags] put|range|txn-put|txn-mixed|mixed
+func (c *config) watching() bool { return c.workload == "watch" || c.workload == "watch-latency" }
+
+const usageText = `usage: etcd-driver [flags] put|range|txn-put|txn-mixed|mixed|watch|watch-latency
   --endpoints LIST      client addresses (default $ETCD_ENDPOINTS or 127.0.0.1:2379)
   --conns N             clientv3 clients, one gRPC connection each (default 1)
   --clients N           requests kept in flight (default 1)
@@ -86,6 +100,7 @@ const usageText = `usage: etcd-driver [flags] put|range|txn-put|txn-mixed|mixed
   --zone Z              live in zone Z: source address 127.0.Z.250, same-zone serializable reads
   --target auto|spread  auto: to the leader (serializable reads: to --zone's member);
                         spread: client i to endpoint i % len(endpoints) (default auto)
+  --watchers W          watch workloads: watchers over the key space (default 100)
   --seed N  --timeout-ms N  --json
 `
 
@@ -114,6 +129,7 @@ func parseArgs(args []string) (*config, error) {
 	fs.BoolVar(&c.json, "json", false, "")
 	fs.IntVar(&c.timeoutMs, "timeout-ms", 10000, "")
 	fs.StringVar(&c.target, "target", "auto", "")
+	fs.IntVar(&c.watchers, "watchers", 100, "")
 	help := fs.Bool("help", false, "")
 
 	// Flags may come before or after the workload, as with getopt_long.
@@ -155,7 +171,7 @@ func parseArgs(args []string) (*config, error) {
 	}
 	if c.conns < 1 || c.conns > 1024 || c.clients < 1 || c.clients > 100000 ||
 		c.keySize < 1 || c.keySize > 255 || c.valSize < 0 || c.valSize > 1<<20 ||
-		c.keySpace < 1 || c.readRatio < 0 || c.readRatio > 1 || c.rate < 0 ||
+		c.keySpace < 1 || c.watchers < 1 || c.watchers > 1000000 || c.readRatio < 0 || c.readRatio > 1 || c.rate < 0 ||
 		(c.total == 0 && c.duration <= 0) || c.timeoutMs < 1 {
 		return nil, errors.New("a flag is out of range (see --help)")
 	}
@@ -459,6 +475,135 @@ func errName(err error) string {
 	return "OTHER"
 }
 
+// nativeEndian: watch-latency stamps are host-endian, as keel-bench's memcpy of a uint64.
+var nativeEndian binary.ByteOrder = func() binary.ByteOrder {
+	x := uint16(1)
+	if *(*byte)(unsafe.Pointer(&x)) == 1 {
+		return binary.LittleEndian
+	}
+	return binary.BigEndian
+}()
+
+// procStart anchors the watch-latency stamps: time.Since(procStart) reads Go's monotonic clock,
+// on the writer's side and on the watcher's, in this one process.
+var procStart = time.Now()
+
+// watchState: the watch workloads' watchers and what they have seen.
+type watchState struct {
+	watchers int
+	latency  bool
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	events   int64 // atomic: PUT events delivered to all watchers
+	expected int64 // atomic: watchers x acknowledged puts; -1 until the writers are done
+	stopped  int32 // atomic: the run is over; later responses are not counted
+	done     chan struct{}
+	doneOnce sync.Once
+	samples  [][]float64 // per watcher: put -> event latencies (s)
+}
+
+// startWatchers creates cfg.watchers watches over every key ("\x00" and up), watcher i on
+// client i % len(clis), and returns once each has its created notice.
+func startWatchers(cfg *config, clis []*clientv3.Client, timeout time.Duration) (*watchState, error) {
+	ws := &watchState{watchers: cfg.watchers, latency: cfg.workload == "watch-latency",
+		expected: -1, done: make(chan struct{}), samples: make([][]float64, cfg.watchers)}
+	ctx, cancel := context.WithCancel(context.Background())
+	ws.cancel = cancel
+	created := make(chan error, cfg.watchers)
+	for i := 0; i < cfg.watchers; i++ {
+		ch := clis[i%len(clis)].Watch(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithCreatedNotify())
+		ws.wg.Add(1)
+		go ws.run(i, ch, created)
+	}
+	for i := 0; i < cfg.watchers; i++ {
+		t := time.NewTimer(timeout)
+		select {
+		case err := <-created:
+			t.Stop()
+			if err != nil {
+				ws.stop()
+				return nil, fmt.Errorf("watch: %v", err)
+			}
+		case <-t.C:
+			ws.stop()
+			return nil, fmt.Errorf("watch: %d of %d watches created within %v", i, cfg.watchers, timeout)
+		}
+	}
+	return ws, nil
+}
+
+func (ws *watchState) run(i int, ch clientv3.WatchChan, created chan<- error) {
+	defer ws.wg.Done()
+	isCreated := false
+	for resp := range ch {
+		if err := resp.Err(); err != nil {
+			if !isCreated {
+				isCreated = true
+				created <- err
+			} else if atomic.LoadInt32(&ws.stopped) == 0 {
+				fmt.Fprintf(os.Stderr, "etcd-driver: a watch ended: %v\n", err)
+			}
+			continue
+		}
+		if resp.Created && !isCreated {
+			isCreated = true
+			created <- nil
+		}
+		if len(resp.Events) == 0 || atomic.LoadInt32(&ws.stopped) != 0 {
+			continue
+		}
+		var now int64
+		if ws.latency {
+			now = int64(time.Since(procStart))
+		}
+		n := int64(0)
+		for _, ev := range resp.Events {
+			if ev.Type != clientv3.EventTypePut {
+				continue
+			}
+			n++
+			if ws.latency && len(ev.Kv.Value) >= 8 {
+				sent := int64(nativeEndian.Uint64(ev.Kv.Value))
+				ws.samples[i] = append(ws.samples[i], float64(now-sent)/1e9)
+			}
+		}
+		if n == 0 {
+			continue
+		}
+		got := atomic.AddInt64(&ws.events, n)
+		if e := atomic.LoadInt64(&ws.expected); e >= 0 && got >= e {
+			ws.doneOnce.Do(func() { close(ws.done) })
+		}
+	}
+	if !isCreated {
+		created <- errors.New("the watch closed before it was created")
+	}
+}
+
+// settle: the writers are done with puts acknowledged; wait until every watcher has seen
+// every one of them, at most 30 s, as keel-bench.
+func (ws *watchState) settle(puts uint64) {
+	e := int64(puts) * int64(ws.watchers)
+	atomic.StoreInt64(&ws.expected, e)
+	if atomic.LoadInt64(&ws.events) >= e {
+		ws.doneOnce.Do(func() { close(ws.done) })
+	}
+	t := time.NewTimer(30 * time.Second)
+	defer t.Stop()
+	select {
+	case <-ws.done:
+	case <-t.C:
+		fmt.Fprintf(os.Stderr, "etcd-driver: %d of %d events arrived before the timeout\n",
+			atomic.LoadInt64(&ws.events), e)
+	}
+}
+
+// stop ends the watches (the clients must close too for their channels to close).
+func (ws *watchState) stop() {
+	atomic.StoreInt32(&ws.stopped, 1)
+	ws.cancel()
+}
+
 type result struct {
 	samples []float64
 	byZone  map[string][]float64
@@ -533,6 +678,15 @@ func main() {
 	}
 	val := string(value)
 
+	// Watch workloads: every watcher is created before the writers start.
+	var ws *watchState
+	if cfg.watching() {
+		if ws, err = startWatchers(cfg, clis, timeout); err != nil {
+			fmt.Fprintf(os.Stderr, "etcd-driver: %v\n", err)
+			os.Exit(1)
+		}
+	}
+
 	var issued, seqKey uint64
 	var tokens chan struct{}
 	stopPacer := make(chan struct{})
@@ -561,6 +715,7 @@ func main() {
 				res.byZone = map[string][]float64{}
 			}
 			key := make([]byte, cfg.keySize)
+			stamped := []byte(val)
 			var readOpts []clientv3.OpOption
 			if cfg.serializable {
 				readOpts = append(readOpts, clientv3.WithSerializable())
@@ -583,9 +738,15 @@ func main() {
 				var hdr *pb.ResponseHeader
 				var err error
 				switch {
-				case cfg.workload == "put" || (cfg.workload == "mixed" && !read):
+				case cfg.workload == "put" || cfg.watching() || (cfg.workload == "mixed" && !read):
+					v := val
+					if cfg.workload == "watch-latency" && len(stamped) >= 8 {
+						// The send time rides in the value, so the watcher measures put -> event.
+						nativeEndian.PutUint64(stamped, uint64(time.Since(procStart)))
+						v = string(stamped)
+					}
 					var resp *clientv3.PutResponse
-					if resp, err = cli.Put(ctx, k, val); err == nil {
+					if resp, err = cli.Put(ctx, k, v); err == nil {
 						hdr = resp.Header
 					}
 				case cfg.workload == "range" || cfg.workload == "mixed":
@@ -625,10 +786,39 @@ func main() {
 		}(c)
 	}
 	wg.Wait()
-	totalS := time.Since(start).Seconds()
 	close(stopPacer)
+	var puts uint64
+	for _, r := range results {
+		puts += uint64(len(r.samples))
+	}
+	if ws != nil {
+		ws.settle(puts)
+	}
+	totalS := time.Since(start).Seconds()
+	if ws != nil {
+		ws.stop()
+	}
 	for _, cli := range clis {
 		cli.Close()
+	}
+	var wrep *jsonWatch
+	var evSamples []float64
+	if ws != nil {
+		ws.wg.Wait() // every watch channel is closed now
+		wrep = &jsonWatch{Watchers: cfg.watchers, Events: uint64(atomic.LoadInt64(&ws.events))}
+		if e := atomic.LoadInt64(&ws.expected); e > 0 {
+			wrep.EventsExpected = uint64(e)
+		}
+		if totalS > 0 {
+			wrep.EventsPerSec = float64(wrep.Events) / totalS
+		}
+		if ws.latency {
+			for _, s := range ws.samples {
+				evSamples = append(evSamples, s...)
+			}
+			ev, _ := summarize(evSamples, totalS)
+			wrep.EventLatency = &ev
+		}
 	}
 
 	var all []float64
@@ -646,6 +836,15 @@ func main() {
 	sum, p := summarize(all, totalS)
 	if !cfg.json {
 		printText(os.Stdout, all, sum, p, errs)
+		if wrep != nil {
+			fmt.Printf("\nWatch: %d watchers, %d events delivered (%d expected), %.1f events/sec\n",
+				wrep.Watchers, wrep.Events, wrep.EventsExpected, wrep.EventsPerSec)
+			if wrep.EventLatency != nil {
+				ev := wrep.EventLatency
+				fmt.Printf("Put -> event latency: p50 %.4f p90 %.4f p99 %.4f p99.9 %.4f secs. (%d samples)\n",
+					ev.P50Ms/1e3, ev.P90Ms/1e3, ev.P99Ms/1e3, ev.P999Ms/1e3, ev.Requests)
+			}
+		}
 		zones := make([]string, 0, len(byZone))
 		for z := range byZone {
 			zones = append(zones, z)
@@ -656,7 +855,7 @@ func main() {
 			fmt.Printf("\nTarget zone %s: %d requests, p50 %.4f p99 %.4f secs.\n", z, zs.Requests, zp[2], zp[6])
 		}
 	} else {
-		writeJSON(cfg, sum, errs, byZone, totalS)
+		writeJSON(cfg, sum, errs, byZone, totalS, wrep)
 	}
 	if sum.Requests == 0 {
 		os.Exit(1)
@@ -696,6 +895,16 @@ type jsonReport struct {
 	Summary      summary            `json:"summary"`
 	Errors       map[string]uint64  `json:"errors"`
 	ByTargetZone map[string]summary `json:"by_target_zone"`
+	Watch        *jsonWatch         `json:"watch,omitempty"`
+}
+
+// jsonWatch: the watch workloads' "watch" object; event_latency for watch-latency only.
+type jsonWatch struct {
+	Watchers       int      `json:"watchers"`
+	Events         uint64   `json:"events"`
+	EventsExpected uint64   `json:"events_expected"`
+	EventsPerSec   float64  `json:"events_per_sec"`
+	EventLatency   *summary `json:"event_latency,omitempty"`
 }
 
 func utsString(a [65]int8) string {
@@ -709,7 +918,8 @@ func utsString(a [65]int8) string {
 	return string(b)
 }
 
-func writeJSON(cfg *config, sum summary, errs map[string]uint64, byZone map[string][]float64, totalS float64) {
+func writeJSON(cfg *config, sum summary, errs map[string]uint64, byZone map[string][]float64, totalS float64,
+	watch *jsonWatch) {
 	rep := jsonReport{
 		Tool: "etcd-driver",
 		Config: jsonConfig{
@@ -724,6 +934,7 @@ func writeJSON(cfg *config, sum summary, errs map[string]uint64, byZone map[stri
 		Summary:      sum,
 		Errors:       errs,
 		ByTargetZone: map[string]summary{},
+		Watch:        watch,
 	}
 	var u syscall.Utsname
 	if syscall.Uname(&u) == nil {
