@@ -48,6 +48,22 @@ echo "\$ keelctl txn --compare 'value(\"/app/config/image\") = \"keel:0.1\"' --t
 "$ctl" --endpoints "$all" txn --compare 'value("/app/config/image") = "keel:0.1"' \
   --then 'put /app/config/image keel:0.2' --else 'get /app/config/image'
 echo
+echo "== watch: a watcher on m2 sees the next two changes of 'greeting', made through m1"
+"$ctl" --endpoints 127.0.2.1:2379 watch greeting --count 2 > "$KEEL_CLUSTER_DIR/watch.out" 2>&1 &
+watcher=$!
+sleep 0.5
+run --endpoints 127.0.1.1:2379 put greeting "hello again"
+run --endpoints 127.0.1.1:2379 del greeting
+for _ in $(seq 1 50); do kill -0 "$watcher" 2>/dev/null || break; sleep 0.1; done
+kill "$watcher" 2>/dev/null || true
+wait "$watcher" 2>/dev/null || true
+echo "\$ keelctl --endpoints 127.0.2.1:2379 watch greeting   # printed:"
+cat "$KEEL_CLUSTER_DIR/watch.out"
+echo
+echo "== a short benchmark: 20,000 puts from 32 concurrent clients"
+"$PWD/$build/bench/keel-bench" --endpoints "$all" --conns 4 --clients 32 --total 20000 \
+  --key-space-size 10000 put | grep -E 'Requests/sec|50% in|99% in'
+echo
 echo "== cluster"
 run --endpoints "$all" member list -w table
 run --endpoints "$all" endpoint status -w table
