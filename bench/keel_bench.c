@@ -103,7 +103,7 @@ struct bench {
     uint64_t events;          /* events delivered to all watchers */
     uint64_t events_expected; /* watchers x successful puts, once the writers are done */
     struct keel_stats event_lat;
-    uv_timer_t settle;        /* bounds the wait for the last events */
+    uv_timer_t settle; /* bounds the wait for the last events */
     int writers_done;
     int closing;
 };
@@ -246,8 +246,8 @@ static void shut_down(struct bench *b)
 
 static void start_writers(struct bench *b);
 
-static void on_watch(struct keel_watch *w, int status, const Keel__Event *const *events,
-                     size_t n, int64_t revision, void *data)
+static void on_watch(struct keel_watch *w, int status, const Keel__Event *const *events, size_t n,
+                     int64_t revision, void *data)
 {
     struct bench *b = data;
     (void)w;
@@ -302,8 +302,8 @@ static void send_one(struct client *c)
         /* A mark and the send time ride in the value: the watcher counts only this run's puts
          * (a watch on a follower may start behind earlier writes) and measures put -> event. */
         uint64_t t = now_ns();
-        size_t n = (size_t)b->cfg.val_size < sizeof(stamped) ? (size_t)b->cfg.val_size
-                                                             : sizeof(stamped);
+        size_t n =
+            (size_t)b->cfg.val_size < sizeof(stamped) ? (size_t)b->cfg.val_size : sizeof(stamped);
         memcpy(stamped, b->value, n);
         memcpy(stamped, STAMP_MARK, STAMP_MARK_LEN);
         memcpy(stamped + STAMP_MARK_LEN, &t, sizeof(t));
@@ -491,33 +491,62 @@ static int parse(struct config *c, int argc, char **argv)
     c->seed = 1;
     c->timeout_ms = 10000;
     c->watchers = 100;
-    static const struct option opts[] = {
-        {"endpoints", required_argument, NULL, 'e'}, {"conns", required_argument, NULL, 'C'},
-        {"clients", required_argument, NULL, 'c'},   {"total", required_argument, NULL, 'n'},
-        {"duration", required_argument, NULL, 'd'},  {"rate", required_argument, NULL, 'r'},
-        {"key-size", required_argument, NULL, 'k'},  {"val-size", required_argument, NULL, 'v'},
-        {"key-space-size", required_argument, NULL, 's'},
-        {"sequential-keys", no_argument, NULL, 'S'}, {"zone", required_argument, NULL, 'z'},
-        {"consistency", required_argument, NULL, 'L'},
-        {"read-ratio", required_argument, NULL, 'R'}, {"seed", required_argument, NULL, 'x'},
-        {"json", no_argument, NULL, 'j'},            {"timeout-ms", required_argument, NULL, 't'},
-        {"watchers", required_argument, NULL, 'w'},
-        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"endpoints", required_argument, NULL, 'e'},
+                                         {"conns", required_argument, NULL, 'C'},
+                                         {"clients", required_argument, NULL, 'c'},
+                                         {"total", required_argument, NULL, 'n'},
+                                         {"duration", required_argument, NULL, 'd'},
+                                         {"rate", required_argument, NULL, 'r'},
+                                         {"key-size", required_argument, NULL, 'k'},
+                                         {"val-size", required_argument, NULL, 'v'},
+                                         {"key-space-size", required_argument, NULL, 's'},
+                                         {"sequential-keys", no_argument, NULL, 'S'},
+                                         {"zone", required_argument, NULL, 'z'},
+                                         {"consistency", required_argument, NULL, 'L'},
+                                         {"read-ratio", required_argument, NULL, 'R'},
+                                         {"seed", required_argument, NULL, 'x'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"timeout-ms", required_argument, NULL, 't'},
+                                         {"watchers", required_argument, NULL, 'w'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     int opt;
     char *end;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
-        case 'e': c->endpoints = optarg; break;
-        case 'C': c->conns = atoi(optarg); break;
-        case 'c': c->clients = atoi(optarg); break;
-        case 'n': c->total = strtoull(optarg, &end, 10); break;
-        case 'd': c->duration = strtod(optarg, &end); break;
-        case 'r': c->rate = strtod(optarg, &end); break;
-        case 'k': c->key_size = atoi(optarg); break;
-        case 'v': c->val_size = atoi(optarg); break;
-        case 's': c->key_space = strtoull(optarg, &end, 10); break;
-        case 'S': c->sequential = 1; break;
-        case 'z': c->zone = optarg; break;
+        case 'e':
+            c->endpoints = optarg;
+            break;
+        case 'C':
+            c->conns = atoi(optarg);
+            break;
+        case 'c':
+            c->clients = atoi(optarg);
+            break;
+        case 'n':
+            c->total = strtoull(optarg, &end, 10);
+            break;
+        case 'd':
+            c->duration = strtod(optarg, &end);
+            break;
+        case 'r':
+            c->rate = strtod(optarg, &end);
+            break;
+        case 'k':
+            c->key_size = atoi(optarg);
+            break;
+        case 'v':
+            c->val_size = atoi(optarg);
+            break;
+        case 's':
+            c->key_space = strtoull(optarg, &end, 10);
+            break;
+        case 'S':
+            c->sequential = 1;
+            break;
+        case 'z':
+            c->zone = optarg;
+            break;
         case 'L':
             if (strcmp(optarg, "s") != 0 && strcmp(optarg, "l") != 0) {
                 fprintf(stderr, "keel-bench: --consistency must be l or s\n");
@@ -525,13 +554,27 @@ static int parse(struct config *c, int argc, char **argv)
             }
             c->serializable = optarg[0] == 's';
             break;
-        case 'R': c->read_ratio = strtod(optarg, &end); break;
-        case 'x': c->seed = strtoull(optarg, &end, 10); break;
-        case 'j': c->json = 1; break;
-        case 't': c->timeout_ms = (uint32_t)atoi(optarg); break;
-        case 'w': c->watchers = atoi(optarg); break;
-        case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return -1;
+        case 'R':
+            c->read_ratio = strtod(optarg, &end);
+            break;
+        case 'x':
+            c->seed = strtoull(optarg, &end, 10);
+            break;
+        case 'j':
+            c->json = 1;
+            break;
+        case 't':
+            c->timeout_ms = (uint32_t)atoi(optarg);
+            break;
+        case 'w':
+            c->watchers = atoi(optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
         }
     }
     if (optind != argc - 1) {
@@ -554,8 +597,8 @@ static int parse(struct config *c, int argc, char **argv)
     }
     if (c->conns < 1 || c->conns > 1024 || c->clients < 1 || c->clients > 100000 ||
         c->key_size < 1 || c->key_size > 255 || c->val_size < 0 || c->val_size > (1 << 20) ||
-        c->key_space < 1 || c->watchers < 1 || c->watchers > 1000000 || c->read_ratio < 0 || c->read_ratio > 1 || c->rate < 0 ||
-        (c->total == 0 && c->duration <= 0)) {
+        c->key_space < 1 || c->watchers < 1 || c->watchers > 1000000 || c->read_ratio < 0 ||
+        c->read_ratio > 1 || c->rate < 0 || (c->total == 0 && c->duration <= 0)) {
         fprintf(stderr, "keel-bench: a flag is out of range (see --help)\n");
         return -1;
     }
@@ -583,7 +626,7 @@ static json_object *summary_json(const struct keel_stats_summary *s)
     json_object_object_add(o, "stddev_ms", json_object_new_double(s->stddev * 1e3));
     json_object_object_add(o, "fastest_ms", json_object_new_double(s->fastest * 1e3));
     json_object_object_add(o, "slowest_ms", json_object_new_double(s->slowest * 1e3));
-    static const char *names[] = {"p10_ms", "p25_ms", "p50_ms",  "p75_ms",
+    static const char *names[] = {"p10_ms", "p25_ms", "p50_ms", "p75_ms",
                                   "p90_ms", "p95_ms", "p99_ms", "p99.9_ms"};
     for (int i = 0; i < 8; i++)
         json_object_object_add(o, names[i], json_object_new_double(s->p[i] * 1e3));
@@ -645,7 +688,8 @@ static void report(struct bench *b)
         json_object_object_add(machine, "kernel", json_object_new_string(u.release));
         json_object_object_add(machine, "arch", json_object_new_string(u.machine));
     }
-    json_object_object_add(machine, "cpus", json_object_new_int((int)sysconf(_SC_NPROCESSORS_ONLN)));
+    json_object_object_add(machine, "cpus",
+                           json_object_new_int((int)sysconf(_SC_NPROCESSORS_ONLN)));
     json_object_object_add(o, "machine", machine);
     json_object_object_add(o, "summary", summary_json(&sum));
     json_object *errs = json_object_new_object();
@@ -726,8 +770,7 @@ int main(int argc, char **argv)
     if (watching(&b)) {
         /* Every watcher covers the whole key space: "\0" and up. */
         b.watches = calloc((size_t)b.cfg.watchers, sizeof(*b.watches));
-        struct keel_watch_opts wo = {.range_end = "\0", .range_end_len = 1,
-                                     .created_notify = true};
+        struct keel_watch_opts wo = {.range_end = "\0", .range_end_len = 1, .created_notify = true};
         for (int i = 0; i < b.cfg.watchers; i++) {
             int rv = keel_aclient_watch(b.acs[i % b.cfg.conns], "\0", 1, &wo, on_watch, &b,
                                         &b.watches[i]);

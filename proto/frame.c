@@ -22,8 +22,7 @@ void keel_frame_decoder_close(struct keel_frame_decoder *d)
     d->start = d->end = d->cap = 0;
 }
 
-int keel_frame_decoder_space(struct keel_frame_decoder *d, size_t want, uint8_t **buf,
-                             size_t *len)
+int keel_frame_decoder_space(struct keel_frame_decoder *d, size_t want, uint8_t **buf, size_t *len)
 {
     if (d->error)
         return d->error;

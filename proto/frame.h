@@ -20,7 +20,7 @@
 #define KEEL_FRAME_DEFAULT_MAX (2u * 1024 * 1024)
 
 struct keel_frame_decoder {
-    uint8_t *buf;     /* buffered bytes: [start, end) not yet consumed */
+    uint8_t *buf; /* buffered bytes: [start, end) not yet consumed */
     size_t start;
     size_t end;
     size_t cap;
@@ -39,8 +39,7 @@ int keel_frame_decoder_feed(struct keel_frame_decoder *d, const void *data, size
 
 /* Writable space for at least `want` more bytes (for reading a socket straight into the
  * decoder); *len gets its size. Follow with keel_frame_decoder_commit. 0 or KEEL_ENOMEM. */
-int keel_frame_decoder_space(struct keel_frame_decoder *d, size_t want, uint8_t **buf,
-                             size_t *len);
+int keel_frame_decoder_space(struct keel_frame_decoder *d, size_t want, uint8_t **buf, size_t *len);
 
 /* Mark n bytes of the space returned by keel_frame_decoder_space as filled. */
 void keel_frame_decoder_commit(struct keel_frame_decoder *d, size_t n);

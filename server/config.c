@@ -19,7 +19,8 @@ static const char usage[] =
     "  --data-dir DIR              raft log under DIR/raft, key-value state under DIR/state\n"
     "  --listen-client HOST:PORT   client address (IPv4 literal)\n"
     "  --listen-peer HOST:PORT     peer address; must equal this member's --initial-cluster entry\n"
-    "  --initial-cluster LIST      every member as NAME=HOST:PORT[@ZONE], the same on every member\n"
+    "  --initial-cluster LIST      every member as NAME=HOST:PORT[@ZONE], the same on every "
+    "member\n"
     "  --zone ZONE                 this member's zone (default: its --initial-cluster zone)\n"
     "  --heartbeat-ms N            raft heartbeat interval (default 100)\n"
     "  --election-ms N             raft election timeout (default 1000)\n"
@@ -167,16 +168,16 @@ static int parse_cluster(struct keel_config *c, const char *list, char *err, siz
                 0 ||
             (rv = check_addr(m->peer, "--initial-cluster address", err, errlen)) != 0)
             break;
-        if (at != NULL && (rv = copy_arg(m->zone, sizeof(m->zone), at + 1, "member zone", err,
-                                         errlen)) != 0)
+        if (at != NULL &&
+            (rv = copy_arg(m->zone, sizeof(m->zone), at + 1, "member zone", err, errlen)) != 0)
             break;
         m->id = keel_hash64(m->name, strlen(m->name));
         for (size_t i = 0; i < c->n_members; i++) {
             if (strcmp(c->members[i].name, m->name) == 0)
                 rv = fail(err, errlen, "--initial-cluster names member '%s' twice", m->name);
             else if (strcmp(c->members[i].peer, m->peer) == 0)
-                rv = fail(err, errlen, "--initial-cluster gives address %s to two members",
-                          m->peer);
+                rv =
+                    fail(err, errlen, "--initial-cluster gives address %s to two members", m->peer);
         }
         c->n_members++;
     }
@@ -203,8 +204,24 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->log_level = KEEL_LOG_INFO;
 
     enum {
-        O_NAME = 256, O_DATA, O_LCLIENT, O_LPEER, O_CLUSTER, O_ZONE, O_HB, O_ET, O_SNAP, O_TRAIL,
-        O_QUOTA, O_MAXREQ, O_MAXOPS, O_INFLIGHT, O_LOG, O_HELP, O_MAXWATCH, O_PROGRESS
+        O_NAME = 256,
+        O_DATA,
+        O_LCLIENT,
+        O_LPEER,
+        O_CLUSTER,
+        O_ZONE,
+        O_HB,
+        O_ET,
+        O_SNAP,
+        O_TRAIL,
+        O_QUOTA,
+        O_MAXREQ,
+        O_MAXOPS,
+        O_INFLIGHT,
+        O_LOG,
+        O_HELP,
+        O_MAXWATCH,
+        O_PROGRESS
     };
     static const struct option opts[] = {
         {"name", required_argument, NULL, O_NAME},
@@ -298,8 +315,8 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         case O_LOG:
             c->log_level = keel_log_parse_level(optarg);
             if (c->log_level < 0)
-                rv = fail(err, errlen, "--log-level '%s' is not debug, info, warn or error",
-                          optarg);
+                rv =
+                    fail(err, errlen, "--log-level '%s' is not debug, info, warn or error", optarg);
             break;
         case O_HELP:
             fputs(usage, stdout);

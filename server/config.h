@@ -34,9 +34,9 @@ struct keel_config {
     uint64_t quota_bytes;
     size_t max_request_bytes;
     size_t max_txn_ops;
-    size_t max_inflight;    /* requests in flight per connection before reading pauses */
+    size_t max_inflight; /* requests in flight per connection before reading pauses */
     size_t max_connections;
-    size_t max_watches;     /* watchers per connection */
+    size_t max_watches; /* watchers per connection */
     unsigned watch_progress_ms;
     int log_level;
 };

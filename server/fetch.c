@@ -125,8 +125,7 @@ int keel_fetch_checkpoint(const char *addr, const char *bind_host, int out_fd, i
             continue;
         }
         if (!got_hello) {
-            Keel__HelloResponse *hr =
-                keel__hello_response__unpack(NULL, len, payload);
+            Keel__HelloResponse *hr = keel__hello_response__unpack(NULL, len, payload);
             if (hr == NULL || hr->error != NULL) {
                 snprintf(err, errlen, "%s refused the handshake: %s", addr,
                          hr && hr->error ? hr->error->message : "bad reply");

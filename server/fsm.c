@@ -15,13 +15,13 @@
 #include "log.h"
 #include "node.h"
 
-#define TOKEN_MAGIC     0x4e454b4f544c454bull /* "KELTOKEN" */
-#define TOKEN_FORMAT    1
-#define TOKEN_LEN       32
-#define MAX_JOBS_PER_TX 4096
+#define TOKEN_MAGIC      0x4e454b4f544c454bull /* "KELTOKEN" */
+#define TOKEN_FORMAT     1
+#define TOKEN_LEN        32
+#define MAX_JOBS_PER_TX  4096
 #define MAX_BYTES_PER_TX (8u << 20) /* bounds a batch's memory when the writer falls behind */
-#define SYNC_WAIT_MS    5000
-#define FETCH_TIMEOUT   10000
+#define SYNC_WAIT_MS     5000
+#define FETCH_TIMEOUT    10000
 
 enum job_kind { JOB_APPLY, JOB_FETCH, JOB_SYNC };
 
@@ -42,14 +42,14 @@ struct keel_fsm {
 
     pthread_t thread;
     pthread_mutex_t mu;
-    pthread_cond_t cond;      /* jobs queued, leader known, stopping */
-    pthread_cond_t sync_cond; /* a SYNC finished */
-    struct job *head, *tail;  /* under mu */
+    pthread_cond_t cond;                          /* jobs queued, leader known, stopping */
+    pthread_cond_t sync_cond;                     /* a SYNC finished */
+    struct job *head, *tail;                      /* under mu */
     struct keel_fsm_batch *done_head, *done_tail; /* under mu */
-    uint64_t sync_seq;        /* under mu: last SYNC requested */
-    uint64_t sync_done;       /* under mu: last SYNC finished */
-    char leader[64];          /* under mu */
-    int stopping;             /* under mu */
+    uint64_t sync_seq;                            /* under mu: last SYNC requested */
+    uint64_t sync_done;                           /* under mu: last SYNC finished */
+    char leader[64];                              /* under mu */
+    int stopping;                                 /* under mu */
     int thread_running;
 
     uv_async_t async;
@@ -120,7 +120,8 @@ static void apply_job(struct keel_store_write *w, struct keel_fsm_batch *b, stru
         &keel__command_batch__descriptor, keel_arena_pb(&b->arena), j->len, j->data);
     if (cb == NULL)
         fatal("a committed entry does not decode", KEEL_ECORRUPT);
-    struct keel_apply_result *tmp = keel_arena_alloc(&b->arena, (cb->n_commands + 1) * sizeof(*tmp));
+    struct keel_apply_result *tmp =
+        keel_arena_alloc(&b->arena, (cb->n_commands + 1) * sizeof(*tmp));
     if (tmp == NULL)
         fatal("results", KEEL_ENOMEM);
     int err = keel_store_write_apply_entry(w, j->index, (const Keel__Command *const *)cb->commands,

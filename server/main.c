@@ -213,8 +213,8 @@ int main(int argc, char **argv)
                                        .members = &k.members};
     if (keel_service_init(&k.svc, &svo) != 0)
         goto out_fsm;
-    if (keel_node_init(&k.node, &k.loop, &k.cfg, keel_fsm_raft(k.fsm), on_change, &k, on_peer,
-                       err, sizeof(err)) != 0) {
+    if (keel_node_init(&k.node, &k.loop, &k.cfg, keel_fsm_raft(k.fsm), on_change, &k, on_peer, err,
+                       sizeof(err)) != 0) {
         KLOG_ERROR("%s", err);
         goto out_service;
     }

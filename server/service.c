@@ -68,7 +68,7 @@ struct keel_service {
     /* the entry being built this loop turn */
     Keel__Command *cmds;
     Keel__Command **cmd_ptrs;
-    Keel__Request **owners; /* requests whose bodies the commands point into (or NULL) */
+    Keel__Request **owners;       /* requests whose bodies the commands point into (or NULL) */
     Keel__Member **owned_members; /* member_attrs commands of our own (or NULL) */
     size_t n_cmds, cap_cmds;
     uv_check_t flush;
@@ -463,8 +463,7 @@ static void start_barrier(struct keel_service *svc)
     list_append(&svc->in_barrier, &svc->waiting);
 }
 
-static void linearizable_range(struct keel_service *svc, struct keel_session *s,
-                               Keel__Request *req)
+static void linearizable_range(struct keel_service *svc, struct keel_session *s, Keel__Request *req)
 {
     if (!keel_node_is_leader(svc->o.node)) {
         reply_error(svc, s, req->id, KEEL_ENOTLEADER, NULL);
@@ -568,8 +567,7 @@ static void serve_status(struct keel_service *svc, struct keel_session *s, Keel_
     reply(svc, s, &resp, st.revision);
 }
 
-static void serve_member_list(struct keel_service *svc, struct keel_session *s,
-                              Keel__Request *req)
+static void serve_member_list(struct keel_service *svc, struct keel_session *s, Keel__Request *req)
 {
     keel_arena_reset(&svc->arena);
     Keel__MemberListResponse ml = KEEL__MEMBER_LIST_RESPONSE__INIT;

@@ -10,9 +10,9 @@
 #include "service.h"
 #include "u64map.h"
 
-#define READ_CHUNK      (64 * 1024)
-#define MAX_OUT_BYTES   (256u << 20) /* a client that reads nothing is cut off past this */
-#define FRAME_OVERHEAD  (64 * 1024)  /* envelope bytes allowed on top of the request limit */
+#define READ_CHUNK     (64 * 1024)
+#define MAX_OUT_BYTES  (256u << 20) /* a client that reads nothing is cut off past this */
+#define FRAME_OVERHEAD (64 * 1024)  /* envelope bytes allowed on top of the request limit */
 
 struct outbuf {
     uint8_t *data;
@@ -90,8 +90,8 @@ void keel_session_send(struct keel_session *s, const ProtobufCMessage *msg)
         return;
     size_t n = keel_frame_size(msg);
     if (s->out.len + s->writing.len + n > MAX_OUT_BYTES || out_reserve(&s->out, n) != 0) {
-        KLOG_WARN("session %llu: output over %u bytes unread, closing",
-                  (unsigned long long)s->id, MAX_OUT_BYTES);
+        KLOG_WARN("session %llu: output over %u bytes unread, closing", (unsigned long long)s->id,
+                  MAX_OUT_BYTES);
         session_close(s);
         return;
     }
@@ -374,9 +374,8 @@ static void on_connection(uv_stream_t *server, int status)
     s->tcp.data = s;
     ss->open_handles++;
     keel_frame_decoder_init(&s->dec, ss->cfg->max_request_bytes + FRAME_OVERHEAD);
-    if (uv_accept(server, (uv_stream_t *)&s->tcp) != 0 ||
-        u64map_get(&ss->live, s->id) != NULL || u64map_put(&ss->live, s->id, s) != 0 ||
-        ss->live.n > ss->cfg->max_connections) {
+    if (uv_accept(server, (uv_stream_t *)&s->tcp) != 0 || u64map_get(&ss->live, s->id) != NULL ||
+        u64map_put(&ss->live, s->id, s) != 0 || ss->live.n > ss->cfg->max_connections) {
         if (u64map_get(&ss->live, s->id) == s)
             u64map_del(&ss->live, s->id);
         s->closing = 1;

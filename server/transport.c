@@ -220,7 +220,8 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     uv_read_stop(s);
     uint64_t id = keel_get_le64(p->hello + 16);
-    if (keel_get_le64(p->hello) != HELLO_MAGIC || keel_get_le64(p->hello + 8) != HELLO_VERSION || id == 0) {
+    if (keel_get_le64(p->hello) != HELLO_MAGIC || keel_get_le64(p->hello + 8) != HELLO_VERSION ||
+        id == 0) {
         KLOG_WARN("peer connection with a bad handshake dropped");
         accept_drop(p);
         return;

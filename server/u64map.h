@@ -11,7 +11,7 @@
 struct u64map {
     uint64_t *keys; /* 0: empty slot */
     void **vals;
-    size_t cap;     /* a power of two, or 0 */
+    size_t cap; /* a power of two, or 0 */
     size_t n;
 };
 

@@ -51,7 +51,7 @@ struct keel_watch_hub {
     size_t n_watchers;
     int64_t delivered_rev; /* last revision fanned out */
     uv_idle_t idle;
-    uv_timer_t retry;    /* catch-up blocked by slow sessions: look again soon */
+    uv_timer_t retry; /* catch-up blocked by slow sessions: look again soon */
     uv_timer_t progress;
     int idle_on;
     struct keel_arena scratch;
@@ -231,8 +231,8 @@ static bool catch_up(struct keel_watch_hub *h, struct watcher *w)
     struct keel_history hist;
     keel_arena_reset(&h->scratch);
     int err = keel_store_history(h->o.store, w->key, w->key_len, w->end ? w->end : (uint8_t *)"",
-                                 w->end ? w->end_len : 1, w->next_rev, CATCHUP_EVENTS,
-                                 &h->scratch, &hist);
+                                 w->end ? w->end_len : 1, w->next_rev, CATCHUP_EVENTS, &h->scratch,
+                                 &hist);
     if (err == KEEL_ECOMPACTED) {
         struct keel_store_stat st;
         keel_store_stat(h->o.store, &st);

@@ -33,9 +33,9 @@ struct keel_watch_options {
     struct keel_store *store;
     uint64_t cluster_id;
     uint64_t member_id;
-    size_t max_per_session;    /* watchers per connection */
-    size_t session_out_cap;    /* unsent bytes past which a session's watchers catch up instead */
-    unsigned progress_ms;      /* interval of progress notifications (0: off) */
+    size_t max_per_session; /* watchers per connection */
+    size_t session_out_cap; /* unsent bytes past which a session's watchers catch up instead */
+    unsigned progress_ms;   /* interval of progress notifications (0: off) */
     uint64_t (*term)(void *data); /* raft term for headers */
     void *term_data;
 };

@@ -118,10 +118,10 @@ int meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m);
 
 /* A key's state at a revision. */
 struct kstate {
-    bool exists;          /* a live version at that revision */
-    struct keyrev at;     /* the entry found (valid when found) */
-    bool found;           /* any entry <= revision, tombstone or not */
-    struct record rec;    /* when exists */
+    bool exists;       /* a live version at that revision */
+    struct keyrev at;  /* the entry found (valid when found) */
+    bool found;        /* any entry <= revision, tombstone or not */
+    struct record rec; /* when exists */
 };
 
 /* State of key at revision rev (0: latest) in t. 0 or KEEL_E*. */
@@ -175,7 +175,7 @@ struct wctx {
     bool planned;         /* a txn whose request-level checks all passed before it wrote */
     bool *plan;           /* its compare outcomes, in the order its txns are reached */
     size_t plan_n, plan_pos;
-    uint32_t sub;         /* next sub-revision */
+    uint32_t sub; /* next sub-revision */
     struct pvec events;
 };
 

@@ -212,8 +212,7 @@ static int lease_record(const MDB_val *k, const MDB_val *v, void *slot, struct k
 int keel_store_lease_list(struct keel_store *s, struct keel_arena *arena,
                           struct keel_lease_info **leases, size_t *n)
 {
-    return scan_table(s, s->dbi_leases, arena, sizeof(**leases), lease_record, (void **)leases,
-                      n);
+    return scan_table(s, s->dbi_leases, arena, sizeof(**leases), lease_record, (void **)leases, n);
 }
 
 int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *arena,
@@ -259,6 +258,6 @@ static int member_record(const MDB_val *k, const MDB_val *v, void *slot, struct 
 int keel_store_members(struct keel_store *s, struct keel_arena *arena, Keel__Member ***members,
                        size_t *n)
 {
-    return scan_table(s, s->dbi_members, arena, sizeof(**members), member_record,
-                      (void **)members, n);
+    return scan_table(s, s->dbi_members, arena, sizeof(**members), member_record, (void **)members,
+                      n);
 }

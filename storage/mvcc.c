@@ -132,8 +132,8 @@ static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse
         r.value.mv_data = req->value.data;
         r.value.mv_size = req->value.len;
     }
-    uint64_t add = REVKEY_LEN + record_size(r.key.mv_size, r.value.mv_size) + KEYREV_LEN +
-                   r.key.mv_size;
+    uint64_t add =
+        REVKEY_LEN + record_size(r.key.mv_size, r.value.mv_size) + KEYREV_LEN + r.key.mv_size;
     if (!c->planned && over_quota(c, add))
         return KEEL_ENOSPACE; /* a planned txn checked its quota as a whole */
 
@@ -495,8 +495,7 @@ static int do_member_attrs(struct wctx *c, const Keel__Member *m)
     return 0;
 }
 
-static int dispatch(struct wctx *c, const Keel__Command *cmd,
-                    Keel__Response *resp)
+static int dispatch(struct wctx *c, const Keel__Command *cmd, Keel__Response *resp)
 {
     int err;
     switch (cmd->op_case) {

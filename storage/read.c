@@ -141,8 +141,7 @@ static int key_state_opt(struct tctx *t, MDB_cursor *keys, const MDB_val *key, i
     return 0;
 }
 
-int key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
-              struct kstate *out)
+int key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev, struct kstate *out)
 {
     return key_state_opt(t, keys, key, rev, true, out);
 }
@@ -245,7 +244,8 @@ int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req
         return KEEL_EINVAL;
     int64_t rev = req->revision > 0 ? req->revision : 0;
 
-    struct sort_spec sp = {req->sort_target, req->sort_order == KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND};
+    struct sort_spec sp = {req->sort_target,
+                           req->sort_order == KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND};
     bool key_order = req->sort_target == KEEL__RANGE_REQUEST__SORT_TARGET__KEY &&
                      req->sort_order != KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND;
     bool filters = req->min_mod_revision > 0 || req->max_mod_revision > 0 ||
@@ -285,8 +285,8 @@ int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req
             count++;
             if (want) {
                 /* A value sort needs the values even when only keys are returned. */
-                Keel__KeyValue *kv = kv_from_record(a, &st.rec, st.at.rev,
-                                                    req->keys_only && !value_sort);
+                Keel__KeyValue *kv =
+                    kv_from_record(a, &st.rec, st.at.rev, req->keys_only && !value_sort);
                 if (kv == NULL)
                     return KEEL_ENOMEM;
                 if (!filters || passes_filters(req, kv)) {

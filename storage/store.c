@@ -53,8 +53,7 @@ static int open_dbis(struct keel_store *s, MDB_txn *txn)
         (rc = mdb_dbi_open(txn, "keys", MDB_CREATE | MDB_DUPSORT | MDB_DUPFIXED, &s->dbi_keys)) !=
             0 ||
         (rc = mdb_dbi_open(txn, "leases", MDB_CREATE, &s->dbi_leases)) != 0 ||
-        (rc = mdb_dbi_open(txn, "lease_keys", MDB_CREATE | MDB_DUPSORT, &s->dbi_lease_keys)) !=
-            0 ||
+        (rc = mdb_dbi_open(txn, "lease_keys", MDB_CREATE | MDB_DUPSORT, &s->dbi_lease_keys)) != 0 ||
         (rc = mdb_dbi_open(txn, "members", MDB_CREATE, &s->dbi_members)) != 0)
         return store_mdb_err(rc);
     return 0;
@@ -267,8 +266,8 @@ int keel_store_write_apply(struct keel_store_write *w, uint64_t index, const Kee
 }
 
 int keel_store_write_apply_entry(struct keel_store_write *w, uint64_t index,
-                                 const Keel__Command *const *cmds, size_t n, struct keel_arena *arena,
-                                 struct keel_apply_result *results)
+                                 const Keel__Command *const *cmds, size_t n,
+                                 struct keel_arena *arena, struct keel_apply_result *results)
 {
     bool skip = index <= w->m.applied_index;
     for (size_t i = 0; i < n; i++) {

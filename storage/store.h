@@ -61,7 +61,7 @@ struct keel_store_stat {
     int64_t compact_revision; /* revisions below this are compacted away (0: none) */
     uint64_t logical_size;    /* bytes the quota is checked against */
     uint64_t quota_bytes;
-    uint64_t db_size;         /* bytes of the LMDB data file in use (pages x page size) */
+    uint64_t db_size; /* bytes of the LMDB data file in use (pages x page size) */
 };
 
 /*
@@ -118,8 +118,8 @@ int keel_store_write_apply(struct keel_store_write *w, uint64_t index, const Kee
  * Returns like keel_store_write_apply.
  */
 int keel_store_write_apply_entry(struct keel_store_write *w, uint64_t index,
-                                 const Keel__Command *const *cmds, size_t n, struct keel_arena *arena,
-                                 struct keel_apply_result *results);
+                                 const Keel__Command *const *cmds, size_t n,
+                                 struct keel_arena *arena, struct keel_apply_result *results);
 
 /* The applied index as seen inside the write (including what it applied so far). */
 uint64_t keel_store_write_applied_index(const struct keel_store_write *w);
@@ -176,7 +176,8 @@ struct keel_history {
  * from start_revision up to the current revision. Stops at the first revision boundary after
  * max_events events (a single revision is never split), so a chunk may hold more than
  * max_events; it also stops at a revision boundary after scanning 64 x max_events records of
- * other keys, so a chunk may hold fewer, even none: continue from next_revision. 0, KEEL_ECOMPACTED when start_revision < the compacted revision, or KEEL_E*.
+ * other keys, so a chunk may hold fewer, even none: continue from next_revision. 0, KEEL_ECOMPACTED
+ * when start_revision < the compacted revision, or KEEL_E*.
  */
 int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
                        const uint8_t *range_end, size_t range_end_len, int64_t start_revision,

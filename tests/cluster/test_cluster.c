@@ -190,7 +190,7 @@ struct writer {
     struct tc_cluster *c;
     pthread_t thread;
     volatile int stop;
-    int n;              /* keys attempted */
+    int n;                /* keys attempted */
     unsigned char *acked; /* acked[i]: put k/<i> acknowledged */
     int failures;
     int unknown;
@@ -247,8 +247,8 @@ static void assert_acked_on(struct tc_cluster *c, int i, const struct writer *w)
     struct keel *k = open_client(c, i);
     uint8_t end[8];
     size_t elen = keel_prefix_end("k/", 2, end);
-    struct keel_get_opts o = {.serializable = true, .range_end = end, .range_end_len = elen,
-                              .keys_only = true};
+    struct keel_get_opts o = {
+        .serializable = true, .range_end = end, .range_end_len = elen, .keys_only = true};
     Keel__RangeResponse *r = NULL;
     assert_int_equal(keel_get(k, "k/", 2, &o, &r), 0);
     unsigned char *present = calloc((size_t)w->cap + 1, 1);
@@ -543,7 +543,8 @@ int main(int argc, char **argv)
 #define GROUP(name)                                                                                \
     if (all || strcmp(argv[1], #name) == 0) {                                                      \
         matched = 1;                                                                               \
-        failed |= _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL); \
+        failed |=                                                                                  \
+            _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL);      \
     }
     GROUP(basic)
     GROUP(failover)

@@ -33,8 +33,8 @@ static struct keel *open_client(const struct tc_cluster *c, int member, const ch
 {
     char eps[512];
     tc_endpoints(c, member, eps, sizeof(eps));
-    struct keel_options o = {.endpoints = eps, .zone = zone, .request_timeout_ms = 4000,
-                             .dial_timeout_ms = 500};
+    struct keel_options o = {
+        .endpoints = eps, .zone = zone, .request_timeout_ms = 4000, .dial_timeout_ms = 500};
     struct keel *k = NULL;
     assert_int_equal(keel_open(&k, &o), 0);
     return k;
@@ -90,7 +90,7 @@ struct collector {
     pthread_mutex_t mu;
     struct ev *v;
     size_t n, cap;
-    int status;     /* final status, 0 while running */
+    int status; /* final status, 0 while running */
     int ended;
     int64_t compact;
 };
@@ -115,8 +115,8 @@ static void copy_str(char *dst, const ProtobufCBinaryData *b)
     dst[n] = '\0';
 }
 
-static void on_events(struct keel_watch *w, int status, const Keel__Event *const *events,
-                      size_t n, int64_t revision, void *data)
+static void on_events(struct keel_watch *w, int status, const Keel__Event *const *events, size_t n,
+                      int64_t revision, void *data)
 {
     struct collector *c = data;
     (void)revision;
@@ -168,8 +168,8 @@ static struct keel_watch *watch_prefix(struct keel *k, const char *prefix, int64
 {
     uint8_t end[64];
     size_t elen = keel_prefix_end(prefix, strlen(prefix), end);
-    struct keel_watch_opts o = {.range_end = end, .range_end_len = elen,
-                                .start_revision = start, .prev_kv = prev_kv};
+    struct keel_watch_opts o = {
+        .range_end = end, .range_end_len = elen, .start_revision = start, .prev_kv = prev_kv};
     struct keel_watch *w = NULL;
     int rv = keel_watch_open(k, prefix, strlen(prefix), &o, on_events, c, &w);
     if (rv != 0)
@@ -651,7 +651,8 @@ int main(int argc, char **argv)
 #define GROUP(name)                                                                                \
     if (all || strcmp(argv[1], #name) == 0) {                                                      \
         matched = 1;                                                                               \
-        failed |= _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL); \
+        failed |=                                                                                  \
+            _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL);      \
     }
     GROUP(order)
     GROUP(agree)

@@ -120,7 +120,8 @@ int tc_start(struct tc_cluster *c, int i)
         char extra[256];
         snprintf(extra, sizeof(extra), "%s", c->extra);
         char *save = NULL;
-        for (char *tok = strtok_r(extra, " ", &save); tok && a < 38; tok = strtok_r(NULL, " ", &save))
+        for (char *tok = strtok_r(extra, " ", &save); tok && a < 38;
+             tok = strtok_r(NULL, " ", &save))
             argv[a++] = tok;
         argv[a] = NULL;
         execv(argv[0], argv);

@@ -29,7 +29,7 @@ struct tc_cluster {
     char initial[1024];
     unsigned heartbeat_ms, election_ms;
     unsigned snapshot_threshold, snapshot_trailing; /* 0: keeld's defaults */
-    char extra[256]; /* more flags for every member */
+    char extra[256];                                /* more flags for every member */
 };
 
 /* Lay out n members (not started). Aborts on failure. */

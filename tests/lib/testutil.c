@@ -256,8 +256,8 @@ void tu_op_range(Keel__RequestOp *op, Keel__RangeRequest *range)
     op->request_range = range;
 }
 
-void tu_apply(struct keel_store *s, uint64_t index, const Keel__Command *cmd,
-              struct keel_arena *a, struct keel_apply_result *res)
+void tu_apply(struct keel_store *s, uint64_t index, const Keel__Command *cmd, struct keel_arena *a,
+              struct keel_apply_result *res)
 {
     int rv = keel_store_apply(s, index, cmd, a, res);
     if (rv != 0) {

@@ -58,8 +58,8 @@ void tu_op_del(Keel__RequestOp *op, Keel__DeleteRangeRequest *del);
 void tu_op_range(Keel__RequestOp *op, Keel__RangeRequest *range);
 
 /* Apply one command at index with a fresh write; aborts on a store failure. */
-void tu_apply(struct keel_store *s, uint64_t index, const Keel__Command *cmd,
-              struct keel_arena *a, struct keel_apply_result *res);
+void tu_apply(struct keel_store *s, uint64_t index, const Keel__Command *cmd, struct keel_arena *a,
+              struct keel_apply_result *res);
 
 /* Range over [key, end) at revision (0: current); aborts on store failure, returns the code. */
 int tu_range(struct keel_store *s, struct keel_arena *a, const char *key, const char *end,

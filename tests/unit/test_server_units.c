@@ -82,7 +82,7 @@ static int parse(const char *line, struct keel_config *c, char *err, size_t errl
 }
 
 #define GOOD                                                                                       \
-    "--name a --data-dir /tmp/x --listen-client 127.0.1.1:2379 --listen-peer 127.0.1.1:2380 "     \
+    "--name a --data-dir /tmp/x --listen-client 127.0.1.1:2379 --listen-peer 127.0.1.1:2380 "      \
     "--initial-cluster a=127.0.1.1:2380@z1,b=127.0.2.1:2380@z2,c=127.0.3.1:2380@z3"
 
 static void config_accepts_good_flags(void **state)

@@ -652,8 +652,7 @@ static void lease_grant_revoke(void **state)
     assert_null(get(f, "a", 0));
     assert_null(get(f, "b", 0));
     assert_kv(get(f, "c", 0), "c", "detached", 3, 4, 2);
-    assert_int_equal(keel_store_lease_get(f->s, id, &f->a, &info, NULL, NULL),
-                     KEEL_ELEASENOTFOUND);
+    assert_int_equal(keel_store_lease_get(f->s, id, &f->a, &info, NULL, NULL), KEEL_ELEASENOTFOUND);
     assert_int_equal(ap(f, tu_cmd_lease_revoke(&f->a, id)).err, KEEL_ELEASENOTFOUND);
 
     /* revoking a lease without keys takes no revision */
@@ -881,10 +880,10 @@ int main(int argc, char **argv)
                                      T(put_ignore_value_and_lease), T(put_rejects_bad_keys),
                                      T(put_skips_applied_index)};
     const struct CMUnitTest delete_range[] = {T(delete_range_conventions), T(delete_single_key)};
-    const struct CMUnitTest txn[] = {T(txn_compare_branches), T(txn_compare_targets),
-                                     T(txn_failure_leaves_nothing), T(txn_nested),
-                                     T(txn_overlapping_writes_refused),
-                                     T(txn_nested_compares_see_the_state_before)};
+    const struct CMUnitTest txn[] = {
+        T(txn_compare_branches),           T(txn_compare_targets),
+        T(txn_failure_leaves_nothing),     T(txn_nested),
+        T(txn_overlapping_writes_refused), T(txn_nested_compares_see_the_state_before)};
     const struct CMUnitTest range[] = {T(range_options), T(range_past_revisions)};
     const struct CMUnitTest history[] = {T(history_chunks_and_prev), T(history_compacted)};
     const struct CMUnitTest compaction[] = {T(compaction_keeps_state_at_revision),
@@ -899,7 +898,8 @@ int main(int argc, char **argv)
 #define GROUP(name)                                                                                \
     if (all || strcmp(argv[1], #name) == 0) {                                                      \
         matched = 1;                                                                               \
-        failed |= _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL); \
+        failed |=                                                                                  \
+            _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL);      \
     }
     int all = argc < 2;
     int matched = 0, failed = 0;
