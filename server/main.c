@@ -36,6 +36,7 @@ struct keeld {
     struct keel_sessions *sessions;
     uv_signal_t sigterm, sigint;
     uv_timer_t stop_timer;
+    uint64_t drain_deadline;
     int stopping;
 };
 
@@ -98,6 +99,18 @@ static void node_closed(struct keel_node *n)
     keel_fsm_stop(k->fsm, fsm_stopped, k);
 }
 
+/* raft 0.15 was seen to crash in raft_close while a request of ours was still in flight (a
+ * barrier just after an election): let what is in flight finish first, for a bounded time. */
+static void close_node_when_idle(uv_timer_t *t)
+{
+    struct keeld *k = t->data;
+    if (keel_service_raft_requests(k->svc) > 0 && uv_now(&k->loop) < k->drain_deadline) {
+        uv_timer_start(&k->stop_timer, close_node_when_idle, 5, 0);
+        return;
+    }
+    keel_node_close(&k->node, node_closed);
+}
+
 static void stop_now(struct keeld *k)
 {
     if (k->stopping > 1)
@@ -107,7 +120,8 @@ static void stop_now(struct keeld *k)
     KLOG_INFO("stopping");
     keel_service_stop(k->svc);
     keel_watch_stop(k->watch);
-    keel_node_close(&k->node, node_closed);
+    k->drain_deadline = uv_now(&k->loop) + k->cfg.election_ms;
+    close_node_when_idle(&k->stop_timer);
 }
 
 static void transfer_done(struct keel_node *n)

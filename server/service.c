@@ -83,6 +83,8 @@ struct keel_service {
 
     bool is_leader;
     uint64_t leader_id;
+    int leader_barrier_busy;
+    size_t raft_requests;    /* applies and barriers raft has not called back yet */
     struct keel_arena arena; /* per reply, reset after each */
     int stopped;
 };
@@ -152,6 +154,7 @@ static void proposal_done(struct raft_apply *req, int status, void *result)
 {
     struct proposal *pr = req->data;
     (void)result;
+    pr->svc->raft_requests--;
     if (status != 0) {
         /* The entry may still commit under the next leader: the outcome is unknown. */
         for (size_t i = 0; i < pr->n; i++)
@@ -197,6 +200,8 @@ static void flush_proposals(uv_check_t *h)
         for (size_t i = 0; i < n; i++)
             pr->ids[i] = svc->cmds[i].request_id;
         rv = keel_node_propose(svc->o.node, &pr->req, buf, proposal_done);
+        if (rv == 0)
+            svc->raft_requests++;
     }
     if (rv != 0) {
         /* Not proposed at all: nothing happened, the client may retry. */
@@ -426,6 +431,7 @@ static void barrier_done(struct raft_barrier *req, int status)
 {
     struct keel_service *svc = req->data;
     svc->barrier_busy = 0;
+    svc->raft_requests--;
     if (svc->stopped) {
         fail_reads(svc, &svc->in_barrier, KEEL_EUNAVAILABLE);
         return;
@@ -460,6 +466,7 @@ static void start_barrier(struct keel_service *svc)
         return;
     }
     svc->barrier_busy = 1;
+    svc->raft_requests++;
     list_append(&svc->in_barrier, &svc->waiting);
 }
 
@@ -808,6 +815,8 @@ void keel_service_applied(struct keel_service *svc, struct keel_fsm_batch *b)
 static void leader_barrier_done(struct raft_barrier *req, int status)
 {
     struct keel_service *svc = req->data;
+    svc->leader_barrier_busy = 0;
+    svc->raft_requests--;
     if (status == 0)
         KLOG_INFO("leader barrier committed at index %llu",
                   (unsigned long long)keel_fsm_queued_index(svc->o.fsm));
@@ -823,8 +832,14 @@ void keel_service_leader_changed(struct keel_service *svc, bool is_leader, uint6
     if (is_leader && !was) {
         /* raft 0.15 appends no entry of its own on election: this barrier commits one of the
          * new term (narrowing its Figure-8 bug) and brings the fsm up to date. */
-        svc->leader_barrier.data = svc;
-        keel_node_barrier(svc->o.node, &svc->leader_barrier, leader_barrier_done);
+        /* raft owns the request until it calls back: never submit it twice. */
+        if (!svc->leader_barrier_busy) {
+            svc->leader_barrier.data = svc;
+            if (keel_node_barrier(svc->o.node, &svc->leader_barrier, leader_barrier_done) == 0) {
+                svc->leader_barrier_busy = 1;
+                svc->raft_requests++;
+            }
+        }
         for (size_t i = 0; i < svc->o.members->n; i++)
             svc->o.members->v[i].publishing = 0;
         publish_members(svc);
@@ -869,6 +884,11 @@ void keel_service_stop(struct keel_service *svc)
     uv_close((uv_handle_t *)&svc->flush, NULL);
     fail_reads(svc, &svc->waiting, KEEL_EUNAVAILABLE);
     fail_reads(svc, &svc->ready, KEEL_EUNAVAILABLE);
+}
+
+size_t keel_service_raft_requests(const struct keel_service *svc)
+{
+    return svc->raft_requests;
 }
 
 void keel_service_free(struct keel_service *svc)

@@ -57,6 +57,9 @@ void keel_service_member_learned(struct keel_service *svc);
 /* Answer everything still waiting (the member is stopping) and stop the flush handle. */
 void keel_service_stop(struct keel_service *svc);
 
+/* Applies and barriers submitted to raft and not called back yet. */
+size_t keel_service_raft_requests(const struct keel_service *svc);
+
 void keel_service_free(struct keel_service *svc);
 
 #endif
