@@ -20,13 +20,8 @@
 #include <cmocka.h>
 
 #include "cluster.h"
+#include "testutil.h"
 #include "keel/keel.h"
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
 
 static struct keel *open_client(const struct tc_cluster *c, int member)
 {
@@ -68,7 +63,7 @@ static int find_leader(struct tc_cluster *c, struct keel *k, unsigned skip, int 
             if (found && c->m[found].pid != 0 && !(skip & (1u << found)))
                 return found;
         }
-        sleep_ms(20);
+        tu_sleep_ms(20);
     }
     return 0;
 }
@@ -112,7 +107,7 @@ static bool wait_value(struct tc_cluster *c, int i, const char *key, const char 
         free(got);
         if (ok)
             return true;
-        sleep_ms(50);
+        tu_sleep_ms(50);
     } while (tc_now_ms() < deadline);
     return false;
 }
@@ -180,7 +175,7 @@ static struct digest wait_converged(struct tc_cluster *c, int ref, int timeout_m
             return want;
         if (tc_now_ms() > deadline)
             fail_msg("members did not converge within %d ms", timeout_ms);
-        sleep_ms(50);
+        tu_sleep_ms(50);
     }
 }
 
@@ -365,7 +360,7 @@ static void leader_killed_while_writing(void **state)
     /* Let it write for a while, then kill the leader. */
     long long until = tc_now_ms() + 3000;
     while (acked_count(&w) < 200 && tc_now_ms() < until)
-        sleep_ms(10);
+        tu_sleep_ms(10);
     assert_true(acked_count(&w) >= 1);
     int before_kill = w.n;
     long long killed_at = tc_now_ms();
@@ -379,7 +374,7 @@ static void leader_killed_while_writing(void **state)
     int acked_then = acked_count(&w);
     until = tc_now_ms() + 10000;
     while (acked_count(&w) < acked_then + 200 && tc_now_ms() < until)
-        sleep_ms(20);
+        tu_sleep_ms(20);
     writer_stop(&w);
     printf("writes: %d attempted (%d before the kill), %d acknowledged, %d outcome unknown, %d "
            "failed\n",
@@ -453,7 +448,7 @@ static void clean_restart_applies_nothing_twice(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     assert_int_equal(tc_start(&c, 2), 0);
     /* Let it rejoin and replay what raft re-delivers. */
-    sleep_ms(1500);
+    tu_sleep_ms(1500);
     struct digest after = wait_converged(&c, 1, 10000);
     assert_int_equal(after.count, before.count);
     assert_int_equal(after.hash, before.hash);
@@ -539,22 +534,9 @@ int main(int argc, char **argv)
     const struct CMUnitTest restart[] = {cmocka_unit_test(clean_restart_applies_nothing_twice)};
     const struct CMUnitTest full_restart[] = {cmocka_unit_test(whole_cluster_restart)};
     const struct CMUnitTest five[] = {cmocka_unit_test(five_members_survive_two_down)};
-    int all = argc < 2, matched = 0, failed = 0;
-#define GROUP(name)                                                                                \
-    if (all || strcmp(argv[1], #name) == 0) {                                                      \
-        matched = 1;                                                                               \
-        failed |=                                                                                  \
-            _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL);      \
-    }
-    GROUP(basic)
-    GROUP(failover)
-    GROUP(checkpoint)
-    GROUP(restart)
-    GROUP(full_restart)
-    GROUP(five)
-    if (!matched) {
-        fprintf(stderr, "test_cluster: no group named %s\n", argv[1]);
-        return 2;
-    }
-    return failed ? 1 : 0;
+    const struct tu_group groups[] = {
+        TU_GROUP(basic),   TU_GROUP(failover),     TU_GROUP(checkpoint),
+        TU_GROUP(restart), TU_GROUP(full_restart), TU_GROUP(five),
+    };
+    return tu_run_groups("test_cluster", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }

@@ -20,14 +20,9 @@
 #include <cmocka.h>
 
 #include "cluster.h"
+#include "testutil.h"
 #include "frame.h"
 #include "keel/keel.h"
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
 
 static struct keel *open_client(const struct tc_cluster *c, int member, const char *zone)
 {
@@ -51,7 +46,7 @@ static void wait_leader(struct keel *k)
             if (leader != 0)
                 return;
         }
-        sleep_ms(20);
+        tu_sleep_ms(20);
     }
     fail_msg("no leader within 10 s");
 }
@@ -159,7 +154,7 @@ static bool wait_count(struct collector *c, size_t n, int timeout_ms)
 {
     long long deadline = tc_now_ms() + timeout_ms;
     while (count_of(c) < n && tc_now_ms() < deadline)
-        sleep_ms(10);
+        tu_sleep_ms(10);
     return count_of(c) >= n;
 }
 
@@ -247,7 +242,7 @@ static void events_in_order(void **state)
     assert_int_equal(keel_lease_revoke(k, lease), 0);
 
     assert_true(wait_count(&col, 9, 5000));
-    sleep_ms(100);
+    tu_sleep_ms(100);
     assert_int_equal(count_of(&col), 9);
     struct ev *e = col.v;
     assert_int_equal(e[0].type, KEEL__EVENT__EVENT_TYPE__PUT);
@@ -274,7 +269,7 @@ static void events_in_order(void **state)
     struct keel *k3 = open_client(&c, 3, NULL);
     struct keel_watch *w2 = watch_prefix(k3, "w/", r1, true, &old);
     assert_true(wait_count(&old, 9, 5000));
-    sleep_ms(100);
+    tu_sleep_ms(100);
     assert_same(&col, &old);
 
     /* Compacted: canceled with the compacted revision. */
@@ -284,7 +279,7 @@ static void events_in_order(void **state)
     watch_prefix(k, "w/", r1, false, &cmp);
     long long deadline = tc_now_ms() + 5000;
     while (!cmp.ended && tc_now_ms() < deadline)
-        sleep_ms(10);
+        tu_sleep_ms(10);
     assert_true(cmp.ended);
     assert_int_equal(cmp.status, KEEL_ECOMPACTED);
     assert_int_equal(cmp.compact, r2 + 1);
@@ -315,7 +310,7 @@ static void follower_and_leader_agree(void **state)
         ks[i] = open_client(&c, i + 1, NULL);
         ws[i] = watch_prefix(ks[i], "f/", 0, true, &cols[i]);
     }
-    sleep_ms(200);
+    tu_sleep_ms(200);
     for (int i = 0; i < 300; i++) {
         char key[32];
         snprintf(key, sizeof(key), "f/%d", i % 37);
@@ -323,7 +318,7 @@ static void follower_and_leader_agree(void **state)
     }
     for (int i = 0; i < 3; i++)
         assert_true(wait_count(&cols[i], 300, 10000));
-    sleep_ms(100);
+    tu_sleep_ms(100);
     assert_same(&cols[0], &cols[1]);
     assert_same(&cols[0], &cols[2]);
     for (int i = 0; i < 3; i++) {
@@ -348,7 +343,7 @@ static void resume_after_member_killed(void **state)
     struct collector col;
     collector_init(&col);
     struct keel_watch *w = watch_prefix(wk, "r/", 0, false, &col);
-    sleep_ms(200);
+    tu_sleep_ms(200);
     int n = 0;
     for (; n < 300; n++) {
         char key[32];
@@ -371,10 +366,10 @@ static void resume_after_member_killed(void **state)
     struct keel *rk = open_client(&c, 1, NULL);
     struct keel_watch *rw = watch_prefix(rk, "r/", 1, false, &ref);
     assert_true(wait_count(&ref, 1500, 10000));
-    sleep_ms(200);
+    tu_sleep_ms(200);
     size_t want = count_of(&ref);
     assert_true(wait_count(&col, want, 15000));
-    sleep_ms(200);
+    tu_sleep_ms(200);
     assert_ordered(&col);
     assert_same(&col, &ref);
     keel_watch_close(rk, rw);
@@ -503,7 +498,7 @@ static void slow_consumer_bounded(void **state)
     req.body_case = KEEL__REQUEST__BODY_WATCH_CREATE;
     req.watch_create = &wc;
     send_msg(fd, &req.base);
-    sleep_ms(300);
+    tu_sleep_ms(300);
     long base = rss_anon_kb(c.m[1].pid);
 
     /* 100,000 events of 1 KB while it does not read. */
@@ -516,10 +511,10 @@ static void slow_consumer_bounded(void **state)
         long r = rss_anon_kb(c.m[1].pid);
         if (r > peak)
             peak = r;
-        sleep_ms(50);
+        tu_sleep_ms(50);
     }
     pthread_join(th, NULL);
-    sleep_ms(300);
+    tu_sleep_ms(300);
     long r = rss_anon_kb(c.m[1].pid);
     if (r > peak)
         peak = r;
@@ -618,7 +613,7 @@ static void many_watchers(void **state)
             fail_msg("watch %d: %s (%s)", i, keel_strerror(rv), keel_errmsg());
     }
     printf("10000 watches created in %lld ms\n", tc_now_ms() - t0);
-    sleep_ms(500);
+    tu_sleep_ms(500);
     for (int i = 0; i < 100; i++) {
         char key[32];
         snprintf(key, sizeof(key), "m/%02d", i);
@@ -627,7 +622,7 @@ static void many_watchers(void **state)
     for (int i = 0; i < 100; i++)
         if (!wait_count(&cols[i], 100, 20000))
             fail_msg("key %d: %zu of 100 watchers saw the event", i, count_of(&cols[i]));
-    sleep_ms(200);
+    tu_sleep_ms(200);
     for (int i = 0; i < 100; i++) {
         assert_int_equal(count_of(&cols[i]), 100);
         collector_close(&cols[i]);
@@ -647,21 +642,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest resume[] = {cmocka_unit_test(resume_after_member_killed)};
     const struct CMUnitTest slow[] = {cmocka_unit_test(slow_consumer_bounded)};
     const struct CMUnitTest many[] = {cmocka_unit_test(many_watchers)};
-    int all = argc < 2, matched = 0, failed = 0;
-#define GROUP(name)                                                                                \
-    if (all || strcmp(argv[1], #name) == 0) {                                                      \
-        matched = 1;                                                                               \
-        failed |=                                                                                  \
-            _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL);      \
-    }
-    GROUP(order)
-    GROUP(agree)
-    GROUP(resume)
-    GROUP(slow)
-    GROUP(many)
-    if (!matched) {
-        fprintf(stderr, "test_watch: no group named %s\n", argv[1]);
-        return 2;
-    }
-    return failed ? 1 : 0;
+    const struct tu_group groups[] = {
+        TU_GROUP(order), TU_GROUP(agree), TU_GROUP(resume), TU_GROUP(slow), TU_GROUP(many),
+    };
+    return tu_run_groups("test_watch", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }

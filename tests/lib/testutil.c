@@ -1,6 +1,11 @@
 #include "testutil.h"
 
 #include <ftw.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -274,4 +279,26 @@ int tu_range(struct keel_store *s, struct keel_arena *a, const char *key, const 
     r->revision = revision;
     int64_t rev;
     return keel_store_range(s, r, a, out, &rev);
+}
+
+int tu_run_groups(const char *prog, int argc, char **argv, const struct tu_group *groups, size_t n)
+{
+    int matched = 0, failed = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (argc >= 2 && strcmp(argv[1], groups[i].name) != 0)
+            continue;
+        matched = 1;
+        failed |= _cmocka_run_group_tests(groups[i].name, groups[i].tests, groups[i].n, NULL, NULL);
+    }
+    if (!matched) {
+        fprintf(stderr, "%s: no group named %s\n", prog, argv[1]);
+        return 2;
+    }
+    return failed ? 1 : 0;
+}
+
+void tu_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
 }

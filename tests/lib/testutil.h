@@ -65,4 +65,23 @@ void tu_apply(struct keel_store *s, uint64_t index, const Keel__Command *cmd, st
 int tu_range(struct keel_store *s, struct keel_arena *a, const char *key, const char *end,
              int64_t revision, Keel__RangeResponse **out);
 
+/* A named cmocka group, for binaries that register one ctest entry per group. */
+struct CMUnitTest;
+struct tu_group {
+    const char *name;
+    const struct CMUnitTest *tests;
+    size_t n;
+};
+#define TU_GROUP(name)                                                                             \
+    {                                                                                              \
+#name, name, sizeof(name) / sizeof(name[0])                                                \
+    }
+
+/* Run the group named by argv[1], or every group without an argument. The exit status: 0, 1 when
+ * a test failed, 2 for an unknown group name. */
+int tu_run_groups(const char *prog, int argc, char **argv, const struct tu_group *groups, size_t n);
+
+/* Sleep for ms milliseconds. */
+void tu_sleep_ms(int ms);
+
 #endif

@@ -895,28 +895,10 @@ int main(int argc, char **argv)
     const struct CMUnitTest snapshot_restore[] = {T(snapshot_restore_roundtrip),
                                                   T(restore_interrupted_swap_completes)};
     const struct CMUnitTest write_batch[] = {T(write_batch_one_transaction)};
-#define GROUP(name)                                                                                \
-    if (all || strcmp(argv[1], #name) == 0) {                                                      \
-        matched = 1;                                                                               \
-        failed |=                                                                                  \
-            _cmocka_run_group_tests(#name, name, sizeof(name) / sizeof(name[0]), NULL, NULL);      \
-    }
-    int all = argc < 2;
-    int matched = 0, failed = 0;
-    GROUP(put)
-    GROUP(delete_range)
-    GROUP(txn)
-    GROUP(range)
-    GROUP(history)
-    GROUP(compaction)
-    GROUP(lease)
-    GROUP(quota)
-    GROUP(validate)
-    GROUP(snapshot_restore)
-    GROUP(write_batch)
-    if (!matched) {
-        fprintf(stderr, "test_store: no group named %s\n", argv[1]);
-        return 2;
-    }
-    return failed ? 1 : 0;
+    const struct tu_group groups[] = {
+        TU_GROUP(put),      TU_GROUP(delete_range),     TU_GROUP(txn),         TU_GROUP(range),
+        TU_GROUP(history),  TU_GROUP(compaction),       TU_GROUP(lease),       TU_GROUP(quota),
+        TU_GROUP(validate), TU_GROUP(snapshot_restore), TU_GROUP(write_batch),
+    };
+    return tu_run_groups("test_store", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }
