@@ -8,6 +8,13 @@
  * time, and get their ACCEPT verdict when ppoll's timeout says they are due. The kernel keeps the
  * packet itself; we only hold its id, so memory is bounded by --max-queued entries.
  *
+ * Accuracy: the delay an application sees is the configured one. Our own overhead is the
+ * scheduler's: we learn of a packet only once it has woken us, and we release it only once a
+ * timed sleep has ended, each late by about one wake-up (50-300us on a virtual machine, more
+ * under load). The wake-up lateness of our timed sleeps is measured all the time (struct
+ * ns_wake); arrivals are stamped that much earlier and releases happen that much earlier, so the
+ * median packet is released on time. Jitter, loss and per-flow order are unaffected.
+ *
  * Safety: the queue is configured fail-open (kernel accepts what it cannot queue or deliver to us)
  * and zones.sh uses --queue-bypass, so a dead or overloaded keel-netsim never blackholes loopback.
  */
@@ -215,6 +222,45 @@ static bool ns_sched_pop_due(struct ns_sched *s, uint64_t now_ns, struct ns_entr
     return true;
 }
 
+/*
+ * Wake-up lateness: how long after a timed sleep should have ended the thread actually runs
+ * again. On a virtual machine that is 50-300us after a 1ms sleep (the host has to reschedule
+ * the vCPU), which alone made a 1ms delay 15-20% long. The loop releases each packet that much
+ * early, so the median release lands on the deadline. The estimate is the median of the last
+ * NS_WAKE_SAMPLES samples: one long stall (another process, a page fault) cannot move it, and a
+ * machine that gets busier moves it within a few dozen wake-ups.
+ */
+#define NS_WAKE_SAMPLES 31
+/* No single sample counts for more than this: a stall of seconds is not a wake-up. */
+#define NS_WAKE_MAX_NS 2000000ULL
+
+struct ns_wake {
+    uint64_t ring[NS_WAKE_SAMPLES];
+    unsigned n;   /* samples held, up to NS_WAKE_SAMPLES */
+    unsigned pos; /* next slot to overwrite */
+    uint64_t estimate_ns;
+};
+
+static void ns_wake_add(struct ns_wake *w, uint64_t late_ns)
+{
+    if (late_ns > NS_WAKE_MAX_NS)
+        late_ns = NS_WAKE_MAX_NS;
+    w->ring[w->pos] = late_ns;
+    w->pos = (w->pos + 1) % NS_WAKE_SAMPLES;
+    if (w->n < NS_WAKE_SAMPLES)
+        w->n++;
+    /* Insertion sort of a copy: 31 elements per wake-up is cheaper than the syscall around it. */
+    uint64_t v[NS_WAKE_SAMPLES];
+    for (unsigned i = 0; i < w->n; i++) {
+        uint64_t x = w->ring[i];
+        unsigned j = i;
+        for (; j > 0 && v[j - 1] > x; j--)
+            v[j] = v[j - 1];
+        v[j] = x;
+    }
+    w->estimate_ns = v[w->n / 2];
+}
+
 /* Parses a non-negative decimal number (fractions allowed); returns -1 on junk. */
 static int ns_parse_num(const char *str, double max, double *out)
 {
@@ -252,8 +298,10 @@ static int ns_parse_num(const char *str, double max, double *out)
 struct ns_run {
     struct ns_sched sched;
     struct nfq_q_handle *qh;
-    uint64_t now_ns; /* arrival time stamped once per batch read */
-    uint64_t late_sum_ns;
+    uint64_t now_ns;   /* arrival time of the message being handled (see read_batch) */
+    uint64_t empty_ns; /* when a read last found the socket empty */
+    struct ns_wake wake;
+    int64_t err_sum_ns; /* release time minus due time, summed: ~0 when compensation works */
     uint64_t late_max_ns;
     uint64_t verdict_errors;
     bool draining; /* shutting down: accept whatever still arrives */
@@ -319,11 +367,11 @@ static void release_due(struct ns_run *r, uint64_t t)
     while (ns_sched_pop_due(&r->sched, t, &e)) {
         verdict(r, e.id, NF_ACCEPT);
         if (t != UINT64_MAX) {
-            /* Timer lateness plus any wait behind an earlier packet of the same flow. */
-            uint64_t late = now_ns() - e.scheduled_ns;
-            r->late_sum_ns += late;
-            if (late > r->late_max_ns)
-                r->late_max_ns = late;
+            /* Timer error plus any wait behind an earlier packet of the same flow. */
+            int64_t err = (int64_t)(now_ns() - e.scheduled_ns);
+            r->err_sum_ns += err;
+            if (err > 0 && (uint64_t)err > r->late_max_ns)
+                r->late_max_ns = (uint64_t)err;
         }
     }
 }
@@ -336,30 +384,56 @@ static int read_batch(struct nfq_handle *h, struct ns_run *r, int max)
     for (int i = 0; i < max; i++) {
         ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
         if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                r->empty_ns = now_ns();
                 return 0;
+            }
             /* Lost messages: fail-open made the kernel accept those packets already. */
             if (errno == ENOBUFS || errno == EINTR)
                 continue;
             fprintf(stderr, "keel-netsim: recv: %s\n", strerror(errno));
             return -1;
         }
-        r->now_ns = now_ns();
+        /* The kernel does not time-stamp queued packets, and we learn of one only after the
+         * scheduler has woken us: as late as a timed sleep ends late, measured in r->wake.
+         * So the packet arrived that long ago, but not before the socket was last seen empty. */
+        uint64_t t = now_ns();
+        uint64_t wake = r->wake.estimate_ns;
+        r->now_ns = t - wake > r->empty_ns ? t - wake : r->empty_ns;
         nfq_handle_packet(h, buf, (int)n);
     }
     return 0;
 }
 
+/*
+ * A first wake-up estimate before any packet is held: a few sleeps as long as the configured
+ * delay (at most 2ms; the lateness of longer sleeps is no different), about 30ms at most.
+ */
+static void calibrate(struct ns_wake *w, uint64_t delay_ns)
+{
+    if (delay_ns == 0)
+        return;
+    uint64_t sleep_ns = delay_ns < NS_WAKE_MAX_NS ? delay_ns : NS_WAKE_MAX_NS;
+    for (int i = 0; i < 15; i++) {
+        uint64_t due = now_ns() + sleep_ns;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)sleep_ns};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+        uint64_t woke = now_ns();
+        ns_wake_add(w, woke > due ? woke - due : 0);
+    }
+}
+
 static void print_stats(const struct ns_run *r, unsigned queue)
 {
     const struct ns_sched *s = &r->sched;
-    double late_avg = s->delayed ? (double)r->late_sum_ns / (double)s->delayed / 1e3 : 0.0;
+    double err_avg = s->delayed ? (double)r->err_sum_ns / (double)s->delayed / 1e3 : 0.0;
     fprintf(stderr,
             "keel-netsim: queue=%u received=%" PRIu64 " delayed=%" PRIu64 " lost=%" PRIu64
-            " overflow=%" PRIu64 " held=%zu max_held=%zu late_us_avg=%.1f late_us_max=%.1f"
-            " verdict_errors=%" PRIu64 "\n",
-            queue, s->received, s->delayed, s->lost, s->overflow, s->len, s->max_held, late_avg,
-            (double)r->late_max_ns / 1e3, r->verdict_errors);
+            " overflow=%" PRIu64 " held=%zu max_held=%zu err_us_avg=%.1f late_us_max=%.1f"
+            " wake_us=%.1f verdict_errors=%" PRIu64 "\n",
+            queue, s->received, s->delayed, s->lost, s->overflow, s->len, s->max_held, err_avg,
+            (double)r->late_max_ns / 1e3, (double)r->wake.estimate_ns / 1e3, r->verdict_errors);
 }
 
 static void usage(FILE *f)
@@ -505,8 +579,10 @@ int main(int argc, char **argv)
     int one = 1;
     setsockopt(nfq_fd(h), SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof(one));
 
-    fprintf(stderr, "keel-netsim: queue %u ready (delay %.0fus jitter %.0fus loss %g%%)\n",
-            (unsigned)queue, delay_us, jitter_us, loss_pct);
+    calibrate(&run.wake, (uint64_t)(delay_us * 1e3));
+    fprintf(stderr,
+            "keel-netsim: queue %u ready (delay %.0fus jitter %.0fus loss %g%%, wake-up %.0fus)\n",
+            (unsigned)queue, delay_us, jitter_us, loss_pct, (double)run.wake.estimate_ns / 1e3);
 
     struct pollfd pfd = {.fd = nfq_fd(h), .events = POLLIN};
     rc = 0;
@@ -515,17 +591,24 @@ int main(int argc, char **argv)
             g_report = 0;
             print_stats(&run, (unsigned)queue);
         }
-        uint64_t t = now_ns();
-        release_due(&run, t);
+        /* Everything due within one expected wake-up lateness goes now: waiting for it would
+         * release it that much late. */
+        release_due(&run, now_ns() + run.wake.estimate_ns);
         uint64_t next = ns_sched_next(&run.sched);
         struct timespec ts, *tsp = NULL;
+        uint64_t t = now_ns(), wake_at = 0, wait = 0;
         if (next != UINT64_MAX) {
-            uint64_t wait = next > t ? next - t : 0;
+            wake_at = next - run.wake.estimate_ns;
+            wait = wake_at > t ? wake_at - t : 0;
             ts.tv_sec = (time_t)(wait / 1000000000ULL);
             ts.tv_nsec = (long)(wait % 1000000000ULL);
             tsp = &ts;
         }
         int n = ppoll(&pfd, 1, tsp, &waitmask);
+        if (n == 0 && wait > 0) {
+            uint64_t woke = now_ns();
+            ns_wake_add(&run.wake, woke > wake_at ? woke - wake_at : 0);
+        }
         if (n < 0) {
             if (errno == EINTR)
                 continue;

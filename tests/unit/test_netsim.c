@@ -199,6 +199,38 @@ static void test_flow_slots(void **state)
     assert_int_equal(ns_flow_slot(junk, sizeof(junk)), 0);
 }
 
+static void test_wake_estimate_is_a_robust_median(void **state)
+{
+    (void)state;
+    struct ns_wake w;
+    memset(&w, 0, sizeof(w));
+    assert_true(w.estimate_ns == 0);
+    /* Steady 100us lateness with a few long stalls among them: the stalls do not move it. */
+    for (int i = 0; i < 100; i++)
+        ns_wake_add(&w, i % 10 == 3 ? 5 * MS : 100000);
+    assert_true(w.estimate_ns == 100000);
+    /* One huge sample is capped, and cannot drag the estimate alone. */
+    ns_wake_add(&w, 60ULL * 1000 * MS);
+    assert_true(w.estimate_ns == 100000);
+    for (unsigned i = 0; i < NS_WAKE_SAMPLES; i++)
+        assert_true(w.ring[i] <= NS_WAKE_MAX_NS);
+    /* The machine gets busier: the estimate follows once most of the window says so. */
+    for (int i = 0; i < NS_WAKE_SAMPLES; i++)
+        ns_wake_add(&w, 100000);
+    for (int i = 0; i < NS_WAKE_SAMPLES / 2; i++)
+        ns_wake_add(&w, 300000);
+    assert_true(w.estimate_ns == 100000);
+    ns_wake_add(&w, 300000);
+    assert_true(w.estimate_ns == 300000);
+    /* Few samples: the median of what there is. */
+    struct ns_wake f;
+    memset(&f, 0, sizeof(f));
+    ns_wake_add(&f, 30);
+    ns_wake_add(&f, 10);
+    ns_wake_add(&f, 20);
+    assert_true(f.estimate_ns == 20);
+}
+
 static void test_parse_num(void **state)
 {
     (void)state;
@@ -223,6 +255,7 @@ int main(void)
         cmocka_unit_test(test_loss_rate_and_seed),
         cmocka_unit_test(test_cap_overflows_to_accept),
         cmocka_unit_test(test_flow_slots),
+        cmocka_unit_test(test_wake_estimate_is_a_robust_median),
         cmocka_unit_test(test_parse_num),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
