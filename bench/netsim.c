@@ -522,7 +522,8 @@ int main(int argc, char **argv)
     /* The default 50us timer slack would be most of the error budget at 1ms delays. */
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
     if (realtime) {
-        struct sched_param sp = {.sched_priority = 1};
+        /* Priority 2: above the zones tests' probe (keel-zping --realtime, priority 1). */
+        struct sched_param sp = {.sched_priority = 2};
         if (sched_setscheduler(0, SCHED_FIFO, &sp) < 0)
             fprintf(stderr, "keel-netsim: SCHED_FIFO unavailable (%s); continuing\n",
                     strerror(errno));

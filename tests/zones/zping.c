@@ -3,6 +3,9 @@
  * listens on --to, the client socket is bound to --from (so the packets carry both zones), and
  * each round trip is a small request and its echo. Prints the RTT distribution in microseconds.
  *
+ * --realtime runs both threads SCHED_FIFO (root): the probe then measures the simulated network,
+ * not how long the scheduler keeps it waiting behind other work on a busy machine.
+ *
  * Exit: 0 ok, 3 connect failed or timed out, 4 a round trip timed out, 1 anything else.
  * Everything is bounded by --count and --timeout-ms, so a blackholed path ends quickly.
  */
@@ -14,6 +17,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -111,22 +115,20 @@ static int parse_addr(const char *s, struct sockaddr_in *sa)
 static void usage(void)
 {
     fprintf(stderr, "usage: keel-zping --from 127.A.B.C --to 127.D.E.F [--port P] [--count N]\n"
-                    "                  [--timeout-ms T] [--warmup W]\n");
+                    "                  [--timeout-ms T] [--warmup W] [--realtime]\n");
 }
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"from", required_argument, NULL, 'f'},
-        {"to", required_argument, NULL, 't'},
-        {"port", required_argument, NULL, 'p'},
-        {"count", required_argument, NULL, 'n'},
-        {"timeout-ms", required_argument, NULL, 'T'},
-        {"warmup", required_argument, NULL, 'w'},
-        {NULL, 0, NULL, 0},
+        {"from", required_argument, NULL, 'f'},       {"to", required_argument, NULL, 't'},
+        {"port", required_argument, NULL, 'p'},       {"count", required_argument, NULL, 'n'},
+        {"timeout-ms", required_argument, NULL, 'T'}, {"warmup", required_argument, NULL, 'w'},
+        {"realtime", no_argument, NULL, 'r'},         {NULL, 0, NULL, 0},
     };
     const char *from = NULL, *to = NULL;
     long port = 0, count = 200, timeout_ms = 1000, warmup = 5;
+    int realtime = 0;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -148,6 +150,9 @@ int main(int argc, char **argv)
         case 'w':
             warmup = strtol(optarg, NULL, 10);
             break;
+        case 'r':
+            realtime = 1;
+            break;
         default:
             usage();
             return 1;
@@ -159,6 +164,17 @@ int main(int argc, char **argv)
         warmup < 0 || warmup > 1000) {
         usage();
         return 1;
+    }
+
+    if (realtime) {
+        /* Before the server thread exists: it inherits the policy. Priority 1, below
+         * keel-netsim's, so the simulated network is never kept waiting by its probe. */
+        struct sched_param sp = {.sched_priority = 1};
+        if (sched_setscheduler(0, SCHED_FIFO, &sp) < 0) {
+            fprintf(stderr, "keel-zping: --realtime: SCHED_FIFO unavailable: %s\n",
+                    strerror(errno));
+            return 1;
+        }
     }
 
     int one = 1;
