@@ -25,7 +25,7 @@ int keel_store_snapshot(struct keel_store *s, int fd)
     pthread_rwlock_rdlock(&s->swap_lock);
     int rc = mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT);
     pthread_rwlock_unlock(&s->swap_lock);
-    return rc == 0 ? 0 : store_mdb_err(rc);
+    return rc == 0 ? 0 : ks_mdb_err(rc);
 }
 
 static char *path_with(const char *path, const char *suffix)
@@ -73,7 +73,7 @@ static int sync_parent(const char *path)
     return rv == 0 ? 0 : KEEL_EIO;
 }
 
-int restore_recover(const char *path)
+int ks_env_recover(const char *path)
 {
     char *incoming = path_with(path, ".incoming");
     char *ready = path_with(path, ".ready");
@@ -159,7 +159,7 @@ static int check_copy(const char *dir)
     MDB_env *env;
     int rc = mdb_env_create(&env);
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     mdb_env_set_maxdbs(env, 8);
     int err = KEEL_ECORRUPT;
     MDB_txn *txn;
@@ -167,7 +167,7 @@ static int check_copy(const char *dir)
     struct meta m;
     if (mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS | MDB_NOLOCK, 0600) == 0 &&
         mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) == 0) {
-        if (mdb_dbi_open(txn, "meta", 0, &dbi) == 0 && meta_load(txn, dbi, &m) == 0)
+        if (mdb_dbi_open(txn, "meta", 0, &dbi) == 0 && ks_meta_load(txn, dbi, &m) == 0)
             err = 0;
         mdb_txn_abort(txn);
     }
@@ -203,10 +203,10 @@ int keel_store_restore(struct keel_store *s, int fd)
 
     /* The copy is complete and durable: swap it in with readers excluded. */
     pthread_rwlock_wrlock(&s->swap_lock);
-    env_close(s);
-    err = restore_recover(s->path);
+    ks_env_close(s);
+    err = ks_env_recover(s->path);
     if (err == 0)
-        err = env_open(s);
+        err = ks_env_open(s);
     pthread_rwlock_unlock(&s->swap_lock);
 out:
     free(incoming);

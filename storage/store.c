@@ -12,7 +12,7 @@
 
 static const MDB_val META_KEY = {1, (void *)"m"};
 
-int meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
+int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
 {
     MDB_val key = META_KEY, val;
     int rc = mdb_get(txn, dbi, &key, &val);
@@ -23,7 +23,7 @@ int meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
         return 0;
     }
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     if (val.mv_size != sizeof(*m))
         return KEEL_ECORRUPT;
     memcpy(m, val.mv_data, sizeof(*m));
@@ -35,7 +35,7 @@ int meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
 static int meta_store(MDB_txn *txn, MDB_dbi dbi, const struct meta *m)
 {
     MDB_val key = META_KEY, val = {sizeof(*m), (void *)m};
-    return store_mdb_err(mdb_put(txn, dbi, &key, &val, 0));
+    return ks_mdb_err(mdb_put(txn, dbi, &key, &val, 0));
 }
 
 static void publish(struct keel_store *s, const struct meta *m)
@@ -55,15 +55,15 @@ static int open_dbis(struct keel_store *s, MDB_txn *txn)
         (rc = mdb_dbi_open(txn, "leases", MDB_CREATE, &s->dbi_leases)) != 0 ||
         (rc = mdb_dbi_open(txn, "lease_keys", MDB_CREATE | MDB_DUPSORT, &s->dbi_lease_keys)) != 0 ||
         (rc = mdb_dbi_open(txn, "members", MDB_CREATE, &s->dbi_members)) != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     return 0;
 }
 
-int env_open(struct keel_store *s)
+int ks_env_open(struct keel_store *s)
 {
     int rc = mdb_env_create(&s->env);
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     mdb_env_set_maxdbs(s->env, 8);
     mdb_env_set_maxreaders(s->env, MAX_READERS);
     mdb_env_set_mapsize(s->env, s->map_size);
@@ -83,7 +83,7 @@ int env_open(struct keel_store *s)
     int err = open_dbis(s, txn);
     struct meta m;
     if (err == 0)
-        err = meta_load(txn, s->dbi_meta, &m);
+        err = ks_meta_load(txn, s->dbi_meta, &m);
     if (err != 0) {
         mdb_txn_abort(txn);
         mdb_env_close(s->env);
@@ -98,10 +98,10 @@ int env_open(struct keel_store *s)
 fail:
     mdb_env_close(s->env);
     s->env = NULL;
-    return store_mdb_err(rc);
+    return ks_mdb_err(rc);
 }
 
-void env_close(struct keel_store *s)
+void ks_env_close(struct keel_store *s)
 {
     if (s->env != NULL) {
         mdb_env_close(s->env);
@@ -129,11 +129,11 @@ int keel_store_open(const struct keel_store_options *opts, struct keel_store **o
     pthread_rwlock_init(&s->swap_lock, NULL);
     pthread_mutex_init(&s->stat_lock, NULL);
 
-    int err = restore_recover(s->path);
+    int err = ks_env_recover(s->path);
     if (err == 0 && mkdir(s->path, 0700) != 0 && errno != EEXIST)
         err = KEEL_EIO;
     if (err == 0)
-        err = env_open(s);
+        err = ks_env_open(s);
     if (err != 0) {
         keel_store_close(s);
         return err;
@@ -146,7 +146,7 @@ void keel_store_close(struct keel_store *s)
 {
     if (s == NULL)
         return;
-    env_close(s);
+    ks_env_close(s);
     pthread_rwlock_destroy(&s->swap_lock);
     pthread_mutex_destroy(&s->stat_lock);
     free(s->path);
@@ -182,26 +182,26 @@ void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
 
 /* ---- transaction contexts ---- */
 
-int tctx_begin(struct tctx *t, struct keel_store *s, MDB_txn *parent, unsigned flags)
+int ks_tctx_begin(struct tctx *t, struct keel_store *s, MDB_txn *parent, unsigned flags)
 {
     memset(t, 0, sizeof(*t));
     t->s = s;
-    return store_mdb_err(mdb_txn_begin(s->env, parent, flags, &t->txn));
+    return ks_mdb_err(mdb_txn_begin(s->env, parent, flags, &t->txn));
 }
 
-int tctx_cursors(struct tctx *t)
+int ks_tctx_cursors(struct tctx *t)
 {
     int rc = 0;
     if (t->keys == NULL && (rc = mdb_cursor_open(t->txn, t->s->dbi_keys, &t->keys)) != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     if (t->revs == NULL && (rc = mdb_cursor_open(t->txn, t->s->dbi_revs, &t->revs)) != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     if (t->aux == NULL && (rc = mdb_cursor_open(t->txn, t->s->dbi_keys, &t->aux)) != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     return 0;
 }
 
-void tctx_close_cursors(struct tctx *t)
+void ks_tctx_close_cursors(struct tctx *t)
 {
     /* Cursors of a write transaction are freed by its commit or abort; closing them first is
      * also allowed and keeps one rule for both kinds. */
@@ -214,25 +214,25 @@ void tctx_close_cursors(struct tctx *t)
     t->keys = t->revs = t->aux = NULL;
 }
 
-int store_read_begin(struct keel_store *s, struct tctx *t, struct meta *m)
+int ks_read_begin(struct keel_store *s, struct tctx *t, struct meta *m)
 {
     pthread_rwlock_rdlock(&s->swap_lock);
-    int err = tctx_begin(t, s, NULL, MDB_RDONLY);
+    int err = ks_tctx_begin(t, s, NULL, MDB_RDONLY);
     if (err == 0)
-        err = meta_load(t->txn, s->dbi_meta, m);
+        err = ks_meta_load(t->txn, s->dbi_meta, m);
     if (err == 0)
-        err = tctx_cursors(t);
+        err = ks_tctx_cursors(t);
     if (err != 0) {
-        store_read_end(t);
+        ks_read_end(t);
         return err;
     }
     return 0;
 }
 
-void store_read_end(struct tctx *t)
+void ks_read_end(struct tctx *t)
 {
     if (t->txn != NULL) {
-        tctx_close_cursors(t);
+        ks_tctx_close_cursors(t);
         mdb_txn_abort(t->txn);
         t->txn = NULL;
     }
@@ -246,11 +246,11 @@ int keel_store_write_begin(struct keel_store *s, struct keel_store_write **out)
     struct keel_store_write *w = calloc(1, sizeof(*w));
     if (w == NULL)
         return KEEL_ENOMEM;
-    int err = tctx_begin(&w->t, s, NULL, 0);
+    int err = ks_tctx_begin(&w->t, s, NULL, 0);
     if (err == 0)
-        err = meta_load(w->t.txn, s->dbi_meta, &w->m);
+        err = ks_meta_load(w->t.txn, s->dbi_meta, &w->m);
     if (err == 0)
-        err = tctx_cursors(&w->t);
+        err = ks_tctx_cursors(&w->t);
     if (err != 0) {
         keel_store_write_abort(w);
         return err;
@@ -276,7 +276,7 @@ int keel_store_write_apply_entry(struct keel_store_write *w, uint64_t index,
         if (skip) {
             r->skipped = 1;
         } else {
-            int err = mvcc_apply(w, cmds[i], arena, r);
+            int err = ks_mvcc_apply(w, cmds[i], arena, r);
             if (err != 0)
                 return err;
         }
@@ -296,9 +296,9 @@ int keel_store_write_commit(struct keel_store_write *w)
 {
     struct keel_store *s = w->t.s;
     int err = meta_store(w->t.txn, s->dbi_meta, &w->m);
-    tctx_close_cursors(&w->t);
+    ks_tctx_close_cursors(&w->t);
     if (err == 0) {
-        err = store_mdb_err(mdb_txn_commit(w->t.txn));
+        err = ks_mdb_err(mdb_txn_commit(w->t.txn));
         w->t.txn = NULL;
     }
     if (err == 0)
@@ -312,7 +312,7 @@ void keel_store_write_abort(struct keel_store_write *w)
     if (w == NULL)
         return;
     if (w->t.txn != NULL) {
-        tctx_close_cursors(&w->t);
+        ks_tctx_close_cursors(&w->t);
         mdb_txn_abort(w->t.txn);
     }
     free(w);
