@@ -1,9 +1,19 @@
 /*
  * Internals of the store, shared by its files. Not part of the public interface.
  *
- * File map: store.c (environment, meta, write transactions), codec.c (on-disk encodings),
- * mvcc.c (put, delete, txn), read.c (range and key state), history.c (event scans),
- * lease.c, compact.c, snapshot.c (copy and restore), validate.c.
+ * File map, from the bottom up: each file calls only files listed above it.
+ *   codec.c     on-disk encodings; LMDB codes to KEEL_E*
+ *   env.c       the environment: open, close, the meta record, the crash-safe swap of a restore
+ *               (finished at open when a crash interrupted it)
+ *   txn.c       read and write transactions and their cursors
+ *   read.c      a key's state at a revision; Range
+ *   history.c   event scans, for watch catch-up
+ *   lease.c     leases and their attached keys
+ *   compact.c   compaction
+ *   validate.c  checks of a command, at intake and again at apply
+ *   mvcc.c      applying one command: put, delete, txn, lease grant and revoke, compaction
+ *   write.c     the write path: begin, apply in log order, commit
+ *   snapshot.c  a copy of the environment out; restore: receive and check a copy, then swap
  *
  * Names: the public interface is keel_store_*; every other name a file of the store shares
  * carries ks_ (keel store), as libkeel's internals carry kc_, so none can collide with LMDB's
@@ -107,7 +117,34 @@ int ks_record_decode(const MDB_val *v, struct record *r);
 /* LMDB code to KEEL_E*. */
 int ks_mdb_err(int rc);
 
-/* ---- store.c ---- */
+/* ---- env.c ---- */
+int ks_env_open(struct keel_store *s);
+void ks_env_close(struct keel_store *s);
+/* Finish or discard a swap interrupted by a crash (before the environment is opened). */
+int ks_env_recover(const char *path);
+/* Swap in the ready copy ("<path>.ready") with readers excluded: close, recover, reopen. */
+int ks_env_swap(struct keel_store *s);
+
+int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m);
+int ks_meta_store(MDB_txn *txn, MDB_dbi dbi, const struct meta *m);
+/* Make m the committed state keel_store_stat reports. */
+void ks_meta_publish(struct keel_store *s, const struct meta *m);
+
+/* The files a restore moves through, beside the store's directory. */
+struct ks_swap_paths {
+    char *incoming; /* being received */
+    char *ready;    /* complete and synced: the swap may begin */
+    char *old;      /* the replaced state, removed once the swap is done */
+};
+/* 0 or KEEL_ENOMEM. */
+int ks_swap_paths_init(struct ks_swap_paths *p, const char *path);
+void ks_swap_paths_close(struct ks_swap_paths *p);
+/* Remove a file or a directory tree; a missing one is fine. 0 or KEEL_EIO. */
+int ks_rm_tree(const char *path);
+/* fsync the directory holding path, so renames in it are durable. 0 or KEEL_E*. */
+int ks_sync_parent(const char *path);
+
+/* ---- txn.c ---- */
 int ks_tctx_begin(struct tctx *t, struct keel_store *s, MDB_txn *parent, unsigned flags);
 /* Open the cursors of t (idempotent). */
 int ks_tctx_cursors(struct tctx *t);
@@ -116,7 +153,6 @@ void ks_tctx_close_cursors(struct tctx *t);
 /* Begin a read: takes the swap lock shared and a read transaction; *m gets its meta. */
 int ks_read_begin(struct keel_store *s, struct tctx *t, struct meta *m);
 void ks_read_end(struct tctx *t);
-int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m);
 
 /* ---- read.c ---- */
 
@@ -185,8 +221,6 @@ struct wctx {
 
 int ks_mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct keel_arena *a,
                   struct keel_apply_result *res);
-/* The revision this command writes at: taken (current + 1) on first use. */
-int64_t ks_wctx_rev(struct wctx *c);
 
 /* ---- lease.c ---- */
 void ks_lease_key(uint8_t out[8], int64_t id);
@@ -204,14 +238,6 @@ int ks_lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBin
 /* ---- compact.c ---- */
 /* Compact history below rev; request-level errors as KEEL_ECOMPACTED / KEEL_EFUTUREREV. */
 int ks_compact_apply(struct wctx *c, int64_t rev);
-
-/* ---- snapshot.c ---- */
-/* Finish or discard a restore interrupted by a crash (before the environment is opened). */
-int ks_env_recover(const char *path);
-
-/* ---- store.c: environment lifecycle, used by open and restore ---- */
-int ks_env_open(struct keel_store *s);
-void ks_env_close(struct keel_store *s);
 
 /* ---- validate.c ---- */
 int ks_validate_command(const Keel__Command *cmd, const struct keel_limits *limits,

@@ -22,7 +22,8 @@ static bool is_request_error(int err)
     return err < 0 && err > KEEL_E_INTERNAL_BASE;
 }
 
-int64_t ks_wctx_rev(struct wctx *c)
+/* The revision this command writes at: taken (current + 1) on first use. */
+static int64_t wctx_rev(struct wctx *c)
 {
     if (!c->changed) {
         c->changed = true;
@@ -71,7 +72,7 @@ static int check_key(const ProtobufCBinaryData *key)
 static int write_version(struct wctx *c, const struct record *r, bool tombstone, bool key_known)
 {
     struct tctx *t = c->t;
-    int64_t rev = ks_wctx_rev(c);
+    int64_t rev = wctx_rev(c);
     uint32_t sub = c->sub++;
     uint8_t rk[REVKEY_LEN];
     ks_revkey_encode(rk, rev, sub);
@@ -137,7 +138,7 @@ static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse
     if (!c->planned && over_quota(c, add))
         return KEEL_ENOSPACE; /* a planned txn checked its quota as a whole */
 
-    int64_t rev = ks_wctx_rev(c);
+    int64_t rev = wctx_rev(c);
     r.create_revision = st.exists ? prev->create_revision : rev;
     r.version = st.exists ? prev->version + 1 : 1;
     if ((err = write_version(c, &r, false, st.found)) != 0)

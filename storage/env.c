@@ -1,8 +1,24 @@
-/* The store's environment, meta record and write transactions. */
+/*
+ * The store's environment: open, close, the meta record, and the crash-safe swap of a restore.
+ *
+ * A restore (snapshot.c) never leaves a half-written store behind. The copy is written into
+ * "<path>.incoming", synced, checked, and renamed to "<path>.ready": from that moment it is
+ * complete. The swap then renames <path> to "<path>.old" and "<path>.ready" to <path>.
+ * ks_env_recover finishes a swap a crash interrupted (a ready copy exists) and discards an
+ * incomplete incoming copy; keel_store_open runs it before it opens the environment, and
+ * ks_env_swap runs it for a restore's own swap, so both take the same path.
+ *
+ * Nothing here calls the write path or the snapshot code: they call this file.
+ */
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libgen.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -11,6 +27,8 @@
 #define MAX_READERS   512
 
 static const MDB_val META_KEY = {1, (void *)"m"};
+
+/* ---- meta ---- */
 
 int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
 {
@@ -32,18 +50,117 @@ int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
     return 0;
 }
 
-static int meta_store(MDB_txn *txn, MDB_dbi dbi, const struct meta *m)
+int ks_meta_store(MDB_txn *txn, MDB_dbi dbi, const struct meta *m)
 {
     MDB_val key = META_KEY, val = {sizeof(*m), (void *)m};
     return ks_mdb_err(mdb_put(txn, dbi, &key, &val, 0));
 }
 
-static void publish(struct keel_store *s, const struct meta *m)
+void ks_meta_publish(struct keel_store *s, const struct meta *m)
 {
     pthread_mutex_lock(&s->stat_lock);
     s->committed = *m;
     pthread_mutex_unlock(&s->stat_lock);
 }
+
+/* ---- the files of a swap ---- */
+
+static char *path_with(const char *path, const char *suffix)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s%s", path, suffix) < 0)
+        return NULL;
+    return p;
+}
+
+int ks_swap_paths_init(struct ks_swap_paths *p, const char *path)
+{
+    p->incoming = path_with(path, ".incoming");
+    p->ready = path_with(path, ".ready");
+    p->old = path_with(path, ".old");
+    if (p->incoming == NULL || p->ready == NULL || p->old == NULL) {
+        ks_swap_paths_close(p);
+        return KEEL_ENOMEM;
+    }
+    return 0;
+}
+
+void ks_swap_paths_close(struct ks_swap_paths *p)
+{
+    free(p->incoming);
+    free(p->ready);
+    free(p->old);
+    p->incoming = p->ready = p->old = NULL;
+}
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+int ks_rm_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : KEEL_EIO;
+    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : KEEL_EIO;
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+int ks_sync_parent(const char *path)
+{
+    char *copy = strdup(path);
+    if (copy == NULL)
+        return KEEL_ENOMEM;
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
+    free(copy);
+    if (fd < 0)
+        return KEEL_EIO;
+    int rv = fsync(fd);
+    close(fd);
+    return rv == 0 ? 0 : KEEL_EIO;
+}
+
+int ks_env_recover(const char *path)
+{
+    struct ks_swap_paths p;
+    int err = ks_swap_paths_init(&p, path);
+    if (err != 0)
+        return err;
+    if ((err = ks_rm_tree(p.incoming)) != 0)
+        goto out;
+    if (exists(p.ready)) {
+        /* A complete copy waits: finish the swap. */
+        if (exists(path)) {
+            if ((err = ks_rm_tree(p.old)) != 0)
+                goto out;
+            if (rename(path, p.old) != 0) {
+                err = KEEL_EIO;
+                goto out;
+            }
+        }
+        if (rename(p.ready, path) != 0) {
+            err = KEEL_EIO;
+            goto out;
+        }
+        if ((err = ks_sync_parent(path)) != 0)
+            goto out;
+    }
+    err = ks_rm_tree(p.old);
+out:
+    ks_swap_paths_close(&p);
+    return err;
+}
+
+/* ---- the environment ---- */
 
 static int open_dbis(struct keel_store *s, MDB_txn *txn)
 {
@@ -93,7 +210,7 @@ int ks_env_open(struct keel_store *s)
     rc = mdb_txn_commit(txn);
     if (rc != 0)
         goto fail;
-    publish(s, &m);
+    ks_meta_publish(s, &m);
     return 0;
 fail:
     mdb_env_close(s->env);
@@ -108,6 +225,20 @@ void ks_env_close(struct keel_store *s)
         s->env = NULL;
     }
 }
+
+int ks_env_swap(struct keel_store *s)
+{
+    /* The copy is complete and durable: swap it in with readers excluded. */
+    pthread_rwlock_wrlock(&s->swap_lock);
+    ks_env_close(s);
+    int err = ks_env_recover(s->path);
+    if (err == 0)
+        err = ks_env_open(s);
+    pthread_rwlock_unlock(&s->swap_lock);
+    return err;
+}
+
+/* ---- the store ---- */
 
 int keel_store_open(const struct keel_store_options *opts, struct keel_store **out)
 {
@@ -178,157 +309,4 @@ void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
     if (s->env != NULL && mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &mst) == 0)
         st->db_size = (uint64_t)(info.me_last_pgno + 1) * mst.ms_psize;
     pthread_rwlock_unlock(&s->swap_lock);
-}
-
-/* ---- transaction contexts ---- */
-
-int ks_tctx_begin(struct tctx *t, struct keel_store *s, MDB_txn *parent, unsigned flags)
-{
-    memset(t, 0, sizeof(*t));
-    t->s = s;
-    return ks_mdb_err(mdb_txn_begin(s->env, parent, flags, &t->txn));
-}
-
-int ks_tctx_cursors(struct tctx *t)
-{
-    int rc = 0;
-    if (t->keys == NULL && (rc = mdb_cursor_open(t->txn, t->s->dbi_keys, &t->keys)) != 0)
-        return ks_mdb_err(rc);
-    if (t->revs == NULL && (rc = mdb_cursor_open(t->txn, t->s->dbi_revs, &t->revs)) != 0)
-        return ks_mdb_err(rc);
-    if (t->aux == NULL && (rc = mdb_cursor_open(t->txn, t->s->dbi_keys, &t->aux)) != 0)
-        return ks_mdb_err(rc);
-    return 0;
-}
-
-void ks_tctx_close_cursors(struct tctx *t)
-{
-    /* Cursors of a write transaction are freed by its commit or abort; closing them first is
-     * also allowed and keeps one rule for both kinds. */
-    if (t->keys)
-        mdb_cursor_close(t->keys);
-    if (t->revs)
-        mdb_cursor_close(t->revs);
-    if (t->aux)
-        mdb_cursor_close(t->aux);
-    t->keys = t->revs = t->aux = NULL;
-}
-
-int ks_read_begin(struct keel_store *s, struct tctx *t, struct meta *m)
-{
-    pthread_rwlock_rdlock(&s->swap_lock);
-    int err = ks_tctx_begin(t, s, NULL, MDB_RDONLY);
-    if (err == 0)
-        err = ks_meta_load(t->txn, s->dbi_meta, m);
-    if (err == 0)
-        err = ks_tctx_cursors(t);
-    if (err != 0) {
-        ks_read_end(t);
-        return err;
-    }
-    return 0;
-}
-
-void ks_read_end(struct tctx *t)
-{
-    if (t->txn != NULL) {
-        ks_tctx_close_cursors(t);
-        mdb_txn_abort(t->txn);
-        t->txn = NULL;
-    }
-    pthread_rwlock_unlock(&t->s->swap_lock);
-}
-
-/* ---- writes ---- */
-
-int keel_store_write_begin(struct keel_store *s, struct keel_store_write **out)
-{
-    struct keel_store_write *w = calloc(1, sizeof(*w));
-    if (w == NULL)
-        return KEEL_ENOMEM;
-    int err = ks_tctx_begin(&w->t, s, NULL, 0);
-    if (err == 0)
-        err = ks_meta_load(w->t.txn, s->dbi_meta, &w->m);
-    if (err == 0)
-        err = ks_tctx_cursors(&w->t);
-    if (err != 0) {
-        keel_store_write_abort(w);
-        return err;
-    }
-    *out = w;
-    return 0;
-}
-
-int keel_store_write_apply(struct keel_store_write *w, uint64_t index, const Keel__Command *cmd,
-                           struct keel_arena *arena, struct keel_apply_result *result)
-{
-    return keel_store_write_apply_entry(w, index, &cmd, 1, arena, result);
-}
-
-int keel_store_write_apply_entry(struct keel_store_write *w, uint64_t index,
-                                 const Keel__Command *const *cmds, size_t n,
-                                 struct keel_arena *arena, struct keel_apply_result *results)
-{
-    bool skip = index <= w->m.applied_index;
-    for (size_t i = 0; i < n; i++) {
-        struct keel_apply_result *r = &results[i];
-        memset(r, 0, sizeof(*r));
-        if (skip) {
-            r->skipped = 1;
-        } else {
-            int err = ks_mvcc_apply(w, cmds[i], arena, r);
-            if (err != 0)
-                return err;
-        }
-        r->revision = w->m.revision;
-    }
-    if (!skip)
-        w->m.applied_index = index;
-    return 0;
-}
-
-uint64_t keel_store_write_applied_index(const struct keel_store_write *w)
-{
-    return w->m.applied_index;
-}
-
-int keel_store_write_commit(struct keel_store_write *w)
-{
-    struct keel_store *s = w->t.s;
-    int err = meta_store(w->t.txn, s->dbi_meta, &w->m);
-    ks_tctx_close_cursors(&w->t);
-    if (err == 0) {
-        err = ks_mdb_err(mdb_txn_commit(w->t.txn));
-        w->t.txn = NULL;
-    }
-    if (err == 0)
-        publish(s, &w->m);
-    keel_store_write_abort(w);
-    return err;
-}
-
-void keel_store_write_abort(struct keel_store_write *w)
-{
-    if (w == NULL)
-        return;
-    if (w->t.txn != NULL) {
-        ks_tctx_close_cursors(&w->t);
-        mdb_txn_abort(w->t.txn);
-    }
-    free(w);
-}
-
-int keel_store_apply(struct keel_store *s, uint64_t index, const Keel__Command *cmd,
-                     struct keel_arena *arena, struct keel_apply_result *result)
-{
-    struct keel_store_write *w;
-    int err = keel_store_write_begin(s, &w);
-    if (err != 0)
-        return err;
-    err = keel_store_write_apply(w, index, cmd, arena, result);
-    if (err != 0) {
-        keel_store_write_abort(w);
-        return err;
-    }
-    return keel_store_write_commit(w);
 }
