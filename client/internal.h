@@ -280,6 +280,9 @@ void kc_watch_drain(struct keel_aclient *ac);
 void kc_watch_free(struct keel_watch *w);
 void kc_watch_table_free(struct keel_aclient *ac);
 
+/* sync.c, for calls.c: set the calling thread's keel_errmsg. */
+void kc_set_errmsg(const char *msg);
+
 /* conn.c */
 struct kc_conn *kc_conn_start(struct keel_aclient *ac, int peer);
 void kc_conn_flush(struct kc_conn *c);
