@@ -140,42 +140,6 @@ static void heap_remove(struct keel_aclient *ac, struct kc_op *op)
     op->heap_idx = SIZE_MAX;
 }
 
-/* The low 32 bits of an id index `slots`, so a reply finds its request without a hash table; the
- * high bits are a sequence number, so a late reply to a finished request never matches the
- * request that reuses its slot. */
-static int slot_alloc(struct keel_aclient *ac, uint32_t *slot)
-{
-    if (ac->nfree == 0) {
-        uint32_t n = ac->nslots ? ac->nslots * 2 : 256;
-        if (n <= ac->nslots)
-            return KEEL_ENOMEM;
-        struct kc_op **s = realloc(ac->slots, n * sizeof(*s));
-        if (s == NULL)
-            return KEEL_ENOMEM;
-        ac->slots = s;
-        uint32_t *f = realloc(ac->free_slots, n * sizeof(*f));
-        if (f == NULL)
-            return KEEL_ENOMEM;
-        ac->free_slots = f;
-        for (uint32_t i = n; i > ac->nslots; i--) {
-            ac->slots[i - 1] = NULL;
-            ac->free_slots[ac->nfree++] = i - 1;
-        }
-        ac->nslots = n;
-    }
-    *slot = ac->free_slots[--ac->nfree];
-    return 0;
-}
-
-static void slot_free(struct keel_aclient *ac, uint64_t id)
-{
-    uint32_t slot = (uint32_t)id;
-    if (slot < ac->nslots && ac->slots[slot] && ac->slots[slot]->id == id) {
-        ac->slots[slot] = NULL;
-        ac->free_slots[ac->nfree++] = slot;
-    }
-}
-
 static struct kc_op *op_alloc(struct keel_aclient *ac, size_t frame_len)
 {
     uint8_t cls = KC_NCLASS;
@@ -257,7 +221,7 @@ static void op_fail(struct keel_aclient *ac, struct kc_op *op, int status, const
 {
     op_unlink(ac, op);
     heap_remove(ac, op);
-    slot_free(ac, op->id);
+    kc_slots_give(&ac->slots, (uint32_t)op->id, op);
     op->status = status;
     if (fmt) {
         char buf[KC_MSG_MAX];
@@ -308,7 +272,7 @@ static void op_answer(struct keel_aclient *ac, struct kc_op *op, int status,
 {
     op_unlink(ac, op);
     heap_remove(ac, op);
-    slot_free(ac, op->id);
+    kc_slots_give(&ac->slots, (uint32_t)op->id, op);
     ac->stats.completed++;
     ac->stats.in_flight--;
     op->cb(status, resp, op->data);
@@ -823,10 +787,7 @@ void kc_handle_response(struct kc_conn *c, const Keel__Response *resp)
         kc_watch_response(c, resp);
         return;
     }
-    uint32_t slot = (uint32_t)resp->id;
-    if (slot >= ac->nslots)
-        return;
-    struct kc_op *op = ac->slots[slot];
+    struct kc_op *op = kc_slots_get(&ac->slots, (uint32_t)resp->id);
     /* A reply to a request that already timed out, or to an earlier attempt, is dropped. */
     if (op == NULL || op->id != resp->id || op->where != KC_INFLIGHT || op->conn != c)
         return;
@@ -886,9 +847,8 @@ static void ac_free(struct keel_aclient *ac)
             free(op);
         }
     }
-    kc_watch_table_free(ac);
-    free(ac->slots);
-    free(ac->free_slots);
+    kc_slots_close(&ac->wslots);
+    kc_slots_close(&ac->slots);
     free(ac->heap);
     free(ac->client_name);
     free(ac->token);
@@ -932,6 +892,8 @@ int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct k
     ac->loop = loop;
     ac->leader = -1;
     ac->timer_due = UINT64_MAX;
+    kc_slots_init(&ac->slots);
+    kc_slots_init(&ac->wslots);
     ac->dial_timeout_ms =
         opts->dial_timeout_ms ? opts->dial_timeout_ms : KEEL_DEFAULT_DIAL_TIMEOUT_MS;
     ac->request_timeout_ms =
@@ -1079,7 +1041,7 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
         route = KC_ROUTE_PINNED;
     }
     uint32_t slot;
-    if (slot_alloc(ac, &slot) != 0)
+    if (kc_slots_take(&ac->slots, &slot) != 0)
         return KEEL_ENOMEM;
     /* 31 bits: KC_WATCH_BIT marks watch streams. */
     ac->seq = (ac->seq + 1) & 0x7fffffffu;
@@ -1089,12 +1051,12 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
     copy.id = (uint64_t)ac->seq << 32 | slot;
     size_t len = keel_frame_size(&copy.base);
     if (len - KEEL_FRAME_HEADER > ac->max_frame) {
-        ac->free_slots[ac->nfree++] = slot;
+        kc_slots_give(&ac->slots, slot, NULL);
         return KEEL_ETOOLARGE;
     }
     struct kc_op *op = op_alloc(ac, len);
     if (op == NULL) {
-        ac->free_slots[ac->nfree++] = slot;
+        kc_slots_give(&ac->slots, slot, NULL);
         return KEEL_ENOMEM;
     }
     op->id = copy.id;
@@ -1108,10 +1070,10 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
     op->deadline = now_ms(ac) + op->timeout_ms;
     if (heap_push(ac, op) != 0) {
         op_free(ac, op);
-        ac->free_slots[ac->nfree++] = slot;
+        kc_slots_give(&ac->slots, slot, NULL);
         return KEEL_ENOMEM;
     }
-    ac->slots[slot] = op;
+    kc_slots_set(&ac->slots, slot, op);
     ac->stats.requests++;
     ac->stats.in_flight++;
     kc_schedule(ac, op->deadline);

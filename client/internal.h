@@ -30,6 +30,7 @@
 #include "arena.h"
 #include "frame.h"
 #include "keel/keel.h"
+#include "slots.h"
 
 #define KC_ADDR_MAX  64 /* "255.255.255.255:65535" fits many times over */
 #define KC_ZONE_MAX  64
@@ -205,10 +206,7 @@ struct keel_aclient {
     /* requests */
     struct kc_list waiting;
     struct kc_list done;
-    struct kc_op **slots; /* id low 32 bits -> op */
-    uint32_t nslots;
-    uint32_t *free_slots;
-    uint32_t nfree;
+    struct kc_slots slots; /* request id low 32 bits -> op */
     uint32_t seq;
     struct kc_op **heap; /* min-heap on deadline */
     size_t nheap, heapcap;
@@ -220,15 +218,12 @@ struct keel_aclient {
     struct keel_aclient_stats stats;
 
     /* watches (watch.c) */
-    struct kc_wlist wsettling;  /* KW_WAITING, KW_CREATING: what the routing pass looks at */
-    struct kc_wlist watches;    /* KW_ACTIVE */
-    struct kc_wlist wdone;      /* KW_DONE: final callback not yet delivered */
-    struct keel_watch **wslots; /* stream id low 32 bits -> watch */
-    uint32_t nwslots;
-    uint32_t *wfree;
-    uint32_t nwfree;
-    uint32_t wgen;         /* stream id sequence (31 bits) */
-    int64_t next_watch_id; /* watch ids are ours: unique on every connection */
+    struct kc_wlist wsettling; /* KW_WAITING, KW_CREATING: what the routing pass looks at */
+    struct kc_wlist watches;   /* KW_ACTIVE */
+    struct kc_wlist wdone;     /* KW_DONE: final callback not yet delivered */
+    struct kc_slots wslots;    /* stream id low 32 bits -> watch */
+    uint32_t wgen;             /* stream id sequence (31 bits) */
+    int64_t next_watch_id;     /* watch ids are ours: unique on every connection */
 
     /* the Response handed to callbacks for local failures */
     Keel__Response synth;
@@ -278,7 +273,6 @@ void kc_watch_close_all(struct keel_aclient *ac);
 void kc_watch_drain(struct keel_aclient *ac);
 /* Free a watch's memory (its final callback delivered; touches nothing but w). */
 void kc_watch_free(struct keel_watch *w);
-void kc_watch_table_free(struct keel_aclient *ac);
 
 /* sync.c, for calls.c: set the calling thread's keel_errmsg. */
 void kc_set_errmsg(const char *msg);

@@ -4,7 +4,7 @@
  * A watch is a stream of responses that carry the id of the WatchCreate that started it. Every
  * attempt gets a fresh stream id and a fresh watch id, so nothing a member sends for an earlier
  * attempt can reach the watch (and the member never sees an id twice on one connection); the
- * stream id's low 32 bits index a slot table, as request ids do.
+ * stream id's low 32 bits index a slot table (slots.h), as request ids do.
  *
  * No gap, no duplicate: w->next_rev is the first revision not yet delivered. A re-creation asks
  * for history from there, and events below it are dropped (a member replaying a little too much,
@@ -30,11 +30,9 @@
 /* A first creation waiting for a connection gives up (KEEL_EUNAVAILABLE) once this many dials per
  * eligible member have failed, as requests do. */
 #define KW_DIAL_ROUNDS 2
-/* Slot id of cancel frames: never allocated, so their replies match no watch. */
-#define KW_NO_SLOT UINT32_MAX
 
 /* ---------------------------------------------------------------------------------------------
- * Lists, slots, states
+ * Lists, states
  */
 
 static void wl_push(struct kc_wlist *l, struct keel_watch *w)
@@ -61,47 +59,6 @@ static void wl_remove(struct kc_wlist *l, struct keel_watch *w)
         l->tail = w->prev;
     w->prev = w->next = NULL;
     l->n--;
-}
-
-static int wslot_alloc(struct keel_aclient *ac, uint32_t *slot)
-{
-    if (ac->nwfree == 0) {
-        uint32_t n = ac->nwslots ? ac->nwslots * 2 : 64;
-        if (n <= ac->nwslots || n == KW_NO_SLOT)
-            return KEEL_ENOMEM;
-        struct keel_watch **s = realloc(ac->wslots, n * sizeof(*s));
-        if (s == NULL)
-            return KEEL_ENOMEM;
-        ac->wslots = s;
-        uint32_t *f = realloc(ac->wfree, n * sizeof(*f));
-        if (f == NULL)
-            return KEEL_ENOMEM;
-        ac->wfree = f;
-        for (uint32_t i = n; i > ac->nwslots; i--) {
-            ac->wslots[i - 1] = NULL;
-            ac->wfree[ac->nwfree++] = i - 1;
-        }
-        ac->nwslots = n;
-    }
-    *slot = ac->wfree[--ac->nwfree];
-    return 0;
-}
-
-static void wslot_free(struct keel_aclient *ac, struct keel_watch *w)
-{
-    if (w->slot < ac->nwslots && ac->wslots[w->slot] == w) {
-        ac->wslots[w->slot] = NULL;
-        ac->wfree[ac->nwfree++] = w->slot;
-    }
-}
-
-void kc_watch_table_free(struct keel_aclient *ac)
-{
-    free(ac->wslots);
-    free(ac->wfree);
-    ac->wslots = NULL;
-    ac->wfree = NULL;
-    ac->nwslots = ac->nwfree = 0;
 }
 
 static uint64_t next_gen(struct keel_aclient *ac)
@@ -174,7 +131,7 @@ static void watch_end(struct keel_watch *w, int status, const char *fmt, ...)
         return;
     struct keel_aclient *ac = w->ac;
     set_state(w, KW_DONE);
-    wslot_free(ac, w);
+    kc_slots_give(&ac->wslots, w->slot, w);
     w->conn = NULL;
     w->status = status;
     char buf[KC_MSG_MAX];
@@ -272,7 +229,7 @@ static void send_cancel(struct keel_aclient *ac, struct kc_conn *c, int64_t watc
     Keel__WatchCancelRequest wc = KEEL__WATCH_CANCEL_REQUEST__INIT;
     wc.watch_id = watch_id;
     Keel__Request req = KEEL__REQUEST__INIT;
-    req.id = KC_WATCH_BIT | next_gen(ac) | KW_NO_SLOT;
+    req.id = KC_WATCH_BIT | next_gen(ac) | KC_NO_SLOT;
     req.body_case = KEEL__REQUEST__BODY_WATCH_CANCEL;
     req.watch_cancel = &wc;
     (void)kc_send_oneway(ac, c, &req);
@@ -509,10 +466,7 @@ static void on_response(struct keel_watch *w, struct kc_conn *c, const Keel__Res
 void kc_watch_response(struct kc_conn *c, const Keel__Response *resp)
 {
     struct keel_aclient *ac = c->ac;
-    uint32_t slot = (uint32_t)resp->id;
-    if (slot >= ac->nwslots)
-        return;
-    struct keel_watch *w = ac->wslots[slot];
+    struct keel_watch *w = kc_slots_get(&ac->wslots, (uint32_t)resp->id);
     /* A reply to an earlier attempt, or to a watch that ended, is dropped. */
     if (w == NULL || w->stream_id != resp->id || w->conn != c)
         return;
@@ -562,9 +516,9 @@ int keel_aclient_watch(struct keel_aclient *ac, const void *key, size_t klen,
         memcpy(w->end, opts->range_end, elen);
         w->elen = elen;
     }
-    if (wslot_alloc(ac, &w->slot) != 0)
+    if (kc_slots_take(&ac->wslots, &w->slot) != 0)
         goto nomem;
-    ac->wslots[w->slot] = w;
+    kc_slots_set(&ac->wslots, w->slot, w);
     w->ac = ac;
     w->cb = cb;
     w->data = data;
