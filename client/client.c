@@ -954,72 +954,86 @@ fail:
     return rv;
 }
 
-bool keel_request_is_idempotent(const Keel__Request *req)
+/* What the client needs to know of a request's kind. */
+struct kc_kind {
+    int status;      /* 0, KEEL_EINVAL (no body) or KEEL_EUNSUPPORTED (not a request here) */
+    uint8_t route;   /* KC_ROUTE_LEADER or KC_ROUTE_ANY */
+    bool idempotent; /* sending it twice changes nothing */
+};
+
+/* Whether a txn only reads. Nested txns count as writes: rare, and erring that way only costs a
+ * retry. */
+static bool txn_reads_only(const Keel__TxnRequest *t)
 {
+    if (t == NULL)
+        return false;
+    for (size_t i = 0; i < t->n_success; i++)
+        if (t->success[i]->request_case != KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE)
+            return false;
+    for (size_t i = 0; i < t->n_failure; i++)
+        if (t->failure[i]->request_case != KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE)
+            return false;
+    return true;
+}
+
+/* The one place the client classifies requests: writes and linearizable reads go to the leader,
+ * and only reads are retried after they may have been sent. A body pointer may be NULL here. */
+static struct kc_kind kind_of(const Keel__Request *req)
+{
+    /* to be replaced by proto's request-kind table */
+    struct kc_kind k = {0, KC_ROUTE_LEADER, false};
     switch (req->body_case) {
+    case KEEL__REQUEST__BODY__NOT_SET:
+        k.status = KEEL_EINVAL;
+        break;
+    case KEEL__REQUEST__BODY_WATCH_CREATE:
+    case KEEL__REQUEST__BODY_WATCH_CANCEL:
+    case KEEL__REQUEST__BODY_WATCH_PROGRESS:
+    case KEEL__REQUEST__BODY_SNAPSHOT:
+        k.status = KEEL_EUNSUPPORTED;
+        break;
     case KEEL__REQUEST__BODY_RANGE:
+        k.idempotent = true;
+        if (req->range && req->range->serializable)
+            k.route = KC_ROUTE_ANY;
+        break;
+    case KEEL__REQUEST__BODY_MEMBER_LIST:
+        k.idempotent = true;
+        if (req->member_list && !req->member_list->linearizable)
+            k.route = KC_ROUTE_ANY;
+        break;
+    case KEEL__REQUEST__BODY_STATUS:
+        k.idempotent = true;
+        k.route = KC_ROUTE_ANY;
+        break;
+    case KEEL__REQUEST__BODY_ALARM:
+        if (req->alarm && req->alarm->action == KEEL__ALARM_REQUEST__ALARM_ACTION__GET) {
+            k.idempotent = true;
+            k.route = KC_ROUTE_ANY;
+        }
+        break;
     case KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE:
     case KEEL__REQUEST__BODY_LEASE_TIME_TO_LIVE:
     case KEEL__REQUEST__BODY_LEASE_LEASES:
-    case KEEL__REQUEST__BODY_MEMBER_LIST:
-    case KEEL__REQUEST__BODY_STATUS:
     case KEEL__REQUEST__BODY_AUTHENTICATE:
     case KEEL__REQUEST__BODY_USER_GET:
     case KEEL__REQUEST__BODY_USER_LIST:
     case KEEL__REQUEST__BODY_ROLE_GET:
     case KEEL__REQUEST__BODY_ROLE_LIST:
-        return true;
-    case KEEL__REQUEST__BODY_ALARM:
-        return req->alarm && req->alarm->action == KEEL__ALARM_REQUEST__ALARM_ACTION__GET;
-    case KEEL__REQUEST__BODY_TXN: {
-        /* A txn of ranges only changes nothing. Nested txns count as writes: rare, and erring
-         * that way only costs a retry. */
-        const Keel__TxnRequest *t = req->txn;
-        if (t == NULL)
-            return false;
-        for (size_t i = 0; i < t->n_success; i++)
-            if (t->success[i]->request_case != KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE)
-                return false;
-        for (size_t i = 0; i < t->n_failure; i++)
-            if (t->failure[i]->request_case != KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE)
-                return false;
-        return true;
-    }
+        k.idempotent = true;
+        break;
+    case KEEL__REQUEST__BODY_TXN:
+        k.idempotent = txn_reads_only(req->txn);
+        break;
     default:
-        return false;
+        break; /* a write */
     }
+    return k;
 }
 
-static int classify(const Keel__Request *req, uint8_t *route)
+bool keel_request_is_idempotent(const Keel__Request *req)
 {
-    /* Every member of the body union is a pointer: one NULL check covers them all. */
-    if (req->body_case != KEEL__REQUEST__BODY__NOT_SET && req->range == NULL)
-        return KEEL_EINVAL;
-    switch (req->body_case) {
-    case KEEL__REQUEST__BODY__NOT_SET:
-        return KEEL_EINVAL;
-    case KEEL__REQUEST__BODY_WATCH_CREATE:
-    case KEEL__REQUEST__BODY_WATCH_CANCEL:
-    case KEEL__REQUEST__BODY_WATCH_PROGRESS:
-    case KEEL__REQUEST__BODY_SNAPSHOT:
-        return KEEL_EUNSUPPORTED;
-    case KEEL__REQUEST__BODY_RANGE:
-        *route = req->range->serializable ? KC_ROUTE_ANY : KC_ROUTE_LEADER;
-        return 0;
-    case KEEL__REQUEST__BODY_MEMBER_LIST:
-        *route = req->member_list->linearizable ? KC_ROUTE_LEADER : KC_ROUTE_ANY;
-        return 0;
-    case KEEL__REQUEST__BODY_STATUS:
-        *route = KC_ROUTE_ANY;
-        return 0;
-    case KEEL__REQUEST__BODY_ALARM:
-        *route = req->alarm->action == KEEL__ALARM_REQUEST__ALARM_ACTION__GET ? KC_ROUTE_ANY
-                                                                              : KC_ROUTE_LEADER;
-        return 0;
-    default:
-        *route = KC_ROUTE_LEADER;
-        return 0;
-    }
+    return kind_of(req).idempotent;
 }
 
 int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
@@ -1029,10 +1043,13 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
         return KEEL_EINVAL;
     if (ac->closing)
         return KEEL_ECLOSED;
-    uint8_t route;
-    int rv = classify(req, &route);
-    if (rv != 0)
-        return rv;
+    /* Every member of the body union is a pointer: one NULL check covers them all. */
+    if (req->body_case != KEEL__REQUEST__BODY__NOT_SET && req->range == NULL)
+        return KEEL_EINVAL;
+    struct kc_kind kind = kind_of(req);
+    if (kind.status != 0)
+        return kind.status;
+    uint8_t route = kind.route;
     int pin = -1;
     if (opts && opts->endpoint) {
         pin = peer_find_or_add(ac, opts->endpoint, strlen(opts->endpoint));
@@ -1065,7 +1082,7 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
     op->data = data;
     op->route = route;
     op->peer = pin;
-    op->idempotent = keel_request_is_idempotent(req);
+    op->idempotent = kind.idempotent;
     op->timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : ac->request_timeout_ms;
     op->deadline = now_ms(ac) + op->timeout_ms;
     if (heap_push(ac, op) != 0) {
