@@ -220,7 +220,7 @@ static void watch_close(struct keel *k, struct sync_call *call)
     struct sync_watch *sw = call->w->data;
     if (sw->ended) {
         sw_unlink(sw);
-        kc_watch_free(sw->w);
+        kc_watch_close(sw->w);
         free(sw);
         call_finish(k, call, 0);
         return;
@@ -278,7 +278,7 @@ static void on_async(uv_async_t *h)
             struct sync_watch *next = sw->next;
             if (sw->ended) {
                 sw_unlink(sw);
-                kc_watch_free(sw->w);
+                kc_watch_close(sw->w);
                 free(sw);
             }
             sw = next;

@@ -13,9 +13,9 @@
  *
  * Frames to members (create, cancel, progress) are one-way ops queued on the watch's connection,
  * so they ride the same batched writes as requests. User callbacks run from the read path
- * (events, notices) or from kc_drain (final calls), never from an API call; a watch whose
- * callback is running is marked busy so that a nested drain (keel_aclient_close from a callback)
- * never ends it under that callback's feet.
+ * (events, notices) or from the loop turn's drain (final calls), never from an API call; a watch
+ * whose callback is running is marked busy so that a nested drain (keel_aclient_close from a
+ * callback) never ends it under that callback's feet.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,9 +27,6 @@
 #define KW_RETRY_BASE_MS 25
 #define KW_RETRY_CAP_MS  1000
 #define KW_FAILS_MAX     1000 /* the backoff is capped long before; keeps the counter bounded */
-/* A first creation waiting for a connection gives up (KEEL_EUNAVAILABLE) once this many dials per
- * eligible member have failed, as requests do. */
-#define KW_DIAL_ROUNDS 2
 
 /* ---------------------------------------------------------------------------------------------
  * Lists, states
@@ -103,17 +100,7 @@ static bool ended(const struct keel_watch *w)
     return w->state == KW_DONE || w->state == KW_ENDED;
 }
 
-static uint64_t now_ms(struct keel_aclient *ac)
-{
-    return uv_now(ac->loop);
-}
-
-static const char *conn_addr(const struct kc_conn *c)
-{
-    return c->ac->peers[c->peer].addr;
-}
-
-void kc_watch_free(struct keel_watch *w)
+void kc_watch_close(struct keel_watch *w)
 {
     free(w->key);
     free(w->end);
@@ -157,7 +144,7 @@ void kc_watch_drain(struct keel_aclient *ac)
         w->cb(w, w->status, NULL, 0, w->revision, w->data);
         w->busy = false;
         if (!w->held)
-            kc_watch_free(w);
+            kc_watch_close(w);
         /* The callback may have ended (or closed) anything: look again from the start. */
         w = ac->wdone.head;
     }
@@ -259,7 +246,7 @@ static void watch_retry(struct keel_watch *w, struct kc_conn *c)
     w->conn = NULL;
     if (w->fails < KW_FAILS_MAX)
         w->fails++;
-    w->retry_at = now_ms(ac) + kc_backoff(ac, w->fails, KW_RETRY_BASE_MS, KW_RETRY_CAP_MS);
+    w->retry_at = uv_now(ac->loop) + kc_backoff(ac, w->fails, KW_RETRY_BASE_MS, KW_RETRY_CAP_MS);
     w->wait_marked = false;
     set_state(w, KW_WAITING);
     ac->need_route = true;
@@ -301,7 +288,7 @@ void kc_watch_route(struct keel_aclient *ac)
 {
     if (ac->wsettling.n == 0 || ac->closing)
         return;
-    uint64_t now = now_ms(ac);
+    uint64_t now = uv_now(ac->loop);
     uint64_t wake = UINT64_MAX;
     struct keel_watch *next;
     for (struct keel_watch *w = ac->wsettling.head; w != NULL; w = next) {
@@ -344,21 +331,14 @@ void kc_watch_route(struct keel_aclient *ac)
         }
         if (w->created_once)
             continue; /* never give up on a watch that ran */
-        int n = kc_eligible_count(ac);
-        if (!w->wait_marked) {
-            w->wait_marked = true;
-            w->wait_mark = ac->dial_failures;
-        } else if (ac->dial_failures - w->wait_mark >=
-                   (uint32_t)(KW_DIAL_ROUNDS * (n > 0 ? n : 1))) {
+        if (kc_dials_exhausted(ac, &w->wait_marked, &w->wait_mark))
             watch_end(w, KEEL_EUNAVAILABLE, "no member reachable: %s", ac->last_dial_err);
-        }
     }
     kc_schedule(ac, wake);
 }
 
-void kc_watch_conn_lost(struct kc_conn *c)
+void kc_watch_conn_lost(struct keel_aclient *ac, struct kc_conn *c)
 {
-    struct keel_aclient *ac = c->ac;
     /* Active watches move to wsettling (appended: seen again below, with conn NULL by then). */
     struct kc_wlist *lists[] = {&ac->watches, &ac->wsettling};
     for (int i = 0; i < 2; i++) {
@@ -401,7 +381,7 @@ static void on_response(struct keel_watch *w, struct kc_conn *c, const Keel__Res
         return;
     }
     if (resp->body_case != KEEL__RESPONSE__BODY_WATCH || resp->watch == NULL) {
-        snprintf(msg, sizeof(msg), "%s answered a watch with body %d", conn_addr(c),
+        snprintf(msg, sizeof(msg), "%s answered a watch with body %d", c->addr,
                  (int)resp->body_case);
         refused(w, c, KEEL_EINTERNAL, msg);
         return;
@@ -437,7 +417,7 @@ static void on_response(struct keel_watch *w, struct kc_conn *c, const Keel__Res
             watch_end(w, KEEL_ECOMPACTED, "%s",
                       reason ? reason : "required revision has been compacted");
         } else {
-            watch_end(w, KEEL_ECANCELED, "watch canceled by %s: %s", conn_addr(c),
+            watch_end(w, KEEL_ECANCELED, "watch canceled by %s: %s", c->addr,
                       reason ? reason : "no reason given");
         }
         return;
@@ -463,17 +443,13 @@ static void on_response(struct keel_watch *w, struct kc_conn *c, const Keel__Res
     deliver(w, resp->header, wr->events + skip, wr->n_events - skip, hrev);
 }
 
-void kc_watch_response(struct kc_conn *c, const Keel__Response *resp)
+void kc_watch_response(struct keel_aclient *ac, struct kc_conn *c, const Keel__Response *resp)
 {
-    struct keel_aclient *ac = c->ac;
     struct keel_watch *w = kc_slots_get(&ac->wslots, (uint32_t)resp->id);
     /* A reply to an earlier attempt, or to a watch that ended, is dropped. */
     if (w == NULL || w->stream_id != resp->id || w->conn != c)
         return;
     on_response(w, c, resp);
-    /* keel_aclient_close from a callback left that watch's final call for now. */
-    if (ac->closing && ac->wdone.head != NULL)
-        kc_drain(ac);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -529,7 +505,7 @@ int keel_aclient_watch(struct keel_aclient *ac, const void *key, size_t klen,
     w->progress_notify = opts->progress_notify;
     w->created_notify = opts->created_notify;
     w->avoid_peer = -1;
-    w->deadline = now_ms(ac) + ac->request_timeout_ms;
+    w->deadline = uv_now(ac->loop) + ac->request_timeout_ms;
     w->state = KW_ENDED; /* on no list yet */
     set_state(w, KW_WAITING);
     ac->need_route = true;
@@ -539,7 +515,7 @@ int keel_aclient_watch(struct keel_aclient *ac, const void *key, size_t klen,
     return 0;
 
 nomem:
-    kc_watch_free(w);
+    kc_watch_close(w);
     return KEEL_ENOMEM;
 }
 
