@@ -23,9 +23,12 @@
 #ifndef KEEL_CLIENT_INTERNAL_H
 #define KEEL_CLIENT_INTERNAL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 #include <uv.h>
 
@@ -160,6 +163,15 @@ struct keel_aclient {
     uint32_t wgen;             /* stream id sequence (31 bits) */
     int64_t next_watch_id;     /* watch ids are ours: unique on every connection */
 };
+
+/* The message of a local failure: fmt formatted (at most KC_MSG_MAX bytes) and malloc'd; NULL
+ * when out of memory, which callers report as keel_strerror of the failure's code. */
+static inline __attribute__((format(printf, 1, 0))) char *kc_vmsg(const char *fmt, va_list ap)
+{
+    char buf[KC_MSG_MAX];
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    return strdup(buf);
+}
 
 /* ---- wake.c ---- */
 /* Set up the prepare and timer handles (ac->turn and ac->timeout set first). */

@@ -146,12 +146,10 @@ static void op_fail(struct keel_aclient *ac, struct kc_op *op, int status, const
     op_forget(ac, op);
     op->status = status;
     if (fmt) {
-        char buf[KC_MSG_MAX];
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(buf, sizeof(buf), fmt, ap);
+        op->msg = kc_vmsg(fmt, ap);
         va_end(ap);
-        op->msg = strdup(buf); /* NULL falls back to keel_strerror */
     }
     op->where = KC_DONE;
     kc_list_push(&ac->done, op);

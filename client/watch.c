@@ -121,12 +121,10 @@ static void watch_end(struct keel_watch *w, int status, const char *fmt, ...)
     kc_slots_give(&ac->wslots, w->slot, w);
     w->conn = NULL;
     w->status = status;
-    char buf[KC_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
+    w->msg = kc_vmsg(fmt, ap);
     va_end(ap);
-    w->msg = strdup(buf); /* NULL falls back to keel_strerror */
     kc_kick(ac);
 }
 
