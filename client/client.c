@@ -105,6 +105,7 @@ static void on_written(struct kc_conn *c, struct kc_op *op)
 
 static void maybe_finish(struct keel_aclient *ac);
 
+/* A connection, or the client's own handles (kc_wake_close), are gone. */
 static void on_closed(void *data)
 {
     maybe_finish(data);
@@ -142,13 +143,6 @@ static void maybe_finish(struct keel_aclient *ac)
     ac_free(ac);
     if (cb)
         cb(data);
-}
-
-static void ac_handle_closed(uv_handle_t *h)
-{
-    struct keel_aclient *ac = h->data;
-    ac->open_handles--;
-    maybe_finish(ac);
 }
 
 /* Add the comma-separated endpoints. 0 or KEEL_EINVAL (one does not parse, or none). */
@@ -227,7 +221,6 @@ int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct k
     ac->turn = turn;
     ac->timeout = timeout;
     kc_wake_init(ac);
-    ac->open_handles = 2;
     *out = ac;
     return 0;
 
@@ -253,7 +246,7 @@ void keel_aclient_close(struct keel_aclient *ac, keel_close_cb cb, void *data)
     }
     kc_watch_close_all(ac);
     drain(ac);
-    kc_wake_close(ac, ac_handle_closed);
+    kc_wake_close(ac, on_closed);
 }
 
 void keel_aclient_stats(const struct keel_aclient *ac, struct keel_aclient_stats *out)

@@ -108,7 +108,6 @@ struct kc_peer {
 
 struct keel_aclient {
     uv_loop_t *loop;
-    int open_handles; /* ac's own handles not yet closed */
     bool closing;
     bool need_route; /* waiting requests and watches should be looked at */
     bool draining;
@@ -118,6 +117,8 @@ struct keel_aclient {
     /* wake.c: the client's two handles and what they run (set by client.c) */
     uv_prepare_t prepare;
     uv_timer_t timer;
+    int open_handles;                         /* of these two, not yet closed */
+    keel_close_cb wake_closed;                /* both are closed (kc_wake_close) */
     bool kicked;                              /* work queued for the prepare callback */
     uint64_t timer_due;                       /* when the timer fires, UINT64_MAX when stopped */
     uint64_t rng;                             /* backoff jitter */
@@ -176,8 +177,8 @@ static inline __attribute__((format(printf, 1, 0))) char *kc_vmsg(const char *fm
 /* ---- wake.c ---- */
 /* Set up the prepare and timer handles (ac->turn and ac->timeout set first). */
 void kc_wake_init(struct keel_aclient *ac);
-/* Close both handles; cb runs once for each. */
-void kc_wake_close(struct keel_aclient *ac, uv_close_cb cb);
+/* Close both handles; cb(ac) runs once both are closed. */
+void kc_wake_close(struct keel_aclient *ac, keel_close_cb cb);
 /* Run ac->turn before the loop blocks next (not once closing). */
 void kc_kick(struct keel_aclient *ac);
 /* Run ac->timeout at loop time `when` at the latest (UINT64_MAX: never). */

@@ -27,23 +27,32 @@ static void on_timer(uv_timer_t *t)
     ac->timeout(ac);
 }
 
+static void handle_closed(uv_handle_t *h)
+{
+    struct keel_aclient *ac = h->data;
+    if (--ac->open_handles == 0)
+        ac->wake_closed(ac);
+}
+
 void kc_wake_init(struct keel_aclient *ac)
 {
     uv_timer_init(ac->loop, &ac->timer);
     uv_prepare_init(ac->loop, &ac->prepare);
     ac->timer.data = ac;
     ac->prepare.data = ac;
+    ac->open_handles = 2;
     ac->timer_due = UINT64_MAX;
     ac->rng = (uint64_t)(uintptr_t)ac ^ uv_hrtime() ^ 0x9e3779b97f4a7c15ull;
     if (ac->rng == 0)
         ac->rng = 1;
 }
 
-void kc_wake_close(struct keel_aclient *ac, uv_close_cb cb)
+void kc_wake_close(struct keel_aclient *ac, keel_close_cb cb)
 {
+    ac->wake_closed = cb;
     uv_timer_stop(&ac->timer);
-    uv_close((uv_handle_t *)&ac->timer, cb);
-    uv_close((uv_handle_t *)&ac->prepare, cb);
+    uv_close((uv_handle_t *)&ac->timer, handle_closed);
+    uv_close((uv_handle_t *)&ac->prepare, handle_closed);
 }
 
 void kc_kick(struct keel_aclient *ac)
