@@ -4,7 +4,7 @@
 
 #include "internal.h"
 
-void ks_revkey_encode(uint8_t out[REVKEY_LEN], int64_t rev, uint32_t sub)
+void ks_revkey_encode(int64_t rev, uint32_t sub, uint8_t out[REVKEY_LEN])
 {
     keel_put_be64(out, (uint64_t)rev);
     keel_put_be32(out + 8, sub);
@@ -17,9 +17,9 @@ struct revkey ks_revkey_decode(const MDB_val *v)
     return rk;
 }
 
-void ks_keyrev_encode(uint8_t out[KEYREV_LEN], int64_t rev, uint32_t sub, bool tombstone)
+void ks_keyrev_encode(int64_t rev, uint32_t sub, bool tombstone, uint8_t out[KEYREV_LEN])
 {
-    ks_revkey_encode(out, rev, sub);
+    ks_revkey_encode(rev, sub, out);
     out[12] = tombstone ? 1 : 0;
 }
 
@@ -39,7 +39,7 @@ size_t ks_record_size(size_t key_len, size_t value_len)
     return RECORD_HEADER + key_len + value_len;
 }
 
-void ks_record_encode(uint8_t *out, const struct record *r)
+void ks_record_encode(const struct record *r, uint8_t *out)
 {
     uint32_t klen = (uint32_t)r->key.mv_size;
     memset(out, 0, 4);

@@ -17,7 +17,7 @@ static int drop_entry(struct wctx *c, const MDB_val *key, const uint8_t entry[KE
     MDB_val ev = {KEYREV_LEN, (void *)entry};
     struct keyrev kr = ks_keyrev_decode(&ev);
     uint8_t rk[REVKEY_LEN];
-    ks_revkey_encode(rk, kr.rev, kr.sub);
+    ks_revkey_encode(kr.rev, kr.sub, rk);
     MDB_val rkey = {REVKEY_LEN, rk}, rval;
     int rc = mdb_get(t->txn, t->s->dbi_revs, &rkey, &rval);
     if (rc != 0)
@@ -78,7 +78,7 @@ int ks_compact_apply(struct wctx *c, int64_t rev)
     uint32_t pos_sub = 0;
     for (;;) {
         uint8_t sk[REVKEY_LEN];
-        ks_revkey_encode(sk, pos_rev, pos_sub);
+        ks_revkey_encode(pos_rev, pos_sub, sk);
         MDB_val rkey = {REVKEY_LEN, sk}, rval;
         /* Re-seek every time: pruning deletes records around the position. */
         int rc = mdb_cursor_get(t->revs, &rkey, &rval, MDB_SET_RANGE);

@@ -9,7 +9,7 @@ static int prev_kv(struct tctx *t, const struct revkey *rk, const struct record 
 {
     *out = NULL;
     uint8_t probe[KEYREV_LEN];
-    ks_keyrev_encode(probe, rk->rev, rk->sub, false);
+    ks_keyrev_encode(rk->rev, rk->sub, false, probe);
     MDB_val k = r->key, d = {KEYREV_LEN, probe};
     /* The smallest entry >= (rev, sub, 0) is this event's own entry. */
     int rc = mdb_cursor_get(t->aux, &k, &d, MDB_GET_BOTH_RANGE);
@@ -23,7 +23,7 @@ static int prev_kv(struct tctx *t, const struct revkey *rk, const struct record 
     if (prev.tombstone)
         return 0;
     uint8_t pk[REVKEY_LEN];
-    ks_revkey_encode(pk, prev.rev, prev.sub);
+    ks_revkey_encode(prev.rev, prev.sub, pk);
     MDB_val rkey = {REVKEY_LEN, pk}, rval;
     struct record pr;
     rc = mdb_get(t->txn, t->s->dbi_revs, &rkey, &rval);
@@ -75,7 +75,7 @@ int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
     ProtobufCBinaryData k = {key_len, (uint8_t *)key}, e = {range_end_len, (uint8_t *)range_end};
     const char *msg;
     struct krange kr;
-    int err = ks_krange_make(&kr, &k, &e, &msg);
+    int err = ks_krange_make(&k, &e, &kr, &msg);
     if (err != 0)
         return err;
     struct tctx t;
@@ -92,7 +92,7 @@ int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
 
     struct pvec evs = {0};
     uint8_t sk[REVKEY_LEN];
-    ks_revkey_encode(sk, start_revision, 0);
+    ks_revkey_encode(start_revision, 0, sk);
     MDB_val rkey = {REVKEY_LEN, sk}, rval;
     int64_t next = m.revision + 1;
     int64_t last_rev = 0; /* revision of the last record scanned */

@@ -17,7 +17,8 @@
  *
  * Names: the public interface is keel_store_*; every other name a file of the store shares
  * carries ks_ (keel store), as libkeel's internals carry kc_, so none can collide with LMDB's
- * (mdb_*), libkeel's public keel_* or anything else a program links.
+ * (mdb_*), libkeel's public keel_* or anything else a program links. Output parameters come
+ * last, encoders' buffers included, as in LMDB's own calls.
  */
 #ifndef KEEL_STORE_INTERNAL_H
 #define KEEL_STORE_INTERNAL_H
@@ -104,13 +105,13 @@ struct record {
 
 #define RECORD_HEADER 32
 
-void ks_revkey_encode(uint8_t out[REVKEY_LEN], int64_t rev, uint32_t sub);
+void ks_revkey_encode(int64_t rev, uint32_t sub, uint8_t out[REVKEY_LEN]);
 struct revkey ks_revkey_decode(const MDB_val *v);
-void ks_keyrev_encode(uint8_t out[KEYREV_LEN], int64_t rev, uint32_t sub, bool tombstone);
+void ks_keyrev_encode(int64_t rev, uint32_t sub, bool tombstone, uint8_t out[KEYREV_LEN]);
 struct keyrev ks_keyrev_decode(const MDB_val *v);
 /* Bytes of the encoded record. */
 size_t ks_record_size(size_t key_len, size_t value_len);
-void ks_record_encode(uint8_t *out, const struct record *r);
+void ks_record_encode(const struct record *r, uint8_t *out);
 /* 0 or KEEL_ECORRUPT. */
 int ks_record_decode(const MDB_val *v, struct record *r);
 
@@ -145,7 +146,7 @@ int ks_rm_tree(const char *path);
 int ks_sync_parent(const char *path);
 
 /* ---- txn.c ---- */
-int ks_tctx_begin(struct tctx *t, struct keel_store *s, MDB_txn *parent, unsigned flags);
+int ks_tctx_begin(struct keel_store *s, MDB_txn *parent, unsigned flags, struct tctx *t);
 /* Open the cursors of t (idempotent). */
 int ks_tctx_cursors(struct tctx *t);
 void ks_tctx_close_cursors(struct tctx *t);
@@ -184,7 +185,7 @@ struct krange {
     MDB_val end;
 };
 /* 0 or KEEL_EINVAL / KEEL_EKEYTOOLONG (with *msg). */
-int ks_krange_make(struct krange *r, const ProtobufCBinaryData *key, const ProtobufCBinaryData *end,
+int ks_krange_make(const ProtobufCBinaryData *key, const ProtobufCBinaryData *end, struct krange *r,
                    const char **msg);
 bool ks_krange_contains(const struct krange *r, const MDB_val *k);
 /* k is past every key of the range (in key order). */
@@ -223,7 +224,7 @@ int ks_mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct k
                   struct keel_apply_result *res);
 
 /* ---- lease.c ---- */
-void ks_lease_key(uint8_t out[8], int64_t id);
+void ks_lease_key(int64_t id, uint8_t out[8]);
 int ks_lease_exists(struct tctx *t, int64_t id, bool *exists);
 int ks_lease_attach(struct wctx *c, int64_t id, const MDB_val *key);
 int ks_lease_detach(struct wctx *c, int64_t id, const MDB_val *key);

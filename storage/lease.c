@@ -6,7 +6,7 @@
 
 #define LEASE_RECORD 16 /* logical bytes of one lease: id and TTL */
 
-void ks_lease_key(uint8_t out[8], int64_t id)
+void ks_lease_key(int64_t id, uint8_t out[8])
 {
     keel_put_be64(out, (uint64_t)id);
 }
@@ -17,7 +17,7 @@ int ks_lease_exists(struct tctx *t, int64_t id, bool *exists)
     if (id <= 0)
         return 0;
     uint8_t lk[8];
-    ks_lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v;
     int rc = mdb_get(t->txn, t->s->dbi_leases, &k, &v);
     if (rc == MDB_NOTFOUND)
@@ -31,7 +31,7 @@ int ks_lease_exists(struct tctx *t, int64_t id, bool *exists)
 int ks_lease_attach(struct wctx *c, int64_t id, const MDB_val *key)
 {
     uint8_t lk[8];
-    ks_lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v = *key;
     int rc = mdb_put(c->t->txn, c->t->s->dbi_lease_keys, &k, &v, MDB_NODUPDATA);
     if (rc == MDB_KEYEXIST)
@@ -45,7 +45,7 @@ int ks_lease_attach(struct wctx *c, int64_t id, const MDB_val *key)
 int ks_lease_detach(struct wctx *c, int64_t id, const MDB_val *key)
 {
     uint8_t lk[8];
-    ks_lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v = *key;
     int rc = mdb_del(c->t->txn, c->t->s->dbi_lease_keys, &k, &v);
     if (rc == MDB_NOTFOUND)
@@ -87,7 +87,7 @@ int ks_lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req,
             return KEEL_ELEASEEXISTS;
     }
     uint8_t lk[8];
-    ks_lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v = {sizeof(int64_t), (void *)&req->ttl};
     int rc = mdb_put(t->txn, t->s->dbi_leases, &k, &v, 0);
     if (rc != 0)
@@ -106,7 +106,7 @@ int ks_lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req,
 int ks_lease_drop(struct wctx *c, int64_t id)
 {
     uint8_t lk[8];
-    ks_lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk};
     int rc = mdb_del(c->t->txn, c->t->s->dbi_lease_keys, &k, NULL);
     if (rc != 0 && rc != MDB_NOTFOUND)
@@ -128,7 +128,7 @@ int ks_lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBin
     if (rc != 0)
         return ks_mdb_err(rc);
     uint8_t lk[8];
-    ks_lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v;
     size_t count = 0;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
@@ -229,7 +229,7 @@ int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *ar
         *n_keys = 0;
     }
     uint8_t lk[8];
-    ks_lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v;
     int rc = id > 0 ? mdb_get(t.txn, s->dbi_leases, &k, &v) : MDB_NOTFOUND;
     if (rc == MDB_NOTFOUND) {

@@ -75,7 +75,7 @@ static int write_version(struct wctx *c, const struct record *r, bool tombstone,
     int64_t rev = wctx_rev(c);
     uint32_t sub = c->sub++;
     uint8_t rk[REVKEY_LEN];
-    ks_revkey_encode(rk, rev, sub);
+    ks_revkey_encode(rev, sub, rk);
     size_t size = ks_record_size(r->key.mv_size, r->value.mv_size);
     MDB_val k = {REVKEY_LEN, rk}, v = {size, NULL};
     /* Revisions only grow, so every record goes to the end of the tree. */
@@ -84,10 +84,10 @@ static int write_version(struct wctx *c, const struct record *r, bool tombstone,
         return KEEL_ECORRUPT;
     if (rc != 0)
         return ks_mdb_err(rc);
-    ks_record_encode(v.mv_data, r);
+    ks_record_encode(r, v.mv_data);
 
     uint8_t kr[KEYREV_LEN];
-    ks_keyrev_encode(kr, rev, sub, tombstone);
+    ks_keyrev_encode(rev, sub, tombstone, kr);
     MDB_val key = r->key, entry = {KEYREV_LEN, kr};
     rc = mdb_cursor_put(t->keys, &key, &entry, 0);
     if (rc != 0)
@@ -224,7 +224,7 @@ static int do_delete_range(struct wctx *c, const Keel__DeleteRangeRequest *req,
 {
     const char *msg;
     struct krange kr;
-    int err = ks_krange_make(&kr, &req->key, &req->range_end, &msg);
+    int err = ks_krange_make(&req->key, &req->range_end, &kr, &msg);
     if (err != 0)
         return err;
     struct pvec live = {0};
@@ -297,7 +297,7 @@ static int eval_compare(struct wctx *c, const Keel__Compare *cmp, bool *ok)
 {
     const char *msg;
     struct krange kr;
-    int err = ks_krange_make(&kr, &cmp->key, &cmp->range_end, &msg);
+    int err = ks_krange_make(&cmp->key, &cmp->range_end, &kr, &msg);
     if (err != 0)
         return err;
     struct pvec live = {0};

@@ -13,7 +13,7 @@ int ks_val_cmp(const MDB_val *a, const MDB_val *b)
     return a->mv_size < b->mv_size ? -1 : a->mv_size > b->mv_size;
 }
 
-int ks_krange_make(struct krange *r, const ProtobufCBinaryData *key, const ProtobufCBinaryData *end,
+int ks_krange_make(const ProtobufCBinaryData *key, const ProtobufCBinaryData *end, struct krange *r,
                    const char **msg)
 {
     r->key.mv_data = key->data;
@@ -84,7 +84,7 @@ int ks_pvec_push(struct keel_arena *a, struct pvec *pv, void *p)
 static int fetch_record(struct tctx *t, const struct keyrev *at, struct record *rec)
 {
     uint8_t rk[REVKEY_LEN];
-    ks_revkey_encode(rk, at->rev, at->sub);
+    ks_revkey_encode(at->rev, at->sub, rk);
     MDB_val k = {REVKEY_LEN, rk}, v;
     int rc = mdb_get(t->txn, t->s->dbi_revs, &k, &v);
     if (rc == MDB_NOTFOUND)
@@ -104,7 +104,7 @@ static int seek_at(MDB_cursor *c, const MDB_val *key, int64_t rev, MDB_val *entr
     if (rev <= 0)
         return ks_mdb_err(mdb_cursor_get(c, &k, entry, MDB_LAST_DUP));
     uint8_t probe[KEYREV_LEN];
-    ks_keyrev_encode(probe, rev + 1, 0, false);
+    ks_keyrev_encode(rev + 1, 0, false, probe);
     MDB_val d = {KEYREV_LEN, probe};
     rc = mdb_cursor_get(c, &k, &d, MDB_GET_BOTH_RANGE);
     if (rc == 0) {
@@ -234,7 +234,7 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
 {
     const char *msg;
     struct krange kr;
-    int err = ks_krange_make(&kr, &req->key, &req->range_end, &msg);
+    int err = ks_krange_make(&req->key, &req->range_end, &kr, &msg);
     if (err != 0)
         return err;
     if (req->revision > m->revision)

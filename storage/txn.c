@@ -3,7 +3,7 @@
 
 #include "internal.h"
 
-int ks_tctx_begin(struct tctx *t, struct keel_store *s, MDB_txn *parent, unsigned flags)
+int ks_tctx_begin(struct keel_store *s, MDB_txn *parent, unsigned flags, struct tctx *t)
 {
     memset(t, 0, sizeof(*t));
     t->s = s;
@@ -38,7 +38,7 @@ void ks_tctx_close_cursors(struct tctx *t)
 int ks_read_begin(struct keel_store *s, struct tctx *t, struct meta *m)
 {
     pthread_rwlock_rdlock(&s->swap_lock);
-    int err = ks_tctx_begin(t, s, NULL, MDB_RDONLY);
+    int err = ks_tctx_begin(s, NULL, MDB_RDONLY, t);
     if (err == 0)
         err = ks_meta_load(t->txn, s->dbi_meta, m);
     if (err == 0)

@@ -30,7 +30,7 @@ static int check_range(struct vctx *v, const ProtobufCBinaryData *key,
                        const ProtobufCBinaryData *end)
 {
     struct krange kr;
-    int err = ks_krange_make(&kr, key, end, v->msg);
+    int err = ks_krange_make(key, end, &kr, v->msg);
     if (err == 0 && end->len > KEEL_MAX_KEY_BYTES)
         return fail(v, KEEL_EKEYTOOLONG, "range_end is longer than 511 bytes");
     return err;

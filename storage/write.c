@@ -12,7 +12,7 @@ int keel_store_write_begin(struct keel_store *s, struct keel_store_write **out)
     struct keel_store_write *w = calloc(1, sizeof(*w));
     if (w == NULL)
         return KEEL_ENOMEM;
-    int err = ks_tctx_begin(&w->t, s, NULL, 0);
+    int err = ks_tctx_begin(s, NULL, 0, &w->t);
     if (err == 0)
         err = ks_meta_load(w->t.txn, s->dbi_meta, &w->m);
     if (err == 0)
