@@ -2,12 +2,13 @@
  * libkeel internals: the asynchronous client and the files it is made of.
  *
  * Files from the bottom up; each calls only files listed before it, and reports upward only
- * through callbacks it was given:
+ * through callbacks it was given. conn.c does not even see this header: what it needs comes in
+ * through conn.h.
  *
- *   slots.c    the id -> object table of requests and watch streams           (slots.h)
- *   op.c       an op's memory and the lists it moves along                    (op.h)
- *   heap.c     ops by deadline                                                 (op.h)
- *   conn.c     one connection: dial, handshake, writes, reads; events out      (conn.h)
+ *   slots.c    the id -> object table of requests and watch streams        (slots.h)
+ *   op.c       an op's memory and the lists it moves along                 (op.h)
+ *   heap.c     ops by deadline                                             (op.h)
+ *   conn.c     one connection: dial, handshake, writes, reads; events out  (conn.h)
  *   wake.c     when the client runs next: end of this loop turn, a timer, a backoff
  *   route.c    the members known, and which connection a request or a watch takes
  *   request.c  requests: submit, route, retry, answer, expire
