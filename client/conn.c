@@ -1,8 +1,7 @@
 /*
- * One TCP connection to one member: dial, handshake, batched writes, framed reads.
- *
- * What happens to requests when a connection ends is decided in client.c (kc_conn_lost); this
- * file only moves bytes and reports events.
+ * One TCP connection to one member: dial, handshake, batched writes, framed reads. What
+ * happens to requests when a connection ends is the owner's business (see conn.h): this file
+ * only moves bytes and reports events.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +11,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
-#include "internal.h"
+#include "conn.h"
 
 /* Frames handed to one uv_write: large enough to amortise the syscall, small enough that one
  * connection's backlog does not hold a huge buffer. */
@@ -79,17 +78,24 @@ int kc_parse_addr(const char *in, size_t len, char *out, struct sockaddr_in *sa)
     return 0;
 }
 
+/* Report to the owner, through its callbacks. */
+static void lost(struct kc_conn *c, int status, const char *msg)
+{
+    c->ctx->ev->lost(c, status, msg);
+}
+
 static void conn_handle_closed(uv_handle_t *h)
 {
     struct kc_conn *c = h->data;
     if (--c->open_handles > 0)
         return;
-    struct keel_aclient *ac = c->ac;
+    struct kc_conn_ctx *ctx = c->ctx;
     keel_frame_decoder_close(&c->dec);
     keel_arena_close(&c->arena);
     free(c->wbuf);
     free(c);
-    kc_conn_freed(ac);
+    ctx->live--;
+    ctx->ev->closed(ctx->data);
 }
 
 void kc_conn_close(struct kc_conn *c)
@@ -124,9 +130,8 @@ static void on_write(uv_write_t *req, int status)
         return;
     if (status < 0) {
         char msg[KC_MSG_MAX];
-        snprintf(msg, sizeof(msg), "write to %s: %s", c->ac->peers[c->peer].addr,
-                 uv_strerror(status));
-        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        snprintf(msg, sizeof(msg), "write to %s: %s", c->addr, uv_strerror(status));
+        lost(c, KEEL_EUNAVAILABLE, msg);
         return;
     }
     /* Whatever queued up while this write was out goes now, as one more batch. */
@@ -138,7 +143,7 @@ void kc_conn_flush(struct kc_conn *c)
 {
     if (c->state != KC_READY || c->writing || c->pending.n == 0)
         return;
-    struct keel_aclient *ac = c->ac;
+    struct keel_aclient_stats *stats = c->ctx->stats;
     size_t total = 0, count = 0;
     for (struct kc_op *op = c->pending.head; op; op = op->next) {
         if (count > 0 && total + op->frame_len > KC_WRITE_BATCH)
@@ -147,7 +152,7 @@ void kc_conn_flush(struct kc_conn *c)
         count++;
     }
     if (wbuf_reserve(c, total) != 0) {
-        kc_conn_lost(c, KEEL_ENOMEM, "out of memory for the write buffer");
+        lost(c, KEEL_ENOMEM, "out of memory for the write buffer");
         return;
     }
     /* Copy rather than point at the ops' frames: an op may time out and be freed while the write
@@ -163,25 +168,25 @@ void kc_conn_flush(struct kc_conn *c)
     int rv = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
     if (rv != 0) {
         char msg[KC_MSG_MAX];
-        snprintf(msg, sizeof(msg), "write to %s: %s", ac->peers[c->peer].addr, uv_strerror(rv));
+        snprintf(msg, sizeof(msg), "write to %s: %s", c->addr, uv_strerror(rv));
         /* Nothing was handed over: the ops are still pending, hence safe to retry. */
-        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        lost(c, KEEL_EUNAVAILABLE, msg);
         return;
     }
     c->writing = true;
-    ac->stats.writes++;
-    ac->stats.frames_out += count;
+    stats->writes++;
+    stats->frames_out += count;
     for (size_t i = 0; i < count; i++) {
         op = c->pending.head;
         kc_list_remove(&c->pending, op);
         if (op->oneway) {
             op->where = KC_NOWHERE;
             op->conn = NULL;
-            kc_op_written(ac, op);
+            c->ctx->ev->written(c, op);
             continue;
         }
         if (op->sent)
-            ac->stats.retries++;
+            stats->retries++;
         op->sent = true;
         op->where = KC_INFLIGHT;
         kc_list_push(&c->inflight, op);
@@ -204,10 +209,33 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = len;
 }
 
+/* The handshake's answer: a refusal or a newer protocol ends c, anything else makes it ready. */
+static void hello_answered(struct kc_conn *c, const Keel__HelloResponse *hr)
+{
+    char msg[KC_MSG_MAX];
+    if (hr->error && hr->error->code != 0) {
+        snprintf(msg, sizeof(msg), "handshake refused by %s: %s", c->addr,
+                 hr->error->message && hr->error->message[0]
+                     ? hr->error->message
+                     : keel_strerror(keel_err_from_wire(hr->error->code)));
+        lost(c, keel_err_from_wire(hr->error->code), msg);
+        return;
+    }
+    if (hr->protocol_version > KEEL_PROTOCOL_VERSION) {
+        snprintf(msg, sizeof(msg), "%s speaks protocol version %u, this client %u", c->addr,
+                 hr->protocol_version, KEEL_PROTOCOL_VERSION);
+        lost(c, KEEL_EUNSUPPORTED, msg);
+        return;
+    }
+    c->state = KC_READY;
+    c->member_id = hr->member_id;
+    uv_timer_stop(&c->timer);
+    c->ctx->ev->ready(c, hr);
+}
+
 static void process_frames(struct kc_conn *c)
 {
-    struct keel_aclient *ac = c->ac;
-    const char *addr = ac->peers[c->peer].addr;
+    const char *addr = c->addr;
     char msg[KC_MSG_MAX];
     for (;;) {
         const uint8_t *p;
@@ -218,27 +246,27 @@ static void process_frames(struct kc_conn *c)
         if (rc < 0) {
             snprintf(msg, sizeof(msg), "frame from %s exceeds the %zu-byte limit", addr,
                      c->dec.max_frame);
-            kc_conn_lost(c, rc, msg);
+            lost(c, rc, msg);
             return;
         }
         if (c->state == KC_HELLO) {
             Keel__HelloResponse *hr = keel__hello_response__unpack(NULL, n, p);
             if (hr == NULL) {
                 snprintf(msg, sizeof(msg), "handshake with %s: reply does not decode", addr);
-                kc_conn_lost(c, KEEL_EBADFRAME, msg);
+                lost(c, KEEL_EBADFRAME, msg);
                 return;
             }
-            kc_conn_ready(c, hr);
+            hello_answered(c, hr);
             keel__hello_response__free_unpacked(hr, NULL);
         } else {
             Keel__Response *r = keel__response__unpack(keel_arena_pb(&c->arena), n, p);
             if (r == NULL) {
                 keel_arena_reset(&c->arena);
                 snprintf(msg, sizeof(msg), "reply from %s does not decode", addr);
-                kc_conn_lost(c, KEEL_EBADFRAME, msg);
+                lost(c, KEEL_EBADFRAME, msg);
                 return;
             }
-            kc_handle_response(c, r);
+            c->ctx->ev->response(c, r);
             keel_arena_reset(&c->arena);
         }
         /* A callback may have closed the client, or the handshake may have been refused. */
@@ -255,12 +283,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread < 0) {
         char msg[KC_MSG_MAX];
-        const char *addr = c->ac->peers[c->peer].addr;
+        const char *addr = c->addr;
         if (nread == UV_EOF)
             snprintf(msg, sizeof(msg), "connection to %s closed by the server", addr);
         else
             snprintf(msg, sizeof(msg), "read from %s: %s", addr, uv_strerror((int)nread));
-        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        lost(c, KEEL_EUNAVAILABLE, msg);
         return;
     }
     if (nread == 0)
@@ -271,15 +299,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void send_hello(struct kc_conn *c)
 {
-    struct keel_aclient *ac = c->ac;
+    struct kc_conn_ctx *ctx = c->ctx;
     Keel__Hello hello = KEEL__HELLO__INIT;
     hello.protocol_version = KEEL_PROTOCOL_VERSION;
-    hello.client_name = ac->client_name;
-    if (ac->token)
-        hello.token = ac->token;
+    hello.client_name = (char *)ctx->client_name;
+    if (ctx->token)
+        hello.token = (char *)ctx->token;
     size_t n = keel_frame_size(&hello.base);
     if (wbuf_reserve(c, n) != 0) {
-        kc_conn_lost(c, KEEL_ENOMEM, "out of memory for the handshake");
+        lost(c, KEEL_ENOMEM, "out of memory for the handshake");
         return;
     }
     keel_frame_pack(&hello.base, c->wbuf);
@@ -288,9 +316,8 @@ static void send_hello(struct kc_conn *c)
     int rv = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
     if (rv != 0) {
         char msg[KC_MSG_MAX];
-        snprintf(msg, sizeof(msg), "handshake with %s: %s", ac->peers[c->peer].addr,
-                 uv_strerror(rv));
-        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        snprintf(msg, sizeof(msg), "handshake with %s: %s", c->addr, uv_strerror(rv));
+        lost(c, KEEL_EUNAVAILABLE, msg);
         return;
     }
     c->writing = true;
@@ -302,11 +329,11 @@ static void on_connect(uv_connect_t *req, int status)
     struct kc_conn *c = req->data;
     if (c->state == KC_CLOSED)
         return;
-    const char *addr = c->ac->peers[c->peer].addr;
+    const char *addr = c->addr;
     char msg[KC_MSG_MAX];
     if (status < 0) {
         snprintf(msg, sizeof(msg), "dial %s: %s", addr, uv_strerror(status));
-        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        lost(c, KEEL_EUNAVAILABLE, msg);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
@@ -321,7 +348,7 @@ static void on_connect(uv_connect_t *req, int status)
     int rv = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rv != 0) {
         snprintf(msg, sizeof(msg), "read from %s: %s", addr, uv_strerror(rv));
-        kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+        lost(c, KEEL_EUNAVAILABLE, msg);
         return;
     }
     send_hello(c);
@@ -334,55 +361,52 @@ static void on_dial_timeout(uv_timer_t *t)
         return;
     char msg[KC_MSG_MAX];
     snprintf(msg, sizeof(msg), "%s %s: timed out after %u ms",
-             c->state == KC_CONNECTING ? "dial" : "handshake with", c->ac->peers[c->peer].addr,
-             c->ac->dial_timeout_ms);
-    kc_conn_lost(c, KEEL_EUNAVAILABLE, msg);
+             c->state == KC_CONNECTING ? "dial" : "handshake with", c->addr,
+             c->ctx->dial_timeout_ms);
+    lost(c, KEEL_EUNAVAILABLE, msg);
 }
 
-struct kc_conn *kc_conn_start(struct keel_aclient *ac, int peer)
+struct kc_conn *kc_conn_init(struct kc_conn_ctx *ctx, int peer, const char *addr,
+                             const struct sockaddr_in *sa, char *msg)
 {
-    struct kc_peer *p = &ac->peers[peer];
-    char msg[KC_MSG_MAX];
     struct kc_conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
-        kc_peer_failed(ac, peer, true, "out of memory for a connection");
+        snprintf(msg, KC_MSG_MAX, "out of memory for a connection");
         return NULL;
     }
-    c->ac = ac;
+    c->ctx = ctx;
     c->peer = peer;
+    snprintf(c->addr, sizeof(c->addr), "%s", addr);
     c->state = KC_CONNECTING;
-    keel_frame_decoder_init(&c->dec, ac->max_frame);
+    keel_frame_decoder_init(&c->dec, ctx->max_frame);
     keel_arena_init(&c->arena, KC_ARENA_CHUNK);
-    int rv = uv_tcp_init(ac->loop, &c->tcp);
+    int rv = uv_tcp_init(ctx->loop, &c->tcp);
     if (rv != 0) {
         keel_frame_decoder_close(&c->dec);
         free(c);
-        snprintf(msg, sizeof(msg), "dial %s: %s", p->addr, uv_strerror(rv));
-        kc_peer_failed(ac, peer, true, msg);
+        snprintf(msg, KC_MSG_MAX, "dial %s: %s", addr, uv_strerror(rv));
         return NULL;
     }
-    uv_timer_init(ac->loop, &c->timer);
+    uv_timer_init(ctx->loop, &c->timer);
     c->tcp.data = c;
     c->timer.data = c;
     c->connect_req.data = c;
     c->open_handles = 2;
-    ac->nconns++;
-    ac->stats.dials++;
-    if (ac->have_source) {
-        rv = uv_tcp_bind(&c->tcp, (const struct sockaddr *)&ac->source, 0);
+    ctx->live++;
+    ctx->stats->dials++;
+    if (ctx->source) {
+        rv = uv_tcp_bind(&c->tcp, (const struct sockaddr *)ctx->source, 0);
         if (rv != 0)
             goto fail;
     }
-    rv = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&p->sa, on_connect);
+    rv = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)sa, on_connect);
     if (rv != 0)
         goto fail;
-    uv_timer_start(&c->timer, on_dial_timeout, ac->dial_timeout_ms, 0);
-    p->conn = c;
+    uv_timer_start(&c->timer, on_dial_timeout, ctx->dial_timeout_ms, 0);
     return c;
 
 fail:
-    snprintf(msg, sizeof(msg), "dial %s: %s", p->addr, uv_strerror(rv));
+    snprintf(msg, KC_MSG_MAX, "dial %s: %s", addr, uv_strerror(rv));
     kc_conn_close(c);
-    kc_peer_failed(ac, peer, true, msg);
     return NULL;
 }

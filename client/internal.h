@@ -1,89 +1,48 @@
 /*
- * libkeel internals shared by client.c (requests, routing, retries, timers) and conn.c (sockets).
+ * libkeel internals: the asynchronous client and the files it is made of.
  *
- * Every request is a keel_op holding its packed frame, so it can be resent unchanged to another
- * member: the id inside the frame is unique for the whole client, hence for every connection.
- * An op is always on exactly one list, which says where it stands:
+ * Files from the bottom up; each calls only files listed before it, and reports upward only
+ * through callbacks it was given. conn.c does not even see this header: what it needs comes in
+ * through conn.h.
  *
- *   waiting        no connection can take it yet (none ready, or a retry backoff runs)
- *   conn->pending  assigned to a connection, not yet handed to uv_write (never sent)
- *   conn->inflight written (or being written): the server may have seen it
- *   done           finished with a local failure; its callback runs at the next safe point
- *
- * One-way ops (watch create/cancel/progress frames, see watch.c) use the same queues but expect
- * no answer of their own: they are freed once handed to uv_write, or dropped with their
- * connection. Watch streams answer with ids that have KC_WATCH_BIT set, which no request id has.
+ *   slots.c    the id -> object table of requests and watch streams        (slots.h)
+ *   op.c       an op's memory and the lists it moves along                 (op.h)
+ *   heap.c     ops by deadline                                             (op.h)
+ *   conn.c     one connection: dial, handshake, writes, reads; events out  (conn.h)
+ *   wake.c     when the client runs next: end of this loop turn, a timer, a backoff
+ *   route.c    the members known, and which connection a request or a watch takes
+ *   request.c  requests: submit, route, retry, answer, expire
+ *   watch.c    watches: create, deliver, resume, cancel
+ *   client.c   the client itself: init, close, each loop turn, connection events
+ *   sync.c     the synchronous API: a client on a private loop thread
+ *   calls.c    keel_put, keel_get, ...: one request each, through keel_do
  *
  * Callbacks for server answers run at once, from the read callback (the reply lives in the
- * connection's arena only until the next frame); local failures are queued on `done` and
- * delivered from kc_drain, so internal state is never changed underneath user code.
+ * connection's arena only until the next frame); local failures are queued and delivered from
+ * the loop turn's drain (client.c), so internal state is never changed underneath user code.
  */
 #ifndef KEEL_CLIENT_INTERNAL_H
 #define KEEL_CLIENT_INTERNAL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 #include <uv.h>
 
-#include "arena.h"
-#include "frame.h"
+#include "conn.h"
 #include "keel/keel.h"
+#include "op.h"
+#include "slots.h"
 
-#define KC_ADDR_MAX  64 /* "255.255.255.255:65535" fits many times over */
 #define KC_ZONE_MAX  64
-#define KC_MSG_MAX   512
-#define KC_MAX_PEERS 64   /* endpoints plus members learned; more are ignored */
-#define KC_NCLASS    7    /* op pool classes: frames up to 256 << 6 = 16 KiB are recycled */
-#define KC_POOL_KEEP 1024 /* ops kept per pool class */
+#define KC_MAX_PEERS 64 /* endpoints plus members learned; more are ignored */
 /* Set in the ids of watch streams (and their cancel/progress frames); request ids never have it,
- * so a reply is routed to the watch table or to the op slots on this bit alone. */
+ * so a reply is routed to the watch table or to the request slots on this bit alone. */
 #define KC_WATCH_BIT (UINT64_C(1) << 63)
-
-enum kc_route {
-    KC_ROUTE_LEADER, /* writes, linearizable reads */
-    KC_ROUTE_ANY,    /* serializable reads, status, member list: same zone first */
-    KC_ROUTE_PINNED, /* keel_call_opts.endpoint */
-};
-
-enum kc_where { KC_NOWHERE, KC_WAITING, KC_PENDING, KC_INFLIGHT, KC_DONE };
-
-struct kc_conn;
-
-struct kc_op {
-    struct kc_op *prev, *next;
-    struct kc_conn *conn; /* KC_PENDING / KC_INFLIGHT */
-    uint64_t id;
-    uint64_t deadline;  /* loop time, ms */
-    uint64_t retry_at;  /* not before this loop time (retry backoff) */
-    uint32_t wait_mark; /* ac->dial_failures when it began waiting for a connection */
-    bool wait_marked;
-    size_t heap_idx;
-    keel_response_cb cb;
-    void *data;
-    int peer;              /* KC_ROUTE_PINNED: its peer */
-    int avoid_peer;        /* retry elsewhere than this peer (-1: none) ... */
-    uint64_t avoid_member; /* ... or this member: it answered without knowing a leader */
-    uint8_t where;
-    uint8_t route;
-    uint8_t cls; /* pool class, or KC_NCLASS when malloc'd to size */
-    bool idempotent;
-    bool oneway;       /* a watch frame: no answer expected, freed once written */
-    bool sent;         /* handed to uv_write at least once */
-    uint16_t attempts; /* retries so far */
-    int last_err;      /* why the last attempt failed, for the timeout message */
-    int status;        /* KC_DONE: the failure */
-    char *msg;         /* KC_DONE: its message (malloc'd), or NULL for keel_strerror */
-    uint32_t timeout_ms;
-    size_t frame_len;
-    uint8_t frame[];
-};
-
-struct kc_list {
-    struct kc_op *head, *tail;
-    size_t n;
-};
 
 /*
  * A watch moves through these states; only KW_ACTIVE receives events.
@@ -135,27 +94,6 @@ struct keel_watch {
     const Keel__ResponseHeader *hdr; /* during a callback: the response's header */
 };
 
-enum kc_conn_state { KC_CONNECTING, KC_HELLO, KC_READY, KC_CLOSED };
-
-struct kc_conn {
-    struct keel_aclient *ac;
-    uv_tcp_t tcp;
-    uv_timer_t timer; /* dial + handshake deadline */
-    uv_connect_t connect_req;
-    uv_write_t write_req;
-    int state;
-    int peer;
-    int open_handles;
-    bool writing;
-    uint64_t member_id;
-    struct kc_list pending;
-    struct kc_list inflight;
-    struct keel_frame_decoder dec;
-    struct keel_arena arena;
-    uint8_t *wbuf;
-    size_t wcap;
-};
-
 struct kc_peer {
     char addr[KC_ADDR_MAX];
     struct sockaddr_in sa;
@@ -171,29 +109,36 @@ struct kc_peer {
 
 struct keel_aclient {
     uv_loop_t *loop;
-    uv_timer_t timer;
-    uv_prepare_t prepare;
-    int open_handles; /* ac's own handles not yet closed */
-    int nconns;       /* kc_conn allocated and not yet freed */
     bool closing;
-    bool kicked;     /* work queued for the prepare callback */
-    bool need_route; /* waiting ops should be looked at */
+    bool need_route; /* waiting requests and watches should be looked at */
     bool draining;
     keel_close_cb close_cb;
     void *close_data;
+
+    /* wake.c: the client's two handles and what they run (set by client.c) */
+    uv_prepare_t prepare;
+    uv_timer_t timer;
+    int open_handles;                         /* of these two, not yet closed */
+    keel_close_cb wake_closed;                /* both are closed (kc_wake_close) */
+    bool kicked;                              /* work queued for the prepare callback */
+    uint64_t timer_due;                       /* when the timer fires, UINT64_MAX when stopped */
+    uint64_t rng;                             /* backoff jitter */
+    void (*turn)(struct keel_aclient *ac);    /* once per kick, before the loop blocks */
+    void (*timeout)(struct keel_aclient *ac); /* a scheduled time came */
 
     /* options */
     char zone[KC_ZONE_MAX];
     char *client_name;
     char *token;
-    bool have_source;
     struct sockaddr_in source;
-    uint32_t dial_timeout_ms;
     uint32_t request_timeout_ms;
     int max_retries;
     uint32_t max_frame;
 
-    /* cluster knowledge */
+    /* connections: what they share (conn.h) */
+    struct kc_conn_ctx conns;
+
+    /* route.c: cluster knowledge */
     struct kc_peer peers[KC_MAX_PEERS];
     int npeers;
     int rr;     /* round-robin cursor over peers */
@@ -202,91 +147,113 @@ struct keel_aclient {
     uint32_t dial_failures;
     char last_dial_err[KC_MSG_MAX];
 
-    /* requests */
+    /* request.c */
     struct kc_list waiting;
     struct kc_list done;
-    struct kc_op **slots; /* id low 32 bits -> op */
-    uint32_t nslots;
-    uint32_t *free_slots;
-    uint32_t nfree;
-    uint32_t seq;
-    struct kc_op **heap; /* min-heap on deadline */
-    size_t nheap, heapcap;
-    uint64_t timer_due; /* when the timer fires, UINT64_MAX when stopped */
-    struct kc_op *pool[KC_NCLASS];
-    uint32_t pool_n[KC_NCLASS];
-    uint64_t rng;
+    struct kc_slots slots; /* request id low 32 bits -> op */
+    uint32_t seq;          /* request id high bits (31) */
+    struct kc_heap heap;
+    struct kc_pool pool;
 
     struct keel_aclient_stats stats;
 
-    /* watches (watch.c) */
-    struct kc_wlist wsettling;  /* KW_WAITING, KW_CREATING: what the routing pass looks at */
-    struct kc_wlist watches;    /* KW_ACTIVE */
-    struct kc_wlist wdone;      /* KW_DONE: final callback not yet delivered */
-    struct keel_watch **wslots; /* stream id low 32 bits -> watch */
-    uint32_t nwslots;
-    uint32_t *wfree;
-    uint32_t nwfree;
-    uint32_t wgen;         /* stream id sequence (31 bits) */
-    int64_t next_watch_id; /* watch ids are ours: unique on every connection */
-
-    /* the Response handed to callbacks for local failures */
-    Keel__Response synth;
-    Keel__Error synth_err;
+    /* watch.c */
+    struct kc_wlist wsettling; /* KW_WAITING, KW_CREATING: what the routing pass looks at */
+    struct kc_wlist watches;   /* KW_ACTIVE */
+    struct kc_wlist wdone;     /* KW_DONE: final callback not yet delivered */
+    struct kc_slots wslots;    /* stream id low 32 bits -> watch */
+    uint32_t wgen;             /* stream id sequence (31 bits) */
+    int64_t next_watch_id;     /* watch ids are ours: unique on every connection */
 };
 
-/* lists (client.c) */
-void kc_list_push(struct kc_list *l, struct kc_op *op);
-void kc_list_remove(struct kc_list *l, struct kc_op *op);
+/* The message of a local failure: fmt formatted (at most KC_MSG_MAX bytes) and malloc'd; NULL
+ * when out of memory, which callers report as keel_strerror of the failure's code. */
+static inline __attribute__((format(printf, 1, 0))) char *kc_vmsg(const char *fmt, va_list ap)
+{
+    char buf[KC_MSG_MAX];
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    return strdup(buf);
+}
 
-/* client.c, for conn.c */
+/* ---- wake.c ---- */
+/* Set up the prepare and timer handles (ac->turn and ac->timeout set first). */
+void kc_wake_init(struct keel_aclient *ac);
+/* Close both handles; cb(ac) runs once both are closed. */
+void kc_wake_close(struct keel_aclient *ac, keel_close_cb cb);
+/* Run ac->turn before the loop blocks next (not once closing). */
 void kc_kick(struct keel_aclient *ac);
-void kc_conn_ready(struct kc_conn *c, const Keel__HelloResponse *hr);
-void kc_conn_lost(struct kc_conn *c, int status, const char *msg);
-void kc_handle_response(struct kc_conn *c, const Keel__Response *resp);
-void kc_conn_freed(struct keel_aclient *ac);
-/* Record that dialling (dial true) or talking to a peer failed: backoff, last dial error. */
-void kc_peer_failed(struct keel_aclient *ac, int peer, bool dial, const char *msg);
+/* Run ac->timeout at loop time `when` at the latest (UINT64_MAX: never). */
+void kc_schedule(struct keel_aclient *ac, uint64_t when);
+/* The n-th consecutive wait (n >= 1): base doubling up to cap, with jitter. */
 uint64_t kc_backoff(struct keel_aclient *ac, uint32_t n, uint64_t base, uint64_t cap);
 
-/* client.c, for conn.c: a one-way op was handed to uv_write (its frame copied): free it. */
-void kc_op_written(struct keel_aclient *ac, struct kc_op *op);
+/* ---- route.c ---- */
+/* Index of the peer for addr (len bytes), added if new; -1 when addr does not parse or the table
+ * is full. */
+int kc_peer_add(struct keel_aclient *ac, const char *addr, size_t len);
+/* The peer of a member named by client address, else by id (0: none); -1 when unknown. */
+int kc_peer_named(struct keel_aclient *ac, const char *addr, uint64_t id);
+/* Whether peer is the member c is connected to. */
+bool kc_same_member(const struct keel_aclient *ac, int peer, const struct kc_conn *c);
+/* For a request or first watch creation waiting for a connection, called each time no pick
+ * succeeded: the first call (*marked false) marks the dial failures so far; true once enough
+ * dials to every member worth dialling have failed since. */
+bool kc_dials_exhausted(const struct keel_aclient *ac, bool *marked, uint32_t *mark);
+/* Record that dialling (dial true) or talking to a peer failed: backoff, last dial error. */
+void kc_peer_failed(struct keel_aclient *ac, int peer, bool dial, const char *msg);
+/* c completed its handshake: learn the member, the cluster's members and who leads. */
+void kc_route_learn(struct keel_aclient *ac, struct kc_conn *c, const Keel__HelloResponse *hr);
+/* c failed (was_ready: after its handshake): forget it, back off from its member. */
+void kc_route_lost(struct keel_aclient *ac, struct kc_conn *c, bool was_ready, const char *msg);
+/* The live connection to peer, dialling when there is none; NULL when the dial failed. */
+struct kc_conn *kc_dial(struct keel_aclient *ac, int peer);
 
-/* client.c, for watch.c */
-/* Queue req (its id already set) on c as a one-way frame. 0, KEEL_ETOOLARGE or KEEL_ENOMEM. */
-int kc_send_oneway(struct keel_aclient *ac, struct kc_conn *c, const Keel__Request *req);
-/* A ready connection to a member of the client's zone when one is known, else to any member
- * (the one to avoid only as a last resort); NULL when a dial or a backoff has to pass first
- * (*wake: the earliest time worth looking again). */
+/* A ready connection for a request or watch, or NULL when it has to wait: a dial was started or a
+ * backoff runs (*wake: the earliest time worth looking again). The member to avoid (it just said
+ * it knows no leader, or was lost) is a last resort. */
+struct kc_conn *kc_pick_leader(struct keel_aclient *ac, int avoid_peer, uint64_t avoid_member,
+                               uint64_t *wake);
+/* Same zone first, then any member. */
 struct kc_conn *kc_pick_any(struct keel_aclient *ac, int avoid_peer, uint64_t avoid_member,
                             uint64_t *wake);
-void kc_schedule(struct keel_aclient *ac, uint64_t when);
-int kc_eligible_count(const struct keel_aclient *ac);
-/* Deliver local failures and watch endings now (never re-entered). */
-void kc_drain(struct keel_aclient *ac);
 
-/* watch.c */
+/* ---- request.c ---- */
+/* Queue req (its id already set) on c as a one-way frame. 0, KEEL_ETOOLARGE or KEEL_ENOMEM. */
+int kc_send_oneway(struct keel_aclient *ac, struct kc_conn *c, const Keel__Request *req);
+/* Route the requests left waiting whose backoff is over. */
+void kc_requests_route(struct keel_aclient *ac);
+/* Fail every request past its deadline. */
+void kc_requests_expire(struct keel_aclient *ac);
+/* The earliest deadline of a request, UINT64_MAX when none. */
+uint64_t kc_requests_next_deadline(const struct keel_aclient *ac);
+/* A reply to a request (its id without KC_WATCH_BIT). */
+void kc_requests_response(struct keel_aclient *ac, struct kc_conn *c, const Keel__Response *resp);
+/* c is gone: its requests are retried elsewhere when that is safe, else failed. */
+void kc_requests_conn_lost(struct keel_aclient *ac, struct kc_conn *c, int status, const char *msg);
+/* keel_aclient_close: fail every request with KEEL_ECANCELED; drop one-way frames. */
+void kc_requests_cancel(struct keel_aclient *ac);
+/* Deliver the callbacks of requests that failed locally. */
+void kc_requests_drain(struct keel_aclient *ac);
+/* A one-way frame was written: free it. */
+void kc_requests_written(struct keel_aclient *ac, struct kc_op *op);
+
+/* ---- watch.c ---- */
 /* Route watches needing a connection; end first creations past their deadline. */
 void kc_watch_route(struct keel_aclient *ac);
 /* A response whose id has KC_WATCH_BIT. */
-void kc_watch_response(struct kc_conn *c, const Keel__Response *resp);
+void kc_watch_response(struct keel_aclient *ac, struct kc_conn *c, const Keel__Response *resp);
 /* c is gone: its watches are resumed elsewhere. */
-void kc_watch_conn_lost(struct kc_conn *c);
+void kc_watch_conn_lost(struct keel_aclient *ac, struct kc_conn *c);
 /* keel_aclient_close: end every watch with KEEL_ECANCELED. */
 void kc_watch_close_all(struct keel_aclient *ac);
-/* Deliver the final callbacks of ended watches (from kc_drain). */
+/* Deliver the final callbacks of ended watches. */
 void kc_watch_drain(struct keel_aclient *ac);
-/* Free a watch's memory (its final callback delivered; touches nothing but w). */
-void kc_watch_free(struct keel_watch *w);
-void kc_watch_table_free(struct keel_aclient *ac);
+/* Free a watch's memory once its final callback was delivered (the core does it for a watch not
+ * held; the sync API for its held handles). Touches nothing but w. */
+void kc_watch_close(struct keel_watch *w);
 
-/* conn.c */
-struct kc_conn *kc_conn_start(struct keel_aclient *ac, int peer);
-void kc_conn_flush(struct kc_conn *c);
-void kc_conn_close(struct kc_conn *c);
-
-/* "host:port" (optionally "http://host:port/") to a canonical form and a sockaddr. 0 or
- * KEEL_EINVAL. */
-int kc_parse_addr(const char *in, size_t len, char *out, struct sockaddr_in *sa);
+/* ---- sync.c ---- */
+/* Set the calling thread's keel_errmsg. */
+void kc_set_errmsg(const char *msg);
 
 #endif

@@ -1,5 +1,6 @@
 /*
- * The synchronous API: an asynchronous client on a private loop thread.
+ * The synchronous API: an asynchronous client on a private loop thread. The typed calls built on
+ * keel_do (keel_put, keel_get, ...) are in calls.c.
  *
  * A call puts a descriptor on the handle's queue, wakes the loop with uv_async_send and sleeps on
  * its own condition variable. The loop thread submits everything queued, and each completion
@@ -77,7 +78,7 @@ const char *keel_errmsg(void)
     return tls_errmsg;
 }
 
-static void set_errmsg(const char *msg)
+void kc_set_errmsg(const char *msg)
 {
     snprintf(tls_errmsg, sizeof(tls_errmsg), "%s", msg);
 }
@@ -219,7 +220,7 @@ static void watch_close(struct keel *k, struct sync_call *call)
     struct sync_watch *sw = call->w->data;
     if (sw->ended) {
         sw_unlink(sw);
-        kc_watch_free(sw->w);
+        kc_watch_close(sw->w);
         free(sw);
         call_finish(k, call, 0);
         return;
@@ -277,7 +278,7 @@ static void on_async(uv_async_t *h)
             struct sync_watch *next = sw->next;
             if (sw->ended) {
                 sw_unlink(sw);
-                kc_watch_free(sw->w);
+                kc_watch_close(sw->w);
                 free(sw);
             }
             sw = next;
@@ -359,20 +360,20 @@ void keel_close(struct keel *k)
 static int submit(struct keel *k, struct sync_call *call)
 {
     if (on_loop_thread(k)) {
-        set_errmsg("called from a callback, on the client's own loop thread: it would wait for "
-                   "itself");
+        kc_set_errmsg("called from a callback, on the client's own loop thread: it would wait for "
+                      "itself");
         return KEEL_EINVAL;
     }
     call->k = k;
     if (uv_cond_init(&call->cond) != 0) {
-        set_errmsg(keel_strerror(KEEL_ENOMEM));
+        kc_set_errmsg(keel_strerror(KEEL_ENOMEM));
         return KEEL_ENOMEM;
     }
     uv_mutex_lock(&k->mu);
     if (k->closing) {
         uv_mutex_unlock(&k->mu);
         uv_cond_destroy(&call->cond);
-        set_errmsg("client closed");
+        kc_set_errmsg("client closed");
         return KEEL_ECLOSED;
     }
     if (k->tail)
@@ -397,7 +398,7 @@ int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_
     if (out)
         *out = NULL;
     if (k == NULL || req == NULL) {
-        set_errmsg(keel_strerror(KEEL_EINVAL));
+        kc_set_errmsg(keel_strerror(KEEL_EINVAL));
         return KEEL_EINVAL;
     }
     struct sync_call call;
@@ -413,14 +414,14 @@ int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_
 
     if (call.status != 0) {
         free(call.buf);
-        set_errmsg(call.msg);
+        kc_set_errmsg(call.msg);
         return call.status;
     }
     if (out) {
         *out = keel__response__unpack(NULL, call.len, call.buf);
         free(call.buf);
         if (*out == NULL) {
-            set_errmsg(keel_strerror(KEEL_ENOMEM));
+            kc_set_errmsg(keel_strerror(KEEL_ENOMEM));
             return KEEL_ENOMEM;
         }
     }
@@ -432,184 +433,6 @@ int keel_do(struct keel *k, const Keel__Request *req, Keel__Response **out)
     return keel_do_ex(k, req, NULL, out);
 }
 
-/* Run req and hand the caller the body of the expected kind, detached from its envelope. */
-static int do_body(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
-                   Keel__Response__BodyCase want, void **out)
-{
-    if (out == NULL)
-        return keel_do_ex(k, req, opts, NULL);
-    *out = NULL;
-    Keel__Response *resp;
-    int rv = keel_do_ex(k, req, opts, &resp);
-    if (rv != 0)
-        return rv;
-    if (resp->body_case != want || resp->range == NULL) {
-        char msg[128];
-        snprintf(msg, sizeof(msg), "unexpected reply: body %d for a request expecting %d",
-                 (int)resp->body_case, (int)want);
-        keel_free(resp);
-        set_errmsg(msg);
-        return KEEL_EINTERNAL;
-    }
-    /* Every body member is a pointer in one union: detach it through any of them. */
-    *out = resp->range;
-    resp->range = NULL;
-    resp->body_case = KEEL__RESPONSE__BODY__NOT_SET;
-    keel_free(resp);
-    return 0;
-}
-
-static ProtobufCBinaryData bytes_of(const void *p, size_t n)
-{
-    ProtobufCBinaryData b = {n, (uint8_t *)(uintptr_t)p};
-    return b;
-}
-
-int keel_put(struct keel *k, const void *key, size_t klen, const void *val, size_t vlen,
-             const struct keel_put_opts *opts, Keel__PutResponse **out)
-{
-    Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
-    put.key = bytes_of(key, klen);
-    put.value = bytes_of(val, vlen);
-    if (opts) {
-        put.lease = opts->lease;
-        put.prev_kv = opts->prev_kv;
-        put.ignore_value = opts->ignore_value;
-        put.ignore_lease = opts->ignore_lease;
-    }
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_PUT;
-    req.put = &put;
-    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_PUT, (void **)out);
-}
-
-int keel_get(struct keel *k, const void *key, size_t klen, const struct keel_get_opts *opts,
-             Keel__RangeResponse **out)
-{
-    if (out == NULL) {
-        set_errmsg("keel_get: out is NULL");
-        return KEEL_EINVAL;
-    }
-    Keel__RangeRequest range = KEEL__RANGE_REQUEST__INIT;
-    range.key = bytes_of(key, klen);
-    if (opts) {
-        range.range_end = bytes_of(opts->range_end, opts->range_end ? opts->range_end_len : 0);
-        range.limit = opts->limit;
-        range.revision = opts->revision;
-        range.serializable = opts->serializable;
-        range.keys_only = opts->keys_only;
-        range.count_only = opts->count_only;
-        range.sort_order = opts->sort_order;
-        range.sort_target = opts->sort_target;
-    }
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_RANGE;
-    req.range = &range;
-    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_RANGE, (void **)out);
-}
-
-int keel_delete(struct keel *k, const void *key, size_t klen, const struct keel_delete_opts *opts,
-                Keel__DeleteRangeResponse **out)
-{
-    Keel__DeleteRangeRequest del = KEEL__DELETE_RANGE_REQUEST__INIT;
-    del.key = bytes_of(key, klen);
-    if (opts) {
-        del.range_end = bytes_of(opts->range_end, opts->range_end ? opts->range_end_len : 0);
-        del.prev_kv = opts->prev_kv;
-    }
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_DELETE_RANGE;
-    req.delete_range = &del;
-    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_DELETE_RANGE, (void **)out);
-}
-
-int keel_txn(struct keel *k, const Keel__TxnRequest *txn, Keel__TxnResponse **out)
-{
-    if (txn == NULL) {
-        set_errmsg("keel_txn: txn is NULL");
-        return KEEL_EINVAL;
-    }
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_TXN;
-    req.txn = (Keel__TxnRequest *)(uintptr_t)txn;
-    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_TXN, (void **)out);
-}
-
-int keel_compact(struct keel *k, int64_t rev)
-{
-    Keel__CompactionRequest c = KEEL__COMPACTION_REQUEST__INIT;
-    c.revision = rev;
-    c.physical = true;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_COMPACTION;
-    req.compaction = &c;
-    return keel_do(k, &req, NULL);
-}
-
-int keel_status(struct keel *k, const char *endpoint, Keel__StatusResponse **out)
-{
-    if (out == NULL) {
-        set_errmsg("keel_status: out is NULL");
-        return KEEL_EINVAL;
-    }
-    Keel__StatusRequest s = KEEL__STATUS_REQUEST__INIT;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_STATUS;
-    req.status = &s;
-    struct keel_call_opts opts = {.endpoint = endpoint};
-    return do_body(k, &req, &opts, KEEL__RESPONSE__BODY_STATUS, (void **)out);
-}
-
-int keel_member_list(struct keel *k, Keel__MemberListResponse **out)
-{
-    if (out == NULL) {
-        set_errmsg("keel_member_list: out is NULL");
-        return KEEL_EINVAL;
-    }
-    Keel__MemberListRequest m = KEEL__MEMBER_LIST_REQUEST__INIT;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_MEMBER_LIST;
-    req.member_list = &m;
-    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_MEMBER_LIST, (void **)out);
-}
-
-int keel_lease_grant(struct keel *k, int64_t ttl, int64_t id, Keel__LeaseGrantResponse **out)
-{
-    Keel__LeaseGrantRequest g = KEEL__LEASE_GRANT_REQUEST__INIT;
-    g.ttl = ttl;
-    g.id = id;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_LEASE_GRANT;
-    req.lease_grant = &g;
-    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_LEASE_GRANT, (void **)out);
-}
-
-int keel_lease_revoke(struct keel *k, int64_t id)
-{
-    Keel__LeaseRevokeRequest r = KEEL__LEASE_REVOKE_REQUEST__INIT;
-    r.id = id;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_LEASE_REVOKE;
-    req.lease_revoke = &r;
-    return keel_do(k, &req, NULL);
-}
-
-int keel_lease_time_to_live(struct keel *k, int64_t id, bool keys,
-                            Keel__LeaseTimeToLiveResponse **out)
-{
-    if (out == NULL) {
-        set_errmsg("keel_lease_time_to_live: out is NULL");
-        return KEEL_EINVAL;
-    }
-    Keel__LeaseTimeToLiveRequest t = KEEL__LEASE_TIME_TO_LIVE_REQUEST__INIT;
-    t.id = id;
-    t.keys = keys;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_LEASE_TIME_TO_LIVE;
-    req.lease_time_to_live = &t;
-    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_LEASE_TIME_TO_LIVE, (void **)out);
-}
-
 int keel_watch_open(struct keel *k, const void *key, size_t klen,
                     const struct keel_watch_opts *opts, keel_watch_cb cb, void *data,
                     struct keel_watch **out)
@@ -617,7 +440,7 @@ int keel_watch_open(struct keel *k, const void *key, size_t klen,
     if (out)
         *out = NULL;
     if (k == NULL || cb == NULL || out == NULL) {
-        set_errmsg(keel_strerror(KEEL_EINVAL));
+        kc_set_errmsg(keel_strerror(KEEL_EINVAL));
         return KEEL_EINVAL;
     }
     struct sync_call call;
@@ -632,7 +455,7 @@ int keel_watch_open(struct keel *k, const void *key, size_t klen,
     if (rv != 0)
         return rv;
     if (call.status != 0) {
-        set_errmsg(call.msg);
+        kc_set_errmsg(call.msg);
         return call.status;
     }
     *out = call.w;
@@ -642,7 +465,7 @@ int keel_watch_open(struct keel *k, const void *key, size_t klen,
 int keel_watch_close(struct keel *k, struct keel_watch *w)
 {
     if (k == NULL || w == NULL) {
-        set_errmsg(keel_strerror(KEEL_EINVAL));
+        kc_set_errmsg(keel_strerror(KEEL_EINVAL));
         return KEEL_EINVAL;
     }
     struct sync_call call;
@@ -655,7 +478,7 @@ int keel_watch_close(struct keel *k, struct keel_watch *w)
 int keel_watch_request_progress(struct keel *k, struct keel_watch *w)
 {
     if (k == NULL || w == NULL) {
-        set_errmsg(keel_strerror(KEEL_EINVAL));
+        kc_set_errmsg(keel_strerror(KEEL_EINVAL));
         return KEEL_EINVAL;
     }
     struct sync_call call;
@@ -666,20 +489,6 @@ int keel_watch_request_progress(struct keel *k, struct keel_watch *w)
     if (rv != 0)
         return rv;
     if (call.status != 0)
-        set_errmsg(call.msg);
+        kc_set_errmsg(call.msg);
     return call.status;
-}
-
-size_t keel_prefix_end(const void *key, size_t klen, uint8_t *out)
-{
-    const uint8_t *k = key;
-    for (size_t i = klen; i > 0; i--) {
-        if (k[i - 1] < 0xff) {
-            memcpy(out, k, i - 1);
-            out[i - 1] = (uint8_t)(k[i - 1] + 1);
-            return i;
-        }
-    }
-    out[0] = 0;
-    return 1;
 }

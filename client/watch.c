@@ -4,7 +4,7 @@
  * A watch is a stream of responses that carry the id of the WatchCreate that started it. Every
  * attempt gets a fresh stream id and a fresh watch id, so nothing a member sends for an earlier
  * attempt can reach the watch (and the member never sees an id twice on one connection); the
- * stream id's low 32 bits index a slot table, as request ids do.
+ * stream id's low 32 bits index a slot table (slots.h), as request ids do.
  *
  * No gap, no duplicate: w->next_rev is the first revision not yet delivered. A re-creation asks
  * for history from there, and events below it are dropped (a member replaying a little too much,
@@ -13,9 +13,9 @@
  *
  * Frames to members (create, cancel, progress) are one-way ops queued on the watch's connection,
  * so they ride the same batched writes as requests. User callbacks run from the read path
- * (events, notices) or from kc_drain (final calls), never from an API call; a watch whose
- * callback is running is marked busy so that a nested drain (keel_aclient_close from a callback)
- * never ends it under that callback's feet.
+ * (events, notices) or from the loop turn's drain (final calls), never from an API call; a watch
+ * whose callback is running is marked busy so that a nested drain (keel_aclient_close from a
+ * callback) never ends it under that callback's feet.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,14 +27,9 @@
 #define KW_RETRY_BASE_MS 25
 #define KW_RETRY_CAP_MS  1000
 #define KW_FAILS_MAX     1000 /* the backoff is capped long before; keeps the counter bounded */
-/* A first creation waiting for a connection gives up (KEEL_EUNAVAILABLE) once this many dials per
- * eligible member have failed, as requests do. */
-#define KW_DIAL_ROUNDS 2
-/* Slot id of cancel frames: never allocated, so their replies match no watch. */
-#define KW_NO_SLOT UINT32_MAX
 
 /* ---------------------------------------------------------------------------------------------
- * Lists, slots, states
+ * Lists, states
  */
 
 static void wl_push(struct kc_wlist *l, struct keel_watch *w)
@@ -61,47 +56,6 @@ static void wl_remove(struct kc_wlist *l, struct keel_watch *w)
         l->tail = w->prev;
     w->prev = w->next = NULL;
     l->n--;
-}
-
-static int wslot_alloc(struct keel_aclient *ac, uint32_t *slot)
-{
-    if (ac->nwfree == 0) {
-        uint32_t n = ac->nwslots ? ac->nwslots * 2 : 64;
-        if (n <= ac->nwslots || n == KW_NO_SLOT)
-            return KEEL_ENOMEM;
-        struct keel_watch **s = realloc(ac->wslots, n * sizeof(*s));
-        if (s == NULL)
-            return KEEL_ENOMEM;
-        ac->wslots = s;
-        uint32_t *f = realloc(ac->wfree, n * sizeof(*f));
-        if (f == NULL)
-            return KEEL_ENOMEM;
-        ac->wfree = f;
-        for (uint32_t i = n; i > ac->nwslots; i--) {
-            ac->wslots[i - 1] = NULL;
-            ac->wfree[ac->nwfree++] = i - 1;
-        }
-        ac->nwslots = n;
-    }
-    *slot = ac->wfree[--ac->nwfree];
-    return 0;
-}
-
-static void wslot_free(struct keel_aclient *ac, struct keel_watch *w)
-{
-    if (w->slot < ac->nwslots && ac->wslots[w->slot] == w) {
-        ac->wslots[w->slot] = NULL;
-        ac->wfree[ac->nwfree++] = w->slot;
-    }
-}
-
-void kc_watch_table_free(struct keel_aclient *ac)
-{
-    free(ac->wslots);
-    free(ac->wfree);
-    ac->wslots = NULL;
-    ac->wfree = NULL;
-    ac->nwslots = ac->nwfree = 0;
 }
 
 static uint64_t next_gen(struct keel_aclient *ac)
@@ -146,17 +100,7 @@ static bool ended(const struct keel_watch *w)
     return w->state == KW_DONE || w->state == KW_ENDED;
 }
 
-static uint64_t now_ms(struct keel_aclient *ac)
-{
-    return uv_now(ac->loop);
-}
-
-static const char *conn_addr(const struct kc_conn *c)
-{
-    return c->ac->peers[c->peer].addr;
-}
-
-void kc_watch_free(struct keel_watch *w)
+void kc_watch_close(struct keel_watch *w)
 {
     free(w->key);
     free(w->end);
@@ -174,15 +118,13 @@ static void watch_end(struct keel_watch *w, int status, const char *fmt, ...)
         return;
     struct keel_aclient *ac = w->ac;
     set_state(w, KW_DONE);
-    wslot_free(ac, w);
+    kc_slots_give(&ac->wslots, w->slot, w);
     w->conn = NULL;
     w->status = status;
-    char buf[KC_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
+    w->msg = kc_vmsg(fmt, ap);
     va_end(ap);
-    w->msg = strdup(buf); /* NULL falls back to keel_strerror */
     kc_kick(ac);
 }
 
@@ -200,7 +142,7 @@ void kc_watch_drain(struct keel_aclient *ac)
         w->cb(w, w->status, NULL, 0, w->revision, w->data);
         w->busy = false;
         if (!w->held)
-            kc_watch_free(w);
+            kc_watch_close(w);
         /* The callback may have ended (or closed) anything: look again from the start. */
         w = ac->wdone.head;
     }
@@ -272,7 +214,7 @@ static void send_cancel(struct keel_aclient *ac, struct kc_conn *c, int64_t watc
     Keel__WatchCancelRequest wc = KEEL__WATCH_CANCEL_REQUEST__INIT;
     wc.watch_id = watch_id;
     Keel__Request req = KEEL__REQUEST__INIT;
-    req.id = KC_WATCH_BIT | next_gen(ac) | KW_NO_SLOT;
+    req.id = KC_WATCH_BIT | next_gen(ac) | KC_NO_SLOT;
     req.body_case = KEEL__REQUEST__BODY_WATCH_CANCEL;
     req.watch_cancel = &wc;
     (void)kc_send_oneway(ac, c, &req);
@@ -302,7 +244,7 @@ static void watch_retry(struct keel_watch *w, struct kc_conn *c)
     w->conn = NULL;
     if (w->fails < KW_FAILS_MAX)
         w->fails++;
-    w->retry_at = now_ms(ac) + kc_backoff(ac, w->fails, KW_RETRY_BASE_MS, KW_RETRY_CAP_MS);
+    w->retry_at = uv_now(ac->loop) + kc_backoff(ac, w->fails, KW_RETRY_BASE_MS, KW_RETRY_CAP_MS);
     w->wait_marked = false;
     set_state(w, KW_WAITING);
     ac->need_route = true;
@@ -344,7 +286,7 @@ void kc_watch_route(struct keel_aclient *ac)
 {
     if (ac->wsettling.n == 0 || ac->closing)
         return;
-    uint64_t now = now_ms(ac);
+    uint64_t now = uv_now(ac->loop);
     uint64_t wake = UINT64_MAX;
     struct keel_watch *next;
     for (struct keel_watch *w = ac->wsettling.head; w != NULL; w = next) {
@@ -387,21 +329,14 @@ void kc_watch_route(struct keel_aclient *ac)
         }
         if (w->created_once)
             continue; /* never give up on a watch that ran */
-        int n = kc_eligible_count(ac);
-        if (!w->wait_marked) {
-            w->wait_marked = true;
-            w->wait_mark = ac->dial_failures;
-        } else if (ac->dial_failures - w->wait_mark >=
-                   (uint32_t)(KW_DIAL_ROUNDS * (n > 0 ? n : 1))) {
+        if (kc_dials_exhausted(ac, &w->wait_marked, &w->wait_mark))
             watch_end(w, KEEL_EUNAVAILABLE, "no member reachable: %s", ac->last_dial_err);
-        }
     }
     kc_schedule(ac, wake);
 }
 
-void kc_watch_conn_lost(struct kc_conn *c)
+void kc_watch_conn_lost(struct keel_aclient *ac, struct kc_conn *c)
 {
-    struct keel_aclient *ac = c->ac;
     /* Active watches move to wsettling (appended: seen again below, with conn NULL by then). */
     struct kc_wlist *lists[] = {&ac->watches, &ac->wsettling};
     for (int i = 0; i < 2; i++) {
@@ -444,7 +379,7 @@ static void on_response(struct keel_watch *w, struct kc_conn *c, const Keel__Res
         return;
     }
     if (resp->body_case != KEEL__RESPONSE__BODY_WATCH || resp->watch == NULL) {
-        snprintf(msg, sizeof(msg), "%s answered a watch with body %d", conn_addr(c),
+        snprintf(msg, sizeof(msg), "%s answered a watch with body %d", c->addr,
                  (int)resp->body_case);
         refused(w, c, KEEL_EINTERNAL, msg);
         return;
@@ -480,7 +415,7 @@ static void on_response(struct keel_watch *w, struct kc_conn *c, const Keel__Res
             watch_end(w, KEEL_ECOMPACTED, "%s",
                       reason ? reason : "required revision has been compacted");
         } else {
-            watch_end(w, KEEL_ECANCELED, "watch canceled by %s: %s", conn_addr(c),
+            watch_end(w, KEEL_ECANCELED, "watch canceled by %s: %s", c->addr,
                       reason ? reason : "no reason given");
         }
         return;
@@ -506,20 +441,13 @@ static void on_response(struct keel_watch *w, struct kc_conn *c, const Keel__Res
     deliver(w, resp->header, wr->events + skip, wr->n_events - skip, hrev);
 }
 
-void kc_watch_response(struct kc_conn *c, const Keel__Response *resp)
+void kc_watch_response(struct keel_aclient *ac, struct kc_conn *c, const Keel__Response *resp)
 {
-    struct keel_aclient *ac = c->ac;
-    uint32_t slot = (uint32_t)resp->id;
-    if (slot >= ac->nwslots)
-        return;
-    struct keel_watch *w = ac->wslots[slot];
+    struct keel_watch *w = kc_slots_get(&ac->wslots, (uint32_t)resp->id);
     /* A reply to an earlier attempt, or to a watch that ended, is dropped. */
     if (w == NULL || w->stream_id != resp->id || w->conn != c)
         return;
     on_response(w, c, resp);
-    /* keel_aclient_close from a callback left that watch's final call for now. */
-    if (ac->closing && ac->wdone.head != NULL)
-        kc_drain(ac);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -562,9 +490,9 @@ int keel_aclient_watch(struct keel_aclient *ac, const void *key, size_t klen,
         memcpy(w->end, opts->range_end, elen);
         w->elen = elen;
     }
-    if (wslot_alloc(ac, &w->slot) != 0)
+    if (kc_slots_take(&ac->wslots, &w->slot) != 0)
         goto nomem;
-    ac->wslots[w->slot] = w;
+    kc_slots_set(&ac->wslots, w->slot, w);
     w->ac = ac;
     w->cb = cb;
     w->data = data;
@@ -575,7 +503,7 @@ int keel_aclient_watch(struct keel_aclient *ac, const void *key, size_t klen,
     w->progress_notify = opts->progress_notify;
     w->created_notify = opts->created_notify;
     w->avoid_peer = -1;
-    w->deadline = now_ms(ac) + ac->request_timeout_ms;
+    w->deadline = uv_now(ac->loop) + ac->request_timeout_ms;
     w->state = KW_ENDED; /* on no list yet */
     set_state(w, KW_WAITING);
     ac->need_route = true;
@@ -585,7 +513,7 @@ int keel_aclient_watch(struct keel_aclient *ac, const void *key, size_t klen,
     return 0;
 
 nomem:
-    kc_watch_free(w);
+    kc_watch_close(w);
     return KEEL_ENOMEM;
 }
 

@@ -4,26 +4,26 @@
 
 #include "internal.h"
 
-void revkey_encode(uint8_t out[REVKEY_LEN], int64_t rev, uint32_t sub)
+void ks_revkey_encode(int64_t rev, uint32_t sub, uint8_t out[REVKEY_LEN])
 {
     keel_put_be64(out, (uint64_t)rev);
     keel_put_be32(out + 8, sub);
 }
 
-struct revkey revkey_decode(const MDB_val *v)
+struct revkey ks_revkey_decode(const MDB_val *v)
 {
     const uint8_t *p = v->mv_data;
     struct revkey rk = {(int64_t)keel_get_be64(p), keel_get_be32(p + 8)};
     return rk;
 }
 
-void keyrev_encode(uint8_t out[KEYREV_LEN], int64_t rev, uint32_t sub, bool tombstone)
+void ks_keyrev_encode(int64_t rev, uint32_t sub, bool tombstone, uint8_t out[KEYREV_LEN])
 {
-    revkey_encode(out, rev, sub);
+    ks_revkey_encode(rev, sub, out);
     out[12] = tombstone ? 1 : 0;
 }
 
-struct keyrev keyrev_decode(const MDB_val *v)
+struct keyrev ks_keyrev_decode(const MDB_val *v)
 {
     const uint8_t *p = v->mv_data;
     struct keyrev kr = {(int64_t)keel_get_be64(p), keel_get_be32(p + 8), p[12] != 0};
@@ -34,12 +34,12 @@ struct keyrev keyrev_decode(const MDB_val *v)
  * Record layout: type u8, 3 bytes zero, key length u32, create_revision i64, version i64,
  * lease i64 (all native order), then the key, then the value.
  */
-size_t record_size(size_t key_len, size_t value_len)
+size_t ks_record_size(size_t key_len, size_t value_len)
 {
     return RECORD_HEADER + key_len + value_len;
 }
 
-void record_encode(uint8_t *out, const struct record *r)
+void ks_record_encode(const struct record *r, uint8_t *out)
 {
     uint32_t klen = (uint32_t)r->key.mv_size;
     memset(out, 0, 4);
@@ -53,7 +53,7 @@ void record_encode(uint8_t *out, const struct record *r)
         memcpy(out + RECORD_HEADER + r->key.mv_size, r->value.mv_data, r->value.mv_size);
 }
 
-int record_decode(const MDB_val *v, struct record *r)
+int ks_record_decode(const MDB_val *v, struct record *r)
 {
     const uint8_t *p = v->mv_data;
     uint32_t klen;
@@ -73,7 +73,7 @@ int record_decode(const MDB_val *v, struct record *r)
     return 0;
 }
 
-int store_mdb_err(int rc)
+int ks_mdb_err(int rc)
 {
     switch (rc) {
     case MDB_SUCCESS:

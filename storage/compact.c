@@ -15,19 +15,19 @@ static int drop_entry(struct wctx *c, const MDB_val *key, const uint8_t entry[KE
 {
     struct tctx *t = c->t;
     MDB_val ev = {KEYREV_LEN, (void *)entry};
-    struct keyrev kr = keyrev_decode(&ev);
+    struct keyrev kr = ks_keyrev_decode(&ev);
     uint8_t rk[REVKEY_LEN];
-    revkey_encode(rk, kr.rev, kr.sub);
+    ks_revkey_encode(kr.rev, kr.sub, rk);
     MDB_val rkey = {REVKEY_LEN, rk}, rval;
     int rc = mdb_get(t->txn, t->s->dbi_revs, &rkey, &rval);
     if (rc != 0)
-        return rc == MDB_NOTFOUND ? KEEL_ECORRUPT : store_mdb_err(rc);
+        return rc == MDB_NOTFOUND ? KEEL_ECORRUPT : ks_mdb_err(rc);
     size_t rsize = rval.mv_size;
     if ((rc = mdb_del(t->txn, t->s->dbi_revs, &rkey, NULL)) != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     MDB_val k = *key;
     if ((rc = mdb_del(t->txn, t->s->dbi_keys, &k, &ev)) != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     c->m->logical_size -= REVKEY_LEN + rsize + KEYREV_LEN;
     return 0;
 }
@@ -43,20 +43,20 @@ static int prune_key(struct wctx *c, const MDB_val *key, int64_t crev)
         if (rc == 0)
             rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST_DUP);
         if (rc != 0)
-            return store_mdb_err(rc);
+            return ks_mdb_err(rc);
         if (d.mv_size != KEYREV_LEN)
             return KEEL_ECORRUPT;
         uint8_t first[KEYREV_LEN];
         memcpy(first, d.mv_data, KEYREV_LEN);
-        struct keyrev d0 = keyrev_decode(&d);
+        struct keyrev d0 = ks_keyrev_decode(&d);
         /* Entries at C stay: a watch may start at the compacted revision itself. */
         if (d0.rev >= crev)
             return 0;
         rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT_DUP);
         if (rc != 0 && rc != MDB_NOTFOUND)
-            return store_mdb_err(rc);
+            return ks_mdb_err(rc);
         bool last = rc == MDB_NOTFOUND;
-        bool superseded = !last && keyrev_decode(&d).rev <= crev;
+        bool superseded = !last && ks_keyrev_decode(&d).rev <= crev;
         if (!superseded && !(d0.tombstone && d0.rev < crev))
             return 0;
         int err = drop_entry(c, key, first);
@@ -67,7 +67,7 @@ static int prune_key(struct wctx *c, const MDB_val *key, int64_t crev)
     }
 }
 
-int compact_apply(struct wctx *c, int64_t rev)
+int ks_compact_apply(struct wctx *c, int64_t rev)
 {
     if (rev <= c->m->compact_revision)
         return KEEL_ECOMPACTED;
@@ -78,21 +78,21 @@ int compact_apply(struct wctx *c, int64_t rev)
     uint32_t pos_sub = 0;
     for (;;) {
         uint8_t sk[REVKEY_LEN];
-        revkey_encode(sk, pos_rev, pos_sub);
+        ks_revkey_encode(pos_rev, pos_sub, sk);
         MDB_val rkey = {REVKEY_LEN, sk}, rval;
         /* Re-seek every time: pruning deletes records around the position. */
         int rc = mdb_cursor_get(t->revs, &rkey, &rval, MDB_SET_RANGE);
         if (rc == MDB_NOTFOUND)
             break;
         if (rc != 0)
-            return store_mdb_err(rc);
+            return ks_mdb_err(rc);
         if (rkey.mv_size != REVKEY_LEN)
             return KEEL_ECORRUPT;
-        struct revkey rk = revkey_decode(&rkey);
+        struct revkey rk = ks_revkey_decode(&rkey);
         if (rk.rev > rev)
             break;
         struct record r;
-        int err = record_decode(&rval, &r);
+        int err = ks_record_decode(&rval, &r);
         if (err != 0)
             return err;
         uint8_t kbuf[KEEL_MAX_KEY_BYTES];

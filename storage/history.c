@@ -9,7 +9,7 @@ static int prev_kv(struct tctx *t, const struct revkey *rk, const struct record 
 {
     *out = NULL;
     uint8_t probe[KEYREV_LEN];
-    keyrev_encode(probe, rk->rev, rk->sub, false);
+    ks_keyrev_encode(rk->rev, rk->sub, false, probe);
     MDB_val k = r->key, d = {KEYREV_LEN, probe};
     /* The smallest entry >= (rev, sub, 0) is this event's own entry. */
     int rc = mdb_cursor_get(t->aux, &k, &d, MDB_GET_BOTH_RANGE);
@@ -18,26 +18,26 @@ static int prev_kv(struct tctx *t, const struct revkey *rk, const struct record 
     if (rc == MDB_NOTFOUND)
         return 0;
     if (rc != 0)
-        return store_mdb_err(rc);
-    struct keyrev prev = keyrev_decode(&d);
+        return ks_mdb_err(rc);
+    struct keyrev prev = ks_keyrev_decode(&d);
     if (prev.tombstone)
         return 0;
     uint8_t pk[REVKEY_LEN];
-    revkey_encode(pk, prev.rev, prev.sub);
+    ks_revkey_encode(prev.rev, prev.sub, pk);
     MDB_val rkey = {REVKEY_LEN, pk}, rval;
     struct record pr;
     rc = mdb_get(t->txn, t->s->dbi_revs, &rkey, &rval);
     if (rc != 0)
-        return rc == MDB_NOTFOUND ? KEEL_ECORRUPT : store_mdb_err(rc);
-    int err = record_decode(&rval, &pr);
+        return rc == MDB_NOTFOUND ? KEEL_ECORRUPT : ks_mdb_err(rc);
+    int err = ks_record_decode(&rval, &pr);
     if (err != 0)
         return err;
-    *out = kv_from_record(a, &pr, prev.rev, false);
+    *out = ks_kv_from_record(a, &pr, prev.rev, false);
     return *out ? 0 : KEEL_ENOMEM;
 }
 
-int event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk,
-                const struct record *r, Keel__Event **out)
+int ks_event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk,
+                   const struct record *r, Keel__Event **out)
 {
     Keel__Event *ev = keel_arena_alloc(a, sizeof(*ev));
     if (ev == NULL)
@@ -45,7 +45,7 @@ int event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk,
     keel__event__init(ev);
     if (r->type == REC_PUT) {
         ev->type = KEEL__EVENT__EVENT_TYPE__PUT;
-        ev->kv = kv_from_record(a, r, rk->rev, false);
+        ev->kv = ks_kv_from_record(a, r, rk->rev, false);
     } else {
         ev->type = KEEL__EVENT__EVENT_TYPE__DELETE;
         ev->kv = keel_arena_alloc(a, sizeof(*ev->kv));
@@ -75,16 +75,16 @@ int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
     ProtobufCBinaryData k = {key_len, (uint8_t *)key}, e = {range_end_len, (uint8_t *)range_end};
     const char *msg;
     struct krange kr;
-    int err = krange_make(&kr, &k, &e, &msg);
+    int err = ks_krange_make(&k, &e, &kr, &msg);
     if (err != 0)
         return err;
     struct tctx t;
     struct meta m;
-    if ((err = store_read_begin(s, &t, &m)) != 0)
+    if ((err = ks_read_begin(s, &t, &m)) != 0)
         return err;
     out->revision = m.revision;
     if (start_revision < m.compact_revision) {
-        store_read_end(&t);
+        ks_read_end(&t);
         return KEEL_ECOMPACTED;
     }
     if (start_revision < 1)
@@ -92,7 +92,7 @@ int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
 
     struct pvec evs = {0};
     uint8_t sk[REVKEY_LEN];
-    revkey_encode(sk, start_revision, 0);
+    ks_revkey_encode(start_revision, 0, sk);
     MDB_val rkey = {REVKEY_LEN, sk}, rval;
     int64_t next = m.revision + 1;
     int64_t last_rev = 0; /* revision of the last record scanned */
@@ -106,18 +106,18 @@ int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
             err = KEEL_ECORRUPT;
             break;
         }
-        struct revkey rk = revkey_decode(&rkey);
+        struct revkey rk = ks_revkey_decode(&rkey);
         if (scanned > 0 && (evs.n >= max_events || scanned >= scan_limit) && rk.rev != last_rev) {
             next = rk.rev;
             break;
         }
         struct record r;
-        if ((err = record_decode(&rval, &r)) != 0)
+        if ((err = ks_record_decode(&rval, &r)) != 0)
             break;
-        if (krange_contains(&kr, &r.key)) {
+        if (ks_krange_contains(&kr, &r.key)) {
             Keel__Event *ev;
-            if ((err = event_build(&t, arena, &rk, &r, &ev)) != 0 ||
-                (err = pvec_push(arena, &evs, ev)) != 0)
+            if ((err = ks_event_build(&t, arena, &rk, &r, &ev)) != 0 ||
+                (err = ks_pvec_push(arena, &evs, ev)) != 0)
                 break;
         }
         last_rev = rk.rev;
@@ -125,8 +125,8 @@ int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
         rc = mdb_cursor_get(t.revs, &rkey, &rval, MDB_NEXT);
     }
     if (err == 0 && rc != 0 && rc != MDB_NOTFOUND)
-        err = store_mdb_err(rc);
-    store_read_end(&t);
+        err = ks_mdb_err(rc);
+    ks_read_end(&t);
     out->events = (Keel__Event **)evs.v;
     out->n_events = evs.n;
     out->next_revision = next;

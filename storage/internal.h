@@ -1,9 +1,24 @@
 /*
  * Internals of the store, shared by its files. Not part of the public interface.
  *
- * File map: store.c (environment, meta, write transactions), codec.c (on-disk encodings),
- * mvcc.c (put, delete, txn), read.c (range and key state), history.c (event scans),
- * lease.c, compact.c, snapshot.c (copy and restore), validate.c.
+ * File map, from the bottom up: each file calls only files listed above it.
+ *   codec.c     on-disk encodings; LMDB codes to KEEL_E*
+ *   env.c       the environment: open, close, the meta record, the crash-safe swap of a restore
+ *               (finished at open when a crash interrupted it)
+ *   txn.c       read and write transactions and their cursors
+ *   read.c      a key's state at a revision; Range
+ *   history.c   event scans, for watch catch-up
+ *   lease.c     leases and their attached keys
+ *   compact.c   compaction
+ *   validate.c  checks of a command, at intake and again at apply
+ *   mvcc.c      applying one command: put, delete, txn, lease grant and revoke, compaction
+ *   write.c     the write path: begin, apply in log order, commit
+ *   snapshot.c  a copy of the environment out; restore: receive and check a copy, then swap
+ *
+ * Names: the public interface is keel_store_*; every other name a file of the store shares
+ * carries ks_ (keel store), as libkeel's internals carry kc_, so none can collide with LMDB's
+ * (mdb_*), libkeel's public keel_* or anything else a program links. Output parameters come
+ * last, encoders' buffers included, as in LMDB's own calls.
  */
 #ifndef KEEL_STORE_INTERNAL_H
 #define KEEL_STORE_INTERNAL_H
@@ -90,29 +105,55 @@ struct record {
 
 #define RECORD_HEADER 32
 
-void revkey_encode(uint8_t out[REVKEY_LEN], int64_t rev, uint32_t sub);
-struct revkey revkey_decode(const MDB_val *v);
-void keyrev_encode(uint8_t out[KEYREV_LEN], int64_t rev, uint32_t sub, bool tombstone);
-struct keyrev keyrev_decode(const MDB_val *v);
+void ks_revkey_encode(int64_t rev, uint32_t sub, uint8_t out[REVKEY_LEN]);
+struct revkey ks_revkey_decode(const MDB_val *v);
+void ks_keyrev_encode(int64_t rev, uint32_t sub, bool tombstone, uint8_t out[KEYREV_LEN]);
+struct keyrev ks_keyrev_decode(const MDB_val *v);
 /* Bytes of the encoded record. */
-size_t record_size(size_t key_len, size_t value_len);
-void record_encode(uint8_t *out, const struct record *r);
+size_t ks_record_size(size_t key_len, size_t value_len);
+void ks_record_encode(const struct record *r, uint8_t *out);
 /* 0 or KEEL_ECORRUPT. */
-int record_decode(const MDB_val *v, struct record *r);
+int ks_record_decode(const MDB_val *v, struct record *r);
 
 /* LMDB code to KEEL_E*. */
-int store_mdb_err(int rc);
+int ks_mdb_err(int rc);
 
-/* ---- store.c ---- */
-int tctx_begin(struct tctx *t, struct keel_store *s, MDB_txn *parent, unsigned flags);
+/* ---- env.c ---- */
+int ks_env_open(struct keel_store *s);
+void ks_env_close(struct keel_store *s);
+/* Finish or discard a swap interrupted by a crash (before the environment is opened). */
+int ks_env_recover(const char *path);
+/* Swap in the ready copy ("<path>.ready") with readers excluded: close, recover, reopen. */
+int ks_env_swap(struct keel_store *s);
+
+int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m);
+int ks_meta_store(MDB_txn *txn, MDB_dbi dbi, const struct meta *m);
+/* Make m the committed state keel_store_stat reports. */
+void ks_meta_publish(struct keel_store *s, const struct meta *m);
+
+/* The files a restore moves through, beside the store's directory. */
+struct ks_swap_paths {
+    char *incoming; /* being received */
+    char *ready;    /* complete and synced: the swap may begin */
+    char *old;      /* the replaced state, removed once the swap is done */
+};
+/* 0 or KEEL_ENOMEM. */
+int ks_swap_paths_init(struct ks_swap_paths *p, const char *path);
+void ks_swap_paths_close(struct ks_swap_paths *p);
+/* Remove a file or a directory tree; a missing one is fine. 0 or KEEL_EIO. */
+int ks_rm_tree(const char *path);
+/* fsync the directory holding path, so renames in it are durable. 0 or KEEL_E*. */
+int ks_sync_parent(const char *path);
+
+/* ---- txn.c ---- */
+int ks_tctx_begin(struct keel_store *s, MDB_txn *parent, unsigned flags, struct tctx *t);
 /* Open the cursors of t (idempotent). */
-int tctx_cursors(struct tctx *t);
-void tctx_close_cursors(struct tctx *t);
+int ks_tctx_cursors(struct tctx *t);
+void ks_tctx_close_cursors(struct tctx *t);
 
 /* Begin a read: takes the swap lock shared and a read transaction; *m gets its meta. */
-int store_read_begin(struct keel_store *s, struct tctx *t, struct meta *m);
-void store_read_end(struct tctx *t);
-int meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m);
+int ks_read_begin(struct keel_store *s, struct tctx *t, struct meta *m);
+void ks_read_end(struct tctx *t);
 
 /* ---- read.c ---- */
 
@@ -125,16 +166,16 @@ struct kstate {
 };
 
 /* State of key at revision rev (0: latest) in t. 0 or KEEL_E*. */
-int key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
-              struct kstate *out);
+int ks_key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
+                 struct kstate *out);
 
 /* Fill a KeyValue in arena from a live record. keys_only leaves the value empty. */
-Keel__KeyValue *kv_from_record(struct keel_arena *a, const struct record *r, int64_t mod_rev,
-                               bool keys_only);
+Keel__KeyValue *ks_kv_from_record(struct keel_arena *a, const struct record *r, int64_t mod_rev,
+                                  bool keys_only);
 
 /* Range inside t: the shared implementation of keel_store_range and txn range ops. */
-int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
-             struct keel_arena *a, Keel__RangeResponse **out);
+int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
+                struct keel_arena *a, Keel__RangeResponse **out);
 
 /* Range membership with etcd's conventions. */
 enum range_kind { RANGE_ONE, RANGE_FROM, RANGE_SPAN };
@@ -144,12 +185,12 @@ struct krange {
     MDB_val end;
 };
 /* 0 or KEEL_EINVAL / KEEL_EKEYTOOLONG (with *msg). */
-int krange_make(struct krange *r, const ProtobufCBinaryData *key, const ProtobufCBinaryData *end,
-                const char **msg);
-bool krange_contains(const struct krange *r, const MDB_val *k);
+int ks_krange_make(const ProtobufCBinaryData *key, const ProtobufCBinaryData *end, struct krange *r,
+                   const char **msg);
+bool ks_krange_contains(const struct krange *r, const MDB_val *k);
 /* k is past every key of the range (in key order). */
-bool krange_past(const struct krange *r, const MDB_val *k);
-int mdb_val_cmp(const MDB_val *a, const MDB_val *b);
+bool ks_krange_past(const struct krange *r, const MDB_val *k);
+int ks_val_cmp(const MDB_val *a, const MDB_val *b);
 
 /* A growable array of pointers in an arena. */
 struct pvec {
@@ -157,12 +198,12 @@ struct pvec {
     size_t n;
     size_t cap;
 };
-int pvec_push(struct keel_arena *a, struct pvec *pv, void *p);
+int ks_pvec_push(struct keel_arena *a, struct pvec *pv, void *p);
 
 /* ---- history.c ---- */
 /* The event for the revs entry at rk (record r), with prev_kv; in arena. */
-int event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk,
-                const struct record *r, Keel__Event **out);
+int ks_event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk,
+                   const struct record *r, Keel__Event **out);
 
 /* ---- mvcc.c ---- */
 
@@ -179,36 +220,28 @@ struct wctx {
     struct pvec events;
 };
 
-int mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct keel_arena *a,
-               struct keel_apply_result *res);
-/* The revision this command writes at: taken (current + 1) on first use. */
-int64_t wctx_rev(struct wctx *c);
+int ks_mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct keel_arena *a,
+                  struct keel_apply_result *res);
 
 /* ---- lease.c ---- */
-void lease_key(uint8_t out[8], int64_t id);
-int lease_exists(struct tctx *t, int64_t id, bool *exists);
-int lease_attach(struct wctx *c, int64_t id, const MDB_val *key);
-int lease_detach(struct wctx *c, int64_t id, const MDB_val *key);
-int lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req, Keel__LeaseGrantResponse **out);
+void ks_lease_key(int64_t id, uint8_t out[8]);
+int ks_lease_exists(struct tctx *t, int64_t id, bool *exists);
+int ks_lease_attach(struct wctx *c, int64_t id, const MDB_val *key);
+int ks_lease_detach(struct wctx *c, int64_t id, const MDB_val *key);
+int ks_lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req,
+                   Keel__LeaseGrantResponse **out);
 /* Remove the lease record and its attachment list (keys must be deleted by the caller). */
-int lease_drop(struct wctx *c, int64_t id);
+int ks_lease_drop(struct wctx *c, int64_t id);
 /* Attached keys of a lease, in key order, copied into arena. */
-int lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBinaryData **keys,
-               size_t *n);
+int ks_lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBinaryData **keys,
+                  size_t *n);
 
 /* ---- compact.c ---- */
 /* Compact history below rev; request-level errors as KEEL_ECOMPACTED / KEEL_EFUTUREREV. */
-int compact_apply(struct wctx *c, int64_t rev);
-
-/* ---- snapshot.c ---- */
-/* Finish or discard a restore interrupted by a crash (before the environment is opened). */
-int restore_recover(const char *path);
-
-/* ---- store.c: environment lifecycle, used by open and restore ---- */
-int env_open(struct keel_store *s);
-void env_close(struct keel_store *s);
+int ks_compact_apply(struct wctx *c, int64_t rev);
 
 /* ---- validate.c ---- */
-int validate_command(const Keel__Command *cmd, const struct keel_limits *limits, const char **msg);
+int ks_validate_command(const Keel__Command *cmd, const struct keel_limits *limits,
+                        const char **msg);
 
 #endif

@@ -6,57 +6,58 @@
 
 #define LEASE_RECORD 16 /* logical bytes of one lease: id and TTL */
 
-void lease_key(uint8_t out[8], int64_t id)
+void ks_lease_key(int64_t id, uint8_t out[8])
 {
     keel_put_be64(out, (uint64_t)id);
 }
 
-int lease_exists(struct tctx *t, int64_t id, bool *exists)
+int ks_lease_exists(struct tctx *t, int64_t id, bool *exists)
 {
     *exists = false;
     if (id <= 0)
         return 0;
     uint8_t lk[8];
-    lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v;
     int rc = mdb_get(t->txn, t->s->dbi_leases, &k, &v);
     if (rc == MDB_NOTFOUND)
         return 0;
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     *exists = true;
     return 0;
 }
 
-int lease_attach(struct wctx *c, int64_t id, const MDB_val *key)
+int ks_lease_attach(struct wctx *c, int64_t id, const MDB_val *key)
 {
     uint8_t lk[8];
-    lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v = *key;
     int rc = mdb_put(c->t->txn, c->t->s->dbi_lease_keys, &k, &v, MDB_NODUPDATA);
     if (rc == MDB_KEYEXIST)
         return 0;
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     c->m->logical_size += 8 + key->mv_size;
     return 0;
 }
 
-int lease_detach(struct wctx *c, int64_t id, const MDB_val *key)
+int ks_lease_detach(struct wctx *c, int64_t id, const MDB_val *key)
 {
     uint8_t lk[8];
-    lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v = *key;
     int rc = mdb_del(c->t->txn, c->t->s->dbi_lease_keys, &k, &v);
     if (rc == MDB_NOTFOUND)
         return 0;
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     c->m->logical_size -= 8 + key->mv_size;
     return 0;
 }
 
-int lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req, Keel__LeaseGrantResponse **out)
+int ks_lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req,
+                   Keel__LeaseGrantResponse **out)
 {
     struct tctx *t = c->t;
     int err;
@@ -72,7 +73,7 @@ int lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req, Keel__LeaseG
             if (c->m->next_lease_id <= 0)
                 c->m->next_lease_id = 1;
             id = c->m->next_lease_id++;
-            if ((err = lease_exists(t, id, &found)) != 0)
+            if ((err = ks_lease_exists(t, id, &found)) != 0)
                 return err;
             if (!found)
                 break;
@@ -80,17 +81,17 @@ int lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req, Keel__LeaseG
                 return KEEL_ENOSPACE;
         }
     } else {
-        if ((err = lease_exists(t, id, &found)) != 0)
+        if ((err = ks_lease_exists(t, id, &found)) != 0)
             return err;
         if (found)
             return KEEL_ELEASEEXISTS;
     }
     uint8_t lk[8];
-    lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v = {sizeof(int64_t), (void *)&req->ttl};
     int rc = mdb_put(t->txn, t->s->dbi_leases, &k, &v, 0);
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     c->m->logical_size += LEASE_RECORD;
     Keel__LeaseGrantResponse *resp = keel_arena_alloc(c->a, sizeof(*resp));
     if (resp == NULL)
@@ -102,32 +103,32 @@ int lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req, Keel__LeaseG
     return 0;
 }
 
-int lease_drop(struct wctx *c, int64_t id)
+int ks_lease_drop(struct wctx *c, int64_t id)
 {
     uint8_t lk[8];
-    lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk};
     int rc = mdb_del(c->t->txn, c->t->s->dbi_lease_keys, &k, NULL);
     if (rc != 0 && rc != MDB_NOTFOUND)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     rc = mdb_del(c->t->txn, c->t->s->dbi_leases, &k, NULL);
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     c->m->logical_size -= LEASE_RECORD;
     return 0;
 }
 
-int lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBinaryData **keys,
-               size_t *n)
+int ks_lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBinaryData **keys,
+                  size_t *n)
 {
     *keys = NULL;
     *n = 0;
     MDB_cursor *cur;
     int rc = mdb_cursor_open(t->txn, t->s->dbi_lease_keys, &cur);
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     uint8_t lk[8];
-    lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v;
     size_t count = 0;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
@@ -153,7 +154,7 @@ int lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBinary
     if (err != 0)
         return err;
     if (rc != 0 && rc != MDB_NOTFOUND)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     return 0;
 }
 
@@ -168,7 +169,7 @@ static int scan_table(struct keel_store *s, MDB_dbi dbi, struct keel_arena *aren
 {
     struct tctx t;
     struct meta m;
-    int err = store_read_begin(s, &t, &m);
+    int err = ks_read_begin(s, &t, &m);
     if (err != 0)
         return err;
     *out = NULL;
@@ -191,10 +192,10 @@ static int scan_table(struct keel_store *s, MDB_dbi dbi, struct keel_arena *aren
         *out = v;
     }
     if (err == 0 && rc != 0 && rc != MDB_NOTFOUND)
-        err = store_mdb_err(rc);
+        err = ks_mdb_err(rc);
     if (cur != NULL)
         mdb_cursor_close(cur);
-    store_read_end(&t);
+    ks_read_end(&t);
     return err;
 }
 
@@ -220,7 +221,7 @@ int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *ar
 {
     struct tctx t;
     struct meta m;
-    int err = store_read_begin(s, &t, &m);
+    int err = ks_read_begin(s, &t, &m);
     if (err != 0)
         return err;
     if (keys != NULL) {
@@ -228,22 +229,22 @@ int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *ar
         *n_keys = 0;
     }
     uint8_t lk[8];
-    lease_key(lk, id);
+    ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v;
     int rc = id > 0 ? mdb_get(t.txn, s->dbi_leases, &k, &v) : MDB_NOTFOUND;
     if (rc == MDB_NOTFOUND) {
         err = KEEL_ELEASENOTFOUND;
     } else if (rc != 0) {
-        err = store_mdb_err(rc);
+        err = ks_mdb_err(rc);
     } else if (v.mv_size != sizeof(int64_t)) {
         err = KEEL_ECORRUPT;
     } else {
         info->id = id;
         memcpy(&info->ttl, v.mv_data, sizeof(int64_t));
         if (keys != NULL)
-            err = lease_keys(&t, id, arena, keys, n_keys);
+            err = ks_lease_keys(&t, id, arena, keys, n_keys);
     }
-    store_read_end(&t);
+    ks_read_end(&t);
     return err;
 }
 

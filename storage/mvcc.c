@@ -22,7 +22,8 @@ static bool is_request_error(int err)
     return err < 0 && err > KEEL_E_INTERNAL_BASE;
 }
 
-int64_t wctx_rev(struct wctx *c)
+/* The revision this command writes at: taken (current + 1) on first use. */
+static int64_t wctx_rev(struct wctx *c)
 {
     if (!c->changed) {
         c->changed = true;
@@ -50,7 +51,7 @@ static int push_event(struct wctx *c, Keel__Event__EventType type, Keel__KeyValu
     ev->type = type;
     ev->kv = kv;
     ev->prev_kv = prev;
-    return pvec_push(c->a, &c->events, ev);
+    return ks_pvec_push(c->a, &c->events, ev);
 }
 
 static bool over_quota(struct wctx *c, uint64_t add)
@@ -74,23 +75,23 @@ static int write_version(struct wctx *c, const struct record *r, bool tombstone,
     int64_t rev = wctx_rev(c);
     uint32_t sub = c->sub++;
     uint8_t rk[REVKEY_LEN];
-    revkey_encode(rk, rev, sub);
-    size_t size = record_size(r->key.mv_size, r->value.mv_size);
+    ks_revkey_encode(rev, sub, rk);
+    size_t size = ks_record_size(r->key.mv_size, r->value.mv_size);
     MDB_val k = {REVKEY_LEN, rk}, v = {size, NULL};
     /* Revisions only grow, so every record goes to the end of the tree. */
     int rc = mdb_cursor_put(t->revs, &k, &v, MDB_RESERVE | MDB_APPEND);
     if (rc == MDB_KEYEXIST)
         return KEEL_ECORRUPT;
     if (rc != 0)
-        return store_mdb_err(rc);
-    record_encode(v.mv_data, r);
+        return ks_mdb_err(rc);
+    ks_record_encode(r, v.mv_data);
 
     uint8_t kr[KEYREV_LEN];
-    keyrev_encode(kr, rev, sub, tombstone);
+    ks_keyrev_encode(rev, sub, tombstone, kr);
     MDB_val key = r->key, entry = {KEYREV_LEN, kr};
     rc = mdb_cursor_put(t->keys, &key, &entry, 0);
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     c->m->logical_size += REVKEY_LEN + size + KEYREV_LEN + (key_known ? 0 : r->key.mv_size);
     return 0;
 }
@@ -103,7 +104,7 @@ static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse
         return err;
     MDB_val key = {req->key.len, req->key.data};
     struct kstate st;
-    if ((err = key_state(t, t->keys, &key, 0, &st)) != 0)
+    if ((err = ks_key_state(t, t->keys, &key, 0, &st)) != 0)
         return err;
     if ((req->ignore_value || req->ignore_lease) && !st.exists)
         return KEEL_EKEYNOTFOUND;
@@ -112,7 +113,7 @@ static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse
         return KEEL_ELEASENOTFOUND;
     if (lease != 0 && !req->ignore_lease) {
         bool found;
-        if ((err = lease_exists(t, lease, &found)) != 0)
+        if ((err = ks_lease_exists(t, lease, &found)) != 0)
             return err;
         if (!found)
             return KEEL_ELEASENOTFOUND;
@@ -120,7 +121,7 @@ static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse
 
     /* st.rec points into pages the writes below may move: copy what is needed first. */
     Keel__KeyValue *prev = NULL;
-    if (st.exists && (prev = kv_from_record(c->a, &st.rec, st.at.rev, false)) == NULL)
+    if (st.exists && (prev = ks_kv_from_record(c->a, &st.rec, st.at.rev, false)) == NULL)
         return KEEL_ENOMEM;
     struct record r = {.type = REC_PUT, .lease = lease};
     r.key.mv_data = key.mv_data;
@@ -133,7 +134,7 @@ static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse
         r.value.mv_size = req->value.len;
     }
     uint64_t add =
-        REVKEY_LEN + record_size(r.key.mv_size, r.value.mv_size) + KEYREV_LEN + r.key.mv_size;
+        REVKEY_LEN + ks_record_size(r.key.mv_size, r.value.mv_size) + KEYREV_LEN + r.key.mv_size;
     if (!c->planned && over_quota(c, add))
         return KEEL_ENOSPACE; /* a planned txn checked its quota as a whole */
 
@@ -144,13 +145,13 @@ static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse
         return err;
     int64_t old_lease = st.exists ? prev->lease : 0;
     if (old_lease != lease) {
-        if (old_lease != 0 && (err = lease_detach(c, old_lease, &key)) != 0)
+        if (old_lease != 0 && (err = ks_lease_detach(c, old_lease, &key)) != 0)
             return err;
-        if (lease != 0 && (err = lease_attach(c, lease, &key)) != 0)
+        if (lease != 0 && (err = ks_lease_attach(c, lease, &key)) != 0)
             return err;
     }
 
-    Keel__KeyValue *kv = kv_from_record(c->a, &r, rev, false);
+    Keel__KeyValue *kv = ks_kv_from_record(c->a, &r, rev, false);
     if (kv == NULL || (err = push_event(c, KEEL__EVENT__EVENT_TYPE__PUT, kv, prev)) != 0)
         return err ? err : KEEL_ENOMEM;
     if (out != NULL) {
@@ -172,7 +173,7 @@ static int delete_key(struct wctx *c, Keel__KeyValue *prev)
     r.key.mv_size = prev->key.len;
     int err = write_version(c, &r, true, true);
     if (err == 0 && prev->lease != 0)
-        err = lease_detach(c, prev->lease, &r.key);
+        err = ks_lease_detach(c, prev->lease, &r.key);
     if (err != 0)
         return err;
     Keel__KeyValue *kv = NEW_MSG(c->a, Keel__KeyValue, keel__key_value__init);
@@ -196,17 +197,17 @@ static int live_in_range(struct wctx *c, const struct krange *kr, struct pvec *o
         rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
     else
         rc = mdb_cursor_get(cur, &k, &d, MDB_SET_RANGE);
-    while (rc == 0 && !krange_past(kr, &k)) {
+    while (rc == 0 && !ks_krange_past(kr, &k)) {
         struct kstate st;
         MDB_val key = k;
-        int err = key_state(t, cur, &key, 0, &st);
+        int err = ks_key_state(t, cur, &key, 0, &st);
         if (err != 0)
             return err;
         if (st.exists) {
-            Keel__KeyValue *kv = kv_from_record(c->a, &st.rec, st.at.rev, false);
+            Keel__KeyValue *kv = ks_kv_from_record(c->a, &st.rec, st.at.rev, false);
             if (kv == NULL)
                 return KEEL_ENOMEM;
-            if ((err = pvec_push(c->a, out, kv)) != 0)
+            if ((err = ks_pvec_push(c->a, out, kv)) != 0)
                 return err;
         }
         if (kr->kind == RANGE_ONE)
@@ -214,7 +215,7 @@ static int live_in_range(struct wctx *c, const struct krange *kr, struct pvec *o
         rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT_NODUP);
     }
     if (rc != 0 && rc != MDB_NOTFOUND)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     return 0;
 }
 
@@ -223,7 +224,7 @@ static int do_delete_range(struct wctx *c, const Keel__DeleteRangeRequest *req,
 {
     const char *msg;
     struct krange kr;
-    int err = krange_make(&kr, &req->key, &req->range_end, &msg);
+    int err = ks_krange_make(&req->key, &req->range_end, &kr, &msg);
     if (err != 0)
         return err;
     struct pvec live = {0};
@@ -271,7 +272,7 @@ static bool compare_kv(const Keel__Compare *cmp, const Keel__KeyValue *kv)
         break;
     case KEEL__COMPARE__COMPARE_TARGET__VALUE: {
         MDB_val a = {kv->value.len, kv->value.data}, b = {cmp->value.len, cmp->value.data};
-        r = mdb_val_cmp(&a, &b);
+        r = ks_val_cmp(&a, &b);
         break;
     }
     default:
@@ -296,7 +297,7 @@ static int eval_compare(struct wctx *c, const Keel__Compare *cmp, bool *ok)
 {
     const char *msg;
     struct krange kr;
-    int err = krange_make(&kr, &cmp->key, &cmp->range_end, &msg);
+    int err = ks_krange_make(&cmp->key, &cmp->range_end, &kr, &msg);
     if (err != 0)
         return err;
     struct pvec live = {0};
@@ -321,7 +322,7 @@ static int run_op(struct wctx *c, const Keel__RequestOp *op, Keel__ResponseOp *r
     switch (op->request_case) {
     case KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE:
         rop->response_case = KEEL__RESPONSE_OP__RESPONSE_RESPONSE_RANGE;
-        return range_in(c->t, c->m, op->request_range, c->a, &rop->response_range);
+        return ks_range_in(c->t, c->m, op->request_range, c->a, &rop->response_range);
     case KEEL__REQUEST_OP__REQUEST_REQUEST_PUT:
         rop->response_case = KEEL__RESPONSE_OP__RESPONSE_RESPONSE_PUT;
         return do_put(c, op->request_put, &rop->response_put);
@@ -376,7 +377,7 @@ static int plan_txn(struct wctx *c, const Keel__TxnRequest *req, struct pvec *pl
         if ((err = eval_compare(c, req->compare[i], &ok)) != 0)
             return err;
     }
-    if ((err = pvec_push(c->a, plan, ok ? (void *)1 : NULL)) != 0)
+    if ((err = ks_pvec_push(c->a, plan, ok ? (void *)1 : NULL)) != 0)
         return err;
     Keel__RequestOp **ops = ok ? req->success : req->failure;
     size_t n = ok ? req->n_success : req->n_failure;
@@ -397,19 +398,19 @@ static int plan_txn(struct wctx *c, const Keel__TxnRequest *req, struct pvec *pl
             const Keel__PutRequest *p = op->request_put;
             MDB_val key = {p->key.len, p->key.data};
             struct kstate st;
-            if ((err = key_state(c->t, c->t->keys, &key, 0, &st)) != 0)
+            if ((err = ks_key_state(c->t, c->t->keys, &key, 0, &st)) != 0)
                 return err;
             if ((p->ignore_value || p->ignore_lease) && !st.exists)
                 return KEEL_EKEYNOTFOUND;
             if (p->lease != 0 && !p->ignore_lease) {
                 bool found;
-                if ((err = lease_exists(c->t, p->lease, &found)) != 0)
+                if ((err = ks_lease_exists(c->t, p->lease, &found)) != 0)
                     return err;
                 if (!found)
                     return KEEL_ELEASENOTFOUND;
             }
             size_t vlen = p->ignore_value ? st.rec.value.mv_size : p->value.len;
-            *quota_add += REVKEY_LEN + record_size(p->key.len, vlen) + KEYREV_LEN + p->key.len;
+            *quota_add += REVKEY_LEN + ks_record_size(p->key.len, vlen) + KEYREV_LEN + p->key.len;
             break;
         }
         case KEEL__REQUEST_OP__REQUEST_REQUEST_TXN:
@@ -453,29 +454,29 @@ static int do_lease_revoke(struct wctx *c, const Keel__LeaseRevokeRequest *req,
                            Keel__LeaseRevokeResponse **out)
 {
     bool found;
-    int err = lease_exists(c->t, req->id, &found);
+    int err = ks_lease_exists(c->t, req->id, &found);
     if (err != 0)
         return err;
     if (!found)
         return KEEL_ELEASENOTFOUND;
     ProtobufCBinaryData *keys;
     size_t n;
-    if ((err = lease_keys(c->t, req->id, c->a, &keys, &n)) != 0)
+    if ((err = ks_lease_keys(c->t, req->id, c->a, &keys, &n)) != 0)
         return err;
     for (size_t i = 0; i < n; i++) {
         MDB_val key = {keys[i].len, keys[i].data};
         struct kstate st;
-        if ((err = key_state(c->t, c->t->keys, &key, 0, &st)) != 0)
+        if ((err = ks_key_state(c->t, c->t->keys, &key, 0, &st)) != 0)
             return err;
         if (!st.exists || st.rec.lease != req->id)
             return KEEL_ECORRUPT; /* attachments follow every put and delete */
-        Keel__KeyValue *prev = kv_from_record(c->a, &st.rec, st.at.rev, false);
+        Keel__KeyValue *prev = ks_kv_from_record(c->a, &st.rec, st.at.rev, false);
         if (prev == NULL)
             return KEEL_ENOMEM;
         if ((err = delete_key(c, prev)) != 0)
             return err;
     }
-    if ((err = lease_drop(c, req->id)) != 0)
+    if ((err = ks_lease_drop(c, req->id)) != 0)
         return err;
     *out = NEW_MSG(c->a, Keel__LeaseRevokeResponse, keel__lease_revoke_response__init);
     return *out ? 0 : KEEL_ENOMEM;
@@ -490,7 +491,7 @@ static int do_member_attrs(struct wctx *c, const Keel__Member *m)
     MDB_val k = {8, key}, v = {n, NULL};
     int rc = mdb_put(c->t->txn, c->t->s->dbi_members, &k, &v, MDB_RESERVE);
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     keel__member__pack(m, v.mv_data);
     return 0;
 }
@@ -510,7 +511,7 @@ static int dispatch(struct wctx *c, const Keel__Command *cmd, Keel__Response *re
         return apply_txn(c, cmd->txn, &resp->txn);
     case KEEL__COMMAND__OP_COMPACTION:
         resp->body_case = KEEL__RESPONSE__BODY_COMPACTION;
-        err = compact_apply(c, cmd->compaction->revision);
+        err = ks_compact_apply(c, cmd->compaction->revision);
         if (err == 0) {
             resp->compaction =
                 NEW_MSG(c->a, Keel__CompactionResponse, keel__compaction_response__init);
@@ -519,7 +520,7 @@ static int dispatch(struct wctx *c, const Keel__Command *cmd, Keel__Response *re
         return err;
     case KEEL__COMMAND__OP_LEASE_GRANT:
         resp->body_case = KEEL__RESPONSE__BODY_LEASE_GRANT;
-        return lease_grant(c, cmd->lease_grant, &resp->lease_grant);
+        return ks_lease_grant(c, cmd->lease_grant, &resp->lease_grant);
     case KEEL__COMMAND__OP_LEASE_REVOKE:
         resp->body_case = KEEL__RESPONSE__BODY_LEASE_REVOKE;
         return do_lease_revoke(c, cmd->lease_revoke, &resp->lease_revoke);
@@ -530,12 +531,12 @@ static int dispatch(struct wctx *c, const Keel__Command *cmd, Keel__Response *re
     }
 }
 
-int mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct keel_arena *a,
-               struct keel_apply_result *res)
+int ks_mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct keel_arena *a,
+                  struct keel_apply_result *res)
 {
     struct keel_limits limits = {.max_txn_ops = APPLY_MAX_TXN_OPS};
     const char *msg = NULL;
-    int err = validate_command(cmd, &limits, &msg);
+    int err = ks_validate_command(cmd, &limits, &msg);
     if (err != 0) {
         res->err = err;
         res->msg = msg;

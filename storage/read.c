@@ -4,7 +4,7 @@
 
 #include "internal.h"
 
-int mdb_val_cmp(const MDB_val *a, const MDB_val *b)
+int ks_val_cmp(const MDB_val *a, const MDB_val *b)
 {
     size_t n = a->mv_size < b->mv_size ? a->mv_size : b->mv_size;
     int c = n ? memcmp(a->mv_data, b->mv_data, n) : 0;
@@ -13,8 +13,8 @@ int mdb_val_cmp(const MDB_val *a, const MDB_val *b)
     return a->mv_size < b->mv_size ? -1 : a->mv_size > b->mv_size;
 }
 
-int krange_make(struct krange *r, const ProtobufCBinaryData *key, const ProtobufCBinaryData *end,
-                const char **msg)
+int ks_krange_make(const ProtobufCBinaryData *key, const ProtobufCBinaryData *end, struct krange *r,
+                   const char **msg)
 {
     r->key.mv_data = key->data;
     r->key.mv_size = key->len;
@@ -38,34 +38,34 @@ int krange_make(struct krange *r, const ProtobufCBinaryData *key, const Protobuf
     return 0;
 }
 
-bool krange_contains(const struct krange *r, const MDB_val *k)
+bool ks_krange_contains(const struct krange *r, const MDB_val *k)
 {
-    int c = mdb_val_cmp(k, &r->key);
+    int c = ks_val_cmp(k, &r->key);
     switch (r->kind) {
     case RANGE_ONE:
         return c == 0;
     case RANGE_FROM:
         return c >= 0;
     case RANGE_SPAN:
-        return c >= 0 && mdb_val_cmp(k, &r->end) < 0;
+        return c >= 0 && ks_val_cmp(k, &r->end) < 0;
     }
     return false;
 }
 
-bool krange_past(const struct krange *r, const MDB_val *k)
+bool ks_krange_past(const struct krange *r, const MDB_val *k)
 {
     switch (r->kind) {
     case RANGE_ONE:
-        return mdb_val_cmp(k, &r->key) > 0;
+        return ks_val_cmp(k, &r->key) > 0;
     case RANGE_FROM:
         return false;
     case RANGE_SPAN:
-        return mdb_val_cmp(k, &r->end) >= 0;
+        return ks_val_cmp(k, &r->end) >= 0;
     }
     return true;
 }
 
-int pvec_push(struct keel_arena *a, struct pvec *pv, void *p)
+int ks_pvec_push(struct keel_arena *a, struct pvec *pv, void *p)
 {
     if (pv->n == pv->cap) {
         size_t cap = pv->cap ? pv->cap * 2 : 8;
@@ -84,14 +84,14 @@ int pvec_push(struct keel_arena *a, struct pvec *pv, void *p)
 static int fetch_record(struct tctx *t, const struct keyrev *at, struct record *rec)
 {
     uint8_t rk[REVKEY_LEN];
-    revkey_encode(rk, at->rev, at->sub);
+    ks_revkey_encode(at->rev, at->sub, rk);
     MDB_val k = {REVKEY_LEN, rk}, v;
     int rc = mdb_get(t->txn, t->s->dbi_revs, &k, &v);
     if (rc == MDB_NOTFOUND)
         return KEEL_ECORRUPT; /* a key entry without its record */
     if (rc != 0)
-        return store_mdb_err(rc);
-    return record_decode(&v, rec);
+        return ks_mdb_err(rc);
+    return ks_record_decode(&v, rec);
 }
 
 /* Position c on the key's greatest entry <= rev (0: its last). 0, KEEL_ENOTFOUND, KEEL_E*. */
@@ -100,25 +100,25 @@ static int seek_at(MDB_cursor *c, const MDB_val *key, int64_t rev, MDB_val *entr
     MDB_val k = *key;
     int rc = mdb_cursor_get(c, &k, entry, MDB_SET);
     if (rc != 0)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     if (rev <= 0)
-        return store_mdb_err(mdb_cursor_get(c, &k, entry, MDB_LAST_DUP));
+        return ks_mdb_err(mdb_cursor_get(c, &k, entry, MDB_LAST_DUP));
     uint8_t probe[KEYREV_LEN];
-    keyrev_encode(probe, rev + 1, 0, false);
+    ks_keyrev_encode(rev + 1, 0, false, probe);
     MDB_val d = {KEYREV_LEN, probe};
     rc = mdb_cursor_get(c, &k, &d, MDB_GET_BOTH_RANGE);
     if (rc == 0) {
         /* d is the first entry after rev: the one before it is the answer. */
-        return store_mdb_err(mdb_cursor_get(c, &k, entry, MDB_PREV_DUP));
+        return ks_mdb_err(mdb_cursor_get(c, &k, entry, MDB_PREV_DUP));
     }
     if (rc != MDB_NOTFOUND)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
     /* Every entry is <= rev. A failed GET_BOTH_RANGE may leave c unpositioned: seek again. */
     k = *key;
     rc = mdb_cursor_get(c, &k, entry, MDB_SET);
     if (rc == 0)
         rc = mdb_cursor_get(c, &k, entry, MDB_LAST_DUP);
-    return store_mdb_err(rc);
+    return ks_mdb_err(rc);
 }
 
 static int key_state_opt(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
@@ -134,20 +134,21 @@ static int key_state_opt(struct tctx *t, MDB_cursor *keys, const MDB_val *key, i
     if (entry.mv_size != KEYREV_LEN)
         return KEEL_ECORRUPT;
     out->found = true;
-    out->at = keyrev_decode(&entry);
+    out->at = ks_keyrev_decode(&entry);
     out->exists = !out->at.tombstone;
     if (out->exists && need_record)
         return fetch_record(t, &out->at, &out->rec);
     return 0;
 }
 
-int key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev, struct kstate *out)
+int ks_key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
+                 struct kstate *out)
 {
     return key_state_opt(t, keys, key, rev, true, out);
 }
 
-Keel__KeyValue *kv_from_record(struct keel_arena *a, const struct record *r, int64_t mod_rev,
-                               bool keys_only)
+Keel__KeyValue *ks_kv_from_record(struct keel_arena *a, const struct record *r, int64_t mod_rev,
+                                  bool keys_only)
 {
     Keel__KeyValue *kv = keel_arena_alloc(a, sizeof(*kv));
     if (kv == NULL)
@@ -199,7 +200,7 @@ static int kv_cmp(const void *pa, const void *pb, void *arg)
         c = cmp_i64(a->mod_revision, b->mod_revision);
         break;
     case KEEL__RANGE_REQUEST__SORT_TARGET__VALUE:
-        c = mdb_val_cmp(&va, &vb);
+        c = ks_val_cmp(&va, &vb);
         break;
     default:
         break;
@@ -208,7 +209,7 @@ static int kv_cmp(const void *pa, const void *pb, void *arg)
         c = -c;
     if (c == 0) {
         /* Ties keep key order, so the answer does not depend on the sort algorithm. */
-        c = mdb_val_cmp(&ka, &kb);
+        c = ks_val_cmp(&ka, &kb);
         if (sp->descend && sp->target == KEEL__RANGE_REQUEST__SORT_TARGET__KEY)
             c = -c;
     }
@@ -228,12 +229,12 @@ static bool passes_filters(const Keel__RangeRequest *req, const Keel__KeyValue *
     return true;
 }
 
-int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
-             struct keel_arena *a, Keel__RangeResponse **out)
+int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
+                struct keel_arena *a, Keel__RangeResponse **out)
 {
     const char *msg;
     struct krange kr;
-    int err = krange_make(&kr, &req->key, &req->range_end, &msg);
+    int err = ks_krange_make(&req->key, &req->range_end, &kr, &msg);
     if (err != 0)
         return err;
     if (req->revision > m->revision)
@@ -273,7 +274,7 @@ int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req
     else
         rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
     while (rc == 0) {
-        if (krange_past(&kr, &k))
+        if (ks_krange_past(&kr, &k))
             break;
         bool want = !req->count_only && (collect_all || kvs.n < limit);
         struct kstate st;
@@ -286,11 +287,11 @@ int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req
             if (want) {
                 /* A value sort needs the values even when only keys are returned. */
                 Keel__KeyValue *kv =
-                    kv_from_record(a, &st.rec, st.at.rev, req->keys_only && !value_sort);
+                    ks_kv_from_record(a, &st.rec, st.at.rev, req->keys_only && !value_sort);
                 if (kv == NULL)
                     return KEEL_ENOMEM;
                 if (!filters || passes_filters(req, kv)) {
-                    if ((err = pvec_push(a, &kvs, kv)) != 0)
+                    if ((err = ks_pvec_push(a, &kvs, kv)) != 0)
                         return err;
                 }
             }
@@ -300,7 +301,7 @@ int range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req
         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT_NODUP);
     }
     if (rc != 0 && rc != MDB_NOTFOUND)
-        return store_mdb_err(rc);
+        return ks_mdb_err(rc);
 
     if (collect_all) {
         if (!key_order && kvs.n > 1)
@@ -330,11 +331,11 @@ int keel_store_range(struct keel_store *s, const Keel__RangeRequest *req, struct
 {
     struct tctx t;
     struct meta m;
-    int err = store_read_begin(s, &t, &m);
+    int err = ks_read_begin(s, &t, &m);
     if (err != 0)
         return err;
-    err = range_in(&t, &m, req, arena, out);
+    err = ks_range_in(&t, &m, req, arena, out);
     *revision = m.revision;
-    store_read_end(&t);
+    ks_read_end(&t);
     return err;
 }

@@ -30,7 +30,7 @@ static int check_range(struct vctx *v, const ProtobufCBinaryData *key,
                        const ProtobufCBinaryData *end)
 {
     struct krange kr;
-    int err = krange_make(&kr, key, end, v->msg);
+    int err = ks_krange_make(key, end, &kr, v->msg);
     if (err == 0 && end->len > KEEL_MAX_KEY_BYTES)
         return fail(v, KEEL_EKEYTOOLONG, "range_end is longer than 511 bytes");
     return err;
@@ -244,7 +244,8 @@ static int check_txn(struct vctx *v, const Keel__TxnRequest *t, int depth)
     return err;
 }
 
-int validate_command(const Keel__Command *cmd, const struct keel_limits *limits, const char **msg)
+int ks_validate_command(const Keel__Command *cmd, const struct keel_limits *limits,
+                        const char **msg)
 {
     struct vctx v = {limits, msg};
     switch (cmd->op_case) {
@@ -284,5 +285,5 @@ int keel_store_validate(const Keel__Command *cmd, const struct keel_limits *limi
                         const char **msg)
 {
     struct keel_limits none = {0};
-    return validate_command(cmd, limits ? limits : &none, msg);
+    return ks_validate_command(cmd, limits ? limits : &none, msg);
 }

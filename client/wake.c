@@ -1,0 +1,85 @@
+/*
+ * When the client runs next: at the end of this loop turn, at a time, or after a backoff.
+ *
+ * Work queued during a loop turn (frames to write, requests to route, failures to deliver) runs
+ * from one uv_prepare callback just before the loop blocks, so a burst of requests costs one
+ * uv_write per connection. Deadlines and backoffs share one uv_timer, armed for the earliest.
+ * What runs is the owner's (ac->turn, ac->timeout): this file only decides when.
+ */
+#include "internal.h"
+
+static void on_prepare(uv_prepare_t *h)
+{
+    struct keel_aclient *ac = h->data;
+    /* Bounded: callbacks that keep submitting get the next loop turn. */
+    for (int round = 0; round < 8 && ac->kicked; round++) {
+        ac->kicked = false;
+        ac->turn(ac);
+    }
+    if (!ac->kicked && !uv_is_closing((uv_handle_t *)h))
+        uv_prepare_stop(h);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct keel_aclient *ac = t->data;
+    ac->timer_due = UINT64_MAX;
+    ac->timeout(ac);
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    struct keel_aclient *ac = h->data;
+    if (--ac->open_handles == 0)
+        ac->wake_closed(ac);
+}
+
+void kc_wake_init(struct keel_aclient *ac)
+{
+    uv_timer_init(ac->loop, &ac->timer);
+    uv_prepare_init(ac->loop, &ac->prepare);
+    ac->timer.data = ac;
+    ac->prepare.data = ac;
+    ac->open_handles = 2;
+    ac->timer_due = UINT64_MAX;
+    ac->rng = (uint64_t)(uintptr_t)ac ^ uv_hrtime() ^ 0x9e3779b97f4a7c15ull;
+    if (ac->rng == 0)
+        ac->rng = 1;
+}
+
+void kc_wake_close(struct keel_aclient *ac, keel_close_cb cb)
+{
+    ac->wake_closed = cb;
+    uv_timer_stop(&ac->timer);
+    uv_close((uv_handle_t *)&ac->timer, handle_closed);
+    uv_close((uv_handle_t *)&ac->prepare, handle_closed);
+}
+
+void kc_kick(struct keel_aclient *ac)
+{
+    ac->kicked = true;
+    /* Once closing, keel_aclient_close drains by itself and the handle is on its way out. */
+    if (!ac->closing)
+        uv_prepare_start(&ac->prepare, on_prepare);
+}
+
+void kc_schedule(struct keel_aclient *ac, uint64_t when)
+{
+    if (when == UINT64_MAX || when >= ac->timer_due || ac->closing)
+        return;
+    uint64_t now = uv_now(ac->loop);
+    ac->timer_due = when;
+    uv_timer_start(&ac->timer, on_timer, when > now ? when - now : 0, 0);
+}
+
+uint64_t kc_backoff(struct keel_aclient *ac, uint32_t n, uint64_t base, uint64_t cap)
+{
+    uint64_t d = base << (n > 0 ? (n - 1 < 16 ? n - 1 : 16) : 0);
+    if (d > cap)
+        d = cap;
+    /* xorshift64: jitter keeps many clients from retrying in lockstep after a failover. */
+    ac->rng ^= ac->rng << 13;
+    ac->rng ^= ac->rng >> 7;
+    ac->rng ^= ac->rng << 17;
+    return d * 3 / 4 + ac->rng % (d / 2 + 1);
+}

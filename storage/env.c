@@ -1,0 +1,312 @@
+/*
+ * The store's environment: open, close, the meta record, and the crash-safe swap of a restore.
+ *
+ * A restore (snapshot.c) never leaves a half-written store behind. The copy is written into
+ * "<path>.incoming", synced, checked, and renamed to "<path>.ready": from that moment it is
+ * complete. The swap then renames <path> to "<path>.old" and "<path>.ready" to <path>.
+ * ks_env_recover finishes a swap a crash interrupted (a ready copy exists) and discards an
+ * incomplete incoming copy; keel_store_open runs it before it opens the environment, and
+ * ks_env_swap runs it for a restore's own swap, so both take the same path.
+ *
+ * Nothing here calls the write path or the snapshot code: they call this file.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define DEFAULT_QUOTA (2ull << 30)
+#define MIN_MAP_SIZE  (1ull << 30)
+#define MAX_READERS   512
+
+static const MDB_val META_KEY = {1, (void *)"m"};
+
+/* ---- meta ---- */
+
+int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
+{
+    MDB_val key = META_KEY, val;
+    int rc = mdb_get(txn, dbi, &key, &val);
+    if (rc == MDB_NOTFOUND) {
+        memset(m, 0, sizeof(*m));
+        m->format = STORE_FORMAT;
+        m->next_lease_id = 1;
+        return 0;
+    }
+    if (rc != 0)
+        return ks_mdb_err(rc);
+    if (val.mv_size != sizeof(*m))
+        return KEEL_ECORRUPT;
+    memcpy(m, val.mv_data, sizeof(*m));
+    if (m->format != STORE_FORMAT)
+        return KEEL_ECORRUPT;
+    return 0;
+}
+
+int ks_meta_store(MDB_txn *txn, MDB_dbi dbi, const struct meta *m)
+{
+    MDB_val key = META_KEY, val = {sizeof(*m), (void *)m};
+    return ks_mdb_err(mdb_put(txn, dbi, &key, &val, 0));
+}
+
+void ks_meta_publish(struct keel_store *s, const struct meta *m)
+{
+    pthread_mutex_lock(&s->stat_lock);
+    s->committed = *m;
+    pthread_mutex_unlock(&s->stat_lock);
+}
+
+/* ---- the files of a swap ---- */
+
+static char *path_with(const char *path, const char *suffix)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s%s", path, suffix) < 0)
+        return NULL;
+    return p;
+}
+
+int ks_swap_paths_init(struct ks_swap_paths *p, const char *path)
+{
+    p->incoming = path_with(path, ".incoming");
+    p->ready = path_with(path, ".ready");
+    p->old = path_with(path, ".old");
+    if (p->incoming == NULL || p->ready == NULL || p->old == NULL) {
+        ks_swap_paths_close(p);
+        return KEEL_ENOMEM;
+    }
+    return 0;
+}
+
+void ks_swap_paths_close(struct ks_swap_paths *p)
+{
+    free(p->incoming);
+    free(p->ready);
+    free(p->old);
+    p->incoming = p->ready = p->old = NULL;
+}
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+int ks_rm_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : KEEL_EIO;
+    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : KEEL_EIO;
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+int ks_sync_parent(const char *path)
+{
+    char *copy = strdup(path);
+    if (copy == NULL)
+        return KEEL_ENOMEM;
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
+    free(copy);
+    if (fd < 0)
+        return KEEL_EIO;
+    int rv = fsync(fd);
+    close(fd);
+    return rv == 0 ? 0 : KEEL_EIO;
+}
+
+int ks_env_recover(const char *path)
+{
+    struct ks_swap_paths p;
+    int err = ks_swap_paths_init(&p, path);
+    if (err != 0)
+        return err;
+    if ((err = ks_rm_tree(p.incoming)) != 0)
+        goto out;
+    if (exists(p.ready)) {
+        /* A complete copy waits: finish the swap. */
+        if (exists(path)) {
+            if ((err = ks_rm_tree(p.old)) != 0)
+                goto out;
+            if (rename(path, p.old) != 0) {
+                err = KEEL_EIO;
+                goto out;
+            }
+        }
+        if (rename(p.ready, path) != 0) {
+            err = KEEL_EIO;
+            goto out;
+        }
+        if ((err = ks_sync_parent(path)) != 0)
+            goto out;
+    }
+    err = ks_rm_tree(p.old);
+out:
+    ks_swap_paths_close(&p);
+    return err;
+}
+
+/* ---- the environment ---- */
+
+static int open_dbis(struct keel_store *s, MDB_txn *txn)
+{
+    int rc;
+    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->dbi_meta)) != 0 ||
+        (rc = mdb_dbi_open(txn, "revs", MDB_CREATE, &s->dbi_revs)) != 0 ||
+        (rc = mdb_dbi_open(txn, "keys", MDB_CREATE | MDB_DUPSORT | MDB_DUPFIXED, &s->dbi_keys)) !=
+            0 ||
+        (rc = mdb_dbi_open(txn, "leases", MDB_CREATE, &s->dbi_leases)) != 0 ||
+        (rc = mdb_dbi_open(txn, "lease_keys", MDB_CREATE | MDB_DUPSORT, &s->dbi_lease_keys)) != 0 ||
+        (rc = mdb_dbi_open(txn, "members", MDB_CREATE, &s->dbi_members)) != 0)
+        return ks_mdb_err(rc);
+    return 0;
+}
+
+int ks_env_open(struct keel_store *s)
+{
+    int rc = mdb_env_create(&s->env);
+    if (rc != 0)
+        return ks_mdb_err(rc);
+    mdb_env_set_maxdbs(s->env, 8);
+    mdb_env_set_maxreaders(s->env, MAX_READERS);
+    mdb_env_set_mapsize(s->env, s->map_size);
+    /* NOTLS: read transactions are not tied to threads (the writer thread and the loop both
+     * read). NOMETASYNC: data pages are synced per commit, the meta page lazily; an OS crash
+     * may lose the last transaction, which the raft log replays, but never corrupts the tree. */
+    unsigned flags = MDB_NOTLS | MDB_NOMETASYNC | MDB_NORDAHEAD;
+    if (s->no_sync)
+        flags |= MDB_NOSYNC;
+    rc = mdb_env_open(s->env, s->path, flags, 0600);
+    if (rc != 0)
+        goto fail;
+    MDB_txn *txn;
+    rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc != 0)
+        goto fail;
+    int err = open_dbis(s, txn);
+    struct meta m;
+    if (err == 0)
+        err = ks_meta_load(txn, s->dbi_meta, &m);
+    if (err != 0) {
+        mdb_txn_abort(txn);
+        mdb_env_close(s->env);
+        s->env = NULL;
+        return err;
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc != 0)
+        goto fail;
+    ks_meta_publish(s, &m);
+    return 0;
+fail:
+    mdb_env_close(s->env);
+    s->env = NULL;
+    return ks_mdb_err(rc);
+}
+
+void ks_env_close(struct keel_store *s)
+{
+    if (s->env != NULL) {
+        mdb_env_close(s->env);
+        s->env = NULL;
+    }
+}
+
+int ks_env_swap(struct keel_store *s)
+{
+    /* The copy is complete and durable: swap it in with readers excluded. */
+    pthread_rwlock_wrlock(&s->swap_lock);
+    ks_env_close(s);
+    int err = ks_env_recover(s->path);
+    if (err == 0)
+        err = ks_env_open(s);
+    pthread_rwlock_unlock(&s->swap_lock);
+    return err;
+}
+
+/* ---- the store ---- */
+
+int keel_store_open(const struct keel_store_options *opts, struct keel_store **out)
+{
+    if (opts == NULL || opts->path == NULL || opts->path[0] == '\0')
+        return KEEL_EINVAL;
+    struct keel_store *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return KEEL_ENOMEM;
+    s->path = strdup(opts->path);
+    if (s->path == NULL) {
+        free(s);
+        return KEEL_ENOMEM;
+    }
+    s->quota = opts->quota_bytes ? opts->quota_bytes : DEFAULT_QUOTA;
+    s->map_size = opts->map_size ? opts->map_size : s->quota * 4;
+    if (s->map_size < MIN_MAP_SIZE)
+        s->map_size = MIN_MAP_SIZE;
+    s->no_sync = opts->no_sync;
+    pthread_rwlock_init(&s->swap_lock, NULL);
+    pthread_mutex_init(&s->stat_lock, NULL);
+
+    int err = ks_env_recover(s->path);
+    if (err == 0 && mkdir(s->path, 0700) != 0 && errno != EEXIST)
+        err = KEEL_EIO;
+    if (err == 0)
+        err = ks_env_open(s);
+    if (err != 0) {
+        keel_store_close(s);
+        return err;
+    }
+    *out = s;
+    return 0;
+}
+
+void keel_store_close(struct keel_store *s)
+{
+    if (s == NULL)
+        return;
+    ks_env_close(s);
+    pthread_rwlock_destroy(&s->swap_lock);
+    pthread_mutex_destroy(&s->stat_lock);
+    free(s->path);
+    free(s);
+}
+
+int keel_store_sync(struct keel_store *s)
+{
+    pthread_rwlock_rdlock(&s->swap_lock);
+    int rc = mdb_env_sync(s->env, 1);
+    pthread_rwlock_unlock(&s->swap_lock);
+    return rc == 0 ? 0 : KEEL_EIO;
+}
+
+void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
+{
+    pthread_mutex_lock(&s->stat_lock);
+    struct meta m = s->committed;
+    pthread_mutex_unlock(&s->stat_lock);
+    memset(st, 0, sizeof(*st));
+    st->applied_index = m.applied_index;
+    st->revision = m.revision;
+    st->compact_revision = m.compact_revision;
+    st->logical_size = m.logical_size;
+    st->quota_bytes = s->quota;
+    pthread_rwlock_rdlock(&s->swap_lock);
+    MDB_envinfo info;
+    MDB_stat mst;
+    if (s->env != NULL && mdb_env_info(s->env, &info) == 0 && mdb_env_stat(s->env, &mst) == 0)
+        st->db_size = (uint64_t)(info.me_last_pgno + 1) * mst.ms_psize;
+    pthread_rwlock_unlock(&s->swap_lock);
+}
