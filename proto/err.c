@@ -5,7 +5,7 @@
 /* The wire band must match keel.proto number for number. */
 _Static_assert(KEEL__ERROR_CODE__INVALID_ARGUMENT == -KEEL_EINVAL, "wire code");
 _Static_assert(KEEL__ERROR_CODE__NO_SPACE == -KEEL_ENOSPACE, "wire code");
-_Static_assert(KEEL__ERROR_CODE__CANCELLED == -KEEL_ECANCELED, "wire code");
+_Static_assert(KEEL__ERROR_CODE__REPLY_TOO_LARGE == -KEEL_EREPLYTOOLARGE, "wire code");
 _Static_assert(KEEL__ERROR_CODE__INTERNAL == -KEEL_EINTERNAL, "wire code");
 
 const char *keel_strerror(int err)
@@ -40,7 +40,7 @@ int keel_err_to_wire(int err)
 {
     if (err == 0)
         return KEEL__ERROR_CODE__OK;
-    if (err < 0 && err > KEEL_E_INTERNAL_BASE && err >= KEEL_ECANCELED)
+    if (err < 0 && err > KEEL_E_INTERNAL_BASE && err >= KEEL_E_WIRE_LAST)
         return -err;
     return KEEL__ERROR_CODE__INTERNAL;
 }
@@ -51,7 +51,7 @@ int keel_err_from_wire(int code)
         return 0;
     if (code < 0)
         return KEEL_EINTERNAL;
-    if (code <= -KEEL_ECANCELED)
+    if (code <= -KEEL_E_WIRE_LAST)
         return -code;
     return KEEL_EINTERNAL;
 }

@@ -36,12 +36,16 @@
     X(FRAMETOOLARGE, 23, "frame exceeds the maximum frame size")                                   \
     X(BADFRAME, 24, "frame does not decode")                                                       \
     X(CANCELED, 25, "canceled")                                                                    \
+    X(REPLYTOOLARGE, 26,                                                                           \
+      "reply would exceed the 2031616-byte reply limit: use a limit, keys_only or count_only, "    \
+      "or a narrower range")                                                                       \
     X(NOMEM, 100, "out of memory")                                                                 \
     X(IO, 101, "input/output error")                                                               \
     X(CORRUPT, 102, "stored data is corrupt")                                                      \
     X(MAPFULL, 103, "storage map is full")                                                         \
     X(NOTFOUND, 104, "not found")                                                                  \
-    X(CLOSED, 105, "closed")
+    X(CLOSED, 105, "closed")                                                                       \
+    X(BADVALSIZE, 106, "key or value too large for the storage engine")
 
 enum keel_errno {
     KEEL_OK = 0,
@@ -51,6 +55,8 @@ enum keel_errno {
 };
 
 #define KEEL_E_INTERNAL_BASE (-100)
+/* The last code of the wire band: codes in (KEEL_E_WIRE_LAST - 1, 0) travel as themselves. */
+#define KEEL_E_WIRE_LAST KEEL_EREPLYTOOLARGE
 
 /* A static message for a KEEL_E* code (or "unknown error"). Never NULL. */
 const char *keel_strerror(int err);

@@ -18,6 +18,10 @@
 
 #define KEEL_FRAME_HEADER      4
 #define KEEL_FRAME_DEFAULT_MAX (2u * 1024 * 1024)
+/* The most bytes of key-values one reply may carry: a reply must fit a client's default frame
+ * limit with room for its header. A constant, not a flag: a txn's reads are evaluated at apply,
+ * where every member must reach the same result (the message of KEEL_EREPLYTOOLARGE names it). */
+#define KEEL_MAX_REPLY_BYTES (KEEL_FRAME_DEFAULT_MAX - 64u * 1024)
 
 struct keel_frame_decoder {
     uint8_t *buf; /* buffered bytes: [start, end) not yet consumed */

@@ -94,7 +94,9 @@ int ks_mdb_err(int rc)
     case ENOMEM:
         return KEEL_ENOMEM;
     case MDB_BAD_VALSIZE:
-        return KEEL_EINVAL;
+        /* Local, never a request result: every size LMDB refuses is refused by validation
+         * first, so reaching this means this member differs from its peers. */
+        return KEEL_EBADVALSIZE;
     default:
         return KEEL_EIO;
     }

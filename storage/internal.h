@@ -30,6 +30,7 @@
 #include <lmdb.h>
 
 #include "bytes.h"
+#include "frame.h"
 #include "store.h"
 
 #define STORE_FORMAT 1
@@ -173,9 +174,30 @@ int ks_key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t r
 Keel__KeyValue *ks_kv_from_record(struct keel_arena *a, const struct record *r, int64_t mod_rev,
                                   bool keys_only);
 
-/* Range inside t: the shared implementation of keel_store_range and txn range ops. */
+/* What the key-values of a reply cost: key and value bytes plus protobuf's field framing (a
+ * KeyValue's tags, lengths and four varints take at most 48 bytes). */
+#define KS_KV_OVERHEAD 48
+static inline size_t ks_kv_bytes(size_t key_len, size_t value_len)
+{
+    return key_len + value_len + KS_KV_OVERHEAD;
+}
+
+/* Bytes of key-values a read may still build. With measure set the read builds nothing and
+ * only charges what it would build: a txn's reads are priced before the txn writes. */
+struct ks_budget {
+    size_t left;
+    bool measure;
+};
+
+/*
+ * Range inside t: the shared implementation of keel_store_range and txn range ops. Every
+ * key-value materialised (sorted and filtered ranges materialise all they match, before the
+ * limit cuts them) is charged to budget; KEEL_EREPLYTOOLARGE as soon as it would go below 0,
+ * having built at most budget->left bytes. budget NULL: no bound (a txn priced beforehand).
+ * *out is set unless budget->measure.
+ */
 int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
-                struct keel_arena *a, Keel__RangeResponse **out);
+                struct keel_arena *a, struct ks_budget *budget, Keel__RangeResponse **out);
 
 /* Range membership with etcd's conventions. */
 enum range_kind { RANGE_ONE, RANGE_FROM, RANGE_SPAN };

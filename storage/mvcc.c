@@ -184,8 +184,12 @@ static int delete_key(struct wctx *c, Keel__KeyValue *prev)
     return push_event(c, KEEL__EVENT__EVENT_TYPE__DELETE, kv, prev);
 }
 
-/* The live key-values of a range, latest state, copied into the arena (key order). */
-static int live_in_range(struct wctx *c, const struct krange *kr, struct pvec *out)
+/*
+ * Calls fn for each live key of a range (latest state, key order) until it returns non-zero,
+ * which is returned. Nothing is copied: st points into the map for the duration of the call.
+ */
+static int each_live(struct wctx *c, const struct krange *kr,
+                     int (*fn)(const struct kstate *st, void *arg), void *arg)
 {
     struct tctx *t = c->t;
     MDB_cursor *cur = t->keys;
@@ -203,13 +207,8 @@ static int live_in_range(struct wctx *c, const struct krange *kr, struct pvec *o
         int err = ks_key_state(t, cur, &key, 0, &st);
         if (err != 0)
             return err;
-        if (st.exists) {
-            Keel__KeyValue *kv = ks_kv_from_record(c->a, &st.rec, st.at.rev, false);
-            if (kv == NULL)
-                return KEEL_ENOMEM;
-            if ((err = ks_pvec_push(c->a, out, kv)) != 0)
-                return err;
-        }
+        if (st.exists && (err = fn(&st, arg)) != 0)
+            return err;
         if (kr->kind == RANGE_ONE)
             break;
         rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT_NODUP);
@@ -217,6 +216,38 @@ static int live_in_range(struct wctx *c, const struct krange *kr, struct pvec *o
     if (rc != 0 && rc != MDB_NOTFOUND)
         return ks_mdb_err(rc);
     return 0;
+}
+
+/* Charges a live key-value, value included, to a budget (each_live callback). */
+static int charge_kv(const struct kstate *st, void *arg)
+{
+    struct ks_budget *b = arg;
+    size_t cost = ks_kv_bytes(st->rec.key.mv_size, st->rec.value.mv_size);
+    if (cost > b->left)
+        return KEEL_EREPLYTOOLARGE;
+    b->left -= cost;
+    return 0;
+}
+
+struct collect {
+    struct keel_arena *a;
+    struct pvec *out;
+};
+
+static int collect_kv(const struct kstate *st, void *arg)
+{
+    struct collect *col = arg;
+    Keel__KeyValue *kv = ks_kv_from_record(col->a, &st->rec, st->at.rev, false);
+    if (kv == NULL)
+        return KEEL_ENOMEM;
+    return ks_pvec_push(col->a, col->out, kv);
+}
+
+/* The live key-values of a range, latest state, copied into the arena (key order). */
+static int live_in_range(struct wctx *c, const struct krange *kr, struct pvec *out)
+{
+    struct collect col = {c->a, out};
+    return each_live(c, kr, collect_kv, &col);
 }
 
 static int do_delete_range(struct wctx *c, const Keel__DeleteRangeRequest *req,
@@ -227,6 +258,13 @@ static int do_delete_range(struct wctx *c, const Keel__DeleteRangeRequest *req,
     int err = ks_krange_make(&req->key, &req->range_end, &kr, &msg);
     if (err != 0)
         return err;
+    if (req->prev_kv && !c->planned) {
+        /* The reply carries every deleted key-value: refuse before deleting anything if it
+         * could not be sent. (A txn's deletes were priced with the rest of the txn.) */
+        struct ks_budget b = {.left = KEEL_MAX_REPLY_BYTES};
+        if ((err = each_live(c, &kr, charge_kv, &b)) != 0)
+            return err;
+    }
     struct pvec live = {0};
     if ((err = live_in_range(c, &kr, &live)) != 0)
         return err;
@@ -254,7 +292,13 @@ static int cmp_i64(int64_t a, int64_t b)
     return a < b ? -1 : a > b;
 }
 
-static bool compare_kv(const Keel__Compare *cmp, const Keel__KeyValue *kv)
+/* A key's state as a compare sees it; a missing key is all zeros. */
+struct cmp_view {
+    int64_t version, create_revision, mod_revision, lease;
+    MDB_val value;
+};
+
+static bool compare_kv(const Keel__Compare *cmp, const struct cmp_view *kv)
 {
     int r;
     switch (cmp->target) {
@@ -271,8 +315,8 @@ static bool compare_kv(const Keel__Compare *cmp, const Keel__KeyValue *kv)
         r = cmp_i64(kv->lease, cmp->lease);
         break;
     case KEEL__COMPARE__COMPARE_TARGET__VALUE: {
-        MDB_val a = {kv->value.len, kv->value.data}, b = {cmp->value.len, cmp->value.data};
-        r = ks_val_cmp(&a, &b);
+        MDB_val b = {cmp->value.len, cmp->value.data};
+        r = ks_val_cmp(&kv->value, &b);
         break;
     }
     default:
@@ -292,7 +336,28 @@ static bool compare_kv(const Keel__Compare *cmp, const Keel__KeyValue *kv)
     }
 }
 
-/* etcd's rule: with no key in range a VALUE compare fails; any other target compares 0. */
+struct cmp_scan {
+    const Keel__Compare *cmp;
+    size_t seen;
+    bool ok;
+};
+
+/* Stops the scan at the first key that fails the compare (each_live callback). */
+static int compare_one(const struct kstate *st, void *arg)
+{
+    struct cmp_scan *s = arg;
+    struct cmp_view v = {st->rec.version, st->rec.create_revision, st->at.rev, st->rec.lease,
+                         st->rec.value};
+    s->seen++;
+    s->ok = compare_kv(s->cmp, &v);
+    return s->ok ? 0 : 1;
+}
+
+/*
+ * A compare over a range holds when it holds for every live key in it, so the scan streams over
+ * the map and stops at the first miss: it copies nothing, whatever the range's size. etcd's
+ * rule: with no key in range a VALUE compare fails; any other target compares 0.
+ */
 static int eval_compare(struct wctx *c, const Keel__Compare *cmp, bool *ok)
 {
     const char *msg;
@@ -300,17 +365,16 @@ static int eval_compare(struct wctx *c, const Keel__Compare *cmp, bool *ok)
     int err = ks_krange_make(&cmp->key, &cmp->range_end, &kr, &msg);
     if (err != 0)
         return err;
-    struct pvec live = {0};
-    if ((err = live_in_range(c, &kr, &live)) != 0)
+    struct cmp_scan s = {.cmp = cmp, .ok = true};
+    err = each_live(c, &kr, compare_one, &s);
+    if (err < 0)
         return err;
-    if (live.n == 0) {
-        Keel__KeyValue zero = KEEL__KEY_VALUE__INIT;
+    if (s.seen == 0) {
+        struct cmp_view zero = {0};
         *ok = cmp->target != KEEL__COMPARE__COMPARE_TARGET__VALUE && compare_kv(cmp, &zero);
         return 0;
     }
-    *ok = true;
-    for (size_t i = 0; i < live.n && *ok; i++)
-        *ok = compare_kv(cmp, live.v[i]);
+    *ok = s.ok;
     return 0;
 }
 
@@ -322,7 +386,8 @@ static int run_op(struct wctx *c, const Keel__RequestOp *op, Keel__ResponseOp *r
     switch (op->request_case) {
     case KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE:
         rop->response_case = KEEL__RESPONSE_OP__RESPONSE_RESPONSE_RANGE;
-        return ks_range_in(c->t, c->m, op->request_range, c->a, &rop->response_range);
+        /* Priced by plan_txn: no bound here. */
+        return ks_range_in(c->t, c->m, op->request_range, c->a, NULL, &rop->response_range);
     case KEEL__REQUEST_OP__REQUEST_REQUEST_PUT:
         rop->response_case = KEEL__RESPONSE_OP__RESPONSE_RESPONSE_PUT;
         return do_put(c, op->request_put, &rop->response_put);
@@ -367,9 +432,16 @@ static int run_txn(struct wctx *c, const Keel__TxnRequest *req, Keel__TxnRespons
     return 0;
 }
 
-/* Pass one of a txn: decide every branch and check every operation on the way. */
+/*
+ * Pass one of a txn: decide every branch and check every operation on the way, and price the
+ * reply: what its ranges, prev_kvs and (as ranges later in the txn may see them) its own puts
+ * would put in it, against one budget for the whole txn. Pricing builds nothing, and stops as
+ * soon as the budget is spent, so a txn of 128 full-store ranges costs every member a bounded
+ * scan and a clear error, not 128 copies of the store. Every member prices the same state, so
+ * all reach the same result.
+ */
 static int plan_txn(struct wctx *c, const Keel__TxnRequest *req, struct pvec *plan,
-                    uint64_t *quota_add)
+                    uint64_t *quota_add, struct ks_budget *budget)
 {
     bool ok = true;
     int err;
@@ -392,6 +464,20 @@ static int plan_txn(struct wctx *c, const Keel__TxnRequest *req, struct pvec *pl
                 return KEEL_ECOMPACTED;
             if (r->limit < 0)
                 return KEEL_EINVAL;
+            if ((err = ks_range_in(c->t, c->m, r, NULL, budget, NULL)) != 0)
+                return err;
+            break;
+        }
+        case KEEL__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE: {
+            const Keel__DeleteRangeRequest *d = op->request_delete_range;
+            if (!d->prev_kv)
+                break;
+            const char *msg;
+            struct krange kr;
+            if ((err = ks_krange_make(&d->key, &d->range_end, &kr, &msg)) != 0)
+                return err;
+            if ((err = each_live(c, &kr, charge_kv, budget)) != 0)
+                return err;
             break;
         }
         case KEEL__REQUEST_OP__REQUEST_REQUEST_PUT: {
@@ -411,10 +497,16 @@ static int plan_txn(struct wctx *c, const Keel__TxnRequest *req, struct pvec *pl
             }
             size_t vlen = p->ignore_value ? st.rec.value.mv_size : p->value.len;
             *quota_add += REVKEY_LEN + ks_record_size(p->key.len, vlen) + KEYREV_LEN + p->key.len;
+            size_t cost = ks_kv_bytes(p->key.len, vlen);
+            if (p->prev_kv && st.exists)
+                cost += ks_kv_bytes(st.rec.key.mv_size, st.rec.value.mv_size);
+            if (cost > budget->left)
+                return KEEL_EREPLYTOOLARGE;
+            budget->left -= cost;
             break;
         }
         case KEEL__REQUEST_OP__REQUEST_REQUEST_TXN:
-            if ((err = plan_txn(c, op->request_txn, plan, quota_add)) != 0)
+            if ((err = plan_txn(c, op->request_txn, plan, quota_add, budget)) != 0)
                 return err;
             break;
         default:
@@ -428,7 +520,8 @@ static int apply_txn(struct wctx *c, const Keel__TxnRequest *req, Keel__TxnRespo
 {
     struct pvec plan = {0};
     uint64_t quota_add = 0;
-    int err = plan_txn(c, req, &plan, &quota_add);
+    struct ks_budget budget = {.left = KEEL_MAX_REPLY_BYTES, .measure = true};
+    int err = plan_txn(c, req, &plan, &quota_add, &budget);
     if (err != 0)
         return err;
     if (quota_add > 0 && over_quota(c, quota_add))
@@ -537,6 +630,8 @@ int ks_mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct k
     struct keel_limits limits = {.max_txn_ops = APPLY_MAX_TXN_OPS};
     const char *msg = NULL;
     int err = ks_validate_command(cmd, &limits, &msg);
+    if (err != 0 && !is_request_error(err))
+        return err; /* ENOMEM and the like: this member's trouble, not the request's result */
     if (err != 0) {
         res->err = err;
         res->msg = msg;

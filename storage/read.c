@@ -216,22 +216,25 @@ static int kv_cmp(const void *pa, const void *pb, void *arg)
     return c;
 }
 
-static bool passes_filters(const Keel__RangeRequest *req, const Keel__KeyValue *kv)
+/* Decided on the stored record, before anything is copied out of the map. */
+static bool passes_filters(const Keel__RangeRequest *req, const struct kstate *st)
 {
-    if (req->min_mod_revision > 0 && kv->mod_revision < req->min_mod_revision)
+    int64_t mod = st->at.rev, create = st->rec.create_revision;
+    if (req->min_mod_revision > 0 && mod < req->min_mod_revision)
         return false;
-    if (req->max_mod_revision > 0 && kv->mod_revision > req->max_mod_revision)
+    if (req->max_mod_revision > 0 && mod > req->max_mod_revision)
         return false;
-    if (req->min_create_revision > 0 && kv->create_revision < req->min_create_revision)
+    if (req->min_create_revision > 0 && create < req->min_create_revision)
         return false;
-    if (req->max_create_revision > 0 && kv->create_revision > req->max_create_revision)
+    if (req->max_create_revision > 0 && create > req->max_create_revision)
         return false;
     return true;
 }
 
 int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
-                struct keel_arena *a, Keel__RangeResponse **out)
+                struct keel_arena *a, struct ks_budget *budget, Keel__RangeResponse **out)
 {
+    bool measure = budget != NULL && budget->measure;
     const char *msg;
     struct krange kr;
     int err = ks_krange_make(&req->key, &req->range_end, &kr, &msg);
@@ -257,12 +260,16 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
     size_t limit = req->limit > 0 ? (size_t)req->limit : SIZE_MAX;
     bool value_sort = !key_order && req->sort_target == KEEL__RANGE_REQUEST__SORT_TARGET__VALUE;
 
-    Keel__RangeResponse *resp = keel_arena_alloc(a, sizeof(*resp));
-    if (resp == NULL)
-        return KEEL_ENOMEM;
-    keel__range_response__init(resp);
+    Keel__RangeResponse *resp = NULL;
+    if (!measure) {
+        if ((resp = keel_arena_alloc(a, sizeof(*resp))) == NULL)
+            return KEEL_ENOMEM;
+        keel__range_response__init(resp);
+    }
     struct pvec kvs = {0};
+    size_t taken = 0; /* key-values materialised (or, measuring, that would be) */
     int64_t count = 0;
+    bool no_value = req->keys_only && !value_sort;
 
     MDB_cursor *c = t->keys;
     MDB_val k = kr.key, d;
@@ -276,7 +283,7 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
     while (rc == 0) {
         if (ks_krange_past(&kr, &k))
             break;
-        bool want = !req->count_only && (collect_all || kvs.n < limit);
+        bool want = !req->count_only && (collect_all || taken < limit);
         struct kstate st;
         MDB_val key = k;
         err = key_state_opt(t, c, &key, rev, want, &st);
@@ -284,13 +291,19 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
             return err;
         if (st.exists) {
             count++;
-            if (want) {
-                /* A value sort needs the values even when only keys are returned. */
-                Keel__KeyValue *kv =
-                    ks_kv_from_record(a, &st.rec, st.at.rev, req->keys_only && !value_sort);
-                if (kv == NULL)
-                    return KEEL_ENOMEM;
-                if (!filters || passes_filters(req, kv)) {
+            if (want && (!filters || passes_filters(req, &st))) {
+                size_t cost = ks_kv_bytes(st.rec.key.mv_size, no_value ? 0 : st.rec.value.mv_size);
+                if (budget != NULL) {
+                    if (cost > budget->left)
+                        return KEEL_EREPLYTOOLARGE;
+                    budget->left -= cost;
+                }
+                taken++;
+                if (!measure) {
+                    /* A value sort needs the values even when only keys are returned. */
+                    Keel__KeyValue *kv = ks_kv_from_record(a, &st.rec, st.at.rev, no_value);
+                    if (kv == NULL)
+                        return KEEL_ENOMEM;
                     if ((err = ks_pvec_push(a, &kvs, kv)) != 0)
                         return err;
                 }
@@ -302,6 +315,8 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
     }
     if (rc != 0 && rc != MDB_NOTFOUND)
         return ks_mdb_err(rc);
+    if (measure)
+        return 0;
 
     if (collect_all) {
         if (!key_order && kvs.n > 1)
@@ -334,7 +349,8 @@ int keel_store_range(struct keel_store *s, const Keel__RangeRequest *req, struct
     int err = ks_read_begin(s, &t, &m);
     if (err != 0)
         return err;
-    err = ks_range_in(&t, &m, req, arena, out);
+    struct ks_budget budget = {.left = KEEL_MAX_REPLY_BYTES};
+    err = ks_range_in(&t, &m, req, arena, &budget, out);
     *revision = m.revision;
     ks_read_end(&t);
     return err;

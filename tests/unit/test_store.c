@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "frame.h"
 #include "testutil.h"
 
 struct fx {
@@ -872,6 +873,176 @@ static void write_batch_one_transaction(void **state)
     assert_kv(get(f, "b03", 0), "b03", "v", 3, 63, 7);
 }
 
+/* ---- reply bounds: what one read, txn or delete may build (issue 9, holes 1, 9, 15) ---- */
+
+#define BIG_KEYS 3000
+#define BIG_VAL  1024
+
+/* BIG_KEYS keys of BIG_VAL bytes: about 3 MiB of values, more than one reply may carry. */
+static void fill_big(struct fx *f)
+{
+    static char val[BIG_VAL + 1];
+    memset(val, 'v', BIG_VAL);
+    for (int i = 0; i < BIG_KEYS; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "k%05d", i);
+        assert_int_equal(ap(f, tu_cmd_put(&f->a, key, val)).err, 0);
+        keel_arena_reset(&f->a);
+    }
+}
+
+/* A range over every key ("" to "\0"). */
+static Keel__RangeRequest *all_keys(struct fx *f)
+{
+    Keel__RangeRequest *r = tu_range_req(&f->a, "", NULL);
+    r->range_end = tu_bytes(&f->a, "\0", 1);
+    return r;
+}
+
+static void range_reply_is_bounded(void **state)
+{
+    struct fx *f = *state;
+    fill_big(f);
+    Keel__RangeResponse *resp;
+    int64_t rev;
+    /* Whole values: refused, having built no more than the limit. */
+    Keel__RangeRequest *r = all_keys(f);
+    size_t before = f->a.used;
+    assert_int_equal(keel_store_range(f->s, r, &f->a, &resp, &rev), KEEL_EREPLYTOOLARGE);
+    /* The bound counts wire bytes; the structs around them add less than as much again. */
+    assert_true(f->a.used - before <= 2 * KEEL_MAX_REPLY_BYTES);
+    assert_non_null(strstr(keel_strerror(KEEL_EREPLYTOOLARGE), "2031616-byte"));
+    /* A sorted range materialises all it matches: the same bound. */
+    r->sort_target = KEEL__RANGE_REQUEST__SORT_TARGET__MOD;
+    r->sort_order = KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND;
+    r->limit = 1;
+    assert_int_equal(keel_store_range(f->s, r, &f->a, &resp, &rev), KEEL_EREPLYTOOLARGE);
+    /* What fits: keys only, a limit, a count. */
+    r = all_keys(f);
+    r->keys_only = true;
+    assert_int_equal(keel_store_range(f->s, r, &f->a, &resp, &rev), 0);
+    assert_int_equal(resp->n_kvs, BIG_KEYS);
+    r = all_keys(f);
+    r->limit = 100;
+    assert_int_equal(keel_store_range(f->s, r, &f->a, &resp, &rev), 0);
+    assert_int_equal(resp->n_kvs, 100);
+    assert_true(resp->more);
+    assert_int_equal(resp->count, BIG_KEYS);
+    r = all_keys(f);
+    r->count_only = true;
+    assert_int_equal(keel_store_range(f->s, r, &f->a, &resp, &rev), 0);
+    assert_int_equal(resp->count, BIG_KEYS);
+}
+
+/* The Txn of hole 1: 100 keys-only ranges over the whole store plus a put. Every member used to
+ * build 100 copies of the key space; now the txn is priced first and refused, untouched. */
+static void txn_reads_are_priced_before_writing(void **state)
+{
+    struct fx *f = *state;
+    fill_big(f);
+    int64_t rev = rev_of(f);
+    Keel__TxnRequest *t = tu_txn(&f->a);
+    tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "written", "x"));
+    for (int i = 0; i < 100; i++) {
+        Keel__RangeRequest *r = all_keys(f);
+        r->keys_only = true;
+        tu_op_range(tu_txn_op(&f->a, t, 1), r);
+    }
+    Keel__Command *cmd = tu_cmd_txn(&f->a, t);
+    size_t before = f->a.used;
+    struct keel_apply_result res = ap(f, cmd);
+    assert_int_equal(res.err, KEEL_EREPLYTOOLARGE);
+    assert_true(f->a.used - before < 256 * 1024); /* priced, not built */
+    assert_int_equal(rev_of(f), rev);
+    assert_null(get(f, "written", 0));
+
+    /* One range of whole values is too much on its own, in a nested txn too. */
+    Keel__TxnRequest *inner = tu_txn(&f->a);
+    tu_op_range(tu_txn_op(&f->a, inner, 1), all_keys(f));
+    t = tu_txn(&f->a);
+    tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "written", "x"));
+    Keel__RequestOp *op = tu_txn_op(&f->a, t, 1);
+    op->request_case = KEEL__REQUEST_OP__REQUEST_REQUEST_TXN;
+    op->request_txn = inner;
+    assert_int_equal(ap(f, tu_cmd_txn(&f->a, t)).err, KEEL_EREPLYTOOLARGE);
+    assert_null(get(f, "written", 0));
+
+    /* What fits is served as before, the txn's own write visible to its range. */
+    t = tu_txn(&f->a);
+    tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "k00000", "new"));
+    Keel__RangeRequest *r = all_keys(f);
+    r->limit = 3;
+    tu_op_range(tu_txn_op(&f->a, t, 1), r);
+    res = ap(f, tu_cmd_txn(&f->a, t));
+    assert_int_equal(res.err, 0);
+    Keel__RangeResponse *rr = res.response->txn->responses[1]->response_range;
+    assert_int_equal(rr->n_kvs, 3);
+    assert_int_equal(rr->kvs[0]->value.len, 3);
+}
+
+/* Compares over a range stream over the map: nothing copied, early exit, same answers. */
+static void txn_compares_stream(void **state)
+{
+    struct fx *f = *state;
+    fill_big(f);
+    Keel__TxnRequest *t = tu_txn(&f->a);
+    for (int i = 0; i < 100; i++) {
+        Keel__Compare *cmp = tu_txn_compare(&f->a, t, "", KEEL__COMPARE__COMPARE_TARGET__VERSION,
+                                            KEEL__COMPARE__COMPARE_RESULT__EQUAL);
+        cmp->range_end = tu_bytes(&f->a, "\0", 1);
+        cmp->target_union_case = KEEL__COMPARE__TARGET_UNION_VERSION;
+        cmp->version = 1;
+    }
+    tu_op_put(tu_txn_op(&f->a, t, 1), tu_put_req(&f->a, "k00001", "changed"));
+    Keel__Command *cmd = tu_cmd_txn(&f->a, t);
+    size_t before = f->a.used;
+    struct keel_apply_result res = ap(f, cmd);
+    assert_int_equal(res.err, 0);
+    assert_true(res.response->txn->succeeded); /* every key has version 1 */
+    assert_true(f->a.used - before < 64 * 1024);
+    /* Now k00001 has version 2: the same compares fail (the scan stops there). */
+    res = ap(f, cmd);
+    assert_int_equal(res.err, 0);
+    assert_false(res.response->txn->succeeded);
+    /* A value compare over an empty range fails; a version compare sees 0. */
+    t = tu_txn(&f->a);
+    Keel__Compare *cmp = tu_txn_compare(&f->a, t, "none", KEEL__COMPARE__COMPARE_TARGET__VALUE,
+                                        KEEL__COMPARE__COMPARE_RESULT__EQUAL);
+    cmp->target_union_case = KEEL__COMPARE__TARGET_UNION_VALUE;
+    cmp->value = tu_str(&f->a, "");
+    assert_false(ap(f, tu_cmd_txn(&f->a, t)).response->txn->succeeded);
+    t = tu_txn(&f->a);
+    cmp = tu_txn_compare(&f->a, t, "none", KEEL__COMPARE__COMPARE_TARGET__VERSION,
+                         KEEL__COMPARE__COMPARE_RESULT__EQUAL);
+    cmp->target_union_case = KEEL__COMPARE__TARGET_UNION_VERSION;
+    cmp->version = 0;
+    assert_true(ap(f, tu_cmd_txn(&f->a, t)).response->txn->succeeded);
+}
+
+/* A delete whose reply would carry every deleted value is refused before it deletes. */
+static void delete_prev_kv_is_bounded(void **state)
+{
+    struct fx *f = *state;
+    fill_big(f);
+    int64_t rev = rev_of(f);
+    Keel__Command *cmd = tu_cmd_del(&f->a, "", NULL);
+    cmd->delete_range->range_end = tu_bytes(&f->a, "\0", 1);
+    cmd->delete_range->prev_kv = true;
+    assert_int_equal(ap(f, cmd).err, KEEL_EREPLYTOOLARGE);
+    assert_int_equal(rev_of(f), rev);
+    assert_non_null(get(f, "k00000", 0));
+    /* In a txn too. */
+    Keel__TxnRequest *t = tu_txn(&f->a);
+    tu_op_del(tu_txn_op(&f->a, t, 1), cmd->delete_range);
+    assert_int_equal(ap(f, tu_cmd_txn(&f->a, t)).err, KEEL_EREPLYTOOLARGE);
+    assert_int_equal(rev_of(f), rev);
+    /* Without prev_kv the reply is a count: it goes through. */
+    cmd->delete_range->prev_kv = false;
+    struct keel_apply_result res = ap(f, cmd);
+    assert_int_equal(res.err, 0);
+    assert_int_equal(res.response->delete_range->deleted, BIG_KEYS);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
 
 int main(int argc, char **argv)
@@ -895,10 +1066,16 @@ int main(int argc, char **argv)
     const struct CMUnitTest snapshot_restore[] = {T(snapshot_restore_roundtrip),
                                                   T(restore_interrupted_swap_completes)};
     const struct CMUnitTest write_batch[] = {T(write_batch_one_transaction)};
+    const struct CMUnitTest reply_bounds[] = {T(range_reply_is_bounded),
+                                              T(txn_reads_are_priced_before_writing),
+                                              T(txn_compares_stream), T(delete_prev_kv_is_bounded)};
     const struct tu_group groups[] = {
-        TU_GROUP(put),      TU_GROUP(delete_range),     TU_GROUP(txn),         TU_GROUP(range),
-        TU_GROUP(history),  TU_GROUP(compaction),       TU_GROUP(lease),       TU_GROUP(quota),
-        TU_GROUP(validate), TU_GROUP(snapshot_restore), TU_GROUP(write_batch),
+        TU_GROUP(put),         TU_GROUP(delete_range),
+        TU_GROUP(txn),         TU_GROUP(range),
+        TU_GROUP(history),     TU_GROUP(compaction),
+        TU_GROUP(lease),       TU_GROUP(quota),
+        TU_GROUP(validate),    TU_GROUP(snapshot_restore),
+        TU_GROUP(write_batch), TU_GROUP(reply_bounds),
     };
     return tu_run_groups("test_store", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }
