@@ -13,6 +13,7 @@
 #include "entry.h"
 #include "err.h"
 #include "log.h"
+#include "reqkind.h"
 #include "session.h"
 #include "u64map.h"
 
@@ -258,34 +259,8 @@ static void propose(struct keel_service *svc, struct keel_session *s, Keel__Requ
     keel__command__init(c);
     c->request_id = ++svc->next_request_id;
     c->origin = svc->o.cfg->member_id;
-    switch (req->body_case) {
-    case KEEL__REQUEST__BODY_PUT:
-        c->op_case = KEEL__COMMAND__OP_PUT;
-        c->put = req->put;
-        break;
-    case KEEL__REQUEST__BODY_DELETE_RANGE:
-        c->op_case = KEEL__COMMAND__OP_DELETE_RANGE;
-        c->delete_range = req->delete_range;
-        break;
-    case KEEL__REQUEST__BODY_TXN:
-        c->op_case = KEEL__COMMAND__OP_TXN;
-        c->txn = req->txn;
-        break;
-    case KEEL__REQUEST__BODY_COMPACTION:
-        c->op_case = KEEL__COMMAND__OP_COMPACTION;
-        c->compaction = req->compaction;
-        break;
-    case KEEL__REQUEST__BODY_LEASE_GRANT:
-        c->op_case = KEEL__COMMAND__OP_LEASE_GRANT;
-        c->lease_grant = req->lease_grant;
-        break;
-    case KEEL__REQUEST__BODY_LEASE_REVOKE:
-        c->op_case = KEEL__COMMAND__OP_LEASE_REVOKE;
-        c->lease_revoke = req->lease_revoke;
-        break;
-    default:
-        break;
-    }
+    /* dispatch sends only writes with a Command here (proto/reqkind.h). */
+    keel_reqkind_to_command(req, c);
     const char *msg = NULL;
     int err = keel_store_validate(c, &svc->limits, &msg);
     struct pending *p = err == 0 ? malloc(sizeof(*p)) : NULL;
@@ -736,6 +711,11 @@ void keel_service_request(struct keel_service *svc, struct keel_session *s, Keel
         keel__request__free_unpacked(req, NULL);
         return;
     }
+    const struct keel_reqkind *kind = keel_reqkind_of(req->body_case);
+    if (kind != NULL && kind->command != KEEL__COMMAND__OP__NOT_SET) {
+        propose(svc, s, req);
+        return; /* req is owned by the batch */
+    }
     switch (req->body_case) {
     case KEEL__REQUEST__BODY_RANGE:
         if (req->range->serializable) {
@@ -744,14 +724,6 @@ void keel_service_request(struct keel_service *svc, struct keel_session *s, Keel
         }
         linearizable_range(svc, s, req);
         return; /* req is owned by the read queue */
-    case KEEL__REQUEST__BODY_PUT:
-    case KEEL__REQUEST__BODY_DELETE_RANGE:
-    case KEEL__REQUEST__BODY_TXN:
-    case KEEL__REQUEST__BODY_COMPACTION:
-    case KEEL__REQUEST__BODY_LEASE_GRANT:
-    case KEEL__REQUEST__BODY_LEASE_REVOKE:
-        propose(svc, s, req);
-        return; /* req is owned by the batch */
     case KEEL__REQUEST__BODY_STATUS:
         serve_status(svc, s, req);
         break;
