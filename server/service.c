@@ -63,7 +63,7 @@ struct keel_service {
     struct keel_sessions *sessions;
     struct keel_limits limits;
 
-    struct u64map pending; /* request id -> struct pending */
+    struct keel_u64map pending; /* request id -> struct pending */
     uint64_t next_request_id;
 
     /* the entry being built this loop turn */
@@ -142,7 +142,7 @@ static struct keel_session *session_of(struct keel_service *svc, uint64_t id)
 
 static void answer_pending(struct keel_service *svc, uint64_t request_id, int err, const char *msg)
 {
-    struct pending *p = u64map_del(&svc->pending, request_id);
+    struct pending *p = keel_u64map_del(&svc->pending, request_id);
     if (p == NULL)
         return;
     struct keel_session *s = session_of(svc, p->session_id);
@@ -269,7 +269,7 @@ static void propose(struct keel_service *svc, struct keel_session *s, Keel__Requ
     if (err == 0) {
         p->session_id = keel_session_id(s);
         p->client_id = req->id;
-        if (u64map_put(&svc->pending, c->request_id, p) != 0) {
+        if (keel_u64map_put(&svc->pending, c->request_id, p) != 0) {
             free(p);
             err = KEEL_ENOMEM;
         }
@@ -761,7 +761,7 @@ void keel_service_applied(struct keel_service *svc, struct keel_fsm_batch *b)
             members_changed = 1;
         if (r->origin != self || r->r.skipped)
             continue;
-        struct pending *p = u64map_del(&svc->pending, r->request_id);
+        struct pending *p = keel_u64map_del(&svc->pending, r->request_id);
         if (p == NULL)
             continue;
         struct keel_session *s = session_of(svc, p->session_id);
@@ -830,7 +830,7 @@ int keel_service_init(struct keel_service **out, const struct keel_service_optio
     svc->o = *o;
     svc->limits.max_txn_ops = o->cfg->max_txn_ops;
     svc->limits.max_value_bytes = o->cfg->max_request_bytes;
-    u64map_init(&svc->pending);
+    keel_u64map_init(&svc->pending);
     keel_arena_init(&svc->arena, 0);
     /* Ids of this incarnation never meet ids of a previous one replayed from the log. */
     struct timespec ts;
@@ -870,7 +870,7 @@ void keel_service_free(struct keel_service *svc)
     for (size_t i = 0; i < svc->pending.cap; i++)
         if (svc->pending.keys[i] != 0)
             free(svc->pending.vals[i]);
-    u64map_close(&svc->pending);
+    keel_u64map_close(&svc->pending);
     release_batch(svc);
     free(svc->cmds);
     free(svc->cmd_ptrs);

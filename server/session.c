@@ -46,7 +46,7 @@ struct keel_sessions {
     struct keel_service *svc;
     uv_tcp_t listener;
     uv_check_t flush;
-    struct u64map live;
+    struct keel_u64map live;
     uint64_t next_id;
     struct keel_session *dirty;
     int closing;
@@ -156,7 +156,7 @@ void keel_sessions_on_close(struct keel_sessions *ss, void (*cb)(void *data, uin
 
 struct keel_session *keel_sessions_find(struct keel_sessions *ss, uint64_t id)
 {
-    return u64map_get(&ss->live, id);
+    return keel_u64map_get(&ss->live, id);
 }
 
 /* ---- closing ---- */
@@ -195,7 +195,7 @@ static void session_close(struct keel_session *s)
     if (s->closing)
         return;
     s->closing = 1;
-    u64map_del(&s->ss->live, s->id);
+    keel_u64map_del(&s->ss->live, s->id);
     if (s->ss->on_close != NULL)
         s->ss->on_close(s->ss->on_close_data, s->id);
     if (s->drain_cb != NULL) {
@@ -374,10 +374,11 @@ static void on_connection(uv_stream_t *server, int status)
     s->tcp.data = s;
     ss->open_handles++;
     keel_frame_decoder_init(&s->dec, ss->cfg->max_request_bytes + FRAME_OVERHEAD);
-    if (uv_accept(server, (uv_stream_t *)&s->tcp) != 0 || u64map_get(&ss->live, s->id) != NULL ||
-        u64map_put(&ss->live, s->id, s) != 0 || ss->live.n > ss->cfg->max_connections) {
-        if (u64map_get(&ss->live, s->id) == s)
-            u64map_del(&ss->live, s->id);
+    if (uv_accept(server, (uv_stream_t *)&s->tcp) != 0 ||
+        keel_u64map_get(&ss->live, s->id) != NULL || keel_u64map_put(&ss->live, s->id, s) != 0 ||
+        ss->live.n > ss->cfg->max_connections) {
+        if (keel_u64map_get(&ss->live, s->id) == s)
+            keel_u64map_del(&ss->live, s->id);
         s->closing = 1;
         uv_close((uv_handle_t *)&s->tcp, session_freed);
         return;
@@ -395,7 +396,7 @@ int keel_sessions_init(struct keel_sessions **out, uv_loop_t *loop, const struct
     ss->loop = loop;
     ss->cfg = cfg;
     ss->svc = svc;
-    u64map_init(&ss->live);
+    keel_u64map_init(&ss->live);
     char host[KEEL_ADDR_MAX];
     int port;
     struct sockaddr_in addr;
@@ -446,6 +447,6 @@ void keel_sessions_free(struct keel_sessions *ss)
 {
     if (ss == NULL)
         return;
-    u64map_close(&ss->live);
+    keel_u64map_close(&ss->live);
     free(ss);
 }

@@ -16,7 +16,7 @@
 #define CATCHUP_WATCHERS 16  /* watchers advanced per loop turn */
 
 struct watcher {
-    struct itree_node node; /* in the tree while synced */
+    struct keel_itree_node node; /* in the tree while synced */
     struct watcher *sess_next, *sess_prev;
     struct watcher *unsync_next, *unsync_prev;
     struct watcher *touched_next;
@@ -44,9 +44,9 @@ struct session_watches {
 struct keel_watch_hub {
     struct keel_watch_options o;
     struct keel_sessions *sessions;
-    struct itree tree;
-    struct u64map by_session; /* session id -> struct session_watches */
-    struct watcher *unsync;   /* circular list of watchers catching up */
+    struct keel_itree tree;
+    struct keel_u64map by_session; /* session id -> struct session_watches */
+    struct watcher *unsync;        /* circular list of watchers catching up */
     size_t n_unsync;
     size_t n_watchers;
     int64_t delivered_rev; /* last revision fanned out */
@@ -148,13 +148,13 @@ static void sync_add(struct keel_watch_hub *h, struct watcher *w)
     w->node.start_len = w->key_len;
     w->node.end = w->end;
     w->node.end_len = w->end_len;
-    itree_insert(&h->tree, &w->node);
+    keel_itree_insert(&h->tree, &w->node);
 }
 
 static void watcher_free(struct keel_watch_hub *h, struct watcher *w)
 {
     if (w->synced)
-        itree_remove(&h->tree, &w->node);
+        keel_itree_remove(&h->tree, &w->node);
     else
         unsync_remove(h, w);
     struct session_watches *sw = w->sw;
@@ -302,7 +302,7 @@ struct stab_ctx {
     Keel__Event *e;
 };
 
-static void collect(struct itree_node *n, void *data)
+static void collect(struct keel_itree_node *n, void *data)
 {
     struct stab_ctx *c = data;
     struct watcher *w = (struct watcher *)n; /* node is the first member */
@@ -336,7 +336,7 @@ void keel_watch_applied(struct keel_watch_hub *h, struct keel_fsm_batch *b)
         for (size_t j = 0; j < r->n_events; j++) {
             struct stab_ctx c = {h, r->events[j]};
             Keel__KeyValue *kv = r->events[j]->kv;
-            itree_stab(&h->tree, kv->key.data, kv->key.len, collect, &c);
+            keel_itree_stab(&h->tree, kv->key.data, kv->key.len, collect, &c);
         }
     }
     h->delivered_rev = last;
@@ -348,7 +348,7 @@ void keel_watch_applied(struct keel_watch_hub *h, struct keel_fsm_batch *b)
             if (over_cap(s, h->o.session_out_cap)) {
                 /* A slow consumer: resume from the first event it was not sent. */
                 w->next_rev = w->pend[0]->kv->mod_revision;
-                itree_remove(&h->tree, &w->node);
+                keel_itree_remove(&h->tree, &w->node);
                 unsync_add(h, w);
             } else {
                 size_t n = 0;
@@ -370,10 +370,10 @@ void keel_watch_applied(struct keel_watch_hub *h, struct keel_fsm_batch *b)
 static struct session_watches *session_watches(struct keel_watch_hub *h, uint64_t session_id,
                                                bool create)
 {
-    struct session_watches *sw = u64map_get(&h->by_session, session_id);
+    struct session_watches *sw = keel_u64map_get(&h->by_session, session_id);
     if (sw == NULL && create) {
         sw = calloc(1, sizeof(*sw));
-        if (sw == NULL || u64map_put(&h->by_session, session_id, sw) != 0) {
+        if (sw == NULL || keel_u64map_put(&h->by_session, session_id, sw) != 0) {
             free(sw);
             return NULL;
         }
@@ -553,7 +553,7 @@ void keel_watch_request(struct keel_watch_hub *h, struct keel_session *s, const 
 
 void keel_watch_session_closed(struct keel_watch_hub *h, uint64_t session_id)
 {
-    struct session_watches *sw = u64map_del(&h->by_session, session_id);
+    struct session_watches *sw = keel_u64map_del(&h->by_session, session_id);
     if (sw == NULL)
         return;
     while (sw->head != NULL)
@@ -592,8 +592,8 @@ int keel_watch_init(struct keel_watch_hub **out, const struct keel_watch_options
     if (h == NULL)
         return KEEL_ENOMEM;
     h->o = *o;
-    itree_init(&h->tree);
-    u64map_init(&h->by_session);
+    keel_itree_init(&h->tree);
+    keel_u64map_init(&h->by_session);
     keel_arena_init(&h->scratch, 0);
     struct keel_store_stat st;
     keel_store_stat(o->store, &st);
@@ -635,7 +635,7 @@ void keel_watch_free(struct keel_watch_hub *h)
             watcher_free(h, sw->head);
         free(sw);
     }
-    u64map_close(&h->by_session);
+    keel_u64map_close(&h->by_session);
     keel_arena_close(&h->scratch);
     free(h);
 }
