@@ -31,7 +31,8 @@ struct keeld {
     struct keel_fsm *fsm;
     struct keel_service *svc;
     struct keel_watch_hub *watch;
-    struct keel_node node;
+    struct keel_node *node;
+    struct keel_consensus raft;
     int node_ready;
     struct keel_sessions *sessions;
     uv_signal_t sigterm, sigint;
@@ -59,14 +60,14 @@ static void on_peer(void *data, uint64_t id, const char *client, const char *zon
     if (k->svc != NULL && k->node_ready)
         keel_service_member_learned(k->svc);
     /* A follower may learn the leader's client address only now. */
-    if (k->svc != NULL && k->node_ready && id == keel_node_leader(&k->node))
-        keel_service_leader_changed(k->svc, keel_node_is_leader(&k->node), id);
+    if (k->svc != NULL && k->node_ready && id == keel_node_leader(k->node))
+        keel_service_leader_changed(k->svc, keel_node_is_leader(k->node), id);
 }
 
 static uint64_t current_term(void *data)
 {
     struct keeld *k = data;
-    return keel_node_term(&k->node);
+    return keel_node_term(k->node);
 }
 
 static void session_gone(void *data, uint64_t id)
@@ -83,19 +84,18 @@ static void sessions_closed(void *data)
     uv_close((uv_handle_t *)&k->stop_timer, NULL);
 }
 
-static void fsm_stopped(struct keel_fsm *f, void *data)
+static void fsm_stopped(void *data)
 {
     struct keeld *k = data;
-    (void)f;
     if (k->sessions != NULL)
         keel_sessions_close(k->sessions, sessions_closed, k);
     else
         sessions_closed(k);
 }
 
-static void node_closed(struct keel_node *n)
+static void node_stopped(void *data)
 {
-    struct keeld *k = n->data;
+    struct keeld *k = data;
     keel_fsm_stop(k->fsm, fsm_stopped, k);
 }
 
@@ -104,11 +104,11 @@ static void node_closed(struct keel_node *n)
 static void close_node_when_idle(uv_timer_t *t)
 {
     struct keeld *k = t->data;
-    if (keel_service_raft_requests(k->svc) > 0 && uv_now(&k->loop) < k->drain_deadline) {
+    if (keel_node_inflight(k->node) > 0 && uv_now(&k->loop) < k->drain_deadline) {
         uv_timer_start(&k->stop_timer, close_node_when_idle, 5, 0);
         return;
     }
-    keel_node_close(&k->node, node_closed);
+    keel_node_stop(k->node, node_stopped, k);
 }
 
 static void stop_now(struct keeld *k)
@@ -124,10 +124,10 @@ static void stop_now(struct keeld *k)
     close_node_when_idle(&k->stop_timer);
 }
 
-static void transfer_done(struct keel_node *n)
+static void transfer_done(void *data)
 {
-    struct keeld *k = n->data;
-    KLOG_INFO("leadership handed to %llu", (unsigned long long)keel_node_leader(n));
+    struct keeld *k = data;
+    KLOG_INFO("leadership handed to %llu", (unsigned long long)keel_node_leader(k->node));
     stop_now(k);
 }
 
@@ -148,8 +148,8 @@ static void on_signal(uv_signal_t *h, int signum)
     KLOG_INFO("signal %d: shutting down", signum);
     /* Bounded either way: the transfer callback fires within an election timeout. */
     uv_timer_start(&k->stop_timer, stop_timeout, k->cfg.election_ms * 2, 0);
-    if (keel_node_is_leader(&k->node) && k->cfg.n_members > 1 &&
-        keel_node_transfer(&k->node, transfer_done) == 0)
+    if (keel_node_is_leader(k->node) && k->cfg.n_members > 1 &&
+        keel_node_transfer(k->node, transfer_done, k) == 0)
         return;
     stop_now(k);
 }
@@ -203,7 +203,7 @@ int main(int argc, char **argv)
                                   .bind_host = host,
                                   .done = on_applied,
                                   .data = &k};
-    if ((rv = keel_fsm_init(&k.fsm, &fo)) != 0) {
+    if ((rv = keel_fsm_new(&fo, &k.fsm)) != 0) {
         KLOG_ERROR("cannot start the storage writer: %s", keel_strerror(rv));
         goto out_store;
     }
@@ -222,20 +222,22 @@ int main(int argc, char **argv)
                                        .watch = k.watch,
                                        .cfg = &k.cfg,
                                        .store = k.store,
-                                       .node = &k.node,
+                                       .raft = &k.raft,
                                        .fsm = k.fsm,
                                        .members = &k.members};
     if (keel_service_init(&k.svc, &svo) != 0)
         goto out_fsm;
-    if (keel_node_init(&k.node, &k.loop, &k.cfg, keel_fsm_raft(k.fsm), on_change, &k, on_peer, err,
-                       sizeof(err)) != 0) {
-        KLOG_ERROR("%s", err);
+    struct keel_node_options no = {.loop = &k.loop,
+                                   .cfg = &k.cfg,
+                                   .fsm = k.fsm,
+                                   .on_change = on_change,
+                                   .on_peer = on_peer,
+                                   .data = &k};
+    if (keel_node_new(&no, &k.node) != 0)
         goto out_service;
-    }
-    keel_fsm_bind(k.fsm, &k.node);
+    keel_node_consensus(k.node, &k.raft);
     int failed = 0;
-    if (keel_node_start(&k.node, err, sizeof(err)) != 0) {
-        KLOG_ERROR("%s", err);
+    if (keel_node_start(k.node) != 0) {
         failed = 1;
     } else {
         k.node_ready = 1;
@@ -267,7 +269,7 @@ int main(int argc, char **argv)
     status = failed ? 1 : 0;
     if (uv_loop_close(&k.loop) != 0)
         KLOG_WARN("handles left open at exit");
-    keel_node_free(&k.node);
+    keel_node_free(k.node);
     keel_sessions_free(k.sessions);
     keel_service_free(k.svc);
     keel_watch_free(k.watch);

@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include "arena.h"
-#include "entry.h"
 #include "err.h"
 #include "log.h"
 #include "reqkind.h"
@@ -28,7 +27,6 @@ struct pending {
 
 /* One raft entry in flight: the request ids it carries, for a failed apply. */
 struct proposal {
-    struct raft_apply req;
     struct keel_service *svc;
     size_t n;
     uint64_t ids[];
@@ -79,13 +77,9 @@ struct keel_service {
     struct read_list in_barrier; /* covered by the barrier in flight */
     struct read_list ready;      /* barrier done, waiting for the writer */
     int barrier_busy;
-    struct raft_barrier barrier;
-    struct raft_barrier leader_barrier;
 
     bool is_leader;
     uint64_t leader_id;
-    int leader_barrier_busy;
-    size_t raft_requests;    /* applies and barriers raft has not called back yet */
     struct keel_arena arena; /* per reply, reset after each */
     int stopped;
 };
@@ -97,7 +91,7 @@ static void fill_header(struct keel_service *svc, Keel__ResponseHeader *h, int64
     keel__response_header__init(h);
     h->cluster_id = svc->o.cfg->cluster_id;
     h->member_id = svc->o.cfg->member_id;
-    h->raft_term = keel_node_term(svc->o.node);
+    h->raft_term = svc->o.raft->term(svc->o.raft->ctx);
     if (revision < 0) {
         struct keel_store_stat st;
         keel_store_stat(svc->o.store, &st);
@@ -124,7 +118,7 @@ static void reply_error(struct keel_service *svc, struct keel_session *s, uint64
     e.code = keel_err_to_wire(err);
     e.message = (char *)(msg ? msg : keel_strerror(err));
     if (err == KEEL_ENOTLEADER) {
-        uint64_t leader = keel_node_leader(svc->o.node);
+        uint64_t leader = svc->o.raft->leader(svc->o.raft->ctx);
         struct keel_member_info *mi = keel_members_get(svc->o.members, leader);
         e.leader_id = leader;
         e.leader_address = mi ? mi->client : "";
@@ -151,12 +145,10 @@ static void answer_pending(struct keel_service *svc, uint64_t request_id, int er
     free(p);
 }
 
-static void proposal_done(struct raft_apply *req, int status, void *result)
+static void proposal_done(void *data, int err)
 {
-    struct proposal *pr = req->data;
-    (void)result;
-    pr->svc->raft_requests--;
-    if (status != 0) {
+    struct proposal *pr = data;
+    if (err != 0) {
         /* The entry may still commit under the next leader: the outcome is unknown. */
         for (size_t i = 0; i < pr->n; i++)
             answer_pending(pr->svc, pr->ids[i], KEEL_EUNKNOWN,
@@ -191,28 +183,18 @@ static void flush_proposals(uv_check_t *h)
     batch.n_commands = n;
     batch.commands = svc->cmd_ptrs;
     struct proposal *pr = malloc(sizeof(*pr) + n * sizeof(uint64_t));
-    struct raft_buffer buf = {0};
-    int err = pr == NULL ? KEEL_ENOMEM : keel_entry_encode(&batch, &buf);
-    int rv = -1;
-    if (err == 0) {
+    int err = KEEL_ENOMEM;
+    if (pr != NULL) {
         pr->svc = svc;
         pr->n = n;
-        pr->req.data = pr;
         for (size_t i = 0; i < n; i++)
             pr->ids[i] = svc->cmds[i].request_id;
-        rv = keel_node_propose(svc->o.node, &pr->req, buf, proposal_done);
-        if (rv == 0)
-            svc->raft_requests++;
+        err = svc->o.raft->propose(svc->o.raft->ctx, &batch, proposal_done, pr);
     }
-    if (rv != 0) {
+    if (err != 0) {
         /* Not proposed at all: nothing happened, the client may retry. */
-        int code = rv == RAFT_NOTLEADER ? KEEL_ENOTLEADER : KEEL_EUNAVAILABLE;
-        if (err != 0)
-            code = err;
         for (size_t i = 0; i < n; i++)
-            answer_pending(svc, svc->cmds[i].request_id, code, NULL);
-        if (buf.base != NULL)
-            raft_free(buf.base);
+            answer_pending(svc, svc->cmds[i].request_id, err, NULL);
         free(pr);
     }
     release_batch(svc);
@@ -245,7 +227,7 @@ static int grow_batch(struct keel_service *svc)
 
 static void propose(struct keel_service *svc, struct keel_session *s, Keel__Request *req)
 {
-    if (!keel_node_is_leader(svc->o.node)) {
+    if (!svc->o.raft->is_leader(svc->o.raft->ctx)) {
         reply_error(svc, s, req->id, KEEL_ENOTLEADER, NULL);
         keel__request__free_unpacked(req, NULL);
         return;
@@ -287,7 +269,7 @@ static void propose(struct keel_service *svc, struct keel_session *s, Keel__Requ
  * so every member can name every client address (NOT_LEADER answers, member lists, zones). */
 static void publish_members(struct keel_service *svc)
 {
-    if (!keel_node_is_leader(svc->o.node))
+    if (!svc->o.raft->is_leader(svc->o.raft->ctx))
         return;
     struct keel_members *ms = svc->o.members;
     for (size_t i = 0; i < ms->n; i++) {
@@ -386,7 +368,7 @@ static void fail_reads(struct keel_service *svc, struct read_list *l, int err)
 
 static void serve_ready(struct keel_service *svc)
 {
-    uint64_t committed = keel_fsm_committed_index(svc->o.fsm);
+    uint64_t committed = keel_fsm_progress(svc->o.fsm)->committed;
     while (svc->ready.head != NULL && svc->ready.head->target <= committed) {
         struct read_wait *w = svc->ready.head;
         svc->ready.head = w->next;
@@ -402,21 +384,20 @@ static void serve_ready(struct keel_service *svc)
 
 static void start_barrier(struct keel_service *svc);
 
-static void barrier_done(struct raft_barrier *req, int status)
+static void barrier_done(void *data, int err)
 {
-    struct keel_service *svc = req->data;
+    struct keel_service *svc = data;
     svc->barrier_busy = 0;
-    svc->raft_requests--;
     if (svc->stopped) {
         fail_reads(svc, &svc->in_barrier, KEEL_EUNAVAILABLE);
         return;
     }
-    if (status != 0) {
+    if (err != 0) {
         fail_reads(svc, &svc->in_barrier, KEEL_ENOTLEADER);
     } else {
         /* Everything before the barrier has reached the fsm: once the writer has committed
          * up to here, these reads see every write acknowledged before they arrived. */
-        uint64_t target = keel_fsm_queued_index(svc->o.fsm);
+        uint64_t target = keel_fsm_progress(svc->o.fsm)->queued;
         for (struct read_wait *w = svc->in_barrier.head; w != NULL; w = w->next)
             w->target = target;
         list_append(&svc->ready, &svc->in_barrier);
@@ -430,24 +411,23 @@ static void start_barrier(struct keel_service *svc)
 {
     if (svc->barrier_busy || svc->waiting.head == NULL)
         return;
-    if (!keel_node_is_leader(svc->o.node)) {
+    if (!svc->o.raft->is_leader(svc->o.raft->ctx)) {
         fail_reads(svc, &svc->waiting, KEEL_ENOTLEADER);
         return;
     }
-    svc->barrier.data = svc;
-    int rv = keel_node_barrier(svc->o.node, &svc->barrier, barrier_done);
-    if (rv != 0) {
-        fail_reads(svc, &svc->waiting, rv == RAFT_NOTLEADER ? KEEL_ENOTLEADER : KEEL_EUNAVAILABLE);
+    int err = svc->o.raft->barrier(svc->o.raft->ctx, barrier_done, svc);
+    if (err != 0) {
+        fail_reads(svc, &svc->waiting,
+                   err == KEEL_ENOTLEADER ? KEEL_ENOTLEADER : KEEL_EUNAVAILABLE);
         return;
     }
     svc->barrier_busy = 1;
-    svc->raft_requests++;
     list_append(&svc->in_barrier, &svc->waiting);
 }
 
 static void linearizable_range(struct keel_service *svc, struct keel_session *s, Keel__Request *req)
 {
-    if (!keel_node_is_leader(svc->o.node)) {
+    if (!svc->o.raft->is_leader(svc->o.raft->ctx)) {
         reply_error(svc, s, req->id, KEEL_ENOTLEADER, NULL);
         keel__request__free_unpacked(req, NULL);
         return;
@@ -513,7 +493,7 @@ void keel_service_hello(struct keel_service *svc, struct keel_session *s, const 
     hr.member_id = svc->o.cfg->member_id;
     hr.zone = (char *)svc->o.cfg->zone;
     hr.version = KEEL_VERSION;
-    hr.leader_id = keel_node_leader(svc->o.node);
+    hr.leader_id = svc->o.raft->leader(svc->o.raft->ctx);
     struct keel_member_info *li = keel_members_get(svc->o.members, hr.leader_id);
     hr.leader_address = li ? li->client : "";
     hr.members = members_msg(svc, &hr.n_members);
@@ -534,9 +514,9 @@ static void serve_status(struct keel_service *svc, struct keel_session *s, Keel_
     sr.version = KEEL_VERSION;
     sr.dbsize = (int64_t)st.db_size;
     sr.dbsizeinuse = (int64_t)st.logical_size;
-    sr.leader = keel_node_leader(svc->o.node);
-    sr.raftindex = keel_node_last_index(svc->o.node);
-    sr.raftterm = keel_node_term(svc->o.node);
+    sr.leader = svc->o.raft->leader(svc->o.raft->ctx);
+    sr.raftindex = svc->o.raft->last_index(svc->o.raft->ctx);
+    sr.raftterm = svc->o.raft->term(svc->o.raft->ctx);
     sr.raftappliedindex = st.applied_index;
     sr.zone = (char *)svc->o.cfg->zone;
     sr.name = (char *)svc->o.cfg->name;
@@ -784,16 +764,6 @@ void keel_service_applied(struct keel_service *svc, struct keel_fsm_batch *b)
     serve_ready(svc);
 }
 
-static void leader_barrier_done(struct raft_barrier *req, int status)
-{
-    struct keel_service *svc = req->data;
-    svc->leader_barrier_busy = 0;
-    svc->raft_requests--;
-    if (status == 0)
-        KLOG_INFO("leader barrier committed at index %llu",
-                  (unsigned long long)keel_fsm_queued_index(svc->o.fsm));
-}
-
 void keel_service_leader_changed(struct keel_service *svc, bool is_leader, uint64_t leader_id)
 {
     bool was = svc->is_leader;
@@ -802,16 +772,6 @@ void keel_service_leader_changed(struct keel_service *svc, bool is_leader, uint6
     struct keel_member_info *mi = keel_members_get(svc->o.members, leader_id);
     keel_fsm_set_leader(svc->o.fsm, mi && leader_id != svc->o.cfg->member_id ? mi->client : "");
     if (is_leader && !was) {
-        /* raft 0.15 appends no entry of its own on election: this barrier commits one of the
-         * new term (narrowing its Figure-8 bug) and brings the fsm up to date. */
-        /* raft owns the request until it calls back: never submit it twice. */
-        if (!svc->leader_barrier_busy) {
-            svc->leader_barrier.data = svc;
-            if (keel_node_barrier(svc->o.node, &svc->leader_barrier, leader_barrier_done) == 0) {
-                svc->leader_barrier_busy = 1;
-                svc->raft_requests++;
-            }
-        }
         for (size_t i = 0; i < svc->o.members->n; i++)
             svc->o.members->v[i].publishing = 0;
         publish_members(svc);
@@ -856,11 +816,6 @@ void keel_service_stop(struct keel_service *svc)
     uv_close((uv_handle_t *)&svc->flush, NULL);
     fail_reads(svc, &svc->waiting, KEEL_EUNAVAILABLE);
     fail_reads(svc, &svc->ready, KEEL_EUNAVAILABLE);
-}
-
-size_t keel_service_raft_requests(const struct keel_service *svc)
-{
-    return svc->raft_requests;
 }
 
 void keel_service_free(struct keel_service *svc)

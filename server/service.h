@@ -15,8 +15,8 @@
 #include "config.h"
 #include "fsm.h"
 #include "keel.pb-c.h"
+#include "consensus.h"
 #include "members.h"
-#include "node.h"
 #include "store.h"
 #include "watch.h"
 
@@ -28,7 +28,7 @@ struct keel_service_options {
     uv_loop_t *loop;
     const struct keel_config *cfg;
     struct keel_store *store;
-    struct keel_node *node;
+    const struct keel_consensus *raft;
     struct keel_fsm *fsm;
     struct keel_members *members;
     struct keel_watch_hub *watch;
@@ -56,9 +56,6 @@ void keel_service_member_learned(struct keel_service *svc);
 
 /* Answer everything still waiting (the member is stopping) and stop the flush handle. */
 void keel_service_stop(struct keel_service *svc);
-
-/* Applies and barriers submitted to raft and not called back yet. */
-size_t keel_service_raft_requests(const struct keel_service *svc);
 
 void keel_service_free(struct keel_service *svc);
 
