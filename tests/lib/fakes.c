@@ -229,6 +229,30 @@ Keel__Response *tf_response(const struct tf_responder *r, size_t i)
     return need(keel__response__unpack(NULL, r->msgs[i].len, r->msgs[i].packed));
 }
 
+size_t tf_answer_index(const struct tf_responder *r, uint64_t session, uint64_t id)
+{
+    for (size_t i = r->n; i-- > 0;) {
+        if (r->msgs[i].session != session || r->msgs[i].kind != KEEL_RESPOND_ANSWER)
+            continue;
+        Keel__Response *resp = tf_response(r, i);
+        uint64_t got = resp->id;
+        keel__response__free_unpacked(resp, NULL);
+        if (got == id)
+            return i;
+    }
+    fprintf(stderr, "fakes: no answer to request %llu of session %llu\n", (unsigned long long)id,
+            (unsigned long long)session);
+    abort();
+}
+
+int tf_answer_code(const struct tf_responder *r, uint64_t session, uint64_t id)
+{
+    Keel__Response *resp = tf_response(r, tf_answer_index(r, session, id));
+    int code = resp->error ? resp->error->code : 0;
+    keel__response__free_unpacked(resp, NULL);
+    return code;
+}
+
 void tf_reply(struct keel_reply *out, struct tf_responder *r, struct tf_node *n,
               struct keel_members *members, struct keel_store *store, uint64_t member_id)
 {

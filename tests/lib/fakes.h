@@ -87,6 +87,11 @@ void tf_responder_clear(struct tf_responder *r);
 void tf_responder_close_session(struct tf_responder *r, uint64_t session);
 /* Message i as a Response; free with keel__response__free_unpacked. Aborts if it is not one. */
 Keel__Response *tf_response(const struct tf_responder *r, size_t i);
+/* The index of the last answer (KEEL_RESPOND_ANSWER) to request id of session; aborts when
+ * there is none. */
+size_t tf_answer_index(const struct tf_responder *r, uint64_t session, uint64_t id);
+/* The wire error code of that answer, 0 when it carries no error. */
+int tf_answer_code(const struct tf_responder *r, uint64_t session, uint64_t id);
 
 /* A reply context over the fakes: cluster 0xc1, this member `member_id`. */
 void tf_reply(struct keel_reply *out, struct tf_responder *r, struct tf_node *n,

@@ -180,20 +180,10 @@ static size_t events(struct fx *f, uint64_t session, uint64_t req_id, struct see
     return n;
 }
 
-/* The first answer recorded for (session, req_id); free it. */
+/* The answer recorded for (session, req_id); free it. */
 static Keel__Response *answer(struct fx *f, uint64_t session, uint64_t req_id)
 {
-    for (size_t i = 0; i < f->out.n; i++) {
-        if (f->out.msgs[i].session != session || f->out.msgs[i].kind != KEEL_RESPOND_ANSWER)
-            continue;
-        Keel__Response *r = tf_response(&f->out, i);
-        if (r->id == req_id)
-            return r;
-        keel__response__free_unpacked(r, NULL);
-    }
-    fail_msg("no answer to request %llu of session %llu", (unsigned long long)req_id,
-             (unsigned long long)session);
-    return NULL;
+    return tf_response(&f->out, tf_answer_index(&f->out, session, req_id));
 }
 
 static void expect_created(struct fx *f, uint64_t session, uint64_t req_id)
@@ -386,33 +376,25 @@ static void compacted_start_is_created_then_canceled(void **state)
     assert_int_equal(keel_watch_count(f->hub), 0);
 }
 
-static int answer_code(struct fx *f, uint64_t session, uint64_t req_id)
-{
-    Keel__Response *r = answer(f, session, req_id);
-    int code = r->error ? r->error->code : 0;
-    keel__response__free_unpacked(r, NULL);
-    return code;
-}
-
 static void bad_requests_are_answered(void **state)
 {
     struct fx *f = *state;
     create(f, 1, 10, "", NULL);
-    assert_int_equal(answer_code(f, 1, 10), keel_err_to_wire(KEEL_EINVAL));
+    assert_int_equal(tf_answer_code(&f->out, 1, 10), keel_err_to_wire(KEEL_EINVAL));
     char long_key[600];
     memset(long_key, 'k', sizeof(long_key) - 1);
     long_key[sizeof(long_key) - 1] = '\0';
     create(f, 1, 11, long_key, NULL);
-    assert_int_equal(answer_code(f, 1, 11), keel_err_to_wire(KEEL_EKEYTOOLONG));
+    assert_int_equal(tf_answer_code(&f->out, 1, 11), keel_err_to_wire(KEEL_EKEYTOOLONG));
     create(f, 1, 12, "a", &(struct wopts){.watch_id = 5});
     create(f, 1, 13, "b", &(struct wopts){.watch_id = 5});
-    assert_int_equal(answer_code(f, 1, 13), keel_err_to_wire(KEEL_EINVAL));
+    assert_int_equal(tf_answer_code(&f->out, 1, 13), keel_err_to_wire(KEEL_EINVAL));
     create(f, 1, 14, "c", NULL);
     create(f, 1, 15, "d", NULL);
     create(f, 1, 16, "e", NULL); /* a fourth: over max_per_session */
-    assert_int_equal(answer_code(f, 1, 16), keel_err_to_wire(KEEL_ETOOMANYREQUESTS));
+    assert_int_equal(tf_answer_code(&f->out, 1, 16), keel_err_to_wire(KEEL_ETOOMANYREQUESTS));
     create(f, 2, 20, "e", NULL); /* the limit is per session */
-    assert_int_equal(answer_code(f, 2, 20), 0);
+    assert_int_equal(tf_answer_code(&f->out, 2, 20), 0);
     assert_int_equal(keel_watch_count(f->hub), 4);
     /* Answers to a session that is gone go nowhere and break nothing. */
     tf_responder_close_session(&f->out, 3);
