@@ -1,3 +1,12 @@
+/*
+ * The state machine and the storage writer (see fsm.h). Two sides share a mutex:
+ *  - the loop (keel_fsm_apply / _snapshot / _restore, called by node.c; on_async) queues jobs
+ *    and takes finished batches;
+ *  - the writer thread (writer_main) takes up to MAX_JOBS_PER_TX jobs or MAX_BYTES_PER_TX
+ *    bytes at a time, applies them in one LMDB transaction, commits, and publishes one batch.
+ * A FETCH or SYNC job first commits what came before it, so the order of state changes is the
+ * order of the jobs. A store failure at apply aborts the member (fatal): it replays its log.
+ */
 #include "fsm.h"
 
 #include <errno.h>

@@ -1,3 +1,8 @@
+/*
+ * The interval tree (see itree.h): a treap, recursive insert and remove by rotation and merge,
+ * and a stab that prunes every subtree whose greatest end is at or before the key and stops at
+ * the first start after it. tests/unit/test_itree.c checks it against a brute-force model.
+ */
 #include "itree.h"
 
 #include <string.h>

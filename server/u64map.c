@@ -1,3 +1,7 @@
+/*
+ * The id map (see u64map.h). The capacity stays a power of two and the load under 3/4;
+ * deletion shifts the following entries back so lookups never need tombstones.
+ */
 #include "u64map.h"
 
 #include <stdlib.h>

@@ -1,3 +1,14 @@
+/*
+ * The watch hub (see watch.h). A watcher lives in its session's list always, and either in the
+ * interval tree (synced) or in the circular catch-up list (unsync), never both:
+ *
+ *   create --(start in the future or 0)--> synced --(session over the cap)--> catching up
+ *   create --(start in history)----------> catching up --(history exhausted)--> synced
+ *   cancel / compacted / session closed  --> freed
+ *
+ * next_rev only grows: live fan-out and history both resume from it, which is what makes
+ * "each revision once, none skipped" hold across the transitions.
+ */
 #include "watch.h"
 
 #include <stdbool.h>
