@@ -7,7 +7,9 @@
  *   cancel / compacted / session closed  --> freed
  *
  * next_rev only grows: live fan-out and history both resume from it, which is what makes
- * "each revision once, none skipped" hold across the transitions.
+ * "each revision once, none skipped" hold across the transitions. That is also why catch-up,
+ * fan-out and the requests stay in one file of about 600 lines: they are one job, the
+ * transitions of a watcher, and split they would share every field of struct watcher.
  */
 #include "watch.h"
 
