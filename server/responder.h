@@ -5,10 +5,11 @@
  * so calls go one way: session -> dispatch -> ... and answers come back through here.
  *
  * A session id names one client connection for its whole life and is never reused; once the
- * connection is gone every call below says KEEL_ECLOSED and does nothing, so holding an id
- * (in a pending write, a waiting read, a watcher) is always safe.
+ * connection is gone every call below does nothing (and says KEEL_ECLOSED where it returns a
+ * code), so holding an id in a pending write, a waiting read or a watcher is always safe.
  *
- * Functions, not a header of inline helpers: call them as r->send(r->ctx, ...).
+ * Call through the pointers, r->send(r->ctx, ...). Most answers go through reply.h instead,
+ * which fills the response header first.
  */
 #ifndef KEEL_RESPONDER_H
 #define KEEL_RESPONDER_H
