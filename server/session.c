@@ -438,9 +438,11 @@ int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_han
     int rv = uv_tcp_bind(&ss->listener, (const struct sockaddr *)&addr, 0);
     if (rv == 0)
         rv = uv_listen((uv_stream_t *)&ss->listener, 511, on_connection);
-    if (rv != 0)
+    if (rv != 0) {
         KLOG_ERROR("listen on %s: %s", ss->cfg->listen_client, uv_strerror(rv));
-    return rv;
+        return KEEL_EIO;
+    }
+    return 0;
 }
 
 static void handle_closed(uv_handle_t *h)

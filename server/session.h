@@ -45,8 +45,8 @@ int keel_sessions_new(uv_loop_t *loop, const struct keel_config *cfg, struct kee
 /* The responder seam over these sessions (valid for the registry's life). */
 void keel_sessions_responder(struct keel_sessions *ss, struct keel_responder *out);
 
-/* Accept clients on cfg->listen_client and hand their input to h (copied). 0, or a libuv
- * error after logging why. */
+/* Accept clients on cfg->listen_client and hand their input to h (copied). 0, or KEEL_EIO
+ * after logging why (the address is taken or not ours). */
 int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_handler *h);
 
 /* Stop accepting and close every session; cb(data) once all handles are closed (cb may be
