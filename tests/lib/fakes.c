@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "testutil.h"
 
 static void *need(void *p)
 {
@@ -253,13 +254,27 @@ int tf_answer_code(const struct tf_responder *r, uint64_t session, uint64_t id)
     return code;
 }
 
-void tf_reply(struct keel_reply *out, struct tf_responder *r, struct tf_node *n,
-              struct keel_members *members, struct keel_store *store, uint64_t member_id)
+void tf_env_init(struct tf_env *e, const char *tag)
 {
-    out->out = &r->seam;
-    out->raft = &n->seam;
-    out->members = members;
-    out->store = store;
-    out->cluster_id = 0xc1;
-    out->member_id = member_id;
+    memset(e, 0, sizeof(*e));
+    e->dir = tu_mkdtemp(tag);
+    e->store = tu_store_open(e->dir, 0);
+    tf_node_init(&e->node);
+    tf_responder_init(&e->out);
+    e->reply = (struct keel_reply){.out = &e->out.seam,
+                                   .raft = &e->node.seam,
+                                   .members = &e->members,
+                                   .store = e->store,
+                                   .cluster_id = TF_CLUSTER,
+                                   .member_id = TF_SELF};
+}
+
+void tf_env_close(struct tf_env *e)
+{
+    tf_responder_close(&e->out);
+    tf_node_close(&e->node);
+    keel_store_close(e->store);
+    tu_rmdir(e->dir);
+    free(e->dir);
+    e->dir = NULL;
 }

@@ -7,7 +7,8 @@
  *  - tf_responder implements the responder seam (server/responder.h) and records every message
  *    sent, packed, with its session and kind. Sessions listed in `closed` are gone; the others
  *    report `backlog` bytes unread. A drain hook is kept for the test to fire.
- *  - tf_reply fills a struct keel_reply over both.
+ *  - tf_env is what every module test stands on: a scratch store, a member table, both fakes
+ *    and a reply context over them.
  *
  * Everything aborts on allocation failure: these are tests.
  */
@@ -23,6 +24,7 @@
 #include "members.h"
 #include "reply.h"
 #include "responder.h"
+#include "store.h"
 
 #define TF_MAX_CALLS 64
 
@@ -93,8 +95,21 @@ size_t tf_answer_index(const struct tf_responder *r, uint64_t session, uint64_t 
 /* The wire error code of that answer, 0 when it carries no error. */
 int tf_answer_code(const struct tf_responder *r, uint64_t session, uint64_t id);
 
-/* A reply context over the fakes: cluster 0xc1, this member `member_id`. */
-void tf_reply(struct keel_reply *out, struct tf_responder *r, struct tf_node *n,
-              struct keel_members *members, struct keel_store *store, uint64_t member_id);
+#define TF_CLUSTER 0xc1 /* the cluster id in every header */
+#define TF_SELF    1    /* this member's id */
+
+struct tf_env {
+    char *dir;                   /* scratch directory holding the store */
+    struct keel_store *store;    /* opened without per-commit sync */
+    struct keel_members members; /* empty: point v/n at the test's own table */
+    struct tf_node node;         /* a follower knowing no leader */
+    struct tf_responder out;
+    struct keel_reply reply; /* over out, node, members and store; cluster TF_CLUSTER, TF_SELF */
+};
+
+/* Set e up in a fresh directory named after tag; aborts on failure. */
+void tf_env_init(struct tf_env *e, const char *tag);
+/* Close the store and remove the directory, free the fakes' memory. */
+void tf_env_close(struct tf_env *e);
 
 #endif

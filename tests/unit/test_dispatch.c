@@ -22,13 +22,8 @@
 
 struct fx {
     uv_loop_t loop;
-    char *dir;
+    struct tf_env e;
     struct keel_config cfg;
-    struct keel_store *store;
-    struct keel_members members;
-    struct tf_node node;
-    struct tf_responder out;
-    struct keel_reply reply;
     struct keel_fsm_progress progress;
     struct keel_snapstream snap;
     struct keel_propose *propose;
@@ -42,31 +37,28 @@ static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof(*f));
     assert_int_equal(uv_loop_init(&f->loop), 0);
-    f->dir = tu_mkdtemp("dispatch");
-    f->store = tu_store_open(f->dir, 0);
-    f->cfg.member_id = 1;
-    f->cfg.cluster_id = 0xc1;
+    tf_env_init(&f->e, "dispatch");
+    f->cfg.member_id = TF_SELF;
+    f->cfg.cluster_id = TF_CLUSTER;
     strcpy(f->cfg.name, "one");
     strcpy(f->cfg.zone, "z1");
-    tf_node_init(&f->node);
-    tf_node_set_leader(&f->node, true, 1);
-    tf_responder_init(&f->out);
-    tf_reply(&f->reply, &f->out, &f->node, &f->members, f->store, 1);
+    tf_node_set_leader(&f->e.node, true, TF_SELF);
     keel_arena_init(&f->arena, 0);
-    struct keel_propose_options po = {.raft = &f->node.seam, .reply = &f->reply, .member_id = 1};
+    struct keel_propose_options po = {
+        .raft = &f->e.node.seam, .reply = &f->e.reply, .member_id = 1};
     assert_int_equal(keel_propose_new(&po, &f->propose), 0);
-    struct keel_readindex_options ro = {.raft = &f->node.seam, .progress = &f->progress};
+    struct keel_readindex_options ro = {.raft = &f->e.node.seam, .progress = &f->progress};
     assert_int_equal(keel_readindex_new(&ro, &f->readindex), 0);
     struct keel_watch_options wo = {
-        .loop = &f->loop, .store = f->store, .reply = &f->reply, .max_per_session = 8};
+        .loop = &f->loop, .store = f->e.store, .reply = &f->e.reply, .max_per_session = 8};
     assert_int_equal(keel_watch_new(&wo, &f->watch), 0);
     f->snap = (struct keel_snapstream){
-        .loop = &f->loop, .store = f->store, .data_dir = f->dir, .reply = &f->reply};
+        .loop = &f->loop, .store = f->e.store, .data_dir = f->e.dir, .reply = &f->e.reply};
     struct keel_dispatch_options o = {.cfg = &f->cfg,
-                                      .reply = &f->reply,
-                                      .raft = &f->node.seam,
-                                      .store = f->store,
-                                      .members = &f->members,
+                                      .reply = &f->e.reply,
+                                      .raft = &f->e.node.seam,
+                                      .store = f->e.store,
+                                      .members = &f->e.members,
                                       .propose = f->propose,
                                       .readindex = f->readindex,
                                       .snapstream = &f->snap,
@@ -82,9 +74,9 @@ static int teardown(void **state)
     keel_dispatch_stop(f->d);
     keel_propose_stop(f->propose);
     keel_readindex_stop(f->readindex);
-    for (size_t i = 0; i < f->node.n_calls; i++)
-        if (!f->node.calls[i].completed)
-            tf_node_complete(&f->node, i, KEEL_ENOTLEADER);
+    for (size_t i = 0; i < f->e.node.n_calls; i++)
+        if (!f->e.node.calls[i].completed)
+            tf_node_complete(&f->e.node, i, KEEL_ENOTLEADER);
     keel_watch_stop(f->watch);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&f->loop), 0);
@@ -93,11 +85,7 @@ static int teardown(void **state)
     keel_readindex_free(f->readindex);
     keel_propose_free(f->propose);
     keel_arena_close(&f->arena);
-    tf_responder_close(&f->out);
-    tf_node_close(&f->node);
-    keel_store_close(f->store);
-    tu_rmdir(f->dir);
-    free(f->dir);
+    tf_env_close(&f->e);
     free(f);
     return 0;
 }
@@ -130,27 +118,27 @@ static void range(struct fx *f, uint64_t session, uint64_t id, const char *key, 
 /* The last message, which must answer id of session; returns it (free it). */
 static Keel__Response *last_answer(struct fx *f, uint64_t session, uint64_t id)
 {
-    assert_int_equal(tf_answer_index(&f->out, session, id), f->out.n - 1);
-    return tf_response(&f->out, f->out.n - 1);
+    assert_int_equal(tf_answer_index(&f->e.out, session, id), f->e.out.n - 1);
+    return tf_response(&f->e.out, f->e.out.n - 1);
 }
 
 /* The last message's wire error code (0: none); it must answer id of session. */
 static int last_code(struct fx *f, uint64_t session, uint64_t id)
 {
-    assert_int_equal(tf_answer_index(&f->out, session, id), f->out.n - 1);
-    return tf_answer_code(&f->out, session, id);
+    assert_int_equal(tf_answer_index(&f->e.out, session, id), f->e.out.n - 1);
+    return tf_answer_code(&f->e.out, session, id);
 }
 
 static void reads_are_served_where_they_belong(void **state)
 {
     struct fx *f = *state;
     struct keel_apply_result res;
-    tu_apply(f->store, 1, tu_cmd_put(&f->arena, "k", "v"), &f->arena, &res);
+    tu_apply(f->e.store, 1, tu_cmd_put(&f->arena, "k", "v"), &f->arena, &res);
     f->progress.queued = f->progress.committed = 1;
 
     /* Serializable: at once, from the store, no raft. */
     range(f, 5, 100, "k", true);
-    assert_int_equal(f->node.n_calls, 0);
+    assert_int_equal(f->e.node.n_calls, 0);
     Keel__Response *r = last_answer(f, 5, 100);
     assert_int_equal(r->body_case, KEEL__RESPONSE__BODY_RANGE);
     assert_int_equal(r->range->n_kvs, 1);
@@ -159,14 +147,14 @@ static void reads_are_served_where_they_belong(void **state)
     keel__response__free_unpacked(r, NULL);
 
     /* Linearizable: only after the barrier, and it sees what the writer committed by then. */
-    size_t before = f->out.n;
+    size_t before = f->e.out.n;
     range(f, 5, 101, "k", false);
-    assert_int_equal(tf_node_count(&f->node, true), 1);
-    assert_int_equal(f->out.n, before);
-    tu_apply(f->store, 2, tu_cmd_put(&f->arena, "k", "w"), &f->arena, &res);
+    assert_int_equal(tf_node_count(&f->e.node, true), 1);
+    assert_int_equal(f->e.out.n, before);
+    tu_apply(f->e.store, 2, tu_cmd_put(&f->arena, "k", "w"), &f->arena, &res);
     f->progress.queued = 2; /* handed to the fsm before the barrier completed */
-    tf_node_complete(&f->node, 0, 0);
-    assert_int_equal(f->out.n, before); /* the writer has not committed 2 yet */
+    tf_node_complete(&f->e.node, 0, 0);
+    assert_int_equal(f->e.out.n, before); /* the writer has not committed 2 yet */
     f->progress.committed = 2;
     keel_readindex_applied(f->readindex);
     r = last_answer(f, 5, 101);
@@ -175,13 +163,13 @@ static void reads_are_served_where_they_belong(void **state)
 
     /* A client that left meanwhile is not served. */
     range(f, 6, 102, "k", false);
-    tf_responder_close_session(&f->out, 6);
-    before = f->out.n;
-    tf_node_complete(&f->node, 1, 0);
-    assert_int_equal(f->out.n, before);
+    tf_responder_close_session(&f->e.out, 6);
+    before = f->e.out.n;
+    tf_node_complete(&f->e.node, 1, 0);
+    assert_int_equal(f->e.out.n, before);
 
     /* A follower refuses linearizable reads and writes, and still serves serializable ones. */
-    tf_node_set_leader(&f->node, false, 2);
+    tf_node_set_leader(&f->e.node, false, 2);
     range(f, 5, 103, "k", false);
     assert_int_equal(last_code(f, 5, 103), keel_err_to_wire(KEEL_ENOTLEADER));
     range(f, 5, 104, "k", true);
@@ -206,9 +194,9 @@ static void writes_go_to_propose(void **state)
     req.body_case = KEEL__REQUEST__BODY_LEASE_GRANT;
     req.lease_grant = &grant;
     send_req(f, 5, &req);
-    assert_int_equal(f->out.n, 0);
+    assert_int_equal(f->e.out.n, 0);
     keel_propose_flush(f->propose);
-    Keel__CommandBatch *b = tf_node_batch(&f->node, 0);
+    Keel__CommandBatch *b = tf_node_batch(&f->e.node, 0);
     assert_int_equal(b->n_commands, 2);
     assert_int_equal(b->commands[0]->op_case, KEEL__COMMAND__OP_PUT);
     assert_int_equal(b->commands[1]->op_case, KEEL__COMMAND__OP_LEASE_GRANT);
@@ -224,7 +212,7 @@ static void the_rest_is_answered_or_refused(void **state)
     req.id = 1;
     req.body_case = KEEL__REQUEST__BODY_STATUS;
     req.status = &st;
-    f->node.term = 7;
+    f->e.node.term = 7;
     send_req(f, 5, &req);
     Keel__Response *r = last_answer(f, 5, 1);
     assert_int_equal(r->body_case, KEEL__RESPONSE__BODY_STATUS);
@@ -240,7 +228,7 @@ static void the_rest_is_answered_or_refused(void **state)
     req.member_add = &ma;
     send_req(f, 5, &req);
     assert_int_equal(last_code(f, 5, 2), keel_err_to_wire(KEEL_EUNSUPPORTED));
-    assert_int_equal(f->node.n_calls, 0);
+    assert_int_equal(f->e.node.n_calls, 0);
     req.id = 3;
     req.body_case = KEEL__REQUEST__BODY__NOT_SET;
     send_req(f, 5, &req);
@@ -274,25 +262,25 @@ static void hello_and_refusals(void **state)
     Keel__Hello h = KEEL__HELLO__INIT;
     h.protocol_version = 1;
     keel_dispatch_hello(f->d, 5, &h);
-    assert_int_equal(f->out.n, 1);
-    assert_int_equal(f->out.msgs[0].kind, KEEL_RESPOND_PUSH);
+    assert_int_equal(f->e.out.n, 1);
+    assert_int_equal(f->e.out.msgs[0].kind, KEEL_RESPOND_PUSH);
     Keel__HelloResponse *hr =
-        keel__hello_response__unpack(NULL, f->out.msgs[0].len, f->out.msgs[0].packed);
+        keel__hello_response__unpack(NULL, f->e.out.msgs[0].len, f->e.out.msgs[0].packed);
     assert_non_null(hr);
-    assert_int_equal(hr->cluster_id, 0xc1);
+    assert_int_equal(hr->cluster_id, TF_CLUSTER);
     assert_string_equal(hr->zone, "z1");
     assert_null(hr->error);
     keel__hello_response__free_unpacked(hr, NULL);
     h.protocol_version = 99;
     keel_dispatch_hello(f->d, 5, &h);
-    hr = keel__hello_response__unpack(NULL, f->out.msgs[1].len, f->out.msgs[1].packed);
+    hr = keel__hello_response__unpack(NULL, f->e.out.msgs[1].len, f->e.out.msgs[1].packed);
     assert_non_null(hr->error);
     assert_int_equal(hr->error->code, keel_err_to_wire(KEEL_EUNSUPPORTED));
     keel__hello_response__free_unpacked(hr, NULL);
 
     keel_dispatch_refuse(f->d, 5, KEEL_EBADFRAME, "frame does not decode as a Request");
-    assert_int_equal(f->out.msgs[2].kind, KEEL_RESPOND_PUSH);
-    Keel__Response *r = tf_response(&f->out, 2);
+    assert_int_equal(f->e.out.msgs[2].kind, KEEL_RESPOND_PUSH);
+    Keel__Response *r = tf_response(&f->e.out, 2);
     assert_int_equal(r->error->code, keel_err_to_wire(KEEL_EBADFRAME));
     assert_string_equal(r->error->message, "frame does not decode as a Request");
     assert_null(r->header);

@@ -24,37 +24,28 @@
 #include "propose.h"
 #include "testutil.h"
 
-#define SELF 1
+#define SELF TF_SELF
 #define PEER 2
 
 struct fx {
-    char *dir;
-    struct keel_store *store;
+    struct tf_env e;
     struct keel_member_info infos[2];
-    struct keel_members members;
-    struct tf_node node;
-    struct tf_responder out;
-    struct keel_reply reply;
     struct keel_propose *p;
 };
 
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof(*f));
-    f->dir = tu_mkdtemp("propose");
-    f->store = tu_store_open(f->dir, 0);
+    tf_env_init(&f->e, "propose");
     f->infos[0].id = SELF;
     strcpy(f->infos[0].client, "127.0.0.1:2379");
     f->infos[1].id = PEER;
     strcpy(f->infos[1].client, "127.0.0.2:2379");
-    f->members.v = f->infos;
-    f->members.n = 2;
-    tf_node_init(&f->node);
-    tf_responder_init(&f->out);
-    tf_reply(&f->reply, &f->out, &f->node, &f->members, f->store, SELF);
+    f->e.members.v = f->infos;
+    f->e.members.n = 2;
     struct keel_propose_options o = {.loop = NULL,
-                                     .raft = &f->node.seam,
-                                     .reply = &f->reply,
+                                     .raft = &f->e.node.seam,
+                                     .reply = &f->e.reply,
                                      .member_id = SELF,
                                      .limits = {.max_txn_ops = 4, .max_value_bytes = 1024}};
     assert_int_equal(keel_propose_new(&o, &f->p), 0);
@@ -67,11 +58,7 @@ static int teardown(void **state)
     struct fx *f = *state;
     keel_propose_stop(f->p);
     keel_propose_free(f->p);
-    tf_node_close(&f->node);
-    tf_responder_close(&f->out);
-    keel_store_close(f->store);
-    tu_rmdir(f->dir);
-    free(f->dir);
+    tf_env_close(&f->e);
     free(f);
     return 0;
 }
@@ -98,13 +85,13 @@ static Keel__Request *put_req(uint64_t id, const char *key, const char *value)
 /* Message i: an answer to client id on session, with error code (0: none). */
 static void expect_answer(struct fx *f, size_t i, uint64_t session, uint64_t id, int code)
 {
-    assert_true(i < f->out.n);
-    assert_int_equal(f->out.msgs[i].session, session);
-    assert_int_equal(f->out.msgs[i].kind, KEEL_RESPOND_ANSWER);
-    Keel__Response *r = tf_response(&f->out, i);
+    assert_true(i < f->e.out.n);
+    assert_int_equal(f->e.out.msgs[i].session, session);
+    assert_int_equal(f->e.out.msgs[i].kind, KEEL_RESPOND_ANSWER);
+    Keel__Response *r = tf_response(&f->e.out, i);
     assert_int_equal(r->id, id);
     assert_non_null(r->header);
-    assert_int_equal(r->header->cluster_id, 0xc1);
+    assert_int_equal(r->header->cluster_id, TF_CLUSTER);
     assert_int_equal(r->header->member_id, SELF);
     if (code == 0)
         assert_null(r->error);
@@ -144,14 +131,14 @@ static void add_result(struct applied *a, uint64_t origin, uint64_t request_id, 
 static void follower_answers_not_leader(void **state)
 {
     struct fx *f = *state;
-    tf_node_set_leader(&f->node, false, PEER);
+    tf_node_set_leader(&f->e.node, false, PEER);
     keel_propose_request(f->p, 7, put_req(100, "k", "v"));
     keel_propose_flush(f->p);
-    assert_int_equal(f->node.n_calls, 0);
-    assert_int_equal(f->out.n, 1);
+    assert_int_equal(f->e.node.n_calls, 0);
+    assert_int_equal(f->e.out.n, 1);
     expect_answer(f, 0, 7, 100, KEEL_ENOTLEADER);
     /* The answer names the leader and where to find it. */
-    Keel__Response *r = tf_response(&f->out, 0);
+    Keel__Response *r = tf_response(&f->e.out, 0);
     assert_int_equal(r->error->leader_id, PEER);
     assert_string_equal(r->error->leader_address, "127.0.0.2:2379");
     keel__response__free_unpacked(r, NULL);
@@ -160,15 +147,15 @@ static void follower_answers_not_leader(void **state)
 static void invalid_write_is_refused_at_intake(void **state)
 {
     struct fx *f = *state;
-    tf_node_set_leader(&f->node, true, SELF);
+    tf_node_set_leader(&f->e.node, true, SELF);
     char big[2048];
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
     keel_propose_request(f->p, 7, put_req(100, "k", big)); /* over max_value_bytes */
     keel_propose_request(f->p, 7, put_req(101, "", "v"));  /* no key */
     keel_propose_flush(f->p);
-    assert_int_equal(f->node.n_calls, 0);
-    assert_int_equal(f->out.n, 2);
+    assert_int_equal(f->e.node.n_calls, 0);
+    assert_int_equal(f->e.out.n, 2);
     expect_answer(f, 0, 7, 100, KEEL_ETOOLARGE);
     expect_answer(f, 1, 7, 101, KEEL_EINVAL);
 }
@@ -176,17 +163,17 @@ static void invalid_write_is_refused_at_intake(void **state)
 static void one_turn_is_one_entry_and_results_find_their_requests(void **state)
 {
     struct fx *f = *state;
-    tf_node_set_leader(&f->node, true, SELF);
+    tf_node_set_leader(&f->e.node, true, SELF);
     keel_propose_request(f->p, 7, put_req(100, "a", "1"));
     keel_propose_request(f->p, 8, put_req(100, "b", "2")); /* same client id, other session */
     keel_propose_request(f->p, 7, put_req(101, "c", "3"));
-    assert_int_equal(f->node.n_calls, 0); /* nothing before the end of the turn */
+    assert_int_equal(f->e.node.n_calls, 0); /* nothing before the end of the turn */
     keel_propose_flush(f->p);
-    assert_int_equal(f->node.n_calls, 1);
+    assert_int_equal(f->e.node.n_calls, 1);
     keel_propose_flush(f->p); /* an empty turn proposes nothing */
-    assert_int_equal(f->node.n_calls, 1);
+    assert_int_equal(f->e.node.n_calls, 1);
 
-    Keel__CommandBatch *b = tf_node_batch(&f->node, 0);
+    Keel__CommandBatch *b = tf_node_batch(&f->e.node, 0);
     assert_int_equal(b->n_commands, 3);
     const char *keys[] = {"a", "b", "c"};
     uint64_t ids[3];
@@ -199,11 +186,11 @@ static void one_turn_is_one_entry_and_results_find_their_requests(void **state)
             assert_true(ids[j] != ids[i]);
     }
     keel__command_batch__free_unpacked(b, NULL);
-    assert_int_equal(f->out.n, 0);
+    assert_int_equal(f->e.out.n, 0);
 
     /* raft took it; answers wait for the writer. */
-    tf_node_complete(&f->node, 0, 0);
-    assert_int_equal(f->out.n, 0);
+    tf_node_complete(&f->e.node, 0, 0);
+    assert_int_equal(f->e.out.n, 0);
 
     /* The batch holds results in log order, with another member's command in between that
      * happens to reuse one of our ids, and one of ours the store refused. */
@@ -214,67 +201,67 @@ static void one_turn_is_one_entry_and_results_find_their_requests(void **state)
     add_result(&a, SELF, ids[1], KEEL_ENOSPACE, 12);
     add_result(&a, SELF, ids[0], 0, 13);
     keel_propose_applied(f->p, &a.b);
-    assert_int_equal(f->out.n, 3);
+    assert_int_equal(f->e.out.n, 3);
     expect_answer(f, 0, 7, 101, 0);
     expect_answer(f, 1, 8, 100, KEEL_ENOSPACE);
     expect_answer(f, 2, 7, 100, 0);
-    Keel__Response *r = tf_response(&f->out, 2);
+    Keel__Response *r = tf_response(&f->e.out, 2);
     assert_int_equal(r->header->revision, 13);
     assert_int_equal(r->body_case, KEEL__RESPONSE__BODY_PUT);
     keel__response__free_unpacked(r, NULL);
 
     /* Delivered again (a replay): nobody is answered twice. */
     keel_propose_applied(f->p, &a.b);
-    assert_int_equal(f->out.n, 3);
+    assert_int_equal(f->e.out.n, 3);
 }
 
 static void refused_entry_answers_every_write(void **state)
 {
     struct fx *f = *state;
-    tf_node_set_leader(&f->node, true, SELF);
-    f->node.refuse = KEEL_EUNAVAILABLE;
+    tf_node_set_leader(&f->e.node, true, SELF);
+    f->e.node.refuse = KEEL_EUNAVAILABLE;
     keel_propose_request(f->p, 7, put_req(100, "a", "1"));
     keel_propose_request(f->p, 7, put_req(101, "b", "2"));
     keel_propose_flush(f->p);
-    assert_int_equal(f->out.n, 2);
+    assert_int_equal(f->e.out.n, 2);
     expect_answer(f, 0, 7, 100, KEEL_EUNAVAILABLE);
     expect_answer(f, 1, 7, 101, KEEL_EUNAVAILABLE);
 
     /* Leadership went between intake and the end of the turn. */
-    tf_responder_clear(&f->out);
-    f->node.refuse = KEEL_ENOTLEADER;
+    tf_responder_clear(&f->e.out);
+    f->e.node.refuse = KEEL_ENOTLEADER;
     keel_propose_request(f->p, 7, put_req(102, "c", "3"));
     keel_propose_flush(f->p);
-    assert_int_equal(f->out.n, 1);
+    assert_int_equal(f->e.out.n, 1);
     expect_answer(f, 0, 7, 102, KEEL_ENOTLEADER);
 }
 
 static void lost_leadership_means_unknown(void **state)
 {
     struct fx *f = *state;
-    tf_node_set_leader(&f->node, true, SELF);
+    tf_node_set_leader(&f->e.node, true, SELF);
     keel_propose_request(f->p, 7, put_req(100, "a", "1"));
     keel_propose_request(f->p, 9, put_req(200, "b", "2"));
     keel_propose_flush(f->p);
-    tf_responder_close_session(&f->out, 9); /* that client left meanwhile */
-    tf_node_complete(&f->node, 0, KEEL_EUNKNOWN);
-    assert_int_equal(f->out.n, 1);
+    tf_responder_close_session(&f->e.out, 9); /* that client left meanwhile */
+    tf_node_complete(&f->e.node, 0, KEEL_EUNKNOWN);
+    assert_int_equal(f->e.out.n, 1);
     expect_answer(f, 0, 7, 100, KEEL_EUNKNOWN);
 
     /* Should the entry commit after all, nobody is answered twice. */
-    Keel__CommandBatch *b = tf_node_batch(&f->node, 0);
+    Keel__CommandBatch *b = tf_node_batch(&f->e.node, 0);
     struct applied a;
     memset(&a, 0, sizeof(a));
     add_result(&a, SELF, b->commands[0]->request_id, 0, 5);
     keel__command_batch__free_unpacked(b, NULL);
     keel_propose_applied(f->p, &a.b);
-    assert_int_equal(f->out.n, 1);
+    assert_int_equal(f->e.out.n, 1);
 }
 
 static void own_commands_ride_along_unanswered(void **state)
 {
     struct fx *f = *state;
-    tf_node_set_leader(&f->node, true, SELF);
+    tf_node_set_leader(&f->e.node, true, SELF);
     Keel__Member m = KEEL__MEMBER__INIT;
     m.id = PEER;
     m.name = "two";
@@ -285,7 +272,7 @@ static void own_commands_ride_along_unanswered(void **state)
     assert_int_equal(keel_propose_command(f->p, &c), 0);
     keel_propose_request(f->p, 7, put_req(100, "a", "1"));
     keel_propose_flush(f->p);
-    Keel__CommandBatch *b = tf_node_batch(&f->node, 0);
+    Keel__CommandBatch *b = tf_node_batch(&f->e.node, 0);
     assert_int_equal(b->n_commands, 2);
     assert_int_equal(b->commands[0]->op_case, KEEL__COMMAND__OP_MEMBER_ATTRS);
     assert_int_equal(b->commands[0]->member_attrs->id, PEER);
@@ -294,24 +281,24 @@ static void own_commands_ride_along_unanswered(void **state)
     uint64_t attrs_id = b->commands[0]->request_id;
     keel__command_batch__free_unpacked(b, NULL);
     /* Leadership lost before it committed: only the client's write is answered. */
-    tf_node_complete(&f->node, 0, KEEL_EUNKNOWN);
-    assert_int_equal(f->out.n, 1);
+    tf_node_complete(&f->e.node, 0, KEEL_EUNKNOWN);
+    assert_int_equal(f->e.out.n, 1);
     expect_answer(f, 0, 7, 100, KEEL_EUNKNOWN);
     struct applied a;
     memset(&a, 0, sizeof(a));
     add_result(&a, SELF, attrs_id, 0, 5);
     keel_propose_applied(f->p, &a.b);
-    assert_int_equal(f->out.n, 1);
+    assert_int_equal(f->e.out.n, 1);
 }
 
 static void stop_flushes_the_turn(void **state)
 {
     struct fx *f = *state;
-    tf_node_set_leader(&f->node, true, SELF);
+    tf_node_set_leader(&f->e.node, true, SELF);
     keel_propose_request(f->p, 7, put_req(100, "a", "1"));
     keel_propose_stop(f->p);
-    assert_int_equal(f->node.n_calls, 1);
-    tf_node_complete(&f->node, 0, KEEL_EUNKNOWN); /* raft closing calls back */
+    assert_int_equal(f->e.node.n_calls, 1);
+    tf_node_complete(&f->e.node, 0, KEEL_EUNKNOWN); /* raft closing calls back */
     expect_answer(f, 0, 7, 100, KEEL_EUNKNOWN);
 }
 

@@ -29,12 +29,7 @@
 
 struct fx {
     uv_loop_t loop;
-    char *dir;
-    struct keel_store *store;
-    struct keel_members members;
-    struct tf_node node;
-    struct tf_responder out;
-    struct keel_reply reply;
+    struct tf_env e;
     struct keel_watch_hub *hub;
     struct keel_arena arena;
     uint64_t index;
@@ -46,15 +41,11 @@ static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof(*f));
     assert_int_equal(uv_loop_init(&f->loop), 0);
-    f->dir = tu_mkdtemp("watch_hub");
-    f->store = tu_store_open(f->dir, 0);
-    tf_node_init(&f->node);
-    tf_responder_init(&f->out);
-    tf_reply(&f->reply, &f->out, &f->node, &f->members, f->store, 1);
+    tf_env_init(&f->e, "watch_hub");
     keel_arena_init(&f->arena, 0);
     struct keel_watch_options o = {.loop = &f->loop,
-                                   .store = f->store,
-                                   .reply = &f->reply,
+                                   .store = f->e.store,
+                                   .reply = &f->e.reply,
                                    .max_per_session = 3,
                                    .session_out_cap = CAP,
                                    .progress_ms = 0};
@@ -71,11 +62,7 @@ static int teardown(void **state)
     keel_watch_free(f->hub);
     assert_int_equal(uv_loop_close(&f->loop), 0); /* no handle left behind */
     keel_arena_close(&f->arena);
-    tf_responder_close(&f->out);
-    tf_node_close(&f->node);
-    keel_store_close(f->store);
-    tu_rmdir(f->dir);
-    free(f->dir);
+    tf_env_close(&f->e);
     free(f);
     return 0;
 }
@@ -84,7 +71,7 @@ static int teardown(void **state)
 static int64_t apply(struct fx *f, Keel__Command *cmd)
 {
     struct keel_apply_result *r = &f->held[f->n_held++];
-    tu_apply(f->store, ++f->index, cmd, &f->arena, r);
+    tu_apply(f->e.store, ++f->index, cmd, &f->arena, r);
     assert_int_equal(r->err, 0);
     return r->revision;
 }
@@ -158,13 +145,13 @@ struct seen {
 static size_t events(struct fx *f, uint64_t session, uint64_t req_id, struct seen *out, size_t max)
 {
     size_t n = 0;
-    for (size_t i = 0; i < f->out.n; i++) {
-        if (f->out.msgs[i].session != session)
+    for (size_t i = 0; i < f->e.out.n; i++) {
+        if (f->e.out.msgs[i].session != session)
             continue;
-        Keel__Response *r = tf_response(&f->out, i);
+        Keel__Response *r = tf_response(&f->e.out, i);
         if (r->id == req_id && r->body_case == KEEL__RESPONSE__BODY_WATCH) {
             for (size_t j = 0; j < r->watch->n_events; j++) {
-                assert_int_equal(f->out.msgs[i].kind, KEEL_RESPOND_PUSH);
+                assert_int_equal(f->e.out.msgs[i].kind, KEEL_RESPOND_PUSH);
                 assert_true(n < max);
                 Keel__Event *e = r->watch->events[j];
                 memset(&out[n], 0, sizeof(out[n]));
@@ -183,7 +170,7 @@ static size_t events(struct fx *f, uint64_t session, uint64_t req_id, struct see
 /* The answer recorded for (session, req_id); free it. */
 static Keel__Response *answer(struct fx *f, uint64_t session, uint64_t req_id)
 {
-    return tf_response(&f->out, tf_answer_index(&f->out, session, req_id));
+    return tf_response(&f->e.out, tf_answer_index(&f->e.out, session, req_id));
 }
 
 static void expect_created(struct fx *f, uint64_t session, uint64_t req_id)
@@ -283,7 +270,7 @@ static void slow_consumer_falls_back_and_rejoins(void **state)
     struct fx *f = *state;
     create(f, 1, 10, "k", NULL);
     int64_t r1 = put(f, "k", "1");
-    f->out.backlog = CAP + 1; /* the client stops reading */
+    f->e.out.backlog = CAP + 1; /* the client stops reading */
     put(f, "k", "2");
     put(f, "k", "3");
     struct seen s[16];
@@ -291,7 +278,7 @@ static void slow_consumer_falls_back_and_rejoins(void **state)
     for (int i = 0; i < 20; i++)
         uv_run(&f->loop, UV_RUN_NOWAIT); /* no catch-up while the backlog is high */
     assert_int_equal(events(f, 1, 10, s, 16), 1);
-    f->out.backlog = 0; /* it reads again */
+    f->e.out.backlog = 0; /* it reads again */
     size_t n = run_until_events(f, 1, 10, 3, s, 16);
     assert_int_equal(n, 3);
     expect_consecutive(s, 3, r1);
@@ -340,16 +327,16 @@ static void cancel_and_session_close_stop_events(void **state)
     keel__response__free_unpacked(r, NULL);
     /* Canceling it again: no such watch. */
     keel_watch_request(f->hub, 1, &req);
-    size_t last = f->out.n - 1;
-    r = tf_response(&f->out, last);
+    size_t last = f->e.out.n - 1;
+    r = tf_response(&f->e.out, last);
     assert_int_equal(r->error->code, keel_err_to_wire(KEEL_EINVAL));
     keel__response__free_unpacked(r, NULL);
 
     keel_watch_session_closed(f->hub, 2);
     assert_int_equal(keel_watch_count(f->hub), 0);
-    tf_responder_clear(&f->out);
+    tf_responder_clear(&f->e.out);
     put(f, "c", "1");
-    assert_int_equal(f->out.n, 0);
+    assert_int_equal(f->e.out.n, 0);
 }
 
 static void compacted_start_is_created_then_canceled(void **state)
@@ -363,12 +350,12 @@ static void compacted_start_is_created_then_canceled(void **state)
     create(f, 1, 10, "z", &(struct wopts){.start = r1});
     expect_created(f, 1, 10);
     bool canceled = false;
-    for (size_t i = 0; i < f->out.n; i++) {
-        Keel__Response *r = tf_response(&f->out, i);
+    for (size_t i = 0; i < f->e.out.n; i++) {
+        Keel__Response *r = tf_response(&f->e.out, i);
         if (r->id == 10 && r->watch && r->watch->canceled) {
             canceled = true;
             assert_int_equal(r->watch->compact_revision, r3);
-            assert_int_equal(f->out.msgs[i].kind, KEEL_RESPOND_PUSH);
+            assert_int_equal(f->e.out.msgs[i].kind, KEEL_RESPOND_PUSH);
         }
         keel__response__free_unpacked(r, NULL);
     }
@@ -380,24 +367,24 @@ static void bad_requests_are_answered(void **state)
 {
     struct fx *f = *state;
     create(f, 1, 10, "", NULL);
-    assert_int_equal(tf_answer_code(&f->out, 1, 10), keel_err_to_wire(KEEL_EINVAL));
+    assert_int_equal(tf_answer_code(&f->e.out, 1, 10), keel_err_to_wire(KEEL_EINVAL));
     char long_key[600];
     memset(long_key, 'k', sizeof(long_key) - 1);
     long_key[sizeof(long_key) - 1] = '\0';
     create(f, 1, 11, long_key, NULL);
-    assert_int_equal(tf_answer_code(&f->out, 1, 11), keel_err_to_wire(KEEL_EKEYTOOLONG));
+    assert_int_equal(tf_answer_code(&f->e.out, 1, 11), keel_err_to_wire(KEEL_EKEYTOOLONG));
     create(f, 1, 12, "a", &(struct wopts){.watch_id = 5});
     create(f, 1, 13, "b", &(struct wopts){.watch_id = 5});
-    assert_int_equal(tf_answer_code(&f->out, 1, 13), keel_err_to_wire(KEEL_EINVAL));
+    assert_int_equal(tf_answer_code(&f->e.out, 1, 13), keel_err_to_wire(KEEL_EINVAL));
     create(f, 1, 14, "c", NULL);
     create(f, 1, 15, "d", NULL);
     create(f, 1, 16, "e", NULL); /* a fourth: over max_per_session */
-    assert_int_equal(tf_answer_code(&f->out, 1, 16), keel_err_to_wire(KEEL_ETOOMANYREQUESTS));
+    assert_int_equal(tf_answer_code(&f->e.out, 1, 16), keel_err_to_wire(KEEL_ETOOMANYREQUESTS));
     create(f, 2, 20, "e", NULL); /* the limit is per session */
-    assert_int_equal(tf_answer_code(&f->out, 2, 20), 0);
+    assert_int_equal(tf_answer_code(&f->e.out, 2, 20), 0);
     assert_int_equal(keel_watch_count(f->hub), 4);
     /* Answers to a session that is gone go nowhere and break nothing. */
-    tf_responder_close_session(&f->out, 3);
+    tf_responder_close_session(&f->e.out, 3);
     create(f, 3, 30, "x", NULL);
     put(f, "x", "1");
 }
@@ -419,7 +406,7 @@ static void progress_is_held_back_by_catching_up_watchers(void **state)
     assert_int_equal(r->header->revision, r3);
     keel__response__free_unpacked(r, NULL);
     /* A watcher from r1 has been sent nothing yet: progress may promise only r1 - 1. */
-    f->out.backlog = CAP; /* keep it catching up */
+    f->e.out.backlog = CAP; /* keep it catching up */
     create(f, 1, 10, "q", &(struct wopts){.start = r1});
     req.id = 41;
     keel_watch_request(f->hub, 1, &req);
