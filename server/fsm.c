@@ -1,3 +1,12 @@
+/*
+ * The state machine and the storage writer (see fsm.h). Two sides share a mutex:
+ *  - the loop (keel_fsm_apply / _snapshot / _restore, called by node.c; on_async) queues jobs
+ *    and takes finished batches;
+ *  - the writer thread (writer_main) takes up to MAX_JOBS_PER_TX jobs or MAX_BYTES_PER_TX
+ *    bytes at a time, applies them in one LMDB transaction, commits, and publishes one batch.
+ * A FETCH or SYNC job first commits what came before it, so the order of state changes is the
+ * order of the jobs. A store failure at apply aborts the member (fatal): it replays its log.
+ */
 #include "fsm.h"
 
 #include <errno.h>
@@ -10,14 +19,11 @@
 #include <unistd.h>
 
 #include "bytes.h"
-#include "entry.h"
 #include "fetch.h"
 #include "log.h"
-#include "node.h"
 
 #define TOKEN_MAGIC      0x4e454b4f544c454bull /* "KELTOKEN" */
 #define TOKEN_FORMAT     1
-#define TOKEN_LEN        32
 #define MAX_JOBS_PER_TX  4096
 #define MAX_BYTES_PER_TX (8u << 20) /* bounds a batch's memory when the writer falls behind */
 #define SYNC_WAIT_MS     5000
@@ -34,11 +40,8 @@ struct job {
 };
 
 struct keel_fsm {
-    struct raft_fsm raft_fsm;
     struct keel_fsm_options o;
-    struct keel_node *node;
-    uint64_t queued_index;    /* loop */
-    uint64_t committed_index; /* loop */
+    struct keel_fsm_progress progress; /* loop */
 
     pthread_t thread;
     pthread_mutex_t mu;
@@ -53,7 +56,7 @@ struct keel_fsm {
     int thread_running;
 
     uv_async_t async;
-    void (*stop_cb)(struct keel_fsm *f, void *data);
+    void (*stop_cb)(void *data);
     void *stop_data;
 };
 
@@ -293,23 +296,16 @@ static void on_async(uv_async_t *a)
     pthread_mutex_unlock(&f->mu);
     while (b != NULL) {
         struct keel_fsm_batch *next = b->next;
-        if (b->applied_index > f->committed_index)
-            f->committed_index = b->applied_index;
+        if (b->applied_index > f->progress.committed)
+            f->progress.committed = b->applied_index;
         f->o.done(f->o.data, b);
         batch_free(b);
         b = next;
     }
 }
 
-static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result)
+void keel_fsm_apply(struct keel_fsm *f, uint64_t index, const void *payload, size_t len)
 {
-    struct keel_fsm *f = rf->data;
-    uint64_t index = keel_node_applying_index(f->node);
-    const uint8_t *payload;
-    size_t len;
-    *result = NULL;
-    if (keel_entry_decode(buf, &payload, &len) != 0)
-        fatal("a committed entry is not a keel entry", KEEL_ECORRUPT);
     struct job *j = malloc(sizeof(*j) + len);
     if (j == NULL)
         fatal("queue an entry", KEEL_ENOMEM);
@@ -317,22 +313,19 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
     j->index = index;
     j->len = len;
     memcpy(j->data, payload, len);
-    f->queued_index = index;
+    f->progress.queued = index;
     enqueue(f, j);
-    /* Never an error: request-level failures travel in the results (research/raft.md trap 7). */
-    return 0;
 }
 
-static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
+int keel_fsm_snapshot(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN])
 {
-    struct keel_fsm *f = rf->data;
-    uint64_t index = f->queued_index;
+    uint64_t index = f->progress.queued;
     /* The token promises the store holds everything up to index, durably: wait for the writer
      * to commit and sync that far. Bounded, because a writer waiting for a checkpoint cannot
      * get there; raft then simply tries again at the next threshold. */
     struct job *j = malloc(sizeof(*j));
     if (j == NULL)
-        return RAFT_NOMEM;
+        return KEEL_ENOMEM;
     pthread_mutex_lock(&f->mu);
     uint64_t seq = ++f->sync_seq;
     pthread_mutex_unlock(&f->mu);
@@ -354,47 +347,34 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
     if (!ok || st.applied_index < index) {
         KLOG_WARN("snapshot at %llu skipped: the store is at %llu", (unsigned long long)index,
                   (unsigned long long)st.applied_index);
-        return RAFT_BUSY;
-    }
-    struct raft_buffer *b = raft_malloc(sizeof(*b));
-    uint8_t *token = raft_malloc(TOKEN_LEN);
-    if (b == NULL || token == NULL) {
-        raft_free(b);
-        raft_free(token);
-        return RAFT_NOMEM;
+        return KEEL_EUNAVAILABLE;
     }
     keel_put_le64(token, TOKEN_MAGIC);
     keel_put_le64(token + 8, TOKEN_FORMAT);
     keel_put_le64(token + 16, index);
     keel_put_le64(token + 24, f->o.cluster_id);
-    b->base = token;
-    b->len = TOKEN_LEN;
-    *bufs = b;
-    *n_bufs = 1;
     KLOG_DEBUG("snapshot token at index %llu", (unsigned long long)index);
     return 0;
 }
 
-static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
+int keel_fsm_restore(struct keel_fsm *f, const void *token, size_t len)
 {
-    struct keel_fsm *f = rf->data;
-    if (buf->len != TOKEN_LEN || keel_get_le64(buf->base) != TOKEN_MAGIC ||
-        keel_get_le64((uint8_t *)buf->base + 8) != TOKEN_FORMAT ||
-        keel_get_le64((uint8_t *)buf->base + 24) != f->o.cluster_id) {
+    const uint8_t *t = token;
+    if (len != KEEL_FSM_TOKEN_LEN || keel_get_le64(t) != TOKEN_MAGIC ||
+        keel_get_le64(t + 8) != TOKEN_FORMAT || keel_get_le64(t + 24) != f->o.cluster_id) {
         KLOG_ERROR("raft snapshot is not a keel token of this cluster");
-        return RAFT_CORRUPT;
+        return KEEL_ECORRUPT;
     }
-    uint64_t index = keel_get_le64((uint8_t *)buf->base + 16);
-    raft_free(buf->base);
+    uint64_t index = keel_get_le64(t + 16);
     struct keel_store_stat st;
     keel_store_stat(f->o.store, &st);
-    if (index > f->queued_index)
-        f->queued_index = index;
+    if (index > f->progress.queued)
+        f->progress.queued = index;
     if (index <= st.applied_index)
         return 0; /* the normal restart: the store is already there */
     struct job *j = malloc(sizeof(*j));
     if (j == NULL)
-        return RAFT_NOMEM;
+        return KEEL_ENOMEM;
     j->kind = JOB_FETCH;
     j->index = index;
     j->len = 0;
@@ -402,20 +382,15 @@ static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
     return 0;
 }
 
-int keel_fsm_init(struct keel_fsm **out, const struct keel_fsm_options *o)
+int keel_fsm_new(const struct keel_fsm_options *o, struct keel_fsm **out)
 {
     struct keel_fsm *f = calloc(1, sizeof(*f));
     if (f == NULL)
         return KEEL_ENOMEM;
     f->o = *o;
-    f->raft_fsm.version = 1;
-    f->raft_fsm.data = f;
-    f->raft_fsm.apply = fsm_apply;
-    f->raft_fsm.snapshot = fsm_snapshot;
-    f->raft_fsm.restore = fsm_restore;
     struct keel_store_stat st;
     keel_store_stat(o->store, &st);
-    f->queued_index = f->committed_index = st.applied_index;
+    f->progress.queued = f->progress.committed = st.applied_index;
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cond, NULL);
     pthread_cond_init(&f->sync_cond, NULL);
@@ -430,24 +405,9 @@ int keel_fsm_init(struct keel_fsm **out, const struct keel_fsm_options *o)
     return 0;
 }
 
-struct raft_fsm *keel_fsm_raft(struct keel_fsm *f)
+const struct keel_fsm_progress *keel_fsm_progress(const struct keel_fsm *f)
 {
-    return &f->raft_fsm;
-}
-
-void keel_fsm_bind(struct keel_fsm *f, struct keel_node *node)
-{
-    f->node = node;
-}
-
-uint64_t keel_fsm_queued_index(struct keel_fsm *f)
-{
-    return f->queued_index;
-}
-
-uint64_t keel_fsm_committed_index(struct keel_fsm *f)
-{
-    return f->committed_index;
+    return &f->progress;
 }
 
 void keel_fsm_set_leader(struct keel_fsm *f, const char *client_addr)
@@ -462,10 +422,10 @@ static void async_closed(uv_handle_t *h)
 {
     struct keel_fsm *f = h->data;
     if (f->stop_cb)
-        f->stop_cb(f, f->stop_data);
+        f->stop_cb(f->stop_data);
 }
 
-void keel_fsm_stop(struct keel_fsm *f, void (*cb)(struct keel_fsm *f, void *data), void *data)
+void keel_fsm_stop(struct keel_fsm *f, void (*cb)(void *data), void *data)
 {
     pthread_mutex_lock(&f->mu);
     f->stopping = 1;

@@ -1,12 +1,13 @@
 /*
- * The raft state machine and the storage writer thread.
+ * The state machine and the storage writer thread. It knows nothing of raft: node.c adapts
+ * raft's fsm callbacks to the functions below and translates their codes.
  *
- * raft calls fsm->apply on the loop for each committed entry, in index order. apply only copies
- * the entry into the writer's queue: the writer thread owns the store's only write transaction,
- * applies everything queued in one LMDB transaction, commits (one data sync per batch), and
- * hands the results back to the loop through a uv_async_t. Replies and watch events go out
- * from there, after the commit, so a reply never promises state that a crash could lose
- * without the raft log being able to replay it.
+ * The node calls keel_fsm_apply on the loop for each committed entry, in index order. It only
+ * copies the entry into the writer's queue: the writer thread owns the store's only write
+ * transaction, applies everything queued in one LMDB transaction, commits (one data sync per
+ * batch), and hands the results back to the loop through a uv_async_t. Replies and watch events go
+ * out from there, after the commit, so a reply never promises state that a crash could lose without
+ * the raft log being able to replay it.
  *
  * Raft snapshots are tokens {magic, applied index, cluster id}: the store itself never goes
  * through raft. A token ahead of the store (a follower that fell behind the leader's log)
@@ -16,16 +17,17 @@
 #ifndef KEEL_FSM_H
 #define KEEL_FSM_H
 
+#include <stddef.h>
 #include <stdint.h>
 
-#include <raft.h>
 #include <uv.h>
 
 #include "arena.h"
 #include "store.h"
 
 struct keel_fsm;
-struct keel_node;
+
+#define KEEL_FSM_TOKEN_LEN 32 /* bytes of a snapshot token */
 
 /* One command's outcome. */
 struct keel_fsm_result {
@@ -58,27 +60,47 @@ struct keel_fsm_options {
     void *data;
 };
 
-/* Start the writer thread. 0 or KEEL_E*. */
-int keel_fsm_init(struct keel_fsm **out, const struct keel_fsm_options *o);
+/* How far the writer got, as the loop sees it. */
+struct keel_fsm_progress {
+    uint64_t queued;    /* the last index handed to the writer */
+    uint64_t committed; /* the store's applied index as of the last batch delivered */
+};
 
-/* The raft_fsm to give raft; bind the node before raft starts (apply needs its index). */
-struct raft_fsm *keel_fsm_raft(struct keel_fsm *f);
-void keel_fsm_bind(struct keel_fsm *f, struct keel_node *node);
+/* Start the writer thread. 0 or KEEL_E*. o->loop and o->store must outlive the fsm. */
+int keel_fsm_new(const struct keel_fsm_options *o, struct keel_fsm **out);
 
-/* The last index handed to the writer (loop side). */
-uint64_t keel_fsm_queued_index(struct keel_fsm *f);
+/*
+ * Queue the committed entry payload (a packed CommandBatch) at index for the writer (copied).
+ * Never fails: a state machine that cannot take a committed entry aborts the member, which
+ * replays its log on restart (research/raft.md trap 7).
+ */
+void keel_fsm_apply(struct keel_fsm *f, uint64_t index, const void *payload, size_t len);
 
-/* The store's applied index as of the last batch delivered to the loop. */
-uint64_t keel_fsm_committed_index(struct keel_fsm *f);
+/*
+ * Make a snapshot token for the last queued index once the writer has committed and synced up
+ * to it (waits up to 5 s). 0, KEEL_EUNAVAILABLE when the store is not there in time (try again
+ * later), or KEEL_ENOMEM.
+ */
+int keel_fsm_snapshot(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN]);
+
+/*
+ * Take a snapshot token (the caller keeps it). At or below the store's applied index: nothing
+ * to do (a restart). Ahead of it: queue a checkpoint fetch from the leader on the writer, ahead
+ * of the entries applied next. 0, KEEL_ECORRUPT (not a token of this cluster), or KEEL_ENOMEM.
+ */
+int keel_fsm_restore(struct keel_fsm *f, const void *token, size_t len);
+
+/* The writer's progress (updated on the loop; the pointer stays valid for the fsm's life). */
+const struct keel_fsm_progress *keel_fsm_progress(const struct keel_fsm *f);
 
 /* Where a checkpoint can be fetched from: the leader's client address ("" when unknown). */
 void keel_fsm_set_leader(struct keel_fsm *f, const char *client_addr);
 
-/* Finish the queued work, stop the thread, close the async handle; cb after that on the
- * loop. No apply may come after this. */
-void keel_fsm_stop(struct keel_fsm *f, void (*cb)(struct keel_fsm *f, void *data), void *data);
+/* Finish the queued work, stop the thread, close the async handle; cb(data) after that on the
+ * loop (cb may be NULL). No apply may come after this. */
+void keel_fsm_stop(struct keel_fsm *f, void (*cb)(void *data), void *data);
 
-/* Free the fsm (after the loop ended). */
+/* Free the fsm (after the loop ended). NULL is fine. */
 void keel_fsm_free(struct keel_fsm *f);
 
 #endif

@@ -1,3 +1,8 @@
+/*
+ * The interval tree (see itree.h): a treap, recursive insert and remove by rotation and merge,
+ * and a stab that prunes every subtree whose greatest end is at or before the key and stops at
+ * the first start after it. tests/unit/test_itree.c checks it against a brute-force model.
+ */
 #include "itree.h"
 
 #include <string.h>
@@ -12,14 +17,14 @@ static int cmp_bytes(const uint8_t *a, size_t alen, const uint8_t *b, size_t ble
 }
 
 /* Order of ends, with NULL (infinite) greatest. */
-static int cmp_end(const struct itree_node *a, const struct itree_node *b)
+static int cmp_end(const struct keel_itree_node *a, const struct keel_itree_node *b)
 {
     if (a->end == NULL || b->end == NULL)
         return (a->end == NULL) - (b->end == NULL);
     return cmp_bytes(a->end, a->end_len, b->end, b->end_len);
 }
 
-static int cmp_node(const struct itree_node *a, const struct itree_node *b)
+static int cmp_node(const struct keel_itree_node *a, const struct keel_itree_node *b)
 {
     int c = cmp_bytes(a->start, a->start_len, b->start, b->start_len);
     if (c != 0)
@@ -27,9 +32,9 @@ static int cmp_node(const struct itree_node *a, const struct itree_node *b)
     return a < b ? -1 : a > b;
 }
 
-static void update(struct itree_node *n)
+static void update(struct keel_itree_node *n)
 {
-    const struct itree_node *m = n;
+    const struct keel_itree_node *m = n;
     if (n->left && cmp_end(n->left->max, m) > 0)
         m = n->left->max;
     if (n->right && cmp_end(n->right->max, m) > 0)
@@ -37,9 +42,9 @@ static void update(struct itree_node *n)
     n->max = m;
 }
 
-static struct itree_node *rotate_right(struct itree_node *n)
+static struct keel_itree_node *rotate_right(struct keel_itree_node *n)
 {
-    struct itree_node *l = n->left;
+    struct keel_itree_node *l = n->left;
     n->left = l->right;
     l->right = n;
     update(n);
@@ -47,9 +52,9 @@ static struct itree_node *rotate_right(struct itree_node *n)
     return l;
 }
 
-static struct itree_node *rotate_left(struct itree_node *n)
+static struct keel_itree_node *rotate_left(struct keel_itree_node *n)
 {
-    struct itree_node *r = n->right;
+    struct keel_itree_node *r = n->right;
     n->right = r->left;
     r->left = n;
     update(n);
@@ -57,7 +62,7 @@ static struct itree_node *rotate_left(struct itree_node *n)
     return r;
 }
 
-static struct itree_node *insert(struct itree_node *root, struct itree_node *n)
+static struct keel_itree_node *insert(struct keel_itree_node *root, struct keel_itree_node *n)
 {
     if (root == NULL) {
         update(n);
@@ -76,7 +81,7 @@ static struct itree_node *insert(struct itree_node *root, struct itree_node *n)
     return root;
 }
 
-static struct itree_node *merge(struct itree_node *a, struct itree_node *b)
+static struct keel_itree_node *merge(struct keel_itree_node *a, struct keel_itree_node *b)
 {
     if (a == NULL)
         return b;
@@ -92,7 +97,7 @@ static struct itree_node *merge(struct itree_node *a, struct itree_node *b)
     return b;
 }
 
-static struct itree_node *remove_node(struct itree_node *root, struct itree_node *n)
+static struct keel_itree_node *remove_node(struct keel_itree_node *root, struct keel_itree_node *n)
 {
     if (root == NULL)
         return NULL;
@@ -106,13 +111,13 @@ static struct itree_node *remove_node(struct itree_node *root, struct itree_node
     return root;
 }
 
-void itree_init(struct itree *t)
+void keel_itree_init(struct keel_itree *t)
 {
     t->root = NULL;
     t->n = 0;
 }
 
-void itree_insert(struct itree *t, struct itree_node *n)
+void keel_itree_insert(struct keel_itree *t, struct keel_itree_node *n)
 {
     /* The priority comes from the node's address: no random source needed, and addresses of
      * heap objects are spread enough for the expected depth to stay logarithmic. */
@@ -126,19 +131,19 @@ void itree_insert(struct itree *t, struct itree_node *n)
     t->n++;
 }
 
-void itree_remove(struct itree *t, struct itree_node *n)
+void keel_itree_remove(struct keel_itree *t, struct keel_itree_node *n)
 {
     t->root = remove_node(t->root, n);
     n->left = n->right = NULL;
     t->n--;
 }
 
-static void stab(struct itree_node *n, const uint8_t *key, size_t len,
-                 void (*fn)(struct itree_node *n, void *data), void *data)
+static void stab(struct keel_itree_node *n, const uint8_t *key, size_t len,
+                 void (*fn)(struct keel_itree_node *n, void *data), void *data)
 {
     while (n != NULL) {
         /* Nothing below ends after key: no match here. */
-        const struct itree_node *m = n->max;
+        const struct keel_itree_node *m = n->max;
         if (m->end != NULL && cmp_bytes(m->end, m->end_len, key, len) <= 0)
             return;
         stab(n->left, key, len, fn, data);
@@ -150,8 +155,8 @@ static void stab(struct itree_node *n, const uint8_t *key, size_t len,
     }
 }
 
-void itree_stab(const struct itree *t, const uint8_t *key, size_t len,
-                void (*fn)(struct itree_node *n, void *data), void *data)
+void keel_itree_stab(const struct keel_itree *t, const uint8_t *key, size_t len,
+                     void (*fn)(struct keel_itree_node *n, void *data), void *data)
 {
     stab(t->root, key, len, fn, data);
 }

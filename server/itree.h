@@ -10,27 +10,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct itree_node {
-    struct itree_node *left, *right;
+struct keel_itree_node {
+    struct keel_itree_node *left, *right;
     const uint8_t *start;
     size_t start_len;
     const uint8_t *end; /* NULL: infinite */
     size_t end_len;
     uint32_t prio;
-    const struct itree_node *max; /* the node with the greatest end in this subtree */
+    const struct keel_itree_node *max; /* the node with the greatest end in this subtree */
 };
 
-struct itree {
-    struct itree_node *root;
+struct keel_itree {
+    struct keel_itree_node *root;
     size_t n;
 };
 
-void itree_init(struct itree *t);
+void keel_itree_init(struct keel_itree *t);
 /* n's start/end must stay valid while it is in the tree. */
-void itree_insert(struct itree *t, struct itree_node *n);
-void itree_remove(struct itree *t, struct itree_node *n);
+void keel_itree_insert(struct keel_itree *t, struct keel_itree_node *n);
+void keel_itree_remove(struct keel_itree *t, struct keel_itree_node *n);
 /* Call fn for every node whose interval contains key. fn must not change the tree. */
-void itree_stab(const struct itree *t, const uint8_t *key, size_t len,
-                void (*fn)(struct itree_node *n, void *data), void *data);
+void keel_itree_stab(const struct keel_itree *t, const uint8_t *key, size_t len,
+                     void (*fn)(struct keel_itree_node *n, void *data), void *data);
 
 #endif

@@ -1,9 +1,14 @@
 /*
  * keeld: parse the configuration, wire the modules together, run the loop. No logic of its own
- * beyond the order of start-up and shutdown.
+ * beyond the order of start-up and shutdown and the fan-out of events to the modules.
+ *
+ * A put's path, in the order of the files it passes through:
+ *   session -> dispatch -> propose -> node (raft) -> fsm (storage writer) -> storage
+ *   -> on_applied here: propose answers it, publish, watch and readindex see the batch
+ *   -> reply -> the responder seam -> session.
  *
  * Shutdown (SIGTERM/SIGINT): a leader first hands leadership to an up-to-date voter; then the
- * service stops taking work, raft closes (writes still pending are answered "outcome
+ * request path stops taking work, raft closes (writes still pending are answered "outcome
  * unknown"), the storage writer finishes what raft handed it, and the sessions close.
  */
 #include <signal.h>
@@ -14,12 +19,18 @@
 #include <uv.h>
 
 #include "config.h"
+#include "dispatch.h"
 #include "fsm.h"
 #include "log.h"
 #include "members.h"
 #include "node.h"
-#include "service.h"
+#include "propose.h"
+#include "publish.h"
+#include "readindex.h"
+#include "reply.h"
+#include "responder.h"
 #include "session.h"
+#include "snapstream.h"
 #include "store.h"
 #include "watch.h"
 
@@ -29,53 +40,88 @@ struct keeld {
     struct keel_members members;
     struct keel_store *store;
     struct keel_fsm *fsm;
-    struct keel_service *svc;
-    struct keel_watch_hub *watch;
-    struct keel_node node;
-    int node_ready;
     struct keel_sessions *sessions;
+    struct keel_responder responder;
+    struct keel_consensus raft;
+    struct keel_reply reply;
+    struct keel_snapstream snapstream;
+    struct keel_watch_hub *watch;
+    struct keel_propose *propose;
+    struct keel_readindex *readindex;
+    struct keel_publish *publish;
+    struct keel_dispatch *dispatch;
+    struct keel_node *node;
+    int node_ready;
     uv_signal_t sigterm, sigint;
     uv_timer_t stop_timer;
     uint64_t drain_deadline;
     int stopping;
 };
 
+/* ---- events fanned out to the modules ---- */
+
+/* A committed batch, in log order: answer its writes, then everything that reads state. */
 static void on_applied(void *data, struct keel_fsm_batch *b)
 {
     struct keeld *k = data;
-    keel_service_applied(k->svc, b);
+    keel_propose_applied(k->propose, b);
+    keel_publish_applied(k->publish, b);
+    keel_watch_applied(k->watch, b);
+    keel_readindex_applied(k->readindex);
+}
+
+static void leader_changed(struct keeld *k, bool is_leader, uint64_t leader)
+{
+    struct keel_member_info *mi = keel_members_get(&k->members, leader);
+    keel_fsm_set_leader(k->fsm, mi && leader != k->cfg.member_id ? mi->client : "");
+    keel_publish_leader_changed(k->publish, is_leader);
+    keel_readindex_leader_changed(k->readindex, is_leader);
 }
 
 static void on_change(void *data, bool is_leader, uint64_t leader)
 {
-    struct keeld *k = data;
-    keel_service_leader_changed(k->svc, is_leader, leader);
+    leader_changed(data, is_leader, leader);
 }
 
 static void on_peer(void *data, uint64_t id, const char *client, const char *zone)
 {
     struct keeld *k = data;
     keel_members_learn(&k->members, id, client, zone);
-    if (k->svc != NULL && k->node_ready)
-        keel_service_member_learned(k->svc);
+    if (!k->node_ready)
+        return;
+    keel_publish_learned(k->publish);
     /* A follower may learn the leader's client address only now. */
-    if (k->svc != NULL && k->node_ready && id == keel_node_leader(&k->node))
-        keel_service_leader_changed(k->svc, keel_node_is_leader(&k->node), id);
+    if (id == keel_node_leader(k->node))
+        leader_changed(k, keel_node_is_leader(k->node), id);
 }
 
-static uint64_t current_term(void *data)
+static void session_hello(void *data, uint64_t session, const Keel__Hello *h)
 {
     struct keeld *k = data;
-    return keel_node_term(&k->node);
+    keel_dispatch_hello(k->dispatch, session, h);
 }
 
-static void session_gone(void *data, uint64_t id)
+static void session_request(void *data, uint64_t session, Keel__Request *req)
 {
     struct keeld *k = data;
-    keel_watch_session_closed(k->watch, id);
+    keel_dispatch_request(k->dispatch, session, req);
 }
 
-static void sessions_closed(void *data)
+static void session_refuse(void *data, uint64_t session, int err, const char *msg)
+{
+    struct keeld *k = data;
+    keel_dispatch_refuse(k->dispatch, session, err, msg);
+}
+
+static void session_closed(void *data, uint64_t session)
+{
+    struct keeld *k = data;
+    keel_watch_session_closed(k->watch, session);
+}
+
+/* ---- shutdown ---- */
+
+static void sessions_stopped(void *data)
 {
     struct keeld *k = data;
     uv_close((uv_handle_t *)&k->sigterm, NULL);
@@ -83,32 +129,28 @@ static void sessions_closed(void *data)
     uv_close((uv_handle_t *)&k->stop_timer, NULL);
 }
 
-static void fsm_stopped(struct keel_fsm *f, void *data)
+static void fsm_stopped(void *data)
 {
     struct keeld *k = data;
-    (void)f;
-    if (k->sessions != NULL)
-        keel_sessions_close(k->sessions, sessions_closed, k);
-    else
-        sessions_closed(k);
+    keel_sessions_stop(k->sessions, sessions_stopped, k);
 }
 
-static void node_closed(struct keel_node *n)
+static void node_stopped(void *data)
 {
-    struct keeld *k = n->data;
+    struct keeld *k = data;
     keel_fsm_stop(k->fsm, fsm_stopped, k);
 }
 
 /* raft 0.15 was seen to crash in raft_close while a request of ours was still in flight (a
  * barrier just after an election): let what is in flight finish first, for a bounded time. */
-static void close_node_when_idle(uv_timer_t *t)
+static void stop_node_when_idle(uv_timer_t *t)
 {
     struct keeld *k = t->data;
-    if (keel_service_raft_requests(k->svc) > 0 && uv_now(&k->loop) < k->drain_deadline) {
-        uv_timer_start(&k->stop_timer, close_node_when_idle, 5, 0);
+    if (keel_node_inflight(k->node) > 0 && uv_now(&k->loop) < k->drain_deadline) {
+        uv_timer_start(&k->stop_timer, stop_node_when_idle, 5, 0);
         return;
     }
-    keel_node_close(&k->node, node_closed);
+    keel_node_stop(k->node, node_stopped, k);
 }
 
 static void stop_now(struct keeld *k)
@@ -118,16 +160,18 @@ static void stop_now(struct keeld *k)
     k->stopping = 2;
     uv_timer_stop(&k->stop_timer);
     KLOG_INFO("stopping");
-    keel_service_stop(k->svc);
+    keel_dispatch_stop(k->dispatch);
+    keel_propose_stop(k->propose);
+    keel_readindex_stop(k->readindex);
     keel_watch_stop(k->watch);
     k->drain_deadline = uv_now(&k->loop) + k->cfg.election_ms;
-    close_node_when_idle(&k->stop_timer);
+    stop_node_when_idle(&k->stop_timer);
 }
 
-static void transfer_done(struct keel_node *n)
+static void transfer_done(void *data)
 {
-    struct keeld *k = n->data;
-    KLOG_INFO("leadership handed to %llu", (unsigned long long)keel_node_leader(n));
+    struct keeld *k = data;
+    KLOG_INFO("leadership handed to %llu", (unsigned long long)keel_node_leader(k->node));
     stop_now(k);
 }
 
@@ -148,10 +192,114 @@ static void on_signal(uv_signal_t *h, int signum)
     KLOG_INFO("signal %d: shutting down", signum);
     /* Bounded either way: the transfer callback fires within an election timeout. */
     uv_timer_start(&k->stop_timer, stop_timeout, k->cfg.election_ms * 2, 0);
-    if (keel_node_is_leader(&k->node) && k->cfg.n_members > 1 &&
-        keel_node_transfer(&k->node, transfer_done) == 0)
+    if (keel_node_is_leader(k->node) && k->cfg.n_members > 1 &&
+        keel_node_transfer(k->node, transfer_done, k) == 0)
         return;
     stop_now(k);
+}
+
+/* ---- start-up ---- */
+
+/* Create the modules between the fsm and raft, in the order they depend on each other. 0, or
+ * KEEL_E* with what was made so far left in k. */
+static int wire(struct keeld *k)
+{
+    char host[KEEL_ADDR_MAX];
+    int port;
+    keel_addr_split(k->cfg.listen_peer, host, sizeof(host), &port);
+    struct keel_fsm_options fo = {.loop = &k->loop,
+                                  .store = k->store,
+                                  .cluster_id = k->cfg.cluster_id,
+                                  .bind_host = host,
+                                  .done = on_applied,
+                                  .data = k};
+    int rv = keel_fsm_new(&fo, &k->fsm);
+    if (rv != 0) {
+        KLOG_ERROR("cannot start the storage writer: %s", keel_strerror(rv));
+        return rv;
+    }
+    if ((rv = keel_sessions_new(&k->loop, &k->cfg, &k->sessions)) != 0)
+        return rv;
+    keel_sessions_responder(k->sessions, &k->responder);
+    /* k->raft is filled once the node exists; nothing calls it before. */
+    k->reply = (struct keel_reply){.out = &k->responder,
+                                   .raft = &k->raft,
+                                   .members = &k->members,
+                                   .store = k->store,
+                                   .cluster_id = k->cfg.cluster_id,
+                                   .member_id = k->cfg.member_id};
+    k->snapstream = (struct keel_snapstream){
+        .loop = &k->loop, .store = k->store, .data_dir = k->cfg.data_dir, .reply = &k->reply};
+    struct keel_watch_options wo = {.loop = &k->loop,
+                                    .store = k->store,
+                                    .reply = &k->reply,
+                                    .max_per_session = k->cfg.max_watches,
+                                    .session_out_cap = 8u << 20,
+                                    .progress_ms = k->cfg.watch_progress_ms};
+    if ((rv = keel_watch_new(&wo, &k->watch)) != 0)
+        return rv;
+    struct keel_propose_options po = {
+        .loop = &k->loop,
+        .raft = &k->raft,
+        .reply = &k->reply,
+        .member_id = k->cfg.member_id,
+        .limits = {.max_txn_ops = k->cfg.max_txn_ops, .max_value_bytes = k->cfg.max_request_bytes}};
+    if ((rv = keel_propose_new(&po, &k->propose)) != 0)
+        return rv;
+    struct keel_readindex_options ro = {.raft = &k->raft, .progress = keel_fsm_progress(k->fsm)};
+    if ((rv = keel_readindex_new(&ro, &k->readindex)) != 0)
+        return rv;
+    struct keel_publish_options pbo = {
+        .members = &k->members, .store = k->store, .propose = k->propose, .raft = &k->raft};
+    if ((rv = keel_publish_new(&pbo, &k->publish)) != 0)
+        return rv;
+    struct keel_dispatch_options dopt = {.cfg = &k->cfg,
+                                         .reply = &k->reply,
+                                         .raft = &k->raft,
+                                         .store = k->store,
+                                         .members = &k->members,
+                                         .propose = k->propose,
+                                         .readindex = k->readindex,
+                                         .snapstream = &k->snapstream,
+                                         .watch = k->watch};
+    if ((rv = keel_dispatch_new(&dopt, &k->dispatch)) != 0)
+        return rv;
+    struct keel_node_options no = {.loop = &k->loop,
+                                   .cfg = &k->cfg,
+                                   .fsm = k->fsm,
+                                   .on_change = on_change,
+                                   .on_peer = on_peer,
+                                   .data = k};
+    if ((rv = keel_node_new(&no, &k->node)) != 0)
+        return rv;
+    keel_node_consensus(k->node, &k->raft);
+    return 0;
+}
+
+/* After a failed wire: close what holds loop handles, let the loop finish closing them. */
+static void unwind(struct keeld *k)
+{
+    if (k->sessions != NULL)
+        keel_sessions_stop(k->sessions, NULL, NULL);
+    if (k->propose != NULL)
+        keel_propose_stop(k->propose);
+    if (k->watch != NULL)
+        keel_watch_stop(k->watch);
+    if (k->fsm != NULL)
+        keel_fsm_stop(k->fsm, NULL, NULL);
+    uv_run(&k->loop, UV_RUN_DEFAULT);
+}
+
+static void free_modules(struct keeld *k)
+{
+    keel_node_free(k->node);
+    keel_sessions_free(k->sessions);
+    keel_dispatch_free(k->dispatch);
+    keel_publish_free(k->publish);
+    keel_readindex_free(k->readindex);
+    keel_propose_free(k->propose);
+    keel_watch_free(k->watch);
+    keel_fsm_free(k->fsm);
 }
 
 int main(int argc, char **argv)
@@ -194,63 +342,27 @@ int main(int argc, char **argv)
     KLOG_INFO("store at %s: applied index %llu, revision %lld", path,
               (unsigned long long)st.applied_index, (long long)st.revision);
 
-    char host[KEEL_ADDR_MAX];
-    int port;
-    keel_addr_split(k.cfg.listen_peer, host, sizeof(host), &port);
-    struct keel_fsm_options fo = {.loop = &k.loop,
-                                  .store = k.store,
-                                  .cluster_id = k.cfg.cluster_id,
-                                  .bind_host = host,
-                                  .done = on_applied,
-                                  .data = &k};
-    if ((rv = keel_fsm_init(&k.fsm, &fo)) != 0) {
-        KLOG_ERROR("cannot start the storage writer: %s", keel_strerror(rv));
+    if (wire(&k) != 0) {
+        unwind(&k);
+        free_modules(&k);
         goto out_store;
     }
-    struct keel_watch_options wo = {.loop = &k.loop,
-                                    .store = k.store,
-                                    .cluster_id = k.cfg.cluster_id,
-                                    .member_id = k.cfg.member_id,
-                                    .max_per_session = k.cfg.max_watches,
-                                    .session_out_cap = 8u << 20,
-                                    .progress_ms = k.cfg.watch_progress_ms,
-                                    .term = current_term,
-                                    .term_data = &k};
-    if (keel_watch_init(&k.watch, &wo) != 0)
-        goto out_fsm;
-    struct keel_service_options svo = {.loop = &k.loop,
-                                       .watch = k.watch,
-                                       .cfg = &k.cfg,
-                                       .store = k.store,
-                                       .node = &k.node,
-                                       .fsm = k.fsm,
-                                       .members = &k.members};
-    if (keel_service_init(&k.svc, &svo) != 0)
-        goto out_fsm;
-    if (keel_node_init(&k.node, &k.loop, &k.cfg, keel_fsm_raft(k.fsm), on_change, &k, on_peer, err,
-                       sizeof(err)) != 0) {
-        KLOG_ERROR("%s", err);
-        goto out_service;
-    }
-    keel_fsm_bind(k.fsm, &k.node);
     int failed = 0;
-    if (keel_node_start(&k.node, err, sizeof(err)) != 0) {
-        KLOG_ERROR("%s", err);
+    if (keel_node_start(k.node) != 0) {
         failed = 1;
     } else {
         k.node_ready = 1;
-        if (keel_sessions_init(&k.sessions, &k.loop, &k.cfg, k.svc, err, sizeof(err)) != 0) {
-            KLOG_ERROR("%s", err);
+        struct keel_session_handler h = {.data = &k,
+                                         .hello = session_hello,
+                                         .request = session_request,
+                                         .refuse = session_refuse,
+                                         .closed = session_closed};
+        if (keel_sessions_listen(k.sessions, &h) != 0)
             failed = 1;
-        }
     }
     /* A failed start unwinds through the normal shutdown, so raft closes its files. */
     if (failed)
         k.stopping = 1;
-    keel_service_set_sessions(k.svc, k.sessions);
-    keel_watch_set_sessions(k.watch, k.sessions);
-    if (k.sessions != NULL)
-        keel_sessions_on_close(k.sessions, session_gone, &k);
     uv_signal_init(&k.loop, &k.sigterm);
     uv_signal_init(&k.loop, &k.sigint);
     uv_timer_init(&k.loop, &k.stop_timer);
@@ -267,28 +379,13 @@ int main(int argc, char **argv)
     status = failed ? 1 : 0;
     if (uv_loop_close(&k.loop) != 0)
         KLOG_WARN("handles left open at exit");
-    keel_node_free(&k.node);
-    keel_sessions_free(k.sessions);
-    keel_service_free(k.svc);
-    keel_watch_free(k.watch);
-    keel_fsm_free(k.fsm);
+    free_modules(&k);
     keel_store_close(k.store);
     keel_members_close(&k.members);
     keel_config_close(&k.cfg);
     KLOG_INFO("stopped");
     return status;
 
-out_service:
-    keel_service_free(k.svc);
-    if (k.watch != NULL) {
-        keel_watch_stop(k.watch);
-        uv_run(&k.loop, UV_RUN_DEFAULT);
-        keel_watch_free(k.watch);
-    }
-out_fsm:
-    keel_fsm_stop(k.fsm, NULL, NULL);
-    uv_run(&k.loop, UV_RUN_DEFAULT);
-    keel_fsm_free(k.fsm);
 out_store:
     keel_store_close(k.store);
 out_loop:

@@ -1,12 +1,170 @@
+/*
+ * The raft node (see node.h for what it hides). Three parts:
+ *  - set-up and shutdown: raft_uv's log, keel's transport, bootstrap, raft_start, raft_close;
+ *  - raft's fsm callbacks, adapted to the keel fsm (fsm.h), which knows nothing of raft: the
+ *    entry is unwrapped and its index computed here, and keel codes go back as raft codes;
+ *  - the consensus seam (consensus.h): proposals and barriers, each a small heap request that
+ *    raft holds until it calls back, with raft's status translated into keel's.
+ */
 #include "node.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <raft.h>
+#include <raft/uv.h>
+
 #include "entry.h"
+#include "err.h"
 #include "log.h"
 #include "transport.h"
+
+struct keel_node {
+    struct keel_node_options o;
+    struct raft raft;
+    struct raft_io io;
+    struct raft_uv_transport transport;
+    struct raft_fsm raft_fsm;
+    uv_check_t poll;
+    int last_state;
+    uint64_t last_leader;
+    int started;
+    size_t inflight;         /* applies and barriers raft holds */
+    int leader_barrier_busy; /* raft holds the election barrier: never submit a second */
+    struct raft_transfer transfer;
+    void (*transfer_cb)(void *data);
+    void *transfer_data;
+    void (*stop_cb)(void *data);
+    void *stop_data;
+};
+
+/* A proposal or a barrier raft holds: whom to call back. */
+struct node_req {
+    union {
+        struct raft_apply apply;
+        struct raft_barrier barrier;
+    } u;
+    struct keel_node *n;
+    keel_consensus_cb cb;
+    void *data;
+};
+
+/* ---- raft's codes in keel's terms: the one place they are translated ---- */
+
+/* A failure of set-up or start. */
+static int from_raft(int rv)
+{
+    switch (rv) {
+    case 0:
+        return 0;
+    case RAFT_NOMEM:
+        return KEEL_ENOMEM;
+    case RAFT_CORRUPT:
+        return KEEL_ECORRUPT;
+    case RAFT_IOERR:
+    case RAFT_NOSPACE:
+        return KEEL_EIO;
+    default:
+        return KEEL_EUNAVAILABLE;
+    }
+}
+
+/* A request raft refused outright: nothing was appended, so the client may try again. */
+static int refused(int rv)
+{
+    switch (rv) {
+    case 0:
+        return 0;
+    case RAFT_NOTLEADER:
+        return KEEL_ENOTLEADER;
+    case RAFT_NOMEM:
+        return KEEL_ENOMEM;
+    default:
+        return KEEL_EUNAVAILABLE;
+    }
+}
+
+/* keel fsm codes back into raft's, for raft's fsm callbacks. */
+static int to_raft(int err)
+{
+    switch (err) {
+    case 0:
+        return 0;
+    case KEEL_ENOMEM:
+        return RAFT_NOMEM;
+    case KEEL_ECORRUPT:
+        return RAFT_CORRUPT;
+    default:
+        return RAFT_BUSY; /* the store is behind: raft tries again later */
+    }
+}
+
+/* ---- raft's fsm, over the keel fsm ---- */
+
+static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result)
+{
+    struct keel_node *n = rf->data;
+    *result = NULL;
+    const uint8_t *payload;
+    size_t len;
+    if (keel_entry_decode(buf, &payload, &len) != 0) {
+        /* Every replica holds the same bytes: carrying on would diverge or loop forever. */
+        KLOG_ERROR("a committed entry is not a keel entry; aborting");
+        abort();
+    }
+    /* 0.15 sets last_applied after apply returns (research/raft.md, "What apply knows"). */
+    keel_fsm_apply(n->o.fsm, raft_last_applied(&n->raft) + 1, payload, len);
+    /* Never an error: request-level failures travel in the results (research/raft.md trap 7). */
+    return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct keel_node *n = rf->data;
+    uint8_t token[KEEL_FSM_TOKEN_LEN];
+    int err = keel_fsm_snapshot(n->o.fsm, token);
+    if (err != 0)
+        return to_raft(err);
+    struct raft_buffer *b = raft_malloc(sizeof(*b));
+    uint8_t *copy = raft_malloc(sizeof(token));
+    if (b == NULL || copy == NULL) {
+        raft_free(b);
+        raft_free(copy);
+        return RAFT_NOMEM;
+    }
+    memcpy(copy, token, sizeof(token));
+    b->base = copy;
+    b->len = sizeof(token);
+    *bufs = b;
+    *n_bufs = 1;
+    return 0;
+}
+
+static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
+{
+    struct keel_node *n = rf->data;
+    int err = keel_fsm_restore(n->o.fsm, buf->base, buf->len);
+    /* raft hands the buffer over only when restore succeeds (snapshotRestore frees it
+     * otherwise). */
+    if (err == 0)
+        raft_free(buf->base);
+    return to_raft(err);
+}
+
+/* ---- leadership ---- */
+
+static void leader_barrier_done(void *data, int err)
+{
+    struct keel_node *n = data;
+    n->leader_barrier_busy = 0;
+    if (err == 0)
+        KLOG_INFO("leader barrier committed at index %llu",
+                  (unsigned long long)keel_fsm_progress(n->o.fsm)->queued);
+}
+
+static int node_barrier(void *ctx, keel_consensus_cb cb, void *data);
 
 static void poll_state(uv_check_t *h)
 {
@@ -15,112 +173,21 @@ static void poll_state(uv_check_t *h)
     raft_id id = 0;
     const char *addr = NULL;
     raft_leader(&n->raft, &id, &addr);
-    if (state != n->last_state || id != n->last_leader) {
-        bool was = n->last_state == RAFT_LEADER;
-        n->last_state = state;
-        n->last_leader = id;
-        if (state == RAFT_LEADER && !was)
-            KLOG_INFO("became leader in term %llu", (unsigned long long)n->raft.current_term);
-        else if (was && state != RAFT_LEADER)
-            KLOG_INFO("lost leadership in term %llu", (unsigned long long)n->raft.current_term);
-        n->on_change(n->data, state == RAFT_LEADER, id);
+    if (state == n->last_state && id == n->last_leader)
+        return;
+    bool was = n->last_state == RAFT_LEADER;
+    n->last_state = state;
+    n->last_leader = id;
+    if (state == RAFT_LEADER && !was) {
+        KLOG_INFO("became leader in term %llu", (unsigned long long)n->raft.current_term);
+        /* 0.15 appends no entry of its own on election: this barrier commits one of the new
+         * term (narrowing its Figure-8 bug) and brings the fsm up to date. */
+        if (!n->leader_barrier_busy && node_barrier(n, leader_barrier_done, n) == 0)
+            n->leader_barrier_busy = 1;
+    } else if (was && state != RAFT_LEADER) {
+        KLOG_INFO("lost leadership in term %llu", (unsigned long long)n->raft.current_term);
     }
-}
-
-int keel_node_init(struct keel_node *n, uv_loop_t *loop, const struct keel_config *c,
-                   struct raft_fsm *fsm, keel_node_change_cb on_change, void *data,
-                   void (*on_peer)(void *data, uint64_t id, const char *client, const char *zone),
-                   char *err, size_t errlen)
-{
-    memset(n, 0, sizeof(*n));
-    n->loop = loop;
-    n->on_change = on_change;
-    n->data = data;
-    n->last_state = RAFT_UNAVAILABLE;
-    char dir[600];
-    snprintf(dir, sizeof(dir), "%s/raft", c->data_dir);
-    if (keel_mkdir_p(dir) != 0) {
-        snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
-        return RAFT_IOERR;
-    }
-    struct keel_transport_self self = {0};
-    snprintf(self.client, sizeof(self.client), "%s", c->listen_client);
-    snprintf(self.name, sizeof(self.name), "%s", c->name);
-    snprintf(self.zone, sizeof(self.zone), "%s", c->zone);
-    int rv = keel_transport_init(&n->transport, loop, &self, on_peer, data);
-    if (rv != 0)
-        return rv;
-    rv = raft_uv_init(&n->io, loop, dir, &n->transport);
-    if (rv != 0) {
-        snprintf(err, errlen, "raft_uv_init: %s", n->io.errmsg);
-        keel_transport_close(&n->transport);
-        return rv;
-    }
-    rv = raft_init(&n->raft, &n->io, fsm, c->member_id, c->listen_peer);
-    if (rv != 0) {
-        snprintf(err, errlen, "raft_init: %s", raft_errmsg(&n->raft));
-        raft_uv_close(&n->io);
-        keel_transport_close(&n->transport);
-        return rv;
-    }
-    raft_set_heartbeat_timeout(&n->raft, c->heartbeat_ms);
-    raft_set_election_timeout(&n->raft, c->election_ms);
-    raft_set_snapshot_threshold(&n->raft, c->snapshot_threshold);
-    raft_set_snapshot_trailing(&n->raft, c->snapshot_trailing);
-    raft_set_pre_vote(&n->raft, true);
-    /* A follower drops an InstallSnapshot that arrives while it takes its own snapshot and the
-     * leader resends only after this timeout (research/raft.md trap 6). keel's snapshots are
-     * tokens, so a short timeout costs nothing. */
-    raft_set_install_snapshot_timeout(&n->raft, 2 * c->election_ms);
-    /* The default 1 s reconnect delay is why a restarted peer was heard from late. */
-    raft_uv_set_connect_retry_delay(&n->io, c->heartbeat_ms);
-
-    struct raft_configuration conf;
-    raft_configuration_init(&conf);
-    for (size_t i = 0; i < c->n_members && rv == 0; i++)
-        rv = raft_configuration_add(&conf, c->members[i].id, c->members[i].peer, RAFT_VOTER);
-    if (rv == 0) {
-        rv = raft_bootstrap(&n->raft, &conf);
-        if (rv == 0)
-            KLOG_INFO("bootstrapped a new cluster of %zu members", c->n_members);
-        else if (rv == RAFT_CANTBOOTSTRAP)
-            rv = 0; /* not the first start */
-        else
-            snprintf(err, errlen, "raft_bootstrap: %s", raft_errmsg(&n->raft));
-    }
-    raft_configuration_close(&conf);
-    return rv;
-}
-
-int keel_node_start(struct keel_node *n, char *err, size_t errlen)
-{
-    int rv = raft_start(&n->raft);
-    if (rv != 0) {
-        const char *why = raft_errmsg(&n->raft);
-        /* raft 0.15 leaves the message empty when its listener cannot bind. */
-        if (why[0] == '\0' && rv == RAFT_IOERR)
-            why = "the peer address may be in use, or the raft directory unusable";
-        snprintf(err, errlen, "raft_start: %s (%s)", raft_strerror(rv), why);
-        return rv;
-    }
-    n->started = 1;
-    uv_check_init(n->loop, &n->poll);
-    n->poll.data = n;
-    uv_check_start(&n->poll, poll_state);
-    return 0;
-}
-
-int keel_node_propose(struct keel_node *n, struct raft_apply *req, struct raft_buffer buf,
-                      raft_apply_cb cb)
-{
-    if (keel_entry_check(&buf) != 0)
-        return RAFT_INVALID;
-    return raft_apply(&n->raft, req, &buf, 1, cb);
-}
-
-int keel_node_barrier(struct keel_node *n, struct raft_barrier *req, raft_barrier_cb cb)
-{
-    return raft_barrier(&n->raft, req, cb);
+    n->o.on_change(n->o.data, state == RAFT_LEADER, id);
 }
 
 bool keel_node_is_leader(struct keel_node *n)
@@ -147,35 +214,242 @@ uint64_t keel_node_last_index(struct keel_node *n)
     return raft_last_index(&n->raft);
 }
 
-uint64_t keel_node_applying_index(struct keel_node *n)
+size_t keel_node_inflight(const struct keel_node *n)
 {
-    return raft_last_applied(&n->raft) + 1;
+    return n->inflight;
+}
+
+/* ---- the consensus seam ---- */
+
+static void apply_done(struct raft_apply *req, int status, void *result)
+{
+    struct node_req *r = req->data;
+    (void)result;
+    r->n->inflight--;
+    /* Whatever went wrong after raft took the entry, it may still commit under the next
+     * leader: the outcome is unknown, never "failed". */
+    r->cb(r->data, status == 0 ? 0 : KEEL_EUNKNOWN);
+    free(r);
+}
+
+static int node_propose(void *ctx, const Keel__CommandBatch *batch, keel_consensus_cb cb,
+                        void *data)
+{
+    struct keel_node *n = ctx;
+    struct node_req *r = malloc(sizeof(*r));
+    if (r == NULL)
+        return KEEL_ENOMEM;
+    struct raft_buffer buf = {0};
+    int err = keel_entry_encode(batch, &buf);
+    if (err == 0 && keel_entry_check(&buf) != 0) {
+        /* Odd lengths corrupt followers silently (research/raft.md trap 1): never let one by. */
+        KLOG_ERROR("refusing a malformed entry of %zu bytes", buf.len);
+        err = KEEL_EINTERNAL;
+    }
+    if (err == 0) {
+        r->n = n;
+        r->cb = cb;
+        r->data = data;
+        r->u.apply.data = r;
+        int rv = raft_apply(&n->raft, &r->u.apply, &buf, 1, apply_done);
+        if (rv == 0) {
+            n->inflight++;
+            return 0;
+        }
+        err = refused(rv);
+    }
+    if (buf.base != NULL)
+        raft_free(buf.base);
+    free(r);
+    return err;
+}
+
+static void barrier_done(struct raft_barrier *req, int status)
+{
+    struct node_req *r = req->data;
+    r->n->inflight--;
+    r->cb(r->data, status == 0 ? 0 : KEEL_ENOTLEADER);
+    free(r);
+}
+
+static int node_barrier(void *ctx, keel_consensus_cb cb, void *data)
+{
+    struct keel_node *n = ctx;
+    struct node_req *r = malloc(sizeof(*r));
+    if (r == NULL)
+        return KEEL_ENOMEM;
+    r->n = n;
+    r->cb = cb;
+    r->data = data;
+    r->u.barrier.data = r;
+    int rv = raft_barrier(&n->raft, &r->u.barrier, barrier_done);
+    if (rv != 0) {
+        free(r);
+        return refused(rv);
+    }
+    n->inflight++;
+    return 0;
+}
+
+static bool node_is_leader(void *ctx)
+{
+    return keel_node_is_leader(ctx);
+}
+
+static uint64_t node_leader(void *ctx)
+{
+    return keel_node_leader(ctx);
+}
+
+static uint64_t node_term(void *ctx)
+{
+    return keel_node_term(ctx);
+}
+
+static uint64_t node_last_index(void *ctx)
+{
+    return keel_node_last_index(ctx);
+}
+
+void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
+{
+    out->ctx = n;
+    out->is_leader = node_is_leader;
+    out->leader = node_leader;
+    out->term = node_term;
+    out->last_index = node_last_index;
+    out->propose = node_propose;
+    out->barrier = node_barrier;
+}
+
+/* ---- set-up and shutdown ---- */
+
+static int bootstrap(struct keel_node *n)
+{
+    const struct keel_config *c = n->o.cfg;
+    struct raft_configuration conf;
+    raft_configuration_init(&conf);
+    int rv = 0;
+    for (size_t i = 0; i < c->n_members && rv == 0; i++)
+        rv = raft_configuration_add(&conf, c->members[i].id, c->members[i].peer, RAFT_VOTER);
+    if (rv == 0) {
+        rv = raft_bootstrap(&n->raft, &conf);
+        if (rv == 0)
+            KLOG_INFO("bootstrapped a new cluster of %zu members", c->n_members);
+        else if (rv == RAFT_CANTBOOTSTRAP)
+            rv = 0; /* not the first start */
+        else
+            KLOG_ERROR("raft_bootstrap: %s", raft_errmsg(&n->raft));
+    }
+    raft_configuration_close(&conf);
+    return rv;
+}
+
+int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
+{
+    const struct keel_config *c = o->cfg;
+    char dir[600];
+    snprintf(dir, sizeof(dir), "%s/raft", c->data_dir);
+    if (keel_mkdir_p(dir) != 0) {
+        KLOG_ERROR("cannot create %s: %s", dir, strerror(errno));
+        return KEEL_EIO;
+    }
+    struct keel_node *n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        return KEEL_ENOMEM;
+    n->o = *o;
+    n->last_state = RAFT_UNAVAILABLE;
+    n->raft_fsm.version = 1;
+    n->raft_fsm.data = n;
+    n->raft_fsm.apply = fsm_apply;
+    n->raft_fsm.snapshot = fsm_snapshot;
+    n->raft_fsm.restore = fsm_restore;
+    struct keel_transport_self self = {0};
+    snprintf(self.client, sizeof(self.client), "%s", c->listen_client);
+    snprintf(self.name, sizeof(self.name), "%s", c->name);
+    snprintf(self.zone, sizeof(self.zone), "%s", c->zone);
+    int rv = keel_transport_init(&n->transport, o->loop, &self, o->on_peer, o->data);
+    if (rv != 0) {
+        free(n);
+        return from_raft(rv);
+    }
+    rv = raft_uv_init(&n->io, o->loop, dir, &n->transport);
+    if (rv != 0) {
+        KLOG_ERROR("raft_uv_init: %s", n->io.errmsg);
+        keel_transport_close(&n->transport);
+        free(n);
+        return from_raft(rv);
+    }
+    rv = raft_init(&n->raft, &n->io, &n->raft_fsm, c->member_id, c->listen_peer);
+    if (rv != 0) {
+        KLOG_ERROR("raft_init: %s", raft_errmsg(&n->raft));
+        raft_uv_close(&n->io);
+        keel_transport_close(&n->transport);
+        free(n);
+        return from_raft(rv);
+    }
+    raft_set_heartbeat_timeout(&n->raft, c->heartbeat_ms);
+    raft_set_election_timeout(&n->raft, c->election_ms);
+    raft_set_snapshot_threshold(&n->raft, c->snapshot_threshold);
+    raft_set_snapshot_trailing(&n->raft, c->snapshot_trailing);
+    raft_set_pre_vote(&n->raft, true);
+    /* A follower drops an InstallSnapshot that arrives while it takes its own snapshot and the
+     * leader resends only after this timeout (research/raft.md trap 6). keel's snapshots are
+     * tokens, so a short timeout costs nothing. */
+    raft_set_install_snapshot_timeout(&n->raft, 2 * c->election_ms);
+    /* The default 1 s reconnect delay is why a restarted peer was heard from late. */
+    raft_uv_set_connect_retry_delay(&n->io, c->heartbeat_ms);
+    rv = bootstrap(n);
+    if (rv != 0)
+        return from_raft(rv); /* raft stays initialised, never started: keeld exits now */
+    *out = n;
+    return 0;
+}
+
+int keel_node_start(struct keel_node *n)
+{
+    int rv = raft_start(&n->raft);
+    if (rv != 0) {
+        const char *why = raft_errmsg(&n->raft);
+        /* raft 0.15 leaves the message empty when its listener cannot bind. */
+        if (why[0] == '\0' && rv == RAFT_IOERR)
+            why = "the peer address may be in use, or the raft directory unusable";
+        KLOG_ERROR("raft_start: %s (%s)", raft_strerror(rv), why);
+        return from_raft(rv);
+    }
+    n->started = 1;
+    uv_check_init(n->o.loop, &n->poll);
+    n->poll.data = n;
+    uv_check_start(&n->poll, poll_state);
+    return 0;
 }
 
 static void transfer_done(struct raft_transfer *req)
 {
     struct keel_node *n = req->data;
-    n->transfer_cb(n);
+    n->transfer_cb(n->transfer_data);
 }
 
-int keel_node_transfer(struct keel_node *n, void (*cb)(struct keel_node *n))
+int keel_node_transfer(struct keel_node *n, void (*cb)(void *data), void *data)
 {
     n->transfer.data = n;
     n->transfer_cb = cb;
-    return raft_transfer(&n->raft, &n->transfer, 0, transfer_done);
+    n->transfer_data = data;
+    return refused(raft_transfer(&n->raft, &n->transfer, 0, transfer_done));
 }
 
 static void raft_closed(struct raft *r)
 {
     struct keel_node *n = r->data;
     raft_uv_close(&n->io);
-    if (n->close_cb != NULL)
-        n->close_cb(n);
+    if (n->stop_cb != NULL)
+        n->stop_cb(n->stop_data);
 }
 
-void keel_node_close(struct keel_node *n, void (*cb)(struct keel_node *n))
+void keel_node_stop(struct keel_node *n, void (*cb)(void *data), void *data)
 {
-    n->close_cb = cb;
+    n->stop_cb = cb;
+    n->stop_data = data;
     if (n->started) {
         uv_check_stop(&n->poll);
         uv_close((uv_handle_t *)&n->poll, NULL);
@@ -186,5 +460,8 @@ void keel_node_close(struct keel_node *n, void (*cb)(struct keel_node *n))
 
 void keel_node_free(struct keel_node *n)
 {
+    if (n == NULL)
+        return;
     keel_transport_close(&n->transport);
+    free(n);
 }

@@ -1,82 +1,78 @@
 /*
- * The raft node: canonical/raft 0.15 with raft_uv's log under <data-dir>/raft and keel's peer
- * transport. This is the thin interface the rest of keeld uses, so a fixed raft version can be
- * dropped in later (research/raft.md, section 6, item 21).
+ * The raft node: canonical/raft 0.15 with raft_uv's log under <data-dir>/raft, keel's peer
+ * transport, and the fsm plugged in as raft's state machine. This is the thin interface the
+ * rest of keeld uses, so a fixed raft version can be dropped in later (research/raft.md,
+ * section 6, item 21). raft's RAFT_* codes are translated into KEEL_E* codes here, once: no
+ * other file above the transport sees them.
  *
- * Leadership is observed by polling raft_state in a uv_check_t (0.15 has no state callback):
- * on_change fires on the loop, in the same iteration as the transition.
+ * What node.c handles so nobody else has to know raft 0.15's traps:
+ *  - leadership is observed by polling raft_state in a uv_check_t (0.15 has no state callback),
+ *    so on_change fires on the loop in the same iteration as the transition;
+ *  - a new leader appends a barrier at once: 0.15 appends no entry of its own on election,
+ *    and committing one of the new term narrows its Figure-8 bug and brings the fsm up to date;
+ *  - every entry is padded to a multiple of 8 bytes and checked again before raft_apply;
+ *  - inside fsm->apply the entry's index is raft_last_applied + 1 (0.15 bumps it after);
+ *  - requests raft still holds are counted, so shutdown can wait for them (raft_close with a
+ *    barrier in flight crashed in 0.15).
  */
 #ifndef KEEL_NODE_H
 #define KEEL_NODE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
-#include <raft.h>
-#include <raft/uv.h>
 #include <uv.h>
 
 #include "config.h"
+#include "consensus.h"
+#include "fsm.h"
 
 struct keel_node;
 
-/* Leadership or leader changed: is_leader, and the leader's id (0 when unknown). */
-typedef void (*keel_node_change_cb)(void *data, bool is_leader, uint64_t leader_id);
-
-struct keel_node {
+struct keel_node_options {
     uv_loop_t *loop;
-    struct raft raft;
-    struct raft_io io;
-    struct raft_uv_transport transport;
-    uv_check_t poll;
-    int last_state;
-    uint64_t last_leader;
-    keel_node_change_cb on_change;
+    const struct keel_config *cfg;
+    struct keel_fsm *fsm; /* receives committed entries, snapshots and restores */
+    /* Leadership or the leader changed: is_leader, and the leader's id (0 when unknown). */
+    void (*on_change)(void *data, bool is_leader, uint64_t leader_id);
+    /* A peer's handshake arrived: what it says its client address and zone are. */
+    void (*on_peer)(void *data, uint64_t id, const char *client, const char *zone);
     void *data;
-    int started;
-    void (*close_cb)(struct keel_node *n);
-    struct raft_transfer transfer;
-    void (*transfer_cb)(struct keel_node *n);
 };
 
 /*
- * Set up raft on loop with the given fsm (not started). Bootstraps the configured members
- * when the log is pristine. 0, or a raft error code with a message in err.
+ * Set up raft on o->loop (not started); bootstraps the configured members when the log is
+ * pristine. 0, or a KEEL_E* code after logging why (*out is then untouched). The node keeps
+ * pointers to o's loop, cfg and fsm: they must outlive it.
  */
-int keel_node_init(struct keel_node *n, uv_loop_t *loop, const struct keel_config *c,
-                   struct raft_fsm *fsm, keel_node_change_cb on_change, void *data,
-                   void (*on_peer)(void *data, uint64_t id, const char *client, const char *zone),
-                   char *err, size_t errlen);
+int keel_node_new(const struct keel_node_options *o, struct keel_node **out);
 
-/* Load the log and snapshot (fsm->restore runs inside) and start ticking. 0 or raft code. */
-int keel_node_start(struct keel_node *n, char *err, size_t errlen);
+/* Load the log and snapshot (the fsm's restore runs inside) and start ticking. 0, or a KEEL_E*
+ * code after logging why. */
+int keel_node_start(struct keel_node *n);
 
-/*
- * Propose one entry (built by keel_entry_encode; raft takes buf on success). 0, RAFT_NOTLEADER,
- * or another raft code. An entry whose length is not a multiple of 8 is refused with
- * RAFT_INVALID and never reaches raft.
- */
-int keel_node_propose(struct keel_node *n, struct raft_apply *req, struct raft_buffer buf,
-                      raft_apply_cb cb);
-
-/* Append a barrier; cb fires once everything before it has been handed to the fsm. */
-int keel_node_barrier(struct keel_node *n, struct raft_barrier *req, raft_barrier_cb cb);
+/* The consensus seam (consensus.h) over this node, for propose and readindex. */
+void keel_node_consensus(struct keel_node *n, struct keel_consensus *out);
 
 bool keel_node_is_leader(struct keel_node *n);
+/* The leader's id, 0 when unknown (or while this leader hands leadership over). */
 uint64_t keel_node_leader(struct keel_node *n);
 uint64_t keel_node_term(struct keel_node *n);
 uint64_t keel_node_last_index(struct keel_node *n);
-/* Inside fsm->apply: the index of the entry being applied (0.15 bumps last_applied after). */
-uint64_t keel_node_applying_index(struct keel_node *n);
 
-/* Hand leadership to an up-to-date voter; cb fires when done or after an election timeout. */
-int keel_node_transfer(struct keel_node *n, void (*cb)(struct keel_node *n));
+/* Applies and barriers raft holds and has not called back yet. */
+size_t keel_node_inflight(const struct keel_node *n);
 
-/* Stop raft; cb fires once raft, its log and its transport are closed (pending applies get
- * RAFT_LEADERSHIPLOST first). */
-void keel_node_close(struct keel_node *n, void (*cb)(struct keel_node *n));
+/* Hand leadership to an up-to-date voter; cb(data) fires when done or after an election
+ * timeout. 0, or a KEEL_E* code (no transfer, no callback). */
+int keel_node_transfer(struct keel_node *n, void (*cb)(void *data), void *data);
 
-/* Free what survives the loop (call after uv_run returned). */
+/* Stop raft; cb(data) fires once raft, its log and its transport are closed. Proposals still
+ * pending are called back first (with KEEL_EUNKNOWN; barriers with KEEL_ENOTLEADER). */
+void keel_node_stop(struct keel_node *n, void (*cb)(void *data), void *data);
+
+/* Free the node (after its stop callback has fired). NULL is fine. */
 void keel_node_free(struct keel_node *n);
 
 #endif

@@ -1,3 +1,18 @@
+/*
+ * Client sessions (see session.h). The life of one session:
+ *
+ *   on_connection -> reading <-> paused (update_reading: in flight vs max_inflight)
+ *                       |  refuse_frame: close_after_flush, stop reading
+ *                       v
+ *                 session_close (EOF, write error, output cap, flushed after a refusal,
+ *                       |        keel_sessions_stop): out of the id map, handler->closed,
+ *                       v        drain hook told closed
+ *                 session_freed (uv close callback): memory released
+ *
+ * Output: answers are framed into `out` as they come; a uv_check_t at the end of the loop turn
+ * swaps `out` with `writing` and writes it in one uv_write (start_write), so one turn's replies
+ * leave in one syscall however many there are.
+ */
 #include "session.h"
 
 #include <stdlib.h>
@@ -5,9 +20,7 @@
 
 #include "err.h"
 #include "frame.h"
-#include "keel.pb-c.h"
 #include "log.h"
-#include "service.h"
 #include "u64map.h"
 
 #define READ_CHUNK     (64 * 1024)
@@ -36,25 +49,23 @@ struct keel_session {
     int write_busy;
     struct keel_session *dirty_next;
     int dirty;
-    keel_session_drain_cb drain_cb;
+    keel_drain_cb drain_cb;
     void *drain_data;
 };
 
 struct keel_sessions {
     uv_loop_t *loop;
     const struct keel_config *cfg;
-    struct keel_service *svc;
+    struct keel_session_handler h;
     uv_tcp_t listener;
     uv_check_t flush;
-    struct u64map live;
+    struct keel_u64map live;
     uint64_t next_id;
     struct keel_session *dirty;
     int closing;
     int open_handles;
     void (*close_cb)(void *data);
     void *close_data;
-    void (*on_close)(void *data, uint64_t id);
-    void *on_close_data;
 };
 
 static void start_write(struct keel_session *s);
@@ -84,7 +95,7 @@ static int out_reserve(struct outbuf *b, size_t n)
     return 0;
 }
 
-void keel_session_send(struct keel_session *s, const ProtobufCMessage *msg)
+static void session_send(struct keel_session *s, const ProtobufCMessage *msg)
 {
     if (s->closing)
         return;
@@ -116,47 +127,62 @@ static void update_reading(struct keel_session *s)
     }
 }
 
-void keel_session_done(struct keel_session *s)
+static void session_done(struct keel_session *s)
 {
     if (s->inflight > 0)
         s->inflight--;
     update_reading(s);
 }
 
-void keel_session_reply(struct keel_session *s, const ProtobufCMessage *msg)
+/* ---- the responder seam ---- */
+
+static int respond_send(void *ctx, uint64_t id, const ProtobufCMessage *msg,
+                        enum keel_respond_kind kind)
 {
-    keel_session_send(s, msg);
-    keel_session_done(s);
+    struct keel_session *s = keel_u64map_get(&((struct keel_sessions *)ctx)->live, id);
+    if (s == NULL)
+        return KEEL_ECLOSED;
+    session_send(s, msg);
+    if (kind == KEEL_RESPOND_ANSWER)
+        session_done(s);
+    return 0;
 }
 
-void keel_session_on_drain(struct keel_session *s, keel_session_drain_cb cb, void *data)
+static void respond_done(void *ctx, uint64_t id)
 {
+    struct keel_session *s = keel_u64map_get(&((struct keel_sessions *)ctx)->live, id);
+    if (s != NULL)
+        session_done(s);
+}
+
+static int respond_backlog(void *ctx, uint64_t id, size_t *bytes)
+{
+    struct keel_session *s = keel_u64map_get(&((struct keel_sessions *)ctx)->live, id);
+    if (s == NULL)
+        return KEEL_ECLOSED;
+    *bytes = s->out.len + s->writing.len;
+    return 0;
+}
+
+static int respond_on_drain(void *ctx, uint64_t id, keel_drain_cb cb, void *data)
+{
+    struct keel_session *s = keel_u64map_get(&((struct keel_sessions *)ctx)->live, id);
+    if (s == NULL)
+        return KEEL_ECLOSED;
     s->drain_cb = cb;
     s->drain_data = data;
     if (cb != NULL && !s->write_busy && s->out.len == 0)
         mark_dirty(s); /* already drained: say so at the end of this turn */
+    return 0;
 }
 
-uint64_t keel_session_id(const struct keel_session *s)
+void keel_sessions_responder(struct keel_sessions *ss, struct keel_responder *out)
 {
-    return s->id;
-}
-
-size_t keel_session_out_bytes(const struct keel_session *s)
-{
-    return s->out.len + s->writing.len;
-}
-
-void keel_sessions_on_close(struct keel_sessions *ss, void (*cb)(void *data, uint64_t id),
-                            void *data)
-{
-    ss->on_close = cb;
-    ss->on_close_data = data;
-}
-
-struct keel_session *keel_sessions_find(struct keel_sessions *ss, uint64_t id)
-{
-    return u64map_get(&ss->live, id);
+    out->ctx = ss;
+    out->send = respond_send;
+    out->done = respond_done;
+    out->backlog = respond_backlog;
+    out->on_drain = respond_on_drain;
 }
 
 /* ---- closing ---- */
@@ -195,13 +221,13 @@ static void session_close(struct keel_session *s)
     if (s->closing)
         return;
     s->closing = 1;
-    u64map_del(&s->ss->live, s->id);
-    if (s->ss->on_close != NULL)
-        s->ss->on_close(s->ss->on_close_data, s->id);
+    keel_u64map_del(&s->ss->live, s->id);
+    if (s->ss->h.closed != NULL)
+        s->ss->h.closed(s->ss->h.data, s->id);
     if (s->drain_cb != NULL) {
-        keel_session_drain_cb cb = s->drain_cb;
+        keel_drain_cb cb = s->drain_cb;
         s->drain_cb = NULL;
-        cb(s, s->drain_data, 1);
+        cb(s->drain_data, 1);
     }
     /* A write in flight completes (with an error) before the close callback runs. */
     uv_close((uv_handle_t *)&s->tcp, session_freed);
@@ -229,7 +255,7 @@ static void write_cb(uv_write_t *req, int status)
         return;
     }
     if (s->drain_cb != NULL)
-        s->drain_cb(s, s->drain_data, 0);
+        s->drain_cb(s->drain_data, 0);
 }
 
 static void start_write(struct keel_session *s)
@@ -264,7 +290,7 @@ static void flush_dirty(uv_check_t *h)
             else if (!s->write_busy && s->close_after_flush)
                 session_close(s);
             else if (!s->write_busy && s->drain_cb != NULL)
-                s->drain_cb(s, s->drain_data, 0);
+                s->drain_cb(s->drain_data, 0);
         }
         s = next;
     }
@@ -272,15 +298,11 @@ static void flush_dirty(uv_check_t *h)
 
 /* ---- reading ---- */
 
-static void fail_session(struct keel_session *s, int err, const char *msg)
+/* The handler tells the client why; the session closes once that is written. */
+static void refuse_frame(struct keel_session *s, int err, const char *msg)
 {
-    Keel__Response resp = KEEL__RESPONSE__INIT;
-    Keel__Error e = KEEL__ERROR__INIT;
-    e.code = keel_err_to_wire(err);
-    e.message = (char *)msg;
-    resp.error = &e;
     KLOG_INFO("session %llu: %s; closing", (unsigned long long)s->id, msg);
-    keel_session_send(s, &resp.base);
+    s->ss->h.refuse(s->ss->h.data, s->id, err, msg);
     s->close_after_flush = 1;
     update_reading(s);
     mark_dirty(s);
@@ -305,21 +327,21 @@ static int handle_frame(struct keel_session *s, const uint8_t *payload, size_t l
     if (!s->hello_done) {
         Keel__Hello *h = keel__hello__unpack(NULL, len, payload);
         if (h == NULL) {
-            fail_session(s, KEEL_EBADFRAME, "the first frame must be a Hello");
+            refuse_frame(s, KEEL_EBADFRAME, "the first frame must be a Hello");
             return -1;
         }
         s->hello_done = 1;
-        keel_service_hello(ss->svc, s, h);
+        ss->h.hello(ss->h.data, s->id, h);
         keel__hello__free_unpacked(h, NULL);
         return 0;
     }
     Keel__Request *req = keel__request__unpack(NULL, len, payload);
     if (req == NULL) {
-        fail_session(s, KEEL_EBADFRAME, "frame does not decode as a Request");
+        refuse_frame(s, KEEL_EBADFRAME, "frame does not decode as a Request");
         return -1;
     }
     s->inflight++;
-    keel_service_request(ss->svc, s, req);
+    ss->h.request(ss->h.data, s->id, req);
     return 0;
 }
 
@@ -330,7 +352,7 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     if (n < 0) {
         if (n == UV_EOF && keel_frame_decoder_pending(&s->dec) > 0) {
             /* A half-closed client can still read why its last frame was dropped. */
-            fail_session(s, KEEL_EBADFRAME, "connection ended inside a frame");
+            refuse_frame(s, KEEL_EBADFRAME, "connection ended inside a frame");
             return;
         }
         if (n != UV_EOF)
@@ -350,7 +372,7 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         if (rv == 0)
             return;
         if (rv < 0) {
-            fail_session(s, rv == KEEL_EFRAMETOOLARGE ? KEEL_EFRAMETOOLARGE : rv,
+            refuse_frame(s, rv == KEEL_EFRAMETOOLARGE ? KEEL_EFRAMETOOLARGE : rv,
                          rv == KEEL_EFRAMETOOLARGE ? "frame exceeds the maximum request size"
                                                    : keel_strerror(rv));
             return;
@@ -374,10 +396,11 @@ static void on_connection(uv_stream_t *server, int status)
     s->tcp.data = s;
     ss->open_handles++;
     keel_frame_decoder_init(&s->dec, ss->cfg->max_request_bytes + FRAME_OVERHEAD);
-    if (uv_accept(server, (uv_stream_t *)&s->tcp) != 0 || u64map_get(&ss->live, s->id) != NULL ||
-        u64map_put(&ss->live, s->id, s) != 0 || ss->live.n > ss->cfg->max_connections) {
-        if (u64map_get(&ss->live, s->id) == s)
-            u64map_del(&ss->live, s->id);
+    if (uv_accept(server, (uv_stream_t *)&s->tcp) != 0 ||
+        keel_u64map_get(&ss->live, s->id) != NULL || keel_u64map_put(&ss->live, s->id, s) != 0 ||
+        ss->live.n > ss->cfg->max_connections) {
+        if (keel_u64map_get(&ss->live, s->id) == s)
+            keel_u64map_del(&ss->live, s->id);
         s->closing = 1;
         uv_close((uv_handle_t *)&s->tcp, session_freed);
         return;
@@ -386,34 +409,40 @@ static void on_connection(uv_stream_t *server, int status)
     update_reading(s);
 }
 
-int keel_sessions_init(struct keel_sessions **out, uv_loop_t *loop, const struct keel_config *cfg,
-                       struct keel_service *svc, char *err, size_t errlen)
+int keel_sessions_new(uv_loop_t *loop, const struct keel_config *cfg, struct keel_sessions **out)
 {
     struct keel_sessions *ss = calloc(1, sizeof(*ss));
     if (ss == NULL)
-        return UV_ENOMEM;
+        return KEEL_ENOMEM;
     ss->loop = loop;
     ss->cfg = cfg;
-    ss->svc = svc;
-    u64map_init(&ss->live);
-    char host[KEEL_ADDR_MAX];
-    int port;
-    struct sockaddr_in addr;
-    keel_addr_split(cfg->listen_client, host, sizeof(host), &port);
-    uv_ip4_addr(host, port, &addr);
+    keel_u64map_init(&ss->live);
     uv_tcp_init(loop, &ss->listener);
     ss->listener.data = ss;
     uv_check_init(loop, &ss->flush);
     ss->flush.data = ss;
     uv_check_start(&ss->flush, flush_dirty);
     ss->open_handles = 2;
+    *out = ss;
+    return 0;
+}
+
+int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_handler *h)
+{
+    ss->h = *h;
+    char host[KEEL_ADDR_MAX];
+    int port;
+    struct sockaddr_in addr;
+    keel_addr_split(ss->cfg->listen_client, host, sizeof(host), &port);
+    uv_ip4_addr(host, port, &addr);
     int rv = uv_tcp_bind(&ss->listener, (const struct sockaddr *)&addr, 0);
     if (rv == 0)
         rv = uv_listen((uv_stream_t *)&ss->listener, 511, on_connection);
-    if (rv != 0)
-        snprintf(err, errlen, "listen on %s: %s", cfg->listen_client, uv_strerror(rv));
-    *out = ss;
-    return rv;
+    if (rv != 0) {
+        KLOG_ERROR("listen on %s: %s", ss->cfg->listen_client, uv_strerror(rv));
+        return KEEL_EIO;
+    }
+    return 0;
 }
 
 static void handle_closed(uv_handle_t *h)
@@ -423,7 +452,7 @@ static void handle_closed(uv_handle_t *h)
     sessions_maybe_closed(ss);
 }
 
-void keel_sessions_close(struct keel_sessions *ss, void (*cb)(void *data), void *data)
+void keel_sessions_stop(struct keel_sessions *ss, void (*cb)(void *data), void *data)
 {
     ss->closing = 1;
     ss->close_cb = cb;
@@ -446,6 +475,6 @@ void keel_sessions_free(struct keel_sessions *ss)
 {
     if (ss == NULL)
         return;
-    u64map_close(&ss->live);
+    keel_u64map_close(&ss->live);
     free(ss);
 }

@@ -1,61 +1,59 @@
 /*
- * Client sessions: one per TCP connection. A session reads frames, holds the connection to
- * its handshake (Hello first), hands each Request to the service, and frames the replies
- * back. Replies of one loop turn leave in one write.
+ * Client sessions: one per TCP connection. A session reads frames, holds the connection to its
+ * handshake (Hello first), hands each Request up through a handler main wires to dispatch, and
+ * frames the answers that come back through the responder seam (responder.h), by session id.
+ * Replies of one loop turn leave in one write.
  *
- * Back-pressure: past max_inflight requests handed to the service and not yet answered, the
- * session stops reading its socket until replies drain. A frame over the limit or one that
- * does not decode gets an error reply and closes that connection only.
+ * Back-pressure: past max_inflight requests handed up and not yet answered, the session stops
+ * reading its socket until answers drain. A frame over the limit or one that does not decode is
+ * refused (the handler answers why) and closes that connection only, once the answer is
+ * written. A client that reads nothing is cut off past 256 MiB of queued output.
  */
 #ifndef KEEL_SESSION_H
 #define KEEL_SESSION_H
 
+#include <stddef.h>
 #include <stdint.h>
 
-#include <protobuf-c/protobuf-c.h>
 #include <uv.h>
 
 #include "config.h"
+#include "keel.pb-c.h"
+#include "responder.h"
 
-struct keel_service;
 struct keel_sessions;
-struct keel_session;
 
-/* Accept clients on cfg->listen_client, handing requests to svc. 0 or a libuv error with a
- * message in err. */
-int keel_sessions_init(struct keel_sessions **out, uv_loop_t *loop, const struct keel_config *cfg,
-                       struct keel_service *svc, char *err, size_t errlen);
+/* Where a session's input goes. Every call is on the loop, with the session's id. */
+struct keel_session_handler {
+    void *data;
+    /* The handshake (the caller keeps h): answer with a HelloResponse, KEEL_RESPOND_PUSH. */
+    void (*hello)(void *data, uint64_t session, const Keel__Hello *h);
+    /* One request, counted in flight until answered (KEEL_RESPOND_ANSWER) or done. The
+     * handler takes req (free it with keel__request__free_unpacked). */
+    void (*request)(void *data, uint64_t session, Keel__Request *req);
+    /* A frame the session cannot take (err, msg: why): send the client a last message; the
+     * session closes once it is written. */
+    void (*refuse)(void *data, uint64_t session, int err, const char *msg);
+    /* The session is gone: drop what is held for it. */
+    void (*closed)(void *data, uint64_t session);
+};
 
-/* Stop accepting and close every session; cb once all handles are closed. */
-void keel_sessions_close(struct keel_sessions *ss, void (*cb)(void *data), void *data);
+/* The registry, with no listener yet (its responder works at once). 0 or KEEL_ENOMEM. loop and
+ * cfg must outlive it. */
+int keel_sessions_new(uv_loop_t *loop, const struct keel_config *cfg, struct keel_sessions **out);
 
-/* Free the registry (after the loop ended). */
+/* The responder seam over these sessions (valid for the registry's life). */
+void keel_sessions_responder(struct keel_sessions *ss, struct keel_responder *out);
+
+/* Accept clients on cfg->listen_client and hand their input to h (copied). 0, or KEEL_EIO
+ * after logging why (the address is taken or not ours). */
+int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_handler *h);
+
+/* Stop accepting and close every session; cb(data) once all handles are closed (cb may be
+ * NULL). */
+void keel_sessions_stop(struct keel_sessions *ss, void (*cb)(void *data), void *data);
+
+/* Free the registry (after the loop ended). NULL is fine. */
 void keel_sessions_free(struct keel_sessions *ss);
-
-/* The live session with this id, or NULL (it closed). */
-struct keel_session *keel_sessions_find(struct keel_sessions *ss, uint64_t id);
-
-uint64_t keel_session_id(const struct keel_session *s);
-
-/* Bytes queued and not yet written to the socket: how far the client is behind. */
-size_t keel_session_out_bytes(const struct keel_session *s);
-
-/* Called with the id of every session that closes (the service drops what it holds for it). */
-void keel_sessions_on_close(struct keel_sessions *ss, void (*cb)(void *data, uint64_t id),
-                            void *data);
-
-/* Queue msg, framed, for this loop turn's write. */
-void keel_session_send(struct keel_session *s, const ProtobufCMessage *msg);
-
-/* Send msg as the answer to one request: the request no longer counts as in flight. */
-void keel_session_reply(struct keel_session *s, const ProtobufCMessage *msg);
-
-/* A request finished without a reply of its own (e.g. the end of a stream). */
-void keel_session_done(struct keel_session *s);
-
-/* Called when everything queued has been written (closed = 0), or when the session closes
- * (closed = 1, last call). One hook per session; NULL cb clears it. */
-typedef void (*keel_session_drain_cb)(struct keel_session *s, void *data, int closed);
-void keel_session_on_drain(struct keel_session *s, keel_session_drain_cb cb, void *data);
 
 #endif

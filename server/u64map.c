@@ -1,3 +1,7 @@
+/*
+ * The id map (see u64map.h). The capacity stays a power of two and the load under 3/4;
+ * deletion shifts the following entries back so lookups never need tombstones.
+ */
 #include "u64map.h"
 
 #include <stdlib.h>
@@ -10,7 +14,7 @@ static size_t slot(uint64_t key, size_t cap)
     return (size_t)key & (cap - 1);
 }
 
-void u64map_init(struct u64map *m)
+void keel_u64map_init(struct keel_u64map *m)
 {
     m->keys = NULL;
     m->vals = NULL;
@@ -18,14 +22,14 @@ void u64map_init(struct u64map *m)
     m->n = 0;
 }
 
-void u64map_close(struct u64map *m)
+void keel_u64map_close(struct keel_u64map *m)
 {
     free(m->keys);
     free(m->vals);
-    u64map_init(m);
+    keel_u64map_init(m);
 }
 
-static int grow(struct u64map *m)
+static int grow(struct keel_u64map *m)
 {
     size_t cap = m->cap ? m->cap * 2 : 64;
     uint64_t *keys = calloc(cap, sizeof(*keys));
@@ -52,7 +56,7 @@ static int grow(struct u64map *m)
     return 0;
 }
 
-int u64map_put(struct u64map *m, uint64_t key, void *val)
+int keel_u64map_put(struct keel_u64map *m, uint64_t key, void *val)
 {
     if ((m->n + 1) * 4 > m->cap * 3 && grow(m) != 0)
         return -1;
@@ -66,7 +70,7 @@ int u64map_put(struct u64map *m, uint64_t key, void *val)
     return 0;
 }
 
-void *u64map_get(const struct u64map *m, uint64_t key)
+void *keel_u64map_get(const struct keel_u64map *m, uint64_t key)
 {
     if (m->cap == 0)
         return NULL;
@@ -76,7 +80,7 @@ void *u64map_get(const struct u64map *m, uint64_t key)
     return NULL;
 }
 
-void *u64map_del(struct u64map *m, uint64_t key)
+void *keel_u64map_del(struct keel_u64map *m, uint64_t key)
 {
     if (m->cap == 0)
         return NULL;

@@ -1,3 +1,16 @@
+/*
+ * The watch hub (see watch.h). A watcher lives in its session's list always, and either in the
+ * interval tree (synced) or in the circular catch-up list (unsync), never both:
+ *
+ *   create --(start in the future or 0)--> synced --(session over the cap)--> catching up
+ *   create --(start in history)----------> catching up --(history exhausted)--> synced
+ *   cancel / compacted / session closed  --> freed
+ *
+ * next_rev only grows: live fan-out and history both resume from it, which is what makes
+ * "each revision once, none skipped" hold across the transitions. That is also why catch-up,
+ * fan-out and the requests stay in one file of about 600 lines: they are one job, the
+ * transitions of a watcher, and split they would share every field of struct watcher.
+ */
 #include "watch.h"
 
 #include <stdbool.h>
@@ -9,14 +22,13 @@
 #include "err.h"
 #include "itree.h"
 #include "log.h"
-#include "session.h"
 #include "u64map.h"
 
 #define CATCHUP_EVENTS   512 /* events per history chunk */
 #define CATCHUP_WATCHERS 16  /* watchers advanced per loop turn */
 
 struct watcher {
-    struct itree_node node; /* in the tree while synced */
+    struct keel_itree_node node; /* in the tree while synced */
     struct watcher *sess_next, *sess_prev;
     struct watcher *unsync_next, *unsync_prev;
     struct watcher *touched_next;
@@ -43,10 +55,9 @@ struct session_watches {
 
 struct keel_watch_hub {
     struct keel_watch_options o;
-    struct keel_sessions *sessions;
-    struct itree tree;
-    struct u64map by_session; /* session id -> struct session_watches */
-    struct watcher *unsync;   /* circular list of watchers catching up */
+    struct keel_itree tree;
+    struct keel_u64map by_session; /* session id -> struct session_watches */
+    struct watcher *unsync;        /* circular list of watchers catching up */
     size_t n_unsync;
     size_t n_watchers;
     int64_t delivered_rev; /* last revision fanned out */
@@ -60,50 +71,27 @@ struct keel_watch_hub {
 
 /* ---- helpers ---- */
 
-static struct keel_session *session_of(struct keel_watch_hub *h, uint64_t id)
+static void send_watch(struct keel_watch_hub *h, uint64_t session, uint64_t req_id,
+                       Keel__WatchResponse *wr, int64_t revision, enum keel_respond_kind kind)
 {
-    return h->sessions ? keel_sessions_find(h->sessions, id) : NULL;
-}
-
-static void send_watch(struct keel_watch_hub *h, struct keel_session *s, uint64_t req_id,
-                       Keel__WatchResponse *wr, int64_t revision, bool reply)
-{
-    Keel__ResponseHeader hdr = KEEL__RESPONSE_HEADER__INIT;
-    hdr.cluster_id = h->o.cluster_id;
-    hdr.member_id = h->o.member_id;
-    hdr.revision = revision;
-    hdr.raft_term = h->o.term ? h->o.term(h->o.term_data) : 0;
     Keel__Response resp = KEEL__RESPONSE__INIT;
     resp.id = req_id;
-    resp.header = &hdr;
     resp.body_case = KEEL__RESPONSE__BODY_WATCH;
     resp.watch = wr;
-    if (reply)
-        keel_session_reply(s, &resp.base);
-    else
-        keel_session_send(s, &resp.base);
+    keel_reply_send(h->o.reply, session, &resp, revision, kind);
 }
 
-static void reply_error(struct keel_watch_hub *h, struct keel_session *s, uint64_t req_id, int err,
+static void reply_error(struct keel_watch_hub *h, uint64_t session, uint64_t req_id, int err,
                         const char *msg)
 {
-    Keel__Response resp = KEEL__RESPONSE__INIT;
-    Keel__Error e = KEEL__ERROR__INIT;
-    Keel__ResponseHeader hdr = KEEL__RESPONSE_HEADER__INIT;
-    hdr.cluster_id = h->o.cluster_id;
-    hdr.member_id = h->o.member_id;
-    hdr.revision = h->delivered_rev;
-    e.code = keel_err_to_wire(err);
-    e.message = (char *)msg;
-    resp.id = req_id;
-    resp.header = &hdr;
-    resp.error = &e;
-    keel_session_reply(s, &resp.base);
+    keel_reply_error_at(h->o.reply, session, req_id, err, msg, h->delivered_rev);
 }
 
-static bool over_cap(struct keel_session *s, size_t cap)
+/* Bytes the session has not read yet; false when it is gone. */
+static bool backlog(struct keel_watch_hub *h, uint64_t session, size_t *bytes)
 {
-    return keel_session_out_bytes(s) > cap;
+    const struct keel_responder *out = h->o.reply->out;
+    return out->backlog(out->ctx, session, bytes) == 0;
 }
 
 static void catch_up_turn(uv_idle_t *idle);
@@ -148,13 +136,13 @@ static void sync_add(struct keel_watch_hub *h, struct watcher *w)
     w->node.start_len = w->key_len;
     w->node.end = w->end;
     w->node.end_len = w->end_len;
-    itree_insert(&h->tree, &w->node);
+    keel_itree_insert(&h->tree, &w->node);
 }
 
 static void watcher_free(struct keel_watch_hub *h, struct watcher *w)
 {
     if (w->synced)
-        itree_remove(&h->tree, &w->node);
+        keel_itree_remove(&h->tree, &w->node);
     else
         unsync_remove(h, w);
     struct session_watches *sw = w->sw;
@@ -198,35 +186,34 @@ static Keel__Event **filter_events(struct keel_watch_hub *h, struct watcher *w, 
     return out;
 }
 
-static void send_events(struct keel_watch_hub *h, struct keel_session *s, struct watcher *w,
-                        Keel__Event **evs, size_t n, int64_t revision)
+static void send_events(struct keel_watch_hub *h, struct watcher *w, Keel__Event **evs, size_t n,
+                        int64_t revision)
 {
     Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
     wr.watch_id = w->id;
     wr.events = evs;
     wr.n_events = n;
-    send_watch(h, s, w->create_id, &wr, revision, false);
+    send_watch(h, w->sw->session_id, w->create_id, &wr, revision, KEEL_RESPOND_PUSH);
 }
 
 /* ---- catch-up ---- */
 
-static void cancel_compacted(struct keel_watch_hub *h, struct keel_session *s, struct watcher *w,
-                             int64_t compact_rev)
+static void cancel_compacted(struct keel_watch_hub *h, struct watcher *w, int64_t compact_rev)
 {
     Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
     wr.watch_id = w->id;
     wr.canceled = 1;
     wr.compact_revision = compact_rev;
     wr.cancel_reason = "required revision has been compacted";
-    send_watch(h, s, w->create_id, &wr, h->delivered_rev, false);
+    send_watch(h, w->sw->session_id, w->create_id, &wr, h->delivered_rev, KEEL_RESPOND_PUSH);
     watcher_free(h, w);
 }
 
 /* One history chunk for w. Returns false when w was freed. */
 static bool catch_up(struct keel_watch_hub *h, struct watcher *w)
 {
-    struct keel_session *s = session_of(h, w->sw->session_id);
-    if (s == NULL)
+    size_t unread;
+    if (!backlog(h, w->sw->session_id, &unread))
         return true;
     struct keel_history hist;
     keel_arena_reset(&h->scratch);
@@ -236,7 +223,7 @@ static bool catch_up(struct keel_watch_hub *h, struct watcher *w)
     if (err == KEEL_ECOMPACTED) {
         struct keel_store_stat st;
         keel_store_stat(h->o.store, &st);
-        cancel_compacted(h, s, w, st.compact_revision);
+        cancel_compacted(h, w, st.compact_revision);
         return false;
     }
     if (err != 0) {
@@ -246,7 +233,7 @@ static bool catch_up(struct keel_watch_hub *h, struct watcher *w)
     size_t n = 0;
     Keel__Event **evs = filter_events(h, w, hist.events, hist.n_events, &n);
     if (evs != NULL && n > 0)
-        send_events(h, s, w, evs, n, hist.revision);
+        send_events(h, w, evs, n, hist.revision);
     w->next_rev = hist.next_revision;
     if (hist.next_revision > hist.revision) {
         /* Caught up with what the store had committed. Batches the loop has not seen yet hold
@@ -270,8 +257,8 @@ static void catch_up_turn(uv_idle_t *idle)
         struct watcher *w = h->unsync;
         h->unsync = w->unsync_next; /* round robin */
         visited++;
-        struct keel_session *s = session_of(h, w->sw->session_id);
-        if (s == NULL || over_cap(s, h->o.session_out_cap / 2))
+        size_t unread;
+        if (!backlog(h, w->sw->session_id, &unread) || unread > h->o.session_out_cap / 2)
             continue; /* wait for the consumer to read */
         catch_up(h, w);
         budget--;
@@ -302,7 +289,7 @@ struct stab_ctx {
     Keel__Event *e;
 };
 
-static void collect(struct itree_node *n, void *data)
+static void collect(struct keel_itree_node *n, void *data)
 {
     struct stab_ctx *c = data;
     struct watcher *w = (struct watcher *)n; /* node is the first member */
@@ -323,12 +310,12 @@ static void collect(struct itree_node *n, void *data)
     w->pend[w->n_pend++] = c->e;
 }
 
-void keel_watch_applied(struct keel_watch_hub *h, struct keel_fsm_batch *b)
+void keel_watch_applied(struct keel_watch_hub *h, const struct keel_fsm_batch *b)
 {
     int64_t last = h->delivered_rev;
     h->touched = NULL;
     for (size_t i = 0; i < b->n; i++) {
-        struct keel_apply_result *r = &b->results[i].r;
+        const struct keel_apply_result *r = &b->results[i].r;
         if (r->skipped || r->err != 0)
             continue;
         if (r->revision > last)
@@ -336,25 +323,25 @@ void keel_watch_applied(struct keel_watch_hub *h, struct keel_fsm_batch *b)
         for (size_t j = 0; j < r->n_events; j++) {
             struct stab_ctx c = {h, r->events[j]};
             Keel__KeyValue *kv = r->events[j]->kv;
-            itree_stab(&h->tree, kv->key.data, kv->key.len, collect, &c);
+            keel_itree_stab(&h->tree, kv->key.data, kv->key.len, collect, &c);
         }
     }
     h->delivered_rev = last;
     keel_arena_reset(&h->scratch);
     for (struct watcher *w = h->touched; w != NULL;) {
         struct watcher *next = w->touched_next;
-        struct keel_session *s = session_of(h, w->sw->session_id);
-        if (s != NULL && w->n_pend > 0) {
-            if (over_cap(s, h->o.session_out_cap)) {
+        size_t unread;
+        if (backlog(h, w->sw->session_id, &unread) && w->n_pend > 0) {
+            if (unread > h->o.session_out_cap) {
                 /* A slow consumer: resume from the first event it was not sent. */
                 w->next_rev = w->pend[0]->kv->mod_revision;
-                itree_remove(&h->tree, &w->node);
+                keel_itree_remove(&h->tree, &w->node);
                 unsync_add(h, w);
             } else {
                 size_t n = 0;
                 Keel__Event **evs = filter_events(h, w, w->pend, w->n_pend, &n);
                 if (evs != NULL && n > 0)
-                    send_events(h, s, w, evs, n, last);
+                    send_events(h, w, evs, n, last);
                 w->next_rev = w->pend[w->n_pend - 1]->kv->mod_revision + 1;
             }
         }
@@ -370,10 +357,10 @@ void keel_watch_applied(struct keel_watch_hub *h, struct keel_fsm_batch *b)
 static struct session_watches *session_watches(struct keel_watch_hub *h, uint64_t session_id,
                                                bool create)
 {
-    struct session_watches *sw = u64map_get(&h->by_session, session_id);
+    struct session_watches *sw = keel_u64map_get(&h->by_session, session_id);
     if (sw == NULL && create) {
         sw = calloc(1, sizeof(*sw));
-        if (sw == NULL || u64map_put(&h->by_session, session_id, sw) != 0) {
+        if (sw == NULL || keel_u64map_put(&h->by_session, session_id, sw) != 0) {
             free(sw);
             return NULL;
         }
@@ -390,32 +377,33 @@ static struct watcher *find(struct session_watches *sw, int64_t id)
     return NULL;
 }
 
-static void create(struct keel_watch_hub *h, struct keel_session *s, const Keel__Request *req)
+static void create(struct keel_watch_hub *h, uint64_t session, const Keel__Request *req)
 {
     const Keel__WatchCreateRequest *wc = req->watch_create;
     if (wc->key.len == 0 && wc->range_end.len == 0) {
-        reply_error(h, s, req->id, KEEL_EINVAL, "watch key is not provided");
+        reply_error(h, session, req->id, KEEL_EINVAL, "watch key is not provided");
         return;
     }
     if (wc->key.len > KEEL_MAX_KEY_BYTES || wc->range_end.len > KEEL_MAX_KEY_BYTES) {
-        reply_error(h, s, req->id, KEEL_EKEYTOOLONG, "watch key is longer than 511 bytes");
+        reply_error(h, session, req->id, KEEL_EKEYTOOLONG, "watch key is longer than 511 bytes");
         return;
     }
-    struct session_watches *sw = session_watches(h, keel_session_id(s), true);
+    struct session_watches *sw = session_watches(h, session, true);
     if (sw == NULL) {
-        reply_error(h, s, req->id, KEEL_ENOMEM, "out of memory");
+        reply_error(h, session, req->id, KEEL_ENOMEM, "out of memory");
         return;
     }
     if (sw->n >= h->o.max_per_session) {
         char msg[128];
         snprintf(msg, sizeof(msg), "too many watches on this connection (limit %zu)",
                  h->o.max_per_session);
-        reply_error(h, s, req->id, KEEL_ETOOMANYREQUESTS, msg);
+        reply_error(h, session, req->id, KEEL_ETOOMANYREQUESTS, msg);
         return;
     }
     int64_t id = wc->watch_id;
     if (id > 0 && find(sw, id) != NULL) {
-        reply_error(h, s, req->id, KEEL_EINVAL, "watch id is already in use on this connection");
+        reply_error(h, session, req->id, KEEL_EINVAL,
+                    "watch id is already in use on this connection");
         return;
     }
     if (id <= 0) {
@@ -431,18 +419,18 @@ static void create(struct keel_watch_hub *h, struct keel_session *s, const Keel_
         Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
         wr.watch_id = id;
         wr.created = 1;
-        send_watch(h, s, req->id, &wr, st.revision, true);
+        send_watch(h, session, req->id, &wr, st.revision, KEEL_RESPOND_ANSWER);
         Keel__WatchResponse cr = KEEL__WATCH_RESPONSE__INIT;
         cr.watch_id = id;
         cr.canceled = 1;
         cr.compact_revision = st.compact_revision;
         cr.cancel_reason = "required revision has been compacted";
-        send_watch(h, s, req->id, &cr, st.revision, false);
+        send_watch(h, session, req->id, &cr, st.revision, KEEL_RESPOND_PUSH);
         return;
     }
     struct watcher *w = calloc(1, sizeof(*w));
     if (w == NULL) {
-        reply_error(h, s, req->id, KEEL_ENOMEM, "out of memory");
+        reply_error(h, session, req->id, KEEL_ENOMEM, "out of memory");
         return;
     }
     w->sw = sw;
@@ -477,7 +465,7 @@ static void create(struct keel_watch_hub *h, struct keel_session *s, const Keel_
         if (w->end == NULL) {
             free(w->key);
             free(w);
-            reply_error(h, s, req->id, KEEL_ENOMEM, "out of memory");
+            reply_error(h, session, req->id, KEEL_ENOMEM, "out of memory");
             return;
         }
     }
@@ -485,7 +473,7 @@ static void create(struct keel_watch_hub *h, struct keel_session *s, const Keel_
         free(w->key);
         free(w->end);
         free(w);
-        reply_error(h, s, req->id, KEEL_ENOMEM, "out of memory");
+        reply_error(h, session, req->id, KEEL_ENOMEM, "out of memory");
         return;
     }
     w->sess_next = sw->head;
@@ -498,7 +486,7 @@ static void create(struct keel_watch_hub *h, struct keel_session *s, const Keel_
     Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
     wr.watch_id = id;
     wr.created = 1;
-    send_watch(h, s, req->id, &wr, st.revision, true);
+    send_watch(h, session, req->id, &wr, st.revision, KEEL_RESPOND_ANSWER);
     if (start <= 0 || start > st.revision) {
         w->next_rev = start <= 0 ? st.revision + 1 : start;
         sync_add(h, w);
@@ -508,12 +496,12 @@ static void create(struct keel_watch_hub *h, struct keel_session *s, const Keel_
     }
 }
 
-static void cancel(struct keel_watch_hub *h, struct keel_session *s, const Keel__Request *req)
+static void cancel(struct keel_watch_hub *h, uint64_t session, const Keel__Request *req)
 {
-    struct session_watches *sw = session_watches(h, keel_session_id(s), false);
+    struct session_watches *sw = session_watches(h, session, false);
     struct watcher *w = find(sw, req->watch_cancel->watch_id);
     if (w == NULL) {
-        reply_error(h, s, req->id, KEEL_EINVAL, "no such watch id on this connection");
+        reply_error(h, session, req->id, KEEL_EINVAL, "no such watch id on this connection");
         return;
     }
     Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
@@ -521,39 +509,39 @@ static void cancel(struct keel_watch_hub *h, struct keel_session *s, const Keel_
     wr.canceled = 1;
     wr.cancel_reason = "canceled by the client";
     watcher_free(h, w);
-    send_watch(h, s, req->id, &wr, h->delivered_rev, true);
+    send_watch(h, session, req->id, &wr, h->delivered_rev, KEEL_RESPOND_ANSWER);
 }
 
-void keel_watch_request(struct keel_watch_hub *h, struct keel_session *s, const Keel__Request *req)
+void keel_watch_request(struct keel_watch_hub *h, uint64_t session, const Keel__Request *req)
 {
     switch (req->body_case) {
     case KEEL__REQUEST__BODY_WATCH_CREATE:
-        create(h, s, req);
+        create(h, session, req);
         break;
     case KEEL__REQUEST__BODY_WATCH_CANCEL:
-        cancel(h, s, req);
+        cancel(h, session, req);
         break;
     case KEEL__REQUEST__BODY_WATCH_PROGRESS: {
         /* A progress revision promises every event up to it was sent, to every watcher of the
          * connection: those still catching up hold it back to just below their position. */
         int64_t rev = h->delivered_rev;
-        struct session_watches *sw = session_watches(h, keel_session_id(s), false);
+        struct session_watches *sw = session_watches(h, session, false);
         for (struct watcher *w = sw ? sw->head : NULL; w != NULL; w = w->sess_next)
             if (!w->synced && w->next_rev - 1 < rev)
                 rev = w->next_rev - 1;
         Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
         wr.watch_id = -1;
-        send_watch(h, s, req->id, &wr, rev, true);
+        send_watch(h, session, req->id, &wr, rev, KEEL_RESPOND_ANSWER);
         break;
     }
     default:
-        reply_error(h, s, req->id, KEEL_EINVAL, "not a watch request");
+        reply_error(h, session, req->id, KEEL_EINVAL, "not a watch request");
     }
 }
 
 void keel_watch_session_closed(struct keel_watch_hub *h, uint64_t session_id)
 {
-    struct session_watches *sw = u64map_del(&h->by_session, session_id);
+    struct session_watches *sw = keel_u64map_del(&h->by_session, session_id);
     if (sw == NULL)
         return;
     while (sw->head != NULL)
@@ -568,15 +556,15 @@ static void progress_tick(uv_timer_t *t)
         if (h->by_session.keys[i] == 0)
             continue;
         struct session_watches *sw = h->by_session.vals[i];
-        struct keel_session *s = session_of(h, sw->session_id);
-        if (s == NULL)
+        size_t unread;
+        if (!backlog(h, sw->session_id, &unread))
             continue;
         for (struct watcher *w = sw->head; w != NULL; w = w->sess_next) {
             if (!w->progress_notify || !w->synced)
                 continue;
             Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
             wr.watch_id = w->id;
-            send_watch(h, s, w->create_id, &wr, h->delivered_rev, false);
+            send_watch(h, sw->session_id, w->create_id, &wr, h->delivered_rev, KEEL_RESPOND_PUSH);
         }
     }
 }
@@ -586,14 +574,14 @@ size_t keel_watch_count(const struct keel_watch_hub *h)
     return h->n_watchers;
 }
 
-int keel_watch_init(struct keel_watch_hub **out, const struct keel_watch_options *o)
+int keel_watch_new(const struct keel_watch_options *o, struct keel_watch_hub **out)
 {
     struct keel_watch_hub *h = calloc(1, sizeof(*h));
     if (h == NULL)
         return KEEL_ENOMEM;
     h->o = *o;
-    itree_init(&h->tree);
-    u64map_init(&h->by_session);
+    keel_itree_init(&h->tree);
+    keel_u64map_init(&h->by_session);
     keel_arena_init(&h->scratch, 0);
     struct keel_store_stat st;
     keel_store_stat(o->store, &st);
@@ -608,11 +596,6 @@ int keel_watch_init(struct keel_watch_hub **out, const struct keel_watch_options
         uv_timer_start(&h->progress, progress_tick, o->progress_ms, o->progress_ms);
     *out = h;
     return 0;
-}
-
-void keel_watch_set_sessions(struct keel_watch_hub *h, struct keel_sessions *ss)
-{
-    h->sessions = ss;
 }
 
 void keel_watch_stop(struct keel_watch_hub *h)
@@ -635,7 +618,7 @@ void keel_watch_free(struct keel_watch_hub *h)
             watcher_free(h, sw->head);
         free(sw);
     }
-    u64map_close(&h->by_session);
+    keel_u64map_close(&h->by_session);
     keel_arena_close(&h->scratch);
     free(h);
 }

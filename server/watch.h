@@ -12,6 +12,9 @@
  *
  * Slow consumers: when a session's unsent output passes a cap, its synced watchers drop back to
  * catching up from next_rev and rejoin later, so memory stays bounded and nothing is lost.
+ *
+ * Everything goes out through the reply module by session id (reply.h, responder.h); the hub
+ * asks the responder how far each session is behind and never sees a session itself.
  */
 #ifndef KEEL_WATCH_H
 #define KEEL_WATCH_H
@@ -22,32 +25,28 @@
 
 #include "fsm.h"
 #include "keel.pb-c.h"
+#include "reply.h"
 #include "store.h"
 
 struct keel_watch_hub;
-struct keel_session;
-struct keel_sessions;
 
 struct keel_watch_options {
     uv_loop_t *loop;
     struct keel_store *store;
-    uint64_t cluster_id;
-    uint64_t member_id;
-    size_t max_per_session; /* watchers per connection */
+    const struct keel_reply *reply; /* answers and events; its responder tells backlogs */
+    size_t max_per_session;         /* watchers per connection */
     size_t session_out_cap; /* unsent bytes past which a session's watchers catch up instead */
     unsigned progress_ms;   /* interval of progress notifications (0: off) */
-    uint64_t (*term)(void *data); /* raft term for headers */
-    void *term_data;
 };
 
-int keel_watch_init(struct keel_watch_hub **out, const struct keel_watch_options *o);
-void keel_watch_set_sessions(struct keel_watch_hub *h, struct keel_sessions *ss);
+/* 0 or KEEL_ENOMEM. What o points to must outlive the hub. */
+int keel_watch_new(const struct keel_watch_options *o, struct keel_watch_hub **out);
 
-/* Handle a watch request (create, cancel, progress) from s; replies through s. */
-void keel_watch_request(struct keel_watch_hub *h, struct keel_session *s, const Keel__Request *req);
+/* Handle a watch request (create, cancel, progress) from session; the caller keeps req. */
+void keel_watch_request(struct keel_watch_hub *h, uint64_t session, const Keel__Request *req);
 
 /* Fan out the events of a committed batch (call for every batch, in order). */
-void keel_watch_applied(struct keel_watch_hub *h, struct keel_fsm_batch *b);
+void keel_watch_applied(struct keel_watch_hub *h, const struct keel_fsm_batch *b);
 
 /* The session is gone: drop its watchers. */
 void keel_watch_session_closed(struct keel_watch_hub *h, uint64_t session_id);
@@ -55,8 +54,10 @@ void keel_watch_session_closed(struct keel_watch_hub *h, uint64_t session_id);
 /* Counters for status and tests. */
 size_t keel_watch_count(const struct keel_watch_hub *h);
 
-/* Stop timers and drop every watcher. */
+/* Stop the timers and close the hub's handles (they close before the loop ends). */
 void keel_watch_stop(struct keel_watch_hub *h);
+
+/* Drop every watcher and free the hub (after the loop ended). NULL is fine. */
 void keel_watch_free(struct keel_watch_hub *h);
 
 #endif

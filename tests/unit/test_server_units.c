@@ -154,19 +154,19 @@ static void config_rejects_bad_flags(void **state)
 static void u64map_put_get_del(void **state)
 {
     (void)state;
-    struct u64map m;
-    u64map_init(&m);
+    struct keel_u64map m;
+    keel_u64map_init(&m);
     static int vals[5000];
     for (uint64_t k = 1; k <= 5000; k++)
-        assert_int_equal(u64map_put(&m, k * 7919, &vals[k - 1]), 0);
+        assert_int_equal(keel_u64map_put(&m, k * 7919, &vals[k - 1]), 0);
     assert_int_equal(m.n, 5000);
     for (uint64_t k = 1; k <= 5000; k += 2)
-        assert_ptr_equal(u64map_del(&m, k * 7919), &vals[k - 1]);
+        assert_ptr_equal(keel_u64map_del(&m, k * 7919), &vals[k - 1]);
     for (uint64_t k = 1; k <= 5000; k++)
-        assert_ptr_equal(u64map_get(&m, k * 7919), k % 2 ? NULL : &vals[k - 1]);
-    assert_null(u64map_del(&m, 12345));
+        assert_ptr_equal(keel_u64map_get(&m, k * 7919), k % 2 ? NULL : &vals[k - 1]);
+    assert_null(keel_u64map_del(&m, 12345));
     assert_int_equal(m.n, 2500);
-    u64map_close(&m);
+    keel_u64map_close(&m);
 }
 
 int main(void)

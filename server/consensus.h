@@ -1,0 +1,53 @@
+/*
+ * The consensus seam: what the request path needs from raft, as a struct of function pointers.
+ * node.c implements it over canonical/raft (keel_node_consensus); a unit test implements it
+ * with a fake node it drives by hand. Everything here speaks keel errors (proto/err.h): raft's
+ * own codes never get past node.c.
+ *
+ * Callbacks run on the loop, never from inside the call that registered them.
+ */
+#ifndef KEEL_CONSENSUS_H
+#define KEEL_CONSENSUS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "keel.pb-c.h"
+
+/* The outcome of a proposal or a barrier: 0 or a KEEL_E* code (see the functions). */
+typedef void (*keel_consensus_cb)(void *data, int err);
+
+struct keel_consensus {
+    void *ctx; /* the implementation's; passed to every function below */
+
+    /* This member is the leader now (raft state, not a promise about the next instant). */
+    bool (*is_leader)(void *ctx);
+
+    /* The current leader's member id, 0 when unknown. */
+    uint64_t (*leader)(void *ctx);
+
+    /* The current raft term (for response headers). */
+    uint64_t (*term)(void *ctx);
+
+    /* The index of the last entry in this member's log (for status). */
+    uint64_t (*last_index)(void *ctx);
+
+    /*
+     * Append batch to the log as one entry (encoded here; the caller keeps batch). 0: cb fires
+     * exactly once, with 0 once the entry has been handed to the fsm on this member, or with
+     * KEEL_EUNKNOWN when leadership was lost or raft failed after accepting it (the entry may
+     * still commit under the next leader). Otherwise nothing was appended and cb never fires:
+     * KEEL_ENOTLEADER, KEEL_ENOMEM, KEEL_EUNAVAILABLE (raft refused), KEEL_EINTERNAL (keel
+     * built a malformed entry: a bug).
+     */
+    int (*propose)(void *ctx, const Keel__CommandBatch *batch, keel_consensus_cb cb, void *data);
+
+    /*
+     * Append a barrier. 0: cb fires exactly once, with 0 once every entry before the barrier
+     * has been handed to the fsm, or with KEEL_ENOTLEADER when leadership was lost first.
+     * Otherwise no barrier and no callback: KEEL_ENOTLEADER, KEEL_ENOMEM, KEEL_EUNAVAILABLE.
+     */
+    int (*barrier)(void *ctx, keel_consensus_cb cb, void *data);
+};
+
+#endif

@@ -1,0 +1,295 @@
+/*
+ * Dispatch (see dispatch.h). The cheap answers are built here, in one arena reset around each
+ * answer: members, status and lease replies point into it until the responder has framed them.
+ */
+#include "dispatch.h"
+
+#include <stdlib.h>
+
+#include "arena.h"
+#include "err.h"
+#include "reqkind.h"
+
+#define PROTOCOL_VERSION 1
+
+struct keel_dispatch {
+    struct keel_dispatch_options o;
+    struct keel_arena arena; /* per answer, reset after each */
+    int stopped;
+};
+
+/* A linearizable range waiting for readindex. */
+struct read {
+    struct keel_dispatch *d;
+    uint64_t session;
+    Keel__Request *req;
+};
+
+static bool session_alive(struct keel_dispatch *d, uint64_t session)
+{
+    const struct keel_responder *out = d->o.reply->out;
+    size_t bytes;
+    return out->backlog(out->ctx, session, &bytes) == 0;
+}
+
+/* ---- reads ---- */
+
+static void serve_range(struct keel_dispatch *d, uint64_t session, const Keel__Request *req)
+{
+    Keel__RangeResponse *rr = NULL;
+    int64_t rev = 0;
+    keel_arena_reset(&d->arena);
+    int err = keel_store_range(d->o.store, req->range, &d->arena, &rr, &rev);
+    if (err != 0) {
+        keel_reply_error(d->o.reply, session, req->id, err, NULL);
+    } else {
+        Keel__Response resp = KEEL__RESPONSE__INIT;
+        resp.id = req->id;
+        resp.body_case = KEEL__RESPONSE__BODY_RANGE;
+        resp.range = rr;
+        keel_reply_send(d->o.reply, session, &resp, rev, KEEL_RESPOND_ANSWER);
+    }
+    keel_arena_reset(&d->arena);
+}
+
+static void read_ready(void *data, int err)
+{
+    struct read *r = data;
+    if (err != 0)
+        keel_reply_error(r->d->o.reply, r->session, r->req->id, err, NULL);
+    else if (session_alive(r->d, r->session))
+        serve_range(r->d, r->session, r->req);
+    keel__request__free_unpacked(r->req, NULL);
+    free(r);
+}
+
+/* Takes req. */
+static void linearizable_range(struct keel_dispatch *d, uint64_t session, Keel__Request *req)
+{
+    struct read *r = malloc(sizeof(*r));
+    int err = r == NULL ? KEEL_ENOMEM : 0;
+    if (err == 0) {
+        r->d = d;
+        r->session = session;
+        r->req = req;
+        err = keel_readindex_wait(d->o.readindex, read_ready, r);
+    }
+    if (err != 0) {
+        keel_reply_error(d->o.reply, session, req->id, err, NULL);
+        keel__request__free_unpacked(req, NULL);
+        free(r);
+    }
+}
+
+/* ---- cluster information ---- */
+
+static Keel__Member *member_msg(struct keel_arena *a, const struct keel_member_info *mi)
+{
+    Keel__Member *m = keel_arena_alloc(a, sizeof(*m));
+    char **peer = keel_arena_alloc(a, sizeof(char *));
+    char **client = keel_arena_alloc(a, sizeof(char *));
+    if (m == NULL || peer == NULL || client == NULL)
+        return NULL;
+    keel__member__init(m);
+    m->id = mi->id;
+    m->name = (char *)mi->name;
+    m->zone = (char *)mi->zone;
+    peer[0] = (char *)mi->peer;
+    m->n_peerurls = 1;
+    m->peerurls = peer;
+    if (mi->client[0] != '\0') {
+        client[0] = (char *)mi->client;
+        m->n_clienturls = 1;
+        m->clienturls = client;
+    }
+    return m;
+}
+
+/* Every member, in the arena; *n_out of them. */
+static Keel__Member **members_msg(struct keel_dispatch *d, size_t *n_out)
+{
+    struct keel_members *ms = d->o.members;
+    Keel__Member **v = keel_arena_alloc(&d->arena, (ms->n + 1) * sizeof(*v));
+    *n_out = 0;
+    if (v == NULL)
+        return NULL;
+    for (size_t i = 0; i < ms->n; i++) {
+        v[*n_out] = member_msg(&d->arena, &ms->v[i]);
+        if (v[*n_out] != NULL)
+            (*n_out)++;
+    }
+    return v;
+}
+
+void keel_dispatch_hello(struct keel_dispatch *d, uint64_t session, const Keel__Hello *h)
+{
+    const struct keel_config *cfg = d->o.cfg;
+    Keel__HelloResponse hr = KEEL__HELLO_RESPONSE__INIT;
+    Keel__Error e;
+    keel_arena_reset(&d->arena);
+    hr.protocol_version = PROTOCOL_VERSION;
+    hr.cluster_id = cfg->cluster_id;
+    hr.member_id = cfg->member_id;
+    hr.zone = (char *)cfg->zone;
+    hr.version = KEEL_VERSION;
+    hr.leader_id = d->o.raft->leader(d->o.raft->ctx);
+    struct keel_member_info *li = keel_members_get(d->o.members, hr.leader_id);
+    hr.leader_address = li ? li->client : "";
+    hr.members = members_msg(d, &hr.n_members);
+    if (h->protocol_version != PROTOCOL_VERSION) {
+        keel_reply_error_fill(d->o.reply, KEEL_EUNSUPPORTED, "unsupported protocol version", &e);
+        hr.error = &e;
+    }
+    const struct keel_responder *out = d->o.reply->out;
+    out->send(out->ctx, session, &hr.base, KEEL_RESPOND_PUSH);
+    keel_arena_reset(&d->arena);
+}
+
+static void serve_status(struct keel_dispatch *d, uint64_t session, const Keel__Request *req)
+{
+    const struct keel_config *cfg = d->o.cfg;
+    struct keel_store_stat st;
+    keel_store_stat(d->o.store, &st);
+    Keel__StatusResponse sr = KEEL__STATUS_RESPONSE__INIT;
+    sr.version = KEEL_VERSION;
+    sr.dbsize = (int64_t)st.db_size;
+    sr.dbsizeinuse = (int64_t)st.logical_size;
+    sr.leader = d->o.raft->leader(d->o.raft->ctx);
+    sr.raftindex = d->o.raft->last_index(d->o.raft->ctx);
+    sr.raftterm = d->o.raft->term(d->o.raft->ctx);
+    sr.raftappliedindex = st.applied_index;
+    sr.zone = (char *)cfg->zone;
+    sr.name = (char *)cfg->name;
+    sr.compactrevision = st.compact_revision;
+    sr.quotabytes = (int64_t)st.quota_bytes;
+    Keel__Response resp = KEEL__RESPONSE__INIT;
+    resp.id = req->id;
+    resp.body_case = KEEL__RESPONSE__BODY_STATUS;
+    resp.status = &sr;
+    keel_reply_send(d->o.reply, session, &resp, st.revision, KEEL_RESPOND_ANSWER);
+}
+
+static void serve_member_list(struct keel_dispatch *d, uint64_t session, const Keel__Request *req)
+{
+    keel_arena_reset(&d->arena);
+    Keel__MemberListResponse ml = KEEL__MEMBER_LIST_RESPONSE__INIT;
+    ml.members = members_msg(d, &ml.n_members);
+    Keel__Response resp = KEEL__RESPONSE__INIT;
+    resp.id = req->id;
+    resp.body_case = KEEL__RESPONSE__BODY_MEMBER_LIST;
+    resp.member_list = &ml;
+    keel_reply_send(d->o.reply, session, &resp, -1, KEEL_RESPOND_ANSWER);
+    keel_arena_reset(&d->arena);
+}
+
+static void serve_lease_ttl(struct keel_dispatch *d, uint64_t session, const Keel__Request *req)
+{
+    keel_arena_reset(&d->arena);
+    struct keel_lease_info info;
+    ProtobufCBinaryData *keys = NULL;
+    size_t n = 0;
+    int want_keys = req->lease_time_to_live->keys;
+    int err = keel_store_lease_get(d->o.store, req->lease_time_to_live->id, &d->arena, &info,
+                                   want_keys ? &keys : NULL, want_keys ? &n : NULL);
+    Keel__LeaseTimeToLiveResponse lr = KEEL__LEASE_TIME_TO_LIVE_RESPONSE__INIT;
+    lr.id = req->lease_time_to_live->id;
+    if (err == KEEL_ELEASENOTFOUND) {
+        lr.ttl = -1;
+    } else if (err != 0) {
+        keel_reply_error(d->o.reply, session, req->id, err, NULL);
+        keel_arena_reset(&d->arena);
+        return;
+    } else {
+        /* Expiry is the leader's business and arrives with the lease work; until then a
+         * lease lives until it is revoked. */
+        lr.ttl = info.ttl;
+        lr.grantedttl = info.ttl;
+        lr.keys = keys;
+        lr.n_keys = n;
+    }
+    Keel__Response resp = KEEL__RESPONSE__INIT;
+    resp.id = req->id;
+    resp.body_case = KEEL__RESPONSE__BODY_LEASE_TIME_TO_LIVE;
+    resp.lease_time_to_live = &lr;
+    keel_reply_send(d->o.reply, session, &resp, -1, KEEL_RESPOND_ANSWER);
+    keel_arena_reset(&d->arena);
+}
+
+/* ---- the switch ---- */
+
+void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Request *req)
+{
+    if (d->stopped) {
+        keel_reply_error(d->o.reply, session, req->id, KEEL_EUNAVAILABLE, "member is stopping");
+        keel__request__free_unpacked(req, NULL);
+        return;
+    }
+    const struct keel_reqkind *kind = keel_reqkind_of(req->body_case);
+    if (kind != NULL && kind->command != KEEL__COMMAND__OP__NOT_SET) {
+        keel_propose_request(d->o.propose, session, req);
+        return; /* req is owned by the batch */
+    }
+    switch (req->body_case) {
+    case KEEL__REQUEST__BODY_RANGE:
+        if (!req->range->serializable) {
+            linearizable_range(d, session, req);
+            return; /* req is owned by the read */
+        }
+        serve_range(d, session, req);
+        break;
+    case KEEL__REQUEST__BODY_STATUS:
+        serve_status(d, session, req);
+        break;
+    case KEEL__REQUEST__BODY_MEMBER_LIST:
+        serve_member_list(d, session, req);
+        break;
+    case KEEL__REQUEST__BODY_LEASE_TIME_TO_LIVE:
+        serve_lease_ttl(d, session, req);
+        break;
+    case KEEL__REQUEST__BODY_SNAPSHOT:
+        keel_snapstream_start(d->o.snapstream, session, req->id);
+        break;
+    case KEEL__REQUEST__BODY_WATCH_CREATE:
+    case KEEL__REQUEST__BODY_WATCH_CANCEL:
+    case KEEL__REQUEST__BODY_WATCH_PROGRESS:
+        keel_watch_request(d->o.watch, session, req);
+        break;
+    case KEEL__REQUEST__BODY__NOT_SET:
+        keel_reply_error(d->o.reply, session, req->id, KEEL_EINVAL, "request carries no body");
+        break;
+    default:
+        keel_reply_error(d->o.reply, session, req->id, KEEL_EUNSUPPORTED,
+                         "request type not supported yet");
+        break;
+    }
+    keel__request__free_unpacked(req, NULL);
+}
+
+void keel_dispatch_refuse(struct keel_dispatch *d, uint64_t session, int err, const char *msg)
+{
+    keel_reply_refuse(d->o.reply, session, err, msg);
+}
+
+void keel_dispatch_stop(struct keel_dispatch *d)
+{
+    d->stopped = 1;
+}
+
+int keel_dispatch_new(const struct keel_dispatch_options *o, struct keel_dispatch **out)
+{
+    struct keel_dispatch *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return KEEL_ENOMEM;
+    d->o = *o;
+    keel_arena_init(&d->arena, 0);
+    *out = d;
+    return 0;
+}
+
+void keel_dispatch_free(struct keel_dispatch *d)
+{
+    if (d == NULL)
+        return;
+    keel_arena_close(&d->arena);
+    free(d);
+}

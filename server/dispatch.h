@@ -1,0 +1,62 @@
+/*
+ * Dispatch: what a request means. The first step above the sessions on every request's path:
+ *
+ *   writes (proto/reqkind.h: a kind with a Command)  -> propose
+ *   linearizable ranges                              -> readindex, then served here
+ *   serializable ranges, status, member list, lease time-to-live, Hello -> answered at once
+ *   snapshot                                         -> snapstream
+ *   watch create / cancel / progress                 -> watch
+ *   anything else                                    -> UNSUPPORTED or INVALID_ARGUMENT
+ *
+ * Answers go out through the reply module; dispatch never sees a session, only its id.
+ */
+#ifndef KEEL_DISPATCH_H
+#define KEEL_DISPATCH_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "consensus.h"
+#include "keel.pb-c.h"
+#include "members.h"
+#include "propose.h"
+#include "readindex.h"
+#include "reply.h"
+#include "snapstream.h"
+#include "store.h"
+#include "watch.h"
+
+struct keel_dispatch;
+
+struct keel_dispatch_options {
+    const struct keel_config *cfg; /* name, zone, ids for Hello and status */
+    const struct keel_reply *reply;
+    const struct keel_consensus *raft;
+    struct keel_store *store;
+    struct keel_members *members;
+    struct keel_propose *propose;
+    struct keel_readindex *readindex;
+    const struct keel_snapstream *snapstream;
+    struct keel_watch_hub *watch;
+};
+
+/* 0 or KEEL_ENOMEM. What o points to must outlive it. */
+int keel_dispatch_new(const struct keel_dispatch_options *o, struct keel_dispatch **out);
+
+/* A session's handshake (the caller keeps h): answer with a HelloResponse. */
+void keel_dispatch_hello(struct keel_dispatch *d, uint64_t session, const Keel__Hello *h);
+
+/* One request from session. Takes req: it is freed here, or by the module that keeps it (the
+ * turn's proposal batch, a read waiting for its barrier). */
+void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Request *req);
+
+/* A frame the session cannot take: tell the client why before it is cut off. */
+void keel_dispatch_refuse(struct keel_dispatch *d, uint64_t session, int err, const char *msg);
+
+/* The member is stopping: every request from now on is answered UNAVAILABLE. */
+void keel_dispatch_stop(struct keel_dispatch *d);
+
+/* NULL is fine. */
+void keel_dispatch_free(struct keel_dispatch *d);
+
+#endif

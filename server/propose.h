@@ -1,0 +1,69 @@
+/*
+ * Proposals: writes become Commands, and every Command of one loop turn goes into one raft
+ * entry (raft_apply with several buffers calls back only once, research/raft.md). The pending
+ * table remembers, by this member's request id, which session and client id to answer; the
+ * answer comes from the fsm once the storage writer has committed the entry
+ * (keel_propose_applied), or from the consensus seam when the entry never made it.
+ *
+ *   keel_propose_request ─┐                 ┌─ raft refused: answered now (client may retry)
+ *   keel_propose_command ─┴─ batch ─ flush ─┼─ leadership lost: answered UNKNOWN
+ *                                           └─ committed: keel_propose_applied answers
+ *
+ * Request ids are unique on this member only; a Command carries its origin member, so results
+ * of other members' proposals pass through untouched.
+ */
+#ifndef KEEL_PROPOSE_H
+#define KEEL_PROPOSE_H
+
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "consensus.h"
+#include "fsm.h"
+#include "keel.pb-c.h"
+#include "reply.h"
+#include "store.h"
+
+struct keel_propose;
+
+struct keel_propose_options {
+    /* Flush at the end of every loop turn (a uv_check_t). NULL: no handle; the caller calls
+     * keel_propose_flush (tests). */
+    uv_loop_t *loop;
+    const struct keel_consensus *raft;
+    const struct keel_reply *reply;
+    uint64_t member_id;        /* the origin of this member's Commands */
+    struct keel_limits limits; /* checked at intake by keel_store_validate */
+};
+
+/* 0 or KEEL_ENOMEM. What o points to must outlive the proposer. */
+int keel_propose_new(const struct keel_propose_options *o, struct keel_propose **out);
+
+/*
+ * Propose a write (a request whose kind has a Command, proto/reqkind.h) from session. Takes
+ * req: the Command points into it until the turn's entry is encoded. Refused at once, with an
+ * answer to the client, when this member is not the leader or the request fails validation.
+ */
+void keel_propose_request(struct keel_propose *p, uint64_t session, Keel__Request *req);
+
+/*
+ * Propose a Command of keeld's own (member attributes): nobody is answered. cmd's fields are
+ * copied but what its op points to is not: it must stay valid until the turn's flush.
+ * request_id and origin are set here. 0 or KEEL_ENOMEM.
+ */
+int keel_propose_command(struct keel_propose *p, const Keel__Command *cmd);
+
+/* Send this turn's Commands as one entry (nothing when there are none). */
+void keel_propose_flush(struct keel_propose *p);
+
+/* A committed batch: answer the requests of this member whose results it holds. */
+void keel_propose_applied(struct keel_propose *p, const struct keel_fsm_batch *b);
+
+/* Flush what is batched and stop the end-of-turn handle (the member is stopping). */
+void keel_propose_stop(struct keel_propose *p);
+
+/* Free the proposer and its pending table (after the loop ended). NULL is fine. */
+void keel_propose_free(struct keel_propose *p);
+
+#endif
