@@ -57,6 +57,7 @@ struct kc_op {
     bool idempotent;
     bool oneway;       /* a watch frame: no answer expected, freed once written */
     bool sent;         /* handed to uv_write at least once */
+    bool too_large;    /* was in flight when a reply over the frame limit cut a connection */
     uint16_t attempts; /* retries so far */
     int last_err;      /* why the last attempt failed, for the timeout message */
     int status;        /* KC_DONE: the failure */

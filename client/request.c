@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "reqkind.h"
 
 #define KC_RETRY_BASE_MS 25
 #define KC_RETRY_CAP_MS  500
@@ -28,73 +29,23 @@ struct kc_kind {
     bool idempotent; /* sending it twice changes nothing */
 };
 
-/* Whether a txn only reads. Nested txns count as writes: rare, and erring that way only costs a
- * retry. */
-static bool txn_reads_only(const Keel__TxnRequest *t)
-{
-    if (t == NULL)
-        return false;
-    for (size_t i = 0; i < t->n_success; i++)
-        if (t->success[i]->request_case != KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE)
-            return false;
-    for (size_t i = 0; i < t->n_failure; i++)
-        if (t->failure[i]->request_case != KEEL__REQUEST_OP__REQUEST_REQUEST_RANGE)
-            return false;
-    return true;
-}
-
-/* The one place the client classifies requests: writes and linearizable reads go to the leader,
- * and only reads are retried after they may have been sent. A body pointer may be NULL here. */
+/* The one place the client classifies requests, from proto's table of request kinds (the one
+ * keeld's dispatch uses): writes and linearizable reads go to the leader, and only idempotent
+ * requests are retried after they may have been sent. Streams have their own API (watch.c). */
 static struct kc_kind kind_of(const Keel__Request *req)
 {
-    /* to be replaced by proto's request-kind table */
     struct kc_kind k = {0, KC_ROUTE_LEADER, false};
-    switch (req->body_case) {
-    case KEEL__REQUEST__BODY__NOT_SET:
-        k.status = KEEL_EINVAL;
-        break;
-    case KEEL__REQUEST__BODY_WATCH_CREATE:
-    case KEEL__REQUEST__BODY_WATCH_CANCEL:
-    case KEEL__REQUEST__BODY_WATCH_PROGRESS:
-    case KEEL__REQUEST__BODY_SNAPSHOT:
-        k.status = KEEL_EUNSUPPORTED;
-        break;
-    case KEEL__REQUEST__BODY_RANGE:
-        k.idempotent = true;
-        if (req->range && req->range->serializable)
-            k.route = KC_ROUTE_ANY;
-        break;
-    case KEEL__REQUEST__BODY_MEMBER_LIST:
-        k.idempotent = true;
-        if (req->member_list && !req->member_list->linearizable)
-            k.route = KC_ROUTE_ANY;
-        break;
-    case KEEL__REQUEST__BODY_STATUS:
-        k.idempotent = true;
-        k.route = KC_ROUTE_ANY;
-        break;
-    case KEEL__REQUEST__BODY_ALARM:
-        if (req->alarm && req->alarm->action == KEEL__ALARM_REQUEST__ALARM_ACTION__GET) {
-            k.idempotent = true;
-            k.route = KC_ROUTE_ANY;
-        }
-        break;
-    case KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE:
-    case KEEL__REQUEST__BODY_LEASE_TIME_TO_LIVE:
-    case KEEL__REQUEST__BODY_LEASE_LEASES:
-    case KEEL__REQUEST__BODY_AUTHENTICATE:
-    case KEEL__REQUEST__BODY_USER_GET:
-    case KEEL__REQUEST__BODY_USER_LIST:
-    case KEEL__REQUEST__BODY_ROLE_GET:
-    case KEEL__REQUEST__BODY_ROLE_LIST:
-        k.idempotent = true;
-        break;
-    case KEEL__REQUEST__BODY_TXN:
-        k.idempotent = txn_reads_only(req->txn);
-        break;
-    default:
-        break; /* a write */
+    const struct keel_reqkind *rk = keel_reqkind_of(req->body_case);
+    if (rk == NULL) {
+        k.status = req->body_case == KEEL__REQUEST__BODY__NOT_SET ? KEEL_EINVAL : KEEL_EUNSUPPORTED;
+        return k;
     }
+    if (rk->flags & KEEL_REQKIND_STREAM) {
+        k.status = KEEL_EUNSUPPORTED;
+        return k;
+    }
+    k.idempotent = keel_reqkind_is_idempotent(req);
+    k.route = keel_reqkind_is_leader_only(req) ? KC_ROUTE_LEADER : KC_ROUTE_ANY;
     return k;
 }
 
@@ -390,10 +341,18 @@ void kc_requests_conn_lost(struct keel_aclient *ac, struct kc_conn *c, int statu
         if (!op->idempotent)
             op_fail(ac, op, KEEL_EUNKNOWN, "%s after the request was sent: its outcome is unknown",
                     msg);
+        else if (status == KEEL_EFRAMETOOLARGE && op->too_large)
+            /* Which request the oversized reply answered is not known (its id is inside it),
+             * so each one in flight gets one more try; one that meets the same fate twice
+             * asked for a reply no retry can shrink. */
+            op_fail(ac, op, status, "%s (twice: a retry cannot help; ask for less)", msg);
         else if (op->route == KC_ROUTE_PINNED)
             op_fail(ac, op, status, "%s", msg);
-        else if (!op_retry(ac, op, retry_delay(ac, op), status))
-            op_fail(ac, op, KEEL_EUNAVAILABLE, "%s (after %u retries)", msg, op->attempts);
+        else {
+            op->too_large = op->too_large || status == KEEL_EFRAMETOOLARGE;
+            if (!op_retry(ac, op, retry_delay(ac, op), status))
+                op_fail(ac, op, KEEL_EUNAVAILABLE, "%s (after %u retries)", msg, op->attempts);
+        }
     }
 }
 

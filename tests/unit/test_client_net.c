@@ -36,6 +36,7 @@
 #include "arena.h"
 #include "frame.h"
 #include "keel/keel.h"
+#include "reqkind.h"
 
 #define MAX_KV        256
 #define MAX_MEMBERS   4
@@ -88,6 +89,8 @@ struct fake {
     int unknown_n;     /* answer the next n writes with OUTCOME_UNKNOWN */
     bool silent;       /* never answer requests */
     int drop_on;       /* Request body case that makes us drop the connection, once */
+    int huge_on;       /* Request body case answered by a frame over the client's limit */
+    int huge_sent;     /* how many such answers were sent */
     bool reverse;      /* answer each read's batch in reverse order */
     int64_t compacted; /* ranges at a revision below this fail with COMPACTED */
     /* watch behaviour */
@@ -409,19 +412,10 @@ static void set_error(struct keel_arena *a, Keel__Response *resp, Keel__ErrorCod
     resp->error = e;
 }
 
+/* What keeld proposes through raft: the shared table of request kinds says. */
 static bool is_write(const Keel__Request *r)
 {
-    switch (r->body_case) {
-    case KEEL__REQUEST__BODY_PUT:
-    case KEEL__REQUEST__BODY_DELETE_RANGE:
-    case KEEL__REQUEST__BODY_TXN:
-    case KEEL__REQUEST__BODY_COMPACTION:
-    case KEEL__REQUEST__BODY_LEASE_GRANT:
-    case KEEL__REQUEST__BODY_LEASE_REVOKE:
-        return true;
-    default:
-        return false;
-    }
+    return keel_reqkind_is_write(r);
 }
 
 /* Fill resp for req; false: drop the connection instead. */
@@ -917,6 +911,17 @@ static void fs_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             req->body_case == KEEL__REQUEST__BODY_WATCH_CANCEL ||
             req->body_case == KEEL__REQUEST__BODY_WATCH_PROGRESS) {
             fake_watch_request(s, &arena, req, frames, lens, &nframes);
+            continue;
+        }
+        if (f->huge_on && (int)req->body_case == f->huge_on) {
+            /* A reply the client must refuse on its header alone: 3 MiB announced. */
+            f->requests++;
+            f->huge_sent++;
+            assert_true(nframes < 4096);
+            frames[nframes] = calloc(1, 4);
+            assert_non_null(frames[nframes]);
+            frames[nframes][1] = 0x30;
+            lens[nframes++] = 4;
             continue;
         }
         Keel__Response resp = KEEL__RESPONSE__INIT;
@@ -1437,6 +1442,30 @@ static void test_drop_after_read_is_retried(void **state)
     assert_int_equal(r.status, 0);
     assert_int_equal(f->ranges, 2);
     assert_int_equal(f->conns, 2);
+    env_free(e);
+}
+
+/* A reply over the frame limit cuts the connection. The request that asked for it is tried
+ * once more (which one it was is inside the frame, unread), then fails saying why, instead of
+ * being retried until its retries run out (issue 9, hole 15); others on the connection carry on. */
+static void test_oversized_reply_not_retried(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    f->leader_id = f->member_id;
+    f->huge_on = KEEL__REQUEST__BODY_RANGE;
+    env_client(e, f->addr, NULL, 0);
+    struct result r;
+    do_range(e, "a", false, &r);
+    assert_int_equal(r.status, KEEL_EFRAMETOOLARGE);
+    assert_non_null(strstr(r.msg, "exceeds the"));
+    assert_non_null(strstr(r.msg, "a retry cannot help"));
+    assert_int_equal(f->huge_sent, 2);
+    /* The client is still usable for requests that fit. */
+    f->huge_on = 0;
+    do_range(e, "a", false, &r);
+    assert_int_equal(r.status, 0);
     env_free(e);
 }
 
@@ -3172,6 +3201,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_outcome_unknown_not_retried),
         cmocka_unit_test(test_drop_after_write_is_unknown),
         cmocka_unit_test(test_drop_after_read_is_retried),
+        cmocka_unit_test(test_oversized_reply_not_retried),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_dead_endpoint_skipped),
         cmocka_unit_test(test_all_dead_fails_fast),
