@@ -7,6 +7,7 @@
 #include "propose.h"
 
 #include <stdlib.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "err.h"
@@ -124,6 +125,33 @@ static int grow_batch(struct keel_propose *p)
     return 0;
 }
 
+/*
+ * Request ids are (incarnation << 32 | counter), the incarnation drawn at random each time a
+ * proposer starts. Results come back by (origin, id), and after a restart raft replays entries
+ * proposed by the previous incarnation: their ids must never be ones this incarnation hands
+ * out. A clock-derived start could repeat after a quick restart or a clock step; a random
+ * 32-bit incarnation meets an earlier one with odds of about 2^-32 per restart.
+ */
+static uint64_t new_incarnation(void)
+{
+    uint32_t inc = 0;
+    while (inc == 0) {
+        if (getrandom(&inc, sizeof(inc), 0) != (ssize_t)sizeof(inc)) {
+            /* No entropy source at all: mix the clocks, the best left. */
+            struct timespec a, b;
+            clock_gettime(CLOCK_REALTIME, &a);
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            uint64_t x = ((uint64_t)a.tv_sec * 1000000007ULL) ^ (uint64_t)a.tv_nsec ^
+                         ((uint64_t)b.tv_nsec << 17) ^ (uint64_t)b.tv_sec;
+            x ^= x >> 33;
+            x *= 0xff51afd7ed558ccdULL;
+            x ^= x >> 33;
+            inc = (uint32_t)x;
+        }
+    }
+    return (uint64_t)inc << 32;
+}
+
 /* The next Command slot, its id and origin set; NULL when out of memory. */
 static Keel__Command *next_command(struct keel_propose *p)
 {
@@ -131,7 +159,9 @@ static Keel__Command *next_command(struct keel_propose *p)
         return NULL;
     Keel__Command *c = &p->cmds[p->n_cmds];
     keel__command__init(c);
-    c->request_id = ++p->next_request_id;
+    if ((uint32_t)++p->next_request_id == 0)
+        p->next_request_id = new_incarnation(); /* 2^32 writes: move to a fresh id space */
+    c->request_id = p->next_request_id;
     c->origin = p->o.member_id;
     return c;
 }
@@ -209,9 +239,7 @@ int keel_propose_new(const struct keel_propose_options *o, struct keel_propose *
     p->o = *o;
     keel_u64map_init(&p->pending);
     /* Ids of this incarnation never meet ids of a previous one replayed from the log. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    p->next_request_id = ((uint64_t)ts.tv_sec << 24) ^ (uint64_t)ts.tv_nsec;
+    p->next_request_id = new_incarnation();
     if (o->loop != NULL) {
         uv_check_init(o->loop, &p->flush);
         p->flush.data = p;

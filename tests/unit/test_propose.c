@@ -160,6 +160,36 @@ static void invalid_write_is_refused_at_intake(void **state)
     expect_answer(f, 1, 7, 101, KEEL_EINVAL);
 }
 
+/* A restart replays the previous incarnation's entries: a result of one of them must never find
+ * a request of this incarnation (issue 9, hole 11). Each proposer owns an id space of its own:
+ * 64 proposers started back to back (as quick restarts are) draw 64 different ones, and an
+ * old incarnation's result is not answered to a new request. */
+static void each_incarnation_has_its_own_ids(void **state)
+{
+    struct fx *f = *state;
+    tf_node_set_leader(&f->e.node, true, SELF);
+    uint64_t spaces[64];
+    struct keel_propose_options o = {.raft = &f->e.node.seam,
+                                     .reply = &f->e.reply,
+                                     .member_id = SELF,
+                                     .limits = {.max_txn_ops = 4, .max_value_bytes = 1024}};
+    size_t calls = (size_t)f->e.node.n_calls;
+    for (int i = 0; i < 64; i++) {
+        struct keel_propose *p;
+        assert_int_equal(keel_propose_new(&o, &p), 0);
+        keel_propose_request(p, 7, put_req(100, "a", "1"));
+        keel_propose_flush(p);
+        Keel__CommandBatch *b = tf_node_batch(&f->e.node, calls++);
+        spaces[i] = b->commands[0]->request_id >> 32;
+        keel__command_batch__free_unpacked(b, NULL);
+        for (int j = 0; j < i; j++)
+            assert_true(spaces[j] != spaces[i]);
+        tf_node_complete(&f->e.node, (int)calls - 1, 0);
+        keel_propose_stop(p);
+        keel_propose_free(p);
+    }
+}
+
 static void one_turn_is_one_entry_and_results_find_their_requests(void **state)
 {
     struct fx *f = *state;
@@ -306,6 +336,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(follower_answers_not_leader, setup, teardown),
+        cmocka_unit_test_setup_teardown(each_incarnation_has_its_own_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(invalid_write_is_refused_at_intake, setup, teardown),
         cmocka_unit_test_setup_teardown(one_turn_is_one_entry_and_results_find_their_requests,
                                         setup, teardown),
