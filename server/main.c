@@ -249,8 +249,11 @@ static int wire(struct keeld *k)
     struct keel_readindex_options ro = {.raft = &k->raft, .progress = keel_fsm_progress(k->fsm)};
     if ((rv = keel_readindex_new(&ro, &k->readindex)) != 0)
         return rv;
-    struct keel_publish_options pbo = {
-        .members = &k->members, .store = k->store, .propose = k->propose, .raft = &k->raft};
+    struct keel_publish_options pbo = {.members = &k->members,
+                                       .store = k->store,
+                                       .propose = k->propose,
+                                       .raft = &k->raft,
+                                       .quota_bytes = k->cfg.quota_bytes};
     if ((rv = keel_publish_new(&pbo, &k->publish)) != 0)
         return rv;
     struct keel_dispatch_options dopt = {.cfg = &k->cfg,

@@ -19,12 +19,32 @@ struct keel_publish {
     struct keel_publish_options o;
     struct attrs *attrs; /* one per member, in members->v order */
     bool is_leader;
+    bool quota_proposed;      /* this leadership proposed the quota already */
+    Keel__QuotaRequest quota; /* borrowed by the proposer until the end of the turn */
 };
+
+/* The quota, when the cluster has none yet (see publish.h). */
+static void publish_quota(struct keel_publish *pb)
+{
+    struct keel_store_stat st;
+    keel_store_stat(pb->o.store, &st);
+    if (st.quota_set || pb->quota_proposed || pb->o.quota_bytes == 0)
+        return;
+    keel__quota_request__init(&pb->quota);
+    pb->quota.bytes = pb->o.quota_bytes;
+    pb->quota.if_unset = true;
+    Keel__Command c = KEEL__COMMAND__INIT;
+    c.op_case = KEEL__COMMAND__OP_QUOTA;
+    c.quota = &pb->quota;
+    if (keel_propose_command(pb->o.propose, &c) == 0)
+        pb->quota_proposed = true;
+}
 
 static void publish(struct keel_publish *pb)
 {
     if (!pb->o.raft->is_leader(pb->o.raft->ctx))
         return;
+    publish_quota(pb);
     struct keel_members *ms = pb->o.members;
     for (size_t i = 0; i < ms->n; i++) {
         struct keel_member_info *mi = &ms->v[i];
@@ -69,6 +89,7 @@ void keel_publish_leader_changed(struct keel_publish *pb, bool is_leader)
     bool was = pb->is_leader;
     pb->is_leader = is_leader;
     if (is_leader && !was) {
+        pb->quota_proposed = false;
         for (size_t i = 0; i < pb->o.members->n; i++)
             pb->o.members->v[i].publishing = 0;
         publish(pb);

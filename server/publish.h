@@ -6,6 +6,10 @@
  *
  * At most one member_attrs per member is in flight; the flag clears when the state is reloaded
  * from a committed batch or on a new leadership.
+ *
+ * The cluster's quota goes the same way: a leader that finds none in the state proposes its
+ * --quota-bytes "if unset", so the first one applied becomes cluster state and members started
+ * with other flags never decide a write differently (the flag is ignored once a quota is set).
  */
 #ifndef KEEL_PUBLISH_H
 #define KEEL_PUBLISH_H
@@ -25,6 +29,7 @@ struct keel_publish_options {
     struct keel_store *store; /* the replicated attributes are reloaded from here */
     struct keel_propose *propose;
     const struct keel_consensus *raft;
+    uint64_t quota_bytes; /* this member's --quota-bytes: proposed when the cluster has none */
 };
 
 /* 0 or KEEL_ENOMEM. What o points to must outlive it. */

@@ -22,7 +22,6 @@
 
 #include "internal.h"
 
-#define DEFAULT_QUOTA (2ull << 30)
 #define MIN_MAP_SIZE  (1ull << 30)
 #define MAX_READERS   512
 
@@ -42,9 +41,10 @@ int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
     }
     if (rc != 0)
         return ks_mdb_err(rc);
-    if (val.mv_size != sizeof(*m))
+    if (val.mv_size != sizeof(*m) && val.mv_size != KS_META_V1_SIZE)
         return KEEL_ECORRUPT;
-    memcpy(m, val.mv_data, sizeof(*m));
+    memset(m, 0, sizeof(*m));
+    memcpy(m, val.mv_data, val.mv_size);
     if (m->format != STORE_FORMAT)
         return KEEL_ECORRUPT;
     return 0;
@@ -252,7 +252,7 @@ int keel_store_open(const struct keel_store_options *opts, struct keel_store **o
         free(s);
         return KEEL_ENOMEM;
     }
-    s->quota = opts->quota_bytes ? opts->quota_bytes : DEFAULT_QUOTA;
+    s->quota = opts->quota_bytes ? opts->quota_bytes : KS_DEFAULT_QUOTA;
     s->map_size = opts->map_size ? opts->map_size : s->quota * 4;
     if (s->map_size < MIN_MAP_SIZE)
         s->map_size = MIN_MAP_SIZE;
@@ -302,7 +302,8 @@ void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
     st->revision = m.revision;
     st->compact_revision = m.compact_revision;
     st->logical_size = m.logical_size;
-    st->quota_bytes = s->quota;
+    st->quota_bytes = ks_quota(&m);
+    st->quota_set = m.quota != 0;
     pthread_rwlock_rdlock(&s->swap_lock);
     MDB_envinfo info;
     MDB_stat mst;

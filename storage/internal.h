@@ -24,6 +24,7 @@
 #define KEEL_STORE_INTERNAL_H
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -44,7 +45,18 @@ struct meta {
     int64_t compact_revision;
     uint64_t logical_size;
     int64_t next_lease_id;
+    uint64_t quota; /* the cluster's quota, set through the log; 0: not set (KS_DEFAULT_QUOTA) */
 };
+
+/* A store made before the quota was cluster state: meta without its last field. */
+#define KS_META_V1_SIZE offsetof(struct meta, quota)
+#define KS_DEFAULT_QUOTA (2ull << 30)
+
+/* The quota writes are checked against: cluster state, the same on every replica. */
+static inline uint64_t ks_quota(const struct meta *m)
+{
+    return m->quota ? m->quota : KS_DEFAULT_QUOTA;
+}
 
 struct keel_store {
     char *path;

@@ -56,7 +56,7 @@ static int push_event(struct wctx *c, Keel__Event__EventType type, Keel__KeyValu
 
 static bool over_quota(struct wctx *c, uint64_t add)
 {
-    return c->m->logical_size + add > c->t->s->quota;
+    return c->m->logical_size + add > ks_quota(c->m);
 }
 
 static int check_key(const ProtobufCBinaryData *key)
@@ -619,6 +619,11 @@ static int dispatch(struct wctx *c, const Keel__Command *cmd, Keel__Response *re
         return do_lease_revoke(c, cmd->lease_revoke, &resp->lease_revoke);
     case KEEL__COMMAND__OP_MEMBER_ATTRS:
         return do_member_attrs(c, cmd->member_attrs);
+    case KEEL__COMMAND__OP_QUOTA:
+        /* Cluster metadata like member attributes: no revision, no event. */
+        if (!cmd->quota->if_unset || c->m->quota == 0)
+            c->m->quota = cmd->quota->bytes;
+        return 0;
     default:
         return KEEL_EUNSUPPORTED;
     }

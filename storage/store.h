@@ -21,9 +21,9 @@
  *
  * Determinism: applying the same commands to the same state yields the same state and the same
  * results on every replica. Nothing in apply reads a clock, a random source or local
- * configuration except the quota, which must be equal on every member. The quota is checked
- * against a logical size kept in meta, not against LMDB's page use, which differs between
- * replicas.
+ * configuration: even the quota is cluster state, set through the log (QuotaRequest). It is
+ * checked against a logical size kept in meta, not against LMDB's page use, which differs
+ * between replicas.
  *
  * Idempotence: the applied index is written in the same LMDB transaction as the data, and a
  * command whose index is <= the applied index is skipped. Replaying a log after a crash is safe.
@@ -35,6 +35,7 @@
 #ifndef KEEL_STORE_H
 #define KEEL_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -49,7 +50,8 @@ struct keel_store_write;
 
 struct keel_store_options {
     const char *path;     /* environment directory; created when missing */
-    uint64_t quota_bytes; /* logical-size quota; 0: 2 GiB. Must be equal on every replica */
+    uint64_t quota_bytes; /* the quota this member expects, for sizing the map only; 0: 2 GiB.
+                           * Writes are checked against the cluster's quota (QuotaRequest). */
     uint64_t map_size;    /* LMDB map size; 0: 4 x quota, at least 1 GiB */
     int no_sync;          /* tests only: no data sync per commit (an OS crash may corrupt) */
 };
@@ -60,7 +62,8 @@ struct keel_store_stat {
     int64_t revision;         /* current revision (0: nothing written yet) */
     int64_t compact_revision; /* revisions below this are compacted away (0: none) */
     uint64_t logical_size;    /* bytes the quota is checked against */
-    uint64_t quota_bytes;
+    uint64_t quota_bytes; /* the cluster's quota: set through the log, else 2 GiB */
+    bool quota_set;       /* a QuotaRequest has set it */
     uint64_t db_size; /* bytes of the LMDB data file in use (pages x page size) */
 };
 

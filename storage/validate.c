@@ -276,6 +276,10 @@ int ks_validate_command(const Keel__Command *cmd, const struct keel_limits *limi
         if (cmd->member_attrs->id == 0)
             return fail(&v, KEEL_EINVAL, "member id is 0");
         return 0;
+    case KEEL__COMMAND__OP_QUOTA:
+        if (cmd->quota->bytes == 0)
+            return fail(&v, KEEL_EINVAL, "quota of 0 bytes");
+        return 0;
     default:
         return fail(&v, KEEL_EINVAL, "command carries no operation");
     }

@@ -116,6 +116,8 @@ static void txn_memory(void **state)
     (void)state;
     struct tc_cluster c;
     tc_cluster_init(&c, 3, "limits");
+    /* 1 GiB on every member: the first leader writes it into the log (hole 4). */
+    snprintf(c.extra, sizeof(c.extra), "--quota-bytes 1073741824");
     tc_start_all(&c);
     struct keel *k = open_client(&c, 0);
     /* Members come up and elect a leader: the first write waits for that, bounded. */
@@ -143,6 +145,22 @@ static void txn_memory(void **state)
         }
         assert_int_equal(count, NKEYS + 1); /* and "ready" */
         keel_close(ki);
+    }
+
+    /* The quota is cluster state: every member reports the one the log set. */
+    for (int i = 1; i <= 3; i++) {
+        Keel__StatusResponse *st = NULL;
+        long long deadline = tc_now_ms() + 10000;
+        int64_t quota = 0;
+        while (quota != 1073741824 && tc_now_ms() < deadline) {
+            if (keel_status(k, c.m[i].client, &st) == 0) {
+                quota = st->quotabytes;
+                keel_free(st);
+            }
+            if (quota != 1073741824)
+                tu_sleep_ms(50);
+        }
+        assert_int_equal(quota, 1073741824);
     }
 
     long before[4];

@@ -664,9 +664,72 @@ static void lease_grant_revoke(void **state)
 
 /* ---- quota ---- */
 
+static Keel__Command *cmd_quota(struct keel_arena *a, uint64_t bytes, bool if_unset)
+{
+    Keel__QuotaRequest *q = keel_arena_alloc(a, sizeof(*q));
+    keel__quota_request__init(q);
+    q->bytes = bytes;
+    q->if_unset = if_unset;
+    Keel__Command *c = keel_arena_alloc(a, sizeof(*c));
+    keel__command__init(c);
+    c->op_case = KEEL__COMMAND__OP_QUOTA;
+    c->quota = q;
+    return c;
+}
+
 static int fx_setup_small(void **state)
 {
-    return fx_setup_quota(state, 64 * 1024);
+    fx_setup_quota(state, 64 * 1024);
+    struct fx *f = *state;
+    ap(f, cmd_quota(&f->a, 64 * 1024, false));
+    return 0;
+}
+
+/* The quota decides apply results, so it is cluster state, set through the log: two members
+ * opened with different --quota-bytes reach the same results from the same log (issue 9,
+ * hole 4: each used its own flag, and they diverged). */
+static void quota_is_cluster_state(void **state)
+{
+    struct fx *f = *state; /* opened with the default quota */
+    struct fx *g = NULL;
+    fx_setup_quota((void **)&g, 64 * 1024);
+    struct keel_store_stat st;
+    keel_store_stat(f->s, &st);
+    assert_false(st.quota_set);
+    assert_int_equal(st.quota_bytes, 2ull << 30);
+
+    /* The first leader's flag, proposed "if unset", wins; a later one does not. */
+    Keel__Command *first = cmd_quota(&f->a, 48 * 1024, true);
+    Keel__Command *later = cmd_quota(&f->a, 1ull << 30, true);
+    char value[1024];
+    memset(value, 'v', sizeof(value) - 1);
+    value[sizeof(value) - 1] = '\0';
+    int refused_at = -1;
+    for (int i = 0; i < 100; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "k%03d", i);
+        Keel__Command *c = i == 0 ? first : i == 1 ? later : tu_cmd_put(&f->a, k, value);
+        struct keel_apply_result rf = ap(f, c), rg = ap(g, c);
+        assert_int_equal(rf.err, rg.err);
+        assert_int_equal(rf.revision, rg.revision);
+        if (rf.err == KEEL_ENOSPACE && refused_at < 0)
+            refused_at = i;
+    }
+    assert_true(refused_at > 30 && refused_at < 60); /* about 48 KiB of 1 KiB values */
+    keel_store_stat(f->s, &st);
+    assert_true(st.quota_set);
+    assert_int_equal(st.quota_bytes, 48 * 1024);
+    keel_store_stat(g->s, &st);
+    assert_int_equal(st.quota_bytes, 48 * 1024);
+
+    /* Set outright (an operator's change, later): every member follows. */
+    ap(f, cmd_quota(&f->a, 1ull << 30, false));
+    keel_store_stat(f->s, &st);
+    assert_int_equal(st.quota_bytes, 1ull << 30);
+    assert_int_equal(ap(f, tu_cmd_put(&f->a, "more", value)).err, 0);
+    /* And a quota of 0 is refused. */
+    assert_int_equal(ap(f, cmd_quota(&f->a, 0, false)).err, KEEL_EINVAL);
+    fx_teardown((void **)&g);
 }
 
 static void quota_refuses_puts_allows_deletes(void **state)
@@ -1060,8 +1123,10 @@ int main(int argc, char **argv)
     const struct CMUnitTest compaction[] = {T(compaction_keeps_state_at_revision),
                                             T(compaction_of_many_versions)};
     const struct CMUnitTest lease[] = {T(lease_grant_revoke)};
-    const struct CMUnitTest quota[] = {cmocka_unit_test_setup_teardown(
-        quota_refuses_puts_allows_deletes, fx_setup_small, fx_teardown)};
+    const struct CMUnitTest quota[] = {
+        cmocka_unit_test_setup_teardown(quota_refuses_puts_allows_deletes, fx_setup_small,
+                                        fx_teardown),
+        T(quota_is_cluster_state)};
     const struct CMUnitTest validate[] = {T(validate_limits)};
     const struct CMUnitTest snapshot_restore[] = {T(snapshot_restore_roundtrip),
                                                   T(restore_interrupted_swap_completes)};
