@@ -36,7 +36,7 @@ struct keel_dispatch_options {
     struct keel_members *members;
     struct keel_propose *propose;
     struct keel_readindex *readindex;
-    const struct keel_snapstream *snapstream;
+    struct keel_snapstream *snapstream;
     struct keel_watch_hub *watch;
 };
 

@@ -19,7 +19,7 @@
 
 struct stream {
     uv_work_t work;
-    const struct keel_snapstream *ss;
+    struct keel_snapstream *ss;
     uint64_t session;
     uint64_t client_id;
     int fd;
@@ -31,6 +31,7 @@ struct stream {
 
 static void stream_free(struct stream *st)
 {
+    st->ss->active--;
     if (st->fd >= 0)
         close(st->fd);
     free(st->chunk);
@@ -113,8 +114,14 @@ static void copy_done(uv_work_t *w, int status)
               (unsigned long long)st->session);
 }
 
-void keel_snapstream_start(const struct keel_snapstream *ss, uint64_t session, uint64_t id)
+void keel_snapstream_start(struct keel_snapstream *ss, uint64_t session, uint64_t id)
 {
+    if (ss->active > 0) {
+        keel_reply_error(ss->reply, session, id, KEEL_ETOOMANYREQUESTS,
+                         "a checkpoint stream is already running on this member: retry when it "
+                         "has ended");
+        return;
+    }
     struct stream *st = calloc(1, sizeof(*st));
     uint8_t *chunk = malloc(CHUNK);
     if (st == NULL || chunk == NULL) {
@@ -124,6 +131,7 @@ void keel_snapstream_start(const struct keel_snapstream *ss, uint64_t session, u
         return;
     }
     st->ss = ss;
+    ss->active++;
     st->session = session;
     st->client_id = id;
     st->fd = -1;

@@ -5,6 +5,11 @@
  * has drained, so a slow reader holds one chunk of memory, not the whole copy. The last chunk
  * has remaining_bytes 0. The session closing ends the stream and frees it.
  *
+ * One stream per member at a time: a copy of the whole store is the most expensive thing a
+ * client can ask for, and it shares libuv's pool with raft's disk work; a second request while
+ * one runs, on any session, is refused with TOO_MANY_REQUESTS (two on one session would also
+ * fight over its drain callback).
+ *
  * struct keel_snapstream is a plain value the caller fills (main.c): no allocation of its own,
  * no verbs. What it points to must outlive every stream.
  */
@@ -23,10 +28,11 @@ struct keel_snapstream {
     struct keel_store *store;
     const char *data_dir; /* where the copy is staged (unlinked at once) */
     const struct keel_reply *reply;
+    unsigned active; /* streams running: 0 or 1 (zero it when filling the struct) */
 };
 
 /* Start streaming a checkpoint to session as the answer to request id. Failures are answered
  * to the client. */
-void keel_snapstream_start(const struct keel_snapstream *ss, uint64_t session, uint64_t id);
+void keel_snapstream_start(struct keel_snapstream *ss, uint64_t session, uint64_t id);
 
 #endif
