@@ -42,20 +42,16 @@ int keel_reply_send(const struct keel_reply *r, uint64_t session, Keel__Response
     Keel__ResponseHeader h;
     keel_reply_header(r, revision, &h);
     resp->header = &h;
-    size_t size =
-        kind == KEEL_RESPOND_ANSWER && resp->error == NULL ? keel_frame_size(&resp->base) : 0;
-    if (size > KEEL_FRAME_DEFAULT_MAX) {
-        /* The store bounds what it builds (KEEL_MAX_REPLY_BYTES); this catches any other
-         * answer a client could not take: it would drop the connection, and retry in vain. */
-        char msg[160];
-        snprintf(msg, sizeof(msg),
-                 "reply of %zu bytes would exceed the %u-byte frame limit: ask for less", size,
-                 KEEL_FRAME_DEFAULT_MAX);
-        resp->header = NULL;
-        return keel_reply_error_at(r, session, resp->id, KEEL_EREPLYTOOLARGE, msg, revision);
-    }
     int rv = r->out->send(r->out->ctx, session, &resp->base, kind);
     resp->header = NULL;
+    if (rv == KEEL_EREPLYTOOLARGE && resp->error == NULL) {
+        /* The store bounds what it builds (KEEL_MAX_REPLY_BYTES); this catches any other
+         * answer a client could not take. */
+        char msg[128];
+        snprintf(msg, sizeof(msg), "reply would exceed the %u-byte frame limit: ask for less",
+                 KEEL_FRAME_DEFAULT_MAX);
+        return keel_reply_error_at(r, session, resp->id, KEEL_EREPLYTOOLARGE, msg, revision);
+    }
     return rv;
 }
 

@@ -33,7 +33,8 @@ struct keel_responder {
     void *ctx; /* the implementation's; passed to every function below */
 
     /* Queue msg, framed, for this loop turn's write to session (msg is copied; the caller
-     * keeps it). 0, or KEEL_ECLOSED when the session is gone. */
+     * keeps it). 0, KEEL_ECLOSED when the session is gone, or KEEL_EREPLYTOOLARGE (nothing
+     * queued) for an ANSWER over a client's default frame limit. */
     int (*send)(void *ctx, uint64_t session, const ProtobufCMessage *msg,
                 enum keel_respond_kind kind);
 

@@ -95,11 +95,11 @@ static int out_reserve(struct outbuf *b, size_t n)
     return 0;
 }
 
-static void session_send(struct keel_session *s, const ProtobufCMessage *msg)
+/* Queue msg, whose framed size is n. */
+static void session_send(struct keel_session *s, const ProtobufCMessage *msg, size_t n)
 {
     if (s->closing)
         return;
-    size_t n = keel_frame_size(msg);
     if (s->out.len + s->writing.len + n > MAX_OUT_BYTES || out_reserve(&s->out, n) != 0) {
         KLOG_WARN("session %llu: output over %u bytes unread, closing", (unsigned long long)s->id,
                   MAX_OUT_BYTES);
@@ -142,7 +142,12 @@ static int respond_send(void *ctx, uint64_t id, const ProtobufCMessage *msg,
     struct keel_session *s = keel_u64map_get(&((struct keel_sessions *)ctx)->live, id);
     if (s == NULL)
         return KEEL_ECLOSED;
-    session_send(s, msg);
+    size_t n = keel_frame_size(msg);
+    /* An answer the client would refuse on its header alone: it would drop the connection and
+     * retry in vain. The caller answers an error instead. */
+    if (kind == KEEL_RESPOND_ANSWER && n - KEEL_FRAME_HEADER > KEEL_FRAME_DEFAULT_MAX)
+        return KEEL_EREPLYTOOLARGE;
+    session_send(s, msg, n);
     if (kind == KEEL_RESPOND_ANSWER)
         session_done(s);
     return 0;
