@@ -45,7 +45,8 @@
     X(MAPFULL, 103, "storage map is full")                                                         \
     X(NOTFOUND, 104, "not found")                                                                  \
     X(CLOSED, 105, "closed")                                                                       \
-    X(BADVALSIZE, 106, "key or value too large for the storage engine")
+    X(BADVALSIZE, 106, "key or value too large for the storage engine")                            \
+    X(STALE, 107, "the copy is older than the state it would replace")
 
 enum keel_errno {
     KEEL_OK = 0,

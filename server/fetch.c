@@ -69,8 +69,8 @@ static int dial(const char *addr, const char *bind_host, int timeout_ms)
     return fd;
 }
 
-int keel_fetch_checkpoint(const char *addr, const char *bind_host, int out_fd, int timeout_ms,
-                          char *err, size_t errlen)
+int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t cluster_id, int out_fd,
+                          int timeout_ms, char *err, size_t errlen)
 {
     int fd = dial(addr, bind_host, timeout_ms);
     if (fd < 0) {
@@ -130,6 +130,12 @@ int keel_fetch_checkpoint(const char *addr, const char *bind_host, int out_fd, i
                 snprintf(err, errlen, "%s refused the handshake: %s", addr,
                          hr && hr->error ? hr->error->message : "bad reply");
                 rv = KEEL_EIO;
+            } else if (hr->cluster_id != cluster_id) {
+                /* A member of another cluster (or something posing as the leader): its state
+                 * must never replace ours. */
+                snprintf(err, errlen, "%s belongs to cluster %016llx, not %016llx", addr,
+                         (unsigned long long)hr->cluster_id, (unsigned long long)cluster_id);
+                rv = KEEL_EIO;
             }
             if (hr != NULL)
                 keel__hello_response__free_unpacked(hr, NULL);
@@ -145,6 +151,9 @@ int keel_fetch_checkpoint(const char *addr, const char *bind_host, int out_fd, i
         if (resp->error != NULL) {
             snprintf(err, errlen, "%s: %s", addr, resp->error->message);
             rv = keel_err_from_wire(resp->error->code);
+        } else if (resp->header == NULL || resp->header->cluster_id != cluster_id) {
+            snprintf(err, errlen, "%s sent a chunk without this cluster's id", addr);
+            rv = KEEL_EIO;
         } else if (resp->body_case != KEEL__RESPONSE__BODY_SNAPSHOT) {
             snprintf(err, errlen, "%s answered the snapshot request with something else", addr);
             rv = KEEL_EIO;

@@ -6,13 +6,16 @@
 #define KEEL_FETCH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /*
  * Connect to the member at addr ("a.b.c.d:port") from bind_host (NULL: any), ask for a
- * checkpoint and write it to out_fd. Every socket operation is bounded by timeout_ms.
+ * checkpoint and write it to out_fd as it arrives. The member must answer the handshake and
+ * every chunk with cluster_id. Every socket operation is bounded by timeout_ms (the member
+ * streams while it copies, so the first chunk never waits for the whole copy).
  * 0, or a KEEL_E* code with a message in err.
  */
-int keel_fetch_checkpoint(const char *addr, const char *bind_host, int out_fd, int timeout_ms,
-                          char *err, size_t errlen);
+int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t cluster_id, int out_fd,
+                          int timeout_ms, char *err, size_t errlen);
 
 #endif

@@ -26,7 +26,7 @@
 #define TOKEN_FORMAT     1
 #define MAX_JOBS_PER_TX  4096
 #define MAX_BYTES_PER_TX (8u << 20) /* bounds a batch's memory when the writer falls behind */
-#define SYNC_WAIT_MS     5000
+#define SYNC_WAIT_MS     60000 /* a snapshot waits this long for the writer, on raft's pool */
 #define FETCH_TIMEOUT    10000
 
 enum job_kind { JOB_APPLY, JOB_FETCH, JOB_SYNC };
@@ -54,6 +54,9 @@ struct keel_fsm {
     char leader[64];                              /* under mu */
     int stopping;                                 /* under mu */
     int thread_running;
+    uint64_t gap_from; /* writer: token index of a fetch abandoned at shutdown (0: none) */
+    uint64_t gap_dropped; /* writer: entries dropped above gap_from */
+    uint64_t fetch_pending; /* loop: token index of a fetch not yet reported done (0: none) */
 
     uv_async_t async;
     void (*stop_cb)(void *data);
@@ -158,13 +161,16 @@ static void publish(struct keel_fsm *f, struct keel_fsm_batch *b)
     uv_async_send(&f->async);
 }
 
-static void do_fetch(struct keel_fsm *f, uint64_t token_index)
+/* Bring the store up to token_index from the leader's checkpoints. 1: a checkpoint was
+ * restored; 0: the store was there already; -1: abandoned because the fsm is stopping. */
+static int do_fetch(struct keel_fsm *f, uint64_t token_index)
 {
-    for (unsigned attempt = 0;; attempt++) {
+    int restored = 0;
+    for (;;) {
         struct keel_store_stat st;
         keel_store_stat(f->o.store, &st);
         if (st.applied_index >= token_index)
-            return;
+            return restored;
         char leader[64];
         pthread_mutex_lock(&f->mu);
         while (f->leader[0] == '\0' && !f->stopping) {
@@ -178,30 +184,35 @@ static void do_fetch(struct keel_fsm *f, uint64_t token_index)
         pthread_mutex_unlock(&f->mu);
         if (stopping) {
             KLOG_WARN("checkpoint fetch abandoned: stopping");
-            return;
+            return -1;
         }
         KLOG_INFO("state at index %llu is behind the snapshot at %llu: fetching a checkpoint "
                   "from %s",
                   (unsigned long long)st.applied_index, (unsigned long long)token_index, leader);
-        char path[] = "/tmp/keel-checkpoint-XXXXXX";
-        int fd = mkstemp(path);
-        if (fd < 0)
-            fatal("temporary file for the checkpoint", KEEL_EIO);
-        unlink(path);
+        /* Straight into place beside the store: one copy, on the data dir's disk. The copy
+         * must reach the token and never go below what this store has applied. */
+        int fd = -1;
         char err[256] = "";
-        int rv = keel_fetch_checkpoint(leader, f->o.bind_host, fd, FETCH_TIMEOUT, err, sizeof(err));
-        if (rv == 0 && lseek(fd, 0, SEEK_SET) != 0)
-            rv = KEEL_EIO;
+        int rv = keel_store_restore_begin(f->o.store, &fd);
+        if (rv != 0)
+            snprintf(err, sizeof(err), "staging: %s", keel_strerror(rv));
         if (rv == 0) {
-            rv = keel_store_restore(f->o.store, fd);
+            rv = keel_fetch_checkpoint(leader, f->o.bind_host, f->o.cluster_id, fd, FETCH_TIMEOUT,
+                                       err, sizeof(err));
+            if (rv != 0)
+                keel_store_restore_abort(f->o.store, fd);
+        }
+        if (rv == 0) {
+            uint64_t min = token_index > st.applied_index ? token_index : st.applied_index;
+            rv = keel_store_restore_finish(f->o.store, fd, min);
             if (rv != 0)
                 snprintf(err, sizeof(err), "restore: %s", keel_strerror(rv));
         }
-        close(fd);
         if (rv == 0) {
             keel_store_stat(f->o.store, &st);
             KLOG_INFO("checkpoint restored: applied index %llu, revision %lld",
                       (unsigned long long)st.applied_index, (long long)st.revision);
+            restored = 1;
             continue; /* loop re-checks the index */
         }
         KLOG_WARN("checkpoint fetch from %s failed: %s; retrying", leader, err);
@@ -242,7 +253,14 @@ static void *writer_main(void *arg)
         while (jobs != NULL) {
             struct job *j = jobs;
             jobs = j->next;
-            if (j->kind == JOB_APPLY) {
+            if (j->kind == JOB_APPLY && f->gap_from != 0 && j->index > f->gap_from) {
+                /* The store is behind an abandoned checkpoint: applying this would jump the
+                 * gap. Only happens while stopping; the log keeps the entry for next time. */
+                if (f->gap_dropped++ == 0)
+                    KLOG_WARN("entries from %llu on dropped: the store waits for a checkpoint at "
+                              "%llu",
+                              (unsigned long long)j->index, (unsigned long long)f->gap_from);
+            } else if (j->kind == JOB_APPLY) {
                 if (w == NULL) {
                     int err = keel_store_write_begin(f->o.store, &w);
                     if (err != 0)
@@ -261,8 +279,12 @@ static void *writer_main(void *arg)
                     b = NULL;
                 }
                 if (j->kind == JOB_FETCH) {
-                    do_fetch(f, j->index);
-                    publish(f, batch_new()); /* tell the loop the new applied index */
+                    int got = do_fetch(f, j->index);
+                    if (got < 0 && j->index > f->gap_from)
+                        f->gap_from = j->index;
+                    struct keel_fsm_batch *nb = batch_new(); /* the new applied index */
+                    nb->restored = got > 0;
+                    publish(f, nb);
                 } else {
                     int err = keel_store_sync(f->o.store);
                     if (err != 0)
@@ -298,6 +320,8 @@ static void on_async(uv_async_t *a)
         struct keel_fsm_batch *next = b->next;
         if (b->applied_index > f->progress.committed)
             f->progress.committed = b->applied_index;
+        if (f->fetch_pending != 0 && b->applied_index >= f->fetch_pending)
+            f->fetch_pending = 0;
         f->o.done(f->o.data, b);
         batch_free(b);
         b = next;
@@ -317,15 +341,20 @@ void keel_fsm_apply(struct keel_fsm *f, uint64_t index, const void *payload, siz
     enqueue(f, j);
 }
 
-int keel_fsm_snapshot(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN])
+int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN],
+                            uint64_t *ticket)
 {
-    uint64_t index = f->progress.queued;
-    /* The token promises the store holds everything up to index, durably: wait for the writer
-     * to commit and sync that far. Bounded, because a writer waiting for a checkpoint cannot
-     * get there; raft then simply tries again at the next threshold. */
+    if (f->fetch_pending != 0) {
+        /* The store waits for a checkpoint: it cannot promise any index yet. */
+        KLOG_DEBUG("snapshot skipped: a checkpoint at %llu is on its way",
+                   (unsigned long long)f->fetch_pending);
+        return KEEL_EUNAVAILABLE;
+    }
     struct job *j = malloc(sizeof(*j));
     if (j == NULL)
         return KEEL_ENOMEM;
+    /* The sync is queued behind every entry up to the token's index, so once it is done the
+     * store holds them all on disk; nothing here waits for it. */
     pthread_mutex_lock(&f->mu);
     uint64_t seq = ++f->sync_seq;
     pthread_mutex_unlock(&f->mu);
@@ -333,27 +362,31 @@ int keel_fsm_snapshot(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN])
     j->index = seq;
     j->len = 0;
     enqueue(f, j);
+    uint64_t index = f->progress.queued;
+    keel_put_le64(token, TOKEN_MAGIC);
+    keel_put_le64(token + 8, TOKEN_FORMAT);
+    keel_put_le64(token + 16, index);
+    keel_put_le64(token + 24, f->o.cluster_id);
+    *ticket = seq;
+    KLOG_DEBUG("snapshot token at index %llu", (unsigned long long)index);
+    return 0;
+}
+
+int keel_fsm_snapshot_wait(struct keel_fsm *f, uint64_t ticket)
+{
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += SYNC_WAIT_MS / 1000;
     pthread_mutex_lock(&f->mu);
     int rc = 0;
-    while (f->sync_done < seq && rc == 0)
+    while (f->sync_done < ticket && !f->stopping && rc == 0)
         rc = pthread_cond_timedwait(&f->sync_cond, &f->mu, &deadline);
-    int ok = f->sync_done >= seq;
+    int ok = f->sync_done >= ticket;
     pthread_mutex_unlock(&f->mu);
-    struct keel_store_stat st;
-    keel_store_stat(f->o.store, &st);
-    if (!ok || st.applied_index < index) {
-        KLOG_WARN("snapshot at %llu skipped: the store is at %llu", (unsigned long long)index,
-                  (unsigned long long)st.applied_index);
+    if (!ok) {
+        KLOG_WARN("snapshot dropped: the storage writer did not sync in time");
         return KEEL_EUNAVAILABLE;
     }
-    keel_put_le64(token, TOKEN_MAGIC);
-    keel_put_le64(token + 8, TOKEN_FORMAT);
-    keel_put_le64(token + 16, index);
-    keel_put_le64(token + 24, f->o.cluster_id);
-    KLOG_DEBUG("snapshot token at index %llu", (unsigned long long)index);
     return 0;
 }
 
@@ -378,6 +411,8 @@ int keel_fsm_restore(struct keel_fsm *f, const void *token, size_t len)
     j->kind = JOB_FETCH;
     j->index = index;
     j->len = 0;
+    if (index > f->fetch_pending)
+        f->fetch_pending = index;
     enqueue(f, j);
     return 0;
 }
@@ -430,6 +465,7 @@ void keel_fsm_stop(struct keel_fsm *f, void (*cb)(void *data), void *data)
     pthread_mutex_lock(&f->mu);
     f->stopping = 1;
     pthread_cond_broadcast(&f->cond);
+    pthread_cond_broadcast(&f->sync_cond);
     pthread_mutex_unlock(&f->mu);
     if (f->thread_running) {
         pthread_join(f->thread, NULL);

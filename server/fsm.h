@@ -17,6 +17,7 @@
 #ifndef KEEL_FSM_H
 #define KEEL_FSM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,6 +47,8 @@ struct keel_fsm_batch {
     size_t n;
     size_t cap;
     uint64_t applied_index; /* the store's applied index after this commit */
+    bool restored; /* a checkpoint replaced the store before this batch: whatever followed
+                    * revisions through batches must re-read the store's history */
 };
 
 /* Called on the loop for each committed batch, in order; the batch is freed after it returns. */
@@ -77,16 +80,30 @@ int keel_fsm_new(const struct keel_fsm_options *o, struct keel_fsm **out);
 void keel_fsm_apply(struct keel_fsm *f, uint64_t index, const void *payload, size_t len);
 
 /*
- * Make a snapshot token for the last queued index once the writer has committed and synced up
- * to it (waits up to 5 s). 0, KEEL_EUNAVAILABLE when the store is not there in time (try again
- * later), or KEEL_ENOMEM.
+ * A raft snapshot in two steps, so that the loop never waits for the writer (raft's v3 fsm:
+ * snapshot on the loop, snapshot_async on a pool thread).
+ *
+ * keel_fsm_snapshot_begin (loop): make the token for the last queued index and queue a sync
+ * behind everything queued so far; *ticket names that sync. Never waits. 0, KEEL_EUNAVAILABLE
+ * when the store is waiting for a checkpoint (it cannot promise the token's index; raft tries
+ * again later), or KEEL_ENOMEM.
+ *
+ * keel_fsm_snapshot_wait (any thread but the loop): block until the writer has committed and
+ * synced everything queued before begin, so the token's promise holds on disk. 0, or
+ * KEEL_EUNAVAILABLE when the writer did not get there within a minute or the fsm is stopping
+ * (raft then drops this snapshot and keeps its log).
  */
-int keel_fsm_snapshot(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN]);
+int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN],
+                            uint64_t *ticket);
+int keel_fsm_snapshot_wait(struct keel_fsm *f, uint64_t ticket);
 
 /*
  * Take a snapshot token (the caller keeps it). At or below the store's applied index: nothing
  * to do (a restart). Ahead of it: queue a checkpoint fetch from the leader on the writer, ahead
- * of the entries applied next. 0, KEEL_ECORRUPT (not a token of this cluster), or KEEL_ENOMEM.
+ * of the entries applied next. Until the checkpoint is in, no entry above the token's index is
+ * applied: a fetch abandoned at shutdown drops them (the raft log still has them, and the next
+ * start fetches again), so the store never jumps the gap. 0, KEEL_ECORRUPT (not a token of this
+ * cluster), or KEEL_ENOMEM.
  */
 int keel_fsm_restore(struct keel_fsm *f, const void *token, size_t len);
 

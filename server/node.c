@@ -27,6 +27,7 @@ struct keel_node {
     struct raft_io io;
     struct raft_uv_transport transport;
     struct raft_fsm raft_fsm;
+    uint64_t snap_ticket; /* the sync the snapshot in progress waits for */
     uv_check_t poll;
     int last_state;
     uint64_t last_leader;
@@ -120,25 +121,54 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
     return 0;
 }
 
+/*
+ * Snapshots use raft's v3 fsm so the loop never waits for the storage writer (issue: a
+ * synchronous snapshot blocked the loop for as long as the writer lagged, and raft retried it
+ * after every apply round). snapshot() makes the token and queues a sync, on the loop;
+ * snapshot_async() waits for that sync on raft's pool thread; snapshot_finalize() frees the
+ * token on the loop, whatever happened. raft takes one snapshot at a time, so one ticket.
+ */
 static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     struct keel_node *n = rf->data;
-    uint8_t token[KEEL_FSM_TOKEN_LEN];
-    int err = keel_fsm_snapshot(n->o.fsm, token);
-    if (err != 0)
-        return to_raft(err);
     struct raft_buffer *b = raft_malloc(sizeof(*b));
-    uint8_t *copy = raft_malloc(sizeof(token));
-    if (b == NULL || copy == NULL) {
+    uint8_t *token = raft_malloc(KEEL_FSM_TOKEN_LEN);
+    if (b == NULL || token == NULL) {
         raft_free(b);
-        raft_free(copy);
+        raft_free(token);
         return RAFT_NOMEM;
     }
-    memcpy(copy, token, sizeof(token));
-    b->base = copy;
-    b->len = sizeof(token);
+    int err = keel_fsm_snapshot_begin(n->o.fsm, token, &n->snap_ticket);
+    if (err != 0) {
+        raft_free(b);
+        raft_free(token);
+        return to_raft(err);
+    }
+    b->base = token;
+    b->len = KEEL_FSM_TOKEN_LEN;
     *bufs = b;
     *n_bufs = 1;
+    return 0;
+}
+
+static int fsm_snapshot_async(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    (void)bufs;
+    (void)n_bufs;
+    struct keel_node *n = rf->data;
+    return to_raft(keel_fsm_snapshot_wait(n->o.fsm, n->snap_ticket));
+}
+
+static int fsm_snapshot_finalize(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    (void)rf;
+    if (*bufs != NULL) {
+        for (unsigned i = 0; i < *n_bufs; i++)
+            raft_free((*bufs)[i].base);
+        raft_free(*bufs);
+    }
+    *bufs = NULL;
+    *n_bufs = 0;
     return 0;
 }
 
@@ -359,11 +389,13 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
         return KEEL_ENOMEM;
     n->o = *o;
     n->last_state = RAFT_UNAVAILABLE;
-    n->raft_fsm.version = 1;
+    n->raft_fsm.version = 3;
     n->raft_fsm.data = n;
     n->raft_fsm.apply = fsm_apply;
     n->raft_fsm.snapshot = fsm_snapshot;
     n->raft_fsm.restore = fsm_restore;
+    n->raft_fsm.snapshot_finalize = fsm_snapshot_finalize;
+    n->raft_fsm.snapshot_async = fsm_snapshot_async;
     struct keel_transport_self self = {0};
     snprintf(self.client, sizeof(self.client), "%s", c->listen_client);
     snprintf(self.name, sizeof(self.name), "%s", c->name);
@@ -380,6 +412,10 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
         free(n);
         return from_raft(rv);
     }
+    /* raft_uv 0.15 implements async_work but still says version 1, so raft_init would refuse
+     * a v3 fsm (research/raft.md, "FSM interface"; fixed upstream in 0.17.1). */
+    if (n->io.version < 2 && n->io.async_work != NULL)
+        n->io.version = 2;
     rv = raft_init(&n->raft, &n->io, &n->raft_fsm, c->member_id, c->listen_peer);
     if (rv != 0) {
         KLOG_ERROR("raft_init: %s", raft_errmsg(&n->raft));

@@ -1,14 +1,14 @@
 /*
  * Checkpoint streaming: the server side of the Snapshot request. A compacted copy of the store
- * is written to an unlinked file in the data dir on libuv's thread pool (disk work stays off the
- * loop), then sent in 1 MiB SnapshotResponse chunks, one chunk each time the session's output
- * has drained, so a slow reader holds one chunk of memory, not the whole copy. The last chunk
- * has remaining_bytes 0. The session closing ends the stream and frees it.
+ * is written by a thread of its own to an unlinked file in the data dir, and sent while it is
+ * being written, in chunks of up to 1 MiB, one chunk each time the session's output has
+ * drained, so a slow reader holds one chunk of memory, not the whole copy, and the first chunk
+ * leaves long before a large copy is complete. The last chunk has remaining_bytes 0; before it,
+ * remaining_bytes is an estimate (never 0). The session closing ends the stream.
  *
  * One stream per member at a time: a copy of the whole store is the most expensive thing a
- * client can ask for, and it shares libuv's pool with raft's disk work; a second request while
- * one runs, on any session, is refused with TOO_MANY_REQUESTS (two on one session would also
- * fight over its drain callback).
+ * client can ask for; a second request while one runs (its copy included), on any session, is
+ * refused with TOO_MANY_REQUESTS.
  *
  * struct keel_snapstream is a plain value the caller fills (main.c): no allocation of its own,
  * no verbs. What it points to must outlive every stream.

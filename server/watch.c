@@ -310,8 +310,30 @@ static void collect(struct keel_itree_node *n, void *data)
     w->pend[w->n_pend++] = c->e;
 }
 
+/* A checkpoint replaced the store: the revisions between a synced watcher's next_rev and the
+ * checkpoint's never came through a batch, so every synced watcher reads them from history
+ * (or is canceled as compacted, as etcd does, when the checkpoint no longer has them). */
+static void all_catch_up(struct keel_watch_hub *h)
+{
+    size_t moved = 0;
+    while (h->tree.root != NULL) {
+        struct watcher *w = (struct watcher *)h->tree.root; /* node is the first member */
+        keel_itree_remove(&h->tree, &w->node);
+        unsync_add(h, w);
+        moved++;
+    }
+    struct keel_store_stat st;
+    keel_store_stat(h->o.store, &st);
+    if (st.revision > h->delivered_rev)
+        h->delivered_rev = st.revision;
+    if (moved > 0)
+        KLOG_INFO("checkpoint restored: %zu watchers catch up from history", moved);
+}
+
 void keel_watch_applied(struct keel_watch_hub *h, const struct keel_fsm_batch *b)
 {
+    if (b->restored)
+        all_catch_up(h);
     int64_t last = h->delivered_rev;
     h->touched = NULL;
     for (size_t i = 0; i < b->n; i++) {

@@ -162,60 +162,105 @@ out:
 
 /* ---- the environment ---- */
 
-static int open_dbis(struct keel_store *s, MDB_txn *txn)
+/* An environment and its databases, before it becomes the store's. */
+struct opened {
+    MDB_env *env;
+    MDB_dbi meta, revs, keys, leases, lease_keys, members;
+    struct meta m;
+};
+
+static int open_dbis(MDB_txn *txn, unsigned create, struct opened *o)
 {
     int rc;
-    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->dbi_meta)) != 0 ||
-        (rc = mdb_dbi_open(txn, "revs", MDB_CREATE, &s->dbi_revs)) != 0 ||
-        (rc = mdb_dbi_open(txn, "keys", MDB_CREATE | MDB_DUPSORT | MDB_DUPFIXED, &s->dbi_keys)) !=
-            0 ||
-        (rc = mdb_dbi_open(txn, "leases", MDB_CREATE, &s->dbi_leases)) != 0 ||
-        (rc = mdb_dbi_open(txn, "lease_keys", MDB_CREATE | MDB_DUPSORT, &s->dbi_lease_keys)) != 0 ||
-        (rc = mdb_dbi_open(txn, "members", MDB_CREATE, &s->dbi_members)) != 0)
+    if ((rc = mdb_dbi_open(txn, "meta", create, &o->meta)) != 0 ||
+        (rc = mdb_dbi_open(txn, "revs", create, &o->revs)) != 0 ||
+        (rc = mdb_dbi_open(txn, "keys", create | MDB_DUPSORT | MDB_DUPFIXED, &o->keys)) != 0 ||
+        (rc = mdb_dbi_open(txn, "leases", create, &o->leases)) != 0 ||
+        (rc = mdb_dbi_open(txn, "lease_keys", create | MDB_DUPSORT, &o->lease_keys)) != 0 ||
+        (rc = mdb_dbi_open(txn, "members", create, &o->members)) != 0)
         return ks_mdb_err(rc);
     return 0;
 }
 
-int ks_env_open(struct keel_store *s)
+int ks_env_check(const char *dir, uint64_t *applied_index)
 {
-    int rc = mdb_env_create(&s->env);
+    struct opened o = {0};
+    int rc = mdb_env_create(&o.env);
     if (rc != 0)
         return ks_mdb_err(rc);
-    mdb_env_set_maxdbs(s->env, 8);
-    mdb_env_set_maxreaders(s->env, MAX_READERS);
-    mdb_env_set_mapsize(s->env, s->map_size);
+    mdb_env_set_maxdbs(o.env, 8);
+    int err = KEEL_ECORRUPT;
+    MDB_txn *txn;
+    if (mdb_env_open(o.env, dir, MDB_RDONLY | MDB_NOTLS | MDB_NOLOCK, 0600) == 0 &&
+        mdb_txn_begin(o.env, NULL, MDB_RDONLY, &txn) == 0) {
+        /* Every database with the flags the store opens it with: a copy that would not open
+         * as a store is refused here, before anything is replaced. */
+        if (open_dbis(txn, 0, &o) == 0 && ks_meta_load(txn, o.meta, &o.m) == 0) {
+            err = 0;
+            *applied_index = o.m.applied_index;
+        }
+        mdb_txn_abort(txn);
+    }
+    mdb_env_close(o.env);
+    return err;
+}
+
+static int open_at(struct keel_store *s, const char *dir, struct opened *o)
+{
+    int rc = mdb_env_create(&o->env);
+    if (rc != 0)
+        return ks_mdb_err(rc);
+    mdb_env_set_maxdbs(o->env, 8);
+    mdb_env_set_maxreaders(o->env, MAX_READERS);
+    mdb_env_set_mapsize(o->env, s->map_size);
     /* NOTLS: read transactions are not tied to threads (the writer thread and the loop both
      * read). NOMETASYNC: data pages are synced per commit, the meta page lazily; an OS crash
      * may lose the last transaction, which the raft log replays, but never corrupts the tree. */
     unsigned flags = MDB_NOTLS | MDB_NOMETASYNC | MDB_NORDAHEAD;
     if (s->no_sync)
         flags |= MDB_NOSYNC;
-    rc = mdb_env_open(s->env, s->path, flags, 0600);
-    if (rc != 0)
-        goto fail;
     MDB_txn *txn;
-    rc = mdb_txn_begin(s->env, NULL, 0, &txn);
-    if (rc != 0)
-        goto fail;
-    int err = open_dbis(s, txn);
-    struct meta m;
-    if (err == 0)
-        err = ks_meta_load(txn, s->dbi_meta, &m);
-    if (err != 0) {
-        mdb_txn_abort(txn);
-        mdb_env_close(s->env);
-        s->env = NULL;
-        return err;
+    int err = 0;
+    rc = mdb_env_open(o->env, dir, flags, 0600);
+    if (rc == 0)
+        rc = mdb_txn_begin(o->env, NULL, 0, &txn);
+    if (rc != 0) {
+        err = ks_mdb_err(rc);
+    } else {
+        err = open_dbis(txn, MDB_CREATE, o);
+        if (err == 0)
+            err = ks_meta_load(txn, o->meta, &o->m);
+        if (err == 0)
+            err = ks_mdb_err(mdb_txn_commit(txn));
+        else
+            mdb_txn_abort(txn);
     }
-    rc = mdb_txn_commit(txn);
-    if (rc != 0)
-        goto fail;
-    ks_meta_publish(s, &m);
-    return 0;
-fail:
-    mdb_env_close(s->env);
-    s->env = NULL;
-    return ks_mdb_err(rc);
+    if (err != 0) {
+        mdb_env_close(o->env);
+        o->env = NULL;
+    }
+    return err;
+}
+
+static void adopt(struct keel_store *s, const struct opened *o)
+{
+    s->env = o->env;
+    s->dbi_meta = o->meta;
+    s->dbi_revs = o->revs;
+    s->dbi_keys = o->keys;
+    s->dbi_leases = o->leases;
+    s->dbi_lease_keys = o->lease_keys;
+    s->dbi_members = o->members;
+    ks_meta_publish(s, &o->m);
+}
+
+int ks_env_open(struct keel_store *s)
+{
+    struct opened o = {0};
+    int err = open_at(s, s->path, &o);
+    if (err == 0)
+        adopt(s, &o);
+    return err;
 }
 
 void ks_env_close(struct keel_store *s)
@@ -228,13 +273,39 @@ void ks_env_close(struct keel_store *s)
 
 int ks_env_swap(struct keel_store *s)
 {
-    /* The copy is complete and durable: swap it in with readers excluded. */
+    /* The copy is complete and durable. Open it where it lies first: if it does not open, the
+     * old environment stays the store's and nothing moved (a failed swap used to leave no
+     * environment at all, and the next read dereferenced it). An open environment survives
+     * the rename of its directory: LMDB holds descriptors, not the path. */
+    struct ks_swap_paths p;
+    int err = ks_swap_paths_init(&p, s->path);
+    if (err != 0)
+        return err;
+    struct opened o = {0};
+    if ((err = open_at(s, p.ready, &o)) != 0) {
+        ks_rm_tree(p.ready);
+        ks_swap_paths_close(&p);
+        return err;
+    }
     pthread_rwlock_wrlock(&s->swap_lock);
-    ks_env_close(s);
-    int err = ks_env_recover(s->path);
-    if (err == 0)
-        err = ks_env_open(s);
+    if (ks_rm_tree(p.old) != 0 || rename(s->path, p.old) != 0) {
+        err = KEEL_EIO;
+    } else if (rename(p.ready, s->path) != 0) {
+        err = KEEL_EIO;
+        rename(p.old, s->path); /* put the old state back where it was */
+    }
+    if (err == 0) {
+        ks_env_close(s);
+        adopt(s, &o);
+    } else {
+        mdb_env_close(o.env);
+    }
     pthread_rwlock_unlock(&s->swap_lock);
+    if (err == 0)
+        err = ks_sync_parent(s->path);
+    if (err == 0)
+        err = ks_rm_tree(p.old);
+    ks_swap_paths_close(&p);
     return err;
 }
 

@@ -136,7 +136,11 @@ int ks_env_open(struct keel_store *s);
 void ks_env_close(struct keel_store *s);
 /* Finish or discard a swap interrupted by a crash (before the environment is opened). */
 int ks_env_recover(const char *path);
-/* Swap in the ready copy ("<path>.ready") with readers excluded: close, recover, reopen. */
+/* Open the copy at dir read-only, every database as the store opens it: 0 with its applied
+ * index, or KEEL_ECORRUPT when it would not open as a store. */
+int ks_env_check(const char *dir, uint64_t *applied_index);
+/* Swap in the ready copy ("<path>.ready"): opened first, then moved into place with readers
+ * excluded. On failure the old environment stays the store's. 0 or KEEL_E*. */
 int ks_env_swap(struct keel_store *s);
 
 int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m);

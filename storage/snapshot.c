@@ -21,17 +21,86 @@ int keel_store_snapshot(struct keel_store *s, int fd)
     return rc == 0 ? 0 : ks_mdb_err(rc);
 }
 
-/* Copy fd to its end into dir/data.mdb and sync it. */
-static int receive(int fd, const char *dir)
+/* fsync a directory, so the entries made in it are durable. */
+static int sync_dir(const char *dir)
 {
-    char *file = NULL;
-    if (asprintf(&file, "%s/data.mdb", dir) < 0)
-        return KEEL_ENOMEM;
-    int out = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    free(file);
-    if (out < 0)
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
         return KEEL_EIO;
-    int err = 0;
+    int rv = fsync(fd);
+    close(fd);
+    return rv == 0 ? 0 : KEEL_EIO;
+}
+
+int keel_store_restore_begin(struct keel_store *s, int *fd)
+{
+    struct ks_swap_paths p;
+    int err = ks_swap_paths_init(&p, s->path);
+    if (err != 0)
+        return err;
+    char *file = NULL;
+    if ((err = ks_rm_tree(p.incoming)) != 0 || (err = ks_rm_tree(p.ready)) != 0)
+        goto out;
+    if (mkdir(p.incoming, 0700) != 0 || asprintf(&file, "%s/data.mdb", p.incoming) < 0) {
+        err = KEEL_EIO;
+        goto out;
+    }
+    *fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (*fd < 0) {
+        err = KEEL_EIO;
+        ks_rm_tree(p.incoming);
+    }
+out:
+    free(file);
+    ks_swap_paths_close(&p);
+    return err;
+}
+
+void keel_store_restore_abort(struct keel_store *s, int fd)
+{
+    if (fd >= 0)
+        close(fd);
+    struct ks_swap_paths p;
+    if (ks_swap_paths_init(&p, s->path) == 0) {
+        ks_rm_tree(p.incoming);
+        ks_swap_paths_close(&p);
+    }
+}
+
+int keel_store_restore_finish(struct keel_store *s, int fd, uint64_t min_index)
+{
+    /* The file, then its directory entry: a crash after the rename below must find the whole
+     * copy, and "ready" promises exactly that to ks_env_recover. */
+    int err = fsync(fd) == 0 ? 0 : KEEL_EIO;
+    if (close(fd) != 0 && err == 0)
+        err = KEEL_EIO;
+    struct ks_swap_paths p;
+    int perr = ks_swap_paths_init(&p, s->path);
+    if (perr != 0)
+        return perr;
+    uint64_t applied = 0;
+    if (err == 0)
+        err = sync_dir(p.incoming);
+    if (err == 0)
+        err = ks_env_check(p.incoming, &applied);
+    if (err == 0 && applied < min_index)
+        err = KEEL_ESTALE; /* revisions would go backwards */
+    if (err == 0 && (rename(p.incoming, p.ready) != 0 || ks_sync_parent(s->path) != 0))
+        err = KEEL_EIO;
+    if (err != 0) {
+        ks_rm_tree(p.incoming);
+        ks_rm_tree(p.ready);
+    }
+    ks_swap_paths_close(&p);
+    return err == 0 ? ks_env_swap(s) : err;
+}
+
+int keel_store_restore(struct keel_store *s, int fd, uint64_t min_index)
+{
+    int out;
+    int err = keel_store_restore_begin(s, &out);
+    if (err != 0)
+        return err;
     size_t cap = 1 << 20;
     char *buf = malloc(cap);
     if (buf == NULL)
@@ -58,58 +127,9 @@ static int receive(int fd, const char *dir)
         }
     }
     free(buf);
-    if (err == 0 && fsync(out) != 0)
-        err = KEEL_EIO;
-    close(out);
-    return err;
-}
-
-/* Open the copy at dir once: it must be an LMDB environment holding keel's meta. */
-static int check_copy(const char *dir)
-{
-    MDB_env *env;
-    int rc = mdb_env_create(&env);
-    if (rc != 0)
-        return ks_mdb_err(rc);
-    mdb_env_set_maxdbs(env, 8);
-    int err = KEEL_ECORRUPT;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    struct meta m;
-    if (mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS | MDB_NOLOCK, 0600) == 0 &&
-        mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) == 0) {
-        if (mdb_dbi_open(txn, "meta", 0, &dbi) == 0 && ks_meta_load(txn, dbi, &m) == 0)
-            err = 0;
-        mdb_txn_abort(txn);
-    }
-    mdb_env_close(env);
-    return err;
-}
-
-int keel_store_restore(struct keel_store *s, int fd)
-{
-    struct ks_swap_paths p;
-    int err = ks_swap_paths_init(&p, s->path);
-    if (err != 0)
+    if (err != 0) {
+        keel_store_restore_abort(s, out);
         return err;
-    if ((err = ks_rm_tree(p.incoming)) != 0 || (err = ks_rm_tree(p.ready)) != 0)
-        goto out;
-    if (mkdir(p.incoming, 0700) != 0) {
-        err = KEEL_EIO;
-        goto out;
     }
-    if ((err = receive(fd, p.incoming)) != 0 || (err = check_copy(p.incoming)) != 0) {
-        ks_rm_tree(p.incoming);
-        goto out;
-    }
-    if (rename(p.incoming, p.ready) != 0 || ks_sync_parent(s->path) != 0) {
-        err = KEEL_EIO;
-        ks_rm_tree(p.incoming);
-        goto out;
-    }
-
-    err = ks_env_swap(s);
-out:
-    ks_swap_paths_close(&p);
-    return err;
+    return keel_store_restore_finish(s, out, min_index);
 }

@@ -214,11 +214,23 @@ int keel_store_snapshot(struct keel_store *s, int fd);
 
 /*
  * Replace the whole state with a copy written by keel_store_snapshot, read from fd to its end.
- * The copy is written beside the store, synced, checked, and swapped in by rename, so a crash at
- * any point leaves either the old or the new state. s stays valid. Waits for reads to finish;
- * no write may be in progress. 0, KEEL_ECORRUPT when the copy is not a keel store, or KEEL_E*
- * (the old state is kept).
+ * The copy is written beside the store ("<path>.incoming", under the data dir, never /tmp),
+ * synced with its directory entry, checked, and swapped in by rename, so a crash at any point
+ * leaves either the old or the new state. s stays valid and keeps its old state on any
+ * failure. Waits for reads to finish; no write may be in progress. 0, KEEL_ECORRUPT when the
+ * copy would not open as a keel store, KEEL_ESTALE when its applied index is below min_index
+ * (a copy older than the state it replaces would move revisions backwards), or KEEL_E*.
  */
-int keel_store_restore(struct keel_store *s, int fd);
+int keel_store_restore(struct keel_store *s, int fd, uint64_t min_index);
+
+/*
+ * The same in steps, for a copy that arrives in pieces (a checkpoint fetch writes each chunk
+ * straight into place, with no second copy): _begin gives a descriptor to write the copy to;
+ * then _finish(fd, min_index) syncs, checks and swaps as keel_store_restore does, or _abort
+ * discards it. Both take fd over. 0 or KEEL_E*.
+ */
+int keel_store_restore_begin(struct keel_store *s, int *fd);
+int keel_store_restore_finish(struct keel_store *s, int fd, uint64_t min_index);
+void keel_store_restore_abort(struct keel_store *s, int fd);
 
 #endif

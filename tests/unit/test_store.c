@@ -819,7 +819,7 @@ static void snapshot_restore_roundtrip(void **state)
     struct keel_apply_result r;
     tu_apply(s2, 1, tu_cmd_put(&f->a, "stale", "s"), &f->a, &r);
     rewind(fp);
-    assert_int_equal(keel_store_restore(s2, fileno(fp)), 0);
+    assert_int_equal(keel_store_restore(s2, fileno(fp), 0), 0);
     struct keel_store_stat dst;
     keel_store_stat(s2, &dst);
     assert_int_equal(dst.applied_index, src.applied_index);
@@ -846,7 +846,7 @@ static void snapshot_restore_roundtrip(void **state)
     fputs("this is not an LMDB file", fp);
     fflush(fp);
     rewind(fp);
-    assert_int_equal(keel_store_restore(s2, fileno(fp)), KEEL_ECORRUPT);
+    assert_int_equal(keel_store_restore(s2, fileno(fp), 0), KEEL_ECORRUPT);
     keel_store_stat(s2, &dst);
     assert_int_equal(dst.revision, src.revision + 1);
     assert_int_equal(tu_range(s2, &f->a, "after", NULL, 0, &rr), 0);

@@ -132,7 +132,7 @@ static void child_restore(const struct crash *c, struct keel_store *s, uint64_t 
     char *path = snapshot_path(c);
     int fd = open(path, O_RDONLY);
     free(path);
-    if (fd < 0 || keel_store_restore(s, fd) != 0)
+    if (fd < 0 || keel_store_restore(s, fd, 0) != 0)
         _exit(CHILD_RESTORE);
     close(fd);
     struct keel_store_stat st;

@@ -523,7 +523,7 @@ static void maintenance(struct run *r)
         r->n_snapshots++;
     } else {
         assert_true(lseek(r->snap_fd, 0, SEEK_SET) == 0);
-        rv = keel_store_restore(r->s, r->snap_fd);
+        rv = keel_store_restore(r->s, r->snap_fd, 0);
         if (rv != 0) {
             snprintf(why, sizeof(why), "keel_store_restore: %s", keel_strerror(rv));
             header(r, "restore", why);

@@ -415,6 +415,57 @@ static void progress_is_held_back_by_catching_up_watchers(void **state)
     keel__response__free_unpacked(r, NULL);
 }
 
+/* A checkpoint replaces the store (a follower that fell behind the leader's log): the revisions
+ * it brings never come through a batch. A synced watcher must read them from history, in
+ * order, and then go on live: before, it stayed synced and skipped them for good. */
+static void checkpoint_restore_moves_watchers_to_history(void **state)
+{
+    struct fx *f = *state;
+    create(f, 1, 10, "a", &(struct wopts){.end = "b"});
+    expect_created(f, 1, 10);
+    int64_t r1 = put(f, "a1", "x");
+
+    /* The leader's store: the same first entry, then three more this member never applied. */
+    char *dir = tu_mkdtemp("watch_hub_leader");
+    struct keel_store *leader = tu_store_open(dir, 0);
+    struct keel_arena a;
+    keel_arena_init(&a, 0);
+    struct keel_apply_result r;
+    tu_apply(leader, 1, tu_cmd_put(&a, "a1", "x"), &a, &r);
+    tu_apply(leader, 2, tu_cmd_put(&a, "a2", "y"), &a, &r);
+    tu_apply(leader, 3, tu_cmd_put(&a, "zz", "out of range"), &a, &r);
+    tu_apply(leader, 4, tu_cmd_put(&a, "a1", "z"), &a, &r);
+    FILE *fp = tmpfile();
+    assert_non_null(fp);
+    assert_int_equal(keel_store_snapshot(leader, fileno(fp)), 0);
+    assert_int_equal(fseek(fp, 0, SEEK_SET), 0);
+    assert_int_equal(keel_store_restore(f->e.store, fileno(fp), 0), 0);
+    fclose(fp);
+    keel_store_close(leader);
+    tu_rmdir(dir);
+    free(dir);
+    keel_arena_close(&a);
+
+    struct keel_fsm_batch b;
+    memset(&b, 0, sizeof(b));
+    b.restored = true;
+    b.applied_index = 4;
+    keel_watch_applied(f->hub, &b);
+    f->index = 4;
+    struct seen s[8];
+    assert_int_equal(run_until_events(f, 1, 10, 3, s, 8), 3);
+    assert_string_equal(s[0].key, "a1"); /* live, before the checkpoint */
+    assert_int_equal(s[0].rev, r1);
+    assert_string_equal(s[1].key, "a2"); /* from history, after it */
+    assert_int_equal(s[1].rev, r1 + 1);
+    assert_string_equal(s[2].key, "a1"); /* zz at r1 + 2 is outside the range */
+    assert_int_equal(s[2].rev, r1 + 3);
+    /* Then live again, without a duplicate. */
+    int64_t r5 = put(f, "a3", "w");
+    assert_int_equal(run_until_events(f, 1, 10, 4, s, 8), 4);
+    assert_int_equal(s[3].rev, r5);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -427,6 +478,7 @@ int main(void)
         T(compacted_start_is_created_then_canceled),
         T(bad_requests_are_answered),
         T(progress_is_held_back_by_catching_up_watchers),
+        T(checkpoint_restore_moves_watchers_to_history),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
