@@ -85,9 +85,9 @@ int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t clus
     req.id = 1;
     req.body_case = KEEL__REQUEST__BODY_SNAPSHOT;
     req.snapshot = &snap;
+    /* The request goes only after the handshake showed a member of this cluster: another
+     * cluster's member never starts copying for us. */
     int rv = send_msg(fd, &hello.base);
-    if (rv == 0)
-        rv = send_msg(fd, &req.base);
     if (rv != 0) {
         snprintf(err, errlen, "send to %s failed", addr);
         close(fd);
@@ -140,6 +140,8 @@ int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t clus
             if (hr != NULL)
                 keel__hello_response__free_unpacked(hr, NULL);
             got_hello = 1;
+            if (rv == 0 && (rv = send_msg(fd, &req.base)) != 0)
+                snprintf(err, errlen, "send to %s failed", addr);
             continue;
         }
         Keel__Response *resp = keel__response__unpack(NULL, len, payload);
