@@ -8,6 +8,7 @@ packages=(
   libraft-dev libuv1-dev liblmdb-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
   libcmocka-dev libjson-c-dev
   libnetfilter-queue-dev iptables nftables
+  strace
 )
 
 missing=()
