@@ -30,6 +30,13 @@ static const char usage[] =
     "  --max-request-bytes N       largest request accepted (default 1.5 MiB)\n"
     "  --max-txn-ops N             operations per txn branch (default 128)\n"
     "  --max-inflight N            requests in flight per connection (default 1024)\n"
+    "  --max-inflight-total N      requests in flight on all connections (default 8192)\n"
+    "  --max-connections N         client connections (default 4096)\n"
+    "  --max-output-bytes N        replies queued for all clients together; past half of it\n"
+    "                              clients with replies unread are not read, past it the\n"
+    "                              client with the most unread is cut off (default 512 MiB)\n"
+    "  --max-apply-backlog-bytes N writes taken and not yet applied before clients are no\n"
+    "                              longer read (default 64 MiB; read again at half)\n"
     "  --max-watches N             watches per connection (default 100000)\n"
     "  --watch-progress-ms N       progress notification interval (default 600000)\n"
     "  --log-level debug|info|warn|error (default info)\n"
@@ -198,7 +205,10 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->max_request_bytes = 1536 * 1024;
     c->max_txn_ops = 128;
     c->max_inflight = 1024;
+    c->max_inflight_total = 8192;
     c->max_connections = 4096;
+    c->max_output_bytes = 512u << 20;
+    c->max_apply_backlog_bytes = 64u << 20;
     c->max_watches = 100000;
     c->watch_progress_ms = 600000;
     c->log_level = KEEL_LOG_INFO;
@@ -221,7 +231,11 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_LOG,
         O_HELP,
         O_MAXWATCH,
-        O_PROGRESS
+        O_PROGRESS,
+        O_INFLIGHT_TOTAL,
+        O_MAXCONN,
+        O_MAXOUT,
+        O_APPLY_BACKLOG
     };
     static const struct option opts[] = {
         {"name", required_argument, NULL, O_NAME},
@@ -238,6 +252,10 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"max-request-bytes", required_argument, NULL, O_MAXREQ},
         {"max-txn-ops", required_argument, NULL, O_MAXOPS},
         {"max-inflight", required_argument, NULL, O_INFLIGHT},
+        {"max-inflight-total", required_argument, NULL, O_INFLIGHT_TOTAL},
+        {"max-connections", required_argument, NULL, O_MAXCONN},
+        {"max-output-bytes", required_argument, NULL, O_MAXOUT},
+        {"max-apply-backlog-bytes", required_argument, NULL, O_APPLY_BACKLOG},
         {"log-level", required_argument, NULL, O_LOG},
         {"max-watches", required_argument, NULL, O_MAXWATCH},
         {"watch-progress-ms", required_argument, NULL, O_PROGRESS},
@@ -303,6 +321,23 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         case O_INFLIGHT:
             rv = parse_u64(optarg, 1, 1 << 20, &v, "--max-inflight", err, errlen);
             c->max_inflight = v;
+            break;
+        case O_INFLIGHT_TOTAL:
+            rv = parse_u64(optarg, 1, 1 << 24, &v, "--max-inflight-total", err, errlen);
+            c->max_inflight_total = v;
+            break;
+        case O_MAXCONN:
+            rv = parse_u64(optarg, 1, 1 << 20, &v, "--max-connections", err, errlen);
+            c->max_connections = v;
+            break;
+        case O_MAXOUT:
+            /* At least four of the largest reply, so one reply never meets the bound alone. */
+            rv = parse_u64(optarg, 8u << 20, 1ull << 40, &v, "--max-output-bytes", err, errlen);
+            c->max_output_bytes = v;
+            break;
+        case O_APPLY_BACKLOG:
+            rv = parse_u64(optarg, 1 << 20, 1ull << 40, &c->max_apply_backlog_bytes,
+                           "--max-apply-backlog-bytes", err, errlen);
             break;
         case O_MAXWATCH:
             rv = parse_u64(optarg, 1, 10000000, &v, "--max-watches", err, errlen);

@@ -34,9 +34,12 @@ struct keel_config {
     uint64_t quota_bytes;
     size_t max_request_bytes;
     size_t max_txn_ops;
-    size_t max_inflight; /* requests in flight per connection before reading pauses */
+    size_t max_inflight;       /* requests in flight per connection before reading pauses */
+    size_t max_inflight_total; /* requests in flight on all connections together */
     size_t max_connections;
-    size_t max_watches; /* watchers per connection */
+    size_t max_output_bytes;          /* output queued for all clients together (session.c) */
+    uint64_t max_apply_backlog_bytes; /* writes taken and not yet applied before reading pauses */
+    size_t max_watches;               /* watchers per connection */
     unsigned watch_progress_ms;
     int log_level;
 };

@@ -143,6 +143,7 @@ static void apply_job(struct keel_store_write *w, struct keel_fsm_batch *b, stru
         res[i].r = tmp[i];
     }
     b->n += cb->n_commands;
+    b->entry_bytes += j->len;
 }
 
 static void publish(struct keel_fsm *f, struct keel_fsm_batch *b)
@@ -322,6 +323,7 @@ static void on_async(uv_async_t *a)
             f->progress.committed = b->applied_index;
         if (f->fetch_pending != 0 && b->applied_index >= f->fetch_pending)
             f->fetch_pending = 0;
+        f->progress.backlog_bytes -= b->entry_bytes;
         f->o.done(f->o.data, b);
         batch_free(b);
         b = next;
@@ -338,6 +340,7 @@ void keel_fsm_apply(struct keel_fsm *f, uint64_t index, const void *payload, siz
     j->len = len;
     memcpy(j->data, payload, len);
     f->progress.queued = index;
+    f->progress.backlog_bytes += len;
     enqueue(f, j);
 }
 

@@ -49,6 +49,7 @@ struct keel_fsm_batch {
     uint64_t applied_index; /* the store's applied index after this commit */
     bool restored; /* a checkpoint replaced the store before this batch: whatever followed
                     * revisions through batches must re-read the store's history */
+    size_t entry_bytes;     /* payload bytes of the entries it applied (the queue's accounting) */
 };
 
 /* Called on the loop for each committed batch, in order; the batch is freed after it returns. */
@@ -65,8 +66,10 @@ struct keel_fsm_options {
 
 /* How far the writer got, as the loop sees it. */
 struct keel_fsm_progress {
-    uint64_t queued;    /* the last index handed to the writer */
-    uint64_t committed; /* the store's applied index as of the last batch delivered */
+    uint64_t queued;        /* the last index handed to the writer */
+    uint64_t committed;     /* the store's applied index as of the last batch delivered */
+    uint64_t backlog_bytes; /* entry bytes handed to the writer, not yet delivered back: what
+                             * its queue and the batch being applied hold */
 };
 
 /* Start the writer thread. 0 or KEEL_E*. o->loop and o->store must outlive the fsm. */

@@ -119,6 +119,15 @@ static void session_closed(void *data, uint64_t session)
     keel_watch_session_closed(k->watch, session);
 }
 
+/* What the sessions yield to: writes taken and not yet applied, from intake to the writer's
+ * commit. On a leader that is what its clients queue ahead of the store; a follower's writer
+ * queue fills from the leader, and its clients pausing only stops it adding reads. */
+static uint64_t unapplied_bytes(void *data)
+{
+    struct keeld *k = data;
+    return keel_propose_backlog(k->propose) + keel_fsm_progress(k->fsm)->backlog_bytes;
+}
+
 /* ---- shutdown ---- */
 
 static void sessions_stopped(void *data)
@@ -246,6 +255,11 @@ static int wire(struct keeld *k)
         .limits = {.max_txn_ops = k->cfg.max_txn_ops, .max_value_bytes = k->cfg.max_request_bytes}};
     if ((rv = keel_propose_new(&po, &k->propose)) != 0)
         return rv;
+    struct keel_sessions_pressure sp = {.bytes = unapplied_bytes,
+                                        .data = k,
+                                        .high = k->cfg.max_apply_backlog_bytes,
+                                        .low = k->cfg.max_apply_backlog_bytes / 2};
+    keel_sessions_set_pressure(k->sessions, &sp);
     struct keel_readindex_options ro = {.raft = &k->raft, .progress = keel_fsm_progress(k->fsm)};
     if ((rv = keel_readindex_new(&ro, &k->readindex)) != 0)
         return rv;

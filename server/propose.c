@@ -3,6 +3,11 @@
  * pointers to them (the CommandBatch wants Command **), and for each Command the Request it
  * borrows its op from (NULL for keeld's own). A flush hands the batch to the consensus seam,
  * which encodes it before returning, so the requests are freed right after.
+ *
+ * Bytes are counted as a CommandBatch packs them: each Command adds its packed size, a field
+ * tag and a length prefix, so batch_bytes is the entry's payload exactly. Without the cap one
+ * turn's entry held every write of the turn (thousands of sessions' worth); a raft entry is
+ * copied whole to every follower and into the writer's queue.
  */
 #include "propose.h"
 
@@ -23,6 +28,7 @@ struct pending {
 /* One entry raft holds: the request ids it carries, to answer them if it fails. */
 struct proposal {
     struct keel_propose *p;
+    size_t bytes; /* its share of the backlog */
     size_t n;
     uint64_t ids[];
 };
@@ -37,6 +43,8 @@ struct keel_propose {
     Keel__Command **cmd_ptrs;
     Keel__Request **owners; /* the request each Command borrows from, or NULL */
     size_t n_cmds, cap_cmds;
+    size_t batch_bytes; /* the packed CommandBatch of the n_cmds */
+    uint64_t backlog;   /* keel_propose_backlog */
     uv_check_t flush;
     int has_flush;
 };
@@ -53,6 +61,8 @@ static void answer(struct keel_propose *p, uint64_t request_id, int err, const c
 static void proposal_done(void *data, int err)
 {
     struct proposal *pr = data;
+    /* Handed to the writer (its queue counts it now) or never will be. */
+    pr->p->backlog -= pr->bytes;
     if (err != 0) {
         /* The entry may still commit under the next leader: the outcome is unknown. */
         for (size_t i = 0; i < pr->n; i++)
@@ -69,6 +79,7 @@ static void release_batch(struct keel_propose *p)
         if (p->owners[i] != NULL)
             keel__request__free_unpacked(p->owners[i], NULL);
     p->n_cmds = 0;
+    p->batch_bytes = 0;
 }
 
 void keel_propose_flush(struct keel_propose *p)
@@ -85,6 +96,7 @@ void keel_propose_flush(struct keel_propose *p)
     int err = KEEL_ENOMEM;
     if (pr != NULL) {
         pr->p = p;
+        pr->bytes = p->batch_bytes;
         pr->n = n;
         for (size_t i = 0; i < n; i++)
             pr->ids[i] = p->cmds[i].request_id;
@@ -95,8 +107,39 @@ void keel_propose_flush(struct keel_propose *p)
         for (size_t i = 0; i < n; i++)
             answer(p, p->cmds[i].request_id, err, NULL);
         free(pr);
+        p->backlog -= p->batch_bytes;
     }
     release_batch(p);
+}
+
+/* Bytes c adds to a packed CommandBatch: tag, length prefix, the Command. */
+static size_t command_bytes(const Keel__Command *c)
+{
+    size_t n = keel__command__get_packed_size(c);
+    size_t prefix = 1;
+    for (size_t v = n; v >= 0x80; v >>= 7)
+        prefix++;
+    return 1 + prefix + n;
+}
+
+/*
+ * Count the Command just built in slot n_cmds into the entry. When it would take a non-empty
+ * entry past the cap, the entry goes now and the Command opens the next one. Returns the
+ * Command's slot, which moves to 0 then.
+ */
+static Keel__Command *take_command(struct keel_propose *p, Keel__Command *c)
+{
+    size_t bytes = command_bytes(c);
+    size_t cap = p->o.max_entry_bytes ? p->o.max_entry_bytes : KEEL_PROPOSE_ENTRY_BYTES;
+    if (p->n_cmds > 0 && p->batch_bytes + bytes > cap) {
+        Keel__Command next = *c;
+        keel_propose_flush(p);
+        c = &p->cmds[0];
+        *c = next;
+    }
+    p->batch_bytes += bytes;
+    p->backlog += bytes;
+    return c;
 }
 
 static void flush_turn(uv_check_t *h)
@@ -195,6 +238,7 @@ void keel_propose_request(struct keel_propose *p, uint64_t session, Keel__Reques
         keel__request__free_unpacked(req, NULL);
         return;
     }
+    take_command(p, c);
     p->owners[p->n_cmds++] = req;
 }
 
@@ -207,8 +251,14 @@ int keel_propose_command(struct keel_propose *p, const Keel__Command *cmd)
     *c = *cmd;
     c->request_id = id;
     c->origin = p->o.member_id;
+    take_command(p, c);
     p->owners[p->n_cmds++] = NULL;
     return 0;
+}
+
+uint64_t keel_propose_backlog(const struct keel_propose *p)
+{
+    return p->backlog;
 }
 
 void keel_propose_applied(struct keel_propose *p, const struct keel_fsm_batch *b)

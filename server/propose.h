@@ -1,8 +1,11 @@
 /*
- * Proposals: writes become Commands, and every Command of one loop turn goes into one raft
- * entry (raft_apply with several buffers calls back only once, research/raft.md). The pending
- * table remembers, by this member's request id, which session and client id to answer; the
- * answer comes from the fsm once the storage writer has committed the entry
+ * Proposals: writes become Commands, and the Commands of one loop turn go into one raft entry
+ * (raft_apply with several buffers calls back only once, research/raft.md), up to a cap on the
+ * entry's bytes: a Command that would take the entry past it closes that entry and opens the
+ * next one (a Command over the cap on its own goes alone; requests are bounded already).
+ *
+ * The pending table remembers, by this member's request id, which session and client id to
+ * answer; the answer comes from the fsm once the storage writer has committed the entry
  * (keel_propose_applied), or from the consensus seam when the entry never made it.
  *
  *   keel_propose_request ─┐                 ┌─ raft refused: answered now (client may retry)
@@ -35,7 +38,12 @@ struct keel_propose_options {
     const struct keel_reply *reply;
     uint64_t member_id;        /* the origin of this member's Commands */
     struct keel_limits limits; /* checked at intake by keel_store_validate */
+    size_t max_entry_bytes;    /* packed CommandBatch bytes per entry; 0: the default below */
 };
+
+/* One entry's cap: a writer transaction takes 8 MiB of entries, so two fit one, and a follower
+ * receives no entry much larger than the largest request. */
+#define KEEL_PROPOSE_ENTRY_BYTES (4u << 20)
 
 /* 0 or KEEL_ENOMEM. What o points to must outlive the proposer. */
 int keel_propose_new(const struct keel_propose_options *o, struct keel_propose **out);
@@ -54,8 +62,16 @@ void keel_propose_request(struct keel_propose *p, uint64_t session, Keel__Reques
  */
 int keel_propose_command(struct keel_propose *p, const Keel__Command *cmd);
 
-/* Send this turn's Commands as one entry (nothing when there are none). */
+/* Send this turn's Commands not yet sent as one entry (nothing when there are none). */
 void keel_propose_flush(struct keel_propose *p);
+
+/*
+ * Bytes of Commands taken and not yet handed to the storage writer on this member: this turn's
+ * batch and the entries raft holds. With the writer's own queue (keel_fsm_progress) it is what
+ * this member's writes have queued ahead of the store; sessions stop taking requests past a bound
+ * on the two (main.c).
+ */
+uint64_t keel_propose_backlog(const struct keel_propose *p);
 
 /* A committed batch: answer the requests of this member whose results it holds. */
 void keel_propose_applied(struct keel_propose *p, const struct keel_fsm_batch *b);

@@ -1,17 +1,58 @@
 /*
  * Client sessions (see session.h). The life of one session:
  *
- *   on_connection -> reading <-> paused (update_reading: in flight vs max_inflight)
+ *   on_connection -> reading <-> blocked (pump: a limit holds the next request; woken when it
+ *                       |                 lifts: an answer, its output written, the gate opening)
  *                       |  refuse_frame: close_after_flush, stop reading
  *                       v
- *                 session_close (EOF, write error, output cap, flushed after a refusal,
- *                       |        keel_sessions_stop): out of the id map, handler->closed,
- *                       v        drain hook told closed
- *                 session_freed (uv close callback): memory released
+ *                 session_close (EOF, write error, cut off, flushed after a refusal,
+ *                       |        keel_sessions_stop): out of the id map, output released
+ *                       v
+ *                 session_freed (uv close callback): handler->closed, drain hook told
+ *                                closed, memory released
+ *
+ * The handler and the drain hook hear of a close only from the close callback, never from inside
+ * a call of theirs: a session is cut off from inside a send (its output over a bound), and the
+ * module sending may be walking its own lists of that session's state.
+ *
+ * Input: bytes are read into the frame decoder, and pump hands whole frames up one at a time for
+ * as long as limit() lets the session take a request. At a limit it stops reading; the frames
+ * already read wait in the decoder, and the socket is read again only once no whole frame is
+ * left there. The limits are hard: one read holding many requests hands up only as many as the
+ * limits allow. A session whose limit lifts is woken from an idle handle, not from inside the
+ * answer that lifted it (answers come from inside the handler).
  *
  * Output: answers are framed into `out` as they come; a uv_check_t at the end of the loop turn
  * swaps `out` with `writing` and writes it in one uv_write (start_write), so one turn's replies
- * leave in one syscall however many there are.
+ * leave in one syscall however many there are. Once a session's output has all been written its
+ * buffers are freed, so an idle session holds none.
+ *
+ * What a member holds for its clients, and the bound on each (defaults in brackets):
+ *   - output queued, all sessions together: at most max_output_bytes [512 MiB] of allocated
+ *     buffers. Past half of it a session whose own output is not yet written takes no request
+ *     (answers to requests already in flight may still come); a send that would pass it first
+ *     cuts off the sessions with the most unread output. A cut-off session's buffers count as
+ *     released at once: libuv lets go of the last one when the handle closes, that loop turn.
+ *     One session alone is cut off past MAX_OUT_BYTES of output unread [256 MiB].
+ *   - read buffers: a session reads only while its decoder holds less than one whole frame, so
+ *     the decoder's buffer stays under 2 x (max_request_bytes + 128 KiB + 4) [2 MiB: it grows
+ *     in powers of two], times max_connections [4096]: 8 GiB, every client holding a maximal
+ *     frame half-sent.
+ *   - requests handed up and not yet answered: at most max_inflight per session [1024] and
+ *     max_inflight_total in all [8192], each holding one decoded request of at most
+ *     max_request_bytes until its module is done with it (a write: at the latest the end of its
+ *     loop turn, when it is encoded into a raft entry; a linearizable read: its barrier).
+ *   - writes taken and not yet applied (the pressure hook main wires: this turn's batch, the
+ *     entries raft holds, the storage writer's queue): once they reach max_apply_backlog_bytes
+ *     [64 MiB] no session takes a request until they are down to half, so on a leader they stay
+ *     under that plus one request. A follower's writer queue fills from the leader's log, which
+ *     its own clients pausing cannot slow.
+ */
+/*
+ * Why one file of ~840 lines: reading, the limits and the output accounting are one state
+ * machine per session (reading <-> blocked <-> closing); every limit is decided from the
+ * output and in-flight counts and acts on reading, and split apart the pieces would share every
+ * field of struct keel_session and call each other both ways.
  */
 #include "session.h"
 
@@ -26,6 +67,7 @@
 #define READ_CHUNK     (64 * 1024)
 #define MAX_OUT_BYTES  (256u << 20) /* a client that reads nothing is cut off past this */
 #define FRAME_OVERHEAD (64 * 1024)  /* envelope bytes allowed on top of the request limit */
+#define OUT_MIN_CAP    4096
 
 struct outbuf {
     uint8_t *data;
@@ -33,15 +75,30 @@ struct outbuf {
     size_t cap;
 };
 
+/* Why a session takes no request now, and what wakes it. */
+enum limit {
+    FREE,
+    OWN,  /* its own in-flight or output limit: its answer or its write wakes it */
+    GATED /* a limit of all sessions: the gate opening wakes it */
+};
+
+/* Where a session waits: nowhere, to be pumped by the idle handle, or behind the gate. */
+enum waiting { NOWHERE, WAKE, GATE };
+
 struct keel_session {
     struct keel_sessions *ss;
     uint64_t id;
     uv_tcp_t tcp;
     struct keel_frame_decoder dec;
+    int accepted; /* in the id map once: the handler hears of its close */
     int hello_done;
     int reading;
     int closing;
     int close_after_flush;
+    int in_pump;
+    int blocked; /* a limit held its next request: not reading until woken */
+    enum waiting waiting;
+    struct keel_session *wait_next, *wait_prev;
     size_t inflight;
     struct outbuf out;     /* being filled */
     struct outbuf writing; /* being written */
@@ -53,15 +110,30 @@ struct keel_session {
     void *drain_data;
 };
 
+struct wait_list {
+    struct keel_session *head, *tail;
+    size_t n;
+};
+
 struct keel_sessions {
     uv_loop_t *loop;
     const struct keel_config *cfg;
     struct keel_session_handler h;
     uv_tcp_t listener;
     uv_check_t flush;
+    uv_idle_t wake_idle;
+    int wake_on;
     struct keel_u64map live;
     uint64_t next_id;
     struct keel_session *dirty;
+    struct wait_list wake; /* blocked sessions whose limit lifted: pumped next turn */
+    struct wait_list gate; /* blocked behind a limit of all sessions */
+    size_t inflight;       /* all sessions */
+    size_t out_bytes;      /* output buffer bytes allocated, all sessions */
+    size_t n_blocked;
+    int inflight_gate; /* max_inflight_total reached; open again at inflight_low */
+    int held;          /* the pressure hook reached its high mark; open again at its low */
+    struct keel_sessions_pressure pressure;
     int closing;
     int open_handles;
     void (*close_cb)(void *data);
@@ -70,6 +142,7 @@ struct keel_sessions {
 
 static void start_write(struct keel_session *s);
 static void session_close(struct keel_session *s);
+static void pump(struct keel_session *s);
 
 static void mark_dirty(struct keel_session *s)
 {
@@ -80,66 +153,254 @@ static void mark_dirty(struct keel_session *s)
     }
 }
 
-static int out_reserve(struct outbuf *b, size_t n)
+/* ---- waiting lists ---- */
+
+static void wait_del(struct keel_session *s)
+{
+    if (s->waiting == NOWHERE)
+        return;
+    struct wait_list *l = s->waiting == WAKE ? &s->ss->wake : &s->ss->gate;
+    if (s->wait_prev)
+        s->wait_prev->wait_next = s->wait_next;
+    else
+        l->head = s->wait_next;
+    if (s->wait_next)
+        s->wait_next->wait_prev = s->wait_prev;
+    else
+        l->tail = s->wait_prev;
+    l->n--;
+    s->wait_next = s->wait_prev = NULL;
+    s->waiting = NOWHERE;
+}
+
+static void on_wake(uv_idle_t *h);
+
+/* Append s to a list (at the tail: the first to block is the first woken). */
+static void wait_add(struct keel_session *s, enum waiting where)
+{
+    struct keel_sessions *ss = s->ss;
+    wait_del(s);
+    struct wait_list *l = where == WAKE ? &ss->wake : &ss->gate;
+    s->wait_prev = l->tail;
+    s->wait_next = NULL;
+    if (l->tail)
+        l->tail->wait_next = s;
+    else
+        l->head = s;
+    l->tail = s;
+    l->n++;
+    s->waiting = where;
+    if (where == WAKE && !ss->wake_on && !ss->closing) {
+        uv_idle_start(&ss->wake_idle, on_wake);
+        ss->wake_on = 1;
+    }
+}
+
+/* Pump the sessions woken before this turn; those woken meanwhile wait for the next. */
+static void on_wake(uv_idle_t *h)
+{
+    struct keel_sessions *ss = h->data;
+    for (size_t n = ss->wake.n; n > 0 && ss->wake.head != NULL; n--) {
+        struct keel_session *s = ss->wake.head;
+        wait_del(s);
+        pump(s);
+    }
+    if (ss->wake.head == NULL) {
+        uv_idle_stop(&ss->wake_idle);
+        ss->wake_on = 0;
+    }
+}
+
+/* ---- limits ---- */
+
+/* Reopening the in-flight gate only well below the limit wakes the gated sessions in one go,
+ * not all of them for every answer. */
+static size_t inflight_low(const struct keel_sessions *ss)
+{
+    size_t max = ss->cfg->max_inflight_total;
+    return max - 1 - max / 8;
+}
+
+static size_t unread(const struct keel_session *s)
+{
+    return s->out.len + s->writing.len;
+}
+
+static int gate_closed(const struct keel_sessions *ss)
+{
+    return ss->inflight_gate || ss->held;
+}
+
+static void gate_maybe_open(struct keel_sessions *ss)
+{
+    if (gate_closed(ss))
+        return;
+    while (ss->gate.head != NULL)
+        wait_add(ss->gate.head, WAKE);
+}
+
+/* May s hand up a request now? Closes the gate when a limit of all sessions is reached. */
+static enum limit limit(struct keel_session *s)
+{
+    struct keel_sessions *ss = s->ss;
+    if (s->inflight >= ss->cfg->max_inflight)
+        return OWN;
+    if (ss->inflight >= ss->cfg->max_inflight_total)
+        ss->inflight_gate = 1;
+    if (!ss->held && ss->pressure.bytes != NULL &&
+        ss->pressure.bytes(ss->pressure.data) >= ss->pressure.high) {
+        ss->held = 1;
+        KLOG_INFO("writes not yet applied reached %llu bytes: clients are not read until they "
+                  "are down to %llu",
+                  (unsigned long long)ss->pressure.high, (unsigned long long)ss->pressure.low);
+    }
+    if (gate_closed(ss))
+        return GATED;
+    if (ss->out_bytes >= ss->cfg->max_output_bytes / 2 && unread(s) > 0)
+        return OWN;
+    return FREE;
+}
+
+static void start_reading(struct keel_session *s);
+static void stop_reading(struct keel_session *s);
+
+static void set_blocked(struct keel_session *s, int blocked)
+{
+    if (s->blocked != blocked) {
+        s->blocked = blocked;
+        if (blocked)
+            s->ss->n_blocked++;
+        else
+            s->ss->n_blocked--;
+    }
+}
+
+/* Something s was waiting for may have changed: wake it, or move it where it now waits. */
+static void recheck(struct keel_session *s)
+{
+    if (!s->blocked || s->closing || s->in_pump || s->waiting == WAKE)
+        return;
+    enum limit l = limit(s);
+    if (l == FREE)
+        wait_add(s, WAKE);
+    else if (l == GATED && s->waiting != GATE)
+        wait_add(s, GATE);
+    else if (l == OWN)
+        wait_del(s);
+}
+
+/* ---- output ---- */
+
+static void out_release(struct keel_sessions *ss, struct outbuf *b)
+{
+    ss->out_bytes -= b->cap;
+    free(b->data);
+    *b = (struct outbuf){0};
+}
+
+/* Bytes b must grow by to take n more. */
+static size_t out_growth(const struct outbuf *b, size_t n)
 {
     if (b->cap - b->len >= n)
         return 0;
-    size_t cap = b->cap ? b->cap : 4096;
+    size_t cap = b->cap ? b->cap : OUT_MIN_CAP;
     while (cap - b->len < n)
         cap *= 2;
-    uint8_t *nd = realloc(b->data, cap);
+    return cap - b->cap;
+}
+
+static int out_reserve(struct keel_sessions *ss, struct outbuf *b, size_t n)
+{
+    size_t grow = out_growth(b, n);
+    if (grow == 0)
+        return 0;
+    uint8_t *nd = realloc(b->data, b->cap + grow);
     if (nd == NULL)
         return -1;
     b->data = nd;
-    b->cap = cap;
+    b->cap += grow;
+    ss->out_bytes += grow;
     return 0;
+}
+
+/* Cut s off: what it has not read is dropped and the connection closes. */
+static void cut_off(struct keel_session *s, const char *why)
+{
+    KLOG_WARN("session %llu: %zu bytes of output unread, %s: cut off", (unsigned long long)s->id,
+              unread(s), why);
+    session_close(s);
+}
+
+/* Make room for grow more bytes of output under max_output_bytes: cut off the sessions with the
+ * most unread output, largest first. Clients that read keep their output small; the ones cut
+ * off are those that stopped reading while their requests were still being answered. */
+static void shed(struct keel_sessions *ss, size_t grow)
+{
+    while (ss->out_bytes + grow > ss->cfg->max_output_bytes) {
+        struct keel_session *victim = NULL;
+        for (size_t i = 0; i < ss->live.cap; i++) {
+            struct keel_session *c = ss->live.keys[i] != 0 ? ss->live.vals[i] : NULL;
+            if (c != NULL && unread(c) > 0 && (victim == NULL || unread(c) > unread(victim)))
+                victim = c;
+        }
+        if (victim == NULL)
+            return; /* nothing is queued: one message alone is over the bound */
+        cut_off(victim, "the output of all sessions reached --max-output-bytes");
+    }
 }
 
 /* Queue msg, whose framed size is n. */
 static void session_send(struct keel_session *s, const ProtobufCMessage *msg, size_t n)
 {
+    struct keel_sessions *ss = s->ss;
     if (s->closing)
         return;
-    if (s->out.len + s->writing.len + n > MAX_OUT_BYTES || out_reserve(&s->out, n) != 0) {
-        KLOG_WARN("session %llu: output over %u bytes unread, closing", (unsigned long long)s->id,
-                  MAX_OUT_BYTES);
-        session_close(s);
+    if (unread(s) + n > MAX_OUT_BYTES) {
+        cut_off(s, "over the bound of one session");
+        return;
+    }
+    size_t grow = out_growth(&s->out, n);
+    if (grow > 0 && ss->out_bytes + grow > ss->cfg->max_output_bytes) {
+        shed(ss, grow);
+        if (s->closing)
+            return;
+    }
+    if (out_reserve(ss, &s->out, n) != 0) {
+        cut_off(s, "out of memory");
         return;
     }
     s->out.len += keel_frame_pack(msg, s->out.data + s->out.len);
     mark_dirty(s);
 }
 
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
-static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf);
-
-static void update_reading(struct keel_session *s)
-{
-    if (s->closing)
-        return;
-    int want = s->inflight < s->ss->cfg->max_inflight && !s->close_after_flush;
-    if (want && !s->reading) {
-        uv_read_start((uv_stream_t *)&s->tcp, alloc_cb, read_cb);
-        s->reading = 1;
-    } else if (!want && s->reading) {
-        uv_read_stop((uv_stream_t *)&s->tcp);
-        s->reading = 0;
-    }
-}
-
 static void session_done(struct keel_session *s)
 {
-    if (s->inflight > 0)
+    struct keel_sessions *ss = s->ss;
+    if (s->closing)
+        return;
+    if (s->inflight > 0) {
         s->inflight--;
-    update_reading(s);
+        ss->inflight--;
+    }
+    if (ss->inflight_gate && ss->inflight <= inflight_low(ss)) {
+        ss->inflight_gate = 0;
+        gate_maybe_open(ss);
+    }
+    recheck(s);
 }
 
 /* ---- the responder seam ---- */
 
+/* The session with id, NULL once it is closing. */
+static struct keel_session *find(void *ctx, uint64_t id)
+{
+    return keel_u64map_get(&((struct keel_sessions *)ctx)->live, id);
+}
+
 static int respond_send(void *ctx, uint64_t id, const ProtobufCMessage *msg,
                         enum keel_respond_kind kind)
 {
-    struct keel_session *s = keel_u64map_get(&((struct keel_sessions *)ctx)->live, id);
+    struct keel_session *s = find(ctx, id);
     if (s == NULL)
         return KEEL_ECLOSED;
     size_t n = keel_frame_size(msg);
@@ -155,23 +416,23 @@ static int respond_send(void *ctx, uint64_t id, const ProtobufCMessage *msg,
 
 static void respond_done(void *ctx, uint64_t id)
 {
-    struct keel_session *s = keel_u64map_get(&((struct keel_sessions *)ctx)->live, id);
+    struct keel_session *s = find(ctx, id);
     if (s != NULL)
         session_done(s);
 }
 
 static int respond_backlog(void *ctx, uint64_t id, size_t *bytes)
 {
-    struct keel_session *s = keel_u64map_get(&((struct keel_sessions *)ctx)->live, id);
+    struct keel_session *s = find(ctx, id);
     if (s == NULL)
         return KEEL_ECLOSED;
-    *bytes = s->out.len + s->writing.len;
+    *bytes = unread(s);
     return 0;
 }
 
 static int respond_on_drain(void *ctx, uint64_t id, keel_drain_cb cb, void *data)
 {
-    struct keel_session *s = keel_u64map_get(&((struct keel_sessions *)ctx)->live, id);
+    struct keel_session *s = find(ctx, id);
     if (s == NULL)
         return KEEL_ECLOSED;
     s->drain_cb = cb;
@@ -213,6 +474,13 @@ static void session_freed(uv_handle_t *h)
             }
         }
     }
+    if (s->accepted && ss->h.closed != NULL)
+        ss->h.closed(ss->h.data, s->id);
+    if (s->drain_cb != NULL) {
+        keel_drain_cb cb = s->drain_cb;
+        s->drain_cb = NULL;
+        cb(s->drain_data, 1);
+    }
     keel_frame_decoder_close(&s->dec);
     free(s->out.data);
     free(s->writing.data);
@@ -223,17 +491,29 @@ static void session_freed(uv_handle_t *h)
 
 static void session_close(struct keel_session *s)
 {
+    struct keel_sessions *ss = s->ss;
     if (s->closing)
         return;
     s->closing = 1;
-    keel_u64map_del(&s->ss->live, s->id);
-    if (s->ss->h.closed != NULL)
-        s->ss->h.closed(s->ss->h.data, s->id);
-    if (s->drain_cb != NULL) {
-        keel_drain_cb cb = s->drain_cb;
-        s->drain_cb = NULL;
-        cb(s->drain_data, 1);
+    keel_u64map_del(&ss->live, s->id);
+    wait_del(s);
+    set_blocked(s, 0);
+    ss->inflight -= s->inflight;
+    s->inflight = 0;
+    if (ss->inflight_gate && ss->inflight <= inflight_low(ss)) {
+        ss->inflight_gate = 0;
+        gate_maybe_open(ss);
     }
+    /* Its output is released now: nothing more is written. A write in flight keeps its buffer
+     * until the close callback, this loop turn; it counts as released already, so cutting off
+     * one session never makes room by cutting off another. */
+    out_release(ss, &s->out);
+    ss->out_bytes -= s->writing.cap;
+    if (!s->write_busy) {
+        free(s->writing.data);
+        s->writing = (struct outbuf){0};
+    }
+    s->writing.cap = 0;
     /* A write in flight completes (with an error) before the close callback runs. */
     uv_close((uv_handle_t *)&s->tcp, session_freed);
 }
@@ -255,10 +535,14 @@ static void write_cb(uv_write_t *req, int status)
         start_write(s);
         return;
     }
+    /* All written: an idle session holds no output memory. */
+    out_release(s->ss, &s->writing);
+    out_release(s->ss, &s->out);
     if (s->close_after_flush) {
         session_close(s);
         return;
     }
+    recheck(s);
     if (s->drain_cb != NULL)
         s->drain_cb(s->drain_data, 0);
 }
@@ -299,9 +583,36 @@ static void flush_dirty(uv_check_t *h)
         }
         s = next;
     }
+    /* Once a turn: has the work the sessions yield to drained enough? */
+    if (ss->held &&
+        (ss->pressure.bytes == NULL || ss->pressure.bytes(ss->pressure.data) <= ss->pressure.low)) {
+        ss->held = 0;
+        KLOG_INFO("writes not yet applied are down to %llu bytes or less: reading clients again",
+                  (unsigned long long)ss->pressure.low);
+        gate_maybe_open(ss);
+    }
 }
 
 /* ---- reading ---- */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf);
+
+static void start_reading(struct keel_session *s)
+{
+    if (!s->reading && !s->closing) {
+        uv_read_start((uv_stream_t *)&s->tcp, alloc_cb, read_cb);
+        s->reading = 1;
+    }
+}
+
+static void stop_reading(struct keel_session *s)
+{
+    if (s->reading && !s->closing) {
+        uv_read_stop((uv_stream_t *)&s->tcp);
+        s->reading = 0;
+    }
+}
 
 /* The handler tells the client why; the session closes once that is written. */
 static void refuse_frame(struct keel_session *s, int err, const char *msg)
@@ -309,7 +620,9 @@ static void refuse_frame(struct keel_session *s, int err, const char *msg)
     KLOG_INFO("session %llu: %s; closing", (unsigned long long)s->id, msg);
     s->ss->h.refuse(s->ss->h.data, s->id, err, msg);
     s->close_after_flush = 1;
-    update_reading(s);
+    stop_reading(s);
+    wait_del(s);
+    set_blocked(s, 0);
     mark_dirty(s);
 }
 
@@ -346,8 +659,46 @@ static int handle_frame(struct keel_session *s, const uint8_t *payload, size_t l
         return -1;
     }
     s->inflight++;
+    ss->inflight++;
     ss->h.request(ss->h.data, s->id, req);
     return 0;
+}
+
+/* Hand up the whole frames read while the limits allow; read more once none is left. */
+static void pump(struct keel_session *s)
+{
+    enum limit l = FREE;
+    s->in_pump = 1;
+    while (!s->closing && !s->close_after_flush) {
+        /* The handshake is no request: a client held back still learns whom it talks to. */
+        if (s->hello_done && (l = limit(s)) != FREE)
+            break;
+        const uint8_t *payload;
+        size_t len;
+        int rv = keel_frame_decoder_next(&s->dec, &payload, &len);
+        if (rv == 0) {
+            set_blocked(s, 0);
+            start_reading(s);
+            break;
+        }
+        if (rv < 0) {
+            refuse_frame(s, rv == KEEL_EFRAMETOOLARGE ? KEEL_EFRAMETOOLARGE : rv,
+                         rv == KEEL_EFRAMETOOLARGE ? "frame exceeds the maximum request size"
+                                                   : keel_strerror(rv));
+            break;
+        }
+        if (handle_frame(s, payload, len) != 0)
+            break;
+    }
+    s->in_pump = 0;
+    if (l == FREE || s->closing || s->close_after_flush)
+        return;
+    stop_reading(s);
+    set_blocked(s, 1);
+    if (l == GATED)
+        wait_add(s, GATE);
+    else
+        wait_del(s);
 }
 
 static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
@@ -355,6 +706,7 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     struct keel_session *s = st->data;
     (void)buf;
     if (n < 0) {
+        /* Read only while no whole frame waits: what is left is part of one. */
         if (n == UV_EOF && keel_frame_decoder_pending(&s->dec) > 0) {
             /* A half-closed client can still read why its last frame was dropped. */
             refuse_frame(s, KEEL_EBADFRAME, "connection ended inside a frame");
@@ -368,23 +720,7 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     if (n == 0)
         return;
     keel_frame_decoder_commit(&s->dec, (size_t)n);
-    for (;;) {
-        if (s->closing || s->close_after_flush)
-            return;
-        const uint8_t *payload;
-        size_t len;
-        int rv = keel_frame_decoder_next(&s->dec, &payload, &len);
-        if (rv == 0)
-            return;
-        if (rv < 0) {
-            refuse_frame(s, rv == KEEL_EFRAMETOOLARGE ? KEEL_EFRAMETOOLARGE : rv,
-                         rv == KEEL_EFRAMETOOLARGE ? "frame exceeds the maximum request size"
-                                                   : keel_strerror(rv));
-            return;
-        }
-        if (handle_frame(s, payload, len) != 0)
-            return;
-    }
+    pump(s);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -410,8 +746,9 @@ static void on_connection(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)&s->tcp, session_freed);
         return;
     }
+    s->accepted = 1;
     uv_tcp_nodelay(&s->tcp, 1);
-    update_reading(s);
+    pump(s);
 }
 
 int keel_sessions_new(uv_loop_t *loop, const struct keel_config *cfg, struct keel_sessions **out)
@@ -427,9 +764,28 @@ int keel_sessions_new(uv_loop_t *loop, const struct keel_config *cfg, struct kee
     uv_check_init(loop, &ss->flush);
     ss->flush.data = ss;
     uv_check_start(&ss->flush, flush_dirty);
-    ss->open_handles = 2;
+    uv_idle_init(loop, &ss->wake_idle);
+    ss->wake_idle.data = ss;
+    ss->open_handles = 3;
     *out = ss;
     return 0;
+}
+
+void keel_sessions_set_pressure(struct keel_sessions *ss, const struct keel_sessions_pressure *p)
+{
+    if (p != NULL)
+        ss->pressure = *p;
+    else
+        ss->pressure = (struct keel_sessions_pressure){0};
+}
+
+void keel_sessions_stat(const struct keel_sessions *ss, struct keel_sessions_stat *out)
+{
+    out->sessions = ss->live.n;
+    out->inflight = ss->inflight;
+    out->output_bytes = ss->out_bytes;
+    out->blocked = ss->n_blocked;
+    out->held = ss->held;
 }
 
 int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_handler *h)
@@ -465,6 +821,9 @@ void keel_sessions_stop(struct keel_sessions *ss, void (*cb)(void *data), void *
     uv_close((uv_handle_t *)&ss->listener, handle_closed);
     uv_check_stop(&ss->flush);
     uv_close((uv_handle_t *)&ss->flush, handle_closed);
+    uv_idle_stop(&ss->wake_idle);
+    ss->wake_on = 0;
+    uv_close((uv_handle_t *)&ss->wake_idle, handle_closed);
     /* Collect first: closing removes sessions from the map. */
     size_t n = 0;
     struct keel_session **all = calloc(ss->live.n + 1, sizeof(*all));

@@ -4,10 +4,20 @@
  * frames the answers that come back through the responder seam (responder.h), by session id.
  * Replies of one loop turn leave in one write.
  *
- * Back-pressure: past max_inflight requests handed up and not yet answered, the session stops
- * reading its socket until answers drain. A frame over the limit or one that does not decode is
- * refused (the handler answers why) and closes that connection only, once the answer is
- * written. A client that reads nothing is cut off past 256 MiB of queued output.
+ * Back-pressure: a session hands up its next request only while
+ *   - it has fewer than max_inflight requests in flight (handed up, not yet answered),
+ *   - all sessions together have fewer than max_inflight_total in flight,
+ *   - the pressure hook (keel_sessions_set_pressure) does not hold every session, and
+ *   - the output queued for all sessions is under half of max_output_bytes, or this session's
+ *     own output has all been written.
+ * Otherwise it stops reading its socket; the frames it has read already wait in its buffer and
+ * are handed up once the limit lifts. The handshake is no request: it is answered anyway.
+ *
+ * A frame over the limit or one that does not decode is refused (the handler answers why) and
+ * closes that connection only, once the answer is written. A client that reads nothing is cut
+ * off past 256 MiB of queued output, and when the output of all sessions would pass
+ * max_output_bytes the sessions with the most unread output are cut off first. session.c
+ * states what all this bounds.
  */
 #ifndef KEEL_SESSION_H
 #define KEEL_SESSION_H
@@ -48,6 +58,32 @@ void keel_sessions_responder(struct keel_sessions *ss, struct keel_responder *ou
 /* Accept clients on cfg->listen_client and hand their input to h (copied). 0, or KEEL_EIO
  * after logging why (the address is taken or not ours). */
 int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_handler *h);
+
+/*
+ * Work queued beyond the sessions that they yield to (main: writes taken and not yet applied).
+ * Once bytes(data) is at or above high, no session hands up a new request until it is at or
+ * below low again. bytes is called on the loop, before each request and once per loop turn.
+ */
+struct keel_sessions_pressure {
+    uint64_t (*bytes)(void *data);
+    void *data;
+    uint64_t high;
+    uint64_t low;
+};
+
+/* Yield to p (copied; NULL: to nothing). */
+void keel_sessions_set_pressure(struct keel_sessions *ss, const struct keel_sessions_pressure *p);
+
+/* What the sessions hold now, for metrics and tests. */
+struct keel_sessions_stat {
+    size_t sessions;     /* open connections */
+    size_t inflight;     /* requests handed up and not yet answered, all sessions */
+    size_t output_bytes; /* output buffer bytes allocated, all sessions (<= max_output_bytes) */
+    size_t blocked;      /* sessions not reading because a limit holds their next request */
+    int held;            /* the pressure hook holds every session */
+};
+
+void keel_sessions_stat(const struct keel_sessions *ss, struct keel_sessions_stat *out);
 
 /* Stop accepting and close every session; cb(data) once all handles are closed (cb may be
  * NULL). */

@@ -7,7 +7,22 @@
  * and refused with REPLY_TOO_LARGE; every member's peak RSS stays within TXN_RSS_BOUND of what
  * it was, and the cluster keeps serving. A plain range of every value is refused the same way,
  * at once, not after 30 retries that rebuild it (hole 15).
+ *
+ * The session limits (holes 10 and 8), through a raw socket that writes many requests in one
+ * write. What a member has in flight shows in its raft log: the writes of one entry were all in
+ * flight at once (none is answered before its entry applies), so K writes with at most M in
+ * flight take at least K / M entries.
+ *   inflight:       --max-inflight 4, 200 puts in one write: at least 50 entries (1 before).
+ *   inflight_total: --max-inflight-total 8, two connections of 100 puts: at least 25 entries.
+ *   apply_backlog:  --max-apply-backlog-bytes 1 MiB, 20 puts of 600 KiB in one stream: no more
+ *                   than two taken before they are applied, so at least 10 entries.
+ *   output_memory:  --max-output-bytes 16 MiB, 6 clients that read nothing each ask 40 times for
+ *                   a 1.25 MiB value (300 MiB of answers): the member's peak RSS rises by less
+ *                   than OUTPUT_RSS_BOUND_KB, and a client that reads is served meanwhile.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -16,12 +31,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "cluster.h"
 #include "err.h"
+#include "frame.h"
 #include "testutil.h"
 #include "keel/keel.h"
 
@@ -31,6 +48,11 @@
 /* What a member's peak RSS may rise while it refuses the txn. Without pricing it rose by
  * 550-650 MB (measured in release builds); an ASan build adds its own bookkeeping. */
 #define TXN_RSS_BOUND_KB (64 * 1024)
+/* What a member's peak RSS may rise while clients that read nothing ask for 300 MiB of answers:
+ * 16 MiB of queued output, a reply being built, the allocator's and ASan's slack. Without the
+ * global output bound it rose by about the 300 MiB less what the kernel's socket buffers took. */
+#define OUTPUT_RSS_BOUND_KB (64 * 1024)
+#define BIG_VALUE           (1280 * 1024)
 
 static struct keel *open_client(const struct tc_cluster *c, int member)
 {
@@ -247,9 +269,357 @@ static void txn_memory(void **state)
     tc_cluster_close(&c);
 }
 
+/* ---- raw connections ---- */
+
+/* The next frame's payload (malloc'd), within 10 s. */
+static uint8_t *raw_read(int fd, size_t *len)
+{
+    uint8_t hdr[4];
+    uint8_t *dst = hdr, *payload = NULL;
+    size_t want = 4, got = 0;
+    for (int phase = 0; phase < 2; phase++) {
+        while (got < want) {
+            struct pollfd p = {fd, POLLIN, 0};
+            if (poll(&p, 1, 10000) != 1)
+                fail_msg("no frame within 10 s");
+            ssize_t r = recv(fd, dst + got, want - got, 0);
+            if (r <= 0)
+                fail_msg("the member closed the connection");
+            got += (size_t)r;
+        }
+        if (phase == 0) {
+            want = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 | (size_t)hdr[2] << 8 | hdr[3];
+            payload = malloc(want ? want : 1);
+            assert_non_null(payload);
+            dst = payload;
+            got = 0;
+        }
+    }
+    *len = want;
+    return payload;
+}
+
+/* The HelloResponse, the first frame on every connection. */
+static void raw_hello(int fd)
+{
+    size_t len;
+    uint8_t *p = raw_read(fd, &len);
+    Keel__HelloResponse *h = keel__hello_response__unpack(NULL, len, p);
+    free(p);
+    assert_non_null(h);
+    assert_null(h->error);
+    keel__hello_response__free_unpacked(h, NULL);
+}
+
+/* Connect to addr (retrying while the member starts), with a receive buffer of rcvbuf bytes
+ * when rcvbuf > 0, and shake hands. */
+static int raw_open(const char *addr, int rcvbuf)
+{
+    char host[32];
+    snprintf(host, sizeof(host), "%s", addr);
+    char *colon = strrchr(host, ':');
+    *colon = '\0';
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    int fd = -1;
+    for (int attempt = 0; attempt < 200 && fd < 0; attempt++) {
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (rcvbuf > 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+            close(fd);
+            fd = -1;
+            tu_sleep_ms(50);
+        }
+    }
+    if (fd < 0)
+        fail_msg("cannot connect to %s", addr);
+    Keel__Hello h = KEEL__HELLO__INIT;
+    h.protocol_version = 1;
+    uint8_t buf[64];
+    size_t n = keel_frame_pack(&h.base, buf);
+    assert_int_equal(send(fd, buf, n, MSG_NOSIGNAL), (ssize_t)n);
+    /* Its answer comes first: read it now, so every later frame is a Response. */
+    raw_hello(fd);
+    return fd;
+}
+
+static void raw_send(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w <= 0)
+            fail_msg("send: the member closed the connection");
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* The next Response; free with keel__response__free_unpacked. */
+static Keel__Response *raw_response(int fd)
+{
+    size_t len;
+    uint8_t *p = raw_read(fd, &len);
+    Keel__Response *r = keel__response__unpack(NULL, len, p);
+    free(p);
+    assert_non_null(r);
+    return r;
+}
+
+/* Append a framed request to buf (realloc'd as needed). */
+static void append(uint8_t **buf, size_t *len, size_t *cap, const Keel__Request *req)
+{
+    size_t n = keel_frame_size(&req->base);
+    if (*len + n > *cap) {
+        *cap = (*len + n) * 2;
+        *buf = realloc(*buf, *cap);
+        assert_non_null(*buf);
+    }
+    *len += keel_frame_pack(&req->base, *buf + *len);
+}
+
+static void append_put(uint8_t **buf, size_t *len, size_t *cap, uint64_t id, const char *key,
+                       const uint8_t *val, size_t val_len)
+{
+    Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
+    put.key.data = (uint8_t *)key;
+    put.key.len = strlen(key);
+    put.value.data = (uint8_t *)val;
+    put.value.len = val_len;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.id = id;
+    req.body_case = KEEL__REQUEST__BODY_PUT;
+    req.put = &put;
+    append(buf, len, cap, &req);
+}
+
+/* The member's last raft index, from a Status round trip on fd (nothing else outstanding). */
+static uint64_t raw_raft_index(int fd, uint64_t id)
+{
+    Keel__StatusRequest sr = KEEL__STATUS_REQUEST__INIT;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.id = id;
+    req.body_case = KEEL__REQUEST__BODY_STATUS;
+    req.status = &sr;
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    append(&buf, &len, &cap, &req);
+    raw_send(fd, buf, len);
+    free(buf);
+    Keel__Response *r = raw_response(fd);
+    assert_int_equal(r->id, id);
+    assert_int_equal(r->body_case, KEEL__RESPONSE__BODY_STATUS);
+    uint64_t index = r->status->raftindex;
+    keel__response__free_unpacked(r, NULL);
+    return index;
+}
+
+/* One put round trip on fd; its wire error code (0: none). */
+static int raw_put(int fd, uint64_t id, const char *key, const uint8_t *val, size_t val_len)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    append_put(&buf, &len, &cap, id, key, val, val_len);
+    raw_send(fd, buf, len);
+    free(buf);
+    Keel__Response *r = raw_response(fd);
+    assert_int_equal(r->id, id);
+    int code = r->error ? r->error->code : 0;
+    keel__response__free_unpacked(r, NULL);
+    return code;
+}
+
+/* A one-member cluster with flags, up and leading: a put has gone through on the fd returned. */
+static int one_member(struct tc_cluster *c, const char *tag, const char *flags)
+{
+    tc_cluster_init(c, 1, tag);
+    snprintf(c->extra, sizeof(c->extra), "%s", flags);
+    tc_start_all(c);
+    int fd = raw_open(c->m[1].client, 0);
+    long long deadline = tc_now_ms() + 20000;
+    uint64_t id = 1000000;
+    while (raw_put(fd, id++, "ready", (const uint8_t *)"1", 1) != 0) {
+        if (tc_now_ms() > deadline)
+            fail_msg("no leader within 20 s");
+        tu_sleep_ms(50);
+    }
+    return fd;
+}
+
+/* Send k puts on each of the fds (all written before any answer is read), read every answer:
+ * each id once, none an error. The values are val_len bytes. */
+static void pipelined_puts(const int *fds, int n_fds, int k, size_t val_len)
+{
+    uint8_t *val = malloc(val_len + 1);
+    assert_non_null(val);
+    memset(val, 'v', val_len);
+    for (int c = 0; c < n_fds; c++) {
+        uint8_t *buf = NULL;
+        size_t len = 0, cap = 0;
+        char key[32];
+        for (int i = 0; i < k; i++) {
+            snprintf(key, sizeof(key), "c%d-%04d", c, i);
+            append_put(&buf, &len, &cap, (uint64_t)i + 1, key, val, val_len);
+        }
+        raw_send(fds[c], buf, len);
+        free(buf);
+    }
+    for (int c = 0; c < n_fds; c++) {
+        bool *seen = calloc((size_t)k + 1, sizeof(bool));
+        assert_non_null(seen);
+        for (int i = 0; i < k; i++) {
+            Keel__Response *r = raw_response(fds[c]);
+            assert_true(r->id >= 1 && r->id <= (uint64_t)k);
+            assert_false(seen[r->id]);
+            seen[r->id] = true;
+            if (r->error != NULL)
+                fail_msg("put %llu: %s", (unsigned long long)r->id, r->error->message);
+            keel__response__free_unpacked(r, NULL);
+        }
+        free(seen);
+    }
+    free(val);
+}
+
+static void inflight(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    int fd = one_member(&c, "limits-inflight", "--max-inflight 4");
+    uint64_t before = raw_raft_index(fd, 1);
+    pipelined_puts(&fd, 1, 200, 1);
+    uint64_t entries = raw_raft_index(fd, 2) - before;
+    print_message("200 puts in one write, --max-inflight 4: %llu raft entries\n",
+                  (unsigned long long)entries);
+    assert_true(entries >= 200 / 4);
+    close(fd);
+    tc_cluster_close(&c);
+}
+
+static void inflight_total(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    int fds[2];
+    fds[0] = one_member(&c, "limits-inflight-total", "--max-inflight-total 8");
+    fds[1] = raw_open(c.m[1].client, 0);
+    uint64_t before = raw_raft_index(fds[0], 1);
+    pipelined_puts(fds, 2, 100, 1);
+    uint64_t entries = raw_raft_index(fds[0], 2) - before;
+    print_message("2 x 100 puts, --max-inflight-total 8: %llu raft entries\n",
+                  (unsigned long long)entries);
+    assert_true(entries >= 200 / 8);
+    close(fds[0]);
+    close(fds[1]);
+    tc_cluster_close(&c);
+}
+
+static void apply_backlog(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    int fd = one_member(&c, "limits-apply-backlog", "--max-apply-backlog-bytes 1048576");
+    uint64_t before = raw_raft_index(fd, 1);
+    pipelined_puts(&fd, 1, 20, 600 * 1024);
+    uint64_t entries = raw_raft_index(fd, 2) - before;
+    print_message("20 puts of 600 KiB, --max-apply-backlog-bytes 1 MiB: %llu raft entries\n",
+                  (unsigned long long)entries);
+    assert_true(entries >= 20 / 2);
+    assert_int_equal(raw_put(fd, 3, "after", (const uint8_t *)"ok", 2), 0);
+    close(fd);
+    tc_cluster_close(&c);
+}
+
+static void output_memory(void **state)
+{
+    (void)state;
+    /* ASan keeps freed memory in a quarantine (256 MiB by default) that counts as RSS; bound it
+     * so RSS shows what keeld holds. */
+    const char *asan = getenv("ASAN_OPTIONS");
+    char opts[512];
+    snprintf(opts, sizeof(opts), "%s%squarantine_size_mb=8", asan ? asan : "",
+             asan && asan[0] ? ":" : "");
+    setenv("ASAN_OPTIONS", opts, 1);
+    struct tc_cluster c;
+    int reader = one_member(&c, "limits-output", "--max-output-bytes 16777216");
+    uint8_t *val = malloc(BIG_VALUE);
+    assert_non_null(val);
+    memset(val, 'b', BIG_VALUE);
+    assert_int_equal(raw_put(reader, 1, "big", val, BIG_VALUE), 0);
+    free(val);
+
+    pid_t pid = c.m[1].pid;
+    long before = status_kb(pid, "VmRSS");
+    reset_peak(pid);
+
+    /* Six clients that read nothing, forty serializable reads of the value each. */
+    int idle[6];
+    Keel__RangeRequest rr = KEEL__RANGE_REQUEST__INIT;
+    rr.key.data = (uint8_t *)"big";
+    rr.key.len = 3;
+    rr.serializable = true;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_RANGE;
+    req.range = &rr;
+    for (int i = 0; i < 6; i++) {
+        idle[i] = raw_open(c.m[1].client, 4096);
+        uint8_t *buf = NULL;
+        size_t len = 0, cap = 0;
+        for (int j = 0; j < 40; j++) {
+            req.id = (uint64_t)j + 1;
+            append(&buf, &len, &cap, &req);
+        }
+        raw_send(idle[i], buf, len);
+        free(buf);
+    }
+
+    /* Meanwhile a client that reads is served: writes, and reads of the same value. */
+    for (int i = 0; i < 10; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "r%d", i);
+        assert_int_equal(raw_put(reader, 10 + (uint64_t)i, key, (const uint8_t *)"x", 1), 0);
+        req.id = 100 + (uint64_t)i;
+        uint8_t *buf = NULL;
+        size_t len = 0, cap = 0;
+        append(&buf, &len, &cap, &req);
+        raw_send(reader, buf, len);
+        free(buf);
+        Keel__Response *r = raw_response(reader);
+        assert_int_equal(r->id, 100 + (uint64_t)i);
+        assert_null(r->error);
+        assert_int_equal(r->range->n_kvs, 1);
+        assert_int_equal(r->range->kvs[0]->value.len, BIG_VALUE);
+        keel__response__free_unpacked(r, NULL);
+        tu_sleep_ms(100);
+    }
+
+    long peak = status_kb(pid, "VmHWM");
+    print_message("RSS %ld kB before, peak %ld kB (+%ld kB; bound %d kB)\n", before, peak,
+                  peak - before, OUTPUT_RSS_BOUND_KB);
+    assert_true(peak - before <= OUTPUT_RSS_BOUND_KB);
+
+    for (int i = 0; i < 6; i++)
+        close(idle[i]);
+    assert_int_equal(raw_put(reader, 200, "after", (const uint8_t *)"ok", 2), 0);
+    close(reader);
+    tc_cluster_close(&c);
+    if (asan != NULL)
+        setenv("ASAN_OPTIONS", asan, 1);
+    else
+        unsetenv("ASAN_OPTIONS");
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest txn[] = {cmocka_unit_test(txn_memory)};
-    const struct tu_group groups[] = {{"txn_memory", txn, 1}};
+    const struct CMUnitTest inflight_t[] = {cmocka_unit_test(inflight)};
+    const struct CMUnitTest inflight_total_t[] = {cmocka_unit_test(inflight_total)};
+    const struct CMUnitTest apply_backlog_t[] = {cmocka_unit_test(apply_backlog)};
+    const struct CMUnitTest output_memory_t[] = {cmocka_unit_test(output_memory)};
+    const struct tu_group groups[] = {{"txn_memory", txn, 1},
+                                      {"inflight", inflight_t, 1},
+                                      {"inflight_total", inflight_total_t, 1},
+                                      {"apply_backlog", apply_backlog_t, 1},
+                                      {"output_memory", output_memory_t, 1}};
     return tu_run_groups("test_limits", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }

@@ -8,6 +8,8 @@
  *   committed -> answered from the fsm batch, by request id, to the right session and client id
  *   raft refused the entry -> every write of it answered with raft's reason
  *   leadership lost after raft took it -> every write answered UNKNOWN
+ *   a turn's writes over the entry cap -> several entries, each within it (issue 9, hole 8)
+ *   taken and not yet handed to the writer -> counted in the backlog sessions yield to
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -321,6 +324,127 @@ static void own_commands_ride_along_unanswered(void **state)
     assert_int_equal(f->e.out.n, 1);
 }
 
+/* A proposer on the fixture's fakes whose entries hold at most cap bytes. */
+static struct keel_propose *capped(struct fx *f, size_t cap)
+{
+    struct keel_propose_options o = {.raft = &f->e.node.seam,
+                                     .reply = &f->e.reply,
+                                     .member_id = SELF,
+                                     .limits = {.max_txn_ops = 4, .max_value_bytes = 1024},
+                                     .max_entry_bytes = cap};
+    struct keel_propose *p;
+    assert_int_equal(keel_propose_new(&o, &p), 0);
+    return p;
+}
+
+/* Issue 9, hole 8: one loop turn's writes used to go into one raft entry however many there
+ * were. Twenty 1 KiB puts in one turn under a 4 KiB cap become full entries of at most 4 KiB,
+ * the writes in their order, each answered once its entry commits. */
+static void a_turn_over_the_cap_is_several_entries(void **state)
+{
+    struct fx *f = *state;
+    tf_node_set_leader(&f->e.node, true, SELF);
+    struct keel_propose *p = capped(f, 4096);
+    char val[1001];
+    memset(val, 'v', 1000);
+    val[1000] = '\0';
+    char key[8];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "k%02d", i);
+        keel_propose_request(p, 7, put_req(100 + (uint64_t)i, key, val));
+    }
+    keel_propose_flush(p);
+    size_t n = f->e.node.n_calls;
+    assert_true(n >= 5); /* 20 x ~1010 bytes in entries of at most 4096 */
+    int next = 0;
+    size_t last_n = 0;
+    struct applied a;
+    memset(&a, 0, sizeof(a));
+    for (size_t i = 0; i < n; i++) {
+        assert_true(f->e.node.calls[i].len <= 4096);
+        Keel__CommandBatch *b = tf_node_batch(&f->e.node, i);
+        assert_true(b->n_commands >= 1);
+        last_n = b->n_commands;
+        /* Full: one more write of the same size would not have fitted. */
+        if (i + 1 < n)
+            assert_true(f->e.node.calls[i].len + f->e.node.calls[i].len / b->n_commands > 4096);
+        for (size_t j = 0; j < b->n_commands; j++, next++) {
+            snprintf(key, sizeof(key), "k%02d", next);
+            assert_int_equal(b->commands[j]->put->key.len, 3);
+            assert_memory_equal(b->commands[j]->put->key.data, key, 3);
+            if (i == n - 1 && j < 8)
+                add_result(&a, SELF, b->commands[j]->request_id, 0, 10 + (int64_t)j);
+        }
+        keel__command_batch__free_unpacked(b, NULL);
+        tf_node_complete(&f->e.node, i, 0);
+    }
+    assert_int_equal(next, 20);
+    assert_int_equal(f->e.out.n, 0);
+    /* The last entry commits: exactly its writes are answered. */
+    keel_propose_applied(p, &a.b);
+    assert_int_equal(f->e.out.n, a.b.n);
+    expect_answer(f, 0, 7, 100 + 20 - (uint64_t)last_n, 0);
+    keel_propose_stop(p);
+    keel_propose_free(p);
+}
+
+/* A write larger than the cap on its own is not refused: it goes alone, one entry each. */
+static void a_write_over_the_cap_goes_alone(void **state)
+{
+    struct fx *f = *state;
+    tf_node_set_leader(&f->e.node, true, SELF);
+    struct keel_propose *p = capped(f, 512);
+    char val[1001];
+    memset(val, 'v', 1000);
+    val[1000] = '\0';
+    keel_propose_request(p, 7, put_req(100, "a", val));
+    keel_propose_request(p, 7, put_req(101, "b", "small"));
+    keel_propose_request(p, 7, put_req(102, "c", val));
+    keel_propose_flush(p);
+    assert_int_equal(f->e.node.n_calls, 3);
+    const char *keys = "abc";
+    for (size_t i = 0; i < 3; i++) {
+        Keel__CommandBatch *b = tf_node_batch(&f->e.node, i);
+        assert_int_equal(b->n_commands, 1);
+        assert_memory_equal(b->commands[0]->put->key.data, keys + i, 1);
+        keel__command_batch__free_unpacked(b, NULL);
+        tf_node_complete(&f->e.node, i, 0);
+    }
+    keel_propose_stop(p);
+    keel_propose_free(p);
+}
+
+/* What sessions yield to (hole 8): bytes of writes taken, until raft hands their entry to the
+ * writer or the entry fails; a write refused at intake is never counted. */
+static void backlog_counts_writes_until_the_writer_has_them(void **state)
+{
+    struct fx *f = *state;
+    tf_node_set_leader(&f->e.node, true, SELF);
+    assert_int_equal(keel_propose_backlog(f->p), 0);
+    keel_propose_request(f->p, 7, put_req(100, "a", "1"));
+    keel_propose_request(f->p, 7, put_req(101, "", "no key")); /* refused at intake */
+    keel_propose_request(f->p, 7, put_req(102, "b", "2"));
+    uint64_t taken = keel_propose_backlog(f->p);
+    assert_true(taken > 0);
+    keel_propose_flush(f->p);
+    assert_int_equal(f->e.node.n_calls, 1);
+    assert_int_equal(keel_propose_backlog(f->p), f->e.node.calls[0].len); /* the entry exactly */
+    assert_int_equal(taken, f->e.node.calls[0].len);
+    keel_propose_request(f->p, 7, put_req(103, "c", "3"));
+    keel_propose_flush(f->p);
+    assert_int_equal(keel_propose_backlog(f->p), f->e.node.calls[0].len + f->e.node.calls[1].len);
+    tf_node_complete(&f->e.node, 0, 0); /* handed to the writer */
+    assert_int_equal(keel_propose_backlog(f->p), f->e.node.calls[1].len);
+    tf_node_complete(&f->e.node, 1, KEEL_EUNKNOWN); /* lost: never reaches the writer here */
+    assert_int_equal(keel_propose_backlog(f->p), 0);
+    /* Refused by raft at the flush: nothing held. */
+    f->e.node.refuse = KEEL_EUNAVAILABLE;
+    keel_propose_request(f->p, 7, put_req(104, "d", "4"));
+    assert_true(keel_propose_backlog(f->p) > 0);
+    keel_propose_flush(f->p);
+    assert_int_equal(keel_propose_backlog(f->p), 0);
+}
+
 static void stop_flushes_the_turn(void **state)
 {
     struct fx *f = *state;
@@ -344,6 +468,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(lost_leadership_means_unknown, setup, teardown),
         cmocka_unit_test_setup_teardown(own_commands_ride_along_unanswered, setup, teardown),
         cmocka_unit_test_setup_teardown(stop_flushes_the_turn, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_turn_over_the_cap_is_several_entries, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_write_over_the_cap_goes_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(backlog_counts_writes_until_the_writer_has_them, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
