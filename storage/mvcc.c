@@ -19,7 +19,7 @@
 
 static bool is_request_error(int err)
 {
-    return err < 0 && err > KEEL_E_INTERNAL_BASE;
+    return err < 0 && !keel_err_is_local(err);
 }
 
 /* The revision this command writes at: taken (current + 1) on first use. */
@@ -538,7 +538,7 @@ static int apply_txn(struct wctx *c, const Keel__TxnRequest *req, Keel__TxnRespo
     err = run_txn(c, req, out);
     c->planned = false;
     /* Everything that can fail was checked: a failure now means the store is inconsistent. */
-    if (err < 0 && err > KEEL_E_INTERNAL_BASE)
+    if (is_request_error(err))
         err = KEEL_ECORRUPT;
     return err;
 }
