@@ -62,9 +62,9 @@ struct keel_store_stat {
     int64_t revision;         /* current revision (0: nothing written yet) */
     int64_t compact_revision; /* revisions below this are compacted away (0: none) */
     uint64_t logical_size;    /* bytes the quota is checked against */
-    uint64_t quota_bytes; /* the cluster's quota: set through the log, else 2 GiB */
-    bool quota_set;       /* a QuotaRequest has set it */
-    uint64_t db_size; /* bytes of the LMDB data file in use (pages x page size) */
+    uint64_t quota_bytes;     /* the cluster's quota: set through the log, else 2 GiB */
+    bool quota_set;           /* a QuotaRequest has set it */
+    uint64_t db_size;         /* bytes of the LMDB data file in use (pages x page size) */
 };
 
 /*
@@ -148,8 +148,9 @@ struct keel_limits {
 
 /*
  * Check a write against the limits before it is proposed: keys present and <= 511 bytes,
- * range ends valid, txn sizes and nesting, no key written twice in one txn branch. 0, or a
- * KEEL_E* code with *msg naming what was wrong (static string).
+ * range ends valid, txn sizes and nesting, no key written twice in one txn branch. Takes
+ * O(n log n) for n operations. 0, or a KEEL_E* code (KEEL_ENOMEM included) with *msg naming
+ * what was wrong (static string).
  */
 int keel_store_validate(const Keel__Command *cmd, const struct keel_limits *limits,
                         const char **msg);
