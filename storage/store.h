@@ -142,15 +142,20 @@ int keel_store_apply(struct keel_store *s, uint64_t index, const Keel__Command *
  */
 
 struct keel_limits {
-    size_t max_txn_ops;     /* operations per txn (each branch); 0: 128 */
-    size_t max_value_bytes; /* 0: no limit beyond the request size */
+    size_t max_txn_ops;       /* etcd's --max-txn-ops: compares, and operations of each branch, at
+                               * every level of a txn; 0: 128 */
+    size_t max_value_bytes;   /* 0: no limit beyond the request size */
+    size_t max_txn_total_ops; /* compares and operations of all the levels of a txn together
+                               * (a nested txn counts as one besides its own); 0: 8 x
+                               * max_txn_ops. Bounds the work of one txn whatever its nesting. */
 };
 
 /*
  * Check a write against the limits before it is proposed: keys present and <= 511 bytes,
  * range ends valid, txn sizes and nesting, no key written twice in one txn branch. Takes
  * O(n log n) for n operations. 0, or a KEEL_E* code (KEEL_ENOMEM included) with *msg naming
- * what was wrong (static string).
+ * what was wrong: a static string, or one in a per-thread buffer that lasts until this thread
+ * validates again.
  */
 int keel_store_validate(const Keel__Command *cmd, const struct keel_limits *limits,
                         const char **msg);

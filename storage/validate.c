@@ -1,5 +1,6 @@
 /* Checks of a write before it is proposed and again when it is applied. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,15 +8,28 @@
 
 #define MAX_TXN_DEPTH       8
 #define DEFAULT_MAX_TXN_OPS 128
+/* Without a configured total, a txn may hold as much as this many full levels. */
+#define DEFAULT_TOTAL_LEVELS 8
 
 struct vctx {
     const struct keel_limits *limits;
     const char **msg;
 };
 
+/* Messages that name numbers: the caller reads *msg before it validates again on this thread. */
+static _Thread_local char msg_buf[160];
+
 static size_t max_txn_ops(const struct keel_limits *l)
 {
     return l->max_txn_ops ? l->max_txn_ops : DEFAULT_MAX_TXN_OPS;
+}
+
+static size_t max_txn_total_ops(const struct keel_limits *l)
+{
+    if (l->max_txn_total_ops)
+        return l->max_txn_total_ops;
+    size_t per = max_txn_ops(l);
+    return per > SIZE_MAX / DEFAULT_TOTAL_LEVELS ? SIZE_MAX : per * DEFAULT_TOTAL_LEVELS;
 }
 
 static int fail(struct vctx *v, int err, const char *msg)
@@ -337,10 +351,45 @@ static int check_txn(struct vctx *v, const Keel__TxnRequest *t, int depth)
     return err;
 }
 
+/* Compares and operations of every level, nested txns counted as operations too. */
+static int count_ops(struct vctx *v, const Keel__TxnRequest *t, int depth, size_t *total)
+{
+    if (depth > MAX_TXN_DEPTH)
+        return fail(v, KEEL_EINVAL, "txn requests nested too deep");
+    *total += t->n_compare + t->n_success + t->n_failure;
+    for (int b = 0; b < 2; b++) {
+        Keel__RequestOp **ops = b ? t->failure : t->success;
+        size_t n = b ? t->n_failure : t->n_success;
+        for (size_t i = 0; i < n; i++) {
+            if (ops[i]->request_case != KEEL__REQUEST_OP__REQUEST_REQUEST_TXN)
+                continue;
+            int err = count_ops(v, ops[i]->request_txn, depth + 1, total);
+            if (err != 0)
+                return err;
+        }
+    }
+    return 0;
+}
+
+/*
+ * The per-level limit is etcd's; alone it lets nesting multiply a txn up to what the request
+ * size allows (hundreds of thousands of operations in 1.5 MiB), and every replica's apply pays
+ * for them. The total is counted first, and cheaply, so such a txn costs no more than that.
+ */
 static int check_top_txn(struct vctx *v, const Keel__TxnRequest *t)
 {
-    int err = check_txn(v, t, 0);
+    size_t total = 0, max = max_txn_total_ops(v->limits);
+    int err = count_ops(v, t, 0, &total);
     if (err != 0)
+        return err;
+    if (total > max) {
+        snprintf(msg_buf, sizeof(msg_buf),
+                 "txn has %zu operations and compares across its nested txns, more than the "
+                 "limit of %zu",
+                 total, max);
+        return fail(v, KEEL_ETOOMANYOPS, msg_buf);
+    }
+    if ((err = check_txn(v, t, 0)) != 0)
         return err;
     /* The overlap rule is checked once, from the top: it covers the nested levels itself. */
     struct wset w = {0};

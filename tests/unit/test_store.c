@@ -1144,6 +1144,98 @@ static Keel__TxnRequest *op_txn(struct keel_arena *a, Keel__RequestOp *op)
     return op->request_txn;
 }
 
+/* A chain of nested txns, levels deep: level i puts per[i] keys and holds the next level. */
+static Keel__Command *txn_chain(struct keel_arena *a, int levels, const unsigned *per)
+{
+    Keel__TxnRequest *top = tu_txn(a), *t = top;
+    for (int i = 0; i < levels; i++) {
+        size_t n = per[i] + (i + 1 < levels);
+        t->success = ops_n(a, n);
+        t->n_success = n;
+        for (unsigned j = 0; j < per[i]; j++)
+            op_put_key(a, t->success[j], keyf(a, "c", (unsigned)i, j));
+        if (i + 1 < levels)
+            t = op_txn(a, t->success[n - 1]);
+    }
+    return tu_cmd_txn(a, top);
+}
+
+static void txn_total_ops_capped(void **state)
+{
+    struct fx *f = *state;
+    const char *msg = NULL;
+    /* 9 levels (the deepest nesting) of 113 puts each, 8 of them holding the next: 1025
+     * operations, each level well inside etcd's 128. The total is bounded by 8 x 128. */
+    unsigned per[9];
+    for (int i = 0; i < 9; i++)
+        per[i] = 113;
+    Keel__Command *over = txn_chain(&f->a, 9, per);
+    assert_int_equal(keel_store_validate(over, NULL, &msg), KEEL_ETOOMANYOPS);
+    assert_non_null(strstr(msg, "txn has 1025 operations and compares across its nested txns"));
+    assert_non_null(strstr(msg, "limit of 1024"));
+    per[8] = 112;
+    Keel__Command *at = txn_chain(&f->a, 9, per);
+    assert_int_equal(keel_store_validate(at, NULL, &msg), 0);
+    /* Compares count too. */
+    tu_txn_compare(&f->a, at->txn, "c", KEEL__COMPARE__COMPARE_TARGET__VERSION,
+                   KEEL__COMPARE__COMPARE_RESULT__EQUAL);
+    assert_int_equal(keel_store_validate(at, NULL, &msg), KEEL_ETOOMANYOPS);
+    /* The total follows the per-level limit unless it is given; a given one is kept. */
+    struct keel_limits wider = {.max_txn_ops = 200};
+    assert_int_equal(keel_store_validate(over, &wider, &msg), 0);
+    struct keel_limits total = {.max_txn_total_ops = 1000};
+    assert_int_equal(keel_store_validate(at, &total, &msg), KEEL_ETOOMANYOPS);
+    assert_non_null(strstr(msg, "limit of 1000"));
+
+    /* Wide: 128 nested txns of 127 + 127 puts, 32640 operations in under 500 KB, which every
+     * level's limit let through. */
+    Keel__TxnRequest *t = tu_txn(&f->a);
+    t->success = ops_n(&f->a, 128);
+    t->n_success = 128;
+    for (unsigned i = 0; i < 128; i++) {
+        Keel__TxnRequest *in = op_txn(&f->a, t->success[i]);
+        in->success = ops_n(&f->a, 127);
+        in->failure = ops_n(&f->a, 127);
+        in->n_success = in->n_failure = 127;
+        for (unsigned j = 0; j < 127; j++) {
+            op_put_key(&f->a, in->success[j], keyf(&f->a, "w", i, j));
+            op_put_key(&f->a, in->failure[j], keyf(&f->a, "w", i, j));
+        }
+    }
+    Keel__Command *wide = tu_cmd_txn(&f->a, t);
+    assert_true(keel__command__get_packed_size(wide) < 1536 * 1024);
+    assert_int_equal(keel_store_validate(wide, NULL, &msg), KEEL_ETOOMANYOPS);
+    assert_non_null(strstr(msg, "txn has 32640 operations"));
+    struct keel_limits none = {.max_txn_total_ops = SIZE_MAX};
+    assert_int_equal(keel_store_validate(wide, &none, &msg), 0);
+
+    /* etcd's per-level meaning stays: 128 compares and 128 operations in each branch pass, 129
+     * in one branch do not, however few the total. */
+    t = tu_txn(&f->a);
+    for (int i = 0; i < 128; i++)
+        tu_txn_compare(&f->a, t, "c", KEEL__COMPARE__COMPARE_TARGET__VERSION,
+                       KEEL__COMPARE__COMPARE_RESULT__EQUAL);
+    t->success = ops_n(&f->a, 129);
+    t->failure = ops_n(&f->a, 128);
+    t->n_success = t->n_failure = 128;
+    for (unsigned j = 0; j < 129; j++) {
+        op_put_key(&f->a, t->success[j], keyf(&f->a, "s", j, 0));
+        if (j < 128)
+            op_put_key(&f->a, t->failure[j], keyf(&f->a, "f", j, 0));
+    }
+    Keel__Command *flat = tu_cmd_txn(&f->a, t);
+    assert_int_equal(keel_store_validate(flat, NULL, &msg), 0);
+    t->n_success = 129;
+    assert_int_equal(keel_store_validate(flat, NULL, &msg), KEEL_ETOOMANYOPS);
+    assert_string_equal(msg, "too many operations in txn request");
+
+    /* Apply counts no total: an entry any member's intake took, under any configuration or an
+     * older keel's, applies the same everywhere. */
+    struct keel_apply_result r = ap(f, over);
+    assert_int_equal(r.err, 0);
+    assert_non_null(get(f, "c8/112", 0));
+}
+
 /*
  * The rule as etcd's checkIntervals states it, and as keel checked it before: every put against
  * every put and delete seen so far. Quadratic, kept as the reference the sweep must agree with.
@@ -1367,7 +1459,7 @@ static double cpu_ms(void)
 
 static double validate_ms(const Keel__Command *cmd, int reps)
 {
-    const struct keel_limits none = {.max_txn_ops = SIZE_MAX};
+    const struct keel_limits none = {.max_txn_ops = SIZE_MAX, .max_txn_total_ops = SIZE_MAX};
     const char *msg = NULL;
     double t0 = cpu_ms();
     for (int i = 0; i < reps; i++)
@@ -1436,7 +1528,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest reply_bounds[] = {T(range_reply_is_bounded),
                                               T(txn_reads_are_priced_before_writing),
                                               T(txn_compares_stream), T(delete_prev_kv_is_bounded)};
-    const struct CMUnitTest validate_bounds[] = {T(txn_overlap_rule_matches_reference),
+    const struct CMUnitTest validate_bounds[] = {T(txn_total_ops_capped),
+                                                 T(txn_overlap_rule_matches_reference),
                                                  T(txn_overlap_check_is_not_quadratic)};
     const struct tu_group groups[] = {
         TU_GROUP(put),
