@@ -8,6 +8,11 @@ _Static_assert(KEEL__ERROR_CODE__NO_SPACE == -KEEL_ENOSPACE, "wire code");
 _Static_assert(KEEL__ERROR_CODE__REPLY_TOO_LARGE == -KEEL_EREPLYTOOLARGE, "wire code");
 _Static_assert(KEEL__ERROR_CODE__INTERNAL == -KEEL_EINTERNAL, "wire code");
 
+bool keel_err_is_local(int err)
+{
+    return err < 0 && (err < KEEL_E_WIRE_LAST || err == KEEL_EINTERNAL);
+}
+
 const char *keel_strerror(int err)
 {
     switch (err) {

@@ -9,6 +9,8 @@
 #ifndef KEEL_ERR_H
 #define KEEL_ERR_H
 
+#include <stdbool.h>
+
 /* X(name, number, message). number is positive; the code is its negation. */
 #define KEEL_ERRNO_MAP(X)                                                                          \
     X(INVAL, 1, "invalid argument")                                                                \
@@ -58,6 +60,14 @@ enum keel_errno {
 #define KEEL_E_INTERNAL_BASE (-100)
 /* The last code of the wire band: codes in (KEEL_E_WIRE_LAST - 1, 0) travel as themselves. */
 #define KEEL_E_WIRE_LAST KEEL_EREPLYTOOLARGE
+
+/*
+ * Whether err is this member's own failure (memory, I/O, the storage engine, corruption,
+ * INTERNAL, or a code outside the table) rather than an outcome of the request. A request's
+ * outcome is the same on every replica; a local failure may not be, so at apply it must abort
+ * the member, never become the request's result. False for 0.
+ */
+bool keel_err_is_local(int err);
 
 /* A static message for a KEEL_E* code (or "unknown error"). Never NULL. */
 const char *keel_strerror(int err);

@@ -14,12 +14,14 @@
 #include "internal.h"
 
 /* Commands are validated at apply too (a log entry is data from the network); these limits only
- * guard the store itself, the server's intake applies the configured ones. */
-#define APPLY_MAX_TXN_OPS ((size_t)1 << 20)
+ * guard the store itself, the server's intake applies the configured ones. No total across a
+ * txn's levels: apply must accept whatever any member's intake, or an older keel's, accepted. */
+#define APPLY_MAX_TXN_OPS       ((size_t)1 << 20)
+#define APPLY_MAX_TXN_TOTAL_OPS SIZE_MAX
 
 static bool is_request_error(int err)
 {
-    return err < 0 && err > KEEL_E_INTERNAL_BASE;
+    return err < 0 && !keel_err_is_local(err);
 }
 
 /* The revision this command writes at: taken (current + 1) on first use. */
@@ -538,7 +540,7 @@ static int apply_txn(struct wctx *c, const Keel__TxnRequest *req, Keel__TxnRespo
     err = run_txn(c, req, out);
     c->planned = false;
     /* Everything that can fail was checked: a failure now means the store is inconsistent. */
-    if (err < 0 && err > KEEL_E_INTERNAL_BASE)
+    if (is_request_error(err))
         err = KEEL_ECORRUPT;
     return err;
 }
@@ -632,7 +634,8 @@ static int dispatch(struct wctx *c, const Keel__Command *cmd, Keel__Response *re
 int ks_mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct keel_arena *a,
                   struct keel_apply_result *res)
 {
-    struct keel_limits limits = {.max_txn_ops = APPLY_MAX_TXN_OPS};
+    struct keel_limits limits = {.max_txn_ops = APPLY_MAX_TXN_OPS,
+                                 .max_txn_total_ops = APPLY_MAX_TXN_TOTAL_OPS};
     const char *msg = NULL;
     int err = ks_validate_command(cmd, &limits, &msg);
     if (err != 0 && !is_request_error(err))

@@ -62,9 +62,9 @@ struct keel_store_stat {
     int64_t revision;         /* current revision (0: nothing written yet) */
     int64_t compact_revision; /* revisions below this are compacted away (0: none) */
     uint64_t logical_size;    /* bytes the quota is checked against */
-    uint64_t quota_bytes; /* the cluster's quota: set through the log, else 2 GiB */
-    bool quota_set;       /* a QuotaRequest has set it */
-    uint64_t db_size; /* bytes of the LMDB data file in use (pages x page size) */
+    uint64_t quota_bytes;     /* the cluster's quota: set through the log, else 2 GiB */
+    bool quota_set;           /* a QuotaRequest has set it */
+    uint64_t db_size;         /* bytes of the LMDB data file in use (pages x page size) */
 };
 
 /*
@@ -142,14 +142,20 @@ int keel_store_apply(struct keel_store *s, uint64_t index, const Keel__Command *
  */
 
 struct keel_limits {
-    size_t max_txn_ops;     /* operations per txn (each branch); 0: 128 */
-    size_t max_value_bytes; /* 0: no limit beyond the request size */
+    size_t max_txn_ops;       /* etcd's --max-txn-ops: compares, and operations of each branch, at
+                               * every level of a txn; 0: 128 */
+    size_t max_value_bytes;   /* 0: no limit beyond the request size */
+    size_t max_txn_total_ops; /* compares and operations of all the levels of a txn together
+                               * (a nested txn counts as one besides its own); 0: 8 x
+                               * max_txn_ops. Bounds the work of one txn whatever its nesting. */
 };
 
 /*
  * Check a write against the limits before it is proposed: keys present and <= 511 bytes,
- * range ends valid, txn sizes and nesting, no key written twice in one txn branch. 0, or a
- * KEEL_E* code with *msg naming what was wrong (static string).
+ * range ends valid, txn sizes and nesting, no key written twice in one txn branch. Takes
+ * O(n log n) for n operations. 0, or a KEEL_E* code (KEEL_ENOMEM included) with *msg naming
+ * what was wrong: a static string, or one in a per-thread buffer that lasts until this thread
+ * validates again.
  */
 int keel_store_validate(const Keel__Command *cmd, const struct keel_limits *limits,
                         const char **msg);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1106,6 +1107,399 @@ static void delete_prev_kv_is_bounded(void **state)
     assert_int_equal(res.response->delete_range->deleted, BIG_KEYS);
 }
 
+/* ---- validate_bounds: what validating one txn may cost (issue 9, hole 9) ---- */
+
+/* A branch of n operations, left for the caller to fill (tu_txn_op copies the array per call). */
+static Keel__RequestOp **ops_n(struct keel_arena *a, size_t n)
+{
+    Keel__RequestOp **ops = keel_arena_alloc(a, (n ? n : 1) * sizeof(*ops));
+    assert_non_null(ops);
+    for (size_t i = 0; i < n; i++) {
+        ops[i] = keel_arena_alloc(a, sizeof(**ops));
+        assert_non_null(ops[i]);
+        keel__request_op__init(ops[i]);
+    }
+    return ops;
+}
+
+/* The key "<prefix><i>/<j>". */
+static ProtobufCBinaryData keyf(struct keel_arena *a, const char *prefix, unsigned i, unsigned j)
+{
+    char k[32];
+    int n = snprintf(k, sizeof(k), "%s%u/%u", prefix, i, j);
+    return tu_bytes(a, k, (size_t)n);
+}
+
+static void op_put_key(struct keel_arena *a, Keel__RequestOp *op, ProtobufCBinaryData key)
+{
+    Keel__PutRequest *p = tu_put_req(a, "", "v");
+    p->key = key;
+    tu_op_put(op, p);
+}
+
+static Keel__TxnRequest *op_txn(struct keel_arena *a, Keel__RequestOp *op)
+{
+    op->request_case = KEEL__REQUEST_OP__REQUEST_REQUEST_TXN;
+    op->request_txn = tu_txn(a);
+    return op->request_txn;
+}
+
+/* A chain of nested txns, levels deep: level i puts per[i] keys and holds the next level. */
+static Keel__Command *txn_chain(struct keel_arena *a, int levels, const unsigned *per)
+{
+    Keel__TxnRequest *top = tu_txn(a), *t = top;
+    for (int i = 0; i < levels; i++) {
+        size_t n = per[i] + (i + 1 < levels);
+        t->success = ops_n(a, n);
+        t->n_success = n;
+        for (unsigned j = 0; j < per[i]; j++)
+            op_put_key(a, t->success[j], keyf(a, "c", (unsigned)i, j));
+        if (i + 1 < levels)
+            t = op_txn(a, t->success[n - 1]);
+    }
+    return tu_cmd_txn(a, top);
+}
+
+static void txn_total_ops_capped(void **state)
+{
+    struct fx *f = *state;
+    const char *msg = NULL;
+    /* 9 levels (the deepest nesting) of 113 puts each, 8 of them holding the next: 1025
+     * operations, each level well inside etcd's 128. The total is bounded by 8 x 128. */
+    unsigned per[9];
+    for (int i = 0; i < 9; i++)
+        per[i] = 113;
+    Keel__Command *over = txn_chain(&f->a, 9, per);
+    assert_int_equal(keel_store_validate(over, NULL, &msg), KEEL_ETOOMANYOPS);
+    assert_non_null(strstr(msg, "txn has 1025 operations and compares across its nested txns"));
+    assert_non_null(strstr(msg, "limit of 1024"));
+    per[8] = 112;
+    Keel__Command *at = txn_chain(&f->a, 9, per);
+    assert_int_equal(keel_store_validate(at, NULL, &msg), 0);
+    /* Compares count too. */
+    tu_txn_compare(&f->a, at->txn, "c", KEEL__COMPARE__COMPARE_TARGET__VERSION,
+                   KEEL__COMPARE__COMPARE_RESULT__EQUAL);
+    assert_int_equal(keel_store_validate(at, NULL, &msg), KEEL_ETOOMANYOPS);
+    /* The total follows the per-level limit unless it is given; a given one is kept. */
+    struct keel_limits wider = {.max_txn_ops = 200};
+    assert_int_equal(keel_store_validate(over, &wider, &msg), 0);
+    struct keel_limits total = {.max_txn_total_ops = 1000};
+    assert_int_equal(keel_store_validate(at, &total, &msg), KEEL_ETOOMANYOPS);
+    assert_non_null(strstr(msg, "limit of 1000"));
+
+    /* Wide: 128 nested txns of 127 + 127 puts, 32640 operations in under 500 KB, which every
+     * level's limit let through. */
+    Keel__TxnRequest *t = tu_txn(&f->a);
+    t->success = ops_n(&f->a, 128);
+    t->n_success = 128;
+    for (unsigned i = 0; i < 128; i++) {
+        Keel__TxnRequest *in = op_txn(&f->a, t->success[i]);
+        in->success = ops_n(&f->a, 127);
+        in->failure = ops_n(&f->a, 127);
+        in->n_success = in->n_failure = 127;
+        for (unsigned j = 0; j < 127; j++) {
+            op_put_key(&f->a, in->success[j], keyf(&f->a, "w", i, j));
+            op_put_key(&f->a, in->failure[j], keyf(&f->a, "w", i, j));
+        }
+    }
+    Keel__Command *wide = tu_cmd_txn(&f->a, t);
+    assert_true(keel__command__get_packed_size(wide) < 1536 * 1024);
+    assert_int_equal(keel_store_validate(wide, NULL, &msg), KEEL_ETOOMANYOPS);
+    assert_non_null(strstr(msg, "txn has 32640 operations"));
+    struct keel_limits none = {.max_txn_total_ops = SIZE_MAX};
+    assert_int_equal(keel_store_validate(wide, &none, &msg), 0);
+
+    /* etcd's per-level meaning stays: 128 compares and 128 operations in each branch pass, 129
+     * in one branch do not, however few the total. */
+    t = tu_txn(&f->a);
+    for (int i = 0; i < 128; i++)
+        tu_txn_compare(&f->a, t, "c", KEEL__COMPARE__COMPARE_TARGET__VERSION,
+                       KEEL__COMPARE__COMPARE_RESULT__EQUAL);
+    t->success = ops_n(&f->a, 129);
+    t->failure = ops_n(&f->a, 128);
+    t->n_success = t->n_failure = 128;
+    for (unsigned j = 0; j < 129; j++) {
+        op_put_key(&f->a, t->success[j], keyf(&f->a, "s", j, 0));
+        if (j < 128)
+            op_put_key(&f->a, t->failure[j], keyf(&f->a, "f", j, 0));
+    }
+    Keel__Command *flat = tu_cmd_txn(&f->a, t);
+    assert_int_equal(keel_store_validate(flat, NULL, &msg), 0);
+    t->n_success = 129;
+    assert_int_equal(keel_store_validate(flat, NULL, &msg), KEEL_ETOOMANYOPS);
+    assert_string_equal(msg, "too many operations in txn request");
+
+    /* Apply counts no total: an entry any member's intake took, under any configuration or an
+     * older keel's, applies the same everywhere. */
+    struct keel_apply_result r = ap(f, over);
+    assert_int_equal(r.err, 0);
+    assert_non_null(get(f, "c8/112", 0));
+}
+
+/*
+ * The rule as etcd's checkIntervals states it, and as keel checked it before: every put against
+ * every put and delete seen so far. Quadratic, kept as the reference the sweep must agree with.
+ */
+struct ref_ival {
+    const uint8_t *s, *e;
+    size_t sl, el;
+    bool point;
+};
+
+struct ref_set {
+    struct ref_ival v[256];
+    size_t n;
+};
+
+static int ref_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    size_t n = al < bl ? al : bl;
+    int c = n ? memcmp(a, b, n) : 0;
+    return c != 0 ? c : (al < bl ? -1 : al > bl);
+}
+
+static bool ref_in_dels(const struct ref_set *dels, const struct ref_ival *p)
+{
+    for (size_t i = 0; i < dels->n; i++) {
+        const struct ref_ival *d = &dels->v[i];
+        if (d->point ? ref_cmp(d->s, d->sl, p->s, p->sl) == 0
+                     : ref_cmp(p->s, p->sl, d->s, d->sl) >= 0 &&
+                           (d->e == NULL || ref_cmp(p->s, p->sl, d->e, d->el) < 0))
+            return true;
+    }
+    return false;
+}
+
+static bool ref_in_puts(const struct ref_set *puts, const struct ref_ival *p)
+{
+    for (size_t i = 0; i < puts->n; i++)
+        if (ref_cmp(puts->v[i].s, puts->v[i].sl, p->s, p->sl) == 0)
+            return true;
+    return false;
+}
+
+static void ref_push(struct ref_set *s, struct ref_ival x)
+{
+    assert_true(s->n < sizeof(s->v) / sizeof(s->v[0]));
+    s->v[s->n++] = x;
+}
+
+/* true: the writes conflict. puts and dels get what the level passes up. */
+static bool ref_conflict(Keel__RequestOp **ops, size_t n, struct ref_set *puts,
+                         struct ref_set *dels)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (ops[i]->request_case != KEEL__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE)
+            continue;
+        const Keel__DeleteRangeRequest *d = ops[i]->request_delete_range;
+        struct ref_ival x = {d->key.data, NULL, d->key.len, 0, d->range_end.len == 0};
+        if (d->range_end.len > 0 && !(d->range_end.len == 1 && d->range_end.data[0] == 0)) {
+            x.e = d->range_end.data;
+            x.el = d->range_end.len;
+        }
+        ref_push(dels, x);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ops[i]->request_case != KEEL__REQUEST_OP__REQUEST_REQUEST_TXN)
+            continue;
+        const Keel__TxnRequest *t = ops[i]->request_txn;
+        struct ref_set *pt = calloc(4, sizeof(*pt)), *dt = pt + 1, *pe = pt + 2, *de = pt + 3;
+        bool bad = ref_conflict(t->success, t->n_success, pt, dt) ||
+                   ref_conflict(t->failure, t->n_failure, pe, de);
+        for (size_t j = 0; !bad && j < pt->n; j++) {
+            bad = ref_in_puts(puts, &pt->v[j]) || ref_in_dels(dels, &pt->v[j]);
+            if (!bad)
+                ref_push(puts, pt->v[j]);
+        }
+        for (size_t j = 0; !bad && j < pe->n; j++) {
+            bool then_put = ref_in_puts(pt, &pe->v[j]);
+            bad = (ref_in_puts(puts, &pe->v[j]) && !then_put) || ref_in_dels(dels, &pe->v[j]);
+            if (!bad && !then_put)
+                ref_push(puts, pe->v[j]);
+        }
+        for (size_t j = 0; !bad && j < dt->n; j++)
+            ref_push(dels, dt->v[j]);
+        for (size_t j = 0; !bad && j < de->n; j++)
+            ref_push(dels, de->v[j]);
+        free(pt);
+        if (bad)
+            return true;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ops[i]->request_case != KEEL__REQUEST_OP__REQUEST_REQUEST_PUT)
+            continue;
+        const Keel__PutRequest *p = ops[i]->request_put;
+        struct ref_ival x = {p->key.data, NULL, p->key.len, 0, true};
+        if (ref_in_puts(puts, &x) || ref_in_dels(dels, &x))
+            return true;
+        ref_push(puts, x);
+    }
+    return false;
+}
+
+static bool ref_txn_conflict(const Keel__TxnRequest *t)
+{
+    struct ref_set *s = calloc(2, sizeof(*s));
+    bool bad = ref_conflict(t->success, t->n_success, &s[0], &s[1]);
+    memset(s, 0, 2 * sizeof(*s));
+    bad = bad || ref_conflict(t->failure, t->n_failure, &s[0], &s[1]);
+    free(s);
+    return bad;
+}
+
+/* Few keys, so that writes meet often: points, spans (empty ones too), open ends, "" starts. */
+static const char *const rkeys[] = {"a", "aa", "ab", "b", "ba", "c"};
+static const char *const rends[] = {"a", "ab", "b", "bb", "c", "d"};
+
+static void rand_branch(struct keel_arena *a, Keel__TxnRequest *t, int success, uint64_t *rs,
+                        int depth)
+{
+    int n = (int)(tu_rand(rs) % 4);
+    for (int i = 0; i < n; i++) {
+        Keel__RequestOp *op = tu_txn_op(a, t, success);
+        unsigned r = (unsigned)(tu_rand(rs) % 10);
+        const char *k = rkeys[tu_rand(rs) % 6], *e = rends[tu_rand(rs) % 6];
+        if (r >= 7 && depth < 3) {
+            Keel__TxnRequest *in = op_txn(a, op);
+            rand_branch(a, in, 1, rs, depth + 1);
+            rand_branch(a, in, 0, rs, depth + 1);
+        } else if (r >= 4 && r < 7) {
+            Keel__DeleteRangeRequest *d;
+            switch (tu_rand(rs) % 4) {
+            case 0:
+                d = tu_del_req(a, k, NULL);
+                break;
+            case 1:
+                d = tu_del_req(a, k, e);
+                break;
+            case 2:
+                d = tu_del_req(a, k, NULL);
+                d->range_end = tu_bytes(a, "\0", 1);
+                break;
+            default:
+                d = tu_del_req(a, "", e);
+            }
+            tu_op_del(op, d);
+        } else if (r == 3) {
+            tu_op_range(op, tu_range_req(a, k, NULL));
+        } else {
+            tu_op_put(op, tu_put_req(a, k, "v"));
+        }
+    }
+}
+
+static void txn_overlap_rule_matches_reference(void **state)
+{
+    struct fx *f = *state;
+    uint64_t rs = tu_seed("txn_overlap_rule_matches_reference");
+    int verdicts[2] = {0, 0};
+    for (int i = 0; i < 20000; i++) {
+        Keel__TxnRequest *t = tu_txn(&f->a);
+        rand_branch(&f->a, t, 1, &rs, 0);
+        rand_branch(&f->a, t, 0, &rs, 0);
+        const char *msg = NULL;
+        int err = keel_store_validate(tu_cmd_txn(&f->a, t), NULL, &msg);
+        assert_true(err == 0 || err == KEEL_EDUPKEY);
+        bool want = ref_txn_conflict(t);
+        if ((err == KEEL_EDUPKEY) != want) {
+            size_t n = keel__txn_request__get_packed_size(t);
+            uint8_t *buf = malloc(n);
+            keel__txn_request__pack(t, buf);
+            fprintf(stderr, "trial %d: validate %s, reference %s; TxnRequest:", i,
+                    keel_err_name(err), want ? "conflict" : "no conflict");
+            for (size_t j = 0; j < n; j++)
+                fprintf(stderr, " %02x", buf[j]);
+            fprintf(stderr, "\n");
+            free(buf);
+            fail();
+        }
+        verdicts[want]++;
+        keel_arena_reset(&f->a);
+    }
+    printf("accepted %d, refused %d\n", verdicts[0], verdicts[1]);
+    /* Both verdicts well represented, or the comparison shows little. */
+    assert_true(verdicts[0] > 4000 && verdicts[1] > 4000);
+}
+
+/* n writes no two of which meet: point and span deletes, a nested txn whose two branches put
+ * the same keys, and puts of the level. */
+static Keel__Command *txn_of_writes(struct keel_arena *a, unsigned n)
+{
+    Keel__TxnRequest *t = tu_txn(a);
+    unsigned q = n / 4, e = n / 8;
+    t->success = ops_n(a, 2 * e + 1 + q);
+    t->n_success = 2 * e + 1 + q;
+    Keel__RequestOp **op = t->success;
+    for (unsigned i = 0; i < e; i++) {
+        tu_op_del(*op++, tu_del_req(a, "", NULL));
+        op[-1]->request_delete_range->key = keyf(a, "d", i, 0);
+        Keel__DeleteRangeRequest *d = tu_del_req(a, "", NULL);
+        d->key = keyf(a, "r", i, 0);
+        d->range_end = keyf(a, "r", i, 1);
+        tu_op_del(*op++, d);
+    }
+    Keel__TxnRequest *in = op_txn(a, *op++);
+    in->success = ops_n(a, q);
+    in->failure = ops_n(a, q);
+    in->n_success = in->n_failure = q;
+    for (unsigned i = 0; i < q; i++) {
+        op_put_key(a, in->success[i], keyf(a, "n", i, 0));
+        op_put_key(a, in->failure[i], keyf(a, "n", i, 0));
+        op_put_key(a, *op++, keyf(a, "p", i, 0));
+    }
+    return tu_cmd_txn(a, t);
+}
+
+static double cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static double validate_ms(const Keel__Command *cmd, int reps)
+{
+    const struct keel_limits none = {.max_txn_ops = SIZE_MAX, .max_txn_total_ops = SIZE_MAX};
+    const char *msg = NULL;
+    double t0 = cpu_ms();
+    for (int i = 0; i < reps; i++)
+        assert_int_equal(keel_store_validate(cmd, &none, &msg), 0);
+    return cpu_ms() - t0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * The work of the overlap check grows with n log n, not n^2: validating four times the writes
+ * costs about five times as much (quadratic: sixteen times); the bound sits between the two, a
+ * factor of two from each. This thread's CPU time, so other processes on the machine do not
+ * count; medians of interleaved samples, each long enough to time.
+ */
+static void txn_overlap_check_is_not_quadratic(void **state)
+{
+    struct fx *f = *state;
+    enum { N = 2048, SAMPLES = 7 };
+    Keel__Command *small = txn_of_writes(&f->a, N), *big = txn_of_writes(&f->a, 4 * N);
+    int reps = 1;
+    while (validate_ms(small, reps) < 40 && reps < (1 << 16))
+        reps *= 2;
+    double ts[SAMPLES], tb[SAMPLES];
+    for (int i = 0; i < SAMPLES; i++) {
+        ts[i] = validate_ms(small, reps);
+        tb[i] = validate_ms(big, reps);
+    }
+    qsort(ts, SAMPLES, sizeof(double), cmp_double);
+    qsort(tb, SAMPLES, sizeof(double), cmp_double);
+    double ratio = tb[SAMPLES / 2] / ts[SAMPLES / 2];
+    printf("%d writes: %.2f ms, %d: %.2f ms (x%d): ratio %.2f\n", N, ts[SAMPLES / 2] / reps, 4 * N,
+           tb[SAMPLES / 2] / reps, reps, ratio);
+    assert_true(ratio < 8.0);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
 
 int main(int argc, char **argv)
@@ -1134,13 +1528,23 @@ int main(int argc, char **argv)
     const struct CMUnitTest reply_bounds[] = {T(range_reply_is_bounded),
                                               T(txn_reads_are_priced_before_writing),
                                               T(txn_compares_stream), T(delete_prev_kv_is_bounded)};
+    const struct CMUnitTest validate_bounds[] = {T(txn_total_ops_capped),
+                                                 T(txn_overlap_rule_matches_reference),
+                                                 T(txn_overlap_check_is_not_quadratic)};
     const struct tu_group groups[] = {
-        TU_GROUP(put),         TU_GROUP(delete_range),
-        TU_GROUP(txn),         TU_GROUP(range),
-        TU_GROUP(history),     TU_GROUP(compaction),
-        TU_GROUP(lease),       TU_GROUP(quota),
-        TU_GROUP(validate),    TU_GROUP(snapshot_restore),
-        TU_GROUP(write_batch), TU_GROUP(reply_bounds),
+        TU_GROUP(put),
+        TU_GROUP(delete_range),
+        TU_GROUP(txn),
+        TU_GROUP(range),
+        TU_GROUP(history),
+        TU_GROUP(compaction),
+        TU_GROUP(lease),
+        TU_GROUP(quota),
+        TU_GROUP(validate),
+        TU_GROUP(snapshot_restore),
+        TU_GROUP(write_batch),
+        TU_GROUP(reply_bounds),
+        TU_GROUP(validate_bounds),
     };
     return tu_run_groups("test_store", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }
