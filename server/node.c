@@ -364,11 +364,7 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
     n->raft_fsm.apply = fsm_apply;
     n->raft_fsm.snapshot = fsm_snapshot;
     n->raft_fsm.restore = fsm_restore;
-    struct keel_transport_self self = {0};
-    snprintf(self.client, sizeof(self.client), "%s", c->listen_client);
-    snprintf(self.name, sizeof(self.name), "%s", c->name);
-    snprintf(self.zone, sizeof(self.zone), "%s", c->zone);
-    int rv = keel_transport_init(&n->transport, o->loop, &self, o->on_peer, o->data);
+    int rv = keel_transport_init(&n->transport, o->loop, c, o->on_peer, o->data);
     if (rv != 0) {
         free(n);
         return from_raft(rv);

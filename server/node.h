@@ -36,7 +36,7 @@ struct keel_node_options {
     struct keel_fsm *fsm; /* receives committed entries, snapshots and restores */
     /* Leadership or the leader changed: is_leader, and the leader's id (0 when unknown). */
     void (*on_change)(void *data, bool is_leader, uint64_t leader_id);
-    /* A peer's handshake arrived: what it says its client address and zone are. */
+    /* A peer's handshake was accepted (transport.h says when): its client address and zone. */
     void (*on_peer)(void *data, uint64_t id, const char *client, const char *zone);
     void *data;
 };

@@ -5,6 +5,8 @@
  */
 #include "transport.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +30,8 @@ struct pending {
     int canceled;
     /* incoming */
     uint64_t started; /* uv_now at accept: the sweep drops slow handshakes */
+    struct in_addr from_ip;
+    char from[KEEL_ADDR_MAX]; /* "a.b.c.d:port", for the log */
     size_t got;
     uint8_t hello[HELLO_LEN];
 };
@@ -37,7 +41,7 @@ struct tport {
     raft_id id;
     char address[KEEL_ADDR_MAX];
     char host[KEEL_ADDR_MAX];
-    struct keel_transport_self self;
+    const struct keel_config *cfg;
     keel_transport_peer_cb peer_cb;
     void *peer_data;
     uv_tcp_t listener;
@@ -132,9 +136,9 @@ static void on_connect(uv_connect_t *c, int status)
     keel_put_le64(p->hello + 8, HELLO_VERSION);
     keel_put_le64(p->hello + 16, t->id);
     put_str(p->hello + 24, t->address);
-    put_str(p->hello + 88, t->self.client);
-    put_str(p->hello + 152, t->self.name);
-    put_str(p->hello + 216, t->self.zone);
+    put_str(p->hello + 88, t->cfg->listen_client);
+    put_str(p->hello + 152, t->cfg->name);
+    put_str(p->hello + 216, t->cfg->zone);
     uv_buf_t buf = uv_buf_init((char *)p->hello, HELLO_LEN);
     p->write.data = p;
     if (uv_write(&p->write, (uv_stream_t *)p->tcp, &buf, 1, on_hello_written) != 0)
@@ -206,6 +210,59 @@ static void hello_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init((char *)p->hello + p->got, (unsigned)(HELLO_LEN - p->got));
 }
 
+/* The configured member a complete handshake proves to come from, or NULL with why not in
+ * why (see transport.h for the rule). */
+static const struct keel_member_conf *check_hello(struct tport *t, const struct pending *p,
+                                                  char *why, size_t len)
+{
+    const struct keel_config *cfg = t->cfg;
+    if (keel_get_le64(p->hello) != HELLO_MAGIC) {
+        snprintf(why, len, "not a keel peer handshake");
+        return NULL;
+    }
+    uint64_t version = keel_get_le64(p->hello + 8);
+    if (version != HELLO_VERSION) {
+        snprintf(why, len, "handshake version %llu, this member speaks %d",
+                 (unsigned long long)version, HELLO_VERSION);
+        return NULL;
+    }
+    uint64_t id = keel_get_le64(p->hello + 16);
+    const struct keel_member_conf *m = keel_config_member(cfg, id);
+    if (m == NULL) {
+        snprintf(why, len, "claims member id %016llx, which --initial-cluster does not name",
+                 (unsigned long long)id);
+        return NULL;
+    }
+    if (id == cfg->member_id) {
+        snprintf(why, len, "claims to be this member (%s)", m->name);
+        return NULL;
+    }
+    char addr[64], host[KEEL_ADDR_MAX];
+    int port;
+    struct in_addr want;
+    get_str(addr, p->hello + 24);
+    if (strcmp(addr, m->peer) != 0) {
+        snprintf(why, len, "claims member %s with peer address %.63s, configured as %s", m->name,
+                 addr, m->peer);
+        return NULL;
+    }
+    /* config.c accepted only IPv4 literals, so this cannot fail; refuse if it ever does. */
+    if (keel_addr_split(m->peer, host, sizeof(host), &port) != 0 ||
+        inet_pton(AF_INET, host, &want) != 1 || p->from_ip.s_addr != want.s_addr) {
+        snprintf(why, len, "claims member %s, whose peer address is %s, from another host", m->name,
+                 m->peer);
+        return NULL;
+    }
+    /* What every member will be told to dial: the same form --listen-client must have. */
+    char client[64];
+    get_str(client, p->hello + 88);
+    if (keel_addr_split(client, host, sizeof(host), &port) != 0) {
+        snprintf(why, len, "member %s gives a client address that is not a.b.c.d:port", m->name);
+        return NULL;
+    }
+    return m;
+}
+
 static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     struct pending *p = s->data;
@@ -219,23 +276,23 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (p->got < HELLO_LEN)
         return;
     uv_read_stop(s);
-    uint64_t id = keel_get_le64(p->hello + 16);
-    if (keel_get_le64(p->hello) != HELLO_MAGIC || keel_get_le64(p->hello + 8) != HELLO_VERSION ||
-        id == 0) {
-        KLOG_WARN("peer connection with a bad handshake dropped");
+    char why[256];
+    const struct keel_member_conf *m = check_hello(t, p, why, sizeof(why));
+    if (m == NULL) {
+        KLOG_WARN("peer connection from %s refused: %s", p->from, why);
         accept_drop(p);
         return;
     }
-    char addr[64], client[64], zone[64];
-    get_str(addr, p->hello + 24);
+    char client[64], zone[64];
     get_str(client, p->hello + 88);
     get_str(zone, p->hello + 216);
     uv_tcp_t *tcp = p->tcp;
     list_del(p);
     free(p);
     if (t->peer_cb != NULL)
-        t->peer_cb(t->peer_data, id, client, zone);
-    t->accept_cb(t->base, id, addr, (uv_stream_t *)tcp);
+        t->peer_cb(t->peer_data, m->id, client, zone);
+    /* The configured address, which the check above proved equal to the claimed one. */
+    t->accept_cb(t->base, m->id, m->peer, (uv_stream_t *)tcp);
 }
 
 static void sweep(uv_timer_t *timer)
@@ -265,10 +322,20 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_init(t->loop, tcp);
     tcp->data = p;
     list_add(t, p);
-    if (uv_accept(server, (uv_stream_t *)tcp) != 0) {
+    struct sockaddr_storage from;
+    int from_len = sizeof(from);
+    if (uv_accept(server, (uv_stream_t *)tcp) != 0 ||
+        uv_tcp_getpeername(tcp, (struct sockaddr *)&from, &from_len) != 0 ||
+        from.ss_family != AF_INET) {
+        /* Members speak IPv4 only (the listener is an IPv4 socket): nothing to check here. */
         accept_drop(p);
         return;
     }
+    const struct sockaddr_in *from4 = (const struct sockaddr_in *)&from;
+    p->from_ip = from4->sin_addr;
+    char ip[INET_ADDRSTRLEN] = "?";
+    uv_ip4_name(from4, ip, sizeof(ip));
+    snprintf(p->from, sizeof(p->from), "%s:%d", ip, ntohs(from4->sin_port));
     uv_tcp_nodelay(tcp, 1);
     uv_read_start((uv_stream_t *)tcp, hello_alloc, hello_read);
 }
@@ -348,14 +415,14 @@ static void t_close(struct raft_uv_transport *base, raft_uv_transport_close_cb c
 }
 
 int keel_transport_init(struct raft_uv_transport *base, uv_loop_t *loop,
-                        const struct keel_transport_self *self, keel_transport_peer_cb peer_cb,
+                        const struct keel_config *cfg, keel_transport_peer_cb peer_cb,
                         void *peer_data)
 {
     struct tport *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return RAFT_NOMEM;
     t->loop = loop;
-    t->self = *self;
+    t->cfg = cfg;
     t->peer_cb = peer_cb;
     t->peer_data = peer_data;
     t->list.next = t->list.prev = &t->list;
