@@ -13,10 +13,23 @@
 #include "bytes.h"
 #include "log.h"
 
+/*
+ * The handshake, little-endian: magic, version (the head, read and checked first, so a peer of
+ * another version is refused at once instead of after HELLO_TIMEOUT), then cluster id, raft id,
+ * and four NUL-padded 64-byte fields: peer address, client address, name, zone.
+ * Version 2 added the cluster id.
+ */
 #define HELLO_MAGIC   0x4b45454c50454552ull /* "KEELPEER" */
-#define HELLO_VERSION 1
-#define HELLO_LEN     (8 + 8 + 8 + 4 * 64)
+#define HELLO_VERSION 2
+#define HELLO_HEAD    16
+#define HELLO_LEN     (HELLO_HEAD + 8 + 8 + 4 * 64)
 #define HELLO_TIMEOUT 5000 /* ms an incoming connection has to send its handshake */
+#define HELLO_CLUSTER 16
+#define HELLO_ID      24
+#define HELLO_PEER    32
+#define HELLO_CLIENT  96
+#define HELLO_NAME    160
+#define HELLO_ZONE    224
 
 struct pending {
     struct pending *next, *prev;
@@ -134,11 +147,12 @@ static void on_connect(uv_connect_t *c, int status)
     struct tport *t = p->t;
     keel_put_le64(p->hello, HELLO_MAGIC);
     keel_put_le64(p->hello + 8, HELLO_VERSION);
-    keel_put_le64(p->hello + 16, t->id);
-    put_str(p->hello + 24, t->address);
-    put_str(p->hello + 88, t->cfg->listen_client);
-    put_str(p->hello + 152, t->cfg->name);
-    put_str(p->hello + 216, t->cfg->zone);
+    keel_put_le64(p->hello + HELLO_CLUSTER, t->cfg->cluster_id);
+    keel_put_le64(p->hello + HELLO_ID, t->id);
+    put_str(p->hello + HELLO_PEER, t->address);
+    put_str(p->hello + HELLO_CLIENT, t->cfg->listen_client);
+    put_str(p->hello + HELLO_NAME, t->cfg->name);
+    put_str(p->hello + HELLO_ZONE, t->cfg->zone);
     uv_buf_t buf = uv_buf_init((char *)p->hello, HELLO_LEN);
     p->write.data = p;
     if (uv_write(&p->write, (uv_stream_t *)p->tcp, &buf, 1, on_hello_written) != 0)
@@ -206,8 +220,26 @@ static void hello_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct pending *p = h->data;
     (void)suggested;
-    /* Never read past the handshake: what follows is raft's. */
-    *buf = uv_buf_init((char *)p->hello + p->got, (unsigned)(HELLO_LEN - p->got));
+    /* Never read past the head until it is checked, nor past the handshake: what follows is
+     * raft's. */
+    size_t want = p->got < HELLO_HEAD ? HELLO_HEAD : HELLO_LEN;
+    *buf = uv_buf_init((char *)p->hello + p->got, (unsigned)(want - p->got));
+}
+
+/* 0 when the head says a keel peer of this version follows, else -1 with why. */
+static int check_head(const struct pending *p, char *why, size_t len)
+{
+    if (keel_get_le64(p->hello) != HELLO_MAGIC) {
+        snprintf(why, len, "not a keel peer handshake");
+        return -1;
+    }
+    uint64_t version = keel_get_le64(p->hello + 8);
+    if (version != HELLO_VERSION) {
+        snprintf(why, len, "handshake version %llu, this member speaks %d",
+                 (unsigned long long)version, HELLO_VERSION);
+        return -1;
+    }
+    return 0;
 }
 
 /* The configured member a complete handshake proves to come from, or NULL with why not in
@@ -216,17 +248,13 @@ static const struct keel_member_conf *check_hello(struct tport *t, const struct 
                                                   char *why, size_t len)
 {
     const struct keel_config *cfg = t->cfg;
-    if (keel_get_le64(p->hello) != HELLO_MAGIC) {
-        snprintf(why, len, "not a keel peer handshake");
+    uint64_t cluster = keel_get_le64(p->hello + HELLO_CLUSTER);
+    if (cluster != cfg->cluster_id) {
+        snprintf(why, len, "from cluster %016llx, this member is in cluster %016llx",
+                 (unsigned long long)cluster, (unsigned long long)cfg->cluster_id);
         return NULL;
     }
-    uint64_t version = keel_get_le64(p->hello + 8);
-    if (version != HELLO_VERSION) {
-        snprintf(why, len, "handshake version %llu, this member speaks %d",
-                 (unsigned long long)version, HELLO_VERSION);
-        return NULL;
-    }
-    uint64_t id = keel_get_le64(p->hello + 16);
+    uint64_t id = keel_get_le64(p->hello + HELLO_ID);
     const struct keel_member_conf *m = keel_config_member(cfg, id);
     if (m == NULL) {
         snprintf(why, len, "claims member id %016llx, which --initial-cluster does not name",
@@ -240,7 +268,7 @@ static const struct keel_member_conf *check_hello(struct tport *t, const struct 
     char addr[64], host[KEEL_ADDR_MAX];
     int port;
     struct in_addr want;
-    get_str(addr, p->hello + 24);
+    get_str(addr, p->hello + HELLO_PEER);
     if (strcmp(addr, m->peer) != 0) {
         snprintf(why, len, "claims member %s with peer address %.63s, configured as %s", m->name,
                  addr, m->peer);
@@ -255,7 +283,7 @@ static const struct keel_member_conf *check_hello(struct tport *t, const struct 
     }
     /* What every member will be told to dial: the same form --listen-client must have. */
     char client[64];
-    get_str(client, p->hello + 88);
+    get_str(client, p->hello + HELLO_CLIENT);
     if (keel_addr_split(client, host, sizeof(host), &port) != 0) {
         snprintf(why, len, "member %s gives a client address that is not a.b.c.d:port", m->name);
         return NULL;
@@ -273,10 +301,16 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
     p->got += (size_t)n;
+    char why[256];
+    if (p->got == HELLO_HEAD && check_head(p, why, sizeof(why)) != 0) {
+        KLOG_WARN("peer connection from %s refused: %s", p->from, why);
+        uv_read_stop(s);
+        accept_drop(p);
+        return;
+    }
     if (p->got < HELLO_LEN)
         return;
     uv_read_stop(s);
-    char why[256];
     const struct keel_member_conf *m = check_hello(t, p, why, sizeof(why));
     if (m == NULL) {
         KLOG_WARN("peer connection from %s refused: %s", p->from, why);
@@ -284,8 +318,8 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
     char client[64], zone[64];
-    get_str(client, p->hello + 88);
-    get_str(zone, p->hello + 216);
+    get_str(client, p->hello + HELLO_CLIENT);
+    get_str(zone, p->hello + HELLO_ZONE);
     uv_tcp_t *tcp = p->tcp;
     list_del(p);
     free(p);

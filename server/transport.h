@@ -4,18 +4,19 @@
  * 127.0.0.1 as the source and the zone simulation could not tell members apart).
  *
  * A connection opens with a fixed-size handshake from the connecting side: magic, version,
- * raft id, and the sender's peer address, client address, name and zone. The accepting side
- * reads exactly that many bytes, then hands the stream to raft. The handshake is also how a
- * member learns its peers' client addresses (see members.h).
+ * cluster id, raft id, and the sender's peer address, client address, name and zone. The
+ * accepting side reads exactly that many bytes, then hands the stream to raft. The handshake
+ * is also how a member learns its peers' client addresses (see members.h).
  *
  * Until TLS lands, the only proof of who connects is where the connection comes from. A
- * handshake is accepted only when the id it claims is a configured member other than this one,
- * the peer address it gives is that member's configured one, and the connection's source IP is
- * that address's host (an IPv4 literal: --initial-cluster takes nothing else, so there is
- * nothing to resolve). Anything else is closed and logged, and neither raft nor the peer
- * callback ever hears of it: raft would otherwise take votes and appends from the impostor,
- * and its attributes would be published to every member. Members that share a host cannot be
- * told apart this way; each needs its own address.
+ * handshake is accepted only when it names this member's cluster (a member of another cluster
+ * must never vote here or feed this log), the id it claims is a configured member other than
+ * this one, the peer address it gives is that member's configured one, and the connection's
+ * source IP is that address's host (an IPv4 literal: --initial-cluster takes nothing else, so
+ * there is nothing to resolve). Anything else is closed and logged, and neither raft nor the
+ * peer callback ever hears of it: raft would otherwise take votes and appends from the
+ * impostor, and its attributes would be published to every member. Members that share a host
+ * cannot be told apart this way; each needs its own address.
  */
 #ifndef KEEL_TRANSPORT_H
 #define KEEL_TRANSPORT_H

@@ -32,8 +32,9 @@
 /* keeld's handshake (server/transport.c), written out here on purpose: a test that borrowed
  * the server's encoder would agree with it by construction. */
 #define HELLO_MAGIC   0x4b45454c50454552ull
-#define HELLO_VERSION 1
-#define HELLO_LEN     (8 + 8 + 8 + 4 * 64)
+#define HELLO_VERSION 2
+#define HELLO_LEN     (8 + 8 + 8 + 8 + 4 * 64)
+#define HELLO_V1_LEN  (8 + 8 + 8 + 4 * 64) /* before the cluster id */
 
 static struct tc_cluster cl;
 
@@ -51,6 +52,7 @@ static void put_field(uint8_t *p, const char *s)
 
 struct hello {
     uint64_t version;
+    uint64_t cluster;
     uint64_t id;
     const char *peer, *client, *name, *zone;
 };
@@ -59,12 +61,17 @@ static size_t hello_encode(const struct hello *h, uint8_t *out)
 {
     put_le64(out, HELLO_MAGIC);
     put_le64(out + 8, h->version);
-    put_le64(out + 16, h->id);
-    put_field(out + 24, h->peer);
-    put_field(out + 88, h->client);
-    put_field(out + 152, h->name);
-    put_field(out + 216, h->zone);
-    return HELLO_LEN;
+    size_t off = 16;
+    if (h->version >= 2) {
+        put_le64(out + off, h->cluster);
+        off += 8;
+    }
+    put_le64(out + off, h->id);
+    put_field(out + off + 8, h->peer);
+    put_field(out + off + 72, h->client);
+    put_field(out + off + 136, h->name);
+    put_field(out + off + 200, h->zone);
+    return off + 264;
 }
 
 static void split(const char *addr, char *host, size_t len, int *port)
@@ -292,6 +299,11 @@ static uint64_t member_id(int i)
     return keel_hash64(cl.m[i].name, strlen(cl.m[i].name));
 }
 
+static uint64_t cluster_id(void)
+{
+    return keel_hash64(cl.initial, strlen(cl.initial));
+}
+
 /* ---- tests ---- */
 
 static int setup(void **state)
@@ -321,6 +333,7 @@ static void spoofed_member_refused(void **state)
     for (int i = 1; i <= cl.n; i++) {
         int j = i % cl.n + 1; /* someone else: the leader is among the targets, whoever it is */
         struct hello h = {.version = HELLO_VERSION,
+                          .cluster = cluster_id(),
                           .id = member_id(j),
                           .peer = cl.m[j].peer,
                           .client = "127.0.9.9:2379",
@@ -349,6 +362,7 @@ static void unknown_member_refused(void **state)
 {
     (void)state;
     struct hello h = {.version = HELLO_VERSION,
+                      .cluster = cluster_id(),
                       .id = 0x1234567,
                       .peer = cl.m[2].peer,
                       .client = cl.m[2].client,
@@ -361,6 +375,54 @@ static void unknown_member_refused(void **state)
     close(fd);
     assert_true(log_has(1, "refused", "0000000001234567", "does not name", NULL));
     assert_serving("after-unknown");
+}
+
+/* A member of another cluster, even from the right host with the right id and address, never
+ * gets in: the log names both clusters, so whoever reads it sees the two configurations. */
+static void other_cluster_refused(void **state)
+{
+    (void)state;
+    uint64_t other = cluster_id() ^ 0x5a5a;
+    struct hello h = {.version = HELLO_VERSION,
+                      .cluster = other,
+                      .id = member_id(2),
+                      .peer = cl.m[2].peer,
+                      .client = "127.0.9.9:2379",
+                      .name = cl.m[2].name,
+                      .zone = cl.m[2].zone};
+    uint8_t buf[HELLO_LEN];
+    int fd = dial_from("127.0.2.1", cl.m[1].peer);
+    send_all(fd, buf, hello_encode(&h, buf));
+    assert_true(closed_within(fd, 3000));
+    close(fd);
+    char mine[32], theirs[32];
+    snprintf(mine, sizeof(mine), "%016llx", (unsigned long long)cluster_id());
+    snprintf(theirs, sizeof(theirs), "%016llx", (unsigned long long)other);
+    assert_true(log_has(1, "refused", "127.0.2.1", theirs, mine, NULL));
+    assert_serving("after-other-cluster");
+    assert_real_addresses(0);
+}
+
+/* A handshake of the version before the cluster id is refused on its head alone, long before
+ * the 5 s handshake timeout: it would otherwise wait for bytes an old peer never sends. */
+static void old_version_refused(void **state)
+{
+    (void)state;
+    struct hello h = {.version = 1,
+                      .id = member_id(2),
+                      .peer = cl.m[2].peer,
+                      .client = cl.m[2].client,
+                      .name = cl.m[2].name,
+                      .zone = cl.m[2].zone};
+    uint8_t buf[HELLO_LEN];
+    int fd = dial_from("127.0.2.1", cl.m[3].peer);
+    size_t n = hello_encode(&h, buf);
+    assert_int_equal(n, HELLO_V1_LEN);
+    send_all(fd, buf, n);
+    assert_true(closed_within(fd, 2000));
+    close(fd);
+    assert_true(log_has(3, "refused", "handshake version 1", NULL));
+    assert_serving("after-old-version");
 }
 
 static void members_stop_cleanly(void **state)
@@ -376,8 +438,8 @@ static void members_stop_cleanly(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(spoofed_member_refused),
-        cmocka_unit_test(unknown_member_refused),
+        cmocka_unit_test(spoofed_member_refused), cmocka_unit_test(unknown_member_refused),
+        cmocka_unit_test(other_cluster_refused),  cmocka_unit_test(old_version_refused),
         cmocka_unit_test(members_stop_cleanly),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
