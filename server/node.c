@@ -9,6 +9,7 @@
 #include "node.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,10 @@ struct keel_node {
     struct raft raft;
     struct raft_io io;
     struct raft_uv_transport transport;
+    /* raft_uv's close and raft's callback for it, which once_closed calls exactly once */
+    void (*uv_close)(struct raft_io *io, raft_io_close_cb cb);
+    raft_io_close_cb io_close_cb;
+    int io_closed;
     struct raft_fsm raft_fsm;
     uv_check_t poll;
     int last_state;
@@ -322,6 +327,34 @@ void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
     out->barrier = node_barrier;
 }
 
+/*
+ * raft_uv 0.15 can report its close twice: a segment writer whose close it does not track (one
+ * rolled over just before shutdown, say) finishes closing after the close callback has fired and
+ * calls it again (canonical/raft#341, cowsql/raft#45). raft's callback then frees its state a
+ * second time, and if raft_uv's own memory was freed in between (raft_uv_close, which raft's
+ * example does in raft's close callback) it runs on freed memory: keeld crashed this way in
+ * shutdown under large writes (test_shutdown single). So raft hears of the close once, and
+ * raft_uv's memory is freed only in keel_node_free, after the loop has stopped and nothing can
+ * call back any more.
+ */
+static void once_closed(struct raft_io *io)
+{
+    struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
+    if (n->io_closed) {
+        KLOG_DEBUG("raft_uv reported its close a second time: ignored");
+        return;
+    }
+    n->io_closed = 1;
+    n->io_close_cb(io);
+}
+
+static void guarded_close(struct raft_io *io, raft_io_close_cb cb)
+{
+    struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
+    n->io_close_cb = cb;
+    n->uv_close(io, once_closed);
+}
+
 /* ---- set-up and shutdown ---- */
 
 static int bootstrap(struct keel_node *n)
@@ -376,6 +409,8 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
         free(n);
         return from_raft(rv);
     }
+    n->uv_close = n->io.close;
+    n->io.close = guarded_close;
     rv = raft_init(&n->raft, &n->io, &n->raft_fsm, c->member_id, c->listen_peer);
     if (rv != 0) {
         KLOG_ERROR("raft_init: %s", raft_errmsg(&n->raft));
@@ -437,7 +472,7 @@ int keel_node_transfer(struct keel_node *n, void (*cb)(void *data), void *data)
 static void raft_closed(struct raft *r)
 {
     struct keel_node *n = r->data;
-    raft_uv_close(&n->io);
+    /* raft_uv's memory stays until keel_node_free (see once_closed). */
     if (n->stop_cb != NULL)
         n->stop_cb(n->stop_data);
 }
@@ -458,6 +493,7 @@ void keel_node_free(struct keel_node *n)
 {
     if (n == NULL)
         return;
+    raft_uv_close(&n->io);
     keel_transport_close(&n->transport);
     free(n);
 }

@@ -72,7 +72,8 @@ int keel_node_transfer(struct keel_node *n, void (*cb)(void *data), void *data);
  * pending are called back first (with KEEL_EUNKNOWN; barriers with KEEL_ENOTLEADER). */
 void keel_node_stop(struct keel_node *n, void (*cb)(void *data), void *data);
 
-/* Free the node (after its stop callback has fired). NULL is fine. */
+/* Free the node once the loop has stopped after its stop callback (raft_uv may still call back
+ * until then). NULL is fine. */
 void keel_node_free(struct keel_node *n);
 
 #endif
