@@ -27,6 +27,9 @@ struct keel_node {
     struct raft raft;
     struct raft_io io;
     struct raft_uv_transport transport;
+    /* raft_uv's send, which guarded_send calls for the messages it lets through */
+    int (*uv_send)(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
+                   raft_io_send_cb cb);
     /* raft_uv's close and raft's callback for it, which once_closed calls exactly once */
     void (*uv_close)(struct raft_io *io, raft_io_close_cb cb);
     raft_io_close_cb io_close_cb;
@@ -327,6 +330,34 @@ void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
     out->barrier = node_barrier;
 }
 
+/* ---- raft_uv's send, guarded ---- */
+
+/*
+ * raft 0.15 sends a follower's AppendEntries result to whatever its follower state names as the
+ * leader when the disk write completes, even when the member has meanwhile forgotten the leader
+ * (an election after a pause: id 0, address NULL, canonical/raft#350) or left follower state
+ * (the union then holds other data: a garbage id and address, #339); raft_uv crashes in strlen.
+ * Seen here on followers frozen past an election timeout under load (test_shutdown no_quorum).
+ * Fixed upstream after 0.15 (#342 and later); until then every message goes to a configured
+ * member, at its configured address, or nowhere: a refused send is an ordinary failure raft
+ * already handles (it frees the request; the leader retries or a new election settles it).
+ */
+static int guarded_send(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
+                        raft_io_send_cb cb)
+{
+    struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
+    const struct keel_member_conf *to = keel_config_member(n->o.cfg, m->server_id);
+    if (to == NULL || to->id == n->o.cfg->member_id) {
+        KLOG_DEBUG("raft message of type %u to unknown member %llu dropped", (unsigned)m->type,
+                   (unsigned long long)m->server_id);
+        return RAFT_NOCONNECTION;
+    }
+    /* raft_uv copies what it needs (it encodes the message and copies the address). */
+    struct raft_message copy = *m;
+    copy.server_address = to->peer;
+    return n->uv_send(io, req, &copy, cb);
+}
+
 /*
  * raft_uv 0.15 can report its close twice: a segment writer whose close it does not track (one
  * rolled over just before shutdown, say) finishes closing after the close callback has fired and
@@ -409,6 +440,8 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
         free(n);
         return from_raft(rv);
     }
+    n->uv_send = n->io.send;
+    n->io.send = guarded_send;
     n->uv_close = n->io.close;
     n->io.close = guarded_close;
     rv = raft_init(&n->raft, &n->io, &n->raft_fsm, c->member_id, c->listen_peer);

@@ -1,6 +1,9 @@
 /*
  * A member stopped (SIGTERM) while writes stream through it exits cleanly: status 0, no
  * sanitizer report, its log ending in "stopped". `test_shutdown <group>`:
+ *   no_quorum  - three members; the followers are frozen (SIGSTOP) so nothing commits, then the
+ *                leader is stopped with its writes pending in raft, restarted, and the
+ *                followers thawed (a follower thawed past an election timeout crashed raft 0.15);
  *   single     - one member, entries of two segments each in flight to its own disk, so the
  *                log rolls over segments right up to the stop (raft_uv 0.15 crashed there).
  * The writers pipeline raw Put frames on one connection, so the requests really are in flight
@@ -309,6 +312,41 @@ static void restart(struct tc_cluster *c, int i)
 
 #define ROUNDS 16 /* stops per group */
 
+/* Nothing can commit (the followers are frozen), so the leader holds every write it took when
+ * it is told to stop: its leadership transfer cannot happen and its requests cannot finish
+ * except by raft giving up on them. */
+static void leader_stopped_without_quorum(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "stopnoquorum");
+    tc_start_all(&c);
+    for (int round = 0; round < ROUNDS; round++) {
+        int leader = find_leader(&c, 15000);
+        assert_true(leader > 0);
+        struct flood f;
+        flood_start(&f, c.m[leader].client, 1024, 256);
+        flood_wait_answers(&f, 300, 5000);
+        assert_true(f.acked > 0);
+        for (int i = 1; i <= c.n; i++)
+            if (i != leader)
+                kill(c.m[i].pid, SIGSTOP);
+        int before = f.answered;
+        tu_sleep_ms(20); /* writes pile up in raft, uncommitted */
+        stop_cleanly(&c, leader);
+        flood_join(&f);
+        for (int i = 1; i <= c.n; i++)
+            if (i != leader)
+                kill(c.m[i].pid, SIGCONT);
+        printf("round %d: stopped m%d with the followers frozen; %d answers after the freeze\n",
+               round, leader, f.answered - before);
+        restart(&c, leader);
+    }
+    for (int i = 1; i <= c.n; i++)
+        stop_cleanly(&c, i);
+    tc_cluster_close(&c);
+}
+
 /* One member: nothing to transfer to, the writes in flight wait only for its own disk. */
 static void single_member_stopped_under_load(void **state)
 {
@@ -338,7 +376,8 @@ static void single_member_stopped_under_load(void **state)
 
 int main(int argc, char **argv)
 {
+    const struct CMUnitTest no_quorum[] = {cmocka_unit_test(leader_stopped_without_quorum)};
     const struct CMUnitTest single[] = {cmocka_unit_test(single_member_stopped_under_load)};
-    const struct tu_group groups[] = {TU_GROUP(single)};
+    const struct tu_group groups[] = {TU_GROUP(no_quorum), TU_GROUP(single)};
     return tu_run_groups("test_shutdown", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }
