@@ -39,7 +39,12 @@ struct keel_node {
     int last_state;
     uint64_t last_leader;
     int started;
+    int stopping;            /* keel_node_stop was called: raft takes nothing more of ours */
     size_t inflight;         /* applies and barriers raft holds */
+    uv_timer_t drain;        /* keel_node_stop waits for inflight to reach 0 */
+    uint64_t drain_started;  /* uv_now when it began */
+    uint64_t drain_logged;   /* uv_now of the last "still waiting" line */
+    int isolated;            /* the peer links were cut to make a stuck leader step down */
     int leader_barrier_busy; /* raft holds the election barrier: never submit a second */
     struct raft_transfer transfer;
     void (*transfer_cb)(void *data);
@@ -222,11 +227,6 @@ uint64_t keel_node_last_index(struct keel_node *n)
     return raft_last_index(&n->raft);
 }
 
-size_t keel_node_inflight(const struct keel_node *n)
-{
-    return n->inflight;
-}
-
 /* ---- the consensus seam ---- */
 
 static void apply_done(struct raft_apply *req, int status, void *result)
@@ -244,6 +244,8 @@ static int node_propose(void *ctx, const Keel__CommandBatch *batch, keel_consens
                         void *data)
 {
     struct keel_node *n = ctx;
+    if (n->stopping)
+        return KEEL_EUNAVAILABLE; /* see keel_node_stop */
     struct node_req *r = malloc(sizeof(*r));
     if (r == NULL)
         return KEEL_ENOMEM;
@@ -283,6 +285,8 @@ static void barrier_done(struct raft_barrier *req, int status)
 static int node_barrier(void *ctx, keel_consensus_cb cb, void *data)
 {
     struct keel_node *n = ctx;
+    if (n->stopping)
+        return KEEL_EUNAVAILABLE; /* see keel_node_stop */
     struct node_req *r = malloc(sizeof(*r));
     if (r == NULL)
         return KEEL_ENOMEM;
@@ -510,16 +514,80 @@ static void raft_closed(struct raft *r)
         n->stop_cb(n->stop_data);
 }
 
+static void close_raft(struct keel_node *n)
+{
+    n->raft.data = n;
+    raft_close(&n->raft, raft_closed);
+}
+
+/*
+ * Shutdown never calls raft_close while raft holds a request of ours. In 0.15, raft_close calls
+ * pending requests back from inside itself (convertClearLeader) while raft_state still says
+ * LEADER, so whatever their callbacks set off could put new entries into the queue raft is
+ * emptying on its way out; nothing in 0.15 promises that is safe. (The crash once seen in
+ * raft_close with a barrier pending most likely came from that barrier being submitted twice,
+ * fixed since; raft_close with requests pending did not crash in our tests, the shutdown crashes
+ * they did find were raft_uv's, see once_closed.) So: node_propose and node_barrier refuse
+ * everything from the moment stop is called, and raft closes only once every request it holds
+ * has been called back.
+ *
+ * Why the wait ends. Only a leader holds requests: raft calls every one back when its entry is
+ * applied, or with LEADERSHIPLOST whenever the member stops leading (every conversion out of
+ * leader runs convertClearLeader). A leader that hears from a majority commits them, unless the
+ * others cannot persist them; a leader that hears from no majority for an election timeout
+ * steps down (the contact-quorum check in raft's tick), at most two election timeouts later. To
+ * make sure one of the two happens, after one election timeout of waiting the member cuts its
+ * own peer links (keel_transport_isolate): it is leaving anyway, and cut off it cannot hear from
+ * a majority, so it steps down and raft fails what it still holds. What is left is a leader
+ * whose own disk write never completes (a single member, or a stuck disk): raft_close would wait
+ * for that write as well, so waiting for it here costs nothing, and it is logged.
+ */
+static void drain_tick(uv_timer_t *t)
+{
+    struct keel_node *n = t->data;
+    if (n->inflight == 0) {
+        /* On a timer, never inside one of raft's callbacks: raft_close must not run within
+         * raft. */
+        uv_timer_stop(t);
+        uv_close((uv_handle_t *)t, NULL);
+        close_raft(n);
+        return;
+    }
+    uint64_t now = uv_now(n->o.loop);
+    uint64_t waited = now - n->drain_started;
+    /* A single voter never steps down: its requests wait for nothing but its own disk. */
+    if (!n->isolated && n->o.cfg->n_members > 1 && waited >= n->o.cfg->election_ms) {
+        KLOG_WARN("%zu requests still pending %llu ms into shutdown (%s): cutting the peer links "
+                  "so that raft gives them up",
+                  n->inflight, (unsigned long long)waited,
+                  raft_state(&n->raft) == RAFT_LEADER ? "leader" : "not leader");
+        n->isolated = 1;
+        n->drain_logged = now;
+        keel_transport_isolate(&n->transport);
+    } else if (waited >= 5000 && now - n->drain_logged >= 5000) {
+        KLOG_WARN("still waiting for %zu requests raft holds (%llu ms into shutdown; its disk?)",
+                  n->inflight, (unsigned long long)waited);
+        n->drain_logged = now;
+    }
+}
+
 void keel_node_stop(struct keel_node *n, void (*cb)(void *data), void *data)
 {
     n->stop_cb = cb;
     n->stop_data = data;
-    if (n->started) {
-        uv_check_stop(&n->poll);
-        uv_close((uv_handle_t *)&n->poll, NULL);
+    n->stopping = 1;
+    if (!n->started) {
+        close_raft(n);
+        return;
     }
-    n->raft.data = n;
-    raft_close(&n->raft, raft_closed);
+    uv_check_stop(&n->poll);
+    uv_close((uv_handle_t *)&n->poll, NULL);
+    if (n->inflight > 0)
+        KLOG_INFO("waiting for %zu requests raft holds", n->inflight);
+    n->drain_started = uv_now(n->o.loop);
+    uv_timer_init(n->o.loop, &n->drain);
+    n->drain.data = n;
+    uv_timer_start(&n->drain, drain_tick, 0, 5);
 }
 
 void keel_node_free(struct keel_node *n)

@@ -7,8 +7,10 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "bytes.h"
 #include "log.h"
@@ -63,6 +65,7 @@ struct tport {
     int sweeping;
     raft_uv_accept_cb accept_cb;
     struct pending list; /* sentinel of pending connects and accepts */
+    int isolated;        /* keel_transport_isolate: no peer link any more */
     int closing;
     int handles; /* handles of ours still to be closed during shutdown */
     raft_uv_transport_close_cb close_cb;
@@ -188,7 +191,7 @@ static int t_connect(struct raft_uv_transport *base, struct raft_uv_connect *req
     p->connect.data = p;
     list_add(t, p);
     /* The point of this transport: the source address is the member's own. */
-    int rv = uv_tcp_bind(tcp, (const struct sockaddr *)&src, 0);
+    int rv = t->isolated ? UV_ECONNREFUSED : uv_tcp_bind(tcp, (const struct sockaddr *)&src, 0);
     if (rv == 0)
         rv = uv_tcp_connect(&p->connect, tcp, (const struct sockaddr *)&dst, on_connect);
     if (rv != 0) {
@@ -370,6 +373,10 @@ static void on_connection(uv_stream_t *server, int status)
     char ip[INET_ADDRSTRLEN] = "?";
     uv_ip4_name(from4, ip, sizeof(ip));
     snprintf(p->from, sizeof(p->from), "%s:%d", ip, ntohs(from4->sin_port));
+    if (t->isolated) {
+        accept_drop(p);
+        return;
+    }
     uv_tcp_nodelay(tcp, 1);
     uv_read_start((uv_stream_t *)tcp, hello_alloc, hello_read);
 }
@@ -468,6 +475,61 @@ int keel_transport_init(struct raft_uv_transport *base, uv_loop_t *loop,
     base->connect = t_connect;
     base->close = t_close;
     return 0;
+}
+
+static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_in *b)
+{
+    const struct sockaddr_in *a4 = (const struct sockaddr_in *)a;
+    return a->ss_family == AF_INET && a4->sin_addr.s_addr == b->sin_addr.s_addr &&
+           a4->sin_port == b->sin_port;
+}
+
+static int to_sockaddr(const char *addr, struct sockaddr_in *out)
+{
+    char host[KEEL_ADDR_MAX];
+    int port;
+    return keel_addr_split(addr, host, sizeof(host), &port) == 0 &&
+                   uv_ip4_addr(host, port, out) == 0
+               ? 0
+               : -1;
+}
+
+/* A peer link is a TCP handle accepted on this member's peer address, or connected to a
+ * configured member's peer address (client sessions and checkpoint fetches use client
+ * addresses, which config.c keeps apart from peer addresses). */
+static void cut_peer_link(uv_handle_t *h, void *arg)
+{
+    struct tport *t = arg;
+    if (h->type != UV_TCP || uv_is_closing(h) || h == (uv_handle_t *)&t->listener)
+        return;
+    struct sockaddr_in self, peer;
+    struct sockaddr_storage local, remote;
+    int len = sizeof(local);
+    bool link = to_sockaddr(t->address, &self) == 0 &&
+                uv_tcp_getsockname((uv_tcp_t *)h, (struct sockaddr *)&local, &len) == 0 &&
+                same_addr(&local, &self);
+    len = sizeof(remote);
+    if (!link && uv_tcp_getpeername((uv_tcp_t *)h, (struct sockaddr *)&remote, &len) == 0) {
+        for (size_t i = 0; !link && i < t->cfg->n_members; i++)
+            link = to_sockaddr(t->cfg->members[i].peer, &peer) == 0 && same_addr(&remote, &peer);
+    }
+    uv_os_fd_t fd;
+    /* shutdown(2), never uv_close: the handle may be raft's, and raft closes what it owns. */
+    if (link && uv_fileno(h, &fd) == 0)
+        shutdown(fd, SHUT_RDWR);
+}
+
+void keel_transport_isolate(struct raft_uv_transport *base)
+{
+    struct tport *t = base->impl;
+    t->isolated = 1;
+    for (struct pending *p = t->list.next; p != &t->list; p = p->next) {
+        if (p->req != NULL)
+            connect_fail(p); /* raft hears of a failed attempt and retries later, in vain */
+        else
+            accept_drop(p);
+    }
+    uv_walk(t->loop, cut_peer_link, t);
 }
 
 void keel_transport_close(struct raft_uv_transport *base)

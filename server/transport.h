@@ -36,6 +36,14 @@ typedef void (*keel_transport_peer_cb)(void *data, uint64_t id, const char *clie
 int keel_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, const struct keel_config *cfg,
                         keel_transport_peer_cb peer_cb, void *peer_data);
 
+/*
+ * Cut this member off from its peers for good, for shutdown: every peer connection is shut down
+ * at the socket (raft sees the peer hang up and closes the stream itself, so handles raft owns
+ * stay raft's to close), and no new one is made or accepted. A leader cut off this way steps
+ * down within two election timeouts, which is what node.c uses it for (see keel_node_stop).
+ */
+void keel_transport_isolate(struct raft_uv_transport *t);
+
 /* Free what init allocated; call after raft has closed the transport. */
 void keel_transport_close(struct raft_uv_transport *t);
 
