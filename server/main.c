@@ -8,8 +8,9 @@
  *   -> reply -> the responder seam -> session.
  *
  * Shutdown (SIGTERM/SIGINT): a leader first hands leadership to an up-to-date voter; then the
- * request path stops taking work, raft closes (writes still pending are answered "outcome
- * unknown"), the storage writer finishes what raft handed it, and the sessions close.
+ * request path stops taking work, the node waits until raft has called back every request it
+ * holds (writes it could not commit are answered "outcome unknown") and closes raft, the storage
+ * writer finishes what raft handed it, and the sessions close.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -54,7 +55,6 @@ struct keeld {
     int node_ready;
     uv_signal_t sigterm, sigint;
     uv_timer_t stop_timer;
-    uint64_t drain_deadline;
     int stopping;
 };
 
@@ -150,18 +150,6 @@ static void node_stopped(void *data)
     keel_fsm_stop(k->fsm, fsm_stopped, k);
 }
 
-/* raft 0.15 was seen to crash in raft_close while a request of ours was still in flight (a
- * barrier just after an election): let what is in flight finish first, for a bounded time. */
-static void stop_node_when_idle(uv_timer_t *t)
-{
-    struct keeld *k = t->data;
-    if (keel_node_inflight(k->node) > 0 && uv_now(&k->loop) < k->drain_deadline) {
-        uv_timer_start(&k->stop_timer, stop_node_when_idle, 5, 0);
-        return;
-    }
-    keel_node_stop(k->node, node_stopped, k);
-}
-
 static void stop_now(struct keeld *k)
 {
     if (k->stopping > 1)
@@ -173,8 +161,9 @@ static void stop_now(struct keeld *k)
     keel_propose_stop(k->propose);
     keel_readindex_stop(k->readindex);
     keel_watch_stop(k->watch);
-    k->drain_deadline = uv_now(&k->loop) + k->cfg.election_ms;
-    stop_node_when_idle(&k->stop_timer);
+    /* raft closes only once it holds none of our requests: node.c waits for them, and says why
+     * that wait always ends. */
+    keel_node_stop(k->node, node_stopped, k);
 }
 
 static void transfer_done(void *data)

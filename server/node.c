@@ -9,6 +9,7 @@
 #include "node.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,13 +27,25 @@ struct keel_node {
     struct raft raft;
     struct raft_io io;
     struct raft_uv_transport transport;
+    /* raft_uv's send, which guarded_send calls for the messages it lets through */
+    int (*uv_send)(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
+                   raft_io_send_cb cb);
+    /* raft_uv's close and raft's callback for it, which once_closed calls exactly once */
+    void (*uv_close)(struct raft_io *io, raft_io_close_cb cb);
+    raft_io_close_cb io_close_cb;
+    int io_closed;
     struct raft_fsm raft_fsm;
     uint64_t snap_ticket; /* the sync the snapshot in progress waits for */
     uv_check_t poll;
     int last_state;
     uint64_t last_leader;
     int started;
+    int stopping;            /* keel_node_stop was called: raft takes nothing more of ours */
     size_t inflight;         /* applies and barriers raft holds */
+    uv_timer_t drain;        /* keel_node_stop waits for inflight to reach 0 */
+    uint64_t drain_started;  /* uv_now when it began */
+    uint64_t drain_logged;   /* uv_now of the last "still waiting" line */
+    int isolated;            /* the peer links were cut to make a stuck leader step down */
     int leader_barrier_busy; /* raft holds the election barrier: never submit a second */
     struct raft_transfer transfer;
     void (*transfer_cb)(void *data);
@@ -244,11 +257,6 @@ uint64_t keel_node_last_index(struct keel_node *n)
     return raft_last_index(&n->raft);
 }
 
-size_t keel_node_inflight(const struct keel_node *n)
-{
-    return n->inflight;
-}
-
 /* ---- the consensus seam ---- */
 
 static void apply_done(struct raft_apply *req, int status, void *result)
@@ -266,6 +274,8 @@ static int node_propose(void *ctx, const Keel__CommandBatch *batch, keel_consens
                         void *data)
 {
     struct keel_node *n = ctx;
+    if (n->stopping)
+        return KEEL_EUNAVAILABLE; /* see keel_node_stop */
     struct node_req *r = malloc(sizeof(*r));
     if (r == NULL)
         return KEEL_ENOMEM;
@@ -305,6 +315,8 @@ static void barrier_done(struct raft_barrier *req, int status)
 static int node_barrier(void *ctx, keel_consensus_cb cb, void *data)
 {
     struct keel_node *n = ctx;
+    if (n->stopping)
+        return KEEL_EUNAVAILABLE; /* see keel_node_stop */
     struct node_req *r = malloc(sizeof(*r));
     if (r == NULL)
         return KEEL_ENOMEM;
@@ -352,6 +364,62 @@ void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
     out->barrier = node_barrier;
 }
 
+/* ---- raft_uv's send, guarded ---- */
+
+/*
+ * raft 0.15 sends a follower's AppendEntries result to whatever its follower state names as the
+ * leader when the disk write completes, even when the member has meanwhile forgotten the leader
+ * (an election after a pause: id 0, address NULL, canonical/raft#350) or left follower state
+ * (the union then holds other data: a garbage id and address, #339); raft_uv crashes in strlen.
+ * Seen here on followers frozen past an election timeout under load (test_shutdown no_quorum).
+ * Fixed upstream after 0.15 (#342 and later); until then every message goes to a configured
+ * member, at its configured address, or nowhere: a refused send is an ordinary failure raft
+ * already handles (it frees the request; the leader retries or a new election settles it).
+ */
+static int guarded_send(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
+                        raft_io_send_cb cb)
+{
+    struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
+    const struct keel_member_conf *to = keel_config_member(n->o.cfg, m->server_id);
+    if (to == NULL || to->id == n->o.cfg->member_id) {
+        KLOG_DEBUG("raft message of type %u to unknown member %llu dropped", (unsigned)m->type,
+                   (unsigned long long)m->server_id);
+        return RAFT_NOCONNECTION;
+    }
+    /* raft_uv copies what it needs (it encodes the message and copies the address). */
+    struct raft_message copy = *m;
+    copy.server_address = to->peer;
+    return n->uv_send(io, req, &copy, cb);
+}
+
+/*
+ * raft_uv 0.15 can report its close twice: a segment writer whose close it does not track (one
+ * rolled over just before shutdown, say) finishes closing after the close callback has fired and
+ * calls it again (canonical/raft#341, cowsql/raft#45). raft's callback then frees its state a
+ * second time, and if raft_uv's own memory was freed in between (raft_uv_close, which raft's
+ * example does in raft's close callback) it runs on freed memory: keeld crashed this way in
+ * shutdown under large writes (test_shutdown single). So raft hears of the close once, and
+ * raft_uv's memory is freed only in keel_node_free, after the loop has stopped and nothing can
+ * call back any more.
+ */
+static void once_closed(struct raft_io *io)
+{
+    struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
+    if (n->io_closed) {
+        KLOG_DEBUG("raft_uv reported its close a second time: ignored");
+        return;
+    }
+    n->io_closed = 1;
+    n->io_close_cb(io);
+}
+
+static void guarded_close(struct raft_io *io, raft_io_close_cb cb)
+{
+    struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
+    n->io_close_cb = cb;
+    n->uv_close(io, once_closed);
+}
+
 /* ---- set-up and shutdown ---- */
 
 static int bootstrap(struct keel_node *n)
@@ -396,11 +464,7 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
     n->raft_fsm.restore = fsm_restore;
     n->raft_fsm.snapshot_finalize = fsm_snapshot_finalize;
     n->raft_fsm.snapshot_async = fsm_snapshot_async;
-    struct keel_transport_self self = {0};
-    snprintf(self.client, sizeof(self.client), "%s", c->listen_client);
-    snprintf(self.name, sizeof(self.name), "%s", c->name);
-    snprintf(self.zone, sizeof(self.zone), "%s", c->zone);
-    int rv = keel_transport_init(&n->transport, o->loop, &self, o->on_peer, o->data);
+    int rv = keel_transport_init(&n->transport, o->loop, c, o->on_peer, o->data);
     if (rv != 0) {
         free(n);
         return from_raft(rv);
@@ -416,6 +480,10 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
      * a v3 fsm (research/raft.md, "FSM interface"; fixed upstream in 0.17.1). */
     if (n->io.version < 2 && n->io.async_work != NULL)
         n->io.version = 2;
+    n->uv_send = n->io.send;
+    n->io.send = guarded_send;
+    n->uv_close = n->io.close;
+    n->io.close = guarded_close;
     rv = raft_init(&n->raft, &n->io, &n->raft_fsm, c->member_id, c->listen_peer);
     if (rv != 0) {
         KLOG_ERROR("raft_init: %s", raft_errmsg(&n->raft));
@@ -477,27 +545,92 @@ int keel_node_transfer(struct keel_node *n, void (*cb)(void *data), void *data)
 static void raft_closed(struct raft *r)
 {
     struct keel_node *n = r->data;
-    raft_uv_close(&n->io);
+    /* raft_uv's memory stays until keel_node_free (see once_closed). */
     if (n->stop_cb != NULL)
         n->stop_cb(n->stop_data);
+}
+
+static void close_raft(struct keel_node *n)
+{
+    n->raft.data = n;
+    raft_close(&n->raft, raft_closed);
+}
+
+/*
+ * Shutdown never calls raft_close while raft holds a request of ours. In 0.15, raft_close calls
+ * pending requests back from inside itself (convertClearLeader) while raft_state still says
+ * LEADER, so whatever their callbacks set off could put new entries into the queue raft is
+ * emptying on its way out; nothing in 0.15 promises that is safe. (The crash once seen in
+ * raft_close with a barrier pending most likely came from that barrier being submitted twice,
+ * fixed since; raft_close with requests pending did not crash in our tests, the shutdown crashes
+ * they did find were raft_uv's, see once_closed.) So: node_propose and node_barrier refuse
+ * everything from the moment stop is called, and raft closes only once every request it holds
+ * has been called back.
+ *
+ * Why the wait ends. Only a leader holds requests: raft calls every one back when its entry is
+ * applied, or with LEADERSHIPLOST whenever the member stops leading (every conversion out of
+ * leader runs convertClearLeader). A leader that hears from a majority commits them, unless the
+ * others cannot persist them; a leader that hears from no majority for an election timeout
+ * steps down (the contact-quorum check in raft's tick), at most two election timeouts later. To
+ * make sure one of the two happens, after one election timeout of waiting the member cuts its
+ * own peer links (keel_transport_isolate): it is leaving anyway, and cut off it cannot hear from
+ * a majority, so it steps down and raft fails what it still holds. What is left is a leader
+ * whose own disk write never completes (a single member, or a stuck disk): raft_close would wait
+ * for that write as well, so waiting for it here costs nothing, and it is logged.
+ */
+static void drain_tick(uv_timer_t *t)
+{
+    struct keel_node *n = t->data;
+    if (n->inflight == 0) {
+        /* On a timer, never inside one of raft's callbacks: raft_close must not run within
+         * raft. */
+        uv_timer_stop(t);
+        uv_close((uv_handle_t *)t, NULL);
+        close_raft(n);
+        return;
+    }
+    uint64_t now = uv_now(n->o.loop);
+    uint64_t waited = now - n->drain_started;
+    /* A single voter never steps down: its requests wait for nothing but its own disk. */
+    if (!n->isolated && n->o.cfg->n_members > 1 && waited >= n->o.cfg->election_ms) {
+        KLOG_WARN("%zu requests still pending %llu ms into shutdown (%s): cutting the peer links "
+                  "so that raft gives them up",
+                  n->inflight, (unsigned long long)waited,
+                  raft_state(&n->raft) == RAFT_LEADER ? "leader" : "not leader");
+        n->isolated = 1;
+        n->drain_logged = now;
+        keel_transport_isolate(&n->transport);
+    } else if (waited >= 5000 && now - n->drain_logged >= 5000) {
+        KLOG_WARN("still waiting for %zu requests raft holds (%llu ms into shutdown; its disk?)",
+                  n->inflight, (unsigned long long)waited);
+        n->drain_logged = now;
+    }
 }
 
 void keel_node_stop(struct keel_node *n, void (*cb)(void *data), void *data)
 {
     n->stop_cb = cb;
     n->stop_data = data;
-    if (n->started) {
-        uv_check_stop(&n->poll);
-        uv_close((uv_handle_t *)&n->poll, NULL);
+    n->stopping = 1;
+    if (!n->started) {
+        close_raft(n);
+        return;
     }
-    n->raft.data = n;
-    raft_close(&n->raft, raft_closed);
+    uv_check_stop(&n->poll);
+    uv_close((uv_handle_t *)&n->poll, NULL);
+    if (n->inflight > 0)
+        KLOG_INFO("waiting for %zu requests raft holds", n->inflight);
+    n->drain_started = uv_now(n->o.loop);
+    uv_timer_init(n->o.loop, &n->drain);
+    n->drain.data = n;
+    uv_timer_start(&n->drain, drain_tick, 0, 5);
 }
 
 void keel_node_free(struct keel_node *n)
 {
     if (n == NULL)
         return;
+    raft_uv_close(&n->io);
     keel_transport_close(&n->transport);
     free(n);
 }

@@ -12,8 +12,7 @@
  *    and committing one of the new term narrows its Figure-8 bug and brings the fsm up to date;
  *  - every entry is padded to a multiple of 8 bytes and checked again before raft_apply;
  *  - inside fsm->apply the entry's index is raft_last_applied + 1 (0.15 bumps it after);
- *  - requests raft still holds are counted, so shutdown can wait for them (raft_close with a
- *    barrier in flight crashed in 0.15).
+ *  - raft is never closed while it holds a request of ours (see keel_node_stop).
  */
 #ifndef KEEL_NODE_H
 #define KEEL_NODE_H
@@ -36,7 +35,7 @@ struct keel_node_options {
     struct keel_fsm *fsm; /* receives committed entries, snapshots and restores */
     /* Leadership or the leader changed: is_leader, and the leader's id (0 when unknown). */
     void (*on_change)(void *data, bool is_leader, uint64_t leader_id);
-    /* A peer's handshake arrived: what it says its client address and zone are. */
+    /* A peer's handshake was accepted (transport.h says when): its client address and zone. */
     void (*on_peer)(void *data, uint64_t id, const char *client, const char *zone);
     void *data;
 };
@@ -61,18 +60,19 @@ uint64_t keel_node_leader(struct keel_node *n);
 uint64_t keel_node_term(struct keel_node *n);
 uint64_t keel_node_last_index(struct keel_node *n);
 
-/* Applies and barriers raft holds and has not called back yet. */
-size_t keel_node_inflight(const struct keel_node *n);
-
 /* Hand leadership to an up-to-date voter; cb(data) fires when done or after an election
  * timeout. 0, or a KEEL_E* code (no transfer, no callback). */
 int keel_node_transfer(struct keel_node *n, void (*cb)(void *data), void *data);
 
-/* Stop raft; cb(data) fires once raft, its log and its transport are closed. Proposals still
- * pending are called back first (with KEEL_EUNKNOWN; barriers with KEEL_ENOTLEADER). */
+/* Stop raft; cb(data) fires once raft, its log and its transport are closed. From this call on,
+ * propose and barrier refuse with KEEL_EUNAVAILABLE. Proposals and barriers raft still holds are
+ * called back before raft closes: applied (0), or with KEEL_EUNKNOWN / KEEL_ENOTLEADER when
+ * this member stops leading. A leader still holding some after an election timeout cuts its
+ * peer links so that it steps down; node.c says why the wait always ends. */
 void keel_node_stop(struct keel_node *n, void (*cb)(void *data), void *data);
 
-/* Free the node (after its stop callback has fired). NULL is fine. */
+/* Free the node once the loop has stopped after its stop callback (raft_uv may still call back
+ * until then). NULL is fine. */
 void keel_node_free(struct keel_node *n);
 
 #endif

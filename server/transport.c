@@ -5,16 +5,33 @@
  */
 #include "transport.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "bytes.h"
 #include "log.h"
 
+/*
+ * The handshake, little-endian: magic, version (the head, read and checked first, so a peer of
+ * another version is refused at once instead of after HELLO_TIMEOUT), then cluster id, raft id,
+ * and four NUL-padded 64-byte fields: peer address, client address, name, zone.
+ * Version 2 added the cluster id.
+ */
 #define HELLO_MAGIC   0x4b45454c50454552ull /* "KEELPEER" */
-#define HELLO_VERSION 1
-#define HELLO_LEN     (8 + 8 + 8 + 4 * 64)
+#define HELLO_VERSION 2
+#define HELLO_HEAD    16
+#define HELLO_LEN     (HELLO_HEAD + 8 + 8 + 4 * 64)
 #define HELLO_TIMEOUT 5000 /* ms an incoming connection has to send its handshake */
+#define HELLO_CLUSTER 16
+#define HELLO_ID      24
+#define HELLO_PEER    32
+#define HELLO_CLIENT  96
+#define HELLO_NAME    160
+#define HELLO_ZONE    224
 
 struct pending {
     struct pending *next, *prev;
@@ -28,6 +45,8 @@ struct pending {
     int canceled;
     /* incoming */
     uint64_t started; /* uv_now at accept: the sweep drops slow handshakes */
+    struct in_addr from_ip;
+    char from[KEEL_ADDR_MAX]; /* "a.b.c.d:port", for the log */
     size_t got;
     uint8_t hello[HELLO_LEN];
 };
@@ -37,7 +56,7 @@ struct tport {
     raft_id id;
     char address[KEEL_ADDR_MAX];
     char host[KEEL_ADDR_MAX];
-    struct keel_transport_self self;
+    const struct keel_config *cfg;
     keel_transport_peer_cb peer_cb;
     void *peer_data;
     uv_tcp_t listener;
@@ -46,6 +65,7 @@ struct tport {
     int sweeping;
     raft_uv_accept_cb accept_cb;
     struct pending list; /* sentinel of pending connects and accepts */
+    int isolated;        /* keel_transport_isolate: no peer link any more */
     int closing;
     int handles; /* handles of ours still to be closed during shutdown */
     raft_uv_transport_close_cb close_cb;
@@ -130,11 +150,12 @@ static void on_connect(uv_connect_t *c, int status)
     struct tport *t = p->t;
     keel_put_le64(p->hello, HELLO_MAGIC);
     keel_put_le64(p->hello + 8, HELLO_VERSION);
-    keel_put_le64(p->hello + 16, t->id);
-    put_str(p->hello + 24, t->address);
-    put_str(p->hello + 88, t->self.client);
-    put_str(p->hello + 152, t->self.name);
-    put_str(p->hello + 216, t->self.zone);
+    keel_put_le64(p->hello + HELLO_CLUSTER, t->cfg->cluster_id);
+    keel_put_le64(p->hello + HELLO_ID, t->id);
+    put_str(p->hello + HELLO_PEER, t->address);
+    put_str(p->hello + HELLO_CLIENT, t->cfg->listen_client);
+    put_str(p->hello + HELLO_NAME, t->cfg->name);
+    put_str(p->hello + HELLO_ZONE, t->cfg->zone);
     uv_buf_t buf = uv_buf_init((char *)p->hello, HELLO_LEN);
     p->write.data = p;
     if (uv_write(&p->write, (uv_stream_t *)p->tcp, &buf, 1, on_hello_written) != 0)
@@ -170,7 +191,7 @@ static int t_connect(struct raft_uv_transport *base, struct raft_uv_connect *req
     p->connect.data = p;
     list_add(t, p);
     /* The point of this transport: the source address is the member's own. */
-    int rv = uv_tcp_bind(tcp, (const struct sockaddr *)&src, 0);
+    int rv = t->isolated ? UV_ECONNREFUSED : uv_tcp_bind(tcp, (const struct sockaddr *)&src, 0);
     if (rv == 0)
         rv = uv_tcp_connect(&p->connect, tcp, (const struct sockaddr *)&dst, on_connect);
     if (rv != 0) {
@@ -202,8 +223,75 @@ static void hello_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct pending *p = h->data;
     (void)suggested;
-    /* Never read past the handshake: what follows is raft's. */
-    *buf = uv_buf_init((char *)p->hello + p->got, (unsigned)(HELLO_LEN - p->got));
+    /* Never read past the head until it is checked, nor past the handshake: what follows is
+     * raft's. */
+    size_t want = p->got < HELLO_HEAD ? HELLO_HEAD : HELLO_LEN;
+    *buf = uv_buf_init((char *)p->hello + p->got, (unsigned)(want - p->got));
+}
+
+/* 0 when the head says a keel peer of this version follows, else -1 with why. */
+static int check_head(const struct pending *p, char *why, size_t len)
+{
+    if (keel_get_le64(p->hello) != HELLO_MAGIC) {
+        snprintf(why, len, "not a keel peer handshake");
+        return -1;
+    }
+    uint64_t version = keel_get_le64(p->hello + 8);
+    if (version != HELLO_VERSION) {
+        snprintf(why, len, "handshake version %llu, this member speaks %d",
+                 (unsigned long long)version, HELLO_VERSION);
+        return -1;
+    }
+    return 0;
+}
+
+/* The configured member a complete handshake proves to come from, or NULL with why not in
+ * why (see transport.h for the rule). */
+static const struct keel_member_conf *check_hello(struct tport *t, const struct pending *p,
+                                                  char *why, size_t len)
+{
+    const struct keel_config *cfg = t->cfg;
+    uint64_t cluster = keel_get_le64(p->hello + HELLO_CLUSTER);
+    if (cluster != cfg->cluster_id) {
+        snprintf(why, len, "from cluster %016llx, this member is in cluster %016llx",
+                 (unsigned long long)cluster, (unsigned long long)cfg->cluster_id);
+        return NULL;
+    }
+    uint64_t id = keel_get_le64(p->hello + HELLO_ID);
+    const struct keel_member_conf *m = keel_config_member(cfg, id);
+    if (m == NULL) {
+        snprintf(why, len, "claims member id %016llx, which --initial-cluster does not name",
+                 (unsigned long long)id);
+        return NULL;
+    }
+    if (id == cfg->member_id) {
+        snprintf(why, len, "claims to be this member (%s)", m->name);
+        return NULL;
+    }
+    char addr[64], host[KEEL_ADDR_MAX];
+    int port;
+    struct in_addr want;
+    get_str(addr, p->hello + HELLO_PEER);
+    if (strcmp(addr, m->peer) != 0) {
+        snprintf(why, len, "claims member %s with peer address %.63s, configured as %s", m->name,
+                 addr, m->peer);
+        return NULL;
+    }
+    /* config.c accepted only IPv4 literals, so this cannot fail; refuse if it ever does. */
+    if (keel_addr_split(m->peer, host, sizeof(host), &port) != 0 ||
+        inet_pton(AF_INET, host, &want) != 1 || p->from_ip.s_addr != want.s_addr) {
+        snprintf(why, len, "claims member %s, whose peer address is %s, from another host", m->name,
+                 m->peer);
+        return NULL;
+    }
+    /* What every member will be told to dial: the same form --listen-client must have. */
+    char client[64];
+    get_str(client, p->hello + HELLO_CLIENT);
+    if (keel_addr_split(client, host, sizeof(host), &port) != 0) {
+        snprintf(why, len, "member %s gives a client address that is not a.b.c.d:port", m->name);
+        return NULL;
+    }
+    return m;
 }
 
 static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -216,26 +304,32 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
     p->got += (size_t)n;
-    if (p->got < HELLO_LEN)
-        return;
-    uv_read_stop(s);
-    uint64_t id = keel_get_le64(p->hello + 16);
-    if (keel_get_le64(p->hello) != HELLO_MAGIC || keel_get_le64(p->hello + 8) != HELLO_VERSION ||
-        id == 0) {
-        KLOG_WARN("peer connection with a bad handshake dropped");
+    char why[256];
+    if (p->got == HELLO_HEAD && check_head(p, why, sizeof(why)) != 0) {
+        KLOG_WARN("peer connection from %s refused: %s", p->from, why);
+        uv_read_stop(s);
         accept_drop(p);
         return;
     }
-    char addr[64], client[64], zone[64];
-    get_str(addr, p->hello + 24);
-    get_str(client, p->hello + 88);
-    get_str(zone, p->hello + 216);
+    if (p->got < HELLO_LEN)
+        return;
+    uv_read_stop(s);
+    const struct keel_member_conf *m = check_hello(t, p, why, sizeof(why));
+    if (m == NULL) {
+        KLOG_WARN("peer connection from %s refused: %s", p->from, why);
+        accept_drop(p);
+        return;
+    }
+    char client[64], zone[64];
+    get_str(client, p->hello + HELLO_CLIENT);
+    get_str(zone, p->hello + HELLO_ZONE);
     uv_tcp_t *tcp = p->tcp;
     list_del(p);
     free(p);
     if (t->peer_cb != NULL)
-        t->peer_cb(t->peer_data, id, client, zone);
-    t->accept_cb(t->base, id, addr, (uv_stream_t *)tcp);
+        t->peer_cb(t->peer_data, m->id, client, zone);
+    /* The configured address, which the check above proved equal to the claimed one. */
+    t->accept_cb(t->base, m->id, m->peer, (uv_stream_t *)tcp);
 }
 
 static void sweep(uv_timer_t *timer)
@@ -265,7 +359,21 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_init(t->loop, tcp);
     tcp->data = p;
     list_add(t, p);
-    if (uv_accept(server, (uv_stream_t *)tcp) != 0) {
+    struct sockaddr_storage from;
+    int from_len = sizeof(from);
+    if (uv_accept(server, (uv_stream_t *)tcp) != 0 ||
+        uv_tcp_getpeername(tcp, (struct sockaddr *)&from, &from_len) != 0 ||
+        from.ss_family != AF_INET) {
+        /* Members speak IPv4 only (the listener is an IPv4 socket): nothing to check here. */
+        accept_drop(p);
+        return;
+    }
+    const struct sockaddr_in *from4 = (const struct sockaddr_in *)&from;
+    p->from_ip = from4->sin_addr;
+    char ip[INET_ADDRSTRLEN] = "?";
+    uv_ip4_name(from4, ip, sizeof(ip));
+    snprintf(p->from, sizeof(p->from), "%s:%d", ip, ntohs(from4->sin_port));
+    if (t->isolated) {
         accept_drop(p);
         return;
     }
@@ -348,14 +456,14 @@ static void t_close(struct raft_uv_transport *base, raft_uv_transport_close_cb c
 }
 
 int keel_transport_init(struct raft_uv_transport *base, uv_loop_t *loop,
-                        const struct keel_transport_self *self, keel_transport_peer_cb peer_cb,
+                        const struct keel_config *cfg, keel_transport_peer_cb peer_cb,
                         void *peer_data)
 {
     struct tport *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return RAFT_NOMEM;
     t->loop = loop;
-    t->self = *self;
+    t->cfg = cfg;
     t->peer_cb = peer_cb;
     t->peer_data = peer_data;
     t->list.next = t->list.prev = &t->list;
@@ -367,6 +475,61 @@ int keel_transport_init(struct raft_uv_transport *base, uv_loop_t *loop,
     base->connect = t_connect;
     base->close = t_close;
     return 0;
+}
+
+static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_in *b)
+{
+    const struct sockaddr_in *a4 = (const struct sockaddr_in *)a;
+    return a->ss_family == AF_INET && a4->sin_addr.s_addr == b->sin_addr.s_addr &&
+           a4->sin_port == b->sin_port;
+}
+
+static int to_sockaddr(const char *addr, struct sockaddr_in *out)
+{
+    char host[KEEL_ADDR_MAX];
+    int port;
+    return keel_addr_split(addr, host, sizeof(host), &port) == 0 &&
+                   uv_ip4_addr(host, port, out) == 0
+               ? 0
+               : -1;
+}
+
+/* A peer link is a TCP handle accepted on this member's peer address, or connected to a
+ * configured member's peer address (client sessions and checkpoint fetches use client
+ * addresses, which config.c keeps apart from peer addresses). */
+static void cut_peer_link(uv_handle_t *h, void *arg)
+{
+    struct tport *t = arg;
+    if (h->type != UV_TCP || uv_is_closing(h) || h == (uv_handle_t *)&t->listener)
+        return;
+    struct sockaddr_in self, peer;
+    struct sockaddr_storage local, remote;
+    int len = sizeof(local);
+    bool link = to_sockaddr(t->address, &self) == 0 &&
+                uv_tcp_getsockname((uv_tcp_t *)h, (struct sockaddr *)&local, &len) == 0 &&
+                same_addr(&local, &self);
+    len = sizeof(remote);
+    if (!link && uv_tcp_getpeername((uv_tcp_t *)h, (struct sockaddr *)&remote, &len) == 0) {
+        for (size_t i = 0; !link && i < t->cfg->n_members; i++)
+            link = to_sockaddr(t->cfg->members[i].peer, &peer) == 0 && same_addr(&remote, &peer);
+    }
+    uv_os_fd_t fd;
+    /* shutdown(2), never uv_close: the handle may be raft's, and raft closes what it owns. */
+    if (link && uv_fileno(h, &fd) == 0)
+        shutdown(fd, SHUT_RDWR);
+}
+
+void keel_transport_isolate(struct raft_uv_transport *base)
+{
+    struct tport *t = base->impl;
+    t->isolated = 1;
+    for (struct pending *p = t->list.next; p != &t->list; p = p->next) {
+        if (p->req != NULL)
+            connect_fail(p); /* raft hears of a failed attempt and retries later, in vain */
+        else
+            accept_drop(p);
+    }
+    uv_walk(t->loop, cut_peer_link, t);
 }
 
 void keel_transport_close(struct raft_uv_transport *base)

@@ -4,9 +4,19 @@
  * 127.0.0.1 as the source and the zone simulation could not tell members apart).
  *
  * A connection opens with a fixed-size handshake from the connecting side: magic, version,
- * raft id, and the sender's peer address, client address, name and zone. The accepting side
- * reads exactly that many bytes, then hands the stream to raft. The handshake is also how a
- * member learns its peers' client addresses (see members.h).
+ * cluster id, raft id, and the sender's peer address, client address, name and zone. The
+ * accepting side reads exactly that many bytes, then hands the stream to raft. The handshake
+ * is also how a member learns its peers' client addresses (see members.h).
+ *
+ * Until TLS lands, the only proof of who connects is where the connection comes from. A
+ * handshake is accepted only when it names this member's cluster (a member of another cluster
+ * must never vote here or feed this log), the id it claims is a configured member other than
+ * this one, the peer address it gives is that member's configured one, and the connection's
+ * source IP is that address's host (an IPv4 literal: --initial-cluster takes nothing else, so
+ * there is nothing to resolve). Anything else is closed and logged, and neither raft nor the
+ * peer callback ever hears of it: raft would otherwise take votes and appends from the
+ * impostor, and its attributes would be published to every member. Members that share a host
+ * cannot be told apart this way; each needs its own address.
  */
 #ifndef KEEL_TRANSPORT_H
 #define KEEL_TRANSPORT_H
@@ -17,20 +27,22 @@
 
 #include "config.h"
 
-/* Called on the loop for every handshake received. */
+/* Called on the loop for every handshake accepted (never for a refused one). */
 typedef void (*keel_transport_peer_cb)(void *data, uint64_t id, const char *client,
                                        const char *zone);
 
-struct keel_transport_self {
-    char client[KEEL_ADDR_MAX];
-    char name[KEEL_NAME_MAX];
-    char zone[KEEL_NAME_MAX];
-};
+/* Initialise t as a raft_uv_transport on loop; raft calls its methods. cfg says who this
+ * member is and who its peers are; it must outlive t. 0 or RAFT_NOMEM. */
+int keel_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, const struct keel_config *cfg,
+                        keel_transport_peer_cb peer_cb, void *peer_data);
 
-/* Initialise t as a raft_uv_transport on loop; raft calls its methods. 0 or RAFT_NOMEM. */
-int keel_transport_init(struct raft_uv_transport *t, uv_loop_t *loop,
-                        const struct keel_transport_self *self, keel_transport_peer_cb peer_cb,
-                        void *peer_data);
+/*
+ * Cut this member off from its peers for good, for shutdown: every peer connection is shut down
+ * at the socket (raft sees the peer hang up and closes the stream itself, so handles raft owns
+ * stay raft's to close), and no new one is made or accepted. A leader cut off this way steps
+ * down within two election timeouts, which is what node.c uses it for (see keel_node_stop).
+ */
+void keel_transport_isolate(struct raft_uv_transport *t);
 
 /* Free what init allocated; call after raft has closed the transport. */
 void keel_transport_close(struct raft_uv_transport *t);
