@@ -25,7 +25,8 @@
  * Output: answers are framed into `out` as they come; a uv_check_t at the end of the loop turn
  * swaps `out` with `writing` and writes it in one uv_write (start_write), so one turn's replies
  * leave in one syscall however many there are. Once a session's output has all been written its
- * buffers are freed, so an idle session holds none.
+ * buffers are freed unless they are small (OUT_KEEP_CAP each, reused), so an idle session holds
+ * at most 32 KiB, counted in max_output_bytes like any other output buffer.
  *
  * What a member holds for its clients, and the bound on each (defaults in brackets):
  *   - output queued, all sessions together: at most max_output_bytes [512 MiB] of allocated
@@ -68,6 +69,7 @@
 #define MAX_OUT_BYTES  (256u << 20) /* a client that reads nothing is cut off past this */
 #define FRAME_OVERHEAD (64 * 1024)  /* envelope bytes allowed on top of the request limit */
 #define OUT_MIN_CAP    4096
+#define OUT_KEEP_CAP   (16 * 1024) /* what an idle session keeps of each output buffer */
 
 struct outbuf {
     uint8_t *data;
@@ -535,9 +537,12 @@ static void write_cb(uv_write_t *req, int status)
         start_write(s);
         return;
     }
-    /* All written: an idle session holds no output memory. */
-    out_release(s->ss, &s->writing);
-    out_release(s->ss, &s->out);
+    /* All written: an idle session keeps only small buffers (reused by the next turn's answers:
+     * a malloc and free per write otherwise) and gives back big ones. */
+    if (s->writing.cap > OUT_KEEP_CAP)
+        out_release(s->ss, &s->writing);
+    if (s->out.cap > OUT_KEEP_CAP)
+        out_release(s->ss, &s->out);
     if (s->close_after_flush) {
         session_close(s);
         return;
