@@ -77,6 +77,20 @@ static FILE *copy_now(struct fx *f)
     return fp;
 }
 
+/* The same, as bytes in memory (the caller frees them), for a copy written in pieces. */
+static char *copy_bytes_now(struct fx *f, size_t *len)
+{
+    FILE *fp = copy_now(f);
+    struct stat sb;
+    assert_int_equal(fstat(fileno(fp), &sb), 0);
+    *len = (size_t)sb.st_size;
+    char *buf = malloc(*len);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, *len, fp), *len);
+    fclose(fp);
+    return buf;
+}
+
 static void older_copy_is_refused(void **state)
 {
     struct fx *f = *state;
@@ -113,17 +127,13 @@ static void copy_that_will_not_open_keeps_the_store(void **state)
 {
     struct fx *f = *state;
     put(f, "kept", "1");
-    FILE *fp = copy_now(f);
+    size_t len;
+    char *buf = copy_bytes_now(f, &len);
     put(f, "more", "2");
-    struct stat sb;
-    assert_int_equal(fstat(fileno(fp), &sb), 0);
-    char *buf = malloc((size_t)sb.st_size);
-    assert_int_equal(fread(buf, 1, (size_t)sb.st_size, fp), (size_t)sb.st_size);
-    fclose(fp);
 
     int fd = -1;
     assert_int_equal(keel_store_restore_begin(f->s, &fd), 0);
-    assert_int_equal(write(fd, buf, (size_t)sb.st_size), sb.st_size);
+    assert_int_equal(write(fd, buf, len), (ssize_t)len);
     free(buf);
     char *lock = NULL;
     assert_true(asprintf(&lock, "%s/state.incoming/lock.mdb", f->dir) > 0);
@@ -132,6 +142,7 @@ static void copy_that_will_not_open_keeps_the_store(void **state)
     assert_int_not_equal(keel_store_restore_finish(f->s, fd, 0), 0);
 
     /* Still the store it was: reads, writes, and nothing left beside it. */
+    struct stat sb;
     struct keel_store_stat st;
     keel_store_stat(f->s, &st);
     assert_int_equal(st.applied_index, 2);
@@ -152,18 +163,15 @@ static void copy_in_pieces(void **state)
 {
     struct fx *f = *state;
     put(f, "a", "1");
-    FILE *fp = copy_now(f);
+    size_t len;
+    char *buf = copy_bytes_now(f, &len);
     put(f, "b", "2");
-    struct stat sb;
-    assert_int_equal(fstat(fileno(fp), &sb), 0);
-    char *buf = malloc((size_t)sb.st_size);
-    assert_int_equal(fread(buf, 1, (size_t)sb.st_size, fp), (size_t)sb.st_size);
-    fclose(fp);
 
     /* Aborted halfway: nothing changes, nothing stays behind. */
+    size_t half = len / 2;
     int fd = -1;
     assert_int_equal(keel_store_restore_begin(f->s, &fd), 0);
-    assert_int_equal(write(fd, buf, (size_t)sb.st_size / 2), sb.st_size / 2);
+    assert_int_equal(write(fd, buf, half), (ssize_t)half);
     keel_store_restore_abort(f->s, fd);
     char *incoming = NULL;
     assert_true(asprintf(&incoming, "%s/state.incoming", f->dir) > 0);
@@ -174,9 +182,8 @@ static void copy_in_pieces(void **state)
 
     /* Whole, in two writes. */
     assert_int_equal(keel_store_restore_begin(f->s, &fd), 0);
-    size_t half = (size_t)sb.st_size / 2;
     assert_int_equal(write(fd, buf, half), (ssize_t)half);
-    assert_int_equal(write(fd, buf + half, (size_t)sb.st_size - half), sb.st_size - (ssize_t)half);
+    assert_int_equal(write(fd, buf + half, len - half), (ssize_t)(len - half));
     assert_int_equal(keel_store_restore_finish(f->s, fd, 1), 0);
     assert_int_equal(count(f, "a", NULL), 1);
     assert_int_equal(count(f, "b", NULL), 0);
