@@ -60,6 +60,16 @@ wait "$watcher" 2>/dev/null || true
 echo "\$ keelctl --endpoints 127.0.2.1:2379 watch greeting   # printed:"
 cat "$KEEL_CLUSTER_DIR/watch.out"
 echo
+echo "== a lease: a key that vanishes when nobody keeps its lease alive"
+lease=$("$ctl" --endpoints "$all" lease grant 2 | awk '{print $2}')
+echo "\$ keelctl lease grant 2   # lease $lease"
+run --endpoints "$all" put --lease "$lease" /app/leader m1
+run --endpoints "$all" lease timetolive "$lease" --keys
+echo "(3 s later)"
+sleep 3
+run --endpoints "$all" lease timetolive "$lease"
+run --endpoints "$all" get /app/leader --count-only
+echo
 echo "== a short benchmark: 20,000 puts from 32 concurrent clients"
 "$PWD/$build/bench/keel-bench" --endpoints "$all" --conns 4 --clients 32 --total 20000 \
   --key-space-size 10000 put | grep -E 'Requests/sec|50% in|99% in'

@@ -40,6 +40,9 @@ static const char usage[] =
     "                              longer read (default 64 MiB; read again at half)\n"
     "  --max-watches N             watches per connection (default 100000)\n"
     "  --watch-progress-ms N       progress notification interval (default 600000)\n"
+    "  --lease-checkpoint-interval-ms N\n"
+    "                              how long a lease may go unrenewed before the leader writes\n"
+    "                              its remaining TTL to the log (default 5000)\n"
     "  --log-level debug|info|warn|error (default info)\n"
     "  --help                      this text\n";
 
@@ -212,6 +215,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->max_apply_backlog_bytes = 64u << 20;
     c->max_watches = 100000;
     c->watch_progress_ms = 600000;
+    c->lease_checkpoint_ms = 5000;
     c->log_level = KEEL_LOG_INFO;
 
     enum {
@@ -233,6 +237,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_HELP,
         O_MAXWATCH,
         O_PROGRESS,
+        O_LEASE_CP,
         O_INFLIGHT_TOTAL,
         O_MAXCONN,
         O_MAXOUT,
@@ -260,6 +265,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"log-level", required_argument, NULL, O_LOG},
         {"max-watches", required_argument, NULL, O_MAXWATCH},
         {"watch-progress-ms", required_argument, NULL, O_PROGRESS},
+        {"lease-checkpoint-interval-ms", required_argument, NULL, O_LEASE_CP},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -347,6 +353,10 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         case O_PROGRESS:
             rv = parse_u64(optarg, 10, 86400000, &v, "--watch-progress-ms", err, errlen);
             c->watch_progress_ms = (unsigned)v;
+            break;
+        case O_LEASE_CP:
+            rv = parse_u64(optarg, 10, 3600000, &v, "--lease-checkpoint-interval-ms", err, errlen);
+            c->lease_checkpoint_ms = (unsigned)v;
             break;
         case O_LOG:
             c->log_level = keel_log_parse_level(optarg);

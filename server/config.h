@@ -41,6 +41,7 @@ struct keel_config {
     uint64_t max_apply_backlog_bytes; /* writes taken and not yet applied before reading pauses */
     size_t max_watches;               /* watchers per connection */
     unsigned watch_progress_ms;
+    unsigned lease_checkpoint_ms; /* a lease unrenewed this long gets a checkpoint (lessor.h) */
     int log_level;
 };
 

@@ -1,6 +1,6 @@
 /*
  * Dispatch (see dispatch.h). The cheap answers are built here, in one arena reset around each
- * answer: members, status and lease replies point into it until the responder has framed them.
+ * answer: members and status replies point into it until the responder has framed them.
  */
 #include "dispatch.h"
 
@@ -182,39 +182,6 @@ static void serve_member_list(struct keel_dispatch *d, uint64_t session, const K
     keel_arena_reset(&d->arena);
 }
 
-static void serve_lease_ttl(struct keel_dispatch *d, uint64_t session, const Keel__Request *req)
-{
-    keel_arena_reset(&d->arena);
-    struct keel_lease_info info;
-    ProtobufCBinaryData *keys = NULL;
-    size_t n = 0;
-    int want_keys = req->lease_time_to_live->keys;
-    int err = keel_store_lease_get(d->o.store, req->lease_time_to_live->id, &d->arena, &info,
-                                   want_keys ? &keys : NULL, want_keys ? &n : NULL);
-    Keel__LeaseTimeToLiveResponse lr = KEEL__LEASE_TIME_TO_LIVE_RESPONSE__INIT;
-    lr.id = req->lease_time_to_live->id;
-    if (err == KEEL_ELEASENOTFOUND) {
-        lr.ttl = -1;
-    } else if (err != 0) {
-        keel_reply_error(d->o.reply, session, req->id, err, NULL);
-        keel_arena_reset(&d->arena);
-        return;
-    } else {
-        /* Expiry is the leader's business and arrives with the lease work; until then a
-         * lease lives until it is revoked. */
-        lr.ttl = info.ttl;
-        lr.grantedttl = info.ttl;
-        lr.keys = keys;
-        lr.n_keys = n;
-    }
-    Keel__Response resp = KEEL__RESPONSE__INIT;
-    resp.id = req->id;
-    resp.body_case = KEEL__RESPONSE__BODY_LEASE_TIME_TO_LIVE;
-    resp.lease_time_to_live = &lr;
-    keel_reply_send(d->o.reply, session, &resp, -1, KEEL_RESPOND_ANSWER);
-    keel_arena_reset(&d->arena);
-}
-
 /* ---- the switch ---- */
 
 void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Request *req)
@@ -226,6 +193,8 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
     }
     const struct keel_reqkind *kind = keel_reqkind_of(req->body_case);
     if (kind != NULL && kind->command != KEEL__COMMAND__OP__NOT_SET) {
+        if (req->body_case == KEEL__REQUEST__BODY_LEASE_GRANT)
+            req->lease_grant->ttl = keel_lessor_clamp_ttl(d->o.lessor, req->lease_grant->ttl);
         keel_propose_request(d->o.propose, session, req);
         return; /* req is owned by the batch */
     }
@@ -243,8 +212,10 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
     case KEEL__REQUEST__BODY_MEMBER_LIST:
         serve_member_list(d, session, req);
         break;
+    case KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE:
     case KEEL__REQUEST__BODY_LEASE_TIME_TO_LIVE:
-        serve_lease_ttl(d, session, req);
+    case KEEL__REQUEST__BODY_LEASE_LEASES:
+        keel_lessor_request(d->o.lessor, session, req);
         break;
     case KEEL__REQUEST__BODY_SNAPSHOT:
         keel_snapstream_start(d->o.snapstream, session, req->id);

@@ -3,7 +3,8 @@
  *
  *   writes (proto/reqkind.h: a kind with a Command)  -> propose
  *   linearizable ranges                              -> readindex, then served here
- *   serializable ranges, status, member list, lease time-to-live, Hello -> answered at once
+ *   serializable ranges, status, member list, Hello -> answered at once
+ *   lease keep-alive, time-to-live, list             -> lessor (a grant's TTL is clamped here)
  *   snapshot                                         -> snapstream
  *   watch create / cancel / progress                 -> watch
  *   anything else                                    -> UNSUPPORTED or INVALID_ARGUMENT
@@ -18,6 +19,7 @@
 #include "config.h"
 #include "consensus.h"
 #include "keel.pb-c.h"
+#include "lessor.h"
 #include "members.h"
 #include "propose.h"
 #include "readindex.h"
@@ -38,6 +40,7 @@ struct keel_dispatch_options {
     struct keel_readindex *readindex;
     struct keel_snapstream *snapstream;
     struct keel_watch_hub *watch;
+    struct keel_lessor *lessor;
 };
 
 /* 0 or KEEL_ENOMEM. What o points to must outlive it. */

@@ -140,6 +140,7 @@ static void apply_job(struct keel_store_write *w, struct keel_fsm_batch *b, stru
         res[i].origin = cb->commands[i]->origin;
         res[i].request_id = cb->commands[i]->request_id;
         res[i].op = cb->commands[i]->op_case;
+        res[i].cmd = cb->commands[i];
         res[i].r = tmp[i];
     }
     b->n += cb->n_commands;

@@ -32,10 +32,11 @@ struct keel_fsm;
 
 /* One command's outcome. */
 struct keel_fsm_result {
-    uint64_t index;      /* raft index of its entry */
-    uint64_t origin;     /* member that proposed it */
-    uint64_t request_id; /* its id on that member */
-    int op;              /* its Keel__Command op_case */
+    uint64_t index;           /* raft index of its entry */
+    uint64_t origin;          /* member that proposed it */
+    uint64_t request_id;      /* its id on that member */
+    int op;                   /* its Keel__Command op_case */
+    const Keel__Command *cmd; /* the Command itself (in the batch's arena) */
     struct keel_apply_result r;
 };
 
@@ -47,8 +48,8 @@ struct keel_fsm_batch {
     size_t n;
     size_t cap;
     uint64_t applied_index; /* the store's applied index after this commit */
-    bool restored; /* a checkpoint replaced the store before this batch: whatever followed
-                    * revisions through batches must re-read the store's history */
+    bool restored;          /* a checkpoint replaced the store before this batch: whatever followed
+                             * revisions through batches must re-read the store's history */
     size_t entry_bytes;     /* payload bytes of the entries it applied (the queue's accounting) */
 };
 

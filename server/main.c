@@ -4,7 +4,7 @@
  *
  * A put's path, in the order of the files it passes through:
  *   session -> dispatch -> propose -> node (raft) -> fsm (storage writer) -> storage
- *   -> on_applied here: propose answers it, publish, watch and readindex see the batch
+ *   -> on_applied here: propose answers it, lessor, publish, watch and readindex see the batch
  *   -> reply -> the responder seam -> session.
  *
  * Shutdown (SIGTERM/SIGINT): a leader first hands leadership to an up-to-date voter; then the
@@ -22,6 +22,7 @@
 #include "config.h"
 #include "dispatch.h"
 #include "fsm.h"
+#include "lessor.h"
 #include "log.h"
 #include "members.h"
 #include "node.h"
@@ -48,6 +49,7 @@ struct keeld {
     struct keel_snapstream snapstream;
     struct keel_watch_hub *watch;
     struct keel_propose *propose;
+    struct keel_lessor *lessor;
     struct keel_readindex *readindex;
     struct keel_publish *publish;
     struct keel_dispatch *dispatch;
@@ -65,6 +67,7 @@ static void on_applied(void *data, struct keel_fsm_batch *b)
 {
     struct keeld *k = data;
     keel_propose_applied(k->propose, b);
+    keel_lessor_applied(k->lessor, b);
     keel_publish_applied(k->publish, b);
     keel_watch_applied(k->watch, b);
     keel_readindex_applied(k->readindex);
@@ -76,6 +79,7 @@ static void leader_changed(struct keeld *k, bool is_leader, uint64_t leader)
     keel_fsm_set_leader(k->fsm, mi && leader != k->cfg.member_id ? mi->client : "");
     keel_publish_leader_changed(k->publish, is_leader);
     keel_readindex_leader_changed(k->readindex, is_leader);
+    keel_lessor_leader_changed(k->lessor, is_leader);
 }
 
 static void on_change(void *data, bool is_leader, uint64_t leader)
@@ -159,6 +163,7 @@ static void stop_now(struct keeld *k)
     KLOG_INFO("stopping");
     keel_dispatch_stop(k->dispatch);
     keel_propose_stop(k->propose);
+    keel_lessor_stop(k->lessor);
     keel_readindex_stop(k->readindex);
     keel_watch_stop(k->watch);
     /* raft closes only once it holds none of our requests: node.c waits for them, and says why
@@ -244,6 +249,18 @@ static int wire(struct keeld *k)
         .limits = {.max_txn_ops = k->cfg.max_txn_ops, .max_value_bytes = k->cfg.max_request_bytes}};
     if ((rv = keel_propose_new(&po, &k->propose)) != 0)
         return rv;
+    struct keel_lessor_options lo = {.loop = &k->loop,
+                                     .raft = &k->raft,
+                                     .reply = &k->reply,
+                                     .propose = k->propose,
+                                     .store = k->store,
+                                     .progress = keel_fsm_progress(k->fsm),
+                                     .election_ms = k->cfg.election_ms,
+                                     .checkpoint_ms = k->cfg.lease_checkpoint_ms};
+    if ((rv = keel_lessor_new(&lo, &k->lessor)) != 0) {
+        KLOG_ERROR("cannot load the lease table: %s", keel_strerror(rv));
+        return rv;
+    }
     struct keel_sessions_pressure sp = {.bytes = unapplied_bytes,
                                         .data = k,
                                         .high = k->cfg.max_apply_backlog_bytes,
@@ -267,7 +284,8 @@ static int wire(struct keeld *k)
                                          .propose = k->propose,
                                          .readindex = k->readindex,
                                          .snapstream = &k->snapstream,
-                                         .watch = k->watch};
+                                         .watch = k->watch,
+                                         .lessor = k->lessor};
     if ((rv = keel_dispatch_new(&dopt, &k->dispatch)) != 0)
         return rv;
     struct keel_node_options no = {.loop = &k->loop,
@@ -289,6 +307,7 @@ static void unwind(struct keeld *k)
         keel_sessions_stop(k->sessions, NULL, NULL);
     if (k->propose != NULL)
         keel_propose_stop(k->propose);
+    keel_lessor_stop(k->lessor);
     if (k->watch != NULL)
         keel_watch_stop(k->watch);
     if (k->fsm != NULL)
@@ -303,6 +322,7 @@ static void free_modules(struct keeld *k)
     keel_dispatch_free(k->dispatch);
     keel_publish_free(k->publish);
     keel_readindex_free(k->readindex);
+    keel_lessor_free(k->lessor);
     keel_propose_free(k->propose);
     keel_watch_free(k->watch);
     keel_fsm_free(k->fsm);

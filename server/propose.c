@@ -41,7 +41,7 @@ struct keel_propose {
     /* the entry being built this loop turn */
     Keel__Command *cmds;
     Keel__Command **cmd_ptrs;
-    Keel__Request **owners; /* the request each Command borrows from, or NULL */
+    ProtobufCMessage **owners; /* the message each Command borrows from, or NULL */
     size_t n_cmds, cap_cmds;
     size_t batch_bytes; /* the packed CommandBatch of the n_cmds */
     uint64_t backlog;   /* keel_propose_backlog */
@@ -77,7 +77,7 @@ static void release_batch(struct keel_propose *p)
 {
     for (size_t i = 0; i < p->n_cmds; i++)
         if (p->owners[i] != NULL)
-            keel__request__free_unpacked(p->owners[i], NULL);
+            protobuf_c_message_free_unpacked(p->owners[i], NULL);
     p->n_cmds = 0;
     p->batch_bytes = 0;
 }
@@ -160,7 +160,7 @@ static int grow_batch(struct keel_propose *p)
     if (cp == NULL)
         return KEEL_ENOMEM;
     p->cmd_ptrs = cp;
-    Keel__Request **o = realloc(p->owners, cap * sizeof(*o));
+    ProtobufCMessage **o = realloc(p->owners, cap * sizeof(*o));
     if (o == NULL)
         return KEEL_ENOMEM;
     p->owners = o;
@@ -239,20 +239,26 @@ void keel_propose_request(struct keel_propose *p, uint64_t session, Keel__Reques
         return;
     }
     take_command(p, c);
-    p->owners[p->n_cmds++] = req;
+    p->owners[p->n_cmds++] = &req->base;
 }
 
-int keel_propose_command(struct keel_propose *p, const Keel__Command *cmd)
+int keel_propose_command(struct keel_propose *p, const Keel__Command *cmd, ProtobufCMessage *owner,
+                         uint64_t *request_id)
 {
     Keel__Command *c = next_command(p);
-    if (c == NULL)
+    if (c == NULL) {
+        if (owner != NULL)
+            protobuf_c_message_free_unpacked(owner, NULL);
         return KEEL_ENOMEM;
+    }
     uint64_t id = c->request_id;
     *c = *cmd;
     c->request_id = id;
     c->origin = p->o.member_id;
-    take_command(p, c);
-    p->owners[p->n_cmds++] = NULL;
+    if (request_id != NULL)
+        *request_id = id;
+    c = take_command(p, c);
+    p->owners[p->n_cmds++] = owner;
     return 0;
 }
 

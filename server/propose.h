@@ -56,11 +56,16 @@ int keel_propose_new(const struct keel_propose_options *o, struct keel_propose *
 void keel_propose_request(struct keel_propose *p, uint64_t session, Keel__Request *req);
 
 /*
- * Propose a Command of keeld's own (member attributes): nobody is answered. cmd's fields are
- * copied but what its op points to is not: it must stay valid until the turn's flush.
- * request_id and origin are set here. 0 or KEEL_ENOMEM.
+ * Propose a Command of keeld's own (member attributes, the lessor's revokes and checkpoints):
+ * nobody is answered. cmd's fields are copied but what its op points to is not: it must stay
+ * valid until the turn's flush. owner, when not NULL, is a message built with malloc (what the
+ * op points into) that is freed with protobuf_c_message_free_unpacked once the entry is encoded,
+ * or at once on failure: it is taken in every case. request_id (may be NULL) receives the id the
+ * Command carries, as keel_fsm_result.request_id reports it with this member as origin. 0 or
+ * KEEL_ENOMEM.
  */
-int keel_propose_command(struct keel_propose *p, const Keel__Command *cmd);
+int keel_propose_command(struct keel_propose *p, const Keel__Command *cmd, ProtobufCMessage *owner,
+                         uint64_t *request_id);
 
 /* Send this turn's Commands not yet sent as one entry (nothing when there are none). */
 void keel_propose_flush(struct keel_propose *p);

@@ -36,7 +36,7 @@ static void publish_quota(struct keel_publish *pb)
     Keel__Command c = KEEL__COMMAND__INIT;
     c.op_case = KEEL__COMMAND__OP_QUOTA;
     c.quota = &pb->quota;
-    if (keel_propose_command(pb->o.propose, &c) == 0)
+    if (keel_propose_command(pb->o.propose, &c, NULL, NULL) == 0)
         pb->quota_proposed = true;
 }
 
@@ -62,7 +62,7 @@ static void publish(struct keel_publish *pb)
         Keel__Command c = KEEL__COMMAND__INIT;
         c.op_case = KEEL__COMMAND__OP_MEMBER_ATTRS;
         c.member_attrs = &a->msg;
-        if (keel_propose_command(pb->o.propose, &c) != 0)
+        if (keel_propose_command(pb->o.propose, &c, NULL, NULL) != 0)
             return;
         mi->publishing = 1;
     }

@@ -22,8 +22,8 @@
 
 #include "internal.h"
 
-#define MIN_MAP_SIZE  (1ull << 30)
-#define MAX_READERS   512
+#define MIN_MAP_SIZE (1ull << 30)
+#define MAX_READERS  512
 
 static const MDB_val META_KEY = {1, (void *)"m"};
 
@@ -41,7 +41,8 @@ int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
     }
     if (rc != 0)
         return ks_mdb_err(rc);
-    if (val.mv_size != sizeof(*m) && val.mv_size != KS_META_V1_SIZE)
+    if (val.mv_size != sizeof(*m) && val.mv_size != KS_META_V1_SIZE &&
+        val.mv_size != KS_META_V2_SIZE)
         return KEEL_ECORRUPT;
     memset(m, 0, sizeof(*m));
     memcpy(m, val.mv_data, val.mv_size);
@@ -54,6 +55,36 @@ int ks_meta_store(MDB_txn *txn, MDB_dbi dbi, const struct meta *m)
 {
     MDB_val key = META_KEY, val = {sizeof(*m), (void *)m};
     return ks_mdb_err(mdb_put(txn, dbi, &key, &val, 0));
+}
+
+static uint64_t boot_hash;
+
+static void read_boot_id(void)
+{
+    char id[64] = "";
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f == NULL)
+        return;
+    size_t n = fread(id, 1, sizeof(id) - 1, f);
+    fclose(f);
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)id[i]) * 1099511628211ull;
+    boot_hash = n > 0 ? (h | 1) : 0;
+}
+
+uint64_t ks_clock_boot(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, read_boot_id);
+    return boot_hash;
+}
+
+uint64_t ks_clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 void ks_meta_publish(struct keel_store *s, const struct meta *m)
@@ -375,6 +406,10 @@ void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
     st->logical_size = m.logical_size;
     st->quota_bytes = ks_quota(&m);
     st->quota_set = m.quota != 0;
+    uint64_t now = ks_clock_ms();
+    st->commit_age_ms = m.clock_boot != 0 && m.clock_boot == ks_clock_boot() && m.clock_ms <= now
+                            ? (int64_t)(now - m.clock_ms)
+                            : -1;
     pthread_rwlock_rdlock(&s->swap_lock);
     MDB_envinfo info;
     MDB_stat mst;

@@ -46,10 +46,22 @@ struct meta {
     uint64_t logical_size;
     int64_t next_lease_id;
     uint64_t quota; /* the cluster's quota, set through the log; 0: not set (KS_DEFAULT_QUOTA) */
+    /* When this commit was made, on the committing machine's monotonic clock (ms) and the boot
+     * it belongs to: local facts, not replicated state. A restarted member learns how long it
+     * has been since it last applied anything (lease countdowns, server/lessor.h). */
+    uint64_t clock_boot;
+    uint64_t clock_ms;
 };
 
-/* A store made before the quota was cluster state: meta without its last field. */
+/* A store made before the quota was cluster state: meta without its last fields. */
 #define KS_META_V1_SIZE offsetof(struct meta, quota)
+/* ... and before commits carried their clock. */
+#define KS_META_V2_SIZE offsetof(struct meta, clock_boot)
+
+/* This boot's identity (a hash of the kernel's boot id; 0 when unknown) and the monotonic
+ * clock in ms, as meta's clock fields hold them. */
+uint64_t ks_clock_boot(void);
+uint64_t ks_clock_ms(void);
 #define KS_DEFAULT_QUOTA (2ull << 30)
 
 /* The quota writes are checked against: cluster state, the same on every replica. */
@@ -268,6 +280,8 @@ int ks_lease_attach(struct wctx *c, int64_t id, const MDB_val *key);
 int ks_lease_detach(struct wctx *c, int64_t id, const MDB_val *key);
 int ks_lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req,
                    Keel__LeaseGrantResponse **out);
+/* Record the leader's remaining TTLs; leases no longer there are skipped. No revision. */
+int ks_lease_checkpoint(struct wctx *c, const Keel__LeaseCheckpointRequest *req);
 /* Remove the lease record and its attachment list (keys must be deleted by the caller). */
 int ks_lease_drop(struct wctx *c, int64_t id);
 /* Attached keys of a lease, in key order, copied into arena. */

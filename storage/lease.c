@@ -1,10 +1,40 @@
-/* Lease records and the keys attached to them. */
+/*
+ * Lease records and the keys attached to them.
+ *
+ * A record is {granted TTL s, checkpoint ms} in host order (8 bytes in stores written before
+ * checkpoints existed: read as checkpoint 0). The checkpoint is what the leader wrote down of
+ * its countdown: > 0 means "this much was left when the record was applied, and the lease has
+ * not been kept alive since"; 0 means "kept alive since": a new leader counts a full TTL. A grant
+ * records its full TTL as its first checkpoint, so a lease nobody ever keeps alive expires on
+ * time across any number of leader changes.
+ */
 #include <errno.h>
 #include <string.h>
 
 #include "internal.h"
 
 #define LEASE_RECORD 16 /* logical bytes of one lease: id and TTL */
+
+struct lease_rec {
+    int64_t ttl;
+    int64_t checkpoint_ms;
+};
+
+static int rec_decode(const MDB_val *v, struct lease_rec *r)
+{
+    r->checkpoint_ms = 0;
+    if (v->mv_size != sizeof(int64_t) && v->mv_size != sizeof(*r))
+        return KEEL_ECORRUPT;
+    memcpy(r, v->mv_data, v->mv_size);
+    return 0;
+}
+
+static int rec_put(struct tctx *t, const uint8_t lk[8], const struct lease_rec *r)
+{
+    MDB_val k = {8, (void *)lk}, v = {sizeof(*r), (void *)r};
+    int rc = mdb_put(t->txn, t->s->dbi_leases, &k, &v, 0);
+    return rc != 0 ? ks_mdb_err(rc) : 0;
+}
 
 void ks_lease_key(int64_t id, uint8_t out[8])
 {
@@ -88,10 +118,9 @@ int ks_lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req,
     }
     uint8_t lk[8];
     ks_lease_key(id, lk);
-    MDB_val k = {8, lk}, v = {sizeof(int64_t), (void *)&req->ttl};
-    int rc = mdb_put(t->txn, t->s->dbi_leases, &k, &v, 0);
-    if (rc != 0)
-        return ks_mdb_err(rc);
+    struct lease_rec r = {req->ttl, req->ttl * 1000};
+    if ((err = rec_put(t, lk, &r)) != 0)
+        return err;
     c->m->logical_size += LEASE_RECORD;
     Keel__LeaseGrantResponse *resp = keel_arena_alloc(c->a, sizeof(*resp));
     if (resp == NULL)
@@ -100,6 +129,30 @@ int ks_lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req,
     resp->id = id;
     resp->ttl = req->ttl;
     *out = resp;
+    return 0;
+}
+
+int ks_lease_checkpoint(struct wctx *c, const Keel__LeaseCheckpointRequest *req)
+{
+    for (size_t i = 0; i < req->n_checkpoints; i++) {
+        const Keel__LeaseCheckpoint *cp = req->checkpoints[i];
+        uint8_t lk[8];
+        ks_lease_key(cp->id, lk);
+        MDB_val k = {8, lk}, v;
+        int rc = mdb_get(c->t->txn, c->t->s->dbi_leases, &k, &v);
+        if (rc == MDB_NOTFOUND)
+            continue; /* revoked since the leader wrote it down */
+        if (rc != 0)
+            return ks_mdb_err(rc);
+        struct lease_rec r;
+        int err = rec_decode(&v, &r);
+        if (err == 0) {
+            r.checkpoint_ms = cp->remaining_ms;
+            err = rec_put(c->t, lk, &r);
+        }
+        if (err != 0)
+            return err;
+    }
     return 0;
 }
 
@@ -202,11 +255,13 @@ static int scan_table(struct keel_store *s, MDB_dbi dbi, struct keel_arena *aren
 static int lease_record(const MDB_val *k, const MDB_val *v, void *slot, struct keel_arena *a)
 {
     struct keel_lease_info *li = slot;
+    struct lease_rec r;
     (void)a;
-    if (k->mv_size != 8 || v->mv_size != sizeof(int64_t))
+    if (k->mv_size != 8 || rec_decode(v, &r) != 0)
         return KEEL_ECORRUPT;
     li->id = (int64_t)keel_get_be64(k->mv_data);
-    memcpy(&li->ttl, v->mv_data, sizeof(int64_t));
+    li->ttl = r.ttl;
+    li->checkpoint_ms = r.checkpoint_ms;
     return 0;
 }
 
@@ -236,11 +291,9 @@ int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *ar
         err = KEEL_ELEASENOTFOUND;
     } else if (rc != 0) {
         err = ks_mdb_err(rc);
-    } else if (v.mv_size != sizeof(int64_t)) {
+    } else if (lease_record(&k, &v, info, arena) != 0) {
         err = KEEL_ECORRUPT;
     } else {
-        info->id = id;
-        memcpy(&info->ttl, v.mv_data, sizeof(int64_t));
         if (keys != NULL)
             err = ks_lease_keys(&t, id, arena, keys, n_keys);
     }

@@ -619,6 +619,9 @@ static int dispatch(struct wctx *c, const Keel__Command *cmd, Keel__Response *re
     case KEEL__COMMAND__OP_LEASE_REVOKE:
         resp->body_case = KEEL__RESPONSE__BODY_LEASE_REVOKE;
         return do_lease_revoke(c, cmd->lease_revoke, &resp->lease_revoke);
+    case KEEL__COMMAND__OP_LEASE_CHECKPOINT:
+        /* The leader's countdowns, like member attributes: no revision, no event. */
+        return ks_lease_checkpoint(c, cmd->lease_checkpoint);
     case KEEL__COMMAND__OP_MEMBER_ATTRS:
         return do_member_attrs(c, cmd->member_attrs);
     case KEEL__COMMAND__OP_QUOTA:

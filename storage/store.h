@@ -15,7 +15,7 @@
  *               value}: the full history, in revision order
  *   keys        user key -> sorted (revision, sub, tombstone) entries (DUPSORT|DUPFIXED): the
  *               last is the key's current state, the greatest <= R its state at revision R
- *   leases      lease id -> granted TTL
+ *   leases      lease id -> {granted TTL, checkpointed remaining ms}
  *   lease_keys  lease id -> attached user keys (DUPSORT)
  *   members     member id -> packed Member (name, client address, zone)
  *
@@ -65,6 +65,10 @@ struct keel_store_stat {
     uint64_t quota_bytes;     /* the cluster's quota: set through the log, else 2 GiB */
     bool quota_set;           /* a QuotaRequest has set it */
     uint64_t db_size;         /* bytes of the LMDB data file in use (pages x page size) */
+    /* Milliseconds since the last commit, on this machine's monotonic clock; -1 when unknown
+     * (nothing committed yet, or the commit was made by another boot or another machine, e.g.
+     * a restored checkpoint). */
+    int64_t commit_age_ms;
 };
 
 /*
@@ -192,10 +196,14 @@ int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
                        const uint8_t *range_end, size_t range_end_len, int64_t start_revision,
                        size_t max_events, struct keel_arena *arena, struct keel_history *out);
 
+/* The longest lease TTL in seconds (etcd's MaxLeaseTTL). */
+#define KEEL_LEASE_MAX_TTL 9000000000LL
+
 /* A lease as stored. */
 struct keel_lease_info {
     int64_t id;
-    int64_t ttl; /* granted TTL in seconds */
+    int64_t ttl;           /* granted TTL in seconds */
+    int64_t checkpoint_ms; /* the leader's last checkpoint of it (storage/lease.c), 0: none */
 };
 
 /* Every lease, in id order, in arena. 0 or KEEL_E*. */

@@ -420,12 +420,21 @@ int ks_validate_command(const Keel__Command *cmd, const struct keel_limits *limi
     case KEEL__COMMAND__OP_LEASE_GRANT:
         if (cmd->lease_grant->ttl <= 0)
             return fail(&v, KEEL_EINVAL, "lease TTL must be positive");
+        if (cmd->lease_grant->ttl > KEEL_LEASE_MAX_TTL)
+            return fail(&v, KEEL_EINVAL, "lease TTL is over 9000000000 seconds");
         if (cmd->lease_grant->id < 0)
             return fail(&v, KEEL_EINVAL, "lease id is negative");
         return 0;
     case KEEL__COMMAND__OP_LEASE_REVOKE:
         if (cmd->lease_revoke->id <= 0)
             return fail(&v, KEEL_ELEASENOTFOUND, "lease id must be positive");
+        return 0;
+    case KEEL__COMMAND__OP_LEASE_CHECKPOINT:
+        for (size_t i = 0; i < cmd->lease_checkpoint->n_checkpoints; i++) {
+            const Keel__LeaseCheckpoint *cp = cmd->lease_checkpoint->checkpoints[i];
+            if (cp->id <= 0 || cp->remaining_ms < 0)
+                return fail(&v, KEEL_EINVAL, "lease checkpoint with a bad id or a negative TTL");
+        }
         return 0;
     case KEEL__COMMAND__OP_MEMBER_ADD:
     case KEEL__COMMAND__OP_MEMBER_REMOVE:

@@ -61,6 +61,8 @@ uint64_t keel_store_write_applied_index(const struct keel_store_write *w)
 int keel_store_write_commit(struct keel_store_write *w)
 {
     struct keel_store *s = w->t.s;
+    w->m.clock_boot = ks_clock_boot();
+    w->m.clock_ms = ks_clock_ms();
     int err = ks_meta_store(w->t.txn, s->dbi_meta, &w->m);
     ks_tctx_close_cursors(&w->t);
     if (err == 0) {

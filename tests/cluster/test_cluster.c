@@ -37,35 +37,7 @@ static struct keel *open_client(const struct tc_cluster *c, int member)
  * `skip` (bit i) are not asked. */
 static int find_leader(struct tc_cluster *c, struct keel *k, unsigned skip, int timeout_ms)
 {
-    long long deadline = tc_now_ms() + timeout_ms;
-    while (tc_now_ms() < deadline) {
-        for (int i = 1; i <= c->n; i++) {
-            if (c->m[i].pid == 0 || (skip & (1u << i)))
-                continue;
-            Keel__StatusResponse *st = NULL;
-            if (keel_status(k, c->m[i].client, &st) != 0)
-                continue;
-            uint64_t leader = st->leader;
-            keel_free(st);
-            if (leader == 0)
-                continue;
-            /* Which member is `leader`? Ask for the member list. */
-            Keel__MemberListResponse *ml = NULL;
-            if (keel_member_list(k, &ml) != 0)
-                continue;
-            int found = 0;
-            for (size_t j = 0; j < ml->n_members; j++)
-                if (ml->members[j]->id == leader)
-                    for (int x = 1; x <= c->n; x++)
-                        if (strcmp(ml->members[j]->name, c->m[x].name) == 0)
-                            found = x;
-            keel_free(ml);
-            if (found && c->m[found].pid != 0 && !(skip & (1u << found)))
-                return found;
-        }
-        tu_sleep_ms(20);
-    }
-    return 0;
+    return tc_find_leader(c, k, skip, timeout_ms);
 }
 
 static void put_str(struct keel *k, const char *key, const char *val)

@@ -49,6 +49,11 @@ void tc_endpoints(const struct tc_cluster *c, int i, char *buf, size_t len);
 /* Kill what is still running, remove the data. */
 void tc_cluster_close(struct tc_cluster *c);
 
+struct keel;
+/* The running member (1-based) that is leader, as the members' status says, skipping members
+ * whose bit (1 << i) is set in skip; 0 when none within timeout_ms. k: any client of c. */
+int tc_find_leader(struct tc_cluster *c, struct keel *k, unsigned skip, int timeout_ms);
+
 /* Milliseconds of monotonic time. */
 long long tc_now_ms(void);
 

@@ -29,6 +29,7 @@ struct fx {
     struct keel_propose *propose;
     struct keel_readindex *readindex;
     struct keel_watch_hub *watch;
+    struct keel_lessor *lessor;
     struct keel_dispatch *d;
     struct keel_arena arena;
 };
@@ -52,6 +53,15 @@ static int setup(void **state)
     struct keel_watch_options wo = {
         .loop = &f->loop, .store = f->e.store, .reply = &f->e.reply, .max_per_session = 8};
     assert_int_equal(keel_watch_new(&wo, &f->watch), 0);
+    struct keel_lessor_options lo = {.loop = &f->loop,
+                                     .raft = &f->e.node.seam,
+                                     .reply = &f->e.reply,
+                                     .propose = f->propose,
+                                     .store = f->e.store,
+                                     .progress = &f->progress,
+                                     .election_ms = 1000,
+                                     .checkpoint_ms = 5000};
+    assert_int_equal(keel_lessor_new(&lo, &f->lessor), 0);
     f->snap = (struct keel_snapstream){
         .loop = &f->loop, .store = f->e.store, .data_dir = f->e.dir, .reply = &f->e.reply};
     struct keel_dispatch_options o = {.cfg = &f->cfg,
@@ -62,7 +72,8 @@ static int setup(void **state)
                                       .propose = f->propose,
                                       .readindex = f->readindex,
                                       .snapstream = &f->snap,
-                                      .watch = f->watch};
+                                      .watch = f->watch,
+                                      .lessor = f->lessor};
     assert_int_equal(keel_dispatch_new(&o, &f->d), 0);
     *state = f;
     return 0;
@@ -78,9 +89,11 @@ static int teardown(void **state)
         if (!f->e.node.calls[i].completed)
             tf_node_complete(&f->e.node, i, KEEL_ENOTLEADER);
     keel_watch_stop(f->watch);
+    keel_lessor_stop(f->lessor);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&f->loop), 0);
     keel_dispatch_free(f->d);
+    keel_lessor_free(f->lessor);
     keel_watch_free(f->watch);
     keel_readindex_free(f->readindex);
     keel_propose_free(f->propose);

@@ -302,7 +302,7 @@ static void own_commands_ride_along_unanswered(void **state)
     c.op_case = KEEL__COMMAND__OP_MEMBER_ATTRS;
     c.member_attrs = &m;
     c.request_id = 12345; /* ignored: the proposer numbers its commands */
-    assert_int_equal(keel_propose_command(f->p, &c), 0);
+    assert_int_equal(keel_propose_command(f->p, &c, NULL, NULL), 0);
     keel_propose_request(f->p, 7, put_req(100, "a", "1"));
     keel_propose_flush(f->p);
     Keel__CommandBatch *b = tf_node_batch(&f->e.node, 0);

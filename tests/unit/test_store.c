@@ -663,6 +663,57 @@ static void lease_grant_revoke(void **state)
     assert_int_equal(ap(f, tu_cmd_lease_revoke(&f->a, 100)).revision, rev);
 }
 
+static Keel__Command *cmd_checkpoint(struct keel_arena *a, int64_t id, int64_t remaining_ms)
+{
+    Keel__LeaseCheckpoint *cp = keel_arena_alloc(a, sizeof(*cp));
+    keel__lease_checkpoint__init(cp);
+    cp->id = id;
+    cp->remaining_ms = remaining_ms;
+    Keel__LeaseCheckpoint **v = keel_arena_alloc(a, sizeof(*v));
+    v[0] = cp;
+    Keel__LeaseCheckpointRequest *r = keel_arena_alloc(a, sizeof(*r));
+    keel__lease_checkpoint_request__init(r);
+    r->checkpoints = v;
+    r->n_checkpoints = 1;
+    Keel__Command *c = keel_arena_alloc(a, sizeof(*c));
+    keel__command__init(c);
+    c->op_case = KEEL__COMMAND__OP_LEASE_CHECKPOINT;
+    c->lease_checkpoint = r;
+    return c;
+}
+
+/* A grant writes its full TTL down as the first checkpoint; a checkpoint records the leader's
+ * remaining TTL (0: kept alive since) without a revision; one for a revoked lease is skipped;
+ * bad ones are refused before anything changes. */
+static void lease_checkpoints(void **state)
+{
+    struct fx *f = *state;
+    int64_t id = ap(f, tu_cmd_lease_grant(&f->a, 7, 30)).response->lease_grant->id;
+    struct keel_lease_info info;
+    assert_int_equal(keel_store_lease_get(f->s, id, &f->a, &info, NULL, NULL), 0);
+    assert_int_equal(info.checkpoint_ms, 30000);
+    int64_t rev = rev_of(f);
+    struct keel_apply_result r = ap(f, cmd_checkpoint(&f->a, id, 12345));
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.n_events, 0);
+    assert_int_equal(rev_of(f), rev);
+    assert_int_equal(keel_store_lease_get(f->s, id, &f->a, &info, NULL, NULL), 0);
+    assert_int_equal(info.ttl, 30);
+    assert_int_equal(info.checkpoint_ms, 12345);
+    ap(f, cmd_checkpoint(&f->a, id, 0));
+    struct keel_lease_info *all;
+    size_t n;
+    assert_int_equal(keel_store_lease_list(f->s, &f->a, &all, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(all[0].checkpoint_ms, 0);
+    assert_int_equal(ap(f, cmd_checkpoint(&f->a, 99, 5)).err, 0); /* no such lease: skipped */
+    assert_int_equal(ap(f, cmd_checkpoint(&f->a, id, -1)).err, KEEL_EINVAL);
+    assert_int_equal(ap(f, cmd_checkpoint(&f->a, 0, 5)).err, KEEL_EINVAL);
+    assert_int_equal(ap(f, tu_cmd_lease_grant(&f->a, 0, KEEL_LEASE_MAX_TTL + 1)).err, KEEL_EINVAL);
+    assert_int_equal(keel_store_lease_get(f->s, id, &f->a, &info, NULL, NULL), 0);
+    assert_int_equal(info.checkpoint_ms, 0);
+}
+
 /* ---- quota ---- */
 
 static Keel__Command *cmd_quota(struct keel_arena *a, uint64_t bytes, bool if_unset)
@@ -1516,7 +1567,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest history[] = {T(history_chunks_and_prev), T(history_compacted)};
     const struct CMUnitTest compaction[] = {T(compaction_keeps_state_at_revision),
                                             T(compaction_of_many_versions)};
-    const struct CMUnitTest lease[] = {T(lease_grant_revoke)};
+    const struct CMUnitTest lease[] = {T(lease_grant_revoke), T(lease_checkpoints)};
     const struct CMUnitTest quota[] = {
         cmocka_unit_test_setup_teardown(quota_refuses_puts_allows_deletes, fx_setup_small,
                                         fx_teardown),

@@ -1,0 +1,495 @@
+/*
+ * Leases through real keeld processes (issue 10): `test_lease <group>`, one ctest entry each.
+ *
+ *   expiry       a key under a 2 s lease is gone on every member within TTL + one election
+ *                timeout of its grant, never before the TTL, at the same revision everywhere,
+ *                and each member's watcher sees the DELETE
+ *   failover     kill -9 of the leader while libkeel keeps a lease alive never expires it
+ *                (5 rounds)
+ *   not_forever  with the leader killed every 1.5 s, a 3 s lease nobody keeps alive still
+ *                expires within 3 s + one checkpoint interval + one election timeout
+ *   mass         10,000 leases expiring together are all revoked, on every member, while a
+ *                put workload sees no gap longer than one election timeout
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "cluster.h"
+#include "keel/keel.h"
+#include "testutil.h"
+
+static struct keel *open_client(const struct tc_cluster *c, int member)
+{
+    char eps[512];
+    tc_endpoints(c, member, eps, sizeof(eps));
+    struct keel_options o = {.endpoints = eps, .request_timeout_ms = 4000, .dial_timeout_ms = 500};
+    struct keel *k = NULL;
+    assert_int_equal(keel_open(&k, &o), 0);
+    return k;
+}
+
+static int64_t grant(struct keel *k, int64_t ttl)
+{
+    Keel__LeaseGrantResponse *g = NULL;
+    int rv = keel_lease_grant(k, ttl, 0, &g);
+    if (rv != 0)
+        fail_msg("lease grant: %s (%s)", keel_strerror(rv), keel_errmsg());
+    assert_int_equal(g->ttl, ttl);
+    int64_t id = g->id;
+    keel_free(g);
+    return id;
+}
+
+static void put_lease(struct keel *k, const char *key, int64_t lease)
+{
+    struct keel_put_opts po = {.lease = lease};
+    int rv = keel_put(k, key, strlen(key), "v", 1, &po, NULL);
+    if (rv != 0)
+        fail_msg("put %s: %s (%s)", key, keel_strerror(rv), keel_errmsg());
+}
+
+/* The key's count as member i (0: through the leader, linearizable) sees it; -1 on error. */
+static int64_t count_at(struct keel *k, const char *key, const char *end, bool serializable)
+{
+    struct keel_get_opts go = {.serializable = serializable, .count_only = true};
+    if (end != NULL) {
+        go.range_end = end;
+        go.range_end_len = strlen(end);
+    }
+    Keel__RangeResponse *r = NULL;
+    if (keel_get(k, key, strlen(key), &go, &r) != 0)
+        return -1;
+    int64_t n = r->count;
+    keel_free(r);
+    return n;
+}
+
+static int64_t ttl_of(struct keel *k, int64_t id)
+{
+    Keel__LeaseTimeToLiveResponse *t = NULL;
+    int rv = keel_lease_time_to_live(k, id, false, &t);
+    if (rv != 0)
+        fail_msg("time-to-live: %s (%s)", keel_strerror(rv), keel_errmsg());
+    int64_t ttl = t->ttl;
+    keel_free(t);
+    return ttl;
+}
+
+/* ---- expiry ---- */
+
+struct seen {
+    pthread_mutex_t mu;
+    long long at;     /* when the DELETE arrived, 0: not yet */
+    int64_t revision; /* its mod revision */
+    int puts;
+};
+
+static void on_events(struct keel_watch *w, int status, const Keel__Event *const *events, size_t n,
+                      int64_t revision, void *data)
+{
+    struct seen *s = data;
+    (void)w;
+    (void)status;
+    (void)revision;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (events[i]->type == KEEL__EVENT__EVENT_TYPE__PUT)
+            s->puts++;
+        else if (s->at == 0) {
+            s->at = tc_now_ms();
+            s->revision = events[i]->kv->mod_revision;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void expiry(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "lease-expiry");
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
+    struct keel *one[4];
+    struct keel_watch *w[4];
+    struct seen seen[4];
+    for (int i = 1; i <= 3; i++) {
+        one[i] = open_client(&c, i);
+        memset(&seen[i], 0, sizeof(seen[i]));
+        pthread_mutex_init(&seen[i].mu, NULL);
+        /* A serializable read first: the member has applied what the leader acknowledged. */
+        assert_int_equal(keel_watch_open(one[i], "lk", 2, NULL, on_events, &seen[i], &w[i]), 0);
+    }
+    long long sent = tc_now_ms();
+    int64_t id = grant(k, 2);
+    long long granted = tc_now_ms();
+    put_lease(k, "lk", id);
+    assert_true(ttl_of(k, id) > 0);
+    /* Gone on every member within TTL + one election timeout of the grant. */
+    long long bound = granted + 2000 + c.election_ms;
+    for (int i = 1; i <= 3; i++) {
+        while (tc_now_ms() < bound + 5000) {
+            pthread_mutex_lock(&seen[i].mu);
+            long long at = seen[i].at;
+            pthread_mutex_unlock(&seen[i].mu);
+            if (at != 0)
+                break;
+            tu_sleep_ms(5);
+        }
+    }
+    for (int i = 1; i <= 3; i++) {
+        pthread_mutex_lock(&seen[i].mu);
+        fprintf(stderr, "member %d: DELETE at revision %lld, %lld ms after the grant\n", i,
+                (long long)seen[i].revision, seen[i].at - granted);
+        assert_int_equal(seen[i].puts, 1);
+        assert_true(seen[i].at != 0);
+        assert_true(seen[i].at >= sent + 2000); /* never early */
+        assert_true(seen[i].at <= bound);
+        assert_int_equal(seen[i].revision, seen[1].revision);
+        pthread_mutex_unlock(&seen[i].mu);
+        assert_int_equal(count_at(one[i], "lk", NULL, true), 0);
+    }
+    assert_int_equal(ttl_of(k, id), -1);
+    /* A keep-alive of the expired lease: TTL 0; a put under it: LEASE_NOT_FOUND, no write. */
+    Keel__LeaseKeepAliveRequest ka = KEEL__LEASE_KEEP_ALIVE_REQUEST__INIT;
+    ka.id = id;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE;
+    req.lease_keep_alive = &ka;
+    Keel__Response *resp = NULL;
+    assert_int_equal(keel_do(k, &req, &resp), 0);
+    assert_int_equal(resp->lease_keep_alive->ttl, 0);
+    keel_free(resp);
+    struct keel_put_opts po = {.lease = id};
+    assert_int_equal(keel_put(k, "lk2", 3, "v", 1, &po, NULL), KEEL_ELEASENOTFOUND);
+    assert_int_equal(count_at(k, "lk2", NULL, false), 0);
+    for (int i = 1; i <= 3; i++) {
+        keel_watch_close(one[i], w[i]);
+        keel_close(one[i]);
+        pthread_mutex_destroy(&seen[i].mu);
+    }
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+/* ---- failover ---- */
+
+struct keeper {
+    struct keel *k;
+    int64_t id;
+    volatile int stop;
+    volatile int lost; /* a keep-alive answered TTL 0 */
+    pthread_t th;
+};
+
+/* Keep the lease alive as a client library does: every TTL/3, retrying failures sooner. */
+static void *keeper_main(void *arg)
+{
+    struct keeper *kp = arg;
+    Keel__LeaseKeepAliveRequest ka = KEEL__LEASE_KEEP_ALIVE_REQUEST__INIT;
+    ka.id = kp->id;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE;
+    req.lease_keep_alive = &ka;
+    while (!kp->stop) {
+        Keel__Response *resp = NULL;
+        int rv = keel_do(kp->k, &req, &resp);
+        int wait = 200;
+        if (rv == 0) {
+            if (resp->lease_keep_alive->ttl <= 0)
+                kp->lost = 1;
+            else
+                wait = (int)(resp->lease_keep_alive->ttl * 1000 / 3);
+            keel_free(resp);
+        }
+        for (int t = 0; t < wait && !kp->stop; t += 10)
+            tu_sleep_ms(10);
+    }
+    return NULL;
+}
+
+static void failover(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "lease-failover");
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
+    int64_t id = grant(k, 2);
+    put_lease(k, "held", id);
+    struct keeper kp = {.k = open_client(&c, 0), .id = id};
+    assert_int_equal(pthread_create(&kp.th, NULL, keeper_main, &kp), 0);
+    for (int round = 0; round < 5; round++) {
+        int leader = tc_find_leader(&c, k, 0, 10000);
+        assert_true(leader > 0);
+        assert_true(tc_stop(&c, leader, SIGKILL) >= 0);
+        assert_true(tc_find_leader(&c, k, 1u << leader, 10000) > 0);
+        /* Longer than TTL + election timeout after the kill: it would have expired by now if
+         * the new leader had not counted from the keep-alives. */
+        tu_sleep_ms(2000 + 2 * (int)c.election_ms);
+        assert_false(kp.lost);
+        assert_int_equal(count_at(k, "held", NULL, false), 1);
+        assert_true(ttl_of(k, id) > 0);
+        assert_int_equal(tc_start(&c, leader), 0);
+    }
+    kp.stop = 1;
+    pthread_join(kp.th, NULL);
+    keel_close(kp.k);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+/* ---- not forever ---- */
+
+static void not_forever(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "lease-forever");
+    const unsigned checkpoint_ms = 1000;
+    snprintf(c.extra, sizeof(c.extra), "--lease-checkpoint-interval-ms %u", checkpoint_ms);
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
+    struct keel *one[4];
+    for (int i = 1; i <= 3; i++)
+        one[i] = open_client(&c, i);
+    long long sent = tc_now_ms();
+    int64_t id = grant(k, 3);
+    long long granted = tc_now_ms();
+    put_lease(k, "doomed", id);
+    /* Every member has it before any is asked whether it is gone. */
+    for (int i = 1; i <= 3; i++) {
+        long long until = tc_now_ms() + 5000;
+        while (count_at(one[i], "doomed", NULL, true) != 1 && tc_now_ms() < until)
+            tu_sleep_ms(5);
+        assert_int_equal(count_at(one[i], "doomed", NULL, true), 1);
+    }
+    long long bound = granted + 3000 + checkpoint_ms + c.election_ms;
+    long long next_kill = granted + 1500, gone_at = 0;
+    int kills = 0;
+    while (gone_at == 0 && tc_now_ms() < bound + 10000) {
+        if (tc_now_ms() >= next_kill) {
+            /* The leader of the moment, if there is one (none while an election runs): killed
+             * and restarted at once, so the next election has all three members. */
+            int victim = tc_find_leader(&c, k, 0, 50);
+            if (victim > 0) {
+                tc_stop(&c, victim, SIGKILL);
+                assert_int_equal(tc_start(&c, victim), 0);
+                kills++;
+            }
+            next_kill += 1500;
+        }
+        /* Gone on some running member: the revoke committed. */
+        for (int i = 1; i <= 3 && gone_at == 0; i++)
+            if (c.m[i].pid != 0 && count_at(one[i], "doomed", NULL, true) == 0)
+                gone_at = tc_now_ms();
+        tu_sleep_ms(10);
+    }
+    fprintf(stderr, "3 s lease gone %lld ms after its grant, %d leaders killed\n",
+            gone_at - granted, kills);
+    assert_true(gone_at != 0);
+    assert_true(kills >= 1);
+    assert_true(gone_at >= sent + 3000);
+    assert_true(gone_at <= bound);
+    for (int i = 1; i <= 3; i++)
+        keel_close(one[i]);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+/* ---- 10,000 at once ---- */
+
+#define MASS_LEASES   10000
+#define MASS_INFLIGHT 256
+#define MASS_TTL      10
+
+/* Grants, then puts under them, pipelined on the asynchronous client: the 10,000 leases are
+ * granted within a short window, so they expire close together. */
+struct pipeline {
+    struct keel_aclient *ac;
+    int phase; /* 0: grants, 1: puts */
+    int next, done, failures;
+    int64_t ids[MASS_LEASES];
+    long long first_grant, last_grant;
+};
+
+static void pipeline_submit(struct pipeline *p);
+
+static void pipeline_done(int status, const Keel__Response *resp, void *data)
+{
+    struct pipeline *p = data;
+    if (status != 0) {
+        p->failures++;
+    } else if (p->phase == 0) {
+        p->ids[p->done] = resp->lease_grant->id; /* answers come in any order: any free slot */
+        p->last_grant = tc_now_ms();
+    }
+    p->done++;
+    pipeline_submit(p);
+}
+
+static void pipeline_submit(struct pipeline *p)
+{
+    while (p->next < MASS_LEASES && p->next - p->done < MASS_INFLIGHT) {
+        int i = p->next++;
+        Keel__Request req = KEEL__REQUEST__INIT;
+        Keel__LeaseGrantRequest g = KEEL__LEASE_GRANT_REQUEST__INIT;
+        Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
+        char key[32];
+        if (p->phase == 0) {
+            g.ttl = MASS_TTL;
+            req.body_case = KEEL__REQUEST__BODY_LEASE_GRANT;
+            req.lease_grant = &g;
+        } else {
+            snprintf(key, sizeof(key), "mass/%05d", i);
+            put.key.data = (uint8_t *)key;
+            put.key.len = strlen(key);
+            put.value.data = (uint8_t *)"v";
+            put.value.len = 1;
+            put.lease = p->ids[i];
+            req.body_case = KEEL__REQUEST__BODY_PUT;
+            req.put = &put;
+        }
+        if (keel_aclient_request(p->ac, &req, 20000, pipeline_done, p) != 0) {
+            p->failures++;
+            p->done++;
+        }
+    }
+}
+
+static void pipeline_run(const struct tc_cluster *c, struct pipeline *p)
+{
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    char eps[512];
+    tc_endpoints(c, 0, eps, sizeof(eps));
+    struct keel_options o = {.endpoints = eps};
+    assert_int_equal(keel_aclient_init(&p->ac, &loop, &o), 0);
+    p->first_grant = tc_now_ms();
+    for (p->phase = 0; p->phase < 2; p->phase++) {
+        p->next = p->done = 0;
+        pipeline_submit(p);
+        while (p->done < MASS_LEASES)
+            uv_run(&loop, UV_RUN_ONCE);
+    }
+    keel_aclient_close(p->ac, NULL, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+struct writer {
+    const struct tc_cluster *c;
+    volatile int stop;
+    long long max_gap;
+    int puts, failures;
+    pthread_t th;
+};
+
+static void *writer_main(void *arg)
+{
+    struct writer *wr = arg;
+    struct keel *k = open_client(wr->c, 0);
+    long long last = tc_now_ms();
+    while (!wr->stop) {
+        if (keel_put(k, "writer", 6, "x", 1, NULL, NULL) != 0)
+            wr->failures++;
+        long long now = tc_now_ms();
+        if (now - last > wr->max_gap)
+            wr->max_gap = now - last;
+        last = now;
+        wr->puts++;
+    }
+    keel_close(k);
+    return NULL;
+}
+
+static void mass(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "lease-mass");
+    /* keeld's defaults: the gap is judged against the election timeout users run with. */
+    c.heartbeat_ms = 100;
+    c.election_ms = 1000;
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
+    struct pipeline *p = calloc(1, sizeof(*p));
+    pipeline_run(&c, p);
+    assert_int_equal(p->failures, 0);
+    long long granted = p->last_grant;
+    fprintf(stderr, "%d leases granted within %lld ms, keys attached %lld ms later\n", MASS_LEASES,
+            p->last_grant - p->first_grant, tc_now_ms() - p->last_grant);
+    /* Else some expired before the rest were granted and attached. */
+    assert_true(tc_now_ms() - p->first_grant < MASS_TTL * 1000);
+    free(p);
+    assert_int_equal(count_at(k, "mass/", "mass0", false), MASS_LEASES);
+    struct writer wr = {.c = &c};
+    assert_int_equal(pthread_create(&wr.th, NULL, writer_main, &wr), 0);
+    long long gone = 0;
+    while (tc_now_ms() < granted + MASS_TTL * 1000 + 60000) {
+        if (count_at(k, "mass/", "mass0", false) == 0) {
+            gone = tc_now_ms();
+            break;
+        }
+        tu_sleep_ms(50);
+    }
+    tu_sleep_ms(500);
+    wr.stop = 1;
+    pthread_join(wr.th, NULL);
+    fprintf(stderr,
+            "all revoked %lld ms after the last grant's TTL; writer: %d puts, longest gap "
+            "%lld ms\n",
+            gone ? gone - granted - MASS_TTL * 1000 : -1, wr.puts, wr.max_gap);
+    assert_true(gone != 0);
+    assert_int_equal(wr.failures, 0);
+    assert_true(wr.max_gap < (long long)c.election_ms);
+    for (int i = 1; i <= 3; i++) {
+        struct keel *one = open_client(&c, i);
+        long long until = tc_now_ms() + 5000;
+        while (count_at(one, "mass/", "mass0", true) != 0 && tc_now_ms() < until)
+            tu_sleep_ms(20);
+        assert_int_equal(count_at(one, "mass/", "mass0", true), 0);
+        keel_close(one);
+    }
+    Keel__Request req = KEEL__REQUEST__INIT;
+    Keel__LeaseLeasesRequest ll = KEEL__LEASE_LEASES_REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_LEASES;
+    req.lease_leases = &ll;
+    Keel__Response *resp = NULL;
+    assert_int_equal(keel_do(k, &req, &resp), 0);
+    assert_int_equal(resp->lease_leases->n_leases, 0);
+    keel_free(resp);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest expiry_t[] = {cmocka_unit_test(expiry)};
+    const struct CMUnitTest failover_t[] = {cmocka_unit_test(failover)};
+    const struct CMUnitTest not_forever_t[] = {cmocka_unit_test(not_forever)};
+    const struct CMUnitTest mass_t[] = {cmocka_unit_test(mass)};
+    const struct tu_group groups[] = {
+        {"expiry", expiry_t, 1},
+        {"failover", failover_t, 1},
+        {"not_forever", not_forever_t, 1},
+        {"mass", mass_t, 1},
+    };
+    return tu_run_groups("test_lease", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
+}
