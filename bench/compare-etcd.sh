@@ -422,9 +422,9 @@ workloads=(
   "txn-put-c64|txn-put, 64 / 8|0|txn-put --conns 8 --clients 64"
   "watch-lat-w100|watch-latency 100 w, 500 puts/s|0|watch-latency --watchers 100 --conns 1 --clients 1 --rate 500"
   "watch-w1000|watch 1000 w, 16 / 4 (events/s)|0|watch --watchers 1000 --conns 4 --clients 16"
-  "lease-keepalive|lease-keepalive 10k leases, 1 client|0|lease-keepalive --leases 10000 --conns 1 --clients 1"
-  "lease-keepalive-c64|lease-keepalive 10k leases, 64 / 8|0|lease-keepalive --leases 10000 --conns 8 --clients 64"
-  "lease-churn|lease-churn 10k leases (expiry lag)|0|lease-churn --leases 10000 --lease-timeout 30"
+  "lease-keepalive|lease-keepalive 10k, 1 client|0|lease-keepalive --leases 10000 --conns 1 --clients 1"
+  "lease-keepalive-c64|lease-keepalive 10k, 64 / 8|0|lease-keepalive --leases 10000 --conns 8 --clients 64"
+  "lease-churn|lease-churn 10k: expiry lag|0|lease-churn --leases 10000 --lease-timeout 30"
   "zone-put-c64|put, 64 / 8, 1 ms zones|1|put --conns 8 --clients 64"
   "zone-put-c1|put, 1 client, 1 ms zones|1|put --conns 1 --clients 1"
 )
@@ -637,7 +637,9 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
   --arg fsync "${fsync_ms:-}" --argjson ncpu "$ncpu" --arg kernel "$(uname -r)" '
   def median: sort | length as $n | if $n == 0 then null
     elif $n % 2 == 1 then .[($n - 1) / 2] else (.[$n / 2 - 1] + .[$n / 2]) / 2 end;
-  def ratio($a; $b): if $a == null or $b == null or $b == 0 then null else ($a / $b * 100 | round / 100) end;
+  # two decimals; four below 0.1, so that a small ratio (the lease-churn lags) does not read 0
+  def ratio($a; $b): if $a == null or $b == null or $b == 0 then null
+    else ($a / $b) as $q | if ($q | fabs) < 0.1 then ($q * 10000 | round / 10000) else ($q * 100 | round / 100) end end;
   . as $runs
   | {tool: "compare-etcd", started: $started, git_revision: $rev, etcd_version: $ev,
      machine: {cpus: $ncpu, kernel: $kernel, fsync_ms: ($fsync | tonumber? // null)},
