@@ -30,7 +30,16 @@
 # the leader alone (etcd-driver routes there anyway), so that the leader serves the watches on
 # both systems: keel's client would create them on whichever member it reached first, and a
 # follower's watch sees each commit one round of appends later and can start behind the last
-# acknowledged write. Needs root (or password-less sudo) only to install
+# acknowledged write. The lease rows (also given the leader alone, for the same reason: lease-churn
+# watches its prefix): lease-keepalive grants 10,000 leases (TTL 600 s) and then sends keep-alives
+# round-robin over them, one in flight per client (etcd-driver: raw LeaseKeepAlive stream messages,
+# one stream per client); r/s = keep-alives per second, p50/p99 their latency. lease-churn grants
+# 10,000 leases with the minimum TTL (2 s on both with a 1000 ms election timeout), puts one key
+# with each, and waits (at most 30 s past the last due time) for their DELETE events on a watch of
+# the prefix: p50/p99 = expiry lag = DELETE arrival - (grant acknowledged + TTL), r/s = expiries per
+# second from the first due time to the last DELETE; the notes under the table add the largest
+# lag, how many expired, and the "max write stall" (largest gap between two completions of one
+# writer putting in a closed loop while the leases expire). Needs root (or password-less sudo) only to install
 # missing Debian packages and for scripts/zones.sh. Only loopback traffic; everything it starts
 # it stops (by PID), and it removes its temporary directory, also when interrupted.
 set -euo pipefail
@@ -413,6 +422,9 @@ workloads=(
   "txn-put-c64|txn-put, 64 / 8|0|txn-put --conns 8 --clients 64"
   "watch-lat-w100|watch-latency 100 w, 500 puts/s|0|watch-latency --watchers 100 --conns 1 --clients 1 --rate 500"
   "watch-w1000|watch 1000 w, 16 / 4 (events/s)|0|watch --watchers 1000 --conns 4 --clients 16"
+  "lease-keepalive|lease-keepalive 10k, 1 client|0|lease-keepalive --leases 10000 --conns 1 --clients 1"
+  "lease-keepalive-c64|lease-keepalive 10k, 64 / 8|0|lease-keepalive --leases 10000 --conns 8 --clients 64"
+  "lease-churn|lease-churn 10k: expiry lag|0|lease-churn --leases 10000 --lease-timeout 30"
   "zone-put-c64|put, 64 / 8, 1 ms zones|1|put --conns 8 --clients 64"
   "zone-put-c1|put, 1 client, 1 ms zones|1|put --conns 1 --clients 1"
 )
@@ -489,8 +501,18 @@ run_one() {
                  complete: (.watch.events >= .watch.events_expected and .watch.events_expected > 0),
                  latency_samples: .watch.event_latency.requests},
          puts: {requests: .summary.requests, rps: (.summary.rps | round), p50_ms: (.summary.p50_ms | ms),
-                p99_ms: (.summary.p99_ms | ms)}} end' "$out" >>"$runs"
-  tail -n 1 "$runs" | jq -r 'if .watch == null then
+                p99_ms: (.summary.p99_ms | ms)}} end
+    + if .lease == null then {} else
+        {lease: ({leases: .lease.leases, granted: .lease.granted, granted_ttl_s: .lease.granted_ttl_s,
+                  grant_rps: (.lease.grant.rps | round), revoked: .lease.revoked}
+                 + if .config.workload != "lease-churn" then {} else
+                     {attached: .lease.attached, expired: .lease.expired, complete: .lease.complete,
+                      max_lag_ms: (.lease.max_lag_ms | ms), expiry_span_s: .lease.expiry_span_s,
+                      stall_max_gap_ms: (if .lease.stall.enabled then (.lease.stall.max_gap_ms | ms) else null end),
+                      stall_puts: .lease.stall.puts} end)} end' "$out" >>"$runs"
+  tail -n 1 "$runs" | jq -r 'if .lease.expired != null then
+    "  \(.system) \(.workload): \(.lease.expired) of \(.lease.attached) leased keys expired, lag p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.lease.max_lag_ms) ms, \(.rps) expiries/s; max write stall \(.lease.stall_max_gap_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member)), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)"
+    elif .watch == null then
     "  \(.system) \(.workload): \(.rps) req/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member)), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)"
     else
     "  \(.system) \(.workload): \(.watch.watchers) watchers, \(.rps) events/s (\(.watch.events) of \(.watch.events_expected) events)" +
@@ -499,12 +521,16 @@ run_one() {
   if jq -e '.watch != null and (.watch.complete | not)' <<<"$(tail -n 1 "$runs")" >/dev/null; then
     log "  $sys $name: not every event arrived within 30 s of the last put (counted as delivered so far)"
   fi
+  if jq -e '.lease.complete == false' <<<"$(tail -n 1 "$runs")" >/dev/null; then
+    log "  $sys $name: not every leased key expired within 30 s of the last due time (lags of those that did)"
+  fi
   if jq -e '.watch != null and .watch.events > .watch.events_expected' <<<"$(tail -n 1 "$runs")" >/dev/null; then
     log "  $sys $name: more events than puts x watchers: the watches started behind the last write before the run"
   fi
 }
 
-# leader_eps SYSTEM -> REPLY: the endpoints for the watch rows: the leader's alone (see the top).
+# leader_eps SYSTEM -> REPLY: the endpoints for the watch and lease rows: the leader's alone (see
+# the top).
 leader_eps() {
   if [ "$1" = etcd ]; then
     REPLY=$etcd_eps # etcd-driver --target auto: every connection to the leader
@@ -548,7 +574,7 @@ run_system() {
     [ "$zoned" = 1 ] && continue
     selected "$name" || continue
     run_eps=
-    if [[ "$name" == watch* ]]; then leader_eps "$sys"; run_eps=$REPLY; fi
+    if [[ "$name" == watch* || "$name" == lease* ]]; then leader_eps "$sys"; run_eps=$REPLY; fi
     # shellcheck disable=SC2086
     run_one "$round" "$sys" "$name" $flags "${common[@]}"
     run_eps=
@@ -602,14 +628,18 @@ wl_json=$(for w in "${workloads[@]}"; do
   IFS='|' read -r name label zoned flags <<<"$w"
   jq -nc --arg n "$name" --arg l "$label" --argjson z "$zoned" --arg f "$flags ${common[*]}" \
     '{name: $n, label: $l, zones: ($z == 1), flags: $f}
-     + if ($n | startswith("watch")) then {measures: "rps: watch events delivered per second over all watchers; p50/p99: put -> event latency (watch-latency only); writer puts: under runs[].puts"} else {} end'
+     + if ($n | startswith("watch")) then {measures: "rps: watch events delivered per second over all watchers; p50/p99: put -> event latency (watch-latency only); writer puts: under runs[].puts"} else {} end
+     + if ($n | startswith("lease-keepalive")) then {measures: "rps: keep-alives per second; p50/p99: keep-alive latency; grants: under runs[].lease"} else {} end
+     + if $n == "lease-churn" then {measures: "p50/p99: expiry lag (DELETE event - (grant acknowledged + TTL)), lower is better; rps: expiries per second from the first due time to the last DELETE; lease: max lag, expired of attached, max write stall (largest gap between completions of one closed-loop writer while waiting)"} else {} end'
 done | jq -sc .)
 jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --arg ev "$etcd_version" \
   --argjson rounds "$rounds" --argjson quick "$quick" --arg dur "$duration" --arg zn "$zones_note" \
   --arg fsync "${fsync_ms:-}" --argjson ncpu "$ncpu" --arg kernel "$(uname -r)" '
   def median: sort | length as $n | if $n == 0 then null
     elif $n % 2 == 1 then .[($n - 1) / 2] else (.[$n / 2 - 1] + .[$n / 2]) / 2 end;
-  def ratio($a; $b): if $a == null or $b == null or $b == 0 then null else ($a / $b * 100 | round / 100) end;
+  # two decimals; four below 0.1, so that a small ratio (the lease-churn lags) does not read 0
+  def ratio($a; $b): if $a == null or $b == null or $b == 0 then null
+    else ($a / $b) as $q | if ($q | fabs) < 0.1 then ($q * 10000 | round / 10000) else ($q * 100 | round / 100) end end;
   . as $runs
   | {tool: "compare-etcd", started: $started, git_revision: $rev, etcd_version: $ev,
      machine: {cpus: $ncpu, kernel: $kernel, fsync_ms: ($fsync | tonumber? // null)},
@@ -625,7 +655,13 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
                            driver: ([$r[].cpu_cores.driver] | median),
                            machine: ([$r[].cpu_cores.machine] | median)},
               runs: [$r[] | {round, rps, p50_ms, p99_ms, p99_9_ms, errors}
-                     + if .watch == null then {} else {watch, puts} end]} end;
+                     + if .watch == null then {} else {watch, puts} end
+                     + if .lease == null then {} else {lease} end]}
+             + if ([$r[] | .lease.expired | values] | length) == 0 then {} else
+                 {lease: {max_lag_ms: ([$r[].lease.max_lag_ms | values] | median),
+                          stall_max_gap_ms: ([$r[].lease.stall_max_gap_ms | values] | median),
+                          expired: ([$r[].lease.expired] | median), attached: ([$r[].lease.attached] | median),
+                          complete: ([$r[].lease.complete] | all)}} end end;
          $w + {keel: agg("keel"), etcd: agg("etcd")}
        | . + {ratio: {rps: ratio(.keel.rps; .etcd.rps), p50: ratio(.keel.p50_ms; .etcd.p50_ms),
                       p99: ratio(.keel.p99_ms; .etcd.p99_ms)}}
@@ -652,6 +688,15 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
     jq -r '.workloads[] | select(.name | startswith("watch")) | .label as $l | . as $w | ("keel", "etcd") as $s
       | ($w[$s] // {runs: []}).runs[] | select(.watch.complete | not)
       | "  \($l): \($s) round \(.round): only \(.watch.events) of \(.watch.events_expected) events arrived within 30 s of the last put"' "$out.json"
+  fi
+  if jq -e '[.workloads[].name | startswith("lease")] | any' "$out.json" >/dev/null; then
+    echo "lease-keepalive rows: r/s = keep-alives per second (10,000 leases round-robin), p50/p99 = keep-alive latency"
+    echo "lease-churn: p50/p99 = expiry lag = DELETE event - (grant acknowledged + TTL), lower is better (ratio <1: keel expires"
+    echo "  sooner); r/s = expiries per second from the first due time to the last DELETE (ratio >1: keel clears them faster)"
+    jq -r 'def f($x): if $x == null then "-" else "\($x)" end;
+      .workloads[] | select(.name == "lease-churn") | . as $w | ("keel", "etcd") as $s | $w[$s]
+      | if . == null then "  \($s): no run completed" else
+        "  \($s): p50 lag \(f(.p50_ms)) ms, p99 lag \(f(.p99_ms)) ms, max lag \(f(.lease.max_lag_ms)) ms, \(f(.lease.expired)) of \(f(.lease.attached)) expired\(if .lease.complete == false then " (timed out)" else "" end); max write stall \(f(.lease.stall_max_gap_ms)) ms" end' "$out.json"
   fi
   echo "cores busy (medians): members = the 3 servers (busiest one), driver = load generator, machine = all"
   printf '%-32s | %-30s | %-30s\n' "" "keel members/driver/machine" "etcd members/driver/machine"

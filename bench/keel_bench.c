@@ -2,11 +2,29 @@
  * keel-bench: load generator after etcd's benchmark tool.
  *
  *   keel-bench [flags] put | range | txn-put | txn-mixed | mixed | watch | watch-latency
+ *                      | lease-keepalive | lease-churn
  *
  * watch: --watchers W watches over the whole key space (spread over the --conns clients), while
  * the --clients writers put --total keys (at --rate); reports events delivered per second.
  * watch-latency: the same, each value carrying its put's send time; reports put -> event
  * latency percentiles, measured on this process's clock.
+ *
+ * lease-keepalive: grants --leases leases (--lease-ttl, default 600 s, long enough not to expire
+ * during the run; --lease-window grants in flight), then the --clients clients send LeaseKeepAlive
+ * round-robin over them, each keeping one in flight (unpaced unless --rate, as put), for --total
+ * or --duration; reports keep-alives per second and their latency. An answer with TTL <= 0 (the
+ * lease is gone) counts as an error (LEASE_NOT_FOUND). The leases are revoked at the end (best
+ * effort, not timed).
+ * lease-churn: watches a prefix of its own, grants --leases leases with --lease-ttl (default 2 s;
+ * the server clamps it up to its minimum and says so), attaches one key under the prefix to each
+ * (a put with the lease, right after its grant is acknowledged), then waits until every attached
+ * key's DELETE event has arrived, or --lease-timeout seconds past the last lease's due time. A
+ * lease is due at (its grant's acknowledgement + its granted TTL) on this process's clock; its
+ * expiry lag is (the DELETE event's arrival - due), so the server's own clock starts a little
+ * earlier and a lag can be slightly negative. The summary is of the lags (requests = leases
+ * expired; requests/sec = expiries per second from the first due time to the last DELETE).
+ * Meanwhile one more client of its own puts to one key in a closed loop; the largest gap between
+ * two of its completions while waiting is the "max write stall". Leases left are revoked.
  *
  * One libuv loop drives --conns asynchronous clients (each with its own connections) and
  * --clients logical clients, each keeping one request in flight (closed loop) unless --rate
@@ -32,10 +50,24 @@
 #define KEEL_GIT_REV "unknown"
 #endif
 
-enum workload { W_PUT, W_RANGE, W_TXN_PUT, W_TXN_MIXED, W_MIXED, W_WATCH, W_WATCH_LATENCY };
-static const char *workload_names[] = {"put",   "range", "txn-put",      "txn-mixed",
-                                       "mixed", "watch", "watch-latency"};
-#define N_WORKLOADS 7
+enum workload {
+    W_PUT,
+    W_RANGE,
+    W_TXN_PUT,
+    W_TXN_MIXED,
+    W_MIXED,
+    W_WATCH,
+    W_WATCH_LATENCY,
+    W_LEASE_KEEPALIVE,
+    W_LEASE_CHURN
+};
+static const char *workload_names[] = {"put",           "range",           "txn-put",
+                                       "txn-mixed",     "mixed",           "watch",
+                                       "watch-latency", "lease-keepalive", "lease-churn"};
+#define N_WORKLOADS 9
+
+#define LEASE_TTL_KEEPALIVE 600 /* s: lease-keepalive's default, outlives any run */
+#define LEASE_TTL_CHURN     2   /* s: lease-churn's default, keeld's minimum by default */
 
 struct config {
     enum workload workload;
@@ -56,6 +88,11 @@ struct config {
     int json;
     uint32_t timeout_ms;
     int watchers;
+    uint64_t leases;      /* lease workloads: leases granted */
+    int64_t lease_ttl;    /* s; 0: the workload's default */
+    int lease_window;     /* grants, attaching puts and revokes in flight */
+    double lease_timeout; /* lease-churn: s past the last due time */
+    int stall_writer;     /* lease-churn: the concurrent writer */
 };
 
 #define MAX_ZONES 16
@@ -66,6 +103,18 @@ struct zone_stats {
 };
 
 struct bench;
+
+/* One lease of the lease workloads. */
+struct lease_rec {
+    int64_t id;      /* 0: not granted */
+    int64_t ttl;     /* s, as granted */
+    uint64_t t0;     /* the send time of its request in flight */
+    uint64_t ack_ns; /* its grant was acknowledged */
+    uint64_t del_ns; /* lease-churn: its key's DELETE event arrived */
+    int attached;    /* lease-churn: its key was put with it */
+};
+
+enum lease_phase { LP_NONE, LP_GRANT, LP_RUN, LP_WAIT, LP_REVOKE, LP_DONE };
 
 struct client {
     struct bench *b;
@@ -106,6 +155,26 @@ struct bench {
     uv_timer_t settle; /* bounds the wait for the last events */
     int writers_done;
     int closing;
+    /* lease workloads */
+    struct lease_rec *leases;
+    enum lease_phase lphase;
+    uint64_t lnext; /* the next lease the phase goes to */
+    int linflight;
+    uint64_t granted, attached, expired, revoked, revoke_gone, revoke_errors;
+    int64_t granted_ttl; /* the first grant's answer */
+    int64_t *ka_ids;     /* lease-keepalive: the leases granted */
+    uint64_t n_ka, ka_next;
+    struct keel_stats grant_lat;
+    uint64_t grant_start_ns, grant_end_ns;
+    char lprefix[64]; /* lease-churn's keys */
+    int lwatch_created;
+    uint64_t first_due_ns, last_due_ns, last_del_ns;
+    /* lease-churn's concurrent writer, on a client of its own */
+    struct keel_aclient *stall_ac;
+    int stall_on;
+    uint64_t stall_t0, stall_puts, stall_errors;
+    struct keel_gap gap;
+    struct keel_stats stall_lat;
 };
 
 static uint64_t now_ns(void)
@@ -173,7 +242,12 @@ static void on_response(int status, const Keel__Response *resp, void *data)
     struct bench *b = c->b;
     double lat = (double)(now_ns() - c->t0) / 1e9;
     b->completed++;
-    if (status == 0) {
+    if (status == 0 && b->cfg.workload == W_LEASE_KEEPALIVE &&
+        (resp->body_case != KEEL__RESPONSE__BODY_LEASE_KEEP_ALIVE ||
+         resp->lease_keep_alive->ttl <= 0)) {
+        /* TTL 0 is the server's answer for a lease unknown, revoked or expired: a failure here. */
+        keel_stats_error(&b->stats, KEEL__ERROR_CODE__LEASE_NOT_FOUND);
+    } else if (status == 0) {
         b->succeeded++;
         keel_stats_add(&b->stats, lat);
         if (resp->header != NULL && b->cfg.zone != NULL) {
@@ -193,6 +267,7 @@ static void closed(void *data)
 }
 
 static void shut_down(struct bench *b);
+static void start_revoke(struct bench *b);
 
 static bool watching(const struct bench *b)
 {
@@ -223,6 +298,11 @@ static void client_done(struct bench *b)
         uv_timer_start(&b->settle, settle_timeout, 30000, 0);
         return;
     }
+    if (b->cfg.workload == W_LEASE_KEEPALIVE) {
+        b->end_ns = now_ns(); /* the revokes are not timed */
+        start_revoke(b);
+        return;
+    }
     shut_down(b);
 }
 
@@ -231,7 +311,8 @@ static void shut_down(struct bench *b)
     if (b->closing)
         return;
     b->closing = 1;
-    b->end_ns = now_ns();
+    if (b->end_ns == 0)
+        b->end_ns = now_ns();
     if (b->progress_on) {
         progress(&b->progress);
         fputc('\n', stderr);
@@ -239,6 +320,8 @@ static void shut_down(struct bench *b)
     uv_close((uv_handle_t *)&b->pacer, NULL);
     uv_close((uv_handle_t *)&b->progress, NULL);
     uv_close((uv_handle_t *)&b->settle, NULL);
+    if (b->stall_ac != NULL)
+        keel_aclient_close(b->stall_ac, closed, NULL);
     /* Closing a client ends its watches (final callbacks with KEEL_ECANCELED). */
     for (int i = 0; i < b->cfg.conns; i++)
         keel_aclient_close(b->acs[i], closed, NULL);
@@ -293,6 +376,7 @@ static void send_one(struct client *c)
     Keel__Compare *cmps[1] = {&cmp};
     Keel__RequestOp op = KEEL__REQUEST_OP__INIT;
     Keel__RequestOp *ops[1] = {&op};
+    Keel__LeaseKeepAliveRequest ka = KEEL__LEASE_KEEP_ALIVE_REQUEST__INIT;
     put.key.data = key;
     put.key.len = (size_t)b->cfg.key_size;
     put.value.data = b->value;
@@ -356,6 +440,14 @@ static void send_one(struct client *c)
         req.body_case = KEEL__REQUEST__BODY_TXN;
         req.txn = &txn;
         break;
+    case W_LEASE_KEEPALIVE:
+        /* Round-robin over the leases granted. */
+        ka.id = b->ka_ids[b->ka_next++ % b->n_ka];
+        req.body_case = KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE;
+        req.lease_keep_alive = &ka;
+        break;
+    case W_LEASE_CHURN:
+        return; /* its requests are the lease phases' own */
     }
     b->issued++;
     c->t0 = now_ns();
@@ -462,7 +554,8 @@ static int zone_source(const char *zone, char *out, size_t len)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: keel-bench [flags] put|range|txn-put|txn-mixed|mixed|watch|watch-latency\n"
+            "usage: keel-bench [flags] put|range|txn-put|txn-mixed|mixed|watch|watch-latency|\n"
+            "                          lease-keepalive|lease-churn\n"
             "  --endpoints LIST      client addresses (default $KEEL_ENDPOINTS or 127.0.0.1:2379)\n"
             "  --conns N             client connections sets (default 1)\n"
             "  --clients N           requests kept in flight (default 1)\n"
@@ -474,6 +567,13 @@ static void usage(FILE *f)
             "  --consistency l|s     for reads (default l)   --read-ratio F (mixed; default 0.5)\n"
             "  --zone Z              live in zone Z: source address 127.0.Z.250, same-zone reads\n"
             "  --watchers W          watch workloads: watchers over the key space (default 100)\n"
+            "  --leases N            lease workloads: leases granted (default 10000)\n"
+            "  --lease-ttl S         their TTL in seconds (default 600 for lease-keepalive, 2 for\n"
+            "                        lease-churn; the server clamps it up to its minimum)\n"
+            "  --lease-window N      grants, attaching puts and revokes in flight (default 256)\n"
+            "  --lease-timeout S     lease-churn: wait at most S s past the last due time (default "
+            "30)\n"
+            "  --no-stall-writer     lease-churn: without the concurrent writer\n"
             "  --seed N  --timeout-ms N  --json\n");
 }
 
@@ -491,6 +591,10 @@ static int parse(struct config *c, int argc, char **argv)
     c->seed = 1;
     c->timeout_ms = 10000;
     c->watchers = 100;
+    c->leases = 10000;
+    c->lease_window = 256;
+    c->lease_timeout = 30;
+    c->stall_writer = 1;
     static const struct option opts[] = {{"endpoints", required_argument, NULL, 'e'},
                                          {"conns", required_argument, NULL, 'C'},
                                          {"clients", required_argument, NULL, 'c'},
@@ -508,6 +612,11 @@ static int parse(struct config *c, int argc, char **argv)
                                          {"json", no_argument, NULL, 'j'},
                                          {"timeout-ms", required_argument, NULL, 't'},
                                          {"watchers", required_argument, NULL, 'w'},
+                                         {"leases", required_argument, NULL, 'N'},
+                                         {"lease-ttl", required_argument, NULL, 'T'},
+                                         {"lease-window", required_argument, NULL, 'W'},
+                                         {"lease-timeout", required_argument, NULL, 'O'},
+                                         {"no-stall-writer", no_argument, NULL, 'P'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int opt;
@@ -569,6 +678,27 @@ static int parse(struct config *c, int argc, char **argv)
         case 'w':
             c->watchers = atoi(optarg);
             break;
+        case 'N':
+            c->leases = strtoull(optarg, &end, 10);
+            if (*end != '\0' || optarg[0] == '-')
+                c->leases = 0;
+            break;
+        case 'T':
+            c->lease_ttl = strtoll(optarg, &end, 10);
+            if (*end != '\0' || c->lease_ttl < 1)
+                c->lease_ttl = -1;
+            break;
+        case 'W':
+            c->lease_window = atoi(optarg);
+            break;
+        case 'O':
+            c->lease_timeout = strtod(optarg, &end);
+            if (*end != '\0')
+                c->lease_timeout = -1;
+            break;
+        case 'P':
+            c->stall_writer = 0;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -598,22 +728,410 @@ static int parse(struct config *c, int argc, char **argv)
     if (c->conns < 1 || c->conns > 1024 || c->clients < 1 || c->clients > 100000 ||
         c->key_size < 1 || c->key_size > 255 || c->val_size < 0 || c->val_size > (1 << 20) ||
         c->key_space < 1 || c->watchers < 1 || c->watchers > 1000000 || c->read_ratio < 0 ||
-        c->read_ratio > 1 || c->rate < 0 || (c->total == 0 && c->duration <= 0)) {
+        c->read_ratio > 1 || c->rate < 0 || (c->total == 0 && c->duration <= 0) || c->leases < 1 ||
+        c->leases > 10000000 || c->lease_ttl < 0 || c->lease_ttl > 9000000000ll ||
+        c->lease_window < 1 || c->lease_window > 100000 || !(c->lease_timeout > 0)) {
         fprintf(stderr, "keel-bench: a flag is out of range (see --help)\n");
         return -1;
     }
+    if (c->lease_ttl == 0)
+        c->lease_ttl = c->workload == W_LEASE_CHURN ? LEASE_TTL_CHURN : LEASE_TTL_KEEPALIVE;
     return 0;
 }
 
 static void start_writers(struct bench *b)
 {
     b->start_ns = now_ns();
+    if (isatty(2) && !b->cfg.json) {
+        b->progress_on = 1;
+        uv_timer_start(&b->progress, progress, 200, 200);
+    }
     b->active = b->cfg.clients;
     for (int i = 0; i < b->cfg.clients; i++) {
         b->clients[i].b = b;
         b->clients[i].idx = i;
         issue(&b->clients[i]);
     }
+}
+
+/* --- lease workloads ------------------------------------------------------------------------ */
+
+static struct bench *lease_bench; /* the one bench: the lease callbacks' data is the lease */
+
+static void lease_pump(struct bench *b);
+static void churn_finish(struct bench *b);
+static void churn_timeout(uv_timer_t *t);
+
+static int wire_code(int status, const Keel__Response *resp)
+{
+    return resp != NULL && resp->error != NULL ? (int)resp->error->code : keel_err_to_wire(status);
+}
+
+static void lease_request(struct bench *b, struct lease_rec *r, const Keel__Request *req,
+                          keel_response_cb cb)
+{
+    r->t0 = now_ns();
+    b->linflight++;
+    uint64_t i = (uint64_t)(r - b->leases);
+    int rv =
+        keel_aclient_request(b->acs[i % (uint64_t)b->cfg.conns], req, b->cfg.timeout_ms, cb, r);
+    if (rv != 0) {
+        /* Refused here: the pump's loop goes on with the next lease. */
+        fprintf(stderr, "keel-bench: request refused: %s\n", keel_strerror(rv));
+        b->linflight--;
+        if (b->lphase == LP_REVOKE)
+            b->revoke_errors++;
+        else
+            keel_stats_error(&b->stats, 63);
+    }
+}
+
+static void on_attach(int status, const Keel__Response *resp, void *data)
+{
+    struct lease_rec *r = data;
+    struct bench *b = lease_bench;
+    if (status == KEEL_ECANCELED && b->closing)
+        return;
+    if (status == 0) {
+        r->attached = 1;
+        b->attached++;
+    } else {
+        /* LEASE_NOT_FOUND: the lease was gone before its key was put. */
+        keel_stats_error(&b->stats, wire_code(status, resp));
+    }
+    b->linflight--;
+    lease_pump(b);
+}
+
+static void send_attach(struct bench *b, struct lease_rec *r)
+{
+    char key[96];
+    int klen = keel_lease_key(key, sizeof(key), b->lprefix, (uint64_t)(r - b->leases));
+    Keel__Request req = KEEL__REQUEST__INIT;
+    Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
+    put.key.data = (uint8_t *)key;
+    put.key.len = (size_t)klen;
+    put.value.data = b->value;
+    put.value.len = (size_t)b->cfg.val_size;
+    put.lease = r->id;
+    req.body_case = KEEL__REQUEST__BODY_PUT;
+    req.put = &put;
+    b->linflight--; /* the lease stays in flight: lease_request counts it again */
+    lease_request(b, r, &req, on_attach);
+}
+
+static void on_grant(int status, const Keel__Response *resp, void *data)
+{
+    struct lease_rec *r = data;
+    struct bench *b = lease_bench;
+    if (status == KEEL_ECANCELED && b->closing)
+        return;
+    uint64_t now = now_ns();
+    if (status == 0 && resp->body_case == KEEL__RESPONSE__BODY_LEASE_GRANT &&
+        resp->lease_grant->id != 0 &&
+        (resp->lease_grant->error == NULL || resp->lease_grant->error[0] == '\0')) {
+        r->id = resp->lease_grant->id;
+        r->ttl = resp->lease_grant->ttl;
+        r->ack_ns = now;
+        b->granted++;
+        if (b->granted_ttl == 0)
+            b->granted_ttl = r->ttl;
+        keel_stats_add(&b->grant_lat, (double)(now - r->t0) / 1e9);
+        if (b->cfg.workload == W_LEASE_CHURN && !b->closing) {
+            send_attach(b, r);
+            lease_pump(b); /* when the attach was refused */
+            return;
+        }
+    } else {
+        keel_stats_error(&b->stats,
+                         status == 0 ? KEEL__ERROR_CODE__INTERNAL : wire_code(status, resp));
+    }
+    b->linflight--;
+    lease_pump(b);
+}
+
+static void send_grant(struct bench *b, struct lease_rec *r)
+{
+    Keel__Request req = KEEL__REQUEST__INIT;
+    Keel__LeaseGrantRequest g = KEEL__LEASE_GRANT_REQUEST__INIT;
+    g.ttl = b->cfg.lease_ttl;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_GRANT;
+    req.lease_grant = &g;
+    lease_request(b, r, &req, on_grant);
+}
+
+static void on_revoke(int status, const Keel__Response *resp, void *data)
+{
+    struct bench *b = lease_bench;
+    (void)data;
+    (void)resp;
+    if (status == KEEL_ECANCELED && b->closing)
+        return;
+    if (status == 0)
+        b->revoked++;
+    else if (status == KEEL_ELEASENOTFOUND)
+        b->revoke_gone++; /* expired (or revoked) already */
+    else
+        b->revoke_errors++;
+    b->linflight--;
+    lease_pump(b);
+}
+
+static void send_revoke(struct bench *b, struct lease_rec *r)
+{
+    Keel__Request req = KEEL__REQUEST__INIT;
+    Keel__LeaseRevokeRequest rr = KEEL__LEASE_REVOKE_REQUEST__INIT;
+    rr.id = r->id;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_REVOKE;
+    req.lease_revoke = &rr;
+    lease_request(b, r, &req, on_revoke);
+}
+
+/* Revoke, best effort, every lease granted whose key was not seen expiring. */
+static void start_revoke(struct bench *b)
+{
+    b->lphase = LP_REVOKE;
+    b->lnext = 0;
+    lease_pump(b);
+}
+
+static void grants_done(struct bench *b)
+{
+    uint64_t now = now_ns();
+    b->grant_end_ns = now;
+    if (b->cfg.workload == W_LEASE_KEEPALIVE) {
+        b->ka_ids = calloc(b->granted ? b->granted : 1, sizeof(*b->ka_ids));
+        for (uint64_t i = 0; i < b->cfg.leases; i++)
+            if (b->leases[i].id != 0)
+                b->ka_ids[b->n_ka++] = b->leases[i].id;
+        if (b->n_ka == 0) {
+            fprintf(stderr, "keel-bench: no lease was granted\n");
+            b->start_ns = b->end_ns = now;
+            start_revoke(b);
+            return;
+        }
+        b->lphase = LP_RUN;
+        start_writers(b);
+        return;
+    }
+    /* lease-churn: every key is attached (or failed); now wait for them to expire. */
+    b->lphase = LP_WAIT;
+    b->start_ns = now;
+    keel_gap_open(&b->gap, now);
+    for (uint64_t i = 0; i < b->cfg.leases; i++) {
+        struct lease_rec *r = &b->leases[i];
+        if (!r->attached)
+            continue;
+        uint64_t due = r->ack_ns + (uint64_t)r->ttl * 1000000000ull;
+        if (b->first_due_ns == 0 || due < b->first_due_ns)
+            b->first_due_ns = due;
+        if (due > b->last_due_ns)
+            b->last_due_ns = due;
+    }
+    if (b->attached == 0) {
+        fprintf(stderr, "keel-bench: no key was attached to a lease\n");
+        churn_finish(b);
+        return;
+    }
+    if (b->expired >= b->attached) {
+        churn_finish(b);
+        return;
+    }
+    uint64_t wait_ns = b->last_due_ns > now ? b->last_due_ns - now : 0;
+    wait_ns += (uint64_t)(b->cfg.lease_timeout * 1e9);
+    uv_timer_start(&b->settle, churn_timeout, wait_ns / 1000000 + 1, 0);
+    if (!b->cfg.json)
+        fprintf(stderr,
+                "keel-bench: %" PRIu64 " of %" PRIu64 " leases granted (TTL %" PRId64
+                " s), %" PRIu64 " keys attached; waiting for them to expire\n",
+                b->granted, b->cfg.leases, b->granted_ttl, b->attached);
+}
+
+static void lease_pump(struct bench *b)
+{
+    if (b->closing)
+        return;
+    while (b->linflight < b->cfg.lease_window && b->lnext < b->cfg.leases &&
+           (b->lphase == LP_GRANT || b->lphase == LP_REVOKE)) {
+        struct lease_rec *r = &b->leases[b->lnext++];
+        if (b->lphase == LP_GRANT)
+            send_grant(b, r);
+        else if (r->id != 0 && r->del_ns == 0)
+            send_revoke(b, r);
+    }
+    if (b->linflight > 0 || b->lnext < b->cfg.leases)
+        return;
+    if (b->lphase == LP_GRANT) {
+        grants_done(b);
+    } else if (b->lphase == LP_REVOKE) {
+        b->lphase = LP_DONE;
+        shut_down(b);
+    }
+}
+
+static void start_grants(struct bench *b)
+{
+    b->lphase = LP_GRANT;
+    b->lnext = 0;
+    b->grant_start_ns = now_ns();
+    lease_pump(b);
+}
+
+/* lease-churn's concurrent writer: one put at a time to a key of its own. */
+static void stall_put(struct bench *b);
+
+static void on_stall_put(int status, const Keel__Response *resp, void *data)
+{
+    struct bench *b = data;
+    (void)resp;
+    if (b->closing)
+        return;
+    uint64_t now = now_ns();
+    if (status == 0) {
+        if (b->gap.open) {
+            b->stall_puts++;
+            keel_stats_add(&b->stall_lat, (double)(now - b->stall_t0) / 1e9);
+        }
+        keel_gap_mark(&b->gap, now);
+    } else if (b->gap.open) {
+        b->stall_errors++;
+    }
+    if (b->stall_on)
+        stall_put(b);
+}
+
+static void stall_put(struct bench *b)
+{
+    char key[96];
+    int klen = snprintf(key, sizeof(key), "%sstall", b->lprefix);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
+    put.key.data = (uint8_t *)key;
+    put.key.len = (size_t)klen;
+    put.value.data = b->value;
+    put.value.len = (size_t)b->cfg.val_size;
+    req.body_case = KEEL__REQUEST__BODY_PUT;
+    req.put = &put;
+    b->stall_t0 = now_ns();
+    int rv = keel_aclient_request(b->stall_ac, &req, b->cfg.timeout_ms, on_stall_put, b);
+    if (rv != 0) {
+        fprintf(stderr, "keel-bench: the stall writer's put was refused: %s\n", keel_strerror(rv));
+        b->stall_on = 0;
+    }
+}
+
+/* Waiting is over (every key expired, or the timeout): the lags, then the revokes. */
+static void churn_finish(struct bench *b)
+{
+    if (b->lphase != LP_WAIT && b->lphase != LP_GRANT)
+        return;
+    uv_timer_stop(&b->settle);
+    uint64_t now = now_ns();
+    if (b->start_ns == 0)
+        b->start_ns = now;
+    b->end_ns = now;
+    keel_gap_close(&b->gap, now);
+    b->stall_on = 0;
+    for (uint64_t i = 0; i < b->cfg.leases; i++) {
+        struct lease_rec *r = &b->leases[i];
+        if (r->attached && r->del_ns != 0) {
+            keel_stats_add(&b->stats, keel_expiry_lag(r->ack_ns, r->ttl, r->del_ns));
+            b->succeeded++;
+        }
+    }
+    start_revoke(b);
+}
+
+static void churn_timeout(uv_timer_t *t)
+{
+    struct bench *b = t->data;
+    fprintf(stderr,
+            "keel-bench: %" PRIu64 " of %" PRIu64
+            " keys expired within %g s of the last due time\n",
+            b->expired, b->attached, b->cfg.lease_timeout);
+    churn_finish(b);
+}
+
+static void on_lease_watch(struct keel_watch *w, int status, const Keel__Event *const *events,
+                           size_t n, int64_t revision, void *data)
+{
+    struct bench *b = data;
+    (void)revision;
+    if (status != 0) {
+        if (status == KEEL_ECANCELED && b->closing)
+            return;
+        fprintf(stderr, "keel-bench: the watch ended: %s (%s)\n", keel_strerror(status),
+                keel_watch_error(w));
+        if (!b->lwatch_created) {
+            shut_down(b);
+            return;
+        }
+        churn_finish(b);
+        return;
+    }
+    if (n == 0) {
+        if (!b->lwatch_created) {
+            b->lwatch_created = 1;
+            b->stall_on = b->cfg.stall_writer;
+            if (b->stall_on)
+                stall_put(b);
+            start_grants(b);
+        }
+        return;
+    }
+    if (b->lphase != LP_GRANT && b->lphase != LP_WAIT)
+        return; /* the revokes' deletes at the end */
+    uint64_t now = now_ns();
+    for (size_t i = 0; i < n; i++) {
+        if (events[i]->type != KEEL__EVENT__EVENT_TYPE__DELETE || events[i]->kv == NULL)
+            continue;
+        int64_t idx =
+            keel_lease_key_index(events[i]->kv->key.data, events[i]->kv->key.len, b->lprefix);
+        if (idx < 0 || (uint64_t)idx >= b->cfg.leases || b->leases[idx].del_ns != 0)
+            continue;
+        b->leases[idx].del_ns = now;
+        b->expired++;
+        b->last_del_ns = now;
+    }
+    if (b->lphase == LP_WAIT && b->expired >= b->attached)
+        churn_finish(b);
+}
+
+/* Start a lease workload; -1 when it cannot. */
+static int start_lease(struct bench *b, const struct keel_options *o)
+{
+    lease_bench = b;
+    b->leases = calloc(b->cfg.leases, sizeof(*b->leases));
+    if (b->leases == NULL) {
+        fprintf(stderr, "keel-bench: out of memory for %" PRIu64 " leases\n", b->cfg.leases);
+        return -1;
+    }
+    if (b->cfg.workload == W_LEASE_KEEPALIVE) {
+        start_grants(b);
+        return 0;
+    }
+    /* A prefix of this run's own: earlier runs' leases expiring now are not counted. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(
+        b->lprefix, sizeof(b->lprefix), "kbench-lease/%" PRIx64 "/",
+        (uint64_t)(((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec) ^ b->cfg.seed));
+    int rv = keel_aclient_init(&b->stall_ac, &b->loop, o);
+    if (rv != 0) {
+        fprintf(stderr, "keel-bench: %s\n", keel_strerror(rv));
+        return -1;
+    }
+    uint8_t end[64];
+    size_t plen = strlen(b->lprefix);
+    size_t elen = keel_prefix_end(b->lprefix, plen, end);
+    struct keel_watch_opts wo = {.range_end = end, .range_end_len = elen, .created_notify = true};
+    struct keel_watch *w;
+    rv = keel_aclient_watch(b->acs[0], b->lprefix, plen, &wo, on_lease_watch, b, &w);
+    if (rv != 0) {
+        fprintf(stderr, "keel-bench: watch: %s\n", keel_strerror(rv));
+        return -1;
+    }
+    return 0;
 }
 
 static json_object *summary_json(const struct keel_stats_summary *s)
@@ -633,16 +1151,102 @@ static json_object *summary_json(const struct keel_stats_summary *s)
     return o;
 }
 
+static bool leasing(const struct bench *b)
+{
+    return b->cfg.workload == W_LEASE_KEEPALIVE || b->cfg.workload == W_LEASE_CHURN;
+}
+
+/* lease-churn's summary is over the expiry span: from the first lease's due time to the last
+ * DELETE event (so its rate is expiries per second); with none expired, the wait. */
+static double expiry_span(const struct bench *b)
+{
+    if (b->expired > 0 && b->last_del_ns > b->first_due_ns)
+        return (double)(b->last_del_ns - b->first_due_ns) / 1e9;
+    return (double)(b->end_ns - b->start_ns) / 1e9;
+}
+
+static json_object *lease_json(struct bench *b)
+{
+    json_object *l = json_object_new_object();
+    double grant_s = (double)(b->grant_end_ns - b->grant_start_ns) / 1e9;
+    struct keel_stats_summary g;
+    keel_stats_summarize(&b->grant_lat, grant_s, &g);
+    json_object_object_add(l, "leases", json_object_new_int64((int64_t)b->cfg.leases));
+    json_object_object_add(l, "ttl_s", json_object_new_int64(b->cfg.lease_ttl));
+    json_object_object_add(l, "granted_ttl_s", json_object_new_int64(b->granted_ttl));
+    json_object_object_add(l, "granted", json_object_new_int64((int64_t)b->granted));
+    json_object_object_add(l, "grant_s", json_object_new_double(grant_s));
+    json_object_object_add(l, "grant", summary_json(&g));
+    json_object_object_add(l, "revoked", json_object_new_int64((int64_t)b->revoked));
+    json_object_object_add(l, "revoke_gone", json_object_new_int64((int64_t)b->revoke_gone));
+    json_object_object_add(l, "revoke_errors", json_object_new_int64((int64_t)b->revoke_errors));
+    if (b->cfg.workload != W_LEASE_CHURN)
+        return l;
+    struct keel_stats_summary st;
+    double wait_s = (double)(b->end_ns - b->start_ns) / 1e9;
+    keel_stats_summarize(&b->stall_lat, wait_s, &st);
+    json_object_object_add(l, "attached", json_object_new_int64((int64_t)b->attached));
+    json_object_object_add(l, "expired", json_object_new_int64((int64_t)b->expired));
+    json_object_object_add(l, "complete",
+                           json_object_new_boolean(b->attached > 0 && b->expired >= b->attached));
+    json_object_object_add(l, "timeout_s", json_object_new_double(b->cfg.lease_timeout));
+    json_object_object_add(l, "wait_s", json_object_new_double(wait_s));
+    json_object_object_add(l, "expiry_span_s", json_object_new_double(expiry_span(b)));
+    json_object_object_add(
+        l, "max_lag_ms",
+        b->stats.n ? json_object_new_double(keel_stats_percentile(&b->stats, 100) * 1e3) : NULL);
+    json_object *sj = json_object_new_object();
+    json_object_object_add(sj, "enabled", json_object_new_boolean(b->cfg.stall_writer));
+    json_object_object_add(sj, "puts", json_object_new_int64((int64_t)b->stall_puts));
+    json_object_object_add(sj, "errors", json_object_new_int64((int64_t)b->stall_errors));
+    json_object_object_add(sj, "max_gap_ms", json_object_new_double((double)b->gap.max_ns / 1e6));
+    json_object_object_add(sj, "latency", summary_json(&st));
+    json_object_object_add(l, "stall", sj);
+    return l;
+}
+
+static void lease_text(struct bench *b)
+{
+    double grant_s = (double)(b->grant_end_ns - b->grant_start_ns) / 1e9;
+    printf("\nLeases: %" PRIu64 " of %" PRIu64 " granted (TTL %" PRId64 " s asked, %" PRId64
+           " s granted) in %.4f secs., grant p50 %.4f p99 %.4f secs.; revoked at the end: %" PRIu64
+           " (%" PRIu64 " already gone, %" PRIu64 " failed)\n",
+           b->granted, b->cfg.leases, b->cfg.lease_ttl, b->granted_ttl, grant_s,
+           keel_stats_percentile(&b->grant_lat, 50), keel_stats_percentile(&b->grant_lat, 99),
+           b->revoked, b->revoke_gone, b->revoke_errors);
+    if (b->cfg.workload != W_LEASE_CHURN)
+        return;
+    printf("Expiry: %" PRIu64 " of %" PRIu64 " attached keys deleted by expiry within %.4f secs. "
+           "(%s); lag p50 %.4f p99 %.4f max %.4f secs.; spread over %.4f secs.\n",
+           b->expired, b->attached, (double)(b->end_ns - b->start_ns) / 1e9,
+           b->attached > 0 && b->expired >= b->attached ? "all" : "timed out",
+           keel_stats_percentile(&b->stats, 50), keel_stats_percentile(&b->stats, 99),
+           keel_stats_percentile(&b->stats, 100), expiry_span(b));
+    if (b->cfg.stall_writer)
+        printf("Write stall: %" PRIu64 " puts (%" PRIu64 " failed) by one writer while waiting, "
+               "p50 %.4f p99 %.4f secs.; largest gap between two completions %.4f secs.\n",
+               b->stall_puts, b->stall_errors, keel_stats_percentile(&b->stall_lat, 50),
+               keel_stats_percentile(&b->stall_lat, 99), (double)b->gap.max_ns / 1e9);
+}
+
 static void report(struct bench *b)
 {
     struct keel_stats_summary sum;
     double total = (double)(b->end_ns - b->start_ns) / 1e9;
+    if (b->cfg.workload == W_LEASE_CHURN)
+        total = expiry_span(b);
     keel_stats_summarize(&b->stats, total, &sum);
     struct keel_stats_summary ev;
     keel_stats_summarize(&b->event_lat, total, &ev);
     double events_per_s = total > 0 ? (double)b->events / total : 0;
     if (!b->cfg.json) {
+        if (b->cfg.workload == W_LEASE_CHURN)
+            printf("\nExpiry lag: (DELETE event) - (grant acknowledged + TTL), of each lease "
+                   "expired; Requests/sec: expiries per second from the first due time to the "
+                   "last DELETE\n");
         keel_stats_print(&b->stats, &sum, stdout);
+        if (leasing(b))
+            lease_text(b);
         if (watching(b)) {
             printf("\nWatch: %d watchers, %" PRIu64 " events delivered (%" PRIu64
                    " expected), %.1f events/sec\n",
@@ -679,6 +1283,9 @@ static void report(struct bench *b)
     json_object_object_add(cfg, "read_ratio", json_object_new_double(b->cfg.read_ratio));
     json_object_object_add(cfg, "zone", json_object_new_string(b->cfg.zone ? b->cfg.zone : ""));
     json_object_object_add(cfg, "seed", json_object_new_int64((int64_t)b->cfg.seed));
+    json_object_object_add(cfg, "leases", json_object_new_int64((int64_t)b->cfg.leases));
+    json_object_object_add(cfg, "lease_ttl", json_object_new_int64(b->cfg.lease_ttl));
+    json_object_object_add(cfg, "lease_window", json_object_new_int(b->cfg.lease_window));
     json_object_object_add(o, "tool", json_object_new_string("keel-bench"));
     json_object_object_add(o, "config", cfg);
     json_object_object_add(o, "git_revision", json_object_new_string(KEEL_GIT_REV));
@@ -720,6 +1327,8 @@ static void report(struct bench *b)
             json_object_object_add(wj, "event_latency", summary_json(&ev));
         json_object_object_add(o, "watch", wj);
     }
+    if (leasing(b))
+        json_object_object_add(o, "lease", lease_json(b));
     printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
     json_object_put(o);
 }
@@ -760,14 +1369,16 @@ int main(int argc, char **argv)
     b.pacer.data = b.progress.data = &b;
     if (b.cfg.rate > 0)
         uv_timer_start(&b.pacer, pace, 1, 1);
-    if (isatty(2) && !b.cfg.json) {
-        b.progress_on = 1;
-        uv_timer_start(&b.progress, progress, 200, 200);
-    }
     uv_timer_init(&b.loop, &b.settle);
     b.settle.data = &b;
     keel_stats_init(&b.event_lat);
-    if (watching(&b)) {
+    keel_stats_init(&b.grant_lat);
+    keel_stats_init(&b.stall_lat);
+    keel_gap_init(&b.gap);
+    if (b.cfg.workload == W_LEASE_KEEPALIVE || b.cfg.workload == W_LEASE_CHURN) {
+        if (start_lease(&b, &o) != 0)
+            return 1;
+    } else if (watching(&b)) {
         /* Every watcher covers the whole key space: "\0" and up. */
         b.watches = calloc((size_t)b.cfg.watchers, sizeof(*b.watches));
         struct keel_watch_opts wo = {.range_end = "\0", .range_end_len = 1, .created_notify = true};
@@ -788,6 +1399,10 @@ int main(int argc, char **argv)
     int failed = b.succeeded == 0;
     keel_stats_close(&b.stats);
     keel_stats_close(&b.event_lat);
+    keel_stats_close(&b.grant_lat);
+    keel_stats_close(&b.stall_lat);
+    free(b.leases);
+    free(b.ka_ids);
     free(b.watches);
     for (int i = 0; i < b.n_zones; i++)
         keel_stats_close(&b.zones[i].stats);

@@ -1,5 +1,6 @@
 #include "stats.h"
 
+#include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,4 +130,70 @@ void keel_stats_print(struct keel_stats *s, const struct keel_stats_summary *sum
             if (s->errors[c])
                 fprintf(f, "  [%llu]\terror code %d\n", (unsigned long long)s->errors[c], c);
     }
+}
+
+void keel_gap_init(struct keel_gap *g)
+{
+    memset(g, 0, sizeof(*g));
+}
+
+static void gap_count(struct keel_gap *g, uint64_t now_ns)
+{
+    if (now_ns > g->last_ns && now_ns - g->last_ns > g->max_ns)
+        g->max_ns = now_ns - g->last_ns;
+}
+
+void keel_gap_mark(struct keel_gap *g, uint64_t now_ns)
+{
+    if (g->open)
+        gap_count(g, now_ns);
+    if (now_ns > g->last_ns)
+        g->last_ns = now_ns;
+}
+
+void keel_gap_open(struct keel_gap *g, uint64_t now_ns)
+{
+    /* The window starts now: time before it is not a stall of the window. */
+    g->open = 1;
+    if (now_ns > g->last_ns)
+        g->last_ns = now_ns;
+}
+
+void keel_gap_close(struct keel_gap *g, uint64_t now_ns)
+{
+    if (g->open)
+        gap_count(g, now_ns);
+    g->open = 0;
+}
+
+int keel_lease_key(char *out, size_t len, const char *prefix, uint64_t idx)
+{
+    return snprintf(out, len, "%s%08" PRIx64, prefix, idx);
+}
+
+int64_t keel_lease_key_index(const void *key, size_t klen, const char *prefix)
+{
+    size_t plen = strlen(prefix);
+    const char *k = key;
+    if (klen < plen + 8 || klen > plen + 16 || memcmp(k, prefix, plen) != 0)
+        return -1;
+    uint64_t v = 0;
+    for (size_t i = plen; i < klen; i++) {
+        int d;
+        if (k[i] >= '0' && k[i] <= '9')
+            d = k[i] - '0';
+        else if (k[i] >= 'a' && k[i] <= 'f')
+            d = k[i] - 'a' + 10;
+        else
+            return -1;
+        v = v << 4 | (uint64_t)d;
+    }
+    return v > (uint64_t)INT64_MAX ? -1 : (int64_t)v;
+}
+
+double keel_expiry_lag(uint64_t ack_ns, int64_t ttl_s, uint64_t delete_ns)
+{
+    /* Signed arithmetic: an early DELETE gives a negative lag, not a wrapped huge one. */
+    int64_t since_ack = (int64_t)(delete_ns - ack_ns);
+    return (double)since_ack / 1e9 - (double)ttl_s;
 }

@@ -39,4 +39,33 @@ void keel_stats_summarize(struct keel_stats *s, double total_s, struct keel_stat
 /* etcd's text report: summary, histogram, latency distribution, errors. */
 void keel_stats_print(struct keel_stats *s, const struct keel_stats_summary *sum, FILE *f);
 
+/*
+ * The largest gap between consecutive completions of a steady writer (keel-bench lease-churn's
+ * "max write stall"). Marks before keel_gap_open only remember the last completion; from it on
+ * every mark, and the close, count the time since the previous completion (or since the open,
+ * when there was none).
+ */
+struct keel_gap {
+    uint64_t last_ns; /* the last completion (or the open) */
+    uint64_t max_ns;
+    int open;
+};
+
+void keel_gap_init(struct keel_gap *g);
+void keel_gap_mark(struct keel_gap *g, uint64_t now_ns);
+void keel_gap_open(struct keel_gap *g, uint64_t now_ns);
+/* Ends the window: the time since the last completion counts too (a writer stuck at the end). */
+void keel_gap_close(struct keel_gap *g, uint64_t now_ns);
+
+/*
+ * lease-churn's keys: prefix then the lease's index as 8 or more lower-case hex digits.
+ * keel_lease_key writes it NUL-terminated and returns its length (as snprintf);
+ * keel_lease_key_index gives the index of a key so made, or -1 for any other key.
+ */
+int keel_lease_key(char *out, size_t len, const char *prefix, uint64_t idx);
+int64_t keel_lease_key_index(const void *key, size_t klen, const char *prefix);
+
+/* A lease's expiry lag in seconds, negative when the DELETE came before ack + ttl. */
+double keel_expiry_lag(uint64_t ack_ns, int64_t ttl_s, uint64_t delete_ns);
+
 #endif

@@ -1,6 +1,7 @@
 // etcd-driver: the keel-bench workloads against etcd's gRPC API, for bench/compare-etcd.sh.
 //
 //	etcd-driver [flags] put | range | txn-put | txn-mixed | mixed | watch | watch-latency
+//	                    | lease-keepalive | lease-churn
 //
 // It takes keel-bench's flags and prints keel-bench's report (text, or one JSON object with
 // --json) so that the two can be compared line by line. --conns N opens N clientv3 clients
@@ -15,7 +16,7 @@
 // every acknowledged put (or 30 s after the writers finish). watch-latency: the same, the
 // first 8 bytes of each value carrying its put's send time (host-endian uint64 nanoseconds of
 // this process's monotonic clock, as Go's time.Since measures it); reports put -> event
-// latency percentiles. Both as keel-bench's.
+// latency percentiles. Both as keel-bench's. lease-keepalive and lease-churn: see lease.go.
 //
 // Routing follows keel's client by default (--target auto): writes and linearizable reads go
 // to the leader, serializable reads to the member of --zone when one is given (else to the
@@ -60,7 +61,8 @@ import (
 // gitRevision is set by the build (-ldflags "-X main.gitRevision=...").
 var gitRevision = "unknown"
 
-var workloadNames = []string{"put", "range", "txn-put", "txn-mixed", "mixed", "watch", "watch-latency"}
+var workloadNames = []string{"put", "range", "txn-put", "txn-mixed", "mixed", "watch", "watch-latency",
+	"lease-keepalive", "lease-churn"}
 
 type config struct {
 	workload     string
@@ -83,11 +85,17 @@ type config struct {
 	target       string
 	serializable bool
 	watchers     int
+	leases       uint64
+	leaseTTL     int64
+	leaseWindow  int
+	leaseTimeout float64
+	stallWriter  bool
 }
 
 func (c *config) watching() bool { return c.workload == "watch" || c.workload == "watch-latency" }
 
-const usageText = `usage: etcd-driver [flags] put|range|txn-put|txn-mixed|mixed|watch|watch-latency
+const usageText = `usage: etcd-driver [flags] put|range|txn-put|txn-mixed|mixed|watch|watch-latency|
+                           lease-keepalive|lease-churn
   --endpoints LIST      client addresses (default $ETCD_ENDPOINTS or 127.0.0.1:2379)
   --conns N             clientv3 clients, one gRPC connection each (default 1)
   --clients N           requests kept in flight (default 1)
@@ -101,6 +109,12 @@ const usageText = `usage: etcd-driver [flags] put|range|txn-put|txn-mixed|mixed|
   --target auto|spread  auto: to the leader (serializable reads: to --zone's member);
                         spread: client i to endpoint i % len(endpoints) (default auto)
   --watchers W          watch workloads: watchers over the key space (default 100)
+  --leases N            lease workloads: leases granted (default 10000)
+  --lease-ttl S         their TTL in seconds (default 600 for lease-keepalive, 2 for
+                        lease-churn; the server clamps it up to its minimum)
+  --lease-window N      grants, attaching puts and revokes in flight (default 256)
+  --lease-timeout S     lease-churn: wait at most S s past the last due time (default 30)
+  --no-stall-writer     lease-churn: without the concurrent writer
   --seed N  --timeout-ms N  --json
 `
 
@@ -130,6 +144,12 @@ func parseArgs(args []string) (*config, error) {
 	fs.IntVar(&c.timeoutMs, "timeout-ms", 10000, "")
 	fs.StringVar(&c.target, "target", "auto", "")
 	fs.IntVar(&c.watchers, "watchers", 100, "")
+	fs.Uint64Var(&c.leases, "leases", 10000, "")
+	fs.Int64Var(&c.leaseTTL, "lease-ttl", 0, "")
+	fs.IntVar(&c.leaseWindow, "lease-window", 256, "")
+	fs.Float64Var(&c.leaseTimeout, "lease-timeout", 30, "")
+	noStall := fs.Bool("no-stall-writer", false, "")
+	ttlSet := false
 	help := fs.Bool("help", false, "")
 
 	// Flags may come before or after the workload, as with getopt_long.
@@ -142,6 +162,11 @@ func parseArgs(args []string) (*config, error) {
 			fmt.Print(usageText)
 			os.Exit(0)
 		}
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "lease-ttl" {
+				ttlSet = true
+			}
+		})
 		rest := fs.Args()
 		if len(rest) == 0 {
 			break
@@ -172,8 +197,17 @@ func parseArgs(args []string) (*config, error) {
 	if c.conns < 1 || c.conns > 1024 || c.clients < 1 || c.clients > 100000 ||
 		c.keySize < 1 || c.keySize > 255 || c.valSize < 0 || c.valSize > 1<<20 ||
 		c.keySpace < 1 || c.watchers < 1 || c.watchers > 1000000 || c.readRatio < 0 || c.readRatio > 1 || c.rate < 0 ||
-		(c.total == 0 && c.duration <= 0) || c.timeoutMs < 1 {
+		(c.total == 0 && c.duration <= 0) || c.timeoutMs < 1 ||
+		c.leases < 1 || c.leases > 10000000 || (ttlSet && (c.leaseTTL < 1 || c.leaseTTL > 9000000000)) ||
+		c.leaseWindow < 1 || c.leaseWindow > 100000 || !(c.leaseTimeout > 0) {
 		return nil, errors.New("a flag is out of range (see --help)")
+	}
+	c.stallWriter = !*noStall
+	if c.leaseTTL == 0 {
+		c.leaseTTL = leaseTTLKeepalive
+		if c.workload == "lease-churn" {
+			c.leaseTTL = leaseTTLChurn
+		}
 	}
 	return c, nil
 }
@@ -678,6 +712,11 @@ func main() {
 	}
 	val := string(value)
 
+	if cfg.leasing() {
+		runLease(cfg, clis, connEps, source, timeout, val)
+		return
+	}
+
 	// Watch workloads: every watcher is created before the writers start.
 	var ws *watchState
 	if cfg.watching() {
@@ -855,7 +894,7 @@ func main() {
 			fmt.Printf("\nTarget zone %s: %d requests, p50 %.4f p99 %.4f secs.\n", z, zs.Requests, zp[2], zp[6])
 		}
 	} else {
-		writeJSON(cfg, sum, errs, byZone, totalS, wrep)
+		writeJSON(cfg, sum, errs, byZone, totalS, wrep, nil)
 	}
 	if sum.Requests == 0 {
 		os.Exit(1)
@@ -879,6 +918,9 @@ type jsonConfig struct {
 	ReadRatio      float64 `json:"read_ratio"`
 	Zone           string  `json:"zone"`
 	Seed           uint64  `json:"seed"`
+	Leases         uint64  `json:"leases"`
+	LeaseTTL       int64   `json:"lease_ttl"`
+	LeaseWindow    int     `json:"lease_window"`
 }
 
 type jsonMachine struct {
@@ -896,6 +938,7 @@ type jsonReport struct {
 	Errors       map[string]uint64  `json:"errors"`
 	ByTargetZone map[string]summary `json:"by_target_zone"`
 	Watch        *jsonWatch         `json:"watch,omitempty"`
+	Lease        *jsonLease         `json:"lease,omitempty"`
 }
 
 // jsonWatch: the watch workloads' "watch" object; event_latency for watch-latency only.
@@ -919,7 +962,7 @@ func utsString(a [65]int8) string {
 }
 
 func writeJSON(cfg *config, sum summary, errs map[string]uint64, byZone map[string][]float64, totalS float64,
-	watch *jsonWatch) {
+	watch *jsonWatch, lease *jsonLease) {
 	rep := jsonReport{
 		Tool: "etcd-driver",
 		Config: jsonConfig{
@@ -928,6 +971,7 @@ func writeJSON(cfg *config, sum summary, errs map[string]uint64, byZone map[stri
 			KeySize: cfg.keySize, ValSize: cfg.valSize, KeySpaceSize: cfg.keySpace,
 			SequentialKeys: cfg.sequential, Consistency: cfg.consistency,
 			ReadRatio: cfg.readRatio, Zone: cfg.zone, Seed: cfg.seed,
+			Leases: cfg.leases, LeaseTTL: cfg.leaseTTL, LeaseWindow: cfg.leaseWindow,
 		},
 		GitRevision:  gitRevision,
 		Machine:      jsonMachine{Cpus: runtime.NumCPU()},
@@ -935,6 +979,7 @@ func writeJSON(cfg *config, sum summary, errs map[string]uint64, byZone map[stri
 		Errors:       errs,
 		ByTargetZone: map[string]summary{},
 		Watch:        watch,
+		Lease:        lease,
 	}
 	var u syscall.Utsname
 	if syscall.Uname(&u) == nil {
