@@ -169,6 +169,19 @@ int keel_lease_revoke(struct keel *k, int64_t id)
     return keel_do(k, &req, NULL);
 }
 
+int keel_lease_leases(struct keel *k, Keel__LeaseLeasesResponse **out)
+{
+    if (out == NULL) {
+        kc_set_errmsg("keel_lease_leases: out is NULL");
+        return KEEL_EINVAL;
+    }
+    Keel__LeaseLeasesRequest l = KEEL__LEASE_LEASES_REQUEST__INIT;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_LEASES;
+    req.lease_leases = &l;
+    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_LEASE_LEASES, (void **)out);
+}
+
 int keel_lease_time_to_live(struct keel *k, int64_t id, bool keys,
                             Keel__LeaseTimeToLiveResponse **out)
 {

@@ -21,7 +21,7 @@
 
 #define KEEL_ERRMSG_MAX 1024
 
-enum call_kind { CALL_REQUEST, CALL_WATCH_OPEN, CALL_WATCH_CLOSE, CALL_WATCH_PROGRESS };
+enum call_kind { CALL_REQUEST, CALL_WATCH_OPEN, CALL_WATCH_CLOSE, CALL_WATCH_PROGRESS, CALL_FN };
 
 struct sync_call {
     struct sync_call *next;
@@ -43,6 +43,21 @@ struct sync_call {
     keel_watch_cb wcb;
     void *wdata;
     struct keel_watch *w;
+    /* CALL_FN: run on the loop thread; it must finish the call */
+    void (*fn)(struct keel *k, struct sync_call *call);
+    struct keel_keepalive *ka;
+    keel_lease_lost_cb lost;
+    int64_t id;
+    struct keel_keepalive_stats *stats;
+    int kind_fn; /* enum ka_kind */
+};
+
+enum ka_kind { KA_ADD, KA_REMOVE, KA_STATS, KA_STOP };
+
+/* A keep-alive set started through the synchronous API (loop thread only). */
+struct sync_ka {
+    struct sync_ka *next;
+    struct keel_keepalive *ka;
 };
 
 /* Loop thread only. */
@@ -69,6 +84,7 @@ struct keel {
     bool closing;                  /* under mu */
     bool ac_closing;               /* loop thread only */
     struct sync_watch *watches;    /* loop thread only */
+    struct sync_ka *keepalives;    /* loop thread only */
 };
 
 static _Thread_local char tls_errmsg[KEEL_ERRMSG_MAX];
@@ -255,6 +271,9 @@ static void on_async(uv_async_t *h)
         case CALL_WATCH_CLOSE:
             watch_close(k, call);
             continue;
+        case CALL_FN:
+            call->fn(k, call);
+            continue;
         case CALL_WATCH_PROGRESS:
             rv = keel_watch_progress(call->w);
             snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
@@ -271,6 +290,13 @@ static void on_async(uv_async_t *h)
     }
     if (closing && !k->ac_closing) {
         k->ac_closing = true;
+        /* Keep-alive sets hold a timer on the loop: they stop before the client. */
+        while (k->keepalives != NULL) {
+            struct sync_ka *s = k->keepalives;
+            k->keepalives = s->next;
+            keel_keepalive_close(s->ka);
+            free(s);
+        }
         /* Watches that ended on their own and were never closed: nobody will now. The live ones
          * end in keel_aclient_close, and on_watch lets them go. */
         struct sync_watch *sw = k->watches;
@@ -491,4 +517,134 @@ int keel_watch_request_progress(struct keel *k, struct keel_watch *w)
     if (call.status != 0)
         kc_set_errmsg(call.msg);
     return call.status;
+}
+
+/* ---- keep-alive sets ---- */
+
+static void ka_start(struct keel *k, struct sync_call *call)
+{
+    struct sync_ka *s = calloc(1, sizeof(*s));
+    int rv =
+        s == NULL ? KEEL_ENOMEM : keel_aclient_keepalive(k->ac, call->lost, call->wdata, &s->ka);
+    if (rv != 0) {
+        free(s);
+        snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
+        call_finish(k, call, rv);
+        return;
+    }
+    s->next = k->keepalives;
+    k->keepalives = s;
+    call->ka = s->ka;
+    call_finish(k, call, 0);
+}
+
+/* The record of a set this handle started; NULL for anything else. */
+static struct sync_ka **ka_find(struct keel *k, const struct keel_keepalive *ka)
+{
+    for (struct sync_ka **p = &k->keepalives; *p != NULL; p = &(*p)->next)
+        if ((*p)->ka == ka)
+            return p;
+    return NULL;
+}
+
+static void ka_op(struct keel *k, struct sync_call *call)
+{
+    struct sync_ka **p = ka_find(k, call->ka);
+    int rv = KEEL_EINVAL;
+    if (p != NULL) {
+        switch (call->kind_fn) {
+        case KA_ADD:
+            rv = keel_keepalive_add(call->ka, call->id);
+            break;
+        case KA_REMOVE:
+            rv = keel_keepalive_remove(call->ka, call->id);
+            break;
+        case KA_STATS:
+            keel_keepalive_stats(call->ka, call->stats);
+            rv = 0;
+            break;
+        case KA_STOP: {
+            struct sync_ka *s = *p;
+            *p = s->next;
+            keel_keepalive_close(s->ka);
+            free(s);
+            rv = 0;
+            break;
+        }
+        }
+    }
+    if (rv != 0)
+        snprintf(call->msg, sizeof(call->msg), "%s",
+                 p == NULL ? "not a keep-alive set of this client" : keel_strerror(rv));
+    call_finish(k, call, rv);
+}
+
+static int run_fn(struct keel *k, struct sync_call *call)
+{
+    call->kind = CALL_FN;
+    int rv = submit(k, call);
+    if (rv != 0)
+        return rv;
+    if (call->status != 0)
+        kc_set_errmsg(call->msg);
+    return call->status;
+}
+
+int keel_lease_keepalive_start(struct keel *k, keel_lease_lost_cb lost, void *data,
+                               struct keel_keepalive **out)
+{
+    if (k == NULL || out == NULL) {
+        kc_set_errmsg(keel_strerror(KEEL_EINVAL));
+        return KEEL_EINVAL;
+    }
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.fn = ka_start;
+    call.lost = lost;
+    call.wdata = data;
+    int rv = run_fn(k, &call);
+    *out = rv == 0 ? call.ka : NULL;
+    return rv;
+}
+
+static int ka_call(struct keel *k, struct keel_keepalive *ka, enum ka_kind kind, int64_t id,
+                   struct keel_keepalive_stats *stats)
+{
+    if (k == NULL || ka == NULL) {
+        kc_set_errmsg(keel_strerror(KEEL_EINVAL));
+        return KEEL_EINVAL;
+    }
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.fn = ka_op;
+    call.kind_fn = kind;
+    call.ka = ka;
+    call.id = id;
+    call.stats = stats;
+    return run_fn(k, &call);
+}
+
+int keel_lease_keepalive_add(struct keel *k, struct keel_keepalive *ka, int64_t id)
+{
+    return ka_call(k, ka, KA_ADD, id, NULL);
+}
+
+int keel_lease_keepalive_remove(struct keel *k, struct keel_keepalive *ka, int64_t id)
+{
+    return ka_call(k, ka, KA_REMOVE, id, NULL);
+}
+
+int keel_lease_keepalive_stats(struct keel *k, struct keel_keepalive *ka,
+                               struct keel_keepalive_stats *out)
+{
+    if (out == NULL) {
+        kc_set_errmsg(keel_strerror(KEEL_EINVAL));
+        return KEEL_EINVAL;
+    }
+    return ka_call(k, ka, KA_STATS, 0, out);
+}
+
+int keel_lease_keepalive_stop(struct keel *k, struct keel_keepalive *ka)
+{
+    return ka_call(k, ka, KA_STOP, 0, NULL);
 }

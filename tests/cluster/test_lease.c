@@ -4,8 +4,8 @@
  *   expiry       a key under a 2 s lease is gone on every member within TTL + one election
  *                timeout of its grant, never before the TTL, at the same revision everywhere,
  *                and each member's watcher sees the DELETE
- *   failover     kill -9 of the leader while libkeel keeps a lease alive never expires it
- *                (5 rounds)
+ *   failover     kill -9 of the leader while libkeel's keep-alive set keeps a lease alive never
+ *                expires it (5 rounds); revoked, the set reports it lost once
  *   not_forever  with the leader killed every 1.5 s, a 3 s lease nobody keeps alive still
  *                expires within 3 s + one checkpoint interval + one election timeout
  *   mass         10,000 leases expiring together are all revoked, on every member, while a
@@ -187,38 +187,43 @@ static void expiry(void **state)
 
 /* ---- failover ---- */
 
-struct keeper {
-    struct keel *k;
+struct lost_log {
+    pthread_mutex_t mu;
+    int n;       /* KEEL_ELEASENOTFOUND reports: gone */
+    int overdue; /* KEEL_ETIMEOUT reports: no renewal for a TTL */
     int64_t id;
-    volatile int stop;
-    volatile int lost; /* a keep-alive answered TTL 0 */
-    pthread_t th;
+    int reason;
 };
 
-/* Keep the lease alive as a client library does: every TTL/3, retrying failures sooner. */
-static void *keeper_main(void *arg)
+/* libkeel's keep-alive set reports a lease it lost (on the client's loop thread). */
+static void on_lost(struct keel_keepalive *ka, int64_t id, int reason, void *data)
 {
-    struct keeper *kp = arg;
-    Keel__LeaseKeepAliveRequest ka = KEEL__LEASE_KEEP_ALIVE_REQUEST__INIT;
-    ka.id = kp->id;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE;
-    req.lease_keep_alive = &ka;
-    while (!kp->stop) {
-        Keel__Response *resp = NULL;
-        int rv = keel_do(kp->k, &req, &resp);
-        int wait = 200;
-        if (rv == 0) {
-            if (resp->lease_keep_alive->ttl <= 0)
-                kp->lost = 1;
-            else
-                wait = (int)(resp->lease_keep_alive->ttl * 1000 / 3);
-            keel_free(resp);
-        }
-        for (int t = 0; t < wait && !kp->stop; t += 10)
-            tu_sleep_ms(10);
-    }
-    return NULL;
+    struct lost_log *l = data;
+    (void)ka;
+    pthread_mutex_lock(&l->mu);
+    if (reason == KEEL_ETIMEOUT)
+        l->overdue++;
+    else
+        l->n++;
+    l->id = id;
+    l->reason = reason;
+    pthread_mutex_unlock(&l->mu);
+}
+
+static int lost_count(struct lost_log *l)
+{
+    pthread_mutex_lock(&l->mu);
+    int n = l->n;
+    pthread_mutex_unlock(&l->mu);
+    return n;
+}
+
+static int overdue_count(struct lost_log *l)
+{
+    pthread_mutex_lock(&l->mu);
+    int n = l->overdue;
+    pthread_mutex_unlock(&l->mu);
+    return n;
 }
 
 static void failover(void **state)
@@ -231,8 +236,13 @@ static void failover(void **state)
     assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
     int64_t id = grant(k, 2);
     put_lease(k, "held", id);
-    struct keeper kp = {.k = open_client(&c, 0), .id = id};
-    assert_int_equal(pthread_create(&kp.th, NULL, keeper_main, &kp), 0);
+    /* Kept alive by libkeel's keep-alive set, through a client of its own. */
+    struct keel *kk = open_client(&c, 0);
+    struct lost_log lost = {.n = 0};
+    pthread_mutex_init(&lost.mu, NULL);
+    struct keel_keepalive *ka = NULL;
+    assert_int_equal(keel_lease_keepalive_start(kk, on_lost, &lost, &ka), 0);
+    assert_int_equal(keel_lease_keepalive_add(kk, ka, id), 0);
     for (int round = 0; round < 5; round++) {
         int leader = tc_find_leader(&c, k, 0, 10000);
         assert_true(leader > 0);
@@ -241,14 +251,86 @@ static void failover(void **state)
         /* Longer than TTL + election timeout after the kill: it would have expired by now if
          * the new leader had not counted from the keep-alives. */
         tu_sleep_ms(2000 + 2 * (int)c.election_ms);
-        assert_false(kp.lost);
+        if (lost_count(&lost) != 0)
+            fail_msg("round %d: the set lost the lease: %s", round, keel_strerror(lost.reason));
         assert_int_equal(count_at(k, "held", NULL, false), 1);
         assert_true(ttl_of(k, id) > 0);
         assert_int_equal(tc_start(&c, leader), 0);
     }
-    kp.stop = 1;
-    pthread_join(kp.th, NULL);
-    keel_close(kp.k);
+    struct keel_keepalive_stats st;
+    assert_int_equal(keel_lease_keepalive_stats(kk, ka, &st), 0);
+    fprintf(stderr,
+            "keep-alives: %llu sent, %llu renewed, %llu failed and retried; overdue %d times\n",
+            (unsigned long long)st.sent, (unsigned long long)st.renewed,
+            (unsigned long long)st.failed, overdue_count(&lost));
+    assert_int_equal(st.leases, 1);
+    assert_true(st.renewed >= 5);
+    /* Revoked by someone else: the set reports it lost, once. */
+    assert_int_equal(keel_lease_revoke(k, id), 0);
+    long long until = tc_now_ms() + 5000;
+    while (lost_count(&lost) == 0 && tc_now_ms() < until)
+        tu_sleep_ms(10);
+    assert_int_equal(lost_count(&lost), 1);
+    assert_int_equal(lost.id, id);
+    assert_int_equal(lost.reason, KEEL_ELEASENOTFOUND);
+    assert_int_equal(keel_lease_keepalive_stop(kk, ka), 0);
+    keel_close(kk);
+    pthread_mutex_destroy(&lost.mu);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+/* libkeel's set: a removed lease is no longer renewed (and not reported), and with every
+ * member gone a kept lease is reported overdue once its TTL has passed without a renewal, once,
+ * and stays in the set. */
+static void keepalive_set(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "lease-kaset");
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
+    int64_t a = grant(k, 2), b = grant(k, 2);
+    struct lost_log lost = {.n = 0};
+    pthread_mutex_init(&lost.mu, NULL);
+    struct keel_keepalive *ka = NULL;
+    assert_int_equal(keel_lease_keepalive_start(k, on_lost, &lost, &ka), 0);
+    assert_int_equal(keel_lease_keepalive_add(k, ka, a), 0);
+    assert_int_equal(keel_lease_keepalive_add(k, ka, b), 0);
+    assert_int_equal(keel_lease_keepalive_add(k, ka, -1), KEEL_EINVAL);
+    tu_sleep_ms(1000);
+    assert_int_equal(keel_lease_keepalive_remove(k, ka, b), 0);
+    assert_int_equal(keel_lease_keepalive_remove(k, ka, b), KEEL_ELEASENOTFOUND);
+    tu_sleep_ms(3000);
+    assert_true(ttl_of(k, a) > 0);
+    assert_int_equal(ttl_of(k, b), -1);
+    assert_int_equal(lost_count(&lost), 0);
+    for (int i = 1; i <= 3; i++)
+        tc_stop(&c, i, SIGKILL);
+    long long killed = tc_now_ms();
+    while (overdue_count(&lost) == 0 && tc_now_ms() < killed + 10000)
+        tu_sleep_ms(10);
+    long long seen = tc_now_ms();
+    assert_int_equal(overdue_count(&lost), 1);
+    assert_int_equal(lost_count(&lost), 0);
+    assert_int_equal(lost.id, a);
+    assert_int_equal(lost.reason, KEEL_ETIMEOUT);
+    /* Not before its TTL had passed since the last renewal (at most TTL/3 before the kill). */
+    fprintf(stderr, "lease reported overdue %lld ms after every member was killed\n", seen - killed);
+    assert_true(seen - killed >= 2000 - 2000 / 3 - 50);
+    struct keel_keepalive_stats st;
+    assert_int_equal(keel_lease_keepalive_stats(k, ka, &st), 0);
+    /* Still in the set, still tried: reported once, not again while nothing changes. */
+    tu_sleep_ms(1000);
+    assert_int_equal(overdue_count(&lost), 1);
+    assert_int_equal(keel_lease_keepalive_stats(k, ka, &st), 0);
+    assert_int_equal(st.leases, 1);
+    assert_int_equal(st.overdue, 1);
+    assert_int_equal(st.lost, 0);
+    assert_int_equal(keel_lease_keepalive_stop(k, ka), 0);
+    assert_int_equal(keel_lease_keepalive_stop(k, ka), KEEL_EINVAL);
+    pthread_mutex_destroy(&lost.mu);
     keel_close(k);
     tc_cluster_close(&c);
 }
@@ -484,10 +566,12 @@ int main(int argc, char **argv)
     const struct CMUnitTest expiry_t[] = {cmocka_unit_test(expiry)};
     const struct CMUnitTest failover_t[] = {cmocka_unit_test(failover)};
     const struct CMUnitTest not_forever_t[] = {cmocka_unit_test(not_forever)};
+    const struct CMUnitTest keepalive_set_t[] = {cmocka_unit_test(keepalive_set)};
     const struct CMUnitTest mass_t[] = {cmocka_unit_test(mass)};
     const struct tu_group groups[] = {
         {"expiry", expiry_t, 1},
         {"failover", failover_t, 1},
+        {"keepalive_set", keepalive_set_t, 1},
         {"not_forever", not_forever_t, 1},
         {"mass", mass_t, 1},
     };

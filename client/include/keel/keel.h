@@ -263,6 +263,59 @@ const Keel__ResponseHeader *keel_watch_header(const struct keel_watch *w);
 int64_t keel_watch_next_revision(const struct keel_watch *w);
 
 /* ---------------------------------------------------------------------------------------------
+ * Keep-alives (asynchronous core): leases kept alive in the background
+ *
+ * A set of leases renewed over the client's connection to the leader, each every TTL/3 (the TTL
+ * learned from its answers; the first keep-alive goes out when the lease is added), a failed one
+ * again within 500 ms, never two of the same lease in flight. Failover is the core's: keep-alives
+ * follow NOT_LEADER and are retried like any idempotent request. Loop thread only, as the rest of
+ * the core; close the set before keel_aclient_close (its timer is a handle on the loop).
+ */
+
+struct keel_keepalive;
+
+/*
+ * On the loop thread, for a lease of the set:
+ *   KEEL_ELEASENOTFOUND  the leader answered TTL 0 (expired or revoked): it is out of the set;
+ *   KEEL_ETIMEOUT        no keep-alive succeeded for its whole TTL, so it may have expired
+ *                        (reported once until the next renewal). It stays in the set: a new
+ *                        leader gives a lease kept alive lately its TTL plus an election timeout,
+ *                        so after a long failover it is usually still there;
+ *   KEEL_ENOMEM          it could not be rescheduled: out of the set.
+ * The callback may add, remove and close.
+ */
+typedef void (*keel_lease_lost_cb)(struct keel_keepalive *ka, int64_t id, int reason, void *data);
+
+struct keel_keepalive_stats {
+    uint64_t sent;    /* keep-alives submitted */
+    uint64_t renewed; /* answered with a TTL */
+    uint64_t failed;  /* failed (timeout, unavailable, ...), retried */
+    uint64_t lost;    /* leases dropped: TTL 0 from the leader (or out of memory) */
+    uint64_t overdue; /* KEEL_ETIMEOUT reports */
+    size_t leases;    /* in the set now */
+};
+
+/* A new, empty set on ac. lost (called as above) may be NULL. 0, KEEL_EINVAL, KEEL_ECLOSED,
+ * KEEL_ENOMEM. */
+int keel_aclient_keepalive(struct keel_aclient *ac, keel_lease_lost_cb lost, void *data,
+                           struct keel_keepalive **out);
+
+/* Keep lease id alive (adding one already there does nothing). 0, KEEL_EINVAL (id <= 0, or the
+ * set is closing), KEEL_ENOMEM. */
+int keel_keepalive_add(struct keel_keepalive *ka, int64_t id);
+
+/* Stop renewing lease id (the lease itself lives on until its TTL runs out). 0, or
+ * KEEL_ELEASENOTFOUND when it is not in the set. */
+int keel_keepalive_remove(struct keel_keepalive *ka, int64_t id);
+
+/* Counters of the set. */
+void keel_keepalive_stats(const struct keel_keepalive *ka, struct keel_keepalive_stats *out);
+
+/* Stop renewing everything and release the set (once its requests in flight have ended, a loop
+ * turn or a few later). The callback is not called again. ka must not be used afterwards. */
+void keel_keepalive_close(struct keel_keepalive *ka);
+
+/* ---------------------------------------------------------------------------------------------
  * Synchronous API
  *
  * One handle may be used from any number of threads at once: each call blocks only its own thread
@@ -357,6 +410,25 @@ int keel_lease_revoke(struct keel *k, int64_t id);
 /* Remaining time of a lease (and its keys when keys is true). out must not be NULL. */
 int keel_lease_time_to_live(struct keel *k, int64_t id, bool keys,
                             Keel__LeaseTimeToLiveResponse **out);
+
+/* Every lease of the cluster. out must not be NULL. */
+int keel_lease_leases(struct keel *k, Keel__LeaseLeasesResponse **out);
+
+/*
+ * Keep-alives through the synchronous API: a keep-alive set (see above) on the handle's loop
+ * thread. lost is called on that thread and must not call the synchronous API of the same handle
+ * (the calls below included); a set started here is handled only through these calls (never
+ * keel_keepalive_close). keel_close stops every set still running. 0, KEEL_EINVAL (a set this
+ * handle did not start, or stopped already), or what the set's own call returns.
+ */
+int keel_lease_keepalive_start(struct keel *k, keel_lease_lost_cb lost, void *data,
+                               struct keel_keepalive **out);
+int keel_lease_keepalive_add(struct keel *k, struct keel_keepalive *ka, int64_t id);
+int keel_lease_keepalive_remove(struct keel *k, struct keel_keepalive *ka, int64_t id);
+int keel_lease_keepalive_stats(struct keel *k, struct keel_keepalive *ka,
+                               struct keel_keepalive_stats *out);
+/* Stop and release the set: when this returns, lost is never called again. */
+int keel_lease_keepalive_stop(struct keel *k, struct keel_keepalive *ka);
 
 /* Any request; the whole Response (header and body) on success. out may be NULL. */
 int keel_do(struct keel *k, const Keel__Request *req, Keel__Response **out);
