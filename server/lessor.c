@@ -39,7 +39,8 @@ struct lease {
                         * must commit a reset before it is answered */
     uint64_t reset_id; /* the reset in flight (its Command's request id), 0: none */
     uint64_t reset_at;
-    uint64_t revoke_at; /* when its revoke was proposed, 0: none */
+    uint64_t held_deadline; /* while a reset is in flight deadline is "never": this was it */
+    uint64_t revoke_at;     /* when its revoke was proposed, 0: none */
     struct waiter *waiters;
 };
 
@@ -473,10 +474,14 @@ static void tick_lease(struct keel_lessor *l, struct lease *x, struct tick_state
 {
     uint64_t lost = l->lost_ms;
     if (x->reset_id != 0 && ts->now - x->reset_at > lost) {
-        /* The reset never came back (refused, or lost with an entry): the keep-alives retry. */
+        /* The reset never came back (refused, or lost with an entry): the keep-alives retry,
+         * and the countdown is what it was. */
         release_waiters(l, x, 0, KEEL_EUNAVAILABLE, "lease keep-alive not committed in time");
         x->reset_id = 0;
         x->cp_unsafe = true;
+        x->deadline = x->held_deadline;
+        if (x->revoke_at == 0)
+            heap_fix(l, x);
     }
     if (x->revoke_at != 0 && ts->now - x->revoke_at > lost) {
         if (propose_revoke(l, x->id) == 0)
@@ -509,6 +514,7 @@ static void tick_cb(uv_timer_t *t)
     for (size_t i = 0; i < l->table.cap; i++)
         if (l->table.keys[i] != 0)
             tick_lease(l, l->table.vals[i], &ts);
+    arm_expiry(l); /* a lost reset gave a lease its countdown back */
     if (ts.cps == NULL)
         return;
     if (ts.cps->n_checkpoints == 0) {
@@ -633,6 +639,11 @@ static void keep_alive(struct keel_lessor *l, uint64_t session, const Keel__Requ
         }
         x->reset_at = now;
         x->cp_unsafe = false;
+        /* A keep-alive that came in time renews it once the reset is applied: it must not
+         * expire meanwhile, or the answer would renew a revoked lease. */
+        x->held_deadline = x->deadline;
+        x->deadline = UINT64_MAX;
+        heap_fix(l, x);
     }
     w->session = session;
     w->req_id = req->id;
@@ -649,8 +660,9 @@ static void time_to_live(struct keel_lessor *l, uint64_t session, const Keel__Re
     Keel__LeaseTimeToLiveResponse lr = KEEL__LEASE_TIME_TO_LIVE_RESPONSE__INIT;
     lr.id = q->id;
     lr.ttl = -1;
-    if (x != NULL && x->revoke_at == 0 && x->deadline > now) {
-        lr.ttl = (int64_t)((x->deadline - now + 999) / 1000);
+    uint64_t deadline = x == NULL ? 0 : x->reset_id != 0 ? x->held_deadline : x->deadline;
+    if (x != NULL && x->revoke_at == 0 && deadline > now) {
+        lr.ttl = (int64_t)((deadline - now + 999) / 1000);
         lr.grantedttl = x->ttl;
         if (q->keys) {
             struct keel_lease_info info;

@@ -403,6 +403,32 @@ static void unrenewed_lease_is_checkpointed_and_renewal_resets(void **state)
     assert_int_equal(ttl, 30);
 }
 
+/* A keep-alive that arrives just before the deadline of a checkpointed lease waits for its
+ * reset; the deadline passing meanwhile must not revoke it, or the answer would renew a lease
+ * that is being deleted. */
+static void keep_alive_at_the_deadline_renews(void **state)
+{
+    struct fx *f = fixture(state, 60000, 0);
+    promote(f);
+    grant(f, 1, 1);
+    run_for(f, 800);
+    uint64_t id = keep_alive(f, 1);
+    int64_t ttl;
+    assert_false(answered(f, id, &ttl));
+    run_for(f, 500); /* past the deadline, the reset not yet applied */
+    assert_int_equal(count_proposed(f, KEEL__COMMAND__OP_LEASE_REVOKE), 0);
+    assert_int_equal(time_to_live(f, 1), -1); /* its countdown ran out meanwhile */
+    size_t revokes = 0, resets = 0;
+    apply_proposals(f, &revokes, NULL, &resets);
+    assert_int_equal(revokes, 0);
+    assert_int_equal(resets, 1);
+    assert_true(answered(f, id, &ttl));
+    assert_int_equal(ttl, 1);
+    run_for(f, 300);
+    assert_int_equal(count_proposed(f, KEEL__COMMAND__OP_LEASE_REVOKE), 0);
+    assert_int_equal(time_to_live(f, 1), 1);
+}
+
 static void mass_expiry_in_bounded_batches(void **state)
 {
     struct fx *f = fixture(state, 60000, 100);
@@ -448,6 +474,7 @@ int main(void)
         T(checkpointed_lease_expires_on_time_after_failover),
         T(kept_alive_lease_gets_full_ttl_and_election_from_new_leader),
         T(unrenewed_lease_is_checkpointed_and_renewal_resets),
+        T(keep_alive_at_the_deadline_renews),
         T(mass_expiry_in_bounded_batches),
         T(lost_leadership_fails_waiting_keep_alives),
     };
