@@ -35,9 +35,11 @@
 # round-robin over them, one in flight per client (etcd-driver: raw LeaseKeepAlive stream messages,
 # one stream per client): with 1 client, one keep-alive at a time; "flooded", one connection with
 # 256 in flight (etcd: 256 streams on one connection); r/s = keep-alives per second, p50/p99 their
-# latency. With one at a time, each lease is renewed only every ~10 s, so keel has checkpointed it
-# since (--lease-checkpoint-interval-ms, 5 s) and each keep-alive first commits a reset through the
-# log (never early: server/lessor.h); etcd 3.4 checkpoints nothing. lease-churn grants
+# latency. Both drivers keep every lease alive once before the timed run: keel commits the first
+# renewal after a grant, and any renewal of a lease left unrenewed for its checkpoint interval
+# (--lease-checkpoint-interval-ms, 5 s; never early: server/lessor.h), so without the warm-up a
+# 10 s run of one client would time mostly those commits (~0.8 ms each); etcd 3.4 commits none
+# (it does not checkpoint). lease-churn grants
 # 10,000 leases with the minimum TTL (2 s on both with a 1000 ms election timeout), puts one key
 # with each, and waits (at most 30 s past the last due time) for their DELETE events on a watch of
 # the prefix: p50/p99 = expiry lag = DELETE arrival - (grant acknowledged + TTL), r/s = expiries per
