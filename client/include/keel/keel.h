@@ -263,6 +263,100 @@ const Keel__ResponseHeader *keel_watch_header(const struct keel_watch *w);
 int64_t keel_watch_next_revision(const struct keel_watch *w);
 
 /* ---------------------------------------------------------------------------------------------
+ * Keep-alives
+ *
+ * A keep-alive set keeps leases alive in the background, as etcd's clientv3 KeepAlive does. Each
+ * lease is renewed with LeaseKeepAlive over the client's connection to the leader: the first
+ * keep-alive goes out as soon as the lease is added, the next one a third of its TTL (as the last
+ * answer gave it) after each answer, and after a failure again within opts.retry_ms; never two of
+ * the same lease at once. Keep-alives route and fail over like every request (the leader only,
+ * NOT_LEADER followed, retried on another member when a connection drops: they are idempotent),
+ * so a set outlives a leader failover on its own. One timer serves the whole set, and its memory
+ * is one record per lease in it.
+ *
+ * A lease leaves the set when it is removed, or when it is lost: the leader answered TTL 0 (it
+ * expired or was revoked: KEEL_ELEASENOTFOUND), or no keep-alive succeeded for its whole TTL,
+ * counted from when the last successful one was sent (it may have expired: KEEL_ETIMEOUT). Until
+ * its first answer a lease is given opts.first_timeout_ms instead of a TTL. The lost callback
+ * tells each loss once.
+ *
+ * Note: KEEL_ETIMEOUT is the client's own, conservative verdict. A new leader counts inherited
+ * leases from its promotion (or their last checkpoint), so a failover slower than a lease's TTL
+ * (possible with the minimum TTL, 1.5 election timeouts) can report a lease that still lives;
+ * adding it again resumes its renewals, and the leader answers TTL 0 if it is really gone.
+ */
+
+struct keel_keepalive;
+
+/*
+ * A lease of the set was lost (reason KEEL_ELEASENOTFOUND or KEEL_ETIMEOUT, see above); it is out
+ * of the set already. Called at most once per lease added, on the loop thread, never from within
+ * a call of this API. It may add and remove leases, close the set, and call anything else of the
+ * core (keel_aclient_close only after closing the set).
+ */
+typedef void (*keel_lease_lost_cb)(struct keel_keepalive *ka, int64_t id, int reason, void *data);
+
+/*
+ * A keep-alive of lease id was answered: ttl is the lease's TTL in seconds (> 0), resp the whole
+ * Response (header and body), valid only during the call. Same rules as keel_lease_lost_cb.
+ */
+typedef void (*keel_lease_renewed_cb)(struct keel_keepalive *ka, int64_t id, int64_t ttl,
+                                      const Keel__Response *resp, void *data);
+
+/* A zeroed struct (or NULL) selects every default. */
+struct keel_keepalive_opts {
+    keel_lease_lost_cb lost;       /* NULL: losses are only counted */
+    keel_lease_renewed_cb renewed; /* NULL: none */
+    void *data;                    /* for both callbacks */
+    uint32_t retry_ms;             /* after a failed keep-alive; 0: 500 */
+    /* How long a lease added may go without an answer before it is KEEL_ETIMEOUT (its TTL is not
+     * known yet). 0: the client's request timeout. */
+    uint32_t first_timeout_ms;
+};
+
+/* Counters of one set, for tests and the benchmark. */
+struct keel_keepalive_stats {
+    uint64_t sent;     /* keep-alives submitted */
+    uint64_t answered; /* answered with a TTL (> 0): renewals */
+    uint64_t failures; /* failed (timeout, unavailable, ...): retried sooner */
+    uint64_t lost;     /* leases reported lost */
+    uint32_t leases;   /* in the set now */
+    uint32_t in_flight;
+};
+
+/*
+ * A new, empty keep-alive set on ac; opts may be NULL. 0, KEEL_EINVAL, KEEL_ECLOSED (ac is
+ * closing), KEEL_ENOMEM. Loop thread only. The set must be closed (keel_keepalive_close) before
+ * keel_aclient_close is called: its timer is a handle on ac's loop.
+ */
+int keel_aclient_keepalive(struct keel_aclient *ac, const struct keel_keepalive_opts *opts,
+                           struct keel_keepalive **out);
+
+/*
+ * Keep lease id alive: its first keep-alive goes out at once (from the next loop turn). A lease
+ * already in the set is left as it is. 0, KEEL_EINVAL (id <= 0), KEEL_ENOMEM. Loop thread only.
+ */
+int keel_keepalive_add(struct keel_keepalive *ka, int64_t id);
+
+/*
+ * Stop renewing lease id (the lease itself lives on until its TTL runs out); a keep-alive of it
+ * still in flight is ignored when it completes. 0, or KEEL_ELEASENOTFOUND when it is not in the
+ * set. Loop thread only.
+ */
+int keel_keepalive_remove(struct keel_keepalive *ka, int64_t id);
+
+/* Copy the set's counters into *out. Loop thread only. */
+void keel_keepalive_stats(const struct keel_keepalive *ka, struct keel_keepalive_stats *out);
+
+/*
+ * Stop renewing every lease and release the set: no callback runs after this returns, and ka must
+ * not be used again. Its memory goes once the keep-alives in flight have completed (their answers
+ * are ignored) and its timer is closed, a loop turn or a few later. May be called from the set's
+ * own callbacks. Loop thread only.
+ */
+void keel_keepalive_close(struct keel_keepalive *ka);
+
+/* ---------------------------------------------------------------------------------------------
  * Synchronous API
  *
  * One handle may be used from any number of threads at once: each call blocks only its own thread
