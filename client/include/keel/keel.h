@@ -452,6 +452,39 @@ int keel_lease_revoke(struct keel *k, int64_t id);
 int keel_lease_time_to_live(struct keel *k, int64_t id, bool keys,
                             Keel__LeaseTimeToLiveResponse **out);
 
+/* Every lease of the cluster (the leader's answer). out must not be NULL. */
+int keel_lease_leases(struct keel *k, Keel__LeaseLeasesResponse **out);
+
+/*
+ * One keep-alive of lease id; *ttl (may be NULL) receives its TTL in seconds. KEEL_ELEASENOTFOUND
+ * when the leader answered TTL 0 (expired, revoked or never granted).
+ */
+int keel_lease_keep_alive_once(struct keel *k, int64_t id, int64_t *ttl);
+
+/*
+ * A keep-alive set (see "Keep-alives" above) on the handle's loop thread. Its callbacks run on
+ * that thread, one at a time with every other callback of the handle; from them, the four calls
+ * below may be used on the handle's sets (they then act at once), the rest of the synchronous API
+ * may not. opts may be NULL. 0, KEEL_EINVAL, KEEL_ECLOSED, KEEL_ENOMEM. keel_close stops every
+ * set still running; the handles are not valid after keel_close.
+ */
+int keel_lease_keepalive_start(struct keel *k, const struct keel_keepalive_opts *opts,
+                               struct keel_keepalive **out);
+
+/* keel_keepalive_add from any thread. */
+int keel_lease_keepalive_add(struct keel *k, struct keel_keepalive *ka, int64_t id);
+
+/* keel_keepalive_remove from any thread. */
+int keel_lease_keepalive_remove(struct keel *k, struct keel_keepalive *ka, int64_t id);
+
+/* keel_keepalive_stats from any thread. 0 or KEEL_EINVAL. */
+int keel_lease_keepalive_stats(struct keel *k, struct keel_keepalive *ka,
+                               struct keel_keepalive_stats *out);
+
+/* Stop and release a set: when this returns, its callbacks are never called again (when called
+ * from one of them: once that callback returns). 0 or KEEL_EINVAL. */
+int keel_lease_keepalive_stop(struct keel *k, struct keel_keepalive *ka);
+
 /* Any request; the whole Response (header and body) on success. out may be NULL. */
 int keel_do(struct keel *k, const Keel__Request *req, Keel__Response **out);
 
