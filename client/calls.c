@@ -2,6 +2,7 @@
  * The calls of the synchronous API that carry one request each (keel_put, keel_get, ...): they
  * build the request, run it through keel_do_ex (sync.c) and hand back the body of the reply.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -169,19 +170,6 @@ int keel_lease_revoke(struct keel *k, int64_t id)
     return keel_do(k, &req, NULL);
 }
 
-int keel_lease_leases(struct keel *k, Keel__LeaseLeasesResponse **out)
-{
-    if (out == NULL) {
-        kc_set_errmsg("keel_lease_leases: out is NULL");
-        return KEEL_EINVAL;
-    }
-    Keel__LeaseLeasesRequest l = KEEL__LEASE_LEASES_REQUEST__INIT;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_LEASE_LEASES;
-    req.lease_leases = &l;
-    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_LEASE_LEASES, (void **)out);
-}
-
 int keel_lease_time_to_live(struct keel *k, int64_t id, bool keys,
                             Keel__LeaseTimeToLiveResponse **out)
 {
@@ -196,6 +184,45 @@ int keel_lease_time_to_live(struct keel *k, int64_t id, bool keys,
     req.body_case = KEEL__REQUEST__BODY_LEASE_TIME_TO_LIVE;
     req.lease_time_to_live = &t;
     return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_LEASE_TIME_TO_LIVE, (void **)out);
+}
+
+int keel_lease_leases(struct keel *k, Keel__LeaseLeasesResponse **out)
+{
+    if (out == NULL) {
+        kc_set_errmsg("keel_lease_leases: out is NULL");
+        return KEEL_EINVAL;
+    }
+    Keel__LeaseLeasesRequest l = KEEL__LEASE_LEASES_REQUEST__INIT;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_LEASES;
+    req.lease_leases = &l;
+    return do_body(k, &req, NULL, KEEL__RESPONSE__BODY_LEASE_LEASES, (void **)out);
+}
+
+int keel_lease_keep_alive_once(struct keel *k, int64_t id, int64_t *ttl)
+{
+    if (ttl)
+        *ttl = 0;
+    Keel__LeaseKeepAliveRequest r = KEEL__LEASE_KEEP_ALIVE_REQUEST__INIT;
+    r.id = id;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE;
+    req.lease_keep_alive = &r;
+    Keel__LeaseKeepAliveResponse *resp;
+    int rv = do_body(k, &req, NULL, KEEL__RESPONSE__BODY_LEASE_KEEP_ALIVE, (void **)&resp);
+    if (rv != 0)
+        return rv;
+    int64_t got = resp->ttl;
+    keel_free(resp);
+    if (got <= 0) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "lease %016" PRIx64 " expired or revoked", (uint64_t)id);
+        kc_set_errmsg(msg);
+        return KEEL_ELEASENOTFOUND;
+    }
+    if (ttl)
+        *ttl = got;
+    return 0;
 }
 
 size_t keel_prefix_end(const void *key, size_t klen, uint8_t *out)

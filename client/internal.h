@@ -14,7 +14,7 @@
  *   request.c  requests: submit, route, retry, answer, expire
  *   watch.c    watches: create, deliver, resume, cancel
  *   client.c   the client itself: init, close, each loop turn, connection events
- *   keepalive.c  lease keep-alive sets: requests through the core on one timer
+ *   keepalive.c keep-alive sets: leases renewed in the background, as requests of the core
  *   sync.c     the synchronous API: a client on a private loop thread
  *   calls.c    keel_put, keel_get, ...: one request each, through keel_do
  *

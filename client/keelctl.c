@@ -4,8 +4,8 @@
  *
  * Key-value commands use the synchronous API; `endpoint health` checks every endpoint at once
  * with one asynchronous client per endpoint on a single loop, as etcdctl does with goroutines, and
- * `watch` runs an asynchronous client on the main thread's loop, with SIGINT/SIGTERM as handles
- * of that loop, so output and shutdown need no locking.
+ * `watch` and `lease keep-alive` run an asynchronous client on the main thread's loop, with
+ * SIGINT/SIGTERM as handles of that loop, so output and shutdown need no locking.
  *
  * Exit status: 0 success, 1 failure ("Error: <message>" on stderr), 2 bad usage.
  */
@@ -669,6 +669,23 @@ static int cmd_del(struct ctl *c, int argc, char **argv)
     return 0;
 }
 
+/* An asynchronous client on loop for the commands that stream (watch, lease keep-alive). */
+static struct keel_aclient *open_aclient(struct ctl *c, uv_loop_t *loop)
+{
+    struct keel_options o;
+    fill_options(c, &o, c->endpoints);
+    struct keel_aclient *ac = NULL;
+    int rv = keel_aclient_init(&ac, loop, &o);
+    if (rv == KEEL_EINVAL)
+        die(EXIT_USAGE,
+            "invalid --endpoints \"%s\" or --source-address (want host:port with an "
+            "IPv4 address)",
+            c->endpoints);
+    if (rv != 0)
+        die(1, "%s", keel_strerror(rv));
+    return ac;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * watch
  */
@@ -803,16 +820,7 @@ static int cmd_watch(struct ctl *c, int argc, char **argv)
     memset(&x, 0, sizeof(x));
     x.c = c;
     x.count = f.count;
-    struct keel_options o;
-    fill_options(c, &o, c->endpoints);
-    int rv = keel_aclient_init(&x.ac, &loop, &o);
-    if (rv == KEEL_EINVAL)
-        die(EXIT_USAGE,
-            "invalid --endpoints \"%s\" or --source-address (want host:port with an "
-            "IPv4 address)",
-            c->endpoints);
-    if (rv != 0)
-        die(1, "%s", keel_strerror(rv));
+    x.ac = open_aclient(c, &loop);
     uv_signal_init(&loop, &x.sigint);
     uv_signal_init(&loop, &x.sigterm);
     x.sigint.data = x.sigterm.data = &x;
@@ -825,7 +833,7 @@ static int cmd_watch(struct ctl *c, int argc, char **argv)
     wo.prev_kv = wc->prev_kv;
     wo.progress_notify = wc->progress_notify;
     struct keel_watch *w;
-    rv = keel_aclient_watch(x.ac, wc->key.data, wc->key.len, &wo, on_watch, &x, &w);
+    int rv = keel_aclient_watch(x.ac, wc->key.data, wc->key.len, &wo, on_watch, &x, &w);
     if (rv != 0) {
         x.status = rv;
         snprintf(x.err, sizeof(x.err), "%s", keel_strerror(rv));
@@ -1272,13 +1280,102 @@ static Keel__Response *lease_call(struct ctl *c, Keel__Request *req, Keel__Respo
     return resp;
 }
 
-static void lease_json(Keel__Response *resp, int64_t id, int64_t ttl)
+static void lease_json(const Keel__Response *resp, int64_t id, int64_t ttl)
 {
     json_object *o = json_object_new_object();
     json_object_object_add(o, "header", j_header(resp->header));
     j_i64(o, "ID", id);
     j_i64(o, "TTL", ttl);
     j_print(o);
+}
+
+/* lease keep-alive without --once: a keep-alive set of one lease on an asynchronous client on
+ * this thread's loop (as watch does), until the lease is lost or a signal comes. */
+struct ka_ctx {
+    struct ctl *c;
+    struct keel_aclient *ac;
+    struct keel_keepalive *ka;
+    uv_signal_t sigint, sigterm;
+    bool stopping;
+    int reason; /* why the lease was lost, 0 while it lives */
+};
+
+static void ka_stop(struct ka_ctx *x)
+{
+    if (x->stopping)
+        return;
+    x->stopping = true;
+    uv_close((uv_handle_t *)&x->sigint, NULL);
+    uv_close((uv_handle_t *)&x->sigterm, NULL);
+    keel_keepalive_close(x->ka);
+    keel_aclient_close(x->ac, NULL, NULL);
+}
+
+static void on_ka_signal(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    ka_stop(h->data);
+}
+
+static void on_ka_renewed(struct keel_keepalive *ka, int64_t id, int64_t ttl,
+                          const Keel__Response *resp, void *data)
+{
+    (void)ka;
+    struct ka_ctx *x = data;
+    if (x->c->fmt == OUT_JSON)
+        lease_json(resp, id, ttl);
+    else
+        printf("lease %016" PRIx64 " keepalived with TTL(%" PRId64 ")\n", (uint64_t)id, ttl);
+    fflush(stdout);
+}
+
+/* etcdctl's words when the lease is gone; overdue (no answer for a TTL) is only a warning: the
+ * set keeps renewing it, and a new leader may well still have it. */
+static void on_ka_lost(struct keel_keepalive *ka, int64_t id, int reason, void *data)
+{
+    (void)ka;
+    struct ka_ctx *x = data;
+    if (reason == KEEL_ETIMEOUT) {
+        fprintf(stderr,
+                "keelctl: no keep-alive of lease %016" PRIx64
+                " answered for its whole TTL: it may have expired; still trying\n",
+                (uint64_t)id);
+        return;
+    }
+    if (x->c->fmt != OUT_JSON)
+        printf("lease %016" PRIx64 " expired or revoked.\n", (uint64_t)id);
+    fflush(stdout);
+    x->reason = reason;
+    ka_stop(x);
+}
+
+static void lease_keep_alive_loop(struct ctl *c, int64_t id)
+{
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0)
+        die(1, "cannot create an event loop");
+    struct ka_ctx x;
+    memset(&x, 0, sizeof(x));
+    x.c = c;
+    x.ac = open_aclient(c, &loop);
+    int rv;
+    struct keel_keepalive_opts ko = {0};
+    ko.lost = on_ka_lost;
+    ko.renewed = on_ka_renewed;
+    ko.data = &x;
+    if ((rv = keel_aclient_keepalive(x.ac, &ko, &x.ka)) != 0 ||
+        (rv = keel_keepalive_add(x.ka, id)) != 0)
+        die(1, "%s", keel_strerror(rv));
+    uv_signal_init(&loop, &x.sigint);
+    uv_signal_init(&loop, &x.sigterm);
+    x.sigint.data = x.sigterm.data = &x;
+    uv_signal_start(&x.sigint, on_ka_signal, SIGINT);
+    uv_signal_start(&x.sigterm, on_ka_signal, SIGTERM);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    fflush(stdout);
+    if (x.reason != 0 && x.reason != KEEL_ELEASENOTFOUND)
+        die(1, "lease %016" PRIx64 ": %s", (uint64_t)id, keel_strerror(x.reason));
 }
 
 static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
@@ -1397,26 +1494,23 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
             die(EXIT_USAGE, "lease keep-alive command needs lease ID as argument");
         Keel__LeaseKeepAliveRequest r = KEEL__LEASE_KEEP_ALIVE_REQUEST__INIT;
         r.id = parse_lease_id(pos.argv[0]);
+        if (!once) {
+            lease_keep_alive_loop(c, r.id);
+            return 0;
+        }
         req.body_case = KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE;
         req.lease_keep_alive = &r;
-        for (;;) {
-            Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_KEEP_ALIVE);
-            int64_t ttl = resp->lease_keep_alive->ttl;
-            if (c->fmt == OUT_JSON)
-                lease_json(resp, resp->lease_keep_alive->id, ttl);
-            else if (ttl <= 0)
-                printf("lease %016" PRIx64 " expired or revoked.\n", (uint64_t)r.id);
-            else
-                printf("lease %016" PRIx64 " keepalived with TTL(%" PRId64 ")\n",
-                       (uint64_t)resp->lease_keep_alive->id, ttl);
-            fflush(stdout);
-            keel_free(resp);
-            if (once || ttl <= 0)
-                break;
-            /* etcd's client renews at a third of the TTL. */
-            struct timespec ts = {ttl / 3 > 0 ? ttl / 3 : 0, ttl / 3 > 0 ? 0 : 500000000};
-            nanosleep(&ts, NULL);
-        }
+        Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_KEEP_ALIVE);
+        int64_t ttl = resp->lease_keep_alive->ttl;
+        if (c->fmt == OUT_JSON)
+            lease_json(resp, resp->lease_keep_alive->id, ttl);
+        else if (ttl <= 0)
+            printf("lease %016" PRIx64 " expired or revoked.\n", (uint64_t)r.id);
+        else
+            printf("lease %016" PRIx64 " keepalived with TTL(%" PRId64 ")\n",
+                   (uint64_t)resp->lease_keep_alive->id, ttl);
+        fflush(stdout);
+        keel_free(resp);
     } else {
         die(EXIT_USAGE, "unknown lease command \"%s\"", sub);
     }

@@ -12,6 +12,10 @@
  * the caller's callback to learn when the watch is acknowledged (keel_watch_open returns then)
  * and when it ends. The handle is held (not freed by the core after its final callback) until
  * keel_watch_close, so the caller never holds a dangling pointer.
+ *
+ * Keep-alive sets (keepalive.c) too: they live on the loop thread, their callbacks run there, and
+ * the handle keeps a list of them so that keel_close can close those still running before the
+ * client. Called on the loop thread itself (from a callback), their calls act at once.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +25,17 @@
 
 #define KEEL_ERRMSG_MAX 1024
 
-enum call_kind { CALL_REQUEST, CALL_WATCH_OPEN, CALL_WATCH_CLOSE, CALL_WATCH_PROGRESS, CALL_FN };
+enum call_kind {
+    CALL_REQUEST,
+    CALL_WATCH_OPEN,
+    CALL_WATCH_CLOSE,
+    CALL_WATCH_PROGRESS,
+    CALL_KA_START,
+    CALL_KA_ADD,
+    CALL_KA_REMOVE,
+    CALL_KA_STATS,
+    CALL_KA_STOP,
+};
 
 struct sync_call {
     struct sync_call *next;
@@ -43,18 +57,14 @@ struct sync_call {
     keel_watch_cb wcb;
     void *wdata;
     struct keel_watch *w;
-    /* CALL_FN: run on the loop thread; it must finish the call */
-    void (*fn)(struct keel *k, struct sync_call *call);
+    /* keep-alive calls */
+    const struct keel_keepalive_opts *kaopts;
     struct keel_keepalive *ka;
-    keel_lease_lost_cb lost;
-    int64_t id;
-    struct keel_keepalive_stats *stats;
-    int kind_fn; /* enum ka_kind */
+    int64_t lease;
+    struct keel_keepalive_stats *kastats;
 };
 
-enum ka_kind { KA_ADD, KA_REMOVE, KA_STATS, KA_STOP };
-
-/* A keep-alive set started through the synchronous API (loop thread only). */
+/* A keep-alive set of the handle. Loop thread only. */
 struct sync_ka {
     struct sync_ka *next;
     struct keel_keepalive *ka;
@@ -246,6 +256,53 @@ static void watch_close(struct keel *k, struct sync_call *call)
     keel_watch_cancel(sw->w);
 }
 
+/* The handle's record of set ka (NULL: not a set of this handle, or already stopped). */
+static struct sync_ka **ka_find(struct keel *k, const struct keel_keepalive *ka)
+{
+    for (struct sync_ka **p = &k->keepalives; *p; p = &(*p)->next)
+        if ((*p)->ka == ka)
+            return p;
+    return NULL;
+}
+
+/* A keep-alive call, on the loop thread. KEEL_EINVAL for a set this handle does not know. */
+static int ka_run(struct keel *k, struct sync_call *call)
+{
+    if (call->kind == CALL_KA_START) {
+        struct sync_ka *s = malloc(sizeof(*s));
+        if (s == NULL)
+            return KEEL_ENOMEM;
+        int rv = keel_aclient_keepalive(k->ac, call->kaopts, &s->ka);
+        if (rv != 0) {
+            free(s);
+            return rv;
+        }
+        s->next = k->keepalives;
+        k->keepalives = s;
+        call->ka = s->ka;
+        return 0;
+    }
+    struct sync_ka **p = ka_find(k, call->ka);
+    if (p == NULL)
+        return KEEL_EINVAL;
+    switch (call->kind) {
+    case CALL_KA_ADD:
+        return keel_keepalive_add(call->ka, call->lease);
+    case CALL_KA_REMOVE:
+        return keel_keepalive_remove(call->ka, call->lease);
+    case CALL_KA_STATS:
+        keel_keepalive_stats(call->ka, call->kastats);
+        return 0;
+    default: {
+        struct sync_ka *s = *p;
+        *p = s->next;
+        keel_keepalive_close(s->ka);
+        free(s);
+        return 0;
+    }
+    }
+}
+
 static void on_ac_closed(void *data)
 {
     struct keel *k = data;
@@ -271,11 +328,17 @@ static void on_async(uv_async_t *h)
         case CALL_WATCH_CLOSE:
             watch_close(k, call);
             continue;
-        case CALL_FN:
-            call->fn(k, call);
-            continue;
         case CALL_WATCH_PROGRESS:
             rv = keel_watch_progress(call->w);
+            snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
+            call_finish(k, call, rv);
+            continue;
+        case CALL_KA_START:
+        case CALL_KA_ADD:
+        case CALL_KA_REMOVE:
+        case CALL_KA_STATS:
+        case CALL_KA_STOP:
+            rv = ka_run(k, call);
             snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
             call_finish(k, call, rv);
             continue;
@@ -290,8 +353,8 @@ static void on_async(uv_async_t *h)
     }
     if (closing && !k->ac_closing) {
         k->ac_closing = true;
-        /* Keep-alive sets hold a timer on the loop: they stop before the client. */
-        while (k->keepalives != NULL) {
+        /* Keep-alive sets first: their timers are handles of this loop. */
+        while (k->keepalives) {
             struct sync_ka *s = k->keepalives;
             k->keepalives = s->next;
             keel_keepalive_close(s->ka);
@@ -519,119 +582,64 @@ int keel_watch_request_progress(struct keel *k, struct keel_watch *w)
     return call.status;
 }
 
-/* ---- keep-alive sets ---- */
-
-static void ka_start(struct keel *k, struct sync_call *call)
+/* A keep-alive call from any thread: marshalled to the loop thread, or run at once when called
+ * there (from a callback of the handle). */
+static int ka_call(struct keel *k, struct sync_call *call)
 {
-    struct sync_ka *s = calloc(1, sizeof(*s));
-    int rv =
-        s == NULL ? KEEL_ENOMEM : keel_aclient_keepalive(k->ac, call->lost, call->wdata, &s->ka);
-    if (rv != 0) {
-        free(s);
-        snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
-        call_finish(k, call, rv);
-        return;
-    }
-    s->next = k->keepalives;
-    k->keepalives = s;
-    call->ka = s->ka;
-    call_finish(k, call, 0);
-}
-
-/* The record of a set this handle started; NULL for anything else. */
-static struct sync_ka **ka_find(struct keel *k, const struct keel_keepalive *ka)
-{
-    for (struct sync_ka **p = &k->keepalives; *p != NULL; p = &(*p)->next)
-        if ((*p)->ka == ka)
-            return p;
-    return NULL;
-}
-
-static void ka_op(struct keel *k, struct sync_call *call)
-{
-    struct sync_ka **p = ka_find(k, call->ka);
-    int rv = KEEL_EINVAL;
-    if (p != NULL) {
-        switch (call->kind_fn) {
-        case KA_ADD:
-            rv = keel_keepalive_add(call->ka, call->id);
-            break;
-        case KA_REMOVE:
-            rv = keel_keepalive_remove(call->ka, call->id);
-            break;
-        case KA_STATS:
-            keel_keepalive_stats(call->ka, call->stats);
-            rv = 0;
-            break;
-        case KA_STOP: {
-            struct sync_ka *s = *p;
-            *p = s->next;
-            keel_keepalive_close(s->ka);
-            free(s);
-            rv = 0;
-            break;
-        }
-        }
-    }
-    if (rv != 0)
-        snprintf(call->msg, sizeof(call->msg), "%s",
-                 p == NULL ? "not a keep-alive set of this client" : keel_strerror(rv));
-    call_finish(k, call, rv);
-}
-
-static int run_fn(struct keel *k, struct sync_call *call)
-{
-    call->kind = CALL_FN;
-    int rv = submit(k, call);
-    if (rv != 0)
-        return rv;
-    if (call->status != 0)
-        kc_set_errmsg(call->msg);
-    return call->status;
-}
-
-int keel_lease_keepalive_start(struct keel *k, keel_lease_lost_cb lost, void *data,
-                               struct keel_keepalive **out)
-{
-    if (k == NULL || out == NULL) {
+    if (k == NULL) {
         kc_set_errmsg(keel_strerror(KEEL_EINVAL));
         return KEEL_EINVAL;
     }
-    struct sync_call call;
-    memset(&call, 0, sizeof(call));
-    call.fn = ka_start;
-    call.lost = lost;
-    call.wdata = data;
-    int rv = run_fn(k, &call);
-    *out = rv == 0 ? call.ka : NULL;
+    int rv;
+    if (on_loop_thread(k)) {
+        rv = k->ac_closing ? KEEL_ECLOSED : ka_run(k, call);
+    } else {
+        rv = submit(k, call);
+        if (rv != 0)
+            return rv;
+        rv = call->status;
+    }
+    if (rv != 0)
+        kc_set_errmsg(keel_strerror(rv));
     return rv;
 }
 
-static int ka_call(struct keel *k, struct keel_keepalive *ka, enum ka_kind kind, int64_t id,
-                   struct keel_keepalive_stats *stats)
+int keel_lease_keepalive_start(struct keel *k, const struct keel_keepalive_opts *opts,
+                               struct keel_keepalive **out)
 {
-    if (k == NULL || ka == NULL) {
+    if (out == NULL) {
         kc_set_errmsg(keel_strerror(KEEL_EINVAL));
         return KEEL_EINVAL;
     }
+    *out = NULL;
     struct sync_call call;
     memset(&call, 0, sizeof(call));
-    call.fn = ka_op;
-    call.kind_fn = kind;
-    call.ka = ka;
-    call.id = id;
-    call.stats = stats;
-    return run_fn(k, &call);
+    call.kind = CALL_KA_START;
+    call.kaopts = opts;
+    int rv = ka_call(k, &call);
+    if (rv == 0)
+        *out = call.ka;
+    return rv;
 }
 
 int keel_lease_keepalive_add(struct keel *k, struct keel_keepalive *ka, int64_t id)
 {
-    return ka_call(k, ka, KA_ADD, id, NULL);
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.kind = CALL_KA_ADD;
+    call.ka = ka;
+    call.lease = id;
+    return ka_call(k, &call);
 }
 
 int keel_lease_keepalive_remove(struct keel *k, struct keel_keepalive *ka, int64_t id)
 {
-    return ka_call(k, ka, KA_REMOVE, id, NULL);
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.kind = CALL_KA_REMOVE;
+    call.ka = ka;
+    call.lease = id;
+    return ka_call(k, &call);
 }
 
 int keel_lease_keepalive_stats(struct keel *k, struct keel_keepalive *ka,
@@ -641,10 +649,19 @@ int keel_lease_keepalive_stats(struct keel *k, struct keel_keepalive *ka,
         kc_set_errmsg(keel_strerror(KEEL_EINVAL));
         return KEEL_EINVAL;
     }
-    return ka_call(k, ka, KA_STATS, 0, out);
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.kind = CALL_KA_STATS;
+    call.ka = ka;
+    call.kastats = out;
+    return ka_call(k, &call);
 }
 
 int keel_lease_keepalive_stop(struct keel *k, struct keel_keepalive *ka)
 {
-    return ka_call(k, ka, KA_STOP, 0, NULL);
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.kind = CALL_KA_STOP;
+    call.ka = ka;
+    return ka_call(k, &call);
 }

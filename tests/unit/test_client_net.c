@@ -7,13 +7,14 @@
  * connection on a given request, answer a batch in reverse order, refuse the handshake. Fakes
  * also serve watches from a toy history of every event (start_revision replay, compaction, cancel,
  * progress), and can stall their watches, drop a watching connection after some events or replay
- * more history than asked, to exercise the client's resumption. The
+ * more history than asked, to exercise the client's resumption. They also grant, revoke and keep
+ * alive leases (a table of ids and TTLs, no expiry) and log when each keep-alive arrived. The
  * asynchronous tests run client and fakes on one loop, so every step is deterministic; the
  * synchronous and keelctl tests run the fakes on a thread of their own.
  *
  * Every loop is bounded in time and iterations; traffic stays on 127.0.0.0/8.
  *
- * Usage: test_client_net [async|sync|keelctl|watch] (no argument: all groups).
+ * Usage: test_client_net [async|sync|keelctl|watch|keepalive] (no argument: all groups).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -108,6 +109,12 @@ struct fake {
     /* watch counters */
     int watch_creates, watch_cancels, watch_progress, watch_event_resps, nwatchers;
     int64_t last_start; /* start_revision of the last create */
+    /* leases: granted ids and their TTL; a keep-alive of any other id is answered TTL 0 */
+    int64_t lease_id[16], lease_ttl[16];
+    int nleases;
+    int keepalives;      /* LeaseKeepAlive requests received (however answered) */
+    uint64_t ka_at[256]; /* the loop time each of the first 256 arrived */
+    int64_t ka_id[256];  /* ... and its lease */
     /* counters */
     int conns, hellos, requests, puts, ranges, serializable_ranges, reads;
     uint64_t max_batch;
@@ -412,6 +419,47 @@ static void set_error(struct keel_arena *a, Keel__Response *resp, Keel__ErrorCod
     resp->error = e;
 }
 
+static int fake_lease_find(const struct fake *f, int64_t id)
+{
+    for (int i = 0; i < f->nleases; i++)
+        if (f->lease_id[i] == id)
+            return i;
+    return -1;
+}
+
+/* Grant (or re-grant) lease id with ttl seconds. */
+static void fake_lease_set(struct fake *f, int64_t id, int64_t ttl)
+{
+    int i = fake_lease_find(f, id);
+    if (i < 0) {
+        assert_true(f->nleases < 16);
+        i = f->nleases++;
+    }
+    f->lease_id[i] = id;
+    f->lease_ttl[i] = ttl;
+}
+
+/* Revoke lease id: false when it is not there. */
+static bool fake_lease_drop(struct fake *f, int64_t id)
+{
+    int i = fake_lease_find(f, id);
+    if (i < 0)
+        return false;
+    f->lease_id[i] = f->lease_id[f->nleases - 1];
+    f->lease_ttl[i] = f->lease_ttl[f->nleases - 1];
+    f->nleases--;
+    return true;
+}
+
+/* How many keep-alives of lease id arrived (among the first 256). */
+static int fake_keepalives_of(const struct fake *f, int64_t id)
+{
+    int n = 0;
+    for (int i = 0; i < f->keepalives && i < 256; i++)
+        n += f->ka_id[i] == id;
+    return n;
+}
+
 /* What keeld proposes through raft: the shared table of request kinds says. */
 static bool is_write(const Keel__Request *r)
 {
@@ -430,6 +478,13 @@ static bool fake_answer(struct fake *f, struct keel_arena *a, const Keel__Reques
         if (req->range->serializable)
             f->serializable_ranges++;
     }
+    if (req->body_case == KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE) {
+        if (f->keepalives < 256) {
+            f->ka_at[f->keepalives] = uv_now(f->loop);
+            f->ka_id[f->keepalives] = req->lease_keep_alive->id;
+        }
+        f->keepalives++;
+    }
     if (f->drop_on && (int)req->body_case == f->drop_on) {
         f->drop_on = 0;
         return false;
@@ -441,8 +496,10 @@ static bool fake_answer(struct fake *f, struct keel_arena *a, const Keel__Reques
     h->member_id = f->member_id;
     h->raft_term = 2;
     resp->header = h;
-    bool leader_only =
-        is_write(req) || (req->body_case == KEEL__REQUEST__BODY_RANGE && !req->range->serializable);
+    bool leader_only = is_write(req) ||
+                       (req->body_case == KEEL__REQUEST__BODY_RANGE && !req->range->serializable) ||
+                       req->body_case == KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE ||
+                       req->body_case == KEEL__REQUEST__BODY_LEASE_LEASES;
     if (f->not_leader && leader_only) {
         set_error(a, resp, KEEL__ERROR_CODE__NOT_LEADER, "not the leader", f->redirect);
         return true;
@@ -562,6 +619,52 @@ static bool fake_answer(struct fake *f, struct keel_arena *a, const Keel__Reques
         }
         resp->body_case = KEEL__RESPONSE__BODY_MEMBER_LIST;
         resp->member_list = ml;
+        break;
+    }
+    case KEEL__REQUEST__BODY_LEASE_GRANT: {
+        Keel__LeaseGrantResponse *g = keel_arena_alloc(a, sizeof(*g));
+        keel__lease_grant_response__init(g);
+        g->id = req->lease_grant->id ? req->lease_grant->id : 0x1000 + f->nleases;
+        g->ttl = req->lease_grant->ttl;
+        fake_lease_set(f, g->id, g->ttl);
+        resp->body_case = KEEL__RESPONSE__BODY_LEASE_GRANT;
+        resp->lease_grant = g;
+        break;
+    }
+    case KEEL__REQUEST__BODY_LEASE_REVOKE: {
+        if (!fake_lease_drop(f, req->lease_revoke->id)) {
+            set_error(a, resp, KEEL__ERROR_CODE__LEASE_NOT_FOUND, "requested lease not found",
+                      NULL);
+            break;
+        }
+        Keel__LeaseRevokeResponse *r = keel_arena_alloc(a, sizeof(*r));
+        keel__lease_revoke_response__init(r);
+        resp->body_case = KEEL__RESPONSE__BODY_LEASE_REVOKE;
+        resp->lease_revoke = r;
+        break;
+    }
+    case KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE: {
+        Keel__LeaseKeepAliveResponse *k = keel_arena_alloc(a, sizeof(*k));
+        keel__lease_keep_alive_response__init(k);
+        k->id = req->lease_keep_alive->id;
+        int i = fake_lease_find(f, k->id);
+        k->ttl = i < 0 ? 0 : f->lease_ttl[i];
+        resp->body_case = KEEL__RESPONSE__BODY_LEASE_KEEP_ALIVE;
+        resp->lease_keep_alive = k;
+        break;
+    }
+    case KEEL__REQUEST__BODY_LEASE_LEASES: {
+        Keel__LeaseLeasesResponse *l = keel_arena_alloc(a, sizeof(*l));
+        keel__lease_leases_response__init(l);
+        l->leases = keel_arena_alloc(a, 16 * sizeof(*l->leases));
+        for (int i = 0; i < f->nleases; i++) {
+            Keel__LeaseStatus *st = keel_arena_alloc(a, sizeof(*st));
+            keel__lease_status__init(st);
+            st->id = f->lease_id[i];
+            l->leases[l->n_leases++] = st;
+        }
+        resp->body_case = KEEL__RESPONSE__BODY_LEASE_LEASES;
+        resp->lease_leases = l;
         break;
     }
     default:
@@ -3083,26 +3186,36 @@ static void ctl_bg_start(struct ctl_bg *p, ...)
     close(ferr);
 }
 
-static void ctl_bg_read(const struct ctl_bg *p, char *out, size_t len)
+static void ctl_bg_read_file(const char *path, char *out, size_t len)
 {
-    FILE *f = fopen(p->out, "r");
+    FILE *f = fopen(path, "r");
     assert_non_null(f);
     size_t n = fread(out, 1, len - 1, f);
     out[n] = '\0';
     fclose(f);
 }
 
-/* Wait (bounded) for the output to contain want. */
-static bool ctl_bg_wait_for(const struct ctl_bg *p, const char *want)
+static void ctl_bg_read(const struct ctl_bg *p, char *out, size_t len)
+{
+    ctl_bg_read_file(p->out, out, len);
+}
+
+/* Wait (bounded) for the output (stderr: err) to contain want. */
+static bool ctl_bg_wait_in(const struct ctl_bg *p, bool err, const char *want)
 {
     char buf[4096];
     for (int i = 0; i < 500; i++) {
-        ctl_bg_read(p, buf, sizeof(buf));
+        ctl_bg_read_file(err ? p->err : p->out, buf, sizeof(buf));
         if (strstr(buf, want))
             return true;
         usleep(10000);
     }
     return false;
+}
+
+static bool ctl_bg_wait_for(const struct ctl_bg *p, const char *want)
+{
+    return ctl_bg_wait_in(p, false, want);
 }
 
 /* Signal it (0: none) and return its exit status (128 + signal when killed). */
@@ -3188,6 +3301,612 @@ static void test_keelctl_watch(void **state)
     bg_free(b);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Keep-alives
+ */
+
+/* What a keep-alive set's callbacks saw, and what they should do. */
+struct kares {
+    uv_loop_t *loop;
+    struct keel_keepalive *ka;
+    int renewed;
+    int64_t last_ttl;
+    uint64_t last_member; /* header of the last renewal */
+    int lost;
+    int64_t lost_id[8];
+    int reason[8];
+    uint64_t lost_at[8]; /* loop time */
+    bool close_on_lost, close_on_renewed;
+    bool closed; /* the set is closed: no callback may come */
+};
+
+static void on_ka_lost(struct keel_keepalive *ka, int64_t id, int reason, void *data)
+{
+    struct kares *r = data;
+    assert_false(r->closed);
+    assert_ptr_equal(ka, r->ka);
+    assert_true(r->lost < 8);
+    r->lost_id[r->lost] = id;
+    r->reason[r->lost] = reason;
+    r->lost_at[r->lost] = uv_now(r->loop);
+    r->lost++;
+    if (r->close_on_lost) {
+        r->closed = true;
+        keel_keepalive_close(ka);
+    }
+}
+
+static void on_ka_renewed(struct keel_keepalive *ka, int64_t id, int64_t ttl,
+                          const Keel__Response *resp, void *data)
+{
+    struct kares *r = data;
+    assert_false(r->closed);
+    assert_ptr_equal(ka, r->ka);
+    assert_true(ttl > 0);
+    assert_int_equal(resp->body_case, KEEL__RESPONSE__BODY_LEASE_KEEP_ALIVE);
+    assert_int_equal(resp->lease_keep_alive->id, id);
+    r->renewed++;
+    r->last_ttl = ttl;
+    r->last_member = resp->header ? resp->header->member_id : 0;
+    if (r->close_on_renewed) {
+        r->closed = true;
+        keel_keepalive_close(ka);
+    }
+}
+
+static void ka_new(struct env *e, struct kares *r, uint32_t first_timeout_ms, uint32_t retry_ms)
+{
+    r->loop = &e->loop;
+    struct keel_keepalive_opts o = {0};
+    o.lost = on_ka_lost;
+    o.renewed = on_ka_renewed;
+    o.data = r;
+    o.first_timeout_ms = first_timeout_ms;
+    o.retry_ms = retry_ms;
+    assert_int_equal(keel_aclient_keepalive(e->ac, &o, &r->ka), 0);
+}
+
+static void ka_close(struct kares *r)
+{
+    r->closed = true;
+    keel_keepalive_close(r->ka);
+}
+
+static void set_true(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+/* Run the loop for ms of loop time. */
+static void run_for(uv_loop_t *loop, uint64_t ms)
+{
+    bool done = false;
+    uv_timer_t t;
+    uv_timer_init(loop, &t);
+    t.data = &done;
+    uv_timer_start(&t, set_true, ms, 0);
+    assert_true(run_until(loop, &done, ms + LOOP_BOUND_MS));
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
+/* Run the loop until *n reaches want (bounded). */
+static bool run_until_n(uv_loop_t *loop, const int *n, int want, uint64_t bound_ms)
+{
+    uint64_t end = uv_hrtime() + bound_ms * 1000000ull;
+    while (*n < want && uv_hrtime() < end)
+        run_for(loop, 5);
+    return *n >= want;
+}
+
+/* The first keep-alive at once, then one every TTL/3 per lease, each lease on its own TTL, with
+ * one timer for the set and never a keep-alive more than needed. */
+static void test_ka_schedule(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    fake_set_leader(f, f);
+    fake_lease_set(f, 0x10, 1);
+    fake_lease_set(f, 0x20, 2);
+    env_client(e, f->addr, NULL, 3000);
+    struct kares r = {0};
+    ka_new(e, &r, 0, 0);
+    assert_int_equal(keel_keepalive_add(r.ka, 0), KEEL_EINVAL);
+    uv_update_time(&e->loop);
+    uint64_t t0 = uv_now(&e->loop);
+    assert_int_equal(keel_keepalive_add(r.ka, 0x10), 0);
+    assert_int_equal(keel_keepalive_add(r.ka, 0x20), 0);
+    assert_int_equal(keel_keepalive_add(r.ka, 0x10), 0); /* already there: nothing changes */
+    run_for(&e->loop, 1150);
+    /* 0x10 (TTL 1 s): at 0, 333, 667, 1000 ms; 0x20 (TTL 2 s): at 0 and 667 ms. */
+    assert_int_equal(fake_keepalives_of(f, 0x10), 4);
+    assert_int_equal(fake_keepalives_of(f, 0x20), 2);
+    uint64_t prev10 = 0, prev20 = 0;
+    for (int i = 0; i < f->keepalives; i++) {
+        uint64_t at = f->ka_at[i];
+        uint64_t *prev = f->ka_id[i] == 0x10 ? &prev10 : &prev20;
+        uint64_t third = f->ka_id[i] == 0x10 ? 333 : 666;
+        if (*prev == 0) {
+            assert_true(at - t0 < 100); /* the first one at once */
+        } else {
+            if (at - *prev < third || at - *prev > third + 100)
+                fail_msg("lease %" PRIx64 ": keep-alives %" PRIu64 " ms apart, want ~%" PRIu64,
+                         f->ka_id[i], at - *prev, third);
+        }
+        *prev = at;
+    }
+    struct keel_keepalive_stats st;
+    keel_keepalive_stats(r.ka, &st);
+    assert_int_equal(st.sent, 6);
+    assert_int_equal(st.answered, 6);
+    assert_int_equal(st.failures, 0);
+    assert_int_equal(st.lost, 0);
+    assert_int_equal(st.leases, 2);
+    assert_int_equal(st.in_flight, 0);
+    assert_int_equal(r.renewed, 6);
+    assert_int_equal(r.lost, 0);
+    assert_int_equal(r.last_member, f->member_id);
+    struct keel_aclient_stats as;
+    keel_aclient_stats(e->ac, &as);
+    assert_int_equal(as.requests, 6);
+    ka_close(&r);
+    env_free(e);
+}
+
+/* TTL 0 (expired or revoked): lost with KEEL_ELEASENOTFOUND exactly once, and never renewed
+ * again; the other leases carry on. */
+static void test_ka_lost_ttl0(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    fake_set_leader(f, f);
+    fake_lease_set(f, 0x10, 1);
+    env_client(e, f->addr, NULL, 3000);
+    struct kares r = {0};
+    ka_new(e, &r, 0, 0);
+    assert_int_equal(keel_keepalive_add(r.ka, 0x10), 0);
+    assert_int_equal(keel_keepalive_add(r.ka, 0x99), 0); /* unknown to the leader */
+    assert_true(run_until_n(&e->loop, &r.lost, 1, LOOP_BOUND_MS));
+    assert_int_equal(r.lost_id[0], 0x99);
+    assert_int_equal(r.reason[0], KEEL_ELEASENOTFOUND);
+    run_for(&e->loop, 800);
+    assert_int_equal(r.lost, 1);
+    assert_int_equal(fake_keepalives_of(f, 0x99), 1);
+    assert_true(fake_keepalives_of(f, 0x10) >= 3);
+    assert_int_equal(keel_keepalive_remove(r.ka, 0x99), KEEL_ELEASENOTFOUND); /* out already */
+    struct keel_keepalive_stats st;
+    keel_keepalive_stats(r.ka, &st);
+    assert_int_equal(st.leases, 1);
+    assert_int_equal(st.lost, 1);
+
+    /* Revoked while kept alive: its next keep-alive learns it. */
+    fake_lease_drop(f, 0x10);
+    assert_true(run_until_n(&e->loop, &r.lost, 2, LOOP_BOUND_MS));
+    assert_int_equal(r.lost_id[1], 0x10);
+    assert_int_equal(r.reason[1], KEEL_ELEASENOTFOUND);
+    int n = fake_keepalives_of(f, 0x10);
+    run_for(&e->loop, 800);
+    assert_int_equal(r.lost, 2);
+    assert_int_equal(fake_keepalives_of(f, 0x10), n);
+    keel_keepalive_stats(r.ka, &st);
+    assert_int_equal(st.leases, 0);
+    assert_int_equal(st.lost, 2);
+    ka_close(&r);
+    env_free(e);
+}
+
+/* Keep-alives go to the leader: a follower's NOT_LEADER is followed, and when leadership moves
+ * the set follows it without losing the lease. */
+static void test_ka_not_leader(void **state)
+{
+    (void)state;
+    struct env *e = env_new(2);
+    struct fake *fol = &e->f[0], *lead = &e->f[1];
+    fol->not_leader = true;
+    snprintf(fol->redirect, sizeof(fol->redirect), "%s", lead->addr);
+    fake_set_leader(lead, lead);
+    fake_lease_set(lead, 0x10, 1);
+    fake_lease_set(fol, 0x10, 1);
+    env_client(e, fol->addr, NULL, 3000);
+    struct kares r = {0};
+    ka_new(e, &r, 0, 0);
+    assert_int_equal(keel_keepalive_add(r.ka, 0x10), 0);
+    assert_true(run_until_n(&e->loop, &r.renewed, 2, LOOP_BOUND_MS));
+    assert_int_equal(fol->keepalives, 1); /* answered NOT_LEADER */
+    assert_int_equal(lead->keepalives, 2);
+    assert_int_equal(r.last_member, lead->member_id);
+    struct keel_aclient_stats as;
+    keel_aclient_stats(e->ac, &as);
+    assert_int_equal(as.redirects, 1);
+
+    /* Leadership moves to the other member. */
+    lead->not_leader = true;
+    snprintf(lead->redirect, sizeof(lead->redirect), "%s", fol->addr);
+    fol->not_leader = false;
+    fake_set_leader(fol, fol);
+    int before = fol->keepalives;
+    assert_true(run_until_n(&e->loop, &r.renewed, 4, LOOP_BOUND_MS));
+    assert_int_equal(r.last_member, fol->member_id);
+    assert_true(fol->keepalives >= before + 2);
+    assert_int_equal(r.lost, 0);
+    ka_close(&r);
+    env_free(e);
+}
+
+/* No answer for the lease's whole TTL (counted from the last successful send): KEEL_ETIMEOUT,
+ * once, with a single keep-alive in flight meanwhile; the lease stays in the set and is renewed
+ * again once the leader answers (a new leader may well still have it); before the first answer,
+ * first_timeout_ms stands for the TTL. */
+static void test_ka_timeout(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    fake_set_leader(f, f);
+    fake_lease_set(f, 0x10, 1);
+    env_client(e, f->addr, NULL, 3000);
+    struct kares r = {0};
+    ka_new(e, &r, 0, 0);
+    assert_int_equal(keel_keepalive_add(r.ka, 0x10), 0);
+    assert_true(run_until_n(&e->loop, &r.renewed, 1, LOOP_BOUND_MS));
+    f->silent = true; /* the leader hangs */
+    uint64_t answered_at = f->ka_at[0];
+    assert_true(run_until_n(&e->loop, &r.lost, 1, 3000));
+    assert_int_equal(r.lost_id[0], 0x10);
+    assert_int_equal(r.reason[0], KEEL_ETIMEOUT);
+    uint64_t after = r.lost_at[0] - answered_at;
+    if (after < 990 || after > 1200)
+        fail_msg("lost %" PRIu64 " ms after the last renewal was sent, want ~1000", after);
+    assert_int_equal(fake_keepalives_of(f, 0x10), 2); /* the one answered, the one unanswered */
+    struct keel_keepalive_stats st;
+    keel_keepalive_stats(r.ka, &st);
+    assert_int_equal(st.leases, 1);
+    assert_int_equal(st.overdue, 1);
+    assert_int_equal(st.lost, 0);
+    /* The leader answers again: renewed, and overdue may be told again after the next TTL. */
+    f->silent = false;
+    assert_true(run_until_n(&e->loop, &r.renewed, 2, 6000));
+    assert_int_equal(r.lost, 1);
+    f->silent = true;
+    assert_true(run_until_n(&e->loop, &r.lost, 2, 3000));
+    assert_int_equal(r.reason[1], KEEL_ETIMEOUT);
+
+    /* Never answered at all: lost after first_timeout_ms. */
+    struct kares r2 = {0};
+    ka_new(e, &r2, 300, 0);
+    uv_update_time(&e->loop);
+    uint64_t t0 = uv_now(&e->loop);
+    assert_int_equal(keel_keepalive_add(r2.ka, 0x30), 0);
+    assert_true(run_until_n(&e->loop, &r2.lost, 1, 3000));
+    assert_int_equal(r2.reason[0], KEEL_ETIMEOUT);
+    after = r2.lost_at[0] - t0;
+    if (after < 295 || after > 600)
+        fail_msg("lost %" PRIu64 " ms after it was added, want ~300", after);
+    run_for(&e->loop, 300);
+    assert_int_equal(r.lost, 2);
+    assert_int_equal(r2.lost, 1);
+    ka_close(&r);
+    ka_close(&r2);
+    env_free(e);
+}
+
+/* A failed keep-alive (the core gave up on it) is sent again after retry_ms, not TTL/3 later. */
+static void test_ka_retry(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    fake_set_leader(f, f);
+    fake_lease_set(f, 0x10, 3);
+    f->unavailable_n = 2;
+    struct keel_options o = {.endpoints = f->addr, .request_timeout_ms = 3000, .max_retries = -1};
+    assert_int_equal(keel_aclient_init(&e->ac, &e->loop, &o), 0);
+    struct kares r = {0};
+    ka_new(e, &r, 0, 50);
+    assert_int_equal(keel_keepalive_add(r.ka, 0x10), 0);
+    assert_true(run_until_n(&e->loop, &r.renewed, 1, LOOP_BOUND_MS));
+    assert_int_equal(f->keepalives, 3);
+    if (f->ka_at[2] - f->ka_at[0] > 300)
+        fail_msg("two retries took %" PRIu64 " ms", f->ka_at[2] - f->ka_at[0]);
+    struct keel_keepalive_stats st;
+    keel_keepalive_stats(r.ka, &st);
+    assert_int_equal(st.sent, 3);
+    assert_int_equal(st.failures, 2);
+    assert_int_equal(st.answered, 1);
+    assert_int_equal(r.last_ttl, 3);
+    assert_int_equal(r.lost, 0);
+    ka_close(&r);
+    env_free(e);
+}
+
+/* remove stops one lease's renewals, close all of them; a set closed with a keep-alive in flight
+ * is freed when the client cancels it. */
+static void test_ka_remove_close(void **state)
+{
+    (void)state;
+    struct env *e = env_new(2);
+    struct fake *f = &e->f[0], *hung = &e->f[1];
+    fake_set_leader(f, f);
+    fake_lease_set(f, 0x10, 1);
+    fake_lease_set(f, 0x20, 1);
+    env_client(e, f->addr, NULL, 3000);
+    struct kares r = {0};
+    ka_new(e, &r, 0, 0);
+    assert_int_equal(keel_keepalive_add(r.ka, 0x10), 0);
+    assert_int_equal(keel_keepalive_add(r.ka, 0x20), 0);
+    assert_true(run_until_n(&e->loop, &r.renewed, 2, LOOP_BOUND_MS));
+    assert_int_equal(keel_keepalive_remove(r.ka, 0x10), 0);
+    assert_int_equal(keel_keepalive_remove(r.ka, 0x10), KEEL_ELEASENOTFOUND);
+    int n10 = fake_keepalives_of(f, 0x10), n20 = fake_keepalives_of(f, 0x20);
+    run_for(&e->loop, 800);
+    assert_int_equal(fake_keepalives_of(f, 0x10), n10);
+    assert_true(fake_keepalives_of(f, 0x20) >= n20 + 2);
+    /* Added again: renewed again, at once. */
+    assert_int_equal(keel_keepalive_add(r.ka, 0x10), 0);
+    run_for(&e->loop, 100);
+    assert_int_equal(fake_keepalives_of(f, 0x10), n10 + 1);
+    struct keel_keepalive_stats st;
+    keel_keepalive_stats(r.ka, &st);
+    assert_int_equal(st.leases, 2);
+    assert_int_equal(st.lost, 0);
+
+    int n = f->keepalives;
+    ka_close(&r);
+    run_for(&e->loop, 800);
+    assert_int_equal(f->keepalives, n);
+
+    /* A set closed while its keep-alives hang on a silent leader, then the client closes. */
+    fake_set_leader(hung, hung);
+    hung->silent = true;
+    struct keel_aclient *ac = e->ac;
+    struct keel_options o = {.endpoints = hung->addr, .request_timeout_ms = 3000};
+    assert_int_equal(keel_aclient_init(&e->ac, &e->loop, &o), 0);
+    struct kares r2 = {0};
+    ka_new(e, &r2, 0, 0);
+    assert_int_equal(keel_keepalive_add(r2.ka, 0x10), 0);
+    assert_int_equal(keel_keepalive_add(r2.ka, 0x11), 0);
+    for (int i = 0; i < 200 && hung->keepalives < 2; i++)
+        run_for(&e->loop, 5);
+    assert_int_equal(hung->keepalives, 2);
+    /* Removed and added again while in flight: still one keep-alive in flight. */
+    assert_int_equal(keel_keepalive_remove(r2.ka, 0x10), 0);
+    assert_int_equal(keel_keepalive_add(r2.ka, 0x10), 0);
+    run_for(&e->loop, 100);
+    assert_int_equal(hung->keepalives, 2);
+    keel_keepalive_stats(r2.ka, &st);
+    assert_int_equal(st.in_flight, 2);
+    ka_close(&r2);
+    bool closed = false;
+    keel_aclient_close(ac, on_closed, &closed);
+    assert_true(run_until(&e->loop, &closed, LOOP_BOUND_MS));
+    env_free(e); /* closes the second client: its keep-alives are canceled, the set freed */
+}
+
+/* Closing the set from its own callbacks: nothing more is called, nothing leaks. */
+static void test_ka_close_in_callback(void **state)
+{
+    (void)state;
+    struct env *e = env_new(2);
+    struct fake *f = &e->f[0], *hung = &e->f[1];
+    fake_set_leader(f, f);
+    fake_lease_set(f, 0x10, 1);
+    fake_lease_set(f, 0x11, 1);
+    env_client(e, f->addr, NULL, 3000);
+
+    /* From a lost callback (TTL 0): three leases lost in one batch of answers. */
+    struct kares r = {.close_on_lost = true};
+    ka_new(e, &r, 0, 0);
+    for (int64_t id = 1; id <= 3; id++)
+        assert_int_equal(keel_keepalive_add(r.ka, id), 0);
+    assert_true(run_until_n(&e->loop, &r.lost, 1, LOOP_BOUND_MS));
+    run_for(&e->loop, 300);
+    assert_int_equal(r.lost, 1);
+    assert_int_equal(f->keepalives, 3);
+
+    /* From a renewed callback. */
+    struct kares r2 = {.close_on_renewed = true};
+    ka_new(e, &r2, 0, 0);
+    assert_int_equal(keel_keepalive_add(r2.ka, 0x10), 0);
+    assert_int_equal(keel_keepalive_add(r2.ka, 0x11), 0);
+    assert_true(run_until_n(&e->loop, &r2.renewed, 1, LOOP_BOUND_MS));
+    run_for(&e->loop, 500);
+    assert_int_equal(r2.renewed, 1);
+    assert_int_equal(fake_keepalives_of(f, 0x10) + fake_keepalives_of(f, 0x11), 2);
+
+    /* From a lost callback run by the timer (KEEL_ETIMEOUT) of a set on a hung leader. */
+    fake_set_leader(hung, hung);
+    hung->silent = true;
+    struct keel_aclient *ac = e->ac;
+    struct keel_options o = {.endpoints = hung->addr, .request_timeout_ms = 3000};
+    assert_int_equal(keel_aclient_init(&e->ac, &e->loop, &o), 0);
+    struct kares r3 = {.close_on_lost = true};
+    ka_new(e, &r3, 200, 0);
+    for (int64_t id = 1; id <= 3; id++)
+        assert_int_equal(keel_keepalive_add(r3.ka, id), 0);
+    assert_true(run_until_n(&e->loop, &r3.lost, 1, LOOP_BOUND_MS));
+    assert_int_equal(r3.reason[0], KEEL_ETIMEOUT);
+    run_for(&e->loop, 300);
+    assert_int_equal(r3.lost, 1);
+    bool closed = false;
+    keel_aclient_close(ac, on_closed, &closed);
+    assert_true(run_until(&e->loop, &closed, LOOP_BOUND_MS));
+    env_free(e);
+}
+
+/* ---- keep-alives: synchronous API and keelctl ---- */
+
+struct skares {
+    uv_mutex_t mu;
+    struct keel *k;
+    struct keel_keepalive *ka;
+    int renewed, lost, reason;
+    int64_t lost_id;
+    int stop_rc; /* keel_lease_keepalive_stop from the lost callback */
+    int put_rc;  /* another synchronous call from it */
+};
+
+static void on_ska_lost(struct keel_keepalive *ka, int64_t id, int reason, void *data)
+{
+    struct skares *r = data;
+    /* On the loop thread: the set's own calls act at once, the rest of the API refuses. */
+    int put_rc = keel_put(r->k, "x", 1, "y", 1, NULL, NULL);
+    int stop_rc = keel_lease_keepalive_stop(r->k, ka);
+    uv_mutex_lock(&r->mu);
+    r->lost++;
+    r->lost_id = id;
+    r->reason = reason;
+    r->put_rc = put_rc;
+    r->stop_rc = stop_rc;
+    uv_mutex_unlock(&r->mu);
+}
+
+static void on_ska_renewed(struct keel_keepalive *ka, int64_t id, int64_t ttl,
+                           const Keel__Response *resp, void *data)
+{
+    (void)ka, (void)id, (void)ttl, (void)resp;
+    struct skares *r = data;
+    uv_mutex_lock(&r->mu);
+    r->renewed++;
+    uv_mutex_unlock(&r->mu);
+}
+
+static bool ska_wait(struct skares *r, const int *n, int want)
+{
+    for (int i = 0; i < 1000; i++) {
+        uv_mutex_lock(&r->mu);
+        bool ok = *n >= want;
+        uv_mutex_unlock(&r->mu);
+        if (ok)
+            return true;
+        usleep(10000);
+    }
+    return false;
+}
+
+static void test_sync_keepalive(void **state)
+{
+    (void)state;
+    struct bg *b = bg_new(1);
+    struct fake *f = &b->f[0];
+    fake_set_leader(f, f);
+    bg_go(b);
+    struct keel *k;
+    struct keel_options o = {.endpoints = f->addr, .request_timeout_ms = 3000};
+    assert_int_equal(keel_open(&k, &o), 0);
+    Keel__LeaseGrantResponse *g;
+    assert_int_equal(keel_lease_grant(k, 1, 0x10, &g), 0);
+    assert_int_equal(g->id, 0x10);
+    keel_free(g);
+    Keel__LeaseLeasesResponse *ll;
+    assert_int_equal(keel_lease_leases(k, &ll), 0);
+    assert_int_equal(ll->n_leases, 1);
+    assert_int_equal(ll->leases[0]->id, 0x10);
+    keel_free(ll);
+    assert_int_equal(keel_lease_leases(k, NULL), KEEL_EINVAL);
+    int64_t ttl;
+    assert_int_equal(keel_lease_keep_alive_once(k, 0x10, &ttl), 0);
+    assert_int_equal(ttl, 1);
+    assert_int_equal(keel_lease_keep_alive_once(k, 0x77, &ttl), KEEL_ELEASENOTFOUND);
+    assert_int_equal(ttl, 0);
+    assert_string_equal(keel_errmsg(), "lease 0000000000000077 expired or revoked");
+
+    struct skares r = {.k = k};
+    assert_int_equal(uv_mutex_init(&r.mu), 0);
+    struct keel_keepalive_opts ko = {.lost = on_ska_lost, .renewed = on_ska_renewed, .data = &r};
+    assert_int_equal(keel_lease_keepalive_start(k, &ko, &r.ka), 0);
+    assert_int_equal(keel_lease_keepalive_add(k, r.ka, 0x10), 0);
+    assert_int_equal(keel_lease_keepalive_add(k, r.ka, -1), KEEL_EINVAL);
+    assert_true(ska_wait(&r, &r.renewed, 3)); /* at 0, 333, 667 ms */
+    struct keel_keepalive_stats st;
+    assert_int_equal(keel_lease_keepalive_stats(k, r.ka, &st), 0);
+    assert_true(st.answered >= 3);
+    assert_int_equal(st.leases, 1);
+    /* Revoked: lost, and the callback stops the set itself. */
+    assert_int_equal(keel_lease_revoke(k, 0x10), 0);
+    assert_true(ska_wait(&r, &r.lost, 1));
+    uv_mutex_lock(&r.mu);
+    assert_int_equal(r.lost_id, 0x10);
+    assert_int_equal(r.reason, KEEL_ELEASENOTFOUND);
+    assert_int_equal(r.stop_rc, 0);
+    assert_int_equal(r.put_rc, KEEL_EINVAL);
+    uv_mutex_unlock(&r.mu);
+    /* Stopped already: the handle is unknown now. */
+    assert_int_equal(keel_lease_keepalive_stop(k, r.ka), KEEL_EINVAL);
+    assert_int_equal(keel_lease_keepalive_add(k, r.ka, 0x10), KEEL_EINVAL);
+
+    /* A set stopped from another thread, and one left running for keel_close. */
+    struct keel_keepalive *ka1, *ka2;
+    assert_int_equal(keel_lease_grant(k, 1, 0x20, NULL), 0);
+    assert_int_equal(keel_lease_keepalive_start(k, NULL, &ka1), 0);
+    assert_int_equal(keel_lease_keepalive_start(k, NULL, &ka2), 0);
+    assert_int_equal(keel_lease_keepalive_add(k, ka1, 0x20), 0);
+    assert_int_equal(keel_lease_keepalive_add(k, ka2, 0x20), 0);
+    usleep(100000);
+    assert_int_equal(keel_lease_keepalive_remove(k, ka1, 0x20), 0);
+    assert_int_equal(keel_lease_keepalive_remove(k, ka1, 0x20), KEEL_ELEASENOTFOUND);
+    assert_int_equal(keel_lease_keepalive_stop(k, ka1), 0);
+    keel_close(k);
+    uv_mutex_destroy(&r.mu);
+    bg_free(b);
+}
+
+static void test_keelctl_keepalive(void **state)
+{
+    (void)state;
+    struct bg *b = bg_new(1);
+    struct fake *l = &b->f[0];
+    fake_set_leader(l, l);
+    bg_go(b);
+    char out[8192], err[4096];
+#define CTL(...)                                                                                   \
+    ctl(NULL, out, sizeof(out), err, sizeof(err), "--endpoints", l->addr, __VA_ARGS__, NULL)
+
+    assert_int_equal(CTL("lease", "grant", "1"), 0);
+    assert_string_equal(out, "lease 0000000000001000 granted with TTL(1s)\n");
+    assert_int_equal(CTL("lease", "keep-alive", "--once", "1000"), 0);
+    assert_string_equal(out, "lease 0000000000001000 keepalived with TTL(1)\n");
+    assert_int_equal(CTL("-w", "json", "lease", "keep-alive", "--once", "1000"), 0);
+    assert_contains(out, "\"ID\":4096,\"TTL\":1}");
+
+    /* Kept alive every TTL/3 until revoked, then etcdctl's words and exit 0. */
+    struct ctl_bg p;
+    ctl_bg_start(&p, "--endpoints", l->addr, "lease", "keep-alive", "1000", NULL);
+    assert_true(ctl_bg_wait_for(&p, "lease 0000000000001000 keepalived with TTL(1)\n"
+                                    "lease 0000000000001000 keepalived with TTL(1)\n"
+                                    "lease 0000000000001000 keepalived with TTL(1)\n"));
+    assert_int_equal(CTL("lease", "revoke", "1000"), 0);
+    assert_true(ctl_bg_wait_for(&p, "keepalived with TTL(1)\n"
+                                    "lease 0000000000001000 expired or revoked.\n"));
+    assert_int_equal(ctl_bg_stop(&p, 0), 0);
+    assert_int_equal(CTL("lease", "keep-alive", "--once", "1000"), 0);
+    assert_string_equal(out, "lease 0000000000001000 expired or revoked.\n");
+
+    /* Until a signal: exit 0. */
+    assert_int_equal(CTL("lease", "grant", "2"), 0);
+    ctl_bg_start(&p, "--endpoints", l->addr, "-w", "json", "lease", "keep-alive", "1000", NULL);
+    assert_true(ctl_bg_wait_for(&p, "\"ID\":4096,\"TTL\":2}"));
+    assert_int_equal(ctl_bg_stop(&p, SIGINT), 0);
+
+    /* Nobody answers for the whole (first) timeout: it may have expired, a warning; it keeps
+     * trying (a new leader may still have it) until a signal: exit 0. */
+    char dead[64];
+    dead_addr(dead, sizeof(dead));
+    ctl_bg_start(&p, "--endpoints", dead, "--command-timeout", "1s", "lease", "keep-alive", "1000",
+                 NULL);
+    assert_true(
+        ctl_bg_wait_in(&p, true,
+                       "no keep-alive of lease 0000000000001000 answered for its whole TTL: "
+                       "it may have expired; still trying"));
+    ctl_bg_read(&p, out, sizeof(out));
+    assert_string_equal(out, "");
+    assert_int_equal(ctl_bg_stop(&p, SIGINT), 0);
+    assert_int_equal(CTL("lease", "keep-alive"), 2);
+#undef CTL
+    bg_free(b);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest async_tests[] = {
@@ -3240,6 +3959,17 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sync_watch),
         cmocka_unit_test(test_keelctl_watch),
     };
+    const struct CMUnitTest keepalive_tests[] = {
+        cmocka_unit_test(test_ka_schedule),
+        cmocka_unit_test(test_ka_lost_ttl0),
+        cmocka_unit_test(test_ka_not_leader),
+        cmocka_unit_test(test_ka_timeout),
+        cmocka_unit_test(test_ka_retry),
+        cmocka_unit_test(test_ka_remove_close),
+        cmocka_unit_test(test_ka_close_in_callback),
+        cmocka_unit_test(test_sync_keepalive),
+        cmocka_unit_test(test_keelctl_keepalive),
+    };
     signal(SIGPIPE, SIG_IGN);
     const char *g = argc > 1 ? argv[1] : NULL;
     int fails = 0;
@@ -3251,5 +3981,7 @@ int main(int argc, char **argv)
         fails += cmocka_run_group_tests_name("client_keelctl", ctl_tests, NULL, NULL);
     if (!g || !strcmp(g, "watch"))
         fails += cmocka_run_group_tests_name("client_watch", watch_tests, NULL, NULL);
+    if (!g || !strcmp(g, "keepalive"))
+        fails += cmocka_run_group_tests_name("client_keepalive", keepalive_tests, NULL, NULL);
     return fails ? 1 : 0;
 }

@@ -263,56 +263,98 @@ const Keel__ResponseHeader *keel_watch_header(const struct keel_watch *w);
 int64_t keel_watch_next_revision(const struct keel_watch *w);
 
 /* ---------------------------------------------------------------------------------------------
- * Keep-alives (asynchronous core): leases kept alive in the background
+ * Keep-alives
  *
- * A set of leases renewed over the client's connection to the leader, each every TTL/3 (the TTL
- * learned from its answers; the first keep-alive goes out when the lease is added), a failed one
- * again within 500 ms, never two of the same lease in flight. Failover is the core's: keep-alives
- * follow NOT_LEADER and are retried like any idempotent request. Loop thread only, as the rest of
- * the core; close the set before keel_aclient_close (its timer is a handle on the loop).
+ * A keep-alive set keeps leases alive in the background, as etcd's clientv3 KeepAlive does. Each
+ * lease is renewed with LeaseKeepAlive over the client's connection to the leader: the first
+ * keep-alive goes out as soon as the lease is added, the next one a third of its TTL (as the last
+ * answer gave it) after each answer, and after a failure again within opts.retry_ms; never two of
+ * the same lease at once. Keep-alives route and fail over like every request (the leader only,
+ * NOT_LEADER followed, retried on another member when a connection drops: they are idempotent),
+ * so a set outlives a leader failover on its own. One timer serves the whole set, and its memory
+ * is one record per lease in it.
+ *
+ * A lease leaves the set when it is removed, or when it is lost: the leader answered TTL 0 (it
+ * expired or was revoked: KEEL_ELEASENOTFOUND). When no keep-alive succeeded for its whole TTL,
+ * counted from when the last successful one was sent, the lost callback says KEEL_ETIMEOUT: it
+ * may have expired (an owner that must not act on an expired lease stops here). That lease stays
+ * in the set and is still renewed: a new leader counts a lease kept alive lately from its
+ * promotion, with an election timeout more, so after a failover slower than the TTL (possible
+ * near the minimum TTL, 1.5 election timeouts) it usually still lives; if it does not, the
+ * leader's TTL 0 follows as KEEL_ELEASENOTFOUND. KEEL_ETIMEOUT is told once until the next
+ * renewal. Until its first answer a lease is given opts.first_timeout_ms instead of a TTL.
  */
 
 struct keel_keepalive;
 
 /*
- * On the loop thread, for a lease of the set:
- *   KEEL_ELEASENOTFOUND  the leader answered TTL 0 (expired or revoked): it is out of the set;
- *   KEEL_ETIMEOUT        no keep-alive succeeded for its whole TTL, so it may have expired
- *                        (reported once until the next renewal). It stays in the set: a new
- *                        leader gives a lease kept alive lately its TTL plus an election timeout,
- *                        so after a long failover it is usually still there;
- *   KEEL_ENOMEM          it could not be rescheduled: out of the set.
- * The callback may add, remove and close.
+ * A lease of the set was lost (KEEL_ELEASENOTFOUND: out of the set already) or is overdue
+ * (KEEL_ETIMEOUT: still in the set, see above): lost at most once per lease added, overdue at
+ * most once per renewal. On the loop thread, never from within a call of this API. It may add and
+ * remove leases, close the set, and call anything else of the core (keel_aclient_close only after
+ * closing the set).
  */
 typedef void (*keel_lease_lost_cb)(struct keel_keepalive *ka, int64_t id, int reason, void *data);
 
-struct keel_keepalive_stats {
-    uint64_t sent;    /* keep-alives submitted */
-    uint64_t renewed; /* answered with a TTL */
-    uint64_t failed;  /* failed (timeout, unavailable, ...), retried */
-    uint64_t lost;    /* leases dropped: TTL 0 from the leader (or out of memory) */
-    uint64_t overdue; /* KEEL_ETIMEOUT reports */
-    size_t leases;    /* in the set now */
+/*
+ * A keep-alive of lease id was answered: ttl is the lease's TTL in seconds (> 0), resp the whole
+ * Response (header and body), valid only during the call. Same rules as keel_lease_lost_cb.
+ */
+typedef void (*keel_lease_renewed_cb)(struct keel_keepalive *ka, int64_t id, int64_t ttl,
+                                      const Keel__Response *resp, void *data);
+
+/* A zeroed struct (or NULL) selects every default. */
+struct keel_keepalive_opts {
+    keel_lease_lost_cb lost;       /* NULL: losses are only counted */
+    keel_lease_renewed_cb renewed; /* NULL: none */
+    void *data;                    /* for both callbacks */
+    uint32_t retry_ms;             /* after a failed keep-alive; 0: 500 */
+    /* How long a lease added may go without an answer before it is KEEL_ETIMEOUT (its TTL is not
+     * known yet). 0: the client's request timeout. */
+    uint32_t first_timeout_ms;
 };
 
-/* A new, empty set on ac. lost (called as above) may be NULL. 0, KEEL_EINVAL, KEEL_ECLOSED,
- * KEEL_ENOMEM. */
-int keel_aclient_keepalive(struct keel_aclient *ac, keel_lease_lost_cb lost, void *data,
+/* Counters of one set, for tests and the benchmark. */
+struct keel_keepalive_stats {
+    uint64_t sent;     /* keep-alives submitted */
+    uint64_t answered; /* answered with a TTL (> 0): renewals */
+    uint64_t failures; /* failed (timeout, unavailable, ...): retried sooner */
+    uint64_t lost;     /* leases lost: TTL 0 from the leader */
+    uint64_t overdue;  /* KEEL_ETIMEOUT reports: not renewed for a TTL, still tried */
+    uint32_t leases;   /* in the set now */
+    uint32_t in_flight;
+};
+
+/*
+ * A new, empty keep-alive set on ac; opts may be NULL. 0, KEEL_EINVAL, KEEL_ECLOSED (ac is
+ * closing), KEEL_ENOMEM. Loop thread only. The set must be closed (keel_keepalive_close) before
+ * keel_aclient_close is called: its timer is a handle on ac's loop.
+ */
+int keel_aclient_keepalive(struct keel_aclient *ac, const struct keel_keepalive_opts *opts,
                            struct keel_keepalive **out);
 
-/* Keep lease id alive (adding one already there does nothing). 0, KEEL_EINVAL (id <= 0, or the
- * set is closing), KEEL_ENOMEM. */
+/*
+ * Keep lease id alive: its first keep-alive goes out at once (from the next loop turn). A lease
+ * already in the set is left as it is. 0, KEEL_EINVAL (id <= 0), KEEL_ENOMEM. Loop thread only.
+ */
 int keel_keepalive_add(struct keel_keepalive *ka, int64_t id);
 
-/* Stop renewing lease id (the lease itself lives on until its TTL runs out). 0, or
- * KEEL_ELEASENOTFOUND when it is not in the set. */
+/*
+ * Stop renewing lease id (the lease itself lives on until its TTL runs out); a keep-alive of it
+ * still in flight is ignored when it completes. 0, or KEEL_ELEASENOTFOUND when it is not in the
+ * set. Loop thread only.
+ */
 int keel_keepalive_remove(struct keel_keepalive *ka, int64_t id);
 
-/* Counters of the set. */
+/* Copy the set's counters into *out. Loop thread only. */
 void keel_keepalive_stats(const struct keel_keepalive *ka, struct keel_keepalive_stats *out);
 
-/* Stop renewing everything and release the set (once its requests in flight have ended, a loop
- * turn or a few later). The callback is not called again. ka must not be used afterwards. */
+/*
+ * Stop renewing every lease and release the set: no callback runs after this returns, and ka must
+ * not be used again. Its memory goes once the keep-alives in flight have completed (their answers
+ * are ignored) and its timer is closed, a loop turn or a few later. May be called from the set's
+ * own callbacks. Loop thread only.
+ */
 void keel_keepalive_close(struct keel_keepalive *ka);
 
 /* ---------------------------------------------------------------------------------------------
@@ -411,23 +453,37 @@ int keel_lease_revoke(struct keel *k, int64_t id);
 int keel_lease_time_to_live(struct keel *k, int64_t id, bool keys,
                             Keel__LeaseTimeToLiveResponse **out);
 
-/* Every lease of the cluster. out must not be NULL. */
+/* Every lease of the cluster (the leader's answer). out must not be NULL. */
 int keel_lease_leases(struct keel *k, Keel__LeaseLeasesResponse **out);
 
 /*
- * Keep-alives through the synchronous API: a keep-alive set (see above) on the handle's loop
- * thread. lost is called on that thread and must not call the synchronous API of the same handle
- * (the calls below included); a set started here is handled only through these calls (never
- * keel_keepalive_close). keel_close stops every set still running. 0, KEEL_EINVAL (a set this
- * handle did not start, or stopped already), or what the set's own call returns.
+ * One keep-alive of lease id; *ttl (may be NULL) receives its TTL in seconds. KEEL_ELEASENOTFOUND
+ * when the leader answered TTL 0 (expired, revoked or never granted).
  */
-int keel_lease_keepalive_start(struct keel *k, keel_lease_lost_cb lost, void *data,
+int keel_lease_keep_alive_once(struct keel *k, int64_t id, int64_t *ttl);
+
+/*
+ * A keep-alive set (see "Keep-alives" above) on the handle's loop thread. Its callbacks run on
+ * that thread, one at a time with every other callback of the handle; from them, the four calls
+ * below may be used on the handle's sets (they then act at once), the rest of the synchronous API
+ * may not. opts may be NULL. 0, KEEL_EINVAL, KEEL_ECLOSED, KEEL_ENOMEM. keel_close stops every
+ * set still running; the handles are not valid after keel_close.
+ */
+int keel_lease_keepalive_start(struct keel *k, const struct keel_keepalive_opts *opts,
                                struct keel_keepalive **out);
+
+/* keel_keepalive_add from any thread. */
 int keel_lease_keepalive_add(struct keel *k, struct keel_keepalive *ka, int64_t id);
+
+/* keel_keepalive_remove from any thread. */
 int keel_lease_keepalive_remove(struct keel *k, struct keel_keepalive *ka, int64_t id);
+
+/* keel_keepalive_stats from any thread. 0 or KEEL_EINVAL. */
 int keel_lease_keepalive_stats(struct keel *k, struct keel_keepalive *ka,
                                struct keel_keepalive_stats *out);
-/* Stop and release the set: when this returns, lost is never called again. */
+
+/* Stop and release a set: when this returns, its callbacks are never called again (when called
+ * from one of them: once that callback returns). 0 or KEEL_EINVAL. */
 int keel_lease_keepalive_stop(struct keel *k, struct keel_keepalive *ka);
 
 /* Any request; the whole Response (header and body) on success. out may be NULL. */
