@@ -43,9 +43,14 @@ struct keel_node {
     int last_state;
     uint64_t last_leader;
     int started;
-    int stopping;            /* keel_node_stop was called: raft takes nothing more of ours */
-    size_t inflight;         /* applies and barriers raft holds */
-    uv_timer_t drain;        /* keel_node_stop waits for inflight to reach 0 */
+    int stopping;     /* keel_node_stop was called: raft takes nothing more of ours */
+    size_t inflight;  /* applies and barriers raft holds */
+    uv_timer_t drain; /* keel_node_stop waits for inflight to reach 0 */
+    /* Barriers raft has called back, delivered from a timer of their own: raft 0.15 is not
+     * reentrant there (a raft_barrier from within a barrier's callback, inside its apply loop,
+     * crashed a leader under the fault suite), so nothing of ours runs inside that loop. */
+    uv_timer_t deliver;
+    struct node_req *done_head, *done_tail;
     uint64_t drain_started;  /* uv_now when it began */
     uint64_t drain_logged;   /* uv_now of the last "still waiting" line */
     int isolated;            /* the peer links were cut to make a stuck leader step down */
@@ -63,6 +68,8 @@ struct node_req {
         struct raft_apply apply;
         struct raft_barrier barrier;
     } u;
+    struct node_req *next; /* n->done_head: a barrier called back, not yet delivered */
+    int status;
     struct keel_node *n;
     keel_consensus_cb cb;
     void *data;
@@ -307,12 +314,34 @@ static int node_propose(void *ctx, const Keel__CommandBatch *batch, keel_consens
     return err;
 }
 
+/* The barriers raft called back since the last turn, in order. */
+static void deliver_barriers(uv_timer_t *t)
+{
+    struct keel_node *n = t->data;
+    struct node_req *r = n->done_head;
+    n->done_head = n->done_tail = NULL;
+    while (r != NULL) {
+        struct node_req *next = r->next;
+        n->inflight--; /* counted until delivered: keel_node_stop waits for these too */
+        r->cb(r->data, r->status == 0 ? 0 : KEEL_ENOTLEADER);
+        free(r);
+        r = next;
+    }
+}
+
+/* Raft's barrier callback: queued, delivered by deliver_barriers on the next loop turn. */
 static void barrier_done(struct raft_barrier *req, int status)
 {
     struct node_req *r = req->data;
-    r->n->inflight--;
-    r->cb(r->data, status == 0 ? 0 : KEEL_ENOTLEADER);
-    free(r);
+    struct keel_node *n = r->n;
+    r->status = status;
+    r->next = NULL;
+    if (n->done_tail)
+        n->done_tail->next = r;
+    else
+        n->done_head = r;
+    n->done_tail = r;
+    uv_timer_start(&n->deliver, deliver_barriers, 0, 0);
 }
 
 static int node_barrier(void *ctx, keel_consensus_cb cb, void *data)
@@ -525,6 +554,8 @@ int keel_node_start(struct keel_node *n)
         return from_raft(rv);
     }
     n->started = 1;
+    uv_timer_init(n->o.loop, &n->deliver);
+    n->deliver.data = n;
     uv_check_init(n->o.loop, &n->poll);
     n->poll.data = n;
     uv_check_start(&n->poll, poll_state);
@@ -589,6 +620,7 @@ static void drain_tick(uv_timer_t *t)
          * raft. */
         uv_timer_stop(t);
         uv_close((uv_handle_t *)t, NULL);
+        uv_close((uv_handle_t *)&n->deliver, NULL); /* nothing is held: nothing to deliver */
         close_raft(n);
         return;
     }
