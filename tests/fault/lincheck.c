@@ -326,15 +326,18 @@ static enum key_outcome check_key(const struct lincheck_op *ops, const size_t *i
  * The whole history, one key at a time
  */
 
-static const struct lincheck_op *sort_ops;
+struct keyed {
+    const char *key;
+    size_t i; /* index into the caller's operations */
+};
 
 static int cmp_by_key(const void *pa, const void *pb)
 {
-    size_t a = *(const size_t *)pa, b = *(const size_t *)pb;
-    int c = strcmp(sort_ops[a].key, sort_ops[b].key);
+    const struct keyed *a = pa, *b = pb;
+    int c = strcmp(a->key, b->key);
     if (c != 0)
         return c;
-    return a < b ? -1 : a > b;
+    return a->i < b->i ? -1 : a->i > b->i;
 }
 
 static const char *kind_name(enum lincheck_kind k)
@@ -368,15 +371,16 @@ enum lincheck_verdict lincheck_check(const struct lincheck_op *ops, size_t n, in
     int64_t deadline = time_bound_ms > 0 ? now_ns() + time_bound_ms * 1000000 : 0;
 
     /* Unknown-outcome reads say nothing about the register: leave them out. */
-    size_t *idx = xcalloc(n, sizeof(*idx));
+    struct keyed *byk = xcalloc(n, sizeof(*byk));
     size_t kept = 0;
     for (size_t i = 0; i < n; i++)
         if (!(ops[i].kind == LINCHECK_READ && ops[i].ret == LINCHECK_NEVER))
-            idx[kept++] = i;
-    /* qsort has no context argument in C11; the checker is not meant to run on two threads. */
-    sort_ops = ops;
-    qsort(idx, kept, sizeof(*idx), cmp_by_key);
-    sort_ops = NULL;
+            byk[kept++] = (struct keyed){.key = ops[i].key, .i = i};
+    qsort(byk, kept, sizeof(*byk), cmp_by_key);
+    size_t *idx = xcalloc(n, sizeof(*idx));
+    for (size_t k = 0; k < kept; k++)
+        idx[k] = byk[k].i;
+    free(byk);
 
     bool timed_out = false;
     res->verdict = LINCHECK_OK;
