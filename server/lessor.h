@@ -21,8 +21,8 @@
  * time) per leader change, and an abandoned one not at all.
  *
  * Bounds: expired leases are proposed as revokes at most max_revokes per loop turn and at most
- * 4x that many in flight (not yet applied), so a mass expiry is spread over turns and client
- * writes interleave; at most KEEL_LESSOR_CHECKPOINTS_PER_TICK checkpoints per tick. Memory: one
+ * that many in flight (not yet applied), so a mass expiry is spread over turns and a client write
+ * waits behind at most max_revokes of them; at most KEEL_LESSOR_CHECKPOINTS_PER_TICK checkpoints per tick. Memory: one
  * record per lease (the store bounds leases through its quota) and one waiter per keep-alive
  * waiting for a reset (bounded by the sessions' in-flight limits).
  */
