@@ -200,13 +200,10 @@ static void fill_options(const struct ctl *c, struct keel_options *o, const char
     o->request_timeout_ms = (uint32_t)c->timeout_ms;
 }
 
-static struct keel *client(struct ctl *c)
+/* The outcome of opening a client on c's endpoints: a usage error for addresses that do not
+ * parse, else any failure ends keelctl. */
+static void check_open(struct ctl *c, int rv)
 {
-    if (c->k)
-        return c->k;
-    struct keel_options o;
-    fill_options(c, &o, c->endpoints);
-    int rv = keel_open(&c->k, &o);
     if (rv == KEEL_EINVAL)
         die(EXIT_USAGE,
             "invalid --endpoints \"%s\" or --source-address (want host:port with an "
@@ -214,6 +211,15 @@ static struct keel *client(struct ctl *c)
             c->endpoints);
     if (rv != 0)
         die(1, "%s", keel_strerror(rv));
+}
+
+static struct keel *client(struct ctl *c)
+{
+    if (c->k)
+        return c->k;
+    struct keel_options o;
+    fill_options(c, &o, c->endpoints);
+    check_open(c, keel_open(&c->k, &o));
     return c->k;
 }
 
@@ -675,14 +681,7 @@ static struct keel_aclient *open_aclient(struct ctl *c, uv_loop_t *loop)
     struct keel_options o;
     fill_options(c, &o, c->endpoints);
     struct keel_aclient *ac = NULL;
-    int rv = keel_aclient_init(&ac, loop, &o);
-    if (rv == KEEL_EINVAL)
-        die(EXIT_USAGE,
-            "invalid --endpoints \"%s\" or --source-address (want host:port with an "
-            "IPv4 address)",
-            c->endpoints);
-    if (rv != 0)
-        die(1, "%s", keel_strerror(rv));
+    check_open(c, keel_aclient_init(&ac, loop, &o));
     return ac;
 }
 

@@ -258,12 +258,9 @@ static int load_table(struct keel_lessor *l)
     /* Every checkpoint in the store was applied at its last commit or before: a member
      * restarted on the same boot counts the time since then (uv_now and the store's clock are
      * both CLOCK_MONOTONIC), so its restart does not give abandoned leases more time. */
-    struct keel_store_stat st;
-    keel_store_stat(l->o.store, &st);
+    int64_t age = keel_store_commit_age_ms(l->o.store);
     uint64_t now = now_ms(l);
-    uint64_t applied_at = st.commit_age_ms > 0 && (uint64_t)st.commit_age_ms < now
-                              ? now - (uint64_t)st.commit_age_ms
-                              : now;
+    uint64_t applied_at = age > 0 && (uint64_t)age < now ? now - (uint64_t)age : now;
     for (size_t i = 0; err == 0 && i < n; i++)
         if (lease_set(l, v[i].id, v[i].ttl, v[i].checkpoint_ms, applied_at) == NULL)
             err = KEEL_ENOMEM;
@@ -493,7 +490,10 @@ static void tick_lease(struct keel_lessor *l, struct lease *x, struct tick_state
     if (x->revoke_at != 0 || x->reset_id != 0 || x->cp_unsafe || x->deadline <= ts->now ||
         ts->now - x->renewed_at < l->o.checkpoint_ms)
         return;
-    if (ts->cps == NULL || ts->cps->n_checkpoints == ts->cap)
+    /* Allocated for the first lease that needs one: an idle tick allocates nothing. */
+    if (ts->cps == NULL && (ts->cps = checkpoint_new(ts->cap)) == NULL)
+        return;
+    if (ts->cps->n_checkpoints == ts->cap)
         return;
     if (checkpoint_add(ts->cps, x->id, (int64_t)(x->deadline - ts->now)) == 0)
         x->cp_unsafe = true;
@@ -510,9 +510,8 @@ static void tick_cb(uv_timer_t *t)
         return;
     }
     struct tick_state ts = {.now = now_ms(l), .cap = KEEL_LESSOR_CHECKPOINTS_PER_TICK};
-    size_t n = l->table.n < ts.cap ? l->table.n : ts.cap;
-    ts.cps = n > 0 ? checkpoint_new(n) : NULL;
-    ts.cap = n;
+    if (l->table.n < ts.cap)
+        ts.cap = l->table.n;
     for (size_t i = 0; i < l->table.cap; i++)
         if (l->table.keys[i] != 0)
             tick_lease(l, l->table.vals[i], &ts);

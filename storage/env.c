@@ -394,6 +394,15 @@ int keel_store_sync(struct keel_store *s)
     return rc == 0 ? 0 : KEEL_EIO;
 }
 
+int64_t keel_store_commit_age_ms(struct keel_store *s)
+{
+    pthread_mutex_lock(&s->stat_lock);
+    uint64_t boot = s->committed.clock_boot, at = s->committed.clock_ms;
+    pthread_mutex_unlock(&s->stat_lock);
+    uint64_t now = ks_clock_ms();
+    return boot != 0 && boot == ks_clock_boot() && at <= now ? (int64_t)(now - at) : -1;
+}
+
 void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
 {
     pthread_mutex_lock(&s->stat_lock);
@@ -406,10 +415,6 @@ void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
     st->logical_size = m.logical_size;
     st->quota_bytes = ks_quota(&m);
     st->quota_set = m.quota != 0;
-    uint64_t now = ks_clock_ms();
-    st->commit_age_ms = m.clock_boot != 0 && m.clock_boot == ks_clock_boot() && m.clock_ms <= now
-                            ? (int64_t)(now - m.clock_ms)
-                            : -1;
     pthread_rwlock_rdlock(&s->swap_lock);
     MDB_envinfo info;
     MDB_stat mst;

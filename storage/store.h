@@ -65,10 +65,6 @@ struct keel_store_stat {
     uint64_t quota_bytes;     /* the cluster's quota: set through the log, else 2 GiB */
     bool quota_set;           /* a QuotaRequest has set it */
     uint64_t db_size;         /* bytes of the LMDB data file in use (pages x page size) */
-    /* Milliseconds since the last commit, on this machine's monotonic clock; -1 when unknown
-     * (nothing committed yet, or the commit was made by another boot or another machine, e.g.
-     * a restored checkpoint). */
-    int64_t commit_age_ms;
 };
 
 /*
@@ -87,6 +83,12 @@ int keel_store_sync(struct keel_store *s);
 
 /* Copy the committed state into *st. Safe from any thread. */
 void keel_store_stat(struct keel_store *s, struct keel_store_stat *st);
+
+/* Milliseconds since the last commit, on this machine's monotonic clock; -1 when unknown
+ * (nothing committed yet, or the commit was made by another boot or another machine, e.g. a
+ * restored checkpoint). Read once at start and after a restore (lease countdowns), not with
+ * every stat: it costs a clock read. Safe from any thread. */
+int64_t keel_store_commit_age_ms(struct keel_store *s);
 
 /* ---------------------------------------------------------------------------------------
  * Applying commands
