@@ -74,6 +74,10 @@ static bool step(const struct lincheck_op *op, int64_t *state)
     case LINCHECK_WRITE:
         *state = op->value;
         return true;
+    case LINCHECK_CAS_BLIND:
+        if (*state == op->value)
+            *state = op->value2;
+        return true;
     case LINCHECK_CAS:
         if (op->ret == LINCHECK_NEVER) {
             /* Its reply never came, so either outcome is possible at this point. Not taking
@@ -349,6 +353,8 @@ static const char *kind_name(enum lincheck_kind k)
         return "write";
     case LINCHECK_CAS:
         return "cas";
+    case LINCHECK_CAS_BLIND:
+        return "blind cas";
     }
     return "?";
 }
@@ -360,7 +366,8 @@ enum lincheck_verdict lincheck_check(const struct lincheck_op *ops, size_t n, in
     for (size_t i = 0; i < n; i++) {
         const struct lincheck_op *op = &ops[i];
         if (op->key == NULL || op->ret < op->call ||
-            (op->kind != LINCHECK_READ && op->kind != LINCHECK_WRITE && op->kind != LINCHECK_CAS)) {
+            (op->kind != LINCHECK_READ && op->kind != LINCHECK_WRITE && op->kind != LINCHECK_CAS &&
+             op->kind != LINCHECK_CAS_BLIND)) {
             res->verdict = LINCHECK_INVALID;
             res->op = i;
             snprintf(res->detail, sizeof(res->detail),
@@ -405,7 +412,7 @@ enum lincheck_verdict lincheck_check(const struct lincheck_op *ops, size_t n, in
                 "key '%s': linearized at most %zu of %zu operations; operation %zu (%s %s%s%s, "
                 "call %" PRId64 ", ret %" PRId64 ") cannot take effect before it completes",
                 op->key, linearized, hi - lo, res->op, kind_name(op->kind), v1,
-                op->kind == LINCHECK_CAS ? "->" : "", op->kind == LINCHECK_CAS ? v2 : "", op->call,
+                op->kind >= LINCHECK_CAS ? "->" : "", op->kind >= LINCHECK_CAS ? v2 : "", op->call,
                 op->ret);
             break;
         }

@@ -33,6 +33,10 @@ enum lincheck_kind {
     LINCHECK_READ,  /* value = what the read returned */
     LINCHECK_WRITE, /* value = what was written */
     LINCHECK_CAS,   /* value = expected, value2 = new; ok = whether it swapped */
+    /* value = expected, value2 = new; whether it swapped was not observed, so it is possible in
+     * every state (a lease revoke or expiry: it deletes the key only if the key still holds what
+     * was put with the lease). */
+    LINCHECK_CAS_BLIND,
 };
 
 struct lincheck_op {

@@ -288,6 +288,44 @@ static void test_delete(void **state)
     kl_expect("fresh key is not 0", fresh, KL_COUNT(fresh), LINCHECK_VIOLATION);
 }
 
+/* A lease revoke deletes the key only if it still holds what was put with the lease: a blind
+ * cas, possible in every state, but its effect is seen. */
+static void test_blind_cas(void **state)
+{
+    (void)state;
+    struct lincheck_op kept[] = {
+        kl_w("k", 1, 0, 1), kl_cas("k", 1, A_, true, 2, 3),
+        kl_r("k", 1, 4, 5), /* the revoke returned, yet the key is still there */
+    };
+    kept[1].kind = LINCHECK_CAS_BLIND;
+    kl_expect("revoked key still there", kept, KL_COUNT(kept), LINCHECK_VIOLATION);
+    kept[2].value = A_;
+    kl_expect("revoked key gone", kept, KL_COUNT(kept), LINCHECK_OK);
+    /* Overwritten before the revoke: the revoke leaves the new value alone. */
+    struct lincheck_op over[] = {
+        kl_w("k", 1, 0, 1),
+        kl_w("k", 2, 2, 3),
+        kl_cas("k", 1, A_, true, 4, 5),
+        kl_r("k", 2, 6, 7),
+    };
+    over[2].kind = LINCHECK_CAS_BLIND;
+    kl_expect("revoke after an overwrite", over, KL_COUNT(over), LINCHECK_OK);
+    over[3].value = A_;
+    kl_expect("revoke deleted an overwritten key", over, KL_COUNT(over), LINCHECK_VIOLATION);
+    /* An expiry (unknown time, maybe never) may explain either read. */
+    struct lincheck_op exp[] = {
+        kl_w("k", 1, 0, 1),
+        kl_cas("k", 1, A_, true, 0, N_),
+        kl_r("k", 1, 4, 5),
+        kl_r("k", A_, 6, 7),
+    };
+    exp[1].kind = LINCHECK_CAS_BLIND;
+    kl_expect("expiry between reads", exp, KL_COUNT(exp), LINCHECK_OK);
+    exp[3].value = 1;
+    exp[2].value = A_; /* gone, then back: nothing wrote it again */
+    kl_expect("expired key came back", exp, KL_COUNT(exp), LINCHECK_VIOLATION);
+}
+
 /* A write whose reply never came may have taken effect, or not; both must be accepted. */
 static void test_unknown_outcome(void **state)
 {
@@ -392,7 +430,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stale_read),      cmocka_unit_test(test_lost_write),
         cmocka_unit_test(test_phantom_cas),     cmocka_unit_test(test_delete),
         cmocka_unit_test(test_unknown_outcome), cmocka_unit_test(test_multiple_keys),
-        cmocka_unit_test(test_edges),
+        cmocka_unit_test(test_edges),           cmocka_unit_test(test_blind_cas),
     };
     const char *group = argc > 1 ? argv[1] : NULL;
     int failed = 0;

@@ -46,8 +46,13 @@ static int free_port(const char *host)
 
 void tc_cluster_init(struct tc_cluster *c, int n, const char *tag)
 {
+    tc_cluster_init_at(c, n, tag, 1);
+}
+
+void tc_cluster_init_at(struct tc_cluster *c, int n, const char *tag, int block)
+{
     memset(c, 0, sizeof(*c));
-    if (n < 1 || n > TC_MAX)
+    if (n < 1 || n > TC_MAX || block < 1 || block + n - 1 > 254)
         abort();
     c->n = n;
     c->root = tu_mkdtemp(tag);
@@ -56,12 +61,12 @@ void tc_cluster_init(struct tc_cluster *c, int n, const char *tag)
     size_t off = 0;
     for (int i = 1; i <= n; i++) {
         struct tc_member *m = &c->m[i];
-        char host[16];
-        snprintf(host, sizeof(host), "127.0.%d.1", i);
+        char host[24];
+        snprintf(host, sizeof(host), "127.0.%d.1", block + i - 1);
         char name[16];
         snprintf(name, sizeof(name), "m%d", i);
         snprintf(m->name, sizeof(m->name), "%s", name);
-        snprintf(m->zone, sizeof(m->zone), "z%d", i);
+        snprintf(m->zone, sizeof(m->zone), "z%d", block + i - 1);
         snprintf(m->client, sizeof(m->client), "%s:%d", host, free_port(host));
         snprintf(m->peer, sizeof(m->peer), "%s:%d", host, free_port(host));
         snprintf(m->dir, sizeof(m->dir), "%s/%s", c->root, name);

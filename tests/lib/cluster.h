@@ -16,7 +16,7 @@ struct tc_member {
     char name[16];
     char client[32];
     char peer[32];
-    char zone[8];
+    char zone[16];
     char dir[512];
     char log[512];
     pid_t pid; /* 0 when not running */
@@ -34,6 +34,11 @@ struct tc_cluster {
 
 /* Lay out n members (not started). Aborts on failure. */
 void tc_cluster_init(struct tc_cluster *c, int n, const char *tag);
+
+/* The same with member i in the zone block block + i - 1 (127.0.<block + i - 1>.1, zone
+ * "z<block + i - 1>"): for tests that cut zones off with scripts/zones.sh, on blocks no other
+ * test uses. */
+void tc_cluster_init_at(struct tc_cluster *c, int n, const char *tag, int block);
 
 /* Start member i; 0 or -1. */
 int tc_start(struct tc_cluster *c, int i);
