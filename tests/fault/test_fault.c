@@ -24,6 +24,9 @@
  * other test uses, and remove every rule they added when they end, failed or not (not when
  * killed by a signal: `scripts/zones.sh off` then does).
  *
+ * KEEL_FAULT_LOGS=DIR copies the members' logs to DIR after a run (a failed check always keeps
+ * them, with the history, in the working directory).
+ *
  * Bounds: the workload runs --run-ms (default 8 s), each operation times out after 2 s; faults
  * only touch processes this test started (by PID, through tests/lib/cluster.c).
  */
@@ -67,7 +70,9 @@ enum fault_kind {
     F_PAUSE_FOLLOWER = 1 << 5,
     F_CUT_LEADER = 1 << 6, /* the leader's zone cut off from the others for 2 s */
     F_CUT_FOLLOWER = 1 << 7,
+    F_KILL_MAJORITY = 1 << 8, /* kill -9 of the leader and followers up to a majority */
 };
+#define F_KINDS 9
 #define F_ZONES (F_CUT_LEADER | F_CUT_FOLLOWER)
 
 struct scenario {
@@ -77,25 +82,30 @@ struct scenario {
     int period_ms;   /* mean time between faults */
     bool zones;      /* needs scripts/zones.sh (root) */
     const char *net; /* `zones.sh on` options for the whole run (delay, loss), or NULL */
-    const char *catalogue;
+    int down_ms;     /* how long a killed member stays down (0: 500 ms) */
+    /* keeld's --snapshot-threshold (0: its default): small, a member that was away for a while
+     * must be sent a checkpoint, and the run must see at least one restored */
+    unsigned snapshot_threshold;
+    const char *catalogue; /* reliability-ecosystem.md's scenarios (S1-S30) covered */
 };
 
 static const struct scenario scenarios[] = {
-    {"kill_leader", 3, F_KILL_LEADER, 2000, false, NULL, "S1"},
-    {"kill_follower", 3, F_KILL_FOLLOWER, 2000, false, NULL, "S2"},
-    {"kill_all", 3, F_KILL_ALL, 3000, false, NULL, "S3"},
-    {"pause_leader", 3, F_PAUSE_LEADER, 2000, false, NULL, "S4"},
-    {"pause_follower", 3, F_PAUSE_FOLLOWER, 2000, false, NULL, "S4"},
+    {"kill_leader", 3, F_KILL_LEADER, 2000, false, NULL, 0, 0, "S1, S2"},
+    {"kill_follower", 3, F_KILL_FOLLOWER, 2000, false, NULL, 0, 0, "S1"},
+    {"follower_snapshot", 3, F_KILL_FOLLOWER, 3000, false, NULL, 2500, 64, "S3"},
+    {"kill_all", 3, F_KILL_ALL | F_KILL_MAJORITY, 3000, false, NULL, 1000, 0, "S4"},
+    {"pause_leader", 3, F_PAUSE_LEADER, 2000, false, NULL, 0, 0, "S13"},
+    {"pause_follower", 3, F_PAUSE_FOLLOWER, 2000, false, NULL, 0, 0, "S13"},
     {"five_members", 5, F_KILL_LEADER | F_KILL_FOLLOWER | F_KILL_MINORITY | F_PAUSE_LEADER, 2000,
-     false, NULL, "S1, S2, S4 on 5 members"},
-    {"cut_leader_zone", 3, F_CUT_LEADER, 2500, true, NULL, "S5"},
-    {"cut_follower_zone", 3, F_CUT_FOLLOWER, 2500, true, NULL, "S6"},
+     false, NULL, 0, 0, "S1, S2, S13 on 5 members"},
+    {"cut_leader_zone", 3, F_CUT_LEADER, 2500, true, NULL, 0, 0, "S8, S11"},
+    {"cut_follower_zone", 3, F_CUT_FOLLOWER, 2500, true, NULL, 0, 0, "S6, S11"},
     {"lossy_zones", 3, F_KILL_LEADER | F_CUT_FOLLOWER, 2500, true,
-     "--delay 2ms --jitter 1ms --loss 2", "S7, S8 with S1"},
+     "--delay 2ms --jitter 1ms --loss 2", 0, 0, "S10, S12 with S1, S6"},
     {"chaos", 5,
      F_KILL_LEADER | F_KILL_FOLLOWER | F_KILL_MINORITY | F_PAUSE_LEADER | F_PAUSE_FOLLOWER |
          F_CUT_LEADER | F_CUT_FOLLOWER,
-     2000, true, "--delay 1ms --jitter 0.5ms --loss 0.5", "combined"},
+     2000, true, "--delay 1ms --jitter 0.5ms --loss 0.5", 0, 0, "S1, S2, S6, S8, S10, S11, S13"},
 };
 #define N_SCENARIOS (sizeof(scenarios) / sizeof(scenarios[0]))
 
@@ -451,7 +461,7 @@ struct faults {
     struct keel *k; /* status queries */
     uint64_t rng;
     int injected;
-    int by_kind[8];
+    int by_kind[F_KINDS];
 };
 
 static int pick_follower(struct faults *f, int leader)
@@ -469,9 +479,10 @@ static int zone_of(const struct faults *f, int member)
 static void fault_once(struct faults *f)
 {
     struct tc_cluster *c = f->c;
-    unsigned kinds[8];
+    unsigned kinds[F_KINDS];
     int nk = 0;
-    for (int b = 0; b < 8; b++)
+    int down = sc->down_ms ? sc->down_ms : 500;
+    for (int b = 0; b < F_KINDS; b++)
         if (sc->faults & (1u << b))
             kinds[nk++] = 1u << b;
     int which = (int)(tu_rand(&f->rng) % (uint64_t)nk);
@@ -479,7 +490,7 @@ static void fault_once(struct faults *f)
     if (kind == F_KILL_ALL) {
         for (int i = 1; i <= c->n; i++)
             tc_stop(c, i, SIGKILL);
-        tu_sleep_ms(500);
+        tu_sleep_ms(down);
         for (int i = 1; i <= c->n; i++)
             assert_int_equal(tc_start(c, i), 0);
         goto done;
@@ -494,25 +505,29 @@ static void fault_once(struct faults *f)
     case F_KILL_LEADER:
     case F_KILL_FOLLOWER:
         tc_stop(c, victim, SIGKILL);
-        tu_sleep_ms(500);
+        tu_sleep_ms(down);
         assert_int_equal(tc_start(c, victim), 0);
         break;
-    case F_KILL_MINORITY: {
-        int down[TC_MAX + 1] = {0}, nd = 0;
-        down[nd++] = leader;
-        while (nd < (c->n - 1) / 2) {
+    case F_KILL_MINORITY:
+    case F_KILL_MAJORITY: {
+        /* The leader and followers: short of a majority, or just enough for one (no writes
+         * may be acknowledged while it is down; the checks would see one that was). */
+        int dead[TC_MAX + 1] = {0}, nd = 0;
+        int want = kind == F_KILL_MINORITY ? (c->n - 1) / 2 : c->n / 2 + 1;
+        dead[nd++] = leader;
+        for (int tries = 0; nd < want && tries < 1000; tries++) {
             int v = pick_follower(f, leader);
             bool dup = false;
             for (int i = 0; i < nd; i++)
-                dup = dup || down[i] == v;
+                dup = dup || dead[i] == v;
             if (!dup)
-                down[nd++] = v;
+                dead[nd++] = v;
         }
         for (int i = 0; i < nd; i++)
-            tc_stop(c, down[i], SIGKILL);
-        tu_sleep_ms(500);
+            tc_stop(c, dead[i], SIGKILL);
+        tu_sleep_ms(down);
         for (int i = 0; i < nd; i++)
-            assert_int_equal(tc_start(c, down[i]), 0);
+            assert_int_equal(tc_start(c, dead[i]), 0);
         break;
     }
     case F_PAUSE_LEADER:
@@ -613,7 +628,42 @@ static void leases_end(struct keel *k, const struct fh_history *h)
     }
 }
 
-static void save_history(const struct fh_history *h, const char *why)
+/* Checkpoints restored by members that fell behind the log (their logs say so). */
+static int restored_checkpoints(const struct tc_cluster *c)
+{
+    int n = 0;
+    for (int i = 1; i <= c->n; i++) {
+        FILE *f = fopen(c->m[i].log, "r");
+        char line[1024];
+        while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+            n += strstr(line, "checkpoint restored: applied index") != NULL;
+        if (f != NULL)
+            fclose(f);
+    }
+    return n;
+}
+
+/* Copy the members' logs to dir/<scenario>-<seed>-m<i>.log. */
+static void copy_logs(const struct tc_cluster *c, const char *dir)
+{
+    for (int i = 1; i <= c->n; i++) {
+        char path[PATH_MAX + 64], buf[65536];
+        snprintf(path, sizeof(path), "%s/%s-%llu-m%d.log", dir, sc->name, (unsigned long long)seed,
+                 i);
+        FILE *in = fopen(c->m[i].log, "r"), *out = fopen(path, "w");
+        size_t n;
+        while (in != NULL && out != NULL && (n = fread(buf, 1, sizeof(buf), in)) > 0)
+            fwrite(buf, 1, n, out);
+        if (in != NULL)
+            fclose(in);
+        if (out != NULL)
+            fclose(out);
+    }
+}
+
+/* A failed check keeps the history (for `test_fault replay`) and the members' logs in the
+ * working directory (ctest's: the build's tests/ directory). */
+static void save_history(const struct tc_cluster *c, const struct fh_history *h, const char *why)
 {
     char path[PATH_MAX + 64], cwd[PATH_MAX];
     if (getcwd(cwd, sizeof(cwd)) == NULL)
@@ -621,7 +671,9 @@ static void save_history(const struct fh_history *h, const char *why)
     snprintf(path, sizeof(path), "%s/fault-history-%s-%llu.tsv", cwd, sc->name,
              (unsigned long long)seed);
     if (fh_save(h, path) == 0)
-        fprintf(stderr, "%s: history saved for `test_fault replay %s`\n", why, path);
+        fprintf(stderr, "%s: history saved for `test_fault replay %s`, member logs beside it\n",
+                why, path);
+    copy_logs(c, cwd);
 }
 
 static void run_scenario(void **state)
@@ -640,6 +692,10 @@ static void run_scenario(void **state)
             fail_msg("zones.sh on --zones %s --delay 0 failed", range);
     } else {
         tc_cluster_init(&c, sc->members, "fault");
+    }
+    if (sc->snapshot_threshold) {
+        c.snapshot_threshold = sc->snapshot_threshold;
+        c.snapshot_trailing = sc->snapshot_threshold / 4;
     }
     tc_start_all(&c);
     char eps[512];
@@ -720,7 +776,7 @@ static void run_scenario(void **state)
             serial, leased, (long long)(now_us() - t0) / 1000, lincheck_verdict_name(v),
             res.detail);
     if (v != LINCHECK_OK) {
-        save_history(&h, "not linearizable");
+        save_history(&c, &h, "not linearizable");
         fail_msg("%s", res.detail);
     }
     assert_true(f.injected >= 1);
@@ -770,7 +826,7 @@ static void run_scenario(void **state)
     char diff[512];
     if (fh_check_revisions(&h, diff, sizeof(diff)) != NULL ||
         fh_check_against(&h, ref.v, ref.n, diff, sizeof(diff)) != NULL) {
-        save_history(&h, "history check failed");
+        save_history(&c, &h, "history check failed");
         fail_msg("%s", diff);
     }
     size_t events = 0;
@@ -790,11 +846,18 @@ static void run_scenario(void **state)
     }
     fprintf(stderr, "watch: %d watchers saw %zu events up to revision %lld, as in the history\n",
             WATCHERS, events, (long long)last_rev);
+    /* A member held down for seconds with a small snapshot threshold falls behind the leader's
+     * log, and must be sent a checkpoint: if none was restored, the scenario tested nothing. */
+    int restored = restored_checkpoints(&c);
+    if (getenv("KEEL_FAULT_LOGS") != NULL)
+        copy_logs(&c, getenv("KEEL_FAULT_LOGS"));
+    if (sc->snapshot_threshold && sc->down_ms > 0 && restored == 0)
+        fail_msg("no member restored a checkpoint: the scenario did not exercise one");
     /* One line for tests/fault/run.sh. */
-    printf("FAULT scenario=%s seed=%llu members=%d faults=%d terms=%llu ops=%zu unknown=%zu "
-           "events=%zu verdict=ok\n",
-           sc->name, (unsigned long long)seed, c.n, f.injected, (unsigned long long)terms, h.n,
-           unknown, events);
+    printf("FAULT scenario=%s seed=%llu members=%d faults=%d terms=%llu checkpoints=%d ops=%zu "
+           "unknown=%zu events=%zu verdict=ok\n",
+           sc->name, (unsigned long long)seed, c.n, f.injected, (unsigned long long)terms, restored,
+           h.n, unknown, events);
     fflush(stdout);
     free(ref.v);
     pthread_mutex_destroy(&ref.mu);
