@@ -676,12 +676,16 @@ static void save_history(const struct tc_cluster *c, const struct fh_history *h,
     copy_logs(c, cwd);
 }
 
+/* The run under way: at file scope, so that the teardown still has them after a failed check. */
+static struct tc_cluster cluster;
+static struct fh_history history;
+static bool passed;
+
 static void run_scenario(void **state)
 {
     (void)state;
-    struct tc_cluster c;
     if (sc->zones) {
-        tc_cluster_init_at(&c, sc->members, "fault", ZONE_BLOCK);
+        tc_cluster_init_at(&cluster, sc->members, "fault", ZONE_BLOCK);
         zones_active = true;
         zones("off"); /* leftovers of a run killed by a signal; we hold ctest's firewall lock */
         char range[32];
@@ -691,19 +695,19 @@ static void run_scenario(void **state)
         if (sc->net == NULL && zones("on --zones %s --delay 0", range) != 0)
             fail_msg("zones.sh on --zones %s --delay 0 failed", range);
     } else {
-        tc_cluster_init(&c, sc->members, "fault");
+        tc_cluster_init(&cluster, sc->members, "fault");
     }
     if (sc->snapshot_threshold) {
-        c.snapshot_threshold = sc->snapshot_threshold;
-        c.snapshot_trailing = sc->snapshot_threshold / 4;
+        cluster.snapshot_threshold = sc->snapshot_threshold;
+        cluster.snapshot_trailing = sc->snapshot_threshold / 4;
     }
-    tc_start_all(&c);
+    tc_start_all(&cluster);
     char eps[512];
-    tc_endpoints(&c, 0, eps, sizeof(eps));
+    tc_endpoints(&cluster, 0, eps, sizeof(eps));
     struct keel_options o = {.endpoints = eps, .request_timeout_ms = 2000, .dial_timeout_ms = 300};
     struct keel *k = NULL;
     assert_int_equal(keel_open(&k, &o), 0);
-    assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
+    assert_true(tc_find_leader(&cluster, k, 0, 10000) > 0);
 
     /* Watchers from the first revision, on handles of their own: one over every key through any
      * member (libkeel resumes it elsewhere after a failover), and one on each of three members
@@ -716,7 +720,7 @@ static void run_scenario(void **state)
     static const char *const to[WATCHERS] = {"f0", NULL, "f0", "f0"};
     for (int i = 0; i < WATCHERS; i++) {
         char ep[512];
-        tc_endpoints(&c, i, ep, sizeof(ep)); /* i = 0: every member */
+        tc_endpoints(&cluster, i, ep, sizeof(ep)); /* i = 0: every member */
         struct keel_options wo = o;
         wo.endpoints = ep;
         assert_int_equal(keel_open(&wk[i], &wo), 0);
@@ -727,22 +731,21 @@ static void run_scenario(void **state)
 
     uint64_t term0 = raft_term(k);
     struct clients cs;
-    clients_start(&cs, &c);
-    struct faults f = {.c = &c, .k = k, .rng = seed};
+    clients_start(&cs, &cluster);
+    struct faults f = {.c = &cluster, .k = k, .rng = seed};
     run_faults(&f, run_ms);
     if (sc->zones && zones("heal") != 0)
         fail_msg("zones.sh heal failed");
     /* Every member back; then the clients run a little longer on a healthy cluster. */
-    for (int i = 1; i <= c.n; i++)
-        if (c.m[i].pid == 0)
-            assert_int_equal(tc_start(&c, i), 0);
-    assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
+    for (int i = 1; i <= cluster.n; i++)
+        if (cluster.m[i].pid == 0)
+            assert_int_equal(tc_start(&cluster, i), 0);
+    assert_true(tc_find_leader(&cluster, k, 0, 10000) > 0);
     tu_sleep_ms(1000);
     uint64_t terms = raft_term(k) - term0;
-    struct fh_history h = {0};
-    clients_stop(&cs, &h);
+    clients_stop(&cs, &history);
 
-    leases_end(k, &h);
+    leases_end(k, &history);
     /* A final linearizable read of every key: the state every member must converge to. */
     int64_t final[FH_KEYS];
     for (int key = 0; key < FH_KEYS; key++) {
@@ -757,34 +760,33 @@ static void run_scenario(void **state)
         op.op.kind = LINCHECK_READ;
         op.op.value = final[key];
         op.op.ret = now_us();
-        fh_add(&h, &op);
+        fh_add(&history, &op);
     }
     struct lincheck_result res;
     int64_t t0 = now_us();
-    enum lincheck_verdict v = fh_lincheck(&h, 60000, &res);
+    enum lincheck_verdict v = fh_lincheck(&history, 60000, &res);
     size_t unknown = 0, serial = 0, leased = 0;
-    for (size_t i = 0; i < h.n; i++) {
-        unknown += h.v[i].op.ret == LINCHECK_NEVER && h.v[i].op.kind != LINCHECK_CAS_BLIND;
-        serial += (h.v[i].flags & FH_SERIAL) != 0;
-        leased += (h.v[i].flags & FH_LEASE) != 0;
+    for (size_t i = 0; i < history.n; i++) {
+        unknown +=
+            history.v[i].op.ret == LINCHECK_NEVER && history.v[i].op.kind != LINCHECK_CAS_BLIND;
+        serial += (history.v[i].flags & FH_SERIAL) != 0;
+        leased += (history.v[i].flags & FH_LEASE) != 0;
     }
     fprintf(stderr,
             "%s seed %llu: %d faults, %llu new terms, %zu operations (%zu unknown outcome, %zu "
             "serializable reads, "
             "%zu lease puts), checked in %lld ms: %s %s\n",
-            sc->name, (unsigned long long)seed, f.injected, (unsigned long long)terms, h.n, unknown,
-            serial, leased, (long long)(now_us() - t0) / 1000, lincheck_verdict_name(v),
+            sc->name, (unsigned long long)seed, f.injected, (unsigned long long)terms, history.n,
+            unknown, serial, leased, (long long)(now_us() - t0) / 1000, lincheck_verdict_name(v),
             res.detail);
-    if (v != LINCHECK_OK) {
-        save_history(&c, &h, "not linearizable");
-        fail_msg("%s", res.detail);
-    }
+    if (v != LINCHECK_OK)
+        fail_msg("not linearizable: %s", res.detail);
     assert_true(f.injected >= 1);
-    assert_true(h.n > 100);
+    assert_true(history.n > 100);
     /* Every member converges to the final values. */
-    for (int i = 1; i <= c.n; i++) {
+    for (int i = 1; i <= cluster.n; i++) {
         char ep[64];
-        tc_endpoints(&c, i, ep, sizeof(ep));
+        tc_endpoints(&cluster, i, ep, sizeof(ep));
         struct keel_options oi = {.endpoints = ep, .request_timeout_ms = 2000};
         struct keel *ki = NULL;
         assert_int_equal(keel_open(&ki, &oi), 0);
@@ -824,9 +826,8 @@ static void run_scenario(void **state)
     assert_true(wlog_reach(&ref, last_rev, 20000));
     keel_watch_close(k, rw);
     char diff[512];
-    if (fh_check_revisions(&h, diff, sizeof(diff)) != NULL ||
-        fh_check_against(&h, ref.v, ref.n, diff, sizeof(diff)) != NULL) {
-        save_history(&c, &h, "history check failed");
+    if (fh_check_revisions(&history, diff, sizeof(diff)) != NULL ||
+        fh_check_against(&history, ref.v, ref.n, diff, sizeof(diff)) != NULL) {
         fail_msg("%s", diff);
     }
     size_t events = 0;
@@ -848,28 +849,41 @@ static void run_scenario(void **state)
             WATCHERS, events, (long long)last_rev);
     /* A member held down for seconds with a small snapshot threshold falls behind the leader's
      * log, and must be sent a checkpoint: if none was restored, the scenario tested nothing. */
-    int restored = restored_checkpoints(&c);
+    int restored = restored_checkpoints(&cluster);
     if (getenv("KEEL_FAULT_LOGS") != NULL)
-        copy_logs(&c, getenv("KEEL_FAULT_LOGS"));
+        copy_logs(&cluster, getenv("KEEL_FAULT_LOGS"));
     if (sc->snapshot_threshold && sc->down_ms > 0 && restored == 0)
         fail_msg("no member restored a checkpoint: the scenario did not exercise one");
     /* One line for tests/fault/run.sh. */
     printf("FAULT scenario=%s seed=%llu members=%d faults=%d terms=%llu checkpoints=%d ops=%zu "
            "unknown=%zu events=%zu verdict=ok\n",
-           sc->name, (unsigned long long)seed, c.n, f.injected, (unsigned long long)terms, restored,
-           h.n, unknown, events);
+           sc->name, (unsigned long long)seed, cluster.n, f.injected, (unsigned long long)terms,
+           restored, history.n, unknown, events);
     fflush(stdout);
     free(ref.v);
     pthread_mutex_destroy(&ref.mu);
-    fh_free(&h);
     keel_close(k);
-    tc_cluster_close(&c);
-    zones_off();
+    passed = true;
 }
 
+/* After the scenario, passed or failed (a failed check jumps here from anywhere in it): keep
+ * the evidence of a failure, then stop what the run started. */
 static int teardown(void **state)
 {
     (void)state;
+    if (!passed && cluster.n > 0) {
+        for (int i = 1; i <= cluster.n; i++) {
+            int st = 0;
+            if (cluster.m[i].pid > 0 && waitpid(cluster.m[i].pid, &st, WNOHANG) > 0) {
+                fprintf(stderr, "member %d had exited: status %d\n", i, st);
+                cluster.m[i].pid = 0;
+            }
+        }
+        save_history(&cluster, &history, "failed");
+    }
+    fh_free(&history);
+    if (cluster.n > 0)
+        tc_cluster_close(&cluster);
     zones_off();
     return 0;
 }
