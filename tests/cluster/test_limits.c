@@ -11,14 +11,17 @@
  * The session limits (holes 10 and 8), through a raw socket that writes many requests in one
  * write. What a member has in flight shows in its raft log: the writes of one entry were all in
  * flight at once (none is answered before its entry applies), so K writes with at most M in
- * flight take at least K / M entries.
+ * flight take at least K / M entries. Past these limits a client gets no error: the member reads
+ * it more slowly. A bystander (tests/lib/bystander.h) writes and reads its own key on another
+ * connection throughout, and must see no error either.
  *   inflight:       --max-inflight 4, 200 puts in one write: at least 50 entries (1 before).
  *   inflight_total: --max-inflight-total 8, two connections of 100 puts: at least 25 entries.
  *   apply_backlog:  --max-apply-backlog-bytes 1 MiB, 20 puts of 600 KiB in one stream: no more
  *                   than two taken before they are applied, so at least 10 entries.
  *   output_memory:  --max-output-bytes 16 MiB, 6 clients that read nothing each ask 40 times for
  *                   a 1.25 MiB value (300 MiB of answers): the member's peak RSS rises by less
- *                   than OUTPUT_RSS_BOUND_KB, and a client that reads is served meanwhile.
+ *                   than OUTPUT_RSS_BOUND_KB, the clients that read nothing are cut off, and a
+ *                   client that reads is served meanwhile.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -32,6 +35,7 @@
 
 #include <cmocka.h>
 
+#include "bystander.h"
 #include "cluster.h"
 #include "err.h"
 #include "frame.h"
@@ -238,6 +242,15 @@ static void txn_memory(void **state)
     tc_cluster_close(&c);
 }
 
+/* The bystander went on and none of its rounds failed. */
+static void bystander_unharmed(struct tb_bystander *b)
+{
+    assert_true(tb_progress(b, 3, 20000));
+    long rounds = tb_stop(b);
+    print_message("bystander: %ld rounds, none failed\n", rounds);
+    assert_true(rounds > 0);
+}
+
 /* Send k puts on each of the fds (all written before any answer is read), read every answer:
  * each id once, none an error. The values are val_len bytes. */
 static void pipelined_puts(const int *fds, int n_fds, int k, size_t val_len)
@@ -278,12 +291,14 @@ static void inflight(void **state)
     (void)state;
     struct tc_cluster c;
     int fd = raw_one_member(&c, "limits-inflight", "--max-inflight 4");
+    struct tb_bystander *b = tb_start(&c, 1, TB_WRITES);
     uint64_t before = raw_raft_index(fd, 1);
     pipelined_puts(&fd, 1, 200, 1);
     uint64_t entries = raw_raft_index(fd, 2) - before;
     print_message("200 puts in one write, --max-inflight 4: %llu raft entries\n",
                   (unsigned long long)entries);
     assert_true(entries >= 200 / 4);
+    bystander_unharmed(b);
     close(fd);
     tc_cluster_close(&c);
 }
@@ -295,12 +310,14 @@ static void inflight_total(void **state)
     int fds[2];
     fds[0] = raw_one_member(&c, "limits-inflight-total", "--max-inflight-total 8");
     fds[1] = raw_open(c.m[1].client, 0);
+    struct tb_bystander *b = tb_start(&c, 1, TB_WRITES);
     uint64_t before = raw_raft_index(fds[0], 1);
     pipelined_puts(fds, 2, 100, 1);
     uint64_t entries = raw_raft_index(fds[0], 2) - before;
     print_message("2 x 100 puts, --max-inflight-total 8: %llu raft entries\n",
                   (unsigned long long)entries);
     assert_true(entries >= 200 / 8);
+    bystander_unharmed(b);
     close(fds[0]);
     close(fds[1]);
     tc_cluster_close(&c);
@@ -311,12 +328,14 @@ static void apply_backlog(void **state)
     (void)state;
     struct tc_cluster c;
     int fd = raw_one_member(&c, "limits-apply-backlog", "--max-apply-backlog-bytes 1048576");
+    struct tb_bystander *b = tb_start(&c, 1, TB_WRITES);
     uint64_t before = raw_raft_index(fd, 1);
     pipelined_puts(&fd, 1, 20, 600 * 1024);
     uint64_t entries = raw_raft_index(fd, 2) - before;
     print_message("20 puts of 600 KiB, --max-apply-backlog-bytes 1 MiB: %llu raft entries\n",
                   (unsigned long long)entries);
     assert_true(entries >= 20 / 2);
+    bystander_unharmed(b);
     assert_int_equal(raw_put(fd, 3, "after", (const uint8_t *)"ok", 2), 0);
     close(fd);
     tc_cluster_close(&c);
@@ -389,6 +408,8 @@ static void output_memory(void **state)
     print_message("RSS %ld kB before, peak %ld kB (+%ld kB; bound %d kB)\n", before, peak,
                   peak - before, OUTPUT_RSS_BOUND_KB);
     assert_true(peak - before <= OUTPUT_RSS_BOUND_KB);
+    /* What a client that reads nothing gets: its connection closed. */
+    assert_true(tc_log_contains(&c, 1, "cut off"));
 
     for (int i = 0; i < 6; i++)
         close(idle[i]);
