@@ -21,6 +21,7 @@
 
 #include "config.h"
 #include "dispatch.h"
+#include "fdlimit.h"
 #include "fsm.h"
 #include "lessor.h"
 #include "log.h"
@@ -347,6 +348,10 @@ int main(int argc, char **argv)
     }
     keel_log_setup(k.cfg.log_level, k.cfg.name);
     int status = 1;
+    if (keel_fdlimit_fit(&k.cfg.max_connections, err, sizeof(err)) != 0) {
+        KLOG_ERROR("%s", err);
+        goto out_config;
+    }
     if (keel_mkdir_p(k.cfg.data_dir) != 0) {
         KLOG_ERROR("cannot create data dir %s", k.cfg.data_dir);
         goto out_config;

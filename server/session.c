@@ -57,6 +57,7 @@
  */
 #include "session.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -133,6 +134,7 @@ struct keel_sessions {
     size_t inflight;       /* all sessions */
     size_t out_bytes;      /* output buffer bytes allocated, all sessions */
     size_t n_blocked;
+    uint64_t refused;  /* connections refused at max_connections */
     int inflight_gate; /* max_inflight_total reached; open again at inflight_low */
     int held;          /* the pressure hook reached its high mark; open again at its low */
     struct keel_sessions_pressure pressure;
@@ -728,6 +730,35 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     pump(s);
 }
 
+/*
+ * A connection past max_connections is told why in place of the handshake's answer and closed.
+ * The answer goes out in one non-blocking write (a fresh socket's send buffer takes it whole), so
+ * a flood of connections costs an accept, a write and a close each and holds nothing open.
+ */
+static void refuse_connection(struct keel_sessions *ss, uv_tcp_t *tcp)
+{
+    char msg[160];
+    snprintf(msg, sizeof(msg),
+             "too many client connections: this member serves at most %zu (--max-connections)",
+             ss->cfg->max_connections);
+    Keel__Error e = KEEL__ERROR__INIT;
+    e.code = KEEL__ERROR_CODE__TOO_MANY_REQUESTS;
+    e.message = msg;
+    Keel__HelloResponse hr = KEEL__HELLO_RESPONSE__INIT;
+    hr.error = &e;
+    uint8_t frame[256];
+    if (keel_frame_size(&hr.base) <= sizeof(frame)) {
+        uv_buf_t b = uv_buf_init((char *)frame, (unsigned)keel_frame_pack(&hr.base, frame));
+        uv_try_write((uv_stream_t *)tcp, &b, 1);
+    }
+    /* Logged at the 1st, 2nd, 4th, 8th... refusal: a flood must not flood the log too. */
+    uint64_t n = ++ss->refused;
+    if ((n & (n - 1)) == 0)
+        KLOG_WARN("client connection refused: %zu open, the --max-connections limit (%llu "
+                  "refused so far)",
+                  ss->live.n, (unsigned long long)n);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct keel_sessions *ss = server->data;
@@ -742,11 +773,13 @@ static void on_connection(uv_stream_t *server, int status)
     s->tcp.data = s;
     ss->open_handles++;
     keel_frame_decoder_init(&s->dec, ss->cfg->max_request_bytes + FRAME_OVERHEAD);
-    if (uv_accept(server, (uv_stream_t *)&s->tcp) != 0 ||
-        keel_u64map_get(&ss->live, s->id) != NULL || keel_u64map_put(&ss->live, s->id, s) != 0 ||
-        ss->live.n > ss->cfg->max_connections) {
-        if (keel_u64map_get(&ss->live, s->id) == s)
-            keel_u64map_del(&ss->live, s->id);
+    int rv = uv_accept(server, (uv_stream_t *)&s->tcp);
+    if (rv == 0 && ss->live.n >= ss->cfg->max_connections) {
+        refuse_connection(ss, &s->tcp);
+        rv = -1;
+    }
+    if (rv != 0 || keel_u64map_get(&ss->live, s->id) != NULL ||
+        keel_u64map_put(&ss->live, s->id, s) != 0) {
         s->closing = 1;
         uv_close((uv_handle_t *)&s->tcp, session_freed);
         return;

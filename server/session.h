@@ -13,9 +13,10 @@
  * Otherwise it stops reading its socket; the frames it has read already wait in its buffer and
  * are handed up once the limit lifts. The handshake is no request: it is answered anyway.
  *
- * A frame over the limit or one that does not decode is refused (the handler answers why) and
- * closes that connection only, once the answer is written. A client that reads nothing is cut
- * off past 256 MiB of queued output, and when the output of all sessions would pass
+ * A connection past max_connections gets a HelloResponse refusing it (TOO_MANY_REQUESTS) and
+ * is closed at once. A frame over the limit or one that does not decode is refused (the handler
+ * answers why) and closes that connection only, once the answer is written. A client that reads
+ * nothing is cut off past 256 MiB of queued output, and when the output of all sessions would pass
  * max_output_bytes the sessions with the most unread output are cut off first. session.c
  * states what all this bounds.
  */

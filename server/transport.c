@@ -26,6 +26,11 @@
 #define HELLO_HEAD    16
 #define HELLO_LEN     (HELLO_HEAD + 8 + 8 + 4 * 64)
 #define HELLO_TIMEOUT 5000 /* ms an incoming connection has to send its handshake */
+/* Incoming connections whose handshake is not yet checked; more are closed at once. Each holds a
+ * descriptor for up to HELLO_TIMEOUT, and descriptors are shared with raft's files and the
+ * clients (fdlimit.h): a flood of silent connections must not take them all. Members reconnect
+ * once per link, so a healthy cluster has a few in progress at most. */
+#define MAX_ACCEPTING 64
 #define HELLO_CLUSTER 16
 #define HELLO_ID      24
 #define HELLO_PEER    32
@@ -65,6 +70,8 @@ struct tport {
     int sweeping;
     raft_uv_accept_cb accept_cb;
     struct pending list; /* sentinel of pending connects and accepts */
+    size_t accepting;    /* accepts in the list */
+    uint64_t refused;    /* connections closed at MAX_ACCEPTING */
     int isolated;        /* keel_transport_isolate: no peer link any more */
     int closing;
     int handles; /* handles of ours still to be closed during shutdown */
@@ -209,6 +216,7 @@ static void accept_closed(uv_handle_t *h)
     struct tport *t = p->t;
     raft_free(p->tcp);
     list_del(p);
+    t->accepting--;
     free(p);
     maybe_closed(t);
 }
@@ -325,6 +333,7 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     get_str(zone, p->hello + HELLO_ZONE);
     uv_tcp_t *tcp = p->tcp;
     list_del(p);
+    t->accepting--;
     free(p);
     if (t->peer_cb != NULL)
         t->peer_cb(t->peer_data, m->id, client, zone);
@@ -359,6 +368,7 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_init(t->loop, tcp);
     tcp->data = p;
     list_add(t, p);
+    t->accepting++;
     struct sockaddr_storage from;
     int from_len = sizeof(from);
     if (uv_accept(server, (uv_stream_t *)tcp) != 0 ||
@@ -374,6 +384,16 @@ static void on_connection(uv_stream_t *server, int status)
     uv_ip4_name(from4, ip, sizeof(ip));
     snprintf(p->from, sizeof(p->from), "%s:%d", ip, ntohs(from4->sin_port));
     if (t->isolated) {
+        accept_drop(p);
+        return;
+    }
+    if (t->accepting > MAX_ACCEPTING) {
+        /* Logged at the 1st, 2nd, 4th, 8th... refusal. */
+        uint64_t n = ++t->refused;
+        if ((n & (n - 1)) == 0)
+            KLOG_WARN("peer connection from %s closed: %d handshakes in progress already (%llu "
+                      "closed so far)",
+                      p->from, MAX_ACCEPTING, (unsigned long long)n);
         accept_drop(p);
         return;
     }

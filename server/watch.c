@@ -51,6 +51,9 @@ struct session_watches {
     struct watcher *head;
     size_t n;
     int64_t next_id;
+    /* id -> watcher: a connection may hold max_watches of them, and a lookup that walked the
+     * list made creating them quadratic (40,000 took seconds of the loop in one turn). */
+    struct keel_u64map by_id;
 };
 
 struct keel_watch_hub {
@@ -152,6 +155,7 @@ static void watcher_free(struct keel_watch_hub *h, struct watcher *w)
         sw->head = w->sess_next;
     if (w->sess_next)
         w->sess_next->sess_prev = w->sess_prev;
+    keel_u64map_del(&sw->by_id, (uint64_t)w->id);
     sw->n--;
     h->n_watchers--;
     free(w->key);
@@ -387,16 +391,23 @@ static struct session_watches *session_watches(struct keel_watch_hub *h, uint64_
             return NULL;
         }
         sw->session_id = session_id;
+        keel_u64map_init(&sw->by_id);
     }
     return sw;
 }
 
+/* Watch ids are positive (0 and below ask for one to be picked); 0 is the map's empty key. */
 static struct watcher *find(struct session_watches *sw, int64_t id)
 {
-    for (struct watcher *w = sw ? sw->head : NULL; w != NULL; w = w->sess_next)
-        if (w->id == id)
-            return w;
-    return NULL;
+    return sw != NULL && id > 0 ? keel_u64map_get(&sw->by_id, (uint64_t)id) : NULL;
+}
+
+static void session_watches_free(struct keel_watch_hub *h, struct session_watches *sw)
+{
+    while (sw->head != NULL)
+        watcher_free(h, sw->head);
+    keel_u64map_close(&sw->by_id);
+    free(sw);
 }
 
 static void create(struct keel_watch_hub *h, uint64_t session, const Keel__Request *req)
@@ -491,7 +502,8 @@ static void create(struct keel_watch_hub *h, uint64_t session, const Keel__Reque
             return;
         }
     }
-    if (w->key == NULL || (wc->range_end.len == 0 && w->end == NULL)) {
+    if (w->key == NULL || (wc->range_end.len == 0 && w->end == NULL) ||
+        keel_u64map_put(&sw->by_id, (uint64_t)id, w) != 0) {
         free(w->key);
         free(w->end);
         free(w);
@@ -564,11 +576,8 @@ void keel_watch_request(struct keel_watch_hub *h, uint64_t session, const Keel__
 void keel_watch_session_closed(struct keel_watch_hub *h, uint64_t session_id)
 {
     struct session_watches *sw = keel_u64map_del(&h->by_session, session_id);
-    if (sw == NULL)
-        return;
-    while (sw->head != NULL)
-        watcher_free(h, sw->head);
-    free(sw);
+    if (sw != NULL)
+        session_watches_free(h, sw);
 }
 
 static void progress_tick(uv_timer_t *t)
@@ -635,10 +644,7 @@ void keel_watch_free(struct keel_watch_hub *h)
     for (size_t i = 0; i < h->by_session.cap; i++) {
         if (h->by_session.keys[i] == 0)
             continue;
-        struct session_watches *sw = h->by_session.vals[i];
-        while (sw->head != NULL)
-            watcher_free(h, sw->head);
-        free(sw);
+        session_watches_free(h, h->by_session.vals[i]);
     }
     keel_u64map_close(&h->by_session);
     keel_arena_close(&h->scratch);

@@ -68,8 +68,11 @@ static int check_put(struct vctx *v, const Keel__PutRequest *p)
         return fail(v, KEEL_EINVAL, "lease is provided with ignore_lease");
     if (p->lease < 0)
         return fail(v, KEEL_EINVAL, "lease id is negative");
-    if (v->limits->max_value_bytes && p->value.len > v->limits->max_value_bytes)
-        return fail(v, KEEL_ETOOLARGE, "value is larger than the limit");
+    if (v->limits->max_value_bytes && p->value.len > v->limits->max_value_bytes) {
+        snprintf(msg_buf, sizeof(msg_buf), "value of %zu bytes is over the limit of %zu bytes",
+                 p->value.len, v->limits->max_value_bytes);
+        return fail(v, KEEL_ETOOLARGE, msg_buf);
+    }
     return 0;
 }
 

@@ -2,6 +2,8 @@
  * Bad input on the client port: an oversized frame, garbage bytes, a truncated frame and a
  * missing handshake each get an error reply and close only that connection, while another
  * client on the same member carries on. Raw sockets, so nothing in libkeel can hide a fault.
+ * A bystander (tests/lib/bystander.h) writes and reads back its own key through libkeel on a
+ * connection of its own for the whole group, and must see no error.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -22,12 +24,14 @@
 
 #include <cmocka.h>
 
+#include "bystander.h"
 #include "cluster.h"
 #include "err.h"
 #include "frame.h"
 #include "keel.pb-c.h"
 
 static struct tc_cluster cl;
+static struct tb_bystander *bystander;
 
 static int dial(const char *addr)
 {
@@ -240,12 +244,15 @@ static int setup(void **state)
     tc_cluster_init(&cl, 1, "badinput");
     snprintf(cl.extra, sizeof(cl.extra), "--max-request-bytes 4096");
     tc_start_all(&cl);
+    bystander = tb_start(&cl, 1, TB_WRITES);
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
+    if (bystander != NULL)
+        tb_stop(bystander);
     tc_cluster_close(&cl);
     return 0;
 }
@@ -320,6 +327,12 @@ static void member_survives(void **state)
     assert_true(cl.m[1].pid > 0);
     assert_int_equal(kill(cl.m[1].pid, 0), 0);
     status_ok(hello(dial(cl.m[1].client)), 11);
+    /* And the bystander went on through all of it. */
+    assert_true(tb_progress(bystander, 3, 20000));
+    long rounds = tb_stop(bystander);
+    bystander = NULL;
+    print_message("bystander: %ld rounds, none failed\n", rounds);
+    assert_true(rounds > 0);
 }
 
 static void member_stops_cleanly(void **state)
@@ -334,9 +347,9 @@ static void member_stops_cleanly(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(oversized_frame),     cmocka_unit_test(garbage_bytes),
-        cmocka_unit_test(truncated_frame),     cmocka_unit_test(no_handshake),
-        cmocka_unit_test(member_survives),     cmocka_unit_test(snapshot_one_at_a_time),
+        cmocka_unit_test(oversized_frame),        cmocka_unit_test(garbage_bytes),
+        cmocka_unit_test(truncated_frame),        cmocka_unit_test(no_handshake),
+        cmocka_unit_test(snapshot_one_at_a_time), cmocka_unit_test(member_survives),
         cmocka_unit_test(member_stops_cleanly)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

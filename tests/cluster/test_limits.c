@@ -11,18 +11,18 @@
  * The session limits (holes 10 and 8), through a raw socket that writes many requests in one
  * write. What a member has in flight shows in its raft log: the writes of one entry were all in
  * flight at once (none is answered before its entry applies), so K writes with at most M in
- * flight take at least K / M entries.
+ * flight take at least K / M entries. Past these limits a client gets no error: the member reads
+ * it more slowly. A bystander (tests/lib/bystander.h) writes and reads its own key on another
+ * connection throughout, and must see no error either.
  *   inflight:       --max-inflight 4, 200 puts in one write: at least 50 entries (1 before).
  *   inflight_total: --max-inflight-total 8, two connections of 100 puts: at least 25 entries.
  *   apply_backlog:  --max-apply-backlog-bytes 1 MiB, 20 puts of 600 KiB in one stream: no more
  *                   than two taken before they are applied, so at least 10 entries.
  *   output_memory:  --max-output-bytes 16 MiB, 6 clients that read nothing each ask 40 times for
  *                   a 1.25 MiB value (300 MiB of answers): the member's peak RSS rises by less
- *                   than OUTPUT_RSS_BOUND_KB, and a client that reads is served meanwhile.
+ *                   than OUTPUT_RSS_BOUND_KB, the clients that read nothing are cut off, and a
+ *                   client that reads is served meanwhile.
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -31,14 +31,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "bystander.h"
 #include "cluster.h"
 #include "err.h"
 #include "frame.h"
+#include "rawconn.h"
 #include "testutil.h"
 #include "keel/keel.h"
 
@@ -62,34 +63,6 @@ static struct keel *open_client(const struct tc_cluster *c, int member)
     struct keel *k = NULL;
     assert_int_equal(keel_open(&k, &o), 0);
     return k;
-}
-
-/* A field of /proc/PID/status in kB ("VmRSS", "VmHWM"). */
-static long status_kb(pid_t pid, const char *field)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    long kb = -1;
-    size_t fl = strlen(field);
-    while (fgets(line, sizeof(line), f))
-        if (strncmp(line, field, fl) == 0 && line[fl] == ':')
-            kb = strtol(line + fl + 1, NULL, 10);
-    fclose(f);
-    assert_true(kb >= 0);
-    return kb;
-}
-
-/* Start a new peak: VmHWM becomes the current RSS. */
-static void reset_peak(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/clear_refs", (int)pid);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_true(fputs("5", f) >= 0);
-    assert_int_equal(fclose(f), 0);
 }
 
 static Keel__RequestOp *new_op(void)
@@ -187,8 +160,8 @@ static void txn_memory(void **state)
 
     long before[4];
     for (int i = 1; i <= 3; i++) {
-        before[i] = status_kb(c.m[i].pid, "VmRSS");
-        reset_peak(c.m[i].pid);
+        before[i] = tc_status_kb(c.m[i].pid, "VmRSS");
+        tc_reset_peak(c.m[i].pid);
     }
 
     /* The Txn of hole 1: a put and 100 keys-only ranges over every key. */
@@ -232,7 +205,7 @@ static void txn_memory(void **state)
     print_message("range of every value refused in %lld ms\n", range_ms);
 
     for (int i = 1; i <= 3; i++) {
-        long peak = status_kb(c.m[i].pid, "VmHWM");
+        long peak = tc_status_kb(c.m[i].pid, "VmHWM");
         print_message("member %d: RSS %ld kB before, peak %ld kB (+%ld kB; bound %d kB)\n", i,
                       before[i], peak, peak - before[i], TXN_RSS_BOUND_KB);
         assert_true(peak - before[i] <= TXN_RSS_BOUND_KB);
@@ -269,181 +242,13 @@ static void txn_memory(void **state)
     tc_cluster_close(&c);
 }
 
-/* ---- raw connections ---- */
-
-/* The next frame's payload (malloc'd), within 10 s. */
-static uint8_t *raw_read(int fd, size_t *len)
+/* The bystander went on and none of its rounds failed. */
+static void bystander_unharmed(struct tb_bystander *b)
 {
-    uint8_t hdr[4];
-    uint8_t *dst = hdr, *payload = NULL;
-    size_t want = 4, got = 0;
-    for (int phase = 0; phase < 2; phase++) {
-        while (got < want) {
-            struct pollfd p = {fd, POLLIN, 0};
-            if (poll(&p, 1, 10000) != 1)
-                fail_msg("no frame within 10 s");
-            ssize_t r = recv(fd, dst + got, want - got, 0);
-            if (r <= 0)
-                fail_msg("the member closed the connection");
-            got += (size_t)r;
-        }
-        if (phase == 0) {
-            want = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 | (size_t)hdr[2] << 8 | hdr[3];
-            payload = malloc(want ? want : 1);
-            assert_non_null(payload);
-            dst = payload;
-            got = 0;
-        }
-    }
-    *len = want;
-    return payload;
-}
-
-/* The HelloResponse, the first frame on every connection. */
-static void raw_hello(int fd)
-{
-    size_t len;
-    uint8_t *p = raw_read(fd, &len);
-    Keel__HelloResponse *h = keel__hello_response__unpack(NULL, len, p);
-    free(p);
-    assert_non_null(h);
-    assert_null(h->error);
-    keel__hello_response__free_unpacked(h, NULL);
-}
-
-/* Connect to addr (retrying while the member starts), with a receive buffer of rcvbuf bytes
- * when rcvbuf > 0, and shake hands. */
-static int raw_open(const char *addr, int rcvbuf)
-{
-    char host[32];
-    snprintf(host, sizeof(host), "%s", addr);
-    char *colon = strrchr(host, ':');
-    *colon = '\0';
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-    inet_pton(AF_INET, host, &sa.sin_addr);
-    int fd = -1;
-    for (int attempt = 0; attempt < 200 && fd < 0; attempt++) {
-        fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (rcvbuf > 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-            close(fd);
-            fd = -1;
-            tu_sleep_ms(50);
-        }
-    }
-    if (fd < 0)
-        fail_msg("cannot connect to %s", addr);
-    Keel__Hello h = KEEL__HELLO__INIT;
-    h.protocol_version = 1;
-    uint8_t buf[64];
-    size_t n = keel_frame_pack(&h.base, buf);
-    assert_int_equal(send(fd, buf, n, MSG_NOSIGNAL), (ssize_t)n);
-    /* Its answer comes first: read it now, so every later frame is a Response. */
-    raw_hello(fd);
-    return fd;
-}
-
-static void raw_send(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w <= 0)
-            fail_msg("send: the member closed the connection");
-        p += w;
-        n -= (size_t)w;
-    }
-}
-
-/* The next Response; free with keel__response__free_unpacked. */
-static Keel__Response *raw_response(int fd)
-{
-    size_t len;
-    uint8_t *p = raw_read(fd, &len);
-    Keel__Response *r = keel__response__unpack(NULL, len, p);
-    free(p);
-    assert_non_null(r);
-    return r;
-}
-
-/* Append a framed request to buf (realloc'd as needed). */
-static void append(uint8_t **buf, size_t *len, size_t *cap, const Keel__Request *req)
-{
-    size_t n = keel_frame_size(&req->base);
-    if (*len + n > *cap) {
-        *cap = (*len + n) * 2;
-        *buf = realloc(*buf, *cap);
-        assert_non_null(*buf);
-    }
-    *len += keel_frame_pack(&req->base, *buf + *len);
-}
-
-static void append_put(uint8_t **buf, size_t *len, size_t *cap, uint64_t id, const char *key,
-                       const uint8_t *val, size_t val_len)
-{
-    Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
-    put.key.data = (uint8_t *)key;
-    put.key.len = strlen(key);
-    put.value.data = (uint8_t *)val;
-    put.value.len = val_len;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.id = id;
-    req.body_case = KEEL__REQUEST__BODY_PUT;
-    req.put = &put;
-    append(buf, len, cap, &req);
-}
-
-/* The member's last raft index, from a Status round trip on fd (nothing else outstanding). */
-static uint64_t raw_raft_index(int fd, uint64_t id)
-{
-    Keel__StatusRequest sr = KEEL__STATUS_REQUEST__INIT;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.id = id;
-    req.body_case = KEEL__REQUEST__BODY_STATUS;
-    req.status = &sr;
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    append(&buf, &len, &cap, &req);
-    raw_send(fd, buf, len);
-    free(buf);
-    Keel__Response *r = raw_response(fd);
-    assert_int_equal(r->id, id);
-    assert_int_equal(r->body_case, KEEL__RESPONSE__BODY_STATUS);
-    uint64_t index = r->status->raftindex;
-    keel__response__free_unpacked(r, NULL);
-    return index;
-}
-
-/* One put round trip on fd; its wire error code (0: none). */
-static int raw_put(int fd, uint64_t id, const char *key, const uint8_t *val, size_t val_len)
-{
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    append_put(&buf, &len, &cap, id, key, val, val_len);
-    raw_send(fd, buf, len);
-    free(buf);
-    Keel__Response *r = raw_response(fd);
-    assert_int_equal(r->id, id);
-    int code = r->error ? r->error->code : 0;
-    keel__response__free_unpacked(r, NULL);
-    return code;
-}
-
-/* A one-member cluster with flags, up and leading: a put has gone through on the fd returned. */
-static int one_member(struct tc_cluster *c, const char *tag, const char *flags)
-{
-    tc_cluster_init(c, 1, tag);
-    snprintf(c->extra, sizeof(c->extra), "%s", flags);
-    tc_start_all(c);
-    int fd = raw_open(c->m[1].client, 0);
-    long long deadline = tc_now_ms() + 20000;
-    uint64_t id = 1000000;
-    while (raw_put(fd, id++, "ready", (const uint8_t *)"1", 1) != 0) {
-        if (tc_now_ms() > deadline)
-            fail_msg("no leader within 20 s");
-        tu_sleep_ms(50);
-    }
-    return fd;
+    assert_true(tb_progress(b, 3, 20000));
+    long rounds = tb_stop(b);
+    print_message("bystander: %ld rounds, none failed\n", rounds);
+    assert_true(rounds > 0);
 }
 
 /* Send k puts on each of the fds (all written before any answer is read), read every answer:
@@ -459,7 +264,7 @@ static void pipelined_puts(const int *fds, int n_fds, int k, size_t val_len)
         char key[32];
         for (int i = 0; i < k; i++) {
             snprintf(key, sizeof(key), "c%d-%04d", c, i);
-            append_put(&buf, &len, &cap, (uint64_t)i + 1, key, val, val_len);
+            raw_append_put(&buf, &len, &cap, (uint64_t)i + 1, key, val, val_len);
         }
         raw_send(fds[c], buf, len);
         free(buf);
@@ -485,13 +290,15 @@ static void inflight(void **state)
 {
     (void)state;
     struct tc_cluster c;
-    int fd = one_member(&c, "limits-inflight", "--max-inflight 4");
+    int fd = raw_one_member(&c, "limits-inflight", "--max-inflight 4");
+    struct tb_bystander *b = tb_start(&c, 1, TB_WRITES);
     uint64_t before = raw_raft_index(fd, 1);
     pipelined_puts(&fd, 1, 200, 1);
     uint64_t entries = raw_raft_index(fd, 2) - before;
     print_message("200 puts in one write, --max-inflight 4: %llu raft entries\n",
                   (unsigned long long)entries);
     assert_true(entries >= 200 / 4);
+    bystander_unharmed(b);
     close(fd);
     tc_cluster_close(&c);
 }
@@ -501,14 +308,16 @@ static void inflight_total(void **state)
     (void)state;
     struct tc_cluster c;
     int fds[2];
-    fds[0] = one_member(&c, "limits-inflight-total", "--max-inflight-total 8");
+    fds[0] = raw_one_member(&c, "limits-inflight-total", "--max-inflight-total 8");
     fds[1] = raw_open(c.m[1].client, 0);
+    struct tb_bystander *b = tb_start(&c, 1, TB_WRITES);
     uint64_t before = raw_raft_index(fds[0], 1);
     pipelined_puts(fds, 2, 100, 1);
     uint64_t entries = raw_raft_index(fds[0], 2) - before;
     print_message("2 x 100 puts, --max-inflight-total 8: %llu raft entries\n",
                   (unsigned long long)entries);
     assert_true(entries >= 200 / 8);
+    bystander_unharmed(b);
     close(fds[0]);
     close(fds[1]);
     tc_cluster_close(&c);
@@ -518,13 +327,15 @@ static void apply_backlog(void **state)
 {
     (void)state;
     struct tc_cluster c;
-    int fd = one_member(&c, "limits-apply-backlog", "--max-apply-backlog-bytes 1048576");
+    int fd = raw_one_member(&c, "limits-apply-backlog", "--max-apply-backlog-bytes 1048576");
+    struct tb_bystander *b = tb_start(&c, 1, TB_WRITES);
     uint64_t before = raw_raft_index(fd, 1);
     pipelined_puts(&fd, 1, 20, 600 * 1024);
     uint64_t entries = raw_raft_index(fd, 2) - before;
     print_message("20 puts of 600 KiB, --max-apply-backlog-bytes 1 MiB: %llu raft entries\n",
                   (unsigned long long)entries);
     assert_true(entries >= 20 / 2);
+    bystander_unharmed(b);
     assert_int_equal(raw_put(fd, 3, "after", (const uint8_t *)"ok", 2), 0);
     close(fd);
     tc_cluster_close(&c);
@@ -541,7 +352,7 @@ static void output_memory(void **state)
              asan && asan[0] ? ":" : "");
     setenv("ASAN_OPTIONS", opts, 1);
     struct tc_cluster c;
-    int reader = one_member(&c, "limits-output", "--max-output-bytes 16777216");
+    int reader = raw_one_member(&c, "limits-output", "--max-output-bytes 16777216");
     uint8_t *val = malloc(BIG_VALUE);
     assert_non_null(val);
     memset(val, 'b', BIG_VALUE);
@@ -549,8 +360,8 @@ static void output_memory(void **state)
     free(val);
 
     pid_t pid = c.m[1].pid;
-    long before = status_kb(pid, "VmRSS");
-    reset_peak(pid);
+    long before = tc_status_kb(pid, "VmRSS");
+    tc_reset_peak(pid);
 
     /* Six clients that read nothing, forty serializable reads of the value each. */
     int idle[6];
@@ -567,7 +378,7 @@ static void output_memory(void **state)
         size_t len = 0, cap = 0;
         for (int j = 0; j < 40; j++) {
             req.id = (uint64_t)j + 1;
-            append(&buf, &len, &cap, &req);
+            raw_append(&buf, &len, &cap, &req);
         }
         raw_send(idle[i], buf, len);
         free(buf);
@@ -581,7 +392,7 @@ static void output_memory(void **state)
         req.id = 100 + (uint64_t)i;
         uint8_t *buf = NULL;
         size_t len = 0, cap = 0;
-        append(&buf, &len, &cap, &req);
+        raw_append(&buf, &len, &cap, &req);
         raw_send(reader, buf, len);
         free(buf);
         Keel__Response *r = raw_response(reader);
@@ -593,10 +404,12 @@ static void output_memory(void **state)
         tu_sleep_ms(100);
     }
 
-    long peak = status_kb(pid, "VmHWM");
+    long peak = tc_status_kb(pid, "VmHWM");
     print_message("RSS %ld kB before, peak %ld kB (+%ld kB; bound %d kB)\n", before, peak,
                   peak - before, OUTPUT_RSS_BOUND_KB);
     assert_true(peak - before <= OUTPUT_RSS_BOUND_KB);
+    /* What a client that reads nothing gets: its connection closed. */
+    assert_true(tc_log_contains(&c, 1, "cut off"));
 
     for (int i = 0; i < 6; i++)
         close(idle[i]);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -92,6 +93,11 @@ int tc_start(struct tc_cluster *c, int i)
     if (pid == 0) {
         /* A test that dies (an assertion, ASan) must not leave members running. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (c->nofile != 0) {
+            struct rlimit rl = {c->nofile, c->nofile};
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                _exit(126);
+        }
         int fd = open(m->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -222,4 +228,50 @@ int tc_find_leader(struct tc_cluster *c, struct keel *k, unsigned skip, int time
         tu_sleep_ms(20);
     }
     return 0;
+}
+
+long tc_status_kb(pid_t pid, const char *field)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        perror(path);
+        abort();
+    }
+    long kb = -1;
+    size_t fl = strlen(field);
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, field, fl) == 0 && line[fl] == ':')
+            kb = strtol(line + fl + 1, NULL, 10);
+    fclose(f);
+    if (kb < 0) {
+        fprintf(stderr, "%s: no %s\n", path, field);
+        abort();
+    }
+    return kb;
+}
+
+void tc_reset_peak(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/clear_refs", (int)pid);
+    FILE *f = fopen(path, "w");
+    if (f == NULL || fputs("5", f) < 0 || fclose(f) != 0) {
+        perror(path);
+        abort();
+    }
+}
+
+int tc_log_contains(const struct tc_cluster *c, int i, const char *needle)
+{
+    FILE *f = fopen(c->m[i].log, "r");
+    if (f == NULL)
+        return 0;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f))
+        found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
 }

@@ -30,6 +30,7 @@ struct tc_cluster {
     unsigned heartbeat_ms, election_ms;
     unsigned snapshot_threshold, snapshot_trailing; /* 0: keeld's defaults */
     char extra[256];                                /* more flags for every member */
+    unsigned nofile; /* RLIMIT_NOFILE, soft and hard, for the members; 0: the test's own */
 };
 
 /* Lay out n members (not started). Aborts on failure. */
@@ -58,6 +59,15 @@ struct keel;
 /* The running member (1-based) that is leader, as the members' status says, skipping members
  * whose bit (1 << i) is set in skip; 0 when none within timeout_ms. k: any client of c. */
 int tc_find_leader(struct tc_cluster *c, struct keel *k, unsigned skip, int timeout_ms);
+
+/* A field of /proc/PID/status in kB ("VmRSS", "VmHWM"); aborts when it cannot be read. */
+long tc_status_kb(pid_t pid, const char *field);
+
+/* Start a new peak: VmHWM of pid becomes its current RSS. */
+void tc_reset_peak(pid_t pid);
+
+/* Whether member i's log has a line containing needle. */
+int tc_log_contains(const struct tc_cluster *c, int i, const char *needle);
 
 /* Milliseconds of monotonic time. */
 long long tc_now_ms(void);

@@ -1,6 +1,6 @@
 /*
- * keeld's pure pieces: the raft entry format (odd lengths never reach raft), flag parsing, and
- * the id map.
+ * keeld's pure pieces: the raft entry format (odd lengths never reach raft), flag parsing, the
+ * id map, and fitting --max-connections to the descriptor limit.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,12 +8,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <cmocka.h>
 
 #include "config.h"
 #include "entry.h"
 #include "err.h"
+#include "fdlimit.h"
 #include "u64map.h"
 
 static void entries_are_padded_to_8(void **state)
@@ -169,11 +171,44 @@ static void u64map_put_get_del(void **state)
     keel_u64map_close(&m);
 }
 
+/* The soft limit rises to what the connections need while the hard limit allows; past the hard
+ * limit the connections are lowered to what it leaves; a limit that leaves none is refused.
+ * Last in this binary: a lowered hard limit cannot be raised again. */
+static void fdlimit_fits_connections(void **state)
+{
+    (void)state;
+    struct rlimit rl;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    char err[256];
+    size_t max;
+    if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= 500 + KEEL_FD_RESERVE) {
+        struct rlimit low = {400, rl.rlim_max};
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+        max = 500;
+        assert_int_equal(keel_fdlimit_fit(&max, err, sizeof(err)), 0);
+        assert_int_equal(max, 500);
+        assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        assert_int_equal(rl.rlim_cur, 500 + KEEL_FD_RESERVE);
+    }
+    struct rlimit hard = {300, 300};
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &hard), 0);
+    max = 4096;
+    assert_int_equal(keel_fdlimit_fit(&max, err, sizeof(err)), 0);
+    assert_int_equal(max, 300 - KEEL_FD_RESERVE);
+    max = 10;
+    assert_int_equal(keel_fdlimit_fit(&max, err, sizeof(err)), 0);
+    assert_int_equal(max, 10);
+    struct rlimit none = {KEEL_FD_RESERVE, KEEL_FD_RESERVE};
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &none), 0);
+    assert_int_equal(keel_fdlimit_fit(&max, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "RLIMIT_NOFILE 256"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(entries_are_padded_to_8), cmocka_unit_test(odd_lengths_are_refused),
+        cmocka_unit_test(entries_are_padded_to_8),   cmocka_unit_test(odd_lengths_are_refused),
         cmocka_unit_test(config_accepts_good_flags), cmocka_unit_test(config_rejects_bad_flags),
-        cmocka_unit_test(u64map_put_get_del)};
+        cmocka_unit_test(u64map_put_get_del),        cmocka_unit_test(fdlimit_fits_connections)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
