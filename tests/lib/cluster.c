@@ -29,20 +29,42 @@ long long tc_now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* A port free on host now (the kernel picks it; keeld binds it a moment later). */
+/*
+ * A port free on host now, below the kernel's ephemeral range: a member restarted after a kill
+ * must get its port back, and a port from the ephemeral range may meanwhile be taken as the
+ * source port of some connection from the same address (another test's member, say).
+ */
 static int free_port(const char *host)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    inet_pton(AF_INET, host, &a.sin_addr);
-    socklen_t len = sizeof(a);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-        perror("free_port");
-        abort();
+    static unsigned rng;
+    int lo = 32768, hi = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%d %d", &lo, &hi) != 2)
+            lo = 32768, hi = 60999;
+        fclose(f);
     }
-    close(fd);
-    return ntohs(a.sin_port);
+    /* Below the range when there is room, else above it. */
+    int first = lo > 12000 ? 10000 : hi + 1, last = lo > 12000 ? lo - 1 : 65535;
+    if (rng == 0)
+        rng = (unsigned)getpid() * 2654435761u ^ (unsigned)tc_now_ms();
+    for (int tries = 0; tries < 10000; tries++) {
+        rng = rng * 1103515245u + 12345u;
+        int port = first + (int)((rng >> 8) % (unsigned)(last - first + 1));
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        inet_pton(AF_INET, host, &a.sin_addr);
+        if (fd < 0) {
+            perror("free_port");
+            abort();
+        }
+        int ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+        close(fd);
+        if (ok)
+            return port;
+    }
+    fprintf(stderr, "free_port: no free port on %s in %d..%d\n", host, first, last);
+    abort();
 }
 
 void tc_cluster_init(struct tc_cluster *c, int n, const char *tag)
