@@ -725,10 +725,18 @@ static void run_scenario(void **state)
     }
     if (getenv("KEEL_FAULT_KEELD_FLAGS") != NULL) /* e.g. "--log-level debug" */
         snprintf(cluster.extra, sizeof(cluster.extra), "%s", getenv("KEEL_FAULT_KEELD_FLAGS"));
-    if (sc->snapshot_threshold) {
-        cluster.snapshot_threshold = sc->snapshot_threshold;
+    /*
+     * raft 0.15 loads a log segment with one realloc per batch of entries, and the open segment
+     * into the whole log's array, batch by batch: a restart costs O(batches^2). keeld's default
+     * snapshot threshold and trailing (65536 each) let a member restarted after 8000 small
+     * writes take 0.95 s (release) and 11 s (ASan) in raft_start alone. Until the log is bounded
+     * (the write-path issue), the scenarios keep it to 1024 + 1024 entries, so that a restart
+     * costs what the fault did, not what the log's length does.
+     */
+    cluster.snapshot_threshold = sc->snapshot_threshold ? sc->snapshot_threshold : 1024;
+    cluster.snapshot_trailing = cluster.snapshot_threshold;
+    if (sc->snapshot_threshold)
         cluster.snapshot_trailing = sc->snapshot_threshold / 4;
-    }
     tc_start_all(&cluster);
     char eps[512];
     tc_endpoints(&cluster, 0, eps, sizeof(eps));
@@ -898,9 +906,12 @@ static void run_scenario(void **state)
  * the evidence of a failure, then stop what the run started. */
 /*
  * A member whose zone was cut off for CUT_REJOIN_MS under steady writes is back in step soon
- * after the heal: its peer links must not wait out TCP's retransmission backoff, which after a
- * 6.5 s cut holds the next retransmission until ~12.6 s, 6 s after the heal (measured before
- * keel's peer transport bounded how long unacknowledged data may stall a link).
+ * after the heal (it serves the last write acknowledged before the heal within REJOIN_BOUND_MS).
+ * Measured: 2-4 ms. What this does not reproduce yet: zones.sh drops a cut zone's packets in
+ * the OUTPUT hook, where the sender's TCP is told of each drop (a local error) and keeps
+ * retrying; packets lost in a real network back TCP's retransmission timer off exponentially
+ * (to ~6 s after a 6.5 s cut), and keel's peer links do not bound that yet (see README, "Fault
+ * suite").
  */
 #define CUT_REJOIN_MS   6500
 #define REJOIN_BOUND_MS 3000
