@@ -250,23 +250,24 @@ static void process_frames(struct kc_conn *c)
             return;
         }
         if (c->state == KC_HELLO) {
-            Keel__HelloResponse *hr = keel__hello_response__unpack(NULL, n, p);
-            if (hr == NULL) {
+            ProtobufCMessage *m;
+            if (keel_frame_unpack(&keel__hello_response__descriptor, NULL, p, n, &m) != 0) {
                 snprintf(msg, sizeof(msg), "handshake with %s: reply does not decode", addr);
                 lost(c, KEEL_EBADFRAME, msg);
                 return;
             }
-            hello_answered(c, hr);
-            keel__hello_response__free_unpacked(hr, NULL);
+            hello_answered(c, (Keel__HelloResponse *)m);
+            protobuf_c_message_free_unpacked(m, NULL);
         } else {
-            Keel__Response *r = keel__response__unpack(keel_arena_pb(&c->arena), n, p);
-            if (r == NULL) {
+            ProtobufCMessage *m;
+            if (keel_frame_unpack(&keel__response__descriptor, keel_arena_pb(&c->arena), p, n,
+                                  &m) != 0) {
                 keel_arena_reset(&c->arena);
                 snprintf(msg, sizeof(msg), "reply from %s does not decode", addr);
                 lost(c, KEEL_EBADFRAME, msg);
                 return;
             }
-            c->ctx->ev->response(c, r);
+            c->ctx->ev->response(c, (Keel__Response *)m);
             keel_arena_reset(&c->arena);
         }
         /* A callback may have closed the client, or the handshake may have been refused. */

@@ -869,7 +869,8 @@ int ctl_parse_duration_ms(const char *s, uint64_t *ms)
         char *end;
         errno = 0;
         double v = strtod(p, &end);
-        if (end == p || errno || v < 0)
+        /* Written so that NaN ("nan" is a number to strtod) fails too. */
+        if (end == p || errno || !(v >= 0))
             return -1;
         p = end;
         double unit;

@@ -6,6 +6,7 @@
 
 #include "bytes.h"
 #include "err.h"
+#include "pbcheck.h"
 
 #define DECODER_MIN_CAP 4096
 
@@ -112,9 +113,16 @@ size_t keel_frame_pack(const ProtobufCMessage *msg, uint8_t *out)
 int keel_frame_unpack(const ProtobufCMessageDescriptor *desc, ProtobufCAllocator *alloc,
                       const uint8_t *payload, size_t len, ProtobufCMessage **out)
 {
+    /* Before protobuf-c recurses into it; and after, what it could not pack back (pbcheck.h). */
+    if (!keel_pb_depth_ok(desc, payload, len, KEEL_PB_MAX_DEPTH))
+        return KEEL_EBADFRAME;
     ProtobufCMessage *m = protobuf_c_message_unpack(desc, alloc, len, payload);
     if (m == NULL)
         return KEEL_EBADFRAME;
+    if (!keel_pb_repackable(m)) {
+        protobuf_c_message_free_unpacked(m, alloc);
+        return KEEL_EBADFRAME;
+    }
     *out = m;
     return 0;
 }

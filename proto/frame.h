@@ -66,7 +66,10 @@ size_t keel_frame_pack(const ProtobufCMessage *msg, uint8_t *out);
 
 /*
  * Unpack one frame's payload as a message of type desc, allocating through alloc (NULL: malloc,
- * to be freed with protobuf_c_message_free_unpacked). 0 or KEEL_EBADFRAME.
+ * to be freed with protobuf_c_message_free_unpacked). 0 or KEEL_EBADFRAME, also for what
+ * protobuf-c would take but keel must not (proto/pbcheck.h): messages nested more than
+ * KEEL_PB_MAX_DEPTH deep, and messages that would not unpack again once packed. Use it, not the
+ * generated _unpack, for every message read from the network.
  */
 int keel_frame_unpack(const ProtobufCMessageDescriptor *desc, ProtobufCAllocator *alloc,
                       const uint8_t *payload, size_t len, ProtobufCMessage **out);

@@ -125,7 +125,9 @@ int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t clus
             continue;
         }
         if (!got_hello) {
-            Keel__HelloResponse *hr = keel__hello_response__unpack(NULL, len, payload);
+            ProtobufCMessage *m = NULL;
+            keel_frame_unpack(&keel__hello_response__descriptor, NULL, payload, len, &m);
+            Keel__HelloResponse *hr = (Keel__HelloResponse *)m;
             if (hr == NULL || hr->error != NULL) {
                 snprintf(err, errlen, "%s refused the handshake: %s", addr,
                          hr && hr->error ? hr->error->message : "bad reply");
@@ -144,12 +146,13 @@ int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t clus
                 snprintf(err, errlen, "send to %s failed", addr);
             continue;
         }
-        Keel__Response *resp = keel__response__unpack(NULL, len, payload);
-        if (resp == NULL) {
+        ProtobufCMessage *m = NULL;
+        if (keel_frame_unpack(&keel__response__descriptor, NULL, payload, len, &m) != 0) {
             snprintf(err, errlen, "undecodable response from %s", addr);
             rv = KEEL_EBADFRAME;
             break;
         }
+        Keel__Response *resp = (Keel__Response *)m;
         if (resp->error != NULL) {
             snprintf(err, errlen, "%s: %s", addr, resp->error->message);
             rv = keel_err_from_wire(resp->error->code);

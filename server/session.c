@@ -649,25 +649,25 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static int handle_frame(struct keel_session *s, const uint8_t *payload, size_t len)
 {
     struct keel_sessions *ss = s->ss;
+    ProtobufCMessage *m = NULL;
     if (!s->hello_done) {
-        Keel__Hello *h = keel__hello__unpack(NULL, len, payload);
-        if (h == NULL) {
+        if (keel_frame_unpack(&keel__hello__descriptor, NULL, payload, len, &m) != 0) {
             refuse_frame(s, KEEL_EBADFRAME, "the first frame must be a Hello");
             return -1;
         }
         s->hello_done = 1;
-        ss->h.hello(ss->h.data, s->id, h);
-        keel__hello__free_unpacked(h, NULL);
+        ss->h.hello(ss->h.data, s->id, (Keel__Hello *)m);
+        protobuf_c_message_free_unpacked(m, NULL);
         return 0;
     }
-    Keel__Request *req = keel__request__unpack(NULL, len, payload);
-    if (req == NULL) {
+    /* Checked beyond protobuf-c's own checks: a write is packed again into the raft log. */
+    if (keel_frame_unpack(&keel__request__descriptor, NULL, payload, len, &m) != 0) {
         refuse_frame(s, KEEL_EBADFRAME, "frame does not decode as a Request");
         return -1;
     }
     s->inflight++;
     ss->inflight++;
-    ss->h.request(ss->h.data, s->id, req);
+    ss->h.request(ss->h.data, s->id, (Keel__Request *)m);
     return 0;
 }
 

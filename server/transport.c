@@ -12,31 +12,15 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "bytes.h"
+#include "handshake.h"
 #include "log.h"
 
-/*
- * The handshake, little-endian: magic, version (the head, read and checked first, so a peer of
- * another version is refused at once instead of after HELLO_TIMEOUT), then cluster id, raft id,
- * and four NUL-padded 64-byte fields: peer address, client address, name, zone.
- * Version 2 added the cluster id.
- */
-#define HELLO_MAGIC   0x4b45454c50454552ull /* "KEELPEER" */
-#define HELLO_VERSION 2
-#define HELLO_HEAD    16
-#define HELLO_LEN     (HELLO_HEAD + 8 + 8 + 4 * 64)
 #define HELLO_TIMEOUT 5000 /* ms an incoming connection has to send its handshake */
 /* Incoming connections whose handshake is not yet checked; more are closed at once. Each holds a
  * descriptor for up to HELLO_TIMEOUT, and descriptors are shared with raft's files and the
  * clients (fdlimit.h): a flood of silent connections must not take them all. Members reconnect
  * once per link, so a healthy cluster has a few in progress at most. */
 #define MAX_ACCEPTING 64
-#define HELLO_CLUSTER 16
-#define HELLO_ID      24
-#define HELLO_PEER    32
-#define HELLO_CLIENT  96
-#define HELLO_NAME    160
-#define HELLO_ZONE    224
 
 struct pending {
     struct pending *next, *prev;
@@ -53,7 +37,7 @@ struct pending {
     struct in_addr from_ip;
     char from[KEEL_ADDR_MAX]; /* "a.b.c.d:port", for the log */
     size_t got;
-    uint8_t hello[HELLO_LEN];
+    uint8_t hello[KEEL_HANDSHAKE_LEN];
 };
 
 struct tport {
@@ -92,18 +76,6 @@ static void list_del(struct pending *p)
     p->prev->next = p->next;
     p->next->prev = p->prev;
     p->next = p->prev = p;
-}
-
-static void put_str(uint8_t *p, const char *s)
-{
-    memset(p, 0, 64);
-    memcpy(p, s, strnlen(s, 63));
-}
-
-static void get_str(char *dst, const uint8_t *p)
-{
-    memcpy(dst, p, 63);
-    dst[63] = '\0';
 }
 
 static void maybe_closed(struct tport *t)
@@ -155,15 +127,14 @@ static void on_connect(uv_connect_t *c, int status)
     }
     uv_tcp_nodelay(p->tcp, 1);
     struct tport *t = p->t;
-    keel_put_le64(p->hello, HELLO_MAGIC);
-    keel_put_le64(p->hello + 8, HELLO_VERSION);
-    keel_put_le64(p->hello + HELLO_CLUSTER, t->cfg->cluster_id);
-    keel_put_le64(p->hello + HELLO_ID, t->id);
-    put_str(p->hello + HELLO_PEER, t->address);
-    put_str(p->hello + HELLO_CLIENT, t->cfg->listen_client);
-    put_str(p->hello + HELLO_NAME, t->cfg->name);
-    put_str(p->hello + HELLO_ZONE, t->cfg->zone);
-    uv_buf_t buf = uv_buf_init((char *)p->hello, HELLO_LEN);
+    struct keel_handshake h = {.cluster_id = t->cfg->cluster_id,
+                               .id = t->id,
+                               .peer = t->address,
+                               .client = t->cfg->listen_client,
+                               .name = t->cfg->name,
+                               .zone = t->cfg->zone};
+    keel_handshake_encode(&h, p->hello);
+    uv_buf_t buf = uv_buf_init((char *)p->hello, KEEL_HANDSHAKE_LEN);
     p->write.data = p;
     if (uv_write(&p->write, (uv_stream_t *)p->tcp, &buf, 1, on_hello_written) != 0)
         connect_fail(p);
@@ -233,73 +204,8 @@ static void hello_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     (void)suggested;
     /* Never read past the head until it is checked, nor past the handshake: what follows is
      * raft's. */
-    size_t want = p->got < HELLO_HEAD ? HELLO_HEAD : HELLO_LEN;
+    size_t want = p->got < KEEL_HANDSHAKE_HEAD ? KEEL_HANDSHAKE_HEAD : KEEL_HANDSHAKE_LEN;
     *buf = uv_buf_init((char *)p->hello + p->got, (unsigned)(want - p->got));
-}
-
-/* 0 when the head says a keel peer of this version follows, else -1 with why. */
-static int check_head(const struct pending *p, char *why, size_t len)
-{
-    if (keel_get_le64(p->hello) != HELLO_MAGIC) {
-        snprintf(why, len, "not a keel peer handshake");
-        return -1;
-    }
-    uint64_t version = keel_get_le64(p->hello + 8);
-    if (version != HELLO_VERSION) {
-        snprintf(why, len, "handshake version %llu, this member speaks %d",
-                 (unsigned long long)version, HELLO_VERSION);
-        return -1;
-    }
-    return 0;
-}
-
-/* The configured member a complete handshake proves to come from, or NULL with why not in
- * why (see transport.h for the rule). */
-static const struct keel_member_conf *check_hello(struct tport *t, const struct pending *p,
-                                                  char *why, size_t len)
-{
-    const struct keel_config *cfg = t->cfg;
-    uint64_t cluster = keel_get_le64(p->hello + HELLO_CLUSTER);
-    if (cluster != cfg->cluster_id) {
-        snprintf(why, len, "from cluster %016llx, this member is in cluster %016llx",
-                 (unsigned long long)cluster, (unsigned long long)cfg->cluster_id);
-        return NULL;
-    }
-    uint64_t id = keel_get_le64(p->hello + HELLO_ID);
-    const struct keel_member_conf *m = keel_config_member(cfg, id);
-    if (m == NULL) {
-        snprintf(why, len, "claims member id %016llx, which --initial-cluster does not name",
-                 (unsigned long long)id);
-        return NULL;
-    }
-    if (id == cfg->member_id) {
-        snprintf(why, len, "claims to be this member (%s)", m->name);
-        return NULL;
-    }
-    char addr[64], host[KEEL_ADDR_MAX];
-    int port;
-    struct in_addr want;
-    get_str(addr, p->hello + HELLO_PEER);
-    if (strcmp(addr, m->peer) != 0) {
-        snprintf(why, len, "claims member %s with peer address %.63s, configured as %s", m->name,
-                 addr, m->peer);
-        return NULL;
-    }
-    /* config.c accepted only IPv4 literals, so this cannot fail; refuse if it ever does. */
-    if (keel_addr_split(m->peer, host, sizeof(host), &port) != 0 ||
-        inet_pton(AF_INET, host, &want) != 1 || p->from_ip.s_addr != want.s_addr) {
-        snprintf(why, len, "claims member %s, whose peer address is %s, from another host", m->name,
-                 m->peer);
-        return NULL;
-    }
-    /* What every member will be told to dial: the same form --listen-client must have. */
-    char client[64];
-    get_str(client, p->hello + HELLO_CLIENT);
-    if (keel_addr_split(client, host, sizeof(host), &port) != 0) {
-        snprintf(why, len, "member %s gives a client address that is not a.b.c.d:port", m->name);
-        return NULL;
-    }
-    return m;
 }
 
 static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -313,24 +219,24 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     }
     p->got += (size_t)n;
     char why[256];
-    if (p->got == HELLO_HEAD && check_head(p, why, sizeof(why)) != 0) {
+    if (p->got == KEEL_HANDSHAKE_HEAD &&
+        keel_handshake_check_head(p->hello, why, sizeof(why)) != 0) {
         KLOG_WARN("peer connection from %s refused: %s", p->from, why);
         uv_read_stop(s);
         accept_drop(p);
         return;
     }
-    if (p->got < HELLO_LEN)
+    if (p->got < KEEL_HANDSHAKE_LEN)
         return;
     uv_read_stop(s);
-    const struct keel_member_conf *m = check_hello(t, p, why, sizeof(why));
+    char client[64], zone[64];
+    const struct keel_member_conf *m =
+        keel_handshake_check(t->cfg, p->hello, p->from_ip, client, zone, why, sizeof(why));
     if (m == NULL) {
         KLOG_WARN("peer connection from %s refused: %s", p->from, why);
         accept_drop(p);
         return;
     }
-    char client[64], zone[64];
-    get_str(client, p->hello + HELLO_CLIENT);
-    get_str(zone, p->hello + HELLO_ZONE);
     uv_tcp_t *tcp = p->tcp;
     list_del(p);
     t->accepting--;

@@ -300,24 +300,39 @@ struct cmp_view {
     MDB_val value;
 };
 
+/*
+ * The operand of a compare is the member of its target_union oneof that its target names, or,
+ * when the client set another member or none, the zero value (etcd's compareKV). The members
+ * share their memory: a version read as a value's length and pointer crashed every member that
+ * applied the txn (found by fuzz_apply).
+ */
+static int64_t operand(const Keel__Compare *cmp, Keel__Compare__TargetUnionCase which, int64_t v)
+{
+    return cmp->target_union_case == which ? v : 0;
+}
+
 static bool compare_kv(const Keel__Compare *cmp, const struct cmp_view *kv)
 {
     int r;
     switch (cmp->target) {
     case KEEL__COMPARE__COMPARE_TARGET__VERSION:
-        r = cmp_i64(kv->version, cmp->version);
+        r = cmp_i64(kv->version, operand(cmp, KEEL__COMPARE__TARGET_UNION_VERSION, cmp->version));
         break;
     case KEEL__COMPARE__COMPARE_TARGET__CREATE:
-        r = cmp_i64(kv->create_revision, cmp->create_revision);
+        r = cmp_i64(kv->create_revision, operand(cmp, KEEL__COMPARE__TARGET_UNION_CREATE_REVISION,
+                                                 cmp->create_revision));
         break;
     case KEEL__COMPARE__COMPARE_TARGET__MOD:
-        r = cmp_i64(kv->mod_revision, cmp->mod_revision);
+        r = cmp_i64(kv->mod_revision,
+                    operand(cmp, KEEL__COMPARE__TARGET_UNION_MOD_REVISION, cmp->mod_revision));
         break;
     case KEEL__COMPARE__COMPARE_TARGET__LEASE:
-        r = cmp_i64(kv->lease, cmp->lease);
+        r = cmp_i64(kv->lease, operand(cmp, KEEL__COMPARE__TARGET_UNION_LEASE, cmp->lease));
         break;
     case KEEL__COMPARE__COMPARE_TARGET__VALUE: {
-        MDB_val b = {cmp->value.len, cmp->value.data};
+        MDB_val b = {0, NULL};
+        if (cmp->target_union_case == KEEL__COMPARE__TARGET_UNION_VALUE)
+            b = (MDB_val){cmp->value.len, cmp->value.data};
         r = ks_val_cmp(&kv->value, &b);
         break;
     }

@@ -211,9 +211,11 @@ static void heap_pop(struct wset *w, const struct wdel *d)
  */
 static int check_level(struct wset *w, size_t p0, size_t d0)
 {
-    struct wput *p = w->p + p0;
-    struct wdel *d = w->d + d0;
     size_t np = w->np - p0, nd = w->nd - d0, u = 0;
+    /* Nothing put, nothing to check (and w->p may not exist yet: no offset from NULL). */
+    if (np == 0)
+        return 0;
+    struct wput *p = w->p + p0;
     if (np > 1)
         qsort(p, np, sizeof(*p), cmp_put);
     /* A key put through two different writes of this level is put twice. Through one nested
@@ -227,8 +229,9 @@ static int check_level(struct wset *w, size_t p0, size_t d0)
         p[u++] = p[i];
     }
     w->np = p0 + u;
-    if (u == 0 || nd == 0)
+    if (nd == 0)
         return 0;
+    struct wdel *d = w->d + d0;
     int err = grow((void **)&w->heap, &w->caph, nd, sizeof(*w->heap));
     if (err != 0)
         return err;

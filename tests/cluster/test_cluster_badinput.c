@@ -29,6 +29,7 @@
 #include "err.h"
 #include "frame.h"
 #include "keel.pb-c.h"
+#include "testutil.h"
 
 static struct tc_cluster cl;
 static struct tb_bystander *bystander;
@@ -320,6 +321,55 @@ static void no_handshake(void **state)
     close(good);
 }
 
+/*
+ * protobuf-c takes a field number of 0 when its tag is spelled in two bytes (0x80 0x00) and keeps
+ * it as an unknown field, but writes it back in one byte (0x00), which it then refuses to read.
+ * A put carrying one went into the raft log as it came, and every member's storage writer,
+ * unable to decode the committed entry, aborted, on every restart too (found by fuzz_frame).
+ * Such a request must be refused as a frame that does not decode.
+ */
+static void tag_zero(void **state)
+{
+    (void)state;
+    int good = hello(dial(cl.m[1].client));
+    int bad = hello(dial(cl.m[1].client));
+    /* Request {id 1, put {key "k", value "v", field 0 = 1}} */
+    uint8_t frame[] = {0,    0,    0,    13,   0x08, 0x01, 0x5a, 0x09, 0x0a,
+                       0x01, 0x6b, 0x12, 0x01, 0x76, 0x80, 0x00, 0x01};
+    send_all(bad, frame, sizeof(frame));
+    assert_int_equal(expect_error(bad), KEEL__ERROR_CODE__BAD_FRAME);
+    expect_eof(bad);
+    status_ok(good, 12);
+    close(bad);
+    close(good);
+}
+
+/* protobuf-c decodes nested messages recursively, with no limit: a request of 44 KB with 6,000
+ * nested txns overflowed a member's stack. Nesting far past what validation allows is
+ * refused before it is decoded, as a frame that does not decode (found reading protobuf-c while
+ * fuzz_frame's first finding was looked into). */
+static void deep_nesting(void **state)
+{
+    (void)state;
+    int good = hello(dial(cl.m[1].client));
+    int bad = hello(dial(cl.m[1].client));
+    static uint8_t buf[4096];
+    size_t len;
+    const uint8_t *p = tu_nested_txns(buf + sizeof(buf), 500, &len);
+    assert_true(len < sizeof(buf) - 4);
+    uint8_t *frame = (uint8_t *)p - 4;
+    frame[0] = (uint8_t)(len >> 24);
+    frame[1] = (uint8_t)(len >> 16);
+    frame[2] = (uint8_t)(len >> 8);
+    frame[3] = (uint8_t)len;
+    send_all(bad, frame, len + 4);
+    assert_int_equal(expect_error(bad), KEEL__ERROR_CODE__BAD_FRAME);
+    expect_eof(bad);
+    status_ok(good, 13);
+    close(bad);
+    close(good);
+}
+
 static void member_survives(void **state)
 {
     (void)state;
@@ -346,10 +396,14 @@ static void member_stops_cleanly(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(oversized_frame),        cmocka_unit_test(garbage_bytes),
-        cmocka_unit_test(truncated_frame),        cmocka_unit_test(no_handshake),
-        cmocka_unit_test(snapshot_one_at_a_time), cmocka_unit_test(member_survives),
-        cmocka_unit_test(member_stops_cleanly)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(oversized_frame),
+                                       cmocka_unit_test(garbage_bytes),
+                                       cmocka_unit_test(truncated_frame),
+                                       cmocka_unit_test(no_handshake),
+                                       cmocka_unit_test(tag_zero),
+                                       cmocka_unit_test(deep_nesting),
+                                       cmocka_unit_test(snapshot_one_at_a_time),
+                                       cmocka_unit_test(member_survives),
+                                       cmocka_unit_test(member_stops_cleanly)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -302,3 +302,26 @@ void tu_sleep_ms(int ms)
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
     nanosleep(&ts, NULL);
 }
+
+const uint8_t *tu_nested_txns(uint8_t *end, size_t levels, size_t *len)
+{
+    uint8_t *p = end;
+    size_t n = 0;
+    for (size_t i = 0; i <= 2 * levels; i++) {
+        /* TxnRequest.success = 2, RequestOp.request_txn = 4, Request.txn = 13. */
+        unsigned field = i == 2 * levels ? 13 : i % 2 == 0 ? 4 : 2;
+        uint8_t hdr[12];
+        size_t h = 0;
+        hdr[h++] = (uint8_t)(field << 3 | 2);
+        for (size_t v = n;; v >>= 7) {
+            hdr[h++] = (uint8_t)((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+            if (v < 0x80)
+                break;
+        }
+        p -= h;
+        memcpy(p, hdr, h);
+        n += h;
+    }
+    *len = n;
+    return p;
+}

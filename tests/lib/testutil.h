@@ -61,6 +61,11 @@ void tu_op_range(Keel__RequestOp *op, Keel__RangeRequest *range);
 void tu_apply(struct keel_store *s, uint64_t index, const Keel__Command *cmd, struct keel_arena *a,
               struct keel_apply_result *res);
 
+/* The bytes of a Request whose txn nests `levels` txns below it, each the only success op of the
+ * one above, written to end just below end (protobuf writes a message's length before it: built
+ * from the inside out); *len gets their size. */
+const uint8_t *tu_nested_txns(uint8_t *end, size_t levels, size_t *len);
+
 /* Range over [key, end) at revision (0: current); aborts on store failure, returns the code. */
 int tu_range(struct keel_store *s, struct keel_arena *a, const char *key, const char *end,
              int64_t revision, Keel__RangeResponse **out);

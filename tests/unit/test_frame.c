@@ -23,6 +23,7 @@
 #include "err.h"
 #include "frame.h"
 #include "keel.pb-c.h"
+#include "testutil.h"
 
 #define SEED 0x6b65656c2d667261ull
 
@@ -978,6 +979,9 @@ static const struct bad_case bad_cases[] = {
     {"truncated tag varint", {0x80}, 1},
     {"tag varint over 5 bytes", {0x80, 0x80, 0x80, 0x80, 0x80, 0x01, 0x00}, 7},
     {"field number 0", {0x00, 0x00}, 2},
+    /* protobuf-c keeps these as unknown fields, but writes them back as the one above. */
+    {"field number 0 in two bytes", {0x80, 0x00, 0x01}, 3},
+    {"field number 0 in two bytes inside a submessage", {0x5a, 0x03, 0x80, 0x00, 0x01}, 5},
     {"length past the payload", {0x5a, 0x64, 1, 2, 3}, 5},
     {"length of 2^32-1", {0x5a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x00}, 7},
     {"length of 2^64-1",
@@ -1016,7 +1020,30 @@ static void test_unpack_malformed(void **state)
     keel_arena_close(&arena);
 }
 
-/* rv is 0 (and m a message that packs again) or KEEL_EBADFRAME; anything else is a bug. */
+/* protobuf-c unpacks, packs and frees recursively, with no limit: a Request of 44 KB with 6,000
+ * nested txns overflowed an 8 MiB stack. What keel accepts (8 levels) decodes; far deeper is a
+ * frame that does not decode. */
+static void test_unpack_nesting(void **state)
+{
+    (void)state;
+    static uint8_t buf[1u << 20];
+    static const struct {
+        size_t levels;
+        int rv;
+    } cases[] = {{8, 0}, {20, 0}, {40, KEEL_EBADFRAME}, {10000, KEEL_EBADFRAME}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t len;
+        const uint8_t *p = tu_nested_txns(buf + sizeof(buf), cases[i].levels, &len);
+        ProtobufCMessage *m = NULL;
+        assert_int_equal(keel_frame_unpack(&keel__request__descriptor, NULL, p, len, &m),
+                         cases[i].rv);
+        if (m != NULL)
+            protobuf_c_message_free_unpacked(m, NULL);
+    }
+}
+
+/* rv is 0 (and m a message that packs into what unpacks again) or KEEL_EBADFRAME; anything else
+ * is a bug. */
 static void unpack_any(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t len,
                        struct keel_arena *arena, uint64_t *rng)
 {
@@ -1029,6 +1056,9 @@ static void unpack_any(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
         size_t n = protobuf_c_message_get_packed_size(m);
         uint8_t *buf = xmalloc(n);
         assert_int_equal(protobuf_c_message_pack(m, buf), n);
+        ProtobufCMessage *again = NULL;
+        assert_int_equal(keel_frame_unpack(desc, NULL, buf, n, &again), 0);
+        protobuf_c_message_free_unpacked(again, NULL);
         free(buf);
         if (!use_arena)
             protobuf_c_message_free_unpacked(m, NULL);
@@ -1286,6 +1316,7 @@ int main(void)
         cmocka_unit_test(test_oversized_after_frames),
         cmocka_unit_test(test_decoder_edges),
         cmocka_unit_test(test_unpack_malformed),
+        cmocka_unit_test(test_unpack_nesting),
         cmocka_unit_test(test_unpack_garbage),
         cmocka_unit_test(test_decoder_garbage),
         cmocka_unit_test(test_err_strings),

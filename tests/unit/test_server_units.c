@@ -12,10 +12,13 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+
 #include "config.h"
 #include "entry.h"
 #include "err.h"
 #include "fdlimit.h"
+#include "handshake.h"
 #include "u64map.h"
 
 static void entries_are_padded_to_8(void **state)
@@ -153,6 +156,53 @@ static void config_rejects_bad_flags(void **state)
     }
 }
 
+/* The peer handshake's bytes, as member a of GOOD checks them (the rule is transport.h's). */
+static void handshake_names_a_configured_peer(void **state)
+{
+    (void)state;
+    struct keel_config c;
+    char err[256] = "", why[256], client[64], zone[64];
+    assert_int_equal(parse(GOOD, &c, err, sizeof(err)), 0);
+    const struct keel_member_conf *b = &c.members[1];
+    struct keel_handshake h = {.cluster_id = c.cluster_id,
+                               .id = b->id,
+                               .peer = b->peer,
+                               .client = "127.0.2.1:2379",
+                               .name = b->name,
+                               .zone = b->zone};
+    uint8_t buf[KEEL_HANDSHAKE_LEN];
+    keel_handshake_encode(&h, buf);
+    struct in_addr from, elsewhere;
+    inet_pton(AF_INET, "127.0.2.1", &from);
+    inet_pton(AF_INET, "127.0.3.1", &elsewhere);
+    assert_int_equal(keel_handshake_check_head(buf, why, sizeof(why)), 0);
+    assert_ptr_equal(keel_handshake_check(&c, buf, from, client, zone, why, sizeof(why)), b);
+    assert_string_equal(client, "127.0.2.1:2379");
+    assert_string_equal(zone, "z2");
+    /* From another member's host, of another cluster, as this member itself: refused. */
+    assert_null(keel_handshake_check(&c, buf, elsewhere, client, zone, why, sizeof(why)));
+    assert_non_null(strstr(why, "another host"));
+    h.cluster_id ^= 1;
+    keel_handshake_encode(&h, buf);
+    assert_null(keel_handshake_check(&c, buf, from, client, zone, why, sizeof(why)));
+    h.cluster_id ^= 1;
+    h.id = c.member_id;
+    h.peer = c.members[0].peer;
+    keel_handshake_encode(&h, buf);
+    assert_null(keel_handshake_check(&c, buf, from, client, zone, why, sizeof(why)));
+    /* Another version is refused by its head alone; a field without a NUL is cut, not overrun. */
+    keel_handshake_encode(&h, buf);
+    buf[8] = 1;
+    assert_int_equal(keel_handshake_check_head(buf, why, sizeof(why)), -1);
+    h.id = b->id;
+    h.peer = b->peer;
+    keel_handshake_encode(&h, buf);
+    memset(buf + KEEL_HANDSHAKE_LEN - 64, 'z', 64);
+    assert_ptr_equal(keel_handshake_check(&c, buf, from, client, zone, why, sizeof(why)), b);
+    assert_int_equal(strlen(zone), 63);
+    keel_config_close(&c);
+}
+
 static void u64map_put_get_del(void **state)
 {
     (void)state;
@@ -206,9 +256,12 @@ static void fdlimit_fits_connections(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(entries_are_padded_to_8),   cmocka_unit_test(odd_lengths_are_refused),
-        cmocka_unit_test(config_accepts_good_flags), cmocka_unit_test(config_rejects_bad_flags),
-        cmocka_unit_test(u64map_put_get_del),        cmocka_unit_test(fdlimit_fits_connections)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(entries_are_padded_to_8),
+                                       cmocka_unit_test(odd_lengths_are_refused),
+                                       cmocka_unit_test(config_accepts_good_flags),
+                                       cmocka_unit_test(config_rejects_bad_flags),
+                                       cmocka_unit_test(handshake_names_a_configured_peer),
+                                       cmocka_unit_test(u64map_put_get_del),
+                                       cmocka_unit_test(fdlimit_fits_connections)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -298,6 +298,30 @@ static void txn_compare_targets(void **state)
         assert_int_equal(r.response->txn->succeeded, cases[i].expect);
         assert_int_equal(r.revision, 2); /* no ops: no revision */
     }
+    /* The operand is the oneof member the target names; another member set is no operand, the
+     * zero value, as in etcd. A value target with a version set read the version as a length
+     * and a NULL pointer: every member applying the txn crashed (found by fuzz_apply). */
+    struct {
+        Keel__Compare__CompareTarget target;
+        Keel__Compare__TargetUnionCase set;
+    } others[] = {
+        {KEEL__COMPARE__COMPARE_TARGET__VALUE, KEEL__COMPARE__TARGET_UNION_VERSION},
+        {KEEL__COMPARE__COMPARE_TARGET__VALUE, KEEL__COMPARE__TARGET_UNION__NOT_SET},
+        {KEEL__COMPARE__COMPARE_TARGET__VERSION, KEEL__COMPARE__TARGET_UNION_LEASE},
+        {KEEL__COMPARE__COMPARE_TARGET__LEASE, KEEL__COMPARE__TARGET_UNION_VALUE},
+    };
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+        Keel__TxnRequest *t = tu_txn(&f->a);
+        Keel__Compare *c =
+            tu_txn_compare(&f->a, t, "k", others[i].target, KEEL__COMPARE__COMPARE_RESULT__GREATER);
+        c->target_union_case = others[i].set;
+        if (others[i].set == KEEL__COMPARE__TARGET_UNION_VALUE)
+            c->value = tu_str(&f->a, "zzz");
+        else
+            c->version = 7; /* shares its bytes with every other member */
+        /* "v" > "", version 2 > 0, lease 5 > 0 */
+        assert_true(ap(f, tu_cmd_txn(&f->a, t)).response->txn->succeeded);
+    }
     /* a missing key: VALUE compare is false; version compares as 0 */
     Keel__TxnRequest *t = tu_txn(&f->a);
     Keel__Compare *c = tu_txn_compare(&f->a, t, "missing", KEEL__COMPARE__COMPARE_TARGET__VALUE,

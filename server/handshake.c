@@ -1,0 +1,105 @@
+/* The peer handshake's bytes (see handshake.h; the acceptance rule is transport.h's). */
+#include "handshake.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "bytes.h"
+
+#define HELLO_MAGIC   0x4b45454c50454552ull /* "KEELPEER" */
+#define HELLO_VERSION 2
+#define HELLO_CLUSTER 16
+#define HELLO_ID      24
+#define HELLO_PEER    32
+#define HELLO_CLIENT  96
+#define HELLO_NAME    160
+#define HELLO_ZONE    224
+
+static void put_str(uint8_t *p, const char *s)
+{
+    memset(p, 0, 64);
+    memcpy(p, s, strnlen(s, 63));
+}
+
+/* A field as a C string: the sender may fill all 64 bytes, so the last one is never read. */
+static void get_str(char *dst, const uint8_t *p)
+{
+    memcpy(dst, p, 63);
+    dst[63] = '\0';
+}
+
+void keel_handshake_encode(const struct keel_handshake *h, uint8_t out[KEEL_HANDSHAKE_LEN])
+{
+    keel_put_le64(out, HELLO_MAGIC);
+    keel_put_le64(out + 8, HELLO_VERSION);
+    keel_put_le64(out + HELLO_CLUSTER, h->cluster_id);
+    keel_put_le64(out + HELLO_ID, h->id);
+    put_str(out + HELLO_PEER, h->peer);
+    put_str(out + HELLO_CLIENT, h->client);
+    put_str(out + HELLO_NAME, h->name);
+    put_str(out + HELLO_ZONE, h->zone);
+}
+
+int keel_handshake_check_head(const uint8_t *head, char *why, size_t len)
+{
+    if (keel_get_le64(head) != HELLO_MAGIC) {
+        snprintf(why, len, "not a keel peer handshake");
+        return -1;
+    }
+    uint64_t version = keel_get_le64(head + 8);
+    if (version != HELLO_VERSION) {
+        snprintf(why, len, "handshake version %llu, this member speaks %d",
+                 (unsigned long long)version, HELLO_VERSION);
+        return -1;
+    }
+    return 0;
+}
+
+const struct keel_member_conf *keel_handshake_check(const struct keel_config *cfg,
+                                                    const uint8_t hello[KEEL_HANDSHAKE_LEN],
+                                                    struct in_addr from, char client[64],
+                                                    char zone[64], char *why, size_t len)
+{
+    uint64_t cluster = keel_get_le64(hello + HELLO_CLUSTER);
+    if (cluster != cfg->cluster_id) {
+        snprintf(why, len, "from cluster %016llx, this member is in cluster %016llx",
+                 (unsigned long long)cluster, (unsigned long long)cfg->cluster_id);
+        return NULL;
+    }
+    uint64_t id = keel_get_le64(hello + HELLO_ID);
+    const struct keel_member_conf *m = keel_config_member(cfg, id);
+    if (m == NULL) {
+        snprintf(why, len, "claims member id %016llx, which --initial-cluster does not name",
+                 (unsigned long long)id);
+        return NULL;
+    }
+    if (id == cfg->member_id) {
+        snprintf(why, len, "claims to be this member (%s)", m->name);
+        return NULL;
+    }
+    char addr[64], host[KEEL_ADDR_MAX];
+    int port;
+    struct in_addr want;
+    get_str(addr, hello + HELLO_PEER);
+    if (strcmp(addr, m->peer) != 0) {
+        snprintf(why, len, "claims member %s with peer address %.63s, configured as %s", m->name,
+                 addr, m->peer);
+        return NULL;
+    }
+    /* config.c accepted only IPv4 literals, so this cannot fail; refuse if it ever does. */
+    if (keel_addr_split(m->peer, host, sizeof(host), &port) != 0 ||
+        inet_pton(AF_INET, host, &want) != 1 || from.s_addr != want.s_addr) {
+        snprintf(why, len, "claims member %s, whose peer address is %s, from another host", m->name,
+                 m->peer);
+        return NULL;
+    }
+    /* What every member will be told to dial: the same form --listen-client must have. */
+    get_str(client, hello + HELLO_CLIENT);
+    if (keel_addr_split(client, host, sizeof(host), &port) != 0) {
+        snprintf(why, len, "member %s gives a client address that is not a.b.c.d:port", m->name);
+        return NULL;
+    }
+    get_str(zone, hello + HELLO_ZONE);
+    return m;
+}
