@@ -346,11 +346,7 @@ static void output_memory(void **state)
     (void)state;
     /* ASan keeps freed memory in a quarantine (256 MiB by default) that counts as RSS; bound it
      * so RSS shows what keeld holds. */
-    const char *asan = getenv("ASAN_OPTIONS");
-    char opts[512];
-    snprintf(opts, sizeof(opts), "%s%squarantine_size_mb=8", asan ? asan : "",
-             asan && asan[0] ? ":" : "");
-    setenv("ASAN_OPTIONS", opts, 1);
+    char *asan = tu_asan_options_add("quarantine_size_mb=8");
     struct tc_cluster c;
     int reader = raw_one_member(&c, "limits-output", "--max-output-bytes 16777216");
     uint8_t *val = malloc(BIG_VALUE);
@@ -390,12 +386,7 @@ static void output_memory(void **state)
         snprintf(key, sizeof(key), "r%d", i);
         assert_int_equal(raw_put(reader, 10 + (uint64_t)i, key, (const uint8_t *)"x", 1), 0);
         req.id = 100 + (uint64_t)i;
-        uint8_t *buf = NULL;
-        size_t len = 0, cap = 0;
-        raw_append(&buf, &len, &cap, &req);
-        raw_send(reader, buf, len);
-        free(buf);
-        Keel__Response *r = raw_response(reader);
+        Keel__Response *r = raw_call(reader, &req);
         assert_int_equal(r->id, 100 + (uint64_t)i);
         assert_null(r->error);
         assert_int_equal(r->range->n_kvs, 1);
@@ -416,10 +407,7 @@ static void output_memory(void **state)
     assert_int_equal(raw_put(reader, 200, "after", (const uint8_t *)"ok", 2), 0);
     close(reader);
     tc_cluster_close(&c);
-    if (asan != NULL)
-        setenv("ASAN_OPTIONS", asan, 1);
-    else
-        unsetenv("ASAN_OPTIONS");
+    tu_asan_options_restore(asan);
 }
 
 int main(int argc, char **argv)

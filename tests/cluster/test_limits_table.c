@@ -486,12 +486,7 @@ static void watches(void **state)
     req.id = 5000;
     req.body_case = KEEL__REQUEST__BODY_WATCH_CANCEL;
     req.watch_cancel = &wcan;
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    raw_append(&buf, &len, &cap, &req);
-    raw_send(fd, buf, len);
-    free(buf);
-    Keel__Response *r = raw_response(fd);
+    Keel__Response *r = raw_call(fd, &req);
     assert_int_equal(r->id, 5000);
     assert_null(r->error);
     assert_true(r->watch->canceled);
@@ -617,17 +612,10 @@ static void half_frame(void **state)
 {
     (void)state;
     /* ASan's quarantine counts as RSS: bound it, so RSS shows what keeld holds. */
-    const char *asan = getenv("ASAN_OPTIONS");
-    char opts[512];
-    snprintf(opts, sizeof(opts), "%s%squarantine_size_mb=8", asan ? asan : "",
-             asan && asan[0] ? ":" : "");
-    setenv("ASAN_OPTIONS", opts, 1);
+    char *asan = tu_asan_options_add("quarantine_size_mb=8");
     struct tc_cluster c;
     close(raw_one_member(&c, "limits-half", ""));
-    if (asan != NULL)
-        setenv("ASAN_OPTIONS", asan, 1);
-    else
-        unsetenv("ASAN_OPTIONS");
+    tu_asan_options_restore(asan);
     struct tb_bystander *b = tb_start(&c, 1, TB_WRITES);
     uint8_t *val = malloc(STALL_VALUE);
     assert_non_null(val);

@@ -467,11 +467,7 @@ static void slow_consumer_bounded(void **state)
     (void)state;
     /* ASan holds freed memory in a quarantine (256 MB by default), which would hide what the
      * member really keeps: keep it small for the members started here. */
-    const char *old = getenv("ASAN_OPTIONS");
-    char opts[512];
-    snprintf(opts, sizeof(opts), "%s%squarantine_size_mb=4:thread_local_quarantine_size_kb=64",
-             old ? old : "", old && old[0] ? ":" : "");
-    setenv("ASAN_OPTIONS", opts, 1);
+    free(tu_asan_options_add("quarantine_size_mb=4:thread_local_quarantine_size_kb=64"));
     struct tc_cluster c;
     tc_cluster_init(&c, 3, "watch-slow");
     c.snapshot_threshold = 64;

@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #include "store.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -49,6 +51,16 @@ static inline uint32_t fz_u32(struct fz *f)
             abort();                                                                               \
         }                                                                                          \
     } while (0)
+
+/* m packs to exactly its announced size (what keeld sends must encode). */
+static inline void fz_packs(const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = malloc(n + 1);
+    FZ_CHECK(buf != NULL);
+    FZ_CHECK(protobuf_c_message_pack(m, buf) == n);
+    free(buf);
+}
 
 /* The member fuzz_handshake plays, as keeld's flags (seeds.c makes handshakes for it). */
 #define FZ_MEMBER_ARGS                                                                             \

@@ -43,15 +43,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-static void packs(const ProtobufCMessage *m)
-{
-    size_t n = protobuf_c_message_get_packed_size(m);
-    uint8_t *buf = malloc(n + 1);
-    FZ_CHECK(buf != NULL);
-    FZ_CHECK(protobuf_c_message_pack(m, buf) == n);
-    free(buf);
-}
-
 static bool shortage(int err)
 {
     return err == KEEL_ENOMEM || err == KEEL_EMAPFULL;
@@ -65,7 +56,7 @@ static void read_back(struct keel_store *s, int64_t from)
                                  &arena, &h);
     FZ_CHECK(err == 0 || err == KEEL_ECOMPACTED || shortage(err));
     for (size_t i = 0; err == 0 && i < h.n_events; i++)
-        packs(&h.events[i]->base);
+        fz_packs(&h.events[i]->base);
     struct keel_lease_info *leases;
     size_t n;
     err = keel_store_lease_list(s, &arena, &leases, &n);
@@ -74,7 +65,7 @@ static void read_back(struct keel_store *s, int64_t from)
     err = keel_store_members(s, &arena, &members, &n);
     FZ_CHECK(err == 0 || shortage(err));
     for (size_t i = 0; err == 0 && i < n; i++)
-        packs(&members[i]->base);
+        fz_packs(&members[i]->base);
 }
 
 static void apply(const Keel__CommandBatch *batch)
@@ -112,9 +103,9 @@ static void apply(const Keel__CommandBatch *batch)
             continue;
         }
         if (r->response != NULL)
-            packs(&r->response->base);
+            fz_packs(&r->response->base);
         for (size_t e = 0; e < r->n_events; e++)
-            packs(&r->events[e]->base);
+            fz_packs(&r->events[e]->base);
     }
     if (err == 0)
         read_back(s, st.revision + 1);

@@ -33,15 +33,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-static void packs(const ProtobufCMessage *m)
-{
-    size_t n = protobuf_c_message_get_packed_size(m);
-    uint8_t *buf = malloc(n + 1);
-    FZ_CHECK(buf != NULL);
-    FZ_CHECK(protobuf_c_message_pack(m, buf) == n);
-    free(buf);
-}
-
 /* A NUL-terminated copy of n bytes, in the arena. */
 static char *text(const uint8_t *p, size_t n)
 {
@@ -121,19 +112,19 @@ static void request(int which, const struct ctl_args *in)
     switch (which) {
     case 0:
         if ((rv = ctl_build_get(&g, &pos, &arena, &rr, err)) == 0)
-            packs(&rr->base);
+            fz_packs(&rr->base);
         break;
     case 1:
         if ((rv = ctl_build_put(&p, &pos, &arena, &pr, err)) == 0)
-            packs(&pr->base);
+            fz_packs(&pr->base);
         break;
     case 2:
         if ((rv = ctl_build_del(&d, &pos, &arena, &dr, err)) == 0)
-            packs(&dr->base);
+            fz_packs(&dr->base);
         break;
     default:
         if ((rv = ctl_build_watch(&w, &pos, &arena, &wr, err)) == 0)
-            packs(&wr->base);
+            fz_packs(&wr->base);
         break;
     }
     if (rv != 0)

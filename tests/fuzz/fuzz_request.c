@@ -126,10 +126,7 @@ static void serve_range(const Keel__RangeRequest *rr)
         Keel__Response resp = KEEL__RESPONSE__INIT;
         resp.body_case = KEEL__RESPONSE__BODY_RANGE;
         resp.range = out;
-        uint8_t *buf = malloc(keel__response__get_packed_size(&resp) + 1);
-        FZ_CHECK(buf != NULL);
-        keel__response__pack(&resp, buf);
-        free(buf);
+        fz_packs(&resp.base);
     } else {
         FZ_CHECK(!keel_err_is_local(err) || err == KEEL_ENOMEM);
     }

@@ -194,6 +194,16 @@ int raw_put(int fd, uint64_t id, const char *key, const uint8_t *val, size_t val
     return code;
 }
 
+Keel__Response *raw_call(int fd, const Keel__Request *req)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    raw_append(&buf, &len, &cap, req);
+    raw_send(fd, buf, len);
+    free(buf);
+    return raw_response(fd);
+}
+
 uint64_t raw_raft_index(int fd, uint64_t id)
 {
     Keel__StatusRequest sr = KEEL__STATUS_REQUEST__INIT;
@@ -201,12 +211,7 @@ uint64_t raw_raft_index(int fd, uint64_t id)
     req.id = id;
     req.body_case = KEEL__REQUEST__BODY_STATUS;
     req.status = &sr;
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    raw_append(&buf, &len, &cap, &req);
-    raw_send(fd, buf, len);
-    free(buf);
-    Keel__Response *r = raw_response(fd);
+    Keel__Response *r = raw_call(fd, &req);
     assert_int_equal(r->id, id);
     assert_int_equal(r->body_case, KEEL__RESPONSE__BODY_STATUS);
     uint64_t index = r->status->raftindex;

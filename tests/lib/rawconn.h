@@ -43,6 +43,10 @@ bool raw_closed(int fd, int timeout_ms);
 
 /* Append a framed request to buf (realloc'd as needed). */
 void raw_append(uint8_t **buf, size_t *len, size_t *cap, const Keel__Request *req);
+
+/* Send req alone and read the next response (the caller frees it with
+ * keel__response__free_unpacked). Aborts the test as raw_send and raw_response do. */
+Keel__Response *raw_call(int fd, const Keel__Request *req);
 void raw_append_put(uint8_t **buf, size_t *len, size_t *cap, uint64_t id, const char *key,
                     const uint8_t *val, size_t val_len);
 

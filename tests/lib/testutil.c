@@ -325,3 +325,22 @@ const uint8_t *tu_nested_txns(uint8_t *end, size_t levels, size_t *len)
     *len = n;
     return p;
 }
+
+char *tu_asan_options_add(const char *opts)
+{
+    const char *old = getenv("ASAN_OPTIONS");
+    char *saved = old != NULL ? strdup(old) : NULL;
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s%s%s", saved ? saved : "", saved && saved[0] ? ":" : "", opts);
+    setenv("ASAN_OPTIONS", buf, 1);
+    return saved;
+}
+
+void tu_asan_options_restore(char *saved)
+{
+    if (saved != NULL)
+        setenv("ASAN_OPTIONS", saved, 1);
+    else
+        unsetenv("ASAN_OPTIONS");
+    free(saved);
+}

@@ -89,4 +89,13 @@ int tu_run_groups(const char *prog, int argc, char **argv, const struct tu_group
 /* Sleep for ms milliseconds. */
 void tu_sleep_ms(int ms);
 
+/*
+ * Append opts (e.g. "quarantine_size_mb=8") to ASAN_OPTIONS for the processes started from now
+ * on: ASan's quarantine of freed memory (256 MiB by default) counts as RSS, so a test that
+ * measures a member's memory bounds it. Returns the previous value (malloc'd; NULL when it was
+ * unset), which tu_asan_options_restore puts back and frees.
+ */
+char *tu_asan_options_add(const char *opts);
+void tu_asan_options_restore(char *saved);
+
 #endif
