@@ -4,6 +4,7 @@
  */
 #include "dispatch.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "arena.h"
@@ -203,6 +204,18 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
         if (!req->range->serializable) {
             linearizable_range(d, session, req);
             return; /* req is owned by the read */
+        }
+        if (d->o.progress != NULL && d->o.progress->committed < d->o.progress->shown_before) {
+            /* Its store restarted behind what its readers saw: answering now could go back in
+             * time. Raft's replay brings it back once it hears from the leader. */
+            char msg[160];
+            snprintf(msg, sizeof(msg),
+                     "member restarted and is replaying its log (applied index %llu of %llu it "
+                     "had shown): try another member",
+                     (unsigned long long)d->o.progress->committed,
+                     (unsigned long long)d->o.progress->shown_before);
+            keel_reply_error(d->o.reply, session, req->id, KEEL_EUNAVAILABLE, msg);
+            break;
         }
         serve_range(d, session, req);
         break;

@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "consensus.h"
+#include "fsm.h"
 #include "keel.pb-c.h"
 #include "lessor.h"
 #include "members.h"
@@ -41,6 +42,9 @@ struct keel_dispatch_options {
     struct keel_snapstream *snapstream;
     struct keel_watch_hub *watch;
     struct keel_lessor *lessor;
+    /* The writer's progress: a restarted member serves serializable reads only once it has
+     * applied again what it had shown before (shown_before). NULL: no such wait. */
+    const struct keel_fsm_progress *progress;
 };
 
 /* 0 or KEEL_ENOMEM. What o points to must outlive it. */

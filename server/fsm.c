@@ -3,9 +3,11 @@
  *  - the loop (keel_fsm_apply / _snapshot / _restore, called by node.c; on_async) queues jobs
  *    and takes finished batches;
  *  - the writer thread (writer_main) takes up to MAX_JOBS_PER_TX jobs or MAX_BYTES_PER_TX
- *    bytes at a time, applies them in one LMDB transaction, commits, and publishes one batch.
- * A FETCH or SYNC job first commits what came before it, so the order of state changes is the
- * order of the jobs. A store failure at apply aborts the member (fatal): it replays its log.
+ *    bytes at a time, applies them in the open LMDB write, publishes them to readers, delivers
+ *    one batch, and commits when the write is due.
+ * A FETCH or SYNC job first publishes and commits what came before it, so the order of state
+ * changes is the order of the jobs. A store failure at apply aborts the member (fatal): it
+ * replays its log.
  */
 #include "fsm.h"
 
@@ -26,7 +28,7 @@
 #define TOKEN_FORMAT     1
 #define MAX_JOBS_PER_TX  4096
 #define MAX_BYTES_PER_TX (8u << 20) /* bounds a batch's memory when the writer falls behind */
-#define SYNC_WAIT_MS     60000 /* a snapshot waits this long for the writer, on raft's pool */
+#define SYNC_WAIT_MS     60000      /* a snapshot waits this long for the writer, on raft's pool */
 #define FETCH_TIMEOUT    10000
 
 enum job_kind { JOB_APPLY, JOB_FETCH, JOB_SYNC };
@@ -54,9 +56,14 @@ struct keel_fsm {
     char leader[64];                              /* under mu */
     int stopping;                                 /* under mu */
     int thread_running;
-    uint64_t gap_from; /* writer: token index of a fetch abandoned at shutdown (0: none) */
-    uint64_t gap_dropped; /* writer: entries dropped above gap_from */
-    uint64_t fetch_pending; /* loop: token index of a fetch not yet reported done (0: none) */
+    uint64_t gap_from;          /* writer: token index of a fetch abandoned at shutdown (0: none) */
+    uint64_t gap_dropped;       /* writer: entries dropped above gap_from */
+    uint64_t fetch_pending;     /* loop: token index of a fetch not yet reported done (0: none) */
+    struct keel_store_write *w; /* writer: the open write, published but not yet committed */
+    uint64_t w_began;           /* writer: when w began (monotonic ms) */
+    int mark_fd;                /* the mark file (-1: none) */
+    uint64_t commit_ms;         /* commit w this long after it began ... */
+    size_t commit_bytes;        /* ... or once its overlay holds this much */
 
     uv_async_t async;
     void (*stop_cb)(void *data);
@@ -223,18 +230,81 @@ static int do_fetch(struct keel_fsm *f, uint64_t token_index)
     }
 }
 
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * Note the highest index readers may see, before they see it. Not synced: it is for a process
+ * that was killed (the page cache keeps the write), so that after a restart it does not answer
+ * a serializable read from a state older than one it has shown. After an OS crash the note may
+ * be older than what was shown, as the state may be.
+ */
+static void note_mark(struct keel_fsm *f, uint64_t index)
+{
+    uint8_t b[8];
+    keel_put_le64(b, index);
+    if (f->mark_fd >= 0 && pwrite(f->mark_fd, b, sizeof(b), 0) != (ssize_t)sizeof(b)) {
+        KLOG_WARN("cannot note the published index in the mark file: %s", strerror(errno));
+        close(f->mark_fd);
+        f->mark_fd = -1;
+    }
+}
+
+/* The open write's commit: sync everything applied since the last one to LMDB. */
+static void commit(struct keel_fsm *f)
+{
+    int err = keel_store_write_commit(f->w);
+    f->w = NULL;
+    if (err != 0)
+        fatal("commit", err);
+}
+
+/* Publish the batch applied in the open write: readers see it, then its results go out. */
+static void deliver(struct keel_fsm *f, struct keel_fsm_batch *b)
+{
+    note_mark(f, keel_store_write_applied_index(f->w)); /* before a reader can see it */
+    int err = keel_store_write_publish(f->w);
+    if (err != 0)
+        fatal("publish", err);
+    publish(f, b);
+    if (keel_store_write_pending_bytes(f->w) >= f->commit_bytes ||
+        now_ms() - f->w_began >= f->commit_ms)
+        commit(f);
+}
+
 static void *writer_main(void *arg)
 {
     struct keel_fsm *f = arg;
     for (;;) {
         pthread_mutex_lock(&f->mu);
-        while (f->head == NULL && !f->stopping)
+        /* With a write open, wait no longer than its commit is due. */
+        while (f->head == NULL && !f->stopping && f->w == NULL)
             pthread_cond_wait(&f->cond, &f->mu);
-        if (f->head == NULL && f->stopping) {
-            pthread_mutex_unlock(&f->mu);
-            break;
+        if (f->head == NULL && !f->stopping && f->w != NULL) {
+            uint64_t due = f->w_began + f->commit_ms, now = now_ms();
+            if (due > now) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                uint64_t ns = (uint64_t)ts.tv_nsec + (due - now) * 1000000ull;
+                ts.tv_sec += (time_t)(ns / 1000000000ull);
+                ts.tv_nsec = (long)(ns % 1000000000ull);
+                pthread_cond_timedwait(&f->cond, &f->mu, &ts);
+            }
         }
-        /* Take what is queued, up to a bound: one LMDB transaction for all of it. */
+        if (f->head == NULL) {
+            int stopping = f->stopping;
+            pthread_mutex_unlock(&f->mu);
+            if (f->w != NULL && (stopping || now_ms() - f->w_began >= f->commit_ms))
+                commit(f); /* idle, or stopping: what is applied goes to disk */
+            if (stopping)
+                break;
+            continue;
+        }
+        /* Take what is queued, up to a bound: one batch of results for all of it. */
         struct job *jobs = f->head;
         struct job *last = jobs;
         size_t bytes = jobs->len;
@@ -250,7 +320,6 @@ static void *writer_main(void *arg)
         last->next = NULL;
         pthread_mutex_unlock(&f->mu);
 
-        struct keel_store_write *w = NULL;
         struct keel_fsm_batch *b = NULL;
         while (jobs != NULL) {
             struct job *j = jobs;
@@ -263,23 +332,23 @@ static void *writer_main(void *arg)
                               "%llu",
                               (unsigned long long)j->index, (unsigned long long)f->gap_from);
             } else if (j->kind == JOB_APPLY) {
-                if (w == NULL) {
-                    int err = keel_store_write_begin(f->o.store, &w);
+                if (f->w == NULL) {
+                    int err = keel_store_write_begin(f->o.store, &f->w);
                     if (err != 0)
                         fatal("begin", err);
-                    b = batch_new();
+                    f->w_began = now_ms();
                 }
-                apply_job(w, b, j);
+                if (b == NULL)
+                    b = batch_new();
+                apply_job(f->w, b, j);
             } else {
-                /* Fetch and sync see everything before them committed. */
-                if (w != NULL) {
-                    int err = keel_store_write_commit(w);
-                    if (err != 0)
-                        fatal("commit", err);
-                    publish(f, b);
-                    w = NULL;
+                /* Fetch and sync see everything before them published and committed. */
+                if (b != NULL) {
+                    deliver(f, b);
                     b = NULL;
                 }
+                if (f->w != NULL)
+                    commit(f);
                 if (j->kind == JOB_FETCH) {
                     int got = do_fetch(f, j->index);
                     if (got < 0 && j->index > f->gap_from)
@@ -299,12 +368,8 @@ static void *writer_main(void *arg)
             }
             free(j);
         }
-        if (w != NULL) {
-            int err = keel_store_write_commit(w);
-            if (err != 0)
-                fatal("commit", err);
-            publish(f, b);
-        }
+        if (b != NULL)
+            deliver(f, b);
     }
     return NULL;
 }
@@ -345,8 +410,7 @@ void keel_fsm_apply(struct keel_fsm *f, uint64_t index, const void *payload, siz
     enqueue(f, j);
 }
 
-int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN],
-                            uint64_t *ticket)
+int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN], uint64_t *ticket)
 {
     if (f->fetch_pending != 0) {
         /* The store waits for a checkpoint: it cannot promise any index yet. */
@@ -427,9 +491,26 @@ int keel_fsm_new(const struct keel_fsm_options *o, struct keel_fsm **out)
     if (f == NULL)
         return KEEL_ENOMEM;
     f->o = *o;
+    f->commit_ms = o->commit_interval_ms ? o->commit_interval_ms : KEEL_FSM_COMMIT_MS;
+    f->commit_bytes = o->commit_bytes ? o->commit_bytes : KEEL_FSM_COMMIT_BYTES;
     struct keel_store_stat st;
     keel_store_stat(o->store, &st);
     f->progress.queued = f->progress.committed = st.applied_index;
+    f->mark_fd = -1;
+    if (o->mark_path != NULL) {
+        f->mark_fd = open(o->mark_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        uint8_t b[8];
+        if (f->mark_fd < 0) {
+            KLOG_WARN("cannot open the mark file %s: %s", o->mark_path, strerror(errno));
+        } else if (pread(f->mark_fd, b, sizeof(b), 0) == (ssize_t)sizeof(b) &&
+                   keel_get_le64(b) > st.applied_index) {
+            f->progress.shown_before = keel_get_le64(b);
+            KLOG_INFO("the store restarts at index %llu; before the restart readers saw %llu: "
+                      "serializable reads wait until it is back there",
+                      (unsigned long long)st.applied_index,
+                      (unsigned long long)f->progress.shown_before);
+        }
+    }
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cond, NULL);
     pthread_cond_init(&f->sync_cond, NULL);
@@ -485,12 +566,15 @@ void keel_fsm_free(struct keel_fsm *f)
 {
     if (f == NULL)
         return;
+    keel_store_write_abort(f->w); /* only when the writer never stopped: stop commits it */
     struct job *j = f->head;
     while (j) {
         struct job *next = j->next;
         free(j);
         j = next;
     }
+    if (f->mark_fd >= 0)
+        close(f->mark_fd);
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->cond);
     pthread_cond_destroy(&f->sync_cond);

@@ -4,15 +4,20 @@
  *
  * The node calls keel_fsm_apply on the loop for each committed entry, in index order. It only
  * copies the entry into the writer's queue: the writer thread owns the store's only write
- * transaction, applies everything queued in one LMDB transaction, commits (one data sync per
- * batch), and hands the results back to the loop through a uv_async_t. Replies and watch events go
- * out from there, after the commit, so a reply never promises state that a crash could lose without
- * the raft log being able to replay it.
+ * transaction and keeps it open across many entries. It applies what is queued, publishes it
+ * (the store's overlay makes it visible to every read), and hands the results back to the loop
+ * through a uv_async_t; replies and watch events go out from there. No LMDB sync is on that
+ * path: the raft log already holds every applied entry durably, and a crash replays whatever
+ * LMDB had not committed. The writer commits, with a sync, once the write is commit_interval_ms
+ * old or its overlay holds commit_bytes, when idle past that, and before a snapshot or a
+ * checkpoint fetch.
  *
  * Raft snapshots are tokens {magic, applied index, cluster id}: the store itself never goes
- * through raft. A token ahead of the store (a follower that fell behind the leader's log)
- * queues a checkpoint fetch from the leader on the writer, ahead of the entries raft delivers
- * next, so the order of state changes stays the log's order.
+ * through raft. A token promises only committed and synced state (a SYNC job commits first), so
+ * raft never compacts away a log entry that LMDB does not hold on disk. A token ahead of the
+ * store (a follower that fell behind the leader's log) queues a checkpoint fetch from the
+ * leader on the writer, ahead of the entries raft delivers next, so the order of state changes
+ * stays the log's order.
  */
 #ifndef KEEL_FSM_H
 #define KEEL_FSM_H
@@ -28,7 +33,9 @@
 
 struct keel_fsm;
 
-#define KEEL_FSM_TOKEN_LEN 32 /* bytes of a snapshot token */
+#define KEEL_FSM_TOKEN_LEN    32  /* bytes of a snapshot token */
+#define KEEL_FSM_COMMIT_MS    100 /* default commit interval (etcd's backend batch interval) */
+#define KEEL_FSM_COMMIT_BYTES (64u << 20) /* default overlay bound: commit once it holds this */
 
 /* One command's outcome. */
 struct keel_fsm_result {
@@ -40,14 +47,14 @@ struct keel_fsm_result {
     struct keel_apply_result r;
 };
 
-/* What one LMDB commit applied, delivered on the loop. Memory lives in arena. */
+/* What one writer pass applied and published, delivered on the loop. Memory lives in arena. */
 struct keel_fsm_batch {
     struct keel_fsm_batch *next;
     struct keel_arena arena;
     struct keel_fsm_result *results;
     size_t n;
     size_t cap;
-    uint64_t applied_index; /* the store's applied index after this commit */
+    uint64_t applied_index; /* the store's applied (visible) index after this batch */
     bool restored;          /* a checkpoint replaced the store before this batch: whatever followed
                              * revisions through batches must re-read the store's history */
     size_t entry_bytes;     /* payload bytes of the entries it applied (the queue's accounting) */
@@ -63,6 +70,9 @@ struct keel_fsm_options {
     const char *bind_host; /* source address of checkpoint fetches */
     keel_fsm_done_cb done;
     void *data;
+    const char *mark_path;       /* where the highest published index is noted (NULL: nowhere) */
+    uint32_t commit_interval_ms; /* 0: KEEL_FSM_COMMIT_MS */
+    size_t commit_bytes;         /* 0: KEEL_FSM_COMMIT_BYTES; bounds the overlay's memory */
 };
 
 /* How far the writer got, as the loop sees it. */
@@ -71,6 +81,10 @@ struct keel_fsm_progress {
     uint64_t committed;     /* the store's applied index as of the last batch delivered */
     uint64_t backlog_bytes; /* entry bytes handed to the writer, not yet delivered back: what
                              * its queue and the batch being applied hold */
+    /* The highest index readers of this member had seen before it restarted (from the mark
+     * file): published, maybe not committed, so the store may restart below it. Until
+     * `committed` is back there, a local read could go back in time: serializable reads wait. */
+    uint64_t shown_before;
 };
 
 /* Start the writer thread. 0 or KEEL_E*. o->loop and o->store must outlive the fsm. */

@@ -211,12 +211,15 @@ static int wire(struct keeld *k)
     char host[KEEL_ADDR_MAX];
     int port;
     keel_addr_split(k->cfg.listen_peer, host, sizeof(host), &port);
+    char mark[600];
+    snprintf(mark, sizeof(mark), "%s/state.shown", k->cfg.data_dir);
     struct keel_fsm_options fo = {.loop = &k->loop,
                                   .store = k->store,
                                   .cluster_id = k->cfg.cluster_id,
                                   .bind_host = host,
                                   .done = on_applied,
-                                  .data = k};
+                                  .data = k,
+                                  .mark_path = mark};
     int rv = keel_fsm_new(&fo, &k->fsm);
     if (rv != 0) {
         KLOG_ERROR("cannot start the storage writer: %s", keel_strerror(rv));
@@ -286,7 +289,8 @@ static int wire(struct keeld *k)
                                          .readindex = k->readindex,
                                          .snapstream = &k->snapstream,
                                          .watch = k->watch,
-                                         .lessor = k->lessor};
+                                         .lessor = k->lessor,
+                                         .progress = keel_fsm_progress(k->fsm)};
     if ((rv = keel_dispatch_new(&dopt, &k->dispatch)) != 0)
         return rv;
     struct keel_node_options no = {.loop = &k->loop,

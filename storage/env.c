@@ -91,7 +91,32 @@ void ks_meta_publish(struct keel_store *s, const struct meta *m)
 {
     pthread_mutex_lock(&s->stat_lock);
     s->committed = *m;
+    s->visible = *m;
     pthread_mutex_unlock(&s->stat_lock);
+}
+
+void ks_meta_publish_visible(struct keel_store *s, const struct meta *m)
+{
+    pthread_mutex_lock(&s->stat_lock);
+    s->visible = *m;
+    pthread_mutex_unlock(&s->stat_lock);
+}
+
+int ks_overlay_reset(struct keel_store *s, const struct meta *m)
+{
+    struct ks_overlay *fresh = NULL;
+    int err = ks_overlay_new(m, &fresh);
+    pthread_rwlock_wrlock(&s->ov_lock);
+    struct ks_overlay *old = s->ov;
+    if (err == 0)
+        s->ov = fresh;
+    else if (old != NULL)
+        ks_overlay_invalidate(old);
+    pthread_rwlock_unlock(&s->ov_lock);
+    /* No reader can hold the old one: each holds ov_lock shared while it reads. */
+    if (err == 0)
+        ks_overlay_free(old);
+    return err;
 }
 
 /* ---- the files of a swap ---- */
@@ -245,9 +270,10 @@ static int open_at(struct keel_store *s, const char *dir, struct opened *o)
     mdb_env_set_maxreaders(o->env, MAX_READERS);
     mdb_env_set_mapsize(o->env, s->map_size);
     /* NOTLS: read transactions are not tied to threads (the writer thread and the loop both
-     * read). NOMETASYNC: data pages are synced per commit, the meta page lazily; an OS crash
-     * may lose the last transaction, which the raft log replays, but never corrupts the tree. */
-    unsigned flags = MDB_NOTLS | MDB_NOMETASYNC | MDB_NORDAHEAD;
+     * read). Every commit syncs data and meta: commits are rare (the overlay carries what was
+     * applied in between), and a commit's applied index is then the durable one that raft
+     * snapshot tokens promise. */
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
     if (s->no_sync)
         flags |= MDB_NOSYNC;
     MDB_txn *txn;
@@ -273,7 +299,7 @@ static int open_at(struct keel_store *s, const char *dir, struct opened *o)
     return err;
 }
 
-static void adopt(struct keel_store *s, const struct opened *o)
+static int adopt(struct keel_store *s, const struct opened *o)
 {
     s->env = o->env;
     s->dbi_meta = o->meta;
@@ -283,6 +309,7 @@ static void adopt(struct keel_store *s, const struct opened *o)
     s->dbi_lease_keys = o->lease_keys;
     s->dbi_members = o->members;
     ks_meta_publish(s, &o->m);
+    return ks_overlay_reset(s, &o->m);
 }
 
 int ks_env_open(struct keel_store *s)
@@ -290,7 +317,7 @@ int ks_env_open(struct keel_store *s)
     struct opened o = {0};
     int err = open_at(s, s->path, &o);
     if (err == 0)
-        adopt(s, &o);
+        err = adopt(s, &o);
     return err;
 }
 
@@ -327,7 +354,7 @@ int ks_env_swap(struct keel_store *s)
     }
     if (err == 0) {
         ks_env_close(s);
-        adopt(s, &o);
+        err = adopt(s, &o);
     } else {
         mdb_env_close(o.env);
     }
@@ -360,6 +387,7 @@ int keel_store_open(const struct keel_store_options *opts, struct keel_store **o
         s->map_size = MIN_MAP_SIZE;
     s->no_sync = opts->no_sync;
     pthread_rwlock_init(&s->swap_lock, NULL);
+    pthread_rwlock_init(&s->ov_lock, NULL);
     pthread_mutex_init(&s->stat_lock, NULL);
 
     int err = ks_env_recover(s->path);
@@ -380,7 +408,9 @@ void keel_store_close(struct keel_store *s)
     if (s == NULL)
         return;
     ks_env_close(s);
+    ks_overlay_free(s->ov);
     pthread_rwlock_destroy(&s->swap_lock);
+    pthread_rwlock_destroy(&s->ov_lock);
     pthread_mutex_destroy(&s->stat_lock);
     free(s->path);
     free(s);
@@ -406,10 +436,12 @@ int64_t keel_store_commit_age_ms(struct keel_store *s)
 void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
 {
     pthread_mutex_lock(&s->stat_lock);
-    struct meta m = s->committed;
+    struct meta m = s->visible;
+    uint64_t durable = s->committed.applied_index;
     pthread_mutex_unlock(&s->stat_lock);
     memset(st, 0, sizeof(*st));
     st->applied_index = m.applied_index;
+    st->durable_index = durable;
     st->revision = m.revision;
     st->compact_revision = m.compact_revision;
     st->logical_size = m.logical_size;

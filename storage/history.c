@@ -3,18 +3,26 @@
 
 #include "internal.h"
 
-/* The key's live state just before (rk): its previous entry, unless that is a tombstone. */
-static int prev_kv(struct tctx *t, const struct revkey *rk, const struct record *r,
+/* The key's live state just before (rk) in LMDB: its previous entry there, unless that is a
+ * tombstone (before_all: its last entry, for a record newer than the whole snapshot). */
+static int prev_kv(struct tctx *t, const struct revkey *rk, const struct record *r, bool before_all,
                    struct keel_arena *a, Keel__KeyValue **out)
 {
     *out = NULL;
     uint8_t probe[KEYREV_LEN];
     ks_keyrev_encode(rk->rev, rk->sub, false, probe);
     MDB_val k = r->key, d = {KEYREV_LEN, probe};
-    /* The smallest entry >= (rev, sub, 0) is this event's own entry. */
-    int rc = mdb_cursor_get(t->aux, &k, &d, MDB_GET_BOTH_RANGE);
-    if (rc == 0)
-        rc = mdb_cursor_get(t->aux, &k, &d, MDB_PREV_DUP);
+    int rc;
+    if (before_all) {
+        rc = mdb_cursor_get(t->aux, &k, &d, MDB_SET);
+        if (rc == 0)
+            rc = mdb_cursor_get(t->aux, &k, &d, MDB_LAST_DUP);
+    } else {
+        /* The smallest entry >= (rev, sub, 0) is this event's own entry. */
+        rc = mdb_cursor_get(t->aux, &k, &d, MDB_GET_BOTH_RANGE);
+        if (rc == 0)
+            rc = mdb_cursor_get(t->aux, &k, &d, MDB_PREV_DUP);
+    }
     if (rc == MDB_NOTFOUND)
         return 0;
     if (rc != 0)
@@ -36,8 +44,9 @@ static int prev_kv(struct tctx *t, const struct revkey *rk, const struct record 
     return *out ? 0 : KEEL_ENOMEM;
 }
 
-int ks_event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk,
-                   const struct record *r, Keel__Event **out)
+/* The event of a history record: from LMDB (o NULL) or from the overlay (o). */
+static int event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk,
+                       const struct record *r, const struct ov_rec *o, Keel__Event **out)
 {
     Keel__Event *ev = keel_arena_alloc(a, sizeof(*ev));
     if (ev == NULL)
@@ -60,11 +69,74 @@ int ks_event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk
     }
     if (ev->kv == NULL)
         return KEEL_ENOMEM;
-    int err = prev_kv(t, rk, r, a, &ev->prev_kv);
+    int err = 0;
+    if (o == NULL) {
+        err = prev_kv(t, rk, r, false, a, &ev->prev_kv);
+    } else if (o->older == NULL) {
+        err = prev_kv(t, rk, r, true, a, &ev->prev_kv);
+    } else if (!o->older->tombstone) {
+        ev->prev_kv = ks_kv_from_record(a, &o->older->rec, o->older->rk.rev, false);
+        err = ev->prev_kv != NULL ? 0 : KEEL_ENOMEM;
+    }
     if (err != 0)
         return err;
     *out = ev;
     return 0;
+}
+
+int ks_event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk,
+                   const struct record *r, Keel__Event **out)
+{
+    return event_build(t, a, rk, r, NULL, out);
+}
+
+/* History records from LMDB, then from the overlay (all newer than the snapshot). */
+struct hsource {
+    struct tctx *t;
+    int rc;      /* LMDB cursor state: 0 positioned, else exhausted or failed */
+    size_t next; /* overlay position once LMDB is exhausted */
+    bool in_ov;
+};
+
+/* The current record: 1 with *rk, *r, *o set; 0 at the end; < 0 a KEEL_E* code. */
+static int hsource_get(struct hsource *h, struct revkey *rk, struct record *r,
+                       const struct ov_rec **o)
+{
+    if (!h->in_ov) {
+        MDB_val rkey, rval;
+        if (h->rc == 0)
+            h->rc = mdb_cursor_get(h->t->revs, &rkey, &rval, MDB_GET_CURRENT);
+        if (h->rc == 0) {
+            if (rkey.mv_size != REVKEY_LEN)
+                return KEEL_ECORRUPT;
+            *rk = ks_revkey_decode(&rkey);
+            *o = NULL;
+            int err = ks_record_decode(&rval, r);
+            return err != 0 ? err : 1;
+        }
+        if (h->rc != MDB_NOTFOUND)
+            return ks_mdb_err(h->rc);
+        if (h->t->ov == NULL)
+            return 0;
+        h->in_ov = true;
+    }
+    const struct ov_rec *x = ks_overlay_rec(h->t->ov, h->next);
+    if (x == NULL)
+        return 0;
+    *rk = x->rk;
+    *r = x->rec;
+    *o = x;
+    return 1;
+}
+
+static void hsource_next(struct hsource *h)
+{
+    if (h->in_ov) {
+        h->next++;
+    } else {
+        MDB_val rkey, rval;
+        h->rc = mdb_cursor_get(h->t->revs, &rkey, &rval, MDB_NEXT);
+    }
 }
 
 int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
@@ -100,32 +172,33 @@ int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
     /* Scanning, not only returning, is bounded: a narrow watch far behind on a busy store
      * must not hold the read transaction for the whole history. */
     size_t scan_limit = max_events > 0 ? max_events * 64 : 64;
-    int rc = mdb_cursor_get(t.revs, &rkey, &rval, MDB_SET_RANGE);
-    while (rc == 0) {
-        if (rkey.mv_size != REVKEY_LEN) {
-            err = KEEL_ECORRUPT;
+    struct hsource h = {.t = &t};
+    h.rc = mdb_cursor_get(t.revs, &rkey, &rval, MDB_SET_RANGE);
+    if (t.ov != NULL)
+        h.next = ks_overlay_first_rec(t.ov, start_revision);
+    for (;;) {
+        struct revkey rk;
+        struct record r;
+        const struct ov_rec *o;
+        int got = hsource_get(&h, &rk, &r, &o);
+        if (got <= 0) {
+            err = got;
             break;
         }
-        struct revkey rk = ks_revkey_decode(&rkey);
         if (scanned > 0 && (evs.n >= max_events || scanned >= scan_limit) && rk.rev != last_rev) {
             next = rk.rev;
             break;
         }
-        struct record r;
-        if ((err = ks_record_decode(&rval, &r)) != 0)
-            break;
         if (ks_krange_contains(&kr, &r.key)) {
             Keel__Event *ev;
-            if ((err = ks_event_build(&t, arena, &rk, &r, &ev)) != 0 ||
+            if ((err = event_build(&t, arena, &rk, &r, o, &ev)) != 0 ||
                 (err = ks_pvec_push(arena, &evs, ev)) != 0)
                 break;
         }
         last_rev = rk.rev;
         scanned++;
-        rc = mdb_cursor_get(t.revs, &rkey, &rval, MDB_NEXT);
+        hsource_next(&h);
     }
-    if (err == 0 && rc != 0 && rc != MDB_NOTFOUND)
-        err = ks_mdb_err(rc);
     ks_read_end(&t);
     out->events = (Keel__Event **)evs.v;
     out->n_events = evs.n;

@@ -3,6 +3,7 @@
  *
  * File map, from the bottom up: each file calls only files listed above it.
  *   codec.c     on-disk encodings; LMDB codes to KEEL_E*
+ *   overlay.c   what the open write applied since the last commit, published to readers
  *   env.c       the environment: open, close, the meta record, the crash-safe swap of a restore
  *               (finished at open when a crash interrupted it)
  *   txn.c       read and write transactions and their cursors
@@ -80,8 +81,13 @@ struct keel_store {
     /* Readers hold it shared for the life of a read transaction; restore holds it exclusive
      * while it swaps the environment. */
     pthread_rwlock_t swap_lock;
+    /* Readers hold it shared for the life of a read; the writer holds it exclusive to publish
+     * into the overlay and to replace it after a commit. Taken after swap_lock. */
+    pthread_rwlock_t ov_lock;
+    struct ks_overlay *ov; /* under ov_lock; changed by the writer only */
     pthread_mutex_t stat_lock;
-    struct meta committed; /* under stat_lock */
+    struct meta committed; /* under stat_lock: what LMDB holds on disk */
+    struct meta visible;   /* under stat_lock: what readers see (committed + overlay) */
 };
 
 /* One LMDB transaction (read or write) with its cursors, opened lazily. */
@@ -91,6 +97,10 @@ struct tctx {
     MDB_cursor *keys;
     MDB_cursor *revs;
     MDB_cursor *aux; /* a second keys cursor for lookups during a keys scan */
+    /* A read: the overlay merged with this snapshot (NULL: LMDB alone). A write: the overlay
+     * its changes are noted in for readers (NULL: none). */
+    const struct ks_overlay *ov;
+    struct ks_overlay *note;
 };
 
 struct keel_store_write {
@@ -142,6 +152,66 @@ int ks_record_decode(const MDB_val *v, struct record *r);
 
 /* LMDB code to KEEL_E*. */
 int ks_mdb_err(int rc);
+/* Byte order of LMDB's default comparison: memcmp, then the shorter first. */
+int ks_val_cmp(const MDB_val *a, const MDB_val *b);
+
+/* ---- overlay.c (see there) ---- */
+struct ks_overlay;
+struct ov_key;
+
+/* A history record applied since the last commit. */
+struct ov_rec {
+    struct revkey rk;
+    bool tombstone;
+    struct record rec;    /* key and value in the overlay's memory */
+    struct ov_rec *older; /* the key's previous record in the overlay (NULL: none) */
+};
+
+/* A change to a small table, as the LMDB call that made it. */
+enum ov_table { OV_LEASES, OV_LEASE_KEYS, OV_MEMBERS };
+enum ov_kind {
+    OV_PUT,    /* put key -> data (a duplicate for lease_keys) */
+    OV_DEL,    /* delete key, every duplicate of it */
+    OV_DEL_DUP /* delete the duplicate data of key */
+};
+struct ov_op {
+    enum ov_table table;
+    enum ov_kind kind;
+    MDB_val key, data;
+};
+
+/* An empty overlay on top of the committed state m. 0 or KEEL_ENOMEM. */
+int ks_overlay_new(const struct meta *m, struct ks_overlay **out);
+void ks_overlay_free(struct ks_overlay *ov);
+uint64_t ks_overlay_base(const struct ks_overlay *ov);
+const struct meta *ks_overlay_meta(const struct ks_overlay *ov);
+/* Make readers ignore ov (its base matches no snapshot): when its replacement failed. */
+void ks_overlay_invalidate(struct ks_overlay *ov);
+/* Memory held, and records noted (published or not): the writer's commit bounds. */
+size_t ks_overlay_bytes(const struct ks_overlay *ov);
+size_t ks_overlay_records(const struct ks_overlay *ov);
+/* Writer: note a change (copied), invisible until published. 0 or KEEL_ENOMEM. */
+int ks_overlay_note_record(struct ks_overlay *ov, int64_t rev, uint32_t sub, bool tombstone,
+                           const struct record *r);
+int ks_overlay_note_op(struct ks_overlay *ov, enum ov_table table, enum ov_kind kind,
+                       const MDB_val *key, const MDB_val *data);
+/* Writer, ov_lock exclusive: make the notes visible, with meta m. 0 or KEEL_ENOMEM. */
+int ks_overlay_publish(struct ks_overlay *ov, const struct meta *m);
+/* Readers, ov_lock shared. The node of key (NULL: none); the first node >= key (key NULL or
+ * empty: the first); the next node; a node's key; its newest record at or below rev (rev <= 0:
+ * its newest; NULL: every record of it is newer). */
+const struct ov_key *ks_overlay_find(const struct ks_overlay *ov, const MDB_val *key);
+const struct ov_key *ks_overlay_seek(const struct ks_overlay *ov, const MDB_val *key);
+const struct ov_key *ks_overlay_next(const struct ov_key *k);
+const MDB_val *ks_overlay_key(const struct ov_key *k);
+const struct ov_rec *ks_overlay_at(const struct ov_key *k, int64_t rev);
+/* Records by position in (revision, sub) order: the first at or above rev; the i-th (NULL past
+ * the end). */
+size_t ks_overlay_first_rec(const struct ks_overlay *ov, int64_t rev);
+const struct ov_rec *ks_overlay_rec(const struct ks_overlay *ov, size_t i);
+/* Small-table changes in apply order. */
+size_t ks_overlay_n_ops(const struct ks_overlay *ov);
+const struct ov_op *ks_overlay_op(const struct ks_overlay *ov, size_t i);
 
 /* ---- env.c ---- */
 int ks_env_open(struct keel_store *s);
@@ -157,8 +227,14 @@ int ks_env_swap(struct keel_store *s);
 
 int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m);
 int ks_meta_store(MDB_txn *txn, MDB_dbi dbi, const struct meta *m);
-/* Make m the committed state keel_store_stat reports. */
+/* Make m the committed state (on disk, and visible to readers). */
 void ks_meta_publish(struct keel_store *s, const struct meta *m);
+/* Make m the state readers see, ahead of the committed one (the overlay's). */
+void ks_meta_publish_visible(struct keel_store *s, const struct meta *m);
+/* Replace the overlay by an empty one on top of the committed state m (after a commit, an
+ * abort, a swap): takes ov_lock exclusive. 0 or KEEL_ENOMEM (the old overlay then stays, and
+ * readers ignore it once LMDB has moved past its base). */
+int ks_overlay_reset(struct keel_store *s, const struct meta *m);
 
 /* The files a restore moves through, beside the store's directory. */
 struct ks_swap_paths {
@@ -240,7 +316,6 @@ int ks_krange_make(const ProtobufCBinaryData *key, const ProtobufCBinaryData *en
 bool ks_krange_contains(const struct krange *r, const MDB_val *k);
 /* k is past every key of the range (in key order). */
 bool ks_krange_past(const struct krange *r, const MDB_val *k);
-int ks_val_cmp(const MDB_val *a, const MDB_val *b);
 
 /* A growable array of pointers in an arena. */
 struct pvec {

@@ -33,7 +33,9 @@ static int rec_put(struct tctx *t, const uint8_t lk[8], const struct lease_rec *
 {
     MDB_val k = {8, (void *)lk}, v = {sizeof(*r), (void *)r};
     int rc = mdb_put(t->txn, t->s->dbi_leases, &k, &v, 0);
-    return rc != 0 ? ks_mdb_err(rc) : 0;
+    if (rc != 0)
+        return ks_mdb_err(rc);
+    return t->note != NULL ? ks_overlay_note_op(t->note, OV_LEASES, OV_PUT, &k, &v) : 0;
 }
 
 void ks_lease_key(int64_t id, uint8_t out[8])
@@ -69,6 +71,8 @@ int ks_lease_attach(struct wctx *c, int64_t id, const MDB_val *key)
     if (rc != 0)
         return ks_mdb_err(rc);
     c->m->logical_size += 8 + key->mv_size;
+    if (c->t->note != NULL)
+        return ks_overlay_note_op(c->t->note, OV_LEASE_KEYS, OV_PUT, &k, key);
     return 0;
 }
 
@@ -83,6 +87,8 @@ int ks_lease_detach(struct wctx *c, int64_t id, const MDB_val *key)
     if (rc != 0)
         return ks_mdb_err(rc);
     c->m->logical_size -= 8 + key->mv_size;
+    if (c->t->note != NULL)
+        return ks_overlay_note_op(c->t->note, OV_LEASE_KEYS, OV_DEL_DUP, &k, key);
     return 0;
 }
 
@@ -168,6 +174,84 @@ int ks_lease_drop(struct wctx *c, int64_t id)
     if (rc != 0)
         return ks_mdb_err(rc);
     c->m->logical_size -= LEASE_RECORD;
+    if (c->t->note != NULL &&
+        (ks_overlay_note_op(c->t->note, OV_LEASE_KEYS, OV_DEL, &k, NULL) != 0 ||
+         ks_overlay_note_op(c->t->note, OV_LEASES, OV_DEL, &k, NULL) != 0))
+        return KEEL_ENOMEM;
+    return 0;
+}
+
+/*
+ * A sorted list of (key, value) pairs being merged from LMDB and the overlay: the shape of
+ * every small-table read. Pointers into LMDB or overlay memory, valid for the read.
+ */
+struct pairs {
+    MDB_val *k, *v;
+    size_t n, cap;
+};
+
+static int pairs_push(struct keel_arena *a, struct pairs *p, const MDB_val *k, const MDB_val *v)
+{
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 16;
+        MDB_val *nk = keel_arena_alloc(a, cap * sizeof(*nk));
+        MDB_val *nv = keel_arena_alloc(a, cap * sizeof(*nv));
+        if (nk == NULL || nv == NULL)
+            return KEEL_ENOMEM;
+        if (p->n) {
+            memcpy(nk, p->k, p->n * sizeof(*nk));
+            memcpy(nv, p->v, p->n * sizeof(*nv));
+        }
+        p->k = nk;
+        p->v = nv;
+        p->cap = cap;
+    }
+    p->k[p->n] = *k;
+    p->v[p->n] = *v;
+    p->n++;
+    return 0;
+}
+
+/* Position of k in the sorted list: *found when it is there. */
+static size_t pairs_find(const struct pairs *p, const MDB_val *k, bool *found)
+{
+    size_t lo = 0, hi = p->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = ks_val_cmp(&p->k[mid], k);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+/* Put k -> v (replacing) or, v NULL, remove k. */
+static int pairs_set(struct keel_arena *a, struct pairs *p, const MDB_val *k, const MDB_val *v)
+{
+    bool found;
+    size_t i = pairs_find(p, k, &found);
+    if (found && v != NULL) {
+        p->v[i] = *v;
+    } else if (found) {
+        memmove(p->k + i, p->k + i + 1, (p->n - i - 1) * sizeof(*p->k));
+        memmove(p->v + i, p->v + i + 1, (p->n - i - 1) * sizeof(*p->v));
+        p->n--;
+    } else if (v != NULL) {
+        int err = pairs_push(a, p, k, v); /* grows, then moves into place */
+        if (err != 0)
+            return err;
+        memmove(p->k + i + 1, p->k + i, (p->n - 1 - i) * sizeof(*p->k));
+        memmove(p->v + i + 1, p->v + i, (p->n - 1 - i) * sizeof(*p->v));
+        p->k[i] = *k;
+        p->v[i] = *v;
+    }
     return 0;
 }
 
@@ -183,39 +267,54 @@ int ks_lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBin
     uint8_t lk[8];
     ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v;
-    size_t count = 0;
+    struct pairs p = {0};
+    int err = 0;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
     if (rc == 0)
-        rc = mdb_cursor_count(cur, &count);
-    int err = 0;
-    if (rc == 0 && count > 0) {
-        ProtobufCBinaryData *out = keel_arena_alloc(a, count * sizeof(*out));
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST_DUP);
+    while (rc == 0 && err == 0) {
+        err = pairs_push(a, &p, &v, &v);
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP);
+    }
+    if (err == 0 && rc != MDB_NOTFOUND)
+        err = ks_mdb_err(rc);
+    /* The attachments changed since the last commit, in the order they were made. */
+    MDB_val id_key = {8, lk};
+    for (size_t i = 0; err == 0 && t->ov != NULL && i < ks_overlay_n_ops(t->ov); i++) {
+        const struct ov_op *o = ks_overlay_op(t->ov, i);
+        if (o->table != OV_LEASE_KEYS || ks_val_cmp(&o->key, &id_key) != 0)
+            continue;
+        if (o->kind == OV_DEL)
+            p.n = 0;
+        else
+            err = pairs_set(a, &p, &o->data, o->kind == OV_PUT ? &o->data : NULL);
+    }
+    if (err == 0 && p.n > 0) {
+        ProtobufCBinaryData *out = keel_arena_alloc(a, p.n * sizeof(*out));
         if (out == NULL)
             err = KEEL_ENOMEM;
-        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST_DUP);
-        for (size_t i = 0; err == 0 && rc == 0 && i < count; i++) {
-            out[i].len = v.mv_size;
-            out[i].data = keel_arena_memdup(a, v.mv_data, v.mv_size);
+        for (size_t i = 0; err == 0 && i < p.n; i++) {
+            out[i].len = p.k[i].mv_size;
+            out[i].data = keel_arena_memdup(a, p.k[i].mv_data, p.k[i].mv_size);
             if (out[i].data == NULL)
                 err = KEEL_ENOMEM;
-            *n = i + 1;
-            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP);
         }
-        *keys = out;
+        if (err == 0) {
+            *keys = out;
+            *n = p.n;
+        }
     }
     mdb_cursor_close(cur);
-    if (err != 0)
-        return err;
-    if (rc != 0 && rc != MDB_NOTFOUND)
-        return ks_mdb_err(rc);
-    return 0;
+    return err;
 }
 
 /*
  * Read every record of a small table into an arena array: each(k, v, slot) fills one element of
- * `size` bytes. The shared shape of the lease and member listings.
+ * `size` bytes. LMDB's records merged with the overlay's changes to the table. The shared
+ * shape of the lease and member listings.
  */
-static int scan_table(struct keel_store *s, MDB_dbi dbi, struct keel_arena *arena, size_t size,
+static int scan_table(struct keel_store *s, MDB_dbi dbi, enum ov_table table,
+                      struct keel_arena *arena, size_t size,
                       int (*each)(const MDB_val *k, const MDB_val *v, void *slot,
                                   struct keel_arena *a),
                       void **out, size_t *n)
@@ -227,25 +326,34 @@ static int scan_table(struct keel_store *s, MDB_dbi dbi, struct keel_arena *aren
         return err;
     *out = NULL;
     *n = 0;
-    MDB_stat st;
+    struct pairs p = {0};
     MDB_cursor *cur = NULL;
-    int rc = mdb_stat(t.txn, dbi, &st);
-    if (rc == 0 && st.ms_entries > 0) {
-        uint8_t *v = keel_arena_alloc(arena, st.ms_entries * size);
-        rc = v == NULL ? ENOMEM : mdb_cursor_open(t.txn, dbi, &cur);
-        MDB_val k, d;
-        if (rc == 0)
-            rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
-        while (rc == 0 && err == 0 && *n < st.ms_entries) {
-            err = each(&k, &d, v + *n * size, arena);
+    MDB_val k, d;
+    int rc = mdb_cursor_open(t.txn, dbi, &cur);
+    if (rc == 0)
+        rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
+    while (rc == 0 && err == 0) {
+        err = pairs_push(arena, &p, &k, &d);
+        rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT);
+    }
+    if (err == 0 && rc != MDB_NOTFOUND)
+        err = ks_mdb_err(rc);
+    for (size_t i = 0; err == 0 && t.ov != NULL && i < ks_overlay_n_ops(t.ov); i++) {
+        const struct ov_op *o = ks_overlay_op(t.ov, i);
+        if (o->table == table)
+            err = pairs_set(arena, &p, &o->key, o->kind == OV_PUT ? &o->data : NULL);
+    }
+    if (err == 0 && p.n > 0) {
+        uint8_t *v = keel_arena_alloc(arena, p.n * size);
+        if (v == NULL)
+            err = KEEL_ENOMEM;
+        for (size_t i = 0; err == 0 && i < p.n; i++) {
+            err = each(&p.k[i], &p.v[i], v + i * size, arena);
             if (err == 0)
-                (*n)++;
-            rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT);
+                *n = i + 1;
         }
         *out = v;
     }
-    if (err == 0 && rc != 0 && rc != MDB_NOTFOUND)
-        err = ks_mdb_err(rc);
     if (cur != NULL)
         mdb_cursor_close(cur);
     ks_read_end(&t);
@@ -268,7 +376,8 @@ static int lease_record(const MDB_val *k, const MDB_val *v, void *slot, struct k
 int keel_store_lease_list(struct keel_store *s, struct keel_arena *arena,
                           struct keel_lease_info **leases, size_t *n)
 {
-    return scan_table(s, s->dbi_leases, arena, sizeof(**leases), lease_record, (void **)leases, n);
+    return scan_table(s, s->dbi_leases, OV_LEASES, arena, sizeof(**leases), lease_record,
+                      (void **)leases, n);
 }
 
 int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *arena,
@@ -287,6 +396,15 @@ int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *ar
     ks_lease_key(id, lk);
     MDB_val k = {8, lk}, v;
     int rc = id > 0 ? mdb_get(t.txn, s->dbi_leases, &k, &v) : MDB_NOTFOUND;
+    /* The last change since the commit decides. */
+    for (size_t i = 0; id > 0 && t.ov != NULL && i < ks_overlay_n_ops(t.ov); i++) {
+        const struct ov_op *o = ks_overlay_op(t.ov, i);
+        if (o->table != OV_LEASES || ks_val_cmp(&o->key, &k) != 0)
+            continue;
+        rc = o->kind == OV_PUT ? 0 : MDB_NOTFOUND;
+        if (rc == 0)
+            v = o->data;
+    }
     if (rc == MDB_NOTFOUND) {
         err = KEEL_ELEASENOTFOUND;
     } else if (rc != 0) {
@@ -312,6 +430,6 @@ static int member_record(const MDB_val *k, const MDB_val *v, void *slot, struct 
 int keel_store_members(struct keel_store *s, struct keel_arena *arena, Keel__Member ***members,
                        size_t *n)
 {
-    return scan_table(s, s->dbi_members, arena, sizeof(**members), member_record, (void **)members,
-                      n);
+    return scan_table(s, s->dbi_members, OV_MEMBERS, arena, sizeof(**members), member_record,
+                      (void **)members, n);
 }

@@ -94,6 +94,8 @@ static int write_version(struct wctx *c, const struct record *r, bool tombstone,
     rc = mdb_cursor_put(t->keys, &key, &entry, 0);
     if (rc != 0)
         return ks_mdb_err(rc);
+    if (t->note != NULL && ks_overlay_note_record(t->note, rev, sub, tombstone, r) != 0)
+        return KEEL_ENOMEM;
     c->m->logical_size += REVKEY_LEN + size + KEYREV_LEN + (key_known ? 0 : r->key.mv_size);
     return 0;
 }
@@ -603,6 +605,8 @@ static int do_member_attrs(struct wctx *c, const Keel__Member *m)
     if (rc != 0)
         return ks_mdb_err(rc);
     keel__member__pack(m, v.mv_data);
+    if (c->t->note != NULL)
+        return ks_overlay_note_op(c->t->note, OV_MEMBERS, OV_PUT, &k, &v);
     return 0;
 }
 

@@ -4,15 +4,6 @@
 
 #include "internal.h"
 
-int ks_val_cmp(const MDB_val *a, const MDB_val *b)
-{
-    size_t n = a->mv_size < b->mv_size ? a->mv_size : b->mv_size;
-    int c = n ? memcmp(a->mv_data, b->mv_data, n) : 0;
-    if (c != 0)
-        return c;
-    return a->mv_size < b->mv_size ? -1 : a->mv_size > b->mv_size;
-}
-
 int ks_krange_make(const ProtobufCBinaryData *key, const ProtobufCBinaryData *end, struct krange *r,
                    const char **msg)
 {
@@ -121,10 +112,32 @@ static int seek_at(MDB_cursor *c, const MDB_val *key, int64_t rev, MDB_val *entr
     return ks_mdb_err(rc);
 }
 
+/* The key's state from its overlay record r. */
+static void ov_state(const struct ov_rec *r, struct kstate *out)
+{
+    out->found = true;
+    out->at.rev = r->rk.rev;
+    out->at.sub = r->rk.sub;
+    out->at.tombstone = r->tombstone;
+    out->exists = !r->tombstone;
+    if (out->exists)
+        out->rec = r->rec;
+}
+
 static int key_state_opt(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
                          bool need_record, struct kstate *out)
 {
     memset(out, 0, sizeof(*out));
+    if (t->ov != NULL) {
+        /* Every overlay record is newer than the snapshot: its newest at or below rev, when
+         * there is one, is the answer. */
+        const struct ov_key *ok = ks_overlay_find(t->ov, key);
+        const struct ov_rec *r = ok != NULL ? ks_overlay_at(ok, rev) : NULL;
+        if (r != NULL) {
+            ov_state(r, out);
+            return 0;
+        }
+    }
     MDB_val entry;
     int err = seek_at(keys, key, rev, &entry);
     if (err == KEEL_ENOTFOUND)
@@ -271,6 +284,8 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
     int64_t count = 0;
     bool no_value = req->keys_only && !value_sort;
 
+    /* Keys come from two sorted sources merged: LMDB's keys cursor and the overlay's keys
+     * (those written since the last commit, some of them new). */
     MDB_cursor *c = t->keys;
     MDB_val k = kr.key, d;
     int rc;
@@ -280,13 +295,21 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
         rc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
     else
         rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
-    while (rc == 0) {
-        if (ks_krange_past(&kr, &k))
+    const struct ov_key *ok = t->ov != NULL ? ks_overlay_seek(t->ov, &kr.key) : NULL;
+    for (;;) {
+        bool from_lmdb = rc == 0 && !ks_krange_past(&kr, &k);
+        bool from_ov = ok != NULL && !ks_krange_past(&kr, ks_overlay_key(ok));
+        if (!from_lmdb && !from_ov)
+            break;
+        int order = from_lmdb && from_ov ? ks_val_cmp(&k, ks_overlay_key(ok)) : from_lmdb ? -1 : 1;
+        MDB_val key = order <= 0 ? k : *ks_overlay_key(ok);
+        if (kr.kind == RANGE_ONE && ks_val_cmp(&key, &kr.key) != 0)
             break;
         bool want = !req->count_only && (collect_all || taken < limit);
         struct kstate st;
-        MDB_val key = k;
-        err = key_state_opt(t, c, &key, rev, want, &st);
+        /* A key only the overlay has is looked up with the spare cursor: LMDB's stays where
+         * the merge needs it. */
+        err = key_state_opt(t, order <= 0 ? c : t->aux, &key, rev, want, &st);
         if (err != 0)
             return err;
         if (st.exists) {
@@ -311,7 +334,10 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
         }
         if (kr.kind == RANGE_ONE)
             break;
-        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT_NODUP);
+        if (order <= 0)
+            rc = mdb_cursor_get(c, &k, &d, MDB_NEXT_NODUP);
+        if (order >= 0)
+            ok = ks_overlay_next(ok);
     }
     if (rc != 0 && rc != MDB_NOTFOUND)
         return ks_mdb_err(rc);

@@ -29,8 +29,10 @@
  * command whose index is <= the applied index is skipped. Replaying a log after a crash is safe.
  *
  * Threads: one thread at a time may hold a write (keel_store_write_*); any number of threads may
- * read concurrently with it. keel_store_restore excludes readers for the time of the swap.
- * Memory returned by reads and applies lives in the caller's arena.
+ * read concurrently with it. Reads see what the write has published (keel_store_write_publish),
+ * committed or not: LMDB's snapshot merged with the overlay of what the open write applied.
+ * keel_store_restore excludes readers for the time of the swap. Memory returned by reads and
+ * applies lives in the caller's arena.
  */
 #ifndef KEEL_STORE_H
 #define KEEL_STORE_H
@@ -56,9 +58,10 @@ struct keel_store_options {
     int no_sync;          /* tests only: no data sync per commit (an OS crash may corrupt) */
 };
 
-/* The committed state, as of the last commit. */
+/* The state readers see: everything published, committed or not. */
 struct keel_store_stat {
-    uint64_t applied_index;   /* raft index of the last applied command */
+    uint64_t applied_index;   /* raft index of the last applied command readers see */
+    uint64_t durable_index;   /* raft index of the last command on disk (the last commit) */
     int64_t revision;         /* current revision (0: nothing written yet) */
     int64_t compact_revision; /* revisions below this are compacted away (0: none) */
     uint64_t logical_size;    /* bytes the quota is checked against */
@@ -133,10 +136,22 @@ int keel_store_write_apply_entry(struct keel_store_write *w, uint64_t index,
 /* The applied index as seen inside the write (including what it applied so far). */
 uint64_t keel_store_write_applied_index(const struct keel_store_write *w);
 
-/* Commit everything applied since begin and free w. 0 or KEEL_E* (w is freed either way). */
+/*
+ * Make everything applied since the last publish visible to every read (range, history,
+ * leases, members, stat) without committing it: it is kept in memory, in the overlay, until
+ * the commit. This is what lets a write be answered before LMDB reaches the disk: the raft log
+ * holds it durably, and a crash replays it. 0 or KEEL_ENOMEM (the write must then be aborted).
+ */
+int keel_store_write_publish(struct keel_store_write *w);
+
+/* Bytes of memory the overlay holds for this write (published or not): the commit trigger. */
+size_t keel_store_write_pending_bytes(const struct keel_store_write *w);
+
+/* Commit everything applied since begin, syncing data and meta, and free w; the overlay empties.
+ * 0 or KEEL_E* (w is freed either way; on failure readers go back to the last commit). */
 int keel_store_write_commit(struct keel_store_write *w);
 
-/* Discard everything applied since begin and free w. */
+/* Discard everything applied since begin, published or not, and free w. */
 void keel_store_write_abort(struct keel_store_write *w);
 
 /* begin + apply + commit of one command. */

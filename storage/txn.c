@@ -38,9 +38,16 @@ void ks_tctx_close_cursors(struct tctx *t)
 int ks_read_begin(struct keel_store *s, struct tctx *t, struct meta *m)
 {
     pthread_rwlock_rdlock(&s->swap_lock);
+    pthread_rwlock_rdlock(&s->ov_lock);
     int err = ks_tctx_begin(s, NULL, MDB_RDONLY, t);
     if (err == 0)
         err = ks_meta_load(t->txn, s->dbi_meta, m);
+    /* The overlay extends this snapshot only when it was built on it: between a commit and the
+     * overlay's replacement, the snapshot already holds everything the old overlay has. */
+    if (err == 0 && s->ov != NULL && ks_overlay_base(s->ov) == m->applied_index) {
+        t->ov = s->ov;
+        *m = *ks_overlay_meta(s->ov);
+    }
     if (err == 0)
         err = ks_tctx_cursors(t);
     if (err != 0) {
@@ -57,5 +64,7 @@ void ks_read_end(struct tctx *t)
         mdb_txn_abort(t->txn);
         t->txn = NULL;
     }
+    t->ov = NULL;
+    pthread_rwlock_unlock(&t->s->ov_lock);
     pthread_rwlock_unlock(&t->s->swap_lock);
 }

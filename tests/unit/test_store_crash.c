@@ -5,7 +5,9 @@
  * Command i is a function of the seed and i alone (model_gen_command without a model), applied at
  * raft index idx[i] (increasing, with gaps). Each round a child opens the store, re-applies a
  * few indexes it already has (they must be skipped), then applies the following commands in
- * random batches until the parent kills it a few to a few hundred milliseconds in. The parent
+ * random batches, each published, one write committed every few batches (as the storage writer
+ * keeps its write open between commits), until the parent kills it a few to a few hundred
+ * milliseconds in. The parent
  * reopens the store, reads the applied index k, brings the model to exactly the commands with
  * idx <= k, and compares revision, contents (now and at past revisions), leases and history.
  * Every third round the child first restores a snapshot of the state it starts from, so some
@@ -170,8 +172,12 @@ static void child(const struct crash *c, int round, uint64_t expect_k, pid_t par
             _exit(CHILD_COMMIT);
         keel_arena_reset(&a);
     }
+    w = NULL;
     while (i < c->n) {
-        if (keel_store_write_begin(s, &w) != 0)
+        /* As the storage writer does: one write open across batches, each published (readers
+         * see it, LMDB does not have it yet), committed every few batches. A kill loses what
+         * was published since the last commit; the applied index says where the store is. */
+        if (w == NULL && keel_store_write_begin(s, &w) != 0)
             _exit(CHILD_BEGIN);
         size_t batch = 1 + tu_rand(&rng) % MAX_BATCH;
         for (size_t j = 0; j < batch && i < c->n; j++, i++) {
@@ -180,8 +186,13 @@ static void child(const struct crash *c, int round, uint64_t expect_k, pid_t par
             if (tu_rand(&rng) % 50 == 0)
                 child_apply(w, c->idx[i], command_at(c, i, &a), &a, 1);
         }
-        if (keel_store_write_commit(w) != 0)
+        if (keel_store_write_publish(w) != 0)
             _exit(CHILD_COMMIT);
+        if (tu_rand(&rng) % 4 == 0 || i == c->n) {
+            if (keel_store_write_commit(w) != 0)
+                _exit(CHILD_COMMIT);
+            w = NULL;
+        }
         keel_arena_reset(&a);
     }
     /* Out of commands: wait for the parent's kill rather than race it with an exit. */

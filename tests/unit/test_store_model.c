@@ -2,12 +2,15 @@
  * store_model: random operations applied to the store and to the reference model (model.h),
  * every answer compared field by field.
  *
- * Writes go through keel_store_write_begin/apply/commit in batches of 1..64 at raft indexes with
+ * Writes go through keel_store_write_begin/apply/publish in batches of 1..64 at raft indexes with
  * random gaps (sometimes several commands in one entry), now and then re-applying an old index
- * that must be skipped; a few batches are aborted instead of committed. Between batches come
- * reads: ranges at past revisions with limits and sorts, history scans chained through
- * next_revision with small max_events, lease lookups; and rarely a reopen, a snapshot, or a
- * restore of the last snapshot (the model goes back to the same point).
+ * that must be skipped; the write stays open across batches, so most reads merge LMDB with the
+ * overlay of published, uncommitted entries (past revisions, ranges across the boundary,
+ * compactions and lease revokes not yet committed), until a commit or, now and then, an abort
+ * that throws the published entries away as a crash would. Between batches come reads: ranges at
+ * past revisions with limits and sorts, history scans chained through next_revision with small
+ * max_events, lease lookups; and rarely a reopen, a snapshot, or a restore of the last snapshot
+ * (the model goes back to the same point).
  *
  * The seed is printed; KEEL_SEED=<seed> replays a run, KEEL_MODEL_OPS=<n> changes its length.
  */
@@ -40,16 +43,16 @@ struct run {
     long op;
     long n_ops;
     struct keel_store *s;
-    struct keel_store_write *w; /* the open write, if any */
+    struct keel_store_write *w;     /* the open write, if any */
+    struct model_mark *commit_mark; /* the model at the open write's begin: the last commit */
     struct model *m;
     char *dir;
     struct keel_arena sa; /* the store's answers */
     struct keel_arena ma; /* requests and the model's answers */
     uint64_t next_index;
-    struct model_mark *abort_mark; /* where an aborted write returns the model */
-    struct model_mark *snap_mark;  /* the state the snapshot in snap_fd holds */
+    struct model_mark *snap_mark; /* the state the snapshot in snap_fd holds */
     int snap_fd;
-    long n_aborts, n_reopens, n_snapshots, n_restores;
+    long n_aborts, n_commits, n_publishes, n_reopens, n_snapshots, n_restores;
     long err_counts[128]; /* request-level errors by -code */
     long n_writes, n_skips, n_req_errs, n_ranges, n_histories, n_chunks, n_leases;
 };
@@ -67,8 +70,8 @@ static void cleanup(struct run *r)
     if (r->s != NULL)
         keel_store_close(r->s);
     r->s = NULL;
-    model_mark_free(r->abort_mark);
-    r->abort_mark = NULL;
+    model_mark_free(r->commit_mark);
+    r->commit_mark = NULL;
     model_mark_free(r->snap_mark);
     r->snap_mark = NULL;
     if (r->snap_fd >= 0)
@@ -116,7 +119,7 @@ static void check_stat(struct run *r)
                  " (model: %" PRIu64 " %" PRId64 " %" PRId64 ")",
                  st.applied_index, st.revision, st.compact_revision, model_applied_index(r->m),
                  model_revision(r->m), model_compact_revision(r->m));
-        header(r, "stat after commit", why);
+        header(r, "stat", why);
         FAIL(r);
     }
 }
@@ -215,35 +218,67 @@ static void write_one(struct run *r, int reapply)
     }
 }
 
+/* The open write goes: committed (its changes reach LMDB), or thrown away, as a crash before
+ * the commit would (the model goes back to the last commit). */
+static void write_end(struct run *r, bool commit)
+{
+    if (commit) {
+        int rv = keel_store_write_commit(r->w);
+        r->w = NULL;
+        if (rv != 0) {
+            header(r, "write_commit", keel_strerror(rv));
+            FAIL(r);
+        }
+        r->n_commits++;
+    } else {
+        keel_store_write_abort(r->w);
+        r->w = NULL;
+        model_rollback(r->m, r->commit_mark); /* frees the mark */
+        r->commit_mark = NULL;
+        r->n_aborts++;
+    }
+    model_mark_free(r->commit_mark);
+    r->commit_mark = NULL;
+    check_stat(r);
+    struct keel_store_stat st;
+    keel_store_stat(r->s, &st);
+    if (st.durable_index != st.applied_index) {
+        header(r, "stat after the write ended", "durable index differs from the applied one");
+        FAIL(r);
+    }
+}
+
+/*
+ * A batch of raft entries applied in the open write, then published: the reads that follow
+ * see it through the overlay while LMDB does not have it yet. The write stays open across
+ * several batches (as the storage writer keeps it for its commit interval) and then commits,
+ * or now and then is thrown away instead.
+ */
 static void write_batch(struct run *r)
 {
-    /* Now and then the whole write is thrown away instead of committed. */
-    if (rnd(r, 25) == 0)
-        r->abort_mark = model_mark(r->m);
-    int rv = keel_store_write_begin(r->s, &r->w);
-    if (rv != 0) {
-        header(r, "write_begin", keel_strerror(rv));
-        FAIL(r);
+    if (r->w == NULL) {
+        int rv = keel_store_write_begin(r->s, &r->w);
+        if (rv != 0) {
+            header(r, "write_begin", keel_strerror(rv));
+            FAIL(r);
+        }
+        r->commit_mark = model_mark(r->m);
     }
     uint64_t n = 1 + rnd(r, MAX_BATCH);
     for (uint64_t i = 0; i < n && r->op < r->n_ops; i++, r->op++)
         write_one(r, model_applied_index(r->m) > 0 && rnd(r, 40) == 0);
-    if (r->abort_mark != NULL) {
-        keel_store_write_abort(r->w);
-        r->w = NULL;
-        model_rollback(r->m, r->abort_mark);
-        r->abort_mark = NULL;
-        r->n_aborts++;
-        check_stat(r);
-        return;
-    }
-    rv = keel_store_write_commit(r->w);
-    r->w = NULL;
+    int rv = keel_store_write_publish(r->w);
     if (rv != 0) {
-        header(r, "write_commit", keel_strerror(rv));
+        header(r, "write_publish", keel_strerror(rv));
         FAIL(r);
     }
+    r->n_publishes++;
     check_stat(r);
+    uint64_t u = rnd(r, 100);
+    if (u < 4)
+        write_end(r, false);
+    else if (u < 40)
+        write_end(r, true);
 }
 
 static void read_range(struct run *r)
@@ -497,6 +532,8 @@ static void maintenance(struct run *r)
 {
     char why[256];
     int rv = 0;
+    if (r->w != NULL)
+        write_end(r, rnd(r, 2) == 0); /* no write may be open across these */
     uint64_t u = rnd(r, 3);
     if (u == 0) {
         keel_store_close(r->s);
@@ -584,13 +621,14 @@ static void test_model(void **state)
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    printf("store_model: %ld ops in %.1fs: %ld writes (%ld skipped, %ld request errors), %ld "
-           "ranges, %ld history scans in %ld chunks, %ld lease checks, %ld aborted writes, %ld "
-           "reopens, %ld snapshots, %ld restores; revision %" PRId64 " compact %" PRId64
-           " applied %" PRIu64 "\n",
-           r.op, secs, r.n_writes, r.n_skips, r.n_req_errs, r.n_ranges, r.n_histories, r.n_chunks,
-           r.n_leases, r.n_aborts, r.n_reopens, r.n_snapshots, r.n_restores, model_revision(r.m),
-           model_compact_revision(r.m), model_applied_index(r.m));
+    printf("store_model: %ld ops in %.1fs: %ld writes (%ld skipped, %ld request errors) in %ld "
+           "publishes, %ld commits, %ld aborted writes; %ld ranges, %ld history scans in %ld "
+           "chunks, %ld lease checks; %ld reopens, %ld snapshots, %ld restores; revision %" PRId64
+           " compact %" PRId64 " applied %" PRIu64 "\n",
+           r.op, secs, r.n_writes, r.n_skips, r.n_req_errs, r.n_publishes, r.n_commits, r.n_aborts,
+           r.n_ranges, r.n_histories, r.n_chunks, r.n_leases, r.n_reopens, r.n_snapshots,
+           r.n_restores, model_revision(r.m), model_compact_revision(r.m),
+           model_applied_index(r.m));
     printf("store_model: request errors:");
     for (int e = 1; e < 128; e++)
         if (r.err_counts[e] > 0)
