@@ -44,6 +44,13 @@ static const char usage[] =
     "  --lease-checkpoint-interval-ms N\n"
     "                              how long a lease may go unrenewed before the leader writes\n"
     "                              its remaining TTL to the log (default 5000)\n"
+    "  --backend-batch-interval-ms N\n"
+    "                              commit the store (one LMDB sync) at least this often while\n"
+    "                              writes arrive (default 100, as etcd's backend batch interval);\n"
+    "                              a write is answered once in the raft log and applied, before\n"
+    "                              that commit\n"
+    "  --backend-batch-bytes N     ... or once the applied, uncommitted state held in memory\n"
+    "                              reaches N bytes (default 64 MiB)\n"
     "  --log-level debug|info|warn|error (default info)\n"
     "  --help                      this text\n";
 
@@ -216,6 +223,8 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->max_apply_backlog_bytes = 64u << 20;
     c->max_watches = 100000;
     c->watch_progress_ms = 600000;
+    c->backend_batch_ms = 100;
+    c->backend_batch_bytes = 64u << 20;
     c->lease_checkpoint_ms = 5000;
     c->log_level = KEEL_LOG_INFO;
 
@@ -242,7 +251,9 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_INFLIGHT_TOTAL,
         O_MAXCONN,
         O_MAXOUT,
-        O_APPLY_BACKLOG
+        O_APPLY_BACKLOG,
+        O_BATCH_MS,
+        O_BATCH_BYTES
     };
     static const struct option opts[] = {
         {"name", required_argument, NULL, O_NAME},
@@ -267,6 +278,8 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"max-watches", required_argument, NULL, O_MAXWATCH},
         {"watch-progress-ms", required_argument, NULL, O_PROGRESS},
         {"lease-checkpoint-interval-ms", required_argument, NULL, O_LEASE_CP},
+        {"backend-batch-interval-ms", required_argument, NULL, O_BATCH_MS},
+        {"backend-batch-bytes", required_argument, NULL, O_BATCH_BYTES},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -354,6 +367,14 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         case O_PROGRESS:
             rv = parse_u64(optarg, 10, 86400000, &v, "--watch-progress-ms", err, errlen);
             c->watch_progress_ms = (unsigned)v;
+            break;
+        case O_BATCH_MS:
+            rv = parse_u64(optarg, 1, 10000, &v, "--backend-batch-interval-ms", err, errlen);
+            c->backend_batch_ms = (unsigned)v;
+            break;
+        case O_BATCH_BYTES:
+            rv = parse_u64(optarg, 1u << 20, 1ull << 32, &v, "--backend-batch-bytes", err, errlen);
+            c->backend_batch_bytes = (size_t)v;
             break;
         case O_LEASE_CP:
             rv = parse_u64(optarg, 10, 3600000, &v, "--lease-checkpoint-interval-ms", err, errlen);

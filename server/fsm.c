@@ -257,10 +257,14 @@ static void note_mark(struct keel_fsm *f, uint64_t index)
 /* The open write's commit: sync everything applied since the last one to LMDB. */
 static void commit(struct keel_fsm *f)
 {
+    uint64_t t0 = now_ms();
+    size_t bytes = keel_store_write_pending_bytes(f->w);
     int err = keel_store_write_commit(f->w);
     f->w = NULL;
     if (err != 0)
         fatal("commit", err);
+    KLOG_DEBUG("store commit: %zu bytes in the overlay, %llu ms", bytes,
+               (unsigned long long)(now_ms() - t0));
 }
 
 /* Publish the batch applied in the open write: readers see it, then its results go out. */

@@ -219,7 +219,9 @@ static int wire(struct keeld *k)
                                   .bind_host = host,
                                   .done = on_applied,
                                   .data = k,
-                                  .mark_path = mark};
+                                  .mark_path = mark,
+                                  .commit_interval_ms = k->cfg.backend_batch_ms,
+                                  .commit_bytes = k->cfg.backend_batch_bytes};
     int rv = keel_fsm_new(&fo, &k->fsm);
     if (rv != 0) {
         KLOG_ERROR("cannot start the storage writer: %s", keel_strerror(rv));
