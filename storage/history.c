@@ -93,8 +93,9 @@ int ks_event_build(struct tctx *t, struct keel_arena *a, const struct revkey *rk
 /* History records from LMDB, then from the overlay (all newer than the snapshot). */
 struct hsource {
     struct tctx *t;
-    int rc;      /* LMDB cursor state: 0 positioned, else exhausted or failed */
-    size_t next; /* overlay position once LMDB is exhausted */
+    MDB_val rkey, rval; /* the revs cursor's record, when rc is 0 */
+    int rc;             /* LMDB cursor state: 0 positioned, else exhausted or failed */
+    size_t next;        /* overlay position once LMDB is exhausted */
     bool in_ov;
 };
 
@@ -103,15 +104,12 @@ static int hsource_get(struct hsource *h, struct revkey *rk, struct record *r,
                        const struct ov_rec **o)
 {
     if (!h->in_ov) {
-        MDB_val rkey, rval;
-        if (h->rc == 0)
-            h->rc = mdb_cursor_get(h->t->revs, &rkey, &rval, MDB_GET_CURRENT);
         if (h->rc == 0) {
-            if (rkey.mv_size != REVKEY_LEN)
+            if (h->rkey.mv_size != REVKEY_LEN)
                 return KEEL_ECORRUPT;
-            *rk = ks_revkey_decode(&rkey);
+            *rk = ks_revkey_decode(&h->rkey);
             *o = NULL;
-            int err = ks_record_decode(&rval, r);
+            int err = ks_record_decode(&h->rval, r);
             return err != 0 ? err : 1;
         }
         if (h->rc != MDB_NOTFOUND)
@@ -131,12 +129,10 @@ static int hsource_get(struct hsource *h, struct revkey *rk, struct record *r,
 
 static void hsource_next(struct hsource *h)
 {
-    if (h->in_ov) {
+    if (h->in_ov)
         h->next++;
-    } else {
-        MDB_val rkey, rval;
-        h->rc = mdb_cursor_get(h->t->revs, &rkey, &rval, MDB_NEXT);
-    }
+    else
+        h->rc = mdb_cursor_get(h->t->revs, &h->rkey, &h->rval, MDB_NEXT);
 }
 
 int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
@@ -165,15 +161,14 @@ int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
     struct pvec evs = {0};
     uint8_t sk[REVKEY_LEN];
     ks_revkey_encode(start_revision, 0, sk);
-    MDB_val rkey = {REVKEY_LEN, sk}, rval;
     int64_t next = m.revision + 1;
     int64_t last_rev = 0; /* revision of the last record scanned */
     size_t scanned = 0;
     /* Scanning, not only returning, is bounded: a narrow watch far behind on a busy store
      * must not hold the read transaction for the whole history. */
     size_t scan_limit = max_events > 0 ? max_events * 64 : 64;
-    struct hsource h = {.t = &t};
-    h.rc = mdb_cursor_get(t.revs, &rkey, &rval, MDB_SET_RANGE);
+    struct hsource h = {.t = &t, .rkey = {REVKEY_LEN, sk}};
+    h.rc = mdb_cursor_get(t.revs, &h.rkey, &h.rval, MDB_SET_RANGE);
     if (t.ov != NULL)
         h.next = ks_overlay_first_rec(t.ov, start_revision);
     for (;;) {

@@ -255,6 +255,23 @@ static int pairs_set(struct keel_arena *a, struct pairs *p, const MDB_val *k, co
     return 0;
 }
 
+/* Every record from the cursor's position on (first), moving with next: key -> data, or with
+ * dups, each duplicate data -> itself. 0 or KEEL_E*. */
+static int pairs_scan(struct keel_arena *a, struct pairs *p, MDB_cursor *cur, MDB_val *k,
+                      MDB_cursor_op first, MDB_cursor_op next, bool dups)
+{
+    MDB_val d;
+    int err = 0;
+    int rc = mdb_cursor_get(cur, k, &d, first);
+    while (rc == 0 && err == 0) {
+        err = pairs_push(a, p, dups ? &d : k, &d);
+        rc = mdb_cursor_get(cur, k, &d, next);
+    }
+    if (err == 0 && rc != MDB_NOTFOUND)
+        err = ks_mdb_err(rc);
+    return err;
+}
+
 int ks_lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBinaryData **keys,
                   size_t *n)
 {
@@ -271,12 +288,8 @@ int ks_lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBin
     int err = 0;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
     if (rc == 0)
-        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST_DUP);
-    while (rc == 0 && err == 0) {
-        err = pairs_push(a, &p, &v, &v);
-        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP);
-    }
-    if (err == 0 && rc != MDB_NOTFOUND)
+        err = pairs_scan(a, &p, cur, &k, MDB_FIRST_DUP, MDB_NEXT_DUP, true);
+    else if (rc != MDB_NOTFOUND)
         err = ks_mdb_err(rc);
     /* The attachments changed since the last commit, in the order they were made. */
     MDB_val id_key = {8, lk};
@@ -328,15 +341,11 @@ static int scan_table(struct keel_store *s, MDB_dbi dbi, enum ov_table table,
     *n = 0;
     struct pairs p = {0};
     MDB_cursor *cur = NULL;
-    MDB_val k, d;
+    MDB_val k;
     int rc = mdb_cursor_open(t.txn, dbi, &cur);
     if (rc == 0)
-        rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
-    while (rc == 0 && err == 0) {
-        err = pairs_push(arena, &p, &k, &d);
-        rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT);
-    }
-    if (err == 0 && rc != MDB_NOTFOUND)
+        err = pairs_scan(arena, &p, cur, &k, MDB_FIRST, MDB_NEXT, false);
+    else
         err = ks_mdb_err(rc);
     for (size_t i = 0; err == 0 && t.ov != NULL && i < ks_overlay_n_ops(t.ov); i++) {
         const struct ov_op *o = ks_overlay_op(t.ov, i);

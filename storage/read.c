@@ -124,20 +124,23 @@ static void ov_state(const struct ov_rec *r, struct kstate *out)
         out->rec = r->rec;
 }
 
-static int key_state_opt(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
-                         bool need_record, struct kstate *out)
+/*
+ * The key's state at rev: from its overlay node (NULL: the overlay has no record of it), else
+ * from LMDB through keys (NULL: LMDB has no entry of it either).
+ */
+static int state_with(struct tctx *t, MDB_cursor *keys, const struct ov_key *node,
+                      const MDB_val *key, int64_t rev, bool need_record, struct kstate *out)
 {
     memset(out, 0, sizeof(*out));
-    if (t->ov != NULL) {
-        /* Every overlay record is newer than the snapshot: its newest at or below rev, when
-         * there is one, is the answer. */
-        const struct ov_key *ok = ks_overlay_find(t->ov, key);
-        const struct ov_rec *r = ok != NULL ? ks_overlay_at(ok, rev) : NULL;
-        if (r != NULL) {
-            ov_state(r, out);
-            return 0;
-        }
+    /* Every overlay record is newer than the snapshot: the node's newest at or below rev, when
+     * there is one, is the answer. */
+    const struct ov_rec *r = node != NULL ? ks_overlay_at(node, rev) : NULL;
+    if (r != NULL) {
+        ov_state(r, out);
+        return 0;
     }
+    if (keys == NULL)
+        return 0;
     MDB_val entry;
     int err = seek_at(keys, key, rev, &entry);
     if (err == KEEL_ENOTFOUND)
@@ -152,6 +155,13 @@ static int key_state_opt(struct tctx *t, MDB_cursor *keys, const MDB_val *key, i
     if (out->exists && need_record)
         return fetch_record(t, &out->at, &out->rec);
     return 0;
+}
+
+static int key_state_opt(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
+                         bool need_record, struct kstate *out)
+{
+    const struct ov_key *node = t->ov != NULL ? ks_overlay_find(t->ov, key) : NULL;
+    return state_with(t, keys, node, key, rev, need_record, out);
 }
 
 int ks_key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
@@ -307,9 +317,9 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
             break;
         bool want = !req->count_only && (collect_all || taken < limit);
         struct kstate st;
-        /* A key only the overlay has is looked up with the spare cursor: LMDB's stays where
-         * the merge needs it. */
-        err = key_state_opt(t, order <= 0 ? c : t->aux, &key, rev, want, &st);
+        /* The merge already holds the key's overlay node, if any (order >= 0), and knows
+         * whether LMDB has the key (order <= 0). */
+        err = state_with(t, order <= 0 ? c : NULL, order >= 0 ? ok : NULL, &key, rev, want, &st);
         if (err != 0)
             return err;
         if (st.exists) {
