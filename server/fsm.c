@@ -259,6 +259,9 @@ static void commit(struct keel_fsm *f)
 {
     uint64_t t0 = now_ms();
     size_t bytes = keel_store_write_pending_bytes(f->w);
+    /* Tests that crash a member while a commit is under way wait for this line. */
+    KLOG_DEBUG("store commit begins at index %llu",
+               (unsigned long long)keel_store_write_applied_index(f->w));
     int err = keel_store_write_commit(f->w);
     f->w = NULL;
     if (err != 0)
