@@ -8,12 +8,14 @@
  * (the store's overlay makes it visible to every read), and hands the results back to the loop
  * through a uv_async_t; replies and watch events go out from there. No LMDB sync is on that
  * path: the raft log already holds every applied entry durably, and a crash replays whatever
- * LMDB had not committed. The writer commits, with a sync, once the write is commit_interval_ms
- * old or its overlay holds commit_bytes, when idle past that, and before a snapshot or a
- * checkpoint fetch.
+ * LMDB had not committed. The writer commits once the write is commit_interval_ms old or its
+ * overlay holds commit_bytes, when idle past that, and before a snapshot or a checkpoint fetch;
+ * the store syncs each commit in the background (storage/durable.c), so the writer waits only
+ * for the commit's page writes.
  *
  * Raft snapshots are tokens {magic, applied index, cluster id}: the store itself never goes
- * through raft. A token promises only committed and synced state (a SYNC job commits first), so
+ * through raft. A token promises only committed and synced state (a SYNC job commits and waits
+ * for the store's sync, keel_store_sync), so
  * raft never compacts away a log entry that LMDB does not hold on disk. A token ahead of the
  * store (a follower that fell behind the leader's log) queues a checkpoint fetch from the
  * leader on the writer, ahead of the entries raft delivers next, so the order of state changes

@@ -335,6 +335,13 @@ static void free_modules(struct keeld *k)
     keel_fsm_free(k->fsm);
 }
 
+/* What the store did on its own at open (e.g. dropped a commit an OS crash may have torn). */
+static void store_notice(void *data, const char *msg)
+{
+    (void)data;
+    KLOG_WARN("%s", msg);
+}
+
 int main(int argc, char **argv)
 {
     /* A peer closing its socket must not kill the leader (research/raft.md trap 2). */
@@ -368,7 +375,8 @@ int main(int argc, char **argv)
 
     char path[600];
     snprintf(path, sizeof(path), "%s/state", k.cfg.data_dir);
-    struct keel_store_options so = {.path = path, .quota_bytes = k.cfg.quota_bytes};
+    struct keel_store_options so = {
+        .path = path, .quota_bytes = k.cfg.quota_bytes, .notice = store_notice};
     if ((rv = keel_store_open(&so, &k.store)) != 0) {
         KLOG_ERROR("cannot open the store at %s: %s", path, keel_strerror(rv));
         goto out_loop;

@@ -270,12 +270,9 @@ static int open_at(struct keel_store *s, const char *dir, struct opened *o)
     mdb_env_set_maxreaders(o->env, MAX_READERS);
     mdb_env_set_mapsize(o->env, s->map_size);
     /* NOTLS: read transactions are not tied to threads (the writer thread and the loop both
-     * read). Every commit syncs data and meta: commits are rare (the overlay carries what was
-     * applied in between), and a commit's applied index is then the durable one that raft
-     * snapshot tokens promise. */
-    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD;
-    if (s->no_sync)
-        flags |= MDB_NOSYNC;
+     * read). NOSYNC: commits are synced in the background, each before the next commit writes
+     * (durable.c says why that is crash safe), so the writer never waits for the disk. */
+    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | MDB_NOSYNC;
     MDB_txn *txn;
     int err = 0;
     rc = mdb_env_open(o->env, dir, flags, 0600);
@@ -309,13 +306,17 @@ static int adopt(struct keel_store *s, const struct opened *o)
     s->dbi_lease_keys = o->lease_keys;
     s->dbi_members = o->members;
     ks_meta_publish(s, &o->m);
-    return ks_overlay_reset(s, &o->m);
+    int err = ks_durable_adopt(s, o->m.applied_index);
+    return err != 0 ? err : ks_overlay_reset(s, &o->m);
 }
 
 int ks_env_open(struct keel_store *s)
 {
+    uint64_t dropped;
+    int err = ks_durable_recover(s, s->path, ks_clock_boot(), &dropped);
     struct opened o = {0};
-    int err = open_at(s, s->path, &o);
+    if (err == 0)
+        err = open_at(s, s->path, &o);
     if (err == 0)
         err = adopt(s, &o);
     return err;
@@ -345,6 +346,8 @@ int ks_env_swap(struct keel_store *s)
         ks_swap_paths_close(&p);
         return err;
     }
+    /* The old environment's last commit synced (and noted) before it goes. */
+    (void)ks_durable_wait(s);
     pthread_rwlock_wrlock(&s->swap_lock);
     if (ks_rm_tree(p.old) != 0 || rename(s->path, p.old) != 0) {
         err = KEEL_EIO;
@@ -386,11 +389,15 @@ int keel_store_open(const struct keel_store_options *opts, struct keel_store **o
     if (s->map_size < MIN_MAP_SIZE)
         s->map_size = MIN_MAP_SIZE;
     s->no_sync = opts->no_sync;
+    s->notice = opts->notice;
+    s->notice_data = opts->notice_data;
     pthread_rwlock_init(&s->swap_lock, NULL);
     pthread_rwlock_init(&s->ov_lock, NULL);
     pthread_mutex_init(&s->stat_lock, NULL);
 
-    int err = ks_env_recover(s->path);
+    int err = ks_durable_init(s);
+    if (err == 0)
+        err = ks_env_recover(s->path);
     if (err == 0 && mkdir(s->path, 0700) != 0 && errno != EEXIST)
         err = KEEL_EIO;
     if (err == 0)
@@ -407,6 +414,7 @@ void keel_store_close(struct keel_store *s)
 {
     if (s == NULL)
         return;
+    ks_durable_close(s); /* the last commit's sync first */
     ks_env_close(s);
     ks_overlay_free(s->ov);
     pthread_rwlock_destroy(&s->swap_lock);
@@ -418,10 +426,7 @@ void keel_store_close(struct keel_store *s)
 
 int keel_store_sync(struct keel_store *s)
 {
-    pthread_rwlock_rdlock(&s->swap_lock);
-    int rc = mdb_env_sync(s->env, 1);
-    pthread_rwlock_unlock(&s->swap_lock);
-    return rc == 0 ? 0 : KEEL_EIO;
+    return ks_durable_wait(s);
 }
 
 int64_t keel_store_commit_age_ms(struct keel_store *s)
@@ -437,8 +442,8 @@ void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
 {
     pthread_mutex_lock(&s->stat_lock);
     struct meta m = s->visible;
-    uint64_t durable = s->committed.applied_index;
     pthread_mutex_unlock(&s->stat_lock);
+    uint64_t durable = ks_durable_index(s);
     memset(st, 0, sizeof(*st));
     st->applied_index = m.applied_index;
     st->durable_index = durable;

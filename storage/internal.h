@@ -4,6 +4,8 @@
  * File map, from the bottom up: each file calls only files listed above it.
  *   codec.c     on-disk encodings; LMDB codes to KEEL_E*
  *   overlay.c   what the open write applied since the last commit, published to readers
+ *   durable.c   commits reach the disk in the background: the syncer, the synced note, and the
+ *               recovery at open of a commit an OS crash may have torn
  *   env.c       the environment: open, close, the meta record, the crash-safe swap of a restore
  *               (finished at open when a crash interrupted it)
  *   txn.c       read and write transactions and their cursors
@@ -71,6 +73,21 @@ static inline uint64_t ks_quota(const struct meta *m)
     return m->quota ? m->quota : KS_DEFAULT_QUOTA;
 }
 
+/* The background sync of commits (durable.c). */
+struct ks_durable {
+    pthread_t thread;
+    bool running, inited;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;    /* a sync requested, done, or stop */
+    bool pending, busy;     /* under mu: a commit waits for its sync; the syncer is at work */
+    bool stop;              /* under mu */
+    uint64_t want_txnid;    /* under mu: the pending commit's LMDB transaction id ... */
+    uint64_t want_index;    /* ... and applied index */
+    uint64_t durable_index; /* under mu: the applied index of the last synced commit */
+    int err;                /* under mu: a failed sync or note; sticky, every later commit fails */
+    int note_fd;            /* the synced note of the current environment (-1: none) */
+};
+
 struct keel_store {
     char *path;
     MDB_env *env;
@@ -88,6 +105,9 @@ struct keel_store {
     pthread_mutex_t stat_lock;
     struct meta committed; /* under stat_lock: what LMDB holds on disk */
     struct meta visible;   /* under stat_lock: what readers see (committed + overlay) */
+    struct ks_durable dur;
+    void (*notice)(void *data, const char *msg); /* keel_store_options.notice */
+    void *notice_data;
 };
 
 /* One LMDB transaction (read or write) with its cursors, opened lazily. */
@@ -212,6 +232,31 @@ const struct ov_rec *ks_overlay_rec(const struct ks_overlay *ov, size_t i);
 /* Small-table changes in apply order. */
 size_t ks_overlay_n_ops(const struct ks_overlay *ov);
 const struct ov_op *ks_overlay_op(const struct ks_overlay *ov, size_t i);
+
+/* ---- durable.c ---- */
+#define KS_NOTE_LEN 32
+/* The synced note's bytes for LMDB transaction txnid synced in boot (tests write notes). */
+void ks_note_encode(uint64_t txnid, uint64_t boot, uint8_t out[KS_NOTE_LEN]);
+/* The transaction ids of the two meta pages of dir/data.mdb: 0, KEEL_ENOTFOUND (no file),
+ * KEEL_EIO, or KEEL_ECORRUPT (not LMDB's data format 1). */
+int ks_durable_metas(const char *dir, uint64_t txnid[2]);
+/* Before LMDB opens dir: when the note was written in another boot than `boot` and the newest
+ * meta page is newer than the note, clear that meta's transaction id so that LMDB opens the one
+ * before it, and set *dropped to the dropped id (else 0). 0, KEEL_EIO, KEEL_ENOMEM, or
+ * KEEL_ECORRUPT (both metas newer than the note; nothing changed). Tells s->notice. */
+int ks_durable_recover(struct keel_store *s, const char *dir, uint64_t boot, uint64_t *dropped);
+/* Start the syncer (at open, before the environment). 0 or KEEL_ENOMEM. */
+int ks_durable_init(struct keel_store *s);
+/* A new environment is the store's (open, swap): sync it, note its newest commit in
+ * s->path's note, and make applied_index the durable index. 0 or KEEL_EIO. */
+int ks_durable_adopt(struct keel_store *s, uint64_t applied_index);
+/* Wait until every requested sync is done: 0, or the sticky error of a failed one. */
+int ks_durable_wait(struct keel_store *s);
+/* Sync the commit of LMDB transaction txnid (applied index applied_index) in the background. */
+void ks_durable_request(struct keel_store *s, uint64_t txnid, uint64_t applied_index);
+uint64_t ks_durable_index(struct keel_store *s);
+/* Finish the pending sync, stop the syncer, close the note. */
+void ks_durable_close(struct keel_store *s);
 
 /* ---- env.c ---- */
 int ks_env_open(struct keel_store *s);

@@ -55,13 +55,18 @@ struct keel_store_options {
     uint64_t quota_bytes; /* the quota this member expects, for sizing the map only; 0: 2 GiB.
                            * Writes are checked against the cluster's quota (QuotaRequest). */
     uint64_t map_size;    /* LMDB map size; 0: 4 x quota, at least 1 GiB */
-    int no_sync;          /* tests only: no data sync per commit (an OS crash may corrupt) */
+    int no_sync;          /* tests only: commits are never synced (an OS crash may corrupt) */
+    /* Told what the store did on its own at open that an operator should know (a commit an OS
+     * crash may have torn, dropped; an unreadable synced note). NULL: nobody listens. Called on
+     * the opening thread, msg valid during the call only. */
+    void (*notice)(void *data, const char *msg);
+    void *notice_data;
 };
 
 /* The state readers see: everything published, committed or not. */
 struct keel_store_stat {
     uint64_t applied_index;   /* raft index of the last applied command readers see */
-    uint64_t durable_index;   /* raft index of the last command on disk (the last commit) */
+    uint64_t durable_index;   /* raft index of the last command on disk (the last synced commit) */
     int64_t revision;         /* current revision (0: nothing written yet) */
     int64_t compact_revision; /* revisions below this are compacted away (0: none) */
     uint64_t logical_size;    /* bytes the quota is checked against */
@@ -80,8 +85,8 @@ int keel_store_open(const struct keel_store_options *opts, struct keel_store **o
 /* Close the store. No write or read may be in progress. */
 void keel_store_close(struct keel_store *s);
 
-/* Force everything committed to disk, meta page included (commits sync data pages only).
- * 0 or KEEL_EIO. */
+/* Wait until every commit is on disk (commits are synced in the background): afterwards the
+ * durable index is the last commit's. 0 or KEEL_EIO (a sync failed; every later commit fails). */
 int keel_store_sync(struct keel_store *s);
 
 /* Copy the committed state into *st. Safe from any thread. */
@@ -147,7 +152,10 @@ int keel_store_write_publish(struct keel_store_write *w);
 /* Bytes of memory the overlay holds for this write (published or not): the commit trigger. */
 size_t keel_store_write_pending_bytes(const struct keel_store_write *w);
 
-/* Commit everything applied since begin, syncing data and meta, and free w; the overlay empties.
+/* Commit everything applied since begin and free w; the overlay empties. The commit waits for
+ * the previous commit's sync, then writes without one: a background thread syncs it (see
+ * keel_store_sync, durable_index). A killed process loses nothing committed; after an OS crash
+ * the store may reopen at the commit before it, whose index the caller's log must still hold.
  * 0 or KEEL_E* (w is freed either way; on failure readers go back to the last commit). */
 int keel_store_write_commit(struct keel_store_write *w);
 

@@ -1,7 +1,7 @@
 /*
  * The write path: one write transaction at a time, commands applied into it in log order,
  * published to readers through the overlay, and the commit that stores the working meta with
- * the data, syncs, and empties the overlay.
+ * the data, hands the sync to the background (durable.c), and empties the overlay.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -107,13 +107,19 @@ int keel_store_write_commit(struct keel_store_write *w)
     struct keel_store *s = w->t.s;
     w->m.clock_boot = ks_clock_boot();
     w->m.clock_ms = ks_clock_ms();
-    int err = ks_meta_store(w->t.txn, s->dbi_meta, &w->m);
+    /* The previous commit on disk before this one writes a page: then at most the newest meta
+     * page is ever unsynced (durable.c). Under load its sync ran while this write applied. */
+    int err = ks_durable_wait(s);
+    if (err == 0)
+        err = ks_meta_store(w->t.txn, s->dbi_meta, &w->m);
     ks_tctx_close_cursors(&w->t);
+    uint64_t txnid = mdb_txn_id(w->t.txn);
     if (err == 0) {
         err = ks_mdb_err(mdb_txn_commit(w->t.txn));
         w->t.txn = NULL;
     }
     if (err == 0) {
+        ks_durable_request(s, txnid, w->m.applied_index);
         ks_meta_publish(s, &w->m);
         /* LMDB now holds everything the overlay has; readers that took the new snapshot
          * already ignore the overlay (its base is behind), and a failed replacement leaves it

@@ -240,10 +240,21 @@ static void write_end(struct run *r, bool commit)
     model_mark_free(r->commit_mark);
     r->commit_mark = NULL;
     check_stat(r);
+    /* Commits reach the disk in the background: the durable index trails, never leads, and
+     * is the applied one once the sync is waited for. */
     struct keel_store_stat st;
     keel_store_stat(r->s, &st);
+    if (st.durable_index > st.applied_index) {
+        header(r, "stat after the write ended", "durable index ahead of the applied one");
+        FAIL(r);
+    }
+    if (keel_store_sync(r->s) != 0) {
+        header(r, "sync after the write ended", "keel_store_sync failed");
+        FAIL(r);
+    }
+    keel_store_stat(r->s, &st);
     if (st.durable_index != st.applied_index) {
-        header(r, "stat after the write ended", "durable index differs from the applied one");
+        header(r, "stat after the sync", "durable index differs from the applied one");
         FAIL(r);
     }
 }
