@@ -4,7 +4,8 @@
  *
  * Seeded random runs add entries with gaps in their indexes (barriers never reach the fsm),
  * forget prefixes and ask since and keep at random points, across the ring's wrap and growth
- * (odd runs hold thousands of entries); an index going backwards starts afresh. Replay a failure with KEEL_SEED=<seed>.
+ * (odd runs hold thousands of entries); an index going backwards starts afresh. Replay a failure
+ * with KEEL_SEED=<seed>.
  */
 #include <setjmp.h>
 #include <stdarg.h>
