@@ -24,8 +24,19 @@ static const char usage[] =
     "  --zone ZONE                 this member's zone (default: its --initial-cluster zone)\n"
     "  --heartbeat-ms N            raft heartbeat interval (default 100)\n"
     "  --election-ms N             raft election timeout (default 1000)\n"
-    "  --snapshot-threshold N      raft entries between snapshots (default 65536)\n"
-    "  --snapshot-trailing N       raft entries kept behind a snapshot (default 65536)\n"
+    "  --snapshot-bytes N          take a raft snapshot once the log entries since the last one\n"
+    "                              weigh N bytes (default 64 MiB); each snapshot stalls appends\n"
+    "                              for tens of ms, so keep it in the tens of MiB\n"
+    "  --snapshot-trailing-bytes N keep at most about N bytes of entries behind a snapshot for\n"
+    "                              followers that lag (default 64 MiB; at least 16 entries, so\n"
+    "                              a follower a moment behind is not sent a checkpoint);\n"
+    "                              raft keeps the whole log in memory and reloads it at start,\n"
+    "                              so the two bound its memory and the restart\n"
+    "  --snapshot-threshold N      and at most N entries between snapshots (default 65536)\n"
+    "  --snapshot-trailing N       and at most N entries behind one (default 65536)\n"
+    "  --raft-segment-bytes N      raft log segment size (default 8 MiB; a multiple of 64 KiB);\n"
+    "                              the log is trimmed in whole segments, and a member keeps up\n"
+    "                              to three open ones allocated\n"
     "  --quota-bytes N             logical size quota of the store (default 2 GiB)\n"
     "  --max-request-bytes N       largest request accepted (default 1.5 MiB)\n"
     "  --max-txn-ops N             compares, and operations per branch, at each level of a txn\n"
@@ -213,6 +224,9 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->election_ms = 1000;
     c->snapshot_threshold = 65536;
     c->snapshot_trailing = 65536;
+    c->snapshot_bytes = 64u << 20;
+    c->snapshot_trailing_bytes = 64u << 20;
+    c->raft_segment_bytes = 8u << 20;
     c->quota_bytes = 2ull << 30;
     c->max_request_bytes = 1536 * 1024;
     c->max_txn_ops = 128;
@@ -253,7 +267,10 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_MAXOUT,
         O_APPLY_BACKLOG,
         O_BATCH_MS,
-        O_BATCH_BYTES
+        O_BATCH_BYTES,
+        O_SNAP_BYTES,
+        O_TRAIL_BYTES,
+        O_SEGMENT
     };
     static const struct option opts[] = {
         {"name", required_argument, NULL, O_NAME},
@@ -266,6 +283,9 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"election-ms", required_argument, NULL, O_ET},
         {"snapshot-threshold", required_argument, NULL, O_SNAP},
         {"snapshot-trailing", required_argument, NULL, O_TRAIL},
+        {"snapshot-bytes", required_argument, NULL, O_SNAP_BYTES},
+        {"snapshot-trailing-bytes", required_argument, NULL, O_TRAIL_BYTES},
+        {"raft-segment-bytes", required_argument, NULL, O_SEGMENT},
         {"quota-bytes", required_argument, NULL, O_QUOTA},
         {"max-request-bytes", required_argument, NULL, O_MAXREQ},
         {"max-txn-ops", required_argument, NULL, O_MAXOPS},
@@ -326,6 +346,23 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         case O_TRAIL:
             rv = parse_u64(optarg, 4, 1u << 30, &v, "--snapshot-trailing", err, errlen);
             c->snapshot_trailing = (unsigned)v;
+            break;
+        case O_SNAP_BYTES:
+            rv = parse_u64(optarg, 1u << 20, 1ull << 40, &c->snapshot_bytes, "--snapshot-bytes",
+                           err, errlen);
+            break;
+        case O_TRAIL_BYTES:
+            rv = parse_u64(optarg, 1u << 20, 1ull << 40, &c->snapshot_trailing_bytes,
+                           "--snapshot-trailing-bytes", err, errlen);
+            break;
+        case O_SEGMENT:
+            /* raft_uv writes segments in direct-I/O blocks: a multiple of 64 KiB is a multiple of
+             * any block size its probe can find. */
+            rv = parse_u64(optarg, 1u << 20, 1u << 30, &v, "--raft-segment-bytes", err, errlen);
+            if (rv == 0 && v % (64u << 10) != 0)
+                rv = fail(err, errlen, "--raft-segment-bytes: %llu is not a multiple of 65536",
+                          (unsigned long long)v);
+            c->raft_segment_bytes = (size_t)v;
             break;
         case O_QUOTA:
             rv = parse_u64(optarg, 1 << 20, 1ull << 44, &c->quota_bytes, "--quota-bytes", err,

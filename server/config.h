@@ -29,8 +29,11 @@ struct keel_config {
     uint64_t member_id;
     unsigned heartbeat_ms;
     unsigned election_ms;
-    unsigned snapshot_threshold;
-    unsigned snapshot_trailing;
+    unsigned snapshot_threshold;      /* at most this many entries between raft snapshots ... */
+    unsigned snapshot_trailing;       /* ... and kept behind one (node.c: the counts raft reads) */
+    uint64_t snapshot_bytes;          /* a snapshot once the entries since the last weigh this */
+    uint64_t snapshot_trailing_bytes; /* entries kept behind a snapshot weigh at most this */
+    size_t raft_segment_bytes;        /* raft_uv's segment size: the log is trimmed in segments */
     uint64_t quota_bytes;
     size_t max_request_bytes;
     size_t max_txn_ops;

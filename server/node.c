@@ -5,9 +5,10 @@
  *    entry is unwrapped and its index computed here, and keel codes go back as raft codes;
  *  - the consensus seam (consensus.h): proposals and barriers, each a small heap request that
  *    raft holds until it calls back, with raft's status translated into keel's.
- * About 640 lines because it is the one file that sees raft: every RAFT_* code, every raft 0.15
+ * About 750 lines because it is the one file that sees raft: every RAFT_* code, every raft 0.15
  * workaround (v3 snapshots on an io that says v1, guarded sends and close, the drain before
- * raft_close) stays here, so nothing else in keeld includes raft.h.
+ * raft_close, the log bounded in bytes through raft's entry counts) stays here, so nothing else
+ * in keeld includes raft.h.
  */
 #include "node.h"
 
@@ -23,7 +24,12 @@
 #include "entry.h"
 #include "err.h"
 #include "log.h"
+#include "logbytes.h"
 #include "transport.h"
+
+/* Entries always kept behind a snapshot, whatever they weigh: a follower a moment behind (a few
+ * round trips, a quick restart) must find them in the log, not be sent a checkpoint. */
+#define MIN_TRAILING 16
 
 struct keel_node {
     struct keel_node_options o;
@@ -38,7 +44,8 @@ struct keel_node {
     raft_io_close_cb io_close_cb;
     int io_closed;
     struct raft_fsm raft_fsm;
-    uint64_t snap_ticket; /* the sync the snapshot in progress waits for */
+    uint64_t snap_ticket;       /* the sync the snapshot in progress waits for */
+    struct keel_logbytes sizes; /* what the entries in raft's log weigh (see "in bytes") */
     uv_check_t poll;
     int last_state;
     uint64_t last_leader;
@@ -125,6 +132,71 @@ static int to_raft(int err)
     }
 }
 
+/* ---- the log bounded in bytes ----
+ *
+ * raft 0.15 bounds its log by entry counts only, and keel's entries are batches of any size (up
+ * to propose's 4 MiB): 65536 entries can weigh gigabytes, every one of them in memory (raft
+ * keeps each entry from snapshot - trailing on) and reloaded at every start. So the byte bounds
+ * become the two counts raft reads, set just before it reads them. In 0.15 (read in the
+ * source, and checked in the code of Debian's build):
+ *  - r->snapshot.threshold is read once per apply round, after the round's entries went through
+ *    fsm->apply: raft takes a snapshot when last_applied - log.snapshot.last_index >= threshold
+ *    and none is in progress. fsm_apply lowers it to the entries since that snapshot as soon as
+ *    their bytes reach snapshot_bytes, so the check that follows passes; otherwise it is the
+ *    configured count.
+ *  - r->snapshot.trailing is read when the snapshot is stored (raft_uv deletes the closed
+ *    segments ending before index - trailing + 1) and when it is done (the entries up to
+ *    index - trailing leave memory). Both come after fsm->snapshot, and no other snapshot can
+ *    start in between, so fsm_snapshot sets it: the entries, newest first, that fit
+ *    snapshot_trailing_bytes, at least MIN_TRAILING, at most the configured count, and never 0
+ *    (raft_uv takes 0 for an installed snapshot: every closed segment goes).
+ * Barriers and configuration entries never reach fsm->apply and weigh nothing here (8 bytes or
+ * a few hundred).
+ */
+
+static void bound_threshold(struct keel_node *n, uint64_t index, size_t len)
+{
+    const struct keel_config *c = n->o.cfg;
+    if (keel_logbytes_add(&n->sizes, index, len) != 0) {
+        /* Until memory comes back only the counts bound the log. */
+        KLOG_WARN("out of memory noting a raft entry's size: the log is bounded by counts only");
+        return;
+    }
+    uint64_t snap = n->raft.log.snapshot.last_index;
+    unsigned threshold = c->snapshot_threshold;
+    if (index > snap && index - snap < threshold &&
+        keel_logbytes_since(&n->sizes, snap) >= c->snapshot_bytes)
+        threshold = (unsigned)(index - snap);
+    n->raft.snapshot.threshold = threshold;
+}
+
+/* A snapshot at raft's last applied index is being taken (raft set its index so already). */
+static void bound_trailing(struct keel_node *n)
+{
+    const struct keel_config *c = n->o.cfg;
+    uint64_t index = raft_last_applied(&n->raft);
+    uint64_t keep = keel_logbytes_keep(&n->sizes, index, c->snapshot_trailing_bytes);
+    uint64_t min = MIN_TRAILING < c->snapshot_trailing ? MIN_TRAILING : c->snapshot_trailing;
+    if (keep < min)
+        keep = min;
+    if (keep > c->snapshot_trailing)
+        keep = c->snapshot_trailing;
+    KLOG_DEBUG(
+        "raft snapshot at index %llu: %llu bytes of entries since the last one; %llu "
+        "entries (%llu bytes) kept behind it",
+        (unsigned long long)index,
+        (unsigned long long)keel_logbytes_since(&n->sizes, n->raft.log.snapshot.last_index),
+        (unsigned long long)keep,
+        (unsigned long long)(keel_logbytes_since(&n->sizes, index > keep ? index - keep : 0) -
+                             keel_logbytes_since(&n->sizes, index)));
+    n->raft.snapshot.trailing = (unsigned)keep;
+    n->raft.snapshot.threshold = c->snapshot_threshold;
+    /* What raft drops once the snapshot is stored; should it fail, raft keeps entries that are
+     * no longer weighed here, and the next snapshot's span simply stops short of them. */
+    if (index > keep)
+        keel_logbytes_forget(&n->sizes, index - keep);
+}
+
 /* ---- raft's fsm, over the keel fsm ---- */
 
 static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result)
@@ -139,7 +211,9 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
         abort();
     }
     /* 0.15 sets last_applied after apply returns (research/raft.md, "What apply knows"). */
-    keel_fsm_apply(n->o.fsm, raft_last_applied(&n->raft) + 1, payload, len);
+    uint64_t index = raft_last_applied(&n->raft) + 1;
+    keel_fsm_apply(n->o.fsm, index, payload, len);
+    bound_threshold(n, index, buf->len);
     /* Never an error: request-level failures travel in the results (research/raft.md trap 7). */
     return 0;
 }
@@ -171,6 +245,7 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
     b->len = KEEL_FSM_TOKEN_LEN;
     *bufs = b;
     *n_bufs = 1;
+    bound_trailing(n);
     return 0;
 }
 
@@ -488,6 +563,7 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
     if (n == NULL)
         return KEEL_ENOMEM;
     n->o = *o;
+    keel_logbytes_init(&n->sizes);
     n->last_state = RAFT_UNAVAILABLE;
     n->raft_fsm.version = 3;
     n->raft_fsm.data = n;
@@ -512,6 +588,8 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
      * a v3 fsm (research/raft.md, "FSM interface"; fixed upstream in 0.17.1). */
     if (n->io.version < 2 && n->io.async_work != NULL)
         n->io.version = 2;
+    /* Before raft_init: its load and the segments it prepares use it. */
+    raft_uv_set_segment_size(&n->io, c->raft_segment_bytes);
     n->uv_send = n->io.send;
     n->io.send = guarded_send;
     n->uv_close = n->io.close;
@@ -667,5 +745,6 @@ void keel_node_free(struct keel_node *n)
         return;
     raft_uv_close(&n->io);
     keel_transport_close(&n->transport);
+    keel_logbytes_close(&n->sizes);
     free(n);
 }

@@ -12,6 +12,8 @@
  *    and committing one of the new term narrows its Figure-8 bug and brings the fsm up to date;
  *  - every entry is padded to a multiple of 8 bytes and checked again before raft_apply;
  *  - inside fsm->apply the entry's index is raft_last_applied + 1 (0.15 bumps it after);
+ *  - the log is bounded in bytes (--snapshot-bytes, --snapshot-trailing-bytes), not only in
+ *    entries as 0.15 does: raft keeps its whole log in memory and reloads it at every start;
  *  - raft is never closed while it holds a request of ours (see keel_node_stop).
  */
 #ifndef KEEL_NODE_H

@@ -101,7 +101,20 @@ static void config_accepts_good_flags(void **state)
     assert_int_equal(c.heartbeat_ms, 50);
     assert_int_equal(c.member_id, c.members[0].id);
     assert_true(c.members[0].id != c.members[1].id);
+    /* the raft log's bounds: bytes first, the entry counts as upper bounds */
+    assert_int_equal(c.snapshot_bytes, 64u << 20);
+    assert_int_equal(c.snapshot_trailing_bytes, 64u << 20);
+    assert_int_equal(c.snapshot_threshold, 65536);
+    assert_int_equal(c.raft_segment_bytes, 8u << 20);
     uint64_t cluster = c.cluster_id;
+    keel_config_close(&c);
+    assert_int_equal(parse(GOOD " --snapshot-bytes 33554432 --snapshot-trailing-bytes 1048576 "
+                                "--raft-segment-bytes 1114112",
+                           &c, err, sizeof(err)),
+                     0);
+    assert_int_equal(c.snapshot_bytes, 32u << 20);
+    assert_int_equal(c.snapshot_trailing_bytes, 1u << 20);
+    assert_int_equal(c.raft_segment_bytes, 17u << 16);
     keel_config_close(&c);
     /* the same list on another member gives the same cluster id */
     assert_int_equal(parse("--name b --data-dir /tmp/y --listen-client 127.0.2.1:2379 "
@@ -126,6 +139,12 @@ static void config_rejects_bad_flags(void **state)
         {GOOD " --election-ms abc", "not a number"},
         {GOOD " --quota-bytes -5", "--quota-bytes"},
         {GOOD " --zone z9", "--zone"},
+        {GOOD " --snapshot-bytes 1000", "--snapshot-bytes: 1000 is out of range"},
+        {GOOD " --snapshot-trailing-bytes 1MiB",
+         "--snapshot-trailing-bytes: '1MiB' is not a number"},
+        {GOOD " --raft-segment-bytes 1048577", "--raft-segment-bytes: 1048577 is not a multiple"},
+        {GOOD " --raft-segment-bytes 4294967296",
+         "--raft-segment-bytes: 4294967296 is out of range"},
         {"--name a --data-dir /tmp/x --listen-client 127.0.1.1:2379 --listen-peer 127.0.1.1:2380",
          "--initial-cluster is required"},
         {"--name q --data-dir /tmp/x --listen-client 127.0.1.1:2379 --listen-peer 127.0.1.1:2380 "
