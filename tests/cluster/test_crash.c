@@ -922,9 +922,10 @@ static void log_marks(const struct run *r, off_t *pos)
 
 /*
  * The store commits member i logged from byte pos on that no snapshot asked for: a commit at an
- * index no "snapshot token at index" line names (the loop logs the token after queueing its
- * sync, so the commit's line may come first). With a 10 s commit interval there should be none,
- * unless a checkpoint fetch (which commits first) ran: *fetches counts those.
+ * index no "snapshot token at index" line names. Tokens are looked for in the whole log: the loop
+ * logs a token after queueing its sync, so the commit's line may come first, and a token logged
+ * just before pos may have its commit just after it. With a 10 s commit interval there should be
+ * none, unless a checkpoint fetch (which commits first) ran: *fetches counts those.
  */
 static int unforced_commits(const struct run *r, int i, off_t pos, int *fetches)
 {
@@ -935,13 +936,12 @@ static int unforced_commits(const struct run *r, int i, off_t pos, int *fetches)
     long long *idx[2] = {NULL, NULL}; /* tokens, commits */
     size_t n[2] = {0, 0}, cap[2] = {0, 0};
     char line[4096];
-    if (fseeko(f, pos, SEEK_SET) != 0)
-        fail_msg("member %d's log: cannot seek", i);
     for (int lines = 0; lines < 10000000 && fgets(line, sizeof(line), f); lines++) {
+        bool in_window = ftello(f) > pos;
         const char *t = strstr(line, tok), *b = strstr(line, beg);
-        if (strstr(line, "fetching a checkpoint") != NULL)
+        if (in_window && strstr(line, "fetching a checkpoint") != NULL)
             (*fetches)++;
-        int which = t != NULL ? 0 : b != NULL ? 1 : -1;
+        int which = t != NULL ? 0 : b != NULL && in_window ? 1 : -1;
         if (which < 0)
             continue;
         if (n[which] == cap[which]) {
