@@ -102,27 +102,45 @@ static int meta_txnid(int fd, off_t off, uint64_t *txnid)
     return 0;
 }
 
-int ks_durable_metas(const char *dir, uint64_t txnid[2])
+/* Open dir/data.mdb: a descriptor, or -1 with *err (KEEL_ENOTFOUND when there is none). */
+static int open_data(const char *dir, int flags, int *err)
 {
     char *path = malloc(strlen(dir) + sizeof("/data.mdb"));
-    if (path == NULL)
-        return KEEL_ENOMEM;
+    if (path == NULL) {
+        *err = KEEL_ENOMEM;
+        return -1;
+    }
     sprintf(path, "%s/data.mdb", dir);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, flags | O_CLOEXEC);
     free(path);
     if (fd < 0)
-        return errno == ENOENT ? KEEL_ENOTFOUND : KEEL_EIO;
+        *err = errno == ENOENT ? KEEL_ENOTFOUND : KEEL_EIO;
+    return fd;
+}
+
+/* The page size (where meta page 1 starts) and both metas' transaction ids. */
+static int read_metas(int fd, uint32_t *psize, uint64_t txnid[2])
+{
     uint8_t m[LMDB_PAGEHDR + LMDB_OFF_PSIZE + 4];
-    uint32_t psize = 0;
     int err = read_at(fd, m, sizeof(m), 0);
-    if (err == 0)
-        memcpy(&psize, m + LMDB_PAGEHDR + LMDB_OFF_PSIZE, 4);
-    if (err == 0 && (psize < 512 || psize > 65536 || (psize & (psize - 1)) != 0))
-        err = KEEL_ECORRUPT;
-    if (err == 0)
-        err = meta_txnid(fd, 0, &txnid[0]);
-    if (err == 0)
-        err = meta_txnid(fd, (off_t)psize, &txnid[1]);
+    if (err != 0)
+        return err;
+    memcpy(psize, m + LMDB_PAGEHDR + LMDB_OFF_PSIZE, 4);
+    if (*psize < 512 || *psize > 65536 || (*psize & (*psize - 1)) != 0)
+        return KEEL_ECORRUPT;
+    if ((err = meta_txnid(fd, 0, &txnid[0])) != 0)
+        return err;
+    return meta_txnid(fd, (off_t)*psize, &txnid[1]);
+}
+
+int ks_durable_metas(const char *dir, uint64_t txnid[2])
+{
+    int err = 0;
+    int fd = open_data(dir, O_RDONLY, &err);
+    if (fd < 0)
+        return err;
+    uint32_t psize;
+    err = read_metas(fd, &psize, txnid);
     close(fd);
     return err;
 }
@@ -163,38 +181,36 @@ int ks_durable_recover(struct keel_store *s, const char *dir, uint64_t boot, uin
         notice(s, "store: the synced note in %s is unreadable; opening the newest commit", dir);
         return 0;
     }
-    if (noted_boot == boot)
-        return 0; /* the same boot: the page cache holds every write LMDB made */
-    uint64_t id[2];
-    if ((err = ks_durable_metas(dir, id)) != 0)
-        return err == KEEL_ENOTFOUND ? 0 : err;
-    int newest = id[1] > id[0];
-    if (id[newest] <= synced)
+    /* The same boot: the page cache holds every write LMDB made. An unknown boot (no boot id
+     * to read) proves nothing: dropping a commit newer than the note is always safe. */
+    if (boot != 0 && noted_boot == boot)
         return 0;
+    fd = open_data(dir, O_RDWR, &err);
+    if (fd < 0)
+        return err == KEEL_ENOTFOUND ? 0 : err;
+    uint32_t psize;
+    uint64_t id[2];
+    if ((err = read_metas(fd, &psize, id)) != 0) {
+        close(fd);
+        return err;
+    }
+    int newest = id[1] > id[0];
+    if (id[newest] <= synced) {
+        close(fd);
+        return 0;
+    }
     if (id[!newest] > synced) {
         /* Both metas newer than the last sync: the rules above make this impossible. */
+        close(fd);
         notice(s,
                "store: both LMDB meta pages (txn %llu, %llu) are newer than the last synced "
                "commit (txn %llu): refusing to guess",
                (unsigned long long)id[0], (unsigned long long)id[1], (unsigned long long)synced);
         return KEEL_ECORRUPT;
     }
-    char *path = malloc(strlen(dir) + sizeof("/data.mdb"));
-    if (path == NULL)
-        return KEEL_ENOMEM;
-    sprintf(path, "%s/data.mdb", dir);
-    fd = open(path, O_RDWR | O_CLOEXEC);
-    free(path);
-    if (fd < 0)
-        return KEEL_EIO;
-    uint8_t m[LMDB_PAGEHDR + LMDB_OFF_PSIZE + 4];
-    uint32_t psize = 0;
-    err = read_at(fd, m, sizeof(m), 0);
-    memcpy(&psize, m + LMDB_PAGEHDR + LMDB_OFF_PSIZE, 4);
     size_t zero = 0;
     off_t at = (off_t)newest * psize + LMDB_PAGEHDR + LMDB_OFF_TXNID;
-    if (err == 0 &&
-        (pwrite(fd, &zero, sizeof(zero), at) != (ssize_t)sizeof(zero) || fdatasync(fd) != 0))
+    if (pwrite(fd, &zero, sizeof(zero), at) != (ssize_t)sizeof(zero) || fdatasync(fd) != 0)
         err = KEEL_EIO;
     close(fd);
     if (err == 0) {

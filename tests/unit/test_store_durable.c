@@ -107,17 +107,23 @@ static uint64_t lmdb_last_txnid(const char *path)
     return info.me_last_txnid;
 }
 
-static void write_note(struct fx *f, uint64_t txnid, uint64_t boot)
+/* Replace the store's synced note by these bytes. */
+static void put_note(struct fx *f, const uint8_t b[KS_NOTE_LEN])
 {
-    uint8_t b[KS_NOTE_LEN];
-    ks_note_encode(txnid, boot, b);
     char *np;
     assert_true(asprintf(&np, "%s/synced", f->path) > 0);
     int fd = open(np, O_WRONLY | O_TRUNC);
     free(np);
     assert_true(fd >= 0);
-    assert_int_equal(write(fd, b, sizeof(b)), (ssize_t)sizeof(b));
+    assert_int_equal(write(fd, b, KS_NOTE_LEN), (ssize_t)KS_NOTE_LEN);
     close(fd);
+}
+
+static void write_note(struct fx *f, uint64_t txnid, uint64_t boot)
+{
+    uint8_t b[KS_NOTE_LEN];
+    ks_note_encode(txnid, boot, b);
+    put_note(f, b);
 }
 
 /* Two commits (index 1: a, index 2: b), both synced; the store closed. ids: the meta pages'. */
@@ -215,13 +221,7 @@ static void recovery_opens_the_newest_with_an_unreadable_note(void **state)
     uint8_t b[KS_NOTE_LEN];
     ks_note_encode(1, OTHER_BOOT, b);
     b[9] ^= 0x40; /* torn: the checksum no longer holds */
-    char *np;
-    assert_true(asprintf(&np, "%s/synced", f->path) > 0);
-    int fd = open(np, O_WRONLY | O_TRUNC);
-    free(np);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, b, sizeof(b)), (ssize_t)sizeof(b));
-    close(fd);
+    put_note(f, b);
     assert_int_equal(open_store(f), 0);
     assert_int_equal(f->notices, 1);
     assert_non_null(strstr(f->notice, "unreadable"));
