@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fsm.h"
 #include "log.h"
 
 static const char usage[] =
@@ -57,7 +58,8 @@ static const char usage[] =
     "                              its remaining TTL to the log (default 5000)\n"
     "  --backend-batch-interval-ms N\n"
     "                              commit the store (one LMDB sync) at least this often while\n"
-    "                              writes arrive (default 100, as etcd's backend batch interval);\n"
+    "                              writes arrive (default 500; etcd's backend batch interval is\n"
+    "                              100, but no reply waits for this commit);\n"
     "                              a write is answered once in the raft log and applied, before\n"
     "                              that commit\n"
     "  --backend-batch-bytes N     ... or once the applied, uncommitted state held in memory\n"
@@ -237,7 +239,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->max_apply_backlog_bytes = 64u << 20;
     c->max_watches = 100000;
     c->watch_progress_ms = 600000;
-    c->backend_batch_ms = 100;
+    c->backend_batch_ms = KEEL_FSM_COMMIT_MS;
     c->backend_batch_bytes = 64u << 20;
     c->lease_checkpoint_ms = 5000;
     c->log_level = KEEL_LOG_INFO;
