@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -236,12 +237,45 @@ static int write_note(struct keel_store *s, uint64_t txnid)
     return 0;
 }
 
+/*
+ * Start the write-back of the file's dirty pages a slice at a time, each slice written before
+ * the next is started. A commit leaves megabytes of pages dirty all over the file; one
+ * fdatasync would queue them all on the device at once, and the raft log's synced writes, which
+ * every answer waits for, would queue behind them. Slices keep our share of the device queue
+ * small (measured: put at 256 clients, preloaded, 4 alternating runs each, 27.0-30.2k puts/s in
+ * 1 MiB slices against 21.6-29.1k with one fdatasync; p99 at 64 clients 11-15 ms against 16-19).
+ * The fdatasync after it still makes the commit durable: this only paces the writes. At most
+ * SYNC_SLICES slices per sync, so a big file costs a bounded number of calls.
+ */
+#define SYNC_SLICE_MIN (1 << 20)
+#define SYNC_SLICES    4096
+
+static void write_back_paced(struct keel_store *s)
+{
+#ifdef SYNC_FILE_RANGE_WRITE
+    mdb_filehandle_t fd;
+    struct stat st;
+    if (mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) != 0)
+        return; /* the fdatasync alone does it */
+    off_t slice =
+        st.st_size / SYNC_SLICES > SYNC_SLICE_MIN ? st.st_size / SYNC_SLICES : SYNC_SLICE_MIN;
+    for (off_t off = 0; off < st.st_size; off += slice)
+        if (sync_file_range(fd, off, slice,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+            return; /* an error shows again in the fdatasync, which reports it */
+#else
+    (void)s;
+#endif
+}
+
 /* Sync the environment, then note txnid as on disk. */
 static int sync_and_note(struct keel_store *s, uint64_t txnid)
 {
     if (s->no_sync)
         return 0;
     pthread_rwlock_rdlock(&s->swap_lock);
+    write_back_paced(s);
     int rc = mdb_env_sync(s->env, 1);
     pthread_rwlock_unlock(&s->swap_lock);
     if (rc != 0)
