@@ -35,14 +35,15 @@
 
 struct keel_fsm;
 
-#define KEEL_FSM_TOKEN_LEN    32  /* bytes of a snapshot token */
+#define KEEL_FSM_TOKEN_LEN 32 /* bytes of a snapshot token */
+
 /* Default commit interval. Not etcd's 100 ms: no reply waits for a commit here, and every
  * commit rewrites (and its background sync writes) the key index leaves its puts touched, so
  * a longer interval writes each hot page once instead of many times. With 100k keys preloaded,
  * put at 256 clients: 100 ms wrote 2.2 GB to the disk in 10 s (40k writes/s) and the raft
  * log's syncs queued behind it (21k puts/s); 500 ms wrote 1.5 GB (29k puts/s) with commit
  * stalls of the writer up to 28 ms; 1000 ms did no better and stalled it up to 100 ms. */
-#define KEEL_FSM_COMMIT_MS 500
+#define KEEL_FSM_COMMIT_MS    500
 #define KEEL_FSM_COMMIT_BYTES (64u << 20) /* default overlay bound: commit once it holds this */
 
 /* One command's outcome. */

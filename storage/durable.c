@@ -246,27 +246,37 @@ static int write_note(struct keel_store *s, uint64_t txnid)
  * 1 MiB slices against 21.6-29.1k with one fdatasync; p99 at 64 clients 11-15 ms against 16-19).
  * The fdatasync after it still makes the commit durable: this only paces the writes. At most
  * SYNC_SLICES slices per sync, so a big file costs a bounded number of calls.
+ *
+ * 0, or KEEL_EIO when a slice failed to reach the disk. That error must fail the sync: waiting
+ * on the slice advanced the file's write-back error cursor, so the fdatasync after it would no
+ * longer report the lost pages. A file or kernel that cannot do this (EINVAL, ESPIPE, ENOSYS)
+ * leaves it all to the fdatasync.
  */
 #define SYNC_SLICE_MIN (1 << 20)
 #define SYNC_SLICES    4096
 
-static void write_back_paced(struct keel_store *s)
+static int write_back_paced(struct keel_store *s)
 {
 #ifdef SYNC_FILE_RANGE_WRITE
     mdb_filehandle_t fd;
     struct stat st;
     if (mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) != 0)
-        return; /* the fdatasync alone does it */
+        return 0; /* nothing waited on yet: the fdatasync alone does it */
     off_t slice =
         st.st_size / SYNC_SLICES > SYNC_SLICE_MIN ? st.st_size / SYNC_SLICES : SYNC_SLICE_MIN;
-    for (off_t off = 0; off < st.st_size; off += slice)
+    for (off_t off = 0; off < st.st_size; off += slice) {
         if (sync_file_range(fd, off, slice,
                             SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                                SYNC_FILE_RANGE_WAIT_AFTER) != 0)
-            return; /* an error shows again in the fdatasync, which reports it */
+                                SYNC_FILE_RANGE_WAIT_AFTER) == 0)
+            continue;
+        if (errno == EINVAL || errno == ESPIPE || errno == ENOSYS)
+            return 0;
+        return KEEL_EIO;
+    }
 #else
     (void)s;
 #endif
+    return 0;
 }
 
 /* Sync the environment, then note txnid as on disk. */
@@ -275,10 +285,10 @@ static int sync_and_note(struct keel_store *s, uint64_t txnid)
     if (s->no_sync)
         return 0;
     pthread_rwlock_rdlock(&s->swap_lock);
-    write_back_paced(s);
-    int rc = mdb_env_sync(s->env, 1);
+    int err = write_back_paced(s);
+    int rc = err == 0 ? mdb_env_sync(s->env, 1) : 0;
     pthread_rwlock_unlock(&s->swap_lock);
-    if (rc != 0)
+    if (err != 0 || rc != 0)
         return KEEL_EIO;
     return write_note(s, txnid);
 }
