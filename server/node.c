@@ -44,7 +44,7 @@ struct keel_node {
     raft_io_close_cb io_close_cb;
     int io_closed;
     struct raft_fsm raft_fsm;
-    uint64_t snap_ticket;       /* the sync the snapshot in progress waits for */
+    uint64_t snap_ticket;       /* the index the snapshot in progress waits to be durable */
     struct keel_logbytes sizes; /* what the entries in raft's log weigh (see "in bytes") */
     uv_check_t poll;
     int last_state;
@@ -62,6 +62,9 @@ struct keel_node {
     uint64_t drain_logged;   /* uv_now of the last "still waiting" line */
     int isolated;            /* the peer links were cut to make a stuck leader step down */
     int leader_barrier_busy; /* raft holds the election barrier: never submit a second */
+    /* The apply watch (watch_apply): when raft or the store last moved, what was logged. */
+    uint64_t watch_checked, watch_since, watch_logged;
+    uint64_t watch_applied, watch_committed;
     struct raft_transfer transfer;
     void (*transfer_cb)(void *data);
     void *transfer_data;
@@ -221,9 +224,9 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
 /*
  * Snapshots use raft's v3 fsm so the loop never waits for the storage writer (issue: a
  * synchronous snapshot blocked the loop for as long as the writer lagged, and raft retried it
- * after every apply round). snapshot() makes the token and queues a sync, on the loop;
- * snapshot_async() waits for that sync on raft's pool thread; snapshot_finalize() frees the
- * token on the loop, whatever happened. raft takes one snapshot at a time, so one ticket.
+ * after every apply round). snapshot() makes the token and queues a commit, on the loop;
+ * snapshot_async() waits on raft's pool thread until that commit is synced; snapshot_finalize()
+ * frees the token on the loop, whatever happened. raft takes one snapshot at a time, so one ticket.
  */
 static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
@@ -294,9 +297,54 @@ static void leader_barrier_done(void *data, int err)
 
 static int node_barrier(void *ctx, keel_consensus_cb cb, void *data);
 
+/*
+ * A member whose log holds committed entries that neither raft nor the store applies serves
+ * stale reads and cannot catch up; nothing else reports it. Once a second: when work is
+ * waiting (raft's commit index ahead of its last applied, or the writer's queue ahead of the
+ * store) and neither moved for APPLY_STALL_MS, say where it stands, again every 10 s, and say
+ * when it moves again.
+ */
+#define APPLY_STALL_MS 3000
+
+static void watch_apply(struct keel_node *n)
+{
+    uint64_t now = uv_now(n->o.loop);
+    if (now - n->watch_checked < 1000)
+        return;
+    n->watch_checked = now;
+    const struct keel_fsm_progress *p = keel_fsm_progress(n->o.fsm);
+    uint64_t applied = n->raft.last_applied, committed = p->committed;
+    bool waiting = n->raft.commit_index > applied || p->queued > committed;
+    bool moved = applied != n->watch_applied || committed != n->watch_committed;
+    n->watch_applied = applied;
+    n->watch_committed = committed;
+    if (moved || !waiting) {
+        if (n->watch_logged != 0)
+            KLOG_INFO("applying again after %llu ms (raft applied %llu, store applied %llu)",
+                      (unsigned long long)(now - n->watch_since), (unsigned long long)applied,
+                      (unsigned long long)committed);
+        n->watch_since = now;
+        n->watch_logged = 0;
+        return;
+    }
+    if (now - n->watch_since < APPLY_STALL_MS ||
+        (n->watch_logged != 0 && now - n->watch_logged < 10000))
+        return;
+    n->watch_logged = now;
+    KLOG_WARN("nothing applied for %llu ms: raft commit %llu, raft applied %llu, last stored "
+              "%llu, store queued %llu, store applied %llu, %llu bytes with the writer%s%s",
+              (unsigned long long)(now - n->watch_since), (unsigned long long)n->raft.commit_index,
+              (unsigned long long)applied, (unsigned long long)n->raft.last_stored,
+              (unsigned long long)p->queued, (unsigned long long)committed,
+              (unsigned long long)p->backlog_bytes,
+              n->raft.snapshot.pending.term != 0 ? ", a snapshot being taken" : "",
+              n->raft.snapshot.put.data != NULL ? ", a snapshot being stored" : "");
+}
+
 static void poll_state(uv_check_t *h)
 {
     struct keel_node *n = h->data;
+    watch_apply(n);
     int state = raft_state(&n->raft);
     raft_id id = 0;
     const char *addr = NULL;

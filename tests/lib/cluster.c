@@ -67,6 +67,70 @@ static int free_port(const char *host)
     abort();
 }
 
+/*
+ * Clusters not closed yet. A failed assertion longjmps out of its test, past tc_cluster_close,
+ * and the tc_cluster on its stack is gone: this list keeps what closing needs (the directory,
+ * the member count, the PIDs started), and at exit closes what is left, printing the tail of
+ * every member's log first.
+ */
+struct tc_open {
+    struct tc_open *next;
+    char *root;
+    int n;
+    pid_t pid[TC_MAX + 1];
+};
+
+static struct tc_open *open_clusters;
+
+#define TAIL_BYTES 6000 /* of each member's log, printed for a cluster left open */
+
+static void print_tail(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return;
+    char buf[TAIL_BYTES + 1];
+    off_t end = lseek(fd, 0, SEEK_END);
+    off_t from = end > TAIL_BYTES ? end - TAIL_BYTES : 0;
+    ssize_t got = pread(fd, buf, TAIL_BYTES, from);
+    close(fd);
+    if (got <= 0)
+        return;
+    buf[got] = '\0';
+    const char *start = buf;
+    if (from > 0 && strchr(buf, '\n') != NULL)
+        start = strchr(buf, '\n') + 1; /* from a whole line */
+    fprintf(stderr, "---- %s%s\n%s", path, from > 0 ? " (its end)" : "", start);
+    if (got > 0 && buf[got - 1] != '\n')
+        fputc('\n', stderr);
+}
+
+static void close_left_open(void)
+{
+    while (open_clusters != NULL) {
+        struct tc_open *o = open_clusters;
+        open_clusters = o->next;
+        fprintf(stderr, "cluster %s was left open (its test failed); its members' logs:\n",
+                o->root);
+        for (int i = 1; i <= o->n; i++) {
+            /* Only a child of ours that still runs: a reaped PID may belong to anyone now. */
+            if (o->pid[i] > 0 && waitpid(o->pid[i], NULL, WNOHANG) == 0) {
+                kill(o->pid[i], SIGKILL);
+                waitpid(o->pid[i], NULL, 0);
+            }
+            char path[600];
+            snprintf(path, sizeof(path), "%s/m%d.log", o->root, i);
+            print_tail(path);
+        }
+        if (getenv("KEEL_KEEP_TEST_DATA") == NULL)
+            tu_rmdir(o->root);
+        else
+            fprintf(stderr, "test data kept in %s\n", o->root);
+        free(o->root);
+        free(o);
+    }
+}
+
 void tc_cluster_init(struct tc_cluster *c, int n, const char *tag)
 {
     tc_cluster_init_at(c, n, tag, 1);
@@ -79,6 +143,16 @@ void tc_cluster_init_at(struct tc_cluster *c, int n, const char *tag, int block)
         abort();
     c->n = n;
     c->root = tu_mkdtemp(tag);
+    static int registered;
+    if (!registered && atexit(close_left_open) == 0)
+        registered = 1;
+    c->open = calloc(1, sizeof(*c->open));
+    if (c->open == NULL)
+        abort();
+    c->open->root = c->root; /* one string: freed by whichever closes the cluster */
+    c->open->n = n;
+    c->open->next = open_clusters;
+    open_clusters = c->open;
     c->heartbeat_ms = 50;
     c->election_ms = 500;
     size_t off = 0;
@@ -162,6 +236,7 @@ int tc_start(struct tc_cluster *c, int i)
         _exit(127);
     }
     m->pid = pid;
+    c->open->pid[i] = pid;
     return 0;
 }
 
@@ -217,6 +292,13 @@ void tc_cluster_close(struct tc_cluster *c)
         fprintf(stderr, "test data kept in %s\n", c->root);
     free(c->root);
     c->root = NULL;
+    for (struct tc_open **p = &open_clusters; *p != NULL; p = &(*p)->next)
+        if (*p == c->open) {
+            *p = c->open->next;
+            break;
+        }
+    free(c->open);
+    c->open = NULL;
 }
 
 int tc_find_leader(struct tc_cluster *c, struct keel *k, unsigned skip, int timeout_ms)

@@ -22,8 +22,11 @@ struct tc_member {
     pid_t pid; /* 0 when not running */
 };
 
+struct tc_open;
+
 struct tc_cluster {
     int n;
+    struct tc_open *open; /* this cluster's entry in the harness's list of open clusters */
     struct tc_member m[TC_MAX + 1]; /* 1-based */
     char *root;
     char initial[1024];
@@ -52,7 +55,10 @@ int tc_stop(struct tc_cluster *c, int i, int sig);
 /* "a,b,c": the client addresses of every member (or of member i only when i > 0). */
 void tc_endpoints(const struct tc_cluster *c, int i, char *buf, size_t len);
 
-/* Kill what is still running, remove the data. */
+/* Kill what is still running, remove the data. A cluster a failed test left open (cmocka jumps
+ * past its close) is closed at exit instead: its members killed, and the end of each member's
+ * log printed, so that a failure on a machine nobody can log into still says what the members
+ * saw. */
 void tc_cluster_close(struct tc_cluster *c);
 
 struct keel;
