@@ -81,6 +81,7 @@ struct tc_open {
 };
 
 static struct tc_open *open_clusters;
+static pid_t open_owner; /* the process that started them: a forked child exiting leaves them */
 
 #define TAIL_BYTES 6000 /* of each member's log, printed for a cluster left open */
 
@@ -107,6 +108,8 @@ static void print_tail(const char *path)
 
 static void close_left_open(void)
 {
+    if (getpid() != open_owner)
+        return;
     while (open_clusters != NULL) {
         struct tc_open *o = open_clusters;
         open_clusters = o->next;
@@ -146,6 +149,7 @@ void tc_cluster_init_at(struct tc_cluster *c, int n, const char *tag, int block)
     static int registered;
     if (!registered && atexit(close_left_open) == 0)
         registered = 1;
+    open_owner = getpid();
     c->open = calloc(1, sizeof(*c->open));
     if (c->open == NULL)
         abort();
