@@ -172,7 +172,7 @@ int keel_store_history(struct keel_store *s, const uint8_t *key, size_t key_len,
     if (t.ov != NULL)
         h.next = ks_overlay_first_rec(t.ov, start_revision);
     for (;;) {
-        struct revkey rk;
+        struct revkey rk = {0};
         struct record r;
         const struct ov_rec *o;
         int got = hsource_get(&h, &rk, &r, &o);
