@@ -5,11 +5,9 @@
  *  - the writer thread (writer_main) takes up to MAX_JOBS_PER_TX jobs or MAX_BYTES_PER_TX
  *    bytes at a time, applies them in the open LMDB write, publishes them to readers, delivers
  *    one batch, and commits when the write is due.
- * A FETCH or COMMIT job first publishes and commits what came before it, so the order of state
- * changes is the order of the jobs. Nothing on the writer waits for a sync beyond the one a
- * commit waits for (the previous commit's, storage/durable.c): a snapshot waits for its own sync
- * on raft's pool thread, so applies go on while it is written back. A store failure at apply aborts
- * the member (fatal): it replays its log.
+ * A FETCH or SYNC job first publishes and commits what came before it, so the order of state
+ * changes is the order of the jobs. A store failure at apply aborts the member (fatal): it
+ * replays its log.
  */
 #include "fsm.h"
 
@@ -30,16 +28,15 @@
 #define TOKEN_FORMAT     1
 #define MAX_JOBS_PER_TX  4096
 #define MAX_BYTES_PER_TX (8u << 20) /* bounds a batch's memory when the writer falls behind */
-#define SYNC_WAIT_MS     60000      /* a snapshot waits this long for its sync, on raft's pool */
-#define SYNC_POLL_MS     100        /* ... looking at `stopping` this often */
+#define SYNC_WAIT_MS     60000      /* a snapshot waits this long for the writer, on raft's pool */
 #define FETCH_TIMEOUT    10000
 
-enum job_kind { JOB_APPLY, JOB_FETCH, JOB_COMMIT };
+enum job_kind { JOB_APPLY, JOB_FETCH, JOB_SYNC };
 
 struct job {
     struct job *next;
     enum job_kind kind;
-    uint64_t index; /* APPLY: entry index; FETCH: token index; COMMIT: unused */
+    uint64_t index; /* APPLY: entry index; FETCH: token index; SYNC: sequence number */
     size_t len;
     uint8_t data[];
 };
@@ -51,8 +48,11 @@ struct keel_fsm {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cond;                          /* jobs queued, leader known, stopping */
+    pthread_cond_t sync_cond;                     /* a SYNC finished */
     struct job *head, *tail;                      /* under mu */
     struct keel_fsm_batch *done_head, *done_tail; /* under mu */
+    uint64_t sync_seq;                            /* under mu: last SYNC requested */
+    uint64_t sync_done;                           /* under mu: last SYNC finished */
     char leader[64];                              /* under mu */
     int stopping;                                 /* under mu */
     int thread_running;
@@ -349,7 +349,7 @@ static void *writer_main(void *arg)
                     b = batch_new();
                 apply_job(f->w, b, j);
             } else {
-                /* Fetch and commit see everything before them published and committed. */
+                /* Fetch and sync see everything before them published and committed. */
                 if (b != NULL) {
                     deliver(f, b);
                     b = NULL;
@@ -363,6 +363,14 @@ static void *writer_main(void *arg)
                     struct keel_fsm_batch *nb = batch_new(); /* the new applied index */
                     nb->restored = got > 0;
                     publish(f, nb);
+                } else {
+                    int err = keel_store_sync(f->o.store);
+                    if (err != 0)
+                        fatal("sync", err);
+                    pthread_mutex_lock(&f->mu);
+                    f->sync_done = j->index;
+                    pthread_cond_broadcast(&f->sync_cond);
+                    pthread_mutex_unlock(&f->mu);
                 }
             }
             free(j);
@@ -420,10 +428,13 @@ int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN
     struct job *j = malloc(sizeof(*j));
     if (j == NULL)
         return KEEL_ENOMEM;
-    /* The commit is queued behind every entry up to the token's index, so the sync that follows
-     * it puts them all on disk; nothing here waits for either. */
-    j->kind = JOB_COMMIT;
-    j->index = 0;
+    /* The sync is queued behind every entry up to the token's index, so once it is done the
+     * store holds them all on disk; nothing here waits for it. */
+    pthread_mutex_lock(&f->mu);
+    uint64_t seq = ++f->sync_seq;
+    pthread_mutex_unlock(&f->mu);
+    j->kind = JOB_SYNC;
+    j->index = seq;
     j->len = 0;
     enqueue(f, j);
     uint64_t index = f->progress.queued;
@@ -431,27 +442,24 @@ int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN
     keel_put_le64(token + 8, TOKEN_FORMAT);
     keel_put_le64(token + 16, index);
     keel_put_le64(token + 24, f->o.cluster_id);
-    *ticket = index;
+    *ticket = seq;
     KLOG_DEBUG("snapshot token at index %llu", (unsigned long long)index);
     return 0;
 }
 
 int keel_fsm_snapshot_wait(struct keel_fsm *f, uint64_t ticket)
 {
-    /* The store's durable index reaches the token's once the commit queued at begin (or a
-     * later one) is synced. Polled in slices so that a stopping fsm lets raft's pool go. */
-    int err = KEEL_ETIMEOUT;
-    for (int waited = 0; waited < SYNC_WAIT_MS && err == KEEL_ETIMEOUT; waited += SYNC_POLL_MS) {
-        pthread_mutex_lock(&f->mu);
-        int stopping = f->stopping;
-        pthread_mutex_unlock(&f->mu);
-        if (stopping)
-            break;
-        err = keel_store_wait_durable(f->o.store, ticket, SYNC_POLL_MS);
-    }
-    if (err != 0) {
-        KLOG_WARN("snapshot at %llu dropped: the store did not sync it (%s)",
-                  (unsigned long long)ticket, keel_strerror(err));
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += SYNC_WAIT_MS / 1000;
+    pthread_mutex_lock(&f->mu);
+    int rc = 0;
+    while (f->sync_done < ticket && !f->stopping && rc == 0)
+        rc = pthread_cond_timedwait(&f->sync_cond, &f->mu, &deadline);
+    int ok = f->sync_done >= ticket;
+    pthread_mutex_unlock(&f->mu);
+    if (!ok) {
+        KLOG_WARN("snapshot dropped: the storage writer did not sync in time");
         return KEEL_EUNAVAILABLE;
     }
     return 0;
@@ -512,6 +520,7 @@ int keel_fsm_new(const struct keel_fsm_options *o, struct keel_fsm **out)
     }
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cond, NULL);
+    pthread_cond_init(&f->sync_cond, NULL);
     uv_async_init(o->loop, &f->async, on_async);
     f->async.data = f;
     if (pthread_create(&f->thread, NULL, writer_main, f) != 0) {
@@ -548,6 +557,7 @@ void keel_fsm_stop(struct keel_fsm *f, void (*cb)(void *data), void *data)
     pthread_mutex_lock(&f->mu);
     f->stopping = 1;
     pthread_cond_broadcast(&f->cond);
+    pthread_cond_broadcast(&f->sync_cond);
     pthread_mutex_unlock(&f->mu);
     if (f->thread_running) {
         pthread_join(f->thread, NULL);
@@ -574,5 +584,6 @@ void keel_fsm_free(struct keel_fsm *f)
         close(f->mark_fd);
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->cond);
+    pthread_cond_destroy(&f->sync_cond);
     free(f);
 }

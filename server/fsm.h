@@ -14,9 +14,9 @@
  * for the commit's page writes.
  *
  * Raft snapshots are tokens {magic, applied index, cluster id}: the store itself never goes
- * through raft. A token promises only committed and synced state (a COMMIT job commits, and
- * raft's pool thread waits until the store's durable index reaches the token's), so raft never
- * compacts away a log entry that LMDB does not hold on disk. A token ahead of the
+ * through raft. A token promises only committed and synced state (a SYNC job commits and waits
+ * for the store's sync, keel_store_sync), so
+ * raft never compacts away a log entry that LMDB does not hold on disk. A token ahead of the
  * store (a follower that fell behind the leader's log) queues a checkpoint fetch from the
  * leader on the writer, ahead of the entries raft delivers next, so the order of state changes
  * stays the log's order.
@@ -110,16 +110,15 @@ void keel_fsm_apply(struct keel_fsm *f, uint64_t index, const void *payload, siz
  * A raft snapshot in two steps, so that the loop never waits for the writer (raft's v3 fsm:
  * snapshot on the loop, snapshot_async on a pool thread).
  *
- * keel_fsm_snapshot_begin (loop): make the token for the last queued index and queue a commit
- * behind everything queued so far; *ticket is the token's index. Never waits. 0,
- * KEEL_EUNAVAILABLE when the store is waiting for a checkpoint (it cannot promise the token's
- * index; raft tries again later), or KEEL_ENOMEM.
+ * keel_fsm_snapshot_begin (loop): make the token for the last queued index and queue a sync
+ * behind everything queued so far; *ticket names that sync. Never waits. 0, KEEL_EUNAVAILABLE
+ * when the store is waiting for a checkpoint (it cannot promise the token's index; raft tries
+ * again later), or KEEL_ENOMEM.
  *
- * keel_fsm_snapshot_wait (any thread but the loop): block until the store's durable index has
- * reached the ticket (that commit, or a later one, is synced), so the token's promise holds on
- * disk. The writer goes on applying meanwhile. 0, or KEEL_EUNAVAILABLE when that took over a
- * minute, a sync failed, or the fsm is stopping (raft then drops this snapshot and keeps its
- * log).
+ * keel_fsm_snapshot_wait (any thread but the loop): block until the writer has committed and
+ * synced everything queued before begin, so the token's promise holds on disk. 0, or
+ * KEEL_EUNAVAILABLE when the writer did not get there within a minute or the fsm is stopping
+ * (raft then drops this snapshot and keeps its log).
  */
 int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN],
                             uint64_t *ticket);

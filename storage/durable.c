@@ -29,7 +29,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -356,7 +355,6 @@ int ks_durable_adopt(struct keel_store *s, uint64_t applied_index)
     pthread_mutex_lock(&d->mu);
     if (err == 0)
         d->durable_index = applied_index;
-    pthread_cond_broadcast(&d->cond); /* keel_store_wait_durable's waiters */
     pthread_mutex_unlock(&d->mu);
     return err;
 }
@@ -368,27 +366,6 @@ int ks_durable_wait(struct keel_store *s)
     while (d->pending || d->busy)
         pthread_cond_wait(&d->cond, &d->mu);
     int err = d->err;
-    pthread_mutex_unlock(&d->mu);
-    return err;
-}
-
-int ks_durable_wait_index(struct keel_store *s, uint64_t index, int timeout_ms)
-{
-    struct ks_durable *d = &s->dur;
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    uint64_t ns =
-        (uint64_t)deadline.tv_nsec + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
-    deadline.tv_sec += (time_t)(ns / 1000000000ull);
-    deadline.tv_nsec = (long)(ns % 1000000000ull);
-    pthread_mutex_lock(&d->mu);
-    int rc = 0;
-    while (d->durable_index < index && d->err == 0 && !d->stop && rc == 0)
-        rc = pthread_cond_timedwait(&d->cond, &d->mu, &deadline);
-    int err = d->durable_index >= index ? 0
-              : d->err != 0             ? d->err
-              : d->stop                 ? KEEL_ECANCELED
-                                        : KEEL_ETIMEOUT;
     pthread_mutex_unlock(&d->mu);
     return err;
 }

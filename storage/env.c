@@ -429,11 +429,6 @@ int keel_store_sync(struct keel_store *s)
     return ks_durable_wait(s);
 }
 
-int keel_store_wait_durable(struct keel_store *s, uint64_t index, int timeout_ms)
-{
-    return ks_durable_wait_index(s, index, timeout_ms);
-}
-
 int64_t keel_store_commit_age_ms(struct keel_store *s)
 {
     pthread_mutex_lock(&s->stat_lock);

@@ -254,8 +254,6 @@ int ks_durable_adopt(struct keel_store *s, uint64_t applied_index);
 int ks_durable_wait(struct keel_store *s);
 /* Sync the commit of LMDB transaction txnid (applied index applied_index) in the background. */
 void ks_durable_request(struct keel_store *s, uint64_t txnid, uint64_t applied_index);
-/* keel_store_wait_durable. */
-int ks_durable_wait_index(struct keel_store *s, uint64_t index, int timeout_ms);
 uint64_t ks_durable_index(struct keel_store *s);
 /* Finish the pending sync, stop the syncer, close the note. */
 void ks_durable_close(struct keel_store *s);

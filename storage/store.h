@@ -82,18 +82,12 @@ struct keel_store_stat {
  */
 int keel_store_open(const struct keel_store_options *opts, struct keel_store **out);
 
-/* Close the store. No write, read or keel_store_wait_durable may be in progress. */
+/* Close the store. No write or read may be in progress. */
 void keel_store_close(struct keel_store *s);
 
 /* Wait until every commit is on disk (commits are synced in the background): afterwards the
  * durable index is the last commit's. 0 or KEEL_EIO (a sync failed; every later commit fails). */
 int keel_store_sync(struct keel_store *s);
-
-/* Wait, at most timeout_ms, until the durable index (keel_store_stat) reaches index: a commit
- * holding it has been synced. Commits are not made here: the caller sees that one is made (or
- * already was). 0; KEEL_ETIMEOUT (not yet); KEEL_EIO (a sync failed; none will succeed);
- * KEEL_ECANCELED (the store is closing). Safe from any thread. */
-int keel_store_wait_durable(struct keel_store *s, uint64_t index, int timeout_ms);
 
 /* Copy the committed state into *st. Safe from any thread. */
 void keel_store_stat(struct keel_store *s, struct keel_store_stat *st);

@@ -245,23 +245,6 @@ static void durable_index_follows_the_sync(void **state)
     assert_int_equal(st.durable_index, 50);
 }
 
-/* keel_store_wait_durable returns once a commit holding the index is synced, and says
- * KEEL_ETIMEOUT for an index no commit holds. */
-static void wait_durable_waits_for_the_sync(void **state)
-{
-    struct fx *f = *state;
-    for (uint64_t i = 1; i <= 20; i++)
-        put_at(f, i, "k");
-    assert_int_equal(keel_store_wait_durable(f->s, 20, 30000), 0);
-    struct keel_store_stat st;
-    keel_store_stat(f->s, &st);
-    assert_int_equal(st.durable_index, 20);
-    assert_int_equal(keel_store_wait_durable(f->s, 5, 0), 0); /* already there */
-    assert_int_equal(keel_store_wait_durable(f->s, 21, 50), KEEL_ETIMEOUT);
-    put_at(f, 21, "k");
-    assert_int_equal(keel_store_wait_durable(f->s, 21, 30000), 0);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -275,7 +258,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(recovery_opens_the_newest_with_an_unreadable_note, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(durable_index_follows_the_sync, setup, teardown),
-        cmocka_unit_test_setup_teardown(wait_durable_waits_for_the_sync, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
