@@ -44,7 +44,7 @@ struct keel_node {
     raft_io_close_cb io_close_cb;
     int io_closed;
     struct raft_fsm raft_fsm;
-    uint64_t snap_ticket;       /* the index the snapshot in progress waits to be durable */
+    uint64_t snap_ticket;       /* the sync the snapshot in progress waits for */
     struct keel_logbytes sizes; /* what the entries in raft's log weigh (see "in bytes") */
     uv_check_t poll;
     int last_state;
@@ -224,8 +224,8 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
 /*
  * Snapshots use raft's v3 fsm so the loop never waits for the storage writer (issue: a
  * synchronous snapshot blocked the loop for as long as the writer lagged, and raft retried it
- * after every apply round). snapshot() makes the token and queues a commit, on the loop;
- * snapshot_async() waits on raft's pool thread until that commit is synced; snapshot_finalize()
+ * after every apply round). snapshot() makes the token and queues a sync, on the loop;
+ * snapshot_async() waits for that sync on raft's pool thread; snapshot_finalize()
  * frees the token on the loop, whatever happened. raft takes one snapshot at a time, so one ticket.
  */
 static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
