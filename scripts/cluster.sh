@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A local keel cluster on loopback: member i lives in zone z<i> on 127.0.i.1 (client port 2379,
-# peer port 2380), its data under $KEEL_CLUSTER_DIR/m<i> (default ./.cluster).
+# A local keel cluster on loopback: member i lives in zone z<i> on 127.0.i.1 (client port
+# $KEEL_CLUSTER_CLIENT_PORT, default 2379; peer port $KEEL_CLUSTER_PEER_PORT, default 2380), its data
+# under $KEEL_CLUSTER_DIR/m<i> (default ./.cluster).
 #
 #   scripts/cluster.sh start [--nodes N] [extra keeld flags...]
 #   scripts/cluster.sh status
@@ -10,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir=${KEEL_CLUSTER_DIR:-$PWD/.cluster}
+cport=${KEEL_CLUSTER_CLIENT_PORT:-2379}
+pport=${KEEL_CLUSTER_PEER_PORT:-2380}
 keeld=${KEELD:-}
 if [ -z "$keeld" ]; then
   for b in build/release build/asan build; do
@@ -17,7 +20,7 @@ if [ -z "$keeld" ]; then
   done
 fi
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 pid_alive() { # pid file -> 0 when that keeld is running
   local f=$1 pid
@@ -43,10 +46,10 @@ start)
     if pid_alive "$dir/m$i.pid"; then echo "cluster: m$i already running (pid $(cat "$dir/m$i.pid"))" >&2; exit 1; fi
   done
   initial=""
-  for i in $(seq 1 "$n"); do initial+="${initial:+,}m$i=127.0.$i.1:2380@z$i"; done
+  for i in $(seq 1 "$n"); do initial+="${initial:+,}m$i=127.0.$i.1:$pport@z$i"; done
   for i in $(seq 1 "$n"); do
-    "$keeld" --name "m$i" --data-dir "$dir/m$i" --listen-client "127.0.$i.1:2379" \
-      --listen-peer "127.0.$i.1:2380" --initial-cluster "$initial" "$@" \
+    "$keeld" --name "m$i" --data-dir "$dir/m$i" --listen-client "127.0.$i.1:$cport" \
+      --listen-peer "127.0.$i.1:$pport" --initial-cluster "$initial" "$@" \
       >>"$dir/m$i.log" 2>&1 &
     echo $! >"$dir/m$i.pid"
   done
@@ -86,7 +89,7 @@ status)
 endpoints)
   n=$(nodes_in_dir); [ "$n" -gt 0 ] || n=3
   eps=""
-  for i in $(seq 1 "$n"); do eps+="${eps:+,}127.0.$i.1:2379"; done
+  for i in $(seq 1 "$n"); do eps+="${eps:+,}127.0.$i.1:$cport"; done
   echo "$eps"
   ;;
 *) usage ;;
