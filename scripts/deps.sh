@@ -6,10 +6,13 @@ set -euo pipefail
 packages=(
   cmake gcc make pkg-config
   libraft-dev libuv1-dev liblmdb-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
-  libcmocka-dev libjson-c-dev
+  libcmocka-dev libjson-c-dev libnghttp2-dev libhttp-parser-dev
   clang libclang-rt-14-dev
   libnetfilter-queue-dev iptables nftables
   strace
+  # keel-gateway's compatibility tests (tests/gateway/compat/): etcd's own clients, and etcd 3.4
+  # as the oracle they are compared with.
+  etcd-client etcd-server python3-etcd3gw golang-go golang-etcd-server-dev curl
 )
 
 missing=()
@@ -36,8 +39,25 @@ else
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# etcd-server's package service must not grab the ports the tests use: nothing is started on
+# install here (no systemd in containers; where there is one, etcd's unit listens on
+# 127.0.0.1:2379 only, as in bench/compare-etcd.sh), and while we install, a policy-rc.d that
+# denies every start (exit 101) keeps invoke-rc.d / deb-systemd-invoke from starting it at all.
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\n# scripts/deps.sh: no service starts while keel installs its packages\nexit 101\n' |
+    "${sudo[@]}" tee "$policy" >/dev/null
+  "${sudo[@]}" chmod 755 "$policy"
+  own_policy=1
+  trap '"${sudo[@]}" rm -f "$policy"' EXIT
+fi
 if ! "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"; then
   # Stale or absent package lists are the usual cause: refresh once and retry.
   "${sudo[@]}" apt-get update
   "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+if [ $own_policy -eq 1 ]; then
+  "${sudo[@]}" rm -f "$policy"
+  trap - EXIT
 fi

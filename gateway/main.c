@@ -1,0 +1,251 @@
+/*
+ * keel-gateway: etcd's v3 API in front of a keel cluster.
+ *
+ *   keel-gateway --listen HOST:PORT --endpoints A,B,C [--zone Z] [--advertise-client-urls U,...]
+ *                [--request-timeout-ms MS] [--max-request-bytes N] [--log-level L]
+ *
+ * One process, one libuv loop: the listener (gRPC and JSON on one port) and libkeel's client
+ * share it. The gateway keeps no state of its own: several may run behind a load balancer.
+ * SIGINT/SIGTERM: stop accepting, send GOAWAY, let calls in flight finish, exit 0.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <keel/keel.h>
+
+#include "conn.h"
+#include "log.h"
+
+#define DEFAULT_LISTEN            "127.0.0.1:23790"
+#define DEFAULT_MAX_REQUEST_BYTES (1536 * 1024) /* etcd's --max-request-bytes */
+
+struct gateway {
+    uv_loop_t loop;
+    struct gw_ctx ctx;
+    struct gw_server *srv;
+    uv_signal_t sigint, sigterm;
+    bool stopping;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: keel-gateway [options]\n"
+            "  --listen HOST:PORT              where etcd clients connect (default %s);\n"
+            "                                  gRPC (HTTP/2) and JSON (HTTP/1.1) on one port\n"
+            "  --endpoints A,B,C               keel members' client addresses (default %s)\n"
+            "  --zone Z                        prefer members of zone Z for serializable reads\n"
+            "  --advertise-client-urls U,...   what MemberList tells etcd clients to dial\n"
+            "                                  (default http://<listen>)\n"
+            "  --request-timeout-ms MS         keel request deadline when the client sets none\n"
+            "                                  (default %d)\n"
+            "  --max-request-bytes N           largest request message (default %d)\n"
+            "  --log-level debug|info|warn|error (default info)\n"
+            "  --version, --help\n",
+            DEFAULT_LISTEN, KEEL_DEFAULT_ENDPOINT, KEEL_DEFAULT_REQUEST_TIMEOUT_MS,
+            DEFAULT_MAX_REQUEST_BYTES);
+}
+
+/* "host:port" -> host (copied into buf) and port; -1 when it does not parse. */
+static int split_host_port(const char *s, char *host, size_t hostlen, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s || (size_t)(colon - s) >= hostlen)
+        return -1;
+    char *end;
+    errno = 0;
+    long p = strtol(colon + 1, &end, 10);
+    if (errno || *end || end == colon + 1 || p < 1 || p > 65535)
+        return -1;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
+/* Split a comma-separated list into a NULL-terminated, malloc'd array; its count in *n. */
+static char **split_list(const char *s, size_t *n)
+{
+    size_t cap = 1;
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
+    char **v = calloc(cap + 1, sizeof(*v));
+    if (!v)
+        return NULL;
+    *n = 0;
+    const char *start = s;
+    for (;;) {
+        const char *comma = strchr(start, ',');
+        size_t len = comma ? (size_t)(comma - start) : strlen(start);
+        if (len > 0 && !(v[(*n)++] = strndup(start, len)))
+            return NULL;
+        if (!comma)
+            break;
+        start = comma + 1;
+    }
+    return v;
+}
+
+static void free_list(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+static void on_client_closed(void *data)
+{
+    (void)data;
+}
+
+static void on_server_stopped(void *data)
+{
+    struct gateway *g = data;
+    g->srv = NULL;
+    uv_close((uv_handle_t *)&g->sigint, NULL);
+    uv_close((uv_handle_t *)&g->sigterm, NULL);
+    keel_aclient_close(g->ctx.ac, on_client_closed, g);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct gateway *g = h->data;
+    if (g->stopping)
+        return;
+    g->stopping = true;
+    KLOG_INFO("signal %d: stopping (GOAWAY, draining calls in flight)", signum);
+    gw_server_stop(g->srv, on_server_stopped, g);
+}
+
+int main(int argc, char **argv)
+{
+    const char *listen_addr = DEFAULT_LISTEN, *endpoints = NULL, *zone = "", *advertise = NULL;
+    long timeout_ms = KEEL_DEFAULT_REQUEST_TIMEOUT_MS, max_request = DEFAULT_MAX_REQUEST_BYTES;
+    int level = KEEL_LOG_INFO;
+    enum { O_LISTEN = 256, O_ENDPOINTS, O_ZONE, O_ADVERTISE, O_TIMEOUT, O_MAXREQ, O_LOG, O_VER };
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, O_LISTEN},
+        {"endpoints", required_argument, NULL, O_ENDPOINTS},
+        {"zone", required_argument, NULL, O_ZONE},
+        {"advertise-client-urls", required_argument, NULL, O_ADVERTISE},
+        {"request-timeout-ms", required_argument, NULL, O_TIMEOUT},
+        {"max-request-bytes", required_argument, NULL, O_MAXREQ},
+        {"log-level", required_argument, NULL, O_LOG},
+        {"version", no_argument, NULL, O_VER},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        char *end;
+        switch (o) {
+        case O_LISTEN:
+            listen_addr = optarg;
+            break;
+        case O_ENDPOINTS:
+            endpoints = optarg;
+            break;
+        case O_ZONE:
+            zone = optarg;
+            break;
+        case O_ADVERTISE:
+            advertise = optarg;
+            break;
+        case O_TIMEOUT:
+        case O_MAXREQ: {
+            errno = 0;
+            long v = strtol(optarg, &end, 10);
+            if (errno || *end || v < 1 || v > (o == O_TIMEOUT ? 3600000L : 64L << 20)) {
+                fprintf(stderr, "keel-gateway: --%s: '%s' is not a number in range\n",
+                        o == O_TIMEOUT ? "request-timeout-ms" : "max-request-bytes", optarg);
+                return 2;
+            }
+            *(o == O_TIMEOUT ? &timeout_ms : &max_request) = v;
+            break;
+        }
+        case O_LOG:
+            if ((level = keel_log_parse_level(optarg)) < 0) {
+                fprintf(stderr, "keel-gateway: --log-level: '%s' is not debug|info|warn|error\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case O_VER:
+            printf("keel-gateway %s\n", KEEL_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "keel-gateway: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    char host[64];
+    int port;
+    if (split_host_port(listen_addr, host, sizeof(host), &port) != 0) {
+        fprintf(stderr, "keel-gateway: --listen: '%s' is not HOST:PORT\n", listen_addr);
+        return 2;
+    }
+    keel_log_setup((enum keel_log_level)level, "gateway");
+    signal(SIGPIPE, SIG_IGN);
+
+    struct gateway g = {0};
+    char default_url[96];
+    snprintf(default_url, sizeof(default_url), "http://%s", listen_addr);
+    g.ctx.advertise_urls = split_list(advertise ? advertise : default_url, &g.ctx.n_advertise_urls);
+    if (!g.ctx.advertise_urls || g.ctx.n_advertise_urls == 0) {
+        fprintf(stderr, "keel-gateway: --advertise-client-urls: no URL given\n");
+        free_list(g.ctx.advertise_urls);
+        return 2;
+    }
+    g.ctx.zone = zone;
+    g.ctx.request_timeout_ms = (uint32_t)timeout_ms;
+    g.ctx.max_request_bytes = (size_t)max_request;
+    uv_loop_init(&g.loop);
+    g.ctx.loop = &g.loop;
+
+    struct keel_options ko = {.endpoints = endpoints,
+                              .zone = zone,
+                              .client_name = "keel-gateway",
+                              .request_timeout_ms = (uint32_t)timeout_ms};
+    int rc = keel_aclient_init(&g.ctx.ac, &g.loop, &ko);
+    if (rc != 0) {
+        fprintf(stderr, "keel-gateway: --endpoints: %s\n", keel_strerror(rc));
+        free_list(g.ctx.advertise_urls);
+        uv_loop_close(&g.loop);
+        return 2;
+    }
+    rc = gw_server_start(&g.srv, &g.ctx, host, port);
+    if (rc != 0) {
+        fprintf(stderr, "keel-gateway: listen on %s: %s\n", listen_addr, uv_strerror(rc));
+        keel_aclient_close(g.ctx.ac, NULL, NULL);
+        uv_run(&g.loop, UV_RUN_DEFAULT);
+        uv_loop_close(&g.loop);
+        free_list(g.ctx.advertise_urls);
+        return 1;
+    }
+    uv_signal_init(&g.loop, &g.sigint);
+    uv_signal_init(&g.loop, &g.sigterm);
+    g.sigint.data = g.sigterm.data = &g;
+    uv_signal_start(&g.sigint, on_signal, SIGINT);
+    uv_signal_start(&g.sigterm, on_signal, SIGTERM);
+    KLOG_INFO("keel-gateway %s serving etcd's v3 API (gRPC and JSON) on %s for keel at %s",
+              KEEL_VERSION, listen_addr, endpoints ? endpoints : KEEL_DEFAULT_ENDPOINT);
+
+    uv_run(&g.loop, UV_RUN_DEFAULT);
+    rc = uv_loop_close(&g.loop);
+    if (rc != 0)
+        KLOG_WARN("loop closed with handles still open: %s", uv_strerror(rc));
+    free_list(g.ctx.advertise_urls);
+    KLOG_INFO("stopped");
+    return 0;
+}

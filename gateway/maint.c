@@ -1,0 +1,285 @@
+/*
+ * etcd's Maintenance service (Status, Alarm, Defragment, Hash, HashKV, Snapshot, MoveLeader) and
+ * Auth service, as far as keel serves them; the rest answers Unimplemented with a reason, never
+ * a hang.
+ *
+ * - Status is keel's status of the member that answered (the header's member_id), with the
+ *   version "3.4.23": kube-apiserver enables progress requests only from 3.4.31 on, and keel's
+ *   progress notifications are not proven equal to etcd's yet (etcd-api.md §5.3).
+ * - Alarm goes to keel; while keel has no alarms (it refuses writes over its quota per request
+ *   instead) GET and DEACTIVATE answer an empty list, as etcd does with no alarm raised.
+ * - Defragment answers success after a keel round trip: keel's LMDB store reuses freed pages and
+ *   its quota counts live data (dbSizeInUse), so there is nothing a defragmentation would free
+ *   for writes; the round trip makes an unreachable cluster an error rather than a success.
+ * - Hash, HashKV and Snapshot: keel has no consistent hash, and libkeel does not carry keel's
+ *   snapshot stream (and etcd's snapshot format is bbolt's): Unimplemented.
+ * - Auth: keel-gateway serves no authentication yet, so etcd's answers for a cluster with auth
+ *   disabled where etcd has one (Authenticate fails FailedPrecondition "authentication is not
+ *   enabled", AuthDisable succeeds), Unimplemented for user and role management.
+ */
+#include "methods.h"
+#include "unary.h"
+
+#include "err.h"
+
+/* What etcd 3.4.23 reports; see above. */
+#define GW_ETCD_VERSION "3.4.23"
+
+/* ---- Status ---- */
+
+static ProtobufCMessage *status_reply(const struct gw_call *c, const Keel__Response *resp,
+                                      int64_t arg, struct keel_arena *a)
+{
+    (void)c;
+    (void)arg;
+    Etcdserverpb__StatusResponse *e = keel_arena_alloc(a, sizeof(*e));
+    if (!e)
+        return NULL;
+    etcdserverpb__status_response__init(e);
+    if (!(e->header = gw_unary_header(a, resp)))
+        return NULL;
+    e->version = GW_ETCD_VERSION;
+    const Keel__StatusResponse *k = resp->status;
+    if (k) {
+        e->dbsize = k->dbsize;
+        e->dbsizeinuse = k->dbsizeinuse;
+        e->leader = k->leader;
+        e->raftindex = k->raftindex;
+        e->raftterm = k->raftterm;
+        e->raftappliedindex = k->raftappliedindex;
+        e->errors = k->errors;
+        e->n_errors = k->n_errors;
+        e->islearner = k->islearner;
+    }
+    return &e->base;
+}
+
+static const struct gw_unary_ops status_ops = {status_reply, NULL};
+
+static void on_status(struct gw_call *c, ProtobufCMessage *msg)
+{
+    Keel__StatusRequest k = KEEL__STATUS_REQUEST__INIT;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_STATUS;
+    req.status = &k;
+    gw_unary_send(c, &req, &status_ops, 0);
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+/* ---- Alarm ---- */
+
+static ProtobufCMessage *alarm_reply(const struct gw_call *c, const Keel__Response *resp,
+                                     int64_t arg, struct keel_arena *a)
+{
+    (void)c;
+    (void)arg;
+    Etcdserverpb__AlarmResponse *e = keel_arena_alloc(a, sizeof(*e));
+    if (!e)
+        return NULL;
+    etcdserverpb__alarm_response__init(e);
+    if (!(e->header = gw_unary_header(a, resp)))
+        return NULL;
+    const Keel__AlarmResponse *k = resp->alarm;
+    size_t n = k ? k->n_alarms : 0;
+    if (n == 0)
+        return &e->base;
+    e->alarms = keel_arena_alloc(a, n * sizeof(*e->alarms));
+    Etcdserverpb__AlarmMember *m = keel_arena_alloc(a, n * sizeof(*m));
+    if (!e->alarms || !m)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        etcdserverpb__alarm_member__init(&m[i]);
+        m[i].memberid = k->alarms[i]->memberid;
+        m[i].alarm = (Etcdserverpb__AlarmType)k->alarms[i]->alarm; /* etcd's numbering */
+        e->alarms[i] = &m[i];
+    }
+    e->n_alarms = n;
+    return &e->base;
+}
+
+/* arg: the action asked for. */
+static ProtobufCMessage *alarm_fail(const struct gw_call *c, int status, const Keel__Response *resp,
+                                    int64_t arg, struct keel_arena *a, enum gw_code *code,
+                                    const char **message)
+{
+    if (status != KEEL_EUNSUPPORTED)
+        return NULL;
+    if (arg == ETCDSERVERPB__ALARM_REQUEST__ALARM_ACTION__ACTIVATE) {
+        *code = GW_UNIMPLEMENTED;
+        *message = "keel-gateway: keel has no alarms (it refuses writes over its quota with "
+                   "\"etcdserver: mvcc: database space exceeded\" instead)";
+        return NULL;
+    }
+    Keel__Response shell = KEEL__RESPONSE__INIT;
+    shell.header = resp ? resp->header : NULL;
+    return alarm_reply(c, &shell, arg, a);
+}
+
+static const struct gw_unary_ops alarm_ops = {alarm_reply, alarm_fail};
+
+static void on_alarm(struct gw_call *c, ProtobufCMessage *msg)
+{
+    const Etcdserverpb__AlarmRequest *e = (const Etcdserverpb__AlarmRequest *)msg;
+    Keel__AlarmRequest k = KEEL__ALARM_REQUEST__INIT;
+    k.action = (Keel__AlarmRequest__AlarmAction)e->action;
+    k.memberid = e->memberid;
+    k.alarm = (Keel__AlarmMember__AlarmType)e->alarm;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_ALARM;
+    req.alarm = &k;
+    gw_unary_send(c, &req, &alarm_ops, (int64_t)e->action);
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+/* ---- Defragment ---- */
+
+static ProtobufCMessage *defrag_reply(const struct gw_call *c, const Keel__Response *resp,
+                                      int64_t arg, struct keel_arena *a)
+{
+    (void)c;
+    (void)arg;
+    Etcdserverpb__DefragmentResponse *e = keel_arena_alloc(a, sizeof(*e));
+    if (!e)
+        return NULL;
+    etcdserverpb__defragment_response__init(e);
+    e->header = gw_unary_header(a, resp);
+    return e->header ? &e->base : NULL;
+}
+
+static const struct gw_unary_ops defrag_ops = {defrag_reply, NULL};
+
+static void on_defrag(struct gw_call *c, ProtobufCMessage *msg)
+{
+    Keel__StatusRequest k = KEEL__STATUS_REQUEST__INIT;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_STATUS;
+    req.status = &k;
+    gw_unary_send(c, &req, &defrag_ops, 0);
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+/* ---- MoveLeader ---- */
+
+static ProtobufCMessage *move_reply(const struct gw_call *c, const Keel__Response *resp,
+                                    int64_t arg, struct keel_arena *a)
+{
+    (void)c;
+    (void)arg;
+    Etcdserverpb__MoveLeaderResponse *e = keel_arena_alloc(a, sizeof(*e));
+    if (!e)
+        return NULL;
+    etcdserverpb__move_leader_response__init(e);
+    e->header = gw_unary_header(a, resp);
+    return e->header ? &e->base : NULL;
+}
+
+static ProtobufCMessage *move_fail(const struct gw_call *c, int status, const Keel__Response *resp,
+                                   int64_t arg, struct keel_arena *a, enum gw_code *code,
+                                   const char **message)
+{
+    (void)c;
+    (void)resp;
+    (void)arg;
+    (void)a;
+    if (status == KEEL_EUNSUPPORTED) {
+        *code = GW_UNIMPLEMENTED;
+        *message = "keel-gateway: keel does not move leadership on request yet";
+    }
+    return NULL;
+}
+
+static const struct gw_unary_ops move_ops = {move_reply, move_fail};
+
+static void on_move_leader(struct gw_call *c, ProtobufCMessage *msg)
+{
+    Keel__MoveLeaderRequest k = KEEL__MOVE_LEADER_REQUEST__INIT;
+    k.targetid = ((const Etcdserverpb__MoveLeaderRequest *)msg)->targetid;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_MOVE_LEADER;
+    req.move_leader = &k;
+    gw_unary_send(c, &req, &move_ops, 0);
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+/* ---- what keel cannot serve ---- */
+
+static void on_hash(struct gw_call *c, ProtobufCMessage *msg)
+{
+    gw_unary_fail(c, msg, GW_UNIMPLEMENTED,
+                  "keel-gateway: keel has no consistent hash of its store yet (Hash, HashKV)");
+}
+
+static void on_snapshot(struct gw_call *c, ProtobufCMessage *msg)
+{
+    gw_unary_fail(c, msg, GW_UNIMPLEMENTED,
+                  "keel-gateway: snapshots are not served yet (keel's own snapshot is not "
+                  "etcd's bbolt format)");
+}
+
+/* ---- Auth ---- */
+
+static void on_authenticate(struct gw_call *c, ProtobufCMessage *msg)
+{
+    gw_unary_fail(c, msg, GW_FAILED_PRECONDITION, "etcdserver: authentication is not enabled");
+}
+
+/* Disabling authentication that is not enabled succeeds in etcd too, with a header: a status
+ * round trip gives a real one (AuthDisableResponse is {header = 1}, DefragmentResponse's shape). */
+static void on_auth_disable(struct gw_call *c, ProtobufCMessage *msg)
+{
+    on_defrag(c, msg);
+}
+
+static void on_auth_other(struct gw_call *c, ProtobufCMessage *msg)
+{
+    gw_unary_fail(c, msg, GW_UNIMPLEMENTED,
+                  "keel-gateway does not serve authentication, users or roles yet");
+}
+
+#define METHOD(grpc, json, req, resp, kind, handler)                                               \
+    {                                                                                              \
+        grpc, json, &etcdserverpb__##req##__descriptor, &etcdserverpb__##resp##__descriptor, kind, \
+            handler, NULL, gw_unary_on_cancel                                                      \
+    }
+#define MAINT(name, json, type, handler)                                                           \
+    METHOD("/etcdserverpb.Maintenance/" name, json, type##_request, type##_response, GW_UNARY,     \
+           handler)
+/*
+ * etcd.proto has no Auth messages yet. Every Auth answer but AuthDisable's is an error, and
+ * AuthDisableResponse is {header = 1}, the shape of DefragmentResponse: an empty request message
+ * (unknown fields are skipped, as etcd skips them) and that response stand in.
+ */
+#define AUTH(name, json, handler)                                                                  \
+    METHOD("/etcdserverpb.Auth/" name, json, hash_request, defragment_response, GW_UNARY, handler)
+
+static const struct gw_method maint_methods[] = {
+    MAINT("Status", "maintenance/status", status, on_status),
+    MAINT("Alarm", "maintenance/alarm", alarm, on_alarm),
+    MAINT("Defragment", "maintenance/defragment", defragment, on_defrag),
+    MAINT("Hash", "maintenance/hash", hash, on_hash),
+    METHOD("/etcdserverpb.Maintenance/HashKV", NULL, hash_kvrequest, hash_kvresponse, GW_UNARY,
+           on_hash), /* JSON's /hash is Hash's, as in etcd */
+    METHOD("/etcdserverpb.Maintenance/Snapshot", "maintenance/snapshot", snapshot_request,
+           snapshot_response, GW_SERVER_STREAM, on_snapshot),
+    MAINT("MoveLeader", "maintenance/transfer-leadership", move_leader, on_move_leader),
+    AUTH("Authenticate", "auth/authenticate", on_authenticate),
+    AUTH("AuthDisable", "auth/disable", on_auth_disable),
+    AUTH("AuthEnable", "auth/enable", on_auth_other),
+    AUTH("AuthStatus", "auth/status", on_auth_other), /* etcd 3.5's */
+    AUTH("UserAdd", "auth/user/add", on_auth_other),
+    AUTH("UserGet", "auth/user/get", on_auth_other),
+    AUTH("UserList", "auth/user/list", on_auth_other),
+    AUTH("UserDelete", "auth/user/delete", on_auth_other),
+    AUTH("UserChangePassword", "auth/user/changepw", on_auth_other),
+    AUTH("UserGrantRole", "auth/user/grant", on_auth_other),
+    AUTH("UserRevokeRole", "auth/user/revoke", on_auth_other),
+    AUTH("RoleAdd", "auth/role/add", on_auth_other),
+    AUTH("RoleGet", "auth/role/get", on_auth_other),
+    AUTH("RoleList", "auth/role/list", on_auth_other),
+    AUTH("RoleDelete", "auth/role/delete", on_auth_other),
+    AUTH("RoleGrantPermission", "auth/role/grant", on_auth_other),
+    AUTH("RoleRevokePermission", "auth/role/revoke", on_auth_other),
+};
+
+const struct gw_method_table gw_maint_table = {maint_methods,
+                                               sizeof(maint_methods) / sizeof(maint_methods[0])};

@@ -1,0 +1,16 @@
+# Real, unmodified etcd clients from Debian (etcdctl 3.4, Go clientv3, python3-etcd3gw), each run
+# against a real etcd 3.4 (the oracle) and against keel-gateway in front of a real 3-member keel
+# cluster, with the results compared (tests/gateway/compat/). A test whose client or etcd is
+# missing reports itself skipped (77). Each test owns five 127.0.x.1 blocks (lib.sh), so they
+# run in parallel with each other and with the other tests.
+set(GW_COMPAT_DIR ${CMAKE_CURRENT_SOURCE_DIR}/compat)
+
+add_test(NAME gateway_compat_etcdctl
+         COMMAND bash ${GW_COMPAT_DIR}/etcdctl.sh $<TARGET_FILE:keel-gateway> $<TARGET_FILE:keeld>)
+add_test(NAME gateway_compat_clientv3
+         COMMAND bash ${GW_COMPAT_DIR}/clientv3.sh $<TARGET_FILE:keel-gateway> $<TARGET_FILE:keeld>
+                 ${CMAKE_CURRENT_BINARY_DIR}/compat-go)
+add_test(NAME gateway_compat_etcd3gw
+         COMMAND bash ${GW_COMPAT_DIR}/etcd3gw.sh $<TARGET_FILE:keel-gateway> $<TARGET_FILE:keeld>)
+set_tests_properties(gateway_compat_etcdctl gateway_compat_clientv3 gateway_compat_etcd3gw
+                     PROPERTIES LABELS gateway TIMEOUT 300 SKIP_RETURN_CODE 77)
