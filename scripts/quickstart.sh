@@ -20,7 +20,11 @@ export KEELD=$PWD/$build/server/keeld
 ./scripts/cluster.sh stop >/dev/null 2>&1 || true
 rm -rf "$KEEL_CLUSTER_DIR"
 
-stop_cluster() { ./scripts/cluster.sh stop >/dev/null 2>&1 || true; }
+gateway_pid=
+stop_gateway() {
+  if [ -n "$gateway_pid" ]; then kill -TERM "$gateway_pid" 2>/dev/null || true; wait "$gateway_pid" 2>/dev/null || true; fi
+}
+stop_cluster() { stop_gateway; ./scripts/cluster.sh stop >/dev/null 2>&1 || true; }
 if [ $keep -eq 0 ]; then trap stop_cluster EXIT; fi
 
 echo "== starting 3 members: m1 in zone z1 (127.0.1.1), m2 in z2 (127.0.2.1), m3 in z3 (127.0.3.1)"
@@ -79,8 +83,34 @@ run --endpoints "$all" member list -w table
 run --endpoints "$all" endpoint status -w table
 run --endpoints "$all" endpoint health
 
+
+echo
+echo "== etcd's own client (Debian's etcdctl 3.4) through keel-gateway: etcd's v3 API on 127.0.0.1:23790"
+"$PWD/$build/gateway/keel-gateway" --listen 127.0.0.1:23790 --endpoints "$all" \
+  >>"$KEEL_CLUSTER_DIR/gateway.log" 2>&1 &
+gateway_pid=$!
+for _ in $(seq 1 50); do
+  curl -fs http://127.0.0.1:23790/version >/dev/null 2>&1 && break
+  sleep 0.1
+done
+echo "\$ curl http://127.0.0.1:23790/version"
+curl -fs http://127.0.0.1:23790/version; echo
+etcd() { echo "\$ etcdctl $*"; ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:23790 "$@"; }
+etcd put /registry/pods/default/web '{"kind":"Pod"}'
+etcd get /registry/ --prefix
+etcd txn <<'TXN'
+mod("/registry/pods/default/web") > "0"
+
+put /registry/pods/default/web {"kind":"Pod","phase":"Running"}
+
+
+TXN
+etcd get /registry/pods/default/web --print-value-only
+etcd member list -w table
+
 if [ $keep -eq 1 ]; then
   echo
+  echo "keel-gateway left running (pid $gateway_pid): ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:23790 get greeting"
   echo "cluster left running: KEEL_ENDPOINTS=$all $ctl get greeting"
   echo "stop it with: KEEL_CLUSTER_DIR=$KEEL_CLUSTER_DIR scripts/cluster.sh stop"
 fi
