@@ -4,7 +4,7 @@
 # medians of the rounds with the keel/etcd ratios and writes them as JSON, text and a PNG chart.
 #
 #   bench/compare-etcd.sh [--rounds N] [--quick] [--no-zones] [--duration S] [--out PREFIX]
-#                         [--no-build] [--keel-ports C,P] [--only LIST]
+#                         [--no-build] [--keel-ports C,P] [--only LIST] [--gw-listen A]
 #
 #   --rounds N     rounds of (keel, etcd) (default 3)
 #   --quick        smoke test: 2 s runs, 1 round, results under build/compare-etcd/
@@ -17,13 +17,20 @@
 #   --keel-ports C,P  start keel's members directly on client port C and peer port P instead of
 #                  through scripts/cluster.sh (2379/2380), e.g. when another cluster holds those
 #   --only LIST    run only the workloads named in LIST (comma-separated names or name prefixes,
-#                  e.g. --only watch, --only put-c1,range); the preload is always done
+#                  e.g. --only watch, --only put-c1,range, --only gw); the preload is always done;
+#                  a gw-X row also runs X on keel and etcd (its ratio and added p50 need them)
+#   --gw-listen A  where keel-gateway listens for the gw rows (default 127.0.0.1:23790)
 #
 # Member i of each cluster lives in zone z<i> on 127.0.i.1: keel on ports 2379/2380 (through
 # scripts/cluster.sh), etcd (Debian's etcd-server, 3.4) on 12379/12380 with heartbeat 100 ms,
 # election 1000 ms and fsync on (the defaults). The load comes from build/release/bench/keel-bench
 # for keel and from bench/etcd-driver (Go, clientv3; same flags, same JSON) for etcd; both route
-# writes and linearizable reads to the leader. The watch rows create their watchers (over the
+# writes and linearizable reads to the leader. The gw rows (etcd driver -> keel-gateway -> keel)
+# run after keel's own runs on the same fresh cluster: build/release's keel-gateway in front of
+# its members, and etcd-driver given the gateway's address alone (--target spread: every
+# connection to that one endpoint; the gateway forwards to keel's leader); their ratio is
+# gateway/etcd against etcd's row of the same workload, and a note gives the p50 the gateway adds
+# over native keel (gw p50 - keel p50). The watch rows create their watchers (over the
 # whole key space) first, then put; their r/s is watch events delivered per second over all
 # watchers, and watch-latency's p50/p99 is put -> event latency (the put's send time rides in
 # its value; both ends on the load generator's clock). For them both load generators are given
@@ -52,7 +59,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 rounds=3
 quick=0
@@ -62,6 +69,7 @@ out=
 build=1
 keel_ports=
 only=
+gw_addr=127.0.0.1:23790
 while [ $# -gt 0 ]; do
   case "$1" in
   --rounds) rounds=${2:-}; shift 2 || usage ;;
@@ -72,6 +80,7 @@ while [ $# -gt 0 ]; do
   --no-build) build=0; shift ;;
   --keel-ports) keel_ports=${2:-}; shift 2 || usage ;;
   --only) only=${2:-}; shift 2 || usage ;;
+  --gw-listen) gw_addr=${2:-}; shift 2 || usage ;;
   -h | --help) usage ;;
   *) echo "compare-etcd: unknown option '$1'" >&2; usage ;;
   esac
@@ -91,6 +100,7 @@ else
   keel_cport=2379 keel_pport=2380
 fi
 [[ "$duration" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "compare-etcd: bad --duration" >&2; exit 2; }
+[[ "$gw_addr" =~ ^[0-9.]+:[0-9]+$ ]] || { echo "compare-etcd: --gw-listen ADDR:PORT" >&2; exit 2; }
 [[ -z "$only" || "$only" =~ ^[a-z0-9-]+(,[a-z0-9-]+)*$ ]] || { echo "compare-etcd: --only NAME[,NAME...]" >&2; exit 2; }
 
 log() { printf '%s compare-etcd: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -132,7 +142,8 @@ keel_bench=$root/build/release/bench/keel-bench
 keeld=$root/build/release/server/keeld
 netsim=$root/build/release/bench/keel-netsim
 keelctl=$root/build/release/client/keelctl
-targets=(keeld keel-bench keelctl)
+gateway=$root/build/release/gateway/keel-gateway
+targets=(keeld keel-bench keelctl keel-gateway)
 [ $zones_wanted -eq 1 ] && targets+=(keel-netsim)
 if [ ! -x "$keel_bench" ] || [ ! -x "$keeld" ] || [ $build -eq 1 ]; then
   log "building keel (build/release: ${targets[*]})"
@@ -146,6 +157,9 @@ if [ ! -x "$keel_bench" ] || [ ! -x "$keeld" ] || [ $build -eq 1 ]; then
     if ! cmake --build build/release -j2 --target "$t" >"$blog" 2>&1; then
       if [ "$t" = keel-netsim ]; then
         log "keel-netsim did not build (libnetfilter-queue-dev?); zone runs will be skipped"
+      elif [ "$t" = keel-gateway ] && [ ! -x "$gateway" ]; then
+        log "keel-gateway did not build; the gw rows will be missing:"
+        tail -5 "$blog" >&2
       elif [ -x "$keel_bench" ] && [ -x "$keeld" ]; then
         log "building $t failed (the tree is changing?); using the binaries already built:"
         tail -5 "$blog" >&2
@@ -174,6 +188,7 @@ etcd_version=$(etcd --version | sed -n 's/^etcd Version: //p')
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/keel-compare.XXXXXX")
 bench_pid=
+gw_pid=
 etcd_pids=()
 keel_dir=
 zones_active=0
@@ -189,6 +204,7 @@ cleanup() {
     wait "$bench_pid" 2>/dev/null || true
   fi
   [ $zones_active -eq 1 ] && zones_off
+  [ -n "$gw_pid" ] && gw_stop
   [ -n "$keel_dir" ] && keel_stop
   [ ${#etcd_pids[@]} -gt 0 ] && etcd_stop
   rm -rf "$work"
@@ -351,6 +367,33 @@ etcd_stop() {
   rm -rf "$work/etcd"
 }
 
+# keel-gateway in front of the running keel cluster, on $gw_addr.
+gw_start() {
+  [ -x "$gateway" ] || { log "no $gateway"; return 1; }
+  wait_ports_free "$gw_addr" || return 1
+  "$gateway" --listen "$gw_addr" --endpoints "$keel_eps" --log-level warn >>"$work/gateway.log" 2>&1 &
+  gw_pid=$!
+  local i
+  for i in $(seq 1 40); do
+    kill -0 "$gw_pid" 2>/dev/null || break
+    "$driver" --endpoints "$gw_addr" --target spread --total 1 --timeout-ms 1000 --key-space-size 1 put \
+      >/dev/null 2>&1 && { check_owners "$gw_pid" "$gw_addr" && return 0; break; }
+    sleep 0.5
+  done
+  log "keel-gateway never acknowledged a put"
+  tail -3 "$work/gateway.log" >&2
+  return 1
+}
+gw_stop() {
+  [ -n "$gw_pid" ] || return 0
+  local i
+  kill -TERM "$gw_pid" 2>/dev/null || true
+  for i in $(seq 1 50); do kill -0 "$gw_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$gw_pid" 2>/dev/null || true
+  wait "$gw_pid" 2>/dev/null || true
+  gw_pid=
+}
+
 # --- zones ------------------------------------------------------------------------------------
 
 zones_note=""
@@ -433,12 +476,19 @@ workloads=(
   "lease-churn|lease-churn 10k: expiry lag|0|lease-churn --leases 10000 --lease-timeout 30"
   "zone-put-c64|put, 64 / 8, 1 ms zones|1|put --conns 8 --clients 64"
   "zone-put-c1|put, 1 client, 1 ms zones|1|put --conns 1 --clients 1"
+  "gw-put-c1|gw put, 1 client|0|put --conns 1 --clients 1"
+  "gw-put-c64|gw put, 64 clients / 8 conns|0|put --conns 8 --clients 64"
+  "gw-range-s-c64|gw range serializable, 64 / 8|0|range --consistency s --conns 8 --clients 64"
 )
+# The gw rows' goals (issue 13): gateway/etcd req/s at least this; added p50 over keel at most
+# gw_goal_p50_ms.
+gw_goal_json='{"gw-put-c64": 2, "gw-range-s-c64": 4}'
+gw_goal_p50_ms=0.15
 
-selected() { # NAME -> 0 when --only is empty or names it (or a prefix of it)
+selected() { # NAME -> 0 when --only is empty or names it (or a prefix of it), or names gw-NAME
   [ -z "$only" ] && return 0
   local o
-  for o in ${only//,/ }; do [[ "$1" == "$o"* ]] && return 0; done
+  for o in ${only//,/ }; do [[ "$1" == "$o"* || "gw-$1" == "$o"* ]] && return 0; done
   return 1
 }
 if [ -n "$only" ]; then
@@ -454,15 +504,21 @@ run_one() {
   local round=$1 sys=$2 name=$3
   shift 3
   local bin eps srv out=$work/run.json
-  if [ "$sys" = keel ]; then bin=$keel_bench eps=$keel_eps srv=$(keel_pids); else bin=$driver eps=$etcd_eps srv=${etcd_pids[*]}; fi
+  local extra=() g0=0 g1=0
+  case $sys in
+  keel) bin=$keel_bench eps=$keel_eps srv=$(keel_pids) ;;
+  gw) bin=$driver eps=$gw_addr srv=$(keel_pids) extra=(--target spread) ;;
+  *) bin=$driver eps=$etcd_eps srv=${etcd_pids[*]} ;;
+  esac
   [ -n "$run_eps" ] && eps=$run_eps
   local m0 m1 s0 s1 c0 c1 t0 t1 rc=0 i
+  [ "$sys" = gw ] && { procs_ticks "$gw_pid"; g0=${TICKS[0]}; }
   # shellcheck disable=SC2086
   procs_ticks $srv; s0=("${TICKS[@]}")
   machine_busy; m0=$REPLY
   times >"$work/times"; children_ms; c0=$REPLY
   t0=$EPOCHREALTIME
-  "$bin" --endpoints "$eps" "$@" --seed "$round" --json >"$out" 2>"$work/run.err" &
+  "$bin" --endpoints "$eps" "$@" "${extra[@]}" --seed "$round" --json >"$out" 2>"$work/run.err" &
   bench_pid=$!
   wait "$bench_pid" || rc=$?
   t1=$EPOCHREALTIME
@@ -470,6 +526,7 @@ run_one() {
   machine_busy; m1=$REPLY
   # shellcheck disable=SC2086
   procs_ticks $srv; s1=("${TICKS[@]}")
+  [ "$sys" = gw ] && { procs_ticks "$gw_pid"; g1=${TICKS[0]}; }
   bench_pid=
   local srv_sum=0 srv_max=0 d
   for i in "${!s1[@]}"; do
@@ -489,7 +546,7 @@ run_one() {
   fi
   jq -c --argjson r "$round" --arg s "$sys" --arg w "$name" --argjson wall "$wall" \
     --argjson srv "$srv_sum" --argjson srvmax "$srv_max" --argjson drv "$((c1 - c0))" --argjson busy "$((m1 - m0))" \
-    --argjson hz "$clk_tck" --argjson ncpu "$ncpu" '
+    --argjson gwt "$((g1 - g0))" --argjson hz "$clk_tck" --argjson ncpu "$ncpu" '
     def r2: . * 100 | round / 100;
     def ms: if . == null then null else . * 1000 | round / 1000 end;
     {round: $r, system: $s, workload: $w, ok: true,
@@ -497,8 +554,9 @@ run_one() {
      p50_ms: (.summary.p50_ms | ms), p99_ms: (.summary.p99_ms | ms),
      p99_9_ms: (.summary["p99.9_ms"] | ms),
      errors: ([.errors[]] | add // 0),
-     cpu_cores: {servers: ($srv / $hz / $wall | r2), busiest_member: ($srvmax / $hz / $wall | r2), driver: ($drv / 1000 / $wall | r2),
-                 machine: ($busy / $hz / $wall | r2), of: $ncpu}}
+     cpu_cores: ({servers: ($srv / $hz / $wall | r2), busiest_member: ($srvmax / $hz / $wall | r2), driver: ($drv / 1000 / $wall | r2),
+                 machine: ($busy / $hz / $wall | r2), of: $ncpu}
+                + if $s == "gw" then {gateway: ($gwt / $hz / $wall | r2)} else {} end)}
     + if .watch == null then {} else
         {rps: (.watch.events_per_sec | round), p50_ms: (.watch.event_latency.p50_ms | ms),
          p99_ms: (.watch.event_latency.p99_ms | ms), p99_9_ms: (.watch.event_latency["p99.9_ms"] | ms),
@@ -517,13 +575,13 @@ run_one() {
                       stall_max_gap_ms: (if .lease.stall.enabled then (.lease.stall.max_gap_ms | ms) else null end),
                       stall_puts: .lease.stall.puts} end)} end' "$out" >>"$runs"
   tail -n 1 "$runs" | jq -r 'if .lease.expired != null then
-    "  \(.system) \(.workload): \(.lease.expired) of \(.lease.attached) leased keys expired, lag p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.lease.max_lag_ms) ms, \(.rps) expiries/s; max write stall \(.lease.stall_max_gap_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member)), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)"
+    "  \(.system) \(.workload): \(.lease.expired) of \(.lease.attached) leased keys expired, lag p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, max \(.lease.max_lag_ms) ms, \(.rps) expiries/s; max write stall \(.lease.stall_max_gap_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member))\(if .cpu_cores.gateway == null then "" else ", gateway \(.cpu_cores.gateway)" end), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)"
     elif .watch == null then
-    "  \(.system) \(.workload): \(.rps) req/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member)), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)"
+    "  \(.system) \(.workload): \(.rps) req/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member))\(if .cpu_cores.gateway == null then "" else ", gateway \(.cpu_cores.gateway)" end), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)"
     else
     "  \(.system) \(.workload): \(.watch.watchers) watchers, \(.rps) events/s (\(.watch.events) of \(.watch.events_expected) events)" +
     (if .p50_ms == null then "" else ", put -> event p50 \(.p50_ms) ms, p99 \(.p99_ms) ms" end) +
-    "; puts \(.puts.rps) req/s, p50 \(.puts.p50_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member)), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)" end' >&2
+    "; puts \(.puts.rps) req/s, p50 \(.puts.p50_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member))\(if .cpu_cores.gateway == null then "" else ", gateway \(.cpu_cores.gateway)" end), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)" end' >&2
   if jq -e '.watch != null and (.watch.complete | not)' <<<"$(tail -n 1 "$runs")" >/dev/null; then
     log "  $sys $name: not every event arrived within 30 s of the last put (counted as delivered so far)"
   fi
@@ -578,6 +636,7 @@ run_system() {
   for w in "${workloads[@]}"; do
     IFS='|' read -r name label zoned flags <<<"$w"
     [ "$zoned" = 1 ] && continue
+    [[ "$name" == gw-* ]] && continue
     selected "$name" || continue
     run_eps=
     if [[ "$name" == watch* || "$name" == lease* ]]; then leader_eps "$sys"; run_eps=$REPLY; fi
@@ -585,6 +644,28 @@ run_system() {
     run_one "$round" "$sys" "$name" $flags "${common[@]}"
     run_eps=
   done
+  # The gw rows: etcd's driver -> keel-gateway -> this same cluster.
+  local any_gw=0
+  for w in "${workloads[@]}"; do
+    IFS='|' read -r name label zoned flags <<<"$w"
+    [[ "$name" == gw-* ]] && selected "$name" && any_gw=1
+  done
+  if [ "$sys" = keel ] && [ $any_gw -eq 1 ]; then
+    log "  starting keel-gateway on $gw_addr in front of keel"
+    if gw_start; then
+      for w in "${workloads[@]}"; do
+        IFS='|' read -r name label zoned flags <<<"$w"
+        [[ "$name" == gw-* ]] || continue
+        selected "$name" || continue
+        # shellcheck disable=SC2086
+        run_one "$round" gw "$name" $flags "${common[@]}"
+      done
+    else
+      log "round $round: keel-gateway did not start; the gw runs are missing from this round"
+      failures=$((failures + 1))
+    fi
+    gw_stop
+  fi
   local any_zoned=0
   for w in "${workloads[@]}"; do
     IFS='|' read -r name label zoned flags <<<"$w"
@@ -640,7 +721,8 @@ wl_json=$(for w in "${workloads[@]}"; do
 done | jq -sc .)
 jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --arg ev "$etcd_version" \
   --argjson rounds "$rounds" --argjson quick "$quick" --arg dur "$duration" --arg zn "$zones_note" \
-  --arg fsync "${fsync_ms:-}" --argjson ncpu "$ncpu" --arg kernel "$(uname -r)" '
+  --arg fsync "${fsync_ms:-}" --argjson ncpu "$ncpu" --arg kernel "$(uname -r)" \
+  --argjson gwgoal "$gw_goal_json" --argjson gwp50 "$gw_goal_p50_ms" '
   def median: sort | length as $n | if $n == 0 then null
     elif $n % 2 == 1 then .[($n - 1) / 2] else (.[$n / 2 - 1] + .[$n / 2]) / 2 end;
   # two decimals; four below 0.1, so that a small ratio (the lease-churn lags) does not read 0
@@ -651,15 +733,15 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
      machine: {cpus: $ncpu, kernel: $kernel, fsync_ms: ($fsync | tonumber? // null)},
      rounds: $rounds, quick: ($quick == 1), duration_s: ($dur | tonumber), zones: $zn,
      workloads: [$wl[] | . as $w
-       | ([$runs[] | select(.workload == $w.name and .ok)]) as $mine
-       | def agg($s): ([$mine[] | select(.system == $s)]) as $r
+       | def agg($wn; $s): ([$runs[] | select(.workload == $wn and .ok and .system == $s)]) as $r
            | if ($r | length) == 0 then null else
              {rps: ([$r[].rps] | median | round), p50_ms: ([$r[].p50_ms | values] | median),
               p99_ms: ([$r[].p99_ms | values] | median), rounds: ($r | length),
-              cpu_cores: {servers: ([$r[].cpu_cores.servers] | median),
+              cpu_cores: ({servers: ([$r[].cpu_cores.servers] | median),
                            busiest_member: ([$r[].cpu_cores.busiest_member] | median),
                            driver: ([$r[].cpu_cores.driver] | median),
-                           machine: ([$r[].cpu_cores.machine] | median)},
+                           machine: ([$r[].cpu_cores.machine] | median)}
+                          + if $s == "gw" then {gateway: ([$r[].cpu_cores.gateway | values] | median)} else {} end),
               runs: [$r[] | {round, rps, p50_ms, p99_ms, p99_9_ms, errors}
                      + if .watch == null then {} else {watch, puts} end
                      + if .lease == null then {} else {lease} end]}
@@ -668,10 +750,29 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
                           stall_max_gap_ms: ([$r[].lease.stall_max_gap_ms | values] | median),
                           expired: ([$r[].lease.expired] | median), attached: ([$r[].lease.attached] | median),
                           complete: ([$r[].lease.complete] | all)}} end end;
-         $w + {keel: agg("keel"), etcd: agg("etcd")}
-       | . + {ratio: {rps: ratio(.keel.rps; .etcd.rps), p50: ratio(.keel.p50_ms; .etcd.p50_ms),
-                      p99: ratio(.keel.p99_ms; .etcd.p99_ms)}}
-       | select(.keel != null or .etcd != null)],
+         if ($w.name | startswith("gw-")) then
+           # etcd driver -> keel-gateway -> keel, against the etcd and native keel runs of the
+           # same workload: ratio = gateway/etcd; added = gateway - keel.
+           ($w.name | ltrimstr("gw-")) as $b
+           | $w + {compared_with: $b, gateway: agg($w.name; "gw"), keel: agg($b; "keel"), etcd: agg($b; "etcd")}
+           | . + {ratio: {rps: ratio(.gateway.rps; .etcd.rps), p50: ratio(.gateway.p50_ms; .etcd.p50_ms),
+                          p99: ratio(.gateway.p99_ms; .etcd.p99_ms)},
+                  gateway_vs_keel: {
+                    rps_ratio: ratio(.gateway.rps; .keel.rps),
+                    added_p50_ms: (if .gateway.p50_ms == null or .keel.p50_ms == null then null
+                                   else (.gateway.p50_ms - .keel.p50_ms) * 1000 | round / 1000 end),
+                    added_p99_ms: (if .gateway.p99_ms == null or .keel.p99_ms == null then null
+                                   else (.gateway.p99_ms - .keel.p99_ms) * 1000 | round / 1000 end)},
+                  goals: ({max_added_p50_ms: $gwp50} + if $gwgoal[$w.name] == null then {} else {min_ratio_vs_etcd: $gwgoal[$w.name]} end)}
+           | .goals += {met: ((.gateway_vs_keel.added_p50_ms != null and .gateway_vs_keel.added_p50_ms <= $gwp50)
+                              and (.goals.min_ratio_vs_etcd == null or (.ratio.rps != null and .ratio.rps >= .goals.min_ratio_vs_etcd)))}
+           | select(.gateway != null)
+         else
+           $w + {keel: agg($w.name; "keel"), etcd: agg($w.name; "etcd")}
+           | . + {ratio: {rps: ratio(.keel.rps; .etcd.rps), p50: ratio(.keel.p50_ms; .etcd.p50_ms),
+                          p99: ratio(.keel.p99_ms; .etcd.p99_ms)}}
+           | select(.keel != null or .etcd != null)
+         end],
      failed_runs: [$runs[] | select(.ok | not)]}' "$runs" >"$out.json"
 
 # The table: medians of the rounds; ratio = keel / etcd (req/s: higher is better for keel;
@@ -682,13 +783,20 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
   printf '%-32s %9s %9s %6s | %8s %8s %6s | %8s %8s %6s\n' workload "keel r/s" "etcd r/s" ratio \
     "keel p50" "etcd p50" ratio "keel p99" "etcd p99" ratio
   printf '%s\n' "$(printf '%.0s-' $(seq 1 112))"
-  jq -r '.workloads[] | [.label, .keel.rps, .etcd.rps, .ratio.rps, .keel.p50_ms, .etcd.p50_ms,
-    .ratio.p50, .keel.p99_ms, .etcd.p99_ms, .ratio.p99] | map(. // "-") | @tsv' "$out.json" |
+  jq -r '.workloads[] | (.gateway // .keel) as $k | [.label, $k.rps, .etcd.rps, .ratio.rps, $k.p50_ms, .etcd.p50_ms,
+    .ratio.p50, $k.p99_ms, .etcd.p99_ms, .ratio.p99] | map(. // "-") | @tsv' "$out.json" |
     while IFS=$'\t' read -r l kr er rr k5 e5 r5 k9 e9 r9; do
       printf '%-32s %9s %9s %6s | %8s %8s %6s | %8s %8s %6s\n' "$l" "$kr" "$er" "$rr" "$k5" "$e5" "$r5" "$k9" "$e9" "$r9"
     done
   echo
   echo "latencies in ms; ratio = keel/etcd (req/s: >1 keel faster; latency: <1 keel faster)"
+  if jq -e '[.workloads[].name | startswith("gw-")] | any' "$out.json" >/dev/null; then
+    echo "gw rows: etcd-driver -> keel-gateway -> keel (the keel columns hold the gateway's figures; ratio = gateway/etcd,"
+    echo "  against etcd's row of the same workload); goals: >= 2x etcd on put c64, >= 4x on range serializable, <= $gw_goal_p50_ms ms added p50"
+    jq -r 'def f($x): if $x == null then "-" else "\($x)" end;
+      .workloads[] | select(.name | startswith("gw-"))
+      | "  \(.label): \(f(.gateway.rps)) req/s = \(f(.ratio.rps))x etcd\(if .goals.min_ratio_vs_etcd == null then "" else " (goal >= \(.goals.min_ratio_vs_etcd)x)" end), \(f(.gateway_vs_keel.rps_ratio))x native keel; p50 \(f(.gateway.p50_ms)) ms vs keel \(f(.keel.p50_ms)) ms: added p50 \(f(.gateway_vs_keel.added_p50_ms)) ms (p99 \(f(.gateway_vs_keel.added_p99_ms))); goals \(if .goals.met then "met" else "MISSED" end); gateway process \(f(.gateway.cpu_cores.gateway)) cores"' "$out.json"
+  fi
   if jq -e '[.workloads[].name | startswith("watch")] | any' "$out.json" >/dev/null; then
     echo "watch rows: r/s = watch events delivered per second over all watchers (w); p50/p99 = put -> event latency"
     jq -r '.workloads[] | select(.name | startswith("watch")) | .label as $l | . as $w | ("keel", "etcd") as $s
@@ -705,15 +813,15 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
         "  \($s): p50 lag \(f(.p50_ms)) ms, p99 lag \(f(.p99_ms)) ms, max lag \(f(.lease.max_lag_ms)) ms, \(f(.lease.expired)) of \(f(.lease.attached)) expired\(if .lease.complete == false then " (timed out)" else "" end); max write stall \(f(.lease.stall_max_gap_ms)) ms" end' "$out.json"
   fi
   echo "cores busy (medians): members = the 3 servers (busiest one), driver = load generator, machine = all"
-  printf '%-32s | %-30s | %-30s\n' "" "keel members/driver/machine" "etcd members/driver/machine"
-  jq -r 'def c($x): if $x == null then "-" else "\($x.servers) (\($x.busiest_member)) / \($x.driver) / \($x.machine)" end;
-    .workloads[] | [.label, c(.keel.cpu_cores), c(.etcd.cpu_cores)] | @tsv' "$out.json" |
-    while IFS=$'\t' read -r l k e; do printf '%-32s | %-30s | %-30s\n' "$l" "$k" "$e"; done
+  printf '%-32s | %-36s | %-30s\n' "" "keel members/driver/machine" "etcd members/driver/machine"
+  jq -r 'def c($x): if $x == null then "-" else "\($x.servers) (\($x.busiest_member))\(if $x.gateway == null then "" else " + gw \($x.gateway)" end) / \($x.driver) / \($x.machine)" end;
+    .workloads[] | [.label, c((.gateway // .keel).cpu_cores), c(.etcd.cpu_cores)] | @tsv' "$out.json" |
+    while IFS=$'\t' read -r l k e; do printf '%-32s | %-36s | %-30s\n' "$l" "$k" "$e"; done
 } | tee "$out.txt"
 
 # The chart.
-jq -r '.workloads[] | [.label, .keel.rps, .etcd.rps, .keel.p50_ms, .etcd.p50_ms,
-  .keel.p99_ms, .etcd.p99_ms] | map(. // "-") | @tsv' "$out.json" >"$work/plot.dat"
+jq -r '.workloads[] | (.gateway // .keel) as $k | [.label, $k.rps, .etcd.rps, $k.p50_ms, .etcd.p50_ms,
+  $k.p99_ms, .etcd.p99_ms] | map(. // "-") | @tsv' "$out.json" >"$work/plot.dat"
 if gnuplot -e "datafile='$work/plot.dat'; outfile='$out.png'; subtitle='keel $git_rev vs etcd $etcd_version, $ncpu cpus, medians of $rounds round(s) of ${duration}s'" \
   bench/plot.gp 2>"$work/gnuplot.err"; then
   log "wrote $out.json, $out.txt and $out.png"
