@@ -627,8 +627,12 @@ static void test_sniff(void **state)
         fd = tcp_connect();
         assert_true(fd >= 0);
         size_t len = strlen(http1[k]);
-        for (size_t i = 0; i < len; i++) /* a byte at a time across the sniffing */
-            assert_int_equal(send(fd, http1[k] + i, 1, MSG_NOSIGNAL), 1);
+        /* A byte at a time across the sniffing. The server may answer (and close: "PRI" is no
+         * HTTP/1.1 method, a 400) before the last byte: what it answered is read below. */
+        size_t sent = 0;
+        while (sent < len && send(fd, http1[k] + sent, 1, MSG_NOSIGNAL) == 1)
+            sent++;
+        assert_true(sent >= 12); /* "PRI * HTTP/1" tells it from the HTTP/2 preface */
         uint8_t resp[9] = {0};
         assert_int_equal(read_some(fd, resp, 9, 5000), 9);
         assert_memory_equal(resp, "HTTP/1.1 ", 9);
