@@ -50,6 +50,9 @@
 
 #include "grpcwire.h"
 #include "log.h"
+#include "pbcheck.h"
+
+_Static_assert(KEEL_PB_MAX_DEPTH == 64, "the depth error names 64 levels");
 
 #define H2_MAX_STREAMS      4096
 #define H2_STREAM_WINDOW    (1 << 20)  /* SETTINGS_INITIAL_WINDOW_SIZE */
@@ -473,6 +476,14 @@ static bool stream_message(struct h2_stream *s, const uint8_t *data, size_t len,
         stream_fail(s, GW_UNIMPLEMENTED,
                     s->encoding[0] ? "grpc: Decompressor is not installed for the grpc-encoding"
                                    : "grpc: compressed flag set with identity or empty encoding");
+        return false;
+    }
+    /* protobuf-c unpacks recursively with no limit: a Txn nesting Txns 100,000 deep fits in a
+     * megabyte and would take the gateway's stack down. Count the levels first, without
+     * recursion (proto/pbcheck.h), as keeld does for its own frames. */
+    if (!keel_pb_depth_ok(m->req, data, len, KEEL_PB_MAX_DEPTH)) {
+        stream_fail(s, GW_INTERNAL,
+                    "grpc: error unmarshalling request: messages nested deeper than 64 levels");
         return false;
     }
     ProtobufCMessage *msg = protobuf_c_message_unpack(m->req, NULL, len, data);

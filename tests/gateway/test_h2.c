@@ -581,6 +581,56 @@ static void test_malformed(void **state)
     h2c_close(&c);
 }
 
+/* Prepend the varint of v before *pos (moving it back). */
+static void prepend_varint(uint8_t **pos, uint64_t v)
+{
+    uint8_t tmp[10];
+    size_t n = 0;
+    do {
+        tmp[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    *pos -= n;
+    memcpy(*pos, tmp, n);
+}
+
+/* A Txn nesting 100,000 Txns (success -> request_txn -> ...) in under 1 MiB: protobuf-c unpacks
+ * recursively, so without a depth check before unpacking it takes the gateway's stack down. */
+static void test_deep_nesting(void **state)
+{
+    (void)state;
+    enum { LEVELS = 100000, CAP = 1 << 20 };
+    uint8_t *buf = malloc(CAP);
+    assert_non_null(buf);
+    uint8_t *pos = buf + CAP;
+    uint64_t len = 0; /* the innermost TxnRequest is empty */
+    for (int i = 0; i < LEVELS; i++) {
+        prepend_varint(&pos, len); /* RequestOp.request_txn = 4, length-delimited */
+        *--pos = 0x22;
+        len = (uint64_t)(buf + CAP - pos);
+        prepend_varint(&pos, len); /* TxnRequest.success = 2, length-delimited */
+        *--pos = 0x12;
+        len = (uint64_t)(buf + CAP - pos);
+    }
+    assert_true(pos - buf >= 5);
+    pos -= 5;
+    pos[0] = 0;
+    pos[1] = (uint8_t)(len >> 24), pos[2] = (uint8_t)(len >> 16);
+    pos[3] = (uint8_t)(len >> 8), pos[4] = (uint8_t)len;
+    struct h2c c;
+    h2c_open(&c);
+    struct cstream s;
+    call_start(&c, &s, "/etcdserverpb.KV/Txn", "application/grpc", NULL, pos, (size_t)(len + 5),
+               true);
+    RUN_UNTIL(&c, s.closed, 10000);
+    assert_true(s.closed);
+    assert_int_equal(s.grpc_status, 13);
+    assert_non_null(strstr(s.grpc_message, "nested"));
+    put_ok(&c, "h2-after-deep", "x");
+    h2c_close(&c);
+    free(buf);
+}
+
 /* Read from fd until want bytes or EOF (bounded by ms); the count read. */
 static size_t read_some(int fd, uint8_t *buf, size_t want, int ms)
 {
@@ -766,6 +816,7 @@ int main(void)
         cmocka_unit_test(test_bad_timeout),
         cmocka_unit_test(test_oversize),
         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_deep_nesting),
         cmocka_unit_test(test_sniff),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_cancel),
