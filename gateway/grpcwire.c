@@ -3,6 +3,8 @@
  */
 #include "grpcwire.h"
 
+#include "pbcheck.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -164,4 +166,27 @@ int gw_grpc_timeout_parse(const char *v, size_t len, uint32_t *ms)
         out = 1;
     *ms = out > UINT32_MAX ? UINT32_MAX : (uint32_t)out;
     return 0;
+}
+
+_Static_assert(KEEL_PB_MAX_DEPTH == 64, "the depth error names 64 levels");
+
+ProtobufCMessage *gw_grpc_unpack(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t len,
+                                 const char **why)
+{
+    if (!keel_pb_depth_ok(d, p, len, KEEL_PB_MAX_DEPTH)) {
+        *why = "grpc: error unmarshalling request: messages nested deeper than 64 levels";
+        return NULL;
+    }
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, p);
+    if (!m) {
+        *why = "grpc: error unmarshalling request: not a valid protobuf message of the method's "
+               "request type";
+        return NULL;
+    }
+    if (!keel_pb_repackable(m)) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        *why = "grpc: error unmarshalling request: proto: illegal tag 0";
+        return NULL;
+    }
+    return m;
 }

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #define GW_GRPC_PREFIX 5 /* flag + 4-byte length */
 
 /*
@@ -85,5 +87,15 @@ char *gw_grpc_message_encode(const char *msg, size_t max_in);
  * does not parse (*ms untouched).
  */
 int gw_grpc_timeout_parse(const char *v, size_t len, uint32_t *ms);
+
+/*
+ * Unpack a request body into a message of type d, as h2.c hands messages to handlers: the nesting
+ * is counted first (proto/pbcheck.h: protobuf-c recurses without a limit), then protobuf-c
+ * unpacks, then a field number 0 is refused (protobuf-c keeps one spelled in two bytes and writes
+ * back bytes it cannot read; grpc-go refuses it as an illegal tag). The message (free with
+ * protobuf_c_message_free_unpacked(m, NULL)), or NULL with *why saying what was wrong.
+ */
+ProtobufCMessage *gw_grpc_unpack(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t len,
+                                 const char **why);
 
 #endif

@@ -50,9 +50,6 @@
 
 #include "grpcwire.h"
 #include "log.h"
-#include "pbcheck.h"
-
-_Static_assert(KEEL_PB_MAX_DEPTH == 64, "the depth error names 64 levels");
 
 #define H2_MAX_STREAMS      4096
 #define H2_STREAM_WINDOW    (1 << 20)  /* SETTINGS_INITIAL_WINDOW_SIZE */
@@ -478,19 +475,10 @@ static bool stream_message(struct h2_stream *s, const uint8_t *data, size_t len,
                                    : "grpc: compressed flag set with identity or empty encoding");
         return false;
     }
-    /* protobuf-c unpacks recursively with no limit: a Txn nesting Txns 100,000 deep fits in a
-     * megabyte and would take the gateway's stack down. Count the levels first, without
-     * recursion (proto/pbcheck.h), as keeld does for its own frames. */
-    if (!keel_pb_depth_ok(m->req, data, len, KEEL_PB_MAX_DEPTH)) {
-        stream_fail(s, GW_INTERNAL,
-                    "grpc: error unmarshalling request: messages nested deeper than 64 levels");
-        return false;
-    }
-    ProtobufCMessage *msg = protobuf_c_message_unpack(m->req, NULL, len, data);
+    const char *why = NULL;
+    ProtobufCMessage *msg = gw_grpc_unpack(m->req, data, len, &why);
     if (!msg) {
-        stream_fail(s, GW_INTERNAL,
-                    "grpc: error unmarshalling request: not a valid protobuf message of the "
-                    "method's request type");
+        stream_fail(s, GW_INTERNAL, why);
         return false;
     }
     if (m->kind != GW_BIDI) {

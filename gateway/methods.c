@@ -29,3 +29,13 @@ const struct gw_method *gw_method_by_json_path(const char *path, size_t len)
                 return &tables[t]->methods[i];
     return NULL;
 }
+
+const struct gw_method *gw_method_at(size_t i)
+{
+    for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++) {
+        if (i < tables[t]->n)
+            return &tables[t]->methods[i];
+        i -= tables[t]->n;
+    }
+    return NULL;
+}

@@ -22,4 +22,8 @@ extern const struct gw_method_table gw_maint_table;     /* maint.c: Maintenance 
 extern const struct gw_method_table gw_watch_table;     /* watch.c: Watch/Watch */
 extern const struct gw_method_table gw_keepalive_table; /* keepalive.c: Lease/LeaseKeepAlive */
 
+/* The i-th method of all tables, in table order, or NULL past the last (fuzzing and tests walk
+ * every method with it). */
+const struct gw_method *gw_method_at(size_t i);
+
 #endif

@@ -51,7 +51,7 @@ done
 # The longest input each target is given: room for what it parses, small enough to mutate fast.
 max_len() {
     case $1 in
-    frame | apply) echo 16384 ;;
+    frame | apply | gw_grpc) echo 16384 ;;
     request) echo 8192 ;;
     ctl_txn) echo 4096 ;;
     ctl_args) echo 2048 ;;

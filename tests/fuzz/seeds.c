@@ -18,6 +18,7 @@
 #include "fuzz.h"
 #include "handshake.h"
 #include "keel.pb-c.h"
+#include "methods.h"
 
 static const char *out_dir;
 
@@ -70,7 +71,7 @@ static Keel__RequestOp op_txn = KEEL__REQUEST_OP__INIT;
 static Keel__RequestOp op_put_b = KEEL__REQUEST_OP__INIT;
 static Keel__CompactionRequest compaction = KEEL__COMPACTION_REQUEST__INIT;
 static Keel__LeaseGrantRequest grant = KEEL__LEASE_GRANT_REQUEST__INIT;
-static Keel__LeaseRevokeRequest revoke = KEEL__LEASE_REVOKE_REQUEST__INIT;
+static Keel__LeaseRevokeRequest revoke_req = KEEL__LEASE_REVOKE_REQUEST__INIT;
 static Keel__WatchCreateRequest watch = KEEL__WATCH_CREATE_REQUEST__INIT;
 static Keel__StatusRequest status = KEEL__STATUS_REQUEST__INIT;
 
@@ -133,7 +134,7 @@ static void build_requests(void)
     compaction.revision = 4;
     grant.id = 7;
     grant.ttl = 60;
-    revoke.id = 7;
+    revoke_req.id = 7;
     watch.key = str("a");
     watch.range_end = str("b");
     watch.start_revision = 2;
@@ -175,7 +176,7 @@ static size_t requests(Keel__Request *v)
             break;
         case 6:
             r->body_case = KEEL__REQUEST__BODY_LEASE_REVOKE;
-            r->lease_revoke = &revoke;
+            r->lease_revoke = &revoke_req;
             break;
         case 7:
             r->body_case = KEEL__REQUEST__BODY_WATCH_CREATE;
@@ -403,7 +404,7 @@ static void apply_seeds(void)
     c[8].op_case = KEEL__COMMAND__OP_QUOTA;
     c[8].quota = &q;
     c[9].op_case = KEEL__COMMAND__OP_LEASE_REVOKE;
-    c[9].lease_revoke = &revoke;
+    c[9].lease_revoke = &revoke_req;
 
     entry_file("writes", p, 3);      /* grant, put, put with the lease */
     entry_file("txn", p, 4);         /* the same, then the nested txn */
@@ -497,6 +498,81 @@ static void ctl_seeds(void)
     write_text("ctl_txn", "no_compares", 0, "\nput a b --lease=1\n");
 }
 
+/* The index gw_method_at gives the method at gRPC path, as the gw targets' first byte. */
+static uint8_t gw_index(const char *path)
+{
+    for (size_t i = 0; gw_method_at(i); i++)
+        if (gw_method_at(i)->grpc_path && strcmp(gw_method_at(i)->grpc_path, path) == 0)
+            return (uint8_t)i;
+    fprintf(stderr, "fuzz_seeds: no gateway method %s\n", path);
+    exit(1);
+}
+
+/* keel-gateway's inputs: JSON bodies (gw_json) and gRPC request streams (gw_grpc). */
+static void gw_seeds(void)
+{
+    static const struct {
+        const char *name, *path, *json;
+    } bodies[] = {
+        {"range", "/etcdserverpb.KV/Range",
+         "{\"key\":\"YQ==\",\"range_end\":\"Yg==\",\"limit\":\"10\",\"revision\":5,"
+         "\"sort_order\":\"DESCEND\",\"sortTarget\":2,\"keys_only\":true}"},
+        {"put", "/etcdserverpb.KV/Put",
+         "{\"key\":\"Zm9v\",\"value\":\"YmFy\",\"lease\":\"7587866723421569029\",\"prev_kv\":"
+         "true}"},
+        {"txn", "/etcdserverpb.KV/Txn",
+         "{\"compare\":[{\"target\":\"MOD\",\"key\":\"Zm9v\",\"mod_revision\":\"0\"},"
+         "{\"result\":\"GREATER\",\"target\":\"VALUE\",\"key\":\"YQ\",\"value\":\"eA==\"}],"
+         "\"success\":[{\"request_put\":{\"key\":\"Zm9v\",\"value\":\"YmFy\"}},"
+         "{\"request_txn\":{\"success\":[{\"request_range\":{\"key\":\"YQ==\"}}]}}],"
+         "\"failure\":[{\"request_delete_range\":{\"key\":\"Zm9v\",\"prev_kv\":true}}]}"},
+        {"watch", "/etcdserverpb.Watch/Watch",
+         "{\"create_request\":{\"key\":\"L3JlZ2lzdHJ5Lw==\",\"range_end\":\"L3JlZ2lzdHJ5MA==\","
+         "\"start_revision\":\"12\",\"filters\":[\"NOPUT\",1],\"prev_kv\":true,"
+         "\"progress_notify\":true}}"},
+        {"grant", "/etcdserverpb.Lease/LeaseGrant", "{\"TTL\":60,\"ID\":\"0\"}"},
+        {"keepalive", "/etcdserverpb.Lease/LeaseKeepAlive", "{\"ID\":\"7587866723421569029\"}"},
+        {"status", "/etcdserverpb.Maintenance/Status", "{}"},
+        {"empty", "/etcdserverpb.Cluster/MemberList", ""},
+        {"bad", "/etcdserverpb.KV/Compact", "{\"revision\":\"x\",\"physical\":3}"},
+    };
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++)
+        write_text("gw_json", bodies[i].name, gw_index(bodies[i].path), bodies[i].json);
+
+    /* method, limit (0: 1.5 MiB), cut, then prefixed messages. */
+    static const uint8_t put[] = {0,   0,    0, 0,   0,   0,   0, 10, 0x0a, 3, 'f', 'o',
+                                  'o', 0x12, 3, 'b', 'a', 'r', 0, 0,  0,    0, 0};
+    uint8_t buf[sizeof(put)];
+    memcpy(buf, put, sizeof(put));
+    buf[0] = gw_index("/etcdserverpb.KV/Put");
+    write_file("gw_grpc", "put_then_empty", buf, sizeof(buf));
+    buf[2] = 0x85; /* big chunks */
+    write_file("gw_grpc", "put_big_chunks", buf, sizeof(buf));
+    buf[1] = 1; /* bodies of at most 16 bytes: too large */
+    write_file("gw_grpc", "put_too_large", buf, sizeof(buf));
+    /* Two watch creates on one stream, the second split by the cut. */
+    static const uint8_t watch[] = {0, 0, 3, 0, 0, 0,    0, 7,    0x0a, 5,   0x0a, 1, 'a', 0x30, 1,
+                                    0, 0, 0, 0, 9, 0x0a, 7, 0x0a, 1,    'b', 0x12, 2, 'c', 0};
+    uint8_t wbuf[sizeof(watch)];
+    memcpy(wbuf, watch, sizeof(watch));
+    wbuf[0] = gw_index("/etcdserverpb.Watch/Watch");
+    write_file("gw_grpc", "watch_two_creates", wbuf, sizeof(wbuf));
+    /* A Txn nested 30 deep (under the depth limit; every length fits one varint byte). */
+    uint8_t deep[8 + 30 * 2 * 2 + 8];
+    size_t at = sizeof(deep);
+    uint8_t len = 0;
+    for (int i = 0; i < 30; i++) {
+        deep[--at] = len, deep[--at] = 0x22, len = (uint8_t)(len + 2);
+        deep[--at] = len, deep[--at] = 0x12, len = (uint8_t)(len + 2);
+    }
+    at -= 5;
+    deep[at] = 0, deep[at + 1] = 0, deep[at + 2] = 0, deep[at + 3] = 0, deep[at + 4] = len;
+    deep[--at] = 0;
+    deep[--at] = 0;
+    deep[--at] = gw_index("/etcdserverpb.KV/Txn");
+    write_file("gw_grpc", "txn_nested_30", deep + at, sizeof(deep) - at);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -510,5 +586,6 @@ int main(int argc, char **argv)
     apply_seeds();
     handshake_seeds();
     ctl_seeds();
+    gw_seeds();
     return 0;
 }
