@@ -39,3 +39,11 @@ const struct gw_method *gw_method_at(size_t i)
     }
     return NULL;
 }
+
+size_t gw_method_count(void)
+{
+    size_t n = 0;
+    for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++)
+        n += tables[t]->n;
+    return n;
+}

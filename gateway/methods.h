@@ -26,4 +26,7 @@ extern const struct gw_method_table gw_keepalive_table; /* keepalive.c: Lease/Le
  * every method with it). */
 const struct gw_method *gw_method_at(size_t i);
 
+/* How many methods gw_method_at walks. */
+size_t gw_method_count(void);
+
 #endif

@@ -5,7 +5,7 @@
  *
  * The unpacking is gw_grpc_unpack, the function h2.c calls.
  *
- * Input: byte 0 picks the method (gw_method_at, modulo their number), byte 1 the largest message
+ * Input: byte 0 picks the method (gw_method_at, modulo gw_method_count), byte 1 the largest message
  * body (0: 1.5 MiB, etcd's limit; else byte * 16), byte 2 how the stream is cut (a seed for the
  * chunk sizes); the rest is the stream of length-prefixed messages.
  *
@@ -19,16 +19,6 @@
 #include "fuzz.h"
 #include "grpcwire.h"
 #include "methods.h"
-
-static size_t n_methods;
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc, (void)argv;
-    while (gw_method_at(n_methods))
-        n_methods++;
-    return 0;
-}
 
 static void check_message(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t len)
 {
@@ -55,7 +45,7 @@ static void check_message(const ProtobufCMessageDescriptor *desc, const uint8_t 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct fz in = {data, size};
-    const struct gw_method *m = gw_method_at(fz_u8(&in) % n_methods);
+    const struct gw_method *m = gw_method_at(fz_u8(&in) % gw_method_count());
     uint8_t lim = fz_u8(&in), cut = fz_u8(&in);
     size_t max = lim ? (size_t)lim * 16 : 1536 * 1024;
     uint32_t rng = cut * 2654435761u + 1;
