@@ -80,7 +80,11 @@ cross_off=$(zt_median --from $Z1.1 --to $Z2.1 --count 200) || zt_fail "cross-zon
 zt_note "off: intra ${intra_off}us, cross ${cross_off}us"
 
 # ---- delay ----------------------------------------------------------------------------------------
+autocork_before=$(cat /proc/sys/net/ipv4/tcp_autocorking 2>/dev/null || echo none)
 on --delay 2ms >/dev/null
+autocork0=$(cat /proc/sys/net/ipv4/tcp_autocorking 2>/dev/null || echo none)
+[[ $autocork0 == 0 || $autocork0 == none ]] ||
+    zt_fail "tcp_autocorking is $autocork0 while delays are on (want 0)"
 cross=$(zt_delay_median --from $Z1.1 --to $Z2.1 --count 200) || zt_fail "cross-zone ping (2ms)"
 zt_note "on 2ms: cross-zone median ${cross}us (want 4000us ±15%)"
 zt_within "$cross" 4000 0.15 || zt_fail "cross-zone RTT ${cross}us is not 4000us ±15%"
@@ -161,6 +165,10 @@ rc=0
 "$ZONES" status >/dev/null || rc=$?
 ((rc == 3)) || zt_fail "status after off exits $rc, not 3"
 iptables -w 5 -S KEEL_ZONES >/dev/null 2>&1 && zt_fail "chain left after off"
+# Autocorking is off while delays are simulated (zones.sh says why) and back after off.
+autocork1=$(cat /proc/sys/net/ipv4/tcp_autocorking 2>/dev/null || echo none)
+[[ $autocork1 == "$autocork_before" ]] ||
+    zt_fail "tcp_autocorking is $autocork1 after off, was $autocork_before before on"
 out=$(iptables -w 5 -S OUTPUT 2>/dev/null)
 grep -q keel-zones <<<"$out" && zt_fail "jump rule left after off"
 netsim_running "$pid" && zt_fail "keel-netsim left after off"
@@ -188,4 +196,6 @@ ms=$((($(date +%s%N) - t0) / 1000000))
 ((ms < 5000)) || zt_fail "zones.sh run took ${ms}ms to stop"
 "$ZONES" status >/dev/null 2>&1 && zt_fail "zones.sh run left zones on after SIGTERM"
 zt_note "zones.sh run cleaned up ${ms}ms after SIGTERM"
+autocork2=$(cat /proc/sys/net/ipv4/tcp_autocorking 2>/dev/null || echo none)
+[[ $autocork2 == "$autocork_before" ]] || zt_fail "tcp_autocorking is $autocork2 after run's SIGTERM"
 echo "PASS"
