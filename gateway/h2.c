@@ -30,9 +30,11 @@
  *   - output: nghttp2 is not asked for more bytes while c->write_pending >= H2_WRITE_HIGH, and the
  *     socket is not read meanwhile (a client that sends without reading stalls itself); both
  *     resume at on_drain below H2_WRITE_LOW. Bytes a handler queues on a stream
- *     (gw_call_pending) are the handler's to bound (watch.c). A unary reply waits whole in its
- *     stream's queue until the client's flow-control window takes it, as with grpc-go: at worst
- *     H2_MAX_STREAMS replies of keel's reply limit each;
+ *     (gw_call_pending) are the handler's to bound (watch.c). A reply waits whole in its
+ *     stream's queue until the client's flow-control window takes it. Past H2_MAX_QUEUED_OUT
+ *     queued on the connection, a request message is refused (ResourceExhausted) instead of
+ *     dispatched, so output grows only by the replies of requests already dispatched: at most
+ *     H2_MAX_QUEUED_OUT + H2_MAX_STREAMS replies of keel's reply limit, as with grpc-go;
  *   - per stream otherwise: struct h2_stream (~600 bytes) plus nghttp2's own state.
  *
  * Shutdown (gw_server_stop -> on_shutdown): GOAWAY shutdown notice and a PING; at its ACK the
@@ -55,6 +57,7 @@
 #define H2_STREAM_WINDOW    (1 << 20)  /* SETTINGS_INITIAL_WINDOW_SIZE */
 #define H2_CONN_WINDOW      (16 << 20) /* the connection's receive window */
 #define H2_MAX_HELD         (64u << 20)
+#define H2_MAX_QUEUED_OUT   (64u << 20)
 #define H2_WRITE_HIGH       (4u << 20)
 #define H2_WRITE_LOW        (1u << 20)
 #define H2_MAX_MESSAGE_OUT  0x7fffffffu /* gRPC's length prefix; grpc-go's send limit */
@@ -117,7 +120,8 @@ struct h2_conn {
     struct gw_conn *c;
     nghttp2_session *ng;
     struct h2_stream *streams;
-    size_t held; /* request bytes held by all streams */
+    size_t held;       /* request bytes held by all streams */
+    size_t out_queued; /* reply bytes queued on open streams, not yet taken by nghttp2 */
     bool in_recv, in_send, destroying, shutting_down, final_goaway;
     bool hold; /* walking the stream list: no flush (it could close and free streams) */
 };
@@ -181,6 +185,7 @@ static void stream_closed(struct h2_stream *s)
     s->closed = true;
     stream_release_input(s);
     if (h) {
+        h->out_queued -= s->out_bytes;
         if (s->prev)
             s->prev->next = s->next;
         else
@@ -189,6 +194,9 @@ static void stream_closed(struct h2_stream *s)
             s->next->prev = s->prev;
         s->prev = s->next = NULL;
     }
+    /* Closed: nothing reaches the session from here on, and the connection may be freed before
+     * the handler finishes (a reset call whose keel request is still in flight). */
+    s->h = NULL;
     stream_cancel(s);
     stream_maybe_free(s);
 }
@@ -285,6 +293,7 @@ static ssize_t read_data(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         }
     }
     s->out_bytes -= n;
+    s->h->out_queued -= n;
     if (!s->out_head && s->finished) {
         *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
         submit_trailers(s);
@@ -344,6 +353,7 @@ static int op_send(struct gw_call *call, const ProtobufCMessage *msg)
         s->out_head = k;
     s->out_tail = k;
     s->out_bytes += k->len;
+    s->h->out_queued += k->len;
     if (!s->headers_sent) {
         if (submit_headers(s) != 0)
             return -1; /* the message stays queued and is freed with the stream */
@@ -468,6 +478,13 @@ static void stream_remote_end(struct h2_stream *s)
 static bool stream_message(struct h2_stream *s, const uint8_t *data, size_t len, bool compressed)
 {
     const struct gw_method *m = s->call.method;
+    if (s->h->out_queued > H2_MAX_QUEUED_OUT) {
+        /* The client asks faster than it reads (its flow-control windows stay shut): every
+         * request would queue one more reply. */
+        stream_fail(s, GW_RESOURCE_EXHAUSTED,
+                    "etcdserver: too many requests (the client does not read its replies)");
+        return false;
+    }
     if (compressed) {
         /* clientv3 never compresses, and we announce no grpc-accept-encoding. */
         stream_fail(s, GW_UNIMPLEMENTED,
@@ -767,18 +784,11 @@ static void h2_destroy(struct gw_conn *c)
 {
     struct h2_conn *h = c->proto;
     h->destroying = true;
-    /* Bounded: each pass takes one stream off the list. */
+    /* Bounded: each pass takes one stream off the list (stream_closed unlinks it, and frees it
+     * unless its handler still holds the call). */
     while (h->streams) {
-        struct h2_stream *s = h->streams;
-        h->streams = s->next;
-        if (h->streams)
-            h->streams->prev = NULL;
-        s->prev = s->next = NULL;
-        nghttp2_session_set_stream_user_data(h->ng, s->id, NULL);
-        h->held -= s->df_bytes + s->held_bytes;
-        s->df_bytes = s->held_bytes = 0;
-        s->h = NULL;      /* a finish from now on must not reach the session */
-        stream_closed(s); /* frees it unless its handler still holds the call */
+        nghttp2_session_set_stream_user_data(h->ng, h->streams->id, NULL);
+        stream_closed(h->streams);
     }
     nghttp2_session_del(h->ng);
     free(h);

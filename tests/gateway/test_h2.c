@@ -769,6 +769,94 @@ static void test_cancel(void **state)
     h2c_close(&c);
 }
 
+/* A unary call reset by the client while its keel request is in flight, then the connection cut,
+ * then the keel request completes: the handler's finish then reaches a stream whose connection is
+ * gone, and must touch nothing of it (it once updated the freed connection's byte count). The
+ * members are stopped so that the request stays in flight; it ends at its 2 s deadline. */
+static void test_reset_then_cut(void **state)
+{
+    (void)state;
+    for (int i = 1; i <= cl.n; i++)
+        assert_int_equal(kill(cl.m[i].pid, SIGSTOP), 0);
+    struct h2c c;
+    h2c_open(&c);
+    Etcdserverpb__PutRequest req = ETCDSERVERPB__PUT_REQUEST__INIT;
+    req.key.data = (uint8_t *)"h2-reset-cut";
+    req.key.len = strlen("h2-reset-cut");
+    uint8_t body[64];
+    size_t len = grpc_frame(body, sizeof(body), &req.base);
+    struct cstream s;
+    call_start(&c, &s, "/etcdserverpb.KV/Put", "application/grpc", "2S", body, len, true);
+    RUN_UNTIL(&c, false, 300); /* the gateway has sent the keel request by now */
+    assert_false(s.closed);
+    assert_int_equal(nghttp2_submit_rst_stream(c.ng, NGHTTP2_FLAG_NONE, s.id, NGHTTP2_CANCEL), 0);
+    RUN_UNTIL(&c, false, 100);
+    h2c_close(&c);
+    usleep(3000 * 1000); /* past the request's deadline: the handler has finished */
+    for (int i = 1; i <= cl.n; i++)
+        kill(cl.m[i].pid, SIGCONT);
+    assert_int_equal(waitpid(gw_pid, NULL, WNOHANG), 0); /* the gateway is still running */
+    h2c_open(&c);
+    put_ok(&c, "h2-after-reset-cut", "x");
+    h2c_close(&c);
+}
+
+/* A client that keeps asking without reading (its stream windows shut at 0) gets
+ * ResourceExhausted once the connection has 64 MiB of replies queued, instead of the gateway
+ * queueing one more reply per request without bound; other connections are served. */
+static void test_unread_replies(void **state)
+{
+    (void)state;
+    enum { VALUE = 1 << 20, MAX_CALLS = 200 };
+    struct h2c c;
+    h2c_open(&c);
+    Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
+    put.key.data = (uint8_t *)"h2-big";
+    put.key.len = strlen("h2-big");
+    uint8_t *value = calloc(1, VALUE), *body = malloc(VALUE + 64);
+    assert_non_null(value);
+    assert_non_null(body);
+    put.value.data = value;
+    put.value.len = VALUE;
+    size_t len = grpc_frame(body, VALUE + 64, &put.base);
+    struct cstream *s = calloc(MAX_CALLS, sizeof(*s));
+    assert_non_null(s);
+    call_start(&c, &s[0], "/etcdserverpb.KV/Put", "application/grpc", NULL, body, len, true);
+    RUN_UNTIL(&c, s[0].closed, 15000);
+    assert_int_equal(s[0].grpc_status, 0);
+    h2c_close(&c);
+
+    h2c_open(&c);
+    nghttp2_settings_entry no_window = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 0};
+    assert_int_equal(nghttp2_submit_settings(c.ng, NGHTTP2_FLAG_NONE, &no_window, 1), 0);
+    Etcdserverpb__RangeRequest range = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    range.key = put.key;
+    uint8_t rbody[64];
+    size_t rlen = grpc_frame(rbody, sizeof(rbody), &range.base);
+    int refused = -1;
+    for (int i = 0; i < MAX_CALLS && refused < 0; i++) {
+        call_start(&c, &s[i], "/etcdserverpb.KV/Range", "application/grpc", "30S", rbody, rlen,
+                   true);
+        /* Its reply is queued (response headers sent) or it is refused (closed). */
+        RUN_UNTIL(&c, s[i].header_frames > 0 || s[i].closed, 15000);
+        assert_true(s[i].header_frames > 0 || s[i].closed);
+        if (s[i].closed) {
+            assert_int_equal(s[i].grpc_status, 8);
+            assert_non_null(strstr(s[i].grpc_message, "too many requests"));
+            refused = i;
+        }
+    }
+    /* Refused only once 64 MiB of 1 MiB replies were queued, and then refused. */
+    assert_true(refused >= 64);
+    h2c_close(&c);
+    free(s);
+    free(body);
+    free(value);
+    h2c_open(&c);
+    put_ok(&c, "h2-after-unread", "x");
+    h2c_close(&c);
+}
+
 static void test_goaway_on_sigterm(void **state)
 {
     (void)state;
@@ -820,6 +908,8 @@ int main(void)
         cmocka_unit_test(test_sniff),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_reset_then_cut),
+        cmocka_unit_test(test_unread_replies),
         cmocka_unit_test(test_goaway_on_sigterm),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
