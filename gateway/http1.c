@@ -25,8 +25,9 @@
  * bigger than the message; a body past it is 413), input read while a response is pending
  * (reading the socket pauses past IN_PAUSE, so about IN_PAUSE + one read), and output: a unary
  * call holds one message's JSON until it finishes; what is handed to gw_conn_write counts in
- * write_pending, past OUT_PAUSE the next pipelined request waits for on_drain, and a streaming
- * handler bounds its own output through gw_call_pending. Default bounds: 3.1 MiB of body,
+ * write_pending, past OUT_PAUSE input waits for on_drain (the next pipelined request, or the
+ * next object of a streamed body), and a streaming handler bounds what it sends unasked (watch
+ * events) through gw_call_pending. Default bounds: 3.1 MiB of body,
  * 64 KiB + 64 KiB of input, 1 MiB of output before pausing.
  */
 #include <stdio.h>
@@ -81,6 +82,7 @@ struct h1_conn {
     bool body_too_large;
     json_tokener *tok;      /* streams: the object being read */
     size_t obj_bytes;       /* bytes of it fed to tok */
+    struct gw_jscan scan;   /* its containers, counted before json-c builds them */
     bool stream_input_done; /* a bad object ended the stream's input early */
     size_t n_objects;
 
@@ -722,6 +724,21 @@ static void stream_bytes(struct h1_conn *h, const char *p, size_t n)
         size_t take = n;
         if (h->obj_bytes + take > limit)
             take = limit - h->obj_bytes + 1;
+        /* Only this object's bytes go to json-c, and only once they are known to hold few
+         * enough containers (pbjson.h says why). */
+        take = gw_jscan_feed(&h->scan, p, take);
+        if (gw_jscan_over(&h->scan)) {
+            char err[96];
+            snprintf(err, sizeof(err), "more than %d JSON objects and arrays in one request",
+                     GW_PBJSON_MAX_CONTAINERS);
+            h->stream_input_done = true;
+            if (!h->call) {
+                h->keep_alive = false;
+                write_json_error(h, GW_INVALID_ARGUMENT, err);
+                close_conn(h);
+            }
+            return;
+        }
         json_object *o =
             json_tokener_parse_ex(h->tok, p, (int)(take > INT32_MAX ? INT32_MAX : take));
         enum json_tokener_error je = json_tokener_get_error(h->tok);
@@ -752,6 +769,7 @@ static void stream_bytes(struct h1_conn *h, const char *p, size_t n)
         size_t used = json_tokener_get_parse_end(h->tok);
         json_tokener_reset(h->tok);
         h->obj_bytes = 0;
+        h->scan = (struct gw_jscan){0};
         p += used, n -= used;
         stream_object(h, o);
         json_object_put(o);
@@ -773,6 +791,7 @@ static int on_message_begin(http_parser *p)
     gw_jbuf_free(&h->body);
     h->body_too_large = false;
     h->obj_bytes = 0;
+    h->scan = (struct gw_jscan){0};
     h->stream_input_done = false;
     h->n_objects = 0;
     h->expect_continue = false;
@@ -999,8 +1018,10 @@ static void feed(struct h1_conn *h, const char *buf, size_t n)
 {
     if (h->dead)
         return;
-    if (h->responding || h->in_len > 0 || h->in_execute ||
-        (h->conn->write_pending > OUT_PAUSE && !h->call)) {
+    /* Output past OUT_PAUSE holds input back during a streaming call too: each streamed request
+     * (a keep-alive, a watch create) makes output, and a client that sends without reading must
+     * not grow it without bound. on_drain resumes. */
+    if (h->responding || h->in_len > 0 || h->in_execute || h->conn->write_pending > OUT_PAUSE) {
         keep_input(h, buf, n);
         return;
     }

@@ -761,6 +761,30 @@ ProtobufCMessage *gw_pbjson_decode(const ProtobufCMessageDescriptor *d, json_obj
     return decode_message(&x, d, o, 0);
 }
 
+size_t gw_jscan_feed(struct gw_jscan *sc, const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && !sc->ended) {
+        char ch = p[i++];
+        if (sc->in_str) {
+            if (sc->esc)
+                sc->esc = false;
+            else if (ch == '\\')
+                sc->esc = true;
+            else if (ch == '"')
+                sc->in_str = false;
+        } else if (ch == '"') {
+            sc->in_str = true;
+        } else if (ch == '{' || ch == '[') {
+            sc->containers++;
+            sc->depth++;
+        } else if ((ch == '}' || ch == ']') && sc->depth > 0 && --sc->depth == 0) {
+            sc->ended = true;
+        }
+    }
+    return i;
+}
+
 ProtobufCMessage *gw_pbjson_decode_text(const ProtobufCMessageDescriptor *d, const char *s,
                                         size_t len, char *err, size_t errlen)
 {
@@ -771,6 +795,13 @@ ProtobufCMessage *gw_pbjson_decode_text(const ProtobufCMessageDescriptor *d, con
         return gw_pbjson_decode(d, NULL, err, errlen);
     if (len - i > INT_MAX) {
         snprintf(err, errlen, "request body too large");
+        return NULL;
+    }
+    struct gw_jscan sc = {0};
+    gw_jscan_feed(&sc, s + i, len - i);
+    if (gw_jscan_over(&sc)) {
+        snprintf(err, errlen, "more than %d JSON objects and arrays in one request",
+                 GW_PBJSON_MAX_CONTAINERS);
         return NULL;
     }
     json_tokener *tok = json_tokener_new();

@@ -61,4 +61,31 @@ ProtobufCMessage *gw_pbjson_decode_text(const ProtobufCMessageDescriptor *d, con
  * itself when it is not repeated. */
 size_t gw_pbjson_value_size(ProtobufCType t);
 
+/*
+ * json-c builds a whole tree before a message is decoded, and an object or array costs it far more
+ * memory than its two bytes of text (about 0.8 KiB for "{}"): a 3 MiB body of "{},{},..." would
+ * take a gigabyte. So the containers of one JSON value are counted in its text first, strings
+ * skipped, and a value with more than GW_PBJSON_MAX_CONTAINERS is refused. The deepest etcd
+ * request (a txn of 128 ops with their compares) needs a few hundred.
+ */
+#define GW_PBJSON_MAX_CONTAINERS 4096
+
+struct gw_jscan {
+    size_t containers; /* '{' and '[' seen outside strings */
+    unsigned depth;    /* containers open */
+    bool in_str, esc;
+    bool ended; /* the value's outermost container has closed */
+};
+
+/* Scan the next n bytes of a value's text (state carried in sc across pieces; zero it for a new
+ * value), stopping just after the value's outermost container closes (sc->ended). Returns the
+ * bytes scanned. Past GW_PBJSON_MAX_CONTAINERS the value is to be refused
+ * (gw_jscan_over). */
+size_t gw_jscan_feed(struct gw_jscan *sc, const char *p, size_t n);
+
+static inline bool gw_jscan_over(const struct gw_jscan *sc)
+{
+    return sc->containers > GW_PBJSON_MAX_CONTAINERS;
+}
+
 #endif

@@ -623,6 +623,52 @@ static void test_bad_inputs(void **state)
     assert_null(gw_pbjson_decode_text(tx, deep, strlen(deep), err, sizeof(err)));
 }
 
+/* json-c's tree costs far more than the text of "{}": a body is refused by its container count
+ * before json-c builds it, and a stream's pieces are counted up to the end of each object. */
+static void test_container_budget(void **state)
+{
+    (void)state;
+    size_t n = GW_PBJSON_MAX_CONTAINERS + 1;
+    char *body = malloc(16 + 3 * n);
+    assert_non_null(body);
+    size_t len = (size_t)sprintf(body, "{\"compare\":[");
+    for (size_t i = 0; i < n - 2; i++) /* with the outer object and the array: n containers */
+        len += (size_t)sprintf(body + len, i ? ",{}" : "{}");
+    len += (size_t)sprintf(body + len, "]}");
+    char err[256];
+    ProtobufCMessage *m =
+        gw_pbjson_decode_text(&etcdserverpb__txn_request__descriptor, body, len, err, sizeof(err));
+    assert_null(m);
+    assert_non_null(strstr(err, "JSON objects and arrays"));
+    /* One fewer container decodes. */
+    const char *ok = strstr(body, ",{}");
+    size_t cut = (size_t)(ok - body);
+    char *fewer = malloc(len);
+    assert_non_null(fewer);
+    memcpy(fewer, body, cut);
+    memcpy(fewer + cut, ok + 3, len - cut - 3);
+    m = gw_pbjson_decode_text(&etcdserverpb__txn_request__descriptor, fewer, len - 3, err,
+                              sizeof(err));
+    assert_non_null(m);
+    assert_int_equal(((Etcdserverpb__TxnRequest *)m)->n_compare, n - 3);
+    protobuf_c_message_free_unpacked(m, NULL);
+    free(fewer);
+    free(body);
+
+    /* Pieces: strings are skipped (brackets and escaped quotes in them), and the scan stops just
+     * after the object ends, leaving the next object's bytes alone. */
+    static const char text[] = "{\"key\":\"[{\\\"[\",\"a\":[{}]} {\"b\":1}";
+    struct gw_jscan sc = {0};
+    size_t used = 0;
+    for (size_t i = 0; i < sizeof(text) - 1 && !sc.ended; i += 3) {
+        size_t piece = sizeof(text) - 1 - i < 3 ? sizeof(text) - 1 - i : 3;
+        used += gw_jscan_feed(&sc, text + i, piece);
+    }
+    assert_true(sc.ended);
+    assert_int_equal(sc.containers, 3);
+    assert_int_equal(used, strchr(text, ' ') - text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -630,7 +676,7 @@ int main(void)
         cmocka_unit_test(test_watch_delete_event), cmocka_unit_test(test_lease_responses),
         cmocka_unit_test(test_cluster_and_status), cmocka_unit_test(test_string_escapes),
         cmocka_unit_test(test_round_trips),        cmocka_unit_test(test_input_variants),
-        cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_bad_inputs),         cmocka_unit_test(test_container_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
