@@ -315,13 +315,14 @@ static void kv(void **state)
     r.count_only = false;
     /* serializable: served by any member, which may lag a little behind the last write. */
     r.serializable = true;
-    for (int i = 0;; i++) {
+    long long deadline = tc_now_ms() + 10000;
+    for (;;) {
         rr = range(&f, &r);
         int64_t n = rr->count;
         fake_call_clear(&f);
         if (n == 5)
             break;
-        assert_true(i < 50);
+        assert_true(tc_now_ms() < deadline);
         tu_sleep_ms(50);
     }
     r.serializable = false;
@@ -828,9 +829,10 @@ static void cluster(void **state)
     /* The member that answers may be a follower that has not applied the first write yet: ask
      * again (bounded) until it has, so that every field is seen non-zero. */
     Etcdserverpb__StatusResponse *st = NULL;
-    for (int i = 0;; i++) {
+    long long st_deadline = tc_now_ms() + 10000;
+    for (;;) {
         st = ok(&f, "/etcdserverpb.Maintenance/Status", &sq);
-        if ((st->dbsizeinuse > 0 && st->raftappliedindex > 0) || i == 50)
+        if ((st->dbsizeinuse > 0 && st->raftappliedindex > 0) || tc_now_ms() >= st_deadline)
             break;
         fake_call_clear(&f);
         tu_sleep_ms(100);

@@ -18,6 +18,7 @@
 #include "cluster.h"
 #include "fakecall.h"
 #include "keel/keel.h"
+#include "leader.h"
 #include "testutil.h"
 
 #define WAIT_MS 10000
@@ -725,7 +726,19 @@ static void no_leader(void **state)
         }
         tc_stop(&F.c, i, SIGKILL);
     }
-    spin(3000); /* beyond an election timeout and the leader cache */
+    /* Wait (bounded) until the survivor itself reports no leader, then past the gateway's
+     * leader cache, so that the gateway's next Status answer can only say "no leader". */
+    long long deadline = tc_now_ms() + 15000;
+    for (;;) {
+        Keel__StatusResponse *st = NULL;
+        bool gone = keel_status(F.k, F.c.m[survivor].client, &st) == 0 && st->leader == 0;
+        keel_free(st);
+        if (gone)
+            break;
+        assert_true(tc_now_ms() < deadline);
+        spin(50);
+    }
+    spin(GW_LEADER_FRESH_MS + 500);
     struct fake_call f;
     open_watch(&f, true);
     create(&f, "/nl/k", NULL);

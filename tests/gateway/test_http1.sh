@@ -234,19 +234,27 @@ check "the gateway serves on after garbage" '{"etcdserver":"3.4.23","etcdcluster
 # ---------------------------------------------------------------------------------------------
 # Streams
 # Watch: curl -N --raw shows the chunked encoding; every chunk must be exactly one
-# {"result":...}\n. The watch stays open after the body ends; curl's --max-time ends it.
-curl -s -N --raw --max-time 4 -X POST "$GW_EP/v3/watch" \
+# {"result":...}\n. The watch stays open after the body ends: once the DELETE event (a whole
+# chunk) has arrived the curls are stopped; --max-time only bounds them.
+curl -s -N --raw --max-time 30 -X POST "$GW_EP/v3/watch" \
     -d '{"create_request":{"key":"d2F0Y2g=","range_end":"d2F0Y2g=","prev_kv":true}}' \
     >"$COMPAT_DIR/watch.raw" 2>/dev/null &
 WATCH_CURL=$!
 compat_wait 10 grep -q created "$COMPAT_DIR/watch.raw" || bad "watch: no created response"
 # range_end == key is an empty range in etcd; watch one key instead on a second watch.
-curl -s -N --raw --max-time 4 -X POST "$GW_EP/v3/watch" \
+curl -s -N --raw --max-time 30 -X POST "$GW_EP/v3/watch" \
     -d '{"create_request":{"key":"d2F0Y2g=","prev_kv":true}}' >"$COMPAT_DIR/watch2.raw" 2>/dev/null &
 WATCH2_CURL=$!
 compat_wait 10 grep -q created "$COMPAT_DIR/watch2.raw" || bad "watch 2: no created response"
 post /v3/kv/put '{"key":"d2F0Y2g=","value":"MQ=="}' >/dev/null
 post /v3/kv/deleterange '{"key":"d2F0Y2g="}' >/dev/null
+# The DELETE event is in, and its chunk ended (the file ends with a chunk's CRLF).
+watch2_has_delete() {
+    grep -q '"type":"DELETE"' "$COMPAT_DIR/watch2.raw" &&
+        [ "$(tail -c 2 "$COMPAT_DIR/watch2.raw" | od -An -tx1 | tr -d ' \n')" = 0d0a ]
+}
+compat_wait 20 watch2_has_delete || bad "watch 2: no DELETE event within 20 s"
+kill "$WATCH_CURL" "$WATCH2_CURL" 2>/dev/null || true
 wait "$WATCH_CURL" "$WATCH2_CURL" 2>/dev/null || true
 if "$PY" - "$COMPAT_DIR/watch2.raw" <<'EOF'; then ok "watch: one {\"result\"} per chunk, PUT then DELETE with prev_kv"; else bad "watch chunks"; fi
 import json, sys
@@ -271,10 +279,15 @@ assert evs[1]["type"] == "DELETE" and evs[1]["prev_kv"]["value"] == "MQ==", evs
 assert evs[1]["kv"]["key"] == "d2F0Y2g=", evs
 EOF
 
-# Lease keep-alive: one result per request object, then the end of the stream.
-out=$(curl -s -N --raw --max-time 10 -X POST "$GW_EP/v3/lease/keepalive" -d '{"ID":4242}{"ID":"4242"}')
+# Lease keep-alive: one result per request object, then the end of the stream. A lease granted
+# just before (4242 from above may have expired by now on a slow machine).
+post /v3/lease/revoke '{"ID":"4243"}' >/dev/null || true
+out=$(post /v3/lease/grant '{"TTL":"30","ID":4243}')
+contains "lease grant for keepalive" '"ID":"4243","TTL":"30"} 200' "$out"
+out=$(curl -s -N --raw --max-time 10 -X POST "$GW_EP/v3/lease/keepalive" -d '{"ID":4243}{"ID":"4243"}')
 check "keepalive: two result chunks and the last chunk" "2 1" \
-    "$(printf '%s' "$out" | grep -c '^{"result":{"header":.*"ID":"4242","TTL":"30"}}' || true) $(printf '%s' "$out" | grep -c '^0' || true)"
+    "$(printf '%s' "$out" | grep -c '^{"result":{"header":.*"ID":"4243","TTL":"30"}}' || true) $(printf '%s' "$out" | grep -c '^0' || true)"
+post /v3/lease/revoke '{"ID":"4243"}' >/dev/null || true
 out=$(curl -s --max-time 10 -X POST "$GW_EP/v3/lease/keepalive" -d '{"ID":"x"}' -w ' %{http_code}')
 contains "keepalive: an undecodable first object is etcd's 500, code 2" '"code":2} 500' "$out"
 
@@ -298,7 +311,9 @@ assert lease.refresh() == 30, lease.refresh()
 assert lease.revoke() is True
 assert c.get("gw/leased") == []
 events, it_cancel = [], None
-it, cancel = c.watch_prefix("gw/w/")
+# Watch from a fixed revision, so the watch's creation time does not matter.
+cur = int(c.post(c.get_url("/kv/range"), json={"key": "eA=="})["header"]["revision"])
+it, cancel = c.watch_prefix("gw/w/", start_revision=cur + 1)
 def reader():
     for ev in it:
         events.append(ev)
@@ -306,10 +321,9 @@ def reader():
             break
 t = threading.Thread(target=reader, daemon=True)
 t.start()
-time.sleep(0.5)
 c.put("gw/w/1", "v1")
 c.delete("gw/w/1")
-t.join(10)
+t.join(20)
 cancel()
 assert len(events) == 2, events
 assert events[0]["kv"]["key"] == b"gw/w/1" and events[0]["kv"]["value"] == b"v1", events
