@@ -17,6 +17,7 @@
  *   keepalive.c keep-alive sets: leases renewed in the background, as requests of the core
  *   sync.c     the synchronous API: a client on a private loop thread
  *   calls.c    keel_put, keel_get, ...: one request each, through keel_do
+ *   snapshot.c keel_snapshot: a snapshot download on a blocking connection of its own
  *
  * Callbacks for server answers run at once, from the read callback (the reply lives in the
  * connection's arena only until the next frame); local failures are queued and delivered from
@@ -254,7 +255,8 @@ void kc_watch_drain(struct keel_aclient *ac);
 void kc_watch_close(struct keel_watch *w);
 
 /* ---- sync.c ---- */
-/* Set the calling thread's keel_errmsg. */
+/* The calling thread's keel_errmsg: set it (at most KEEL_ERRMSG_MAX bytes are kept). */
+#define KEEL_ERRMSG_MAX 1024
 void kc_set_errmsg(const char *msg);
 
 #endif

@@ -9,12 +9,15 @@
  *
  * Exit status: 0 success, 1 failure ("Error: <message>" on stderr), 2 bad usage.
  */
+#include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +25,8 @@
 
 #include "ctl_parse.h"
 #include "keel/keel.h"
+#include "snapfile.h"
+#include "store.h"
 
 #define EXIT_USAGE 2
 
@@ -65,6 +70,10 @@ static const char *const usage_text =
     "  endpoint status | endpoint health\n"
     "  lease grant TTL | lease revoke ID | lease timetolive ID [--keys] | lease list\n"
     "  lease keep-alive [--once] ID\n"
+    "  snapshot save FILE          (one endpoint: a consistent copy of its store)\n"
+    "  snapshot status FILE\n"
+    "  snapshot restore FILE --name N --initial-cluster LIST [--data-dir D]\n"
+    "      [--skip-hash-check]        (a new member's data dir; LIST as keeld's)\n"
     "  version\n"
     "\n"
     "Global flags:\n"
@@ -943,6 +952,226 @@ static int cmd_compaction(struct ctl *c, int argc, char **argv)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Snapshots (snapfile.h: the file; the member streams a compacted copy of its store)
+ */
+
+static int save_piece(void *data, const void *bytes, size_t n)
+{
+    char err[SNAPFILE_ERR_MAX];
+    if (snapfile_write(data, bytes, n, err) != 0) {
+        fprintf(stderr, "Error: %s\n", err);
+        return KEEL_EIO;
+    }
+    return 0;
+}
+
+static int cmd_snapshot_save(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "snapshot save <filename>";
+    struct ctl_args pos;
+    parse_args(c, NULL, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    if (pos.argc != 1)
+        die(EXIT_USAGE, "snapshot save expects one argument");
+    if (strchr(c->endpoints, ',') != NULL)
+        die(EXIT_USAGE, "snapshot must be requested to one selected node, not multiple [%s]",
+            c->endpoints);
+    const char *path = pos.argv[0];
+    struct snapfile_writer *w;
+    char err[SNAPFILE_ERR_MAX];
+    if (snapfile_create(path, &w, err) != 0)
+        die(1, "%s", err);
+    struct keel_options o;
+    fill_options(c, &o, c->endpoints);
+    struct keel_snapshot_info info;
+    int rv = keel_snapshot(&o, c->endpoints, save_piece, w, &info);
+    if (rv != 0) {
+        snapfile_abort(w);
+        die_keel(rv);
+    }
+    uint8_t sha[32];
+    if (snapfile_finish(w, sha, err) != 0)
+        die(1, "%s", err);
+    if (c->fmt == OUT_JSON) {
+        json_object *o2 = json_object_new_object();
+        j_str(o2, "path", path);
+        j_u64(o2, "cluster_id", info.cluster_id);
+        j_u64(o2, "member_id", info.member_id);
+        j_i64(o2, "revision", info.revision);
+        j_u64(o2, "size", info.bytes);
+        j_print(o2);
+    } else {
+        printf("Snapshot saved at %s\n", path);
+    }
+    return 0;
+}
+
+/* Bytes as go-humanize's Bytes writes them (SI units), which etcdctl prints. */
+static void human_bytes(uint64_t n, char *out, size_t len)
+{
+    static const char *const units[] = {"B", "kB", "MB", "GB", "TB", "PB", "EB"};
+    if (n < 10) {
+        snprintf(out, len, "%llu B", (unsigned long long)n);
+        return;
+    }
+    int e = (int)floor(log((double)n) / log(1000.0));
+    if (e > 6)
+        e = 6;
+    double v = floor((double)n / pow(1000.0, e) * 10 + 0.5) / 10;
+    snprintf(out, len, v < 10 ? "%.1f %s" : "%.0f %s", v, units[e]);
+}
+
+static int cmd_snapshot_status(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "snapshot status <filename>";
+    struct ctl_args pos;
+    parse_args(c, NULL, argc, argv, &pos);
+    apply_globals(c);
+    if (pos.argc != 1)
+        die(EXIT_USAGE, "snapshot status requires exactly one argument");
+    const char *path = pos.argv[0];
+    struct snapfile_info fi;
+    char err[SNAPFILE_ERR_MAX];
+    if (snapfile_check(path, false, &fi, err) != 0)
+        die(1, "%s", err);
+    struct keel_store_info si;
+    int rv = keel_store_inspect(path, &si);
+    if (rv != 0)
+        die(1, "%s: the copy in it does not open as a keel store (%s)", path, keel_strerror(rv));
+    uint32_t hash = (uint32_t)fi.sha256[0] << 24 | (uint32_t)fi.sha256[1] << 16 |
+                    (uint32_t)fi.sha256[2] << 8 | fi.sha256[3];
+    char sha_hex[65];
+    for (int i = 0; i < 32; i++)
+        snprintf(sha_hex + 2 * i, 3, "%02x", fi.sha256[i]);
+    char size[32];
+    human_bytes(fi.file_size, size, sizeof(size));
+    if (c->fmt == OUT_JSON) {
+        json_object *o = json_object_new_object();
+        j_u64(o, "hash", hash);
+        j_i64(o, "revision", si.revision);
+        j_u64(o, "totalKey", si.keys);
+        j_u64(o, "totalSize", fi.file_size);
+        j_str(o, "sha256", sha_hex);
+        j_i64(o, "compactRevision", si.compact_revision);
+        j_u64(o, "revisions", si.revisions);
+        j_u64(o, "leases", si.leases);
+        j_print(o);
+    } else if (c->fmt == OUT_TABLE) {
+        static const char *const hdr[] = {"HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"};
+        char ***rows = alloc_rows(c, 1, 4);
+        rows[0][0] = fmt_cell(c, "%x", hash);
+        rows[0][1] = fmt_cell(c, "%" PRId64, si.revision);
+        rows[0][2] = fmt_cell(c, "%" PRIu64, si.keys);
+        rows[0][3] = fmt_cell(c, "%s", size);
+        print_table(hdr, 4, rows, 1);
+    } else {
+        printf("%x, %" PRId64 ", %" PRIu64 ", %s\n", hash, si.revision, si.keys, size);
+    }
+    return 0;
+}
+
+/* Whether NAME=... is one of the comma-separated members of list. */
+static bool names_member(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+        if (strncmp(p, name, n) == 0 && p[n] == '=')
+            return true;
+    return false;
+}
+
+static int cmd_snapshot_restore(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "snapshot restore <filename> --name N --initial-cluster LIST [--data-dir D] "
+               "[--skip-hash-check]";
+    const char *name = NULL, *initial = NULL, *data_dir = NULL;
+    bool skip_hash = false;
+    struct ctl_flag t[] = {
+        {"name", 0, CTL_STR, &name, false},
+        {"initial-cluster", 0, CTL_STR, &initial, false},
+        {"data-dir", 0, CTL_STR, &data_dir, false},
+        {"skip-hash-check", 0, CTL_BOOL, &skip_hash, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    if (pos.argc != 1)
+        die(EXIT_USAGE, "snapshot restore requires exactly one argument");
+    if (name == NULL || name[0] == '\0')
+        die(EXIT_USAGE, "--name is required: the member this data dir is for");
+    if (initial == NULL || initial[0] == '\0')
+        die(EXIT_USAGE, "--initial-cluster is required (NAME=HOST:PORT[@ZONE],... as keeld's)");
+    if (!names_member(initial, name))
+        die(EXIT_USAGE, "--name %s is not a member of --initial-cluster %s", name, initial);
+    const char *path = pos.argv[0];
+    char *dir = data_dir ? strdup(data_dir) : NULL;
+    if (dir == NULL && asprintf(&dir, "%s.keel", name) < 0)
+        die(1, "out of memory");
+    char *state = NULL, *file = NULL;
+    if (asprintf(&state, "%s/state", dir) < 0 || asprintf(&file, "%s/data.mdb", state) < 0)
+        die(1, "out of memory");
+    struct stat st;
+    if (stat(dir, &st) == 0)
+        die(1, "data-dir \"%s\" exists: restore only into a new one", dir);
+
+    struct snapfile_info fi;
+    char err[SNAPFILE_ERR_MAX];
+    if (snapfile_check(path, skip_hash, &fi, err) != 0)
+        die(1, "%s", err);
+    struct keel_store_info si;
+    int rv = keel_store_inspect(path, &si);
+    if (rv != 0)
+        die(1, "%s: the copy in it does not open as a keel store (%s)", path, keel_strerror(rv));
+    if (mkdir(dir, 0700) != 0 || mkdir(state, 0700) != 0)
+        die(1, "cannot create %s: %s", state, strerror(errno));
+    /* The map must hold the file and room to grow until keeld opens it with its own size. */
+    uint64_t map = ((fi.copy_len >> 30) + 2) << 30;
+    if (snapfile_extract(path, fi.copy_len, file, err) != 0 ||
+        (rv = keel_store_rebase(state, map)) != 0) {
+        if (rv != 0)
+            snprintf(err, sizeof(err), "making %s a new member's store: %s", state,
+                     keel_strerror(rv));
+        unlink(file);
+        rmdir(state);
+        rmdir(dir);
+        die(1, "%s", err);
+    }
+    if (c->fmt == OUT_JSON) {
+        json_object *o = json_object_new_object();
+        j_str(o, "data_dir", dir);
+        j_str(o, "name", name);
+        j_i64(o, "revision", si.revision);
+        j_u64(o, "totalKey", si.keys);
+        j_u64(o, "leases", si.leases);
+        j_print(o);
+    } else {
+        printf("restored snapshot %s (revision %" PRId64 ", %" PRIu64 " keys, %" PRIu64
+               " leases) into %s for member %s; start it with keeld --name %s --data-dir %s "
+               "--initial-cluster %s\n",
+               path, si.revision, si.keys, si.leases, dir, name, name, dir, initial);
+    }
+    free(file);
+    free(state);
+    free(dir);
+    return 0;
+}
+
+static int cmd_snapshot(struct ctl *c, const char *sub, int argc, char **argv)
+{
+    if (!strcmp(sub, "save"))
+        return cmd_snapshot_save(c, argc, argv);
+    if (!strcmp(sub, "status"))
+        return cmd_snapshot_status(c, argc, argv);
+    if (!strcmp(sub, "restore"))
+        return cmd_snapshot_restore(c, argc, argv);
+    fprintf(stderr, "Error: unknown command \"snapshot %s\"\n%s", sub, usage_text);
+    return EXIT_USAGE;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Cluster commands
  */
 
@@ -1577,7 +1806,8 @@ int main(int argc, char **argv)
     int nrest = 0;
     for (int i = 1; i < ci; i++)
         rest[nrest++] = argv[i];
-    bool two_words = !strcmp(cmd, "member") || !strcmp(cmd, "endpoint") || !strcmp(cmd, "lease");
+    bool two_words = !strcmp(cmd, "member") || !strcmp(cmd, "endpoint") || !strcmp(cmd, "lease") ||
+                     !strcmp(cmd, "snapshot");
     const char *sub = NULL;
     if (two_words) {
         if (ci + 1 >= argc || argv[ci + 1][0] == '-') {
@@ -1610,6 +1840,8 @@ int main(int argc, char **argv)
         rv = cmd_endpoint_health(c, nrest, rest);
     else if (!strcmp(cmd, "lease"))
         rv = cmd_lease(c, sub, nrest, rest);
+    else if (!strcmp(cmd, "snapshot"))
+        rv = cmd_snapshot(c, sub, nrest, rest);
     else if (!strcmp(cmd, "version")) {
         printf("keelctl version: %s\nAPI version: %d\n", KEEL_VERSION, KEEL_PROTOCOL_VERSION);
         rv = 0;

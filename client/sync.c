@@ -23,7 +23,6 @@
 
 #include "internal.h"
 
-#define KEEL_ERRMSG_MAX 1024
 
 enum call_kind {
     CALL_REQUEST,

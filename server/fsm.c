@@ -44,6 +44,7 @@ struct job {
 struct keel_fsm {
     struct keel_fsm_options o;
     struct keel_fsm_progress progress; /* loop */
+    char bind_host[64]; /* o.bind_host points here: the caller's string may not outlive new */
 
     pthread_t thread;
     pthread_mutex_t mu;
@@ -417,19 +418,19 @@ void keel_fsm_apply(struct keel_fsm *f, uint64_t index, const void *payload, siz
     enqueue(f, j);
 }
 
-int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN], uint64_t *ticket)
+int keel_fsm_sync_begin(struct keel_fsm *f, uint64_t *ticket)
 {
     if (f->fetch_pending != 0) {
         /* The store waits for a checkpoint: it cannot promise any index yet. */
-        KLOG_DEBUG("snapshot skipped: a checkpoint at %llu is on its way",
+        KLOG_DEBUG("sync refused: a checkpoint at %llu is on its way",
                    (unsigned long long)f->fetch_pending);
         return KEEL_EUNAVAILABLE;
     }
     struct job *j = malloc(sizeof(*j));
     if (j == NULL)
         return KEEL_ENOMEM;
-    /* The sync is queued behind every entry up to the token's index, so once it is done the
-     * store holds them all on disk; nothing here waits for it. */
+    /* The sync is queued behind every entry queued so far, so once it is done the store holds
+     * them all on disk; nothing here waits for it. */
     pthread_mutex_lock(&f->mu);
     uint64_t seq = ++f->sync_seq;
     pthread_mutex_unlock(&f->mu);
@@ -437,12 +438,20 @@ int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN
     j->index = seq;
     j->len = 0;
     enqueue(f, j);
+    *ticket = seq;
+    return 0;
+}
+
+int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN], uint64_t *ticket)
+{
+    int err = keel_fsm_sync_begin(f, ticket);
+    if (err != 0)
+        return err;
     uint64_t index = f->progress.queued;
     keel_put_le64(token, TOKEN_MAGIC);
     keel_put_le64(token + 8, TOKEN_FORMAT);
     keel_put_le64(token + 16, index);
     keel_put_le64(token + 24, f->o.cluster_id);
-    *ticket = seq;
     KLOG_DEBUG("snapshot token at index %llu", (unsigned long long)index);
     return 0;
 }
@@ -498,6 +507,10 @@ int keel_fsm_new(const struct keel_fsm_options *o, struct keel_fsm **out)
     if (f == NULL)
         return KEEL_ENOMEM;
     f->o = *o;
+    if (o->bind_host != NULL) {
+        snprintf(f->bind_host, sizeof(f->bind_host), "%s", o->bind_host);
+        f->o.bind_host = f->bind_host;
+    }
     f->commit_ms = o->commit_interval_ms ? o->commit_interval_ms : KEEL_FSM_COMMIT_MS;
     f->commit_bytes = o->commit_bytes ? o->commit_bytes : KEEL_FSM_COMMIT_BYTES;
     struct keel_store_stat st;

@@ -76,7 +76,7 @@ struct keel_fsm_options {
     uv_loop_t *loop;
     struct keel_store *store;
     uint64_t cluster_id;
-    const char *bind_host; /* source address of checkpoint fetches */
+    const char *bind_host; /* source address of checkpoint fetches (copied; NULL: any) */
     keel_fsm_done_cb done;
     void *data;
     const char *mark_path;       /* where the highest published index is noted (NULL: nowhere) */
@@ -123,6 +123,14 @@ void keel_fsm_apply(struct keel_fsm *f, uint64_t index, const void *payload, siz
 int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN],
                             uint64_t *ticket);
 int keel_fsm_snapshot_wait(struct keel_fsm *f, uint64_t ticket);
+
+/*
+ * The sync alone (loop): queue a commit and sync of everything queued so far, to be waited for
+ * with keel_fsm_snapshot_wait(*ticket) off the loop (a snapshot stream copies the store only
+ * then, so its copy holds every write answered before it was asked for). 0, KEEL_EUNAVAILABLE
+ * (the store waits for a checkpoint) or KEEL_ENOMEM.
+ */
+int keel_fsm_sync_begin(struct keel_fsm *f, uint64_t *ticket);
 
 /*
  * Take a snapshot token (the caller keeps it). At or below the store's applied index: nothing

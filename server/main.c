@@ -237,8 +237,11 @@ static int wire(struct keeld *k)
                                    .store = k->store,
                                    .cluster_id = k->cfg.cluster_id,
                                    .member_id = k->cfg.member_id};
-    k->snapstream = (struct keel_snapstream){
-        .loop = &k->loop, .store = k->store, .data_dir = k->cfg.data_dir, .reply = &k->reply};
+    k->snapstream = (struct keel_snapstream){.loop = &k->loop,
+                                             .store = k->store,
+                                             .data_dir = k->cfg.data_dir,
+                                             .reply = &k->reply,
+                                             .fsm = k->fsm};
     struct keel_watch_options wo = {.loop = &k->loop,
                                     .store = k->store,
                                     .reply = &k->reply,

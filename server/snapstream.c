@@ -41,7 +41,8 @@ struct stream {
     uint8_t *chunk;
 
     pthread_t thread;
-    atomic_int copy_err; /* the copier's result, set before it signals */
+    uint64_t sync_ticket; /* the writer's sync the copy waits for (0: none) */
+    atomic_int copy_err;  /* the copier's result, set before it signals */
     uv_async_t copied_async;
     uv_timer_t poll;
     int handles;    /* of copied_async and poll, still to be closed */
@@ -86,7 +87,12 @@ static void fail(struct stream *st, int err, const char *msg)
 static void *copier(void *arg)
 {
     struct stream *st = arg;
-    atomic_store(&st->copy_err, keel_store_snapshot(st->ss->store, st->fd));
+    int err = 0;
+    if (st->sync_ticket != 0 && keel_fsm_snapshot_wait(st->ss->fsm, st->sync_ticket) != 0)
+        err = KEEL_EUNAVAILABLE;
+    if (err == 0)
+        err = keel_store_snapshot(st->ss->store, st->fd);
+    atomic_store(&st->copy_err, err);
     uv_async_send(&st->copied_async);
     return NULL;
 }
@@ -168,7 +174,10 @@ static void copy_done(uv_async_t *a)
         return;
     }
     if (err != 0) {
-        fail(st, err, "writing the checkpoint failed");
+        fail(st, err,
+             err == KEEL_EUNAVAILABLE
+                 ? "the storage writer did not commit what it had applied within a minute"
+                 : "writing the checkpoint failed");
         return;
     }
     st->size = sb.st_size;
@@ -213,9 +222,22 @@ void keel_snapstream_start(struct keel_snapstream *ss, uint64_t session, uint64_
                          fd < 0 ? "cannot stage the checkpoint in the data dir" : NULL);
         return;
     }
+    uint64_t ticket = 0;
+    int err = ss->fsm != NULL ? keel_fsm_sync_begin(ss->fsm, &ticket) : 0;
+    if (err != 0) {
+        free(st);
+        free(chunk);
+        close(fd);
+        keel_reply_error(ss->reply, session, id, err,
+                         err == KEEL_EUNAVAILABLE
+                             ? "this member waits for a checkpoint of its own: ask another member"
+                             : NULL);
+        return;
+    }
     struct keel_store_stat stat;
     keel_store_stat(ss->store, &stat);
     st->ss = ss;
+    st->sync_ticket = ticket;
     st->session = session;
     st->client_id = id;
     st->fd = fd;

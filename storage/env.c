@@ -238,8 +238,43 @@ static int open_dbis(MDB_txn *txn, unsigned create, struct opened *o)
     return 0;
 }
 
-int ks_env_check(const char *dir, uint64_t *applied_index)
+/* Count what a read transaction sees: live keys (latest entry not a tombstone), history
+ * records, leases. */
+static int count_all(MDB_txn *txn, const struct opened *o, struct keel_store_info *info)
 {
+    MDB_stat st;
+    int rc = mdb_stat(txn, o->revs, &st);
+    if (rc != 0)
+        return ks_mdb_err(rc);
+    info->revisions = st.ms_entries;
+    if ((rc = mdb_stat(txn, o->leases, &st)) != 0)
+        return ks_mdb_err(rc);
+    info->leases = st.ms_entries;
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(txn, o->keys, &cur)) != 0)
+        return ks_mdb_err(rc);
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_NODUP)) {
+        if ((rc = mdb_cursor_get(cur, &k, &v, MDB_LAST_DUP)) != 0)
+            break;
+        if (v.mv_size == KEYREV_LEN && !ks_keyrev_decode(&v).tombstone)
+            info->keys++;
+    }
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : ks_mdb_err(rc);
+}
+
+/*
+ * Look into the environment at path read-only, without a lock file (nothing is written, and a
+ * copy beside the store or a snapshot file may have no lock to share): every database opened
+ * with the flags the store opens it with, and meta read, so that what would not open as a store
+ * is refused (KEEL_ECORRUPT) before anything relies on it. extra: MDB_NOSUBDIR for a file.
+ * count: also count keys, history and leases.
+ */
+static int peek(const char *path, unsigned extra, bool count, struct keel_store_info *info)
+{
+    memset(info, 0, sizeof(*info));
     struct opened o = {0};
     int rc = mdb_env_create(&o.env);
     if (rc != 0)
@@ -247,15 +282,72 @@ int ks_env_check(const char *dir, uint64_t *applied_index)
     mdb_env_set_maxdbs(o.env, 8);
     int err = KEEL_ECORRUPT;
     MDB_txn *txn;
-    if (mdb_env_open(o.env, dir, MDB_RDONLY | MDB_NOTLS | MDB_NOLOCK, 0600) == 0 &&
-        mdb_txn_begin(o.env, NULL, MDB_RDONLY, &txn) == 0) {
-        /* Every database with the flags the store opens it with: a copy that would not open
-         * as a store is refused here, before anything is replaced. */
+    rc = mdb_env_open(o.env, path, MDB_RDONLY | MDB_NOTLS | MDB_NOLOCK | extra, 0600);
+    if (rc == ENOENT || rc == EACCES)
+        err = rc == ENOENT ? KEEL_ENOTFOUND : KEEL_EIO;
+    if (rc == 0 && mdb_txn_begin(o.env, NULL, MDB_RDONLY, &txn) == 0) {
         if (open_dbis(txn, 0, &o) == 0 && ks_meta_load(txn, o.meta, &o.m) == 0) {
-            err = 0;
-            *applied_index = o.m.applied_index;
+            info->applied_index = o.m.applied_index;
+            info->revision = o.m.revision;
+            info->compact_revision = o.m.compact_revision;
+            info->logical_size = o.m.logical_size;
+            err = count ? count_all(txn, &o, info) : 0;
         }
         mdb_txn_abort(txn);
+    }
+    mdb_env_close(o.env);
+    return err;
+}
+
+int ks_env_check(const char *dir, uint64_t *applied_index)
+{
+    struct keel_store_info info;
+    int err = peek(dir, 0, false, &info);
+    if (err == 0)
+        *applied_index = info.applied_index;
+    return err == KEEL_ENOTFOUND ? KEEL_ECORRUPT : err;
+}
+
+int keel_store_inspect(const char *file, struct keel_store_info *info)
+{
+    /* The file itself: bytes past its last page (a snapshot file's trailer) are outside every
+     * page LMDB reads. */
+    return peek(file, MDB_NOSUBDIR, true, info);
+}
+
+int keel_store_rebase(const char *dir, uint64_t map_size)
+{
+    struct opened o = {0};
+    int rc = mdb_env_create(&o.env);
+    if (rc != 0)
+        return ks_mdb_err(rc);
+    mdb_env_set_maxdbs(o.env, 8);
+    mdb_env_set_mapsize(o.env, map_size ? map_size : MIN_MAP_SIZE);
+    /* Synced commits, as LMDB makes them by default: no synced note exists for this copy yet,
+     * and the next open trusts a store without one to be wholly on disk. */
+    MDB_txn *txn = NULL;
+    int err = 0;
+    rc = mdb_env_open(o.env, dir, MDB_NOTLS, 0600);
+    if (rc == 0)
+        rc = mdb_txn_begin(o.env, NULL, 0, &txn);
+    if (rc != 0) {
+        err = rc == ENOENT ? KEEL_ENOTFOUND : ks_mdb_err(rc);
+    } else {
+        err = open_dbis(txn, 0, &o) != 0 ? KEEL_ECORRUPT : 0;
+        if (err == 0)
+            err = ks_meta_load(txn, o.meta, &o.m);
+        if (err == 0) {
+            o.m.applied_index = 0;
+            o.m.clock_boot = 0;
+            o.m.clock_ms = 0;
+            err = ks_meta_store(txn, o.meta, &o.m);
+        }
+        if (err == 0)
+            err = ks_mdb_err(mdb_drop(txn, o.members, 0));
+        if (err == 0)
+            err = ks_mdb_err(mdb_txn_commit(txn));
+        else
+            mdb_txn_abort(txn);
     }
     mdb_env_close(o.env);
     return err;

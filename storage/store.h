@@ -272,4 +272,32 @@ int keel_store_restore_begin(struct keel_store *s, int *fd);
 int keel_store_restore_finish(struct keel_store *s, int fd, uint64_t min_index);
 void keel_store_restore_abort(struct keel_store *s, int fd);
 
+/* What a snapshot copy holds (keel_store_inspect). */
+struct keel_store_info {
+    uint64_t applied_index;   /* raft index of the last command in it (its cluster's log) */
+    int64_t revision;         /* its current revision */
+    int64_t compact_revision; /* revisions below this were compacted away */
+    uint64_t logical_size;    /* bytes the quota counts */
+    uint64_t keys;            /* live keys */
+    uint64_t revisions;       /* records of history (every version of every key kept) */
+    uint64_t leases;          /* leases granted and not revoked */
+};
+
+/*
+ * Read what the copy in file holds: a file written by keel_store_snapshot, possibly followed by
+ * more bytes (keelctl's snapshot trailer), opened read-only without a lock file; nothing is
+ * written. 0, KEEL_ENOTFOUND, KEEL_ECORRUPT (not a keel store) or KEEL_E*.
+ */
+int keel_store_inspect(const char *file, struct keel_store_info *info);
+
+/*
+ * Make the store in dir (a copy just put there, open nowhere) the first state of a new cluster,
+ * as a restore from a snapshot wants: applied index 0 (every entry of the new cluster's raft log
+ * applies), the old cluster's member attributes dropped, its commit clock forgotten (lease
+ * countdowns start again from their checkpointed remaining TTL). Revisions, keys, history and
+ * leases stay. Synced when it returns. map_size: at least the file's size (0: 1 GiB).
+ * 0, KEEL_ENOTFOUND, KEEL_ECORRUPT or KEEL_E*.
+ */
+int keel_store_rebase(const char *dir, uint64_t map_size);
+
 #endif

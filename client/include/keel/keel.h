@@ -524,6 +524,36 @@ int keel_watch_close(struct keel *k, struct keel_watch *w);
 int keel_watch_request_progress(struct keel *k, struct keel_watch *w);
 
 /* ---------------------------------------------------------------------------------------------
+ * Snapshots
+ */
+
+/* Called with each piece of a snapshot, in order: 0 to go on, else a KEEL_E* code that ends the
+ * download with that code (set the reason with the message keel_snapshot returns). */
+typedef int (*keel_snapshot_sink)(void *data, const void *bytes, size_t n);
+
+/* What the member said about the snapshot it sent. */
+struct keel_snapshot_info {
+    uint64_t cluster_id; /* from its handshake */
+    uint64_t member_id;  /* ... */
+    int64_t revision;    /* the header of its first piece: the revision the copy holds at least */
+    uint64_t bytes;      /* the copy's size: every byte given to the sink */
+};
+
+/*
+ * Download a consistent snapshot of one member's store (a compacted copy of its LMDB file, as
+ * keeld's checkpoints are) from endpoint ("host:port"), on a connection of its own, blocking the
+ * calling thread; sink gets every byte, in order. From opts only source_address, client_name,
+ * dial_timeout_ms (the connect) and request_timeout_ms (the longest wait for the next piece)
+ * are used; opts may be NULL. info (may be NULL) is filled on success.
+ *
+ * 0 once the member sent the last piece, else a KEEL_E* code with keel_errmsg() set: KEEL_EINVAL
+ * (endpoint does not parse), KEEL_EIO (no connection, or it ended early), KEEL_ETIMEOUT, the
+ * member's own refusal (KEEL_ETOOMANYREQUESTS: it serves one snapshot at a time), a sink's code.
+ */
+int keel_snapshot(const struct keel_options *opts, const char *endpoint, keel_snapshot_sink sink,
+                  void *data, struct keel_snapshot_info *info);
+
+/* ---------------------------------------------------------------------------------------------
  * Helpers
  */
 
