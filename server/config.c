@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compactor.h"
 #include "fsm.h"
 #include "log.h"
 
@@ -56,6 +57,15 @@ static const char usage[] =
     "  --lease-checkpoint-interval-ms N\n"
     "                              how long a lease may go unrenewed before the leader writes\n"
     "                              its remaining TTL to the log (default 5000)\n"
+    "  --auto-compaction-mode M    periodic (default) or revision, as etcd's\n"
+    "  --auto-compaction-retention R\n"
+    "                              periodic: keep this much history, a duration (1h, 30m,\n"
+    "                              10s) or a number of hours; revision: keep this many\n"
+    "                              revisions; 0 (default): no auto-compaction. The leader\n"
+    "                              compacts through the log, every member at once\n"
+    "  --auto-compaction-interval-ms N\n"
+    "                              revision mode: how often to look (default 300000, etcd's\n"
+    "                              5 minutes); periodic looks every retention/10 (at most 6 min)\n"
     "  --backend-batch-interval-ms N\n"
     "                              commit the store (one LMDB sync) at least this often while\n"
     "                              writes arrive (default 500; etcd's backend batch interval is\n"
@@ -242,6 +252,8 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->backend_batch_ms = KEEL_FSM_COMMIT_MS;
     c->backend_batch_bytes = 64u << 20;
     c->lease_checkpoint_ms = 5000;
+    c->compact_mode = KEEL_COMPACT_PERIODIC;
+    c->compact_check_ms = 300000;
     c->log_level = KEEL_LOG_INFO;
 
     enum {
@@ -272,7 +284,10 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_BATCH_BYTES,
         O_SNAP_BYTES,
         O_TRAIL_BYTES,
-        O_SEGMENT
+        O_SEGMENT,
+        O_AC_MODE,
+        O_AC_RETENTION,
+        O_AC_INTERVAL
     };
     static const struct option opts[] = {
         {"name", required_argument, NULL, O_NAME},
@@ -302,10 +317,14 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"lease-checkpoint-interval-ms", required_argument, NULL, O_LEASE_CP},
         {"backend-batch-interval-ms", required_argument, NULL, O_BATCH_MS},
         {"backend-batch-bytes", required_argument, NULL, O_BATCH_BYTES},
+        {"auto-compaction-mode", required_argument, NULL, O_AC_MODE},
+        {"auto-compaction-retention", required_argument, NULL, O_AC_RETENTION},
+        {"auto-compaction-interval-ms", required_argument, NULL, O_AC_INTERVAL},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
     const char *cluster = NULL;
+    const char *retention = NULL;
     uint64_t v;
     int rv = 0;
     int opt;
@@ -419,6 +438,22 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
             rv = parse_u64(optarg, 10, 3600000, &v, "--lease-checkpoint-interval-ms", err, errlen);
             c->lease_checkpoint_ms = (unsigned)v;
             break;
+        case O_AC_MODE:
+            if (strcmp(optarg, "periodic") == 0)
+                c->compact_mode = KEEL_COMPACT_PERIODIC;
+            else if (strcmp(optarg, "revision") == 0)
+                c->compact_mode = KEEL_COMPACT_REVISION;
+            else
+                rv = fail(err, errlen, "--auto-compaction-mode '%s' is not periodic or revision",
+                          optarg);
+            break;
+        case O_AC_RETENTION:
+            retention = optarg;
+            break;
+        case O_AC_INTERVAL:
+            rv = parse_u64(optarg, 10, 86400000, &c->compact_check_ms,
+                           "--auto-compaction-interval-ms", err, errlen);
+            break;
         case O_LOG:
             c->log_level = keel_log_parse_level(optarg);
             if (c->log_level < 0)
@@ -439,6 +474,10 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         return rv;
     if (optind < argc)
         return fail(err, errlen, "unexpected argument '%s'", argv[optind]);
+    if (retention != NULL &&
+        keel_compactor_parse_retention(c->compact_mode, retention, &c->compact_retention_ms,
+                                       &c->compact_retention_revs, err, errlen) != 0)
+        return -1;
     if (c->name[0] == '\0')
         return fail(err, errlen, "--name is required");
     if (c->data_dir[0] == '\0')

@@ -44,9 +44,13 @@ struct keel_config {
     uint64_t max_apply_backlog_bytes; /* writes taken and not yet applied before reading pauses */
     size_t max_watches;               /* watchers per connection */
     unsigned watch_progress_ms;
-    unsigned lease_checkpoint_ms; /* a lease unrenewed this long gets a checkpoint (lessor.h) */
-    unsigned backend_batch_ms;    /* the store commits at least this often (fsm.h) ... */
-    size_t backend_batch_bytes;   /* ... or once its overlay holds this much */
+    unsigned lease_checkpoint_ms;   /* a lease unrenewed this long gets a checkpoint (lessor.h) */
+    unsigned backend_batch_ms;      /* the store commits at least this often (fsm.h) ... */
+    size_t backend_batch_bytes;     /* ... or once its overlay holds this much */
+    int compact_mode;               /* enum keel_compact_mode (compactor.h) */
+    uint64_t compact_retention_ms;  /* periodic auto-compaction: history kept */
+    int64_t compact_retention_revs; /* revision auto-compaction: revisions kept */
+    uint64_t compact_check_ms;      /* revision auto-compaction: how often it looks */
     int log_level;
 };
 

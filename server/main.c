@@ -22,6 +22,7 @@
 #include "config.h"
 #include "dispatch.h"
 #include "fdlimit.h"
+#include "compactor.h"
 #include "fsm.h"
 #include "lessor.h"
 #include "log.h"
@@ -51,6 +52,7 @@ struct keeld {
     struct keel_watch_hub *watch;
     struct keel_propose *propose;
     struct keel_lessor *lessor;
+    struct keel_compactor *compactor;
     struct keel_readindex *readindex;
     struct keel_publish *publish;
     struct keel_dispatch *dispatch;
@@ -155,6 +157,29 @@ static void node_stopped(void *data)
     keel_fsm_stop(k->fsm, fsm_stopped, k);
 }
 
+/* The compactor's seams: leadership, and a Compaction proposed like a client's. */
+static bool compactor_is_leader(void *data)
+{
+    struct keeld *k = data;
+    return k->raft.is_leader(k->raft.ctx);
+}
+
+static int compactor_compact(void *data, int64_t rev)
+{
+    struct keeld *k = data;
+    Keel__CompactionRequest *req = malloc(sizeof(*req));
+    if (req == NULL)
+        return KEEL_ENOMEM;
+    keel__compaction_request__init(req);
+    req->revision = rev;
+    req->physical = true;
+    Keel__Command cmd = KEEL__COMMAND__INIT;
+    cmd.op_case = KEEL__COMMAND__OP_COMPACTION;
+    cmd.compaction = req;
+    /* The batch owns req from here and frees it with protobuf-c's free once proposed. */
+    return keel_propose_command(k->propose, &cmd, &req->base, NULL);
+}
+
 static void stop_now(struct keeld *k)
 {
     if (k->stopping > 1)
@@ -165,6 +190,7 @@ static void stop_now(struct keeld *k)
     keel_dispatch_stop(k->dispatch);
     keel_propose_stop(k->propose);
     keel_lessor_stop(k->lessor);
+    keel_compactor_stop(k->compactor);
     keel_readindex_stop(k->readindex);
     keel_watch_stop(k->watch);
     /* raft closes only once it holds none of our requests: node.c waits for them, and says why
@@ -270,6 +296,17 @@ static int wire(struct keeld *k)
         KLOG_ERROR("cannot load the lease table: %s", keel_strerror(rv));
         return rv;
     }
+    struct keel_compactor_options co = {.loop = &k->loop,
+                                        .store = k->store,
+                                        .mode = (enum keel_compact_mode)k->cfg.compact_mode,
+                                        .retention_ms = k->cfg.compact_retention_ms,
+                                        .retention_revs = k->cfg.compact_retention_revs,
+                                        .check_ms = k->cfg.compact_check_ms,
+                                        .is_leader = compactor_is_leader,
+                                        .compact = compactor_compact,
+                                        .data = k};
+    if ((rv = keel_compactor_new(&co, &k->compactor)) != 0)
+        return rv;
     struct keel_sessions_pressure sp = {.bytes = unapplied_bytes,
                                         .data = k,
                                         .high = k->cfg.max_apply_backlog_bytes,
@@ -318,6 +355,7 @@ static void unwind(struct keeld *k)
     if (k->propose != NULL)
         keel_propose_stop(k->propose);
     keel_lessor_stop(k->lessor);
+    keel_compactor_stop(k->compactor);
     if (k->watch != NULL)
         keel_watch_stop(k->watch);
     if (k->fsm != NULL)
@@ -333,6 +371,7 @@ static void free_modules(struct keeld *k)
     keel_publish_free(k->publish);
     keel_readindex_free(k->readindex);
     keel_lessor_free(k->lessor);
+    keel_compactor_free(k->compactor);
     keel_propose_free(k->propose);
     keel_watch_free(k->watch);
     keel_fsm_free(k->fsm);

@@ -8,7 +8,9 @@
 #                               the gateway on BLOCK+4) -- no other test uses them
 #   compat_skip MSG             exit 77 (ctest: skipped)
 #   compat_start_etcd           3-member etcd; sets ETCD_EP (http://host:port of the leader)
-#   compat_start_keel KEELD     3 keeld members; sets KEEL_ENDPOINTS (a,b,c)
+#   compat_start_keel KEELD [OFF [FLAGS...]]
+#                               3 keeld members on blocks BLOCK+OFF.. (default 0), with extra
+#                               keeld FLAGS; sets KEEL_ENDPOINTS (a,b,c)
 #   compat_start_gateway GW     keel-gateway in front of them; sets GW_EP (http://host:port)
 #   compat_stop_gateway         SIGTERM it; fails unless it exits 0 with no sanitizer report
 #   compat_start_target GW KEELD  keel + gateway; or, with COMPAT_AGAINST_ETCD=1 (a check of the
@@ -33,6 +35,20 @@ compat_skip() { compat_log "SKIP: $*"; exit 77; }
 
 # End every process this test started (by PID): TERM, a bounded wait, then KILL. On failure,
 # print the end of each log so that a CI failure says what the servers saw.
+# Checks that count failures and go on (compat_done ends the test with them):
+#   ok MSG, bad MSG, check NAME WANT GOT (equal), contains NAME NEEDLE HAYSTACK; py EXPR prints
+#   EXPR of the JSON on stdin (as j).
+COMPAT_FAIL=0
+ok() { compat_log "ok: $*"; }
+bad() { COMPAT_FAIL=$((COMPAT_FAIL + 1)); compat_log "FAIL: $*"; }
+check() { if [ "$2" == "$3" ]; then ok "$1"; else bad "$1: want [$2], got [$3]"; fi; }
+contains() { case "$3" in *"$2"*) ok "$1" ;; *) bad "$1: [$2] not in [$3]" ;; esac; }
+py() { "${PY:-python3}" -c "import json,sys; j=json.load(sys.stdin); print($1)"; }
+compat_done() {
+    [ "$COMPAT_FAIL" -eq 0 ] || compat_die "$COMPAT_FAIL check(s) failed"
+    compat_log "all checks passed"
+}
+
 compat_cleanup() {
     local rc=$? p i
     trap - EXIT INT TERM
@@ -136,24 +152,27 @@ for e in json.load(sys.stdin):
     compat_log "etcd up: $ETCD_EP (cluster $ETCD_EPS)"
 }
 
-compat_start_keel() {
-    local keeld=$1 i initial="" port
+compat_start_keel() { # KEELD [BLOCK-OFFSET [EXTRA KEELD FLAGS...]]
+    local keeld=$1 off=${2:-0} i initial="" port tag=keel
+    shift
+    [ $# -gt 0 ] && shift
+    [ "$off" -eq 0 ] || tag=keel$off
     [ -x "$keeld" ] || compat_die "no keeld at $keeld"
-    port=$(compat_free_port "127.0.$COMPAT_BLOCK.1" 35010) || compat_die "no free port"
+    port=$(compat_free_port "127.0.$((COMPAT_BLOCK + off)).1" 35010) || compat_die "no free port"
     for i in 1 2 3; do
-        initial+="${initial:+,}m$i=127.0.$((COMPAT_BLOCK + i - 1)).1:$((port + 1))@z$i"
+        initial+="${initial:+,}m$i=127.0.$((COMPAT_BLOCK + off + i - 1)).1:$((port + 1))@z$i"
     done
     KEEL_ENDPOINTS=
     for i in 1 2 3; do
-        local host=127.0.$((COMPAT_BLOCK + i - 1)).1
+        local host=127.0.$((COMPAT_BLOCK + off + i - 1)).1
         KEEL_ENDPOINTS+="${KEEL_ENDPOINTS:+,}$host:$port"
-        "$keeld" --name "m$i" --data-dir "$COMPAT_DIR/keel-m$i" --listen-client "$host:$port" \
+        "$keeld" --name "m$i" --data-dir "$COMPAT_DIR/$tag-m$i" --listen-client "$host:$port" \
             --listen-peer "$host:$((port + 1))" --initial-cluster "$initial" --watch-progress-ms 1000 \
-            >"$COMPAT_DIR/keel-m$i.log" 2>&1 &
+            "$@" >"$COMPAT_DIR/$tag-m$i.log" 2>&1 &
         COMPAT_PIDS+=($!)
     done
-    compat_wait 60 grep -q "became leader" "$COMPAT_DIR"/keel-m1.log "$COMPAT_DIR"/keel-m2.log \
-        "$COMPAT_DIR"/keel-m3.log || compat_die "keel elected no leader in 60 s"
+    compat_wait 60 grep -q "became leader" "$COMPAT_DIR/$tag-m1.log" "$COMPAT_DIR/$tag-m2.log" \
+        "$COMPAT_DIR/$tag-m3.log" || compat_die "keel elected no leader in 60 s"
     compat_log "keel up: $KEEL_ENDPOINTS"
 }
 
