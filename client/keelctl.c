@@ -70,6 +70,7 @@ static const char *const usage_text =
     "  endpoint status | endpoint health\n"
     "  lease grant TTL | lease revoke ID | lease timetolive ID [--keys] | lease list\n"
     "  lease keep-alive [--once] ID\n"
+    "  alarm list | alarm disarm\n"
     "  snapshot save FILE          (one endpoint: a consistent copy of its store)\n"
     "  snapshot status FILE\n"
     "  snapshot restore FILE --name N --initial-cluster LIST [--data-dir D]\n"
@@ -952,6 +953,112 @@ static int cmd_compaction(struct ctl *c, int argc, char **argv)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Alarms (etcdctl's alarm list / alarm disarm: NOSPACE, raised when a write passes the quota)
+ */
+
+static Keel__Response *alarm_call(struct ctl *c, Keel__AlarmRequest__AlarmAction action,
+                                  const Keel__AlarmMember *m)
+{
+    Keel__AlarmRequest ar = KEEL__ALARM_REQUEST__INIT;
+    ar.action = action;
+    if (m != NULL) {
+        ar.memberid = m->memberid;
+        ar.alarm = m->alarm;
+    }
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_ALARM;
+    req.alarm = &ar;
+    return run(c, &req);
+}
+
+static const char *alarm_name(Keel__AlarmMember__AlarmType t)
+{
+    switch (t) {
+    case KEEL__ALARM_MEMBER__ALARM_TYPE__NOSPACE:
+        return "NOSPACE";
+    case KEEL__ALARM_MEMBER__ALARM_TYPE__CORRUPT:
+        return "CORRUPT";
+    default:
+        return "NONE";
+    }
+}
+
+static void print_alarms(const Keel__AlarmMember *const *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        printf("memberID:%" PRIu64 " alarm:%s\n", a[i]->memberid, alarm_name(a[i]->alarm));
+}
+
+static json_object *j_alarms(const Keel__ResponseHeader *h, const Keel__AlarmMember *const *a,
+                             size_t n)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "header", j_header(h));
+    json_object *arr = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        json_object *m = json_object_new_object();
+        j_u64(m, "memberID", a[i]->memberid);
+        json_object_object_add(m, "alarm", json_object_new_int(a[i]->alarm));
+        json_object_array_add(arr, m);
+    }
+    if (n > 0)
+        json_object_object_add(o, "alarms", arr);
+    else
+        json_object_put(arr);
+    return o;
+}
+
+static int cmd_alarm(struct ctl *c, const char *sub, int argc, char **argv)
+{
+    bool disarm = !strcmp(sub, "disarm");
+    if (!disarm && strcmp(sub, "list") != 0) {
+        fprintf(stderr, "Error: unknown command \"alarm %s\"\n%s", sub, usage_text);
+        return EXIT_USAGE;
+    }
+    c->usage = disarm ? "alarm disarm" : "alarm list";
+    struct ctl_args pos;
+    parse_args(c, NULL, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    if (pos.argc != 0)
+        die(EXIT_USAGE, "alarm %s takes no arguments", sub);
+    Keel__Response *list = alarm_call(c, KEEL__ALARM_REQUEST__ALARM_ACTION__GET, NULL);
+    const Keel__AlarmResponse *l = list->alarm;
+    size_t n = l ? l->n_alarms : 0;
+    if (!disarm) {
+        if (c->fmt == OUT_JSON)
+            j_print(j_alarms(list->header, (const Keel__AlarmMember *const *)(l ? l->alarms : NULL),
+                             n));
+        else
+            print_alarms((const Keel__AlarmMember *const *)(l ? l->alarms : NULL), n);
+        keel_free(list);
+        return 0;
+    }
+    /* As clientv3's AlarmDisarm with no member named: every alarm listed, one by one. */
+    json_object *all = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        Keel__Response *r =
+            alarm_call(c, KEEL__ALARM_REQUEST__ALARM_ACTION__DEACTIVATE, l->alarms[i]);
+        const Keel__AlarmResponse *d = r->alarm;
+        size_t dn = d ? d->n_alarms : 0;
+        if (c->fmt == OUT_JSON)
+            json_object_array_add(
+                all,
+                j_alarms(r->header, (const Keel__AlarmMember *const *)(d ? d->alarms : NULL), dn));
+        else
+            print_alarms((const Keel__AlarmMember *const *)(d ? d->alarms : NULL), dn);
+        keel_free(r);
+    }
+    if (c->fmt == OUT_JSON)
+        j_print(json_object_array_length(all) == 1
+                    ? json_object_get(json_object_array_get_idx(all, 0))
+                    : json_object_get(all));
+    json_object_put(all);
+    keel_free(list);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Snapshots (snapfile.h: the file; the member streams a compacted copy of its store)
  */
 
@@ -1807,7 +1914,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < ci; i++)
         rest[nrest++] = argv[i];
     bool two_words = !strcmp(cmd, "member") || !strcmp(cmd, "endpoint") || !strcmp(cmd, "lease") ||
-                     !strcmp(cmd, "snapshot");
+                     !strcmp(cmd, "snapshot") || !strcmp(cmd, "alarm");
     const char *sub = NULL;
     if (two_words) {
         if (ci + 1 >= argc || argv[ci + 1][0] == '-') {
@@ -1840,6 +1947,8 @@ int main(int argc, char **argv)
         rv = cmd_endpoint_health(c, nrest, rest);
     else if (!strcmp(cmd, "lease"))
         rv = cmd_lease(c, sub, nrest, rest);
+    else if (!strcmp(cmd, "alarm"))
+        rv = cmd_alarm(c, sub, nrest, rest);
     else if (!strcmp(cmd, "snapshot"))
         rv = cmd_snapshot(c, sub, nrest, rest);
     else if (!strcmp(cmd, "version")) {

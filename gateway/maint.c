@@ -6,8 +6,10 @@
  * - Status is keel's status of the member that answered (the header's member_id), with the
  *   version "3.4.23": kube-apiserver enables progress requests only from 3.4.31 on, and keel's
  *   progress notifications are not proven equal to etcd's yet (etcd-api.md §5.3).
- * - Alarm goes to keel; while keel has no alarms (it refuses writes over its quota per request
- *   instead) GET and DEACTIVATE answer an empty list, as etcd does with no alarm raised.
+ * - Alarm goes to keel: GET lists the raised alarms (NOSPACE, raised on every member by the
+ *   write that passed the quota), ACTIVATE and DEACTIVATE of NOSPACE go through keel's log as
+ *   etcd's do. keel has no CORRUPT alarm: deactivating one answers an empty list (none is
+ *   raised), activating one Unimplemented.
  * - Defragment answers success after a keel round trip: keel's LMDB store reuses freed pages and
  *   its quota counts live data (dbSizeInUse), so there is nothing a defragmentation would free
  *   for writes; the round trip makes an unreachable cluster an error rather than a success.
@@ -106,8 +108,8 @@ static ProtobufCMessage *alarm_fail(const struct gw_call *c, int status, const K
         return NULL;
     if (arg == ETCDSERVERPB__ALARM_REQUEST__ALARM_ACTION__ACTIVATE) {
         *code = GW_UNIMPLEMENTED;
-        *message = "keel-gateway: keel has no alarms (it refuses writes over its quota with "
-                   "\"etcdserver: mvcc: database space exceeded\" instead)";
+        *message = "keel-gateway: keel raises only the NOSPACE alarm (a write past the quota "
+                   "raises it); it has no CORRUPT alarm";
         return NULL;
     }
     Keel__Response shell = KEEL__RESPONSE__INIT;

@@ -48,7 +48,7 @@ static const struct keel_reqkind kinds[] = {
     ROW(STATUS, I, NO),
     ROW(MOVE_LEADER, L, NO),
     ROW(SNAPSHOT, S, NO),
-    ROW(ALARM, W | L, NO), /* GET: see the refinements */
+    ROW(ALARM, W | L, KEEL__COMMAND__OP_ALARM), /* GET: see the refinements */
 
     ROW(AUTHENTICATE, I | L, NO),
     ROW(USER_ADD, W | L, NO),
@@ -127,7 +127,9 @@ bool keel_reqkind_is_leader_only(const Keel__Request *req)
     case KEEL__REQUEST__BODY_MEMBER_LIST:
         return req->member_list == NULL || req->member_list->linearizable;
     case KEEL__REQUEST__BODY_ALARM:
-        return !alarm_get(req);
+        /* GET too: the leader has applied every write it answered, so a client that just had
+         * a put refused for space sees the alarm that put raised (etcd lists through raft). */
+        return true;
     default:
         return true;
     }
@@ -136,8 +138,8 @@ bool keel_reqkind_is_leader_only(const Keel__Request *req)
 int keel_reqkind_to_command(const Keel__Request *req, Keel__Command *cmd)
 {
     const struct keel_reqkind *k = keel_reqkind_of(req->body_case);
-    if (k == NULL || k->command == KEEL__COMMAND__OP__NOT_SET)
-        return KEEL_EINVAL;
+    if (k == NULL || k->command == KEEL__COMMAND__OP__NOT_SET || alarm_get(req))
+        return KEEL_EINVAL; /* alarm GET is a read: nothing enters the log */
     const ProtobufCFieldDescriptor *from =
         protobuf_c_message_descriptor_get_field(&keel__request__descriptor, req->body_case);
     const ProtobufCFieldDescriptor *to =

@@ -163,10 +163,40 @@ static void serve_status(struct keel_dispatch *d, uint64_t session, const Keel__
     sr.name = (char *)cfg->name;
     sr.compactrevision = st.compact_revision;
     sr.quotabytes = (int64_t)st.quota_bytes;
+    /* etcd lists raised alarms among a status's errors, in this form. */
+    char alarm[64];
+    char *errors[1] = {alarm};
+    if (st.nospace_member != 0) {
+        snprintf(alarm, sizeof(alarm), "memberID:%llu alarm:NOSPACE",
+                 (unsigned long long)st.nospace_member);
+        sr.errors = errors;
+        sr.n_errors = 1;
+    }
     Keel__Response resp = KEEL__RESPONSE__INIT;
     resp.id = req->id;
     resp.body_case = KEEL__RESPONSE__BODY_STATUS;
     resp.status = &sr;
+    keel_reply_send(d->o.reply, session, &resp, st.revision, KEEL_RESPOND_ANSWER);
+}
+
+/* The alarms raised (cluster state this member has applied): etcd's AlarmList. */
+static void serve_alarm_list(struct keel_dispatch *d, uint64_t session, const Keel__Request *req)
+{
+    struct keel_store_stat st;
+    keel_store_stat(d->o.store, &st);
+    Keel__AlarmMember am = KEEL__ALARM_MEMBER__INIT;
+    Keel__AlarmMember *list[1] = {&am};
+    Keel__AlarmResponse ar = KEEL__ALARM_RESPONSE__INIT;
+    if (st.nospace_member != 0) {
+        am.memberid = st.nospace_member;
+        am.alarm = KEEL__ALARM_MEMBER__ALARM_TYPE__NOSPACE;
+        ar.alarms = list;
+        ar.n_alarms = 1;
+    }
+    Keel__Response resp = KEEL__RESPONSE__INIT;
+    resp.id = req->id;
+    resp.body_case = KEEL__RESPONSE__BODY_ALARM;
+    resp.alarm = &ar;
     keel_reply_send(d->o.reply, session, &resp, st.revision, KEEL_RESPOND_ANSWER);
 }
 
@@ -193,6 +223,12 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
         return;
     }
     const struct keel_reqkind *kind = keel_reqkind_of(req->body_case);
+    if (req->body_case == KEEL__REQUEST__BODY_ALARM && req->alarm != NULL &&
+        req->alarm->action == KEEL__ALARM_REQUEST__ALARM_ACTION__GET) {
+        serve_alarm_list(d, session, req); /* a read: the rest of ALARM goes through the log */
+        keel__request__free_unpacked(req, NULL);
+        return;
+    }
     if (kind != NULL && kind->command != KEEL__COMMAND__OP__NOT_SET) {
         if (req->body_case == KEEL__REQUEST__BODY_LEASE_GRANT)
             req->lease_grant->ttl = keel_lessor_clamp_ttl(d->o.lessor, req->lease_grant->ttl);

@@ -42,7 +42,7 @@ int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
     if (rc != 0)
         return ks_mdb_err(rc);
     if (val.mv_size != sizeof(*m) && val.mv_size != KS_META_V1_SIZE &&
-        val.mv_size != KS_META_V2_SIZE)
+        val.mv_size != KS_META_V2_SIZE && val.mv_size != KS_META_V3_SIZE)
         return KEEL_ECORRUPT;
     memset(m, 0, sizeof(*m));
     memcpy(m, val.mv_data, val.mv_size);
@@ -543,6 +543,7 @@ void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
     st->compact_revision = m.compact_revision;
     st->logical_size = m.logical_size;
     st->quota_bytes = ks_quota(&m);
+    st->nospace_member = m.nospace_member;
     st->quota_set = m.quota != 0;
     pthread_rwlock_rdlock(&s->swap_lock);
     MDB_envinfo info;

@@ -54,12 +54,16 @@ struct meta {
      * has been since it last applied anything (lease countdowns, server/lessor.h). */
     uint64_t clock_boot;
     uint64_t clock_ms;
+    /* The NOSPACE alarm: the member that raised it (0: none). Cluster state, through the log. */
+    uint64_t nospace_member;
 };
 
 /* A store made before the quota was cluster state: meta without its last fields. */
 #define KS_META_V1_SIZE offsetof(struct meta, quota)
 /* ... and before commits carried their clock. */
 #define KS_META_V2_SIZE offsetof(struct meta, clock_boot)
+/* ... and before the NOSPACE alarm. */
+#define KS_META_V3_SIZE offsetof(struct meta, nospace_member)
 
 /* This boot's identity (a hash of the kernel's boot id; 0 when unknown) and the monotonic
  * clock in ms, as meta's clock fields hold them. */
@@ -388,7 +392,12 @@ struct wctx {
     size_t plan_n, plan_pos;
     uint32_t sub; /* next sub-revision */
     struct pvec events;
+    bool quota_passed; /* a write was refused for passing the quota: the NOSPACE alarm rises */
 };
+
+/* Would adding add bytes pass the quota (noted in c->quota_passed), or is the NOSPACE alarm
+ * raised? Either way the write adding them fails with KEEL_ENOSPACE. */
+bool ks_over_quota(struct wctx *c, uint64_t add);
 
 int ks_mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct keel_arena *a,
                   struct keel_apply_result *res);

@@ -100,7 +100,7 @@ int ks_lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req,
     bool found;
     if (req->ttl <= 0 || req->id < 0)
         return KEEL_EINVAL;
-    if (c->m->logical_size + LEASE_RECORD > ks_quota(c->m))
+    if (ks_over_quota(c, LEASE_RECORD))
         return KEEL_ENOSPACE;
     int64_t id = req->id;
     if (id == 0) {

@@ -56,9 +56,13 @@ static int push_event(struct wctx *c, Keel__Event__EventType type, Keel__KeyValu
     return ks_pvec_push(c->a, &c->events, ev);
 }
 
-static bool over_quota(struct wctx *c, uint64_t add)
+/* While the NOSPACE alarm is raised every addition fails: writes that add data fail until the
+ * alarm is cleared, as etcd's do (deletes, compaction and revokes, which add nothing, go on). */
+bool ks_over_quota(struct wctx *c, uint64_t add)
 {
-    return c->m->logical_size + add > ks_quota(c->m);
+    if (c->m->logical_size + add > ks_quota(c->m))
+        c->quota_passed = true;
+    return c->quota_passed || c->m->nospace_member != 0;
 }
 
 static int check_key(const ProtobufCBinaryData *key)
@@ -139,7 +143,7 @@ static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse
     }
     uint64_t add =
         REVKEY_LEN + ks_record_size(r.key.mv_size, r.value.mv_size) + KEYREV_LEN + r.key.mv_size;
-    if (!c->planned && over_quota(c, add))
+    if (!c->planned && ks_over_quota(c, add))
         return KEEL_ENOSPACE; /* a planned txn checked its quota as a whole */
 
     int64_t rev = wctx_rev(c);
@@ -543,7 +547,7 @@ static int apply_txn(struct wctx *c, const Keel__TxnRequest *req, Keel__TxnRespo
     int err = plan_txn(c, req, &plan, &quota_add, &budget);
     if (err != 0)
         return err;
-    if (quota_add > 0 && over_quota(c, quota_add))
+    if (quota_add > 0 && ks_over_quota(c, quota_add))
         return KEEL_ENOSPACE;
     bool *decided = keel_arena_alloc(c->a, plan.n + 1);
     if (decided == NULL)
@@ -610,6 +614,37 @@ static int do_member_attrs(struct wctx *c, const Keel__Member *m)
     return 0;
 }
 
+/* Raise or clear the NOSPACE alarm; the answer lists the alarm raised or cleared. */
+static int do_alarm(struct wctx *c, const Keel__Command *cmd, Keel__AlarmResponse **out)
+{
+    const Keel__AlarmRequest *req = cmd->alarm;
+    Keel__AlarmResponse *resp = NEW_MSG(c->a, Keel__AlarmResponse, keel__alarm_response__init);
+    if (resp == NULL)
+        return KEEL_ENOMEM;
+    *out = resp;
+    uint64_t member = 0;
+    if (req->action == KEEL__ALARM_REQUEST__ALARM_ACTION__ACTIVATE) {
+        if (c->m->nospace_member == 0)
+            c->m->nospace_member = req->memberid ? req->memberid : cmd->origin ? cmd->origin : 1;
+        member = c->m->nospace_member;
+    } else if (c->m->nospace_member != 0 &&
+               (req->memberid == 0 || req->memberid == c->m->nospace_member)) {
+        member = c->m->nospace_member;
+        c->m->nospace_member = 0;
+    }
+    if (member == 0)
+        return 0;
+    Keel__AlarmMember *am = NEW_MSG(c->a, Keel__AlarmMember, keel__alarm_member__init);
+    resp->alarms = keel_arena_alloc(c->a, sizeof(*resp->alarms));
+    if (am == NULL || resp->alarms == NULL)
+        return KEEL_ENOMEM;
+    am->memberid = member;
+    am->alarm = KEEL__ALARM_MEMBER__ALARM_TYPE__NOSPACE;
+    resp->alarms[0] = am;
+    resp->n_alarms = 1;
+    return 0;
+}
+
 static int dispatch(struct wctx *c, const Keel__Command *cmd, Keel__Response *resp)
 {
     int err;
@@ -643,6 +678,10 @@ static int dispatch(struct wctx *c, const Keel__Command *cmd, Keel__Response *re
         return ks_lease_checkpoint(c, cmd->lease_checkpoint);
     case KEEL__COMMAND__OP_MEMBER_ATTRS:
         return do_member_attrs(c, cmd->member_attrs);
+    case KEEL__COMMAND__OP_ALARM:
+        /* Cluster state like the quota: no revision, no event. */
+        resp->body_case = KEEL__RESPONSE__BODY_ALARM;
+        return do_alarm(c, cmd, &resp->alarm);
     case KEEL__COMMAND__OP_QUOTA:
         /* Cluster metadata like member attributes: no revision, no event. */
         if (!cmd->quota->if_unset || c->m->quota == 0)
@@ -676,6 +715,11 @@ int ks_mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct k
     if (is_request_error(err)) {
         /* Single operations check before they write, so nothing was changed. */
         w->m = saved;
+        /* A write past the quota raises the NOSPACE alarm, in this same entry on every member
+         * (the sizes are replicated state): from now on every write that adds data fails until
+         * an operator disarms it, as etcd's alarm does. */
+        if (c.quota_passed && w->m.nospace_member == 0)
+            w->m.nospace_member = cmd->origin ? cmd->origin : 1;
         res->err = err;
         res->msg = keel_strerror(err);
         return 0;

@@ -72,6 +72,7 @@ struct keel_store_stat {
     uint64_t logical_size;    /* bytes the quota is checked against */
     uint64_t quota_bytes;     /* the cluster's quota: set through the log, else 2 GiB */
     bool quota_set;           /* a QuotaRequest has set it */
+    uint64_t nospace_member;  /* the NOSPACE alarm: the member that raised it (0: none) */
     uint64_t db_size;         /* bytes of the LMDB data file in use (pages x page size) */
 };
 

@@ -449,6 +449,14 @@ int ks_validate_command(const Keel__Command *cmd, const struct keel_limits *limi
         if (cmd->member_attrs->id == 0)
             return fail(&v, KEEL_EINVAL, "member id is 0");
         return 0;
+    case KEEL__COMMAND__OP_ALARM:
+        if (cmd->alarm->action != KEEL__ALARM_REQUEST__ALARM_ACTION__ACTIVATE &&
+            cmd->alarm->action != KEEL__ALARM_REQUEST__ALARM_ACTION__DEACTIVATE)
+            return fail(&v, KEEL_EINVAL, "an alarm command activates or deactivates");
+        if (cmd->alarm->alarm != KEEL__ALARM_MEMBER__ALARM_TYPE__NOSPACE &&
+            cmd->alarm->alarm != KEEL__ALARM_MEMBER__ALARM_TYPE__NONE)
+            return fail(&v, KEEL_EUNSUPPORTED, "keel raises and clears only the NOSPACE alarm");
+        return 0;
     case KEEL__COMMAND__OP_QUOTA:
         if (cmd->quota->bytes == 0)
             return fail(&v, KEEL_EINVAL, "quota of 0 bytes");

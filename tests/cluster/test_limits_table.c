@@ -516,6 +516,22 @@ static void watches(void **state)
 #define FILLER (QUOTA - 8 * 1024)
 #define GRANTS 2000
 
+/* The NOSPACE alarm's member (0: none raised), and the operator's disarm of it. */
+static uint64_t nospace_alarm(struct keel *k, bool disarm)
+{
+    Keel__AlarmRequest ar = KEEL__ALARM_REQUEST__INIT;
+    ar.action = disarm ? KEEL__ALARM_REQUEST__ALARM_ACTION__DEACTIVATE
+                       : KEEL__ALARM_REQUEST__ALARM_ACTION__GET;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_ALARM;
+    req.alarm = &ar;
+    Keel__Response *r = NULL;
+    assert_int_equal(keel_do(k, &req, &r), 0);
+    uint64_t member = r->alarm && r->alarm->n_alarms > 0 ? r->alarm->alarms[0]->memberid : 0;
+    keel_free(r);
+    return member;
+}
+
 static void leases(void **state)
 {
     (void)state;
@@ -575,10 +591,16 @@ static void leases(void **state)
     /* The quota is the cluster's: libkeel's writes are refused too, with the same code. */
     assert_int_equal(keel_lease_grant(k, 600, 0, NULL), KEEL_ENOSPACE);
     assert_int_equal(keel_put(k, "more", 4, "x", 1, NULL, NULL), KEEL_ENOSPACE);
-    /* A revoke makes room for one more lease. */
+    /* The first refusal raised the NOSPACE alarm: a revoke makes room for one more lease, but
+     * grants wait for the operator's disarm; then one fits, and the next raises it again. */
+    assert_true(nospace_alarm(k, false) != 0);
     assert_int_equal(keel_lease_revoke(k, some_lease), 0);
+    assert_int_equal(keel_lease_grant(k, 600, 0, NULL), KEEL_ENOSPACE);
+    assert_true(nospace_alarm(k, true) != 0);
+    assert_int_equal(nospace_alarm(k, false), 0);
     assert_int_equal(keel_lease_grant(k, 600, 0, NULL), 0);
     assert_int_equal(keel_lease_grant(k, 600, 0, NULL), KEEL_ENOSPACE);
+    assert_true(nospace_alarm(k, false) != 0);
     /* Deleting the filler adds to history; compacting it away makes room for writes. */
     Keel__DeleteRangeRequest del = KEEL__DELETE_RANGE_REQUEST__INIT;
     del.key.data = (uint8_t *)"filler";
@@ -593,6 +615,8 @@ static void leases(void **state)
     keel_free(r);
     assert_int_equal(keel_put(k, "more", 4, "x", 1, NULL, NULL), KEEL_ENOSPACE);
     assert_int_equal(keel_compact(k, rev), 0);
+    assert_int_equal(keel_put(k, "more", 4, "x", 1, NULL, NULL), KEEL_ENOSPACE); /* alarm */
+    assert_true(nospace_alarm(k, true) != 0);
     assert_int_equal(keel_put(k, "more", 4, "x", 1, NULL, NULL), 0);
     keel_close(k);
     close(fd);

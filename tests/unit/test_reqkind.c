@@ -51,6 +51,7 @@ static void served_writes_become_commands(void **state)
         KEEL__REQUEST__BODY_PUT,         KEEL__REQUEST__BODY_DELETE_RANGE,
         KEEL__REQUEST__BODY_TXN,         KEEL__REQUEST__BODY_COMPACTION,
         KEEL__REQUEST__BODY_LEASE_GRANT, KEEL__REQUEST__BODY_LEASE_REVOKE,
+        KEEL__REQUEST__BODY_ALARM,
     };
     size_t with_command = 0;
     for (int body = 0; body < 100; body++) {
@@ -74,6 +75,7 @@ static void served_writes_become_commands(void **state)
     Keel__CompactionRequest cmp = KEEL__COMPACTION_REQUEST__INIT;
     Keel__LeaseGrantRequest grant = KEEL__LEASE_GRANT_REQUEST__INIT;
     Keel__LeaseRevokeRequest revoke = KEEL__LEASE_REVOKE_REQUEST__INIT;
+    Keel__AlarmRequest alarm = KEEL__ALARM_REQUEST__INIT;
     Keel__Command c = KEEL__COMMAND__INIT;
     c.request_id = 77;
 
@@ -93,6 +95,8 @@ static void served_writes_become_commands(void **state)
     MOVES(COMPACTION, compaction, cmp);
     MOVES(LEASE_GRANT, lease_grant, grant);
     MOVES(LEASE_REVOKE, lease_revoke, revoke);
+    alarm.action = KEEL__ALARM_REQUEST__ALARM_ACTION__ACTIVATE; /* GET is a read, served at once */
+    MOVES(ALARM, alarm, alarm);
 #undef MOVES
 
     /* Reads, unserved writes and missing bodies are refused and leave cmd alone. */
@@ -166,7 +170,10 @@ static void idempotency_rules(void **state)
     a.action = KEEL__ALARM_REQUEST__ALARM_ACTION__GET;
     assert_true(keel_reqkind_is_idempotent(&req));
     assert_false(keel_reqkind_is_write(&req));
-    assert_false(keel_reqkind_is_leader_only(&req));
+    /* The leader has applied every write it answered: the alarm a refused put raised. */
+    assert_true(keel_reqkind_is_leader_only(&req));
+    Keel__Command none = KEEL__COMMAND__INIT;
+    assert_int_equal(keel_reqkind_to_command(&req, &none), KEEL_EINVAL);
     a.action = KEEL__ALARM_REQUEST__ALARM_ACTION__ACTIVATE;
     assert_false(keel_reqkind_is_idempotent(&req));
     assert_true(keel_reqkind_is_write(&req));

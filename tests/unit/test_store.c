@@ -740,6 +740,20 @@ static void lease_checkpoints(void **state)
 
 /* ---- quota ---- */
 
+/* The operator's disarm, as keelctl alarm disarm proposes it. */
+static Keel__Command *cmd_disarm(struct keel_arena *a)
+{
+    Keel__AlarmRequest *ar = keel_arena_alloc(a, sizeof(*ar));
+    Keel__Command *c = keel_arena_alloc(a, sizeof(*c));
+    keel__alarm_request__init(ar);
+    keel__command__init(c);
+    ar->action = KEEL__ALARM_REQUEST__ALARM_ACTION__DEACTIVATE;
+    ar->alarm = KEEL__ALARM_MEMBER__ALARM_TYPE__NOSPACE;
+    c->op_case = KEEL__COMMAND__OP_ALARM;
+    c->alarm = ar;
+    return c;
+}
+
 static Keel__Command *cmd_quota(struct keel_arena *a, uint64_t bytes, bool if_unset)
 {
     Keel__QuotaRequest *q = keel_arena_alloc(a, sizeof(*q));
@@ -797,11 +811,21 @@ static void quota_is_cluster_state(void **state)
     assert_int_equal(st.quota_bytes, 48 * 1024);
     keel_store_stat(g->s, &st);
     assert_int_equal(st.quota_bytes, 48 * 1024);
+    /* The refused put raised the NOSPACE alarm on both, naming the proposer. */
+    assert_int_equal(st.nospace_member, 1);
+    keel_store_stat(f->s, &st);
+    assert_int_equal(st.nospace_member, 1);
 
-    /* Set outright (an operator's change, later): every member follows. */
+    /* Set outright (an operator's change, later): every member follows. Writes wait for the
+     * alarm to be disarmed. */
     ap(f, cmd_quota(&f->a, 1ull << 30, false));
     keel_store_stat(f->s, &st);
     assert_int_equal(st.quota_bytes, 1ull << 30);
+    assert_int_equal(ap(f, tu_cmd_put(&f->a, "more", value)).err, KEEL_ENOSPACE);
+    struct keel_apply_result d = ap(f, cmd_disarm(&f->a));
+    assert_int_equal(d.err, 0);
+    assert_int_equal(d.response->alarm->n_alarms, 1);
+    assert_int_equal(d.response->alarm->alarms[0]->memberid, 1);
     assert_int_equal(ap(f, tu_cmd_put(&f->a, "more", value)).err, 0);
     /* And a quota of 0 is refused. */
     assert_int_equal(ap(f, cmd_quota(&f->a, 0, false)).err, KEEL_EINVAL);
@@ -835,6 +859,10 @@ static void quota_refuses_puts_allows_deletes(void **state)
     struct keel_apply_result r = ap(f, tu_cmd_del(&f->a, "k", "l"));
     assert_int_equal(r.err, 0);
     ap(f, tu_cmd_compact(&f->a, rev + 1));
+    /* ... but writes stay refused while the NOSPACE alarm the refused put raised is up */
+    assert_int_equal(ap(f, tu_cmd_put(&f->a, "again", value)).err, KEEL_ENOSPACE);
+    assert_int_equal(ap(f, tu_cmd_lease_grant(&f->a, 1, 10)).err, KEEL_ENOSPACE);
+    assert_int_equal(ap(f, cmd_disarm(&f->a)).err, 0);
     r = ap(f, tu_cmd_put(&f->a, "again", value));
     assert_int_equal(r.err, 0);
     /* lease grants count too */

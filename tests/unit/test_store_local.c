@@ -177,17 +177,19 @@ static void entry(struct keel_arena *a, const Keel__Command **cmds, int *want_er
     tu_op_put(tu_txn_op(a, t, 1), tu_put_req(a, "d", "2"));
     cmds[3] = tu_cmd_txn(a, t);
     want_err[3] = KEEL_EDUPKEY;
-    /* 4: more than the quota */
+    /* 4: a put attached to the lease */
+    cmds[4] = tu_cmd_put_lease(a, "z", "v", 7);
+    want_err[4] = 0;
+    /* 5: a lease grant */
+    cmds[5] = tu_cmd_lease_grant(a, 8, 60);
+    want_err[5] = 0;
+    /* 6: more than the quota (last: it raises the NOSPACE alarm, and every put after it in
+     * the entry would fail too) */
     static char big[70 * 1024];
     memset(big, 'B', sizeof(big) - 1);
-    cmds[4] = tu_cmd_put(a, "big", big);
-    want_err[4] = KEEL_ENOSPACE;
-    /* 5: a put attached to the lease */
-    cmds[5] = tu_cmd_put_lease(a, "z", "v", 7);
-    want_err[5] = 0;
-    /* 6: a lease grant, 7: a delete */
-    cmds[6] = tu_cmd_lease_grant(a, 8, 60);
-    want_err[6] = 0;
+    cmds[6] = tu_cmd_put(a, "big", big);
+    want_err[6] = KEEL_ENOSPACE;
+    /* 7: a delete, which the alarm lets through */
     cmds[7] = tu_cmd_del(a, "a", NULL);
     want_err[7] = 0;
 }
