@@ -71,6 +71,7 @@ static const char *const usage_text =
     "  lease grant TTL | lease revoke ID | lease timetolive ID [--keys] | lease list\n"
     "  lease keep-alive [--once] ID\n"
     "  alarm list | alarm disarm\n"
+    "  defrag [--cluster]          (each endpoint's member, or every member)\n"
     "  snapshot save FILE          (one endpoint: a consistent copy of its store)\n"
     "  snapshot status FILE\n"
     "  snapshot restore FILE --name N --initial-cluster LIST [--data-dir D]\n"
@@ -1059,6 +1060,86 @@ static int cmd_alarm(struct ctl *c, const char *sub, int argc, char **argv)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Defragmentation (each member shrinks its own store file while it keeps serving)
+ */
+
+static char **split_endpoints(struct ctl *c, size_t *n);
+
+static int cmd_defrag(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "defrag [--cluster]";
+    bool cluster = false;
+    struct ctl_flag t[] = {
+        {"cluster", 0, CTL_BOOL, &cluster, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    bool timeout_given = c->timeout != NULL || c->command_timeout != NULL;
+    apply_globals(c);
+    no_table(c);
+    if (pos.argc != 0)
+        die(EXIT_USAGE, "defrag does not accept arguments");
+    /* A copy of a big store takes a while: without --timeout, wait up to 10 minutes. */
+    uint32_t timeout = timeout_given ? (uint32_t)c->timeout_ms : 600000;
+    size_t n = 0;
+    char **eps;
+    Keel__Response *ml = NULL;
+    if (cluster) {
+        Keel__MemberListRequest mr = KEEL__MEMBER_LIST_REQUEST__INIT;
+        Keel__Request req = KEEL__REQUEST__INIT;
+        req.body_case = KEEL__REQUEST__BODY_MEMBER_LIST;
+        req.member_list = &mr;
+        ml = run(c, &req);
+        size_t cap = 0;
+        for (size_t i = 0; i < ml->member_list->n_members; i++)
+            cap += ml->member_list->members[i]->n_clienturls ? 1 : 0;
+        eps = keel_arena_alloc(&c->arena, (cap ? cap : 1) * sizeof(*eps));
+        for (size_t i = 0; eps && i < ml->member_list->n_members; i++)
+            if (ml->member_list->members[i]->n_clienturls)
+                eps[n++] = ml->member_list->members[i]->clienturls[0];
+    } else {
+        eps = split_endpoints(c, &n);
+    }
+    struct keel *k = client(c);
+    bool failed = false;
+    json_object *arr = c->fmt == OUT_JSON ? json_object_new_array() : NULL;
+    for (size_t i = 0; i < n; i++) {
+        Keel__DefragmentRequest dq = KEEL__DEFRAGMENT_REQUEST__INIT;
+        Keel__Request req = KEEL__REQUEST__INIT;
+        req.body_case = KEEL__REQUEST__BODY_DEFRAGMENT;
+        req.defragment = &dq;
+        const char *ep = strncmp(eps[i], "http://", 7) == 0 ? eps[i] + 7 : eps[i];
+        struct keel_call_opts opts = {.endpoint = ep, .timeout_ms = timeout};
+        Keel__Response *resp = NULL;
+        int rv = keel_do_ex(k, &req, &opts, &resp);
+        if (rv != 0) {
+            const char *msg = keel_errmsg();
+            fprintf(stderr, "Failed to defragment etcd member[%s] (%s)\n", eps[i],
+                    msg && msg[0] ? msg : keel_strerror(rv));
+            failed = true;
+            continue;
+        }
+        const Keel__DefragmentResponse *d = resp->defragment;
+        if (arr != NULL) {
+            json_object *o = json_object_new_object();
+            j_str(o, "endpoint", eps[i]);
+            j_i64(o, "dbSizeBefore", d ? d->db_size_before : 0);
+            j_i64(o, "dbSizeAfter", d ? d->db_size_after : 0);
+            json_object_array_add(arr, o);
+        } else {
+            printf("Finished defragmenting etcd member[%s]\n", eps[i]);
+        }
+        keel_free(resp);
+    }
+    if (arr != NULL)
+        j_print(arr);
+    if (ml != NULL)
+        keel_free(ml);
+    return failed ? 1 : 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Snapshots (snapfile.h: the file; the member streams a compacted copy of its store)
  */
 
@@ -1949,6 +2030,8 @@ int main(int argc, char **argv)
         rv = cmd_lease(c, sub, nrest, rest);
     else if (!strcmp(cmd, "alarm"))
         rv = cmd_alarm(c, sub, nrest, rest);
+    else if (!strcmp(cmd, "defrag"))
+        rv = cmd_defrag(c, nrest, rest);
     else if (!strcmp(cmd, "snapshot"))
         rv = cmd_snapshot(c, sub, nrest, rest);
     else if (!strcmp(cmd, "version")) {

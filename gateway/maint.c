@@ -10,9 +10,9 @@
  *   write that passed the quota), ACTIVATE and DEACTIVATE of NOSPACE go through keel's log as
  *   etcd's do. keel has no CORRUPT alarm: deactivating one answers an empty list (none is
  *   raised), activating one Unimplemented.
- * - Defragment answers success after a keel round trip: keel's LMDB store reuses freed pages and
- *   its quota counts live data (dbSizeInUse), so there is nothing a defragmentation would free
- *   for writes; the round trip makes an unreachable cluster an error rather than a success.
+ * - Defragment defragments the keel member the gateway's request reaches (keel's online
+ *   defragmentation: the member keeps serving); etcd defragments the member the client names,
+ *   and behind a gateway that is the gateway.
  * - Hash, HashKV and Snapshot: keel has no consistent hash, and libkeel does not carry keel's
  *   snapshot stream (and etcd's snapshot format is bbolt's): Unimplemented.
  * - Auth: keel-gateway serves no authentication yet, so etcd's answers for a cluster with auth
@@ -152,10 +152,10 @@ static const struct gw_unary_ops defrag_ops = {defrag_reply, NULL};
 
 static void on_defrag(struct gw_call *c, ProtobufCMessage *msg)
 {
-    Keel__StatusRequest k = KEEL__STATUS_REQUEST__INIT;
+    Keel__DefragmentRequest k = KEEL__DEFRAGMENT_REQUEST__INIT;
     Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_STATUS;
-    req.status = &k;
+    req.body_case = KEEL__REQUEST__BODY_DEFRAGMENT;
+    req.defragment = &k;
     gw_unary_send(c, &req, &defrag_ops, 0);
     protobuf_c_message_free_unpacked(msg, NULL);
 }

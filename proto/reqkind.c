@@ -49,6 +49,8 @@ static const struct keel_reqkind kinds[] = {
     ROW(MOVE_LEADER, L, NO),
     ROW(SNAPSHOT, S, NO),
     ROW(ALARM, W | L, KEEL__COMMAND__OP_ALARM), /* GET: see the refinements */
+    /* A member defragments its own store; not idempotent: a retry runs a second pass. */
+    ROW(DEFRAGMENT, 0, NO),
 
     ROW(AUTHENTICATE, I | L, NO),
     ROW(USER_ADD, W | L, NO),

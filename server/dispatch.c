@@ -200,6 +200,45 @@ static void serve_alarm_list(struct keel_dispatch *d, uint64_t session, const Ke
     keel_reply_send(d->o.reply, session, &resp, st.revision, KEEL_RESPOND_ANSWER);
 }
 
+/* A Defragment waiting for the storage writer: whom to answer. */
+struct defrag_wait {
+    struct keel_dispatch *d;
+    uint64_t session, id;
+};
+
+static void defrag_done(void *data, int err, const char *msg, uint64_t before, uint64_t after)
+{
+    struct defrag_wait *w = data;
+    if (err != 0) {
+        keel_reply_error(w->d->o.reply, w->session, w->id, err, msg);
+    } else {
+        Keel__DefragmentResponse dr = KEEL__DEFRAGMENT_RESPONSE__INIT;
+        dr.db_size_before = (int64_t)before;
+        dr.db_size_after = (int64_t)after;
+        Keel__Response resp = KEEL__RESPONSE__INIT;
+        resp.id = w->id;
+        resp.body_case = KEEL__RESPONSE__BODY_DEFRAGMENT;
+        resp.defragment = &dr;
+        keel_reply_send(w->d->o.reply, w->session, &resp, -1, KEEL_RESPOND_ANSWER);
+    }
+    free(w);
+}
+
+static void serve_defragment(struct keel_dispatch *d, uint64_t session, const Keel__Request *req)
+{
+    struct defrag_wait *w = d->o.fsm != NULL ? malloc(sizeof(*w)) : NULL;
+    if (w == NULL) {
+        keel_reply_error(d->o.reply, session, req->id, d->o.fsm ? KEEL_ENOMEM : KEEL_EUNSUPPORTED,
+                         NULL);
+        return;
+    }
+    *w = (struct defrag_wait){d, session, req->id};
+    if (keel_fsm_defrag(d->o.fsm, defrag_done, w) != 0) {
+        free(w);
+        keel_reply_error(d->o.reply, session, req->id, KEEL_ENOMEM, NULL);
+    }
+}
+
 static void serve_member_list(struct keel_dispatch *d, uint64_t session, const Keel__Request *req)
 {
     keel_arena_reset(&d->arena);
@@ -268,6 +307,9 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
         break;
     case KEEL__REQUEST__BODY_SNAPSHOT:
         keel_snapstream_start(d->o.snapstream, session, req->id);
+        break;
+    case KEEL__REQUEST__BODY_DEFRAGMENT:
+        serve_defragment(d, session, req);
         break;
     case KEEL__REQUEST__BODY_WATCH_CREATE:
     case KEEL__REQUEST__BODY_WATCH_CANCEL:

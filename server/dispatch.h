@@ -45,6 +45,7 @@ struct keel_dispatch_options {
     /* The writer's progress: a restarted member serves serializable reads only once it has
      * applied again what it had shown before (shown_before). NULL: no such wait. */
     const struct keel_fsm_progress *progress;
+    struct keel_fsm *fsm; /* Defragment runs on its writer (NULL: refused) */
 };
 
 /* 0 or KEEL_ENOMEM. What o points to must outlive it. */

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "bytes.h"
+#include "defrag.h"
 #include "fetch.h"
 #include "log.h"
 
@@ -31,12 +32,23 @@
 #define SYNC_WAIT_MS     60000      /* a snapshot waits this long for the writer, on raft's pool */
 #define FETCH_TIMEOUT    10000
 
-enum job_kind { JOB_APPLY, JOB_FETCH, JOB_SYNC };
+enum job_kind { JOB_APPLY, JOB_FETCH, JOB_SYNC, JOB_DEFRAG };
+
+/* A defragmentation asked for (JOB_DEFRAG's), and its outcome for the loop. */
+struct defrag_req {
+    struct defrag_req *next;
+    keel_fsm_defrag_cb cb;
+    void *data;
+    int err;
+    char msg[200];
+    uint64_t before, after; /* the store file's bytes */
+};
 
 struct job {
     struct job *next;
     enum job_kind kind;
-    uint64_t index; /* APPLY: entry index; FETCH: token index; SYNC: sequence number */
+    uint64_t index;            /* APPLY: entry index; FETCH: token index; SYNC: sequence number */
+    struct defrag_req *defrag; /* DEFRAG */
     size_t len;
     uint8_t data[];
 };
@@ -57,6 +69,11 @@ struct keel_fsm {
     char leader[64];                              /* under mu */
     int stopping;                                 /* under mu */
     int thread_running;
+    /* Online defragmentation (defrag.h): the one under way and who asked for it (writer). */
+    struct keel_defrag *dg;
+    struct defrag_req *dg_req;
+    bool dg_wake;                   /* under mu: the defragmentation's state changed */
+    struct defrag_req *defrag_done; /* under mu: outcomes for the loop */
     uint64_t gap_from;          /* writer: token index of a fetch abandoned at shutdown (0: none) */
     uint64_t gap_dropped;       /* writer: entries dropped above gap_from */
     uint64_t fetch_pending;     /* loop: token index of a fetch not yet reported done (0: none) */
@@ -284,14 +301,101 @@ static void deliver(struct keel_fsm *f, struct keel_fsm_batch *b)
         commit(f);
 }
 
+/* ---- online defragmentation (defrag.h), driven from the writer ---- */
+
+static void defrag_wake(void *data)
+{
+    struct keel_fsm *f = data;
+    pthread_mutex_lock(&f->mu);
+    f->dg_wake = true;
+    pthread_cond_signal(&f->cond);
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* Hand a defragmentation's outcome to the loop. */
+static void defrag_report(struct keel_fsm *f, struct defrag_req *r)
+{
+    pthread_mutex_lock(&f->mu);
+    r->next = f->defrag_done;
+    f->defrag_done = r;
+    pthread_mutex_unlock(&f->mu);
+    uv_async_send(&f->async);
+}
+
+static void defrag_begin(struct keel_fsm *f, struct defrag_req *r)
+{
+    struct keel_store_stat st;
+    keel_store_stat(f->o.store, &st);
+    r->before = st.db_size;
+    if (f->dg != NULL) {
+        r->err = KEEL_ETOOMANYREQUESTS;
+        snprintf(r->msg, sizeof(r->msg), "a defragmentation is already running on this member");
+        defrag_report(f, r);
+        return;
+    }
+    /* The copy starts from the committed store: everything applied so far is in it. */
+    if (f->w != NULL)
+        commit(f);
+    int err = keel_defrag_start(f->o.store, defrag_wake, f, &f->dg);
+    if (err != 0) {
+        r->err = err;
+        snprintf(r->msg, sizeof(r->msg), "the defragmentation could not start");
+        defrag_report(f, r);
+        return;
+    }
+    f->dg_req = r;
+    KLOG_INFO("defragmentation: copying the store (%llu bytes) while it keeps serving",
+              (unsigned long long)st.db_size);
+}
+
+/* End the one under way: swapped in when done (force: given up either way). */
+static void defrag_end(struct keel_fsm *f, bool force)
+{
+    struct defrag_req *r = f->dg_req;
+    if (f->w != NULL)
+        commit(f); /* the live store committed: the copy takes the last entries, then the swap */
+    struct keel_store_stat st;
+    keel_store_stat(f->o.store, &st);
+    uint64_t t0 = now_ms();
+    r->err = keel_defrag_finish(f->dg, st.applied_index, force, r->msg, sizeof(r->msg));
+    if (force)
+        snprintf(r->msg, sizeof(r->msg),
+                 "defragmentation abandoned: the member is stopping or restoring a checkpoint");
+    f->dg = NULL;
+    f->dg_req = NULL;
+    keel_store_stat(f->o.store, &st);
+    r->after = st.db_size;
+    if (r->err == 0)
+        KLOG_INFO("defragmentation: the store file went from %llu to %llu bytes (writes waited "
+                  "%llu ms for the last step)",
+                  (unsigned long long)r->before, (unsigned long long)r->after,
+                  (unsigned long long)(now_ms() - t0));
+    else
+        KLOG_WARN("defragmentation failed: %s", r->msg);
+    defrag_report(f, r);
+}
+
+/* Between jobs: end the defragmentation once its copy caught up, or failed. */
+static void defrag_poll(struct keel_fsm *f)
+{
+    if (f->dg != NULL && keel_defrag_state(f->dg) != KEEL_DEFRAG_COPYING)
+        defrag_end(f, false);
+}
+
 static void *writer_main(void *arg)
 {
     struct keel_fsm *f = arg;
     for (;;) {
         pthread_mutex_lock(&f->mu);
         /* With a write open, wait no longer than its commit is due. */
-        while (f->head == NULL && !f->stopping && f->w == NULL)
+        while (f->head == NULL && !f->stopping && f->w == NULL && !f->dg_wake)
             pthread_cond_wait(&f->cond, &f->mu);
+        if (f->dg_wake) {
+            f->dg_wake = false;
+            pthread_mutex_unlock(&f->mu);
+            defrag_poll(f);
+            pthread_mutex_lock(&f->mu);
+        }
         if (f->head == NULL && !f->stopping && f->w != NULL) {
             uint64_t due = f->w_began + f->commit_ms, now = now_ms();
             if (due > now) {
@@ -306,6 +410,8 @@ static void *writer_main(void *arg)
         if (f->head == NULL) {
             int stopping = f->stopping;
             pthread_mutex_unlock(&f->mu);
+            if (stopping && f->dg != NULL)
+                defrag_end(f, true);
             if (f->w != NULL && (stopping || now_ms() - f->w_began >= f->commit_ms))
                 commit(f); /* idle, or stopping: what is applied goes to disk */
             if (stopping)
@@ -349,6 +455,14 @@ static void *writer_main(void *arg)
                 if (b == NULL)
                     b = batch_new();
                 apply_job(f->w, b, j);
+                if (f->dg != NULL)
+                    keel_defrag_feed(f->dg, j->index, j->data, j->len);
+            } else if (j->kind == JOB_DEFRAG) {
+                if (b != NULL) {
+                    deliver(f, b);
+                    b = NULL;
+                }
+                defrag_begin(f, j->defrag);
             } else {
                 /* Fetch and sync see everything before them published and committed. */
                 if (b != NULL) {
@@ -357,6 +471,8 @@ static void *writer_main(void *arg)
                 }
                 if (f->w != NULL)
                     commit(f);
+                if (j->kind == JOB_FETCH && f->dg != NULL)
+                    defrag_end(f, true); /* the store is about to be replaced whole */
                 if (j->kind == JOB_FETCH) {
                     int got = do_fetch(f, j->index);
                     if (got < 0 && j->index > f->gap_from)
@@ -378,6 +494,7 @@ static void *writer_main(void *arg)
         }
         if (b != NULL)
             deliver(f, b);
+        defrag_poll(f);
     }
     return NULL;
 }
@@ -390,7 +507,15 @@ static void on_async(uv_async_t *a)
     pthread_mutex_lock(&f->mu);
     struct keel_fsm_batch *b = f->done_head;
     f->done_head = f->done_tail = NULL;
+    struct defrag_req *dr = f->defrag_done;
+    f->defrag_done = NULL;
     pthread_mutex_unlock(&f->mu);
+    while (dr != NULL) {
+        struct defrag_req *next = dr->next;
+        dr->cb(dr->data, dr->err, dr->err ? dr->msg : NULL, dr->before, dr->after);
+        free(dr);
+        dr = next;
+    }
     while (b != NULL) {
         struct keel_fsm_batch *next = b->next;
         if (b->applied_index > f->progress.committed)
@@ -439,6 +564,25 @@ int keel_fsm_sync_begin(struct keel_fsm *f, uint64_t *ticket)
     j->len = 0;
     enqueue(f, j);
     *ticket = seq;
+    return 0;
+}
+
+int keel_fsm_defrag(struct keel_fsm *f, keel_fsm_defrag_cb cb, void *data)
+{
+    struct defrag_req *r = calloc(1, sizeof(*r));
+    struct job *j = malloc(sizeof(*j));
+    if (r == NULL || j == NULL) {
+        free(r);
+        free(j);
+        return KEEL_ENOMEM;
+    }
+    r->cb = cb;
+    r->data = data;
+    j->kind = JOB_DEFRAG;
+    j->index = 0;
+    j->len = 0;
+    j->defrag = r;
+    enqueue(f, j);
     return 0;
 }
 
@@ -590,6 +734,7 @@ void keel_fsm_free(struct keel_fsm *f)
     struct job *j = f->head;
     while (j) {
         struct job *next = j->next;
+        free(j->kind == JOB_DEFRAG ? (void *)j->defrag : NULL);
         free(j);
         j = next;
     }

@@ -125,6 +125,16 @@ int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN
 int keel_fsm_snapshot_wait(struct keel_fsm *f, uint64_t ticket);
 
 /*
+ * Defragment the store online (defrag.h) after everything queued so far: cb(data, err, msg,
+ * before, after) on the loop when it is done (err 0: the store file went from before to after
+ * bytes) or failed (msg says why; KEEL_ETOOMANYREQUESTS when one is already running). 0 or
+ * KEEL_ENOMEM (cb never called).
+ */
+typedef void (*keel_fsm_defrag_cb)(void *data, int err, const char *msg, uint64_t before,
+                                   uint64_t after);
+int keel_fsm_defrag(struct keel_fsm *f, keel_fsm_defrag_cb cb, void *data);
+
+/*
  * The sync alone (loop): queue a commit and sync of everything queued so far, to be waited for
  * with keel_fsm_snapshot_wait(*ticket) off the loop (a snapshot stream copies the store only
  * then, so its copy holds every write answered before it was asked for). 0, KEEL_EUNAVAILABLE

@@ -332,7 +332,8 @@ static int wire(struct keeld *k)
                                          .snapstream = &k->snapstream,
                                          .watch = k->watch,
                                          .lessor = k->lessor,
-                                         .progress = keel_fsm_progress(k->fsm)};
+                                         .progress = keel_fsm_progress(k->fsm),
+                                         .fsm = k->fsm};
     if ((rv = keel_dispatch_new(&dopt, &k->dispatch)) != 0)
         return rv;
     struct keel_node_options no = {.loop = &k->loop,

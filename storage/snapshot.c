@@ -67,13 +67,10 @@ void keel_store_restore_abort(struct keel_store *s, int fd)
     }
 }
 
-int keel_store_restore_finish(struct keel_store *s, int fd, uint64_t min_index)
+/* The copy in "incoming" is whole on disk (the caller synced its files): check it, promise it
+ * ("ready") and swap it in; on failure it is removed and the store keeps its state. */
+static int swap_in(struct keel_store *s, int err, uint64_t min_index)
 {
-    /* The file, then its directory entry: a crash after the rename below must find the whole
-     * copy, and "ready" promises exactly that to ks_env_recover. */
-    int err = fsync(fd) == 0 ? 0 : KEEL_EIO;
-    if (close(fd) != 0 && err == 0)
-        err = KEEL_EIO;
     struct ks_swap_paths p;
     int perr = ks_swap_paths_init(&p, s->path);
     if (perr != 0)
@@ -93,6 +90,53 @@ int keel_store_restore_finish(struct keel_store *s, int fd, uint64_t min_index)
     }
     ks_swap_paths_close(&p);
     return err == 0 ? ks_env_swap(s) : err;
+}
+
+int keel_store_restore_finish(struct keel_store *s, int fd, uint64_t min_index)
+{
+    /* The file, then its directory entry: a crash after the rename below must find the whole
+     * copy, and "ready" promises exactly that to ks_env_recover. */
+    int err = fsync(fd) == 0 ? 0 : KEEL_EIO;
+    if (close(fd) != 0 && err == 0)
+        err = KEEL_EIO;
+    return swap_in(s, err, min_index);
+}
+
+int keel_store_defrag_open(struct keel_store *s, int fd, struct keel_store **copy)
+{
+    /* The copy's file, synced, then opened where it lies as a store of its own. */
+    int err = fsync(fd) == 0 ? 0 : KEEL_EIO;
+    if (close(fd) != 0 && err == 0)
+        err = KEEL_EIO;
+    struct ks_swap_paths p;
+    if (err == 0)
+        err = ks_swap_paths_init(&p, s->path);
+    if (err != 0)
+        return err;
+    struct keel_store_options o = {.path = p.incoming,
+                                   .map_size = s->map_size,
+                                   .quota_bytes = s->map_size / 4,
+                                   .no_sync = s->no_sync};
+    err = keel_store_open(&o, copy);
+    if (err != 0)
+        ks_rm_tree(p.incoming);
+    ks_swap_paths_close(&p);
+    return err;
+}
+
+int keel_store_defrag_swap(struct keel_store *s, struct keel_store *copy, uint64_t min_index)
+{
+    /* Closing the copy waits for its last sync: its files are whole on disk. */
+    int err = keel_store_sync(copy);
+    keel_store_close(copy);
+    return swap_in(s, err, min_index);
+}
+
+void keel_store_defrag_abort(struct keel_store *s, struct keel_store *copy)
+{
+    if (copy != NULL)
+        keel_store_close(copy);
+    keel_store_restore_abort(s, -1);
 }
 
 int keel_store_restore(struct keel_store *s, int fd, uint64_t min_index)

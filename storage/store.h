@@ -273,6 +273,21 @@ int keel_store_restore_begin(struct keel_store *s, int *fd);
 int keel_store_restore_finish(struct keel_store *s, int fd, uint64_t min_index);
 void keel_store_restore_abort(struct keel_store *s, int fd);
 
+/*
+ * Online defragmentation, in steps the storage writer drives (fsm.c): keel_store_restore_begin
+ * gives the descriptor a compacted copy is written to (keel_store_snapshot, from any thread,
+ * while the store goes on); keel_store_defrag_open takes fd over and opens that copy as a store
+ * of its own, *copy, into which the caller applies every entry the live store applied after
+ * the copy's point (the same commands at the same indexes give the same state); once *copy
+ * has caught up with the live store and neither is being written, keel_store_defrag_swap syncs
+ * and closes *copy, checks it (its applied index must be at least min_index) and swaps it in as
+ * keel_store_restore does (readers wait for the swap only). _abort closes and discards it.
+ * 0 or KEEL_E*; on failure the store keeps its state.
+ */
+int keel_store_defrag_open(struct keel_store *s, int fd, struct keel_store **copy);
+int keel_store_defrag_swap(struct keel_store *s, struct keel_store *copy, uint64_t min_index);
+void keel_store_defrag_abort(struct keel_store *s, struct keel_store *copy);
+
 /* What a snapshot copy holds (keel_store_inspect). */
 struct keel_store_info {
     uint64_t applied_index;   /* raft index of the last command in it (its cluster's log) */
