@@ -126,6 +126,11 @@ struct keel_sessions {
     uv_check_t flush;
     uv_idle_t wake_idle;
     int wake_on;
+    /* Active while sessions are dirty: output queued outside the check phase (a write callback
+     * that runs in libuv's pending phase, a timer) must not wait for the loop's next wake-up
+     * (an active idle handle makes the poll return at once; flush_dirty stops it). */
+    uv_idle_t flush_idle;
+    int flush_on;
     struct keel_u64map live;
     uint64_t next_id;
     struct keel_session *dirty;
@@ -148,12 +153,22 @@ static void start_write(struct keel_session *s);
 static void session_close(struct keel_session *s);
 static void pump(struct keel_session *s);
 
+static void keep_awake(uv_idle_t *h)
+{
+    (void)h; /* its being active is the point: the loop's poll does not sleep */
+}
+
 static void mark_dirty(struct keel_session *s)
 {
+    struct keel_sessions *ss = s->ss;
     if (!s->dirty) {
         s->dirty = 1;
-        s->dirty_next = s->ss->dirty;
-        s->ss->dirty = s;
+        s->dirty_next = ss->dirty;
+        ss->dirty = s;
+    }
+    if (!ss->flush_on && !ss->closing) {
+        uv_idle_start(&ss->flush_idle, keep_awake);
+        ss->flush_on = 1;
     }
 }
 
@@ -577,6 +592,10 @@ static void flush_dirty(uv_check_t *h)
     struct keel_sessions *ss = h->data;
     struct keel_session *s = ss->dirty;
     ss->dirty = NULL;
+    if (ss->flush_on) {
+        uv_idle_stop(&ss->flush_idle); /* mark_dirty starts it again for what comes below */
+        ss->flush_on = 0;
+    }
     while (s != NULL) {
         struct keel_session *next = s->dirty_next;
         s->dirty = 0;
@@ -804,7 +823,9 @@ int keel_sessions_new(uv_loop_t *loop, const struct keel_config *cfg, struct kee
     uv_check_start(&ss->flush, flush_dirty);
     uv_idle_init(loop, &ss->wake_idle);
     ss->wake_idle.data = ss;
-    ss->open_handles = 3;
+    uv_idle_init(loop, &ss->flush_idle);
+    ss->flush_idle.data = ss;
+    ss->open_handles = 4;
     *out = ss;
     return 0;
 }
@@ -862,6 +883,9 @@ void keel_sessions_stop(struct keel_sessions *ss, void (*cb)(void *data), void *
     uv_idle_stop(&ss->wake_idle);
     ss->wake_on = 0;
     uv_close((uv_handle_t *)&ss->wake_idle, handle_closed);
+    uv_idle_stop(&ss->flush_idle);
+    ss->flush_on = 0;
+    uv_close((uv_handle_t *)&ss->flush_idle, handle_closed);
     /* Collect first: closing removes sessions from the map. */
     size_t n = 0;
     struct keel_session **all = calloc(ss->live.n + 1, sizeof(*all));
