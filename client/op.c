@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "op.h"
+#include "pieces.h"
 
 void kc_list_push(struct kc_list *l, struct kc_op *op)
 {
@@ -80,6 +81,8 @@ void kc_op_close(struct kc_pool *p, struct kc_op *op)
 {
     free(op->msg);
     op->msg = NULL;
+    kc_pieces_free(op->pieces);
+    op->pieces = NULL;
     if (op->cls < KC_NCLASS && p->n[op->cls] < KC_POOL_KEEP) {
         op->next = p->free[op->cls];
         p->free[op->cls] = op;

@@ -36,6 +36,7 @@ enum kc_route {
 enum kc_where { KC_NOWHERE, KC_WAITING, KC_PENDING, KC_INFLIGHT, KC_DONE };
 
 struct kc_conn;
+struct kc_pieces;
 
 struct kc_op {
     struct kc_op *prev, *next;
@@ -63,6 +64,7 @@ struct kc_op {
     int status;        /* KC_DONE: the failure */
     char *msg;         /* KC_DONE: its message (malloc'd), or NULL for keel_strerror */
     uint32_t timeout_ms;
+    struct kc_pieces *pieces; /* a range answered in pieces: those so far (pieces.h) */
     size_t frame_len;
     uint8_t frame[];
 };

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "pieces.h"
 #include "reqkind.h"
 
 #define KC_RETRY_BASE_MS 25
@@ -162,6 +163,8 @@ static bool op_retry(struct keel_aclient *ac, struct kc_op *op, uint64_t delay, 
     if (ac->max_retries < 0 || op->attempts >= (unsigned)ac->max_retries)
         return false;
     op_unlink(ac, op);
+    kc_pieces_free(op->pieces); /* a range's pieces so far: the retry reads it all again */
+    op->pieces = NULL;
     op->attempts++;
     op->last_err = err;
     op->retry_at = delay ? uv_now(ac->loop) + delay : 0;
@@ -285,6 +288,30 @@ void kc_requests_route(struct keel_aclient *ac)
  * What connections tell
  */
 
+/* A piece of a range answered in pieces: kept until the last, which answers with them all. */
+static void range_piece(struct keel_aclient *ac, struct kc_op *op, const Keel__Response *resp)
+{
+    if (resp->range->partial) {
+        if (kc_pieces_add(&op->pieces, resp->range) != 0)
+            op_fail(ac, op, KEEL_ENOMEM,
+                    "out of memory keeping a range answered in pieces (%zu "
+                    "key-values so far)",
+                    op->pieces != NULL ? op->pieces->n : 0);
+        return;
+    }
+    Keel__RangeResponse whole;
+    Keel__Response all = *resp;
+    if (kc_pieces_join(op->pieces, resp->range, &whole) != 0) {
+        op_fail(ac, op, KEEL_ENOMEM,
+                "out of memory joining a range answered in pieces (%zu "
+                "key-values)",
+                op->pieces->n);
+        return;
+    }
+    all.range = &whole;
+    op_answer(ac, op, 0, &all);
+}
+
 void kc_requests_response(struct keel_aclient *ac, struct kc_conn *c, const Keel__Response *resp)
 {
     struct kc_op *op = kc_slots_get(&ac->slots, (uint32_t)resp->id);
@@ -321,6 +348,10 @@ void kc_requests_response(struct keel_aclient *ac, struct kc_conn *c, const Keel
         op->avoid_member = c->member_id;
         if (op_retry(ac, op, retry_delay(ac, op), status))
             return;
+    } else if (status == 0 && resp->body_case == KEEL__RESPONSE__BODY_RANGE && resp->range &&
+               (resp->range->partial || op->pieces != NULL)) {
+        range_piece(ac, op, resp);
+        return;
     }
     op_answer(ac, op, status, resp);
 }

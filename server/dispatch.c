@@ -35,8 +35,14 @@ static bool session_alive(struct keel_dispatch *d, uint64_t session)
 
 /* ---- reads ---- */
 
-static void serve_range(struct keel_dispatch *d, uint64_t session, const Keel__Request *req)
+/* Takes req. Ranges in key order go to the streamer (pieces when large); the others are sorted
+ * here, in one reply. */
+static void serve_range(struct keel_dispatch *d, uint64_t session, Keel__Request *req)
 {
+    if (d->o.rangestream != NULL && keel_store_range_pageable(req->range)) {
+        keel_rangestream_serve(d->o.rangestream, session, req);
+        return;
+    }
     Keel__RangeResponse *rr = NULL;
     int64_t rev = 0;
     keel_arena_reset(&d->arena);
@@ -51,6 +57,7 @@ static void serve_range(struct keel_dispatch *d, uint64_t session, const Keel__R
         keel_reply_send(d->o.reply, session, &resp, rev, KEEL_RESPOND_ANSWER);
     }
     keel_arena_reset(&d->arena);
+    keel__request__free_unpacked(req, NULL);
 }
 
 static void read_ready(void *data, int err)
@@ -58,9 +65,10 @@ static void read_ready(void *data, int err)
     struct read *r = data;
     if (err != 0)
         keel_reply_error(r->d->o.reply, r->session, r->req->id, err, NULL);
-    else if (session_alive(r->d, r->session))
+    if (err == 0 && session_alive(r->d, r->session))
         serve_range(r->d, r->session, r->req);
-    keel__request__free_unpacked(r->req, NULL);
+    else
+        keel__request__free_unpacked(r->req, NULL);
     free(r);
 }
 
@@ -293,7 +301,7 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
             break;
         }
         serve_range(d, session, req);
-        break;
+        return; /* req was taken */
     case KEEL__REQUEST__BODY_STATUS:
         serve_status(d, session, req);
         break;

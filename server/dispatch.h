@@ -2,8 +2,9 @@
  * Dispatch: what a request means. The first step above the sessions on every request's path:
  *
  *   writes (proto/reqkind.h: a kind with a Command)  -> propose
- *   linearizable ranges                              -> readindex, then served here
- *   serializable ranges, status, member list, Hello -> answered at once
+ *   linearizable ranges                              -> readindex, then served at once
+ *   serializable ranges, status, member list, Hello -> answered at once (ranges in key order
+ *                                                       by rangestream: in pieces when large)
  *   lease keep-alive, time-to-live, list             -> lessor (a grant's TTL is clamped here)
  *   snapshot                                         -> snapstream
  *   watch create / cancel / progress                 -> watch
@@ -23,6 +24,7 @@
 #include "lessor.h"
 #include "members.h"
 #include "propose.h"
+#include "rangestream.h"
 #include "readindex.h"
 #include "reply.h"
 #include "snapstream.h"
@@ -45,7 +47,9 @@ struct keel_dispatch_options {
     /* The writer's progress: a restarted member serves serializable reads only once it has
      * applied again what it had shown before (shown_before). NULL: no such wait. */
     const struct keel_fsm_progress *progress;
-    struct keel_fsm *fsm; /* Defragment runs on its writer (NULL: refused) */
+    struct keel_fsm *fsm;                 /* Defragment runs on its writer (NULL: refused) */
+    struct keel_rangestream *rangestream; /* ranges in key order, in pieces when large (NULL:
+                                           * every range in one reply, as big as allowed) */
 };
 
 /* 0 or KEEL_ENOMEM. What o points to must outlive it. */

@@ -34,6 +34,7 @@
 #include "reply.h"
 #include "responder.h"
 #include "session.h"
+#include "rangestream.h"
 #include "snapstream.h"
 #include "store.h"
 #include "watch.h"
@@ -56,6 +57,7 @@ struct keeld {
     struct keel_readindex *readindex;
     struct keel_publish *publish;
     struct keel_dispatch *dispatch;
+    struct keel_rangestream *rangestream;
     struct keel_node *node;
     int node_ready;
     uv_signal_t sigterm, sigint;
@@ -322,6 +324,8 @@ static int wire(struct keeld *k)
                                        .quota_bytes = k->cfg.quota_bytes};
     if ((rv = keel_publish_new(&pbo, &k->publish)) != 0)
         return rv;
+    if ((rv = keel_rangestream_new(&k->reply, k->store, &k->rangestream)) != 0)
+        return rv;
     struct keel_dispatch_options dopt = {.cfg = &k->cfg,
                                          .reply = &k->reply,
                                          .raft = &k->raft,
@@ -333,7 +337,8 @@ static int wire(struct keeld *k)
                                          .watch = k->watch,
                                          .lessor = k->lessor,
                                          .progress = keel_fsm_progress(k->fsm),
-                                         .fsm = k->fsm};
+                                         .fsm = k->fsm,
+                                         .rangestream = k->rangestream};
     if ((rv = keel_dispatch_new(&dopt, &k->dispatch)) != 0)
         return rv;
     struct keel_node_options no = {.loop = &k->loop,
@@ -367,6 +372,7 @@ static void unwind(struct keeld *k)
 static void free_modules(struct keeld *k)
 {
     keel_node_free(k->node);
+    keel_rangestream_free(k->rangestream); /* its drain hooks go while the sessions exist */
     keel_sessions_free(k->sessions);
     keel_dispatch_free(k->dispatch);
     keel_publish_free(k->publish);

@@ -45,8 +45,10 @@ struct keel_responder {
      * 0, or KEEL_ECLOSED when the session is gone. */
     int (*backlog)(void *ctx, uint64_t session, size_t *bytes);
 
-    /* Call cb(data, 0) each time session's queued output has drained, and cb(data, 1) once
-     * when it closes. One hook per session; NULL cb removes it. 0, or KEEL_ECLOSED. */
+    /* Call cb(data, 0) each time session's queued output has drained (also at the end of
+     * this turn when it already has), and cb(data, 1) once when it closes (the hook is then
+     * gone). A session has one hook per data: a second call with the same data replaces its
+     * cb; NULL cb removes it. 0, KEEL_ECLOSED, or KEEL_ENOMEM. */
     int (*on_drain)(void *ctx, uint64_t session, keel_drain_cb cb, void *data);
 };
 

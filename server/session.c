@@ -26,7 +26,8 @@
  * swaps `out` with `writing` and writes it in one uv_write (start_write), so one turn's replies
  * leave in one syscall however many there are. Once a session's output has all been written its
  * buffers are freed unless they are small (OUT_KEEP_CAP each, reused), so an idle session holds
- * at most 32 KiB, counted in max_output_bytes like any other output buffer.
+ * at most 32 KiB, counted in max_output_bytes like any other output buffer; a session with a
+ * drain hook (a stream sending its next piece when this drains) keeps them for that piece.
  *
  * What a member holds for its clients, and the bound on each (defaults in brackets):
  *   - output queued, all sessions together: at most max_output_bytes [512 MiB] of allocated
@@ -88,6 +89,14 @@ enum limit {
 /* Where a session waits: nowhere, to be pumped by the idle handle, or behind the gate. */
 enum waiting { NOWHERE, WAKE, GATE };
 
+/* One on_drain hook. A hook removed while hooks are being called is marked (cb NULL) and
+ * unlinked once the calls are over. */
+struct drain_hook {
+    keel_drain_cb cb;
+    void *data;
+    struct drain_hook *next;
+};
+
 struct keel_session {
     struct keel_sessions *ss;
     uint64_t id;
@@ -109,8 +118,8 @@ struct keel_session {
     int write_busy;
     struct keel_session *dirty_next;
     int dirty;
-    keel_drain_cb drain_cb;
-    void *drain_data;
+    struct drain_hook *hooks; /* the responder's drain hooks, newest first */
+    int in_drain;             /* hooks being called: removals only mark them */
 };
 
 struct wait_list {
@@ -449,14 +458,63 @@ static int respond_backlog(void *ctx, uint64_t id, size_t *bytes)
     return 0;
 }
 
+/* Unlink the hooks marked removed, unless they are being called. */
+static void hooks_sweep(struct keel_session *s)
+{
+    if (s->in_drain)
+        return;
+    for (struct drain_hook **pp = &s->hooks; *pp != NULL;) {
+        struct drain_hook *h = *pp;
+        if (h->cb == NULL) {
+            *pp = h->next;
+            free(h);
+        } else {
+            pp = &h->next;
+        }
+    }
+}
+
+/* Tell every hook that the output drained (closed 0), or that the session is gone (closed 1:
+ * every hook is removed). A hook may add or remove hooks meanwhile: one added is not called
+ * this time, one removed is not called any more. */
+static void hooks_call(struct keel_session *s, int closed)
+{
+    s->in_drain++;
+    for (struct drain_hook *h = s->hooks; h != NULL; h = h->next) {
+        keel_drain_cb cb = h->cb;
+        if (cb == NULL)
+            continue;
+        if (closed)
+            h->cb = NULL;
+        cb(h->data, closed);
+    }
+    s->in_drain--;
+    hooks_sweep(s);
+}
+
 static int respond_on_drain(void *ctx, uint64_t id, keel_drain_cb cb, void *data)
 {
     struct keel_session *s = find(ctx, id);
     if (s == NULL)
         return KEEL_ECLOSED;
-    s->drain_cb = cb;
-    s->drain_data = data;
-    if (cb != NULL && !s->write_busy && s->out.len == 0)
+    struct drain_hook *h = s->hooks;
+    while (h != NULL && (h->data != data || h->cb == NULL))
+        h = h->next;
+    if (cb == NULL) {
+        if (h != NULL)
+            h->cb = NULL;
+        hooks_sweep(s);
+        return 0;
+    }
+    if (h == NULL) {
+        if ((h = malloc(sizeof(*h))) == NULL)
+            return KEEL_ENOMEM;
+        h->data = data;
+        h->next = s->hooks;
+        s->hooks = h;
+    }
+    h->cb = cb;
+    if (!s->write_busy && s->out.len == 0)
         mark_dirty(s); /* already drained: say so at the end of this turn */
     return 0;
 }
@@ -495,11 +553,7 @@ static void session_freed(uv_handle_t *h)
     }
     if (s->accepted && ss->h.closed != NULL)
         ss->h.closed(ss->h.data, s->id);
-    if (s->drain_cb != NULL) {
-        keel_drain_cb cb = s->drain_cb;
-        s->drain_cb = NULL;
-        cb(s->drain_data, 1);
-    }
+    hooks_call(s, 1);
     keel_frame_decoder_close(&s->dec);
     free(s->out.data);
     free(s->writing.data);
@@ -555,18 +609,20 @@ static void write_cb(uv_write_t *req, int status)
         return;
     }
     /* All written: an idle session keeps only small buffers (reused by the next turn's answers:
-     * a malloc and free per write otherwise) and gives back big ones. */
-    if (s->writing.cap > OUT_KEEP_CAP)
-        out_release(s->ss, &s->writing);
-    if (s->out.cap > OUT_KEEP_CAP)
-        out_release(s->ss, &s->out);
+     * a malloc and free per write otherwise) and gives back big ones, unless a stream waits
+     * for this drain to send its next piece into them. */
+    if (s->hooks == NULL) {
+        if (s->writing.cap > OUT_KEEP_CAP)
+            out_release(s->ss, &s->writing);
+        if (s->out.cap > OUT_KEEP_CAP)
+            out_release(s->ss, &s->out);
+    }
     if (s->close_after_flush) {
         session_close(s);
         return;
     }
     recheck(s);
-    if (s->drain_cb != NULL)
-        s->drain_cb(s->drain_data, 0);
+    hooks_call(s, 0);
 }
 
 static void start_write(struct keel_session *s)
@@ -604,8 +660,8 @@ static void flush_dirty(uv_check_t *h)
                 start_write(s);
             else if (!s->write_busy && s->close_after_flush)
                 session_close(s);
-            else if (!s->write_busy && s->drain_cb != NULL)
-                s->drain_cb(s->drain_data, 0);
+            else if (!s->write_busy && s->hooks != NULL)
+                hooks_call(s, 0);
         }
         s = next;
     }

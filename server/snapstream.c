@@ -69,7 +69,7 @@ static void stream_end(struct stream *st)
 {
     const struct keel_responder *out = st->ss->reply->out;
     if (!st->abandoned)
-        out->on_drain(out->ctx, st->session, NULL, NULL);
+        out->on_drain(out->ctx, st->session, NULL, st);
     st->abandoned = true;
     uv_timer_stop(&st->poll);
     if (st->copying)

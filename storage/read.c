@@ -85,6 +85,32 @@ static int fetch_record(struct tctx *t, const struct keyrev *at, struct record *
     return ks_record_decode(&v, rec);
 }
 
+/*
+ * With c resting on the key (on any of its entries), move it to the key's greatest entry <= rev
+ * (0: its last). The newest entry is the answer for most keys at most revisions, so it is tried
+ * first. 0, KEEL_ENOTFOUND (no entry <= rev), KEEL_E*.
+ */
+static int seek_here(MDB_cursor *c, const MDB_val *key, int64_t rev, MDB_val *entry)
+{
+    MDB_val k;
+    int rc = mdb_cursor_get(c, &k, entry, MDB_LAST_DUP);
+    if (rc != 0)
+        return ks_mdb_err(rc);
+    if (rev <= 0 || entry->mv_size != KEYREV_LEN || ks_keyrev_decode(entry).rev <= rev)
+        return 0; /* a malformed entry is the caller's to report */
+    /* The newest entry is after rev: the one before the first entry after rev is the answer. */
+    uint8_t probe[KEYREV_LEN];
+    ks_keyrev_encode(rev + 1, 0, false, probe);
+    MDB_val d = {KEYREV_LEN, probe};
+    k = *key;
+    rc = mdb_cursor_get(c, &k, &d, MDB_GET_BOTH_RANGE);
+    if (rc == MDB_NOTFOUND)
+        return KEEL_ECORRUPT; /* there is one: the last entry is after rev */
+    if (rc != 0)
+        return ks_mdb_err(rc);
+    return ks_mdb_err(mdb_cursor_get(c, &k, entry, MDB_PREV_DUP));
+}
+
 /* Position c on the key's greatest entry <= rev (0: its last). 0, KEEL_ENOTFOUND, KEEL_E*. */
 static int seek_at(MDB_cursor *c, const MDB_val *key, int64_t rev, MDB_val *entry)
 {
@@ -92,24 +118,7 @@ static int seek_at(MDB_cursor *c, const MDB_val *key, int64_t rev, MDB_val *entr
     int rc = mdb_cursor_get(c, &k, entry, MDB_SET);
     if (rc != 0)
         return ks_mdb_err(rc);
-    if (rev <= 0)
-        return ks_mdb_err(mdb_cursor_get(c, &k, entry, MDB_LAST_DUP));
-    uint8_t probe[KEYREV_LEN];
-    ks_keyrev_encode(rev + 1, 0, false, probe);
-    MDB_val d = {KEYREV_LEN, probe};
-    rc = mdb_cursor_get(c, &k, &d, MDB_GET_BOTH_RANGE);
-    if (rc == 0) {
-        /* d is the first entry after rev: the one before it is the answer. */
-        return ks_mdb_err(mdb_cursor_get(c, &k, entry, MDB_PREV_DUP));
-    }
-    if (rc != MDB_NOTFOUND)
-        return ks_mdb_err(rc);
-    /* Every entry is <= rev. A failed GET_BOTH_RANGE may leave c unpositioned: seek again. */
-    k = *key;
-    rc = mdb_cursor_get(c, &k, entry, MDB_SET);
-    if (rc == 0)
-        rc = mdb_cursor_get(c, &k, entry, MDB_LAST_DUP);
-    return ks_mdb_err(rc);
+    return seek_here(c, key, rev, entry);
 }
 
 /* The key's state from its overlay record r. */
@@ -126,9 +135,10 @@ static void ov_state(const struct ov_rec *r, struct kstate *out)
 
 /*
  * The key's state at rev: from its overlay node (NULL: the overlay has no record of it), else
- * from LMDB through keys (NULL: LMDB has no entry of it either).
+ * from LMDB through keys (NULL: LMDB has no entry of it either; positioned: keys already rests
+ * on the key).
  */
-static int state_with(struct tctx *t, MDB_cursor *keys, const struct ov_key *node,
+static int state_with(struct tctx *t, MDB_cursor *keys, bool positioned, const struct ov_key *node,
                       const MDB_val *key, int64_t rev, bool need_record, struct kstate *out)
 {
     memset(out, 0, sizeof(*out));
@@ -142,7 +152,7 @@ static int state_with(struct tctx *t, MDB_cursor *keys, const struct ov_key *nod
     if (keys == NULL)
         return 0;
     MDB_val entry;
-    int err = seek_at(keys, key, rev, &entry);
+    int err = positioned ? seek_here(keys, key, rev, &entry) : seek_at(keys, key, rev, &entry);
     if (err == KEEL_ENOTFOUND)
         return 0;
     if (err != 0)
@@ -161,7 +171,7 @@ static int key_state_opt(struct tctx *t, MDB_cursor *keys, const MDB_val *key, i
                          bool need_record, struct kstate *out)
 {
     const struct ov_key *node = t->ov != NULL ? ks_overlay_find(t->ov, key) : NULL;
-    return state_with(t, keys, node, key, rev, need_record, out);
+    return state_with(t, keys, false, node, key, rev, need_record, out);
 }
 
 int ks_key_state(struct tctx *t, MDB_cursor *keys, const MDB_val *key, int64_t rev,
@@ -254,13 +264,88 @@ static bool passes_filters(const Keel__RangeRequest *req, const struct kstate *s
     return true;
 }
 
-int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
-                struct keel_arena *a, struct ks_budget *budget, Keel__RangeResponse **out)
+/* ---- the keys of a range, in key order ---- */
+
+/* A walk over the keys of a range: LMDB's keys cursor and the overlay's keys (those written
+ * since the last commit, some of them new) merged, each key once. */
+struct scan {
+    struct tctx *t;
+    const struct krange *kr;
+    MDB_val k, d; /* LMDB's current key (rc == 0) */
+    int rc;
+    const struct ov_key *ok; /* the overlay's current key, or NULL */
+    /* The current key, set by scan_valid: order < 0 only LMDB has it, > 0 only the overlay,
+     * 0 both. */
+    int order;
+    MDB_val key;
+};
+
+/* Start at the first key of kr at or after from (NULL: the range's first key). */
+static void scan_start(struct scan *sc, struct tctx *t, const struct krange *kr,
+                       const MDB_val *from)
 {
-    bool measure = budget != NULL && budget->measure;
+    sc->t = t;
+    sc->kr = kr;
+    sc->k = from != NULL ? *from : kr->key;
+    if (kr->kind == RANGE_ONE)
+        sc->rc = mdb_cursor_get(t->keys, &sc->k, &sc->d, MDB_SET);
+    else if (sc->k.mv_size == 0)
+        sc->rc = mdb_cursor_get(t->keys, &sc->k, &sc->d, MDB_FIRST);
+    else
+        sc->rc = mdb_cursor_get(t->keys, &sc->k, &sc->d, MDB_SET_RANGE);
+    MDB_val at = from != NULL ? *from : kr->key;
+    sc->ok = t->ov != NULL ? ks_overlay_seek(t->ov, &at) : NULL;
+}
+
+/* Whether there is a current key (then sc->key and sc->order are set). */
+static bool scan_valid(struct scan *sc)
+{
+    bool from_lmdb = sc->rc == 0 && !ks_krange_past(sc->kr, &sc->k);
+    bool from_ov = sc->ok != NULL && !ks_krange_past(sc->kr, ks_overlay_key(sc->ok));
+    if (!from_lmdb && !from_ov)
+        return false;
+    sc->order = from_lmdb && from_ov ? ks_val_cmp(&sc->k, ks_overlay_key(sc->ok))
+                : from_lmdb          ? -1
+                                     : 1;
+    sc->key = sc->order <= 0 ? sc->k : *ks_overlay_key(sc->ok);
+    return sc->kr->kind != RANGE_ONE || ks_val_cmp(&sc->key, &sc->kr->key) == 0;
+}
+
+/* The current key's state at rev. The merge already holds the key's overlay node, if any
+ * (order >= 0), and LMDB's cursor rests on the key when LMDB has it (order <= 0). */
+static int scan_state(struct scan *sc, int64_t rev, bool need_record, struct kstate *st)
+{
+    bool lmdb = sc->order <= 0;
+    return state_with(sc->t, lmdb ? sc->t->keys : NULL, lmdb, sc->order >= 0 ? sc->ok : NULL,
+                      &sc->key, rev, need_record, st);
+}
+
+static void scan_next(struct scan *sc)
+{
+    if (sc->kr->kind == RANGE_ONE) {
+        sc->rc = MDB_NOTFOUND;
+        sc->ok = NULL;
+        return;
+    }
+    if (sc->order <= 0)
+        sc->rc = mdb_cursor_get(sc->t->keys, &sc->k, &sc->d, MDB_NEXT_NODUP);
+    if (sc->order >= 0)
+        sc->ok = ks_overlay_next(sc->ok);
+}
+
+/* 0 once the walk ended normally, else LMDB's failure. */
+static int scan_err(const struct scan *sc)
+{
+    return sc->rc != 0 && sc->rc != MDB_NOTFOUND ? ks_mdb_err(sc->rc) : 0;
+}
+
+/* ---- Range ---- */
+
+/* The checks every range read makes of req against the snapshot's meta. */
+static int range_check(const struct meta *m, const Keel__RangeRequest *req, struct krange *kr)
+{
     const char *msg;
-    struct krange kr;
-    int err = ks_krange_make(&req->key, &req->range_end, &kr, &msg);
+    int err = ks_krange_make(&req->key, &req->range_end, kr, &msg);
     if (err != 0)
         return err;
     if (req->revision > m->revision)
@@ -269,19 +354,40 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
         return KEEL_ECOMPACTED;
     if (req->limit < 0)
         return KEEL_EINVAL;
+    return 0;
+}
+
+static bool key_order(const Keel__RangeRequest *req)
+{
+    return req->sort_target == KEEL__RANGE_REQUEST__SORT_TARGET__KEY &&
+           req->sort_order != KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND;
+}
+
+static bool has_filters(const Keel__RangeRequest *req)
+{
+    return req->min_mod_revision > 0 || req->max_mod_revision > 0 || req->min_create_revision > 0 ||
+           req->max_create_revision > 0;
+}
+
+int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
+                struct keel_arena *a, struct ks_budget *budget, Keel__RangeResponse **out)
+{
+    bool measure = budget != NULL && budget->measure;
+    struct krange kr;
+    int err = range_check(m, req, &kr);
+    if (err != 0)
+        return err;
     int64_t rev = req->revision > 0 ? req->revision : 0;
 
     struct sort_spec sp = {req->sort_target,
                            req->sort_order == KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND};
-    bool key_order = req->sort_target == KEEL__RANGE_REQUEST__SORT_TARGET__KEY &&
-                     req->sort_order != KEEL__RANGE_REQUEST__SORT_ORDER__DESCEND;
-    bool filters = req->min_mod_revision > 0 || req->max_mod_revision > 0 ||
-                   req->min_create_revision > 0 || req->max_create_revision > 0;
+    bool in_key_order = key_order(req);
+    bool filters = has_filters(req);
     /* Without sorting or filtering the first `limit` keys are the answer and the rest only
      * need counting; otherwise every key is materialised, then sorted, then cut. */
-    bool collect_all = !key_order || filters;
+    bool collect_all = !in_key_order || filters;
     size_t limit = req->limit > 0 ? (size_t)req->limit : SIZE_MAX;
-    bool value_sort = !key_order && req->sort_target == KEEL__RANGE_REQUEST__SORT_TARGET__VALUE;
+    bool value_sort = !in_key_order && req->sort_target == KEEL__RANGE_REQUEST__SORT_TARGET__VALUE;
 
     Keel__RangeResponse *resp = NULL;
     if (!measure) {
@@ -294,68 +400,40 @@ int ks_range_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *
     int64_t count = 0;
     bool no_value = req->keys_only && !value_sort;
 
-    /* Keys come from two sorted sources merged: LMDB's keys cursor and the overlay's keys
-     * (those written since the last commit, some of them new). */
-    MDB_cursor *c = t->keys;
-    MDB_val k = kr.key, d;
-    int rc;
-    if (kr.kind == RANGE_ONE)
-        rc = mdb_cursor_get(c, &k, &d, MDB_SET);
-    else if (k.mv_size == 0)
-        rc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
-    else
-        rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
-    const struct ov_key *ok = t->ov != NULL ? ks_overlay_seek(t->ov, &kr.key) : NULL;
-    for (;;) {
-        bool from_lmdb = rc == 0 && !ks_krange_past(&kr, &k);
-        bool from_ov = ok != NULL && !ks_krange_past(&kr, ks_overlay_key(ok));
-        if (!from_lmdb && !from_ov)
-            break;
-        int order = from_lmdb && from_ov ? ks_val_cmp(&k, ks_overlay_key(ok)) : from_lmdb ? -1 : 1;
-        MDB_val key = order <= 0 ? k : *ks_overlay_key(ok);
-        if (kr.kind == RANGE_ONE && ks_val_cmp(&key, &kr.key) != 0)
-            break;
+    struct scan sc;
+    for (scan_start(&sc, t, &kr, NULL); scan_valid(&sc); scan_next(&sc)) {
         bool want = !req->count_only && (collect_all || taken < limit);
         struct kstate st;
-        /* The merge already holds the key's overlay node, if any (order >= 0), and knows
-         * whether LMDB has the key (order <= 0). */
-        err = state_with(t, order <= 0 ? c : NULL, order >= 0 ? ok : NULL, &key, rev, want, &st);
-        if (err != 0)
+        if ((err = scan_state(&sc, rev, want, &st)) != 0)
             return err;
-        if (st.exists) {
-            count++;
-            if (want && (!filters || passes_filters(req, &st))) {
-                size_t cost = ks_kv_bytes(st.rec.key.mv_size, no_value ? 0 : st.rec.value.mv_size);
-                if (budget != NULL) {
-                    if (cost > budget->left)
-                        return KEEL_EREPLYTOOLARGE;
-                    budget->left -= cost;
-                }
-                taken++;
-                if (!measure) {
-                    /* A value sort needs the values even when only keys are returned. */
-                    Keel__KeyValue *kv = ks_kv_from_record(a, &st.rec, st.at.rev, no_value);
-                    if (kv == NULL)
-                        return KEEL_ENOMEM;
-                    if ((err = ks_pvec_push(a, &kvs, kv)) != 0)
-                        return err;
-                }
-            }
+        if (!st.exists)
+            continue;
+        count++;
+        if (!want || (filters && !passes_filters(req, &st)))
+            continue;
+        size_t cost = ks_kv_bytes(st.rec.key.mv_size, no_value ? 0 : st.rec.value.mv_size);
+        if (budget != NULL) {
+            if (cost > budget->left)
+                return KEEL_EREPLYTOOLARGE;
+            budget->left -= cost;
         }
-        if (kr.kind == RANGE_ONE)
-            break;
-        if (order <= 0)
-            rc = mdb_cursor_get(c, &k, &d, MDB_NEXT_NODUP);
-        if (order >= 0)
-            ok = ks_overlay_next(ok);
+        taken++;
+        if (!measure) {
+            /* A value sort needs the values even when only keys are returned. */
+            Keel__KeyValue *kv = ks_kv_from_record(a, &st.rec, st.at.rev, no_value);
+            if (kv == NULL)
+                return KEEL_ENOMEM;
+            if ((err = ks_pvec_push(a, &kvs, kv)) != 0)
+                return err;
+        }
     }
-    if (rc != 0 && rc != MDB_NOTFOUND)
-        return ks_mdb_err(rc);
+    if ((err = scan_err(&sc)) != 0)
+        return err;
     if (measure)
         return 0;
 
     if (collect_all) {
-        if (!key_order && kvs.n > 1)
+        if (!in_key_order && kvs.n > 1)
             qsort_r(kvs.v, kvs.n, sizeof(void *), kv_cmp, &sp);
         resp->more = kvs.n > limit;
     } else {
@@ -388,6 +466,114 @@ int keel_store_range(struct keel_store *s, const Keel__RangeRequest *req, struct
     struct ks_budget budget = {.left = KEEL_MAX_REPLY_BYTES};
     err = ks_range_in(&t, &m, req, arena, &budget, out);
     *revision = m.revision;
+    ks_read_end(&t);
+    return err;
+}
+
+/* ---- Range in pages ---- */
+
+bool keel_store_range_pageable(const Keel__RangeRequest *req)
+{
+    return key_order(req);
+}
+
+/*
+ * One page inside t (see keel_store_range_page). Filters do not change the order, so a range
+ * in key order never needs more than the page it is building: each key is counted, and
+ * materialised when it passes the filters below the limit; `more` is a passing key past it.
+ */
+static int page_in(struct tctx *t, const struct meta *m, const Keel__RangeRequest *req,
+                   struct keel_range_pager *p, size_t page_bytes, size_t scan_keys,
+                   struct keel_arena *a, Keel__RangeResponse **out)
+{
+    struct krange kr;
+    int err = range_check(m, req, &kr);
+    if (err != 0)
+        return err;
+    if (!p->started) {
+        p->revision = req->revision > 0 ? req->revision : m->revision;
+        p->started = true;
+    } else if (p->revision < m->compact_revision) {
+        return KEEL_ECOMPACTED; /* compacted between two pages */
+    }
+    /* The current revision is read as 0: the newest entry, without a search. */
+    int64_t rev = p->revision == m->revision ? 0 : p->revision;
+    bool filters = has_filters(req);
+    int64_t limit = req->limit > 0 ? req->limit : INT64_MAX;
+
+    Keel__RangeResponse *resp = keel_arena_alloc(a, sizeof(*resp));
+    if (resp == NULL)
+        return KEEL_ENOMEM;
+    keel__range_response__init(resp);
+    struct pvec kvs = {0};
+    size_t bytes = 0, scanned = 0;
+    MDB_val from = {p->next_len, p->next};
+
+    struct scan sc;
+    bool full = false;
+    for (scan_start(&sc, t, &kr, p->next_len > 0 ? &from : NULL); scan_valid(&sc); scan_next(&sc)) {
+        if (scanned == scan_keys) {
+            full = true;
+            break;
+        }
+        bool want = !req->count_only && !p->more;
+        struct kstate st;
+        if ((err = scan_state(&sc, rev, want, &st)) != 0)
+            return err;
+        if (st.exists) {
+            if (want && (!filters || passes_filters(req, &st))) {
+                if (p->taken == limit) {
+                    p->more = true;
+                } else {
+                    size_t cost =
+                        ks_kv_bytes(st.rec.key.mv_size, req->keys_only ? 0 : st.rec.value.mv_size);
+                    if (kvs.n > 0 && (bytes + cost > KEEL_MAX_REPLY_BYTES || bytes >= page_bytes)) {
+                        full = true;
+                        break; /* this key starts the next page */
+                    }
+                    Keel__KeyValue *kv = ks_kv_from_record(a, &st.rec, st.at.rev, req->keys_only);
+                    if (kv == NULL)
+                        return KEEL_ENOMEM;
+                    if ((err = ks_pvec_push(a, &kvs, kv)) != 0)
+                        return err;
+                    bytes += cost;
+                    p->taken++;
+                }
+            }
+            p->count++;
+        }
+        scanned++;
+    }
+    if ((err = scan_err(&sc)) != 0)
+        return err;
+    if (full) {
+        memcpy(p->next, sc.key.mv_data, sc.key.mv_size);
+        p->next_len = sc.key.mv_size;
+    } else {
+        p->done = true;
+    }
+    resp->kvs = (Keel__KeyValue **)kvs.v;
+    resp->n_kvs = kvs.n;
+    resp->count = p->count;
+    resp->more = p->done && p->more && !req->count_only;
+    resp->partial = !p->done;
+    *out = resp;
+    return 0;
+}
+
+int keel_store_range_page(struct keel_store *s, const Keel__RangeRequest *req,
+                          struct keel_range_pager *pager, size_t page_bytes, size_t scan_keys,
+                          struct keel_arena *arena, Keel__RangeResponse **out, int64_t *revision)
+{
+    if (!keel_store_range_pageable(req) || pager->done || scan_keys == 0)
+        return KEEL_EINVAL;
+    struct tctx t;
+    struct meta m;
+    int err = ks_read_begin(s, &t, &m);
+    if (err != 0)
+        return err;
+    err = page_in(&t, &m, req, pager, page_bytes, scan_keys, arena, out);
+    *revision = req->revision > 0 ? m.revision : pager->revision;
     ks_read_end(&t);
     return err;
 }

@@ -202,6 +202,39 @@ int keel_store_validate(const Keel__Command *cmd, const struct keel_limits *limi
 int keel_store_range(struct keel_store *s, const Keel__RangeRequest *req, struct keel_arena *arena,
                      Keel__RangeResponse **out, int64_t *revision);
 
+/* Where a range read in pages stands (keel_store_range_page). Zero it before the first page. */
+struct keel_range_pager {
+    bool started;
+    bool done;        /* the last page has been read */
+    bool more;        /* a key-value passed the filters beyond the limit */
+    int64_t revision; /* every page reads at this one: the request's, or the store's current
+                       * revision when the first page was read */
+    int64_t count;    /* keys of the range counted so far */
+    int64_t taken;    /* key-values returned so far */
+    size_t next_len;  /* the key the next page starts at (0: the range's first) */
+    uint8_t next[KEEL_MAX_KEY_BYTES];
+};
+
+/* Whether req can be read in pages: ranges in ascending key order (filters allowed). Others are
+ * sorted in memory: keel_store_range, bounded by KEEL_MAX_REPLY_BYTES. */
+bool keel_store_range_pageable(const Keel__RangeRequest *req);
+
+/*
+ * The next page of a range in key order, from where pager stands: the key-values that follow, in
+ * at most page_bytes of reply (a page holds at least one; never more than KEEL_MAX_REPLY_BYTES),
+ * after looking at most scan_keys keys (a page may hold none: the range is counted on). Every
+ * page reads at pager->revision, from a fresh read snapshot, so no read transaction outlives a
+ * call. *out lives in arena: its kvs are this page's, count the keys counted so far (the range's
+ * count on the last page), more is set on the last page only, partial on every page but the
+ * last (pager->done). *revision gets the revision for the reply header: pager->revision for a
+ * read at the current revision, else the store's current one. 0, KEEL_ECOMPACTED (also when the
+ * pager's revision was compacted between two pages), KEEL_EFUTUREREV, KEEL_EINVAL (not
+ * pageable, already done, scan_keys 0), KEEL_EKEYTOOLONG, or a store failure.
+ */
+int keel_store_range_page(struct keel_store *s, const Keel__RangeRequest *req,
+                          struct keel_range_pager *pager, size_t page_bytes, size_t scan_keys,
+                          struct keel_arena *arena, Keel__RangeResponse **out, int64_t *revision);
+
 /* One bounded piece of history. */
 struct keel_history {
     Keel__Event **events; /* in (revision, sub) order, each with prev_kv when there was one */

@@ -92,6 +92,8 @@ struct fake {
     int drop_on;       /* Request body case that makes us drop the connection, once */
     int huge_on;       /* Request body case answered by a frame over the client's limit */
     int huge_sent;     /* how many such answers were sent */
+    int range_piece;   /* answer ranges of more key-values than this in pieces of this many */
+    bool range_cut;    /* ... and drop the connection after the first piece, once */
     bool reverse;      /* answer each read's batch in reverse order */
     int64_t compacted; /* ranges at a revision below this fail with COMPACTED */
     /* watch behaviour */
@@ -1034,6 +1036,29 @@ static void fs_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         }
         if (f->silent)
             continue;
+        if (resp.body_case == KEEL__RESPONSE__BODY_RANGE && f->range_piece > 0 &&
+            resp.range->n_kvs > (size_t)f->range_piece) {
+            /* In pieces as keeld sends a large range: partial ones, then the last, whole one. */
+            Keel__RangeResponse whole = *resp.range, piece = whole;
+            Keel__Response pr = resp;
+            pr.range = &piece;
+            for (size_t at = 0; at < whole.n_kvs; at += (size_t)f->range_piece) {
+                size_t left = whole.n_kvs - at;
+                piece.kvs = whole.kvs + at;
+                piece.n_kvs = left > (size_t)f->range_piece ? (size_t)f->range_piece : left;
+                piece.partial = at + piece.n_kvs < whole.n_kvs;
+                piece.more = piece.partial ? false : whole.more;
+                assert_true(nframes < 4096);
+                frames[nframes] = frame_of(&pr.base, &lens[nframes]);
+                nframes++;
+                if (f->range_cut) {
+                    f->range_cut = false;
+                    drop = true;
+                    break;
+                }
+            }
+            continue;
+        }
         assert_true(nframes < 4096);
         frames[nframes] = frame_of(&resp.base, &lens[nframes]);
         nframes++;
@@ -1158,6 +1183,10 @@ struct result {
     uint64_t member; /* header.member_id */
     char msg[256];
     char key[64]; /* first kv key of a range */
+    char last[64]; /* and its last */
+    size_t n_kvs;
+    bool partial;
+    bool more;
     int64_t count;
 };
 
@@ -1175,10 +1204,17 @@ static void on_result(int status, const Keel__Response *resp, void *data)
         snprintf(r->msg, sizeof(r->msg), "%s", resp->error->message);
     }
     if (resp->body_case == KEEL__RESPONSE__BODY_RANGE) {
-        r->count = resp->range->count;
-        if (resp->range->n_kvs)
-            snprintf(r->key, sizeof(r->key), "%.*s", (int)resp->range->kvs[0]->key.len,
-                     (const char *)resp->range->kvs[0]->key.data);
+        const Keel__RangeResponse *rr = resp->range;
+        r->count = rr->count;
+        r->n_kvs = rr->n_kvs;
+        r->partial = rr->partial;
+        r->more = rr->more;
+        if (rr->n_kvs) {
+            snprintf(r->key, sizeof(r->key), "%.*s", (int)rr->kvs[0]->key.len,
+                     (const char *)rr->kvs[0]->key.data);
+            const Keel__KeyValue *l = rr->kvs[rr->n_kvs - 1];
+            snprintf(r->last, sizeof(r->last), "%.*s", (int)l->key.len, (const char *)l->key.data);
+        }
     }
 }
 
@@ -1544,6 +1580,49 @@ static void test_drop_after_read_is_retried(void **state)
     do_range(e, "a", false, &r);
     assert_int_equal(r.status, 0);
     assert_int_equal(f->ranges, 2);
+    assert_int_equal(f->conns, 2);
+    env_free(e);
+}
+
+/* A range answered in pieces reaches the callback once, whole; a connection lost after a piece
+ * retries the read, and what the lost pieces carried is not kept. */
+static void test_range_in_pieces(void **state)
+{
+    (void)state;
+    struct env *e = env_new(1);
+    struct fake *f = &e->f[0];
+    f->leader_id = f->member_id;
+    env_client(e, f->addr, NULL, 0);
+    struct result r;
+    char k[8];
+    for (int i = 1; i <= 7; i++) {
+        snprintf(k, sizeof(k), "k%d", i);
+        do_put(e, k, "v", &r);
+        assert_int_equal(r.status, 0);
+    }
+    f->range_piece = 2;
+    for (int cut = 0; cut <= 1; cut++) {
+        f->range_cut = cut;
+        Keel__Request req;
+        Keel__RangeRequest rq;
+        range_req(&req, &rq, "k", false);
+        rq.range_end.data = (uint8_t *)"l";
+        rq.range_end.len = 1;
+        rq.limit = 6;
+        memset(&r, 0, sizeof(r));
+        int ranges = f->ranges;
+        assert_int_equal(keel_aclient_request(e->ac, &req, 0, on_result, &r), 0);
+        assert_true(run_until(&e->loop, &r.called, LOOP_BOUND_MS));
+        assert_int_equal(r.status, 0);
+        assert_int_equal(r.calls, 1);
+        assert_int_equal(r.n_kvs, 6);
+        assert_string_equal(r.key, "k1");
+        assert_string_equal(r.last, "k6");
+        assert_int_equal(r.count, 7);
+        assert_true(r.more);
+        assert_false(r.partial);
+        assert_int_equal(f->ranges - ranges, cut ? 2 : 1);
+    }
     assert_int_equal(f->conns, 2);
     env_free(e);
 }
@@ -3920,6 +3999,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_outcome_unknown_not_retried),
         cmocka_unit_test(test_drop_after_write_is_unknown),
         cmocka_unit_test(test_drop_after_read_is_retried),
+        cmocka_unit_test(test_range_in_pieces),
         cmocka_unit_test(test_oversized_reply_not_retried),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_dead_endpoint_skipped),

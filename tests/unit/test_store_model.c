@@ -54,7 +54,7 @@ struct run {
     int snap_fd;
     long n_aborts, n_commits, n_publishes, n_reopens, n_snapshots, n_restores;
     long err_counts[128]; /* request-level errors by -code */
-    long n_writes, n_skips, n_req_errs, n_ranges, n_histories, n_chunks, n_leases;
+    long n_writes, n_skips, n_req_errs, n_ranges, n_paged, n_histories, n_chunks, n_leases;
 };
 
 static uint64_t rnd(struct run *r, uint64_t n)
@@ -292,6 +292,63 @@ static void write_batch(struct run *r)
         write_end(r, true);
 }
 
+/* A range in key order read in pages of random, mostly tiny, sizes: joined, it is the answer
+ * read whole; every page but the last is partial, and each reads at the first page's revision. */
+static void read_range_pages(struct run *r, const Keel__RangeRequest *req, int64_t wrev,
+                             const Keel__RangeResponse *want)
+{
+    struct keel_range_pager pager;
+    memset(&pager, 0, sizeof(pager));
+    Keel__RangeResponse joined = KEEL__RANGE_RESPONSE__INIT;
+    size_t cap = 0;
+    char why[512];
+    for (int pages = 0; !pager.done; pages++) {
+        Keel__RangeResponse *pg = NULL;
+        int64_t rev = -1;
+        size_t page_bytes = rnd(r, 3) == 0 ? 1 + rnd(r, 4096) : 1 + rnd(r, 400);
+        size_t scan_keys = 1 + rnd(r, 6);
+        int err =
+            keel_store_range_page(r->s, req, &pager, page_bytes, scan_keys, &r->sa, &pg, &rev);
+        why[0] = 0;
+        if (err != 0)
+            snprintf(why, sizeof(why), "page %d failed: %s", pages, keel_err_name(err));
+        else if (rev != wrev)
+            snprintf(why, sizeof(why), "page %d at revision %" PRId64 ", want %" PRId64, pages, rev,
+                     wrev);
+        else if (pg->partial == pager.done)
+            snprintf(why, sizeof(why), "page %d: partial %d but done %d", pages, pg->partial,
+                     pager.done);
+        if (why[0]) {
+            header(r, "range in pages", why);
+            model_dump_range_request(stderr, req);
+            FAIL(r);
+        }
+        if (joined.n_kvs + pg->n_kvs > cap) {
+            size_t ncap = (joined.n_kvs + pg->n_kvs) * 2;
+            Keel__KeyValue **v = keel_arena_alloc(&r->sa, ncap * sizeof(*v));
+            assert_non_null(v);
+            if (joined.n_kvs)
+                memcpy(v, joined.kvs, joined.n_kvs * sizeof(*v));
+            joined.kvs = v;
+            cap = ncap;
+        }
+        for (size_t i = 0; i < pg->n_kvs; i++)
+            joined.kvs[joined.n_kvs++] = pg->kvs[i];
+        joined.count = pg->count;
+        joined.more = pg->more;
+    }
+    r->n_paged++;
+    if (model_cmp_range(why, sizeof(why), req, NULL, want, &joined)) {
+        header(r, "range in pages", why);
+        model_dump_range_request(stderr, req);
+        fprintf(stderr, "model (want):\n");
+        model_dump_range(stderr, want);
+        fprintf(stderr, "store in pages (got):\n");
+        model_dump_range(stderr, &joined);
+        FAIL(r);
+    }
+}
+
 static void read_range(struct run *r)
 {
     struct model_gen g = {.rng = &r->rng, .m = r->m, .a = &r->ma};
@@ -312,6 +369,8 @@ static void read_range(struct run *r)
     r->n_ranges++;
     if (werr != 0)
         return;
+    if (keel_store_range_pageable(req))
+        read_range_pages(r, req, wrev, want);
     if (req->sort_order != KEEL__RANGE_REQUEST__SORT_ORDER__NONE &&
         req->sort_target != KEEL__RANGE_REQUEST__SORT_TARGET__KEY) {
         Keel__RangeRequest plain = *req;
@@ -633,11 +692,12 @@ static void test_model(void **state)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     printf("store_model: %ld ops in %.1fs: %ld writes (%ld skipped, %ld request errors) in %ld "
-           "publishes, %ld commits, %ld aborted writes; %ld ranges, %ld history scans in %ld "
+           "publishes, %ld commits, %ld aborted writes; %ld ranges (%ld also in pages), %ld "
+           "history scans in %ld "
            "chunks, %ld lease checks; %ld reopens, %ld snapshots, %ld restores; revision %" PRId64
            " compact %" PRId64 " applied %" PRIu64 "\n",
            r.op, secs, r.n_writes, r.n_skips, r.n_req_errs, r.n_publishes, r.n_commits, r.n_aborts,
-           r.n_ranges, r.n_histories, r.n_chunks, r.n_leases, r.n_reopens, r.n_snapshots,
+           r.n_ranges, r.n_paged, r.n_histories, r.n_chunks, r.n_leases, r.n_reopens, r.n_snapshots,
            r.n_restores, model_revision(r.m), model_compact_revision(r.m),
            model_applied_index(r.m));
     printf("store_model: request errors:");
