@@ -40,6 +40,11 @@ static const char usage[] =
     "                              the log is trimmed in whole segments, and a member keeps up\n"
     "                              to three open ones allocated\n"
     "  --quota-bytes N             logical size quota of the store (default 2 GiB)\n"
+    "  --disk-reserve-bytes N      free space kept on the data dir's filesystem: below it this\n"
+    "                              member raises the NOSPACE alarm (writes that add data stop\n"
+    "                              everywhere) instead of failing when the disk is full\n"
+    "                              (default 256 MiB, at most 1/16 of the filesystem; 0: off)\n"
+    "  --disk-check-ms N           how often the free space is looked at (default 1000)\n"
     "  --max-request-bytes N       largest request accepted (default 1.5 MiB)\n"
     "  --max-txn-ops N             compares, and operations per branch, at each level of a txn\n"
     "                              (default 128); all the levels of a txn together: 8 x N\n"
@@ -240,6 +245,9 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->snapshot_trailing_bytes = 64u << 20;
     c->raft_segment_bytes = 8u << 20;
     c->quota_bytes = 2ull << 30;
+    c->disk_reserve_bytes = 256u << 20;
+    c->disk_reserve_set = false;
+    c->disk_check_ms = 1000;
     c->max_request_bytes = 1536 * 1024;
     c->max_txn_ops = 128;
     c->max_inflight = 1024;
@@ -287,7 +295,9 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_SEGMENT,
         O_AC_MODE,
         O_AC_RETENTION,
-        O_AC_INTERVAL
+        O_AC_INTERVAL,
+        O_DISK_RESERVE,
+        O_DISK_CHECK
     };
     static const struct option opts[] = {
         {"name", required_argument, NULL, O_NAME},
@@ -304,6 +314,8 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"snapshot-trailing-bytes", required_argument, NULL, O_TRAIL_BYTES},
         {"raft-segment-bytes", required_argument, NULL, O_SEGMENT},
         {"quota-bytes", required_argument, NULL, O_QUOTA},
+        {"disk-reserve-bytes", required_argument, NULL, O_DISK_RESERVE},
+        {"disk-check-ms", required_argument, NULL, O_DISK_CHECK},
         {"max-request-bytes", required_argument, NULL, O_MAXREQ},
         {"max-txn-ops", required_argument, NULL, O_MAXOPS},
         {"max-inflight", required_argument, NULL, O_INFLIGHT},
@@ -388,6 +400,15 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         case O_QUOTA:
             rv = parse_u64(optarg, 1 << 20, 1ull << 44, &c->quota_bytes, "--quota-bytes", err,
                            errlen);
+            break;
+        case O_DISK_RESERVE:
+            rv = parse_u64(optarg, 0, 1ull << 44, &c->disk_reserve_bytes, "--disk-reserve-bytes",
+                           err, errlen);
+            c->disk_reserve_set = true;
+            break;
+        case O_DISK_CHECK:
+            rv = parse_u64(optarg, 10, 3600000, &v, "--disk-check-ms", err, errlen);
+            c->disk_check_ms = (unsigned)v;
             break;
         case O_MAXREQ:
             rv = parse_u64(optarg, 1024, 64u << 20, &v, "--max-request-bytes", err, errlen);

@@ -4,6 +4,7 @@
 #ifndef KEEL_CONFIG_H
 #define KEEL_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,6 +36,9 @@ struct keel_config {
     uint64_t snapshot_trailing_bytes; /* entries kept behind a snapshot weigh at most this */
     size_t raft_segment_bytes;        /* raft_uv's segment size: the log is trimmed in segments */
     uint64_t quota_bytes;
+    uint64_t disk_reserve_bytes; /* free space below which NOSPACE is raised (0: off) ... */
+    bool disk_reserve_set;       /* ... as given; else the default, at most 1/16 of the disk */
+    unsigned disk_check_ms;
     size_t max_request_bytes;
     size_t max_txn_ops;
     size_t max_inflight;       /* requests in flight per connection before reading pauses */

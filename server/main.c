@@ -23,6 +23,8 @@
 #include "dispatch.h"
 #include "fdlimit.h"
 #include "compactor.h"
+#include "diskwatch.h"
+#include "keel/keel.h"
 #include "fsm.h"
 #include "lessor.h"
 #include "log.h"
@@ -54,6 +56,10 @@ struct keeld {
     struct keel_propose *propose;
     struct keel_lessor *lessor;
     struct keel_compactor *compactor;
+    struct keel_diskwatch *diskwatch;
+    /* A follower asks the leader for the NOSPACE alarm as a client would (raise_nospace). */
+    struct keel_aclient *alarm_client;
+    bool alarm_asking;
     struct keel_readindex *readindex;
     struct keel_publish *publish;
     struct keel_dispatch *dispatch;
@@ -182,6 +188,86 @@ static int compactor_compact(void *data, int64_t rev)
     return keel_propose_command(k->propose, &cmd, &req->base, NULL);
 }
 
+/* ---- the disk reserve's seam: NOSPACE into the log ---- */
+
+static void alarm_answered(int status, const Keel__Response *resp, void *data)
+{
+    struct keeld *k = data;
+    k->alarm_asking = false;
+    if (status != 0 && status != KEEL_ECANCELED)
+        KLOG_WARN("disk reserve: asking the leader for the NOSPACE alarm failed: %s",
+                  resp->error && resp->error->message ? resp->error->message
+                                                      : keel_strerror(status));
+}
+
+/* The leader proposes it; a follower, which cannot, sends it to the leader through libkeel as
+ * `keelctl alarm` would (an ACTIVATE naming this member), over a client kept for that. */
+static int raise_nospace(void *data, uint64_t free_bytes, uint64_t reserve)
+{
+    struct keeld *k = data;
+    (void)free_bytes;
+    (void)reserve;
+    if (k->stopping)
+        return 0;
+    if (k->raft.is_leader(k->raft.ctx)) {
+        Keel__AlarmRequest *req = malloc(sizeof(*req));
+        if (req == NULL)
+            return KEEL_ENOMEM;
+        keel__alarm_request__init(req);
+        req->action = KEEL__ALARM_REQUEST__ALARM_ACTION__ACTIVATE;
+        req->alarm = KEEL__ALARM_MEMBER__ALARM_TYPE__NOSPACE;
+        req->memberid = k->cfg.member_id;
+        Keel__Command cmd = KEEL__COMMAND__INIT;
+        cmd.op_case = KEEL__COMMAND__OP_ALARM;
+        cmd.alarm = req;
+        return keel_propose_command(k->propose, &cmd, &req->base, NULL); /* takes req */
+    }
+    if (k->alarm_asking)
+        return 0; /* the last request is still on its way */
+    if (k->alarm_client == NULL) {
+        size_t cap = k->members.n * (KEEL_ADDR_MAX + 1) + 1, len = 0;
+        char *endpoints = calloc(1, cap);
+        if (endpoints == NULL)
+            return KEEL_ENOMEM;
+        for (size_t i = 0; i < k->members.n; i++) {
+            const char *c = k->members.v[i].client;
+            if (c[0] != '\0' && k->members.v[i].id != k->cfg.member_id)
+                len += (size_t)snprintf(endpoints + len, cap - len, "%s%s", len ? "," : "", c);
+        }
+        if (len == 0) {
+            free(endpoints);
+            return KEEL_EUNAVAILABLE; /* no other member's client address known yet */
+        }
+        char host[KEEL_ADDR_MAX];
+        int port;
+        keel_addr_split(k->cfg.listen_peer, host, sizeof(host), &port);
+        struct keel_options co = {
+            .endpoints = endpoints, .source_address = host, .client_name = "keeld disk reserve"};
+        int err = keel_aclient_init(&k->alarm_client, &k->loop, &co); /* copies endpoints */
+        free(endpoints);
+        if (err != 0)
+            return err;
+    }
+    Keel__AlarmRequest ar = KEEL__ALARM_REQUEST__INIT;
+    ar.action = KEEL__ALARM_REQUEST__ALARM_ACTION__ACTIVATE;
+    ar.alarm = KEEL__ALARM_MEMBER__ALARM_TYPE__NOSPACE;
+    ar.memberid = k->cfg.member_id;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_ALARM;
+    req.alarm = &ar;
+    int err = keel_aclient_request(k->alarm_client, &req, 0, alarm_answered, k);
+    if (err == 0)
+        k->alarm_asking = true;
+    return err;
+}
+
+static void close_alarm_client(struct keeld *k)
+{
+    if (k->alarm_client != NULL)
+        keel_aclient_close(k->alarm_client, NULL, NULL);
+    k->alarm_client = NULL;
+}
+
 static void stop_now(struct keeld *k)
 {
     if (k->stopping > 1)
@@ -193,6 +279,8 @@ static void stop_now(struct keeld *k)
     keel_propose_stop(k->propose);
     keel_lessor_stop(k->lessor);
     keel_compactor_stop(k->compactor);
+    keel_diskwatch_stop(k->diskwatch);
+    close_alarm_client(k);
     keel_readindex_stop(k->readindex);
     keel_watch_stop(k->watch);
     /* raft closes only once it holds none of our requests: node.c waits for them, and says why
@@ -309,6 +397,16 @@ static int wire(struct keeld *k)
                                         .data = k};
     if ((rv = keel_compactor_new(&co, &k->compactor)) != 0)
         return rv;
+    struct keel_diskwatch_options dw = {.loop = &k->loop,
+                                        .path = k->cfg.data_dir,
+                                        .reserve = k->cfg.disk_reserve_bytes,
+                                        .reserve_set = k->cfg.disk_reserve_set,
+                                        .check_ms = k->cfg.disk_check_ms,
+                                        .store = k->store,
+                                        .raise = raise_nospace,
+                                        .data = k};
+    if ((rv = keel_diskwatch_new(&dw, &k->diskwatch)) != 0)
+        return rv;
     struct keel_sessions_pressure sp = {.bytes = unapplied_bytes,
                                         .data = k,
                                         .high = k->cfg.max_apply_backlog_bytes,
@@ -362,6 +460,7 @@ static void unwind(struct keeld *k)
         keel_propose_stop(k->propose);
     keel_lessor_stop(k->lessor);
     keel_compactor_stop(k->compactor);
+    keel_diskwatch_stop(k->diskwatch);
     if (k->watch != NULL)
         keel_watch_stop(k->watch);
     if (k->fsm != NULL)
@@ -379,6 +478,7 @@ static void free_modules(struct keeld *k)
     keel_readindex_free(k->readindex);
     keel_lessor_free(k->lessor);
     keel_compactor_free(k->compactor);
+    keel_diskwatch_free(k->diskwatch);
     keel_propose_free(k->propose);
     keel_watch_free(k->watch);
     keel_fsm_free(k->fsm);

@@ -61,6 +61,8 @@ compat_cleanup() {
     done
     for p in "${COMPAT_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     for p in "${COMPAT_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    # What a test set up outside its processes (a mount), undone once they are gone.
+    if [ -n "${COMPAT_AFTER_STOP:-}" ]; then "$COMPAT_AFTER_STOP" || true; fi
     if [ -n "$COMPAT_DIR" ] && [ -d "$COMPAT_DIR" ]; then
         if [ $rc -ne 0 ] && [ $rc -ne 77 ]; then
             for f in "$COMPAT_DIR"/*.log; do

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# A member whose disk fills raises the NOSPACE alarm instead of dying (issue 14). Member m3 keeps
+# its data on a 64 MiB tmpfs of its own; m1 and m2 elect a leader before m3 starts, so m3 is a
+# follower and asks the leader for the alarm through the client protocol. Something else fills
+# that filesystem (a file) until less than m3's --disk-reserve-bytes is left; puts go on until
+# the alarm appears: named after m3, on every member, puts refused ("database space exceeded"),
+# reads and deletes served, m3 still running. Once the file is gone, a disarm clears it for
+# good and writes work again.
+#
+#   test_diskfull.sh KEELD KEELCTL
+#
+# Needs root (a tmpfs mount); skipped otherwise. Uses the 127.0.x.1 blocks 186..188.
+set -euo pipefail
+KEELD=${1:?usage: test_diskfull.sh KEELD KEELCTL}
+CTL=${2:?usage: test_diskfull.sh KEELD KEELCTL}
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../gateway/compat/lib.sh
+. "$HERE/../gateway/compat/lib.sh"
+
+compat_init diskfull 186
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3) || compat_skip "python3 is not installed"
+[ "$(id -u)" -eq 0 ] || compat_skip "not root: a small filesystem (tmpfs) cannot be mounted"
+small=$COMPAT_DIR/small
+mkdir -p "$small"
+mount -t tmpfs -o size=64m keel-diskfull "$small" 2>/dev/null ||
+    compat_skip "mounting a tmpfs failed (no CAP_SYS_ADMIN here)"
+unmount_small() { umount "$small" 2>/dev/null || umount -l "$small" 2>/dev/null; }
+COMPAT_AFTER_STOP=unmount_small
+
+port=$(compat_free_port 127.0.186.1 35110) || compat_die "no free port"
+initial=
+for i in 1 2 3; do initial+="${initial:+,}m$i=127.0.$((185 + i)).1:$((port + 1))@z$i"; done
+start_member() { # I DATA-DIR [FLAGS...]
+    local i=$1 dir=$2 host=127.0.$((185 + $1)).1
+    shift 2
+    "$KEELD" --name "m$i" --data-dir "$dir" --listen-client "$host:$port" \
+        --listen-peer "$host:$((port + 1))" --initial-cluster "$initial" "$@" \
+        >"$COMPAT_DIR/m$i.log" 2>&1 &
+    COMPAT_PIDS+=($!)
+}
+start_member 1 "$COMPAT_DIR/m1"
+start_member 2 "$COMPAT_DIR/m2"
+compat_wait 60 grep -q "became leader" "$COMPAT_DIR/m1.log" "$COMPAT_DIR/m2.log" ||
+    compat_die "m1 and m2 elected no leader in 60 s"
+start_member 3 "$small/m3" --raft-segment-bytes 1048576 --disk-reserve-bytes 16777216 \
+    --disk-check-ms 200
+m3=${COMPAT_PIDS[2]}
+EPS=127.0.186.1:$port,127.0.187.1:$port,127.0.188.1:$port
+ctl() { "$CTL" --endpoints "$EPS" "$@"; }
+each() { # the output of the command on every member, one line each
+    local ep
+    for ep in ${EPS//,/ }; do "$CTL" --endpoints "$ep" "$@" 2>&1 | tr '\n' ' '; echo; done
+}
+compat_wait 30 "$CTL" --endpoints "127.0.188.1:$port" get probe --consistency s ||
+    compat_die "m3 did not serve in 30 s"
+compat_wait 30 ctl put probe 1 || compat_die "the cluster took no write in 30 s"
+m3id=$("$CTL" --endpoints "127.0.188.1:$port" endpoint status -w json |
+    "$PY" -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["member_id"])')
+check "m3 follows" "false" "$("$CTL" --endpoints "127.0.188.1:$port" endpoint status -w json |
+    "$PY" -c 'import json,sys; s=json.load(sys.stdin)[0]["Status"]; print(str(s["leader"] == s["header"]["member_id"]).lower())')"
+check "no alarm at first" "" "$(ctl alarm list)"
+
+# Something else takes the filesystem until 4 MiB less than the reserve is left... almost: the
+# file leaves the reserve plus 4 MiB, and m3's own writes take the rest.
+avail=$(df -B1 --output=avail "$small" | tail -n 1 | tr -d ' ')
+fill=$((avail - 16777216 - 4194304))
+[ "$fill" -gt 0 ] || compat_die "the tmpfs has only $avail bytes free at the start"
+head -c "$fill" /dev/zero >"$small/filler" || true
+val=$(head -c 65536 /dev/zero | tr '\0' d)
+raised=no
+for i in $(seq 1 400); do
+    if ! out=$(ctl put "fill$i" "$val" 2>&1); then
+        contains "the put that failed says why" "database space exceeded" "$out"
+        raised=yes
+        break
+    fi
+    case "$(ctl alarm list)" in *NOSPACE*) raised=yes; break ;; esac
+done
+check "the alarm came before the disk was full" "yes" "$raised"
+check "it names m3" "memberID:$m3id alarm:NOSPACE" "$(ctl alarm list)"
+end=$((SECONDS + 10))
+while [ "$(each alarm list | sort -u)" != "memberID:$m3id alarm:NOSPACE " ] && [ $SECONDS -lt $end ]; do sleep 0.2; done
+check "every member lists it" "memberID:$m3id alarm:NOSPACE " "$(each alarm list | sort -u)"
+out=$(ctl put small x 2>&1) && bad "a put went through under the alarm"
+contains "puts are refused" "database space exceeded" "$out"
+check "reads go on" "1" "$(ctl get probe --print-value-only)"
+check "deletes go on" "1" "$(ctl del fill1)"
+check "m3 still runs" "yes" "$(compat_alive "$m3" && echo yes || echo no)"
+contains "m3 said why" "under the reserve" "$(cat "$COMPAT_DIR/m3.log")"
+check "m3 still serves" "1" "$("$CTL" --endpoints "127.0.188.1:$port" get probe --consistency s --print-value-only)"
+
+# Room again: a disarm clears it for good.
+rm -f "$small/filler"
+sleep 0.5
+check "disarm" "memberID:$m3id alarm:NOSPACE" "$(ctl alarm disarm)"
+check "writes again" "OK" "$(ctl put small x)"
+sleep 1
+check "not raised again with room on the disk" "" "$(ctl alarm list)"
+check "m3 still runs at the end" "yes" "$(compat_alive "$m3" && echo yes || echo no)"
+compat_done
