@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,12 +17,36 @@
 
 #define MAGIC "KEELSNP1"
 #define BUF   (1u << 20)
+/* The writer's buffer: whole blocks of it go to the file with O_DIRECT, past the page cache. A
+ * buffered write of gigabytes costs a copy into the page cache and the reclaim of as much of it
+ * (measured: 2.2 GB took 0.7-3.2 s of system time, against none direct); what is written must
+ * reach the disk before the rename anyway. */
+#define WBUF  (4u << 20)
+#define NBUF  4 /* buffers: one filling, the others queued for or in the disk thread */
+#define ALIGN 4096u
 
+/*
+ * The disk thread writes full buffers while the caller receives and hashes the next ones: a
+ * direct write blocks for the disk's time, which would otherwise stall the stream. Buffers go
+ * round a ring: [out, in) are full and queued; the caller fills buf[in % NBUF] once fewer than
+ * NBUF are queued.
+ */
 struct snapfile_writer {
     char *path, *part;
     int fd;
+    bool direct;        /* fd is O_DIRECT: only whole ALIGN blocks from a buffer */
+    uint8_t *buf[NBUF]; /* WBUF bytes each, ALIGN-aligned */
+    size_t held;        /* bytes in the filling buffer */
     uint64_t len;
     EVP_MD_CTX *md;
+
+    pthread_t thread;
+    bool thread_on;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    unsigned in, out; /* under mu: buffers queued, buffers written */
+    bool stop;        /* under mu: the caller is done (finish, abort) */
+    int werr;         /* under mu: the disk thread's errno, 0: none */
 };
 
 static int fail(char err[SNAPFILE_ERR_MAX], const char *fmt, ...)
@@ -64,10 +90,53 @@ static int sync_parent(const char *path)
     return rv;
 }
 
+static void *disk_thread(void *arg)
+{
+    struct snapfile_writer *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (w->out == w->in && !w->stop)
+            pthread_cond_wait(&w->cond, &w->mu);
+        if (w->out == w->in)
+            break; /* stopped, and nothing queued */
+        uint8_t *b = w->buf[w->out % NBUF];
+        int err = w->werr;
+        pthread_mutex_unlock(&w->mu);
+        if (err == 0 && write_all(w->fd, b, WBUF) != 0)
+            err = errno ? errno : EIO;
+        pthread_mutex_lock(&w->mu);
+        if (err != 0 && w->werr == 0)
+            w->werr = err;
+        w->out++;
+        pthread_cond_broadcast(&w->cond);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* Wait until the disk thread has written everything queued (and stop it): 0 or its errno. */
+static int drain_thread(struct snapfile_writer *w)
+{
+    if (!w->thread_on)
+        return 0;
+    pthread_mutex_lock(&w->mu);
+    w->stop = true;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    w->thread_on = false;
+    return w->werr;
+}
+
 static void writer_free(struct snapfile_writer *w)
 {
+    drain_thread(w);
     if (w->fd >= 0)
         close(w->fd);
+    for (int i = 0; i < NBUF; i++)
+        free(w->buf[i]);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cond);
     EVP_MD_CTX_free(w->md);
     free(w->path);
     free(w->part);
@@ -80,6 +149,8 @@ int snapfile_create(const char *path, struct snapfile_writer **out, char err[SNA
     if (w == NULL)
         return fail(err, "out of memory");
     w->fd = -1;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cond, NULL);
     w->path = strdup(path);
     w->md = EVP_MD_CTX_new();
     if (w->path == NULL || w->md == NULL || asprintf(&w->part, "%s.part", path) < 0) {
@@ -91,20 +162,92 @@ int snapfile_create(const char *path, struct snapfile_writer **out, char err[SNA
         writer_free(w);
         return fail(err, "SHA-256 is not available");
     }
-    w->fd = open(w->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    for (int i = 0; i < NBUF; i++) {
+        if (posix_memalign((void **)&w->buf[i], ALIGN, WBUF) != 0) {
+            w->buf[i] = NULL;
+            writer_free(w);
+            return fail(err, "out of memory");
+        }
+    }
+    /* Direct where the filesystem allows it (not tmpfs, for one). */
+    w->fd = open(w->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0600);
+    w->direct = w->fd >= 0;
+    if (w->fd < 0 && errno == EINVAL)
+        w->fd = open(w->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (w->fd < 0) {
         int e = errno;
         fail(err, "could not create %s: %s", w->part, strerror(e));
         writer_free(w);
         return -1;
     }
+    if (pthread_create(&w->thread, NULL, disk_thread, w) != 0) {
+        fail(err, "cannot start a thread to write %s", w->part);
+        unlink(w->part);
+        writer_free(w);
+        return -1;
+    }
+    w->thread_on = true;
     *out = w;
+    return 0;
+}
+
+/* Append n bytes to the buffer, writing it out each time it fills. */
+static int put(struct snapfile_writer *w, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    while (n > 0) {
+        uint8_t *cur = w->buf[w->in % NBUF]; /* the caller's alone: fewer than NBUF queued */
+        size_t take = WBUF - w->held < n ? WBUF - w->held : n;
+        memcpy(cur + w->held, b, take);
+        w->held += take;
+        b += take;
+        n -= take;
+        if (w->held < WBUF)
+            continue;
+        pthread_mutex_lock(&w->mu);
+        w->in++;
+        pthread_cond_broadcast(&w->cond);
+        while (w->in - w->out == NBUF && w->werr == 0)
+            pthread_cond_wait(&w->cond, &w->mu);
+        int err = w->werr;
+        pthread_mutex_unlock(&w->mu);
+        w->held = 0;
+        if (err != 0) {
+            errno = err;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Write what the buffer holds: its whole blocks as they are, the rest (the file's end) with
+ * O_DIRECT turned off. */
+static int flush_tail(struct snapfile_writer *w)
+{
+    int err = drain_thread(w);
+    if (err != 0) {
+        errno = err;
+        return -1;
+    }
+    uint8_t *cur = w->buf[w->in % NBUF];
+    size_t whole = w->direct ? w->held / ALIGN * ALIGN : w->held;
+    if (whole > 0 && write_all(w->fd, cur, whole) != 0)
+        return -1;
+    if (whole < w->held) {
+        int fl = fcntl(w->fd, F_GETFL);
+        if (fl < 0 || fcntl(w->fd, F_SETFL, fl & ~O_DIRECT) != 0)
+            return -1;
+        w->direct = false;
+        if (write_all(w->fd, cur + whole, w->held - whole) != 0)
+            return -1;
+    }
+    w->held = 0;
     return 0;
 }
 
 int snapfile_write(struct snapfile_writer *w, const void *p, size_t n, char err[SNAPFILE_ERR_MAX])
 {
-    if (write_all(w->fd, p, n) != 0)
+    if (put(w, p, n) != 0)
         return fail(err, "writing %s: %s", w->part, strerror(errno));
     EVP_DigestUpdate(w->md, p, n);
     w->len += n;
@@ -129,7 +272,7 @@ int snapfile_finish(struct snapfile_writer *w, uint8_t sha256[32], char err[SNAP
     int rv = EVP_DigestFinal_ex(w->md, t + 16, &dlen) == 1 && dlen == 32 ? 0 : -1;
     if (rv != 0)
         fail(err, "SHA-256 failed");
-    else if (write_all(w->fd, t, sizeof(t)) != 0 || fsync(w->fd) != 0)
+    else if (put(w, t, sizeof(t)) != 0 || flush_tail(w) != 0 || fsync(w->fd) != 0)
         rv = fail(err, "writing %s: %s", w->part, strerror(errno));
     else if (close(w->fd) != 0)
         rv = fail(err, "closing %s: %s", w->part, strerror(errno));

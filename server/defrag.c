@@ -86,7 +86,7 @@ static int apply_run(struct keel_store *copy, struct entry *run)
 static void *defrag_main(void *arg)
 {
     struct keel_defrag *d = arg;
-    int err = keel_store_snapshot(d->s, d->fd);
+    int err = keel_store_snapshot(d->s, d->fd, true);
     if (err == 0) {
         err = keel_store_defrag_open(d->s, d->fd, &d->copy); /* takes the descriptor */
         d->fd = -1;

@@ -355,7 +355,6 @@ static int wire(struct keeld *k)
                                    .member_id = k->cfg.member_id};
     k->snapstream = (struct keel_snapstream){.loop = &k->loop,
                                              .store = k->store,
-                                             .data_dir = k->cfg.data_dir,
                                              .reply = &k->reply,
                                              .fsm = k->fsm};
     struct keel_watch_options wo = {.loop = &k->loop,

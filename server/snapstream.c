@@ -1,19 +1,21 @@
 /*
  * Checkpoint streaming (see snapstream.h). One stream's life:
  *
- *   keel_snapstream_start -> copier thread writes the copy to an unlinked file in the data dir
- *     loop: drained (the session's output drained) -> send what the copier has written since
- *           -> nothing new yet: look again in POLL_MS -> ... -> copier done and all sent: last
- *           chunk (remaining_bytes 0), done
- *   copier thread ends -> async -> copy_done (loop): join it, note the final size
- *   the session closing -> abandoned: freed once the copier has ended (it cannot be stopped
- *     inside LMDB's copy, and the member's one stream stays taken until then)
+ *   keel_snapstream_start -> copier thread: LMDB's copy of the store written into a pipe
+ *     loop: drained (the session's output drained) -> read what the pipe holds (up to a chunk)
+ *           and send it -> the pipe is empty: wait until it is readable -> ... -> end of the
+ *           pipe and the copier done: last chunk (remaining_bytes 0), done
+ *   copier thread ends -> async -> copy_done (loop): join it, learn its result
+ *   the session closing -> the pipe's read end closed, so the copier's next write fails and it
+ *     ends; freed once it has (the member's one stream stays taken until then)
  *
- * Streaming while copying is what lets a fetching follower see its first chunk within its
- * receive timeout on a large store; copying to a file at disk speed (rather than into a pipe at
- * the client's pace) is what keeps the copy's LMDB read transaction short whatever the client
- * does. A compacted LMDB copy is written sequentially, so every byte below the file's size is
- * final.
+ * The copy goes straight from LMDB's map through the pipe to the client: nothing is written to
+ * disk on the member, and the first chunk leaves at once (a fetching follower sees it within
+ * its receive timeout however large the store). The price is the copy's LMDB read transaction,
+ * open while the client reads: pages the writer frees meanwhile are not reused until it ends,
+ * so the store file may grow by what is written during the stream (etcd holds its snapshot's
+ * bolt transaction the same way). The copy is LMDB's plain one (free pages included, as in
+ * etcd's snapshots): several times faster than a compacting copy, which defrag uses.
  */
 #include "snapstream.h"
 
@@ -28,14 +30,14 @@
 #include "err.h"
 #include "log.h"
 
-#define CHUNK   (1u << 20)
-#define POLL_MS 20 /* how soon to look again when the client is waiting for the copier */
+#define CHUNK     (1u << 20)
+#define PIPE_SIZE (1 << 20) /* asked of the kernel: fewer, larger hand-overs from the copier */
 
 struct stream {
     struct keel_snapstream *ss;
     uint64_t session;
     uint64_t client_id;
-    int fd;
+    int rfd, wfd;   /* the pipe: the loop reads rfd; the copier writes wfd and closes it */
     off_t estimate; /* the store's size at the start: remaining_bytes until the copy is done */
     off_t off;      /* bytes sent */
     uint8_t *chunk;
@@ -44,13 +46,25 @@ struct stream {
     uint64_t sync_ticket; /* the writer's sync the copy waits for (0: none) */
     atomic_int copy_err;  /* the copier's result, set before it signals */
     uv_async_t copied_async;
-    uv_timer_t poll;
-    int handles;    /* of copied_async and poll, still to be closed */
+    uv_poll_t readable;
+    int handles;    /* of copied_async and readable, still to be closed */
     bool copying;   /* the copier thread runs (loop's view: cleared in copy_done) */
-    off_t size;     /* the final size, once copied */
-    bool waiting;   /* the session drained and nothing was there to send */
+    bool eof;       /* the pipe has ended */
+    bool waiting;   /* the session drained and the pipe had nothing: polling it */
     bool abandoned; /* finished, failed or the session closed: free once the copier ended */
 };
+
+/* Make the copier's writes fail from now on: a pipe's write end errs once no read end is open,
+ * so the loop's read end is swapped for /dev/null's descriptor number-for-number (dup2 keeps
+ * the number the poll handle knows, and closes the pipe's end). */
+static void shutdown_read(struct stream *st)
+{
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, st->rfd);
+        close(null);
+    }
+}
 
 static void handle_closed(uv_handle_t *h)
 {
@@ -58,8 +72,8 @@ static void handle_closed(uv_handle_t *h)
     if (--st->handles > 0)
         return;
     st->ss->active--;
-    if (st->fd >= 0)
-        close(st->fd);
+    if (st->rfd >= 0)
+        close(st->rfd);
     free(st->chunk);
     free(st);
 }
@@ -71,11 +85,18 @@ static void stream_end(struct stream *st)
     if (!st->abandoned)
         out->on_drain(out->ctx, st->session, NULL, st);
     st->abandoned = true;
-    uv_timer_stop(&st->poll);
-    if (st->copying)
+    if (st->waiting)
+        uv_poll_stop(&st->readable);
+    st->waiting = false;
+    if (st->copying) {
+        /* A copier blocked on a full pipe must end: with no reader its writes fail (EPIPE;
+         * keeld ignores SIGPIPE). The poll handle still holds rfd: it is closed in
+         * handle_closed, but shut for reading now. */
+        shutdown_read(st);
         return; /* copy_done comes back here */
+    }
     uv_close((uv_handle_t *)&st->copied_async, handle_closed);
-    uv_close((uv_handle_t *)&st->poll, handle_closed);
+    uv_close((uv_handle_t *)&st->readable, handle_closed);
 }
 
 static void fail(struct stream *st, int err, const char *msg)
@@ -91,45 +112,53 @@ static void *copier(void *arg)
     if (st->sync_ticket != 0 && keel_fsm_snapshot_wait(st->ss->fsm, st->sync_ticket) != 0)
         err = KEEL_EUNAVAILABLE;
     if (err == 0)
-        err = keel_store_snapshot(st->ss->store, st->fd);
+        err = keel_store_snapshot(st->ss->store, st->wfd, false);
+    close(st->wfd); /* the end of the pipe: the loop reads to it */
     atomic_store(&st->copy_err, err);
     uv_async_send(&st->copied_async);
     return NULL;
 }
 
-static void poll_timer(uv_timer_t *t);
+static void on_readable(uv_poll_t *p, int status, int events);
 
-/* Send the next chunk if there is one; the last one when the copy is complete and sent. */
+/* Send what the pipe holds (up to a chunk); at its end, once the copier has said how it went,
+ * the last chunk. */
 static void pump(struct stream *st)
 {
     const struct keel_reply *r = st->ss->reply;
+    if (st->waiting)
+        uv_poll_stop(&st->readable);
     st->waiting = false;
-    off_t avail = st->size;
-    if (st->copying) {
-        struct stat sb;
-        if (fstat(st->fd, &sb) != 0) {
-            fail(st, KEEL_EIO, "reading the checkpoint failed");
+    size_t n = 0;
+    while (!st->eof && n < CHUNK) {
+        ssize_t got = read(st->rfd, st->chunk + n, CHUNK - n);
+        if (got > 0) {
+            n += (size_t)got;
+        } else if (got == 0) {
+            st->eof = true;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            break;
+        } else if (errno != EINTR) {
+            fail(st, KEEL_EIO, "reading the checkpoint copy failed");
             return;
         }
-        avail = sb.st_size;
     }
-    size_t n = avail - st->off > CHUNK ? CHUNK : (size_t)(avail - st->off);
-    if (n == 0 && st->copying) {
-        st->waiting = true; /* the copier is behind the client: look again shortly */
-        uv_timer_start(&st->poll, poll_timer, POLL_MS, 0);
+    bool last = st->eof && !st->copying;
+    if (n == 0 && !last) {
+        /* The copier is behind the client (or, at the end, yet to say how it went: copy_done
+         * comes back here). */
+        if (!st->eof) {
+            st->waiting = true;
+            uv_poll_start(&st->readable, UV_READABLE, on_readable);
+        }
         return;
     }
-    ssize_t got = n ? pread(st->fd, st->chunk, n, st->off) : 0;
-    if (got < 0 || (size_t)got != n) {
-        fail(st, KEEL_EIO, "reading the checkpoint failed");
-        return;
-    }
-    st->off += got;
+    st->off += (off_t)n;
     Keel__SnapshotResponse sr = KEEL__SNAPSHOT_RESPONSE__INIT;
     sr.blob.data = st->chunk;
-    sr.blob.len = (size_t)got;
-    if (!st->copying)
-        sr.remaining_bytes = (uint64_t)(st->size - st->off);
+    sr.blob.len = n;
+    if (last) /* every byte is in this chunk or sent */
+        sr.remaining_bytes = 0;
     else /* not known yet, and never 0 before the end */
         sr.remaining_bytes = st->estimate > st->off ? (uint64_t)(st->estimate - st->off) : 1;
     sr.version = KEEL_VERSION;
@@ -138,15 +167,19 @@ static void pump(struct stream *st)
     resp.body_case = KEEL__RESPONSE__BODY_SNAPSHOT;
     resp.snapshot = &sr;
     keel_reply_send(r, st->session, &resp, -1, KEEL_RESPOND_PUSH);
-    if (sr.remaining_bytes == 0) {
+    if (last) {
+        KLOG_INFO("checkpoint of %lld bytes sent to session %llu", (long long)st->off,
+                  (unsigned long long)st->session);
         r->out->done(r->out->ctx, st->session);
         stream_end(st);
     }
 }
 
-static void poll_timer(uv_timer_t *t)
+static void on_readable(uv_poll_t *p, int status, int events)
 {
-    pump(t->data);
+    (void)status;
+    (void)events;
+    pump(p->data);
 }
 
 static void drained(void *data, int closed)
@@ -166,9 +199,6 @@ static void copy_done(uv_async_t *a)
     pthread_join(st->thread, NULL);
     st->copying = false;
     int err = atomic_load(&st->copy_err);
-    struct stat sb;
-    if (err == 0 && fstat(st->fd, &sb) != 0)
-        err = KEEL_EIO;
     if (st->abandoned) {
         stream_end(st);
         return;
@@ -177,29 +207,25 @@ static void copy_done(uv_async_t *a)
         fail(st, err,
              err == KEEL_EUNAVAILABLE
                  ? "the storage writer did not commit what it had applied within a minute"
-                 : "writing the checkpoint failed");
+                 : "copying the checkpoint failed");
         return;
     }
-    st->size = sb.st_size;
-    KLOG_INFO("checkpoint of %lld bytes copied for session %llu", (long long)st->size,
-              (unsigned long long)st->session);
-    if (st->waiting) {
-        uv_timer_stop(&st->poll);
-        pump(st);
-    }
+    if (st->eof)
+        pump(st); /* the client had everything but the news that it was all */
 }
 
-static int open_staging(const char *dir)
+/* The pipe the copy goes through: the loop's end non-blocking, both closed on exec. */
+static int open_pipe(int fds[2])
 {
-    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        char path[600];
-        snprintf(path, sizeof(path), "%s/checkpoint-XXXXXX", dir);
-        fd = mkstemp(path);
-        if (fd >= 0)
-            unlink(path);
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return -1;
+    (void)fcntl(fds[1], F_SETPIPE_SZ, PIPE_SIZE); /* a smaller pipe only costs wake-ups */
+    if (fcntl(fds[0], F_SETFL, O_NONBLOCK) != 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
     }
-    return fd;
+    return 0;
 }
 
 void keel_snapstream_start(struct keel_snapstream *ss, uint64_t session, uint64_t id)
@@ -212,14 +238,11 @@ void keel_snapstream_start(struct keel_snapstream *ss, uint64_t session, uint64_
     }
     struct stream *st = calloc(1, sizeof(*st));
     uint8_t *chunk = malloc(CHUNK);
-    int fd = open_staging(ss->data_dir);
-    if (st == NULL || chunk == NULL || fd < 0) {
+    int fds[2] = {-1, -1};
+    if (st == NULL || chunk == NULL || open_pipe(fds) != 0) {
         free(st);
         free(chunk);
-        if (fd >= 0)
-            close(fd);
-        keel_reply_error(ss->reply, session, id, fd < 0 ? KEEL_EIO : KEEL_ENOMEM,
-                         fd < 0 ? "cannot stage the checkpoint in the data dir" : NULL);
+        keel_reply_error(ss->reply, session, id, KEEL_ENOMEM, "cannot start the checkpoint copy");
         return;
     }
     uint64_t ticket = 0;
@@ -227,7 +250,8 @@ void keel_snapstream_start(struct keel_snapstream *ss, uint64_t session, uint64_
     if (err != 0) {
         free(st);
         free(chunk);
-        close(fd);
+        close(fds[0]);
+        close(fds[1]);
         keel_reply_error(ss->reply, session, id, err,
                          err == KEEL_EUNAVAILABLE
                              ? "this member waits for a checkpoint of its own: ask another member"
@@ -240,12 +264,13 @@ void keel_snapstream_start(struct keel_snapstream *ss, uint64_t session, uint64_
     st->sync_ticket = ticket;
     st->session = session;
     st->client_id = id;
-    st->fd = fd;
+    st->rfd = fds[0];
+    st->wfd = fds[1];
     st->chunk = chunk;
     st->estimate = (off_t)stat.db_size;
     uv_async_init(ss->loop, &st->copied_async, copy_done);
-    uv_timer_init(ss->loop, &st->poll);
-    st->copied_async.data = st->poll.data = st;
+    uv_poll_init(ss->loop, &st->readable, st->rfd);
+    st->copied_async.data = st->readable.data = st;
     st->handles = 2;
     ss->active++;
     /* Its own thread, not libuv's pool: a long copy must not take a pool thread from raft's
@@ -253,6 +278,7 @@ void keel_snapstream_start(struct keel_snapstream *ss, uint64_t session, uint64_
     st->copying = true;
     if (pthread_create(&st->thread, NULL, copier, st) != 0) {
         st->copying = false;
+        close(st->wfd);
         fail(st, KEEL_ENOMEM, "cannot start the checkpoint copy");
         return;
     }

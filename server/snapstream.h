@@ -1,13 +1,12 @@
 /*
- * Checkpoint streaming: the server side of the Snapshot request. A compacted copy of the store
- * is written by a thread of its own to an unlinked file in the data dir, and sent while it is
- * being written, in chunks of up to 1 MiB, one chunk each time the session's output has
- * drained, so a slow reader holds one chunk of memory, not the whole copy, and the first chunk
- * leaves long before a large copy is complete. The copy begins once the storage writer has
- * committed every entry it had been given when the request came: it holds at least every write
- * answered before the snapshot was asked for (a user's snapshot save expects no less). The last
- * chunk has remaining_bytes 0; before it, remaining_bytes is an estimate (never 0). The session
- * closing ends the stream.
+ * Checkpoint streaming: the server side of the Snapshot request. A copy of the store (LMDB's,
+ * page for page) is written by a thread of its own into a pipe and sent as it comes, in chunks
+ * of up to 1 MiB, one chunk each time the session's output has drained, so a slow reader holds
+ * one chunk of memory (and the pipe's), not the whole copy, and the first chunk leaves at once. The
+ * copy begins once the storage writer has committed every entry it had been given when the request
+ * came: it holds at least every write answered before the snapshot was asked for (a user's snapshot
+ * save expects no less). The last chunk has remaining_bytes 0; before it, remaining_bytes is an
+ * estimate (never 0). The session closing ends the stream.
  *
  * One stream per member at a time: a copy of the whole store is the most expensive thing a
  * client can ask for; a second request while one runs (its copy included), on any session, is
@@ -30,7 +29,6 @@
 struct keel_snapstream {
     uv_loop_t *loop;
     struct keel_store *store;
-    const char *data_dir; /* where the copy is staged (unlinked at once) */
     const struct keel_reply *reply;
     struct keel_fsm *fsm; /* the copy waits for it to commit what it was given (NULL: it does
                            * not: the copy holds what was committed when it began) */

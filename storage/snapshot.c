@@ -1,7 +1,7 @@
 /*
- * Snapshots: a compacted copy of the environment written to a descriptor, and the restore
- * that replaces the environment with such a copy. The copy is received and checked here; the
- * files it moves through and the swap itself belong to the environment (env.c).
+ * Snapshots: a copy of the environment (compacted, or page for page) written to a descriptor, and
+ * the restore that replaces the environment with such a copy. The copy is received and checked
+ * here; the files it moves through and the swap itself belong to the environment (env.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,10 +13,10 @@
 
 #include "internal.h"
 
-int keel_store_snapshot(struct keel_store *s, int fd)
+int keel_store_snapshot(struct keel_store *s, int fd, bool compact)
 {
     pthread_rwlock_rdlock(&s->swap_lock);
-    int rc = mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT);
+    int rc = mdb_env_copyfd2(s->env, fd, compact ? MDB_CP_COMPACT : 0);
     pthread_rwlock_unlock(&s->swap_lock);
     return rc == 0 ? 0 : ks_mdb_err(rc);
 }

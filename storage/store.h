@@ -282,8 +282,13 @@ int keel_store_members(struct keel_store *s, struct keel_arena *arena, Keel__Mem
  * Snapshots
  */
 
-/* Write a compacted copy of the committed state to fd (a file or a socket). 0 or KEEL_E*. */
-int keel_store_snapshot(struct keel_store *s, int fd);
+/*
+ * Write a copy of the committed state to fd (a file, a pipe or a socket), from one read
+ * transaction held until the copy is written. compact: the live pages only, renumbered (what
+ * defrag wants; it walks the trees, several times slower); else LMDB's plain copy, page for page
+ * with the free ones, written straight from the map. Either restores. 0 or KEEL_E*.
+ */
+int keel_store_snapshot(struct keel_store *s, int fd, bool compact);
 
 /*
  * Replace the whole state with a copy written by keel_store_snapshot, read from fd to its end.

@@ -63,7 +63,7 @@ static int setup(void **state)
                                      .checkpoint_ms = 5000};
     assert_int_equal(keel_lessor_new(&lo, &f->lessor), 0);
     f->snap = (struct keel_snapstream){
-        .loop = &f->loop, .store = f->e.store, .data_dir = f->e.dir, .reply = &f->e.reply};
+        .loop = &f->loop, .store = f->e.store, .reply = &f->e.reply};
     struct keel_dispatch_options o = {.cfg = &f->cfg,
                                       .reply = &f->e.reply,
                                       .raft = &f->e.node.seam,

@@ -76,7 +76,7 @@ static FILE *copy_now(struct fx *f)
 {
     FILE *fp = tmpfile();
     assert_non_null(fp);
-    assert_int_equal(keel_store_snapshot(f->s, fileno(fp)), 0);
+    assert_int_equal(keel_store_snapshot(f->s, fileno(fp), false), 0);
     rewind(fp);
     return fp;
 }

@@ -1,14 +1,14 @@
 /*
  * Checkpoint streaming (server/snapstream.h) over a real store, with a recording responder in
  * place of the session (issue 9, hole 7). The first chunks must leave while the copy is still
- * being written: a follower's fetch times out when a large store's first chunk waits for the
+ * being made: a follower's fetch times out when a large store's first chunk waits for the
  * whole copy (it used to), and then it retries and the member copies everything again.
  *
  * Observable without timing: while the copy runs its size is not known, so chunks carry
- * remaining_bytes from an estimate (the store's size, here about twice the compacted copy);
- * once it is known they carry the exact rest. A chunk whose remaining_bytes is not the exact
- * rest was sent during the copy. The responder drains at once, so the stream goes as fast as the
- * copy; the store is a few hundred MB so the copy outlasts the first poll of it.
+ * remaining_bytes from an estimate (the store's size when asked, which the copy of the
+ * committed pages does not match to the byte); the last carries 0. A chunk whose remaining_bytes is
+ * not the exact rest was sent during the copy. The responder drains at once, so the stream goes as
+ * fast as the copy; the store is a few hundred MB so the copy outlasts the first poll of it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -71,8 +71,7 @@ static void chunks_leave_while_the_copy_is_written(void **state)
     struct tf_env e;
     tf_env_init(&e, "snapstream");
     fill(&e);
-    struct keel_snapstream ss = {
-        .loop = &loop, .store = e.store, .data_dir = e.dir, .reply = &e.reply, .active = 0};
+    struct keel_snapstream ss = {.loop = &loop, .store = e.store, .reply = &e.reply, .active = 0};
     keel_snapstream_start(&ss, 7, 1);
     assert_non_null(e.out.drain_cb);
 
@@ -97,8 +96,10 @@ static void chunks_leave_while_the_copy_is_written(void **state)
             remaining[chunks] = r->snapshot->remaining_bytes;
             len[chunks] = r->snapshot->blob.len;
             chunks++;
-            assert_int_equal(fwrite(r->snapshot->blob.data, 1, r->snapshot->blob.len, copy),
-                             r->snapshot->blob.len);
+            /* The last may be empty: the pipe ended before the copier said how it went. */
+            if (r->snapshot->blob.len > 0)
+                assert_int_equal(fwrite(r->snapshot->blob.data, 1, r->snapshot->blob.len, copy),
+                                 r->snapshot->blob.len);
             got += r->snapshot->blob.len;
             last = r->snapshot->remaining_bytes == 0;
             keel__response__free_unpacked(r, NULL);

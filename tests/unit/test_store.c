@@ -915,7 +915,7 @@ static void snapshot_restore_roundtrip(void **state)
     assert_true(asprintf(&file, "%s/snap", f->dir) > 0);
     FILE *fp = fopen(file, "w+");
     assert_non_null(fp);
-    assert_int_equal(keel_store_snapshot(f->s, fileno(fp)), 0);
+    assert_int_equal(keel_store_snapshot(f->s, fileno(fp), false), 0);
 
     /* a second store, diverged, gets the copy */
     char *dir2 = tu_mkdtemp("restore");
@@ -970,7 +970,7 @@ static void restore_interrupted_swap_completes(void **state)
     char *snap = NULL;
     assert_true(asprintf(&snap, "%s/snap", f->dir) > 0);
     FILE *fp = fopen(snap, "w");
-    assert_int_equal(keel_store_snapshot(f->s, fileno(fp)), 0);
+    assert_int_equal(keel_store_snapshot(f->s, fileno(fp), false), 0);
     fclose(fp);
 
     /* Simulate a crash after the copy became ready and the old store was moved aside. */

@@ -485,7 +485,7 @@ static void test_crash(void **state)
             int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
             free(path);
             assert_true(fd >= 0);
-            int rv = keel_store_snapshot(s, fd);
+            int rv = keel_store_snapshot(s, fd, true);
             close(fd);
             if (rv != 0) {
                 verify_fail(&c, round, "snapshot", keel_strerror(rv));

@@ -620,7 +620,7 @@ static void maintenance(struct run *r)
         r->snap_fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
         free(path);
         assert_true(r->snap_fd >= 0);
-        rv = keel_store_snapshot(r->s, r->snap_fd);
+        rv = keel_store_snapshot(r->s, r->snap_fd, r->n_snapshots % 2 == 0);
         if (rv != 0) {
             snprintf(why, sizeof(why), "keel_store_snapshot: %s", keel_strerror(rv));
             header(r, "snapshot", why);

@@ -437,7 +437,7 @@ static void checkpoint_restore_moves_watchers_to_history(void **state)
     tu_apply(leader, 4, tu_cmd_put(&a, "a1", "z"), &a, &r);
     FILE *fp = tmpfile();
     assert_non_null(fp);
-    assert_int_equal(keel_store_snapshot(leader, fileno(fp)), 0);
+    assert_int_equal(keel_store_snapshot(leader, fileno(fp), false), 0);
     assert_int_equal(fseek(fp, 0, SEEK_SET), 0);
     assert_int_equal(keel_store_restore(f->e.store, fileno(fp), 0), 0);
     fclose(fp);
