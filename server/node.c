@@ -49,6 +49,8 @@ struct keel_node {
     uv_check_t poll;
     int last_state;
     uint64_t last_leader;
+    unsigned election_ms; /* the configured election timeout, restored once a leader is known */
+    bool fast_first;      /* the first election's shorter timeout is in force */
     int started;
     int stopping;     /* keel_node_stop was called: raft takes nothing more of ours */
     size_t inflight;  /* applies and barriers raft holds */
@@ -354,6 +356,10 @@ static void poll_state(uv_check_t *h)
     bool was = n->last_state == RAFT_LEADER;
     n->last_state = state;
     n->last_leader = id;
+    if (id != 0 && n->fast_first) {
+        n->fast_first = false; /* from the next timer reset on */
+        raft_set_election_timeout(&n->raft, n->election_ms);
+    }
     if (state == RAFT_LEADER && !was) {
         KLOG_INFO("became leader in term %llu", (unsigned long long)n->raft.current_term);
         /* 0.15 appends no entry of its own on election: this barrier commits one of the new
@@ -651,7 +657,16 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
         return from_raft(rv);
     }
     raft_set_heartbeat_timeout(&n->raft, c->heartbeat_ms);
-    raft_set_election_timeout(&n->raft, c->election_ms);
+    /* Until it knows a leader, a starting member campaigns after a third of the election
+     * timeout (at least three heartbeats): when the whole cluster restarts, nobody waits out
+     * 1-2 s of a timeout meant to tell a dead leader from a slow one. A member joining a
+     * running cluster hears the leader within a heartbeat, and pre-vote keeps a campaign of
+     * its from deposing a leader the others still hear. */
+    n->election_ms = c->election_ms;
+    unsigned first =
+        c->election_ms / 3 > 3 * c->heartbeat_ms ? c->election_ms / 3 : 3 * c->heartbeat_ms;
+    n->fast_first = first < c->election_ms;
+    raft_set_election_timeout(&n->raft, n->fast_first ? first : c->election_ms);
     raft_set_snapshot_threshold(&n->raft, c->snapshot_threshold);
     raft_set_snapshot_trailing(&n->raft, c->snapshot_trailing);
     raft_set_pre_vote(&n->raft, true);

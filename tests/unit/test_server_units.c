@@ -102,17 +102,17 @@ static void config_accepts_good_flags(void **state)
     assert_int_equal(c.member_id, c.members[0].id);
     assert_true(c.members[0].id != c.members[1].id);
     /* the raft log's bounds: bytes first, the entry counts as upper bounds */
-    assert_int_equal(c.snapshot_bytes, 64u << 20);
-    assert_int_equal(c.snapshot_trailing_bytes, 64u << 20);
+    assert_int_equal(c.snapshot_bytes, 32u << 20);
+    assert_int_equal(c.snapshot_trailing_bytes, 16u << 20);
     assert_int_equal(c.snapshot_threshold, 65536);
     assert_int_equal(c.raft_segment_bytes, 8u << 20);
     uint64_t cluster = c.cluster_id;
     keel_config_close(&c);
-    assert_int_equal(parse(GOOD " --snapshot-bytes 33554432 --snapshot-trailing-bytes 1048576 "
+    assert_int_equal(parse(GOOD " --snapshot-bytes 67108864 --snapshot-trailing-bytes 1048576 "
                                 "--raft-segment-bytes 1114112",
                            &c, err, sizeof(err)),
                      0);
-    assert_int_equal(c.snapshot_bytes, 32u << 20);
+    assert_int_equal(c.snapshot_bytes, 64u << 20);
     assert_int_equal(c.snapshot_trailing_bytes, 1u << 20);
     assert_int_equal(c.raft_segment_bytes, 17u << 16);
     keel_config_close(&c);
