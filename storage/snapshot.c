@@ -5,6 +5,10 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,10 +17,64 @@
 
 #include "internal.h"
 
+/*
+ * Reading ahead for a copy. The map is opened MDB_NORDAHEAD (random reads must not drag in
+ * neighbours), and so without fault-around: a copy of a store no longer in the page cache faulted
+ * its pages in one at a time, from the disk (a 2.2 GB compacting copy: 24-33 s; 2.2 s warm).
+ * While a copy runs, a thread reads the file through once, in order, into a scratch buffer, when
+ * it fits in half the memory available: the disk's sequential speed fills the cache ahead of the
+ * copy (5.5 s in all). posix_fadvise(WILLNEED) and readahead(2) returned at once and changed
+ * nothing here. A bigger store is copied at the faults' pace rather than thrash the cache.
+ */
+#define PREFETCH_STEP ((size_t)4 << 20)
+
+struct prefetch {
+    int fd;
+    off_t size;
+    uint8_t *buf;
+    atomic_bool stop;
+};
+
+static void *prefetch_run(void *arg)
+{
+    struct prefetch *p = arg;
+    for (off_t off = 0; off < p->size && !atomic_load(&p->stop); off += (off_t)PREFETCH_STEP)
+        if (pread(p->fd, p->buf, PREFETCH_STEP, off) <= 0)
+            break;
+    return NULL;
+}
+
+/* Start reading ahead for a copy of s; false when it is not worth it (or failed to start). */
+static bool prefetch_start(struct keel_store *s, struct prefetch *p, pthread_t *th)
+{
+    struct stat st;
+    long pages = sysconf(_SC_AVPHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    if (mdb_env_get_fd(s->env, &p->fd) != 0 || fstat(p->fd, &st) != 0 || pages <= 0 || psize <= 0 ||
+        (double)st.st_size > (double)pages * (double)psize / 2)
+        return false;
+    p->size = st.st_size;
+    atomic_init(&p->stop, false);
+    if ((p->buf = malloc(PREFETCH_STEP)) == NULL)
+        return false;
+    if (pthread_create(th, NULL, prefetch_run, p) != 0) {
+        free(p->buf);
+        return false;
+    }
+    return true;
+}
+
 int keel_store_snapshot(struct keel_store *s, int fd, bool compact)
 {
     pthread_rwlock_rdlock(&s->swap_lock);
+    struct prefetch p;
+    pthread_t th;
+    bool ahead = prefetch_start(s, &p, &th);
     int rc = mdb_env_copyfd2(s->env, fd, compact ? MDB_CP_COMPACT : 0);
+    if (ahead) {
+        atomic_store(&p.stop, true);
+        pthread_join(th, NULL);
+        free(p.buf);
+    }
     pthread_rwlock_unlock(&s->swap_lock);
     return rc == 0 ? 0 : ks_mdb_err(rc);
 }
