@@ -133,9 +133,11 @@ writer_start() { # SYS: a 1-client writer in the background for 15 s, the operat
   writer=$!
   sleep 2
 }
-writer_stop() { # -> "SLOWEST P99" of the writer's puts in ms, once it has run its 15 s
+writer_wait() { # wait (in this shell: a subshell cannot) for the writer's 15 s to end
   wait "$writer" 2>/dev/null || true
   writer=
+}
+writer_figures() { # -> "SLOWEST P99" of the writer's puts in ms
   python3 -c 'import json,sys
 s = json.load(open(sys.argv[1]))["summary"]
 print(round(s["slowest_ms"], 1), round(s["p99_ms"], 2))' "$work/writer.json" 2>/dev/null ||
@@ -173,7 +175,8 @@ run_system() {
   fi
   t1=$(now)
   local slow p99 snapsize
-  read -r slow p99 < <(writer_stop)
+  writer_wait
+  read -r slow p99 < <(writer_figures)
   snapsize=$(stat -c %s "$work/snap" 2>/dev/null || echo 0)
   log "$sys: snapshot save rc $rc in $(secs "$t0" "$t1") s, $snapsize bytes; writer's puts: slowest $slow ms, p99 $p99 ms"
   record "{\"system\":\"$sys\",\"step\":\"snapshot\",\"rc\":$rc,\"s\":$(secs "$t0" "$t1"),\"bytes\":$snapsize,\"writer_slowest_ms\":\"$slow\",\"writer_p99_ms\":\"$p99\"}"
@@ -207,7 +210,8 @@ run_system() {
     ETCDCTL_API=3 etcdctl --endpoints "$ep" --command-timeout 600s defrag >/dev/null 2>"$work/defrag.err" || rc=$?
   fi
   t1=$(now)
-  read -r slow p99 < <(writer_stop)
+  writer_wait
+  read -r slow p99 < <(writer_figures)
   log "$sys: defrag rc $rc in $(secs "$t0" "$t1") s; writer's puts: slowest $slow ms, p99 $p99 ms"
   record "{\"system\":\"$sys\",\"step\":\"defrag\",\"rc\":$rc,\"s\":$(secs "$t0" "$t1"),\"writer_slowest_ms\":\"$slow\",\"writer_p99_ms\":\"$p99\"}"
 

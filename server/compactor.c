@@ -22,6 +22,16 @@
 #define STEP_REVS     500
 #define STEP_PAUSE_MS 10
 #define STEP_RETRY_MS 2000 /* a step not applied by then is proposed again (a lost proposal) */
+#define MAX_HELD      64   /* clients' compactions under way at once; more: TOO_MANY_REQUESTS */
+
+/* A client's compaction the steps work towards. */
+struct held {
+    uint64_t session;
+    Keel__Request *req;
+    uint64_t since; /* uv_now when taken */
+    unsigned steps; /* proposed for it */
+    struct held *next;
+};
 
 struct sample {
     uint64_t at; /* uv_now */
@@ -37,7 +47,10 @@ struct keel_compactor {
     /* periodic: the samples of the last retention and one before it, oldest first */
     struct sample *s;
     size_t n, cap;
-    int64_t goal;       /* the compaction under way, reached in steps (0: none) */
+    int64_t goal;      /* the auto-compaction under way, reached in steps (0: none) */
+    struct held *held; /* clients' compactions under way */
+    unsigned n_held;
+    bool on;            /* auto-compaction is configured (timer runs) */
     int64_t step;       /* the step proposed last, not yet seen applied (0: none) */
     uint64_t step_at;   /* uv_now when it was proposed */
     uv_timer_t stepper; /* the pause between steps */
@@ -50,32 +63,103 @@ static void on_step(uv_timer_t *t)
     step(t->data);
 }
 
-/* Propose the next step towards the goal, once the last one applied; arm the pause after it. */
+/* Hand on each held compaction that is within a step of its revision (or past it: its own
+ * proposal then answers COMPACTED); refuse them all when this member no longer leads. */
+static void release_held(struct keel_compactor *c, const struct keel_store_stat *st, bool leader)
+{
+    for (struct held **pp = &c->held; *pp != NULL;) {
+        struct held *h = *pp;
+        int64_t rev = h->req->compaction->revision;
+        if (leader && st->compact_revision < rev - STEP_REVS) {
+            pp = &h->next;
+            continue;
+        }
+        *pp = h->next;
+        c->n_held--;
+        if (leader) {
+            KLOG_INFO("compaction to revision %lld for a client: the last of %u steps (%llu ms)",
+                      (long long)rev, h->steps + 1,
+                      (unsigned long long)(uv_now(c->o.loop) - h->since));
+            c->o.finish(c->o.data, h->session, h->req);
+        } else {
+            char msg[160];
+            snprintf(msg, sizeof(msg),
+                     "leadership moved while compacting to revision %lld (compacted to %lld so "
+                     "far): ask the leader",
+                     (long long)rev, (long long)st->compact_revision);
+            c->o.refuse(c->o.data, h->session, h->req, KEEL_ENOTLEADER, msg);
+        }
+        free(h);
+    }
+}
+
+/* Propose the next step towards the furthest target (the auto goal, the clients' revisions less
+ * one step: their own requests make the last), once the last step applied; arm the pause. */
 static void step(struct keel_compactor *c)
 {
-    if (c->goal == 0)
-        return;
     struct keel_store_stat st;
     keel_store_stat(c->o.store, &st);
     uint64_t now = uv_now(c->o.loop);
-    if (!c->o.is_leader(c->o.data) || st.compact_revision >= c->goal) {
+    bool leader = c->o.is_leader(c->o.data);
+    release_held(c, &st, leader);
+    if (c->goal != 0 && (!leader || st.compact_revision >= c->goal)) {
         if (st.compact_revision >= c->goal)
             KLOG_INFO("auto-compaction: compacted to revision %lld", (long long)c->goal);
-        c->goal = c->step = 0; /* done, or a new leader decides from its own samples */
+        c->goal = 0; /* done, or a new leader decides from its own samples */
+    }
+    int64_t target = c->goal;
+    for (const struct held *h = c->held; h != NULL; h = h->next)
+        if (h->req->compaction->revision - STEP_REVS > target)
+            target = h->req->compaction->revision - STEP_REVS;
+    if (target == 0) {
+        c->step = 0;
         return;
     }
     if (c->step == 0 || st.compact_revision >= c->step || now - c->step_at >= STEP_RETRY_MS) {
         int64_t next = st.compact_revision + STEP_REVS;
-        if (next > c->goal)
-            next = c->goal;
+        if (next > target)
+            next = target;
         int err = c->o.compact(c->o.data, next);
         if (err != 0)
-            KLOG_WARN("auto-compaction step to revision %lld not proposed: %s", (long long)next,
+            KLOG_WARN("compaction step to revision %lld not proposed: %s", (long long)next,
                       keel_strerror(err));
         c->step = err == 0 ? next : 0;
         c->step_at = now;
+        for (struct held *h = c->held; h != NULL; h = h->next)
+            h->steps++;
     }
     uv_timer_start(&c->stepper, on_step, STEP_PAUSE_MS, 0);
+}
+
+bool keel_compactor_take(struct keel_compactor *c, uint64_t session, Keel__Request *req)
+{
+    if (c == NULL || !c->running || req->body_case != KEEL__REQUEST__BODY_COMPACTION ||
+        req->compaction == NULL || !c->o.is_leader(c->o.data))
+        return false;
+    struct keel_store_stat st;
+    keel_store_stat(c->o.store, &st);
+    int64_t rev = req->compaction->revision;
+    if (rev > st.revision || rev - STEP_REVS <= st.compact_revision)
+        return false; /* an error, or one step: the log answers it at once */
+    if (c->n_held == MAX_HELD) {
+        c->o.refuse(c->o.data, session, req, KEEL_ETOOMANYREQUESTS,
+                    "too many compactions under way on this member: retry when they are done");
+        return true;
+    }
+    struct held *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return false; /* the log takes it in one step */
+    h->session = session;
+    h->req = req;
+    h->since = uv_now(c->o.loop);
+    h->next = c->held;
+    c->held = h;
+    c->n_held++;
+    KLOG_INFO("compaction to revision %lld for a client: in steps of %d revisions from %lld",
+              (long long)rev, STEP_REVS, (long long)st.compact_revision);
+    if (!uv_is_active((uv_handle_t *)&c->stepper))
+        step(c);
+    return true;
 }
 
 static void compact_to(struct keel_compactor *c, int64_t rev, const char *why)
@@ -85,9 +169,8 @@ static void compact_to(struct keel_compactor *c, int64_t rev, const char *why)
     if (rev <= 0 || rev <= st.compact_revision || rev <= c->goal || rev > st.revision)
         return;
     KLOG_INFO("auto-compaction: compacting to revision %lld (%s)", (long long)rev, why);
-    bool idle = c->goal == 0;
     c->goal = rev;
-    if (idle)
+    if (!uv_is_active((uv_handle_t *)&c->stepper))
         step(c);
 }
 
@@ -146,6 +229,11 @@ int keel_compactor_new(const struct keel_compactor_options *o, struct keel_compa
     c->o = *o;
     bool on = (o->mode == KEEL_COMPACT_PERIODIC && o->retention_ms > 0) ||
               (o->mode == KEEL_COMPACT_REVISION && o->retention_revs > 0);
+    /* The stepper also carries clients' compactions: it runs whatever the mode. */
+    uv_timer_init(o->loop, &c->stepper);
+    c->stepper.data = c;
+    c->running = true;
+    c->on = on;
     if (on) {
         if (o->mode == KEEL_COMPACT_PERIODIC) {
             uint64_t period = o->retention_ms < HOUR_MS ? o->retention_ms : HOUR_MS;
@@ -154,10 +242,8 @@ int keel_compactor_new(const struct keel_compactor_options *o, struct keel_compa
             c->tick_ms = o->check_ms ? o->check_ms : REVISION_EVERY;
         }
         uv_timer_init(o->loop, &c->timer);
-        uv_timer_init(o->loop, &c->stepper);
-        c->timer.data = c->stepper.data = c;
+        c->timer.data = c;
         uv_timer_start(&c->timer, on_tick, c->tick_ms, c->tick_ms);
-        c->running = true;
         KLOG_INFO("auto-compaction: %s, looking every %llu ms",
                   o->mode == KEEL_COMPACT_PERIODIC ? "periodic" : "revision",
                   (unsigned long long)c->tick_ms);
@@ -170,9 +256,19 @@ void keel_compactor_stop(struct keel_compactor *c)
 {
     if (c == NULL || !c->running)
         return;
-    uv_timer_stop(&c->timer);
+    struct held *h;
+    while ((h = c->held) != NULL) {
+        c->held = h->next;
+        c->o.refuse(c->o.data, h->session, h->req, KEEL_EUNAVAILABLE,
+                    "member is stopping: the compaction stopped part way; ask again");
+        free(h);
+    }
+    c->n_held = 0;
+    if (c->on) {
+        uv_timer_stop(&c->timer);
+        uv_close((uv_handle_t *)&c->timer, NULL);
+    }
     uv_timer_stop(&c->stepper);
-    uv_close((uv_handle_t *)&c->timer, NULL);
     uv_close((uv_handle_t *)&c->stepper, NULL);
     c->running = false;
 }

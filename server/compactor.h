@@ -13,6 +13,12 @@
  * with the history it saw. A target at or below the compacted revision is skipped. A target is
  * reached in steps of at most 500 revisions, each proposed 10 ms after the last one applied, so
  * no write waits behind more than one bounded step.
+ *
+ * A client's Compaction far above the compacted revision (more than one step) goes the same way
+ * on the leader (keel_compactor_take): the compactor steps towards it, then hands the client's
+ * own request on for the last step, so its answer is the one any compaction gets. A leader that
+ * loses leadership meanwhile answers NOT_LEADER (the client's retry at the new leader goes on
+ * from where the steps got to); a stopping member answers UNAVAILABLE.
  */
 #ifndef KEEL_COMPACTOR_H
 #define KEEL_COMPACTOR_H
@@ -22,6 +28,7 @@
 
 #include <uv.h>
 
+#include "keel.pb-c.h"
 #include "store.h"
 
 enum keel_compact_mode { KEEL_COMPACT_OFF, KEEL_COMPACT_PERIODIC, KEEL_COMPACT_REVISION };
@@ -36,6 +43,11 @@ struct keel_compactor_options {
     /* Whether this member leads now, and the seam that proposes a compaction to rev. */
     bool (*is_leader)(void *data);
     int (*compact)(void *data, int64_t rev);
+    /* A client's compaction within a step of its revision: its own request goes on as any
+     * write (takes req). */
+    void (*finish)(void *data, uint64_t session, Keel__Request *req);
+    /* A client's compaction that cannot go on here: answer err with msg (takes req). */
+    void (*refuse)(void *data, uint64_t session, Keel__Request *req, int err, const char *msg);
     void *data;
 };
 
@@ -44,7 +56,15 @@ struct keel_compactor;
 /* Start (mode OFF: a compactor that does nothing). 0 or KEEL_ENOMEM. */
 int keel_compactor_new(const struct keel_compactor_options *o, struct keel_compactor **out);
 
-/* Stop its timer; free it once the loop has closed the timer (keel_compactor_free). */
+/*
+ * A client's Compaction request (body compaction): true when it is the compactor's to carry out
+ * in steps (this member leads, and the revision is more than a step above the compacted one and
+ * not above the current one), and then req is taken; false leaves it to the caller.
+ */
+bool keel_compactor_take(struct keel_compactor *c, uint64_t session, Keel__Request *req);
+
+/* Stop its timers (compactions held for clients are refused); free it once the loop has closed
+ * the timers (keel_compactor_free). */
 void keel_compactor_stop(struct keel_compactor *c);
 void keel_compactor_free(struct keel_compactor *c);
 

@@ -277,6 +277,9 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
         return;
     }
     if (kind != NULL && kind->command != KEEL__COMMAND__OP__NOT_SET) {
+        if (req->body_case == KEEL__REQUEST__BODY_COMPACTION &&
+            keel_compactor_take(d->o.compactor, session, req))
+            return; /* req is owned by the compactor */
         if (req->body_case == KEEL__REQUEST__BODY_LEASE_GRANT)
             req->lease_grant->ttl = keel_lessor_clamp_ttl(d->o.lessor, req->lease_grant->ttl);
         keel_propose_request(d->o.propose, session, req);

@@ -1,7 +1,8 @@
 /*
  * Dispatch: what a request means. The first step above the sessions on every request's path:
  *
- *   writes (proto/reqkind.h: a kind with a Command)  -> propose
+ *   writes (proto/reqkind.h: a kind with a Command)  -> propose (a compaction of a long
+ *                                                       history: compactor, in steps)
  *   linearizable ranges                              -> readindex, then served at once
  *   serializable ranges, status, member list, Hello -> answered at once (ranges in key order
  *                                                       by rangestream: in pieces when large)
@@ -17,6 +18,7 @@
 
 #include <stdint.h>
 
+#include "compactor.h"
 #include "config.h"
 #include "consensus.h"
 #include "fsm.h"
@@ -50,6 +52,8 @@ struct keel_dispatch_options {
     struct keel_fsm *fsm;                 /* Defragment runs on its writer (NULL: refused) */
     struct keel_rangestream *rangestream; /* ranges in key order, in pieces when large (NULL:
                                            * every range in one reply, as big as allowed) */
+    struct keel_compactor *compactor;     /* clients' compactions of long histories, in steps
+                                           * (NULL: each in one apply) */
 };
 
 /* 0 or KEEL_ENOMEM. What o points to must outlive it. */

@@ -268,6 +268,21 @@ static void close_alarm_client(struct keeld *k)
     k->alarm_client = NULL;
 }
 
+/* A client's compaction the compactor carried out in steps: the last step is its own request. */
+static void compactor_finish(void *data, uint64_t session, Keel__Request *req)
+{
+    struct keeld *k = data;
+    keel_propose_request(k->propose, session, req);
+}
+
+static void compactor_refuse(void *data, uint64_t session, Keel__Request *req, int err,
+                             const char *msg)
+{
+    struct keeld *k = data;
+    keel_reply_error(&k->reply, session, req->id, err, msg);
+    keel__request__free_unpacked(req, NULL);
+}
+
 static void stop_now(struct keeld *k)
 {
     if (k->stopping > 1)
@@ -353,10 +368,8 @@ static int wire(struct keeld *k)
                                    .store = k->store,
                                    .cluster_id = k->cfg.cluster_id,
                                    .member_id = k->cfg.member_id};
-    k->snapstream = (struct keel_snapstream){.loop = &k->loop,
-                                             .store = k->store,
-                                             .reply = &k->reply,
-                                             .fsm = k->fsm};
+    k->snapstream = (struct keel_snapstream){
+        .loop = &k->loop, .store = k->store, .reply = &k->reply, .fsm = k->fsm};
     struct keel_watch_options wo = {.loop = &k->loop,
                                     .store = k->store,
                                     .reply = &k->reply,
@@ -393,6 +406,8 @@ static int wire(struct keeld *k)
                                         .check_ms = k->cfg.compact_check_ms,
                                         .is_leader = compactor_is_leader,
                                         .compact = compactor_compact,
+                                        .finish = compactor_finish,
+                                        .refuse = compactor_refuse,
                                         .data = k};
     if ((rv = keel_compactor_new(&co, &k->compactor)) != 0)
         return rv;
@@ -435,7 +450,8 @@ static int wire(struct keeld *k)
                                          .lessor = k->lessor,
                                          .progress = keel_fsm_progress(k->fsm),
                                          .fsm = k->fsm,
-                                         .rangestream = k->rangestream};
+                                         .rangestream = k->rangestream,
+                                         .compactor = k->compactor};
     if ((rv = keel_dispatch_new(&dopt, &k->dispatch)) != 0)
         return rv;
     struct keel_node_options no = {.loop = &k->loop,
