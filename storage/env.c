@@ -363,8 +363,13 @@ static int open_at(struct keel_store *s, const char *dir, struct opened *o)
     mdb_env_set_mapsize(o->env, s->map_size);
     /* NOTLS: read transactions are not tied to threads (the writer thread and the loop both
      * read). NOSYNC: commits are synced in the background, each before the next commit writes
-     * (durable.c says why that is crash safe), so the writer never waits for the disk. */
-    unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | MDB_NOSYNC;
+     * (durable.c says why that is crash safe), so the writer never waits for the disk. Not
+     * MDB_NORDAHEAD: it also turns off the kernel's fault-around, so every 4 KiB page a read
+     * touches faults on its own, cached or not (a keys-only range of 250k of 5.5M keys after a
+     * restart with the page cache dropped: 6.8 s with it, 2.7 s without; random single-key
+     * gets were faster without it too), and the kernel stops reading ahead by itself for a
+     * file read at random (its mmap miss count). */
+    unsigned flags = MDB_NOTLS | MDB_NOSYNC;
     MDB_txn *txn;
     int err = 0;
     rc = mdb_env_open(o->env, dir, flags, 0600);
