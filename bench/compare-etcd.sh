@@ -58,6 +58,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
@@ -322,16 +324,9 @@ keel_stop() {
   if [ -z "$keel_ports" ]; then
     KEEL_CLUSTER_DIR=$keel_dir scripts/cluster.sh stop >/dev/null 2>&1 || true
   else
-    local pids p i alive
+    local pids
     read -r -a pids <<<"$(keel_pids)"
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for i in $(seq 1 100); do
-      alive=0
-      for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-      [ $alive -eq 0 ] && break
-      sleep 0.1
-    done
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    stop_pids 10 "${pids[@]}"
   fi
   rm -rf "$keel_dir"
   keel_dir=
@@ -354,15 +349,7 @@ etcd_start() {
   check_owners "${etcd_pids[*]}" "${etcd_addrs[@]}"
 }
 etcd_stop() {
-  local p i alive
-  for p in "${etcd_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for i in $(seq 1 100); do
-    alive=0
-    for p in "${etcd_pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive -eq 0 ] && break
-    sleep 0.1
-  done
-  for p in "${etcd_pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  stop_pids 10 "${etcd_pids[@]}"
   etcd_pids=()
   rm -rf "$work/etcd"
 }

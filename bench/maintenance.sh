@@ -21,6 +21,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 keys=5500000
 out=bench/results/maintenance-latest
 only=
@@ -49,15 +51,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/keel-maint.XXXXXX")
 pids=()
 writer=
 stop_all() {
-  local p i alive
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for i in $(seq 1 300); do
-    alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive -eq 0 ] && break
-    sleep 0.1
-  done
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  stop_pids 30 "${pids[@]}"
   pids=()
 }
 cleanup() {

@@ -44,7 +44,6 @@ struct keel_rangestream {
     struct keel_store *store;
     struct keel_u64map sessions; /* id -> struct sess, while it has streams */
     struct keel_arena arena;     /* one page, reset after each */
-    unsigned active;
 };
 
 int keel_rangestream_new(const struct keel_reply *reply, struct keel_store *store,
@@ -61,9 +60,8 @@ int keel_rangestream_new(const struct keel_reply *reply, struct keel_store *stor
     return 0;
 }
 
-static void stream_free(struct keel_rangestream *rs, struct stream *st)
+static void stream_free(struct stream *st)
 {
-    rs->active--;
     keel__request__free_unpacked(st->req, NULL);
     free(st);
 }
@@ -121,7 +119,7 @@ static void drop_all(struct sess *ss)
     struct stream *st;
     while ((st = ss->head) != NULL) {
         ss->head = st->next;
-        stream_free(ss->rs, st);
+        stream_free(st);
     }
     ss->tail = NULL;
 }
@@ -152,7 +150,7 @@ static void drained(void *data, int closed)
             ss->tail = NULL;
         st->next = NULL;
         if (send_page(rs, ss->id, st)) {
-            stream_free(rs, st);
+            stream_free(st);
         } else if (ss->tail != NULL) {
             ss->tail->next = st;
             ss->tail = st;
@@ -165,18 +163,19 @@ static void drained(void *data, int closed)
 
 void keel_rangestream_serve(struct keel_rangestream *rs, uint64_t session, Keel__Request *req)
 {
-    struct stream *st = calloc(1, sizeof(*st));
+    /* The first page from the stack: most ranges end with it, at no allocation of their own. */
+    struct stream first = {.req = req};
+    if (send_page(rs, session, &first)) {
+        keel__request__free_unpacked(req, NULL);
+        return;
+    }
+    struct stream *st = malloc(sizeof(*st));
     if (st == NULL) {
         keel_reply_error(rs->reply, session, req->id, KEEL_ENOMEM, NULL);
         keel__request__free_unpacked(req, NULL);
         return;
     }
-    st->req = req;
-    rs->active++;
-    if (send_page(rs, session, st)) {
-        stream_free(rs, st);
-        return;
-    }
+    *st = first;
     /* More to send: join (or open) the session's ring, and hear when its output drains. */
     struct sess *ss = keel_u64map_get(&rs->sessions, session);
     int err = 0;
@@ -201,7 +200,7 @@ void keel_rangestream_serve(struct keel_rangestream *rs, uint64_t session, Keel_
         /* The session is gone (nothing to answer), or memory ran out. */
         if (err != KEEL_ECLOSED)
             keel_reply_error(rs->reply, session, req->id, err, NULL);
-        stream_free(rs, st);
+        stream_free(st);
         return;
     }
     if (ss->tail != NULL)
@@ -209,11 +208,6 @@ void keel_rangestream_serve(struct keel_rangestream *rs, uint64_t session, Keel_
     else
         ss->head = st;
     ss->tail = st;
-}
-
-unsigned keel_rangestream_active(const struct keel_rangestream *rs)
-{
-    return rs->active;
 }
 
 void keel_rangestream_free(struct keel_rangestream *rs)

@@ -38,9 +38,6 @@ int keel_rangestream_new(const struct keel_reply *reply, struct keel_store *stor
  * Takes req. Failures are answered to the client. */
 void keel_rangestream_serve(struct keel_rangestream *rs, uint64_t session, Keel__Request *req);
 
-/* Streams still sending (for tests and status). */
-unsigned keel_rangestream_active(const struct keel_rangestream *rs);
-
 /* Drop every stream without answering (the member is stopping) and free rs. NULL is fine. */
 void keel_rangestream_free(struct keel_rangestream *rs);
 

@@ -23,10 +23,7 @@ PY=/usr/bin/python3
 
 compat_start_keel "$KEELD" 0 --quota-bytes 1048576
 ctl() { "$CTL" --endpoints "$KEEL_ENDPOINTS" "$@"; }
-each() { # each ARGS...: the output of the command on every member, one line each
-    local ep
-    for ep in ${KEEL_ENDPOINTS//,/ }; do "$CTL" --endpoints "$ep" "$@" 2>&1 | tr '\n' ' '; echo; done
-}
+each() { compat_each "$KEEL_ENDPOINTS" "$@"; }
 
 lease=$(ctl lease grant 600 | awk '{print $2}')
 ctl put --lease "$lease" leased v >/dev/null

@@ -28,36 +28,24 @@ mount -t tmpfs -o size=64m keel-diskfull "$small" 2>/dev/null ||
 unmount_small() { umount "$small" 2>/dev/null || umount -l "$small" 2>/dev/null; }
 COMPAT_AFTER_STOP=unmount_small
 
-port=$(compat_free_port 127.0.186.1 35110) || compat_die "no free port"
-initial=
-for i in 1 2 3; do initial+="${initial:+,}m$i=127.0.$((185 + i)).1:$((port + 1))@z$i"; done
-start_member() { # I DATA-DIR [FLAGS...]
-    local i=$1 dir=$2 host=127.0.$((185 + $1)).1
-    shift 2
-    "$KEELD" --name "m$i" --data-dir "$dir" --listen-client "$host:$port" \
-        --listen-peer "$host:$((port + 1))" --initial-cluster "$initial" "$@" \
-        >"$COMPAT_DIR/m$i.log" 2>&1 &
-    COMPAT_PIDS+=($!)
-}
-start_member 1 "$COMPAT_DIR/m1"
-start_member 2 "$COMPAT_DIR/m2"
-compat_wait 60 grep -q "became leader" "$COMPAT_DIR/m1.log" "$COMPAT_DIR/m2.log" ||
+compat_keel_plan "$KEELD"
+compat_keel_member 1
+compat_keel_member 2
+compat_wait 60 grep -q "became leader" "$COMPAT_DIR/keel-m1.log" "$COMPAT_DIR/keel-m2.log" ||
     compat_die "m1 and m2 elected no leader in 60 s"
-start_member 3 "$small/m3" --raft-segment-bytes 1048576 --disk-reserve-bytes 16777216 \
-    --disk-check-ms 200
+compat_keel_member 3 --data-dir "$small/m3" --raft-segment-bytes 1048576 \
+    --disk-reserve-bytes 16777216 --disk-check-ms 200
 m3=${COMPAT_PIDS[2]}
-EPS=127.0.186.1:$port,127.0.187.1:$port,127.0.188.1:$port
+EPS=$KEEL_ENDPOINTS
+M3=${EPS##*,}
 ctl() { "$CTL" --endpoints "$EPS" "$@"; }
-each() { # the output of the command on every member, one line each
-    local ep
-    for ep in ${EPS//,/ }; do "$CTL" --endpoints "$ep" "$@" 2>&1 | tr '\n' ' '; echo; done
-}
-compat_wait 30 "$CTL" --endpoints "127.0.188.1:$port" get probe --consistency s ||
+each() { compat_each "$EPS" "$@"; }
+compat_wait 30 "$CTL" --endpoints "$M3" get probe --consistency s ||
     compat_die "m3 did not serve in 30 s"
 compat_wait 30 ctl put probe 1 || compat_die "the cluster took no write in 30 s"
-m3id=$("$CTL" --endpoints "127.0.188.1:$port" endpoint status -w json |
+m3id=$("$CTL" --endpoints "$M3" endpoint status -w json |
     "$PY" -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["member_id"])')
-check "m3 follows" "false" "$("$CTL" --endpoints "127.0.188.1:$port" endpoint status -w json |
+check "m3 follows" "false" "$("$CTL" --endpoints "$M3" endpoint status -w json |
     "$PY" -c 'import json,sys; s=json.load(sys.stdin)[0]["Status"]; print(str(s["leader"] == s["header"]["member_id"]).lower())')"
 check "no alarm at first" "" "$(ctl alarm list)"
 
@@ -87,8 +75,8 @@ contains "puts are refused" "database space exceeded" "$out"
 check "reads go on" "1" "$(ctl get probe --print-value-only)"
 check "deletes go on" "1" "$(ctl del fill1)"
 check "m3 still runs" "yes" "$(compat_alive "$m3" && echo yes || echo no)"
-contains "m3 said why" "under the reserve" "$(cat "$COMPAT_DIR/m3.log")"
-check "m3 still serves" "1" "$("$CTL" --endpoints "127.0.188.1:$port" get probe --consistency s --print-value-only)"
+contains "m3 said why" "under the reserve" "$(cat "$COMPAT_DIR/keel-m3.log")"
+check "m3 still serves" "1" "$("$CTL" --endpoints "$M3" get probe --consistency s --print-value-only)"
 
 # Room again: a disarm clears it for good.
 rm -f "$small/filler"

@@ -154,28 +154,55 @@ for e in json.load(sys.stdin):
     compat_log "etcd up: $ETCD_EP (cluster $ETCD_EPS)"
 }
 
-compat_start_keel() { # KEELD [BLOCK-OFFSET [EXTRA KEELD FLAGS...]]
-    local keeld=$1 off=${2:-0} i initial="" port tag=keel
-    shift
-    [ $# -gt 0 ] && shift
-    [ "$off" -eq 0 ] || tag=keel$off
-    [ -x "$keeld" ] || compat_die "no keeld at $keeld"
-    port=$(compat_free_port "127.0.$((COMPAT_BLOCK + off)).1" 35010) || compat_die "no free port"
-    for i in 1 2 3; do
-        initial+="${initial:+,}m$i=127.0.$((COMPAT_BLOCK + off + i - 1)).1:$((port + 1))@z$i"
-    done
+# compat_keel_plan KEELD [BLOCK-OFFSET]: the addresses of a 3-member keel cluster, member i on
+# 127.0.(block + offset + i - 1).1 (KEEL_ENDPOINTS), nothing started yet.
+compat_keel_plan() {
+    local i
+    COMPAT_KEELD=$1
+    COMPAT_KEEL_OFF=${2:-0}
+    COMPAT_KEEL_TAG=keel
+    [ "$COMPAT_KEEL_OFF" -eq 0 ] || COMPAT_KEEL_TAG=keel$COMPAT_KEEL_OFF
+    [ -x "$COMPAT_KEELD" ] || compat_die "no keeld at $COMPAT_KEELD"
+    COMPAT_KEEL_PORT=$(compat_free_port "127.0.$((COMPAT_BLOCK + COMPAT_KEEL_OFF)).1" 35010) ||
+        compat_die "no free port"
+    COMPAT_KEEL_INITIAL=
     KEEL_ENDPOINTS=
     for i in 1 2 3; do
-        local host=127.0.$((COMPAT_BLOCK + off + i - 1)).1
-        KEEL_ENDPOINTS+="${KEEL_ENDPOINTS:+,}$host:$port"
-        "$keeld" --name "m$i" --data-dir "$COMPAT_DIR/$tag-m$i" --listen-client "$host:$port" \
-            --listen-peer "$host:$((port + 1))" --initial-cluster "$initial" --watch-progress-ms 1000 \
-            "$@" >"$COMPAT_DIR/$tag-m$i.log" 2>&1 &
-        COMPAT_PIDS+=($!)
+        local host=127.0.$((COMPAT_BLOCK + COMPAT_KEEL_OFF + i - 1)).1
+        COMPAT_KEEL_INITIAL+="${COMPAT_KEEL_INITIAL:+,}m$i=$host:$((COMPAT_KEEL_PORT + 1))@z$i"
+        KEEL_ENDPOINTS+="${KEEL_ENDPOINTS:+,}$host:$COMPAT_KEEL_PORT"
     done
-    compat_wait 60 grep -q "became leader" "$COMPAT_DIR/$tag-m1.log" "$COMPAT_DIR/$tag-m2.log" \
-        "$COMPAT_DIR/$tag-m3.log" || compat_die "keel elected no leader in 60 s"
+}
+
+# compat_keel_member I [EXTRA KEELD FLAGS...]: start member I of the planned cluster, its data in
+# $COMPAT_DIR/TAG-mI (a later --data-dir among the flags wins), its log in $COMPAT_DIR/TAG-mI.log.
+compat_keel_member() {
+    local i=$1 host=127.0.$((COMPAT_BLOCK + COMPAT_KEEL_OFF + $1 - 1)).1
+    shift
+    "$COMPAT_KEELD" --name "m$i" --data-dir "$COMPAT_DIR/$COMPAT_KEEL_TAG-m$i" \
+        --listen-client "$host:$COMPAT_KEEL_PORT" --listen-peer "$host:$((COMPAT_KEEL_PORT + 1))" \
+        --initial-cluster "$COMPAT_KEEL_INITIAL" --watch-progress-ms 1000 "$@" \
+        >"$COMPAT_DIR/$COMPAT_KEEL_TAG-m$i.log" 2>&1 &
+    COMPAT_PIDS+=($!)
+}
+
+compat_start_keel() { # KEELD [BLOCK-OFFSET [EXTRA KEELD FLAGS...]]
+    local i
+    compat_keel_plan "$1" "${2:-0}"
+    shift
+    [ $# -gt 0 ] && shift
+    for i in 1 2 3; do compat_keel_member "$i" "$@"; done
+    compat_wait 60 grep -q "became leader" "$COMPAT_DIR/$COMPAT_KEEL_TAG-m1.log" \
+        "$COMPAT_DIR/$COMPAT_KEEL_TAG-m2.log" "$COMPAT_DIR/$COMPAT_KEEL_TAG-m3.log" ||
+        compat_die "keel elected no leader in 60 s"
     compat_log "keel up: $KEEL_ENDPOINTS"
+}
+
+# compat_each EPS ARGS...: keelctl ARGS on every member of EPS in turn ($CTL), the output of each
+# on one line.
+compat_each() {
+    local ep
+    for ep in ${1//,/ }; do "$CTL" --endpoints "$ep" "${@:2}" 2>&1 | tr '\n' ' '; echo; done
 }
 
 compat_start_gateway() {
