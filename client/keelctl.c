@@ -234,10 +234,10 @@ static struct keel *client(struct ctl *c)
     return c->k;
 }
 
-static Keel__Response *run(struct ctl *c, Keel__Request *req)
+static const Keel__Response *run(struct ctl *c, Keel__Request *req)
 {
-    Keel__Response *resp;
-    int rv = keel_do(client(c), req, &resp);
+    const Keel__Response *resp;
+    int rv = keel_do_flat(client(c), req, NULL, &resp);
     if (rv != 0)
         die_keel(rv);
     return resp;
@@ -617,14 +617,14 @@ static int cmd_put(struct ctl *c, int argc, char **argv)
     Keel__Request req = KEEL__REQUEST__INIT;
     req.body_case = KEEL__REQUEST__BODY_PUT;
     req.put = put;
-    Keel__Response *resp = run(c, &req);
+    const Keel__Response *resp = run(c, &req);
     if (resp->body_case != KEEL__RESPONSE__BODY_PUT)
         die(1, "unexpected reply to put");
     if (c->fmt == OUT_JSON)
         j_print(j_put(resp->put, resp->header));
     else
         print_put(resp->put);
-    keel_free(resp);
+    keel_flat_free(resp);
     return 0;
 }
 
@@ -647,14 +647,14 @@ static int cmd_get(struct ctl *c, int argc, char **argv)
     Keel__Request req = KEEL__REQUEST__INIT;
     req.body_case = KEEL__REQUEST__BODY_RANGE;
     req.range = range;
-    Keel__Response *resp = run(c, &req);
+    const Keel__Response *resp = run(c, &req);
     if (resp->body_case != KEEL__RESPONSE__BODY_RANGE)
         die(1, "unexpected reply to get");
     if (c->fmt == OUT_JSON)
         j_print(j_range(resp->range, resp->header));
     else
         print_range(resp->range, f.print_value_only, f.count_only);
-    keel_free(resp);
+    keel_flat_free(resp);
     return 0;
 }
 
@@ -675,14 +675,14 @@ static int cmd_del(struct ctl *c, int argc, char **argv)
     Keel__Request req = KEEL__REQUEST__INIT;
     req.body_case = KEEL__REQUEST__BODY_DELETE_RANGE;
     req.delete_range = del;
-    Keel__Response *resp = run(c, &req);
+    const Keel__Response *resp = run(c, &req);
     if (resp->body_case != KEEL__RESPONSE__BODY_DELETE_RANGE)
         die(1, "unexpected reply to del");
     if (c->fmt == OUT_JSON)
         j_print(j_del(resp->delete_range, resp->header));
     else
         print_del(resp->delete_range);
-    keel_free(resp);
+    keel_flat_free(resp);
     return 0;
 }
 
@@ -906,14 +906,14 @@ static int cmd_txn(struct ctl *c, int argc, char **argv)
     Keel__Request req = KEEL__REQUEST__INIT;
     req.body_case = KEEL__REQUEST__BODY_TXN;
     req.txn = &txn;
-    Keel__Response *resp = run(c, &req);
+    const Keel__Response *resp = run(c, &req);
     if (resp->body_case != KEEL__RESPONSE__BODY_TXN)
         die(1, "unexpected reply to txn");
     if (c->fmt == OUT_JSON)
         j_print(j_txn(resp->txn, resp->header));
     else
         print_txn(resp->txn);
-    keel_free(resp);
+    keel_flat_free(resp);
     return 0;
 }
 
@@ -941,7 +941,7 @@ static int cmd_compaction(struct ctl *c, int argc, char **argv)
     Keel__Request req = KEEL__REQUEST__INIT;
     req.body_case = KEEL__REQUEST__BODY_COMPACTION;
     req.compaction = &comp;
-    Keel__Response *resp = run(c, &req);
+    const Keel__Response *resp = run(c, &req);
     if (c->fmt == OUT_JSON) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "header", j_header(resp->header));
@@ -949,7 +949,7 @@ static int cmd_compaction(struct ctl *c, int argc, char **argv)
     } else {
         printf("compacted revision %lld\n", rev);
     }
-    keel_free(resp);
+    keel_flat_free(resp);
     return 0;
 }
 
@@ -957,8 +957,8 @@ static int cmd_compaction(struct ctl *c, int argc, char **argv)
  * Alarms (etcdctl's alarm list / alarm disarm: NOSPACE, raised when a write passes the quota)
  */
 
-static Keel__Response *alarm_call(struct ctl *c, Keel__AlarmRequest__AlarmAction action,
-                                  const Keel__AlarmMember *m)
+static const Keel__Response *alarm_call(struct ctl *c, Keel__AlarmRequest__AlarmAction action,
+                                        const Keel__AlarmMember *m)
 {
     Keel__AlarmRequest ar = KEEL__ALARM_REQUEST__INIT;
     ar.action = action;
@@ -1023,7 +1023,7 @@ static int cmd_alarm(struct ctl *c, const char *sub, int argc, char **argv)
     no_table(c);
     if (pos.argc != 0)
         die(EXIT_USAGE, "alarm %s takes no arguments", sub);
-    Keel__Response *list = alarm_call(c, KEEL__ALARM_REQUEST__ALARM_ACTION__GET, NULL);
+    const Keel__Response *list = alarm_call(c, KEEL__ALARM_REQUEST__ALARM_ACTION__GET, NULL);
     const Keel__AlarmResponse *l = list->alarm;
     size_t n = l ? l->n_alarms : 0;
     if (!disarm) {
@@ -1032,13 +1032,13 @@ static int cmd_alarm(struct ctl *c, const char *sub, int argc, char **argv)
                              n));
         else
             print_alarms((const Keel__AlarmMember *const *)(l ? l->alarms : NULL), n);
-        keel_free(list);
+        keel_flat_free(list);
         return 0;
     }
     /* As clientv3's AlarmDisarm with no member named: every alarm listed, one by one. */
     json_object *all = json_object_new_array();
     for (size_t i = 0; i < n; i++) {
-        Keel__Response *r =
+        const Keel__Response *r =
             alarm_call(c, KEEL__ALARM_REQUEST__ALARM_ACTION__DEACTIVATE, l->alarms[i]);
         const Keel__AlarmResponse *d = r->alarm;
         size_t dn = d ? d->n_alarms : 0;
@@ -1048,14 +1048,14 @@ static int cmd_alarm(struct ctl *c, const char *sub, int argc, char **argv)
                 j_alarms(r->header, (const Keel__AlarmMember *const *)(d ? d->alarms : NULL), dn));
         else
             print_alarms((const Keel__AlarmMember *const *)(d ? d->alarms : NULL), dn);
-        keel_free(r);
+        keel_flat_free(r);
     }
     if (c->fmt == OUT_JSON)
         j_print(json_object_array_length(all) == 1
                     ? json_object_get(json_object_array_get_idx(all, 0))
                     : json_object_get(all));
     json_object_put(all);
-    keel_free(list);
+    keel_flat_free(list);
     return 0;
 }
 
@@ -1084,7 +1084,7 @@ static int cmd_defrag(struct ctl *c, int argc, char **argv)
     uint32_t timeout = timeout_given ? (uint32_t)c->timeout_ms : 600000;
     size_t n = 0;
     char **eps;
-    Keel__Response *ml = NULL;
+    const Keel__Response *ml = NULL;
     if (cluster) {
         Keel__MemberListRequest mr = KEEL__MEMBER_LIST_REQUEST__INIT;
         Keel__Request req = KEEL__REQUEST__INIT;
@@ -1111,8 +1111,8 @@ static int cmd_defrag(struct ctl *c, int argc, char **argv)
         req.defragment = &dq;
         const char *ep = strncmp(eps[i], "http://", 7) == 0 ? eps[i] + 7 : eps[i];
         struct keel_call_opts opts = {.endpoint = ep, .timeout_ms = timeout};
-        Keel__Response *resp = NULL;
-        int rv = keel_do_ex(k, &req, &opts, &resp);
+        const Keel__Response *resp = NULL;
+        int rv = keel_do_flat(k, &req, &opts, &resp);
         if (rv != 0) {
             const char *msg = keel_errmsg();
             fprintf(stderr, "Failed to defragment etcd member[%s] (%s)\n", eps[i],
@@ -1130,12 +1130,12 @@ static int cmd_defrag(struct ctl *c, int argc, char **argv)
         } else {
             printf("Finished defragmenting etcd member[%s]\n", eps[i]);
         }
-        keel_free(resp);
+        keel_flat_free(resp);
     }
     if (arr != NULL)
         j_print(arr);
     if (ml != NULL)
-        keel_free(ml);
+        keel_flat_free(ml);
     return failed ? 1 : 0;
 }
 
@@ -1384,7 +1384,7 @@ static int cmd_member_list(struct ctl *c, int argc, char **argv)
     Keel__Request req = KEEL__REQUEST__INIT;
     req.body_case = KEEL__REQUEST__BODY_MEMBER_LIST;
     req.member_list = &ml;
-    Keel__Response *resp = run(c, &req);
+    const Keel__Response *resp = run(c, &req);
     if (resp->body_case != KEEL__RESPONSE__BODY_MEMBER_LIST)
         die(1, "unexpected reply to member list");
     const Keel__MemberListResponse *r = resp->member_list;
@@ -1411,7 +1411,7 @@ static int cmd_member_list(struct ctl *c, int argc, char **argv)
         }
         json_object_object_add(o, "members", a);
         j_print(o);
-        keel_free(resp);
+        keel_flat_free(resp);
         return 0;
     }
     static const char *const hdr[] = {"ID",           "Status",     "Name", "Peer Addrs",
@@ -1431,7 +1431,7 @@ static int cmd_member_list(struct ctl *c, int argc, char **argv)
         print_table(hdr, 7, rows, r->n_members);
     else
         print_rows_simple(rows, r->n_members, 7);
-    keel_free(resp);
+    keel_flat_free(resp);
     return 0;
 }
 
@@ -1466,7 +1466,7 @@ static int cmd_endpoint_status(struct ctl *c, int argc, char **argv)
     size_t n;
     char **eps = split_endpoints(c, &n);
     struct keel *k = client(c);
-    Keel__Response **resps = keel_arena_alloc(&c->arena, (n ? n : 1) * sizeof(*resps));
+    const Keel__Response **resps = keel_arena_alloc(&c->arena, (n ? n : 1) * sizeof(*resps));
     const char **ok_eps = keel_arena_alloc(&c->arena, (n ? n : 1) * sizeof(*ok_eps));
     if (resps == NULL || ok_eps == NULL)
         die(1, "out of memory");
@@ -1478,10 +1478,10 @@ static int cmd_endpoint_status(struct ctl *c, int argc, char **argv)
         req.body_case = KEEL__REQUEST__BODY_STATUS;
         req.status = &st;
         struct keel_call_opts opts = {.endpoint = eps[i]};
-        Keel__Response *resp;
-        int rv = keel_do_ex(k, &req, &opts, &resp);
+        const Keel__Response *resp;
+        int rv = keel_do_flat(k, &req, &opts, &resp);
         if (rv == 0 && resp->body_case != KEEL__RESPONSE__BODY_STATUS) {
-            keel_free(resp);
+            keel_flat_free(resp);
             rv = KEEL_EINTERNAL;
         }
         if (rv != 0) {
@@ -1552,7 +1552,7 @@ static int cmd_endpoint_status(struct ctl *c, int argc, char **argv)
             print_rows_simple(rows, nok, 11);
     }
     for (size_t i = 0; i < nok; i++)
-        keel_free(resps[i]);
+        keel_flat_free(resps[i]);
     if (failed) {
         fflush(stdout);
         ctl_cleanup();
@@ -1688,9 +1688,10 @@ static int64_t parse_lease_id(const char *s)
     return (int64_t)v;
 }
 
-static Keel__Response *lease_call(struct ctl *c, Keel__Request *req, Keel__Response__BodyCase want)
+static const Keel__Response *lease_call(struct ctl *c, Keel__Request *req,
+                                        Keel__Response__BodyCase want)
 {
-    Keel__Response *resp = run(c, req);
+    const Keel__Response *resp = run(c, req);
     if (resp->body_case != want)
         die(1, "unexpected reply");
     return resp;
@@ -1820,7 +1821,7 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
         g.ttl = ttl;
         req.body_case = KEEL__REQUEST__BODY_LEASE_GRANT;
         req.lease_grant = &g;
-        Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_GRANT);
+        const Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_GRANT);
         if (resp->lease_grant->error && resp->lease_grant->error[0])
             die(1, "%s", resp->lease_grant->error);
         if (c->fmt == OUT_JSON)
@@ -1828,7 +1829,7 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
         else
             printf("lease %016" PRIx64 " granted with TTL(%" PRId64 "s)\n",
                    (uint64_t)resp->lease_grant->id, resp->lease_grant->ttl);
-        keel_free(resp);
+        keel_flat_free(resp);
     } else if (strcmp(sub, "revoke") == 0) {
         if (pos.argc != 1)
             die(EXIT_USAGE, "lease revoke command needs 1 argument");
@@ -1836,12 +1837,12 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
         r.id = parse_lease_id(pos.argv[0]);
         req.body_case = KEEL__REQUEST__BODY_LEASE_REVOKE;
         req.lease_revoke = &r;
-        Keel__Response *resp = run(c, &req);
+        const Keel__Response *resp = run(c, &req);
         if (c->fmt == OUT_JSON)
             lease_json(resp, 0, 0);
         else
             printf("lease %016" PRIx64 " revoked\n", (uint64_t)r.id);
-        keel_free(resp);
+        keel_flat_free(resp);
     } else if (strcmp(sub, "timetolive") == 0) {
         if (pos.argc != 1)
             die(EXIT_USAGE, "lease timetolive command needs lease ID as argument");
@@ -1850,7 +1851,7 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
         r.keys = keys;
         req.body_case = KEEL__REQUEST__BODY_LEASE_TIME_TO_LIVE;
         req.lease_time_to_live = &r;
-        Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_TIME_TO_LIVE);
+        const Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_TIME_TO_LIVE);
         const Keel__LeaseTimeToLiveResponse *l = resp->lease_time_to_live;
         if (c->fmt == OUT_JSON) {
             json_object *o = json_object_new_object();
@@ -1881,12 +1882,12 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
             }
             putchar('\n');
         }
-        keel_free(resp);
+        keel_flat_free(resp);
     } else if (strcmp(sub, "list") == 0) {
         Keel__LeaseLeasesRequest r = KEEL__LEASE_LEASES_REQUEST__INIT;
         req.body_case = KEEL__REQUEST__BODY_LEASE_LEASES;
         req.lease_leases = &r;
-        Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_LEASES);
+        const Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_LEASES);
         const Keel__LeaseLeasesResponse *l = resp->lease_leases;
         if (c->fmt == OUT_JSON) {
             json_object *o = json_object_new_object();
@@ -1904,7 +1905,7 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
             for (size_t i = 0; i < l->n_leases; i++)
                 printf("%016" PRIx64 "\n", (uint64_t)l->leases[i]->id);
         }
-        keel_free(resp);
+        keel_flat_free(resp);
     } else if (strcmp(sub, "keep-alive") == 0) {
         if (pos.argc != 1)
             die(EXIT_USAGE, "lease keep-alive command needs lease ID as argument");
@@ -1916,7 +1917,7 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
         }
         req.body_case = KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE;
         req.lease_keep_alive = &r;
-        Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_KEEP_ALIVE);
+        const Keel__Response *resp = lease_call(c, &req, KEEL__RESPONSE__BODY_LEASE_KEEP_ALIVE);
         int64_t ttl = resp->lease_keep_alive->ttl;
         if (c->fmt == OUT_JSON)
             lease_json(resp, resp->lease_keep_alive->id, ttl);
@@ -1926,7 +1927,7 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
             printf("lease %016" PRIx64 " keepalived with TTL(%" PRId64 ")\n",
                    (uint64_t)resp->lease_keep_alive->id, ttl);
         fflush(stdout);
-        keel_free(resp);
+        keel_flat_free(resp);
     } else {
         die(EXIT_USAGE, "unknown lease command \"%s\"", sub);
     }

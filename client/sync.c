@@ -5,8 +5,8 @@
  * A call puts a descriptor on the handle's queue, wakes the loop with uv_async_send and sleeps on
  * its own condition variable. The loop thread submits everything queued, and each completion
  * copies what the caller needs out of the reply (the reply itself lives only for the callback):
- * the message on failure, the packed Response on success when the caller wants it. The caller
- * unpacks on its own thread, so the loop thread never waits for it.
+ * the message on failure, a deep copy of the Response on success when the caller wants it
+ * (pbclone.h: cheaper than packing it for the caller to unpack, which it was before).
  *
  * Watches go through the same queue. Their callbacks run on the loop thread; a sync_watch wraps
  * the caller's callback to learn when the watch is acknowledged (keel_watch_open returns then)
@@ -22,7 +22,7 @@
 #include <string.h>
 
 #include "internal.h"
-
+#include "pbclone.h"
 
 enum call_kind {
     CALL_REQUEST,
@@ -43,10 +43,10 @@ struct sync_call {
     const Keel__Request *req;
     struct keel_call_opts opts;
     bool want_resp;
+    bool flat; /* keel_do_flat: the copy in one arena (resp is a struct flat's) */
     bool done;
     int status;
-    uint8_t *buf; /* packed Response */
-    size_t len;
+    Keel__Response *resp; /* the caller's copy of the Response */
     char msg[KEEL_ERRMSG_MAX];
     uv_cond_t cond;
     /* watch calls */
@@ -125,6 +125,35 @@ static void call_finish(struct keel *k, struct sync_call *call, int status)
     uv_mutex_unlock(&k->mu);
 }
 
+/* A keel_do_flat reply: the Response first, so that its address is the block's. */
+struct flat {
+    Keel__Response resp;
+    struct keel_arena arena; /* everything the Response points to */
+};
+
+static Keel__Response *flat_copy(const Keel__Response *resp)
+{
+    struct flat *f = malloc(sizeof(*f));
+    if (f == NULL)
+        return NULL;
+    keel_arena_init(&f->arena, 256u << 10);
+    if (keel_pb_clone_into(&f->resp.base, &resp->base, keel_arena_pb(&f->arena)) != 0) {
+        keel_arena_close(&f->arena);
+        free(f);
+        return NULL;
+    }
+    return &f->resp;
+}
+
+void keel_flat_free(const Keel__Response *resp)
+{
+    if (resp == NULL)
+        return;
+    struct flat *f = (struct flat *)(uintptr_t)resp;
+    keel_arena_close(&f->arena);
+    free(f);
+}
+
 static void on_response(int status, const Keel__Response *resp, void *data)
 {
     struct sync_call *call = data;
@@ -134,13 +163,11 @@ static void on_response(int status, const Keel__Response *resp, void *data)
                      ? resp->error->message
                      : keel_strerror(status));
     } else if (call->want_resp) {
-        size_t n = keel__response__get_packed_size(resp);
-        call->buf = malloc(n ? n : 1);
-        if (call->buf == NULL) {
+        call->resp =
+            call->flat ? flat_copy(resp) : (Keel__Response *)keel_pb_clone(&resp->base, NULL);
+        if (call->resp == NULL) {
             status = KEEL_ENOMEM;
             snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(status));
-        } else {
-            call->len = keel__response__pack(resp, call->buf);
         }
     }
     call_finish(call->k, call, status);
@@ -480,8 +507,9 @@ static int submit(struct keel *k, struct sync_call *call)
     return 0;
 }
 
-int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
-               Keel__Response **out)
+/* One request through the loop; *out gets the copy (malloc'd per field, or flat). */
+static int call_request(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
+                        bool flat, Keel__Response **out)
 {
     if (out)
         *out = NULL;
@@ -496,24 +524,36 @@ int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_
     if (opts)
         call.opts = *opts;
     call.want_resp = out != NULL;
+    call.flat = flat;
     int rv = submit(k, &call);
     if (rv != 0)
         return rv;
-
     if (call.status != 0) {
-        free(call.buf);
         kc_set_errmsg(call.msg);
         return call.status;
     }
-    if (out) {
-        *out = keel__response__unpack(NULL, call.len, call.buf);
-        free(call.buf);
-        if (*out == NULL) {
-            kc_set_errmsg(keel_strerror(KEEL_ENOMEM));
-            return KEEL_ENOMEM;
-        }
-    }
+    if (out)
+        *out = call.resp;
     return 0;
+}
+
+int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
+               Keel__Response **out)
+{
+    return call_request(k, req, opts, false, out);
+}
+
+int keel_do_flat(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
+                 const Keel__Response **out)
+{
+    if (out == NULL) {
+        kc_set_errmsg("keel_do_flat: out is NULL");
+        return KEEL_EINVAL;
+    }
+    Keel__Response *resp = NULL;
+    int rv = call_request(k, req, opts, true, &resp);
+    *out = resp;
+    return rv;
 }
 
 int keel_do(struct keel *k, const Keel__Request *req, Keel__Response **out)

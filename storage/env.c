@@ -42,10 +42,13 @@ int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
     if (rc != 0)
         return ks_mdb_err(rc);
     if (val.mv_size != sizeof(*m) && val.mv_size != KS_META_V1_SIZE &&
-        val.mv_size != KS_META_V2_SIZE && val.mv_size != KS_META_V3_SIZE)
+        val.mv_size != KS_META_V2_SIZE && val.mv_size != KS_META_V3_SIZE &&
+        val.mv_size != KS_META_V4_SIZE)
         return KEEL_ECORRUPT;
     memset(m, 0, sizeof(*m));
     memcpy(m, val.mv_data, val.mv_size);
+    if (val.mv_size < sizeof(*m))
+        m->live_keys = KS_LIVE_UNKNOWN;
     if (m->format != STORE_FORMAT)
         return KEEL_ECORRUPT;
     return 0;
@@ -238,8 +241,28 @@ static int open_dbis(MDB_txn *txn, unsigned create, struct opened *o)
     return 0;
 }
 
-/* Count what a read transaction sees: live keys (latest entry not a tombstone), history
- * records, leases. */
+/* Keys whose latest entry is not a tombstone, as txn sees them: a walk over every key. */
+static int count_live(MDB_txn *txn, MDB_dbi keys, uint64_t *out)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, keys, &cur);
+    if (rc != 0)
+        return ks_mdb_err(rc);
+    uint64_t n = 0;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_NODUP)) {
+        if ((rc = mdb_cursor_get(cur, &k, &v, MDB_LAST_DUP)) != 0)
+            break;
+        if (v.mv_size == KEYREV_LEN && !ks_keyrev_decode(&v).tombstone)
+            n++;
+    }
+    mdb_cursor_close(cur);
+    *out = n;
+    return rc == MDB_NOTFOUND ? 0 : ks_mdb_err(rc);
+}
+
+/* Count what a read transaction sees: live keys, history records, leases. */
 static int count_all(MDB_txn *txn, const struct opened *o, struct keel_store_info *info)
 {
     MDB_stat st;
@@ -250,19 +273,10 @@ static int count_all(MDB_txn *txn, const struct opened *o, struct keel_store_inf
     if ((rc = mdb_stat(txn, o->leases, &st)) != 0)
         return ks_mdb_err(rc);
     info->leases = st.ms_entries;
-    MDB_cursor *cur;
-    if ((rc = mdb_cursor_open(txn, o->keys, &cur)) != 0)
-        return ks_mdb_err(rc);
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_NODUP)) {
-        if ((rc = mdb_cursor_get(cur, &k, &v, MDB_LAST_DUP)) != 0)
-            break;
-        if (v.mv_size == KEYREV_LEN && !ks_keyrev_decode(&v).tombstone)
-            info->keys++;
-    }
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : ks_mdb_err(rc);
+    uint64_t n = 0;
+    int err = count_live(txn, o->keys, &n);
+    info->keys = n;
+    return err;
 }
 
 /*
@@ -381,6 +395,11 @@ static int open_at(struct keel_store *s, const char *dir, struct opened *o)
         err = open_dbis(txn, MDB_CREATE, o);
         if (err == 0)
             err = ks_meta_load(txn, o->meta, &o->m);
+        /* A store from before live_keys was kept: counted once, here (the commit is synced by
+         * adopt before anything else writes). */
+        if (err == 0 && o->m.live_keys == KS_LIVE_UNKNOWN &&
+            (err = count_live(txn, o->keys, &o->m.live_keys)) == 0)
+            err = ks_meta_store(txn, o->meta, &o->m);
         if (err == 0)
             err = ks_mdb_err(mdb_txn_commit(txn));
         else
@@ -580,6 +599,7 @@ void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
     st->quota_bytes = ks_quota(&m);
     st->nospace_member = m.nospace_member;
     st->quota_set = m.quota != 0;
+    st->keys = m.live_keys;
     pthread_rwlock_rdlock(&s->swap_lock);
     MDB_envinfo info;
     MDB_stat mst;

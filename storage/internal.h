@@ -56,6 +56,10 @@ struct meta {
     uint64_t clock_ms;
     /* The NOSPACE alarm: the member that raised it (0: none). Cluster state, through the log. */
     uint64_t nospace_member;
+    /* Keys alive at `revision` (KS_LIVE_UNKNOWN in a store made before it was kept, until it is
+     * opened: then counted once). A range over every key at the current revision takes its
+     * count from here instead of walking all the keys (read.c). */
+    uint64_t live_keys;
 };
 
 /* A store made before the quota was cluster state: meta without its last fields. */
@@ -64,6 +68,16 @@ struct meta {
 #define KS_META_V2_SIZE offsetof(struct meta, clock_boot)
 /* ... and before the NOSPACE alarm. */
 #define KS_META_V3_SIZE offsetof(struct meta, nospace_member)
+/* ... and before live_keys. */
+#define KS_META_V4_SIZE offsetof(struct meta, live_keys)
+#define KS_LIVE_UNKNOWN UINT64_MAX
+
+/* A key came to life (+1) or died (-1) in the working meta m. */
+static inline void ks_live_add(struct meta *m, int d)
+{
+    if (m->live_keys != KS_LIVE_UNKNOWN)
+        m->live_keys += (uint64_t)(int64_t)d;
+}
 
 /* This boot's identity (a hash of the kernel's boot id; 0 when unknown) and the monotonic
  * clock in ms, as meta's clock fields hold them. */

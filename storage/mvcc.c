@@ -151,6 +151,8 @@ static int do_put(struct wctx *c, const Keel__PutRequest *req, Keel__PutResponse
     r.version = st.exists ? prev->version + 1 : 1;
     if ((err = write_version(c, &r, false, st.found)) != 0)
         return err;
+    if (!st.exists)
+        ks_live_add(c->m, 1);
     int64_t old_lease = st.exists ? prev->lease : 0;
     if (old_lease != lease) {
         if (old_lease != 0 && (err = ks_lease_detach(c, old_lease, &key)) != 0)
@@ -180,6 +182,7 @@ static int delete_key(struct wctx *c, Keel__KeyValue *prev)
     r.key.mv_data = prev->key.data;
     r.key.mv_size = prev->key.len;
     int err = write_version(c, &r, true, true);
+    ks_live_add(c->m, -1);
     if (err == 0 && prev->lease != 0)
         err = ks_lease_detach(c, prev->lease, &r.key);
     if (err != 0)

@@ -74,6 +74,7 @@ struct keel_store_stat {
     bool quota_set;           /* a QuotaRequest has set it */
     uint64_t nospace_member;  /* the NOSPACE alarm: the member that raised it (0: none) */
     uint64_t db_size;         /* bytes of the LMDB data file in use (pages x page size) */
+    uint64_t keys;            /* live keys at `revision` */
 };
 
 /*
@@ -210,6 +211,7 @@ struct keel_range_pager {
     int64_t revision; /* every page reads at this one: the request's, or the store's current
                        * revision when the first page was read */
     int64_t count;    /* keys of the range counted so far */
+    int64_t total;    /* the range's count when the store knew it at the first page, else -1 */
     int64_t taken;    /* key-values returned so far */
     size_t next_len;  /* the key the next page starts at (0: the range's first) */
     uint8_t next[KEEL_MAX_KEY_BYTES];

@@ -1182,7 +1182,7 @@ struct result {
     Keel__Response__BodyCase body;
     uint64_t member; /* header.member_id */
     char msg[256];
-    char key[64]; /* first kv key of a range */
+    char key[64];  /* first kv key of a range */
     char last[64]; /* and its last */
     size_t n_kvs;
     bool partial;
@@ -2809,6 +2809,7 @@ static void test_sync_kv(void **state)
     struct bg *b = bg_new(1);
     b->f[0].leader_id = b->f[0].member_id;
     b->f[0].compacted = 3;
+    b->f[0].range_piece = 2; /* ranges of more than 2 key-values come in pieces */
     bg_go(b);
     struct keel *k;
     struct keel_options o = {.endpoints = b->f[0].addr, .request_timeout_ms = 3000};
@@ -2832,6 +2833,45 @@ static void test_sync_kv(void **state)
     assert_int_equal(keel_get(k, "fo", 2, &go, &rr), 0);
     assert_int_equal(rr->count, 2);
     keel_free(rr);
+    /* keel_do_flat: the same answer as keel_do, in one block, also when it came in pieces. */
+    for (int i = 1; i <= 5; i++) {
+        char key[8];
+        snprintf(key, sizeof(key), "p%d", i);
+        assert_int_equal(keel_put(k, key, strlen(key), "value", 5, NULL, NULL), 0);
+    }
+    Keel__Request rreq;
+    Keel__RangeRequest rq;
+    range_req(&rreq, &rq, "p", false);
+    rq.range_end.data = (uint8_t *)"q";
+    rq.range_end.len = 1;
+    Keel__Response *whole;
+    const Keel__Response *flat;
+    assert_int_equal(keel_do(k, &rreq, &whole), 0);
+    assert_int_equal(keel_do_flat(k, &rreq, NULL, &flat), 0);
+    assert_int_equal(flat->body_case, KEEL__RESPONSE__BODY_RANGE);
+    assert_non_null(flat->header);
+    assert_int_equal(flat->header->revision, whole->header->revision);
+    assert_int_equal(flat->range->count, 5);
+    assert_false(flat->range->partial);
+    assert_int_equal(flat->range->n_kvs, whole->range->n_kvs);
+    assert_int_equal(flat->range->n_kvs, 5);
+    for (size_t i = 0; i < 5; i++) {
+        const Keel__KeyValue *a = flat->range->kvs[i], *w = whole->range->kvs[i];
+        assert_int_equal(a->key.len, w->key.len);
+        assert_memory_equal(a->key.data, w->key.data, a->key.len);
+        assert_int_equal(a->value.len, 5);
+        assert_memory_equal(a->value.data, "value", 5);
+        assert_int_equal(a->mod_revision, w->mod_revision);
+    }
+    keel_free(whole);
+    keel_flat_free(flat);
+    keel_flat_free(NULL);
+    assert_int_equal(keel_do_flat(k, &rreq, NULL, NULL), KEEL_EINVAL);
+    struct keel_get_opts gone = {.revision = 1};
+    rq.revision = gone.revision;
+    assert_int_equal(keel_do_flat(k, &rreq, NULL, &flat), KEEL_ECOMPACTED);
+    assert_null(flat);
+    assert_string_equal(keel_errmsg(), "required revision has been compacted");
     /* A server error: code and message. */
     struct keel_get_opts old = {.revision = 1};
     assert_int_equal(keel_get(k, "foo", 3, &old, &rr), KEEL_ECOMPACTED);
@@ -2840,7 +2880,7 @@ static void test_sync_kv(void **state)
     Keel__DeleteRangeResponse *dr;
     struct keel_delete_opts dopts = {.range_end = "\0", .range_end_len = 1};
     assert_int_equal(keel_delete(k, "a", 1, &dopts, &dr), 0);
-    assert_int_equal(dr->deleted, 2);
+    assert_int_equal(dr->deleted, 7); /* foo, fop, p1..p5 */
     keel_free(dr);
     Keel__StatusResponse *sr;
     assert_int_equal(keel_status(k, b->f[0].addr, &sr), 0);

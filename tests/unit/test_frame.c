@@ -23,6 +23,7 @@
 #include "err.h"
 #include "frame.h"
 #include "keel.pb-c.h"
+#include "pbclone.h"
 #include "testutil.h"
 
 #define SEED 0x6b65656c2d667261ull
@@ -1300,6 +1301,146 @@ static void test_err_wire(void **state)
     assert_int_equal(keel_err_to_wire(KEEL_E_WIRE_LAST - 1), KEEL__ERROR_CODE__INTERNAL);
 }
 
+/* ---- deep copies (pbclone.h) ---- */
+
+/* A Request with what a copy must get right: oneofs whose members are scalars and pointers
+ * (Compare's target), nested messages, repeated messages, bytes, strings, unknown fields. */
+static Keel__Request *clone_source(struct keel_arena *a)
+{
+    Keel__TxnRequest *txn = keel_arena_alloc(a, sizeof(*txn));
+    keel__txn_request__init(txn);
+    Keel__Compare **cmps = keel_arena_alloc(a, 2 * sizeof(*cmps));
+    for (int i = 0; i < 2; i++) {
+        cmps[i] = keel_arena_alloc(a, sizeof(**cmps));
+        keel__compare__init(cmps[i]);
+        cmps[i]->key.data = (uint8_t *)"cmp-key";
+        cmps[i]->key.len = 7;
+    }
+    cmps[0]->target_union_case = KEEL__COMPARE__TARGET_UNION_VERSION;
+    cmps[0]->version = 0x1122334455667788;
+    cmps[1]->target_union_case = KEEL__COMPARE__TARGET_UNION_VALUE;
+    cmps[1]->value.data = (uint8_t *)"compared";
+    cmps[1]->value.len = 8;
+    txn->compare = cmps;
+    txn->n_compare = 2;
+    Keel__RequestOp *op = keel_arena_alloc(a, sizeof(*op));
+    keel__request_op__init(op);
+    Keel__PutRequest *put = keel_arena_alloc(a, sizeof(*put));
+    keel__put_request__init(put);
+    put->key.data = (uint8_t *)"k";
+    put->key.len = 1;
+    put->value.data = (uint8_t *)"v\0v";
+    put->value.len = 3;
+    op->request_case = KEEL__REQUEST_OP__REQUEST_REQUEST_PUT;
+    op->request_put = put;
+    Keel__RequestOp **ops = keel_arena_alloc(a, sizeof(*ops));
+    ops[0] = op;
+    txn->success = ops;
+    txn->n_success = 1;
+    Keel__Request *req = keel_arena_alloc(a, sizeof(*req));
+    keel__request__init(req);
+    req->id = 42;
+    req->body_case = KEEL__REQUEST__BODY_TXN;
+    req->txn = txn;
+    ProtobufCMessageUnknownField *u = keel_arena_alloc(a, sizeof(*u));
+    u->tag = 1000;
+    u->wire_type = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+    u->len = 3;
+    u->data = (uint8_t *)"unk";
+    req->base.unknown_fields = u;
+    req->base.n_unknown_fields = 1;
+    return req;
+}
+
+static void assert_same_bytes(const ProtobufCMessage *a, const ProtobufCMessage *b)
+{
+    size_t na = protobuf_c_message_get_packed_size(a), nb = protobuf_c_message_get_packed_size(b);
+    assert_int_equal(na, nb);
+    uint8_t *pa = malloc(na), *pb = malloc(nb);
+    protobuf_c_message_pack(a, pa);
+    protobuf_c_message_pack(b, pb);
+    assert_memory_equal(pa, pb, na);
+    free(pa);
+    free(pb);
+}
+
+/* An allocator that fails after `left` allocations. */
+struct failing {
+    int left;
+    int made;
+};
+
+static void *failing_alloc(void *data, size_t n)
+{
+    struct failing *f = data;
+    if (f->left-- <= 0)
+        return NULL;
+    f->made++;
+    return malloc(n);
+}
+
+static void failing_free(void *data, void *p)
+{
+    struct failing *f = data;
+    if (p != NULL)
+        f->made--;
+    free(p);
+}
+
+static void test_clone(void **state)
+{
+    (void)state;
+    struct keel_arena a;
+    keel_arena_init(&a, 0);
+    Keel__Request *src = clone_source(&a);
+
+    ProtobufCMessage *c = keel_pb_clone(&src->base, NULL);
+    assert_non_null(c);
+    assert_same_bytes(&src->base, c);
+    Keel__Request *copy = (Keel__Request *)c;
+    /* Nothing shared with the source. */
+    assert_ptr_not_equal(copy->txn, src->txn);
+    assert_ptr_not_equal(copy->txn->compare[1]->value.data, src->txn->compare[1]->value.data);
+    assert_ptr_not_equal(copy->base.unknown_fields[0].data, src->base.unknown_fields[0].data);
+    assert_int_equal(copy->txn->compare[0]->version, 0x1122334455667788);
+    protobuf_c_message_free_unpacked(c, NULL);
+
+    /* Into an arena: the copy outlives the source's memory. */
+    struct keel_arena into;
+    keel_arena_init(&into, 0);
+    Keel__Request held = KEEL__REQUEST__INIT;
+    assert_int_equal(keel_pb_clone_into(&held.base, &src->base, keel_arena_pb(&into)), 0);
+    struct keel_arena ref;
+    keel_arena_init(&ref, 0);
+    ProtobufCMessage *again = keel_pb_clone(&clone_source(&ref)->base, NULL);
+    keel_arena_close(&a);
+    keel_arena_close(&ref);
+    assert_same_bytes(&held.base, again);
+    protobuf_c_message_free_unpacked(again, NULL);
+    keel_arena_close(&into);
+
+    /* Out of memory at every allocation: NULL, and nothing left allocated. */
+    keel_arena_init(&a, 0);
+    src = clone_source(&a);
+    int fails = 0;
+    for (int n = 0; n < 64; n++) {
+        struct failing f = {.left = n};
+        ProtobufCAllocator fa = {failing_alloc, failing_free, &f};
+        ProtobufCMessage *m = keel_pb_clone(&src->base, &fa);
+        if (m == NULL) {
+            assert_int_equal(f.made, 0);
+            fails++;
+            continue;
+        }
+        assert_same_bytes(&src->base, m);
+        protobuf_c_message_free_unpacked(m, &fa);
+        assert_int_equal(f.made, 0);
+        break;
+    }
+    assert_true(fails > 10); /* every allocation of the copy failed once */
+    keel_arena_close(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1321,6 +1462,7 @@ int main(void)
         cmocka_unit_test(test_decoder_garbage),
         cmocka_unit_test(test_err_strings),
         cmocka_unit_test(test_err_wire),
+        cmocka_unit_test(test_clone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <lmdb.h>
 
 #include "frame.h"
 #include "testutil.h"
@@ -1040,6 +1041,105 @@ static void write_batch_one_transaction(void **state)
     assert_kv(get(f, "b03", 0), "b03", "v", 3, 63, 7);
 }
 
+/* A range over every key: its count, at the current revision, from a count the store keeps.
+ * What one would find walking the keys is the reference, also in a store made before the count
+ * was kept (its meta one field short), which is counted when opened. */
+static int64_t count_every(struct fx *f, int64_t limit, int64_t rev, size_t *n_kvs, bool *more)
+{
+    static uint8_t zero = 0;
+    Keel__RangeRequest *q = tu_range_req(&f->a, "", NULL);
+    q->key.data = &zero;
+    q->key.len = 1;
+    q->range_end.data = &zero;
+    q->range_end.len = 1;
+    q->limit = limit;
+    q->revision = rev;
+    q->keys_only = true;
+    Keel__RangeResponse *r;
+    int64_t at;
+    assert_int_equal(keel_store_range(f->s, q, &f->a, &r, &at), 0);
+    *n_kvs = r->n_kvs;
+    *more = r->more;
+    /* The same in pages of one key each. */
+    struct keel_range_pager pg;
+    memset(&pg, 0, sizeof(pg));
+    size_t paged = 0;
+    Keel__RangeResponse *p = NULL;
+    while (!pg.done) {
+        assert_int_equal(keel_store_range_page(f->s, q, &pg, 1, 1, &f->a, &p, &at), 0);
+        paged += p->n_kvs;
+    }
+    assert_int_equal(paged, r->n_kvs);
+    assert_int_equal(p->count, r->count);
+    assert_int_equal(p->more, r->more);
+    return r->count;
+}
+
+static void range_count_of_every_key(void **state)
+{
+    struct fx *f = *state;
+    size_t n;
+    bool more;
+    assert_int_equal(count_every(f, 0, 0, &n, &more), 0);
+    const char *keys[] = {"a", "b", "c", "d"};
+    for (int i = 0; i < 4; i++)
+        ap(f, tu_cmd_put(&f->a, keys[i], "v"));
+    ap(f, tu_cmd_put(&f->a, "a", "again")); /* an update: still one key */
+    int64_t four = rev_of(f);
+    ap(f, tu_cmd_del(&f->a, "b", NULL));
+    ap(f, tu_cmd_del(&f->a, "zz", NULL)); /* nothing to delete */
+    ap(f, tu_cmd_lease_grant(&f->a, 7, 60));
+    ap(f, tu_cmd_put_lease(&f->a, "e", "v", 7));
+    ap(f, tu_cmd_put(&f->a, "b", "back"));
+    ap(f, tu_cmd_lease_revoke(&f->a, 7)); /* deletes e */
+    ap(f, tu_cmd_compact(&f->a, four));
+    assert_int_equal(count_every(f, 0, 0, &n, &more), 4);
+    assert_int_equal(n, 4);
+    assert_false(more);
+    assert_int_equal(count_every(f, 2, 0, &n, &more), 4);
+    assert_int_equal(n, 2);
+    assert_true(more);
+    assert_int_equal(count_every(f, 4, 0, &n, &more), 4);
+    assert_false(more);
+
+    /* A store whose meta has no count: counted when opened, and kept from then on. */
+    ap(f, tu_cmd_put(&f->a, "f", "v"));
+    keel_store_close(f->s);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    assert_int_equal(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 8);
+    mdb_env_set_mapsize(env, 64u << 20);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/state", f->dir);
+    assert_int_equal(mdb_env_open(env, path, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+    MDB_val mk = {1, (void *)"m"}, mv;
+    assert_int_equal(mdb_get(txn, dbi, &mk, &mv), 0);
+    uint8_t old[256];
+    assert_true(mv.mv_size <= sizeof(old));
+    memcpy(old, mv.mv_data, mv.mv_size);
+    MDB_val shorter = {mv.mv_size - 8, old}; /* without live_keys */
+    assert_int_equal(mdb_put(txn, dbi, &mk, &shorter, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    f->s = tu_store_open(f->dir, 0);
+    struct keel_store_stat st;
+    keel_store_stat(f->s, &st);
+    assert_int_equal(st.keys, 5);
+    assert_int_equal(count_every(f, 1, 0, &n, &more), 5);
+    assert_true(more);
+    ap(f, tu_cmd_del(&f->a, "a", NULL));
+    assert_int_equal(count_every(f, 0, 0, &n, &more), 4);
+    assert_int_equal(n, 4);
+
+    /* A past revision is walked: a, b, c, d were alive at `four`. */
+    assert_int_equal(count_every(f, 1, four, &n, &more), 4);
+    assert_true(more);
+}
+
 /* ---- reply bounds: what one read, txn or delete may build (issue 9, holes 1, 9, 15) ---- */
 
 #define BIG_KEYS 3000
@@ -1615,7 +1715,8 @@ int main(int argc, char **argv)
         T(txn_compare_branches),           T(txn_compare_targets),
         T(txn_failure_leaves_nothing),     T(txn_nested),
         T(txn_overlapping_writes_refused), T(txn_nested_compares_see_the_state_before)};
-    const struct CMUnitTest range[] = {T(range_options), T(range_past_revisions)};
+    const struct CMUnitTest range[] = {T(range_options), T(range_past_revisions),
+                                       T(range_count_of_every_key)};
     const struct CMUnitTest history[] = {T(history_chunks_and_prev), T(history_compacted)};
     const struct CMUnitTest compaction[] = {T(compaction_keeps_state_at_revision),
                                             T(compaction_of_many_versions)};
