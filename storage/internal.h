@@ -135,6 +135,10 @@ struct tctx {
     MDB_cursor *keys;
     MDB_cursor *revs;
     MDB_cursor *aux; /* a second keys cursor for lookups during a keys scan */
+    /* A revs cursor for the records a scan's keys point to, opened on first use: a lookup
+     * near the previous one (keys written in order) stays in its leaf, where mdb_get would
+     * search from the root every time (most of a big range's time). */
+    MDB_cursor *recs;
     /* A read: the overlay merged with this snapshot (NULL: LMDB alone). A write: the overlay
      * its changes are noted in for readers (NULL: none). */
     const struct ks_overlay *ov;

@@ -77,7 +77,11 @@ static int fetch_record(struct tctx *t, const struct keyrev *at, struct record *
     uint8_t rk[REVKEY_LEN];
     ks_revkey_encode(at->rev, at->sub, rk);
     MDB_val k = {REVKEY_LEN, rk}, v;
-    int rc = mdb_get(t->txn, t->s->dbi_revs, &k, &v);
+    int rc = 0;
+    if (t->recs == NULL)
+        rc = mdb_cursor_open(t->txn, t->s->dbi_revs, &t->recs);
+    if (rc == 0)
+        rc = mdb_cursor_get(t->recs, &k, &v, MDB_SET_KEY);
     if (rc == MDB_NOTFOUND)
         return KEEL_ECORRUPT; /* a key entry without its record */
     if (rc != 0)

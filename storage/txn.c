@@ -32,7 +32,9 @@ void ks_tctx_close_cursors(struct tctx *t)
         mdb_cursor_close(t->revs);
     if (t->aux)
         mdb_cursor_close(t->aux);
-    t->keys = t->revs = t->aux = NULL;
+    if (t->recs)
+        mdb_cursor_close(t->recs);
+    t->keys = t->revs = t->aux = t->recs = NULL;
 }
 
 int ks_read_begin(struct keel_store *s, struct tctx *t, struct meta *m)
