@@ -24,6 +24,7 @@
 #define WBUF  (4u << 20)
 #define NBUF  4 /* buffers: one filling, the others queued for or in the disk thread */
 #define ALIGN 4096u
+#define PAGE  4096u /* LMDB's page here: a copy is whole pages */
 
 /*
  * The disk thread writes full buffers while the caller receives and hashes the next ones: a
@@ -314,6 +315,29 @@ static int digest(int fd, uint64_t len, uint8_t out[32])
     return rv;
 }
 
+/*
+ * etcd's shape, which keel-gateway gives the copy for etcdctl snapshot save: the copy (whole
+ * pages) then the SHA-256 of it, 32 bytes. Sets info->has_trailer, copy_len and sha256 when the
+ * file is that and its digest holds; 0, or -1 when it cannot be read (errno).
+ */
+static int etcd_shaped(int fd, struct snapfile_info *info)
+{
+    uint64_t size = info->file_size;
+    if (size < 32 + PAGE || (size - 32) % PAGE != 0)
+        return 0;
+    uint8_t want[32], got[32];
+    if (pread(fd, want, sizeof(want), (off_t)(size - 32)) != (ssize_t)sizeof(want))
+        return -1;
+    if (digest(fd, size - 32, got) != 0)
+        return -1;
+    if (memcmp(want, got, 32) == 0) {
+        info->has_trailer = true;
+        info->copy_len = size - 32;
+        memcpy(info->sha256, got, 32);
+    }
+    return 0;
+}
+
 int snapfile_check(const char *path, bool allow_raw, struct snapfile_info *info,
                    char err[SNAPFILE_ERR_MAX])
 {
@@ -332,14 +356,21 @@ int snapfile_check(const char *path, bool allow_raw, struct snapfile_info *info,
     if (info->file_size < SNAPFILE_TRAILER ||
         pread(fd, t, sizeof(t), st.st_size - SNAPFILE_TRAILER) != (ssize_t)sizeof(t) ||
         memcmp(t, MAGIC, 8) != 0) {
+        if ((rv = etcd_shaped(fd, info)) != 0) {
+            rv = fail(err, "cannot read %s: %s", path, strerror(errno));
+            goto out;
+        }
+        if (info->has_trailer)
+            goto out;
         if (allow_raw) {
             info->copy_len = info->file_size; /* a bare copy, taken as it is */
             goto out;
         }
         rv = fail(err,
-                  "%s is not a complete keel snapshot: it does not end with the snapshot trailer "
-                  "(cut short while it was saved or copied, or not made by keelctl snapshot "
-                  "save; --skip-hash-check restores a bare copy)",
+                  "%s is not a complete keel snapshot: it ends neither with keelctl's snapshot "
+                  "trailer nor with the SHA-256 of what precedes it (what etcdctl snapshot save "
+                  "through keel-gateway writes): cut short while it was saved or copied, altered, "
+                  "or not a snapshot (--skip-hash-check restores a bare copy)",
                   path);
         goto out;
     }

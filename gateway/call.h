@@ -63,6 +63,8 @@ struct gw_ctx {
     char **advertise_urls;
     size_t n_advertise_urls;
     const char *zone;            /* --zone, or "" */
+    const char *endpoints;       /* --endpoints: keel's members, for what the client's
+                                    connections do not carry (snapshot.h) */
     uint32_t request_timeout_ms; /* keel request deadline when the client sends none */
     size_t max_request_bytes;    /* a request message above this: InvalidArgument "request is too
                                     large" */

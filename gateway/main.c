@@ -208,6 +208,7 @@ int main(int argc, char **argv)
         return 2;
     }
     g.ctx.zone = zone;
+    g.ctx.endpoints = endpoints && endpoints[0] ? endpoints : KEEL_DEFAULT_ENDPOINT;
     g.ctx.request_timeout_ms = (uint32_t)timeout_ms;
     g.ctx.max_request_bytes = (size_t)max_request;
     uv_loop_init(&g.loop);

@@ -13,13 +13,15 @@
  * - Defragment defragments the keel member the gateway's request reaches (keel's online
  *   defragmentation: the member keeps serving); etcd defragments the member the client names,
  *   and behind a gateway that is the gateway.
- * - Hash, HashKV and Snapshot: keel has no consistent hash, and libkeel does not carry keel's
- *   snapshot stream (and etcd's snapshot format is bbolt's): Unimplemented.
+ * - Snapshot streams keel's own snapshot of a member, then its SHA-256 as etcd does
+ *   (snapshot.h): etcdctl snapshot save works; the file is keel's, not bbolt.
+ * - Hash and HashKV: keel has no consistent hash: Unimplemented.
  * - Auth: keel-gateway serves no authentication yet, so etcd's answers for a cluster with auth
  *   disabled where etcd has one (Authenticate fails FailedPrecondition "authentication is not
  *   enabled", AuthDisable succeeds), Unimplemented for user and role management.
  */
 #include "methods.h"
+#include "snapshot.h"
 #include "unary.h"
 
 #include "err.h"
@@ -211,13 +213,6 @@ static void on_hash(struct gw_call *c, ProtobufCMessage *msg)
                   "keel-gateway: keel has no consistent hash of its store yet (Hash, HashKV)");
 }
 
-static void on_snapshot(struct gw_call *c, ProtobufCMessage *msg)
-{
-    gw_unary_fail(c, msg, GW_UNIMPLEMENTED,
-                  "keel-gateway: snapshots are not served yet (keel's own snapshot is not "
-                  "etcd's bbolt format)");
-}
-
 /* ---- Auth ---- */
 
 static void on_authenticate(struct gw_call *c, ProtobufCMessage *msg)
@@ -261,8 +256,9 @@ static const struct gw_method maint_methods[] = {
     MAINT("Hash", "maintenance/hash", hash, on_hash),
     METHOD("/etcdserverpb.Maintenance/HashKV", NULL, hash_kvrequest, hash_kvresponse, GW_UNARY,
            on_hash), /* JSON's /hash is Hash's, as in etcd */
-    METHOD("/etcdserverpb.Maintenance/Snapshot", "maintenance/snapshot", snapshot_request,
-           snapshot_response, GW_SERVER_STREAM, on_snapshot),
+    {"/etcdserverpb.Maintenance/Snapshot", "maintenance/snapshot",
+     &etcdserverpb__snapshot_request__descriptor, &etcdserverpb__snapshot_response__descriptor,
+     GW_SERVER_STREAM, gw_snapshot_on_message, NULL, gw_snapshot_on_cancel},
     MAINT("MoveLeader", "maintenance/transfer-leadership", move_leader, on_move_leader),
     AUTH("Authenticate", "auth/authenticate", on_authenticate),
     AUTH("AuthDisable", "auth/disable", on_auth_disable),

@@ -64,7 +64,17 @@ size=$(stat -c %s "$COMPAT_DIR/s.snap")
 head -c $((size / 2)) "$COMPAT_DIR/s.snap" >"$COMPAT_DIR/cut.snap"
 cp "$COMPAT_DIR/s.snap" "$COMPAT_DIR/altered.snap"
 printf 'X' | dd of="$COMPAT_DIR/altered.snap" bs=1 seek=$((size / 3)) conv=notrunc 2>/dev/null
-for f in cut altered; do
+# etcd's shape (what etcdctl snapshot save through keel-gateway writes): the copy, then its
+# SHA-256; the same copy altered is refused.
+head -c $((size - 48)) "$COMPAT_DIR/s.snap" >"$COMPAT_DIR/etcd.snap"
+"$PY" -c 'import hashlib, sys
+d = open(sys.argv[1], "rb").read()
+open(sys.argv[1], "ab").write(hashlib.sha256(d).digest())' "$COMPAT_DIR/etcd.snap"
+st=$("$CTL" snapshot status "$COMPAT_DIR/etcd.snap" -w json) || bad "status of etcd.snap failed"
+check "status of the etcd-shaped file: the revision" "$rev" "$(printf '%s' "$st" | py 'j["revision"]')"
+cp "$COMPAT_DIR/etcd.snap" "$COMPAT_DIR/etcd-altered.snap"
+printf 'X' | dd of="$COMPAT_DIR/etcd-altered.snap" bs=1 seek=$((size / 3)) conv=notrunc 2>/dev/null
+for f in cut altered etcd-altered; do
     out=$("$CTL" snapshot status "$COMPAT_DIR/$f.snap" 2>&1) && bad "status of $f.snap succeeded"
     want="is not a complete keel snapshot"
     [ $f = altered ] && want="is damaged or altered"

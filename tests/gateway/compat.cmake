@@ -6,7 +6,8 @@
 set(GW_COMPAT_DIR ${CMAKE_CURRENT_SOURCE_DIR}/compat)
 
 add_test(NAME gateway_compat_etcdctl
-         COMMAND bash ${GW_COMPAT_DIR}/etcdctl.sh $<TARGET_FILE:keel-gateway> $<TARGET_FILE:keeld>)
+         COMMAND bash ${GW_COMPAT_DIR}/etcdctl.sh $<TARGET_FILE:keel-gateway> $<TARGET_FILE:keeld>
+                 $<TARGET_FILE:keelctl>)
 add_test(NAME gateway_compat_clientv3
          COMMAND bash ${GW_COMPAT_DIR}/clientv3.sh $<TARGET_FILE:keel-gateway> $<TARGET_FILE:keeld>
                  ${CMAKE_CURRENT_BINARY_DIR}/compat-go)

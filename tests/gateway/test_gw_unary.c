@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <openssl/evp.h>
 
 #include "cluster.h"
 #include "fakecall.h"
@@ -39,6 +40,7 @@ static struct {
     uv_loop_t loop;
     struct gw_ctx ctx;
     char *urls[2];
+    char eps[512];
 } E;
 
 static void on_closed(void *data)
@@ -130,10 +132,11 @@ static void env_up(const char *tag)
     tc_cluster_init(&E.tc, 3, tag);
     tc_start_all(&E.tc);
     assert_int_equal(uv_loop_init(&E.loop), 0);
-    char eps[512];
-    tc_endpoints(&E.tc, 0, eps, sizeof(eps));
-    struct keel_options o = {.endpoints = eps, .request_timeout_ms = 5000, .dial_timeout_ms = 500};
+    tc_endpoints(&E.tc, 0, E.eps, sizeof(E.eps));
+    struct keel_options o = {
+        .endpoints = E.eps, .request_timeout_ms = 5000, .dial_timeout_ms = 500};
     assert_int_equal(keel_aclient_init(&E.ctx.ac, &E.loop, &o), 0);
+    E.ctx.endpoints = E.eps;
     E.urls[0] = "http://127.0.0.1:32090";
     E.urls[1] = "http://gw.example:2379";
     E.ctx.loop = &E.loop;
@@ -872,9 +875,40 @@ static void cluster(void **state)
     run(&u, "/etcdserverpb.Maintenance/HashKV", &hq);
     assert_int_equal(u.code, GW_UNIMPLEMENTED);
     assert_true(strlen(u.message) > 10);
+    /* Snapshot: keel's copy in blobs, then its SHA-256 as the last blob, as etcd sends. */
     Etcdserverpb__SnapshotRequest snq = ETCDSERVERPB__SNAPSHOT_REQUEST__INIT;
     run(&u, "/etcdserverpb.Maintenance/Snapshot", &snq);
-    assert_int_equal(u.code, GW_UNIMPLEMENTED);
+    assert_int_equal(u.code, GW_OK);
+    assert_true(u.n_sent >= 2);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestInit_ex(md, EVP_sha256(), NULL), 1);
+    size_t copied = 0;
+    for (size_t i = 0; i + 1 < u.n_sent; i++) {
+        const Etcdserverpb__SnapshotResponse *sr = (const void *)u.sent[i];
+        assert_true(sr->remaining_bytes > 0);
+        EVP_DigestUpdate(md, sr->blob.data, sr->blob.len);
+        copied += sr->blob.len;
+    }
+    const Etcdserverpb__SnapshotResponse *last = (const void *)u.sent[u.n_sent - 1];
+    uint8_t digest[32];
+    unsigned dlen = 0;
+    assert_int_equal(EVP_DigestFinal_ex(md, digest, &dlen), 1);
+    EVP_MD_CTX_free(md);
+    assert_int_equal(last->remaining_bytes, 0);
+    assert_int_equal(last->blob.len, 32);
+    assert_memory_equal(last->blob.data, digest, 32);
+    assert_true(copied > 0 && copied % 4096 == 0); /* whole LMDB pages */
+    fake_call_clear(&u);
+    /* A client that reads nothing, then goes away: nothing piles up, the call ends cancelled. */
+    fake_call_init(&u, &E.ctx, gw_method_by_grpc_path("/etcdserverpb.Maintenance/Snapshot", 34));
+    u.pending_bytes = 64u << 20;
+    fake_call_deliver(&u, &snq.base);
+    assert_false(fake_call_wait(&u, &E.loop, 1, 300));
+    assert_int_equal(u.n_sent, 0);
+    fake_call_cancel(&u);
+    assert_true(fake_call_wait(&u, &E.loop, 0, CALL_TIMEOUT_MS));
+    assert_int_equal(u.code, GW_CANCELLED);
+    fake_call_clear(&u);
     Etcdserverpb__MoveLeaderRequest mq = ETCDSERVERPB__MOVE_LEADER_REQUEST__INIT;
     mq.targetid = ids[0];
     run(&u, "/etcdserverpb.Maintenance/MoveLeader", &mq);
