@@ -314,6 +314,18 @@ static void watch_apply(struct keel_node *n)
     if (now - n->watch_checked < 1000)
         return;
     n->watch_checked = now;
+    /* raft 0.15's log storage stops for good after a failed write or segment (its uv
+     * "errored" state): the member would stay up, answering from a state that no longer
+     * moves. A full disk does it when it fills faster than the disk reserve's checks
+     * (diskwatch.h). Stopping is the way out: the log on disk is intact, and a restart with
+     * room on the disk catches up. */
+    if (n->io.errmsg[0] != '\0') {
+        KLOG_ERROR("raft's log storage failed: %s; raft writes nothing more after that, so this "
+                   "member stops (restart it once the cause, e.g. a full disk, is gone: its log "
+                   "and store are intact)",
+                   n->io.errmsg);
+        abort();
+    }
     const struct keel_fsm_progress *p = keel_fsm_progress(n->o.fsm);
     uint64_t applied = n->raft.last_applied, committed = p->committed;
     bool waiting = n->raft.commit_index > applied || p->queued > committed;
@@ -695,6 +707,8 @@ int keel_node_start(struct keel_node *n)
         return from_raft(rv);
     }
     n->started = 1;
+    /* What start left in it is no failure of the running log (watch_apply). */
+    n->io.errmsg[0] = '\0';
     uv_timer_init(n->o.loop, &n->deliver);
     n->deliver.data = n;
     uv_check_init(n->o.loop, &n->poll);
