@@ -10,6 +10,8 @@
  */
 #include "pbjson.h"
 
+#include "pbclone.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -168,32 +170,6 @@ static void put_base64(struct gw_jbuf *b, const uint8_t *d, size_t n)
 /* ------------------------------------------------------------------------------------------ */
 /* Encoding */
 
-size_t gw_pbjson_value_size(ProtobufCType t)
-{
-    switch (t) {
-    case PROTOBUF_C_TYPE_INT64:
-    case PROTOBUF_C_TYPE_SINT64:
-    case PROTOBUF_C_TYPE_SFIXED64:
-    case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64:
-        return 8;
-    case PROTOBUF_C_TYPE_DOUBLE:
-        return sizeof(double);
-    case PROTOBUF_C_TYPE_FLOAT:
-        return sizeof(float);
-    case PROTOBUF_C_TYPE_BOOL:
-        return sizeof(protobuf_c_boolean);
-    case PROTOBUF_C_TYPE_STRING:
-        return sizeof(char *);
-    case PROTOBUF_C_TYPE_BYTES:
-        return sizeof(ProtobufCBinaryData);
-    case PROTOBUF_C_TYPE_MESSAGE:
-        return sizeof(ProtobufCMessage *);
-    default:
-        return 4; /* int32, sint32, sfixed32, uint32, fixed32, enum */
-    }
-}
-
 /* Whether the value at v is its type's zero (proto3 leaves those out). */
 static bool is_zero(const ProtobufCFieldDescriptor *f, const void *v)
 {
@@ -211,7 +187,7 @@ static bool is_zero(const ProtobufCFieldDescriptor *f, const void *v)
     case PROTOBUF_C_TYPE_FLOAT:
         return *(const float *)v == 0;
     default: {
-        size_t sz = gw_pbjson_value_size(f->type);
+        size_t sz = keel_pb_value_size(f->type);
         static const char zeros[8];
         return memcmp(v, zeros, sz) == 0;
     }
@@ -317,7 +293,7 @@ static int write_message(struct gw_jbuf *b, const ProtobufCMessage *m, int depth
         gw_jbuf_put(b, ":", 1);
         if (f->label == PROTOBUF_C_LABEL_REPEATED) {
             const char *arr = *(char *const *)v;
-            size_t sz = gw_pbjson_value_size(f->type);
+            size_t sz = keel_pb_value_size(f->type);
             gw_jbuf_put(b, "[", 1);
             for (size_t k = 0; k < n; k++) {
                 if (k)
@@ -636,7 +612,7 @@ static void clear_value(const ProtobufCFieldDescriptor *f, void *v)
         *(ProtobufCMessage **)v = NULL;
         break;
     default:
-        memset(v, 0, gw_pbjson_value_size(f->type));
+        memset(v, 0, keel_pb_value_size(f->type));
         break;
     }
 }
@@ -673,7 +649,7 @@ static int decode_field(struct dec *x, ProtobufCMessage *m, const ProtobufCField
             fail(x, "expected an array, got %s", type_name(v));
             return -1;
         }
-        size_t n = json_object_array_length(v), sz = gw_pbjson_value_size(f->type);
+        size_t n = json_object_array_length(v), sz = keel_pb_value_size(f->type);
         if (n == 0)
             return 0;
         char *arr = calloc(n, sz);

@@ -57,10 +57,6 @@ ProtobufCMessage *gw_pbjson_decode(const ProtobufCMessageDescriptor *d, struct j
 ProtobufCMessage *gw_pbjson_decode_text(const ProtobufCMessageDescriptor *d, const char *s,
                                         size_t len, char *err, size_t errlen);
 
-/* The in-memory size of one value of a field's type: an element of a repeated field, or a field
- * itself when it is not repeated. */
-size_t gw_pbjson_value_size(ProtobufCType t);
-
 /*
  * json-c builds a whole tree before a message is decoded, and an object or array costs it far more
  * memory than its two bytes of text (about 0.8 KiB for "{}"): a 3 MiB body of "{},{},..." would

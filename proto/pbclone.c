@@ -27,8 +27,7 @@ static void *dup(ProtobufCAllocator *a, const void *p, size_t n)
     return q;
 }
 
-/* The size of one element of a repeated field of this type, as protobuf-c lays it out. */
-static size_t elem_size(ProtobufCType t)
+size_t keel_pb_value_size(ProtobufCType t)
 {
     switch (t) {
     case PROTOBUF_C_TYPE_INT64:
@@ -130,7 +129,7 @@ int keel_pb_clone_into(ProtobufCMessage *c, const ProtobufCMessage *m, ProtobufC
             const void *arr = *(void *const *)(src + f->offset);
             if (n == 0 || arr == NULL)
                 continue;
-            size_t es = elem_size(f->type);
+            size_t es = keel_pb_value_size(f->type);
             void *copy = a->alloc(a->allocator_data, n * es);
             if (copy == NULL)
                 return -1;

@@ -23,4 +23,9 @@ ProtobufCMessage *keel_pb_clone(const ProtobufCMessage *m, ProtobufCAllocator *a
  * from) frees everything. */
 int keel_pb_clone_into(ProtobufCMessage *c, const ProtobufCMessage *m, ProtobufCAllocator *alloc);
 
+/* The bytes protobuf-c lays one value of type t out in (a field, an element of a repeated
+ * field): 8 for the 64-bit numbers, a pointer for strings and messages, a ProtobufCBinaryData
+ * for bytes, 4 for the rest. */
+size_t keel_pb_value_size(ProtobufCType t);
+
 #endif

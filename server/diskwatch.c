@@ -11,7 +11,8 @@ struct keel_diskwatch {
     struct keel_diskwatch_options o;
     uv_timer_t timer;
     bool running;
-    bool short_logged; /* the shortage was logged: once per episode */
+    bool short_logged;   /* the shortage was logged: once per episode */
+    bool reserve_logged; /* a failure to set space aside was logged: once */
 };
 
 static void check(uv_timer_t *t)
@@ -28,7 +29,15 @@ static void check(uv_timer_t *t)
     uint64_t cap = (uint64_t)sv.f_blocks * unit / 16;
     if (!w->o.reserve_set && reserve > cap)
         reserve = cap; /* a small disk: the default would hold most of it back */
-    if (free_bytes >= reserve) {
+    /* A quarter of the reserve held by the store ahead of its commits (keel_store_reserve):
+     * what it may write between two checks after something else took the rest. */
+    int rerr = keel_store_reserve(w->o.store, reserve / 4);
+    if (rerr != 0 && rerr != KEEL_ENOSPACE && !w->reserve_logged) {
+        KLOG_WARN("disk reserve: space for the store's next commits could not be set aside: %s",
+                  keel_strerror(rerr));
+        w->reserve_logged = true;
+    }
+    if (free_bytes >= reserve && rerr != KEEL_ENOSPACE) {
         if (w->short_logged)
             KLOG_INFO("disk reserve: %llu bytes free on %s again (reserve %llu)",
                       (unsigned long long)free_bytes, w->o.path, (unsigned long long)reserve);

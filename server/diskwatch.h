@@ -6,8 +6,13 @@
  * disk would surface inside an LMDB commit or a raft append, where the only safe answer is to
  * stop the member.
  *
- * Every check_ms: statvfs of the data dir; free space (for unprivileged users, f_bavail) below
- * the reserve, and no NOSPACE alarm in the store, calls raise(): the seam that gets an
+ * Every check_ms: the store is given a quarter of the reserve ahead of its last page
+ * (keel_store_reserve), so that its commits land in space already allocated even when
+ * something else fills the disk to the last byte between two checks (raft's log segments are
+ * allocated ahead by raft itself, two at a time; past those, raft 0.15 stops writing and the
+ * member stops, node.c); then statvfs of the data dir. Free space (for unprivileged users,
+ * f_bavail) below the reserve, or no room for the store's quarter, and no NOSPACE alarm in the
+ * store, calls raise(): the seam that gets an
  * AlarmRequest {ACTIVATE, NOSPACE, this member} into the log (main.c: proposed by the leader,
  * sent to the leader by a follower). While the space stays short and the alarm is not in the
  * store, it asks again at each check (a lost request, a disarm while still short).

@@ -584,6 +584,27 @@ int64_t keel_store_commit_age_ms(struct keel_store *s)
     return boot != 0 && boot == ks_clock_boot() && at <= now ? (int64_t)(now - at) : -1;
 }
 
+int keel_store_reserve(struct keel_store *s, uint64_t bytes)
+{
+    int err = 0;
+    pthread_rwlock_rdlock(&s->swap_lock);
+    MDB_envinfo info;
+    MDB_stat mst;
+    int fd = -1;
+    if (s->env == NULL || mdb_env_info(s->env, &info) != 0 || mdb_env_stat(s->env, &mst) != 0 ||
+        mdb_env_get_fd(s->env, &fd) != 0) {
+        err = KEEL_EIO;
+    } else if (bytes > 0) {
+        off_t used = (off_t)(info.me_last_pgno + 1) * mst.ms_psize;
+        if (fallocate(fd, FALLOC_FL_KEEP_SIZE, used, (off_t)bytes) != 0)
+            err = errno == ENOSPC                          ? KEEL_ENOSPACE
+                  : errno == EOPNOTSUPP || errno == ENOSYS ? 0
+                                                           : KEEL_EIO;
+    }
+    pthread_rwlock_unlock(&s->swap_lock);
+    return err;
+}
+
 void keel_store_stat(struct keel_store *s, struct keel_store_stat *st)
 {
     pthread_mutex_lock(&s->stat_lock);

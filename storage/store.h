@@ -78,6 +78,16 @@ struct keel_store_stat {
 };
 
 /*
+ * Keep `bytes` of disk allocated just past the data file's last page in use (fallocate with
+ * FALLOC_FL_KEEP_SIZE: the file's size is unchanged, LMDB sees nothing), so that commits write
+ * into space the filesystem already gave the store: a disk something else fills to the last
+ * byte between two checks of the disk reserve (server/diskwatch.h) does not fail a commit,
+ * which stops the member. 0 (also where the filesystem cannot preallocate: nothing is done),
+ * KEEL_ENOSPACE (the disk has not that much free), KEEL_EIO.
+ */
+int keel_store_reserve(struct keel_store *s, uint64_t bytes);
+
+/*
  * Open (creating when missing) the store at opts->path. Completes or discards a restore that a
  * crash interrupted. 0 and *out set, or a KEEL_E* code (KEEL_EIO with errno-level causes,
  * KEEL_ECORRUPT when the files are not a keel store).

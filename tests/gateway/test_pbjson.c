@@ -23,6 +23,7 @@
 
 #include "etcd.pb-c.h"
 #include "pbjson.h"
+#include "pbclone.h"
 
 /* The JSON of msg, as a malloc'd string. */
 static char *to_json(const ProtobufCMessage *msg)
@@ -353,7 +354,7 @@ static void fill(ProtobufCMessage *m, int depth, unsigned variant)
             fill_value(f, base + f->offset, depth, variant);
             *(uint32_t *)(base + f->quantifier_offset) = f->id;
         } else if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-            size_t sz = gw_pbjson_value_size(f->type);
+            size_t sz = keel_pb_value_size(f->type);
             char *arr = calloc(2, sz);
             fill_value(f, arr, depth, 0);
             fill_value(f, arr + sz, depth, 1);
