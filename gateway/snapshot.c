@@ -90,7 +90,9 @@ static void download(void *arg)
     int rc = KEEL_EUNAVAILABLE;
     char msg[sizeof(s->msg)] = "no keel member to take a snapshot from";
     /* etcd snapshots the member the client reached; behind the gateway, the first keel member
-     * that answers. A member that fails after sending something is not retried. */
+     * that answers and is not busy with another snapshot (a member serves one at a time, and
+     * one a client just left may still be winding down). A member that fails after sending
+     * something is not retried. */
     char *save = NULL;
     for (char *ep = strtok_r(s->endpoints, ",", &save); ep != NULL;
          ep = strtok_r(NULL, ",", &save)) {
@@ -99,7 +101,7 @@ static void download(void *arg)
             snprintf(msg, sizeof(msg), "keel-gateway: %s", keel_errmsg());
         uv_mutex_lock(&s->mu);
         bool retry = rc != 0 && s->sent == 0 && s->head == NULL && !s->cancelled &&
-                     (rc == KEEL_EIO || rc == KEEL_EUNAVAILABLE);
+                     (rc == KEEL_EIO || rc == KEEL_EUNAVAILABLE || rc == KEEL_ETOOMANYREQUESTS);
         uv_mutex_unlock(&s->mu);
         if (!retry)
             break;
