@@ -168,8 +168,13 @@ void tc_cluster_init_at(struct tc_cluster *c, int n, const char *tag, int block)
         snprintf(name, sizeof(name), "m%d", i);
         snprintf(m->name, sizeof(m->name), "%s", name);
         snprintf(m->zone, sizeof(m->zone), "z%d", block + i - 1);
-        snprintf(m->client, sizeof(m->client), "%s:%d", host, free_port(host));
-        snprintf(m->peer, sizeof(m->peer), "%s:%d", host, free_port(host));
+        /* Two draws may give the same free port (neither is bound yet): keeld then refuses
+         * to start ("--listen-client and --listen-peer are the same address"). */
+        int client_port = free_port(host), peer_port;
+        while ((peer_port = free_port(host)) == client_port)
+            ;
+        snprintf(m->client, sizeof(m->client), "%s:%d", host, client_port);
+        snprintf(m->peer, sizeof(m->peer), "%s:%d", host, peer_port);
         snprintf(m->dir, sizeof(m->dir), "%s/%s", c->root, name);
         snprintf(m->log, sizeof(m->log), "%s/%s.log", c->root, name);
         off += (size_t)snprintf(c->initial + off, sizeof(c->initial) - off, "%s%s=%s@%s",
