@@ -42,13 +42,13 @@ struct snap {
     uv_async_t async; /* the thread queued a piece, or ended */
     uv_timer_t poll;  /* the client's backlog is looked at again */
     EVP_MD_CTX *md;   /* the digest etcd appends: SHA-256 of everything sent */
-    uint64_t sent;
     uv_mutex_t mu;
     uv_cond_t cond;      /* room in the queue, or cancelled */
     struct piece *head;  /* under mu */
     struct piece **tail; /* under mu */
     size_t queued;       /* under mu */
     bool cancelled;      /* under mu */
+    bool given;          /* under mu: the sink queued a piece (the download is not retried) */
     bool ended;          /* under mu: the thread returned */
     int rc;              /* under mu, once ended */
     char msg[512];       /* under mu, once ended with rc != 0 */
@@ -74,6 +74,7 @@ static int sink(void *data, const void *bytes, size_t n)
         *s->tail = p;
         s->tail = &p->next;
         s->queued += n;
+        s->given = true;
     }
     uv_mutex_unlock(&s->mu);
     if (cancelled) {
@@ -100,7 +101,7 @@ static void download(void *arg)
         if (rc != 0)
             snprintf(msg, sizeof(msg), "keel-gateway: %s", keel_errmsg());
         uv_mutex_lock(&s->mu);
-        bool retry = rc != 0 && s->sent == 0 && s->head == NULL && !s->cancelled &&
+        bool retry = rc != 0 && !s->given && !s->cancelled &&
                      (rc == KEEL_EIO || rc == KEEL_EUNAVAILABLE || rc == KEEL_ETOOMANYREQUESTS);
         uv_mutex_unlock(&s->mu);
         if (!retry)
@@ -193,7 +194,6 @@ static void pump(struct snap *s)
         if (p != NULL) {
             if (!s->gone) {
                 EVP_DigestUpdate(s->md, p->data, p->n);
-                s->sent += p->n;
                 Etcdserverpb__SnapshotResponse r = ETCDSERVERPB__SNAPSHOT_RESPONSE__INIT;
                 /* keel's stream does not tell the gateway its size ahead: what is known to
                  * remain is the digest (etcdctl reads neither). */
