@@ -179,6 +179,7 @@ static int send_create(struct keel_aclient *ac, struct keel_watch *w, struct kc_
     wc.start_revision = w->created_once ? w->next_rev : w->start_rev;
     wc.progress_notify = w->progress_notify;
     wc.prev_kv = w->prev_kv;
+    wc.shared_events = 1; /* kc_watch_response hands shared events to each watch named */
     Keel__WatchCreateRequest__FilterType filters[2];
     if (w->noput)
         filters[wc.n_filters++] = KEEL__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT;
@@ -441,13 +442,28 @@ static void on_response(struct keel_watch *w, struct kc_conn *c, const Keel__Res
     deliver(w, resp->header, wr->events + skip, wr->n_events - skip, hrev);
 }
 
+/* The watch request id names on c, or NULL: a reply to an earlier attempt, or to a watch that
+ * ended, is dropped. */
+static struct keel_watch *watch_of(struct keel_aclient *ac, struct kc_conn *c, uint64_t id)
+{
+    struct keel_watch *w = kc_slots_get(&ac->wslots, (uint32_t)id);
+    return w != NULL && w->stream_id == id && w->conn == c ? w : NULL;
+}
+
 void kc_watch_response(struct keel_aclient *ac, struct kc_conn *c, const Keel__Response *resp)
 {
-    struct keel_watch *w = kc_slots_get(&ac->wslots, (uint32_t)resp->id);
-    /* A reply to an earlier attempt, or to a watch that ended, is dropped. */
-    if (w == NULL || w->stream_id != resp->id || w->conn != c)
+    struct keel_watch *w = watch_of(ac, c, resp->id);
+    if (w != NULL)
+        on_response(w, c, resp);
+    /* Events shared by several watches: each named one gets them as if sent to it alone. A
+     * callback may end or move any watch, so each is looked up when its turn comes. */
+    if (resp->body_case != KEEL__RESPONSE__BODY_WATCH || resp->watch == NULL)
         return;
-    on_response(w, c, resp);
+    const Keel__WatchResponse *wr = resp->watch;
+    for (size_t i = 0; i < wr->n_shared_ids && !ac->closing; i++) {
+        if ((w = watch_of(ac, c, wr->shared_ids[i])) != NULL)
+            on_response(w, c, resp);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------

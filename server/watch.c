@@ -14,6 +14,7 @@
 #include "watch.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,26 +25,28 @@
 #include "log.h"
 #include "u64map.h"
 
-#define CATCHUP_EVENTS   512 /* events per history chunk */
-#define CATCHUP_WATCHERS 16  /* watchers advanced per loop turn */
+#define CATCHUP_EVENTS   512  /* events per history chunk */
+#define CATCHUP_WATCHERS 16   /* watchers advanced per loop turn */
+#define SHARED_MAX       1024 /* watchers one shared message names: ~10 KiB of ids at most */
 
+/* One allocation per watcher, about 160 bytes when idle (its key inline): a control plane holds
+ * tens of thousands of them, most of them idle. */
 struct watcher {
-    struct keel_itree_node node; /* in the tree while synced */
+    /* In the tree while synced. Its start and end are the watched range [start, end) at all
+     * times (end NULL: every key >= start), pointing into range[] below. */
+    struct keel_itree_node node;
     struct watcher *sess_next, *sess_prev;
     struct watcher *unsync_next, *unsync_prev;
-    struct watcher *touched_next;
     struct session_watches *sw;
     int64_t id;
     uint64_t create_id; /* the client's WatchCreate request id: events carry it */
-    uint8_t *key;
-    size_t key_len;
-    uint8_t *end; /* NULL: every key >= key */
-    size_t end_len;
-    int64_t next_rev; /* first revision not yet sent */
+    int64_t next_rev;   /* first revision not yet sent */
+    Keel__Event **pend; /* this batch's events for it (fan-out) */
+    uint32_t n_pend, cap_pend;
     bool synced;
     bool prev_kv, noput, nodelete, progress_notify;
-    Keel__Event **pend;
-    size_t n_pend, cap_pend;
+    bool shared;     /* its client takes events shared with other watchers (shared_ids) */
+    uint8_t range[]; /* the key, then the end */
 };
 
 struct session_watches {
@@ -69,7 +72,15 @@ struct keel_watch_hub {
     uv_timer_t progress;
     int idle_on;
     struct keel_arena scratch;
-    struct watcher *touched;
+    struct touched *touched; /* the watchers this batch has events for */
+    size_t n_touched, cap_touched;
+};
+
+/* A watcher with events from the batch being fanned out, and a hash of what it is sent
+ * (session, filters, events): watchers with equal ones are compared in full to share a message. */
+struct touched {
+    uint64_t group;
+    struct watcher *w;
 };
 
 /* ---- helpers ---- */
@@ -135,10 +146,6 @@ static void unsync_remove(struct keel_watch_hub *h, struct watcher *w)
 static void sync_add(struct keel_watch_hub *h, struct watcher *w)
 {
     w->synced = true;
-    w->node.start = w->key;
-    w->node.start_len = w->key_len;
-    w->node.end = w->end;
-    w->node.end_len = w->end_len;
     keel_itree_insert(&h->tree, &w->node);
 }
 
@@ -158,8 +165,6 @@ static void watcher_free(struct keel_watch_hub *h, struct watcher *w)
     keel_u64map_del(&sw->by_id, (uint64_t)w->id);
     sw->n--;
     h->n_watchers--;
-    free(w->key);
-    free(w->end);
     free(w->pend);
     free(w);
 }
@@ -221,9 +226,10 @@ static bool catch_up(struct keel_watch_hub *h, struct watcher *w)
         return true;
     struct keel_history hist;
     keel_arena_reset(&h->scratch);
-    int err = keel_store_history(h->o.store, w->key, w->key_len, w->end ? w->end : (uint8_t *)"",
-                                 w->end ? w->end_len : 1, w->next_rev, CATCHUP_EVENTS, &h->scratch,
-                                 &hist);
+    const struct keel_itree_node *r = &w->node;
+    int err = keel_store_history(h->o.store, r->start, r->start_len,
+                                 r->end ? r->end : (uint8_t *)"", r->end ? r->end_len : 1,
+                                 w->next_rev, CATCHUP_EVENTS, &h->scratch, &hist);
     if (err == KEEL_ECOMPACTED) {
         struct keel_store_stat st;
         keel_store_stat(h->o.store, &st);
@@ -299,8 +305,9 @@ static void collect(struct keel_itree_node *n, void *data)
     struct watcher *w = (struct watcher *)n; /* node is the first member */
     if (c->e->kv->mod_revision < w->next_rev)
         return; /* sent already, through catch-up */
+    struct keel_watch_hub *h = c->h;
     if (w->n_pend == w->cap_pend) {
-        size_t cap = w->cap_pend ? w->cap_pend * 2 : 8;
+        uint32_t cap = w->cap_pend ? w->cap_pend * 2 : 8;
         Keel__Event **np = realloc(w->pend, cap * sizeof(*np));
         if (np == NULL)
             return;
@@ -308,8 +315,15 @@ static void collect(struct keel_itree_node *n, void *data)
         w->cap_pend = cap;
     }
     if (w->n_pend == 0) {
-        w->touched_next = c->h->touched;
-        c->h->touched = w;
+        if (h->n_touched == h->cap_touched) {
+            size_t cap = h->cap_touched ? h->cap_touched * 2 : 64;
+            struct touched *nt = realloc(h->touched, cap * sizeof(*nt));
+            if (nt == NULL)
+                return;
+            h->touched = nt;
+            h->cap_touched = cap;
+        }
+        h->touched[h->n_touched++].w = w;
     }
     w->pend[w->n_pend++] = c->e;
 }
@@ -334,12 +348,100 @@ static void all_catch_up(struct keel_watch_hub *h)
         KLOG_INFO("checkpoint restored: %zu watchers catch up from history", moved);
 }
 
+/* What w is sent from this batch, as a number: watchers with equal ones are compared in full. */
+static uint64_t group_of(const struct watcher *w)
+{
+    uint64_t x = w->sw->session_id * 0x9e3779b97f4a7c15ull;
+    x ^= (uint64_t)(w->prev_kv | w->noput << 1 | w->nodelete << 2 | w->shared << 3) << 56;
+    for (uint32_t i = 0; i < w->n_pend; i++) {
+        x ^= (uint64_t)(uintptr_t)w->pend[i];
+        x *= 0xff51afd7ed558ccdull;
+        x ^= x >> 33;
+    }
+    return x ^ w->n_pend;
+}
+
+static int by_group(const void *a, const void *b)
+{
+    const struct touched *x = a, *y = b;
+    return x->group < y->group ? -1 : x->group > y->group;
+}
+
+/* Whether b may share a's message: both take shared events, on one session, sent the same. */
+static bool same_message(const struct touched *ta, const struct touched *tb)
+{
+    const struct watcher *a = ta->w, *b = tb->w;
+    return ta->group == tb->group && a->shared && b->shared && a->sw == b->sw &&
+           a->prev_kv == b->prev_kv && a->noput == b->noput && a->nodelete == b->nodelete &&
+           a->n_pend == b->n_pend && memcmp(a->pend, b->pend, a->n_pend * sizeof(*a->pend)) == 0;
+}
+
+/* Send the pending events of ts[0..n) (one session, sent alike) in one message: the first by
+ * its request id, the others by shared_ids. A session over its cap gets nothing: its watchers
+ * resume from history at their first pending event. */
+static void send_group(struct keel_watch_hub *h, const struct touched *ts, size_t n,
+                       int64_t revision)
+{
+    struct watcher *w = ts[0].w;
+    size_t unread;
+    if (!backlog(h, w->sw->session_id, &unread))
+        return;
+    if (unread > h->o.session_out_cap) {
+        for (size_t i = 0; i < n; i++) {
+            struct watcher *x = ts[i].w;
+            x->next_rev = x->pend[0]->kv->mod_revision;
+            keel_itree_remove(&h->tree, &x->node);
+            unsync_add(h, x);
+        }
+        return;
+    }
+    size_t n_evs = 0;
+    Keel__Event **evs = filter_events(h, w, w->pend, w->n_pend, &n_evs);
+    uint64_t *ids = n > 1 ? keel_arena_alloc(&h->scratch, (n - 1) * sizeof(*ids)) : NULL;
+    if (evs != NULL && n_evs > 0 && (n == 1 || ids != NULL)) {
+        for (size_t i = 1; i < n; i++)
+            ids[i - 1] = ts[i].w->create_id;
+        Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
+        wr.watch_id = w->id;
+        wr.events = evs;
+        wr.n_events = n_evs;
+        wr.shared_ids = ids;
+        wr.n_shared_ids = n - 1;
+        send_watch(h, w->sw->session_id, w->create_id, &wr, revision, KEEL_RESPOND_PUSH);
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct watcher *x = ts[i].w;
+        x->next_rev = x->pend[x->n_pend - 1]->kv->mod_revision + 1;
+    }
+}
+
+/* Send what the batch gave the touched watchers. Watchers of one session sent the same events
+ * with the same filters (a thousand informers on one prefix) share one message, so the events
+ * are encoded and written once per connection instead of once per watcher. */
+static void send_touched(struct keel_watch_hub *h, int64_t revision)
+{
+    struct touched *ts = h->touched;
+    size_t n = h->n_touched;
+    for (size_t i = 0; i < n; i++)
+        ts[i].group = group_of(ts[i].w);
+    qsort(ts, n, sizeof(*ts), by_group);
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && j - i < SHARED_MAX && same_message(&ts[i], &ts[j]))
+            j++;
+        send_group(h, ts + i, j - i, revision);
+        i = j;
+    }
+    for (size_t i = 0; i < n; i++)
+        ts[i].w->n_pend = 0;
+    h->n_touched = 0;
+}
+
 void keel_watch_applied(struct keel_watch_hub *h, const struct keel_fsm_batch *b)
 {
     if (b->restored)
         all_catch_up(h);
     int64_t last = h->delivered_rev;
-    h->touched = NULL;
     for (size_t i = 0; i < b->n; i++) {
         const struct keel_apply_result *r = &b->results[i].r;
         if (r->skipped || r->err != 0)
@@ -354,27 +456,7 @@ void keel_watch_applied(struct keel_watch_hub *h, const struct keel_fsm_batch *b
     }
     h->delivered_rev = last;
     keel_arena_reset(&h->scratch);
-    for (struct watcher *w = h->touched; w != NULL;) {
-        struct watcher *next = w->touched_next;
-        size_t unread;
-        if (backlog(h, w->sw->session_id, &unread) && w->n_pend > 0) {
-            if (unread > h->o.session_out_cap) {
-                /* A slow consumer: resume from the first event it was not sent. */
-                w->next_rev = w->pend[0]->kv->mod_revision;
-                keel_itree_remove(&h->tree, &w->node);
-                unsync_add(h, w);
-            } else {
-                size_t n = 0;
-                Keel__Event **evs = filter_events(h, w, w->pend, w->n_pend, &n);
-                if (evs != NULL && n > 0)
-                    send_events(h, w, evs, n, last);
-                w->next_rev = w->pend[w->n_pend - 1]->kv->mod_revision + 1;
-            }
-        }
-        w->n_pend = 0;
-        w = next;
-    }
-    h->touched = NULL;
+    send_touched(h, last);
     keel_arena_reset(&h->scratch);
 }
 
@@ -461,8 +543,13 @@ static void create(struct keel_watch_hub *h, uint64_t session, const Keel__Reque
         send_watch(h, session, req->id, &cr, st.revision, KEEL_RESPOND_PUSH);
         return;
     }
-    struct watcher *w = calloc(1, sizeof(*w));
-    if (w == NULL) {
+    /* The range as [key, end): a single key ends at key + "\0"; "\0" means no end. */
+    bool single = wc->range_end.len == 0;
+    bool open_end = wc->range_end.len == 1 && wc->range_end.data[0] == 0;
+    size_t end_len = single ? wc->key.len + 1 : open_end ? 0 : wc->range_end.len;
+    struct watcher *w = calloc(1, offsetof(struct watcher, range) + wc->key.len + end_len);
+    if (w == NULL || keel_u64map_put(&sw->by_id, (uint64_t)id, w) != 0) {
+        free(w);
         reply_error(h, session, req->id, KEEL_ENOMEM, "out of memory");
         return;
     }
@@ -471,44 +558,25 @@ static void create(struct keel_watch_hub *h, uint64_t session, const Keel__Reque
     w->create_id = req->id;
     w->prev_kv = wc->prev_kv;
     w->progress_notify = wc->progress_notify;
+    w->shared = wc->shared_events;
     for (size_t i = 0; i < wc->n_filters; i++) {
         if (wc->filters[i] == KEEL__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT)
             w->noput = true;
         else if (wc->filters[i] == KEEL__WATCH_CREATE_REQUEST__FILTER_TYPE__NODELETE)
             w->nodelete = true;
     }
-    /* The range as [key, end): a single key ends at key + "\0"; "\0" means no end. */
-    w->key = malloc(wc->key.len + 1);
-    w->key_len = wc->key.len;
-    if (w->key != NULL && wc->key.len)
-        memcpy(w->key, wc->key.data, wc->key.len);
-    if (wc->range_end.len == 0) {
-        w->end = malloc(wc->key.len + 1);
-        if (w->end != NULL) {
-            memcpy(w->end, wc->key.data, wc->key.len);
-            w->end[wc->key.len] = 0;
-            w->end_len = wc->key.len + 1;
-        }
-    } else if (!(wc->range_end.len == 1 && wc->range_end.data[0] == 0)) {
-        w->end = malloc(wc->range_end.len);
-        if (w->end != NULL) {
-            memcpy(w->end, wc->range_end.data, wc->range_end.len);
-            w->end_len = wc->range_end.len;
-        }
-        if (w->end == NULL) {
-            free(w->key);
-            free(w);
-            reply_error(h, session, req->id, KEEL_ENOMEM, "out of memory");
-            return;
-        }
-    }
-    if (w->key == NULL || (wc->range_end.len == 0 && w->end == NULL) ||
-        keel_u64map_put(&sw->by_id, (uint64_t)id, w) != 0) {
-        free(w->key);
-        free(w->end);
-        free(w);
-        reply_error(h, session, req->id, KEEL_ENOMEM, "out of memory");
-        return;
+    if (wc->key.len)
+        memcpy(w->range, wc->key.data, wc->key.len);
+    w->node.start = w->range;
+    w->node.start_len = wc->key.len;
+    if (end_len > 0) {
+        uint8_t *end = w->range + wc->key.len;
+        if (single)
+            memcpy(end, wc->key.data, wc->key.len); /* and the calloc'd 0 */
+        else
+            memcpy(end, wc->range_end.data, end_len);
+        w->node.end = end;
+        w->node.end_len = end_len;
     }
     w->sess_next = sw->head;
     if (sw->head)
@@ -648,5 +716,6 @@ void keel_watch_free(struct keel_watch_hub *h)
     }
     keel_u64map_close(&h->by_session);
     keel_arena_close(&h->scratch);
+    free(h->touched);
     free(h);
 }

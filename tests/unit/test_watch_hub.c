@@ -7,7 +7,8 @@
  *     catch-up from history, the switch to live fan-out (also when the store is ahead of the
  *     batches the loop has seen), and a slow consumer falling back to history and rejoining;
  *   - nothing outside its range, nothing filtered out, prev_kv only when asked;
- *   - created / canceled / progress answers, and errors, answer the request that asked.
+ *   - created / canceled / progress answers, and errors, answer the request that asked;
+ *   - watchers of one connection that take shared events and are sent the same get one message.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -104,7 +105,7 @@ struct wopts {
     const char *end; /* NULL: the key alone; "\0" as "": every key from key on */
     int64_t start;
     int64_t watch_id;
-    bool prev_kv, noput, nodelete;
+    bool prev_kv, noput, nodelete, shared;
 };
 
 static void create(struct fx *f, uint64_t session, uint64_t req_id, const char *key,
@@ -120,6 +121,7 @@ static void create(struct fx *f, uint64_t session, uint64_t req_id, const char *
     wc.start_revision = o ? o->start : 0;
     wc.watch_id = o ? o->watch_id : 0;
     wc.prev_kv = o && o->prev_kv;
+    wc.shared_events = o && o->shared;
     Keel__WatchCreateRequest__FilterType filters[2];
     if (o && o->noput)
         filters[wc.n_filters++] = KEEL__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT;
@@ -141,6 +143,17 @@ struct seen {
     bool prev_kv;
 };
 
+/* Whether r is for the watcher created by req_id: its own, or shared with it. */
+static bool for_watcher(const Keel__Response *r, uint64_t req_id)
+{
+    if (r->body_case != KEEL__RESPONSE__BODY_WATCH)
+        return false;
+    bool yes = r->id == req_id;
+    for (size_t i = 0; i < r->watch->n_shared_ids; i++)
+        yes = yes || r->watch->shared_ids[i] == req_id;
+    return yes;
+}
+
 /* Every event recorded for (session, req_id), in order; asserts they are pushes. */
 static size_t events(struct fx *f, uint64_t session, uint64_t req_id, struct seen *out, size_t max)
 {
@@ -149,7 +162,7 @@ static size_t events(struct fx *f, uint64_t session, uint64_t req_id, struct see
         if (f->e.out.msgs[i].session != session)
             continue;
         Keel__Response *r = tf_response(&f->e.out, i);
-        if (r->id == req_id && r->body_case == KEEL__RESPONSE__BODY_WATCH) {
+        if (for_watcher(r, req_id)) {
             for (size_t j = 0; j < r->watch->n_events; j++) {
                 assert_int_equal(f->e.out.msgs[i].kind, KEEL_RESPOND_PUSH);
                 assert_true(n < max);
@@ -238,6 +251,64 @@ static void live_events_reach_matching_watchers(void **state)
     assert_int_equal(events(f, 3, 31, s, 8), 2);
     assert_string_equal(s[0].key, "ab");
     assert_string_equal(s[1].key, "b");
+}
+
+/* Event messages recorded for session since message from; each names how many watchers. */
+static size_t event_messages(struct fx *f, uint64_t session, size_t from, size_t *named, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = from; i < f->e.out.n; i++) {
+        if (f->e.out.msgs[i].session != session)
+            continue;
+        Keel__Response *r = tf_response(&f->e.out, i);
+        if (r->body_case == KEEL__RESPONSE__BODY_WATCH && r->watch->n_events > 0) {
+            assert_true(n < max);
+            named[n++] = 1 + r->watch->n_shared_ids;
+        }
+        keel__response__free_unpacked(r, NULL);
+    }
+    return n;
+}
+
+static void alike_watchers_share_one_message(void **state)
+{
+    struct fx *f = *state;
+    struct wopts sh = {.end = "t", .shared = true};
+    create(f, 1, 10, "s", &sh);
+    create(f, 1, 11, "s", &sh);
+    create(f, 1, 12, "s", &(struct wopts){.end = "t", .shared = true, .prev_kv = true});
+    create(f, 2, 20, "s", &sh);
+    create(f, 2, 21, "s1", &(struct wopts){.shared = true}); /* the key s1 alone */
+    create(f, 3, 30, "s", &(struct wopts){.end = "t"});      /* asked for no sharing */
+    create(f, 3, 31, "s", &(struct wopts){.end = "t"});
+    size_t from = f->e.out.n;
+    int64_t r1 = put(f, "s1", "1");
+    size_t named[8];
+    /* Session 1: 10 and 11 together, 12 (prev_kv) alone. */
+    assert_int_equal(event_messages(f, 1, from, named, 8), 2);
+    assert_int_equal(named[0] + named[1], 3);
+    assert_true(named[0] == 2 || named[1] == 2);
+    /* Session 2: 20 and 21 see the same event through different ranges: one message. */
+    assert_int_equal(event_messages(f, 2, from, named, 8), 1);
+    assert_int_equal(named[0], 2);
+    /* Session 3 did not ask: one message each. */
+    assert_int_equal(event_messages(f, 3, from, named, 8), 2);
+    assert_int_equal(named[0] + named[1], 2);
+    /* A second batch: 21's key is not in it, so 20 goes alone; no one is sent r1 again. */
+    from = f->e.out.n;
+    int64_t r2 = put(f, "s2", "2");
+    assert_int_equal(event_messages(f, 2, from, named, 8), 1);
+    assert_int_equal(named[0], 1);
+    const uint64_t ids[][2] = {{1, 10}, {1, 11}, {1, 12}, {2, 20}, {3, 30}, {3, 31}};
+    struct seen s[4];
+    for (size_t i = 0; i < 6; i++) {
+        assert_int_equal(events(f, ids[i][0], ids[i][1], s, 4), 2);
+        assert_int_equal(s[0].rev, r1);
+        assert_int_equal(s[1].rev, r2);
+        assert_int_equal(s[0].prev_kv, false);
+    }
+    assert_int_equal(events(f, 2, 21, s, 4), 1);
+    assert_int_equal(s[0].rev, r1);
 }
 
 static void catch_up_joins_live_without_gap_or_duplicate(void **state)
@@ -471,6 +542,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(live_events_reach_matching_watchers),
+        T(alike_watchers_share_one_message),
         T(catch_up_joins_live_without_gap_or_duplicate),
         T(slow_consumer_falls_back_and_rejoins),
         T(filters_and_prev_kv),
