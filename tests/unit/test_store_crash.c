@@ -41,7 +41,14 @@
 #define MAX_COMMANDS  400000 /* a child that gets this far waits to be killed */
 #define TIME_BUDGET_S 90.0   /* stop early (after MIN_ROUNDS) when the machine is slow */
 #define MIN_ROUNDS    20
-#define MAX_BATCH     64
+/* Rounds whose child applied something before it was killed: the run goes on past ROUNDS (up to
+ * MAX_ROUNDS, within the time budget) until it has this many, or until the command stream is
+ * used up (a fast machine gets through it in fewer rounds, each applying more). A fixed share
+ * of ROUNDS failed both ways: on a busy machine many children die before they open the store,
+ * on an idle one the stream ran out after 14 rounds of progress. */
+#define MIN_PROGRESSED 12
+#define MAX_ROUNDS     400
+#define MAX_BATCH      64
 
 /* Child exit codes: why it stopped by itself. */
 #define CHILD_BAD_START   10 /* the store's applied index is not the one the parent saw */
@@ -418,7 +425,9 @@ static void test_crash(void **state)
     double t0 = now_s();
     uint64_t k = 0;
     int rounds = 0, progressed = 0, failed = 0, restore = 0, restores_cut = 0;
-    for (int round = 0; round < ROUNDS && !failed; round++) {
+    for (int round = 0; round < MAX_ROUNDS && !failed; round++) {
+        if (round >= ROUNDS && (progressed >= MIN_PROGRESSED || c.applied == c.n))
+            break;
         if (round >= MIN_ROUNDS && now_s() - t0 > TIME_BUDGET_S)
             break;
         /* Some rounds die young, some of them before the child has even opened the store. A
@@ -520,7 +529,8 @@ static void test_crash(void **state)
         fail_msg("store_crash failed, seed %" PRIu64, seed);
     assert_true(rounds >= MIN_ROUNDS);
     assert_true(k > 0);
-    assert_true(progressed >= rounds / 4);
+    if (progressed < MIN_PROGRESSED && c.applied < c.n)
+        fail_msg("only %d of %d rounds applied anything before the kill", progressed, rounds);
 }
 
 int main(void)
