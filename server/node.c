@@ -31,6 +31,10 @@
  * round trips, a quick restart) must find them in the log, not be sent a checkpoint. */
 #define MIN_TRAILING 16
 
+/* How long the log must stay quiet after a commit before a barrier carries the commit index to
+ * the followers (see nudge_check). */
+#define NUDGE_MS 1
+
 struct keel_node {
     struct keel_node_options o;
     struct raft raft;
@@ -64,6 +68,11 @@ struct keel_node {
     uint64_t drain_logged;   /* uv_now of the last "still waiting" line */
     int isolated;            /* the peer links were cut to make a stuck leader step down */
     int leader_barrier_busy; /* raft holds the election barrier: never submit a second */
+    /* Telling the followers a commit (nudge_check): the timer, the commit index told (or about
+     * to be), raft's last index when the timer was armed, and whether raft holds the barrier. */
+    uv_timer_t nudge;
+    uint64_t nudge_index, nudge_last;
+    int nudge_armed, nudge_busy;
     /* The apply watch (watch_apply): when raft or the store last moved, what was logged. */
     uint64_t watch_checked, watch_since, watch_logged;
     uint64_t watch_applied, watch_committed;
@@ -355,10 +364,56 @@ static void watch_apply(struct keel_node *n)
               n->raft.snapshot.put.data != NULL ? ", a snapshot being stored" : "");
 }
 
+static int node_barrier(void *ctx, keel_consensus_cb cb, void *data);
+
+/*
+ * Followers learn that an entry is committed only from the leader's next message, and raft 0.15
+ * sends one only with the next entry or the next heartbeat: at a few writes per second a
+ * follower applies each one a heartbeat late (100 ms), and so do the watches it serves. So once
+ * the leader's log has been quiet for NUDGE_MS since a commit, it appends a barrier, whose
+ * append carries the commit index at once. Waiting NUDGE_MS first keeps the barrier's disk write
+ * out of the way of a client that writes again right after its answer (its own append would
+ * carry the commit anyway). The barrier's own commit is never told this way (nudge_index), so
+ * barriers do not beget barriers: at most one per burst of writes.
+ */
+static void nudge_done(void *data, int err)
+{
+    struct keel_node *n = data;
+    (void)err;
+    n->nudge_busy = 0;
+}
+
+static void nudge_fire(uv_timer_t *t)
+{
+    struct keel_node *n = t->data;
+    n->nudge_armed = 0;
+    if (n->stopping || n->nudge_busy || raft_state(&n->raft) != RAFT_LEADER ||
+        raft_last_index(&n->raft) != n->nudge_last)
+        return; /* an entry appended since carried the commit index */
+    if (node_barrier(n, nudge_done, n) == 0) {
+        n->nudge_busy = 1;
+        n->nudge_index = raft_last_index(&n->raft);
+    }
+}
+
+static void nudge_check(struct keel_node *n)
+{
+    if (n->nudge_armed || n->nudge_busy || n->stopping || raft_state(&n->raft) != RAFT_LEADER)
+        return;
+    uint64_t commit = n->raft.commit_index;
+    if (commit <= n->nudge_index || raft_last_index(&n->raft) != commit)
+        return; /* told already, or entries in flight will carry it when they go out */
+    n->nudge_index = commit;
+    n->nudge_last = commit;
+    n->nudge_armed = 1;
+    uv_timer_start(&n->nudge, nudge_fire, NUDGE_MS, 0);
+}
+
 static void poll_state(uv_check_t *h)
 {
     struct keel_node *n = h->data;
     watch_apply(n);
+    nudge_check(n);
     int state = raft_state(&n->raft);
     raft_id id = 0;
     const char *addr = NULL;
@@ -711,6 +766,8 @@ int keel_node_start(struct keel_node *n)
     n->io.errmsg[0] = '\0';
     uv_timer_init(n->o.loop, &n->deliver);
     n->deliver.data = n;
+    uv_timer_init(n->o.loop, &n->nudge);
+    n->nudge.data = n;
     uv_check_init(n->o.loop, &n->poll);
     n->poll.data = n;
     uv_check_start(&n->poll, poll_state);
@@ -808,6 +865,7 @@ void keel_node_stop(struct keel_node *n, void (*cb)(void *data), void *data)
     }
     uv_check_stop(&n->poll);
     uv_close((uv_handle_t *)&n->poll, NULL);
+    uv_close((uv_handle_t *)&n->nudge, NULL);
     if (n->inflight > 0)
         KLOG_INFO("waiting for %zu requests raft holds", n->inflight);
     n->drain_started = uv_now(n->o.loop);

@@ -77,6 +77,7 @@ struct ev {
     char key[64];
     char value[64];
     int64_t mod, create, version;
+    long long at_ms; /* when the callback had it */
     bool has_prev;
     char prev[64];
 };
@@ -134,6 +135,7 @@ static void on_events(struct keel_watch *w, int status, const Keel__Event *const
         e->mod = events[i]->kv->mod_revision;
         e->create = events[i]->kv->create_revision;
         e->version = events[i]->kv->version;
+        e->at_ms = tc_now_ms();
         if (events[i]->prev_kv != NULL) {
             e->has_prev = true;
             copy_str(e->prev, &events[i]->prev_kv->value);
@@ -326,6 +328,80 @@ static void follower_and_leader_agree(void **state)
         keel_close(ks[i]);
         collector_close(&cols[i]);
     }
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+static int cmp_ll(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The median of put -> event delays of c's events, given each revision's send time. */
+static long long median_delay(struct collector *c, const int64_t *revs, const long long *sent,
+                              int n)
+{
+    long long d[64];
+    assert_true(n <= 64);
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < n; i++) {
+        d[i] = -1;
+        for (size_t j = 0; j < c->n; j++)
+            if (c->v[j].mod == revs[i])
+                d[i] = c->v[j].at_ms - sent[i];
+        if (d[i] < 0)
+            fail_msg("revision %lld never arrived", (long long)revs[i]);
+    }
+    pthread_mutex_unlock(&c->mu);
+    qsort(d, (size_t)n, sizeof(*d), cmp_ll);
+    return d[n / 2];
+}
+
+/* A follower learns a commit from the leader's next message; at a few writes per second that
+ * used to be the next write or heartbeat, and its watches lagged by as much. With heartbeats
+ * every 500 ms and a put every 100 ms, a follower's watch would see each put about 100 ms late;
+ * it must see it about as soon as the leader's does (compared in one run, medians of 30). */
+static void follower_delivers_promptly(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "watch-prompt");
+    c.heartbeat_ms = 500;
+    c.election_ms = 5000;
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0, NULL);
+    wait_leader(k);
+    int leader = tc_find_leader(&c, k, 0, 10000);
+    assert_true(leader > 0);
+    int follower = leader % 3 + 1;
+    struct keel *kl = open_client(&c, leader, NULL), *kf = open_client(&c, follower, NULL);
+    struct collector cl, cf;
+    collector_init(&cl);
+    collector_init(&cf);
+    struct keel_watch *wl = watch_prefix(kl, "p/", 0, false, &cl);
+    struct keel_watch *wf = watch_prefix(kf, "p/", 0, false, &cf);
+    tu_sleep_ms(300);
+    enum { N = 30 };
+    int64_t revs[N];
+    long long sent[N];
+    for (int i = 0; i < N; i++) {
+        sent[i] = tc_now_ms();
+        revs[i] = put(k, "p/k", "v");
+        tu_sleep_ms(100);
+    }
+    assert_true(wait_count(&cl, N, 10000));
+    assert_true(wait_count(&cf, N, 10000));
+    long long ml = median_delay(&cl, revs, sent, N), mf = median_delay(&cf, revs, sent, N);
+    printf("put -> event median: leader-served %lld ms, follower-served %lld ms\n", ml, mf);
+    if (mf - ml >= 40)
+        fail_msg("the follower's watch lags the leader's by %lld ms (median)", mf - ml);
+    keel_watch_close(kl, wl);
+    keel_watch_close(kf, wf);
+    keel_close(kl);
+    keel_close(kf);
+    collector_close(&cl);
+    collector_close(&cf);
     keel_close(k);
     tc_cluster_close(&c);
 }
@@ -635,11 +711,13 @@ int main(int argc, char **argv)
 {
     const struct CMUnitTest order[] = {cmocka_unit_test(events_in_order)};
     const struct CMUnitTest agree[] = {cmocka_unit_test(follower_and_leader_agree)};
+    const struct CMUnitTest prompt[] = {cmocka_unit_test(follower_delivers_promptly)};
     const struct CMUnitTest resume[] = {cmocka_unit_test(resume_after_member_killed)};
     const struct CMUnitTest slow[] = {cmocka_unit_test(slow_consumer_bounded)};
     const struct CMUnitTest many[] = {cmocka_unit_test(many_watchers)};
     const struct tu_group groups[] = {
-        TU_GROUP(order), TU_GROUP(agree), TU_GROUP(resume), TU_GROUP(slow), TU_GROUP(many),
+        TU_GROUP(order),  TU_GROUP(agree), TU_GROUP(prompt),
+        TU_GROUP(resume), TU_GROUP(slow),  TU_GROUP(many),
     };
     return tu_run_groups("test_watch", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }
