@@ -235,6 +235,18 @@ procs_ticks() { # PID... -> TICKS: user+system ticks of each of those processes
     fi
   done
 }
+procs_reset_peak() { # PID...: start a new peak RSS (VmHWM) for each (clear_refs 5)
+  local p
+  for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done
+}
+procs_peak_mb() { # PID... -> REPLY: the largest VmHWM among them, in MB (0 when unreadable)
+  local p kb max=0
+  for p in "$@"; do
+    kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+    [ -n "$kb" ] && [ "$kb" -gt "$max" ] && max=$kb
+  done
+  REPLY=$((max / 1024))
+}
 children_ms() { # -> REPLY: user+system ms of this shell's reaped children, from `times`
   local line ms=0 v
   { read -r _; read -r line; } <"$work/times"
@@ -458,6 +470,7 @@ workloads=(
   "txn-put-c64|txn-put, 64 / 8|0|txn-put --conns 8 --clients 64"
   "watch-lat-w100|watch-latency 100 w, 500 puts/s|0|watch-latency --watchers 100 --conns 1 --clients 1 --rate 500"
   "watch-w1000|watch 1000 w, 16 / 4 (events/s)|0|watch --watchers 1000 --conns 4 --clients 16"
+  "watch-lat-w10k|watch-latency 10k w, 1000 puts/s, 4 / 4|0|watch-latency --watchers 10000 --conns 4 --clients 4 --rate 1000 --total 5000"
   "lease-keepalive|lease-keepalive 10k, 1 client|0|lease-keepalive --leases 10000 --conns 1 --clients 1"
   "lease-keepalive-flood|lease-keepalive 10k, 1 conn, 256 in flight|0|lease-keepalive --leases 10000 --conns 1 --clients 256"
   "lease-churn|lease-churn 10k: expiry lag|0|lease-churn --leases 10000 --lease-timeout 30"
@@ -502,6 +515,8 @@ run_one() {
   [ "$sys" = gw ] && { procs_ticks "$gw_pid"; g0=${TICKS[0]}; }
   # shellcheck disable=SC2086
   procs_ticks $srv; s0=("${TICKS[@]}")
+  # shellcheck disable=SC2086
+  procs_reset_peak $srv
   machine_busy; m0=$REPLY
   times >"$work/times"; children_ms; c0=$REPLY
   t0=$EPOCHREALTIME
@@ -513,6 +528,8 @@ run_one() {
   machine_busy; m1=$REPLY
   # shellcheck disable=SC2086
   procs_ticks $srv; s1=("${TICKS[@]}")
+  # shellcheck disable=SC2086
+  procs_peak_mb $srv; local peak_mb=$REPLY
   [ "$sys" = gw ] && { procs_ticks "$gw_pid"; g1=${TICKS[0]}; }
   bench_pid=
   local srv_sum=0 srv_max=0 d
@@ -533,14 +550,14 @@ run_one() {
   fi
   jq -c --argjson r "$round" --arg s "$sys" --arg w "$name" --argjson wall "$wall" \
     --argjson srv "$srv_sum" --argjson srvmax "$srv_max" --argjson drv "$((c1 - c0))" --argjson busy "$((m1 - m0))" \
-    --argjson gwt "$((g1 - g0))" --argjson hz "$clk_tck" --argjson ncpu "$ncpu" '
+    --argjson gwt "$((g1 - g0))" --argjson hz "$clk_tck" --argjson ncpu "$ncpu" --argjson peak "$peak_mb" '
     def r2: . * 100 | round / 100;
     def ms: if . == null then null else . * 1000 | round / 1000 end;
     {round: $r, system: $s, workload: $w, ok: true,
      requests: .summary.requests, rps: (.summary.rps | round),
      p50_ms: (.summary.p50_ms | ms), p99_ms: (.summary.p99_ms | ms),
      p99_9_ms: (.summary["p99.9_ms"] | ms),
-     errors: ([.errors[]] | add // 0),
+     errors: ([.errors[]] | add // 0), member_peak_rss_mb: $peak,
      cpu_cores: ({servers: ($srv / $hz / $wall | r2), busiest_member: ($srvmax / $hz / $wall | r2), driver: ($drv / 1000 / $wall | r2),
                  machine: ($busy / $hz / $wall | r2), of: $ncpu}
                 + if $s == "gw" then {gateway: ($gwt / $hz / $wall | r2)} else {} end)}
@@ -568,7 +585,7 @@ run_one() {
     else
     "  \(.system) \(.workload): \(.watch.watchers) watchers, \(.rps) events/s (\(.watch.events) of \(.watch.events_expected) events)" +
     (if .p50_ms == null then "" else ", put -> event p50 \(.p50_ms) ms, p99 \(.p99_ms) ms" end) +
-    "; puts \(.puts.rps) req/s, p50 \(.puts.p50_ms) ms; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member))\(if .cpu_cores.gateway == null then "" else ", gateway \(.cpu_cores.gateway)" end), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)" end' >&2
+    "; puts \(.puts.rps) req/s, p50 \(.puts.p50_ms) ms; largest member peak RSS \(.member_peak_rss_mb) MB; cores busy: servers \(.cpu_cores.servers) (busiest member \(.cpu_cores.busiest_member))\(if .cpu_cores.gateway == null then "" else ", gateway \(.cpu_cores.gateway)" end), driver \(.cpu_cores.driver), machine \(.cpu_cores.machine)" end' >&2
   if jq -e '.watch != null and (.watch.complete | not)' <<<"$(tail -n 1 "$runs")" >/dev/null; then
     log "  $sys $name: not every event arrived within 30 s of the last put (counted as delivered so far)"
   fi
@@ -724,6 +741,7 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
            | if ($r | length) == 0 then null else
              {rps: ([$r[].rps] | median | round), p50_ms: ([$r[].p50_ms | values] | median),
               p99_ms: ([$r[].p99_ms | values] | median), rounds: ($r | length),
+              member_peak_rss_mb: ([$r[].member_peak_rss_mb | values] | median),
               cpu_cores: ({servers: ([$r[].cpu_cores.servers] | median),
                            busiest_member: ([$r[].cpu_cores.busiest_member] | median),
                            driver: ([$r[].cpu_cores.driver] | median),
@@ -786,6 +804,9 @@ jq -s --argjson wl "$wl_json" --arg started "$started" --arg rev "$git_rev" --ar
   fi
   if jq -e '[.workloads[].name | startswith("watch")] | any' "$out.json" >/dev/null; then
     echo "watch rows: r/s = watch events delivered per second over all watchers (w); p50/p99 = put -> event latency"
+    jq -r 'def f($x): if $x == null then "-" else "\($x)" end;
+      .workloads[] | select(.name | startswith("watch"))
+      | "  \(.label): largest member peak RSS keel \(f(.keel.member_peak_rss_mb)) MB, etcd \(f(.etcd.member_peak_rss_mb)) MB"' "$out.json"
     jq -r '.workloads[] | select(.name | startswith("watch")) | .label as $l | . as $w | ("keel", "etcd") as $s
       | ($w[$s] // {runs: []}).runs[] | select(.watch.complete | not)
       | "  \($l): \($s) round \(.round): only \(.watch.events) of \(.watch.events_expected) events arrived within 30 s of the last put"' "$out.json"
