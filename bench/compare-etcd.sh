@@ -470,7 +470,7 @@ workloads=(
   "txn-put-c64|txn-put, 64 / 8|0|txn-put --conns 8 --clients 64"
   "watch-lat-w100|watch-latency 100 w, 500 puts/s|0|watch-latency --watchers 100 --conns 1 --clients 1 --rate 500"
   "watch-w1000|watch 1000 w, 16 / 4 (events/s)|0|watch --watchers 1000 --conns 4 --clients 16"
-  "watch-lat-w10k|watch-latency 10k w, 1000 puts/s, 4 / 4|0|watch-latency --watchers 10000 --conns 4 --clients 4 --rate 1000 --total 5000"
+  "watch-lat-w10k|watch-lat 10k w, 1000 puts/s|0|watch-latency --watchers 10000 --conns 4 --clients 4 --rate 1000 --total 5000"
   "lease-keepalive|lease-keepalive 10k, 1 client|0|lease-keepalive --leases 10000 --conns 1 --clients 1"
   "lease-keepalive-flood|lease-keepalive 10k, 1 conn, 256 in flight|0|lease-keepalive --leases 10000 --conns 1 --clients 256"
   "lease-churn|lease-churn 10k: expiry lag|0|lease-churn --leases 10000 --lease-timeout 30"
