@@ -242,7 +242,11 @@ static bool catch_up(struct keel_watch_hub *h, struct watcher *w)
     }
     size_t n = 0;
     Keel__Event **evs = filter_events(h, w, hist.events, hist.n_events, &n);
-    if (evs != NULL && n > 0)
+    if (evs == NULL) {
+        keel_arena_reset(&h->scratch);
+        return true; /* no memory: the same chunk again on a later turn */
+    }
+    if (n > 0)
         send_events(h, w, evs, n, hist.revision);
     w->next_rev = hist.next_revision;
     if (hist.next_revision > hist.revision) {
@@ -378,7 +382,8 @@ static bool same_message(const struct touched *ta, const struct touched *tb)
 
 /* Send the pending events of ts[0..n) (one session, sent alike) in one message: the first by
  * its request id, the others by shared_ids. A session over its cap gets nothing: its watchers
- * resume from history at their first pending event. */
+ * resume from history at their first pending event (so do they when the message cannot be
+ * built for want of memory). */
 static void send_group(struct keel_watch_hub *h, const struct touched *ts, size_t n,
                        int64_t revision)
 {
@@ -386,7 +391,15 @@ static void send_group(struct keel_watch_hub *h, const struct touched *ts, size_
     size_t unread;
     if (!backlog(h, w->sw->session_id, &unread))
         return;
-    if (unread > h->o.session_out_cap) {
+    size_t n_evs = 0;
+    Keel__Event **evs = NULL;
+    uint64_t *ids = NULL;
+    if (unread <= h->o.session_out_cap) {
+        evs = filter_events(h, w, w->pend, w->n_pend, &n_evs);
+        ids = n > 1 ? keel_arena_alloc(&h->scratch, (n - 1) * sizeof(*ids)) : NULL;
+    }
+    if (evs == NULL || (n > 1 && ids == NULL)) {
+        /* Over the cap, or no memory to build the message: history has the events. */
         for (size_t i = 0; i < n; i++) {
             struct watcher *x = ts[i].w;
             x->next_rev = x->pend[0]->kv->mod_revision;
@@ -395,10 +408,7 @@ static void send_group(struct keel_watch_hub *h, const struct touched *ts, size_
         }
         return;
     }
-    size_t n_evs = 0;
-    Keel__Event **evs = filter_events(h, w, w->pend, w->n_pend, &n_evs);
-    uint64_t *ids = n > 1 ? keel_arena_alloc(&h->scratch, (n - 1) * sizeof(*ids)) : NULL;
-    if (evs != NULL && n_evs > 0 && (n == 1 || ids != NULL)) {
+    if (n_evs > 0) {
         for (size_t i = 1; i < n; i++)
             ids[i - 1] = ts[i].w->create_id;
         Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
