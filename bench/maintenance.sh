@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Maintenance on a big store, keel and etcd side by side on this machine (issue 14's figures):
 # each system in turn gets a fresh 3-member cluster loaded with --keys keys of 256 B (default
-# 5.5M: about 1.5 GB), then
+# 5.5M: 1.4 GB of values, stores of 2.1-2.2 GB on either system, above the issue's 1.5 GB), then
 #   snapshot  save from the leader (keelctl / etcdctl snapshot save), its time and size, and the
 #             slowest and p99 put of a 1-client writer running meanwhile (for 15 s, the save starting
 #             2 s in: a longer save is only partly covered);
