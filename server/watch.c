@@ -432,6 +432,8 @@ static void send_touched(struct keel_watch_hub *h, int64_t revision)
 {
     struct touched *ts = h->touched;
     size_t n = h->n_touched;
+    if (n == 0)
+        return; /* ts may be NULL, which qsort must not be given */
     for (size_t i = 0; i < n; i++)
         ts[i].group = group_of(ts[i].w);
     qsort(ts, n, sizeof(*ts), by_group);
