@@ -72,6 +72,7 @@ static const char *const usage_text =
     "  lease keep-alive [--once] ID\n"
     "  alarm list | alarm disarm\n"
     "  defrag [--cluster]          (each endpoint's member, or every member)\n"
+    "  move-leader ID              (hex member id; the endpoints must include the leader)\n"
     "  snapshot save FILE          (one endpoint: a consistent copy of its store)\n"
     "  snapshot status FILE\n"
     "  snapshot restore FILE --name N --initial-cluster LIST [--data-dir D]\n"
@@ -1139,6 +1140,60 @@ static int cmd_defrag(struct ctl *c, int argc, char **argv)
     return failed ? 1 : 0;
 }
 
+/* As etcdctl: find the leader among the endpoints (its status says so), ask it to hand
+ * leadership to ID, and say so once the member answers (it answers when ID leads). */
+static int cmd_move_leader(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "move-leader ID";
+    struct ctl_args pos;
+    parse_args(c, NULL, argc, argv, &pos);
+    apply_globals(c);
+    no_table(c);
+    if (pos.argc != 1)
+        die(EXIT_USAGE, "move-leader takes one argument, the target member's ID in hex");
+    char *end = NULL;
+    errno = 0;
+    unsigned long long target = strtoull(pos.argv[0], &end, 16);
+    if (errno != 0 || end == pos.argv[0] || *end != '\0' || target == 0)
+        die(EXIT_USAGE, "bad leader ID arg (%s), expecting ID in Hex", pos.argv[0]);
+    size_t n;
+    char **eps = split_endpoints(c, &n);
+    struct keel *k = client(c);
+    const char *leader_ep = NULL;
+    uint64_t leader = 0;
+    for (size_t i = 0; i < n && leader_ep == NULL; i++) {
+        Keel__StatusRequest st = KEEL__STATUS_REQUEST__INIT;
+        Keel__Request req = KEEL__REQUEST__INIT;
+        req.body_case = KEEL__REQUEST__BODY_STATUS;
+        req.status = &st;
+        struct keel_call_opts opts = {.endpoint = eps[i]};
+        const Keel__Response *resp;
+        int rv = keel_do_flat(k, &req, &opts, &resp);
+        if (rv != 0)
+            die(1, "%s: %s", eps[i], keel_errmsg());
+        if (resp->body_case == KEEL__RESPONSE__BODY_STATUS && resp->header != NULL &&
+            resp->status->leader != 0 && resp->header->member_id == resp->status->leader) {
+            leader_ep = eps[i];
+            leader = resp->status->leader;
+        }
+        keel_flat_free(resp);
+    }
+    if (leader_ep == NULL)
+        die(EXIT_USAGE, "no leader endpoint given at [%s]", c->endpoints);
+    Keel__MoveLeaderRequest ml = KEEL__MOVE_LEADER_REQUEST__INIT;
+    ml.targetid = target;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_MOVE_LEADER;
+    req.move_leader = &ml;
+    struct keel_call_opts opts = {.endpoint = leader_ep};
+    const Keel__Response *resp;
+    if (keel_do_flat(k, &req, &opts, &resp) != 0)
+        die(1, "%s", keel_errmsg());
+    keel_flat_free(resp);
+    printf("Leadership transferred from %" PRIx64 " to %llx\n", leader, target);
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Snapshots (snapfile.h: the file; the member streams a compacted copy of its store)
  */
@@ -2033,6 +2088,8 @@ int main(int argc, char **argv)
         rv = cmd_alarm(c, sub, nrest, rest);
     else if (!strcmp(cmd, "defrag"))
         rv = cmd_defrag(c, nrest, rest);
+    else if (!strcmp(cmd, "move-leader"))
+        rv = cmd_move_leader(c, nrest, rest);
     else if (!strcmp(cmd, "snapshot"))
         rv = cmd_snapshot(c, sub, nrest, rest);
     else if (!strcmp(cmd, "version")) {

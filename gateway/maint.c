@@ -185,9 +185,13 @@ static ProtobufCMessage *move_fail(const struct gw_call *c, int status, const Ke
     (void)resp;
     (void)arg;
     (void)a;
-    if (status == KEEL_EUNSUPPORTED) {
-        *code = GW_UNIMPLEMENTED;
-        *message = "keel-gateway: keel does not move leadership on request yet";
+    /* etcd's own answers: a target that is no voter, and a transfer that did not finish. */
+    if (status == KEEL_EMEMBERNOTFOUND) {
+        *code = GW_FAILED_PRECONDITION;
+        *message = "etcdserver: bad leader transferee";
+    } else if (status == KEEL_ETIMEOUT) {
+        *code = GW_UNAVAILABLE;
+        *message = "etcdserver: request timed out, leader transfer took too long";
     }
     return NULL;
 }

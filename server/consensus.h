@@ -48,6 +48,16 @@ struct keel_consensus {
      * Otherwise no barrier and no callback: KEEL_ENOTLEADER, KEEL_ENOMEM, KEEL_EUNAVAILABLE.
      */
     int (*barrier)(void *ctx, keel_consensus_cb cb, void *data);
+
+    /*
+     * Hand leadership to member target (0: whichever voter is most up to date). 0: cb fires
+     * exactly once, with 0 once this member no longer leads (leader() then names who does, or
+     * 0 while unknown), or with KEEL_ETIMEOUT when it still leads an election timeout later.
+     * Otherwise no transfer and no callback: KEEL_ENOTLEADER, KEEL_EMEMBERNOTFOUND (target is
+     * not a voter of the cluster, or is this member), KEEL_ETOOMANYREQUESTS (a transfer is under
+     * way), KEEL_EUNAVAILABLE (no voter to hand it to, or stopping).
+     */
+    int (*transfer)(void *ctx, uint64_t target, keel_consensus_cb cb, void *data);
 };
 
 #endif

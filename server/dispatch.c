@@ -17,6 +17,12 @@ struct keel_dispatch {
     struct keel_dispatch_options o;
     struct keel_arena arena; /* per answer, reset after each */
     int stopped;
+    /* The MoveLeader raft is carrying out (one at a time): whom to answer. Kept here rather
+     * than allocated, so that a transfer raft never calls back (shutdown) leaves nothing. */
+    struct {
+        int busy;
+        uint64_t session, id, target;
+    } move;
 };
 
 /* A linearizable range waiting for readindex. */
@@ -208,6 +214,81 @@ static void serve_alarm_list(struct keel_dispatch *d, uint64_t session, const Ke
     keel_reply_send(d->o.reply, session, &resp, st.revision, KEEL_RESPOND_ANSWER);
 }
 
+/* ---- MoveLeader ---- */
+
+static void move_done(void *data, int err)
+{
+    struct keel_dispatch *d = data;
+    d->move.busy = 0;
+    uint64_t target = d->move.target;
+    uint64_t leader = d->o.raft->leader(d->o.raft->ctx);
+    char msg[160];
+    if (err == 0 && target != 0 && leader != 0 && leader != target) {
+        snprintf(msg, sizeof(msg), "leadership went to %016llx, not to %016llx",
+                 (unsigned long long)leader, (unsigned long long)target);
+        keel_reply_error(d->o.reply, d->move.session, d->move.id, KEEL_ETIMEOUT, msg);
+        return;
+    }
+    if (err != 0) {
+        snprintf(msg, sizeof(msg),
+                 "leadership transfer to %016llx timed out (it was not caught up, or did not win "
+                 "the election)",
+                 (unsigned long long)target);
+        keel_reply_error(d->o.reply, d->move.session, d->move.id, err, msg);
+        return;
+    }
+    Keel__MoveLeaderResponse ml = KEEL__MOVE_LEADER_RESPONSE__INIT;
+    Keel__Response resp = KEEL__RESPONSE__INIT;
+    resp.id = d->move.id;
+    resp.body_case = KEEL__RESPONSE__BODY_MOVE_LEADER;
+    resp.move_leader = &ml;
+    keel_reply_send(d->o.reply, d->move.session, &resp, -1, KEEL_RESPOND_ANSWER);
+}
+
+/* etcd's MoveLeader: only the leader hands leadership over; the answer comes once the target
+ * leads (or raft gave up after an election timeout). */
+static void serve_move_leader(struct keel_dispatch *d, uint64_t session, const Keel__Request *req)
+{
+    uint64_t target = req->move_leader->targetid;
+    const struct keel_consensus *raft = d->o.raft;
+    char msg[160];
+    if (!raft->is_leader(raft->ctx)) {
+        keel_reply_error(d->o.reply, session, req->id, KEEL_ENOTLEADER, NULL);
+        return;
+    }
+    if (target != 0 && target == d->o.cfg->member_id) {
+        Keel__MoveLeaderResponse ml = KEEL__MOVE_LEADER_RESPONSE__INIT;
+        Keel__Response resp = KEEL__RESPONSE__INIT;
+        resp.id = req->id;
+        resp.body_case = KEEL__RESPONSE__BODY_MOVE_LEADER;
+        resp.move_leader = &ml;
+        keel_reply_send(d->o.reply, session, &resp, -1, KEEL_RESPOND_ANSWER);
+        return;
+    }
+    if (d->move.busy) {
+        keel_reply_error(d->o.reply, session, req->id, KEEL_ETOOMANYREQUESTS,
+                         "a leadership transfer is already under way");
+        return;
+    }
+    int err = raft->transfer(raft->ctx, target, move_done, d);
+    if (err == KEEL_EMEMBERNOTFOUND) {
+        snprintf(msg, sizeof(msg), "member %016llx is not a voting member of this cluster",
+                 (unsigned long long)target);
+        keel_reply_error(d->o.reply, session, req->id, err, msg);
+        return;
+    }
+    if (err != 0) {
+        keel_reply_error(d->o.reply, session, req->id, err,
+                         err == KEEL_EUNAVAILABLE ? "no voting member to hand leadership to"
+                                                  : NULL);
+        return;
+    }
+    d->move.busy = 1;
+    d->move.session = session;
+    d->move.id = req->id;
+    d->move.target = target;
+}
+
 /* A Defragment waiting for the storage writer: whom to answer. */
 struct defrag_wait {
     struct keel_dispatch *d;
@@ -321,6 +402,9 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
         break;
     case KEEL__REQUEST__BODY_DEFRAGMENT:
         serve_defragment(d, session, req);
+        break;
+    case KEEL__REQUEST__BODY_MOVE_LEADER:
+        serve_move_leader(d, session, req);
         break;
     case KEEL__REQUEST__BODY_WATCH_CREATE:
     case KEEL__REQUEST__BODY_WATCH_CANCEL:

@@ -303,9 +303,10 @@ static void stop_now(struct keeld *k)
     keel_node_stop(k->node, node_stopped, k);
 }
 
-static void transfer_done(void *data)
+static void transfer_done(void *data, int err)
 {
     struct keeld *k = data;
+    (void)err; /* stopping either way */
     KLOG_INFO("leadership handed to %llu", (unsigned long long)keel_node_leader(k->node));
     stop_now(k);
 }
@@ -328,7 +329,7 @@ static void on_signal(uv_signal_t *h, int signum)
     /* Bounded either way: the transfer callback fires within an election timeout. */
     uv_timer_start(&k->stop_timer, stop_timeout, k->cfg.election_ms * 2, 0);
     if (keel_node_is_leader(k->node) && k->cfg.n_members > 1 &&
-        keel_node_transfer(k->node, transfer_done, k) == 0)
+        keel_node_transfer(k->node, 0, transfer_done, k) == 0)
         return;
     stop_now(k);
 }

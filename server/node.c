@@ -77,8 +77,9 @@ struct keel_node {
     uint64_t watch_checked, watch_since, watch_logged;
     uint64_t watch_applied, watch_committed;
     struct raft_transfer transfer;
-    void (*transfer_cb)(void *data);
+    void (*transfer_cb)(void *data, int err);
     void *transfer_data;
+    int transfer_busy; /* raft holds n->transfer */
     void (*stop_cb)(void *data);
     void *stop_data;
 };
@@ -581,6 +582,8 @@ static uint64_t node_last_index(void *ctx)
     return keel_node_last_index(ctx);
 }
 
+static int node_transfer(void *ctx, uint64_t target, keel_consensus_cb cb, void *data);
+
 void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
 {
     out->ctx = n;
@@ -590,6 +593,7 @@ void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
     out->last_index = node_last_index;
     out->propose = node_propose;
     out->barrier = node_barrier;
+    out->transfer = node_transfer;
 }
 
 /* ---- raft_uv's send, guarded ---- */
@@ -777,15 +781,39 @@ int keel_node_start(struct keel_node *n)
 static void transfer_done(struct raft_transfer *req)
 {
     struct keel_node *n = req->data;
-    n->transfer_cb(n->transfer_data);
+    n->transfer_busy = 0;
+    /* Raft calls back when the target has become leader or the election timeout passed; only
+     * who leads now tells which. */
+    n->transfer_cb(n->transfer_data, raft_state(&n->raft) == RAFT_LEADER ? KEEL_ETIMEOUT : 0);
 }
 
-int keel_node_transfer(struct keel_node *n, void (*cb)(void *data), void *data)
+int keel_node_transfer(struct keel_node *n, uint64_t target, void (*cb)(void *data, int err),
+                       void *data)
 {
+    if (!n->started || n->stopping)
+        return KEEL_EUNAVAILABLE;
+    if (n->transfer_busy)
+        return KEEL_ETOOMANYREQUESTS;
     n->transfer.data = n;
     n->transfer_cb = cb;
     n->transfer_data = data;
-    return refused(raft_transfer(&n->raft, &n->transfer, 0, transfer_done));
+    int rv = raft_transfer(&n->raft, &n->transfer, target, transfer_done);
+    switch (rv) {
+    case 0:
+        n->transfer_busy = 1;
+        return 0;
+    case RAFT_BADID:
+        return KEEL_EMEMBERNOTFOUND;
+    case RAFT_NOTFOUND:
+        return KEEL_EUNAVAILABLE;
+    default:
+        return refused(rv);
+    }
+}
+
+static int node_transfer(void *ctx, uint64_t target, keel_consensus_cb cb, void *data)
+{
+    return keel_node_transfer(ctx, target, cb, data);
 }
 
 static void raft_closed(struct raft *r)

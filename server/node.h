@@ -62,9 +62,9 @@ uint64_t keel_node_leader(struct keel_node *n);
 uint64_t keel_node_term(struct keel_node *n);
 uint64_t keel_node_last_index(struct keel_node *n);
 
-/* Hand leadership to an up-to-date voter; cb(data) fires when done or after an election
- * timeout. 0, or a KEEL_E* code (no transfer, no callback). */
-int keel_node_transfer(struct keel_node *n, void (*cb)(void *data), void *data);
+/* Hand leadership to target (0: an up-to-date voter), as consensus.h's transfer says. */
+int keel_node_transfer(struct keel_node *n, uint64_t target, void (*cb)(void *data, int err),
+                       void *data);
 
 /* Stop raft; cb(data) fires once raft, its log and its transport are closed. From this call on,
  * propose and barrier refuse with KEEL_EUNAVAILABLE. Proposals and barriers raft still holds are

@@ -909,11 +909,21 @@ static void cluster(void **state)
     assert_true(fake_call_wait(&u, &E.loop, 0, CALL_TIMEOUT_MS));
     assert_int_equal(u.code, GW_CANCELLED);
     fake_call_clear(&u);
+    /* MoveLeader: to a follower, which then leads; to no member, etcd's refusal. */
+    Etcdserverpb__StatusResponse *now = ok(&u, "/etcdserverpb.Maintenance/Status", &sq);
+    uint64_t from = now->leader, to = from == ids[0] ? ids[1] : ids[0];
+    fake_call_clear(&u);
     Etcdserverpb__MoveLeaderRequest mq = ETCDSERVERPB__MOVE_LEADER_REQUEST__INIT;
-    mq.targetid = ids[0];
-    run(&u, "/etcdserverpb.Maintenance/MoveLeader", &mq);
-    assert_int_equal(u.code, GW_UNIMPLEMENTED);
-    assert_string_equal(u.message, "keel-gateway: keel does not move leadership on request yet");
+    mq.targetid = to;
+    Etcdserverpb__MoveLeaderResponse *mlr = ok(&u, "/etcdserverpb.Maintenance/MoveLeader", &mq);
+    assert_non_null(mlr->header);
+    fake_call_clear(&u);
+    now = ok(&u, "/etcdserverpb.Maintenance/Status", &sq);
+    assert_true(now->leader == to);
+    fake_call_clear(&u);
+    mq.targetid = 1;
+    fails("/etcdserverpb.Maintenance/MoveLeader", &mq, GW_FAILED_PRECONDITION,
+          "etcdserver: bad leader transferee");
     Etcdserverpb__MemberAddRequest ma = ETCDSERVERPB__MEMBER_ADD_REQUEST__INIT;
     fails("/etcdserverpb.Cluster/MemberAdd", &ma, GW_UNIMPLEMENTED,
           "keel-gateway does not change membership yet");

@@ -27,7 +27,6 @@ keelctl=$3
 declare -A EXPECTED_DIFFERENT=(
     [endpoint-hashkv]="keel keeps no consistent hash of its store (issue 13: HashKV where keel has it): Unimplemented"
     [member-remove-unknown]="keel-gateway changes no membership until keel's membership changes land (issue 13): Unimplemented"
-    [move-leader-self]="keel has no leadership transfer on request: Unimplemented where etcd says 'bad leader transferee'"
     [endpoint-status-cluster]="MemberList gives every member the gateway's own URL (issue 13), so --cluster asks the one gateway three times, and each answer comes from the leader"
 )
 
