@@ -35,6 +35,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 log() { printf '%s maintenance: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# The revision measured, taken now: the report is written half an hour later.
+git_rev=$(git describe --always --dirty 2>/dev/null || echo unknown)
 
 B=$root/build/release/bench/keel-bench
 KEELD=$root/build/release/server/keeld
@@ -233,7 +235,7 @@ for sys in keel etcd; do
 done
 
 mkdir -p "$(dirname "$out")"
-python3 - "$results" "$out" "$keys" "$(git describe --always --dirty 2>/dev/null || echo unknown)" <<'EOF'
+python3 - "$results" "$out" "$keys" "$git_rev" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 out, keys, rev = sys.argv[2], int(sys.argv[3]), sys.argv[4]
