@@ -58,6 +58,10 @@ struct keel_consensus {
      * way), KEEL_EUNAVAILABLE (no voter to hand it to, or stopping).
      */
     int (*transfer)(void *ctx, uint64_t target, keel_consensus_cb cb, void *data);
+
+    /* This member leads and is handing leadership over (MoveLeader, shutdown): raft refuses
+     * what would be appended until the transfer ends, within an election timeout. NULL: never. */
+    bool (*transferring)(void *ctx);
 };
 
 #endif

@@ -23,6 +23,17 @@ struct keel_dispatch {
         int busy;
         uint64_t session, id, target;
     } move;
+    /* Requests for the leader that came while it handed leadership over, in order: raft would
+     * refuse them with no leader to name, and a client told that backs off for tens of ms.
+     * Held until the transfer ends (an election timeout at most), then taken again; their
+     * number is bounded by the sessions' in-flight limits. */
+    struct held *held_head, *held_tail;
+};
+
+struct held {
+    struct held *next;
+    uint64_t session;
+    Keel__Request *req;
 };
 
 /* A linearizable range waiting for readindex. */
@@ -350,6 +361,23 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
         keel__request__free_unpacked(req, NULL);
         return;
     }
+    const struct keel_consensus *raft = d->o.raft;
+    if (raft->transferring != NULL && keel_reqkind_is_leader_only(req) &&
+        req->body_case != KEEL__REQUEST__BODY_MOVE_LEADER && raft->transferring(raft->ctx)) {
+        struct held *h = malloc(sizeof(*h));
+        if (h != NULL) {
+            h->next = NULL;
+            h->session = session;
+            h->req = req;
+            if (d->held_tail)
+                d->held_tail->next = h;
+            else
+                d->held_head = h;
+            d->held_tail = h;
+            return;
+        }
+        /* No memory to hold it: raft refuses it now, as it would have. */
+    }
     const struct keel_reqkind *kind = keel_reqkind_of(req->body_case);
     if (req->body_case == KEEL__REQUEST__BODY_ALARM && req->alarm != NULL &&
         req->alarm->action == KEEL__ALARM_REQUEST__ALARM_ACTION__GET) {
@@ -427,6 +455,21 @@ void keel_dispatch_refuse(struct keel_dispatch *d, uint64_t session, int err, co
     keel_reply_refuse(d->o.reply, session, err, msg);
 }
 
+void keel_dispatch_leader_changed(struct keel_dispatch *d)
+{
+    const struct keel_consensus *raft = d->o.raft;
+    if (d->held_head == NULL || (raft->transferring != NULL && raft->transferring(raft->ctx)))
+        return;
+    struct held *h = d->held_head;
+    d->held_head = d->held_tail = NULL;
+    while (h != NULL) {
+        struct held *next = h->next;
+        keel_dispatch_request(d, h->session, h->req); /* takes req; a closed session is fine */
+        free(h);
+        h = next;
+    }
+}
+
 void keel_dispatch_stop(struct keel_dispatch *d)
 {
     d->stopped = 1;
@@ -447,6 +490,11 @@ void keel_dispatch_free(struct keel_dispatch *d)
 {
     if (d == NULL)
         return;
+    for (struct held *h = d->held_head, *next; h != NULL; h = next) {
+        next = h->next;
+        keel__request__free_unpacked(h->req, NULL);
+        free(h);
+    }
     keel_arena_close(&d->arena);
     free(d);
 }

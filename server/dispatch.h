@@ -69,6 +69,11 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
 /* A frame the session cannot take: tell the client why before it is cut off. */
 void keel_dispatch_refuse(struct keel_dispatch *d, uint64_t session, int err, const char *msg);
 
+/* Leadership changed, or a transfer of it ended (main.c calls this on every change raft shows):
+ * the requests held while this leader handed leadership over are taken again, and answered as
+ * any other (NOT_LEADER naming the new leader, once there is one). */
+void keel_dispatch_leader_changed(struct keel_dispatch *d);
+
 /* The member is stopping: every request from now on is answered UNAVAILABLE. */
 void keel_dispatch_stop(struct keel_dispatch *d);
 

@@ -91,6 +91,8 @@ static void leader_changed(struct keeld *k, bool is_leader, uint64_t leader)
     keel_publish_leader_changed(k->publish, is_leader);
     keel_readindex_leader_changed(k->readindex, is_leader);
     keel_lessor_leader_changed(k->lessor, is_leader);
+    if (k->dispatch != NULL)
+        keel_dispatch_leader_changed(k->dispatch);
 }
 
 static void on_change(void *data, bool is_leader, uint64_t leader)

@@ -80,6 +80,9 @@ struct keel_node {
     void (*transfer_cb)(void *data, int err);
     void *transfer_data;
     int transfer_busy; /* raft holds n->transfer */
+    /* The member leadership was last handed to, and when (uv_now): named as the leader while
+     * raft names none, for an election timeout (see keel_node_leader). */
+    uint64_t handed_to, handed_at;
     void (*stop_cb)(void *data);
     void *stop_data;
 };
@@ -451,6 +454,12 @@ uint64_t keel_node_leader(struct keel_node *n)
     const char *addr = NULL;
     if (n->started)
         raft_leader(&n->raft, &id, &addr);
+    /* Handing leadership over, raft names no leader: on the leader while the transfer runs, and
+     * on the member it stepped down to until the new leader's first message. Both are moments
+     * and the successor is known, so say it: a client told "no leader" backs off for tens of ms. */
+    if (id == 0 && n->handed_to != 0 &&
+        uv_now(n->o.loop) - n->handed_at < (uint64_t)n->o.cfg->election_ms)
+        id = n->handed_to;
     return id;
 }
 
@@ -583,6 +592,7 @@ static uint64_t node_last_index(void *ctx)
 }
 
 static int node_transfer(void *ctx, uint64_t target, keel_consensus_cb cb, void *data);
+static bool node_transferring(void *ctx);
 
 void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
 {
@@ -594,6 +604,7 @@ void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
     out->propose = node_propose;
     out->barrier = node_barrier;
     out->transfer = node_transfer;
+    out->transferring = node_transferring;
 }
 
 /* ---- raft_uv's send, guarded ---- */
@@ -801,6 +812,8 @@ int keel_node_transfer(struct keel_node *n, uint64_t target, void (*cb)(void *da
     switch (rv) {
     case 0:
         n->transfer_busy = 1;
+        n->handed_to = n->transfer.id; /* raft's pick when target is 0 */
+        n->handed_at = uv_now(n->o.loop);
         return 0;
     case RAFT_BADID:
         return KEEL_EMEMBERNOTFOUND;
@@ -814,6 +827,12 @@ int keel_node_transfer(struct keel_node *n, uint64_t target, void (*cb)(void *da
 static int node_transfer(void *ctx, uint64_t target, keel_consensus_cb cb, void *data)
 {
     return keel_node_transfer(ctx, target, cb, data);
+}
+
+static bool node_transferring(void *ctx)
+{
+    struct keel_node *n = ctx;
+    return n->started && raft_state(&n->raft) == RAFT_LEADER && n->raft.transfer != NULL;
 }
 
 static void raft_closed(struct raft *r)
