@@ -24,6 +24,8 @@ static const char usage[] =
     "  --initial-cluster LIST      every member as NAME=HOST:PORT[@ZONE], the same on every "
     "member\n"
     "  --zone ZONE                 this member's zone (default: its --initial-cluster zone)\n"
+    "  --preferred-leader-zone Z   a leader outside zone Z hands leadership to a caught-up\n"
+    "                              member of Z (give every member the same Z)\n"
     "  --heartbeat-ms N            raft heartbeat interval (default 100)\n"
     "  --election-ms N             raft election timeout (default 1000)\n"
     "  --snapshot-bytes N          take a raft snapshot once the log entries since the last one\n"
@@ -296,6 +298,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_TRAIL_BYTES,
         O_SEGMENT,
         O_AC_MODE,
+        O_PREFER,
         O_AC_RETENTION,
         O_AC_INTERVAL,
         O_DISK_RESERVE,
@@ -332,6 +335,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"backend-batch-interval-ms", required_argument, NULL, O_BATCH_MS},
         {"backend-batch-bytes", required_argument, NULL, O_BATCH_BYTES},
         {"auto-compaction-mode", required_argument, NULL, O_AC_MODE},
+        {"preferred-leader-zone", required_argument, NULL, O_PREFER},
         {"auto-compaction-retention", required_argument, NULL, O_AC_RETENTION},
         {"auto-compaction-interval-ms", required_argument, NULL, O_AC_INTERVAL},
         {"help", no_argument, NULL, O_HELP},
@@ -473,6 +477,10 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         case O_AC_RETENTION:
             retention = optarg;
             break;
+        case O_PREFER:
+            rv = copy_arg(c->preferred_zone, sizeof(c->preferred_zone), optarg,
+                          "--preferred-leader-zone", err, errlen);
+            break;
         case O_AC_INTERVAL:
             rv = parse_u64(optarg, 10, 86400000, &c->compact_check_ms,
                            "--auto-compaction-interval-ms", err, errlen);
@@ -535,6 +543,15 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     else if (self->zone[0] != '\0' && strcmp(self->zone, c->zone) != 0)
         return fail(err, errlen, "--zone %s differs from this member's --initial-cluster zone %s",
                     c->zone, self->zone);
+    if (c->preferred_zone[0] != '\0') {
+        bool any = strcmp(c->zone, c->preferred_zone) == 0;
+        for (size_t i = 0; i < c->n_members; i++)
+            any = any || strcmp(c->members[i].zone, c->preferred_zone) == 0;
+        if (!any)
+            return fail(err, errlen,
+                        "--preferred-leader-zone %s: no member of --initial-cluster is in it",
+                        c->preferred_zone);
+    }
     c->member_id = self->id;
     c->cluster_id = keel_hash64(cluster, strlen(cluster));
     return 0;

@@ -56,6 +56,7 @@ struct keel_config {
     int64_t compact_retention_revs; /* revision auto-compaction: revisions kept */
     uint64_t compact_check_ms;      /* revision auto-compaction: how often it looks */
     int log_level;
+    char preferred_zone[KEEL_NAME_MAX]; /* leadership moves into this zone ("": anywhere) */
 };
 
 /*

@@ -30,6 +30,7 @@
 #include "log.h"
 #include "members.h"
 #include "node.h"
+#include "prefer.h"
 #include "propose.h"
 #include "publish.h"
 #include "readindex.h"
@@ -56,6 +57,7 @@ struct keeld {
     struct keel_propose *propose;
     struct keel_lessor *lessor;
     struct keel_compactor *compactor;
+    struct keel_prefer *prefer; /* NULL without --preferred-leader-zone */
     struct keel_diskwatch *diskwatch;
     /* A follower asks the leader for the NOSPACE alarm as a client would (raise_nospace). */
     struct keel_aclient *alarm_client;
@@ -296,6 +298,7 @@ static void stop_now(struct keeld *k)
     keel_propose_stop(k->propose);
     keel_lessor_stop(k->lessor);
     keel_compactor_stop(k->compactor);
+    keel_prefer_stop(k->prefer);
     keel_diskwatch_stop(k->diskwatch);
     close_alarm_client(k);
     keel_readindex_stop(k->readindex);
@@ -466,7 +469,9 @@ static int wire(struct keeld *k)
     if ((rv = keel_node_new(&no, &k->node)) != 0)
         return rv;
     keel_node_consensus(k->node, &k->raft);
-    return 0;
+    struct keel_prefer_options pfo = {
+        .loop = &k->loop, .cfg = &k->cfg, .node = k->node, .members = &k->members};
+    return keel_prefer_new(&pfo, &k->prefer);
 }
 
 /* After a failed wire: close what holds loop handles, let the loop finish closing them. */
@@ -478,6 +483,7 @@ static void unwind(struct keeld *k)
         keel_propose_stop(k->propose);
     keel_lessor_stop(k->lessor);
     keel_compactor_stop(k->compactor);
+    keel_prefer_stop(k->prefer);
     keel_diskwatch_stop(k->diskwatch);
     if (k->watch != NULL)
         keel_watch_stop(k->watch);
@@ -496,6 +502,7 @@ static void free_modules(struct keeld *k)
     keel_readindex_free(k->readindex);
     keel_lessor_free(k->lessor);
     keel_compactor_free(k->compactor);
+    keel_prefer_free(k->prefer);
     keel_diskwatch_free(k->diskwatch);
     keel_propose_free(k->propose);
     keel_watch_free(k->watch);

@@ -824,6 +824,21 @@ int keel_node_transfer(struct keel_node *n, uint64_t target, void (*cb)(void *da
     }
 }
 
+bool keel_node_caught_up(struct keel_node *n, uint64_t id)
+{
+    if (!n->started || raft_state(&n->raft) != RAFT_LEADER || id == n->raft.id)
+        return false;
+    const struct raft_configuration *c = &n->raft.configuration;
+    for (unsigned i = 0; i < c->n; i++) {
+        if (c->servers[i].id != id)
+            continue;
+        const struct raft_progress *p = &n->raft.leader_state.progress[i];
+        return c->servers[i].role == RAFT_VOTER && p->recent_recv &&
+               p->match_index >= n->raft.commit_index;
+    }
+    return false;
+}
+
 static int node_transfer(void *ctx, uint64_t target, keel_consensus_cb cb, void *data)
 {
     return keel_node_transfer(ctx, target, cb, data);

@@ -62,6 +62,10 @@ uint64_t keel_node_leader(struct keel_node *n);
 uint64_t keel_node_term(struct keel_node *n);
 uint64_t keel_node_last_index(struct keel_node *n);
 
+/* On the leader: member id is a voter that answered within the election timeout and holds
+ * every committed entry (a transfer to it would be quick). False anywhere else. */
+bool keel_node_caught_up(struct keel_node *n, uint64_t id);
+
 /* Hand leadership to target (0: an up-to-date voter), as consensus.h's transfer says. */
 int keel_node_transfer(struct keel_node *n, uint64_t target, void (*cb)(void *data, int err),
                        void *data);

@@ -484,6 +484,55 @@ static void leadership_moves_on_request(void **state)
     tc_cluster_close(&c);
 }
 
+/* The leader, polled until it is `want` (bounded); the last one seen. */
+static int wait_leader_is(struct tc_cluster *c, struct keel *k, int want, int timeout_ms)
+{
+    long long deadline = tc_now_ms() + timeout_ms;
+    int now = 0;
+    while (tc_now_ms() < deadline) {
+        now = find_leader(c, k, 0, 2000);
+        if (now == want)
+            break;
+        tu_sleep_ms(100);
+    }
+    return now;
+}
+
+/* --preferred-leader-zone: leadership goes to the member in that zone, leaves it only when that
+ * member is gone, comes back once it has caught up again, and then stays. */
+static void leadership_settles_in_preferred_zone(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "prefer");
+    snprintf(c.extra, sizeof(c.extra), "--preferred-leader-zone %s", c.m[2].zone);
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    int now = wait_leader_is(&c, k, 2, 20000);
+    if (now != 2)
+        fail_msg("leader m%d, not m2 of the preferred zone %s", now, c.m[2].zone);
+    put_str(k, "p/1", "a");
+    tc_stop(&c, 2, SIGKILL);
+    now = find_leader(&c, k, 1u << 2, 15000);
+    assert_true(now == 1 || now == 3);
+    put_str(k, "p/2", "b");
+    assert_int_equal(tc_start(&c, 2), 0);
+    now = wait_leader_is(&c, k, 2, 30000);
+    if (now != 2)
+        fail_msg("leader m%d after m2 came back, not m2", now);
+    /* No flapping: it stays for a while (30 looks of the leader). */
+    for (int i = 0; i < 30; i++) {
+        tu_sleep_ms(100);
+        assert_int_equal(find_leader(&c, k, 0, 5000), 2);
+    }
+    char *v = get_from(&c, 2, "p/2", NULL);
+    assert_non_null(v);
+    assert_string_equal(v, "b");
+    free(v);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
 static void catch_up_through_checkpoint(void **state)
 {
     (void)state;
@@ -621,13 +670,14 @@ int main(int argc, char **argv)
     const struct CMUnitTest basic[] = {cmocka_unit_test(three_members_read_write)};
     const struct CMUnitTest failover[] = {cmocka_unit_test(leader_killed_while_writing)};
     const struct CMUnitTest move[] = {cmocka_unit_test(leadership_moves_on_request)};
+    const struct CMUnitTest prefer[] = {cmocka_unit_test(leadership_settles_in_preferred_zone)};
     const struct CMUnitTest checkpoint[] = {cmocka_unit_test(catch_up_through_checkpoint)};
     const struct CMUnitTest restart[] = {cmocka_unit_test(clean_restart_applies_nothing_twice)};
     const struct CMUnitTest full_restart[] = {cmocka_unit_test(whole_cluster_restart)};
     const struct CMUnitTest five[] = {cmocka_unit_test(five_members_survive_two_down)};
     const struct tu_group groups[] = {
-        TU_GROUP(basic),   TU_GROUP(failover),     TU_GROUP(move), TU_GROUP(checkpoint),
-        TU_GROUP(restart), TU_GROUP(full_restart), TU_GROUP(five),
+        TU_GROUP(basic),      TU_GROUP(failover), TU_GROUP(move),         TU_GROUP(prefer),
+        TU_GROUP(checkpoint), TU_GROUP(restart),  TU_GROUP(full_restart), TU_GROUP(five),
     };
     return tu_run_groups("test_cluster", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }
