@@ -67,6 +67,11 @@ static const char *const usage_text =
     "  txn [-i] [--compare C]... [--then OP]... [--else OP]...   (else read from stdin)\n"
     "  compaction REV\n"
     "  member list\n"
+    "  member add NAME --peer-urls URL [--learner] [--zone Z] [--force]\n"
+    "      (prints the flags the new member starts with; a member added without --learner\n"
+    "      votes once it has caught up)\n"
+    "  member remove ID [--force] | member promote ID [--force]   (hex member ids;\n"
+    "      --force: past the check that losing one zone never loses the quorum)\n"
     "  endpoint status | endpoint health\n"
     "  lease grant TTL | lease revoke ID | lease timetolive ID [--keys] | lease list\n"
     "  lease keep-alive [--once] ID\n"
@@ -314,6 +319,24 @@ static json_object *j_header(const Keel__ResponseHeader *h)
         j_u64(o, "raft_term", h->raft_term);
     }
     return o;
+}
+
+static json_object *j_member(const Keel__Member *m)
+{
+    json_object *jm = json_object_new_object();
+    j_u64(jm, "ID", m->id);
+    j_str(jm, "name", m->name);
+    json_object *p = json_object_new_array();
+    for (size_t u = 0; u < m->n_peerurls; u++)
+        json_object_array_add(p, json_object_new_string(m->peerurls[u]));
+    json_object_object_add(jm, "peerURLs", p);
+    json_object *cl = json_object_new_array();
+    for (size_t u = 0; u < m->n_clienturls; u++)
+        json_object_array_add(cl, json_object_new_string(m->clienturls[u]));
+    json_object_object_add(jm, "clientURLs", cl);
+    j_bool(jm, "isLearner", m->islearner);
+    j_str(jm, "zone", m->zone);
+    return jm;
 }
 
 static json_object *j_kv(const Keel__KeyValue *kv)
@@ -1418,6 +1441,43 @@ static int cmd_snapshot(struct ctl *c, const char *sub, int argc, char **argv)
  * Cluster commands
  */
 
+/* Members as member list shows them (-w json: with the header; extra, when not NULL, is added
+ * to the JSON object first, as member add's "member"). */
+static void print_members(struct ctl *c, const Keel__ResponseHeader *h, Keel__Member **v, size_t n,
+                          json_object *extra, const char *extra_key)
+{
+    if (c->fmt == OUT_JSON) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "header", j_header(h));
+        if (extra != NULL)
+            json_object_object_add(o, extra_key, extra);
+        json_object *a = json_object_new_array();
+        for (size_t i = 0; i < n; i++)
+            json_object_array_add(a, j_member(v[i]));
+        json_object_object_add(o, "members", a);
+        j_print(o);
+        return;
+    }
+    static const char *const hdr[] = {"ID",           "Status",     "Name", "Peer Addrs",
+                                      "Client Addrs", "Is Learner", "Zone"};
+    char ***rows = alloc_rows(c, n, 7);
+    for (size_t i = 0; i < n; i++) {
+        const Keel__Member *m = v[i];
+        rows[i][0] = fmt_cell(c, "%" PRIx64, m->id);
+        /* A member is started once it has spoken to the cluster (its client address) */
+        rows[i][1] = m->n_clienturls > 0 ? "started" : "unstarted";
+        rows[i][2] = m->name;
+        rows[i][3] = join(c, m->peerurls, m->n_peerurls, ",");
+        rows[i][4] = join(c, m->clienturls, m->n_clienturls, ",");
+        rows[i][5] = m->islearner ? "true" : "false";
+        rows[i][6] = m->zone;
+    }
+    if (c->fmt == OUT_TABLE)
+        print_table(hdr, 7, rows, n);
+    else
+        print_rows_simple(rows, n, 7);
+}
+
 static int cmd_member_list(struct ctl *c, int argc, char **argv)
 {
     c->usage = "member list [--consistency l|s]";
@@ -1442,50 +1502,132 @@ static int cmd_member_list(struct ctl *c, int argc, char **argv)
     const Keel__Response *resp = run(c, &req);
     if (resp->body_case != KEEL__RESPONSE__BODY_MEMBER_LIST)
         die(1, "unexpected reply to member list");
-    const Keel__MemberListResponse *r = resp->member_list;
-    if (c->fmt == OUT_JSON) {
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "header", j_header(resp->header));
-        json_object *a = json_object_new_array();
-        for (size_t i = 0; i < r->n_members; i++) {
-            const Keel__Member *m = r->members[i];
-            json_object *jm = json_object_new_object();
-            j_u64(jm, "ID", m->id);
-            j_str(jm, "name", m->name);
-            json_object *p = json_object_new_array();
-            for (size_t u = 0; u < m->n_peerurls; u++)
-                json_object_array_add(p, json_object_new_string(m->peerurls[u]));
-            json_object_object_add(jm, "peerURLs", p);
-            json_object *cl = json_object_new_array();
-            for (size_t u = 0; u < m->n_clienturls; u++)
-                json_object_array_add(cl, json_object_new_string(m->clienturls[u]));
-            json_object_object_add(jm, "clientURLs", cl);
-            j_bool(jm, "isLearner", m->islearner);
-            j_str(jm, "zone", m->zone);
-            json_object_array_add(a, jm);
-        }
-        json_object_object_add(o, "members", a);
-        j_print(o);
+    print_members(c, resp->header, resp->member_list->members, resp->member_list->n_members, NULL,
+                  NULL);
+    keel_flat_free(resp);
+    return 0;
+}
+
+/* A member ID argument, in hex as etcdctl takes it. */
+static uint64_t member_id_arg(const char *s, const char *what)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long id = strtoull(s, &end, 16);
+    if (errno != 0 || end == s || *end != '\0' || id == 0)
+        die(EXIT_USAGE, "bad %s ID arg (%s), expecting ID in Hex", what, s);
+    return id;
+}
+
+static int cmd_member_add(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "member add NAME --peer-urls URL [--learner] [--zone Z] [--force]";
+    const char *peer = NULL, *zone = NULL;
+    bool learner = false, force = false;
+    struct ctl_flag t[] = {
+        {"peer-urls", 0, CTL_STR, &peer, false},   {"zone", 0, CTL_STR, &zone, false},
+        {"learner", 0, CTL_BOOL, &learner, false}, {"force", 0, CTL_BOOL, &force, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    if (pos.argc != 1)
+        die(EXIT_USAGE, "member name not provided");
+    if (peer == NULL || peer[0] == '\0')
+        die(EXIT_USAGE, "member peer urls not provided");
+    if (strchr(peer, ',') != NULL)
+        die(EXIT_USAGE, "keel takes one peer URL per member (%s)", peer);
+    Keel__MemberAddRequest ma = KEEL__MEMBER_ADD_REQUEST__INIT;
+    char *urls[1] = {(char *)peer};
+    ma.name = pos.argv[0];
+    ma.peerurls = urls;
+    ma.n_peerurls = 1;
+    ma.zone = (char *)(zone ? zone : "");
+    ma.islearner = learner;
+    ma.force = force;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_MEMBER_ADD;
+    req.member_add = &ma;
+    const Keel__Response *resp = run(c, &req);
+    if (resp->body_case != KEEL__RESPONSE__BODY_MEMBER_ADD || resp->member_add->member == NULL)
+        die(1, "unexpected reply to member add");
+    const Keel__MemberAddResponse *r = resp->member_add;
+    if (c->fmt == OUT_JSON || c->fmt == OUT_TABLE) {
+        print_members(c, resp->header, r->members, r->n_members,
+                      c->fmt == OUT_JSON ? j_member(r->member) : NULL, "member");
         keel_flat_free(resp);
         return 0;
     }
-    static const char *const hdr[] = {"ID",           "Status",     "Name", "Peer Addrs",
-                                      "Client Addrs", "Is Learner", "Zone"};
-    char ***rows = alloc_rows(c, r->n_members, 7);
+    printf("Member %16" PRIx64 " added to cluster %16" PRIx64 "%s\n\n", r->member->id,
+           resp->header ? resp->header->cluster_id : 0,
+           learner ? " as a learner" : " (a learner until it has caught up, then a voter)");
+    /* The flags the new member starts with, as etcdctl prints its ETCD_* variables. */
+    printf("KEEL_NAME=\"%s\"\n", r->member->name);
+    printf("KEEL_INITIAL_CLUSTER=\"");
     for (size_t i = 0; i < r->n_members; i++) {
         const Keel__Member *m = r->members[i];
-        rows[i][0] = fmt_cell(c, "%" PRIx64, m->id);
-        rows[i][1] = m->name && m->name[0] ? "started" : "unstarted";
-        rows[i][2] = m->name;
-        rows[i][3] = join(c, m->peerurls, m->n_peerurls, ",");
-        rows[i][4] = join(c, m->clienturls, m->n_clienturls, ",");
-        rows[i][5] = m->islearner ? "true" : "false";
-        rows[i][6] = m->zone;
+        const char *p = m->n_peerurls ? m->peerurls[0] : "";
+        if (m->id != r->member->id && (m->name == NULL || m->name[0] == '\0'))
+            continue; /* another member not started yet: it cannot be named */
+        printf("%s%s=%s%s%s", i ? "," : "", m->name, p, m->zone && m->zone[0] ? "@" : "",
+               m->zone ? m->zone : "");
     }
-    if (c->fmt == OUT_TABLE)
-        print_table(hdr, 7, rows, r->n_members);
+    printf("\"\nKEEL_INITIAL_CLUSTER_STATE=\"existing\"\n\n");
+    printf("keeld --name %s --listen-peer %s --initial-cluster-state existing \\\n"
+           "      --initial-cluster \"$KEEL_INITIAL_CLUSTER\" --listen-client HOST:PORT --data-dir "
+           "DIR\n",
+           r->member->name, r->member->n_peerurls ? r->member->peerurls[0] : "");
+    keel_flat_free(resp);
+    return 0;
+}
+
+static int cmd_member_remove(struct ctl *c, int argc, char **argv, bool promote)
+{
+    c->usage = promote ? "member promote ID [--force]" : "member remove ID [--force]";
+    bool force = false;
+    struct ctl_flag t[] = {
+        {"force", 0, CTL_BOOL, &force, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    if (pos.argc != 1)
+        die(EXIT_USAGE, "member ID is not provided");
+    uint64_t id = member_id_arg(pos.argv[0], "member");
+    Keel__MemberRemoveRequest mr = KEEL__MEMBER_REMOVE_REQUEST__INIT;
+    Keel__MemberPromoteRequest mp = KEEL__MEMBER_PROMOTE_REQUEST__INIT;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    if (promote) {
+        mp.id = id;
+        mp.force = force;
+        req.body_case = KEEL__REQUEST__BODY_MEMBER_PROMOTE;
+        req.member_promote = &mp;
+    } else {
+        mr.id = id;
+        mr.force = force;
+        req.body_case = KEEL__REQUEST__BODY_MEMBER_REMOVE;
+        req.member_remove = &mr;
+    }
+    const Keel__Response *resp = run(c, &req);
+    Keel__Member **v = NULL;
+    size_t n = 0;
+    if (promote && resp->body_case == KEEL__RESPONSE__BODY_MEMBER_PROMOTE) {
+        v = resp->member_promote->members;
+        n = resp->member_promote->n_members;
+    } else if (!promote && resp->body_case == KEEL__RESPONSE__BODY_MEMBER_REMOVE) {
+        v = resp->member_remove->members;
+        n = resp->member_remove->n_members;
+    } else {
+        die(1, "unexpected reply to member %s", promote ? "promote" : "remove");
+    }
+    if (c->fmt == OUT_JSON || c->fmt == OUT_TABLE)
+        print_members(c, resp->header, v, n, NULL, NULL);
     else
-        print_rows_simple(rows, r->n_members, 7);
+        printf("Member %16" PRIx64 " %s cluster %16" PRIx64 "\n", id,
+               promote ? "promoted in" : "removed from",
+               resp->header ? resp->header->cluster_id : 0);
     keel_flat_free(resp);
     return 0;
 }
@@ -2078,6 +2220,12 @@ int main(int argc, char **argv)
         rv = cmd_compaction(c, nrest, rest);
     else if (!strcmp(cmd, "member") && !strcmp(sub, "list"))
         rv = cmd_member_list(c, nrest, rest);
+    else if (!strcmp(cmd, "member") && !strcmp(sub, "add"))
+        rv = cmd_member_add(c, nrest, rest);
+    else if (!strcmp(cmd, "member") && !strcmp(sub, "remove"))
+        rv = cmd_member_remove(c, nrest, rest, false);
+    else if (!strcmp(cmd, "member") && !strcmp(sub, "promote"))
+        rv = cmd_member_remove(c, nrest, rest, true);
     else if (!strcmp(cmd, "endpoint") && !strcmp(sub, "status"))
         rv = cmd_endpoint_status(c, nrest, rest);
     else if (!strcmp(cmd, "endpoint") && !strcmp(sub, "health"))

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "compactor.h"
 #include "fsm.h"
@@ -23,6 +24,9 @@ static const char usage[] =
     "  --listen-peer HOST:PORT     peer address; must equal this member's --initial-cluster entry\n"
     "  --initial-cluster LIST      every member as NAME=HOST:PORT[@ZONE], the same on every "
     "member\n"
+    "  --initial-cluster-state S   new (default): these members start a new cluster;\n"
+    "                              existing: join a running cluster that `keelctl member add`\n"
+    "                              named this member in (list every member, this one too)\n"
     "  --zone ZONE                 this member's zone (default: its --initial-cluster zone)\n"
     "  --preferred-leader-zone Z   a leader outside zone Z hands leadership to a caught-up\n"
     "                              member of Z (give every member the same Z)\n"
@@ -299,6 +303,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_SEGMENT,
         O_AC_MODE,
         O_PREFER,
+        O_CLUSTER_STATE,
         O_AC_RETENTION,
         O_AC_INTERVAL,
         O_DISK_RESERVE,
@@ -336,6 +341,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"backend-batch-bytes", required_argument, NULL, O_BATCH_BYTES},
         {"auto-compaction-mode", required_argument, NULL, O_AC_MODE},
         {"preferred-leader-zone", required_argument, NULL, O_PREFER},
+        {"initial-cluster-state", required_argument, NULL, O_CLUSTER_STATE},
         {"auto-compaction-retention", required_argument, NULL, O_AC_RETENTION},
         {"auto-compaction-interval-ms", required_argument, NULL, O_AC_INTERVAL},
         {"help", no_argument, NULL, O_HELP},
@@ -477,6 +483,13 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         case O_AC_RETENTION:
             retention = optarg;
             break;
+        case O_CLUSTER_STATE:
+            if (strcmp(optarg, "new") == 0 || strcmp(optarg, "existing") == 0)
+                c->join = strcmp(optarg, "existing") == 0;
+            else
+                rv = fail(err, errlen, "--initial-cluster-state '%s' is not new or existing",
+                          optarg);
+            break;
         case O_PREFER:
             rv = copy_arg(c->preferred_zone, sizeof(c->preferred_zone), optarg,
                           "--preferred-leader-zone", err, errlen);
@@ -553,7 +566,9 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
                         c->preferred_zone);
     }
     c->member_id = self->id;
-    c->cluster_id = keel_hash64(cluster, strlen(cluster));
+    /* A new cluster's id; a member joining one learns it from the first member that speaks to
+     * it, and every member keeps it in its data dir from its first start (main.c). */
+    c->cluster_id = c->join ? 0 : keel_hash64(cluster, strlen(cluster));
     return 0;
 }
 
@@ -570,4 +585,59 @@ const struct keel_member_conf *keel_config_member(const struct keel_config *c, u
         if (c->members[i].id == id)
             return &c->members[i];
     return NULL;
+}
+
+/* ---- the cluster id kept in the data dir ---- */
+
+static void cluster_id_path(const char *data_dir, char *out, size_t len)
+{
+    snprintf(out, len, "%s/cluster-id", data_dir);
+}
+
+int keel_cluster_id_save(const char *data_dir, uint64_t id)
+{
+    char path[600], tmp[610];
+    cluster_id_path(data_dir, path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return -1;
+    int ok = fprintf(f, "%016llx\n", (unsigned long long)id) > 0;
+    ok = fflush(f) == 0 && ok;
+    ok = fsync(fileno(f)) == 0 && ok;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+int keel_cluster_id_settle(struct keel_config *c, char *err, size_t errlen)
+{
+    char path[600], line[64];
+    cluster_id_path(c->data_dir, path, sizeof(path));
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        if (errno != ENOENT)
+            return fail(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        /* First start (or a data dir from before the file): a new cluster's id is the one
+         * derived from --initial-cluster; a joining member has none until a peer brings it. */
+        if (c->cluster_id != 0 && keel_cluster_id_save(c->data_dir, c->cluster_id) != 0)
+            return fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
+        return 0;
+    }
+    char *end = NULL;
+    unsigned long long id = 0;
+    if (fgets(line, sizeof(line), f) != NULL) {
+        errno = 0;
+        id = strtoull(line, &end, 16);
+    }
+    fclose(f);
+    if (end == NULL || end == line || (*end != '\n' && *end != '\0') || errno != 0 || id == 0)
+        return fail(err, errlen, "%s does not hold a cluster id (16 hex digits)", path);
+    /* Once a member has started, its cluster is what it joined, whatever --initial-cluster says
+     * now (it may list members added since). */
+    c->cluster_id = id;
+    return 0;
 }

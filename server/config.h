@@ -26,7 +26,11 @@ struct keel_config {
     char zone[KEEL_NAME_MAX];
     struct keel_member_conf *members; /* from --initial-cluster, in the order given */
     size_t n_members;
-    uint64_t cluster_id; /* derived from the initial cluster */
+    /* The cluster this member is in: derived from --initial-cluster for a new cluster, 0 until
+     * learned for a member that joins one (--initial-cluster-state existing); then as kept in
+     * the data dir (main.c). The one field that changes after parsing. */
+    uint64_t cluster_id;
+    bool join; /* --initial-cluster-state existing */
     uint64_t member_id;
     unsigned heartbeat_ms;
     unsigned election_ms;
@@ -69,6 +73,16 @@ void keel_config_close(struct keel_config *c);
 
 /* The member entry with this id, or NULL. */
 const struct keel_member_conf *keel_config_member(const struct keel_config *c, uint64_t id);
+
+/*
+ * The cluster id kept in DATA_DIR/cluster-id: when the file exists its id replaces c's; when it
+ * does not and c has one (a new cluster), it is written. 0, or -1 with a message in err (an
+ * unreadable or malformed file).
+ */
+int keel_cluster_id_settle(struct keel_config *c, char *err, size_t errlen);
+
+/* Write id to DATA_DIR/cluster-id, durably (write, fsync, rename). 0 or -1 with errno. */
+int keel_cluster_id_save(const char *data_dir, uint64_t id);
 
 /* Split "a.b.c.d:port" into host and port; 0 or -1 when it is not an IPv4 literal and port. */
 int keel_addr_split(const char *addr, char *host, size_t hostlen, int *port);

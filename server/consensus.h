@@ -17,6 +17,15 @@
 /* The outcome of a proposal or a barrier: 0 or a KEEL_E* code (see the functions). */
 typedef void (*keel_consensus_cb)(void *data, int err);
 
+/* A member of the raft configuration. */
+struct keel_consensus_member {
+    uint64_t id;
+    char peer[64];  /* its peer address, as the configuration holds it */
+    bool voter;     /* else a learner (raft's standby: it gets the log, it does not vote) */
+    bool caught_up; /* on the leader: answered within the election timeout and holds every
+                     * committed entry (the leader itself: true); false anywhere else */
+};
+
 struct keel_consensus {
     void *ctx; /* the implementation's; passed to every function below */
 
@@ -62,6 +71,11 @@ struct keel_consensus {
     /* This member leads and is handing leadership over (MoveLeader, shutdown): raft refuses
      * what would be appended until the transfer ends, within an election timeout. NULL: never. */
     bool (*transferring)(void *ctx);
+
+    /* The raft configuration's members, at most cap of them into out; returns how many there
+     * are (0 on a joining member that has not heard from its cluster yet). NULL: a fixed
+     * membership that the member table (members.h) describes. */
+    size_t (*members)(void *ctx, struct keel_consensus_member *out, size_t cap);
 };
 
 #endif

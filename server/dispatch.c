@@ -109,42 +109,10 @@ static void linearizable_range(struct keel_dispatch *d, uint64_t session, Keel__
 
 /* ---- cluster information ---- */
 
-static Keel__Member *member_msg(struct keel_arena *a, const struct keel_member_info *mi)
-{
-    Keel__Member *m = keel_arena_alloc(a, sizeof(*m));
-    char **peer = keel_arena_alloc(a, sizeof(char *));
-    char **client = keel_arena_alloc(a, sizeof(char *));
-    if (m == NULL || peer == NULL || client == NULL)
-        return NULL;
-    keel__member__init(m);
-    m->id = mi->id;
-    m->name = (char *)mi->name;
-    m->zone = (char *)mi->zone;
-    peer[0] = (char *)mi->peer;
-    m->n_peerurls = 1;
-    m->peerurls = peer;
-    if (mi->client[0] != '\0') {
-        client[0] = (char *)mi->client;
-        m->n_clienturls = 1;
-        m->clienturls = client;
-    }
-    return m;
-}
-
 /* Every member, in the arena; *n_out of them. */
 static Keel__Member **members_msg(struct keel_dispatch *d, size_t *n_out)
 {
-    struct keel_members *ms = d->o.members;
-    Keel__Member **v = keel_arena_alloc(&d->arena, (ms->n + 1) * sizeof(*v));
-    *n_out = 0;
-    if (v == NULL)
-        return NULL;
-    for (size_t i = 0; i < ms->n; i++) {
-        v[*n_out] = member_msg(&d->arena, &ms->v[i]);
-        if (v[*n_out] != NULL)
-            (*n_out)++;
-    }
-    return v;
+    return keel_members_msg(d->o.members, d->o.raft, &d->arena, n_out);
 }
 
 void keel_dispatch_hello(struct keel_dispatch *d, uint64_t session, const Keel__Hello *h)
@@ -433,6 +401,15 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
         break;
     case KEEL__REQUEST__BODY_MOVE_LEADER:
         serve_move_leader(d, session, req);
+        break;
+    case KEEL__REQUEST__BODY_MEMBER_ADD:
+    case KEEL__REQUEST__BODY_MEMBER_REMOVE:
+    case KEEL__REQUEST__BODY_MEMBER_PROMOTE:
+        if (d->o.member_change != NULL)
+            d->o.member_change(d->o.member_ctx, session, req);
+        else
+            keel_reply_error(d->o.reply, session, req->id, KEEL_EUNSUPPORTED,
+                             "membership changes are not served here");
         break;
     case KEEL__REQUEST__BODY_WATCH_CREATE:
     case KEEL__REQUEST__BODY_WATCH_CANCEL:

@@ -54,6 +54,10 @@ struct keel_dispatch_options {
                                            * every range in one reply, as big as allowed) */
     struct keel_compactor *compactor;     /* clients' compactions of long histories, in steps
                                            * (NULL: each in one apply) */
+    /* MemberAdd, MemberRemove and MemberPromote go here (membership.h; req stays dispatch's).
+     * NULL: refused as unsupported. */
+    void (*member_change)(void *ctx, uint64_t session, const Keel__Request *req);
+    void *member_ctx;
 };
 
 /* 0 or KEEL_ENOMEM. What o points to must outlive it. */

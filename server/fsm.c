@@ -224,7 +224,7 @@ static int do_fetch(struct keel_fsm *f, uint64_t token_index)
         if (rv != 0)
             snprintf(err, sizeof(err), "staging: %s", keel_strerror(rv));
         if (rv == 0) {
-            rv = keel_fetch_checkpoint(leader, f->o.bind_host, f->o.cluster_id, fd, FETCH_TIMEOUT,
+            rv = keel_fetch_checkpoint(leader, f->o.bind_host, *f->o.cluster_id, fd, FETCH_TIMEOUT,
                                        err, sizeof(err));
             if (rv != 0)
                 keel_store_restore_abort(f->o.store, fd);
@@ -595,7 +595,7 @@ int keel_fsm_snapshot_begin(struct keel_fsm *f, uint8_t token[KEEL_FSM_TOKEN_LEN
     keel_put_le64(token, TOKEN_MAGIC);
     keel_put_le64(token + 8, TOKEN_FORMAT);
     keel_put_le64(token + 16, index);
-    keel_put_le64(token + 24, f->o.cluster_id);
+    keel_put_le64(token + 24, *f->o.cluster_id);
     KLOG_DEBUG("snapshot token at index %llu", (unsigned long long)index);
     return 0;
 }
@@ -622,7 +622,7 @@ int keel_fsm_restore(struct keel_fsm *f, const void *token, size_t len)
 {
     const uint8_t *t = token;
     if (len != KEEL_FSM_TOKEN_LEN || keel_get_le64(t) != TOKEN_MAGIC ||
-        keel_get_le64(t + 8) != TOKEN_FORMAT || keel_get_le64(t + 24) != f->o.cluster_id) {
+        keel_get_le64(t + 8) != TOKEN_FORMAT || keel_get_le64(t + 24) != *f->o.cluster_id) {
         KLOG_ERROR("raft snapshot is not a keel token of this cluster");
         return KEEL_ECORRUPT;
     }

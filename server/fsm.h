@@ -75,8 +75,8 @@ typedef void (*keel_fsm_done_cb)(void *data, struct keel_fsm_batch *b);
 struct keel_fsm_options {
     uv_loop_t *loop;
     struct keel_store *store;
-    uint64_t cluster_id;
-    const char *bind_host; /* source address of checkpoint fetches (copied; NULL: any) */
+    const uint64_t *cluster_id; /* read at each use: 0 until a joining member learns it */
+    const char *bind_host;      /* source address of checkpoint fetches (copied; NULL: any) */
     keel_fsm_done_cb done;
     void *data;
     const char *mark_path;       /* where the highest published index is noted (NULL: nowhere) */

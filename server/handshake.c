@@ -56,50 +56,66 @@ int keel_handshake_check_head(const uint8_t *head, char *why, size_t len)
     return 0;
 }
 
-const struct keel_member_conf *keel_handshake_check(const struct keel_config *cfg,
-                                                    const uint8_t hello[KEEL_HANDSHAKE_LEN],
-                                                    struct in_addr from, char client[64],
-                                                    char zone[64], char *why, size_t len)
+const char *keel_handshake_config_peer(void *cfg, uint64_t id)
+{
+    const struct keel_member_conf *m = keel_config_member(cfg, id);
+    return m ? m->peer : NULL;
+}
+
+int keel_handshake_check(const struct keel_handshake_rule *r,
+                         const uint8_t hello[KEEL_HANDSHAKE_LEN], struct in_addr from,
+                         struct keel_handshake_peer *out, char *why, size_t len)
 {
     uint64_t cluster = keel_get_le64(hello + HELLO_CLUSTER);
-    if (cluster != cfg->cluster_id) {
+    if (r->cluster_id != 0 && cluster != r->cluster_id) {
         snprintf(why, len, "from cluster %016llx, this member is in cluster %016llx",
-                 (unsigned long long)cluster, (unsigned long long)cfg->cluster_id);
-        return NULL;
+                 (unsigned long long)cluster, (unsigned long long)r->cluster_id);
+        return -1;
+    }
+    if (cluster == 0) {
+        snprintf(why, len, "from a member that does not know its cluster yet");
+        return -1;
     }
     uint64_t id = keel_get_le64(hello + HELLO_ID);
-    const struct keel_member_conf *m = keel_config_member(cfg, id);
-    if (m == NULL) {
-        snprintf(why, len, "claims member id %016llx, which --initial-cluster does not name",
-                 (unsigned long long)id);
-        return NULL;
+    get_str(out->name, hello + HELLO_NAME);
+    const char *peer = r->lookup(r->data, id);
+    if (peer == NULL) {
+        snprintf(why, len,
+                 "claims member id %016llx (named %s), which is no member of this cluster",
+                 (unsigned long long)id, out->name);
+        return -1;
     }
-    if (id == cfg->member_id) {
-        snprintf(why, len, "claims to be this member (%s)", m->name);
-        return NULL;
+    if (id == r->self_id) {
+        snprintf(why, len, "claims to be this member (%016llx)", (unsigned long long)id);
+        return -1;
     }
     char addr[64], host[KEEL_ADDR_MAX];
     int port;
     struct in_addr want;
     get_str(addr, hello + HELLO_PEER);
-    if (strcmp(addr, m->peer) != 0) {
-        snprintf(why, len, "claims member %s with peer address %.63s, configured as %s", m->name,
-                 addr, m->peer);
-        return NULL;
+    if (strcmp(addr, peer) != 0) {
+        snprintf(why, len, "claims member %016llx with peer address %.63s, which is %s",
+                 (unsigned long long)id, addr, peer);
+        return -1;
     }
-    /* config.c accepted only IPv4 literals, so this cannot fail; refuse if it ever does. */
-    if (keel_addr_split(m->peer, host, sizeof(host), &port) != 0 ||
+    /* config.c and the member changes accept only IPv4 literals, so this cannot fail; refuse if
+     * it ever does. */
+    if (keel_addr_split(peer, host, sizeof(host), &port) != 0 ||
         inet_pton(AF_INET, host, &want) != 1 || from.s_addr != want.s_addr) {
-        snprintf(why, len, "claims member %s, whose peer address is %s, from another host", m->name,
-                 m->peer);
-        return NULL;
+        snprintf(why, len, "claims member %016llx, whose peer address is %s, from another host",
+                 (unsigned long long)id, peer);
+        return -1;
     }
     /* What every member will be told to dial: the same form --listen-client must have. */
-    get_str(client, hello + HELLO_CLIENT);
-    if (keel_addr_split(client, host, sizeof(host), &port) != 0) {
-        snprintf(why, len, "member %s gives a client address that is not a.b.c.d:port", m->name);
-        return NULL;
+    get_str(out->client, hello + HELLO_CLIENT);
+    if (keel_addr_split(out->client, host, sizeof(host), &port) != 0) {
+        snprintf(why, len, "member %016llx gives a client address that is not a.b.c.d:port",
+                 (unsigned long long)id);
+        return -1;
     }
-    get_str(zone, hello + HELLO_ZONE);
-    return m;
+    get_str(out->zone, hello + HELLO_ZONE);
+    snprintf(out->peer, sizeof(out->peer), "%s", peer);
+    out->id = id;
+    out->cluster_id = cluster;
+    return 0;
 }

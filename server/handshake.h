@@ -35,14 +35,38 @@ void keel_handshake_encode(const struct keel_handshake *h, uint8_t out[KEEL_HAND
  * with why in why. */
 int keel_handshake_check_head(const uint8_t *head, char *why, size_t len);
 
+/* The peer address member id has (and must connect from), or NULL when id is no member. */
+typedef const char *(*keel_handshake_lookup)(void *data, uint64_t id);
+
+/* What a handshake is checked against. */
+struct keel_handshake_rule {
+    uint64_t cluster_id; /* 0: not known yet (a joining member): any cluster is taken */
+    uint64_t self_id;
+    keel_handshake_lookup lookup;
+    void *data;
+};
+
+/* A lookup over --initial-cluster: data is the struct keel_config. */
+const char *keel_handshake_config_peer(void *cfg, uint64_t id);
+
+/* Who a handshake proved to be, and what it says. Strings NUL-terminated. */
+struct keel_handshake_peer {
+    uint64_t id;
+    uint64_t cluster_id;
+    char peer[64]; /* as lookup gave it */
+    char client[64];
+    char zone[64];
+    char name[64]; /* as the peer says (never checked) */
+};
+
 /*
- * The configured member a whole handshake (its head already checked) proves to come from, when
- * it arrived from the IPv4 address from; NULL with why in why when it proves nothing. On success
- * client and zone (64 bytes each) get the NUL-terminated client address and zone it carries.
+ * Check a whole handshake (its head already checked) that arrived from the IPv4 address from:
+ * it must name r's cluster (any but 0 when r knows none), an id lookup knows other than
+ * r->self_id, that member's peer address, come from that address's host, and give a client
+ * address of the form a.b.c.d:port. 0 with out filled, or -1 with why in why.
  */
-const struct keel_member_conf *keel_handshake_check(const struct keel_config *cfg,
-                                                    const uint8_t hello[KEEL_HANDSHAKE_LEN],
-                                                    struct in_addr from, char client[64],
-                                                    char zone[64], char *why, size_t len);
+int keel_handshake_check(const struct keel_handshake_rule *r,
+                         const uint8_t hello[KEEL_HANDSHAKE_LEN], struct in_addr from,
+                         struct keel_handshake_peer *out, char *why, size_t len);
 
 #endif

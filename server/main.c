@@ -12,6 +12,7 @@
  * holds (writes it could not commit are answered "outcome unknown") and closes raft, the storage
  * writer finishes what raft handed it, and the sessions close.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@
 #include "log.h"
 #include "members.h"
 #include "node.h"
+#include "membership.h"
 #include "prefer.h"
 #include "propose.h"
 #include "publish.h"
@@ -58,6 +60,7 @@ struct keeld {
     struct keel_lessor *lessor;
     struct keel_compactor *compactor;
     struct keel_prefer *prefer; /* NULL without --preferred-leader-zone */
+    struct keel_membership *membership;
     struct keel_diskwatch *diskwatch;
     /* A follower asks the leader for the NOSPACE alarm as a client would (raise_nospace). */
     struct keel_aclient *alarm_client;
@@ -102,16 +105,27 @@ static void on_change(void *data, bool is_leader, uint64_t leader)
     leader_changed(data, is_leader, leader);
 }
 
-static void on_peer(void *data, uint64_t id, const char *client, const char *zone)
+static void on_peer(void *data, const struct keel_handshake_peer *p)
 {
     struct keeld *k = data;
-    keel_members_learn(&k->members, id, client, zone);
+    if (k->cfg.cluster_id == 0) {
+        /* A joining member's first word from its cluster (transport.h): that is its cluster
+         * from now on, kept in the data dir for its restarts. */
+        k->cfg.cluster_id = p->cluster_id;
+        if (keel_cluster_id_save(k->cfg.data_dir, p->cluster_id) != 0)
+            KLOG_WARN("cannot keep the cluster id in %s/cluster-id: %s (learned again at the "
+                      "next start)",
+                      k->cfg.data_dir, strerror(errno));
+        KLOG_INFO("joined cluster %016llx: member %s (%s) spoke first",
+                  (unsigned long long)p->cluster_id, p->name, p->peer);
+    }
+    keel_members_learn(&k->members, p);
     if (!k->node_ready)
         return;
     keel_publish_learned(k->publish);
     /* A follower may learn the leader's client address only now. */
-    if (id == keel_node_leader(k->node))
-        leader_changed(k, keel_node_is_leader(k->node), id);
+    if (p->id == keel_node_leader(k->node))
+        leader_changed(k, keel_node_is_leader(k->node), p->id);
 }
 
 static void session_hello(void *data, uint64_t session, const Keel__Hello *h)
@@ -299,6 +313,7 @@ static void stop_now(struct keeld *k)
     keel_lessor_stop(k->lessor);
     keel_compactor_stop(k->compactor);
     keel_prefer_stop(k->prefer);
+    keel_membership_stop(k->membership);
     keel_diskwatch_stop(k->diskwatch);
     close_alarm_client(k);
     keel_readindex_stop(k->readindex);
@@ -314,6 +329,25 @@ static void transfer_done(void *data, int err)
     (void)err; /* stopping either way */
     KLOG_INFO("leadership handed to %llu", (unsigned long long)keel_node_leader(k->node));
     stop_now(k);
+}
+
+/* membership.h: this member was removed; it stops as for a signal, with nothing to hand over. */
+static void on_removed(void *data)
+{
+    struct keeld *k = data;
+    if (k->stopping)
+        return;
+    k->stopping = 1;
+    stop_now(k);
+}
+
+static void member_change(void *ctx, uint64_t session, const Keel__Request *req)
+{
+    struct keeld *k = ctx;
+    if (k->membership != NULL)
+        keel_membership_serve(k->membership, session, req);
+    else
+        keel_reply_error(&k->reply, session, req->id, KEEL_EUNAVAILABLE, "member is starting");
 }
 
 static void stop_timeout(uv_timer_t *t)
@@ -352,7 +386,7 @@ static int wire(struct keeld *k)
     snprintf(mark, sizeof(mark), "%s/state.shown", k->cfg.data_dir);
     struct keel_fsm_options fo = {.loop = &k->loop,
                                   .store = k->store,
-                                  .cluster_id = k->cfg.cluster_id,
+                                  .cluster_id = &k->cfg.cluster_id,
                                   .bind_host = host,
                                   .done = on_applied,
                                   .data = k,
@@ -372,7 +406,7 @@ static int wire(struct keeld *k)
                                    .raft = &k->raft,
                                    .members = &k->members,
                                    .store = k->store,
-                                   .cluster_id = k->cfg.cluster_id,
+                                   .cluster_id = &k->cfg.cluster_id,
                                    .member_id = k->cfg.member_id};
     k->snapstream = (struct keel_snapstream){
         .loop = &k->loop, .store = k->store, .reply = &k->reply, .fsm = k->fsm};
@@ -457,7 +491,9 @@ static int wire(struct keeld *k)
                                          .progress = keel_fsm_progress(k->fsm),
                                          .fsm = k->fsm,
                                          .rangestream = k->rangestream,
-                                         .compactor = k->compactor};
+                                         .compactor = k->compactor,
+                                         .member_change = member_change,
+                                         .member_ctx = k};
     if ((rv = keel_dispatch_new(&dopt, &k->dispatch)) != 0)
         return rv;
     struct keel_node_options no = {.loop = &k->loop,
@@ -469,6 +505,17 @@ static int wire(struct keeld *k)
     if ((rv = keel_node_new(&no, &k->node)) != 0)
         return rv;
     keel_node_consensus(k->node, &k->raft);
+    struct keel_membership_options mso = {.loop = &k->loop,
+                                          .cfg = &k->cfg,
+                                          .node = k->node,
+                                          .raft = &k->raft,
+                                          .members = &k->members,
+                                          .propose = k->propose,
+                                          .reply = &k->reply,
+                                          .on_removed = on_removed,
+                                          .data = k};
+    if ((rv = keel_membership_new(&mso, &k->membership)) != 0)
+        return rv;
     struct keel_prefer_options pfo = {
         .loop = &k->loop, .cfg = &k->cfg, .node = k->node, .members = &k->members};
     return keel_prefer_new(&pfo, &k->prefer);
@@ -484,6 +531,7 @@ static void unwind(struct keeld *k)
     keel_lessor_stop(k->lessor);
     keel_compactor_stop(k->compactor);
     keel_prefer_stop(k->prefer);
+    keel_membership_stop(k->membership);
     keel_diskwatch_stop(k->diskwatch);
     if (k->watch != NULL)
         keel_watch_stop(k->watch);
@@ -503,6 +551,7 @@ static void free_modules(struct keeld *k)
     keel_lessor_free(k->lessor);
     keel_compactor_free(k->compactor);
     keel_prefer_free(k->prefer);
+    keel_membership_free(k->membership);
     keel_diskwatch_free(k->diskwatch);
     keel_propose_free(k->propose);
     keel_watch_free(k->watch);
@@ -541,6 +590,10 @@ int main(int argc, char **argv)
     }
     if (keel_mkdir_p(k.cfg.data_dir) != 0) {
         KLOG_ERROR("cannot create data dir %s", k.cfg.data_dir);
+        goto out_config;
+    }
+    if (keel_cluster_id_settle(&k.cfg, err, sizeof(err)) != 0) {
+        KLOG_ERROR("%s", err);
         goto out_config;
     }
     if (keel_members_init(&k.members, &k.cfg) != 0)

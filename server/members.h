@@ -7,10 +7,14 @@
 #ifndef KEEL_MEMBERS_H
 #define KEEL_MEMBERS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "arena.h"
 #include "config.h"
+#include "consensus.h"
+#include "handshake.h"
 #include "store.h"
 
 struct keel_member_info {
@@ -24,22 +28,42 @@ struct keel_member_info {
     char stored_client[KEEL_ADDR_MAX];
     char stored_zone[KEEL_NAME_MAX];
     int publishing; /* a member_attrs for it is in flight */
+    bool learner; /* added as a learner: stays one until promoted (else promoted once caught up) */
+    bool removed; /* the store says member remove took it out */
 };
 
+/* Members ever known to one keeld process: --initial-cluster's and those added since. A member
+ * past it is left out of names and zones (raft still replicates to it). */
+#define KEEL_MEMBERS_MAX 64
+
 struct keel_members {
-    struct keel_member_info *v;
+    struct keel_member_info *v; /* KEEL_MEMBERS_MAX entries: pointers into it stay valid */
     size_t n;
+    uint64_t self;
 };
 
 /* From the configuration; the own member gets its client address at once. 0 or -1 (memory). */
 int keel_members_init(struct keel_members *m, const struct keel_config *c);
+/* The entry of id, added (zeroed but for its id) when there is none; NULL when the table is full.
+ */
+struct keel_member_info *keel_members_put(struct keel_members *m, uint64_t id);
 void keel_members_close(struct keel_members *m);
 struct keel_member_info *keel_members_get(struct keel_members *m, uint64_t id);
 /* Take the attributes stored in the replicated state: they survive restarts, and every member
  * gets every other member's client address through them. 0 or KEEL_E*. */
 int keel_members_load(struct keel_members *m, struct keel_store *store);
 
-/* Record what a peer said about itself; unknown ids are ignored. */
-void keel_members_learn(struct keel_members *m, uint64_t id, const char *client, const char *zone);
+/* Record what a peer that passed the handshake said about itself (an unknown one is added: the
+ * raft configuration has it). */
+void keel_members_learn(struct keel_members *m, const struct keel_handshake_peer *p);
+
+/*
+ * Every member as MemberList answers it, built in arena a (its strings point into m): the
+ * members of raft's configuration (raft->members) with the names, zones and client addresses m
+ * holds for them, or every entry of m where raft gives none. *n gets the count; NULL when the
+ * arena ran out of memory.
+ */
+Keel__Member **keel_members_msg(struct keel_members *m, const struct keel_consensus *raft,
+                                struct keel_arena *a, size_t *n);
 
 #endif

@@ -80,6 +80,13 @@ struct keel_node {
     void (*transfer_cb)(void *data, int err);
     void *transfer_data;
     int transfer_busy; /* raft holds n->transfer */
+    /* A member change (keel_node_change): raft holds n->change while change_busy. An add is two
+     * of raft's changes, raft_add then raft_assign to standby: change_then says the second. */
+    struct raft_change change;
+    void (*change_cb)(void *data, int err);
+    void *change_data;
+    int change_busy;
+    uint64_t change_then; /* the id an add still assigns the standby role to, else 0 */
     /* The member leadership was last handed to, and when (uv_now): named as the leader while
      * raft names none, for an election timeout (see keel_node_leader). */
     uint64_t handed_to, handed_at;
@@ -593,6 +600,10 @@ static uint64_t node_last_index(void *ctx)
 
 static int node_transfer(void *ctx, uint64_t target, keel_consensus_cb cb, void *data);
 static bool node_transferring(void *ctx);
+static size_t node_members(void *ctx, struct keel_consensus_member *out, size_t cap)
+{
+    return keel_node_members(ctx, out, cap);
+}
 
 void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
 {
@@ -605,6 +616,7 @@ void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
     out->barrier = node_barrier;
     out->transfer = node_transfer;
     out->transferring = node_transferring;
+    out->members = node_members;
 }
 
 /* ---- raft_uv's send, guarded ---- */
@@ -618,20 +630,36 @@ void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
  * Fixed upstream after 0.15 (#342 and later); until then every message goes to a configured
  * member, at its configured address, or nowhere: a refused send is an ordinary failure raft
  * already handles (it frees the request; the leader retries or a new election settles it).
+ * "Configured" is peer_of's word: the members of the raft configuration.
  */
+/* A member's peer address: the raft configuration's (which member changes alter), or while
+ * there is none yet (a member that joins a cluster and has not heard from it) --initial-cluster's.
+ */
+static const char *peer_of(void *data, uint64_t id)
+{
+    struct keel_node *n = data;
+    const struct raft_configuration *c = &n->raft.configuration;
+    if (c->n == 0)
+        return keel_handshake_config_peer((void *)n->o.cfg, id);
+    for (unsigned i = 0; i < c->n; i++)
+        if (c->servers[i].id == id)
+            return c->servers[i].address;
+    return NULL;
+}
+
 static int guarded_send(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
                         raft_io_send_cb cb)
 {
     struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
-    const struct keel_member_conf *to = keel_config_member(n->o.cfg, m->server_id);
-    if (to == NULL || to->id == n->o.cfg->member_id) {
+    const char *to = m->server_id == n->o.cfg->member_id ? NULL : peer_of(n, m->server_id);
+    if (to == NULL) {
         KLOG_DEBUG("raft message of type %u to unknown member %llu dropped", (unsigned)m->type,
                    (unsigned long long)m->server_id);
         return RAFT_NOCONNECTION;
     }
     /* raft_uv copies what it needs (it encodes the message and copies the address). */
     struct raft_message copy = *m;
-    copy.server_address = to->peer;
+    copy.server_address = to;
     return n->uv_send(io, req, &copy, cb);
 }
 
@@ -663,11 +691,21 @@ static void guarded_close(struct raft_io *io, raft_io_close_cb cb)
     n->uv_close(io, once_closed);
 }
 
+static void on_handshake(void *data, const struct keel_handshake_peer *p)
+{
+    struct keel_node *n = data;
+    n->o.on_peer(n->o.data, p);
+}
+
 /* ---- set-up and shutdown ---- */
 
 static int bootstrap(struct keel_node *n)
 {
     const struct keel_config *c = n->o.cfg;
+    /* A member joining a running cluster starts with no configuration: it stays a follower that
+     * never campaigns until the leader, which added it, sends it the log. */
+    if (c->join)
+        return 0;
     struct raft_configuration conf;
     raft_configuration_init(&conf);
     int rv = 0;
@@ -708,7 +746,8 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
     n->raft_fsm.restore = fsm_restore;
     n->raft_fsm.snapshot_finalize = fsm_snapshot_finalize;
     n->raft_fsm.snapshot_async = fsm_snapshot_async;
-    int rv = keel_transport_init(&n->transport, o->loop, c, o->on_peer, o->data);
+    struct keel_transport_hooks hooks = {.data = n, .lookup = peer_of, .peer = on_handshake};
+    int rv = keel_transport_init(&n->transport, o->loop, c, &hooks);
     if (rv != 0) {
         free(n);
         return from_raft(rv);
@@ -824,19 +863,99 @@ int keel_node_transfer(struct keel_node *n, uint64_t target, void (*cb)(void *da
     }
 }
 
-bool keel_node_caught_up(struct keel_node *n, uint64_t id)
+size_t keel_node_members(struct keel_node *n, struct keel_consensus_member *out, size_t cap)
 {
-    if (!n->started || raft_state(&n->raft) != RAFT_LEADER || id == n->raft.id)
-        return false;
     const struct raft_configuration *c = &n->raft.configuration;
-    for (unsigned i = 0; i < c->n; i++) {
-        if (c->servers[i].id != id)
-            continue;
-        const struct raft_progress *p = &n->raft.leader_state.progress[i];
-        return c->servers[i].role == RAFT_VOTER && p->recent_recv &&
-               p->match_index >= n->raft.commit_index;
+    bool leader = n->started && raft_state(&n->raft) == RAFT_LEADER;
+    for (unsigned i = 0; i < c->n && i < cap; i++) {
+        const struct raft_server *s = &c->servers[i];
+        struct keel_consensus_member *m = &out[i];
+        m->id = s->id;
+        snprintf(m->peer, sizeof(m->peer), "%s", s->address);
+        m->voter = s->role == RAFT_VOTER;
+        m->caught_up = false;
+        if (leader && s->id == n->raft.id) {
+            m->caught_up = true;
+        } else if (leader && s->role != RAFT_SPARE) {
+            const struct raft_progress *p = &n->raft.leader_state.progress[i];
+            m->caught_up = p->recent_recv && p->match_index >= n->raft.commit_index;
+        }
     }
-    return false;
+    return c->n;
+}
+
+static int change_err(int rv)
+{
+    switch (rv) {
+    case 0:
+        return 0;
+    case RAFT_BADID:
+        return KEEL_EMEMBERNOTFOUND;
+    case RAFT_DUPLICATEID:
+    case RAFT_DUPLICATEADDRESS:
+        return KEEL_EMEMBEREXISTS;
+    case RAFT_CANTCHANGE:
+        return KEEL_ETOOMANYREQUESTS;
+    case RAFT_NOCONNECTION:
+        return KEEL_ETIMEOUT; /* a promotion whose catch-up rounds ran out */
+    case RAFT_LEADERSHIPLOST:
+        return KEEL_EUNKNOWN;
+    default:
+        return refused(rv);
+    }
+}
+
+static void change_done(struct raft_change *req, int status)
+{
+    struct keel_node *n = req->data;
+    uint64_t then = n->change_then;
+    n->change_then = 0;
+    if (status == 0 && then != 0 && !n->stopping) {
+        /* The add committed: now make the new member a standby, so that it gets the log. */
+        int rv = raft_assign(&n->raft, &n->change, then, RAFT_STANDBY, change_done);
+        if (rv == 0)
+            return;
+        status = rv;
+    }
+    n->change_busy = 0;
+    n->change_cb(n->change_data, change_err(status));
+}
+
+int keel_node_change(struct keel_node *n, enum keel_node_change kind, uint64_t id, const char *peer,
+                     void (*cb)(void *data, int err), void *data)
+{
+    if (!n->started || n->stopping)
+        return KEEL_EUNAVAILABLE;
+    if (n->change_busy)
+        return KEEL_ETOOMANYREQUESTS;
+    n->change.data = n;
+    n->change_cb = cb;
+    n->change_data = data;
+    n->change_then = 0;
+    int rv;
+    switch (kind) {
+    case KEEL_NODE_ADD:
+        rv = raft_add(&n->raft, &n->change, id, peer, change_done);
+        n->change_then = id;
+        break;
+    case KEEL_NODE_PROMOTE:
+        rv = raft_assign(&n->raft, &n->change, id, RAFT_VOTER, change_done);
+        break;
+    default:
+        rv = raft_remove(&n->raft, &n->change, id, change_done);
+        break;
+    }
+    if (rv != 0) {
+        n->change_then = 0;
+        return change_err(rv);
+    }
+    n->change_busy = 1;
+    return 0;
+}
+
+bool keel_node_changing(struct keel_node *n)
+{
+    return n->change_busy;
 }
 
 static int node_transfer(void *ctx, uint64_t target, keel_consensus_cb cb, void *data)

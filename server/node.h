@@ -28,6 +28,7 @@
 #include "config.h"
 #include "consensus.h"
 #include "fsm.h"
+#include "handshake.h"
 
 struct keel_node;
 
@@ -37,8 +38,9 @@ struct keel_node_options {
     struct keel_fsm *fsm; /* receives committed entries, snapshots and restores */
     /* Leadership or the leader changed: is_leader, and the leader's id (0 when unknown). */
     void (*on_change)(void *data, bool is_leader, uint64_t leader_id);
-    /* A peer's handshake was accepted (transport.h says when): its client address and zone. */
-    void (*on_peer)(void *data, uint64_t id, const char *client, const char *zone);
+    /* A peer's handshake was accepted (transport.h says when, and what to do with its cluster
+     * id while this member knows none). */
+    void (*on_peer)(void *data, const struct keel_handshake_peer *p);
     void *data;
 };
 
@@ -62,9 +64,27 @@ uint64_t keel_node_leader(struct keel_node *n);
 uint64_t keel_node_term(struct keel_node *n);
 uint64_t keel_node_last_index(struct keel_node *n);
 
-/* On the leader: member id is a voter that answered within the election timeout and holds
- * every committed entry (a transfer to it would be quick). False anywhere else. */
-bool keel_node_caught_up(struct keel_node *n, uint64_t id);
+/* consensus.h's members. */
+size_t keel_node_members(struct keel_node *n, struct keel_consensus_member *out, size_t cap);
+
+enum keel_node_change {
+    KEEL_NODE_ADD,     /* id at peer joins as a learner (raft_add, then raft_assign standby) */
+    KEEL_NODE_PROMOTE, /* learner id becomes a voter (raft runs its catch-up rounds first) */
+    KEEL_NODE_REMOVE,  /* id leaves */
+};
+
+/*
+ * On the leader, change the membership; cb(data, err) fires once the change is committed (0) or
+ * failed: KEEL_EUNKNOWN when leadership was lost on the way (it may still commit), KEEL_ETIMEOUT
+ * when a promotion's catch-up ran out. Refused at once: KEEL_ETOOMANYREQUESTS while a change is
+ * under way (raft takes one at a time), KEEL_EMEMBERNOTFOUND / KEEL_EMEMBEREXISTS for an id or
+ * address raft does not know / already has, KEEL_ENOTLEADER, KEEL_EUNAVAILABLE. peer is read
+ * for KEEL_NODE_ADD only (raft copies it).
+ */
+int keel_node_change(struct keel_node *n, enum keel_node_change kind, uint64_t id, const char *peer,
+                     void (*cb)(void *data, int err), void *data);
+/* A change of keel_node_change's is under way. */
+bool keel_node_changing(struct keel_node *n);
 
 /* Hand leadership to target (0: an up-to-date voter), as consensus.h's transfer says. */
 int keel_node_transfer(struct keel_node *n, uint64_t target, void (*cb)(void *data, int err),

@@ -17,10 +17,11 @@ struct keel_prefer {
     int stopped;
 };
 
-static const char *zone_of(struct keel_prefer *p, const struct keel_member_conf *m)
+static const struct keel_member_info *info_of(struct keel_prefer *p, uint64_t id)
 {
-    const struct keel_member_info *mi = keel_members_get(p->o.members, m->id);
-    return mi != NULL && mi->zone[0] ? mi->zone : m->zone;
+    static const struct keel_member_info none;
+    const struct keel_member_info *mi = keel_members_get(p->o.members, id);
+    return mi != NULL ? mi : &none;
 }
 
 static void moved(void *data, int err)
@@ -40,15 +41,18 @@ static void look(uv_timer_t *t)
     if (p->moving || now < p->next_move || !keel_node_is_leader(p->o.node) ||
         strcmp(c->zone, c->preferred_zone) == 0)
         return;
-    for (size_t i = 0; i < c->n_members; i++) {
-        const struct keel_member_conf *m = &c->members[i];
-        if (m->id == c->member_id || strcmp(zone_of(p, m), c->preferred_zone) != 0 ||
-            !keel_node_caught_up(p->o.node, m->id))
+    /* The members of the raft configuration: added ones count, removed ones do not. */
+    struct keel_consensus_member conf[KEEL_MEMBERS_MAX];
+    size_t n = keel_node_members(p->o.node, conf, KEEL_MEMBERS_MAX);
+    for (size_t i = 0; i < n && i < KEEL_MEMBERS_MAX; i++) {
+        const struct keel_member_info *mi = info_of(p, conf[i].id);
+        if (conf[i].id == c->member_id || strcmp(mi->zone, c->preferred_zone) != 0 ||
+            !conf[i].voter || !conf[i].caught_up)
             continue;
         KLOG_INFO("leader in zone %s: handing leadership to %s in the preferred zone %s", c->zone,
-                  m->name, c->preferred_zone);
+                  mi->name, c->preferred_zone);
         p->next_move = now + (uint64_t)c->election_ms * BACKOFF_ELECTIONS;
-        if (keel_node_transfer(p->o.node, m->id, moved, p) == 0)
+        if (keel_node_transfer(p->o.node, conf[i].id, moved, p) == 0)
             p->moving = 1;
         return;
     }

@@ -1,7 +1,7 @@
 /*
  * Member attributes through the log (see publish.h). The Member messages a turn's Commands
- * point to live here, one per configured member, because the proposer borrows them until the
- * end of the turn.
+ * point to live here, one per member entry (KEEL_MEMBERS_MAX), because the proposer borrows them
+ * until the end of the turn.
  */
 #include "publish.h"
 
@@ -13,6 +13,7 @@
 struct attrs {
     Keel__Member msg;
     char *client_urls[1];
+    char *peer_urls[1];
 };
 
 struct keel_publish {
@@ -48,7 +49,7 @@ static void publish(struct keel_publish *pb)
     struct keel_members *ms = pb->o.members;
     for (size_t i = 0; i < ms->n; i++) {
         struct keel_member_info *mi = &ms->v[i];
-        if (mi->publishing || mi->client[0] == '\0' ||
+        if (mi->publishing || mi->client[0] == '\0' || mi->removed ||
             (strcmp(mi->client, mi->stored_client) == 0 && strcmp(mi->zone, mi->stored_zone) == 0))
             continue;
         struct attrs *a = &pb->attrs[i];
@@ -59,6 +60,10 @@ static void publish(struct keel_publish *pb)
         a->client_urls[0] = mi->client;
         a->msg.clienturls = a->client_urls;
         a->msg.n_clienturls = 1;
+        a->peer_urls[0] = mi->peer;
+        a->msg.peerurls = a->peer_urls;
+        a->msg.n_peerurls = mi->peer[0] != '\0';
+        a->msg.islearner = mi->learner; /* what member add said, kept */
         Keel__Command c = KEEL__COMMAND__INIT;
         c.op_case = KEEL__COMMAND__OP_MEMBER_ATTRS;
         c.member_attrs = &a->msg;
@@ -99,7 +104,7 @@ void keel_publish_leader_changed(struct keel_publish *pb, bool is_leader)
 int keel_publish_new(const struct keel_publish_options *o, struct keel_publish **out)
 {
     struct keel_publish *pb = calloc(1, sizeof(*pb));
-    struct attrs *a = calloc(o->members->n + 1, sizeof(*a));
+    struct attrs *a = calloc(KEEL_MEMBERS_MAX + 1, sizeof(*a));
     if (pb == NULL || a == NULL) {
         free(pb);
         free(a);

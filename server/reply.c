@@ -12,7 +12,7 @@
 void keel_reply_header(const struct keel_reply *r, int64_t revision, Keel__ResponseHeader *out)
 {
     keel__response_header__init(out);
-    out->cluster_id = r->cluster_id;
+    out->cluster_id = *r->cluster_id;
     out->member_id = r->member_id;
     out->raft_term = r->raft->term(r->raft->ctx);
     if (revision < 0) {

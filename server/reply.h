@@ -23,7 +23,7 @@ struct keel_reply {
     const struct keel_consensus *raft; /* the term for headers, the leader for NOT_LEADER */
     struct keel_members *members;      /* the leader's client address for NOT_LEADER */
     struct keel_store *store;          /* the current revision for headers */
-    uint64_t cluster_id;
+    const uint64_t *cluster_id;        /* read at each use (a joining member learns it late) */
     uint64_t member_id;
 };
 

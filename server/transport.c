@@ -46,8 +46,7 @@ struct tport {
     char address[KEEL_ADDR_MAX];
     char host[KEEL_ADDR_MAX];
     const struct keel_config *cfg;
-    keel_transport_peer_cb peer_cb;
-    void *peer_data;
+    struct keel_transport_hooks hooks;
     uv_tcp_t listener;
     int listening;
     uv_timer_t sweep;
@@ -229,10 +228,12 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (p->got < KEEL_HANDSHAKE_LEN)
         return;
     uv_read_stop(s);
-    char client[64], zone[64];
-    const struct keel_member_conf *m =
-        keel_handshake_check(t->cfg, p->hello, p->from_ip, client, zone, why, sizeof(why));
-    if (m == NULL) {
+    struct keel_handshake_rule rule = {.cluster_id = t->cfg->cluster_id,
+                                       .self_id = t->id,
+                                       .lookup = t->hooks.lookup,
+                                       .data = t->hooks.data};
+    struct keel_handshake_peer peer;
+    if (keel_handshake_check(&rule, p->hello, p->from_ip, &peer, why, sizeof(why)) != 0) {
         KLOG_WARN("peer connection from %s refused: %s", p->from, why);
         accept_drop(p);
         return;
@@ -241,10 +242,9 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     list_del(p);
     t->accepting--;
     free(p);
-    if (t->peer_cb != NULL)
-        t->peer_cb(t->peer_data, m->id, client, zone);
-    /* The configured address, which the check above proved equal to the claimed one. */
-    t->accept_cb(t->base, m->id, m->peer, (uv_stream_t *)tcp);
+    t->hooks.peer(t->hooks.data, &peer);
+    /* The member's address, which the check above proved equal to the claimed one. */
+    t->accept_cb(t->base, peer.id, peer.peer, (uv_stream_t *)tcp);
 }
 
 static void sweep(uv_timer_t *timer)
@@ -382,16 +382,14 @@ static void t_close(struct raft_uv_transport *base, raft_uv_transport_close_cb c
 }
 
 int keel_transport_init(struct raft_uv_transport *base, uv_loop_t *loop,
-                        const struct keel_config *cfg, keel_transport_peer_cb peer_cb,
-                        void *peer_data)
+                        const struct keel_config *cfg, const struct keel_transport_hooks *hooks)
 {
     struct tport *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return RAFT_NOMEM;
     t->loop = loop;
     t->cfg = cfg;
-    t->peer_cb = peer_cb;
-    t->peer_data = peer_data;
+    t->hooks = *hooks;
     t->list.next = t->list.prev = &t->list;
     t->base = base;
     memset(base, 0, sizeof(*base));

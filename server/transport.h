@@ -10,10 +10,11 @@
  *
  * Until TLS lands, the only proof of who connects is where the connection comes from. A
  * handshake is accepted only when it names this member's cluster (a member of another cluster
- * must never vote here or feed this log), the id it claims is a configured member other than
- * this one, the peer address it gives is that member's configured one, and the connection's
- * source IP is that address's host (an IPv4 literal: --initial-cluster takes nothing else, so
- * there is nothing to resolve). Anything else is closed and logged, and neither raft nor the
+ * must never vote here or feed this log), the id it claims is a member other than this one (of
+ * the raft configuration, which member add and remove change; of --initial-cluster only before
+ * there is one), the peer address it gives is that member's, and the connection's source IP is
+ * that address's host (an IPv4 literal: --initial-cluster and member add take nothing else, so
+ * there is nothing to resolve). A removed member is refused from then on. Anything else is closed and logged, and neither raft nor the
  * peer callback ever hears of it: raft would otherwise take votes and appends from the
  * impostor, and its attributes would be published to every member. Members that share a host
  * cannot be told apart this way; each needs its own address.
@@ -26,15 +27,25 @@
 #include <uv.h>
 
 #include "config.h"
+#include "handshake.h"
 
-/* Called on the loop for every handshake accepted (never for a refused one). */
-typedef void (*keel_transport_peer_cb)(void *data, uint64_t id, const char *client,
-                                       const char *zone);
+/* Who may connect, and what to do with one who did. */
+struct keel_transport_hooks {
+    void *data;
+    /* A member's peer address, NULL for no member: the members of the raft configuration
+     * (which changes with member add and remove), or --initial-cluster's before there is one. */
+    keel_handshake_lookup lookup;
+    /* Called on the loop for every handshake accepted (never for a refused one). While this
+     * member knows no cluster (cfg->cluster_id 0: it joins one), a handshake of any cluster
+     * from a member lookup knows is accepted: the callee makes that cluster this member's. */
+    void (*peer)(void *data, const struct keel_handshake_peer *p);
+};
 
-/* Initialise t as a raft_uv_transport on loop; raft calls its methods. cfg says who this
- * member is and who its peers are; it must outlive t. 0 or RAFT_NOMEM. */
+/* Initialise t as a raft_uv_transport on loop; raft calls its methods. cfg says who this member
+ * is (its cluster_id is read at every handshake); it and hooks->data must outlive t. 0 or
+ * RAFT_NOMEM. */
 int keel_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, const struct keel_config *cfg,
-                        keel_transport_peer_cb peer_cb, void *peer_data);
+                        const struct keel_transport_hooks *hooks);
 
 /*
  * Cut this member off from its peers for good, for shutdown: every peer connection is shut down

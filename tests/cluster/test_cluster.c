@@ -665,6 +665,276 @@ static void five_members_survive_two_down(void **state)
     tc_cluster_close(&c);
 }
 
+/* ---- membership ---- */
+
+/* --initial-cluster of the members whose bit (1 << i) is set in mask. */
+static void set_initial(struct tc_cluster *c, unsigned mask)
+{
+    size_t off = 0;
+    c->initial[0] = '\0';
+    for (int i = 1; i <= c->n; i++)
+        if (mask & (1u << i))
+            off += (size_t)snprintf(c->initial + off, sizeof(c->initial) - off, "%s%s=%s@%s",
+                                    off ? "," : "", c->m[i].name, c->m[i].peer, c->m[i].zone);
+}
+
+/* Member add of c's member i; 0 with its id in *id, or the error (keel_errmsg says why). */
+static int add_member(struct keel *k, struct tc_cluster *c, int i, bool learner, bool force,
+                      uint64_t *id)
+{
+    char url[64];
+    snprintf(url, sizeof(url), "http://%s", c->m[i].peer);
+    char *urls[1] = {url};
+    Keel__MemberAddRequest ma = KEEL__MEMBER_ADD_REQUEST__INIT;
+    ma.name = c->m[i].name;
+    ma.zone = c->m[i].zone;
+    ma.peerurls = urls;
+    ma.n_peerurls = 1;
+    ma.islearner = learner;
+    ma.force = force;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_MEMBER_ADD;
+    req.member_add = &ma;
+    Keel__Response *resp = NULL;
+    int rv = keel_do(k, &req, &resp);
+    if (rv == 0) {
+        assert_int_equal(resp->body_case, KEEL__RESPONSE__BODY_MEMBER_ADD);
+        assert_non_null(resp->member_add->member);
+        assert_string_equal(resp->member_add->member->name, c->m[i].name);
+        *id = resp->member_add->member->id;
+    }
+    keel_free(resp);
+    return rv;
+}
+
+static int change_member(struct keel *k, uint64_t id, bool promote, bool force)
+{
+    Keel__MemberRemoveRequest mr = KEEL__MEMBER_REMOVE_REQUEST__INIT;
+    Keel__MemberPromoteRequest mp = KEEL__MEMBER_PROMOTE_REQUEST__INIT;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    if (promote) {
+        mp.id = id;
+        mp.force = force;
+        req.body_case = KEEL__REQUEST__BODY_MEMBER_PROMOTE;
+        req.member_promote = &mp;
+    } else {
+        mr.id = id;
+        mr.force = force;
+        req.body_case = KEEL__REQUEST__BODY_MEMBER_REMOVE;
+        req.member_remove = &mr;
+    }
+    Keel__Response *resp = NULL;
+    int rv = keel_do(k, &req, &resp);
+    keel_free(resp);
+    return rv;
+}
+
+/* 1: id is a voting member; 0: a learner; -1: not a member. */
+static int role_of(struct keel *k, uint64_t id)
+{
+    Keel__MemberListResponse *ml = NULL;
+    assert_int_equal(keel_member_list(k, &ml), 0);
+    int role = -1;
+    for (size_t j = 0; j < ml->n_members; j++)
+        if (ml->members[j]->id == id)
+            role = ml->members[j]->islearner ? 0 : 1;
+    keel_free(ml);
+    return role;
+}
+
+static void wait_role(struct keel *k, uint64_t id, int role, int timeout_ms)
+{
+    long long until = tc_now_ms() + timeout_ms;
+    while (role_of(k, id) != role && tc_now_ms() < until)
+        tu_sleep_ms(50);
+    assert_int_equal(role_of(k, id), role);
+}
+
+/* Every k/ key with its value and revisions, as member i holds it, into buf. */
+static void contents_of(struct tc_cluster *c, int i, char *buf, size_t len)
+{
+    struct keel *k = open_pinned(c, i);
+    uint8_t end[8];
+    size_t elen = keel_prefix_end("k/", 2, end);
+    struct keel_get_opts o = {.serializable = true, .range_end = end, .range_end_len = elen};
+    Keel__RangeResponse *r = NULL;
+    int rv = keel_get(k, "k/", 2, &o, &r);
+    size_t off = 0;
+    buf[0] = '\0';
+    for (size_t j = 0; rv == 0 && j < r->n_kvs && off < len; j++) {
+        const Keel__KeyValue *kv = r->kvs[j];
+        off += (size_t)snprintf(buf + off, len - off, "%.*s=%.*s@%lld/%lld;", (int)kv->key.len,
+                                (const char *)kv->key.data, (int)kv->value.len,
+                                (const char *)kv->value.data, (long long)kv->create_revision,
+                                (long long)kv->mod_revision);
+    }
+    if (rv != 0)
+        snprintf(buf, len, "(get failed: %s)", keel_strerror(rv));
+    keel_free(r);
+    keel_close(k);
+}
+
+/* The members in mask end with the same keys, values and revisions (waiting for the slowest). */
+static void assert_same_contents(struct tc_cluster *c, unsigned mask)
+{
+    size_t len = 4u << 20;
+    char *want = malloc(len), *got = malloc(len);
+    int first = 0;
+    for (int i = 1; i <= c->n && first == 0; i++)
+        if (mask & (1u << i))
+            first = i;
+    long long until = tc_now_ms() + 15000;
+    for (int i = first + 1; i <= c->n; i++) {
+        if (!(mask & (1u << i)))
+            continue;
+        do {
+            contents_of(c, first, want, len);
+            contents_of(c, i, got, len);
+        } while (strcmp(want, got) != 0 && tc_now_ms() < until && (tu_sleep_ms(100), 1));
+        if (strcmp(want, got) != 0)
+            fail_msg("m%d and m%d differ (%zu and %zu bytes of contents)", first, i, strlen(want),
+                     strlen(got));
+    }
+    free(want);
+    free(got);
+}
+
+/*
+ * Membership under a writer: m4 joins as a learner (promotion refused until it has caught up),
+ * m5 joins to vote (a learner until the leader sees it caught up), the leader removes itself
+ * (leadership goes first; the removed member stops by itself), m5 is removed (back to three),
+ * and m4 is replaced after its data dir was wiped (remove, add, join). No put fails, and every
+ * member ends with every acknowledged write and the same contents.
+ */
+static void members_change_under_load(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 5, "members");
+    set_initial(&c, 0xe);
+    for (int i = 1; i <= 3; i++)
+        assert_int_equal(tc_start(&c, i), 0);
+    struct keel *k = open_client(&c, 0);
+    assert_true(find_leader(&c, k, 0x30, 10000) > 0);
+    struct writer w;
+    writer_start(&w, &c, 1000000);
+    long long until = tc_now_ms() + 5000;
+    while (acked_count(&w) < 100 && tc_now_ms() < until)
+        tu_sleep_ms(10);
+
+    uint64_t id4 = 0, id5 = 0;
+    assert_int_equal(add_member(k, &c, 4, true, false, &id4), 0);
+    assert_int_equal(role_of(k, id4), 0);
+    assert_int_equal(add_member(k, &c, 4, true, false, &id4), KEEL_EMEMBEREXISTS);
+    /* Not started: not in sync, so not promoted. */
+    assert_int_equal(change_member(k, id4, true, false), KEEL_EINVAL);
+    assert_non_null(strstr(keel_errmsg(), "in sync"));
+    set_initial(&c, 0x1e);
+    snprintf(c.m[4].extra, sizeof(c.m[4].extra), "--initial-cluster-state existing");
+    assert_int_equal(tc_start(&c, 4), 0);
+    until = tc_now_ms() + 20000;
+    int rv;
+    while ((rv = change_member(k, id4, true, false)) != 0 && tc_now_ms() < until)
+        tu_sleep_ms(100);
+    if (rv != 0)
+        fail_msg("promote m4: %s (%s)", keel_strerror(rv), keel_errmsg());
+    assert_int_equal(role_of(k, id4), 1);
+    /* A learner stays one: m4 was promoted only because it was asked. */
+
+    assert_int_equal(add_member(k, &c, 5, false, false, &id5), 0);
+    assert_int_equal(role_of(k, id5), 0);
+    set_initial(&c, 0x3e);
+    snprintf(c.m[5].extra, sizeof(c.m[5].extra), "--initial-cluster-state existing");
+    assert_int_equal(tc_start(&c, 5), 0);
+    wait_role(k, id5, 1, 20000);
+    assert_true(tc_log_contains(&c, 5, "joined cluster"));
+
+    int leader = find_leader(&c, k, 0, 10000);
+    assert_true(leader > 0);
+    uint64_t idl = member_id(&c, k, leader);
+    rv = change_member(k, idl, false, false);
+    if (rv != 0)
+        fail_msg("remove the leader m%d: %s (%s)", leader, keel_strerror(rv), keel_errmsg());
+    assert_int_equal(role_of(k, idl), -1);
+    assert_true(find_leader(&c, k, 1u << leader, 10000) != leader);
+    /* Removed, it stops by itself, saying why. */
+    int st = tc_stop(&c, leader, 0);
+    assert_true(st != -1);
+    assert_true(tc_log_contains(&c, leader, "removed from the cluster"));
+    unsigned running = 0x3e & ~(1u << leader);
+
+    assert_int_equal(change_member(k, id5, false, false), 0);
+    assert_true(tc_stop(&c, 5, 0) != -1);
+    running &= ~(1u << 5);
+    assert_true(find_leader(&c, k, ~running, 10000) > 0);
+
+    /* Replace m4 whose disk was lost: three voters become two for a moment (--force: one zone's
+     * loss would stop them), then m4 joins again from nothing. */
+    tc_stop(&c, 4, SIGKILL);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", c.m[4].dir);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(change_member(k, id4, false, false), KEEL_EINVAL);
+    assert_non_null(strstr(keel_errmsg(), "short of a quorum"));
+    assert_int_equal(change_member(k, id4, false, true), 0);
+    assert_int_equal(add_member(k, &c, 4, false, false, &id4), 0);
+    assert_int_equal(tc_start(&c, 4), 0);
+    wait_role(k, id4, 1, 20000);
+
+    until = tc_now_ms() + 5000;
+    int acked = acked_count(&w);
+    while (acked_count(&w) < acked + 100 && tc_now_ms() < until)
+        tu_sleep_ms(10);
+    writer_stop(&w);
+    printf("writes: %d acknowledged, %d unknown, %d failed\n", acked_count(&w), w.unknown,
+           w.failures);
+    assert_int_equal(w.failures, 0);
+    assert_true(acked_count(&w) > acked);
+    for (int i = 1; i <= 5; i++)
+        if (running & (1u << i))
+            assert_acked_on(&c, i, &w);
+    assert_same_contents(&c, running);
+    free(w.acked);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+/* The zone rule: a change that would let one zone's loss stop the cluster is refused, naming the
+ * zone and the counts, unless forced; a learner (no vote) may go anywhere. */
+static void members_zone_loss_refused(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 4, "memzones");
+    snprintf(c.m[4].zone, sizeof(c.m[4].zone), "z1"); /* m4 shares m1's zone */
+    set_initial(&c, 0xe);
+    for (int i = 1; i <= 3; i++)
+        assert_int_equal(tc_start(&c, i), 0);
+    struct keel *k = open_client(&c, 0);
+    assert_true(find_leader(&c, k, 0x10, 10000) > 0);
+    uint64_t id4 = 0;
+    assert_int_equal(add_member(k, &c, 4, false, false, &id4), KEEL_EINVAL);
+    assert_non_null(strstr(keel_errmsg(), "2 of the 4 voting members in zone z1"));
+    assert_int_equal(change_member(k, member_id(&c, k, 3), false, false), KEEL_EINVAL);
+    assert_non_null(strstr(keel_errmsg(), "short of a quorum of 2"));
+    assert_int_equal(add_member(k, &c, 4, true, false, &id4), 0);
+    set_initial(&c, 0x1e);
+    snprintf(c.m[4].extra, sizeof(c.m[4].extra), "--initial-cluster-state existing");
+    assert_int_equal(tc_start(&c, 4), 0);
+    long long until = tc_now_ms() + 20000;
+    int rv;
+    while ((rv = change_member(k, id4, true, false)) != 0 &&
+           strstr(keel_errmsg(), "zone z1") == NULL && tc_now_ms() < until)
+        tu_sleep_ms(100);
+    assert_int_equal(rv, KEEL_EINVAL);
+    assert_non_null(strstr(keel_errmsg(), "zone z1"));
+    assert_int_equal(change_member(k, id4, true, true), 0);
+    assert_int_equal(role_of(k, id4), 1);
+    put_str(k, "k/after", "promoted");
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest basic[] = {cmocka_unit_test(three_members_read_write)};
@@ -675,9 +945,12 @@ int main(int argc, char **argv)
     const struct CMUnitTest restart[] = {cmocka_unit_test(clean_restart_applies_nothing_twice)};
     const struct CMUnitTest full_restart[] = {cmocka_unit_test(whole_cluster_restart)};
     const struct CMUnitTest five[] = {cmocka_unit_test(five_members_survive_two_down)};
+    const struct CMUnitTest members[] = {cmocka_unit_test(members_change_under_load),
+                                         cmocka_unit_test(members_zone_loss_refused)};
     const struct tu_group groups[] = {
-        TU_GROUP(basic),      TU_GROUP(failover), TU_GROUP(move),         TU_GROUP(prefer),
-        TU_GROUP(checkpoint), TU_GROUP(restart),  TU_GROUP(full_restart), TU_GROUP(five),
+        TU_GROUP(basic),        TU_GROUP(failover),   TU_GROUP(move),
+        TU_GROUP(prefer),       TU_GROUP(checkpoint), TU_GROUP(restart),
+        TU_GROUP(full_restart), TU_GROUP(five),       TU_GROUP(members),
     };
     return tu_run_groups("test_cluster", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }

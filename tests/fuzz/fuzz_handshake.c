@@ -45,15 +45,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     inet_pton(AF_INET, "127.0.2.1", &from);
     if (size >= KEEL_HANDSHAKE_LEN + 4)
         memcpy(&from.s_addr, data + KEEL_HANDSHAKE_LEN, 4);
-    char client[64], zone[64];
-    const struct keel_member_conf *m =
-        keel_handshake_check(&cfg, data, from, client, zone, why, sizeof(why));
-    if (m == NULL) {
+    struct keel_handshake_rule rule = {.cluster_id = cfg.cluster_id,
+                                       .self_id = cfg.member_id,
+                                       .lookup = keel_handshake_config_peer,
+                                       .data = &cfg};
+    struct keel_handshake_peer p;
+    if (keel_handshake_check(&rule, data, from, &p, why, sizeof(why)) != 0) {
         FZ_CHECK(strlen(why) < sizeof(why));
         return 0;
     }
-    FZ_CHECK(m->id != cfg.member_id && keel_config_member(&cfg, m->id) == m);
-    FZ_CHECK(memchr(client, '\0', 64) != NULL && memchr(zone, '\0', 64) != NULL);
+    const struct keel_member_conf *m = keel_config_member(&cfg, p.id);
+    FZ_CHECK(m != NULL && m->id != cfg.member_id && strcmp(m->peer, p.peer) == 0);
+    FZ_CHECK(p.cluster_id == cfg.cluster_id);
+    FZ_CHECK(memchr(p.client, '\0', 64) != NULL && memchr(p.zone, '\0', 64) != NULL);
     char host[KEEL_ADDR_MAX];
     int port;
     struct in_addr want;
@@ -64,14 +68,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct keel_handshake h = {.cluster_id = cfg.cluster_id,
                                .id = m->id,
                                .peer = m->peer,
-                               .client = client,
-                               .name = m->name,
-                               .zone = zone};
+                               .client = p.client,
+                               .name = p.name,
+                               .zone = p.zone};
     uint8_t again[KEEL_HANDSHAKE_LEN];
     keel_handshake_encode(&h, again);
-    char client2[64], zone2[64];
+    struct keel_handshake_peer p2;
     FZ_CHECK(keel_handshake_check_head(again, why, sizeof(why)) == 0);
-    FZ_CHECK(keel_handshake_check(&cfg, again, from, client2, zone2, why, sizeof(why)) == m);
-    FZ_CHECK(strcmp(client, client2) == 0 && strcmp(zone, zone2) == 0);
+    FZ_CHECK(keel_handshake_check(&rule, again, from, &p2, why, sizeof(why)) == 0);
+    FZ_CHECK(p2.id == p.id && strcmp(p.client, p2.client) == 0 && strcmp(p.zone, p2.zone) == 0);
     return 0;
 }

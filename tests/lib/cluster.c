@@ -234,8 +234,8 @@ int tc_start(struct tc_cluster *c, int i)
             argv[a++] = "--snapshot-trailing";
             argv[a++] = tr;
         }
-        char extra[256];
-        snprintf(extra, sizeof(extra), "%s", c->extra);
+        char extra[400];
+        snprintf(extra, sizeof(extra), "%s %s", c->extra, m->extra);
         char *save = NULL;
         for (char *tok = strtok_r(extra, " ", &save); tok && a < 38;
              tok = strtok_r(NULL, " ", &save))

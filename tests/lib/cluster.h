@@ -19,7 +19,8 @@ struct tc_member {
     char zone[16];
     char dir[512];
     char log[512];
-    pid_t pid; /* 0 when not running */
+    char extra[128]; /* more flags for this member only (after the cluster's extra) */
+    pid_t pid;       /* 0 when not running */
 };
 
 struct tc_open;

@@ -10,6 +10,8 @@
 #include "err.h"
 #include "testutil.h"
 
+static const uint64_t tf_cluster_id = TF_CLUSTER;
+
 static void *need(void *p)
 {
     if (p == NULL) {
@@ -265,7 +267,7 @@ void tf_env_init(struct tf_env *e, const char *tag)
                                    .raft = &e->node.seam,
                                    .members = &e->members,
                                    .store = e->store,
-                                   .cluster_id = TF_CLUSTER,
+                                   .cluster_id = &tf_cluster_id,
                                    .member_id = TF_SELF};
 }
 

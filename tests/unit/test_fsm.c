@@ -26,6 +26,7 @@
 #include "testutil.h"
 
 #define CLUSTER_ID 0x6b65656c74657374ull
+static const uint64_t cluster_id = CLUSTER_ID;
 
 struct member {
     char *dir;
@@ -49,7 +50,7 @@ static void member_open(struct member *m, uv_loop_t *loop, const char *tag)
     m->store = tu_store_open(m->dir, 0);
     struct keel_fsm_options o = {.loop = loop,
                                  .store = m->store,
-                                 .cluster_id = CLUSTER_ID,
+                                 .cluster_id = &cluster_id,
                                  .bind_host = "127.0.0.1",
                                  .done = on_done,
                                  .data = m};

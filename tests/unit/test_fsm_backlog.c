@@ -78,8 +78,9 @@ static void backlog_counts_entries_until_delivered(void **state)
     assert_int_equal(uv_loop_init(&f.loop), 0);
     f.dir = tu_mkdtemp("fsm-backlog");
     f.store = tu_store_open(f.dir, 0);
+    static const uint64_t one = 1;
     struct keel_fsm_options o = {
-        .loop = &f.loop, .store = f.store, .cluster_id = 1, .done = on_done, .data = &f};
+        .loop = &f.loop, .store = f.store, .cluster_id = &one, .done = on_done, .data = &f};
     assert_int_equal(keel_fsm_new(&o, &f.fsm), 0);
     const struct keel_fsm_progress *pg = keel_fsm_progress(f.fsm);
     assert_int_equal(pg->backlog_bytes, 0);

@@ -180,7 +180,7 @@ static void handshake_names_a_configured_peer(void **state)
 {
     (void)state;
     struct keel_config c;
-    char err[256] = "", why[256], client[64], zone[64];
+    char err[256] = "", why[256];
     assert_int_equal(parse(GOOD, &c, err, sizeof(err)), 0);
     const struct keel_member_conf *b = &c.members[1];
     struct keel_handshake h = {.cluster_id = c.cluster_id,
@@ -189,26 +189,45 @@ static void handshake_names_a_configured_peer(void **state)
                                .client = "127.0.2.1:2379",
                                .name = b->name,
                                .zone = b->zone};
+    struct keel_handshake_rule rule = {.cluster_id = c.cluster_id,
+                                       .self_id = c.member_id,
+                                       .lookup = keel_handshake_config_peer,
+                                       .data = &c};
+    struct keel_handshake_peer p;
     uint8_t buf[KEEL_HANDSHAKE_LEN];
     keel_handshake_encode(&h, buf);
     struct in_addr from, elsewhere;
     inet_pton(AF_INET, "127.0.2.1", &from);
     inet_pton(AF_INET, "127.0.3.1", &elsewhere);
     assert_int_equal(keel_handshake_check_head(buf, why, sizeof(why)), 0);
-    assert_ptr_equal(keel_handshake_check(&c, buf, from, client, zone, why, sizeof(why)), b);
-    assert_string_equal(client, "127.0.2.1:2379");
-    assert_string_equal(zone, "z2");
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), 0);
+    assert_true(p.id == b->id && p.cluster_id == c.cluster_id);
+    assert_string_equal(p.peer, b->peer);
+    assert_string_equal(p.name, b->name);
+    assert_string_equal(p.client, "127.0.2.1:2379");
+    assert_string_equal(p.zone, "z2");
     /* From another member's host, of another cluster, as this member itself: refused. */
-    assert_null(keel_handshake_check(&c, buf, elsewhere, client, zone, why, sizeof(why)));
+    assert_int_equal(keel_handshake_check(&rule, buf, elsewhere, &p, why, sizeof(why)), -1);
     assert_non_null(strstr(why, "another host"));
     h.cluster_id ^= 1;
     keel_handshake_encode(&h, buf);
-    assert_null(keel_handshake_check(&c, buf, from, client, zone, why, sizeof(why)));
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), -1);
+    assert_non_null(strstr(why, "from cluster"));
+    /* A member that knows no cluster yet (it joins one) takes any, and says which. */
+    rule.cluster_id = 0;
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), 0);
+    assert_true(p.cluster_id == (c.cluster_id ^ 1));
+    rule.cluster_id = c.cluster_id;
     h.cluster_id ^= 1;
     h.id = c.member_id;
     h.peer = c.members[0].peer;
     keel_handshake_encode(&h, buf);
-    assert_null(keel_handshake_check(&c, buf, from, client, zone, why, sizeof(why)));
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), -1);
+    /* An id the lookup does not know (a removed member, say) is refused, naming it. */
+    h.id = 12345;
+    keel_handshake_encode(&h, buf);
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), -1);
+    assert_non_null(strstr(why, "no member of this cluster"));
     /* Another version is refused by its head alone; a field without a NUL is cut, not overrun. */
     keel_handshake_encode(&h, buf);
     buf[8] = 1;
@@ -217,8 +236,8 @@ static void handshake_names_a_configured_peer(void **state)
     h.peer = b->peer;
     keel_handshake_encode(&h, buf);
     memset(buf + KEEL_HANDSHAKE_LEN - 64, 'z', 64);
-    assert_ptr_equal(keel_handshake_check(&c, buf, from, client, zone, why, sizeof(why)), b);
-    assert_int_equal(strlen(zone), 63);
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), 0);
+    assert_int_equal(strlen(p.zone), 63);
     keel_config_close(&c);
 }
 
