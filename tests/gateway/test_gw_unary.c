@@ -924,12 +924,20 @@ static void cluster(void **state)
     mq.targetid = 1;
     fails("/etcdserverpb.Maintenance/MoveLeader", &mq, GW_FAILED_PRECONDITION,
           "etcdserver: bad leader transferee");
+    /* Membership: etcd's answers for a member that is none, or that votes already; MemberAdd
+     * says why keel cannot take etcd's request (no name) and what to use. */
     Etcdserverpb__MemberAddRequest ma = ETCDSERVERPB__MEMBER_ADD_REQUEST__INIT;
-    fails("/etcdserverpb.Cluster/MemberAdd", &ma, GW_UNIMPLEMENTED,
-          "keel-gateway does not change membership yet");
+    fails("/etcdserverpb.Cluster/MemberAdd", &ma, GW_FAILED_PRECONDITION,
+          "keel-gateway: etcd's MemberAdd does not carry the new member's name, which keel "
+          "derives its id from; add it with keelctl member add NAME --peer-urls URL");
     Etcdserverpb__MemberRemoveRequest mrm = ETCDSERVERPB__MEMBER_REMOVE_REQUEST__INIT;
-    fails("/etcdserverpb.Cluster/MemberRemove", &mrm, GW_UNIMPLEMENTED,
-          "keel-gateway does not change membership yet");
+    mrm.id = 0x1234abcd;
+    fails("/etcdserverpb.Cluster/MemberRemove", &mrm, GW_NOT_FOUND,
+          "etcdserver: member not found");
+    Etcdserverpb__MemberPromoteRequest mpr = ETCDSERVERPB__MEMBER_PROMOTE_REQUEST__INIT;
+    mpr.id = to;
+    fails("/etcdserverpb.Cluster/MemberPromote", &mpr, GW_FAILED_PRECONDITION,
+          "etcdserver: can only promote a learner member");
 
     /* Auth, as etcd with authentication disabled. */
     Etcdserverpb__HashRequest empty = ETCDSERVERPB__HASH_REQUEST__INIT;

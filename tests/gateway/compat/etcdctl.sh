@@ -26,7 +26,6 @@ keelctl=$3
 # not fail the test; one that turns out equal is reported so that the entry can go.
 declare -A EXPECTED_DIFFERENT=(
     [endpoint-hashkv]="keel keeps no consistent hash of its store (issue 13: HashKV where keel has it): Unimplemented"
-    [member-remove-unknown]="keel-gateway changes no membership until keel's membership changes land (issue 13): Unimplemented"
     [endpoint-status-cluster]="MemberList gives every member the gateway's own URL (issue 13), so --cluster asks the one gateway three times, and each answer comes from the leader"
 )
 
