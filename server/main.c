@@ -565,6 +565,21 @@ static void store_notice(void *data, const char *msg)
     KLOG_WARN("%s", msg);
 }
 
+/* A new cluster whose members sit so that one zone's loss stops it: said once, at start (member
+ * changes refuse to make a cluster so; membership.h). Two members or one cannot be otherwise. */
+static void warn_zones(const struct keel_config *c)
+{
+    const char *zones[KEEL_MEMBERS_MAX];
+    size_t n = 0, count = 0;
+    for (size_t i = 0; i < c->n_members && n < KEEL_MEMBERS_MAX; i++)
+        zones[n++] = c->members[i].zone;
+    const char *z = n >= 3 ? keel_membership_critical_zone(zones, n, &count) : NULL;
+    if (z != NULL && !c->join)
+        KLOG_WARN("--initial-cluster puts %zu of its %zu members in zone %s: losing that zone "
+                  "would leave %zu, short of a quorum of %zu",
+                  count, n, z, n - count, n / 2 + 1);
+}
+
 int main(int argc, char **argv)
 {
     /* A peer closing its socket must not kill the leader (research/raft.md trap 2). */
@@ -598,6 +613,7 @@ int main(int argc, char **argv)
     }
     if (keel_members_init(&k.members, &k.cfg) != 0)
         goto out_config;
+    warn_zones(&k.cfg);
     uv_loop_init(&k.loop);
 
     char path[600];

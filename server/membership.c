@@ -67,7 +67,7 @@ static const char *name_of(struct keel_membership *ms, uint64_t id)
 
 /* The first zone (a named one) losing which would leave the other voters short of a quorum, with
  * its count of voters in *in_zone; NULL when there is none. */
-static const char *critical_zone(const char **zones, size_t n, size_t *in_zone)
+const char *keel_membership_critical_zone(const char **zones, size_t n, size_t *in_zone)
 {
     size_t quorum = n / 2 + 1;
     for (size_t i = 0; i < n; i++) {
@@ -120,7 +120,7 @@ static int zone_check(struct keel_membership *ms, const struct keel_consensus_me
     if (nb < 3)
         return 0;
     size_t count = 0;
-    const char *z = critical_zone(after, na, &count);
+    const char *z = keel_membership_critical_zone(after, na, &count);
     if (z == NULL || critical(before, nb, z))
         return 0;
     snprintf(why, len,

@@ -67,4 +67,8 @@ void keel_membership_stop(struct keel_membership *ms);
 /* After the loop ended. NULL is fine. */
 void keel_membership_free(struct keel_membership *ms);
 
+/* Of the zones of n voters (zones[i] "" for none), the first whose loss would leave the others
+ * short of a quorum, with its count of voters in *in_zone; NULL when there is none. */
+const char *keel_membership_critical_zone(const char **zones, size_t n, size_t *in_zone);
+
 #endif
