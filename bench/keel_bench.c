@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/utsname.h>
+#include <errno.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -93,6 +94,7 @@ struct config {
     int lease_window;     /* grants, attaching puts and revokes in flight */
     double lease_timeout; /* lease-churn: s past the last due time */
     int stall_writer;     /* lease-churn: the concurrent writer */
+    const char *timeline; /* a line per answer: "client sent_us answered_us ok" (failover.sh) */
 };
 
 #define MAX_ZONES 16
@@ -135,6 +137,7 @@ struct bench {
     double tokens;
     uint64_t paced_at; /* uv_hrtime of the last pacing tick (0: none yet) */
     uint64_t issued, completed, succeeded;
+    FILE *timeline;
     uint64_t start_ns, end_ns;
     uint64_t seq_key;
     uint64_t rng;
@@ -243,6 +246,14 @@ static void on_response(int status, const Keel__Response *resp, void *data)
     struct bench *b = c->b;
     double lat = (double)(now_ns() - c->t0) / 1e9;
     b->completed++;
+    if (b->timeline != NULL) {
+        /* Wall-clock time: the script that kills a member compares it with its own. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long long end = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+        fprintf(b->timeline, "%d %lld %lld %d\n", c->idx, end - (long long)(lat * 1e6), end,
+                status == 0);
+    }
     if (status == 0 && b->cfg.workload == W_LEASE_KEEPALIVE &&
         (resp->body_case != KEEL__RESPONSE__BODY_LEASE_KEEP_ALIVE ||
          resp->lease_keep_alive->ttl <= 0)) {
@@ -581,6 +592,8 @@ static void usage(FILE *f)
             "  --lease-timeout S     lease-churn: wait at most S s past the last due time (default "
             "30)\n"
             "  --no-stall-writer     lease-churn: without the concurrent writer\n"
+            "  --timeline FILE       a line per answer: client, sent and answered (wall clock,\n"
+            "                        microseconds since the epoch), ok (0|1)\n"
             "  --seed N  --timeout-ms N  --json\n");
 }
 
@@ -624,6 +637,7 @@ static int parse(struct config *c, int argc, char **argv)
                                          {"lease-window", required_argument, NULL, 'W'},
                                          {"lease-timeout", required_argument, NULL, 'O'},
                                          {"no-stall-writer", no_argument, NULL, 'P'},
+                                         {"timeline", required_argument, NULL, 'I'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int opt;
@@ -632,6 +646,9 @@ static int parse(struct config *c, int argc, char **argv)
         switch (opt) {
         case 'e':
             c->endpoints = optarg;
+            break;
+        case 'I':
+            c->timeline = optarg;
             break;
         case 'C':
             c->conns = atoi(optarg);
@@ -1379,6 +1396,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < b.cfg.val_size; i++)
         b.value[i] = (uint8_t)('a' + rnd(&b) % 26);
     keel_stats_init(&b.stats);
+    if (b.cfg.timeline != NULL && (b.timeline = fopen(b.cfg.timeline, "w")) == NULL) {
+        fprintf(stderr, "keel-bench: --timeline %s: %s\n", b.cfg.timeline, strerror(errno));
+        return 2;
+    }
     char source[32] = "";
     if (b.cfg.zone != NULL && zone_source(b.cfg.zone, source, sizeof(source)) != 0) {
         fprintf(stderr, "keel-bench: --zone '%s' is not zN or N (1..254)\n", b.cfg.zone);
@@ -1445,5 +1466,9 @@ int main(int argc, char **argv)
     free(b.clients);
     free(b.acs);
     free(b.value);
+    if (b.timeline != NULL && fclose(b.timeline) != 0) {
+        fprintf(stderr, "keel-bench: --timeline: %s\n", strerror(errno));
+        failed = 1;
+    }
     return failed ? 1 : 0;
 }

@@ -33,7 +33,8 @@ struct pending {
     uv_write_t write;
     int canceled;
     /* incoming */
-    uint64_t started; /* uv_now at accept: the sweep drops slow handshakes */
+    uint64_t started; /* uv_now at accept or connect: the sweep drops slow ones */
+    int connected;    /* outgoing: connected, the handshake being written */
     struct in_addr from_ip;
     char from[KEEL_ADDR_MAX]; /* "a.b.c.d:port", for the log */
     size_t got;
@@ -125,6 +126,7 @@ static void on_connect(uv_connect_t *c, int status)
         return;
     }
     uv_tcp_nodelay(p->tcp, 1);
+    p->connected = 1;
     struct tport *t = p->t;
     struct keel_handshake h = {.cluster_id = t->cfg->cluster_id,
                                .id = t->id,
@@ -162,6 +164,7 @@ static int t_connect(struct raft_uv_transport *base, struct raft_uv_connect *req
     p->t = t;
     p->tcp = tcp;
     p->req = req;
+    p->started = uv_now(t->loop);
     p->cb = cb;
     uv_tcp_init(t->loop, tcp);
     tcp->data = p;
@@ -247,13 +250,27 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     t->accept_cb(t->base, peer.id, peer.peer, (uv_stream_t *)tcp);
 }
 
+/* A connect that has not completed in this long is given up, and raft tries again after its
+ * retry delay (a heartbeat) with a fresh SYN. The kernel would resend the SYN of a connect whose
+ * SYN was lost (a link down, a partition) only after 1, then 3, then 7 s: a member back from a
+ * partition waited seconds for the links that a connect begun during it was still retrying. A
+ * connect between zones takes a round trip, a few ms. */
+static uint64_t connect_timeout(const struct tport *t)
+{
+    uint64_t ms = 3 * (uint64_t)t->cfg->heartbeat_ms;
+    return ms < 200 ? 200 : ms;
+}
+
 static void sweep(uv_timer_t *timer)
 {
     struct tport *t = timer->data;
     uint64_t now = uv_now(t->loop);
-    for (struct pending *p = t->list.next; p != &t->list; p = p->next)
+    for (struct pending *p = t->list.next; p != &t->list; p = p->next) {
         if (p->req == NULL && now - p->started > HELLO_TIMEOUT)
             accept_drop(p);
+        else if (p->req != NULL && !p->connected && now - p->started > connect_timeout(t))
+            connect_fail(p);
+    }
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -327,7 +344,7 @@ static int t_listen(struct raft_uv_transport *base, raft_uv_accept_cb cb)
         uv_timer_init(t->loop, &t->sweep);
         t->sweep.data = t;
         t->sweeping = 1;
-        uv_timer_start(&t->sweep, sweep, 1000, 1000);
+        uv_timer_start(&t->sweep, sweep, 100, 100);
     }
     if (rv != 0) {
         snprintf(base->errmsg, sizeof(base->errmsg), "listen on %s: %s", t->address,

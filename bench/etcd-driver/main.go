@@ -29,6 +29,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -83,6 +84,7 @@ type config struct {
 	json         bool
 	timeoutMs    int
 	target       string
+	timeline     string
 	serializable bool
 	watchers     int
 	leases       uint64
@@ -106,8 +108,11 @@ const usageText = `usage: etcd-driver [flags] put|range|txn-put|txn-mixed|mixed|
   --key-space-size N    distinct keys (default 1)   --sequential-keys
   --consistency l|s     for reads (default l)   --read-ratio F (mixed; default 0.5)
   --zone Z              live in zone Z: source address 127.0.Z.250, same-zone serializable reads
-  --target auto|spread  auto: to the leader (serializable reads: to --zone's member);
-                        spread: client i to endpoint i % len(endpoints) (default auto)
+  --target auto|spread|all  auto: to the leader (serializable reads: to --zone's member);
+                        spread: client i to endpoint i % len(endpoints); all: every
+                        connection to every endpoint (failover) (default auto)
+  --timeline FILE       a line per answer: client, sent and answered (wall clock,
+                        microseconds since the epoch), ok (0|1)
   --watchers W          watch workloads: watchers over the key space (default 100)
   --leases N            lease workloads: leases granted (default 10000)
   --lease-ttl S         their TTL in seconds (default 600 for lease-keepalive, 2 for
@@ -143,6 +148,7 @@ func parseArgs(args []string) (*config, error) {
 	fs.BoolVar(&c.json, "json", false, "")
 	fs.IntVar(&c.timeoutMs, "timeout-ms", 10000, "")
 	fs.StringVar(&c.target, "target", "auto", "")
+	fs.StringVar(&c.timeline, "timeline", "", "")
 	fs.IntVar(&c.watchers, "watchers", 100, "")
 	fs.Uint64Var(&c.leases, "leases", 10000, "")
 	fs.Int64Var(&c.leaseTTL, "lease-ttl", 0, "")
@@ -191,8 +197,8 @@ func parseArgs(args []string) (*config, error) {
 		return nil, errors.New("--consistency must be l or s")
 	}
 	c.serializable = c.consistency == "s"
-	if c.target != "auto" && c.target != "spread" {
-		return nil, errors.New("--target must be auto or spread")
+	if c.target != "auto" && c.target != "spread" && c.target != "all" {
+		return nil, errors.New("--target must be auto, spread or all")
 	}
 	if c.conns < 1 || c.conns > 1024 || c.clients < 1 || c.clients > 100000 ||
 		c.keySize < 1 || c.keySize > 255 || c.valSize < 0 || c.valSize > 1<<20 ||
@@ -678,6 +684,8 @@ func main() {
 		switch {
 		case cfg.target == "spread":
 			connEps[i] = []string{eps[i%len(eps)]}
+		case cfg.target == "all":
+			connEps[i] = eps // clientv3's balancer moves on when a member fails
 		case cfg.serializable && cfg.zone != "" && info.zoneEp[cfg.zone] != "":
 			if cfg.workload == "range" {
 				connEps[i] = []string{info.zoneEp[cfg.zone]}
@@ -732,6 +740,31 @@ func main() {
 	if cfg.rate > 0 {
 		tokens = make(chan struct{}, int(cfg.rate/100)+1)
 		go pacer(cfg.rate, tokens, stopPacer)
+	}
+	// --timeline: a line per answer, "client sent_us answered_us ok(0|1)", as keel-bench's.
+	var tlMu sync.Mutex
+	var tl *bufio.Writer
+	if cfg.timeline != "" {
+		f, err := os.Create(cfg.timeline)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "etcd-driver: --timeline: %v\n", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		tl = bufio.NewWriterSize(f, 1<<20)
+		defer tl.Flush()
+	}
+	note := func(c int, t0 time.Time, ok bool) {
+		if tl == nil {
+			return
+		}
+		okv := 0
+		if ok {
+			okv = 1
+		}
+		tlMu.Lock()
+		fmt.Fprintf(tl, "%d %d %d %d\n", c, t0.UnixNano()/1000, time.Now().UnixNano()/1000, okv)
+		tlMu.Unlock()
 	}
 	results := make([]result, cfg.clients)
 	var wg sync.WaitGroup
@@ -808,6 +841,7 @@ func main() {
 				}
 				lat := time.Since(t0).Seconds()
 				cancel()
+				note(c, t0, err == nil)
 				if err != nil {
 					res.errs[errName(err)]++
 					continue
