@@ -92,7 +92,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'log interrupted; exit 130' INT TERM
 
-now_us() { date +%s%6N; }
+# Times are bash's $EPOCHREALTIME, wall-clock microseconds without a fork: a date process took ms
+# on a busy machine, and a fault timed ms early lets puts sent before it pass for puts after it.
 
 keel_eps=127.0.1.1:22379,127.0.2.1:22379,127.0.3.1:22379
 etcd_eps=http://127.0.1.1:12379,http://127.0.2.1:12379,http://127.0.3.1:12379
@@ -163,10 +164,10 @@ round_once() { # SYS ROUND -> a JSON line in $work/rounds.jsonl
   fi
   load=$!
   local t_start t_kill t_move t_heal=0 caught=0 lead fol
-  t_start=$(now_us)
+  t_start=${EPOCHREALTIME/./}
   sleep 2
   read -r lead _ _ _ < <(roles "$sys")
-  t_kill=$(now_us)
+  t_kill=${EPOCHREALTIME/./}
   kill -KILL "${pids[$((lead - 1))]}"
   wait "${pids[$((lead - 1))]}" 2>/dev/null || true
   sleep 4
@@ -174,7 +175,7 @@ round_once() { # SYS ROUND -> a JSON line in $work/rounds.jsonl
   sleep 2.5
   local fol_id
   read -r lead _ fol fol_id < <(roles "$sys")
-  t_move=$(now_us)
+  t_move=${EPOCHREALTIME/./}
   if [ "$sys" = keel ]; then
     "$KCTL" --endpoints "127.0.$lead.1:22379" move-leader "$fol_id" >/dev/null 2>&1 || log "keel: move-leader failed"
   else
@@ -188,12 +189,12 @@ round_once() { # SYS ROUND -> a JSON line in $work/rounds.jsonl
     sleep 2.5
     scripts/zones.sh heal >/dev/null
     partitioned=0
-    t_heal=$(now_us)
+    t_heal=${EPOCHREALTIME/./}
     # A key written now is on the healed member once it has caught up.
     "$KCTL" --endpoints "$keel_eps" put "heal/$r" "$t_heal" >/dev/null
     for i in $(seq 1 500); do
       if [ "$("$KCTL" --endpoints "127.0.$fol.1:22379" --timeout 1s get "heal/$r" --consistency s --print-value-only 2>/dev/null)" = "$t_heal" ]; then
-        caught=$(now_us)
+        caught=${EPOCHREALTIME/./}
         break
       fi
       sleep 0.01
