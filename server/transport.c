@@ -250,15 +250,15 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     t->accept_cb(t->base, peer.id, peer.peer, (uv_stream_t *)tcp);
 }
 
-/* A connect that has not completed in this long is given up, and raft tries again after its
- * retry delay (a heartbeat) with a fresh SYN. The kernel would resend the SYN of a connect whose
- * SYN was lost (a link down, a partition) only after 1, then 3, then 7 s: a member back from a
- * partition waited seconds for the links that a connect begun during it was still retrying. A
+/* A connect that has not completed in a heartbeat is given up, and raft tries again after its
+ * retry delay (another heartbeat) with a fresh SYN. The kernel would resend the SYN of a connect
+ * whose SYN was lost (a link down, a partition) only after 1, then 3, then 7 s: a member back from
+ * a partition waited seconds for the links that a connect begun during it was still retrying. A
  * connect between zones takes a round trip, a few ms. */
 static uint64_t connect_timeout(const struct tport *t)
 {
-    uint64_t ms = 3 * (uint64_t)t->cfg->heartbeat_ms;
-    return ms < 200 ? 200 : ms;
+    uint64_t ms = t->cfg->heartbeat_ms;
+    return ms < 50 ? 50 : ms;
 }
 
 static void sweep(uv_timer_t *timer)
@@ -344,7 +344,7 @@ static int t_listen(struct raft_uv_transport *base, raft_uv_accept_cb cb)
         uv_timer_init(t->loop, &t->sweep);
         t->sweep.data = t;
         t->sweeping = 1;
-        uv_timer_start(&t->sweep, sweep, 100, 100);
+        uv_timer_start(&t->sweep, sweep, 50, 50);
     }
     if (rv != 0) {
         snprintf(base->errmsg, sizeof(base->errmsg), "listen on %s: %s", t->address,
