@@ -140,6 +140,9 @@ static ProtobufCMessage *change_fail(const struct gw_call *c, int status,
     } else if (status == KEEL_EINVAL && strstr(why, "votes already") != NULL) {
         *code = GW_FAILED_PRECONDITION;
         *message = "etcdserver: can only promote a learner member";
+    } else if (status == KEEL_EINVAL && strstr(why, "answer the leader") != NULL) {
+        *code = GW_FAILED_PRECONDITION;
+        *message = "etcdserver: re-configuration failed due to not enough started members";
     } else if (status == KEEL_EINVAL) {
         *code = GW_FAILED_PRECONDITION; /* the zone rule: keel's own words name the zone */
     }

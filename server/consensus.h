@@ -24,6 +24,9 @@ struct keel_consensus_member {
     bool voter;     /* else a learner (raft's standby: it gets the log, it does not vote) */
     bool caught_up; /* on the leader: answered within the election timeout and holds every
                      * committed entry (the leader itself: true); false anywhere else */
+    bool active;    /* on the leader: raft's "recent receive" flag (itself: true), which raft
+                     * clears every election timeout: true means answered since the last clear */
+    uint64_t match; /* on the leader: the last index it is known to hold (0 elsewhere) */
 };
 
 struct keel_consensus {

@@ -20,6 +20,14 @@ struct keel_membership {
     struct keel_arena arena; /* answers, reset after each */
     uint64_t leader_seen;    /* uv_now when a leader was last known */
     int removed_said;
+    /* When each member was last seen answering the leader (raft's flag set, or its match index
+     * moved): raft clears its flag every election timeout, so one look says little. */
+    struct seen {
+        uint64_t id, match, at;
+    } seen[KEEL_MEMBERS_MAX];
+    size_t n_seen;
+    int leading;            /* this member led at the last look */
+    uint64_t leading_since; /* uv_now when it began to */
     /* The change under way. session 0: one of keeld's own (a promotion), nobody to answer. */
     struct {
         int busy;
@@ -36,10 +44,40 @@ struct keel_membership {
 
 /* ---- who is a member ---- */
 
+/* The raft configuration, with active meaning "seen answering the leader within an election
+ * timeout" (see struct seen). */
 static size_t conf_of(struct keel_membership *ms, struct keel_consensus_member *out)
 {
     size_t n = keel_node_members(ms->o.node, out, KEEL_MEMBERS_MAX);
-    return n < KEEL_MEMBERS_MAX ? n : KEEL_MEMBERS_MAX;
+    n = n < KEEL_MEMBERS_MAX ? n : KEEL_MEMBERS_MAX;
+    uint64_t now = uv_now(ms->o.loop);
+    bool leader = keel_node_is_leader(ms->o.node);
+    if (leader && !ms->leading) {
+        ms->leading_since = now;
+        ms->n_seen = 0; /* what another leader saw is not ours to go by */
+    }
+    ms->leading = leader;
+    /* A majority voted for a new leader a moment ago: until it has watched for an election
+     * timeout itself, that is what it knows. */
+    bool fresh = leader && now - ms->leading_since <= ms->o.cfg->election_ms;
+    for (size_t i = 0; i < n; i++) {
+        struct seen *s = NULL;
+        for (size_t j = 0; j < ms->n_seen && s == NULL; j++)
+            if (ms->seen[j].id == out[i].id)
+                s = &ms->seen[j];
+        if (s == NULL && ms->n_seen < KEEL_MEMBERS_MAX) {
+            s = &ms->seen[ms->n_seen++];
+            *s = (struct seen){out[i].id, out[i].match, 0};
+        }
+        if (s == NULL)
+            continue;
+        if (out[i].active || out[i].match != s->match)
+            s->at = now;
+        s->match = out[i].match;
+        out[i].active =
+            fresh || (s->at != 0 && now - s->at <= (uint64_t)ms->o.cfg->election_ms + TICK_MS);
+    }
+    return n;
 }
 
 static const struct keel_consensus_member *conf_find(const struct keel_consensus_member *c,
@@ -127,6 +165,32 @@ static int zone_check(struct keel_membership *ms, const struct keel_consensus_me
              "%s would put %zu of the %zu voting members in zone %s: losing that zone would leave "
              "%zu, short of a quorum of %zu (--force to do it anyway)",
              what, count, na, z, na - count, na / 2 + 1);
+    return KEEL_EINVAL;
+}
+
+/*
+ * The voters after a change (conf's, plus add, minus drop) that answer the leader (heard from in
+ * its last election timeout): refused
+ * with why when they are not a quorum of the new configuration, which could then never commit
+ * anything, this change included (etcd's strict reconfiguration check). Not forceable. 0 or
+ * KEEL_EINVAL (not UNAVAILABLE: clients retry that, and asking again changes nothing).
+ */
+static int quorum_check(const struct keel_consensus_member *conf, size_t n, uint64_t add,
+                        uint64_t drop, const char *what, char *why, size_t len)
+{
+    size_t voters = 0, live = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (conf[i].id == drop || !(conf[i].voter || conf[i].id == add))
+            continue;
+        voters++;
+        live += conf[i].active;
+    }
+    if (voters == 0 || live >= voters / 2 + 1)
+        return 0;
+    snprintf(why, len,
+             "%s would leave %zu voting members of which only %zu answer the leader, short of a "
+             "quorum of %zu: bring members back first",
+             what, voters, live, voters / 2 + 1);
     return KEEL_EINVAL;
 }
 
@@ -360,9 +424,13 @@ static void serve_remove(struct keel_membership *ms, uint64_t session, const Kee
         keel_reply_error(ms->o.reply, session, req->id, KEEL_EMEMBERNOTFOUND, why);
         return;
     }
-    if (m->voter && !r->force &&
-        zone_check(ms, conf, n, 0, "", r->id, "removing this member", why, sizeof(why)) != 0) {
-        keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL, why);
+    int err = 0;
+    if (m->voter && !r->force)
+        err = zone_check(ms, conf, n, 0, "", r->id, "removing this member", why, sizeof(why));
+    if (err == 0 && m->voter)
+        err = quorum_check(conf, n, 0, r->id, "removing this member", why, sizeof(why));
+    if (err != 0) {
+        keel_reply_error(ms->o.reply, session, req->id, err, why);
         return;
     }
     ms->op.kind = KEEL_NODE_REMOVE;
@@ -374,12 +442,12 @@ static void serve_remove(struct keel_membership *ms, uint64_t session, const Kee
     ms->op.learner = mi ? mi->learner : false;
     ms->op.busy = 1;
     if (r->id == ms->o.cfg->member_id) {
-        int err = keel_node_transfer(ms->o.node, 0, handed_away, ms);
+        err = keel_node_transfer(ms->o.node, 0, handed_away, ms);
         if (err != 0)
             fail_op(ms, err, "could not hand leadership away before this member's own removal");
         return;
     }
-    int err = propose_record(ms, true);
+    err = propose_record(ms, true);
     if (err == 0) {
         keel_propose_flush(ms->o.propose);
         err = ms->o.raft->barrier(ms->o.raft->ctx, tombstone_done, ms);
@@ -413,9 +481,14 @@ static void serve_promote(struct keel_membership *ms, uint64_t session, const Ke
         keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL, why);
         return;
     }
-    if (!p->force && zone_check(ms, conf, n, p->id, zone_of(ms, p->id), 0, "promoting this member",
-                                why, sizeof(why)) != 0) {
-        keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL, why);
+    int zerr = 0;
+    if (!p->force)
+        zerr = zone_check(ms, conf, n, p->id, zone_of(ms, p->id), 0, "promoting this member", why,
+                          sizeof(why));
+    if (zerr == 0)
+        zerr = quorum_check(conf, n, p->id, 0, "promoting this member", why, sizeof(why));
+    if (zerr != 0) {
+        keel_reply_error(ms->o.reply, session, req->id, zerr, why);
         return;
     }
     const struct keel_member_info *mi = keel_members_get(ms->o.members, p->id);

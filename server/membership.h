@@ -20,7 +20,9 @@
  * Zones: a change that leaves the voters outside some zone short of a quorum (losing that zone
  * would stop the cluster) is refused unless forced, with a message naming the zone and counts.
  *
- * One change at a time (raft takes one); a second is refused with TOO_MANY_REQUESTS.
+ * One change at a time (raft takes one); a second is refused with TOO_MANY_REQUESTS. A remove or a
+ * promotion after which the voters that answer the leader would not be a quorum is refused
+ * (INVAL): the new configuration could never commit, this change included.
  *
  * A removed member applies its own tombstone before the leader removes it from the raft
  * configuration (the barrier), then hears from no leader, or restarts to find itself outside

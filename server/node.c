@@ -873,11 +873,14 @@ size_t keel_node_members(struct keel_node *n, struct keel_consensus_member *out,
         m->id = s->id;
         snprintf(m->peer, sizeof(m->peer), "%s", s->address);
         m->voter = s->role == RAFT_VOTER;
-        m->caught_up = false;
+        m->caught_up = m->active = false;
+        m->match = 0;
         if (leader && s->id == n->raft.id) {
-            m->caught_up = true;
+            m->caught_up = m->active = true;
         } else if (leader && s->role != RAFT_SPARE) {
             const struct raft_progress *p = &n->raft.leader_state.progress[i];
+            m->active = p->recent_recv;
+            m->match = p->match_index;
             m->caught_up = p->recent_recv && p->match_index >= n->raft.commit_index;
         }
     }
