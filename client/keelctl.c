@@ -70,6 +70,7 @@ static const char *const usage_text =
     "  member add NAME --peer-urls URL [--learner] [--zone Z] [--force]\n"
     "      (prints the flags the new member starts with; a member added without --learner\n"
     "      votes once it has caught up)\n"
+    "  member update ID --peer-urls URL   (the member restarts with --listen-peer there)\n"
     "  member remove ID [--force] | member promote ID [--force]   (hex member ids;\n"
     "      --force: past the check that losing one zone never loses the quorum)\n"
     "  endpoint status | endpoint health\n"
@@ -1582,6 +1583,43 @@ static int cmd_member_add(struct ctl *c, int argc, char **argv)
     return 0;
 }
 
+static int cmd_member_update(struct ctl *c, int argc, char **argv)
+{
+    c->usage = "member update ID --peer-urls URL";
+    const char *peer = NULL;
+    struct ctl_flag t[] = {
+        {"peer-urls", 0, CTL_STR, &peer, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    struct ctl_args pos;
+    parse_args(c, t, argc, argv, &pos);
+    apply_globals(c);
+    if (pos.argc != 1)
+        die(EXIT_USAGE, "member ID is not provided");
+    uint64_t id = member_id_arg(pos.argv[0], "member");
+    if (peer == NULL || peer[0] == '\0')
+        die(EXIT_USAGE, "member peer urls not provided");
+    Keel__MemberUpdateRequest mu = KEEL__MEMBER_UPDATE_REQUEST__INIT;
+    char *urls[1] = {(char *)peer};
+    mu.id = id;
+    mu.peerurls = urls;
+    mu.n_peerurls = 1;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_MEMBER_UPDATE;
+    req.member_update = &mu;
+    const Keel__Response *resp = run(c, &req);
+    if (resp->body_case != KEEL__RESPONSE__BODY_MEMBER_UPDATE)
+        die(1, "unexpected reply to member update");
+    if (c->fmt == OUT_JSON || c->fmt == OUT_TABLE)
+        print_members(c, resp->header, resp->member_update->members, resp->member_update->n_members,
+                      NULL, NULL);
+    else
+        printf("Member %16" PRIx64 " updated in cluster %16" PRIx64 "\n", id,
+               resp->header ? resp->header->cluster_id : 0);
+    keel_flat_free(resp);
+    return 0;
+}
+
 static int cmd_member_remove(struct ctl *c, int argc, char **argv, bool promote)
 {
     c->usage = promote ? "member promote ID [--force]" : "member remove ID [--force]";
@@ -2226,6 +2264,8 @@ int main(int argc, char **argv)
         rv = cmd_member_remove(c, nrest, rest, false);
     else if (!strcmp(cmd, "member") && !strcmp(sub, "promote"))
         rv = cmd_member_remove(c, nrest, rest, true);
+    else if (!strcmp(cmd, "member") && !strcmp(sub, "update"))
+        rv = cmd_member_update(c, nrest, rest);
     else if (!strcmp(cmd, "endpoint") && !strcmp(sub, "status"))
         rv = cmd_endpoint_status(c, nrest, rest);
     else if (!strcmp(cmd, "endpoint") && !strcmp(sub, "health"))

@@ -1,7 +1,7 @@
 /*
- * etcd's Cluster service: MemberList, MemberRemove and MemberPromote on keel's; MemberAdd is
- * refused (etcd's request has no name, keel's member ids come from names) with the keelctl
- * command to use, MemberUpdate is Unimplemented (keel does not move a member).
+ * etcd's Cluster service: MemberList, MemberRemove, MemberPromote and MemberUpdate on keel's;
+ * MemberAdd is refused (etcd's request has no name, keel's member ids come from names) with the
+ * keelctl command to use.
  *
  * Every member's clientURLs are the gateway's advertised URLs, never keel's native client
  * addresses: etcd clients (etcdctl --cluster, clientv3 Sync, Patroni) dial what they find there,
@@ -109,6 +109,18 @@ static ProtobufCMessage *change_reply(const struct gw_call *c, const Keel__Respo
         rm->n_members = n;
         return &rm->base;
     }
+    if (resp->body_case == KEEL__RESPONSE__BODY_MEMBER_UPDATE) {
+        Etcdserverpb__MemberUpdateResponse *up = keel_arena_alloc(a, sizeof(*up));
+        km = resp->member_update->members;
+        n = resp->member_update->n_members;
+        if (!up)
+            return NULL;
+        etcdserverpb__member_update_response__init(up);
+        if (!(up->header = gw_unary_header(a, resp)) || !(up->members = members_of(c, a, km, n)))
+            return NULL;
+        up->n_members = n;
+        return &up->base;
+    }
     if (resp->body_case != KEEL__RESPONSE__BODY_MEMBER_PROMOTE)
         return NULL;
     km = resp->member_promote->members;
@@ -185,9 +197,16 @@ static void on_add(struct gw_call *c, ProtobufCMessage *msg)
 
 static void on_update(struct gw_call *c, ProtobufCMessage *msg)
 {
-    gw_unary_fail(c, msg, GW_UNIMPLEMENTED,
-                  "keel does not change a member's peer address: remove the member and add it "
-                  "again");
+    const Etcdserverpb__MemberUpdateRequest *e = (const Etcdserverpb__MemberUpdateRequest *)msg;
+    Keel__MemberUpdateRequest k = KEEL__MEMBER_UPDATE_REQUEST__INIT;
+    k.id = e->id;
+    k.peerurls = e->peerurls;
+    k.n_peerurls = e->n_peerurls;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_MEMBER_UPDATE;
+    req.member_update = &k;
+    gw_unary_send(c, &req, &change_ops, 0);
+    protobuf_c_message_free_unpacked(msg, NULL);
 }
 
 #define MEMBER(name, json, type, handler)                                                          \

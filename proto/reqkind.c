@@ -44,6 +44,7 @@ static const struct keel_reqkind kinds[] = {
     ROW(MEMBER_ADD, W | L, NO),
     ROW(MEMBER_REMOVE, W | L, NO),
     ROW(MEMBER_PROMOTE, W | L, NO),
+    ROW(MEMBER_UPDATE, W | L, NO),
 
     ROW(STATUS, I, NO),
     ROW(MOVE_LEADER, L, NO),

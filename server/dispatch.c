@@ -405,6 +405,7 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
     case KEEL__REQUEST__BODY_MEMBER_ADD:
     case KEEL__REQUEST__BODY_MEMBER_REMOVE:
     case KEEL__REQUEST__BODY_MEMBER_PROMOTE:
+    case KEEL__REQUEST__BODY_MEMBER_UPDATE:
         if (d->o.member_change != NULL)
             d->o.member_change(d->o.member_ctx, session, req);
         else

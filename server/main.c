@@ -128,6 +128,12 @@ static void on_peer(void *data, const struct keel_handshake_peer *p)
         leader_changed(k, keel_node_is_leader(k->node), p->id);
 }
 
+static const char *moved_peer(void *data, uint64_t id)
+{
+    struct keeld *k = data;
+    return keel_members_moved_peer(&k->members, id);
+}
+
 static void session_hello(void *data, uint64_t session, const Keel__Hello *h)
 {
     struct keeld *k = data;
@@ -501,6 +507,7 @@ static int wire(struct keeld *k)
                                    .fsm = k->fsm,
                                    .on_change = on_change,
                                    .on_peer = on_peer,
+                                   .moved_peer = moved_peer,
                                    .data = k};
     if ((rv = keel_node_new(&no, &k->node)) != 0)
         return rv;

@@ -40,6 +40,12 @@ struct keel_member_info *keel_members_get(struct keel_members *m, uint64_t id)
     return NULL;
 }
 
+const char *keel_members_moved_peer(struct keel_members *m, uint64_t id)
+{
+    const struct keel_member_info *mi = keel_members_get(m, id);
+    return mi != NULL && mi->stored_peer[0] != '\0' ? mi->stored_peer : NULL;
+}
+
 struct keel_member_info *keel_members_put(struct keel_members *m, uint64_t id)
 {
     struct keel_member_info *mi = keel_members_get(m, id);
@@ -80,8 +86,10 @@ int keel_members_load(struct keel_members *m, struct keel_store *store)
         mi->removed = v[i]->removed;
         if (mi->name[0] == '\0' && v[i]->name != NULL)
             snprintf(mi->name, sizeof(mi->name), "%s", v[i]->name);
-        if (mi->peer[0] == '\0' && v[i]->n_peerurls > 0)
-            snprintf(mi->peer, sizeof(mi->peer), "%s", v[i]->peerurls[0]);
+        snprintf(mi->stored_peer, sizeof(mi->stored_peer), "%s",
+                 v[i]->n_peerurls > 0 ? v[i]->peerurls[0] : "");
+        if (mi->stored_peer[0] != '\0')
+            snprintf(mi->peer, sizeof(mi->peer), "%s", mi->stored_peer);
         const char *client = v[i]->n_clienturls > 0 ? v[i]->clienturls[0] : "";
         const char *zone = v[i]->zone ? v[i]->zone : "";
         snprintf(mi->stored_client, sizeof(mi->stored_client), "%s", client);
@@ -141,7 +149,8 @@ Keel__Member **keel_members_msg(struct keel_members *m, const struct keel_consen
             char *peer = keel_arena_alloc(a, sizeof(conf[i].peer));
             if (peer == NULL)
                 return NULL;
-            memcpy(peer, conf[i].peer, sizeof(conf[i].peer));
+            const char *moved = keel_members_moved_peer(m, conf[i].id);
+            snprintf(peer, sizeof(conf[i].peer), "%s", moved ? moved : conf[i].peer);
             msg = member_msg(a, conf[i].id, mi, peer, !conf[i].voter);
         } else {
             if (m->v[i].removed)

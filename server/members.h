@@ -27,7 +27,8 @@ struct keel_member_info {
      * attributes when they differ from these. */
     char stored_client[KEEL_ADDR_MAX];
     char stored_zone[KEEL_NAME_MAX];
-    int publishing; /* a member_attrs for it is in flight */
+    char stored_peer[KEEL_ADDR_MAX]; /* the record's peer address: a member update's wins */
+    int publishing;                  /* a member_attrs for it is in flight */
     bool learner; /* added as a learner: stays one until promoted (else promoted once caught up) */
     bool removed; /* the store says member remove took it out */
 };
@@ -52,6 +53,10 @@ struct keel_member_info *keel_members_get(struct keel_members *m, uint64_t id);
 /* Take the attributes stored in the replicated state: they survive restarts, and every member
  * gets every other member's client address through them. 0 or KEEL_E*. */
 int keel_members_load(struct keel_members *m, struct keel_store *store);
+
+/* The peer address member id has by a member update, NULL when the raft configuration's
+ * stands (no update, or no such member). */
+const char *keel_members_moved_peer(struct keel_members *m, uint64_t id);
 
 /* Record what a peer that passed the handshake said about itself (an unknown one is added: the
  * raft configuration has it). */

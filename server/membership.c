@@ -35,6 +35,7 @@ struct keel_membership {
         uint64_t session, req_id, id;
         char name[KEEL_NAME_MAX], peer[KEEL_ADDR_MAX], zone[KEEL_NAME_MAX];
         bool learner;
+        bool update; /* a member update: a record only, no raft change (kind unused) */
         /* The member_attrs record proposed for it: the proposer borrows it until the turn's
          * end, and one change at a time means one record at a time. */
         Keel__Member rec;
@@ -218,6 +219,15 @@ static void answer_done(struct keel_membership *ms)
     Keel__MemberAddResponse add = KEEL__MEMBER_ADD_RESPONSE__INIT;
     Keel__MemberRemoveResponse rm = KEEL__MEMBER_REMOVE_RESPONSE__INIT;
     Keel__MemberPromoteResponse pr = KEEL__MEMBER_PROMOTE_RESPONSE__INIT;
+    Keel__MemberUpdateResponse up = KEEL__MEMBER_UPDATE_RESPONSE__INIT;
+    if (ms->op.update) {
+        up.members = v;
+        up.n_members = n;
+        resp.body_case = KEEL__RESPONSE__BODY_MEMBER_UPDATE;
+        resp.member_update = &up;
+        answer(ms, &resp, session);
+        return;
+    }
     switch (ms->op.kind) {
     case KEEL_NODE_ADD:
         add.members = v;
@@ -330,6 +340,21 @@ static void tombstone_done(void *data, int err)
         return;
     }
     uv_timer_start(&ms->wait, told, 2 * (uint64_t)ms->o.cfg->heartbeat_ms, 0);
+}
+
+/* A member update's record is applied here: every member that has it dials the new address. */
+static void update_done(void *data, int err)
+{
+    struct keel_membership *ms = data;
+    if (err != 0) {
+        fail_op(ms, err == KEEL_ENOTLEADER ? KEEL_EUNKNOWN : err,
+                "leadership was lost before the update was applied; ask again");
+        return;
+    }
+    ms->op.busy = 0;
+    KLOG_INFO("member %s (%016llx) now at peer address %s", ms->op.name,
+              (unsigned long long)ms->op.id, ms->op.peer);
+    answer_done(ms);
 }
 
 /* Removing the leader itself: leadership goes first, and the client asks the new leader. */
@@ -507,6 +532,49 @@ static void serve_promote(struct keel_membership *ms, uint64_t session, const Ke
     start_change(ms);
 }
 
+static void serve_update(struct keel_membership *ms, uint64_t session, const Keel__Request *req,
+                         const struct keel_consensus_member *conf, size_t n)
+{
+    const Keel__MemberUpdateRequest *u = req->member_update;
+    char why[320], peer[KEEL_ADDR_MAX];
+    const struct keel_consensus_member *m = conf_find(conf, n, u->id);
+    if (m == NULL) {
+        snprintf(why, sizeof(why), "member %016llx is not a member of this cluster",
+                 (unsigned long long)u->id);
+        keel_reply_error(ms->o.reply, session, req->id, KEEL_EMEMBERNOTFOUND, why);
+        return;
+    }
+    if (u->n_peerurls != 1 || peer_url(u->peerurls[0], peer, sizeof(peer)) != 0) {
+        keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL,
+                         "member update needs one peer URL, http://a.b.c.d:port or a.b.c.d:port");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *moved = keel_members_moved_peer(ms->o.members, conf[i].id);
+        if (conf[i].id != u->id && strcmp(moved ? moved : conf[i].peer, peer) == 0) {
+            snprintf(why, sizeof(why), "peer address %s is member %s's (%016llx)", peer,
+                     name_of(ms, conf[i].id), (unsigned long long)conf[i].id);
+            keel_reply_error(ms->o.reply, session, req->id, KEEL_EMEMBEREXISTS, why);
+            return;
+        }
+    }
+    const struct keel_member_info *mi = keel_members_get(ms->o.members, u->id);
+    ms->op.update = true;
+    ms->op.id = u->id;
+    snprintf(ms->op.name, sizeof(ms->op.name), "%s", mi ? mi->name : "");
+    snprintf(ms->op.peer, sizeof(ms->op.peer), "%s", peer);
+    snprintf(ms->op.zone, sizeof(ms->op.zone), "%s", mi ? mi->zone : "");
+    ms->op.learner = mi ? mi->learner : !m->voter;
+    ms->op.busy = 1;
+    int err = propose_record(ms, false);
+    if (err == 0) {
+        keel_propose_flush(ms->o.propose);
+        err = ms->o.raft->barrier(ms->o.raft->ctx, update_done, ms);
+    }
+    if (err != 0)
+        fail_op(ms, err, NULL);
+}
+
 void keel_membership_serve(struct keel_membership *ms, uint64_t session, const Keel__Request *req)
 {
     if (!keel_node_is_leader(ms->o.node)) {
@@ -522,6 +590,7 @@ void keel_membership_serve(struct keel_membership *ms, uint64_t session, const K
     size_t n = conf_of(ms, conf);
     ms->op.session = session;
     ms->op.req_id = req->id;
+    ms->op.update = false;
     switch (req->body_case) {
     case KEEL__REQUEST__BODY_MEMBER_ADD:
         serve_add(ms, session, req, conf, n);
@@ -531,6 +600,9 @@ void keel_membership_serve(struct keel_membership *ms, uint64_t session, const K
         break;
     case KEEL__REQUEST__BODY_MEMBER_PROMOTE:
         serve_promote(ms, session, req, conf, n);
+        break;
+    case KEEL__REQUEST__BODY_MEMBER_UPDATE:
+        serve_update(ms, session, req, conf, n);
         break;
     default:
         keel_reply_error(ms->o.reply, session, req->id, KEEL_EUNSUPPORTED, NULL);
@@ -550,6 +622,7 @@ static void promote_caught_up(struct keel_membership *ms, const struct keel_cons
             continue;
         ms->op.busy = 1;
         ms->op.session = 0;
+        ms->op.update = false;
         ms->op.kind = KEEL_NODE_PROMOTE;
         ms->op.id = conf[i].id;
         snprintf(ms->op.name, sizeof(ms->op.name), "%s", mi->name);

@@ -1,7 +1,7 @@
 /*
  * Membership changes, etcd's model on canonical/raft's configuration changes: MemberAdd,
- * MemberRemove and MemberPromote served by the leader, new members promoted once they caught
- * up, and a removed member that stops.
+ * MemberRemove, MemberPromote and MemberUpdate served by the leader, new members promoted once they
+ * caught up, and a removed member that stops.
  *
  *   MemberAdd NAME PEER [ZONE] ─ record (member_attrs) ─ raft_add ─ raft_assign standby ─ answer
  *                                  the new member starts with --initial-cluster-state existing,
@@ -9,6 +9,8 @@
  *                                  added as a learner is made a voter once caught up (tick)
  *   MemberPromote ID ─ caught up? ─ record ─ raft_assign voter ─ answer
  *   MemberRemove ID ─ tombstone record (member_attrs removed) ─ barrier ─ raft_remove ─ answer
+ *   MemberUpdate ID PEER ─ record with the new peer address ─ barrier ─ answer (raft 0.15 cannot
+ *                     change an address: every member looks it up in the records first)
  *                     (on the leader itself: leadership is handed away first, and the client
  *                     is told NOT_LEADER with the new leader, to ask it)
  *
@@ -59,7 +61,8 @@ struct keel_membership_options {
 /* 0 or KEEL_ENOMEM. What o points to must outlive it. */
 int keel_membership_new(const struct keel_membership_options *o, struct keel_membership **out);
 
-/* Serve a MemberAdd, MemberRemove or MemberPromote from session (req stays the caller's). */
+/* Serve a MemberAdd, MemberRemove, MemberPromote or MemberUpdate from session (req stays the
+ * caller's). */
 void keel_membership_serve(struct keel_membership *ms, uint64_t session, const Keel__Request *req);
 
 /* Stop the timer (it closes before the loop ends); a change under way is answered by raft's

@@ -641,9 +641,13 @@ static const char *peer_of(void *data, uint64_t id)
     const struct raft_configuration *c = &n->raft.configuration;
     if (c->n == 0)
         return keel_handshake_config_peer((void *)n->o.cfg, id);
-    for (unsigned i = 0; i < c->n; i++)
-        if (c->servers[i].id == id)
-            return c->servers[i].address;
+    for (unsigned i = 0; i < c->n; i++) {
+        if (c->servers[i].id != id)
+            continue;
+        /* raft 0.15 cannot change a member's address: a member update is a record beside it */
+        const char *moved = n->o.moved_peer ? n->o.moved_peer(n->o.data, id) : NULL;
+        return moved ? moved : c->servers[i].address;
+    }
     return NULL;
 }
 

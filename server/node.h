@@ -41,6 +41,9 @@ struct keel_node_options {
     /* A peer's handshake was accepted (transport.h says when, and what to do with its cluster
      * id while this member knows none). */
     void (*on_peer)(void *data, const struct keel_handshake_peer *p);
+    /* The peer address a member update gave member id, NULL when the raft configuration's
+     * stands. NULL: none ever does. */
+    const char *(*moved_peer)(void *data, uint64_t id);
     void *data;
 };
 

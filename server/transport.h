@@ -14,10 +14,10 @@
  * the raft configuration, which member add and remove change; of --initial-cluster only before
  * there is one), the peer address it gives is that member's, and the connection's source IP is
  * that address's host (an IPv4 literal: --initial-cluster and member add take nothing else, so
- * there is nothing to resolve). A removed member is refused from then on. Anything else is closed and logged, and neither raft nor the
- * peer callback ever hears of it: raft would otherwise take votes and appends from the
- * impostor, and its attributes would be published to every member. Members that share a host
- * cannot be told apart this way; each needs its own address.
+ * there is nothing to resolve). A removed member is refused from then on. Anything else is closed
+ * and logged, and neither raft nor the peer callback ever hears of it: raft would otherwise take
+ * votes and appends from the impostor, and its attributes would be published to every member.
+ * Members that share a host cannot be told apart this way; each needs its own address.
  */
 #ifndef KEEL_TRANSPORT_H
 #define KEEL_TRANSPORT_H

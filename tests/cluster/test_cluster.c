@@ -970,6 +970,43 @@ static void members_zone_loss_refused(void **state)
     assert_int_equal(change_member(k, id4, true, true), 0);
     assert_int_equal(role_of(k, id4), 1);
     put_str(k, "k/after", "promoted");
+
+    /* Member update: m2 moves to another peer port; restarted there, it is accepted and gets
+     * what it missed. */
+    uint64_t id2 = member_id(&c, k, 2);
+    assert_true(tc_stop(&c, 2, SIGTERM) != -1);
+    char url[64];
+    int port = tc_free_port("127.0.2.1");
+    assert_true(port > 0);
+    snprintf(c.m[2].peer, sizeof(c.m[2].peer), "127.0.2.1:%d", port);
+    snprintf(url, sizeof(url), "http://%s", c.m[2].peer);
+    char *urls[1] = {url};
+    Keel__MemberUpdateRequest mu = KEEL__MEMBER_UPDATE_REQUEST__INIT;
+    mu.id = id2;
+    mu.peerurls = urls;
+    mu.n_peerurls = 1;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_MEMBER_UPDATE;
+    req.member_update = &mu;
+    Keel__Response *resp = NULL;
+    rv = keel_do(k, &req, &resp);
+    if (rv != 0)
+        fail_msg("member update: %s (%s)", keel_strerror(rv), keel_errmsg());
+    bool listed = false;
+    for (size_t j = 0; j < resp->member_update->n_members; j++)
+        listed = listed || (resp->member_update->members[j]->id == id2 &&
+                            strcmp(resp->member_update->members[j]->peerurls[0], c.m[2].peer) == 0);
+    keel_free(resp);
+    assert_true(listed);
+    put_str(k, "k/moved", "while m2 was away");
+    set_initial(&c, 0x1e);
+    assert_int_equal(tc_start(&c, 2), 0);
+    until = tc_now_ms() + 20000;
+    while ((v = get_from(&c, 2, "k/moved", NULL)) == NULL && tc_now_ms() < until)
+        tu_sleep_ms(50);
+    assert_non_null(v);
+    assert_string_equal(v, "while m2 was away");
+    free(v);
     keel_close(k);
     tc_cluster_close(&c);
 }

@@ -34,7 +34,7 @@ long long tc_now_ms(void)
  * must get its port back, and a port from the ephemeral range may meanwhile be taken as the
  * source port of some connection from the same address (another test's member, say).
  */
-static int free_port(const char *host)
+int tc_free_port(const char *host)
 {
     static unsigned rng;
     int lo = 32768, hi = 60999;
@@ -170,8 +170,8 @@ void tc_cluster_init_at(struct tc_cluster *c, int n, const char *tag, int block)
         snprintf(m->zone, sizeof(m->zone), "z%d", block + i - 1);
         /* Two draws may give the same free port (neither is bound yet): keeld then refuses
          * to start ("--listen-client and --listen-peer are the same address"). */
-        int client_port = free_port(host), peer_port;
-        while ((peer_port = free_port(host)) == client_port)
+        int client_port = tc_free_port(host), peer_port;
+        while ((peer_port = tc_free_port(host)) == client_port)
             ;
         snprintf(m->client, sizeof(m->client), "%s:%d", host, client_port);
         snprintf(m->peer, sizeof(m->peer), "%s:%d", host, peer_port);

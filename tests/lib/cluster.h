@@ -76,6 +76,9 @@ void tc_reset_peak(pid_t pid);
 /* Whether member i's log has a line containing needle. */
 int tc_log_contains(const struct tc_cluster *c, int i, const char *needle);
 
+/* A TCP port on host that nothing listens on now (picked at random; 0 when none was found). */
+int tc_free_port(const char *host);
+
 /* Milliseconds of monotonic time. */
 long long tc_now_ms(void);
 
