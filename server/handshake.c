@@ -94,16 +94,17 @@ int keel_handshake_check(const struct keel_handshake_rule *r,
     struct in_addr want;
     get_str(addr, hello + HELLO_PEER);
     if (strcmp(addr, peer) != 0) {
-        snprintf(why, len, "claims member %016llx with peer address %.63s, which is %s",
-                 (unsigned long long)id, addr, peer);
+        snprintf(why, len, "claims member %016llx (%s) with peer address %.63s, which is %s",
+                 (unsigned long long)id, out->name, addr, peer);
         return -1;
     }
     /* config.c and the member changes accept only IPv4 literals, so this cannot fail; refuse if
      * it ever does. */
     if (keel_addr_split(peer, host, sizeof(host), &port) != 0 ||
         inet_pton(AF_INET, host, &want) != 1 || from.s_addr != want.s_addr) {
-        snprintf(why, len, "claims member %016llx, whose peer address is %s, from another host",
-                 (unsigned long long)id, peer);
+        snprintf(why, len,
+                 "claims member %016llx (%s), whose peer address is %s, from another host",
+                 (unsigned long long)id, out->name, peer);
         return -1;
     }
     /* What every member will be told to dial: the same form --listen-client must have. */

@@ -36,6 +36,7 @@ struct keel_membership {
         char name[KEEL_NAME_MAX], peer[KEEL_ADDR_MAX], zone[KEEL_NAME_MAX];
         bool learner;
         bool update; /* a member update: a record only, no raft change (kind unused) */
+        int polls;   /* update_poll's looks so far */
         /* The member_attrs record proposed for it: the proposer borrows it until the turn's
          * end, and one change at a time means one record at a time. */
         Keel__Member rec;
@@ -342,7 +343,28 @@ static void tombstone_done(void *data, int err)
     uv_timer_start(&ms->wait, told, 2 * (uint64_t)ms->o.cfg->heartbeat_ms, 0);
 }
 
-/* A member update's record is applied here: every member that has it dials the new address. */
+static void update_answer(struct keel_membership *ms)
+{
+    ms->op.busy = 0;
+    KLOG_INFO("member %s (%016llx) now at peer address %s", ms->op.name,
+              (unsigned long long)ms->op.id, ms->op.peer);
+    answer_done(ms);
+}
+
+/* The record reaches the member table once the storage writer hands its batch back, which may
+ * be a moment after raft called the barrier back: the answer lists the new address. */
+static void update_poll(uv_timer_t *t)
+{
+    struct keel_membership *ms = t->data;
+    const char *now = keel_members_moved_peer(ms->o.members, ms->op.id);
+    if ((now != NULL && strcmp(now, ms->op.peer) == 0) || ++ms->op.polls >= 200)
+        update_answer(ms);
+    else
+        uv_timer_start(&ms->wait, update_poll, 5, 0);
+}
+
+/* A member update's record is committed here: every member that applies it dials the new
+ * address. */
 static void update_done(void *data, int err)
 {
     struct keel_membership *ms = data;
@@ -351,10 +373,8 @@ static void update_done(void *data, int err)
                 "leadership was lost before the update was applied; ask again");
         return;
     }
-    ms->op.busy = 0;
-    KLOG_INFO("member %s (%016llx) now at peer address %s", ms->op.name,
-              (unsigned long long)ms->op.id, ms->op.peer);
-    answer_done(ms);
+    ms->op.polls = 0;
+    update_poll(&ms->wait);
 }
 
 /* Removing the leader itself: leadership goes first, and the client asks the new leader. */

@@ -357,7 +357,8 @@ static void spoofed_member_refused(void **state)
     }
 }
 
-/* An id no --initial-cluster names is refused too, even from a member's own host. */
+/* An id that is no member (of the raft configuration) is refused too, even from a member's own
+ * host. */
 static void unknown_member_refused(void **state)
 {
     (void)state;
@@ -373,7 +374,7 @@ static void unknown_member_refused(void **state)
     send_all(fd, buf, hello_encode(&h, buf));
     assert_true(closed_within(fd, 3000));
     close(fd);
-    assert_true(log_has(1, "refused", "0000000001234567", "does not name", NULL));
+    assert_true(log_has(1, "refused", "0000000001234567", "no member of this cluster", NULL));
     assert_serving("after-unknown");
 }
 
