@@ -24,6 +24,8 @@ static const char usage[] =
     "  --listen-peer HOST:PORT     peer address; must equal this member's --initial-cluster entry\n"
     "  --initial-cluster LIST      every member as NAME=HOST:PORT[@ZONE], the same on every "
     "member\n"
+    "  --listen-metrics HOST:PORT  serve /metrics (Prometheus), /health, /readyz and /livez\n"
+    "                              over HTTP there (default: not served)\n"
     "  --initial-cluster-state S   new (default): these members start a new cluster;\n"
     "                              existing: join a running cluster that `keelctl member add`\n"
     "                              named this member in (list every member, this one too)\n"
@@ -304,6 +306,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_AC_MODE,
         O_PREFER,
         O_CLUSTER_STATE,
+        O_METRICS,
         O_AC_RETENTION,
         O_AC_INTERVAL,
         O_DISK_RESERVE,
@@ -342,6 +345,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"auto-compaction-mode", required_argument, NULL, O_AC_MODE},
         {"preferred-leader-zone", required_argument, NULL, O_PREFER},
         {"initial-cluster-state", required_argument, NULL, O_CLUSTER_STATE},
+        {"listen-metrics", required_argument, NULL, O_METRICS},
         {"auto-compaction-retention", required_argument, NULL, O_AC_RETENTION},
         {"auto-compaction-interval-ms", required_argument, NULL, O_AC_INTERVAL},
         {"help", no_argument, NULL, O_HELP},
@@ -483,6 +487,10 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         case O_AC_RETENTION:
             retention = optarg;
             break;
+        case O_METRICS:
+            rv = copy_arg(c->listen_metrics, sizeof(c->listen_metrics), optarg, "--listen-metrics",
+                          err, errlen);
+            break;
         case O_CLUSTER_STATE:
             if (strcmp(optarg, "new") == 0 || strcmp(optarg, "existing") == 0)
                 c->join = strcmp(optarg, "existing") == 0;
@@ -541,6 +549,13 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
                     c->heartbeat_ms, c->election_ms);
     if (strcmp(c->listen_client, c->listen_peer) == 0)
         return fail(err, errlen, "--listen-client and --listen-peer are the same address");
+    if (c->listen_metrics[0] != '\0' &&
+        ((rv = check_addr(c->listen_metrics, "--listen-metrics", err, errlen)) != 0 ||
+         strcmp(c->listen_metrics, c->listen_client) == 0 ||
+         strcmp(c->listen_metrics, c->listen_peer) == 0))
+        return rv != 0 ? rv
+                       : fail(err, errlen, "--listen-metrics %s is the client or peer address",
+                              c->listen_metrics);
     const struct keel_member_conf *self = NULL;
     for (size_t i = 0; i < c->n_members; i++)
         if (strcmp(c->members[i].name, c->name) == 0)

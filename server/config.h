@@ -61,6 +61,7 @@ struct keel_config {
     uint64_t compact_check_ms;      /* revision auto-compaction: how often it looks */
     int log_level;
     char preferred_zone[KEEL_NAME_MAX]; /* leadership moves into this zone ("": anywhere) */
+    char listen_metrics[KEEL_ADDR_MAX]; /* /metrics and /health ("": not served) */
 };
 
 /*

@@ -32,6 +32,7 @@
 #include "members.h"
 #include "node.h"
 #include "membership.h"
+#include "metrics.h"
 #include "prefer.h"
 #include "propose.h"
 #include "publish.h"
@@ -61,6 +62,9 @@ struct keeld {
     struct keel_compactor *compactor;
     struct keel_prefer *prefer; /* NULL without --preferred-leader-zone */
     struct keel_membership *membership;
+    struct keel_metrics *metrics; /* NULL without --listen-metrics */
+    uint64_t leader_changes;      /* leaders seen (metrics) */
+    uint64_t last_leader_seen;
     struct keel_diskwatch *diskwatch;
     /* A follower asks the leader for the NOSPACE alarm as a client would (raise_nospace). */
     struct keel_aclient *alarm_client;
@@ -91,6 +95,10 @@ static void on_applied(void *data, struct keel_fsm_batch *b)
 
 static void leader_changed(struct keeld *k, bool is_leader, uint64_t leader)
 {
+    if (leader != 0 && leader != k->last_leader_seen) {
+        k->leader_changes++;
+        k->last_leader_seen = leader;
+    }
     struct keel_member_info *mi = keel_members_get(&k->members, leader);
     keel_fsm_set_leader(k->fsm, mi && leader != k->cfg.member_id ? mi->client : "");
     keel_publish_leader_changed(k->publish, is_leader);
@@ -132,6 +140,39 @@ static const char *moved_peer(void *data, uint64_t id)
 {
     struct keeld *k = data;
     return keel_members_moved_peer(&k->members, id);
+}
+
+/* metrics.h's look at the member: everything read here is the loop's own. */
+static void collect(void *data, struct keel_metrics_sample *s)
+{
+    struct keeld *k = data;
+    struct keel_store_stat st;
+    keel_store_stat(k->store, &st);
+    s->has_leader = k->node_ready && !k->stopping && keel_node_leader(k->node) != 0;
+    s->is_leader = k->node_ready && keel_node_is_leader(k->node);
+    s->leader_changes = k->leader_changes;
+    s->term = k->node_ready ? keel_node_term(k->node) : 0;
+    s->last_index = k->node_ready ? keel_node_last_index(k->node) : 0;
+    s->commit_index = k->node_ready ? keel_node_commit_index(k->node) : 0;
+    s->applied_index = st.applied_index;
+    s->durable_index = st.durable_index;
+    s->revision = st.revision;
+    s->compact_revision = st.compact_revision;
+    s->db_size = st.db_size;
+    s->logical_size = st.logical_size;
+    s->quota_bytes = st.quota_bytes;
+    s->keys = st.keys;
+    s->nospace = st.nospace_member != 0;
+    s->watchers = k->watch ? keel_watch_count(k->watch) : 0;
+    s->proposal_backlog_bytes = k->propose ? keel_propose_backlog(k->propose) : 0;
+    struct keel_consensus_member conf[KEEL_MEMBERS_MAX];
+    size_t n = k->node_ready ? keel_node_members(k->node, conf, KEEL_MEMBERS_MAX) : 0;
+    for (size_t i = 0; i < n && i < KEEL_MEMBERS_MAX; i++) {
+        if (conf[i].voter)
+            s->voters++;
+        else
+            s->learners++;
+    }
 }
 
 static void session_hello(void *data, uint64_t session, const Keel__Hello *h)
@@ -320,6 +361,7 @@ static void stop_now(struct keeld *k)
     keel_compactor_stop(k->compactor);
     keel_prefer_stop(k->prefer);
     keel_membership_stop(k->membership);
+    keel_metrics_stop(k->metrics);
     keel_diskwatch_stop(k->diskwatch);
     close_alarm_client(k);
     keel_readindex_stop(k->readindex);
@@ -539,6 +581,7 @@ static void unwind(struct keeld *k)
     keel_compactor_stop(k->compactor);
     keel_prefer_stop(k->prefer);
     keel_membership_stop(k->membership);
+    keel_metrics_stop(k->metrics);
     keel_diskwatch_stop(k->diskwatch);
     if (k->watch != NULL)
         keel_watch_stop(k->watch);
@@ -559,6 +602,7 @@ static void free_modules(struct keeld *k)
     keel_compactor_free(k->compactor);
     keel_prefer_free(k->prefer);
     keel_membership_free(k->membership);
+    keel_metrics_free(k->metrics);
     keel_diskwatch_free(k->diskwatch);
     keel_propose_free(k->propose);
     keel_watch_free(k->watch);
@@ -653,6 +697,15 @@ int main(int argc, char **argv)
                                          .refuse = session_refuse,
                                          .closed = session_closed};
         if (keel_sessions_listen(k.sessions, &h) != 0)
+            failed = 1;
+        struct keel_metrics_options mo = {.loop = &k.loop,
+                                          .listen = k.cfg.listen_metrics,
+                                          .name = k.cfg.name,
+                                          .zone = k.cfg.zone,
+                                          .version = KEEL_VERSION,
+                                          .collect = collect,
+                                          .data = &k};
+        if (!failed && k.cfg.listen_metrics[0] != '\0' && keel_metrics_new(&mo, &k.metrics) != 0)
             failed = 1;
     }
     /* A failed start unwinds through the normal shutdown, so raft closes its files. */

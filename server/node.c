@@ -867,6 +867,11 @@ int keel_node_transfer(struct keel_node *n, uint64_t target, void (*cb)(void *da
     }
 }
 
+uint64_t keel_node_commit_index(struct keel_node *n)
+{
+    return n->started ? n->raft.commit_index : 0;
+}
+
 size_t keel_node_members(struct keel_node *n, struct keel_consensus_member *out, size_t cap)
 {
     const struct raft_configuration *c = &n->raft.configuration;

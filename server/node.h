@@ -66,6 +66,8 @@ bool keel_node_is_leader(struct keel_node *n);
 uint64_t keel_node_leader(struct keel_node *n);
 uint64_t keel_node_term(struct keel_node *n);
 uint64_t keel_node_last_index(struct keel_node *n);
+/* The commit index as this member knows it (0 before start). */
+uint64_t keel_node_commit_index(struct keel_node *n);
 
 /* consensus.h's members. */
 size_t keel_node_members(struct keel_node *n, struct keel_consensus_member *out, size_t cap);

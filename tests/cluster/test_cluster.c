@@ -3,6 +3,10 @@
  * entry per group. Members run with a 50 ms heartbeat and a 500 ms election timeout so that
  * failover fits a test; every wait is bounded.
  */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <math.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -13,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1013,6 +1019,191 @@ static void members_zone_loss_refused(void **state)
     tc_cluster_close(&c);
 }
 
+/* ---- metrics and health ---- */
+
+/* One HTTP/1.1 request to addr ("a.b.c.d:port"); the status, and the body into body (cut to len).
+ * -1 when nothing came back. */
+static int http_req(const char *addr, const char *method, const char *path, char *body, size_t len)
+{
+    char host[32];
+    int port = 0;
+    const char *colon = strrchr(addr, ':');
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - addr), addr);
+    port = atoi(colon + 1);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    char req[256];
+    int n = snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
+                     method, path, addr);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    size_t cap = 1 << 20, got = 0;
+    char *buf = malloc(cap + 1);
+    ssize_t r;
+    while (got < cap && (r = read(fd, buf + got, cap - got)) > 0)
+        got += (size_t)r;
+    close(fd);
+    buf[got] = '\0';
+    int status = -1;
+    if (sscanf(buf, "HTTP/1.1 %d", &status) != 1)
+        status = -1;
+    const char *b = strstr(buf, "\r\n\r\n");
+    snprintf(body, len, "%s", b ? b + 4 : "");
+    free(buf);
+    return status;
+}
+
+static bool metric_name_ok(const char *s, size_t n)
+{
+    if (n == 0 || !(isalpha((unsigned char)s[0]) || s[0] == '_' || s[0] == ':'))
+        return false;
+    for (size_t i = 1; i < n; i++)
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == ':'))
+            return false;
+    return true;
+}
+
+/* The Prometheus text format, line by line (HELP, TYPE, samples with optional labels); fails the
+ * test naming the first bad line. Returns the value of `want` (NAN when absent). */
+static double check_prometheus(const char *text, const char *want)
+{
+    double found = NAN;
+    char *copy = strdup(text), *save = NULL;
+    int lines = 0;
+    for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save), lines++) {
+        if (strncmp(l, "# HELP ", 7) == 0 || strncmp(l, "# TYPE ", 7) == 0) {
+            const char *nm = l + 7;
+            size_t n = strcspn(nm, " ");
+            if (!metric_name_ok(nm, n) || nm[n] != ' ')
+                fail_msg("bad comment line: %s", l);
+            if (l[2] == 'T' && strcmp(nm + n + 1, "counter") != 0 &&
+                strcmp(nm + n + 1, "gauge") != 0)
+                fail_msg("bad type: %s", l);
+            continue;
+        }
+        size_t n = strcspn(l, "{ ");
+        if (!metric_name_ok(l, n))
+            fail_msg("bad sample name: %s", l);
+        const char *p = l + n;
+        if (*p == '{') {
+            const char *end = strchr(p, '}');
+            if (end == NULL)
+                fail_msg("unclosed labels: %s", l);
+            /* name="value" pairs, comma separated */
+            for (const char *q = p + 1; q < end;) {
+                size_t k = strcspn(q, "=");
+                if (!metric_name_ok(q, k) || q[k + 1] != '"')
+                    fail_msg("bad label: %s", l);
+                const char *close_q = strchr(q + k + 2, '"');
+                if (close_q == NULL || close_q > end)
+                    fail_msg("bad label value: %s", l);
+                q = close_q + 1;
+                if (*q == ',')
+                    q++;
+            }
+            p = end + 1;
+        }
+        if (*p != ' ')
+            fail_msg("no value: %s", l);
+        char *endv = NULL;
+        double v = strtod(p + 1, &endv);
+        if (endv == p + 1 || *endv != '\0')
+            fail_msg("bad value: %s", l);
+        if (strncmp(l, want, n) == 0 && strlen(want) == n)
+            found = v;
+    }
+    free(copy);
+    if (lines < 20)
+        fail_msg("only %d lines of metrics", lines);
+    return found;
+}
+
+static double scrape(const char *addr, const char *name)
+{
+    static char body[1 << 20];
+    int st = http_req(addr, "GET", "/metrics", body, sizeof(body));
+    if (st != 200)
+        fail_msg("GET %s/metrics: %d", addr, st);
+    return check_prometheus(body, name);
+}
+
+/* --listen-metrics: /metrics parses as Prometheus text and its counters move with the writes;
+ * /health flips to 503 when quorum is lost and back to 200 when it returns; what is not served
+ * is refused with the right status. */
+static void metrics_and_health(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "metrics");
+    char maddr[4][32];
+    for (int i = 1; i <= 3; i++) {
+        char host[24];
+        snprintf(host, sizeof(host), "127.0.%d.1", i);
+        snprintf(maddr[i], sizeof(maddr[i]), "%s:%d", host, tc_free_port(host));
+        snprintf(c.m[i].extra, sizeof(c.m[i].extra), "--listen-metrics %s", maddr[i]);
+    }
+    tc_start_all(&c);
+    struct keel *k = open_client(&c, 0);
+    int leader = find_leader(&c, k, 0, 10000);
+    assert_true(leader > 0);
+    char body[512];
+    long long until = tc_now_ms() + 10000;
+    int st;
+    while ((st = http_req(maddr[leader], "GET", "/health", body, sizeof(body))) != 200 &&
+           tc_now_ms() < until)
+        tu_sleep_ms(50);
+    assert_int_equal(st, 200);
+    assert_string_equal(body, "{\"health\":\"true\",\"reason\":\"\"}");
+    assert_true(scrape(maddr[leader], "keel_server_is_leader") == 1);
+    assert_true(scrape(maddr[leader], "keel_server_has_leader") == 1);
+    double before = scrape(maddr[leader], "keel_mvcc_current_revision");
+    double keys = scrape(maddr[leader], "keel_mvcc_keys_total");
+    for (int i = 0; i < 10; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "k/m%d", i);
+        put_str(k, key, "v");
+    }
+    assert_true(scrape(maddr[leader], "keel_mvcc_current_revision") == before + 10);
+    assert_true(scrape(maddr[leader], "keel_mvcc_keys_total") == keys + 10);
+    assert_true(scrape(maddr[leader], "keel_server_leader_changes_seen_total") >= 1);
+    assert_int_equal(http_req(maddr[leader], "GET", "/nope", body, sizeof(body)), 404);
+    assert_int_equal(http_req(maddr[leader], "POST", "/metrics", body, sizeof(body)), 405);
+    assert_int_equal(http_req(maddr[leader], "GET", "/livez", body, sizeof(body)), 200);
+    assert_int_equal(http_req(maddr[leader], "GET", "/readyz", body, sizeof(body)), 200);
+
+    /* Quorum lost: the survivor says so. */
+    int a = leader % 3 + 1, b = a % 3 + 1;
+    tc_stop(&c, a, SIGKILL);
+    tc_stop(&c, b, SIGKILL);
+    until = tc_now_ms() + 15000;
+    while ((st = http_req(maddr[leader], "GET", "/health", body, sizeof(body))) != 503 &&
+           tc_now_ms() < until)
+        tu_sleep_ms(50);
+    assert_int_equal(st, 503);
+    assert_string_equal(body, "{\"health\":\"false\",\"reason\":\"RAFT NO LEADER\"}");
+    assert_int_equal(http_req(maddr[leader], "GET", "/readyz", body, sizeof(body)), 503);
+    assert_true(scrape(maddr[leader], "keel_server_has_leader") == 0);
+    /* Back. */
+    assert_int_equal(tc_start(&c, a), 0);
+    assert_int_equal(tc_start(&c, b), 0);
+    until = tc_now_ms() + 20000;
+    while ((st = http_req(maddr[leader], "GET", "/health", body, sizeof(body))) != 200 &&
+           tc_now_ms() < until)
+        tu_sleep_ms(50);
+    assert_int_equal(st, 200);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest basic[] = {cmocka_unit_test(three_members_read_write)};
@@ -1023,12 +1214,13 @@ int main(int argc, char **argv)
     const struct CMUnitTest restart[] = {cmocka_unit_test(clean_restart_applies_nothing_twice)};
     const struct CMUnitTest full_restart[] = {cmocka_unit_test(whole_cluster_restart)};
     const struct CMUnitTest five[] = {cmocka_unit_test(five_members_survive_two_down)};
+    const struct CMUnitTest metrics[] = {cmocka_unit_test(metrics_and_health)};
     const struct CMUnitTest members[] = {cmocka_unit_test(members_change_under_load),
                                          cmocka_unit_test(members_zone_loss_refused)};
     const struct tu_group groups[] = {
-        TU_GROUP(basic),        TU_GROUP(failover),   TU_GROUP(move),
-        TU_GROUP(prefer),       TU_GROUP(checkpoint), TU_GROUP(restart),
-        TU_GROUP(full_restart), TU_GROUP(five),       TU_GROUP(members),
+        TU_GROUP(basic),      TU_GROUP(failover), TU_GROUP(move),         TU_GROUP(prefer),
+        TU_GROUP(checkpoint), TU_GROUP(restart),  TU_GROUP(full_restart), TU_GROUP(five),
+        TU_GROUP(members),    TU_GROUP(metrics),
     };
     return tu_run_groups("test_cluster", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }

@@ -1,0 +1,67 @@
+/*
+ * The metrics and health listener (--listen-metrics HOST:PORT): HTTP/1.1 on the member's loop,
+ * parsed with http-parser (as keel-gateway's JSON side), serving
+ *   GET /metrics  Prometheus text exposition format 0.0.4: keel's series (etcd's names where
+ *                 the concept matches, with a keel_ prefix) and the process's;
+ *   GET /health   200 {"health":"true","reason":""} when this member knows a leader and no
+ *                 NOSPACE alarm is raised, else 503 with etcd's reason ("RAFT NO LEADER",
+ *                 "ALARM NOSPACE"), as etcd's /health;
+ *   GET /readyz   200 "ok" when this member knows a leader (it can serve), else 503;
+ *   GET /livez    200 "ok" while the loop turns.
+ * Anything else: 404; a method other than GET or HEAD: 405; a malformed request: 400 and the
+ * connection closed. Keep-alive as the client asks.
+ *
+ * Bounds: at most KEEL_METRICS_MAX_CONNS connections (more are closed at once); a request's
+ * path at most 256 bytes (414), its headers at most http-parser's limit (80 KiB); a connection
+ * that has not completed a request in KEEL_METRICS_IDLE_MS is closed. Nothing a client sends
+ * makes the member hold more than that per connection.
+ *
+ * What is reported comes from the collect callback, called on the loop for each request.
+ */
+#ifndef KEEL_METRICS_H
+#define KEEL_METRICS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#define KEEL_METRICS_MAX_CONNS 64
+#define KEEL_METRICS_IDLE_MS   10000
+
+/* One look at the member, filled by the collect callback. */
+struct keel_metrics_sample {
+    bool has_leader, is_leader;
+    uint64_t leader_changes; /* leaders seen since start (this member's view) */
+    uint64_t term, last_index, commit_index;
+    uint64_t applied_index, durable_index; /* the store's (readers see; on disk) */
+    int64_t revision, compact_revision;
+    uint64_t db_size, logical_size, quota_bytes, keys;
+    bool nospace;
+    uint64_t watchers;
+    uint64_t proposal_backlog_bytes; /* writes taken and not yet applied here */
+    uint64_t voters, learners;
+};
+
+struct keel_metrics_options {
+    uv_loop_t *loop;
+    const char *listen; /* "a.b.c.d:port" */
+    const char *name, *zone, *version;
+    void (*collect)(void *data, struct keel_metrics_sample *out);
+    void *data;
+};
+
+struct keel_metrics;
+
+/* Listen on o->listen. 0, KEEL_ENOMEM, or KEEL_EIO (the address could not be bound; logged).
+ * The strings o points to must outlive it. */
+int keel_metrics_new(const struct keel_metrics_options *o, struct keel_metrics **out);
+
+/* Stop listening and close every connection (the handles close before the loop ends). NULL is
+ * fine. */
+void keel_metrics_stop(struct keel_metrics *m);
+
+/* After the loop ended. NULL is fine. */
+void keel_metrics_free(struct keel_metrics *m);
+
+#endif
