@@ -88,6 +88,9 @@ static const char usage[] =
     "  --backend-batch-bytes N     ... or once the applied, uncommitted state held in memory\n"
     "                              reaches N bytes (default 64 MiB)\n"
     "  --log-level debug|info|warn|error (default info)\n"
+    "  --log-format text|json      one line per event; json: "
+    "{\"ts\",\"level\",\"member\",\"zone\",\n"
+    "                              \"msg\"} (default text)\n"
     "  --help                      this text\n";
 
 int keel_mkdir_p(const char *path)
@@ -307,6 +310,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_PREFER,
         O_CLUSTER_STATE,
         O_METRICS,
+        O_LOG_FORMAT,
         O_AC_RETENTION,
         O_AC_INTERVAL,
         O_DISK_RESERVE,
@@ -346,6 +350,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"preferred-leader-zone", required_argument, NULL, O_PREFER},
         {"initial-cluster-state", required_argument, NULL, O_CLUSTER_STATE},
         {"listen-metrics", required_argument, NULL, O_METRICS},
+        {"log-format", required_argument, NULL, O_LOG_FORMAT},
         {"auto-compaction-retention", required_argument, NULL, O_AC_RETENTION},
         {"auto-compaction-interval-ms", required_argument, NULL, O_AC_INTERVAL},
         {"help", no_argument, NULL, O_HELP},
@@ -486,6 +491,12 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
             break;
         case O_AC_RETENTION:
             retention = optarg;
+            break;
+        case O_LOG_FORMAT:
+            if (strcmp(optarg, "json") == 0 || strcmp(optarg, "text") == 0)
+                c->log_json = strcmp(optarg, "json") == 0;
+            else
+                rv = fail(err, errlen, "--log-format '%s' is not json or text", optarg);
             break;
         case O_METRICS:
             rv = copy_arg(c->listen_metrics, sizeof(c->listen_metrics), optarg, "--listen-metrics",

@@ -60,6 +60,7 @@ struct keel_config {
     int64_t compact_retention_revs; /* revision auto-compaction: revisions kept */
     uint64_t compact_check_ms;      /* revision auto-compaction: how often it looks */
     int log_level;
+    bool log_json; /* --log-format json */
     char preferred_zone[KEEL_NAME_MAX]; /* leadership moves into this zone ("": anywhere) */
     char listen_metrics[KEEL_ADDR_MAX]; /* /metrics and /health ("": not served) */
 };

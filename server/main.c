@@ -649,6 +649,7 @@ int main(int argc, char **argv)
         return 2;
     }
     keel_log_setup(k.cfg.log_level, k.cfg.name);
+    keel_log_format(k.cfg.log_json, k.cfg.zone);
     int status = 1;
     if (keel_fdlimit_fit(&k.cfg.max_connections, err, sizeof(err)) != 0) {
         KLOG_ERROR("%s", err);

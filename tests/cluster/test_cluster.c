@@ -1149,7 +1149,8 @@ static void metrics_and_health(void **state)
         char host[24];
         snprintf(host, sizeof(host), "127.0.%d.1", i);
         snprintf(maddr[i], sizeof(maddr[i]), "%s:%d", host, tc_free_port(host));
-        snprintf(c.m[i].extra, sizeof(c.m[i].extra), "--listen-metrics %s", maddr[i]);
+        snprintf(c.m[i].extra, sizeof(c.m[i].extra), "--listen-metrics %s%s", maddr[i],
+                 i == 1 ? " --log-format json" : "");
     }
     tc_start_all(&c);
     struct keel *k = open_client(&c, 0);
@@ -1200,6 +1201,22 @@ static void metrics_and_health(void **state)
            tc_now_ms() < until)
         tu_sleep_ms(50);
     assert_int_equal(st, 200);
+    /* m1 logged JSON: every line one object naming it and its zone. */
+    FILE *f = fopen(c.m[1].log, "r");
+    assert_non_null(f);
+    char line[4096];
+    int lines = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        size_t n = strlen(line);
+        if (n > 0 && line[n - 1] == '\n')
+            line[--n] = '\0';
+        if (strncmp(line, "{\"ts\":\"", 7) != 0 || line[n - 1] != '}' ||
+            strstr(line, "\"member\":\"m1\",\"zone\":\"z1\",\"msg\":\"") == NULL)
+            fail_msg("m1's log line is no JSON object of its own: %s", line);
+        lines++;
+    }
+    fclose(f);
+    assert_true(lines > 3);
     keel_close(k);
     tc_cluster_close(&c);
 }

@@ -19,6 +19,7 @@
 #include "err.h"
 #include "fdlimit.h"
 #include "handshake.h"
+#include "log.h"
 #include "u64map.h"
 
 static void entries_are_padded_to_8(void **state)
@@ -244,6 +245,33 @@ static void handshake_names_a_configured_peer(void **state)
     keel_config_close(&c);
 }
 
+/* --log-format json: one JSON object per line, the message escaped (quotes, backslashes, control
+ * characters), and cut lines still close the object. Text lines keep their shape. */
+static void log_lines_text_and_json(void **state)
+{
+    (void)state;
+    char out[512];
+    struct timespec ts = {.tv_sec = 1796647421, .tv_nsec = 242000000};
+    keel_log_setup(KEEL_LOG_INFO, "m1");
+    keel_log_format(false, "z1");
+    keel_log_line(out, sizeof(out), KEEL_LOG_WARN, &ts, "plain");
+    assert_non_null(strstr(out, " WARN  m1 plain"));
+    keel_log_format(true, "z1");
+    keel_log_line(out, sizeof(out), KEEL_LOG_ERROR, &ts, "say \"hi\"\\ \n\x01");
+    assert_string_equal(out, "{\"ts\":\"2026-12-07T12:43:41.242Z\",\"level\":\"error\","
+                             "\"member\":\"m1\",\"zone\":\"z1\",\"msg\":\"say \\\"hi\\\"\\\\ "
+                             "\\u000a\\u0001\"}");
+    char small[64];
+    size_t n = keel_log_line(small, sizeof(small), KEEL_LOG_INFO, &ts,
+                             "a long message, longer "
+                             "than the line has room "
+                             "for");
+    assert_int_equal(n, strlen(small));
+    assert_true(n == sizeof(small) - 1 && small[n - 1] == '}' && small[n - 2] == '"');
+    keel_log_format(false, "");
+    keel_log_setup(KEEL_LOG_INFO, "keeld");
+}
+
 static void u64map_put_get_del(void **state)
 {
     (void)state;
@@ -302,6 +330,7 @@ int main(void)
                                        cmocka_unit_test(config_accepts_good_flags),
                                        cmocka_unit_test(config_rejects_bad_flags),
                                        cmocka_unit_test(handshake_names_a_configured_peer),
+                                       cmocka_unit_test(log_lines_text_and_json),
                                        cmocka_unit_test(u64map_put_get_del),
                                        cmocka_unit_test(fdlimit_fits_connections)};
     return cmocka_run_group_tests(tests, NULL, NULL);
