@@ -45,6 +45,7 @@
 #include <uv.h>
 
 #include "keel/keel.h"
+#include "scrape.h"
 #include "stats.h"
 
 #ifndef KEEL_GIT_REV
@@ -95,6 +96,7 @@ struct config {
     double lease_timeout; /* lease-churn: s past the last due time */
     int stall_writer;     /* lease-churn: the concurrent writer */
     const char *timeline; /* a line per answer: "client sent_us answered_us ok" (failover.sh) */
+    const char *metrics;  /* a member's /metrics URL, scraped before and after the run */
 };
 
 #define MAX_ZONES 16
@@ -138,6 +140,8 @@ struct bench {
     uint64_t paced_at; /* uv_hrtime of the last pacing tick (0: none yet) */
     uint64_t issued, completed, succeeded;
     FILE *timeline;
+    struct scrape before, after; /* --metrics */
+    int scraped;                 /* both scrapes came back */
     uint64_t start_ns, end_ns;
     uint64_t seq_key;
     uint64_t rng;
@@ -592,6 +596,8 @@ static void usage(FILE *f)
             "  --lease-timeout S     lease-churn: wait at most S s past the last due time (default "
             "30)\n"
             "  --no-stall-writer     lease-churn: without the concurrent writer\n"
+            "  --metrics URL         scrape a member's /metrics (keeld --listen-metrics) before\n"
+            "                        and after the run and report the series that moved\n"
             "  --timeline FILE       a line per answer: client, sent and answered (wall clock,\n"
             "                        microseconds since the epoch), ok (0|1)\n"
             "  --seed N  --timeout-ms N  --json\n");
@@ -638,6 +644,8 @@ static int parse(struct config *c, int argc, char **argv)
                                          {"lease-timeout", required_argument, NULL, 'O'},
                                          {"no-stall-writer", no_argument, NULL, 'P'},
                                          {"timeline", required_argument, NULL, 'I'},
+                                         {"metrics", required_argument, NULL, 'M'},
+                                         {"version", no_argument, NULL, 'V'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int opt;
@@ -650,6 +658,12 @@ static int parse(struct config *c, int argc, char **argv)
         case 'I':
             c->timeline = optarg;
             break;
+        case 'M':
+            c->metrics = optarg;
+            break;
+        case 'V':
+            printf("keel-bench %s\n", KEEL_VERSION);
+            exit(0);
         case 'C':
             c->conns = atoi(optarg);
             break;
@@ -1382,8 +1396,46 @@ static void report(struct bench *b)
     }
     if (leasing(b))
         json_object_object_add(o, "lease", lease_json(b));
+    if (b->scraped) {
+        json_object *mj = json_object_new_object();
+        for (size_t i = 0; i < b->after.n; i++) {
+            int found;
+            double was = scrape_value(&b->before, b->after.names[i], &found);
+            if (b->after.values[i] != was)
+                json_object_object_add(mj, b->after.names[i],
+                                       json_object_new_double(b->after.values[i] - was));
+        }
+        json_object_object_add(o, "metrics_delta", mj);
+    }
     printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
     json_object_put(o);
+}
+
+/* A whole number as one, anything else with 6 significant digits. */
+static void fmt_num(char *out, size_t len, double v, bool sign)
+{
+    if (v == (double)(long long)v && v < 1e18 && v > -1e18)
+        snprintf(out, len, sign ? "%+lld" : "%lld", (long long)v);
+    else
+        snprintf(out, len, sign ? "%+.6g" : "%.6g", v);
+}
+
+/* The series that moved during the run, as they were and as they are. */
+static void print_metrics_delta(const struct bench *b)
+{
+    printf("\nMetrics that moved (%s):\n", b->cfg.metrics);
+    for (size_t i = 0; i < b->after.n; i++) {
+        int found;
+        double was = scrape_value(&b->before, b->after.names[i], &found);
+        double now = b->after.values[i];
+        if (now == was)
+            continue;
+        char d[48], w[48], n[48];
+        fmt_num(d, sizeof(d), now - was, true);
+        fmt_num(w, sizeof(w), was, false);
+        fmt_num(n, sizeof(n), now, false);
+        printf("  %-52s %s  (%s -> %s)%s\n", b->after.names[i], d, w, n, found ? "" : " new");
+    }
 }
 
 int main(int argc, char **argv)
@@ -1407,6 +1459,13 @@ int main(int argc, char **argv)
     }
     if (b.cfg.zone != NULL)
         learn_members(&b);
+    if (b.cfg.metrics != NULL) {
+        char err[256];
+        if (scrape_get(b.cfg.metrics, &b.before, err, sizeof(err)) != 0) {
+            fprintf(stderr, "keel-bench: --metrics: %s\n", err);
+            return 2;
+        }
+    }
     uv_loop_init(&b.loop);
     b.acs = calloc((size_t)b.cfg.conns, sizeof(*b.acs));
     struct keel_options o = {.endpoints = b.cfg.endpoints,
@@ -1452,7 +1511,18 @@ int main(int argc, char **argv)
     }
     uv_run(&b.loop, UV_RUN_DEFAULT); /* until the last client closed everything */
     uv_loop_close(&b.loop);
+    if (b.cfg.metrics != NULL) {
+        char err[256];
+        if (scrape_get(b.cfg.metrics, &b.after, err, sizeof(err)) != 0)
+            fprintf(stderr, "keel-bench: --metrics after the run: %s\n", err);
+        else
+            b.scraped = 1;
+    }
     report(&b);
+    if (b.scraped && !b.cfg.json)
+        print_metrics_delta(&b);
+    scrape_free(&b.before);
+    scrape_free(&b.after);
     int failed = b.succeeded == 0;
     keel_stats_close(&b.stats);
     keel_stats_close(&b.event_lat);

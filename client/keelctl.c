@@ -2199,6 +2199,10 @@ int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     struct ctl *c = &g_ctl;
+    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+        printf("keelctl version: %s\nAPI version: %d\n", KEEL_VERSION, KEEL_PROTOCOL_VERSION);
+        return 0;
+    }
     keel_arena_init(&c->arena, 0);
 
     /* Global flags may precede the command: skip them (with their values) to find it; they are

@@ -91,7 +91,8 @@ static const char usage[] =
     "  --log-format text|json      one line per event; json: "
     "{\"ts\",\"level\",\"member\",\"zone\",\n"
     "                              \"msg\"} (default text)\n"
-    "  --help                      this text\n";
+    "  --help                      this text\n"
+    "  --version                   keeld's version\n";
 
 int keel_mkdir_p(const char *path)
 {
@@ -294,6 +295,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         O_INFLIGHT,
         O_LOG,
         O_HELP,
+        O_VERSION,
         O_MAXWATCH,
         O_PROGRESS,
         O_LEASE_CP,
@@ -354,6 +356,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         {"auto-compaction-retention", required_argument, NULL, O_AC_RETENTION},
         {"auto-compaction-interval-ms", required_argument, NULL, O_AC_INTERVAL},
         {"help", no_argument, NULL, O_HELP},
+        {"version", no_argument, NULL, O_VERSION},
         {NULL, 0, NULL, 0},
     };
     const char *cluster = NULL;
@@ -525,6 +528,9 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
             break;
         case O_HELP:
             fputs(usage, stdout);
+            return 1;
+        case O_VERSION:
+            printf("keeld %s\n", KEEL_VERSION);
             return 1;
         default:
             if (optopt != 0)
