@@ -33,6 +33,7 @@
 #include "node.h"
 #include "membership.h"
 #include "metrics.h"
+#include "notify.h"
 #include "prefer.h"
 #include "propose.h"
 #include "publish.h"
@@ -355,6 +356,7 @@ static void stop_now(struct keeld *k)
     k->stopping = 2;
     uv_timer_stop(&k->stop_timer);
     KLOG_INFO("stopping");
+    keel_notify("STOPPING=1");
     keel_dispatch_stop(k->dispatch);
     keel_propose_stop(k->propose);
     keel_lessor_stop(k->lessor);
@@ -720,7 +722,9 @@ int main(int argc, char **argv)
     uv_signal_start(&k.sigint, on_signal, SIGINT);
     if (k.stopping)
         stop_now(&k); /* after a failed start */
-    else
+    else if (keel_notify("READY=1") != 0)
+        KLOG_WARN("cannot tell systemd this member is ready (NOTIFY_SOCKET): %s", strerror(errno));
+    if (!k.stopping)
         KLOG_INFO("serving clients on %s, peers on %s, zone %s, cluster %016llx",
                   k.cfg.listen_client, k.cfg.listen_peer, k.cfg.zone,
                   (unsigned long long)k.cfg.cluster_id);
