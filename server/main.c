@@ -618,6 +618,35 @@ static void store_notice(void *data, const char *msg)
     KLOG_WARN("%s", msg);
 }
 
+/* Said once at start, so that a log shows what a member ran with (flags as given, defaults as
+ * applied, --max-connections as fitted to the descriptor limit). */
+static void log_config(const struct keel_config *c)
+{
+    static const char *const modes[] = {"off", "periodic", "revision"};
+    char members[512];
+    size_t off = 0;
+    members[0] = '\0';
+    for (size_t i = 0; i < c->n_members && off < sizeof(members); i++)
+        off += (size_t)snprintf(members + off, sizeof(members) - off, "%s%s=%s%s%s", i ? "," : "",
+                                c->members[i].name, c->members[i].peer,
+                                c->members[i].zone[0] ? "@" : "", c->members[i].zone);
+    KLOG_INFO("effective configuration: name=%s zone=%s data-dir=%s listen-client=%s "
+              "listen-peer=%s listen-metrics=%s initial-cluster=%s initial-cluster-state=%s "
+              "cluster=%016llx heartbeat-ms=%u election-ms=%u snapshot-bytes=%llu "
+              "snapshot-trailing-bytes=%llu quota-bytes=%llu max-connections=%zu "
+              "max-inflight=%zu backend-batch-interval-ms=%u auto-compaction-mode=%s "
+              "preferred-leader-zone=%s log-format=%s version=%s",
+              c->name, c->zone, c->data_dir, c->listen_client, c->listen_peer,
+              c->listen_metrics[0] ? c->listen_metrics : "-", members, c->join ? "existing" : "new",
+              (unsigned long long)c->cluster_id, c->heartbeat_ms, c->election_ms,
+              (unsigned long long)c->snapshot_bytes, (unsigned long long)c->snapshot_trailing_bytes,
+              (unsigned long long)c->quota_bytes, c->max_connections, c->max_inflight,
+              c->backend_batch_ms,
+              c->compact_mode >= 0 && c->compact_mode <= 2 ? modes[c->compact_mode] : "?",
+              c->preferred_zone[0] ? c->preferred_zone : "-", c->log_json ? "json" : "text",
+              KEEL_VERSION);
+}
+
 /* A new cluster whose members sit so that one zone's loss stops it: said once, at start (member
  * changes refuse to make a cluster so; membership.h). Two members or one cannot be otherwise. */
 static void warn_zones(const struct keel_config *c)
@@ -668,6 +697,7 @@ int main(int argc, char **argv)
     if (keel_members_init(&k.members, &k.cfg) != 0)
         goto out_config;
     warn_zones(&k.cfg);
+    log_config(&k.cfg);
     uv_loop_init(&k.loop);
 
     char path[600];

@@ -1217,6 +1217,9 @@ static void metrics_and_health(void **state)
     }
     fclose(f);
     assert_true(lines > 3);
+    /* Every member says what it runs with, once, at start. */
+    assert_true(tc_log_contains(&c, 2, "effective configuration: name=m2 zone=z2"));
+    assert_true(tc_log_contains(&c, 2, "initial-cluster-state=new"));
     keel_close(k);
     tc_cluster_close(&c);
 }
