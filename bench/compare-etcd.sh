@@ -173,17 +173,8 @@ if [ ! -x "$keel_bench" ] || [ ! -x "$keeld" ] || [ $build -eq 1 ]; then
   done
 fi
 
-driver_dir=$root/build/etcd-driver
-driver=$driver_dir/etcd-driver
 git_rev=$(git describe --always --dirty 2>/dev/null || echo unknown)
-if [ ! -x "$driver" ] || [ -n "$(find bench/etcd-driver -name '*.go' -newer "$driver")" ]; then
-  log "building bench/etcd-driver"
-  mkdir -p "$driver_dir"
-  # GOPATH mode, offline, against Debian's clientv3 under /usr/share/gocode.
-  GO111MODULE=off GOPROXY=off GOFLAGS='' GOPATH=/usr/share/gocode:$driver_dir/gopath \
-    GOCACHE=$driver_dir/cache go build -ldflags "-X main.gitRevision=$git_rev" \
-    -o "$driver" ./bench/etcd-driver
-fi
+driver=$(etcd_driver "$root" "$git_rev") || die "building bench/etcd-driver failed"
 etcd_version=$(etcd --version | sed -n 's/^etcd Version: //p')
 
 # --- state and cleanup ------------------------------------------------------------------------

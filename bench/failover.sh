@@ -58,14 +58,10 @@ B=$root/build/release/bench/keel-bench
 KEELD=$root/build/release/server/keeld
 KCTL=$root/build/release/client/keelctl
 [ -x "$B" ] && [ -x "$KEELD" ] && [ -x "$KCTL" ] || { log "build build/release first (scripts/quickstart.sh)"; exit 1; }
-driver=$root/build/etcd-driver/etcd-driver
+driver=
 if [ "$only" != keel ]; then
   command -v etcd >/dev/null && command -v etcdctl >/dev/null || { log "etcd is not installed (Debian etcd-server, etcd-client); --only keel runs without it"; exit 1; }
-  if [ ! -x "$driver" ] || [ -n "$(find bench/etcd-driver -name '*.go' -newer "$driver")" ]; then
-    mkdir -p "$root/build/etcd-driver"
-    GO111MODULE=off GOPROXY=off GOFLAGS='' GOPATH=/usr/share/gocode:$root/build/etcd-driver/gopath \
-      GOCACHE=$root/build/etcd-driver/cache go build -o "$driver" ./bench/etcd-driver
-  fi
+  driver=$(etcd_driver "$root" "$git_rev") || { log "building bench/etcd-driver failed"; exit 1; }
 fi
 partition_ok=0
 if [ "$only" != etcd ] && [ "$(id -u)" -eq 0 ] && scripts/zones.sh status >/dev/null 2>&1; then

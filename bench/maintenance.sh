@@ -42,11 +42,9 @@ B=$root/build/release/bench/keel-bench
 KEELD=$root/build/release/server/keeld
 KCTL=$root/build/release/client/keelctl
 [ -x "$B" ] && [ -x "$KEELD" ] && [ -x "$KCTL" ] || { log "build build/release first (scripts/quickstart.sh)"; exit 1; }
-driver=$root/build/etcd-driver/etcd-driver
-if [ "$only" != keel ] && [ ! -x "$driver" ]; then
-  mkdir -p "$root/build/etcd-driver"
-  GO111MODULE=off GOPROXY=off GOFLAGS='' GOPATH=/usr/share/gocode:$root/build/etcd-driver/gopath \
-    GOCACHE=$root/build/etcd-driver/cache go build -o "$driver" ./bench/etcd-driver
+driver=
+if [ "$only" != keel ]; then
+  driver=$(etcd_driver "$root" "$git_rev") || { log "building bench/etcd-driver failed"; exit 1; }
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/keel-maint.XXXXXX")

@@ -4,7 +4,8 @@
  *
  * A put's path, in the order of the files it passes through:
  *   session -> dispatch -> propose -> node (raft) -> fsm (storage writer) -> storage
- *   -> on_applied here: propose answers it, lessor, publish, watch and readindex see the batch
+ *   -> on_applied here: propose answers it, lessor, publish, membership, watch and readindex see
+ *      the batch
  *   -> reply -> the responder seam -> session.
  *
  * Shutdown (SIGTERM/SIGINT): a leader first hands leadership to an up-to-date voter; then the
@@ -90,6 +91,7 @@ static void on_applied(void *data, struct keel_fsm_batch *b)
     keel_propose_applied(k->propose, b);
     keel_lessor_applied(k->lessor, b);
     keel_publish_applied(k->publish, b);
+    keel_membership_applied(k->membership, b);
     keel_watch_applied(k->watch, b);
     keel_readindex_applied(k->readindex);
 }
@@ -105,6 +107,8 @@ static void leader_changed(struct keeld *k, bool is_leader, uint64_t leader)
     keel_publish_leader_changed(k->publish, is_leader);
     keel_readindex_leader_changed(k->readindex, is_leader);
     keel_lessor_leader_changed(k->lessor, is_leader);
+    if (k->membership != NULL)
+        keel_membership_leader_changed(k->membership, is_leader);
     if (k->dispatch != NULL)
         keel_dispatch_leader_changed(k->dispatch);
 }

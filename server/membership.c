@@ -15,7 +15,7 @@
 struct keel_membership {
     struct keel_membership_options o;
     uv_timer_t timer;
-    uv_timer_t wait; /* a removal's heartbeats between its tombstone and raft_remove */
+    uv_timer_t wait; /* a record's time to be applied; then a removal's two heartbeats */
     int timer_open;
     struct keel_arena arena; /* answers, reset after each */
     uint64_t leader_seen;    /* uv_now when a leader was last known */
@@ -36,11 +36,14 @@ struct keel_membership {
         char name[KEEL_NAME_MAX], peer[KEEL_ADDR_MAX], zone[KEEL_NAME_MAX];
         bool learner;
         bool update; /* a member update: a record only, no raft change (kind unused) */
-        int polls;   /* update_poll's looks so far */
         /* The member_attrs record proposed for it: the proposer borrows it until the turn's
          * end, and one change at a time means one record at a time. */
         Keel__Member rec;
         char *peer_urls[1];
+        uint64_t record_id; /* the record's request id on this member (keel_propose_command) */
+        /* What follows once the record is applied here (keel_membership_applied); NULL: no
+         * step waits for it. */
+        void (*after)(struct keel_membership *ms);
     } op;
 };
 
@@ -272,8 +275,38 @@ static void fail_op(struct keel_membership *ms, int err, const char *msg)
 
 /* ---- the steps ---- */
 
-/* Propose the member_attrs record of the member the op is about (removed: its tombstone). */
-static int propose_record(struct keel_membership *ms, bool removed)
+/* A change begins: what it is about, for the record, the log and the answer. */
+static void op_begin(struct keel_membership *ms, enum keel_node_change kind, uint64_t id,
+                     const char *name, const char *peer, const char *zone, bool learner)
+{
+    ms->op.kind = kind;
+    ms->op.id = id;
+    snprintf(ms->op.name, sizeof(ms->op.name), "%s", name);
+    snprintf(ms->op.peer, sizeof(ms->op.peer), "%s", peer);
+    snprintf(ms->op.zone, sizeof(ms->op.zone), "%s", zone);
+    ms->op.learner = learner;
+    ms->op.after = NULL;
+    ms->op.busy = 1;
+}
+
+/* A record that has not come back applied in this many election timeouts is given up. */
+#define RECORD_ELECTIONS 10
+
+static void record_lost(uv_timer_t *t)
+{
+    struct keel_membership *ms = t->data;
+    ms->op.after = NULL;
+    fail_op(ms, KEEL_ETIMEOUT, "the change's record was not applied in time; ask again");
+}
+
+/*
+ * Propose the member_attrs record of the member the op is about (removed: its tombstone). When
+ * after is not NULL it runs once the record is applied on this member: every member that has
+ * the log up to there knows it (keel_membership_applied, as the lessor waits for its own
+ * commands).
+ */
+static int propose_record(struct keel_membership *ms, bool removed,
+                          void (*after)(struct keel_membership *ms))
 {
     Keel__Member *r = &ms->op.rec;
     keel__member__init(r);
@@ -288,7 +321,13 @@ static int propose_record(struct keel_membership *ms, bool removed)
     Keel__Command c = KEEL__COMMAND__INIT;
     c.op_case = KEEL__COMMAND__OP_MEMBER_ATTRS;
     c.member_attrs = r;
-    return keel_propose_command(ms->o.propose, &c, NULL, NULL);
+    int err = keel_propose_command(ms->o.propose, &c, NULL, &ms->op.record_id);
+    if (err == 0 && after != NULL) {
+        ms->op.after = after;
+        uv_timer_start(&ms->wait, record_lost, (uint64_t)RECORD_ELECTIONS * ms->o.cfg->election_ms,
+                       0);
+    }
+    return err;
 }
 
 static void change_done(void *data, int err)
@@ -332,49 +371,19 @@ static void told(uv_timer_t *t)
  * message, and the member removed gets none once raft forgets it: so raft forgets it only after
  * two heartbeats, which tell every member that hears them (the member removed included) to
  * apply it. */
-static void tombstone_done(void *data, int err)
+static void tombstone_applied(struct keel_membership *ms)
 {
-    struct keel_membership *ms = data;
-    if (err != 0) {
-        fail_op(ms, err == KEEL_ENOTLEADER ? KEEL_EUNKNOWN : err,
-                "leadership was lost before the member was removed; ask again");
-        return;
-    }
     uv_timer_start(&ms->wait, told, 2 * (uint64_t)ms->o.cfg->heartbeat_ms, 0);
 }
 
-static void update_answer(struct keel_membership *ms)
+/* A member update's record is applied here, so the member table (publish.c loads it first)
+ * holds the new address the answer lists; every member that applies it dials it. */
+static void update_applied(struct keel_membership *ms)
 {
     ms->op.busy = 0;
     KLOG_INFO("member %s (%016llx) now at peer address %s", ms->op.name,
               (unsigned long long)ms->op.id, ms->op.peer);
     answer_done(ms);
-}
-
-/* The record reaches the member table once the storage writer hands its batch back, which may
- * be a moment after raft called the barrier back: the answer lists the new address. */
-static void update_poll(uv_timer_t *t)
-{
-    struct keel_membership *ms = t->data;
-    const char *now = keel_members_moved_peer(ms->o.members, ms->op.id);
-    if ((now != NULL && strcmp(now, ms->op.peer) == 0) || ++ms->op.polls >= 200)
-        update_answer(ms);
-    else
-        uv_timer_start(&ms->wait, update_poll, 5, 0);
-}
-
-/* A member update's record is committed here: every member that applies it dials the new
- * address. */
-static void update_done(void *data, int err)
-{
-    struct keel_membership *ms = data;
-    if (err != 0) {
-        fail_op(ms, err == KEEL_ENOTLEADER ? KEEL_EUNKNOWN : err,
-                "leadership was lost before the update was applied; ask again");
-        return;
-    }
-    ms->op.polls = 0;
-    update_poll(&ms->wait);
 }
 
 /* Removing the leader itself: leadership goes first, and the client asks the new leader. */
@@ -403,6 +412,21 @@ static int peer_url(const char *url, char *out, size_t len)
     memcpy(out, p, n);
     out[n] = '\0';
     return keel_addr_split(out, host, sizeof(host), &port);
+}
+
+/* The member id of conf, or NULL after answering MEMBER_NOT_FOUND. */
+static const struct keel_consensus_member *
+member_or_refuse(struct keel_membership *ms, uint64_t session, const Keel__Request *req,
+                 const struct keel_consensus_member *conf, size_t n, uint64_t id)
+{
+    const struct keel_consensus_member *m = conf_find(conf, n, id);
+    if (m == NULL) {
+        char why[80];
+        snprintf(why, sizeof(why), "member %016llx is not a member of this cluster",
+                 (unsigned long long)id);
+        keel_reply_error(ms->o.reply, session, req->id, KEEL_EMEMBERNOTFOUND, why);
+    }
+    return m;
 }
 
 static void serve_add(struct keel_membership *ms, uint64_t session, const Keel__Request *req,
@@ -442,14 +466,8 @@ static void serve_add(struct keel_membership *ms, uint64_t session, const Keel__
         keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL, why);
         return;
     }
-    ms->op.kind = KEEL_NODE_ADD;
-    ms->op.id = id;
-    snprintf(ms->op.name, sizeof(ms->op.name), "%s", name);
-    snprintf(ms->op.peer, sizeof(ms->op.peer), "%s", peer);
-    snprintf(ms->op.zone, sizeof(ms->op.zone), "%s", zone);
-    ms->op.learner = a->islearner;
-    ms->op.busy = 1;
-    int err = propose_record(ms, false);
+    op_begin(ms, KEEL_NODE_ADD, id, name, peer, zone, a->islearner);
+    int err = propose_record(ms, false, NULL);
     if (err != 0) {
         fail_op(ms, err, NULL);
         return;
@@ -462,13 +480,9 @@ static void serve_remove(struct keel_membership *ms, uint64_t session, const Kee
 {
     const Keel__MemberRemoveRequest *r = req->member_remove;
     char why[320];
-    const struct keel_consensus_member *m = conf_find(conf, n, r->id);
-    if (m == NULL) {
-        snprintf(why, sizeof(why), "member %016llx is not a member of this cluster",
-                 (unsigned long long)r->id);
-        keel_reply_error(ms->o.reply, session, req->id, KEEL_EMEMBERNOTFOUND, why);
+    const struct keel_consensus_member *m = member_or_refuse(ms, session, req, conf, n, r->id);
+    if (m == NULL)
         return;
-    }
     int err = 0;
     if (m->voter && !r->force)
         err = zone_check(ms, conf, n, 0, "", r->id, "removing this member", why, sizeof(why));
@@ -478,25 +492,16 @@ static void serve_remove(struct keel_membership *ms, uint64_t session, const Kee
         keel_reply_error(ms->o.reply, session, req->id, err, why);
         return;
     }
-    ms->op.kind = KEEL_NODE_REMOVE;
-    ms->op.id = r->id;
     const struct keel_member_info *mi = keel_members_get(ms->o.members, r->id);
-    snprintf(ms->op.name, sizeof(ms->op.name), "%s", mi ? mi->name : "");
-    snprintf(ms->op.peer, sizeof(ms->op.peer), "%s", m->peer);
-    snprintf(ms->op.zone, sizeof(ms->op.zone), "%s", mi ? mi->zone : "");
-    ms->op.learner = mi ? mi->learner : false;
-    ms->op.busy = 1;
+    op_begin(ms, KEEL_NODE_REMOVE, r->id, mi ? mi->name : "", m->peer, mi ? mi->zone : "",
+             mi ? mi->learner : false);
     if (r->id == ms->o.cfg->member_id) {
         err = keel_node_transfer(ms->o.node, 0, handed_away, ms);
         if (err != 0)
             fail_op(ms, err, "could not hand leadership away before this member's own removal");
         return;
     }
-    err = propose_record(ms, true);
-    if (err == 0) {
-        keel_propose_flush(ms->o.propose);
-        err = ms->o.raft->barrier(ms->o.raft->ctx, tombstone_done, ms);
-    }
+    err = propose_record(ms, true, tombstone_applied);
     if (err != 0)
         fail_op(ms, err, NULL);
 }
@@ -506,13 +511,9 @@ static void serve_promote(struct keel_membership *ms, uint64_t session, const Ke
 {
     const Keel__MemberPromoteRequest *p = req->member_promote;
     char why[320];
-    const struct keel_consensus_member *m = conf_find(conf, n, p->id);
-    if (m == NULL) {
-        snprintf(why, sizeof(why), "member %016llx is not a member of this cluster",
-                 (unsigned long long)p->id);
-        keel_reply_error(ms->o.reply, session, req->id, KEEL_EMEMBERNOTFOUND, why);
+    const struct keel_consensus_member *m = member_or_refuse(ms, session, req, conf, n, p->id);
+    if (m == NULL)
         return;
-    }
     if (m->voter) {
         keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL,
                          "can only promote a learner member (this one votes already)");
@@ -537,14 +538,9 @@ static void serve_promote(struct keel_membership *ms, uint64_t session, const Ke
         return;
     }
     const struct keel_member_info *mi = keel_members_get(ms->o.members, p->id);
-    ms->op.kind = KEEL_NODE_PROMOTE;
-    ms->op.id = p->id;
-    snprintf(ms->op.name, sizeof(ms->op.name), "%s", mi ? mi->name : "");
-    snprintf(ms->op.peer, sizeof(ms->op.peer), "%s", m->peer);
-    snprintf(ms->op.zone, sizeof(ms->op.zone), "%s", mi ? mi->zone : "");
-    ms->op.learner = false; /* a voter from now on: the record says so too */
-    ms->op.busy = 1;
-    int err = propose_record(ms, false);
+    /* A voter from now on: the record says so too. */
+    op_begin(ms, KEEL_NODE_PROMOTE, p->id, mi ? mi->name : "", m->peer, mi ? mi->zone : "", false);
+    int err = propose_record(ms, false, NULL);
     if (err != 0) {
         fail_op(ms, err, NULL);
         return;
@@ -557,13 +553,9 @@ static void serve_update(struct keel_membership *ms, uint64_t session, const Kee
 {
     const Keel__MemberUpdateRequest *u = req->member_update;
     char why[320], peer[KEEL_ADDR_MAX];
-    const struct keel_consensus_member *m = conf_find(conf, n, u->id);
-    if (m == NULL) {
-        snprintf(why, sizeof(why), "member %016llx is not a member of this cluster",
-                 (unsigned long long)u->id);
-        keel_reply_error(ms->o.reply, session, req->id, KEEL_EMEMBERNOTFOUND, why);
+    const struct keel_consensus_member *m = member_or_refuse(ms, session, req, conf, n, u->id);
+    if (m == NULL)
         return;
-    }
     if (u->n_peerurls != 1 || peer_url(u->peerurls[0], peer, sizeof(peer)) != 0) {
         keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL,
                          "member update needs one peer URL, http://a.b.c.d:port or a.b.c.d:port");
@@ -579,18 +571,11 @@ static void serve_update(struct keel_membership *ms, uint64_t session, const Kee
         }
     }
     const struct keel_member_info *mi = keel_members_get(ms->o.members, u->id);
+    /* A record only: no raft change, so the kind is not used. */
+    op_begin(ms, KEEL_NODE_ADD, u->id, mi ? mi->name : "", peer, mi ? mi->zone : "",
+             mi ? mi->learner : !m->voter);
     ms->op.update = true;
-    ms->op.id = u->id;
-    snprintf(ms->op.name, sizeof(ms->op.name), "%s", mi ? mi->name : "");
-    snprintf(ms->op.peer, sizeof(ms->op.peer), "%s", peer);
-    snprintf(ms->op.zone, sizeof(ms->op.zone), "%s", mi ? mi->zone : "");
-    ms->op.learner = mi ? mi->learner : !m->voter;
-    ms->op.busy = 1;
-    int err = propose_record(ms, false);
-    if (err == 0) {
-        keel_propose_flush(ms->o.propose);
-        err = ms->o.raft->barrier(ms->o.raft->ctx, update_done, ms);
-    }
+    int err = propose_record(ms, false, update_applied);
     if (err != 0)
         fail_op(ms, err, NULL);
 }
@@ -630,6 +615,31 @@ void keel_membership_serve(struct keel_membership *ms, uint64_t session, const K
     }
 }
 
+void keel_membership_applied(struct keel_membership *ms, const struct keel_fsm_batch *b)
+{
+    if (ms == NULL || ms->op.after == NULL)
+        return;
+    for (size_t i = 0; i < b->n; i++) {
+        const struct keel_fsm_result *r = &b->results[i];
+        if (r->origin != ms->o.cfg->member_id || r->request_id != ms->op.record_id)
+            continue;
+        void (*after)(struct keel_membership *) = ms->op.after;
+        ms->op.after = NULL;
+        uv_timer_stop(&ms->wait);
+        after(ms);
+        return;
+    }
+}
+
+void keel_membership_leader_changed(struct keel_membership *ms, bool is_leader)
+{
+    if (is_leader || ms->op.after == NULL)
+        return;
+    ms->op.after = NULL;
+    uv_timer_stop(&ms->wait);
+    fail_op(ms, KEEL_EUNKNOWN, "leadership was lost before the change was made; ask again");
+}
+
 /* ---- the tick: promotions, and the member that was removed ---- */
 
 static void promote_caught_up(struct keel_membership *ms, const struct keel_consensus_member *conf,
@@ -640,13 +650,9 @@ static void promote_caught_up(struct keel_membership *ms, const struct keel_cons
         /* No record yet (its add is still being applied): wait for it. */
         if (conf[i].voter || !conf[i].caught_up || mi == NULL || mi->learner || mi->removed)
             continue;
-        ms->op.busy = 1;
         ms->op.session = 0;
         ms->op.update = false;
-        ms->op.kind = KEEL_NODE_PROMOTE;
-        ms->op.id = conf[i].id;
-        snprintf(ms->op.name, sizeof(ms->op.name), "%s", mi->name);
-        snprintf(ms->op.peer, sizeof(ms->op.peer), "%s", conf[i].peer);
+        op_begin(ms, KEEL_NODE_PROMOTE, conf[i].id, mi->name, conf[i].peer, mi->zone, false);
         KLOG_INFO("member %s (%016llx) caught up: making it a voting member", mi->name,
                   (unsigned long long)conf[i].id);
         start_change(ms);

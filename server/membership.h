@@ -8,9 +8,10 @@
  *                                  gets the log (or a checkpoint) as a standby, and unless it was
  *                                  added as a learner is made a voter once caught up (tick)
  *   MemberPromote ID ─ caught up? ─ record ─ raft_assign voter ─ answer
- *   MemberRemove ID ─ tombstone record (member_attrs removed) ─ barrier ─ raft_remove ─ answer
- *   MemberUpdate ID PEER ─ record with the new peer address ─ barrier ─ answer (raft 0.15 cannot
- *                     change an address: every member looks it up in the records first)
+ *   MemberRemove ID ─ tombstone record (member_attrs removed) ─ applied here ─ two heartbeats ─
+ *                     raft_remove ─ answer
+ *   MemberUpdate ID PEER ─ record with the new peer address ─ applied here ─ answer (raft 0.15
+ *                     cannot change an address: every member looks it up in the records first)
  *                     (on the leader itself: leadership is handed away first, and the client
  *                     is told NOT_LEADER with the new leader, to ask it)
  *
@@ -37,6 +38,7 @@
 
 #include "config.h"
 #include "consensus.h"
+#include "fsm.h"
 #include "keel.pb-c.h"
 #include "members.h"
 #include "node.h"
@@ -64,6 +66,14 @@ int keel_membership_new(const struct keel_membership_options *o, struct keel_mem
 /* Serve a MemberAdd, MemberRemove, MemberPromote or MemberUpdate from session (req stays the
  * caller's). */
 void keel_membership_serve(struct keel_membership *ms, uint64_t session, const Keel__Request *req);
+
+/* Each applied batch (main.c's on_applied, after publish has loaded the member records): a step
+ * that waits for its record to be applied goes on. NULL is fine. */
+void keel_membership_applied(struct keel_membership *ms, const struct keel_fsm_batch *b);
+
+/* Leadership changed: a step still waiting for its record fails (UNKNOWN: the record may yet
+ * be applied under the next leader; asking again is safe). */
+void keel_membership_leader_changed(struct keel_membership *ms, bool is_leader);
 
 /* Stop the timer (it closes before the loop ends); a change under way is answered by raft's
  * own shutdown. NULL is fine. */

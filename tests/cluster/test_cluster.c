@@ -691,6 +691,23 @@ static void five_members_survive_two_down(void **state)
 
 /* ---- membership ---- */
 
+/* A free port on member i's host that is neither of its own: the harness picked those free but
+ * has not bound them, so a second pick may return one of them. */
+static int fresh_port(const struct tc_cluster *c, int i)
+{
+    char host[24];
+    snprintf(host, sizeof(host), "127.0.%d.1", i);
+    for (int tries = 0; tries < 100; tries++) {
+        int port = tc_free_port(host);
+        char addr[32];
+        snprintf(addr, sizeof(addr), "%s:%d", host, port);
+        if (port > 0 && strcmp(addr, c->m[i].client) != 0 && strcmp(addr, c->m[i].peer) != 0)
+            return port;
+    }
+    fail_msg("no free port on %s", host);
+    return 0;
+}
+
 /* --initial-cluster of the members whose bit (1 << i) is set in mask. */
 static void set_initial(struct tc_cluster *c, unsigned mask)
 {
@@ -984,9 +1001,7 @@ static void members_zone_loss_refused(void **state)
     uint64_t id2 = member_id(&c, k, 2);
     assert_true(tc_stop(&c, 2, SIGTERM) != -1);
     char url[64];
-    int port = tc_free_port("127.0.2.1");
-    assert_true(port > 0);
-    snprintf(c.m[2].peer, sizeof(c.m[2].peer), "127.0.2.1:%d", port);
+    snprintf(c.m[2].peer, sizeof(c.m[2].peer), "127.0.2.1:%d", fresh_port(&c, 2));
     snprintf(url, sizeof(url), "http://%s", c.m[2].peer);
     char *urls[1] = {url};
     Keel__MemberUpdateRequest mu = KEEL__MEMBER_UPDATE_REQUEST__INIT;
@@ -1146,9 +1161,7 @@ static void metrics_and_health(void **state)
     tc_cluster_init(&c, 3, "metrics");
     char maddr[4][32];
     for (int i = 1; i <= 3; i++) {
-        char host[24];
-        snprintf(host, sizeof(host), "127.0.%d.1", i);
-        snprintf(maddr[i], sizeof(maddr[i]), "%s:%d", host, tc_free_port(host));
+        snprintf(maddr[i], sizeof(maddr[i]), "127.0.%d.1:%d", i, fresh_port(&c, i));
         snprintf(c.m[i].extra, sizeof(c.m[i].extra), "--listen-metrics %s%s", maddr[i],
                  i == 1 ? " --log-format json" : "");
     }
