@@ -48,7 +48,8 @@
     X(NOTFOUND, 104, "not found")                                                                  \
     X(CLOSED, 105, "closed")                                                                       \
     X(BADVALSIZE, 106, "key or value too large for the storage engine")                            \
-    X(STALE, 107, "the copy is older than the state it would replace")
+    X(STALE, 107, "the copy is older than the state it would replace")                            \
+    X(TLS, 108, "TLS handshake or record failed")
 
 enum keel_errno {
     KEEL_OK = 0,

@@ -10,6 +10,8 @@ packages=(
   clang libclang-rt-14-dev
   libnetfilter-queue-dev iptables nftables
   strace
+  # scripts/gen-certs.sh (TLS tests, quickstart.sh --tls)
+  openssl
   # keel-gateway's compatibility tests (tests/gateway/compat/): etcd's own clients, and etcd 3.4
   # as the oracle they are compared with.
   etcd-client etcd-server python3-etcd3gw golang-go golang-etcd-server-dev curl
