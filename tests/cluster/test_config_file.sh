@@ -4,11 +4,12 @@
 # and one by a flag on member 1 (--heartbeat-ms); a put through one member is read through another.
 # Each member's effective-configuration line shows the file's, the environment's and the flag's
 # values; an unknown KEEL_* variable is warned about, not refused; a file with an unknown key is
-# refused naming the file, its line and the key.
+# refused naming the file, its line and the key. Then the KEEL_* variables `keelctl member add`
+# prints, exported, with --listen-client and --data-dir, start a fourth member that joins.
 #
 #   test_config_file.sh KEELD KEELCTL
 #
-# Members on 127.0.196.1-3 (ports picked free); only those processes are stopped, by PID.
+# Members on 127.0.196.1-4 (ports picked free); only those processes are stopped, by PID.
 set -euo pipefail
 KEELD=${1:?usage: test_config_file.sh KEELD KEELCTL}
 CTL=${2:?usage: test_config_file.sh KEELD KEELCTL}
@@ -26,10 +27,10 @@ trap cleanup EXIT
 while read -r v; do unset "$v"; done < <(env | sed -n 's/^\(KEEL_[A-Za-z0-9_]*\)=.*/\1/p')
 
 # A client and a peer port on each member's address, all bound at once so none repeats.
-read -r c1 p1 c2 p2 c3 p3 <<<"$("$PY" -c '
+read -r c1 p1 c2 p2 c3 p3 c4 p4 <<<"$("$PY" -c '
 import socket
 s = []
-for i in (1, 2, 3):
+for i in (1, 2, 3, 4):
     for _ in range(2):
         x = socket.socket(); x.bind(("127.0.196.%d" % i, 0)); s.append(x)
 print(" ".join(str(x.getsockname()[1]) for x in s))')"
@@ -90,6 +91,31 @@ for i in 1 2 3; do
 done
 grep -q 'KEEL_NOT_A_SETTING' "$dir/m1.log" || { echo "m1 did not warn of KEEL_NOT_A_SETTING"; exit 1; }
 if grep -q 'KEEL_NOT_A_SETTING' "$dir/m2.log"; then echo "m2 warned of a variable it lacks"; exit 1; fi
+
+# A member added with keelctl starts from the variables it prints (and two flags).
+"$CTL" --endpoints "$ep1" member add m4 --peer-urls "http://127.0.196.4:$p4" --zone z4 \
+  >"$dir/add.out" || { echo "member add failed"; exit 1; }
+for v in KEEL_NAME KEEL_INITIAL_CLUSTER KEEL_INITIAL_CLUSTER_STATE KEEL_LISTEN_PEER; do
+  grep -q "^$v=\"" "$dir/add.out" || { echo "member add printed no $v: $(cat "$dir/add.out")"; exit 1; }
+done
+(
+  while IFS= read -r l; do
+    if [[ $l =~ ^(KEEL_[A-Z_]+)=\"(.*)\"$ ]]; then export "${BASH_REMATCH[1]}=${BASH_REMATCH[2]}"; fi
+  done <"$dir/add.out"
+  exec "$KEELD" --listen-client "127.0.196.4:$c4" --data-dir "$dir/m4"
+) >"$dir/m4.log" 2>&1 &
+pids+=($!)
+got=
+for _ in $(seq 1 150); do
+  got=$("$CTL" --endpoints "127.0.196.4:$c4" --command-timeout 2s get cfgkey --consistency s \
+    --print-value-only 2>/dev/null) && [ "$got" = from-a-config-file ] && break
+  kill -0 "${pids[3]}" 2>/dev/null || { echo "m4 exited:"; tail -n 5 "$dir/m4.log"; exit 1; }
+  sleep 0.2
+done
+[ "$got" = from-a-config-file ] || { echo "m4 reads '$got'"; tail -n 5 "$dir/m4.log"; exit 1; }
+grep -q 'effective configuration: name=m4 zone=z4 .*initial-cluster-state=existing' "$dir/m4.log" ||
+  { echo "m4 did not start as a joining member: $(grep 'effective' "$dir/m4.log")"; exit 1; }
+if grep -q 'no keeld setting' "$dir/m4.log"; then echo "m4 warned of a printed variable"; exit 1; fi
 
 # A typo in the file: refused before anything starts, naming the file, the line and the key.
 printf 'name: m1\nheartbeat-intervall: 100\n' >"$dir/typo.yaml"
