@@ -6,6 +6,7 @@
 # values; an unknown KEEL_* variable is warned about, not refused; a file with an unknown key is
 # refused naming the file, its line and the key. Then the KEEL_* variables `keelctl member add`
 # prints, exported, with --listen-client and --data-dir, start a fourth member that joins.
+# The samples in deploy/systemd (keel.yaml, keeld.env) each give keeld a whole configuration.
 #
 #   test_config_file.sh KEELD KEELCTL
 #
@@ -13,6 +14,7 @@
 set -euo pipefail
 KEELD=${1:?usage: test_config_file.sh KEELD KEELCTL}
 CTL=${2:?usage: test_config_file.sh KEELD KEELCTL}
+HERE=$(cd "$(dirname "$0")" && pwd)
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=$(command -v python3) || { echo "SKIP: python3 is not installed"; exit 77; }
 dir=$(mktemp -d "${TMPDIR:-/tmp}/keel-configfile.XXXXXX")
@@ -124,4 +126,25 @@ rc=0
 [ "$rc" = 2 ] || { echo "a file with an unknown key: exit $rc"; cat "$dir/typo.out"; exit 1; }
 grep -qF "config file $dir/typo.yaml: line 2: unknown key 'heartbeat-intervall'" "$dir/typo.out" ||
   { echo "unexpected refusal: $(cat "$dir/typo.out")"; exit 1; }
+# The samples: keeld takes each as a whole configuration (the effective-configuration line is
+# said), then fails to bind 10.0.1.10, not an address of this host (bounded: should it be one,
+# the member is stopped). Only the data dir is moved to scratch space.
+sample() { # sample NAME COMMAND...: run it, the output in $dir/NAME.out
+  local name=$1
+  shift
+  "$@" >"$dir/$name.out" 2>&1 &
+  local p=$!
+  pids+=("$p")
+  for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -TERM "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  grep -q 'effective configuration: name=m1 zone=us-east-1a .*initial-cluster=m1=10.0.1.10:2380@us-east-1a,m2=10.0.2.10:2380@us-east-1b,m3=10.0.3.10:2380@us-east-1c .*log-format=json' "$dir/$name.out" ||
+    { echo "the $name sample is no whole configuration: $(head -n 3 "$dir/$name.out")"; exit 1; }
+  if grep -q 'no keeld setting' "$dir/$name.out"; then echo "$name: $(cat "$dir/$name.out")"; exit 1; fi
+}
+samples=$HERE/../../deploy/systemd
+sample yaml env KEEL_DATA_DIR="$dir/sample-yaml" "$KEELD" --config-file "$samples/keel.yaml"
+sample env bash -c 'set -a; . "$1"; set +a; KEEL_DATA_DIR=$2 exec "$3"' _ "$samples/keeld.env" \
+  "$dir/sample-env" "$KEELD"
+
 echo PASS
