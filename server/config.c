@@ -346,9 +346,13 @@ static const struct option opts[] = {
 
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]) - 1)
 
-/* KEEL_* variables of keel's other programs (keelctl, keel-bench) and of the sample unit, which
- * share keeld's prefix: known, so not warned about. (KEEL_ZONE is keeld's --zone as well.) */
-static const char *const other_programs_vars[] = {"KEEL_ENDPOINTS", "KEEL_EXTRA_FLAGS"};
+/* KEEL_* variables of keel's other programs, which share keeld's prefix: keelctl and keel-bench
+ * (ENDPOINTS; KEEL_ZONE is keeld's --zone as well), the sample unit (EXTRA_FLAGS), scripts/
+ * (cluster.sh, zones.sh) and the tests. Known, so not warned about. */
+static const char *const other_programs_vars[] = {
+    "KEEL_ENDPOINTS",         "KEEL_EXTRA_FLAGS", "KEEL_CLUSTER_DIR", "KEEL_CLUSTER_CLIENT_PORT",
+    "KEEL_CLUSTER_PEER_PORT", "KEEL_NETSIM",      "KEEL_SEED",        "KEEL_KEEP_TEST_DATA",
+};
 
 /* Where a setting's value came from, for messages. */
 struct origin {

@@ -273,11 +273,13 @@ static void unknown_variables_are_noted(void **state)
     setenv("KEEL_ENDPOINTS", "127.0.1.1:2379", 1);      /* keelctl's */
     setenv("KEEL_EXTRA_FLAGS", "--log-level debug", 1); /* the sample unit's */
     setenv("KEEL_HELP", "true", 1);
+    setenv("KEEL_CLUSTER_DIR", "/tmp/c", 1); /* scripts/cluster.sh's */
     assert_int_equal(parse(line, &c, err, sizeof(err)), 0);
     assert_non_null(strstr(c.env_unknown, "KEEL_HEARTBEAT_INTERVAL"));
     assert_non_null(strstr(c.env_unknown, "KEEL_HELP"));
     assert_null(strstr(c.env_unknown, "KEEL_ENDPOINTS"));
     assert_null(strstr(c.env_unknown, "KEEL_EXTRA_FLAGS"));
+    assert_null(strstr(c.env_unknown, "KEEL_CLUSTER_DIR"));
     assert_int_equal(c.heartbeat_ms, 100);
     keel_config_close(&c);
     clear_keel_env();
