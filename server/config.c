@@ -693,6 +693,28 @@ static void blame(const struct parse *p, char *err, size_t errlen)
 static int settle(struct keel_config *c, const char *cluster, const char *retention, char *err,
                   size_t errlen);
 
+/* "config file F: name data-dir ...; environment: election-ms; flags: heartbeat-ms" into
+ * c->origins, for the log at start. */
+static void note_origins(struct keel_config *c, const struct parse *p)
+{
+    static const char *const names[] = {NULL, "config file", "environment", "flags"};
+    size_t off = 0, cap = sizeof(c->origins);
+    for (int kind = FROM_FILE; kind <= FROM_FLAG; kind++) {
+        bool any = false;
+        for (size_t i = 0; i < N_OPTS && off < cap; i++) {
+            if ((int)p->from[i].kind != kind || opts[i].val == O_CONFIG_FILE)
+                continue;
+            if (!any)
+                off += (size_t)snprintf(c->origins + off, cap - off, "%s%s%s%s:", off ? "; " : "",
+                                        names[kind], kind == FROM_FILE ? " " : "",
+                                        kind == FROM_FILE ? p->file : "");
+            if (off < cap)
+                off += (size_t)snprintf(c->origins + off, cap - off, " %s", opts[i].name);
+            any = true;
+        }
+    }
+}
+
 int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, size_t errlen)
 {
     memset(c, 0, sizeof(*c));
@@ -746,6 +768,8 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
         rv = apply(c, &p, idx[k], (struct origin){FROM_FLAG, 0}, val[k], err, errlen);
     if (rv == 0 && (rv = settle(c, p.cluster, p.retention, err, errlen)) != 0)
         blame(&p, err, errlen);
+    if (rv == 0)
+        note_origins(c, &p);
     keel_configfile_close(&file);
     free(idx);
     free(val);
@@ -820,6 +844,7 @@ static int settle(struct keel_config *c, const char *cluster, const char *retent
 
 void keel_config_warn(const struct keel_config *c)
 {
+    KLOG_INFO("settings from %s (the rest are defaults)", c->origins[0] ? c->origins : "nowhere");
     if (c->env_unknown[0] != '\0')
         KLOG_WARN("ignoring environment variables that are no keeld setting: %s (a setting is "
                   "KEEL_ and its flag's name, as KEEL_DATA_DIR; see keeld --help)",

@@ -66,6 +66,7 @@ struct keel_config {
     char preferred_zone[KEEL_NAME_MAX]; /* leadership moves into this zone ("": anywhere) */
     char listen_metrics[KEEL_ADDR_MAX]; /* /metrics and /health ("": not served) */
     char env_unknown[256]; /* KEEL_* variables that are no setting, space-separated (cut) */
+    char origins[1024];    /* which settings came from the file, the environment, flags (cut) */
 };
 
 /*
@@ -77,7 +78,8 @@ struct keel_config {
  */
 int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, size_t errlen);
 
-/* Log a warning for c->env_unknown, once logging is set up (nothing when it is empty). */
+/* Log, once logging is set up, where the settings came from (c->origins) and a warning for
+ * c->env_unknown. */
 void keel_config_warn(const struct keel_config *c);
 
 void keel_config_close(struct keel_config *c);

@@ -97,6 +97,8 @@ for i in 1 2 3; do
     grep -qF -- "$want" <<<"$line" || { echo "m$i: no '$want' in: $line"; exit 1; }
   done
 done
+grep -qF "settings from config file $dir/m1.yaml: name data-dir listen-client listen-peer initial-cluster initial-cluster-state log-format; environment: election-ms; flags: heartbeat-ms (" "$dir/m1.log" ||
+  { echo "m1 does not say where its settings came from: $(grep 'settings from' "$dir/m1.log")"; exit 1; }
 grep -q 'KEEL_NOT_A_SETTING' "$dir/m1.log" || { echo "m1 did not warn of KEEL_NOT_A_SETTING"; exit 1; }
 if grep -q 'KEEL_NOT_A_SETTING' "$dir/m2.log"; then echo "m2 warned of a variable it lacks"; exit 1; fi
 

@@ -106,9 +106,15 @@ static void file_alone_is_the_flags(void **state)
                            "--listen-peer 127.0.1.1:2380 --initial-cluster " CLUSTER,
                            &f, err, sizeof(err)),
                      0);
-    snprintf(line, sizeof(line), "--config-file %s",
-             write_file("a.yaml", FILE_BASE "heartbeat-ms: 50\n"));
+    const char *path = write_file("a.yaml", FILE_BASE "heartbeat-ms: 50\n");
+    char origins[700];
+    snprintf(origins, sizeof(origins),
+             "config file %s: name data-dir listen-client listen-peer initial-cluster "
+             "heartbeat-ms",
+             path);
+    snprintf(line, sizeof(line), "--config-file %s", path);
     assert_int_equal(parse(line, &c, err, sizeof(err)), 0);
+    assert_string_equal(c.origins, origins);
     assert_string_equal(c.name, "a");
     assert_string_equal(c.data_dir, "/tmp/x");
     assert_string_equal(c.listen_peer, "127.0.1.1:2380");
@@ -192,6 +198,10 @@ static void flag_beats_env_beats_file(void **state)
     assert_string_equal(c.data_dir, "/tmp/z");
     assert_int_equal(c.compact_retention_revs, 300);
     assert_int_equal(c.n_members, 3);
+    /* each setting under the source its value came from */
+    assert_non_null(strstr(c.origins, "; environment: quota-bytes; flags: data-dir initial-cluster "
+                                      "heartbeat-ms listen-metrics log-format "
+                                      "auto-compaction-retention"));
     keel_config_close(&c);
 }
 
