@@ -146,7 +146,7 @@ int ctl_flags_parse(struct ctl_flag *flags, const struct ctl_args *in, struct ke
             const char *name = arg + 2;
             const char *eq = strchr(name, '=');
             size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-            for (struct ctl_flag *t = flags; t->name; t++)
+            for (struct ctl_flag *t = flags; t->name && f == NULL; t++)
                 if (strlen(t->name) == nlen && strncmp(t->name, name, nlen) == 0)
                     f = t;
             snprintf(shown, sizeof(shown), "--%.*s", (int)nlen, name);
@@ -155,7 +155,7 @@ int ctl_flags_parse(struct ctl_flag *flags, const struct ctl_args *in, struct ke
             if (eq)
                 value = eq + 1;
         } else {
-            for (struct ctl_flag *t = flags; t->name; t++)
+            for (struct ctl_flag *t = flags; t->name && f == NULL; t++)
                 if (t->shorthand && t->shorthand == arg[1])
                     f = t;
             snprintf(shown, sizeof(shown), "-%c", arg[1]);

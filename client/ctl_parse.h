@@ -51,7 +51,8 @@ struct ctl_flag {
 /*
  * Parse in: flags (from the NULL-name-terminated table, anywhere in the vector, "--" ends them)
  * and positional arguments, which are appended to *pos (allocated in a). An unknown flag is an
- * error.
+ * error. A name in the table twice is the first entry's: keelctl lists a command's flags before
+ * the global ones (member add --zone is the new member's zone, not the client's).
  */
 int ctl_flags_parse(struct ctl_flag *flags, const struct ctl_args *in, struct keel_arena *a,
                     struct ctl_args *pos, char *err);

@@ -1563,22 +1563,25 @@ static int cmd_member_add(struct ctl *c, int argc, char **argv)
     printf("Member %16" PRIx64 " added to cluster %16" PRIx64 "%s\n\n", r->member->id,
            resp->header ? resp->header->cluster_id : 0,
            learner ? " as a learner" : " (a learner until it has caught up, then a voter)");
-    /* The flags the new member starts with, as etcdctl prints its ETCD_* variables. */
+    /* The settings the new member starts with, as etcdctl prints its ETCD_* variables: keeld
+     * reads each KEEL_<FLAG> from its environment (server/config.c). */
     printf("KEEL_NAME=\"%s\"\n", r->member->name);
     printf("KEEL_INITIAL_CLUSTER=\"");
+    bool first = true;
     for (size_t i = 0; i < r->n_members; i++) {
-        const Keel__Member *m = r->members[i];
+        /* the new member as the reply names it (with its zone) */
+        const Keel__Member *m = r->members[i]->id == r->member->id ? r->member : r->members[i];
         const char *p = m->n_peerurls ? m->peerurls[0] : "";
         if (m->id != r->member->id && (m->name == NULL || m->name[0] == '\0'))
             continue; /* another member not started yet: it cannot be named */
-        printf("%s%s=%s%s%s", i ? "," : "", m->name, p, m->zone && m->zone[0] ? "@" : "",
+        printf("%s%s=%s%s%s", first ? "" : ",", m->name, p, m->zone && m->zone[0] ? "@" : "",
                m->zone ? m->zone : "");
+        first = false;
     }
-    printf("\"\nKEEL_INITIAL_CLUSTER_STATE=\"existing\"\n\n");
-    printf("keeld --name %s --listen-peer %s --initial-cluster-state existing \\\n"
-           "      --initial-cluster \"$KEEL_INITIAL_CLUSTER\" --listen-client HOST:PORT --data-dir "
-           "DIR\n",
-           r->member->name, r->member->n_peerurls ? r->member->peerurls[0] : "");
+    printf("\"\nKEEL_INITIAL_CLUSTER_STATE=\"existing\"\n");
+    printf("KEEL_LISTEN_PEER=\"%s\"\n\n", r->member->n_peerurls ? r->member->peerurls[0] : "");
+    printf("With these exported (or as keys of its --config-file), start it with:\n"
+           "keeld --listen-client HOST:PORT --data-dir DIR\n");
     keel_flat_free(resp);
     return 0;
 }

@@ -7,6 +7,7 @@ packages=(
   cmake gcc make pkg-config
   libraft-dev libuv1-dev liblmdb-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
   libcmocka-dev libjson-c-dev libnghttp2-dev libhttp-parser-dev
+  libyaml-dev
   clang libclang-rt-14-dev
   libnetfilter-queue-dev iptables nftables
   strace

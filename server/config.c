@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <sys/stat.h>
 #include <getopt.h>
@@ -11,13 +12,23 @@
 #include <unistd.h>
 
 #include "compactor.h"
+#include "configfile.h"
 #include "fsm.h"
 #include "log.h"
 
 static const char usage[] =
     "usage: keeld --name NAME --data-dir DIR --listen-client HOST:PORT --listen-peer HOST:PORT\n"
     "             --initial-cluster NAME=HOST:PORT[@ZONE],... [options]\n"
+    "   or: keeld --config-file FILE [options]\n"
     "\n"
+    "Every setting below can also be given as an environment variable KEEL_<NAME> (the flag\n"
+    "upper-cased, '-' as '_': --data-dir is KEEL_DATA_DIR; an empty one counts as unset) or as\n"
+    "a key of the YAML --config-file (the flag without '--': data-dir: /var/lib/keel). A flag\n"
+    "beats the environment, which beats the file.\n"
+    "\n"
+    "  --config-file FILE          read settings from FILE, a YAML mapping of flag names to\n"
+    "                              values (initial-cluster may be a list); also\n"
+    "                              KEEL_CONFIG_FILE. Unknown keys are refused\n"
     "  --name NAME                 this member's name, one of --initial-cluster\n"
     "  --data-dir DIR              raft log under DIR/raft, key-value state under DIR/state\n"
     "  --listen-client HOST:PORT   client address (IPv4 literal)\n"
@@ -246,6 +257,464 @@ static int parse_cluster(struct keel_config *c, const char *list, char *err, siz
     return rv;
 }
 
+enum {
+    O_NAME = 256,
+    O_DATA,
+    O_LCLIENT,
+    O_LPEER,
+    O_CLUSTER,
+    O_ZONE,
+    O_HB,
+    O_ET,
+    O_SNAP,
+    O_TRAIL,
+    O_QUOTA,
+    O_MAXREQ,
+    O_MAXOPS,
+    O_INFLIGHT,
+    O_LOG,
+    O_HELP,
+    O_VERSION,
+    O_MAXWATCH,
+    O_PROGRESS,
+    O_LEASE_CP,
+    O_INFLIGHT_TOTAL,
+    O_MAXCONN,
+    O_MAXOUT,
+    O_APPLY_BACKLOG,
+    O_BATCH_MS,
+    O_BATCH_BYTES,
+    O_SNAP_BYTES,
+    O_TRAIL_BYTES,
+    O_SEGMENT,
+    O_AC_MODE,
+    O_PREFER,
+    O_CLUSTER_STATE,
+    O_METRICS,
+    O_LOG_FORMAT,
+    O_AC_RETENTION,
+    O_AC_INTERVAL,
+    O_DISK_RESERVE,
+    O_DISK_CHECK,
+    O_CONFIG_FILE
+};
+
+/* Every setting keeld has, by its flag name: the keys of --config-file and, upper-cased with
+ * "_" for "-" after KEEL_, its environment variables. */
+static const struct option opts[] = {
+    {"name", required_argument, NULL, O_NAME},
+    {"data-dir", required_argument, NULL, O_DATA},
+    {"listen-client", required_argument, NULL, O_LCLIENT},
+    {"listen-peer", required_argument, NULL, O_LPEER},
+    {"initial-cluster", required_argument, NULL, O_CLUSTER},
+    {"zone", required_argument, NULL, O_ZONE},
+    {"heartbeat-ms", required_argument, NULL, O_HB},
+    {"election-ms", required_argument, NULL, O_ET},
+    {"snapshot-threshold", required_argument, NULL, O_SNAP},
+    {"snapshot-trailing", required_argument, NULL, O_TRAIL},
+    {"snapshot-bytes", required_argument, NULL, O_SNAP_BYTES},
+    {"snapshot-trailing-bytes", required_argument, NULL, O_TRAIL_BYTES},
+    {"raft-segment-bytes", required_argument, NULL, O_SEGMENT},
+    {"quota-bytes", required_argument, NULL, O_QUOTA},
+    {"disk-reserve-bytes", required_argument, NULL, O_DISK_RESERVE},
+    {"disk-check-ms", required_argument, NULL, O_DISK_CHECK},
+    {"max-request-bytes", required_argument, NULL, O_MAXREQ},
+    {"max-txn-ops", required_argument, NULL, O_MAXOPS},
+    {"max-inflight", required_argument, NULL, O_INFLIGHT},
+    {"max-inflight-total", required_argument, NULL, O_INFLIGHT_TOTAL},
+    {"max-connections", required_argument, NULL, O_MAXCONN},
+    {"max-output-bytes", required_argument, NULL, O_MAXOUT},
+    {"max-apply-backlog-bytes", required_argument, NULL, O_APPLY_BACKLOG},
+    {"log-level", required_argument, NULL, O_LOG},
+    {"max-watches", required_argument, NULL, O_MAXWATCH},
+    {"watch-progress-ms", required_argument, NULL, O_PROGRESS},
+    {"lease-checkpoint-interval-ms", required_argument, NULL, O_LEASE_CP},
+    {"backend-batch-interval-ms", required_argument, NULL, O_BATCH_MS},
+    {"backend-batch-bytes", required_argument, NULL, O_BATCH_BYTES},
+    {"auto-compaction-mode", required_argument, NULL, O_AC_MODE},
+    {"preferred-leader-zone", required_argument, NULL, O_PREFER},
+    {"initial-cluster-state", required_argument, NULL, O_CLUSTER_STATE},
+    {"listen-metrics", required_argument, NULL, O_METRICS},
+    {"log-format", required_argument, NULL, O_LOG_FORMAT},
+    {"auto-compaction-retention", required_argument, NULL, O_AC_RETENTION},
+    {"auto-compaction-interval-ms", required_argument, NULL, O_AC_INTERVAL},
+    {"config-file", required_argument, NULL, O_CONFIG_FILE},
+    {"help", no_argument, NULL, O_HELP},
+    {"version", no_argument, NULL, O_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+#define N_OPTS (sizeof(opts) / sizeof(opts[0]) - 1)
+
+/* KEEL_* variables of keel's other programs, which share keeld's prefix: keelctl and keel-bench
+ * (ENDPOINTS; KEEL_ZONE is keeld's --zone as well), the sample unit (EXTRA_FLAGS), scripts/
+ * (cluster.sh, zones.sh) and the tests. Known, so not warned about. */
+static const char *const other_programs_vars[] = {
+    "KEEL_ENDPOINTS",         "KEEL_EXTRA_FLAGS", "KEEL_CLUSTER_DIR", "KEEL_CLUSTER_CLIENT_PORT",
+    "KEEL_CLUSTER_PEER_PORT", "KEEL_NETSIM",      "KEEL_SEED",        "KEEL_KEEP_TEST_DATA",
+};
+
+/* Where a setting's value came from, for messages. */
+struct origin {
+    enum { FROM_DEFAULT, FROM_FILE, FROM_ENV, FROM_FLAG } kind;
+    unsigned line; /* FROM_FILE */
+};
+
+/* What parsing carries from one source to the next. */
+struct parse {
+    const char *cluster;   /* --initial-cluster and ... */
+    const char *retention; /* ... --auto-compaction-retention, checked once all are in */
+    const char *file;      /* --config-file's path, or NULL */
+    struct origin from[N_OPTS];
+};
+
+/* An option's index in opts by its name (the first n bytes of key), help and version aside;
+ * N_OPTS when there is none. */
+static size_t option_by_name(const char *key, size_t n)
+{
+    for (size_t i = 0; i < N_OPTS; i++)
+        if (opts[i].val != O_HELP && opts[i].val != O_VERSION &&
+            strncmp(opts[i].name, key, n) == 0 && opts[i].name[n] == '\0')
+            return i;
+    return N_OPTS;
+}
+
+/* "data-dir" -> "KEEL_DATA_DIR", as etcd's ETCD_DATA_DIR. */
+static void env_name(const char *flag, char *out, size_t len)
+{
+    size_t o = (size_t)snprintf(out, len, "KEEL_");
+    for (; *flag != '\0' && o + 1 < len; flag++)
+        out[o++] = *flag == '-' ? '_' : (char)toupper((unsigned char)*flag);
+    out[o] = '\0';
+}
+
+static size_t option_by_env(const char *var, size_t n)
+{
+    char name[64];
+    for (size_t i = 0; i < N_OPTS; i++) {
+        env_name(opts[i].name, name, sizeof(name));
+        if (opts[i].val != O_HELP && opts[i].val != O_VERSION && strncmp(name, var, n) == 0 &&
+            name[n] == '\0')
+            return i;
+    }
+    return N_OPTS;
+}
+
+/* Where option i's value came from, as messages start: "KEEL_DATA_DIR", "config file F: line
+ * 3", or "" for a flag (the message names the flag itself). */
+static void origin_name(const struct parse *p, size_t i, char *out, size_t len)
+{
+    out[0] = '\0';
+    if (p->from[i].kind == FROM_ENV)
+        env_name(opts[i].name, out, len);
+    else if (p->from[i].kind == FROM_FILE)
+        snprintf(out, len, "config file %s: line %u", p->file, p->from[i].line);
+}
+
+/* One setting's value, checked: the one place that knows what each setting means. what names
+ * the setting in messages as its source does ("--heartbeat-ms", "KEEL_HEARTBEAT_MS", "config
+ * file F: line 3: heartbeat-ms"). A boolean setting (no_argument) gets "true" or "false". */
+static int set_opt(struct keel_config *c, struct parse *p, int opt, const char *val,
+                   const char *what, char *err, size_t errlen)
+{
+    uint64_t v = 0;
+    int rv = 0;
+    switch (opt) {
+    case O_NAME:
+        rv = copy_arg(c->name, sizeof(c->name), val, what, err, errlen);
+        break;
+    case O_DATA:
+        rv = copy_arg(c->data_dir, sizeof(c->data_dir), val, what, err, errlen);
+        break;
+    case O_LCLIENT:
+        rv = copy_arg(c->listen_client, sizeof(c->listen_client), val, what, err, errlen);
+        break;
+    case O_LPEER:
+        rv = copy_arg(c->listen_peer, sizeof(c->listen_peer), val, what, err, errlen);
+        break;
+    case O_CLUSTER:
+        p->cluster = val;
+        break;
+    case O_ZONE:
+        rv = copy_arg(c->zone, sizeof(c->zone), val, what, err, errlen);
+        break;
+    case O_HB:
+        rv = parse_u64(val, 1, 60000, &v, what, err, errlen);
+        c->heartbeat_ms = (unsigned)v;
+        break;
+    case O_ET:
+        rv = parse_u64(val, 2, 600000, &v, what, err, errlen);
+        c->election_ms = (unsigned)v;
+        break;
+    case O_SNAP:
+        rv = parse_u64(val, 4, 1u << 30, &v, what, err, errlen);
+        c->snapshot_threshold = (unsigned)v;
+        break;
+    case O_TRAIL:
+        rv = parse_u64(val, 4, 1u << 30, &v, what, err, errlen);
+        c->snapshot_trailing = (unsigned)v;
+        break;
+    case O_SNAP_BYTES:
+        rv = parse_u64(val, 1u << 20, 1ull << 40, &c->snapshot_bytes, what, err, errlen);
+        break;
+    case O_TRAIL_BYTES:
+        rv = parse_u64(val, 1u << 20, 1ull << 40, &c->snapshot_trailing_bytes, what, err, errlen);
+        break;
+    case O_SEGMENT:
+        /* raft_uv writes segments in direct-I/O blocks: a multiple of 64 KiB is a multiple of
+         * any block size its probe can find. */
+        rv = parse_u64(val, 1u << 20, 1u << 30, &v, what, err, errlen);
+        if (rv == 0 && v % (64u << 10) != 0)
+            rv = fail(err, errlen, "%s: %llu is not a multiple of 65536", what,
+                      (unsigned long long)v);
+        c->raft_segment_bytes = (size_t)v;
+        break;
+    case O_QUOTA:
+        rv = parse_u64(val, 1 << 20, 1ull << 44, &c->quota_bytes, what, err, errlen);
+        break;
+    case O_DISK_RESERVE:
+        rv = parse_u64(val, 0, 1ull << 44, &c->disk_reserve_bytes, what, err, errlen);
+        c->disk_reserve_set = true;
+        break;
+    case O_DISK_CHECK:
+        rv = parse_u64(val, 10, 3600000, &v, what, err, errlen);
+        c->disk_check_ms = (unsigned)v;
+        break;
+    case O_MAXREQ:
+        rv = parse_u64(val, 1024, 64u << 20, &v, what, err, errlen);
+        c->max_request_bytes = v;
+        break;
+    case O_MAXOPS:
+        rv = parse_u64(val, 1, 100000, &v, what, err, errlen);
+        c->max_txn_ops = v;
+        break;
+    case O_INFLIGHT:
+        rv = parse_u64(val, 1, 1 << 20, &v, what, err, errlen);
+        c->max_inflight = v;
+        break;
+    case O_INFLIGHT_TOTAL:
+        rv = parse_u64(val, 1, 1 << 24, &v, what, err, errlen);
+        c->max_inflight_total = v;
+        break;
+    case O_MAXCONN:
+        rv = parse_u64(val, 1, 1 << 20, &v, what, err, errlen);
+        c->max_connections = v;
+        break;
+    case O_MAXOUT:
+        /* At least four of the largest reply, so one reply never meets the bound alone. */
+        rv = parse_u64(val, 8u << 20, 1ull << 40, &v, what, err, errlen);
+        c->max_output_bytes = v;
+        break;
+    case O_APPLY_BACKLOG:
+        rv = parse_u64(val, 1 << 20, 1ull << 40, &c->max_apply_backlog_bytes, what, err, errlen);
+        break;
+    case O_MAXWATCH:
+        rv = parse_u64(val, 1, 10000000, &v, what, err, errlen);
+        c->max_watches = v;
+        break;
+    case O_PROGRESS:
+        rv = parse_u64(val, 10, 86400000, &v, what, err, errlen);
+        c->watch_progress_ms = (unsigned)v;
+        break;
+    case O_BATCH_MS:
+        rv = parse_u64(val, 1, 10000, &v, what, err, errlen);
+        c->backend_batch_ms = (unsigned)v;
+        break;
+    case O_BATCH_BYTES:
+        rv = parse_u64(val, 1u << 20, 1ull << 32, &v, what, err, errlen);
+        c->backend_batch_bytes = (size_t)v;
+        break;
+    case O_LEASE_CP:
+        rv = parse_u64(val, 10, 3600000, &v, what, err, errlen);
+        c->lease_checkpoint_ms = (unsigned)v;
+        break;
+    case O_AC_MODE:
+        if (strcmp(val, "periodic") == 0)
+            c->compact_mode = KEEL_COMPACT_PERIODIC;
+        else if (strcmp(val, "revision") == 0)
+            c->compact_mode = KEEL_COMPACT_REVISION;
+        else
+            rv = fail(err, errlen, "%s '%s' is not periodic or revision", what, val);
+        break;
+    case O_AC_RETENTION:
+        p->retention = val;
+        break;
+    case O_LOG_FORMAT:
+        if (strcmp(val, "json") == 0 || strcmp(val, "text") == 0)
+            c->log_json = strcmp(val, "json") == 0;
+        else
+            rv = fail(err, errlen, "%s '%s' is not json or text", what, val);
+        break;
+    case O_METRICS:
+        rv = copy_arg(c->listen_metrics, sizeof(c->listen_metrics), val, what, err, errlen);
+        break;
+    case O_CLUSTER_STATE:
+        if (strcmp(val, "new") == 0 || strcmp(val, "existing") == 0)
+            c->join = strcmp(val, "existing") == 0;
+        else
+            rv = fail(err, errlen, "%s '%s' is not new or existing", what, val);
+        break;
+    case O_PREFER:
+        rv = copy_arg(c->preferred_zone, sizeof(c->preferred_zone), val, what, err, errlen);
+        break;
+    case O_AC_INTERVAL:
+        rv = parse_u64(val, 10, 86400000, &c->compact_check_ms, what, err, errlen);
+        break;
+    case O_LOG:
+        c->log_level = keel_log_parse_level(val);
+        if (c->log_level < 0)
+            rv = fail(err, errlen, "%s '%s' is not debug, info, warn or error", what, val);
+        break;
+    case O_CONFIG_FILE: /* read before any other setting (keel_config_parse) */
+        break;
+    }
+    return rv;
+}
+
+/* Option i's value from a source: every source goes through set_opt, the last one applied
+ * wins (file, then environment, then flags). */
+static int apply(struct keel_config *c, struct parse *p, size_t i, struct origin from,
+                 const char *val, char *err, size_t errlen)
+{
+    char what[600];
+    p->from[i] = from;
+    origin_name(p, i, what, sizeof(what));
+    if (from.kind == FROM_FLAG)
+        snprintf(what, sizeof(what), "--%s", opts[i].name);
+    else if (from.kind == FROM_FILE)
+        snprintf(what + strlen(what), sizeof(what) - strlen(what), ": %s", opts[i].name);
+    if (opts[i].has_arg == no_argument) {
+        if (from.kind == FROM_FLAG)
+            val = "true";
+        else if (strcmp(val, "true") != 0 && strcmp(val, "false") != 0)
+            return fail(err, errlen, "%s: '%s' is not true or false", what, val);
+    }
+    return set_opt(c, p, opts[i].val, val, what, err, errlen);
+}
+
+/* argv's settings, in order, as (option index, value) into idx and val (argc long each); --help
+ * and --version are answered here (1). */
+static int read_argv(int argc, char **argv, size_t *idx, const char **val, size_t *n, char *err,
+                     size_t errlen)
+{
+    int opt, li = 0;
+    *n = 0;
+    optind = 1;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "", opts, &li)) != -1) {
+        if (opt == O_HELP) {
+            fputs(usage, stdout);
+            return 1;
+        }
+        if (opt == O_VERSION) {
+            printf("keeld %s\n", KEEL_VERSION);
+            return 1;
+        }
+        if (opt == '?' && optopt != 0)
+            return fail(err, errlen, "option '%s' needs a value", argv[optind - 1]);
+        if (opt == '?')
+            return fail(err, errlen, "unknown option '%s'", argv[optind - 1]);
+        idx[*n] = (size_t)li;
+        val[(*n)++] = optarg;
+    }
+    if (optind < argc)
+        return fail(err, errlen, "unexpected argument '%s'", argv[optind]);
+    return 0;
+}
+
+static int apply_file(struct keel_config *c, struct parse *p, const struct keel_configfile *f,
+                      char *err, size_t errlen)
+{
+    for (size_t k = 0; k < f->n; k++) {
+        const struct keel_configfile_entry *e = &f->entries[k];
+        size_t i = option_by_name(e->key, strlen(e->key));
+        if (i == N_OPTS)
+            return fail(err, errlen, "config file %s: line %u: unknown key '%s'", p->file, e->line,
+                        e->key);
+        if (opts[i].val == O_CONFIG_FILE)
+            return fail(err, errlen, "config file %s: line %u: a config file cannot name another",
+                        p->file, e->line);
+        if (e->sequence && opts[i].val != O_CLUSTER)
+            return fail(err, errlen, "config file %s: line %u: %s takes one value, not a list",
+                        p->file, e->line, e->key);
+        int rv = apply(c, p, i, (struct origin){FROM_FILE, e->line}, e->value, err, errlen);
+        if (rv != 0)
+            return rv;
+    }
+    return 0;
+}
+
+/* Every KEEL_<FLAG> variable; an empty one is as if unset (a systemd EnvironmentFile's
+ * "KEEL_ZONE="). Unknown KEEL_* variables are noted in c->env_unknown, not refused: keel's
+ * client tools share the prefix. */
+static int apply_env(struct keel_config *c, struct parse *p, char *err, size_t errlen)
+{
+    size_t unknown = 0;
+    for (char **e = environ; *e != NULL; e++) {
+        const char *eq = strchr(*e, '=');
+        if (strncmp(*e, "KEEL_", 5) != 0 || eq == NULL)
+            continue;
+        size_t n = (size_t)(eq - *e), i = option_by_env(*e, n);
+        bool other = false;
+        for (size_t k = 0; k < sizeof(other_programs_vars) / sizeof(other_programs_vars[0]); k++)
+            other = other || (strncmp(*e, other_programs_vars[k], n) == 0 &&
+                              other_programs_vars[k][n] == '\0');
+        if (i == N_OPTS && !other && unknown < sizeof(c->env_unknown))
+            unknown += (size_t)snprintf(c->env_unknown + unknown, sizeof(c->env_unknown) - unknown,
+                                        "%s%.*s", unknown ? " " : "", (int)n, *e);
+        if (i == N_OPTS || opts[i].val == O_CONFIG_FILE || eq[1] == '\0')
+            continue;
+        int rv = apply(c, p, i, (struct origin){FROM_ENV, 0}, eq + 1, err, errlen);
+        if (rv != 0)
+            return rv;
+    }
+    return 0;
+}
+
+/* A message of the final checks names the setting it is about first ("--listen-peer 127...";
+ * "member ..." is an --initial-cluster entry): when that setting came from the environment or
+ * the file, the message says so in front. */
+static void blame(const struct parse *p, char *err, size_t errlen)
+{
+    size_t i = N_OPTS;
+    if (strncmp(err, "member ", 7) == 0)
+        i = option_by_name("initial-cluster", strlen("initial-cluster"));
+    else if (strncmp(err, "--", 2) == 0)
+        i = option_by_name(err + 2, strcspn(err + 2, " :'"));
+    char where[600];
+    if (i == N_OPTS || (origin_name(p, i, where, sizeof(where)), where[0] == '\0'))
+        return;
+    char *msg = strdup(err);
+    if (msg != NULL)
+        snprintf(err, errlen, "%s: %s", where, msg);
+    free(msg);
+}
+
+static int settle(struct keel_config *c, const char *cluster, const char *retention, char *err,
+                  size_t errlen);
+
+/* "config file F: name data-dir ...; environment: election-ms; flags: heartbeat-ms" into
+ * c->origins, for the log at start. */
+static void note_origins(struct keel_config *c, const struct parse *p)
+{
+    static const char *const names[] = {NULL, "config file", "environment", "flags"};
+    size_t off = 0, cap = sizeof(c->origins);
+    for (int kind = FROM_FILE; kind <= FROM_FLAG; kind++) {
+        bool any = false;
+        for (size_t i = 0; i < N_OPTS && off < cap; i++) {
+            if ((int)p->from[i].kind != kind || opts[i].val == O_CONFIG_FILE)
+                continue;
+            if (!any)
+                off += (size_t)snprintf(c->origins + off, cap - off, "%s%s%s%s:", off ? "; " : "",
+                                        names[kind], kind == FROM_FILE ? " " : "",
+                                        kind == FROM_FILE ? p->file : "");
+            if (off < cap)
+                off += (size_t)snprintf(c->origins + off, cap - off, " %s", opts[i].name);
+            any = true;
+        }
+    }
+}
+
 int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, size_t errlen)
 {
     memset(c, 0, sizeof(*c));
@@ -278,271 +747,40 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->compact_check_ms = 300000;
     c->log_level = KEEL_LOG_INFO;
 
-    enum {
-        O_NAME = 256,
-        O_DATA,
-        O_LCLIENT,
-        O_LPEER,
-        O_CLUSTER,
-        O_ZONE,
-        O_HB,
-        O_ET,
-        O_SNAP,
-        O_TRAIL,
-        O_QUOTA,
-        O_MAXREQ,
-        O_MAXOPS,
-        O_INFLIGHT,
-        O_LOG,
-        O_HELP,
-        O_VERSION,
-        O_MAXWATCH,
-        O_PROGRESS,
-        O_LEASE_CP,
-        O_INFLIGHT_TOTAL,
-        O_MAXCONN,
-        O_MAXOUT,
-        O_APPLY_BACKLOG,
-        O_BATCH_MS,
-        O_BATCH_BYTES,
-        O_SNAP_BYTES,
-        O_TRAIL_BYTES,
-        O_SEGMENT,
-        O_AC_MODE,
-        O_PREFER,
-        O_CLUSTER_STATE,
-        O_METRICS,
-        O_LOG_FORMAT,
-        O_AC_RETENTION,
-        O_AC_INTERVAL,
-        O_DISK_RESERVE,
-        O_DISK_CHECK
-    };
-    static const struct option opts[] = {
-        {"name", required_argument, NULL, O_NAME},
-        {"data-dir", required_argument, NULL, O_DATA},
-        {"listen-client", required_argument, NULL, O_LCLIENT},
-        {"listen-peer", required_argument, NULL, O_LPEER},
-        {"initial-cluster", required_argument, NULL, O_CLUSTER},
-        {"zone", required_argument, NULL, O_ZONE},
-        {"heartbeat-ms", required_argument, NULL, O_HB},
-        {"election-ms", required_argument, NULL, O_ET},
-        {"snapshot-threshold", required_argument, NULL, O_SNAP},
-        {"snapshot-trailing", required_argument, NULL, O_TRAIL},
-        {"snapshot-bytes", required_argument, NULL, O_SNAP_BYTES},
-        {"snapshot-trailing-bytes", required_argument, NULL, O_TRAIL_BYTES},
-        {"raft-segment-bytes", required_argument, NULL, O_SEGMENT},
-        {"quota-bytes", required_argument, NULL, O_QUOTA},
-        {"disk-reserve-bytes", required_argument, NULL, O_DISK_RESERVE},
-        {"disk-check-ms", required_argument, NULL, O_DISK_CHECK},
-        {"max-request-bytes", required_argument, NULL, O_MAXREQ},
-        {"max-txn-ops", required_argument, NULL, O_MAXOPS},
-        {"max-inflight", required_argument, NULL, O_INFLIGHT},
-        {"max-inflight-total", required_argument, NULL, O_INFLIGHT_TOTAL},
-        {"max-connections", required_argument, NULL, O_MAXCONN},
-        {"max-output-bytes", required_argument, NULL, O_MAXOUT},
-        {"max-apply-backlog-bytes", required_argument, NULL, O_APPLY_BACKLOG},
-        {"log-level", required_argument, NULL, O_LOG},
-        {"max-watches", required_argument, NULL, O_MAXWATCH},
-        {"watch-progress-ms", required_argument, NULL, O_PROGRESS},
-        {"lease-checkpoint-interval-ms", required_argument, NULL, O_LEASE_CP},
-        {"backend-batch-interval-ms", required_argument, NULL, O_BATCH_MS},
-        {"backend-batch-bytes", required_argument, NULL, O_BATCH_BYTES},
-        {"auto-compaction-mode", required_argument, NULL, O_AC_MODE},
-        {"preferred-leader-zone", required_argument, NULL, O_PREFER},
-        {"initial-cluster-state", required_argument, NULL, O_CLUSTER_STATE},
-        {"listen-metrics", required_argument, NULL, O_METRICS},
-        {"log-format", required_argument, NULL, O_LOG_FORMAT},
-        {"auto-compaction-retention", required_argument, NULL, O_AC_RETENTION},
-        {"auto-compaction-interval-ms", required_argument, NULL, O_AC_INTERVAL},
-        {"help", no_argument, NULL, O_HELP},
-        {"version", no_argument, NULL, O_VERSION},
-        {NULL, 0, NULL, 0},
-    };
-    const char *cluster = NULL;
-    const char *retention = NULL;
-    uint64_t v;
+    struct parse p = {0};
+    struct keel_configfile file = {0};
+    size_t n = 0, *idx = calloc((size_t)argc + 1, sizeof(*idx));
+    const char **val = calloc((size_t)argc + 1, sizeof(*val));
+    int rv = idx && val ? 0 : fail(err, errlen, "out of memory");
+    if (rv == 0)
+        rv = read_argv(argc, argv, idx, val, &n, err, errlen);
+    for (size_t k = 0; rv == 0 && k < n; k++)
+        if (opts[idx[k]].val == O_CONFIG_FILE)
+            p.file = val[k];
+    if (rv == 0 && p.file == NULL && getenv("KEEL_CONFIG_FILE") && getenv("KEEL_CONFIG_FILE")[0])
+        p.file = getenv("KEEL_CONFIG_FILE");
+    /* The sources from the weakest: the file, the environment, then the flags. */
+    if (rv == 0 && p.file != NULL && (rv = keel_configfile_read(&file, p.file, err, errlen)) == 0)
+        rv = apply_file(c, &p, &file, err, errlen);
+    if (rv == 0)
+        rv = apply_env(c, &p, err, errlen);
+    for (size_t k = 0; rv == 0 && k < n; k++)
+        rv = apply(c, &p, idx[k], (struct origin){FROM_FLAG, 0}, val[k], err, errlen);
+    if (rv == 0 && (rv = settle(c, p.cluster, p.retention, err, errlen)) != 0)
+        blame(&p, err, errlen);
+    if (rv == 0)
+        note_origins(c, &p);
+    keel_configfile_close(&file);
+    free(idx);
+    free(val);
+    return rv;
+}
+
+/* The checks that need every setting in: what is required, and what must agree. */
+static int settle(struct keel_config *c, const char *cluster, const char *retention, char *err,
+                  size_t errlen)
+{
     int rv = 0;
-    int opt;
-    optind = 1;
-    opterr = 0;
-    while (rv == 0 && (opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (opt) {
-        case O_NAME:
-            rv = copy_arg(c->name, sizeof(c->name), optarg, "--name", err, errlen);
-            break;
-        case O_DATA:
-            rv = copy_arg(c->data_dir, sizeof(c->data_dir), optarg, "--data-dir", err, errlen);
-            break;
-        case O_LCLIENT:
-            rv = copy_arg(c->listen_client, sizeof(c->listen_client), optarg, "--listen-client",
-                          err, errlen);
-            break;
-        case O_LPEER:
-            rv = copy_arg(c->listen_peer, sizeof(c->listen_peer), optarg, "--listen-peer", err,
-                          errlen);
-            break;
-        case O_CLUSTER:
-            cluster = optarg;
-            break;
-        case O_ZONE:
-            rv = copy_arg(c->zone, sizeof(c->zone), optarg, "--zone", err, errlen);
-            break;
-        case O_HB:
-            rv = parse_u64(optarg, 1, 60000, &v, "--heartbeat-ms", err, errlen);
-            c->heartbeat_ms = (unsigned)v;
-            break;
-        case O_ET:
-            rv = parse_u64(optarg, 2, 600000, &v, "--election-ms", err, errlen);
-            c->election_ms = (unsigned)v;
-            break;
-        case O_SNAP:
-            rv = parse_u64(optarg, 4, 1u << 30, &v, "--snapshot-threshold", err, errlen);
-            c->snapshot_threshold = (unsigned)v;
-            break;
-        case O_TRAIL:
-            rv = parse_u64(optarg, 4, 1u << 30, &v, "--snapshot-trailing", err, errlen);
-            c->snapshot_trailing = (unsigned)v;
-            break;
-        case O_SNAP_BYTES:
-            rv = parse_u64(optarg, 1u << 20, 1ull << 40, &c->snapshot_bytes, "--snapshot-bytes",
-                           err, errlen);
-            break;
-        case O_TRAIL_BYTES:
-            rv = parse_u64(optarg, 1u << 20, 1ull << 40, &c->snapshot_trailing_bytes,
-                           "--snapshot-trailing-bytes", err, errlen);
-            break;
-        case O_SEGMENT:
-            /* raft_uv writes segments in direct-I/O blocks: a multiple of 64 KiB is a multiple of
-             * any block size its probe can find. */
-            rv = parse_u64(optarg, 1u << 20, 1u << 30, &v, "--raft-segment-bytes", err, errlen);
-            if (rv == 0 && v % (64u << 10) != 0)
-                rv = fail(err, errlen, "--raft-segment-bytes: %llu is not a multiple of 65536",
-                          (unsigned long long)v);
-            c->raft_segment_bytes = (size_t)v;
-            break;
-        case O_QUOTA:
-            rv = parse_u64(optarg, 1 << 20, 1ull << 44, &c->quota_bytes, "--quota-bytes", err,
-                           errlen);
-            break;
-        case O_DISK_RESERVE:
-            rv = parse_u64(optarg, 0, 1ull << 44, &c->disk_reserve_bytes, "--disk-reserve-bytes",
-                           err, errlen);
-            c->disk_reserve_set = true;
-            break;
-        case O_DISK_CHECK:
-            rv = parse_u64(optarg, 10, 3600000, &v, "--disk-check-ms", err, errlen);
-            c->disk_check_ms = (unsigned)v;
-            break;
-        case O_MAXREQ:
-            rv = parse_u64(optarg, 1024, 64u << 20, &v, "--max-request-bytes", err, errlen);
-            c->max_request_bytes = v;
-            break;
-        case O_MAXOPS:
-            rv = parse_u64(optarg, 1, 100000, &v, "--max-txn-ops", err, errlen);
-            c->max_txn_ops = v;
-            break;
-        case O_INFLIGHT:
-            rv = parse_u64(optarg, 1, 1 << 20, &v, "--max-inflight", err, errlen);
-            c->max_inflight = v;
-            break;
-        case O_INFLIGHT_TOTAL:
-            rv = parse_u64(optarg, 1, 1 << 24, &v, "--max-inflight-total", err, errlen);
-            c->max_inflight_total = v;
-            break;
-        case O_MAXCONN:
-            rv = parse_u64(optarg, 1, 1 << 20, &v, "--max-connections", err, errlen);
-            c->max_connections = v;
-            break;
-        case O_MAXOUT:
-            /* At least four of the largest reply, so one reply never meets the bound alone. */
-            rv = parse_u64(optarg, 8u << 20, 1ull << 40, &v, "--max-output-bytes", err, errlen);
-            c->max_output_bytes = v;
-            break;
-        case O_APPLY_BACKLOG:
-            rv = parse_u64(optarg, 1 << 20, 1ull << 40, &c->max_apply_backlog_bytes,
-                           "--max-apply-backlog-bytes", err, errlen);
-            break;
-        case O_MAXWATCH:
-            rv = parse_u64(optarg, 1, 10000000, &v, "--max-watches", err, errlen);
-            c->max_watches = v;
-            break;
-        case O_PROGRESS:
-            rv = parse_u64(optarg, 10, 86400000, &v, "--watch-progress-ms", err, errlen);
-            c->watch_progress_ms = (unsigned)v;
-            break;
-        case O_BATCH_MS:
-            rv = parse_u64(optarg, 1, 10000, &v, "--backend-batch-interval-ms", err, errlen);
-            c->backend_batch_ms = (unsigned)v;
-            break;
-        case O_BATCH_BYTES:
-            rv = parse_u64(optarg, 1u << 20, 1ull << 32, &v, "--backend-batch-bytes", err, errlen);
-            c->backend_batch_bytes = (size_t)v;
-            break;
-        case O_LEASE_CP:
-            rv = parse_u64(optarg, 10, 3600000, &v, "--lease-checkpoint-interval-ms", err, errlen);
-            c->lease_checkpoint_ms = (unsigned)v;
-            break;
-        case O_AC_MODE:
-            if (strcmp(optarg, "periodic") == 0)
-                c->compact_mode = KEEL_COMPACT_PERIODIC;
-            else if (strcmp(optarg, "revision") == 0)
-                c->compact_mode = KEEL_COMPACT_REVISION;
-            else
-                rv = fail(err, errlen, "--auto-compaction-mode '%s' is not periodic or revision",
-                          optarg);
-            break;
-        case O_AC_RETENTION:
-            retention = optarg;
-            break;
-        case O_LOG_FORMAT:
-            if (strcmp(optarg, "json") == 0 || strcmp(optarg, "text") == 0)
-                c->log_json = strcmp(optarg, "json") == 0;
-            else
-                rv = fail(err, errlen, "--log-format '%s' is not json or text", optarg);
-            break;
-        case O_METRICS:
-            rv = copy_arg(c->listen_metrics, sizeof(c->listen_metrics), optarg, "--listen-metrics",
-                          err, errlen);
-            break;
-        case O_CLUSTER_STATE:
-            if (strcmp(optarg, "new") == 0 || strcmp(optarg, "existing") == 0)
-                c->join = strcmp(optarg, "existing") == 0;
-            else
-                rv = fail(err, errlen, "--initial-cluster-state '%s' is not new or existing",
-                          optarg);
-            break;
-        case O_PREFER:
-            rv = copy_arg(c->preferred_zone, sizeof(c->preferred_zone), optarg,
-                          "--preferred-leader-zone", err, errlen);
-            break;
-        case O_AC_INTERVAL:
-            rv = parse_u64(optarg, 10, 86400000, &c->compact_check_ms,
-                           "--auto-compaction-interval-ms", err, errlen);
-            break;
-        case O_LOG:
-            c->log_level = keel_log_parse_level(optarg);
-            if (c->log_level < 0)
-                rv =
-                    fail(err, errlen, "--log-level '%s' is not debug, info, warn or error", optarg);
-            break;
-        case O_HELP:
-            fputs(usage, stdout);
-            return 1;
-        case O_VERSION:
-            printf("keeld %s\n", KEEL_VERSION);
-            return 1;
-        default:
-            if (optopt != 0)
-                rv = fail(err, errlen, "option '%s' needs a value", argv[optind - 1]);
-            else
-                rv = fail(err, errlen, "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (rv != 0)
-        return rv;
-    if (optind < argc)
-        return fail(err, errlen, "unexpected argument '%s'", argv[optind]);
     if (retention != NULL &&
         keel_compactor_parse_retention(c->compact_mode, retention, &c->compact_retention_ms,
                                        &c->compact_retention_revs, err, errlen) != 0)
@@ -602,6 +840,15 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
      * it, and every member keeps it in its data dir from its first start (main.c). */
     c->cluster_id = c->join ? 0 : keel_hash64(cluster, strlen(cluster));
     return 0;
+}
+
+void keel_config_warn(const struct keel_config *c)
+{
+    KLOG_INFO("settings from %s (the rest are defaults)", c->origins[0] ? c->origins : "nowhere");
+    if (c->env_unknown[0] != '\0')
+        KLOG_WARN("ignoring environment variables that are no keeld setting: %s (a setting is "
+                  "KEEL_ and its flag's name, as KEEL_DATA_DIR; see keeld --help)",
+                  c->env_unknown);
 }
 
 void keel_config_close(struct keel_config *c)

@@ -1,5 +1,7 @@
 /*
- * keeld's configuration: command-line flags, checked for consistency before anything starts.
+ * keeld's configuration: command-line flags, KEEL_<FLAG> environment variables and a YAML
+ * --config-file whose keys are the flags' names (a flag beats the environment, the environment
+ * beats the file), checked for consistency before anything starts.
  */
 #ifndef KEEL_CONFIG_H
 #define KEEL_CONFIG_H
@@ -60,16 +62,25 @@ struct keel_config {
     int64_t compact_retention_revs; /* revision auto-compaction: revisions kept */
     uint64_t compact_check_ms;      /* revision auto-compaction: how often it looks */
     int log_level;
-    bool log_json; /* --log-format json */
+    bool log_json;                      /* --log-format json */
     char preferred_zone[KEEL_NAME_MAX]; /* leadership moves into this zone ("": anywhere) */
     char listen_metrics[KEEL_ADDR_MAX]; /* /metrics and /health ("": not served) */
+    char env_unknown[256]; /* KEEL_* variables that are no setting, space-separated (cut) */
+    char origins[1024];    /* which settings came from the file, the environment, flags (cut) */
 };
 
 /*
- * Parse argv into c (which this initialises). 0 on success; 1 when --help was printed; -1 with
- * a message naming what was wrong in err. keel_config_close releases c in every case.
+ * Parse the settings into c (which this initialises): --config-file PATH (or KEEL_CONFIG_FILE)
+ * first, then the KEEL_* environment, then argv, each value checked as a flag's is. 0 on
+ * success; 1 when --help or --version was printed; -1 with a message naming what was wrong and
+ * where (the flag, the variable, or the file's line and key) in err. keel_config_close releases
+ * c in every case.
  */
 int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, size_t errlen);
+
+/* Log, once logging is set up, where the settings came from (c->origins) and a warning for
+ * c->env_unknown. */
+void keel_config_warn(const struct keel_config *c);
 
 void keel_config_close(struct keel_config *c);
 

@@ -685,6 +685,7 @@ int main(int argc, char **argv)
     }
     keel_log_setup(k.cfg.log_level, k.cfg.name);
     keel_log_format(k.cfg.log_json, k.cfg.zone);
+    keel_config_warn(&k.cfg);
     int status = 1;
     if (keel_fdlimit_fit(&k.cfg.max_connections, err, sizeof(err)) != 0) {
         KLOG_ERROR("%s", err);
