@@ -136,8 +136,16 @@ def render(directory):
 
 
 def kubectl_render(directory):
+    """`kubectl kustomize`'s rendering, or None without a kubectl whose kustomize knows the
+    `patches:` field (v4 and later; Debian 12's kubernetes-client 1.20 has v2)."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
+        return None
+    v = subprocess.run([kubectl, "version", "--client"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=60, check=False,
+                       env=dict(os.environ, KUBECONFIG=os.devnull))
+    m = re.search(r"Kustomize Version: v(\d+)", v.stdout.decode(errors="replace"))
+    if m is None or int(m.group(1)) < 4:
         return None
     r = subprocess.run([kubectl, "kustomize", directory], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=120, check=False,
@@ -905,6 +913,8 @@ def main(argv):
             k = None
         if k is not None:
             renderings[overlay].append(("kubectl kustomize", k))
+        elif overlay == ".":
+            print("note: no kubectl with kustomize v4 or later: rendered here only")
     for overlay, rs in renderings.items():
         for how, docs in rs:
             errs = check(docs, *known)
