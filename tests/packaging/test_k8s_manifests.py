@@ -38,6 +38,7 @@ except ImportError:
 ZONE_KEY = "topology.kubernetes.io/zone"
 ZONE_FIELD = "metadata.labels['topology.kubernetes.io/zone']"
 NS = "testns"  # what $(POD_NAMESPACE)-style variables stand for here
+POD_IP = "10.1.2.3"  # and status.podIP
 FLAG = re.compile(r"(?<![A-Za-z0-9-])--([a-z][a-z0-9-]*)")
 VAR = re.compile(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "Namespace", "StorageClass"}
@@ -351,19 +352,27 @@ def check(docs, keeld_flags, gateway_flags, metrics_paths, image_uid):
         if port != peer_port:
             errors.append(f"{cwhere}: --initial-cluster entry {e}: port {port}, "
                           f"the container's peer port is {peer_port}")
+    # keeld's listen addresses are IPv4 literals. A member's --initial-cluster entry is the
+    # pod's DNS name, so --listen-peer has that entry's port (on 0.0.0.0 or the pod's IP).
+    # --listen-client is also the address keeld announces to peers and clients: the pod's IP.
+    ip_var = field_var(keeld, "status.podIP")
     for i in range(min(n, 16) if isinstance(n, int) else 0):
         me = f"{name}-{i}"
-        v = dict(values, **{pod_var or "": me})
-        peer = expand(flags.get("listen-peer", ""), v)
+        v = dict(values, **{pod_var or "": me, ip_var or "": POD_IP})
+        phost, pport = host_port(expand(flags.get("listen-peer", ":"), v))
         entry = next((e.partition("=")[2].split("@")[0] for e in entries
                       if e.partition("=")[0] == me), None)
-        if entry is not None and peer != entry:
-            errors.append(f"{cwhere}: on {me}, --listen-peer {peer} is not its --initial-cluster "
-                          f"address {entry} (keeld refuses to start)")
-        host, port = host_port(expand(flags.get("listen-client", ":"), v))
-        if not is_member_dns(host, me, svc_name) or port != client_port:
-            errors.append(f"{cwhere}: on {me}, --listen-client {host}:{port} is not its DNS name "
-                          f"and client port {client_port}")
+        if phost not in ("0.0.0.0", POD_IP):
+            errors.append(f"{cwhere}: on {me}, --listen-peer {phost}:{pport} is not 0.0.0.0 or "
+                          "the pod's IP (status.podIP): keeld listens on IPv4 literals")
+        if entry is not None and pport != host_port(entry)[1]:
+            errors.append(f"{cwhere}: on {me}, --listen-peer port {pport} is not its "
+                          f"--initial-cluster entry's {entry} (keeld refuses to start)")
+        chost, cport = host_port(expand(flags.get("listen-client", ":"), v))
+        if chost != POD_IP or cport != client_port:
+            errors.append(f"{cwhere}: on {me}, --listen-client {chost}:{cport} is not the pod's IP "
+                          f"(status.podIP; keeld announces it to clients) with the client port "
+                          f"{client_port}")
     mhost, mport = host_port(flags.get("listen-metrics", ":"))
     if mport != metrics_port:
         errors.append(f"{cwhere}: --listen-metrics port {mport} is not the metrics port "
@@ -725,7 +734,15 @@ MUTATIONS = [
     ("peer name under another Service",
      lambda d: set_arg(keeld_of(d), "initial-cluster", get_arg(keeld_of(d), "initial-cluster").replace(".keel-peer.", ".keel.")),
      "is not keel-"),
-    ("--listen-peer on 0.0.0.0", lambda d: set_arg(keeld_of(d), "listen-peer", "0.0.0.0:2380"), "--listen-peer"),
+    ("--listen-peer a host name",
+     lambda d: set_arg(keeld_of(d), "listen-peer", "$(POD_NAME).keel-peer.$(POD_NAMESPACE).svc:2380"),
+     "is not 0.0.0.0 or the pod's IP"),
+    ("--listen-peer on another port", lambda d: set_arg(keeld_of(d), "listen-peer", "0.0.0.0:2480"),
+     "--listen-peer port"),
+    ("--listen-client on 0.0.0.0", lambda d: set_arg(keeld_of(d), "listen-client", "0.0.0.0:2379"),
+     "--listen-client"),
+    ("--listen-client on the peer port",
+     lambda d: set_arg(keeld_of(d), "listen-client", "$(POD_IP):2380"), "--listen-client"),
     ("a flag keeld does not have",
      lambda d: keeld_of(d)["args"].append("--listen-metric=0.0.0.0:2381"), "--listen-metric is not a flag"),
     ("a flag in the start script keeld does not have",
