@@ -600,7 +600,8 @@ static void usage(FILE *f)
             "                        and after the run and report the series that moved\n"
             "  --timeline FILE       a line per answer: client, sent and answered (wall clock,\n"
             "                        microseconds since the epoch), ok (0|1)\n"
-            "  --seed N  --timeout-ms N  --json\n");
+            "  --seed N  --timeout-ms N  --json\n"
+            "  --version, --help\n");
 }
 
 static int parse(struct config *c, int argc, char **argv)

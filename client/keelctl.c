@@ -64,9 +64,10 @@ static const char *const usage_text =
     "  del [--prefix|--from-key] [--prev-kv] KEY [RANGE_END]\n"
     "  watch [--prefix] [--rev N] [--prev-kv] [--progress-notify] KEY [RANGE_END]\n"
     "      (until SIGINT/SIGTERM; --count N: exit after N events)\n"
-    "  txn [-i] [--compare C]... [--then OP]... [--else OP]...   (else read from stdin)\n"
-    "  compaction REV\n"
-    "  member list\n"
+    "  txn [-i|--interactive] [--compare C]... [--then OP]... [--else OP]...\n"
+    "      (without them: read from stdin)\n"
+    "  compaction [--physical] REV   (--physical: accepted; keel always compacts physically)\n"
+    "  member list [--consistency l|s]\n"
     "  member add NAME --peer-urls URL [--learner] [--zone Z] [--force]\n"
     "      (prints the flags the new member starts with; a member added without --learner\n"
     "      votes once it has caught up)\n"
@@ -91,7 +92,10 @@ static const char *const usage_text =
     "  --source-address IP   bind connections to this local IPv4 address\n"
     "  --timeout D           per-command timeout, e.g. 5s (default), 500ms, 2 (seconds)\n"
     "  --dial-timeout D      connect timeout (default 2s)\n"
-    "  -w, --write-out F     simple (default), json or table\n";
+    "  --command-timeout D   the same as --timeout (etcdctl's name for it)\n"
+    "  -w, --write-out F     simple (default), json or table\n"
+    "  -h, --help            this text; after a command: that command's usage\n"
+    "  --version             keelctl's version (alone)\n";
 
 /* ---------------------------------------------------------------------------------------------
  * Exits

@@ -16,6 +16,7 @@ packages=(
   # keel-gateway's compatibility tests (tests/gateway/compat/): etcd's own clients, and etcd 3.4
   # as the oracle they are compared with.
   etcd-client etcd-server python3-etcd3gw golang-go golang-etcd-server-dev curl
+  python3-yaml # tests/packaging/test_k8s_manifests.py parses deploy/kubernetes/ with it
 )
 
 missing=()
