@@ -222,10 +222,13 @@ static void fill_options(const struct ctl *c, struct keel_options *o, const char
  * parse, else any failure ends keelctl. */
 static void check_open(struct ctl *c, int rv)
 {
+    char why[320];
+    if (rv == KEEL_EINVAL && keel_endpoints_check(c->endpoints, why, sizeof(why)) != 0)
+        die(EXIT_USAGE, "invalid --endpoints \"%s\": %s", c->endpoints, why);
     if (rv == KEEL_EINVAL)
         die(EXIT_USAGE,
-            "invalid --endpoints \"%s\" or --source-address (want host:port with an "
-            "IPv4 address)",
+            "invalid --endpoints \"%s\" or --source-address (want host:port, host an IPv4 "
+            "address or a host name; --source-address an IPv4 address)",
             c->endpoints);
     if (rv != 0)
         die(1, "%s", keel_strerror(rv));
