@@ -253,8 +253,8 @@ static int parse_cluster(struct keel_config *c, const char *list, char *err, siz
         struct keel_member_conf *m = &c->members[c->n_members];
         memset(m, 0, sizeof(*m));
         if ((rv = copy_arg(m->name, sizeof(m->name), item, "member name", err, errlen)) != 0 ||
-            (rv = copy_arg(m->peer, sizeof(m->peer), addr, "member peer address", err, errlen)) !=
-                0 ||
+            (rv = copy_arg(m->peer, sizeof(m->peer), addr, "--initial-cluster address", err,
+                           errlen)) != 0 ||
             (rv = check_addr(m->peer, "--initial-cluster address", true, err, errlen)) != 0)
             break;
         if (at != NULL &&
