@@ -3,6 +3,7 @@
  * of each refusal, through the shared splitter, keeld's flags (server/config.c) and libkeel's
  * endpoints (keel_endpoints_check).
  */
+#include <arpa/inet.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "handshake.h"
 #include "hostport.h"
 #include "keel/keel.h"
 
@@ -192,6 +194,52 @@ static void keeld_flags(void **state)
     }
 }
 
+/* A peer addressed by name: the handshake names it, and the source address is left to the
+ * transport, which resolves the name (handshake.h's by_name); an IPv4 literal is checked here. */
+static void handshake_by_name(void **state)
+{
+    (void)state;
+    struct keel_config c;
+    char err[512] = "", why[256];
+    assert_int_equal(parse(BASE "--listen-peer 0.0.0.0:2380 --initial-cluster "
+                                "a=keel-0.keel-peer:2380,b=keel-1.keel-peer:2380,c=10.0.0.3:2380",
+                           &c, err, sizeof(err)),
+                     0);
+    struct keel_handshake_rule rule = {.cluster_id = c.cluster_id,
+                                       .self_id = c.member_id,
+                                       .lookup = keel_handshake_config_peer,
+                                       .data = &c};
+    struct keel_handshake h = {.cluster_id = c.cluster_id,
+                               .id = c.members[1].id,
+                               .peer = "keel-1.keel-peer:2380",
+                               .client = "10.0.0.2:2379",
+                               .name = "b",
+                               .zone = ""};
+    uint8_t buf[KEEL_HANDSHAKE_LEN];
+    keel_handshake_encode(&h, buf);
+    struct in_addr from;
+    inet_pton(AF_INET, "10.9.9.9", &from);
+    struct keel_handshake_peer p;
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), 0);
+    assert_true(p.by_name);
+    assert_string_equal(p.peer, "keel-1.keel-peer:2380");
+    /* Another text for the same member (its IP, say) is not its address. */
+    h.peer = "10.9.9.9:2380";
+    keel_handshake_encode(&h, buf);
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), -1);
+    assert_non_null(strstr(why, "with peer address 10.9.9.9:2380, which is keel-1.keel-peer:2380"));
+    /* A member given by IPv4 literal is checked against the source here, as before. */
+    h.id = c.members[2].id;
+    h.peer = "10.0.0.3:2380";
+    keel_handshake_encode(&h, buf);
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), -1);
+    assert_non_null(strstr(why, "from another host"));
+    inet_pton(AF_INET, "10.0.0.3", &from);
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), 0);
+    assert_false(p.by_name);
+    keel_config_close(&c);
+}
+
 static void client_endpoints(void **state)
 {
     (void)state;
@@ -222,9 +270,8 @@ static void client_endpoints(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(accepted_forms),
-        cmocka_unit_test(refused_forms),
-        cmocka_unit_test(keeld_flags),
+        cmocka_unit_test(accepted_forms),   cmocka_unit_test(refused_forms),
+        cmocka_unit_test(keeld_flags),      cmocka_unit_test(handshake_by_name),
         cmocka_unit_test(client_endpoints),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
