@@ -24,6 +24,7 @@
 #include <json-c/json.h>
 
 #include "ctl_parse.h"
+#include "hostport.h"
 #include "keel/keel.h"
 #include "snapfile.h"
 #include "store.h"
@@ -1578,10 +1579,20 @@ static int cmd_member_add(struct ctl *c, int argc, char **argv)
                m->zone ? m->zone : "");
     }
     printf("\"\nKEEL_INITIAL_CLUSTER_STATE=\"existing\"\n\n");
+    /* --listen-peer is an IPv4 literal: a member added by name listens on 0.0.0.0 (or its IP). */
+    const char *url = r->member->n_peerurls ? r->member->peerurls[0] : "";
+    const char *hp = strncmp(url, "http://", 7) == 0 ? url + 7 : url;
+    char host[64], listen[80];
+    int port;
+    if (keel_hostport_split(hp, strcspn(hp, "/"), host, sizeof(host), &port, NULL, 0) ==
+        KEEL_HOST_NAME)
+        snprintf(listen, sizeof(listen), "0.0.0.0:%d", port);
+    else
+        snprintf(listen, sizeof(listen), "%s", url);
     printf("keeld --name %s --listen-peer %s --initial-cluster-state existing \\\n"
            "      --initial-cluster \"$KEEL_INITIAL_CLUSTER\" --listen-client HOST:PORT --data-dir "
            "DIR\n",
-           r->member->name, r->member->n_peerurls ? r->member->peerurls[0] : "");
+           r->member->name, listen);
     keel_flat_free(resp);
     return 0;
 }

@@ -6,6 +6,8 @@
  *               connect resolves it, each incoming handshake is checked against its addresses),
  *               libkeel and keelctl dial --endpoints localhost:PORT, and a member killed and
  *               restarted rejoins and catches up.
+ * join          a member added by name (keelctl member add --peer-urls http://localhost:P)
+ *               joins, and the others reach it by that name.
  * unresolvable  one member's address is nosuch.invalid:P (RFC 6761: never resolves): the other
  *               two form a quorum and serve, stay up, and log the name and the member.
  *
@@ -236,6 +238,50 @@ static void unresolvable_peer(void **state)
     tc_cluster_close(&c);
 }
 
+/* keelctl member add with a peer URL by name; the new member joins, and the others dial it by
+ * that name. */
+static void member_added_by_name(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init_named(&c, 4, "namejoin", IP, NAME);
+    char full[sizeof(c.initial)];
+    snprintf(full, sizeof(full), "%s", c.initial);
+    *strstr(c.initial, ",m4=") = '\0'; /* m1..m3 start the cluster */
+    for (int i = 1; i <= 3; i++)
+        assert_int_equal(tc_start(&c, i), 0);
+    struct keel *k = open_named(&c, 0, 0);
+    put_str(k, "k/before", "v1");
+    char eps[256], url[96], out[2048];
+    named_endpoints(&c, 1, eps, sizeof(eps));
+    snprintf(url, sizeof(url), "http://%s:%s", NAME, strrchr(c.m[4].peer, ':') + 1);
+    int rv = -1;
+    for (int tries = 0; tries < 20 && rv != 0; tries++) {
+        rv = ctl(&c, out, sizeof(out), "--endpoints", eps, "member", "add", "m4", "--peer-urls",
+                 url, "--zone", "z4", NULL);
+        if (rv != 0)
+            tu_sleep_ms(200);
+    }
+    assert_int_equal(rv, 0);
+    /* What keelctl says to start it with: the name in the list, an IPv4 listen address. */
+    char want[128];
+    snprintf(want, sizeof(want), ",m4=%s:%s", NAME, strrchr(c.m[4].peer, ':') + 1);
+    if (strstr(out, want) == NULL)
+        fail_msg("member add printed no '%s':\n%s", want, out);
+    snprintf(want, sizeof(want), "--listen-peer 0.0.0.0:%s", strrchr(c.m[4].peer, ':') + 1);
+    if (strstr(out, want) == NULL)
+        fail_msg("member add printed no '%s':\n%s", want, out);
+    snprintf(c.initial, sizeof(c.initial), "%s", full);
+    snprintf(c.m[4].extra, sizeof(c.m[4].extra), "--initial-cluster-state existing");
+    assert_int_equal(tc_start(&c, 4), 0);
+    assert_true(wait_value(&c, 4, "k/before", "v1", 20000));
+    put_str(k, "k/after", "v2");
+    assert_true(wait_value(&c, 4, "k/after", "v2", 10000));
+    assert_false(any_log_contains(&c, "refused"));
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
 int main(int argc, char **argv)
 {
     if (!resolves_to(NAME, IP)) {
@@ -244,6 +290,7 @@ int main(int argc, char **argv)
     }
     const struct CMUnitTest names[] = {cmocka_unit_test(members_by_name)};
     const struct CMUnitTest unresolvable[] = {cmocka_unit_test(unresolvable_peer)};
-    const struct tu_group groups[] = {TU_GROUP(names), TU_GROUP(unresolvable)};
+    const struct CMUnitTest join[] = {cmocka_unit_test(member_added_by_name)};
+    const struct tu_group groups[] = {TU_GROUP(names), TU_GROUP(unresolvable), TU_GROUP(join)};
     return tu_run_groups("test_hostnames", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }
