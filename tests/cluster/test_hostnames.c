@@ -164,6 +164,20 @@ static bool any_log_contains(const struct tc_cluster *c, const char *needle)
     return false;
 }
 
+/* Lines of member i's log that contain needle. */
+static int log_count(const struct tc_cluster *c, int i, const char *needle)
+{
+    FILE *f = fopen(c->m[i].log, "r");
+    if (f == NULL)
+        return 0;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
 static void members_by_name(void **state)
 {
     (void)state;
@@ -228,6 +242,9 @@ static void unresolvable_peer(void **state)
     for (long long end = tc_now_ms() + 10000; !logged && tc_now_ms() < end; tu_sleep_ms(100))
         logged = any_log_contains(&c, "peer m3 (") && any_log_contains(&c, "nosuch.invalid:");
     assert_true(logged);
+    /* Rate-limited: dozens of attempts (one per heartbeat), one line each in 30 s. */
+    for (int i = 1; i <= 2; i++)
+        assert_in_range(log_count(&c, i, "does not resolve"), 0, 1);
     for (int i = 1; i <= 2; i++)
         assert_int_equal(waitpid(c.m[i].pid, NULL, WNOHANG), 0); /* still running */
     Keel__RangeResponse *r = NULL;
