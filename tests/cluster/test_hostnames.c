@@ -4,8 +4,9 @@
  *
  * names         --initial-cluster m1=localhost:P1,...: the members find each other by name (each
  *               connect resolves it, each incoming handshake is checked against its addresses),
- *               libkeel and keelctl dial --endpoints localhost:PORT, and a member killed and
- *               restarted rejoins and catches up.
+ *               libkeel and keelctl dial --endpoints localhost:PORT, a member killed and
+ *               restarted rejoins and catches up, and a handshake claiming a member from an
+ *               address its name does not resolve to is refused.
  * join          a member added by name (keelctl member add --peer-urls http://localhost:P)
  *               joins, and the others reach it by that name.
  * unresolvable  one member's address is nosuch.invalid:P (RFC 6761: never resolves): the other
@@ -14,8 +15,10 @@
  * "localhost" must resolve to 127.0.0.1 (IPv4; keel asks for IPv4 only): else the test skips.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -32,6 +35,8 @@
 #include <cmocka.h>
 
 #include "cluster.h"
+#include "config.h"
+#include "handshake.h"
 #include "keel/keel.h"
 #include "testutil.h"
 
@@ -178,6 +183,68 @@ static int log_count(const struct tc_cluster *c, int i, const char *needle)
     return n;
 }
 
+/* A connection to addr bound to the source address src (bounded retries); -1 when none. */
+static int dial_from(const char *src, const char *addr)
+{
+    struct sockaddr_in dst = {.sin_family = AF_INET}, from = {.sin_family = AF_INET};
+    char host[32];
+    snprintf(host, sizeof(host), "%s", addr);
+    *strrchr(host, ':') = '\0';
+    dst.sin_port = htons((uint16_t)atoi(strrchr(addr, ':') + 1));
+    inet_pton(AF_INET, host, &dst.sin_addr);
+    inet_pton(AF_INET, src, &from.sin_addr);
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd >= 0 && bind(fd, (struct sockaddr *)&from, sizeof(from)) == 0 &&
+            connect(fd, (struct sockaddr *)&dst, sizeof(dst)) == 0)
+            return fd;
+        if (fd >= 0)
+            close(fd);
+        tu_sleep_ms(50);
+    }
+    return -1;
+}
+
+/* Whether the member closes fd within ms (EOF or an error), dropping what it sends first. */
+static bool closed_within(int fd, int ms)
+{
+    for (long long end = tc_now_ms() + ms; tc_now_ms() < end;) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 100) != 1)
+            continue;
+        char buf[512];
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
+            return true;
+    }
+    return false;
+}
+
+/* A handshake claiming member 2 (by its name address) from 127.0.0.2, which "localhost" does not
+ * resolve to: member 1 resolves the name, refuses it and says why. */
+static void impostor_refused(const struct tc_cluster *c)
+{
+    char peer2[64];
+    snprintf(peer2, sizeof(peer2), "%s:%s", NAME, strrchr(c->m[2].peer, ':') + 1);
+    struct keel_handshake h = {.cluster_id = keel_hash64(c->initial, strlen(c->initial)),
+                               .id = keel_hash64("m2", 2),
+                               .peer = peer2,
+                               .client = "127.0.0.2:1",
+                               .name = "m2",
+                               .zone = "z2"};
+    uint8_t buf[KEEL_HANDSHAKE_LEN];
+    keel_handshake_encode(&h, buf);
+    int fd = dial_from("127.0.0.2", c->m[1].peer);
+    assert_true(fd >= 0);
+    assert_int_equal(send(fd, buf, sizeof(buf), MSG_NOSIGNAL), (ssize_t)sizeof(buf));
+    assert_true(closed_within(fd, 10000));
+    close(fd);
+    bool logged = false;
+    for (long long end = tc_now_ms() + 5000; !logged && tc_now_ms() < end; tu_sleep_ms(50))
+        logged = tc_log_contains(c, 1, "resolves to other addresses");
+    assert_true(logged);
+}
+
 static void members_by_name(void **state)
 {
     (void)state;
@@ -210,6 +277,8 @@ static void members_by_name(void **state)
 
     /* No handshake was refused: each named peer came from an address its name resolves to. */
     assert_false(any_log_contains(&c, "refused"));
+    /* One that comes from elsewhere is. */
+    impostor_refused(&c);
     keel_close(all);
     tc_cluster_close(&c);
 }
