@@ -86,6 +86,7 @@ struct tport {
     uint64_t refused;             /* connections closed at MAX_ACCEPTING */
     size_t resolving_in;          /* accepts whose claimed name is being resolved */
     uint64_t refused_resolving;   /* closed at MAX_RESOLVING_IN */
+    uint64_t refused_by_name;     /* source not among the name's addresses, since one was */
     struct sockaddr_in listen_sa; /* as bound */
     struct sockaddr_in dialed[MAX_DIALED];
     size_t n_dialed, next_dialed;
@@ -422,14 +423,19 @@ static void on_peer_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo 
         return;
     }
     if (!from_it) {
-        KLOG_WARN("peer connection from %s refused: claims member %016llx (%s), whose peer "
-                  "address is %s, which %s%s",
-                  p->from, (unsigned long long)p->peer.id, p->peer.name, p->peer.peer,
-                  status != 0 ? "does not resolve: " : "resolves to other addresses",
-                  status != 0 ? uv_strerror(status) : "");
+        /* A restarted pod dials before DNS has its new IP: its peers retry every heartbeat until
+         * it has, so this is logged at the 1st, 2nd, 4th, 8th... refusal in a row. */
+        uint64_t n = ++t->refused_by_name;
+        if ((n & (n - 1)) == 0)
+            KLOG_WARN("peer connection from %s refused: claims member %016llx (%s), whose peer "
+                      "address is %s, which %s%s (%llu refused in a row)",
+                      p->from, (unsigned long long)p->peer.id, p->peer.name, p->peer.peer,
+                      status != 0 ? "does not resolve: " : "resolves to other addresses",
+                      status != 0 ? uv_strerror(status) : "", (unsigned long long)n);
         accept_drop(p);
         return;
     }
+    t->refused_by_name = 0;
     accept_done(p);
 }
 
