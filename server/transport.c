@@ -242,12 +242,14 @@ static void on_connect(uv_connect_t *c, int status)
     p->connected = 1;
     struct tport *t = p->t;
     remember_dialed(t, &p->dst);
-    /* This member's address as the cluster knows it (the others check it against theirs): the
-     * name in --initial-cluster, where --listen-peer may be 0.0.0.0 or the pod's IP. */
-    const char *self = t->hooks.lookup(t->hooks.data, t->id);
+    /* This member's address as given in its --initial-cluster entry: --listen-peer itself, or a
+     * name for it (where --listen-peer is 0.0.0.0 or the pod's IP; config.c checks the port).
+     * Not raft's configuration: a member restarted after a member update has not applied it
+     * yet, and would announce the address it moved from. */
+    const struct keel_member_conf *self = keel_config_member(t->cfg, t->id);
     struct keel_handshake h = {.cluster_id = t->cfg->cluster_id,
                                .id = t->id,
-                               .peer = self ? self : t->address,
+                               .peer = self ? self->peer : t->address,
                                .client = t->cfg->listen_client,
                                .name = t->cfg->name,
                                .zone = t->cfg->zone};

@@ -25,7 +25,7 @@
  * thread pool, never on the loop) at every connect attempt, so a member that comes back at
  * another IP is reached there. A name that does not resolve fails that attempt like a refused
  * connect (raft retries after its delay) and is logged, naming the member, once and then at most
- * every 30 s. This member announces itself with its own configured address (the name), while it
+ * every 30 s. This member announces itself with its --initial-cluster entry (the name), while it
  * listens on --listen-peer (an IPv4 literal: 0.0.0.0 or the pod's IP).
  */
 #ifndef KEEL_TRANSPORT_H
