@@ -1475,6 +1475,11 @@ int main(int argc, char **argv)
                              .client_name = "keel-bench"};
     for (int i = 0; i < b.cfg.conns; i++) {
         int rv = keel_aclient_init(&b.acs[i], &b.loop, &o);
+        char why[320];
+        if (rv == KEEL_EINVAL && keel_endpoints_check(o.endpoints, why, sizeof(why)) != 0) {
+            fprintf(stderr, "keel-bench: --endpoints: %s\n", why);
+            return 2;
+        }
         if (rv != 0) {
             fprintf(stderr, "keel-bench: %s\n", keel_strerror(rv));
             return 1;

@@ -164,6 +164,35 @@ static int add_endpoints(struct keel_aclient *ac, const char *eps)
     return ac->npeers > 0 ? 0 : KEEL_EINVAL;
 }
 
+int keel_endpoints_check(const char *endpoints, char *msg, size_t len)
+{
+    const char *eps = endpoints && endpoints[0] ? endpoints : KEEL_DEFAULT_ENDPOINT;
+    size_t count = 0;
+    for (const char *s = eps; *s;) {
+        const char *e = strchr(s, ',');
+        size_t n = e ? (size_t)(e - s) : strlen(s);
+        char why[160];
+        if (n > 0 && kc_parse_addr(s, n, NULL, NULL, why, sizeof(why)) != 0) {
+            if (msg != NULL && len > 0)
+                snprintf(msg, len,
+                         "endpoint '%.*s' is not HOST:PORT (HOST an IPv4 address or a "
+                         "host name): %s",
+                         (int)(n > 200 ? 200 : n), s, why);
+            return KEEL_EINVAL;
+        }
+        count += n > 0;
+        s += n;
+        if (*s == ',')
+            s++;
+    }
+    if (count == 0) {
+        if (msg != NULL && len > 0)
+            snprintf(msg, len, "no endpoint in '%s'", eps);
+        return KEEL_EINVAL;
+    }
+    return 0;
+}
+
 int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct keel_options *opts)
 {
     static const struct keel_options defaults;

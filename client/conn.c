@@ -7,11 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include "conn.h"
+#include "hostport.h"
 
 /* Frames handed to one uv_write: large enough to amortise the syscall, small enough that one
  * connection's backlog does not hold a huge buffer. */
@@ -24,7 +26,8 @@
 #define KC_KEEPALIVE_INTVL_S 3
 #define KC_KEEPALIVE_CNT     3
 
-int kc_parse_addr(const char *in, size_t len, char *out, struct sockaddr_in *sa)
+int kc_parse_addr(const char *in, size_t len, char *out, struct sockaddr_in *sa, char *why,
+                  size_t whylen)
 {
     /* Members advertise client URLs; accept them with or without a scheme and a trailing slash. */
     static const char *const schemes[] = {"http://", "https://", "tcp://"};
@@ -42,37 +45,21 @@ int kc_parse_addr(const char *in, size_t len, char *out, struct sockaddr_in *sa)
         in++;
         len--;
     }
-    const char *colon = NULL;
-    for (size_t i = 0; i < len; i++)
-        if (in[i] == ':')
-            colon = in + i;
-    if (colon == NULL || colon == in)
+    char host[KC_ADDR_MAX - 6]; /* room for ":65535" in out */
+    int port;
+    int kind = keel_hostport_split(in, len, host, sizeof(host), &port, why, whylen);
+    if (kind < 0)
         return KEEL_EINVAL;
-    size_t hlen = (size_t)(colon - in);
-    const char *port = colon + 1;
-    size_t plen = len - hlen - 1;
-    if (plen == 0 || plen > 5 || hlen >= 16)
-        return KEEL_EINVAL;
-    unsigned long p = 0;
-    for (size_t i = 0; i < plen; i++) {
-        if (port[i] < '0' || port[i] > '9')
-            return KEEL_EINVAL;
-        p = p * 10 + (unsigned long)(port[i] - '0');
-    }
-    if (p == 0 || p > 65535)
-        return KEEL_EINVAL;
-    char host[16];
-    memcpy(host, in, hlen);
-    host[hlen] = '\0';
-    if (strcmp(host, "localhost") == 0)
-        strcpy(host, "127.0.0.1");
-    struct sockaddr_in tmp;
-    if (uv_ip4_addr(host, (int)p, &tmp) != 0)
-        return KEEL_EINVAL;
-    /* uv_ip4_addr accepts what inet_pton accepts: a strict dotted quad, so the text is canonical
-     * already except for "localhost". */
+    struct sockaddr_in tmp = {.sin_family = AF_UNSPEC};
+    if (kind == KEEL_HOST_IPV4 && uv_ip4_addr(host, port, &tmp) != 0)
+        return KEEL_EINVAL; /* cannot be: inet_pton took it */
+    /* A name is kept (lower case: one member, one peer) and resolved at each dial; an IPv4
+     * literal as inet_pton takes it is a strict dotted quad, canonical already. */
+    for (char *h = host; kind == KEEL_HOST_NAME && *h; h++)
+        if (*h >= 'A' && *h <= 'Z')
+            *h = (char)(*h - 'A' + 'a');
     if (out)
-        snprintf(out, KC_ADDR_MAX, "%s:%lu", host, p);
+        snprintf(out, KC_ADDR_MAX, "%s:%d", host, port);
     if (sa)
         *sa = tmp;
     return 0;
@@ -84,9 +71,9 @@ static void lost(struct kc_conn *c, int status, const char *msg)
     c->ctx->ev->lost(c, status, msg);
 }
 
-static void conn_handle_closed(uv_handle_t *h)
+/* One of what keeps c's memory (its two handles, a name being resolved) is done with it. */
+static void conn_release(struct kc_conn *c)
 {
-    struct kc_conn *c = h->data;
     if (--c->open_handles > 0)
         return;
     struct kc_conn_ctx *ctx = c->ctx;
@@ -98,11 +85,18 @@ static void conn_handle_closed(uv_handle_t *h)
     ctx->ev->closed(ctx->data);
 }
 
+static void conn_handle_closed(uv_handle_t *h)
+{
+    conn_release(h->data);
+}
+
 void kc_conn_close(struct kc_conn *c)
 {
     if (uv_is_closing((uv_handle_t *)&c->tcp))
         return;
     c->state = KC_CLOSED;
+    if (c->resolving)
+        uv_cancel((uv_req_t *)&c->gai); /* its callback lets go of c */
     uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
     uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
 }
@@ -362,9 +356,74 @@ static void on_dial_timeout(uv_timer_t *t)
         return;
     char msg[KC_MSG_MAX];
     snprintf(msg, sizeof(msg), "%s %s: timed out after %u ms",
-             c->state == KC_CONNECTING ? "dial" : "handshake with", c->addr,
-             c->ctx->dial_timeout_ms);
+             c->resolving                ? "resolve"
+             : c->state == KC_CONNECTING ? "dial"
+                                         : "handshake with",
+             c->addr, c->ctx->dial_timeout_ms);
     lost(c, KEEL_EUNAVAILABLE, msg);
+}
+
+/* Bind to the owner's source address, if any, and connect to sa. 0 or a libuv error. */
+static int dial(struct kc_conn *c, const struct sockaddr_in *sa)
+{
+    int rv = 0;
+    if (c->ctx->source)
+        rv = uv_tcp_bind(&c->tcp, (const struct sockaddr *)c->ctx->source, 0);
+    if (rv == 0)
+        rv = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)sa, on_connect);
+    return rv;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct kc_conn *c = req->data;
+    c->resolving = false;
+    bool closed = c->state == KC_CLOSED;
+    struct sockaddr_in sa = {.sin_family = AF_UNSPEC};
+    for (const struct addrinfo *a = res; status == 0 && a != NULL; a = a->ai_next) {
+        if (a->ai_family == AF_INET && a->ai_addrlen >= sizeof(sa)) {
+            memcpy(&sa, a->ai_addr, sizeof(sa));
+            sa.sin_port = htons((uint16_t)c->port);
+            break;
+        }
+    }
+    uv_freeaddrinfo(res);
+    conn_release(c); /* frees c only when it was closed meanwhile and its handles are gone */
+    if (closed)
+        return;
+    char msg[KC_MSG_MAX];
+    if (status != 0 || sa.sin_family != AF_INET) {
+        snprintf(msg, sizeof(msg), "resolve %s: %s", c->addr,
+                 status != 0 ? uv_strerror(status) : "no IPv4 address");
+        lost(c, KEEL_EUNAVAILABLE, msg);
+        return;
+    }
+    int rv = dial(c, &sa);
+    if (rv != 0) {
+        snprintf(msg, sizeof(msg), "dial %s: %s", c->addr, uv_strerror(rv));
+        lost(c, KEEL_EUNAVAILABLE, msg);
+    }
+}
+
+/* Start resolving the name in c->addr ("name:port") on libuv's thread pool: never on the loop,
+ * where getaddrinfo would block it for as long as the resolver takes. 0 or a libuv error. */
+static int resolve(struct kc_conn *c)
+{
+    char host[KC_ADDR_MAX];
+    snprintf(host, sizeof(host), "%s", c->addr);
+    char *colon = strrchr(host, ':');
+    if (colon == NULL)
+        return UV_EINVAL;
+    *colon = '\0';
+    c->port = atoi(colon + 1);
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+    c->gai.data = c;
+    int rv = uv_getaddrinfo(c->ctx->loop, &c->gai, on_resolved, host, NULL, &hints);
+    if (rv == 0) {
+        c->resolving = true;
+        c->open_handles++;
+    }
+    return rv;
 }
 
 struct kc_conn *kc_conn_init(struct kc_conn_ctx *ctx, int peer, const char *addr,
@@ -395,19 +454,17 @@ struct kc_conn *kc_conn_init(struct kc_conn_ctx *ctx, int peer, const char *addr
     c->open_handles = 2;
     ctx->live++;
     ctx->stats->dials++;
-    if (ctx->source) {
-        rv = uv_tcp_bind(&c->tcp, (const struct sockaddr *)ctx->source, 0);
-        if (rv != 0)
-            goto fail;
-    }
-    rv = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)sa, on_connect);
+    /* A name is resolved anew at each dial: a member that came back at another IP (a restarted
+     * pod) is found there. The dial timeout covers the resolution too. */
+    rv = sa->sin_family == AF_INET ? dial(c, sa) : resolve(c);
     if (rv != 0)
         goto fail;
     uv_timer_start(&c->timer, on_dial_timeout, ctx->dial_timeout_ms, 0);
     return c;
 
 fail:
-    snprintf(msg, KC_MSG_MAX, "dial %s: %s", addr, uv_strerror(rv));
+    snprintf(msg, KC_MSG_MAX, "%s %s: %s", sa->sin_family == AF_INET ? "dial" : "resolve", addr,
+             uv_strerror(rv));
     kc_conn_close(c);
     return NULL;
 }

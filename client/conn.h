@@ -20,7 +20,7 @@
 #include "keel/keel.h"
 #include "op.h"
 
-#define KC_ADDR_MAX 64 /* "255.255.255.255:65535" fits many times over */
+#define KC_ADDR_MAX 64 /* "host:port": a name of up to 57 bytes, or an IPv4 literal */
 #define KC_MSG_MAX  512
 
 struct kc_conn;
@@ -70,6 +70,9 @@ struct kc_conn {
     uv_tcp_t tcp;
     uv_timer_t timer; /* dial + handshake deadline */
     uv_connect_t connect_req;
+    uv_getaddrinfo_t gai; /* addr's name, being resolved (resolving) */
+    bool resolving;       /* ... it holds c's memory (open_handles) until it calls back */
+    int port;             /* addr's port, for what the name resolves to */
     uv_write_t write_req;
     int state;
     int open_handles;
@@ -84,10 +87,12 @@ struct kc_conn {
 };
 
 /*
- * Dial addr (sa) for the owner's peer `peer`. The connection reports through ctx->ev from the
- * loop; it is freed (`closed`) some time after kc_conn_close. NULL when the dial failed at once,
- * with msg (KC_MSG_MAX bytes) saying why; a connection allocated by then is closed and still
- * reported as `closed`.
+ * Dial addr (sa) for the owner's peer `peer`. When sa is no IPv4 address (sin_family AF_UNSPEC:
+ * addr's host is a name, as kc_parse_addr gives it), the name is resolved first, off the loop
+ * (uv_getaddrinfo), within the dial timeout; a name that does not resolve is reported as lost. The
+ * connection reports through ctx->ev from the loop; it is freed (`closed`) some time after
+ * kc_conn_close. NULL when the dial failed at once, with msg (KC_MSG_MAX bytes) saying why; a
+ * connection allocated by then is closed and still reported as `closed`.
  */
 struct kc_conn *kc_conn_init(struct kc_conn_ctx *ctx, int peer, const char *addr,
                              const struct sockaddr_in *sa, char *msg);
@@ -96,8 +101,11 @@ void kc_conn_close(struct kc_conn *c);
 /* Write what is pending, as one batch, unless a write is out (its callback continues). */
 void kc_conn_flush(struct kc_conn *c);
 
-/* "host:port" (optionally "http://host:port/") to a canonical form and a sockaddr. 0 or
- * KEEL_EINVAL. */
-int kc_parse_addr(const char *in, size_t len, char *out, struct sockaddr_in *sa);
+/* "host:port" (optionally "http://host:port/"), host an IPv4 literal or a DNS name
+ * (proto/hostport.h), to a canonical form (out, KC_ADDR_MAX bytes; a name in lower case) and a
+ * sockaddr (AF_UNSPEC for a name: resolved at each dial). out and sa may be NULL. 0, or
+ * KEEL_EINVAL with what is wrong in why (whylen bytes; may be NULL). */
+int kc_parse_addr(const char *in, size_t len, char *out, struct sockaddr_in *sa, char *why,
+                  size_t whylen);
 
 #endif

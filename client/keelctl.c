@@ -24,6 +24,7 @@
 #include <json-c/json.h>
 
 #include "ctl_parse.h"
+#include "hostport.h"
 #include "keel/keel.h"
 #include "snapfile.h"
 #include "store.h"
@@ -226,10 +227,13 @@ static void fill_options(const struct ctl *c, struct keel_options *o, const char
  * parse, else any failure ends keelctl. */
 static void check_open(struct ctl *c, int rv)
 {
+    char why[320];
+    if (rv == KEEL_EINVAL && keel_endpoints_check(c->endpoints, why, sizeof(why)) != 0)
+        die(EXIT_USAGE, "invalid --endpoints \"%s\": %s", c->endpoints, why);
     if (rv == KEEL_EINVAL)
         die(EXIT_USAGE,
-            "invalid --endpoints \"%s\" or --source-address (want host:port with an "
-            "IPv4 address)",
+            "invalid --endpoints \"%s\" or --source-address (want host:port, host an IPv4 "
+            "address or a host name; --source-address an IPv4 address)",
             c->endpoints);
     if (rv != 0)
         die(1, "%s", keel_strerror(rv));
@@ -1583,7 +1587,17 @@ static int cmd_member_add(struct ctl *c, int argc, char **argv)
         first = false;
     }
     printf("\"\nKEEL_INITIAL_CLUSTER_STATE=\"existing\"\n");
-    printf("KEEL_LISTEN_PEER=\"%s\"\n\n", r->member->n_peerurls ? r->member->peerurls[0] : "");
+    /* --listen-peer is an IPv4 literal: a member added by name listens on 0.0.0.0 (or its IP). */
+    const char *url = r->member->n_peerurls ? r->member->peerurls[0] : "";
+    const char *hp = strncmp(url, "http://", 7) == 0 ? url + 7 : url;
+    char host[64], listen[80];
+    int port;
+    if (keel_hostport_split(hp, strcspn(hp, "/"), host, sizeof(host), &port, NULL, 0) ==
+        KEEL_HOST_NAME)
+        snprintf(listen, sizeof(listen), "0.0.0.0:%d", port);
+    else
+        snprintf(listen, sizeof(listen), "%s", url);
+    printf("KEEL_LISTEN_PEER=\"%s\"\n\n", listen);
     printf("With these exported (or as keys of its --config-file), start it with:\n"
            "keeld --listen-client HOST:PORT --data-dir DIR\n");
     keel_flat_free(resp);

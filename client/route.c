@@ -35,7 +35,7 @@ int kc_peer_add(struct keel_aclient *ac, const char *addr, size_t len)
 {
     char canon[KC_ADDR_MAX];
     struct sockaddr_in sa;
-    if (kc_parse_addr(addr, len, canon, &sa) != 0)
+    if (kc_parse_addr(addr, len, canon, &sa, NULL, 0) != 0)
         return -1;
     int i = peer_find(ac, canon);
     if (i >= 0 || ac->npeers == KC_MAX_PEERS)

@@ -220,7 +220,9 @@ int main(int argc, char **argv)
                               .request_timeout_ms = (uint32_t)timeout_ms};
     int rc = keel_aclient_init(&g.ctx.ac, &g.loop, &ko);
     if (rc != 0) {
-        fprintf(stderr, "keel-gateway: --endpoints: %s\n", keel_strerror(rc));
+        char why[320];
+        fprintf(stderr, "keel-gateway: --endpoints: %s\n",
+                keel_endpoints_check(endpoints, why, sizeof(why)) != 0 ? why : keel_strerror(rc));
         free_list(g.ctx.advertise_urls);
         uv_loop_close(&g.loop);
         return 2;

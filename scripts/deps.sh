@@ -11,6 +11,7 @@ packages=(
   clang libclang-rt-14-dev
   libnetfilter-queue-dev iptables nftables
   strace
+  iproute2 # tests/cluster/netns.sh brings up loopback in a test's own network namespace
   # scripts/gen-certs.sh (TLS tests, quickstart.sh --tls)
   openssl
   # keel-gateway's compatibility tests (tests/gateway/compat/): etcd's own clients, and etcd 3.4

@@ -14,6 +14,7 @@
 #include "compactor.h"
 #include "configfile.h"
 #include "fsm.h"
+#include "hostport.h"
 #include "log.h"
 
 static const char usage[] =
@@ -32,9 +33,11 @@ static const char usage[] =
     "  --name NAME                 this member's name, one of --initial-cluster\n"
     "  --data-dir DIR              raft log under DIR/raft, key-value state under DIR/state\n"
     "  --listen-client HOST:PORT   client address (IPv4 literal)\n"
-    "  --listen-peer HOST:PORT     peer address; must equal this member's --initial-cluster entry\n"
+    "  --listen-peer HOST:PORT     peer address (IPv4 literal); must equal this member's\n"
+    "                              --initial-cluster entry, or have its port when that is a name\n"
     "  --initial-cluster LIST      every member as NAME=HOST:PORT[@ZONE], the same on every "
-    "member\n"
+    "member;\n"
+    "                              HOST an IPv4 address or a DNS name (resolved at each connect)\n"
     "  --listen-metrics HOST:PORT  serve /metrics (Prometheus), /health, /readyz and /livez\n"
     "                              over HTTP there (default: not served)\n"
     "  --initial-cluster-state S   new (default): these members start a new cluster;\n"
@@ -136,20 +139,13 @@ uint64_t keel_hash64(const void *data, size_t n)
 
 int keel_addr_split(const char *addr, char *host, size_t hostlen, int *port)
 {
-    const char *colon = strrchr(addr, ':');
-    if (colon == NULL || colon == addr || (size_t)(colon - addr) >= hostlen)
-        return -1;
-    memcpy(host, addr, (size_t)(colon - addr));
-    host[colon - addr] = '\0';
-    struct in_addr in;
-    if (inet_pton(AF_INET, host, &in) != 1)
-        return -1;
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || colon[1] == '\0' || p <= 0 || p > 65535)
-        return -1;
-    *port = (int)p;
-    return 0;
+    return keel_addr_split_any(addr, host, hostlen, port, NULL, 0) == KEEL_HOST_IPV4 ? 0 : -1;
+}
+
+int keel_addr_split_any(const char *addr, char *host, size_t hostlen, int *port, char *why,
+                        size_t whylen)
+{
+    return keel_hostport_split(addr, strlen(addr), host, hostlen, port, why, whylen);
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -191,13 +187,47 @@ static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out, c
     return 0;
 }
 
-static int check_addr(const char *addr, const char *what, char *err, size_t errlen)
+/* addr as HOST:PORT (proto/hostport.h); a host name only where names is set: peers are dialled
+ * by name (resolved at each connect, off the loop), but a listen address is bound as given, and
+ * binding to a name's addresses would bind to whatever it resolved to at start. */
+static int check_addr(const char *addr, const char *what, bool names, char *err, size_t errlen)
+{
+    char host[KEEL_ADDR_MAX], why[160];
+    int port;
+    int kind = keel_addr_split_any(addr, host, sizeof(host), &port, why, sizeof(why));
+    if (kind < 0)
+        return fail(err, errlen, "%s '%s' is not %s: %s", what, addr,
+                    names ? "HOST:PORT (HOST an IPv4 address or a host name)"
+                          : "an IPv4 address with a port (a.b.c.d:port)",
+                    why);
+    if (kind == KEEL_HOST_NAME && !names)
+        return fail(err, errlen,
+                    "%s '%s': a listen address must be an IPv4 address with a port "
+                    "(a.b.c.d:port; 0.0.0.0 listens on every interface), not a host name",
+                    what, addr);
+    return 0;
+}
+
+/* This member's --initial-cluster address is where the others dial it: the same as --listen-peer,
+ * or, when it is a host name (a Kubernetes pod's, whose IP changes at each restart), a name for
+ * it with the port --listen-peer listens on (0.0.0.0, or the pod's IP). */
+static int check_listen_peer(const struct keel_config *c, const struct keel_member_conf *self,
+                             char *err, size_t errlen)
 {
     char host[KEEL_ADDR_MAX];
-    int port;
-    if (keel_addr_split(addr, host, sizeof(host), &port) != 0)
-        return fail(err, errlen, "%s '%s' is not an IPv4 address with a port (a.b.c.d:port)", what,
-                    addr);
+    int port, listen_port;
+    if (strcmp(self->peer, c->listen_peer) == 0)
+        return 0;
+    if (keel_addr_split_any(self->peer, host, sizeof(host), &port, NULL, 0) != KEEL_HOST_NAME)
+        return fail(err, errlen,
+                    "--listen-peer %s differs from this member's --initial-cluster address %s",
+                    c->listen_peer, self->peer);
+    if (keel_addr_split(c->listen_peer, host, sizeof(host), &listen_port) != 0 ||
+        listen_port != port)
+        return fail(err, errlen,
+                    "--listen-peer %s differs in its port from this member's --initial-cluster "
+                    "address %s (a host name there must name this member's --listen-peer)",
+                    c->listen_peer, self->peer);
     return 0;
 }
 
@@ -234,9 +264,9 @@ static int parse_cluster(struct keel_config *c, const char *list, char *err, siz
         struct keel_member_conf *m = &c->members[c->n_members];
         memset(m, 0, sizeof(*m));
         if ((rv = copy_arg(m->name, sizeof(m->name), item, "member name", err, errlen)) != 0 ||
-            (rv = copy_arg(m->peer, sizeof(m->peer), addr, "member peer address", err, errlen)) !=
-                0 ||
-            (rv = check_addr(m->peer, "--initial-cluster address", err, errlen)) != 0)
+            (rv = copy_arg(m->peer, sizeof(m->peer), addr, "--initial-cluster address", err,
+                           errlen)) != 0 ||
+            (rv = check_addr(m->peer, "--initial-cluster address", true, err, errlen)) != 0)
             break;
         if (at != NULL &&
             (rv = copy_arg(m->zone, sizeof(m->zone), at + 1, "member zone", err, errlen)) != 0)
@@ -795,8 +825,8 @@ static int settle(struct keel_config *c, const char *cluster, const char *retent
         return fail(err, errlen, "--listen-peer is required");
     if (cluster == NULL)
         return fail(err, errlen, "--initial-cluster is required");
-    if ((rv = check_addr(c->listen_client, "--listen-client", err, errlen)) != 0 ||
-        (rv = check_addr(c->listen_peer, "--listen-peer", err, errlen)) != 0 ||
+    if ((rv = check_addr(c->listen_client, "--listen-client", false, err, errlen)) != 0 ||
+        (rv = check_addr(c->listen_peer, "--listen-peer", false, err, errlen)) != 0 ||
         (rv = parse_cluster(c, cluster, err, errlen)) != 0)
         return rv;
     if (c->heartbeat_ms >= c->election_ms)
@@ -805,7 +835,7 @@ static int settle(struct keel_config *c, const char *cluster, const char *retent
     if (strcmp(c->listen_client, c->listen_peer) == 0)
         return fail(err, errlen, "--listen-client and --listen-peer are the same address");
     if (c->listen_metrics[0] != '\0' &&
-        ((rv = check_addr(c->listen_metrics, "--listen-metrics", err, errlen)) != 0 ||
+        ((rv = check_addr(c->listen_metrics, "--listen-metrics", false, err, errlen)) != 0 ||
          strcmp(c->listen_metrics, c->listen_client) == 0 ||
          strcmp(c->listen_metrics, c->listen_peer) == 0))
         return rv != 0 ? rv
@@ -817,10 +847,8 @@ static int settle(struct keel_config *c, const char *cluster, const char *retent
             self = &c->members[i];
     if (self == NULL)
         return fail(err, errlen, "--name '%s' is not in --initial-cluster", c->name);
-    if (strcmp(self->peer, c->listen_peer) != 0)
-        return fail(err, errlen,
-                    "--listen-peer %s differs from this member's --initial-cluster address %s",
-                    c->listen_peer, self->peer);
+    if ((rv = check_listen_peer(c, self, err, errlen)) != 0)
+        return rv;
     if (c->zone[0] == '\0')
         strcpy(c->zone, self->zone);
     else if (self->zone[0] != '\0' && strcmp(self->zone, c->zone) != 0)

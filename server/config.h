@@ -16,7 +16,7 @@
 struct keel_member_conf {
     uint64_t id; /* stable: derived from the name */
     char name[KEEL_NAME_MAX];
-    char peer[KEEL_ADDR_MAX]; /* "a.b.c.d:port" */
+    char peer[KEEL_ADDR_MAX]; /* "HOST:PORT", HOST an IPv4 literal or a DNS name, as given */
     char zone[KEEL_NAME_MAX];
 };
 
@@ -99,6 +99,12 @@ int keel_cluster_id_save(const char *data_dir, uint64_t id);
 
 /* Split "a.b.c.d:port" into host and port; 0 or -1 when it is not an IPv4 literal and port. */
 int keel_addr_split(const char *addr, char *host, size_t hostlen, int *port);
+
+/* Split "HOST:PORT", HOST an IPv4 literal or a DNS name (proto/hostport.h), into host and port:
+ * KEEL_HOST_IPV4 or KEEL_HOST_NAME, or -1 with why in why (NULL: no message). A name is to be
+ * resolved at each use (peers move: a restarted pod has a new IP), never once for all. */
+int keel_addr_split_any(const char *addr, char *host, size_t hostlen, int *port, char *why,
+                        size_t whylen);
 
 /* mkdir -p; 0 or -1 with errno. */
 int keel_mkdir_p(const char *path);

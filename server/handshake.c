@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "bytes.h"
+#include "hostport.h"
 
 #define HELLO_MAGIC   0x4b45454c50454552ull /* "KEELPEER" */
 #define HELLO_VERSION 2
@@ -98,10 +99,13 @@ int keel_handshake_check(const struct keel_handshake_rule *r,
                  (unsigned long long)id, out->name, addr, peer);
         return -1;
     }
-    /* config.c and the member changes accept only IPv4 literals, so this cannot fail; refuse if
-     * it ever does. */
-    if (keel_addr_split(peer, host, sizeof(host), &port) != 0 ||
-        inet_pton(AF_INET, host, &want) != 1 || from.s_addr != want.s_addr) {
+    /* An IPv4 literal is checked here. A name (a Kubernetes pod's, whose IP changes at each
+     * restart) is for the caller to resolve, off its loop, and check from against (by_name):
+     * text is never compared with an IP. config.c and the member changes take nothing else, so
+     * a peer address that parses as neither cannot be; refuse if it ever is. */
+    int kind = keel_addr_split_any(peer, host, sizeof(host), &port, NULL, 0);
+    if (kind < 0 || (kind == KEEL_HOST_IPV4 &&
+                     (inet_pton(AF_INET, host, &want) != 1 || from.s_addr != want.s_addr))) {
         snprintf(why, len,
                  "claims member %016llx (%s), whose peer address is %s, from another host",
                  (unsigned long long)id, out->name, peer);
@@ -118,5 +122,6 @@ int keel_handshake_check(const struct keel_handshake_rule *r,
     snprintf(out->peer, sizeof(out->peer), "%s", peer);
     out->id = id;
     out->cluster_id = cluster;
+    out->by_name = kind == KEEL_HOST_NAME;
     return 0;
 }

@@ -13,6 +13,7 @@
 #define KEEL_HANDSHAKE_H
 
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -57,13 +58,18 @@ struct keel_handshake_peer {
     char client[64];
     char zone[64];
     char name[64]; /* as the peer says (never checked) */
+    /* peer's host is a DNS name: the source address is not checked yet, and the handshake
+     * stands only once one of the name's addresses (resolved now) is the connection's source */
+    bool by_name;
 };
 
 /*
  * Check a whole handshake (its head already checked) that arrived from the IPv4 address from:
  * it must name r's cluster (any but 0 when r knows none), an id lookup knows other than
  * r->self_id, that member's peer address, come from that address's host, and give a client
- * address of the form a.b.c.d:port. 0 with out filled, or -1 with why in why.
+ * address of the form a.b.c.d:port. 0 with out filled, or -1 with why in why. When the peer
+ * address's host is a name, "come from that address's host" is left to the caller (out->by_name),
+ * which must resolve it and refuse the handshake unless from is among its addresses.
  */
 int keel_handshake_check(const struct keel_handshake_rule *r,
                          const uint8_t hello[KEEL_HANDSHAKE_LEN], struct in_addr from,

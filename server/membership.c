@@ -398,20 +398,28 @@ static void handed_away(void *data, int err)
 
 /* ---- requests ---- */
 
-/* "http://a.b.c.d:port" or "a.b.c.d:port" into out; -1 when it is neither. */
-static int peer_url(const char *url, char *out, size_t len)
+/* "http://HOST:PORT" or "HOST:PORT" into out, HOST an IPv4 literal or a DNS name (kept as given:
+ * members resolve it at each connect); -1 when it is neither, with what is wrong in why. */
+static int peer_url(const char *url, char *out, size_t len, const char *what, char *why,
+                    size_t whylen)
 {
     const char *p = strncmp(url, "http://", 7) == 0 ? url + 7 : url;
-    char host[KEEL_ADDR_MAX];
+    char host[KEEL_ADDR_MAX], bad[160] = "too long";
     int port;
     size_t n = strlen(p);
     if (n > 0 && p[n - 1] == '/')
         n--;
-    if (n == 0 || n >= len)
-        return -1;
-    memcpy(out, p, n);
-    out[n] = '\0';
-    return keel_addr_split(out, host, sizeof(host), &port);
+    if (n < len) {
+        memcpy(out, p, n);
+        out[n] = '\0';
+        if (keel_addr_split_any(out, host, sizeof(host), &port, bad, sizeof(bad)) > 0)
+            return 0;
+    }
+    snprintf(why, whylen,
+             "%s needs one peer URL, http://HOST:PORT or HOST:PORT (HOST an IPv4 address or a host "
+             "name): %s",
+             what, bad);
+    return -1;
 }
 
 /* The member id of conf, or NULL after answering MEMBER_NOT_FOUND. */
@@ -442,9 +450,12 @@ static void serve_add(struct keel_membership *ms, uint64_t session, const Keel__
         return;
     }
     char peer[KEEL_ADDR_MAX];
-    if (a->n_peerurls != 1 || peer_url(a->peerurls[0], peer, sizeof(peer)) != 0) {
-        keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL,
-                         "member add needs one peer URL, http://a.b.c.d:port or a.b.c.d:port");
+    char bad[320];
+    if (a->n_peerurls != 1 ||
+        peer_url(a->peerurls[0], peer, sizeof(peer), "member add", bad, sizeof(bad)) != 0) {
+        if (a->n_peerurls != 1)
+            snprintf(bad, sizeof(bad), "member add needs one peer URL, http://HOST:PORT");
+        keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL, bad);
         return;
     }
     const char *zone = a->zone ? a->zone : "";
@@ -556,9 +567,12 @@ static void serve_update(struct keel_membership *ms, uint64_t session, const Kee
     const struct keel_consensus_member *m = member_or_refuse(ms, session, req, conf, n, u->id);
     if (m == NULL)
         return;
-    if (u->n_peerurls != 1 || peer_url(u->peerurls[0], peer, sizeof(peer)) != 0) {
-        keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL,
-                         "member update needs one peer URL, http://a.b.c.d:port or a.b.c.d:port");
+    char bad[320];
+    if (u->n_peerurls != 1 ||
+        peer_url(u->peerurls[0], peer, sizeof(peer), "member update", bad, sizeof(bad)) != 0) {
+        if (u->n_peerurls != 1)
+            snprintf(bad, sizeof(bad), "member update needs one peer URL, http://HOST:PORT");
+        keel_reply_error(ms->o.reply, session, req->id, KEEL_EINVAL, bad);
         return;
     }
     for (size_t i = 0; i < n; i++) {

@@ -6,6 +6,7 @@
 #include "transport.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "handshake.h"
+#include "hostport.h"
 #include "log.h"
 
 #define HELLO_TIMEOUT 5000 /* ms an incoming connection has to send its handshake */
@@ -21,6 +23,16 @@
  * clients (fdlimit.h): a flood of silent connections must not take them all. Members reconnect
  * once per link, so a healthy cluster has a few in progress at most. */
 #define MAX_ACCEPTING 64
+/* Incoming handshakes from members addressed by name whose name is being resolved, to check the
+ * source address. Each holds a thread of libuv's pool (which raft_uv's disk writes share) for as
+ * long as the resolver takes: past this many, more are closed and the peers retry. */
+#define MAX_RESOLVING_IN 4
+/* Members whose name did not resolve, remembered to rate-limit the log (one line when it starts
+ * failing, then at most one per UNRESOLVED_LOG_MS, and one when it resolves again). */
+#define MAX_UNRESOLVED    16
+#define UNRESOLVED_LOG_MS 30000
+/* Peer addresses this member connected to (as resolved): what keel_transport_isolate cuts. */
+#define MAX_DIALED 32
 
 struct pending {
     struct pending *next, *prev;
@@ -32,6 +44,15 @@ struct pending {
     uv_connect_t connect;
     uv_write_t write;
     int canceled;
+    raft_id id;               /* the member dialled */
+    char host[KEEL_ADDR_MAX]; /* its address's host, and ... */
+    int port;                 /* ... port */
+    struct sockaddr_in dst;   /* its address, or what its name resolved to */
+    /* both: a name being resolved (uv_getaddrinfo on libuv's pool), and whether the connection
+     * was given up meanwhile: it ends once the resolver calls back */
+    uv_getaddrinfo_t gai;
+    int resolving;
+    int failed;
     /* incoming */
     uint64_t started; /* uv_now at accept or connect: the sweep drops slow ones */
     int connected;    /* outgoing: connected, the handshake being written */
@@ -39,6 +60,13 @@ struct pending {
     char from[KEEL_ADDR_MAX]; /* "a.b.c.d:port", for the log */
     size_t got;
     uint8_t hello[KEEL_HANDSHAKE_LEN];
+    struct keel_handshake_peer peer; /* a handshake that waits for its name's addresses */
+};
+
+struct unresolved {
+    raft_id id; /* 0: free */
+    uint64_t fails;
+    uint64_t logged_at;
 };
 
 struct tport {
@@ -53,10 +81,17 @@ struct tport {
     uv_timer_t sweep;
     int sweeping;
     raft_uv_accept_cb accept_cb;
-    struct pending list; /* sentinel of pending connects and accepts */
-    size_t accepting;    /* accepts in the list */
-    uint64_t refused;    /* connections closed at MAX_ACCEPTING */
-    int isolated;        /* keel_transport_isolate: no peer link any more */
+    struct pending list;          /* sentinel of pending connects and accepts */
+    size_t accepting;             /* accepts in the list */
+    uint64_t refused;             /* connections closed at MAX_ACCEPTING */
+    size_t resolving_in;          /* accepts whose claimed name is being resolved */
+    uint64_t refused_resolving;   /* closed at MAX_RESOLVING_IN */
+    uint64_t refused_by_name;     /* source not among the name's addresses, since one was */
+    struct sockaddr_in listen_sa; /* as bound */
+    struct sockaddr_in dialed[MAX_DIALED];
+    size_t n_dialed, next_dialed;
+    struct unresolved unresolved[MAX_UNRESOLVED];
+    int isolated; /* keel_transport_isolate: no peer link any more */
     int closing;
     int handles; /* handles of ours still to be closed during shutdown */
     raft_uv_transport_close_cb close_cb;
@@ -102,8 +137,86 @@ static void connect_done_close(uv_handle_t *h)
 
 static void connect_fail(struct pending *p)
 {
+    if (p->resolving) {
+        /* The resolver's callback ends it (at once if it had not started). */
+        p->failed = 1;
+        uv_cancel((uv_req_t *)&p->gai);
+        return;
+    }
     if (!uv_is_closing((uv_handle_t *)p->tcp))
         uv_close((uv_handle_t *)p->tcp, connect_done_close);
+}
+
+/* The member's name for the log: its --initial-cluster name, else its id. */
+static const char *member_label(const struct tport *t, raft_id id, char *buf, size_t len)
+{
+    const struct keel_member_conf *m = keel_config_member(t->cfg, id);
+    if (m != NULL)
+        snprintf(buf, len, "%s (%016llx)", m->name, (unsigned long long)id);
+    else
+        snprintf(buf, len, "%016llx", (unsigned long long)id);
+    return buf;
+}
+
+static struct unresolved *unresolved_of(struct tport *t, raft_id id, bool add)
+{
+    struct unresolved *free_slot = NULL, *oldest = &t->unresolved[0];
+    for (size_t i = 0; i < MAX_UNRESOLVED; i++) {
+        struct unresolved *u = &t->unresolved[i];
+        if (u->id == id)
+            return u;
+        if (u->id == 0 && free_slot == NULL)
+            free_slot = u;
+        if (u->logged_at < oldest->logged_at)
+            oldest = u;
+    }
+    if (!add)
+        return NULL;
+    struct unresolved *u = free_slot ? free_slot : oldest;
+    memset(u, 0, sizeof(*u));
+    u->id = id;
+    return u;
+}
+
+/* A dial whose name did not resolve: raft retries it after its delay, as any failed connect; the
+ * log says so once, then at most every UNRESOLVED_LOG_MS. */
+static void note_unresolved(struct tport *t, const struct pending *p, int status)
+{
+    struct unresolved *u = unresolved_of(t, p->id, true);
+    uint64_t now = uv_now(t->loop);
+    u->fails++;
+    if (u->fails > 1 && now - u->logged_at < UNRESOLVED_LOG_MS)
+        return;
+    char who[KEEL_NAME_MAX + 24];
+    KLOG_WARN("peer %s: its address %s:%d does not resolve (%s; %llu attempt%s so far); retrying",
+              member_label(t, p->id, who, sizeof(who)), p->host, p->port, uv_strerror(status),
+              (unsigned long long)u->fails, u->fails == 1 ? "" : "s");
+    u->logged_at = now;
+}
+
+static void note_resolved(struct tport *t, const struct pending *p)
+{
+    struct unresolved *u = unresolved_of(t, p->id, false);
+    if (u == NULL)
+        return;
+    char who[KEEL_NAME_MAX + 24], ip[INET_ADDRSTRLEN] = "?";
+    uv_ip4_name(&p->dst, ip, sizeof(ip));
+    KLOG_INFO("peer %s: %s resolves again, to %s, after %llu failed attempt%s",
+              member_label(t, p->id, who, sizeof(who)), p->host, ip, (unsigned long long)u->fails,
+              u->fails == 1 ? "" : "s");
+    memset(u, 0, sizeof(*u));
+}
+
+static void remember_dialed(struct tport *t, const struct sockaddr_in *dst)
+{
+    for (size_t i = 0; i < t->n_dialed; i++)
+        if (t->dialed[i].sin_addr.s_addr == dst->sin_addr.s_addr &&
+            t->dialed[i].sin_port == dst->sin_port)
+            return;
+    t->dialed[t->next_dialed] = *dst;
+    t->next_dialed = (t->next_dialed + 1) % MAX_DIALED;
+    if (t->n_dialed < MAX_DIALED)
+        t->n_dialed++;
 }
 
 static void on_hello_written(uv_write_t *w, int status)
@@ -128,9 +241,15 @@ static void on_connect(uv_connect_t *c, int status)
     uv_tcp_nodelay(p->tcp, 1);
     p->connected = 1;
     struct tport *t = p->t;
+    remember_dialed(t, &p->dst);
+    /* This member's address as given in its --initial-cluster entry: --listen-peer itself, or a
+     * name for it (where --listen-peer is 0.0.0.0 or the pod's IP; config.c checks the port).
+     * Not raft's configuration: a member restarted after a member update has not applied it
+     * yet, and would announce the address it moved from. */
+    const struct keel_member_conf *self = keel_config_member(t->cfg, t->id);
     struct keel_handshake h = {.cluster_id = t->cfg->cluster_id,
                                .id = t->id,
-                               .peer = t->address,
+                               .peer = self ? self->peer : t->address,
                                .client = t->cfg->listen_client,
                                .name = t->cfg->name,
                                .zone = t->cfg->zone};
@@ -141,18 +260,68 @@ static void on_connect(uv_connect_t *c, int status)
         connect_fail(p);
 }
 
+/* Bind to this member's own address and connect to p->dst. */
+static void start_connect(struct pending *p)
+{
+    struct tport *t = p->t;
+    struct sockaddr_in src;
+    int rv = t->isolated ? UV_ECONNREFUSED : uv_ip4_addr(t->host, 0, &src);
+    /* The point of this transport: the source address is the member's own. */
+    if (rv == 0)
+        rv = uv_tcp_bind(p->tcp, (const struct sockaddr *)&src, 0);
+    if (rv == 0)
+        rv = uv_tcp_connect(&p->connect, p->tcp, (const struct sockaddr *)&p->dst, on_connect);
+    if (rv != 0) {
+        /* Report through the callback, as for any failed attempt: raft retries later. */
+        connect_fail(p);
+    }
+}
+
+/* The first IPv4 address of res, with port; -1 when there is none. */
+static int first_ipv4(const struct addrinfo *res, int port, struct sockaddr_in *out)
+{
+    for (const struct addrinfo *a = res; a != NULL; a = a->ai_next) {
+        if (a->ai_family == AF_INET && a->ai_addrlen >= sizeof(*out)) {
+            memcpy(out, a->ai_addr, sizeof(*out));
+            out->sin_port = htons((uint16_t)port);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct pending *p = req->data;
+    struct tport *t = p->t;
+    p->resolving = 0;
+    if (status == 0 && first_ipv4(res, p->port, &p->dst) != 0)
+        status = UV_EAI_ADDRFAMILY;
+    uv_freeaddrinfo(res);
+    if (p->failed || p->canceled) {
+        connect_fail(p);
+        return;
+    }
+    if (status != 0) {
+        note_unresolved(t, p, status);
+        connect_fail(p);
+        return;
+    }
+    note_resolved(t, p);
+    p->started = uv_now(t->loop); /* the connect timeout runs from the connect */
+    start_connect(p);
+}
+
+/* raft dials a member: at each attempt (raft retries a failed one after its delay), so a name
+ * is resolved anew each time and a member that came back at another IP is reached there. */
 static int t_connect(struct raft_uv_transport *base, struct raft_uv_connect *req, raft_id id,
                      const char *address, raft_uv_connect_cb cb)
 {
     struct tport *t = base->impl;
-    (void)id;
     char host[KEEL_ADDR_MAX];
     int port;
-    struct sockaddr_in dst, src;
-    if (keel_addr_split(address, host, sizeof(host), &port) != 0 ||
-        uv_ip4_addr(host, port, &dst) != 0)
-        return RAFT_NOCONNECTION;
-    if (uv_ip4_addr(t->host, 0, &src) != 0)
+    int kind = keel_addr_split_any(address, host, sizeof(host), &port, NULL, 0);
+    if (kind < 0)
         return RAFT_NOCONNECTION;
     struct pending *p = calloc(1, sizeof(*p));
     uv_tcp_t *tcp = raft_malloc(sizeof(*tcp));
@@ -164,20 +333,30 @@ static int t_connect(struct raft_uv_transport *base, struct raft_uv_connect *req
     p->t = t;
     p->tcp = tcp;
     p->req = req;
+    p->id = id;
+    snprintf(p->host, sizeof(p->host), "%s", host);
+    p->port = port;
     p->started = uv_now(t->loop);
     p->cb = cb;
     uv_tcp_init(t->loop, tcp);
     tcp->data = p;
     p->connect.data = p;
+    p->gai.data = p;
     list_add(t, p);
-    /* The point of this transport: the source address is the member's own. */
-    int rv = t->isolated ? UV_ECONNREFUSED : uv_tcp_bind(tcp, (const struct sockaddr *)&src, 0);
-    if (rv == 0)
-        rv = uv_tcp_connect(&p->connect, tcp, (const struct sockaddr *)&dst, on_connect);
-    if (rv != 0) {
-        /* Report through the callback, as for any failed attempt: raft retries later. */
-        connect_fail(p);
+    if (kind == KEEL_HOST_IPV4 || t->isolated) {
+        (void)uv_ip4_addr(host, port, &p->dst); /* an IPv4 literal: split checked it */
+        start_connect(p);
+        return 0;
     }
+    /* Never getaddrinfo on the loop: it blocks for as long as the resolver takes. */
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+    int rv = uv_getaddrinfo(t->loop, &p->gai, on_resolved, host, NULL, &hints);
+    if (rv != 0) {
+        note_unresolved(t, p, rv);
+        connect_fail(p);
+        return 0;
+    }
+    p->resolving = 1;
     return 0;
 }
 
@@ -196,8 +375,99 @@ static void accept_closed(uv_handle_t *h)
 
 static void accept_drop(struct pending *p)
 {
+    if (p->resolving) {
+        /* The resolver's callback drops it (at once if it had not started). */
+        if (!p->failed)
+            uv_cancel((uv_req_t *)&p->gai);
+        p->failed = 1;
+        return;
+    }
     if (!uv_is_closing((uv_handle_t *)p->tcp))
         uv_close((uv_handle_t *)p->tcp, accept_closed);
+}
+
+/* A handshake that passed every check: the stream goes to raft. */
+static void accept_done(struct pending *p)
+{
+    struct tport *t = p->t;
+    struct keel_handshake_peer peer = p->peer;
+    uv_tcp_t *tcp = p->tcp;
+    list_del(p);
+    t->accepting--;
+    free(p);
+    t->hooks.peer(t->hooks.data, &peer);
+    /* The member's address, which the checks proved equal to the claimed one. */
+    t->accept_cb(t->base, peer.id, peer.peer, (uv_stream_t *)tcp);
+}
+
+/* Whether res holds the IPv4 address ip. */
+static bool resolves_to(const struct addrinfo *res, struct in_addr ip)
+{
+    for (const struct addrinfo *a = res; a != NULL; a = a->ai_next)
+        if (a->ai_family == AF_INET && a->ai_addrlen >= sizeof(struct sockaddr_in) &&
+            ((const struct sockaddr_in *)a->ai_addr)->sin_addr.s_addr == ip.s_addr)
+            return true;
+    return false;
+}
+
+/* The claimed member's name resolved: the handshake stands if the connection comes from one of
+ * its addresses (what handshake.c checks directly for an IPv4 literal). */
+static void on_peer_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct pending *p = req->data;
+    struct tport *t = p->t;
+    p->resolving = 0;
+    t->resolving_in--;
+    bool from_it = status == 0 && resolves_to(res, p->from_ip);
+    uv_freeaddrinfo(res);
+    if (p->failed || t->closing || t->isolated) {
+        accept_drop(p);
+        return;
+    }
+    if (!from_it) {
+        /* A restarted pod dials before DNS has its new IP: its peers retry every heartbeat until
+         * it has, so this is logged at the 1st, 2nd, 4th, 8th... refusal in a row. */
+        uint64_t n = ++t->refused_by_name;
+        if ((n & (n - 1)) == 0)
+            KLOG_WARN("peer connection from %s refused: claims member %016llx (%s), whose peer "
+                      "address is %s, which %s%s (%llu refused in a row)",
+                      p->from, (unsigned long long)p->peer.id, p->peer.name, p->peer.peer,
+                      status != 0 ? "does not resolve: " : "resolves to other addresses",
+                      status != 0 ? uv_strerror(status) : "", (unsigned long long)n);
+        accept_drop(p);
+        return;
+    }
+    t->refused_by_name = 0;
+    accept_done(p);
+}
+
+/* Resolve the name in p->peer's address to check where the connection comes from. */
+static void check_by_name(struct pending *p)
+{
+    struct tport *t = p->t;
+    char host[KEEL_ADDR_MAX];
+    int port;
+    if (t->resolving_in >= MAX_RESOLVING_IN) {
+        /* Logged at the 1st, 2nd, 4th, 8th... refusal. */
+        uint64_t n = ++t->refused_resolving;
+        if ((n & (n - 1)) == 0)
+            KLOG_WARN("peer connection from %s closed: %d names being resolved already (%llu "
+                      "closed so far)",
+                      p->from, MAX_RESOLVING_IN, (unsigned long long)n);
+        accept_drop(p);
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+    p->gai.data = p;
+    if (keel_addr_split_any(p->peer.peer, host, sizeof(host), &port, NULL, 0) != KEEL_HOST_NAME ||
+        uv_getaddrinfo(t->loop, &p->gai, on_peer_resolved, host, NULL, &hints) != 0) {
+        KLOG_WARN("peer connection from %s refused: the name in %s cannot be looked up", p->from,
+                  p->peer.peer);
+        accept_drop(p);
+        return;
+    }
+    p->resolving = 1;
+    t->resolving_in++;
 }
 
 static void hello_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -235,19 +505,15 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
                                        .self_id = t->id,
                                        .lookup = t->hooks.lookup,
                                        .data = t->hooks.data};
-    struct keel_handshake_peer peer;
-    if (keel_handshake_check(&rule, p->hello, p->from_ip, &peer, why, sizeof(why)) != 0) {
+    if (keel_handshake_check(&rule, p->hello, p->from_ip, &p->peer, why, sizeof(why)) != 0) {
         KLOG_WARN("peer connection from %s refused: %s", p->from, why);
         accept_drop(p);
         return;
     }
-    uv_tcp_t *tcp = p->tcp;
-    list_del(p);
-    t->accepting--;
-    free(p);
-    t->hooks.peer(t->hooks.data, &peer);
-    /* The member's address, which the check above proved equal to the claimed one. */
-    t->accept_cb(t->base, peer.id, peer.peer, (uv_stream_t *)tcp);
+    if (p->peer.by_name)
+        check_by_name(p);
+    else
+        accept_done(p);
 }
 
 /* A connect that has not completed in a heartbeat is given up, and raft tries again after its
@@ -268,7 +534,8 @@ static void sweep(uv_timer_t *timer)
     for (struct pending *p = t->list.next; p != &t->list; p = p->next) {
         if (p->req == NULL && now - p->started > HELLO_TIMEOUT)
             accept_drop(p);
-        else if (p->req != NULL && !p->connected && now - p->started > connect_timeout(t))
+        else if (p->req != NULL && !p->connected && !p->resolving &&
+                 now - p->started > connect_timeout(t))
             connect_fail(p);
     }
 }
@@ -340,6 +607,9 @@ static int t_listen(struct raft_uv_transport *base, raft_uv_accept_cb cb)
     int rv = uv_tcp_bind(&t->listener, (const struct sockaddr *)&addr, 0);
     if (rv == 0)
         rv = uv_listen((uv_stream_t *)&t->listener, 128, on_connection);
+    int len = sizeof(t->listen_sa);
+    if (rv == 0)
+        uv_tcp_getsockname(&t->listener, (struct sockaddr *)&t->listen_sa, &len);
     if (rv == 0) {
         uv_timer_init(t->loop, &t->sweep);
         t->sweep.data = t;
@@ -421,38 +691,28 @@ int keel_transport_init(struct raft_uv_transport *base, uv_loop_t *loop,
 static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_in *b)
 {
     const struct sockaddr_in *a4 = (const struct sockaddr_in *)a;
-    return a->ss_family == AF_INET && a4->sin_addr.s_addr == b->sin_addr.s_addr &&
-           a4->sin_port == b->sin_port;
+    return a->ss_family == AF_INET && a4->sin_port == b->sin_port &&
+           (a4->sin_addr.s_addr == b->sin_addr.s_addr || b->sin_addr.s_addr == INADDR_ANY);
 }
 
-static int to_sockaddr(const char *addr, struct sockaddr_in *out)
-{
-    char host[KEEL_ADDR_MAX];
-    int port;
-    return keel_addr_split(addr, host, sizeof(host), &port) == 0 &&
-                   uv_ip4_addr(host, port, out) == 0
-               ? 0
-               : -1;
-}
-
-/* A peer link is a TCP handle accepted on this member's peer address, or connected to a
- * configured member's peer address (client sessions and checkpoint fetches use client
- * addresses, which config.c keeps apart from peer addresses). */
+/* A peer link is a TCP handle accepted on this member's peer listener (its address, or its port
+ * when it listens on 0.0.0.0), or connected to an address this transport dialled a member at
+ * (as resolved then: names are never compared with IPs). Client sessions and checkpoint
+ * fetches use client addresses, which config.c keeps apart from peer addresses. */
 static void cut_peer_link(uv_handle_t *h, void *arg)
 {
     struct tport *t = arg;
     if (h->type != UV_TCP || uv_is_closing(h) || h == (uv_handle_t *)&t->listener)
         return;
-    struct sockaddr_in self, peer;
     struct sockaddr_storage local, remote;
     int len = sizeof(local);
-    bool link = to_sockaddr(t->address, &self) == 0 &&
+    bool link = t->listen_sa.sin_family == AF_INET &&
                 uv_tcp_getsockname((uv_tcp_t *)h, (struct sockaddr *)&local, &len) == 0 &&
-                same_addr(&local, &self);
+                same_addr(&local, &t->listen_sa);
     len = sizeof(remote);
     if (!link && uv_tcp_getpeername((uv_tcp_t *)h, (struct sockaddr *)&remote, &len) == 0) {
-        for (size_t i = 0; !link && i < t->cfg->n_members; i++)
-            link = to_sockaddr(t->cfg->members[i].peer, &peer) == 0 && same_addr(&remote, &peer);
+        for (size_t i = 0; !link && i < t->n_dialed; i++)
+            link = same_addr(&remote, &t->dialed[i]);
     }
     uv_os_fd_t fd;
     /* shutdown(2), never uv_close: the handle may be raft's, and raft closes what it owns. */

@@ -13,11 +13,20 @@
  * must never vote here or feed this log), the id it claims is a member other than this one (of
  * the raft configuration, which member add and remove change; of --initial-cluster only before
  * there is one), the peer address it gives is that member's, and the connection's source IP is
- * that address's host (an IPv4 literal: --initial-cluster and member add take nothing else, so
- * there is nothing to resolve). A removed member is refused from then on. Anything else is closed
- * and logged, and neither raft nor the peer callback ever hears of it: raft would otherwise take
- * votes and appends from the impostor, and its attributes would be published to every member.
- * Members that share a host cannot be told apart this way; each needs its own address.
+ * that address's host: the IPv4 literal itself, or for a DNS name one of the addresses it
+ * resolves to now (looked up off the loop, at most MAX_RESOLVING_IN at once). A removed member is
+ * refused from then on. Anything else is closed and logged, and neither raft nor the peer
+ * callback ever hears of it: raft would otherwise take votes and appends from the impostor, and
+ * its attributes would be published to every member. Members that share a host cannot be told
+ * apart this way; each needs its own address.
+ *
+ * Members may be addressed by DNS name (a Kubernetes StatefulSet's keel-0.keel-peer...:2380):
+ * the name is kept as given in raft's configuration and resolved with uv_getaddrinfo (libuv's
+ * thread pool, never on the loop) at every connect attempt, so a member that comes back at
+ * another IP is reached there. A name that does not resolve fails that attempt like a refused
+ * connect (raft retries after its delay) and is logged, naming the member, once and then at most
+ * every 30 s. This member announces itself with its --initial-cluster entry (the name), while it
+ * listens on --listen-peer (an IPv4 literal: 0.0.0.0 or the pod's IP).
  */
 #ifndef KEEL_TRANSPORT_H
 #define KEEL_TRANSPORT_H

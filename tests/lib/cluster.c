@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,6 +180,35 @@ void tc_cluster_init_at(struct tc_cluster *c, int n, const char *tag, int block)
         snprintf(m->log, sizeof(m->log), "%s/%s.log", c->root, name);
         off += (size_t)snprintf(c->initial + off, sizeof(c->initial) - off, "%s%s=%s@%s",
                                 i > 1 ? "," : "", m->name, m->peer, m->zone);
+    }
+}
+
+void tc_cluster_init_named(struct tc_cluster *c, int n, const char *tag, const char *ip,
+                           const char *name)
+{
+    tc_cluster_init_at(c, n, tag, 1);
+    size_t off = 0;
+    for (int i = 1; i <= n; i++) {
+        struct tc_member *m = &c->m[i];
+        /* Ports free on ip, distinct from every member's so far (all share one address). */
+        int client_port, peer_port;
+        bool clash;
+        do {
+            client_port = tc_free_port(ip);
+            while ((peer_port = tc_free_port(ip)) == client_port)
+                ;
+            clash = false;
+            for (int j = 1; j < i; j++) {
+                const char *cp = strrchr(c->m[j].client, ':'), *pp = strrchr(c->m[j].peer, ':');
+                int used[2] = {atoi(cp + 1), atoi(pp + 1)};
+                for (int k = 0; k < 2; k++)
+                    clash = clash || used[k] == client_port || used[k] == peer_port;
+            }
+        } while (clash);
+        snprintf(m->client, sizeof(m->client), "%s:%d", ip, client_port);
+        snprintf(m->peer, sizeof(m->peer), "%s:%d", ip, peer_port);
+        off += (size_t)snprintf(c->initial + off, sizeof(c->initial) - off, "%s%s=%s:%d@%s",
+                                i > 1 ? "," : "", m->name, name, peer_port, m->zone);
     }
 }
 

@@ -45,6 +45,13 @@ void tc_cluster_init(struct tc_cluster *c, int n, const char *tag);
  * test uses. */
 void tc_cluster_init_at(struct tc_cluster *c, int n, const char *tag, int block);
 
+/* The same with members addressed by a DNS name (for tests of name resolution): every member
+ * listens on the IPv4 address ip (what name resolves to: "127.0.0.1" for "localhost"), on
+ * ports of its own, in zone "z<i>", and --initial-cluster lists it as name:<its peer port>.
+ * tc_member.client and .peer stay the IPv4 listen addresses. */
+void tc_cluster_init_named(struct tc_cluster *c, int n, const char *tag, const char *ip,
+                           const char *name);
+
 /* Start member i; 0 or -1. */
 int tc_start(struct tc_cluster *c, int i);
 void tc_start_all(struct tc_cluster *c);

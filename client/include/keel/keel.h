@@ -62,8 +62,9 @@
 
 /* Client options. A zeroed struct selects every default. Strings are copied by *_init/open. */
 struct keel_options {
-    /* Comma-separated "host:port" client addresses (IPv4 literals; an "http://" prefix is
-     * ignored). NULL or "": KEEL_DEFAULT_ENDPOINT. */
+    /* Comma-separated "host:port" client addresses, host an IPv4 literal or a DNS name (resolved
+     * off the loop at each dial, IPv4 only; keel_endpoints_check says what is wrong with one);
+     * an "http://" prefix is ignored. NULL or "": KEEL_DEFAULT_ENDPOINT. */
     const char *endpoints;
     /* Serializable reads prefer members of this zone. NULL or "": no preference. */
     const char *zone;
@@ -136,6 +137,13 @@ struct keel_aclient_stats {
  * Release with keel_aclient_close, then keep running the loop until the close callback.
  */
 int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct keel_options *opts);
+
+/*
+ * Check endpoints (as keel_options.endpoints) the way keel_aclient_init and keel_open parse them,
+ * for a message to show: 0, or KEEL_EINVAL with msg (len bytes) naming the endpoint and what is
+ * wrong with it. Syntax only: nothing is resolved or dialled.
+ */
+int keel_endpoints_check(const char *endpoints, char *msg, size_t len);
 
 /*
  * Submit req. The library assigns req's id (the caller's value is ignored and req is not
