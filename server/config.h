@@ -63,6 +63,9 @@ struct keel_config {
     bool log_json; /* --log-format json */
     char preferred_zone[KEEL_NAME_MAX]; /* leadership moves into this zone ("": anywhere) */
     char listen_metrics[KEEL_ADDR_MAX]; /* /metrics and /health ("": not served) */
+
+    /* --warn-apply-duration: a slower batch apply is logged (0: never; fsm.h) */
+    unsigned warn_apply_ms;
 };
 
 /*

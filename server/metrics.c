@@ -18,7 +18,7 @@ struct keel_metrics {
 };
 
 void keel_metrics_add_histo(struct keel_metrics_sample *s, const char *name, const char *help,
-                            const struct keel_histo *h, const char *labels, ...)
+                            const struct keel_histo *h, const char *labels)
 {
     if (s->n_histos >= KEEL_METRICS_MAX_HISTOS)
         return;
@@ -26,10 +26,7 @@ void keel_metrics_add_histo(struct keel_metrics_sample *s, const char *name, con
     mh->name = name;
     mh->help = help;
     mh->h = h;
-    va_list ap;
-    va_start(ap, labels);
-    vsnprintf(mh->labels, sizeof(mh->labels), labels, ap);
-    va_end(ap);
+    snprintf(mh->labels, sizeof(mh->labels), "%s", labels);
 }
 
 static void metrics_text(struct keel_metrics *m, struct keel_expose_text *t)

@@ -51,11 +51,10 @@ struct keel_metrics_sample {
     size_t n_histos;
 };
 
-/* Append a histogram to s (labels printf-style, "" for none); past KEEL_METRICS_MAX_HISTOS it
- * is left out. For the collect callback. */
+/* Append a histogram to s: labels "" or `a="x",b="y"` (copied, cut to fit); past
+ * KEEL_METRICS_MAX_HISTOS it is left out. For the collect callback. */
 void keel_metrics_add_histo(struct keel_metrics_sample *s, const char *name, const char *help,
-                            const struct keel_histo *h, const char *labels, ...)
-    __attribute__((format(printf, 5, 6)));
+                            const struct keel_histo *h, const char *labels);
 
 struct keel_metrics_options {
     uv_loop_t *loop;
