@@ -68,6 +68,7 @@ struct keeld {
     struct keel_membership *membership;
     struct keel_metrics *metrics;                    /* NULL without --listen-metrics */
     struct keel_histo apply_seconds, commit_seconds; /* the storage writer records them */
+    struct keel_log_limit rejected_log;              /* reply.h's */
     uint64_t leader_changes;                         /* leaders seen (metrics) */
     uint64_t last_leader_seen;
     struct keel_diskwatch *diskwatch;
@@ -505,7 +506,9 @@ static int wire(struct keeld *k)
                                    .members = &k->members,
                                    .store = k->store,
                                    .cluster_id = &k->cfg.cluster_id,
-                                   .member_id = k->cfg.member_id};
+                                   .member_id = k->cfg.member_id,
+                                   .rejected_log = &k->rejected_log};
+    k->rejected_log = (struct keel_log_limit){.per_sec = 10};
     k->snapstream = (struct keel_snapstream){
         .loop = &k->loop, .store = k->store, .reply = &k->reply, .fsm = k->fsm};
     struct keel_watch_options wo = {.loop = &k->loop,

@@ -775,7 +775,8 @@ static void stop_reading(struct keel_session *s)
 /* The handler tells the client why; the session closes once that is written. */
 static void refuse_frame(struct keel_session *s, int err, const char *msg)
 {
-    KLOG_INFO("session %llu: %s; closing", (unsigned long long)s->id, msg);
+    /* reply.c logs the refusal, rate-limited */
+    KLOG_DEBUG("session %llu: %s; closing", (unsigned long long)s->id, msg);
     s->ss->h.refuse(s->ss->h.data, s->id, err, msg);
     s->close_after_flush = 1;
     stop_reading(s);
