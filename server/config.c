@@ -88,7 +88,7 @@ static const char usage[] =
     "  --backend-batch-bytes N     ... or once the applied, uncommitted state held in memory\n"
     "                              reaches N bytes (default 64 MiB)\n"
     "  --warn-apply-duration D     log a batch of entries whose apply takes longer: 100ms,\n"
-    "                              1s, or milliseconds (default 100ms; 0: never)\n"
+    "                              1s, 500us, or milliseconds (default 100ms; 0: never)\n"
     "  --log-level debug|info|warn|error (default info)\n"
     "  --log-format text|json      one line per event; json: "
     "{\"ts\",\"level\",\"member\",\"zone\",\n"
@@ -274,7 +274,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->max_watches = 100000;
     c->watch_progress_ms = 600000;
     c->backend_batch_ms = KEEL_FSM_COMMIT_MS;
-    c->warn_apply_ms = 100; /* etcd's --warn-apply-duration */
+    c->warn_apply_us = 100000; /* etcd's --warn-apply-duration */
     c->backend_batch_bytes = 64u << 20;
     c->lease_checkpoint_ms = 5000;
     c->compact_mode = KEEL_COMPACT_PERIODIC;
@@ -507,21 +507,24 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
                 rv = fail(err, errlen, "--log-format '%s' is not json or text", optarg);
             break;
         case O_WARN_APPLY: {
-            /* etcd's form: 100ms, 1s; a bare number is milliseconds; 0 turns the line off */
+            /* etcd's form (a Go duration of one unit): 100ms, 1s, 500us; a bare number is
+             * milliseconds; 0 turns the line off */
             char num[32];
             size_t digits = strspn(optarg, "0123456789");
             const char *unit = optarg + digits;
-            uint64_t scale = strcmp(unit, "s") == 0                       ? 1000
-                             : strcmp(unit, "ms") == 0 || unit[0] == '\0' ? 1
-                                                                          : 0;
-            if (digits == 0 || digits >= sizeof(num) || scale == 0) {
-                rv = fail(err, errlen, "--warn-apply-duration '%s' is not N, Nms or Ns", optarg);
+            uint64_t us = strcmp(unit, "s") == 0                       ? 1000000
+                          : strcmp(unit, "ms") == 0 || unit[0] == '\0' ? 1000
+                          : strcmp(unit, "us") == 0                    ? 1
+                                                                       : 0;
+            if (digits == 0 || digits >= sizeof(num) || us == 0) {
+                rv = fail(err, errlen, "--warn-apply-duration '%s' is not N, Nus, Nms or Ns",
+                          optarg);
                 break;
             }
             memcpy(num, optarg, digits);
             num[digits] = '\0';
-            rv = parse_u64(num, 0, 3600000 / scale, &v, "--warn-apply-duration", err, errlen);
-            c->warn_apply_ms = (unsigned)(v * scale);
+            rv = parse_u64(num, 0, 3600000000ull / us, &v, "--warn-apply-duration", err, errlen);
+            c->warn_apply_us = (unsigned)(v * us);
             break;
         }
         case O_METRICS:

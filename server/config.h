@@ -65,7 +65,7 @@ struct keel_config {
     char listen_metrics[KEEL_ADDR_MAX]; /* /metrics and /health ("": not served) */
 
     /* --warn-apply-duration: a slower batch apply is logged (0: never; fsm.h) */
-    unsigned warn_apply_ms;
+    unsigned warn_apply_us;
 };
 
 /*

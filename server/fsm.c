@@ -297,11 +297,11 @@ static void apply_timed(struct keel_fsm *f, const struct keel_fsm_batch *b, uint
 {
     if (f->o.apply_seconds != NULL)
         keel_histo_observe_ns(f->o.apply_seconds, ns);
-    if (f->o.warn_apply_ms != 0 && ns >= (uint64_t)f->o.warn_apply_ms * 1000000u)
+    if (f->o.warn_apply_us != 0 && ns >= (uint64_t)f->o.warn_apply_us * 1000u)
         KLOG_WARN("apply request took too long: %.3f ms for entries %llu..%llu (%zu commands), "
-                  "over --warn-apply-duration %u ms",
+                  "over --warn-apply-duration %.3f ms",
                   (double)ns / 1e6, (unsigned long long)first, (unsigned long long)last, b->n,
-                  f->o.warn_apply_ms);
+                  (double)f->o.warn_apply_us / 1e3);
 }
 
 /* Publish the batch applied in the open write: readers see it, then its results go out. */

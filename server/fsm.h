@@ -90,7 +90,7 @@ struct keel_fsm_options {
     struct keel_histo *apply_seconds, *commit_seconds;
     /* A batch whose apply takes longer is logged (etcd's "apply request took too long");
      * 0: never. */
-    uint32_t warn_apply_ms;
+    uint32_t warn_apply_us;
 };
 
 /* How far the writer got, as the loop sees it. */

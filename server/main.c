@@ -488,7 +488,7 @@ static int wire(struct keeld *k)
                                   .commit_bytes = k->cfg.backend_batch_bytes,
                                   .apply_seconds = &k->apply_seconds,
                                   .commit_seconds = &k->commit_seconds,
-                                  .warn_apply_ms = k->cfg.warn_apply_ms};
+                                  .warn_apply_us = k->cfg.warn_apply_us};
     /* etcd's layouts: its backend commit histogram, and its apply histogram */
     keel_histo_init_exp(&k->commit_seconds, 0.001, 2, 14);
     keel_histo_init_exp(&k->apply_seconds, 0.0001, 2, 20);
