@@ -277,6 +277,9 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
     *bufs = b;
     *n_bufs = 1;
     bound_trailing(n);
+    KLOG_INFO("raft snapshot at applied index %llu (the log before it can be compacted once "
+              "the store has synced)",
+              (unsigned long long)raft_last_applied(&n->raft));
     return 0;
 }
 
@@ -304,6 +307,7 @@ static int fsm_snapshot_finalize(struct raft_fsm *rf, struct raft_buffer *bufs[]
 static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
 {
     struct keel_node *n = rf->data;
+    KLOG_INFO("restoring a raft snapshot (%zu bytes)", buf->len);
     int err = keel_fsm_restore(n->o.fsm, buf->base, buf->len);
     /* raft hands the buffer over only when restore succeeds (snapshotRestore frees it
      * otherwise). */
@@ -438,6 +442,7 @@ static void poll_state(uv_check_t *h)
     if (state == n->last_state && id == n->last_leader)
         return;
     bool was = n->last_state == RAFT_LEADER;
+    bool changed_state = state != n->last_state, changed_leader = id != n->last_leader;
     n->last_state = state;
     n->last_leader = id;
     if (id != 0 && n->fast_first) {
@@ -452,6 +457,16 @@ static void poll_state(uv_check_t *h)
             n->leader_barrier_busy = 1;
     } else if (was && state != RAFT_LEADER) {
         KLOG_INFO("lost leadership in term %llu", (unsigned long long)n->raft.current_term);
+    }
+    if (state == RAFT_CANDIDATE && changed_state)
+        KLOG_INFO("campaigning in term %llu: no leader heard within the election timeout",
+                  (unsigned long long)n->raft.current_term);
+    if (changed_leader && state != RAFT_LEADER) {
+        if (id != 0)
+            KLOG_INFO("leader is %016llx in term %llu", (unsigned long long)id,
+                      (unsigned long long)n->raft.current_term);
+        else if (!was)
+            KLOG_INFO("leader lost in term %llu", (unsigned long long)n->raft.current_term);
     }
     n->o.on_change(n->o.data, state == RAFT_LEADER, id);
 }

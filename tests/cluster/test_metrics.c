@@ -2,8 +2,8 @@
  * The operability series and log lines through real processes: `test_metrics <group>`.
  *   histograms  keeld's histograms parse (buckets cumulative, +Inf = _count, _sum >= 0), the
  *               put durations count every put sent to the member, the leader reports a round
- *               trip to each follower by id and zone, and --warn-apply-duration logs slow
- *               applies;
+ *               trip to each follower by id and zone, followers log their leader, and
+ *               --warn-apply-duration logs slow applies;
  *   rejected    a frame over --max-request-bytes is logged once, and 1000 of them give a
  *               bounded number of lines and a count of those left out;
  *   gateway     keel-gateway --listen-metrics parses and counts the calls sent through it.
@@ -359,10 +359,13 @@ static void histograms(void **state)
     Keel__MemberListResponse *ml = NULL;
     assert_int_equal(keel_member_list(k, &ml), 0);
     assert_int_equal((int)ml->n_members, 3);
-    char want[2][96];
+    char want[2][96], leader_line[64] = "";
     int w = 0;
     for (size_t i = 0; i < ml->n_members; i++) {
         int m = atoi(ml->members[i]->name + 1); /* "m2" */
+        if (m == leader)
+            snprintf(leader_line, sizeof(leader_line), "leader is %016llx in term",
+                     (unsigned long long)ml->members[i]->id);
         if (m == leader)
             continue;
         assert_true(w < 2);
@@ -394,6 +397,11 @@ static void histograms(void **state)
         check_histograms(&sc);
         scrape_free(&sc);
     }
+    /* Every follower logged whom it follows. */
+    assert_true(leader_line[0] != '\0');
+    for (int i = 1; i <= 3; i++)
+        if (i != leader && !tc_log_contains(&c, i, leader_line))
+            fail_msg("m%d did not log \"%s\"", i, leader_line);
     /* --warn-apply-duration 1us: every batch is slow. */
     assert_true(tc_log_contains(&c, leader, "apply request took too long"));
     keel_close(k);
