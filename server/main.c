@@ -186,6 +186,11 @@ static void collect(void *data, struct keel_metrics_sample *s)
                            "Latency of the store's commits (page writes; the sync is in the "
                            "background).",
                            &k->commit_seconds, "");
+    if (k->node_ready)
+        keel_metrics_add_histo(s, "keel_disk_wal_append_duration_seconds",
+                               "Time for an append to the raft log to become durable (its write "
+                               "and fdatasync).",
+                               keel_node_append_seconds(k->node), "");
     keel_metrics_add_histo(s, "keel_server_apply_duration_seconds",
                            "Time the storage writer took to apply one batch of committed entries.",
                            &k->apply_seconds, "");

@@ -79,6 +79,10 @@ struct keel_node {
     raft_io_recv_cb raft_recv;
     struct rtt_peer *rtt;
     size_t n_rtt;
+    /* raft_uv's append, which timed_append calls, and how long its appends took */
+    int (*uv_append)(struct raft_io *io, struct raft_io_append *req,
+                     const struct raft_entry entries[], unsigned n, raft_io_append_cb cb);
+    struct keel_histo append_seconds;
     /* The apply watch (watch_apply): when raft or the store last moved, what was logged. */
     uint64_t watch_checked, watch_since, watch_logged;
     uint64_t watch_applied, watch_committed;
@@ -721,6 +725,57 @@ static int rtt_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, r
     return n->uv_start(io, msecs, tick, rtt_recv);
 }
 
+/* ---- the raft log's appends, timed (metrics) ----
+ *
+ * From raft handing entries to raft_uv to raft_uv calling back with them durable: the write
+ * and its fdatasync, and the wait behind appends queued before it. raft_uv syncs inside its own
+ * writer with no hook, so the sync alone (etcd's wal_fsync histogram) cannot be timed without
+ * changing raft; this is the nearest. Each append carries a small heap record for its start
+ * and raft's callback; without memory for one the append goes through untimed.
+ */
+struct timed_append {
+    struct raft_io_append req; /* what raft_uv gets: first, so its callback finds the record */
+    struct keel_node *n;
+    struct raft_io_append *orig;
+    raft_io_append_cb cb;
+    uint64_t began_ns;
+};
+
+static void timed_append_done(struct raft_io_append *req, int status)
+{
+    struct timed_append *t = (struct timed_append *)req;
+    struct raft_io_append *orig = t->orig;
+    raft_io_append_cb cb = t->cb;
+    if (status == 0)
+        keel_histo_observe_ns(&t->n->append_seconds, keel_histo_now_ns() - t->began_ns);
+    free(t);
+    cb(orig, status);
+}
+
+static int timed_append(struct raft_io *io, struct raft_io_append *req,
+                        const struct raft_entry entries[], unsigned n_entries, raft_io_append_cb cb)
+{
+    struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
+    struct timed_append *t = malloc(sizeof(*t));
+    if (t == NULL)
+        return n->uv_append(io, req, entries, n_entries, cb);
+    t->req.data = NULL;
+    t->n = n;
+    t->orig = req;
+    t->cb = cb;
+    req->cb = cb; /* as raft_uv would have set it */
+    t->began_ns = keel_histo_now_ns();
+    int rv = n->uv_append(io, &t->req, entries, n_entries, timed_append_done);
+    if (rv != 0)
+        free(t);
+    return rv;
+}
+
+const struct keel_histo *keel_node_append_seconds(const struct keel_node *n)
+{
+    return &n->append_seconds;
+}
+
 /* ---- raft_uv's send, guarded ---- */
 
 /*
@@ -880,6 +935,9 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
     n->io.close = guarded_close;
     n->uv_start = n->io.start;
     n->io.start = rtt_start;
+    n->uv_append = n->io.append;
+    n->io.append = timed_append;
+    keel_histo_init_exp(&n->append_seconds, 0.001, 2, 14); /* etcd's wal_fsync layout */
     rv = raft_init(&n->raft, &n->io, &n->raft_fsm, c->member_id, c->listen_peer);
     if (rv != 0) {
         KLOG_ERROR("raft_init: %s", raft_errmsg(&n->raft));

@@ -75,6 +75,10 @@ uint64_t keel_node_commit_index(struct keel_node *n);
  * loop; *h is valid until the node is freed. */
 bool keel_node_peer_rtt(struct keel_node *n, size_t i, uint64_t *id, const struct keel_histo **h);
 
+/* How long the raft log's appends took to become durable (write and sync; node.c says why not
+ * the sync alone). Valid until the node is freed. */
+const struct keel_histo *keel_node_append_seconds(const struct keel_node *n);
+
 /* consensus.h's members. */
 size_t keel_node_members(struct keel_node *n, struct keel_consensus_member *out, size_t cap);
 
