@@ -1,7 +1,6 @@
 /* The metrics and health listener (see metrics.h). */
 #include "metrics.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -85,8 +85,12 @@ static void log_rejected(const struct keel_reply *r, uint64_t session, uint64_t 
     if (left_out > 0)
         KLOG_WARN("rejected requests: %llu more not logged (at most %u lines a second)",
                   (unsigned long long)left_out, r->rejected_log->per_sec);
-    KLOG_WARN("rejected request %llu of session %llu: %s", (unsigned long long)id,
-              (unsigned long long)session, msg ? msg : keel_strerror(err));
+    if (id == 0) /* a frame refused whole (keel_reply_refuse): the connection closes */
+        KLOG_WARN("rejected request of session %llu, closing it: %s", (unsigned long long)session,
+                  msg ? msg : keel_strerror(err));
+    else
+        KLOG_WARN("rejected request %llu of session %llu: %s", (unsigned long long)id,
+                  (unsigned long long)session, msg ? msg : keel_strerror(err));
 }
 
 int keel_reply_error_at(const struct keel_reply *r, uint64_t session, uint64_t id, int err,

@@ -432,7 +432,7 @@ static void rejected(void **state)
     tc_start_all(&c);
     struct keel *k = open_member(&c, 1);
     assert_true(tc_find_leader(&c, k, 0, 10000) == 1);
-    const char *line = "rejected request";
+    const char *line = "rejected request of session";
     assert_int_equal(log_count(&c, 1, line), 0);
     send_oversized(c.m[1].client);
     long long until = tc_now_ms() + 10000;
