@@ -6,7 +6,8 @@
  *               --warn-apply-duration logs slow applies;
  *   rejected    a frame over --max-request-bytes is logged once, and 1000 of them give a
  *               bounded number of lines and a count of those left out;
- *   gateway     keel-gateway --listen-metrics parses and counts the calls sent through it.
+ *   gateway     keel-gateway --listen-metrics parses, counts the calls sent through it and
+ *               the watch streams open.
  * Every wait is bounded; only processes started here are signalled, by PID.
  */
 #include <arpa/inet.h>
@@ -525,6 +526,48 @@ static void gateway(void **state)
     assert_false(isnan(value_of(&sc, "keel_gateway_connections", "")));
     assert_true(check_histograms(&sc) >= 1);
     scrape_free(&sc);
+
+    /* A JSON watch stays open: one watch stream and one call in flight until its client goes. */
+    int wfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strrchr(listen, ':') + 1))};
+    inet_pton(AF_INET, "127.0.1.1", &sa.sin_addr);
+    struct timeval tv = {10, 0};
+    setsockopt(wfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    assert_int_equal(connect(wfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    const char *wbody = "{\"create_request\":{\"key\":\"Z3c=\"}}";
+    char wreq[256];
+    int wn = snprintf(wreq, sizeof(wreq),
+                      "POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s",
+                      strlen(wbody), wbody);
+    assert_int_equal(write(wfd, wreq, (size_t)wn), wn);
+    char wbuf[4096] = "";
+    size_t wgot = 0;
+    while (wgot + 1 < sizeof(wbuf) && strstr(wbuf, "created") == NULL) {
+        ssize_t r = read(wfd, wbuf + wgot, sizeof(wbuf) - 1 - wgot);
+        if (r <= 0)
+            fail_msg("watch through the gateway: no created response");
+        wgot += (size_t)r;
+        wbuf[wgot] = '\0';
+    }
+    scrape(metrics, &sc);
+    assert_true(value_of(&sc, "keel_gateway_watch_streams", "") == 1);
+    assert_true(value_of(&sc, "keel_gateway_calls_in_flight", "") == 1);
+    assert_true(value_of(&sc, "keel_gateway_connections", "") >= 1);
+    scrape_free(&sc);
+    close(wfd);
+    until = tc_now_ms() + 10000;
+    double watches;
+    for (;;) {
+        scrape(metrics, &sc);
+        watches = value_of(&sc, "keel_gateway_watch_streams", "");
+        double in_flight = value_of(&sc, "keel_gateway_calls_in_flight", "");
+        scrape_free(&sc);
+        if ((watches == 0 && in_flight == 0) || tc_now_ms() > until)
+            break;
+        tu_sleep_ms(20);
+    }
+    assert_true(watches == 0);
 
     kill(pid, SIGTERM);
     int status = -1;
