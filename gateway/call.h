@@ -30,6 +30,7 @@
 #include "etcd.pb-c.h"
 
 struct keel_aclient;
+struct gw_metrics;
 
 /* gRPC status codes (grpc/doc/statuscodes.md); the JSON transport maps them to HTTP statuses. */
 enum gw_code {
@@ -68,6 +69,7 @@ struct gw_ctx {
     uint32_t request_timeout_ms; /* keel request deadline when the client sends none */
     size_t max_request_bytes;    /* a request message above this: InvalidArgument "request is too
                                     large" */
+    struct gw_metrics *metrics;  /* --listen-metrics's counters (gwmetrics.h), NULL: none */
 };
 
 enum gw_kind {
@@ -115,6 +117,9 @@ struct gw_call {
     bool require_leader;   /* "hasleader: true" metadata: fail with Unavailable "no leader" */
     bool json;             /* carried by the JSON gateway (for handlers that must differ) */
     const char *authority; /* the :authority / Host the client dialed ("" when unknown) */
+    /* gwmetrics.c's: when the call began, and its method's slot + 1 (0: not counted) */
+    uint64_t metrics_began_ns;
+    unsigned metrics_slot;
 };
 
 /*

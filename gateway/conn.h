@@ -70,6 +70,9 @@ int gw_server_start(struct gw_server **out, struct gw_ctx *ctx, const char *host
  * the listener are closed, cb(data) is called and the server freed. */
 void gw_server_stop(struct gw_server *s, void (*cb)(void *data), void *data);
 
+/* Client connections open now (for metrics). */
+size_t gw_server_connections(const struct gw_server *s);
+
 /* Queue n bytes (copied) for the peer. 0, or a negative uv error (then the connection is being
  * closed). c->write_pending counts what is not yet written: a protocol stops reading or
  * producing past its bound (nghttp2 waits; a watch gives up). */

@@ -51,6 +51,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include "grpcwire.h"
+#include "gwmetrics.h"
 #include "log.h"
 
 #define H2_MAX_STREAMS      4096
@@ -144,6 +145,7 @@ static void stream_release_input(struct h2_stream *s)
 
 static void stream_free(struct h2_stream *s)
 {
+    gw_metrics_end(&s->call, GW_CANCELLED); /* nothing when it ended already */
     stream_release_input(s);
     for (struct chunk *k = s->out_head, *next; k; k = next) {
         next = k->next;
@@ -315,6 +317,7 @@ static void stream_end(struct h2_stream *s, enum gw_code code, const char *messa
         code = s->override_code;
         message = s->override_msg;
     }
+    gw_metrics_end(&s->call, code);
     if (s->closed || !s->h) {
         stream_maybe_free(s);
         return;
@@ -443,6 +446,7 @@ static void stream_start(struct h2_stream *s)
     s->call.ctx = s->h->c->ctx;
     s->call.authority = s->authority;
     s->started = true;
+    gw_metrics_begin(&s->call);
     gw_deframer_init(&s->df, s->h->c->ctx->max_request_bytes);
 }
 

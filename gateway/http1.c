@@ -40,6 +40,7 @@
 #include <keel/keel.h>
 
 #include "conn.h"
+#include "gwmetrics.h"
 #include "log.h"
 #include "pbjson.h"
 
@@ -367,6 +368,7 @@ static void response_done(struct h1_conn *h)
 
 static void call_free(struct h1_call *c)
 {
+    gw_metrics_end(&c->call, GW_CANCELLED); /* nothing when it finished already */
     gw_jbuf_free(&c->resp);
     free(c);
 }
@@ -405,6 +407,7 @@ static void call_finish(struct gw_call *gc, enum gw_code code, const char *messa
     struct h1_call *c = (struct h1_call *)gc;
     struct h1_conn *h = c->h;
     c->finished = true;
+    gw_metrics_end(gc, code);
     if (!h) { /* the connection went first: the call waited only for this */
         call_free(c);
         return;
@@ -480,6 +483,7 @@ static struct h1_call *call_new(struct h1_conn *h)
     c->call.json = true;
     snprintf(c->authority, sizeof(c->authority), "%s", h->host);
     c->call.authority = c->authority;
+    gw_metrics_begin(&c->call);
     h->call = c;
     return c;
 }

@@ -371,6 +371,11 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         sniff(ci, buf->base, (size_t)nread);
 }
 
+size_t gw_server_connections(const struct gw_server *s)
+{
+    return s->n_conns;
+}
+
 /* ---- accepting ---- */
 
 static void peer_name(uv_tcp_t *t, char *out, size_t len)

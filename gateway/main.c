@@ -3,6 +3,7 @@
  *
  *   keel-gateway --listen HOST:PORT --endpoints A,B,C [--zone Z] [--advertise-client-urls U,...]
  *                [--request-timeout-ms MS] [--max-request-bytes N] [--log-level L]
+ *                [--listen-metrics HOST:PORT]
  *
  * One process, one libuv loop: the listener (gRPC and JSON on one port) and libkeel's client
  * share it. The gateway keeps no state of its own: several may run behind a load balancer.
@@ -18,6 +19,7 @@
 #include <keel/keel.h>
 
 #include "conn.h"
+#include "gwmetrics.h"
 #include "log.h"
 
 #define DEFAULT_LISTEN            "127.0.0.1:23790"
@@ -27,6 +29,7 @@ struct gateway {
     uv_loop_t loop;
     struct gw_ctx ctx;
     struct gw_server *srv;
+    struct gw_metrics *metrics; /* NULL without --listen-metrics */
     uv_signal_t sigint, sigterm;
     bool stopping;
 };
@@ -45,6 +48,8 @@ static void usage(FILE *f)
             "                                  (default %d)\n"
             "  --max-request-bytes N           largest request message (default %d)\n"
             "  --log-level debug|info|warn|error (default info)\n"
+            "  --listen-metrics HOST:PORT      serve /metrics (Prometheus text), /health, /readyz\n"
+            "                                  and /livez there (default: not served)\n"
             "  --version, --help\n",
             DEFAULT_LISTEN, KEEL_DEFAULT_ENDPOINT, KEEL_DEFAULT_REQUEST_TIMEOUT_MS,
             DEFAULT_MAX_REQUEST_BYTES);
@@ -111,6 +116,14 @@ static void on_server_stopped(void *data)
     keel_aclient_close(g->ctx.ac, on_client_closed, g);
 }
 
+/* The server stopped before the signal handlers existed (a start that failed half-way). */
+static void on_server_stopped_early(void *data)
+{
+    struct gateway *g = data;
+    g->srv = NULL;
+    keel_aclient_close(g->ctx.ac, on_client_closed, g);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct gateway *g = h->data;
@@ -118,15 +131,27 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     g->stopping = true;
     KLOG_INFO("signal %d: stopping (GOAWAY, draining calls in flight)", signum);
+    gw_metrics_stop(g->metrics);
     gw_server_stop(g->srv, on_server_stopped, g);
 }
 
 int main(int argc, char **argv)
 {
     const char *listen_addr = DEFAULT_LISTEN, *endpoints = NULL, *zone = "", *advertise = NULL;
+    const char *listen_metrics = NULL;
     long timeout_ms = KEEL_DEFAULT_REQUEST_TIMEOUT_MS, max_request = DEFAULT_MAX_REQUEST_BYTES;
     int level = KEEL_LOG_INFO;
-    enum { O_LISTEN = 256, O_ENDPOINTS, O_ZONE, O_ADVERTISE, O_TIMEOUT, O_MAXREQ, O_LOG, O_VER };
+    enum {
+        O_LISTEN = 256,
+        O_ENDPOINTS,
+        O_ZONE,
+        O_ADVERTISE,
+        O_TIMEOUT,
+        O_MAXREQ,
+        O_LOG,
+        O_VER,
+        O_METRICS
+    };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
         {"endpoints", required_argument, NULL, O_ENDPOINTS},
@@ -135,6 +160,7 @@ int main(int argc, char **argv)
         {"request-timeout-ms", required_argument, NULL, O_TIMEOUT},
         {"max-request-bytes", required_argument, NULL, O_MAXREQ},
         {"log-level", required_argument, NULL, O_LOG},
+        {"listen-metrics", required_argument, NULL, O_METRICS},
         {"version", no_argument, NULL, O_VER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -173,6 +199,9 @@ int main(int argc, char **argv)
                         optarg);
                 return 2;
             }
+            break;
+        case O_METRICS:
+            listen_metrics = optarg;
             break;
         case O_VER:
             printf("keel-gateway %s\n", KEEL_VERSION);
@@ -236,6 +265,22 @@ int main(int argc, char **argv)
         free_list(g.ctx.advertise_urls);
         return 1;
     }
+    if (listen_metrics != NULL) {
+        g.ctx.metrics = NULL;
+        if (gw_metrics_new(&g.loop, listen_metrics, g.srv, &g.metrics) != 0) {
+            fprintf(stderr, "keel-gateway: --listen-metrics: cannot serve on '%s'\n",
+                    listen_metrics);
+            gw_metrics_stop(g.metrics);
+            g.stopping = true;
+            gw_server_stop(g.srv, on_server_stopped_early, &g);
+            uv_run(&g.loop, UV_RUN_DEFAULT);
+            uv_loop_close(&g.loop);
+            gw_metrics_free(g.metrics);
+            free_list(g.ctx.advertise_urls);
+            return 2;
+        }
+        g.ctx.metrics = g.metrics;
+    }
     uv_signal_init(&g.loop, &g.sigint);
     uv_signal_init(&g.loop, &g.sigterm);
     g.sigint.data = g.sigterm.data = &g;
@@ -249,6 +294,7 @@ int main(int argc, char **argv)
     if (rc != 0)
         KLOG_WARN("loop closed with handles still open: %s", uv_strerror(rc));
     free_list(g.ctx.advertise_urls);
+    gw_metrics_free(g.metrics);
     KLOG_INFO("stopped");
     return 0;
 }

@@ -101,6 +101,8 @@ static const char usage[] =
     "                              that commit\n"
     "  --backend-batch-bytes N     ... or once the applied, uncommitted state held in memory\n"
     "                              reaches N bytes (default 64 MiB)\n"
+    "  --warn-apply-duration D     log a batch of entries whose apply takes longer: 100ms,\n"
+    "                              1s, 500us, or milliseconds (default 100ms; 0: never)\n"
     "  --log-level debug|info|warn|error (default info)\n"
     "  --log-format text|json      one line per event; json: "
     "{\"ts\",\"level\",\"member\",\"zone\",\n"
@@ -326,7 +328,8 @@ enum {
     O_AC_INTERVAL,
     O_DISK_RESERVE,
     O_DISK_CHECK,
-    O_CONFIG_FILE
+    O_CONFIG_FILE,
+    O_WARN_APPLY
 };
 
 /* Every setting keeld has, by its flag name: the keys of --config-file and, upper-cased with
@@ -369,6 +372,7 @@ static const struct option opts[] = {
     {"auto-compaction-retention", required_argument, NULL, O_AC_RETENTION},
     {"auto-compaction-interval-ms", required_argument, NULL, O_AC_INTERVAL},
     {"config-file", required_argument, NULL, O_CONFIG_FILE},
+    {"warn-apply-duration", required_argument, NULL, O_WARN_APPLY},
     {"help", no_argument, NULL, O_HELP},
     {"version", no_argument, NULL, O_VERSION},
     {NULL, 0, NULL, 0},
@@ -578,6 +582,27 @@ static int set_opt(struct keel_config *c, struct parse *p, int opt, const char *
     case O_METRICS:
         rv = copy_arg(c->listen_metrics, sizeof(c->listen_metrics), val, what, err, errlen);
         break;
+    case O_WARN_APPLY: {
+        /* etcd's form (a Go duration of one unit): 100ms, 1s, 500us; a bare number is
+         * milliseconds; 0 turns the line off */
+        char num[32];
+        size_t digits = strspn(val, "0123456789");
+        const char *unit = val + digits;
+        uint64_t us = strcmp(unit, "s") == 0                       ? 1000000
+                      : strcmp(unit, "ms") == 0 || unit[0] == '\0' ? 1000
+                      : strcmp(unit, "us") == 0                    ? 1
+                                                                   : 0;
+        if (digits == 0 || digits >= sizeof(num) || us == 0) {
+            rv = fail(err, errlen, "%s '%s' is not N, Nus, Nms or Ns", what, val);
+            break;
+        }
+        memcpy(num, val, digits);
+        num[digits] = '\0';
+        uint64_t w;
+        rv = parse_u64(num, 0, 3600000000ull / us, &w, what, err, errlen);
+        c->warn_apply_us = (unsigned)(w * us);
+        break;
+    }
     case O_CLUSTER_STATE:
         if (strcmp(val, "new") == 0 || strcmp(val, "existing") == 0)
             c->join = strcmp(val, "existing") == 0;
@@ -771,6 +796,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->max_watches = 100000;
     c->watch_progress_ms = 600000;
     c->backend_batch_ms = KEEL_FSM_COMMIT_MS;
+    c->warn_apply_us = 100000; /* etcd's --warn-apply-duration */
     c->backend_batch_bytes = 64u << 20;
     c->lease_checkpoint_ms = 5000;
     c->compact_mode = KEEL_COMPACT_PERIODIC;

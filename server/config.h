@@ -67,6 +67,8 @@ struct keel_config {
     char listen_metrics[KEEL_ADDR_MAX]; /* /metrics and /health ("": not served) */
     char env_unknown[256]; /* KEEL_* variables that are no setting, space-separated (cut) */
     char origins[1024];    /* which settings came from the file, the environment, flags (cut) */
+    /* --warn-apply-duration: a slower batch apply is logged (0: never; fsm.h) */
+    unsigned warn_apply_us;
 };
 
 /*

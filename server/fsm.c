@@ -275,7 +275,7 @@ static void note_mark(struct keel_fsm *f, uint64_t index)
 /* The open write's commit: sync everything applied since the last one to LMDB. */
 static void commit(struct keel_fsm *f)
 {
-    uint64_t t0 = now_ms();
+    uint64_t t0 = now_ms(), t0_ns = keel_histo_now_ns();
     size_t bytes = keel_store_write_pending_bytes(f->w);
     /* Tests that crash a member while a commit is under way wait for this line. */
     KLOG_DEBUG("store commit begins at index %llu",
@@ -284,8 +284,24 @@ static void commit(struct keel_fsm *f)
     f->w = NULL;
     if (err != 0)
         fatal("commit", err);
+    if (f->o.commit_seconds != NULL)
+        keel_histo_observe_ns(f->o.commit_seconds, keel_histo_now_ns() - t0_ns);
     KLOG_DEBUG("store commit: %zu bytes in the overlay, %llu ms", bytes,
                (unsigned long long)(now_ms() - t0));
+}
+
+/* The time the writer spent applying b's entries (apply_job, summed): recorded, and logged when
+ * over --warn-apply-duration. */
+static void apply_timed(struct keel_fsm *f, const struct keel_fsm_batch *b, uint64_t ns,
+                        uint64_t first, uint64_t last)
+{
+    if (f->o.apply_seconds != NULL)
+        keel_histo_observe_ns(f->o.apply_seconds, ns);
+    if (f->o.warn_apply_us != 0 && ns >= (uint64_t)f->o.warn_apply_us * 1000u)
+        KLOG_WARN("apply request took too long: %.3f ms for entries %llu..%llu (%zu commands), "
+                  "over --warn-apply-duration %.3f ms",
+                  (double)ns / 1e6, (unsigned long long)first, (unsigned long long)last, b->n,
+                  (double)f->o.warn_apply_us / 1e3);
 }
 
 /* Publish the batch applied in the open write: readers see it, then its results go out. */
@@ -435,6 +451,7 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&f->mu);
 
         struct keel_fsm_batch *b = NULL;
+        uint64_t apply_ns = 0, first = 0, last_index = 0; /* b's apply time and entries */
         while (jobs != NULL) {
             struct job *j = jobs;
             jobs = j->next;
@@ -452,13 +469,20 @@ static void *writer_main(void *arg)
                         fatal("begin", err);
                     f->w_began = now_ms();
                 }
-                if (b == NULL)
+                if (b == NULL) {
                     b = batch_new();
+                    apply_ns = 0;
+                    first = j->index;
+                }
+                uint64_t t0 = keel_histo_now_ns();
                 apply_job(f->w, b, j);
+                apply_ns += keel_histo_now_ns() - t0;
+                last_index = j->index;
                 if (f->dg != NULL)
                     keel_defrag_feed(f->dg, j->index, j->data, j->len);
             } else if (j->kind == JOB_DEFRAG) {
                 if (b != NULL) {
+                    apply_timed(f, b, apply_ns, first, last_index);
                     deliver(f, b);
                     b = NULL;
                 }
@@ -466,6 +490,7 @@ static void *writer_main(void *arg)
             } else {
                 /* Fetch and sync see everything before them published and committed. */
                 if (b != NULL) {
+                    apply_timed(f, b, apply_ns, first, last_index);
                     deliver(f, b);
                     b = NULL;
                 }
@@ -492,8 +517,10 @@ static void *writer_main(void *arg)
             }
             free(j);
         }
-        if (b != NULL)
+        if (b != NULL) {
+            apply_timed(f, b, apply_ns, first, last_index);
             deliver(f, b);
+        }
         defrag_poll(f);
     }
     return NULL;

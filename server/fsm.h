@@ -31,6 +31,7 @@
 #include <uv.h>
 
 #include "arena.h"
+#include "histo.h"
 #include "store.h"
 
 struct keel_fsm;
@@ -82,6 +83,14 @@ struct keel_fsm_options {
     const char *mark_path;       /* where the highest published index is noted (NULL: nowhere) */
     uint32_t commit_interval_ms; /* 0: KEEL_FSM_COMMIT_MS */
     size_t commit_bytes;         /* 0: KEEL_FSM_COMMIT_BYTES; bounds the overlay's memory */
+    /* Timings the writer records (histo.h; NULL: not recorded); they must outlive the fsm.
+     * apply_seconds: applying one batch's entries in the open write (not its commit);
+     * commit_seconds: one commit of the open write (its page writes: the sync is the store's,
+     * in the background). */
+    struct keel_histo *apply_seconds, *commit_seconds;
+    /* A batch whose apply takes longer is logged (etcd's "apply request took too long");
+     * 0: never. */
+    uint32_t warn_apply_us;
 };
 
 /* How far the writer got, as the loop sees it. */

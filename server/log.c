@@ -106,3 +106,22 @@ void keel_log(enum keel_log_level level, const char *fmt, ...)
     /* One write per line keeps lines whole when several threads log. */
     fprintf(stderr, "%s\n", line);
 }
+
+bool keel_log_limit_take(struct keel_log_limit *l, uint64_t *left_out)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    if (l->used == 0 || now - l->window_ns >= 1000000000ull) {
+        l->window_ns = now;
+        l->used = 0;
+    }
+    *left_out = l->left_out;
+    if (l->used >= l->per_sec) {
+        l->left_out++;
+        return false;
+    }
+    l->used++;
+    l->left_out = 0;
+    return true;
+}

@@ -13,6 +13,7 @@
  * holds (writes it could not commit are answered "outcome unknown") and closes raft, the storage
  * writer finishes what raft handed it, and the sessions close.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -39,6 +40,7 @@
 #include "propose.h"
 #include "publish.h"
 #include "readindex.h"
+#include "reqkind.h"
 #include "reply.h"
 #include "responder.h"
 #include "session.h"
@@ -64,8 +66,10 @@ struct keeld {
     struct keel_compactor *compactor;
     struct keel_prefer *prefer; /* NULL without --preferred-leader-zone */
     struct keel_membership *membership;
-    struct keel_metrics *metrics; /* NULL without --listen-metrics */
-    uint64_t leader_changes;      /* leaders seen (metrics) */
+    struct keel_metrics *metrics;                    /* NULL without --listen-metrics */
+    struct keel_histo apply_seconds, commit_seconds; /* the storage writer records them */
+    struct keel_log_limit rejected_log;              /* reply.h's */
+    uint64_t leader_changes;                         /* leaders seen (metrics) */
     uint64_t last_leader_seen;
     struct keel_diskwatch *diskwatch;
     /* A follower asks the leader for the NOSPACE alarm as a client would (raise_nospace). */
@@ -177,6 +181,46 @@ static void collect(void *data, struct keel_metrics_sample *s)
             s->voters++;
         else
             s->learners++;
+    }
+    keel_metrics_add_histo(s, "keel_disk_backend_commit_duration_seconds",
+                           "Latency of the store's commits (page writes; the sync is in the "
+                           "background).",
+                           &k->commit_seconds, "");
+    if (k->node_ready)
+        keel_metrics_add_histo(s, "keel_disk_wal_append_duration_seconds",
+                               "Time for an append to the raft log to become durable (its write "
+                               "and fdatasync).",
+                               keel_node_append_seconds(k->node), "");
+    keel_metrics_add_histo(s, "keel_server_apply_duration_seconds",
+                           "Time the storage writer took to apply one batch of committed entries.",
+                           &k->apply_seconds, "");
+    for (int body = 0; k->sessions != NULL && body < KEEL_SESSIONS_BODY_CASES; body++) {
+        const struct keel_histo *h = keel_sessions_request_seconds(k->sessions, body);
+        const struct keel_reqkind *kind = keel_reqkind_of((Keel__Request__BodyCase)body);
+        if (h == NULL || kind == NULL)
+            continue;
+        char labels[48] = "op=\"";
+        size_t len = 4;
+        for (const char *c = kind->name; *c != '\0' && len + 3 < sizeof(labels); c++)
+            labels[len++] = (char)tolower((unsigned char)*c);
+        memcpy(labels + len, "\"", 2);
+        keel_metrics_add_histo(s, "keel_server_request_duration_seconds",
+                               "Time from a request's arrival to its answer, by operation.", h,
+                               labels);
+    }
+    uint64_t id;
+    const struct keel_histo *rtt;
+    for (size_t i = 0; k->node_ready && keel_node_peer_rtt(k->node, i, &id, &rtt); i++) {
+        struct keel_member_info *mi = keel_members_get(&k->members, id);
+        char labels[160];
+        snprintf(labels, sizeof(labels), "To=\"%llx\",zone=\"%s\"", (unsigned long long)id,
+                 mi == NULL    ? ""
+                 : mi->zone[0] ? mi->zone
+                               : mi->stored_zone);
+        if (rtt != NULL)
+            keel_metrics_add_histo(s, "keel_network_peer_round_trip_time_seconds",
+                                   "Round trip of a heartbeat from the leader to a follower.", rtt,
+                                   labels);
     }
 }
 
@@ -446,7 +490,13 @@ static int wire(struct keeld *k)
                                   .data = k,
                                   .mark_path = mark,
                                   .commit_interval_ms = k->cfg.backend_batch_ms,
-                                  .commit_bytes = k->cfg.backend_batch_bytes};
+                                  .commit_bytes = k->cfg.backend_batch_bytes,
+                                  .apply_seconds = &k->apply_seconds,
+                                  .commit_seconds = &k->commit_seconds,
+                                  .warn_apply_us = k->cfg.warn_apply_us};
+    /* etcd's layouts: its backend commit histogram, and its apply histogram */
+    keel_histo_init_exp(&k->commit_seconds, 0.001, 2, 14);
+    keel_histo_init_exp(&k->apply_seconds, 0.0001, 2, 20);
     int rv = keel_fsm_new(&fo, &k->fsm);
     if (rv != 0) {
         KLOG_ERROR("cannot start the storage writer: %s", keel_strerror(rv));
@@ -461,7 +511,9 @@ static int wire(struct keeld *k)
                                    .members = &k->members,
                                    .store = k->store,
                                    .cluster_id = &k->cfg.cluster_id,
-                                   .member_id = k->cfg.member_id};
+                                   .member_id = k->cfg.member_id,
+                                   .rejected_log = &k->rejected_log};
+    k->rejected_log = (struct keel_log_limit){.per_sec = 10};
     k->snapstream = (struct keel_snapstream){
         .loop = &k->loop, .store = k->store, .reply = &k->reply, .fsm = k->fsm};
     struct keel_watch_options wo = {.loop = &k->loop,

@@ -8,15 +8,12 @@
  *                 "ALARM NOSPACE"), as etcd's /health;
  *   GET /readyz   200 "ok" when this member knows a leader (it can serve), else 503;
  *   GET /livez    200 "ok" while the loop turns.
- * Anything else: 404; a method other than GET or HEAD: 405; a malformed request: 400 and the
- * connection closed. Keep-alive as the client asks.
+ * Anything else: 404. The HTTP side, its bounds and the text format are expose.h's (shared with
+ * keel-gateway's /metrics).
  *
- * Bounds: at most KEEL_METRICS_MAX_CONNS connections (more are closed at once); a request's
- * path at most 256 bytes (414), its headers at most http-parser's limit (80 KiB); a connection
- * that has not completed a request in KEEL_METRICS_IDLE_MS is closed. Nothing a client sends
- * makes the member hold more than that per connection.
- *
- * What is reported comes from the collect callback, called on the loop for each request.
+ * What is reported comes from the collect callback, called on the loop for each request:
+ * gauges and counters as values, histograms as pointers to what the modules record
+ * (histo.h; the storage writer records on its own thread).
  */
 #ifndef KEEL_METRICS_H
 #define KEEL_METRICS_H
@@ -26,8 +23,17 @@
 
 #include <uv.h>
 
-#define KEEL_METRICS_MAX_CONNS 64
-#define KEEL_METRICS_IDLE_MS   10000
+#include "histo.h"
+
+#define KEEL_METRICS_MAX_HISTOS 160 /* histogram label sets in one sample */
+
+/* One histogram's label set to report. The first of a name carries its HELP: keep a name's
+ * label sets together. */
+struct keel_metrics_histo {
+    const char *name, *help; /* static strings */
+    char labels[160];        /* "" or `a="x",b="y"` */
+    const struct keel_histo *h;
+};
 
 /* One look at the member, filled by the collect callback. */
 struct keel_metrics_sample {
@@ -41,7 +47,14 @@ struct keel_metrics_sample {
     uint64_t watchers;
     uint64_t proposal_backlog_bytes; /* writes taken and not yet applied here */
     uint64_t voters, learners;
+    struct keel_metrics_histo histos[KEEL_METRICS_MAX_HISTOS];
+    size_t n_histos;
 };
+
+/* Append a histogram to s: labels "" or `a="x",b="y"` (copied, cut to fit); past
+ * KEEL_METRICS_MAX_HISTOS it is left out. For the collect callback. */
+void keel_metrics_add_histo(struct keel_metrics_sample *s, const char *name, const char *help,
+                            const struct keel_histo *h, const char *labels);
 
 struct keel_metrics_options {
     uv_loop_t *loop;

@@ -73,6 +73,16 @@ struct keel_node {
     uv_timer_t nudge;
     uint64_t nudge_index, nudge_last;
     int nudge_armed, nudge_busy;
+    /* Round trips to the followers (see "peer round trips"): raft_uv's start, raft's receive
+     * callback that rtt_recv passes every message on to, and one record per peer sent to. */
+    int (*uv_start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv);
+    raft_io_recv_cb raft_recv;
+    struct rtt_peer *rtt;
+    size_t n_rtt;
+    /* raft_uv's append, which timed_append calls, and how long its appends took */
+    int (*uv_append)(struct raft_io *io, struct raft_io_append *req,
+                     const struct raft_entry entries[], unsigned n, raft_io_append_cb cb);
+    struct keel_histo append_seconds;
     /* The apply watch (watch_apply): when raft or the store last moved, what was logged. */
     uint64_t watch_checked, watch_since, watch_logged;
     uint64_t watch_applied, watch_committed;
@@ -271,6 +281,9 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
     *bufs = b;
     *n_bufs = 1;
     bound_trailing(n);
+    KLOG_INFO("raft snapshot at applied index %llu (the log before it can be compacted once "
+              "the store has synced)",
+              (unsigned long long)raft_last_applied(&n->raft));
     return 0;
 }
 
@@ -298,6 +311,7 @@ static int fsm_snapshot_finalize(struct raft_fsm *rf, struct raft_buffer *bufs[]
 static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
 {
     struct keel_node *n = rf->data;
+    KLOG_INFO("restoring a raft snapshot (%zu bytes)", buf->len);
     int err = keel_fsm_restore(n->o.fsm, buf->base, buf->len);
     /* raft hands the buffer over only when restore succeeds (snapshotRestore frees it
      * otherwise). */
@@ -432,6 +446,7 @@ static void poll_state(uv_check_t *h)
     if (state == n->last_state && id == n->last_leader)
         return;
     bool was = n->last_state == RAFT_LEADER;
+    bool changed_state = state != n->last_state, changed_leader = id != n->last_leader;
     n->last_state = state;
     n->last_leader = id;
     if (id != 0 && n->fast_first) {
@@ -446,6 +461,16 @@ static void poll_state(uv_check_t *h)
             n->leader_barrier_busy = 1;
     } else if (was && state != RAFT_LEADER) {
         KLOG_INFO("lost leadership in term %llu", (unsigned long long)n->raft.current_term);
+    }
+    if (state == RAFT_CANDIDATE && changed_state)
+        KLOG_INFO("campaigning in term %llu: no leader heard within the election timeout",
+                  (unsigned long long)n->raft.current_term);
+    if (changed_leader && state != RAFT_LEADER) {
+        if (id != 0)
+            KLOG_INFO("leader is %016llx in term %llu", (unsigned long long)id,
+                      (unsigned long long)n->raft.current_term);
+        else if (!was)
+            KLOG_INFO("leader lost in term %llu", (unsigned long long)n->raft.current_term);
     }
     n->o.on_change(n->o.data, state == RAFT_LEADER, id);
 }
@@ -619,6 +644,138 @@ void keel_node_consensus(struct keel_node *n, struct keel_consensus *out)
     out->members = node_members;
 }
 
+/* ---- peer round trips (metrics) ----
+ *
+ * On the leader, the time from an AppendEntries heartbeat (no entries) leaving for a follower
+ * to that follower's AppendEntries result coming back: the network both ways, the follower's
+ * loop and raft's handling of the heartbeat (it answers a heartbeat at once, with no disk
+ * write), and both members' send queues. A heartbeat is timed only when nothing else sent to
+ * that follower is unanswered, so the next result from it is this heartbeat's (a follower
+ * answers in order what it receives in order). Under a steady stream of appends there may be
+ * no such moment: then there is no sample. Appends a lost connection swallowed are forgotten
+ * after an election timeout without results. Followers send no AppendEntries: they report
+ * nothing.
+ */
+#define RTT_PEERS_MAX 64
+
+struct rtt_peer {
+    uint64_t id;
+    uint64_t sent, answered; /* AppendEntries sent to it (by raft_uv's send), results back */
+    uint64_t probe_ns;       /* when the heartbeat being timed left (0: none) */
+    uint64_t heard_ns;       /* the last result, or when the counts were reset */
+    struct keel_histo seconds;
+};
+
+static struct rtt_peer *rtt_peer(struct keel_node *n, uint64_t id, bool add)
+{
+    for (size_t i = 0; i < n->n_rtt; i++)
+        if (n->rtt[i].id == id)
+            return &n->rtt[i];
+    if (!add || n->n_rtt >= RTT_PEERS_MAX)
+        return NULL;
+    if (n->rtt == NULL && (n->rtt = calloc(RTT_PEERS_MAX, sizeof(*n->rtt))) == NULL)
+        return NULL;
+    struct rtt_peer *p = &n->rtt[n->n_rtt++];
+    p->id = id;
+    p->heard_ns = keel_histo_now_ns();
+    keel_histo_init_exp(&p->seconds, 0.0001, 2, 16); /* etcd's: 0.1 ms .. 3.3 s */
+    return p;
+}
+
+/* An AppendEntries went to m->server_id (raft_uv took it). */
+static void rtt_sent(struct keel_node *n, const struct raft_message *m)
+{
+    if (m->type != RAFT_IO_APPEND_ENTRIES)
+        return;
+    struct rtt_peer *p = rtt_peer(n, m->server_id, true);
+    if (p == NULL)
+        return;
+    uint64_t now = keel_histo_now_ns();
+    if (p->sent != p->answered && now - p->heard_ns > (uint64_t)n->o.cfg->election_ms * 1000000u) {
+        p->answered = p->sent; /* lost with a connection: start counting again */
+        p->probe_ns = 0;
+        p->heard_ns = now;
+    }
+    if (p->probe_ns == 0 && p->sent == p->answered && m->append_entries.n_entries == 0)
+        p->probe_ns = now;
+    p->sent++;
+}
+
+static void rtt_recv(struct raft_io *io, struct raft_message *m)
+{
+    struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
+    struct rtt_peer *p =
+        m->type == RAFT_IO_APPEND_ENTRIES_RESULT ? rtt_peer(n, m->server_id, false) : NULL;
+    if (p != NULL && p->answered < p->sent) {
+        uint64_t now = keel_histo_now_ns();
+        p->answered++;
+        p->heard_ns = now;
+        if (p->probe_ns != 0 && p->answered == p->sent) {
+            keel_histo_observe_ns(&p->seconds, now - p->probe_ns);
+            p->probe_ns = 0;
+        }
+    }
+    n->raft_recv(io, m);
+}
+
+static int rtt_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv)
+{
+    struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
+    n->raft_recv = recv;
+    return n->uv_start(io, msecs, tick, rtt_recv);
+}
+
+/* ---- the raft log's appends, timed (metrics) ----
+ *
+ * From raft handing entries to raft_uv to raft_uv calling back with them durable: the write
+ * and its fdatasync, and the wait behind appends queued before it. raft_uv syncs inside its own
+ * writer with no hook, so the sync alone (etcd's wal_fsync histogram) cannot be timed without
+ * changing raft; this is the nearest. Each append carries a small heap record for its start
+ * and raft's callback; without memory for one the append goes through untimed.
+ */
+struct timed_append {
+    struct raft_io_append req; /* what raft_uv gets: first, so its callback finds the record */
+    struct keel_node *n;
+    struct raft_io_append *orig;
+    raft_io_append_cb cb;
+    uint64_t began_ns;
+};
+
+static void timed_append_done(struct raft_io_append *req, int status)
+{
+    struct timed_append *t = (struct timed_append *)req;
+    struct raft_io_append *orig = t->orig;
+    raft_io_append_cb cb = t->cb;
+    if (status == 0)
+        keel_histo_observe_ns(&t->n->append_seconds, keel_histo_now_ns() - t->began_ns);
+    free(t);
+    cb(orig, status);
+}
+
+static int timed_append(struct raft_io *io, struct raft_io_append *req,
+                        const struct raft_entry entries[], unsigned n_entries, raft_io_append_cb cb)
+{
+    struct keel_node *n = (struct keel_node *)((char *)io - offsetof(struct keel_node, io));
+    struct timed_append *t = malloc(sizeof(*t));
+    if (t == NULL)
+        return n->uv_append(io, req, entries, n_entries, cb);
+    t->req.data = NULL;
+    t->n = n;
+    t->orig = req;
+    t->cb = cb;
+    req->cb = cb; /* as raft_uv would have set it */
+    t->began_ns = keel_histo_now_ns();
+    int rv = n->uv_append(io, &t->req, entries, n_entries, timed_append_done);
+    if (rv != 0)
+        free(t);
+    return rv;
+}
+
+const struct keel_histo *keel_node_append_seconds(const struct keel_node *n)
+{
+    return &n->append_seconds;
+}
+
 /* ---- raft_uv's send, guarded ---- */
 
 /*
@@ -664,7 +821,10 @@ static int guarded_send(struct raft_io *io, struct raft_io_send *req, const stru
     /* raft_uv copies what it needs (it encodes the message and copies the address). */
     struct raft_message copy = *m;
     copy.server_address = to;
-    return n->uv_send(io, req, &copy, cb);
+    int rv = n->uv_send(io, req, &copy, cb);
+    if (rv == 0)
+        rtt_sent(n, m);
+    return rv;
 }
 
 /*
@@ -773,6 +933,11 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
     n->io.send = guarded_send;
     n->uv_close = n->io.close;
     n->io.close = guarded_close;
+    n->uv_start = n->io.start;
+    n->io.start = rtt_start;
+    n->uv_append = n->io.append;
+    n->io.append = timed_append;
+    keel_histo_init_exp(&n->append_seconds, 0.001, 2, 14); /* etcd's wal_fsync layout */
     rv = raft_init(&n->raft, &n->io, &n->raft_fsm, c->member_id, c->listen_peer);
     if (rv != 0) {
         KLOG_ERROR("raft_init: %s", raft_errmsg(&n->raft));
@@ -1074,5 +1239,15 @@ void keel_node_free(struct keel_node *n)
     raft_uv_close(&n->io);
     keel_transport_close(&n->transport);
     keel_logbytes_close(&n->sizes);
+    free(n->rtt);
     free(n);
+}
+
+bool keel_node_peer_rtt(struct keel_node *n, size_t i, uint64_t *id, const struct keel_histo **h)
+{
+    if (i >= n->n_rtt)
+        return false;
+    *id = n->rtt[i].id;
+    *h = peer_of(n, *id) != NULL ? &n->rtt[i].seconds : NULL;
+    return true;
 }

@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "consensus.h"
+#include "histo.h"
 #include "fsm.h"
 #include "handshake.h"
 
@@ -68,6 +69,15 @@ uint64_t keel_node_term(struct keel_node *n);
 uint64_t keel_node_last_index(struct keel_node *n);
 /* The commit index as this member knows it (0 before start). */
 uint64_t keel_node_commit_index(struct keel_node *n);
+
+/* The i-th peer this member has timed round trips to as a leader (node.c says what is timed):
+ * its id, and its histogram (NULL when it is no longer a member). false past the last. On the
+ * loop; *h is valid until the node is freed. */
+bool keel_node_peer_rtt(struct keel_node *n, size_t i, uint64_t *id, const struct keel_histo **h);
+
+/* How long the raft log's appends took to become durable (write and sync; node.c says why not
+ * the sync alone). Valid until the node is freed. */
+const struct keel_histo *keel_node_append_seconds(const struct keel_node *n);
 
 /* consensus.h's members. */
 size_t keel_node_members(struct keel_node *n, struct keel_consensus_member *out, size_t cap);

@@ -55,11 +55,50 @@ int keel_reply_send(const struct keel_reply *r, uint64_t session, Keel__Response
     return rv;
 }
 
+/*
+ * A refusal for a reason the client should fix (too large, too many operations, a bad frame) or
+ * that says the member is overloaded or full (too many requests, no space): one WARN line each,
+ * at most r->rejected_log's per_sec lines a second, then a count of those left out. Refusals of
+ * the cluster's state (not the leader, no quorum, a compacted revision) are not logged here.
+ */
+static void log_rejected(const struct keel_reply *r, uint64_t session, uint64_t id, int err,
+                         const char *msg)
+{
+    switch (err) {
+    case KEEL_EINVAL:
+    case KEEL_EKEYTOOLONG:
+    case KEEL_ETOOLARGE:
+    case KEEL_ENOSPACE:
+    case KEEL_ETOOMANYOPS:
+    case KEEL_EDUPKEY:
+    case KEEL_ETOOMANYREQUESTS:
+    case KEEL_EFRAMETOOLARGE:
+    case KEEL_EBADFRAME:
+    case KEEL_EREPLYTOOLARGE:
+        break;
+    default:
+        return;
+    }
+    uint64_t left_out;
+    if (r->rejected_log == NULL || !keel_log_limit_take(r->rejected_log, &left_out))
+        return;
+    if (left_out > 0)
+        KLOG_WARN("rejected requests: %llu more not logged (at most %u lines a second)",
+                  (unsigned long long)left_out, r->rejected_log->per_sec);
+    if (id == 0) /* a frame refused whole (keel_reply_refuse): the connection closes */
+        KLOG_WARN("rejected request of session %llu, closing it: %s", (unsigned long long)session,
+                  msg ? msg : keel_strerror(err));
+    else
+        KLOG_WARN("rejected request %llu of session %llu: %s", (unsigned long long)id,
+                  (unsigned long long)session, msg ? msg : keel_strerror(err));
+}
+
 int keel_reply_error_at(const struct keel_reply *r, uint64_t session, uint64_t id, int err,
                         const char *msg, int64_t revision)
 {
     Keel__Response resp = KEEL__RESPONSE__INIT;
     Keel__Error e;
+    log_rejected(r, session, id, err, msg);
     keel_reply_error_fill(r, err, msg, &e);
     resp.id = id;
     resp.error = &e;
@@ -76,6 +115,7 @@ int keel_reply_refuse(const struct keel_reply *r, uint64_t session, int err, con
 {
     Keel__Response resp = KEEL__RESPONSE__INIT;
     Keel__Error e;
+    log_rejected(r, session, 0, err, msg);
     keel_reply_error_fill(r, err, msg, &e);
     resp.error = &e;
     return r->out->send(r->out->ctx, session, &resp.base, KEEL_RESPOND_PUSH);

@@ -14,6 +14,7 @@
 
 #include "consensus.h"
 #include "keel.pb-c.h"
+#include "log.h"
 #include "members.h"
 #include "responder.h"
 #include "store.h"
@@ -25,6 +26,9 @@ struct keel_reply {
     struct keel_store *store;          /* the current revision for headers */
     const uint64_t *cluster_id;        /* read at each use (a joining member learns it late) */
     uint64_t member_id;
+    /* Where refusals the client should act on are logged (too large, too many operations, no
+     * space, overload: see reply.c), rate-limited; NULL: not logged. */
+    struct keel_log_limit *rejected_log;
 };
 
 /* Fill out (initialised here) for an answer at revision; revision < 0: the store's current

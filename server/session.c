@@ -65,6 +65,7 @@
 #include "err.h"
 #include "frame.h"
 #include "log.h"
+#include "reqkind.h"
 #include "u64map.h"
 
 #define READ_CHUNK     (64 * 1024)
@@ -120,6 +121,15 @@ struct keel_session {
     int dirty;
     struct drain_hook *hooks; /* the responder's drain hooks, newest first */
     int in_drain;             /* hooks being called: removals only mark them */
+    /* Requests handed up and not yet answered, by request id: when and what (struct started),
+     * for the request duration histograms. At most max_inflight entries. */
+    struct keel_u64map started;
+};
+
+/* When a request was handed up, and its body case. */
+struct started {
+    uint64_t at_ns;
+    int body;
 };
 
 struct wait_list {
@@ -156,6 +166,9 @@ struct keel_sessions {
     int open_handles;
     void (*close_cb)(void *data);
     void *close_data;
+    /* Request durations by body case, each made at its first answer
+     * (keel_sessions_request_seconds). */
+    struct keel_histo *req_seconds[KEEL_SESSIONS_BODY_CASES];
 };
 
 static void start_write(struct keel_session *s);
@@ -417,6 +430,66 @@ static void session_done(struct keel_session *s)
     recheck(s);
 }
 
+/* ---- request durations ----
+ *
+ * From the moment a request is handed up (decoded, past the back-pressure limits) to the moment
+ * its answer is queued for the write: everything keeld does for it (propose, raft, apply, a
+ * read's wait for its index), but not the time it waited in the socket or the session's buffer,
+ * nor the write itself. Only requests answered once (not streams: watches, snapshots) are timed;
+ * one answered by the end of a stream (respond_done) is dropped with its session.
+ */
+
+static void timing_start(struct keel_session *s, const Keel__Request *req)
+{
+    const struct keel_reqkind *kind = keel_reqkind_of(req->body_case);
+    if (kind == NULL || (kind->flags & KEEL_REQKIND_STREAM) || req->id == 0 ||
+        (int)req->body_case >= KEEL_SESSIONS_BODY_CASES || s->started.n >= s->ss->cfg->max_inflight)
+        return;
+    struct started *st = keel_u64map_get(&s->started, req->id);
+    if (st == NULL) {
+        /* A client reusing an id in flight keeps one entry: the later request's. */
+        st = malloc(sizeof(*st));
+        if (st == NULL || keel_u64map_put(&s->started, req->id, st) != 0) {
+            free(st);
+            return;
+        }
+    }
+    st->at_ns = keel_histo_now_ns();
+    st->body = (int)req->body_case;
+}
+
+static void timing_end(struct keel_session *s, const ProtobufCMessage *msg)
+{
+    if (msg->descriptor != &keel__response__descriptor)
+        return;
+    uint64_t id = ((const Keel__Response *)msg)->id;
+    struct started *st = id != 0 ? keel_u64map_del(&s->started, id) : NULL;
+    if (st == NULL)
+        return;
+    struct keel_sessions *ss = s->ss;
+    struct keel_histo *h = ss->req_seconds[st->body];
+    if (h == NULL && (h = malloc(sizeof(*h))) != NULL) {
+        keel_histo_init_exp(h, 0.0001, 2, 20); /* 0.1 ms .. 52 s, as etcd's apply histogram */
+        ss->req_seconds[st->body] = h;
+    }
+    if (h != NULL)
+        keel_histo_observe_ns(h, keel_histo_now_ns() - st->at_ns);
+    free(st);
+}
+
+static void timing_close(struct keel_session *s)
+{
+    for (size_t i = 0; i < s->started.cap; i++)
+        if (s->started.keys[i] != 0)
+            free(s->started.vals[i]);
+    keel_u64map_close(&s->started);
+}
+
+const struct keel_histo *keel_sessions_request_seconds(const struct keel_sessions *ss, int body)
+{
+    return body >= 0 && body < KEEL_SESSIONS_BODY_CASES ? ss->req_seconds[body] : NULL;
+}
+
 /* ---- the responder seam ---- */
 
 /* The session with id, NULL once it is closing. */
@@ -437,8 +510,10 @@ static int respond_send(void *ctx, uint64_t id, const ProtobufCMessage *msg,
     if (kind == KEEL_RESPOND_ANSWER && n - KEEL_FRAME_HEADER > KEEL_FRAME_DEFAULT_MAX)
         return KEEL_EREPLYTOOLARGE;
     session_send(s, msg, n);
-    if (kind == KEEL_RESPOND_ANSWER)
+    if (kind == KEEL_RESPOND_ANSWER) {
+        timing_end(s, msg);
         session_done(s);
+    }
     return 0;
 }
 
@@ -554,6 +629,7 @@ static void session_freed(uv_handle_t *h)
     if (s->accepted && ss->h.closed != NULL)
         ss->h.closed(ss->h.data, s->id);
     hooks_call(s, 1);
+    timing_close(s);
     keel_frame_decoder_close(&s->dec);
     free(s->out.data);
     free(s->writing.data);
@@ -699,7 +775,8 @@ static void stop_reading(struct keel_session *s)
 /* The handler tells the client why; the session closes once that is written. */
 static void refuse_frame(struct keel_session *s, int err, const char *msg)
 {
-    KLOG_INFO("session %llu: %s; closing", (unsigned long long)s->id, msg);
+    /* reply.c logs the refusal, rate-limited */
+    KLOG_DEBUG("session %llu: %s; closing", (unsigned long long)s->id, msg);
     s->ss->h.refuse(s->ss->h.data, s->id, err, msg);
     s->close_after_flush = 1;
     stop_reading(s);
@@ -742,6 +819,7 @@ static int handle_frame(struct keel_session *s, const uint8_t *payload, size_t l
     }
     s->inflight++;
     ss->inflight++;
+    timing_start(s, (Keel__Request *)m);
     ss->h.request(ss->h.data, s->id, (Keel__Request *)m);
     return 0;
 }
@@ -843,6 +921,7 @@ static void on_connection(uv_stream_t *server, int status)
     if (s == NULL)
         return;
     s->ss = ss;
+    keel_u64map_init(&s->started);
     s->id = ++ss->next_id;
     uv_tcp_init(ss->loop, &s->tcp);
     s->tcp.data = s;
@@ -958,5 +1037,7 @@ void keel_sessions_free(struct keel_sessions *ss)
     if (ss == NULL)
         return;
     keel_u64map_close(&ss->live);
+    for (int i = 0; i < KEEL_SESSIONS_BODY_CASES; i++)
+        free(ss->req_seconds[i]);
     free(ss);
 }

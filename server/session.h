@@ -29,6 +29,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "histo.h"
 #include "keel.pb-c.h"
 #include "responder.h"
 
@@ -74,6 +75,14 @@ struct keel_sessions_pressure {
 
 /* Yield to p (copied; NULL: to nothing). */
 void keel_sessions_set_pressure(struct keel_sessions *ss, const struct keel_sessions_pressure *p);
+
+/* Request body cases timed (keel.proto's Request numbers its bodies below this). */
+#define KEEL_SESSIONS_BODY_CASES 128
+
+/* How long requests with body case body (Keel__Request__BodyCase) took, from being handed up to
+ * their answer being queued (session.c says what that includes); NULL when none was answered
+ * yet. On the loop; valid for the registry's life. */
+const struct keel_histo *keel_sessions_request_seconds(const struct keel_sessions *ss, int body);
 
 /* What the sessions hold now, for metrics and tests. */
 struct keel_sessions_stat {

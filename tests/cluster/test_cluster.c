@@ -1101,7 +1101,7 @@ static double check_prometheus(const char *text, const char *want)
             if (!metric_name_ok(nm, n) || nm[n] != ' ')
                 fail_msg("bad comment line: %s", l);
             if (l[2] == 'T' && strcmp(nm + n + 1, "counter") != 0 &&
-                strcmp(nm + n + 1, "gauge") != 0)
+                strcmp(nm + n + 1, "gauge") != 0 && strcmp(nm + n + 1, "histogram") != 0)
                 fail_msg("bad type: %s", l);
             continue;
         }

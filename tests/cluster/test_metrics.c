@@ -1,0 +1,598 @@
+/*
+ * The operability series and log lines through real processes: `test_metrics <group>`.
+ *   histograms  keeld's histograms parse (buckets cumulative, +Inf = _count, _sum >= 0), the
+ *               put durations count every put sent to the member, the leader reports a round
+ *               trip to each follower by id and zone, followers log their leader, and
+ *               --warn-apply-duration logs slow applies;
+ *   rejected    a frame over --max-request-bytes is logged once, and 1000 of them give a
+ *               bounded number of lines and a count of those left out;
+ *   gateway     keel-gateway --listen-metrics parses, counts the calls sent through it and
+ *               the watch streams open.
+ * Every wait is bounded; only processes started here are signalled, by PID.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "cluster.h"
+#include "keel/keel.h"
+#include "rawconn.h"
+#include "testutil.h"
+
+extern char **environ;
+
+/* ---- HTTP and the Prometheus text ---- */
+
+/* One HTTP/1.1 request to addr ("a.b.c.d:port") with an optional body; the status, and the
+ * body (malloc'd, NUL-terminated) in *out when out is not NULL. -1 when nothing came back. */
+static int http_req(const char *addr, const char *method, const char *path, const char *body,
+                    char **out)
+{
+    char host[32];
+    const char *colon = strrchr(addr, ':');
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - addr), addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    char req[1024];
+    int n = snprintf(req, sizeof(req),
+                     "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %zu\r\n"
+                     "Content-Type: application/json\r\n\r\n%s",
+                     method, path, addr, body ? strlen(body) : 0, body ? body : "");
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    size_t cap = 4 << 20, got = 0;
+    char *buf = malloc(cap + 1);
+    ssize_t r;
+    while (got < cap && (r = read(fd, buf + got, cap - got)) > 0)
+        got += (size_t)r;
+    close(fd);
+    buf[got] = '\0';
+    int status = -1;
+    if (sscanf(buf, "HTTP/1.1 %d", &status) != 1)
+        status = -1;
+    if (out != NULL) {
+        const char *b = strstr(buf, "\r\n\r\n");
+        *out = strdup(b ? b + 4 : "");
+    }
+    free(buf);
+    return status;
+}
+
+struct sample {
+    char name[128];
+    char labels[256]; /* inside the braces, "" for none */
+    double v;
+};
+
+struct family {
+    char name[128];
+    char type[16];
+};
+
+struct scrape {
+    struct sample *s;
+    size_t n;
+    struct family f[256];
+    size_t nf;
+};
+
+static bool name_ok(const char *s, size_t n)
+{
+    if (n == 0 || n >= 128)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        bool alpha = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' || ch == ':';
+        if (!alpha && !(i > 0 && ch >= '0' && ch <= '9'))
+            return false;
+    }
+    return true;
+}
+
+/* Parse the exposition text, failing the test at the first line that is not the format. */
+static void parse(const char *text, struct scrape *sc)
+{
+    memset(sc, 0, sizeof(*sc));
+    size_t cap = 0;
+    char *copy = strdup(text), *save = NULL;
+    for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        if (strncmp(l, "# HELP ", 7) == 0 || strncmp(l, "# TYPE ", 7) == 0) {
+            const char *nm = l + 7;
+            size_t n = strcspn(nm, " ");
+            if (!name_ok(nm, n) || nm[n] != ' ')
+                fail_msg("bad comment line: %s", l);
+            if (l[2] == 'T') {
+                const char *t = nm + n + 1;
+                if (strcmp(t, "counter") != 0 && strcmp(t, "gauge") != 0 &&
+                    strcmp(t, "histogram") != 0)
+                    fail_msg("bad type: %s", l);
+                assert_true(sc->nf < sizeof(sc->f) / sizeof(sc->f[0]));
+                snprintf(sc->f[sc->nf].name, sizeof(sc->f[0].name), "%.*s", (int)n, nm);
+                snprintf(sc->f[sc->nf].type, sizeof(sc->f[0].type), "%s", t);
+                sc->nf++;
+            }
+            continue;
+        }
+        if (sc->n == cap) {
+            cap = cap ? cap * 2 : 256;
+            sc->s = realloc(sc->s, cap * sizeof(*sc->s));
+        }
+        struct sample *s = &sc->s[sc->n];
+        size_t n = strcspn(l, "{ ");
+        if (!name_ok(l, n))
+            fail_msg("bad sample name: %s", l);
+        snprintf(s->name, sizeof(s->name), "%.*s", (int)n, l);
+        s->labels[0] = '\0';
+        const char *p = l + n;
+        if (*p == '{') {
+            const char *end = strrchr(p, '}');
+            if (end == NULL || (size_t)(end - p - 1) >= sizeof(s->labels))
+                fail_msg("bad labels: %s", l);
+            for (const char *q = p + 1; q < end;) {
+                size_t k = strcspn(q, "=");
+                if (!name_ok(q, k) || q[k + 1] != '"')
+                    fail_msg("bad label: %s", l);
+                const char *close_q = strchr(q + k + 2, '"');
+                if (close_q == NULL || close_q > end)
+                    fail_msg("bad label value: %s", l);
+                q = close_q + 1;
+                if (*q == ',')
+                    q++;
+                else if (q != end)
+                    fail_msg("labels not comma separated: %s", l);
+            }
+            snprintf(s->labels, sizeof(s->labels), "%.*s", (int)(end - p - 1), p + 1);
+            p = end + 1;
+        }
+        if (*p != ' ')
+            fail_msg("no value: %s", l);
+        char *endv = NULL;
+        s->v = strtod(p + 1, &endv);
+        if (endv == p + 1 || *endv != '\0')
+            fail_msg("bad value: %s", l);
+        sc->n++;
+    }
+    free(copy);
+}
+
+static void scrape(const char *addr, struct scrape *sc)
+{
+    char *body = NULL;
+    int st = http_req(addr, "GET", "/metrics", NULL, &body);
+    if (st != 200)
+        fail_msg("GET %s/metrics: %d", addr, st);
+    parse(body, sc);
+    free(body);
+}
+
+static void scrape_free(struct scrape *sc)
+{
+    free(sc->s);
+    sc->s = NULL;
+}
+
+/* The value of name{labels} (labels exactly as printed), NAN when absent. */
+static double value_of(const struct scrape *sc, const char *name, const char *labels)
+{
+    for (size_t i = 0; i < sc->n; i++)
+        if (strcmp(sc->s[i].name, name) == 0 && strcmp(sc->s[i].labels, labels) == 0)
+            return sc->s[i].v;
+    return NAN;
+}
+
+/* Every histogram family: per label set, buckets in increasing le with non-decreasing counts,
+ * the last +Inf and equal to _count, _sum >= 0. Fails the test; returns the families seen. */
+static int check_histograms(const struct scrape *sc)
+{
+    int families = 0;
+    for (size_t f = 0; f < sc->nf; f++) {
+        if (strcmp(sc->f[f].type, "histogram") != 0)
+            continue;
+        families++;
+        const char *fam = sc->f[f].name;
+        char n_count[160], n_bucket[160], n_sum[160];
+        snprintf(n_count, sizeof(n_count), "%s_count", fam);
+        snprintf(n_bucket, sizeof(n_bucket), "%s_bucket", fam);
+        snprintf(n_sum, sizeof(n_sum), "%s_sum", fam);
+        int sets = 0;
+        for (size_t i = 0; i < sc->n; i++) {
+            if (strcmp(sc->s[i].name, n_count) != 0)
+                continue;
+            sets++;
+            const char *labels = sc->s[i].labels;
+            double count = sc->s[i].v, sum = value_of(sc, n_sum, labels);
+            if (!(sum >= 0))
+                fail_msg("%s{%s}: _sum %g", fam, labels, sum);
+            double last_le = -INFINITY, last_v = 0;
+            int buckets = 0;
+            bool inf = false;
+            for (size_t j = 0; j < sc->n; j++) {
+                const struct sample *b = &sc->s[j];
+                if (strcmp(b->name, n_bucket) != 0)
+                    continue;
+                const char *le = strstr(b->labels, "le=\"");
+                if (le == NULL)
+                    fail_msg("%s bucket without le: {%s}", fam, b->labels);
+                size_t pre = (size_t)(le - b->labels);
+                size_t want = strlen(labels);
+                if (want == 0 ? pre != 0 : (pre != want + 1 || strncmp(b->labels, labels, want)))
+                    continue; /* another label set's */
+                assert_false(inf);
+                double lev = strncmp(le + 4, "+Inf\"", 5) == 0 ? INFINITY : strtod(le + 4, NULL);
+                if (!(lev > last_le) || b->v < last_v)
+                    fail_msg("%s{%s}: bucket le=%g (%g) after le=%g (%g)", fam, labels, lev, b->v,
+                             last_le, last_v);
+                last_le = lev;
+                last_v = b->v;
+                inf = isinf(lev);
+                buckets++;
+            }
+            if (!inf || buckets < 2 || last_v != count)
+                fail_msg("%s{%s}: %d buckets, +Inf %s %g, _count %g", fam, labels, buckets,
+                         inf ? "is" : "missing", last_v, count);
+        }
+        if (sets == 0)
+            fail_msg("histogram %s has no _count", fam);
+    }
+    return families;
+}
+
+/* ---- helpers ---- */
+
+static int fresh_port(const struct tc_cluster *c, int i)
+{
+    char host[24];
+    snprintf(host, sizeof(host), "127.0.%d.1", i);
+    for (int tries = 0; tries < 100; tries++) {
+        int port = tc_free_port(host);
+        char addr[32];
+        snprintf(addr, sizeof(addr), "%s:%d", host, port);
+        if (port > 0 && strcmp(addr, c->m[i].client) != 0 && strcmp(addr, c->m[i].peer) != 0)
+            return port;
+    }
+    fail_msg("no free port on %s", host);
+    return 0;
+}
+
+static struct keel *open_member(const struct tc_cluster *c, int member)
+{
+    char eps[512];
+    tc_endpoints(c, member, eps, sizeof(eps));
+    struct keel_options o = {
+        .endpoints = eps, .request_timeout_ms = 4000, .dial_timeout_ms = 500, .max_retries = -1};
+    struct keel *k = NULL;
+    assert_int_equal(keel_open(&k, &o), 0);
+    return k;
+}
+
+/* Lines of member i's log holding needle. */
+static int log_count(const struct tc_cluster *c, int i, const char *needle)
+{
+    FILE *f = fopen(c->m[i].log, "r");
+    if (f == NULL)
+        return 0;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* Give each member a --listen-metrics address (in maddr[i]) and extra flags. */
+static void with_metrics(struct tc_cluster *c, char maddr[][32], const char *extra)
+{
+    for (int i = 1; i <= c->n; i++) {
+        snprintf(maddr[i], 32, "127.0.%d.1:%d", i, fresh_port(c, i));
+        snprintf(c->m[i].extra, sizeof(c->m[i].extra), "--listen-metrics %s %s", maddr[i], extra);
+    }
+}
+
+/* ---- histograms ---- */
+
+static void histograms(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "hist");
+    char maddr[4][32];
+    with_metrics(&c, maddr, "--warn-apply-duration 1us");
+    tc_start_all(&c);
+    struct keel *any = open_member(&c, 0);
+    int leader = tc_find_leader(&c, any, 0, 10000);
+    assert_true(leader > 0);
+    struct keel *k = open_member(&c, leader);
+    struct scrape sc;
+    /* A put answered before the scrape below: the leader has served it. */
+    assert_int_equal(keel_put(k, "warm", 4, "v", 1, NULL, NULL), 0);
+    scrape(maddr[leader], &sc);
+    double before = value_of(&sc, "keel_server_request_duration_seconds_count", "op=\"put\"");
+    assert_true(before >= 1);
+    scrape_free(&sc);
+    const int puts = 25;
+    for (int i = 0; i < puts; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "h/%d", i);
+        int rv = keel_put(k, key, strlen(key), "v", 1, NULL, NULL);
+        if (rv != 0)
+            fail_msg("put %s: %s", key, keel_strerror(rv));
+    }
+    Keel__RangeResponse *rr = NULL;
+    assert_int_equal(keel_get(k, "h/0", 3, NULL, &rr), 0);
+    keel__range_response__free_unpacked(rr, NULL);
+    scrape(maddr[leader], &sc);
+    double after = value_of(&sc, "keel_server_request_duration_seconds_count", "op=\"put\"");
+    if (!(after >= before + puts))
+        fail_msg("put durations counted %g -> %g for %d puts", before, after, puts);
+    assert_true(value_of(&sc, "keel_server_request_duration_seconds_count", "op=\"range\"") >= 1);
+    assert_true(value_of(&sc, "keel_server_apply_duration_seconds_count", "") >= 1);
+    /* Every put went through the leader's log: at least one append each time it was idle. */
+    assert_true(value_of(&sc, "keel_disk_wal_append_duration_seconds_count", "") >= 1);
+    scrape_free(&sc);
+
+    /* The store commits once idle past its interval (500 ms); the leader hears every follower
+     * within a few heartbeats. Ids as member list says, zones as the harness lays them out. */
+    Keel__MemberListResponse *ml = NULL;
+    assert_int_equal(keel_member_list(k, &ml), 0);
+    assert_int_equal((int)ml->n_members, 3);
+    char want[2][96], leader_line[64] = "";
+    int w = 0;
+    for (size_t i = 0; i < ml->n_members; i++) {
+        int m = atoi(ml->members[i]->name + 1); /* "m2" */
+        if (m == leader)
+            snprintf(leader_line, sizeof(leader_line), "leader is %016llx in term",
+                     (unsigned long long)ml->members[i]->id);
+        if (m == leader)
+            continue;
+        assert_true(w < 2);
+        snprintf(want[w++], sizeof(want[0]), "To=\"%llx\",zone=\"z%d\"",
+                 (unsigned long long)ml->members[i]->id, m);
+    }
+    keel__member_list_response__free_unpacked(ml, NULL);
+    assert_int_equal(w, 2);
+    long long until = tc_now_ms() + 15000;
+    bool seen = false;
+    for (;;) {
+        scrape(maddr[leader], &sc);
+        double commits = value_of(&sc, "keel_disk_backend_commit_duration_seconds_count", "");
+        double rtt0 = value_of(&sc, "keel_network_peer_round_trip_time_seconds_count", want[0]);
+        double rtt1 = value_of(&sc, "keel_network_peer_round_trip_time_seconds_count", want[1]);
+        seen = commits >= 1 && rtt0 >= 1 && rtt1 >= 1;
+        if (seen || tc_now_ms() > until)
+            break;
+        scrape_free(&sc);
+        tu_sleep_ms(100);
+    }
+    if (!seen)
+        fail_msg("no commit or no round trip to %s and %s on the leader", want[0], want[1]);
+    /* Five families on the leader, every one well formed. */
+    assert_true(check_histograms(&sc) >= 5);
+    scrape_free(&sc);
+    for (int i = 1; i <= 3; i++) {
+        scrape(maddr[i], &sc);
+        check_histograms(&sc);
+        scrape_free(&sc);
+    }
+    /* Every follower logged whom it follows. */
+    assert_true(leader_line[0] != '\0');
+    for (int i = 1; i <= 3; i++)
+        if (i != leader && !tc_log_contains(&c, i, leader_line))
+            fail_msg("m%d did not log \"%s\"", i, leader_line);
+    /* --warn-apply-duration 1us: every batch is slow. */
+    assert_true(tc_log_contains(&c, leader, "apply request took too long"));
+    keel_close(k);
+    keel_close(any);
+    tc_cluster_close(&c);
+}
+
+/* ---- rejected requests ---- */
+
+/* A connection that sends a frame header claiming 64 MiB: refused (FRAMETOOLARGE) and closed. */
+static void send_oversized(const char *addr)
+{
+    int fd = raw_dial(addr, 0);
+    uint8_t hdr[4] = {0x04, 0x00, 0x00, 0x00};
+    raw_send(fd, hdr, sizeof(hdr));
+    assert_true(raw_closed(fd, RAW_WAIT_MS));
+    close(fd);
+}
+
+static void rejected(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 1, "reject");
+    snprintf(c.extra, sizeof(c.extra), "--max-request-bytes 65536");
+    tc_start_all(&c);
+    struct keel *k = open_member(&c, 1);
+    assert_true(tc_find_leader(&c, k, 0, 10000) == 1);
+    const char *line = "rejected request of session";
+    assert_int_equal(log_count(&c, 1, line), 0);
+    send_oversized(c.m[1].client);
+    long long until = tc_now_ms() + 10000;
+    while (log_count(&c, 1, line) < 1 && tc_now_ms() < until)
+        tu_sleep_ms(20);
+    assert_int_equal(log_count(&c, 1, line), 1);
+    assert_true(tc_log_contains(&c, 1, "frame exceeds the maximum request size"));
+
+    /* A flood: at most 10 lines a second, then a count of those left out (logged with the next
+     * line after the second). */
+    tu_sleep_ms(1100);
+    long long t0 = tc_now_ms();
+    const int flood = 1000;
+    for (int i = 0; i < flood; i++)
+        send_oversized(c.m[1].client);
+    long long secs = (tc_now_ms() - t0) / 1000 + 1;
+    tu_sleep_ms(1100);
+    send_oversized(c.m[1].client);
+    until = tc_now_ms() + 10000;
+    while (log_count(&c, 1, "more not logged") < 1 && tc_now_ms() < until)
+        tu_sleep_ms(20);
+    int lines = log_count(&c, 1, line) - 1;
+    int left_out = log_count(&c, 1, "more not logged");
+    /* Each window allows 10; the flood spans at most secs + 1 windows, the last send one more. */
+    if (lines > 10 * ((int)secs + 1) + 1 || lines < 10)
+        fail_msg("%d lines for %d rejected requests in %lld s", lines, flood + 1, secs);
+    assert_true(left_out >= 1);
+    assert_true(lines < flood / 2);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+/* ---- keel-gateway ---- */
+
+static void gateway(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "gwmetrics");
+    tc_start_all(&c);
+    struct keel *k = open_member(&c, 0);
+    assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
+    char listen[32], metrics[32], eps[512], log[600];
+    snprintf(listen, sizeof(listen), "127.0.1.1:%d", fresh_port(&c, 1));
+    do
+        snprintf(metrics, sizeof(metrics), "127.0.1.1:%d", fresh_port(&c, 1));
+    while (strcmp(metrics, listen) == 0);
+    tc_endpoints(&c, 0, eps, sizeof(eps));
+    snprintf(log, sizeof(log), "%s/gateway.log", c.root);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    char *argv[] = {KEEL_GATEWAY_PATH,  "--listen", listen, "--endpoints", eps,
+                    "--listen-metrics", metrics,    NULL};
+    pid_t pid = 0;
+    assert_int_equal(posix_spawn(&pid, KEEL_GATEWAY_PATH, &fa, NULL, argv, environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    long long until = tc_now_ms() + 15000;
+    int st;
+    while ((st = http_req(metrics, "GET", "/livez", NULL, NULL)) != 200 && tc_now_ms() < until)
+        tu_sleep_ms(50);
+    assert_int_equal(st, 200);
+
+    const int puts = 12;
+    for (int i = 0; i < puts; i++) {
+        char *body = NULL;
+        st = http_req(listen, "POST", "/v3/kv/put", "{\"key\":\"Z3c=\",\"value\":\"dg==\"}", &body);
+        if (st != 200)
+            fail_msg("put through the gateway: %d %s", st, body ? body : "");
+        free(body);
+    }
+    st = http_req(listen, "POST", "/v3/kv/range", "{\"key\":\"\"}", NULL);
+    struct scrape sc;
+    scrape(metrics, &sc);
+    const char *put = "grpc_service=\"etcdserverpb.KV\",grpc_method=\"Put\"";
+    char ok[160];
+    snprintf(ok, sizeof(ok), "%s,code=\"OK\"", put);
+    assert_true(value_of(&sc, "keel_gateway_requests_total", ok) == puts);
+    assert_true(value_of(&sc, "keel_gateway_request_duration_seconds_count", put) == puts);
+    /* The empty key is refused (etcd: "key is not provided"): counted under its code. */
+    double refused = 0;
+    for (size_t i = 0; i < sc.n; i++)
+        if (strcmp(sc.s[i].name, "keel_gateway_requests_total") == 0 &&
+            strstr(sc.s[i].labels, "grpc_method=\"Range\"") != NULL)
+            refused += sc.s[i].v;
+    assert_true(refused == 1);
+    assert_true(value_of(&sc, "keel_gateway_calls_in_flight", "") == 0);
+    assert_true(value_of(&sc, "keel_gateway_watch_streams", "") == 0);
+    assert_false(isnan(value_of(&sc, "keel_gateway_connections", "")));
+    assert_true(check_histograms(&sc) >= 1);
+    scrape_free(&sc);
+
+    /* A JSON watch stays open: one watch stream and one call in flight until its client goes. */
+    int wfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strrchr(listen, ':') + 1))};
+    inet_pton(AF_INET, "127.0.1.1", &sa.sin_addr);
+    struct timeval tv = {10, 0};
+    setsockopt(wfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    assert_int_equal(connect(wfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    const char *wbody = "{\"create_request\":{\"key\":\"Z3c=\"}}";
+    char wreq[256];
+    int wn = snprintf(wreq, sizeof(wreq),
+                      "POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s",
+                      strlen(wbody), wbody);
+    assert_int_equal(write(wfd, wreq, (size_t)wn), wn);
+    char wbuf[4096] = "";
+    size_t wgot = 0;
+    while (wgot + 1 < sizeof(wbuf) && strstr(wbuf, "created") == NULL) {
+        ssize_t r = read(wfd, wbuf + wgot, sizeof(wbuf) - 1 - wgot);
+        if (r <= 0)
+            fail_msg("watch through the gateway: no created response");
+        wgot += (size_t)r;
+        wbuf[wgot] = '\0';
+    }
+    scrape(metrics, &sc);
+    assert_true(value_of(&sc, "keel_gateway_watch_streams", "") == 1);
+    assert_true(value_of(&sc, "keel_gateway_calls_in_flight", "") == 1);
+    assert_true(value_of(&sc, "keel_gateway_connections", "") >= 1);
+    scrape_free(&sc);
+    close(wfd);
+    until = tc_now_ms() + 10000;
+    double watches;
+    for (;;) {
+        scrape(metrics, &sc);
+        watches = value_of(&sc, "keel_gateway_watch_streams", "");
+        double in_flight = value_of(&sc, "keel_gateway_calls_in_flight", "");
+        scrape_free(&sc);
+        if ((watches == 0 && in_flight == 0) || tc_now_ms() > until)
+            break;
+        tu_sleep_ms(20);
+    }
+    assert_true(watches == 0);
+
+    kill(pid, SIGTERM);
+    int status = -1;
+    until = tc_now_ms() + 30000;
+    while (waitpid(pid, &status, WNOHANG) == 0 && tc_now_ms() < until)
+        tu_sleep_ms(20);
+    if (!WIFEXITED(status)) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fail_msg("keel-gateway did not exit on SIGTERM");
+    }
+    assert_int_equal(WEXITSTATUS(status), 0);
+    keel_close(k);
+    tc_cluster_close(&c);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest hist[] = {cmocka_unit_test(histograms)};
+    const struct CMUnitTest reject[] = {cmocka_unit_test(rejected)};
+    const struct CMUnitTest gw[] = {cmocka_unit_test(gateway)};
+    const struct tu_group groups[] = {
+        {"histograms", hist, 1},
+        {"rejected", reject, 1},
+        {"gateway", gw, 1},
+    };
+    return tu_run_groups("test_metrics", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
+}
