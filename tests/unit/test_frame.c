@@ -1248,7 +1248,7 @@ static void test_err_strings(void **state)
     }
     /* Codes outside the map. */
     static const int unknown[] = {
-        1, 100, KEEL_E_WIRE_LAST - 1, -99, KEEL_ESTALE - 1, -1000, INT32_MIN, INT32_MAX};
+        1, 100, KEEL_E_WIRE_LAST - 1, -99, KEEL_ETLS - 1, -1000, INT32_MIN, INT32_MAX};
     for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
         assert_string_equal(keel_strerror(unknown[i]), "unknown error");
         assert_string_equal(keel_err_name(unknown[i]), "UNRECOGNIZED");
