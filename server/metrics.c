@@ -86,8 +86,8 @@ static void metrics_text(struct keel_metrics *m, struct keel_expose_text *t)
                     "keel_cluster_members{role=\"learner\"} %llu\n",
                     (unsigned long long)sp->voters, (unsigned long long)sp->learners);
     keel_expose_series(t, "keel_server_proposals_failed_total", "counter",
-                       "Writes this member proposed that raft refused, or dropped when this "
-                       "member lost leadership (their outcome unknown).",
+                       "Writes (clients' and keeld's own) this member proposed that raft "
+                       "refused, or dropped when this member lost leadership (outcome unknown).",
                        (double)sp->proposals_failed);
     keel_expose_series(t, "keel_server_client_connections", "gauge",
                        "Open client connections to this member.", (double)sp->connections);
