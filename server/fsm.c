@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,9 @@ struct keel_fsm {
     uv_async_t async;
     void (*stop_cb)(void *data);
     void *stop_data;
+    /* Checkpoint fetches (keel_fsm_fetches): the writer counts, the loop reads (relaxed). */
+    _Atomic uint64_t fetch_ok, fetch_failed;
+    struct keel_histo fetch_seconds;
 };
 
 static void enqueue(struct keel_fsm *f, struct job *j)
@@ -220,6 +224,7 @@ static int do_fetch(struct keel_fsm *f, uint64_t token_index)
          * must reach the token and never go below what this store has applied. */
         int fd = -1;
         char err[256] = "";
+        uint64_t began = keel_histo_now_ns();
         int rv = keel_store_restore_begin(f->o.store, &fd);
         if (rv != 0)
             snprintf(err, sizeof(err), "staging: %s", keel_strerror(rv));
@@ -235,6 +240,9 @@ static int do_fetch(struct keel_fsm *f, uint64_t token_index)
             if (rv != 0)
                 snprintf(err, sizeof(err), "restore: %s", keel_strerror(rv));
         }
+        keel_histo_observe_ns(&f->fetch_seconds, keel_histo_now_ns() - began);
+        atomic_fetch_add_explicit(rv == 0 ? &f->fetch_ok : &f->fetch_failed, 1,
+                                  memory_order_relaxed);
         if (rv == 0) {
             keel_store_stat(f->o.store, &st);
             KLOG_INFO("checkpoint restored: applied index %llu, revision %lld",
@@ -702,6 +710,7 @@ int keel_fsm_new(const struct keel_fsm_options *o, struct keel_fsm **out)
                       (unsigned long long)f->progress.shown_before);
         }
     }
+    keel_histo_init_exp(&f->fetch_seconds, 0.1, 2, 14); /* etcd's snapshot receive layout */
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cond, NULL);
     pthread_cond_init(&f->sync_cond, NULL);
@@ -719,6 +728,14 @@ int keel_fsm_new(const struct keel_fsm_options *o, struct keel_fsm **out)
 const struct keel_fsm_progress *keel_fsm_progress(const struct keel_fsm *f)
 {
     return &f->progress;
+}
+
+void keel_fsm_fetches(const struct keel_fsm *f, uint64_t *ok, uint64_t *failed,
+                      const struct keel_histo **seconds)
+{
+    *ok = atomic_load_explicit(&f->fetch_ok, memory_order_relaxed);
+    *failed = atomic_load_explicit(&f->fetch_failed, memory_order_relaxed);
+    *seconds = &f->fetch_seconds;
 }
 
 void keel_fsm_set_leader(struct keel_fsm *f, const char *client_addr)

@@ -167,6 +167,13 @@ const struct keel_fsm_progress *keel_fsm_progress(const struct keel_fsm *f);
 /* Where a checkpoint can be fetched from: the leader's client address ("" when unknown). */
 void keel_fsm_set_leader(struct keel_fsm *f, const char *client_addr);
 
+/* Checkpoint fetch attempts of this member since start (a store behind a raft snapshot token
+ * copying a checkpoint from the leader): restored in place (*ok) or failed and retried
+ * (*failed); *seconds: how long each attempt took, copy and swap. Any thread (the writer
+ * counts); *seconds is valid for the fsm's life. */
+void keel_fsm_fetches(const struct keel_fsm *f, uint64_t *ok, uint64_t *failed,
+                      const struct keel_histo **seconds);
+
 /* Finish the queued work, stop the thread, close the async handle; cb(data) after that on the
  * loop (cb may be NULL). No apply may come after this. */
 void keel_fsm_stop(struct keel_fsm *f, void (*cb)(void *data), void *data);

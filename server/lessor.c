@@ -63,6 +63,7 @@ struct keel_lessor {
     bool awaiting_apply;  /* the barrier fired: ready once the store reaches target */
     uint64_t target;
     size_t revokes_in_flight;
+    uint64_t granted, revoked, expired; /* applied since start (keel_lessor_stat) */
 
     struct keel_arena arena; /* answers */
     uv_timer_t expiry, tick;
@@ -576,6 +577,7 @@ void keel_lessor_applied(struct keel_lessor *l, const struct keel_fsm_batch *b)
         if (r->op == KEEL__COMMAND__OP_LEASE_GRANT && r->r.err == 0) {
             const Keel__LeaseGrantResponse *g = r->r.response->lease_grant;
             struct lease *x = lease_set(l, g->id, g->ttl, g->ttl * 1000, now);
+            l->granted++;
             if (x == NULL) {
                 KLOG_ERROR("lease %lld: out of memory for the table", (long long)g->id);
                 continue;
@@ -588,6 +590,13 @@ void keel_lessor_applied(struct keel_lessor *l, const struct keel_fsm_batch *b)
             }
         } else if (r->op == KEEL__COMMAND__OP_LEASE_REVOKE) {
             struct lease *x = lease_get(l, r->cmd->lease_revoke->id);
+            if (r->r.err == 0) {
+                l->revoked++;
+                /* Expired: this member's countdown ran out and it proposed the revoke (or a
+                 * client's revoke of this member beat it to the log). */
+                if (x != NULL && x->revoke_at != 0 && r->origin == l->o.reply->member_id)
+                    l->expired++;
+            }
             if (x != NULL && (r->r.err == 0 || r->r.err == KEEL_ELEASENOTFOUND))
                 lease_drop(l, x);
         } else if (r->op == KEEL__COMMAND__OP_LEASE_CHECKPOINT && r->r.err == 0) {
@@ -749,6 +758,14 @@ void keel_lessor_request(struct keel_lessor *l, uint64_t session, const Keel__Re
 int64_t keel_lessor_clamp_ttl(const struct keel_lessor *l, int64_t ttl)
 {
     return ttl > 0 && ttl < l->min_ttl ? l->min_ttl : ttl;
+}
+
+void keel_lessor_stat(const struct keel_lessor *l, struct keel_lessor_stat *out)
+{
+    out->leases = l->table.n;
+    out->granted = l->granted;
+    out->revoked = l->revoked;
+    out->expired = l->expired;
 }
 
 /* ---- life ---- */

@@ -63,6 +63,17 @@ int keel_lessor_new(const struct keel_lessor_options *o, struct keel_lessor **ou
 /* The TTL a grant of ttl seconds gets: raised to the minimum (1.5 election timeouts). */
 int64_t keel_lessor_clamp_ttl(const struct keel_lessor *l, int64_t ttl);
 
+/* The lease table and what was applied to it since start, for metrics. */
+struct keel_lessor_stat {
+    uint64_t leases;  /* granted and not yet revoked, as applied here */
+    uint64_t granted; /* grants applied */
+    uint64_t revoked; /* revokes applied that removed a lease (expiries included) */
+    uint64_t expired; /* of those, the ones this member proposed as leader when the TTL ran out */
+};
+
+/* On the loop. */
+void keel_lessor_stat(const struct keel_lessor *l, struct keel_lessor_stat *out);
+
 /*
  * A keep-alive, time-to-live or lease-list request from session (the caller keeps req). Answered
  * now, or (a keep-alive of a checkpointed lease) once its reset is applied. Not the leader:

@@ -174,6 +174,23 @@ static void collect(void *data, struct keel_metrics_sample *s)
     s->nospace = st.nospace_member != 0;
     s->watchers = k->watch ? keel_watch_count(k->watch) : 0;
     s->proposal_backlog_bytes = k->propose ? keel_propose_backlog(k->propose) : 0;
+    s->proposals_failed = k->propose ? keel_propose_failed(k->propose) : 0;
+    if (k->sessions != NULL) {
+        struct keel_sessions_stat ss;
+        keel_sessions_stat(k->sessions, &ss);
+        s->connections = ss.sessions;
+        s->requests_inflight = ss.inflight;
+    }
+    s->watch_streams = k->watch ? keel_watch_streams(k->watch) : 0;
+    s->slow_watchers = k->watch ? keel_watch_unsynced(k->watch) : 0;
+    if (k->lessor != NULL) {
+        struct keel_lessor_stat ls;
+        keel_lessor_stat(k->lessor, &ls);
+        s->leases = ls.leases;
+        s->leases_granted = ls.granted;
+        s->leases_revoked = ls.revoked;
+        s->leases_expired = ls.expired;
+    }
     struct keel_consensus_member conf[KEEL_MEMBERS_MAX];
     size_t n = k->node_ready ? keel_node_members(k->node, conf, KEEL_MEMBERS_MAX) : 0;
     for (size_t i = 0; i < n && i < KEEL_MEMBERS_MAX; i++) {
@@ -194,6 +211,21 @@ static void collect(void *data, struct keel_metrics_sample *s)
     keel_metrics_add_histo(s, "keel_server_apply_duration_seconds",
                            "Time the storage writer took to apply one batch of committed entries.",
                            &k->apply_seconds, "");
+    const struct keel_histo *h_snap = NULL, *h_fetch = NULL;
+    if (k->node_ready) {
+        s->snapshots = keel_node_snapshots(k->node, &h_snap);
+        keel_metrics_add_histo(s, "keel_server_snapshot_duration_seconds",
+                               "Time a raft snapshot of this member took, from raft asking for it "
+                               "until it was stored (the store's sync and raft's write).",
+                               h_snap, "");
+    }
+    if (k->fsm != NULL) {
+        keel_fsm_fetches(k->fsm, &s->fetches_ok, &s->fetches_failed, &h_fetch);
+        keel_metrics_add_histo(s, "keel_server_checkpoint_fetch_duration_seconds",
+                               "Time one checkpoint fetch attempt took: the copy from the leader "
+                               "and its swap into place.",
+                               h_fetch, "");
+    }
     for (int body = 0; k->sessions != NULL && body < KEEL_SESSIONS_BODY_CASES; body++) {
         const struct keel_histo *h = keel_sessions_request_seconds(k->sessions, body);
         const struct keel_reqkind *kind = keel_reqkind_of((Keel__Request__BodyCase)body);

@@ -85,6 +85,46 @@ static void metrics_text(struct keel_metrics *m, struct keel_expose_text *t)
                     "keel_cluster_members{role=\"voter\"} %llu\n"
                     "keel_cluster_members{role=\"learner\"} %llu\n",
                     (unsigned long long)sp->voters, (unsigned long long)sp->learners);
+    keel_expose_series(t, "keel_server_proposals_failed_total", "counter",
+                       "Writes (clients' and keeld's own) this member proposed that raft "
+                       "refused, or dropped when this member lost leadership (outcome unknown).",
+                       (double)sp->proposals_failed);
+    keel_expose_series(t, "keel_server_client_connections", "gauge",
+                       "Open client connections to this member.", (double)sp->connections);
+    keel_expose_series(t, "keel_server_client_requests_inflight", "gauge",
+                       "Client requests this member has taken and not yet answered.",
+                       (double)sp->requests_inflight);
+    keel_expose_series(t, "keel_mvcc_watch_stream_total", "gauge",
+                       "Client connections holding at least one watcher on this member.",
+                       (double)sp->watch_streams);
+    keel_expose_series(t, "keel_mvcc_slow_watcher_total", "gauge",
+                       "Watchers behind the current revision (unsynced: reading history or held "
+                       "back by a slow client).",
+                       (double)sp->slow_watchers);
+    keel_expose_series(t, "keel_server_snapshot_total", "counter",
+                       "Raft snapshots this member took and stored since it started.",
+                       (double)sp->snapshots);
+    keel_expose_add(t,
+                    "# HELP keel_server_checkpoint_fetch_total Checkpoints this member copied from "
+                    "the leader because its store was behind a raft snapshot, by outcome of each "
+                    "attempt.\n"
+                    "# TYPE keel_server_checkpoint_fetch_total counter\n"
+                    "keel_server_checkpoint_fetch_total{result=\"ok\"} %llu\n"
+                    "keel_server_checkpoint_fetch_total{result=\"failed\"} %llu\n",
+                    (unsigned long long)sp->fetches_ok, (unsigned long long)sp->fetches_failed);
+    keel_expose_series(t, "keel_server_lease_count", "gauge",
+                       "Leases granted and not yet revoked, as applied on this member.",
+                       (double)sp->leases);
+    keel_expose_series(t, "keel_server_lease_expired_total", "counter",
+                       "Leases this member revoked as leader because their TTL ran out.",
+                       (double)sp->leases_expired);
+    keel_expose_series(t, "keel_server_lease_grant_total", "counter",
+                       "Lease grants applied on this member since it started.",
+                       (double)sp->leases_granted);
+    keel_expose_series(t, "keel_server_lease_revoke_total", "counter",
+                       "Lease revokes applied on this member since it started (expiries "
+                       "included).",
+                       (double)sp->leases_revoked);
     for (size_t i = 0; i < sp->n_histos; i++) {
         const struct keel_metrics_histo *mh = &sp->histos[i];
         bool first = i == 0 || strcmp(sp->histos[i - 1].name, mh->name) != 0;

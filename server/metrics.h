@@ -47,6 +47,12 @@ struct keel_metrics_sample {
     uint64_t watchers;
     uint64_t proposal_backlog_bytes; /* writes taken and not yet applied here */
     uint64_t voters, learners;
+    uint64_t proposals_failed;               /* propose.h's keel_propose_failed */
+    uint64_t connections, requests_inflight; /* client sessions, requests in flight */
+    uint64_t watch_streams, slow_watchers;   /* connections with watchers; unsynced ones */
+    uint64_t snapshots;                      /* raft snapshots taken and stored */
+    uint64_t fetches_ok, fetches_failed;     /* checkpoint fetch attempts */
+    uint64_t leases, leases_granted, leases_revoked, leases_expired; /* lessor.h's stat */
     struct keel_metrics_histo histos[KEEL_METRICS_MAX_HISTOS];
     size_t n_histos;
 };

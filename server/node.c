@@ -83,6 +83,10 @@ struct keel_node {
     int (*uv_append)(struct raft_io *io, struct raft_io_append *req,
                      const struct raft_entry entries[], unsigned n, raft_io_append_cb cb);
     struct keel_histo append_seconds;
+    /* The snapshot in progress (its index, when it began), and those stored and their times. */
+    uint64_t snap_index, snap_began_ns;
+    uint64_t snapshots;
+    struct keel_histo snapshot_seconds;
     /* The apply watch (watch_apply): when raft or the store last moved, what was logged. */
     uint64_t watch_checked, watch_since, watch_logged;
     uint64_t watch_applied, watch_committed;
@@ -281,6 +285,8 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
     *bufs = b;
     *n_bufs = 1;
     bound_trailing(n);
+    n->snap_index = raft_last_applied(&n->raft);
+    n->snap_began_ns = keel_histo_now_ns();
     KLOG_INFO("raft snapshot at applied index %llu (the log before it can be compacted once "
               "the store has synced)",
               (unsigned long long)raft_last_applied(&n->raft));
@@ -297,7 +303,14 @@ static int fsm_snapshot_async(struct raft_fsm *rf, struct raft_buffer *bufs[], u
 
 static int fsm_snapshot_finalize(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
-    (void)rf;
+    struct keel_node *n = rf->data;
+    /* raft calls this after the put, stored or not; a stored one has moved raft's snapshot
+     * index to ours already (takeSnapshotCb: logSnapshot, then the finalize). */
+    if (n->snap_index != 0 && n->raft.log.snapshot.last_index == n->snap_index) {
+        n->snapshots++;
+        keel_histo_observe_ns(&n->snapshot_seconds, keel_histo_now_ns() - n->snap_began_ns);
+    }
+    n->snap_index = 0;
     if (*bufs != NULL) {
         for (unsigned i = 0; i < *n_bufs; i++)
             raft_free((*bufs)[i].base);
@@ -776,6 +789,12 @@ const struct keel_histo *keel_node_append_seconds(const struct keel_node *n)
     return &n->append_seconds;
 }
 
+uint64_t keel_node_snapshots(const struct keel_node *n, const struct keel_histo **seconds)
+{
+    *seconds = &n->snapshot_seconds;
+    return n->snapshots;
+}
+
 /* ---- raft_uv's send, guarded ---- */
 
 /*
@@ -938,6 +957,8 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
     n->uv_append = n->io.append;
     n->io.append = timed_append;
     keel_histo_init_exp(&n->append_seconds, 0.001, 2, 14); /* etcd's wal_fsync layout */
+    /* etcd's snap save layout */
+    keel_histo_init_exp(&n->snapshot_seconds, 0.001, 2, 14);
     rv = raft_init(&n->raft, &n->io, &n->raft_fsm, c->member_id, c->listen_peer);
     if (rv != 0) {
         KLOG_ERROR("raft_init: %s", raft_errmsg(&n->raft));

@@ -79,6 +79,11 @@ bool keel_node_peer_rtt(struct keel_node *n, size_t i, uint64_t *id, const struc
  * the sync alone). Valid until the node is freed. */
 const struct keel_histo *keel_node_append_seconds(const struct keel_node *n);
 
+/* Raft snapshots this member took and stored since start (a restored or received one is not
+ * counted); *seconds: how long each took, from raft asking for it until it was stored (the
+ * store's sync and raft's write). On the loop; *seconds is valid until the node is freed. */
+uint64_t keel_node_snapshots(const struct keel_node *n, const struct keel_histo **seconds);
+
 /* consensus.h's members. */
 size_t keel_node_members(struct keel_node *n, struct keel_consensus_member *out, size_t cap);
 

@@ -45,6 +45,7 @@ struct keel_propose {
     size_t n_cmds, cap_cmds;
     size_t batch_bytes; /* the packed CommandBatch of the n_cmds */
     uint64_t backlog;   /* keel_propose_backlog */
+    uint64_t failed;    /* keel_propose_failed */
     uv_check_t flush;
     int has_flush;
 };
@@ -65,6 +66,7 @@ static void proposal_done(void *data, int err)
     pr->p->backlog -= pr->bytes;
     if (err != 0) {
         /* The entry may still commit under the next leader: the outcome is unknown. */
+        pr->p->failed += pr->n;
         for (size_t i = 0; i < pr->n; i++)
             answer(pr->p, pr->ids[i], KEEL_EUNKNOWN,
                    "leadership lost after the write was proposed: outcome unknown");
@@ -104,6 +106,7 @@ void keel_propose_flush(struct keel_propose *p)
     }
     if (err != 0) {
         /* Not proposed at all: nothing happened, the client may retry. */
+        p->failed += n;
         for (size_t i = 0; i < n; i++)
             answer(p, p->cmds[i].request_id, err, NULL);
         free(pr);
@@ -265,6 +268,11 @@ int keel_propose_command(struct keel_propose *p, const Keel__Command *cmd, Proto
 uint64_t keel_propose_backlog(const struct keel_propose *p)
 {
     return p->backlog;
+}
+
+uint64_t keel_propose_failed(const struct keel_propose *p)
+{
+    return p->failed;
 }
 
 void keel_propose_applied(struct keel_propose *p, const struct keel_fsm_batch *b)

@@ -78,6 +78,12 @@ void keel_propose_flush(struct keel_propose *p);
  */
 uint64_t keel_propose_backlog(const struct keel_propose *p);
 
+/* Commands this member proposed that never committed through it, since start: refused at once
+ * (raft refused their entry, or memory ran out), or dropped when this member lost leadership
+ * (those may still commit under the next leader: their outcome is unknown). Counted per Command,
+ * keeld's own included. On the loop. */
+uint64_t keel_propose_failed(const struct keel_propose *p);
+
 /* A committed batch: answer the requests of this member whose results it holds. */
 void keel_propose_applied(struct keel_propose *p, const struct keel_fsm_batch *b);
 

@@ -66,6 +66,7 @@ struct keel_watch_hub {
     struct watcher *unsync;        /* circular list of watchers catching up */
     size_t n_unsync;
     size_t n_watchers;
+    size_t n_streams;      /* sessions holding at least one watcher */
     int64_t delivered_rev; /* last revision fanned out */
     uv_idle_t idle;
     uv_timer_t retry; /* catch-up blocked by slow sessions: look again soon */
@@ -163,7 +164,8 @@ static void watcher_free(struct keel_watch_hub *h, struct watcher *w)
     if (w->sess_next)
         w->sess_next->sess_prev = w->sess_prev;
     keel_u64map_del(&sw->by_id, (uint64_t)w->id);
-    sw->n--;
+    if (--sw->n == 0)
+        h->n_streams--;
     h->n_watchers--;
     free(w->pend);
     free(w);
@@ -594,7 +596,8 @@ static void create(struct keel_watch_hub *h, uint64_t session, const Keel__Reque
     if (sw->head)
         sw->head->sess_prev = w;
     sw->head = w;
-    sw->n++;
+    if (sw->n++ == 0)
+        h->n_streams++;
     h->n_watchers++;
 
     Keel__WatchResponse wr = KEEL__WATCH_RESPONSE__INIT;
@@ -683,6 +686,16 @@ static void progress_tick(uv_timer_t *t)
 size_t keel_watch_count(const struct keel_watch_hub *h)
 {
     return h->n_watchers;
+}
+
+size_t keel_watch_streams(const struct keel_watch_hub *h)
+{
+    return h->n_streams;
+}
+
+size_t keel_watch_unsynced(const struct keel_watch_hub *h)
+{
+    return h->n_unsync;
 }
 
 int keel_watch_new(const struct keel_watch_options *o, struct keel_watch_hub **out)

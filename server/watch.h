@@ -53,6 +53,11 @@ void keel_watch_session_closed(struct keel_watch_hub *h, uint64_t session_id);
 
 /* Counters for status and tests. */
 size_t keel_watch_count(const struct keel_watch_hub *h);
+/* Connections (sessions) holding at least one watcher now. */
+size_t keel_watch_streams(const struct keel_watch_hub *h);
+/* Watchers catching up now (behind the applied revision: reading history, or dropped back from
+ * a slow session), the others being synced. */
+size_t keel_watch_unsynced(const struct keel_watch_hub *h);
 
 /* Stop the timers and close the hub's handles (they close before the loop ends). */
 void keel_watch_stop(struct keel_watch_hub *h);

@@ -7,7 +7,10 @@
  *   rejected    a frame over --max-request-bytes is logged once, and 1000 of them give a
  *               bounded number of lines and a count of those left out;
  *   gateway     keel-gateway --listen-metrics parses, counts the calls sent through it and
- *               the watch streams open.
+ *               the watch streams open;
+ *   series      the rest of keeld's series are there with their types, and move: connections,
+ *               watch streams, lease grants and expiries, raft snapshots, a checkpoint fetch,
+ *               a proposal lost with leadership.
  * Every wait is bounded; only processes started here are signalled, by PID.
  */
 #include <arpa/inet.h>
@@ -584,15 +587,231 @@ static void gateway(void **state)
     tc_cluster_close(&c);
 }
 
+/* ---- the remaining series: present, typed, and moved by the traffic that should move them ---- */
+
+/* The value of name{labels} on addr now; false when the member does not answer (restarting). */
+static bool try_value(const char *addr, const char *name, const char *labels, double *v)
+{
+    char *body = NULL;
+    int st = http_req(addr, "GET", "/metrics", NULL, &body);
+    if (st != 200) {
+        free(body);
+        return false;
+    }
+    struct scrape sc;
+    parse(body, &sc);
+    free(body);
+    *v = value_of(&sc, name, labels);
+    scrape_free(&sc);
+    return !isnan(*v);
+}
+
+/* Scrape addr until name{labels} is at least (up) or at most (!up) bound, for timeout_ms at
+ * most; fails the test naming the series otherwise. Returns the last value. */
+static double wait_series(const char *addr, const char *name, const char *labels, bool up,
+                          double bound, int timeout_ms)
+{
+    long long until = tc_now_ms() + timeout_ms;
+    double v = NAN;
+    for (;;) {
+        bool got = try_value(addr, name, labels, &v);
+        if (got && (up ? v >= bound : v <= bound))
+            return v;
+        if (tc_now_ms() > until)
+            break;
+        tu_sleep_ms(50);
+    }
+    fail_msg("%s %s{%s} is %g, not %s %g within %d ms", addr, name, labels, v,
+             up ? ">=" : "<=", bound, timeout_ms);
+    return v;
+}
+
+static double now_of(const char *addr, const char *name, const char *labels)
+{
+    struct scrape sc;
+    scrape(addr, &sc);
+    double v = value_of(&sc, name, labels);
+    scrape_free(&sc);
+    if (isnan(v))
+        fail_msg("%s: no %s{%s}", addr, name, labels);
+    return v;
+}
+
+static void put_or_fail(struct keel *k, const char *key)
+{
+    int rv = keel_put(k, key, strlen(key), "v", 1, NULL, NULL);
+    if (rv != 0)
+        fail_msg("put %s: %s", key, keel_strerror(rv));
+}
+
+static void on_event(struct keel_watch *w, int status, const Keel__Event *const *events,
+                     size_t n_events, int64_t revision, void *data)
+{
+    (void)w, (void)status, (void)events, (void)n_events, (void)revision, (void)data;
+}
+
+static void series(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "series");
+    c.snapshot_threshold = 64; /* raft snapshots every 64 entries: cluster_checkpoint's set-up */
+    c.snapshot_trailing = 32;
+    char maddr[4][32];
+    with_metrics(&c, maddr, "");
+    tc_start_all(&c);
+    struct keel *any = open_member(&c, 0);
+    /* A leader that takes a write (the first election may still be settling). */
+    int leader = 0;
+    struct keel *k = NULL;
+    long long until = tc_now_ms() + 20000;
+    while (k == NULL && tc_now_ms() < until) {
+        leader = tc_find_leader(&c, any, 0, 10000);
+        assert_true(leader > 0);
+        k = open_member(&c, leader);
+        if (keel_put(k, "s/warm", 6, "v", 1, NULL, NULL) != 0) {
+            keel_close(k);
+            k = NULL;
+            tu_sleep_ms(100);
+        }
+    }
+    assert_non_null(k);
+    const char *L = maddr[leader];
+
+    /* Every series on every member, with its type. */
+    static const struct {
+        const char *name, *labels, *type;
+    } want[] = {
+        {"keel_server_proposals_failed_total", "", "counter"},
+        {"keel_server_client_connections", "", "gauge"},
+        {"keel_server_client_requests_inflight", "", "gauge"},
+        {"keel_mvcc_watch_stream_total", "", "gauge"},
+        {"keel_mvcc_slow_watcher_total", "", "gauge"},
+        {"keel_watch_watchers", "", "gauge"},
+        {"keel_server_snapshot_total", "", "counter"},
+        {"keel_server_snapshot_duration_seconds_count", "", "histogram"},
+        {"keel_server_checkpoint_fetch_total", "result=\"ok\"", "counter"},
+        {"keel_server_checkpoint_fetch_total", "result=\"failed\"", "counter"},
+        {"keel_server_checkpoint_fetch_duration_seconds_count", "", "histogram"},
+        {"keel_server_lease_count", "", "gauge"},
+        {"keel_server_lease_expired_total", "", "counter"},
+        {"keel_server_lease_grant_total", "", "counter"},
+        {"keel_server_lease_revoke_total", "", "counter"},
+    };
+    for (int i = 1; i <= 3; i++) {
+        struct scrape sc;
+        scrape(maddr[i], &sc);
+        for (size_t j = 0; j < sizeof(want) / sizeof(want[0]); j++) {
+            if (isnan(value_of(&sc, want[j].name, want[j].labels)))
+                fail_msg("m%d: no %s{%s}", i, want[j].name, want[j].labels);
+            char family[128];
+            snprintf(family, sizeof(family), "%s", want[j].name);
+            if (strcmp(want[j].type, "histogram") == 0)
+                family[strlen(family) - strlen("_count")] = '\0';
+            const char *type = NULL;
+            for (size_t f = 0; f < sc.nf; f++)
+                if (strcmp(sc.f[f].name, family) == 0)
+                    type = sc.f[f].type;
+            if (type == NULL || strcmp(type, want[j].type) != 0)
+                fail_msg("m%d: %s is of type %s, not %s", i, family, type ? type : "(none)",
+                         want[j].type);
+        }
+        check_histograms(&sc);
+        scrape_free(&sc);
+    }
+
+    /* Three more connections to the leader, each in use: counted, and no longer once closed. */
+    double conns0 = now_of(L, "keel_server_client_connections", "");
+    struct keel *more[3];
+    for (int i = 0; i < 3; i++) {
+        more[i] = open_member(&c, leader);
+        Keel__RangeResponse *rr = NULL;
+        assert_int_equal(keel_get(more[i], "s/warm", 6, NULL, &rr), 0);
+        keel__range_response__free_unpacked(rr, NULL);
+    }
+    assert_true(now_of(L, "keel_server_client_connections", "") >= conns0 + 3);
+    assert_true(now_of(L, "keel_server_client_connections", "") >= 3);
+    for (int i = 0; i < 3; i++)
+        keel_close(more[i]);
+    wait_series(L, "keel_server_client_connections", "", false, conns0, 10000);
+
+    /* A watch: its connection is a watch stream while the watcher lives. */
+    double streams0 = now_of(L, "keel_mvcc_watch_stream_total", "");
+    double watchers0 = now_of(L, "keel_watch_watchers", "");
+    struct keel *wk = open_member(&c, leader);
+    struct keel_watch *w = NULL;
+    assert_int_equal(keel_watch_open(wk, "s/w", 3, NULL, on_event, NULL, &w), 0);
+    assert_true(now_of(L, "keel_mvcc_watch_stream_total", "") >= streams0 + 1);
+    assert_true(now_of(L, "keel_mvcc_watch_stream_total", "") >= 1);
+    assert_true(now_of(L, "keel_watch_watchers", "") >= watchers0 + 1);
+    assert_int_equal(keel_watch_close(wk, w), 0);
+    wait_series(L, "keel_mvcc_watch_stream_total", "", false, streams0, 10000);
+    keel_close(wk);
+
+    /* A lease of the minimum TTL, never kept alive: granted, then revoked by the leader as
+     * expired, and gone from the count. */
+    double leases0 = now_of(L, "keel_server_lease_count", "");
+    double expired0 = now_of(L, "keel_server_lease_expired_total", "");
+    double grants0 = now_of(L, "keel_server_lease_grant_total", "");
+    double revokes0 = now_of(L, "keel_server_lease_revoke_total", "");
+    Keel__LeaseGrantResponse *g = NULL;
+    assert_int_equal(keel_lease_grant(k, 1, 0, &g), 0);
+    keel__lease_grant_response__free_unpacked(g, NULL);
+    /* The grant is applied on the leader before it is answered. */
+    assert_true(now_of(L, "keel_server_lease_count", "") == leases0 + 1);
+    assert_true(now_of(L, "keel_server_lease_grant_total", "") >= grants0 + 1);
+    wait_series(L, "keel_server_lease_expired_total", "", true, expired0 + 1, 30000);
+    wait_series(L, "keel_server_lease_count", "", false, leases0, 10000);
+    assert_true(now_of(L, "keel_server_lease_revoke_total", "") >= revokes0 + 1);
+    /* Expiries are the leader's: a follower applies the revoke but counts no expiry. */
+    int follower = leader % 3 + 1;
+    wait_series(maddr[follower], "keel_server_lease_revoke_total", "", true, 1, 10000);
+    assert_true(now_of(maddr[follower], "keel_server_lease_expired_total", "") == 0);
+
+    /* A follower down while the log passes the snapshot threshold many times: the leader takes
+     * raft snapshots, and the follower comes back through a checkpoint it fetches. */
+    int victim = leader == 3 ? 2 : 3;
+    double snaps0 = now_of(L, "keel_server_snapshot_total", "");
+    tc_stop(&c, victim, SIGKILL);
+    for (int i = 0; i < 400; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "s/%04d", i);
+        put_or_fail(k, key);
+    }
+    wait_series(L, "keel_server_snapshot_total", "", true, snaps0 + 1, 20000);
+    assert_true(now_of(L, "keel_server_snapshot_duration_seconds_count", "") >= 1);
+    assert_int_equal(tc_start(&c, victim), 0);
+    wait_series(maddr[victim], "keel_server_checkpoint_fetch_total", "result=\"ok\"", true, 1,
+                30000);
+    assert_true(now_of(maddr[victim], "keel_server_checkpoint_fetch_duration_seconds_count", "") >=
+                1);
+    assert_true(tc_log_contains(&c, victim, "checkpoint restored"));
+
+    /* Both followers gone: a write the leader takes cannot commit, leadership is lost, and the
+     * proposal is counted failed. */
+    double failed0 = now_of(L, "keel_server_proposals_failed_total", "");
+    for (int i = 1; i <= 3; i++)
+        if (i != leader)
+            tc_stop(&c, i, SIGKILL);
+    int rv = keel_put(k, "s/lost", 6, "v", 1, NULL, NULL);
+    assert_int_not_equal(rv, 0);
+    wait_series(L, "keel_server_proposals_failed_total", "", true, failed0 + 1, 15000);
+    keel_close(k);
+    keel_close(any);
+    tc_cluster_close(&c);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest hist[] = {cmocka_unit_test(histograms)};
     const struct CMUnitTest reject[] = {cmocka_unit_test(rejected)};
     const struct CMUnitTest gw[] = {cmocka_unit_test(gateway)};
+    const struct CMUnitTest ser[] = {cmocka_unit_test(series)};
     const struct tu_group groups[] = {
         {"histograms", hist, 1},
         {"rejected", reject, 1},
         {"gateway", gw, 1},
+        {"series", ser, 1},
     };
     return tu_run_groups("test_metrics", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }
