@@ -129,6 +129,21 @@ leader() {
     awk '/true/ { print $1 }' | head -n 1
 }
 
+# --- 0. files that cannot be used stop a member at start, naming the file ---------------------
+rc=0
+"$KEELD" --name m1 --data-dir "$dir/m0" --listen-client "$(ep 1)" --listen-peer "127.0.1.1:$p1" \
+  --initial-cluster "$initial" --peer-cert-file "$dir/nosuch.pem" \
+  --peer-key-file "$dir/ca1/member-1-key.pem" --peer-trusted-ca-file "$dir/ca1/ca.pem" \
+  >"$dir/m0.log" 2>&1 || rc=$?
+[ "$rc" != 0 ] || fail "keeld started with a missing --peer-cert-file"
+grep -qF "peer TLS: certificate file $dir/nosuch.pem: No such file or directory" "$dir/m0.log" ||
+  fail "keeld does not name the missing certificate file: $(tail -n 2 "$dir/m0.log")"
+rc=0
+"$KEELD" --name m1 --data-dir "$dir/m0" --listen-client "$(ep 1)" --listen-peer "127.0.1.1:$p1" \
+  --initial-cluster "$initial" --peer-cert-file "$dir/ca1/member-1.pem" >"$dir/m0.log" 2>&1 || rc=$?
+[ "$rc" = 2 ] || fail "keeld took --peer-cert-file alone (exit $rc)"
+rm -rf "$dir/m0" "$dir/m0.log"
+
 # --- 1. a TLS cluster: elects, replicates, survives a restart --------------------------------
 for i in 1 2 3; do start "$i" $(tls_flags "$dir/ca1" "member-$i"); done
 put_via 1 k1 v1 || fail "no put went through the TLS cluster"
