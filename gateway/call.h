@@ -31,6 +31,7 @@
 
 struct keel_aclient;
 struct gw_metrics;
+struct keel_tls_ctx;
 
 /* gRPC status codes (grpc/doc/statuscodes.md); the JSON transport maps them to HTTP statuses. */
 enum gw_code {
@@ -70,6 +71,7 @@ struct gw_ctx {
     size_t max_request_bytes;    /* a request message above this: InvalidArgument "request is too
                                     large" */
     struct gw_metrics *metrics;  /* --listen-metrics's counters (gwmetrics.h), NULL: none */
+    struct keel_tls_ctx *tls;    /* --cert-file: TLS on the listener (listen.c), NULL: none */
 };
 
 enum gw_kind {

@@ -17,6 +17,15 @@
  * idle handle runs while the dirty list is non-empty, so that bytes staged from a phase after the
  * check (close callbacks) never wait for the next event.
  *
+ * TLS (--cert-file; ctx->tls): the connection's bytes go through tls.h's codec here, below the
+ * sniffing and the protocols, which see only plaintext. A socket read is fed to the codec and
+ * every byte it decrypts is handed on at once (so a protocol that pauses reading may still get
+ * the rest of that one read, at most READ_BUF of plaintext, as it would get a whole plain read);
+ * the staged output is encrypted when the check writes it, and write_pending counts its
+ * plaintext bytes until the write that carries them completes. Handshake messages and alerts
+ * are written as the codec makes them. The server offers ALPN "h2" and "http/1.1"; the protocol
+ * is still told by the first bytes, as without TLS.
+ *
  * Memory per connection: struct conn_impl (~250 bytes), the staged buffer (what the protocol
  * writes in one turn; h2.c stops producing past 4 MiB pending) and the writes in flight. Reads go
  * into one 64 KiB buffer the whole server shares (the loop runs one read callback at a time).
@@ -26,7 +35,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "err.h"
 #include "log.h"
+#include "tls.h"
 
 #define SNIFF_TIMEOUT_MS 10000 /* no protocol shown by then: closed */
 #define CLOSE_FLUSH_MS   5000  /* a closing connection's last bytes not taken by then: cut */
@@ -43,6 +54,7 @@ struct wbuf {
     uv_write_t req;
     struct conn_impl *c;
     size_t len, cap;
+    size_t acct; /* bytes of write_pending this write settles (TLS: plaintext, not len) */
     char data[];
 };
 
@@ -55,6 +67,7 @@ struct conn_impl {
     bool handle_closing; /* uv_close called */
     uint64_t born_ms, close_ms;
     struct wbuf *staged;
+    struct keel_tls_conn *tls; /* NULL: plaintext */
     bool dirty;
     struct conn_impl *dprev, *dnext; /* the server's dirty list */
 };
@@ -71,10 +84,12 @@ struct gw_server {
     size_t n_conns;
     struct conn_impl *dirty;
     bool stopping, listener_closed, finishing;
-    uint64_t stop_ms, cap_logged_ms;
+    uint64_t stop_ms, cap_logged_ms, tls_logged_ms;
+    uint64_t tls_refused; /* TLS handshakes that failed */
     void (*stop_cb)(void *data);
     void *stop_data;
     char rbuf[READ_BUF];
+    char pbuf[READ_BUF]; /* TLS: plaintext taken from the codec */
 };
 
 static struct conn_impl *impl(struct gw_conn *c)
@@ -138,6 +153,7 @@ static void on_conn_closed(uv_handle_t *h)
     struct gw_server *s = c->srv;
     dirty_remove(ci);
     free(ci->staged);
+    keel_tls_conn_free(ci->tls);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -158,6 +174,15 @@ static void close_handle(struct conn_impl *ci)
         return;
     ci->handle_closing = true;
     ci->pub.closing = true;
+    if (ci->tls != NULL && keel_tls_conn_established(ci->tls)) {
+        /* close_notify, best effort: a client can tell a finished reply from a cut one. */
+        char bye[128];
+        keel_tls_conn_shutdown(ci->tls);
+        size_t n = keel_tls_conn_take(ci->tls, bye, sizeof(bye));
+        uv_buf_t b = uv_buf_init(bye, (unsigned)n);
+        if (n > 0)
+            (void)uv_try_write((uv_stream_t *)&ci->pub.tcp, &b, 1);
+    }
     uv_close((uv_handle_t *)&ci->pub.tcp, on_conn_closed);
 }
 
@@ -181,7 +206,7 @@ static void on_written(uv_write_t *req, int status)
     struct wbuf *wb = req->data;
     struct conn_impl *ci = wb->c;
     struct gw_conn *c = &ci->pub;
-    c->write_pending -= wb->len;
+    c->write_pending -= wb->acct;
     free(wb);
     if (status < 0) {
         if (!ci->handle_closing && status != UV_ECANCELED)
@@ -198,14 +223,11 @@ static void on_written(uv_write_t *req, int status)
         c->vt->on_drain(c);
 }
 
-static void flush_conn(struct conn_impl *ci)
+/* Write wb (its acct bytes of write_pending settled when it completes). */
+static void write_wbuf(struct conn_impl *ci, struct wbuf *wb)
 {
-    struct wbuf *wb = ci->staged;
-    ci->staged = NULL;
-    if (!wb)
-        return;
     if (ci->handle_closing) {
-        ci->pub.write_pending -= wb->len;
+        ci->pub.write_pending -= wb->acct;
         free(wb);
         return;
     }
@@ -214,10 +236,54 @@ static void flush_conn(struct conn_impl *ci)
     int rc = uv_write(&wb->req, (uv_stream_t *)&ci->pub.tcp, &b, 1, on_written);
     if (rc != 0) {
         KLOG_DEBUG("%s: write failed: %s", ci->pub.peer, uv_strerror(rc));
-        ci->pub.write_pending -= wb->len;
+        ci->pub.write_pending -= wb->acct;
         free(wb);
         close_handle(ci);
     }
+}
+
+/* TLS: write what the codec has for the network, settling acct bytes of write_pending. */
+static void tls_send(struct conn_impl *ci, size_t acct)
+{
+    size_t n = keel_tls_conn_pending(ci->tls);
+    struct wbuf *wb = n > 0 ? malloc(sizeof(*wb) + n) : NULL;
+    if (wb == NULL) {
+        ci->pub.write_pending -= acct;
+        if (n > 0) {
+            KLOG_WARN("%s: out of memory writing %zu bytes: closing", ci->pub.peer, n);
+            close_handle(ci);
+        } else if (ci->pub.closing && ci->pub.write_pending == 0) {
+            close_handle(ci);
+        }
+        return;
+    }
+    wb->c = ci;
+    wb->len = wb->cap = keel_tls_conn_take(ci->tls, wb->data, n);
+    wb->acct = acct;
+    write_wbuf(ci, wb);
+}
+
+static void flush_conn(struct conn_impl *ci)
+{
+    struct wbuf *wb = ci->staged;
+    ci->staged = NULL;
+    if (!wb)
+        return;
+    wb->acct = wb->len;
+    if (ci->tls == NULL || ci->handle_closing) {
+        write_wbuf(ci, wb);
+        return;
+    }
+    int rc = keel_tls_conn_write(ci->tls, wb->data, wb->len);
+    size_t acct = wb->len;
+    free(wb);
+    if (rc != 0) {
+        KLOG_DEBUG("%s: TLS: %s", ci->pub.peer, keel_tls_conn_error(ci->tls));
+        ci->pub.write_pending -= acct;
+        close_handle(ci);
+        return;
+    }
+    tls_send(ci, acct);
 }
 
 static void on_flush(uv_check_t *h)
@@ -351,6 +417,73 @@ static void sniff(struct conn_impl *ci, const char *p, size_t n)
     free(all);
 }
 
+static void on_eof(struct conn_impl *ci, int status)
+{
+    struct gw_conn *c = &ci->pub;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (ci->attached && c->vt && c->vt->on_eof)
+        c->vt->on_eof(c, status);
+    else
+        gw_conn_close(c);
+}
+
+static void deliver(struct conn_impl *ci, const char *p, size_t n)
+{
+    if (ci->attached)
+        ci->pub.vt->on_read(&ci->pub, p, n);
+    else
+        sniff(ci, p, n);
+}
+
+/* A handshake that failed (a client without the CA, without a certificate when one is asked
+ * for, or no TLS at all): the alert is on its way; logged at most once a second. */
+static void tls_refused(struct conn_impl *ci)
+{
+    struct gw_server *s = ci->pub.srv;
+    uint64_t now = uv_now(s->loop);
+    s->tls_refused++;
+    if (s->tls_logged_ms == 0 || now - s->tls_logged_ms >= 1000) {
+        KLOG_WARN("%s: TLS handshake failed: %s (%llu refused so far)", ci->pub.peer,
+                  keel_tls_conn_error(ci->tls), (unsigned long long)s->tls_refused);
+        s->tls_logged_ms = now;
+    }
+    gw_conn_close(&ci->pub);
+}
+
+/* TLS: feed what arrived to the codec, send its answer, hand on the plaintext. */
+static void tls_read(struct conn_impl *ci, const char *buf, size_t n)
+{
+    struct gw_conn *c = &ci->pub;
+    bool was = keel_tls_conn_established(ci->tls);
+    int rc = keel_tls_conn_feed(ci->tls, buf, n);
+    tls_send(ci, 0);
+    if (rc != 0) {
+        if (!was)
+            tls_refused(ci);
+        else
+            on_eof(ci, rc == KEEL_ECLOSED ? 0 : UV_EPROTO);
+        return;
+    }
+    if (!was && keel_tls_conn_established(ci->tls))
+        KLOG_DEBUG("%s: %s, ALPN '%s'", c->peer, keel_tls_conn_version(ci->tls),
+                   keel_tls_conn_alpn(ci->tls));
+    /* Bounded: the codec holds at most what this read brought. */
+    while (!c->closing) {
+        size_t got = 0;
+        rc = keel_tls_conn_read(ci->tls, c->srv->pbuf, sizeof(c->srv->pbuf), &got);
+        tls_send(ci, 0); /* TLS 1.3 may answer (a key update) */
+        if (rc != 0) {
+            if (rc != KEEL_ECLOSED)
+                KLOG_DEBUG("%s: TLS: %s", c->peer, keel_tls_conn_error(ci->tls));
+            on_eof(ci, rc == KEEL_ECLOSED ? 0 : UV_EPROTO);
+            return;
+        }
+        if (got == 0)
+            return;
+        deliver(ci, c->srv->pbuf, got);
+    }
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn_impl *ci = st->data;
@@ -358,17 +491,13 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || c->closing)
         return;
     if (nread < 0) {
-        uv_read_stop(st);
-        if (ci->attached && c->vt && c->vt->on_eof)
-            c->vt->on_eof(c, nread == UV_EOF ? 0 : (int)nread);
-        else
-            gw_conn_close(c);
+        on_eof(ci, nread == UV_EOF ? 0 : (int)nread);
         return;
     }
-    if (ci->attached)
-        c->vt->on_read(c, buf->base, (size_t)nread);
+    if (ci->tls != NULL)
+        tls_read(ci, buf->base, (size_t)nread);
     else
-        sniff(ci, buf->base, (size_t)nread);
+        deliver(ci, buf->base, (size_t)nread);
 }
 
 size_t gw_server_connections(const struct gw_server *s)
@@ -437,6 +566,11 @@ static void on_connection(uv_stream_t *ls, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    if (s->ctx->tls != NULL && (rc = keel_tls_conn_new(s->ctx->tls, NULL, &ci->tls)) != 0) {
+        KLOG_WARN("%s: TLS: %s: closing", c->peer, keel_strerror(rc));
+        close_handle(ci);
+        return;
+    }
     rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rc != 0) {
         KLOG_WARN("%s: read: %s", c->peer, uv_strerror(rc));

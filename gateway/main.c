@@ -4,10 +4,12 @@
  *   keel-gateway --listen HOST:PORT --endpoints A,B,C [--zone Z] [--advertise-client-urls U,...]
  *                [--request-timeout-ms MS] [--max-request-bytes N] [--log-level L]
  *                [--listen-metrics HOST:PORT]
+ *                [--cert-file F --key-file F [--trusted-ca-file F --client-cert-auth]]
  *
  * One process, one libuv loop: the listener (gRPC and JSON on one port) and libkeel's client
  * share it. The gateway keeps no state of its own: several may run behind a load balancer.
  * SIGINT/SIGTERM: stop accepting, send GOAWAY, let calls in flight finish, exit 0.
+ * SIGHUP: read the TLS files again (new connections use them).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -21,6 +23,7 @@
 #include "conn.h"
 #include "gwmetrics.h"
 #include "log.h"
+#include "tls.h"
 
 #define DEFAULT_LISTEN            "127.0.0.1:23790"
 #define DEFAULT_MAX_REQUEST_BYTES (1536 * 1024) /* etcd's --max-request-bytes */
@@ -30,7 +33,7 @@ struct gateway {
     struct gw_ctx ctx;
     struct gw_server *srv;
     struct gw_metrics *metrics; /* NULL without --listen-metrics */
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     bool stopping;
 };
 
@@ -50,6 +53,12 @@ static void usage(FILE *f)
             "  --log-level debug|info|warn|error (default info)\n"
             "  --listen-metrics HOST:PORT      serve /metrics (Prometheus text), /health, /readyz\n"
             "                                  and /livez there (default: not served)\n"
+            "  --cert-file FILE                TLS on --listen: this certificate (PEM, with any\n"
+            "                                  intermediates); ALPN h2 (gRPC) and http/1.1 (JSON)\n"
+            "  --key-file FILE                 its private key (PEM); with --cert-file\n"
+            "  --trusted-ca-file FILE          the CAs client certificates must chain to\n"
+            "  --client-cert-auth              require a client certificate of those CAs\n"
+            "                                  (SIGHUP reads the TLS files again)\n"
             "  --version, --help\n",
             DEFAULT_LISTEN, KEEL_DEFAULT_ENDPOINT, KEEL_DEFAULT_REQUEST_TIMEOUT_MS,
             DEFAULT_MAX_REQUEST_BYTES);
@@ -113,6 +122,7 @@ static void on_server_stopped(void *data)
     g->srv = NULL;
     uv_close((uv_handle_t *)&g->sigint, NULL);
     uv_close((uv_handle_t *)&g->sigterm, NULL);
+    uv_close((uv_handle_t *)&g->sighup, NULL);
     keel_aclient_close(g->ctx.ac, on_client_closed, g);
 }
 
@@ -135,10 +145,59 @@ static void on_signal(uv_signal_t *h, int signum)
     gw_server_stop(g->srv, on_server_stopped, g);
 }
 
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    struct gateway *g = h->data;
+    (void)signum;
+    if (g->ctx.tls == NULL)
+        return;
+    char err[600];
+    if (keel_tls_ctx_reload(g->ctx.tls, err, sizeof(err)) != 0)
+        KLOG_ERROR("TLS: reload failed, keeping the certificates in use: %s", err);
+    else
+        KLOG_INFO("TLS: certificates reloaded; new connections use them");
+}
+
+/* The listener's TLS context from the flags; 0 (*out NULL without --cert-file) or 2 after
+ * saying what is wrong. */
+static int make_tls(const char *cert, const char *key, const char *ca, bool client_auth,
+                    struct keel_tls_ctx **out)
+{
+    *out = NULL;
+    if (cert == NULL && key == NULL && ca == NULL && !client_auth)
+        return 0;
+    if (cert == NULL || key == NULL) {
+        fprintf(stderr, "keel-gateway: --cert-file and --key-file go together, and "
+                        "--trusted-ca-file and --client-cert-auth need them\n");
+        return 2;
+    }
+    if (client_auth && ca == NULL) {
+        fprintf(stderr, "keel-gateway: --client-cert-auth needs --trusted-ca-file\n");
+        return 2;
+    }
+    /* etcd: --trusted-ca-file without --client-cert-auth verifies a certificate a client
+     * shows but does not ask for one; tls.h's server verifies only when it asks, so the CA
+     * file matters here only with --client-cert-auth. */
+    struct keel_tls_options o = {.role = KEEL_TLS_SERVER,
+                                 .cert_file = cert,
+                                 .key_file = key,
+                                 .ca_file = client_auth ? ca : NULL,
+                                 .verify_peer = client_auth,
+                                 .alpn = "h2,http/1.1"};
+    char err[600];
+    if (keel_tls_ctx_new(&o, out, err, sizeof(err)) != 0) {
+        fprintf(stderr, "keel-gateway: %s\n", err);
+        return 2;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *listen_addr = DEFAULT_LISTEN, *endpoints = NULL, *zone = "", *advertise = NULL;
     const char *listen_metrics = NULL;
+    const char *cert_file = NULL, *key_file = NULL, *ca_file = NULL;
+    bool client_auth = false;
     long timeout_ms = KEEL_DEFAULT_REQUEST_TIMEOUT_MS, max_request = DEFAULT_MAX_REQUEST_BYTES;
     int level = KEEL_LOG_INFO;
     enum {
@@ -150,7 +209,11 @@ int main(int argc, char **argv)
         O_MAXREQ,
         O_LOG,
         O_VER,
-        O_METRICS
+        O_METRICS,
+        O_CERT,
+        O_KEY,
+        O_CA,
+        O_CLIENT_AUTH
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -161,6 +224,10 @@ int main(int argc, char **argv)
         {"max-request-bytes", required_argument, NULL, O_MAXREQ},
         {"log-level", required_argument, NULL, O_LOG},
         {"listen-metrics", required_argument, NULL, O_METRICS},
+        {"cert-file", required_argument, NULL, O_CERT},
+        {"key-file", required_argument, NULL, O_KEY},
+        {"trusted-ca-file", required_argument, NULL, O_CA},
+        {"client-cert-auth", no_argument, NULL, O_CLIENT_AUTH},
         {"version", no_argument, NULL, O_VER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -203,6 +270,18 @@ int main(int argc, char **argv)
         case O_METRICS:
             listen_metrics = optarg;
             break;
+        case O_CERT:
+            cert_file = optarg;
+            break;
+        case O_KEY:
+            key_file = optarg;
+            break;
+        case O_CA:
+            ca_file = optarg;
+            break;
+        case O_CLIENT_AUTH:
+            client_auth = true;
+            break;
         case O_VER:
             printf("keel-gateway %s\n", KEEL_VERSION);
             return 0;
@@ -224,16 +303,22 @@ int main(int argc, char **argv)
         fprintf(stderr, "keel-gateway: --listen: '%s' is not HOST:PORT\n", listen_addr);
         return 2;
     }
+    struct keel_tls_ctx *tls;
+    int trc = make_tls(cert_file, key_file, ca_file, client_auth, &tls);
+    if (trc != 0)
+        return trc;
     keel_log_setup((enum keel_log_level)level, "gateway");
     signal(SIGPIPE, SIG_IGN);
 
     struct gateway g = {0};
+    g.ctx.tls = tls;
     char default_url[96];
-    snprintf(default_url, sizeof(default_url), "http://%s", listen_addr);
+    snprintf(default_url, sizeof(default_url), "%s://%s", tls ? "https" : "http", listen_addr);
     g.ctx.advertise_urls = split_list(advertise ? advertise : default_url, &g.ctx.n_advertise_urls);
     if (!g.ctx.advertise_urls || g.ctx.n_advertise_urls == 0) {
         fprintf(stderr, "keel-gateway: --advertise-client-urls: no URL given\n");
         free_list(g.ctx.advertise_urls);
+        keel_tls_ctx_free(tls);
         return 2;
     }
     g.ctx.zone = zone;
@@ -253,6 +338,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "keel-gateway: --endpoints: %s\n",
                 keel_endpoints_check(endpoints, why, sizeof(why)) != 0 ? why : keel_strerror(rc));
         free_list(g.ctx.advertise_urls);
+        keel_tls_ctx_free(tls);
         uv_loop_close(&g.loop);
         return 2;
     }
@@ -263,6 +349,7 @@ int main(int argc, char **argv)
         uv_run(&g.loop, UV_RUN_DEFAULT);
         uv_loop_close(&g.loop);
         free_list(g.ctx.advertise_urls);
+        keel_tls_ctx_free(tls);
         return 1;
     }
     if (listen_metrics != NULL) {
@@ -277,6 +364,7 @@ int main(int argc, char **argv)
             uv_loop_close(&g.loop);
             gw_metrics_free(g.metrics);
             free_list(g.ctx.advertise_urls);
+            keel_tls_ctx_free(tls);
             return 2;
         }
         g.ctx.metrics = g.metrics;
@@ -286,14 +374,20 @@ int main(int argc, char **argv)
     g.sigint.data = g.sigterm.data = &g;
     uv_signal_start(&g.sigint, on_signal, SIGINT);
     uv_signal_start(&g.sigterm, on_signal, SIGTERM);
-    KLOG_INFO("keel-gateway %s serving etcd's v3 API (gRPC and JSON) on %s for keel at %s",
-              KEEL_VERSION, listen_addr, endpoints ? endpoints : KEEL_DEFAULT_ENDPOINT);
+    uv_signal_init(&g.loop, &g.sighup);
+    g.sighup.data = &g;
+    uv_signal_start(&g.sighup, on_sighup, SIGHUP);
+    KLOG_INFO("keel-gateway %s serving etcd's v3 API (gRPC and JSON) on %s%s%s for keel at %s",
+              KEEL_VERSION, listen_addr, tls ? " with TLS" : "",
+              tls && client_auth ? " and client certificates" : "",
+              endpoints ? endpoints : KEEL_DEFAULT_ENDPOINT);
 
     uv_run(&g.loop, UV_RUN_DEFAULT);
     rc = uv_loop_close(&g.loop);
     if (rc != 0)
         KLOG_WARN("loop closed with handles still open: %s", uv_strerror(rc));
     free_list(g.ctx.advertise_urls);
+    keel_tls_ctx_free(tls);
     gw_metrics_free(g.metrics);
     KLOG_INFO("stopped");
     return 0;

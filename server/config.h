@@ -69,6 +69,10 @@ struct keel_config {
     char origins[1024];    /* which settings came from the file, the environment, flags (cut) */
     /* --warn-apply-duration: a slower batch apply is logged (0: never; fsm.h) */
     unsigned warn_apply_us;
+    /* Peer TLS (transport.h): the three PEM files, all set or all "" (no peer TLS). */
+    char peer_cert_file[512];
+    char peer_key_file[512];
+    char peer_ca_file[512];
 };
 
 /*

@@ -44,6 +44,13 @@ void keel_handshake_encode(const struct keel_handshake *h, uint8_t out[KEEL_HAND
 
 int keel_handshake_check_head(const uint8_t *head, char *why, size_t len)
 {
+    if (head[0] == 0x16 && head[1] == 0x03) {
+        /* A TLS handshake record (type 22, version 3.x): a member with peer TLS on. */
+        snprintf(why, len,
+                 "the peer speaks TLS: peer TLS is on there and off here "
+                 "(--peer-cert-file, --peer-key-file, --peer-trusted-ca-file)");
+        return -1;
+    }
     if (keel_get_le64(head) != HELLO_MAGIC) {
         snprintf(why, len, "not a keel peer handshake");
         return -1;

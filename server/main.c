@@ -82,6 +82,7 @@ struct keeld {
     struct keel_node *node;
     int node_ready;
     uv_signal_t sigterm, sigint;
+    uv_signal_t sighup; /* reload certificates */
     uv_timer_t stop_timer;
     int stopping;
 };
@@ -296,6 +297,7 @@ static void sessions_stopped(void *data)
     struct keeld *k = data;
     uv_close((uv_handle_t *)&k->sigterm, NULL);
     uv_close((uv_handle_t *)&k->sigint, NULL);
+    uv_close((uv_handle_t *)&k->sighup, NULL);
     uv_close((uv_handle_t *)&k->stop_timer, NULL);
 }
 
@@ -501,6 +503,16 @@ static void on_signal(uv_signal_t *h, int signum)
         keel_node_transfer(k->node, 0, transfer_done, k) == 0)
         return;
     stop_now(k);
+}
+
+/* SIGHUP: read the certificates again (each reload logs how it went; a failed one keeps the
+ * certificates in use). */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    struct keeld *k = h->data;
+    (void)signum;
+    if (k->node != NULL && !k->stopping)
+        keel_node_reload_tls(k->node);
 }
 
 /* ---- start-up ---- */
@@ -839,6 +851,9 @@ int main(int argc, char **argv)
     k.sigterm.data = k.sigint.data = k.stop_timer.data = &k;
     uv_signal_start(&k.sigterm, on_signal, SIGTERM);
     uv_signal_start(&k.sigint, on_signal, SIGINT);
+    uv_signal_init(&k.loop, &k.sighup);
+    k.sighup.data = &k;
+    uv_signal_start(&k.sighup, on_sighup, SIGHUP);
     if (k.stopping)
         stop_now(&k); /* after a failed start */
     else if (keel_notify("READY=1") != 0)

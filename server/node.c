@@ -1253,6 +1253,11 @@ void keel_node_stop(struct keel_node *n, void (*cb)(void *data), void *data)
     uv_timer_start(&n->drain, drain_tick, 0, 5);
 }
 
+int keel_node_reload_tls(struct keel_node *n)
+{
+    return keel_transport_reload_tls(&n->transport);
+}
+
 void keel_node_free(struct keel_node *n)
 {
     if (n == NULL)

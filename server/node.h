@@ -110,6 +110,10 @@ bool keel_node_changing(struct keel_node *n);
 int keel_node_transfer(struct keel_node *n, uint64_t target, void (*cb)(void *data, int err),
                        void *data);
 
+/* Read the peer TLS certificates again (SIGHUP; keel_transport_reload_tls, which logs how it
+ * went). 0, or -1 when the files could not be used (the old ones stay). */
+int keel_node_reload_tls(struct keel_node *n);
+
 /* Stop raft; cb(data) fires once raft, its log and its transport are closed. From this call on,
  * propose and barrier refuse with KEEL_EUNAVAILABLE. Proposals and barriers raft still holds are
  * called back before raft closes: applied (0), or with KEEL_EUNKNOWN / KEEL_ENOTLEADER when

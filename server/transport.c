@@ -13,9 +13,11 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "err.h"
 #include "handshake.h"
 #include "hostport.h"
 #include "log.h"
+#include "peertls.h"
 
 #define HELLO_TIMEOUT 5000 /* ms an incoming connection has to send its handshake */
 /* Incoming connections whose handshake is not yet checked; more are closed at once. Each holds a
@@ -33,6 +35,9 @@
 #define UNRESOLVED_LOG_MS 30000
 /* Peer addresses this member connected to (as resolved): what keel_transport_isolate cuts. */
 #define MAX_DIALED 32
+/* A peer TLS refusal is logged when it starts, then at most once per TLS_LOG_MS while it goes
+ * on (raft redials every heartbeat). */
+#define TLS_LOG_MS 10000
 
 struct pending {
     struct pending *next, *prev;
@@ -61,6 +66,10 @@ struct pending {
     size_t got;
     uint8_t hello[KEEL_HANDSHAKE_LEN];
     struct keel_handshake_peer peer; /* a handshake that waits for its name's addresses */
+    /* peer TLS: the link that owns the socket from the TCP connect or accept on (tcp is then
+     * NULL); its handshake runs before the keel handshake, which travels inside it */
+    struct keel_peerlink *link;
+    uint64_t tls_started; /* uv_now when the link started: the sweep drops slow handshakes */
 };
 
 struct unresolved {
@@ -91,11 +100,16 @@ struct tport {
     struct sockaddr_in dialed[MAX_DIALED];
     size_t n_dialed, next_dialed;
     struct unresolved unresolved[MAX_UNRESOLVED];
+    /* Peer TLS refusals, rate-limited in the log as unresolved names are (raft redials every
+     * heartbeat): members whose TLS handshake failed when dialled, and incoming ones. */
+    struct unresolved tls_failing[MAX_UNRESOLVED];
+    uint64_t refused_tls, refused_tls_logged_at;
     int isolated; /* keel_transport_isolate: no peer link any more */
     int closing;
     int handles; /* handles of ours still to be closed during shutdown */
     raft_uv_transport_close_cb close_cb;
     struct raft_uv_transport *base;
+    struct keel_peertls *tls; /* NULL: peer TLS off */
 };
 
 static void list_add(struct tport *t, struct pending *p)
@@ -115,7 +129,8 @@ static void list_del(struct pending *p)
 
 static void maybe_closed(struct tport *t)
 {
-    if (t->closing && t->handles == 0 && t->list.next == &t->list && t->close_cb != NULL) {
+    if (t->closing && t->handles == 0 && t->list.next == &t->list &&
+        (t->tls == NULL || keel_peertls_links(t->tls) == 0) && t->close_cb != NULL) {
         raft_uv_transport_close_cb cb = t->close_cb;
         t->close_cb = NULL;
         cb(t->base);
@@ -124,19 +139,34 @@ static void maybe_closed(struct tport *t)
 
 /* ---- outgoing ---- */
 
-static void connect_done_close(uv_handle_t *h)
+static void connect_done(struct pending *p)
 {
-    struct pending *p = h->data;
     struct tport *t = p->t;
-    raft_free(p->tcp);
     list_del(p);
     p->cb(p->req, NULL, p->canceled ? RAFT_CANCELED : RAFT_NOCONNECTION);
     free(p);
     maybe_closed(t);
 }
 
+static void connect_done_close(uv_handle_t *h)
+{
+    struct pending *p = h->data;
+    raft_free(p->tcp);
+    connect_done(p);
+}
+
+/* A link's events (peertls.h): closed links wake a transport that waits to close. */
+static void link_gone(void *data)
+{
+    maybe_closed(data);
+}
+
 static void connect_fail(struct pending *p)
 {
+    if (p->link != NULL) {
+        keel_peerlink_close(p->link); /* then dial_closed */
+        return;
+    }
     if (p->resolving) {
         /* The resolver's callback ends it (at once if it had not started). */
         p->failed = 1;
@@ -158,11 +188,11 @@ static const char *member_label(const struct tport *t, raft_id id, char *buf, si
     return buf;
 }
 
-static struct unresolved *unresolved_of(struct tport *t, raft_id id, bool add)
+static struct unresolved *failing_of(struct unresolved *tab, raft_id id, bool add)
 {
-    struct unresolved *free_slot = NULL, *oldest = &t->unresolved[0];
+    struct unresolved *free_slot = NULL, *oldest = &tab[0];
     for (size_t i = 0; i < MAX_UNRESOLVED; i++) {
-        struct unresolved *u = &t->unresolved[i];
+        struct unresolved *u = &tab[i];
         if (u->id == id)
             return u;
         if (u->id == 0 && free_slot == NULL)
@@ -182,7 +212,7 @@ static struct unresolved *unresolved_of(struct tport *t, raft_id id, bool add)
  * log says so once, then at most every UNRESOLVED_LOG_MS. */
 static void note_unresolved(struct tport *t, const struct pending *p, int status)
 {
-    struct unresolved *u = unresolved_of(t, p->id, true);
+    struct unresolved *u = failing_of(t->unresolved, p->id, true);
     uint64_t now = uv_now(t->loop);
     u->fails++;
     if (u->fails > 1 && now - u->logged_at < UNRESOLVED_LOG_MS)
@@ -196,7 +226,7 @@ static void note_unresolved(struct tport *t, const struct pending *p, int status
 
 static void note_resolved(struct tport *t, const struct pending *p)
 {
-    struct unresolved *u = unresolved_of(t, p->id, false);
+    struct unresolved *u = failing_of(t->unresolved, p->id, false);
     if (u == NULL)
         return;
     char who[KEEL_NAME_MAX + 24], ip[INET_ADDRSTRLEN] = "?";
@@ -231,6 +261,81 @@ static void on_hello_written(uv_write_t *w, int status)
     free(p);
 }
 
+static void dial_closed(void *data)
+{
+    connect_done(data);
+}
+
+/* The member dialled showed a certificate of the CA naming the address dialled: the keel
+ * handshake (written into the link already) is on its way, and raft gets its stream. */
+static void dial_ready(void *data)
+{
+    struct pending *p = data;
+    struct tport *t = p->t;
+    if (p->canceled || t->isolated) {
+        connect_fail(p);
+        return;
+    }
+    struct unresolved *u = failing_of(t->tls_failing, p->id, false);
+    if (u != NULL) {
+        char who[KEEL_NAME_MAX + 24];
+        KLOG_INFO("peer %s: TLS handshake succeeds again after %llu failed attempt%s",
+                  member_label(t, p->id, who, sizeof(who)), (unsigned long long)u->fails,
+                  u->fails == 1 ? "" : "s");
+        memset(u, 0, sizeof(*u));
+    }
+    struct keel_peerlink_events ev = {.data = t, .closed = link_gone};
+    uv_stream_t *stream;
+    int rv = keel_peerlink_handoff(p->link, &ev, &stream);
+    if (rv != 0) {
+        char who[KEEL_NAME_MAX + 24];
+        KLOG_WARN("peer %s: cannot make the link's socketpair (%s)",
+                  member_label(t, p->id, who, sizeof(who)), keel_strerror(rv));
+        connect_fail(p);
+        return;
+    }
+    list_del(p);
+    p->cb(p->req, stream, 0);
+    free(p);
+}
+
+static void dial_failed(void *data, const char *why)
+{
+    struct pending *p = data;
+    struct tport *t = p->t;
+    struct unresolved *u = failing_of(t->tls_failing, p->id, true);
+    uint64_t now = uv_now(t->loop);
+    if (++u->fails == 1 || now - u->logged_at >= TLS_LOG_MS) {
+        char who[KEEL_NAME_MAX + 24];
+        KLOG_WARN("peer %s at %s:%d: TLS handshake failed, link refused: %s (%llu attempt%s "
+                  "so far)",
+                  member_label(t, p->id, who, sizeof(who)), p->host, p->port, why,
+                  (unsigned long long)u->fails, u->fails == 1 ? "" : "s");
+        u->logged_at = now;
+    }
+    connect_fail(p);
+}
+
+/* Peer TLS on a connected socket: the link takes it over, the keel handshake waits in it until
+ * the TLS handshake completes. */
+static void dial_tls(struct pending *p)
+{
+    struct tport *t = p->t;
+    char who[KEEL_NAME_MAX + 24], label[160];
+    snprintf(label, sizeof(label), "to %s at %s:%d", member_label(t, p->id, who, sizeof(who)),
+             p->host, p->port);
+    struct keel_peerlink_events ev = {
+        .data = p, .ready = dial_ready, .failed = dial_failed, .closed = dial_closed};
+    p->tls_started = uv_now(t->loop);
+    if (keel_peerlink_start(t->tls, p->tcp, true, p->host, label, &ev, &p->link) != 0) {
+        connect_fail(p);
+        return;
+    }
+    p->tcp = NULL;
+    if (keel_peerlink_write(p->link, p->hello, KEEL_HANDSHAKE_LEN) != 0)
+        connect_fail(p);
+}
+
 static void on_connect(uv_connect_t *c, int status)
 {
     struct pending *p = c->data;
@@ -254,6 +359,10 @@ static void on_connect(uv_connect_t *c, int status)
                                .name = t->cfg->name,
                                .zone = t->cfg->zone};
     keel_handshake_encode(&h, p->hello);
+    if (t->tls != NULL) {
+        dial_tls(p);
+        return;
+    }
     uv_buf_t buf = uv_buf_init((char *)p->hello, KEEL_HANDSHAKE_LEN);
     p->write.data = p;
     if (uv_write(&p->write, (uv_stream_t *)p->tcp, &buf, 1, on_hello_written) != 0)
@@ -362,15 +471,25 @@ static int t_connect(struct raft_uv_transport *base, struct raft_uv_connect *req
 
 /* ---- incoming ---- */
 
-static void accept_closed(uv_handle_t *h)
+static void accept_gone(struct pending *p)
 {
-    struct pending *p = h->data;
     struct tport *t = p->t;
-    raft_free(p->tcp);
     list_del(p);
     t->accepting--;
     free(p);
     maybe_closed(t);
+}
+
+static void accept_closed(uv_handle_t *h)
+{
+    struct pending *p = h->data;
+    raft_free(p->tcp);
+    accept_gone(p);
+}
+
+static void accept_link_closed(void *data)
+{
+    accept_gone(data);
 }
 
 static void accept_drop(struct pending *p)
@@ -382,7 +501,9 @@ static void accept_drop(struct pending *p)
         p->failed = 1;
         return;
     }
-    if (!uv_is_closing((uv_handle_t *)p->tcp))
+    if (p->link != NULL)
+        keel_peerlink_close(p->link); /* then accept_link_closed */
+    else if (!uv_is_closing((uv_handle_t *)p->tcp))
         uv_close((uv_handle_t *)p->tcp, accept_closed);
 }
 
@@ -391,13 +512,23 @@ static void accept_done(struct pending *p)
 {
     struct tport *t = p->t;
     struct keel_handshake_peer peer = p->peer;
-    uv_tcp_t *tcp = p->tcp;
+    uv_stream_t *stream = (uv_stream_t *)p->tcp;
+    if (p->link != NULL) {
+        struct keel_peerlink_events ev = {.data = t, .closed = link_gone};
+        int rv = keel_peerlink_handoff(p->link, &ev, &stream);
+        if (rv != 0) {
+            KLOG_WARN("peer connection from %s dropped: cannot make its socketpair (%s)", p->from,
+                      keel_strerror(rv));
+            accept_drop(p);
+            return;
+        }
+    }
     list_del(p);
     t->accepting--;
     free(p);
     t->hooks.peer(t->hooks.data, &peer);
     /* The member's address, which the checks proved equal to the claimed one. */
-    t->accept_cb(t->base, peer.id, peer.peer, (uv_stream_t *)tcp);
+    t->accept_cb(t->base, peer.id, peer.peer, stream);
 }
 
 /* Whether res holds the IPv4 address ip. */
@@ -470,6 +601,8 @@ static void check_by_name(struct pending *p)
     t->resolving_in++;
 }
 
+static void hello_complete(struct pending *p);
+
 static void hello_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct pending *p = h->data;
@@ -483,7 +616,6 @@ static void hello_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     struct pending *p = s->data;
-    struct tport *t = p->t;
     (void)buf;
     if (n < 0) {
         accept_drop(p);
@@ -501,6 +633,51 @@ static void hello_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (p->got < KEEL_HANDSHAKE_LEN)
         return;
     uv_read_stop(s);
+    hello_complete(p);
+}
+
+/* Peer TLS: plaintext arrived on an accepted link. Take the keel handshake out of it, head
+ * first, as hello_read does from a plain socket; what follows stays in the link for raft. */
+static void accept_readable(void *data)
+{
+    struct pending *p = data;
+    char why[256];
+    while (p->got < KEEL_HANDSHAKE_LEN) {
+        size_t want = p->got < KEEL_HANDSHAKE_HEAD ? KEEL_HANDSHAKE_HEAD : KEEL_HANDSHAKE_LEN;
+        size_t n = 0;
+        if (keel_peerlink_read(p->link, p->hello + p->got, want - p->got, &n) != 0 || n == 0)
+            return; /* an error reaches accept_failed through the link */
+        p->got += n;
+        if (p->got == KEEL_HANDSHAKE_HEAD &&
+            keel_handshake_check_head(p->hello, why, sizeof(why)) != 0) {
+            KLOG_WARN("peer connection from %s refused: %s", p->from, why);
+            accept_drop(p);
+            return;
+        }
+    }
+    keel_peerlink_hold(p->link);
+    hello_complete(p);
+}
+
+static void accept_failed(void *data, const char *why)
+{
+    struct pending *p = data;
+    struct tport *t = p->t;
+    uint64_t now = uv_now(t->loop);
+    if (++t->refused_tls == 1 || now - t->refused_tls_logged_at >= TLS_LOG_MS) {
+        KLOG_WARN("peer connection from %s refused: TLS handshake failed: %s (%llu refused "
+                  "so far)",
+                  p->from, why, (unsigned long long)t->refused_tls);
+        t->refused_tls_logged_at = now;
+    }
+    accept_drop(p);
+}
+
+/* The whole keel handshake is in p->hello: check it, then hand the stream to raft. */
+static void hello_complete(struct pending *p)
+{
+    struct tport *t = p->t;
+    char why[256];
     struct keel_handshake_rule rule = {.cluster_id = t->cfg->cluster_id,
                                        .self_id = t->id,
                                        .lookup = t->hooks.lookup,
@@ -532,10 +709,18 @@ static void sweep(uv_timer_t *timer)
     struct tport *t = timer->data;
     uint64_t now = uv_now(t->loop);
     for (struct pending *p = t->list.next; p != &t->list; p = p->next) {
-        if (p->req == NULL && now - p->started > HELLO_TIMEOUT)
+        if (p->req == NULL && now - p->started > HELLO_TIMEOUT) {
+            if (p->link != NULL)
+                KLOG_WARN("peer connection from %s dropped: no TLS and keel handshake in %d ms",
+                          p->from, HELLO_TIMEOUT);
             accept_drop(p);
-        else if (p->req != NULL && !p->connected && !p->resolving &&
-                 now - p->started > connect_timeout(t))
+        } else if (p->req != NULL && p->link != NULL && now - p->tls_started > HELLO_TIMEOUT) {
+            char who[KEEL_NAME_MAX + 24];
+            KLOG_WARN("peer %s at %s:%d: no TLS handshake in %d ms; retrying",
+                      member_label(t, p->id, who, sizeof(who)), p->host, p->port, HELLO_TIMEOUT);
+            connect_fail(p);
+        } else if (p->req != NULL && !p->connected && !p->resolving &&
+                   now - p->started > connect_timeout(t))
             connect_fail(p);
     }
 }
@@ -588,6 +773,19 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     uv_tcp_nodelay(tcp, 1);
+    if (t->tls != NULL) {
+        char label[96];
+        snprintf(label, sizeof(label), "from %s", p->from);
+        struct keel_peerlink_events ev = {.data = p,
+                                          .readable = accept_readable,
+                                          .failed = accept_failed,
+                                          .closed = accept_link_closed};
+        if (keel_peerlink_start(t->tls, tcp, false, NULL, label, &ev, &p->link) != 0)
+            accept_drop(p);
+        else
+            p->tcp = NULL;
+        return;
+    }
     uv_read_start((uv_stream_t *)tcp, hello_alloc, hello_read);
 }
 
@@ -665,6 +863,8 @@ static void t_close(struct raft_uv_transport *base, raft_uv_transport_close_cb c
             accept_drop(p);
         }
     }
+    if (t->tls != NULL)
+        keel_peertls_close_links(t->tls);
     maybe_closed(t);
 }
 
@@ -674,6 +874,15 @@ int keel_transport_init(struct raft_uv_transport *base, uv_loop_t *loop,
     struct tport *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return RAFT_NOMEM;
+    char err[600];
+    if (keel_peertls_new(cfg, &t->tls, err, sizeof(err)) != 0) {
+        KLOG_ERROR("peer TLS: %s", err);
+        free(t);
+        return RAFT_INVALID;
+    }
+    if (t->tls != NULL)
+        KLOG_INFO("peer TLS on: certificate %s, CA %s; every peer link is verified both ways",
+                  cfg->peer_cert_file, cfg->peer_ca_file);
     t->loop = loop;
     t->cfg = cfg;
     t->hooks = *hooks;
@@ -733,8 +942,26 @@ void keel_transport_isolate(struct raft_uv_transport *base)
     uv_walk(t->loop, cut_peer_link, t);
 }
 
+int keel_transport_reload_tls(struct raft_uv_transport *base)
+{
+    struct tport *t = base->impl;
+    if (t == NULL || t->tls == NULL)
+        return 0;
+    char err[600];
+    if (keel_peertls_reload(t->tls, err, sizeof(err)) != 0) {
+        KLOG_ERROR("peer TLS: reload failed, keeping the certificates in use: %s", err);
+        return -1;
+    }
+    KLOG_INFO("peer TLS: reloaded %s, %s and %s; new peer links use them", t->cfg->peer_cert_file,
+              t->cfg->peer_key_file, t->cfg->peer_ca_file);
+    return 0;
+}
+
 void keel_transport_close(struct raft_uv_transport *base)
 {
+    struct tport *t = base->impl;
+    if (t != NULL)
+        keel_peertls_free(t->tls);
     free(base->impl);
     base->impl = NULL;
 }

@@ -8,7 +8,15 @@
  * accepting side reads exactly that many bytes, then hands the stream to raft. The handshake
  * is also how a member learns its peers' client addresses (see members.h).
  *
- * Until TLS lands, the only proof of who connects is where the connection comes from. A
+ * With peer TLS (--peer-cert-file and the rest; peertls.h) the connection is TLS from its first
+ * byte, the keel handshake inside it: the dialling member hands raft its stream only once the
+ * accepting member's certificate chains to the CA and names the host dialled, and the accepting
+ * member reads the keel handshake only from a member that showed a certificate of the CA. A
+ * refused TLS handshake is logged on both sides with OpenSSL's reason (the dialler's failure
+ * reaches the acceptor as an alert), and so is a plaintext member meeting a TLS one; raft retries
+ * as after any failed connect. The rule below applies on top.
+ *
+ * Without peer TLS, the only proof of who connects is where the connection comes from. A
  * handshake is accepted only when it names this member's cluster (a member of another cluster
  * must never vote here or feed this log), the id it claims is a member other than this one (of
  * the raft configuration, which member add and remove change; of --initial-cluster only before
@@ -51,8 +59,8 @@ struct keel_transport_hooks {
 };
 
 /* Initialise t as a raft_uv_transport on loop; raft calls its methods. cfg says who this member
- * is (its cluster_id is read at every handshake); it and hooks->data must outlive t. 0 or
- * RAFT_NOMEM. */
+ * is (its cluster_id is read at every handshake); it and hooks->data must outlive t. 0,
+ * RAFT_NOMEM, or RAFT_INVALID after logging why cfg's peer TLS files cannot be used. */
 int keel_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, const struct keel_config *cfg,
                         const struct keel_transport_hooks *hooks);
 
@@ -63,6 +71,13 @@ int keel_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, const stru
  * down within two election timeouts, which is what node.c uses it for (see keel_node_stop).
  */
 void keel_transport_isolate(struct raft_uv_transport *t);
+
+/*
+ * Read the peer TLS files again (main.c's SIGHUP): links made from now on use them, links up
+ * keep theirs. Logs the outcome; on a failure (a missing file, a key that does not match) the
+ * certificates in use stay. 0, or -1 after a failure; 0 when peer TLS is off.
+ */
+int keel_transport_reload_tls(struct raft_uv_transport *t);
 
 /* Free what init allocated; call after raft has closed the transport. */
 void keel_transport_close(struct raft_uv_transport *t);

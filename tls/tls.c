@@ -23,14 +23,15 @@
 /* TLS 1.2: ECDHE key exchange and AEAD ciphers only. TLS 1.3 keeps OpenSSL's default suites,
  * all of which are AEAD with forward secrecy. */
 #define TLS12_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
-#define ALPN_MAX      32
+#define ALPN_MAX      32 /* bytes of one protocol name */
+#define ALPN_WIRE_MAX 64 /* bytes of the whole list in wire form */
 
 struct keel_tls_ctx {
     enum keel_tls_role role;
     bool verify_peer;
     char *cert_file, *key_file, *ca_file;
-    unsigned char alpn[ALPN_MAX + 1]; /* wire form: length byte, then the name */
-    size_t alpn_len;                  /* 0: no ALPN */
+    unsigned char alpn[ALPN_WIRE_MAX]; /* wire form: per name a length byte, then the name */
+    size_t alpn_len;                   /* 0: no ALPN */
     SSL_CTX *ssl;
 };
 
@@ -200,10 +201,22 @@ int keel_tls_ctx_new(const struct keel_tls_options *o, struct keel_tls_ctx **out
         return fail(err, errlen,
                     "TLS: client certificate authentication needs a trusted CA "
                     "file");
-    size_t alen = o->alpn != NULL ? strlen(o->alpn) : 0;
-    if (alen > ALPN_MAX || (o->alpn != NULL && alen == 0))
-        return fail(err, errlen, "TLS: ALPN protocol name '%s' must be 1 to %d bytes", o->alpn,
-                    ALPN_MAX);
+    /* "h2,http/1.1" -> "\x02h2\x08http/1.1", in the order given. */
+    unsigned char wire[ALPN_WIRE_MAX];
+    size_t wlen = 0;
+    for (const char *a = o->alpn; a != NULL;) {
+        const char *comma = strchr(a, ',');
+        size_t n = comma != NULL ? (size_t)(comma - a) : strlen(a);
+        if (n == 0 || n > ALPN_MAX || wlen + 1 + n > sizeof(wire))
+            return fail(err, errlen,
+                        "TLS: ALPN list '%s': each protocol name must be 1 to %d bytes, and the "
+                        "list at most %d bytes on the wire",
+                        o->alpn, ALPN_MAX, ALPN_WIRE_MAX);
+        wire[wlen] = (unsigned char)n;
+        memcpy(wire + wlen + 1, a, n);
+        wlen += 1 + n;
+        a = comma != NULL ? comma + 1 : NULL;
+    }
     struct keel_tls_ctx *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return KEEL_ENOMEM;
@@ -213,11 +226,8 @@ int keel_tls_ctx_new(const struct keel_tls_options *o, struct keel_tls_ctx **out
     c->cert_file = dup_or_null(o->cert_file, &oom);
     c->key_file = dup_or_null(o->key_file, &oom);
     c->ca_file = dup_or_null(o->ca_file, &oom);
-    if (alen > 0) {
-        c->alpn[0] = (unsigned char)alen;
-        memcpy(c->alpn + 1, o->alpn, alen);
-        c->alpn_len = alen + 1;
-    }
+    memcpy(c->alpn, wire, wlen);
+    c->alpn_len = wlen;
     if (oom) {
         keel_tls_ctx_free(c);
         return KEEL_ENOMEM;

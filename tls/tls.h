@@ -43,8 +43,10 @@ struct keel_tls_options {
      * Client: verify the server's certificate and name; false only when the user asked
      * for it (--insecure-skip-tls-verify). */
     bool verify_peer;
-    /* ALPN protocol this end speaks ("h2"), or NULL for none. A server selects it when the
-     * client offers it and goes on without ALPN otherwise; a client offers it. */
+    /* ALPN protocols this end speaks, comma-separated in order of preference ("h2" or
+     * "h2,http/1.1"), or NULL for none. A server selects its first that the client offers and
+     * goes on without ALPN when there is none; a client offers them all. Each name 1 to 32
+     * bytes, the list at most 64 bytes in wire form (KEEL_EINVAL otherwise). */
     const char *alpn;
 };
 

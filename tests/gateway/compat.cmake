@@ -15,3 +15,10 @@ add_test(NAME gateway_compat_etcd3gw
          COMMAND bash ${GW_COMPAT_DIR}/etcd3gw.sh $<TARGET_FILE:keel-gateway> $<TARGET_FILE:keeld>)
 set_tests_properties(gateway_compat_etcdctl gateway_compat_clientv3 gateway_compat_etcd3gw
                      PROPERTIES LABELS gateway TIMEOUT 300 SKIP_RETURN_CODE 77)
+
+# keel-gateway with TLS (and keel with peer TLS behind it), with the real etcdctl 3.4: --cacert
+# --cert --key, certificate errors, --client-cert-auth, SIGHUP (issue 16).
+add_test(NAME gateway_compat_etcdctl_tls
+         COMMAND bash ${GW_COMPAT_DIR}/etcdctl_tls.sh $<TARGET_FILE:keel-gateway> $<TARGET_FILE:keeld>
+                 ${PROJECT_SOURCE_DIR}/scripts/gen-certs.sh)
+set_tests_properties(gateway_compat_etcdctl_tls PROPERTIES LABELS gateway TIMEOUT 300 SKIP_RETURN_CODE 77)

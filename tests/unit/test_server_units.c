@@ -125,6 +125,18 @@ static void config_accepts_good_flags(void **state)
                      0);
     assert_int_equal(c.cluster_id, cluster);
     keel_config_close(&c);
+    /* peer TLS: off unless the three files are given (transport.c reads them) */
+    assert_int_equal(parse(GOOD, &c, err, sizeof(err)), 0);
+    assert_string_equal(c.peer_cert_file, "");
+    keel_config_close(&c);
+    assert_int_equal(parse(GOOD " --peer-cert-file /c.pem --peer-key-file /k.pem "
+                                "--peer-trusted-ca-file /ca.pem",
+                           &c, err, sizeof(err)),
+                     0);
+    assert_string_equal(c.peer_cert_file, "/c.pem");
+    assert_string_equal(c.peer_key_file, "/k.pem");
+    assert_string_equal(c.peer_ca_file, "/ca.pem");
+    keel_config_close(&c);
 }
 
 static void config_rejects_bad_flags(void **state)
@@ -167,6 +179,11 @@ static void config_rejects_bad_flags(void **state)
          "--initial-cluster a=127.0.1.1:99999",
          "port"},
         {GOOD " extra", "unexpected argument"},
+        /* peer TLS: the three files together or none */
+        {GOOD " --peer-cert-file /tmp/c.pem --peer-key-file /tmp/k.pem",
+         "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file go together"},
+        {GOOD " --peer-trusted-ca-file /tmp/ca.pem",
+         "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file go together"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct keel_config c;

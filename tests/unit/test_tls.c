@@ -540,6 +540,60 @@ static void copy_file(const char *from, const char *to)
     assert_int_equal(system(cmd), 0);
 }
 
+/* ALPN lists (keel-gateway offers "h2,http/1.1"): the server picks its first that the client
+ * offers, or goes on without ALPN; a list that cannot go on the wire is refused by name. */
+static const char *negotiate(const char *server_alpn, const char *client_alpn, uint64_t *rng)
+{
+    static char got[2][40];
+    struct keel_tls_options so = {.role = KEEL_TLS_SERVER,
+                                  .cert_file = P(dir_a, "member-1.pem"),
+                                  .key_file = P(dir_a, "member-1-key.pem"),
+                                  .alpn = server_alpn};
+    struct keel_tls_options co = {.role = KEEL_TLS_CLIENT,
+                                  .ca_file = P(dir_a, "ca.pem"),
+                                  .verify_peer = true,
+                                  .alpn = client_alpn};
+    struct keel_tls_ctx *sc = ctx_or_die(&so), *cc = ctx_or_die(&co);
+    struct pair p = connect_pair(cc, "localhost", sc, rng);
+    assert_int_equal(p.cerr, 0);
+    assert_int_equal(p.serr, 0);
+    snprintf(got[0], sizeof(got[0]), "%s", keel_tls_conn_alpn(p.s));
+    snprintf(got[1], sizeof(got[1]), "%s", keel_tls_conn_alpn(p.c));
+    assert_string_equal(got[0], got[1]); /* both ends agree */
+    pair_free(&p);
+    keel_tls_ctx_free(sc);
+    keel_tls_ctx_free(cc);
+    return got[0];
+}
+
+static void test_alpn_list(void **state)
+{
+    (void)state;
+    uint64_t rng = tu_seed("tls-alpn");
+    assert_string_equal(negotiate("h2,http/1.1", "h2", &rng), "h2");
+    assert_string_equal(negotiate("h2,http/1.1", "http/1.1", &rng), "http/1.1");
+    /* The server's order wins. */
+    assert_string_equal(negotiate("h2,http/1.1", "http/1.1,h2", &rng), "h2");
+    assert_string_equal(negotiate("h2,http/1.1", "spdy/3", &rng), "");
+    assert_string_equal(negotiate("h2,http/1.1", NULL, &rng), "");
+
+    char err[256];
+    const char *bad[] = {"",
+                         "h2,",
+                         ",h2",
+                         "h2,,http/1.1",
+                         "this-protocol-name-is-longer-than-32-bytes",
+                         "aaaaaaaaaaaaaaaa,bbbbbbbbbbbbbbbb,cccccccccccccccc,dddddddddddddddd"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct keel_tls_options o = {.role = KEEL_TLS_CLIENT, .alpn = bad[i]};
+        struct keel_tls_ctx *c = NULL;
+        err[0] = '\0';
+        assert_int_equal(keel_tls_ctx_new(&o, &c, err, sizeof(err)), KEEL_EINVAL);
+        assert_null(c);
+        expect_contains(bad[i], err, "ALPN list");
+    }
+}
+
 static void test_ctx_errors_and_reload(void **state)
 {
     (void)state;
@@ -621,6 +675,7 @@ int main(void)
         cmocka_unit_test(test_tls12),
         cmocka_unit_test(test_old_protocol_and_garbage),
         cmocka_unit_test(test_ctx_errors_and_reload),
+        cmocka_unit_test(test_alpn_list),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
