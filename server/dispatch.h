@@ -18,6 +18,7 @@
 
 #include <stdint.h>
 
+#include "auth.h"
 #include "compactor.h"
 #include "config.h"
 #include "consensus.h"
@@ -58,6 +59,9 @@ struct keel_dispatch_options {
      * NULL: refused as unsupported. */
     void (*member_change)(void *ctx, uint64_t session, const Keel__Request *req);
     void *member_ctx;
+    /* Every request passes its intake check first, and a linearizable range its check again
+     * after the read barrier (auth.h). NULL: no auth at all (tests). */
+    struct keel_auth *auth;
 };
 
 /* 0 or KEEL_ENOMEM. What o points to must outlive it. */

@@ -119,6 +119,7 @@ struct keel_session {
     struct keel_session *dirty_next;
     int dirty;
     struct drain_hook *hooks; /* the responder's drain hooks, newest first */
+    char *peer_cn;            /* the verified client-certificate CN (NULL: none; no TLS yet) */
     int in_drain;             /* hooks being called: removals only mark them */
 };
 
@@ -901,6 +902,12 @@ void keel_sessions_stat(const struct keel_sessions *ss, struct keel_sessions_sta
     out->output_bytes = ss->out_bytes;
     out->blocked = ss->n_blocked;
     out->held = ss->held;
+}
+
+const char *keel_sessions_peer_cn(const struct keel_sessions *ss, uint64_t session)
+{
+    const struct keel_session *s = keel_u64map_get(&ss->live, session);
+    return s != NULL ? s->peer_cn : NULL;
 }
 
 int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_handler *h)
