@@ -1,12 +1,15 @@
 /*
  * The pure parts of auth (server/authperm.h, server/authcrypto.h): permission-range matching with
  * etcd's range conventions, the token codec (a flipped byte anywhere is refused), and password
- * hashes (right, wrong, malformed).
+ * hashes (right, wrong, malformed); and the store's side: auth changes applied, a write stamped
+ * with an older auth revision refused (AUTH_OLD_REVISION) while auth is enabled, a password never
+ * let into the log.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -15,6 +18,8 @@
 #include "authcrypto.h"
 #include "authperm.h"
 #include "err.h"
+#include "store.h"
+#include "testutil.h"
 
 static ProtobufCBinaryData B(const char *s)
 {
@@ -234,13 +239,110 @@ static void password_hash(void **state)
     assert_false(keel_auth_hash_check("s3cret", h));
 }
 
+/* Apply cmd (an auth op or a write) at index; the result's error. */
+static int apply(struct keel_store *s, uint64_t index, Keel__Command *cmd, struct keel_arena *a)
+{
+    struct keel_apply_result res;
+    tu_apply(s, index, cmd, a, &res);
+    return res.err;
+}
+
+static void store_side(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp("auth-store");
+    struct keel_store *s = tu_store_open(dir, 0);
+    struct keel_arena a;
+    keel_arena_init(&a, 0);
+    char h[KEEL_AUTH_HASH_MAX];
+    assert_int_equal(keel_auth_hash("pw", h), 0);
+    uint64_t idx = 1;
+
+    Keel__UserAddRequest ua = KEEL__USER_ADD_REQUEST__INIT;
+    ua.name = "root";
+    ua.password = "pw";
+    ua.hashed_password = h;
+    Keel__Command c = KEEL__COMMAND__INIT;
+    c.op_case = KEEL__COMMAND__OP_USER_ADD;
+    c.user_add = &ua;
+    const char *msg = NULL;
+    /* A password in a command is refused: only the hash may enter the log. */
+    assert_int_equal(keel_store_validate(&c, NULL, &msg), KEEL_EINVAL);
+    assert_int_equal(apply(s, idx++, &c, &a), KEEL_EINVAL);
+    ua.password = "";
+    assert_int_equal(apply(s, idx++, &c, &a), 0);
+    Keel__UserGrantRoleRequest gr = KEEL__USER_GRANT_ROLE_REQUEST__INIT;
+    gr.user = "root";
+    gr.role = "root";
+    c.op_case = KEEL__COMMAND__OP_USER_GRANT_ROLE;
+    c.user_grant_role = &gr;
+    assert_int_equal(apply(s, idx++, &c, &a), 0);
+    Keel__AuthEnableRequest en = KEEL__AUTH_ENABLE_REQUEST__INIT;
+    uint8_t key[KEEL_AUTH_KEY_BYTES] = {7};
+    en.signing_key = (ProtobufCBinaryData){sizeof(key), key};
+    c.op_case = KEEL__COMMAND__OP_AUTH_ENABLE;
+    c.auth_enable = &en;
+    assert_int_equal(apply(s, idx++, &c, &a), 0);
+    uint64_t rev;
+    bool enabled;
+    keel_store_auth_revision(s, &rev, &enabled);
+    assert_true(enabled);
+    assert_int_equal(rev, 3);
+    struct keel_store_auth st;
+    assert_int_equal(keel_store_auth_read(s, &a, &st), 0);
+    assert_int_equal(st.n_users, 1);
+    assert_string_equal(st.users[0]->hashed_password, h);
+    assert_int_equal(st.users[0]->n_roles, 1);
+    assert_int_equal(st.key.len, sizeof(key));
+
+    /* A write checked against auth revision 2 comes after 3: refused, nothing done. */
+    Keel__Command *put = tu_cmd_put(&a, "k", "v");
+    Keel__AuthInfo ai = KEEL__AUTH_INFO__INIT;
+    ai.user = "root";
+    ai.revision = 2;
+    put->auth = &ai;
+    assert_int_equal(apply(s, idx++, put, &a), KEEL_EAUTHOLDREV);
+    struct keel_store_stat ss;
+    keel_store_stat(s, &ss);
+    assert_int_equal(ss.revision, 0);
+    ai.revision = 3;
+    assert_int_equal(apply(s, idx++, put, &a), 0);
+    /* keeld's own commands carry no stamp: never refused. */
+    put->auth = NULL;
+    assert_int_equal(apply(s, idx++, put, &a), 0);
+    /* Root stays root while auth is on. */
+    Keel__UserDeleteRequest ud = KEEL__USER_DELETE_REQUEST__INIT;
+    ud.name = "root";
+    c.op_case = KEEL__COMMAND__OP_USER_DELETE;
+    c.user_delete = &ud;
+    assert_int_equal(apply(s, idx++, &c, &a), KEEL_EINVAL);
+    /* Disabled: stamps no longer matter. */
+    Keel__AuthDisableRequest dis = KEEL__AUTH_DISABLE_REQUEST__INIT;
+    c.op_case = KEEL__COMMAND__OP_AUTH_DISABLE;
+    c.auth_disable = &dis;
+    assert_int_equal(apply(s, idx++, &c, &a), 0);
+    ai.revision = 0;
+    put->auth = &ai;
+    assert_int_equal(apply(s, idx++, put, &a), 0);
+    /* Reopened: the same state. */
+    keel_store_close(s);
+    s = tu_store_open(dir, 0);
+    keel_store_auth_revision(s, &rev, &enabled);
+    assert_false(enabled);
+    assert_int_equal(rev, 4);
+    keel_store_close(s);
+    keel_arena_close(&a);
+    tu_rmdir(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(single_key),       cmocka_unit_test(ranges_and_prefixes),
         cmocka_unit_test(from_key),         cmocka_unit_test(empty),
         cmocka_unit_test(token_round_trip), cmocka_unit_test(token_tampered),
-        cmocka_unit_test(password_hash),
+        cmocka_unit_test(password_hash),    cmocka_unit_test(store_side),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
