@@ -2391,7 +2391,13 @@ static void perm_range(struct ctl *c, struct ctl_args *pos, size_t at, bool pref
         die(EXIT_USAGE, "--prefix and --from-key cannot be set together");
     if ((prefix || from_key) && (size_t)pos->argc > at + 1)
         die(EXIT_USAGE, "an end key cannot be given with --prefix or --from-key");
-    if (prefix) {
+    if ((prefix || from_key) && key->len == 0) {
+        /* Every key, as clientv3 spells it: "\0" from "\0". */
+        key->data = (uint8_t *)"";
+        key->len = 1;
+        end->data = (uint8_t *)"";
+        end->len = 1;
+    } else if (prefix) {
         uint8_t *e = keel_arena_alloc(&c->arena, key->len + 1);
         end->len = keel_prefix_end(key->data, key->len, e);
         end->data = e;
@@ -2406,6 +2412,8 @@ static void perm_range(struct ctl *c, struct ctl_args *pos, size_t at, bool pref
 
 static void print_perm_key(const ProtobufCBinaryData *b)
 {
+    if (b->len == 1 && b->data[0] == 0)
+        return; /* "\0": the first key there is, shown empty as etcdctl does */
     fwrite(b->data, 1, b->len, stdout);
 }
 
