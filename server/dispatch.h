@@ -1,5 +1,7 @@
 /*
- * Dispatch: what a request means. The first step above the sessions on every request's path:
+ * Dispatch: what a request means. The first step above the sessions on every request's path.
+ * Every request passes auth's intake first (auth.h: who sent it, may they; Authenticate and the
+ * auth reads are answered there), then:
  *
  *   writes (proto/reqkind.h: a kind with a Command)  -> propose (a compaction of a long
  *                                                       history: compactor, in steps)
