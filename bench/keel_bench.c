@@ -74,6 +74,8 @@ static const char *workload_names[] = {"put",           "range",           "txn-
 struct config {
     enum workload workload;
     const char *endpoints;
+    const char *user;     /* --user NAME[:PASSWORD]: every request carries its token */
+    const char *password; /* --password */
     int conns;
     int clients;
     uint64_t total;
@@ -573,6 +575,33 @@ static int zone_source(const char *zone, char *out, size_t len)
     return 0;
 }
 
+/* --user NAME[:PASSWORD]: one authentication through the synchronous client, whose token the
+ * asynchronous ones carry (malloc'd; NULL after saying why). */
+static char *bench_token(const struct config *c)
+{
+    char user[256];
+    const char *colon = strchr(c->user, ':'), *pw = c->password ? c->password : "";
+    size_t n = colon != NULL && c->password == NULL ? (size_t)(colon - c->user) : strlen(c->user);
+    if (n >= sizeof(user)) {
+        fprintf(stderr, "keel-bench: --user: name too long\n");
+        return NULL;
+    }
+    memcpy(user, c->user, n);
+    user[n] = '\0';
+    if (colon != NULL && c->password == NULL)
+        pw = colon + 1;
+    struct keel_options o = {.endpoints = c->endpoints, .user = user, .password = pw};
+    struct keel *k = NULL;
+    int rv = keel_open(&k, &o);
+    if (rv != 0) {
+        fprintf(stderr, "keel-bench: --user %s: %s\n", user, keel_errmsg());
+        return NULL;
+    }
+    char *token = keel_token(k);
+    keel_close(k);
+    return token;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -588,6 +617,8 @@ static void usage(FILE *f)
             "  --key-space-size N    distinct keys (default 1)   --sequential-keys\n"
             "  --consistency l|s     for reads (default l)   --read-ratio F (mixed; default 0.5)\n"
             "  --zone Z              live in zone Z: source address 127.0.Z.250, same-zone reads\n"
+            "  --user NAME[:PW]      authenticate (auth enabled): every request carries the token\n"
+            "                        (its TTL bounds the run: --password PW for the password)\n"
             "  --watchers W          watch workloads: watchers over the key space (default 100)\n"
             "  --leases N            lease workloads: leases granted (default 10000)\n"
             "  --lease-ttl S         their TTL in seconds (default 600 for lease-keepalive, 2 for\n"
@@ -633,6 +664,8 @@ static int parse(struct config *c, int argc, char **argv)
                                          {"key-space-size", required_argument, NULL, 's'},
                                          {"sequential-keys", no_argument, NULL, 'S'},
                                          {"zone", required_argument, NULL, 'z'},
+                                         {"user", required_argument, NULL, 'U'},
+                                         {"password", required_argument, NULL, 'p'},
                                          {"consistency", required_argument, NULL, 'L'},
                                          {"read-ratio", required_argument, NULL, 'R'},
                                          {"seed", required_argument, NULL, 'x'},
@@ -694,6 +727,12 @@ static int parse(struct config *c, int argc, char **argv)
             break;
         case 'z':
             c->zone = optarg;
+            break;
+        case 'U':
+            c->user = optarg;
+            break;
+        case 'p':
+            c->password = optarg;
             break;
         case 'L':
             if (strcmp(optarg, "s") != 0 && strcmp(optarg, "l") != 0) {
@@ -1467,12 +1506,16 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    char *token = NULL;
+    if (b.cfg.user != NULL && (token = bench_token(&b.cfg)) == NULL)
+        return 1;
     uv_loop_init(&b.loop);
     b.acs = calloc((size_t)b.cfg.conns, sizeof(*b.acs));
     struct keel_options o = {.endpoints = b.cfg.endpoints,
                              .zone = b.cfg.zone,
                              .source_address = source[0] ? source : NULL,
-                             .client_name = "keel-bench"};
+                             .client_name = "keel-bench",
+                             .token = token};
     for (int i = 0; i < b.cfg.conns; i++) {
         int rv = keel_aclient_init(&b.acs[i], &b.loop, &o);
         char why[320];
@@ -1542,6 +1585,7 @@ int main(int argc, char **argv)
     free(b.clients);
     free(b.acs);
     free(b.value);
+    free(token);
     if (b.timeline != NULL && fclose(b.timeline) != 0) {
         fprintf(stderr, "keel-bench: --timeline: %s\n", strerror(errno));
         failed = 1;

@@ -193,6 +193,17 @@ int keel_endpoints_check(const char *endpoints, char *msg, size_t len)
     return 0;
 }
 
+int keel_aclient_set_token(struct keel_aclient *ac, const char *token)
+{
+    char *t = NULL;
+    if (token != NULL && token[0] != '\0' && (t = strdup(token)) == NULL)
+        return KEEL_ENOMEM;
+    free(ac->token);
+    ac->token = t;
+    ac->conns.token = t; /* the next connection's Hello */
+    return 0;
+}
+
 int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct keel_options *opts)
 {
     static const struct keel_options defaults;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,6 +43,8 @@ struct ctl {
     const char *command_timeout;
     const char *dial_timeout;
     const char *write_out;
+    const char *user;     /* --user NAME[:PASSWORD] */
+    const char *password; /* --password */
     bool help;
 
     enum out_fmt fmt;
@@ -50,6 +53,7 @@ struct ctl {
     struct keel_arena arena;
     struct keel *k;
     const char *usage; /* of the running command */
+    char *token;       /* the --user's token, for the asynchronous clients and snapshots */
 };
 
 static struct ctl g_ctl;
@@ -85,6 +89,14 @@ static const char *const usage_text =
     "  snapshot status FILE\n"
     "  snapshot restore FILE --name N --initial-cluster LIST [--data-dir D]\n"
     "      [--skip-hash-check]        (a new member's data dir; LIST as keeld's)\n"
+    "  user add NAME[:PASSWORD] [--new-user-password P] [--interactive=false]\n"
+    "  user delete|get NAME | user list | user passwd NAME[:PASSWORD] [--new-user-password P]\n"
+    "  user grant-role|revoke-role NAME ROLE\n"
+    "      (keelctl never prompts: the password comes from NAME:PASSWORD or the flag)\n"
+    "  role add|delete|get NAME | role list\n"
+    "  role grant-permission [--prefix|--from-key] ROLE read|write|readwrite KEY [END]\n"
+    "  role revoke-permission [--prefix|--from-key] ROLE KEY [END]\n"
+    "  auth enable | auth disable | auth status\n"
     "  version\n"
     "\n"
     "Global flags:\n"
@@ -95,6 +107,8 @@ static const char *const usage_text =
     "  --dial-timeout D      connect timeout (default 2s)\n"
     "  --command-timeout D   the same as --timeout (etcdctl's name for it)\n"
     "  -w, --write-out F     simple (default), json or table\n"
+    "  --user NAME[:PW]      authenticate as this user (auth enabled)\n"
+    "  --password PW         its password, when not given after the colon\n"
     "  -h, --help            this text; after a command: that command's usage\n"
     "  --version             keelctl's version (alone)\n";
 
@@ -108,6 +122,8 @@ static void ctl_cleanup(void)
         keel_close(g_ctl.k);
         g_ctl.k = NULL;
     }
+    free(g_ctl.token);
+    g_ctl.token = NULL;
     keel_arena_close(&g_ctl.arena);
 }
 
@@ -148,6 +164,8 @@ static size_t global_flags(struct ctl *c, struct ctl_flag *t)
         {"command-timeout", 0, CTL_STR, &c->command_timeout, false},
         {"dial-timeout", 0, CTL_STR, &c->dial_timeout, false},
         {"write-out", 'w', CTL_STR, &c->write_out, false},
+        {"user", 0, CTL_STR, &c->user, false},
+        {"password", 0, CTL_STR, &c->password, false},
         {"help", 'h', CTL_BOOL, &c->help, false},
     };
     memcpy(t, f, sizeof(f));
@@ -221,6 +239,27 @@ static void fill_options(const struct ctl *c, struct keel_options *o, const char
     o->client_name = "keelctl";
     o->dial_timeout_ms = (uint32_t)c->dial_timeout_ms;
     o->request_timeout_ms = (uint32_t)c->timeout_ms;
+    o->token = c->token;
+}
+
+/* --user NAME[:PASSWORD] and --password: the user and password, in the arena. */
+static void user_password(struct ctl *c, const char **user, const char **password)
+{
+    *user = NULL;
+    *password = c->password ? c->password : "";
+    if (c->user == NULL || c->user[0] == '\0')
+        return;
+    const char *colon = strchr(c->user, ':');
+    if (colon == NULL || c->password != NULL) {
+        *user = c->user;
+        return;
+    }
+    size_t n = (size_t)(colon - c->user);
+    char *u = keel_arena_alloc(&c->arena, n + 1);
+    memcpy(u, c->user, n);
+    u[n] = '\0';
+    *user = u;
+    *password = colon + 1;
 }
 
 /* The outcome of opening a client on c's endpoints: a usage error for addresses that do not
@@ -245,8 +284,21 @@ static struct keel *client(struct ctl *c)
         return c->k;
     struct keel_options o;
     fill_options(c, &o, c->endpoints);
-    check_open(c, keel_open(&c->k, &o));
+    user_password(c, &o.user, &o.password);
+    int rv = keel_open(&c->k, &o);
+    if (rv != 0 && o.user != NULL && rv != KEEL_EINVAL)
+        die_keel(rv); /* the authentication's own message */
+    check_open(c, rv);
     return c->k;
+}
+
+/* With --user: the token for clients that are not c->k (watch, keep-alive, health, snapshot),
+ * from authenticating once through c->k. */
+static void need_token(struct ctl *c)
+{
+    if (c->user == NULL || c->token != NULL)
+        return;
+    c->token = keel_token(client(c));
 }
 
 static const Keel__Response *run(struct ctl *c, Keel__Request *req)
@@ -723,6 +775,7 @@ static int cmd_del(struct ctl *c, int argc, char **argv)
 static struct keel_aclient *open_aclient(struct ctl *c, uv_loop_t *loop)
 {
     struct keel_options o;
+    need_token(c);
     fill_options(c, &o, c->endpoints);
     struct keel_aclient *ac = NULL;
     check_open(c, keel_aclient_init(&ac, loop, &o));
@@ -1258,6 +1311,7 @@ static int cmd_snapshot_save(struct ctl *c, int argc, char **argv)
     if (snapfile_create(path, &w, err) != 0)
         die(1, "%s", err);
     struct keel_options o;
+    need_token(c);
     fill_options(c, &o, c->endpoints);
     struct keel_snapshot_info info;
     int rv = keel_snapshot(&o, c->endpoints, save_piece, w, &info);
@@ -1862,6 +1916,7 @@ static int cmd_endpoint_health(struct ctl *c, int argc, char **argv)
         memset(h, 0, sizeof(*h));
         h->ep = eps[i];
         struct keel_options o;
+        need_token(c);
         fill_options(c, &o, eps[i]);
         o.max_retries = 3;
         int rv = keel_aclient_init(&h->ac, &loop, &o);
@@ -2191,14 +2246,363 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Users, roles, auth (etcdctl's user / role / auth commands and their output)
+ */
+
+/* One request of an auth command: its reply, or the command ends with the member's message. */
+static const Keel__Response *auth_call(struct ctl *c, Keel__Request *req)
+{
+    return run(c, req);
+}
+
+/* NAME[:PASSWORD] or NAME with --new-user-password; --interactive=false reads it from stdin
+ * (etcdctl's way); keelctl never prompts. *name and *pw in the arena. */
+static void name_password(struct ctl *c, const char *arg, const char *flag_pw, bool interactive,
+                          const char **name, const char **pw)
+{
+    const char *colon = strchr(arg, ':');
+    if (colon != NULL && flag_pw == NULL) {
+        size_t n = (size_t)(colon - arg);
+        char *u = keel_arena_alloc(&c->arena, n + 1);
+        memcpy(u, arg, n);
+        u[n] = '\0';
+        *name = u;
+        *pw = colon + 1;
+        return;
+    }
+    *name = arg;
+    if (flag_pw != NULL) {
+        *pw = flag_pw;
+        return;
+    }
+    if (interactive)
+        die(EXIT_USAGE,
+            "give the password as %s:PASSWORD or with --new-user-password (keelctl "
+            "does not prompt; --interactive=false reads it from stdin)",
+            arg);
+    char line[1100];
+    if (fgets(line, sizeof(line), stdin) == NULL)
+        die(EXIT_USAGE, "no password on stdin");
+    line[strcspn(line, "\r\n")] = '\0';
+    char *p = keel_arena_alloc(&c->arena, strlen(line) + 1);
+    strcpy(p, line);
+    memset(line, 0, sizeof(line));
+    *pw = p;
+}
+
+static int cmd_user(struct ctl *c, const char *sub, int argc, char **argv)
+{
+    const char *newpw = NULL;
+    bool interactive = true;
+    struct ctl_flag flags[] = {
+        {"new-user-password", 0, CTL_STR, &newpw, false},
+        {"interactive", 0, CTL_BOOL, &interactive, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    c->usage = "user add|delete|get|list|passwd|grant-role|revoke-role ...";
+    struct ctl_args pos;
+    parse_args(c, flags, argc, argv, &pos);
+    apply_globals(c);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    const Keel__Response *resp;
+    size_t want = !strcmp(sub, "list")                                        ? 0
+                  : !strcmp(sub, "grant-role") || !strcmp(sub, "revoke-role") ? 2
+                                                                              : 1;
+    if ((size_t)pos.argc != want)
+        die(EXIT_USAGE, "user %s takes %zu argument%s", sub, want, want == 1 ? "" : "s");
+    if (!strcmp(sub, "add") || !strcmp(sub, "passwd")) {
+        const char *name, *pw;
+        name_password(c, pos.argv[0], newpw, interactive, &name, &pw);
+        Keel__UserAddRequest add = KEEL__USER_ADD_REQUEST__INIT;
+        Keel__UserChangePasswordRequest chg = KEEL__USER_CHANGE_PASSWORD_REQUEST__INIT;
+        if (!strcmp(sub, "add")) {
+            add.name = (char *)name;
+            add.password = (char *)pw;
+            req.body_case = KEEL__REQUEST__BODY_USER_ADD;
+            req.user_add = &add;
+        } else {
+            chg.name = (char *)name;
+            chg.password = (char *)pw;
+            req.body_case = KEEL__REQUEST__BODY_USER_CHANGE_PASSWORD;
+            req.user_change_password = &chg;
+        }
+        resp = auth_call(c, &req);
+        if (!strcmp(sub, "add"))
+            printf("User %s created\n", name);
+        else
+            printf("Password updated\n");
+    } else if (!strcmp(sub, "delete")) {
+        Keel__UserDeleteRequest del = KEEL__USER_DELETE_REQUEST__INIT;
+        del.name = pos.argv[0];
+        req.body_case = KEEL__REQUEST__BODY_USER_DELETE;
+        req.user_delete = &del;
+        resp = auth_call(c, &req);
+        printf("User %s deleted\n", del.name);
+    } else if (!strcmp(sub, "get")) {
+        Keel__UserGetRequest get = KEEL__USER_GET_REQUEST__INIT;
+        get.name = pos.argv[0];
+        req.body_case = KEEL__REQUEST__BODY_USER_GET;
+        req.user_get = &get;
+        resp = auth_call(c, &req);
+        printf("User: %s\nRoles:", get.name);
+        for (size_t i = 0; resp->user_get && i < resp->user_get->n_roles; i++)
+            printf(" %s", resp->user_get->roles[i]);
+        printf("\n");
+    } else if (!strcmp(sub, "list")) {
+        Keel__UserListRequest list = KEEL__USER_LIST_REQUEST__INIT;
+        req.body_case = KEEL__REQUEST__BODY_USER_LIST;
+        req.user_list = &list;
+        resp = auth_call(c, &req);
+        for (size_t i = 0; resp->user_list && i < resp->user_list->n_users; i++)
+            printf("%s\n", resp->user_list->users[i]);
+    } else if (!strcmp(sub, "grant-role")) {
+        Keel__UserGrantRoleRequest g = KEEL__USER_GRANT_ROLE_REQUEST__INIT;
+        g.user = pos.argv[0];
+        g.role = pos.argv[1];
+        req.body_case = KEEL__REQUEST__BODY_USER_GRANT_ROLE;
+        req.user_grant_role = &g;
+        resp = auth_call(c, &req);
+        printf("Role %s is granted to user %s\n", g.role, g.user);
+    } else if (!strcmp(sub, "revoke-role")) {
+        Keel__UserRevokeRoleRequest r = KEEL__USER_REVOKE_ROLE_REQUEST__INIT;
+        r.name = pos.argv[0];
+        r.role = pos.argv[1];
+        req.body_case = KEEL__REQUEST__BODY_USER_REVOKE_ROLE;
+        req.user_revoke_role = &r;
+        resp = auth_call(c, &req);
+        printf("Role %s is revoked from user %s\n", r.role, r.name);
+    } else {
+        fprintf(stderr, "Error: unknown command \"user %s\"\n%s", sub, usage_text);
+        return EXIT_USAGE;
+    }
+    keel_flat_free(resp);
+    return 0;
+}
+
+/* KEY [END] with --prefix / --from-key, as get's range: into key and end (arena). */
+static void perm_range(struct ctl *c, struct ctl_args *pos, size_t at, bool prefix, bool from_key,
+                       ProtobufCBinaryData *key, ProtobufCBinaryData *end)
+{
+    key->data = (uint8_t *)pos->argv[at];
+    key->len = strlen(pos->argv[at]);
+    end->data = NULL;
+    end->len = 0;
+    if (prefix && from_key)
+        die(EXIT_USAGE, "--prefix and --from-key cannot be set together");
+    if ((prefix || from_key) && (size_t)pos->argc > at + 1)
+        die(EXIT_USAGE, "an end key cannot be given with --prefix or --from-key");
+    if ((prefix || from_key) && key->len == 0) {
+        /* Every key, as clientv3 spells it: "\0" from "\0". */
+        key->data = (uint8_t *)"";
+        key->len = 1;
+        end->data = (uint8_t *)"";
+        end->len = 1;
+    } else if (prefix) {
+        uint8_t *e = keel_arena_alloc(&c->arena, key->len + 1);
+        end->len = keel_prefix_end(key->data, key->len, e);
+        end->data = e;
+    } else if (from_key) {
+        end->data = (uint8_t *)"";
+        end->len = 1; /* "\0" */
+    } else if ((size_t)pos->argc > at + 1) {
+        end->data = (uint8_t *)pos->argv[at + 1];
+        end->len = strlen(pos->argv[at + 1]);
+    }
+}
+
+static void print_perm_key(const ProtobufCBinaryData *b)
+{
+    if (b->len == 1 && b->data[0] == 0)
+        return; /* "\0": the first key there is, shown empty as etcdctl does */
+    fwrite(b->data, 1, b->len, stdout);
+}
+
+/* etcdctl's role get: the key alone, [key, end), or [key, <open ended>. */
+static void print_perms(const Keel__RoleGetResponse *r, bool write)
+{
+    for (size_t i = 0; r != NULL && i < r->n_perm; i++) {
+        const Keel__Permission *p = r->perm[i];
+        bool ok =
+            p->permtype == KEEL__PERMISSION__TYPE__READWRITE ||
+            p->permtype == (write ? KEEL__PERMISSION__TYPE__WRITE : KEEL__PERMISSION__TYPE__READ);
+        if (!ok)
+            continue;
+        printf("\t");
+        if (p->range_end.len == 0) {
+            print_perm_key(&p->key);
+        } else if (p->range_end.len == 1 && p->range_end.data[0] == 0) {
+            printf("[");
+            print_perm_key(&p->key);
+            printf(", <open ended>");
+        } else {
+            printf("[");
+            print_perm_key(&p->key);
+            printf(", ");
+            print_perm_key(&p->range_end);
+            printf(")");
+            uint8_t e[KEEL_MAX_KEY_BYTES + 1];
+            size_t el =
+                p->key.len <= KEEL_MAX_KEY_BYTES ? keel_prefix_end(p->key.data, p->key.len, e) : 0;
+            if (el == p->range_end.len && memcmp(e, p->range_end.data, el) == 0) {
+                printf(" (prefix ");
+                print_perm_key(&p->key);
+                printf(")");
+            }
+        }
+        printf("\n");
+    }
+}
+
+static int cmd_role(struct ctl *c, const char *sub, int argc, char **argv)
+{
+    bool prefix = false, from_key = false;
+    struct ctl_flag flags[] = {
+        {"prefix", 0, CTL_BOOL, &prefix, false},
+        {"from-key", 0, CTL_BOOL, &from_key, false},
+        {NULL, 0, CTL_BOOL, NULL, false},
+    };
+    c->usage = "role add|delete|get|list|grant-permission|revoke-permission ...";
+    struct ctl_args pos;
+    parse_args(c, flags, argc, argv, &pos);
+    apply_globals(c);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    const Keel__Response *resp;
+    if (!strcmp(sub, "list")) {
+        if (pos.argc != 0)
+            die(EXIT_USAGE, "role list takes no arguments");
+        Keel__RoleListRequest list = KEEL__ROLE_LIST_REQUEST__INIT;
+        req.body_case = KEEL__REQUEST__BODY_ROLE_LIST;
+        req.role_list = &list;
+        resp = auth_call(c, &req);
+        for (size_t i = 0; resp->role_list && i < resp->role_list->n_roles; i++)
+            printf("%s\n", resp->role_list->roles[i]);
+    } else if (!strcmp(sub, "grant-permission")) {
+        if (pos.argc < 3 || pos.argc > 4)
+            die(EXIT_USAGE, "role grant-permission takes ROLE read|write|readwrite KEY [END]");
+        Keel__Permission perm = KEEL__PERMISSION__INIT;
+        const char *t = pos.argv[1];
+        if (!strcasecmp(t, "read"))
+            perm.permtype = KEEL__PERMISSION__TYPE__READ;
+        else if (!strcasecmp(t, "write"))
+            perm.permtype = KEEL__PERMISSION__TYPE__WRITE;
+        else if (!strcasecmp(t, "readwrite"))
+            perm.permtype = KEEL__PERMISSION__TYPE__READWRITE;
+        else
+            die(EXIT_USAGE, "permission type must be read, write or readwrite, not \"%s\"", t);
+        perm_range(c, &pos, 2, prefix, from_key, &perm.key, &perm.range_end);
+        Keel__RoleGrantPermissionRequest g = KEEL__ROLE_GRANT_PERMISSION_REQUEST__INIT;
+        g.name = pos.argv[0];
+        g.perm = &perm;
+        req.body_case = KEEL__REQUEST__BODY_ROLE_GRANT_PERMISSION;
+        req.role_grant_permission = &g;
+        resp = auth_call(c, &req);
+        printf("Role %s updated\n", g.name);
+    } else if (!strcmp(sub, "revoke-permission")) {
+        if (pos.argc < 2 || pos.argc > 3)
+            die(EXIT_USAGE, "role revoke-permission takes ROLE KEY [END]");
+        Keel__RoleRevokePermissionRequest r = KEEL__ROLE_REVOKE_PERMISSION_REQUEST__INIT;
+        r.role = pos.argv[0];
+        perm_range(c, &pos, 1, prefix, from_key, &r.key, &r.range_end);
+        req.body_case = KEEL__REQUEST__BODY_ROLE_REVOKE_PERMISSION;
+        req.role_revoke_permission = &r;
+        resp = auth_call(c, &req);
+        if (r.range_end.len == 0)
+            printf("Permission of key %s is revoked from role %s\n", pos.argv[1], r.role);
+        else
+            printf("Permission of range [%s, %.*s) is revoked from role %s\n", pos.argv[1],
+                   (int)r.range_end.len, (const char *)r.range_end.data, r.role);
+    } else if (!strcmp(sub, "add") || !strcmp(sub, "delete") || !strcmp(sub, "get")) {
+        if (pos.argc != 1)
+            die(EXIT_USAGE, "role %s takes one argument", sub);
+        Keel__RoleAddRequest add = KEEL__ROLE_ADD_REQUEST__INIT;
+        Keel__RoleDeleteRequest del = KEEL__ROLE_DELETE_REQUEST__INIT;
+        Keel__RoleGetRequest get = KEEL__ROLE_GET_REQUEST__INIT;
+        if (!strcmp(sub, "add")) {
+            add.name = pos.argv[0];
+            req.body_case = KEEL__REQUEST__BODY_ROLE_ADD;
+            req.role_add = &add;
+        } else if (!strcmp(sub, "delete")) {
+            del.role = pos.argv[0];
+            req.body_case = KEEL__REQUEST__BODY_ROLE_DELETE;
+            req.role_delete = &del;
+        } else {
+            get.role = pos.argv[0];
+            req.body_case = KEEL__REQUEST__BODY_ROLE_GET;
+            req.role_get = &get;
+        }
+        resp = auth_call(c, &req);
+        if (!strcmp(sub, "add")) {
+            printf("Role %s created\n", pos.argv[0]);
+        } else if (!strcmp(sub, "delete")) {
+            printf("Role %s deleted\n", pos.argv[0]);
+        } else {
+            printf("Role %s\nKV Read:\n", pos.argv[0]);
+            print_perms(resp->role_get, false);
+            printf("KV Write:\n");
+            print_perms(resp->role_get, true);
+        }
+    } else {
+        fprintf(stderr, "Error: unknown command \"role %s\"\n%s", sub, usage_text);
+        return EXIT_USAGE;
+    }
+    keel_flat_free(resp);
+    return 0;
+}
+
+static int cmd_auth(struct ctl *c, const char *sub, int argc, char **argv)
+{
+    c->usage = "auth enable|disable|status";
+    struct ctl_args pos;
+    parse_args(c, NULL, argc, argv, &pos);
+    apply_globals(c);
+    if (pos.argc != 0)
+        die(EXIT_USAGE, "auth %s takes no arguments", sub);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    Keel__AuthEnableRequest en = KEEL__AUTH_ENABLE_REQUEST__INIT;
+    Keel__AuthDisableRequest dis = KEEL__AUTH_DISABLE_REQUEST__INIT;
+    Keel__AuthStatusRequest st = KEEL__AUTH_STATUS_REQUEST__INIT;
+    if (!strcmp(sub, "enable")) {
+        req.body_case = KEEL__REQUEST__BODY_AUTH_ENABLE;
+        req.auth_enable = &en;
+    } else if (!strcmp(sub, "disable")) {
+        req.body_case = KEEL__REQUEST__BODY_AUTH_DISABLE;
+        req.auth_disable = &dis;
+    } else if (!strcmp(sub, "status")) {
+        req.body_case = KEEL__REQUEST__BODY_AUTH_STATUS;
+        req.auth_status = &st;
+    } else {
+        fprintf(stderr, "Error: unknown command \"auth %s\"\n%s", sub, usage_text);
+        return EXIT_USAGE;
+    }
+    const Keel__Response *resp = auth_call(c, &req);
+    if (!strcmp(sub, "enable"))
+        printf("Authentication Enabled\n");
+    else if (!strcmp(sub, "disable"))
+        printf("Authentication Disabled\n");
+    else if (resp->auth_status != NULL)
+        printf("Authentication Status: %s\nAuthRevision: %llu\n",
+               resp->auth_status->enabled ? "true" : "false",
+               (unsigned long long)resp->auth_status->authrevision);
+    keel_flat_free(resp);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * main
  */
 
 static bool is_global_with_value(const char *arg)
 {
-    static const char *const names[] = {
-        "--endpoints",       "--zone",         "--source-address", "--timeout",
-        "--command-timeout", "--dial-timeout", "--write-out",      "-w"};
+    static const char *const names[] = {"--endpoints",
+                                        "--zone",
+                                        "--source-address",
+                                        "--timeout",
+                                        "--command-timeout",
+                                        "--dial-timeout",
+                                        "--write-out",
+                                        "-w",
+                                        "--user",
+                                        "--password"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(arg, names[i]) == 0)
             return true;
@@ -2207,9 +2611,16 @@ static bool is_global_with_value(const char *arg)
 
 static bool is_global_inline(const char *arg)
 {
-    static const char *const prefixes[] = {
-        "--endpoints=",       "--zone=",         "--source-address=", "--timeout=",
-        "--command-timeout=", "--dial-timeout=", "--write-out=",      "-w="};
+    static const char *const prefixes[] = {"--endpoints=",
+                                           "--zone=",
+                                           "--source-address=",
+                                           "--timeout=",
+                                           "--command-timeout=",
+                                           "--dial-timeout=",
+                                           "--write-out=",
+                                           "-w=",
+                                           "--user=",
+                                           "--password="};
     for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
         if (strncmp(arg, prefixes[i], strlen(prefixes[i])) == 0)
             return true;
@@ -2256,7 +2667,8 @@ int main(int argc, char **argv)
     for (int i = 1; i < ci; i++)
         rest[nrest++] = argv[i];
     bool two_words = !strcmp(cmd, "member") || !strcmp(cmd, "endpoint") || !strcmp(cmd, "lease") ||
-                     !strcmp(cmd, "snapshot") || !strcmp(cmd, "alarm");
+                     !strcmp(cmd, "snapshot") || !strcmp(cmd, "alarm") || !strcmp(cmd, "user") ||
+                     !strcmp(cmd, "role") || !strcmp(cmd, "auth");
     const char *sub = NULL;
     if (two_words) {
         if (ci + 1 >= argc || argv[ci + 1][0] == '-') {
@@ -2305,6 +2717,12 @@ int main(int argc, char **argv)
         rv = cmd_move_leader(c, nrest, rest);
     else if (!strcmp(cmd, "snapshot"))
         rv = cmd_snapshot(c, sub, nrest, rest);
+    else if (!strcmp(cmd, "user"))
+        rv = cmd_user(c, sub, nrest, rest);
+    else if (!strcmp(cmd, "role"))
+        rv = cmd_role(c, sub, nrest, rest);
+    else if (!strcmp(cmd, "auth"))
+        rv = cmd_auth(c, sub, nrest, rest);
     else if (!strcmp(cmd, "version")) {
         printf("keelctl version: %s\nAPI version: %d\n", KEEL_VERSION, KEEL_PROTOCOL_VERSION);
         rv = 0;

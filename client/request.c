@@ -209,8 +209,11 @@ uint64_t kc_requests_next_deadline(const struct keel_aclient *ac)
  * Routing
  */
 
-int kc_send_oneway(struct keel_aclient *ac, struct kc_conn *c, const Keel__Request *req)
+int kc_send_oneway(struct keel_aclient *ac, struct kc_conn *c, const Keel__Request *in)
 {
+    Keel__Request copy = *in, *req = &copy;
+    if (ac->token != NULL && (copy.token == NULL || copy.token[0] == '\0'))
+        copy.token = ac->token;
     size_t len = keel_frame_size(&req->base);
     if (len - KEEL_FRAME_HEADER > ac->max_frame)
         return KEEL_ETOOLARGE;
@@ -341,6 +344,11 @@ void kc_requests_response(struct keel_aclient *ac, struct kc_conn *c, const Keel
             ac->stats.redirects++;
             return;
         }
+    } else if (status == KEEL_EAUTHOLDREV) {
+        /* Refused at apply, nothing done: the auth state moved while it was on its way. Checked
+         * again against the new state, it may pass (or be refused for good). */
+        if (op_retry(ac, op, 0, status))
+            return;
     } else if (op->route != KC_ROUTE_PINNED && status == KEEL_EUNAVAILABLE) {
         /* The leader saying "not ready yet" is retried there (pick_leader); anyone else may be
          * cut off, so the retry looks elsewhere first. */
@@ -441,6 +449,8 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
         ac->seq = 1;
     Keel__Request copy = *req;
     copy.id = (uint64_t)ac->seq << 32 | slot;
+    if (ac->token != NULL && (copy.token == NULL || copy.token[0] == '\0'))
+        copy.token = ac->token;
     size_t len = keel_frame_size(&copy.base);
     if (len - KEEL_FRAME_HEADER > ac->max_frame) {
         kc_slots_give(&ac->slots, slot, NULL);

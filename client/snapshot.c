@@ -73,8 +73,9 @@ int keel_snapshot(const struct keel_options *opts, const char *endpoint, keel_sn
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     struct download d = {.sink = sink, .data = data, .first = true};
     char why[KEEL_ERRMSG_MAX - 80];
-    int rv = keel_snapread_run(fd, opts && opts->client_name ? opts->client_name : "libkeel",
-                               on_hello, on_chunk, &d, why, sizeof(why));
+    int rv = keel_snapread_run_token(fd, opts && opts->client_name ? opts->client_name : "libkeel",
+                                     opts ? opts->token : NULL, on_hello, on_chunk, &d, why,
+                                     sizeof(why));
     close(fd);
     if (rv != 0) {
         snprintf(msg, sizeof(msg), "snapshot from %s: %s", endpoint, why);

@@ -6,6 +6,7 @@
 _Static_assert(KEEL__ERROR_CODE__INVALID_ARGUMENT == -KEEL_EINVAL, "wire code");
 _Static_assert(KEEL__ERROR_CODE__NO_SPACE == -KEEL_ENOSPACE, "wire code");
 _Static_assert(KEEL__ERROR_CODE__REPLY_TOO_LARGE == -KEEL_EREPLYTOOLARGE, "wire code");
+_Static_assert(KEEL__ERROR_CODE__AUTH_OLD_REVISION == -KEEL_EAUTHOLDREV, "wire code");
 _Static_assert(KEEL__ERROR_CODE__INTERNAL == -KEEL_EINTERNAL, "wire code");
 
 bool keel_err_is_local(int err)

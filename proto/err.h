@@ -41,6 +41,7 @@
     X(REPLYTOOLARGE, 26,                                                                           \
       "reply would exceed the 2031616-byte reply limit: use a limit, keys_only or count_only, "    \
       "or a narrower range")                                                                       \
+    X(AUTHOLDREV, 27, "etcdserver: revision of auth store is old")                                 \
     X(NOMEM, 100, "out of memory")                                                                 \
     X(IO, 101, "input/output error")                                                               \
     X(CORRUPT, 102, "stored data is corrupt")                                                      \
@@ -60,7 +61,7 @@ enum keel_errno {
 
 #define KEEL_E_INTERNAL_BASE (-100)
 /* The last code of the wire band: codes in (KEEL_E_WIRE_LAST - 1, 0) travel as themselves. */
-#define KEEL_E_WIRE_LAST KEEL_EREPLYTOOLARGE
+#define KEEL_E_WIRE_LAST KEEL_EAUTHOLDREV
 
 /*
  * Whether err is this member's own failure (memory, I/O, the storage engine, corruption,

@@ -1,5 +1,5 @@
 /*
- * The request-kind table. Indexed by body case (keel.proto field numbers, 10..72): a sparse
+ * The request-kind table. Indexed by body case (keel.proto field numbers, 10..76): a sparse
  * array is the simplest lookup and costs a few hundred bytes.
  *
  * keel_reqkind_to_command moves the body pointer from the Request's oneof into the Command's
@@ -53,19 +53,24 @@ static const struct keel_reqkind kinds[] = {
     /* A member defragments its own store; not idempotent: a retry runs a second pass. */
     ROW(DEFRAGMENT, 0, NO),
 
+    /* Any member could check a password; the leader has applied every user change it answered. */
     ROW(AUTHENTICATE, I | L, NO),
-    ROW(USER_ADD, W | L, NO),
-    ROW(USER_DELETE, W | L, NO),
-    ROW(USER_GRANT_ROLE, W | L, NO),
-    ROW(USER_REVOKE_ROLE, W | L, NO),
+    ROW(USER_ADD, W | L, KEEL__COMMAND__OP_USER_ADD),
+    ROW(USER_DELETE, W | L, KEEL__COMMAND__OP_USER_DELETE),
+    ROW(USER_GRANT_ROLE, W | L, KEEL__COMMAND__OP_USER_GRANT_ROLE),
+    ROW(USER_REVOKE_ROLE, W | L, KEEL__COMMAND__OP_USER_REVOKE_ROLE),
     ROW(USER_GET, I | L, NO),
     ROW(USER_LIST, I | L, NO),
-    ROW(ROLE_ADD, W | L, NO),
-    ROW(ROLE_DELETE, W | L, NO),
-    ROW(ROLE_GRANT_PERMISSION, W | L, NO),
-    ROW(ROLE_REVOKE_PERMISSION, W | L, NO),
+    ROW(ROLE_ADD, W | L, KEEL__COMMAND__OP_ROLE_ADD),
+    ROW(ROLE_DELETE, W | L, KEEL__COMMAND__OP_ROLE_DELETE),
+    ROW(ROLE_GRANT_PERMISSION, W | L, KEEL__COMMAND__OP_ROLE_GRANT_PERMISSION),
+    ROW(ROLE_REVOKE_PERMISSION, W | L, KEEL__COMMAND__OP_ROLE_REVOKE_PERMISSION),
     ROW(ROLE_GET, I | L, NO),
     ROW(ROLE_LIST, I | L, NO),
+    ROW(USER_CHANGE_PASSWORD, W | L, KEEL__COMMAND__OP_USER_CHANGE_PASSWORD),
+    ROW(AUTH_ENABLE, W | L, KEEL__COMMAND__OP_AUTH_ENABLE),
+    ROW(AUTH_DISABLE, W | L, KEEL__COMMAND__OP_AUTH_DISABLE),
+    ROW(AUTH_STATUS, I | L, NO),
 };
 
 #undef ROW
@@ -157,5 +162,6 @@ int keel_reqkind_to_command(const Keel__Request *req, Keel__Command *cmd)
         return KEEL_EINVAL;
     memcpy((char *)cmd + to->offset, &body, sizeof(body));
     cmd->op_case = k->command;
+    cmd->auth = req->auth; /* what the intake check saw (server/auth.h); NULL: none */
     return 0;
 }

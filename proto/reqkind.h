@@ -35,8 +35,7 @@ struct keel_reqkind {
     const char *name; /* the body case's name, e.g. "DELETE_RANGE" (for logs and tests) */
     unsigned flags;   /* enum keel_reqkind_flag bits */
     /* The Command op a write becomes in the raft log. KEEL__COMMAND__OP__NOT_SET for reads and
-     * for writes keeld does not serve yet (membership, alarms, auth): a server answers those
-     * UNSUPPORTED until their Command exists. */
+     * for writes that take another way (membership changes: membership.h). */
     Keel__Command__OpCase command;
 };
 
@@ -59,9 +58,10 @@ bool keel_reqkind_is_leader_only(const Keel__Request *req);
 
 /*
  * Make cmd carry req's write: set cmd->op_case to the kind's command and point the op at req's
- * body. No copy: cmd borrows req's memory, so req must outlive every use of cmd. cmd's other
- * fields (request_id, origin) are left alone. 0, or KEEL_EINVAL when req is not a write with a
- * Command (see struct keel_reqkind) or its body is missing.
+ * body, and its auth stamp (Request.auth) at cmd->auth. No copy: cmd borrows req's memory, so req
+ * must outlive every use of cmd. cmd's other fields (request_id, origin) are left alone. 0, or
+ * KEEL_EINVAL when req is not a write with a Command (see struct keel_reqkind) or its body is
+ * missing.
  */
 int keel_reqkind_to_command(const Keel__Request *req, Keel__Command *cmd);
 

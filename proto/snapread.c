@@ -123,6 +123,13 @@ static int next_frame(int fd, struct keel_frame_decoder *dec, const uint8_t **pa
 int keel_snapread_run(int fd, const char *client_name, keel_snapread_hello_cb on_hello,
                       keel_snapread_chunk_cb on_chunk, void *data, char *err, size_t errlen)
 {
+    return keel_snapread_run_token(fd, client_name, NULL, on_hello, on_chunk, data, err, errlen);
+}
+
+int keel_snapread_run_token(int fd, const char *client_name, const char *token,
+                            keel_snapread_hello_cb on_hello, keel_snapread_chunk_cb on_chunk,
+                            void *data, char *err, size_t errlen)
+{
     Keel__Hello hello = KEEL__HELLO__INIT;
     hello.protocol_version = 1;
     hello.client_name = (char *)client_name;
@@ -156,6 +163,8 @@ int keel_snapread_run(int fd, const char *client_name, keel_snapread_hello_cb on
     req.id = 1;
     req.body_case = KEEL__REQUEST__BODY_SNAPSHOT;
     req.snapshot = &snap;
+    if (token != NULL && token[0] != '\0')
+        req.token = (char *)token;
     if (rv == 0 && (rv = send_msg(fd, &req.base)) != 0)
         snprintf(err, errlen, "sending the snapshot request failed");
     for (bool done = false; rv == 0 && !done;) {

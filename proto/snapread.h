@@ -43,4 +43,9 @@ typedef int (*keel_snapread_chunk_cb)(void *data, const Keel__Response *resp, ch
 int keel_snapread_run(int fd, const char *client_name, keel_snapread_hello_cb on_hello,
                       keel_snapread_chunk_cb on_chunk, void *data, char *err, size_t errlen);
 
+/* The same with an auth token on the request (NULL or "": none), for a cluster with auth on. */
+int keel_snapread_run_token(int fd, const char *client_name, const char *token,
+                            keel_snapread_hello_cb on_hello, keel_snapread_chunk_cb on_chunk,
+                            void *data, char *err, size_t errlen);
+
 #endif

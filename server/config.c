@@ -81,6 +81,8 @@ static const char usage[] =
     "                              longer read (default 64 MiB; read again at half)\n"
     "  --max-watches N             watches per connection (default 100000)\n"
     "  --watch-progress-ms N       progress notification interval (default 600000)\n"
+    "  --auth-token-ttl N          seconds a token from Authenticate stays valid (default 300,\n"
+    "                              etcd's simple-token TTL)\n"
     "  --lease-checkpoint-interval-ms N\n"
     "                              how long a lease may go unrenewed before the leader writes\n"
     "                              its remaining TTL to the log (default 5000)\n"
@@ -341,7 +343,8 @@ enum {
     O_WARN_APPLY,
     O_PEER_CERT,
     O_PEER_KEY,
-    O_PEER_CA
+    O_PEER_CA,
+    O_AUTH_TTL
 };
 
 /* Every setting keeld has, by its flag name: the keys of --config-file and, upper-cased with
@@ -365,6 +368,7 @@ static const struct option opts[] = {
     {"disk-check-ms", required_argument, NULL, O_DISK_CHECK},
     {"max-request-bytes", required_argument, NULL, O_MAXREQ},
     {"max-txn-ops", required_argument, NULL, O_MAXOPS},
+    {"auth-token-ttl", required_argument, NULL, O_AUTH_TTL},
     {"max-inflight", required_argument, NULL, O_INFLIGHT},
     {"max-inflight-total", required_argument, NULL, O_INFLIGHT_TOTAL},
     {"max-connections", required_argument, NULL, O_MAXCONN},
@@ -576,6 +580,10 @@ static int set_opt(struct keel_config *c, struct parse *p, int opt, const char *
     case O_LEASE_CP:
         rv = parse_u64(val, 10, 3600000, &v, what, err, errlen);
         c->lease_checkpoint_ms = (unsigned)v;
+        break;
+    case O_AUTH_TTL:
+        rv = parse_u64(val, 1, 86400 * 365, &v, what, err, errlen);
+        c->auth_token_ttl_s = (unsigned)v;
         break;
     case O_AC_MODE:
         if (strcmp(val, "periodic") == 0)
@@ -812,6 +820,7 @@ int keel_config_parse(struct keel_config *c, int argc, char **argv, char *err, s
     c->disk_check_ms = 1000;
     c->max_request_bytes = 1536 * 1024;
     c->max_txn_ops = 128;
+    c->auth_token_ttl_s = 300;
     c->max_inflight = 1024;
     c->max_inflight_total = 8192;
     c->max_connections = 4096;

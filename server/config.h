@@ -55,6 +55,7 @@ struct keel_config {
     size_t max_watches;               /* watchers per connection */
     unsigned watch_progress_ms;
     unsigned lease_checkpoint_ms;   /* a lease unrenewed this long gets a checkpoint (lessor.h) */
+    unsigned auth_token_ttl_s;      /* tokens from Authenticate live this long (auth.h) */
     unsigned backend_batch_ms;      /* the store commits at least this often (fsm.h) ... */
     size_t backend_batch_bytes;     /* ... or once its overlay holds this much */
     int compact_mode;               /* enum keel_compact_mode (compactor.h) */

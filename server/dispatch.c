@@ -80,8 +80,11 @@ static void serve_range(struct keel_dispatch *d, uint64_t session, Keel__Request
 static void read_ready(void *data, int err)
 {
     struct read *r = data;
+    const char *msg = NULL;
+    if (err == 0 && r->d->o.auth != NULL)
+        err = keel_auth_check(r->d->o.auth, r->session, r->req, &msg);
     if (err != 0)
-        keel_reply_error(r->d->o.reply, r->session, r->req->id, err, NULL);
+        keel_reply_error(r->d->o.reply, r->session, r->req->id, err, msg);
     if (err == 0 && session_alive(r->d, r->session))
         serve_range(r->d, r->session, r->req);
     else
@@ -322,6 +325,8 @@ static void serve_member_list(struct keel_dispatch *d, uint64_t session, const K
 
 /* ---- the switch ---- */
 
+static void dispatch_checked(void *ctx, uint64_t session, Keel__Request *req);
+
 void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Request *req)
 {
     if (d->stopped) {
@@ -345,6 +350,21 @@ void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Requ
             return;
         }
         /* No memory to hold it: raft refuses it now, as it would have. */
+    }
+    if (d->o.auth != NULL)
+        keel_auth_intake(d->o.auth, session, req, dispatch_checked, d); /* takes req */
+    else
+        dispatch_checked(d, session, req);
+}
+
+/* A request past its auth intake (auth.h). Takes req. */
+static void dispatch_checked(void *ctx, uint64_t session, Keel__Request *req)
+{
+    struct keel_dispatch *d = ctx;
+    if (d->stopped) {
+        keel_reply_error(d->o.reply, session, req->id, KEEL_EUNAVAILABLE, "member is stopping");
+        keel__request__free_unpacked(req, NULL);
+        return;
     }
     const struct keel_reqkind *kind = keel_reqkind_of(req->body_case);
     if (req->body_case == KEEL__REQUEST__BODY_ALARM && req->alarm != NULL &&

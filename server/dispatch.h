@@ -1,5 +1,7 @@
 /*
- * Dispatch: what a request means. The first step above the sessions on every request's path:
+ * Dispatch: what a request means. The first step above the sessions on every request's path.
+ * Every request passes auth's intake first (auth.h: who sent it, may they; Authenticate and the
+ * auth reads are answered there), then:
  *
  *   writes (proto/reqkind.h: a kind with a Command)  -> propose (a compaction of a long
  *                                                       history: compactor, in steps)
@@ -18,6 +20,7 @@
 
 #include <stdint.h>
 
+#include "auth.h"
 #include "compactor.h"
 #include "config.h"
 #include "consensus.h"
@@ -58,6 +61,9 @@ struct keel_dispatch_options {
      * NULL: refused as unsupported. */
     void (*member_change)(void *ctx, uint64_t session, const Keel__Request *req);
     void *member_ctx;
+    /* Every request passes its intake check first, and a linearizable range its check again
+     * after the read barrier (auth.h). NULL: no auth at all (tests). */
+    struct keel_auth *auth;
 };
 
 /* 0 or KEEL_ENOMEM. What o points to must outlive it. */

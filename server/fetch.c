@@ -54,6 +54,14 @@ static int write_chunk(void *data, const Keel__Response *resp, char *err, size_t
 int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t cluster_id, int out_fd,
                           int timeout_ms, char *err, size_t errlen)
 {
+    return keel_fetch_checkpoint_as(addr, bind_host, cluster_id, NULL, out_fd, timeout_ms, err,
+                                    errlen);
+}
+
+int keel_fetch_checkpoint_as(const char *addr, const char *bind_host, uint64_t cluster_id,
+                             const char *token, int out_fd, int timeout_ms, char *err,
+                             size_t errlen)
+{
     int fd = keel_snapread_dial(addr, bind_host, timeout_ms);
     if (fd < 0) {
         snprintf(err, errlen, "connect to %s: %s", addr, strerror(errno));
@@ -61,8 +69,8 @@ int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t clus
     }
     struct fetch f = {addr, cluster_id, out_fd};
     char why[400];
-    int rv = keel_snapread_run(fd, "keeld-checkpoint-fetch", check_hello, write_chunk, &f, why,
-                               sizeof(why));
+    int rv = keel_snapread_run_token(fd, "keeld-checkpoint-fetch", token, check_hello, write_chunk,
+                                     &f, why, sizeof(why));
     if (rv != 0)
         snprintf(err, errlen, "%s: %s", addr, why);
     close(fd);

@@ -18,4 +18,10 @@
 int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t cluster_id, int out_fd,
                           int timeout_ms, char *err, size_t errlen);
 
+/* The same with an auth token on the request (NULL: none): a cluster with auth enabled answers
+ * Snapshot to root only (auth.h: keel_auth_member_token). */
+int keel_fetch_checkpoint_as(const char *addr, const char *bind_host, uint64_t cluster_id,
+                             const char *token, int out_fd, int timeout_ms, char *err,
+                             size_t errlen);
+
 #endif

@@ -23,6 +23,7 @@
 
 #include "bytes.h"
 #include "defrag.h"
+#include "auth.h"
 #include "fetch.h"
 #include "log.h"
 
@@ -229,8 +230,14 @@ static int do_fetch(struct keel_fsm *f, uint64_t token_index)
         if (rv != 0)
             snprintf(err, sizeof(err), "staging: %s", keel_strerror(rv));
         if (rv == 0) {
-            rv = keel_fetch_checkpoint(leader, f->o.bind_host, *f->o.cluster_id, fd, FETCH_TIMEOUT,
-                                       err, sizeof(err));
+            /* With auth enabled the leader answers Snapshot to root only: a token signed with
+             * the cluster's key, when this store holds it (a member that never saw auth enabled
+             * has none: it waits for peer TLS to vouch for it). */
+            char token[KEEL_AUTH_MEMBER_TOKEN_MAX];
+            bool authed = keel_auth_member_token(f->o.store, token) == 0;
+            rv = keel_fetch_checkpoint_as(leader, f->o.bind_host, *f->o.cluster_id,
+                                          authed ? token : NULL, fd, FETCH_TIMEOUT, err,
+                                          sizeof(err));
             if (rv != 0)
                 keel_store_restore_abort(f->o.store, fd);
         }

@@ -78,6 +78,7 @@ struct keeld {
     struct keel_readindex *readindex;
     struct keel_publish *publish;
     struct keel_dispatch *dispatch;
+    struct keel_auth *auth;
     struct keel_rangestream *rangestream;
     struct keel_node *node;
     int node_ready;
@@ -290,6 +291,13 @@ static uint64_t unapplied_bytes(void *data)
     return keel_propose_backlog(k->propose) + keel_fsm_progress(k->fsm)->backlog_bytes;
 }
 
+/* The verified client-certificate CN of a session, for authentication by certificate. */
+static const char *session_peer_cn(void *data, uint64_t session)
+{
+    struct keeld *k = data;
+    return keel_sessions_peer_cn(k->sessions, session);
+}
+
 /* ---- shutdown ---- */
 
 static void sessions_stopped(void *data)
@@ -440,6 +448,7 @@ static void stop_now(struct keeld *k)
     KLOG_INFO("stopping");
     keel_notify("STOPPING=1");
     keel_dispatch_stop(k->dispatch);
+    keel_auth_stop(k->auth);
     keel_propose_stop(k->propose);
     keel_lessor_stop(k->lessor);
     keel_compactor_stop(k->compactor);
@@ -628,6 +637,14 @@ static int wire(struct keeld *k)
         return rv;
     if ((rv = keel_rangestream_new(&k->reply, k->store, &k->rangestream)) != 0)
         return rv;
+    struct keel_auth_options ao = {.loop = &k->loop,
+                                   .store = k->store,
+                                   .reply = &k->reply,
+                                   .token_ttl_s = k->cfg.auth_token_ttl_s,
+                                   .peer_cn = session_peer_cn,
+                                   .peer_ctx = k};
+    if ((rv = keel_auth_new(&ao, &k->auth)) != 0)
+        return rv;
     struct keel_dispatch_options dopt = {.cfg = &k->cfg,
                                          .reply = &k->reply,
                                          .raft = &k->raft,
@@ -643,7 +660,8 @@ static int wire(struct keeld *k)
                                          .rangestream = k->rangestream,
                                          .compactor = k->compactor,
                                          .member_change = member_change,
-                                         .member_ctx = k};
+                                         .member_ctx = k,
+                                         .auth = k->auth};
     if ((rv = keel_dispatch_new(&dopt, &k->dispatch)) != 0)
         return rv;
     struct keel_node_options no = {.loop = &k->loop,
@@ -698,6 +716,7 @@ static void free_modules(struct keeld *k)
     keel_rangestream_free(k->rangestream); /* its drain hooks go while the sessions exist */
     keel_sessions_free(k->sessions);
     keel_dispatch_free(k->dispatch);
+    keel_auth_free(k->auth);
     keel_publish_free(k->publish);
     keel_readindex_free(k->readindex);
     keel_lessor_free(k->lessor);

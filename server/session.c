@@ -120,6 +120,7 @@ struct keel_session {
     struct keel_session *dirty_next;
     int dirty;
     struct drain_hook *hooks; /* the responder's drain hooks, newest first */
+    char *peer_cn;            /* the verified client-certificate CN (NULL: none; no TLS yet) */
     int in_drain;             /* hooks being called: removals only mark them */
     /* Requests handed up and not yet answered, by request id: when and what (struct started),
      * for the request duration histograms. At most max_inflight entries. */
@@ -980,6 +981,12 @@ void keel_sessions_stat(const struct keel_sessions *ss, struct keel_sessions_sta
     out->output_bytes = ss->out_bytes;
     out->blocked = ss->n_blocked;
     out->held = ss->held;
+}
+
+const char *keel_sessions_peer_cn(const struct keel_sessions *ss, uint64_t session)
+{
+    const struct keel_session *s = keel_u64map_get(&ss->live, session);
+    return s != NULL ? s->peer_cn : NULL;
 }
 
 int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_handler *h)

@@ -95,6 +95,13 @@ struct keel_sessions_stat {
 
 void keel_sessions_stat(const struct keel_sessions *ss, struct keel_sessions_stat *out);
 
+/*
+ * The common name of the client certificate this session's TLS handshake verified, NULL when
+ * none: auth (auth.h) takes it as the user of a request without a token. The seam for the TLS
+ * work: a session has no TLS yet, so this is always NULL (keel_tls_conn_peer_cn will fill it).
+ */
+const char *keel_sessions_peer_cn(const struct keel_sessions *ss, uint64_t session);
+
 /* Stop accepting and close every session; cb(data) once all handles are closed (cb may be
  * NULL). */
 void keel_sessions_stop(struct keel_sessions *ss, void (*cb)(void *data), void *data);

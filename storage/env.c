@@ -43,11 +43,11 @@ int ks_meta_load(MDB_txn *txn, MDB_dbi dbi, struct meta *m)
         return ks_mdb_err(rc);
     if (val.mv_size != sizeof(*m) && val.mv_size != KS_META_V1_SIZE &&
         val.mv_size != KS_META_V2_SIZE && val.mv_size != KS_META_V3_SIZE &&
-        val.mv_size != KS_META_V4_SIZE)
+        val.mv_size != KS_META_V4_SIZE && val.mv_size != KS_META_V5_SIZE)
         return KEEL_ECORRUPT;
     memset(m, 0, sizeof(*m));
     memcpy(m, val.mv_data, val.mv_size);
-    if (val.mv_size < sizeof(*m))
+    if (val.mv_size < KS_META_V5_SIZE)
         m->live_keys = KS_LIVE_UNKNOWN;
     if (m->format != STORE_FORMAT)
         return KEEL_ECORRUPT;
@@ -224,7 +224,7 @@ out:
 /* An environment and its databases, before it becomes the store's. */
 struct opened {
     MDB_env *env;
-    MDB_dbi meta, revs, keys, leases, lease_keys, members;
+    MDB_dbi meta, revs, keys, leases, lease_keys, members, auth;
     struct meta m;
 };
 
@@ -238,7 +238,12 @@ static int open_dbis(MDB_txn *txn, unsigned create, struct opened *o)
         (rc = mdb_dbi_open(txn, "lease_keys", create | MDB_DUPSORT, &o->lease_keys)) != 0 ||
         (rc = mdb_dbi_open(txn, "members", create, &o->members)) != 0)
         return ks_mdb_err(rc);
-    return 0;
+    /* A copy made before auth has no auth table: read-only looks go on without it (the store
+     * creates it when it opens the copy). */
+    rc = mdb_dbi_open(txn, "auth", create, &o->auth);
+    if (rc == MDB_NOTFOUND && !create)
+        rc = 0;
+    return ks_mdb_err(rc);
 }
 
 /* Keys whose latest entry is not a tombstone, as txn sees them: a walk over every key. */
@@ -421,6 +426,7 @@ static int adopt(struct keel_store *s, const struct opened *o)
     s->dbi_leases = o->leases;
     s->dbi_lease_keys = o->lease_keys;
     s->dbi_members = o->members;
+    s->dbi_auth = o->auth;
     ks_meta_publish(s, &o->m);
     int err = ks_durable_adopt(s, o->m.applied_index);
     return err != 0 ? err : ks_overlay_reset(s, &o->m);

@@ -13,6 +13,7 @@
  *   history.c   event scans, for watch catch-up
  *   lease.c     leases and their attached keys
  *   compact.c   compaction
+ *   auth.c      users, roles and the auth flags: applying auth changes, reading the tables
  *   validate.c  checks of a command, at intake and again at apply
  *   mvcc.c      applying one command: put, delete, txn, lease grant and revoke, compaction
  *   write.c     the write path: begin, apply in log order, commit
@@ -60,6 +61,10 @@ struct meta {
      * opened: then counted once). A range over every key at the current revision takes its
      * count from here instead of walking all the keys (read.c). */
     uint64_t live_keys;
+    /* Auth (storage/auth.c), cluster state through the log: bumped by every auth change, and
+     * whether auth is enabled (0/1). */
+    uint64_t auth_revision;
+    uint64_t auth_enabled;
 };
 
 /* A store made before the quota was cluster state: meta without its last fields. */
@@ -70,6 +75,10 @@ struct meta {
 #define KS_META_V3_SIZE offsetof(struct meta, nospace_member)
 /* ... and before live_keys. */
 #define KS_META_V4_SIZE offsetof(struct meta, live_keys)
+/* ... and before auth: such a store opens with auth disabled at auth revision 0, and its auth
+ * table is created empty at open. (A keeld from before auth refuses a store written by this
+ * one, as any older keeld refuses a longer meta: ECORRUPT, nothing changed.) */
+#define KS_META_V5_SIZE offsetof(struct meta, auth_revision)
 #define KS_LIVE_UNKNOWN UINT64_MAX
 
 /* A key came to life (+1) or died (-1) in the working meta m. */
@@ -109,7 +118,7 @@ struct ks_durable {
 struct keel_store {
     char *path;
     MDB_env *env;
-    MDB_dbi dbi_meta, dbi_revs, dbi_keys, dbi_leases, dbi_lease_keys, dbi_members;
+    MDB_dbi dbi_meta, dbi_revs, dbi_keys, dbi_leases, dbi_lease_keys, dbi_members, dbi_auth;
     uint64_t quota;
     uint64_t map_size;
     int no_sync;
@@ -210,7 +219,7 @@ struct ov_rec {
 };
 
 /* A change to a small table, as the LMDB call that made it. */
-enum ov_table { OV_LEASES, OV_LEASE_KEYS, OV_MEMBERS };
+enum ov_table { OV_LEASES, OV_LEASE_KEYS, OV_MEMBERS, OV_AUTH };
 enum ov_kind {
     OV_PUT,    /* put key -> data (a duplicate for lease_keys) */
     OV_DEL,    /* delete key, every duplicate of it */
@@ -411,6 +420,7 @@ struct wctx {
     uint32_t sub; /* next sub-revision */
     struct pvec events;
     bool quota_passed; /* a write was refused for passing the quota: the NOSPACE alarm rises */
+    const char *msg;   /* a request-level error's own words (static), else keel_strerror's */
 };
 
 /* Would adding add bytes pass the quota (noted in c->quota_passed), or is the NOSPACE alarm
@@ -434,6 +444,23 @@ int ks_lease_drop(struct wctx *c, int64_t id);
 /* Attached keys of a lease, in key order, copied into arena. */
 int ks_lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBinaryData **keys,
                   size_t *n);
+
+/*
+ * Read every record of a small table into an arena array: each(k, v, slot) fills one element of
+ * `size` bytes. LMDB's records merged with the overlay's changes to the table, from one read;
+ * m (may be NULL) gets the meta of that read. (lease.c)
+ */
+int ks_scan_table(struct keel_store *s, MDB_dbi dbi, enum ov_table table, struct keel_arena *arena,
+                  size_t size,
+                  int (*each)(const MDB_val *k, const MDB_val *v, void *slot, struct keel_arena *a),
+                  void **out, size_t *n, struct meta *m);
+
+/* ---- auth.c ---- */
+/* Whether cmd is an auth change (applied by ks_auth_apply). */
+bool ks_auth_is_change(const Keel__Command *cmd);
+/* Apply an auth change: no revision, no event; the auth revision grows by one when it changed
+ * anything. Request-level errors come with *msg (etcd's words). */
+int ks_auth_apply(struct wctx *c, const Keel__Command *cmd, Keel__Response *resp, const char **msg);
 
 /* ---- compact.c ---- */
 /* Compact history below rev; request-level errors as KEEL_ECOMPACTED / KEEL_EFUTUREREV. */

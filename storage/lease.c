@@ -321,22 +321,19 @@ int ks_lease_keys(struct tctx *t, int64_t id, struct keel_arena *a, ProtobufCBin
     return err;
 }
 
-/*
- * Read every record of a small table into an arena array: each(k, v, slot) fills one element of
- * `size` bytes. LMDB's records merged with the overlay's changes to the table. The shared
- * shape of the lease and member listings.
- */
-static int scan_table(struct keel_store *s, MDB_dbi dbi, enum ov_table table,
-                      struct keel_arena *arena, size_t size,
-                      int (*each)(const MDB_val *k, const MDB_val *v, void *slot,
-                                  struct keel_arena *a),
-                      void **out, size_t *n)
+/* The shared shape of the lease, member and auth listings (internal.h). */
+int ks_scan_table(struct keel_store *s, MDB_dbi dbi, enum ov_table table, struct keel_arena *arena,
+                  size_t size,
+                  int (*each)(const MDB_val *k, const MDB_val *v, void *slot, struct keel_arena *a),
+                  void **out, size_t *n, struct meta *m_out)
 {
     struct tctx t;
     struct meta m;
     int err = ks_read_begin(s, &t, &m);
     if (err != 0)
         return err;
+    if (m_out != NULL)
+        *m_out = m;
     *out = NULL;
     *n = 0;
     struct pairs p = {0};
@@ -385,8 +382,8 @@ static int lease_record(const MDB_val *k, const MDB_val *v, void *slot, struct k
 int keel_store_lease_list(struct keel_store *s, struct keel_arena *arena,
                           struct keel_lease_info **leases, size_t *n)
 {
-    return scan_table(s, s->dbi_leases, OV_LEASES, arena, sizeof(**leases), lease_record,
-                      (void **)leases, n);
+    return ks_scan_table(s, s->dbi_leases, OV_LEASES, arena, sizeof(**leases), lease_record,
+                         (void **)leases, n, NULL);
 }
 
 int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *arena,
@@ -439,6 +436,6 @@ static int member_record(const MDB_val *k, const MDB_val *v, void *slot, struct 
 int keel_store_members(struct keel_store *s, struct keel_arena *arena, Keel__Member ***members,
                        size_t *n)
 {
-    return scan_table(s, s->dbi_members, OV_MEMBERS, arena, sizeof(**members), member_record,
-                      (void **)members, n);
+    return ks_scan_table(s, s->dbi_members, OV_MEMBERS, arena, sizeof(**members), member_record,
+                         (void **)members, n, NULL);
 }

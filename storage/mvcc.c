@@ -691,6 +691,8 @@ static int dispatch(struct wctx *c, const Keel__Command *cmd, Keel__Response *re
             c->m->quota = cmd->quota->bytes;
         return 0;
     default:
+        if (ks_auth_is_change(cmd))
+            return ks_auth_apply(c, cmd, resp, &c->msg);
         return KEEL_EUNSUPPORTED;
     }
 }
@@ -709,6 +711,14 @@ int ks_mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct k
         res->msg = msg;
         return 0;
     }
+    /* etcd's ErrAuthOldRevision: the intake check saw auth state older than this, and a
+     * permission revoked since must not let the write through. Nothing is done: the client
+     * sends it again, to be checked against the state now. */
+    if (cmd->auth != NULL && w->m.auth_enabled && cmd->auth->revision < w->m.auth_revision) {
+        res->err = KEEL_EAUTHOLDREV;
+        res->msg = keel_strerror(KEEL_EAUTHOLDREV);
+        return 0;
+    }
     Keel__Response *resp = NEW_MSG(a, Keel__Response, keel__response__init);
     if (resp == NULL)
         return KEEL_ENOMEM;
@@ -724,7 +734,7 @@ int ks_mvcc_apply(struct keel_store_write *w, const Keel__Command *cmd, struct k
         if (c.quota_passed && w->m.nospace_member == 0)
             w->m.nospace_member = cmd->origin ? cmd->origin : 1;
         res->err = err;
-        res->msg = keel_strerror(err);
+        res->msg = c.msg != NULL ? c.msg : keel_strerror(err);
         return 0;
     }
     if (err != 0)

@@ -18,6 +18,8 @@
  *   leases      lease id -> {granted TTL, checkpointed remaining ms}
  *   lease_keys  lease id -> attached user keys (DUPSORT)
  *   members     member id -> packed Member (name, client address, zone)
+ *   auth        "u" user name -> packed AuthUser; "r" role name -> packed AuthRole; "k" -> the
+ *               token-signing key. The auth flag and revision are in meta.
  *
  * Determinism: applying the same commands to the same state yields the same state and the same
  * results on every replica. Nothing in apply reads a clock, a random source or local
@@ -289,6 +291,40 @@ int keel_store_lease_get(struct keel_store *s, int64_t id, struct keel_arena *ar
 /* The member attributes applied through member_attrs commands (id order, in arena). */
 int keel_store_members(struct keel_store *s, struct keel_arena *arena, Keel__Member ***members,
                        size_t *n);
+
+/* ---------------------------------------------------------------------------------------
+ * Auth state (users, roles, permissions): changed only through the log (Command auth ops),
+ * so every member holds the same at the same applied index. Passwords are never stored: a
+ * user carries the salted hash its intake computed.
+ */
+
+/* Bounds on the auth tables, checked at intake and at apply ("etcdserver: too many ..."): at
+ * most 4096 users of 64 roles, 256 roles of 256 permissions, names of 128 bytes. Every member
+ * keeps a copy in memory (server/auth.c): at the very worst 4096 x 8 KiB of role names plus
+ * 256 x 256 x 1 KiB of permission keys, under 100 MiB; a few hundred KiB in any real use. */
+#define KEEL_AUTH_MAX_USERS          4096
+#define KEEL_AUTH_MAX_ROLES          256
+#define KEEL_AUTH_MAX_ROLES_PER_USER 64
+#define KEEL_AUTH_MAX_PERMS_PER_ROLE 256
+#define KEEL_AUTH_MAX_NAME           128
+#define KEEL_AUTH_KEY_BYTES          32 /* the token-signing key */
+
+struct keel_store_auth {
+    bool enabled;
+    uint64_t revision;       /* bumped by every auth change applied */
+    ProtobufCBinaryData key; /* the token-signing key; empty until auth was first enabled */
+    Keel__AuthUser **users;  /* in name order */
+    size_t n_users;
+    Keel__AuthRole **roles; /* in name order */
+    size_t n_roles;
+};
+
+/* The whole auth state readers see, from one read, in arena. 0 or KEEL_E*. */
+int keel_store_auth_read(struct keel_store *s, struct keel_arena *arena,
+                         struct keel_store_auth *out);
+
+/* The auth revision and flag readers see, without a read (cheap: a mutex). */
+void keel_store_auth_revision(struct keel_store *s, uint64_t *revision, bool *enabled);
 
 /* ---------------------------------------------------------------------------------------
  * Snapshots

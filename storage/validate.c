@@ -408,6 +408,92 @@ static int check_top_txn(struct vctx *v, const Keel__TxnRequest *t)
     return err;
 }
 
+/* A user or role name: present, bounded, and not what a table key could confuse. */
+static int check_name(struct vctx *v, const char *name, const char *what)
+{
+    size_t n = name != NULL ? strlen(name) : 0;
+    if (n == 0) {
+        snprintf(msg_buf, sizeof(msg_buf), "etcdserver: %s name is empty", what);
+        return fail(v, KEEL_EINVAL, msg_buf);
+    }
+    if (n > KEEL_AUTH_MAX_NAME) {
+        snprintf(msg_buf, sizeof(msg_buf), "%s name is longer than %d bytes", what,
+                 KEEL_AUTH_MAX_NAME);
+        return fail(v, KEEL_EINVAL, msg_buf);
+    }
+    return 0;
+}
+
+/* Only a hash goes into the log: a command still carrying the password is refused. */
+static int check_hashed(struct vctx *v, const char *password, const char *hashed)
+{
+    if (password != NULL && password[0] != '\0')
+        return fail(v, KEEL_EINVAL, "a password must not enter the log: hash it at intake");
+    if (hashed == NULL || hashed[0] == '\0')
+        return fail(v, KEEL_EINVAL, "user has no hashed password");
+    return 0;
+}
+
+static int check_perm(struct vctx *v, const Keel__Permission *p)
+{
+    if (p == NULL)
+        return fail(v, KEEL_EINVAL, "permission is not provided");
+    if (p->permtype != KEEL__PERMISSION__TYPE__READ &&
+        p->permtype != KEEL__PERMISSION__TYPE__WRITE &&
+        p->permtype != KEEL__PERMISSION__TYPE__READWRITE)
+        return fail(v, KEEL_EINVAL, "permission type is not READ, WRITE or READWRITE");
+    int err = check_key(v, &p->key);
+    if (err == 0)
+        err = check_range(v, &p->key, &p->range_end);
+    return err;
+}
+
+static int check_auth(struct vctx *v, const Keel__Command *cmd)
+{
+    int err;
+    switch (cmd->op_case) {
+    case KEEL__COMMAND__OP_AUTH_ENABLE:
+    case KEEL__COMMAND__OP_AUTH_DISABLE:
+        return 0;
+    case KEEL__COMMAND__OP_USER_ADD:
+        if ((err = check_name(v, cmd->user_add->name, "user")) != 0)
+            return err;
+        return check_hashed(v, cmd->user_add->password, cmd->user_add->hashed_password);
+    case KEEL__COMMAND__OP_USER_DELETE:
+        return check_name(v, cmd->user_delete->name, "user");
+    case KEEL__COMMAND__OP_USER_CHANGE_PASSWORD:
+        if ((err = check_name(v, cmd->user_change_password->name, "user")) != 0)
+            return err;
+        return check_hashed(v, cmd->user_change_password->password,
+                            cmd->user_change_password->hashed_password);
+    case KEEL__COMMAND__OP_USER_GRANT_ROLE:
+        if ((err = check_name(v, cmd->user_grant_role->user, "user")) != 0)
+            return err;
+        return check_name(v, cmd->user_grant_role->role, "role");
+    case KEEL__COMMAND__OP_USER_REVOKE_ROLE:
+        if ((err = check_name(v, cmd->user_revoke_role->name, "user")) != 0)
+            return err;
+        return check_name(v, cmd->user_revoke_role->role, "role");
+    case KEEL__COMMAND__OP_ROLE_ADD:
+        return check_name(v, cmd->role_add->name, "role");
+    case KEEL__COMMAND__OP_ROLE_DELETE:
+        return check_name(v, cmd->role_delete->role, "role");
+    case KEEL__COMMAND__OP_ROLE_GRANT_PERMISSION:
+        if ((err = check_name(v, cmd->role_grant_permission->name, "role")) != 0)
+            return err;
+        return check_perm(v, cmd->role_grant_permission->perm);
+    case KEEL__COMMAND__OP_ROLE_REVOKE_PERMISSION:
+        if ((err = check_name(v, cmd->role_revoke_permission->role, "role")) != 0)
+            return err;
+        if ((err = check_key(v, &cmd->role_revoke_permission->key)) != 0)
+            return err;
+        return check_range(v, &cmd->role_revoke_permission->key,
+                           &cmd->role_revoke_permission->range_end);
+    default:
+        return fail(v, KEEL_EINVAL, "command carries no operation");
+    }
+}
+
 int ks_validate_command(const Keel__Command *cmd, const struct keel_limits *limits,
                         const char **msg)
 {
@@ -462,6 +548,8 @@ int ks_validate_command(const Keel__Command *cmd, const struct keel_limits *limi
             return fail(&v, KEEL_EINVAL, "quota of 0 bytes");
         return 0;
     default:
+        if (ks_auth_is_change(cmd))
+            return check_auth(&v, cmd);
         return fail(&v, KEEL_EINVAL, "command carries no operation");
     }
 }

@@ -48,10 +48,25 @@ static void served_writes_become_commands(void **state)
 {
     (void)state;
     const Keel__Request__BodyCase served[] = {
-        KEEL__REQUEST__BODY_PUT,         KEEL__REQUEST__BODY_DELETE_RANGE,
-        KEEL__REQUEST__BODY_TXN,         KEEL__REQUEST__BODY_COMPACTION,
-        KEEL__REQUEST__BODY_LEASE_GRANT, KEEL__REQUEST__BODY_LEASE_REVOKE,
+        KEEL__REQUEST__BODY_PUT,
+        KEEL__REQUEST__BODY_DELETE_RANGE,
+        KEEL__REQUEST__BODY_TXN,
+        KEEL__REQUEST__BODY_COMPACTION,
+        KEEL__REQUEST__BODY_LEASE_GRANT,
+        KEEL__REQUEST__BODY_LEASE_REVOKE,
         KEEL__REQUEST__BODY_ALARM,
+        /* auth changes */
+        KEEL__REQUEST__BODY_USER_ADD,
+        KEEL__REQUEST__BODY_USER_DELETE,
+        KEEL__REQUEST__BODY_USER_GRANT_ROLE,
+        KEEL__REQUEST__BODY_USER_REVOKE_ROLE,
+        KEEL__REQUEST__BODY_ROLE_ADD,
+        KEEL__REQUEST__BODY_ROLE_DELETE,
+        KEEL__REQUEST__BODY_ROLE_GRANT_PERMISSION,
+        KEEL__REQUEST__BODY_ROLE_REVOKE_PERMISSION,
+        KEEL__REQUEST__BODY_USER_CHANGE_PASSWORD,
+        KEEL__REQUEST__BODY_AUTH_ENABLE,
+        KEEL__REQUEST__BODY_AUTH_DISABLE,
     };
     size_t with_command = 0;
     for (int body = 0; body < 100; body++) {

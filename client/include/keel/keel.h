@@ -71,8 +71,13 @@ struct keel_options {
     /* Bind every outgoing connection to this IPv4 address (port chosen by the kernel), so that a
      * zone-bound client's traffic carries its zone's source address. NULL: the kernel's choice. */
     const char *source_address;
-    const char *client_name;  /* sent in Hello; NULL: "libkeel" */
-    const char *token;        /* sent in Hello; NULL: none */
+    const char *client_name; /* sent in Hello; NULL: "libkeel" */
+    /* An auth token (from Authenticate): sent in Hello and on every request. NULL: none. */
+    const char *token;
+    /* keel_open only: authenticate as this user (keel_auth) before returning, and again once
+     * when a request is refused for an expired or invalid token. NULL or "": no auth. */
+    const char *user;
+    const char *password;
     uint32_t dial_timeout_ms; /* TCP connect plus handshake; 0: KEEL_DEFAULT_DIAL_TIMEOUT_MS */
     uint32_t
         request_timeout_ms; /* default per-request deadline; 0: KEEL_DEFAULT_REQUEST_TIMEOUT_MS */
@@ -159,6 +164,10 @@ int keel_aclient_request(struct keel_aclient *ac, const Keel__Request *req, uint
  * endpoint that does not parse. */
 int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
                             const struct keel_call_opts *opts, keel_response_cb cb, void *data);
+
+/* Use token (NULL or "": none) on every request from now on, the watches' included. Loop thread
+ * only. 0 or KEEL_ENOMEM (the old token stays). */
+int keel_aclient_set_token(struct keel_aclient *ac, const char *token);
 
 /*
  * Begin closing: every request not yet answered completes with KEEL_ECANCELED and every watch
@@ -496,6 +505,19 @@ int keel_lease_keepalive_stop(struct keel *k, struct keel_keepalive *ka);
 
 /* Any request; the whole Response (header and body) on success. out may be NULL. */
 int keel_do(struct keel *k, const Keel__Request *req, Keel__Response **out);
+
+/*
+ * Authenticate as user with password: every request of k carries the token from then on, and a
+ * request refused for an expired or invalid token is sent once more after authenticating again
+ * with the same credentials (kept in k, wiped at keel_close). 0, or KEEL_EUNAUTHENTICATED
+ * ("authentication failed, invalid user ID or password"), KEEL_EINVAL ("authentication is not
+ * enabled"), ... with keel_errmsg.
+ */
+int keel_auth(struct keel *k, const char *user, const char *password);
+
+/* The token k sends (malloc'd copy for the caller to free; NULL when none): for an asynchronous
+ * client of the same user (keel_options.token). */
+char *keel_token(struct keel *k);
 
 /* keel_do with per-request options (opts may be NULL). */
 int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
