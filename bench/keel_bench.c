@@ -97,6 +97,9 @@ struct config {
     int stall_writer;     /* lease-churn: the concurrent writer */
     const char *timeline; /* a line per answer: "client sent_us answered_us ok" (failover.sh) */
     const char *metrics;  /* a member's /metrics URL, scraped before and after the run */
+    /* TLS (keel.h; etcdctl's --cacert --cert --key --insecure-skip-tls-verify) */
+    const char *cacert, *cert, *key;
+    int insecure_skip_tls_verify;
 };
 
 #define MAX_ZONES 16
@@ -539,10 +542,20 @@ static void progress(uv_timer_t *t)
     fprintf(stderr, "] %" PRIu64 " done", b->completed);
 }
 
+/* The TLS options of c into o. */
+static void tls_options(const struct config *c, struct keel_options *o)
+{
+    o->ca_file = c->cacert;
+    o->cert_file = c->cert;
+    o->key_file = c->key;
+    o->insecure_skip_verify = c->insecure_skip_tls_verify != 0;
+}
+
 /* Learn which member is in which zone, for the per-zone report. */
 static void learn_members(struct bench *b)
 {
     struct keel_options o = {.endpoints = b->cfg.endpoints};
+    tls_options(&b->cfg, &o);
     struct keel *k;
     if (keel_open(&k, &o) != 0)
         return;
@@ -575,33 +588,38 @@ static int zone_source(const char *zone, char *out, size_t len)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: keel-bench [flags] put|range|txn-put|txn-mixed|mixed|watch|watch-latency|\n"
-            "                          lease-keepalive|lease-churn\n"
-            "  --endpoints LIST      client addresses (default $KEEL_ENDPOINTS or 127.0.0.1:2379)\n"
-            "  --conns N             client connections sets (default 1)\n"
-            "  --clients N           requests kept in flight (default 1)\n"
-            "  --total N             requests in all (default 10000)\n"
-            "  --duration S          run for S seconds instead of --total\n"
-            "  --rate R              requests per second over all clients (default unlimited)\n"
-            "  --key-size B          (default 8)   --val-size B (default 256)\n"
-            "  --key-space-size N    distinct keys (default 1)   --sequential-keys\n"
-            "  --consistency l|s     for reads (default l)   --read-ratio F (mixed; default 0.5)\n"
-            "  --zone Z              live in zone Z: source address 127.0.Z.250, same-zone reads\n"
-            "  --watchers W          watch workloads: watchers over the key space (default 100)\n"
-            "  --leases N            lease workloads: leases granted (default 10000)\n"
-            "  --lease-ttl S         their TTL in seconds (default 600 for lease-keepalive, 2 for\n"
-            "                        lease-churn; the server clamps it up to its minimum)\n"
-            "  --lease-window N      grants, attaching puts and revokes in flight (default 256)\n"
-            "  --lease-timeout S     lease-churn: wait at most S s past the last due time (default "
-            "30)\n"
-            "  --no-stall-writer     lease-churn: without the concurrent writer\n"
-            "  --metrics URL         scrape a member's /metrics (keeld --listen-metrics) before\n"
-            "                        and after the run and report the series that moved\n"
-            "  --timeline FILE       a line per answer: client, sent and answered (wall clock,\n"
-            "                        microseconds since the epoch), ok (0|1)\n"
-            "  --seed N  --timeout-ms N  --json\n"
-            "  --version, --help\n");
+    fprintf(
+        f, "usage: keel-bench [flags] put|range|txn-put|txn-mixed|mixed|watch|watch-latency|\n"
+           "                          lease-keepalive|lease-churn\n"
+           "  --endpoints LIST      client addresses (default $KEEL_ENDPOINTS or 127.0.0.1:2379)\n"
+           "  --conns N             client connections sets (default 1)\n"
+           "  --clients N           requests kept in flight (default 1)\n"
+           "  --total N             requests in all (default 10000)\n"
+           "  --duration S          run for S seconds instead of --total\n"
+           "  --rate R              requests per second over all clients (default unlimited)\n"
+           "  --key-size B          (default 8)   --val-size B (default 256)\n"
+           "  --key-space-size N    distinct keys (default 1)   --sequential-keys\n"
+           "  --consistency l|s     for reads (default l)   --read-ratio F (mixed; default 0.5)\n"
+           "  --zone Z              live in zone Z: source address 127.0.Z.250, same-zone reads\n"
+           "  --watchers W          watch workloads: watchers over the key space (default 100)\n"
+           "  --leases N            lease workloads: leases granted (default 10000)\n"
+           "  --lease-ttl S         their TTL in seconds (default 600 for lease-keepalive, 2 for\n"
+           "                        lease-churn; the server clamps it up to its minimum)\n"
+           "  --lease-window N      grants, attaching puts and revokes in flight (default 256)\n"
+           "  --lease-timeout S     lease-churn: wait at most S s past the last due time (default "
+           "30)\n"
+           "  --no-stall-writer     lease-churn: without the concurrent writer\n"
+           "  --metrics URL         scrape a member's /metrics (keeld --listen-metrics) before\n"
+           "                        and after the run and report the series that moved\n"
+           "  --timeline FILE       a line per answer: client, sent and answered (wall clock,\n"
+           "                        microseconds since the epoch), ok (0|1)\n"
+           "  --cacert FILE         TLS: the CA (PEM) members' certificates must chain to; TLS is\n"
+           "                        on with any of these four, or an https:// endpoint\n"
+           "  --cert FILE           TLS: the client certificate (PEM), when members require one\n"
+           "  --key FILE            TLS: its private key (PEM)\n"
+           "  --insecure-skip-tls-verify   TLS without checking members' certificates\n"
+           "  --seed N  --timeout-ms N  --json\n"
+           "  --version, --help\n");
 }
 
 static int parse(struct config *c, int argc, char **argv)
@@ -646,6 +664,10 @@ static int parse(struct config *c, int argc, char **argv)
                                          {"no-stall-writer", no_argument, NULL, 'P'},
                                          {"timeline", required_argument, NULL, 'I'},
                                          {"metrics", required_argument, NULL, 'M'},
+                                         {"cacert", required_argument, NULL, 'A'},
+                                         {"cert", required_argument, NULL, 'E'},
+                                         {"key", required_argument, NULL, 'K'},
+                                         {"insecure-skip-tls-verify", no_argument, NULL, 'U'},
                                          {"version", no_argument, NULL, 'V'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -661,6 +683,18 @@ static int parse(struct config *c, int argc, char **argv)
             break;
         case 'M':
             c->metrics = optarg;
+            break;
+        case 'A':
+            c->cacert = optarg;
+            break;
+        case 'E':
+            c->cert = optarg;
+            break;
+        case 'K':
+            c->key = optarg;
+            break;
+        case 'U':
+            c->insecure_skip_tls_verify = 1;
             break;
         case 'V':
             printf("keel-bench %s\n", KEEL_VERSION);
@@ -1473,11 +1507,16 @@ int main(int argc, char **argv)
                              .zone = b.cfg.zone,
                              .source_address = source[0] ? source : NULL,
                              .client_name = "keel-bench"};
+    tls_options(&b.cfg, &o);
     for (int i = 0; i < b.cfg.conns; i++) {
         int rv = keel_aclient_init(&b.acs[i], &b.loop, &o);
         char why[320];
         if (rv == KEEL_EINVAL && keel_endpoints_check(o.endpoints, why, sizeof(why)) != 0) {
             fprintf(stderr, "keel-bench: --endpoints: %s\n", why);
+            return 2;
+        }
+        if (rv == KEEL_EINVAL && keel_errmsg()[0] != '\0') {
+            fprintf(stderr, "keel-bench: %s\n", keel_errmsg()); /* a TLS file */
             return 2;
         }
         if (rv != 0) {

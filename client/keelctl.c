@@ -43,6 +43,8 @@ struct ctl {
     const char *dial_timeout;
     const char *write_out;
     bool help;
+    const char *cacert, *cert, *key; /* TLS (etcdctl's names) */
+    bool insecure_skip_tls_verify;
 
     enum out_fmt fmt;
     uint64_t timeout_ms;
@@ -95,6 +97,13 @@ static const char *const usage_text =
     "  --dial-timeout D      connect timeout (default 2s)\n"
     "  --command-timeout D   the same as --timeout (etcdctl's name for it)\n"
     "  -w, --write-out F     simple (default), json or table\n"
+    "  --cacert FILE         TLS: the CA (PEM) members' certificates must chain to; TLS is on\n"
+    "                        with any of these four, or an https:// endpoint\n"
+    "  --cert FILE           TLS: this client's certificate (PEM), for members that\n"
+    "                        require one (its CN names the client)\n"
+    "  --key FILE            TLS: its private key (PEM)\n"
+    "  --insecure-skip-tls-verify\n"
+    "                        TLS without checking the member's certificate (tests only)\n"
     "  -h, --help            this text; after a command: that command's usage\n"
     "  --version             keelctl's version (alone)\n";
 
@@ -149,6 +158,10 @@ static size_t global_flags(struct ctl *c, struct ctl_flag *t)
         {"dial-timeout", 0, CTL_STR, &c->dial_timeout, false},
         {"write-out", 'w', CTL_STR, &c->write_out, false},
         {"help", 'h', CTL_BOOL, &c->help, false},
+        {"cacert", 0, CTL_STR, &c->cacert, false},
+        {"cert", 0, CTL_STR, &c->cert, false},
+        {"key", 0, CTL_STR, &c->key, false},
+        {"insecure-skip-tls-verify", 0, CTL_BOOL, &c->insecure_skip_tls_verify, false},
     };
     memcpy(t, f, sizeof(f));
     return sizeof(f) / sizeof(f[0]);
@@ -221,6 +234,10 @@ static void fill_options(const struct ctl *c, struct keel_options *o, const char
     o->client_name = "keelctl";
     o->dial_timeout_ms = (uint32_t)c->dial_timeout_ms;
     o->request_timeout_ms = (uint32_t)c->timeout_ms;
+    o->ca_file = c->cacert;
+    o->cert_file = c->cert;
+    o->key_file = c->key;
+    o->insecure_skip_verify = c->insecure_skip_tls_verify;
 }
 
 /* The outcome of opening a client on c's endpoints: a usage error for addresses that do not
@@ -230,6 +247,8 @@ static void check_open(struct ctl *c, int rv)
     char why[320];
     if (rv == KEEL_EINVAL && keel_endpoints_check(c->endpoints, why, sizeof(why)) != 0)
         die(EXIT_USAGE, "invalid --endpoints \"%s\": %s", c->endpoints, why);
+    if (rv == KEEL_EINVAL && keel_errmsg()[0] != '\0') /* a TLS file (--cacert, --cert, --key) */
+        die(EXIT_USAGE, "%s", keel_errmsg());
     if (rv == KEEL_EINVAL)
         die(EXIT_USAGE,
             "invalid --endpoints \"%s\" or --source-address (want host:port, host an IPv4 "
@@ -2196,9 +2215,17 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
 
 static bool is_global_with_value(const char *arg)
 {
-    static const char *const names[] = {
-        "--endpoints",       "--zone",         "--source-address", "--timeout",
-        "--command-timeout", "--dial-timeout", "--write-out",      "-w"};
+    static const char *const names[] = {"--endpoints",
+                                        "--zone",
+                                        "--source-address",
+                                        "--timeout",
+                                        "--command-timeout",
+                                        "--dial-timeout",
+                                        "--write-out",
+                                        "-w",
+                                        "--cacert",
+                                        "--cert",
+                                        "--key"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(arg, names[i]) == 0)
             return true;
@@ -2207,12 +2234,23 @@ static bool is_global_with_value(const char *arg)
 
 static bool is_global_inline(const char *arg)
 {
-    static const char *const prefixes[] = {
-        "--endpoints=",       "--zone=",         "--source-address=", "--timeout=",
-        "--command-timeout=", "--dial-timeout=", "--write-out=",      "-w="};
+    static const char *const prefixes[] = {"--endpoints=",
+                                           "--zone=",
+                                           "--source-address=",
+                                           "--timeout=",
+                                           "--command-timeout=",
+                                           "--dial-timeout=",
+                                           "--write-out=",
+                                           "-w=",
+                                           "--cacert=",
+                                           "--cert=",
+                                           "--key=",
+                                           "--insecure-skip-tls-verify="};
     for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
         if (strncmp(arg, prefixes[i], strlen(prefixes[i])) == 0)
             return true;
+    if (strcmp(arg, "--insecure-skip-tls-verify") == 0) /* a flag without a value */
+        return true;
     return strncmp(arg, "-w", 2) == 0 && arg[2] != '\0';
 }
 

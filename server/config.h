@@ -69,6 +69,12 @@ struct keel_config {
     char origins[1024];    /* which settings came from the file, the environment, flags (cut) */
     /* --warn-apply-duration: a slower batch apply is logged (0: never; fsm.h) */
     unsigned warn_apply_us;
+    /* TLS on the client port (--cert-file; "" : plaintext): this member's certificate and key,
+     * the CAs client certificates must chain to, and whether one is required. */
+    char cert_file[512];
+    char key_file[512];
+    char trusted_ca_file[512];
+    bool client_cert_auth;
 };
 
 /*
