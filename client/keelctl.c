@@ -2213,43 +2213,39 @@ static int cmd_lease(struct ctl *c, const char *sub, int argc, char **argv)
  * main
  */
 
+/* The TLS flags: with a value to follow (inline false), or whole in arg (inline true: "--cacert=F",
+ * or the flag without a value). */
+static bool is_tls_flag(const char *arg, bool inline_value)
+{
+    static const char *const names[] = {"--cacert", "--cert", "--key"};
+    size_t n = strcspn(arg, "=");
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strncmp(arg, names[i], n) == 0 && names[i][n] == '\0')
+            return inline_value == (arg[n] == '=');
+    return inline_value && strncmp(arg, "--insecure-skip-tls-verify", n) == 0 &&
+           n == strlen("--insecure-skip-tls-verify");
+}
+
 static bool is_global_with_value(const char *arg)
 {
-    static const char *const names[] = {"--endpoints",
-                                        "--zone",
-                                        "--source-address",
-                                        "--timeout",
-                                        "--command-timeout",
-                                        "--dial-timeout",
-                                        "--write-out",
-                                        "-w",
-                                        "--cacert",
-                                        "--cert",
-                                        "--key"};
+    static const char *const names[] = {
+        "--endpoints",       "--zone",         "--source-address", "--timeout",
+        "--command-timeout", "--dial-timeout", "--write-out",      "-w"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(arg, names[i]) == 0)
             return true;
-    return false;
+    return is_tls_flag(arg, false);
 }
 
 static bool is_global_inline(const char *arg)
 {
-    static const char *const prefixes[] = {"--endpoints=",
-                                           "--zone=",
-                                           "--source-address=",
-                                           "--timeout=",
-                                           "--command-timeout=",
-                                           "--dial-timeout=",
-                                           "--write-out=",
-                                           "-w=",
-                                           "--cacert=",
-                                           "--cert=",
-                                           "--key=",
-                                           "--insecure-skip-tls-verify="};
+    static const char *const prefixes[] = {
+        "--endpoints=",       "--zone=",         "--source-address=", "--timeout=",
+        "--command-timeout=", "--dial-timeout=", "--write-out=",      "-w="};
     for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
         if (strncmp(arg, prefixes[i], strlen(prefixes[i])) == 0)
             return true;
-    if (strcmp(arg, "--insecure-skip-tls-verify") == 0) /* a flag without a value */
+    if (is_tls_flag(arg, true))
         return true;
     return strncmp(arg, "-w", 2) == 0 && arg[2] != '\0';
 }
