@@ -11,8 +11,9 @@
  *           and serves a client with the right files, and logs why it refused.
  * plain     a plaintext member: keelctl and libkeel with TLS options are told it does not
  *           answer in TLS; a half-sent TLS handshake does not stall it for plaintext clients.
- * works     with the right CA and certificate: put, get, txn through keelctl (https:// and
- *           --cacert), and put, get, txn, a watch and a 1 MiB value through libkeel, on three
+ * works     with the right CA and certificate: put, get, txn, endpoint status and snapshot
+ *           save through keelctl (https:// and --cacert; a snapshot refused for another CA),
+ *           and put, get, txn, a watch and a 1 MiB value through libkeel, on three
  *           members (libkeel verifies each member it learns of by its advertised address); the
  *           members log the client certificate's CN (keel_sessions_peer_cn's source).
  * sighup    certificates renewed on disk are served to new connections after SIGHUP while an
@@ -434,6 +435,21 @@ static void works(void **state)
              "status", NULL);
     if (rv != 0)
         fail_msg("endpoint status: %s", out);
+    /* A snapshot over TLS (a blocking download of its own), and one refused. */
+    char ep2[64], snap[700];
+    tc_endpoints(&c, 2, ep2, sizeof(ep2));
+    snprintf(snap, sizeof(snap), "%s/snap.db", c.root);
+    rv = ctl(&c, out, "--endpoints", ep2, "--cacert", ca, "--cert", cert, "--key", key, "snapshot",
+             "save", snap, NULL);
+    if (rv != 0)
+        fail_msg("snapshot save over TLS: %s", out);
+    rv = ctl(&c, out, "snapshot", "status", snap, NULL);
+    if (rv != 0)
+        fail_msg("snapshot status: %s", out);
+    rv = ctl(&c, out, "--endpoints", ep2, "--cacert", k.ca_b, "--cert", cert, "--key", key,
+             "snapshot", "save", snap, NULL);
+    expect_refused(&c, "snapshot, wrong CA", ep2,
+                   "certificate verify failed: unable to get local issuer certificate", rv, out);
 
     /* libkeel: every member, reached by the addresses the cluster advertises. */
     struct keel_options o = {.endpoints = eps,

@@ -582,13 +582,14 @@ struct keel_snapshot_info {
  * Download a consistent snapshot of one member's store (a compacted copy of its LMDB file, as
  * keeld's checkpoints are) from endpoint ("host:port"), on a connection of its own, blocking the
  * calling thread; sink gets every byte, in order. From opts only source_address, client_name,
- * dial_timeout_ms (the connect) and request_timeout_ms (the longest wait for the next piece)
- * are used; opts may be NULL. info (may be NULL) is filled on success.
+ * dial_timeout_ms (the connect), request_timeout_ms (the longest wait for the next piece) and
+ * the TLS options are used; opts may be NULL. info (may be NULL) is filled on success.
  *
  * 0 once the member sent the last piece, else a KEEL_E* code with keel_errmsg() set: KEEL_EINVAL
  * (endpoint does not parse), KEEL_EIO (no connection, or it ended early), KEEL_ETIMEOUT, the
- * member's own refusal (KEEL_ETOOMANYREQUESTS: it serves one snapshot at a time), a sink's code,
- * KEEL_EUNSUPPORTED when opts or endpoint ask for TLS (not available for snapshots yet).
+ * member's own refusal (KEEL_ETOOMANYREQUESTS: it serves one snapshot at a time), a sink's code.
+ * TLS as for a client (endpoint "https://", or opts' TLS files): a refusal is KEEL_EIO with the
+ * reason ("TLS handshake with 127.0.0.1 failed: ..."); a TLS file that does not load, KEEL_EINVAL.
  */
 int keel_snapshot(const struct keel_options *opts, const char *endpoint, keel_snapshot_sink sink,
                   void *data, struct keel_snapshot_info *info);
