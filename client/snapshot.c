@@ -10,7 +10,7 @@
 
 #include "internal.h"
 #include "snapread.h"
-#include "snaptls.h"
+#include "tls_relay.h"
 
 struct download {
     keel_snapshot_sink sink;
@@ -92,13 +92,13 @@ int keel_snapshot(const struct keel_options *opts, const char *endpoint, keel_sn
     struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    /* TLS: the stream is read from the relay's plain end (snaptls.h). */
-    struct kc_snaptls *relay = NULL;
+    /* TLS: the stream is read from the relay's plain end (tls/tls_relay.h). */
+    struct keel_tls_relay *relay = NULL;
     int sfd = fd;
     if (ctx != NULL) {
         char host[64];
         snprintf(host, sizeof(host), "%.*s", (int)strcspn(endpoint, ":"), endpoint);
-        int rv = kc_snaptls_start(ctx, host, fd, (int)wait_ms, &relay, &sfd, msg, sizeof(msg));
+        int rv = keel_tls_relay_start(ctx, host, fd, (int)wait_ms, &relay, &sfd, msg, sizeof(msg));
         keel_tls_ctx_free(ctx);
         if (rv != 0) {
             close(fd);
@@ -115,7 +115,7 @@ int keel_snapshot(const struct keel_options *opts, const char *endpoint, keel_sn
     if (relay != NULL) {
         close(sfd);
         char tls_why[256];
-        kc_snaptls_finish(relay, tls_why, sizeof(tls_why));
+        keel_tls_relay_finish(relay, tls_why, sizeof(tls_why));
         if (rv != 0 && tls_why[0] != '\0')
             snprintf(why, sizeof(why), "%s", tls_why); /* what ended the stream */
     }

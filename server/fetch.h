@@ -18,4 +18,15 @@
 int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t cluster_id, int out_fd,
                           int timeout_ms, char *err, size_t errlen);
 
+struct keel_tls_options;
+
+/* keel_fetch_checkpoint from a member whose client port speaks TLS: tls (a client's options:
+ * the CAs, this member's certificate and key) makes a context for this fetch alone, read from
+ * the files now (the writer thread shares no context with the loop, where SIGHUP reloads its
+ * own); the member's certificate must name addr's host. NULL: plaintext. A refusal is
+ * KEEL_EIO with OpenSSL's reason in err. */
+int keel_fetch_checkpoint_tls(const char *addr, const char *bind_host,
+                              const struct keel_tls_options *tls, uint64_t cluster_id, int out_fd,
+                              int timeout_ms, char *err, size_t errlen);
+
 #endif

@@ -224,8 +224,8 @@ static int do_fetch(struct keel_fsm *f, uint64_t token_index)
         if (rv != 0)
             snprintf(err, sizeof(err), "staging: %s", keel_strerror(rv));
         if (rv == 0) {
-            rv = keel_fetch_checkpoint(leader, f->o.bind_host, *f->o.cluster_id, fd, FETCH_TIMEOUT,
-                                       err, sizeof(err));
+            rv = keel_fetch_checkpoint_tls(leader, f->o.bind_host, f->o.fetch_tls, *f->o.cluster_id,
+                                           fd, FETCH_TIMEOUT, err, sizeof(err));
             if (rv != 0)
                 keel_store_restore_abort(f->o.store, fd);
         }

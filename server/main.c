@@ -85,7 +85,8 @@ struct keeld {
     struct keel_node *node;
     int node_ready;
     uv_signal_t sigterm, sigint, sighup;
-    struct keel_tls_ctx *client_tls; /* --cert-file: the client port's TLS; NULL: plaintext */
+    struct keel_tls_ctx *client_tls;   /* --cert-file: the client port's TLS; NULL: plaintext */
+    struct keel_tls_options fetch_tls; /* ... and how to fetch a checkpoint from another's */
     uv_timer_t stop_timer;
     int stopping;
 };
@@ -546,6 +547,17 @@ static int wire(struct keeld *k)
                                   .apply_seconds = &k->apply_seconds,
                                   .commit_seconds = &k->commit_seconds,
                                   .warn_apply_us = k->cfg.warn_apply_us};
+    if (k->client_tls != NULL) {
+        /* Every member's client port speaks TLS: a checkpoint comes from the leader's over TLS,
+         * this member's certificate (made for client use too) its client certificate. */
+        k->fetch_tls = (struct keel_tls_options){
+            .role = KEEL_TLS_CLIENT,
+            .cert_file = k->cfg.cert_file,
+            .key_file = k->cfg.key_file,
+            .ca_file = k->cfg.trusted_ca_file[0] ? k->cfg.trusted_ca_file : NULL,
+            .verify_peer = true};
+        fo.fetch_tls = &k->fetch_tls;
+    }
     /* etcd's layouts: its backend commit histogram, and its apply histogram */
     keel_histo_init_exp(&k->commit_seconds, 0.001, 2, 14);
     keel_histo_init_exp(&k->apply_seconds, 0.0001, 2, 20);

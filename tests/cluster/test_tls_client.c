@@ -2,8 +2,8 @@
  * TLS on the client port (issue 16), real keeld processes with certificates from
  * scripts/gen-certs.sh: `test_tls_client <group>`.
  *
- * refusals  members run --cert-file, --trusted-ca-file and --client-cert-auth (member 3 with
- *           member 1's certificate, which does not name 127.0.3.1). keelctl is refused, with
+ * refusals  members run --cert-file, --trusted-ca-file and --client-cert-auth (and one more, on
+ *           its own, with a certificate that names another address). keelctl is refused, with
  *           the endpoint and OpenSSL's reason on stderr, without the CA, with another CA, without
  *           a client certificate, with a client certificate of another CA, and at the member
  *           whose certificate names another address; a plaintext keelctl is told the port needs
@@ -16,6 +16,8 @@
  *           and put, get, txn, a watch and a 1 MiB value through libkeel, on three
  *           members (libkeel verifies each member it learns of by its advertised address); the
  *           members log the client certificate's CN (keel_sessions_peer_cn's source).
+ * checkpoint  a member that fell behind a raft snapshot fetches a checkpoint from the
+ *           leader's TLS client port (its own certificate as the client certificate).
  * sighup    certificates renewed on disk are served to new connections after SIGHUP while an
  *           open connection (a watch, a client) keeps working; a reload that fails (a key that
  *           does not match) keeps the old certificates and logs the file and why.
@@ -92,7 +94,7 @@ static void gen(const char *dir)
 }
 
 /* n members with TLS on the client port; member i shows member cert_of[i]'s certificate (0:
- * its own). Started. */
+ * its own). Not started. */
 static void tls_cluster(struct tc_cluster *c, struct certs *k, int n, const char *tag,
                         bool client_auth, const int *cert_of, const char *more)
 {
@@ -113,7 +115,6 @@ static void tls_cluster(struct tc_cluster *c, struct certs *k, int n, const char
                          P(k->a, cert), P(k->a, key));
         assert_true(w > 0 && (size_t)w < sizeof(c->m[i].extra));
     }
-    tc_start_all(c);
 }
 
 /* Run keelctl with args (NULL-terminated); stdout and stderr into out. The exit status. Bounded:
@@ -191,9 +192,9 @@ static void good_ctl(const struct tc_cluster *c, const struct certs *k, int i, c
     char out[OUT_MAX], ep[64];
     tc_endpoints(c, i, ep, sizeof(ep));
     int rv = -1;
-    for (int tries = 0; tries < 50 && rv != 0; tries++) {
+    for (long long end = tc_now_ms() + 30000; rv != 0 && tc_now_ms() < end;) {
         rv = ctl(c, out, "--endpoints", ep, "--cacert", k->ca, "--cert", k->cert, "--key", k->key,
-                 "put", key, val, NULL);
+                 "--timeout", "3s", "put", key, val, NULL);
         if (rv != 0)
             tu_sleep_ms(100);
     }
@@ -227,10 +228,15 @@ static int dial(const char *addr)
 static void refusals(void **state)
 {
     (void)state;
-    struct tc_cluster c;
-    struct certs k;
-    int cert_of[4] = {0, 0, 0, 1}; /* member 3 shows member 1's certificate */
-    tls_cluster(&c, &k, 3, "tls-refuse", true, cert_of, NULL);
+    struct tc_cluster c, c2;
+    struct certs k, k2;
+    tls_cluster(&c, &k, 3, "tls-refuse", true, NULL, NULL);
+    tc_start_all(&c);
+    /* A member of its own showing member 2's certificate, which does not name 127.0.1.1 (not in
+     * c: a leader whose certificate does not name it could take no write). */
+    int cert_of[2] = {0, 2};
+    tls_cluster(&c2, &k2, 1, "tls-name", true, cert_of, NULL);
+    tc_start_all(&c2);
     good_ctl(&c, &k, 1, "k", "v1");
 
     /* Connections that never finish a handshake, held open throughout. */
@@ -243,7 +249,7 @@ static void refusals(void **state)
 
     char out[OUT_MAX], ep1[64], ep3[64], https1[80];
     tc_endpoints(&c, 1, ep1, sizeof(ep1));
-    tc_endpoints(&c, 3, ep3, sizeof(ep3));
+    tc_endpoints(&c2, 1, ep3, sizeof(ep3));
     snprintf(https1, sizeof(https1), "https://%s", ep1);
     const char *ca = k.ca, *cert = k.cert, *key = k.key;
 
@@ -265,8 +271,8 @@ static void refusals(void **state)
     expect_refused(&c, "client certificate of another CA", ep1, "unknown ca", rv, out);
     expect_in("client certificate of another CA", out, "does not trust this client");
     /* A server certificate that does not name the address dialled. */
-    rv = ctl(&c, out, "--endpoints", ep3, "--cacert", ca, "--cert", cert, "--key", key, "get", "k",
-             NULL);
+    rv = ctl(&c, out, "--endpoints", ep3, "--cacert", k2.ca, "--cert", k2.cert, "--key", k2.key,
+             "get", "k", NULL);
     expect_refused(&c, "name mismatch", ep3, "certificate verify failed: IP address mismatch", rv,
                    out);
     /* Plaintext against the TLS port. */
@@ -309,6 +315,8 @@ static void refusals(void **state)
     close(junk);
     close(half);
     all_up(&c);
+    all_up(&c2);
+    tc_cluster_close(&c2);
     tc_cluster_close(&c);
 }
 
@@ -326,8 +334,8 @@ static void plain_member(void **state)
     char out[OUT_MAX], ep[64];
     tc_endpoints(&c, 1, ep, sizeof(ep));
     int rv = -1;
-    for (int tries = 0; tries < 50 && rv != 0; tries++) {
-        rv = ctl(&c, out, "--endpoints", ep, "put", "k", "v", NULL);
+    for (long long end = tc_now_ms() + 30000; rv != 0 && tc_now_ms() < end;) {
+        rv = ctl(&c, out, "--endpoints", ep, "--timeout", "3s", "put", "k", "v", NULL);
         if (rv != 0)
             tu_sleep_ms(100);
     }
@@ -415,6 +423,7 @@ static void works(void **state)
     struct tc_cluster c;
     struct certs k;
     tls_cluster(&c, &k, 3, "tls-works", true, NULL, "--log-level debug");
+    tc_start_all(&c);
     const char *ca = k.ca, *cert = k.cert, *key = k.key;
     char out[OUT_MAX], eps[256], https[300];
     tc_endpoints(&c, 0, eps, sizeof(eps));
@@ -537,6 +546,82 @@ static void works(void **state)
     tc_cluster_close(&c);
 }
 
+/* ---- a checkpoint from the leader's client port ---- */
+
+/* Whether member i's own store (a serializable read there) has key = val within timeout_ms. */
+static bool wait_value(const struct tc_cluster *c, const struct certs *k, int i, const char *key,
+                       const char *val, int timeout_ms)
+{
+    char ep[64];
+    tc_endpoints(c, i, ep, sizeof(ep));
+    struct keel_options o = {.endpoints = ep,
+                             .ca_file = k->ca,
+                             .cert_file = k->cert,
+                             .key_file = k->key,
+                             .request_timeout_ms = 2000,
+                             .dial_timeout_ms = 1000,
+                             .max_retries = -1};
+    struct keel *kl = NULL;
+    assert_int_equal(keel_open(&kl, &o), 0);
+    struct keel_get_opts go = {.serializable = true};
+    bool ok = false;
+    for (long long end = tc_now_ms() + timeout_ms; !ok && tc_now_ms() < end;) {
+        Keel__RangeResponse *r = NULL;
+        if (keel_get(kl, key, strlen(key), &go, &r) == 0)
+            ok = r->n_kvs == 1 && r->kvs[0]->value.len == strlen(val) &&
+                 memcmp(r->kvs[0]->value.data, val, strlen(val)) == 0;
+        keel_free(r);
+        if (!ok)
+            tu_sleep_ms(50);
+    }
+    keel_close(kl);
+    return ok;
+}
+
+/* A member that fell behind a raft snapshot fetches a checkpoint from the leader's client port,
+ * which speaks TLS and requires a client certificate: the member's own certificate is its
+ * client certificate there. */
+static void checkpoint_over_tls(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    struct certs k;
+    tls_cluster(&c, &k, 3, "tls-ckpt", true, NULL, NULL);
+    c.snapshot_threshold = 64;
+    c.snapshot_trailing = 32;
+    tc_start_all(&c);
+    char eps[256];
+    tc_endpoints(&c, 0, eps, sizeof(eps));
+    struct keel_options o = {.endpoints = eps,
+                             .ca_file = k.ca,
+                             .cert_file = k.cert,
+                             .key_file = k.key,
+                             .request_timeout_ms = 5000,
+                             .dial_timeout_ms = 2000};
+    struct keel *kl = NULL;
+    assert_int_equal(keel_open(&kl, &o), 0);
+    put_retry(kl, "k/before", "1", 1);
+    int leader = tc_find_leader(&c, kl, 0, 10000);
+    assert_true(leader > 0);
+    int victim = leader == 3 ? 2 : 3;
+    assert_true(wait_value(&c, &k, victim, "k/before", "1", 10000));
+    tc_stop(&c, victim, SIGKILL);
+    /* Far more than threshold + trailing entries while it is down. */
+    for (int i = 0; i < 400; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "k/%04d", i);
+        put_retry(kl, key, "while-down", 10);
+    }
+    put_retry(kl, "k/last", "done", 4);
+    assert_int_equal(tc_start(&c, victim), 0);
+    if (!wait_value(&c, &k, victim, "k/last", "done", 30000))
+        fail_msg("member %d did not catch up", victim);
+    assert_true(tc_log_contains(&c, victim, "checkpoint restored"));
+    keel_close(kl);
+    all_up(&c);
+    tc_cluster_close(&c);
+}
+
 /* ---- SIGHUP ---- */
 
 static void copy_file(const char *from, const char *to)
@@ -653,9 +738,11 @@ int main(int argc, char **argv)
     const struct CMUnitTest plain_t[] = {cmocka_unit_test(plain_member)};
     const struct CMUnitTest works_t[] = {cmocka_unit_test(works)};
     const struct CMUnitTest sighup_t[] = {cmocka_unit_test(sighup)};
+    const struct CMUnitTest checkpoint_t[] = {cmocka_unit_test(checkpoint_over_tls)};
     const struct tu_group groups[] = {{"refusals", refusals_t, 1},
                                       {"plain", plain_t, 1},
                                       {"works", works_t, 1},
-                                      {"sighup", sighup_t, 1}};
+                                      {"sighup", sighup_t, 1},
+                                      {"checkpoint", checkpoint_t, 1}};
     return tu_run_groups("test_tls_client", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }

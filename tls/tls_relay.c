@@ -1,8 +1,9 @@
 /*
- * The relay of snaptls.h: one thread, blocking I/O on two sockets it polls, so that a snapshot
- * download (a CLI's or keel-gateway's, each on a thread of its own already) needs no loop.
+ * The relay of tls_relay.h: one thread, blocking I/O on two sockets it polls, so that a download on
+ * a thread of its own already (keelctl's, keel-gateway's, keeld's storage writer's) needs no
+ * loop.
  */
-#include "snaptls.h"
+#include "tls_relay.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -13,18 +14,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <uv.h>
+#include <pthread.h>
 
 #include "err.h"
 
 #define RELAY_CHUNK (64 * 1024)
 
-struct kc_snaptls {
+struct keel_tls_relay {
     int net, peer; /* the member's socket; the relay's end of the pair */
     int wait_ms;
     char host[64];
     struct keel_tls_conn *t;
-    uv_thread_t thread;
+    pthread_t thread;
     char why[256]; /* what failed, "" when nothing did */
 };
 
@@ -44,7 +45,7 @@ static int send_all(int fd, const uint8_t *data, size_t len)
 }
 
 /* What the codec has for the member goes out. 0 or -1. */
-static int flush(struct kc_snaptls *r, uint8_t *buf)
+static int flush(struct keel_tls_relay *r, uint8_t *buf)
 {
     size_t n;
     while ((n = keel_tls_conn_take(r->t, buf, RELAY_CHUNK)) > 0)
@@ -55,7 +56,7 @@ static int flush(struct kc_snaptls *r, uint8_t *buf)
     return 0;
 }
 
-static void failed(struct kc_snaptls *r, int rv)
+static void failed(struct keel_tls_relay *r, int rv)
 {
     if (rv == KEEL_ECLOSED)
         return; /* the member's goodbye: the stream's own end says whether it was complete */
@@ -64,7 +65,7 @@ static void failed(struct kc_snaptls *r, int rv)
 }
 
 /* Member -> codec -> caller. 0 to go on, -1 at the end. */
-static int from_net(struct kc_snaptls *r, uint8_t *buf, uint8_t *plain)
+static int from_net(struct keel_tls_relay *r, uint8_t *buf, uint8_t *plain)
 {
     ssize_t n = recv(r->net, buf, RELAY_CHUNK, 0);
     if (n < 0 && errno == EINTR)
@@ -89,7 +90,7 @@ static int from_net(struct kc_snaptls *r, uint8_t *buf, uint8_t *plain)
 }
 
 /* Caller -> codec (sent by the next flush). 0 to go on, -1 at the end. */
-static int from_peer(struct kc_snaptls *r, uint8_t *buf)
+static int from_peer(struct keel_tls_relay *r, uint8_t *buf)
 {
     ssize_t n = recv(r->peer, buf, RELAY_CHUNK, 0);
     if (n < 0 && errno == EINTR)
@@ -104,9 +105,9 @@ static int from_peer(struct kc_snaptls *r, uint8_t *buf)
     return 0;
 }
 
-static void relay(void *arg)
+static void *relay(void *arg)
 {
-    struct kc_snaptls *r = arg;
+    struct keel_tls_relay *r = arg;
     uint8_t *buf = malloc(RELAY_CHUNK), *plain = malloc(RELAY_CHUNK);
     while (buf != NULL && plain != NULL && flush(r, buf) == 0) {
         struct pollfd p[2] = {{.fd = r->net, .events = POLLIN}, {.fd = r->peer, .events = POLLIN}};
@@ -127,12 +128,13 @@ static void relay(void *arg)
     free(plain);
     /* The caller's reads end here (its stream ends early unless it had the last piece). */
     shutdown(r->peer, SHUT_RDWR);
+    return NULL;
 }
 
-int kc_snaptls_start(struct keel_tls_ctx *ctx, const char *host, int net, int wait_ms,
-                     struct kc_snaptls **out, int *local, char *msg, size_t len)
+int keel_tls_relay_start(struct keel_tls_ctx *ctx, const char *host, int net, int wait_ms,
+                         struct keel_tls_relay **out, int *local, char *msg, size_t len)
 {
-    struct kc_snaptls *r = calloc(1, sizeof(*r));
+    struct keel_tls_relay *r = calloc(1, sizeof(*r));
     if (r == NULL) {
         snprintf(msg, len, "out of memory");
         return KEEL_ENOMEM;
@@ -154,7 +156,7 @@ int kc_snaptls_start(struct keel_tls_ctx *ctx, const char *host, int net, int wa
         return KEEL_EIO;
     }
     r->peer = pair[1];
-    if (uv_thread_create(&r->thread, relay, r) != 0) {
+    if (pthread_create(&r->thread, NULL, relay, r) != 0) {
         snprintf(msg, len, "cannot start the TLS relay thread");
         close(pair[0]);
         close(pair[1]);
@@ -167,9 +169,9 @@ int kc_snaptls_start(struct keel_tls_ctx *ctx, const char *host, int net, int wa
     return 0;
 }
 
-void kc_snaptls_finish(struct kc_snaptls *r, char *why, size_t len)
+void keel_tls_relay_finish(struct keel_tls_relay *r, char *why, size_t len)
 {
-    uv_thread_join(&r->thread);
+    pthread_join(r->thread, NULL);
     snprintf(why, len, "%s", r->why);
     close(r->peer);
     keel_tls_conn_free(r->t);
