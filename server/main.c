@@ -807,6 +807,9 @@ int main(int argc, char **argv)
     keel_log_format(k.cfg.log_json, k.cfg.zone);
     keel_config_warn(&k.cfg);
     int status = 1;
+    /* Certificates are checked before anything is made: a bad file stops the start at once. */
+    if (client_tls_new(&k) != 0)
+        goto out_config;
     if (keel_fdlimit_fit(&k.cfg.max_connections, err, sizeof(err)) != 0) {
         KLOG_ERROR("%s", err);
         goto out_config;
@@ -839,10 +842,9 @@ int main(int argc, char **argv)
     KLOG_INFO("store at %s: applied index %llu, revision %lld", path,
               (unsigned long long)st.applied_index, (long long)st.revision);
 
-    if (client_tls_new(&k) != 0 || wire(&k) != 0) {
+    if (wire(&k) != 0) {
         unwind(&k);
         free_modules(&k);
-        keel_tls_ctx_free(k.client_tls);
         goto out_store;
     }
     int failed = 0;
@@ -904,6 +906,7 @@ out_loop:
     uv_loop_close(&k.loop);
     keel_members_close(&k.members);
 out_config:
+    keel_tls_ctx_free(k.client_tls);
     keel_config_close(&k.cfg);
     return status;
 }
