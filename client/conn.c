@@ -167,7 +167,8 @@ static void tls_lost(struct kc_conn *c, int rv)
     else if (rv == KEEL_ENOMEM)
         snprintf(msg, sizeof(msg), "TLS with %s: out of memory", c->addr);
     else
-        snprintf(msg, sizeof(msg), "TLS handshake with %s failed: %s%s", c->addr,
+        snprintf(msg, sizeof(msg), "TLS %s %s failed: %s%s",
+                 c->state == KC_READY ? "with" : "handshake with", c->addr,
                  why[0] ? why : "TLS error", hint);
     lost(c, rv == KEEL_ENOMEM ? KEEL_ENOMEM : KEEL_EUNAVAILABLE, msg);
 }

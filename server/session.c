@@ -60,10 +60,11 @@
  * One shared READ_CHUNK buffer takes every TLS read (libuv calls alloc and read back to back).
  */
 /*
- * Why one file of ~840 lines: reading, the limits and the output accounting are one state
+ * Why one file of ~1250 lines: reading, the limits and the output accounting are one state
  * machine per session (reading <-> blocked <-> closing); every limit is decided from the
  * output and in-flight counts and acts on reading, and split apart the pieces would share every
- * field of struct keel_session and call each other both ways.
+ * field of struct keel_session and call each other both ways. TLS sits inside the same
+ * machine: it decides when the socket is read and what the output buffers hold.
  */
 #include "session.h"
 
