@@ -99,6 +99,9 @@ struct config {
     int stall_writer;     /* lease-churn: the concurrent writer */
     const char *timeline; /* a line per answer: "client sent_us answered_us ok" (failover.sh) */
     const char *metrics;  /* a member's /metrics URL, scraped before and after the run */
+    /* TLS (keel.h; etcdctl's --cacert --cert --key --insecure-skip-tls-verify) */
+    const char *cacert, *cert, *key;
+    int insecure_skip_tls_verify;
 };
 
 #define MAX_ZONES 16
@@ -541,10 +544,20 @@ static void progress(uv_timer_t *t)
     fprintf(stderr, "] %" PRIu64 " done", b->completed);
 }
 
+/* The TLS options of c into o. */
+static void tls_options(const struct config *c, struct keel_options *o)
+{
+    o->ca_file = c->cacert;
+    o->cert_file = c->cert;
+    o->key_file = c->key;
+    o->insecure_skip_verify = c->insecure_skip_tls_verify != 0;
+}
+
 /* Learn which member is in which zone, for the per-zone report. */
 static void learn_members(struct bench *b)
 {
     struct keel_options o = {.endpoints = b->cfg.endpoints};
+    tls_options(&b->cfg, &o);
     struct keel *k;
     if (keel_open(&k, &o) != 0)
         return;
@@ -633,6 +646,12 @@ static void usage(FILE *f)
             "                        microseconds since the epoch), ok (0|1)\n"
             "  --seed N  --timeout-ms N  --json\n"
             "  --version, --help\n");
+    fputs("  --cacert FILE         TLS: the CA (PEM) members' certificates must chain to; TLS\n"
+          "                        is on with any of these four, or an https:// endpoint\n"
+          "  --cert FILE           TLS: the client certificate (PEM), when members require one\n"
+          "  --key FILE            TLS: its private key (PEM)\n"
+          "  --insecure-skip-tls-verify   TLS without checking members' certificates\n",
+          f);
 }
 
 static int parse(struct config *c, int argc, char **argv)
@@ -679,6 +698,10 @@ static int parse(struct config *c, int argc, char **argv)
                                          {"no-stall-writer", no_argument, NULL, 'P'},
                                          {"timeline", required_argument, NULL, 'I'},
                                          {"metrics", required_argument, NULL, 'M'},
+                                         {"cacert", required_argument, NULL, 'A'},
+                                         {"cert", required_argument, NULL, 'E'},
+                                         {"key", required_argument, NULL, 'K'},
+                                         {"insecure-skip-tls-verify", no_argument, NULL, 'Y'},
                                          {"version", no_argument, NULL, 'V'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -694,6 +717,18 @@ static int parse(struct config *c, int argc, char **argv)
             break;
         case 'M':
             c->metrics = optarg;
+            break;
+        case 'A':
+            c->cacert = optarg;
+            break;
+        case 'E':
+            c->cert = optarg;
+            break;
+        case 'K':
+            c->key = optarg;
+            break;
+        case 'Y':
+            c->insecure_skip_tls_verify = 1;
             break;
         case 'V':
             printf("keel-bench %s\n", KEEL_VERSION);
@@ -1516,11 +1551,16 @@ int main(int argc, char **argv)
                              .source_address = source[0] ? source : NULL,
                              .client_name = "keel-bench",
                              .token = token};
+    tls_options(&b.cfg, &o);
     for (int i = 0; i < b.cfg.conns; i++) {
         int rv = keel_aclient_init(&b.acs[i], &b.loop, &o);
         char why[320];
         if (rv == KEEL_EINVAL && keel_endpoints_check(o.endpoints, why, sizeof(why)) != 0) {
             fprintf(stderr, "keel-bench: --endpoints: %s\n", why);
+            return 2;
+        }
+        if (rv == KEEL_EINVAL && keel_errmsg()[0] != '\0') {
+            fprintf(stderr, "keel-bench: %s\n", keel_errmsg()); /* a TLS file */
             return 2;
         }
         if (rv != 0) {

@@ -129,6 +129,8 @@ static void ac_free(struct keel_aclient *ac)
     kc_slots_close(&ac->wslots);
     kc_slots_close(&ac->slots);
     kc_heap_close(&ac->heap);
+    keel_tls_ctx_free(ac->conns.tls);
+    free(ac->conns.tls_rbuf);
     free(ac->client_name);
     free(ac->token);
     free(ac);
@@ -204,6 +206,36 @@ int keel_aclient_set_token(struct keel_aclient *ac, const char *token)
     return 0;
 }
 
+/* Does the client speak TLS: an https:// endpoint, or any TLS option (keel.h)? */
+static bool wants_tls(const struct keel_options *o, const char *eps)
+{
+    return strstr(eps, "https://") != NULL || o->ca_file != NULL || o->cert_file != NULL ||
+           o->key_file != NULL || o->insecure_skip_verify;
+}
+
+/* The connections' TLS context, when the options ask for TLS. 0, or KEEL_EINVAL with
+ * keel_errmsg set (a file that does not load), KEEL_ENOMEM. */
+static int tls_setup(struct kc_conn_ctx *cc, const struct keel_options *o, const char *eps)
+{
+    if (!wants_tls(o, eps))
+        return 0;
+    struct keel_tls_options to = {.role = KEEL_TLS_CLIENT,
+                                  .cert_file = o->cert_file,
+                                  .key_file = o->key_file,
+                                  .ca_file = o->ca_file,
+                                  .verify_peer = !o->insecure_skip_verify};
+    char err[KC_MSG_MAX - 8];
+    int rv = keel_tls_ctx_new(&to, &cc->tls, err, sizeof(err));
+    if (rv != 0) {
+        char msg[KC_MSG_MAX];
+        snprintf(msg, sizeof(msg), "%s", rv == KEEL_ENOMEM ? keel_strerror(rv) : err);
+        kc_set_errmsg(msg);
+        return rv;
+    }
+    cc->tls_rbuf = malloc(KC_READ_CHUNK);
+    return cc->tls_rbuf != NULL ? 0 : KEEL_ENOMEM;
+}
+
 int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct keel_options *opts)
 {
     static const struct keel_options defaults;
@@ -254,9 +286,13 @@ int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct k
             goto fail;
         cc->token = ac->token;
     }
-    rv = add_endpoints(ac, opts->endpoints && opts->endpoints[0] ? opts->endpoints
-                                                                 : KEEL_DEFAULT_ENDPOINT);
+    const char *eps =
+        opts->endpoints && opts->endpoints[0] ? opts->endpoints : KEEL_DEFAULT_ENDPOINT;
+    rv = add_endpoints(ac, eps);
     if (rv != 0)
+        goto fail;
+    kc_set_errmsg("");
+    if ((rv = tls_setup(cc, opts, eps)) != 0)
         goto fail;
     ac->turn = turn;
     ac->timeout = timeout;

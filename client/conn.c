@@ -15,10 +15,12 @@
 #include "conn.h"
 #include "hostport.h"
 
+/* TLS: plaintext encrypted at a time (one record's worth), so that the ciphertext the codec holds
+ * on its way to tbuf stays small. */
+#define KC_TLS_CHUNK (16u * 1024)
 /* Frames handed to one uv_write: large enough to amortise the syscall, small enough that one
  * connection's backlog does not hold a huge buffer. */
 #define KC_WRITE_BATCH (1u << 20)
-#define KC_READ_CHUNK  (64u * 1024)
 #define KC_ARENA_CHUNK (64u * 1024)
 /* A watch connection may stay idle for hours: without probes, a member whose host vanished
  * (no FIN, no RST) would hold its watches forever. Idle 10 s, then 3 probes 3 s apart. */
@@ -79,7 +81,9 @@ static void conn_release(struct kc_conn *c)
     struct kc_conn_ctx *ctx = c->ctx;
     keel_frame_decoder_close(&c->dec);
     keel_arena_close(&c->arena);
+    keel_tls_conn_free(c->tls);
     free(c->wbuf);
+    free(c->tbuf);
     free(c);
     ctx->live--;
     ctx->ev->closed(ctx->data);
@@ -116,6 +120,95 @@ static int wbuf_reserve(struct kc_conn *c, size_t n)
     return 0;
 }
 
+static void on_write(uv_write_t *req, int status);
+
+/* TLS: encrypt len bytes of data (none: only what the codec queued itself, the handshake's
+ * messages) into tbuf. 0, or the codec's error. */
+static int tls_seal(struct kc_conn *c, const uint8_t *data, size_t len)
+{
+    c->tlen = 0;
+    for (size_t off = 0;;) {
+        size_t n = keel_tls_conn_pending(c->tls);
+        if (n > 0) {
+            if (c->tlen + n > c->tcap) {
+                size_t cap = c->tcap ? c->tcap : 4096;
+                while (cap < c->tlen + n)
+                    cap *= 2;
+                uint8_t *b = realloc(c->tbuf, cap);
+                if (b == NULL)
+                    return KEEL_ENOMEM;
+                c->tbuf = b;
+                c->tcap = cap;
+            }
+            c->tlen += keel_tls_conn_take(c->tls, c->tbuf + c->tlen, n);
+        }
+        if (off == len)
+            return 0;
+        size_t k = len - off < KC_TLS_CHUNK ? len - off : KC_TLS_CHUNK;
+        int rv = keel_tls_conn_write(c->tls, data + off, k);
+        if (rv != 0)
+            return rv;
+        off += k;
+    }
+}
+
+/* Why TLS with c failed, with a hint where OpenSSL's reason alone would leave one guessing. */
+static void tls_lost(struct kc_conn *c, int rv)
+{
+    char msg[KC_MSG_MAX];
+    const char *why = keel_tls_conn_error(c->tls);
+    const char *hint = "";
+    if (strstr(why, "certificate required") != NULL)
+        hint = " (the member requires a client certificate)";
+    else if (strstr(why, "alert unknown ca") != NULL || strstr(why, "alert bad certificate"))
+        hint = " (the member does not trust this client's certificate)";
+    if (rv == KEEL_ECLOSED)
+        snprintf(msg, sizeof(msg), "connection to %s closed by the server", c->addr);
+    else if (rv == KEEL_ENOMEM)
+        snprintf(msg, sizeof(msg), "TLS with %s: out of memory", c->addr);
+    else
+        snprintf(msg, sizeof(msg), "TLS %s %s failed: %s%s",
+                 c->state == KC_READY ? "with" : "handshake with", c->addr,
+                 why[0] ? why : "TLS error", hint);
+    lost(c, rv == KEEL_ENOMEM ? KEEL_ENOMEM : KEEL_EUNAVAILABLE, msg);
+}
+
+/* Write len bytes of data (TLS: encrypted first, with what the codec has queued; none: only
+ * that) as c's one write. 0, or -1 once c was reported lost (what says what was being done). */
+static int write_out(struct kc_conn *c, const uint8_t *data, size_t len, const char *what)
+{
+    char msg[KC_MSG_MAX];
+    if (c->tls != NULL) {
+        int rv = tls_seal(c, data, len);
+        if (rv != 0) {
+            tls_lost(c, rv);
+            return -1;
+        }
+        if (c->tlen == 0)
+            return 0; /* plaintext written before the handshake completed waits in the codec */
+        data = c->tbuf;
+        len = c->tlen;
+    }
+    uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
+    c->write_req.data = c;
+    int rv = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
+    if (rv != 0) {
+        snprintf(msg, sizeof(msg), "%s %s: %s", what, c->addr, uv_strerror(rv));
+        lost(c, KEEL_EUNAVAILABLE, msg);
+        return -1;
+    }
+    c->writing = true;
+    return 0;
+}
+
+/* TLS: send what the codec has for the server (handshake messages), unless a write is out (its
+ * callback comes back here). */
+static void tls_flush(struct kc_conn *c)
+{
+    if (c->tls != NULL && !c->writing && c->state != KC_CLOSED && keel_tls_conn_pending(c->tls) > 0)
+        (void)write_out(c, NULL, 0, "write to");
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     struct kc_conn *c = req->data;
@@ -131,6 +224,8 @@ static void on_write(uv_write_t *req, int status)
     /* Whatever queued up while this write was out goes now, as one more batch. */
     if (c->state == KC_READY && c->pending.n > 0)
         kc_conn_flush(c);
+    else
+        tls_flush(c);
 }
 
 void kc_conn_flush(struct kc_conn *c)
@@ -157,17 +252,9 @@ void kc_conn_flush(struct kc_conn *c)
         memcpy(c->wbuf + off, op->frame, op->frame_len);
         off += op->frame_len;
     }
-    uv_buf_t buf = uv_buf_init((char *)c->wbuf, (unsigned)total);
-    c->write_req.data = c;
-    int rv = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
-    if (rv != 0) {
-        char msg[KC_MSG_MAX];
-        snprintf(msg, sizeof(msg), "write to %s: %s", c->addr, uv_strerror(rv));
-        /* Nothing was handed over: the ops are still pending, hence safe to retry. */
-        lost(c, KEEL_EUNAVAILABLE, msg);
+    /* On failure nothing was handed over: the ops are still pending, hence safe to retry. */
+    if (write_out(c, c->wbuf, total, "write to") != 0)
         return;
-    }
-    c->writing = true;
     stats->writes++;
     stats->frames_out += count;
     for (size_t i = 0; i < count; i++) {
@@ -193,6 +280,11 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     struct kc_conn *c = h->data;
     uint8_t *p;
     size_t len;
+    if (c->tls != NULL) {
+        buf->base = (char *)c->ctx->tls_rbuf;
+        buf->len = KC_READ_CHUNK;
+        return;
+    }
     /* Read straight into the decoder: no copy between the socket and the frame parser. */
     if (keel_frame_decoder_space(&c->dec, KC_READ_CHUNK, &p, &len) != 0) {
         buf->base = NULL;
@@ -270,16 +362,71 @@ static void process_frames(struct kc_conn *c)
     }
 }
 
+/* TLS: nread bytes came (in ctx->tls_rbuf): feed them, move the plaintext into the decoder, send
+ * what the codec has to say back. 0, or -1 once c was reported lost. */
+static int tls_read(struct kc_conn *c, const uint8_t *data, size_t nread)
+{
+    int rv = keel_tls_conn_feed(c->tls, data, nread);
+    while (rv == 0) {
+        uint8_t *p;
+        size_t len, n = 0;
+        if (keel_frame_decoder_space(&c->dec, KC_READ_CHUNK, &p, &len) != 0) {
+            lost(c, KEEL_ENOMEM, "out of memory for a reply");
+            return -1;
+        }
+        rv = keel_tls_conn_read(c->tls, p, len, &n);
+        if (rv != 0 || n == 0)
+            break;
+        keel_frame_decoder_commit(&c->dec, n);
+    }
+    if (rv != 0) {
+        tls_lost(c, rv);
+        return -1;
+    }
+    tls_flush(c);
+    return c->state == KC_CLOSED ? -1 : 0;
+}
+
+/* The first bytes from the server tell a port that speaks TLS from one that does not: say so
+ * rather than what a frame decoder or OpenSSL makes of the other's bytes. A TLS record starts
+ * with its type (22 handshake, 21 alert) and version 3.x. 0, or -1 once c was reported lost. */
+static int first_bytes(struct kc_conn *c, const uint8_t *b, size_t n)
+{
+    if (c->heard || n == 0)
+        return 0;
+    c->heard = true;
+    bool tls_record = (b[0] == 22 || b[0] == 21) && (n < 2 || b[1] == 3);
+    char msg[KC_MSG_MAX];
+    if (c->tls != NULL && !tls_record)
+        snprintf(msg, sizeof(msg),
+                 "TLS handshake with %s failed: the member does not answer in TLS (its client "
+                 "port is plaintext: drop https:// and the TLS options)",
+                 c->addr);
+    else if (c->tls == NULL && tls_record && c->state == KC_HELLO)
+        snprintf(msg, sizeof(msg),
+                 "handshake with %s: the member answered in TLS (its client port needs TLS: an "
+                 "https:// endpoint or a CA file)",
+                 c->addr);
+    else
+        return 0;
+    lost(c, KEEL_EUNAVAILABLE, msg);
+    return -1;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
-    (void)buf;
     struct kc_conn *c = s->data;
     if (c->state == KC_CLOSED)
         return;
     if (nread < 0) {
         char msg[KC_MSG_MAX];
         const char *addr = c->addr;
-        if (nread == UV_EOF)
+        if (nread == UV_EOF && c->state == KC_HELLO && !c->heard && c->tls == NULL)
+            snprintf(msg, sizeof(msg),
+                     "connection to %s closed by the server during the handshake (does its "
+                     "client port need TLS? then an https:// endpoint or a CA file)",
+                     addr);
+        else if (nread == UV_EOF)
             snprintf(msg, sizeof(msg), "connection to %s closed by the server", addr);
         else
             snprintf(msg, sizeof(msg), "read from %s: %s", addr, uv_strerror((int)nread));
@@ -288,7 +435,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0)
         return;
-    keel_frame_decoder_commit(&c->dec, (size_t)nread);
+    if (first_bytes(c, (const uint8_t *)buf->base, (size_t)nread) != 0)
+        return;
+    if (c->tls != NULL) {
+        if (tls_read(c, (const uint8_t *)buf->base, (size_t)nread) != 0)
+            return;
+    } else {
+        keel_frame_decoder_commit(&c->dec, (size_t)nread);
+    }
     process_frames(c);
 }
 
@@ -306,17 +460,9 @@ static void send_hello(struct kc_conn *c)
         return;
     }
     keel_frame_pack(&hello.base, c->wbuf);
-    uv_buf_t buf = uv_buf_init((char *)c->wbuf, (unsigned)n);
-    c->write_req.data = c;
-    int rv = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
-    if (rv != 0) {
-        char msg[KC_MSG_MAX];
-        snprintf(msg, sizeof(msg), "handshake with %s: %s", c->addr, uv_strerror(rv));
-        lost(c, KEEL_EUNAVAILABLE, msg);
-        return;
-    }
-    c->writing = true;
+    /* TLS: the Hello waits in the codec until its handshake completes; the ClientHello goes. */
     c->state = KC_HELLO;
+    (void)write_out(c, c->wbuf, n, "handshake with");
 }
 
 static void on_connect(uv_connect_t *req, int status)
@@ -339,6 +485,20 @@ static void on_connect(uv_connect_t *req, int status)
         int intvl = KC_KEEPALIVE_INTVL_S, cnt = KC_KEEPALIVE_CNT;
         (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
         (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    }
+    if (c->ctx->tls != NULL) {
+        /* The name the member's certificate must carry: the host this client dialled. */
+        char host[KC_ADDR_MAX];
+        snprintf(host, sizeof(host), "%s", c->addr);
+        char *colon = strrchr(host, ':');
+        if (colon != NULL)
+            *colon = '\0';
+        int trv = keel_tls_conn_new(c->ctx->tls, host, &c->tls);
+        if (trv != 0) {
+            snprintf(msg, sizeof(msg), "TLS with %s: %s", addr, keel_strerror(trv));
+            lost(c, trv == KEEL_ENOMEM ? KEEL_ENOMEM : KEEL_EUNAVAILABLE, msg);
+            return;
+        }
     }
     int rv = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rv != 0) {

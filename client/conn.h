@@ -1,5 +1,6 @@
 /*
- * One TCP connection to one member: dial, handshake, batched writes of queued ops, framed reads.
+ * One TCP connection to one member: dial, handshake, batched writes of queued ops, framed reads;
+ * optionally TLS (tls/tls.h) between the socket and the frames, on the loop like the rest.
  *
  * A connection knows nothing of the client that owns it: what it needs (the loop, the handshake's
  * fields, limits, counters) comes in a kc_conn_ctx shared by every connection of one owner, and
@@ -19,9 +20,11 @@
 #include "frame.h"
 #include "keel/keel.h"
 #include "op.h"
+#include "tls.h"
 
-#define KC_ADDR_MAX 64 /* "host:port": a name of up to 57 bytes, or an IPv4 literal */
-#define KC_MSG_MAX  512
+#define KC_READ_CHUNK (64u * 1024)
+#define KC_ADDR_MAX   64 /* "host:port": a name of up to 57 bytes, or an IPv4 literal */
+#define KC_MSG_MAX    512
 
 struct kc_conn;
 
@@ -59,6 +62,11 @@ struct kc_conn_ctx {
     const struct kc_conn_events *ev;
     void *data; /* the owner: handed to `closed`, and reachable from c->ctx in the others */
     int live;   /* connections allocated and not yet freed */
+    /* TLS on every connection (a client context), NULL: plaintext. tls_rbuf (KC_READ_CHUNK
+     * bytes) takes every TLS read first: libuv calls alloc and read back to back. Both the
+     * owner's; connections made from tls may outlive it. */
+    struct keel_tls_ctx *tls;
+    uint8_t *tls_rbuf;
 };
 
 enum kc_conn_state { KC_CONNECTING, KC_HELLO, KC_READY, KC_CLOSED };
@@ -84,6 +92,10 @@ struct kc_conn {
     struct keel_arena arena;
     uint8_t *wbuf;
     size_t wcap;
+    struct keel_tls_conn *tls; /* ctx->tls's, from the TCP connect on; NULL: plaintext */
+    uint8_t *tbuf;             /* TLS: the ciphertext being written */
+    size_t tlen, tcap;
+    bool heard; /* a first byte came from the server */
 };
 
 /*

@@ -46,6 +46,8 @@ struct ctl {
     const char *user;     /* --user NAME[:PASSWORD] */
     const char *password; /* --password */
     bool help;
+    const char *cacert, *cert, *key; /* TLS (etcdctl's names) */
+    bool insecure_skip_tls_verify;
 
     enum out_fmt fmt;
     uint64_t timeout_ms;
@@ -109,6 +111,13 @@ static const char *const usage_text =
     "  -w, --write-out F     simple (default), json or table\n"
     "  --user NAME[:PW]      authenticate as this user (auth enabled)\n"
     "  --password PW         its password, when not given after the colon\n"
+    "  --cacert FILE         TLS: the CA (PEM) members' certificates must chain to; TLS is on\n"
+    "                        with any of these four, or an https:// endpoint\n"
+    "  --cert FILE           TLS: this client's certificate (PEM), for members that\n"
+    "                        require one (its CN names the client)\n"
+    "  --key FILE            TLS: its private key (PEM)\n"
+    "  --insecure-skip-tls-verify\n"
+    "                        TLS without checking the member's certificate (tests only)\n"
     "  -h, --help            this text; after a command: that command's usage\n"
     "  --version             keelctl's version (alone)\n";
 
@@ -167,6 +176,10 @@ static size_t global_flags(struct ctl *c, struct ctl_flag *t)
         {"user", 0, CTL_STR, &c->user, false},
         {"password", 0, CTL_STR, &c->password, false},
         {"help", 'h', CTL_BOOL, &c->help, false},
+        {"cacert", 0, CTL_STR, &c->cacert, false},
+        {"cert", 0, CTL_STR, &c->cert, false},
+        {"key", 0, CTL_STR, &c->key, false},
+        {"insecure-skip-tls-verify", 0, CTL_BOOL, &c->insecure_skip_tls_verify, false},
     };
     memcpy(t, f, sizeof(f));
     return sizeof(f) / sizeof(f[0]);
@@ -239,6 +252,10 @@ static void fill_options(const struct ctl *c, struct keel_options *o, const char
     o->client_name = "keelctl";
     o->dial_timeout_ms = (uint32_t)c->dial_timeout_ms;
     o->request_timeout_ms = (uint32_t)c->timeout_ms;
+    o->ca_file = c->cacert;
+    o->cert_file = c->cert;
+    o->key_file = c->key;
+    o->insecure_skip_verify = c->insecure_skip_tls_verify;
     o->token = c->token;
 }
 
@@ -269,6 +286,8 @@ static void check_open(struct ctl *c, int rv)
     char why[320];
     if (rv == KEEL_EINVAL && keel_endpoints_check(c->endpoints, why, sizeof(why)) != 0)
         die(EXIT_USAGE, "invalid --endpoints \"%s\": %s", c->endpoints, why);
+    if (rv == KEEL_EINVAL && keel_errmsg()[0] != '\0') /* a TLS file (--cacert, --cert, --key) */
+        die(EXIT_USAGE, "%s", keel_errmsg());
     if (rv == KEEL_EINVAL)
         die(EXIT_USAGE,
             "invalid --endpoints \"%s\" or --source-address (want host:port, host an IPv4 "
@@ -2591,6 +2610,19 @@ static int cmd_auth(struct ctl *c, const char *sub, int argc, char **argv)
  * main
  */
 
+/* The TLS flags: with a value to follow (inline false), or whole in arg (inline true: "--cacert=F",
+ * or the flag without a value). */
+static bool is_tls_flag(const char *arg, bool inline_value)
+{
+    static const char *const names[] = {"--cacert", "--cert", "--key"};
+    size_t n = strcspn(arg, "=");
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strncmp(arg, names[i], n) == 0 && names[i][n] == '\0')
+            return inline_value == (arg[n] == '=');
+    return inline_value && strncmp(arg, "--insecure-skip-tls-verify", n) == 0 &&
+           n == strlen("--insecure-skip-tls-verify");
+}
+
 static bool is_global_with_value(const char *arg)
 {
     static const char *const names[] = {"--endpoints",
@@ -2606,7 +2638,7 @@ static bool is_global_with_value(const char *arg)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(arg, names[i]) == 0)
             return true;
-    return false;
+    return is_tls_flag(arg, false);
 }
 
 static bool is_global_inline(const char *arg)
@@ -2624,6 +2656,8 @@ static bool is_global_inline(const char *arg)
     for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
         if (strncmp(arg, prefixes[i], strlen(prefixes[i])) == 0)
             return true;
+    if (is_tls_flag(arg, true))
+        return true;
     return strncmp(arg, "-w", 2) == 0 && arg[2] != '\0';
 }
 

@@ -3,7 +3,10 @@
 # $KEEL_CLUSTER_CLIENT_PORT, default 2379; peer port $KEEL_CLUSTER_PEER_PORT, default 2380), its data
 # under $KEEL_CLUSTER_DIR/m<i> (default ./.cluster).
 #
-#   scripts/cluster.sh start [--nodes N] [extra keeld flags...]
+#   scripts/cluster.sh start [--nodes N] [--tls DIR] [extra keeld flags...]
+#                                    # --tls: TLS on the client ports with DIR's certificates
+#                                    # (scripts/gen-certs.sh DIR): member i's own, client
+#                                    # certificates required (DIR/client-*.pem)
 #   scripts/cluster.sh status
 #   scripts/cluster.sh stop          # ends only the processes this script started (by PID)
 #   scripts/cluster.sh endpoints     # prints the client addresses, comma separated
@@ -20,7 +23,16 @@ if [ -z "$keeld" ]; then
   done
 fi
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+# The flags member $1 gets for --tls (certificates in $tls_dir, as gen-certs.sh names them).
+tls_flags() {
+  local i=$1
+  [ -n "$tls_dir" ] || return 0
+  echo "--cert-file $tls_dir/member-$i.pem --key-file $tls_dir/member-$i-key.pem" \
+    "--trusted-ca-file $tls_dir/ca.pem --client-cert-auth"
+}
+tls_dir=
 
 pid_alive() { # pid file -> 0 when that keeld is running
   local f=$1 pid
@@ -39,6 +51,10 @@ case "$cmd" in
 start)
   n=3
   if [ "${1:-}" = "--nodes" ]; then n=$2; shift 2; fi
+  if [ "${1:-}" = "--tls" ]; then tls_dir=$(cd "${2:?--tls needs a directory}" && pwd); shift 2; fi
+  if [ -n "$tls_dir" ] && [ ! -f "$tls_dir/ca.pem" ]; then
+    echo "cluster: --tls $tls_dir has no ca.pem (make it with scripts/gen-certs.sh $tls_dir)" >&2; exit 2
+  fi
   [[ "$n" =~ ^[1-7]$ ]] || { echo "cluster: --nodes must be 1..7" >&2; exit 2; }
   [ -n "$keeld" ] || { echo "cluster: no keeld binary; build first (scripts/quickstart.sh)" >&2; exit 1; }
   mkdir -p "$dir"
@@ -49,7 +65,7 @@ start)
   for i in $(seq 1 "$n"); do initial+="${initial:+,}m$i=127.0.$i.1:$pport@z$i"; done
   for i in $(seq 1 "$n"); do
     "$keeld" --name "m$i" --data-dir "$dir/m$i" --listen-client "127.0.$i.1:$cport" \
-      --listen-peer "127.0.$i.1:$pport" --initial-cluster "$initial" "$@" \
+      --listen-peer "127.0.$i.1:$pport" --initial-cluster "$initial" $(tls_flags "$i") "$@" \
       >>"$dir/m$i.log" 2>&1 &
     echo $! >"$dir/m$i.pid"
   done

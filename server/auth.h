@@ -21,7 +21,7 @@
  *
  * Client-certificate authentication: when a request has no token and peer_cn names this
  * connection's verified certificate CN, that user is taken as authenticated (etcd's rule).
- * Nothing sets it yet (TLS is not wired): the seam is keel_sessions_peer_cn.
+ * It comes from keel_sessions_peer_cn (session.h): the CN the client port's TLS verified.
  *
  * State: the auth tables of the store, cached and reloaded when the store's auth revision moves
  * (bounded by store.h's KEEL_AUTH_MAX_*). At most KEEL_AUTH_MAX_JOBS hashing jobs in flight,

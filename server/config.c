@@ -39,7 +39,8 @@ static const char usage[] =
     "member;\n"
     "                              HOST an IPv4 address or a DNS name (resolved at each connect)\n"
     "  --listen-metrics HOST:PORT  serve /metrics (Prometheus), /health, /readyz and /livez\n"
-    "                              over HTTP there (default: not served)\n"
+    "                              over plain HTTP there, even with --cert-file (default:\n"
+    "                              not served)\n"
     "  --initial-cluster-state S   new (default): these members start a new cluster;\n"
     "                              existing: join a running cluster that `keelctl member add`\n"
     "                              named this member in (list every member, this one too)\n"
@@ -114,6 +115,19 @@ static const char usage[] =
     "                              all three peer flags or none; with them every byte between\n"
     "                              members is encrypted and both ends verify each other.\n"
     "                              SIGHUP reads the three files again\n"
+    "  --cert-file FILE            TLS on the client port: this member's certificate (PEM,\n"
+    "                              then any intermediates); clients must then use TLS\n"
+    "                              (an https:// endpoint, or keelctl given a CA). TLS 1.2+,\n"
+    "                              forward-secret AEAD ciphers only. Certificates and keys are\n"
+    "                              read again on SIGHUP (new connections get them; a failed\n"
+    "                              reload keeps the old ones and logs why)\n"
+    "  --key-file FILE             the certificate's private key (PEM)\n"
+    "  --trusted-ca-file FILE      CAs (PEM) that client certificates must chain to; also\n"
+    "                              what a follower verifies the leader's client port with when\n"
+    "                              it asks for the NOSPACE alarm\n"
+    "  --client-cert-auth          require a client certificate chaining to\n"
+    "                              --trusted-ca-file (its CN names the client). The\n"
+    "                              --listen-metrics listener stays plain HTTP\n"
     "  --log-level debug|info|warn|error (default info)\n"
     "  --log-format text|json      one line per event; json: "
     "{\"ts\",\"level\",\"member\",\"zone\",\n"
@@ -344,7 +358,11 @@ enum {
     O_PEER_CERT,
     O_PEER_KEY,
     O_PEER_CA,
-    O_AUTH_TTL
+    O_AUTH_TTL,
+    O_CERT_FILE,
+    O_KEY_FILE,
+    O_TRUSTED_CA,
+    O_CLIENT_CERT_AUTH
 };
 
 /* Every setting keeld has, by its flag name: the keys of --config-file and, upper-cased with
@@ -392,6 +410,10 @@ static const struct option opts[] = {
     {"peer-cert-file", required_argument, NULL, O_PEER_CERT},
     {"peer-key-file", required_argument, NULL, O_PEER_KEY},
     {"peer-trusted-ca-file", required_argument, NULL, O_PEER_CA},
+    {"cert-file", required_argument, NULL, O_CERT_FILE},
+    {"key-file", required_argument, NULL, O_KEY_FILE},
+    {"trusted-ca-file", required_argument, NULL, O_TRUSTED_CA},
+    {"client-cert-auth", no_argument, NULL, O_CLIENT_CERT_AUTH},
     {"help", no_argument, NULL, O_HELP},
     {"version", no_argument, NULL, O_VERSION},
     {NULL, 0, NULL, 0},
@@ -654,6 +676,18 @@ static int set_opt(struct keel_config *c, struct parse *p, int opt, const char *
         break;
     case O_CONFIG_FILE: /* read before any other setting (keel_config_parse) */
         break;
+    case O_CERT_FILE:
+        rv = copy_arg(c->cert_file, sizeof(c->cert_file), val, what, err, errlen);
+        break;
+    case O_KEY_FILE:
+        rv = copy_arg(c->key_file, sizeof(c->key_file), val, what, err, errlen);
+        break;
+    case O_TRUSTED_CA:
+        rv = copy_arg(c->trusted_ca_file, sizeof(c->trusted_ca_file), val, what, err, errlen);
+        break;
+    case O_CLIENT_CERT_AUTH:
+        c->client_cert_auth = strcmp(val, "true") == 0;
+        break;
     }
     return rv;
 }
@@ -907,6 +941,18 @@ static int settle(struct keel_config *c, const char *cluster, const char *retent
         return fail(err, errlen,
                     "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file go together: "
                     "give all three (peer TLS) or none");
+
+    if ((c->cert_file[0] != '\0') != (c->key_file[0] != '\0'))
+        return fail(err, errlen, "--cert-file and --key-file go together: give both or neither");
+    if (c->cert_file[0] == '\0' && (c->trusted_ca_file[0] != '\0' || c->client_cert_auth))
+        return fail(err, errlen,
+                    "--%s needs TLS on the client port: give --cert-file and "
+                    "--key-file too",
+                    c->client_cert_auth ? "client-cert-auth" : "trusted-ca-file");
+    if (c->client_cert_auth && c->trusted_ca_file[0] == '\0')
+        return fail(err, errlen,
+                    "--client-cert-auth needs --trusted-ca-file: the CAs a client "
+                    "certificate must chain to");
     const struct keel_member_conf *self = NULL;
     for (size_t i = 0; i < c->n_members; i++)
         if (strcmp(c->members[i].name, c->name) == 0)

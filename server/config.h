@@ -74,6 +74,13 @@ struct keel_config {
     char peer_cert_file[512];
     char peer_key_file[512];
     char peer_ca_file[512];
+
+    /* TLS on the client port (--cert-file; "" : plaintext): this member's certificate and key,
+     * the CAs client certificates must chain to, and whether one is required. */
+    char cert_file[512];
+    char key_file[512];
+    char trusted_ca_file[512];
+    bool client_cert_auth;
 };
 
 /*

@@ -18,9 +18,20 @@
 int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t cluster_id, int out_fd,
                           int timeout_ms, char *err, size_t errlen);
 
-/* The same with an auth token on the request (NULL: none): a cluster with auth enabled answers
- * Snapshot to root only (auth.h: keel_auth_member_token). */
-int keel_fetch_checkpoint_as(const char *addr, const char *bind_host, uint64_t cluster_id,
+struct keel_tls_options;
+
+/*
+ * keel_fetch_checkpoint with what a cluster may ask of the fetching member:
+ *  - tls (a client's options: the CAs, this member's certificate and key) when the client
+ *    port speaks TLS: a context is made for this fetch alone, read from the files now (the
+ *    writer thread shares no context with the loop, where SIGHUP reloads its own); the
+ *    member's certificate must name addr's host. NULL: plaintext. A refusal is KEEL_EIO with
+ *    OpenSSL's reason in err;
+ *  - token, an auth token on the request (NULL: none): a cluster with auth enabled answers
+ *    Snapshot to root only (auth.h: keel_auth_member_token).
+ */
+int keel_fetch_checkpoint_as(const char *addr, const char *bind_host,
+                             const struct keel_tls_options *tls, uint64_t cluster_id,
                              const char *token, int out_fd, int timeout_ms, char *err,
                              size_t errlen);
 

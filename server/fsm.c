@@ -235,7 +235,7 @@ static int do_fetch(struct keel_fsm *f, uint64_t token_index)
              * has none: it waits for peer TLS to vouch for it). */
             char token[KEEL_AUTH_MEMBER_TOKEN_MAX];
             bool authed = keel_auth_member_token(f->o.store, token) == 0;
-            rv = keel_fetch_checkpoint_as(leader, f->o.bind_host, *f->o.cluster_id,
+            rv = keel_fetch_checkpoint_as(leader, f->o.bind_host, f->o.fetch_tls, *f->o.cluster_id,
                                           authed ? token : NULL, fd, FETCH_TIMEOUT, err,
                                           sizeof(err));
             if (rv != 0)

@@ -73,6 +73,8 @@ struct keel_fsm_batch {
 /* Called on the loop for each committed batch, in order; the batch is freed after it returns. */
 typedef void (*keel_fsm_done_cb)(void *data, struct keel_fsm_batch *b);
 
+struct keel_tls_options;
+
 struct keel_fsm_options {
     uv_loop_t *loop;
     struct keel_store *store;
@@ -91,6 +93,9 @@ struct keel_fsm_options {
     /* A batch whose apply takes longer is logged (etcd's "apply request took too long");
      * 0: never. */
     uint32_t warn_apply_us;
+    /* The leader's client port speaks TLS (--cert-file): a checkpoint fetch from it uses these
+     * client options (fetch.h; they must outlive the fsm). NULL: plaintext. */
+    const struct keel_tls_options *fetch_tls;
 };
 
 /* How far the writer got, as the loop sees it. */

@@ -8,6 +8,8 @@
  *      the batch
  *   -> reply -> the responder seam -> session.
  *
+ * SIGHUP reads the TLS certificates and keys again (new connections get them).
+ *
  * Shutdown (SIGTERM/SIGINT): a leader first hands leadership to an up-to-date voter; then the
  * request path stops taking work, the node waits until raft has called back every request it
  * holds (writes it could not commit are answered "outcome unknown") and closes raft, the storage
@@ -47,6 +49,7 @@
 #include "rangestream.h"
 #include "snapstream.h"
 #include "store.h"
+#include "tls.h"
 #include "watch.h"
 
 struct keeld {
@@ -82,8 +85,10 @@ struct keeld {
     struct keel_rangestream *rangestream;
     struct keel_node *node;
     int node_ready;
-    uv_signal_t sigterm, sigint;
-    uv_signal_t sighup; /* reload certificates */
+    uv_signal_t sigterm, sigint, sighup;
+    char peer_cn[256];                 /* session_peer_cn's answer */
+    struct keel_tls_ctx *client_tls;   /* --cert-file: the client port's TLS; NULL: plaintext */
+    struct keel_tls_options fetch_tls; /* ... and how to fetch a checkpoint from another's */
     uv_timer_t stop_timer;
     int stopping;
 };
@@ -291,11 +296,14 @@ static uint64_t unapplied_bytes(void *data)
     return keel_propose_backlog(k->propose) + keel_fsm_progress(k->fsm)->backlog_bytes;
 }
 
-/* The verified client-certificate CN of a session, for authentication by certificate. */
+/* The verified client-certificate CN of a session, for authentication by certificate (auth.h):
+ * in k's buffer, valid until the next call (auth reads it at once, on the loop). */
 static const char *session_peer_cn(void *data, uint64_t session)
 {
     struct keeld *k = data;
-    return keel_sessions_peer_cn(k->sessions, session);
+    return keel_sessions_peer_cn(k->sessions, session, k->peer_cn, sizeof(k->peer_cn)) == 0
+               ? k->peer_cn
+               : NULL;
 }
 
 /* ---- shutdown ---- */
@@ -399,6 +407,13 @@ static int raise_nospace(void *data, uint64_t free_bytes, uint64_t reserve)
         keel_addr_split(k->cfg.listen_peer, host, sizeof(host), &port);
         struct keel_options co = {
             .endpoints = endpoints, .source_address = host, .client_name = "keeld disk reserve"};
+        if (k->cfg.cert_file[0] != '\0') {
+            /* The other members' client ports speak TLS too: this member's certificate (made
+             * for client use as well, as gen-certs.sh makes them) is its client certificate. */
+            co.ca_file = k->cfg.trusted_ca_file[0] ? k->cfg.trusted_ca_file : NULL;
+            co.cert_file = k->cfg.cert_file;
+            co.key_file = k->cfg.key_file;
+        }
         int err = keel_aclient_init(&k->alarm_client, &k->loop, &co); /* copies endpoints */
         free(endpoints);
         if (err != 0)
@@ -514,14 +529,46 @@ static void on_signal(uv_signal_t *h, int signum)
     stop_now(k);
 }
 
-/* SIGHUP: read the certificates again (each reload logs how it went; a failed one keeps the
- * certificates in use). */
+/* SIGHUP: certificates renewed on disk are read again, without a restart. A file that does not
+ * read or a key that does not match keeps the old ones, and the log says which file and why. */
 static void on_sighup(uv_signal_t *h, int signum)
 {
     struct keeld *k = h->data;
     (void)signum;
     if (k->node != NULL && !k->stopping)
-        keel_node_reload_tls(k->node);
+        keel_node_reload_tls(k->node); /* the peer port's (logs how it went) */
+    if (k->client_tls == NULL) {
+        KLOG_INFO("SIGHUP: no client port certificates to reload (no --cert-file)");
+        return;
+    }
+    char err[512];
+    if (keel_tls_ctx_reload(k->client_tls, err, sizeof(err)) != 0)
+        KLOG_WARN("SIGHUP: client port certificates not reloaded, the old ones stay: %s", err);
+    else
+        KLOG_INFO("SIGHUP: client port certificates reloaded from %s and %s", k->cfg.cert_file,
+                  k->cfg.key_file);
+}
+
+/* The client port's TLS context from --cert-file and the rest; 0 or -1 after logging why. */
+static int client_tls_new(struct keeld *k)
+{
+    const struct keel_config *c = &k->cfg;
+    if (c->cert_file[0] == '\0')
+        return 0;
+    struct keel_tls_options o = {.role = KEEL_TLS_SERVER,
+                                 .cert_file = c->cert_file,
+                                 .key_file = c->key_file,
+                                 .ca_file = c->trusted_ca_file[0] ? c->trusted_ca_file : NULL,
+                                 .verify_peer = c->client_cert_auth};
+    char err[512];
+    if (keel_tls_ctx_new(&o, &k->client_tls, err, sizeof(err)) != 0) {
+        KLOG_ERROR("client port TLS: %s", err);
+        return -1;
+    }
+    KLOG_INFO("client port TLS: certificate %s%s%s", c->cert_file,
+              c->client_cert_auth ? ", client certificates required, CAs " : "",
+              c->client_cert_auth ? c->trusted_ca_file : "");
+    return 0;
 }
 
 /* ---- start-up ---- */
@@ -547,6 +594,17 @@ static int wire(struct keeld *k)
                                   .apply_seconds = &k->apply_seconds,
                                   .commit_seconds = &k->commit_seconds,
                                   .warn_apply_us = k->cfg.warn_apply_us};
+    if (k->client_tls != NULL) {
+        /* Every member's client port speaks TLS: a checkpoint comes from the leader's over TLS,
+         * this member's certificate (made for client use too) its client certificate. */
+        k->fetch_tls = (struct keel_tls_options){
+            .role = KEEL_TLS_CLIENT,
+            .cert_file = k->cfg.cert_file,
+            .key_file = k->cfg.key_file,
+            .ca_file = k->cfg.trusted_ca_file[0] ? k->cfg.trusted_ca_file : NULL,
+            .verify_peer = true};
+        fo.fetch_tls = &k->fetch_tls;
+    }
     /* etcd's layouts: its backend commit histogram, and its apply histogram */
     keel_histo_init_exp(&k->commit_seconds, 0.001, 2, 14);
     keel_histo_init_exp(&k->apply_seconds, 0.0001, 2, 20);
@@ -556,6 +614,8 @@ static int wire(struct keeld *k)
         return rv;
     }
     if ((rv = keel_sessions_new(&k->loop, &k->cfg, &k->sessions)) != 0)
+        return rv;
+    if ((rv = keel_sessions_set_tls(k->sessions, k->client_tls)) != 0)
         return rv;
     keel_sessions_responder(k->sessions, &k->responder);
     /* k->raft is filled once the node exists; nothing calls it before. */
@@ -785,6 +845,8 @@ int main(int argc, char **argv)
 {
     /* A peer closing its socket must not kill the leader (research/raft.md trap 2). */
     signal(SIGPIPE, SIG_IGN);
+    /* SIGHUP reloads certificates (on_sighup, once the loop runs): not a reason to die before. */
+    signal(SIGHUP, SIG_IGN);
     /* raft_uv's disk work and checkpoint copies share libuv's pool. */
     setenv("UV_THREADPOOL_SIZE", "8", 0);
 
@@ -802,6 +864,9 @@ int main(int argc, char **argv)
     keel_log_format(k.cfg.log_json, k.cfg.zone);
     keel_config_warn(&k.cfg);
     int status = 1;
+    /* Certificates are checked before anything is made: a bad file stops the start at once. */
+    if (client_tls_new(&k) != 0)
+        goto out_config;
     if (keel_fdlimit_fit(&k.cfg.max_connections, err, sizeof(err)) != 0) {
         KLOG_ERROR("%s", err);
         goto out_config;
@@ -866,12 +931,11 @@ int main(int argc, char **argv)
         k.stopping = 1;
     uv_signal_init(&k.loop, &k.sigterm);
     uv_signal_init(&k.loop, &k.sigint);
+    uv_signal_init(&k.loop, &k.sighup);
     uv_timer_init(&k.loop, &k.stop_timer);
-    k.sigterm.data = k.sigint.data = k.stop_timer.data = &k;
+    k.sigterm.data = k.sigint.data = k.sighup.data = k.stop_timer.data = &k;
     uv_signal_start(&k.sigterm, on_signal, SIGTERM);
     uv_signal_start(&k.sigint, on_signal, SIGINT);
-    uv_signal_init(&k.loop, &k.sighup);
-    k.sighup.data = &k;
     uv_signal_start(&k.sighup, on_sighup, SIGHUP);
     if (k.stopping)
         stop_now(&k); /* after a failed start */
@@ -886,6 +950,7 @@ int main(int argc, char **argv)
     if (uv_loop_close(&k.loop) != 0)
         KLOG_WARN("handles left open at exit");
     free_modules(&k);
+    keel_tls_ctx_free(k.client_tls);
     keel_store_close(k.store);
     keel_members_close(&k.members);
     keel_config_close(&k.cfg);
@@ -898,6 +963,7 @@ out_loop:
     uv_loop_close(&k.loop);
     keel_members_close(&k.members);
 out_config:
+    keel_tls_ctx_free(k.client_tls);
     keel_config_close(&k.cfg);
     return status;
 }

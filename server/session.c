@@ -49,12 +49,22 @@
  *     [64 MiB] no session takes a request until they are down to half, so on a leader they stay
  *     under that plus one request. A follower's writer queue fills from the leader's log, which
  *     its own clients pausing cannot slow.
+ *
+ * TLS adds, per session (tls/tls.h keeps OpenSSL's two memory BIOs, which keep their largest
+ * size): what one read fed it and it has not decrypted yet, at most READ_CHUNK plus a record
+ * [80 KiB], since a TLS session reads its socket only once OpenSSL has no whole record left; the
+ * ciphertext of at most TLS_CHUNK of plaintext at a time [16 KiB] on its way to the buffer
+ * written; and OpenSSL's own record buffers, given back while idle (SSL_MODE_RELEASE_BUFFERS).
+ * The ciphertext written is the session's `writing` buffer, counted in max_output_bytes and in
+ * the session's unread output as plaintext is: a client reading nothing is cut off as before.
+ * One shared READ_CHUNK buffer takes every TLS read (libuv calls alloc and read back to back).
  */
 /*
- * Why one file of ~840 lines: reading, the limits and the output accounting are one state
+ * Why one file of ~1250 lines: reading, the limits and the output accounting are one state
  * machine per session (reading <-> blocked <-> closing); every limit is decided from the
  * output and in-flight counts and acts on reading, and split apart the pieces would share every
- * field of struct keel_session and call each other both ways.
+ * field of struct keel_session and call each other both ways. TLS sits inside the same
+ * machine: it decides when the socket is read and what the output buffers hold.
  */
 #include "session.h"
 
@@ -66,6 +76,7 @@
 #include "frame.h"
 #include "log.h"
 #include "reqkind.h"
+#include "tls.h"
 #include "u64map.h"
 
 #define READ_CHUNK     (64 * 1024)
@@ -73,6 +84,7 @@
 #define FRAME_OVERHEAD (64 * 1024)  /* envelope bytes allowed on top of the request limit */
 #define OUT_MIN_CAP    4096
 #define OUT_KEEP_CAP   (16 * 1024) /* what an idle session keeps of each output buffer */
+#define TLS_CHUNK      (16 * 1024) /* plaintext encrypted at a time: one record's worth */
 
 struct outbuf {
     uint8_t *data;
@@ -120,11 +132,12 @@ struct keel_session {
     struct keel_session *dirty_next;
     int dirty;
     struct drain_hook *hooks; /* the responder's drain hooks, newest first */
-    char *peer_cn;            /* the verified client-certificate CN (NULL: none; no TLS yet) */
     int in_drain;             /* hooks being called: removals only mark them */
     /* Requests handed up and not yet answered, by request id: when and what (struct started),
      * for the request duration histograms. At most max_inflight entries. */
     struct keel_u64map started;
+    struct keel_tls_conn *tls; /* NULL: plaintext */
+    int tls_up;                /* its handshake completed (logged once) */
 };
 
 /* When a request was handed up, and its body case. */
@@ -170,6 +183,9 @@ struct keel_sessions {
     /* Request durations by body case, each made at its first answer
      * (keel_sessions_request_seconds). */
     struct keel_histo *req_seconds[KEEL_SESSIONS_BODY_CASES];
+    struct keel_tls_ctx *tls; /* NULL: plaintext (keel_sessions_set_tls) */
+    uint8_t *tls_rbuf;        /* READ_CHUNK: every TLS read lands here first */
+    struct keel_log_limit tls_log;
 };
 
 static void start_write(struct keel_session *s);
@@ -266,6 +282,18 @@ static size_t inflight_low(const struct keel_sessions *ss)
 static size_t unread(const struct keel_session *s)
 {
     return s->out.len + s->writing.len;
+}
+
+/* Bytes TLS made for the network (handshake messages, alerts) and not yet taken. */
+static size_t tls_pending(const struct keel_session *s)
+{
+    return s->tls != NULL ? keel_tls_conn_pending(s->tls) : 0;
+}
+
+/* Is there anything to write: answers, or TLS's own messages? */
+static int has_output(const struct keel_session *s)
+{
+    return s->out.len > 0 || tls_pending(s) > 0;
 }
 
 static int gate_closed(const struct keel_sessions *ss)
@@ -632,6 +660,7 @@ static void session_freed(uv_handle_t *h)
     hooks_call(s, 1);
     timing_close(s);
     keel_frame_decoder_close(&s->dec);
+    keel_tls_conn_free(s->tls);
     free(s->out.data);
     free(s->writing.data);
     free(s);
@@ -681,7 +710,7 @@ static void write_cb(uv_write_t *req, int status)
         session_close(s);
         return;
     }
-    if (s->out.len > 0) {
+    if (has_output(s)) {
         start_write(s);
         return;
     }
@@ -702,15 +731,68 @@ static void write_cb(uv_write_t *req, int status)
     hooks_call(s, 0);
 }
 
+/* Move what TLS has for the network into `writing`, under the output bounds. 0, or -1 when s
+ * was cut off for it. */
+static int tls_take(struct keel_session *s)
+{
+    struct keel_sessions *ss = s->ss;
+    size_t n = keel_tls_conn_pending(s->tls);
+    if (n == 0)
+        return 0;
+    size_t grow = out_growth(&s->writing, n);
+    if (grow > 0 && ss->out_bytes + grow > ss->cfg->max_output_bytes) {
+        shed(ss, grow);
+        if (s->closing)
+            return -1;
+    }
+    if (out_reserve(ss, &s->writing, n) != 0) {
+        cut_off(s, "out of memory");
+        return -1;
+    }
+    s->writing.len += keel_tls_conn_take(s->tls, s->writing.data + s->writing.len, n);
+    return 0;
+}
+
+/* Encrypt the turn's output (`out`, emptied) into `writing`, a record's worth at a time so that
+ * the ciphertext TLS holds stays small. 0, or -1 when s was closed. */
+static int tls_seal(struct keel_session *s)
+{
+    size_t off = 0;
+    for (;;) {
+        if (tls_take(s) != 0)
+            return -1;
+        if (off == s->out.len)
+            break;
+        size_t n = s->out.len - off < TLS_CHUNK ? s->out.len - off : TLS_CHUNK;
+        int rv = keel_tls_conn_write(s->tls, s->out.data + off, n);
+        if (rv != 0) {
+            KLOG_DEBUG("session %llu: TLS write: %s", (unsigned long long)s->id,
+                       rv == KEEL_ENOMEM ? "out of memory" : keel_tls_conn_error(s->tls));
+            session_close(s);
+            return -1;
+        }
+        off += n;
+    }
+    s->out.len = 0;
+    return 0;
+}
+
 static void start_write(struct keel_session *s)
 {
-    if (s->write_busy || s->closing || s->out.len == 0)
+    if (s->write_busy || s->closing || !has_output(s))
         return;
-    /* Swap: what this turn produced goes out in one write; new replies fill the other buffer. */
-    struct outbuf tmp = s->writing;
-    s->writing = s->out;
-    s->out = tmp;
-    s->out.len = 0;
+    if (s->tls != NULL) {
+        /* `writing` is empty (no write is out): the ciphertext goes there. */
+        if (tls_seal(s) != 0 || s->writing.len == 0)
+            return;
+    } else {
+        /* Swap: what this turn produced goes out in one write; new replies fill the other
+         * buffer. */
+        struct outbuf tmp = s->writing;
+        s->writing = s->out;
+        s->out = tmp;
+        s->out.len = 0;
+    }
     uv_buf_t buf = uv_buf_init((char *)s->writing.data, (unsigned)s->writing.len);
     s->wreq.data = s;
     s->write_busy = 1;
@@ -733,7 +815,7 @@ static void flush_dirty(uv_check_t *h)
         struct keel_session *next = s->dirty_next;
         s->dirty = 0;
         if (!s->closing) {
-            if (s->out.len > 0)
+            if (has_output(s))
                 start_write(s);
             else if (!s->write_busy && s->close_after_flush)
                 session_close(s);
@@ -792,6 +874,10 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     uint8_t *p;
     size_t len;
     (void)suggested;
+    if (s->tls != NULL) {
+        *buf = uv_buf_init((char *)s->ss->tls_rbuf, READ_CHUNK);
+        return;
+    }
     if (keel_frame_decoder_space(&s->dec, READ_CHUNK, &p, &len) != 0) {
         *buf = uv_buf_init(NULL, 0);
         return;
@@ -825,6 +911,85 @@ static int handle_frame(struct keel_session *s, const uint8_t *payload, size_t l
     return 0;
 }
 
+/* ---- TLS ---- */
+
+/* The client's address, for messages. */
+static void peer_name(struct keel_session *s, char *out, size_t len)
+{
+    struct sockaddr_storage sa;
+    int n = sizeof(sa);
+    char ip[64] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&sa, &n) == 0 && sa.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&sa;
+        uv_ip4_name(in, ip, sizeof(ip));
+        port = ntohs(in->sin_port);
+    }
+    snprintf(out, len, "%s:%d", ip, port);
+}
+
+/* The TLS connection failed (rv: keel_tls_conn_feed's or _read's error). A client's goodbye
+ * (close_notify) is an end of stream; anything else is logged and closes the session once the
+ * alert TLS queued for the client is written. */
+static void tls_fail(struct keel_session *s, int rv)
+{
+    struct keel_sessions *ss = s->ss;
+    if (rv != KEEL_ETLS) {
+        KLOG_DEBUG("session %llu: TLS: %s", (unsigned long long)s->id,
+                   rv == KEEL_ECLOSED ? "the client said goodbye" : keel_strerror(rv));
+        session_close(s);
+        return;
+    }
+    uint64_t left = 0;
+    if (keel_log_limit_take(&ss->tls_log, &left)) {
+        char peer[80];
+        peer_name(s, peer, sizeof(peer));
+        if (left > 0)
+            KLOG_WARN("(%llu more client TLS failures not logged)", (unsigned long long)left);
+        KLOG_WARN("client %s: TLS %s: %s; closing the connection", peer,
+                  s->tls_up ? "record" : "handshake failed", keel_tls_conn_error(s->tls));
+    }
+    s->close_after_flush = 1;
+    stop_reading(s);
+    wait_del(s);
+    set_blocked(s, 0);
+    mark_dirty(s); /* the alert goes out, then the session closes (flush_dirty, write_cb) */
+}
+
+/* After TLS was fed or read: send what it made, note a handshake that completed. */
+static void tls_after(struct keel_session *s)
+{
+    if (tls_pending(s) > 0)
+        mark_dirty(s);
+    if (!s->tls_up && keel_tls_conn_established(s->tls)) {
+        s->tls_up = 1;
+        char cn[256];
+        int rv = keel_tls_conn_peer_cn(s->tls, cn, sizeof(cn));
+        KLOG_DEBUG("session %llu: %s established, client certificate CN %s",
+                   (unsigned long long)s->id, keel_tls_conn_version(s->tls), rv == 0 ? cn : "none");
+    }
+}
+
+/* Move the plaintext TLS has decrypted into the frame decoder: 1 when some came, 0 when it needs
+ * more from the network, -1 when the session failed (handled). */
+static int tls_fill(struct keel_session *s)
+{
+    uint8_t *p;
+    size_t len, n = 0;
+    if (keel_frame_decoder_space(&s->dec, READ_CHUNK, &p, &len) != 0) {
+        session_close(s);
+        return -1;
+    }
+    int rv = keel_tls_conn_read(s->tls, p, len > READ_CHUNK * 4 ? READ_CHUNK * 4 : len, &n);
+    tls_after(s);
+    if (rv != 0) {
+        tls_fail(s, rv);
+        return -1;
+    }
+    keel_frame_decoder_commit(&s->dec, n);
+    return n > 0;
+}
+
 /* Hand up the whole frames read while the limits allow; read more once none is left. */
 static void pump(struct keel_session *s)
 {
@@ -837,6 +1002,14 @@ static void pump(struct keel_session *s)
         const uint8_t *payload;
         size_t len;
         int rv = keel_frame_decoder_next(&s->dec, &payload, &len);
+        if (rv == 0 && s->tls != NULL) {
+            /* What TLS decrypted already comes before the socket. */
+            int got = tls_fill(s);
+            if (got > 0)
+                continue;
+            if (got < 0)
+                break;
+        }
         if (rv == 0) {
             set_blocked(s, 0);
             start_reading(s);
@@ -865,7 +1038,6 @@ static void pump(struct keel_session *s)
 static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 {
     struct keel_session *s = st->data;
-    (void)buf;
     if (n < 0) {
         /* Read only while no whole frame waits: what is left is part of one. */
         if (n == UV_EOF && keel_frame_decoder_pending(&s->dec) > 0) {
@@ -880,7 +1052,16 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     }
     if (n == 0)
         return;
-    keel_frame_decoder_commit(&s->dec, (size_t)n);
+    if (s->tls != NULL) {
+        int rv = keel_tls_conn_feed(s->tls, buf->base, (size_t)n);
+        tls_after(s);
+        if (rv != 0) {
+            tls_fail(s, rv);
+            return;
+        }
+    } else {
+        keel_frame_decoder_commit(&s->dec, (size_t)n);
+    }
     pump(s);
 }
 
@@ -891,19 +1072,24 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
  */
 static void refuse_connection(struct keel_sessions *ss, uv_tcp_t *tcp)
 {
-    char msg[160];
-    snprintf(msg, sizeof(msg),
-             "too many client connections: this member serves at most %zu (--max-connections)",
-             ss->cfg->max_connections);
-    Keel__Error e = KEEL__ERROR__INIT;
-    e.code = KEEL__ERROR_CODE__TOO_MANY_REQUESTS;
-    e.message = msg;
-    Keel__HelloResponse hr = KEEL__HELLO_RESPONSE__INIT;
-    hr.error = &e;
-    uint8_t frame[256];
-    if (keel_frame_size(&hr.base) <= sizeof(frame)) {
-        uv_buf_t b = uv_buf_init((char *)frame, (unsigned)keel_frame_pack(&hr.base, frame));
-        uv_try_write((uv_stream_t *)tcp, &b, 1);
+    /* A TLS client would take a plaintext answer for a broken handshake: it is closed unanswered
+     * (its handshake fails on the close). */
+    if (ss->tls == NULL) {
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "too many client connections: this member serves at most %zu "
+                 "(--max-connections)",
+                 ss->cfg->max_connections);
+        Keel__Error e = KEEL__ERROR__INIT;
+        e.code = KEEL__ERROR_CODE__TOO_MANY_REQUESTS;
+        e.message = msg;
+        Keel__HelloResponse hr = KEEL__HELLO_RESPONSE__INIT;
+        hr.error = &e;
+        uint8_t frame[256];
+        if (keel_frame_size(&hr.base) <= sizeof(frame)) {
+            uv_buf_t b = uv_buf_init((char *)frame, (unsigned)keel_frame_pack(&hr.base, frame));
+            uv_try_write((uv_stream_t *)tcp, &b, 1);
+        }
     }
     /* Logged at the 1st, 2nd, 4th, 8th... refusal: a flood must not flood the log too. */
     uint64_t n = ++ss->refused;
@@ -933,6 +1119,8 @@ static void on_connection(uv_stream_t *server, int status)
         refuse_connection(ss, &s->tcp);
         rv = -1;
     }
+    if (rv == 0 && ss->tls != NULL && keel_tls_conn_new(ss->tls, NULL, &s->tls) != 0)
+        rv = -1;
     if (rv != 0 || keel_u64map_get(&ss->live, s->id) != NULL ||
         keel_u64map_put(&ss->live, s->id, s) != 0) {
         s->closing = 1;
@@ -962,8 +1150,25 @@ int keel_sessions_new(uv_loop_t *loop, const struct keel_config *cfg, struct kee
     uv_idle_init(loop, &ss->flush_idle);
     ss->flush_idle.data = ss;
     ss->open_handles = 4;
+    ss->tls_log = (struct keel_log_limit){.per_sec = 10};
     *out = ss;
     return 0;
+}
+
+int keel_sessions_set_tls(struct keel_sessions *ss, struct keel_tls_ctx *tls)
+{
+    if (tls != NULL && ss->tls_rbuf == NULL && (ss->tls_rbuf = malloc(READ_CHUNK)) == NULL)
+        return KEEL_ENOMEM;
+    ss->tls = tls;
+    return 0;
+}
+
+int keel_sessions_peer_cn(const struct keel_sessions *ss, uint64_t session, char *buf, size_t cap)
+{
+    const struct keel_session *s = keel_u64map_get(&ss->live, session);
+    if (s == NULL || s->tls == NULL)
+        return KEEL_ENOTFOUND;
+    return keel_tls_conn_peer_cn(s->tls, buf, cap);
 }
 
 void keel_sessions_set_pressure(struct keel_sessions *ss, const struct keel_sessions_pressure *p)
@@ -981,12 +1186,6 @@ void keel_sessions_stat(const struct keel_sessions *ss, struct keel_sessions_sta
     out->output_bytes = ss->out_bytes;
     out->blocked = ss->n_blocked;
     out->held = ss->held;
-}
-
-const char *keel_sessions_peer_cn(const struct keel_sessions *ss, uint64_t session)
-{
-    const struct keel_session *s = keel_u64map_get(&ss->live, session);
-    return s != NULL ? s->peer_cn : NULL;
 }
 
 int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_handler *h)
@@ -1046,5 +1245,6 @@ void keel_sessions_free(struct keel_sessions *ss)
     keel_u64map_close(&ss->live);
     for (int i = 0; i < KEEL_SESSIONS_BODY_CASES; i++)
         free(ss->req_seconds[i]);
+    free(ss->tls_rbuf);
     free(ss);
 }

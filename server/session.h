@@ -19,6 +19,14 @@
  * nothing is cut off past 256 MiB of queued output, and when the output of all sessions would pass
  * max_output_bytes the sessions with the most unread output are cut off first. session.c
  * states what all this bounds.
+ *
+ * TLS (keel_sessions_set_tls): the codec (tls/tls.h) sits between the socket and the frame
+ * decoder and output queue, on the loop: bytes read are fed to it and the plaintext it gives goes
+ * to the decoder; a turn's output is encrypted into the buffer written, which counts in
+ * max_output_bytes as the plaintext output does. A failed handshake or a broken record is logged
+ * (rate-limited, with the client's address and OpenSSL's reason) and closes that connection once
+ * the alert that tells the client why is written. A connection past max_connections is closed
+ * without a word when TLS is on (a refusal would need a handshake first).
  */
 #ifndef KEEL_SESSION_H
 #define KEEL_SESSION_H
@@ -57,6 +65,22 @@ int keel_sessions_new(uv_loop_t *loop, const struct keel_config *cfg, struct kee
 /* The responder seam over these sessions (valid for the registry's life). */
 void keel_sessions_responder(struct keel_sessions *ss, struct keel_responder *out);
 
+struct keel_tls_ctx;
+
+/* Speak TLS made from tls (a server context) on every connection accepted from now on; NULL:
+ * plaintext. tls stays the caller's and must outlive the registry's listener; a reload of it
+ * (keel_tls_ctx_reload) applies to the connections accepted after. 0 or KEEL_ENOMEM. */
+int keel_sessions_set_tls(struct keel_sessions *ss, struct keel_tls_ctx *tls);
+
+/*
+ * The common name of the client certificate a session's TLS handshake verified (etcd's
+ * authentication by certificate CN), into buf (cap bytes, NUL included). 0; KEEL_ENOTFOUND when
+ * there is no such session, it is plaintext, its handshake is not complete, or it presented no
+ * verified certificate (the port runs without --client-cert-auth) or one without a CN;
+ * KEEL_EINVAL when the CN does not fit in cap.
+ */
+int keel_sessions_peer_cn(const struct keel_sessions *ss, uint64_t session, char *buf, size_t cap);
+
 /* Accept clients on cfg->listen_client and hand their input to h (copied). 0, or KEEL_EIO
  * after logging why (the address is taken or not ours). */
 int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_handler *h);
@@ -94,13 +118,6 @@ struct keel_sessions_stat {
 };
 
 void keel_sessions_stat(const struct keel_sessions *ss, struct keel_sessions_stat *out);
-
-/*
- * The common name of the client certificate this session's TLS handshake verified, NULL when
- * none: auth (auth.h) takes it as the user of a request without a token. The seam for the TLS
- * work: a session has no TLS yet, so this is always NULL (keel_tls_conn_peer_cn will fill it).
- */
-const char *keel_sessions_peer_cn(const struct keel_sessions *ss, uint64_t session);
 
 /* Stop accepting and close every session; cb(data) once all handles are closed (cb may be
  * NULL). */

@@ -64,7 +64,8 @@
 struct keel_options {
     /* Comma-separated "host:port" client addresses, host an IPv4 literal or a DNS name (resolved
      * off the loop at each dial, IPv4 only; keel_endpoints_check says what is wrong with one);
-     * an "http://" prefix is ignored. NULL or "": KEEL_DEFAULT_ENDPOINT. */
+     * an "http://" prefix is ignored, an "https://" one asks for TLS (below). NULL or "":
+     * KEEL_DEFAULT_ENDPOINT. */
     const char *endpoints;
     /* Serializable reads prefer members of this zone. NULL or "": no preference. */
     const char *zone;
@@ -83,6 +84,22 @@ struct keel_options {
         request_timeout_ms; /* default per-request deadline; 0: KEEL_DEFAULT_REQUEST_TIMEOUT_MS */
     int max_retries;        /* 0: KEEL_DEFAULT_MAX_RETRIES; negative: never retry */
     uint32_t max_frame;     /* largest frame accepted from a server; 0: KEEL_FRAME_DEFAULT_MAX */
+    /*
+     * TLS, for members whose client port runs with --cert-file (etcdctl's --cacert, --cert,
+     * --key, --insecure-skip-tls-verify). A client speaks TLS on every connection when an
+     * endpoint is written "https://HOST:PORT" or any of these four is set, else plaintext on
+     * every one: members it learns of are reached the same way. TLS 1.2 or newer (tls/tls.h).
+     * The member's certificate must chain to ca_file and name the host the client dialled (the
+     * endpoint's name or IPv4 address, or the client address the cluster advertises). Files are
+     * PEM, read by *_init/open: one that does not load is KEEL_EINVAL with keel_errmsg() naming
+     * it. A handshake that fails is a failed dial: the request's message names the endpoint and
+     * OpenSSL's reason ("TLS handshake with 127.0.0.1:2379 failed: certificate verify failed:
+     * unable to get local issuer certificate").
+     */
+    const char *ca_file;       /* CAs a member's certificate must chain to; NULL: the system's */
+    const char *cert_file;     /* this client's certificate, for --client-cert-auth members ... */
+    const char *key_file;      /* ... and its key: both or neither */
+    bool insecure_skip_verify; /* accept any certificate and name: for tests only */
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -138,7 +155,8 @@ struct keel_aclient_stats {
 
 /*
  * Create a client on loop. Nothing is connected until the first request. opts may be NULL (all
- * defaults). 0, KEEL_EINVAL (an endpoint or source address that does not parse), KEEL_ENOMEM.
+ * defaults). 0, KEEL_EINVAL (an endpoint or source address that does not parse, or a TLS file that
+ * does not load: keel_errmsg() says which, on the calling thread), KEEL_ENOMEM.
  * Release with keel_aclient_close, then keep running the loop until the close callback.
  */
 int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct keel_options *opts);
@@ -586,12 +604,14 @@ struct keel_snapshot_info {
  * Download a consistent snapshot of one member's store (a compacted copy of its LMDB file, as
  * keeld's checkpoints are) from endpoint ("host:port"), on a connection of its own, blocking the
  * calling thread; sink gets every byte, in order. From opts only source_address, client_name,
- * dial_timeout_ms (the connect) and request_timeout_ms (the longest wait for the next piece)
- * are used; opts may be NULL. info (may be NULL) is filled on success.
+ * dial_timeout_ms (the connect), request_timeout_ms (the longest wait for the next piece) and
+ * the TLS options are used; opts may be NULL. info (may be NULL) is filled on success.
  *
  * 0 once the member sent the last piece, else a KEEL_E* code with keel_errmsg() set: KEEL_EINVAL
  * (endpoint does not parse), KEEL_EIO (no connection, or it ended early), KEEL_ETIMEOUT, the
  * member's own refusal (KEEL_ETOOMANYREQUESTS: it serves one snapshot at a time), a sink's code.
+ * TLS as for a client (endpoint "https://", or opts' TLS files): a refusal is KEEL_EIO with the
+ * reason ("TLS handshake with 127.0.0.1 failed: ..."); a TLS file that does not load, KEEL_EINVAL.
  */
 int keel_snapshot(const struct keel_options *opts, const char *endpoint, keel_snapshot_sink sink,
                   void *data, struct keel_snapshot_info *info);
