@@ -22,7 +22,7 @@ done
 pc=$(find "$dir/usr" -name libkeel.pc)
 [ -n "$pc" ] || { echo "no libkeel.pc"; exit 1; }
 libdir=$(dirname "$(dirname "$pc")")
-for f in libkeel.a libkeel_proto.a libkeel.so; do
+for f in libkeel.a libkeel_tls.a libkeel_proto.a libkeel.so; do
   [ -e "$libdir/$f" ] || { echo "no $f in $libdir"; exit 1; }
 done
 for h in keel.h err.h keel.pb-c.h; do
@@ -51,6 +51,7 @@ export PKG_CONFIG_PATH="$libdir/pkgconfig"
 [ "$(LD_LIBRARY_PATH="$libdir" "$dir/prog-shared")" = "not the leader" ] || { echo "shared: wrong answer"; exit 1; }
 # shellcheck disable=SC2046
 "$cc" $san $(pkg-config --cflags libkeel) "$dir/prog.c" -o "$dir/prog-static" \
-  "$libdir/libkeel.a" "$libdir/libkeel_proto.a" $(pkg-config --libs libprotobuf-c libuv) -lpthread
+  "$libdir/libkeel.a" "$libdir/libkeel_tls.a" "$libdir/libkeel_proto.a" \
+  $(pkg-config --libs libprotobuf-c libuv libssl libcrypto) -lpthread
 [ "$("$dir/prog-static")" = "not the leader" ] || { echo "static: wrong answer"; exit 1; }
 echo PASS
