@@ -455,6 +455,11 @@ static void on_end(struct ws_watcher *w, int status, struct keel_watch *kw)
         r.header = last_header(s, s->have_last ? s->last.revision : 0);
         r.canceled = 1;
         r.cancel_reason = (char *)(why && why[0] ? why : msg);
+        /* A watch keel's auth refused (outside the caller's permissions, or its token not
+         * valid): etcd's isWatchPermitted answer, the text of its gRPC error. */
+        if (status == KEEL_EPERMDENIED || status == KEEL_EUNAUTHENTICATED)
+            r.cancel_reason = "rpc error: code = PermissionDenied desc = etcdserver: permission "
+                              "denied";
         if (!w->created_sent) {
             r.watch_id = -1; /* etcd's refused create */
             r.created = 1;

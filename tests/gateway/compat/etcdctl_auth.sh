@@ -5,7 +5,8 @@
 #    add, grant-permission --prefix, grant-role, auth enable);
 #  - etcdctl --user alice:pw put/get/watch inside alice's prefix works, outside it gets
 #    "etcdserver: permission denied", a wrong password etcd's authentication-failed message, no
-#    user etcd's "user name is empty"; --user root user list / user get / role get work, alice
+#    user etcd's "user name is empty"; a txn checks each of its ops; alice's lease is kept alive
+#    and revoked on her token; --user root user list / user get / role get work, alice
 #    may not list users; a revoked permission denies at once; etcd's errors for a missing user
 #    and for deleting root; auth disable;
 # each step's exit code, stdout and "Error:" line equal on both. Then, on keel only, the same with
@@ -44,7 +45,8 @@ step() {
     printf 'rc=%s\n%s\n%s\n' "$rc" "$out" "$err" >"$dir/$name"
 }
 
-# A watch of alice's key from revision 1, ended after its first event (bounded).
+# watch_step DIR NAME ARGS...: a watch, ended after its first event's value v1 or when
+# etcdctl exits (bounded); keeps its output but clientv3's logs.
 watch_step() {
     local dir=$1 name=$2
     shift 2
@@ -84,6 +86,17 @@ suite() { # DIR
     step "$d" 20-alice-del-outside --user alice:alicepw del /other
     step "$d" 21-root-get-outside --user root:rootpw get /other
     watch_step "$d" 22-alice-watch --user alice:alicepw watch /app/x --rev=1
+    watch_step "$d" 22b-alice-watch-outside --user alice:alicepw watch /other --rev=1
+    step "$d" 22c-alice-txn-outside --user alice:alicepw txn <<<$'value("/app/x") = "v1"\n\nput /other v\n\n'
+    step "$d" 22d-alice-txn-inside --user alice:alicepw txn <<<$'value("/app/x") = "v1"\n\nput /app/y v\n\n'
+    # A lease of alice's, kept alive on a stream with her token (its id replaced by LEASE).
+    step "$d" 22e-alice-lease --user alice:alicepw lease grant 60
+    local lid
+    lid=$(sed -n 's/^lease \([0-9a-f]*\) granted.*/\1/p' "$d/22e-alice-lease")
+    step "$d" 22f-alice-keepalive --user alice:alicepw lease keep-alive --once "${lid:-0}"
+    step "$d" 22g-alice-revoke --user alice:alicepw lease revoke "${lid:-0}"
+    [ -z "$lid" ] || sed -i "s/$lid/LEASE/g" "$d/22e-alice-lease" "$d/22f-alice-keepalive" \
+        "$d/22g-alice-revoke"
     step "$d" 23-user-get-missing --user root:rootpw user get nobody
     step "$d" 24-role-get-missing --user root:rootpw role get nothing
     step "$d" 25-delete-root --user root:rootpw user delete root
@@ -116,6 +129,8 @@ contains "a wrong password" "Error: etcdserver: authentication failed, invalid u
     "$(cat "$COMPAT_DIR/gateway/14-wrong-password")"
 contains "root lists the users" $'rc=0\nalice\nroot' "$(cat "$COMPAT_DIR/gateway/16-root-user-list")"
 contains "alice watches her key" $'PUT\n/app/x\nv1' "$(cat "$COMPAT_DIR/gateway/22-alice-watch")"
+contains "alice keeps her lease alive" "lease LEASE keepalived with TTL(" \
+    "$(cat "$COMPAT_DIR/gateway/22f-alice-keepalive")"
 
 # --- TLS on the gateway's listener (keel only) ----------------------------------------------
 host=127.0.160.1
