@@ -177,6 +177,9 @@ contains "JSON: no token" "etcdserver: user name is empty" \
     "$(C "$EP/v3/kv/range" -d "{\"key\":\"$(printf /app/tls | base64)\"}")"
 contains "JSON: a forged token" '"code":16' \
     "$(C -H "Authorization: forged" "$EP/v3/kv/range" -d "{\"key\":\"$(printf /app/tls | base64)\"}")"
+long=$(head -c 600 /dev/zero | tr '\0' t)
+contains "JSON: a token longer than keel issues" '"code":16' \
+    "$(C -H "Authorization: $long" "$EP/v3/kv/range" -d "{\"key\":\"$(printf /app/tls | base64)\"}")"
 check "TLS: auth disable" "Authentication Disabled" "$(T --user root:rootpw auth disable)"
 
 kill -TERM "$tls_pid" 2>/dev/null
