@@ -93,6 +93,7 @@ struct keel_watch {
     bool busy;            /* its callback is running (a drain must not end it meanwhile) */
     int status;           /* KW_DONE / KW_ENDED: why it ended */
     char *msg;            /* ... and the message (malloc'd; NULL: keel_strerror) */
+    char *token;          /* keel_watch_opts.token (malloc'd); NULL: the client's */
     const Keel__ResponseHeader *hdr; /* during a callback: the response's header */
 };
 

@@ -105,6 +105,7 @@ void kc_watch_close(struct keel_watch *w)
     free(w->key);
     free(w->end);
     free(w->msg);
+    free(w->token);
     free(w);
 }
 
@@ -191,6 +192,7 @@ static int send_create(struct keel_aclient *ac, struct keel_watch *w, struct kc_
     req.id = KC_WATCH_BIT | next_gen(ac) | w->slot;
     req.body_case = KEEL__REQUEST__BODY_WATCH_CREATE;
     req.watch_create = &wc;
+    req.token = w->token; /* NULL: the client's (kc_send_oneway) */
     int rv = kc_send_oneway(ac, c, &req);
     if (rv != 0)
         return rv;
@@ -208,7 +210,7 @@ static int send_create(struct keel_aclient *ac, struct keel_watch *w, struct kc_
 }
 
 /* Tell the member to drop a watch. Best effort: its reply matches nothing and is dropped. */
-static void send_cancel(struct keel_aclient *ac, struct kc_conn *c, int64_t watch_id)
+static void send_cancel(struct keel_aclient *ac, struct kc_conn *c, int64_t watch_id, char *token)
 {
     if (c->state != KC_READY)
         return;
@@ -218,6 +220,7 @@ static void send_cancel(struct keel_aclient *ac, struct kc_conn *c, int64_t watc
     req.id = KC_WATCH_BIT | next_gen(ac) | KC_NO_SLOT;
     req.body_case = KEEL__REQUEST__BODY_WATCH_CANCEL;
     req.watch_cancel = &wc;
+    req.token = token;
     (void)kc_send_oneway(ac, c, &req);
 }
 
@@ -229,6 +232,7 @@ static int send_progress(struct keel_watch *w)
     req.id = w->stream_id;
     req.body_case = KEEL__REQUEST__BODY_WATCH_PROGRESS;
     req.watch_progress = &wp;
+    req.token = w->token;
     return kc_send_oneway(w->ac, w->conn, &req);
 }
 
@@ -276,7 +280,7 @@ static bool refusal_is_final(const struct keel_watch *w, int status)
 static void refused(struct keel_watch *w, struct kc_conn *c, int status, const char *msg)
 {
     if (w->state == KW_ACTIVE)
-        send_cancel(w->ac, c, w->server_id); /* in case the member still holds it */
+        send_cancel(w->ac, c, w->server_id, w->token); /* in case the member still holds it */
     if (refusal_is_final(w, status))
         watch_end(w, status, "%s", msg);
     else
@@ -296,7 +300,7 @@ void kc_watch_route(struct keel_aclient *ac)
         if (w->deadline) {
             if (now >= w->deadline) {
                 if (w->state == KW_CREATING)
-                    send_cancel(ac, w->conn, w->watch_id);
+                    send_cancel(ac, w->conn, w->watch_id, w->token);
                 if (ac->last_dial_err[0])
                     watch_end(w, KEEL_ETIMEOUT, "watch not acknowledged within %u ms (%s)",
                               ac->request_timeout_ms, ac->last_dial_err);
@@ -506,6 +510,8 @@ int keel_aclient_watch(struct keel_aclient *ac, const void *key, size_t klen,
         memcpy(w->end, opts->range_end, elen);
         w->elen = elen;
     }
+    if (opts->token != NULL && opts->token[0] != '\0' && (w->token = strdup(opts->token)) == NULL)
+        goto nomem;
     if (kc_slots_take(&ac->wslots, &w->slot) != 0)
         goto nomem;
     kc_slots_set(&ac->wslots, w->slot, w);
@@ -542,7 +548,7 @@ int keel_watch_cancel(struct keel_watch *w)
     if (w->conn != NULL) {
         /* Our id while the acknowledgement is still on its way: the member reads the create
          * first, both being on one connection. */
-        send_cancel(w->ac, w->conn, w->state == KW_ACTIVE ? w->server_id : w->watch_id);
+        send_cancel(w->ac, w->conn, w->state == KW_ACTIVE ? w->server_id : w->watch_id, w->token);
     }
     watch_end(w, KEEL_ECANCELED, "watch canceled");
     return 0;

@@ -119,6 +119,11 @@ struct gw_call {
     bool require_leader;   /* "hasleader: true" metadata: fail with Unavailable "no leader" */
     bool json;             /* carried by the JSON gateway (for handlers that must differ) */
     const char *authority; /* the :authority / Host the client dialed ("" when unknown) */
+    /* The caller's auth token, from Authenticate: gRPC metadata "token", the JSON gateway's
+     * "Authorization" header; "" for none. Every keel request made for this call carries it
+     * (Keel__Request.token, keel_watch_opts.token), never the shared client's: one libkeel
+     * client serves every caller. Lives as long as the call. */
+    const char *token;
     /* gwmetrics.c's: when the call began, and its method's slot + 1 (0: not counted) */
     uint64_t metrics_began_ns;
     unsigned metrics_slot;
@@ -155,6 +160,13 @@ static inline void gw_call_reply(struct gw_call *c, const ProtobufCMessage *msg)
     else
         gw_call_finish(c, GW_CANCELLED, "context canceled");
 }
+
+/* The longest token passed on to keel. keel issues tokens of at most KEEL_AUTH_TOKEN_MAX (355)
+ * bytes (server/authcrypto.h; auth.c checks the bound). A longer one cannot be valid: the call
+ * carries GW_TOKEN_INVALID instead, which keel refuses as etcd refuses a forged token ("invalid
+ * auth token"), and the gateway holds no unbounded header. */
+#define GW_TOKEN_MAX     512
+#define GW_TOKEN_INVALID "keel-gateway:token-too-long"
 
 /* The method served at gRPC path (len bytes, not NUL-terminated), or NULL: Unimplemented. */
 const struct gw_method *gw_method_by_grpc_path(const char *path, size_t len);

@@ -1,5 +1,7 @@
 #include "convert.h"
 
+#include <string.h>
+
 #include "err.h"
 
 Etcdserverpb__ResponseHeader *gw_header(struct keel_arena *a, const Keel__ResponseHeader *h)
@@ -65,12 +67,41 @@ Etcdserverpb__Event *gw_event(struct keel_arena *a, const Keel__Event *e)
     return o;
 }
 
+/* keel refuses auth requests with etcd's own messages (server/auth.c, storage/auth.c) under
+ * keel's codes; etcd gives each its gRPC code (api/v3rpc/rpctypes/error.go). */
+static const struct {
+    const char *message;
+    enum gw_code code;
+} auth_codes[] = {
+    {"etcdserver: root user does not exist", GW_FAILED_PRECONDITION},
+    {"etcdserver: root user does not have root role", GW_FAILED_PRECONDITION},
+    {"etcdserver: user name already exists", GW_FAILED_PRECONDITION},
+    {"etcdserver: user name is empty", GW_INVALID_ARGUMENT},
+    {"etcdserver: user name not found", GW_FAILED_PRECONDITION},
+    {"etcdserver: role name already exists", GW_FAILED_PRECONDITION},
+    {"etcdserver: role name not found", GW_FAILED_PRECONDITION},
+    {"etcdserver: role name is empty", GW_INVALID_ARGUMENT},
+    {"etcdserver: authentication failed, invalid user ID or password", GW_INVALID_ARGUMENT},
+    {"etcdserver: permission denied", GW_PERMISSION_DENIED},
+    {"etcdserver: role is not granted to the user", GW_FAILED_PRECONDITION},
+    {"etcdserver: permission is not granted to the role", GW_FAILED_PRECONDITION},
+    {"etcdserver: authentication is not enabled", GW_FAILED_PRECONDITION},
+    {"etcdserver: invalid auth token", GW_UNAUTHENTICATED},
+    {"etcdserver: invalid auth management", GW_INVALID_ARGUMENT},
+    {"etcdserver: revision of auth store is old", GW_INVALID_ARGUMENT},
+};
+
 enum gw_code gw_error(int status, const Keel__Response *resp, const char **message)
 {
     /* The member's own words where etcd has none of its own; else keel's table. */
     const char *theirs = resp && resp->error && resp->error->message && resp->error->message[0]
                              ? resp->error->message
                              : keel_strerror(status);
+    for (size_t i = 0; i < sizeof(auth_codes) / sizeof(auth_codes[0]); i++)
+        if (strcmp(theirs, auth_codes[i].message) == 0) {
+            *message = auth_codes[i].message;
+            return auth_codes[i].code;
+        }
     switch (status) {
     case KEEL_ECOMPACTED:
         *message = "etcdserver: mvcc: required revision has been compacted";
@@ -119,8 +150,12 @@ enum gw_code gw_error(int status, const Keel__Response *resp, const char **messa
         *message = "etcdserver: request timed out, possibly due to previous leader failure";
         return GW_UNAVAILABLE;
     case KEEL_EUNAUTHENTICATED:
+        /* etcd's for a request without a valid token (a wrong password is in the table). */
         *message = "etcdserver: invalid auth token";
         return GW_UNAUTHENTICATED;
+    case KEEL_EAUTHOLDREV:
+        *message = "etcdserver: revision of auth store is old";
+        return GW_INVALID_ARGUMENT;
     case KEEL_EPERMDENIED:
         *message = "etcdserver: permission denied";
         return GW_PERMISSION_DENIED;

@@ -87,6 +87,7 @@ struct h2_stream {
     char path[256];
     size_t path_len;
     char authority[128];
+    char *token; /* "token" metadata (malloc'd, at most GW_TOKEN_MAX), NULL: none */
     char ctype[64];
     char encoding[32];
     bool post, ctype_ok, timeout_bad;
@@ -152,6 +153,7 @@ static void stream_free(struct h2_stream *s)
         free(k);
     }
     free(s->message);
+    free(s->token);
     free(s);
 }
 
@@ -445,6 +447,7 @@ static void stream_start(struct h2_stream *s)
     s->call.ops = &h2_call_ops;
     s->call.ctx = s->h->c->ctx;
     s->call.authority = s->authority;
+    s->call.token = s->token ? s->token : "";
     s->started = true;
     gw_metrics_begin(&s->call);
     gw_deframer_init(&s->df, s->h->c->ctx->max_request_bytes);
@@ -626,6 +629,11 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
             s->call.timeout_ms = ms;
         else
             s->timeout_bad = true;
+    } else if (is(name, namelen, "token")) {
+        free(s->token);
+        s->token = valuelen <= GW_TOKEN_MAX ? strndup((const char *)value, valuelen)
+                                            : strdup(GW_TOKEN_INVALID);
+        /* Out of memory: no token; keel then refuses what needs one. */
     } else if (is(name, namelen, "hasleader")) {
         s->call.require_leader = is(value, valuelen, "true");
     } else if (is(name, namelen, "grpc-encoding")) {

@@ -102,6 +102,10 @@ struct h1_conn {
     size_t hname_len;
     bool in_value;  /* the last header callback was a value's */
     char host[128]; /* the Host header (truncated), the calls' authority */
+    /* The Authorization header: the raw token, as etcd's JSON gateway takes it (longer than
+     * GW_TOKEN_MAX: GW_TOKEN_INVALID). */
+    char token[GW_TOKEN_MAX + 1];
+    bool token_long;
 
     /* Input read while a response is pending (pipelined requests). */
     char *in;
@@ -119,6 +123,7 @@ struct h1_call {
     struct gw_jbuf resp; /* unary: the JSON of the response message */
     bool half_closed;    /* on_half_close delivered */
     char authority[128]; /* the request's Host: call.authority points here */
+    char *token;         /* its Authorization header (malloc'd), call.token points here */
 };
 
 /* etcd 3.4 sends /health as text/plain (http.ResponseWriter's sniffing). */
@@ -370,6 +375,7 @@ static void call_free(struct h1_call *c)
 {
     gw_metrics_end(&c->call, GW_CANCELLED); /* nothing when it finished already */
     gw_jbuf_free(&c->resp);
+    free(c->token);
     free(c);
 }
 
@@ -483,6 +489,13 @@ static struct h1_call *call_new(struct h1_conn *h)
     c->call.json = true;
     snprintf(c->authority, sizeof(c->authority), "%s", h->host);
     c->call.authority = c->authority;
+    if (h->token[0] != '\0' || h->token_long) {
+        if (!(c->token = strdup(h->token_long ? GW_TOKEN_INVALID : h->token))) {
+            free(c);
+            return NULL;
+        }
+    }
+    c->call.token = c->token ? c->token : "";
     gw_metrics_begin(&c->call);
     h->call = c;
     return c;
@@ -513,6 +526,10 @@ static void on_health(int status, const Keel__Response *resp, void *data)
     if (!h)
         return;
     h->health = NULL;
+    /* With auth enabled the gateway's own read carries no token: a member refusing it has
+     * answered all the same (etcd 3.5's /health counts permission denied as healthy too). */
+    if (status == KEEL_EUNAUTHENTICATED || status == KEEL_EPERMDENIED)
+        status = 0;
     if (status == 0)
         write_simple(h, 200, HEALTH_CTYPE, "{\"health\":\"true\"}", 17);
     else
@@ -803,6 +820,8 @@ static int on_message_begin(http_parser *p)
     h->hname[0] = '\0';
     h->in_value = false;
     h->host[0] = '\0';
+    h->token[0] = '\0';
+    h->token_long = false;
     if (h->tok)
         json_tokener_reset(h->tok);
     return 0;
@@ -850,6 +869,15 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
         size_t have = strlen(h->host), room = sizeof(h->host) - 1 - have;
         memcpy(h->host + have, at, n < room ? n : room);
         h->host[have + (n < room ? n : room)] = '\0';
+    }
+    if (h->hname_len != SIZE_MAX && strcmp(h->hname, "authorization") == 0) {
+        size_t have = strlen(h->token);
+        if (have + n > GW_TOKEN_MAX) {
+            h->token_long = true;
+        } else {
+            memcpy(h->token + have, at, n);
+            h->token[have + n] = '\0';
+        }
     }
     return 0;
 }

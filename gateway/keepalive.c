@@ -19,6 +19,7 @@
  * Unavailable "etcdserver: no leader" when keel has none (leader.h).
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include <keel/keel.h>
 
@@ -45,6 +46,7 @@ struct ka_req {
 struct ka_stream {
     struct gw_call *call; /* NULL once finished */
     struct gw_ctx *ctx;
+    char *token;                /* the caller's (call.h), copied: every keep-alive carries it */
     struct ka_req *head, *tail; /* in arrival order */
     size_t n;                   /* in the list */
     size_t in_flight;
@@ -80,6 +82,7 @@ static void ka_maybe_free(struct ka_stream *s)
         c->state = NULL;
         gw_call_finish(c, s->end_code, s->end_msg);
     }
+    free(s->token);
     free(s);
 }
 
@@ -166,6 +169,7 @@ static void ka_pump(struct ka_stream *s)
             Keel__Request req = KEEL__REQUEST__INIT;
             req.body_case = KEEL__REQUEST__BODY_LEASE_KEEP_ALIVE;
             req.lease_keep_alive = &ka;
+            req.token = s->token;
             struct keel_call_opts o = {.timeout_ms = s->ctx->request_timeout_ms};
             int rv = keel_aclient_request_ex(s->ctx->ac, &req, &o, on_answer, r);
             r->sent = true;
@@ -207,7 +211,8 @@ static void ka_on_message(struct gw_call *c, ProtobufCMessage *msg)
     struct ka_stream *s = c->state;
     bool fresh = false;
     if (!s) {
-        if (!(s = calloc(1, sizeof(*s)))) {
+        if (!(s = calloc(1, sizeof(*s))) || !(s->token = strdup(c->token ? c->token : ""))) {
+            free(s);
             gw_call_finish(c, GW_RESOURCE_EXHAUSTED, "etcdserver: out of memory");
             return;
         }

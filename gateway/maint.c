@@ -1,7 +1,7 @@
 /*
- * etcd's Maintenance service (Status, Alarm, Defragment, Hash, HashKV, Snapshot, MoveLeader) and
- * Auth service, as far as keel serves them; the rest answers Unimplemented with a reason, never
- * a hang.
+ * etcd's Maintenance service (Status, Alarm, Defragment, Hash, HashKV, Snapshot, MoveLeader), as
+ * far as keel serves it; the rest answers Unimplemented with a reason, never a hang. The Auth
+ * service is auth.c's.
  *
  * - Status is keel's status of the member that answered (the header's member_id), with the
  *   version "3.4.23": kube-apiserver enables progress requests only from 3.4.31 on, and keel's
@@ -16,9 +16,6 @@
  * - Snapshot streams keel's own snapshot of a member, then its SHA-256 as etcd does
  *   (snapshot.h): etcdctl snapshot save works; the file is keel's, not bbolt.
  * - Hash and HashKV: keel has no consistent hash: Unimplemented.
- * - Auth: keel-gateway serves no authentication yet, so etcd's answers for a cluster with auth
- *   disabled where etcd has one (Authenticate fails FailedPrecondition "authentication is not
- *   enabled", AuthDisable succeeds), Unimplemented for user and role management.
  */
 #include "methods.h"
 #include "snapshot.h"
@@ -217,26 +214,6 @@ static void on_hash(struct gw_call *c, ProtobufCMessage *msg)
                   "keel-gateway: keel has no consistent hash of its store yet (Hash, HashKV)");
 }
 
-/* ---- Auth ---- */
-
-static void on_authenticate(struct gw_call *c, ProtobufCMessage *msg)
-{
-    gw_unary_fail(c, msg, GW_FAILED_PRECONDITION, "etcdserver: authentication is not enabled");
-}
-
-/* Disabling authentication that is not enabled succeeds in etcd too, with a header: a status
- * round trip gives a real one (AuthDisableResponse is {header = 1}, DefragmentResponse's shape). */
-static void on_auth_disable(struct gw_call *c, ProtobufCMessage *msg)
-{
-    on_defrag(c, msg);
-}
-
-static void on_auth_other(struct gw_call *c, ProtobufCMessage *msg)
-{
-    gw_unary_fail(c, msg, GW_UNIMPLEMENTED,
-                  "keel-gateway does not serve authentication, users or roles yet");
-}
-
 #define METHOD(grpc, json, req, resp, kind, handler)                                               \
     {                                                                                              \
         grpc, json, &etcdserverpb__##req##__descriptor, &etcdserverpb__##resp##__descriptor, kind, \
@@ -245,14 +222,6 @@ static void on_auth_other(struct gw_call *c, ProtobufCMessage *msg)
 #define MAINT(name, json, type, handler)                                                           \
     METHOD("/etcdserverpb.Maintenance/" name, json, type##_request, type##_response, GW_UNARY,     \
            handler)
-/*
- * etcd.proto has no Auth messages yet. Every Auth answer but AuthDisable's is an error, and
- * AuthDisableResponse is {header = 1}, the shape of DefragmentResponse: an empty request message
- * (unknown fields are skipped, as etcd skips them) and that response stand in.
- */
-#define AUTH(name, json, handler)                                                                  \
-    METHOD("/etcdserverpb.Auth/" name, json, hash_request, defragment_response, GW_UNARY, handler)
-
 static const struct gw_method maint_methods[] = {
     MAINT("Status", "maintenance/status", status, on_status),
     MAINT("Alarm", "maintenance/alarm", alarm, on_alarm),
@@ -264,23 +233,6 @@ static const struct gw_method maint_methods[] = {
      &etcdserverpb__snapshot_request__descriptor, &etcdserverpb__snapshot_response__descriptor,
      GW_SERVER_STREAM, gw_snapshot_on_message, NULL, gw_snapshot_on_cancel},
     MAINT("MoveLeader", "maintenance/transfer-leadership", move_leader, on_move_leader),
-    AUTH("Authenticate", "auth/authenticate", on_authenticate),
-    AUTH("AuthDisable", "auth/disable", on_auth_disable),
-    AUTH("AuthEnable", "auth/enable", on_auth_other),
-    AUTH("AuthStatus", "auth/status", on_auth_other), /* etcd 3.5's */
-    AUTH("UserAdd", "auth/user/add", on_auth_other),
-    AUTH("UserGet", "auth/user/get", on_auth_other),
-    AUTH("UserList", "auth/user/list", on_auth_other),
-    AUTH("UserDelete", "auth/user/delete", on_auth_other),
-    AUTH("UserChangePassword", "auth/user/changepw", on_auth_other),
-    AUTH("UserGrantRole", "auth/user/grant", on_auth_other),
-    AUTH("UserRevokeRole", "auth/user/revoke", on_auth_other),
-    AUTH("RoleAdd", "auth/role/add", on_auth_other),
-    AUTH("RoleGet", "auth/role/get", on_auth_other),
-    AUTH("RoleList", "auth/role/list", on_auth_other),
-    AUTH("RoleDelete", "auth/role/delete", on_auth_other),
-    AUTH("RoleGrantPermission", "auth/role/grant", on_auth_other),
-    AUTH("RoleRevokePermission", "auth/role/revoke", on_auth_other),
 };
 
 const struct gw_method_table gw_maint_table = {maint_methods,

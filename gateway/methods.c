@@ -3,8 +3,8 @@
 #include <string.h>
 
 static const struct gw_method_table *const tables[] = {
-    &gw_kv_table,    &gw_lease_table, &gw_cluster_table,
-    &gw_maint_table, &gw_watch_table, &gw_keepalive_table,
+    &gw_kv_table,    &gw_lease_table,     &gw_cluster_table, &gw_maint_table,
+    &gw_watch_table, &gw_keepalive_table, &gw_auth_table,
 };
 
 static bool same(const char *name, const char *s, size_t len)

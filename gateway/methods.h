@@ -18,7 +18,8 @@ struct gw_method_table {
 extern const struct gw_method_table gw_kv_table; /* kv.c: KV/{Range,Put,DeleteRange,Txn,Compact} */
 extern const struct gw_method_table gw_lease_table;     /* lease.c: Lease's unary RPCs */
 extern const struct gw_method_table gw_cluster_table;   /* cluster.c: Cluster/Member* */
-extern const struct gw_method_table gw_maint_table;     /* maint.c: Maintenance and Auth RPCs */
+extern const struct gw_method_table gw_maint_table;     /* maint.c: Maintenance RPCs */
+extern const struct gw_method_table gw_auth_table;      /* auth.c: Auth RPCs */
 extern const struct gw_method_table gw_watch_table;     /* watch.c: Watch/Watch */
 extern const struct gw_method_table gw_keepalive_table; /* keepalive.c: Lease/LeaseKeepAlive */
 

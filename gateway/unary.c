@@ -78,8 +78,10 @@ void gw_unary_send(struct gw_call *c, const Keel__Request *req, const struct gw_
     struct keel_call_opts opts = {
         .timeout_ms = c->timeout_ms ? c->timeout_ms : c->ctx->request_timeout_ms,
     };
+    Keel__Request mine = *req;
+    mine.token = (char *)c->token; /* the caller's; "" (none) leaves libkeel's own */
     c->state = u;
-    int rc = keel_aclient_request_ex(c->ctx->ac, req, &opts, on_answer, u);
+    int rc = keel_aclient_request_ex(c->ctx->ac, &mine, &opts, on_answer, u);
     if (rc != 0) {
         /* Refused before sending: the callback will never run. */
         c->state = NULL;

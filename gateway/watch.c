@@ -84,6 +84,7 @@ struct ws_req {
 struct ws_stream {
     struct gw_call *call; /* NULL once finished */
     struct gw_ctx *ctx;
+    char *token; /* the caller's (call.h), copied: every keel watch and read of the stream's */
     struct keel_arena arena; /* the response being built; reset after each send */
     struct ws_watcher *head, *tail;
     size_t n_watchers; /* in the id space (not gone) */
@@ -298,6 +299,7 @@ static int watcher_start(struct ws_watcher *w, int64_t rev)
         .nodelete = w->nodelete,
         .progress_notify = w->progress_notify,
         .created_notify = true,
+        .token = w->s->token,
     };
     int rv = keel_aclient_watch(w->s->ctx->ac, w->key, w->klen, &o, on_keel_watch, w, &w->kw);
     if (rv == 0) {
@@ -321,6 +323,7 @@ static void maybe_free(struct ws_stream *s)
         gw_call_finish(c, s->end_code, s->end_msg);
     }
     keel_arena_close(&s->arena);
+    free(s->token);
     free(s);
 }
 
@@ -452,6 +455,11 @@ static void on_end(struct ws_watcher *w, int status, struct keel_watch *kw)
         r.header = last_header(s, s->have_last ? s->last.revision : 0);
         r.canceled = 1;
         r.cancel_reason = (char *)(why && why[0] ? why : msg);
+        /* A watch keel's auth refused (outside the caller's permissions, or its token not
+         * valid): etcd's isWatchPermitted answer, the text of its gRPC error. */
+        if (status == KEEL_EPERMDENIED || status == KEEL_EUNAUTHENTICATED)
+            r.cancel_reason = "rpc error: code = PermissionDenied desc = etcdserver: permission "
+                              "denied";
         if (!w->created_sent) {
             r.watch_id = -1; /* etcd's refused create */
             r.created = 1;
@@ -583,6 +591,7 @@ static void prog_start(struct ws_stream *s)
         Keel__Request req = KEEL__REQUEST__INIT;
         req.body_case = KEEL__REQUEST__BODY_RANGE;
         req.range = &rr;
+        req.token = s->token;
         struct keel_call_opts o = {.timeout_ms = s->ctx->request_timeout_ms};
         int rv = keel_aclient_request_ex(s->ctx->ac, &req, &o, on_current_rev, s);
         if (rv != 0) {
@@ -869,8 +878,10 @@ static struct ws_stream *stream_of(struct gw_call *c)
     s->call = c;
     s->ctx = c->ctx;
     keel_arena_init(&s->arena, 0);
-    if (uv_timer_init(c->ctx->loop, &s->timer) != 0) {
+    if (!(s->token = strdup(c->token ? c->token : "")) ||
+        uv_timer_init(c->ctx->loop, &s->timer) != 0) {
         keel_arena_close(&s->arena);
+        free(s->token);
         free(s);
         return NULL;
     }

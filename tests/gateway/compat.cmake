@@ -22,3 +22,11 @@ add_test(NAME gateway_compat_etcdctl_tls
          COMMAND bash ${GW_COMPAT_DIR}/etcdctl_tls.sh $<TARGET_FILE:keel-gateway> $<TARGET_FILE:keeld>
                  ${PROJECT_SOURCE_DIR}/scripts/gen-certs.sh)
 set_tests_properties(gateway_compat_etcdctl_tls PROPERTIES LABELS gateway TIMEOUT 300 SKIP_RETURN_CODE 77)
+
+# etcd's users, roles and permissions through keel-gateway (issue 16): etcdctl 3.4 --user against
+# a real etcd 3.4 and keel-gateway, step by step; then --cacert --cert --key --user over TLS.
+add_test(NAME gateway_compat_etcdctl_auth
+         COMMAND bash ${GW_COMPAT_DIR}/etcdctl_auth.sh $<TARGET_FILE:keel-gateway> $<TARGET_FILE:keeld>
+                 ${PROJECT_SOURCE_DIR}/scripts/gen-certs.sh)
+set_tests_properties(gateway_compat_etcdctl_auth PROPERTIES LABELS gateway TIMEOUT 300
+                     SKIP_RETURN_CODE 77)

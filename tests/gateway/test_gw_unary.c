@@ -11,7 +11,7 @@
  *            success/failure branches with nested responses and their headers, nested txns
  *   lease    grant/ttl/leases/revoke, put under an unknown lease, TTL limits
  *   cluster  member list (clientURLs = the advertised URLs), status, alarm, defragment, the
- *            Unimplemented and auth answers
+ *            Unimplemented answers, Auth with authentication disabled (auth.c)
  *   cancel   a call cancelled while its keel request is in flight finishes exactly once,
  *            CANCELLED, sends nothing and leaks nothing (ASan/LSan)
  */
@@ -932,22 +932,76 @@ static void cluster(void **state)
           "derives its id from; add it with keelctl member add NAME --peer-urls URL");
     Etcdserverpb__MemberRemoveRequest mrm = ETCDSERVERPB__MEMBER_REMOVE_REQUEST__INIT;
     mrm.id = 0x1234abcd;
-    fails("/etcdserverpb.Cluster/MemberRemove", &mrm, GW_NOT_FOUND,
-          "etcdserver: member not found");
+    fails("/etcdserverpb.Cluster/MemberRemove", &mrm, GW_NOT_FOUND, "etcdserver: member not found");
     Etcdserverpb__MemberPromoteRequest mpr = ETCDSERVERPB__MEMBER_PROMOTE_REQUEST__INIT;
     mpr.id = to;
     fails("/etcdserverpb.Cluster/MemberPromote", &mpr, GW_FAILED_PRECONDITION,
           "etcdserver: can only promote a learner member");
 
-    /* Auth, as etcd with authentication disabled. */
-    Etcdserverpb__HashRequest empty = ETCDSERVERPB__HASH_REQUEST__INIT;
-    fails("/etcdserverpb.Auth/Authenticate", &empty, GW_FAILED_PRECONDITION,
+    /* Auth (auth.c) with authentication disabled, as etcd answers: Authenticate refused
+     * FailedPrecondition, AuthDisable and the listings succeed, etcd's codes for keel's
+     * refusals. The whole flow with auth on is gateway_compat_etcdctl_auth's. */
+    Etcdserverpb__AuthenticateRequest an = ETCDSERVERPB__AUTHENTICATE_REQUEST__INIT;
+    an.name = "root";
+    an.password = "pw";
+    fails("/etcdserverpb.Auth/Authenticate", &an, GW_FAILED_PRECONDITION,
           "etcdserver: authentication is not enabled");
-    Etcdserverpb__DefragmentResponse *ad = ok(&f, "/etcdserverpb.Auth/AuthDisable", &empty);
+    Etcdserverpb__AuthDisableRequest adq = ETCDSERVERPB__AUTH_DISABLE_REQUEST__INIT;
+    Etcdserverpb__AuthEmptyResponse *ad = ok(&f, "/etcdserverpb.Auth/AuthDisable", &adq);
     check_member_header(ad->header);
     fake_call_clear(&f);
-    run(&u, "/etcdserverpb.Auth/UserList", &empty);
-    assert_int_equal(u.code, GW_UNIMPLEMENTED);
+    Etcdserverpb__AuthStatusRequest asq = ETCDSERVERPB__AUTH_STATUS_REQUEST__INIT;
+    Etcdserverpb__AuthStatusResponse *as = ok(&f, "/etcdserverpb.Auth/AuthStatus", &asq);
+    check_member_header(as->header);
+    assert_false(as->enabled);
+    fake_call_clear(&f);
+    Etcdserverpb__AuthUserListRequest ulq = ETCDSERVERPB__AUTH_USER_LIST_REQUEST__INIT;
+    Etcdserverpb__AuthUserListResponse *ul = ok(&f, "/etcdserverpb.Auth/UserList", &ulq);
+    check_member_header(ul->header);
+    fake_call_clear(&f);
+    Etcdserverpb__AuthRoleGetRequest rg = ETCDSERVERPB__AUTH_ROLE_GET_REQUEST__INIT;
+    rg.role = "gw-unary-no-such-role";
+    fails("/etcdserverpb.Auth/RoleGet", &rg, GW_FAILED_PRECONDITION,
+          "etcdserver: role name not found");
+    Etcdserverpb__AuthUserGetRequest ug = ETCDSERVERPB__AUTH_USER_GET_REQUEST__INIT;
+    ug.name = "gw-unary-no-such-user";
+    fails("/etcdserverpb.Auth/UserGet", &ug, GW_FAILED_PRECONDITION,
+          "etcdserver: user name not found");
+    Etcdserverpb__UserAddOptions nopw = ETCDSERVERPB__USER_ADD_OPTIONS__INIT;
+    nopw.no_password = true;
+    Etcdserverpb__AuthUserAddRequest ua = ETCDSERVERPB__AUTH_USER_ADD_REQUEST__INIT;
+    ua.name = "gw-unary-nopw";
+    ua.options = &nopw;
+    fails("/etcdserverpb.Auth/UserAdd", &ua, GW_INVALID_ARGUMENT,
+          "keel-gateway: keel users always have a password (no --no-password)");
+    /* A role with a permission comes back as etcd's Permission (type, key, range end). */
+    Etcdserverpb__AuthRoleAddRequest ra = ETCDSERVERPB__AUTH_ROLE_ADD_REQUEST__INIT;
+    ra.name = "gw-unary-role";
+    fake_call_clear(&f);
+    (void)ok(&f, "/etcdserverpb.Auth/RoleAdd", &ra);
+    fake_call_clear(&f);
+    Etcdserverpb__Permission perm = ETCDSERVERPB__PERMISSION__INIT;
+    perm.permtype = ETCDSERVERPB__PERMISSION__TYPE__READWRITE;
+    perm.key = B("/gw/");
+    perm.range_end = B("/gw0");
+    Etcdserverpb__AuthRoleGrantPermissionRequest gp =
+        ETCDSERVERPB__AUTH_ROLE_GRANT_PERMISSION_REQUEST__INIT;
+    gp.name = "gw-unary-role";
+    gp.perm = &perm;
+    (void)ok(&f, "/etcdserverpb.Auth/RoleGrantPermission", &gp);
+    fake_call_clear(&f);
+    rg.role = "gw-unary-role";
+    Etcdserverpb__AuthRoleGetResponse *rr = ok(&f, "/etcdserverpb.Auth/RoleGet", &rg);
+    assert_int_equal(rr->n_perm, 1);
+    assert_int_equal(rr->perm[0]->permtype, ETCDSERVERPB__PERMISSION__TYPE__READWRITE);
+    assert_true(same(rr->perm[0]->key, "/gw/"));
+    assert_true(same(rr->perm[0]->range_end, "/gw0"));
+    fake_call_clear(&f);
+    Etcdserverpb__AuthRoleGrantPermissionRequest nogp =
+        ETCDSERVERPB__AUTH_ROLE_GRANT_PERMISSION_REQUEST__INIT;
+    nogp.name = "gw-unary-role";
+    fails("/etcdserverpb.Auth/RoleGrantPermission", &nogp, GW_INVALID_ARGUMENT,
+          "etcdserver: permission not given");
 
     env_down();
 }

@@ -126,7 +126,8 @@ typedef void (*keel_response_cb)(int status, const Keel__Response *resp, void *d
 /* Called once when keel_aclient_close has released everything. */
 typedef void (*keel_close_cb)(void *data);
 
-/* Per-request options for keel_aclient_request_ex. A zeroed struct selects every default. */
+/* Per-request options for keel_aclient_request_ex. A zeroed struct selects every default. A
+ * request's own token (Keel__Request.token, when not empty) is sent instead of the client's. */
 struct keel_call_opts {
     uint32_t timeout_ms; /* 0: options.request_timeout_ms */
     /* Send to this member ("host:port") instead of routing: no redirect, no failover, no retry.
@@ -234,6 +235,10 @@ struct keel_watch_opts {
      * event, with revision = the member's revision then: every write that completes after this
      * callback is seen (etcd's WithCreatedNotify). keel_watch_open always waits for it. */
     bool created_notify;
+    /* The auth token this watch's requests carry (create, every re-creation, progress, cancel)
+     * instead of the client's (keel_aclient_set_token): a client serving many users, as
+     * keel-gateway does, watches for each with its own. Copied. NULL or "": the client's. */
+    const char *token;
 };
 
 /*

@@ -22,7 +22,7 @@
 #
 # Blocks in use by the compat tests: etcdctl 131..135, clientv3 136..140, etcd3gw 141..145
 # (tests/lib uses 1..7, the fault tests 111..115, the crash tests 121..123, test_http1.sh
-# 146..150, etcdctl_tls.sh 151..155).
+# 146..150, etcdctl_tls.sh 151..155, etcdctl_auth.sh 156..160).
 
 export ETCDCTL_API=3
 COMPAT_PIDS=()
