@@ -72,6 +72,10 @@ struct gw_ctx {
                                     large" */
     struct gw_metrics *metrics;  /* --listen-metrics's counters (gwmetrics.h), NULL: none */
     struct keel_tls_ctx *tls;    /* --cert-file: TLS on the listener (listen.c), NULL: none */
+    /* --upstream-*: TLS to keel's members (keel_options' fields; NULL/false: as the
+     * endpoints say), for the connections snapshot.c makes besides the shared client */
+    const char *upstream_ca, *upstream_cert, *upstream_key;
+    bool upstream_insecure;
 };
 
 enum gw_kind {

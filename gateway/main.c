@@ -59,6 +59,17 @@ static void usage(FILE *f)
             "  --trusted-ca-file FILE          the CAs client certificates must chain to\n"
             "  --client-cert-auth              require a client certificate of those CAs\n"
             "                                  (SIGHUP reads the TLS files again)\n"
+            "  --upstream-cacert FILE          TLS to keel's members (their client port's\n"
+            "                                  --cert-file): the CA their certificates chain to;\n"
+            "                                  TLS is on with any of these upstream flags or an\n"
+            "                                  https:// endpoint (the prefix keeps these apart\n"
+            "                                  from the listener's flags above)\n"
+            "  --upstream-cert FILE            this gateway's client certificate (PEM), for\n"
+            "                                  members started with --client-cert-auth\n"
+            "  --upstream-key FILE             its private key (PEM)\n"
+            "  --upstream-insecure-skip-tls-verify\n"
+            "                                  TLS to the members without checking their\n"
+            "                                  certificates (tests only)\n"
             "  --version, --help\n",
             DEFAULT_LISTEN, KEEL_DEFAULT_ENDPOINT, KEEL_DEFAULT_REQUEST_TIMEOUT_MS,
             DEFAULT_MAX_REQUEST_BYTES);
@@ -198,6 +209,8 @@ int main(int argc, char **argv)
     const char *listen_metrics = NULL;
     const char *cert_file = NULL, *key_file = NULL, *ca_file = NULL;
     bool client_auth = false;
+    const char *up_ca = NULL, *up_cert = NULL, *up_key = NULL;
+    bool up_insecure = false;
     long timeout_ms = KEEL_DEFAULT_REQUEST_TIMEOUT_MS, max_request = DEFAULT_MAX_REQUEST_BYTES;
     int level = KEEL_LOG_INFO;
     enum {
@@ -213,7 +226,11 @@ int main(int argc, char **argv)
         O_CERT,
         O_KEY,
         O_CA,
-        O_CLIENT_AUTH
+        O_CLIENT_AUTH,
+        O_UP_CA,
+        O_UP_CERT,
+        O_UP_KEY,
+        O_UP_INSECURE
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -228,6 +245,10 @@ int main(int argc, char **argv)
         {"key-file", required_argument, NULL, O_KEY},
         {"trusted-ca-file", required_argument, NULL, O_CA},
         {"client-cert-auth", no_argument, NULL, O_CLIENT_AUTH},
+        {"upstream-cacert", required_argument, NULL, O_UP_CA},
+        {"upstream-cert", required_argument, NULL, O_UP_CERT},
+        {"upstream-key", required_argument, NULL, O_UP_KEY},
+        {"upstream-insecure-skip-tls-verify", no_argument, NULL, O_UP_INSECURE},
         {"version", no_argument, NULL, O_VER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -282,6 +303,18 @@ int main(int argc, char **argv)
         case O_CLIENT_AUTH:
             client_auth = true;
             break;
+        case O_UP_CA:
+            up_ca = optarg;
+            break;
+        case O_UP_CERT:
+            up_cert = optarg;
+            break;
+        case O_UP_KEY:
+            up_key = optarg;
+            break;
+        case O_UP_INSECURE:
+            up_insecure = true;
+            break;
         case O_VER:
             printf("keel-gateway %s\n", KEEL_VERSION);
             return 0;
@@ -295,6 +328,10 @@ int main(int argc, char **argv)
     }
     if (optind < argc) {
         fprintf(stderr, "keel-gateway: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if ((up_cert == NULL) != (up_key == NULL)) {
+        fprintf(stderr, "keel-gateway: --upstream-cert and --upstream-key go together\n");
         return 2;
     }
     char host[64];
@@ -324,6 +361,10 @@ int main(int argc, char **argv)
     g.ctx.zone = zone;
     g.ctx.endpoints = endpoints && endpoints[0] ? endpoints : KEEL_DEFAULT_ENDPOINT;
     g.ctx.request_timeout_ms = (uint32_t)timeout_ms;
+    g.ctx.upstream_ca = up_ca;
+    g.ctx.upstream_cert = up_cert;
+    g.ctx.upstream_key = up_key;
+    g.ctx.upstream_insecure = up_insecure;
     g.ctx.max_request_bytes = (size_t)max_request;
     uv_loop_init(&g.loop);
     g.ctx.loop = &g.loop;
@@ -331,7 +372,11 @@ int main(int argc, char **argv)
     struct keel_options ko = {.endpoints = endpoints,
                               .zone = zone,
                               .client_name = "keel-gateway",
-                              .request_timeout_ms = (uint32_t)timeout_ms};
+                              .request_timeout_ms = (uint32_t)timeout_ms,
+                              .ca_file = up_ca,
+                              .cert_file = up_cert,
+                              .key_file = up_key,
+                              .insecure_skip_verify = up_insecure};
     int rc = keel_aclient_init(&g.ctx.ac, &g.loop, &ko);
     if (rc != 0) {
         char why[320];

@@ -254,6 +254,10 @@ void gw_snapshot_on_message(struct gw_call *c, ProtobufCMessage *msg)
      * snapshot of any size may take longer in all. */
     s->opts.client_name = "keel-gateway";
     s->opts.request_timeout_ms = c->ctx->request_timeout_ms;
+    s->opts.ca_file = c->ctx->upstream_ca;
+    s->opts.cert_file = c->ctx->upstream_cert;
+    s->opts.key_file = c->ctx->upstream_key;
+    s->opts.insecure_skip_verify = c->ctx->upstream_insecure;
     uv_mutex_init(&s->mu);
     uv_cond_init(&s->cond);
     uv_async_init(c->ctx->loop, &s->async, on_async);

@@ -7,7 +7,10 @@
 #  - a plaintext client is refused;
 #  - with --client-cert-auth, etcdctl without a client certificate fails (the gateway logs that
 #    none came) and with one works; a client certificate of another CA is refused;
-#  - SIGHUP reloads the gateway's files; a bad file keeps the old ones.
+#  - SIGHUP reloads the gateway's files; a bad file keeps the old ones;
+#  - keel's members serve their client port over TLS too and require a client certificate: the
+#    gateways reach them with --upstream-cacert --upstream-cert --upstream-key, and a gateway
+#    without those flags gets nothing through (etcdctl fails, the members log the refusal).
 #
 #   etcdctl_tls.sh KEEL_GATEWAY KEELD GEN_CERTS
 #
@@ -30,19 +33,27 @@ ca=$COMPAT_DIR/ca
 compat_keel_plan "$KEELD" 0
 for i in 1 2 3; do
     compat_keel_member "$i" --peer-cert-file "$ca/member-$i.pem" \
-        --peer-key-file "$ca/member-$i-key.pem" --peer-trusted-ca-file "$ca/ca.pem"
+        --peer-key-file "$ca/member-$i-key.pem" --peer-trusted-ca-file "$ca/ca.pem" \
+        --cert-file "$ca/member-$i.pem" --key-file "$ca/member-$i-key.pem" \
+        --trusted-ca-file "$ca/ca.pem" --client-cert-auth
 done
 compat_wait 60 grep -q "became leader" "$COMPAT_DIR/keel-m1.log" "$COMPAT_DIR/keel-m2.log" \
     "$COMPAT_DIR/keel-m3.log" ||
     compat_die "keel with peer TLS elected no leader in 60 s"
 
 host=127.0.155.1
-# start_gw NAME FLAGS...: a TLS gateway; sets PORT and PID_<NAME>.
+# The gateway's own TLS to keel's members (their client port requires a client certificate).
+upstream=(--upstream-cacert "$ca/ca.pem" --upstream-cert "$ca/client-root.pem"
+    --upstream-key "$ca/client-root-key.pem")
+# start_gw NAME FLAGS...: a TLS gateway (with $upstream unless NO_UPSTREAM=1); sets PORT and
+# PID_<NAME>.
 start_gw() {
-    local name=$1
+    local name=$1 up=("${upstream[@]}")
     shift
+    [ "${NO_UPSTREAM:-0}" = 1 ] && up=()
     PORT=$(compat_free_port "$host" 35040) || compat_die "no free port on $host"
-    "$GW" --listen "$host:$PORT" --endpoints "$KEEL_ENDPOINTS" "$@" >"$COMPAT_DIR/$name.log" 2>&1 &
+    "$GW" --listen "$host:$PORT" --endpoints "$KEEL_ENDPOINTS" "${up[@]}" "$@" \
+        >"$COMPAT_DIR/$name.log" 2>&1 &
     local pid=$!
     COMPAT_PIDS+=("$pid")
     eval "PID_$name=$pid"
@@ -117,8 +128,22 @@ compat_wait 10 grep -q "TLS: reload failed, keeping the certificates in use" "$C
 check "the old certificate still serves" "tls-v" \
     "$(E --endpoints "https://$host:$PORT" --cacert "$ca/ca.pem" get tls-k --print-value-only 2>&1)"
 
+# --- a gateway without --upstream-* in front of members that require TLS ---------------------
+NO_UPSTREAM=1 start_gw gwplain --cert-file "$ca/member-1.pem" --key-file "$ca/member-1-key.pem"
+out=$(E --endpoints "https://$host:$PORT" --cacert "$ca/ca.pem" get tls-k 2>&1)
+rc=$?
+check "no --upstream-* flags: nothing reaches keel's TLS members" 1 "$([ $rc -ne 0 ] && echo 1 || echo 0)"
+compat_wait 10 grep -q "TLS handshake failed: wrong version number" "$COMPAT_DIR/keel-m1.log" \
+    "$COMPAT_DIR/keel-m2.log" "$COMPAT_DIR/keel-m3.log" &&
+    ok "a member logs the plaintext client on its TLS port" ||
+    bad "no member logged a plaintext client: $(grep -h -i tls "$COMPAT_DIR"/keel-m*.log | tail -n 3)"
+out=$("$GW" --listen "$host:1" --upstream-cert "$ca/client-root.pem" 2>&1)
+rc=$?
+check "--upstream-cert without --upstream-key is refused" 2 "$rc"
+contains "and says why" "--upstream-cert and --upstream-key go together" "$out"
+
 # Each gateway exits 0 on SIGTERM with no sanitizer report (connections, codecs, contexts freed).
-for name in gw gwauth gwhup; do
+for name in gw gwauth gwhup gwplain; do
     pid=$(eval echo "\$PID_$name")
     kill -TERM "$pid"
     end=$((SECONDS + 20))
