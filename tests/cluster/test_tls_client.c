@@ -87,7 +87,8 @@ static const char *P(const char *dir, const char *name)
 static void gen(const char *dir)
 {
     char cmd[1200];
-    snprintf(cmd, sizeof(cmd), "%s/scripts/gen-certs.sh %s --members 3 --clients root >/dev/null",
+    snprintf(cmd, sizeof(cmd),
+             "%s/scripts/gen-certs.sh %s --members 3 --clients root,alice >/dev/null",
              KEEL_SOURCE_DIR, dir);
     if (system(cmd) != 0)
         fail_msg("gen-certs.sh %s failed", dir);
@@ -728,6 +729,66 @@ static void sighup(void **state)
     tc_cluster_close(&c);
 }
 
+/* keelctl at member 1 as the client certificate NAME of CA a (no --user: the certificate's CN
+ * is the user once auth is on); out gets what it printed. */
+static int ctl_as(const struct tc_cluster *c, const struct certs *k, const char *name, char *out,
+                  const char *a1, const char *a2, const char *a3, const char *a4, const char *a5,
+                  const char *a6)
+{
+    char ep[64], cert[64], key[64];
+    tc_endpoints(c, 1, ep, sizeof(ep));
+    snprintf(cert, sizeof(cert), "client-%s.pem", name);
+    snprintf(key, sizeof(key), "client-%s-key.pem", name);
+    return ctl(c, out, "--endpoints", ep, "--cacert", k->ca, "--cert", P(k->a, cert), "--key",
+               P(k->a, key), "--timeout", "5s", a1, a2, a3, a4, a5, a6, NULL);
+}
+
+/* etcd's authentication by client certificate: with --client-cert-auth and auth enabled, a
+ * request without a token speaks for the user its certificate's CN names. alice (CN alice) may
+ * write only under b/; root's certificate (CN root) may do anything; no password is given. */
+static void cert_auth(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    struct certs k;
+    tls_cluster(&c, &k, 1, "tls-cn", true, NULL, NULL);
+    assert_int_equal(tc_start(&c, 1), 0);
+    good_ctl(&c, &k, 1, "pre", "v");
+    char out[OUT_MAX];
+    const char *setup[][4] = {
+        {"user", "add", "root:rootpw", NULL},  {"user", "grant-role", "root", "root"},
+        {"role", "add", "rb", NULL},           {"user", "add", "alice:alicepw", NULL},
+        {"user", "grant-role", "alice", "rb"}, {"auth", "enable", NULL, NULL}};
+    for (size_t i = 0; i < sizeof(setup) / sizeof(setup[0]); i++) {
+        int rv = ctl_as(&c, &k, "root", out, setup[i][0], setup[i][1], setup[i][2], setup[i][3],
+                        NULL, NULL);
+        if (rv != 0)
+            fail_msg("%s %s: %s", setup[i][0], setup[i][1], out);
+    }
+    /* Auth is on: root by its certificate alone grants alice b/. */
+    int rv = ctl_as(&c, &k, "root", out, "role", "grant-permission", "--prefix", "rb", "readwrite",
+                    "b/");
+    if (rv != 0)
+        fail_msg("root grants by its certificate: %s", out);
+    rv = ctl_as(&c, &k, "alice", out, "put", "b/1", "x", NULL, NULL, NULL);
+    if (rv != 0)
+        fail_msg("alice puts inside b/ by her certificate: %s", out);
+    rv = ctl_as(&c, &k, "alice", out, "put", "c/1", "x", NULL, NULL, NULL);
+    if (rv == 0)
+        fail_msg("alice put outside b/: %s", out);
+    expect_in("alice outside b/", out, "permission denied");
+    rv = ctl_as(&c, &k, "alice", out, "user", "list", NULL, NULL, NULL, NULL);
+    if (rv == 0)
+        fail_msg("alice listed users: %s", out);
+    expect_in("alice is no root", out, "permission denied");
+    rv = ctl_as(&c, &k, "root", out, "get", "b/1", "--print-value-only", NULL, NULL, NULL);
+    if (rv != 0)
+        fail_msg("root reads by its certificate: %s", out);
+    expect_in("root reads b/1", out, "x");
+    all_up(&c);
+    tc_cluster_close(&c);
+}
+
 int main(int argc, char **argv)
 {
     if (system("command -v openssl >/dev/null 2>&1") != 0) {
@@ -739,10 +800,10 @@ int main(int argc, char **argv)
     const struct CMUnitTest works_t[] = {cmocka_unit_test(works)};
     const struct CMUnitTest sighup_t[] = {cmocka_unit_test(sighup)};
     const struct CMUnitTest checkpoint_t[] = {cmocka_unit_test(checkpoint_over_tls)};
-    const struct tu_group groups[] = {{"refusals", refusals_t, 1},
-                                      {"plain", plain_t, 1},
-                                      {"works", works_t, 1},
-                                      {"sighup", sighup_t, 1},
-                                      {"checkpoint", checkpoint_t, 1}};
+    const struct CMUnitTest cert_auth_t[] = {cmocka_unit_test(cert_auth)};
+    const struct tu_group groups[] = {
+        {"refusals", refusals_t, 1},     {"plain", plain_t, 1},
+        {"works", works_t, 1},           {"sighup", sighup_t, 1},
+        {"checkpoint", checkpoint_t, 1}, {"cert_auth", cert_auth_t, 1}};
     return tu_run_groups("test_tls_client", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }
