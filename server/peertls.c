@@ -484,3 +484,8 @@ int keel_peerlink_handoff(struct keel_peerlink *l, const struct keel_peerlink_ev
     update_reading(l);
     return 0;
 }
+
+bool keel_peerlink_names(const struct keel_peerlink *l, const char *host)
+{
+    return l->tls != NULL && keel_tls_conn_peer_names(l->tls, host);
+}

@@ -108,4 +108,8 @@ int keel_peerlink_handoff(struct keel_peerlink *l, const struct keel_peerlink_ev
 /* Close the link (idempotent): its handles close, then ev->closed. */
 void keel_peerlink_close(struct keel_peerlink *l);
 
+/* Whether the link's verified peer certificate names host (keel_tls_conn_peer_names): the
+ * accepting member's check that a dialling member's certificate is that member's. */
+bool keel_peerlink_names(const struct keel_peerlink *l, const char *host);
+
 #endif

@@ -687,6 +687,17 @@ static void hello_complete(struct pending *p)
         accept_drop(p);
         return;
     }
+    /* With peer TLS the certificate must be the claimed member's: it names that member's
+     * address (as the dialling side checks of ours), not merely any address the CA signed. */
+    char host[64];
+    snprintf(host, sizeof(host), "%.*s", (int)strcspn(p->peer.peer, ":"), p->peer.peer);
+    if (p->link != NULL && !keel_peerlink_names(p->link, host)) {
+        KLOG_WARN("peer connection from %s refused: its certificate does not name %s, the "
+                  "address of member %llx it claims to be",
+                  p->from, host, (unsigned long long)p->peer.id);
+        accept_drop(p);
+        return;
+    }
     if (p->peer.by_name)
         check_by_name(p);
     else

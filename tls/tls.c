@@ -519,6 +519,18 @@ int keel_tls_conn_peer_cn(const struct keel_tls_conn *t, char *buf, size_t cap)
     return 0;
 }
 
+bool keel_tls_conn_peer_names(const struct keel_tls_conn *t, const char *host)
+{
+    if (!t->established || !t->verify_peer || SSL_get_verify_result(t->ssl) != X509_V_OK)
+        return false;
+    X509 *x = SSL_get0_peer_certificate(t->ssl);
+    if (x == NULL || host == NULL || host[0] == '\0')
+        return false;
+    int rc = is_ipv4(host) ? X509_check_ip_asc(x, host, 0) : X509_check_host(x, host, 0, 0, NULL);
+    ERR_clear_error();
+    return rc == 1;
+}
+
 const char *keel_tls_conn_alpn(const struct keel_tls_conn *t)
 {
     return t->alpn;

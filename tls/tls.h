@@ -129,6 +129,14 @@ const char *keel_tls_conn_error(const struct keel_tls_conn *t);
  */
 int keel_tls_conn_peer_cn(const struct keel_tls_conn *t, char *buf, size_t cap);
 
+/*
+ * Whether the peer's verified certificate names host (an IPv4 address, matched against its IP
+ * subjectAltNames; else a DNS name, matched against its DNS names, wildcards as RFC 6125). A
+ * server asks this of a client certificate once it knows whom the client claims to be (a
+ * member's peer address). False when no certificate was verified.
+ */
+bool keel_tls_conn_peer_names(const struct keel_tls_conn *t, const char *host);
+
 /* The ALPN protocol agreed ("h2"), or "" when none. Valid until t is freed. */
 const char *keel_tls_conn_alpn(const struct keel_tls_conn *t);
 

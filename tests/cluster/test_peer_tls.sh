@@ -196,6 +196,16 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ "$ok" = 1 ] || fail "no member refused m3's certificate that does not name 127.0.3.1"
+# ... and the members m3 dials refuse it too: the certificate is not the claimed member's.
+ok=0
+for _ in $(seq 1 100); do
+  if grep -F 'its certificate does not name 127.0.3.1' "$dir/m1.log" "$dir/m2.log" >/dev/null; then
+    ok=1
+    break
+  fi
+  sleep 0.1
+done
+[ "$ok" = 1 ] || fail "no member refused m3's dial with a certificate that names another member"
 put_via 1 k5 v5 || fail "no put while m3 has a wrong certificate"
 never_sees 3 k5 v5 || fail "m3 with a certificate for another address got k5"
 stop 3

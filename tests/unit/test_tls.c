@@ -266,6 +266,15 @@ static void test_mutual_auth_and_data(void **state)
     assert_int_equal(keel_tls_conn_peer_cn(p.s, cn, sizeof(cn)), 0);
     assert_string_equal(cn, "root");
     assert_int_equal(keel_tls_conn_peer_cn(p.s, cn, 4), KEEL_EINVAL);
+    /* The client certificate (gen-certs.sh's client-root) names no address; a member's does. */
+    assert_false(keel_tls_conn_peer_names(p.s, "127.0.0.1"));
+    assert_false(keel_tls_conn_peer_names(p.s, "localhost"));
+    /* The server's, seen by the client: member-1 names 127.0.1.1, 127.0.0.1 and localhost. */
+    assert_true(keel_tls_conn_peer_names(p.c, "127.0.1.1"));
+    assert_true(keel_tls_conn_peer_names(p.c, "localhost"));
+    assert_false(keel_tls_conn_peer_names(p.c, "127.0.2.1"));
+    assert_false(keel_tls_conn_peer_names(p.c, "nosuch.example"));
+    assert_false(keel_tls_conn_peer_names(p.c, ""));
 
     /* 1 MiB each way, fed in random pieces, arrives whole and in order. */
     size_t big = 1u << 20;
