@@ -691,23 +691,6 @@ static void five_members_survive_two_down(void **state)
 
 /* ---- membership ---- */
 
-/* A free port on member i's host that is neither of its own: the harness picked those free but
- * has not bound them, so a second pick may return one of them. */
-static int fresh_port(const struct tc_cluster *c, int i)
-{
-    char host[24];
-    snprintf(host, sizeof(host), "127.0.%d.1", i);
-    for (int tries = 0; tries < 100; tries++) {
-        int port = tc_free_port(host);
-        char addr[32];
-        snprintf(addr, sizeof(addr), "%s:%d", host, port);
-        if (port > 0 && strcmp(addr, c->m[i].client) != 0 && strcmp(addr, c->m[i].peer) != 0)
-            return port;
-    }
-    fail_msg("no free port on %s", host);
-    return 0;
-}
-
 /* --initial-cluster of the members whose bit (1 << i) is set in mask. */
 static void set_initial(struct tc_cluster *c, unsigned mask)
 {
@@ -746,6 +729,15 @@ static int add_member(struct keel *k, struct tc_cluster *c, int i, bool learner,
     }
     keel_free(resp);
     return rv;
+}
+
+/* tc_member_free_port, failing the test when there is none. */
+static int member_port(const struct tc_cluster *c, int i)
+{
+    int port = tc_member_free_port(c, i);
+    if (port == 0)
+        fail_msg("no free port on 127.0.%d.1", i);
+    return port;
 }
 
 static int change_member(struct keel *k, uint64_t id, bool promote, bool force)
@@ -1001,7 +993,7 @@ static void members_zone_loss_refused(void **state)
     uint64_t id2 = member_id(&c, k, 2);
     assert_true(tc_stop(&c, 2, SIGTERM) != -1);
     char url[64];
-    snprintf(c.m[2].peer, sizeof(c.m[2].peer), "127.0.2.1:%d", fresh_port(&c, 2));
+    snprintf(c.m[2].peer, sizeof(c.m[2].peer), "127.0.2.1:%d", member_port(&c, 2));
     snprintf(url, sizeof(url), "http://%s", c.m[2].peer);
     char *urls[1] = {url};
     Keel__MemberUpdateRequest mu = KEEL__MEMBER_UPDATE_REQUEST__INIT;
@@ -1040,41 +1032,11 @@ static void members_zone_loss_refused(void **state)
  * -1 when nothing came back. */
 static int http_req(const char *addr, const char *method, const char *path, char *body, size_t len)
 {
-    char host[32];
-    int port = 0;
-    const char *colon = strrchr(addr, ':');
-    snprintf(host, sizeof(host), "%.*s", (int)(colon - addr), addr);
-    port = atoi(colon + 1);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, host, &sa.sin_addr);
-    struct timeval tv = {5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    char req[256];
-    int n = snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
-                     method, path, addr);
-    if (write(fd, req, (size_t)n) != n) {
-        close(fd);
-        return -1;
-    }
-    size_t cap = 1 << 20, got = 0;
-    char *buf = malloc(cap + 1);
-    ssize_t r;
-    while (got < cap && (r = read(fd, buf + got, cap - got)) > 0)
-        got += (size_t)r;
-    close(fd);
-    buf[got] = '\0';
-    int status = -1;
-    if (sscanf(buf, "HTTP/1.1 %d", &status) != 1)
-        status = -1;
-    const char *b = strstr(buf, "\r\n\r\n");
-    snprintf(body, len, "%s", b ? b + 4 : "");
-    free(buf);
-    return status;
+    char *b = NULL;
+    int st = tc_http(addr, method, path, NULL, &b);
+    snprintf(body, len, "%s", b ? b : "");
+    free(b);
+    return st;
 }
 
 static bool metric_name_ok(const char *s, size_t n)
@@ -1161,7 +1123,7 @@ static void metrics_and_health(void **state)
     tc_cluster_init(&c, 3, "metrics");
     char maddr[4][32];
     for (int i = 1; i <= 3; i++) {
-        snprintf(maddr[i], sizeof(maddr[i]), "127.0.%d.1:%d", i, fresh_port(&c, i));
+        snprintf(maddr[i], sizeof(maddr[i]), "127.0.%d.1:%d", i, member_port(&c, i));
         snprintf(c.m[i].extra, sizeof(c.m[i].extra), "--listen-metrics %s%s", maddr[i],
                  i == 1 ? " --log-format json" : "");
     }

@@ -120,67 +120,12 @@ static bool wait_value(const struct tc_cluster *c, int i, const char *key, const
     return ok;
 }
 
-/* Run keelctl with args (NULL-terminated); its stdout into out. The exit status. Bounded. */
-static int ctl(const struct tc_cluster *c, char *out, size_t outlen, ...)
-{
-    char *argv[16];
-    int argc = 0;
-    argv[argc++] = KEELCTL_PATH;
-    va_list ap;
-    va_start(ap, outlen);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL && argc < 15)
-        argv[argc++] = (char *)a;
-    va_end(ap);
-    argv[argc] = NULL;
-    char path[600];
-    snprintf(path, sizeof(path), "%s/keelctl.out", c->root);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        FILE *f = freopen(path, "w", stdout);
-        if (f == NULL)
-            _exit(126);
-        unsetenv("KEEL_ENDPOINTS");
-        execv(KEELCTL_PATH, argv);
-        _exit(127);
-    }
-    int st = 0;
-    for (int i = 0; i < 3000 && waitpid(pid, &st, WNOHANG) != pid; i++) {
-        tu_sleep_ms(10);
-        if (i == 2999) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-        }
-    }
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(out, 1, outlen - 1, f) : 0;
-    out[n] = '\0';
-    if (f)
-        fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static bool any_log_contains(const struct tc_cluster *c, const char *needle)
 {
     for (int i = 1; i <= c->n; i++)
         if (tc_log_contains(c, i, needle))
             return true;
     return false;
-}
-
-/* Lines of member i's log that contain needle. */
-static int log_count(const struct tc_cluster *c, int i, const char *needle)
-{
-    FILE *f = fopen(c->m[i].log, "r");
-    if (f == NULL)
-        return 0;
-    char line[4096];
-    int n = 0;
-    while (fgets(line, sizeof(line), f) != NULL)
-        n += strstr(line, needle) != NULL;
-    fclose(f);
-    return n;
 }
 
 /* A connection to addr bound to the source address src (bounded retries); -1 when none. */
@@ -261,9 +206,12 @@ static void members_by_name(void **state)
     /* keelctl dials a member by name too. */
     char eps[256], out[512];
     named_endpoints(&c, 2, eps, sizeof(eps));
-    assert_int_equal(ctl(&c, out, sizeof(out), "--endpoints", eps, "put", "k/ctl", "viactl", NULL),
+    assert_int_equal(tc_keelctl(&c, KEELCTL_PATH, out, sizeof(out), "--endpoints", eps, "put",
+                                "k/ctl", "viactl", NULL),
                      0);
-    assert_int_equal(ctl(&c, out, sizeof(out), "--endpoints", eps, "get", "k/ctl", NULL), 0);
+    assert_int_equal(
+        tc_keelctl(&c, KEELCTL_PATH, out, sizeof(out), "--endpoints", eps, "get", "k/ctl", NULL),
+        0);
     assert_non_null(strstr(out, "viactl"));
 
     /* A member killed and restarted finds its peers (and they it) by name again, and catches up
@@ -320,7 +268,7 @@ static void unresolvable_peer(void **state)
     assert_true(logged);
     /* Rate-limited: dozens of attempts (one per heartbeat), one line each in 30 s. */
     for (int i = 1; i <= 2; i++)
-        assert_in_range(log_count(&c, i, "does not resolve"), 0, 1);
+        assert_in_range(tc_log_count(&c, i, "does not resolve"), 0, 1);
     for (int i = 1; i <= 2; i++)
         assert_int_equal(waitpid(c.m[i].pid, NULL, WNOHANG), 0); /* still running */
     Keel__RangeResponse *r = NULL;
@@ -356,8 +304,8 @@ static void member_added_by_name(void **state)
     snprintf(url, sizeof(url), "http://%s:%s", NAME, strrchr(c.m[4].peer, ':') + 1);
     int rv = -1;
     for (int tries = 0; tries < 20 && rv != 0; tries++) {
-        rv = ctl(&c, out, sizeof(out), "--endpoints", eps, "member", "add", "m4", "--peer-urls",
-                 url, "--zone", "z4", NULL);
+        rv = tc_keelctl(&c, KEELCTL_PATH, out, sizeof(out), "--endpoints", eps, "member", "add",
+                        "m4", "--peer-urls", url, "--zone", "z4", NULL);
         if (rv != 0)
             tu_sleep_ms(200);
     }

@@ -44,50 +44,6 @@ extern char **environ;
 
 /* ---- HTTP and the Prometheus text ---- */
 
-/* One HTTP/1.1 request to addr ("a.b.c.d:port") with an optional body; the status, and the
- * body (malloc'd, NUL-terminated) in *out when out is not NULL. -1 when nothing came back. */
-static int http_req(const char *addr, const char *method, const char *path, const char *body,
-                    char **out)
-{
-    char host[32];
-    const char *colon = strrchr(addr, ':');
-    snprintf(host, sizeof(host), "%.*s", (int)(colon - addr), addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-    inet_pton(AF_INET, host, &sa.sin_addr);
-    struct timeval tv = {10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    char req[1024];
-    int n = snprintf(req, sizeof(req),
-                     "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %zu\r\n"
-                     "Content-Type: application/json\r\n\r\n%s",
-                     method, path, addr, body ? strlen(body) : 0, body ? body : "");
-    if (write(fd, req, (size_t)n) != n) {
-        close(fd);
-        return -1;
-    }
-    size_t cap = 4 << 20, got = 0;
-    char *buf = malloc(cap + 1);
-    ssize_t r;
-    while (got < cap && (r = read(fd, buf + got, cap - got)) > 0)
-        got += (size_t)r;
-    close(fd);
-    buf[got] = '\0';
-    int status = -1;
-    if (sscanf(buf, "HTTP/1.1 %d", &status) != 1)
-        status = -1;
-    if (out != NULL) {
-        const char *b = strstr(buf, "\r\n\r\n");
-        *out = strdup(b ? b + 4 : "");
-    }
-    free(buf);
-    return status;
-}
-
 struct sample {
     char name[128];
     char labels[256]; /* inside the braces, "" for none */
@@ -188,7 +144,7 @@ static void parse(const char *text, struct scrape *sc)
 static void scrape(const char *addr, struct scrape *sc)
 {
     char *body = NULL;
-    int st = http_req(addr, "GET", "/metrics", NULL, &body);
+    int st = tc_http(addr, "GET", "/metrics", NULL, &body);
     if (st != 200)
         fail_msg("GET %s/metrics: %d", addr, st);
     parse(body, sc);
@@ -269,19 +225,13 @@ static int check_histograms(const struct scrape *sc)
 
 /* ---- helpers ---- */
 
-static int fresh_port(const struct tc_cluster *c, int i)
+/* tc_member_free_port, failing the test when there is none. */
+static int member_port(const struct tc_cluster *c, int i)
 {
-    char host[24];
-    snprintf(host, sizeof(host), "127.0.%d.1", i);
-    for (int tries = 0; tries < 100; tries++) {
-        int port = tc_free_port(host);
-        char addr[32];
-        snprintf(addr, sizeof(addr), "%s:%d", host, port);
-        if (port > 0 && strcmp(addr, c->m[i].client) != 0 && strcmp(addr, c->m[i].peer) != 0)
-            return port;
-    }
-    fail_msg("no free port on %s", host);
-    return 0;
+    int port = tc_member_free_port(c, i);
+    if (port == 0)
+        fail_msg("no free port on 127.0.%d.1", i);
+    return port;
 }
 
 static struct keel *open_member(const struct tc_cluster *c, int member)
@@ -295,25 +245,11 @@ static struct keel *open_member(const struct tc_cluster *c, int member)
     return k;
 }
 
-/* Lines of member i's log holding needle. */
-static int log_count(const struct tc_cluster *c, int i, const char *needle)
-{
-    FILE *f = fopen(c->m[i].log, "r");
-    if (f == NULL)
-        return 0;
-    char line[4096];
-    int n = 0;
-    while (fgets(line, sizeof(line), f) != NULL)
-        n += strstr(line, needle) != NULL;
-    fclose(f);
-    return n;
-}
-
 /* Give each member a --listen-metrics address (in maddr[i]) and extra flags. */
 static void with_metrics(struct tc_cluster *c, char maddr[][32], const char *extra)
 {
     for (int i = 1; i <= c->n; i++) {
-        snprintf(maddr[i], 32, "127.0.%d.1:%d", i, fresh_port(c, i));
+        snprintf(maddr[i], 32, "127.0.%d.1:%d", i, member_port(c, i));
         snprintf(c->m[i].extra, sizeof(c->m[i].extra), "--listen-metrics %s %s", maddr[i], extra);
     }
 }
@@ -437,12 +373,12 @@ static void rejected(void **state)
     struct keel *k = open_member(&c, 1);
     assert_true(tc_find_leader(&c, k, 0, 10000) == 1);
     const char *line = "rejected request of session";
-    assert_int_equal(log_count(&c, 1, line), 0);
+    assert_int_equal(tc_log_count(&c, 1, line), 0);
     send_oversized(c.m[1].client);
     long long until = tc_now_ms() + 10000;
-    while (log_count(&c, 1, line) < 1 && tc_now_ms() < until)
+    while (tc_log_count(&c, 1, line) < 1 && tc_now_ms() < until)
         tu_sleep_ms(20);
-    assert_int_equal(log_count(&c, 1, line), 1);
+    assert_int_equal(tc_log_count(&c, 1, line), 1);
     assert_true(tc_log_contains(&c, 1, "frame exceeds the maximum request size"));
 
     /* A flood: at most 10 lines a second, then a count of those left out (logged with the next
@@ -456,10 +392,10 @@ static void rejected(void **state)
     tu_sleep_ms(1100);
     send_oversized(c.m[1].client);
     until = tc_now_ms() + 10000;
-    while (log_count(&c, 1, "more not logged") < 1 && tc_now_ms() < until)
+    while (tc_log_count(&c, 1, "more not logged") < 1 && tc_now_ms() < until)
         tu_sleep_ms(20);
-    int lines = log_count(&c, 1, line) - 1;
-    int left_out = log_count(&c, 1, "more not logged");
+    int lines = tc_log_count(&c, 1, line) - 1;
+    int left_out = tc_log_count(&c, 1, "more not logged");
     /* Each window allows 10; the flood spans at most secs + 1 windows, the last send one more. */
     if (lines > 10 * ((int)secs + 1) + 1 || lines < 10)
         fail_msg("%d lines for %d rejected requests in %lld s", lines, flood + 1, secs);
@@ -480,9 +416,9 @@ static void gateway(void **state)
     struct keel *k = open_member(&c, 0);
     assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
     char listen[32], metrics[32], eps[512], log[600];
-    snprintf(listen, sizeof(listen), "127.0.1.1:%d", fresh_port(&c, 1));
+    snprintf(listen, sizeof(listen), "127.0.1.1:%d", member_port(&c, 1));
     do
-        snprintf(metrics, sizeof(metrics), "127.0.1.1:%d", fresh_port(&c, 1));
+        snprintf(metrics, sizeof(metrics), "127.0.1.1:%d", member_port(&c, 1));
     while (strcmp(metrics, listen) == 0);
     tc_endpoints(&c, 0, eps, sizeof(eps));
     snprintf(log, sizeof(log), "%s/gateway.log", c.root);
@@ -497,19 +433,19 @@ static void gateway(void **state)
     posix_spawn_file_actions_destroy(&fa);
     long long until = tc_now_ms() + 15000;
     int st;
-    while ((st = http_req(metrics, "GET", "/livez", NULL, NULL)) != 200 && tc_now_ms() < until)
+    while ((st = tc_http(metrics, "GET", "/livez", NULL, NULL)) != 200 && tc_now_ms() < until)
         tu_sleep_ms(50);
     assert_int_equal(st, 200);
 
     const int puts = 12;
     for (int i = 0; i < puts; i++) {
         char *body = NULL;
-        st = http_req(listen, "POST", "/v3/kv/put", "{\"key\":\"Z3c=\",\"value\":\"dg==\"}", &body);
+        st = tc_http(listen, "POST", "/v3/kv/put", "{\"key\":\"Z3c=\",\"value\":\"dg==\"}", &body);
         if (st != 200)
             fail_msg("put through the gateway: %d %s", st, body ? body : "");
         free(body);
     }
-    st = http_req(listen, "POST", "/v3/kv/range", "{\"key\":\"\"}", NULL);
+    st = tc_http(listen, "POST", "/v3/kv/range", "{\"key\":\"\"}", NULL);
     struct scrape sc;
     scrape(metrics, &sc);
     const char *put = "grpc_service=\"etcdserverpb.KV\",grpc_method=\"Put\"";
@@ -593,7 +529,7 @@ static void gateway(void **state)
 static bool try_value(const char *addr, const char *name, const char *labels, double *v)
 {
     char *body = NULL;
-    int st = http_req(addr, "GET", "/metrics", NULL, &body);
+    int st = tc_http(addr, "GET", "/metrics", NULL, &body);
     if (st != 200) {
         free(body);
         return false;

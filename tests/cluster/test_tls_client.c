@@ -118,47 +118,6 @@ static void tls_cluster(struct tc_cluster *c, struct certs *k, int n, const char
     }
 }
 
-/* Run keelctl with args (NULL-terminated); stdout and stderr into out. The exit status. Bounded:
- * killed after 30 s. */
-static int ctl(const struct tc_cluster *c, char *out, ...)
-{
-    char *argv[24];
-    int argc = 0;
-    argv[argc++] = KEELCTL_PATH;
-    va_list ap;
-    va_start(ap, out);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL && argc < 23)
-        argv[argc++] = (char *)a;
-    va_end(ap);
-    argv[argc] = NULL;
-    char path[600];
-    snprintf(path, sizeof(path), "%s/keelctl.out", c->root);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        if (freopen(path, "w", stdout) == NULL || dup2(fileno(stdout), 2) < 0)
-            _exit(126);
-        unsetenv("KEEL_ENDPOINTS");
-        execv(KEELCTL_PATH, argv);
-        _exit(127);
-    }
-    int st = 0;
-    for (int i = 0; i < 3000 && waitpid(pid, &st, WNOHANG) != pid; i++) {
-        tu_sleep_ms(10);
-        if (i == 2999) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-        }
-    }
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(out, 1, OUT_MAX - 1, f) : 0;
-    out[n] = '\0';
-    if (f)
-        fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static void expect_in(const char *what, const char *got, const char *want)
 {
     if (strstr(got, want) == NULL)
@@ -194,15 +153,16 @@ static void good_ctl(const struct tc_cluster *c, const struct certs *k, int i, c
     tc_endpoints(c, i, ep, sizeof(ep));
     int rv = -1;
     for (long long end = tc_now_ms() + 30000; rv != 0 && tc_now_ms() < end;) {
-        rv = ctl(c, out, "--endpoints", ep, "--cacert", k->ca, "--cert", k->cert, "--key", k->key,
-                 "--timeout", "3s", "put", key, val, NULL);
+        rv = tc_keelctl(c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep, "--cacert", k->ca,
+                        "--cert", k->cert, "--key", k->key, "--timeout", "3s", "put", key, val,
+                        NULL);
         if (rv != 0)
             tu_sleep_ms(100);
     }
     if (rv != 0)
         fail_msg("put %s at member %d: %s", key, i, out);
-    rv = ctl(c, out, "--endpoints", ep, "--cacert", k->ca, "--cert", k->cert, "--key", k->key,
-             "get", key, "--print-value-only", NULL);
+    rv = tc_keelctl(c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep, "--cacert", k->ca, "--cert",
+                    k->cert, "--key", k->key, "get", key, "--print-value-only", NULL);
     assert_int_equal(rv, 0);
     expect_in("get", out, val);
 }
@@ -255,32 +215,35 @@ static void refusals(void **state)
     const char *ca = k.ca, *cert = k.cert, *key = k.key;
 
     /* No CA: the system's do not know this one. */
-    int rv = ctl(&c, out, "--endpoints", https1, "--cert", cert, "--key", key, "get", "k", NULL);
+    int rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", https1, "--cert", cert,
+                        "--key", key, "get", "k", NULL);
     expect_refused(&c, "no CA", ep1,
                    "certificate verify failed: unable to get local issuer certificate", rv, out);
     /* Another CA. */
-    rv = ctl(&c, out, "--endpoints", ep1, "--cacert", k.ca_b, "--cert", cert, "--key", key, "get",
-             "k", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep1, "--cacert", k.ca_b,
+                    "--cert", cert, "--key", key, "get", "k", NULL);
     expect_refused(&c, "wrong CA", ep1,
                    "certificate verify failed: unable to get local issuer certificate", rv, out);
     /* No client certificate where one is required. */
-    rv = ctl(&c, out, "--endpoints", ep1, "--cacert", ca, "get", "k", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep1, "--cacert", ca, "get", "k",
+                    NULL);
     expect_refused(&c, "no client certificate", ep1, "certificate required", rv, out);
     /* A client certificate of another CA. */
-    rv = ctl(&c, out, "--endpoints", ep1, "--cacert", ca, "--cert", k.cert_b, "--key", k.key_b,
-             "get", "k", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep1, "--cacert", ca, "--cert",
+                    k.cert_b, "--key", k.key_b, "get", "k", NULL);
     expect_refused(&c, "client certificate of another CA", ep1, "unknown ca", rv, out);
     expect_in("client certificate of another CA", out, "does not trust this client");
     /* A server certificate that does not name the address dialled. */
-    rv = ctl(&c, out, "--endpoints", ep3, "--cacert", k2.ca, "--cert", k2.cert, "--key", k2.key,
-             "get", "k", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep3, "--cacert", k2.ca, "--cert",
+                    k2.cert, "--key", k2.key, "get", "k", NULL);
     expect_refused(&c, "name mismatch", ep3, "certificate verify failed: IP address mismatch", rv,
                    out);
     /* Plaintext against the TLS port. */
-    rv = ctl(&c, out, "--endpoints", ep1, "get", "k", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep1, "get", "k", NULL);
     expect_refused(&c, "plaintext client", ep1, "TLS", rv, out);
     /* A client file that does not load is a usage error naming it. */
-    rv = ctl(&c, out, "--endpoints", ep1, "--cacert", P(k.a, "nonexistent.pem"), "get", "k", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep1, "--cacert",
+                    P(k.a, "nonexistent.pem"), "get", "k", NULL);
     assert_int_equal(rv, 2);
     expect_in("missing CA file", out, "nonexistent.pem");
 
@@ -336,7 +299,8 @@ static void plain_member(void **state)
     tc_endpoints(&c, 1, ep, sizeof(ep));
     int rv = -1;
     for (long long end = tc_now_ms() + 30000; rv != 0 && tc_now_ms() < end;) {
-        rv = ctl(&c, out, "--endpoints", ep, "--timeout", "3s", "put", "k", "v", NULL);
+        rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep, "--timeout", "3s", "put",
+                        "k", "v", NULL);
         if (rv != 0)
             tu_sleep_ms(100);
     }
@@ -347,11 +311,13 @@ static void plain_member(void **state)
     assert_true(half >= 0);
     assert_int_equal(send(half, hello, sizeof(hello), MSG_NOSIGNAL), (ssize_t)sizeof(hello));
 
-    rv = ctl(&c, out, "--endpoints", ep, "--cacert", P(k.a, "ca.pem"), "get", "k", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep, "--cacert", P(k.a, "ca.pem"),
+                    "get", "k", NULL);
     expect_refused(&c, "TLS client, plaintext member", ep, "does not answer in TLS", rv, out);
     char https[80];
     snprintf(https, sizeof(https), "https://%s", ep);
-    rv = ctl(&c, out, "--endpoints", https, "--insecure-skip-tls-verify", "get", "k", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", https,
+                    "--insecure-skip-tls-verify", "get", "k", NULL);
     expect_refused(&c, "https:// endpoint, plaintext member", ep, "does not answer in TLS", rv,
                    out);
 
@@ -365,7 +331,8 @@ static void plain_member(void **state)
     expect_in("libkeel TLS, plaintext member", keel_errmsg(), "does not answer in TLS");
     keel_close(kl);
 
-    rv = ctl(&c, out, "--endpoints", ep, "get", "k", "--print-value-only", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep, "get", "k",
+                    "--print-value-only", NULL);
     assert_int_equal(rv, 0);
     expect_in("plaintext get", out, "v");
     close(half);
@@ -431,33 +398,33 @@ static void works(void **state)
     good_ctl(&c, &k, 2, "a", "1");
     /* https:// endpoints, a txn. */
     snprintf(https, sizeof(https), "https://%s", strchr(eps, ',') + 1);
-    int rv =
-        ctl(&c, out, "--endpoints", https, "--cacert", ca, "--cert", cert, "--key", key, "txn",
-            "--compare", "value(\"a\") = \"1\"", "--then", "put a 2", "--else", "put a 3", NULL);
+    int rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", https, "--cacert", ca,
+                        "--cert", cert, "--key", key, "txn", "--compare", "value(\"a\") = \"1\"",
+                        "--then", "put a 2", "--else", "put a 3", NULL);
     if (rv != 0)
         fail_msg("txn: %s", out);
     expect_in("txn", out, "SUCCESS");
-    rv = ctl(&c, out, "--endpoints", https, "--cacert", ca, "--cert", cert, "--key", key, "get",
-             "a", "--print-value-only", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", https, "--cacert", ca, "--cert",
+                    cert, "--key", key, "get", "a", "--print-value-only", NULL);
     assert_int_equal(rv, 0);
     expect_in("get after txn", out, "2");
-    rv = ctl(&c, out, "--endpoints", eps, "--cacert", ca, "--cert", cert, "--key", key, "endpoint",
-             "status", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", eps, "--cacert", ca, "--cert",
+                    cert, "--key", key, "endpoint", "status", NULL);
     if (rv != 0)
         fail_msg("endpoint status: %s", out);
     /* A snapshot over TLS (a blocking download of its own), and one refused. */
     char ep2[64], snap[700];
     tc_endpoints(&c, 2, ep2, sizeof(ep2));
     snprintf(snap, sizeof(snap), "%s/snap.db", c.root);
-    rv = ctl(&c, out, "--endpoints", ep2, "--cacert", ca, "--cert", cert, "--key", key, "snapshot",
-             "save", snap, NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep2, "--cacert", ca, "--cert",
+                    cert, "--key", key, "snapshot", "save", snap, NULL);
     if (rv != 0)
         fail_msg("snapshot save over TLS: %s", out);
-    rv = ctl(&c, out, "snapshot", "status", snap, NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "snapshot", "status", snap, NULL);
     if (rv != 0)
         fail_msg("snapshot status: %s", out);
-    rv = ctl(&c, out, "--endpoints", ep2, "--cacert", k.ca_b, "--cert", cert, "--key", key,
-             "snapshot", "save", snap, NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep2, "--cacert", k.ca_b,
+                    "--cert", cert, "--key", key, "snapshot", "save", snap, NULL);
     expect_refused(&c, "snapshot, wrong CA", ep2,
                    "certificate verify failed: unable to get local issuer certificate", rv, out);
 
@@ -692,7 +659,8 @@ static void sighup(void **state)
     copy_file(P(k.a, "member-2-key.pem"), P(live, "key.pem"));
     assert_int_equal(kill(c.m[1].pid, SIGHUP), 0);
     assert_true(wait_log(&c, 1, "SIGHUP: client port certificates reloaded", 1));
-    rv = ctl(&c, out, "--endpoints", ep, "--cacert", ca, "get", "w", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep, "--cacert", ca, "get", "w",
+                    NULL);
     expect_refused(&c, "after the reload", ep, "certificate verify failed: IP address mismatch", rv,
                    out);
     /* The open connection carries on: the client's put (it cannot dial anew: that would be
@@ -707,7 +675,8 @@ static void sighup(void **state)
     copy_file(P(k.a, "member-1-key.pem"), P(live, "key.pem"));
     assert_int_equal(kill(c.m[1].pid, SIGHUP), 0);
     assert_true(wait_log(&c, 1, "SIGHUP: client port certificates reloaded", 2));
-    rv = ctl(&c, out, "--endpoints", ep, "--cacert", ca, "get", "w", "--print-value-only", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep, "--cacert", ca, "get", "w",
+                    "--print-value-only", NULL);
     if (rv != 0)
         fail_msg("get after the second reload: %s", out);
     expect_in("get after the second reload", out, "after");
@@ -718,7 +687,8 @@ static void sighup(void **state)
     assert_true(wait_log(&c, 1, "client port certificates not reloaded, the old ones stay", 1));
     assert_true(tc_log_contains(&c, 1, "does not match certificate file"));
     assert_true(tc_log_contains(&c, 1, P(live, "key.pem")));
-    rv = ctl(&c, out, "--endpoints", ep, "--cacert", ca, "get", "w", "--print-value-only", NULL);
+    rv = tc_keelctl(&c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep, "--cacert", ca, "get", "w",
+                    "--print-value-only", NULL);
     if (rv != 0)
         fail_msg("get after the failed reload: %s", out);
     expect_in("get after the failed reload", out, "after");
@@ -739,8 +709,9 @@ static int ctl_as(const struct tc_cluster *c, const struct certs *k, const char 
     tc_endpoints(c, 1, ep, sizeof(ep));
     snprintf(cert, sizeof(cert), "client-%s.pem", name);
     snprintf(key, sizeof(key), "client-%s-key.pem", name);
-    return ctl(c, out, "--endpoints", ep, "--cacert", k->ca, "--cert", P(k->a, cert), "--key",
-               P(k->a, key), "--timeout", "5s", a1, a2, a3, a4, a5, a6, NULL);
+    return tc_keelctl(c, KEELCTL_PATH, out, OUT_MAX, "--endpoints", ep, "--cacert", k->ca, "--cert",
+                      P(k->a, cert), "--key", P(k->a, key), "--timeout", "5s", a1, a2, a3, a4, a5,
+                      a6, NULL);
 }
 
 /* etcd's authentication by client certificate: with --client-cert-auth and auth enabled, a

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -417,4 +419,126 @@ int tc_log_contains(const struct tc_cluster *c, int i, const char *needle)
         found = strstr(line, needle) != NULL;
     fclose(f);
     return found;
+}
+
+int tc_member_free_port(const struct tc_cluster *c, int i)
+{
+    char host[24];
+    snprintf(host, sizeof(host), "127.0.%d.1", i);
+    for (int tries = 0; tries < 100; tries++) {
+        int port = tc_free_port(host);
+        char addr[32];
+        snprintf(addr, sizeof(addr), "%s:%d", host, port);
+        if (port > 0 && strcmp(addr, c->m[i].client) != 0 && strcmp(addr, c->m[i].peer) != 0)
+            return port;
+    }
+    return 0;
+}
+
+int tc_log_count(const struct tc_cluster *c, int i, const char *needle)
+{
+    FILE *f = fopen(c->m[i].log, "r");
+    if (f == NULL)
+        return 0;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+int tc_keelctl(const struct tc_cluster *c, const char *path, char *out, size_t outlen, ...)
+{
+    char *argv[32];
+    int argc = 0;
+    argv[argc++] = (char *)path;
+    va_list ap;
+    va_start(ap, outlen);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && argc < 31)
+        argv[argc++] = (char *)a;
+    va_end(ap);
+    argv[argc] = NULL;
+    char file[600];
+    snprintf(file, sizeof(file), "%s/keelctl.out", c->root);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("tc_keelctl: fork");
+        abort();
+    }
+    if (pid == 0) {
+        if (freopen(file, "w", stdout) == NULL || dup2(fileno(stdout), 2) < 0)
+            _exit(126);
+        unsetenv("KEEL_ENDPOINTS");
+        execv(path, argv);
+        _exit(127);
+    }
+    int st = 0;
+    for (int i = 0; i < 3000 && waitpid(pid, &st, WNOHANG) != pid; i++) {
+        usleep(10000);
+        if (i == 2999) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+        }
+    }
+    FILE *f = fopen(file, "r");
+    size_t n = f != NULL && outlen > 0 ? fread(out, 1, outlen - 1, f) : 0;
+    if (outlen > 0)
+        out[n] = '\0';
+    if (f != NULL)
+        fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+int tc_http(const char *addr, const char *method, const char *path, const char *body, char **out)
+{
+    if (out != NULL)
+        *out = NULL;
+    char host[32];
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL)
+        return -1;
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - addr), addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    char req[1024];
+    int n = snprintf(req, sizeof(req),
+                     "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %zu\r\n"
+                     "Content-Type: application/json\r\n\r\n%s",
+                     method, path, addr, body ? strlen(body) : 0, body ? body : "");
+    if (n < 0 || (size_t)n >= sizeof(req) || write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    size_t cap = 4 << 20, got = 0;
+    char *buf = malloc(cap + 1);
+    if (buf == NULL) {
+        close(fd);
+        return -1;
+    }
+    ssize_t r;
+    while (got < cap && (r = read(fd, buf + got, cap - got)) > 0)
+        got += (size_t)r;
+    close(fd);
+    buf[got] = '\0';
+    int status = -1;
+    if (sscanf(buf, "HTTP/1.1 %d", &status) != 1)
+        status = -1;
+    if (out != NULL) {
+        const char *b = strstr(buf, "\r\n\r\n");
+        *out = strdup(b ? b + 4 : "");
+    }
+    free(buf);
+    return status;
 }

@@ -86,6 +86,28 @@ int tc_log_contains(const struct tc_cluster *c, int i, const char *needle);
 /* A TCP port on host that nothing listens on now (picked at random; 0 when none was found). */
 int tc_free_port(const char *host);
 
+/* A free port on member i's host (127.0.i.1) that is neither its client nor its peer port: for
+ * a listener the member is given besides them (metrics) or a new address. 0 when none. */
+int tc_member_free_port(const struct tc_cluster *c, int i);
+
+/* Lines of member i's log that contain needle. */
+int tc_log_count(const struct tc_cluster *c, int i, const char *needle);
+
+/*
+ * Run the keelctl binary at path with the NULL-terminated arguments that follow (at most 30),
+ * KEEL_ENDPOINTS unset; what it printed, stdout and stderr, into out (NUL-terminated, cut to
+ * outlen). Its exit status, or 128 when it was killed (after 30 s) or did not exit normally.
+ * Output goes through a file under c->root.
+ */
+int tc_keelctl(const struct tc_cluster *c, const char *path, char *out, size_t outlen, ...);
+
+/*
+ * One HTTP/1.1 request to addr ("a.b.c.d:port"), body NULL or a JSON text, Connection: close,
+ * each wait bounded by 10 s. The status (-1 when nothing parsable came back); the response
+ * body (malloc'd, NUL-terminated, at most 4 MiB) in *out when out is not NULL.
+ */
+int tc_http(const char *addr, const char *method, const char *path, const char *body, char **out);
+
 /* Milliseconds of monotonic time. */
 long long tc_now_ms(void);
 
