@@ -51,6 +51,9 @@ struct keel_peertls {
     struct keel_tls_options so, co;
     struct keel_peerlink list; /* sentinel of live links */
     size_t links;
+    /* TLS failures after the hand-off (a TLS 1.3 server's refusal of our certificate arrives
+     * then, and raft redials every heartbeat): at most one line a second, then a count */
+    struct keel_log_limit failed_log;
 };
 
 struct wreq {
@@ -100,6 +103,7 @@ int keel_peertls_new(const struct keel_config *cfg, struct keel_peertls **out, c
     pt->co = pt->so;
     pt->co.role = KEEL_TLS_CLIENT;
     pt->list.next = pt->list.prev = &pt->list;
+    pt->failed_log.per_sec = 1;
     if (make_ctxs(pt, &pt->server, &pt->client, err, errlen) != 0) {
         free(pt);
         return -1;
@@ -124,10 +128,14 @@ int keel_peertls_reload(struct keel_peertls *pt, char *err, size_t errlen)
 
 void keel_peertls_close_links(struct keel_peertls *pt)
 {
+    /* Only links raft owns: one not handed off belongs to its pending connection, which the
+     * transport ends itself (a pending that waits for the resolver closes its link from the
+     * resolver's callback, and must still find it there). */
     struct keel_peerlink *next;
     for (struct keel_peerlink *l = pt->list.next; l != &pt->list; l = next) {
         next = l->next;
-        keel_peerlink_close(l);
+        if (l->handed_off)
+            keel_peerlink_close(l);
     }
 }
 
@@ -192,9 +200,11 @@ static void link_fail(struct keel_peerlink *l, const char *why, bool tls_error)
         l->ev.failed(l->ev.data, why);
         return;
     }
-    if (tls_error)
-        KLOG_WARN("peer link %s: TLS: %s; closed", l->label, why);
-    else
+    uint64_t left_out;
+    if (tls_error && keel_log_limit_take(&l->pt->failed_log, &left_out))
+        KLOG_WARN("peer link %s: TLS: %s; closed (%llu such lines left out before this one)",
+                  l->label, why, (unsigned long long)left_out);
+    else if (!tls_error)
         KLOG_DEBUG("peer link %s: %s; closed", l->label, why);
     keel_peerlink_close(l);
 }

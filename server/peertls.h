@@ -50,7 +50,8 @@ int keel_peertls_new(const struct keel_config *cfg, struct keel_peertls **out, c
  * contexts change or neither: 0, or -1 with why in err (the old ones stay). */
 int keel_peertls_reload(struct keel_peertls *pt, char *err, size_t errlen);
 
-/* Close every link (as keel_peerlink_close), for shutdown. */
+/* Close every link handed off to raft (as keel_peerlink_close), for shutdown; links not yet
+ * handed off are their owners' to close. */
 void keel_peertls_close_links(struct keel_peertls *pt);
 
 /* Links not yet freed. */

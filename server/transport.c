@@ -501,6 +501,7 @@ static void accept_drop(struct pending *p)
         p->failed = 1;
         return;
     }
+    p->failed = 1; /* closing: the sweep leaves it alone */
     if (p->link != NULL)
         keel_peerlink_close(p->link); /* then accept_link_closed */
     else if (!uv_is_closing((uv_handle_t *)p->tcp))
@@ -720,6 +721,8 @@ static void sweep(uv_timer_t *timer)
     struct tport *t = timer->data;
     uint64_t now = uv_now(t->loop);
     for (struct pending *p = t->list.next; p != &t->list; p = p->next) {
+        if (p->req == NULL && p->failed)
+            continue; /* already dropped: closing, or waiting for the resolver's callback */
         if (p->req == NULL && now - p->started > HELLO_TIMEOUT) {
             if (p->link != NULL)
                 KLOG_WARN("peer connection from %s dropped: no TLS and keel handshake in %d ms",
