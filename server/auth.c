@@ -65,10 +65,11 @@ struct job {
     Keel__Request *req;
     keel_auth_next next;
     void *ctx;
-    char *stored;      /* JOB_AUTHENTICATE: the user's hash at intake (NULL: no such user) */
-    uint64_t user_rev; /* ... and its revision */
-    bool ok;           /* JOB_AUTHENTICATE: the password matched */
-    int err;           /* JOB_HASH: 0 or why hashing failed */
+    char *stored;        /* JOB_AUTHENTICATE: the user's hash at intake (NULL: no such user) */
+    uint64_t user_rev;   /* ... and its revision */
+    uint64_t intake_rev; /* the auth revision the intake check ran against */
+    bool ok;             /* JOB_AUTHENTICATE: the password matched */
+    int err;             /* JOB_HASH: 0 or why hashing failed */
     char hash[KEEL_AUTH_HASH_MAX];
 };
 
@@ -464,9 +465,11 @@ static void serve_read(struct keel_auth *a, uint64_t session, Keel__Request *req
 
 /* ---- stamping and passing on ---- */
 
-/* Replace whatever the client put in req->auth: a write gets who was checked and against which
- * auth revision. 0 or KEEL_ENOMEM. */
-static int stamp(struct keel_auth *a, Keel__Request *req, const struct cuser *cu)
+/* Replace whatever the client put in req->auth: a write gets the auth revision its intake check
+ * ran against, which apply compares with the store's (AUTH_OLD_REVISION). The user is not
+ * carried: apply reads only the revision, and every entry would hold the name for nothing.
+ * 0 or KEEL_ENOMEM. */
+static int stamp(Keel__Request *req, uint64_t revision)
 {
     if (req->auth != NULL) {
         keel__auth_info__free_unpacked(req->auth, NULL);
@@ -475,23 +478,19 @@ static int stamp(struct keel_auth *a, Keel__Request *req, const struct cuser *cu
     if (!keel_reqkind_is_write(req))
         return 0;
     Keel__AuthInfo *ai = malloc(sizeof(*ai));
-    char *user = strdup(cu != NULL ? cu->u->name : "");
-    if (ai == NULL || user == NULL) {
-        free(ai);
-        free(user);
+    if (ai == NULL)
         return KEEL_ENOMEM;
-    }
     keel__auth_info__init(ai);
-    ai->user = user;
-    ai->revision = a->c.revision;
+    ai->revision = revision;
     req->auth = ai;
     return 0;
 }
 
-static void pass(struct keel_auth *a, uint64_t session, Keel__Request *req, const struct cuser *cu,
+/* Hand req on, stamped with the auth revision it was checked against. */
+static void pass(struct keel_auth *a, uint64_t session, Keel__Request *req, uint64_t revision,
                  keel_auth_next next, void *ctx)
 {
-    int err = stamp(a, req, cu);
+    int err = stamp(req, revision);
     if (err != 0)
         return refuse(a, session, req, err, NULL);
     next(ctx, session, req);
@@ -558,15 +557,10 @@ static void hashed(struct keel_auth *a, struct job *j)
     if (*dst != NULL && *dst != protobuf_c_empty_string)
         free(*dst);
     *dst = h;
-    int err = refresh(a);
-    if (err != 0)
-        return refuse(a, j->session, req, err, NULL);
-    /* Stamped now: a change to auth while it was hashed makes apply refuse it (when enabled). */
-    struct cuser *cu = NULL;
-    const char *msg;
-    if (a->c.enabled && (err = who(a, j->session, req, &cu, &msg)) != 0)
-        return refuse(a, j->session, req, err, msg);
-    pass(a, j->session, req, cu, j->next, j->ctx);
+    /* Stamped with the revision the intake check ran against, not today's: if auth changed while
+     * the password was hashed (root's role revoked from the sender, auth enabled), apply refuses
+     * it (AUTH_OLD_REVISION) and the client sends it again, to be checked anew. */
+    pass(a, j->session, req, j->intake_rev, j->next, j->ctx);
 }
 
 static void job_done(uv_work_t *w, int status)
@@ -612,6 +606,7 @@ static void start_job(struct keel_auth *a, enum job_kind kind, uint64_t session,
     j->next = next;
     j->ctx = ctx;
     j->user_rev = user_rev;
+    j->intake_rev = a->c.revision;
     j->w.data = j;
     if (uv_queue_work(a->o.loop, &j->w, job_work, job_done) != 0) {
         free(j->stored);
@@ -623,7 +618,7 @@ static void start_job(struct keel_auth *a, enum job_kind kind, uint64_t session,
 
 /* The password of a user add or change: hashed on the pool, or a client's hash taken as is. */
 static void take_password(struct keel_auth *a, uint64_t session, Keel__Request *req,
-                          const struct cuser *cu, keel_auth_next next, void *ctx)
+                          keel_auth_next next, void *ctx)
 {
     char *pw, *hashed;
     if (req->body_case == KEEL__REQUEST__BODY_USER_ADD) {
@@ -644,7 +639,7 @@ static void take_password(struct keel_auth *a, uint64_t session, Keel__Request *
     if (!keel_auth_hash_valid(hashed))
         return refuse(a, session, req, KEEL_EINVAL,
                       "hashed_password is not a pbkdf2-sha256$ITERATIONS$SALT$HASH string");
-    pass(a, session, req, cu, next, ctx);
+    pass(a, session, req, a->c.revision, next, ctx);
 }
 
 /* ---- intake ---- */
@@ -687,11 +682,11 @@ void keel_auth_intake(struct keel_auth *a, uint64_t session, Keel__Request *req,
         }
     }
     if (req->range == NULL) /* no body: dispatch says so */
-        return pass(a, session, req, cu, next, ctx);
+        return pass(a, session, req, a->c.revision, next, ctx);
     switch (req->body_case) {
     case KEEL__REQUEST__BODY_USER_ADD:
     case KEEL__REQUEST__BODY_USER_CHANGE_PASSWORD:
-        return take_password(a, session, req, cu, next, ctx);
+        return take_password(a, session, req, next, ctx);
     case KEEL__REQUEST__BODY_USER_GET:
     case KEEL__REQUEST__BODY_USER_LIST:
     case KEEL__REQUEST__BODY_ROLE_GET:
@@ -709,10 +704,10 @@ void keel_auth_intake(struct keel_auth *a, uint64_t session, Keel__Request *req,
         if (RAND_bytes(e->signing_key.data, KEEL_AUTH_KEY_BYTES) != 1)
             return refuse(a, session, req, KEEL_EIO, "no random bytes for the signing key");
         e->signing_key.len = KEEL_AUTH_KEY_BYTES;
-        return pass(a, session, req, cu, next, ctx);
+        return pass(a, session, req, a->c.revision, next, ctx);
     }
     default:
-        return pass(a, session, req, cu, next, ctx);
+        return pass(a, session, req, a->c.revision, next, ctx);
     }
 }
 

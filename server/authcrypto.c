@@ -17,8 +17,8 @@
 #define MAC_BYTES  32
 #define PREFIX     "pbkdf2-sha256$"
 #define MIN_ITER   1000
-#define MAX_ITER   10000000
-#define TOKEN_HEAD 17 /* version, expiry, revision */
+#define MAX_ITER   1000000 /* ~0.7 s of the pool per check: a client's hash costs no more */
+#define TOKEN_HEAD 17      /* version, expiry, revision */
 
 static void hex_encode(const uint8_t *in, size_t n, char *out)
 {
@@ -82,7 +82,8 @@ static int hash_parse(const char *h, unsigned *iter, uint8_t salt[SALT_BYTES],
     const char *p = h + strlen(PREFIX);
     char *end;
     unsigned long it = strtoul(p, &end, 10);
-    if (end == p || *end != '$' || it < MIN_ITER || it > MAX_ITER)
+    /* At most 7 digits and no leading zero: the string's length stays what the store bounds. */
+    if (end == p || end - p > 7 || *p == '0' || *end != '$' || it < MIN_ITER || it > MAX_ITER)
         return -1;
     p = end + 1;
     if (strlen(p) != 2 * SALT_BYTES + 1 + 2 * HASH_BYTES || p[2 * SALT_BYTES] != '$' ||

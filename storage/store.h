@@ -299,7 +299,8 @@ int keel_store_members(struct keel_store *s, struct keel_arena *arena, Keel__Mem
  */
 
 /* Bounds on the auth tables, checked at intake and at apply ("etcdserver: too many ..."): at
- * most 4096 users of 64 roles, 256 roles of 256 permissions, names of 128 bytes. Every member
+ * most 4096 users of 64 roles, 256 roles of 256 permissions, names of 128 bytes, hashes of
+ * 127. Every member
  * keeps a copy in memory (server/auth.c): at the very worst 4096 x 8 KiB of role names plus
  * 256 x 256 x 1 KiB of permission keys, under 100 MiB; a few hundred KiB in any real use. */
 #define KEEL_AUTH_MAX_USERS          4096
@@ -307,7 +308,8 @@ int keel_store_members(struct keel_store *s, struct keel_arena *arena, Keel__Mem
 #define KEEL_AUTH_MAX_ROLES_PER_USER 64
 #define KEEL_AUTH_MAX_PERMS_PER_ROLE 256
 #define KEEL_AUTH_MAX_NAME           128
-#define KEEL_AUTH_KEY_BYTES          32 /* the token-signing key */
+#define KEEL_AUTH_MAX_HASH           127 /* bytes of a stored password hash (pbkdf2: 112) */
+#define KEEL_AUTH_KEY_BYTES          32  /* the token-signing key */
 
 struct keel_store_auth {
     bool enabled;

@@ -431,6 +431,9 @@ static int check_hashed(struct vctx *v, const char *password, const char *hashed
         return fail(v, KEEL_EINVAL, "a password must not enter the log: hash it at intake");
     if (hashed == NULL || hashed[0] == '\0')
         return fail(v, KEEL_EINVAL, "user has no hashed password");
+    /* Auth writes are not held to the quota: each user's size is bounded instead. */
+    if (strlen(hashed) > KEEL_AUTH_MAX_HASH)
+        return fail(v, KEEL_EINVAL, "hashed password is longer than 127 bytes");
     return 0;
 }
 
