@@ -133,18 +133,22 @@ struct keel_session {
     int dirty;
     struct drain_hook *hooks; /* the responder's drain hooks, newest first */
     int in_drain;             /* hooks being called: removals only mark them */
-    /* Requests handed up and not yet answered, by request id: when and what (struct started),
-     * for the request duration histograms. At most max_inflight entries. */
+    /* Requests handed up and not yet answered, by request id: when and what (started_pack),
+     * for the request duration histograms. At most max_inflight entries; the table is given
+     * back when it empties after growing past its first size. */
     struct keel_u64map started;
     struct keel_tls_conn *tls; /* NULL: plaintext */
     int tls_up;                /* its handshake completed (logged once) */
 };
 
-/* When a request was handed up, and its body case. */
-struct started {
-    uint64_t at_ns;
-    int body;
-};
+/* When a request was handed up (us) and its body case (< KEEL_SESSIONS_BODY_CASES = 2^7),
+ * packed into the map's value itself: no allocation per request. Never NULL: a body is >= 1. */
+#define STARTED_BODY_BITS 7
+_Static_assert(KEEL_SESSIONS_BODY_CASES <= 1 << STARTED_BODY_BITS, "body cases fit the packing");
+static void *started_pack(uint64_t at_us, int body)
+{
+    return (void *)(uintptr_t)((at_us << STARTED_BODY_BITS) | (uint64_t)body);
+}
 
 struct wait_list {
     struct keel_session *head, *tail;
@@ -474,17 +478,10 @@ static void timing_start(struct keel_session *s, const Keel__Request *req)
     if (kind == NULL || (kind->flags & KEEL_REQKIND_STREAM) || req->id == 0 ||
         (int)req->body_case >= KEEL_SESSIONS_BODY_CASES || s->started.n >= s->ss->cfg->max_inflight)
         return;
-    struct started *st = keel_u64map_get(&s->started, req->id);
-    if (st == NULL) {
-        /* A client reusing an id in flight keeps one entry: the later request's. */
-        st = malloc(sizeof(*st));
-        if (st == NULL || keel_u64map_put(&s->started, req->id, st) != 0) {
-            free(st);
-            return;
-        }
-    }
-    st->at_ns = keel_histo_now_ns();
-    st->body = (int)req->body_case;
+    /* A client reusing an id in flight keeps one entry: the later request's. */
+    void *v = started_pack(keel_histo_now_ns() / 1000, (int)req->body_case);
+    (void)keel_u64map_del(&s->started, req->id);
+    (void)keel_u64map_put(&s->started, req->id, v); /* out of memory: not timed */
 }
 
 static void timing_end(struct keel_session *s, const ProtobufCMessage *msg)
@@ -492,26 +489,30 @@ static void timing_end(struct keel_session *s, const ProtobufCMessage *msg)
     if (msg->descriptor != &keel__response__descriptor)
         return;
     uint64_t id = ((const Keel__Response *)msg)->id;
-    struct started *st = id != 0 ? keel_u64map_del(&s->started, id) : NULL;
-    if (st == NULL)
+    void *v = id != 0 ? keel_u64map_del(&s->started, id) : NULL;
+    if (v == NULL)
         return;
+    uint64_t packed = (uint64_t)(uintptr_t)v;
+    int body = (int)(packed & ((1u << STARTED_BODY_BITS) - 1));
+    uint64_t at_us = packed >> STARTED_BODY_BITS;
+    if (s->started.n == 0 && s->started.cap > 64) {
+        /* A burst grew the table: an idle session does not keep it. */
+        keel_u64map_close(&s->started);
+        keel_u64map_init(&s->started);
+    }
     struct keel_sessions *ss = s->ss;
-    struct keel_histo *h = ss->req_seconds[st->body];
+    struct keel_histo *h = ss->req_seconds[body];
     if (h == NULL && (h = malloc(sizeof(*h))) != NULL) {
         keel_histo_init_exp(h, 0.0001, 2, 20); /* 0.1 ms .. 52 s, as etcd's apply histogram */
-        ss->req_seconds[st->body] = h;
+        ss->req_seconds[body] = h;
     }
     if (h != NULL)
-        keel_histo_observe_ns(h, keel_histo_now_ns() - st->at_ns);
-    free(st);
+        keel_histo_observe_ns(h, keel_histo_now_ns() - at_us * 1000);
 }
 
 static void timing_close(struct keel_session *s)
 {
-    for (size_t i = 0; i < s->started.cap; i++)
-        if (s->started.keys[i] != 0)
-            free(s->started.vals[i]);
-    keel_u64map_close(&s->started);
+    keel_u64map_close(&s->started); /* its values are packed, nothing to free */
 }
 
 const struct keel_histo *keel_sessions_request_seconds(const struct keel_sessions *ss, int body)
