@@ -604,6 +604,7 @@ static char *bench_token(const struct config *c)
     if (colon != NULL && c->password == NULL)
         pw = colon + 1;
     struct keel_options o = {.endpoints = c->endpoints, .user = user, .password = pw};
+    tls_options(c, &o); /* the login goes where the load goes, over TLS when it does */
     struct keel *k = NULL;
     int rv = keel_open(&k, &o);
     if (rv != 0) {
