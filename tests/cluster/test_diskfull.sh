@@ -106,15 +106,8 @@ wait "${burst[@]}"
 # segment it could not create, or a commit its store could not write past the space it set
 # aside), before its next check could raise the alarm.
 m3_why() { grep -E "raft's log storage failed|storage writer: commit" "$COMPAT_DIR/keel-m3.log"; }
-alarm_or_stop() { case "$(ctl alarm list)" in *NOSPACE*) return 0 ;; esac; m3_why >/dev/null; }
-compat_wait 10 alarm_or_stop || bad "neither the alarm nor a stop of m3 saying why came"
-rm -f "$small/filler"
-if ! m3_why >/dev/null; then
-    check "it names m3 again" "memberID:$m3id alarm:NOSPACE" "$(ctl alarm list)"
-    check "m3 still runs after its disk was full" "yes" "$(compat_alive "$m3" && echo yes || echo no)"
-    check "m3 still serves after its disk was full" "1" \
-        "$("$CTL" --endpoints "$M3" get probe --consistency s --print-value-only)"
-else
+# m3 stopped saying why: start it again, on the same (now roomy) disk, and wait until it serves.
+restart_m3() {
     m3_gone() { ! compat_alive "$m3"; }
     compat_wait 10 m3_gone || bad "m3 said its log or store failed but did not stop"
     compat_log "m3 stopped ($(m3_why | head -n 1 | cut -c1-160)): starting it again"
@@ -127,11 +120,32 @@ else
     m3=${COMPAT_PIDS[-1]}
     compat_wait 30 "$CTL" --endpoints "$M3" get probe --consistency s ||
         bad "m3 did not serve again after its restart"
+}
+
+alarm_or_stop() { case "$(ctl alarm list)" in *NOSPACE*) return 0 ;; esac; m3_why >/dev/null; }
+compat_wait 10 alarm_or_stop || bad "neither the alarm nor a stop of m3 saying why came"
+rm -f "$small/filler"
+if ! m3_why >/dev/null; then
+    check "it names m3 again" "memberID:$m3id alarm:NOSPACE" "$(ctl alarm list)"
+    check "m3 still runs after its disk was full" "yes" "$(compat_alive "$m3" && echo yes || echo no)"
+    check "m3 still serves after its disk was full" "1" \
+        "$("$CTL" --endpoints "$M3" get probe --consistency s --print-value-only)"
+else
+    restart_m3
 fi
 sleep 0.5
 ctl alarm disarm >/dev/null
 check "writes again after the full disk" "OK" "$(ctl put small y)"
 m3_has_y() { test "$("$CTL" --endpoints "$M3" get small --consistency s --print-value-only)" = y; }
+# raft prepares log segments ahead of need, on its thread pool: one it failed to create while the
+# disk was full is reported only when raft comes to use it, after the disk has room again. That
+# is the same outcome (m3 stops saying why, its log and store intact), found later: restart it.
+m3_stopped() { ! compat_alive "$m3" && m3_why >/dev/null; }
+m3_has_y_or_stopped() { m3_stopped || m3_has_y; }
+compat_wait 30 m3_has_y_or_stopped || true
+if m3_stopped; then
+    restart_m3
+fi
 compat_wait 30 m3_has_y ||
     bad "m3 did not catch up with the write after its disk had room again: $(each endpoint status 2>&1 | tr '\n' ' ')"
 check "m3 still runs at the end" "yes" "$(compat_alive "$m3" && echo yes || echo no)"
