@@ -128,8 +128,8 @@ static int serve(void *data, const char *path, struct keel_expose_text *body, co
     return 404;
 }
 
-int gw_metrics_new(uv_loop_t *loop, const char *listen, struct gw_server *srv,
-                   struct gw_metrics **out)
+int gw_metrics_new(uv_loop_t *loop, const char *listen, struct keel_tls_ctx *tls,
+                   struct gw_server *srv, struct gw_metrics **out)
 {
     *out = NULL;
     struct gw_metrics *m = calloc(1, sizeof(*m));
@@ -146,13 +146,17 @@ int gw_metrics_new(uv_loop_t *loop, const char *listen, struct gw_server *srv,
     }
     m->srv = srv;
     m->started = (double)time(NULL);
-    struct keel_expose_options eo = {
-        .loop = loop, .listen = listen, .flag = "--listen-metrics", .serve = serve, .data = m};
+    struct keel_expose_options eo = {.loop = loop,
+                                     .listen = listen,
+                                     .tls = tls,
+                                     .flag = "--listen-metrics",
+                                     .serve = serve,
+                                     .data = m};
     int rv = keel_expose_new(&eo, &m->http);
     *out = m;
     if (rv != 0)
         return -1;
-    KLOG_INFO("serving /metrics on %s", listen);
+    KLOG_INFO("serving /metrics on %s://%s", tls != NULL ? "https" : "http", listen);
     return 0;
 }
 

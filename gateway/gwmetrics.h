@@ -1,8 +1,7 @@
 /*
- * keel-gateway's own /metrics (--listen-metrics HOST:PORT), served by server/expose.c as
- * keeld's is:
- *   keel_gateway_requests_total{grpc_service,grpc_method,code}  calls finished, by gRPC code
- *   keel_gateway_request_duration_seconds{grpc_service,grpc_method}  from the call's start
+ * keel-gateway's own /metrics (--listen-metrics [http[s]://]HOST:PORT), served by server/expose.c
+ * as keeld's is: keel_gateway_requests_total{grpc_service,grpc_method,code}  calls finished, by
+ * gRPC code keel_gateway_request_duration_seconds{grpc_service,grpc_method}  from the call's start
  *       (its method known) to its finish: a unary call's keel round trip, a stream's whole life
  *   keel_gateway_connections  client connections open (gRPC and JSON)
  *   keel_gateway_calls_in_flight  calls started and not finished (a gRPC stream or a JSON
@@ -24,10 +23,13 @@
 struct gw_metrics;
 struct gw_server;
 
-/* Listen on listen ("a.b.c.d:port"; it must outlive m). srv is the gateway's listener, read for
- * its connections at each scrape until gw_metrics_stop. 0, or -1 after logging why. */
-int gw_metrics_new(uv_loop_t *loop, const char *listen, struct gw_server *srv,
-                   struct gw_metrics **out);
+struct keel_tls_ctx;
+
+/* Listen on listen ("a.b.c.d:port"; it must outlive m), over TLS with tls when not NULL (a server
+ * context offering http/1.1 or no ALPN; borrowed, freed after m). srv is the gateway's listener,
+ * read for its connections at each scrape until gw_metrics_stop. 0, or -1 after logging why. */
+int gw_metrics_new(uv_loop_t *loop, const char *listen, struct keel_tls_ctx *tls,
+                   struct gw_server *srv, struct gw_metrics **out);
 
 /* Stop serving (before srv goes away). NULL is fine. */
 void gw_metrics_stop(struct gw_metrics *m);

@@ -3,13 +3,14 @@
  *
  *   keel-gateway --listen HOST:PORT --endpoints A,B,C [--zone Z] [--advertise-client-urls U,...]
  *                [--request-timeout-ms MS] [--max-request-bytes N] [--log-level L]
- *                [--listen-metrics HOST:PORT]
+ *                [--listen-metrics [http[s]://]HOST:PORT]
  *                [--cert-file F --key-file F [--trusted-ca-file F --client-cert-auth]]
  *
  * One process, one libuv loop: the listener (gRPC and JSON on one port) and libkeel's client
  * share it. The gateway keeps no state of its own: several may run behind a load balancer.
  * SIGINT/SIGTERM: stop accepting, send GOAWAY, let calls in flight finish, exit 0.
- * SIGHUP: read the TLS files again (new connections use them).
+ * SIGHUP: read the TLS files again (new connections use them, on --listen and an https://
+ * --listen-metrics alike).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -32,7 +33,8 @@ struct gateway {
     uv_loop_t loop;
     struct gw_ctx ctx;
     struct gw_server *srv;
-    struct gw_metrics *metrics; /* NULL without --listen-metrics */
+    struct gw_metrics *metrics;       /* NULL without --listen-metrics */
+    struct keel_tls_ctx *metrics_tls; /* an https:// --listen-metrics's; NULL: plain HTTP */
     uv_signal_t sigint, sigterm, sighup;
     bool stopping;
 };
@@ -51,8 +53,12 @@ static void usage(FILE *f)
             "                                  (default %d)\n"
             "  --max-request-bytes N           largest request message (default %d)\n"
             "  --log-level debug|info|warn|error (default info)\n"
-            "  --listen-metrics HOST:PORT      serve /metrics (Prometheus text), /health, /readyz\n"
-            "                                  and /livez there (default: not served)\n"
+            "  --listen-metrics URL            serve /metrics (Prometheus text), /health, /readyz\n"
+            "                                  and /livez there (default: not served);\n"
+            "                                  HOST:PORT or http://HOST:PORT: plain HTTP,\n"
+            "                                  https://HOST:PORT: TLS with the --cert-file,\n"
+            "                                  --key-file, --trusted-ca-file and\n"
+            "                                  --client-cert-auth below\n"
             "  --cert-file FILE                TLS on --listen: this certificate (PEM, with any\n"
             "                                  intermediates); ALPN h2 (gRPC) and http/1.1 (JSON)\n"
             "  --key-file FILE                 its private key (PEM); with --cert-file\n"
@@ -167,12 +173,16 @@ static void on_sighup(uv_signal_t *h, int signum)
         KLOG_ERROR("TLS: reload failed, keeping the certificates in use: %s", err);
     else
         KLOG_INFO("TLS: certificates reloaded; new connections use them");
+    if (g->metrics_tls != NULL && keel_tls_ctx_reload(g->metrics_tls, err, sizeof(err)) != 0)
+        KLOG_ERROR("TLS: --listen-metrics reload failed, keeping the certificates in use: %s", err);
+    else if (g->metrics_tls != NULL)
+        KLOG_INFO("TLS: --listen-metrics certificates reloaded");
 }
 
 /* The listener's TLS context from the flags; 0 (*out NULL without --cert-file) or 2 after
  * saying what is wrong. */
 static int make_tls(const char *cert, const char *key, const char *ca, bool client_auth,
-                    struct keel_tls_ctx **out)
+                    const char *alpn, struct keel_tls_ctx **out)
 {
     *out = NULL;
     if (cert == NULL && key == NULL && ca == NULL && !client_auth)
@@ -194,7 +204,7 @@ static int make_tls(const char *cert, const char *key, const char *ca, bool clie
                                  .key_file = key,
                                  .ca_file = client_auth ? ca : NULL,
                                  .verify_peer = client_auth,
-                                 .alpn = "h2,http/1.1"};
+                                 .alpn = alpn};
     char err[600];
     if (keel_tls_ctx_new(&o, out, err, sizeof(err)) != 0) {
         fprintf(stderr, "keel-gateway: %s\n", err);
@@ -341,14 +351,45 @@ int main(int argc, char **argv)
         return 2;
     }
     struct keel_tls_ctx *tls;
-    int trc = make_tls(cert_file, key_file, ca_file, client_auth, &tls);
+    int trc = make_tls(cert_file, key_file, ca_file, client_auth, "h2,http/1.1", &tls);
     if (trc != 0)
         return trc;
+    /* etcd's --listen-metrics-urls: the scheme says whether it is TLS, with the listener's
+     * files. A context of its own: the listener's offers h2, which /metrics does not speak. */
+    struct keel_tls_ctx *metrics_tls = NULL;
+    if (listen_metrics != NULL && strncmp(listen_metrics, "https://", 8) == 0) {
+        listen_metrics += 8;
+        if (tls == NULL) {
+            fprintf(stderr,
+                    "keel-gateway: --listen-metrics https://%s needs --cert-file and "
+                    "--key-file: it is served with the listener's certificate\n",
+                    listen_metrics);
+            return 2;
+        }
+        if ((trc = make_tls(cert_file, key_file, ca_file, client_auth, "http/1.1", &metrics_tls)) !=
+            0) {
+            keel_tls_ctx_free(tls);
+            return trc;
+        }
+    } else if (listen_metrics != NULL && strncmp(listen_metrics, "http://", 7) == 0) {
+        listen_metrics += 7;
+    }
+    char mhost[64];
+    int mport;
+    if (listen_metrics != NULL &&
+        split_host_port(listen_metrics, mhost, sizeof(mhost), &mport) != 0) {
+        fprintf(stderr, "keel-gateway: --listen-metrics: '%s' is not [http[s]://]HOST:PORT\n",
+                listen_metrics);
+        keel_tls_ctx_free(tls);
+        keel_tls_ctx_free(metrics_tls);
+        return 2;
+    }
     keel_log_setup((enum keel_log_level)level, "gateway");
     signal(SIGPIPE, SIG_IGN);
 
     struct gateway g = {0};
     g.ctx.tls = tls;
+    g.metrics_tls = metrics_tls;
     char default_url[96];
     snprintf(default_url, sizeof(default_url), "%s://%s", tls ? "https" : "http", listen_addr);
     g.ctx.advertise_urls = split_list(advertise ? advertise : default_url, &g.ctx.n_advertise_urls);
@@ -356,6 +397,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "keel-gateway: --advertise-client-urls: no URL given\n");
         free_list(g.ctx.advertise_urls);
         keel_tls_ctx_free(tls);
+        keel_tls_ctx_free(metrics_tls);
         return 2;
     }
     g.ctx.zone = zone;
@@ -384,6 +426,7 @@ int main(int argc, char **argv)
                 keel_endpoints_check(endpoints, why, sizeof(why)) != 0 ? why : keel_strerror(rc));
         free_list(g.ctx.advertise_urls);
         keel_tls_ctx_free(tls);
+        keel_tls_ctx_free(metrics_tls);
         uv_loop_close(&g.loop);
         return 2;
     }
@@ -395,11 +438,12 @@ int main(int argc, char **argv)
         uv_loop_close(&g.loop);
         free_list(g.ctx.advertise_urls);
         keel_tls_ctx_free(tls);
+        keel_tls_ctx_free(metrics_tls);
         return 1;
     }
     if (listen_metrics != NULL) {
         g.ctx.metrics = NULL;
-        if (gw_metrics_new(&g.loop, listen_metrics, g.srv, &g.metrics) != 0) {
+        if (gw_metrics_new(&g.loop, listen_metrics, metrics_tls, g.srv, &g.metrics) != 0) {
             fprintf(stderr, "keel-gateway: --listen-metrics: cannot serve on '%s'\n",
                     listen_metrics);
             gw_metrics_stop(g.metrics);
@@ -410,6 +454,7 @@ int main(int argc, char **argv)
             gw_metrics_free(g.metrics);
             free_list(g.ctx.advertise_urls);
             keel_tls_ctx_free(tls);
+            keel_tls_ctx_free(metrics_tls);
             return 2;
         }
         g.ctx.metrics = g.metrics;
@@ -432,8 +477,9 @@ int main(int argc, char **argv)
     if (rc != 0)
         KLOG_WARN("loop closed with handles still open: %s", uv_strerror(rc));
     free_list(g.ctx.advertise_urls);
-    keel_tls_ctx_free(tls);
     gw_metrics_free(g.metrics);
+    keel_tls_ctx_free(tls);
+    keel_tls_ctx_free(metrics_tls);
     KLOG_INFO("stopped");
     return 0;
 }

@@ -38,9 +38,12 @@ static const char usage[] =
     "  --initial-cluster LIST      every member as NAME=HOST:PORT[@ZONE], the same on every "
     "member;\n"
     "                              HOST an IPv4 address or a DNS name (resolved at each connect)\n"
-    "  --listen-metrics HOST:PORT  serve /metrics (Prometheus), /health, /readyz and /livez\n"
-    "                              over plain HTTP there, even with --cert-file (default:\n"
-    "                              not served)\n"
+    "  --listen-metrics URL        serve /metrics (Prometheus), /health, /readyz and /livez\n"
+    "                              there (default: not served). HOST:PORT or\n"
+    "                              http://HOST:PORT: plain HTTP; https://HOST:PORT: TLS with\n"
+    "                              the client port's --cert-file, --key-file,\n"
+    "                              --trusted-ca-file and --client-cert-auth (reloaded on\n"
+    "                              SIGHUP with them)\n"
     "  --initial-cluster-state S   new (default): these members start a new cluster;\n"
     "                              existing: join a running cluster that `keelctl member add`\n"
     "                              named this member in (list every member, this one too)\n"
@@ -126,8 +129,8 @@ static const char usage[] =
     "                              what a follower verifies the leader's client port with when\n"
     "                              it asks for the NOSPACE alarm\n"
     "  --client-cert-auth          require a client certificate chaining to\n"
-    "                              --trusted-ca-file (its CN names the client). The\n"
-    "                              --listen-metrics listener stays plain HTTP\n"
+    "                              --trusted-ca-file (its CN names the client); also on an\n"
+    "                              https:// --listen-metrics\n"
     "  --log-level debug|info|warn|error (default info)\n"
     "  --log-format text|json      one line per event; json: "
     "{\"ts\",\"level\",\"member\",\"zone\",\n"
@@ -927,6 +930,17 @@ static int settle(struct keel_config *c, const char *cluster, const char *retent
                     c->heartbeat_ms, c->election_ms);
     if (strcmp(c->listen_client, c->listen_peer) == 0)
         return fail(err, errlen, "--listen-client and --listen-peer are the same address");
+    /* etcd's --listen-metrics-urls: the scheme says whether it is TLS. */
+    const char *scheme_end = strstr(c->listen_metrics, "://");
+    if (scheme_end != NULL) {
+        size_t sl = (size_t)(scheme_end - c->listen_metrics);
+        if ((sl != 4 || strncmp(c->listen_metrics, "http", 4) != 0) &&
+            (sl != 5 || strncmp(c->listen_metrics, "https", 5) != 0))
+            return fail(err, errlen, "--listen-metrics '%s': the scheme must be http or https",
+                        c->listen_metrics);
+        c->metrics_tls = sl == 5;
+        memmove(c->listen_metrics, scheme_end + 3, strlen(scheme_end + 3) + 1);
+    }
     if (c->listen_metrics[0] != '\0' &&
         ((rv = check_addr(c->listen_metrics, "--listen-metrics", false, err, errlen)) != 0 ||
          strcmp(c->listen_metrics, c->listen_client) == 0 ||
@@ -953,6 +967,11 @@ static int settle(struct keel_config *c, const char *cluster, const char *retent
         return fail(err, errlen,
                     "--client-cert-auth needs --trusted-ca-file: the CAs a client "
                     "certificate must chain to");
+    if (c->metrics_tls && c->cert_file[0] == '\0')
+        return fail(err, errlen,
+                    "--listen-metrics https://%s needs --cert-file and --key-file: it is "
+                    "served with the client port's certificate",
+                    c->listen_metrics);
     const struct keel_member_conf *self = NULL;
     for (size_t i = 0; i < c->n_members; i++)
         if (strcmp(c->members[i].name, c->name) == 0)

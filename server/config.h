@@ -65,7 +65,8 @@ struct keel_config {
     int log_level;
     bool log_json;                      /* --log-format json */
     char preferred_zone[KEEL_NAME_MAX]; /* leadership moves into this zone ("": anywhere) */
-    char listen_metrics[KEEL_ADDR_MAX]; /* /metrics and /health ("": not served) */
+    char listen_metrics[KEEL_ADDR_MAX]; /* /metrics and /health ("": not served), no scheme */
+    bool metrics_tls;      /* --listen-metrics https://...: served with the client port's TLS */
     char env_unknown[256]; /* KEEL_* variables that are no setting, space-separated (cut) */
     char origins[1024];    /* which settings came from the file, the environment, flags (cut) */
     /* --warn-apply-duration: a slower batch apply is logged (0: never; fsm.h) */

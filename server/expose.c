@@ -11,7 +11,9 @@
 
 #include <http_parser.h>
 
+#include "err.h"
 #include "log.h"
+#include "tls.h"
 
 #define URL_MAX 256
 
@@ -24,9 +26,17 @@ struct conn {
     size_t url_len;
     bool url_long;
     bool closing;
-    int writes;       /* responses being written */
+    bool reading;     /* the socket is read (stopped while an answer is being written) */
+    bool failed;      /* a malformed request or a broken TLS record: closed once written */
+    int writes;       /* uv_writes in flight (answers, TLS handshake flights) */
     uint64_t idle_at; /* uv_now when it began waiting for a request */
+    /* Bytes read and not yet parsed: requests behind one being answered wait here (a pipelining
+     * client gets one answer at a time, so what a connection holds stays bounded). With TLS,
+     * the plaintext taken from tls; more waits inside it, at most one read's worth. */
+    size_t held_off, held_len;
+    struct keel_tls_conn *tls; /* NULL: plain HTTP */
     char rbuf[4096];
+    char pbuf[4096]; /* TLS: plaintext */
 };
 
 struct keel_expose {
@@ -155,6 +165,7 @@ static void conn_closed(uv_handle_t *h)
     c->prev->next = c->next;
     c->next->prev = c->prev;
     c->e->n_conns--;
+    keel_tls_conn_free(c->tls);
     free(c);
 }
 
@@ -166,6 +177,8 @@ static void conn_close(struct conn *c)
     uv_close((uv_handle_t *)&c->tcp, conn_closed);
 }
 
+static void process(struct conn *c);
+
 static void written(uv_write_t *w, int status)
 {
     struct response *r = w->data;
@@ -174,6 +187,52 @@ static void written(uv_write_t *w, int status)
     if (status != 0 || r->close_after)
         conn_close(c);
     free(r);
+    if (c->writes == 0 && !c->closing)
+        process(c); /* the requests held behind this answer, then the socket again */
+}
+
+/* A response of len bytes for c, to fill and send_raw; NULL (c closed) when out of memory. */
+static struct response *response_new(struct conn *c, size_t len)
+{
+    struct response *r = malloc(sizeof(*r) + len);
+    if (r == NULL) {
+        conn_close(c);
+        return NULL;
+    }
+    r->len = len;
+    r->c = c;
+    r->req.data = r;
+    return r;
+}
+
+/* Write r's bytes (plain HTTP, or records already encrypted) to c's socket; close_after: close c
+ * once they are written. */
+static void send_raw(struct conn *c, struct response *r, bool close_after)
+{
+    r->close_after = close_after;
+    uv_buf_t buf = uv_buf_init(r->data, (unsigned)r->len);
+    if (uv_write(&r->req, (uv_stream_t *)&c->tcp, &buf, 1, written) != 0) {
+        free(r);
+        conn_close(c);
+        return;
+    }
+    c->writes++;
+}
+
+/* TLS: send what the codec has for the network (handshake flights, records, alerts). */
+static void tls_flush(struct conn *c, bool close_after)
+{
+    size_t n = keel_tls_conn_pending(c->tls);
+    if (n == 0) {
+        if (close_after)
+            conn_close(c);
+        return;
+    }
+    struct response *r = response_new(c, n);
+    if (r == NULL)
+        return;
+    r->len = keel_tls_conn_take(c->tls, r->data, n);
+    send_raw(c, r, close_after);
 }
 
 static const char *reason_of(int code)
@@ -205,25 +264,25 @@ static void respond(struct conn *c, int code, const char *type, const char *body
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", code,
                      reason_of(code), type, body_len, close_after ? "Connection: close\r\n" : "");
     size_t blen = head || body == NULL ? 0 : body_len;
-    struct response *r = malloc(sizeof(*r) + (size_t)n + blen);
-    if (r == NULL) {
+    if (c->tls == NULL) {
+        struct response *r = response_new(c, (size_t)n + blen);
+        if (r == NULL)
+            return;
+        memcpy(r->data, hdr, (size_t)n);
+        if (blen)
+            memcpy(r->data + n, body, blen);
+        send_raw(c, r, close_after);
+        return;
+    }
+    /* The records go out at once (tls_flush): the codec holds them no longer than this. */
+    if (keel_tls_conn_write(c->tls, hdr, (size_t)n) != 0 ||
+        (blen > 0 && keel_tls_conn_write(c->tls, body, blen) != 0)) {
         conn_close(c);
         return;
     }
-    memcpy(r->data, hdr, (size_t)n);
-    if (blen)
-        memcpy(r->data + n, body, blen);
-    r->len = (size_t)n + blen;
-    r->c = c;
-    r->close_after = close_after;
-    r->req.data = r;
-    uv_buf_t buf = uv_buf_init(r->data, (unsigned)r->len);
-    if (uv_write(&r->req, (uv_stream_t *)&c->tcp, &buf, 1, written) != 0) {
-        free(r);
-        conn_close(c);
-        return;
-    }
-    c->writes++;
+    if (close_after)
+        keel_tls_conn_shutdown(c->tls); /* close_notify: the client knows the answer is whole */
+    tls_flush(c, close_after);
 }
 
 static void serve(struct conn *c, bool head, bool keep)
@@ -279,6 +338,8 @@ static int on_message_complete(http_parser *p)
     else
         serve(c, p->method == HTTP_HEAD, keep);
     c->idle_at = uv_now(c->e->o.loop);
+    /* One answer at a time: the rest of what was read waits until this one is written. */
+    http_parser_pause(p, 1);
     return 0;
 }
 
@@ -286,11 +347,72 @@ static const http_parser_settings settings = {.on_message_begin = on_message_beg
                                               .on_url = on_url,
                                               .on_message_complete = on_message_complete};
 
+static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = h->data;
     (void)suggested;
     *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+}
+
+/* Stop or start reading c's socket: it is read only while nothing is being written to it and
+ * nothing read waits to be parsed. */
+static void want_read(struct conn *c, bool on)
+{
+    if (c->closing || c->reading == on)
+        return;
+    if (on ? uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0
+           : uv_read_stop((uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->reading = on;
+}
+
+/* A request that does not parse: 400 and close (or just close when an answer is on its way). */
+static void malformed(struct conn *c)
+{
+    c->failed = true;
+    want_read(c, false);
+    if (!c->closing && c->writes == 0)
+        respond(c, 400, "text/plain", "malformed request\n", 18, false, true);
+    else
+        conn_close(c);
+}
+
+/* Parse what is held, answering one request at a time; read the socket again once all is
+ * parsed and answered. */
+static void process(struct conn *c)
+{
+    while (!c->closing && !c->failed && c->writes == 0) {
+        if (c->held_len == 0 && c->tls != NULL) {
+            size_t n = 0;
+            int rv = keel_tls_conn_read(c->tls, c->pbuf, sizeof(c->pbuf), &n);
+            if (rv != 0) {
+                c->failed = true;
+                tls_flush(c, true);
+                return;
+            }
+            c->held_off = 0;
+            c->held_len = n;
+        }
+        if (c->held_len == 0)
+            break;
+        const char *base = (c->tls != NULL ? c->pbuf : c->rbuf) + c->held_off;
+        size_t used = http_parser_execute(&c->parser, &settings, base, c->held_len);
+        c->held_off += used;
+        c->held_len -= used;
+        if (HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED) {
+            http_parser_pause(&c->parser, 0);
+            continue;
+        }
+        if (c->parser.http_errno != HPE_OK || c->held_len != 0) {
+            malformed(c);
+            return;
+        }
+    }
+    want_read(c, !c->closing && !c->failed && c->writes == 0 && c->held_len == 0);
 }
 
 static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -300,16 +422,27 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
-    if (n == 0 || c->closing)
+    if (n == 0 || c->closing || c->failed)
         return;
-    size_t used = http_parser_execute(&c->parser, &settings, buf->base, (size_t)n);
-    if (c->parser.http_errno != HPE_OK || used != (size_t)n) {
-        if (!c->closing && c->writes == 0)
-            respond(c, 400, "text/plain", "malformed request\n", 18, false, true);
-        else
-            conn_close(c);
-        uv_read_stop(s);
+    if (c->tls != NULL) {
+        int rv = keel_tls_conn_feed(c->tls, buf->base, (size_t)n);
+        if (rv != 0) {
+            /* A failed handshake (no client certificate, an unknown CA) or a broken record:
+             * the alert that says why goes out, then the connection closes. */
+            KLOG_DEBUG("%s: TLS connection closed: %s", c->e->o.flag,
+                       rv == KEEL_ECLOSED ? "the client said goodbye"
+                                          : keel_tls_conn_error(c->tls));
+            c->failed = true;
+            want_read(c, false);
+            tls_flush(c, true);
+            return;
+        }
+        tls_flush(c, false); /* handshake flights */
+    } else {
+        c->held_off = 0;
+        c->held_len = (size_t)n;
     }
+    process(c);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -332,11 +465,14 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
+    if (e->o.tls != NULL && keel_tls_conn_new(e->o.tls, NULL, &c->tls) != 0) {
+        conn_close(c);
+        return;
+    }
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     c->idle_at = uv_now(e->o.loop);
-    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0)
-        conn_close(c);
+    want_read(c, true);
 }
 
 static void sweep(uv_timer_t *t)

@@ -7,8 +7,15 @@
  * Bounds: at most KEEL_EXPOSE_MAX_CONNS connections (more are closed at once); a request's path
  * at most 256 bytes (414), its headers at most http-parser's limit (80 KiB); a connection that
  * has not completed a request in KEEL_EXPOSE_IDLE_MS is closed. A method other than GET or HEAD
- * gets 405, a malformed request 400 and the connection closed. Nothing a client sends makes
- * the process hold more than that per connection.
+ * gets 405, a malformed request 400 and the connection closed. Requests a client pipelines are
+ * answered one at a time: the socket is not read while an answer is being written, so a
+ * connection holds at most one read (4 KiB) and one answer. Nothing a client sends makes the
+ * process hold more than that per connection.
+ *
+ * With a TLS context (etcd's --listen-metrics-urls https://...) the same HTTP goes through
+ * tls/tls.h's codec on the loop: the handshake as the context says (a client certificate
+ * required with --client-cert-auth); a client that fails it gets OpenSSL's alert and the
+ * connection is closed. The context's certificates reload as its owner reloads them.
  */
 #ifndef KEEL_EXPOSE_H
 #define KEEL_EXPOSE_H
@@ -57,10 +64,16 @@ void keel_expose_process(struct keel_expose_text *t, double started);
 typedef int (*keel_expose_serve_cb)(void *data, const char *path, struct keel_expose_text *body,
                                     const char **type);
 
+struct keel_tls_ctx;
+
 struct keel_expose_options {
     uv_loop_t *loop;
     const char *listen; /* "a.b.c.d:port" */
-    const char *flag;   /* named in errors, e.g. "--listen-metrics" */
+    /* NULL: plain HTTP; else HTTPS with this server context (borrowed: it must outlive every
+     * connection, i.e. be freed after keel_expose_free). Its ALPN, if any, must offer
+     * http/1.1 only. */
+    struct keel_tls_ctx *tls;
+    const char *flag; /* named in errors, e.g. "--listen-metrics" */
     keel_expose_serve_cb serve;
     void *data;
 };

@@ -545,7 +545,8 @@ static void on_sighup(uv_signal_t *h, int signum)
     if (keel_tls_ctx_reload(k->client_tls, err, sizeof(err)) != 0)
         KLOG_WARN("SIGHUP: client port certificates not reloaded, the old ones stay: %s", err);
     else
-        KLOG_INFO("SIGHUP: client port certificates reloaded from %s and %s", k->cfg.cert_file,
+        KLOG_INFO("SIGHUP: client port%s certificates reloaded from %s and %s",
+                  k->cfg.metrics_tls ? " and --listen-metrics" : "", k->cfg.cert_file,
                   k->cfg.key_file);
 }
 
@@ -918,6 +919,7 @@ int main(int argc, char **argv)
             failed = 1;
         struct keel_metrics_options mo = {.loop = &k.loop,
                                           .listen = k.cfg.listen_metrics,
+                                          .tls = k.cfg.metrics_tls ? k.client_tls : NULL,
                                           .name = k.cfg.name,
                                           .zone = k.cfg.zone,
                                           .version = KEEL_VERSION,

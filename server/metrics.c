@@ -180,6 +180,7 @@ int keel_metrics_new(const struct keel_metrics_options *o, struct keel_metrics *
     m->started = (double)time(NULL);
     struct keel_expose_options eo = {.loop = o->loop,
                                      .listen = o->listen,
+                                     .tls = o->tls,
                                      .flag = "--listen-metrics",
                                      .serve = serve,
                                      .data = m};
@@ -189,7 +190,8 @@ int keel_metrics_new(const struct keel_metrics_options *o, struct keel_metrics *
         return KEEL_ENOMEM;
     if (rv != 0)
         return KEEL_EIO;
-    KLOG_INFO("serving /metrics, /health, /readyz and /livez on %s", o->listen);
+    KLOG_INFO("serving /metrics, /health, /readyz and /livez on %s://%s",
+              o->tls != NULL ? "https" : "http", o->listen);
     return 0;
 }
 

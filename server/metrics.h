@@ -1,5 +1,6 @@
 /*
- * The metrics and health listener (--listen-metrics HOST:PORT): HTTP/1.1 on the member's loop,
+ * The metrics and health listener (--listen-metrics [http[s]://]HOST:PORT): HTTP/1.1 (over TLS
+ * with the client port's context when the address is https://) on the member's loop,
  * parsed with http-parser (as keel-gateway's JSON side), serving
  *   GET /metrics  Prometheus text exposition format 0.0.4: keel's series (etcd's names where
  *                 the concept matches, with a keel_ prefix) and the process's;
@@ -62,9 +63,14 @@ struct keel_metrics_sample {
 void keel_metrics_add_histo(struct keel_metrics_sample *s, const char *name, const char *help,
                             const struct keel_histo *h, const char *labels);
 
+struct keel_tls_ctx;
+
 struct keel_metrics_options {
     uv_loop_t *loop;
     const char *listen; /* "a.b.c.d:port" */
+    /* NULL: plain HTTP; else served over TLS with this server context (expose.h; borrowed, it
+     * must outlive keel_metrics_free) */
+    struct keel_tls_ctx *tls;
     const char *name, *zone, *version;
     void (*collect)(void *data, struct keel_metrics_sample *out);
     void *data;
