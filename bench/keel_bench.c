@@ -589,13 +589,13 @@ static int zone_source(const char *zone, char *out, size_t len)
 }
 
 /* --user NAME[:PASSWORD]: one authentication through the synchronous client, whose token the
- * asynchronous ones carry (malloc'd; NULL after saying why). */
-static char *bench_token(const struct config *c)
+ * asynchronous ones start with (malloc'd; NULL after saying why); user (ulen bytes) and *pw
+ * get the credentials, which they keep to authenticate again when it expires. */
+static char *bench_token(const struct config *c, char *user, size_t ulen, const char **pw_out)
 {
-    char user[256];
     const char *colon = strchr(c->user, ':'), *pw = c->password ? c->password : "";
     size_t n = colon != NULL && c->password == NULL ? (size_t)(colon - c->user) : strlen(c->user);
-    if (n >= sizeof(user)) {
+    if (n >= ulen) {
         fprintf(stderr, "keel-bench: --user: name too long\n");
         return NULL;
     }
@@ -603,6 +603,7 @@ static char *bench_token(const struct config *c)
     user[n] = '\0';
     if (colon != NULL && c->password == NULL)
         pw = colon + 1;
+    *pw_out = pw;
     struct keel_options o = {.endpoints = c->endpoints, .user = user, .password = pw};
     tls_options(c, &o); /* the login goes where the load goes, over TLS when it does */
     struct keel *k = NULL;
@@ -618,35 +619,35 @@ static char *bench_token(const struct config *c)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: keel-bench [flags] put|range|txn-put|txn-mixed|mixed|watch|watch-latency|\n"
-            "                          lease-keepalive|lease-churn\n"
-            "  --endpoints LIST      client addresses (default $KEEL_ENDPOINTS or 127.0.0.1:2379)\n"
-            "  --conns N             client connections sets (default 1)\n"
-            "  --clients N           requests kept in flight (default 1)\n"
-            "  --total N             requests in all (default 10000)\n"
-            "  --duration S          run for S seconds instead of --total\n"
-            "  --rate R              requests per second over all clients (default unlimited)\n"
-            "  --key-size B          (default 8)   --val-size B (default 256)\n"
-            "  --key-space-size N    distinct keys (default 1)   --sequential-keys\n"
-            "  --consistency l|s     for reads (default l)   --read-ratio F (mixed; default 0.5)\n"
-            "  --zone Z              live in zone Z: source address 127.0.Z.250, same-zone reads\n"
-            "  --user NAME[:PW]      authenticate (auth enabled): every request carries the token\n"
-            "                        (its TTL bounds the run: --password PW for the password)\n"
-            "  --watchers W          watch workloads: watchers over the key space (default 100)\n"
-            "  --leases N            lease workloads: leases granted (default 10000)\n"
-            "  --lease-ttl S         their TTL in seconds (default 600 for lease-keepalive, 2 for\n"
-            "                        lease-churn; the server clamps it up to its minimum)\n"
-            "  --lease-window N      grants, attaching puts and revokes in flight (default 256)\n"
-            "  --lease-timeout S     lease-churn: wait at most S s past the last due time (default "
-            "30)\n"
-            "  --no-stall-writer     lease-churn: without the concurrent writer\n"
-            "  --metrics URL         scrape a member's /metrics (keeld --listen-metrics) before\n"
-            "                        and after the run and report the series that moved\n"
-            "  --timeline FILE       a line per answer: client, sent and answered (wall clock,\n"
-            "                        microseconds since the epoch), ok (0|1)\n"
-            "  --seed N  --timeout-ms N  --json\n"
-            "  --version, --help\n");
+    fprintf(
+        f, "usage: keel-bench [flags] put|range|txn-put|txn-mixed|mixed|watch|watch-latency|\n"
+           "                          lease-keepalive|lease-churn\n"
+           "  --endpoints LIST      client addresses (default $KEEL_ENDPOINTS or 127.0.0.1:2379)\n"
+           "  --conns N             client connections sets (default 1)\n"
+           "  --clients N           requests kept in flight (default 1)\n"
+           "  --total N             requests in all (default 10000)\n"
+           "  --duration S          run for S seconds instead of --total\n"
+           "  --rate R              requests per second over all clients (default unlimited)\n"
+           "  --key-size B          (default 8)   --val-size B (default 256)\n"
+           "  --key-space-size N    distinct keys (default 1)   --sequential-keys\n"
+           "  --consistency l|s     for reads (default l)   --read-ratio F (mixed; default 0.5)\n"
+           "  --zone Z              live in zone Z: source address 127.0.Z.250, same-zone reads\n"
+           "  --user NAME[:PW]      authenticate (auth enabled): every request carries the token,\n"
+           "                        renewed when it expires (--password PW for the password)\n"
+           "  --watchers W          watch workloads: watchers over the key space (default 100)\n"
+           "  --leases N            lease workloads: leases granted (default 10000)\n"
+           "  --lease-ttl S         their TTL in seconds (default 600 for lease-keepalive, 2 for\n"
+           "                        lease-churn; the server clamps it up to its minimum)\n"
+           "  --lease-window N      grants, attaching puts and revokes in flight (default 256)\n"
+           "  --lease-timeout S     lease-churn: wait at most S s past the last due time (default "
+           "30)\n"
+           "  --no-stall-writer     lease-churn: without the concurrent writer\n"
+           "  --metrics URL         scrape a member's /metrics (keeld --listen-metrics) before\n"
+           "                        and after the run and report the series that moved\n"
+           "  --timeline FILE       a line per answer: client, sent and answered (wall clock,\n"
+           "                        microseconds since the epoch), ok (0|1)\n"
+           "  --seed N  --timeout-ms N  --json\n"
+           "  --version, --help\n");
     fputs("  --cacert FILE         TLS: the CA (PEM) members' certificates must chain to; TLS\n"
           "                        is on with any of these four, or an https:// endpoint\n"
           "  --cert FILE           TLS: the client certificate (PEM), when members require one\n"
@@ -1542,8 +1543,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    char *token = NULL;
-    if (b.cfg.user != NULL && (token = bench_token(&b.cfg)) == NULL)
+    char *token = NULL, user[256] = "";
+    const char *password = NULL;
+    if (b.cfg.user != NULL && (token = bench_token(&b.cfg, user, sizeof(user), &password)) == NULL)
         return 1;
     uv_loop_init(&b.loop);
     b.acs = calloc((size_t)b.cfg.conns, sizeof(*b.acs));
@@ -1551,7 +1553,9 @@ int main(int argc, char **argv)
                              .zone = b.cfg.zone,
                              .source_address = source[0] ? source : NULL,
                              .client_name = "keel-bench",
-                             .token = token};
+                             .token = token,
+                             .user = user[0] ? user : NULL,
+                             .password = password};
     tls_options(&b.cfg, &o);
     for (int i = 0; i < b.cfg.conns; i++) {
         int rv = keel_aclient_init(&b.acs[i], &b.loop, &o);

@@ -133,6 +133,8 @@ static void ac_free(struct keel_aclient *ac)
     free(ac->conns.tls_rbuf);
     free(ac->client_name);
     free(ac->token);
+    free(ac->user);
+    kc_wipe_free(ac->password);
     free(ac);
 }
 
@@ -197,13 +199,7 @@ int keel_endpoints_check(const char *endpoints, char *msg, size_t len)
 
 int keel_aclient_set_token(struct keel_aclient *ac, const char *token)
 {
-    char *t = NULL;
-    if (token != NULL && token[0] != '\0' && (t = strdup(token)) == NULL)
-        return KEEL_ENOMEM;
-    free(ac->token);
-    ac->token = t;
-    ac->conns.token = t; /* the next connection's Hello */
-    return 0;
+    return kc_token_set(ac, token);
 }
 
 /* Does the client speak TLS: an https:// endpoint, or any TLS option (keel.h)? */
@@ -286,6 +282,12 @@ int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct k
             goto fail;
         cc->token = ac->token;
     }
+    if (opts->user != NULL && opts->user[0] != '\0') {
+        ac->user = strdup(opts->user);
+        ac->password = strdup(opts->password != NULL ? opts->password : "");
+        if (ac->user == NULL || ac->password == NULL)
+            goto fail;
+    }
     const char *eps =
         opts->endpoints && opts->endpoints[0] ? opts->endpoints : KEEL_DEFAULT_ENDPOINT;
     rv = add_endpoints(ac, eps);
@@ -297,6 +299,9 @@ int keel_aclient_init(struct keel_aclient **out, uv_loop_t *loop, const struct k
     ac->turn = turn;
     ac->timeout = timeout;
     kc_wake_init(ac);
+    /* With credentials and no token, authenticate first: requests wait for the token. */
+    if (ac->user != NULL && ac->token == NULL)
+        kc_auth_start(ac);
     *out = ac;
     return 0;
 

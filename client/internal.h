@@ -31,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <uv.h>
@@ -84,6 +85,8 @@ struct keel_watch {
     uint32_t slot;
     uint32_t wait_mark; /* ac->dial_failures when the first creation began waiting */
     uint16_t fails;     /* consecutive failed attempts, for the backoff */
+    uint8_t auth_fails; /* consecutive creations refused for the client's token */
+    uint32_t token_gen; /* ac->token_gen when its last creation was sent */
     uint8_t state;
     bool wait_marked;
     bool prev_kv, noput, nodelete, progress_notify, created_notify;
@@ -133,6 +136,17 @@ struct keel_aclient {
     char zone[KC_ZONE_MAX];
     char *client_name;
     char *token;
+    uint32_t token_gen; /* changes of token, so a refusal of an older one is told apart */
+
+    /* request.c: authentication with keel_options.user (etcd clientv3's): the credentials (the
+     * password wiped when freed or replaced), whether the client's own Authenticate is on its
+     * way, and the requests waiting for it (held from submit, or refused for their token). */
+    char *user, *password;
+    bool auth_running;
+    struct kc_list authwait;
+    /* sync.c: told of every token the client takes (keel_token's copy). Loop thread. */
+    void (*on_token)(void *data, const char *token);
+    void *on_token_data;
     struct sockaddr_in source;
     uint32_t request_timeout_ms;
     int max_retries;
@@ -168,6 +182,23 @@ struct keel_aclient {
     uint32_t wgen;             /* stream id sequence (31 bits) */
     int64_t next_watch_id;     /* watch ids are ours: unique on every connection */
 };
+
+/* Free a secret (NULL is fine), its bytes wiped first where the compiler cannot drop it. */
+static inline void kc_wipe_free(char *s)
+{
+    if (s == NULL)
+        return;
+    explicit_bzero(s, strlen(s));
+    free(s);
+}
+
+/* Whether a member refused a request for its token (expired, or its user's password changed or
+ * user deleted since it was issued): what authenticating again can cure. etcd's message. */
+static inline bool kc_token_refused(int status, const char *msg)
+{
+    return status == KEEL_EUNAUTHENTICATED && msg != NULL &&
+           strstr(msg, "invalid auth token") != NULL;
+}
 
 /* The message of a local failure: fmt formatted (at most KC_MSG_MAX bytes) and malloc'd; NULL
  * when out of memory, which callers report as keel_strerror of the failure's code. */
@@ -237,6 +268,13 @@ void kc_requests_conn_lost(struct keel_aclient *ac, struct kc_conn *c, int statu
 void kc_requests_cancel(struct keel_aclient *ac);
 /* Deliver the callbacks of requests that failed locally. */
 void kc_requests_drain(struct keel_aclient *ac);
+/* Take token (NULL or "": none) as the client's for every request and Hello from now on. 0 or
+ * KEEL_ENOMEM (the old one stays). */
+int kc_token_set(struct keel_aclient *ac, const char *token);
+/* Authenticate with the client's credentials, unless that is under way (or there are none):
+ * requests and watch creations with the client's token wait for the answer, then go with the
+ * new token (or fail with why the authentication did). */
+void kc_auth_start(struct keel_aclient *ac);
 /* A one-way frame was written: free it. */
 void kc_requests_written(struct keel_aclient *ac, struct kc_op *op);
 

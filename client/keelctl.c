@@ -790,12 +790,15 @@ static int cmd_del(struct ctl *c, int argc, char **argv)
     return 0;
 }
 
-/* An asynchronous client on loop for the commands that stream (watch, lease keep-alive). */
+/* An asynchronous client on loop for the commands that stream (watch, lease keep-alive). With
+ * --user it starts with the token c->k got (a wrong password is told before anything streams)
+ * and keeps the credentials, to authenticate again when that token expires. */
 static struct keel_aclient *open_aclient(struct ctl *c, uv_loop_t *loop)
 {
     struct keel_options o;
     need_token(c);
     fill_options(c, &o, c->endpoints);
+    user_password(c, &o.user, &o.password);
     struct keel_aclient *ac = NULL;
     check_open(c, keel_aclient_init(&ac, loop, &o));
     return ac;

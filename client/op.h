@@ -10,6 +10,7 @@
  *   conn->pending  assigned to a connection, not yet handed to uv_write (never sent)
  *   conn->inflight written (or being written): the server may have seen it
  *   done           finished with a local failure; its callback runs at the next safe point
+ *   authwait       waits for the client's Authenticate (request.c): sent with a new token then
  *
  * One-way ops (watch create/cancel/progress frames, see watch.c) use the same queues but expect
  * no answer of their own: they are freed once handed to uv_write, or dropped with their
@@ -33,7 +34,7 @@ enum kc_route {
     KC_ROUTE_PINNED, /* keel_call_opts.endpoint */
 };
 
-enum kc_where { KC_NOWHERE, KC_WAITING, KC_PENDING, KC_INFLIGHT, KC_DONE };
+enum kc_where { KC_NOWHERE, KC_WAITING, KC_PENDING, KC_INFLIGHT, KC_DONE, KC_AUTHWAIT };
 
 struct kc_conn;
 struct kc_pieces;
@@ -56,13 +57,16 @@ struct kc_op {
     uint8_t route;
     uint8_t cls; /* pool class, or KC_NCLASS when malloc'd to size */
     bool idempotent;
-    bool oneway;       /* a watch frame: no answer expected, freed once written */
-    bool sent;         /* handed to uv_write at least once */
-    bool too_large;    /* was in flight when a reply over the frame limit cut a connection */
-    uint16_t attempts; /* retries so far */
-    int last_err;      /* why the last attempt failed, for the timeout message */
-    int status;        /* KC_DONE: the failure */
-    char *msg;         /* KC_DONE: its message (malloc'd), or NULL for keel_strerror */
+    bool oneway;        /* a watch frame: no answer expected, freed once written */
+    bool sent;          /* handed to uv_write at least once */
+    bool too_large;     /* was in flight when a reply over the frame limit cut a connection */
+    bool client_token;  /* carries the client's token (none of its own): re-authentication helps */
+    bool reauthed;      /* already sent again after a refused token: not twice */
+    uint16_t attempts;  /* retries so far */
+    uint32_t token_gen; /* ac->token_gen when its frame was packed */
+    int last_err;       /* why the last attempt failed, for the timeout message */
+    int status;         /* KC_DONE: the failure */
+    char *msg;          /* KC_DONE: its message (malloc'd), or NULL for keel_strerror */
     uint32_t timeout_ms;
     struct kc_pieces *pieces; /* a range answered in pieces: those so far (pieces.h) */
     size_t frame_len;

@@ -6,6 +6,12 @@
  * written, or the member answered NOT_LEADER or UNAVAILABLE (it did nothing), or it is
  * idempotent and its connection dropped. Local failures are queued on ac->done and delivered
  * from the drain of the loop turn (client.c); server answers are delivered at once.
+ *
+ * Authentication (keel_options.user), as etcd's clientv3: a request refused because its token
+ * is no longer valid (it expired: keeld --auth-token-ttl) is sent once more after the client
+ * authenticates again. Refusals that come together share one Authenticate; requests submitted
+ * while it is on its way wait for it (ac->authwait) instead of going with a token known bad.
+ * The frame carries the token, so a held request's frame is packed again with the new one.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -73,6 +79,9 @@ static void op_unlink(struct keel_aclient *ac, struct kc_op *op)
         break;
     case KC_DONE:
         kc_list_remove(&ac->done, op);
+        break;
+    case KC_AUTHWAIT:
+        kc_list_remove(&ac->authwait, op);
         break;
     default:
         break;
@@ -315,6 +324,212 @@ static void range_piece(struct keel_aclient *ac, struct kc_op *op, const Keel__R
     op_answer(ac, op, 0, &all);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Authentication
+ */
+
+int kc_token_set(struct keel_aclient *ac, const char *token)
+{
+    char *t = NULL;
+    if (token != NULL && token[0] != '\0' && (t = strdup(token)) == NULL)
+        return KEEL_ENOMEM;
+    free(ac->token);
+    ac->token = t;
+    ac->conns.token = t; /* the next connection's Hello */
+    ac->token_gen++;
+    if (ac->on_token != NULL)
+        ac->on_token(ac->on_token_data, t);
+    return 0;
+}
+
+/* op, held for authentication, goes again with the client's token: its frame packed anew (a
+ * fresh op takes its place: same id, slot, deadline and callback). */
+static void op_retoken(struct keel_aclient *ac, struct kc_op *op)
+{
+    Keel__Request *req = keel__request__unpack(NULL, op->frame_len - KEEL_FRAME_HEADER,
+                                               op->frame + KEEL_FRAME_HEADER);
+    if (req == NULL) {
+        op_fail(ac, op, KEEL_ENOMEM, "out of memory sending a request with a new token");
+        return;
+    }
+    char *theirs = req->token;
+    req->token = ac->token != NULL ? ac->token : (char *)"";
+    size_t len = keel_frame_size(&req->base);
+    struct kc_op *n = len - KEEL_FRAME_HEADER > ac->max_frame ? NULL : kc_op_init(&ac->pool, len);
+    if (n != NULL)
+        n->frame_len = keel_frame_pack(&req->base, n->frame);
+    req->token = theirs;
+    keel__request__free_unpacked(req, NULL);
+    if (n == NULL) {
+        op_fail(ac, op, len - KEEL_FRAME_HEADER > ac->max_frame ? KEEL_ETOOLARGE : KEEL_ENOMEM,
+                "the request with a new token does not fit (%zu bytes)", len);
+        return;
+    }
+    op_unlink(ac, op);
+    kc_heap_remove(&ac->heap, op);
+    n->id = op->id;
+    n->deadline = op->deadline;
+    n->cb = op->cb;
+    n->data = op->data;
+    n->peer = op->peer;
+    n->avoid_peer = op->avoid_peer;
+    n->avoid_member = op->avoid_member;
+    n->route = op->route;
+    n->idempotent = op->idempotent;
+    n->client_token = true;
+    n->reauthed = op->reauthed;
+    n->attempts = op->attempts;
+    n->last_err = op->last_err;
+    n->timeout_ms = op->timeout_ms;
+    n->token_gen = ac->token_gen;
+    kc_op_close(&ac->pool, op);
+    kc_slots_set(&ac->slots, (uint32_t)n->id, n);
+    /* The heap just gave up op's place: pushing n needs no memory. */
+    (void)kc_heap_push(&ac->heap, n);
+    n->where = KC_WAITING;
+    kc_list_push(&ac->waiting, n);
+    ac->need_route = true;
+    kc_kick(ac);
+}
+
+/* The requests held for authentication go on: with the new token (status 0), or failed with why
+ * the authentication did (while no other is on its way). */
+static void auth_release(struct keel_aclient *ac, int status, const char *why)
+{
+    if (status != 0 && ac->auth_running)
+        return;
+    struct kc_op *op;
+    while ((op = ac->authwait.head) != NULL) {
+        if (status == 0)
+            op_retoken(ac, op);
+        else
+            op_fail(ac, op, KEEL_EUNAUTHENTICATED, "authenticating as %s failed: %s",
+                    ac->user != NULL ? ac->user : "", why);
+    }
+    ac->need_route = true; /* watch creations held meanwhile (watch.c) */
+    kc_kick(ac);
+}
+
+/* One Authenticate of the client's: the one it starts on its own (refresh), or keel_aclient_auth's
+ * (cb). */
+struct auth_call {
+    struct keel_aclient *ac;
+    bool refresh;
+    keel_response_cb cb;
+    void *data;
+};
+
+static void auth_answered(int status, const Keel__Response *resp, void *data)
+{
+    struct auth_call *a = data;
+    struct keel_aclient *ac = a->ac;
+    const char *why = resp->error != NULL && resp->error->message != NULL ? resp->error->message
+                                                                          : keel_strerror(status);
+    Keel__Response local = KEEL__RESPONSE__INIT;
+    Keel__Error err = KEEL__ERROR__INIT;
+    if (status == 0) {
+        const char *token = resp->authenticate != NULL ? resp->authenticate->token : NULL;
+        if (token == NULL || token[0] == '\0') {
+            status = KEEL_EINTERNAL;
+            why = "the member answered Authenticate without a token";
+        } else if ((status = kc_token_set(ac, token)) != 0) {
+            why = keel_strerror(status);
+        }
+        if (status != 0) {
+            local.id = resp->id;
+            err.code = keel_err_to_wire(status);
+            err.message = (char *)why;
+            local.error = &err;
+            resp = &local;
+        }
+    }
+    if (a->refresh)
+        ac->auth_running = false;
+    if (!ac->closing)
+        auth_release(ac, status, why);
+    if (a->cb != NULL)
+        a->cb(status, resp, a->data);
+    free(a);
+}
+
+static int request_submit(struct keel_aclient *ac, const Keel__Request *req,
+                          const struct keel_call_opts *opts, keel_response_cb cb, void *data,
+                          bool authenticate);
+
+/* Send Authenticate with the client's credentials. 0 or why it could not be sent. */
+static int auth_send(struct keel_aclient *ac, bool refresh, keel_response_cb cb, void *data)
+{
+    struct auth_call *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return KEEL_ENOMEM;
+    *a = (struct auth_call){.ac = ac, .refresh = refresh, .cb = cb, .data = data};
+    Keel__AuthenticateRequest ar = KEEL__AUTHENTICATE_REQUEST__INIT;
+    ar.name = ac->user;
+    ar.password = ac->password;
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_AUTHENTICATE;
+    req.authenticate = &ar;
+    int rv = request_submit(ac, &req, NULL, auth_answered, a, true);
+    if (rv != 0) {
+        free(a);
+        return rv;
+    }
+    ac->stats.authentications++;
+    return 0;
+}
+
+void kc_auth_start(struct keel_aclient *ac)
+{
+    if (ac->user == NULL || ac->auth_running || ac->closing)
+        return;
+    ac->auth_running = true;
+    int rv = auth_send(ac, true, NULL, NULL);
+    if (rv != 0) {
+        ac->auth_running = false;
+        auth_release(ac, rv, keel_strerror(rv));
+    }
+}
+
+int keel_aclient_auth(struct keel_aclient *ac, const char *user, const char *password,
+                      keel_response_cb cb, void *data)
+{
+    if (ac == NULL || user == NULL || user[0] == '\0' || password == NULL)
+        return KEEL_EINVAL;
+    if (ac->closing)
+        return KEEL_ECLOSED;
+    char *u = strdup(user), *p = strdup(password);
+    if (u == NULL || p == NULL) {
+        free(u);
+        kc_wipe_free(p);
+        return KEEL_ENOMEM;
+    }
+    free(ac->user);
+    kc_wipe_free(ac->password);
+    ac->user = u;
+    ac->password = p;
+    return auth_send(ac, false, cb, data);
+}
+
+/* op was refused for the client's token: hold it for an Authenticate (one for all of them), then
+ * send it once more. False when that does not apply (its own token, no credentials, done once). */
+static bool op_reauth(struct keel_aclient *ac, struct kc_op *op, int status,
+                      const Keel__Response *resp)
+{
+    if (!op->client_token || op->reauthed || ac->user == NULL ||
+        !kc_token_refused(status, resp->error != NULL ? resp->error->message : NULL))
+        return false;
+    op_unlink(ac, op);
+    op->reauthed = true;
+    op->where = KC_AUTHWAIT;
+    kc_list_push(&ac->authwait, op);
+    ac->stats.retries++;
+    if (op->token_gen != ac->token_gen && !ac->auth_running)
+        auth_release(ac, 0, NULL); /* a newer token came meanwhile: no need to ask again */
+    else
+        kc_auth_start(ac);
+    return true;
+}
+
 void kc_requests_response(struct keel_aclient *ac, struct kc_conn *c, const Keel__Response *resp)
 {
     struct kc_op *op = kc_slots_get(&ac->slots, (uint32_t)resp->id);
@@ -356,6 +571,8 @@ void kc_requests_response(struct keel_aclient *ac, struct kc_conn *c, const Keel
         op->avoid_member = c->member_id;
         if (op_retry(ac, op, retry_delay(ac, op), status))
             return;
+    } else if (status == KEEL_EUNAUTHENTICATED && op_reauth(ac, op, status, resp)) {
+        return;
     } else if (status == 0 && resp->body_case == KEEL__RESPONSE__BODY_RANGE && resp->range &&
                (resp->range->partial || op->pieces != NULL)) {
         range_piece(ac, op, resp);
@@ -400,6 +617,8 @@ void kc_requests_cancel(struct keel_aclient *ac)
     struct kc_op *op;
     while ((op = ac->waiting.head) != NULL)
         op_fail(ac, op, KEEL_ECANCELED, "client closed");
+    while ((op = ac->authwait.head) != NULL)
+        op_fail(ac, op, KEEL_ECANCELED, "client closed");
     for (int i = 0; i < ac->npeers; i++) {
         struct kc_conn *c = ac->peers[i].conn;
         if (c == NULL)
@@ -421,6 +640,14 @@ void kc_requests_cancel(struct keel_aclient *ac)
 
 int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
                             const struct keel_call_opts *opts, keel_response_cb cb, void *data)
+{
+    return request_submit(ac, req, opts, cb, data, false);
+}
+
+/* authenticate: the client's own Authenticate, which goes at once and with no token. */
+static int request_submit(struct keel_aclient *ac, const Keel__Request *req,
+                          const struct keel_call_opts *opts, keel_response_cb cb, void *data,
+                          bool authenticate)
 {
     if (ac == NULL || req == NULL || cb == NULL)
         return KEEL_EINVAL;
@@ -449,7 +676,8 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
         ac->seq = 1;
     Keel__Request copy = *req;
     copy.id = (uint64_t)ac->seq << 32 | slot;
-    if (ac->token != NULL && (copy.token == NULL || copy.token[0] == '\0'))
+    bool client_token = !authenticate && (copy.token == NULL || copy.token[0] == '\0');
+    if (client_token && ac->token != NULL)
         copy.token = ac->token;
     size_t len = keel_frame_size(&copy.base);
     if (len - KEEL_FRAME_HEADER > ac->max_frame) {
@@ -468,6 +696,8 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
     op->route = route;
     op->peer = pin;
     op->idempotent = kind.idempotent;
+    op->client_token = client_token;
+    op->token_gen = ac->token_gen;
     op->timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : ac->request_timeout_ms;
     op->deadline = uv_now(ac->loop) + op->timeout_ms;
     if (kc_heap_push(&ac->heap, op) != 0) {
@@ -479,7 +709,10 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
     ac->stats.requests++;
     ac->stats.in_flight++;
     kc_schedule(ac, op->deadline);
-    if (route == KC_ROUTE_PINNED) {
+    if (client_token && ac->auth_running) {
+        op->where = KC_AUTHWAIT; /* a token is on its way: the one it has is known bad */
+        kc_list_push(&ac->authwait, op);
+    } else if (route == KC_ROUTE_PINNED) {
         route_pinned(ac, op);
     } else {
         uint64_t wake = UINT64_MAX;

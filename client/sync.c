@@ -34,7 +34,7 @@ enum call_kind {
     CALL_KA_REMOVE,
     CALL_KA_STATS,
     CALL_KA_STOP,
-    CALL_SET_TOKEN,
+    CALL_AUTH,
 };
 
 struct sync_call {
@@ -62,8 +62,8 @@ struct sync_call {
     struct keel_keepalive *ka;
     int64_t lease;
     struct keel_keepalive_stats *kastats;
-    /* CALL_SET_TOKEN */
-    const char *token;
+    /* CALL_AUTH */
+    const char *user, *password;
 };
 
 /* A keep-alive set of the handle. Loop thread only. */
@@ -97,24 +97,12 @@ struct keel {
     bool ac_closing;               /* loop thread only */
     struct sync_watch *watches;    /* loop thread only */
     struct sync_ka *keepalives;    /* loop thread only */
-    /* keel_auth's credentials, for authenticating again when a token expires (wiped at close),
-     * and the token in use (under mu: keel_token reads it from any thread). */
-    char *user, *password;
+    /* The core's token (under mu: keel_token reads it from any thread; the core holds the
+     * credentials and authenticates again when a token expires, request.c). */
     char *token;
 };
 
 static _Thread_local char tls_errmsg[KEEL_ERRMSG_MAX];
-
-/* Free a password, wiped first. */
-static void wipe_free(char *s)
-{
-    if (s == NULL)
-        return;
-    volatile char *p = s;
-    while (*p)
-        *p++ = 0;
-    free(s);
-}
 
 const char *keel_errmsg(void)
 {
@@ -189,6 +177,17 @@ static void on_response(int status, const Keel__Response *resp, void *data)
         }
     }
     call_finish(call->k, call, status);
+}
+
+/* The core took a new token (keel_auth, or a refresh after one expired): keel_token's. */
+static void on_token(void *data, const char *token)
+{
+    struct keel *k = data;
+    char *t = token != NULL ? strdup(token) : NULL; /* NULL when out of memory: none to give */
+    uv_mutex_lock(&k->mu);
+    free(k->token);
+    k->token = t;
+    uv_mutex_unlock(&k->mu);
 }
 
 static bool on_loop_thread(struct keel *k)
@@ -386,11 +385,9 @@ static void on_async(uv_async_t *h)
             snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
             call_finish(k, call, rv);
             continue;
-        case CALL_SET_TOKEN:
-            rv = keel_aclient_set_token(k->ac, call->token);
-            snprintf(call->msg, sizeof(call->msg), "%s", keel_strerror(rv));
-            call_finish(k, call, rv);
-            continue;
+        case CALL_AUTH:
+            rv = keel_aclient_auth(k->ac, call->user, call->password, on_response, call);
+            break;
         default:
             rv = keel_aclient_request_ex(k->ac, call->req, &call->opts, on_response, call);
             break;
@@ -441,9 +438,14 @@ int keel_open(struct keel **out, const struct keel_options *opts)
     int rv = KEEL_EIO;
     if (uv_loop_init(&k->loop) != 0)
         goto fail_loop;
-    rv = keel_aclient_init(&k->ac, &k->loop, opts);
+    /* The credentials go to the core through keel_auth below, which reports how it went. */
+    struct keel_options o = opts != NULL ? *opts : (struct keel_options){0};
+    o.user = o.password = NULL;
+    rv = keel_aclient_init(&k->ac, &k->loop, &o);
     if (rv != 0)
         goto fail_ac;
+    k->ac->on_token = on_token;
+    k->ac->on_token_data = k;
     if (uv_mutex_init(&k->mu) != 0) {
         rv = KEEL_ENOMEM;
         goto fail_mutex;
@@ -498,8 +500,6 @@ void keel_close(struct keel *k)
     while (uv_loop_close(&k->loop) == UV_EBUSY)
         uv_run(&k->loop, UV_RUN_NOWAIT);
     uv_mutex_destroy(&k->mu);
-    wipe_free(k->password);
-    free(k->user);
     free(k->token);
     free(k);
 }
@@ -571,60 +571,23 @@ static int call_request(struct keel *k, const Keel__Request *req, const struct k
     return 0;
 }
 
-/* Authenticate with k's credentials and make the token k's (the loop's, for every request). */
-static int authenticate(struct keel *k)
-{
-    Keel__AuthenticateRequest ar = KEEL__AUTHENTICATE_REQUEST__INIT;
-    ar.name = k->user;
-    ar.password = k->password;
-    Keel__Request req = KEEL__REQUEST__INIT;
-    req.body_case = KEEL__REQUEST__BODY_AUTHENTICATE;
-    req.authenticate = &ar;
-    Keel__Response *resp = NULL;
-    int rv = call_request(k, &req, NULL, false, &resp);
-    if (rv != 0)
-        return rv;
-    char *token = resp->authenticate != NULL ? strdup(resp->authenticate->token) : NULL;
-    keel_free(resp);
-    if (token == NULL) {
-        kc_set_errmsg("the member answered Authenticate without a token");
-        return KEEL_ENOMEM;
-    }
-    struct sync_call call;
-    memset(&call, 0, sizeof(call));
-    call.kind = CALL_SET_TOKEN;
-    call.token = token;
-    if ((rv = submit(k, &call)) == 0 && (rv = call.status) != 0)
-        kc_set_errmsg(call.msg);
-    if (rv != 0) {
-        free(token);
-        return rv;
-    }
-    uv_mutex_lock(&k->mu);
-    free(k->token);
-    k->token = token;
-    uv_mutex_unlock(&k->mu);
-    return 0;
-}
-
 int keel_auth(struct keel *k, const char *user, const char *password)
 {
     if (k == NULL || user == NULL || user[0] == '\0' || password == NULL) {
         kc_set_errmsg("keel_auth: no user name or no password");
         return KEEL_EINVAL;
     }
-    char *u = strdup(user), *p = strdup(password);
-    if (u == NULL || p == NULL) {
-        free(u);
-        wipe_free(p);
-        kc_set_errmsg(keel_strerror(KEEL_ENOMEM));
-        return KEEL_ENOMEM;
-    }
-    free(k->user);
-    wipe_free(k->password);
-    k->user = u;
-    k->password = p;
-    return authenticate(k);
+    struct sync_call call;
+    memset(&call, 0, sizeof(call));
+    call.kind = CALL_AUTH;
+    call.user = user;
+    call.password = password; /* the core copies both before this returns */
+    int rv = submit(k, &call);
+    if (rv != 0)
+        return rv;
+    if (call.status != 0)
+        kc_set_errmsg(call.msg);
+    return call.status;
 }
 
 char *keel_token(struct keel *k)
@@ -635,29 +598,10 @@ char *keel_token(struct keel *k)
     return t;
 }
 
-/* A request refused because its token expired (or its user's password changed) is sent once
- * more after authenticating again, when k holds credentials: as etcd's clientv3 does. */
-static int call_authed(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
-                       bool flat, Keel__Response **out)
-{
-    int rv = call_request(k, req, opts, flat, out);
-    if (rv != KEEL_EUNAUTHENTICATED || k == NULL || k->user == NULL ||
-        req->body_case == KEEL__REQUEST__BODY_AUTHENTICATE ||
-        strstr(keel_errmsg(), "invalid auth token") == NULL)
-        return rv;
-    char first[KEEL_ERRMSG_MAX];
-    snprintf(first, sizeof(first), "%s", keel_errmsg());
-    if (authenticate(k) != 0) {
-        kc_set_errmsg(first);
-        return rv;
-    }
-    return call_request(k, req, opts, flat, out);
-}
-
 int keel_do_ex(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
                Keel__Response **out)
 {
-    return call_authed(k, req, opts, false, out);
+    return call_request(k, req, opts, false, out);
 }
 
 int keel_do_flat(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
@@ -668,7 +612,7 @@ int keel_do_flat(struct keel *k, const Keel__Request *req, const struct keel_cal
         return KEEL_EINVAL;
     }
     Keel__Response *resp = NULL;
-    int rv = call_authed(k, req, opts, true, &resp);
+    int rv = call_request(k, req, opts, true, &resp);
     *out = resp;
     return rv;
 }

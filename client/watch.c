@@ -197,6 +197,7 @@ static int send_create(struct keel_aclient *ac, struct keel_watch *w, struct kc_
     if (rv != 0)
         return rv;
     ac->next_watch_id++;
+    w->token_gen = ac->token_gen;
     w->watch_id = wc.watch_id;
     w->server_id = 0;
     w->stream_id = req.id;
@@ -279,8 +280,19 @@ static bool refusal_is_final(const struct keel_watch *w, int status)
 
 static void refused(struct keel_watch *w, struct kc_conn *c, int status, const char *msg)
 {
+    struct keel_aclient *ac = w->ac;
     if (w->state == KW_ACTIVE)
-        send_cancel(w->ac, c, w->server_id, w->token); /* in case the member still holds it */
+        send_cancel(ac, c, w->server_id, w->token); /* in case the member still holds it */
+    /* The client's token expired: created again once the client has a new one (request.c),
+     * twice at most in a row. */
+    if (w->token == NULL && ac->user != NULL && kc_token_refused(status, msg) &&
+        w->auth_fails < 2) {
+        w->auth_fails++;
+        if (w->token_gen == ac->token_gen)
+            kc_auth_start(ac);
+        watch_retry(w, c);
+        return;
+    }
     if (refusal_is_final(w, status))
         watch_end(w, status, "%s", msg);
     else
@@ -314,6 +326,8 @@ void kc_watch_route(struct keel_aclient *ac)
         }
         if (w->state != KW_WAITING)
             continue;
+        if (w->token == NULL && ac->auth_running)
+            continue; /* its creation waits for the client's new token */
         if (w->retry_at > now) {
             if (w->retry_at < wake)
                 wake = w->retry_at;
@@ -395,6 +409,7 @@ static void on_response(struct keel_watch *w, struct kc_conn *c, const Keel__Res
             return; /* nothing else comes before the acknowledgement */
         w->server_id = wr->watch_id;
         w->fails = 0;
+        w->auth_fails = 0;
         set_state(w, KW_ACTIVE);
         if (!w->created_once) {
             w->created_once = true;

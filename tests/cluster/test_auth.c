@@ -13,8 +13,15 @@
  *            tokens survive a restart of every member; passwords (also a changed one) appear
  *            nowhere: not in any member's data.mdb or raft log, nor a snapshot saved
  *            through keel_snapshot, nor any member's log.
+ *   reauth   members issue tokens for 2 seconds: an asynchronous libkeel client given a user and
+ *            password keeps 8 requests in flight for over 3 TTLs with no error, authenticating
+ *            again once per expiry (not once per refused request); a watch it creates with an
+ *            expired token is acknowledged and delivers; a synchronous client keeps working
+ *            past the TTL and keel_token follows the new token; keel-bench --user runs past the
+ *            TTL with no error.
  */
 #include <ftw.h>
+#include <sys/wait.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -27,6 +34,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include <uv.h>
 
 #include "cluster.h"
 #include "keel/keel.h"
@@ -626,13 +635,212 @@ static void persist(void **state)
     tc_cluster_close(&c);
 }
 
+/* ---- reauth ---- */
+
+#ifndef KEEL_BENCH_PATH
+#error "KEEL_BENCH_PATH must name the keel-bench binary"
+#endif
+
+#define REAUTH_TTL_S    2
+#define REAUTH_INFLIGHT 8
+
+struct load {
+    struct keel_aclient *ac;
+    long long until; /* tc_now_ms: no new request after this */
+    unsigned sent, answered, failed, in_flight;
+    char first_error[256];
+    int watch_events, watch_status;
+    bool watch_created;
+};
+
+static void send_one(struct load *l);
+
+static void answered(int status, const Keel__Response *resp, void *data)
+{
+    struct load *l = data;
+    l->in_flight--;
+    l->answered++;
+    if (status != 0 && l->failed++ == 0)
+        snprintf(l->first_error, sizeof(l->first_error), "%s",
+                 resp->error && resp->error->message ? resp->error->message : "?");
+    if (tc_now_ms() < l->until)
+        send_one(l);
+}
+
+/* A put to b/ (alice's READWRITE) or a linearizable get of a/1 (her READ), in turn. */
+static void send_one(struct load *l)
+{
+    char key[32];
+    snprintf(key, sizeof(key), "b/load-%u", l->sent % 50);
+    Keel__Request req = KEEL__REQUEST__INIT;
+    Keel__PutRequest put = KEEL__PUT_REQUEST__INIT;
+    Keel__RangeRequest range = KEEL__RANGE_REQUEST__INIT;
+    if (l->sent % 2 == 0) {
+        put.key = bytes_of(key);
+        put.value = bytes_of("v");
+        req.body_case = KEEL__REQUEST__BODY_PUT;
+        req.put = &put;
+    } else {
+        range.key = bytes_of("a/1");
+        req.body_case = KEEL__REQUEST__BODY_RANGE;
+        req.range = &range;
+    }
+    int rv = keel_aclient_request(l->ac, &req, 0, answered, l);
+    if (rv != 0)
+        fail_msg("keel_aclient_request: %s", keel_strerror(rv));
+    l->sent++;
+    l->in_flight++;
+}
+
+static void on_load_event(struct keel_watch *w, int status, const Keel__Event *const *events,
+                          size_t n, int64_t revision, void *data)
+{
+    (void)w;
+    (void)events;
+    (void)revision;
+    struct load *l = data;
+    if (status != 0) {
+        l->watch_status = status;
+        return;
+    }
+    if (n == 0)
+        l->watch_created = true;
+    l->watch_events += (int)n;
+}
+
+static void close_done(void *data)
+{
+    *(bool *)data = true;
+}
+
+/* Run loop until done() or ms pass. */
+static void run_until(uv_loop_t *loop, bool (*done)(struct load *), struct load *l, int ms)
+{
+    long long end = tc_now_ms() + ms;
+    while (!done(l) && tc_now_ms() < end)
+        uv_run(loop, UV_RUN_ONCE);
+}
+
+static bool load_over(struct load *l)
+{
+    return tc_now_ms() >= l->until && l->in_flight == 0;
+}
+
+static bool watch_delivered(struct load *l)
+{
+    return l->watch_events > 0 || l->watch_status != 0;
+}
+
+static bool watch_acknowledged(struct load *l)
+{
+    return l->watch_created || l->watch_status != 0;
+}
+
+static void reauth(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "auth-reauth");
+    snprintf(c.extra, sizeof(c.extra), "--auth-token-ttl %d", REAUTH_TTL_S);
+    tc_start_all(&c);
+    struct keel *root = set_up(&c);
+
+    /* The asynchronous client: credentials, no token. */
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char eps[512];
+    tc_endpoints(&c, 0, eps, sizeof(eps));
+    struct keel_options o = {
+        .endpoints = eps, .request_timeout_ms = 10000, .user = "alice", .password = ALICE_PW};
+    struct load l = {0};
+    ok(keel_aclient_init(&l.ac, &loop, &o), "keel_aclient_init as alice");
+    long long t0 = tc_now_ms();
+    l.until = t0 + (REAUTH_TTL_S * 3 + 1) * 1000;
+    for (int i = 0; i < REAUTH_INFLIGHT; i++)
+        send_one(&l);
+    run_until(&loop, load_over, &l, (REAUTH_TTL_S * 3 + 1) * 1000 + 30000);
+    assert_true(load_over(&l));
+    double secs = (double)(tc_now_ms() - t0) / 1000.0;
+    struct keel_aclient_stats st;
+    keel_aclient_stats(l.ac, &st);
+    print_message("async: %u requests in %.1f s, %u failed (%s), %llu authentications\n",
+                  l.answered, secs, l.failed, l.first_error,
+                  (unsigned long long)st.authentications);
+    if (l.failed != 0)
+        fail_msg("%u of %u requests failed past the token's TTL: %s", l.failed, l.answered,
+                 l.first_error);
+    assert_true(l.answered > 100);
+    /* The first, then one per expiry at least: the run outlived three TTLs. */
+    assert_true(st.authentications >= 3);
+    /* One per expiry, not one per refused request (8 in flight): a token lives 2 s. */
+    assert_true(st.authentications <= (uint64_t)(secs / REAUTH_TTL_S) + 3);
+
+    /* A watch created once the token has expired: refused for it, created again with a new one. */
+    sleep(REAUTH_TTL_S + 1);
+    uint64_t auths_before = st.authentications;
+    struct keel_watch_opts wo = {.range_end = "b0", .range_end_len = 2, .created_notify = true};
+    struct keel_watch *w = NULL;
+    ok(keel_aclient_watch(l.ac, "b/", 2, &wo, on_load_event, &l, &w), "watch b/");
+    run_until(&loop, watch_acknowledged, &l, 20000);
+    assert_int_equal(l.watch_status, 0);
+    assert_true(l.watch_created);
+    ok(put(root, "b/watched"), "put b/watched");
+    run_until(&loop, watch_delivered, &l, 20000);
+    assert_int_equal(l.watch_status, 0);
+    assert_true(l.watch_events >= 1);
+    keel_aclient_stats(l.ac, &st);
+    assert_true(st.authentications > auths_before);
+    bool closed = false;
+    keel_aclient_close(l.ac, close_done, &closed);
+    while (!closed)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+
+    /* The synchronous client: past the TTL, and keel_token follows. */
+    struct keel *alice = must_open(&c, 0, "alice", ALICE_PW);
+    char *tok1 = keel_token(alice);
+    assert_non_null(tok1);
+    sleep(REAUTH_TTL_S + 1);
+    ok(get(alice, "a/1", NULL), "sync get past the TTL");
+    ok(put(alice, "b/sync"), "sync put past the TTL");
+    char *tok2 = keel_token(alice);
+    assert_non_null(tok2);
+    assert_string_not_equal(tok1, tok2);
+    free(tok1);
+    free(tok2);
+    keel_close(alice);
+
+    /* keel-bench --user past three TTLs: no error. */
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd),
+             "%s --endpoints %s --user root:%s --duration %d --clients 8 --conns 2 put "
+             ">%s/bench.out 2>&1",
+             KEEL_BENCH_PATH, eps, ROOT_PW, REAUTH_TTL_S * 3 + 1, c.root);
+    int rc = system(cmd);
+    char path[700], out[8192] = "";
+    snprintf(path, sizeof(path), "%s/bench.out", c.root);
+    FILE *f = fopen(path, "r");
+    if (f != NULL) {
+        size_t n = fread(out, 1, sizeof(out) - 1, f);
+        out[n] = '\0';
+        fclose(f);
+    }
+    if (rc != 0 || strstr(out, "error code") != NULL || strstr(out, "Requests/sec") == NULL)
+        fail_msg("keel-bench --user past the TTL (exit %d):\n%s", rc, out);
+    keel_close(root);
+    tc_cluster_close(&c);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest rbac_t[] = {cmocka_unit_test(rbac)};
     const struct CMUnitTest persist_t[] = {cmocka_unit_test(persist)};
+    const struct CMUnitTest reauth_t[] = {cmocka_unit_test(reauth)};
     const struct tu_group groups[] = {
         {"rbac", rbac_t, 1},
         {"persist", persist_t, 1},
+        {"reauth", reauth_t, 1},
     };
     return tu_run_groups("test_auth", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }

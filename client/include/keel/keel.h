@@ -75,8 +75,16 @@ struct keel_options {
     const char *client_name; /* sent in Hello; NULL: "libkeel" */
     /* An auth token (from Authenticate): sent in Hello and on every request. NULL: none. */
     const char *token;
-    /* keel_open only: authenticate as this user (keel_auth) before returning, and again once
-     * when a request is refused for an expired or invalid token. NULL or "": no auth. */
+    /*
+     * Authenticate as this user (etcd clientv3's Username and Password): keel_open does it
+     * before returning (keel_auth); keel_aclient_init starts it at once, and requests and watch
+     * creations wait for the token. Whenever a member refuses a request for its token ("invalid
+     * auth token": it expired, keeld --auth-token-ttl, or the user's password changed), the
+     * client authenticates again and sends that request once more with the new token; refusals
+     * that come together share one Authenticate. Requests and watches given a token of their
+     * own are left alone. The client keeps a copy of the password, wiped when it is freed.
+     * NULL or "": no auth (token, if any, is used as it is).
+     */
     const char *user;
     const char *password;
     uint32_t dial_timeout_ms; /* TCP connect plus handshake; 0: KEEL_DEFAULT_DIAL_TIMEOUT_MS */
@@ -137,21 +145,22 @@ struct keel_call_opts {
 
 /* Counters, for tests and the benchmark. All monotonic. */
 struct keel_aclient_stats {
-    uint64_t requests;      /* accepted by keel_aclient_request */
-    uint64_t completed;     /* callbacks delivered */
-    uint64_t retries;       /* sends after the first, for any reason */
-    uint64_t redirects;     /* NOT_LEADER answers followed */
-    uint64_t dials;         /* connections attempted */
-    uint64_t dial_failures; /* connections that failed before their handshake completed */
-    uint64_t conn_lost;     /* established connections that dropped */
-    uint64_t writes;        /* uv_write calls (each carries one or more frames) */
-    uint64_t frames_out;    /* request frames written */
-    uint32_t in_flight;     /* requests accepted and not yet completed */
-    uint32_t connections;   /* connections open or opening */
-    uint64_t watch_creates; /* WatchCreate frames sent (first creations and resumes) */
-    uint64_t watch_resumes; /* ... of which resumes, after a lost connection or a refusal */
-    uint64_t watch_dups;    /* events dropped as already delivered (resume overlap) */
-    uint32_t watches;       /* watches not yet ended */
+    uint64_t requests;        /* accepted by keel_aclient_request */
+    uint64_t completed;       /* callbacks delivered */
+    uint64_t retries;         /* sends after the first, for any reason */
+    uint64_t redirects;       /* NOT_LEADER answers followed */
+    uint64_t dials;           /* connections attempted */
+    uint64_t dial_failures;   /* connections that failed before their handshake completed */
+    uint64_t conn_lost;       /* established connections that dropped */
+    uint64_t writes;          /* uv_write calls (each carries one or more frames) */
+    uint64_t frames_out;      /* request frames written */
+    uint32_t in_flight;       /* requests accepted and not yet completed */
+    uint32_t connections;     /* connections open or opening */
+    uint64_t watch_creates;   /* WatchCreate frames sent (first creations and resumes) */
+    uint64_t watch_resumes;   /* ... of which resumes, after a lost connection or a refusal */
+    uint64_t watch_dups;      /* events dropped as already delivered (resume overlap) */
+    uint32_t watches;         /* watches not yet ended */
+    uint64_t authentications; /* Authenticate requests sent with options.user's credentials */
 };
 
 /*
@@ -187,6 +196,17 @@ int keel_aclient_request_ex(struct keel_aclient *ac, const Keel__Request *req,
 /* Use token (NULL or "": none) on every request from now on, the watches' included. Loop thread
  * only. 0 or KEEL_ENOMEM (the old token stays). */
 int keel_aclient_set_token(struct keel_aclient *ac, const char *token);
+
+/*
+ * Authenticate as user with password, and keep both (the password wiped when the client is
+ * freed or they are replaced) to authenticate again when a token is refused, as with
+ * keel_options.user. cb (NULL: none) gets the Authenticate's answer once the token it brought is
+ * the client's (status 0), or its failure: KEEL_EUNAUTHENTICATED ("authentication failed,
+ * invalid user ID or password"), KEEL_EINVAL (auth not enabled), ... Loop thread only. 0, or
+ * KEEL_EINVAL (no user or password) / KEEL_ECLOSED / KEEL_ENOMEM and cb is not called.
+ */
+int keel_aclient_auth(struct keel_aclient *ac, const char *user, const char *password,
+                      keel_response_cb cb, void *data);
 
 /*
  * Begin closing: every request not yet answered completes with KEEL_ECANCELED and every watch
