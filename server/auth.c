@@ -46,9 +46,23 @@ struct cache {
     size_t n_roles;
 };
 
+/* Tokens whose signature was checked, so that a client's every request costs a compare, not an
+ * HMAC (about 2 us, twice for a linearizable read). Direct-mapped by the token's last bytes (its
+ * MAC's: random), TOKEN_SLOTS x ~0.5 KiB whatever clients send; emptied whenever the auth tables
+ * are read again, so the key a token was checked with is the one in use. Only a token whose
+ * signature verified enters; its expiry is still compared on every use. */
+#define TOKEN_SLOTS 64
+struct token_slot {
+    size_t len; /* 0: empty */
+    char token[KEEL_AUTH_TOKEN_MAX];
+    char name[KEEL_AUTH_NAME_MAX + 1];
+    uint64_t rev, exp;
+};
+
 struct keel_auth {
     struct keel_auth_options o;
     struct cache c;
+    struct token_slot tokens[TOKEN_SLOTS];
     struct keel_arena tmp; /* per check: a lease's keys, answers */
     size_t jobs;
     bool stopped;
@@ -111,6 +125,8 @@ static int refresh(struct keel_auth *a)
         n.users[i] = (struct cuser){.u = st.users[i]};
     keel_arena_close(&a->c.arena);
     a->c = n;
+    for (size_t i = 0; i < TOKEN_SLOTS; i++)
+        a->tokens[i].len = 0;
     return 0;
 }
 
@@ -197,14 +213,26 @@ static int who(struct keel_auth *a, uint64_t session, const Keel__Request *req, 
         *out = find_user(a, cn);
         return *out != NULL ? 0 : KEEL_EUNAUTHENTICATED;
     }
-    char name[KEEL_AUTH_NAME_MAX + 1];
-    uint64_t rev, exp;
-    if (keel_auth_token_parse(a->c.key.data, a->c.key.len, req->token, name, &rev, &exp) != 0 ||
-        exp <= now_ms())
+    size_t len = strlen(req->token);
+    if (len >= KEEL_AUTH_TOKEN_MAX)
+        return KEEL_EUNAUTHENTICATED;
+    unsigned h = 0;
+    for (size_t i = len > 8 ? len - 8 : 0; i < len; i++)
+        h = h * 31 + (unsigned char)req->token[i];
+    struct token_slot *t = &a->tokens[h % TOKEN_SLOTS];
+    if (t->len != len || memcmp(t->token, req->token, len) != 0) {
+        t->len = 0;
+        if (keel_auth_token_parse(a->c.key.data, a->c.key.len, req->token, t->name, &t->rev,
+                                  &t->exp) != 0)
+            return KEEL_EUNAUTHENTICATED;
+        memcpy(t->token, req->token, len);
+        t->len = len;
+    }
+    if (t->exp <= now_ms())
         return KEEL_EUNAUTHENTICATED;
     /* A user deleted, or whose password changed, since the token was issued: not valid. */
-    struct cuser *cu = find_user(a, name);
-    if (cu == NULL || cu->u->revision > rev)
+    struct cuser *cu = find_user(a, t->name);
+    if (cu == NULL || cu->u->revision > t->rev)
         return KEEL_EUNAUTHENTICATED;
     *out = cu;
     return 0;
