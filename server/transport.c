@@ -515,6 +515,10 @@ static void accept_fetch(struct pending *p);
 /* A handshake that passed every check: the stream goes to raft (a fetch's to the fetch hook). */
 static void accept_done(struct pending *p)
 {
+    if (p->peer.kind == KEEL_HANDSHAKE_FETCH) {
+        accept_fetch(p);
+        return;
+    }
     struct tport *t = p->t;
     struct keel_handshake_peer peer = p->peer;
     uv_stream_t *stream = (uv_stream_t *)p->tcp;
@@ -528,10 +532,6 @@ static void accept_done(struct pending *p)
             return;
         }
     }
-    if (peer.kind == KEEL_HANDSHAKE_FETCH) {
-        accept_fetch(p);
-        return;
-    }
     list_del(p);
     t->accepting--;
     free(p);
@@ -540,50 +540,42 @@ static void accept_done(struct pending *p)
     t->accept_cb(t->base, peer.id, peer.peer, stream);
 }
 
-static void handed_closed(uv_handle_t *h)
-{
-    raft_free(h);
-}
-
 /* A checkpoint fetch that passed every check: its plaintext goes to the fetch hook as a
- * descriptor of its own (a dup: the handle that held it is closed here, plain TCP or the link's
- * end of the socketpair alike, and the link pumps on for the dup). */
+ * descriptor of its own: with peer TLS the other end of the link's socketpair (the link pumps
+ * on, and closes once that end is closed); plain, a dup of the accepted socket, whose handle is
+ * closed here (nothing past the handshake was read from it). */
 static void accept_fetch(struct pending *p)
 {
     struct tport *t = p->t;
     struct keel_handshake_peer peer = p->peer;
-    uv_stream_t *stream = (uv_stream_t *)p->tcp;
+    int own = -1;
     if (p->link != NULL) {
         struct keel_peerlink_events ev = {.data = t, .closed = link_gone};
-        int rv = keel_peerlink_handoff(p->link, &ev, &stream);
+        int rv = keel_peerlink_handoff_fd(p->link, &ev, &own);
         if (rv != 0) {
             KLOG_WARN("checkpoint fetch from %s dropped: cannot make its socketpair (%s)", p->from,
                       keel_strerror(rv));
             accept_drop(p);
             return;
         }
-    }
-    uv_os_fd_t fd;
-    int own = -1;
-    if (uv_fileno((uv_handle_t *)stream, &fd) == 0)
-        own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (own < 0)
-        KLOG_WARN("checkpoint fetch from %s dropped: no descriptor for it (%s)", p->from,
-                  strerror(errno));
-    else
-        KLOG_INFO("checkpoint fetch from member %016llx (%s) at %s", (unsigned long long)peer.id,
-                  peer.name, p->from);
-    if (p->link != NULL) {
-        /* Handed off: the link is the peertls registry's now, and closes once the dup does. */
-        uv_close((uv_handle_t *)stream, handed_closed);
+        /* Handed off: the link is the peertls registry's now. */
         list_del(p);
         t->accepting--;
         free(p);
     } else {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)p->tcp, &fd) == 0)
+            own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (own < 0)
+            KLOG_WARN("checkpoint fetch from %s dropped: no descriptor for it (%s)", p->from,
+                      strerror(errno));
         accept_drop(p); /* closes the handle, not the dup */
+        if (own < 0)
+            return;
     }
-    if (own >= 0)
-        t->hooks.fetch(t->hooks.data, &peer, own);
+    KLOG_INFO("checkpoint fetch from member %016llx (%s) at %s", (unsigned long long)peer.id,
+              peer.name, peer.peer);
+    t->hooks.fetch(t->hooks.data, &peer, own);
 }
 
 /* Whether res holds the IPv4 address ip. */
