@@ -739,30 +739,6 @@ void keel_auth_intake(struct keel_auth *a, uint64_t session, Keel__Request *req,
     }
 }
 
-_Static_assert(KEEL_AUTH_MEMBER_TOKEN_MAX >= KEEL_AUTH_TOKEN_MAX, "member token buffer");
-
-int keel_auth_member_token(struct keel_store *s, char out[KEEL_AUTH_MEMBER_TOKEN_MAX])
-{
-    uint64_t rev;
-    bool enabled;
-    keel_store_auth_revision(s, &rev, &enabled);
-    if (!enabled)
-        return KEEL_ENOTFOUND;
-    struct keel_arena a;
-    keel_arena_init(&a, 0);
-    struct keel_store_auth st;
-    int err = keel_store_auth_read(s, &a, &st);
-    if (err == 0 && st.key.len == 0)
-        err = KEEL_ENOTFOUND;
-    /* root exists with the root role for as long as auth is enabled (auth enable wants it, and
-     * nothing takes either away meanwhile). */
-    if (err == 0)
-        err = keel_auth_token_make(st.key.data, st.key.len, ROOT, UINT64_MAX,
-                                   now_ms() + 5 * 60 * 1000, out);
-    keel_arena_close(&a);
-    return err;
-}
-
 int keel_auth_new(const struct keel_auth_options *o, struct keel_auth **out)
 {
     struct keel_auth *a = calloc(1, sizeof(*a));

@@ -42,7 +42,6 @@
 
 #define KEEL_AUTH_DEFAULT_TOKEN_TTL 300 /* seconds: etcd's simple-token default */
 #define KEEL_AUTH_MAX_JOBS          64
-#define KEEL_AUTH_MEMBER_TOKEN_MAX  512 /* >= KEEL_AUTH_TOKEN_MAX (authcrypto.h) */
 
 struct keel_auth;
 
@@ -77,15 +76,6 @@ void keel_auth_intake(struct keel_auth *a, uint64_t session, Keel__Request *req,
  */
 int keel_auth_check(struct keel_auth *a, uint64_t session, const Keel__Request *req,
                     const char **msg);
-
-/*
- * A token for root signed with the cluster key this member's store holds, for keeld's own
- * requests to another member (a checkpoint fetch from the leader: Snapshot is root-only). It
- * stays valid through password changes this member has not applied yet; 5 minutes. 0, or
- * KEEL_ENOTFOUND when auth is not enabled in s (no token needed, as far as it knows) or s
- * holds no key. Any thread.
- */
-int keel_auth_member_token(struct keel_store *s, char out[KEEL_AUTH_MEMBER_TOKEN_MAX]);
 
 /* Jobs still out are answered UNAVAILABLE when they come back. */
 void keel_auth_stop(struct keel_auth *a);

@@ -448,6 +448,16 @@ static void dispatch_checked(void *ctx, uint64_t session, Keel__Request *req)
     keel__request__free_unpacked(req, NULL);
 }
 
+void keel_dispatch_fetch_request(struct keel_dispatch *d, uint64_t session, Keel__Request *req)
+{
+    if (req->body_case == KEEL__REQUEST__BODY_SNAPSHOT)
+        keel_snapstream_start(d->o.snapstream, session, req->id);
+    else
+        keel_reply_error(d->o.reply, session, req->id, KEEL_EUNSUPPORTED,
+                         "a member's checkpoint fetch connection may ask for a checkpoint only");
+    keel__request__free_unpacked(req, NULL);
+}
+
 void keel_dispatch_refuse(struct keel_dispatch *d, uint64_t session, int err, const char *msg)
 {
     keel_reply_refuse(d->o.reply, session, err, msg);

@@ -10,6 +10,7 @@
  *                                                       by rangestream: in pieces when large)
  *   lease keep-alive, time-to-live, list             -> lessor (a grant's TTL is clamped here)
  *   snapshot                                         -> snapstream
+ *   (a member's checkpoint fetch, keel_dispatch_fetch_request: snapshot only, no auth)
  *   watch create / cancel / progress                 -> watch
  *   anything else                                    -> UNSUPPORTED or INVALID_ARGUMENT
  *
@@ -75,6 +76,14 @@ void keel_dispatch_hello(struct keel_dispatch *d, uint64_t session, const Keel__
 /* One request from session. Takes req: it is freed here, or by the module that keeps it (the
  * turn's proposal batch, a read waiting for its barrier). */
 void keel_dispatch_request(struct keel_dispatch *d, uint64_t session, Keel__Request *req);
+
+/*
+ * One request from a member's checkpoint fetch connection (transport.h: accepted on the peer
+ * port after the peer handshake, and with peer TLS its certificate): a Snapshot goes to the
+ * snapstream with no auth check (membership is the credential; the client port's Snapshot stays
+ * root's with auth on), anything else is refused as UNSUPPORTED. Takes req.
+ */
+void keel_dispatch_fetch_request(struct keel_dispatch *d, uint64_t session, Keel__Request *req);
 
 /* A frame the session cannot take: tell the client why before it is cut off. */
 void keel_dispatch_refuse(struct keel_dispatch *d, uint64_t session, int err, const char *msg);

@@ -1,23 +1,28 @@
 /*
- * Checkpoint fetch (see fetch.h): the snapshot stream (proto/snapread.h), from a member that
- * proves it belongs to this cluster, written to the caller's file as it arrives.
+ * Checkpoint fetch (see fetch.h): the peer handshake, then the snapshot stream
+ * (proto/snapread.h) from a member that proves it belongs to this cluster, written to the
+ * caller's file as it arrives.
  */
 #include "fetch.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "err.h"
+#include "hostport.h"
 #include "snapread.h"
 #include "tls.h"
 #include "tls_relay.h"
 
 struct fetch {
-    const char *addr;
     uint64_t cluster_id;
     int out_fd;
 };
@@ -55,40 +60,80 @@ static int write_chunk(void *data, const Keel__Response *resp, char *err, size_t
     return 0;
 }
 
-int keel_fetch_checkpoint(const char *addr, const char *bind_host, uint64_t cluster_id, int out_fd,
-                          int timeout_ms, char *err, size_t errlen)
+/* peer as "a.b.c.d:port" into ip (a name resolved now: this is the writer thread, which waits
+ * for the fetch anyway), its host into host. 0, or KEEL_EIO with why in err. */
+static int resolve(const char *peer, char *host, size_t hostlen, char *ip, size_t iplen, char *err,
+                   size_t errlen)
 {
-    return keel_fetch_checkpoint_as(addr, bind_host, NULL, cluster_id, NULL, out_fd, timeout_ms,
-                                    err, errlen);
-}
-
-int keel_fetch_checkpoint_as(const char *addr, const char *bind_host,
-                             const struct keel_tls_options *tls, uint64_t cluster_id,
-                             const char *token, int out_fd, int timeout_ms, char *err,
-                             size_t errlen)
-{
-    struct keel_tls_ctx *ctx = NULL;
-    char why[400];
-    if (tls != NULL && keel_tls_ctx_new(tls, &ctx, why, sizeof(why)) != 0) {
-        snprintf(err, errlen, "TLS for the fetch from %s: %s", addr, why);
+    int port;
+    int kind = keel_addr_split_any(peer, host, hostlen, &port, NULL, 0);
+    if (kind < 0) {
+        snprintf(err, errlen, "%s is not a peer address", peer);
         return KEEL_EIO;
     }
-    int fd = keel_snapread_dial(addr, bind_host, timeout_ms);
+    if (kind == KEEL_HOST_IPV4) {
+        snprintf(ip, iplen, "%s:%d", host, port);
+        return 0;
+    }
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int rv = getaddrinfo(host, NULL, &hints, &res);
+    if (rv != 0 || res == NULL) {
+        snprintf(err, errlen, "%s does not resolve: %s", host,
+                 rv != 0 ? gai_strerror(rv) : "no address");
+        return KEEL_EIO;
+    }
+    char a[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)res->ai_addr)->sin_addr, a, sizeof(a));
+    freeaddrinfo(res);
+    snprintf(ip, iplen, "%s:%d", a, port);
+    return 0;
+}
+
+/* The whole of buf to fd (a blocking socket with a send timeout). */
+static int send_all(int fd, const uint8_t *buf, size_t len)
+{
+    for (size_t off = 0; off < len;) {
+        ssize_t n = send(fd, buf + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+int keel_fetch_checkpoint(const char *peer, const char *bind_host,
+                          const struct keel_tls_options *tls, const struct keel_handshake *as,
+                          int out_fd, int timeout_ms, char *err, size_t errlen)
+{
+    char host[KEEL_ADDR_MAX], ip[KEEL_ADDR_MAX + 8], why[400];
+    if (resolve(peer, host, sizeof(host), ip, sizeof(ip), why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "%s", why);
+        return KEEL_EIO;
+    }
+    struct keel_tls_ctx *ctx = NULL;
+    if (tls != NULL && keel_tls_ctx_new(tls, &ctx, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "peer TLS for the fetch from %s: %s", peer, why);
+        return KEEL_EIO;
+    }
+    if (bind_host != NULL && strcmp(bind_host, "0.0.0.0") == 0)
+        bind_host = NULL;
+    int fd = keel_snapread_dial(ip, bind_host, timeout_ms);
     if (fd < 0) {
-        snprintf(err, errlen, "connect to %s: %s", addr, strerror(errno));
+        snprintf(err, errlen, "connect to %s: %s", peer, strerror(errno));
         keel_tls_ctx_free(ctx);
         return KEEL_EIO;
     }
-    /* TLS: the stream is read from the relay's plain end (tls_relay.h). */
+    /* Peer TLS: everything, the handshake included, goes through the relay's plain end
+     * (tls_relay.h), and the member's certificate must name the host dialled. */
     struct keel_tls_relay *relay = NULL;
     int sfd = fd;
     if (ctx != NULL) {
-        char host[64];
-        snprintf(host, sizeof(host), "%.*s", (int)strcspn(addr, ":"), addr);
         int rv = keel_tls_relay_start(ctx, host, fd, timeout_ms, &relay, &sfd, why, sizeof(why));
         keel_tls_ctx_free(ctx);
         if (rv != 0) {
-            snprintf(err, errlen, "%s: %s", addr, why);
+            snprintf(err, errlen, "%s: %s", peer, why);
             close(fd);
             return KEEL_EIO;
         }
@@ -96,9 +141,19 @@ int keel_fetch_checkpoint_as(const char *addr, const char *bind_host,
         setsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
         setsockopt(sfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     }
-    struct fetch f = {addr, cluster_id, out_fd};
-    int rv = keel_snapread_run_token(sfd, "keeld-checkpoint-fetch", token, check_hello, write_chunk,
-                                     &f, why, sizeof(why));
+    struct keel_handshake h = *as;
+    h.kind = KEEL_HANDSHAKE_FETCH;
+    uint8_t hello[KEEL_HANDSHAKE_LEN];
+    keel_handshake_encode(&h, hello);
+    struct fetch f = {as->cluster_id, out_fd};
+    int rv = 0;
+    if (send_all(sfd, hello, sizeof(hello)) != 0) {
+        snprintf(why, sizeof(why), "sending the peer handshake: %s", strerror(errno));
+        rv = KEEL_EIO;
+    }
+    if (rv == 0)
+        rv = keel_snapread_run(sfd, "keeld-checkpoint-fetch", check_hello, write_chunk, &f, why,
+                               sizeof(why));
     if (relay != NULL) {
         close(sfd);
         char tls_why[256];
@@ -107,7 +162,7 @@ int keel_fetch_checkpoint_as(const char *addr, const char *bind_host,
             snprintf(why, sizeof(why), "%s", tls_why); /* what ended the stream */
     }
     if (rv != 0)
-        snprintf(err, errlen, "%s: %s", addr, why);
+        snprintf(err, errlen, "%s: %s", peer, why);
     close(fd);
     return rv;
 }

@@ -23,7 +23,6 @@
 
 #include "bytes.h"
 #include "defrag.h"
-#include "auth.h"
 #include "fetch.h"
 #include "log.h"
 
@@ -68,7 +67,7 @@ struct keel_fsm {
     struct keel_fsm_batch *done_head, *done_tail; /* under mu */
     uint64_t sync_seq;                            /* under mu: last SYNC requested */
     uint64_t sync_done;                           /* under mu: last SYNC finished */
-    char leader[64];                              /* under mu */
+    char leader[KEEL_ADDR_MAX];                   /* peer address; under mu */
     int stopping;                                 /* under mu */
     int thread_running;
     /* Online defragmentation (defrag.h): the one under way and who asked for it (writer). */
@@ -203,7 +202,7 @@ static int do_fetch(struct keel_fsm *f, uint64_t token_index)
         keel_store_stat(f->o.store, &st);
         if (st.applied_index >= token_index)
             return restored;
-        char leader[64];
+        char leader[KEEL_ADDR_MAX];
         pthread_mutex_lock(&f->mu);
         while (f->leader[0] == '\0' && !f->stopping) {
             struct timespec ts;
@@ -224,20 +223,21 @@ static int do_fetch(struct keel_fsm *f, uint64_t token_index)
         /* Straight into place beside the store: one copy, on the data dir's disk. The copy
          * must reach the token and never go below what this store has applied. */
         int fd = -1;
-        char err[256] = "";
+        char err[512] = "";
         uint64_t began = keel_histo_now_ns();
         int rv = keel_store_restore_begin(f->o.store, &fd);
         if (rv != 0)
             snprintf(err, sizeof(err), "staging: %s", keel_strerror(rv));
         if (rv == 0) {
-            /* With auth enabled the leader answers Snapshot to root only: a token signed with
-             * the cluster's key, when this store holds it (a member that never saw auth enabled
-             * has none: it waits for peer TLS to vouch for it). */
-            char token[KEEL_AUTH_MEMBER_TOKEN_MAX];
-            bool authed = keel_auth_member_token(f->o.store, token) == 0;
-            rv = keel_fetch_checkpoint_as(leader, f->o.bind_host, f->o.fetch_tls, *f->o.cluster_id,
-                                          authed ? token : NULL, fd, FETCH_TIMEOUT, err,
-                                          sizeof(err));
+            /* From the leader's peer port, as a member (fetch.h): no auth token, so a member
+             * added while auth is on, whose store holds no auth state yet, is served too. */
+            struct keel_handshake as =
+                f->o.fetch_as != NULL
+                    ? *f->o.fetch_as
+                    : (struct keel_handshake){.peer = "", .client = "", .name = "", .zone = ""};
+            as.cluster_id = *f->o.cluster_id;
+            rv = keel_fetch_checkpoint(leader, f->o.bind_host, f->o.fetch_tls, &as, fd,
+                                       FETCH_TIMEOUT, err, sizeof(err));
             if (rv != 0)
                 keel_store_restore_abort(f->o.store, fd);
         }
@@ -745,10 +745,10 @@ void keel_fsm_fetches(const struct keel_fsm *f, uint64_t *ok, uint64_t *failed,
     *seconds = &f->fetch_seconds;
 }
 
-void keel_fsm_set_leader(struct keel_fsm *f, const char *client_addr)
+void keel_fsm_set_leader(struct keel_fsm *f, const char *peer_addr)
 {
     pthread_mutex_lock(&f->mu);
-    snprintf(f->leader, sizeof(f->leader), "%s", client_addr ? client_addr : "");
+    snprintf(f->leader, sizeof(f->leader), "%s", peer_addr ? peer_addr : "");
     pthread_cond_broadcast(&f->cond);
     pthread_mutex_unlock(&f->mu);
 }

@@ -30,6 +30,8 @@
 
 #include <uv.h>
 
+#include "handshake.h"
+
 #include "arena.h"
 #include "histo.h"
 #include "store.h"
@@ -93,8 +95,11 @@ struct keel_fsm_options {
     /* A batch whose apply takes longer is logged (etcd's "apply request took too long");
      * 0: never. */
     uint32_t warn_apply_us;
-    /* The leader's client port speaks TLS (--cert-file): a checkpoint fetch from it uses these
-     * client options (fetch.h; they must outlive the fsm). NULL: plaintext. */
+    /* A checkpoint is fetched from the leader's peer port as a member (fetch.h): fetch_as is
+     * what this member says in the peer handshake (its cluster_id is replaced by *cluster_id at
+     * each fetch), fetch_tls the peer TLS client options (NULL: peer TLS off). Both must outlive
+     * the fsm. */
+    const struct keel_handshake *fetch_as;
     const struct keel_tls_options *fetch_tls;
 };
 
@@ -169,8 +174,8 @@ int keel_fsm_restore(struct keel_fsm *f, const void *token, size_t len);
 /* The writer's progress (updated on the loop; the pointer stays valid for the fsm's life). */
 const struct keel_fsm_progress *keel_fsm_progress(const struct keel_fsm *f);
 
-/* Where a checkpoint can be fetched from: the leader's client address ("" when unknown). */
-void keel_fsm_set_leader(struct keel_fsm *f, const char *client_addr);
+/* Where a checkpoint can be fetched from: the leader's peer address ("" when unknown). */
+void keel_fsm_set_leader(struct keel_fsm *f, const char *peer_addr);
 
 /* Checkpoint fetch attempts of this member since start (a store behind a raft snapshot token
  * copying a checkpoint from the leader): restored in place (*ok) or failed and retried

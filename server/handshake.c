@@ -9,6 +9,7 @@
 #include "hostport.h"
 
 #define HELLO_MAGIC   0x4b45454c50454552ull /* "KEELPEER" */
+#define FETCH_MAGIC   0x4b45454c46544348ull /* "KEELFTCH" */
 #define HELLO_VERSION 2
 #define HELLO_CLUSTER 16
 #define HELLO_ID      24
@@ -32,7 +33,7 @@ static void get_str(char *dst, const uint8_t *p)
 
 void keel_handshake_encode(const struct keel_handshake *h, uint8_t out[KEEL_HANDSHAKE_LEN])
 {
-    keel_put_le64(out, HELLO_MAGIC);
+    keel_put_le64(out, h->kind == KEEL_HANDSHAKE_FETCH ? FETCH_MAGIC : HELLO_MAGIC);
     keel_put_le64(out + 8, HELLO_VERSION);
     keel_put_le64(out + HELLO_CLUSTER, h->cluster_id);
     keel_put_le64(out + HELLO_ID, h->id);
@@ -51,7 +52,8 @@ int keel_handshake_check_head(const uint8_t *head, char *why, size_t len)
                  "(--peer-cert-file, --peer-key-file, --peer-trusted-ca-file)");
         return -1;
     }
-    if (keel_get_le64(head) != HELLO_MAGIC) {
+    uint64_t magic = keel_get_le64(head);
+    if (magic != HELLO_MAGIC && magic != FETCH_MAGIC) {
         snprintf(why, len, "not a keel peer handshake");
         return -1;
     }
@@ -130,5 +132,6 @@ int keel_handshake_check(const struct keel_handshake_rule *r,
     out->id = id;
     out->cluster_id = cluster;
     out->by_name = kind == KEEL_HOST_NAME;
+    out->kind = keel_get_le64(hello) == FETCH_MAGIC ? KEEL_HANDSHAKE_FETCH : KEEL_HANDSHAKE_RAFT;
     return 0;
 }

@@ -7,6 +7,12 @@
  * raft id, and four NUL-padded 64-byte fields: peer address, client address, name, zone.
  * Version 2 added the cluster id. The rule a handshake must pass is in transport.h.
  *
+ * The magic says what the connection is for: "KEELPEER", a raft stream; "KEELFTCH", a member's
+ * checkpoint fetch (fetch.h), which the accepting member serves from its checkpoint streamer
+ * instead of handing it to raft. Both pass the same rule; a member that knows only the first
+ * refuses the second by its head ("not a keel peer handshake"), so raft links between members
+ * of both kinds are unchanged.
+ *
  * Nothing here allocates or keeps a pointer.
  */
 #ifndef KEEL_HANDSHAKE_H
@@ -22,8 +28,15 @@
 #define KEEL_HANDSHAKE_HEAD 16
 #define KEEL_HANDSHAKE_LEN  (KEEL_HANDSHAKE_HEAD + 8 + 8 + 4 * 64)
 
+/* What a connection is for (the magic it opens with). */
+enum keel_handshake_kind {
+    KEEL_HANDSHAKE_RAFT = 0, /* a raft stream */
+    KEEL_HANDSHAKE_FETCH,    /* a checkpoint fetch: Hello and a Snapshot request follow */
+};
+
 /* What a connecting member says about itself. The strings are cut to 63 bytes on the wire. */
 struct keel_handshake {
+    enum keel_handshake_kind kind;
     uint64_t cluster_id;
     uint64_t id;
     const char *peer, *client, *name, *zone;
@@ -32,8 +45,8 @@ struct keel_handshake {
 /* The handshake of h, of this version, into out. */
 void keel_handshake_encode(const struct keel_handshake *h, uint8_t out[KEEL_HANDSHAKE_LEN]);
 
-/* 0 when the first KEEL_HANDSHAKE_HEAD bytes say a keel peer of this version follows, else -1
- * with why in why. */
+/* 0 when the first KEEL_HANDSHAKE_HEAD bytes say a keel peer of this version follows (of either
+ * kind), else -1 with why in why. */
 int keel_handshake_check_head(const uint8_t *head, char *why, size_t len);
 
 /* The peer address member id has (and must connect from), or NULL when id is no member. */
@@ -52,6 +65,7 @@ const char *keel_handshake_config_peer(void *cfg, uint64_t id);
 
 /* Who a handshake proved to be, and what it says. Strings NUL-terminated. */
 struct keel_handshake_peer {
+    enum keel_handshake_kind kind;
     uint64_t id;
     uint64_t cluster_id;
     char peer[64]; /* as lookup gave it */

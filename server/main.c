@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <uv.h>
 
@@ -88,7 +89,10 @@ struct keeld {
     uv_signal_t sigterm, sigint, sighup;
     char peer_cn[256];                 /* session_peer_cn's answer */
     struct keel_tls_ctx *client_tls;   /* --cert-file: the client port's TLS; NULL: plaintext */
-    struct keel_tls_options fetch_tls; /* ... and how to fetch a checkpoint from another's */
+    struct keel_tls_options fetch_tls; /* peer TLS: how to fetch a checkpoint from the leader */
+    struct keel_handshake fetch_as;    /* what this member says when it fetches one */
+    struct keel_session_handler fetch_handler; /* fetch connections of members (on_fetch) */
+    unsigned fetches;                          /* ... being served */
     uv_timer_t stop_timer;
     int stopping;
 };
@@ -113,8 +117,12 @@ static void leader_changed(struct keeld *k, bool is_leader, uint64_t leader)
         k->leader_changes++;
         k->last_leader_seen = leader;
     }
-    struct keel_member_info *mi = keel_members_get(&k->members, leader);
-    keel_fsm_set_leader(k->fsm, mi && leader != k->cfg.member_id ? mi->client : "");
+    /* A checkpoint comes from the leader's peer port (transport.h): its address as raft
+     * dials it. */
+    const char *peer = leader != 0 && leader != k->cfg.member_id && k->node != NULL
+                           ? keel_node_peer_address(k->node, leader)
+                           : NULL;
+    keel_fsm_set_leader(k->fsm, peer ? peer : "");
     keel_publish_leader_changed(k->publish, is_leader);
     keel_readindex_leader_changed(k->readindex, is_leader);
     keel_lessor_leader_changed(k->lessor, is_leader);
@@ -285,6 +293,49 @@ static void session_closed(void *data, uint64_t session)
 {
     struct keeld *k = data;
     keel_watch_session_closed(k->watch, session);
+}
+
+/* ---- checkpoint fetches on the peer port ---- */
+
+/* Fetch connections served at once: the one being streamed and one retrying behind it. Each
+ * holds a descriptor and a session's buffers, not a copy. */
+#define MAX_FETCHES 2
+
+/* A member's fetch connection: a session whose requests go to dispatch's fetch path (a
+ * checkpoint, no auth), so nothing but the snapstream ever hears from it. */
+static void fetch_request(void *data, uint64_t session, Keel__Request *req)
+{
+    struct keeld *k = data;
+    keel_dispatch_fetch_request(k->dispatch, session, req);
+}
+
+static void fetch_closed(void *data, uint64_t session)
+{
+    struct keeld *k = data;
+    (void)session;
+    k->fetches--;
+}
+
+/* A member's checkpoint fetch, accepted on the peer port (transport.h): served as a session of
+ * its own, at most MAX_FETCHES at once (the snapstream copies for one of them at a time; a
+ * member that retries while one runs is told TOO_MANY_REQUESTS by it). */
+static void on_fetch(void *data, const struct keel_handshake_peer *p, int fd)
+{
+    struct keeld *k = data;
+    if (k->stopping || k->fetches >= MAX_FETCHES) {
+        KLOG_WARN("checkpoint fetch from member %016llx (%s) closed: %s", (unsigned long long)p->id,
+                  p->name, k->stopping ? "this member is stopping" : "as many fetches run already");
+        close(fd);
+        return;
+    }
+    uint64_t session;
+    int rv = keel_sessions_adopt(k->sessions, fd, &k->fetch_handler, &session);
+    if (rv != 0) {
+        KLOG_WARN("checkpoint fetch from member %016llx (%s) dropped: %s",
+                  (unsigned long long)p->id, p->name, keel_strerror(rv));
+        return;
+    }
+    k->fetches++;
 }
 
 /* What the sessions yield to: writes taken and not yet applied, from intake to the writer's
@@ -595,15 +646,22 @@ static int wire(struct keeld *k)
                                   .apply_seconds = &k->apply_seconds,
                                   .commit_seconds = &k->commit_seconds,
                                   .warn_apply_us = k->cfg.warn_apply_us};
-    if (k->client_tls != NULL) {
-        /* Every member's client port speaks TLS: a checkpoint comes from the leader's over TLS,
-         * this member's certificate (made for client use too) its client certificate. */
-        k->fetch_tls = (struct keel_tls_options){
-            .role = KEEL_TLS_CLIENT,
-            .cert_file = k->cfg.cert_file,
-            .key_file = k->cfg.key_file,
-            .ca_file = k->cfg.trusted_ca_file[0] ? k->cfg.trusted_ca_file : NULL,
-            .verify_peer = true};
+    /* A checkpoint comes from the leader's peer port, as a member: the peer handshake raft
+     * links open with (transport.c's), and with peer TLS this member's peer certificate. */
+    const struct keel_member_conf *self = keel_config_member(&k->cfg, k->cfg.member_id);
+    k->fetch_as = (struct keel_handshake){.kind = KEEL_HANDSHAKE_FETCH,
+                                          .id = k->cfg.member_id,
+                                          .peer = self ? self->peer : k->cfg.listen_peer,
+                                          .client = k->cfg.listen_client,
+                                          .name = k->cfg.name,
+                                          .zone = k->cfg.zone};
+    fo.fetch_as = &k->fetch_as;
+    if (k->cfg.peer_cert_file[0] != '\0') {
+        k->fetch_tls = (struct keel_tls_options){.role = KEEL_TLS_CLIENT,
+                                                 .cert_file = k->cfg.peer_cert_file,
+                                                 .key_file = k->cfg.peer_key_file,
+                                                 .ca_file = k->cfg.peer_ca_file,
+                                                 .verify_peer = true};
         fo.fetch_tls = &k->fetch_tls;
     }
     /* etcd's layouts: its backend commit histogram, and its apply histogram */
@@ -725,12 +783,18 @@ static int wire(struct keeld *k)
                                          .auth = k->auth};
     if ((rv = keel_dispatch_new(&dopt, &k->dispatch)) != 0)
         return rv;
+    k->fetch_handler = (struct keel_session_handler){.data = k,
+                                                     .hello = session_hello,
+                                                     .request = fetch_request,
+                                                     .refuse = session_refuse,
+                                                     .closed = fetch_closed};
     struct keel_node_options no = {.loop = &k->loop,
                                    .cfg = &k->cfg,
                                    .fsm = k->fsm,
                                    .on_change = on_change,
                                    .on_peer = on_peer,
                                    .moved_peer = moved_peer,
+                                   .on_fetch = on_fetch,
                                    .data = k};
     if ((rv = keel_node_new(&no, &k->node)) != 0)
         return rv;

@@ -880,6 +880,17 @@ static void on_handshake(void *data, const struct keel_handshake_peer *p)
     n->o.on_peer(n->o.data, p);
 }
 
+static void on_fetch(void *data, const struct keel_handshake_peer *p, int fd)
+{
+    struct keel_node *n = data;
+    n->o.on_fetch(n->o.data, p, fd);
+}
+
+const char *keel_node_peer_address(struct keel_node *n, uint64_t id)
+{
+    return peer_of(n, id);
+}
+
 /* ---- set-up and shutdown ---- */
 
 static int bootstrap(struct keel_node *n)
@@ -929,7 +940,10 @@ int keel_node_new(const struct keel_node_options *o, struct keel_node **out)
     n->raft_fsm.restore = fsm_restore;
     n->raft_fsm.snapshot_finalize = fsm_snapshot_finalize;
     n->raft_fsm.snapshot_async = fsm_snapshot_async;
-    struct keel_transport_hooks hooks = {.data = n, .lookup = peer_of, .peer = on_handshake};
+    struct keel_transport_hooks hooks = {.data = n,
+                                         .lookup = peer_of,
+                                         .peer = on_handshake,
+                                         .fetch = o->on_fetch != NULL ? on_fetch : NULL};
     int rv = keel_transport_init(&n->transport, o->loop, c, &hooks);
     if (rv != 0) {
         free(n);

@@ -45,6 +45,9 @@ struct keel_node_options {
     /* The peer address a member update gave member id, NULL when the raft configuration's
      * stands. NULL: none ever does. */
     const char *(*moved_peer)(void *data, uint64_t id);
+    /* A member's checkpoint fetch was accepted on the peer port (transport.h: the fetch hook;
+     * fd is the callee's to close). NULL: fetches are refused. */
+    void (*on_fetch)(void *data, const struct keel_handshake_peer *p, int fd);
     void *data;
 };
 
@@ -65,6 +68,10 @@ void keel_node_consensus(struct keel_node *n, struct keel_consensus *out);
 bool keel_node_is_leader(struct keel_node *n);
 /* The leader's id, 0 when unknown (or while this leader hands leadership over). */
 uint64_t keel_node_leader(struct keel_node *n);
+/* Member id's peer address as raft dials it (the raft configuration's, or a member update's;
+ * --initial-cluster's before there is a configuration), NULL for no member. Valid until the
+ * next configuration change: copy it. */
+const char *keel_node_peer_address(struct keel_node *n, uint64_t id);
 uint64_t keel_node_term(struct keel_node *n);
 uint64_t keel_node_last_index(struct keel_node *n);
 /* The commit index as this member knows it (0 before start). */

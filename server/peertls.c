@@ -456,42 +456,52 @@ static void free_raft_handle(uv_handle_t *h)
     raft_free(h);
 }
 
-int keel_peerlink_handoff(struct keel_peerlink *l, const struct keel_peerlink_events *ev,
-                          uv_stream_t **stream)
+int keel_peerlink_handoff_fd(struct keel_peerlink *l, const struct keel_peerlink_events *ev,
+                             int *fd)
 {
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
         return errno == EMFILE || errno == ENFILE ? KEEL_EIO : KEEL_ENOMEM;
-    uv_pipe_t *theirs = raft_malloc(sizeof(*theirs));
-    if (theirs == NULL) {
-        close(fds[0]);
-        close(fds[1]);
-        return KEEL_ENOMEM;
-    }
     uv_loop_t *loop = l->tcp->loop;
-    uv_pipe_init(loop, theirs, 0);
     uv_pipe_init(loop, &l->pipe, 0);
     l->pipe.data = l;
     l->handles++;
     l->pipe_open = true; /* initialised: keel_peerlink_close closes it */
     /* uv_pipe_open fails only on a bad descriptor; a handle that did take its fd closes it. */
-    if (uv_pipe_open(theirs, fds[0]) != 0) {
+    if (uv_pipe_open(&l->pipe, fds[1]) != 0) {
         close(fds[0]);
         close(fds[1]);
-        uv_close((uv_handle_t *)theirs, free_raft_handle);
-        return KEEL_EIO;
-    }
-    if (uv_pipe_open(&l->pipe, fds[1]) != 0) {
-        close(fds[1]);
-        uv_close((uv_handle_t *)theirs, free_raft_handle);
         return KEEL_EIO;
     }
     l->handed_off = true;
     l->ev = *ev;
-    *stream = (uv_stream_t *)theirs;
-    /* Plaintext that came with the handshake waits in the codec: raft's now. */
+    *fd = fds[0];
+    /* Plaintext that came with the handshake waits in the codec: the other end's now. */
     pump_in(l);
     update_reading(l);
+    return 0;
+}
+
+int keel_peerlink_handoff(struct keel_peerlink *l, const struct keel_peerlink_events *ev,
+                          uv_stream_t **stream)
+{
+    uv_pipe_t *theirs = raft_malloc(sizeof(*theirs));
+    if (theirs == NULL)
+        return KEEL_ENOMEM;
+    uv_pipe_init(l->tcp->loop, theirs, 0);
+    int fd = -1;
+    /* The link starts pumping into its end at once; raft's end only buffers until raft reads. */
+    int rv = keel_peerlink_handoff_fd(l, ev, &fd);
+    if (rv == 0 && uv_pipe_open(theirs, fd) != 0) {
+        /* Cannot happen for a fresh descriptor; the link sees its other end close. */
+        close(fd);
+        rv = KEEL_EIO;
+    }
+    if (rv != 0) {
+        uv_close((uv_handle_t *)theirs, free_raft_handle);
+        return rv;
+    }
+    *stream = (uv_stream_t *)theirs;
     return 0;
 }
 

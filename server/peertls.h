@@ -106,6 +106,14 @@ void keel_peerlink_hold(struct keel_peerlink *l);
 int keel_peerlink_handoff(struct keel_peerlink *l, const struct keel_peerlink_events *ev,
                           uv_stream_t **stream);
 
+/*
+ * The same with the other end as a plain descriptor, for an owner that is not raft (a member's
+ * checkpoint fetch, transport.h): *fd is the caller's to close; the link closes itself once it
+ * is. 0 or a KEEL_E* code (the link is then unchanged: the owner closes it).
+ */
+int keel_peerlink_handoff_fd(struct keel_peerlink *l, const struct keel_peerlink_events *ev,
+                             int *fd);
+
 /* Close the link (idempotent): its handles close, then ev->closed. */
 void keel_peerlink_close(struct keel_peerlink *l);
 

@@ -71,6 +71,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "frame.h"
@@ -112,6 +113,7 @@ struct drain_hook {
 
 struct keel_session {
     struct keel_sessions *ss;
+    const struct keel_session_handler *h; /* &ss->h, or an adopted session's own */
     uint64_t id;
     uv_tcp_t tcp;
     struct keel_frame_decoder dec;
@@ -656,8 +658,8 @@ static void session_freed(uv_handle_t *h)
             }
         }
     }
-    if (s->accepted && ss->h.closed != NULL)
-        ss->h.closed(ss->h.data, s->id);
+    if (s->accepted && s->h->closed != NULL)
+        s->h->closed(s->h->data, s->id);
     hooks_call(s, 1);
     timing_close(s);
     keel_frame_decoder_close(&s->dec);
@@ -861,7 +863,7 @@ static void refuse_frame(struct keel_session *s, int err, const char *msg)
 {
     /* reply.c logs the refusal, rate-limited */
     KLOG_DEBUG("session %llu: %s; closing", (unsigned long long)s->id, msg);
-    s->ss->h.refuse(s->ss->h.data, s->id, err, msg);
+    s->h->refuse(s->h->data, s->id, err, msg);
     s->close_after_flush = 1;
     stop_reading(s);
     wait_del(s);
@@ -896,7 +898,7 @@ static int handle_frame(struct keel_session *s, const uint8_t *payload, size_t l
             return -1;
         }
         s->hello_done = 1;
-        ss->h.hello(ss->h.data, s->id, (Keel__Hello *)m);
+        s->h->hello(s->h->data, s->id, (Keel__Hello *)m);
         protobuf_c_message_free_unpacked(m, NULL);
         return 0;
     }
@@ -908,7 +910,7 @@ static int handle_frame(struct keel_session *s, const uint8_t *payload, size_t l
     s->inflight++;
     ss->inflight++;
     timing_start(s, (Keel__Request *)m);
-    ss->h.request(ss->h.data, s->id, (Keel__Request *)m);
+    s->h->request(s->h->data, s->id, (Keel__Request *)m);
     return 0;
 }
 
@@ -1109,6 +1111,7 @@ static void on_connection(uv_stream_t *server, int status)
     if (s == NULL)
         return;
     s->ss = ss;
+    s->h = &ss->h;
     keel_u64map_init(&s->started);
     s->id = ++ss->next_id;
     uv_tcp_init(ss->loop, &s->tcp);
@@ -1131,6 +1134,37 @@ static void on_connection(uv_stream_t *server, int status)
     s->accepted = 1;
     uv_tcp_nodelay(&s->tcp, 1);
     pump(s);
+}
+
+int keel_sessions_adopt(struct keel_sessions *ss, int fd, const struct keel_session_handler *h,
+                        uint64_t *id)
+{
+    struct keel_session *s = ss->closing ? NULL : calloc(1, sizeof(*s));
+    if (s == NULL) {
+        close(fd);
+        return ss->closing ? KEEL_ECLOSED : KEEL_ENOMEM;
+    }
+    s->ss = ss;
+    s->h = h;
+    keel_u64map_init(&s->started);
+    s->id = ++ss->next_id;
+    uv_tcp_init(ss->loop, &s->tcp);
+    s->tcp.data = s;
+    ss->open_handles++;
+    keel_frame_decoder_init(&s->dec, ss->cfg->max_request_bytes + FRAME_OVERHEAD);
+    /* uv_tcp_open takes any stream socket: the peer link's socketpair end as well. */
+    int rv = uv_tcp_open(&s->tcp, fd);
+    if (rv != 0)
+        close(fd);
+    if (rv != 0 || keel_u64map_put(&ss->live, s->id, s) != 0) {
+        s->closing = 1;
+        uv_close((uv_handle_t *)&s->tcp, session_freed);
+        return rv != 0 ? KEEL_EIO : KEEL_ENOMEM;
+    }
+    s->accepted = 1;
+    *id = s->id;
+    pump(s);
+    return 0;
 }
 
 int keel_sessions_new(uv_loop_t *loop, const struct keel_config *cfg, struct keel_sessions **out)

@@ -86,6 +86,17 @@ int keel_sessions_peer_cn(const struct keel_sessions *ss, uint64_t session, char
 int keel_sessions_listen(struct keel_sessions *ss, const struct keel_session_handler *h);
 
 /*
+ * Make a session of fd, a connected stream socket this registry takes (closed here on failure)
+ * that someone else accepted and checked: a member's checkpoint fetch on the peer port
+ * (transport.h). It speaks the client protocol, plaintext (any TLS is the caller's, before fd),
+ * and its input goes to h (which must outlive the session) instead of the listener's handler.
+ * Every limit of the other sessions applies but max_connections (the caller bounds its own).
+ * *id gets its id. 0, KEEL_ECLOSED (stopping), KEEL_ENOMEM or KEEL_EIO.
+ */
+int keel_sessions_adopt(struct keel_sessions *ss, int fd, const struct keel_session_handler *h,
+                        uint64_t *id);
+
+/*
  * Work queued beyond the sessions that they yield to (main: writes taken and not yet applied).
  * Once bytes(data) is at or above high, no session hands up a new request until it is at or
  * below low again. bytes is called on the loop, before each request and once per loop turn.

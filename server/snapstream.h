@@ -12,6 +12,11 @@
  * client can ask for; a second request while one runs (its copy included), on any session, is
  * refused with TOO_MANY_REQUESTS.
  *
+ * Two kinds of session ask: clients on the client port (keelctl snapshot save: root only with
+ * auth on, dispatch.h) and members fetching a checkpoint on the peer port (transport.h's fetch
+ * hook: a session adopted for them, keel_sessions_adopt, whose only request is this one). Both
+ * share the one stream and its bounds.
+ *
  * struct keel_snapstream is a plain value the caller fills (main.c): no allocation of its own,
  * no verbs. What it points to must outlive every stream.
  */

@@ -6,6 +6,8 @@
 #include "transport.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -508,9 +510,15 @@ static void accept_drop(struct pending *p)
         uv_close((uv_handle_t *)p->tcp, accept_closed);
 }
 
-/* A handshake that passed every check: the stream goes to raft. */
+static void accept_fetch(struct pending *p);
+
+/* A handshake that passed every check: the stream goes to raft (a fetch's to the fetch hook). */
 static void accept_done(struct pending *p)
 {
+    if (p->peer.kind == KEEL_HANDSHAKE_FETCH) {
+        accept_fetch(p);
+        return;
+    }
     struct tport *t = p->t;
     struct keel_handshake_peer peer = p->peer;
     uv_stream_t *stream = (uv_stream_t *)p->tcp;
@@ -530,6 +538,44 @@ static void accept_done(struct pending *p)
     t->hooks.peer(t->hooks.data, &peer);
     /* The member's address, which the checks proved equal to the claimed one. */
     t->accept_cb(t->base, peer.id, peer.peer, stream);
+}
+
+/* A checkpoint fetch that passed every check: its plaintext goes to the fetch hook as a
+ * descriptor of its own: with peer TLS the other end of the link's socketpair (the link pumps
+ * on, and closes once that end is closed); plain, a dup of the accepted socket, whose handle is
+ * closed here (nothing past the handshake was read from it). */
+static void accept_fetch(struct pending *p)
+{
+    struct tport *t = p->t;
+    struct keel_handshake_peer peer = p->peer;
+    int own = -1;
+    if (p->link != NULL) {
+        struct keel_peerlink_events ev = {.data = t, .closed = link_gone};
+        int rv = keel_peerlink_handoff_fd(p->link, &ev, &own);
+        if (rv != 0) {
+            KLOG_WARN("checkpoint fetch from %s dropped: cannot make its socketpair (%s)", p->from,
+                      keel_strerror(rv));
+            accept_drop(p);
+            return;
+        }
+        /* Handed off: the link is the peertls registry's now. */
+        list_del(p);
+        t->accepting--;
+        free(p);
+    } else {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)p->tcp, &fd) == 0)
+            own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (own < 0)
+            KLOG_WARN("checkpoint fetch from %s dropped: no descriptor for it (%s)", p->from,
+                      strerror(errno));
+        accept_drop(p); /* closes the handle, not the dup */
+        if (own < 0)
+            return;
+    }
+    KLOG_INFO("checkpoint fetch from member %016llx (%s) at %s", (unsigned long long)peer.id,
+              peer.name, peer.peer);
+    t->hooks.fetch(t->hooks.data, &peer, own);
 }
 
 /* Whether res holds the IPv4 address ip. */
@@ -685,6 +731,16 @@ static void hello_complete(struct pending *p)
                                        .data = t->hooks.data};
     if (keel_handshake_check(&rule, p->hello, p->from_ip, &p->peer, why, sizeof(why)) != 0) {
         KLOG_WARN("peer connection from %s refused: %s", p->from, why);
+        accept_drop(p);
+        return;
+    }
+    if (p->peer.kind == KEEL_HANDSHAKE_FETCH &&
+        (t->cfg->cluster_id == 0 || t->hooks.fetch == NULL)) {
+        /* A member that joins a cluster has no state to give, and must not learn its cluster
+         * from a fetch. */
+        KLOG_WARN("checkpoint fetch from %s refused: %s", p->from,
+                  t->hooks.fetch == NULL ? "this member serves none"
+                                         : "this member does not know its cluster yet");
         accept_drop(p);
         return;
     }

@@ -8,6 +8,14 @@
  * accepting side reads exactly that many bytes, then hands the stream to raft. The handshake
  * is also how a member learns its peers' client addresses (see members.h).
  *
+ * Checkpoint fetches come the same way (handshake.h: a fetch's own magic): a member whose state
+ * is behind a raft snapshot dials the leader's peer port (fetch.h), and a handshake that passes
+ * the rule below, TLS and certificate name included, hands the connection to the fetch hook
+ * instead of raft (main.c: the checkpoint streamer, through a session that may ask for nothing
+ * else). Membership and peer TLS are the fetch's credentials: no auth token is asked for, so a
+ * member added while auth is on catches up like any other. Nothing a non-member sends reaches
+ * the hook, and the hook bounds how many fetches it serves at once.
+ *
  * With peer TLS (--peer-cert-file and the rest; peertls.h) the connection is TLS from its first
  * byte, the keel handshake inside it: the dialling member hands raft its stream only once the
  * accepting member's certificate chains to the CA and names the host dialled, and the accepting
@@ -56,6 +64,12 @@ struct keel_transport_hooks {
      * member knows no cluster (cfg->cluster_id 0: it joins one), a handshake of any cluster
      * from a member lookup knows is accepted: the callee makes that cluster this member's. */
     void (*peer)(void *data, const struct keel_handshake_peer *p);
+    /* Called on the loop for a checkpoint fetch handshake accepted (never for a refused one, nor
+     * while this member knows no cluster), instead of peer: fd is the connection's plaintext, a
+     * blocking-or-not stream socket the callee owns and must close (with peer TLS, one end of
+     * the link's socketpair: the link pumps until either end closes), positioned after the
+     * handshake. p->kind is KEEL_HANDSHAKE_FETCH. NULL: fetches are refused. */
+    void (*fetch)(void *data, const struct keel_handshake_peer *p, int fd);
 };
 
 /* Initialise t as a raft_uv_transport on loop; raft calls its methods. cfg says who this member

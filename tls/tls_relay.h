@@ -1,7 +1,8 @@
 /*
- * TLS for a blocking reader of a member's client port: proto/snapread.h reads and writes a plain
- * socket (libkeel's keel_snapshot, keeld's checkpoint fetch), so a thread relays between that
- * socket (one end of a socket pair) and the member's connection through the TLS codec (tls.h).
+ * TLS for a blocking reader of a member's port: proto/snapread.h reads and writes a plain socket
+ * (libkeel's keel_snapshot on the client port, keeld's checkpoint fetch on the leader's peer port
+ * with peer TLS), so a thread relays between that socket (one end of a socket pair) and the
+ * member's connection through the TLS codec (tls.h).
  * One relay per download; no event loop needed.
  */
 #ifndef KEEL_TLS_RELAY_H

@@ -16,8 +16,9 @@
  *           and put, get, txn, a watch and a 1 MiB value through libkeel, on three
  *           members (libkeel verifies each member it learns of by its advertised address); the
  *           members log the client certificate's CN (keel_sessions_peer_cn's source).
- * checkpoint  a member that fell behind a raft snapshot fetches a checkpoint from the
- *           leader's TLS client port (its own certificate as the client certificate).
+ * checkpoint  a member that fell behind a raft snapshot catches up from a checkpoint while
+ *           the client port speaks TLS and requires client certificates: the checkpoint comes
+ *           from the leader's peer port (README "Checkpoint fetch"), which that does not touch.
  * sighup    certificates renewed on disk are served to new connections after SIGHUP while an
  *           open connection (a watch, a client) keeps working; a reload that fails (a key that
  *           does not match) keeps the old certificates and logs the file and why.
@@ -514,7 +515,7 @@ static void works(void **state)
     tc_cluster_close(&c);
 }
 
-/* ---- a checkpoint from the leader's client port ---- */
+/* ---- a checkpoint while the client port speaks TLS ---- */
 
 /* Whether member i's own store (a serializable read there) has key = val within timeout_ms. */
 static bool wait_value(const struct tc_cluster *c, const struct certs *k, int i, const char *key,
@@ -546,9 +547,9 @@ static bool wait_value(const struct tc_cluster *c, const struct certs *k, int i,
     return ok;
 }
 
-/* A member that fell behind a raft snapshot fetches a checkpoint from the leader's client port,
- * which speaks TLS and requires a client certificate: the member's own certificate is its
- * client certificate there. */
+/* A member that fell behind a raft snapshot catches up from a checkpoint while every client
+ * port speaks TLS and requires a client certificate: members fetch on the peer port (plaintext
+ * here), so the client port's TLS and its certificate rule are no obstacle. */
 static void checkpoint_over_tls(void **state)
 {
     (void)state;

@@ -9,7 +9,8 @@
  *
  * Checked, besides crashes and undefined behaviour: an accepted handshake names a configured
  * member other than this one, came from that member's host, and carries a client address and a
- * zone that are C strings; encoding what it says gives back the same accepted handshake.
+ * zone that are C strings; encoding what it says (of the kind it was: a raft stream or a
+ * checkpoint fetch) gives back the same accepted handshake.
  */
 #include <arpa/inet.h>
 #include <string.h>
@@ -65,7 +66,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FZ_CHECK(inet_pton(AF_INET, host, &want) == 1 && want.s_addr == from.s_addr);
 
     /* What it said, said again, is accepted again, and says the same. */
-    struct keel_handshake h = {.cluster_id = cfg.cluster_id,
+    struct keel_handshake h = {.kind = p.kind,
+                               .cluster_id = cfg.cluster_id,
                                .id = m->id,
                                .peer = m->peer,
                                .client = p.client,
@@ -76,6 +78,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct keel_handshake_peer p2;
     FZ_CHECK(keel_handshake_check_head(again, why, sizeof(why)) == 0);
     FZ_CHECK(keel_handshake_check(&rule, again, from, &p2, why, sizeof(why)) == 0);
+    FZ_CHECK(p2.kind == p.kind &&
+             (p.kind == KEEL_HANDSHAKE_RAFT || p.kind == KEEL_HANDSHAKE_FETCH));
     FZ_CHECK(p2.id == p.id && strcmp(p.client, p2.client) == 0 && strcmp(p.zone, p2.zone) == 0);
     return 0;
 }

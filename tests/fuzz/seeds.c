@@ -459,6 +459,9 @@ static void handshake_seeds(void)
         if (i == 1) {
             handshake_file("version_1", &h, host, 1);
             handshake_file("wrong_host", &h, "127.0.3.1", 2);
+            h.kind = KEEL_HANDSHAKE_FETCH;
+            handshake_file("fetch_from_b", &h, host, 2);
+            h.kind = KEEL_HANDSHAKE_RAFT;
             h.cluster_id ^= 1;
             handshake_file("other_cluster", &h, host, 2);
         }

@@ -222,7 +222,17 @@ static void handshake_names_a_configured_peer(void **state)
     inet_pton(AF_INET, "127.0.3.1", &elsewhere);
     assert_int_equal(keel_handshake_check_head(buf, why, sizeof(why)), 0);
     assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), 0);
-    assert_true(p.id == b->id && p.cluster_id == c.cluster_id);
+    assert_true(p.id == b->id && p.cluster_id == c.cluster_id && p.kind == KEEL_HANDSHAKE_RAFT);
+    /* A checkpoint fetch opens with its own magic, of the same size and version, and passes the
+     * same rule; it says which it is. */
+    h.kind = KEEL_HANDSHAKE_FETCH;
+    keel_handshake_encode(&h, buf);
+    assert_int_equal(keel_handshake_check_head(buf, why, sizeof(why)), 0);
+    assert_int_equal(keel_handshake_check(&rule, buf, from, &p, why, sizeof(why)), 0);
+    assert_true(p.kind == KEEL_HANDSHAKE_FETCH && p.id == b->id);
+    assert_int_equal(keel_handshake_check(&rule, buf, elsewhere, &p, why, sizeof(why)), -1);
+    h.kind = KEEL_HANDSHAKE_RAFT;
+    keel_handshake_encode(&h, buf);
     assert_string_equal(p.peer, b->peer);
     assert_string_equal(p.name, b->name);
     assert_string_equal(p.client, "127.0.2.1:2379");
