@@ -63,8 +63,11 @@ struct keel_auth {
     struct keel_auth_options o;
     struct cache c;
     struct token_slot tokens[TOKEN_SLOTS];
-    struct keel_arena tmp; /* per check: a lease's keys, answers */
-    size_t jobs;
+    struct keel_arena tmp;  /* per check: a lease's keys, answers */
+    size_t jobs;            /* queued and running: at most KEEL_AUTH_MAX_JOBS */
+    size_t running;         /* on the pool: at most KEEL_AUTH_POOL_JOBS */
+    struct job *queue_head; /* the others, in arrival order */
+    struct job *queue_tail;
     bool stopped;
 };
 
@@ -73,6 +76,7 @@ enum job_kind { JOB_AUTHENTICATE, JOB_HASH };
 /* A password on the thread pool. The worker touches only the job and its request. */
 struct job {
     uv_work_t w;
+    struct job *queue_next;
     struct keel_auth *a;
     enum job_kind kind;
     uint64_t session;
@@ -591,10 +595,9 @@ static void hashed(struct keel_auth *a, struct job *j)
     pass(a, j->session, req, j->intake_rev, j->next, j->ctx);
 }
 
-static void job_done(uv_work_t *w, int status)
+/* j is over (status 0: its work ran): answer it and free it. */
+static void job_finish(struct keel_auth *a, struct job *j, int status)
 {
-    struct job *j = w->data;
-    struct keel_auth *a = j->a;
     a->jobs--;
     /* Checked or hashed: the password is of no more use. */
     if (j->kind == JOB_AUTHENTICATE)
@@ -613,6 +616,32 @@ static void job_done(uv_work_t *w, int status)
     OPENSSL_cleanse(j->hash, sizeof(j->hash));
     free(j->stored);
     free(j);
+}
+
+static void job_done(uv_work_t *w, int status);
+
+/* Put queued jobs on the pool while it has room for them (or end them: stopping). */
+static void job_pump(struct keel_auth *a)
+{
+    while (a->queue_head != NULL && (a->stopped || a->running < KEEL_AUTH_POOL_JOBS)) {
+        struct job *j = a->queue_head;
+        a->queue_head = j->queue_next;
+        if (a->queue_head == NULL)
+            a->queue_tail = NULL;
+        if (a->stopped || uv_queue_work(a->o.loop, &j->w, job_work, job_done) != 0)
+            job_finish(a, j, UV_ECANCELED);
+        else
+            a->running++;
+    }
+}
+
+static void job_done(uv_work_t *w, int status)
+{
+    struct job *j = w->data;
+    struct keel_auth *a = j->a;
+    a->running--;
+    job_finish(a, j, status);
+    job_pump(a);
 }
 
 /* Start a job on req; refused at once when too many are out. */
@@ -636,12 +665,15 @@ static void start_job(struct keel_auth *a, enum job_kind kind, uint64_t session,
     j->user_rev = user_rev;
     j->intake_rev = a->c.revision;
     j->w.data = j;
-    if (uv_queue_work(a->o.loop, &j->w, job_work, job_done) != 0) {
-        free(j->stored);
-        free(j);
-        return refuse(a, session, req, KEEL_ENOMEM, NULL);
-    }
+    /* Queued here, not on the pool: the pool's threads also write raft's log (raft_uv), and a
+     * burst of password checks (anyone may send Authenticate) must not hold them all. */
+    if (a->queue_tail != NULL)
+        a->queue_tail->queue_next = j;
+    else
+        a->queue_head = j;
+    a->queue_tail = j;
     a->jobs++;
+    job_pump(a);
 }
 
 /* The password of a user add or change: hashed on the pool, or a client's hash taken as is. */
@@ -753,8 +785,10 @@ int keel_auth_new(const struct keel_auth_options *o, struct keel_auth **out)
 
 void keel_auth_stop(struct keel_auth *a)
 {
-    if (a != NULL)
-        a->stopped = true;
+    if (a == NULL)
+        return;
+    a->stopped = true;
+    job_pump(a); /* the queued ones end now; those on the pool when they come back */
 }
 
 void keel_auth_free(struct keel_auth *a)

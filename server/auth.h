@@ -25,7 +25,8 @@
  *
  * State: the auth tables of the store, cached and reloaded when the store's auth revision moves
  * (bounded by store.h's KEEL_AUTH_MAX_*). At most KEEL_AUTH_MAX_JOBS hashing jobs in flight,
- * beyond them TOO_MANY_REQUESTS. No token cache: a token is verified by one HMAC.
+ * beyond them TOO_MANY_REQUESTS; KEEL_AUTH_POOL_JOBS of them on the thread pool at a time. Tokens
+ * whose signature verified are remembered (64 of them) so a client's requests cost no HMAC.
  */
 #ifndef KEEL_AUTH_H
 #define KEEL_AUTH_H
@@ -42,6 +43,9 @@
 
 #define KEEL_AUTH_DEFAULT_TOKEN_TTL 300 /* seconds: etcd's simple-token default */
 #define KEEL_AUTH_MAX_JOBS          64
+/* Of them, on libuv's pool at a time (each 5-7 ms of PBKDF2; the pool has 8 threads, shared with
+ * raft's disk writes): the others wait in a queue. */
+#define KEEL_AUTH_POOL_JOBS 2
 
 struct keel_auth;
 

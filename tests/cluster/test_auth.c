@@ -832,15 +832,116 @@ static void reauth(void **state)
     tc_cluster_close(&c);
 }
 
+/* ---- a burst of password checks ---- */
+
+#define BURST 100 /* Authenticates at once, on one connection: more than KEEL_AUTH_MAX_JOBS (64)   \
+                   */
+
+struct burst {
+    unsigned answered, tokens, wrong, busy, other;
+    char other_msg[256];
+    char token[512];
+};
+
+static void burst_answered(int status, const Keel__Response *resp, void *data)
+{
+    struct burst *b = data;
+    b->answered++;
+    const char *msg = resp->error && resp->error->message ? resp->error->message : "";
+    if (status == 0 && resp->authenticate != NULL && resp->authenticate->token != NULL &&
+        resp->authenticate->token[0] != '\0') {
+        if (b->tokens++ == 0)
+            snprintf(b->token, sizeof(b->token), "%s", resp->authenticate->token);
+    } else if (status == KEEL_EUNAUTHENTICATED &&
+               strcmp(msg, "etcdserver: authentication failed, invalid user ID or password") == 0) {
+        b->wrong++;
+    } else if (status == KEEL_ETOOMANYREQUESTS) {
+        b->busy++;
+    } else if (b->other++ == 0) {
+        snprintf(b->other_msg, sizeof(b->other_msg), "%s: %s", keel_strerror(status), msg);
+    }
+}
+
+static bool burst_over(struct load *l)
+{
+    return ((struct burst *)(void *)l)->answered == BURST;
+}
+
+/* Every password check of a burst is answered, each for its own password: those past the
+ * member's bound (64 in flight) with TOO_MANY_REQUESTS, the others checked in turn (only a few
+ * at a time on libuv's pool, which raft's disk writes share); writes go on meanwhile. */
+static void burst(void **state)
+{
+    (void)state;
+    struct tc_cluster c;
+    tc_cluster_init(&c, 3, "auth-burst");
+    tc_start_all(&c);
+    struct keel *root = set_up(&c);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char eps[512];
+    tc_endpoints(&c, 0, eps, sizeof(eps));
+    struct keel_options o = {.endpoints = eps, .request_timeout_ms = 30000};
+    struct keel_aclient *ac = NULL;
+    ok(keel_aclient_init(&ac, &loop, &o), "keel_aclient_init");
+    struct burst b = {0};
+    for (int i = 0; i < BURST; i++) {
+        Keel__AuthenticateRequest ar = KEEL__AUTHENTICATE_REQUEST__INIT;
+        ar.name = "alice";
+        ar.password = i % 2 == 0 ? ALICE_PW : "not-her-password";
+        Keel__Request req = KEEL__REQUEST__INIT;
+        req.body_case = KEEL__REQUEST__BODY_AUTHENTICATE;
+        req.authenticate = &ar;
+        ok(keel_aclient_request(ac, &req, 0, burst_answered, &b), "submit Authenticate");
+    }
+    /* While they are checked: writes are answered. */
+    for (int i = 0; i < 20; i++)
+        ok(put(root, "b/during-burst"), "put during the burst");
+    run_until(&loop, burst_over, (struct load *)(void *)&b, 60000);
+    print_message("burst: %u answered: %u tokens, %u wrong passwords, %u too many, %u other\n",
+                  b.answered, b.tokens, b.wrong, b.busy, b.other);
+    assert_int_equal(b.answered, BURST);
+    if (b.other != 0)
+        fail_msg("%u answers were neither a token, a wrong password nor too many: %s", b.other,
+                 b.other_msg);
+    /* More were checked than run on the pool at once, each getting its own answer. */
+    assert_true(b.tokens >= 8 && b.wrong >= 8);
+    assert_true(b.tokens <= BURST / 2 && b.wrong <= BURST / 2);
+    /* A token of the burst works: alice reads a/1 with it. */
+    ok(keel_aclient_set_token(ac, b.token), "keel_aclient_set_token");
+    struct load l = {0};
+    Keel__RangeRequest range = KEEL__RANGE_REQUEST__INIT;
+    range.key = bytes_of("a/1");
+    Keel__Request req = KEEL__REQUEST__INIT;
+    req.body_case = KEEL__REQUEST__BODY_RANGE;
+    req.range = &range;
+    ok(keel_aclient_request(ac, &req, 0, answered, &l), "get a/1 with a token of the burst");
+    l.in_flight = 1;
+    run_until(&loop, load_over, &l, 30000);
+    assert_int_equal(l.answered, 1);
+    if (l.failed != 0)
+        fail_msg("get a/1 with a token of the burst: %s", l.first_error);
+    bool closed = false;
+    keel_aclient_close(ac, close_done, &closed);
+    while (!closed)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    keel_close(root);
+    tc_cluster_close(&c);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest rbac_t[] = {cmocka_unit_test(rbac)};
     const struct CMUnitTest persist_t[] = {cmocka_unit_test(persist)};
     const struct CMUnitTest reauth_t[] = {cmocka_unit_test(reauth)};
+    const struct CMUnitTest burst_t[] = {cmocka_unit_test(burst)};
     const struct tu_group groups[] = {
         {"rbac", rbac_t, 1},
         {"persist", persist_t, 1},
         {"reauth", reauth_t, 1},
+        {"burst", burst_t, 1},
     };
     return tu_run_groups("test_auth", argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
 }
