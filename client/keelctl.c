@@ -2613,55 +2613,28 @@ static int cmd_auth(struct ctl *c, const char *sub, int argc, char **argv)
  * main
  */
 
-/* The TLS flags: with a value to follow (inline false), or whole in arg (inline true: "--cacert=F",
- * or the flag without a value). */
-static bool is_tls_flag(const char *arg, bool inline_value)
+/* How many arguments a global flag before the command spans: 1 (a switch, or its value given
+ * inline: "--zone=z1", "-wjson"), 2 (its value follows), 0 (no global flag). global_flags is the
+ * one list of them. */
+static int global_span(struct ctl *c, const char *arg)
 {
-    static const char *const names[] = {"--cacert", "--cert", "--key"};
-    size_t n = strcspn(arg, "=");
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (strncmp(arg, names[i], n) == 0 && names[i][n] == '\0')
-            return inline_value == (arg[n] == '=');
-    return inline_value && strncmp(arg, "--insecure-skip-tls-verify", n) == 0 &&
-           n == strlen("--insecure-skip-tls-verify");
-}
-
-static bool is_global_with_value(const char *arg)
-{
-    static const char *const names[] = {"--endpoints",
-                                        "--zone",
-                                        "--source-address",
-                                        "--timeout",
-                                        "--command-timeout",
-                                        "--dial-timeout",
-                                        "--write-out",
-                                        "-w",
-                                        "--user",
-                                        "--password"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (strcmp(arg, names[i]) == 0)
-            return true;
-    return is_tls_flag(arg, false);
-}
-
-static bool is_global_inline(const char *arg)
-{
-    static const char *const prefixes[] = {"--endpoints=",
-                                           "--zone=",
-                                           "--source-address=",
-                                           "--timeout=",
-                                           "--command-timeout=",
-                                           "--dial-timeout=",
-                                           "--write-out=",
-                                           "-w=",
-                                           "--user=",
-                                           "--password="};
-    for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
-        if (strncmp(arg, prefixes[i], strlen(prefixes[i])) == 0)
-            return true;
-    if (is_tls_flag(arg, true))
-        return true;
-    return strncmp(arg, "-w", 2) == 0 && arg[2] != '\0';
+    struct ctl_flag t[24];
+    size_t n = global_flags(c, t);
+    for (size_t i = 0; i < n && arg[0] == '-'; i++) {
+        bool inline_value;
+        if (arg[1] == '-') {
+            size_t len = strcspn(arg + 2, "=");
+            if (strlen(t[i].name) != len || strncmp(arg + 2, t[i].name, len) != 0)
+                continue;
+            inline_value = arg[2 + len] == '=';
+        } else if (t[i].shorthand != 0 && arg[1] == t[i].shorthand) {
+            inline_value = arg[2] != '\0';
+        } else {
+            continue;
+        }
+        return t[i].type == CTL_BOOL || inline_value ? 1 : 2;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -2679,13 +2652,12 @@ int main(int argc, char **argv)
     int ci = 1;
     while (ci < argc) {
         const char *a = argv[ci];
-        if (is_global_with_value(a)) {
-            ci += 2;
-        } else if (is_global_inline(a)) {
-            ci++;
-        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+        int span = 0;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(usage_text, stdout);
             return 0;
+        } else if ((span = global_span(c, a)) > 0) {
+            ci += span;
         } else if (a[0] == '-') {
             fprintf(stderr, "Error: unknown flag: %s\n%s", a, usage_text);
             return EXIT_USAGE;
