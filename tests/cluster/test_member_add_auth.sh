@@ -19,44 +19,15 @@ KEELD=${1:?usage: test_member_add_auth.sh KEELD KEELCTL GEN_CERTS plain|tls}
 CTL=${2:?usage}
 GEN=${3:?usage}
 MODE=${4:?usage}
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=$(command -v python3) || { echo "SKIP: python3 is not installed"; exit 77; }
 if [ "$MODE" = tls ]; then
   command -v openssl >/dev/null || { echo "SKIP: the openssl command is not installed"; exit 77; }
 fi
-dir=$(mktemp -d "${TMPDIR:-/tmp}/keel-addauth.XXXXXX")
-keep=${KEEL_KEEP_TEST_DATA:-}
-declare -A pid=()
-cleanup() {
-  for p in "${pid[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 1 100); do
-    alive=0
-    for p in "${pid[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
-  for p in "${pid[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  [ -n "$keep" ] && { echo "test data kept in $dir"; return; }
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-while read -r v; do unset "$v"; done < <(env | sed -n 's/^\(KEEL_[A-Za-z0-9_]*\)=.*/\1/p')
-fail() {
-  echo "FAIL ($MODE): $*"
-  for f in "$dir"/m*.log; do echo "--- $f"; tail -n 20 "$f"; done
-  exit 1
-}
+. "$(dirname "$0")/../lib/members.sh"
+tm_init addauth
+fail() { tm_fail "($MODE) $*"; }
 
-read -r c1 p1 c2 p2 c3 p3 c4 p4 <<<"$("$PY" -c '
-import socket
-s = []
-for i in (1, 2, 3, 4):
-    for _ in range(2):
-        x = socket.socket(); x.bind(("127.0.%d.1" % i, 0)); s.append(x)
-print(" ".join(str(x.getsockname()[1]) for x in s))')"
-cport=("" "$c1" "$c2" "$c3" "$c4")
-pport=("" "$p1" "$p2" "$p3" "$p4")
-initial="m1=127.0.1.1:$p1@z1,m2=127.0.2.1:$p2@z2,m3=127.0.3.1:$p3@z3"
+tm_ports 4
+initial="m1=127.0.1.1:${pport[1]}@z1,m2=127.0.2.1:${pport[2]}@z2,m3=127.0.3.1:${pport[3]}@z3"
 ep() { echo "127.0.$1.1:${cport[$1]}"; }
 all="$(ep 1),$(ep 2),$(ep 3)"
 
@@ -139,9 +110,9 @@ for i in 1 2 3; do
 done
 
 # --- 2. member add as root; m4 starts empty and catches up from a checkpoint ------------------
-ctl --user root:rootpw member add m4 --peer-urls "http://127.0.4.1:$p4" --zone z4 ||
+ctl --user root:rootpw member add m4 --peer-urls "http://127.0.4.1:${pport[4]}" --zone z4 ||
   fail "member add m4"
-start 4 "$initial,m4=127.0.4.1:$p4@z4" --initial-cluster-state existing
+start 4 "$initial,m4=127.0.4.1:${pport[4]}@z4" --initial-cluster-state existing
 logged 4 "checkpoint restored" || fail "m4 restored no checkpoint"
 grep -F "checkpoint fetch from" "$dir/m4.log" | grep -qF "failed" &&
   grep -F "checkpoint fetch from" "$dir/m4.log" | head -n 3

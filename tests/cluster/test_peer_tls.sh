@@ -17,45 +17,17 @@ set -euo pipefail
 KEELD=${1:?usage: test_peer_tls.sh KEELD KEELCTL GEN_CERTS}
 CTL=${2:?usage}
 GEN=${3:?usage}
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=$(command -v python3) || { echo "SKIP: python3 is not installed"; exit 77; }
 command -v openssl >/dev/null || { echo "SKIP: the openssl command is not installed"; exit 77; }
-dir=$(mktemp -d "${TMPDIR:-/tmp}/keel-peertls.XXXXXX")
-keep=${KEEL_KEEP_TEST_DATA:-}
-declare -A pid=()
-cleanup() {
-  for p in "${pid[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 1 100); do
-    alive=0
-    for p in "${pid[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
-  for p in "${pid[@]}"; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  [ -n "$keep" ] && { echo "test data kept in $dir"; return; }
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-while read -r v; do unset "$v"; done < <(env | sed -n 's/^\(KEEL_[A-Za-z0-9_]*\)=.*/\1/p')
-fail() {
-  echo "FAIL: $*"
-  for f in "$dir"/m*.log; do echo "--- $f"; tail -n 15 "$f"; done
-  exit 1
-}
+. "$(dirname "$0")/../lib/members.sh"
+tm_init peertls
+TM_LOG_TAIL=15
+fail() { tm_fail "$@"; }
 
 "$GEN" "$dir/ca1" --members 4 >/dev/null
 "$GEN" "$dir/ca2" --members 4 >/dev/null
 
-read -r c1 p1 c2 p2 c3 p3 c4 p4 <<<"$("$PY" -c '
-import socket
-s = []
-for i in (1, 2, 3, 4):
-    for _ in range(2):
-        x = socket.socket(); x.bind(("127.0.%d.1" % i, 0)); s.append(x)
-print(" ".join(str(x.getsockname()[1]) for x in s))')"
-cport=("" "$c1" "$c2" "$c3" "$c4")
-pport=("" "$p1" "$p2" "$p3" "$p4")
-initial="m1=127.0.1.1:$p1@z1,m2=127.0.2.1:$p2@z2,m3=127.0.3.1:$p3@z3"
+tm_ports 4
+initial="m1=127.0.1.1:${pport[1]}@z1,m2=127.0.2.1:${pport[2]}@z2,m3=127.0.3.1:${pport[3]}@z3"
 ep() { echo "127.0.$1.1:${cport[$1]}"; }
 
 # tls_flags DIR CERT: the three flags for member certificate CERT (member-i) of DIR.
@@ -139,7 +111,7 @@ leader() {
 
 # --- 0. files that cannot be used stop a member at start, naming the file ---------------------
 rc=0
-"$KEELD" --name m1 --data-dir "$dir/m0" --listen-client "$(ep 1)" --listen-peer "127.0.1.1:$p1" \
+"$KEELD" --name m1 --data-dir "$dir/m0" --listen-client "$(ep 1)" --listen-peer "127.0.1.1:${pport[1]}" \
   --initial-cluster "$initial" --peer-cert-file "$dir/nosuch.pem" \
   --peer-key-file "$dir/ca1/member-1-key.pem" --peer-trusted-ca-file "$dir/ca1/ca.pem" \
   >"$dir/m0.log" 2>&1 || rc=$?
@@ -147,7 +119,7 @@ rc=0
 grep -qF "peer TLS: certificate file $dir/nosuch.pem: No such file or directory" "$dir/m0.log" ||
   fail "keeld does not name the missing certificate file: $(tail -n 2 "$dir/m0.log")"
 rc=0
-"$KEELD" --name m1 --data-dir "$dir/m0" --listen-client "$(ep 1)" --listen-peer "127.0.1.1:$p1" \
+"$KEELD" --name m1 --data-dir "$dir/m0" --listen-client "$(ep 1)" --listen-peer "127.0.1.1:${pport[1]}" \
   --initial-cluster "$initial" --peer-cert-file "$dir/ca1/member-1.pem" >"$dir/m0.log" 2>&1 || rc=$?
 [ "$rc" = 2 ] || fail "keeld took --peer-cert-file alone (exit $rc)"
 rm -rf "$dir/m0" "$dir/m0.log"
@@ -257,10 +229,10 @@ start 1 $(tls_flags "$dir/ca1" member-1)
 sees 1 k7 v7 || fail "m1 did not catch up"
 
 # --- 5. a member with another CA's certificate cannot join -----------------------------------
-"$CTL" --endpoints "$(ep 1),$(ep 2),$(ep 3)" member add m4 --peer-urls "http://127.0.4.1:$p4" \
+"$CTL" --endpoints "$(ep 1),$(ep 2),$(ep 3)" member add m4 --peer-urls "http://127.0.4.1:${pport[4]}" \
   --zone z4 >"$dir/add.out" || fail "member add m4: $(cat "$dir/add.out")"
 "$KEELD" --name m4 --data-dir "$dir/m4" --listen-client "$(ep 4)" \
-  --listen-peer "127.0.4.1:$p4" --initial-cluster "$initial,m4=127.0.4.1:$p4@z4" \
+  --listen-peer "127.0.4.1:${pport[4]}" --initial-cluster "$initial,m4=127.0.4.1:${pport[4]}@z4" \
   --initial-cluster-state existing --heartbeat-ms 50 --election-ms 500 \
   $(tls_flags "$dir/ca2" member-4) >>"$dir/m4.log" 2>&1 &
 pid[4]=$!
