@@ -54,20 +54,7 @@ start() {
   pid[$i]=$!
 }
 
-stop() {
-  local p=${pid[$1]} rc=0
-  kill -TERM "$p"
-  for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$p" 2>/dev/null; then
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-    unset "pid[$1]"
-    fail "m$1 did not stop within 15 s of SIGTERM"
-  fi
-  wait "$p" || rc=$?
-  unset "pid[$1]"
-  [ "$rc" = 0 ] || fail "m$1 exited $rc on SIGTERM"
-}
+stop() { tm_stop "$1"; }
 
 # ctl ARGS...: keelctl against the three first members, retried (up to 30 s) until it succeeds.
 ctl() {

@@ -46,20 +46,7 @@ start() {
 
 # stop I: SIGTERM; member I must exit 0 by itself within 15 s (its peer links, TLS or not,
 # wound down).
-stop() {
-  local p=${pid[$1]} rc=0
-  kill -TERM "$p"
-  for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$p" 2>/dev/null; then
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-    unset "pid[$1]"
-    fail "m$1 did not stop within 15 s of SIGTERM"
-  fi
-  wait "$p" || rc=$?
-  unset "pid[$1]"
-  [ "$rc" = 0 ] || fail "m$1 exited $rc on SIGTERM"
-}
+stop() { tm_stop "$1"; }
 
 # put_via I KEY VALUE: retried (up to 30 s) until member I's cluster takes it.
 put_via() {

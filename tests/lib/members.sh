@@ -8,6 +8,7 @@
 #   pid[i]=$!           # a member started: stopped at exit
 #   tm_ports N          # cport[i] and pport[i] for members 1..N, free when asked
 #   tm_fail MSG         # prints FAIL: MSG, each $dir/m*.log's last TM_LOG_TAIL lines, exits 1
+#   tm_stop I           # SIGTERM to member I: it must exit 0 within 15 s
 #
 # KEEL_KEEP_TEST_DATA=1 keeps $dir. Needs python3 (tm_ports), as keel's other tests.
 
@@ -69,4 +70,20 @@ print(" ".join(str(x.getsockname()[1]) for x in s))' "$1")"
     cport+=("${got[2 * i]}")
     pport+=("${got[2 * i + 1]}")
   done
+}
+
+# tm_stop I: SIGTERM to member I (pid[I]), which must exit 0 by itself within 15 s.
+tm_stop() {
+  local p=${pid[$1]} rc=0
+  kill -TERM "$p"
+  for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$p" 2>/dev/null; then
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    unset "pid[$1]"
+    tm_fail "m$1 did not stop within 15 s of SIGTERM"
+  fi
+  wait "$p" || rc=$?
+  unset "pid[$1]"
+  [ "$rc" = 0 ] || tm_fail "m$1 exited $rc on SIGTERM"
 }
