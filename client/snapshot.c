@@ -82,7 +82,8 @@ int keel_snapshot(const struct keel_options *opts, const char *endpoint, keel_sn
     if (fd < 0) {
         int rv = errno == EINVAL ? KEEL_EINVAL : KEEL_EIO;
         snprintf(msg, sizeof(msg), "%s: %s", endpoint,
-                 rv == KEEL_EINVAL ? "not an IPv4 host:port (or a bad --source-address)"
+                 rv == KEEL_EINVAL ? "not a HOST:PORT (or a bad --source-address)"
+                 : errno == ENXIO  ? "the name does not resolve"
                                    : strerror(errno));
         kc_set_errmsg(msg);
         keel_tls_ctx_free(ctx);

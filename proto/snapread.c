@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,29 +15,15 @@
 
 #include "err.h"
 #include "frame.h"
+#include "hostport.h"
 
 /* A piece is at most 1 MiB of copy (server/snapstream.c) plus its envelope. */
 #define MAX_FRAME (8u << 20)
 
-int keel_snapread_dial(const char *addr, const char *bind_host, int timeout_ms)
+/* A socket connected to sa, from bind_host when not NULL, every wait bounded by timeout_ms. A
+ * descriptor, or -1 with errno set. */
+static int dial_one(const struct sockaddr_in *sa, const char *bind_host, int timeout_ms)
 {
-    char host[64];
-    const char *colon = strrchr(addr, ':');
-    char *end = NULL;
-    long port = colon ? strtol(colon + 1, &end, 10) : -1;
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    if (colon == NULL || (size_t)(colon - addr) >= sizeof(host) || end == colon + 1 ||
-        *end != '\0' || port <= 0 || port > 65535) {
-        errno = EINVAL;
-        return -1;
-    }
-    memcpy(host, addr, (size_t)(colon - addr));
-    host[colon - addr] = '\0';
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
-        errno = EINVAL;
-        return -1;
-    }
-    sa.sin_port = htons((uint16_t)port);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
@@ -54,12 +41,41 @@ int keel_snapread_dial(const char *addr, const char *bind_host, int timeout_ms)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     /* connect() honours SO_SNDTIMEO on Linux, which bounds a dial to a dead member. */
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+    if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) != 0) {
         int e = errno;
         close(fd);
         errno = e;
         return -1;
     }
+    return fd;
+}
+
+int keel_snapread_dial(const char *addr, const char *bind_host, int timeout_ms)
+{
+    char host[256];
+    int port;
+    int kind = keel_hostport_split(addr, strlen(addr), host, sizeof(host), &port, NULL, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (kind == KEEL_HOST_IPV4 && inet_pton(AF_INET, host, &sa.sin_addr) == 1)
+        return dial_one(&sa, bind_host, timeout_ms);
+    if (kind != KEEL_HOST_NAME) {
+        errno = EINVAL;
+        return -1;
+    }
+    /* A name: its IPv4 addresses in the resolver's order, the first that answers. */
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || res == NULL) {
+        errno = ENXIO;
+        return -1;
+    }
+    int fd = -1;
+    for (const struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
+        sa.sin_addr = ((const struct sockaddr_in *)ai->ai_addr)->sin_addr;
+        fd = dial_one(&sa, bind_host, timeout_ms);
+    }
+    int e = errno;
+    freeaddrinfo(res);
+    errno = e;
     return fd;
 }
 

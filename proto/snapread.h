@@ -20,9 +20,10 @@
 #include "keel.pb-c.h"
 
 /*
- * Connect to addr ("a.b.c.d:port", an IPv4 literal), from bind_host when not NULL, with every
- * send, receive and the connect itself bounded by timeout_ms. A descriptor, or -1 with errno
- * set (EINVAL: addr does not parse).
+ * Connect to addr ("HOST:PORT", hostport.h: an IPv4 literal, or a name resolved now, blocking,
+ * its IPv4 addresses tried in turn), from bind_host (an IPv4 literal) when not NULL, with every
+ * send, receive and each connect bounded by timeout_ms. A descriptor, or -1 with errno set
+ * (EINVAL: addr or bind_host does not parse; ENXIO: the name does not resolve).
  */
 int keel_snapread_dial(const char *addr, const char *bind_host, int timeout_ms);
 

@@ -60,35 +60,6 @@ static int write_chunk(void *data, const Keel__Response *resp, char *err, size_t
     return 0;
 }
 
-/* peer as "a.b.c.d:port" into ip (a name resolved now: this is the writer thread, which waits
- * for the fetch anyway), its host into host. 0, or KEEL_EIO with why in err. */
-static int resolve(const char *peer, char *host, size_t hostlen, char *ip, size_t iplen, char *err,
-                   size_t errlen)
-{
-    int port;
-    int kind = keel_addr_split_any(peer, host, hostlen, &port, NULL, 0);
-    if (kind < 0) {
-        snprintf(err, errlen, "%s is not a peer address", peer);
-        return KEEL_EIO;
-    }
-    if (kind == KEEL_HOST_IPV4) {
-        snprintf(ip, iplen, "%s:%d", host, port);
-        return 0;
-    }
-    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    int rv = getaddrinfo(host, NULL, &hints, &res);
-    if (rv != 0 || res == NULL) {
-        snprintf(err, errlen, "%s does not resolve: %s", host,
-                 rv != 0 ? gai_strerror(rv) : "no address");
-        return KEEL_EIO;
-    }
-    char a[INET_ADDRSTRLEN] = "?";
-    inet_ntop(AF_INET, &((const struct sockaddr_in *)res->ai_addr)->sin_addr, a, sizeof(a));
-    freeaddrinfo(res);
-    snprintf(ip, iplen, "%s:%d", a, port);
-    return 0;
-}
-
 /* The whole of buf to fd (a blocking socket with a send timeout). */
 static int send_all(int fd, const uint8_t *buf, size_t len)
 {
@@ -107,9 +78,10 @@ int keel_fetch_checkpoint(const char *peer, const char *bind_host,
                           const struct keel_tls_options *tls, const struct keel_handshake *as,
                           int out_fd, int timeout_ms, char *err, size_t errlen)
 {
-    char host[KEEL_ADDR_MAX], ip[KEEL_ADDR_MAX + 8], why[400];
-    if (resolve(peer, host, sizeof(host), ip, sizeof(ip), why, sizeof(why)) != 0) {
-        snprintf(err, errlen, "%s", why);
+    char host[KEEL_ADDR_MAX], why[400];
+    int port;
+    if (keel_addr_split_any(peer, host, sizeof(host), &port, NULL, 0) < 0) {
+        snprintf(err, errlen, "%s is not a peer address", peer);
         return KEEL_EIO;
     }
     struct keel_tls_ctx *ctx = NULL;
@@ -119,9 +91,11 @@ int keel_fetch_checkpoint(const char *peer, const char *bind_host,
     }
     if (bind_host != NULL && strcmp(bind_host, "0.0.0.0") == 0)
         bind_host = NULL;
-    int fd = keel_snapread_dial(ip, bind_host, timeout_ms);
+    /* A name is resolved now: this is the writer thread, which waits for the fetch anyway. */
+    int fd = keel_snapread_dial(peer, bind_host, timeout_ms);
     if (fd < 0) {
-        snprintf(err, errlen, "connect to %s: %s", peer, strerror(errno));
+        snprintf(err, errlen, "connect to %s: %s", peer,
+                 errno == ENXIO ? "the name does not resolve" : strerror(errno));
         keel_tls_ctx_free(ctx);
         return KEEL_EIO;
     }
