@@ -4,7 +4,8 @@
  * One small table, "auth": "u" + name -> packed AuthUser, "r" + name -> packed AuthRole, "k" ->
  * the token-signing key; the flag and the auth revision live in meta. Every change is checked
  * against the state before it writes anything, with etcd's answers, and bumps the auth revision
- * by one; nothing here takes a KV revision or makes an event. Apply never hashes: a user's
+ * by one unless it changes nothing (a role granted already, auth enabled or disabled when it is:
+ * etcd's no-ops); nothing here takes a KV revision or makes an event. Apply never hashes: a user's
  * hashed_password arrives computed in the Command (server/auth.c hashed it at intake).
  */
 #include <stdlib.h>
@@ -208,6 +209,10 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* A change that changes nothing (etcd: a role granted already, auth enabled when it is): answered
+ * as done, without a new auth revision, so that requests checked at the current one stand. */
+#define UNCHANGED 1
+
 static int user_grant(struct wctx *c, const Keel__UserGrantRoleRequest *r, const char **msg)
 {
     int err;
@@ -218,7 +223,7 @@ static int user_grant(struct wctx *c, const Keel__UserGrantRoleRequest *r, const
     if (strcmp(r->role, ROOT) != 0 && role_get(c, r->role, &err) == NULL)
         return err != 0 ? err : fail(msg, E_ROLE_NOT_FOUND);
     if (has_role(u, r->role))
-        return 0; /* granted already: nothing changes */
+        return UNCHANGED;
     if (u->n_roles >= KEEL_AUTH_MAX_ROLES_PER_USER)
         return fail(msg, "etcdserver: too many roles granted to the user (at most 64)");
     char **roles = keel_arena_alloc(c->a, (u->n_roles + 1) * sizeof(*roles));
@@ -369,7 +374,7 @@ static int role_revoke(struct wctx *c, const Keel__RoleRevokePermissionRequest *
 static int auth_enable(struct wctx *c, const Keel__AuthEnableRequest *r, const char **msg)
 {
     if (c->m->auth_enabled)
-        return 0;
+        return UNCHANGED;
     int err;
     Keel__AuthUser *root = user_get(c, ROOT, &err);
     if (root == NULL)
@@ -403,8 +408,8 @@ int ks_auth_apply(struct wctx *c, const Keel__Command *cmd, Keel__Response *resp
         err = auth_enable(c, cmd->auth_enable, msg);
         break;
     case KEEL__COMMAND__OP_AUTH_DISABLE:
+        err = c->m->auth_enabled ? 0 : UNCHANGED;
         c->m->auth_enabled = 0;
-        err = 0;
         break;
     case KEEL__COMMAND__OP_USER_ADD:
         err = user_add(c, cmd->user_add, msg);
@@ -436,9 +441,10 @@ int ks_auth_apply(struct wctx *c, const Keel__Command *cmd, Keel__Response *resp
     default:
         return KEEL_EUNSUPPORTED;
     }
-    if (err != 0)
+    if (err < 0)
         return err;
-    c->m->auth_revision++;
+    if (err != UNCHANGED)
+        c->m->auth_revision++;
     resp->body_case = KEEL__RESPONSE__BODY_AUTH_EMPTY;
     resp->auth_empty = keel_arena_alloc(c->a, sizeof(*resp->auth_empty));
     if (resp->auth_empty == NULL)

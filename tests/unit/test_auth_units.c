@@ -294,6 +294,17 @@ static void store_side(void **state)
     assert_string_equal(st.users[0]->hashed_password, h);
     assert_int_equal(st.users[0]->n_roles, 1);
     assert_int_equal(st.key.len, sizeof(key));
+    /* What changes nothing (etcd's no-ops) is answered as done and keeps the revision: a role
+     * granted again, auth enabled again. */
+    c.op_case = KEEL__COMMAND__OP_USER_GRANT_ROLE;
+    c.user_grant_role = &gr;
+    assert_int_equal(apply(s, idx++, &c, &a), 0);
+    c.op_case = KEEL__COMMAND__OP_AUTH_ENABLE;
+    c.auth_enable = &en;
+    assert_int_equal(apply(s, idx++, &c, &a), 0);
+    keel_store_auth_revision(s, &rev, &enabled);
+    assert_true(enabled);
+    assert_int_equal(rev, 3);
 
     /* A write checked against auth revision 2 comes after 3: refused, nothing done. */
     Keel__Command *put = tu_cmd_put(&a, "k", "v");
@@ -321,6 +332,7 @@ static void store_side(void **state)
     c.op_case = KEEL__COMMAND__OP_AUTH_DISABLE;
     c.auth_disable = &dis;
     assert_int_equal(apply(s, idx++, &c, &a), 0);
+    assert_int_equal(apply(s, idx++, &c, &a), 0); /* disabled again: no change */
     ai.revision = 0;
     put->auth = &ai;
     assert_int_equal(apply(s, idx++, put, &a), 0);
