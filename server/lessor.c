@@ -256,15 +256,23 @@ static int load_table(struct keel_lessor *l)
     struct keel_lease_info *v;
     size_t n;
     int err = keel_store_lease_list(l->o.store, &l->arena, &v, &n);
-    /* Every checkpoint in the store was applied at its last commit or before: a member
-     * restarted on the same boot counts the time since then (uv_now and the store's clock are
-     * both CLOCK_MONOTONIC), so its restart does not give abandoned leases more time. */
+    /* A member restarted on the same boot counts each checkpoint from when it applied it (the
+     * store keeps that with the record; uv_now and the store's clock are both CLOCK_MONOTONIC),
+     * so its restart gives an abandoned lease no more time. Not from its last commit: a write
+     * or a new leader's barrier after the checkpoint moves that on, and a member that restarted
+     * and then led would push the deadline out by as much with every restart. A record without
+     * its clock (an older store, another boot) is counted from the last commit, which is after
+     * it was applied, or else from now: late, never early. */
     int64_t age = keel_store_commit_age_ms(l->o.store);
     uint64_t now = now_ms(l);
-    uint64_t applied_at = age > 0 && (uint64_t)age < now ? now - (uint64_t)age : now;
-    for (size_t i = 0; err == 0 && i < n; i++)
+    uint64_t committed_at = age > 0 && (uint64_t)age < now ? now - (uint64_t)age : now;
+    for (size_t i = 0; err == 0 && i < n; i++) {
+        int64_t cp_age = v[i].checkpoint_age_ms;
+        uint64_t applied_at =
+            cp_age >= 0 && (uint64_t)cp_age < now ? now - (uint64_t)cp_age : committed_at;
         if (lease_set(l, v[i].id, v[i].ttl, v[i].checkpoint_ms, applied_at) == NULL)
             err = KEEL_ENOMEM;
+    }
     keel_arena_reset(&l->arena);
     return err;
 }

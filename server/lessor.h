@@ -13,7 +13,10 @@
  *
  *   checkpoint c > 0, applied here at time a:  expires at a + c (the time since a counted: an
  *       abandoned lease expires on time however often the leader changes; never early, since
- *       a is after the old leader's reading and no keep-alive was answered since)
+ *       a is after the old leader's reading and no keep-alive was answered since). A member
+ *       restarted since takes a from the store, which keeps with each lease when this member
+ *       applied its checkpoint (same boot; else its last commit, else its start: late, never
+ *       early)
  *   no checkpoint (kept alive lately):  expires one election timeout plus the full TTL after the
  *       promotion (etcd's rule: a deposed leader may have answered keep-alives until it noticed)
  *
@@ -22,9 +25,9 @@
  *
  * Bounds: expired leases are proposed as revokes at most max_revokes per loop turn and at most
  * that many in flight (not yet applied), so a mass expiry is spread over turns and a client write
- * waits behind at most max_revokes of them; at most KEEL_LESSOR_CHECKPOINTS_PER_TICK checkpoints per tick. Memory: one
- * record per lease (the store bounds leases through its quota) and one waiter per keep-alive
- * waiting for a reset (bounded by the sessions' in-flight limits).
+ * waits behind at most max_revokes of them; at most KEEL_LESSOR_CHECKPOINTS_PER_TICK checkpoints
+ * per tick. Memory: one record per lease (the store bounds leases through its quota) and one waiter
+ * per keep-alive waiting for a reset (bounded by the sessions' in-flight limits).
  */
 #ifndef KEEL_LESSOR_H
 #define KEEL_LESSOR_H

@@ -1,12 +1,20 @@
 /*
  * Lease records and the keys attached to them.
  *
- * A record is {granted TTL s, checkpoint ms} in host order (8 bytes in stores written before
- * checkpoints existed: read as checkpoint 0). The checkpoint is what the leader wrote down of
+ * A record is {granted TTL s, checkpoint ms, boot, clock ms} in host order (8 bytes in stores
+ * written before checkpoints existed: read as checkpoint 0; 16 before records carried their
+ * clock: read as applied at an unknown time). The checkpoint is what the leader wrote down of
  * its countdown: > 0 means "this much was left when the record was applied, and the lease has
  * not been kept alive since"; 0 means "kept alive since": a new leader counts a full TTL. A grant
  * records its full TTL as its first checkpoint, so a lease nobody ever keeps alive expires on
  * time across any number of leader changes.
+ *
+ * The boot and clock say when this member applied the checkpoint (its monotonic clock): a local
+ * fact, not replicated state, like meta's commit clock. A member restarted on the same boot
+ * counts the checkpoint from then, not from its last commit: that commit may be much later (any
+ * write, or a new leader's barrier, makes one), and counting from it would give the lease more
+ * time with each restart of a member that then leads. The 16 extra bytes are not counted in
+ * the quota (LEASE_RECORD is the logical size).
  */
 #include <errno.h>
 #include <string.h>
@@ -18,19 +26,25 @@
 struct lease_rec {
     int64_t ttl;
     int64_t checkpoint_ms;
+    uint64_t clock_boot; /* 0: not known */
+    uint64_t clock_ms;
 };
 
 static int rec_decode(const MDB_val *v, struct lease_rec *r)
 {
-    r->checkpoint_ms = 0;
-    if (v->mv_size != sizeof(int64_t) && v->mv_size != sizeof(*r))
+    memset(r, 0, sizeof(*r));
+    if (v->mv_size != sizeof(int64_t) && v->mv_size != 2 * sizeof(int64_t) &&
+        v->mv_size != sizeof(*r))
         return KEEL_ECORRUPT;
     memcpy(r, v->mv_data, v->mv_size);
     return 0;
 }
 
-static int rec_put(struct tctx *t, const uint8_t lk[8], const struct lease_rec *r)
+/* Write r, its checkpoint stamped as applied now. */
+static int rec_put(struct tctx *t, const uint8_t lk[8], struct lease_rec *r)
 {
+    r->clock_boot = ks_clock_boot();
+    r->clock_ms = ks_clock_ms();
     MDB_val k = {8, (void *)lk}, v = {sizeof(*r), (void *)r};
     int rc = mdb_put(t->txn, t->s->dbi_leases, &k, &v, 0);
     if (rc != 0)
@@ -124,7 +138,7 @@ int ks_lease_grant(struct wctx *c, const Keel__LeaseGrantRequest *req,
     }
     uint8_t lk[8];
     ks_lease_key(id, lk);
-    struct lease_rec r = {req->ttl, req->ttl * 1000};
+    struct lease_rec r = {req->ttl, req->ttl * 1000, 0, 0};
     if ((err = rec_put(t, lk, &r)) != 0)
         return err;
     c->m->logical_size += LEASE_RECORD;
@@ -376,6 +390,11 @@ static int lease_record(const MDB_val *k, const MDB_val *v, void *slot, struct k
     li->id = (int64_t)keel_get_be64(k->mv_data);
     li->ttl = r.ttl;
     li->checkpoint_ms = r.checkpoint_ms;
+    uint64_t now = ks_clock_ms();
+    li->checkpoint_age_ms =
+        r.clock_boot != 0 && r.clock_boot == ks_clock_boot() && r.clock_ms <= now
+            ? (int64_t)(now - r.clock_ms)
+            : -1;
     return 0;
 }
 

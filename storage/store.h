@@ -277,6 +277,10 @@ struct keel_lease_info {
     int64_t id;
     int64_t ttl;           /* granted TTL in seconds */
     int64_t checkpoint_ms; /* the leader's last checkpoint of it (storage/lease.c), 0: none */
+    /* Milliseconds since it was applied (by this member, or the one whose store was copied
+     * here), on this machine's monotonic clock; -1 when unknown (another boot or machine, or a
+     * record from before it was kept). */
+    int64_t checkpoint_age_ms;
 };
 
 /* Every lease, in id order, in arena. 0 or KEEL_E*. */
