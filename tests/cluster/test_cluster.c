@@ -4,7 +4,6 @@
  * failover fits a test; every wait is bounded.
  */
 #include <arpa/inet.h>
-#include <ctype.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -26,6 +25,7 @@
 #include <cmocka.h>
 
 #include "cluster.h"
+#include "prom.h"
 #include "testutil.h"
 #include "keel/keel.h"
 
@@ -1039,78 +1039,16 @@ static int http_req(const char *addr, const char *method, const char *path, char
     return st;
 }
 
-static bool metric_name_ok(const char *s, size_t n)
-{
-    if (n == 0 || !(isalpha((unsigned char)s[0]) || s[0] == '_' || s[0] == ':'))
-        return false;
-    for (size_t i = 1; i < n; i++)
-        if (!(isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == ':'))
-            return false;
-    return true;
-}
-
-/* The Prometheus text format, line by line (HELP, TYPE, samples with optional labels); fails the
- * test naming the first bad line. Returns the value of `want` (NAN when absent). */
-static double check_prometheus(const char *text, const char *want)
-{
-    double found = NAN;
-    char *copy = strdup(text), *save = NULL;
-    int lines = 0;
-    for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save), lines++) {
-        if (strncmp(l, "# HELP ", 7) == 0 || strncmp(l, "# TYPE ", 7) == 0) {
-            const char *nm = l + 7;
-            size_t n = strcspn(nm, " ");
-            if (!metric_name_ok(nm, n) || nm[n] != ' ')
-                fail_msg("bad comment line: %s", l);
-            if (l[2] == 'T' && strcmp(nm + n + 1, "counter") != 0 &&
-                strcmp(nm + n + 1, "gauge") != 0 && strcmp(nm + n + 1, "histogram") != 0)
-                fail_msg("bad type: %s", l);
-            continue;
-        }
-        size_t n = strcspn(l, "{ ");
-        if (!metric_name_ok(l, n))
-            fail_msg("bad sample name: %s", l);
-        const char *p = l + n;
-        if (*p == '{') {
-            const char *end = strchr(p, '}');
-            if (end == NULL)
-                fail_msg("unclosed labels: %s", l);
-            /* name="value" pairs, comma separated */
-            for (const char *q = p + 1; q < end;) {
-                size_t k = strcspn(q, "=");
-                if (!metric_name_ok(q, k) || q[k + 1] != '"')
-                    fail_msg("bad label: %s", l);
-                const char *close_q = strchr(q + k + 2, '"');
-                if (close_q == NULL || close_q > end)
-                    fail_msg("bad label value: %s", l);
-                q = close_q + 1;
-                if (*q == ',')
-                    q++;
-            }
-            p = end + 1;
-        }
-        if (*p != ' ')
-            fail_msg("no value: %s", l);
-        char *endv = NULL;
-        double v = strtod(p + 1, &endv);
-        if (endv == p + 1 || *endv != '\0')
-            fail_msg("bad value: %s", l);
-        if (strncmp(l, want, n) == 0 && strlen(want) == n)
-            found = v;
-    }
-    free(copy);
-    if (lines < 20)
-        fail_msg("only %d lines of metrics", lines);
-    return found;
-}
-
+/* addr's /metrics, checked line by line (prom.h); the value of name, which has no labels. */
 static double scrape(const char *addr, const char *name)
 {
-    static char body[1 << 20];
-    int st = http_req(addr, "GET", "/metrics", body, sizeof(body));
-    if (st != 200)
-        fail_msg("GET %s/metrics: %d", addr, st);
-    return check_prometheus(body, name);
+    struct tp_scrape sc;
+    tp_scrape(addr, &sc);
+    if (sc.n < 20)
+        fail_msg("only %zu samples in %s/metrics", sc.n, addr);
+    double v = tp_value(&sc, name, "");
+    tp_free(&sc);
+    return v;
 }
 
 /* --listen-metrics: /metrics parses as Prometheus text and its counters move with the writes;

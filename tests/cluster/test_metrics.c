@@ -37,6 +37,7 @@
 
 #include "cluster.h"
 #include "keel/keel.h"
+#include "prom.h"
 #include "rawconn.h"
 #include "testutil.h"
 
@@ -44,131 +45,9 @@ extern char **environ;
 
 /* ---- HTTP and the Prometheus text ---- */
 
-struct sample {
-    char name[128];
-    char labels[256]; /* inside the braces, "" for none */
-    double v;
-};
-
-struct family {
-    char name[128];
-    char type[16];
-};
-
-struct scrape {
-    struct sample *s;
-    size_t n;
-    struct family f[256];
-    size_t nf;
-};
-
-static bool name_ok(const char *s, size_t n)
-{
-    if (n == 0 || n >= 128)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        bool alpha = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' || ch == ':';
-        if (!alpha && !(i > 0 && ch >= '0' && ch <= '9'))
-            return false;
-    }
-    return true;
-}
-
-/* Parse the exposition text, failing the test at the first line that is not the format. */
-static void parse(const char *text, struct scrape *sc)
-{
-    memset(sc, 0, sizeof(*sc));
-    size_t cap = 0;
-    char *copy = strdup(text), *save = NULL;
-    for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-        if (strncmp(l, "# HELP ", 7) == 0 || strncmp(l, "# TYPE ", 7) == 0) {
-            const char *nm = l + 7;
-            size_t n = strcspn(nm, " ");
-            if (!name_ok(nm, n) || nm[n] != ' ')
-                fail_msg("bad comment line: %s", l);
-            if (l[2] == 'T') {
-                const char *t = nm + n + 1;
-                if (strcmp(t, "counter") != 0 && strcmp(t, "gauge") != 0 &&
-                    strcmp(t, "histogram") != 0)
-                    fail_msg("bad type: %s", l);
-                assert_true(sc->nf < sizeof(sc->f) / sizeof(sc->f[0]));
-                snprintf(sc->f[sc->nf].name, sizeof(sc->f[0].name), "%.*s", (int)n, nm);
-                snprintf(sc->f[sc->nf].type, sizeof(sc->f[0].type), "%s", t);
-                sc->nf++;
-            }
-            continue;
-        }
-        if (sc->n == cap) {
-            cap = cap ? cap * 2 : 256;
-            sc->s = realloc(sc->s, cap * sizeof(*sc->s));
-        }
-        struct sample *s = &sc->s[sc->n];
-        size_t n = strcspn(l, "{ ");
-        if (!name_ok(l, n))
-            fail_msg("bad sample name: %s", l);
-        snprintf(s->name, sizeof(s->name), "%.*s", (int)n, l);
-        s->labels[0] = '\0';
-        const char *p = l + n;
-        if (*p == '{') {
-            const char *end = strrchr(p, '}');
-            if (end == NULL || (size_t)(end - p - 1) >= sizeof(s->labels))
-                fail_msg("bad labels: %s", l);
-            for (const char *q = p + 1; q < end;) {
-                size_t k = strcspn(q, "=");
-                if (!name_ok(q, k) || q[k + 1] != '"')
-                    fail_msg("bad label: %s", l);
-                const char *close_q = strchr(q + k + 2, '"');
-                if (close_q == NULL || close_q > end)
-                    fail_msg("bad label value: %s", l);
-                q = close_q + 1;
-                if (*q == ',')
-                    q++;
-                else if (q != end)
-                    fail_msg("labels not comma separated: %s", l);
-            }
-            snprintf(s->labels, sizeof(s->labels), "%.*s", (int)(end - p - 1), p + 1);
-            p = end + 1;
-        }
-        if (*p != ' ')
-            fail_msg("no value: %s", l);
-        char *endv = NULL;
-        s->v = strtod(p + 1, &endv);
-        if (endv == p + 1 || *endv != '\0')
-            fail_msg("bad value: %s", l);
-        sc->n++;
-    }
-    free(copy);
-}
-
-static void scrape(const char *addr, struct scrape *sc)
-{
-    char *body = NULL;
-    int st = tc_http(addr, "GET", "/metrics", NULL, &body);
-    if (st != 200)
-        fail_msg("GET %s/metrics: %d", addr, st);
-    parse(body, sc);
-    free(body);
-}
-
-static void scrape_free(struct scrape *sc)
-{
-    free(sc->s);
-    sc->s = NULL;
-}
-
-/* The value of name{labels} (labels exactly as printed), NAN when absent. */
-static double value_of(const struct scrape *sc, const char *name, const char *labels)
-{
-    for (size_t i = 0; i < sc->n; i++)
-        if (strcmp(sc->s[i].name, name) == 0 && strcmp(sc->s[i].labels, labels) == 0)
-            return sc->s[i].v;
-    return NAN;
-}
-
 /* Every histogram family: per label set, buckets in increasing le with non-decreasing counts,
  * the last +Inf and equal to _count, _sum >= 0. Fails the test; returns the families seen. */
-static int check_histograms(const struct scrape *sc)
+static int check_histograms(const struct tp_scrape *sc)
 {
     int families = 0;
     for (size_t f = 0; f < sc->nf; f++) {
@@ -186,14 +65,14 @@ static int check_histograms(const struct scrape *sc)
                 continue;
             sets++;
             const char *labels = sc->s[i].labels;
-            double count = sc->s[i].v, sum = value_of(sc, n_sum, labels);
+            double count = sc->s[i].v, sum = tp_value(sc, n_sum, labels);
             if (!(sum >= 0))
                 fail_msg("%s{%s}: _sum %g", fam, labels, sum);
             double last_le = -INFINITY, last_v = 0;
             int buckets = 0;
             bool inf = false;
             for (size_t j = 0; j < sc->n; j++) {
-                const struct sample *b = &sc->s[j];
+                const struct tp_sample *b = &sc->s[j];
                 if (strcmp(b->name, n_bucket) != 0)
                     continue;
                 const char *le = strstr(b->labels, "le=\"");
@@ -268,13 +147,13 @@ static void histograms(void **state)
     int leader = tc_find_leader(&c, any, 0, 10000);
     assert_true(leader > 0);
     struct keel *k = open_member(&c, leader);
-    struct scrape sc;
+    struct tp_scrape sc;
     /* A put answered before the scrape below: the leader has served it. */
     assert_int_equal(keel_put(k, "warm", 4, "v", 1, NULL, NULL), 0);
-    scrape(maddr[leader], &sc);
-    double before = value_of(&sc, "keel_server_request_duration_seconds_count", "op=\"put\"");
+    tp_scrape(maddr[leader], &sc);
+    double before = tp_value(&sc, "keel_server_request_duration_seconds_count", "op=\"put\"");
     assert_true(before >= 1);
-    scrape_free(&sc);
+    tp_free(&sc);
     const int puts = 25;
     for (int i = 0; i < puts; i++) {
         char key[16];
@@ -286,15 +165,15 @@ static void histograms(void **state)
     Keel__RangeResponse *rr = NULL;
     assert_int_equal(keel_get(k, "h/0", 3, NULL, &rr), 0);
     keel__range_response__free_unpacked(rr, NULL);
-    scrape(maddr[leader], &sc);
-    double after = value_of(&sc, "keel_server_request_duration_seconds_count", "op=\"put\"");
+    tp_scrape(maddr[leader], &sc);
+    double after = tp_value(&sc, "keel_server_request_duration_seconds_count", "op=\"put\"");
     if (!(after >= before + puts))
         fail_msg("put durations counted %g -> %g for %d puts", before, after, puts);
-    assert_true(value_of(&sc, "keel_server_request_duration_seconds_count", "op=\"range\"") >= 1);
-    assert_true(value_of(&sc, "keel_server_apply_duration_seconds_count", "") >= 1);
+    assert_true(tp_value(&sc, "keel_server_request_duration_seconds_count", "op=\"range\"") >= 1);
+    assert_true(tp_value(&sc, "keel_server_apply_duration_seconds_count", "") >= 1);
     /* Every put went through the leader's log: at least one append each time it was idle. */
-    assert_true(value_of(&sc, "keel_disk_wal_append_duration_seconds_count", "") >= 1);
-    scrape_free(&sc);
+    assert_true(tp_value(&sc, "keel_disk_wal_append_duration_seconds_count", "") >= 1);
+    tp_free(&sc);
 
     /* The store commits once idle past its interval (500 ms); the leader hears every follower
      * within a few heartbeats. Ids as member list says, zones as the harness lays them out. */
@@ -319,25 +198,25 @@ static void histograms(void **state)
     long long until = tc_now_ms() + 15000;
     bool seen = false;
     for (;;) {
-        scrape(maddr[leader], &sc);
-        double commits = value_of(&sc, "keel_disk_backend_commit_duration_seconds_count", "");
-        double rtt0 = value_of(&sc, "keel_network_peer_round_trip_time_seconds_count", want[0]);
-        double rtt1 = value_of(&sc, "keel_network_peer_round_trip_time_seconds_count", want[1]);
+        tp_scrape(maddr[leader], &sc);
+        double commits = tp_value(&sc, "keel_disk_backend_commit_duration_seconds_count", "");
+        double rtt0 = tp_value(&sc, "keel_network_peer_round_trip_time_seconds_count", want[0]);
+        double rtt1 = tp_value(&sc, "keel_network_peer_round_trip_time_seconds_count", want[1]);
         seen = commits >= 1 && rtt0 >= 1 && rtt1 >= 1;
         if (seen || tc_now_ms() > until)
             break;
-        scrape_free(&sc);
+        tp_free(&sc);
         tu_sleep_ms(100);
     }
     if (!seen)
         fail_msg("no commit or no round trip to %s and %s on the leader", want[0], want[1]);
     /* Five families on the leader, every one well formed. */
     assert_true(check_histograms(&sc) >= 5);
-    scrape_free(&sc);
+    tp_free(&sc);
     for (int i = 1; i <= 3; i++) {
-        scrape(maddr[i], &sc);
+        tp_scrape(maddr[i], &sc);
         check_histograms(&sc);
-        scrape_free(&sc);
+        tp_free(&sc);
     }
     /* Every follower logged whom it follows. */
     assert_true(leader_line[0] != '\0');
@@ -446,13 +325,13 @@ static void gateway(void **state)
         free(body);
     }
     st = tc_http(listen, "POST", "/v3/kv/range", "{\"key\":\"\"}", NULL);
-    struct scrape sc;
-    scrape(metrics, &sc);
+    struct tp_scrape sc;
+    tp_scrape(metrics, &sc);
     const char *put = "grpc_service=\"etcdserverpb.KV\",grpc_method=\"Put\"";
     char ok[160];
     snprintf(ok, sizeof(ok), "%s,code=\"OK\"", put);
-    assert_true(value_of(&sc, "keel_gateway_requests_total", ok) == puts);
-    assert_true(value_of(&sc, "keel_gateway_request_duration_seconds_count", put) == puts);
+    assert_true(tp_value(&sc, "keel_gateway_requests_total", ok) == puts);
+    assert_true(tp_value(&sc, "keel_gateway_request_duration_seconds_count", put) == puts);
     /* The empty key is refused (etcd: "key is not provided"): counted under its code. */
     double refused = 0;
     for (size_t i = 0; i < sc.n; i++)
@@ -460,11 +339,11 @@ static void gateway(void **state)
             strstr(sc.s[i].labels, "grpc_method=\"Range\"") != NULL)
             refused += sc.s[i].v;
     assert_true(refused == 1);
-    assert_true(value_of(&sc, "keel_gateway_calls_in_flight", "") == 0);
-    assert_true(value_of(&sc, "keel_gateway_watch_streams", "") == 0);
-    assert_false(isnan(value_of(&sc, "keel_gateway_connections", "")));
+    assert_true(tp_value(&sc, "keel_gateway_calls_in_flight", "") == 0);
+    assert_true(tp_value(&sc, "keel_gateway_watch_streams", "") == 0);
+    assert_false(isnan(tp_value(&sc, "keel_gateway_connections", "")));
     assert_true(check_histograms(&sc) >= 1);
-    scrape_free(&sc);
+    tp_free(&sc);
 
     /* A JSON watch stays open: one watch stream and one call in flight until its client goes. */
     int wfd = socket(AF_INET, SOCK_STREAM, 0);
@@ -489,19 +368,19 @@ static void gateway(void **state)
         wgot += (size_t)r;
         wbuf[wgot] = '\0';
     }
-    scrape(metrics, &sc);
-    assert_true(value_of(&sc, "keel_gateway_watch_streams", "") == 1);
-    assert_true(value_of(&sc, "keel_gateway_calls_in_flight", "") == 1);
-    assert_true(value_of(&sc, "keel_gateway_connections", "") >= 1);
-    scrape_free(&sc);
+    tp_scrape(metrics, &sc);
+    assert_true(tp_value(&sc, "keel_gateway_watch_streams", "") == 1);
+    assert_true(tp_value(&sc, "keel_gateway_calls_in_flight", "") == 1);
+    assert_true(tp_value(&sc, "keel_gateway_connections", "") >= 1);
+    tp_free(&sc);
     close(wfd);
     until = tc_now_ms() + 10000;
     double watches;
     for (;;) {
-        scrape(metrics, &sc);
-        watches = value_of(&sc, "keel_gateway_watch_streams", "");
-        double in_flight = value_of(&sc, "keel_gateway_calls_in_flight", "");
-        scrape_free(&sc);
+        tp_scrape(metrics, &sc);
+        watches = tp_value(&sc, "keel_gateway_watch_streams", "");
+        double in_flight = tp_value(&sc, "keel_gateway_calls_in_flight", "");
+        tp_free(&sc);
         if ((watches == 0 && in_flight == 0) || tc_now_ms() > until)
             break;
         tu_sleep_ms(20);
@@ -534,11 +413,11 @@ static bool try_value(const char *addr, const char *name, const char *labels, do
         free(body);
         return false;
     }
-    struct scrape sc;
-    parse(body, &sc);
+    struct tp_scrape sc;
+    tp_parse(body, &sc);
     free(body);
-    *v = value_of(&sc, name, labels);
-    scrape_free(&sc);
+    *v = tp_value(&sc, name, labels);
+    tp_free(&sc);
     return !isnan(*v);
 }
 
@@ -564,10 +443,10 @@ static double wait_series(const char *addr, const char *name, const char *labels
 
 static double now_of(const char *addr, const char *name, const char *labels)
 {
-    struct scrape sc;
-    scrape(addr, &sc);
-    double v = value_of(&sc, name, labels);
-    scrape_free(&sc);
+    struct tp_scrape sc;
+    tp_scrape(addr, &sc);
+    double v = tp_value(&sc, name, labels);
+    tp_free(&sc);
     if (isnan(v))
         fail_msg("%s: no %s{%s}", addr, name, labels);
     return v;
@@ -635,10 +514,10 @@ static void series(void **state)
         {"keel_server_lease_revoke_total", "", "counter"},
     };
     for (int i = 1; i <= 3; i++) {
-        struct scrape sc;
-        scrape(maddr[i], &sc);
+        struct tp_scrape sc;
+        tp_scrape(maddr[i], &sc);
         for (size_t j = 0; j < sizeof(want) / sizeof(want[0]); j++) {
-            if (isnan(value_of(&sc, want[j].name, want[j].labels)))
+            if (isnan(tp_value(&sc, want[j].name, want[j].labels)))
                 fail_msg("m%d: no %s{%s}", i, want[j].name, want[j].labels);
             char family[128];
             snprintf(family, sizeof(family), "%s", want[j].name);
@@ -653,7 +532,7 @@ static void series(void **state)
                          want[j].type);
         }
         check_histograms(&sc);
-        scrape_free(&sc);
+        tp_free(&sc);
     }
 
     /* Three more connections to the leader, each in use: counted, and no longer once closed. */
