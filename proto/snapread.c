@@ -53,7 +53,7 @@ static int dial_one(const struct sockaddr_in *sa, const char *bind_host, int tim
 int keel_snapread_dial(const char *addr, const char *bind_host, int timeout_ms)
 {
     char host[256];
-    int port;
+    int port = 0;
     int kind = keel_hostport_split(addr, strlen(addr), host, sizeof(host), &port, NULL, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (kind == KEEL_HOST_IPV4 && inet_pton(AF_INET, host, &sa.sin_addr) == 1)

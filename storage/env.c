@@ -90,6 +90,12 @@ uint64_t ks_clock_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+int64_t ks_clock_age_ms(uint64_t boot, uint64_t at)
+{
+    uint64_t now = ks_clock_ms();
+    return boot != 0 && boot == ks_clock_boot() && at <= now ? (int64_t)(now - at) : -1;
+}
+
 void ks_meta_publish(struct keel_store *s, const struct meta *m)
 {
     pthread_mutex_lock(&s->stat_lock);
@@ -586,8 +592,7 @@ int64_t keel_store_commit_age_ms(struct keel_store *s)
     pthread_mutex_lock(&s->stat_lock);
     uint64_t boot = s->committed.clock_boot, at = s->committed.clock_ms;
     pthread_mutex_unlock(&s->stat_lock);
-    uint64_t now = ks_clock_ms();
-    return boot != 0 && boot == ks_clock_boot() && at <= now ? (int64_t)(now - at) : -1;
+    return ks_clock_age_ms(boot, at);
 }
 
 int keel_store_reserve(struct keel_store *s, uint64_t bytes)

@@ -92,6 +92,9 @@ static inline void ks_live_add(struct meta *m, int d)
  * clock in ms, as meta's clock fields hold them. */
 uint64_t ks_clock_boot(void);
 uint64_t ks_clock_ms(void);
+/* Milliseconds since the moment (boot, at) those two read, or -1 when it is not of this boot
+ * (or unknown: boot 0) and so cannot be compared with this clock. */
+int64_t ks_clock_age_ms(uint64_t boot, uint64_t at);
 #define KS_DEFAULT_QUOTA (2ull << 30)
 
 /* The quota writes are checked against: cluster state, the same on every replica. */

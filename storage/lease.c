@@ -390,11 +390,7 @@ static int lease_record(const MDB_val *k, const MDB_val *v, void *slot, struct k
     li->id = (int64_t)keel_get_be64(k->mv_data);
     li->ttl = r.ttl;
     li->checkpoint_ms = r.checkpoint_ms;
-    uint64_t now = ks_clock_ms();
-    li->checkpoint_age_ms =
-        r.clock_boot != 0 && r.clock_boot == ks_clock_boot() && r.clock_ms <= now
-            ? (int64_t)(now - r.clock_ms)
-            : -1;
+    li->checkpoint_age_ms = ks_clock_age_ms(r.clock_boot, r.clock_ms);
     return 0;
 }
 

@@ -731,15 +731,6 @@ static int add_member(struct keel *k, struct tc_cluster *c, int i, bool learner,
     return rv;
 }
 
-/* tc_member_free_port, failing the test when there is none. */
-static int member_port(const struct tc_cluster *c, int i)
-{
-    int port = tc_member_free_port(c, i);
-    if (port == 0)
-        fail_msg("no free port on 127.0.%d.1", i);
-    return port;
-}
-
 static int change_member(struct keel *k, uint64_t id, bool promote, bool force)
 {
     Keel__MemberRemoveRequest mr = KEEL__MEMBER_REMOVE_REQUEST__INIT;
@@ -993,7 +984,7 @@ static void members_zone_loss_refused(void **state)
     uint64_t id2 = member_id(&c, k, 2);
     assert_true(tc_stop(&c, 2, SIGTERM) != -1);
     char url[64];
-    snprintf(c.m[2].peer, sizeof(c.m[2].peer), "127.0.2.1:%d", member_port(&c, 2));
+    snprintf(c.m[2].peer, sizeof(c.m[2].peer), "127.0.2.1:%d", tc_member_free_port(&c, 2));
     snprintf(url, sizeof(url), "http://%s", c.m[2].peer);
     char *urls[1] = {url};
     Keel__MemberUpdateRequest mu = KEEL__MEMBER_UPDATE_REQUEST__INIT;
@@ -1061,7 +1052,7 @@ static void metrics_and_health(void **state)
     tc_cluster_init(&c, 3, "metrics");
     char maddr[4][32];
     for (int i = 1; i <= 3; i++) {
-        snprintf(maddr[i], sizeof(maddr[i]), "127.0.%d.1:%d", i, member_port(&c, i));
+        snprintf(maddr[i], sizeof(maddr[i]), "127.0.%d.1:%d", i, tc_member_free_port(&c, i));
         snprintf(c.m[i].extra, sizeof(c.m[i].extra), "--listen-metrics %s%s", maddr[i],
                  i == 1 ? " --log-format json" : "");
     }

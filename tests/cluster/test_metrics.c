@@ -104,15 +104,6 @@ static int check_histograms(const struct tp_scrape *sc)
 
 /* ---- helpers ---- */
 
-/* tc_member_free_port, failing the test when there is none. */
-static int member_port(const struct tc_cluster *c, int i)
-{
-    int port = tc_member_free_port(c, i);
-    if (port == 0)
-        fail_msg("no free port on 127.0.%d.1", i);
-    return port;
-}
-
 static struct keel *open_member(const struct tc_cluster *c, int member)
 {
     char eps[512];
@@ -128,7 +119,7 @@ static struct keel *open_member(const struct tc_cluster *c, int member)
 static void with_metrics(struct tc_cluster *c, char maddr[][32], const char *extra)
 {
     for (int i = 1; i <= c->n; i++) {
-        snprintf(maddr[i], 32, "127.0.%d.1:%d", i, member_port(c, i));
+        snprintf(maddr[i], 32, "127.0.%d.1:%d", i, tc_member_free_port(c, i));
         snprintf(c->m[i].extra, sizeof(c->m[i].extra), "--listen-metrics %s %s", maddr[i], extra);
     }
 }
@@ -295,9 +286,9 @@ static void gateway(void **state)
     struct keel *k = open_member(&c, 0);
     assert_true(tc_find_leader(&c, k, 0, 10000) > 0);
     char listen[32], metrics[32], eps[512], log[600];
-    snprintf(listen, sizeof(listen), "127.0.1.1:%d", member_port(&c, 1));
+    snprintf(listen, sizeof(listen), "127.0.1.1:%d", tc_member_free_port(&c, 1));
     do
-        snprintf(metrics, sizeof(metrics), "127.0.1.1:%d", member_port(&c, 1));
+        snprintf(metrics, sizeof(metrics), "127.0.1.1:%d", tc_member_free_port(&c, 1));
     while (strcmp(metrics, listen) == 0);
     tc_endpoints(&c, 0, eps, sizeof(eps));
     snprintf(log, sizeof(log), "%s/gateway.log", c.root);

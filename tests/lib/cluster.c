@@ -432,7 +432,8 @@ int tc_member_free_port(const struct tc_cluster *c, int i)
         if (port > 0 && strcmp(addr, c->m[i].client) != 0 && strcmp(addr, c->m[i].peer) != 0)
             return port;
     }
-    return 0;
+    fprintf(stderr, "tc_member_free_port: no free port on %s\n", host);
+    abort();
 }
 
 int tc_log_count(const struct tc_cluster *c, int i, const char *needle)

@@ -87,7 +87,7 @@ int tc_log_contains(const struct tc_cluster *c, int i, const char *needle);
 int tc_free_port(const char *host);
 
 /* A free port on member i's host (127.0.i.1) that is neither its client nor its peer port: for
- * a listener the member is given besides them (metrics) or a new address. 0 when none. */
+ * a listener the member is given besides them (metrics) or a new address. Aborts when none. */
 int tc_member_free_port(const struct tc_cluster *c, int i);
 
 /* Lines of member i's log that contain needle. */
