@@ -213,6 +213,23 @@ static bool log_has(const struct tc_cluster *c, int i, const char *s)
     return found;
 }
 
+/* Print member i's log from its first line holding s, at most max lines: a sanitizer's report
+ * reaches the test's output (CI keeps that, not the member's log). */
+static void log_print_from(const struct tc_cluster *c, int i, const char *s, int max)
+{
+    FILE *f = fopen(c->m[i].log, "r");
+    if (f == NULL)
+        return;
+    char line[4096];
+    int printed = 0;
+    while (printed < max && fgets(line, sizeof(line), f) != NULL)
+        if (printed > 0 || strstr(line, s) != NULL) {
+            fprintf(stderr, "m%d| %s", i, line);
+            printed++;
+        }
+    fclose(f);
+}
+
 /* Stop member i with sig (SIGINT right after SIGTERM skips the leadership transfer) and check it
  * stopped cleanly. */
 static void stop_with(struct tc_cluster *c, int i, int sig)
@@ -220,8 +237,10 @@ static void stop_with(struct tc_cluster *c, int i, int sig)
     int status = tc_stop(c, i, sig);
     if (status == -1)
         fail_msg("member %d did not exit within 15 s of SIGTERM", i);
-    if (log_has(c, i, "Sanitizer"))
+    if (log_has(c, i, "Sanitizer")) {
+        log_print_from(c, i, "Sanitizer", 120);
         fail_msg("member %d: sanitizer report in %s", i, c->m[i].log);
+    }
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         fail_msg("member %d: %s %d (log %s)", i, WIFEXITED(status) ? "exit status" : "signal",
                  WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), c->m[i].log);
