@@ -3,8 +3,9 @@
 # throughput?". Each revision is built (release, no sanitizers) in its own worktree under
 # build/ab/; then, for every round, each revision in turn gets a fresh 3-member cluster
 # (scripts/cluster.sh, 127.0.i.1), the 100,000-key preload of compare-etcd.sh, and the same
-# workloads. Rounds interleave the revisions (A B, B A, A B, ...) so a drift of the machine hits
-# both. Prints the median req/s and p50 of each workload per revision and the ratio B/A.
+# workloads (compare-etcd.sh's; the watch row's req/s is events delivered per second). Rounds
+# interleave the revisions (A B, B A, A B, ...) so a drift of the machine hits both. Prints the
+# median req/s and p50 of each workload per revision and the ratio B/A.
 #
 #   bench/ab.sh REV_A REV_B [--rounds 3] [--duration 10] [--only put-c1,range-l-c64]
 #
@@ -33,6 +34,7 @@ workloads=(
   "put-c256|put --conns 16 --clients 256"
   "range-l-c64|range --consistency l --conns 8 --clients 64"
   "range-s-c64|range --consistency s --conns 8 --clients 64"
+  "watch-w1000|watch --watchers 1000 --conns 4 --clients 16"
 )
 selected() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
@@ -71,7 +73,7 @@ run_rev() { # round label dir
     # shellcheck disable=SC2086
     "$bench" --endpoints "$eps" $flags "${common[@]}" --json |
       jq -c --arg r "$round" --arg l "$label" --arg w "$name" \
-        '{round: ($r | tonumber), rev: $l, workload: $w, rps: .summary.rps, p50: .summary.p50_ms}' \
+        '{round: ($r | tonumber), rev: $l, workload: $w, rps: (.watch.events_per_sec // .summary.rps), p50: .summary.p50_ms}' \
         >>"$runs" || echo "ab: $label $name failed in round $round" >&2
   done
   scripts/cluster.sh stop >/dev/null
