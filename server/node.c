@@ -106,6 +106,12 @@ struct keel_node {
     uint64_t handed_to, handed_at;
     void (*stop_cb)(void *data);
     void *stop_data;
+    /* raft_close has called back (stop_cb runs next). raft 0.15 frees its configuration, log
+     * and address in its close callback (ioCloseCb) without resetting them, and the member
+     * answers its clients on until the storage writer has stopped too: from then on the
+     * accessors answer from what is kept here, never from raft's freed memory. */
+    int closed;
+    uint64_t closed_last_index; /* raft's last index just before raft_close */
 };
 
 /* A proposal or a barrier raft holds: whom to call back. */
@@ -490,14 +496,14 @@ static void poll_state(uv_check_t *h)
 
 bool keel_node_is_leader(struct keel_node *n)
 {
-    return n->started && raft_state(&n->raft) == RAFT_LEADER;
+    return n->started && !n->closed && raft_state(&n->raft) == RAFT_LEADER;
 }
 
 uint64_t keel_node_leader(struct keel_node *n)
 {
     raft_id id = 0;
     const char *addr = NULL;
-    if (n->started)
+    if (n->started && !n->closed)
         raft_leader(&n->raft, &id, &addr);
     /* Handing leadership over, raft names no leader: on the leader while the transfer runs, and
      * on the member it stepped down to until the new leader's first message. Both are moments
@@ -515,7 +521,7 @@ uint64_t keel_node_term(struct keel_node *n)
 
 uint64_t keel_node_last_index(struct keel_node *n)
 {
-    return raft_last_index(&n->raft);
+    return n->closed ? n->closed_last_index : raft_last_index(&n->raft);
 }
 
 /* ---- the consensus seam ---- */
@@ -814,6 +820,8 @@ uint64_t keel_node_snapshots(const struct keel_node *n, const struct keel_histo 
 static const char *peer_of(void *data, uint64_t id)
 {
     struct keel_node *n = data;
+    if (n->closed)
+        return NULL; /* the configuration is gone with raft (see closed) */
     const struct raft_configuration *c = &n->raft.configuration;
     if (c->n == 0)
         return keel_handshake_config_peer((void *)n->o.cfg, id);
@@ -1074,6 +1082,8 @@ uint64_t keel_node_commit_index(struct keel_node *n)
 
 size_t keel_node_members(struct keel_node *n, struct keel_consensus_member *out, size_t cap)
 {
+    if (n->closed)
+        return 0; /* the configuration is gone with raft (see closed): callers fall back */
     const struct raft_configuration *c = &n->raft.configuration;
     bool leader = n->started && raft_state(&n->raft) == RAFT_LEADER;
     for (unsigned i = 0; i < c->n && i < cap; i++) {
@@ -1178,12 +1188,14 @@ static int node_transfer(void *ctx, uint64_t target, keel_consensus_cb cb, void 
 static bool node_transferring(void *ctx)
 {
     struct keel_node *n = ctx;
-    return n->started && raft_state(&n->raft) == RAFT_LEADER && n->raft.transfer != NULL;
+    return n->started && !n->closed && raft_state(&n->raft) == RAFT_LEADER &&
+           n->raft.transfer != NULL;
 }
 
 static void raft_closed(struct raft *r)
 {
     struct keel_node *n = r->data;
+    n->closed = 1;
     /* raft_uv's memory stays until keel_node_free (see once_closed). */
     if (n->stop_cb != NULL)
         n->stop_cb(n->stop_data);
@@ -1192,6 +1204,7 @@ static void raft_closed(struct raft *r)
 static void close_raft(struct keel_node *n)
 {
     n->raft.data = n;
+    n->closed_last_index = raft_last_index(&n->raft);
     raft_close(&n->raft, raft_closed);
 }
 

@@ -91,7 +91,8 @@ const struct keel_histo *keel_node_append_seconds(const struct keel_node *n);
  * store's sync and raft's write). On the loop; *seconds is valid until the node is freed. */
 uint64_t keel_node_snapshots(const struct keel_node *n, const struct keel_histo **seconds);
 
-/* consensus.h's members. */
+/* consensus.h's members; none once raft has closed (keel_node_stop's callback has run: the
+ * member still answers its clients until it has stopped). */
 size_t keel_node_members(struct keel_node *n, struct keel_consensus_member *out, size_t cap);
 
 enum keel_node_change {

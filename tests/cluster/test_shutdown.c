@@ -11,7 +11,8 @@
  *   single     - one member, entries of two segments each in flight to its own disk, so the
  *                log rolls over segments right up to the stop (raft_uv 0.15 crashed there).
  * The writers pipeline raw Put frames on one connection, so the requests really are in flight
- * inside the member being stopped (a follower would only redirect them).
+ * inside the member being stopped (a follower would only redirect them). Every stop also gets a
+ * stream of new clients' Hellos, which a member answers until the very end of its stop.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -230,11 +231,72 @@ static void log_print_from(const struct tc_cluster *c, int i, const char *s, int
     fclose(f);
 }
 
+/* ---- clients saying Hello while a member stops ---- */
+
+#define HELLO_CONNS  400 /* one Hello each, HELLO_GAP_US apart: 100 ms of a stop covered */
+#define HELLO_GAP_US 250
+
+/*
+ * Connections opened (and accepted) before the stop, which send their Hellos one after another
+ * as the member is signalled. A member answers Hellos until its sessions close, the last step of
+ * its stop, well after raft has closed; raft 0.15 frees its configuration then, and a Hello's
+ * answer read its member list from there (a use after free, seen when the flood's own Hello
+ * came after a stop). What the Hellos get back is not checked, only that the member survives.
+ */
+struct hellos {
+    int fd[HELLO_CONNS];
+    int n;
+    pthread_t thread;
+};
+
+static void hellos_open(struct hellos *h, const char *addr)
+{
+    h->n = 0;
+    for (int i = 0; i < HELLO_CONNS; i++) {
+        int fd = dial(addr);
+        if (fd < 0)
+            break;
+        h->fd[h->n++] = fd;
+    }
+}
+
+static void *hellos_main(void *arg)
+{
+    struct hellos *h = arg;
+    uint8_t buf[64];
+    Keel__Hello hello = KEEL__HELLO__INIT;
+    hello.protocol_version = 1;
+    size_t n = keel_frame_pack(&hello.base, buf);
+    for (int i = 0; i < h->n; i++) {
+        if (send_all(h->fd[i], buf, n) != 0)
+            break; /* the member is gone */
+        usleep(HELLO_GAP_US);
+    }
+    return NULL;
+}
+
+static void hellos_start(struct hellos *h)
+{
+    assert_int_equal(pthread_create(&h->thread, NULL, hellos_main, h), 0);
+}
+
+static void hellos_close(struct hellos *h)
+{
+    pthread_join(h->thread, NULL);
+    for (int i = 0; i < h->n; i++)
+        close(h->fd[i]);
+    h->n = 0;
+}
+
 /* Stop member i with sig (SIGINT right after SIGTERM skips the leadership transfer) and check it
- * stopped cleanly. */
+ * stopped cleanly. Clients say Hello to it all through the stop (struct hellos). */
 static void stop_with(struct tc_cluster *c, int i, int sig)
 {
+    struct hellos h;
+    hellos_open(&h, c->m[i].client);
+    hellos_start(&h); /* its first Hellos may come before the signal: no matter */
     int status = tc_stop(c, i, sig);
+    hellos_close(&h);
     if (status == -1)
         fail_msg("member %d did not exit within 15 s of SIGTERM", i);
     if (log_has(c, i, "Sanitizer")) {
