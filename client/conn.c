@@ -121,6 +121,7 @@ static int wbuf_reserve(struct kc_conn *c, size_t n)
 }
 
 static void on_write(uv_write_t *req, int status);
+static void flush_batch(struct kc_conn *c);
 
 /* TLS: encrypt len bytes of data (none: only what the codec queued itself, the handshake's
  * messages) into tbuf. 0, or the codec's error. */
@@ -190,6 +191,20 @@ static int write_out(struct kc_conn *c, const uint8_t *data, size_t len, const c
         len = c->tlen;
     }
     uv_buf_t buf = uv_buf_init((char *)data, (unsigned)len);
+    /* Written at once when the socket's buffer takes it all, as it mostly does: a write request
+     * costs libuv an epoll_ctl to watch for writability, another to stop, and a pass of the
+     * loop for its callback. Only what does not fit waits for one (c->writing: none is out). */
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
+    if (n == (int)len)
+        return 0;
+    if (n > 0) {
+        buf.base += n;
+        buf.len -= (unsigned)n;
+    } else if (n != UV_EAGAIN) {
+        snprintf(msg, sizeof(msg), "%s %s: %s", what, c->addr, uv_strerror(n));
+        lost(c, KEEL_EUNAVAILABLE, msg);
+        return -1;
+    }
     c->write_req.data = c;
     int rv = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
     if (rv != 0) {
@@ -230,8 +245,15 @@ static void on_write(uv_write_t *req, int status)
 
 void kc_conn_flush(struct kc_conn *c)
 {
-    if (c->state != KC_READY || c->writing || c->pending.n == 0)
-        return;
+    /* A batch the socket took at once leaves no write out: the next one goes now (bounded by
+     * what is pending; a write request's callback, on_write, takes the rest otherwise). */
+    while (c->state == KC_READY && !c->writing && c->pending.n > 0)
+        flush_batch(c);
+}
+
+/* Write one batch of c's pending ops (at most KC_WRITE_BATCH bytes, or one op). */
+static void flush_batch(struct kc_conn *c)
+{
     struct keel_aclient_stats *stats = c->ctx->stats;
     size_t total = 0, count = 0;
     for (struct kc_op *op = c->pending.head; op; op = op->next) {

@@ -702,17 +702,9 @@ static void session_close(struct keel_session *s)
 
 /* ---- writing ---- */
 
-static void write_cb(uv_write_t *req, int status)
+/* Everything in `writing` went out (at once, or by a write request's callback). */
+static void wrote(struct keel_session *s)
 {
-    struct keel_session *s = req->data;
-    s->write_busy = 0;
-    s->writing.len = 0;
-    if (s->closing)
-        return;
-    if (status != 0) {
-        session_close(s);
-        return;
-    }
     if (has_output(s)) {
         start_write(s);
         return;
@@ -732,6 +724,20 @@ static void write_cb(uv_write_t *req, int status)
     }
     recheck(s);
     hooks_call(s, 0);
+}
+
+static void write_cb(uv_write_t *req, int status)
+{
+    struct keel_session *s = req->data;
+    s->write_busy = 0;
+    s->writing.len = 0;
+    if (s->closing)
+        return;
+    if (status != 0) {
+        session_close(s);
+        return;
+    }
+    wrote(s);
 }
 
 /* Move what TLS has for the network into `writing`, under the output bounds. 0, or -1 when s
@@ -797,6 +803,23 @@ static void start_write(struct keel_session *s)
         s->out.len = 0;
     }
     uv_buf_t buf = uv_buf_init((char *)s->writing.data, (unsigned)s->writing.len);
+    /* Written at once when the socket's buffer takes it all, as it mostly does: a write request
+     * costs libuv an epoll_ctl to watch for writability, another to stop, and a pass of the
+     * loop for its callback, about as many system calls as the write itself. Only what does not
+     * fit waits for a write request. (No request is out, so nothing can be overtaken.) */
+    int n = uv_try_write((uv_stream_t *)&s->tcp, &buf, 1);
+    if (n == (int)buf.len) {
+        s->writing.len = 0;
+        wrote(s);
+        return;
+    }
+    if (n > 0) {
+        buf.base += n;
+        buf.len -= (unsigned)n;
+    } else if (n != UV_EAGAIN) {
+        session_close(s); /* the connection failed: write_cb would have closed it */
+        return;
+    }
     s->wreq.data = s;
     s->write_busy = 1;
     if (uv_write(&s->wreq, (uv_stream_t *)&s->tcp, &buf, 1, write_cb) != 0) {
