@@ -541,6 +541,15 @@ static int submit(struct keel *k, struct sync_call *call)
     return 0;
 }
 
+/* submit, then the call's own answer: 0, or its status with its message for keel_errmsg. */
+static int submit_answered(struct keel *k, struct sync_call *call)
+{
+    int rv = submit(k, call);
+    if (rv == 0 && (rv = call->status) != 0)
+        kc_set_errmsg(call->msg);
+    return rv;
+}
+
 /* One request through the loop; *out gets the copy (malloc'd per field, or flat). */
 static int call_request(struct keel *k, const Keel__Request *req, const struct keel_call_opts *opts,
                         bool flat, Keel__Response **out)
@@ -559,13 +568,9 @@ static int call_request(struct keel *k, const Keel__Request *req, const struct k
         call.opts = *opts;
     call.want_resp = out != NULL;
     call.flat = flat;
-    int rv = submit(k, &call);
+    int rv = submit_answered(k, &call);
     if (rv != 0)
         return rv;
-    if (call.status != 0) {
-        kc_set_errmsg(call.msg);
-        return call.status;
-    }
     if (out)
         *out = call.resp;
     return 0;
@@ -582,12 +587,7 @@ int keel_auth(struct keel *k, const char *user, const char *password)
     call.kind = CALL_AUTH;
     call.user = user;
     call.password = password; /* the core copies both before this returns */
-    int rv = submit(k, &call);
-    if (rv != 0)
-        return rv;
-    if (call.status != 0)
-        kc_set_errmsg(call.msg);
-    return call.status;
+    return submit_answered(k, &call);
 }
 
 char *keel_token(struct keel *k)
@@ -640,13 +640,9 @@ int keel_watch_open(struct keel *k, const void *key, size_t klen,
     call.wopts = opts;
     call.wcb = cb;
     call.wdata = data;
-    int rv = submit(k, &call);
+    int rv = submit_answered(k, &call);
     if (rv != 0)
         return rv;
-    if (call.status != 0) {
-        kc_set_errmsg(call.msg);
-        return call.status;
-    }
     *out = call.w;
     return 0;
 }
@@ -674,12 +670,7 @@ int keel_watch_request_progress(struct keel *k, struct keel_watch *w)
     memset(&call, 0, sizeof(call));
     call.kind = CALL_WATCH_PROGRESS;
     call.w = w;
-    int rv = submit(k, &call);
-    if (rv != 0)
-        return rv;
-    if (call.status != 0)
-        kc_set_errmsg(call.msg);
-    return call.status;
+    return submit_answered(k, &call);
 }
 
 /* A keep-alive call from any thread: marshalled to the loop thread, or run at once when called

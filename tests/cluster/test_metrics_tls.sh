@@ -109,21 +109,18 @@ wait_up() {
 }
 
 # ---- an https address without --cert-file is refused at start, naming the flag ----
+# refused ADDRESS PATTERN: keeld with --listen-metrics ADDRESS must not start, and say PATTERN.
+refused() {
+  if "$KEELD" --name x --data-dir "$dir/x" --listen-client "$host:$(free_port)" \
+    --listen-peer "$host:$(free_port)" --initial-cluster "x=$host:1234" \
+    --listen-metrics "$1" >"$dir/refused.out" 2>&1; then
+    fail "keeld took --listen-metrics $1"
+  fi
+  grep -q -- "$2" "$dir/refused.out" || fail "no reason saying '$2': $(cat "$dir/refused.out")"
+}
 m=$(free_port)
-if "$KEELD" --name x --data-dir "$dir/x" --listen-client "$host:$(free_port)" \
-  --listen-peer "$host:$(free_port)" --initial-cluster "x=$host:1234" \
-  --listen-metrics "https://$host:$m" >"$dir/refused.out" 2>&1; then
-  fail "keeld took an https --listen-metrics without --cert-file"
-fi
-grep -q -- '--listen-metrics https://.*needs --cert-file' "$dir/refused.out" ||
-  fail "no reason naming --listen-metrics: $(cat "$dir/refused.out")"
-if "$KEELD" --name x --data-dir "$dir/x" --listen-client "$host:$(free_port)" \
-  --listen-peer "$host:$(free_port)" --initial-cluster "x=$host:1234" \
-  --listen-metrics "ftp://$host:$m" >"$dir/refused2.out" 2>&1; then
-  fail "keeld took an ftp:// --listen-metrics"
-fi
-grep -q -- '--listen-metrics .*scheme must be http or https' "$dir/refused2.out" ||
-  fail "no reason for the scheme: $(cat "$dir/refused2.out")"
+refused "https://$host:$m" '--listen-metrics https://.*needs --cert-file'
+refused "ftp://$host:$m" '--listen-metrics .*scheme must be http or https'
 
 # ---- keeld, https without client certificates ----
 m=$(free_port)
