@@ -5,10 +5,11 @@
  * (cmux's trick, as etcd serves both on one port): the HTTP/2 client preface
  * "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" means gRPC (h2.c), anything else HTTP/1.1 (http1.c). It then
  * attaches the protocol, hands it the bytes read so far, and from there on passes every read to
- * the protocol's vtab. Writing is the protocol's: gw_conn_write queues bytes with uv_write.
+ * the protocol's vtab. Writing is the protocol's: gw_conn_write queues bytes.
  *
- * Output is batched: what gw_conn_write queues during one loop turn leaves in one uv_write at the
- * end of the turn (a uv_check), so a turn's many replies cost one syscall per connection.
+ * Output is batched: what gw_conn_write queues during one loop turn leaves in one write at the
+ * end of the turn (a uv_check), so a turn's many replies cost one syscall per connection: a
+ * uv_try_write, and a uv_write request only for what the socket did not take.
  *
  * Bounds (listen.c): at most GW_MAX_CONNS connections (more are accepted and closed at once, with
  * a log line); a connection that has not shown its protocol within 10 s is closed; a closing
@@ -47,7 +48,8 @@ struct gw_conn_vtab {
     /* The socket is closed: free the protocol's state. Last call for this connection. */
     void (*destroy)(struct gw_conn *c);
     /* Optional (NULL: not told): a write completed, so c->write_pending went down. A protocol
-     * that stopped producing past its bound resumes here. Not called once closing. */
+     * that stopped producing past its bound resumes here. Not called once closing, nor from
+     * within gw_conn_write. */
     void (*on_drain)(struct gw_conn *c);
 };
 

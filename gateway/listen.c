@@ -13,9 +13,10 @@
  *   handle closing -> closed (uv close callback: the protocol's destroy, then the memory)
  *
  * Output: gw_conn_write appends to the connection's staged buffer and puts the connection on the
- * dirty list; a uv_check at the end of the loop turn hands each staged buffer to one uv_write. An
- * idle handle runs while the dirty list is non-empty, so that bytes staged from a phase after the
- * check (close callbacks) never wait for the next event.
+ * dirty list; a uv_check at the end of the loop turn writes each staged buffer with one
+ * uv_try_write, and what the socket does not take whole with one uv_write. An idle handle runs
+ * while the dirty list is non-empty, so that bytes staged from a phase after the check (close
+ * callbacks, a protocol's on_drain after a write that went whole) never wait for the next event.
  *
  * TLS (--cert-file; ctx->tls): the connection's bytes go through tls.h's codec here, below the
  * sniffing and the protocols, which see only plaintext. A socket read is fed to the codec and
@@ -70,6 +71,8 @@ struct conn_impl {
     struct keel_tls_conn *tls; /* NULL: plaintext */
     bool dirty;
     struct conn_impl *dprev, *dnext; /* the server's dirty list */
+    bool drain_due;                  /* on on_flush's list of on_drain calls owed */
+    struct conn_impl *drain_next;
 };
 
 struct gw_server {
@@ -223,27 +226,54 @@ static void on_written(uv_write_t *req, int status)
         c->vt->on_drain(c);
 }
 
-/* Write wb (its acct bytes of write_pending settled when it completes). */
-static void write_wbuf(struct conn_impl *ci, struct wbuf *wb)
+/* Write wb (its acct bytes of write_pending settled when it completes). What the socket takes
+ * whole goes out at once (uv_try_write): a write request's completion costs libuv an epoll_ctl
+ * each way and a pass of the loop, for every reply of a one-request-at-a-time client. Only what
+ * does not fit waits for a request. Returns true when wb was written whole now (its bytes are
+ * settled and it is freed): the caller owes the protocol its on_drain, which is never called
+ * from here (it may write again, and a stream would then keep this going). */
+static bool write_wbuf(struct conn_impl *ci, struct wbuf *wb)
 {
+    struct gw_conn *c = &ci->pub;
     if (ci->handle_closing) {
-        ci->pub.write_pending -= wb->acct;
+        c->write_pending -= wb->acct;
         free(wb);
-        return;
+        return false;
+    }
+    uv_buf_t b = uv_buf_init(wb->data, (unsigned)wb->len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n == (int)wb->len) {
+        c->write_pending -= wb->acct;
+        free(wb);
+        if (c->closing && c->write_pending == 0)
+            close_handle(ci);
+        return true;
+    }
+    if (n > 0) { /* the rest waits for a request; acct is settled when it completes */
+        memmove(wb->data, wb->data + n, wb->len - (size_t)n);
+        wb->len -= (size_t)n;
+    } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+        KLOG_DEBUG("%s: write failed: %s", c->peer, uv_strerror(n));
+        c->write_pending -= wb->acct;
+        free(wb);
+        close_handle(ci);
+        return false;
     }
     wb->req.data = wb;
-    uv_buf_t b = uv_buf_init(wb->data, (unsigned)wb->len);
-    int rc = uv_write(&wb->req, (uv_stream_t *)&ci->pub.tcp, &b, 1, on_written);
+    b = uv_buf_init(wb->data, (unsigned)wb->len);
+    int rc = uv_write(&wb->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
     if (rc != 0) {
-        KLOG_DEBUG("%s: write failed: %s", ci->pub.peer, uv_strerror(rc));
-        ci->pub.write_pending -= wb->acct;
+        KLOG_DEBUG("%s: write failed: %s", c->peer, uv_strerror(rc));
+        c->write_pending -= wb->acct;
         free(wb);
         close_handle(ci);
     }
+    return false;
 }
 
-/* TLS: write what the codec has for the network, settling acct bytes of write_pending. */
-static void tls_send(struct conn_impl *ci, size_t acct)
+/* TLS: write what the codec has for the network, settling acct bytes of write_pending. True as
+ * write_wbuf. */
+static bool tls_send(struct conn_impl *ci, size_t acct)
 {
     size_t n = keel_tls_conn_pending(ci->tls);
     struct wbuf *wb = n > 0 ? malloc(sizeof(*wb) + n) : NULL;
@@ -255,25 +285,24 @@ static void tls_send(struct conn_impl *ci, size_t acct)
         } else if (ci->pub.closing && ci->pub.write_pending == 0) {
             close_handle(ci);
         }
-        return;
+        return false;
     }
     wb->c = ci;
     wb->len = wb->cap = keel_tls_conn_take(ci->tls, wb->data, n);
     wb->acct = acct;
-    write_wbuf(ci, wb);
+    return write_wbuf(ci, wb);
 }
 
-static void flush_conn(struct conn_impl *ci)
+/* Write what ci staged. True as write_wbuf. */
+static bool flush_conn(struct conn_impl *ci)
 {
     struct wbuf *wb = ci->staged;
     ci->staged = NULL;
     if (!wb)
-        return;
+        return false;
     wb->acct = wb->len;
-    if (ci->tls == NULL || ci->handle_closing) {
-        write_wbuf(ci, wb);
-        return;
-    }
+    if (ci->tls == NULL || ci->handle_closing)
+        return write_wbuf(ci, wb);
     int rc = keel_tls_conn_write(ci->tls, wb->data, wb->len);
     size_t acct = wb->len;
     free(wb);
@@ -281,21 +310,37 @@ static void flush_conn(struct conn_impl *ci)
         KLOG_DEBUG("%s: TLS: %s", ci->pub.peer, keel_tls_conn_error(ci->tls));
         ci->pub.write_pending -= acct;
         close_handle(ci);
-        return;
+        return false;
     }
-    tls_send(ci, acct);
+    return tls_send(ci, acct);
 }
 
 static void on_flush(uv_check_t *h)
 {
     struct gw_server *s = h->data;
-    /* Bounded: each pass takes one connection off the list, and writing adds none. */
+    struct conn_impl *drained = NULL;
+    /* Bounded: each pass takes one connection off the list, and writing adds none (on_drain,
+     * which may, runs after the walk: what it writes waits for the next turn's check). */
     while (s->dirty) {
         struct conn_impl *ci = s->dirty;
         dirty_remove(ci);
-        flush_conn(ci);
+        if (flush_conn(ci) && !ci->pub.closing && ci->pub.vt && ci->pub.vt->on_drain &&
+            !ci->drain_due) {
+            ci->drain_due = true;
+            ci->drain_next = drained;
+            drained = ci;
+        }
     }
-    uv_idle_stop(&s->kick);
+    /* A connection's memory goes only in its close callback, never during this walk. */
+    while (drained) {
+        struct conn_impl *ci = drained;
+        drained = ci->drain_next;
+        ci->drain_due = false;
+        if (!ci->pub.closing)
+            ci->pub.vt->on_drain(&ci->pub);
+    }
+    if (!s->dirty)
+        uv_idle_stop(&s->kick);
 }
 
 static void on_kick(uv_idle_t *h)
