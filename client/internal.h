@@ -121,15 +121,16 @@ struct keel_aclient {
     keel_close_cb close_cb;
     void *close_data;
 
-    /* wake.c: the client's two handles and what they run (set by client.c) */
+    /* wake.c: the client's three handles and what they run (set by client.c) */
     uv_prepare_t prepare;
+    uv_check_t check;
     uv_timer_t timer;
-    int open_handles;                         /* of these two, not yet closed */
-    keel_close_cb wake_closed;                /* both are closed (kc_wake_close) */
-    bool kicked;                              /* work queued for the prepare callback */
+    int open_handles;                         /* of these three, not yet closed */
+    keel_close_cb wake_closed;                /* all are closed (kc_wake_close) */
+    bool kicked;                              /* work queued for the next turn */
     uint64_t timer_due;                       /* when the timer fires, UINT64_MAX when stopped */
     uint64_t rng;                             /* backoff jitter */
-    void (*turn)(struct keel_aclient *ac);    /* once per kick, before the loop blocks */
+    void (*turn)(struct keel_aclient *ac);    /* once per kick, at the end of the turn */
     void (*timeout)(struct keel_aclient *ac); /* a scheduled time came */
 
     /* options */
@@ -210,11 +211,12 @@ static inline __attribute__((format(printf, 1, 0))) char *kc_vmsg(const char *fm
 }
 
 /* ---- wake.c ---- */
-/* Set up the prepare and timer handles (ac->turn and ac->timeout set first). */
+/* Set up the prepare, check and timer handles (ac->turn and ac->timeout set first). */
 void kc_wake_init(struct keel_aclient *ac);
-/* Close both handles; cb(ac) runs once both are closed. */
+/* Close the handles; cb(ac) runs once all are closed. */
 void kc_wake_close(struct keel_aclient *ac, keel_close_cb cb);
-/* Run ac->turn before the loop blocks next (not once closing). */
+/* Run ac->turn after this turn's I/O callbacks, or before the loop blocks next if that comes
+ * first (not once closing). */
 void kc_kick(struct keel_aclient *ac);
 /* Run ac->timeout at loop time `when` at the latest (UINT64_MAX: never). */
 void kc_schedule(struct keel_aclient *ac, uint64_t when);
