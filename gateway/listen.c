@@ -249,10 +249,10 @@ static bool write_wbuf(struct conn_impl *ci, struct wbuf *wb)
             close_handle(ci);
         return true;
     }
-    if (n > 0) { /* the rest waits for a request; acct is settled when it completes */
-        memmove(wb->data, wb->data + n, wb->len - (size_t)n);
-        wb->len -= (size_t)n;
-    } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+    if (n > 0) { /* the rest waits for a request (wb lives until it completes, acct settled then) */
+        b.base += n;
+        b.len -= (unsigned)n;
+    } else if (n != UV_EAGAIN) {
         KLOG_DEBUG("%s: write failed: %s", c->peer, uv_strerror(n));
         c->write_pending -= wb->acct;
         free(wb);
@@ -260,7 +260,6 @@ static bool write_wbuf(struct conn_impl *ci, struct wbuf *wb)
         return false;
     }
     wb->req.data = wb;
-    b = uv_buf_init(wb->data, (unsigned)wb->len);
     int rc = uv_write(&wb->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
     if (rc != 0) {
         KLOG_DEBUG("%s: write failed: %s", c->peer, uv_strerror(rc));
